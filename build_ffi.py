@@ -1,0 +1,62 @@
+"""Build the `sslports._native` CFFI module: our C shim (csrc/) linked to the system OpenSSL.
+
+The cdef is the shim's own API (csrc/cdef/*.cdef, one piece per topic), plus the handful of
+OpenSSL configuration calls Python makes directly. Set SSLPORTS_OPENSSL_DIR to build against
+another OpenSSL prefix (its include/ and lib/ or lib64/ are used, and lib/ is put on the rpath).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import sys
+from pathlib import Path
+
+from cffi import FFI
+
+HERE = Path(__file__).resolve().parent
+CSRC = HERE / "csrc"
+
+
+def _version() -> str:
+    text = (HERE / "src" / "sslports" / "_version.py").read_text()
+    match = re.search(r'__version__ = "([^"]+)"', text)
+    if not match:
+        raise RuntimeError("no __version__ in src/sslports/_version.py")
+    return match.group(1)
+
+
+def _openssl_dirs() -> tuple[list[str], list[str], list[str]]:
+    prefix = os.environ.get("SSLPORTS_OPENSSL_DIR")
+    if not prefix:
+        return [], [], []
+    libdirs = [str(Path(prefix, d)) for d in ("lib64", "lib") if Path(prefix, d).is_dir()]
+    rpath = [] if sys.platform == "win32" else libdirs
+    return [str(Path(prefix, "include"))], libdirs, rpath
+
+
+def _libraries() -> list[str]:
+    if sys.platform == "win32":
+        return ["libssl", "libcrypto", "ws2_32", "crypt32", "advapi32", "user32"]
+    return ["ssl", "crypto"]
+
+
+include_dirs, library_dirs, runtime_dirs = _openssl_dirs()
+cflags = [] if sys.platform == "win32" else ["-std=c99", "-fvisibility=hidden"]
+
+ffibuilder = FFI()
+ffibuilder.cdef("\n".join(p.read_text() for p in sorted((CSRC / "cdef").glob("*.cdef"))))
+ffibuilder.set_source(
+    "sslports._native",
+    '#include "sp.h"\n',
+    sources=[str(p.relative_to(HERE)) for p in sorted(CSRC.glob("*.c"))],
+    include_dirs=[str(CSRC), *include_dirs],
+    library_dirs=library_dirs,
+    runtime_library_dirs=runtime_dirs,
+    libraries=_libraries(),
+    define_macros=[("SP_BUILD_VERSION", f'"{_version()}"')],
+    extra_compile_args=cflags,
+)
+
+if __name__ == "__main__":
+    ffibuilder.compile(verbose=True)

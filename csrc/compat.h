@@ -1,0 +1,73 @@
+/* compat.h - every platform and OpenSSL-version difference of the shim lives here.
+ *
+ * OpenSSL: we build against 1.1.1 and 3.x. Features that are not in every build are
+ * announced by SP_HAS_* flags, which Python reads (sp_has_feature) to raise
+ * SSLUnsupportedError cleanly instead of failing at a call.
+ *
+ * Platforms: POSIX (pthread mutexes, poll) and Windows (SRW locks, WSAPoll).
+ */
+#ifndef SP_COMPAT_H
+#define SP_COMPAT_H
+
+#include <openssl/opensslv.h>
+
+#if OPENSSL_VERSION_NUMBER < 0x10101000L
+#error "sslports needs OpenSSL 1.1.1 or newer"
+#endif
+
+#if OPENSSL_VERSION_NUMBER >= 0x30000000L
+#define SP_OPENSSL3 1
+#else
+#define SP_OPENSSL3 0
+#endif
+
+/* SSL_R_UNEXPECTED_EOF_WHILE_READING only exists since 3.0; 1.1.1 reports a ragged EOF
+ * as SSL_ERROR_SYSCALL with errno 0. */
+#ifdef SSL_R_UNEXPECTED_EOF_WHILE_READING
+#define SP_HAS_UNEXPECTED_EOF_REASON 1
+#else
+#define SP_HAS_UNEXPECTED_EOF_REASON 0
+#endif
+
+#ifdef _WIN32
+#include <winsock2.h>
+#include <ws2tcpip.h>
+#include <windows.h>
+typedef SRWLOCK sp_mutex;
+#define sp_mutex_init(m) InitializeSRWLock(m)
+#define sp_mutex_destroy(m) ((void)(m))
+#define sp_mutex_lock(m) AcquireSRWLockExclusive(m)
+#define sp_mutex_unlock(m) ReleaseSRWLockExclusive(m)
+typedef SOCKET sp_socket;
+#define sp_poll WSAPoll
+#define SP_SOCK_ERRNO() WSAGetLastError()
+#define SP_EWOULDBLOCK(e) ((e) == WSAEWOULDBLOCK)
+#define SP_EINTR(e) ((e) == WSAEINTR)
+#define SP_SEND_FLAGS 0
+typedef int sp_iolen;
+#else
+#include <errno.h>
+#include <poll.h>
+#include <pthread.h>
+#include <sys/socket.h>
+#include <sys/types.h>
+#include <unistd.h>
+typedef pthread_mutex_t sp_mutex;
+#define sp_mutex_init(m) pthread_mutex_init((m), NULL)
+#define sp_mutex_destroy(m) pthread_mutex_destroy(m)
+#define sp_mutex_lock(m) pthread_mutex_lock(m)
+#define sp_mutex_unlock(m) pthread_mutex_unlock(m)
+typedef int sp_socket;
+#define sp_poll poll
+#define SP_SOCK_ERRNO() errno
+#define SP_EWOULDBLOCK(e) ((e) == EAGAIN || (e) == EWOULDBLOCK)
+#define SP_EINTR(e) ((e) == EINTR)
+#ifdef MSG_NOSIGNAL
+#define SP_SEND_FLAGS MSG_NOSIGNAL
+#else
+#define SP_SEND_FLAGS 0
+#endif
+typedef size_t sp_iolen;
+#endif
+
+#endif /* SP_COMPAT_H */

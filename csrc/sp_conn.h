@@ -1,0 +1,1 @@
+/* sp_conn.h - placeholder */

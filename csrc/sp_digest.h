@@ -1,0 +1,1 @@
+/* sp_digest.h - placeholder */

@@ -1,0 +1,19 @@
+#!/usr/bin/env bash
+# System packages the build and the tests need: a C compiler, OpenSSL headers, and the real TLS
+# peers the tests talk to. Idempotent; installs only what is missing (needs root or sudo for apt).
+set -euo pipefail
+need=()
+command -v cc >/dev/null 2>&1 || need+=(gcc)
+[ -f /usr/include/openssl/ssl.h ] || need+=(libssl-dev)
+command -v openssl >/dev/null 2>&1 || need+=(openssl)
+command -v curl >/dev/null 2>&1 || need+=(curl)
+command -v gnutls-cli >/dev/null 2>&1 || need+=(gnutls-bin)
+[ ${#need[@]} -eq 0 ] && exit 0
+if ! command -v apt-get >/dev/null 2>&1; then
+  echo "install-system-deps: please install: ${need[*]}" >&2
+  exit 0
+fi
+SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO="sudo"
+export DEBIAN_FRONTEND=noninteractive
+$SUDO apt-get update -qq
+$SUDO apt-get install -y -qq --no-install-recommends "${need[@]}"

@@ -1,0 +1,65 @@
+"""The exception classes of API.md.
+
+Racket raises `exn:fail` (and its `:network` / `:unsupported` kinds); Python gets one root class,
+`SSLError`, that is also an `OSError`, with subclasses that also inherit the matching builtin.
+"""
+
+from __future__ import annotations
+
+
+class SSLError(OSError):
+    """A failure reported by this library (Racket: exn:fail).
+
+    :ivar openssl_errors: the OpenSSL error queue drained at the failure (possibly empty).
+    :ivar verify_code: the X509 verify result when certificate verification failed, else None.
+    :ivar verify_message: OpenSSL's text for ``verify_code`` (may add detail), else None.
+    """
+
+    openssl_errors: list[str]
+    verify_code: int | None
+    verify_message: str | None
+
+    def __init__(
+        self,
+        message: str = "",
+        *,
+        openssl_errors: list[str] | None = None,
+        verify_code: int | None = None,
+        verify_message: str | None = None,
+        errno: int | None = None,
+    ) -> None:
+        if errno:
+            super().__init__(errno, message)
+        else:
+            super().__init__(message)
+        self.message = message
+        self.openssl_errors = list(openssl_errors or [])
+        self.verify_code = verify_code
+        self.verify_message = verify_message
+
+    def __str__(self) -> str:
+        return self.message
+
+    def __reduce__(self) -> tuple[object, ...]:
+        return (
+            _rebuild,
+            (type(self), self.message, self.openssl_errors, self.verify_code, self.verify_message),
+        )
+
+
+def _rebuild(
+    cls: type[SSLError], message: str, errs: list[str], code: int | None, vmsg: str | None
+) -> SSLError:
+    return cls(message, openssl_errors=errs, verify_code=code, verify_message=vmsg)
+
+
+class SSLNetworkError(SSLError, ConnectionError):
+    """A connect, accept or transport failure (Racket: exn:fail:network)."""
+
+
+class SSLUnsupportedError(SSLError):
+    """A protocol, source or feature this platform or OpenSSL build lacks (exn:fail:unsupported)."""
+
+
+class SSLTimeoutError(SSLNetworkError, TimeoutError):
+    """A deadline the caller set (``timeout=``, ``settimeout``) expired."""
