@@ -1,1 +1,64 @@
-/* sp_conn.h - placeholder */
+/* sp_conn.h - one TLS connection: an SSL* over two memory BIOs, and the pump that feeds them.
+ * The state machine is explained at the top of sp_conn.c. */
+#ifndef SP_CONN_H
+#define SP_CONN_H
+
+typedef struct sp_conn sp_conn;
+
+/* What a pump call reports. Data counts are returned separately, so a call can hand back
+ * bytes *and* say why it stopped. */
+enum {
+    SP_OK = 0,         /* done: all asked for was read, written or flushed */
+    SP_WANT_READ = 1,  /* needs incoming ciphertext: stream mode, feed it; socket mode, the
+                          wait slice elapsed first (call again) */
+    SP_WANT_WRITE = 2, /* socket mode: outgoing ciphertext is still queued when the wait
+                          slice elapsed (call again) */
+    SP_EOF = 3,        /* the peer sent close_notify */
+    SP_RAGGED_EOF = 4, /* the transport ended without close_notify */
+    SP_ERROR = -1      /* failure; the sp_err record says what */
+};
+
+/* Per-connection verification policy (sp_conn_set_verify). */
+enum {
+    SP_VERIFY_PEER = 1,     /* ask for (server) / check (client) the peer's certificate */
+    SP_VERIFY_REQUIRE = 2,  /* a bad or missing certificate aborts the handshake */
+    SP_VERIFY_HOSTNAME = 4, /* a hostname / IP mismatch aborts the handshake even if the chain
+                               is not required to verify */
+    SP_VERIFY_POST_HANDSHAKE = 8 /* client: offer TLS 1.3 post-handshake authentication */
+};
+
+/* fd >= 0: socket mode (the pump does the socket I/O, fd must be non-blocking);
+ * fd < 0: stream mode (the caller moves ciphertext with sp_feed / sp_take). */
+sp_conn *sp_conn_new(SSL_CTX *ctx, int is_server, int fd, sp_err *err);
+void sp_conn_free(sp_conn *c);
+SSL *sp_conn_ssl(sp_conn *c);
+int sp_conn_fd(sp_conn *c);
+/* Lock the connection around a direct OpenSSL query made from Python. */
+void sp_conn_lock(sp_conn *c);
+void sp_conn_unlock(sp_conn *c);
+
+int sp_conn_set_verify(sp_conn *c, int flags);
+/* For callbacks: the sp_conn of an SSL*, and re-applying the policy after a context switch. */
+sp_conn *sp_conn_from_ssl(const SSL *ssl);
+void sp_conn_apply_verify_locked(sp_conn *c);
+int sp_conn_get_verify(sp_conn *c);
+/* SNI (unless an IP literal or send_sni is 0) and the name the peer's certificate must match.
+ * Returns 1 on success, 0 on failure (err filled). */
+int sp_conn_set_host(sp_conn *c, const char *host, int is_ip, int send_sni, int check, sp_err *err);
+
+int sp_handshake(sp_conn *c, int wait_ms, sp_err *err);
+int sp_read(sp_conn *c, unsigned char *buf, size_t len, size_t want, size_t *got, int wait_ms,
+            sp_err *err);
+int sp_write(sp_conn *c, const unsigned char *buf, size_t len, size_t *done, int wait_ms,
+             sp_err *err);
+int sp_flush(sp_conn *c, int wait_ms, sp_err *err);
+int sp_shutdown(sp_conn *c, sp_err *err);
+int sp_renegotiate(sp_conn *c, sp_err *err);
+
+/* Stream mode: move ciphertext between the BIOs and the caller's streams. */
+int sp_feed(sp_conn *c, const unsigned char *data, size_t len);
+void sp_feed_eof(sp_conn *c);
+size_t sp_pending_out(sp_conn *c);
+size_t sp_take(sp_conn *c, unsigned char *out, size_t cap);
+
+#endif /* SP_CONN_H */

@@ -1,1 +1,24 @@
-/* sp_ctx.h - placeholder */
+/* sp_ctx.h - SSL_CTX helpers: creation with our defaults, DH parameters, server ALPN policy. */
+#ifndef SP_CTX_H
+#define SP_CTX_H
+
+/* A fresh SSL_CTX for a client or server with sslports' defaults (no compression, release
+ * buffers, no client-initiated renegotiation, session tickets on). NULL on failure. */
+SSL_CTX *sp_ctx_new(int is_server, sp_err *err);
+void sp_ctx_free(SSL_CTX *ctx);
+/* Finite-field DH parameters from PEM bytes; 1 on success. */
+int sp_ctx_set_dh_pem(SSL_CTX *ctx, const unsigned char *pem, size_t len, sp_err *err);
+/* Server ALPN: `wire` is the RFC 7301 list (length-prefixed names) in server preference
+ * order; kept on the context and used by a C selection callback. 1 on success. */
+int sp_ctx_set_server_alpn(SSL_CTX *ctx, const unsigned char *wire, size_t len,
+                           int allow_no_match);
+/* A private key from PEM/DER bytes (password may be NULL; never prompts). NULL on failure. */
+EVP_PKEY *sp_load_private_key(const unsigned char *data, size_t len, int der, int rsa_only,
+                              const char *password, sp_err *err);
+int sp_openssl_has(const char *feature);
+/* Add every certificate of a PEM blob to the trust store; 1 if at least one was added. */
+int sp_ctx_add_pem_roots(SSL_CTX *ctx, const unsigned char *pem, size_t len);
+/* The CA names sent with a certificate request; 1 on success. */
+int sp_ctx_load_client_ca_file(SSL_CTX *ctx, const char *path, sp_err *err);
+
+#endif /* SP_CTX_H */

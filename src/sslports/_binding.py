@@ -17,7 +17,7 @@ lib: Any = None
 ssl_load_fail_reason: Optional[str] = None
 
 try:
-    from . import _native
+    from . import _native  # type: ignore[attr-defined]
 except ImportError as exc:  # the extension or libssl/libcrypto could not be loaded
     ssl_load_fail_reason = f"cannot load the sslports native module: {exc}"
 else:

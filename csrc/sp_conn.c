@@ -1,0 +1,726 @@
+/* sp_conn.c - the pump: one TLS connection, its SSL* and the ciphertext that flows around it.
+ *
+ * THE PICTURE
+ *
+ *      plaintext                  SSL*                      ciphertext
+ *   caller buf  <-- SSL_read --  [ssl]  <-- BIO_write --  rbio  <--  socket recv / sp_feed
+ *   caller buf  -- SSL_write --> [ssl]  --> BIO_read  -->  wbio  -->  socket send / sp_take
+ *
+ * OpenSSL never touches a socket here: it reads records from the memory BIO `rbio` and writes
+ * records to the memory BIO `wbio`. The pump moves ciphertext between those BIOs and the
+ * transport. In socket mode (fd >= 0) the pump does that itself, with non-blocking recv/send
+ * and poll, so no Python runs per record. In stream mode (fd < 0) it only reports what it
+ * needs, and Python moves bytes between the BIOs and arbitrary file-like objects.
+ *
+ * THE STATE MACHINE OF ONE CALL
+ *
+ * Every operation (handshake, read, write, shutdown) is a loop around one OpenSSL call:
+ *
+ *   1. Lock, clear the error queue, call SSL_do_handshake / SSL_read_ex / SSL_write_ex,
+ *      classify the result with SSL_get_error, unlock.
+ *   2. Whatever OpenSSL queued in wbio goes out before anything else (a handshake flight, a
+ *      KeyUpdate reply, an alert). "Send before you receive": a peer waiting for our flight
+ *      would otherwise never send what we wait for.
+ *   3. The result decides:
+ *        success          -> read: keep filling the caller's buffer from records already here
+ *                            and return once nothing more is available without waiting;
+ *                            write: next chunk; handshake: done.
+ *        WANT_READ        -> OpenSSL needs more ciphertext. Stream mode: return SP_WANT_READ.
+ *                            Socket mode: recv into rbio, waiting in poll if nothing is there.
+ *        WANT_WRITE       -> never happens with a memory BIO (writes to it always succeed).
+ *        ZERO_RETURN      -> the peer's close_notify: SP_EOF, sticky.
+ *        unexpected EOF   -> the transport ended without close_notify: SP_RAGGED_EOF, sticky.
+ *        anything else    -> SP_ERROR with the drained error queue; the connection is broken
+ *                            and every later call reports the same error.
+ *   OpenSSL's retry rule (call again with the same arguments after WANT_*) holds because the
+ *   loop only ever retries the same call; SSL_MODE_ACCEPT_MOVING_WRITE_BUFFER covers callers
+ *   that retry a write from another buffer holding the same bytes.
+ *
+ * WAITING, SIGNALS AND DEADLINES
+ *
+ * Waiting happens only in poll(), for at most `wait_ms` per call. When the slice elapses the
+ * call returns SP_WANT_READ / SP_WANT_WRITE with the progress it made (bytes read or written
+ * are reported, never lost), and Python, which holds the deadline, checks it and runs signal
+ * handlers (Ctrl-C) before calling again. The GIL is released for the whole call by CFFI.
+ *
+ * LOCKS (full duplex without deadlock)
+ *
+ *   ssl_lock   guards the SSL* and both BIOs. Held only around non-blocking OpenSSL calls and
+ *              memcpy-sized BIO operations, never while waiting.
+ *   recv_lock  orders "recv from the socket, then BIO_write into rbio", so that two threads
+ *              that both need ciphertext (a reader, and a writer caught in a renegotiation)
+ *              cannot feed chunks in the wrong order. Held around a non-blocking recv only.
+ *   send_lock  orders "take from wbio, send to the socket": bytes leave in the order OpenSSL
+ *              produced them. Held around non-blocking sends only; a partly sent chunk stays
+ *              in `out` for whoever sends next.
+ *   Lock order: recv_lock or send_lock first, then ssl_lock. A reading thread and a writing
+ *   thread therefore run at once; two readers (or two writers) are serialised by Python.
+ *
+ * EOF
+ *
+ *   A close_notify from the peer is SP_EOF. A transport EOF without it is SP_RAGGED_EOF, which
+ *   Python reports as EOF (Racket's behaviour on OpenSSL 3) or, with strict_eof, as an error.
+ *   We never set SSL_OP_IGNORE_UNEXPECTED_EOF, so OpenSSL tells the two apart for us.
+ *
+ * MEMORY
+ *
+ *   Idle connections hold no I/O buffers: SSL_MODE_RELEASE_BUFFERS frees OpenSSL's record
+ *   buffers, the send buffer is freed once empty, and socket reads go into the free tail of
+ *   the caller's own buffer when it is large enough, else into a short-lived heap block.
+ */
+#include <stdlib.h>
+#include <string.h>
+
+#include "sp.h"
+
+#define SP_IO_CHUNK 65536          /* one recv / one send batch */
+#define SP_WRITE_CHUNK 65536       /* plaintext per SSL_write_ex: four full records */
+#define SP_OUT_HIGH (256 * 1024)   /* queued ciphertext that makes a writer wait to flush */
+
+struct sp_conn {
+    SSL *ssl;
+    BIO *rbio; /* network -> SSL (owned by ssl) */
+    BIO *wbio; /* SSL -> network (owned by ssl) */
+    sp_socket fd;
+    int socket_mode;
+    int verify_flags;
+    int established; /* the first handshake completed (ssl_lock) */
+
+    sp_mutex ssl_lock;
+    sp_mutex recv_lock;
+    sp_mutex send_lock;
+
+    /* ciphertext taken from wbio but not yet sent (send_lock) */
+    unsigned char *out;
+    size_t out_len, out_off;
+
+    /* sticky end states (ssl_lock) */
+    int eof_status;   /* 0, SP_EOF or SP_RAGGED_EOF */
+    sp_err *broken;   /* copy of the error that broke the connection */
+};
+
+static int conn_index = -1;
+static CRYPTO_ONCE conn_index_once = CRYPTO_ONCE_STATIC_INIT;
+
+static void make_conn_index(void)
+{
+    conn_index = SSL_get_ex_new_index(0, NULL, NULL, NULL, NULL);
+}
+
+/* ---- errors ------------------------------------------------------------------------- */
+
+/* Fill err for a failed SSL call (called with ssl_lock held, queue not yet drained). */
+static void capture_ssl_error(sp_conn *c, int ssl_error, sp_err *err)
+{
+    long vr = SSL_get_verify_result(c->ssl);
+    err->ssl_error = ssl_error;
+    if (vr != X509_V_OK)
+        err->verify_result = vr;
+    sp_err_drain(err);
+}
+
+/* Remember err as the reason the connection is broken (ssl_lock held). */
+static void mark_broken(sp_conn *c, const sp_err *err)
+{
+    if (c->broken == NULL) {
+        c->broken = malloc(sizeof *c->broken);
+        if (c->broken != NULL)
+            memcpy(c->broken, err, sizeof *err);
+    }
+}
+
+/* If the connection already ended or broke, say so (ssl_lock held). Returns 0 when live. */
+static int sticky_status(sp_conn *c, sp_err *err)
+{
+    if (c->broken != NULL) {
+        memcpy(err, c->broken, sizeof *err);
+        return SP_ERROR;
+    }
+    return c->eof_status;
+}
+
+/* Classify a failed read-side call: EOF kinds, or a real error (ssl_lock held). */
+static int classify_failure(sp_conn *c, int e, sp_err *err)
+{
+    unsigned long top;
+    if (e == SSL_ERROR_ZERO_RETURN) {
+        c->eof_status = SP_EOF;
+        return SP_EOF;
+    }
+    top = ERR_peek_last_error();
+#if SP_HAS_UNEXPECTED_EOF_REASON
+    if (e == SSL_ERROR_SSL && ERR_GET_REASON(top) == SSL_R_UNEXPECTED_EOF_WHILE_READING
+        && c->established) {
+        ERR_clear_error();
+        c->eof_status = SP_RAGGED_EOF;
+        return SP_RAGGED_EOF;
+    }
+#else
+    if (e == SSL_ERROR_SYSCALL && top == 0 && c->established) {
+        c->eof_status = SP_RAGGED_EOF;
+        return SP_RAGGED_EOF;
+    }
+#endif
+    capture_ssl_error(c, e, err);
+    mark_broken(c, err);
+    return SP_ERROR;
+}
+
+/* ---- life cycle --------------------------------------------------------------------- */
+
+sp_conn *sp_conn_new(SSL_CTX *ctx, int is_server, int fd, sp_err *err)
+{
+    sp_conn *c;
+    ERR_clear_error();
+    if (!CRYPTO_THREAD_run_once(&conn_index_once, make_conn_index) || conn_index < 0) {
+        sp_err_drain(err);
+        return NULL;
+    }
+    c = calloc(1, sizeof *c);
+    if (c == NULL)
+        return NULL;
+    c->ssl = SSL_new(ctx);
+    c->rbio = BIO_new(BIO_s_mem());
+    c->wbio = BIO_new(BIO_s_mem());
+    if (c->ssl == NULL || c->rbio == NULL || c->wbio == NULL) {
+        sp_err_drain(err);
+        BIO_free(c->rbio);
+        BIO_free(c->wbio);
+        SSL_free(c->ssl);
+        free(c);
+        return NULL;
+    }
+    /* An empty rbio means "no data yet" (retry), not EOF, until sp_feed_eof / recv() == 0. */
+    BIO_set_mem_eof_return(c->rbio, -1);
+    BIO_set_mem_eof_return(c->wbio, -1);
+    SSL_set_bio(c->ssl, c->rbio, c->wbio);
+    SSL_set_mode(c->ssl, SSL_MODE_ACCEPT_MOVING_WRITE_BUFFER | SSL_MODE_RELEASE_BUFFERS);
+    if (!SSL_set_ex_data(c->ssl, conn_index, c)) {
+        sp_err_drain(err);
+        SSL_free(c->ssl);
+        free(c);
+        return NULL;
+    }
+    if (is_server)
+        SSL_set_accept_state(c->ssl);
+    else
+        SSL_set_connect_state(c->ssl);
+    c->fd = (sp_socket)fd;
+    c->socket_mode = fd >= 0;
+    sp_mutex_init(&c->ssl_lock);
+    sp_mutex_init(&c->recv_lock);
+    sp_mutex_init(&c->send_lock);
+    return c;
+}
+
+void sp_conn_free(sp_conn *c)
+{
+    if (c == NULL)
+        return;
+    SSL_free(c->ssl); /* frees both BIOs */
+    free(c->out);
+    free(c->broken);
+    sp_mutex_destroy(&c->ssl_lock);
+    sp_mutex_destroy(&c->recv_lock);
+    sp_mutex_destroy(&c->send_lock);
+    free(c);
+}
+
+sp_conn *sp_conn_from_ssl(const SSL *ssl)
+{
+    return conn_index < 0 ? NULL : SSL_get_ex_data(ssl, conn_index);
+}
+
+SSL *sp_conn_ssl(sp_conn *c)
+{
+    return c->ssl;
+}
+
+int sp_conn_fd(sp_conn *c)
+{
+    return c->socket_mode ? (int)c->fd : -1;
+}
+
+void sp_conn_lock(sp_conn *c)
+{
+    sp_mutex_lock(&c->ssl_lock);
+}
+
+void sp_conn_unlock(sp_conn *c)
+{
+    sp_mutex_unlock(&c->ssl_lock);
+}
+
+/* ---- verification policy ------------------------------------------------------------ */
+
+static int verify_callback(int ok, X509_STORE_CTX *store)
+{
+    SSL *ssl = X509_STORE_CTX_get_ex_data(store, SSL_get_ex_data_X509_STORE_CTX_idx());
+    sp_conn *c = ssl ? sp_conn_from_ssl(ssl) : NULL;
+    int e;
+    if (ok || c == NULL)
+        return ok;
+    if (c->verify_flags & SP_VERIFY_REQUIRE)
+        return 0;
+    e = X509_STORE_CTX_get_error(store);
+    if ((c->verify_flags & SP_VERIFY_HOSTNAME)
+        && (e == X509_V_ERR_HOSTNAME_MISMATCH || e == X509_V_ERR_IP_ADDRESS_MISMATCH))
+        return 0;
+    return 1; /* not required: carry on, SSL_get_verify_result keeps the verdict */
+}
+
+void sp_conn_apply_verify_locked(sp_conn *c)
+{
+    int mode = SSL_VERIFY_NONE;
+    int is_server = SSL_is_server(c->ssl);
+    if (is_server) {
+        if (c->verify_flags & (SP_VERIFY_PEER | SP_VERIFY_REQUIRE))
+            mode = SSL_VERIFY_PEER;
+        if (c->verify_flags & SP_VERIFY_REQUIRE)
+            mode |= SSL_VERIFY_FAIL_IF_NO_PEER_CERT;
+    } else {
+        /* A client always checks what it is given; the callback decides what is fatal. */
+        mode = SSL_VERIFY_PEER;
+#ifdef SSL_VERIFY_POST_HANDSHAKE
+        if (c->verify_flags & SP_VERIFY_POST_HANDSHAKE)
+            SSL_set_post_handshake_auth(c->ssl, 1);
+#endif
+    }
+    SSL_set_verify(c->ssl, mode, verify_callback);
+}
+
+int sp_conn_set_verify(sp_conn *c, int flags)
+{
+    sp_mutex_lock(&c->ssl_lock);
+    c->verify_flags = flags;
+    sp_conn_apply_verify_locked(c);
+    sp_mutex_unlock(&c->ssl_lock);
+    return 1;
+}
+
+int sp_conn_get_verify(sp_conn *c)
+{
+    return c->verify_flags;
+}
+
+int sp_conn_set_host(sp_conn *c, const char *host, int is_ip, int send_sni, int check, sp_err *err)
+{
+    int ok = 1;
+    sp_mutex_lock(&c->ssl_lock);
+    ERR_clear_error();
+    if (send_sni && !is_ip && !SSL_set_tlsext_host_name(c->ssl, host))
+        ok = 0;
+    if (ok && check) {
+        X509_VERIFY_PARAM *param = SSL_get0_param(c->ssl);
+        X509_VERIFY_PARAM_set_hostflags(param, X509_CHECK_FLAG_NO_PARTIAL_WILDCARDS);
+        if (is_ip)
+            ok = X509_VERIFY_PARAM_set1_ip_asc(param, host);
+        else
+            ok = X509_VERIFY_PARAM_set1_host(param, host, 0);
+    }
+    if (!ok)
+        sp_err_drain(err);
+    sp_mutex_unlock(&c->ssl_lock);
+    return ok;
+}
+
+/* ---- socket I/O (socket mode only) -------------------------------------------------- */
+
+static int wait_fd(sp_conn *c, short events, int wait_ms)
+{
+    struct pollfd pfd;
+    int r;
+    pfd.fd = c->fd;
+    pfd.events = events;
+    pfd.revents = 0;
+    r = sp_poll(&pfd, 1, wait_ms);
+    if (r < 0 && SP_EINTR(SP_SOCK_ERRNO()))
+        return 0; /* a signal: return to Python so its handler runs */
+    return r;
+}
+
+static size_t queued_out(sp_conn *c)
+{
+    size_t n;
+    sp_mutex_lock(&c->ssl_lock);
+    n = BIO_ctrl_pending(c->wbio);
+    sp_mutex_unlock(&c->ssl_lock);
+    return n + (c->out_len - c->out_off);
+}
+
+/* Send queued ciphertext without waiting. Returns SP_OK when nothing is left queued,
+ * SP_WANT_WRITE when the socket is full, SP_ERROR on a transport failure. */
+static int send_queued_nowait(sp_conn *c, sp_err *err)
+{
+    int status = SP_OK;
+    sp_mutex_lock(&c->send_lock);
+    for (;;) {
+        long n;
+        if (c->out_off == c->out_len) {
+            size_t pending;
+            int got = 0;
+            sp_mutex_lock(&c->ssl_lock);
+            pending = BIO_ctrl_pending(c->wbio);
+            if (pending > 0 && c->out == NULL)
+                c->out = malloc(SP_IO_CHUNK);
+            if (pending > 0 && c->out != NULL)
+                got = BIO_read(c->wbio, c->out, SP_IO_CHUNK);
+            sp_mutex_unlock(&c->ssl_lock);
+            if (pending > 0 && c->out == NULL) {
+                err->sys_errno = ENOMEM;
+                status = SP_ERROR;
+                break;
+            }
+            if (got <= 0) {
+                free(c->out); /* idle: hold no buffer */
+                c->out = NULL;
+                c->out_len = c->out_off = 0;
+                break;
+            }
+            c->out_len = (size_t)got;
+            c->out_off = 0;
+        }
+        n = (long)send(c->fd, (const char *)c->out + c->out_off,
+                       (sp_iolen)(c->out_len - c->out_off), SP_SEND_FLAGS);
+        if (n > 0) {
+            c->out_off += (size_t)n;
+            continue;
+        }
+        if (n < 0 && SP_EINTR(SP_SOCK_ERRNO()))
+            continue;
+        if (n < 0 && SP_EWOULDBLOCK(SP_SOCK_ERRNO())) {
+            status = SP_WANT_WRITE;
+            break;
+        }
+        err->sys_errno = n < 0 ? SP_SOCK_ERRNO() : EPIPE;
+        status = SP_ERROR;
+        break;
+    }
+    sp_mutex_unlock(&c->send_lock);
+    return status;
+}
+
+/* Send everything queued, waiting up to wait_ms for the socket to drain. */
+static int send_queued(sp_conn *c, int wait_ms, sp_err *err)
+{
+    for (;;) {
+        int r = send_queued_nowait(c, err);
+        if (r != SP_WANT_WRITE)
+            return r;
+        if (wait_fd(c, POLLOUT, wait_ms) <= 0)
+            return SP_WANT_WRITE;
+    }
+}
+
+/* Move what the socket has into rbio, waiting up to wait_ms for something to arrive.
+ * `scratch`/`scratch_len` is free space the caller lends (may be NULL). While waiting, any
+ * ciphertext still queued goes out too. Returns SP_OK (data or EOF fed), SP_WANT_READ (the
+ * slice elapsed), or SP_ERROR. */
+static int recv_into_rbio(sp_conn *c, unsigned char *scratch, size_t scratch_len, int wait_ms,
+                          sp_err *err)
+{
+    unsigned char *heap = NULL;
+    int status;
+    if (scratch == NULL || scratch_len < 16384) {
+        heap = malloc(SP_IO_CHUNK);
+        if (heap == NULL) {
+            err->sys_errno = ENOMEM;
+            return SP_ERROR;
+        }
+        scratch = heap;
+        scratch_len = SP_IO_CHUNK;
+    }
+    if (scratch_len > SP_IO_CHUNK * 4)
+        scratch_len = SP_IO_CHUNK * 4;
+    for (;;) {
+        long n;
+        int e = 0;
+        short events;
+        sp_mutex_lock(&c->recv_lock);
+        n = (long)recv(c->fd, (char *)scratch, (sp_iolen)scratch_len, 0);
+        if (n < 0)
+            e = SP_SOCK_ERRNO();
+        if (n >= 0) {
+            sp_mutex_lock(&c->ssl_lock);
+            if (n > 0)
+                BIO_write(c->rbio, scratch, (int)n);
+            else
+                BIO_set_mem_eof_return(c->rbio, 0); /* transport EOF */
+            sp_mutex_unlock(&c->ssl_lock);
+        }
+        sp_mutex_unlock(&c->recv_lock);
+        if (n >= 0) {
+            status = SP_OK;
+            break;
+        }
+        if (SP_EINTR(e))
+            continue;
+        if (!SP_EWOULDBLOCK(e)) {
+            err->sys_errno = e;
+            status = SP_ERROR;
+            break;
+        }
+        events = POLLIN;
+        if (queued_out(c) > 0) {
+            int s = send_queued_nowait(c, err);
+            if (s == SP_ERROR) {
+                status = SP_ERROR;
+                break;
+            }
+            if (s == SP_WANT_WRITE)
+                events |= POLLOUT;
+        }
+        if (wait_fd(c, events, wait_ms) <= 0) {
+            status = SP_WANT_READ;
+            break;
+        }
+    }
+    free(heap);
+    return status;
+}
+
+/* ---- operations --------------------------------------------------------------------- */
+
+int sp_handshake(sp_conn *c, int wait_ms, sp_err *err)
+{
+    sp_err_reset(err);
+    for (;;) {
+        int r, e = SSL_ERROR_NONE, status;
+        sp_mutex_lock(&c->ssl_lock);
+        status = sticky_status(c, err);
+        if (status != SP_OK) {
+            sp_mutex_unlock(&c->ssl_lock);
+            return status == SP_ERROR ? SP_ERROR : SP_RAGGED_EOF;
+        }
+        ERR_clear_error();
+        r = SSL_do_handshake(c->ssl);
+        if (r == 1)
+            c->established = 1;
+        else {
+            e = SSL_get_error(c->ssl, r);
+            if (e != SSL_ERROR_WANT_READ && e != SSL_ERROR_WANT_WRITE) {
+                capture_ssl_error(c, e, err);
+                mark_broken(c, err);
+            }
+        }
+        sp_mutex_unlock(&c->ssl_lock);
+
+        if (c->socket_mode) {
+            /* Our flight goes out in full before we wait for the peer's. A failed handshake
+             * still sends its alert, without waiting. */
+            if (r != 1 && e != SSL_ERROR_WANT_READ && e != SSL_ERROR_WANT_WRITE) {
+                sp_err scratch_err;
+                sp_err_reset(&scratch_err);
+                send_queued_nowait(c, &scratch_err);
+                return SP_ERROR;
+            }
+            status = send_queued(c, wait_ms, err);
+            if (status != SP_OK)
+                return status;
+            if (r == 1)
+                return SP_OK;
+            status = recv_into_rbio(c, NULL, 0, wait_ms, err);
+            if (status != SP_OK)
+                return status;
+            continue;
+        }
+        if (r == 1)
+            return SP_OK;
+        if (e == SSL_ERROR_WANT_READ || e == SSL_ERROR_WANT_WRITE)
+            return SP_WANT_READ;
+        return SP_ERROR;
+    }
+}
+
+int sp_read(sp_conn *c, unsigned char *buf, size_t len, size_t want, size_t *got, int wait_ms,
+            sp_err *err)
+{
+    size_t total = 0;
+    int status = SP_OK;
+    sp_err_reset(err);
+    if (want > len)
+        want = len;
+    while (total < len) {
+        size_t n = 0;
+        int ok, e = SSL_ERROR_NONE;
+        sp_mutex_lock(&c->ssl_lock);
+        status = sticky_status(c, err);
+        if (status != SP_OK) {
+            sp_mutex_unlock(&c->ssl_lock);
+            break;
+        }
+        ERR_clear_error();
+        ok = SSL_read_ex(c->ssl, buf + total, len - total, &n);
+        if (!ok) {
+            e = SSL_get_error(c->ssl, 0);
+            if (e != SSL_ERROR_WANT_READ && e != SSL_ERROR_WANT_WRITE)
+                status = classify_failure(c, e, err);
+        }
+        sp_mutex_unlock(&c->ssl_lock);
+        if (ok) {
+            total += n;
+            continue;
+        }
+        if (status != SP_OK)
+            break;
+        /* WANT_READ (WANT_WRITE cannot happen on a memory BIO). Reading may have queued
+         * output (a KeyUpdate reply, a renegotiation flight): it goes out first. */
+        if (c->socket_mode && queued_out(c) > 0) {
+            status = send_queued_nowait(c, err);
+            if (status == SP_ERROR)
+                break;
+            status = SP_OK;
+        }
+        if (total >= want && total > 0)
+            break; /* the caller has enough; do not wait for more */
+        if (!c->socket_mode) {
+            status = SP_WANT_READ;
+            break;
+        }
+        status = recv_into_rbio(c, buf + total, len - total, wait_ms, err);
+        if (status != SP_OK)
+            break;
+    }
+    *got = total;
+    if (total > 0 && (status == SP_EOF || status == SP_RAGGED_EOF || status == SP_ERROR))
+        status = SP_OK; /* hand over the data now; the end is sticky and reported next call */
+    return status;
+}
+
+int sp_write(sp_conn *c, const unsigned char *buf, size_t len, size_t *done, int wait_ms,
+             sp_err *err)
+{
+    size_t total = 0;
+    int status = SP_OK;
+    sp_err_reset(err);
+    while (total < len) {
+        size_t n = 0, chunk = len - total;
+        int ok, e = SSL_ERROR_NONE;
+        if (c->socket_mode && queued_out(c) >= SP_OUT_HIGH) {
+            status = send_queued(c, wait_ms, err);
+            if (status != SP_OK)
+                break;
+        }
+        if (chunk > SP_WRITE_CHUNK)
+            chunk = SP_WRITE_CHUNK;
+        sp_mutex_lock(&c->ssl_lock);
+        if (c->broken != NULL) {
+            memcpy(err, c->broken, sizeof *err);
+            sp_mutex_unlock(&c->ssl_lock);
+            status = SP_ERROR;
+            break;
+        }
+        ERR_clear_error();
+        ok = SSL_write_ex(c->ssl, buf + total, chunk, &n);
+        if (!ok) {
+            e = SSL_get_error(c->ssl, 0);
+            if (e != SSL_ERROR_WANT_READ && e != SSL_ERROR_WANT_WRITE) {
+                capture_ssl_error(c, e, err);
+                mark_broken(c, err);
+            }
+        }
+        sp_mutex_unlock(&c->ssl_lock);
+        if (ok) {
+            total += n;
+            continue;
+        }
+        if (e != SSL_ERROR_WANT_READ && e != SSL_ERROR_WANT_WRITE) {
+            status = SP_ERROR;
+            break;
+        }
+        /* A handshake (renegotiation) is in progress and needs the peer's flight. */
+        if (!c->socket_mode) {
+            status = SP_WANT_READ;
+            break;
+        }
+        status = send_queued(c, wait_ms, err);
+        if (status == SP_OK)
+            status = recv_into_rbio(c, NULL, 0, wait_ms, err);
+        if (status != SP_OK)
+            break;
+    }
+    *done = total;
+    if (status == SP_OK && c->socket_mode)
+        status = send_queued(c, wait_ms, err);
+    return status;
+}
+
+int sp_flush(sp_conn *c, int wait_ms, sp_err *err)
+{
+    sp_err_reset(err);
+    if (!c->socket_mode)
+        return SP_OK;
+    return send_queued(c, wait_ms, err);
+}
+
+int sp_shutdown(sp_conn *c, sp_err *err)
+{
+    int r;
+    sp_err_reset(err);
+    sp_mutex_lock(&c->ssl_lock);
+    ERR_clear_error();
+    r = c->established && c->broken == NULL ? SSL_shutdown(c->ssl) : -1;
+    ERR_clear_error(); /* a shutdown that cannot be sent is not an error at close time */
+    sp_mutex_unlock(&c->ssl_lock);
+    return r >= 0 ? SP_OK : SP_ERROR;
+}
+
+int sp_renegotiate(sp_conn *c, sp_err *err)
+{
+    int ok;
+    sp_err_reset(err);
+    sp_mutex_lock(&c->ssl_lock);
+    ERR_clear_error();
+    if (SSL_version(c->ssl) >= TLS1_3_VERSION)
+        ok = SSL_verify_client_post_handshake(c->ssl);
+    else
+        ok = SSL_renegotiate(c->ssl);
+    if (!ok)
+        capture_ssl_error(c, SSL_ERROR_SSL, err);
+    sp_mutex_unlock(&c->ssl_lock);
+    return ok ? SP_OK : SP_ERROR;
+}
+
+/* ---- stream mode -------------------------------------------------------------------- */
+
+int sp_feed(sp_conn *c, const unsigned char *data, size_t len)
+{
+    int ok = 1;
+    sp_mutex_lock(&c->ssl_lock);
+    while (ok && len > 0) {
+        int part = len > (size_t)0x40000000 ? 0x40000000 : (int)len;
+        int n = BIO_write(c->rbio, data, part);
+        ok = n == part;
+        data += part;
+        len -= (size_t)part;
+    }
+    sp_mutex_unlock(&c->ssl_lock);
+    return ok;
+}
+
+void sp_feed_eof(sp_conn *c)
+{
+    sp_mutex_lock(&c->ssl_lock);
+    BIO_set_mem_eof_return(c->rbio, 0);
+    sp_mutex_unlock(&c->ssl_lock);
+}
+
+size_t sp_pending_out(sp_conn *c)
+{
+    size_t n;
+    sp_mutex_lock(&c->ssl_lock);
+    n = BIO_ctrl_pending(c->wbio);
+    sp_mutex_unlock(&c->ssl_lock);
+    return n;
+}
+
+size_t sp_take(sp_conn *c, unsigned char *out, size_t cap)
+{
+    int n;
+    if (cap > 0x40000000)
+        cap = 0x40000000;
+    sp_mutex_lock(&c->ssl_lock);
+    n = BIO_read(c->wbio, out, (int)cap);
+    sp_mutex_unlock(&c->ssl_lock);
+    return n > 0 ? (size_t)n : 0;
+}

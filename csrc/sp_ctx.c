@@ -1,0 +1,267 @@
+/* sp_ctx.c - SSL_CTX helpers that are easier in C than through the FFI. */
+#include <stdlib.h>
+#include <string.h>
+
+#include <openssl/pem.h>
+#include <openssl/rsa.h>
+
+#include "sp.h"
+
+typedef struct alpn_policy {
+    unsigned char *wire;
+    size_t len;
+    int allow_no_match;
+} alpn_policy;
+
+static int alpn_index = -1;
+static CRYPTO_ONCE alpn_once = CRYPTO_ONCE_STATIC_INIT;
+
+static void free_alpn(void *parent, void *ptr, CRYPTO_EX_DATA *ad, int idx, long argl, void *argp)
+{
+    alpn_policy *policy = ptr;
+    (void)parent, (void)ad, (void)idx, (void)argl, (void)argp;
+    if (policy != NULL) {
+        free(policy->wire);
+        free(policy);
+    }
+}
+
+static void make_alpn_index(void)
+{
+    alpn_index = SSL_CTX_get_ex_new_index(0, NULL, NULL, NULL, free_alpn);
+}
+
+static int get_alpn_index(void)
+{
+    if (!CRYPTO_THREAD_run_once(&alpn_once, make_alpn_index))
+        return -1;
+    return alpn_index;
+}
+
+SSL_CTX *sp_ctx_new(int is_server, sp_err *err)
+{
+    SSL_CTX *ctx;
+    sp_err_reset(err);
+    ERR_clear_error();
+    if (get_alpn_index() < 0) {
+        sp_err_drain(err);
+        return NULL;
+    }
+    ctx = SSL_CTX_new(is_server ? TLS_server_method() : TLS_client_method());
+    if (ctx == NULL) {
+        sp_err_drain(err);
+        return NULL;
+    }
+    SSL_CTX_set_options(ctx, SSL_OP_NO_COMPRESSION | SSL_OP_CIPHER_SERVER_PREFERENCE);
+    SSL_CTX_set_mode(ctx, SSL_MODE_RELEASE_BUFFERS | SSL_MODE_ACCEPT_MOVING_WRITE_BUFFER);
+    if (!SSL_CTX_set_min_proto_version(ctx, TLS1_VERSION)) {
+        sp_err_drain(err);
+        SSL_CTX_free(ctx);
+        return NULL;
+    }
+    return ctx;
+}
+
+void sp_ctx_free(SSL_CTX *ctx)
+{
+    SSL_CTX_free(ctx);
+}
+
+int sp_ctx_set_dh_pem(SSL_CTX *ctx, const unsigned char *pem, size_t len, sp_err *err)
+{
+    BIO *bio;
+    int ok = 0;
+    sp_err_reset(err);
+    ERR_clear_error();
+    if (len > 0x7fffffff)
+        return 0;
+    bio = BIO_new_mem_buf(pem, (int)len);
+    if (bio != NULL) {
+#if SP_OPENSSL3
+        EVP_PKEY *params = PEM_read_bio_Parameters(bio, NULL);
+        if (params != NULL && EVP_PKEY_is_a(params, "DH")) {
+            ok = SSL_CTX_set0_tmp_dh_pkey(ctx, params);
+            if (!ok)
+                EVP_PKEY_free(params);
+        } else {
+            EVP_PKEY_free(params);
+        }
+#else
+        DH *dh = PEM_read_bio_DHparams(bio, NULL, NULL, NULL);
+        if (dh != NULL)
+            ok = (int)SSL_CTX_set_tmp_dh(ctx, dh);
+        DH_free(dh);
+#endif
+        BIO_free(bio);
+    }
+    if (!ok)
+        sp_err_drain(err);
+    return ok;
+}
+
+static int select_alpn(SSL *ssl, const unsigned char **out, unsigned char *outlen,
+                       const unsigned char *in, unsigned int inlen, void *arg)
+{
+    alpn_policy *policy = SSL_CTX_get_ex_data(SSL_get_SSL_CTX(ssl), alpn_index);
+    size_t i;
+    (void)arg;
+    if (policy == NULL || policy->len == 0)
+        return SSL_TLSEXT_ERR_NOACK;
+    /* Server preference: the first of our names that the client also offers. */
+    for (i = 0; i < policy->len; i += 1u + policy->wire[i]) {
+        unsigned int j;
+        unsigned char n = policy->wire[i];
+        for (j = 0; j < inlen; j += 1u + in[j]) {
+            if (in[j] == n && j + 1u + n <= inlen && memcmp(in + j + 1, policy->wire + i + 1, n) == 0) {
+                *out = in + j + 1;
+                *outlen = n;
+                return SSL_TLSEXT_ERR_OK;
+            }
+        }
+    }
+    return policy->allow_no_match ? SSL_TLSEXT_ERR_NOACK : SSL_TLSEXT_ERR_ALERT_FATAL;
+}
+
+int sp_ctx_set_server_alpn(SSL_CTX *ctx, const unsigned char *wire, size_t len,
+                           int allow_no_match)
+{
+    alpn_policy *policy = calloc(1, sizeof *policy);
+    alpn_policy *old;
+    if (policy == NULL)
+        return 0;
+    if (len > 0) {
+        policy->wire = malloc(len);
+        if (policy->wire == NULL) {
+            free(policy);
+            return 0;
+        }
+        memcpy(policy->wire, wire, len);
+    }
+    policy->len = len;
+    policy->allow_no_match = allow_no_match;
+    old = SSL_CTX_get_ex_data(ctx, alpn_index);
+    if (!SSL_CTX_set_ex_data(ctx, alpn_index, policy)) {
+        free(policy->wire);
+        free(policy);
+        return 0;
+    }
+    if (old != NULL) {
+        free(old->wire);
+        free(old);
+    }
+    SSL_CTX_set_alpn_select_cb(ctx, select_alpn, NULL);
+    return 1;
+}
+
+static int no_prompt(char *buf, int size, int rwflag, void *u)
+{
+    const char *password = u;
+    size_t len;
+    (void)rwflag;
+    if (password == NULL)
+        return 0; /* never fall back to a TTY prompt */
+    len = strlen(password);
+    if (len > (size_t)size)
+        return -1;
+    memcpy(buf, password, len);
+    return (int)len;
+}
+
+EVP_PKEY *sp_load_private_key(const unsigned char *data, size_t len, int der, int rsa_only,
+                              const char *password, sp_err *err)
+{
+    BIO *bio;
+    EVP_PKEY *key = NULL;
+    sp_err_reset(err);
+    ERR_clear_error();
+    if (len > 0x7fffffff)
+        return NULL;
+    bio = BIO_new_mem_buf(data, (int)len);
+    if (bio == NULL) {
+        sp_err_drain(err);
+        return NULL;
+    }
+    if (der) {
+        key = d2i_PrivateKey_bio(bio, NULL);
+        if (key != NULL && rsa_only && EVP_PKEY_base_id(key) != EVP_PKEY_RSA) {
+            EVP_PKEY_free(key);
+            key = NULL;
+        }
+    } else {
+        /* PEM: walk the keys in order; rsa_only skips keys of other types. */
+        for (;;) {
+            ERR_set_mark();
+            key = PEM_read_bio_PrivateKey(bio, NULL, no_prompt, (void *)password);
+            if (key == NULL) {
+                ERR_clear_last_mark(); /* keep the reason for the caller */
+                break;
+            }
+            ERR_pop_to_mark();
+            if (!rsa_only || EVP_PKEY_base_id(key) == EVP_PKEY_RSA)
+                break;
+            EVP_PKEY_free(key);
+            key = NULL;
+        }
+    }
+    BIO_free(bio);
+    if (key == NULL)
+        sp_err_drain(err);
+    else
+        ERR_clear_error();
+    return key;
+}
+
+int sp_openssl_has(const char *feature)
+{
+    if (strcmp(feature, "tls13") == 0) {
+#ifdef TLS1_3_VERSION
+        return 1;
+#else
+        return 0;
+#endif
+    }
+    if (strcmp(feature, "post_handshake_auth") == 0) {
+#ifdef SSL_VERIFY_POST_HANDSHAKE
+        return 1;
+#else
+        return 0;
+#endif
+    }
+    return 0;
+}
+
+int sp_ctx_add_pem_roots(SSL_CTX *ctx, const unsigned char *pem, size_t len)
+{
+    X509_STORE *store = SSL_CTX_get_cert_store(ctx);
+    BIO *bio;
+    X509 *cert;
+    int added = 0;
+    ERR_clear_error();
+    if (store == NULL || len > 0x7fffffff)
+        return 0;
+    bio = BIO_new_mem_buf(pem, (int)len);
+    if (bio == NULL)
+        return 0;
+    while ((cert = PEM_read_bio_X509(bio, NULL, NULL, NULL)) != NULL) {
+        if (X509_STORE_add_cert(store, cert))
+            added++;
+        X509_free(cert);
+    }
+    BIO_free(bio);
+    ERR_clear_error(); /* the loop always ends with "no start line" */
+    return added > 0;
+}
+
+int sp_ctx_load_client_ca_file(SSL_CTX *ctx, const char *path, sp_err *err)
+{
+    STACK_OF(X509_NAME) *names;
+    sp_err_reset(err);
+    ERR_clear_error();
+    names = SSL_load_client_CA_file(path);
+    if (names == NULL) {
+        sp_err_drain(err);
+        return 0;
+    }
+    SSL_CTX_set_client_CA_list(ctx, names); /* takes ownership */
+    return 1;
+}

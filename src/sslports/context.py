@@ -1,0 +1,803 @@
+"""Client and server contexts (API.md sections 1, 2 and 4).
+
+A context wraps one ``SSL_CTX``: trusted roots, credentials, ciphers, protocol range and
+verification policy, shared by every connection made from it. Loading happens once per
+context, never per connection. Sealing sets a flag every mutator checks.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import contextvars
+import ipaddress
+import os
+import subprocess
+import sys
+import threading
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, Callable, Optional, Union
+
+from . import _binding
+from ._binding import build_error
+from ._dhparams import DH4096_PEM
+from .errors import SSLError, SSLUnsupportedError
+
+PathLike = Union[str, bytes, "os.PathLike[str]", "os.PathLike[bytes]"]
+VerifySource = Union[PathLike, tuple[str, PathLike]]
+
+TEST_PEM: Path = Path(__file__).resolve().parent / "test.pem"
+ssl_dh4096_param_bytes: bytes = DH4096_PEM
+
+SECURE_CIPHERS = "DEFAULT:!aNULL:!eNULL:!LOW:!EXPORT:!SSLv2"
+
+# protocol symbol -> (min version, max version, security level or None), by name of the macro
+_VERSION_NAMES = {"tls": "TLS1_VERSION", "tls11": "TLS1_1_VERSION", "tls12": "TLS1_2_VERSION"}
+_VERSION_NAMES["tls13"] = "TLS1_3_VERSION"
+_ALIASES = {"sslv2-or-v3": "auto"}
+_KNOWN_PROTOCOLS = frozenset(
+    ("secure", "auto", "sslv2-or-v3", "sslv2", "sslv3", "tls", "tls11", "tls12", "tls13")
+)
+
+# The seed's curve names; "prime192v"/"prime256v" are also spelled with a trailing "1".
+ECDH_CURVES = [
+    "sect163k1",
+    "sect163r1",
+    "sect163r2",
+    "sect193r1",
+    "sect193r2",
+    "sect233k1",
+    "sect233r1",
+    "sect239k1",
+    "sect283k1",
+    "sect283r1",
+    "sect409k1",
+    "sect409r1",
+    "sect571k1",
+    "sect571r1",
+    "secp160k1",
+    "secp160r1",
+    "secp160r2",
+    "secp192k1",
+    "secp224k1",
+    "secp224r1",
+    "secp256k1",
+    "secp384r1",
+    "secp521r1",
+    "prime192v",
+    "prime256v",
+    "prime192v1",
+    "prime256v1",
+]
+
+
+def fspath_bytes(func: str, path: object, what: str = "path") -> bytes:
+    """A str/bytes/PathLike as bytes for OpenSSL, or TypeError naming `func`."""
+    if isinstance(path, (str, bytes, os.PathLike)):
+        raw = os.fsencode(path)
+        if b"\0" in raw:
+            raise ValueError(f"{func}: {what} contains a NUL byte")
+        return raw
+    raise TypeError(f"{func}: expected a {what} (str, bytes or os.PathLike), got {type(path)!r}")
+
+
+def _read_file(func: str, path: object, what: str = "load") -> bytes:
+    raw = fspath_bytes(func, path)
+    try:
+        with open(raw, "rb") as f:
+            return f.read()
+    except OSError as exc:
+        raise SSLError(
+            f"{func}: {what} failed ({exc.strerror}: {os.fsdecode(raw)!r})", errno=exc.errno
+        ) from exc
+
+
+def _check_bool(func: str, name: str, value: object) -> bool:
+    if not isinstance(value, bool):
+        raise TypeError(f"{func}: {name} must be a bool, got {type(value).__name__}")
+    return value
+
+
+def encode_alpn(func: str, protocols: object) -> bytes:
+    """RFC 7301 wire format of a sequence of protocol names (each 1..255 bytes)."""
+    if isinstance(protocols, (str, bytes, bytearray)) or not isinstance(protocols, Sequence):
+        raise TypeError(f"{func}: alpn must be a sequence of bytes")
+    wire = bytearray()
+    for name in protocols:
+        if not isinstance(name, (bytes, bytearray)):
+            raise TypeError(f"{func}: each ALPN protocol must be bytes, got {type(name).__name__}")
+        if not 1 <= len(name) <= 255:
+            raise ValueError(f"{func}: ALPN protocol names must be 1 to 255 bytes long")
+        wire.append(len(name))
+        wire += name
+    return bytes(wire)
+
+
+class _Context:
+    """What client and server contexts share; see the subclasses."""
+
+    _is_server = False
+
+    def __init__(self, protocol: str = "auto") -> None:
+        lib = _binding.require_native(self._maker_name())
+        ffi = _binding.ffi
+        err = ffi.new("sp_err *")
+        ptr = lib.sp_ctx_new(int(self._is_server), err)
+        if ptr == ffi.NULL:
+            raise build_error(self._maker_name(), "context creation", err)
+        self._ptr: Any = ffi.gc(ptr, lib.sp_ctx_free)
+        self._protocol = protocol
+        self._sealed = False
+        self._verify = False
+        self._try_verify = False
+        self._verify_hostname = False
+        self._alpn_wire = b""
+        self._sni_callback: Optional[Callable[[str], Any]] = None
+        self._keylogger: Optional[Callable[[bytes], Any]] = None
+        self._lock = threading.Lock()
+        self._apply_protocol(protocol)
+
+    @classmethod
+    def _maker_name(cls) -> str:
+        return "ssl_make_server_context" if cls._is_server else "ssl_make_client_context"
+
+    def __repr__(self) -> str:
+        sealed = ", sealed" if self._sealed else ""
+        return f"<{type(self).__name__} {self._protocol}{sealed}>"
+
+    # -- protocol --------------------------------------------------------------------------
+
+    def _apply_protocol(self, protocol: str) -> None:
+        lib = _binding.lib
+        if protocol in ("auto", "secure"):
+            ok = lib.SSL_CTX_set_min_proto_version(self._ptr, lib.TLS1_2_VERSION)
+        else:
+            version = getattr(lib, _VERSION_NAMES[protocol])
+            if protocol in ("tls", "tls11"):
+                # TLS 1.0/1.1 sign with SHA-1/MD5, which OpenSSL 3 allows only at level 0.
+                lib.SSL_CTX_set_security_level(self._ptr, 0)
+                lib.SSL_CTX_set_cipher_list(self._ptr, b"DEFAULT:@SECLEVEL=0")
+            ok = lib.SSL_CTX_set_min_proto_version(self._ptr, version)
+            ok = ok and lib.SSL_CTX_set_max_proto_version(self._ptr, version)
+        if not ok:
+            raise build_error(self._maker_name(), "protocol selection")
+
+    # -- mutation guard --------------------------------------------------------------------
+
+    def _mutable(self, func: str) -> Any:
+        if self._sealed:
+            raise SSLError(f"{func}: context is sealed")
+        return self._ptr
+
+    def _verify_flags(self) -> int:
+        lib = _binding.lib
+        flags = 0
+        if self._verify or self._try_verify:
+            flags |= lib.SP_VERIFY_PEER
+        if self._verify:
+            flags |= lib.SP_VERIFY_REQUIRE
+        if self._verify_hostname:
+            flags |= lib.SP_VERIFY_HOSTNAME
+        if not self._is_server:
+            flags |= lib.SP_VERIFY_POST_HANDSHAKE
+        return flags
+
+
+class SSLClientContext(_Context):
+    """A context for the client side of connections (Racket: ssl-client-context?).
+
+    It also caches one TLS session per (host, port) so that `ssl_connect` resumes.
+    """
+
+    _is_server = False
+
+    def __init__(self, protocol: str = "auto") -> None:
+        super().__init__(protocol)
+        self._sessions: dict[tuple[str, int], Any] = {}
+        lib = _binding.lib
+        lib.SSL_CTX_set_session_cache_mode(self._ptr, lib.SSL_SESS_CACHE_CLIENT)
+
+
+class SSLServerContext(_Context):
+    """A context for the server side of connections (Racket: ssl-server-context?)."""
+
+    _is_server = True
+
+    def __init__(self, protocol: str = "auto") -> None:
+        super().__init__(protocol)
+        lib = _binding.lib
+        sid = b"sslports"
+        lib.SSL_CTX_set_session_id_context(self._ptr, sid, len(sid))
+
+
+ContextArg = Union[_Context, Any]  # a context, or an SSLListener carrying one
+
+
+def context_of(func: str, value: object, *, listener_ok: bool = True) -> _Context:
+    """The context a context procedure acts on: a context, or a listener's context."""
+    if isinstance(value, _Context):
+        return value
+    if listener_ok:
+        ctx = getattr(value, "_sslports_context", None)
+        if isinstance(ctx, _Context):
+            return ctx
+    kinds = "a context or listener" if listener_ok else "a client or server context"
+    raise TypeError(f"{func}: expected {kinds}, got {type(value).__name__}")
+
+
+def _check_protocol(func: str, protocol: object) -> str:
+    if not isinstance(protocol, str):
+        raise TypeError(f"{func}: protocol must be a str, got {type(protocol).__name__}")
+    if protocol not in _KNOWN_PROTOCOLS:
+        raise ValueError(f"{func}: unknown protocol {protocol!r}")
+    protocol = _ALIASES.get(protocol, protocol)
+    if protocol in ("sslv2", "sslv3"):
+        raise SSLUnsupportedError(f"{func}: requested protocol not supported ({protocol})")
+    if protocol in ("tls", "tls11", "tls13") and protocol not in _usable_versions():
+        raise SSLUnsupportedError(f"{func}: requested protocol not supported ({protocol})")
+    return protocol
+
+
+def _load_credentials(
+    func: str, ctx: _Context, private_key: object, certificate_chain: object
+) -> None:
+    if certificate_chain is not None:
+        ssl_load_certificate_chain(ctx, certificate_chain)
+    if private_key is None:
+        return
+    if not isinstance(private_key, tuple) or len(private_key) != 2:
+        raise TypeError(f"{func}: private_key must be ('pem', path), ('der', path) or None")
+    kind, source = private_key
+    if kind == "pem":
+        _load_key(func, ctx, _read_file(func, source), der=False, rsa=False, password=None)
+    elif kind == "der":
+        _load_key(func, ctx, _read_file(func, source), der=True, rsa=False, password=None)
+    elif kind == "pem-data":
+        if not isinstance(source, (bytes, bytearray)):
+            raise TypeError(f"{func}: ('pem-data', ...) takes bytes")
+        _load_key(func, ctx, bytes(source), der=False, rsa=False, password=None)
+    else:
+        raise ValueError(f"{func}: unknown private key kind {kind!r}")
+
+
+def ssl_make_client_context(
+    protocol: str = "auto",
+    *,
+    private_key: object = None,
+    certificate_chain: object = None,
+) -> SSLClientContext:
+    """Make a client context.
+
+    Racket: ssl-make-client-context
+
+    :param protocol: ``"secure"``, ``"auto"``, ``"sslv2-or-v3"``, ``"tls"``, ``"tls11"``,
+        ``"tls12"`` or ``"tls13"`` (``"sslv2"``/``"sslv3"`` are refused).
+    :param private_key: ``("pem", path)``, ``("der", path)``, ``("pem-data", bytes)`` or None.
+    :param certificate_chain: a PEM chain path, leaf first, or None.
+    :raises SSLUnsupportedError: the protocol is not available in this OpenSSL.
+    """
+    func = "ssl_make_client_context"
+    protocol = _check_protocol(func, protocol)
+    if protocol == "secure":
+        if private_key is None and certificate_chain is None:
+            return ssl_secure_client_context()
+        ctx = _configure_secure(SSLClientContext("auto"))
+        ctx._protocol = "secure"
+        _load_credentials(func, ctx, private_key, certificate_chain)
+        ssl_seal_context(ctx)
+        return ctx
+    ctx = SSLClientContext(protocol)
+    _load_credentials(func, ctx, private_key, certificate_chain)
+    return ctx
+
+
+def ssl_make_server_context(
+    protocol: str = "auto",
+    *,
+    private_key: object = None,
+    certificate_chain: object = None,
+) -> SSLServerContext:
+    """Make a server context (``"secure"`` is an alias of ``"auto"`` here).
+
+    Racket: ssl-make-server-context
+
+    :raises SSLUnsupportedError: the protocol is not available in this OpenSSL.
+    """
+    func = "ssl_make_server_context"
+    protocol = _check_protocol(func, protocol)
+    ctx = SSLServerContext("auto" if protocol == "secure" else protocol)
+    _load_credentials(func, ctx, private_key, certificate_chain)
+    return ctx
+
+
+def _configure_secure(ctx: SSLClientContext) -> SSLClientContext:
+    ssl_load_default_verify_sources(ctx)
+    ssl_set_verify(ctx, True)
+    ssl_set_verify_hostname(ctx, True)
+    ssl_set_ciphers(ctx, SECURE_CIPHERS)
+    return ctx
+
+
+_secure_cache: dict[tuple[object, ...], SSLClientContext] = {}
+_secure_lock = threading.Lock()
+
+
+def ssl_secure_client_context() -> SSLClientContext:
+    """The cached, sealed client context that verifies certificates and hostnames.
+
+    Racket: ssl-secure-client-context
+    """
+    key = tuple(
+        (s[0], os.fsdecode(s[1])) if isinstance(s, tuple) else os.fsdecode(s)
+        for s in ssl_default_verify_sources()
+    )
+    with _secure_lock:
+        ctx = _secure_cache.get(key)
+        if ctx is None:
+            ctx = _configure_secure(SSLClientContext("auto"))
+            ctx._protocol = "secure"
+            ssl_seal_context(ctx)
+            _secure_cache.clear()
+            _secure_cache[key] = ctx
+        return ctx
+
+
+def is_ssl_client_context(v: object) -> bool:
+    """True for client contexts. Racket: ssl-client-context?"""
+    return isinstance(v, SSLClientContext)
+
+
+def is_ssl_server_context(v: object) -> bool:
+    """True for server contexts (not listeners). Racket: ssl-server-context?"""
+    return isinstance(v, SSLServerContext)
+
+
+_usable: Optional[list[str]] = None
+
+
+def _usable_versions() -> list[str]:
+    """The version symbols that really complete a handshake here (probed once, in memory)."""
+    global _usable
+    if _usable is None:
+        from .probe import probe_versions
+
+        _usable = probe_versions()
+    return _usable
+
+
+def supported_client_protocols() -> list[str]:
+    """Protocols a client can use here. Racket: supported-client-protocols"""
+    return ["secure", "auto", *_usable_versions()]
+
+
+def supported_server_protocols() -> list[str]:
+    """Protocols a server can use here. Racket: supported-server-protocols"""
+    return ["secure", "auto", *_usable_versions()]
+
+
+def ssl_max_client_protocol() -> Optional[str]:
+    """The newest protocol a client can use here. Racket: ssl-max-client-protocol"""
+    versions = _usable_versions()
+    return versions[-1] if versions else None
+
+
+def ssl_max_server_protocol() -> Optional[str]:
+    """The newest protocol a server can use here. Racket: ssl-max-server-protocol"""
+    return ssl_max_client_protocol()
+
+
+# -- verify sources ------------------------------------------------------------------------
+
+_default_sources: contextvars.ContextVar[Optional[list[VerifySource]]] = contextvars.ContextVar(
+    "ssl_default_verify_sources", default=None
+)
+_computed_sources: Optional[list[VerifySource]] = None
+
+
+def _platform_default_sources() -> list[VerifySource]:
+    if sys.platform == "win32":
+        return [("win32-store", "ROOT")]
+    if sys.platform == "darwin":
+        return [("macosx-keychain", "/System/Library/Keychains/SystemRootCertificates.keychain")]
+    lib = _binding.lib
+    ffi = _binding.ffi
+    env_file = os.environ.get("SSL_CERT_FILE")
+    env_dir = os.environ.get("SSL_CERT_DIR")
+    if env_file is not None or env_dir is not None:
+        files: list[VerifySource] = [f for f in (env_file or "").split(":") if f]
+        dirs: list[VerifySource] = [("directory", d) for d in (env_dir or "").split(":") if d]
+        return files + dirs
+    if lib is None:
+        return []
+    default_file = ffi.string(lib.X509_get_default_cert_file()).decode()
+    default_dir = ffi.string(lib.X509_get_default_cert_dir()).decode()
+    return [default_file, ("directory", default_dir)]
+
+
+def ssl_default_verify_sources(*args: Sequence[VerifySource]) -> Any:
+    """Get (no argument) or set (one argument) the default verification sources.
+
+    Racket: ssl-default-verify-sources (a parameter; here backed by a ContextVar, so a thread
+    or asyncio task may override it).
+    """
+    global _computed_sources
+    if len(args) > 1:
+        raise TypeError("ssl_default_verify_sources: takes at most one argument")
+    if args:
+        srcs = args[0]
+        if isinstance(srcs, (str, bytes)) or not isinstance(srcs, Sequence):
+            raise TypeError("ssl_default_verify_sources: expected a sequence of sources")
+        for s in srcs:
+            _check_source("ssl_default_verify_sources", s)
+        _default_sources.set(list(srcs))
+        return None
+    value = _default_sources.get()
+    if value is None:
+        if _computed_sources is None:
+            _computed_sources = _platform_default_sources()
+        value = _computed_sources
+    return list(value)
+
+
+def _check_source(func: str, src: object) -> None:
+    if isinstance(src, tuple):
+        if len(src) != 2 or src[0] not in ("directory", "win32-store", "macosx-keychain"):
+            raise ValueError(f"{func}: unknown verify source {src!r}")
+        if src[0] == "win32-store":
+            if not isinstance(src[1], str):
+                raise TypeError(f"{func}: a win32-store name must be a str")
+        else:
+            fspath_bytes(func, src[1])
+        return
+    fspath_bytes(func, src, "verify source")
+
+
+def ssl_load_verify_source(context: object, src: object, *, try_: bool = False) -> None:
+    """Load trusted roots from `src` into `context`.
+
+    Racket: ssl-load-verify-source!
+
+    :param src: a PEM file path, ``("directory", path)``, ``("win32-store", name)`` or
+        ``("macosx-keychain", path)``.
+    :param try_: ignore a failing load.
+    :raises SSLUnsupportedError: the source kind does not exist on this platform.
+    :raises SSLError: the load failed (unless ``try_``).
+    """
+    func = "ssl_load_verify_source"
+    ctx = context_of(func, context, listener_ok=False)
+    _check_source(func, src)
+    ptr = ctx._mutable(func)
+    lib = _binding.lib
+    ffi = _binding.ffi
+    lib.ERR_clear_error()
+    if isinstance(src, tuple) and src[0] == "win32-store":
+        if sys.platform != "win32":
+            raise SSLUnsupportedError(f"{func}: win32-store is only available on Windows")
+        ok = _load_win32_store(ctx, src[1])
+    elif isinstance(src, tuple) and src[0] == "macosx-keychain":
+        if sys.platform != "darwin":
+            raise SSLUnsupportedError(f"{func}: macosx-keychain is only available on macOS")
+        ok = _load_macos_keychain(ctx, src[1])
+    elif isinstance(src, tuple):
+        path = fspath_bytes(func, src[1])
+        ok = os.path.isdir(path) and bool(lib.SSL_CTX_load_verify_locations(ptr, ffi.NULL, path))
+    else:
+        path = fspath_bytes(func, src)
+        ok = bool(lib.SSL_CTX_load_verify_locations(ptr, path, ffi.NULL))
+    if not ok:
+        exc = build_error(func, "load", detail=None)
+        if not exc.openssl_errors:
+            exc = SSLError(f"{func}: load failed (cannot read {src!r})")
+        if not try_:
+            raise exc
+    lib.ERR_clear_error()
+
+
+def _add_pem_roots(ctx: _Context, pem: bytes) -> bool:
+    lib = _binding.lib
+    return bool(pem) and bool(lib.sp_ctx_add_pem_roots(ctx._ptr, pem, len(pem)))
+
+
+def _load_macos_keychain(ctx: _Context, path: object) -> bool:
+    cmd = ["/usr/bin/security", "find-certificate", "-a", "-p", os.fsdecode(fspath_bytes("", path))]
+    try:
+        pem = subprocess.run(cmd, capture_output=True, check=True, timeout=60).stdout
+    except (OSError, subprocess.SubprocessError):
+        return False
+    return _add_pem_roots(ctx, pem)
+
+
+def _load_win32_store(ctx: _Context, name: str) -> bool:  # pragma: no cover - Windows only
+    import base64
+    import ssl as pyssl
+
+    try:
+        certs = pyssl.enum_certificates(name)  # type: ignore[attr-defined]
+    except OSError:
+        return False
+    pem = b"".join(
+        b"-----BEGIN CERTIFICATE-----\n" + base64.encodebytes(der) + b"-----END CERTIFICATE-----\n"
+        for der, encoding, _trust in certs
+        if encoding == "x509_asn"
+    )
+    return _add_pem_roots(ctx, pem)
+
+
+def ssl_load_default_verify_sources(context: object) -> None:
+    """Load every default verify source, ignoring failures.
+
+    Racket: ssl-load-default-verify-sources!
+    """
+    func = "ssl_load_default_verify_sources"
+    ctx = context_of(func, context, listener_ok=False)
+    ctx._mutable(func)
+    for src in ssl_default_verify_sources() or []:
+        with contextlib.suppress(SSLUnsupportedError):
+            ssl_load_verify_source(ctx, src, try_=True)
+
+
+def ssl_load_verify_root_certificates(context_or_listener: object, pathname: object) -> None:
+    """Load a PEM file of trusted roots (deprecated form of ssl_load_verify_source).
+
+    Racket: ssl-load-verify-root-certificates!
+    """
+    func = "ssl_load_verify_root_certificates"
+    ctx = context_of(func, context_or_listener)
+    path = fspath_bytes(func, pathname)
+    lib = _binding.lib
+    ptr = ctx._mutable(func)
+    lib.ERR_clear_error()
+    if not lib.SSL_CTX_load_verify_locations(ptr, path, _binding.ffi.NULL):
+        raise build_error(func, "load")
+
+
+# -- ciphers, sealing ------------------------------------------------------------------------
+
+
+def ssl_set_ciphers(context: object, cipher_spec: str) -> None:
+    """Choose the TLS <= 1.2 cipher suites (``openssl ciphers`` syntax).
+
+    Racket: ssl-set-ciphers!
+
+    :raises SSLError: OpenSSL rejects the spec.
+    """
+    func = "ssl_set_ciphers"
+    ctx = context_of(func, context, listener_ok=False)
+    if not isinstance(cipher_spec, str):
+        raise TypeError(f"{func}: cipher_spec must be a str")
+    ptr = ctx._mutable(func)
+    lib = _binding.lib
+    lib.ERR_clear_error()
+    spec = cipher_spec.encode()
+    if b"\0" in spec or not lib.SSL_CTX_set_cipher_list(ptr, spec):
+        raise build_error(func, "cipher selection")
+
+
+def ssl_set_ciphersuites(context: object, spec: str) -> None:
+    """Choose the TLS 1.3 cipher suites (``TLS_AES_128_GCM_SHA256:...``). Extension."""
+    func = "ssl_set_ciphersuites"
+    ctx = context_of(func, context, listener_ok=False)
+    if not isinstance(spec, str):
+        raise TypeError(f"{func}: spec must be a str")
+    ptr = ctx._mutable(func)
+    lib = _binding.lib
+    lib.ERR_clear_error()
+    raw = spec.encode()
+    if b"\0" in raw or not lib.SSL_CTX_set_ciphersuites(ptr, raw):
+        raise build_error(func, "cipher suite selection")
+
+
+def ssl_seal_context(context: object) -> None:
+    """Seal `context`: every later change raises. Racket: ssl-seal-context!"""
+    ctx = context_of("ssl_seal_context", context, listener_ok=False)
+    ctx._sealed = True
+
+
+# -- credentials ------------------------------------------------------------------------------
+
+
+def ssl_load_certificate_chain(context_or_listener: object, pathname: object) -> None:
+    """Load a PEM certificate chain, leaf first, as this end's identity.
+
+    Racket: ssl-load-certificate-chain!
+
+    :raises SSLError: the file is missing or holds no usable certificate.
+    """
+    func = "ssl_load_certificate_chain"
+    ctx = context_of(func, context_or_listener)
+    path = fspath_bytes(func, pathname)
+    ptr = ctx._mutable(func)
+    lib = _binding.lib
+    lib.ERR_clear_error()
+    if not lib.SSL_CTX_use_certificate_chain_file(ptr, path):
+        if not os.path.exists(path):
+            lib.ERR_clear_error()
+            raise SSLError(f"{func}: load failed (no such file: {os.fsdecode(path)!r})")
+        raise build_error(func, "load")
+
+
+def _load_key(
+    func: str, ctx: _Context, data: bytes, *, der: bool, rsa: bool, password: Optional[bytes]
+) -> None:
+    lib = _binding.lib
+    ffi = _binding.ffi
+    ptr = ctx._mutable(func)
+    err = ffi.new("sp_err *")
+    pw = ffi.NULL if password is None else password
+    key = lib.sp_load_private_key(data, len(data), int(der), int(rsa), pw, err)
+    if key == ffi.NULL:
+        detail = "no RSA private key found" if rsa and err.nerrs == 0 else None
+        raise build_error(func, "load", err, detail=detail)
+    try:
+        lib.ERR_clear_error()
+        if not lib.SSL_CTX_use_PrivateKey(ptr, key):
+            raise build_error(func, "load")
+    finally:
+        lib.EVP_PKEY_free(key)
+
+
+def ssl_load_private_key(
+    context_or_listener: object,
+    pathname: object,
+    rsa: bool = True,
+    asn1: bool = False,
+    *,
+    password: Union[str, bytes, None] = None,
+) -> None:
+    """Load this end's private key.
+
+    Racket: ssl-load-private-key!
+
+    :param pathname: a path, or ``("data", bytes)`` (extension).
+    :param rsa: take the first RSA key (other key types before it are skipped).
+    :param asn1: the data is DER instead of PEM.
+    :param password: for an encrypted key; there is never a TTY prompt.
+    :raises SSLError: unreadable, malformed, wrong password, or not matching the certificate.
+    """
+    func = "ssl_load_private_key"
+    ctx = context_of(func, context_or_listener)
+    rsa = _check_bool(func, "rsa", rsa)
+    asn1 = _check_bool(func, "asn1", asn1)
+    if isinstance(pathname, tuple) and len(pathname) == 2 and pathname[0] == "data":
+        if not isinstance(pathname[1], (bytes, bytearray)):
+            raise TypeError(f"{func}: ('data', ...) takes bytes")
+        data = bytes(pathname[1])
+    else:
+        data = _read_file(func, pathname)
+    if password is not None and not isinstance(password, (str, bytes)):
+        raise TypeError(f"{func}: password must be str or bytes")
+    pw = password.encode() if isinstance(password, str) else password
+    if pw is not None and b"\0" in pw:
+        raise ValueError(f"{func}: password contains a NUL byte")
+    ctx._mutable(func)
+    _load_key(func, ctx, data, der=asn1, rsa=rsa, password=pw)
+
+
+def ssl_load_suggested_certificate_authorities(
+    context_or_listener: object, pathname: object
+) -> None:
+    """Set the CA names a server sends when it asks for a client certificate.
+
+    Racket: ssl-load-suggested-certificate-authorities!
+    """
+    func = "ssl_load_suggested_certificate_authorities"
+    ctx = context_of(func, context_or_listener)
+    path = fspath_bytes(func, pathname)
+    ptr = ctx._mutable(func)
+    lib = _binding.lib
+    err = _binding.ffi.new("sp_err *")
+    if not lib.sp_ctx_load_client_ca_file(ptr, path, err):
+        raise build_error(func, "load", err)
+
+
+# -- key exchange ----------------------------------------------------------------------------
+
+
+def ssl_server_context_enable_dhe(context: object, dh_param: object = DH4096_PEM) -> None:
+    """Enable finite-field DHE suites (TLS <= 1.2) with the given parameters.
+
+    Racket: ssl-server-context-enable-dhe!
+
+    :param dh_param: a path to a PEM file of DH parameters, or its contents as bytes.
+    """
+    func = "ssl_server_context_enable_dhe"
+    if not isinstance(context, SSLServerContext):
+        raise TypeError(f"{func}: expected a server context, got {type(context).__name__}")
+    if isinstance(dh_param, (bytes, bytearray)) and b"-----BEGIN" in dh_param:
+        pem = bytes(dh_param)
+    else:
+        pem = _read_file(func, dh_param)
+    ptr = context._mutable(func)
+    err = _binding.ffi.new("sp_err *")
+    if not _binding.lib.sp_ctx_set_dh_pem(ptr, pem, len(pem), err):
+        raise build_error(func, "loading DH parameters", err)
+
+
+def ssl_server_context_enable_ecdh(context: object, curve_name: str = "secp521r1") -> None:
+    """Enable ECDHE with `curve_name` as the server's preferred group.
+
+    Racket: ssl-server-context-enable-ecdh!
+
+    :raises ValueError: not one of the seed's curve names.
+    :raises SSLUnsupportedError: this OpenSSL lacks the curve.
+    """
+    func = "ssl_server_context_enable_ecdh"
+    if not isinstance(context, SSLServerContext):
+        raise TypeError(f"{func}: expected a server context, got {type(context).__name__}")
+    if not isinstance(curve_name, str):
+        raise TypeError(f"{func}: curve_name must be a str")
+    if curve_name not in ECDH_CURVES:
+        raise ValueError(f"{func}: unknown curve {curve_name!r}")
+    name = curve_name + "1" if curve_name in ("prime192v", "prime256v") else curve_name
+    ptr = context._mutable(func)
+    lib = _binding.lib
+    lib.ERR_clear_error()
+    # Preferred first; keep the usual groups after it so other clients still connect.
+    groups = [name] + [g for g in ("X25519", "P-256", "P-384") if g.lower() != name]
+    if not lib.SSL_CTX_set1_groups_list(ptr, ":".join(groups).encode()):
+        lib.ERR_clear_error()
+        if not lib.SSL_CTX_set1_groups_list(ptr, name.encode()):
+            lib.ERR_clear_error()
+            raise SSLUnsupportedError(f"{func}: curve {curve_name!r} not supported by this OpenSSL")
+        lib.SSL_CTX_set1_groups_list(ptr, ":".join(groups).encode())
+
+
+# -- verification policy on contexts (ports are handled in verify.py) -------------------------
+
+
+def set_context_verify(func: str, ctx: _Context, on: bool, try_only: bool) -> None:
+    """Set a context's peer verification policy (shared by ssl_set_verify / ssl_try_verify)."""
+    on = _check_bool(func, "on", on)
+    ctx._mutable(func)
+    if try_only:
+        ctx._try_verify = on
+        ctx._verify = False if on else ctx._verify
+    else:
+        ctx._verify = on
+        ctx._try_verify = False
+
+
+def ssl_set_verify(clp: object, on: bool) -> None:
+    """Require (or stop requiring) a valid peer certificate.
+
+    Racket: ssl-set-verify!
+
+    :param clp: a context, a listener, or a port (verifies now; see verify.py).
+    """
+    from .verify import verify_port_now
+
+    if hasattr(clp, "_sslports_conn"):
+        verify_port_now("ssl_set_verify", clp, _check_bool("ssl_set_verify", "on", on), False)
+        return
+    set_context_verify("ssl_set_verify", context_of("ssl_set_verify", clp), on, False)
+
+
+def ssl_try_verify(clp: object, on: bool) -> None:
+    """Ask for a peer certificate but let the connection go on without a valid one.
+
+    Racket: ssl-try-verify!
+    """
+    from .verify import verify_port_now
+
+    if hasattr(clp, "_sslports_conn"):
+        verify_port_now("ssl_try_verify", clp, _check_bool("ssl_try_verify", "on", on), True)
+        return
+    set_context_verify("ssl_try_verify", context_of("ssl_try_verify", clp), on, True)
+
+
+def ssl_set_verify_hostname(context: object, on: bool) -> None:
+    """Check the peer's certificate against the hostname. Racket: ssl-set-verify-hostname!"""
+    func = "ssl_set_verify_hostname"
+    ctx = context_of(func, context)
+    on = _check_bool(func, "on", on)
+    ctx._mutable(func)
+    ctx._verify_hostname = on
+
+
+def is_ip_literal(host: str) -> bool:
+    """True for an IPv4 or IPv6 address literal (an optional IPv6 zone is ignored)."""
+    try:
+        ipaddress.ip_address(host.split("%", 1)[0])
+    except ValueError:
+        return False
+    return True

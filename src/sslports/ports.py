@@ -1,0 +1,702 @@
+"""The two ports of a TLS connection and the connection they share.
+
+HOW A CALL MOVES BYTES
+
+Every port operation is one loop around one pump call (csrc/sp_conn.c explains the pump):
+
+* Socket transports (``ssl_connect``, ``ssl_accept``, ``ssl_wrap_socket``): the pump does all
+  socket I/O in C. It waits at most ``_SLICE_MS`` per call and then returns ``WANT_*`` with the
+  progress made; this loop checks the deadline and lets Python run signal handlers (Ctrl-C)
+  before calling again. No Python runs per TLS record.
+* Stream transports (``ports_to_ssl_ports`` over any file-like pair): the pump reports
+  ``WANT_READ`` when it needs ciphertext. This loop then first hands every queued outgoing
+  byte to the sender thread, then reads once from the input stream and feeds the pump.
+
+WHY A SENDER THREAD FOR STREAMS
+
+A blocking ``write`` to a tiny pipe only returns once the peer reads. If we wrote on the
+caller's thread, two ends that each write before reading (a TLS 1.3 server sends session
+tickets right after its handshake while the client already sends data) would wait on each
+other forever. So outgoing ciphertext goes into a queue that one daemon thread per connection
+writes out; the caller only waits when the queue is over ``_SEND_HIGH`` (back-pressure), or
+at close. Reading the input stream stays on the caller's thread.
+
+LOCKS
+
+The input port serialises readers and the output port serialises writers (threading locks,
+so a second thread waits, interruptibly); one reader and one writer run at once (full duplex).
+The C pump has its own per-connection locks, never held while waiting.
+"""
+
+from __future__ import annotations
+
+import collections
+import contextlib
+import io
+import socket
+import threading
+import time
+from collections.abc import Iterable
+from typing import Any, Callable, Optional, Union, cast
+
+from . import _binding
+from ._binding import build_error
+from .errors import SSLError, SSLNetworkError, SSLTimeoutError
+
+_SLICE_MS = 50  # longest wait inside C; bounds how late Ctrl-C and deadlines are noticed
+_RECORD = 16384  # output buffering: one full TLS record
+_READ_CHUNK = 65536
+_TRANSPORT_CHUNK = 65536
+_SEND_HIGH = 1 << 20  # queued ciphertext at which a stream writer waits
+
+ErrorArg = Union[type[BaseException], Callable[[str], Any]]
+
+
+class _Deadline:
+    """A point in monotonic time, or none."""
+
+    __slots__ = ("at",)
+
+    def __init__(self, timeout: Optional[float]) -> None:
+        self.at = None if timeout is None else time.monotonic() + timeout
+
+    def slice_ms(self) -> int:
+        if self.at is None:
+            return _SLICE_MS
+        left = self.at - time.monotonic()
+        return max(0, min(_SLICE_MS, int(left * 1000) + 1))
+
+    def expired(self) -> bool:
+        return self.at is not None and time.monotonic() >= self.at
+
+    def remaining(self) -> Optional[float]:
+        return None if self.at is None else max(0.0, self.at - time.monotonic())
+
+
+class _Sender:
+    """Writes queued ciphertext to a blocking output stream from a daemon thread."""
+
+    def __init__(self, out: Any) -> None:
+        self.out = out
+        self.cond = threading.Condition()
+        self.queue: collections.deque[bytes] = collections.deque()
+        self.queued = 0
+        self.error: Optional[BaseException] = None
+        self.stopping = False
+        self.thread: Optional[threading.Thread] = None
+
+    def put(self, data: bytes, deadline: _Deadline) -> None:
+        with self.cond:
+            while self.queued >= _SEND_HIGH and self.error is None:
+                if not self.cond.wait(deadline.remaining()):
+                    raise SSLTimeoutError("write: timed out waiting for the transport")
+            if self.error is not None:
+                raise self.error
+            self.queue.append(data)
+            self.queued += len(data)
+            if self.thread is None:
+                self.thread = threading.Thread(
+                    target=self._run, name="sslports-sender", daemon=True
+                )
+                self.thread.start()
+            self.cond.notify_all()
+
+    def _run(self) -> None:
+        while True:
+            with self.cond:
+                while not self.queue and not self.stopping:
+                    self.cond.wait()
+                if not self.queue:
+                    return
+                data = self.queue.popleft()
+            try:
+                _write_fully(self.out, data)
+            except BaseException as exc:
+                with self.cond:
+                    self.error = exc
+                    self.queue.clear()
+                    self.queued = 0
+                    self.cond.notify_all()
+                return
+            with self.cond:
+                self.queued -= len(data)
+                self.cond.notify_all()
+
+    def drain(self, timeout: Optional[float]) -> bool:
+        """Wait until everything queued was written (or failed). False on timeout."""
+        with self.cond:
+            return self.cond.wait_for(lambda: self.queued == 0 or self.error is not None, timeout)
+
+    def stop(self) -> None:
+        with self.cond:
+            self.stopping = True
+            self.cond.notify_all()
+
+
+def _write_fully(out: Any, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        n = out.write(view)
+        if n is None:  # a plain object that consumed everything and returned nothing
+            break
+        view = view[n:]
+    flush = getattr(out, "flush", None)
+    if flush is not None:
+        flush()
+
+
+class _StreamTransport:
+    """Ciphertext to and from two Python binary streams (ports_to_ssl_ports)."""
+
+    sock = None
+
+    def __init__(self, inp: Any, out: Any) -> None:
+        self.inp = inp
+        self.out = out
+        self.buf = bytearray(_TRANSPORT_CHUNK)
+        self.view = memoryview(self.buf)
+        self.in_lock = threading.Lock()
+        self.out_lock = threading.Lock()
+        self.sender = _Sender(out)
+        self.eof = False
+        readinto = getattr(inp, "readinto1", None) or getattr(inp, "readinto", None)
+        self._readinto: Optional[Callable[[memoryview], Optional[int]]] = readinto
+        self._read: Optional[Callable[[int], Optional[bytes]]] = getattr(
+            inp, "read1", None
+        ) or getattr(inp, "read", None)
+        if self._readinto is None and self._read is None:
+            raise TypeError("ports_to_ssl_ports: input_port is not a readable binary stream")
+        if not callable(getattr(out, "write", None)):
+            raise TypeError("ports_to_ssl_ports: output_port is not a writable binary stream")
+
+    def push_out(self, conn: Any, deadline: _Deadline) -> None:
+        """Hand every byte of ciphertext the pump queued to the sender thread."""
+        lib = _binding.lib
+        with self.out_lock:
+            while True:
+                pending = lib.sp_pending_out(conn)
+                if pending == 0:
+                    return
+                chunk = bytearray(pending)
+                n = lib.sp_take(conn, _binding.ffi.from_buffer(chunk), pending)
+                self.sender.put(bytes(chunk[:n]), deadline)
+
+    def pull_in(self, conn: Any) -> None:
+        """Read once from the input stream and feed the pump (EOF included)."""
+        lib = _binding.lib
+        with self.in_lock:
+            if self.eof:
+                lib.sp_feed_eof(conn)
+                return
+            if self._readinto is not None:
+                n = self._readinto(self.view)
+                data: Any = self.view[: n or 0]
+            else:
+                assert self._read is not None
+                raw = self._read(_TRANSPORT_CHUNK)
+                data = raw or b""
+                n = len(data)
+            if n is None:
+                raise BlockingIOError("ports_to_ssl_ports: input_port has no data (non-blocking)")
+            if n == 0:
+                self.eof = True
+                lib.sp_feed_eof(conn)
+            elif not lib.sp_feed(conn, _binding.ffi.from_buffer(data), n):
+                raise MemoryError("sslports: cannot buffer incoming ciphertext")
+
+    def close(self, close_original: bool, timeout: Optional[float]) -> None:
+        if close_original:
+            self.sender.drain(timeout)
+        self.sender.stop()
+        if close_original:
+            for stream in (self.inp, self.out):
+                try:
+                    stream.close()
+                except Exception:  # closing is best effort; nothing is lost at this point
+                    pass
+
+
+class _SocketTransport:
+    """A non-blocking socket whose I/O the C pump does itself."""
+
+    def __init__(self, sock: socket.socket) -> None:
+        self.sock = sock
+
+    def close(self, close_original: bool, timeout: Optional[float]) -> None:
+        self.sock.close()
+
+
+class Connection:
+    """What the two ports of one TLS connection share."""
+
+    def __init__(
+        self,
+        ptr: Any,
+        transport: Union[_SocketTransport, _StreamTransport],
+        context: Any,
+        *,
+        error: ErrorArg,
+        strict_eof: bool,
+        shutdown_on_close: bool,
+        close_original: bool,
+        hostname: Optional[str],
+    ) -> None:
+        self.ptr = ptr
+        self.transport = transport
+        self.context = context
+        self.error = error
+        self.strict_eof = strict_eof
+        self.shutdown_on_close = shutdown_on_close
+        self.close_original = close_original
+        self.hostname = hostname
+        self.open_ports = 2
+        self.state = threading.Condition()  # guards open_ports, inflight, closed
+        self.inflight = 0  # pump calls running; the socket is closed only when none is
+        self.sni_error: Optional[BaseException] = None
+        self.closed = False
+
+    @property
+    def is_socket(self) -> bool:
+        return isinstance(self.transport, _SocketTransport)
+
+    # -- errors -----------------------------------------------------------------------------
+
+    def fail(self, func: str, what: str, err: Any) -> BaseException:
+        """The exception for a failed pump call, made by the connection's error argument."""
+        exc = build_error(func, what, err)
+        return self.make_error(exc)
+
+    def make_error(self, exc: SSLError) -> BaseException:
+        factory = self.error
+        if isinstance(factory, type) and issubclass(factory, SSLError):
+            return factory(
+                exc.message,
+                openssl_errors=exc.openssl_errors,
+                verify_code=exc.verify_code,
+                verify_message=exc.verify_message,
+            )
+        made: object
+        if isinstance(factory, type) and issubclass(factory, BaseException):
+            made = factory(exc.message)
+        else:
+            try:
+                made = cast(Any, factory)(exc.message)
+            except BaseException as raised:
+                made = raised
+        if isinstance(made, BaseException):
+            for attr in ("openssl_errors", "verify_code", "verify_message"):
+                with contextlib.suppress(AttributeError):
+                    setattr(made, attr, getattr(exc, attr))
+            return made
+        return exc
+
+    # -- the loop around every pump call -----------------------------------------------------
+
+    def wait_for_pump(self, status: int, deadline: _Deadline, func: str) -> None:
+        """Do what a WANT_* status asks: move stream bytes, or check the deadline."""
+        lib = _binding.lib
+        transport = self.transport
+        if isinstance(transport, _StreamTransport):
+            transport.push_out(self.ptr, deadline)
+            if status == lib.SP_WANT_READ:
+                transport.pull_in(self.ptr)
+            return
+        if deadline.expired():
+            raise SSLTimeoutError(f"{func}: timed out")
+
+    def handshake(self, func: str, timeout: Optional[float], cls: type[SSLError]) -> None:
+        lib = _binding.lib
+        ffi = _binding.ffi
+        err = ffi.new("sp_err *")
+        deadline = _Deadline(timeout)
+        while True:
+            status = lib.sp_handshake(self.ptr, deadline.slice_ms(), err)
+            if status == lib.SP_OK:
+                if isinstance(self.transport, _StreamTransport):
+                    self.transport.push_out(self.ptr, deadline)
+                return
+            if status in (lib.SP_WANT_READ, lib.SP_WANT_WRITE):
+                if self.is_socket and deadline.expired():
+                    raise SSLTimeoutError(f"{func}: handshake timed out")
+                self.wait_for_pump(status, deadline, func)
+                continue
+            if self.sni_error is not None:
+                raise self.sni_error
+            if status == lib.SP_RAGGED_EOF:
+                raise cls(f"{func}: handshake failed (connection closed by peer)")
+            exc = build_error(func, "handshake", err, cls)
+            if isinstance(self.transport, _StreamTransport):
+                try:  # the alert, so the peer learns why
+                    self.transport.push_out(self.ptr, _Deadline(1.0))
+                except BaseException:
+                    pass
+            if cls is SSLError and self.error is not SSLError:
+                raise self.make_error(exc)
+            raise exc
+
+    def read(self, func: str, view: memoryview, fill: bool, deadline: _Deadline) -> int:
+        """Read into `view`: at least one byte (or all of it when `fill`), 0 at EOF."""
+        lib = _binding.lib
+        ffi = _binding.ffi
+        err = ffi.new("sp_err *")
+        got = ffi.new("size_t *")
+        buf = ffi.from_buffer("unsigned char[]", view, require_writable=True)
+        size = len(view)
+        total = 0
+        with self.ops_lock_shared():
+            while total < size:
+                want = size - total if fill else 1
+                status = lib.sp_read(
+                    self.ptr, buf + total, size - total, want, got, deadline.slice_ms(), err
+                )
+                total += got[0]
+                if status == lib.SP_OK:
+                    if not fill or total >= size:
+                        break
+                    continue
+                if status == lib.SP_EOF:
+                    break
+                if status == lib.SP_RAGGED_EOF:
+                    if self.strict_eof and total == 0:
+                        raise self.make_error(SSLError(f"{func}: read failed (unexpected eof)"))
+                    break
+                if status in (lib.SP_WANT_READ, lib.SP_WANT_WRITE):
+                    if self.is_socket and deadline.expired():
+                        if total:
+                            break
+                        raise SSLTimeoutError(f"{func}: read timed out")
+                    self.wait_for_pump(status, deadline, func)
+                    continue
+                if total:
+                    break  # hand over what arrived; the error is sticky and comes next call
+                raise self.fail(func, "read", err)
+        return total
+
+    def write(self, func: str, data: memoryview, deadline: _Deadline) -> int:
+        """Encrypt and send all of `data`. Returns how much was accepted before a timeout."""
+        lib = _binding.lib
+        ffi = _binding.ffi
+        err = ffi.new("sp_err *")
+        done = ffi.new("size_t *")
+        buf = ffi.from_buffer("unsigned char[]", data)
+        size = len(data)
+        total = 0
+        with self.ops_lock_shared():
+            while True:
+                if total < size:
+                    status = lib.sp_write(
+                        self.ptr, buf + total, size - total, done, deadline.slice_ms(), err
+                    )
+                    total += done[0]
+                else:
+                    status = lib.sp_flush(self.ptr, deadline.slice_ms(), err)
+                if status == lib.SP_OK and total >= size:
+                    break
+                if status in (lib.SP_OK, lib.SP_WANT_READ, lib.SP_WANT_WRITE):
+                    if self.is_socket and deadline.expired():
+                        exc = SSLTimeoutError(f"{func}: write timed out")
+                        exc.characters_written = total  # type: ignore[attr-defined]
+                        raise exc
+                    self.wait_for_pump(status, deadline, func)
+                    continue
+                raise self.fail(func, "write", err)
+            if isinstance(self.transport, _StreamTransport):
+                self.transport.push_out(self.ptr, deadline)
+        return total
+
+    def send_close_notify(self, deadline: _Deadline) -> None:
+        """Queue our close_notify and push it out without waiting for the reply."""
+        lib = _binding.lib
+        err = _binding.ffi.new("sp_err *")
+        lib.sp_shutdown(self.ptr, err)
+        try:
+            if isinstance(self.transport, _StreamTransport):
+                self.transport.push_out(self.ptr, deadline)
+                self.transport.sender.drain(deadline.remaining())
+            else:
+                while lib.sp_flush(self.ptr, deadline.slice_ms(), err) == lib.SP_WANT_WRITE:
+                    if deadline.expired():
+                        break
+        except (OSError, SSLError):
+            pass  # a transport that can no longer be written is not an error here
+
+    def ops_lock_shared(self) -> _InFlight:
+        return _InFlight(self)
+
+    def port_closed(self, timeout: Optional[float]) -> None:
+        with self.state:
+            self.open_ports -= 1
+            if self.open_ports > 0:
+                return
+            self.closed = True
+        if isinstance(self.transport, _SocketTransport):
+            # Wake any call still polling this socket, and close the descriptor only once
+            # none is left: a reused descriptor number must never reach C.
+            with contextlib.suppress(OSError):
+                self.transport.sock.shutdown(socket.SHUT_RDWR)
+            with self.state:
+                self.state.wait_for(lambda: self.inflight == 0)
+        self.transport.close(self.close_original, timeout)
+
+
+class _InFlight:
+    """Counts pump calls in flight so that close never frees what C is using."""
+
+    __slots__ = ("conn",)
+
+    def __init__(self, conn: Connection) -> None:
+        self.conn = conn
+
+    def __enter__(self) -> None:
+        with self.conn.state:
+            if self.conn.closed:
+                raise ValueError("I/O operation on closed SSL connection")
+            self.conn.inflight += 1
+
+    def __exit__(self, *exc: object) -> None:
+        with self.conn.state:
+            self.conn.inflight -= 1
+            if self.conn.inflight == 0:
+                self.conn.state.notify_all()
+
+
+class SSLInputPort(io.BufferedIOBase):
+    """The readable side of a TLS connection (a binary file-like object)."""
+
+    def __init__(self, conn: Connection, timeout: Optional[float]) -> None:
+        super().__init__()
+        self._sslports_conn = conn
+        self._timeout = timeout
+        self._lock = threading.Lock()
+        self._pending = b""  # read ahead by readline/peek, served first
+
+    def __repr__(self) -> str:
+        return f"<SSLInputPort{' closed' if self.closed else ''}>"
+
+    def readable(self) -> bool:
+        return True
+
+    def settimeout(self, seconds: Optional[float]) -> None:
+        """Bound each later read (None: wait forever). Extension."""
+        self._timeout = _check_timeout("settimeout", seconds)
+
+    def gettimeout(self) -> Optional[float]:
+        """The current read timeout. Extension."""
+        return self._timeout
+
+    def _check(self) -> Connection:
+        if self.closed:
+            raise ValueError("I/O operation on closed SSL port")
+        return self._sslports_conn
+
+    def _readinto(self, b: Any, fill: bool) -> int:
+        conn = self._check()
+        view = memoryview(b).cast("B")
+        if not view:
+            return 0
+        with self._lock:
+            if self._pending:
+                n = min(len(view), len(self._pending))
+                view[:n] = self._pending[:n]
+                self._pending = self._pending[n:]
+                if n == len(view) or not fill:
+                    return n
+                return n + conn.read("read", view[n:], fill, _Deadline(self._timeout))
+            return conn.read("read", view, fill, _Deadline(self._timeout))
+
+    def readinto(self, b: Any) -> int:
+        return self._readinto(b, True)
+
+    def readinto1(self, b: Any) -> int:
+        return self._readinto(b, False)
+
+    def read(self, size: Optional[int] = -1) -> bytes:
+        if size is None or size < 0:
+            chunks: list[bytes] = []
+            while True:
+                chunk = self.read1(_READ_CHUNK)
+                if not chunk:
+                    return b"".join(chunks)
+                chunks.append(chunk)
+        buf = bytearray(size)
+        n = self._readinto(buf, True)
+        del buf[n:]
+        return bytes(buf)
+
+    def read1(self, size: int = -1) -> bytes:
+        if size is None or size < 0:
+            size = _READ_CHUNK
+        buf = bytearray(size)
+        n = self._readinto(buf, False)
+        del buf[n:]
+        return bytes(buf)
+
+    def peek(self, size: int = 0) -> bytes:
+        if not self._pending:
+            self._pending = self.read1(max(size, 1) if size > 0 else _READ_CHUNK)
+        return self._pending
+
+    def readline(self, size: Optional[int] = -1) -> bytes:
+        limit = -1 if size is None else size
+        line = bytearray()
+        while limit < 0 or len(line) < limit:
+            chunk = self.peek()
+            if not chunk:
+                break
+            end = chunk.find(b"\n") + 1 or len(chunk)
+            if limit >= 0:
+                end = min(end, limit - len(line))
+            line += chunk[:end]
+            with self._lock:
+                self._pending = self._pending[end:]
+            if line.endswith(b"\n"):
+                break
+        return bytes(line)
+
+    def write(self, b: Any) -> int:
+        raise io.UnsupportedOperation("write")
+
+    def close(self) -> None:
+        if self.closed:
+            return
+        super().close()
+        self._sslports_conn.port_closed(self._timeout)
+
+    def detach(self) -> Any:
+        raise io.UnsupportedOperation("detach")
+
+
+class SSLOutputPort(io.BufferedIOBase):
+    """The writable side of a TLS connection; buffers up to one TLS record."""
+
+    def __init__(self, conn: Connection, timeout: Optional[float]) -> None:
+        super().__init__()
+        self._sslports_conn = conn
+        self._timeout = timeout
+        self._lock = threading.Lock()
+        self._buf = bytearray()
+        self._abandoned = False
+
+    def __repr__(self) -> str:
+        return f"<SSLOutputPort{' closed' if self.closed else ''}>"
+
+    def writable(self) -> bool:
+        return True
+
+    def settimeout(self, seconds: Optional[float]) -> None:
+        """Bound each later write/flush (None: wait forever). Extension."""
+        self._timeout = _check_timeout("settimeout", seconds)
+
+    def gettimeout(self) -> Optional[float]:
+        """The current write timeout. Extension."""
+        return self._timeout
+
+    def write(self, b: Any) -> int:
+        """Buffer `b` and send once a record is full. On TimeoutError the unsent bytes stay
+        buffered (``exc.characters_written`` counts all of `b`): retry with ``flush()``."""
+        if self.closed:
+            raise ValueError("write to closed SSL port")
+        view = memoryview(b).cast("B")
+        n = len(view)
+        with self._lock:
+            if not self._buf and n >= _RECORD:
+                self._send_locked(view)
+            else:
+                self._buf += view
+                if len(self._buf) >= _RECORD:
+                    self._send_locked(memoryview(self._buf))
+        return n
+
+    def writelines(self, lines: Iterable[Any]) -> None:
+        for line in lines:
+            self.write(line)
+
+    def _send_locked(self, view: memoryview) -> None:
+        """Send `view` (which may be our own buffer); keep what a timeout left unsent."""
+        conn = self._sslports_conn
+        try:
+            conn.write("write", view, _Deadline(self._timeout))
+        except SSLTimeoutError as exc:
+            sent = int(getattr(exc, "characters_written", 0))
+            rest = bytes(view[sent:])
+            view.release()
+            self._buf = bytearray(rest)
+            exc.characters_written = len(rest)  # type: ignore[attr-defined]
+            raise
+        view.release()
+        self._buf = bytearray()
+
+    def flush(self) -> None:
+        if self.closed:
+            return
+        with self._lock:
+            if self._buf:
+                self._send_locked(memoryview(self._buf))
+
+    def close(self) -> None:
+        if self.closed:
+            return
+        conn = self._sslports_conn
+        try:
+            self.flush()
+            if conn.shutdown_on_close and not self._abandoned:
+                conn.send_close_notify(_Deadline(self._timeout if self._timeout else 5.0))
+        finally:
+            super().close()
+            conn.port_closed(self._timeout)
+
+    def read(self, size: Optional[int] = -1) -> bytes:
+        raise io.UnsupportedOperation("read")
+
+    def detach(self) -> Any:
+        raise io.UnsupportedOperation("detach")
+
+
+def _check_timeout(func: str, seconds: object) -> Optional[float]:
+    if seconds is None:
+        return None
+    if isinstance(seconds, bool) or not isinstance(seconds, (int, float)):
+        raise TypeError(f"{func}: timeout must be a number or None")
+    if seconds < 0:
+        raise ValueError(f"{func}: timeout must be >= 0")
+    return float(seconds)
+
+
+def is_ssl_port(v: object) -> bool:
+    """True for ports made by ssl_connect, ssl_accept, ports_to_ssl_ports. Racket: ssl-port?"""
+    return isinstance(v, (SSLInputPort, SSLOutputPort))
+
+
+def connection_of(func: str, p: object) -> Connection:
+    """The connection behind an SSL port, or TypeError naming `func`."""
+    if isinstance(p, (SSLInputPort, SSLOutputPort)):
+        return p._sslports_conn
+    raise TypeError(f"{func}: expected an SSL port, got {type(p).__name__}")
+
+
+def ssl_abandon_port(p: object) -> None:
+    """Close a port without sending close_notify (output: pending data is still sent).
+
+    Racket: ssl-abandon-port
+    """
+    connection_of("ssl_abandon_port", p)
+    if isinstance(p, SSLOutputPort):
+        p._abandoned = True
+    assert isinstance(p, (SSLInputPort, SSLOutputPort))
+    p.close()
+
+
+def make_ports(conn: Connection, timeout: Optional[float]) -> tuple[SSLInputPort, SSLOutputPort]:
+    return SSLInputPort(conn, timeout), SSLOutputPort(conn, timeout)
+
+
+__all__ = [
+    "Connection",
+    "SSLInputPort",
+    "SSLNetworkError",
+    "SSLOutputPort",
+    "connection_of",
+    "is_ssl_port",
+    "make_ports",
+    "ssl_abandon_port",
+]
