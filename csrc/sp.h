@@ -44,4 +44,7 @@ unsigned long sp_openssl_linked_version_number(void);
 /* ---- contexts (sp_ctx.c) --------------------------------------------------------------- */
 #include "sp_ctx.h"
 
+/* ---- peer verification, facts, Python callbacks (sp_verify.c) -------------------------- */
+#include "sp_verify.h"
+
 #endif /* SP_H */

@@ -77,27 +77,6 @@
 #define SP_WRITE_CHUNK 65536       /* plaintext per SSL_write_ex: four full records */
 #define SP_OUT_HIGH (256 * 1024)   /* queued ciphertext that makes a writer wait to flush */
 
-struct sp_conn {
-    SSL *ssl;
-    BIO *rbio; /* network -> SSL (owned by ssl) */
-    BIO *wbio; /* SSL -> network (owned by ssl) */
-    sp_socket fd;
-    int socket_mode;
-    int verify_flags;
-    int established; /* the first handshake completed (ssl_lock) */
-
-    sp_mutex ssl_lock;
-    sp_mutex recv_lock;
-    sp_mutex send_lock;
-
-    /* ciphertext taken from wbio but not yet sent (send_lock) */
-    unsigned char *out;
-    size_t out_len, out_off;
-
-    /* sticky end states (ssl_lock) */
-    int eof_status;   /* 0, SP_EOF or SP_RAGGED_EOF */
-    sp_err *broken;   /* copy of the error that broke the connection */
-};
 
 static int conn_index = -1;
 static CRYPTO_ONCE conn_index_once = CRYPTO_ONCE_STATIC_INIT;
@@ -217,6 +196,12 @@ void sp_conn_free(sp_conn *c)
 {
     if (c == NULL)
         return;
+    SSL_SESSION_free(c->session);
+    /* TLS 1.1+ lets a session be resumed after a close without close_notify (RFC 5246
+     * 7.2.1); without this flag OpenSSL would mark the session unusable when freeing. A
+     * connection that failed keeps the default, and its session dies with it. */
+    if (c->established && c->broken == NULL)
+        SSL_set_shutdown(c->ssl, SSL_SENT_SHUTDOWN | SSL_RECEIVED_SHUTDOWN);
     SSL_free(c->ssl); /* frees both BIOs */
     free(c->out);
     free(c->broken);
@@ -536,10 +521,10 @@ int sp_read(sp_conn *c, unsigned char *buf, size_t len, size_t want, size_t *got
             sp_err *err)
 {
     size_t total = 0;
-    int status = SP_OK;
+    int status = SP_OK, fed = 0;
     sp_err_reset(err);
     if (want > len)
-        want = len;
+        want = len; /* want == 0: return once the records that arrived were processed */
     while (total < len) {
         size_t n = 0;
         int ok, e = SSL_ERROR_NONE;
@@ -571,7 +556,7 @@ int sp_read(sp_conn *c, unsigned char *buf, size_t len, size_t want, size_t *got
                 break;
             status = SP_OK;
         }
-        if (total >= want && total > 0)
+        if (total >= want && (total > 0 || fed))
             break; /* the caller has enough; do not wait for more */
         if (!c->socket_mode) {
             status = SP_WANT_READ;
@@ -580,6 +565,7 @@ int sp_read(sp_conn *c, unsigned char *buf, size_t len, size_t want, size_t *got
         status = recv_into_rbio(c, buf + total, len - total, wait_ms, err);
         if (status != SP_OK)
             break;
+        fed = 1;
     }
     *got = total;
     if (total > 0 && (status == SP_EOF || status == SP_RAGGED_EOF || status == SP_ERROR))
@@ -723,4 +709,116 @@ size_t sp_take(sp_conn *c, unsigned char *out, size_t cap)
     n = BIO_read(c->wbio, out, (int)cap);
     sp_mutex_unlock(&c->ssl_lock);
     return n > 0 ? (size_t)n : 0;
+}
+
+/* ---- client sessions ------------------------------------------------------------------ */
+
+/* OpenSSL hands every new session (TLS 1.3: each ticket, after the handshake) to this
+ * callback, inside SSL_read/SSL_do_handshake, so ssl_lock is held. Keep the newest. */
+static int keep_new_session(SSL *ssl, SSL_SESSION *session)
+{
+    sp_conn *c = sp_conn_from_ssl(ssl);
+    if (c == NULL || !SSL_SESSION_is_resumable(session))
+        return 0;
+    SSL_SESSION_free(c->session);
+    c->session = session;
+    return 1; /* we keep the reference */
+}
+
+void sp_ctx_track_sessions(SSL_CTX *ctx)
+{
+    SSL_CTX_set_session_cache_mode(ctx, SSL_SESS_CACHE_CLIENT | SSL_SESS_CACHE_NO_INTERNAL_STORE);
+    SSL_CTX_sess_set_new_cb(ctx, keep_new_session);
+}
+
+SSL_SESSION *sp_conn_get_session(sp_conn *c)
+{
+    SSL_SESSION *s;
+    sp_mutex_lock(&c->ssl_lock);
+    s = c->session;
+    if (s != NULL && !SSL_SESSION_up_ref(s))
+        s = NULL;
+    sp_mutex_unlock(&c->ssl_lock);
+    return s;
+}
+
+int sp_conn_set_session(sp_conn *c, SSL_SESSION *session)
+{
+    int ok;
+    sp_mutex_lock(&c->ssl_lock);
+    ok = SSL_set_session(c->ssl, session);
+    ERR_clear_error();
+    sp_mutex_unlock(&c->ssl_lock);
+    return ok;
+}
+
+void sp_session_free(SSL_SESSION *session)
+{
+    SSL_SESSION_free(session);
+}
+
+int sp_session_resumable(SSL_SESSION *session)
+{
+    return SSL_SESSION_is_resumable(session);
+}
+
+/* ---- re-verifying an established peer ------------------------------------------------- */
+
+/* Re-verification ends with the client's Finished (TLS 1.3 post-handshake authentication and
+ * a TLS 1.2 renegotiation alike), or with an alert from the client (e.g. no_renegotiation). */
+static void watch_reauth(int write_p, int version, int content_type, const void *buf,
+                         size_t len, SSL *ssl, void *arg)
+{
+    sp_conn *c = arg;
+    (void)version, (void)ssl;
+    if (write_p || len == 0)
+        return;
+    if ((content_type == SSL3_RT_HANDSHAKE && ((const unsigned char *)buf)[0] == SSL3_MT_FINISHED)
+        || content_type == SSL3_RT_ALERT)
+        c->reauth_pending = 0;
+}
+
+int sp_request_reauth(sp_conn *c, int flags, sp_err *err)
+{
+    int ok = 1;
+    sp_err_reset(err);
+    sp_mutex_lock(&c->ssl_lock);
+    ERR_clear_error();
+    c->verify_flags = flags;
+    sp_conn_apply_verify_locked(c);
+    if (SSL_is_server(c->ssl)) {
+        SSL_set_msg_callback(c->ssl, watch_reauth);
+        SSL_set_msg_callback_arg(c->ssl, c);
+        c->reauth_pending = 1;
+        if (SSL_version(c->ssl) >= TLS1_3_VERSION) {
+            ok = SSL_verify_client_post_handshake(c->ssl);
+            if (ok)
+                ok = SSL_do_handshake(c->ssl) == 1; /* queues the CertificateRequest */
+        } else {
+            /* A resumed renegotiation would not ask for a certificate. */
+            SSL_set_options(c->ssl, SSL_OP_NO_SESSION_RESUMPTION_ON_RENEGOTIATION);
+            ok = SSL_renegotiate(c->ssl);
+            if (ok) {
+                int r = SSL_do_handshake(c->ssl); /* queues the HelloRequest */
+                ok = r == 1 || SSL_get_error(c->ssl, r) == SSL_ERROR_WANT_READ;
+            }
+        }
+        if (!ok) {
+            c->reauth_pending = 0;
+            capture_ssl_error(c, SSL_ERROR_SSL, err);
+        }
+    }
+    sp_mutex_unlock(&c->ssl_lock);
+    return ok;
+}
+
+int sp_reauth_pending(sp_conn *c)
+{
+    int pending;
+    sp_mutex_lock(&c->ssl_lock);
+    pending = c->reauth_pending;
+    if (!pending)
+        SSL_set_msg_callback(c->ssl, NULL);
+    sp_mutex_unlock(&c->ssl_lock);
+    return pending;
 }

@@ -5,6 +5,35 @@
 
 typedef struct sp_conn sp_conn;
 
+/* Private to the C files: Python sees sp_conn as opaque. */
+struct sp_conn {
+    SSL *ssl;
+    BIO *rbio; /* network -> SSL (owned by ssl) */
+    BIO *wbio; /* SSL -> network (owned by ssl) */
+    sp_socket fd;
+    int socket_mode;
+    int verify_flags;
+    int established; /* the first handshake completed (ssl_lock) */
+
+    sp_mutex ssl_lock;
+    sp_mutex recv_lock;
+    sp_mutex send_lock;
+
+    /* ciphertext taken from wbio but not yet sent (send_lock) */
+    unsigned char *out;
+    size_t out_len, out_off;
+
+    /* re-verification of an established peer (ssl_lock): 1 while pending */
+    int reauth_pending;
+    /* the newest resumable session the server gave this client (ssl_lock) */
+    SSL_SESSION *session;
+
+    /* sticky end states (ssl_lock) */
+    int eof_status;   /* 0, SP_EOF or SP_RAGGED_EOF */
+    sp_err *broken;   /* copy of the error that broke the connection */
+};
+
+
 /* What a pump call reports. Data counts are returned separately, so a call can hand back
  * bytes *and* say why it stopped. */
 enum {

@@ -51,8 +51,42 @@ from .net import (
     ssl_wrap_socket,
 )
 from .ports import SSLInputPort, SSLOutputPort, is_ssl_port, ssl_abandon_port
+from .sni import (
+    ssl_set_keylogger,
+    ssl_set_server_alpn,
+    ssl_set_server_name_identification_callback,
+)
+from .verify import (
+    ssl_channel_binding,
+    ssl_cipher_name,
+    ssl_default_channel_binding,
+    ssl_export_keying_material,
+    ssl_get_alpn_selected,
+    ssl_peer_certificate_hostnames,
+    ssl_peer_check_hostname,
+    ssl_peer_issuer_name,
+    ssl_peer_subject_name,
+    ssl_peer_verified,
+    ssl_protocol_version,
+    ssl_session_reused,
+)
 
 __all__ = [
+    "ssl_set_keylogger",
+    "ssl_set_server_alpn",
+    "ssl_set_server_name_identification_callback",
+    "ssl_channel_binding",
+    "ssl_cipher_name",
+    "ssl_default_channel_binding",
+    "ssl_export_keying_material",
+    "ssl_get_alpn_selected",
+    "ssl_peer_certificate_hostnames",
+    "ssl_peer_check_hostname",
+    "ssl_peer_issuer_name",
+    "ssl_peer_subject_name",
+    "ssl_peer_verified",
+    "ssl_protocol_version",
+    "ssl_session_reused",
     "TEST_PEM",
     "SSLClientContext",
     "SSLError",

@@ -81,7 +81,7 @@ def build_error(
         reason = os.strerror(err.sys_errno)
     if verify_message and (reason is None or "certificate verify failed" in reason):
         reason = f"{reason}: {verify_message}" if reason else verify_message
-    message = f"{func}: {what} failed" + (f" ({reason})" if reason else "")
+    message = f"{func}: {what + ' ' if what else ''}failed" + (f" ({reason})" if reason else "")
     exc = cls(
         message,
         openssl_errors=errors,

@@ -7,6 +7,7 @@ context, never per connection. Sealing sets a flag every mutator checks.
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import contextvars
 import ipaddress
@@ -29,6 +30,7 @@ VerifySource = Union[PathLike, tuple[str, PathLike]]
 TEST_PEM: Path = Path(__file__).resolve().parent / "test.pem"
 ssl_dh4096_param_bytes: bytes = DH4096_PEM
 
+_SESSION_CACHE_SIZE = 256  # client sessions kept per context, one per (host, port)
 SECURE_CIPHERS = "DEFAULT:!aNULL:!eNULL:!LOW:!EXPORT:!SSLv2"
 
 # protocol symbol -> (min version, max version, security level or None), by name of the macro
@@ -136,6 +138,9 @@ class _Context:
         self._keylogger: Optional[Callable[[bytes], Any]] = None
         self._lock = threading.Lock()
         self._apply_protocol(protocol)
+        from .sni import register_context
+
+        register_context(self)
 
     @classmethod
     def _maker_name(cls) -> str:
@@ -193,9 +198,19 @@ class SSLClientContext(_Context):
 
     def __init__(self, protocol: str = "auto") -> None:
         super().__init__(protocol)
-        self._sessions: dict[tuple[str, int], Any] = {}
-        lib = _binding.lib
-        lib.SSL_CTX_set_session_cache_mode(self._ptr, lib.SSL_SESS_CACHE_CLIENT)
+        self._sessions: collections.OrderedDict[tuple[str, int], Any] = collections.OrderedDict()
+        _binding.lib.sp_ctx_track_sessions(self._ptr)
+
+    def _remember_session(self, key: tuple[str, int], session: Any) -> None:
+        with self._lock:
+            self._sessions[key] = session
+            self._sessions.move_to_end(key)
+            while len(self._sessions) > _SESSION_CACHE_SIZE:
+                self._sessions.popitem(last=False)
+
+    def _session_for(self, key: tuple[str, int]) -> Any:
+        with self._lock:
+            return self._sessions.get(key)
 
 
 class SSLServerContext(_Context):

@@ -90,22 +90,44 @@ def _new_connection(
     ptr = ffi.gc(raw, lib.sp_conn_free)
     lib.sp_conn_set_verify(ptr, ctx._verify_flags())
     if hostname is not None:
-        host = hostname.rstrip(".") if not is_ip_literal(hostname) else hostname.split("%")[0]
-        ok = lib.sp_conn_set_host(
-            ptr,
-            host.encode("idna") if not is_ip_literal(host) else host.encode(),
-            int(is_ip_literal(host)),
-            int(not is_server),
-            int(ctx._verify_hostname),
-            err,
-        )
-        if not ok:
-            raise build_error(func, "hostname setup", err, cls)
+        ip = is_ip_literal(hostname)
+        host = _reference_name(hostname)
+        if host is None and ctx._verify_hostname:
+            raise cls(
+                f"{func}: handshake failed (hostname mismatch: {hostname!r} is not a valid "
+                "reference name)",
+                verify_code=_X509_V_ERR_HOSTNAME_MISMATCH,
+                verify_message="hostname mismatch",
+            )
+        if host is not None:
+            ok = lib.sp_conn_set_host(
+                ptr, host, int(ip), int(not is_server), int(ctx._verify_hostname), err
+            )
+            if not ok:
+                raise build_error(func, "hostname setup", err, cls)
     if alpn_wire:
         lib.ERR_clear_error()
         if lib.SSL_set_alpn_protos(lib.sp_conn_ssl(ptr), alpn_wire, len(alpn_wire)) != 0:
             raise build_error(func, "ALPN setup", None, cls)
     return ptr
+
+
+_X509_V_ERR_HOSTNAME_MISMATCH = 62
+
+
+def _reference_name(hostname: str) -> Optional[bytes]:
+    """The name OpenSSL checks and sends as SNI: an IP literal as is; a DNS name without its
+    trailing dot, IDNA-encoded. None for what can never name a host (a leading dot, an
+    empty label)."""
+    if is_ip_literal(hostname):
+        return hostname.split("%")[0].encode()
+    name = hostname[:-1] if hostname.endswith(".") else hostname
+    if not name or name.startswith(".") or ".." in name:
+        return None
+    try:
+        return name.encode("ascii") if name.isascii() else name.encode("idna")
+    except UnicodeError:
+        return None
 
 
 def _check_hostname_arg(func: str, hostname: object) -> Optional[str]:
@@ -128,6 +150,7 @@ def _start_on_socket(
     timeout: Optional[float],
     port_timeout: Optional[float],
     strict_eof: bool,
+    session_key: Optional[tuple[str, int]] = None,
 ) -> Ports:
     """Handshake over a connected socket; the ports own it from then on."""
     sock.setblocking(False)
@@ -145,10 +168,16 @@ def _start_on_socket(
         close_original=True,
         hostname=hostname,
     )
+    if session_key is not None and isinstance(ctx, SSLClientContext):
+        conn.session_key = session_key
+        session = ctx._session_for(session_key)
+        if session is not None:
+            _binding.lib.sp_conn_set_session(ptr, session)
     from .sni import bind_connection
 
     with bind_connection(conn):
         conn.handshake(func, timeout, SSLNetworkError)
+    conn.remember_session()
     return make_ports(conn, port_timeout)
 
 
@@ -216,7 +245,16 @@ def ssl_connect(
     sock = _tcp_connect(func, hostname, port_no, deadline)
     try:
         return _start_on_socket(
-            func, sock, ctx, False, hostname, wire, deadline.remaining(), timeout, strict_eof
+            func,
+            sock,
+            ctx,
+            False,
+            hostname,
+            wire,
+            deadline.remaining(),
+            timeout,
+            strict_eof,
+            (hostname.lower(), port_no),
         )
     except BaseException:
         sock.close()

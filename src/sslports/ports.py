@@ -36,6 +36,7 @@ import io
 import socket
 import threading
 import time
+import weakref
 from collections.abc import Iterable
 from typing import Any, Callable, Optional, Union, cast
 
@@ -253,6 +254,8 @@ class Connection:
         self.state = threading.Condition()  # guards open_ports, inflight, closed
         self.inflight = 0  # pump calls running; the socket is closed only when none is
         self.sni_error: Optional[BaseException] = None
+        self.input_port: Optional[weakref.ref[SSLInputPort]] = None
+        self.session_key: Optional[tuple[str, int]] = None  # client: where to cache sessions
         self.closed = False
 
     @property
@@ -372,6 +375,28 @@ class Connection:
                 raise self.fail(func, "read", err)
         return total
 
+    def pump_once(self, func: str, view: memoryview, deadline: _Deadline) -> int:
+        """Process what arrives within one wait slice (handshake records included).
+
+        Returns the application bytes read into `view` (possibly 0), or -1 at EOF.
+        """
+        lib = _binding.lib
+        ffi = _binding.ffi
+        err = ffi.new("sp_err *")
+        got = ffi.new("size_t *")
+        buf = ffi.from_buffer("unsigned char[]", view, require_writable=True)
+        with self.ops_lock_shared():
+            status = lib.sp_read(self.ptr, buf, len(view), 0, got, deadline.slice_ms(), err)
+        if status in (lib.SP_OK, lib.SP_WANT_READ, lib.SP_WANT_WRITE):
+            if got[0] == 0 and status != lib.SP_OK:
+                if self.is_socket and deadline.expired():
+                    raise SSLTimeoutError(f"{func}: timed out")
+                self.wait_for_pump(status, deadline, func)
+            return int(got[0])
+        if status in (lib.SP_EOF, lib.SP_RAGGED_EOF):
+            return -1
+        raise self.fail(func, "read", err)
+
     def write(self, func: str, data: memoryview, deadline: _Deadline) -> int:
         """Encrypt and send all of `data`. Returns how much was accepted before a timeout."""
         lib = _binding.lib
@@ -423,11 +448,33 @@ class Connection:
     def ops_lock_shared(self) -> _InFlight:
         return _InFlight(self)
 
+    def remember_session(self, drain_tickets: bool = False) -> None:
+        """Client: keep the newest session for resuming the next connection to this peer.
+
+        With `drain_tickets`, first process (without waiting) what the server already sent:
+        TLS 1.3 tickets arrive after the handshake, and the ports are closing anyway.
+        """
+        if self.session_key is None:
+            return
+        lib = _binding.lib
+        ffi = _binding.ffi
+        if drain_tickets and self.is_socket:
+            scratch = ffi.new("unsigned char[]", 4096)
+            got = ffi.new("size_t *")
+            err = ffi.new("sp_err *")
+            with contextlib.suppress(ValueError), self.ops_lock_shared():
+                lib.sp_read(self.ptr, scratch, 4096, 1, got, 0, err)
+        session = lib.sp_conn_get_session(self.ptr)
+        if session != ffi.NULL:
+            self.context._remember_session(self.session_key, ffi.gc(session, lib.sp_session_free))
+
     def port_closed(self, timeout: Optional[float]) -> None:
         with self.state:
             self.open_ports -= 1
             if self.open_ports > 0:
                 return
+        self.remember_session(drain_tickets=True)
+        with self.state:
             self.closed = True
         if isinstance(self.transport, _SocketTransport):
             # Wake any call still polling this socket, and close the descriptor only once
@@ -687,7 +734,10 @@ def ssl_abandon_port(p: object) -> None:
 
 
 def make_ports(conn: Connection, timeout: Optional[float]) -> tuple[SSLInputPort, SSLOutputPort]:
-    return SSLInputPort(conn, timeout), SSLOutputPort(conn, timeout)
+    """The two ports of a connection whose handshake is done."""
+    inp = SSLInputPort(conn, timeout)
+    conn.input_port = weakref.ref(inp)
+    return inp, SSLOutputPort(conn, timeout)
 
 
 __all__ = [

@@ -1,16 +1,164 @@
-"""Server Name Indication: the per-connection callback that may switch contexts.
+"""Callbacks from C into Python: SNI context switching and the TLS key log.
 
-`bind_connection` makes the Connection reachable from C callbacks during its handshake.
+C reaches Python through CFFI ``extern "Python+C"`` functions (never ``ffi.callback``). They
+find their Python objects through two registries keyed by native addresses: connections in
+their handshake (`bind_connection`) and live contexts (`register_context`). An exception in
+a callback never crosses into C: the SNI callback stores it on the connection, fails the
+handshake with a fatal alert, and `ssl_accept` re-raises it.
 """
 
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
-from typing import Any
+import logging
+import os
+import threading
+import weakref
+from collections.abc import Iterator, Sequence
+from typing import Any, Callable, Optional
+
+from . import _binding
+from .context import SSLServerContext, _Context, context_of, encode_alpn
+
+_log = logging.getLogger("sslports")
+_live: dict[int, Any] = {}  # sp_conn address -> Connection, during its handshake
+_contexts: weakref.WeakValueDictionary[int, _Context] = weakref.WeakValueDictionary()
+_registry_lock = threading.Lock()
+
+
+def _address(ptr: Any) -> int:
+    return int(_binding.ffi.cast("uintptr_t", ptr))
+
+
+def register_context(ctx: _Context) -> None:
+    """Make `ctx` findable from its SSL_CTX (key log); turn on SSLKEYLOGFILE logging."""
+    with _registry_lock:
+        _contexts[_address(ctx._ptr)] = ctx
+    if os.environ.get("SSLKEYLOGFILE"):
+        _binding.lib.sp_ctx_enable_keylog(ctx._ptr, 1)
 
 
 @contextlib.contextmanager
 def bind_connection(conn: Any) -> Iterator[None]:
     """Make `conn` known to the C callbacks for the duration of its handshake."""
-    yield
+    key = _address(conn.ptr)
+    with _registry_lock:
+        _live[key] = conn
+    try:
+        yield
+    finally:
+        with _registry_lock:
+            _live.pop(key, None)
+
+
+def _sni(c: Any, name: Any, switch_to: Any, verify_flags: Any) -> int:
+    with _registry_lock:
+        conn = _live.get(_address(c))
+    if conn is None:
+        return 0
+    try:
+        callback = conn.context._sni_callback
+        if callback is None:
+            return 0
+        result = callback(_binding.ffi.string(name).decode("utf-8", "replace"))
+        if result is None:
+            return 0
+        if not isinstance(result, SSLServerContext):
+            raise TypeError(
+                "ssl_accept: the server name callback must return an SSLServerContext or None, "
+                f"not {type(result).__name__}"
+            )
+        conn.switched_context = result  # keeps the SSL_CTX alive as long as the connection
+        switch_to[0] = result._ptr
+        verify_flags[0] = result._verify_flags()
+        return 1
+    except BaseException as exc:  # never let it cross into C
+        conn.sni_error = exc
+        return -1
+
+
+_keylog_lock = threading.Lock()
+
+
+def _append_keylog_file(path: str, line: bytes) -> None:
+    with _keylog_lock:
+        fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+        try:
+            os.write(fd, line + b"\n")  # one write per line: O_APPEND keeps lines whole
+        finally:
+            os.close(fd)
+
+
+def _keylog(ssl: Any, line: Any) -> None:
+    try:
+        data = bytes(_binding.ffi.string(line))
+        with _registry_lock:
+            ctx = _contexts.get(_address(_binding.lib.SSL_get_SSL_CTX(ssl)))
+        if ctx is not None and ctx._keylogger is not None:
+            ctx._keylogger(data)
+        path = os.environ.get("SSLKEYLOGFILE")
+        if path:
+            _append_keylog_file(path, data)
+    except BaseException:  # a key logger must never break the handshake
+        _log.exception("sslports: key log callback failed")
+
+
+if _binding.ffi is not None:
+    _binding.ffi.def_extern(name="sp_py_sni")(_sni)
+    _binding.ffi.def_extern(name="sp_py_keylog")(_keylog)
+
+
+def ssl_set_server_name_identification_callback(
+    context: SSLServerContext, callback: Callable[[str], Optional[SSLServerContext]]
+) -> None:
+    """Choose a server context per connection from the client's SNI hostname.
+
+    Racket: ssl-set-server-name-identification-callback!
+
+    :param callback: ``callback(hostname)`` returns a server context to switch to, or None to
+        keep this one. Not called without SNI. An exception aborts that handshake with a fatal
+        alert and is re-raised from ssl_accept.
+    """
+    func = "ssl_set_server_name_identification_callback"
+    if not isinstance(context, SSLServerContext):
+        raise TypeError(f"{func}: expected a server context, got {type(context).__name__}")
+    if callback is not None and not callable(callback):
+        raise TypeError(f"{func}: callback must be callable")
+    ptr = context._mutable(func)
+    context._sni_callback = callback
+    _binding.lib.sp_ctx_enable_sni(ptr)
+
+
+def ssl_set_server_alpn(
+    server_context: SSLServerContext, protocols: Sequence[bytes], allow_no_match: bool = True
+) -> None:
+    """The ALPN protocols a server accepts, in its order of preference. Extension.
+
+    :param allow_no_match: with no common protocol, go on without ALPN (True) or abort the
+        handshake with a fatal alert (False).
+    """
+    func = "ssl_set_server_alpn"
+    if not isinstance(server_context, SSLServerContext):
+        raise TypeError(f"{func}: expected a server context, got {type(server_context).__name__}")
+    if not isinstance(allow_no_match, bool):
+        raise TypeError(f"{func}: allow_no_match must be a bool")
+    wire = encode_alpn(func, protocols)
+    ptr = server_context._mutable(func)
+    if not _binding.lib.sp_ctx_set_server_alpn(ptr, wire, len(wire), int(allow_no_match)):
+        raise MemoryError(f"{func}: out of memory")
+    server_context._alpn_wire = wire
+
+
+def ssl_set_keylogger(context: object, callback: Optional[Callable[[bytes], Any]]) -> None:
+    """Receive each NSS key-log line (``callback(line: bytes)``), or stop (None). Extension.
+
+    The SSLKEYLOGFILE environment variable, when set, also appends every line to that file.
+    """
+    func = "ssl_set_keylogger"
+    ctx = context_of(func, context, listener_ok=False)
+    if callback is not None and not callable(callback):
+        raise TypeError(f"{func}: callback must be callable or None")
+    ptr = ctx._mutable(func)
+    ctx._keylogger = callback
+    on = callback is not None or bool(os.environ.get("SSLKEYLOGFILE"))
+    _binding.lib.sp_ctx_enable_keylog(ptr, int(on))

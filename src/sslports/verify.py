@@ -1,12 +1,254 @@
-"""Peer verification and connection facts (API.md section 5)."""
+"""Peer verification, names, channel binding and connection facts (API.md section 5).
+
+Every function takes either port of a connection. Queries go to C, which takes the
+connection lock, so they are safe while another thread reads or writes.
+"""
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Optional
 
+from . import _binding
+from ._binding import build_error
+from .context import is_ip_literal
 from .errors import SSLError
+from .ports import Connection, SSLInputPort, SSLOutputPort, _Deadline, connection_of
+
+_VERSION_SYMBOLS = {0x0301: "tls", 0x0302: "tls11", 0x0303: "tls12", 0x0304: "tls13"}
+_VERSION_SYMBOLS[0x0300] = "sslv3"
+
+
+def _conn(func: str, p: object) -> Connection:
+    conn = connection_of(func, p)
+    if conn.closed:
+        raise SSLError(f"{func}: connection is closed")
+    return conn
+
+
+# -- verification -------------------------------------------------------------------------
 
 
 def verify_port_now(func: str, port: Any, on: bool, try_only: bool) -> None:
-    """Verify the peer of an established connection now (renegotiation / PHA)."""
-    raise SSLError(f"{func}: verifying an established connection is not implemented yet")
+    """Verify the peer of an established connection now.
+
+    A server asks the client for a certificate: TLS 1.3 post-handshake authentication, or a
+    TLS 1.2 renegotiation. Application data that arrives meanwhile is kept for the input
+    port. A client checks the certificate the server presented during the handshake.
+    """
+    conn = _conn(func, port)
+    lib = _binding.lib
+    ffi = _binding.ffi
+    flags = lib.sp_conn_get_verify(conn.ptr) & ~(lib.SP_VERIFY_PEER | lib.SP_VERIFY_REQUIRE)
+    if on:
+        flags |= lib.SP_VERIFY_PEER | (0 if try_only else lib.SP_VERIFY_REQUIRE)
+    err = ffi.new("sp_err *")
+    if not lib.SSL_is_server(lib.sp_conn_ssl(conn.ptr)):
+        lib.sp_conn_set_verify(conn.ptr, flags)
+        if on and not try_only and not lib.sp_peer_verified(conn.ptr):
+            raise SSLError(f"{func}: failed (peer certificate did not verify)")
+        return
+    if not on:
+        lib.sp_conn_set_verify(conn.ptr, flags)
+        return
+    if not lib.sp_request_reauth(conn.ptr, flags, err):
+        raise build_error(func, "", err)
+    inp = _input_port_of(port)
+    deadline = _Deadline(inp.gettimeout() if inp is not None else None)
+    conn.write(func, memoryview(b""), deadline)  # sends the request
+    scratch = bytearray(65536)
+    while lib.sp_reauth_pending(conn.ptr):
+        try:
+            n = conn.pump_once(func, memoryview(scratch), deadline)
+        except SSLError as exc:
+            raise SSLError(
+                f"{func}: failed ({exc.message.split('(', 1)[-1].rstrip(')')})",
+                openssl_errors=exc.openssl_errors,
+                verify_code=exc.verify_code,
+                verify_message=exc.verify_message,
+            ) from exc
+        if n < 0:
+            raise SSLError(f"{func}: failed (connection closed during verification)")
+        if n and inp is not None:
+            with inp._lock:
+                inp._pending += bytes(scratch[:n])
+    if not try_only and not lib.sp_peer_verified(conn.ptr):
+        raise SSLError(f"{func}: failed (peer certificate did not verify)")
+
+
+def _input_port_of(port: Any) -> Optional[SSLInputPort]:
+    if isinstance(port, SSLInputPort):
+        return port
+    if isinstance(port, SSLOutputPort):
+        ref = port._sslports_conn.input_port
+        return ref() if ref is not None else None
+    return None
+
+
+def ssl_peer_verified(p: object) -> bool:
+    """True when the peer presented a certificate that verified. Racket: ssl-peer-verified?"""
+    conn = _conn("ssl_peer_verified", p)
+    return bool(_binding.lib.sp_peer_verified(conn.ptr))
+
+
+def ssl_peer_certificate_hostnames(p: object) -> list[str]:
+    """The peer certificate's DNS names (else its last CN), then its IP addresses as text.
+
+    Racket: ssl-peer-certificate-hostnames
+    """
+    conn = _conn("ssl_peer_certificate_hostnames", p)
+    lib = _binding.lib
+    ffi = _binding.ffi
+    cap = 4096
+    while True:
+        buf = ffi.new("char[]", cap)
+        need = lib.sp_peer_hostnames(conn.ptr, buf, cap)
+        if need <= cap:
+            break
+        cap = need
+    raw = ffi.buffer(buf, need)[:]
+    return [n.decode("utf-8", "replace") for n in raw.split(b"\0")[:-1]] if need else []
+
+
+def ssl_peer_check_hostname(p: object, hostname: str) -> bool:
+    """RFC 6125 check of the peer certificate against `hostname` (IP literals against IP SANs).
+
+    Racket: ssl-peer-check-hostname. False (never an exception) without a certificate.
+    """
+    func = "ssl_peer_check_hostname"
+    conn = _conn(func, p)
+    if not isinstance(hostname, str):
+        raise TypeError(f"{func}: hostname must be a str")
+    if not hostname or hostname.startswith("."):
+        return False
+    if is_ip_literal(hostname):
+        return bool(_binding.lib.sp_peer_check_hostname(conn.ptr, hostname.encode(), 0, 1))
+    name = hostname[:-1] if hostname.endswith(".") else hostname
+    try:
+        raw = name.encode("idna") if not name.isascii() else name.encode()
+    except UnicodeError:
+        return False
+    return bool(_binding.lib.sp_peer_check_hostname(conn.ptr, raw, len(raw), 0))
+
+
+def _peer_name(func: str, p: object, issuer: bool) -> Optional[bytes]:
+    conn = _conn(func, p)
+    lib = _binding.lib
+    if not lib.sp_peer_verified(conn.ptr):
+        return None
+    buf = _binding.ffi.new("char[]", 4096)
+    if not lib.sp_peer_name(conn.ptr, int(issuer), buf, 4096):
+        return None
+    return bytes(_binding.ffi.string(buf))
+
+
+def ssl_peer_subject_name(p: object) -> Optional[bytes]:
+    """The verified peer's subject, X509_NAME_oneline form. Racket: ssl-peer-subject-name"""
+    return _peer_name("ssl_peer_subject_name", p, False)
+
+
+def ssl_peer_issuer_name(p: object) -> Optional[bytes]:
+    """The verified peer's issuer, X509_NAME_oneline form. Racket: ssl-peer-issuer-name"""
+    return _peer_name("ssl_peer_issuer_name", p, True)
+
+
+# -- channel binding ------------------------------------------------------------------------
+
+_BINDING_TYPES = {"tls-unique": "SP_CB_TLS_UNIQUE", "tls-exporter": "SP_CB_TLS_EXPORTER"}
+_BINDING_TYPES["tls-server-end-point"] = "SP_CB_TLS_SERVER_END_POINT"
+
+
+def ssl_channel_binding(p: object, type: str) -> bytes:
+    """Channel binding data: ``"tls-unique"``, ``"tls-server-end-point"``, ``"tls-exporter"``.
+
+    Racket: ssl-channel-binding
+
+    :raises SSLError: the type does not apply to this connection (tls-unique on TLS 1.3,
+        tls-exporter without TLS 1.3 or EMS, an end-point certificate with no single hash).
+    """
+    func = "ssl_channel_binding"
+    conn = _conn(func, p)
+    if not isinstance(type, str):
+        raise TypeError(f"{func}: type must be a str")
+    if type not in _BINDING_TYPES:
+        raise ValueError(f"{func}: unknown channel binding type {type!r}")
+    lib = _binding.lib
+    ffi = _binding.ffi
+    out = ffi.new("unsigned char[]", 128)
+    outlen = ffi.new("size_t *")
+    err = ffi.new("sp_err *")
+    if not lib.sp_channel_binding(
+        conn.ptr, getattr(lib, _BINDING_TYPES[type]), out, 128, outlen, err
+    ):
+        raise build_error(func, type, err)
+    return bytes(ffi.buffer(out, outlen[0]))
+
+
+def ssl_default_channel_binding(p: object) -> tuple[str, bytes]:
+    """``("tls-exporter", ...)`` on TLS 1.3, else ``("tls-unique", ...)``. Extension."""
+    kind = "tls-exporter" if ssl_protocol_version(p) == "tls13" else "tls-unique"
+    return kind, ssl_channel_binding(p, kind)
+
+
+def ssl_export_keying_material(
+    p: object, label: bytes, length: int, context: Optional[bytes] = None
+) -> bytes:
+    """RFC 5705 / 8446 exported keying material. Extension."""
+    func = "ssl_export_keying_material"
+    conn = _conn(func, p)
+    if not isinstance(label, (bytes, bytearray)):
+        raise TypeError(f"{func}: label must be bytes")
+    if isinstance(length, bool) or not isinstance(length, int):
+        raise TypeError(f"{func}: length must be an int")
+    if not 1 <= length <= 1 << 16:
+        raise ValueError(f"{func}: length must be in 1..65536")
+    if context is not None and not isinstance(context, (bytes, bytearray)):
+        raise TypeError(f"{func}: context must be bytes or None")
+    lib = _binding.lib
+    ffi = _binding.ffi
+    out = ffi.new("unsigned char[]", length)
+    err = ffi.new("sp_err *")
+    ctx = ffi.NULL if context is None else bytes(context)
+    ok = lib.sp_export_keying_material(
+        conn.ptr,
+        out,
+        length,
+        bytes(label),
+        len(label),
+        ctx,
+        len(context or b""),
+        int(context is not None),
+        err,
+    )
+    if not ok:
+        raise build_error(func, "export", err)
+    return bytes(ffi.buffer(out, length))
+
+
+# -- connection facts -------------------------------------------------------------------------
+
+
+def ssl_get_alpn_selected(p: object) -> Optional[bytes]:
+    """The ALPN protocol both ends agreed on, or None. Racket: ssl-get-alpn-selected"""
+    conn = _conn("ssl_get_alpn_selected", p)
+    buf = _binding.ffi.new("unsigned char[]", 256)
+    n = _binding.lib.sp_conn_alpn(conn.ptr, buf, 256)
+    return None if n < 0 else _binding.ffi.buffer(buf, n)[:]
+
+
+def ssl_protocol_version(p: object) -> Optional[str]:
+    """The negotiated version: ``"tls13"``, ``"tls12"``, ... or None. Extension."""
+    conn = _conn("ssl_protocol_version", p)
+    return _VERSION_SYMBOLS.get(_binding.lib.sp_conn_version(conn.ptr))
+
+
+def ssl_cipher_name(p: object) -> str:
+    """The negotiated cipher suite's OpenSSL name. Extension."""
+    conn = _conn("ssl_cipher_name", p)
+    name = _binding.lib.sp_conn_cipher(conn.ptr)
+    return "" if name == _binding.ffi.NULL else _binding.ffi.string(name).decode()
+
+
+def ssl_session_reused(p: object) -> bool:
+    """True when this connection resumed an earlier session. Extension."""
+    conn = _conn("ssl_session_reused", p)
+    return bool(_binding.lib.sp_conn_session_reused(conn.ptr))

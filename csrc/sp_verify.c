@@ -1,0 +1,356 @@
+/* sp_verify.c - what a connection knows about its peer, and the callbacks into Python.
+ *
+ * Every query takes the connection lock: OpenSSL forbids using one SSL* from two threads,
+ * and a reader thread may be inside SSL_read_ex while another thread asks.
+ *
+ * Callbacks into Python (SNI, key log) are CFFI `extern "Python+C"` functions defined by the
+ * generated module; CFFI takes the GIL for them. They run with the connection lock held, which
+ * is safe because no thread ever waits for that lock while holding the GIL (every shim call
+ * releases the GIL first).
+ */
+#include <stdio.h>
+#include <string.h>
+
+#include "sp.h"
+
+/* Defined by the CFFI module (cdef: extern "Python+C"). */
+int sp_py_sni(sp_conn *c, const char *name, SSL_CTX **switch_to, int *verify_flags);
+void sp_py_keylog(const SSL *ssl, const char *line);
+
+/* ---- certificates and names --------------------------------------------------------- */
+
+static X509 *peer_cert_locked(sp_conn *c)
+{
+    return SSL_get0_peer_certificate(c->ssl);
+}
+
+int sp_peer_has_certificate(sp_conn *c)
+{
+    int has;
+    sp_conn_lock(c);
+    has = peer_cert_locked(c) != NULL;
+    sp_conn_unlock(c);
+    return has;
+}
+
+int sp_peer_verified(sp_conn *c)
+{
+    int ok;
+    sp_conn_lock(c);
+    ok = peer_cert_locked(c) != NULL && SSL_get_verify_result(c->ssl) == X509_V_OK;
+    sp_conn_unlock(c);
+    return ok;
+}
+
+/* Append one NUL-terminated entry; returns the new length (even past cap, to size a retry). */
+static size_t put_name(char *out, size_t cap, size_t used, const unsigned char *s, size_t len)
+{
+    if (used + len + 1 <= cap) {
+        memcpy(out + used, s, len);
+        out[used + len] = '\0';
+    }
+    return used + len + 1;
+}
+
+static size_t put_ip(char *out, size_t cap, size_t used, const ASN1_OCTET_STRING *ip)
+{
+    char text[64];
+    const unsigned char *p = ASN1_STRING_get0_data(ip);
+    int len = ASN1_STRING_length(ip);
+    if (len == 4) {
+        snprintf(text, sizeof text, "%u.%u.%u.%u", p[0], p[1], p[2], p[3]);
+    } else if (len == 16) {
+        /* RFC 5952 text via OpenSSL's own formatter would need a BIO; a plain form suffices
+         * for display and round-trips through ipaddress.ip_address. */
+        int i;
+        size_t n = 0;
+        for (i = 0; i < 16; i += 2)
+            n += (size_t)snprintf(text + n, sizeof text - n, i ? ":%x" : "%x",
+                                  (unsigned)(p[i] << 8 | p[i + 1]));
+    } else {
+        return used;
+    }
+    return put_name(out, cap, used, (const unsigned char *)text, strlen(text));
+}
+
+size_t sp_peer_hostnames(sp_conn *c, char *out, size_t cap)
+{
+    size_t used = 0;
+    int i, dns = 0;
+    X509 *cert;
+    GENERAL_NAMES *sans;
+    sp_conn_lock(c);
+    cert = peer_cert_locked(c);
+    if (cert == NULL) {
+        sp_conn_unlock(c);
+        return 0;
+    }
+    sans = X509_get_ext_d2i(cert, NID_subject_alt_name, NULL, NULL);
+    for (i = 0; sans != NULL && i < sk_GENERAL_NAME_num(sans); i++) {
+        const GENERAL_NAME *gn = sk_GENERAL_NAME_value(sans, i);
+        if (gn->type == GEN_DNS) {
+            used = put_name(out, cap, used, ASN1_STRING_get0_data(gn->d.dNSName),
+                            (size_t)ASN1_STRING_length(gn->d.dNSName));
+            dns++;
+        }
+    }
+    if (dns == 0) {
+        /* No DNS names: the last CN of the subject, as UTF-8. */
+        X509_NAME *subject = X509_get_subject_name(cert);
+        int idx = -1, last = -1;
+        while ((idx = X509_NAME_get_index_by_NID(subject, NID_commonName, idx)) >= 0)
+            last = idx;
+        if (last >= 0) {
+            unsigned char *utf8 = NULL;
+            int len = ASN1_STRING_to_UTF8(
+                &utf8, X509_NAME_ENTRY_get_data(X509_NAME_get_entry(subject, last)));
+            if (len >= 0)
+                used = put_name(out, cap, used, utf8, (size_t)len);
+            OPENSSL_free(utf8);
+        }
+    }
+    for (i = 0; sans != NULL && i < sk_GENERAL_NAME_num(sans); i++) {
+        const GENERAL_NAME *gn = sk_GENERAL_NAME_value(sans, i);
+        if (gn->type == GEN_IPADD)
+            used = put_ip(out, cap, used, gn->d.iPAddress);
+    }
+    GENERAL_NAMES_free(sans);
+    ERR_clear_error();
+    sp_conn_unlock(c);
+    return used;
+}
+
+int sp_peer_check_hostname(sp_conn *c, const char *name, size_t len, int is_ip)
+{
+    int ok = 0;
+    X509 *cert;
+    sp_conn_lock(c);
+    cert = peer_cert_locked(c);
+    if (cert != NULL) {
+        if (is_ip)
+            ok = X509_check_ip_asc(cert, name, 0) == 1;
+        else
+            ok = X509_check_host(cert, name, len, X509_CHECK_FLAG_NO_PARTIAL_WILDCARDS, NULL)
+                 == 1;
+    }
+    ERR_clear_error();
+    sp_conn_unlock(c);
+    return ok;
+}
+
+int sp_peer_name(sp_conn *c, int issuer, char *out, size_t cap)
+{
+    int ok = 0;
+    X509 *cert;
+    sp_conn_lock(c);
+    cert = peer_cert_locked(c);
+    if (cert != NULL && cap <= 0x7fffffff) {
+        X509_NAME *name = issuer ? X509_get_issuer_name(cert) : X509_get_subject_name(cert);
+        ok = X509_NAME_oneline(name, out, (int)cap) != NULL;
+    }
+    ERR_clear_error();
+    sp_conn_unlock(c);
+    return ok;
+}
+
+/* ---- channel binding ---------------------------------------------------------------- */
+
+static void fail(sp_err *err, const char *why)
+{
+    size_t n = strlen(why);
+    if (n >= sizeof err->text)
+        n = sizeof err->text - 1;
+    memcpy(err->text, why, n);
+    err->text[n] = '\0';
+    err->nerrs = 1;
+}
+
+static int tls_unique_locked(sp_conn *c, unsigned char *out, size_t cap, size_t *outlen,
+                             sp_err *err)
+{
+    /* RFC 5929: the first Finished of the latest handshake: the client's in a full
+     * handshake, the server's in a resumed one. */
+    int client = !SSL_is_server(c->ssl);
+    int first_is_ours = SSL_session_reused(c->ssl) ? !client : client;
+    if (SSL_version(c->ssl) >= TLS1_3_VERSION) {
+        fail(err, "tls-unique is not defined for TLS 1.3");
+        return 0;
+    }
+    *outlen = first_is_ours ? SSL_get_finished(c->ssl, out, cap)
+                            : SSL_get_peer_finished(c->ssl, out, cap);
+    if (*outlen == 0 || *outlen > cap) {
+        fail(err, "no Finished message yet");
+        return 0;
+    }
+    return 1;
+}
+
+static int server_end_point_locked(sp_conn *c, unsigned char *out, size_t cap, size_t *outlen,
+                                   sp_err *err)
+{
+    X509 *cert = SSL_is_server(c->ssl) ? SSL_get_certificate(c->ssl) : peer_cert_locked(c);
+    int md_nid = NID_undef, pk_nid = NID_undef;
+    const EVP_MD *md;
+    unsigned int n = 0;
+    if (cert == NULL) {
+        fail(err, "no server certificate");
+        return 0;
+    }
+    if (!X509_get_signature_info(cert, &md_nid, &pk_nid, NULL, NULL) || md_nid == NID_undef) {
+        fail(err, "the certificate's signature algorithm has no single hash (RFC 5929 leaves "
+                  "tls-server-end-point undefined for it)");
+        return 0;
+    }
+    if (md_nid == NID_md5 || md_nid == NID_sha1)
+        md_nid = NID_sha256;
+    md = EVP_get_digestbynid(md_nid);
+    if (md == NULL || cap < (size_t)EVP_MD_size(md) || !X509_digest(cert, md, out, &n)) {
+        sp_err_drain(err);
+        if (err->nerrs == 0)
+            fail(err, "cannot hash the server certificate");
+        return 0;
+    }
+    *outlen = n;
+    return 1;
+}
+
+int sp_channel_binding(sp_conn *c, int type, unsigned char *out, size_t cap, size_t *outlen,
+                       sp_err *err)
+{
+    int ok = 0;
+    sp_err_reset(err);
+    sp_conn_lock(c);
+    ERR_clear_error();
+    if (!SSL_is_init_finished(c->ssl)) {
+        fail(err, "the handshake has not completed");
+    } else if (type == SP_CB_TLS_UNIQUE) {
+        ok = tls_unique_locked(c, out, cap, outlen, err);
+    } else if (type == SP_CB_TLS_SERVER_END_POINT) {
+        ok = server_end_point_locked(c, out, cap, outlen, err);
+    } else if (type == SP_CB_TLS_EXPORTER) {
+        static const char label[] = "EXPORTER-Channel-Binding";
+        if (SSL_version(c->ssl) < TLS1_3_VERSION && SSL_get_extms_support(c->ssl) != 1) {
+            fail(err, "tls-exporter needs TLS 1.3 or the extended master secret");
+        } else if (cap < 32) {
+            fail(err, "buffer too small");
+        } else {
+            /* RFC 9266: an empty (present, zero-length) context. */
+            ok = SSL_export_keying_material(c->ssl, out, 32, label, sizeof label - 1,
+                                            (const unsigned char *)"", 0, 1);
+            if (ok)
+                *outlen = 32;
+            else
+                sp_err_drain(err);
+        }
+    } else {
+        fail(err, "unknown channel binding type");
+    }
+    sp_conn_unlock(c);
+    return ok;
+}
+
+int sp_export_keying_material(sp_conn *c, unsigned char *out, size_t len, const char *label,
+                              size_t label_len, const unsigned char *context, size_t context_len,
+                              int use_context, sp_err *err)
+{
+    int ok;
+    sp_err_reset(err);
+    sp_conn_lock(c);
+    ERR_clear_error();
+    ok = SSL_is_init_finished(c->ssl)
+         && SSL_export_keying_material(c->ssl, out, len, label, label_len, context, context_len,
+                                       use_context);
+    if (!ok) {
+        sp_err_drain(err);
+        if (err->nerrs == 0)
+            fail(err, "the handshake has not completed");
+    }
+    sp_conn_unlock(c);
+    return ok;
+}
+
+/* ---- negotiated facts ----------------------------------------------------------------- */
+
+int sp_conn_version(sp_conn *c)
+{
+    int v;
+    sp_conn_lock(c);
+    v = SSL_is_init_finished(c->ssl) || c->established ? SSL_version(c->ssl) : 0;
+    sp_conn_unlock(c);
+    return v;
+}
+
+const char *sp_conn_cipher(sp_conn *c)
+{
+    const char *name;
+    sp_conn_lock(c);
+    name = SSL_get_cipher_name(c->ssl);
+    sp_conn_unlock(c);
+    return name;
+}
+
+int sp_conn_alpn(sp_conn *c, unsigned char *out, size_t cap)
+{
+    const unsigned char *data = NULL;
+    unsigned int len = 0;
+    sp_conn_lock(c);
+    SSL_get0_alpn_selected(c->ssl, &data, &len);
+    if (data != NULL && len <= cap)
+        memcpy(out, data, len);
+    sp_conn_unlock(c);
+    return data == NULL ? -1 : (int)len;
+}
+
+int sp_conn_session_reused(sp_conn *c)
+{
+    int r;
+    sp_conn_lock(c);
+    r = SSL_session_reused(c->ssl);
+    sp_conn_unlock(c);
+    return r;
+}
+
+/* ---- callbacks into Python ------------------------------------------------------------ */
+
+static int sni_callback(SSL *ssl, int *alert, void *arg)
+{
+    sp_conn *c = sp_conn_from_ssl(ssl);
+    const char *name = SSL_get_servername(ssl, TLSEXT_NAMETYPE_host_name);
+    SSL_CTX *switch_to = NULL;
+    int flags = 0, r;
+    (void)arg;
+    if (c == NULL || name == NULL)
+        return SSL_TLSEXT_ERR_NOACK; /* no SNI: the callback is not called */
+    r = sp_py_sni(c, name, &switch_to, &flags);
+    if (r < 0) {
+        *alert = SSL_AD_INTERNAL_ERROR;
+        return SSL_TLSEXT_ERR_ALERT_FATAL;
+    }
+    if (r > 0 && switch_to != NULL) {
+        if (SSL_set_SSL_CTX(ssl, switch_to) == NULL) {
+            *alert = SSL_AD_INTERNAL_ERROR;
+            return SSL_TLSEXT_ERR_ALERT_FATAL;
+        }
+        /* SSL_set_SSL_CTX swaps certificate, key and store, but not the verify mode or
+         * options: take them from the new context too. */
+        SSL_set_options(ssl, SSL_CTX_get_options(switch_to));
+        c->verify_flags = flags;
+        sp_conn_apply_verify_locked(c);
+    }
+    return SSL_TLSEXT_ERR_OK;
+}
+
+void sp_ctx_enable_sni(SSL_CTX *ctx)
+{
+    SSL_CTX_set_tlsext_servername_callback(ctx, sni_callback);
+}
+
+static void keylog_callback(const SSL *ssl, const char *line)
+{
+    sp_py_keylog(ssl, line);
+}
+
+void sp_ctx_enable_keylog(SSL_CTX *ctx, int on)
+{
+    SSL_CTX_set_keylog_callback(ctx, on ? keylog_callback : NULL);
+}

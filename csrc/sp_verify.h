@@ -1,0 +1,49 @@
+/* sp_verify.h - peer verification, names, channel binding and connection facts, plus the
+ * callbacks that reach Python (SNI, key log). All take the connection lock themselves. */
+#ifndef SP_VERIFY_H
+#define SP_VERIFY_H
+
+enum { SP_CB_TLS_UNIQUE = 1, SP_CB_TLS_SERVER_END_POINT = 2, SP_CB_TLS_EXPORTER = 3 };
+
+/* 1 when the peer presented a certificate and it verified. */
+int sp_peer_verified(sp_conn *c);
+/* 1 when the peer presented a certificate at all. */
+int sp_peer_has_certificate(sp_conn *c);
+/* The peer's names, NUL-separated, into out; returns the bytes needed (call again if > cap). */
+size_t sp_peer_hostnames(sp_conn *c, char *out, size_t cap);
+/* RFC 6125 check of the peer certificate (no partial wildcards); 0 without a certificate. */
+int sp_peer_check_hostname(sp_conn *c, const char *name, size_t len, int is_ip);
+/* X509_NAME_oneline of the peer's subject (issuer != 0: issuer); 0 without a certificate. */
+int sp_peer_name(sp_conn *c, int issuer, char *out, size_t cap);
+/* Channel binding data of `type`; 1 on success with *outlen set, 0 with err filled. */
+int sp_channel_binding(sp_conn *c, int type, unsigned char *out, size_t cap, size_t *outlen,
+                       sp_err *err);
+int sp_export_keying_material(sp_conn *c, unsigned char *out, size_t len, const char *label,
+                              size_t label_len, const unsigned char *context, size_t context_len,
+                              int use_context, sp_err *err);
+/* Negotiated facts; strings are static or live as long as the connection. */
+int sp_conn_version(sp_conn *c);
+const char *sp_conn_cipher(sp_conn *c);
+int sp_conn_alpn(sp_conn *c, unsigned char *out, size_t cap);
+int sp_conn_session_reused(sp_conn *c);
+/* Client sessions for resumption: the newest session the server gave us (new reference, or
+ * NULL), and installing one before the handshake. */
+SSL_SESSION *sp_conn_get_session(sp_conn *c);
+int sp_conn_set_session(sp_conn *c, SSL_SESSION *session);
+void sp_session_free(SSL_SESSION *session);
+int sp_session_resumable(SSL_SESSION *session);
+
+/* Re-verify the peer of an established connection (server: TLS 1.3 post-handshake auth or a
+ * TLS 1.2 renegotiation; flags as in sp_conn_set_verify). 1 when the request was queued. */
+int sp_request_reauth(sp_conn *c, int flags, sp_err *err);
+/* 1 while the re-verification asked by sp_request_reauth has not completed. */
+int sp_reauth_pending(sp_conn *c);
+
+/* Client contexts: keep each connection's newest resumable session (sp_conn_get_session). */
+void sp_ctx_track_sessions(SSL_CTX *ctx);
+
+/* Callbacks into Python, enabled per context. */
+void sp_ctx_enable_sni(SSL_CTX *ctx);
+void sp_ctx_enable_keylog(SSL_CTX *ctx, int on);
+
+#endif /* SP_VERIFY_H */
