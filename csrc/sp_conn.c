@@ -324,13 +324,17 @@ static int wait_fd(sp_conn *c, short events, int wait_ms)
     return r;
 }
 
+/* Ciphertext not yet on the wire: what the sender holds plus what wbio holds. */
 static size_t queued_out(sp_conn *c)
 {
     size_t n;
+    sp_mutex_lock(&c->send_lock);
+    n = c->out_len - c->out_off;
+    sp_mutex_unlock(&c->send_lock);
     sp_mutex_lock(&c->ssl_lock);
-    n = BIO_ctrl_pending(c->wbio);
+    n += BIO_ctrl_pending(c->wbio);
     sp_mutex_unlock(&c->ssl_lock);
-    return n + (c->out_len - c->out_off);
+    return n;
 }
 
 /* Send queued ciphertext without waiting. Returns SP_OK when nothing is left queued,

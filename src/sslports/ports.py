@@ -53,6 +53,20 @@ _SEND_HIGH = 1 << 20  # queued ciphertext at which a stream writer waits
 ErrorArg = Union[type[BaseException], Callable[[str], Any]]
 
 
+_per_thread = threading.local()
+
+
+def _scratch() -> tuple[Any, Any]:
+    """This thread's error record and count cell for pump calls (no allocation per call)."""
+    try:
+        return _per_thread.err, _per_thread.count
+    except AttributeError:
+        ffi = _binding.ffi
+        _per_thread.err = ffi.new("sp_err *")
+        _per_thread.count = ffi.new("size_t *")
+        return _per_thread.err, _per_thread.count
+
+
 class _Deadline:
     """A point in monotonic time, or none."""
 
@@ -341,12 +355,14 @@ class Connection:
         """Read into `view`: at least one byte (or all of it when `fill`), 0 at EOF."""
         lib = _binding.lib
         ffi = _binding.ffi
-        err = ffi.new("sp_err *")
-        got = ffi.new("size_t *")
+        err, got = _scratch()
         buf = ffi.from_buffer("unsigned char[]", view, require_writable=True)
         size = len(view)
         total = 0
-        with self.ops_lock_shared():
+        # `with buf` releases the buffer export on the way out, also on an exception: a
+        # traceback keeping this frame alive must not keep `view` exported, or the cyclic GC
+        # may clear the memoryview while exported and then crash when it is freed.
+        with buf, self.ops_lock_shared():
             while total < size:
                 want = size - total if fill else 1
                 status = lib.sp_read(
@@ -385,7 +401,7 @@ class Connection:
         err = ffi.new("sp_err *")
         got = ffi.new("size_t *")
         buf = ffi.from_buffer("unsigned char[]", view, require_writable=True)
-        with self.ops_lock_shared():
+        with buf, self.ops_lock_shared():
             status = lib.sp_read(self.ptr, buf, len(view), 0, got, deadline.slice_ms(), err)
         if status in (lib.SP_OK, lib.SP_WANT_READ, lib.SP_WANT_WRITE):
             if got[0] == 0 and status != lib.SP_OK:
@@ -401,12 +417,11 @@ class Connection:
         """Encrypt and send all of `data`. Returns how much was accepted before a timeout."""
         lib = _binding.lib
         ffi = _binding.ffi
-        err = ffi.new("sp_err *")
-        done = ffi.new("size_t *")
+        err, done = _scratch()
         buf = ffi.from_buffer("unsigned char[]", data)
         size = len(data)
         total = 0
-        with self.ops_lock_shared():
+        with buf, self.ops_lock_shared():  # (see read: release the export even on errors)
             while True:
                 if total < size:
                     status = lib.sp_write(
