@@ -2,36 +2,42 @@
  *
  * THE PICTURE
  *
- *      plaintext                  SSL*                      ciphertext
- *   caller buf  <-- SSL_read --  [ssl]  <-- BIO_write --  rbio  <--  socket recv / sp_feed
- *   caller buf  -- SSL_write --> [ssl]  --> BIO_read  -->  wbio  -->  socket send / sp_take
+ * Socket mode (ssl_connect, ssl_accept, ssl_wrap_socket: fd >= 0). OpenSSL talks to our own
+ * socket BIO, and no Python runs per record:
  *
- * OpenSSL never touches a socket here: it reads records from the memory BIO `rbio` and writes
- * records to the memory BIO `wbio`. The pump moves ciphertext between those BIOs and the
- * transport. In socket mode (fd >= 0) the pump does that itself, with non-blocking recv/send
- * and poll, so no Python runs per record. In stream mode (fd < 0) it only reports what it
- * needs, and Python moves bytes between the BIOs and arbitrary file-like objects.
+ *   caller buf <-- SSL_read_ex  -- [ssl] <-- BIO read: recv() straight into OpenSSL's
+ *                                             read-ahead buffer (one recv, many records)
+ *   caller buf --  SSL_write_ex --> [ssl] --> BIO write: append records to `outq`
+ *                                             sender: swap `outq` out whole, send() it
+ *
+ * Stream mode (ports_to_ssl_ports: fd < 0). OpenSSL talks to two memory BIOs; the pump only
+ * reports what it needs and Python moves ciphertext with sp_feed / sp_take:
+ *
+ *   caller buf <-- SSL_read_ex  -- [ssl] <-- rbio (memory) <-- sp_feed <-- input stream
+ *   caller buf --  SSL_write_ex --> [ssl] --> wbio (memory) --> sp_take --> output stream
  *
  * THE STATE MACHINE OF ONE CALL
  *
- * Every operation (handshake, read, write, shutdown) is a loop around one OpenSSL call:
+ * Every operation (handshake, read, write) is a loop around one OpenSSL call:
  *
  *   1. Lock, clear the error queue, call SSL_do_handshake / SSL_read_ex / SSL_write_ex,
  *      classify the result with SSL_get_error, unlock.
- *   2. Whatever OpenSSL queued in wbio goes out before anything else (a handshake flight, a
+ *   2. Whatever OpenSSL queued goes out before we wait for anything (a handshake flight, a
  *      KeyUpdate reply, an alert). "Send before you receive": a peer waiting for our flight
  *      would otherwise never send what we wait for.
  *   3. The result decides:
- *        success          -> read: keep filling the caller's buffer from records already here
- *                            and return once nothing more is available without waiting;
- *                            write: next chunk; handshake: done.
- *        WANT_READ        -> OpenSSL needs more ciphertext. Stream mode: return SP_WANT_READ.
- *                            Socket mode: recv into rbio, waiting in poll if nothing is there.
- *        WANT_WRITE       -> never happens with a memory BIO (writes to it always succeed).
- *        ZERO_RETURN      -> the peer's close_notify: SP_EOF, sticky.
- *        unexpected EOF   -> the transport ended without close_notify: SP_RAGGED_EOF, sticky.
- *        anything else    -> SP_ERROR with the drained error queue; the connection is broken
- *                            and every later call reports the same error.
+ *        success        -> read: keep going while OpenSSL already holds more (SSL_has_pending)
+ *                          and return once the caller has what it asked for; write: next
+ *                          chunk; handshake: done.
+ *        WANT_READ      -> OpenSSL needs more ciphertext. Stream mode: return SP_WANT_READ.
+ *                          Socket mode: poll() for readability (sending queued output
+ *                          meanwhile), then retry the same call.
+ *        WANT_WRITE     -> never happens: neither BIO ever refuses a write.
+ *        ZERO_RETURN    -> the peer's close_notify: SP_EOF, sticky.
+ *        unexpected EOF -> the transport ended without close_notify: SP_RAGGED_EOF, sticky.
+ *        anything else  -> SP_ERROR with the drained error queue (and the socket errno the
+ *                          BIO saw); the connection is broken and every later call reports
+ *                          the same error.
  *   OpenSSL's retry rule (call again with the same arguments after WANT_*) holds because the
  *   loop only ever retries the same call; SSL_MODE_ACCEPT_MOVING_WRITE_BUFFER covers callers
  *   that retry a write from another buffer holding the same bytes.
@@ -45,38 +51,38 @@
  *
  * LOCKS (full duplex without deadlock)
  *
- *   ssl_lock   guards the SSL* and both BIOs. Held only around non-blocking OpenSSL calls and
- *              memcpy-sized BIO operations, never while waiting.
- *   recv_lock  orders "recv from the socket, then BIO_write into rbio", so that two threads
- *              that both need ciphertext (a reader, and a writer caught in a renegotiation)
- *              cannot feed chunks in the wrong order. Held around a non-blocking recv only.
- *   send_lock  orders "take from wbio, send to the socket": bytes leave in the order OpenSSL
- *              produced them. Held around non-blocking sends only; a partly sent chunk stays
+ *   ssl_lock   guards the SSL*, its BIOs and `outq`. Held around OpenSSL calls, which may
+ *              recv() or append to outq but never wait (the socket is non-blocking).
+ *   send_lock  guards `out`, the buffer being sent: bytes leave in the order OpenSSL
+ *              produced them. Held around non-blocking sends only; a partly sent buffer stays
  *              in `out` for whoever sends next.
- *   Lock order: recv_lock or send_lock first, then ssl_lock. A reading thread and a writing
- *   thread therefore run at once; two readers (or two writers) are serialised by Python.
+ *   Lock order: send_lock, then ssl_lock. A reading thread and a writing thread run at once;
+ *   two readers (or two writers) are serialised by Python.
  *
  * EOF
  *
  *   A close_notify from the peer is SP_EOF. A transport EOF without it is SP_RAGGED_EOF, which
  *   Python reports as EOF (Racket's behaviour on OpenSSL 3) or, with strict_eof, as an error.
- *   We never set SSL_OP_IGNORE_UNEXPECTED_EOF, so OpenSSL tells the two apart for us.
+ *   We never set SSL_OP_IGNORE_UNEXPECTED_EOF, so OpenSSL tells the two apart for us (the
+ *   socket BIO answers BIO_CTRL_EOF once recv() returned 0).
  *
  * MEMORY
  *
  *   Idle connections hold no I/O buffers: SSL_MODE_RELEASE_BUFFERS frees OpenSSL's record
- *   buffers, the send buffer is freed once empty, and socket reads go into the free tail of
- *   the caller's own buffer when it is large enough, else into a short-lived heap block.
+ *   buffers, and `out` and `outq` are freed as soon as everything queued was sent.
  */
 #include <stdlib.h>
 #include <string.h>
 
 #include "sp.h"
 
-#define SP_IO_CHUNK 65536          /* one recv / one send batch */
 #define SP_WRITE_CHUNK 65536       /* plaintext per SSL_write_ex: four full records */
-#define SP_OUT_HIGH (256 * 1024)   /* queued ciphertext that makes a writer wait to flush */
+#define SP_OUT_HIGH 65536          /* queued ciphertext that makes a writer send first */
+#define SP_OUTQ_INITIAL 81920      /* first outq size: one SP_WRITE_CHUNK of records fits */
+#define SP_READ_BUFFER 65536       /* OpenSSL's read-ahead buffer: one recv, several records */
 
+
+static BIO *new_sock_bio(sp_conn *c);
 
 static int conn_index = -1;
 static CRYPTO_ONCE conn_index_once = CRYPTO_ONCE_STATIC_INIT;
@@ -91,10 +97,14 @@ static void make_conn_index(void)
 /* Fill err for a failed SSL call (called with ssl_lock held, queue not yet drained). */
 static void capture_ssl_error(sp_conn *c, int ssl_error, sp_err *err)
 {
-    long vr = SSL_get_verify_result(c->ssl);
+    /* The verify result explains the failure only when OpenSSL says verification failed
+     * (a client that does not require verification always has one). */
+    if (ERR_GET_REASON(ERR_peek_last_error()) == SSL_R_CERTIFICATE_VERIFY_FAILED) {
+        long vr = SSL_get_verify_result(c->ssl);
+        if (vr != X509_V_OK)
+            err->verify_result = vr;
+    }
     err->ssl_error = ssl_error;
-    if (vr != X509_V_OK)
-        err->verify_result = vr;
     sp_err_drain(err);
 }
 
@@ -158,21 +168,34 @@ sp_conn *sp_conn_new(SSL_CTX *ctx, int is_server, int fd, sp_err *err)
     c = calloc(1, sizeof *c);
     if (c == NULL)
         return NULL;
+    c->fd = (sp_socket)fd;
+    c->socket_mode = fd >= 0;
     c->ssl = SSL_new(ctx);
-    c->rbio = BIO_new(BIO_s_mem());
-    c->wbio = BIO_new(BIO_s_mem());
+    if (c->socket_mode) {
+        c->rbio = c->wbio = new_sock_bio(c);
+    } else {
+        c->rbio = BIO_new(BIO_s_mem());
+        c->wbio = BIO_new(BIO_s_mem());
+    }
     if (c->ssl == NULL || c->rbio == NULL || c->wbio == NULL) {
         sp_err_drain(err);
         BIO_free(c->rbio);
-        BIO_free(c->wbio);
+        if (c->wbio != c->rbio)
+            BIO_free(c->wbio);
         SSL_free(c->ssl);
         free(c);
         return NULL;
     }
-    /* An empty rbio means "no data yet" (retry), not EOF, until sp_feed_eof / recv() == 0. */
-    BIO_set_mem_eof_return(c->rbio, -1);
-    BIO_set_mem_eof_return(c->wbio, -1);
-    SSL_set_bio(c->ssl, c->rbio, c->wbio);
+    if (c->socket_mode) {
+        SSL_set_bio(c->ssl, c->rbio, c->rbio); /* one BIO, one reference, both directions */
+        SSL_set_read_ahead(c->ssl, 1);
+        SSL_set_default_read_buffer_len(c->ssl, SP_READ_BUFFER);
+    } else {
+        /* An empty rbio means "no data yet" (retry), not EOF, until sp_feed_eof. */
+        BIO_set_mem_eof_return(c->rbio, -1);
+        BIO_set_mem_eof_return(c->wbio, -1);
+        SSL_set_bio(c->ssl, c->rbio, c->wbio);
+    }
     SSL_set_mode(c->ssl, SSL_MODE_ACCEPT_MOVING_WRITE_BUFFER | SSL_MODE_RELEASE_BUFFERS);
     if (!SSL_set_ex_data(c->ssl, conn_index, c)) {
         sp_err_drain(err);
@@ -184,10 +207,7 @@ sp_conn *sp_conn_new(SSL_CTX *ctx, int is_server, int fd, sp_err *err)
         SSL_set_accept_state(c->ssl);
     else
         SSL_set_connect_state(c->ssl);
-    c->fd = (sp_socket)fd;
-    c->socket_mode = fd >= 0;
     sp_mutex_init(&c->ssl_lock);
-    sp_mutex_init(&c->recv_lock);
     sp_mutex_init(&c->send_lock);
     return c;
 }
@@ -204,9 +224,9 @@ void sp_conn_free(sp_conn *c)
         SSL_set_shutdown(c->ssl, SSL_SENT_SHUTDOWN | SSL_RECEIVED_SHUTDOWN);
     SSL_free(c->ssl); /* frees both BIOs */
     free(c->out);
+    free(c->outq);
     free(c->broken);
     sp_mutex_destroy(&c->ssl_lock);
-    sp_mutex_destroy(&c->recv_lock);
     sp_mutex_destroy(&c->send_lock);
     free(c);
 }
@@ -311,6 +331,117 @@ int sp_conn_set_host(sp_conn *c, const char *host, int is_ip, int send_sni, int 
 
 /* ---- socket I/O (socket mode only) -------------------------------------------------- */
 
+/* The socket BIO. Reading: recv() straight into OpenSSL's record buffer (read-ahead makes
+ * that one large recv per batch of records). Writing: records are appended to `outq`, and
+ * the sender later swaps that whole buffer out and sends it with no further copy. Both run
+ * inside OpenSSL calls, so with ssl_lock held; neither ever waits. */
+
+static int sock_bio_write(BIO *bio, const char *data, int len)
+{
+    sp_conn *c = BIO_get_data(bio);
+    size_t need;
+    BIO_clear_retry_flags(bio);
+    if (len <= 0)
+        return 0;
+    need = c->outq_len + (size_t)len;
+    if (need > c->outq_cap) {
+        size_t cap = c->outq_cap ? c->outq_cap : SP_OUTQ_INITIAL;
+        unsigned char *grown;
+        while (cap < need)
+            cap *= 2;
+        grown = realloc(c->outq, cap);
+        if (grown == NULL)
+            return -1;
+        c->outq = grown;
+        c->outq_cap = cap;
+    }
+    memcpy(c->outq + c->outq_len, data, (size_t)len);
+    c->outq_len = need;
+    return len;
+}
+
+static int sock_bio_read(BIO *bio, char *buf, int len)
+{
+    sp_conn *c = BIO_get_data(bio);
+    BIO_clear_retry_flags(bio);
+    if (len <= 0)
+        return 0;
+    for (;;) {
+        long n = (long)recv(c->fd, buf, (sp_iolen)len, 0);
+        int e;
+        if (n > 0)
+            return (int)n;
+        if (n == 0) {
+            c->peer_closed = 1; /* the peer closed the transport */
+            return 0;
+        }
+        e = SP_SOCK_ERRNO();
+        if (SP_EINTR(e))
+            continue;
+        if (SP_EWOULDBLOCK(e))
+            BIO_set_retry_read(bio);
+        else
+            c->bio_errno = e;
+        return -1;
+    }
+}
+
+static long sock_bio_ctrl(BIO *bio, int cmd, long num, void *ptr)
+{
+    sp_conn *c = BIO_get_data(bio);
+    (void)num, (void)ptr;
+    switch (cmd) {
+    case BIO_CTRL_FLUSH:
+        return 1; /* the pump sends after every OpenSSL call */
+    case BIO_CTRL_EOF:
+        return c == NULL ? 0 : c->peer_closed; /* lets OpenSSL report an unexpected EOF */
+    case BIO_CTRL_WPENDING:
+        return c == NULL ? 0 : (long)c->outq_len;
+    default:
+        return 0;
+    }
+}
+
+static int sock_bio_create(BIO *bio)
+{
+    BIO_set_init(bio, 1);
+    return 1;
+}
+
+static int sock_bio_destroy(BIO *bio)
+{
+    BIO_set_data(bio, NULL);
+    return 1;
+}
+
+static BIO_METHOD *sock_method;
+static CRYPTO_ONCE sock_method_once = CRYPTO_ONCE_STATIC_INIT;
+
+static void make_sock_method(void)
+{
+    BIO_METHOD *m = BIO_meth_new(BIO_get_new_index() | BIO_TYPE_SOURCE_SINK, "sslports socket");
+    if (m == NULL)
+        return;
+    if (!BIO_meth_set_write(m, sock_bio_write) || !BIO_meth_set_read(m, sock_bio_read)
+        || !BIO_meth_set_ctrl(m, sock_bio_ctrl) || !BIO_meth_set_create(m, sock_bio_create)
+        || !BIO_meth_set_destroy(m, sock_bio_destroy)) {
+        BIO_meth_free(m);
+        return;
+    }
+    sock_method = m;
+}
+
+static BIO *new_sock_bio(sp_conn *c)
+{
+    BIO *bio;
+    if (!CRYPTO_THREAD_run_once(&sock_method_once, make_sock_method) || sock_method == NULL)
+        return NULL;
+    bio = BIO_new(sock_method);
+    if (bio != NULL)
+        BIO_set_data(bio, c);
+    return bio;
+}
+
 static int wait_fd(sp_conn *c, short events, int wait_ms)
 {
     struct pollfd pfd;
@@ -324,7 +455,7 @@ static int wait_fd(sp_conn *c, short events, int wait_ms)
     return r;
 }
 
-/* Ciphertext not yet on the wire: what the sender holds plus what wbio holds. */
+/* Ciphertext not yet on the wire: what the sender holds plus what outq holds. */
 static size_t queued_out(sp_conn *c)
 {
     size_t n;
@@ -332,13 +463,14 @@ static size_t queued_out(sp_conn *c)
     n = c->out_len - c->out_off;
     sp_mutex_unlock(&c->send_lock);
     sp_mutex_lock(&c->ssl_lock);
-    n += BIO_ctrl_pending(c->wbio);
+    n += c->outq_len;
     sp_mutex_unlock(&c->ssl_lock);
     return n;
 }
 
 /* Send queued ciphertext without waiting. Returns SP_OK when nothing is left queued,
- * SP_WANT_WRITE when the socket is full, SP_ERROR on a transport failure. */
+ * SP_WANT_WRITE when the socket is full, SP_ERROR on a transport failure. When all is sent,
+ * both buffers are freed: an idle connection holds none. */
 static int send_queued_nowait(sp_conn *c, sp_err *err)
 {
     int status = SP_OK;
@@ -346,28 +478,33 @@ static int send_queued_nowait(sp_conn *c, sp_err *err)
     for (;;) {
         long n;
         if (c->out_off == c->out_len) {
-            size_t pending;
-            int got = 0;
+            /* Take everything OpenSSL queued by swapping buffers (send_lock, then ssl_lock). */
+            unsigned char *spare = c->out;
+            size_t spare_cap = c->out_cap;
             sp_mutex_lock(&c->ssl_lock);
-            pending = BIO_ctrl_pending(c->wbio);
-            if (pending > 0 && c->out == NULL)
-                c->out = malloc(SP_IO_CHUNK);
-            if (pending > 0 && c->out != NULL)
-                got = BIO_read(c->wbio, c->out, SP_IO_CHUNK);
-            sp_mutex_unlock(&c->ssl_lock);
-            if (pending > 0 && c->out == NULL) {
-                err->sys_errno = ENOMEM;
-                status = SP_ERROR;
-                break;
+            if (c->outq_len > 0) {
+                c->out = c->outq;
+                c->out_cap = c->outq_cap;
+                c->out_len = c->outq_len;
+                c->outq = spare;
+                c->outq_cap = spare_cap;
+                c->outq_len = 0;
+            } else {
+                c->out_len = 0;
+                if (c->outq != NULL) {
+                    free(c->outq);
+                    c->outq = NULL;
+                    c->outq_cap = 0;
+                }
             }
-            if (got <= 0) {
+            sp_mutex_unlock(&c->ssl_lock);
+            c->out_off = 0;
+            if (c->out_len == 0) {
                 free(c->out); /* idle: hold no buffer */
                 c->out = NULL;
-                c->out_len = c->out_off = 0;
+                c->out_cap = 0;
                 break;
             }
-            c->out_len = (size_t)got;
-            c->out_off = 0;
         }
         n = (long)send(c->fd, (const char *)c->out + c->out_off,
                        (sp_iolen)(c->out_len - c->out_off), SP_SEND_FLAGS);
@@ -386,6 +523,11 @@ static int send_queued_nowait(sp_conn *c, sp_err *err)
         break;
     }
     sp_mutex_unlock(&c->send_lock);
+    if (status == SP_ERROR) {
+        sp_mutex_lock(&c->ssl_lock);
+        mark_broken(c, err);
+        sp_mutex_unlock(&c->ssl_lock);
+    }
     return status;
 }
 
@@ -401,71 +543,27 @@ static int send_queued(sp_conn *c, int wait_ms, sp_err *err)
     }
 }
 
-/* Move what the socket has into rbio, waiting up to wait_ms for something to arrive.
- * `scratch`/`scratch_len` is free space the caller lends (may be NULL). While waiting, any
- * ciphertext still queued goes out too. Returns SP_OK (data or EOF fed), SP_WANT_READ (the
- * slice elapsed), or SP_ERROR. */
-static int recv_into_rbio(sp_conn *c, unsigned char *scratch, size_t scratch_len, int wait_ms,
-                          sp_err *err)
+/* Wait up to wait_ms until the socket is readable, sending queued output meanwhile (a peer
+ * that waits for our flight before it sends must get it). SP_OK when readable (or closed),
+ * SP_WANT_READ when the slice elapsed, SP_ERROR when sending failed. */
+static int wait_readable(sp_conn *c, int wait_ms, sp_err *err)
 {
-    unsigned char *heap = NULL;
-    int status;
-    if (scratch == NULL || scratch_len < 16384) {
-        heap = malloc(SP_IO_CHUNK);
-        if (heap == NULL) {
-            err->sys_errno = ENOMEM;
+    short events = POLLIN;
+    if (queued_out(c) > 0) {
+        int s = send_queued_nowait(c, err);
+        if (s == SP_ERROR)
             return SP_ERROR;
-        }
-        scratch = heap;
-        scratch_len = SP_IO_CHUNK;
+        if (s == SP_WANT_WRITE)
+            events |= POLLOUT;
     }
-    if (scratch_len > SP_IO_CHUNK * 4)
-        scratch_len = SP_IO_CHUNK * 4;
-    for (;;) {
-        long n;
-        int e = 0;
-        short events;
-        sp_mutex_lock(&c->recv_lock);
-        n = (long)recv(c->fd, (char *)scratch, (sp_iolen)scratch_len, 0);
-        if (n < 0)
-            e = SP_SOCK_ERRNO();
-        if (n >= 0) {
-            sp_mutex_lock(&c->ssl_lock);
-            if (n > 0)
-                BIO_write(c->rbio, scratch, (int)n);
-            else
-                BIO_set_mem_eof_return(c->rbio, 0); /* transport EOF */
-            sp_mutex_unlock(&c->ssl_lock);
-        }
-        sp_mutex_unlock(&c->recv_lock);
-        if (n >= 0) {
-            status = SP_OK;
-            break;
-        }
-        if (SP_EINTR(e))
-            continue;
-        if (!SP_EWOULDBLOCK(e)) {
-            err->sys_errno = e;
-            status = SP_ERROR;
-            break;
-        }
-        events = POLLIN;
-        if (queued_out(c) > 0) {
-            int s = send_queued_nowait(c, err);
-            if (s == SP_ERROR) {
-                status = SP_ERROR;
-                break;
-            }
-            if (s == SP_WANT_WRITE)
-                events |= POLLOUT;
-        }
-        if (wait_fd(c, events, wait_ms) <= 0) {
-            status = SP_WANT_READ;
-            break;
-        }
-    }
-    free(heap);
-    return status;
+    return wait_fd(c, events, wait_ms) > 0 ? SP_OK : SP_WANT_READ;
+}
+
+/* After a failed SSL call in socket mode: a socket error the BIO saw is the real reason. */
+static void note_bio_errno(sp_conn *c, sp_err *err)
+{
+    if (c->bio_errno != 0 && err->sys_errno == 0)
+        err->sys_errno = c->bio_errno;
 }
 
 /* ---- operations --------------------------------------------------------------------- */
@@ -482,42 +580,39 @@ int sp_handshake(sp_conn *c, int wait_ms, sp_err *err)
             return status == SP_ERROR ? SP_ERROR : SP_RAGGED_EOF;
         }
         ERR_clear_error();
+        c->bio_errno = 0;
         r = SSL_do_handshake(c->ssl);
         if (r == 1)
             c->established = 1;
         else {
             e = SSL_get_error(c->ssl, r);
             if (e != SSL_ERROR_WANT_READ && e != SSL_ERROR_WANT_WRITE) {
+                note_bio_errno(c, err);
                 capture_ssl_error(c, e, err);
                 mark_broken(c, err);
             }
         }
         sp_mutex_unlock(&c->ssl_lock);
 
-        if (c->socket_mode) {
-            /* Our flight goes out in full before we wait for the peer's. A failed handshake
-             * still sends its alert, without waiting. */
-            if (r != 1 && e != SSL_ERROR_WANT_READ && e != SSL_ERROR_WANT_WRITE) {
-                sp_err scratch_err;
-                sp_err_reset(&scratch_err);
-                send_queued_nowait(c, &scratch_err);
-                return SP_ERROR;
-            }
-            status = send_queued(c, wait_ms, err);
-            if (status != SP_OK)
-                return status;
+        if (!c->socket_mode) {
             if (r == 1)
                 return SP_OK;
-            status = recv_into_rbio(c, NULL, 0, wait_ms, err);
-            if (status != SP_OK)
-                return status;
-            continue;
+            return e == SSL_ERROR_WANT_READ || e == SSL_ERROR_WANT_WRITE ? SP_WANT_READ : SP_ERROR;
         }
+        if (r != 1 && e != SSL_ERROR_WANT_READ && e != SSL_ERROR_WANT_WRITE) {
+            sp_err alert_err; /* a failed handshake still sends its alert, without waiting */
+            sp_err_reset(&alert_err);
+            send_queued_nowait(c, &alert_err);
+            return SP_ERROR;
+        }
+        /* Our flight goes out in full before we wait for the peer's. */
+        status = send_queued(c, wait_ms, err);
+        if (status != SP_OK)
+            return status;
         if (r == 1)
             return SP_OK;
-        if (e == SSL_ERROR_WANT_READ || e == SSL_ERROR_WANT_WRITE)
+        if (wait_fd(c, POLLIN, wait_ms) <= 0)
             return SP_WANT_READ;
-        return SP_ERROR;
     }
 }
 
@@ -525,13 +620,13 @@ int sp_read(sp_conn *c, unsigned char *buf, size_t len, size_t want, size_t *got
             sp_err *err)
 {
     size_t total = 0;
-    int status = SP_OK, fed = 0;
+    int status = SP_OK, waited = 0;
     sp_err_reset(err);
     if (want > len)
-        want = len; /* want == 0: return once the records that arrived were processed */
+        want = len; /* want == 0: return once what arrived within one wait was processed */
     while (total < len) {
-        size_t n = 0;
-        int ok, e = SSL_ERROR_NONE;
+        size_t n = 0, out_pending;
+        int ok, e = SSL_ERROR_NONE, more;
         sp_mutex_lock(&c->ssl_lock);
         status = sticky_status(c, err);
         if (status != SP_OK) {
@@ -539,37 +634,48 @@ int sp_read(sp_conn *c, unsigned char *buf, size_t len, size_t want, size_t *got
             break;
         }
         ERR_clear_error();
+        c->bio_errno = 0;
         ok = SSL_read_ex(c->ssl, buf + total, len - total, &n);
         if (!ok) {
             e = SSL_get_error(c->ssl, 0);
-            if (e != SSL_ERROR_WANT_READ && e != SSL_ERROR_WANT_WRITE)
+            if (e != SSL_ERROR_WANT_READ && e != SSL_ERROR_WANT_WRITE) {
+                note_bio_errno(c, err);
                 status = classify_failure(c, e, err);
+            }
         }
+        more = SSL_has_pending(c->ssl);
+        out_pending = c->socket_mode ? c->outq_len : 0;
         sp_mutex_unlock(&c->ssl_lock);
+        /* Reading may have queued output (a KeyUpdate reply, a renegotiation flight, the
+         * alert of a failure): it goes out now, without waiting. */
+        if (out_pending > 0 && status == SP_OK && send_queued_nowait(c, err) == SP_ERROR) {
+            status = SP_ERROR;
+            break;
+        }
+        if (out_pending > 0 && status != SP_OK) {
+            sp_err alert_err;
+            sp_err_reset(&alert_err);
+            send_queued_nowait(c, &alert_err);
+        }
         if (ok) {
             total += n;
+            if (total >= want && total > 0 && !more)
+                break; /* the caller has enough and nothing more is here already */
             continue;
         }
         if (status != SP_OK)
             break;
-        /* WANT_READ (WANT_WRITE cannot happen on a memory BIO). Reading may have queued
-         * output (a KeyUpdate reply, a renegotiation flight): it goes out first. */
-        if (c->socket_mode && queued_out(c) > 0) {
-            status = send_queued_nowait(c, err);
-            if (status == SP_ERROR)
-                break;
-            status = SP_OK;
-        }
-        if (total >= want && (total > 0 || fed))
-            break; /* the caller has enough; do not wait for more */
+        /* WANT_READ (a memory or socket BIO never makes OpenSSL want to write). */
+        if (total >= want && (total > 0 || waited))
+            break;
         if (!c->socket_mode) {
             status = SP_WANT_READ;
             break;
         }
-        status = recv_into_rbio(c, buf + total, len - total, wait_ms, err);
+        status = wait_readable(c, wait_ms, err);
         if (status != SP_OK)
             break;
-        fed = 1;
+        waited = 1;
     }
     *got = total;
     if (total > 0 && (status == SP_EOF || status == SP_RAGGED_EOF || status == SP_ERROR))
@@ -601,10 +707,12 @@ int sp_write(sp_conn *c, const unsigned char *buf, size_t len, size_t *done, int
             break;
         }
         ERR_clear_error();
+        c->bio_errno = 0;
         ok = SSL_write_ex(c->ssl, buf + total, chunk, &n);
         if (!ok) {
             e = SSL_get_error(c->ssl, 0);
             if (e != SSL_ERROR_WANT_READ && e != SSL_ERROR_WANT_WRITE) {
+                note_bio_errno(c, err);
                 capture_ssl_error(c, e, err);
                 mark_broken(c, err);
             }
@@ -615,6 +723,11 @@ int sp_write(sp_conn *c, const unsigned char *buf, size_t len, size_t *done, int
             continue;
         }
         if (e != SSL_ERROR_WANT_READ && e != SSL_ERROR_WANT_WRITE) {
+            if (c->socket_mode) { /* the alert, if any, without waiting */
+                sp_err alert_err;
+                sp_err_reset(&alert_err);
+                send_queued_nowait(c, &alert_err);
+            }
             status = SP_ERROR;
             break;
         }
@@ -624,8 +737,8 @@ int sp_write(sp_conn *c, const unsigned char *buf, size_t len, size_t *done, int
             break;
         }
         status = send_queued(c, wait_ms, err);
-        if (status == SP_OK)
-            status = recv_into_rbio(c, NULL, 0, wait_ms, err);
+        if (status == SP_OK && wait_fd(c, POLLIN, wait_ms) <= 0)
+            status = SP_WANT_READ;
         if (status != SP_OK)
             break;
     }

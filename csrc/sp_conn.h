@@ -8,20 +8,25 @@ typedef struct sp_conn sp_conn;
 /* Private to the C files: Python sees sp_conn as opaque. */
 struct sp_conn {
     SSL *ssl;
-    BIO *rbio; /* network -> SSL (owned by ssl) */
-    BIO *wbio; /* SSL -> network (owned by ssl) */
+    BIO *rbio; /* network -> SSL (owned by ssl); socket mode: the socket BIO */
+    BIO *wbio; /* SSL -> network (owned by ssl); socket mode: the same socket BIO */
     sp_socket fd;
     int socket_mode;
     int verify_flags;
     int established; /* the first handshake completed (ssl_lock) */
 
     sp_mutex ssl_lock;
-    sp_mutex recv_lock;
     sp_mutex send_lock;
 
-    /* ciphertext taken from wbio but not yet sent (send_lock) */
+    /* socket mode: records OpenSSL wrote, not yet taken by the sender (ssl_lock) */
+    unsigned char *outq;
+    size_t outq_len, outq_cap;
+    int bio_errno;   /* the socket error the BIO saw in the current OpenSSL call (ssl_lock) */
+    int peer_closed; /* recv() returned 0 (ssl_lock) */
+
+    /* socket mode: ciphertext being sent, taken from outq whole (send_lock) */
     unsigned char *out;
-    size_t out_len, out_off;
+    size_t out_len, out_off, out_cap;
 
     /* re-verification of an established peer (ssl_lock): 1 while pending */
     int reauth_pending;

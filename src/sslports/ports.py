@@ -265,7 +265,8 @@ class Connection:
         self.close_original = close_original
         self.hostname = hostname
         self.open_ports = 2
-        self.state = threading.Condition()  # guards open_ports, inflight, closed
+        self.state_lock = threading.Lock()
+        self.state = threading.Condition(self.state_lock)  # open_ports, inflight, closed
         self.inflight = 0  # pump calls running; the socket is closed only when none is
         self.sni_error: Optional[BaseException] = None
         self.input_port: Optional[weakref.ref[SSLInputPort]] = None
@@ -510,16 +511,24 @@ class _InFlight:
         self.conn = conn
 
     def __enter__(self) -> None:
-        with self.conn.state:
-            if self.conn.closed:
+        conn = self.conn
+        conn.state_lock.acquire()  # plain lock calls: this runs around every pump call
+        try:
+            if conn.closed:
                 raise ValueError("I/O operation on closed SSL connection")
-            self.conn.inflight += 1
+            conn.inflight += 1
+        finally:
+            conn.state_lock.release()
 
     def __exit__(self, *exc: object) -> None:
-        with self.conn.state:
-            self.conn.inflight -= 1
-            if self.conn.inflight == 0:
-                self.conn.state.notify_all()
+        conn = self.conn
+        conn.state_lock.acquire()
+        try:
+            conn.inflight -= 1
+            if conn.inflight == 0 and conn.closed:
+                conn.state.notify_all()
+        finally:
+            conn.state_lock.release()
 
 
 class SSLInputPort(io.BufferedIOBase):
