@@ -628,7 +628,7 @@ class SSLInputPort(io.BufferedIOBase):
         raise io.UnsupportedOperation("write")
 
     def close(self) -> None:
-        if self.closed:
+        if not _claim_close(self):
             return
         super().close()
         self._sslports_conn.port_closed(self._timeout)
@@ -705,7 +705,7 @@ class SSLOutputPort(io.BufferedIOBase):
                 self._send_locked(memoryview(self._buf))
 
     def close(self) -> None:
-        if self.closed:
+        if not _claim_close(self):
             return
         conn = self._sslports_conn
         try:
@@ -721,6 +721,18 @@ class SSLOutputPort(io.BufferedIOBase):
 
     def detach(self) -> Any:
         raise io.UnsupportedOperation("detach")
+
+
+_close_lock = threading.Lock()
+
+
+def _claim_close(port: Any) -> bool:
+    """True for exactly one caller of close() on `port`, even from several threads."""
+    with _close_lock:
+        if getattr(port, "_close_claimed", False):
+            return False
+        port._close_claimed = True
+        return True
 
 
 def _check_timeout(func: str, seconds: object) -> Optional[float]:

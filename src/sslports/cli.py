@@ -1,0 +1,1597 @@
+"""The ``sslports`` command line: a TLS client and server for testing, digests and a demo.
+
+Run it as ``python -m sslports COMMAND`` or ``sslports COMMAND``; ``COMMAND --help`` tells
+more.
+
+* ``connect HOST:PORT`` -- like ``openssl s_client``: a handshake summary on stderr, then
+  stdin and stdout piped to the connection.
+* ``serve`` -- like ``openssl s_server``: ``--echo``, ``--www`` (a status page) or
+  ``--dir PATH`` (files over HTTP/1.0).
+* ``sha1 FILE...`` / ``md5 FILE...`` -- ``sha1sum`` / ``md5sum`` compatible, with ``-c``.
+* ``demo`` -- a server and its clients in one process on the bundled test certificate.
+* ``info`` -- versions, and what this OpenSSL build supports.
+
+HOW THE COMMANDS CLOSE CONNECTIONS
+
+``ssl_connect`` / ``ssl_accept`` ports never send close_notify (as in Racket). ``connect``
+needs to tell the server that stdin ended, so it opens the TCP connection itself and runs TLS
+over it with ``ports_to_ssl_ports(..., shutdown_on_close=True)``, the documented way to get a
+close_notify. ``serve`` uses ``ssl_listen`` / ``ssl_accept``; its HTTP replies carry a
+``Content-Length`` and it waits for the client to close first (a lingering close), so clients
+never depend on a close_notify.
+
+ERRORS
+
+Expected failures (refused connections, verification failures, missing files, bad arguments)
+print one line ``sslports: error: ...`` on stderr and exit with status 1 (2 for usage errors);
+Ctrl-C exits with 130. Neither prints a traceback. ``SSLPORTS_DEBUG=1`` in the environment
+re-raises unexpected exceptions so that their traceback shows.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import html
+import io
+import mimetypes
+import os
+import re
+import signal
+import socket
+import stat
+import struct
+import sys
+import tempfile
+import threading
+import time
+import urllib.parse
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any, Callable, NoReturn, Optional, TextIO
+
+from . import (
+    TEST_PEM,
+    SSLClientContext,
+    SSLError,
+    SSLInputPort,
+    SSLListener,
+    SSLNetworkError,
+    SSLOutputPort,
+    SSLServerContext,
+    _binding,
+    ports_to_ssl_ports,
+    ssl_accept,
+    ssl_addresses,
+    ssl_channel_binding,
+    ssl_cipher_name,
+    ssl_connect,
+    ssl_default_channel_binding,
+    ssl_default_verify_sources,
+    ssl_get_alpn_selected,
+    ssl_listen,
+    ssl_load_certificate_chain,
+    ssl_load_default_verify_sources,
+    ssl_load_private_key,
+    ssl_load_suggested_certificate_authorities,
+    ssl_load_verify_source,
+    ssl_make_client_context,
+    ssl_make_server_context,
+    ssl_max_client_protocol,
+    ssl_max_server_protocol,
+    ssl_peer_certificate_hostnames,
+    ssl_peer_check_hostname,
+    ssl_peer_issuer_name,
+    ssl_peer_subject_name,
+    ssl_peer_verified,
+    ssl_protocol_version,
+    ssl_seal_context,
+    ssl_session_reused,
+    ssl_set_ciphers,
+    ssl_set_server_alpn,
+    ssl_set_server_name_identification_callback,
+    ssl_set_verify,
+    ssl_set_verify_hostname,
+    ssl_try_verify,
+    ssl_wrap_socket,
+    supported_client_protocols,
+    supported_server_protocols,
+)
+from ._version import __version__
+
+__all__ = ["main"]
+
+PROG = "sslports"
+EXIT_OK = 0
+EXIT_FAILURE = 1
+EXIT_USAGE = 2
+EXIT_INTERRUPTED = 130
+
+# The cipher policy of ssl_secure_client_context, for secure contexts built here by hand.
+_SECURE_CIPHERS = "DEFAULT:!aNULL:!eNULL:!LOW:!EXPORT:!SSLv2"
+_CHUNK = 65536
+_CHANNEL_BINDINGS = ("tls-unique", "tls-exporter", "tls-server-end-point")
+
+
+class CLIError(Exception):
+    """An expected failure: reported as one ``sslports: error: ...`` line, then exit 1.
+
+    :param message: what went wrong, for a person.
+    :param status: the exit status.
+    """
+
+    def __init__(self, message: str, status: int = EXIT_FAILURE) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+class _Stop(BaseException):
+    """Raised in the main thread by the SIGTERM handler of ``serve``: stop like Ctrl-C."""
+
+
+# -- output helpers ------------------------------------------------------------------------
+
+_stderr_lock = threading.Lock()
+
+
+def _say(line: str, stream: Optional[TextIO] = None) -> None:
+    """Print one whole line to stderr (or `stream`), never interleaved with another thread."""
+    target = stream if stream is not None else sys.stderr
+    with _stderr_lock:
+        try:
+            target.write(line + "\n")
+            target.flush()
+        except (OSError, ValueError):  # a closed or broken stderr must not end the server
+            pass
+
+
+def _error_line(message: str) -> None:
+    _say(f"{PROG}: error: {message}")
+
+
+def _reason(exc: BaseException) -> str:
+    """The message of a library exception without its leading ``function_name: ``."""
+    text = str(exc) or type(exc).__name__
+    head, sep, rest = text.partition(": ")
+    if sep and re.fullmatch(r"[a-z_0-9]+", head):
+        return rest
+    return text
+
+
+def _detail(exc: BaseException) -> str:
+    """The parenthesised detail of ``func: what failed (detail)``, else the whole reason."""
+    reason = _reason(exc)
+    match = re.fullmatch(r"[^(]*failed \((.*)\)", reason, re.DOTALL)
+    return match.group(1) if match else reason
+
+
+def _os_error_text(exc: OSError) -> str:
+    """``name: No such file or directory`` instead of ``[Errno 2] ...: 'name'``."""
+    if isinstance(exc, SSLError):
+        return str(exc)
+    what = exc.strerror or str(exc) or type(exc).__name__
+    if exc.filename is not None:
+        return f"{os.fsdecode(exc.filename)}: {what}"
+    return what
+
+
+def _join_host_port(host: str, port: int) -> str:
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def _hex(data: bytes) -> str:
+    return data.hex()
+
+
+def _text(data: Optional[bytes]) -> str:
+    return data.decode("utf-8", "replace") if data is not None else ""
+
+
+def _require_ssl() -> None:
+    if not _binding.ssl_available:
+        raise CLIError(f"TLS is not available here: {_binding.ssl_load_fail_reason}")
+
+
+# -- argument types --------------------------------------------------------------------------
+
+
+def _host_port(text: str) -> tuple[str, int]:
+    """Parse ``HOST:PORT`` or ``[IPV6]:PORT``."""
+    if text.startswith("["):
+        host, sep, rest = text[1:].partition("]")
+        if not sep or not rest.startswith(":"):
+            raise argparse.ArgumentTypeError(f"expected [IPV6]:PORT, got {text!r}")
+        port_text = rest[1:]
+    else:
+        host, sep, port_text = text.rpartition(":")
+        if not sep:
+            raise argparse.ArgumentTypeError(f"expected HOST:PORT, got {text!r}")
+        if ":" in host:
+            raise argparse.ArgumentTypeError(
+                f"an IPv6 address needs brackets, as in [::1]:443 (got {text!r})"
+            )
+    if not host:
+        raise argparse.ArgumentTypeError(f"missing host in {text!r}")
+    return host, _port_number(port_text, lowest=1)
+
+
+def _port_number(text: str, lowest: int = 0) -> int:
+    try:
+        port = int(text, 10)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a port number: {text!r}") from None
+    if not lowest <= port <= 65535:
+        raise argparse.ArgumentTypeError(f"port must be in {lowest}..65535, got {port}")
+    return port
+
+
+def _server_port(text: str) -> int:
+    return _port_number(text, lowest=0)
+
+
+def _alpn_list(text: str) -> list[bytes]:
+    """``h2,http/1.1`` -> ``[b"h2", b"http/1.1"]``; each name 1..255 bytes."""
+    names = [name.strip().encode("utf-8") for name in text.split(",")]
+    for name in names:
+        if not 1 <= len(name) <= 255:
+            raise argparse.ArgumentTypeError(
+                f"each ALPN name must be 1..255 bytes long (in {text!r})"
+            )
+    return names
+
+
+def _seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number of seconds: {text!r}") from None
+    if not value > 0 or value != value or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"seconds must be a positive number, got {text!r}")
+    return value
+
+
+def _existing_file(text: str) -> str:
+    if not os.path.isfile(text):
+        what = "not a file" if os.path.exists(text) else "no such file"
+        raise argparse.ArgumentTypeError(f"{text}: {what}")
+    return text
+
+
+def _existing_dir(text: str) -> str:
+    if not os.path.isdir(text):
+        what = "not a directory" if os.path.exists(text) else "no such directory"
+        raise argparse.ArgumentTypeError(f"{text}: {what}")
+    return text
+
+
+class _Parser(argparse.ArgumentParser):
+    """An ArgumentParser whose usage errors are one line: ``sslports: error: ...``, exit 2."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(EXIT_USAGE, f"{PROG}: error: {message} (see '{self.prog} --help')\n")
+
+
+# -- handshake facts ---------------------------------------------------------------------------
+
+
+def connection_facts(
+    port: SSLInputPort | SSLOutputPort, hostname: Optional[str] = None
+) -> list[tuple[str, str]]:
+    """What the handshake settled, as (label, value) rows for people to read.
+
+    :param port: either port of an established connection.
+    :param hostname: also tell whether the peer's certificate is valid for this name.
+    :returns: protocol, cipher, ALPN, verification, names, channel bindings, resumption.
+    """
+    rows: list[tuple[str, str]] = [
+        ("protocol", ssl_protocol_version(port) or "unknown"),
+        ("cipher", ssl_cipher_name(port) or "unknown"),
+        ("alpn", _text(ssl_get_alpn_selected(port)) or "(none selected)"),
+        ("verified", "yes" if ssl_peer_verified(port) else "no"),
+        ("peer hostnames", ", ".join(ssl_peer_certificate_hostnames(port)) or "(no certificate)"),
+    ]
+    if hostname is not None:
+        matches = ssl_peer_check_hostname(port, hostname)
+        rows.append(("name matches", f"{'yes' if matches else 'no'} ({hostname})"))
+    subject = ssl_peer_subject_name(port)
+    issuer = ssl_peer_issuer_name(port)
+    if subject is None:
+        rows.append(("subject", "(known only for a verified peer)"))
+    else:
+        rows.append(("subject", _text(subject)))
+        rows.append(("issuer", _text(issuer)))
+    for kind in _CHANNEL_BINDINGS:
+        try:
+            rows.append((kind, _hex(ssl_channel_binding(port, kind))))
+        except SSLError:
+            continue  # e.g. tls-unique on TLS 1.3: not defined for this connection
+    rows.append(("session reused", "yes" if ssl_session_reused(port) else "no"))
+    return rows
+
+
+def _format_rows(rows: Sequence[tuple[str, str]], indent: str = "    ") -> list[str]:
+    width = max((len(label) for label, _ in rows), default=0)
+    return [f"{indent}{label.ljust(width)}  {value}" for label, value in rows]
+
+
+# -- connect -----------------------------------------------------------------------------------
+
+
+def _client_credentials(args: argparse.Namespace) -> dict[str, Any]:
+    if args.key and not args.cert:
+        raise CLIError("--key needs --cert", EXIT_USAGE)
+    if not args.cert:
+        return {}
+    return {"certificate_chain": args.cert, "private_key": ("pem", args.key or args.cert)}
+
+
+def _client_context(args: argparse.Namespace) -> SSLClientContext:
+    """The client context that `connect`'s options describe.
+
+    ``--secure`` (the default) verifies the chain and the host name: against ``--cafile`` only
+    when given, else against ``ssl_default_verify_sources()``. ``--insecure`` still tries to
+    verify, so that the summary can tell, but goes on whatever the result.
+    """
+    protocol = args.protocol or "auto"
+    creds = _client_credentials(args)
+    if args.secure and not args.cafile and protocol == "auto":
+        return ssl_make_client_context("secure", **creds)
+    ctx = ssl_make_client_context(protocol, **creds)
+    if args.cafile:
+        ssl_load_verify_source(ctx, args.cafile)
+    else:
+        ssl_load_default_verify_sources(ctx)
+    if args.secure:
+        ssl_set_verify(ctx, True)
+        ssl_set_verify_hostname(ctx, True)
+        ssl_set_ciphers(ctx, _SECURE_CIPHERS)
+    else:
+        ssl_try_verify(ctx, True)
+    ssl_seal_context(ctx)
+    return ctx
+
+
+def _tcp_connect(host: str, port: int, timeout: Optional[float]) -> socket.socket:
+    label = _join_host_port(host, port)
+    try:
+        return socket.create_connection((host, port), timeout=timeout)
+    except socket.gaierror as exc:
+        raise CLIError(f"cannot resolve {host!r}: {exc.strerror or exc}") from None
+    except socket.timeout:
+        raise CLIError(f"connect to {label} timed out after {timeout:g} s") from None
+    except OSError as exc:
+        raise CLIError(f"cannot connect to {label}: {exc.strerror or exc}") from None
+
+
+def _handshake_error(exc: SSLError, label: str, args: argparse.Namespace) -> CLIError:
+    message = f"TLS handshake with {label} failed: {_detail(exc)}"
+    if exc.verify_code is not None and args.secure:
+        if args.cafile:
+            message += " (check --servername; --insecure goes on anyway)"
+        else:
+            message += " (--cafile FILE trusts a certificate; --insecure goes on anyway)"
+    return CLIError(message)
+
+
+def _cmd_connect(args: argparse.Namespace) -> int:
+    _require_ssl()
+    host, port = args.target
+    label = _join_host_port(host, port)
+    servername = args.servername or host
+    ctx = _client_context(args)
+    sock = _tcp_connect(host, port, args.timeout)
+    reader = sock.makefile("rb")
+    writer = sock.makefile("wb")
+
+    def close_transport() -> None:
+        for closable in (reader, writer, sock):
+            with contextlib.suppress(OSError):
+                closable.close()
+
+    try:
+        inp, out = ports_to_ssl_ports(
+            reader,
+            writer,
+            mode="connect",
+            context=ctx,
+            hostname=servername,
+            alpn=args.alpn or (),
+            timeout=args.timeout,
+            close_original=True,
+            shutdown_on_close=True,
+            error=SSLNetworkError,
+        )
+    except TimeoutError:
+        close_transport()
+        raise CLIError(f"TLS handshake with {label} timed out after {args.timeout:g} s") from None
+    except SSLError as exc:
+        close_transport()
+        raise _handshake_error(exc, label, args) from None
+    except BaseException:
+        close_transport()
+        raise
+    try:
+        sock.settimeout(None)  # --timeout bounds connect + handshake, not the session
+        inp.settimeout(None)
+        out.settimeout(None)
+        if not args.quiet:
+            peer = sock.getpeername()[0]
+            _say(f"--- connected to {label} ({peer}), server name {servername}")
+            for line in _format_rows(connection_facts(inp, servername)):
+                _say(line)
+            _say("---")
+        return _pipe_stdio(inp, out, sock, ignore_eof=args.ign_eof)
+    finally:
+        with contextlib.suppress(Exception):
+            inp.close()
+        close_transport()
+
+
+def _pipe_stdio(
+    inp: SSLInputPort, out: SSLOutputPort, sock: socket.socket, *, ignore_eof: bool
+) -> int:
+    """Copy stdin to the connection (a thread) and the connection to stdout (this thread).
+
+    EOF on stdin closes the output port, which sends close_notify, then shuts down the
+    sending half of the TCP connection; the server's close ends the command.
+    """
+    out_lock = threading.Lock()
+
+    def stdin_to_connection() -> None:
+        stdin = getattr(sys.stdin, "buffer", None)
+        try:
+            while stdin is not None:
+                chunk = stdin.read1(_CHUNK)
+                if not chunk:
+                    break
+                with out_lock:
+                    out.write(chunk)
+                    out.flush()
+        except (OSError, ValueError):
+            return  # the connection is gone; the reader reports what happened
+        if ignore_eof:
+            return
+        with out_lock, contextlib.suppress(OSError, ValueError):
+            out.close()
+        with contextlib.suppress(OSError):
+            sock.shutdown(socket.SHUT_WR)
+
+    threading.Thread(target=stdin_to_connection, name="sslports-stdin", daemon=True).start()
+    stdout = sys.stdout.buffer
+    try:
+        while True:
+            try:
+                chunk = inp.read1(_CHUNK)
+            except SSLError as exc:
+                raise CLIError(f"connection failed: {_reason(exc)}") from None
+            if not chunk:
+                break
+            stdout.write(chunk)
+            stdout.flush()
+    finally:
+        # The stdin thread may be stuck in a write the server never reads: don't wait forever.
+        if out_lock.acquire(timeout=2.0):
+            try:
+                with contextlib.suppress(Exception):
+                    out.close()
+            finally:
+                out_lock.release()
+    return EXIT_OK
+
+
+# -- serve -------------------------------------------------------------------------------------
+
+
+def _server_context(args: argparse.Namespace) -> SSLServerContext:
+    if args.key and not args.cert:
+        raise CLIError("--key needs --cert", EXIT_USAGE)
+    cert = args.cert or str(TEST_PEM)
+    key = args.key or cert
+    if not args.cert:
+        _say(
+            f"{PROG}: warning: serving with the bundled test certificate {TEST_PEM}: "
+            "its private key is public, so this provides no security"
+        )
+    ctx = ssl_make_server_context(args.protocol or "auto")
+    ssl_load_certificate_chain(ctx, cert)
+    ssl_load_private_key(ctx, key, False)
+    if args.alpn:
+        ssl_set_server_alpn(ctx, args.alpn)
+        if args.mode != "echo" and b"h2" in args.alpn:
+            _say(f"{PROG}: warning: --{args.mode} speaks HTTP/1.0 only, yet --alpn offers h2")
+    if args.verify_client:
+        ssl_load_verify_source(ctx, args.verify_client)
+        ssl_load_suggested_certificate_authorities(ctx, args.verify_client)
+        ssl_set_verify(ctx, True)
+    ssl_seal_context(ctx)
+    return ctx
+
+
+class _Session:
+    """One accepted connection of ``serve``: its ports, peer label and options."""
+
+    def __init__(
+        self, inp: SSLInputPort, out: SSLOutputPort, peer: str, args: argparse.Namespace
+    ) -> None:
+        self.inp = inp
+        self.out = out
+        self.peer = peer
+        self.args = args
+
+    def log(self, message: str) -> None:
+        if not self.args.quiet:
+            _say(f"{PROG}: serve: {self.peer}: {message}")
+
+    def linger_close(self) -> None:
+        """Send what is buffered, wait (briefly) for the client to close, then close.
+
+        Closing a socket that still has unread input makes the kernel send a reset, which can
+        destroy the reply in flight; waiting for the client's EOF avoids that.
+        """
+        try:
+            self.out.flush()
+            self.inp.settimeout(5.0)
+            deadline = time.monotonic() + 5.0
+            while time.monotonic() < deadline and self.inp.read1(_CHUNK):
+                pass
+        except (OSError, ValueError):
+            pass
+        finally:
+            for port in (self.out, self.inp):
+                with contextlib.suppress(OSError, ValueError):
+                    port.close()
+
+
+def _serve_echo(session: _Session) -> None:
+    inp, out = session.inp, session.out
+    total = 0
+    try:
+        while True:
+            chunk = inp.read1(_CHUNK)
+            if not chunk:
+                break
+            out.write(chunk)
+            out.flush()
+            total += len(chunk)
+    finally:
+        for port in (out, inp):
+            with contextlib.suppress(OSError, ValueError):
+                port.close()
+    session.log(f"closed after echoing {total} bytes")
+
+
+class _HTTPError(Exception):
+    def __init__(self, status: int, reason: str, detail: str = "") -> None:
+        super().__init__(f"{status} {reason}")
+        self.status = status
+        self.reason = reason
+        self.detail = detail or reason
+
+
+def _read_request_head(inp: SSLInputPort) -> Optional[list[str]]:
+    """The request line and header lines of one HTTP request, or None at EOF."""
+    lines: list[str] = []
+    total = 0
+    while True:
+        raw = inp.readline(8192)
+        if not raw:
+            return None
+        total += len(raw)
+        if total > 65536 or len(lines) > 100:
+            raise _HTTPError(431, "Request Header Fields Too Large")
+        text = raw.decode("latin-1").rstrip("\r\n")
+        if not text:
+            if lines:
+                return lines
+            continue  # tolerate blank lines before the request line (RFC 9112 2.2)
+        lines.append(text)
+
+
+def _parse_request_line(line: str) -> tuple[str, str]:
+    parts = line.split()
+    if len(parts) != 3 or not parts[2].startswith("HTTP/"):
+        raise _HTTPError(400, "Bad Request", f"malformed request line {line!r:.100}")
+    return parts[0], parts[1]
+
+
+def _send_head(
+    out: SSLOutputPort, status: int, reason: str, content_type: str, length: int
+) -> None:
+    head = (
+        f"HTTP/1.0 {status} {reason}\r\n"
+        f"Server: sslports/{__version__}\r\n"
+        f"Content-Type: {content_type}\r\n"
+        f"Content-Length: {length}\r\n"
+        "Connection: close\r\n\r\n"
+    )
+    out.write(head.encode("latin-1"))
+
+
+def _send_page(
+    out: SSLOutputPort,
+    status: int,
+    reason: str,
+    body: str,
+    content_type: str = "text/plain; charset=utf-8",
+    head_only: bool = False,
+) -> None:
+    data = body.encode("utf-8")
+    _send_head(out, status, reason, content_type, len(data))
+    if not head_only:
+        out.write(data)
+    out.flush()
+
+
+def _serve_http(session: _Session, respond: Callable[[_Session, str, str], str]) -> None:
+    """Read one request, let `respond` answer it, log one line, close."""
+    status_text = "no request"
+    try:
+        session.inp.settimeout(30.0)
+        head = _read_request_head(session.inp)
+        if head is None:
+            session.log("closed before sending a complete request")
+            return
+        method, target = _parse_request_line(head[0])
+        status_text = f"{method} {target[:200]} -> " + respond(session, method, target)
+    except _HTTPError as exc:
+        status_text = f"{exc.status} {exc.reason}: {exc.detail}"
+        with contextlib.suppress(OSError, ValueError):
+            _send_page(session.out, exc.status, exc.reason, f"{exc.status} {exc.reason}\n")
+    except TimeoutError:
+        status_text = "timed out waiting for the request"
+    finally:
+        session.linger_close()
+    session.log(status_text)
+
+
+def _www_respond(session: _Session, method: str, target: str) -> str:
+    if method not in ("GET", "HEAD"):
+        raise _HTTPError(405, "Method Not Allowed", method)
+    rows = [("client", session.peer), ("request", f"{method} {target}")]
+    rows += connection_facts(session.inp)
+    if session.args.verify_client:
+        rows.append(("client certificate", "required and verified"))
+    else:
+        rows.append(("client certificate", "not requested (see --verify-client)"))
+    lines = [f"sslports {__version__} test server (like openssl s_server -www)", ""]
+    lines += _format_rows(rows, indent="")
+    body = "\n".join(lines) + "\n"
+    _send_page(session.out, 200, "OK", body, head_only=method == "HEAD")
+    return "200 OK"
+
+
+def _resolve_in(root: Path, url_path: str) -> Path:
+    """The file `url_path` names under `root`, or _HTTPError 403 when it escapes `root`."""
+    path = urllib.parse.unquote(url_path, errors="strict")
+    if "\0" in path:
+        raise _HTTPError(400, "Bad Request", "NUL in path")
+    candidate = (root / path.lstrip("/")).resolve()
+    if candidate != root and root not in candidate.parents:
+        raise _HTTPError(403, "Forbidden", f"{url_path!r} escapes the served directory")
+    return candidate
+
+
+def _dir_listing(url_path: str, directory: Path) -> str:
+    base = url_path if url_path.endswith("/") else url_path + "/"
+    items = []
+    for entry in sorted(directory.iterdir(), key=lambda p: p.name):
+        name = entry.name + ("/" if entry.is_dir() else "")
+        href = urllib.parse.quote(base + name)
+        items.append(f'<li><a href="{html.escape(href)}">{html.escape(name)}</a></li>')
+    title = html.escape(f"Index of {urllib.parse.unquote(url_path)}")
+    return (
+        f"<!DOCTYPE html>\n<html><head><meta charset='utf-8'><title>{title}</title></head>\n"
+        f"<body><h1>{title}</h1>\n<ul>\n" + "\n".join(items) + "\n</ul></body></html>\n"
+    )
+
+
+def _dir_respond(session: _Session, method: str, target: str) -> str:
+    if method not in ("GET", "HEAD"):
+        raise _HTTPError(405, "Method Not Allowed", method)
+    root = Path(session.args.dir).resolve()
+    url_path = urllib.parse.urlsplit(target).path or "/"
+    try:
+        path = _resolve_in(root, url_path)
+    except UnicodeDecodeError:
+        raise _HTTPError(400, "Bad Request", "path is not UTF-8") from None
+    head_only = method == "HEAD"
+    try:
+        if path.is_dir():
+            page = _dir_listing(url_path, path)
+            _send_page(session.out, 200, "OK", page, "text/html; charset=utf-8", head_only)
+            return "200 OK (listing)"
+        with open(path, "rb") as f:
+            size = os.fstat(f.fileno()).st_size
+            kind = mimetypes.guess_type(path.name)[0] or "application/octet-stream"
+            _send_head(session.out, 200, "OK", kind, size)
+            sent = 0
+            while not head_only and sent < size:
+                chunk = f.read(min(_CHUNK, size - sent))
+                if not chunk:
+                    break  # the file shrank; the client sees a short body
+                session.out.write(chunk)
+                sent += len(chunk)
+            session.out.flush()
+        return f"200 OK ({sent if not head_only else size} bytes)"
+    except FileNotFoundError:
+        raise _HTTPError(404, "Not Found", url_path) from None
+    except (PermissionError, IsADirectoryError):
+        raise _HTTPError(403, "Forbidden", url_path) from None
+
+
+def _serve_connection(session: _Session) -> None:
+    """Run the chosen mode on one connection; report a failure in one line."""
+    try:
+        if session.args.mode == "echo":
+            _serve_echo(session)
+        elif session.args.mode == "www":
+            _serve_http(session, _www_respond)
+        else:
+            _serve_http(session, _dir_respond)
+    except Exception as exc:  # one client's failure must never end the server
+        _say(f"{PROG}: serve: {session.peer}: connection failed: {_reason(exc)}")
+        for port in (session.out, session.inp):
+            with contextlib.suppress(Exception):
+                port.close()
+
+
+def _peer_label(inp: SSLInputPort) -> str:
+    try:
+        _lh, _lp, host, port = ssl_addresses(inp, True)
+        return _join_host_port(str(host), int(port))
+    except (SSLError, OSError):
+        return "client"
+
+
+@contextlib.contextmanager
+def _sigterm_stops() -> Iterator[None]:
+    """While active, SIGTERM raises _Stop in the main thread (a clean exit, like Ctrl-C)."""
+
+    def on_sigterm(signum: int, frame: object) -> None:
+        raise _Stop()
+
+    try:
+        previous = signal.signal(signal.SIGTERM, on_sigterm)
+    except ValueError:  # not the main thread
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _accept_loop(listener: SSLListener, args: argparse.Namespace) -> None:
+    failures_in_a_row = 0
+    while True:
+        try:
+            inp, out = ssl_accept(listener)
+        except SSLNetworkError as exc:
+            _say(f"{PROG}: serve: handshake failed: {_detail(exc)}")
+            failures_in_a_row += 1
+            if failures_in_a_row > 20:  # e.g. out of descriptors: don't spin
+                time.sleep(0.05)
+            continue
+        failures_in_a_row = 0
+        session = _Session(inp, out, _peer_label(inp), args)
+        if not args.quiet:
+            alpn = _text(ssl_get_alpn_selected(inp)) or "-"
+            verified = "verified client" if ssl_peer_verified(inp) else "no client cert"
+            session.log(
+                f"connected ({ssl_protocol_version(inp)}, {ssl_cipher_name(inp)}, "
+                f"alpn {alpn}, {verified})"
+            )
+        threading.Thread(
+            target=_serve_connection, args=(session,), name="sslports-conn", daemon=True
+        ).start()
+
+
+def _cmd_serve(args: argparse.Namespace) -> int:
+    _require_ssl()
+    ctx = _server_context(args)
+    try:
+        listener = ssl_listen(
+            args.port, 64, True, args.host, ctx, handshake_timeout=args.handshake_timeout
+        )
+    except SSLNetworkError as exc:
+        where = _join_host_port(args.host, args.port)
+        raise CLIError(f"cannot listen on {where}: {_reason(exc)}") from None
+    mode = {"echo": "echo", "www": "status page", "dir": f"files under {args.dir}"}[args.mode]
+    with listener:
+        try:
+            with _sigterm_stops():
+                host, port = ssl_addresses(listener, True)[:2]
+                print(f"listening on {_join_host_port(str(host), int(port))}", flush=True)
+                _say(f"{PROG}: serve: {mode}; stop with Ctrl-C")
+                _accept_loop(listener, args)
+        except KeyboardInterrupt:
+            _say(f"{PROG}: serve: interrupted, stopped")
+            return EXIT_INTERRUPTED
+        except _Stop:
+            _say(f"{PROG}: serve: terminated, stopped")
+            return EXIT_OK
+    return EXIT_OK  # pragma: no cover - the loop only ends by a signal
+
+
+# -- sha1 / md5 ----------------------------------------------------------------------------------
+
+
+class _ProgressReader:
+    """A file wrapper that draws a progress bar on stderr while a digest reads it."""
+
+    def __init__(self, f: Any, total: int, label: str) -> None:
+        self._f = f
+        self._total = max(total, 1)
+        self._label = label
+        self._done = 0
+        self._drawn_at = 0.0
+
+    def readinto(self, buffer: Any) -> int:
+        n = int(self._f.readinto(buffer) or 0)
+        self._done += n
+        now = time.monotonic()
+        if now - self._drawn_at >= 0.1 or n == 0:
+            self._drawn_at = now
+            self._draw(final=n == 0)
+        return n
+
+    def read(self, size: int = -1) -> bytes:
+        data = bytes(self._f.read(size))
+        self._done += len(data)
+        return data
+
+    def _draw(self, final: bool) -> None:
+        fraction = min(self._done / self._total, 1.0)
+        width = 30
+        filled = int(fraction * width)
+        bar = "#" * filled + "-" * (width - filled)
+        mib = self._done / (1 << 20)
+        line = f"\r{self._label[:40]} [{bar}] {fraction * 100:5.1f}% {mib:,.0f} MiB"
+        with _stderr_lock:
+            sys.stderr.write(line + ("\r\033[K" if final else ""))
+            sys.stderr.flush()
+
+
+_PROGRESS_MIN = 64 << 20  # files at least this large get a progress bar (on a terminal)
+
+
+def _digest_of(name: str, hash_port: Callable[[Any], str]) -> str:
+    if name == "-":
+        stdin = getattr(sys.stdin, "buffer", None)
+        if stdin is None:
+            raise CLIError("no standard input")
+        return hash_port(stdin)
+    with open(name, "rb") as f:
+        info = os.fstat(f.fileno())
+        if stat.S_ISDIR(info.st_mode):
+            raise IsADirectoryError(21, "Is a directory", name)
+        if stat.S_ISREG(info.st_mode) and info.st_size >= _PROGRESS_MIN and sys.stderr.isatty():
+            return hash_port(_ProgressReader(f, info.st_size, name))
+        return hash_port(f)
+
+
+def _escape_name(name: bytes, also_cr: bool = True) -> tuple[bool, bytes]:
+    """coreutils' file name escaping: a leading backslash marks ``\\\\``, ``\\n``, ``\\r``."""
+    specials = (b"\\", b"\n", b"\r") if also_cr else (b"\n",)
+    if not any(s in name for s in specials):
+        return False, name
+    escaped = name.replace(b"\\", b"\\\\").replace(b"\n", b"\\n")
+    if also_cr:
+        escaped = escaped.replace(b"\r", b"\\r")
+    return True, escaped
+
+
+def _unescape_name(name: bytes) -> Optional[bytes]:
+    out = bytearray()
+    i = 0
+    while i < len(name):
+        c = name[i : i + 1]
+        if c != b"\\":
+            out += c
+            i += 1
+            continue
+        nxt = name[i + 1 : i + 2]
+        mapping = {b"\\": b"\\", b"n": b"\n", b"r": b"\r"}
+        if nxt not in mapping:
+            return None
+        out += mapping[nxt]
+        i += 2
+    return bytes(out)
+
+
+def _write_stdout(data: bytes) -> None:
+    sys.stdout.buffer.write(data)
+
+
+def _digest_tool(args: argparse.Namespace) -> tuple[str, int, Callable[[Any], str]]:
+    if args.command == "sha1":
+        from .sha1 import sha1
+
+        return "SHA1", 40, sha1
+    from .md5 import md5
+
+    return "MD5", 32, md5
+
+
+def _cmd_digest(args: argparse.Namespace) -> int:
+    if args.check:
+        return _check_digests(args)
+    tag, _hexlen, hash_port = _digest_tool(args)
+    status = EXIT_OK
+    for name in args.files or ["-"]:
+        try:
+            hex_digest = _digest_of(name, hash_port)
+        except OSError as exc:
+            _error_line(_os_error_text(exc) if exc.filename else f"{name}: {_os_error_text(exc)}")
+            status = EXIT_FAILURE
+            continue
+        escaped, raw = _escape_name(os.fsencode(name))
+        prefix = b"\\" if escaped else b""
+        if args.tag:
+            line = prefix + f"{tag} (".encode() + raw + f") = {hex_digest}\n".encode()
+        else:
+            line = prefix + hex_digest.encode() + b"  " + raw + b"\n"
+        _write_stdout(line)
+    sys.stdout.flush()
+    return status
+
+
+def _parse_check_line(line: bytes, tag: str, hexlen: int) -> Optional[tuple[str, bytes]]:
+    """``(hex, name)`` from a ``sha1sum`` / ``sha1sum --tag`` line, or None if malformed."""
+    escaped = line.startswith(b"\\")
+    if escaped:
+        line = line[1:]
+    bsd = re.fullmatch(
+        rb"%s \((.*)\) = ([0-9a-fA-F]{%d})" % (tag.encode(), hexlen), line, re.DOTALL
+    )
+    if bsd is not None:
+        name, hex_digest = bsd.group(1), bsd.group(2)
+    else:
+        gnu = re.fullmatch(rb"([0-9a-fA-F]{%d}) [ *](.+)" % hexlen, line, re.DOTALL)
+        if gnu is None:
+            return None
+        hex_digest, name = gnu.group(1), gnu.group(2)
+    if escaped:
+        unescaped = _unescape_name(name)
+        if unescaped is None:
+            return None
+        name = unescaped
+    return hex_digest.decode("ascii").lower(), name
+
+
+def _checksum_lines(list_name: str) -> list[bytes]:
+    if list_name == "-":
+        stdin = getattr(sys.stdin, "buffer", None)
+        if stdin is None:
+            raise CLIError("no standard input")
+        return list(stdin.read().splitlines())
+    with open(list_name, "rb") as f:
+        return f.read().splitlines()
+
+
+def _check_digests(args: argparse.Namespace) -> int:
+    tag, hexlen, hash_port = _digest_tool(args)
+    failed = unreadable = malformed = checked = 0
+    say_ok = not (args.quiet or args.status)
+    status = EXIT_OK
+    for list_name in args.files or ["-"]:
+        try:
+            lines = _checksum_lines(list_name)
+        except OSError as exc:
+            _error_line(_os_error_text(exc))
+            status = EXIT_FAILURE
+            continue
+        well_formed = 0
+        malformed_before = malformed
+        for number, line in enumerate(lines, 1):
+            if line.endswith(b"\r"):
+                line = line[:-1]
+            if not line.strip() or line.startswith(b"#"):
+                continue
+            parsed = _parse_check_line(line, tag, hexlen)
+            if parsed is None:
+                malformed += 1
+                if args.warn:
+                    _say(f"{PROG}: {list_name}: {number}: improperly formatted {tag} line")
+                continue
+            well_formed += 1
+            expected, name = parsed
+            escaped, shown = _escape_name(name, also_cr=False)
+            shown = (b"\\" if escaped else b"") + shown
+            try:
+                actual = _digest_of(os.fsdecode(name), hash_port)
+            except OSError as exc:
+                if args.ignore_missing and isinstance(exc, FileNotFoundError):
+                    continue
+                unreadable += 1
+                if not args.status:
+                    _error_line(f"{os.fsdecode(name)}: {exc.strerror or exc}")
+                    _write_stdout(shown + b": FAILED open or read\n")
+                continue
+            checked += 1
+            if actual == expected:
+                if say_ok:
+                    _write_stdout(shown + b": OK\n")
+            else:
+                failed += 1
+                if not args.status:
+                    _write_stdout(shown + b": FAILED\n")
+        sys.stdout.flush()
+        if well_formed == 0:
+            _error_line(f"{list_name}: no properly formatted {tag} checksum lines found")
+            status = EXIT_FAILURE
+            malformed = malformed_before  # said once, as coreutils does
+    if not args.status:
+        for count, what in (
+            (malformed, "line is improperly formatted"),
+            (unreadable, "listed file could not be read"),
+            (failed, "computed checksum did NOT match"),
+        ):
+            if count:
+                plural = what.replace("line is", "lines are").replace("file could", "files could")
+                plural = plural.replace("checksum did", "checksums did")
+                _say(f"{PROG}: WARNING: {count} {what if count == 1 else plural}")
+    if failed or unreadable or (malformed and args.strict):
+        status = EXIT_FAILURE
+    return status
+
+
+# -- demo ------------------------------------------------------------------------------------
+
+
+def _second_identity(directory: Path) -> tuple[Path, Path, str]:
+    """A self-signed certificate and key for ``other.test``, made now with `cryptography`.
+
+    :returns: ``(chain, key, how)``; without `cryptography`, the bundled test file twice.
+    """
+    try:
+        import datetime
+
+        from cryptography import x509
+        from cryptography.hazmat.primitives import hashes, serialization
+        from cryptography.hazmat.primitives.asymmetric import ec
+        from cryptography.x509.oid import NameOID
+    except ImportError:
+        return TEST_PEM, TEST_PEM, "the bundled test certificate again (cryptography missing)"
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name(
+        [
+            x509.NameAttribute(NameOID.ORGANIZATION_NAME, "sslports demo"),
+            x509.NameAttribute(NameOID.COMMON_NAME, "other.test"),
+        ]
+    )
+    now = datetime.datetime.now(datetime.timezone.utc)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(days=1))
+        .add_extension(x509.SubjectAlternativeName([x509.DNSName("other.test")]), critical=False)
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .sign(key, hashes.SHA256())
+    )
+    chain = directory / "other-test.pem"
+    key_file = directory / "other-test-key.pem"
+    chain.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_file.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
+    return chain, key_file, "a self-signed ECDSA certificate made just now with cryptography"
+
+
+class _DemoServer:
+    """Accepts connections in a thread; each: read a length-prefixed message, echo it back.
+
+    For each connection it records what the server end saw, for comparison with the client.
+    """
+
+    def __init__(self, listener: SSLListener, connections: int) -> None:
+        self.listener = listener
+        self.connections = connections
+        self.results: list[dict[str, Any]] = []
+        self.errors: list[BaseException] = []
+        self.finished = threading.Semaphore(0)  # released once per connection handled
+        self.thread = threading.Thread(target=self._run, name="sslports-demo-server", daemon=True)
+        self.thread.start()
+
+    def _run(self) -> None:
+        from .sha1 import sha1
+
+        for _ in range(self.connections):
+            try:
+                inp, out = ssl_accept(self.listener)
+            except BaseException as exc:
+                self.errors.append(exc)
+                self.finished.release()
+                return
+            try:
+                inp.settimeout(10.0)
+                out.settimeout(10.0)
+                header = _read_exactly(inp, 4)
+                (size,) = struct.unpack("!I", header)
+                payload = _read_exactly(inp, size)
+                out.write(payload)
+                out.flush()
+                kind, binding = ssl_default_channel_binding(inp)
+                self.results.append(
+                    {
+                        "sha1": sha1(io.BytesIO(payload)),
+                        "binding": (kind, binding),
+                        "end_point": ssl_channel_binding(inp, "tls-server-end-point"),
+                        "alpn": ssl_get_alpn_selected(inp),
+                    }
+                )
+                self.finished.release()
+                while inp.read1(_CHUNK):  # until the client closes
+                    pass
+            except BaseException as exc:
+                self.errors.append(exc)
+                self.finished.release()
+            finally:
+                for port in (out, inp):
+                    with contextlib.suppress(Exception):
+                        port.close()
+
+
+def _read_exactly(inp: SSLInputPort, size: int) -> bytes:
+    data = bytearray()
+    while len(data) < size:
+        chunk = inp.read1(min(_CHUNK, size - len(data)))
+        if not chunk:
+            raise CLIError(f"demo: connection closed after {len(data)} of {size} bytes")
+        data += chunk
+    return bytes(data)
+
+
+class _DemoReport:
+    """Prints the demo's lines and keeps count of its checks."""
+
+    def __init__(self) -> None:
+        self.failures: list[str] = []
+
+    @staticmethod
+    def line(text: str = "") -> None:
+        print(text, flush=True)
+
+    def row(self, label: str, value: str) -> None:
+        self.line(f"    {label:<22}{value}")
+
+    def check(self, label: str, ok: bool, detail: str) -> None:
+        self.row(label, f"{'ok' if ok else 'FAILED'}  {detail}")
+        if not ok:
+            self.failures.append(f"{label}: {detail}")
+
+
+def _demo_exchange(
+    report: _DemoReport,
+    server: _DemoServer,
+    inp: SSLInputPort,
+    out: SSLOutputPort,
+    *,
+    expect_name: str,
+) -> None:
+    """Send a message over one demo connection, compare both ends, print what was seen."""
+    from .sha1 import sha1
+
+    payload = os.urandom(48 * 1024) + b"hello from the sslports demo\n"
+    try:
+        out.write(struct.pack("!I", len(payload)) + payload)
+        out.flush()
+        echoed = _read_exactly(inp, len(payload))
+        rows = dict(connection_facts(inp))
+        kind, client_binding = ssl_default_channel_binding(inp)
+        end_point = ssl_channel_binding(inp, "tls-server-end-point")
+        hostname_ok = ssl_peer_check_hostname(inp, expect_name)
+    finally:
+        for port in (out, inp):
+            with contextlib.suppress(Exception):
+                port.close()
+    if not server.finished.acquire(timeout=10.0):
+        raise CLIError("demo: the server did not answer within 10 s")
+    if server.errors:
+        raise CLIError(f"demo server failed: {_reason(server.errors[0])}")
+    seen = server.results[-1]
+    report.row("protocol / cipher", f"{rows['protocol']} / {rows['cipher']}")
+    report.row("peer hostnames", rows["peer hostnames"])
+    report.row("subject", rows["subject"])
+    report.row("session reused", rows["session reused"])
+    report.check("verified", rows["verified"] == "yes", f"chain and name {expect_name!r}")
+    report.check("hostname", hostname_ok, f"certificate is valid for {expect_name!r}")
+    report.check("ALPN", rows["alpn"] == "h2", f"selected {rows['alpn']}, the server's first")
+    report.check("echo", echoed == payload, f"{len(payload)} bytes sent and received intact")
+    client_sha1 = sha1(io.BytesIO(payload))
+    report.check(
+        "SHA-1 of bytes sent",
+        client_sha1 == seen["sha1"],
+        f"client {client_sha1} = server {seen['sha1']}",
+    )
+    report.check(
+        "channel binding",
+        (kind, client_binding) == seen["binding"],
+        f"{kind} equal at both ends: {_hex(client_binding)}",
+    )
+    report.check(
+        "server end point",
+        end_point == seen["end_point"],
+        f"tls-server-end-point equal at both ends: {_hex(end_point)}",
+    )
+
+
+def _cmd_demo(args: argparse.Namespace) -> int:
+    _require_ssl()
+    report = _DemoReport()
+    versions = _openssl_versions()
+    report.line(f"sslports {__version__} demo on {versions['loaded'] or 'OpenSSL'}")
+    report.line("Everything below runs in this process on 127.0.0.1; nothing leaves the machine.")
+    with tempfile.TemporaryDirectory(prefix="sslports-demo-") as tmp:
+        other_chain, other_key, how = _second_identity(Path(tmp))
+        distinct = other_chain != TEST_PEM
+        default_ctx = ssl_make_server_context(
+            "auto", private_key=("pem", TEST_PEM), certificate_chain=TEST_PEM
+        )
+        other_ctx = ssl_make_server_context(
+            "auto", private_key=("pem", other_key), certificate_chain=other_chain
+        )
+        sni_seen: list[str] = []
+
+        def choose_context(hostname: str) -> Optional[SSLServerContext]:
+            sni_seen.append(hostname)
+            return other_ctx if hostname == "other.test" else None
+
+        for ctx in (default_ctx, other_ctx):
+            ssl_set_server_alpn(ctx, [b"h2", b"http/1.1"])
+            ssl_set_server_name_identification_callback(ctx, choose_context)
+            ssl_seal_context(ctx)
+        listener = ssl_listen(0, 5, True, "127.0.0.1", default_ctx, handshake_timeout=10.0)
+        with listener:
+            port = int(ssl_addresses(listener, True)[1])
+            server = _DemoServer(listener, connections=3)
+            report.line()
+            report.line(f"server  ssl_listen on 127.0.0.1:{port}")
+            report.row("certificate", f"{TEST_PEM.name} (bundled, public: no security)")
+            report.row("ALPN preference", "h2, http/1.1")
+            report.row("SNI 'other.test'", "switches to a second server context")
+            report.row("second certificate", how)
+
+            client_ctx = ssl_make_client_context("auto")
+            ssl_load_verify_source(client_ctx, TEST_PEM)
+            ssl_set_verify(client_ctx, True)
+            ssl_set_verify_hostname(client_ctx, True)
+            ssl_set_ciphers(client_ctx, _SECURE_CIPHERS)
+            ssl_seal_context(client_ctx)
+
+            report.line()
+            report.line(
+                f"client 1  ssl_connect('localhost', {port}, <trusts {TEST_PEM.name}>, "
+                "alpn=[b'http/1.1', b'h2'])"
+            )
+            inp, out = ssl_connect(
+                "localhost", port, client_ctx, alpn=[b"http/1.1", b"h2"], timeout=10.0
+            )
+            _demo_exchange(report, server, inp, out, expect_name="localhost")
+            report.check(
+                "SNI callback",
+                sni_seen[-1:] == ["localhost"],
+                "saw 'localhost' and kept the default context",
+            )
+
+            other_client = ssl_make_client_context("auto")
+            ssl_load_verify_source(other_client, other_chain)
+            ssl_set_verify(other_client, True)
+            ssl_set_verify_hostname(other_client, distinct)
+            ssl_seal_context(other_client)
+            report.line()
+            report.line(
+                "client 2  ssl_wrap_socket(<TCP socket to 127.0.0.1>, hostname='other.test', "
+                "alpn=[b'h2'])"
+            )
+            sock = socket.create_connection(("127.0.0.1", port), timeout=10.0)
+            try:
+                inp, out = ssl_wrap_socket(
+                    sock,
+                    mode="connect",
+                    context=other_client,
+                    hostname="other.test",
+                    alpn=[b"h2"],
+                    timeout=10.0,
+                )
+            except BaseException:
+                sock.close()
+                raise
+            _demo_exchange(
+                report, server, inp, out, expect_name="other.test" if distinct else "localhost"
+            )
+            report.check(
+                "SNI callback",
+                sni_seen[-1:] == ["other.test"],
+                "saw 'other.test' and switched to the second context",
+            )
+
+            report.line()
+            report.line(f"client 3  ssl_connect('localhost', {port}, <the context of client 1>)")
+            inp, out = ssl_connect(
+                "localhost", port, client_ctx, alpn=[b"http/1.1", b"h2"], timeout=10.0
+            )
+            reused = ssl_session_reused(inp)
+            _demo_exchange(report, server, inp, out, expect_name="localhost")
+            report.check("resumption", reused, "the session of client 1 was resumed")
+            server.thread.join(10.0)
+    report.line()
+    if report.failures:
+        raise CLIError(f"demo: {len(report.failures)} check(s) failed: {report.failures[0]}")
+    report.line("All checks passed.")
+    return EXIT_OK
+
+
+# -- info ------------------------------------------------------------------------------------
+
+
+def _openssl_versions() -> dict[str, Optional[str]]:
+    """The OpenSSL the native module runs on (``loaded``) and was compiled against."""
+    ffi, lib = _binding.ffi, _binding.lib
+    if lib is None:
+        return {"loaded": None, "linked": None}
+    loaded = ffi.string(lib.sp_openssl_version_text()).decode("ascii", "replace")
+    linked_text = getattr(lib, "sp_openssl_linked_version_text", None)
+    if linked_text is not None:
+        linked = ffi.string(linked_text()).decode("ascii", "replace")
+    else:
+        linked = f"0x{int(lib.sp_openssl_linked_version_number()):08x}"
+    return {"loaded": str(loaded), "linked": str(linked)}
+
+
+def _describe_source(src: Any) -> str:
+    if isinstance(src, tuple):
+        return f"{src[0]} {os.fsdecode(src[1]) if not isinstance(src[1], str) else src[1]}"
+    return os.fsdecode(src)
+
+
+def _cmd_info(args: argparse.Namespace) -> int:
+    from . import libcrypto, libssl
+
+    versions = _openssl_versions()
+    rows: list[tuple[str, str]] = [
+        ("sslports", f"{__version__} ({Path(__file__).resolve().parent})"),
+        ("python", sys.version.split()[0]),
+        ("ssl available", "yes" if _binding.ssl_available else "no"),
+    ]
+    if not _binding.ssl_available:
+        rows.append(("why not", str(_binding.ssl_load_fail_reason)))
+    rows += [
+        ("OpenSSL loaded", versions["loaded"] or "-"),
+        ("OpenSSL built with", versions["linked"] or "-"),
+    ]
+    for name, handle, reason in (
+        ("libssl", libssl.libssl, libssl.libssl_load_fail_reason),
+        ("libcrypto", libcrypto.libcrypto, libcrypto.libcrypto_load_fail_reason),
+    ):
+        rows.append((name, str(getattr(handle, "_name", "?")) if handle else f"- ({reason})"))
+    rows.append(("digests", "OpenSSL (native)" if _binding.ssl_available else "hashlib fallback"))
+    try:
+        sources = ", ".join(_describe_source(s) for s in ssl_default_verify_sources())
+    except (SSLError, OSError, TypeError, ValueError) as exc:
+        sources = f"- ({exc})"
+    rows.append(("default verify sources", sources or "(none)"))
+    if _binding.ssl_available:
+        rows += [
+            ("client protocols", ", ".join(supported_client_protocols())),
+            ("server protocols", ", ".join(supported_server_protocols())),
+            (
+                "newest protocol",
+                f"{ssl_max_client_protocol()} (client), {ssl_max_server_protocol()} (server)",
+            ),
+        ]
+    rows += [
+        ("test certificate", f"{TEST_PEM} (public: for tests only)"),
+        ("SSLKEYLOGFILE", os.environ.get("SSLKEYLOGFILE") or "(not set)"),
+    ]
+    for line in _format_rows(rows, indent=""):
+        print(line)
+    return EXIT_OK
+
+
+# -- the parser ------------------------------------------------------------------------------
+
+
+def _add_protocol_options(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_mutually_exclusive_group()
+    group.add_argument(
+        "--tls12", dest="protocol", action="store_const", const="tls12", help="TLS 1.2 only"
+    )
+    group.add_argument(
+        "--tls13", dest="protocol", action="store_const", const="tls13", help="TLS 1.3 only"
+    )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of the ``sslports`` command (every subcommand has ``--help``)."""
+    parser = _Parser(
+        prog=PROG,
+        description="TLS client, server, digests and demo on sslports "
+        "(Racket's openssl collection in Python).",
+        epilog="Run 'sslports COMMAND --help' for the options of a command.",
+    )
+    parser.add_argument("--version", action="version", version=f"sslports {__version__}")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    connect = commands.add_parser(
+        "connect",
+        help="connect to a TLS server, like openssl s_client",
+        description="Connect to HOST:PORT, print a handshake summary on stderr, then copy "
+        "stdin to the connection and the connection to stdout. EOF on stdin sends "
+        "close_notify (unless --ign-eof); the command ends when the server closes.",
+    )
+    connect.add_argument("target", type=_host_port, metavar="HOST:PORT")
+    verify = connect.add_mutually_exclusive_group()
+    verify.add_argument(
+        "--secure",
+        dest="secure",
+        action="store_true",
+        default=True,
+        help="verify the certificate chain and the server name (the default)",
+    )
+    verify.add_argument(
+        "--insecure",
+        dest="secure",
+        action="store_false",
+        help="go on whatever the verification result (the summary still tells it)",
+    )
+    connect.add_argument(
+        "--cafile",
+        type=_existing_file,
+        help="trust only the certificates in this PEM file (instead of the system store)",
+    )
+    connect.add_argument("--servername", help="the name sent as SNI and verified (default: HOST)")
+    connect.add_argument(
+        "--alpn", type=_alpn_list, metavar="P1,P2", help="offer these ALPN protocols, e.g. h2"
+    )
+    connect.add_argument("--cert", type=_existing_file, help="client certificate chain (PEM)")
+    connect.add_argument("--key", type=_existing_file, help="client private key (default: --cert)")
+    _add_protocol_options(connect)
+    connect.add_argument(
+        "--timeout", type=_seconds, metavar="SECONDS", help="bound the connect and the handshake"
+    )
+    connect.add_argument(
+        "--ign-eof", action="store_true", help="keep the connection open after EOF on stdin"
+    )
+    connect.add_argument("-q", "--quiet", action="store_true", help="no handshake summary")
+    connect.set_defaults(handler=_cmd_connect)
+
+    serve = commands.add_parser(
+        "serve",
+        help="run a TLS test server, like openssl s_server",
+        description="Accept TLS connections, one thread each. Prints 'listening on HOST:PORT' "
+        "on stdout once ready. Ctrl-C stops it (exit status 130).",
+    )
+    serve.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
+    serve.add_argument(
+        "--port", type=_server_port, default=4433, help="port (default 4433; 0 picks a free one)"
+    )
+    serve.add_argument(
+        "--cert", type=_existing_file, help="certificate chain, PEM (default: the public TEST_PEM)"
+    )
+    serve.add_argument("--key", type=_existing_file, help="private key (default: --cert)")
+    serve.add_argument(
+        "--alpn", type=_alpn_list, metavar="P1,P2", help="ALPN protocols, server's preference first"
+    )
+    serve.add_argument(
+        "--verify-client",
+        type=_existing_file,
+        metavar="CAFILE",
+        help="require a client certificate that verifies against CAFILE",
+    )
+    _add_protocol_options(serve)
+    serve.add_argument(
+        "--handshake-timeout",
+        type=_seconds,
+        default=10.0,
+        metavar="SECONDS",
+        help="drop a client that has not finished its handshake by then (default 10)",
+    )
+    serve.add_argument("-q", "--quiet", action="store_true", help="log failures only")
+    modes = serve.add_mutually_exclusive_group()
+    modes.add_argument(
+        "--echo", dest="mode", action="store_const", const="echo", help="echo (the default)"
+    )
+    modes.add_argument(
+        "--www",
+        dest="mode",
+        action="store_const",
+        const="www",
+        help="answer HTTP requests with a status page",
+    )
+    modes.add_argument(
+        "--dir", type=_existing_dir, metavar="PATH", help="serve the files under PATH over HTTP"
+    )
+    serve.set_defaults(handler=_cmd_serve, mode=None)
+
+    for name, tool in (("sha1", "sha1sum"), ("md5", "md5sum")):
+        digest = commands.add_parser(
+            name,
+            help=f"print or check {name.upper()} digests, like {tool}",
+            description=f"Print or check {name.upper()} digests; output and -c input are "
+            f"{tool}'s. With no FILE, or when FILE is -, read standard input.",
+        )
+        digest.add_argument("files", nargs="*", metavar="FILE")
+        digest.add_argument(
+            "-c", "--check", action="store_true", help="read digests from the FILEs and check them"
+        )
+        digest.add_argument("--tag", action="store_true", help="BSD-style output")
+        digest.add_argument("--quiet", action="store_true", help="check: don't print OK lines")
+        digest.add_argument("--status", action="store_true", help="check: print nothing")
+        digest.add_argument(
+            "--strict", action="store_true", help="check: fail on improperly formatted lines"
+        )
+        digest.add_argument(
+            "-w", "--warn", action="store_true", help="check: warn about improperly formatted lines"
+        )
+        digest.add_argument(
+            "--ignore-missing", action="store_true", help="check: skip files that do not exist"
+        )
+        digest.set_defaults(handler=_cmd_digest)
+
+    demo = commands.add_parser(
+        "demo",
+        help="run a server and verified clients in one process (no network)",
+        description="Start a server on the bundled test certificate and connect to it: "
+        "verification, SNI switching, ALPN, echo, channel binding, SHA-1, resumption.",
+    )
+    demo.set_defaults(handler=_cmd_demo)
+
+    info = commands.add_parser(
+        "info", help="versions and capabilities", description="Print versions and capabilities."
+    )
+    info.set_defaults(handler=_cmd_info)
+    return parser
+
+
+def _finish_serve_args(args: argparse.Namespace) -> None:
+    if args.command == "serve":
+        if args.dir is not None:
+            args.mode = "dir"
+        elif args.mode is None:
+            args.mode = "echo"
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    """Run the ``sslports`` command line; returns the exit status.
+
+    :param argv: the arguments after the program name (default: ``sys.argv[1:]``).
+    :returns: 0 on success, 1 on a failure, 2 on a usage error, 130 after Ctrl-C.
+    """
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exc:  # --help, --version, usage errors
+        return int(exc.code) if isinstance(exc.code, int) else EXIT_USAGE
+    _finish_serve_args(args)
+    handler: Callable[[argparse.Namespace], int] = args.handler
+    try:
+        return handler(args)
+    except CLIError as exc:
+        _error_line(str(exc))
+        return exc.status
+    except KeyboardInterrupt:
+        _say(f"{PROG}: interrupted")
+        return EXIT_INTERRUPTED
+    except BrokenPipeError:
+        # The reader of stdout went away (e.g. `| head`): stop quietly, as coreutils do.
+        with contextlib.suppress(OSError):
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, sys.stdout.fileno())
+        return EXIT_FAILURE
+    except (SSLError, OSError) as exc:
+        _error_line(_os_error_text(exc))
+        return EXIT_FAILURE
+    except Exception as exc:
+        if os.environ.get("SSLPORTS_DEBUG"):
+            raise
+        _error_line(f"unexpected {type(exc).__name__}: {exc} (SSLPORTS_DEBUG=1 shows more)")
+        return EXIT_FAILURE

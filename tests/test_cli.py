@@ -1,0 +1,615 @@
+"""The ``sslports`` command line, run as ``python -m sslports`` in subprocesses.
+
+Its peers are real: ``openssl s_server`` / ``s_client``, ``curl``, Python's :mod:`ssl`, and
+``sha1sum`` / ``md5sum`` for the digest commands. Every subprocess is stopped by the fixture
+that started it, and every wait has a deadline.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import os
+import re
+import shutil
+import signal
+import socket
+import ssl
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any, Optional
+
+import pytest
+
+import sslports
+
+LOCAL = "127.0.0.1"
+PEM = str(sslports.TEST_PEM)
+OPENSSL = shutil.which("openssl")
+CURL = shutil.which("curl")
+SHA1SUM = shutil.which("sha1sum")
+MD5SUM = shutil.which("md5sum")
+TIMEOUT = 60
+
+# The CLI must not trust TEST_PEM through the environment by accident.
+ENV = {k: v for k, v in os.environ.items() if k not in ("SSL_CERT_FILE", "SSL_CERT_DIR")}
+ENV["PYTHONUNBUFFERED"] = "1"
+
+needs_tls = pytest.mark.skipif(not sslports.ssl_available, reason="TLS not available")
+needs_openssl = pytest.mark.skipif(OPENSSL is None, reason="the openssl command is not installed")
+needs_curl = pytest.mark.skipif(CURL is None, reason="curl is not installed")
+
+
+def run_cli(*args: str, input: Optional[bytes] = None, timeout: float = TIMEOUT) -> Any:
+    """``python -m sslports ARGS`` to completion; the CompletedProcess (bytes output)."""
+    return subprocess.run(
+        [sys.executable, "-m", "sslports", *args],
+        input=input if input is not None else b"",
+        capture_output=True,
+        timeout=timeout,
+        env=ENV,
+    )
+
+
+def assert_one_error_line(stderr: bytes) -> str:
+    """The stderr of an expected failure: exactly one line ``sslports: error: ...``."""
+    text = stderr.decode("utf-8", "replace")
+    assert "Traceback" not in text, text
+    lines = text.splitlines()
+    assert len(lines) == 1, text
+    assert lines[0].startswith("sslports: error: "), text
+    return lines[0]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind((LOCAL, 0))
+        return int(s.getsockname()[1])
+
+
+def wait_for_text(path: Path, needle: str, proc: subprocess.Popen[bytes], timeout: float) -> str:
+    """Poll the file `path` (a subprocess's output) until it contains `needle`."""
+    deadline = time.monotonic() + timeout
+    while True:
+        text = path.read_text("utf-8", "replace") if path.exists() else ""
+        if needle in text:
+            return text
+        if proc.poll() is not None:
+            raise RuntimeError(f"process exited ({proc.returncode}) before {needle!r}: {text}")
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"no {needle!r} within {timeout} s: {text}")
+        time.sleep(0.02)
+
+
+class Procs:
+    """Starts subprocesses with their output in files, and stops them all at teardown."""
+
+    def __init__(self, tmp: Path) -> None:
+        self.tmp = tmp
+        self.procs: list[subprocess.Popen[bytes]] = []
+        self.count = 0
+
+    def start(self, argv: list[str], stdin: Any = subprocess.DEVNULL) -> tuple[Any, Path, Path]:
+        self.count += 1
+        out = self.tmp / f"proc{self.count}.out"
+        err = self.tmp / f"proc{self.count}.err"
+        with open(out, "wb") as fout, open(err, "wb") as ferr:
+            proc = subprocess.Popen(argv, stdin=stdin, stdout=fout, stderr=ferr, env=ENV)
+        self.procs.append(proc)
+        return proc, out, err
+
+    def openssl_server(self, *args: str) -> int:
+        """``openssl s_server`` on a free 127.0.0.1 port; returns the port once it accepts."""
+        assert OPENSSL is not None
+        for _attempt in range(5):
+            port = free_port()
+            proc, out, _err = self.start(
+                [OPENSSL, "s_server", "-accept", f"{LOCAL}:{port}", *args],
+                stdin=subprocess.PIPE,
+            )
+            try:
+                wait_for_text(out, "ACCEPT", proc, 15)
+            except RuntimeError:  # the port was taken in between: another one
+                self.stop(proc)
+                continue
+            return port
+        raise RuntimeError("openssl s_server did not start")
+
+    def sslports_server(self, *args: str) -> tuple[subprocess.Popen[bytes], int, Path]:
+        """``python -m sslports serve --port 0 ARGS``; (process, port, stderr file)."""
+        proc, out, err = self.start(
+            [sys.executable, "-m", "sslports", "serve", "--port", "0", *args]
+        )
+        text = wait_for_text(out, "\n", proc, 30)
+        match = re.match(r"listening on 127\.0\.0\.1:(\d+)\n", text)
+        assert match, text
+        return proc, int(match.group(1)), err
+
+    @staticmethod
+    def stop(proc: subprocess.Popen[bytes]) -> None:
+        if proc.poll() is None:
+            proc.kill()
+        with contextlib.suppress(Exception):
+            proc.wait(10)
+        for stream in (proc.stdin, proc.stdout, proc.stderr):
+            if stream is not None:
+                with contextlib.suppress(OSError):
+                    stream.close()
+
+    def cleanup(self) -> None:
+        for proc in self.procs:
+            self.stop(proc)
+
+
+@pytest.fixture
+def procs(tmp_path: Path) -> Iterator[Procs]:
+    made = Procs(tmp_path)
+    yield made
+    made.cleanup()
+
+
+def curl(*args: str, port: int) -> Any:
+    """curl with TEST_PEM as the only root and localhost pinned to 127.0.0.1."""
+    assert CURL is not None
+    pinned = ["--cacert", PEM, "--resolve", f"localhost:{port}:{LOCAL}"]
+    return subprocess.run(
+        [CURL, "-sS", "--max-time", "30", *pinned, *args],
+        capture_output=True,
+        timeout=TIMEOUT,
+    )
+
+
+# -- help, info, demo ------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "command", [[], ["connect"], ["serve"], ["sha1"], ["md5"], ["demo"], ["info"]]
+)
+def test_every_command_has_help(command: list[str]) -> None:
+    result = run_cli(*command, "--help")
+    assert result.returncode == 0, result.stderr
+    assert b"usage: sslports" in result.stdout
+
+
+def test_no_command_is_a_usage_error() -> None:
+    result = run_cli()
+    assert result.returncode == 2
+    assert "COMMAND" in assert_one_error_line(result.stderr)
+
+
+def test_info() -> None:
+    result = run_cli("info")
+    assert result.returncode == 0, result.stderr
+    text = result.stdout.decode()
+    assert sslports.__version__ in text
+    assert "ssl available" in text
+    if sslports.ssl_available:
+        assert "OpenSSL" in text
+        assert "tls12" in text
+
+
+def test_console_script_is_installed() -> None:
+    script = Path(sys.executable).parent / "sslports"
+    if not script.exists():
+        pytest.skip("the package is not installed with its console script here")
+    result = subprocess.run([str(script), "info"], capture_output=True, timeout=TIMEOUT, env=ENV)
+    assert result.returncode == 0, result.stderr
+
+
+@needs_tls
+def test_demo_runs_on_embedded_defaults() -> None:
+    result = run_cli("demo")
+    assert result.returncode == 0, result.stdout + result.stderr
+    text = result.stdout.decode()
+    assert "All checks passed." in text
+    assert "FAILED" not in text
+    for fact in ("ALPN", "selected h2", "SNI callback", "channel binding", "SHA-1 of bytes sent"):
+        assert fact in text
+    assert "other.test" in text
+    assert b"Traceback" not in result.stderr
+
+
+# -- connect ----------------------------------------------------------------------------------
+
+
+@needs_tls
+@needs_openssl
+def test_connect_verifies_openssl_www_server(procs: Procs) -> None:
+    port = procs.openssl_server("-cert", PEM, "-www")
+    result = run_cli(
+        "connect",
+        f"{LOCAL}:{port}",
+        "--cafile",
+        PEM,
+        "--servername",
+        "localhost",
+        input=b"GET / HTTP/1.0\r\n\r\n",
+    )
+    err = result.stderr.decode()
+    assert result.returncode == 0, err
+    assert re.search(r"protocol\s+tls1[23]", err), err
+    assert re.search(r"verified\s+yes", err), err
+    assert "CN=localhost" in err
+    assert re.search(r"tls-(exporter|unique)\s+[0-9a-f]{24,}", err), err
+    assert b"HTTP/1.0 200 ok" in result.stdout
+
+
+@needs_tls
+@needs_openssl
+def test_connect_pipes_stdin_and_exits_when_server_closes(procs: Procs) -> None:
+    port = procs.openssl_server("-cert", PEM, "-rev")
+    lines = b"".join(b"line %d of the test\n" % i for i in range(50))
+    result = run_cli(
+        "connect", f"localhost:{port}", "--cafile", PEM, "--tls12", "--alpn", "x", input=lines
+    )
+    err = result.stderr.decode()
+    assert result.returncode == 0, err
+    assert re.search(r"protocol\s+tls12", err), err
+    assert re.search(r"tls-unique\s+[0-9a-f]{24}\b", err), err
+    for i in range(50):
+        assert (b"line %d of the test" % i)[::-1] in result.stdout
+
+
+@needs_tls
+@needs_openssl
+def test_connect_offers_alpn(procs: Procs) -> None:
+    port = procs.openssl_server("-cert", PEM, "-www", "-alpn", "h2,http/1.1")
+    result = run_cli(
+        "connect",
+        f"localhost:{port}",
+        "--cafile",
+        PEM,
+        "--alpn",
+        "http/1.1,h2",
+        "--tls13",
+        input=b"GET / HTTP/1.0\r\n\r\n",
+    )
+    err = result.stderr.decode()
+    assert result.returncode == 0, err
+    assert re.search(r"alpn\s+h2", err), err
+    assert re.search(r"protocol\s+tls13", err), err
+
+
+@needs_tls
+@needs_openssl
+def test_connect_secure_rejects_self_signed_server(procs: Procs) -> None:
+    port = procs.openssl_server("-cert", PEM, "-www")
+    result = run_cli("connect", f"localhost:{port}", "--secure", input=b"")
+    assert result.returncode == 1
+    line = assert_one_error_line(result.stderr)
+    assert "certificate verify failed" in line
+    assert result.stdout == b""
+
+
+@needs_tls
+@needs_openssl
+def test_connect_wrong_servername_fails_with_cafile(procs: Procs) -> None:
+    port = procs.openssl_server("-cert", PEM, "-www")
+    result = run_cli("connect", f"{LOCAL}:{port}", "--cafile", PEM, "--servername", "example.org")
+    assert result.returncode == 1
+    assert "hostname mismatch" in assert_one_error_line(result.stderr)
+
+
+@needs_tls
+@needs_openssl
+def test_connect_insecure_reports_unverified(procs: Procs) -> None:
+    port = procs.openssl_server("-cert", PEM, "-www")
+    result = run_cli("connect", f"localhost:{port}", "--insecure", input=b"GET / HTTP/1.0\r\n\r\n")
+    err = result.stderr.decode()
+    assert result.returncode == 0, err
+    assert re.search(r"verified\s+no", err), err
+    assert b"HTTP/1.0 200 ok" in result.stdout
+
+
+@needs_tls
+def test_connect_refused() -> None:
+    port = free_port()  # nothing listens there
+    result = run_cli("connect", f"{LOCAL}:{port}")
+    assert result.returncode == 1
+    assert "refused" in assert_one_error_line(result.stderr).lower()
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["connect", "no-port-here"],
+        ["connect", "localhost:0"],
+        ["connect", "localhost:99999"],
+        ["connect", "::1:443"],
+        ["connect", "localhost:443", "--alpn", "a," + "x" * 300],
+        ["connect", "localhost:443", "--tls12", "--tls13"],
+        ["connect", "localhost:443", "--cafile", "/nonexistent/ca.pem"],
+        ["serve", "--echo", "--www"],
+        ["serve", "--dir", "/nonexistent/dir"],
+        ["sha1", "--no-such-option"],
+    ],
+)
+def test_usage_errors_are_one_line_exit_2(args: list[str]) -> None:
+    result = run_cli(*args)
+    assert result.returncode == 2, result.stderr
+    assert_one_error_line(result.stderr)
+
+
+# -- serve ------------------------------------------------------------------------------------
+
+
+@needs_tls
+@needs_openssl
+def test_serve_echo_with_openssl_s_client(procs: Procs) -> None:
+    _server, port, _err = procs.sslports_server("--echo")
+    assert OPENSSL is not None
+    proc = subprocess.Popen(
+        [
+            OPENSSL,
+            "s_client",
+            "-connect",
+            f"{LOCAL}:{port}",
+            "-servername",
+            "localhost",
+            "-CAfile",
+            PEM,
+            "-verify_return_error",
+            "-quiet",
+        ],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    procs.procs.append(proc)
+    assert proc.stdin is not None and proc.stdout is not None
+    proc.stdin.write(b"echo me, please\n")
+    proc.stdin.flush()
+    got = b""
+    deadline = time.monotonic() + 30
+    os.set_blocking(proc.stdout.fileno(), False)
+    while b"echo me, please\n" not in got and time.monotonic() < deadline:
+        with contextlib.suppress(BlockingIOError):
+            chunk = os.read(proc.stdout.fileno(), 4096)
+            if not chunk:
+                break
+            got += chunk
+        time.sleep(0.02)
+    assert b"echo me, please\n" in got
+
+
+@needs_tls
+def test_serve_echo_with_python_ssl_client(procs: Procs) -> None:
+    _server, port, _err = procs.sslports_server("--echo", "--alpn", "h2,http/1.1")
+    ctx = ssl.create_default_context(cafile=PEM)
+    ctx.set_alpn_protocols(["http/1.1", "h2"])
+    payload = os.urandom(200_000)
+    raw = socket.create_connection((LOCAL, port), timeout=30)
+    with ctx.wrap_socket(raw, server_hostname="localhost") as tls:  # takes over `raw`
+        assert tls.selected_alpn_protocol() == "h2"
+        tls.sendall(payload)
+        got = b""
+        while len(got) < len(payload):
+            chunk = tls.recv(65536)
+            assert chunk, "server closed early"
+            got += chunk
+    assert got == payload
+
+
+@needs_tls
+@needs_curl
+def test_serve_www_with_curl(procs: Procs) -> None:
+    _server, port, _err = procs.sslports_server("--www")
+    result = curl(f"https://localhost:{port}/", port=port)
+    assert result.returncode == 0, result.stderr
+    page = result.stdout.decode()
+    assert re.search(r"protocol\s+tls1[23]", page), page
+    assert re.search(r"cipher\s+\S+", page), page
+    assert "client certificate" in page
+
+
+@needs_tls
+@needs_curl
+def test_serve_www_verifies_client_and_survives_failed_handshakes(procs: Procs) -> None:
+    _server, port, err = procs.sslports_server("--www", "--verify-client", PEM)
+    without_cert = curl(f"https://localhost:{port}/", port=port)
+    assert without_cert.returncode != 0
+    with socket.create_connection((LOCAL, port), timeout=30) as raw:  # not TLS at all
+        raw.sendall(b"GET / HTTP/1.0\r\n\r\n")
+        with contextlib.suppress(OSError):
+            raw.recv(100)
+    with_cert = curl(f"https://localhost:{port}/", "--cert", PEM, port=port)
+    assert with_cert.returncode == 0, with_cert.stderr
+    page = with_cert.stdout.decode()
+    assert re.search(r"verified\s+yes", page), page
+    assert "CN=localhost" in page
+    ours = run_cli(
+        "connect",
+        f"localhost:{port}",
+        "--cafile",
+        PEM,
+        "--cert",
+        PEM,
+        input=b"GET / HTTP/1.0\r\n\r\n",
+    )
+    assert ours.returncode == 0, ours.stderr
+    assert re.search(rb"client certificate\s+required and verified", ours.stdout), ours.stdout
+    log = err.read_text()
+    assert log.count("handshake failed") >= 2, log
+    assert "Traceback" not in log
+
+
+@needs_tls
+@needs_curl
+def test_serve_dir_streams_files_byte_identical(procs: Procs, tmp_path: Path) -> None:
+    root = tmp_path / "site"
+    (root / "sub").mkdir(parents=True)
+    blob = os.urandom(3 * 1024 * 1024 + 17)
+    (root / "sub" / "blob.bin").write_bytes(blob)
+    (root / "hello.txt").write_text("hello\n")
+    (tmp_path / "secret.txt").write_text("outside the served directory\n")
+    _server, port, _err = procs.sslports_server("--dir", str(root))
+
+    fetched = tmp_path / "fetched.bin"
+    result = curl(f"https://localhost:{port}/sub/blob.bin", "-o", str(fetched), port=port)
+    assert result.returncode == 0, result.stderr
+    assert fetched.read_bytes() == blob
+
+    listing = curl("-w", "%{http_code}", f"https://localhost:{port}/", port=port)
+    assert listing.stdout.endswith(b"200")
+    assert b"hello.txt" in listing.stdout and b"sub/" in listing.stdout
+
+    missing = curl("-w", "%{http_code}", f"https://localhost:{port}/nope.txt", port=port)
+    assert missing.stdout.endswith(b"404")
+
+    for escape in ("/../secret.txt", "/sub/../../secret.txt", "/%2e%2e/secret.txt"):
+        refused = curl(
+            "--path-as-is", "-w", "%{http_code}", f"https://localhost:{port}{escape}", port=port
+        )
+        assert refused.stdout.endswith(b"403"), (escape, refused.stdout)
+        assert b"outside the served directory" not in refused.stdout
+
+
+@needs_tls
+def test_serve_ctrl_c_stops_cleanly(procs: Procs) -> None:
+    server, port, err = procs.sslports_server("--echo")
+    with socket.create_connection((LOCAL, port), timeout=30):  # an idle client meanwhile
+        server.send_signal(signal.SIGINT)
+        returncode = server.wait(30)
+    assert returncode in (0, 130)
+    assert "Traceback" not in err.read_text()
+
+
+@needs_tls
+def test_serve_sigterm_stops_cleanly(procs: Procs) -> None:
+    server, _port, err = procs.sslports_server("--echo")
+    server.terminate()
+    assert server.wait(30) == 0
+    assert "Traceback" not in err.read_text()
+
+
+@needs_tls
+def test_serve_port_in_use_is_one_line_error() -> None:
+    with socket.socket() as busy:
+        busy.bind((LOCAL, 0))
+        busy.listen(1)
+        port = busy.getsockname()[1]
+        result = run_cli("serve", "--port", str(port))
+    assert result.returncode == 1
+    assert "cannot listen" in assert_one_error_line(result.stderr.split(b"\n", 1)[1])
+
+
+# -- sha1 / md5 --------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def digest_files(tmp_path: Path) -> list[str]:
+    files = {
+        "empty": b"",
+        "abc.txt": b"abc",
+        "with space.bin": os.urandom(100_000),
+        "big.bin": os.urandom(5 * 1024 * 1024 + 3),
+        "back\\slash": b"escaped name",
+    }
+    names = []
+    for name, data in files.items():
+        (tmp_path / name).write_bytes(data)
+        names.append(name)
+    return names
+
+
+@pytest.mark.parametrize("algo", ["sha1", "md5"])
+def test_digest_output_equals_coreutils(algo: str, digest_files: list[str], tmp_path: Path) -> None:
+    tool = SHA1SUM if algo == "sha1" else MD5SUM
+    if tool is None:
+        pytest.skip(f"{algo}sum is not installed")
+    ours = subprocess.run(
+        [sys.executable, "-m", "sslports", algo, *digest_files],
+        capture_output=True,
+        cwd=tmp_path,
+        timeout=TIMEOUT,
+        env=ENV,
+    )
+    theirs = subprocess.run([tool, *digest_files], capture_output=True, cwd=tmp_path, timeout=60)
+    assert ours.returncode == 0, ours.stderr
+    assert ours.stdout == theirs.stdout
+
+
+@pytest.mark.parametrize("algo", ["sha1", "md5"])
+def test_digest_of_stdin(algo: str) -> None:
+    data = os.urandom(70_000)
+    result = run_cli(algo, "-", input=data)
+    assert result.returncode == 0
+    assert result.stdout == f"{hashlib.new(algo, data).hexdigest()}  -\n".encode()
+
+
+@pytest.mark.parametrize("algo", ["sha1", "md5"])
+def test_digest_check_round_trip_and_tampering(
+    algo: str, digest_files: list[str], tmp_path: Path
+) -> None:
+    def cli(*args: str) -> Any:
+        return subprocess.run(
+            [sys.executable, "-m", "sslports", algo, *args],
+            capture_output=True,
+            cwd=tmp_path,
+            timeout=TIMEOUT,
+            env=ENV,
+        )
+
+    sums = cli(*digest_files)
+    assert sums.returncode == 0
+    (tmp_path / "SUMS").write_bytes(sums.stdout)
+
+    ok = cli("-c", "SUMS")
+    assert ok.returncode == 0, ok.stderr
+    assert ok.stdout.decode().splitlines() == [f"{name}: OK" for name in digest_files]
+
+    (tmp_path / "abc.txt").write_bytes(b"abd")
+    tampered = cli("-c", "SUMS")
+    assert tampered.returncode == 1
+    assert "abc.txt: FAILED" in tampered.stdout.decode().splitlines()
+    assert "empty: OK" in tampered.stdout.decode().splitlines()
+    assert "1 computed checksum did NOT match" in tampered.stderr.decode()
+    assert "Traceback" not in tampered.stderr.decode()
+
+    tool = SHA1SUM if algo == "sha1" else MD5SUM
+    if tool is not None:  # coreutils agrees with the verdicts
+        theirs = subprocess.run([tool, "-c", "SUMS"], capture_output=True, cwd=tmp_path, timeout=60)
+        assert theirs.returncode == 1
+        assert theirs.stdout == tampered.stdout
+
+
+def test_digest_missing_file_is_one_line_error(tmp_path: Path) -> None:
+    result = run_cli("sha1", str(tmp_path / "no-such-file"))
+    assert result.returncode == 1
+    assert "No such file or directory" in assert_one_error_line(result.stderr)
+    assert result.stdout == b""
+
+
+def test_digest_check_missing_listed_file(tmp_path: Path) -> None:
+    sums = tmp_path / "SUMS"
+    sums.write_text(f"{'0' * 32}  {tmp_path / 'gone'}\n")
+    result = run_cli("md5", "-c", str(sums))
+    assert result.returncode == 1
+    assert b"FAILED open or read" in result.stdout
+    assert b"Traceback" not in result.stderr
+
+
+# -- the README ----------------------------------------------------------------------------------
+
+README = Path(__file__).resolve().parent.parent / "README.md"
+
+
+def test_readme_starts_with_the_two_commands() -> None:
+    lines = README.read_text("utf-8").splitlines()
+    assert lines[1].startswith("make demo")
+    assert lines[2].startswith("make test")
+
+
+def test_readme_names_every_public_name() -> None:
+    import sslports.libcrypto
+    import sslports.libssl
+    import sslports.md5
+    import sslports.sha1
+
+    text = README.read_text("utf-8")
+    modules = (sslports, sslports.sha1, sslports.md5, sslports.libcrypto, sslports.libssl)
+    missing = [name for module in modules for name in module.__all__ if name not in text]
+    assert missing == []
