@@ -136,6 +136,7 @@ class _Context:
         self._alpn_wire = b""
         self._sni_callback: Optional[Callable[[str], Any]] = None
         self._keylogger: Optional[Callable[[bytes], Any]] = None
+        self._has_certificate = False  # set by ssl_load_certificate_chain
         self._lock = threading.Lock()
         self._apply_protocol(protocol)
         from .sni import register_context
@@ -629,6 +630,7 @@ def ssl_load_certificate_chain(context_or_listener: object, pathname: object) ->
             lib.ERR_clear_error()
             raise SSLError(f"{func}: load failed (no such file: {os.fsdecode(path)!r})")
         raise build_error(func, "load")
+    ctx._has_certificate = True
 
 
 def _load_key(
@@ -647,6 +649,11 @@ def _load_key(
         lib.ERR_clear_error()
         if not lib.SSL_CTX_use_PrivateKey(ptr, key):
             raise build_error(func, "load")
+        # OpenSSL keeps one slot per key type and only checks a key against a certificate of
+        # its own type: an EC key next to an RSA certificate would be accepted silently.
+        if ctx._has_certificate and not lib.SSL_CTX_check_private_key(ptr):
+            lib.ERR_clear_error()
+            raise SSLError(f"{func}: load failed (private key does not match the certificate)")
     finally:
         lib.EVP_PKEY_free(key)
 

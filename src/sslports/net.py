@@ -16,6 +16,7 @@ from ._binding import build_error
 from .context import (
     SSLClientContext,
     SSLServerContext,
+    _check_protocol,
     _Context,
     encode_alpn,
     is_ip_literal,
@@ -57,7 +58,8 @@ def _client_context(func: str, protocol: object) -> SSLClientContext:
     if isinstance(protocol, SSLClientContext):
         return protocol
     if isinstance(protocol, str):
-        return ssl_make_client_context(protocol)
+        # checked here so that a bad name is reported as an error of `func`
+        return ssl_make_client_context(_check_protocol(func, protocol))
     raise TypeError(f"{func}: expected a client context or protocol name, got {protocol!r}")
 
 
@@ -65,7 +67,7 @@ def _server_context(func: str, protocol: object) -> SSLServerContext:
     if isinstance(protocol, SSLServerContext):
         return protocol
     if isinstance(protocol, str):
-        return ssl_make_server_context(protocol)
+        return ssl_make_server_context(_check_protocol(func, protocol))
     raise TypeError(f"{func}: expected a server context or protocol name, got {protocol!r}")
 
 
@@ -118,11 +120,11 @@ _X509_V_ERR_HOSTNAME_MISMATCH = 62
 def _reference_name(hostname: str) -> Optional[bytes]:
     """The name OpenSSL checks and sends as SNI: an IP literal as is; a DNS name without its
     trailing dot, IDNA-encoded. None for what can never name a host (a leading dot, an
-    empty label)."""
+    empty label, a '*': OpenSSL would match it literally against a wildcard SAN)."""
     if is_ip_literal(hostname):
         return hostname.split("%")[0].encode()
     name = hostname[:-1] if hostname.endswith(".") else hostname
-    if not name or name.startswith(".") or ".." in name:
+    if not name or name.startswith(".") or ".." in name or "*" in name:
         return None
     try:
         return name.encode("ascii") if name.isascii() else name.encode("idna")
@@ -477,8 +479,8 @@ def _mode_context(func: str, mode: object, context: object, encrypt: object) -> 
         if not isinstance(encrypt, str):
             raise TypeError(f"{func}: encrypt must be a protocol name")
         if mode == "connect":
-            return ssl_make_client_context(encrypt)
-        return ssl_make_server_context(encrypt)
+            return ssl_make_client_context(_check_protocol(func, encrypt))
+        return ssl_make_server_context(_check_protocol(func, encrypt))
     want = SSLClientContext if mode == "connect" else SSLServerContext
     if not isinstance(context, want):
         raise TypeError(f"{func}: {mode} mode needs a {want.__name__}, got {context!r}")

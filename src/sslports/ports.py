@@ -37,7 +37,7 @@ import socket
 import threading
 import time
 import weakref
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from typing import Any, Callable, Optional, Union, cast
 
 from . import _binding
@@ -160,6 +160,19 @@ def _write_fully(out: Any, data: bytes) -> None:
         flush()
 
 
+class _TransportError(SSLError):
+    """The stream under a connection failed (a reset, a broken pipe, a closed file).
+
+    Raised by _StreamTransport; Connection.transport_errors turns it into the connection's
+    error (the ``error=`` argument) with the usual "<func>: <what> failed (...)" message.
+    """
+
+
+def _transport_error(exc: BaseException) -> _TransportError:
+    reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+    return _TransportError(reason or type(exc).__name__)
+
+
 class _StreamTransport:
     """Ciphertext to and from two Python binary streams (ports_to_ssl_ports)."""
 
@@ -194,7 +207,12 @@ class _StreamTransport:
                     return
                 chunk = bytearray(pending)
                 n = lib.sp_take(conn, _binding.ffi.from_buffer(chunk), pending)
-                self.sender.put(bytes(chunk[:n]), deadline)
+                try:
+                    self.sender.put(bytes(chunk[:n]), deadline)
+                except SSLError:
+                    raise
+                except (OSError, ValueError) as exc:  # what the sender thread's write raised
+                    raise _transport_error(exc) from exc
 
     def pull_in(self, conn: Any) -> None:
         """Read once from the input stream and feed the pump (EOF included)."""
@@ -203,14 +221,19 @@ class _StreamTransport:
             if self.eof:
                 lib.sp_feed_eof(conn)
                 return
-            if self._readinto is not None:
-                n = self._readinto(self.view)
-                data: Any = self.view[: n or 0]
-            else:
-                assert self._read is not None
-                raw = self._read(_TRANSPORT_CHUNK)
-                data = raw or b""
-                n = len(data)
+            try:
+                if self._readinto is not None:
+                    n = self._readinto(self.view)
+                    data: Any = self.view[: n or 0]
+                else:
+                    assert self._read is not None
+                    raw = self._read(_TRANSPORT_CHUNK)
+                    data = raw or b""
+                    n = len(data)
+            except SSLError:
+                raise
+            except (OSError, ValueError) as exc:
+                raise _transport_error(exc) from exc
             if n is None:
                 raise BlockingIOError("ports_to_ssl_ports: input_port has no data (non-blocking)")
             if n == 0:
@@ -308,6 +331,17 @@ class Connection:
             return made
         return exc
 
+    @contextlib.contextmanager
+    def transport_errors(
+        self, func: str, what: str, cls: type[SSLError] = SSLError
+    ) -> Iterator[None]:
+        """Report a failing stream transport as this connection's error (API.md: a transport
+        failure raises SSLError, or what the ``error=`` argument makes)."""
+        try:
+            yield
+        except _TransportError as exc:
+            raise self.make_error(cls(f"{func}: {what} failed ({exc.message})")) from exc
+
     # -- the loop around every pump call -----------------------------------------------------
 
     def wait_for_pump(self, status: int, deadline: _Deadline, func: str) -> None:
@@ -331,12 +365,14 @@ class Connection:
             status = lib.sp_handshake(self.ptr, deadline.slice_ms(), err)
             if status == lib.SP_OK:
                 if isinstance(self.transport, _StreamTransport):
-                    self.transport.push_out(self.ptr, deadline)
+                    with self.transport_errors(func, "handshake", cls):
+                        self.transport.push_out(self.ptr, deadline)
                 return
             if status in (lib.SP_WANT_READ, lib.SP_WANT_WRITE):
                 if self.is_socket and deadline.expired():
                     raise SSLTimeoutError(f"{func}: handshake timed out")
-                self.wait_for_pump(status, deadline, func)
+                with self.transport_errors(func, "handshake", cls):
+                    self.wait_for_pump(status, deadline, func)
                 continue
             if self.sni_error is not None:
                 raise self.sni_error
@@ -363,7 +399,7 @@ class Connection:
         # `with buf` releases the buffer export on the way out, also on an exception: a
         # traceback keeping this frame alive must not keep `view` exported, or the cyclic GC
         # may clear the memoryview while exported and then crash when it is freed.
-        with buf, self.ops_lock_shared():
+        with buf, self.ops_lock_shared(), self.transport_errors(func, "read"):
             while total < size:
                 want = size - total if fill else 1
                 status = lib.sp_read(
@@ -408,7 +444,8 @@ class Connection:
             if got[0] == 0 and status != lib.SP_OK:
                 if self.is_socket and deadline.expired():
                     raise SSLTimeoutError(f"{func}: timed out")
-                self.wait_for_pump(status, deadline, func)
+                with self.transport_errors(func, "read"):
+                    self.wait_for_pump(status, deadline, func)
             return int(got[0])
         if status in (lib.SP_EOF, lib.SP_RAGGED_EOF):
             return -1
@@ -422,7 +459,8 @@ class Connection:
         buf = ffi.from_buffer("unsigned char[]", data)
         size = len(data)
         total = 0
-        with buf, self.ops_lock_shared():  # (see read: release the export even on errors)
+        # (`with buf`: see read; release the export even on errors)
+        with buf, self.ops_lock_shared(), self.transport_errors(func, "write"):
             while True:
                 if total < size:
                     status = lib.sp_write(

@@ -1,0 +1,436 @@
+"""Shared fixtures for the TLS engine tests.
+
+* ``pki``: a trustme CA (RSA) and the PEM files the tests need: a server certificate for
+  ``localhost`` / ``127.0.0.1``, an EC one, one for another name, and an untrusted CA's.
+  Its methods make ready-to-use sslports and Python ``ssl`` contexts.
+* ``echo_server``: a threaded sslports echo server (a factory; each server stops at teardown).
+* ``openssl_tool``: runs ``openssl s_server`` / ``s_client`` on a free port and waits until the
+  server listens (without consuming one of its accepts).
+* ``Pipe`` / ``pipe_pair``: an in-memory blocking pipe with a small capacity.
+
+Every socket is on 127.0.0.1.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import os
+import selectors
+import shutil
+import socket
+import ssl
+import subprocess
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Optional
+
+import pytest
+import trustme
+
+import sslports
+
+LOCAL = "127.0.0.1"
+MIB = 1 << 20
+
+
+def sha1(data: bytes) -> str:
+    return hashlib.sha1(data).hexdigest()
+
+
+def random_bytes(n: int, seed: int = 0) -> bytes:
+    """n pseudo-random bytes (fast: a SHAKE stream, not os.urandom)."""
+    return hashlib.shake_256(seed.to_bytes(8, "big")).digest(n)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind((LOCAL, 0))
+        return int(s.getsockname()[1])
+
+
+def read_exactly(port: Any, n: int) -> bytes:
+    """Read n bytes from an SSL input port (or anything with read1/read), or fewer at EOF."""
+    out = bytearray()
+    reader = getattr(port, "read1", None) or port.read
+    while len(out) < n:
+        chunk = reader(min(65536, n - len(out)))
+        if not chunk:
+            break
+        out += chunk
+    return bytes(out)
+
+
+def read_all(port: Any) -> bytes:
+    out = bytearray()
+    while True:
+        chunk = port.read1(65536)
+        if not chunk:
+            return bytes(out)
+        out += chunk
+
+
+def is_listening(port: int) -> bool:
+    """True when some process listens on 127.0.0.1:port (from /proc, without connecting)."""
+    want = f"0100007F:{port:04X}"
+    want_any = f"00000000:{port:04X}"
+    try:
+        with open("/proc/net/tcp") as f:
+            for line in f.readlines()[1:]:
+                fields = line.split()
+                if fields[1] in (want, want_any) and fields[3] == "0A":
+                    return True
+    except OSError:  # no /proc: fall back to a short wait
+        time.sleep(0.5)
+        return True
+    return False
+
+
+def wait_listening(port: int, proc: Optional[subprocess.Popen[bytes]] = None) -> None:
+    deadline = time.monotonic() + 15
+    while not is_listening(port):
+        if proc is not None and proc.poll() is not None:
+            err = proc.stderr.read() if proc.stderr else b""
+            raise RuntimeError(f"server exited early ({proc.returncode}): {err!r}")
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"nothing listens on {port}")
+        time.sleep(0.02)
+
+
+# -- certificates -------------------------------------------------------------------------------
+
+
+@dataclass
+class Pki:
+    ca: trustme.CA
+    ca_pem: Path
+    server_chain: Path  # leaf (RSA) + CA, for localhost / 127.0.0.1
+    server_key: Path
+    ec_chain: Path  # leaf (ECDSA), same names
+    ec_key: Path
+    other_chain: Path  # RSA leaf for other.example only
+    other_key: Path
+    rogue_chain: Path  # RSA leaf for localhost from a CA nobody trusts
+    rogue_key: Path
+    dir: Path
+
+    def server_context(
+        self, protocol: str = "auto", *, chain: Optional[Path] = None, key: Optional[Path] = None
+    ) -> sslports.SSLServerContext:
+        ctx = sslports.ssl_make_server_context(protocol)
+        sslports.ssl_load_certificate_chain(ctx, chain or self.server_chain)
+        sslports.ssl_load_private_key(ctx, key or self.server_key, False)
+        return ctx
+
+    def client_context(
+        self, protocol: str = "auto", *, verify: bool = True, trust: bool = True
+    ) -> sslports.SSLClientContext:
+        ctx = sslports.ssl_make_client_context(protocol)
+        if trust:
+            sslports.ssl_load_verify_source(ctx, self.ca_pem)
+        if verify:
+            sslports.ssl_set_verify(ctx, True)
+            sslports.ssl_set_verify_hostname(ctx, True)
+        return ctx
+
+    def py_server_context(self, version: str) -> ssl.SSLContext:
+        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        ctx.load_cert_chain(self.server_chain, self.server_key)
+        _pin(ctx, version)
+        return ctx
+
+    def py_client_context(self, version: str) -> ssl.SSLContext:
+        ctx = ssl.create_default_context(cafile=str(self.ca_pem))
+        _pin(ctx, version)
+        return ctx
+
+
+def _pin(ctx: ssl.SSLContext, version: str) -> None:
+    v = {"tls12": ssl.TLSVersion.TLSv1_2, "tls13": ssl.TLSVersion.TLSv1_3}[version]
+    ctx.minimum_version = v
+    ctx.maximum_version = v
+
+
+def _write_issued(cert: trustme.LeafCert, d: Path, name: str) -> tuple[Path, Path]:
+    chain = d / f"{name}-chain.pem"
+    key = d / f"{name}-key.pem"
+    chain.write_bytes(b"".join(blob.bytes() for blob in cert.cert_chain_pems))
+    key.write_bytes(cert.private_key_pem.bytes())
+    return chain, key
+
+
+@pytest.fixture(scope="session")
+def pki(tmp_path_factory: pytest.TempPathFactory) -> Pki:
+    d = tmp_path_factory.mktemp("pki")
+    ca = trustme.CA(key_type=trustme.KeyType.RSA)
+    ca_pem = d / "ca.pem"
+    ca.cert_pem.write_to_path(str(ca_pem))
+    rsa = ca.issue_cert("localhost", LOCAL, key_type=trustme.KeyType.RSA)
+    ec = ca.issue_cert("localhost", LOCAL, key_type=trustme.KeyType.ECDSA)
+    other = ca.issue_cert("other.example", key_type=trustme.KeyType.RSA)
+    rogue_ca = trustme.CA(key_type=trustme.KeyType.RSA)
+    rogue = rogue_ca.issue_cert("localhost", LOCAL, key_type=trustme.KeyType.RSA)
+    server_chain, server_key = _write_issued(rsa, d, "server")
+    ec_chain, ec_key = _write_issued(ec, d, "ec")
+    other_chain, other_key = _write_issued(other, d, "other")
+    rogue_chain, rogue_key = _write_issued(rogue, d, "rogue")
+    return Pki(
+        ca,
+        ca_pem,
+        server_chain,
+        server_key,
+        ec_chain,
+        ec_key,
+        other_chain,
+        other_key,
+        rogue_chain,
+        rogue_key,
+        d,
+    )
+
+
+# -- a threaded sslports echo server -------------------------------------------------------------
+
+
+class EchoServer:
+    """Accepts on 127.0.0.1 and echoes every connection until EOF, one thread per connection.
+
+    ``handler`` replaces the echo loop: it gets (in_port, out_port) and owns them.
+    """
+
+    def __init__(
+        self,
+        context: Any,
+        handler: Optional[Callable[[Any, Any], None]] = None,
+        handshake_timeout: Optional[float] = 10.0,
+    ) -> None:
+        self.listener = sslports.ssl_listen(
+            0, 16, True, LOCAL, context, handshake_timeout=handshake_timeout
+        )
+        self.port = sslports.ssl_addresses(self.listener, True)[1]
+        self.handler = handler or self.echo
+        self.errors: list[BaseException] = []
+        self.accepted = 0
+        self._stop = threading.Event()
+        self._threads: list[threading.Thread] = []
+        self._thread = threading.Thread(target=self._accept_loop, daemon=True)
+        self._thread.start()
+
+    @staticmethod
+    def echo(inp: Any, out: Any) -> None:
+        with inp, out:
+            while True:
+                chunk = inp.read1(65536)
+                if not chunk:
+                    break
+                out.write(chunk)
+                out.flush()
+
+    def _accept_loop(self) -> None:
+        with selectors.DefaultSelector() as sel:
+            sel.register(self.listener, selectors.EVENT_READ)
+            while not self._stop.is_set():
+                if not sel.select(0.05):
+                    continue
+                try:
+                    inp, out = sslports.ssl_accept(self.listener)
+                except sslports.SSLError as exc:
+                    self.errors.append(exc)
+                    continue
+                self.accepted += 1
+                t = threading.Thread(target=self._serve, args=(inp, out), daemon=True)
+                t.start()
+                self._threads.append(t)
+
+    def _serve(self, inp: Any, out: Any) -> None:
+        try:
+            self.handler(inp, out)
+        except BaseException as exc:
+            self.errors.append(exc)
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(10)
+        self.listener.close()
+        for t in self._threads:
+            t.join(10)
+
+
+@pytest.fixture
+def echo_server() -> Iterator[Callable[..., EchoServer]]:
+    servers: list[EchoServer] = []
+
+    def make(
+        context: Any, handler: Optional[Callable[[Any, Any], None]] = None, **kw: Any
+    ) -> EchoServer:
+        server = EchoServer(context, handler, **kw)
+        servers.append(server)
+        return server
+
+    yield make
+    for server in servers:
+        server.stop()
+
+
+# -- openssl command-line peers ------------------------------------------------------------------
+
+
+OPENSSL = shutil.which("openssl")
+
+
+class OpenSSLTool:
+    """Starts ``openssl`` subprocesses and cleans them up."""
+
+    def __init__(self) -> None:
+        if OPENSSL is None:
+            pytest.skip("the openssl command is not installed (scripts/install-system-deps.sh)")
+        self.procs: list[subprocess.Popen[bytes]] = []
+
+    def s_server(self, args: list[str], **popen: Any) -> tuple[subprocess.Popen[bytes], int]:
+        """``openssl s_server -accept 127.0.0.1:<free port> ...``; returns once it listens."""
+        for _attempt in range(5):
+            port = free_port()
+            proc = self.spawn(["s_server", "-accept", f"{LOCAL}:{port}", *args], **popen)
+            try:
+                wait_listening(port, proc)
+            except RuntimeError:  # the port was taken in between: try another one
+                proc.kill()
+                proc.wait()
+                continue
+            return proc, port
+        raise RuntimeError("openssl s_server did not start")
+
+    def spawn(self, args: list[str], **popen: Any) -> subprocess.Popen[bytes]:
+        assert OPENSSL is not None
+        popen.setdefault("stdin", subprocess.PIPE)
+        popen.setdefault("stdout", subprocess.PIPE)
+        popen.setdefault("stderr", subprocess.PIPE)
+        proc = subprocess.Popen([OPENSSL, *args], **popen)
+        self.procs.append(proc)
+        return proc
+
+    def cleanup(self) -> None:
+        for proc in self.procs:
+            if proc.poll() is None:
+                proc.kill()
+            with contextlib.suppress(Exception):
+                proc.wait(10)
+            for f in (proc.stdin, proc.stdout, proc.stderr):
+                if f is not None:
+                    with contextlib.suppress(OSError):
+                        f.close()
+
+
+@pytest.fixture
+def openssl_tool() -> Iterator[OpenSSLTool]:
+    tool = OpenSSLTool()
+    yield tool
+    tool.cleanup()
+
+
+# -- in-memory pipes -----------------------------------------------------------------------------
+
+
+class Pipe:
+    """A one-way, blocking, in-memory byte pipe holding at most ``capacity`` bytes.
+
+    ``write`` blocks until everything fit; ``readinto``/``read`` block until at least one byte
+    is there and return what is (short reads), ``b""`` once closed and drained. ``close()``
+    ends both sides: later writes raise BrokenPipeError.
+    """
+
+    def __init__(self, capacity: int) -> None:
+        self.capacity = capacity
+        self.buf = bytearray()
+        self.cond = threading.Condition()
+        self.closed = False
+        self.close_calls = 0
+        self.total_written = 0
+
+    def write(self, data: Any) -> int:
+        data = bytes(data)
+        done = 0
+        with self.cond:
+            while done < len(data):
+                if self.closed:
+                    raise BrokenPipeError("pipe closed")
+                space = self.capacity - len(self.buf)
+                if space <= 0:
+                    self.cond.wait()
+                    continue
+                part = data[done : done + space]
+                self.buf += part
+                done += len(part)
+                self.total_written += len(part)
+                self.cond.notify_all()
+        return done
+
+    def flush(self) -> None:
+        pass
+
+    def readinto(self, b: Any) -> int:
+        view = memoryview(b).cast("B")
+        with self.cond:
+            while not self.buf and not self.closed:
+                self.cond.wait()
+            n = min(len(view), len(self.buf))
+            view[:n] = self.buf[:n]
+            del self.buf[:n]
+            self.cond.notify_all()
+            return n
+
+    def read(self, n: int = -1) -> bytes:
+        buf = bytearray(65536 if n is None or n < 0 else n)
+        got = self.readinto(buf)
+        return bytes(buf[:got])
+
+    def close(self) -> None:
+        with self.cond:
+            self.close_calls += 1
+            self.closed = True
+            self.cond.notify_all()
+
+
+@pytest.fixture
+def pipe_pair() -> Callable[[int], tuple[Pipe, Pipe]]:
+    """``pipe_pair(capacity)`` -> (client_to_server, server_to_client)."""
+    made: list[Pipe] = []
+
+    def make(capacity: int) -> tuple[Pipe, Pipe]:
+        pipes = (Pipe(capacity), Pipe(capacity))
+        made.extend(pipes)
+        return pipes
+
+    yield make  # type: ignore[misc]
+    for p in made:  # unblock any thread a failed test left waiting
+        p.close()
+
+
+def run_in_thread(fn: Callable[[], Any]) -> Callable[[float], Any]:
+    """Start fn in a daemon thread; the returned join(timeout) gives its result or re-raises."""
+    box: dict[str, Any] = {}
+
+    def target() -> None:
+        try:
+            box["result"] = fn()
+        except BaseException as exc:
+            box["error"] = exc
+
+    t = threading.Thread(target=target, daemon=True)
+    t.start()
+
+    def join(timeout: float = 60.0) -> Any:
+        t.join(timeout)
+        if t.is_alive():
+            raise AssertionError("thread did not finish (deadlock?)")
+        if "error" in box:
+            raise box["error"]
+        return box.get("result")
+
+    return join
+
+
+PY_ENV = {**os.environ, "PYTHONUNBUFFERED": "1"}

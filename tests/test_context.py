@@ -1,0 +1,533 @@
+"""Contexts: protocols, verify sources, credentials, key exchange, predicates."""
+
+from __future__ import annotations
+
+import contextvars
+import json
+import os
+import subprocess
+import sys
+import textwrap
+import threading
+from pathlib import Path
+from typing import Any
+
+import pytest
+from conftest import LOCAL, PY_ENV, read_exactly, run_in_thread
+from cryptography.hazmat.primitives import serialization
+
+import sslports
+from sslports import SSLError, SSLNetworkError, SSLUnsupportedError
+
+SRC = str(Path(__file__).resolve().parents[1] / "src")
+
+SEED_CURVES = [
+    "sect163k1", "sect163r1", "sect163r2", "sect193r1", "sect193r2", "sect233k1", "sect233r1",
+    "sect239k1", "sect283k1", "sect283r1", "sect409k1", "sect409r1", "sect571k1", "sect571r1",
+    "secp160k1", "secp160r1", "secp160r2", "secp192k1", "secp224k1", "secp224r1", "secp256k1",
+    "secp384r1", "secp521r1", "prime192v", "prime256v", "prime192v1", "prime256v1",
+]  # fmt: skip
+
+
+def handshake(server_ctx: Any, client_ctx: Any, hostname: str = "localhost") -> bytes:
+    """Connect a client to a one-shot server on 127.0.0.1; returns what the server sent."""
+    with sslports.ssl_listen(0, 5, False, LOCAL, server_ctx, handshake_timeout=20) as listener:
+        port = sslports.ssl_addresses(listener, True)[1]
+
+        def serve() -> None:
+            sin, sout = sslports.ssl_accept(listener)
+            sout.write(b"hello")
+            sout.close()
+            sin.close()
+
+        join = run_in_thread(serve)
+        try:
+            cin, cout = sslports.ssl_connect(hostname, port, client_ctx, timeout=20)
+        except BaseException:
+            try:
+                join(30)
+            except SSLError:
+                pass
+            raise
+        with cin, cout:
+            got = read_exactly(cin, 5)
+        join(30)
+        return got
+
+
+def run_child(code: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-c", textwrap.dedent(code)],
+        env={**PY_ENV, "PYTHONPATH": SRC, **(env or {})},
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        start_new_session=True,  # no controlling terminal: a password prompt could not block
+    )
+
+
+# -- protocols -----------------------------------------------------------------------------------
+
+
+def test_supported_protocol_lists() -> None:
+    for listing in (sslports.supported_client_protocols(), sslports.supported_server_protocols()):
+        assert listing[:2] == ["secure", "auto"]
+        assert set(listing[2:]) <= {"tls", "tls11", "tls12", "tls13"}
+        assert "tls12" in listing
+        assert "sslv2-or-v3" not in listing
+    assert sslports.ssl_max_client_protocol() == sslports.supported_client_protocols()[-1]
+    assert sslports.ssl_max_server_protocol() == sslports.supported_server_protocols()[-1]
+
+
+@pytest.mark.parametrize("version", sslports.supported_client_protocols()[2:])
+def test_each_listed_version_connects(pki: Any, version: str) -> None:
+    assert version in sslports.supported_server_protocols()
+    server = pki.server_context(version)
+    client = pki.client_context(version)
+    assert handshake(server, client) == b"hello"
+
+
+def test_pinned_versions_do_not_meet(pki: Any) -> None:
+    """The pins are real: a tls12-only client cannot talk to a tls13-only server."""
+    with pytest.raises(SSLNetworkError):
+        handshake(pki.server_context("tls13"), pki.client_context("tls12"))
+
+
+@pytest.mark.parametrize("protocol", ["sslv2", "sslv3"])
+def test_ssl2_ssl3_unsupported(protocol: str) -> None:
+    for maker in (sslports.ssl_make_client_context, sslports.ssl_make_server_context):
+        with pytest.raises(SSLUnsupportedError, match="requested protocol not supported"):
+            maker(protocol)
+    with pytest.raises(SSLUnsupportedError, match="requested protocol not supported"):
+        sslports.ssl_listen(0, 5, False, LOCAL, protocol)
+
+
+def test_protocol_aliases(pki: Any) -> None:
+    client = sslports.ssl_make_client_context("sslv2-or-v3")
+    assert sslports.is_ssl_client_context(client)
+    server = sslports.ssl_make_server_context("secure")  # an alias of "auto" for servers
+    sslports.ssl_load_certificate_chain(server, pki.server_chain)
+    sslports.ssl_load_private_key(server, pki.server_key)
+    assert handshake(server, client) == b"hello"
+
+
+# -- the secure client context and default verify sources ---------------------------------------
+
+
+def test_secure_client_context_cached_until_sources_change(pki: Any) -> None:
+    def body() -> None:
+        first = sslports.ssl_secure_client_context()
+        assert sslports.ssl_secure_client_context() is first
+        assert sslports.ssl_make_client_context("secure") is first
+        assert sslports.is_ssl_client_context(first)
+        sslports.ssl_default_verify_sources([str(pki.ca_pem)])
+        second = sslports.ssl_secure_client_context()
+        assert second is not first
+        assert sslports.ssl_secure_client_context() is second
+        # ... and it now trusts our CA and checks the hostname
+        assert handshake(pki.server_context(), second) == b"hello"
+        with pytest.raises(SSLNetworkError) as info:
+            handshake(pki.server_context(chain=pki.other_chain, key=pki.other_key), second)
+        assert info.value.verify_message is not None
+        assert info.value.verify_message.startswith("hostname mismatch")
+
+    contextvars.copy_context().run(body)
+
+
+def test_secure_with_credentials_is_fresh_and_sealed(pki: Any) -> None:
+    ctx = sslports.ssl_make_client_context(
+        "secure", private_key=("pem", pki.server_key), certificate_chain=pki.server_chain
+    )
+    assert ctx is not sslports.ssl_secure_client_context()
+    with pytest.raises(SSLError, match="context is sealed"):
+        sslports.ssl_set_ciphers(ctx, "DEFAULT")
+
+
+def test_default_verify_sources_is_a_context_var(pki: Any) -> None:
+    before = sslports.ssl_default_verify_sources()
+    assert isinstance(before, list)
+    seen_in_thread: list[Any] = []
+
+    def in_thread() -> None:
+        sslports.ssl_default_verify_sources([str(pki.ca_pem), ("directory", str(pki.dir))])
+        seen_in_thread.append(sslports.ssl_default_verify_sources())
+
+    t = threading.Thread(target=in_thread)
+    t.start()
+    t.join(30)
+    assert seen_in_thread == [[str(pki.ca_pem), ("directory", str(pki.dir))]]
+    assert sslports.ssl_default_verify_sources() == before
+
+
+def test_default_verify_sources_from_environment(pki: Any, tmp_path: Path) -> None:
+    env = {"SSL_CERT_FILE": f"{pki.ca_pem}:/nonexistent/b.pem", "SSL_CERT_DIR": "/d1:/d2"}
+    child = run_child(
+        """
+        import json, sslports
+        print(json.dumps(sslports.ssl_default_verify_sources()))
+        """,
+        env,
+    )
+    assert child.returncode == 0, child.stderr
+    assert json.loads(child.stdout) == [
+        str(pki.ca_pem),
+        "/nonexistent/b.pem",
+        ["directory", "/d1"],
+        ["directory", "/d2"],
+    ]
+
+
+def _serve_and_connect_code() -> str:
+    return """
+        import sys, threading, sslports
+        chain, key = sys.argv[1], sys.argv[2]
+        server = sslports.ssl_make_server_context()
+        sslports.ssl_load_certificate_chain(server, chain)
+        sslports.ssl_load_private_key(server, key)
+        listener = sslports.ssl_listen(0, 5, False, "127.0.0.1", server)
+        port = sslports.ssl_addresses(listener, True)[1]
+        def serve():
+            i, o = sslports.ssl_accept(listener)
+            o.write(b"ok"); o.close(); i.close()
+        threading.Thread(target=serve, daemon=True).start()
+        i, o = sslports.ssl_connect("localhost", port, "secure", timeout=20)
+        print(i.read(2).decode())
+    """
+
+
+def _run_secure_child(pki: Any, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    code = textwrap.dedent(_serve_and_connect_code())
+    return subprocess.run(
+        [sys.executable, "-c", code, str(pki.server_chain), str(pki.server_key)],
+        env={**PY_ENV, "PYTHONPATH": SRC, **env},
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
+def test_ssl_cert_file_trusts_for_secure(pki: Any) -> None:
+    child = _run_secure_child(pki, {"SSL_CERT_FILE": str(pki.ca_pem)})
+    assert child.returncode == 0, child.stderr
+    assert child.stdout.strip() == "ok"
+    # and without it, "secure" does not trust the test CA
+    child = _run_secure_child(pki, {"SSL_CERT_FILE": os.devnull})
+    assert child.returncode != 0
+    assert "certificate verify failed" in child.stderr
+
+
+def test_ssl_cert_dir_trusts_for_secure(pki: Any, tmp_path: Path) -> None:
+    subject_hash = subprocess.run(
+        ["openssl", "x509", "-hash", "-noout", "-in", str(pki.ca_pem)],
+        capture_output=True, text=True, check=True,
+    ).stdout.strip()  # fmt: skip
+    (tmp_path / f"{subject_hash}.0").write_bytes(pki.ca_pem.read_bytes())
+    child = _run_secure_child(pki, {"SSL_CERT_DIR": str(tmp_path)})
+    assert child.returncode == 0, child.stderr
+    assert child.stdout.strip() == "ok"
+
+
+def test_load_verify_source_directory(pki: Any, tmp_path: Path) -> None:
+    subject_hash = subprocess.run(
+        ["openssl", "x509", "-hash", "-noout", "-in", str(pki.ca_pem)],
+        capture_output=True, text=True, check=True,
+    ).stdout.strip()  # fmt: skip
+    (tmp_path / f"{subject_hash}.0").write_bytes(pki.ca_pem.read_bytes())
+    client = pki.client_context(trust=False)
+    sslports.ssl_load_verify_source(client, ("directory", tmp_path))
+    assert handshake(pki.server_context(), client) == b"hello"
+
+
+def test_load_verify_source_try(pki: Any, tmp_path: Path) -> None:
+    ctx = sslports.ssl_make_client_context()
+    missing = tmp_path / "missing.pem"
+    sslports.ssl_load_verify_source(ctx, missing, try_=True)
+    sslports.ssl_load_verify_source(ctx, ("directory", tmp_path / "nodir"), try_=True)
+    with pytest.raises(SSLError) as info:
+        sslports.ssl_load_verify_source(ctx, missing)
+    assert str(info.value).startswith("ssl_load_verify_source")
+    with pytest.raises(SSLError):
+        sslports.ssl_load_verify_source(ctx, ("directory", tmp_path / "nodir"))
+    # str, bytes and PathLike paths all work
+    sslports.ssl_load_verify_source(ctx, pki.ca_pem)
+    sslports.ssl_load_verify_source(ctx, str(pki.ca_pem))
+    sslports.ssl_load_verify_source(ctx, os.fsencode(pki.ca_pem))
+    sslports.ssl_load_verify_root_certificates(ctx, pki.ca_pem)
+
+
+def test_platform_sources_unsupported_here() -> None:
+    ctx = sslports.ssl_make_client_context()
+    with pytest.raises(SSLUnsupportedError):
+        sslports.ssl_load_verify_source(ctx, ("win32-store", "ROOT"))
+    if sys.platform != "darwin":
+        with pytest.raises(SSLUnsupportedError):
+            sslports.ssl_load_verify_source(ctx, ("macosx-keychain", "/x.keychain"))
+
+
+def test_load_default_verify_sources_ignores_failures(tmp_path: Path) -> None:
+    def body() -> None:
+        sslports.ssl_default_verify_sources(
+            [
+                str(tmp_path / "nope.pem"),
+                ("directory", str(tmp_path / "nodir")),
+                ("win32-store", "ROOT"),
+            ]
+        )
+        ctx = sslports.ssl_make_client_context()
+        sslports.ssl_load_default_verify_sources(ctx)
+
+    contextvars.copy_context().run(body)
+
+
+# -- credentials ----------------------------------------------------------------------------------
+
+
+def test_key_not_matching_certificate(pki: Any) -> None:
+    ctx = sslports.ssl_make_server_context()
+    sslports.ssl_load_certificate_chain(ctx, pki.server_chain)
+    with pytest.raises(SSLError) as info:
+        sslports.ssl_load_private_key(ctx, pki.other_key)
+    assert str(info.value).startswith("ssl_load_private_key")
+    with pytest.raises(SSLError):
+        sslports.ssl_make_server_context(
+            private_key=("pem", pki.other_key), certificate_chain=pki.server_chain
+        )
+
+
+def test_rsa_true_requires_an_rsa_key(pki: Any) -> None:
+    ctx = sslports.ssl_make_server_context()
+    with pytest.raises(SSLError):
+        sslports.ssl_load_private_key(ctx, pki.ec_key)  # rsa=True is the default
+    with pytest.raises(SSLError):
+        sslports.ssl_load_private_key(ctx, pki.ec_key, True)
+
+
+def test_rsa_true_skips_leading_ec_key(pki: Any, tmp_path: Path) -> None:
+    both = tmp_path / "ec-then-rsa.pem"
+    both.write_bytes(pki.ec_key.read_bytes() + pki.server_key.read_bytes())
+    ctx = sslports.ssl_make_server_context()
+    sslports.ssl_load_certificate_chain(ctx, pki.server_chain)  # RSA certificate
+    sslports.ssl_load_private_key(ctx, both, True)  # finds the RSA key after the EC one
+    with pytest.raises(SSLError):  # rsa=False takes the first key: the EC one, mismatched
+        sslports.ssl_load_private_key(ctx, both, False)
+    assert handshake(ctx, pki.client_context()) == b"hello"
+
+
+def test_ec_key_with_rsa_false(pki: Any) -> None:
+    ctx = sslports.ssl_make_server_context()
+    sslports.ssl_load_certificate_chain(ctx, pki.ec_chain)
+    sslports.ssl_load_private_key(ctx, pki.ec_key, False)
+    assert handshake(ctx, pki.client_context()) == b"hello"
+
+
+def test_key_from_data(pki: Any) -> None:
+    ctx = sslports.ssl_make_server_context()
+    sslports.ssl_load_certificate_chain(ctx, pki.server_chain)
+    sslports.ssl_load_private_key(ctx, ("data", pki.server_key.read_bytes()))
+    assert handshake(ctx, pki.client_context()) == b"hello"
+    ctx2 = sslports.ssl_make_server_context(
+        private_key=("pem-data", pki.server_key.read_bytes()), certificate_chain=pki.server_chain
+    )
+    assert handshake(ctx2, pki.client_context()) == b"hello"
+
+
+def _key_object(pki: Any) -> Any:
+    return serialization.load_pem_private_key(pki.server_key.read_bytes(), None)
+
+
+def _encrypted_key(pki: Any, tmp_path: Path) -> Path:
+    pem = _key_object(pki).private_bytes(
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.PKCS8,
+        serialization.BestAvailableEncryption(b"s3cret"),
+    )
+    path = tmp_path / "encrypted.pem"
+    path.write_bytes(pem)
+    return path
+
+
+def test_encrypted_key_with_password(pki: Any, tmp_path: Path) -> None:
+    path = _encrypted_key(pki, tmp_path)
+    for password in ("s3cret", b"s3cret"):
+        ctx = sslports.ssl_make_server_context()
+        sslports.ssl_load_certificate_chain(ctx, pki.server_chain)
+        sslports.ssl_load_private_key(ctx, path, password=password)
+    assert handshake(ctx, pki.client_context()) == b"hello"
+    with pytest.raises(SSLError):
+        sslports.ssl_load_private_key(sslports.ssl_make_server_context(), path, password="wrong")
+
+
+def test_encrypted_key_never_prompts(pki: Any, tmp_path: Path) -> None:
+    path = _encrypted_key(pki, tmp_path)
+    child = run_child(
+        f"""
+        import sslports
+        for kw in ({{}}, {{"password": "wrong"}}, {{"password": ""}}):
+            ctx = sslports.ssl_make_server_context()
+            try:
+                sslports.ssl_load_private_key(ctx, {str(path)!r}, **kw)
+            except sslports.SSLError as exc:
+                print("SSLError", exc)
+            else:
+                print("loaded?!")
+        """
+    )
+    assert child.returncode == 0, child.stderr
+    lines = child.stdout.splitlines()
+    assert len(lines) == 3 and all(
+        line.startswith("SSLError ssl_load_private_key") for line in lines
+    )
+
+
+@pytest.mark.parametrize("fmt", ["PKCS8", "TraditionalOpenSSL"])
+def test_der_keys(pki: Any, tmp_path: Path, fmt: str) -> None:
+    der = _key_object(pki).private_bytes(
+        serialization.Encoding.DER,
+        getattr(serialization.PrivateFormat, fmt),
+        serialization.NoEncryption(),
+    )
+    path = tmp_path / "key.der"
+    path.write_bytes(der)
+    ctx = sslports.ssl_make_server_context()
+    sslports.ssl_load_certificate_chain(ctx, pki.server_chain)
+    with pytest.raises(SSLError):
+        sslports.ssl_load_private_key(ctx, path)  # not PEM
+    sslports.ssl_load_private_key(ctx, path, True, True)
+    assert handshake(ctx, pki.client_context()) == b"hello"
+    ctx2 = sslports.ssl_make_server_context(
+        private_key=("der", path), certificate_chain=pki.server_chain
+    )
+    assert handshake(ctx2, pki.client_context()) == b"hello"
+
+
+def test_der_ec_key(pki: Any, tmp_path: Path) -> None:
+    key = serialization.load_pem_private_key(pki.ec_key.read_bytes(), None)
+    path = tmp_path / "ec.der"
+    path.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.DER,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
+    ctx = sslports.ssl_make_server_context()
+    sslports.ssl_load_certificate_chain(ctx, pki.ec_chain)
+    with pytest.raises(SSLError):
+        sslports.ssl_load_private_key(ctx, path, True, True)  # not RSA
+    sslports.ssl_load_private_key(ctx, path, False, True)
+    assert handshake(ctx, pki.client_context()) == b"hello"
+
+
+def test_client_certificate_credentials(pki: Any) -> None:
+    """A client context loads its own chain and key (any key type)."""
+    ctx = sslports.ssl_make_client_context(
+        "auto", private_key=("pem", pki.ec_key), certificate_chain=pki.ec_chain
+    )
+    assert sslports.is_ssl_client_context(ctx)
+    sslports.ssl_load_suggested_certificate_authorities(pki.server_context(), pki.ca_pem)
+
+
+# -- key exchange ---------------------------------------------------------------------------------
+
+
+def test_dh4096_param_bytes() -> None:
+    assert sslports.ssl_dh4096_param_bytes.startswith(b"-----BEGIN DH PARAMETERS-----")
+
+
+def _dhe_only_client(pki: Any) -> Any:
+    client = pki.client_context("tls12")
+    sslports.ssl_set_ciphers(client, "DHE-RSA-AES128-GCM-SHA256:DHE-RSA-AES256-GCM-SHA384")
+    return client
+
+
+def test_dhe_off_until_enabled(pki: Any) -> None:
+    with pytest.raises(SSLNetworkError):
+        handshake(pki.server_context("tls12"), _dhe_only_client(pki))
+
+
+def test_enable_dhe_default_params(pki: Any) -> None:
+    server = pki.server_context("tls12")
+    sslports.ssl_server_context_enable_dhe(server)
+    assert handshake(server, _dhe_only_client(pki)) == b"hello"
+
+
+def test_enable_dhe_from_file(pki: Any, tmp_path: Path) -> None:
+    path = tmp_path / "dh.pem"
+    path.write_bytes(sslports.ssl_dh4096_param_bytes)
+    server = pki.server_context("tls12")
+    sslports.ssl_server_context_enable_dhe(server, path)
+    assert handshake(server, _dhe_only_client(pki)) == b"hello"
+
+
+@pytest.mark.parametrize("curve", SEED_CURVES)
+def test_enable_ecdh_each_seed_curve(pki: Any, curve: str) -> None:
+    server = pki.server_context()
+    try:
+        sslports.ssl_server_context_enable_ecdh(server, curve)
+    except SSLUnsupportedError as exc:
+        assert "ssl_server_context_enable_ecdh" in str(exc)
+        return
+    assert handshake(server, pki.client_context()) == b"hello"
+    server12 = pki.server_context("tls12")
+    sslports.ssl_server_context_enable_ecdh(server12, curve)
+    assert handshake(server12, pki.client_context("tls12")) == b"hello"
+
+
+def test_enable_ecdh_default_and_unknown(pki: Any) -> None:
+    server = pki.server_context()
+    sslports.ssl_server_context_enable_ecdh(server)  # secp521r1
+    assert handshake(server, pki.client_context()) == b"hello"
+    with pytest.raises(ValueError, match="ssl_server_context_enable_ecdh"):
+        sslports.ssl_server_context_enable_ecdh(server, "curve25519-ish")
+    with pytest.raises(ValueError):
+        sslports.ssl_server_context_enable_ecdh(server, "P-256")  # an OpenSSL name, not a seed one
+
+
+# -- ciphers, sealing, predicates -----------------------------------------------------------------
+
+
+def test_set_ciphers(pki: Any) -> None:
+    client = pki.client_context("tls12")
+    sslports.ssl_set_ciphers(client, "ECDHE-RSA-AES256-GCM-SHA384")
+    assert handshake(pki.server_context("tls12"), client) == b"hello"
+    with pytest.raises(SSLError) as info:
+        sslports.ssl_set_ciphers(client, "NOT-A-CIPHER:ALSO-NOT")
+    assert str(info.value).startswith("ssl_set_ciphers")
+    with pytest.raises(SSLError):
+        sslports.ssl_set_ciphersuites(client, "TLS_NOT_A_SUITE")
+    sslports.ssl_set_ciphersuites(client, "TLS_AES_128_GCM_SHA256")
+
+
+def test_seal_own_context(pki: Any) -> None:
+    ctx = pki.server_context()
+    sslports.ssl_seal_context(ctx)
+    with pytest.raises(SSLError, match="context is sealed"):
+        sslports.ssl_load_certificate_chain(ctx, pki.server_chain)
+    assert handshake(ctx, pki.client_context()) == b"hello"  # still usable
+
+
+def test_predicates(pki: Any) -> None:
+    client = sslports.ssl_make_client_context()
+    server = sslports.ssl_make_server_context()
+    assert sslports.is_ssl_client_context(client) and not sslports.is_ssl_client_context(server)
+    assert sslports.is_ssl_server_context(server) and not sslports.is_ssl_server_context(client)
+    for v in (client, server, None, "auto", object()):
+        assert not sslports.is_ssl_port(v)
+        assert not sslports.is_ssl_listener(v)
+    listener = sslports.ssl_listen(0, 5, False, LOCAL, server)
+    with listener:
+        assert sslports.is_ssl_listener(listener)
+        assert not sslports.is_ssl_server_context(listener)
+        assert not sslports.is_ssl_client_context(listener)
+        assert not sslports.is_ssl_port(listener)
+
+
+def test_ssl_listen_reuse_and_rebind(pki: Any) -> None:
+    first = sslports.ssl_listen(0, 5, True, LOCAL, pki.server_context())
+    port = sslports.ssl_addresses(first, True)[1]
+    with first, pytest.raises(SSLNetworkError, match="ssl_listen"):
+        sslports.ssl_listen(port, 5, False, LOCAL, pki.server_context())
+    again = sslports.ssl_listen(port, 5, True, LOCAL, pki.server_context())
+    again.close()

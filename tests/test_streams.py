@@ -1,0 +1,516 @@
+"""ports_to_ssl_ports over arbitrary byte streams: tiny in-memory pipes, OS pipes, socket files,
+minimal objects and streams that return short reads."""
+
+from __future__ import annotations
+
+import os
+import random
+import socket
+import threading
+from typing import Any, Callable
+
+import pytest
+from conftest import Pipe, random_bytes, read_exactly, run_in_thread, sha1
+
+import sslports
+from sslports import SSLError
+
+
+def connect_pair(
+    pki: Any,
+    client_streams: tuple[Any, Any],
+    server_streams: tuple[Any, Any],
+    client_kw: dict[str, Any] | None = None,
+    server_kw: dict[str, Any] | None = None,
+) -> tuple[tuple[Any, Any], tuple[Any, Any]]:
+    """Handshake a verifying client and a server over the given streams (server in a thread)."""
+    skw = {"mode": "accept", "context": pki.server_context(), **(server_kw or {})}
+    ckw = {
+        "mode": "connect",
+        "context": pki.client_context(),
+        "hostname": "localhost",
+        **(client_kw or {}),
+    }
+    join = run_in_thread(lambda: sslports.ports_to_ssl_ports(*server_streams, **skw))
+    try:
+        client = sslports.ports_to_ssl_ports(*client_streams, **ckw)
+    except BaseException:
+        for s in (*client_streams, *server_streams):
+            if hasattr(s, "close"):
+                s.close()
+        raise
+    server = join(60)
+    return client, server
+
+
+def exchange(client: tuple[Any, Any], server: tuple[Any, Any], size: int) -> None:
+    """Both ends write `size` bytes before reading the other's (needs buffering: no deadlock)."""
+    c_data = random_bytes(size, seed=10)
+    s_data = random_bytes(size, seed=11)
+
+    def server_side() -> bytes:
+        server[1].write(s_data)
+        server[1].flush()
+        return read_exactly(server[0], size)
+
+    join = run_in_thread(server_side)
+    client[1].write(c_data)
+    client[1].flush()
+    got_by_client = read_exactly(client[0], size)
+    got_by_server = join(60)
+    assert sha1(got_by_client) == sha1(s_data)
+    assert sha1(got_by_server) == sha1(c_data)
+
+
+# -- tiny in-memory pipes: every combination of close_original / shutdown_on_close ---------------
+
+
+@pytest.mark.parametrize("capacity", [1, 10, 100])
+@pytest.mark.parametrize("close_original", [False, True])
+@pytest.mark.parametrize("shutdown_on_close", [False, True])
+@pytest.mark.parametrize("strict", [False, True], ids=["lax", "strict"])
+def test_tiny_pipes(
+    pki: Any,
+    pipe_pair: Callable[[int], tuple[Pipe, Pipe]],
+    capacity: int,
+    close_original: bool,
+    shutdown_on_close: bool,
+    strict: bool,
+) -> None:
+    c2s, s2c = pipe_pair(capacity)
+    (cin, cout), (sin, sout) = connect_pair(
+        pki,
+        (s2c, c2s),
+        (c2s, s2c),
+        client_kw={"close_original": close_original, "shutdown_on_close": shutdown_on_close},
+        server_kw={"strict_eof": strict},
+    )
+    exchange((cin, cout), (sin, sout), 300)
+
+    # The server waits for the end of the stream while the client closes.
+    def server_reads_to_end() -> bytes:
+        return sin.read()
+
+    end = run_in_thread(server_reads_to_end)
+
+    cin.close()
+    assert (c2s.close_calls, s2c.close_calls) == (0, 0), "closed before both ports were"
+    cout.close()
+    expected = 1 if close_original else 0
+    assert (c2s.close_calls, s2c.close_calls) == (expected, expected)
+
+    if not close_original and not shutdown_on_close:
+        c2s.close()  # without a close_notify, the server only learns when the transport ends
+
+    if shutdown_on_close or not strict:
+        assert end(60) == b""  # a clean EOF (even with strict_eof when close_notify came)
+    else:
+        with pytest.raises(SSLError, match="unexpected eof"):
+            end(60)
+    sin.close()
+    sout.close()
+    assert (c2s.close_calls, s2c.close_calls) == (
+        expected + int(not close_original and not shutdown_on_close),
+        expected,
+    ), "the server's ports must not close the originals (close_original=False there)"
+
+
+@pytest.mark.parametrize("capacity", [1, 100])
+def test_tiny_pipes_tls12(pki: Any, pipe_pair: Any, capacity: int) -> None:
+    c2s, s2c = pipe_pair(capacity)
+    client, server = connect_pair(
+        pki,
+        (s2c, c2s),
+        (c2s, s2c),
+        client_kw={"context": pki.client_context("tls12")},
+        server_kw={"context": pki.server_context("tls12")},
+    )
+    exchange(client, server, 500)
+    for p in (*client, *server):
+        p.close()
+
+
+def test_close_order_input_last(pki: Any, pipe_pair: Any) -> None:
+    """The originals close when the *second* port closes, whichever it is."""
+    c2s, s2c = pipe_pair(100)
+    (cin, cout), (sin, sout) = connect_pair(
+        pki, (s2c, c2s), (c2s, s2c), client_kw={"close_original": True}
+    )
+    cout.close()
+    assert c2s.close_calls == 0 and s2c.close_calls == 0
+    cin.close()
+    assert c2s.close_calls == 1 and s2c.close_calls == 1
+    cin.close()  # closing again changes nothing
+    assert c2s.close_calls == 1
+    sin.close()
+    sout.close()
+
+
+def test_peer_close_notify_then_shutdown_on_close(pki: Any, pipe_pair: Any) -> None:
+    """shutdown_on_close sends close_notify also after the peer's close_notify arrived."""
+    c2s, s2c = pipe_pair(100)
+    (cin, cout), (sin, sout) = connect_pair(
+        pki,
+        (s2c, c2s),
+        (c2s, s2c),
+        client_kw={"shutdown_on_close": True},
+        server_kw={"shutdown_on_close": True, "strict_eof": True},
+    )
+    sout.write(b"bye")
+    client_reads = run_in_thread(lambda: cin.read())  # closing waits for the pipe to take it
+    sout.close()  # the server's close_notify
+    assert client_reads(60) == b"bye"  # clean EOF here
+    end = run_in_thread(lambda: sin.read())
+    cout.close()  # the client's close_notify, after having received the server's
+    assert end(60) == b""  # strict_eof: it really was a close_notify
+    cin.close()
+    sin.close()
+
+
+def test_abandon_stream_port_sends_no_close_notify(pki: Any, pipe_pair: Any) -> None:
+    c2s, s2c = pipe_pair(100)
+    (cin, cout), (sin, sout) = connect_pair(
+        pki,
+        (s2c, c2s),
+        (c2s, s2c),
+        client_kw={"shutdown_on_close": True, "close_original": True},
+        server_kw={"strict_eof": True},
+    )
+    cout.write(b"last words")
+    sslports.ssl_abandon_port(cout)  # pending data still goes out, close_notify does not
+    sslports.ssl_abandon_port(cin)
+    assert c2s.close_calls == 1
+    assert read_exactly(sin, 10) == b"last words"
+    with pytest.raises(SSLError, match="unexpected eof"):
+        sin.read(1)
+    sin.close()
+    sout.close()
+
+
+def test_stream_ports_have_no_tcp_addresses(pki: Any, pipe_pair: Any) -> None:
+    c2s, s2c = pipe_pair(1000)
+    client, server = connect_pair(pki, (s2c, c2s), (c2s, s2c))
+    for port in (*client, *server):
+        assert sslports.is_ssl_port(port)
+        with pytest.raises(SSLError, match="not connected to TCP port"):
+            sslports.ssl_addresses(port)
+    for p in (*client, *server):
+        p.close()
+
+
+# -- other kinds of streams ---------------------------------------------------------------------
+
+
+def test_os_pipes(pki: Any) -> None:
+    r1, w1 = os.pipe()
+    r2, w2 = os.pipe()
+    files = [os.fdopen(r1, "rb"), os.fdopen(w1, "wb"), os.fdopen(r2, "rb"), os.fdopen(w2, "wb")]
+    c_in, s_out, s_in, c_out = files
+    client, server = connect_pair(
+        pki,
+        (c_in, c_out),
+        (s_in, s_out),
+        client_kw={"close_original": True, "shutdown_on_close": True},
+        server_kw={"close_original": True, "shutdown_on_close": True, "strict_eof": True},
+    )
+    exchange(client, server, 300_000)  # more than a kernel pipe holds, both ends at once
+    end = run_in_thread(lambda: server[0].read())
+    client[0].close()
+    client[1].close()
+    assert c_in.closed and c_out.closed
+    assert end(60) == b""
+    server[0].close()
+    server[1].close()
+    assert all(f.closed for f in files)
+
+
+def test_socketpair_makefile(pki: Any) -> None:
+    a, b = socket.socketpair()
+    fa = a.makefile("rwb")
+    fb = b.makefile("rwb")
+    try:
+        client, server = connect_pair(pki, (fa, fa), (fb, fb))
+        exchange(client, server, 200_000)
+        data = random_bytes(1 << 20, seed=12)
+        join = run_in_thread(lambda: read_exactly(server[0], len(data)))
+        client[1].write(data)
+        client[1].flush()
+        assert sha1(join(60)) == sha1(data)
+        for p in (*client, *server):
+            p.close()
+    finally:
+        for obj in (fa, fb, a, b):
+            obj.close()
+
+
+class ReadWriteOnly:
+    """Nothing but read(n) and write(b) (write returns None, like some legacy objects)."""
+
+    def __init__(self, sock: socket.socket) -> None:
+        self._sock = sock
+
+    def read(self, n: int) -> bytes:
+        return self._sock.recv(n)
+
+    def write(self, b: Any) -> None:
+        self._sock.sendall(b)
+
+
+class ShortReads:
+    """A stream whose reads return 1 to 5 bytes at a time."""
+
+    def __init__(self, sock: socket.socket, seed: int) -> None:
+        self._sock = sock
+        self._rng = random.Random(seed)
+        self.reads = 0
+
+    def readinto(self, b: Any) -> int:
+        view = memoryview(b).cast("B")
+        n = self._sock.recv_into(view[: self._rng.randint(1, 5)])
+        self.reads += 1
+        return n
+
+    def write(self, b: Any) -> int:
+        self._sock.sendall(b)
+        return len(b)
+
+
+def test_object_with_only_read_and_write(pki: Any) -> None:
+    a, b = socket.socketpair()
+    with a, b:
+        ra, rb = ReadWriteOnly(a), ReadWriteOnly(b)
+        client, server = connect_pair(pki, (ra, ra), (rb, rb))
+        exchange(client, server, 100_000)
+        for p in (*client, *server):
+            p.close()
+
+
+def test_short_reads(pki: Any) -> None:
+    a, b = socket.socketpair()
+    with a, b:
+        sa, sb = ShortReads(a, 1), ShortReads(b, 2)
+        client, server = connect_pair(pki, (sa, sa), (sb, sb))
+        exchange(client, server, 20_000)
+        assert sa.reads > 4000 and sb.reads > 4000  # it really went a few bytes at a time
+        for p in (*client, *server):
+            p.close()
+
+
+def test_readline_and_iteration(pki: Any, pipe_pair: Any) -> None:
+    c2s, s2c = pipe_pair(64)
+    (cin, cout), (sin, sout) = connect_pair(
+        pki, (s2c, c2s), (c2s, s2c), server_kw={"shutdown_on_close": True}
+    )
+    lines = run_in_thread(lambda: (cin.readline(), list(cin)))
+    sout.writelines([b"one\n", b"two\n", b"three"])
+    sout.close()
+    assert lines(60) == (b"one\n", [b"two\n", b"three"])
+    for p in (cin, cout, sin):
+        p.close()
+
+
+# -- failures and the error= keyword ------------------------------------------------------------
+
+
+class CustomError(Exception):
+    pass
+
+
+class RaisedByCallable(Exception):
+    pass
+
+
+def test_error_class_used_for_handshake_failure(pki: Any, pipe_pair: Any) -> None:
+    c2s, s2c = pipe_pair(1000)
+    server_join = run_in_thread(
+        lambda: sslports.ports_to_ssl_ports(c2s, s2c, context=pki.server_context())
+    )
+    with pytest.raises(CustomError) as info:
+        sslports.ports_to_ssl_ports(
+            s2c,
+            c2s,
+            mode="connect",
+            context=pki.client_context(trust=False),
+            hostname="localhost",
+            error=CustomError,
+        )
+    assert "certificate verify failed" in str(info.value)
+    assert str(info.value).startswith("ports_to_ssl_ports: ")
+    with pytest.raises(SSLError):  # the server got the client's alert
+        server_join(60)
+
+
+def test_error_callable_used_after_handshake(pki: Any, pipe_pair: Any) -> None:
+    messages: list[str] = []
+
+    def raise_it(message: str) -> None:
+        messages.append(message)
+        raise RaisedByCallable(message)
+
+    c2s, s2c = pipe_pair(1000)
+    (cin, cout), (sin, sout) = connect_pair(
+        pki, (s2c, c2s), (c2s, s2c), client_kw={"error": raise_it}
+    )
+    sout.write(b"fine")
+    sout.flush()
+    assert read_exactly(cin, 4) == b"fine"
+    # Now a forged application-data record: its authentication fails.
+    s2c.write(b"\x17\x03\x03\x00\x20" + bytes(32))
+    with pytest.raises(RaisedByCallable) as info:
+        cin.read(1)
+    assert messages and messages[0] == str(info.value)
+    assert "read failed" in messages[0]
+    for p in (cin, cout, sin, sout):
+        p.close()
+
+
+def test_error_ssl_subclass_keeps_attributes(pki: Any, pipe_pair: Any) -> None:
+    class MySSLError(SSLError):
+        pass
+
+    c2s, s2c = pipe_pair(1000)
+    server_join = run_in_thread(
+        lambda: sslports.ports_to_ssl_ports(
+            c2s, s2c, context=pki.server_context(chain=pki.other_chain, key=pki.other_key)
+        )
+    )
+    with pytest.raises(MySSLError) as info:
+        sslports.ports_to_ssl_ports(
+            s2c,
+            c2s,
+            mode="connect",
+            context=pki.client_context(),
+            hostname="localhost",
+            error=MySSLError,
+        )
+    assert info.value.verify_message is not None
+    assert info.value.verify_message.startswith("hostname mismatch")
+    assert info.value.verify_code is not None
+    with pytest.raises(SSLError):
+        server_join(60)
+
+
+@pytest.mark.parametrize("mode", ["connect", "accept"])
+def test_hostname_required_for_verification(pki: Any, pipe_pair: Any, mode: str) -> None:
+    c2s, s2c = pipe_pair(1000)
+    if mode == "connect":
+        ctx: Any = pki.client_context()
+    else:
+        ctx = pki.server_context()
+        sslports.ssl_set_verify_hostname(ctx, True)
+    with pytest.raises(SSLError, match="hostname not provided for verification"):
+        sslports.ports_to_ssl_ports(s2c, c2s, mode=mode, context=ctx)
+    assert c2s.total_written == 0  # refused before any byte went out
+
+
+def test_peer_garbage_fails_handshake(pki: Any) -> None:
+    a, b = socket.socketpair()
+    with a, b:
+        b.sendall(b"SSH-2.0-OpenSSH_9.0\r\n")
+        fa = a.makefile("rwb")
+        with fa, pytest.raises(SSLError, match="ports_to_ssl_ports: handshake failed"):
+            sslports.ports_to_ssl_ports(fa, fa, context=pki.server_context())
+
+
+def test_transport_eof_during_handshake(pki: Any, pipe_pair: Any) -> None:
+    c2s, s2c = pipe_pair(100000)
+    s2c.close()  # the server is gone before it said anything
+    with pytest.raises(SSLError, match="handshake failed"):
+        sslports.ports_to_ssl_ports(
+            s2c, c2s, mode="connect", hostname="localhost", context=pki.client_context()
+        )
+
+
+def test_concurrent_reads_on_one_port_are_safe(pki: Any, pipe_pair: Any) -> None:
+    """Two threads reading one port get the bytes between them exactly once, no crash."""
+    c2s, s2c = pipe_pair(4096)
+    (cin, cout), (sin, sout) = connect_pair(
+        pki, (s2c, c2s), (c2s, s2c), server_kw={"shutdown_on_close": True}
+    )
+    data = random_bytes(200_000, seed=13)
+    parts: list[bytes] = []
+    lock = threading.Lock()
+
+    def reader() -> None:
+        while True:
+            chunk = cin.read1(1000)
+            if not chunk:
+                return
+            with lock:
+                parts.append(chunk)
+
+    readers = [run_in_thread(reader) for _ in range(2)]
+    sout.write(data)
+    sout.close()
+    for join in readers:
+        join(60)
+    assert sum(map(len, parts)) == len(data)
+    assert sorted(data) == sorted(b"".join(parts))  # same bytes, order split among readers
+    for p in (cin, cout, sin):
+        p.close()
+
+
+class Breakable:
+    """A socket stream that can be made to fail like a reset connection."""
+
+    def __init__(self, sock: socket.socket) -> None:
+        self._sock = sock
+        self.broken = False
+
+    def readinto(self, b: Any) -> int:
+        if self.broken:
+            raise ConnectionResetError(104, "Connection reset by peer")
+        return self._sock.recv_into(b)
+
+    def write(self, b: Any) -> int:
+        if self.broken:
+            raise BrokenPipeError(32, "Broken pipe")
+        self._sock.sendall(b)
+        return len(b)
+
+
+@pytest.mark.parametrize("error", [None, CustomError])
+def test_transport_failure_on_read_is_ssl_error(pki: Any, error: Any) -> None:
+    a, b = socket.socketpair()
+    with a, b:
+        ba, bb = Breakable(a), Breakable(b)
+        kw = {} if error is None else {"error": error}
+        client, server = connect_pair(pki, (ba, ba), (bb, bb), client_kw=kw)
+        ba.broken = True
+        with pytest.raises(error or SSLError) as info:
+            client[0].read(1)
+        assert "read failed" in str(info.value)
+        for p in (*client, *server):
+            p.close()
+
+
+@pytest.mark.parametrize("error", [None, CustomError])
+def test_transport_failure_on_write_is_ssl_error(pki: Any, error: Any) -> None:
+    a, b = socket.socketpair()
+    with a, b:
+        ba, bb = Breakable(a), Breakable(b)
+        kw = {} if error is None else {"error": error}
+        client, server = connect_pair(pki, (ba, ba), (bb, bb), client_kw=kw)
+        ba.broken = True
+        with pytest.raises(error or SSLError) as info:
+            for _ in range(100):  # the failure surfaces on a later write or flush
+                client[1].write(b"x" * 20000)
+                client[1].flush()
+        assert "write failed" in str(info.value)
+        for p in (*client, *server):
+            p.close()
+
+
+@pytest.mark.parametrize("error", [None, CustomError])
+def test_transport_failure_during_handshake(pki: Any, error: Any) -> None:
+    a, b = socket.socketpair()
+    with a, b:
+        broken = Breakable(a)
+        broken.broken = True
+        kw = {} if error is None else {"error": error}
+        with pytest.raises(error or SSLError) as info:
+            sslports.ports_to_ssl_ports(
+                broken, broken, mode="connect", context=pki.client_context(),
+                hostname="localhost", **kw,
+            )  # fmt: skip
+        assert str(info.value).startswith("ports_to_ssl_ports: handshake failed (")
