@@ -116,6 +116,10 @@ static void mark_broken(sp_conn *c, const sp_err *err)
         if (c->broken != NULL)
             memcpy(c->broken, err, sizeof *err);
     }
+    /* A real failure: the session must not be resumed (RFC 5246 7.2.2). Our copy (see
+     * keep_new_session), possibly cached by the context already, shares that fate. */
+    if (c->session != NULL)
+        SSL_CTX_remove_session(SSL_get_SSL_CTX(c->ssl), c->session);
 }
 
 /* If the connection already ended or broke, say so (ssl_lock held). Returns 0 when live. */
@@ -808,6 +812,15 @@ void sp_feed_eof(sp_conn *c)
     sp_mutex_unlock(&c->ssl_lock);
 }
 
+size_t sp_pending_in(sp_conn *c)
+{
+    size_t n;
+    sp_mutex_lock(&c->ssl_lock);
+    n = c->socket_mode ? 0 : BIO_ctrl_pending(c->rbio);
+    sp_mutex_unlock(&c->ssl_lock);
+    return n;
+}
+
 size_t sp_pending_out(sp_conn *c)
 {
     size_t n;
@@ -835,11 +848,21 @@ size_t sp_take(sp_conn *c, unsigned char *out, size_t cap)
 static int keep_new_session(SSL *ssl, SSL_SESSION *session)
 {
     sp_conn *c = sp_conn_from_ssl(ssl);
+    SSL_SESSION *copy;
     if (c == NULL || !SSL_SESSION_is_resumable(session))
         return 0;
+    /* A private copy: OpenSSL marks its own session object unresumable whenever it sends a
+     * fatal alert, and OpenSSL 3 sends one for a transport EOF without close_notify, which
+     * TLS 1.1+ lets a session survive (RFC 5246 7.2.1). Real failures invalidate the copy
+     * in mark_broken(). */
+    copy = SSL_SESSION_dup(session);
+    if (copy == NULL) {
+        ERR_clear_error();
+        return 0;
+    }
     SSL_SESSION_free(c->session);
-    c->session = session;
-    return 1; /* we keep the reference */
+    c->session = copy;
+    return 0; /* OpenSSL keeps its reference; we keep the copy */
 }
 
 void sp_ctx_track_sessions(SSL_CTX *ctx)
@@ -862,10 +885,19 @@ SSL_SESSION *sp_conn_get_session(sp_conn *c)
 int sp_conn_set_session(sp_conn *c, SSL_SESSION *session)
 {
     int ok;
+    /* OpenSSL gets a copy: a resumed connection uses the session it was given as its own,
+     * and would mark the cached one unresumable at a close without close_notify (see
+     * keep_new_session). We hold the cached one, so that a real failure invalidates it. */
+    SSL_SESSION *copy = SSL_SESSION_dup(session);
     sp_mutex_lock(&c->ssl_lock);
-    ok = SSL_set_session(c->ssl, session);
+    ok = copy != NULL && SSL_set_session(c->ssl, copy);
+    if (ok && SSL_SESSION_up_ref(session)) {
+        SSL_SESSION_free(c->session);
+        c->session = session;
+    }
     ERR_clear_error();
     sp_mutex_unlock(&c->ssl_lock);
+    SSL_SESSION_free(copy); /* SSL_set_session took its own reference */
     return ok;
 }
 

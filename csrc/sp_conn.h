@@ -92,6 +92,7 @@ int sp_renegotiate(sp_conn *c, sp_err *err);
 /* Stream mode: move ciphertext between the BIOs and the caller's streams. */
 int sp_feed(sp_conn *c, const unsigned char *data, size_t len);
 void sp_feed_eof(sp_conn *c);
+size_t sp_pending_in(sp_conn *c);
 size_t sp_pending_out(sp_conn *c);
 size_t sp_take(sp_conn *c, unsigned char *out, size_t cap);
 

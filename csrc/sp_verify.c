@@ -42,35 +42,60 @@ int sp_peer_verified(sp_conn *c)
     return ok;
 }
 
-/* Append one NUL-terminated entry; returns the new length (even past cap, to size a retry). */
+/* Append one entry: a 4-byte big-endian length, then the bytes (which may hold a NUL: a
+ * DNS SAN "good.example\0.evil.test" must stay one name, never split into two). Returns the
+ * new length, even past cap, so the caller can size a retry. */
 static size_t put_name(char *out, size_t cap, size_t used, const unsigned char *s, size_t len)
 {
-    if (used + len + 1 <= cap) {
-        memcpy(out + used, s, len);
-        out[used + len] = '\0';
+    if ((unsigned long long)len > 0xffffffffull)
+        return used;
+    if (used + 4 + len <= cap) {
+        unsigned char *p = (unsigned char *)out + used;
+        p[0] = (unsigned char)(len >> 24);
+        p[1] = (unsigned char)(len >> 16);
+        p[2] = (unsigned char)(len >> 8);
+        p[3] = (unsigned char)len;
+        if (len > 0)
+            memcpy(p + 4, s, len);
     }
-    return used + len + 1;
+    return used + 4 + len;
 }
 
+/* An IP SAN as text: dotted quad, or RFC 5952 IPv6 (lower-case hex, no leading zeros, the
+ * first longest run of two or more zero groups as "::"), as Python's ipaddress prints it. */
 static size_t put_ip(char *out, size_t cap, size_t used, const ASN1_OCTET_STRING *ip)
 {
     char text[64];
+    size_t n = 0;
     const unsigned char *p = ASN1_STRING_get0_data(ip);
     int len = ASN1_STRING_length(ip);
     if (len == 4) {
         snprintf(text, sizeof text, "%u.%u.%u.%u", p[0], p[1], p[2], p[3]);
+        n = strlen(text);
     } else if (len == 16) {
-        /* RFC 5952 text via OpenSSL's own formatter would need a BIO; a plain form suffices
-         * for display and round-trips through ipaddress.ip_address. */
-        int i;
-        size_t n = 0;
-        for (i = 0; i < 16; i += 2)
-            n += (size_t)snprintf(text + n, sizeof text - n, i ? ":%x" : "%x",
-                                  (unsigned)(p[i] << 8 | p[i + 1]));
+        unsigned groups[8];
+        int i, best = -1, best_len = 1, run = 0;
+        for (i = 0; i < 8; i++) {
+            groups[i] = (unsigned)(p[2 * i] << 8 | p[2 * i + 1]);
+            run = groups[i] == 0 ? run + 1 : 0;
+            if (run > best_len) {
+                best_len = run;
+                best = i - run + 1;
+            }
+        }
+        for (i = 0; i < 8; i++) {
+            if (i == best) {
+                n += (size_t)snprintf(text + n, sizeof text - n, "::");
+                i += best_len - 1;
+                continue;
+            }
+            n += (size_t)snprintf(text + n, sizeof text - n,
+                                  i > 0 && i != best + best_len ? ":%x" : "%x", groups[i]);
+        }
     } else {
         return used;
     }
-    return put_name(out, cap, used, (const unsigned char *)text, strlen(text));
+    return put_name(out, cap, used, (const unsigned char *)text, n);
 }
 
 size_t sp_peer_hostnames(sp_conn *c, char *out, size_t cap)

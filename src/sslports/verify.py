@@ -12,6 +12,7 @@ from . import _binding
 from ._binding import build_error
 from .context import is_ip_literal
 from .errors import SSLError
+from .net import _reference_name
 from .ports import Connection, SSLInputPort, SSLOutputPort, _Deadline, connection_of
 
 _VERSION_SYMBOLS = {0x0301: "tls", 0x0302: "tls11", 0x0303: "tls12", 0x0304: "tls13"}
@@ -34,8 +35,14 @@ def verify_port_now(func: str, port: Any, on: bool, try_only: bool) -> None:
     A server asks the client for a certificate: TLS 1.3 post-handshake authentication, or a
     TLS 1.2 renegotiation. Application data that arrives meanwhile is kept for the input
     port. A client checks the certificate the server presented during the handshake.
+
+    A TLS 1.2 client that refuses to renegotiate answers with a no_renegotiation alert, which
+    OpenSSL turns into a fatal handshake_failure: then even `try_only` raises, as the
+    connection is gone.
     """
     conn = _conn(func, port)
+    if getattr(conn, "is_async", False):
+        raise SSLError(f"{func}: not supported on asyncio connections (set it on the context)")
     lib = _binding.lib
     ffi = _binding.ffi
     flags = lib.sp_conn_get_verify(conn.ptr) & ~(lib.SP_VERIFY_PEER | lib.SP_VERIFY_REQUIRE)
@@ -51,7 +58,13 @@ def verify_port_now(func: str, port: Any, on: bool, try_only: bool) -> None:
         lib.sp_conn_set_verify(conn.ptr, flags)
         return
     if not lib.sp_request_reauth(conn.ptr, flags, err):
-        raise build_error(func, "", err)
+        exc = build_error(func, "", err)
+        if try_only and any(_NO_PHA in line for line in exc.openssl_errors):
+            # A TLS 1.3 client that did not offer post-handshake authentication cannot be
+            # asked: to ssl_try_verify that is a missing certificate. Nothing was sent, the
+            # connection goes on as it was, and ssl_peer_verified tells.
+            return
+        raise exc
     inp = _input_port_of(port)
     deadline = _Deadline(inp.gettimeout() if inp is not None else None)
     conn.write(func, memoryview(b""), deadline)  # sends the request
@@ -60,19 +73,55 @@ def verify_port_now(func: str, port: Any, on: bool, try_only: bool) -> None:
         try:
             n = conn.pump_once(func, memoryview(scratch), deadline)
         except SSLError as exc:
-            raise SSLError(
-                f"{func}: failed ({exc.message.split('(', 1)[-1].rstrip(')')})",
-                openssl_errors=exc.openssl_errors,
-                verify_code=exc.verify_code,
-                verify_message=exc.verify_message,
-            ) from exc
+            raise _reverify_failed(func, exc) from exc
         if n < 0:
             raise SSLError(f"{func}: failed (connection closed during verification)")
-        if n and inp is not None:
-            with inp._lock:
-                inp._pending += bytes(scratch[:n])
+        _keep_for_reader(inp, scratch, n)
+    _surface_deferred_error(func, conn, inp, scratch)
     if not try_only and not lib.sp_peer_verified(conn.ptr):
         raise SSLError(f"{func}: failed (peer certificate did not verify)")
+
+
+def _reverify_failed(func: str, exc: SSLError) -> SSLError:
+    return SSLError(
+        f"{func}: failed ({exc.message.split('(', 1)[-1].rstrip(')')})",
+        openssl_errors=exc.openssl_errors,
+        verify_code=exc.verify_code,
+        verify_message=exc.verify_message,
+    )
+
+
+def _keep_for_reader(inp: Optional[SSLInputPort], scratch: bytearray, n: int) -> None:
+    """Application data read while re-verifying: served first by the input port."""
+    if n > 0 and inp is not None:
+        with inp._lock:
+            inp._pending += bytes(scratch[:n])
+
+
+def _surface_deferred_error(
+    func: str, conn: Connection, inp: Optional[SSLInputPort], scratch: bytearray
+) -> None:
+    """A pump call that reads data and then fails hands over the data and reports the
+    (sticky) failure on the next call: e.g. the client's data followed by its refusal to
+    renegotiate. Make that next call now, without waiting, so the failure is this call's."""
+    lib = _binding.lib
+    ffi = _binding.ffi
+    err = ffi.new("sp_err *")
+    got = ffi.new("size_t *")
+    buf = ffi.from_buffer("unsigned char[]", scratch, require_writable=True)
+    while True:
+        with conn.ops_lock_shared():
+            status = lib.sp_read(conn.ptr, buf, len(scratch), 0, got, 0, err)
+        _keep_for_reader(inp, scratch, int(got[0]))
+        if status == lib.SP_ERROR:
+            raise _reverify_failed(func, build_error(func, "read", err))
+        if status != lib.SP_OK or got[0] == 0:
+            return  # nothing more without waiting, or EOF (the reader will see it)
+
+
+# SSL_R_EXTENSION_NOT_RECEIVED from SSL_verify_client_post_handshake: the client did not send
+# the post_handshake_auth extension.
+_NO_PHA = ":0A000117:"
 
 
 def _input_port_of(port: Any) -> Optional[SSLInputPort]:
@@ -105,8 +154,14 @@ def ssl_peer_certificate_hostnames(p: object) -> list[str]:
         if need <= cap:
             break
         cap = need
-    raw = ffi.buffer(buf, need)[:]
-    return [n.decode("utf-8", "replace") for n in raw.split(b"\0")[:-1]] if need else []
+    raw = ffi.buffer(buf, need)[:] if need else b""
+    names: list[str] = []
+    i = 0
+    while i + 4 <= len(raw):  # each name: a 4-byte length, then its bytes (NULs included)
+        n = int.from_bytes(raw[i : i + 4], "big")
+        names.append(raw[i + 4 : i + 4 + n].decode("utf-8", "replace"))
+        i += 4 + n
+    return names
 
 
 def ssl_peer_check_hostname(p: object, hostname: str) -> bool:
@@ -118,16 +173,16 @@ def ssl_peer_check_hostname(p: object, hostname: str) -> bool:
     conn = _conn(func, p)
     if not isinstance(hostname, str):
         raise TypeError(f"{func}: hostname must be a str")
-    if not hostname or hostname.startswith("."):
+    if "\0" in hostname:  # X509_check_host would accept one at the very end
+        return False
+    # The same reference name the handshake checks (net.py): no leading dot, empty label or
+    # '*'; trailing dot dropped; IDNA A-labels; an IPv6 zone ("%lo") dropped.
+    name = _reference_name(hostname)
+    if name is None:
         return False
     if is_ip_literal(hostname):
-        return bool(_binding.lib.sp_peer_check_hostname(conn.ptr, hostname.encode(), 0, 1))
-    name = hostname[:-1] if hostname.endswith(".") else hostname
-    try:
-        raw = name.encode("idna") if not name.isascii() else name.encode()
-    except UnicodeError:
-        return False
-    return bool(_binding.lib.sp_peer_check_hostname(conn.ptr, raw, len(raw), 0))
+        return bool(_binding.lib.sp_peer_check_hostname(conn.ptr, name, 0, 1))
+    return bool(_binding.lib.sp_peer_check_hostname(conn.ptr, name, len(name), 0))
 
 
 def _peer_name(func: str, p: object, issuer: bool) -> Optional[bytes]:
@@ -165,7 +220,10 @@ def ssl_channel_binding(p: object, type: str) -> bytes:
     :raises SSLError: the type does not apply to this connection (tls-unique on TLS 1.3,
         tls-exporter without TLS 1.3 or EMS, an end-point certificate with no single hash).
     """
-    func = "ssl_channel_binding"
+    return _channel_binding("ssl_channel_binding", p, type)
+
+
+def _channel_binding(func: str, p: object, type: str) -> bytes:
     conn = _conn(func, p)
     if not isinstance(type, str):
         raise TypeError(f"{func}: type must be a str")
@@ -185,8 +243,11 @@ def ssl_channel_binding(p: object, type: str) -> bytes:
 
 def ssl_default_channel_binding(p: object) -> tuple[str, bytes]:
     """``("tls-exporter", ...)`` on TLS 1.3, else ``("tls-unique", ...)``. Extension."""
-    kind = "tls-exporter" if ssl_protocol_version(p) == "tls13" else "tls-unique"
-    return kind, ssl_channel_binding(p, kind)
+    func = "ssl_default_channel_binding"
+    conn = _conn(func, p)
+    tls13 = _binding.lib.sp_conn_version(conn.ptr) >= 0x0304
+    kind = "tls-exporter" if tls13 else "tls-unique"
+    return kind, _channel_binding(func, p, kind)
 
 
 def ssl_export_keying_material(

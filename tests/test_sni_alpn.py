@@ -1,0 +1,421 @@
+"""Issue 4: server name indication (context switching) and ALPN.
+
+SNI: ``ssl_set_server_name_identification_callback(ctx, cb)``: ``cb(hostname)`` returns a
+server context to switch to (its certificate, ALPN list, verify settings and key logger then
+apply) or None; it is not called without SNI; an exception in it aborts that handshake with a
+fatal alert and comes out of ``ssl_accept``, and the listener keeps serving.
+
+ALPN: the client's ``alpn=`` against ``openssl s_server -alpn`` and against our own server
+(``ssl_set_server_alpn``: server preference, ``allow_no_match``), on both ports of both ends.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional
+
+import pytest
+from certs import (
+    LOCAL,
+    VERSIONS,
+    Issued,
+    Server,
+    chain_file,
+    client_context,
+    echo_line,
+    key_file,
+    make_cert,
+    outcome,
+    server_context,
+    wrap_client,
+)
+
+import sslports
+from sslports import SSLNetworkError
+
+
+@dataclass
+class Sni:
+    root: Path
+    default: Issued  # default.example.test
+    alt: Issued  # alt.example.test, xn--bcher-kva.example.test
+    secure: Issued  # secure.example.test
+    client: Issued  # a client certificate from the same root
+    calls: list[str] = field(default_factory=list)
+
+
+@pytest.fixture(scope="module")
+def sni() -> Sni:
+    root = make_cert("SNI Root CA", ca=True)
+    return Sni(
+        root=chain_file(root),
+        default=make_cert("default", issuer=root, dns=["default.example.test"]),
+        alt=make_cert("alt", issuer=root, dns=["alt.example.test", "xn--bcher-kva.example.test"]),
+        secure=make_cert("secure", issuer=root, dns=["secure.example.test"]),
+        client=make_cert("sni client", issuer=root),
+    )
+
+
+class Boom(Exception):
+    pass
+
+
+@dataclass
+class SniServer:
+    server: Server
+    calls: list[str]
+    raised: list[BaseException]
+    main_log: list[bytes]
+    alt_log: list[bytes]
+    version: str
+
+
+@pytest.fixture(params=VERSIONS)
+def sni_server(request: pytest.FixtureRequest, sni: Sni) -> Iterator[SniServer]:
+    """A listener whose callback switches alt.example.test / xn--bcher-kva.example.test to
+    the alt context, secure.example.test to a context requiring a client certificate,
+    raises for boom.example.test, returns a wrong type for wrong.example.test, and returns
+    None for everything else."""
+    version = request.param
+    main = server_context(version, sni.default)
+    sslports.ssl_set_server_alpn(main, [b"main-proto", b"shared"])
+    alt = server_context(version, sni.alt)
+    sslports.ssl_set_server_alpn(alt, [b"alt-proto", b"shared"])
+    secure = server_context(version, sni.secure, verify="set", roots=[sni.root])
+    main_log: list[bytes] = []
+    alt_log: list[bytes] = []
+    sslports.ssl_set_keylogger(main, main_log.append)
+    sslports.ssl_set_keylogger(alt, alt_log.append)
+    calls: list[str] = []
+    raised: list[BaseException] = []
+
+    def callback(name: str) -> Optional[sslports.SSLServerContext]:
+        calls.append(name)
+        if name in ("alt.example.test", "xn--bcher-kva.example.test"):
+            return alt
+        if name == "secure.example.test":
+            return secure
+        if name == "boom.example.test":
+            exc = Boom("callback exploded")
+            raised.append(exc)
+            raise exc
+        if name == "wrong.example.test":
+            return "not a context"  # type: ignore[return-value]
+        return None
+
+    sslports.ssl_set_server_name_identification_callback(main, callback)
+    server = Server(main)
+    yield SniServer(server, calls, raised, main_log, alt_log, version)
+    server.close()
+
+
+def _server_view(inp: Any, out: Any) -> dict[str, Any]:
+    view = {
+        "alpn": (sslports.ssl_get_alpn_selected(inp), sslports.ssl_get_alpn_selected(out)),
+        "endpoint": sslports.ssl_channel_binding(inp, "tls-server-end-point"),
+        "verified": sslports.ssl_peer_verified(inp),
+    }
+    echo_line(inp, out)
+    return view
+
+
+def _client_ctx(s: SniServer, **kw: Any) -> sslports.SSLClientContext:
+    return client_context(s.version, verify=False, hostname=False, **kw)
+
+
+def _connect(
+    s: SniServer, hostname: Optional[str], ctx: Optional[Any] = None, alpn: Any = ()
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Connect with SNI `hostname` (None: no SNI); both ends' views of the connection."""
+    join = s.server.accept(_server_view)
+    inp, out = wrap_client(s.server.port, ctx or _client_ctx(s), hostname, alpn=alpn)
+    with inp, out:
+        client = {
+            "names": sslports.ssl_peer_certificate_hostnames(inp),
+            "alpn": (sslports.ssl_get_alpn_selected(inp), sslports.ssl_get_alpn_selected(out)),
+            "endpoint": sslports.ssl_channel_binding(out, "tls-server-end-point"),
+        }
+        out.write(b"ping\n")
+        out.flush()
+        assert inp.readline() == b"ping\n"
+    return client, join()
+
+
+SNI_TABLE = [
+    # (hostname the client uses, name the callback gets or None, names the client sees)
+    ("alt.example.test", "alt.example.test", ["alt.example.test", "xn--bcher-kva.example.test"]),
+    ("alt.example.test.", "alt.example.test", ["alt.example.test", "xn--bcher-kva.example.test"]),
+    (
+        "bücher.example.test",
+        "xn--bcher-kva.example.test",
+        ["alt.example.test", "xn--bcher-kva.example.test"],
+    ),
+    ("default.example.test", "default.example.test", ["default.example.test"]),
+    ("unknown.example.test", "unknown.example.test", ["default.example.test"]),
+    (
+        "ALT.EXAMPLE.TEST",
+        "ALT.EXAMPLE.TEST",
+        ["default.example.test"],
+    ),  # the callback compares exactly
+    (LOCAL, None, ["default.example.test"]),  # an IP literal is never sent as SNI
+    (None, None, ["default.example.test"]),  # no hostname at all
+]
+
+
+@pytest.mark.parametrize(("hostname", "called_with", "names"), SNI_TABLE)
+def test_sni_table(
+    sni_server: SniServer, hostname: Optional[str], called_with: Optional[str], names: list[str]
+) -> None:
+    client, server = _connect(sni_server, hostname)
+    assert client["names"] == names
+    assert sni_server.calls == ([called_with] if called_with else [])
+    # Both ends agree on which certificate was used.
+    assert client["endpoint"] == server["endpoint"]
+
+
+def test_sni_no_state_leaks_between_connections(sni_server: SniServer, sni: Sni) -> None:
+    alt_names = ["alt.example.test", "xn--bcher-kva.example.test"]
+    sequence = [
+        ("alt.example.test", alt_names),
+        ("default.example.test", ["default.example.test"]),
+        (None, ["default.example.test"]),
+        ("alt.example.test", alt_names),
+        (LOCAL, ["default.example.test"]),
+        ("other.example.test", ["default.example.test"]),
+        ("alt.example.test", alt_names),
+    ]
+    for hostname, names in sequence:
+        client, server = _connect(sni_server, hostname)
+        assert client["names"] == names, hostname
+        digest = hashlib.sha256((sni.alt if names == alt_names else sni.default).der).digest()
+        assert client["endpoint"] == server["endpoint"] == digest
+    assert sni_server.calls == [
+        "alt.example.test",
+        "default.example.test",
+        "alt.example.test",
+        "other.example.test",
+        "alt.example.test",
+    ]
+
+
+def test_sni_exception_aborts_handshake_and_server_keeps_serving(sni_server: SniServer) -> None:
+    for _round in range(2):
+        join = sni_server.server.accept(_server_view)
+        with pytest.raises(SSLNetworkError) as info:
+            wrap_client(sni_server.server.port, _client_ctx(sni_server), "boom.example.test")
+        assert "alert internal error" in str(info.value)
+        with pytest.raises(Boom) as raised:
+            join()
+        assert raised.value is sni_server.raised[-1]  # the callback's own exception object
+        # The next connection on the same listener is served normally.
+        client, _server = _connect(sni_server, "alt.example.test")
+        assert client["names"][0] == "alt.example.test"
+
+
+def test_sni_wrong_return_type_is_type_error(sni_server: SniServer) -> None:
+    join = sni_server.server.accept(_server_view)
+    with pytest.raises(SSLNetworkError):
+        wrap_client(sni_server.server.port, _client_ctx(sni_server), "wrong.example.test")
+    with pytest.raises(TypeError, match="ssl_accept") as info:
+        join()
+    assert "str" in str(info.value)
+    client, _server = _connect(sni_server, "default.example.test")
+    assert client["names"] == ["default.example.test"]
+
+
+def test_sni_switched_context_alpn_applies(sni_server: SniServer) -> None:
+    offer = [b"main-proto", b"alt-proto", b"shared"]
+    client, server = _connect(sni_server, "alt.example.test", alpn=offer)
+    assert client["alpn"] == server["alpn"] == (b"alt-proto", b"alt-proto")
+    client, server = _connect(sni_server, "default.example.test", alpn=offer)
+    assert client["alpn"] == server["alpn"] == (b"main-proto", b"main-proto")
+    client, server = _connect(sni_server, None, alpn=offer)
+    assert client["alpn"] == (b"main-proto", b"main-proto")
+
+
+def test_sni_switched_context_verify_settings_apply(sni_server: SniServer, sni: Sni) -> None:
+    """secure.example.test switches to a context that requires a client certificate."""
+    with_cert = _client_ctx(sni_server, identity=[sni.client])
+    client, server = _connect(sni_server, "secure.example.test", with_cert)
+    assert client["names"] == ["secure.example.test"]
+    assert server["verified"] is True
+    # Without a certificate the switched-to context refuses the client ...
+    join = sni_server.server.accept(_server_view)
+    try:
+        inp, out = wrap_client(
+            sni_server.server.port, _client_ctx(sni_server), "secure.example.test"
+        )
+    except SSLNetworkError as exc:  # TLS 1.2: during the handshake
+        assert "alert" in str(exc)
+    else:  # TLS 1.3: the client's handshake ended first; the alert comes with the first read
+        with inp, out, pytest.raises(sslports.SSLError, match="alert"):
+            inp.read(1)
+    server_exc = outcome(join)
+    assert isinstance(server_exc, SSLNetworkError)
+    assert "peer did not return a certificate" in str(server_exc)
+    # ... while the original context (no client certificate needed) still lets it in.
+    client, server = _connect(sni_server, "default.example.test")
+    assert server["verified"] is False
+
+
+def test_sni_switched_context_key_logger(sni_server: SniServer) -> None:
+    """After a switch the switched-to context's key logger gets every line, and they are
+    exactly the client's lines for that connection."""
+    client_log: list[bytes] = []
+    ctx = _client_ctx(sni_server)
+    sslports.ssl_set_keylogger(ctx, client_log.append)
+    _connect(sni_server, "alt.example.test", ctx)
+    assert sni_server.main_log == []
+    assert client_log and sorted(sni_server.alt_log) == sorted(client_log)
+    del client_log[:]
+    _connect(sni_server, "default.example.test", ctx)
+    assert client_log and sorted(sni_server.main_log) == sorted(client_log)
+
+
+def test_sni_callback_argument_checks(sni: Sni) -> None:
+    ctx = server_context("tls13", sni.default)
+    with pytest.raises(TypeError, match="ssl_set_server_name_identification_callback"):
+        sslports.ssl_set_server_name_identification_callback(ctx, "not callable")  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match="ssl_set_server_name_identification_callback"):
+        sslports.ssl_set_server_name_identification_callback(
+            sslports.ssl_make_client_context(),
+            lambda n: None,  # type: ignore[arg-type]
+        )
+    sslports.ssl_seal_context(ctx)
+    with pytest.raises(sslports.SSLError, match="context is sealed"):
+        sslports.ssl_set_server_name_identification_callback(ctx, lambda n: None)
+
+
+# -- ALPN ----------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def alpn_cert() -> tuple[Path, Issued]:
+    root = make_cert("ALPN Root CA", ca=True)
+    return chain_file(root), make_cert("localhost", issuer=root, dns=["localhost"], ips=[LOCAL])
+
+
+@pytest.mark.parametrize("version", VERSIONS)
+def test_alpn_against_openssl_s_server(
+    openssl_tool: Any, alpn_cert: tuple[Path, Issued], version: str
+) -> None:
+    root, leaf = alpn_cert
+    flag = {"tls12": "-tls1_2", "tls13": "-tls1_3"}[version]
+    proc, port = openssl_tool.s_server(
+        ["-cert", str(chain_file(leaf)), "-key", str(key_file(leaf)), flag, "-alpn", "h2,http/1.1"]
+    )
+    ctx = client_context(version, roots=[root])
+    for offer, selected in [
+        ([b"http/1.1", b"h2"], b"h2"),  # the server's preference wins
+        ([b"http/1.1"], b"http/1.1"),
+        ([b"spdy/3", b"h2"], b"h2"),
+        ([], None),
+    ]:
+        inp, out = sslports.ssl_connect(LOCAL, port, ctx, alpn=offer, timeout=10)
+        with inp, out:
+            assert sslports.ssl_get_alpn_selected(inp) == selected, offer
+            assert sslports.ssl_get_alpn_selected(out) == selected, offer
+    # No overlap: s_server's callback (SSL_select_next_proto) sends a fatal alert.
+    with pytest.raises(SSLNetworkError, match="no application protocol"):
+        sslports.ssl_connect(LOCAL, port, ctx, alpn=[b"spdy/3"], timeout=10)
+    inp, out = sslports.ssl_connect(LOCAL, port, ctx, alpn=[b"h2"], timeout=10)  # still serving
+    with inp, out:
+        assert sslports.ssl_get_alpn_selected(inp) == b"h2"
+    proc.kill()
+    stdout, _ = proc.communicate(timeout=10)
+    assert b"ALPN protocols advertised by the client: http/1.1, h2" in stdout
+
+
+@pytest.mark.parametrize("version", VERSIONS)
+@pytest.mark.parametrize(
+    ("server_list", "allow", "offer", "selected"),
+    [
+        ([b"h2", b"http/1.1"], True, [b"http/1.1", b"h2"], b"h2"),
+        ([b"http/1.1", b"h2"], True, [b"h2", b"http/1.1"], b"http/1.1"),
+        ([b"h2", b"http/1.1"], True, [b"x", b"http/1.1"], b"http/1.1"),
+        ([b"h2", b"http/1.1"], True, [b"x"], None),
+        ([b"h2"], False, [], None),  # a client that offers nothing never fails
+        ([b"a" * 255], False, [b"b", b"a" * 255], b"a" * 255),
+        ([b"\x00\xff"], False, [b"\x00\xff"], b"\x00\xff"),  # names are bytes, any bytes
+    ],
+)
+def test_alpn_own_server(
+    alpn_cert: tuple[Path, Issued],
+    version: str,
+    server_list: list[bytes],
+    allow: bool,
+    offer: list[bytes],
+    selected: Optional[bytes],
+) -> None:
+    root, leaf = alpn_cert
+    ctx = server_context(version, leaf)
+    sslports.ssl_set_server_alpn(ctx, server_list, allow)
+    server = Server(ctx)
+    try:
+        join = server.accept(
+            lambda i, o: (sslports.ssl_get_alpn_selected(i), sslports.ssl_get_alpn_selected(o))
+        )
+        inp, out = sslports.ssl_connect(
+            LOCAL, server.port, client_context(version, roots=[root]), alpn=offer
+        )
+        with inp, out:
+            client = (sslports.ssl_get_alpn_selected(inp), sslports.ssl_get_alpn_selected(out))
+        assert client == join() == (selected, selected)
+    finally:
+        server.close()
+
+
+@pytest.mark.parametrize("version", VERSIONS)
+def test_alpn_no_match_fails_when_not_allowed(alpn_cert: tuple[Path, Issued], version: str) -> None:
+    root, leaf = alpn_cert
+    ctx = server_context(version, leaf)
+    sslports.ssl_set_server_alpn(ctx, [b"h2"], allow_no_match=False)
+    server = Server(ctx)
+    try:
+        join = server.accept(echo_line)
+        with pytest.raises(SSLNetworkError, match="no application protocol"):
+            sslports.ssl_connect(
+                LOCAL, server.port, client_context(version, roots=[root]), alpn=[b"http/1.1"]
+            )
+        server_exc = outcome(join)
+        assert isinstance(server_exc, SSLNetworkError)
+        assert "ssl_accept: handshake failed" in str(server_exc)
+        # The listener still serves a client that does offer h2.
+        join = server.accept(lambda i, o: sslports.ssl_get_alpn_selected(o))
+        inp, out = sslports.ssl_connect(
+            LOCAL, server.port, client_context(version, roots=[root]), alpn=[b"h2"]
+        )
+        with inp, out:
+            assert sslports.ssl_get_alpn_selected(inp) == b"h2"
+        assert join() == b"h2"
+    finally:
+        server.close()
+
+
+@pytest.mark.parametrize("bad", [b"", b"x" * 256])
+def test_alpn_name_length_is_value_error(alpn_cert: tuple[Path, Issued], bad: bytes) -> None:
+    _root, leaf = alpn_cert
+    with pytest.raises(ValueError, match="ssl_connect"):
+        sslports.ssl_connect(LOCAL, 1, alpn=[b"h2", bad])
+    with pytest.raises(ValueError, match="ssl_set_server_alpn"):
+        sslports.ssl_set_server_alpn(server_context("tls13", leaf), [bad])
+    with pytest.raises(ValueError, match="ports_to_ssl_ports"):
+        sslports.ports_to_ssl_ports(io.BytesIO(), io.BytesIO(), mode="connect", alpn=[bad])
+
+
+def test_alpn_argument_types(alpn_cert: tuple[Path, Issued]) -> None:
+    _root, leaf = alpn_cert
+    with pytest.raises(TypeError, match="ssl_connect"):
+        sslports.ssl_connect(LOCAL, 1, alpn=b"h2")
+    with pytest.raises(TypeError, match="ssl_connect"):
+        sslports.ssl_connect(LOCAL, 1, alpn=["h2"])  # type: ignore[list-item]
+    with pytest.raises(TypeError, match="ssl_set_server_alpn"):
+        sslports.ssl_set_server_alpn(sslports.ssl_make_client_context(), [b"h2"])  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match="ssl_set_server_alpn"):
+        sslports.ssl_set_server_alpn(server_context("tls13", leaf), [b"h2"], 1)  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="ssl_set_server_alpn"):
+        sslports.ports_to_ssl_ports(io.BytesIO(), io.BytesIO(), mode="accept", alpn=[b"h2"])
