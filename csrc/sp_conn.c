@@ -647,7 +647,7 @@ int sp_read(sp_conn *c, unsigned char *buf, size_t len, size_t want, size_t *got
                 status = classify_failure(c, e, err);
             }
         }
-        more = SSL_has_pending(c->ssl);
+        more = SSL_has_pending(c->ssl) || (!c->socket_mode && BIO_ctrl_pending(c->rbio) > 0);
         out_pending = c->socket_mode ? c->outq_len : 0;
         sp_mutex_unlock(&c->ssl_lock);
         /* Reading may have queued output (a KeyUpdate reply, a renegotiation flight, the

@@ -792,6 +792,9 @@ def connection_of(func: str, p: object) -> Connection:
     """The connection behind an SSL port, or TypeError naming `func`."""
     if isinstance(p, (SSLInputPort, SSLOutputPort)):
         return p._sslports_conn
+    conn = getattr(p, "_sslports_conn", None)
+    if getattr(conn, "is_async", False):  # an sslports.aio reader or writer
+        return cast(Connection, conn)
     raise TypeError(f"{func}: expected an SSL port, got {type(p).__name__}")
 
 

@@ -1,0 +1,388 @@
+"""sslports.aio: the engine under asyncio (default loop and uvloop), against real peers."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import os
+import resource
+import socket
+import ssl
+from collections.abc import Awaitable
+from typing import Any, Callable
+
+import pytest
+
+import sslports as S
+from sslports import aio
+
+try:
+    import uvloop
+except ImportError:  # uvloop is a test dependency on POSIX; elsewhere only the default loop
+    uvloop = None
+
+LOOPS = ["asyncio"] + (["uvloop"] if uvloop is not None else [])
+VERSIONS = ["tls12", "tls13"]
+
+
+def run(loop_kind: str, coro_fn: Callable[[], Awaitable[Any]], timeout: float = 60.0) -> Any:
+    async def guarded() -> Any:
+        return await asyncio.wait_for(coro_fn(), timeout)
+
+    if loop_kind == "uvloop":
+        assert uvloop is not None
+        loop = uvloop.new_event_loop()
+    else:
+        loop = asyncio.new_event_loop()
+    try:
+        return loop.run_until_complete(guarded())
+    finally:
+        loop.close()
+
+
+def server_context(version: str = "auto") -> S.SSLServerContext:
+    return S.ssl_make_server_context(
+        version, private_key=("pem", S.TEST_PEM), certificate_chain=S.TEST_PEM
+    )
+
+
+def client_context(version: str = "auto") -> S.SSLClientContext:
+    ctx = S.ssl_make_client_context(version)
+    S.ssl_load_verify_source(ctx, S.TEST_PEM)
+    S.ssl_set_verify(ctx, True)
+    S.ssl_set_verify_hostname(ctx, True)
+    return ctx
+
+
+async def echo(reader: aio.SSLStreamReader, writer: aio.SSLStreamWriter) -> None:
+    while True:
+        data = await reader.read(65536)
+        if not data:
+            break
+        writer.write(data)
+        await writer.drain()
+    writer.close()
+
+
+async def exchange(reader: aio.SSLStreamReader, writer: aio.SSLStreamWriter, data: bytes) -> bytes:
+    async def send() -> None:
+        for i in range(0, len(data), 50_000):
+            writer.write(data[i : i + 50_000])
+            await writer.drain()
+
+    sender = asyncio.create_task(send())
+    got = await reader.readexactly(len(data))
+    await sender
+    return got
+
+
+@pytest.mark.parametrize("loop_kind", LOOPS)
+@pytest.mark.parametrize("version", VERSIONS)
+def test_echo_verified_alpn_and_facts(loop_kind: str, version: str) -> None:
+    async def main() -> None:
+        srv = server_context(version)
+        S.ssl_set_server_alpn(srv, [b"h2", b"http/1.1"])
+        server = await aio.start_ssl_server(echo, "127.0.0.1", 0, srv)
+        async with server:
+            port = server.sockets[0].getsockname()[1]
+            cli = client_context(version)
+            for attempt in range(2):
+                r, w = await aio.open_ssl_connection(
+                    "localhost", port, cli, alpn=[b"http/1.1", b"h2"], timeout=10
+                )
+                assert S.ssl_protocol_version(w) == version
+                assert S.ssl_get_alpn_selected(r) == b"h2"
+                assert S.ssl_peer_verified(r)
+                assert "localhost" in S.ssl_peer_certificate_hostnames(w)
+                assert S.ssl_session_reused(w) is (attempt == 1)
+                data = os.urandom(1 << 20)
+                got = await exchange(r, w, data)
+                assert hashlib.sha1(got).digest() == hashlib.sha1(data).digest()
+                w.close()
+                await w.wait_closed()
+
+    run(loop_kind, main)
+
+
+@pytest.mark.parametrize("loop_kind", LOOPS)
+def test_readline_readuntil_iteration_and_eof(loop_kind: str) -> None:
+    async def main() -> None:
+        async def handler(r: aio.SSLStreamReader, w: aio.SSLStreamWriter) -> None:
+            w.write(b"one\ntwo\r\nthree;four")
+            await w.drain()
+            await w.shutdown()
+            w.close()
+
+        server = await aio.start_ssl_server(handler, "127.0.0.1", 0, server_context())
+        async with server:
+            port = server.sockets[0].getsockname()[1]
+            r, w = await aio.open_ssl_connection("localhost", port, client_context())
+            assert await r.readline() == b"one\n"
+            assert await r.readuntil(b"\r\n") == b"two\r\n"
+            assert await r.readuntil(b";") == b"three;"
+            with pytest.raises(asyncio.IncompleteReadError) as info:
+                await r.readexactly(10)
+            assert info.value.partial == b"four"
+            assert await r.read() == b""
+            assert r.at_eof()
+            w.close()
+
+    run(loop_kind, main)
+
+
+@pytest.mark.parametrize("version", VERSIONS)
+def test_interop_with_asyncio_ssl_both_ways(version: str) -> None:
+    async def main() -> None:
+        # asyncio's own TLS server, our client
+        sctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        sctx.load_cert_chain(str(S.TEST_PEM))
+        sctx.minimum_version = sctx.maximum_version = getattr(
+            ssl.TLSVersion, "TLSv1_3" if version == "tls13" else "TLSv1_2"
+        )
+
+        async def plain_echo(r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
+            while data := await r.read(65536):
+                w.write(data)
+                await w.drain()
+            w.close()
+
+        server = await asyncio.start_server(plain_echo, "127.0.0.1", 0, ssl=sctx)
+        async with server:
+            port = server.sockets[0].getsockname()[1]
+            r, w = await aio.open_ssl_connection("localhost", port, client_context(version))
+            data = os.urandom(300_000)
+            assert await exchange(r, w, data) == data
+            w.close()
+        # our server, asyncio's TLS client
+        ours = await aio.start_ssl_server(echo, "127.0.0.1", 0, server_context(version))
+        async with ours:
+            port = ours.sockets[0].getsockname()[1]
+            cctx = ssl.create_default_context(cafile=str(S.TEST_PEM))
+            pr, pw = await asyncio.open_connection("localhost", port, ssl=cctx)
+            data = os.urandom(300_000)
+            pw.write(data)
+            await pw.drain()
+            assert await pr.readexactly(len(data)) == data
+            pw.close()
+
+    run("asyncio", main)
+
+
+@pytest.mark.parametrize("loop_kind", LOOPS)
+def test_wrap_ssl_streams_both_modes(loop_kind: str) -> None:
+    async def main() -> None:
+        got: dict[str, bytes] = {}
+
+        async def plain(r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
+            sr, sw = await aio.wrap_ssl_streams(r, w, mode="accept", context=server_context())
+            got["server"] = await sr.readexactly(5)
+            sw.write(b"world")
+            await sw.drain()
+            sw.close()
+
+        server = await asyncio.start_server(plain, "127.0.0.1", 0)
+        async with server:
+            port = server.sockets[0].getsockname()[1]
+            r, w = await asyncio.open_connection("127.0.0.1", port)
+            sr, sw = await aio.wrap_ssl_streams(
+                r, w, mode="connect", context=client_context(), hostname="localhost"
+            )
+            sw.write(b"hello")
+            await sw.drain()
+            assert await sr.readexactly(5) == b"world"
+            assert got["server"] == b"hello"
+            sw.close()
+
+    run(loop_kind, main)
+
+
+def test_verify_failure_and_bad_arguments() -> None:
+    async def main() -> None:
+        server = await aio.start_ssl_server(echo, "127.0.0.1", 0, server_context())
+        async with server:
+            port = server.sockets[0].getsockname()[1]
+            strict = S.ssl_make_client_context()
+            S.ssl_set_verify(strict, True)  # trusts nothing
+            with pytest.raises(S.SSLNetworkError, match="certificate verify failed"):
+                await aio.open_ssl_connection("localhost", port, strict)
+            raw_r, raw_w = await asyncio.open_connection("127.0.0.1", port)
+            with pytest.raises(S.SSLNetworkError) as info:
+                await aio.wrap_ssl_streams(
+                    raw_r, raw_w, context=client_context(), hostname="wrong.example.test"
+                )
+            assert info.value.verify_message is not None
+            assert info.value.verify_message.startswith("hostname mismatch")
+            # the server keeps serving
+            r, w = await aio.open_ssl_connection("localhost", port, client_context())
+            assert await exchange(r, w, b"still here") == b"still here"
+            w.close()
+        with pytest.raises(ValueError, match="open_ssl_connection"):
+            await aio.open_ssl_connection("localhost", 0)
+        with pytest.raises(TypeError, match="open_ssl_connection"):
+            await aio.open_ssl_connection(b"localhost", 443)  # type: ignore[arg-type]
+        with pytest.raises(ValueError, match="wrap_ssl_streams"):
+            await aio.wrap_ssl_streams(None, None, mode="sideways")  # type: ignore[arg-type]
+        with pytest.raises(TypeError, match="start_ssl_server"):
+            await aio.start_ssl_server(echo, "127.0.0.1", 0, client_context())  # type: ignore[arg-type]
+
+    run("asyncio", main)
+
+
+def test_hostile_and_stalled_clients_do_not_stop_the_server() -> None:
+    async def main() -> None:
+        server = await aio.start_ssl_server(
+            echo, "127.0.0.1", 0, server_context(), handshake_timeout=0.5
+        )
+        async with server:
+            port = server.sockets[0].getsockname()[1]
+            # garbage instead of a ClientHello
+            r, w = await asyncio.open_connection("127.0.0.1", port)
+            w.write(os.urandom(3000))
+            await w.drain()
+            assert await asyncio.wait_for(r.read(), 5) is not None  # the server hangs up
+            w.close()
+            # a client that connects and says nothing: dropped after handshake_timeout
+            r2, w2 = await asyncio.open_connection("127.0.0.1", port)
+            assert await asyncio.wait_for(r2.read(), 5) == b""
+            w2.close()
+            # a good client still works
+            sr, sw = await aio.open_ssl_connection("localhost", port, client_context())
+            assert await exchange(sr, sw, b"ok") == b"ok"
+            sw.close()
+
+    run("asyncio", main)
+
+
+def test_connect_timeout_against_a_silent_server() -> None:
+    async def main() -> None:
+        async def silent(r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
+            await asyncio.sleep(10)
+
+        server = await asyncio.start_server(silent, "127.0.0.1", 0)
+        async with server:
+            port = server.sockets[0].getsockname()[1]
+            with pytest.raises(TimeoutError) as info:
+                await aio.open_ssl_connection("localhost", port, client_context(), timeout=0.3)
+            assert isinstance(info.value, S.SSLNetworkError)
+
+    run("asyncio", main)
+
+
+@pytest.mark.parametrize("loop_kind", LOOPS)
+def test_cancelled_read_loses_nothing_and_full_duplex(loop_kind: str) -> None:
+    async def main() -> None:
+        server = await aio.start_ssl_server(echo, "127.0.0.1", 0, server_context())
+        async with server:
+            port = server.sockets[0].getsockname()[1]
+            r, w = await aio.open_ssl_connection("localhost", port, client_context())
+            pending = asyncio.create_task(r.readexactly(4))
+            await asyncio.sleep(0.05)
+            pending.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await pending
+            data = os.urandom(4 << 20)  # writer and reader tasks at once
+            got = await exchange(r, w, data)
+            assert hashlib.sha1(got).digest() == hashlib.sha1(data).digest()
+            w.close()
+
+    run(loop_kind, main)
+
+
+def test_strict_eof_and_ragged_close() -> None:
+    async def main() -> None:
+        async def rude(r: aio.SSLStreamReader, w: aio.SSLStreamWriter) -> None:
+            w.write(b"bye")
+            await w.drain()
+            w.close()  # no close_notify
+
+        server = await aio.start_ssl_server(rude, "127.0.0.1", 0, server_context())
+        async with server:
+            port = server.sockets[0].getsockname()[1]
+            r, w = await aio.open_ssl_connection("localhost", port, client_context())
+            assert await r.read() == b"bye"  # EOF without close_notify is EOF by default
+            w.close()
+            r, w = await aio.open_ssl_connection(
+                "localhost", port, client_context(), strict_eof=True
+            )
+            assert await r.readexactly(3) == b"bye"
+            with pytest.raises(S.SSLError, match="unexpected eof"):
+                await r.read(10)
+            w.close()
+
+    run("asyncio", main)
+
+
+@pytest.mark.parametrize("loop_kind", LOOPS)
+def test_a_thousand_concurrent_connections_on_one_loop(loop_kind: str) -> None:
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < 2200:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (min(hard, 4096), hard))
+
+    async def main() -> None:
+        server = await aio.start_ssl_server(
+            echo, "127.0.0.1", 0, server_context("tls13"), backlog=1024
+        )
+        async with server:
+            port = server.sockets[0].getsockname()[1]
+            cli = client_context("tls13")
+            sem = asyncio.Semaphore(200)  # bound the handshakes in flight, not the connections
+
+            async def one(i: int) -> tuple[aio.SSLStreamReader, aio.SSLStreamWriter]:
+                async with sem:
+                    return await aio.open_ssl_connection("localhost", port, cli, timeout=60)
+
+            pairs = await asyncio.gather(*(one(i) for i in range(1000)))
+            payloads = [f"conn {i}".encode() for i in range(1000)]
+            results = await asyncio.gather(
+                *(exchange(r, w, p) for (r, w), p in zip(pairs, payloads))
+            )
+            assert results == payloads
+            for _r, w in pairs:
+                w.close()
+
+    run(loop_kind, main, timeout=240)
+
+
+def test_socket_is_not_blocking_the_loop() -> None:
+    """A slow peer never blocks the event loop: a ticker keeps running meanwhile."""
+
+    async def main() -> None:
+        ticks = 0
+
+        async def ticker() -> None:
+            nonlocal ticks
+            while True:
+                await asyncio.sleep(0.01)
+                ticks += 1
+
+        async def slow(r: aio.SSLStreamReader, w: aio.SSLStreamWriter) -> None:
+            await asyncio.sleep(0.5)
+            w.write(b"late")
+            await w.drain()
+            w.close()
+
+        server = await aio.start_ssl_server(slow, "127.0.0.1", 0, server_context())
+        async with server:
+            port = server.sockets[0].getsockname()[1]
+            t = asyncio.create_task(ticker())
+            r, w = await aio.open_ssl_connection("localhost", port, client_context())
+            assert await r.readexactly(4) == b"late"
+            t.cancel()
+            assert ticks >= 10
+            w.close()
+
+    run("asyncio", main)
+
+
+def test_wrapped_socket_family_extra_info() -> None:
+    async def main() -> None:
+        server = await aio.start_ssl_server(echo, "127.0.0.1", 0, server_context())
+        async with server:
+            port = server.sockets[0].getsockname()[1]
+            _r, w = await aio.open_ssl_connection("localhost", port, client_context())
+            sock = w.get_extra_info("socket")
+            assert sock.family in (socket.AF_INET, socket.AF_INET6)
+            assert w.get_extra_info("peername")[1] == port
+            w.close()
+
+    run("asyncio", main)
