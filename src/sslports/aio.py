@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import socket
+import threading
 from collections.abc import Awaitable, Sequence
 from typing import Any, Callable, Optional, Union
 
@@ -29,12 +30,23 @@ from . import _binding
 from ._binding import build_error
 from .context import SSLClientContext, SSLServerContext, _Context, encode_alpn
 from .errors import SSLError, SSLNetworkError, SSLTimeoutError
+from .ports import _scratch
 
 _CHUNK = 65536
 _IN_HIGH = 1 << 20  # unread ciphertext at which the transport is paused
 _uncleared: Any = (
     _binding.ffi.new_allocator(should_clear_after_alloc=False) if _binding.ffi else None
 )
+_per_thread = threading.local()
+
+
+def _thread_buffer() -> Any:
+    """This thread's 64 KiB scratch buffer: filled and copied out with no await between."""
+    try:
+        return _per_thread.buf
+    except AttributeError:
+        _per_thread.buf = _uncleared("unsigned char[]", _CHUNK)
+        return _per_thread.buf
 
 __all__ = [
     "SSLStreamReader",
@@ -260,15 +272,13 @@ class AioConnection:
     def push_out(self) -> None:
         """Hand everything the pump queued to the raw transport (never waits)."""
         lib = _binding.lib
-        ffi = _binding.ffi
+        buf = _thread_buffer()
         while True:
-            pending = lib.sp_pending_out(self.ptr)
-            if pending == 0:
+            n = lib.sp_take(self.ptr, buf, _CHUNK)
+            if n and not self.raw.is_closing():
+                self.raw.write(_binding.ffi.buffer(buf, n)[:])
+            if n < _CHUNK:
                 return
-            buf = _uncleared("unsigned char[]", pending)
-            n = lib.sp_take(self.ptr, buf, pending)
-            if not self.raw.is_closing():
-                self.raw.write(ffi.buffer(buf, n)[:])
 
     async def pull_in(self, seen: int) -> None:
         """Wait for ciphertext that arrived after generation `seen` (taken before the pump
@@ -313,9 +323,9 @@ class AioConnection:
         """At least one byte of plaintext (at most `size`), or b"" at EOF."""
         lib = _binding.lib
         ffi = _binding.ffi
-        buf = _uncleared("unsigned char[]", size)
-        got = ffi.new("size_t *")
-        err = ffi.new("sp_err *")
+        size = min(size, _CHUNK)
+        buf = _thread_buffer()
+        err, got = _scratch()
         while True:
             seen = self.raw.generation
             status = lib.sp_read(self.ptr, buf, size, 1, got, 0, err)
@@ -341,8 +351,7 @@ class AioConnection:
         """Encrypt `data` and queue the ciphertext on the raw transport."""
         lib = _binding.lib
         ffi = _binding.ffi
-        done = ffi.new("size_t *")
-        err = ffi.new("sp_err *")
+        err, done = _scratch()
         view = memoryview(data)
         total = 0
         while total < len(view):

@@ -44,6 +44,16 @@ from . import _binding
 from ._binding import build_error
 from .errors import SSLError, SSLNetworkError, SSLTimeoutError
 
+# Pump statuses (csrc/sp_conn.h), as plain ints for the hot loops.
+_SP_OK, _SP_WANT_READ, _SP_WANT_WRITE, _SP_EOF, _SP_RAGGED_EOF = 0, 1, 2, 3, 4
+if _binding.lib is not None and (
+    _binding.lib.SP_OK,
+    _binding.lib.SP_WANT_READ,
+    _binding.lib.SP_WANT_WRITE,
+    _binding.lib.SP_EOF,
+    _binding.lib.SP_RAGGED_EOF,
+) != (0, 1, 2, 3, 4):
+    raise ImportError("sslports: pump status numbers changed; update ports.py")
 _SLICE_MS = 50  # longest wait inside C; bounds how late Ctrl-C and deadlines are noticed
 _RECORD = 16384  # output buffering: one full TLS record
 _READ_CHUNK = 65536
@@ -289,16 +299,15 @@ class Connection:
         self.hostname = hostname
         self.open_ports = 2
         self.state_lock = threading.Lock()
-        self.state = threading.Condition(self.state_lock)  # open_ports, inflight, closed
-        self.inflight = 0  # pump calls running; the socket is closed only when none is
+        # One reader and one writer at a time (the ports take these around every call); the
+        # last close takes both after shutdown(), so no call can still be using the socket.
+        self.read_lock = threading.Lock()
+        self.write_lock = threading.Lock()
+        self.is_socket = isinstance(transport, _SocketTransport)
         self.sni_error: Optional[BaseException] = None
         self.input_port: Optional[weakref.ref[SSLInputPort]] = None
         self.session_key: Optional[tuple[str, int]] = None  # client: where to cache sessions
         self.closed = False
-
-    @property
-    def is_socket(self) -> bool:
-        return isinstance(self.transport, _SocketTransport)
 
     # -- errors -----------------------------------------------------------------------------
 
@@ -399,33 +408,39 @@ class Connection:
         # `with buf` releases the buffer export on the way out, also on an exception: a
         # traceback keeping this frame alive must not keep `view` exported, or the cyclic GC
         # may clear the memoryview while exported and then crash when it is freed.
-        with buf, self.ops_lock_shared(), self.transport_errors(func, "read"):
-            while total < size:
-                want = size - total if fill else 1
-                status = lib.sp_read(
-                    self.ptr, buf + total, size - total, want, got, deadline.slice_ms(), err
-                )
-                total += got[0]
-                if status == lib.SP_OK:
-                    if not fill or total >= size:
-                        break
-                    continue
-                if status == lib.SP_EOF:
-                    break
-                if status == lib.SP_RAGGED_EOF:
-                    if self.strict_eof and total == 0:
-                        raise self.make_error(SSLError(f"{func}: read failed (unexpected eof)"))
-                    break
-                if status in (lib.SP_WANT_READ, lib.SP_WANT_WRITE):
-                    if self.is_socket and deadline.expired():
-                        if total:
+        if self.closed:
+            raise ValueError("I/O operation on closed SSL connection")
+        sp_read = lib.sp_read
+        ptr = self.ptr
+        with buf:
+            try:
+                while total < size:
+                    wait = _SLICE_MS if deadline.at is None else deadline.slice_ms()
+                    want = size - total if fill else 1
+                    status = sp_read(ptr, buf + total, size - total, want, got, wait, err)
+                    total += got[0]
+                    if status == _SP_OK:
+                        if not fill or total >= size:
                             break
-                        raise SSLTimeoutError(f"{func}: read timed out")
-                    self.wait_for_pump(status, deadline, func)
-                    continue
-                if total:
-                    break  # hand over what arrived; the error is sticky and comes next call
-                raise self.fail(func, "read", err)
+                        continue
+                    if status == _SP_EOF:
+                        break
+                    if status == _SP_RAGGED_EOF:
+                        if self.strict_eof and total == 0:
+                            raise self.make_error(SSLError(f"{func}: read failed (unexpected eof)"))
+                        break
+                    if status in (_SP_WANT_READ, _SP_WANT_WRITE):
+                        if self.is_socket and deadline.expired():
+                            if total:
+                                break
+                            raise SSLTimeoutError(f"{func}: read timed out")
+                        self.wait_for_pump(status, deadline, func)
+                        continue
+                    if total:
+                        break  # hand over what arrived; the error is sticky and comes next call
+                    raise self.fail(func, "read", err)
+            except _TransportError as exc:
+                raise self.make_error(SSLError(f"{func}: read failed ({exc.message})")) from exc
         return total
 
     def pump_once(self, func: str, view: memoryview, deadline: _Deadline) -> int:
@@ -438,7 +453,9 @@ class Connection:
         err = ffi.new("sp_err *")
         got = ffi.new("size_t *")
         buf = ffi.from_buffer("unsigned char[]", view, require_writable=True)
-        with buf, self.ops_lock_shared():
+        if self.closed:
+            raise ValueError("I/O operation on closed SSL connection")
+        with buf, self.read_lock:
             status = lib.sp_read(self.ptr, buf, len(view), 0, got, deadline.slice_ms(), err)
         if status in (lib.SP_OK, lib.SP_WANT_READ, lib.SP_WANT_WRITE):
             if got[0] == 0 and status != lib.SP_OK:
@@ -460,27 +477,32 @@ class Connection:
         size = len(data)
         total = 0
         # (`with buf`: see read; release the export even on errors)
-        with buf, self.ops_lock_shared(), self.transport_errors(func, "write"):
-            while True:
-                if total < size:
-                    status = lib.sp_write(
-                        self.ptr, buf + total, size - total, done, deadline.slice_ms(), err
-                    )
-                    total += done[0]
-                else:
-                    status = lib.sp_flush(self.ptr, deadline.slice_ms(), err)
-                if status == lib.SP_OK and total >= size:
-                    break
-                if status in (lib.SP_OK, lib.SP_WANT_READ, lib.SP_WANT_WRITE):
-                    if self.is_socket and deadline.expired():
-                        exc = SSLTimeoutError(f"{func}: write timed out")
-                        exc.characters_written = total  # type: ignore[attr-defined]
-                        raise exc
-                    self.wait_for_pump(status, deadline, func)
-                    continue
-                raise self.fail(func, "write", err)
-            if isinstance(self.transport, _StreamTransport):
-                self.transport.push_out(self.ptr, deadline)
+        if self.closed:
+            raise ValueError("I/O operation on closed SSL connection")
+        ptr = self.ptr
+        with buf:
+            try:
+                while True:
+                    wait = _SLICE_MS if deadline.at is None else deadline.slice_ms()
+                    if total < size:
+                        status = lib.sp_write(ptr, buf + total, size - total, done, wait, err)
+                        total += done[0]
+                    else:
+                        status = lib.sp_flush(ptr, wait, err)
+                    if status == _SP_OK and total >= size:
+                        break
+                    if status in (_SP_OK, _SP_WANT_READ, _SP_WANT_WRITE):
+                        if self.is_socket and deadline.expired():
+                            exc = SSLTimeoutError(f"{func}: write timed out")
+                            exc.characters_written = total  # type: ignore[attr-defined]
+                            raise exc
+                        self.wait_for_pump(status, deadline, func)
+                        continue
+                    raise self.fail(func, "write", err)
+                if not self.is_socket:
+                    cast(_StreamTransport, self.transport).push_out(ptr, deadline)
+            except _TransportError as exc:
+                raise self.make_error(SSLError(f"{func}: write failed ({exc.message})")) from exc
         return total
 
     def send_close_notify(self, deadline: _Deadline) -> None:
@@ -499,9 +521,6 @@ class Connection:
         except (OSError, SSLError):
             pass  # a transport that can no longer be written is not an error here
 
-    def ops_lock_shared(self) -> _InFlight:
-        return _InFlight(self)
-
     def remember_session(self, drain_tickets: bool = False) -> None:
         """Client: keep the newest session for resuming the next connection to this peer.
 
@@ -516,57 +535,27 @@ class Connection:
             scratch = ffi.new("unsigned char[]", 4096)
             got = ffi.new("size_t *")
             err = ffi.new("sp_err *")
-            with contextlib.suppress(ValueError), self.ops_lock_shared():
+            with contextlib.suppress(ValueError):
                 lib.sp_read(self.ptr, scratch, 4096, 1, got, 0, err)
         session = lib.sp_conn_get_session(self.ptr)
         if session != ffi.NULL:
             self.context._remember_session(self.session_key, ffi.gc(session, lib.sp_session_free))
 
     def port_closed(self, timeout: Optional[float]) -> None:
-        with self.state:
+        with self.state_lock:
             self.open_ports -= 1
             if self.open_ports > 0:
                 return
         self.remember_session(drain_tickets=True)
-        with self.state:
-            self.closed = True
+        self.closed = True  # every later call raises ValueError before reaching C
         if isinstance(self.transport, _SocketTransport):
-            # Wake any call still polling this socket, and close the descriptor only once
-            # none is left: a reused descriptor number must never reach C.
+            # Wake any call still polling this socket, then wait for it to leave (it holds its
+            # direction's lock): a reused descriptor number must never reach C.
             with contextlib.suppress(OSError):
                 self.transport.sock.shutdown(socket.SHUT_RDWR)
-            with self.state:
-                self.state.wait_for(lambda: self.inflight == 0)
+            with self.read_lock, self.write_lock:
+                pass
         self.transport.close(self.close_original, timeout)
-
-
-class _InFlight:
-    """Counts pump calls in flight so that close never frees what C is using."""
-
-    __slots__ = ("conn",)
-
-    def __init__(self, conn: Connection) -> None:
-        self.conn = conn
-
-    def __enter__(self) -> None:
-        conn = self.conn
-        conn.state_lock.acquire()  # plain lock calls: this runs around every pump call
-        try:
-            if conn.closed:
-                raise ValueError("I/O operation on closed SSL connection")
-            conn.inflight += 1
-        finally:
-            conn.state_lock.release()
-
-    def __exit__(self, *exc: object) -> None:
-        conn = self.conn
-        conn.state_lock.acquire()
-        try:
-            conn.inflight -= 1
-            if conn.inflight == 0 and conn.closed:
-                conn.state.notify_all()
-        finally:
-            conn.state_lock.release()
 
 
 class SSLInputPort(io.BufferedIOBase):
@@ -576,7 +565,7 @@ class SSLInputPort(io.BufferedIOBase):
         super().__init__()
         self._sslports_conn = conn
         self._timeout = timeout
-        self._lock = threading.Lock()
+        self._lock = conn.read_lock
         self._pending = b""  # read ahead by readline/peek, served first
 
     def __repr__(self) -> str:
@@ -682,7 +671,7 @@ class SSLOutputPort(io.BufferedIOBase):
         super().__init__()
         self._sslports_conn = conn
         self._timeout = timeout
-        self._lock = threading.Lock()
+        self._lock = conn.write_lock
         self._buf = bytearray()
         self._abandoned = False
 

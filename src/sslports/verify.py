@@ -110,7 +110,9 @@ def _surface_deferred_error(
     got = ffi.new("size_t *")
     buf = ffi.from_buffer("unsigned char[]", scratch, require_writable=True)
     while True:
-        with conn.ops_lock_shared():
+        if conn.closed:
+            raise ValueError("I/O operation on closed SSL connection")
+        with conn.read_lock:
             status = lib.sp_read(conn.ptr, buf, len(scratch), 0, got, 0, err)
         _keep_for_reader(inp, scratch, int(got[0]))
         if status == lib.SP_ERROR:
