@@ -563,6 +563,17 @@ static int wait_readable(sp_conn *c, int wait_ms, sp_err *err)
     return wait_fd(c, events, wait_ms) > 0 ? SP_OK : SP_WANT_READ;
 }
 
+/* An idle connection keeps no record buffers. With read-ahead on, SSL_MODE_RELEASE_BUFFERS
+ * does not free the read buffer; SSL_free_buffers does, and refuses (harmlessly) while it
+ * still holds unprocessed data. */
+static void release_idle_buffers(sp_conn *c)
+{
+    sp_mutex_lock(&c->ssl_lock);
+    if (!SSL_has_pending(c->ssl))
+        SSL_free_buffers(c->ssl);
+    sp_mutex_unlock(&c->ssl_lock);
+}
+
 /* After a failed SSL call in socket mode: a socket error the BIO saw is the real reason. */
 static void note_bio_errno(sp_conn *c, sp_err *err)
 {
@@ -676,12 +687,15 @@ int sp_read(sp_conn *c, unsigned char *buf, size_t len, size_t want, size_t *got
             status = SP_WANT_READ;
             break;
         }
+        release_idle_buffers(c);
         status = wait_readable(c, wait_ms, err);
         if (status != SP_OK)
             break;
         waited = 1;
     }
     *got = total;
+    if (c->socket_mode && status == SP_OK)
+        release_idle_buffers(c);
     if (total > 0 && (status == SP_EOF || status == SP_RAGGED_EOF || status == SP_ERROR))
         status = SP_OK; /* hand over the data now; the end is sticky and reported next call */
     return status;

@@ -48,6 +48,7 @@ def _thread_buffer() -> Any:
         _per_thread.buf = _uncleared("unsigned char[]", _CHUNK)
         return _per_thread.buf
 
+
 __all__ = [
     "SSLStreamReader",
     "SSLStreamWriter",
