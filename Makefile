@@ -6,7 +6,7 @@ STAMP   := $(VENV)/.installed
 CSRC    := $(wildcard csrc/*.c csrc/*.h csrc/cdef/*.cdef) build_ffi.py src/sslports/_version.py
 CFLAGS_CHECK := -std=c99 -Wall -Wextra -Wshadow -Werror -fsyntax-only -Icsrc -DSP_BUILD_VERSION='"check"'
 
-.PHONY: all setup build demo test lint cwarn pytest bench asan clean
+.PHONY: all setup build demo docs test lint cwarn pytest bench asan clean
 
 all: test
 
@@ -30,6 +30,16 @@ build: setup
 demo: setup
 	$(VPY) -m sslports demo
 
+# The guide (docs/) as a static site in build/docs, with the `docs` extra (MkDocs) in .venv.
+DOCS_STAMP := $(VENV)/.docs-installed
+
+$(DOCS_STAMP): $(STAMP)
+	$(VPY) -m pip install -q -e '.[docs]'
+	touch $@
+
+docs: setup $(DOCS_STAMP)
+	$(VPY) -m mkdocs build --strict --clean --config-file docs/mkdocs.yml --site-dir $(CURDIR)/build/docs
+
 cwarn:
 	@for f in csrc/*.c; do $(CC) $(CFLAGS_CHECK) $$f || exit 1; done
 
@@ -48,3 +58,27 @@ bench: setup
 
 clean:
 	rm -rf build dist *.egg-info src/*.egg-info src/sslports/_native* src/sslports/.native-built
+
+# Build the sdist and, from it, the Linux wheel; repair it into a manylinux wheel (auditwheel
+# vendors the OpenSSL it links: the system one unless SSLPORTS_OPENSSL_DIR says otherwise); install
+# it into a fresh venv outside the tree and run tests/smoke.py and the test suite against it.
+.PHONY: wheel
+wheel: $(STAMP)
+	VPY=$(VPY) PY=$(PY) bash scripts/test-wheel.sh
+
+# Reliability and security checks (SECURITY.md). Each runs on demand, not in `make test`.
+FUZZ_SECONDS ?= 60
+.PHONY: fuzz asan valgrind soak
+# Every fuzz target for FUZZ_SECONDS each (atheris when it installs, else hypothesis).
+fuzz: setup
+	@$(VPY) -c 'import atheris' 2>/dev/null || $(VPY) -m pip install -q atheris || true
+	FUZZ_SECONDS=$(FUZZ_SECONDS) $(VPY) fuzz/run.py
+# The tests against a copy of the extension built with -fsanitize=address,undefined.
+asan: setup
+	VPY=$(VPY) bash scripts/asan.sh
+# A test subset under valgrind; fails on a definite leak through csrc/ or _native.
+valgrind: setup
+	VPY=$(VPY) bash scripts/valgrind.sh
+# 20 000 connections and 1 000 contexts; fails if RSS grows by 2 MB or more after warm-up.
+soak: setup
+	$(VPY) scripts/soak.py
