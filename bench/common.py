@@ -1,0 +1,78 @@
+"""What the benchmark drivers share: the wire header, the modes and process measurements.
+
+The protocol (also spoken by bench/c/sp_ref.c, so any end can face any other): after the TLS
+handshake the client sends a 32-byte header, then the mode's traffic.
+
+    offset  size  field
+    0       4     magic b"SPB1"
+    4       1     mode (MODES below)
+    5       1     flags (idle: bit 0 = warm-up connection, closed after the answer)
+    6       2     zero
+    8       4     wbuf: the client's write size (ping-pong: request size)
+    12      4     rbuf: the server's read size (ping-pong: response size)
+    16      4     count: ping-pong round trips
+    20      4     zero
+    24      8     size: bulk bytes
+"""
+
+from __future__ import annotations
+
+import os
+import resource
+import struct
+import time
+
+HEADER = struct.Struct("!4sBBHIIIIQ")
+MAGIC = b"SPB1"
+MODES = {"up": 1, "down": 2, "pingpong": 3, "hs": 4, "idle": 5, "echo": 6}
+MODE_NAMES = {v: k for k, v in MODES.items()}
+FLAG_WARMUP = 1
+ACK = b"K"
+
+PAGE = os.sysconf("SC_PAGE_SIZE")
+
+
+def pack_header(mode: str, flags: int, wbuf: int, rbuf: int, count: int, size: int) -> bytes:
+    return HEADER.pack(MAGIC, MODES[mode], flags, 0, wbuf, rbuf, count, 0, size)
+
+
+def unpack_header(data: bytes) -> tuple[str, int, int, int, int, int]:
+    magic, mode, flags, _z, wbuf, rbuf, count, _z2, size = HEADER.unpack(data)
+    if magic != MAGIC or mode not in MODE_NAMES:
+        raise ValueError(f"bad header {data!r}")
+    return MODE_NAMES[mode], flags, wbuf, rbuf, count, size
+
+
+def cpu_seconds() -> float:
+    """User + system CPU of this process and its waited-for children."""
+    me = resource.getrusage(resource.RUSAGE_SELF)
+    kids = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return me.ru_utime + me.ru_stime + kids.ru_utime + kids.ru_stime
+
+
+def rss_bytes() -> int:
+    """Resident set size now (from /proc/self/statm)."""
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * PAGE
+
+
+def now() -> float:
+    """CLOCK_MONOTONIC seconds: the same clock as sp_ref's, so start times can be shared."""
+    return time.monotonic()
+
+
+def raise_nofile(want: int) -> None:
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < want:
+        new = want if hard == resource.RLIM_INFINITY else min(want, hard)
+        resource.setrlimit(resource.RLIMIT_NOFILE, (new, hard))
+
+
+def parse_kv(args: list[str]) -> dict[str, str]:
+    out: dict[str, str] = {}
+    for arg in args:
+        key, sep, value = arg.partition("=")
+        if not sep:
+            raise SystemExit(f"expected key=value, got {arg!r}")
+        out[key] = value
+    return out

@@ -1,0 +1,81 @@
+"""SHA-1 digests of streams and byte strings, and hex conversion (Racket: openssl/sha1).
+
+The digest is computed by OpenSSL through the native module, reading file descriptors in C
+when the input is a plain file; without the native module it falls back to :mod:`hashlib`.
+"""
+
+from __future__ import annotations
+
+import re
+
+from ._digest import SHA1, InPort, digest
+
+__all__ = ["bytes_to_hex_string", "hex_string_to_bytes", "sha1", "sha1_bytes"]
+
+_HEX = re.compile(r"[0-9a-fA-F]*")
+
+
+def sha1(in_port: InPort) -> str:
+    """The SHA-1 digest of everything left in ``in_port``, as 40 lowercase hex digits.
+
+    Racket: sha1
+
+    :param in_port: a readable binary file-like object, read to EOF; or (extension) bytes,
+        bytearray or memoryview.
+    :returns: the digest in lowercase hexadecimal.
+    :raises TypeError: ``in_port`` is not a binary stream or bytes-like object.
+    :raises OSError: reading the stream failed.
+    """
+    return digest(SHA1, "sha1", in_port).hex()
+
+
+def sha1_bytes(in_port: InPort) -> bytes:
+    """The SHA-1 digest of everything left in ``in_port``, as 20 bytes.
+
+    Racket: sha1-bytes
+
+    :param in_port: a readable binary file-like object, read to EOF; or (extension) bytes,
+        bytearray or memoryview.
+    :returns: the raw digest.
+    :raises TypeError: ``in_port`` is not a binary stream or bytes-like object.
+    :raises OSError: reading the stream failed.
+    """
+    return digest(SHA1, "sha1_bytes", in_port)
+
+
+def bytes_to_hex_string(bstr: bytes | bytearray | memoryview) -> str:
+    """The bytes of ``bstr`` as lowercase hex digits, two per byte.
+
+    Racket: bytes->hex-string
+
+    :param bstr: bytes, bytearray or memoryview.
+    :returns: the hex string (empty for empty input).
+    :raises TypeError: ``bstr`` is not bytes-like.
+    """
+    if not isinstance(bstr, (bytes, bytearray, memoryview)):
+        raise TypeError(
+            f"bytes_to_hex_string: expected bytes, bytearray or memoryview, "
+            f"got {type(bstr).__name__}"
+        )
+    return bstr.hex()
+
+
+def hex_string_to_bytes(hex_str: str) -> bytes:
+    """The bytes that the hex digits of ``hex_str`` spell, two digits per byte, either case.
+
+    Racket: hex-string->bytes
+
+    :param hex_str: an even number of hexadecimal digits, nothing else (no spaces, no ``0x``).
+    :returns: the decoded bytes.
+    :raises TypeError: ``hex_str`` is not a str.
+    :raises ValueError: odd length or a character that is not a hex digit.
+    """
+    if not isinstance(hex_str, str):
+        raise TypeError(f"hex_string_to_bytes: expected str, got {type(hex_str).__name__}")
+    if len(hex_str) % 2:
+        raise ValueError(
+            f"hex_string_to_bytes: odd number of hex digits ({len(hex_str)}) in {hex_str!r:.80}"
+        )
+    if not _HEX.fullmatch(hex_str):
+        raise ValueError(f"hex_string_to_bytes: not a hex string: {hex_str!r:.80}")
+    return bytes.fromhex(hex_str)
