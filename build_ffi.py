@@ -2,7 +2,8 @@
 
 The cdef is the shim's own API (csrc/cdef/*.cdef, one piece per topic), plus the handful of
 OpenSSL configuration calls Python makes directly. Set SSLPORTS_OPENSSL_DIR to build against
-another OpenSSL prefix (its include/ and lib/ or lib64/ are used, and lib/ is put on the rpath).
+another OpenSSL prefix (its include/ and lib/ or lib64/ are used, and lib/ is put on the rpath),
+and SSLPORTS_SANITIZE (e.g. "address,undefined") to build with sanitizers.
 """
 
 from __future__ import annotations
@@ -43,6 +44,11 @@ def _libraries() -> list[str]:
 
 include_dirs, library_dirs, runtime_dirs = _openssl_dirs()
 cflags = [] if sys.platform == "win32" else ["-std=c99", "-fvisibility=hidden"]
+# SSLPORTS_SANITIZE=address,undefined builds with those sanitizers (scripts/asan.sh).
+sanitize = os.environ.get("SSLPORTS_SANITIZE", "")
+ldflags = [f"-fsanitize={sanitize}"] if sanitize else []
+if sanitize:
+    cflags += [*ldflags, "-fno-omit-frame-pointer", "-fno-sanitize-recover=all", "-g", "-O1"]
 
 ffibuilder = FFI()
 ffibuilder.cdef("\n".join(p.read_text() for p in sorted((CSRC / "cdef").glob("*.cdef"))))
@@ -56,6 +62,7 @@ ffibuilder.set_source(
     libraries=_libraries(),
     define_macros=[("SP_BUILD_VERSION", f'"{_version()}"')],
     extra_compile_args=cflags,
+    extra_link_args=ldflags,
 )
 
 if __name__ == "__main__":

@@ -28,7 +28,8 @@
  * Errors. Each entry point clears the thread's OpenSSL error queue first and drains it into
  * the caller's sp_err on failure (or just clears it when err is NULL); an I/O failure sets
  * err->sys_errno. Hashing always happens in the calling thread, so the error queue drained is
- * the one the failing EVP call filled.
+ * the one the failing EVP call filled. Every OpenSSL and I/O call is checked; the pthread
+ * lock/wait/signal/join calls on objects this file initialised cannot fail and are not.
  */
 #ifndef _WIN32
 /* pread, posix_fadvise, pthread_sigmask, sysconf: POSIX.1-2008 under -std=c99. */

@@ -64,7 +64,6 @@ print(json.dumps({
     "ssl_load_fail_reason": sslports.ssl_load_fail_reason,
     "checks": checks,
     "warnings": [r.getMessage() for r in records if r.levelno == logging.WARNING],
-    "hashlib_openssl": "_hashlib" in sys.modules,
     "libcrypto": repr(libcrypto_mod.libcrypto),
     "libcrypto_load_fail_reason": libcrypto_mod.libcrypto_load_fail_reason,
     "libssl": repr(libssl_mod.libssl),

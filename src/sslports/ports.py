@@ -697,12 +697,16 @@ class SSLOutputPort(io.BufferedIOBase):
         view = memoryview(b).cast("B")
         n = len(view)
         with self._lock:
-            if not self._buf and n >= _RECORD:
-                self._send_locked(view)
-            else:
-                self._buf += view
-                if len(self._buf) >= _RECORD:
-                    self._send_locked(memoryview(self._buf))
+            try:
+                if not self._buf and n >= _RECORD:
+                    self._send_locked(view)
+                else:
+                    self._buf += view
+                    if len(self._buf) >= _RECORD:
+                        self._send_locked(memoryview(self._buf))
+            except SSLTimeoutError as exc:
+                exc.characters_written = n  # type: ignore[attr-defined]  # all sent or buffered
+                raise
         return n
 
     def writelines(self, lines: Iterable[Any]) -> None:

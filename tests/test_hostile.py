@@ -1,0 +1,1034 @@
+"""Hostile peers over real loopback sockets (issue 6).
+
+Every test plays a scripted, misbehaving peer against an sslports end and checks three things:
+the documented exception (or EOF), that an sslports server keeps serving (a good, verified
+connection works afterwards), and that no thread is left blocked (every helper thread is joined
+with a timeout, and an autouse fixture checks that no thread started by the test survives it).
+
+Peers that must speak real TLS and then misbehave use `RawTLSClient`: Python's ``ssl`` over
+memory BIOs on a raw socket, with a key log, so the test knows the client's traffic keys and can
+forge any record it likes (an encrypted alert, a bogus content type, a renegotiation
+ClientHello, a KeyUpdate) with the ``cryptography`` package. Nothing here depends on timing
+except the stall tests, which only bound how long a timeout may take.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import os
+import shutil
+import socket
+import ssl
+import struct
+import subprocess
+import tempfile
+import threading
+import time
+from collections.abc import Iterator
+from typing import Any, Callable, Optional
+
+import pytest
+from conftest import LOCAL, run_in_thread
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+from cryptography.hazmat.primitives.kdf.hkdf import HKDFExpand
+
+import sslports
+from sslports import SSLError, SSLNetworkError
+
+OPENSSL = shutil.which("openssl")
+needs_openssl = pytest.mark.skipif(OPENSSL is None, reason="the openssl command is not installed")
+
+HANDSHAKE_TIMEOUT = 3.0  # the listener's; every failing handshake below must end well before
+JOIN = 10.0  # the longest any helper thread may take
+
+
+# -- no thread left behind --------------------------------------------------------------------
+
+
+@pytest.fixture(autouse=True)
+def _no_thread_left() -> Iterator[None]:
+    before = set(threading.enumerate())
+    yield
+    deadline = time.monotonic() + 5
+    while True:
+        left = [t for t in threading.enumerate() if t not in before and t.is_alive()]
+        if not left or time.monotonic() > deadline:
+            break
+        time.sleep(0.02)
+    assert not left, f"threads left running: {left}"
+
+
+# -- an sslports server driven one accept at a time ---------------------------------------------
+
+
+class Target:
+    """An sslports listener on 127.0.0.1 whose accepts the test drives one at a time."""
+
+    def __init__(self, pki: Any, context: sslports.SSLServerContext, timeout: float) -> None:
+        self.pki = pki
+        self.listener = sslports.ssl_listen(0, 16, True, LOCAL, context, handshake_timeout=timeout)
+        self.port: int = sslports.ssl_addresses(self.listener, True)[1]
+
+    def accept(self) -> Callable[[float], Any]:
+        """Start one ssl_accept in a thread; the returned join gives its ports or raises."""
+        return run_in_thread(lambda: sslports.ssl_accept(self.listener))
+
+    def serve(self, handler: Callable[[Any, Any], Any]) -> Callable[[float], Any]:
+        """Accept one connection and run handler(in, out) on it, closing both ports after."""
+
+        def run() -> Any:
+            inp, out = sslports.ssl_accept(self.listener)
+            try:
+                return handler(inp, out)
+            finally:
+                sslports.ssl_abandon_port(out)
+                inp.close()
+
+        return run_in_thread(run)
+
+    def expect_handshake_failure(self, peer: Callable[[], Any]) -> SSLNetworkError:
+        """Run `peer` (the hostile client) against one accept that must fail."""
+        join = self.accept()
+        started = time.monotonic()
+        try:
+            peer()
+        finally:
+            with pytest.raises(SSLNetworkError) as info:
+                ports = join(JOIN)
+                for p in ports:  # pragma: no cover - only when the test is about to fail
+                    p.close()
+        assert time.monotonic() - started < JOIN
+        return info.value
+
+    def assert_serving(self) -> None:
+        """A verified client still gets a full round trip."""
+
+        def echo(inp: Any, out: Any) -> bytes:
+            line = inp.readline()
+            out.write(line)
+            out.flush()
+            return bytes(line)
+
+        join = self.serve(echo)
+        ctx = self.pki.client_context()
+        inp, out = sslports.ssl_connect(LOCAL, self.port, ctx, timeout=JOIN)
+        try:
+            out.write(b"still serving\n")
+            out.flush()
+            assert inp.readline() == b"still serving\n"
+        finally:
+            out.close()
+            inp.close()
+        assert join(JOIN) == b"still serving\n"
+
+    def close(self) -> None:
+        self.listener.close()
+
+
+@pytest.fixture
+def target(pki: Any) -> Iterator[Callable[..., Target]]:
+    made: list[Target] = []
+
+    def make(
+        protocol: str = "auto",
+        *,
+        timeout: float = HANDSHAKE_TIMEOUT,
+        context: Optional[sslports.SSLServerContext] = None,
+    ) -> Target:
+        ctx = context or pki.server_context(protocol)
+        if context is None and protocol == "tls13":
+            # the forger implements one suite; the server must pick it
+            sslports.ssl_set_ciphersuites(ctx, "TLS_AES_128_GCM_SHA256")
+        t = Target(pki, ctx, timeout)
+        made.append(t)
+        return t
+
+    yield make
+    for t in made:
+        t.close()
+
+
+def raw_connect(port: int) -> socket.socket:
+    return socket.create_connection((LOCAL, port), timeout=JOIN)
+
+
+# -- a TLS client whose records the test can forge ---------------------------------------------
+
+
+def _hkdf_label(secret: bytes, label: bytes, length: int) -> bytes:
+    """TLS 1.3 HKDF-Expand-Label (RFC 8446 7.1), SHA-256, empty context."""
+    full = b"tls13 " + label
+    info = struct.pack(">HB", length, len(full)) + full + b"\x00"
+    return HKDFExpand(hashes.SHA256(), length, info).derive(secret)
+
+
+def _prf(secret: bytes, label: bytes, seed: bytes, n: int) -> bytes:
+    """The TLS 1.2 PRF with SHA-256 (RFC 5246 5)."""
+    out = b""
+    a = label + seed
+    while len(out) < n:
+        a = hmac.new(secret, a, hashlib.sha256).digest()
+        out += hmac.new(secret, a + label + seed, hashlib.sha256).digest()
+    return out[:n]
+
+
+REC_CHANGE_CIPHER, REC_ALERT, REC_HANDSHAKE, REC_DATA = 20, 21, 22, 23
+
+
+class RawTLSClient:
+    """Python ``ssl`` over memory BIOs on a raw socket, plus a forger of the client's records.
+
+    TLS 1.2 uses ECDHE-RSA-AES128-GCM-SHA256, TLS 1.3 TLS_AES_128_GCM_SHA256; the key log gives
+    the secrets. After `handshake`, `record` encrypts whatever the test wants as the next
+    client record. Python's own writes must not be mixed with forged records (the sequence
+    numbers would disagree); the test forges everything it sends after the handshake.
+    """
+
+    def __init__(self, port: int, version: str) -> None:
+        self.version = version
+        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+        ctx.check_hostname = False
+        ctx.verify_mode = ssl.CERT_NONE
+        v = ssl.TLSVersion.TLSv1_2 if version == "tls12" else ssl.TLSVersion.TLSv1_3
+        ctx.minimum_version = ctx.maximum_version = v
+        if version == "tls12":
+            ctx.set_ciphers("ECDHE-RSA-AES128-GCM-SHA256")
+        fd, self.keylog = tempfile.mkstemp(prefix="sslports-keylog-")
+        os.close(fd)
+        ctx.keylog_filename = self.keylog
+        self.sock = raw_connect(port)
+        self.incoming = ssl.MemoryBIO()
+        self.outgoing = ssl.MemoryBIO()
+        self.obj = ctx.wrap_bio(self.incoming, self.outgoing, server_hostname="localhost")
+        self.received = bytearray()
+        self.seq = 0
+        self.secret = b""
+        self.key = b""
+        self.iv = b""
+
+    def _flush(self) -> None:
+        data = self.outgoing.read()
+        if data:
+            self.sock.sendall(data)
+
+    def handshake(self) -> None:
+        while True:
+            try:
+                self.obj.do_handshake()
+                self._flush()
+                break
+            except ssl.SSLWantReadError:
+                self._flush()
+                data = self.sock.recv(65536)
+                if not data:
+                    raise ConnectionError("server closed during the handshake") from None
+                self.received += data
+                self.incoming.write(data)
+        secrets: dict[str, bytes] = {}
+        client_random = b""
+        with open(self.keylog) as f:
+            for line in f:
+                parts = line.split()
+                if len(parts) == 3 and not line.startswith("#"):
+                    secrets[parts[0]] = bytes.fromhex(parts[2])
+                    client_random = bytes.fromhex(parts[1])
+        os.unlink(self.keylog)
+        if self.version == "tls13":
+            self._set_tls13_secret(secrets["CLIENT_TRAFFIC_SECRET_0"])
+        else:
+            # The server's first record is its ServerHello: type, version, length, then the
+            # handshake header (4 bytes), legacy version (2) and the 32-byte random.
+            assert self.received[0] == REC_HANDSHAKE and self.received[5] == 2
+            server_random = bytes(self.received[11:43])
+            block = _prf(
+                secrets["CLIENT_RANDOM"], b"key expansion", server_random + client_random, 40
+            )
+            self.key, self.iv = block[0:16], block[32:36]
+            self.seq = 1  # the client's Finished was record 0 under these keys
+
+    def _set_tls13_secret(self, secret: bytes) -> None:
+        self.secret = secret
+        self.key = _hkdf_label(secret, b"key", 16)
+        self.iv = _hkdf_label(secret, b"iv", 12)
+        self.seq = 0
+
+    def key_update(self, update_requested: bool) -> bytes:
+        """A TLS 1.3 KeyUpdate record; later records use the next key."""
+        rec = self.record(REC_HANDSHAKE, bytes([24, 0, 0, 1, int(update_requested)]))
+        self._set_tls13_secret(_hkdf_label(self.secret, b"traffic upd", 32))
+        return rec
+
+    def record(self, content_type: int, payload: bytes, version: bytes = b"\x03\x03") -> bytes:
+        """The next client record carrying `payload` as `content_type`, encrypted."""
+        aead = AESGCM(self.key)
+        if self.version == "tls13":
+            nonce = bytes(a ^ b for a, b in zip(self.iv, self.seq.to_bytes(12, "big")))
+            inner = payload + bytes([content_type])
+            header = bytes([REC_DATA]) + version + struct.pack(">H", len(inner) + 16)
+            rec = header + aead.encrypt(nonce, inner, header)
+        else:
+            explicit = self.seq.to_bytes(8, "big")
+            aad = explicit + bytes([content_type]) + version + struct.pack(">H", len(payload))
+            body = explicit + aead.encrypt(self.iv + explicit, payload, aad)
+            rec = bytes([content_type]) + version + struct.pack(">H", len(body)) + body
+        self.seq += 1
+        return rec
+
+    def send(self, data: bytes) -> None:
+        self.sock.sendall(data)
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+def client_hello(version: Optional[str] = None) -> bytes:
+    """The bytes of a real ClientHello as Python's ssl would send it."""
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    ctx.check_hostname = False
+    ctx.verify_mode = ssl.CERT_NONE
+    if version == "tls12":
+        ctx.maximum_version = ssl.TLSVersion.TLSv1_2
+    out = ssl.MemoryBIO()
+    obj = ctx.wrap_bio(ssl.MemoryBIO(), out, server_hostname="localhost")
+    try:
+        obj.do_handshake()
+    except ssl.SSLWantReadError:  # it waits for the ServerHello: the ClientHello is out
+        pass
+    hello = out.read()
+    assert hello[0] == REC_HANDSHAKE
+    return hello
+
+
+def weak_client_hello(suites: list[int]) -> bytes:
+    """A TLS 1.2 ClientHello offering only `suites` (no extensions: RSA key exchange)."""
+    body = b"\x03\x03" + hashlib.sha256(b"random").digest() + b"\x00"
+    body += struct.pack(">H", 2 * len(suites)) + b"".join(struct.pack(">H", s) for s in suites)
+    body += b"\x01\x00"  # compression: null only
+    hs = b"\x01" + len(body).to_bytes(3, "big") + body
+    return b"\x16\x03\x01" + struct.pack(">H", len(hs)) + hs
+
+
+def read_until_closed(sock: socket.socket) -> bytes:
+    """Everything the peer sends until it closes (or resets) the connection."""
+    data = bytearray()
+    sock.settimeout(JOIN)
+    while True:
+        try:
+            chunk = sock.recv(65536)
+        except ConnectionResetError:
+            break
+        if not chunk:
+            break
+        data += chunk
+    return bytes(data)
+
+
+def alert_of(server_bytes: bytes) -> Optional[tuple[int, int]]:
+    """(level, description) of a plaintext alert record among the first records, if any."""
+    i = 0
+    while i + 5 <= len(server_bytes):
+        kind = server_bytes[i]
+        length = struct.unpack(">H", server_bytes[i + 3 : i + 5])[0]
+        if kind == REC_ALERT and length == 2 and i + 7 <= len(server_bytes):
+            return server_bytes[i + 5], server_bytes[i + 6]
+        i += 5 + length
+    return None
+
+
+# -- 1. garbage and truncation before the handshake completes -------------------------------------
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_random_bytes_instead_of_client_hello(target: Callable[..., Target], seed: int) -> None:
+    t = target()
+    garbage = hashlib.shake_256(seed.to_bytes(4, "big")).digest(64 + 300 * seed)
+
+    def peer() -> None:
+        with raw_connect(t.port) as s:
+            s.sendall(garbage)
+            read_until_closed(s)
+
+    exc = t.expect_handshake_failure(peer)
+    assert exc.message.startswith("ssl_accept: handshake failed (")
+    t.assert_serving()
+
+
+def test_empty_connection(target: Callable[..., Target]) -> None:
+    t = target()
+
+    def peer() -> None:
+        raw_connect(t.port).close()
+
+    exc = t.expect_handshake_failure(peer)
+    assert "ssl_accept" in exc.message
+    t.assert_serving()
+
+
+@pytest.mark.parametrize("fraction", [0.05, 0.5, 0.95])
+def test_truncated_client_hello(target: Callable[..., Target], fraction: float) -> None:
+    """The peer sends part of a real ClientHello, then closes: fails at once (no timeout)."""
+    t = target()
+    hello = client_hello()
+    started = time.monotonic()
+
+    def peer() -> None:
+        with raw_connect(t.port) as s:
+            s.sendall(hello[: max(1, int(len(hello) * fraction))])
+
+    t.expect_handshake_failure(peer)
+    assert time.monotonic() - started < HANDSHAKE_TIMEOUT
+    t.assert_serving()
+
+
+@pytest.mark.parametrize("version", ["tls12", "tls13"])
+def test_peer_closes_after_server_flight(target: Callable[..., Target], version: str) -> None:
+    """A full ClientHello, the server's whole flight read, then the peer vanishes."""
+    t = target()
+    hello = client_hello(version)
+
+    def peer() -> None:
+        with raw_connect(t.port) as s:
+            s.sendall(hello)
+            s.recv(65536)
+
+    t.expect_handshake_failure(peer)
+    t.assert_serving()
+
+
+MALFORMED_FIRST_RECORDS = {
+    # a record header claiming 2^14 + 2048 + 1 bytes (more than any TLS record may hold)
+    "oversized": b"\x16\x03\x01\x48\x01" + b"\x00" * 64,
+    "oversized-max": b"\x16\x03\x01\xff\xff" + b"\x00" * 64,
+    "bogus-content-type": b"\x63\x03\x01\x00\x05hello",
+    "bad-version": b"\x16\x09\x09\x00\x05\x01\x00\x00\x01\x00",
+    "sslv2-hello": b"\x80\x2e\x01\x00\x02\x00\x15\x00\x00\x00\x10" + b"\x00" * 37,
+    "empty-handshake-records": b"\x16\x03\x01\x00\x00" * 64,  # OpenSSL allows 32
+    "alert-first": b"\x15\x03\x01\x00\x02\x02\x28",
+    "change-cipher-spec-first": b"\x14\x03\x01\x00\x01\x01",
+    "application-data-first": b"\x17\x03\x03\x00\x05hello",
+    "hello-with-huge-length": b"\x16\x03\x01\x00\x08\x01\xff\xff\xff\x03\x03\x00\x00",
+}
+
+
+@pytest.mark.parametrize("name", sorted(MALFORMED_FIRST_RECORDS))
+def test_malformed_first_record(target: Callable[..., Target], name: str) -> None:
+    t = target()
+    data = MALFORMED_FIRST_RECORDS[name]
+    answer: list[bytes] = []
+
+    def peer() -> None:
+        with raw_connect(t.port) as s:
+            s.sendall(data)
+            answer.append(read_until_closed(s))
+
+    exc = t.expect_handshake_failure(peer)
+    assert exc.message.startswith("ssl_accept: handshake failed (")
+    if name != "alert-first":  # a peer's alert is not answered
+        alert = alert_of(answer[0])
+        assert alert is None or alert[0] == 2, "any alert the server sends is fatal"
+    t.assert_serving()
+
+
+# -- 2. stalls -------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("sent", ["nothing", "half-hello", "drip"])
+def test_stalled_handshake_times_out(target: Callable[..., Target], sent: str) -> None:
+    """handshake_timeout bounds the whole handshake, also for a peer that sends a byte at a time."""
+    t = target(timeout=0.5)
+    hello = client_hello()
+    s = raw_connect(t.port)
+    stop = threading.Event()
+    dripper = None
+    try:
+        if sent == "half-hello":
+            s.sendall(hello[: len(hello) // 2])
+        elif sent == "drip":
+
+            def drip() -> None:
+                for i in range(len(hello) - 1):
+                    if stop.wait(0.05):
+                        return
+                    try:
+                        s.send(hello[i : i + 1])
+                    except OSError:
+                        return
+
+            dripper = threading.Thread(target=drip)
+            dripper.start()
+        join = t.accept()
+        started = time.monotonic()
+        with pytest.raises(SSLNetworkError) as info:
+            join(JOIN)
+        elapsed = time.monotonic() - started
+    finally:
+        stop.set()
+        if dripper is not None:
+            dripper.join(JOIN)
+        s.close()
+    assert isinstance(info.value, TimeoutError)
+    assert "timed out" in info.value.message
+    assert 0.3 < elapsed < 5
+    t.assert_serving()
+
+
+@pytest.mark.parametrize("version", ["tls12", "tls13"])
+def test_stall_mid_record_then_rest_arrives(target: Callable[..., Target], version: str) -> None:
+    """Half a record, a read timeout, then the rest: the connection is still usable."""
+    t = target(version)
+    got: list[Any] = []
+    half_sent = threading.Event()
+    rest_sent = threading.Event()
+
+    def handler(inp: Any, out: Any) -> None:
+        half_sent.wait(JOIN)
+        inp.settimeout(0.3)
+        started = time.monotonic()
+        try:
+            inp.read1(100)
+        except TimeoutError as exc:
+            got.append((type(exc), time.monotonic() - started))
+        rest_sent.wait(JOIN)
+        inp.settimeout(JOIN)
+        got.append(inp.read(len(b"first record")))
+        got.append(inp.read(len(b"second")))
+
+    join = t.serve(handler)
+    c = RawTLSClient(t.port, version)
+    try:
+        c.handshake()
+        rec = c.record(REC_DATA, b"first record")
+        c.send(rec[:9])
+        half_sent.set()
+        time.sleep(0.5)  # the server's read times out meanwhile
+        c.send(rec[9:] + c.record(REC_DATA, b"second"))
+        rest_sent.set()
+        join(JOIN)
+    finally:
+        half_sent.set()
+        rest_sent.set()
+        c.close()
+    kind, waited = got[0]
+    assert issubclass(kind, TimeoutError) and issubclass(kind, SSLError)
+    assert 0.2 < waited < 3
+    assert got[1:] == [b"first record", b"second"]
+    t.assert_serving()
+
+
+@pytest.mark.parametrize("version", ["tls12", "tls13"])
+def test_peer_that_does_not_read(pki: Any, target: Callable[..., Target], version: str) -> None:
+    """A writer blocked by a peer that stops reading times out; nothing is lost or doubled."""
+    t = target(version)
+    payload = hashlib.shake_256(b"not reading").digest(16 << 20)  # far above socket buffers
+    outcome: dict[str, Any] = {}
+    timed_out = threading.Event()
+
+    def handler(inp: Any, out: Any) -> None:
+        out.settimeout(0.3)
+        started = time.monotonic()
+        try:
+            out.write(payload)
+        except TimeoutError as exc:
+            outcome["exc"] = exc
+            outcome["waited"] = time.monotonic() - started
+        timed_out.set()
+        out.settimeout(JOIN)
+        out.flush()  # the rest, now that the peer reads
+        outcome["line"] = inp.readline()
+
+    join = t.serve(handler)
+    ctx = pki.py_client_context(version)
+    with socket.create_connection((LOCAL, t.port), timeout=JOIN) as raw:
+        tls = ctx.wrap_socket(raw, server_hostname="localhost")
+        assert timed_out.wait(JOIN)
+        got = bytearray()
+        while len(got) < len(payload):
+            chunk = tls.recv(1 << 20)
+            if not chunk:
+                break
+            got += chunk
+        tls.sendall(b"done\n")
+        join(JOIN)
+    exc = outcome["exc"]
+    assert isinstance(exc, SSLError) and 0.2 < outcome["waited"] < 5
+    assert exc.characters_written == len(payload)  # all of it accepted: sent or buffered
+    assert hashlib.sha1(got).digest() == hashlib.sha1(payload).digest()
+    assert outcome["line"] == b"done\n"
+    t.assert_serving()
+
+
+def test_client_stalled_server_times_out() -> None:
+    """ssl_connect to a server that accepts TCP and says nothing: its timeout holds."""
+    with socket.socket() as srv:
+        srv.bind((LOCAL, 0))
+        srv.listen(1)
+        port = srv.getsockname()[1]
+        started = time.monotonic()
+        with pytest.raises(SSLNetworkError) as info:
+            sslports.ssl_connect(LOCAL, port, timeout=0.5)
+        elapsed = time.monotonic() - started
+        conn, _ = srv.accept()
+        conn.close()
+    assert isinstance(info.value, TimeoutError)
+    assert 0.3 < elapsed < 5
+
+
+# -- 3. hostile servers against an sslports client ------------------------------------------------
+
+
+def _one_shot_server(behaviour: Callable[[socket.socket], None]) -> tuple[int, Callable[..., Any]]:
+    srv = socket.socket()
+    srv.bind((LOCAL, 0))
+    srv.listen(1)
+    port = srv.getsockname()[1]
+
+    def run() -> None:
+        try:
+            srv.settimeout(JOIN)
+            conn, _ = srv.accept()
+            with conn:
+                conn.settimeout(JOIN)
+                behaviour(conn)
+        finally:
+            srv.close()
+
+    return port, run_in_thread(run)
+
+
+@pytest.mark.parametrize(
+    "behaviour",
+    ["garbage", "close-at-once", "close-after-hello", "oversized-record", "alert"],
+)
+def test_hostile_server_handshake(behaviour: str) -> None:
+    def act(conn: socket.socket) -> None:
+        if behaviour == "close-at-once":
+            return
+        conn.recv(65536)  # the ClientHello
+        if behaviour == "close-after-hello":
+            return
+        if behaviour == "garbage":
+            conn.sendall(hashlib.shake_256(b"server").digest(512))
+        elif behaviour == "oversized-record":
+            conn.sendall(b"\x16\x03\x03\x48\x01" + b"\x00" * 32)
+        elif behaviour == "alert":
+            conn.sendall(b"\x15\x03\x03\x00\x02\x02\x28")
+        read_until_closed(conn)
+
+    port, join = _one_shot_server(act)
+    with pytest.raises(SSLNetworkError) as info:
+        sslports.ssl_connect(LOCAL, port, timeout=JOIN)
+    join(JOIN)
+    assert info.value.message.startswith("ssl_connect: ")
+    if behaviour == "alert":
+        assert "alert handshake failure" in info.value.message
+
+
+# -- 4. EOF without close_notify -------------------------------------------------------------------
+
+
+def _python_tls_server(
+    pki: Any, version: str, then: Callable[[ssl.SSLSocket], None]
+) -> tuple[int, Callable[..., Any]]:
+    ctx = pki.py_server_context(version)
+
+    def act(conn: socket.socket) -> None:
+        tls = ctx.wrap_socket(conn, server_side=True)
+        then(tls)
+
+    return _one_shot_server(act)
+
+
+def _ragged_close(tls: ssl.SSLSocket) -> None:
+    tls.sendall(b"payload")
+    time.sleep(0.05)
+    socket.socket(fileno=tls.detach()).close()  # the raw socket goes, no close_notify
+
+
+def _clean_close(tls: ssl.SSLSocket) -> None:
+    tls.sendall(b"payload")
+    try:
+        tls.unwrap()  # sends close_notify, then waits for ours: the client never sends one
+    except (ssl.SSLError, OSError):
+        pass
+    tls.close()
+
+
+def _truncated_record(tls: ssl.SSLSocket) -> None:
+    tls.sendall(b"payload")
+    raw = socket.socket(fileno=tls.detach())
+    raw.sendall(b"\x17\x03\x03\x00\x40" + b"\x00" * 20)  # 20 of 64 announced bytes
+    raw.close()
+
+
+def _client_ports(kind: str, port: int, ctx: Any, strict: bool) -> tuple[Any, Any]:
+    if kind == "ssl_connect":
+        return sslports.ssl_connect(LOCAL, port, ctx, timeout=JOIN, strict_eof=strict)
+    sock = socket.create_connection((LOCAL, port), timeout=JOIN)
+    return sslports.ports_to_ssl_ports(
+        sock.makefile("rb"),
+        sock.makefile("wb"),
+        mode="connect",
+        context=ctx,
+        hostname="localhost",
+        close_original=True,
+        strict_eof=strict,
+        timeout=JOIN,
+    )
+
+
+@pytest.mark.parametrize("kind", ["ssl_connect", "ports_to_ssl_ports"])
+@pytest.mark.parametrize("version", ["tls12", "tls13"])
+@pytest.mark.parametrize("ending", ["ragged", "truncated-record", "close_notify"])
+@pytest.mark.parametrize("strict", [False, True])
+def test_eof_policy(
+    pki: Any, kind: str, version: str, ending: str, strict: bool, request: Any
+) -> None:
+    then = {"ragged": _ragged_close, "truncated-record": _truncated_record}.get(
+        ending, _clean_close
+    )
+    port, join = _python_tls_server(pki, version, then)
+    inp, out = _client_ports(kind, port, pki.client_context(version), strict)
+    try:
+        assert inp.read(7) == b"payload"
+        if strict and ending != "close_notify":
+            with pytest.raises(SSLError, match="unexpected eof"):
+                inp.read1(100)
+        else:
+            assert inp.read1(100) == b""
+            assert inp.read1(100) == b""  # EOF is sticky
+    finally:
+        sslports.ssl_abandon_port(out)
+        inp.close()
+    join(JOIN)
+
+
+@pytest.mark.parametrize("version", ["tls12", "tls13"])
+def test_server_side_ragged_eof_is_eof(target: Callable[..., Target], version: str) -> None:
+    t = target(version)
+    join = t.serve(lambda inp, out: (inp.read(5), inp.read1(100)))
+    c = RawTLSClient(t.port, version)
+    try:
+        c.handshake()
+        c.send(c.record(REC_DATA, b"hello"))
+        # A FIN without close_notify. (Closing with the server's TLS 1.3 tickets still unread
+        # would make the kernel send a reset instead, a transport error rather than an EOF.)
+        c.sock.shutdown(socket.SHUT_WR)
+        assert join(JOIN) == (b"hello", b"")
+        read_until_closed(c.sock)
+    finally:
+        c.close()
+    t.assert_serving()
+
+
+# -- 5. forged records after the handshake ---------------------------------------------------------
+
+
+def _forged(c: RawTLSClient, kind: str) -> bytes:
+    if kind == "fatal-alert":
+        return c.record(REC_ALERT, b"\x02\x50")  # internal_error
+    if kind == "bogus-content-type":
+        return c.record(0x63, b"zzz")
+    if kind == "bad-version":
+        return c.record(REC_DATA, b"zzz", b"\x09\x09")
+    if kind == "oversized-header":  # 2^14 + 2048 + 1 announced (and sent)
+        return b"\x17\x03\x03\x48\x01" + bytes(18433)
+    if kind == "oversized-plaintext":  # a well-encrypted record holding 2^14 + 1 bytes
+        return c.record(REC_DATA, bytes(16385))
+    if kind == "bad-mac":
+        rec = bytearray(c.record(REC_DATA, b"tampered"))
+        rec[-1] ^= 1
+        return bytes(rec)
+    if kind == "plaintext-alert":
+        return b"\x15\x03\x03\x00\x02\x02\x28"
+    if kind == "change-cipher-spec":
+        return c.record(REC_CHANGE_CIPHER, b"\x01")
+    if kind == "empty-alert":
+        return c.record(REC_ALERT, b"")
+    if kind == "warning-alert-flood":  # user_canceled warnings: OpenSSL allows 4 in a row
+        return b"".join(c.record(REC_ALERT, b"\x01\x5a") for _ in range(10))
+    if kind == "empty-record-flood":  # OpenSSL allows 32 empty records in a row
+        return b"".join(c.record(REC_DATA, b"") for _ in range(100))
+    if kind == "heartbeat":
+        return c.record(24, b"\x01\x40\x00" + bytes(16))
+    raise AssertionError(kind)
+
+
+FORGED = [
+    "fatal-alert",
+    "bogus-content-type",
+    "bad-version",
+    "oversized-header",
+    "oversized-plaintext",
+    "bad-mac",
+    "plaintext-alert",
+    "change-cipher-spec",
+    "empty-alert",
+    "warning-alert-flood",
+    "empty-record-flood",
+    "heartbeat",
+]
+
+
+@pytest.mark.parametrize("version", ["tls12", "tls13"])
+@pytest.mark.parametrize("kind", FORGED)
+def test_forged_record_mid_stream(target: Callable[..., Target], version: str, kind: str) -> None:
+    t = target(version)
+    results: list[Any] = []
+
+    def handler(inp: Any, out: Any) -> None:
+        results.append(inp.read(len(b"before")))
+        try:
+            results.append(inp.read1(100))
+        except SSLNetworkError as exc:
+            results.append(exc)
+        try:  # the failure is sticky
+            results.append(inp.read1(100))
+        except SSLNetworkError as exc:
+            results.append(exc)
+
+    join = t.serve(handler)
+    c = RawTLSClient(t.port, version)
+    try:
+        c.handshake()
+        c.send(c.record(REC_DATA, b"before") + _forged(c, kind))
+        join(JOIN)
+    finally:
+        c.close()
+    assert results[0] == b"before"
+    exc = results[1]
+    assert isinstance(exc, SSLNetworkError), results
+    assert exc.message.startswith("read: read failed (")
+    assert exc.openssl_errors or exc.errno
+    if kind == "fatal-alert":
+        assert "alert internal error" in exc.message
+    assert isinstance(results[2], SSLNetworkError)
+    t.assert_serving()
+
+
+@pytest.mark.parametrize("version", ["tls12", "tls13"])
+def test_forged_close_notify_is_eof(target: Callable[..., Target], version: str) -> None:
+    """The forger's own sanity check: data, then a close_notify, read as data then EOF."""
+    t = target(version)
+    join = t.serve(lambda inp, out: (inp.read(4), inp.read1(100)))
+    c = RawTLSClient(t.port, version)
+    try:
+        c.handshake()
+        c.send(c.record(REC_DATA, b"data") + c.record(REC_ALERT, b"\x01\x00"))
+        assert join(JOIN) == (b"data", b"")
+    finally:
+        c.close()
+
+
+# -- 6. renegotiation ------------------------------------------------------------------------------
+
+
+@needs_openssl
+def test_client_initiated_renegotiation_refused(target: Callable[..., Target]) -> None:
+    """``openssl s_client -tls1_2`` and "R": the server refuses (OpenSSL 3's default)."""
+    t = target("tls12")
+    results: list[Any] = []
+
+    def handler(inp: Any, out: Any) -> None:
+        results.append(inp.readline())
+        try:
+            results.append(inp.read1(100))
+        except SSLNetworkError as exc:
+            results.append(exc)
+
+    join = t.serve(handler)
+    assert OPENSSL is not None
+    proc = subprocess.Popen(
+        [OPENSSL, "s_client", "-connect", f"{LOCAL}:{t.port}", "-tls1_2", "-no_ign_eof"],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    try:
+        assert proc.stdin is not None
+        proc.stdin.write(b"hello\n")
+        proc.stdin.flush()
+        deadline = time.monotonic() + JOIN
+        while not results and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert results == [b"hello\n"]
+        proc.stdin.write(b"R\n")
+        proc.stdin.flush()
+        _out, err = proc.communicate(timeout=JOIN)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    join(JOIN)
+    assert b"RENEGOTIATING" in err
+    assert b"no renegotiation" in err
+    # The server answered with a no_renegotiation warning; s_client then gave up with a fatal
+    # alert, which the server's read reports. No second handshake ever completed.
+    assert isinstance(results[1], SSLNetworkError)
+    assert "alert handshake failure" in results[1].message
+    t.assert_serving()
+
+
+def test_renegotiation_flood_tls12(target: Callable[..., Target]) -> None:
+    """1000 renegotiation ClientHellos in one TLS 1.2 connection: each refused, data flows."""
+    t = target("tls12")
+    join = t.serve(lambda inp, out: (inp.read(len(b"still here")), inp.read1(100)))
+    c = RawTLSClient(t.port, "tls12")
+    started = time.monotonic()
+    try:
+        c.handshake()
+        # a ClientHello header is all OpenSSL looks at before refusing
+        flood = b"".join(c.record(REC_HANDSHAKE, b"\x01\x00\x00\x04abcd") for _ in range(1000))
+        c.send(flood + c.record(REC_DATA, b"still here") + c.record(REC_ALERT, b"\x01\x00"))
+        assert join(JOIN) == (b"still here", b"")
+        answers = read_until_closed(c.sock)
+    finally:
+        c.close()
+    assert time.monotonic() - started < JOIN
+    # one encrypted no_renegotiation warning per ClientHello (alerts are 2 bytes + 24 overhead)
+    assert len(answers) >= 1000 * 31
+    t.assert_serving()
+
+
+@pytest.mark.parametrize("requested", [False, True])
+def test_key_update_flood_tls13(target: Callable[..., Target], requested: bool) -> None:
+    """TLS 1.3's analogue: 1000 KeyUpdates, then data under the 1001st key."""
+    t = target("tls13")
+    join = t.serve(lambda inp, out: (inp.read(len(b"still here")), inp.read1(100)))
+    c = RawTLSClient(t.port, "tls13")
+    try:
+        c.handshake()
+        flood = b"".join(c.key_update(requested) for _ in range(1000))
+        c.send(flood + c.record(REC_DATA, b"still here") + c.record(REC_ALERT, b"\x01\x00"))
+        assert join(JOIN) == (b"still here", b"")
+    finally:
+        c.close()
+    t.assert_serving()
+
+
+def test_renegotiation_in_tls13_is_fatal(target: Callable[..., Target]) -> None:
+    t = target("tls13")
+
+    def handler(inp: Any, out: Any) -> Any:
+        try:
+            return inp.read1(100)
+        except SSLNetworkError as exc:
+            return exc
+
+    join = t.serve(handler)
+    c = RawTLSClient(t.port, "tls13")
+    try:
+        c.handshake()
+        c.send(c.record(REC_HANDSHAKE, client_hello()[5:]))
+        exc = join(JOIN)
+    finally:
+        c.close()
+    assert isinstance(exc, SSLNetworkError)
+    assert "unexpected message" in exc.message
+    t.assert_serving()
+
+
+# -- 7. old protocols and weak ciphers -------------------------------------------------------------
+
+
+@needs_openssl
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["-tls1", "-cipher", "DEFAULT:@SECLEVEL=0"],
+        ["-tls1_1", "-cipher", "DEFAULT:@SECLEVEL=0"],
+        ["-tls1_2", "-cipher", "eNULL:@SECLEVEL=0"],
+        ["-tls1_2", "-cipher", "aNULL:@SECLEVEL=0"],
+        ["-tls1_2", "-cipher", "kRSA:@SECLEVEL=0", "-sigalgs", "RSA+SHA1"],
+    ],
+    ids=["tls1", "tls1_1", "eNULL", "aNULL", "sha1-only"],
+)
+def test_weak_openssl_client_refused(target: Callable[..., Target], args: list[str]) -> None:
+    t = target()
+    assert OPENSSL is not None
+    join = t.accept()
+    proc = subprocess.run(
+        [OPENSSL, "s_client", "-connect", f"{LOCAL}:{t.port}", *args],
+        input=b"",
+        capture_output=True,
+        timeout=JOIN,
+    )
+    if b"no cipher match" in proc.stderr or b"no protocols available" in proc.stderr:
+        # this openssl cannot even offer it; nothing reached the server: end our accept
+        raw_connect(t.port).close()
+        with pytest.raises(SSLNetworkError):
+            join(JOIN)
+        pytest.skip(f"openssl s_client cannot offer {args}")
+    with pytest.raises(SSLNetworkError) as info:
+        for p in join(JOIN):  # pragma: no cover - only when a weak client got in
+            p.close()
+    assert proc.returncode != 0
+    reasons = ("unsupported protocol", "no shared cipher", "no shared signature algorithms")
+    assert any(reason in info.value.message for reason in reasons), info.value.message
+    t.assert_serving()
+
+
+WEAK_SUITES = {
+    "RC4": [0x0005, 0x0004, 0xC011, 0xC007],
+    "EXPORT": [0x0003, 0x0006, 0x0008, 0x0014, 0x0011],
+    "DES": [0x0009, 0x0015, 0x0012, 0x000A, 0x0016, 0xC012],  # DES and 3DES
+    "NULL": [0x0001, 0x0002, 0x003B, 0xC010],
+    "anon": [0x0018, 0x0034, 0x006C, 0xC018],
+}
+
+
+@pytest.mark.parametrize("family", sorted(WEAK_SUITES))
+def test_weak_cipher_hello_refused(target: Callable[..., Target], family: str) -> None:
+    """A hand-made ClientHello offering only RC4 / EXPORT / DES / NULL / anonymous suites."""
+    t = target()
+    answer: list[bytes] = []
+
+    def peer() -> None:
+        with raw_connect(t.port) as s:
+            s.sendall(weak_client_hello(WEAK_SUITES[family]))
+            answer.append(read_until_closed(s))
+
+    exc = t.expect_handshake_failure(peer)
+    assert "no shared cipher" in exc.message
+    assert alert_of(answer[0]) == (2, 40)  # fatal handshake_failure
+    t.assert_serving()
+
+
+# -- 8. SNI callbacks that misbehave ---------------------------------------------------------------
+
+
+class _Boom(Exception):
+    pass
+
+
+def _raise(name: str) -> Any:
+    raise _Boom(f"no context for {name}")
+
+
+@pytest.mark.parametrize(
+    "callback, expected",
+    [
+        (_raise, _Boom),
+        (lambda name: "a string", TypeError),
+        (lambda name: 42, TypeError),
+        (lambda name: sslports.ssl_make_client_context(), TypeError),
+        (lambda name: (_ for _ in ()).throw(KeyboardInterrupt()), KeyboardInterrupt),
+        (lambda name: sslports.ssl_make_server_context(), SSLNetworkError),
+    ],
+    ids=["raises", "str", "int", "client-context", "keyboard-interrupt", "no-certificate"],
+)
+def test_sni_callback_misbehaves(
+    pki: Any, target: Callable[..., Target], callback: Any, expected: type[BaseException]
+) -> None:
+    ctx = pki.server_context()
+    sslports.ssl_set_server_name_identification_callback(ctx, callback)
+    t = target(context=ctx)
+    join = t.accept()
+    with pytest.raises(SSLNetworkError) as client_side:
+        sslports.ssl_connect("localhost", t.port, pki.client_context(), timeout=JOIN)
+    with pytest.raises(expected):
+        join(JOIN)
+    assert "alert" in client_side.value.message
+    # Without SNI the callback is not called: an IP literal still connects.
+    t.assert_serving()
