@@ -552,14 +552,10 @@ async def wrap_ssl_streams(
     :raises SSLNetworkError: the handshake failed (the raw writer is closed).
     :raises TimeoutError: the handshake took longer than `timeout`.
     """
-    from .net import _check_hostname_arg, _mode_context
+    from .net import wrap_arguments
 
     func = "wrap_ssl_streams"
-    ctx = _mode_context(func, mode, context, encrypt)
-    host = _check_hostname_arg(func, hostname)
-    wire = encode_alpn(func, alpn)
-    if wire and mode == "accept":
-        raise ValueError(f"{func}: alpn is for connect mode; use ssl_set_server_alpn on a server")
+    ctx, host, wire = wrap_arguments(func, mode, context, encrypt, hostname, alpn)
     raw = _StreamRaw(reader, writer)
     return await _start(func, raw, ctx, mode == "accept", host, wire, timeout, strict_eof)
 

@@ -487,6 +487,21 @@ def _mode_context(func: str, mode: object, context: object, encrypt: object) -> 
     return context
 
 
+def wrap_arguments(
+    func: str, mode: object, context: object, encrypt: object, hostname: object, alpn: object
+) -> tuple[_Context, Optional[str], bytes]:
+    """Check the arguments every "wrap this transport" entry point shares.
+
+    :returns: the context for `mode`, the hostname, and the ALPN list in wire format.
+    """
+    ctx = _mode_context(func, mode, context, encrypt)
+    host = _check_hostname_arg(func, hostname)
+    wire = encode_alpn(func, alpn)
+    if wire and mode == "accept":
+        raise ValueError(f"{func}: alpn is for connect mode; use ssl_set_server_alpn on a server")
+    return ctx, host, wire
+
+
 def _check_error_arg(func: str, error: object) -> ErrorArg:
     if isinstance(error, type) and issubclass(error, BaseException):
         return error
@@ -525,15 +540,11 @@ def ports_to_ssl_ports(
         transport reads: a stream that blocks forever inside ``read`` cannot be interrupted.
     """
     func = "ports_to_ssl_ports"
-    ctx = _mode_context(func, mode, context, encrypt)
+    ctx, host, wire = wrap_arguments(func, mode, context, encrypt, hostname, alpn)
     _check_flag(func, "close_original", close_original)
     _check_flag(func, "shutdown_on_close", shutdown_on_close)
     _check_flag(func, "strict_eof", strict_eof)
     error = _check_error_arg(func, error)
-    host = _check_hostname_arg(func, hostname)
-    wire = encode_alpn(func, alpn)
-    if wire and mode == "accept":
-        raise ValueError(f"{func}: alpn is for connect mode; use ssl_set_server_alpn on a server")
     timeout = _check_timeout(func, timeout)
     transport = _StreamTransport(input_port, output_port)
     ptr = _new_connection(func, ctx, mode == "accept", -1, host, wire, SSLError)
@@ -578,11 +589,7 @@ def ssl_wrap_socket(
     func = "ssl_wrap_socket"
     if not isinstance(sock, socket.socket):
         raise TypeError(f"{func}: expected a socket.socket, got {type(sock).__name__}")
-    ctx = _mode_context(func, mode, context, encrypt)
-    host = _check_hostname_arg(func, hostname)
-    wire = encode_alpn(func, alpn)
-    if wire and mode == "accept":
-        raise ValueError(f"{func}: alpn is for connect mode; use ssl_set_server_alpn on a server")
+    ctx, host, wire = wrap_arguments(func, mode, context, encrypt, hostname, alpn)
     timeout = _check_timeout(func, timeout)
     _check_flag(func, "strict_eof", strict_eof)
     _binding.require_native(func)
