@@ -301,9 +301,9 @@ def client_context(
 # -- threads and servers --------------------------------------------------------------------------
 
 
-def in_thread(fn: Callable[[], Any]) -> Callable[..., Any]:
-    """Run fn in a daemon thread; the returned ``join(timeout=30)`` returns its result or
-    re-raises its exception."""
+def in_thread(fn: Callable[[], Any], default_timeout: float = 30.0) -> Callable[..., Any]:
+    """Run fn in a daemon thread; the returned ``join(timeout=default_timeout)`` returns its
+    result or re-raises its exception."""
     box: dict[str, Any] = {}
 
     def target() -> None:
@@ -315,7 +315,7 @@ def in_thread(fn: Callable[[], Any]) -> Callable[..., Any]:
     t = threading.Thread(target=target, daemon=True)
     t.start()
 
-    def join(timeout: float = 30.0) -> Any:
+    def join(timeout: float = default_timeout) -> Any:
         t.join(timeout)
         if t.is_alive():
             raise AssertionError("thread did not finish (deadlock?)")

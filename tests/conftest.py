@@ -30,6 +30,7 @@ from typing import Any, Callable, Optional
 
 import pytest
 import trustme
+from certs import in_thread
 
 import sslports
 
@@ -409,28 +410,9 @@ def pipe_pair() -> Callable[[int], tuple[Pipe, Pipe]]:
         p.close()
 
 
-def run_in_thread(fn: Callable[[], Any]) -> Callable[[float], Any]:
-    """Start fn in a daemon thread; the returned join(timeout) gives its result or re-raises."""
-    box: dict[str, Any] = {}
-
-    def target() -> None:
-        try:
-            box["result"] = fn()
-        except BaseException as exc:
-            box["error"] = exc
-
-    t = threading.Thread(target=target, daemon=True)
-    t.start()
-
-    def join(timeout: float = 60.0) -> Any:
-        t.join(timeout)
-        if t.is_alive():
-            raise AssertionError("thread did not finish (deadlock?)")
-        if "error" in box:
-            raise box["error"]
-        return box.get("result")
-
-    return join
+def run_in_thread(fn: Callable[[], Any]) -> Callable[..., Any]:
+    """Start fn in a daemon thread; the returned join(timeout=60) gives its result or re-raises."""
+    return in_thread(fn, default_timeout=60.0)
 
 
 PY_ENV = {**os.environ, "PYTHONUNBUFFERED": "1"}

@@ -570,6 +570,21 @@ def ssl_load_verify_root_certificates(context_or_listener: object, pathname: obj
 # -- ciphers, sealing ------------------------------------------------------------------------
 
 
+def _set_cipher_spec(
+    func: str, context: object, spec: object, name: str, setter: str, what: str
+) -> None:
+    """Hand an OpenSSL cipher string to `setter` (SSL_CTX_set_cipher_list / _ciphersuites)."""
+    ctx = context_of(func, context, listener_ok=False)
+    if not isinstance(spec, str):
+        raise TypeError(f"{func}: {name} must be a str")
+    ptr = ctx._mutable(func)
+    lib = _binding.lib
+    lib.ERR_clear_error()
+    raw = spec.encode()
+    if b"\0" in raw or not getattr(lib, setter)(ptr, raw):
+        raise build_error(func, what)
+
+
 def ssl_set_ciphers(context: object, cipher_spec: str) -> None:
     """Choose the TLS <= 1.2 cipher suites (``openssl ciphers`` syntax).
 
@@ -577,30 +592,29 @@ def ssl_set_ciphers(context: object, cipher_spec: str) -> None:
 
     :raises SSLError: OpenSSL rejects the spec.
     """
-    func = "ssl_set_ciphers"
-    ctx = context_of(func, context, listener_ok=False)
-    if not isinstance(cipher_spec, str):
-        raise TypeError(f"{func}: cipher_spec must be a str")
-    ptr = ctx._mutable(func)
-    lib = _binding.lib
-    lib.ERR_clear_error()
-    spec = cipher_spec.encode()
-    if b"\0" in spec or not lib.SSL_CTX_set_cipher_list(ptr, spec):
-        raise build_error(func, "cipher selection")
+    _set_cipher_spec(
+        "ssl_set_ciphers",
+        context,
+        cipher_spec,
+        "cipher_spec",
+        "SSL_CTX_set_cipher_list",
+        "cipher selection",
+    )
 
 
 def ssl_set_ciphersuites(context: object, spec: str) -> None:
-    """Choose the TLS 1.3 cipher suites (``TLS_AES_128_GCM_SHA256:...``). Extension."""
-    func = "ssl_set_ciphersuites"
-    ctx = context_of(func, context, listener_ok=False)
-    if not isinstance(spec, str):
-        raise TypeError(f"{func}: spec must be a str")
-    ptr = ctx._mutable(func)
-    lib = _binding.lib
-    lib.ERR_clear_error()
-    raw = spec.encode()
-    if b"\0" in raw or not lib.SSL_CTX_set_ciphersuites(ptr, raw):
-        raise build_error(func, "cipher suite selection")
+    """Choose the TLS 1.3 cipher suites (``TLS_AES_128_GCM_SHA256:...``). Extension.
+
+    :raises SSLError: OpenSSL rejects the spec.
+    """
+    _set_cipher_spec(
+        "ssl_set_ciphersuites",
+        context,
+        spec,
+        "spec",
+        "SSL_CTX_set_ciphersuites",
+        "cipher suite selection",
+    )
 
 
 def ssl_seal_context(context: object) -> None:
