@@ -68,7 +68,7 @@ wheel: $(STAMP)
 
 # Reliability and security checks (SECURITY.md). Each runs on demand, not in `make test`.
 FUZZ_SECONDS ?= 60
-.PHONY: fuzz asan valgrind soak
+.PHONY: fuzz asan valgrind soak integrity
 # Every fuzz target for FUZZ_SECONDS each (atheris when it installs, else hypothesis).
 fuzz: setup
 	@$(VPY) -c 'import atheris' 2>/dev/null || $(VPY) -m pip install -q atheris || true
@@ -82,3 +82,8 @@ valgrind: setup
 # 20 000 connections and 1 000 contexts; fails if RSS grows by 2 MB or more after warm-up.
 soak: setup
 	$(VPY) scripts/soak.py
+# 8 concurrent full-duplex connections, INTEGRITY_MIB MiB each way on each; fails on any SHA-1
+# or byte-count mismatch between the two ends.
+INTEGRITY_MIB ?= 256
+integrity: setup
+	$(VPY) scripts/integrity.py --mib $(INTEGRITY_MIB)

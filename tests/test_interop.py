@@ -1,25 +1,47 @@
 """sslports against other TLS implementations: Python's ssl module and the openssl tool.
 
-Every test moves more than 1 MiB in each direction and compares SHA-1 digests; the client
-always verifies the chain (the test CA) and the hostname ("localhost").
+Every exchange test runs for TLS 1.2 and 1.3 and for an RSA and an ECDSA (P-256) server
+certificate from the session's trustme CA; it moves more than 1 MiB in each direction and
+compares SHA-1 digests. The client always verifies the chain (the test CA) and the hostname
+("localhost"). Each also checks ALPN (the client offers h2 and http/1.1, the server only takes
+http/1.1) and channel binding as far as the peer exposes it:
+
+* Python's ``ssl``: ``get_channel_binding("tls-unique")`` under TLS 1.2; the client's
+  ``getpeercert(binary_form=True)`` gives the certificate that tls-server-end-point hashes.
+* ``openssl s_server`` / ``s_client``: ``-keymatexport`` prints the RFC 5705 exporter for the
+  ``EXPORTER-Channel-Binding`` label without a context. Under TLS 1.3 that is RFC 9266's
+  tls-exporter; under TLS 1.2 an absent and an empty context differ (sslports uses the empty one
+  RFC 9266 asks for), so there it is compared with ``ssl_export_keying_material`` (no context).
+  The tools print these facts only when not ``-quiet``, so their stdout holds the report text
+  around the data; the data is cut out of it by its first bytes and then compared in full.
 """
 
 from __future__ import annotations
 
+import hashlib
+import re
 import socket
 import ssl
 import subprocess
 import threading
+from pathlib import Path
 from typing import Any
 
 import pytest
 from conftest import LOCAL, MIB, random_bytes, read_exactly, run_in_thread, sha1
+from cryptography import x509
+from cryptography.hazmat.primitives.serialization import Encoding
 
 import sslports
 
 VERSIONS = ["tls12", "tls13"]
+KEYS = ["rsa", "ecdsa"]
 OPENSSL_FLAG = {"tls12": "-tls1_2", "tls13": "-tls1_3"}
 PY_VERSION_NAME = {"tls12": "TLSv1.2", "tls13": "TLSv1.3"}
+ALPN_OFFER = [b"h2", b"http/1.1"]
+ALPN_SERVER = b"http/1.1"  # the only protocol the servers take
+EXPORTER_LABEL = b"EXPORTER-Channel-Binding"
+KEYMAT_ARGS = ["-keymatexport", EXPORTER_LABEL.decode(), "-keymatexportlen", "32"]
 
 
 def _send_all(out: Any, data: bytes) -> None:
@@ -28,17 +50,74 @@ def _send_all(out: Any, data: bytes) -> None:
     out.flush()
 
 
+def credentials(pki: Any, key: str) -> tuple[Path, Path]:
+    """(chain, key) of the localhost server certificate with an RSA or an ECDSA key."""
+    return (pki.server_chain, pki.server_key) if key == "rsa" else (pki.ec_chain, pki.ec_key)
+
+
+def check_cipher(cipher: str, version: str, key: str) -> None:
+    """A TLS 1.2 suite names the certificate's key type (TLS 1.3 suites do not)."""
+    if version == "tls12":
+        assert ("-RSA-" if key == "rsa" else "-ECDSA-") in cipher, cipher
+
+
+def end_point_hash(der: bytes) -> bytes:
+    """RFC 5929 tls-server-end-point of a DER certificate: its signature hash (MD5 and SHA-1
+    upgraded to SHA-256)."""
+    algorithm = x509.load_der_x509_certificate(der).signature_hash_algorithm
+    assert algorithm is not None
+    name = "sha256" if algorithm.name in ("md5", "sha1") else algorithm.name
+    return hashlib.new(name, der).digest()
+
+
+def leaf_der(chain: Path) -> bytes:
+    return x509.load_pem_x509_certificates(chain.read_bytes())[0].public_bytes(Encoding.DER)
+
+
+def exporter_facts(p: Any, version: str) -> dict[str, bytes]:
+    """What an openssl tool's ``-keymatexport`` output is compared with, from port `p`."""
+    facts = {"keymat": sslports.ssl_export_keying_material(p, EXPORTER_LABEL, 32)}
+    if version == "tls13":
+        facts["tls-exporter"] = sslports.ssl_channel_binding(p, "tls-exporter")
+    return facts
+
+
+def check_keymat(report: bytes, facts: dict[str, bytes]) -> None:
+    """The exporter value in an openssl tool's report equals sslports's (`exporter_facts`)."""
+    theirs = bytes.fromhex(report_field(report, rb"Keying material: ([0-9A-F]+)"))
+    assert len(theirs) == 32
+    assert facts["keymat"] == theirs
+    assert facts.get("tls-exporter", theirs) == theirs
+
+
+def split_report(output: bytes, data: bytes) -> tuple[bytes, bytes]:
+    """(the data as received, the report text around it) from a non-quiet openssl tool's
+    stdout. The data starts where its first 64 bytes are (random bytes: never in the text)."""
+    start = output.find(data[:64])
+    assert start >= 0, output[:3000]
+    end = start + len(data)
+    return output[start:end], output[:start] + output[end:]
+
+
+def report_field(report: bytes, pattern: bytes) -> str:
+    match = re.search(pattern, report)
+    assert match is not None, (pattern, report.decode(errors="replace")[-3000:])
+    return match.group(1).decode()
+
+
 # -- sslports client <-> Python ssl server --------------------------------------------------------
 
 
 class PyEchoServer:
-    """One-connection echo server on Python's ssl module."""
+    """One-connection echo server on Python's ssl module; records the connection's facts."""
 
     def __init__(self, context: ssl.SSLContext) -> None:
         self.context = context
         self.sock = socket.create_server((LOCAL, 0))
         self.port = self.sock.getsockname()[1]
         self.version: str | None = None
+        self.alpn: str | None = None
+        self.tls_unique: bytes | None = None
         self.join = run_in_thread(self._run)
 
     def _run(self) -> int:
@@ -46,6 +125,9 @@ class PyEchoServer:
         echoed = 0
         with self.context.wrap_socket(raw, server_side=True) as conn:
             self.version = conn.version()
+            self.alpn = conn.selected_alpn_protocol()
+            if self.version == "TLSv1.2":
+                self.tls_unique = conn.get_channel_binding("tls-unique")
             while True:
                 try:
                     chunk = conn.recv(65536)
@@ -61,12 +143,27 @@ class PyEchoServer:
         self.sock.close()
 
 
+def py_server_context(pki: Any, version: str, key: str) -> ssl.SSLContext:
+    ctx = pki.py_server_context(version)
+    ctx.load_cert_chain(*credentials(pki, key))  # replaces the RSA default
+    ctx.set_alpn_protocols([ALPN_SERVER.decode()])
+    return ctx
+
+
+@pytest.mark.parametrize("key", KEYS)
 @pytest.mark.parametrize("version", VERSIONS)
-def test_sslports_client_python_server(pki: Any, version: str) -> None:
-    server = PyEchoServer(pki.py_server_context(version))
+def test_sslports_client_python_server(pki: Any, version: str, key: str) -> None:
+    server = PyEchoServer(py_server_context(pki, version, key))
     try:
         data = random_bytes(MIB + 777, seed=1)
-        inp, out = sslports.ssl_connect("localhost", server.port, pki.client_context(version))
+        inp, out = sslports.ssl_connect(
+            "localhost", server.port, pki.client_context(version), alpn=ALPN_OFFER
+        )
+        assert sslports.ssl_protocol_version(inp) == version
+        check_cipher(sslports.ssl_cipher_name(inp), version, key)
+        alpn = sslports.ssl_get_alpn_selected(inp)
+        tls_unique = sslports.ssl_channel_binding(inp, "tls-unique") if version == "tls12" else None
+        end_point = sslports.ssl_channel_binding(inp, "tls-server-end-point")
         join = run_in_thread(lambda: _send_all(out, data))
         got = read_exactly(inp, len(data))
         join(60)
@@ -77,21 +174,43 @@ def test_sslports_client_python_server(pki: Any, version: str) -> None:
         assert sha1(got) == sha1(data)
     finally:
         server.close()
+    assert alpn == ALPN_SERVER
+    assert server.alpn == ALPN_SERVER.decode()
+    assert server.tls_unique == tls_unique  # both None under TLS 1.3
+    assert end_point == end_point_hash(leaf_der(credentials(pki, key)[0]))
 
 
 # -- Python ssl client <-> sslports server --------------------------------------------------------
 
 
+@pytest.mark.parametrize("key", KEYS)
 @pytest.mark.parametrize("version", VERSIONS)
-def test_python_client_sslports_server(pki: Any, echo_server: Any, version: str) -> None:
-    server = echo_server(pki.server_context(version))
+def test_python_client_sslports_server(pki: Any, echo_server: Any, version: str, key: str) -> None:
+    chain, keyfile = credentials(pki, key)
+    ctx = pki.server_context(version, chain=chain, key=keyfile)
+    sslports.ssl_set_server_alpn(ctx, [ALPN_SERVER, b"h2"])  # its own preference wins
+    facts: dict[str, Any] = {}
+
+    def handler(inp: Any, out: Any) -> None:
+        facts["alpn"] = sslports.ssl_get_alpn_selected(inp)
+        facts["cipher"] = sslports.ssl_cipher_name(inp)
+        facts["end-point"] = sslports.ssl_channel_binding(inp, "tls-server-end-point")
+        if version == "tls12":
+            facts["tls-unique"] = sslports.ssl_channel_binding(out, "tls-unique")
+        server.echo(inp, out)
+
+    server = echo_server(ctx, handler)
     data = random_bytes(MIB + 4242, seed=2)
-    ctx = pki.py_client_context(version)
+    py_ctx = pki.py_client_context(version)
+    py_ctx.set_alpn_protocols([p.decode() for p in ALPN_OFFER])
     with (
         socket.create_connection((LOCAL, server.port)) as raw,
-        ctx.wrap_socket(raw, server_hostname="localhost") as conn,
+        py_ctx.wrap_socket(raw, server_hostname="localhost") as conn,
     ):
         assert conn.version() == PY_VERSION_NAME[version]
+        alpn = conn.selected_alpn_protocol()
+        tls_unique = conn.get_channel_binding("tls-unique") if version == "tls12" else None
+        peer_der = conn.getpeercert(binary_form=True)
 
         def send() -> None:
             conn.sendall(data)
@@ -105,6 +224,11 @@ def test_python_client_sslports_server(pki: Any, echo_server: Any, version: str)
         join(60)
     assert sha1(bytes(got)) == sha1(data)
     assert server.errors == []
+    assert alpn == ALPN_SERVER.decode()
+    assert facts["alpn"] == ALPN_SERVER
+    check_cipher(facts["cipher"], version, key)
+    assert facts.get("tls-unique") == tls_unique
+    assert peer_der is not None and facts["end-point"] == end_point_hash(peer_der)
 
 
 def test_python_client_rejects_wrong_hostname(pki: Any, echo_server: Any) -> None:
@@ -120,37 +244,42 @@ def test_python_client_rejects_wrong_hostname(pki: Any, echo_server: Any) -> Non
 
 # -- sslports client <-> openssl s_server ---------------------------------------------------------
 
+# Without -quiet, s_server takes a read from stdin that starts with Q, q, P or S, or is a letter
+# among r R k K c followed by a line end, as a command (quit, send clear text, ...). The data
+# it sends therefore has those bytes and the line ends replaced (by their value XOR 0x80).
+_COMMAND_BYTES = b"QqPS\r\n"
+_NO_COMMANDS = bytes.maketrans(_COMMAND_BYTES, bytes(b ^ 0x80 for b in _COMMAND_BYTES))
 
+
+@pytest.mark.parametrize("key", KEYS)
 @pytest.mark.parametrize("version", VERSIONS)
-def test_sslports_client_openssl_s_server(pki: Any, openssl_tool: Any, version: str) -> None:
-    """s_server sends its stdin to the client and writes what it receives to stdout."""
-    proc, port = openssl_tool.s_server(
-        [
-            "-cert",
-            str(pki.server_chain),
-            "-key",
-            str(pki.server_key),
-            OPENSSL_FLAG[version],
-            "-quiet",
-            "-naccept",
-            "1",
-        ]
-    )
-    to_client = random_bytes(MIB + 99, seed=3)
+def test_sslports_client_openssl_s_server(
+    pki: Any, openssl_tool: Any, version: str, key: str
+) -> None:
+    """s_server sends its stdin to the client and writes what it receives to stdout, after its
+    report on the connection."""
+    chain, keyfile = credentials(pki, key)
+    args = ["-cert", str(chain), "-key", str(keyfile), OPENSSL_FLAG[version], "-naccept", "1"]
+    proc, port = openssl_tool.s_server([*args, "-alpn", ALPN_SERVER.decode(), *KEYMAT_ARGS])
+    to_client = random_bytes(MIB + 99, seed=3).translate(_NO_COMMANDS)
     to_server = random_bytes(MIB + 101, seed=4)
-    received_by_server = bytearray()
+    server_stdout = bytearray()
 
     def pump_stdout() -> None:
         while True:
             chunk = proc.stdout.read1(65536)
             if not chunk:
                 return
-            received_by_server.extend(chunk)
+            server_stdout.extend(chunk)
 
     stdout_thread = threading.Thread(target=pump_stdout, daemon=True)
     stdout_thread.start()
 
-    inp, out = sslports.ssl_connect("localhost", port, pki.client_context(version))
+    inp, out = sslports.ssl_connect("localhost", port, pki.client_context(version), alpn=ALPN_OFFER)
+    assert sslports.ssl_protocol_version(inp) == version
+    check_cipher(sslports.ssl_cipher_name(inp), version, key)
+    assert sslports.ssl_get_alpn_selected(inp) == ALPN_SERVER
+    facts = exporter_facts(inp, version)
     feed = run_in_thread(lambda: (proc.stdin.write(to_client), proc.stdin.flush()))
     send = run_in_thread(lambda: _send_all(out, to_server))
     got = read_exactly(inp, len(to_client))
@@ -161,8 +290,12 @@ def test_sslports_client_openssl_s_server(pki: Any, openssl_tool: Any, version: 
     proc.wait(60)  # (closing its stdin first could make it quit before reading everything)
     stdout_thread.join(30)
     assert sha1(got) == sha1(to_client)
-    assert len(received_by_server) == len(to_server)
-    assert sha1(bytes(received_by_server)) == sha1(to_server)
+    received, report = split_report(bytes(server_stdout), to_server)
+    assert len(received) == len(to_server)
+    assert sha1(received) == sha1(to_server)
+    offered = report_field(report, rb"ALPN protocols advertised by the client: ([^\r\n]*)")
+    assert offered == ", ".join(p.decode() for p in ALPN_OFFER)
+    check_keymat(report, facts)
 
 
 def test_openssl_s_server_untrusted(pki: Any, openssl_tool: Any) -> None:
@@ -178,17 +311,24 @@ def test_openssl_s_server_untrusted(pki: Any, openssl_tool: Any) -> None:
 # -- openssl s_client <-> sslports server ---------------------------------------------------------
 
 
+@pytest.mark.parametrize("key", KEYS)
 @pytest.mark.parametrize("version", VERSIONS)
 def test_openssl_s_client_sslports_server(
-    pki: Any, echo_server: Any, openssl_tool: Any, tmp_path: Any, version: str
+    pki: Any, echo_server: Any, openssl_tool: Any, tmp_path: Any, version: str, key: str
 ) -> None:
-    """s_client sends its stdin and writes what it receives to stdout; the server echoes a
-    known number of bytes and then closes."""
+    """s_client sends its stdin and writes what it receives to stdout, after its report on the
+    connection (-nocommands: the data is never taken for a command; -ign_eof: it keeps reading
+    after the end of its stdin); the server echoes a known number of bytes and then closes."""
     data = random_bytes(MIB + 555, seed=5)
     infile = tmp_path / "in.bin"
     infile.write_bytes(data)
+    facts: dict[str, Any] = {}
 
     def handler(inp: Any, out: Any) -> None:
+        facts["version"] = sslports.ssl_protocol_version(inp)
+        facts["cipher"] = sslports.ssl_cipher_name(inp)
+        facts["alpn"] = sslports.ssl_get_alpn_selected(inp)
+        facts.update(exporter_facts(inp, version))
         left = len(data)
         with inp, out:
             while left:
@@ -199,7 +339,10 @@ def test_openssl_s_client_sslports_server(
                 out.flush()
                 left -= len(chunk)
 
-    server = echo_server(pki.server_context(version), handler)
+    chain, keyfile = credentials(pki, key)
+    ctx = pki.server_context(version, chain=chain, key=keyfile)
+    sslports.ssl_set_server_alpn(ctx, [ALPN_SERVER, b"h2"])  # its own preference wins
+    server = echo_server(ctx, handler)
     with open(infile, "rb") as stdin:
         proc = openssl_tool.spawn(
             [
@@ -214,15 +357,25 @@ def test_openssl_s_client_sslports_server(
                 "-verify_hostname",
                 "localhost",
                 OPENSSL_FLAG[version],
-                "-quiet",
+                "-alpn",
+                ",".join(p.decode() for p in ALPN_OFFER),
+                *KEYMAT_ARGS,
                 "-nocommands",
+                "-ign_eof",
             ],
             stdin=stdin,
         )
-        got, err = proc.communicate(timeout=120)
+        output, err = proc.communicate(timeout=120)
     assert server.errors == []
+    got, report = split_report(output, data)
     assert len(got) == len(data), err
     assert sha1(got) == sha1(data)
+    assert report_field(report, rb"Verify return code: (\d+)") == "0"
+    assert report_field(report, rb"ALPN protocol: ([^\r\n]+)") == ALPN_SERVER.decode()
+    assert facts["version"] == version
+    check_cipher(facts["cipher"], version, key)
+    assert facts["alpn"] == ALPN_SERVER
+    check_keymat(report, facts)
 
 
 def test_openssl_s_client_rejects_wrong_name(pki: Any, echo_server: Any, openssl_tool: Any) -> None:
