@@ -44,8 +44,8 @@ cwarn:
 	@for f in csrc/*.c; do $(CC) $(CFLAGS_CHECK) $$f || exit 1; done
 
 lint: setup
-	$(VPY) -m ruff check src tests bench build_ffi.py
-	$(VPY) -m ruff format --check src tests bench build_ffi.py
+	$(VPY) -m ruff check src tests bench scripts build_ffi.py
+	$(VPY) -m ruff format --check src tests bench scripts build_ffi.py
 	$(VPY) -m mypy --strict src/sslports
 
 pytest: setup
