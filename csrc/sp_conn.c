@@ -574,6 +574,17 @@ static void release_idle_buffers(sp_conn *c)
     sp_mutex_unlock(&c->ssl_lock);
 }
 
+/* Is there anything for SSL_read_ex to process or report without new ciphertext: buffered
+ * records, or a sticky end state? */
+static int has_input(sp_conn *c)
+{
+    int r;
+    sp_mutex_lock(&c->ssl_lock);
+    r = SSL_has_pending(c->ssl) || c->eof_status != 0 || c->broken != NULL || c->peer_closed;
+    sp_mutex_unlock(&c->ssl_lock);
+    return r;
+}
+
 /* After a failed SSL call in socket mode: a socket error the BIO saw is the real reason. */
 static void note_bio_errno(sp_conn *c, sp_err *err)
 {
@@ -639,6 +650,16 @@ int sp_read(sp_conn *c, unsigned char *buf, size_t len, size_t want, size_t *got
     sp_err_reset(err);
     if (want > len)
         want = len; /* want == 0: return once what arrived within one wait was processed */
+    if (c->socket_mode && c->read_waited && wait_ms > 0 && len > 0 && !has_input(c)) {
+        /* Request/response traffic: the last read had to wait, so this one most likely
+         * will too. Wait first, and skip the SSL_read_ex that would only meet EAGAIN. */
+        status = wait_readable(c, wait_ms, err);
+        if (status != SP_OK) {
+            *got = 0;
+            return status;
+        }
+        waited = 1;
+    }
     while (total < len) {
         size_t n = 0, out_pending;
         int ok, e = SSL_ERROR_NONE, more;
@@ -694,6 +715,7 @@ int sp_read(sp_conn *c, unsigned char *buf, size_t len, size_t want, size_t *got
         waited = 1;
     }
     *got = total;
+    c->read_waited = waited;
     if (c->socket_mode && status == SP_OK)
         release_idle_buffers(c);
     if (total > 0 && (status == SP_EOF || status == SP_RAGGED_EOF || status == SP_ERROR))

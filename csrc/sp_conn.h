@@ -22,6 +22,7 @@ struct sp_conn {
     unsigned char *outq;
     size_t outq_len, outq_cap;
     int bio_errno;   /* the socket error the BIO saw in the current OpenSSL call (ssl_lock) */
+    int read_waited; /* the last sp_read had to wait for the peer: a hint (unlocked) */
     int peer_closed; /* recv() returned 0 (ssl_lock) */
 
     /* socket mode: ciphertext being sent, taken from outq whole (send_lock) */

@@ -98,6 +98,16 @@ class _Deadline:
         return None if self.at is None else max(0.0, self.at - time.monotonic())
 
 
+_NO_DEADLINE = _Deadline(None)  # immutable: shared by every call without a timeout
+
+
+def _deadline(timeout: Optional[float]) -> _Deadline:
+    return _NO_DEADLINE if timeout is None else _Deadline(timeout)
+
+
+_from_buffer: Any = getattr(_binding.ffi, "from_buffer", None)  # None without the native module
+
+
 class _Sender:
     """Writes queued ciphertext to a blocking output stream from a daemon thread."""
 
@@ -397,20 +407,19 @@ class Connection:
                 raise self.make_error(exc)
             raise exc
 
-    def read(self, func: str, view: memoryview, fill: bool, deadline: _Deadline) -> int:
-        """Read into `view`: at least one byte (or all of it when `fill`), 0 at EOF."""
-        lib = _binding.lib
-        ffi = _binding.ffi
+    def read(self, func: str, view: Any, fill: bool, deadline: _Deadline) -> int:
+        """Read into the writable buffer `view`: at least one byte (or all of it when `fill`),
+        0 at EOF. One pump call in the common case; the loop only runs for waits and slices."""
+        if self.closed:
+            raise ValueError("I/O operation on closed SSL connection")
         err, got = _scratch()
-        buf = ffi.from_buffer("unsigned char[]", view, require_writable=True)
-        size = len(view)
+        buf = _from_buffer("unsigned char[]", view, require_writable=True)
+        size = len(buf)
         total = 0
         # `with buf` releases the buffer export on the way out, also on an exception: a
         # traceback keeping this frame alive must not keep `view` exported, or the cyclic GC
         # may clear the memoryview while exported and then crash when it is freed.
-        if self.closed:
-            raise ValueError("I/O operation on closed SSL connection")
-        sp_read = lib.sp_read
+        sp_read = _binding.lib.sp_read
         ptr = self.ptr
         with buf:
             try:
@@ -468,17 +477,17 @@ class Connection:
             return -1
         raise self.fail(func, "read", err)
 
-    def write(self, func: str, data: memoryview, deadline: _Deadline) -> int:
-        """Encrypt and send all of `data`. Returns how much was accepted before a timeout."""
-        lib = _binding.lib
-        ffi = _binding.ffi
-        err, done = _scratch()
-        buf = ffi.from_buffer("unsigned char[]", data)
-        size = len(data)
-        total = 0
-        # (`with buf`: see read; release the export even on errors)
+    def write(self, func: str, data: Any, deadline: _Deadline) -> int:
+        """Encrypt and send all of the buffer `data`. Returns how much was accepted before a
+        timeout. One pump call in the common case (it also sends what it encrypted)."""
         if self.closed:
             raise ValueError("I/O operation on closed SSL connection")
+        lib = _binding.lib
+        err, done = _scratch()
+        buf = _from_buffer("unsigned char[]", data)
+        size = len(buf)
+        total = 0
+        # (`with buf`: see read; release the export even on errors)
         ptr = self.ptr
         with buf:
             try:
@@ -589,18 +598,16 @@ class SSLInputPort(io.BufferedIOBase):
 
     def _readinto(self, b: Any, fill: bool) -> int:
         conn = self._check()
-        view = memoryview(b).cast("B")
-        if not view:
-            return 0
         with self._lock:
             if self._pending:
+                view = memoryview(b).cast("B")
                 n = min(len(view), len(self._pending))
                 view[:n] = self._pending[:n]
                 self._pending = self._pending[n:]
                 if n == len(view) or not fill:
                     return n
-                return n + conn.read("read", view[n:], fill, _Deadline(self._timeout))
-            return conn.read("read", view, fill, _Deadline(self._timeout))
+                return n + conn.read("read", view[n:], fill, _deadline(self._timeout))
+            return conn.read("read", b, fill, _deadline(self._timeout))
 
     def readinto(self, b: Any) -> int:
         return self._readinto(b, True)
@@ -694,16 +701,18 @@ class SSLOutputPort(io.BufferedIOBase):
         buffered (``exc.characters_written`` counts all of `b`): retry with ``flush()``."""
         if self.closed:
             raise ValueError("write to closed SSL port")
-        view = memoryview(b).cast("B")
-        n = len(view)
+        if type(b) is not bytes and type(b) is not bytearray:
+            b = memoryview(b).cast("B")  # counts bytes, whatever the item format
+        n = len(b)
         with self._lock:
             try:
-                if not self._buf and n >= _RECORD:
-                    self._send_locked(view)
+                buf = self._buf
+                if not buf and n >= _RECORD:
+                    self._send_locked(b)
                 else:
-                    self._buf += view
-                    if len(self._buf) >= _RECORD:
-                        self._send_locked(memoryview(self._buf))
+                    buf += b
+                    if len(buf) >= _RECORD:
+                        self._send_locked(buf)
             except SSLTimeoutError as exc:
                 exc.characters_written = n  # type: ignore[attr-defined]  # all sent or buffered
                 raise
@@ -713,27 +722,25 @@ class SSLOutputPort(io.BufferedIOBase):
         for line in lines:
             self.write(line)
 
-    def _send_locked(self, view: memoryview) -> None:
-        """Send `view` (which may be our own buffer); keep what a timeout left unsent."""
+    def _send_locked(self, data: Any) -> None:
+        """Send `data` (which may be our own buffer); keep what a timeout left unsent."""
         conn = self._sslports_conn
         try:
-            conn.write("write", view, _Deadline(self._timeout))
+            conn.write("write", data, _deadline(self._timeout))
         except SSLTimeoutError as exc:
             sent = int(getattr(exc, "characters_written", 0))
-            rest = bytes(view[sent:])
-            view.release()
+            rest = bytes(data[sent:])
             self._buf = bytearray(rest)
             exc.characters_written = len(rest)  # type: ignore[attr-defined]
             raise
-        view.release()
         self._buf = bytearray()
 
     def flush(self) -> None:
-        if self.closed:
+        if self.closed or not self._buf:
             return
         with self._lock:
             if self._buf:
-                self._send_locked(memoryview(self._buf))
+                self._send_locked(self._buf)
 
     def close(self) -> None:
         if not _claim_close(self):
