@@ -299,7 +299,12 @@ class Connection:
         close_original: bool,
         hostname: Optional[str],
     ) -> None:
-        self.ptr = ptr
+        # The connection frees its sp_conn itself (__del__), not through ffi.gc: when ports,
+        # connection and pointer become garbage together (a cycle, interpreter exit), the
+        # collector runs their finalizers in any order, and a port's close() must never reach
+        # a pointer freed before it. Whoever frees first marks the connection closed.
+        _binding.ffi.gc(ptr, None)
+        self.ptr: Any = ptr
         self.transport = transport
         self.context = context
         self.error = error
@@ -318,6 +323,16 @@ class Connection:
         self.input_port: Optional[weakref.ref[SSLInputPort]] = None
         self.session_key: Optional[tuple[str, int]] = None  # client: where to cache sessions
         self.closed = False
+
+    def __del__(self) -> None:
+        self.free()
+
+    def free(self) -> None:
+        """Release the C connection; every later call sees a closed connection."""
+        ptr, self.ptr = getattr(self, "ptr", None), None
+        self.closed = True
+        if ptr is not None:
+            _binding.lib.sp_conn_free(ptr)
 
     # -- errors -----------------------------------------------------------------------------
 
@@ -555,6 +570,9 @@ class Connection:
             self.open_ports -= 1
             if self.open_ports > 0:
                 return
+        if self.ptr is None:  # freed by the collector before this port's finalizer ran
+            self.transport.close(self.close_original, 0)
+            return
         self.remember_session(drain_tickets=True)
         self.closed = True  # every later call raises ValueError before reaching C
         if isinstance(self.transport, _SocketTransport):

@@ -1,0 +1,118 @@
+"""Ports, connection and C pointer collected together, in whatever order the collector picks.
+
+When a program drops open ports that sit in a reference cycle (or exits with them open), the
+cyclic collector runs every finalizer of that garbage in an order of its choosing. A port's
+close() must then never reach a C connection that was freed before it: the connection frees
+its pointer itself and marks itself closed, and a port closing afterwards only closes the
+transport.
+"""
+
+from __future__ import annotations
+
+import gc
+import subprocess
+import sys
+import textwrap
+from typing import Any
+
+import pytest
+from conftest import LOCAL
+
+import sslports as sp
+
+pytestmark = pytest.mark.skipif(not sp.ssl_available, reason="libssl not loadable")
+PEM = str(sp.TEST_PEM)
+
+
+def _connected(echo_server: Any) -> tuple[Any, Any]:
+    server = echo_server(_server_context())
+    inp, out = sp.ssl_connect(LOCAL, server.port)
+    out.write(b"ping")
+    out.flush()
+    assert inp.read(4) == b"ping"
+    return inp, out
+
+
+def _server_context() -> Any:
+    ctx = sp.ssl_make_server_context()
+    sp.ssl_load_certificate_chain(ctx, PEM)
+    sp.ssl_load_private_key(ctx, PEM)
+    return ctx
+
+
+def test_ports_close_cleanly_after_the_connection_was_freed(echo_server: Any) -> None:
+    inp, out = _connected(echo_server)
+    conn = inp._sslports_conn
+    conn.free()  # what the collector may do first
+    assert conn.ptr is None
+    out.close()
+    inp.close()
+    with pytest.raises(ValueError):
+        inp.read(1)
+    with pytest.raises(ValueError):
+        out.write(b"x")
+    conn.free()  # twice is harmless
+
+
+def test_freed_connection_refuses_io_before_close(echo_server: Any) -> None:
+    inp, out = _connected(echo_server)
+    inp._sslports_conn.free()
+    with pytest.raises(ValueError):
+        inp.read(1)
+    with pytest.raises(ValueError):
+        out.write(b"x" * 20000)  # a full record: reaches the connection, not just the buffer
+    out.close()
+    inp.close()
+
+
+def test_unclosed_ports_in_a_cycle_are_collected(echo_server: Any) -> None:
+    inp, out = _connected(echo_server)
+    inp.partner, out.partner = out, inp
+    conn = inp._sslports_conn
+    conn.me = conn
+    del inp, out, conn
+    gc.collect()  # finalizes ports and connection in one batch; must not crash or raise
+
+
+SCRIPT = textwrap.dedent(
+    """
+    import threading
+    import sslports as sp
+    from sslports import _binding
+
+    pem = str(sp.TEST_PEM)
+    ctx = sp.ssl_make_server_context()
+    sp.ssl_load_certificate_chain(ctx, pem)
+    sp.ssl_load_private_key(ctx, pem)
+    listener = sp.ssl_listen(0, 5, True, "127.0.0.1", ctx)
+    port = sp.ssl_addresses(listener, True)[1]
+
+    def serve():
+        i, o = sp.ssl_accept(listener)
+        o.write(i.read(5))
+        o.flush()
+        i.read()
+
+    threading.Thread(target=serve, daemon=True).start()
+    inp, out = sp.ssl_connect("127.0.0.1", port)
+    out.write(b"hello")
+    out.flush()
+    assert inp.read(5) == b"hello"
+    inp.partner, out.partner = out, inp
+    conn = inp._sslports_conn
+    ptr = conn.ptr
+    err = _binding.ffi.new("sp_err *")
+    print("exiting with the ports open", flush=True)
+    """
+)
+
+
+@pytest.mark.parametrize("round_", range(3))
+def test_exit_with_open_ports_in_a_cycle(round_: int) -> None:
+    proc = subprocess.run(
+        [sys.executable, "-X", "dev", "-c", SCRIPT], capture_output=True, timeout=60
+    )
+    err = proc.stderr.decode()
+    assert proc.returncode == 0, err
+    assert b"exiting with the ports open" in proc.stdout
+    assert "Exception ignored" not in err, err
