@@ -111,6 +111,10 @@ static void capture_ssl_error(sp_conn *c, int ssl_error, sp_err *err)
 /* Remember err as the reason the connection is broken (ssl_lock held). */
 static void mark_broken(sp_conn *c, const sp_err *err)
 {
+    /* A connection that already ended stays ended: failing to send our alert to a peer that
+     * closed (EPIPE) must not turn its EOF into an error, nor cost the session. */
+    if (c->eof_status != 0)
+        return;
     if (c->broken == NULL) {
         c->broken = malloc(sizeof *c->broken);
         if (c->broken != NULL)

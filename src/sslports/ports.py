@@ -66,15 +66,18 @@ ErrorArg = Union[type[BaseException], Callable[[str], Any]]
 _per_thread = threading.local()
 
 
+def _new_scratch() -> tuple[Any, Any]:
+    """An error record and a count cell for pump calls."""
+    return _binding.ffi.new("sp_err *"), _binding.ffi.new("size_t *")
+
+
 def _scratch() -> tuple[Any, Any]:
     """This thread's error record and count cell for pump calls (no allocation per call)."""
     try:
-        return _per_thread.err, _per_thread.count
+        return _per_thread.scratch  # type: ignore[no-any-return]
     except AttributeError:
-        ffi = _binding.ffi
-        _per_thread.err = ffi.new("sp_err *")
-        _per_thread.count = ffi.new("size_t *")
-        return _per_thread.err, _per_thread.count
+        _per_thread.scratch = _new_scratch()
+        return _per_thread.scratch  # type: ignore[no-any-return]
 
 
 class _Deadline:
@@ -422,15 +425,15 @@ class Connection:
                 raise self.make_error(exc)
             raise exc
 
-    def read(self, func: str, view: Any, fill: bool, deadline: _Deadline) -> int:
+    def read(self, func: str, view: Any, fill: bool, deadline: _Deadline, total: int = 0) -> int:
         """Read into the writable buffer `view`: at least one byte (or all of it when `fill`),
-        0 at EOF. One pump call in the common case; the loop only runs for waits and slices."""
+        0 at EOF. `total`: bytes a caller's own pump call already put at the start of `view`
+        (they count, and are returned even if this call then fails)."""
         if self.closed:
             raise ValueError("I/O operation on closed SSL connection")
         err, got = _scratch()
         buf = _from_buffer("unsigned char[]", view, require_writable=True)
         size = len(buf)
-        total = 0
         # `with buf` releases the buffer export on the way out, also on an exception: a
         # traceback keeping this frame alive must not keep `view` exported, or the cyclic GC
         # may clear the memoryview while exported and then crash when it is freed.
@@ -594,6 +597,7 @@ class SSLInputPort(io.BufferedIOBase):
         self._timeout = timeout
         self._lock = conn.read_lock
         self._pending = b""  # read ahead by readline/peek, served first
+        self._scratch = _new_scratch()  # error record and count for this port's pump calls
 
     def __repr__(self) -> str:
         return f"<SSLInputPort{' closed' if self.closed else ''}>"
@@ -617,6 +621,19 @@ class SSLInputPort(io.BufferedIOBase):
     def _readinto(self, b: Any, fill: bool) -> int:
         conn = self._check()
         with self._lock:
+            if not self._pending and self._timeout is None and conn.is_socket and not conn.closed:
+                # The common case in one pump call and one Python frame (this code runs cold,
+                # between two waits on the network: every bytecode counts).
+                err, got = self._scratch
+                with _from_buffer("unsigned char[]", b, require_writable=True) as buf:
+                    size = len(buf)
+                    status = _binding.lib.sp_read(
+                        conn.ptr, buf, size, size if fill else 1, got, _SLICE_MS, err
+                    )
+                n = int(got[0])
+                if status == _SP_OK and (n == size or (n and not fill)):
+                    return n
+                return conn.read("read", b, fill, _NO_DEADLINE, n)  # waits, ends, errors
             if self._pending:
                 view = memoryview(b).cast("B")
                 n = min(len(view), len(self._pending))
@@ -699,6 +716,7 @@ class SSLOutputPort(io.BufferedIOBase):
         self._lock = conn.write_lock
         self._buf = bytearray()
         self._abandoned = False
+        self._scratch = _new_scratch()
 
     def __repr__(self) -> str:
         return f"<SSLOutputPort{' closed' if self.closed else ''}>"
@@ -757,8 +775,20 @@ class SSLOutputPort(io.BufferedIOBase):
         if self.closed or not self._buf:
             return
         with self._lock:
-            if self._buf:
-                self._send_locked(self._buf)
+            buf = self._buf
+            if not buf:
+                return
+            conn = self._sslports_conn
+            if self._timeout is None and conn.is_socket and not conn.closed:
+                # The common case in one pump call (see SSLInputPort._readinto).
+                err, done = self._scratch
+                with _from_buffer("unsigned char[]", buf) as cbuf:
+                    status = _binding.lib.sp_write(conn.ptr, cbuf, len(buf), done, _SLICE_MS, err)
+                sent = int(done[0])
+                self._buf = buf = buf[sent:] if sent else buf
+                if status == _SP_OK and not buf:
+                    return
+            self._send_locked(buf)  # the rest, a wait, a flush of what was queued, an error
 
     def close(self) -> None:
         if not _claim_close(self):
