@@ -32,6 +32,9 @@
  *        WANT_READ      -> OpenSSL needs more ciphertext. Stream mode: return SP_WANT_READ.
  *                          Socket mode: poll() for readability (sending queued output
  *                          meanwhile), then retry the same call.
+ *   A read whose predecessor had to wait (request/response traffic) starts at step 3's
+ *   poll() when OpenSSL holds nothing unprocessed: the SSL_read_ex of step 1 would only
+ *   have met EAGAIN. Bulk readers, which rarely wait, keep calling OpenSSL first.
  *        WANT_WRITE     -> never happens: neither BIO ever refuses a write.
  *        ZERO_RETURN    -> the peer's close_notify: SP_EOF, sticky.
  *        unexpected EOF -> the transport ended without close_notify: SP_RAGGED_EOF, sticky.
