@@ -759,8 +759,19 @@ class SSLOutputPort(io.BufferedIOBase):
             self.write(line)
 
     def _send_locked(self, data: Any) -> None:
-        """Send `data` (which may be our own buffer); keep what a timeout left unsent."""
+        """Send `data` (our buffer or a caller's); keep what a timeout left unsent."""
         conn = self._sslports_conn
+        if self._timeout is None and conn.is_socket and not conn.closed:
+            # The common case in one pump call (see SSLInputPort._readinto).
+            err, done = self._scratch
+            with _from_buffer("unsigned char[]", data) as cbuf:
+                size = len(cbuf)
+                status = _binding.lib.sp_write(conn.ptr, cbuf, size, done, _SLICE_MS, err)
+            sent = int(done[0])
+            if status == _SP_OK and sent == size:
+                self._buf = bytearray()
+                return
+            data = data[sent:]  # the rest, a wait, a flush of what was queued, an error
         try:
             conn.write("write", data, _deadline(self._timeout))
         except SSLTimeoutError as exc:
@@ -775,20 +786,8 @@ class SSLOutputPort(io.BufferedIOBase):
         if self.closed or not self._buf:
             return
         with self._lock:
-            buf = self._buf
-            if not buf:
-                return
-            conn = self._sslports_conn
-            if self._timeout is None and conn.is_socket and not conn.closed:
-                # The common case in one pump call (see SSLInputPort._readinto).
-                err, done = self._scratch
-                with _from_buffer("unsigned char[]", buf) as cbuf:
-                    status = _binding.lib.sp_write(conn.ptr, cbuf, len(buf), done, _SLICE_MS, err)
-                sent = int(done[0])
-                self._buf = buf = buf[sent:] if sent else buf
-                if status == _SP_OK and not buf:
-                    return
-            self._send_locked(buf)  # the rest, a wait, a flush of what was queued, an error
+            if self._buf:
+                self._send_locked(self._buf)
 
     def close(self) -> None:
         if not _claim_close(self):
