@@ -1,12 +1,18 @@
 """asyncio benchmark: sslports.aio against asyncio's own SSL streams, side by side.
 
 Each round runs both implementations (A = sslports.aio, B = asyncio + ssl) interleaved over
-loopback, with the server in its own process so each end has its own core and GIL:
+loopback, the client and the server each in a fresh process (each end has its own core, GIL
+and getrusage), on the same kind of event loop:
 
 * bulk: the client sends --size MiB in 64 KiB writes; the server answers one byte at the end;
-* ping-pong: --rounds-trips round trips of 1 KiB request / 1 KiB response.
+* ping-pong: --round-trips round trips of 1 KiB request / 1 KiB response (write, drain,
+  readexactly on the client; readexactly, write on the server).
 
-Prints per-round numbers, medians and the ratio A/B. Run: .venv/bin/python bench/aio_bench.py
+Both sides use TLS 1.3 with TLS_AES_128_GCM_SHA256 (asyncio's ssl cannot choose TLS 1.3 suites,
+so an OPENSSL_CONF system_default section sets it for every process of the run). Prints each
+round's rates and CPU per operation on each end, then medians, min/max and the ratio A/B.
+
+Run: .venv/bin/python bench/aio_bench.py [--only pingpong] [--loop uvloop] [--rounds 7]
 """
 
 from __future__ import annotations
@@ -15,8 +21,10 @@ import argparse
 import asyncio
 import multiprocessing as mp
 import os
+import resource
 import ssl
 import statistics
+import tempfile
 import time
 from typing import Any
 
@@ -25,6 +33,28 @@ from sslports import aio
 
 CHUNK = 65536
 MSG = 1024
+SUITE = "TLS_AES_128_GCM_SHA256"
+OPENSSL_CONF = f"""openssl_conf = openssl_init
+[openssl_init]
+ssl_conf = ssl_sect
+[ssl_sect]
+system_default = system_default_sect
+[system_default_sect]
+Ciphersuites = {SUITE}
+"""
+
+
+def _cpu() -> float:
+    r = resource.getrusage(resource.RUSAGE_SELF)
+    return r.ru_utime + r.ru_stime
+
+
+def _new_loop(loop_kind: str) -> asyncio.AbstractEventLoop:
+    if loop_kind == "uvloop":
+        import uvloop
+
+        return uvloop.new_event_loop()  # type: ignore[no-any-return]
+    return asyncio.new_event_loop()
 
 
 def _server_ctx_py() -> ssl.SSLContext:
@@ -38,48 +68,49 @@ def _server_ctx_sp() -> S.SSLServerContext:
     ctx = S.ssl_make_server_context(
         "tls13", private_key=("pem", S.TEST_PEM), certificate_chain=S.TEST_PEM
     )
-    S.ssl_set_ciphersuites(ctx, "TLS_AES_128_GCM_SHA256")
+    S.ssl_set_ciphersuites(ctx, SUITE)
     return ctx
 
 
-async def _serve(reader: Any, writer: Any) -> None:
-    """Protocol: b"B" + 8-byte size -> consume size bytes, reply b"k"; b"P" + 4-byte count ->
-    echo count messages of MSG bytes."""
-    head = await reader.readexactly(1)
-    if head == b"B":
-        left = int.from_bytes(await reader.readexactly(8), "big")
-        while left:
-            data = await reader.read(min(left, 1 << 20))
-            if not data:
-                break
-            left -= len(data)
-        writer.write(b"k")
-    else:
-        count = int.from_bytes(await reader.readexactly(4), "big")
-        for _ in range(count):
-            writer.write(await reader.readexactly(MSG))
-    await writer.drain()
-    writer.close()
+def _server_main(kind: str, loop_kind: str, ports: Any, stop: Any, cpu: Any) -> None:
+    async def serve(reader: Any, writer: Any) -> None:
+        """b"B" + 8-byte size -> consume size bytes, reply b"k"; b"P" + 4-byte count -> echo
+        count messages of MSG bytes. Puts the CPU seconds the exchange took on `cpu`."""
+        head = await reader.readexactly(1)
+        start = _cpu()
+        if head == b"B":
+            left = int.from_bytes(await reader.readexactly(8), "big")
+            while left:
+                data = await reader.read(min(left, 1 << 20))
+                if not data:
+                    break
+                left -= len(data)
+            writer.write(b"k")
+        else:
+            count = int.from_bytes(await reader.readexactly(4), "big")
+            for _ in range(count):
+                writer.write(await reader.readexactly(MSG))
+        await writer.drain()
+        cpu.put(_cpu() - start)
+        writer.close()
 
-
-def _server_main(kind: str, port_queue: Any, stop: Any) -> None:
     async def main() -> None:
         if kind == "sslports":
-            server = await aio.start_ssl_server(_serve, "127.0.0.1", 0, _server_ctx_sp())
+            server: Any = await aio.start_ssl_server(serve, "127.0.0.1", 0, _server_ctx_sp())
         else:
-            server = await asyncio.start_server(_serve, "127.0.0.1", 0, ssl=_server_ctx_py())
-        port_queue.put(server.sockets[0].getsockname()[1])
+            server = await asyncio.start_server(serve, "127.0.0.1", 0, ssl=_server_ctx_py())
+        ports.put(server.sockets[0].getsockname()[1])
         while not stop.is_set():
             await asyncio.sleep(0.05)
         server.close()
 
-    asyncio.run(main())
+    _new_loop(loop_kind).run_until_complete(main())
 
 
 async def _connect(kind: str, port: int) -> tuple[Any, Any]:
     if kind == "sslports":
         ctx = S.ssl_make_client_context("tls13")
-        S.ssl_set_ciphersuites(ctx, "TLS_AES_128_GCM_SHA256")
+        S.ssl_set_ciphersuites(ctx, SUITE)
         return await aio.open_ssl_connection("127.0.0.1", port, ctx)
     cctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
     cctx.check_hostname = False
@@ -87,10 +118,10 @@ async def _connect(kind: str, port: int) -> tuple[Any, Any]:
     return await asyncio.open_connection("127.0.0.1", port, ssl=cctx)
 
 
-async def _bulk(kind: str, port: int, size: int) -> float:
+async def _bulk(kind: str, port: int, size: int) -> tuple[float, float]:
     reader, writer = await _connect(kind, port)
     payload = os.urandom(CHUNK)
-    start = time.perf_counter()
+    start, cpu = time.perf_counter(), _cpu()
     writer.write(b"B" + size.to_bytes(8, "big"))
     sent = 0
     while sent < size:
@@ -98,65 +129,112 @@ async def _bulk(kind: str, port: int, size: int) -> float:
         sent += CHUNK
         await writer.drain()
     await reader.readexactly(1)
-    elapsed = time.perf_counter() - start
+    elapsed, cpu = time.perf_counter() - start, _cpu() - cpu
     writer.close()
-    return size / elapsed / 1e6
+    return size / elapsed / 1e6, cpu
 
 
-async def _pingpong(kind: str, port: int, count: int) -> float:
+async def _pingpong(kind: str, port: int, count: int) -> tuple[float, float]:
     reader, writer = await _connect(kind, port)
     msg = os.urandom(MSG)
     writer.write(b"P" + count.to_bytes(4, "big"))
-    start = time.perf_counter()
+    start, cpu = time.perf_counter(), _cpu()
     for _ in range(count):
         writer.write(msg)
         await writer.drain()
         await reader.readexactly(MSG)
-    elapsed = time.perf_counter() - start
+    elapsed, cpu = time.perf_counter() - start, _cpu() - cpu
     writer.close()
-    return count / elapsed
+    return count / elapsed, cpu
 
 
-def _measure(kind: str, test: str, arg: int) -> float:
+def _client_main(kind: str, loop_kind: str, test: str, arg: int, port: int, out: Any) -> None:
+    coro = _bulk(kind, port, arg) if test == "bulk" else _pingpong(kind, port, arg)
+    out.put(_new_loop(loop_kind).run_until_complete(coro))
+
+
+def _measure(kind: str, loop_kind: str, test: str, arg: int) -> tuple[float, float, float]:
+    """(rate, client CPU per op, server CPU per op); an op is a MiB or a round trip."""
     ctx = mp.get_context("spawn")
     ports: Any = ctx.Queue()
+    results: Any = ctx.Queue()
+    server_cpu: Any = ctx.Queue()
     stop = ctx.Event()
-    proc = ctx.Process(target=_server_main, args=(kind, ports, stop))
-    proc.start()
+    server = ctx.Process(target=_server_main, args=(kind, loop_kind, ports, stop, server_cpu))
+    server.start()
     try:
         port = ports.get(timeout=30)
-        coro = _bulk(kind, port, arg) if test == "bulk" else _pingpong(kind, port, arg)
-        return asyncio.run(coro)
+        client = ctx.Process(target=_client_main, args=(kind, loop_kind, test, arg, port, results))
+        client.start()
+        rate, client_cpu = results.get(timeout=600)
+        client.join(30)
+        ops = arg / (1 << 20) if test == "bulk" else arg
+        return rate, client_cpu / ops, server_cpu.get(timeout=30) / ops
     finally:
         stop.set()
-        proc.join(10)
+        server.join(10)
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     parser.add_argument("--size", type=int, default=512, help="MiB per bulk run")
     parser.add_argument("--round-trips", type=int, default=20000)
     parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--only", choices=("bulk", "pingpong"), help="run one test")
+    parser.add_argument(
+        "--loop", choices=("asyncio", "uvloop", "both"), default="asyncio", help="event loop"
+    )
     args = parser.parse_args()
-    for test, arg, unit in (
-        ("bulk", args.size << 20, "MB/s"),
-        ("pingpong", args.round_trips, "round trips/s"),
-    ):
-        a: list[float] = []
-        b: list[float] = []
-        for r in range(args.rounds):
-            a.append(_measure("sslports", test, arg))
-            b.append(_measure("asyncio", test, arg))
-            print(
-                f"{test} round {r + 1}: sslports.aio {a[-1]:.0f}  asyncio+ssl {b[-1]:.0f} {unit}"
-                f"  ratio {a[-1] / b[-1]:.2f}"
-            )
-        ma, mb = statistics.median(a), statistics.median(b)
+    fd, conf = tempfile.mkstemp(prefix="aio-bench-openssl-", suffix=".cnf")
+    with os.fdopen(fd, "w") as f:
+        f.write(OPENSSL_CONF)
+    os.environ["OPENSSL_CONF"] = conf  # read by every (spawned) client and server process
+    try:
+        loops = ("asyncio", "uvloop") if args.loop == "both" else (args.loop,)
+        tests = [
+            ("bulk", args.size << 20, "MB/s", "ms/MiB", 1e3),
+            ("pingpong", args.round_trips, "round trips/s", "us/rt", 1e6),
+        ]
+        for loop_kind in loops:
+            for test, arg, unit, cpu_unit, scale in tests:
+                if args.only and test != args.only:
+                    continue
+                _run_case(loop_kind, test, arg, unit, cpu_unit, scale, args.rounds)
+    finally:
+        os.unlink(conf)
+
+
+def _run_case(
+    loop_kind: str, test: str, arg: int, unit: str, cpu_unit: str, scale: float, rounds: int
+) -> None:
+    a: list[tuple[float, float, float]] = []
+    b: list[tuple[float, float, float]] = []
+    for r in range(rounds):
+        a.append(_measure("sslports", loop_kind, test, arg))
+        b.append(_measure("asyncio", loop_kind, test, arg))
         print(
-            f"{test}: median sslports.aio {ma:.0f} (min {min(a):.0f}, max {max(a):.0f}) vs "
-            f"asyncio+ssl {mb:.0f} (min {min(b):.0f}, max {max(b):.0f}) {unit}; "
-            f"ratio {ma / mb:.2f} (target >= 1.3)"
+            f"{loop_kind} {test} round {r + 1}: sslports.aio {a[-1][0]:.0f}  asyncio+ssl "
+            f"{b[-1][0]:.0f} {unit}  ratio {a[-1][0] / b[-1][0]:.2f}   CPU {cpu_unit} client/"
+            f"server: {a[-1][1] * scale:.1f}/{a[-1][2] * scale:.1f} vs "
+            f"{b[-1][1] * scale:.1f}/{b[-1][2] * scale:.1f}",
+            flush=True,
         )
+    ma, mb = statistics.median(x[0] for x in a), statistics.median(x[0] for x in b)
+    ratios = [x[0] / y[0] for x, y in zip(a, b)]
+
+    def cpu(rows: list[tuple[float, float, float]]) -> str:
+        client = statistics.median(x[1] for x in rows) * scale
+        server = statistics.median(x[2] for x in rows) * scale
+        return f"{client:.1f}/{server:.1f}"
+
+    print(
+        f"{loop_kind} {test}: median sslports.aio {ma:.0f} (min {min(x[0] for x in a):.0f}, "
+        f"max {max(x[0] for x in a):.0f}) vs asyncio+ssl {mb:.0f} (min "
+        f"{min(x[0] for x in b):.0f}, max {max(x[0] for x in b):.0f}) {unit}; ratio of medians "
+        f"{ma / mb:.2f}, median of round ratios {statistics.median(ratios):.2f} (target >= 1.3); "
+        f"CPU {cpu_unit} client/server {cpu(a)} vs {cpu(b)}",
+        flush=True,
+    )
 
 
 if __name__ == "__main__":

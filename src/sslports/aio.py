@@ -3,16 +3,31 @@
 HOW IT WORKS
 
 Each connection is one C pump in stream mode (memory BIOs, csrc/sp_conn.c): its calls never
-wait, they return WANT_READ when they need ciphertext. The event loop does the waiting:
+wait; they report WANT_READ when they need ciphertext. The event loop does the waiting.
 
-* writing encrypts at once (``SSLStreamWriter.write`` is synchronous, like asyncio's) and hands
-  the ciphertext to the raw transport, whose buffer ``drain()`` waits on (back-pressure);
-* reading asks the pump for plaintext; on WANT_READ it awaits the raw reader once, feeds what
-  arrived, and asks again.
+* ``open_ssl_connection`` and ``start_ssl_server``: the connection *is* the transport's
+  protocol (an ``asyncio.BufferedProtocol``). The transport receives into a per-thread buffer
+  (no bytes object per read); ``buffer_updated`` feeds the pump and, once the handshake is
+  done, decrypts everything it can at once into the reader's plaintext buffer, then wakes a
+  waiting reader. A read that finds enough plaintext buffered returns without awaiting.
+* ``wrap_ssl_streams`` (over an asyncio StreamReader/StreamWriter pair): a read that needs
+  more ciphertext awaits the raw reader (one coroutine at a time, under a lock), feeds and
+  decrypts what came, and looks again.
+* Writing encrypts at once (``SSLStreamWriter.write`` is synchronous, like asyncio's) and
+  hands the ciphertext to the transport. ``drain()`` returns at once unless the transport
+  paused writing (back-pressure) or a renegotiation holds plaintext back.
+* Reading back-pressure: when more than ``_READ_HIGH`` bytes of plaintext wait unread, the
+  transport stops reading until the application catches up.
 
-So there is no background task: cancelling any await leaves nothing half-done (the raw reader
-keeps bytes it has not handed over, the pump keeps what it was fed), and one task may read
-while another writes (full duplex; the pump's own lock orders the C calls).
+There is no background task: cancelling any await leaves nothing half-done (plaintext stays
+in the reader's buffer, the pump keeps what it was fed), and one task may read while another
+writes (full duplex).
+
+``start_ssl_server`` returns an ``SSLServer`` (``asyncio.Server``'s essentials). A client whose
+handshake fails or stalls past ``handshake_timeout`` is dropped and logged at debug level on
+the ``sslports`` logger (with the exception); an exception raised by a server-name callback
+or by ``client_connected_cb`` goes to the loop's exception handler. Closing the server also
+cancels the handshakes still in progress.
 
 The connection-fact functions of API.md section 5 (``ssl_peer_verified``,
 ``ssl_get_alpn_selected``, ``ssl_channel_binding``, ...) accept the reader or the writer.
@@ -21,6 +36,7 @@ The connection-fact functions of API.md section 5 (``ssl_peer_verified``,
 from __future__ import annotations
 
 import asyncio
+import logging
 import socket
 import threading
 from collections.abc import Awaitable, Sequence
@@ -30,26 +46,56 @@ from . import _binding
 from ._binding import build_error
 from .context import SSLClientContext, SSLServerContext, _Context, encode_alpn
 from .errors import SSLError, SSLNetworkError, SSLTimeoutError
-from .ports import _scratch
 
-_CHUNK = 65536
-_IN_HIGH = 1 << 20  # unread ciphertext at which the transport is paused
-_uncleared: Any = (
-    _binding.ffi.new_allocator(should_clear_after_alloc=False) if _binding.ffi else None
-)
+_BUF = 1 << 18  # per-thread receive, plaintext and ciphertext buffers (asyncio's max_size)
+_READ_HIGH = 1 << 20  # unread plaintext at which the transport stops reading
+_READ_LOW = 1 << 18  # ... and starts again
+# pump statuses (csrc/sp_conn.h)
+_OK, _WANT_READ, _EOF, _RAGGED_EOF = 0, 1, 3, 4
+_log = logging.getLogger("sslports")
+
+# The pump calls of the hot paths, looked up once (None without the native module, which every
+# entry point refuses first).
+_lib: Any = _binding.lib
+_sp_read: Any = _lib and _lib.sp_read
+_sp_write: Any = _lib and _lib.sp_write
+_sp_feed: Any = _lib and _lib.sp_feed
+_sp_take: Any = _lib and _lib.sp_take
+_sp_pending_out: Any = _lib and _lib.sp_pending_out
+_unpack: Any = _binding.ffi and _binding.ffi.unpack
+
 _per_thread = threading.local()
 
 
-def _thread_buffer() -> Any:
-    """This thread's 64 KiB scratch buffer: filled and copied out with no await between."""
+def _thread_buffers() -> tuple[Any, Any, Any, Any, Any, Any]:
+    """This thread's buffers: the receive bytearray and its cdata, then the plaintext and the
+    ciphertext buffers, each as ``unsigned char[]`` (for the pump) and ``char *`` (for
+    ``ffi.unpack``, which makes bytes in one step).
+
+    Each is filled and emptied with no await in between, so every connection of the thread's
+    event loop can share them (they stay alive with the thread's ``_per_thread``).
+    """
     try:
-        return _per_thread.buf
+        return _per_thread.bufs  # type: ignore[no-any-return]
     except AttributeError:
-        _per_thread.buf = _uncleared("unsigned char[]", _CHUNK)
-        return _per_thread.buf
+        ffi = _binding.ffi
+        alloc = ffi.new_allocator(should_clear_after_alloc=False)
+        recv = bytearray(_BUF)
+        plain = alloc("unsigned char[]", _BUF)
+        out = alloc("unsigned char[]", _BUF)
+        _per_thread.bufs = (
+            recv,
+            ffi.from_buffer("unsigned char[]", recv, require_writable=True),
+            plain,
+            ffi.cast("char *", plain),
+            out,
+            ffi.cast("char *", out),
+        )
+        return _per_thread.bufs  # type: ignore[no-any-return]
 
 
 __all__ = [
+    "SSLServer",
     "SSLStreamReader",
     "SSLStreamWriter",
     "open_ssl_connection",
@@ -58,315 +104,233 @@ __all__ = [
 ]
 
 
-class _StreamRaw:
-    """Ciphertext over an existing asyncio StreamReader / StreamWriter pair."""
+class AioConnection:
+    """One asyncio TLS connection: the pump, the plaintext read so far and the raw side.
 
-    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        self.reader = reader
-        self.writer = writer
-        self.eof = False
-
-    generation = 0  # a stream pair feeds only inside pull(): nothing arrives unseen
-
-    async def pull(self, ptr: Any, seen: int) -> None:
-        """Wait for ciphertext and feed it to the pump (EOF included)."""
-        lib = _binding.lib
-        if self.eof:
-            lib.sp_feed_eof(ptr)
-            return
-        try:
-            data = await self.reader.read(_CHUNK)
-        except (ConnectionError, OSError) as exc:
-            raise SSLNetworkError(f"read: read failed ({exc})") from exc
-        if not data:
-            self.eof = True
-            lib.sp_feed_eof(ptr)
-        elif not lib.sp_feed(ptr, data, len(data)):
-            raise MemoryError("sslports: cannot buffer incoming ciphertext")
-
-    def consumed(self, ptr: Any) -> None:
-        """Plaintext was taken: nothing to resume for a stream pair."""
-
-    def write(self, data: bytes) -> None:
-        self.writer.write(data)
-
-    async def drain(self) -> None:
-        await self.writer.drain()
-
-    def is_closing(self) -> bool:
-        return self.writer.is_closing()
-
-    def close(self) -> None:
-        self.writer.close()
-
-    async def wait_closed(self) -> None:
-        await self.writer.wait_closed()
-
-    def get_extra_info(self, name: str, default: Any = None) -> Any:
-        return self.writer.get_extra_info(name, default)
-
-    @property
-    def transport(self) -> Any:
-        return self.writer.transport
-
-
-class _ProtocolRaw(asyncio.Protocol):
-    """Ciphertext straight from the transport's callbacks into the pump (no raw streams).
-
-    data_received feeds the pump at once; a reader waiting for ciphertext is woken. When more
-    than _IN_HIGH bytes of ciphertext wait unread, the transport is paused until plaintext is
-    consumed (back-pressure); pause_writing / resume_writing gate drain().
+    Subclasses move the ciphertext: `_SSLProtocol` is the transport's protocol,
+    `_StreamConnection` runs over an asyncio stream pair.
     """
 
-    def __init__(self) -> None:
-        self.ptr: Any = None
-        self.transport_: Optional[asyncio.Transport] = None
-        self.waiter: Optional[asyncio.Future[None]] = None
-        self.eof = False
-        self.lost: Optional[BaseException] = None
-        self.paused_reading = False
-        self.write_paused = False
-        self.drain_waiters: list[asyncio.Future[None]] = []
-        self.closed_future: Optional[asyncio.Future[None]] = None
-        self.early: list[bytes] = []  # ciphertext that came before the pump existed
-        self.generation = 0  # bumped by every arrival: a waiter compares it to skip waiting
-
-    def attach(self, ptr: Any) -> None:
-        self.ptr = ptr
-        for data in self.early:
-            _binding.lib.sp_feed(ptr, data, len(data))
-        self.early.clear()
-        if self.eof:
-            _binding.lib.sp_feed_eof(ptr)
-
-    # asyncio.Protocol
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport_ = transport  # type: ignore[assignment]
-        self.closed_future = asyncio.get_running_loop().create_future()
-
-    def data_received(self, data: bytes) -> None:
-        lib = _binding.lib
-        if self.ptr is None:
-            self.early.append(data)
-            return
-        lib.sp_feed(self.ptr, data, len(data))
-        self.generation += 1
-        if lib.sp_pending_in(self.ptr) > _IN_HIGH and self.transport_ is not None:
-            self.transport_.pause_reading()
-            self.paused_reading = True
-        self._wake()
-
-    def eof_received(self) -> bool:
-        self.eof = True
-        if self.ptr is not None:
-            _binding.lib.sp_feed_eof(self.ptr)
-        self._wake()
-        return False
-
-    def connection_lost(self, exc: Optional[BaseException]) -> None:
-        self.lost = exc
-        if not self.eof:
-            self.eof = True
-            if self.ptr is not None:
-                _binding.lib.sp_feed_eof(self.ptr)
-        self._wake()
-        for fut in self.drain_waiters:
-            if not fut.done():
-                fut.set_result(None)
-        if self.closed_future is not None and not self.closed_future.done():
-            self.closed_future.set_result(None)
-
-    def pause_writing(self) -> None:
-        self.write_paused = True
-
-    def resume_writing(self) -> None:
-        self.write_paused = False
-        for fut in self.drain_waiters:
-            if not fut.done():
-                fut.set_result(None)
-        self.drain_waiters.clear()
-
-    def _wake(self) -> None:
-        self.generation += 1
-        if self.waiter is not None and not self.waiter.done():
-            self.waiter.set_result(None)
-
-    # the raw interface
-    async def pull(self, ptr: Any, seen: int) -> None:
-        """Wait until ciphertext arrives after generation `seen` (at once if it already did)."""
-        if self.eof:
-            _binding.lib.sp_feed_eof(ptr)
-            return
-        if self.generation != seen:
-            return
-        if self.paused_reading:
-            self.consumed(ptr)
-        self.waiter = asyncio.get_running_loop().create_future()
-        try:
-            await self.waiter
-        finally:
-            self.waiter = None
-
-    def consumed(self, ptr: Any) -> None:
-        if self.paused_reading and _binding.lib.sp_pending_in(ptr) <= _IN_HIGH // 2:
-            self.paused_reading = False
-            if self.transport_ is not None and not self.transport_.is_closing():
-                self.transport_.resume_reading()
-
-    def write(self, data: bytes) -> None:
-        if self.transport_ is not None:
-            self.transport_.write(data)
-
-    async def drain(self) -> None:
-        if self.lost is not None:
-            raise SSLNetworkError(f"write: write failed ({self.lost})")
-        if self.write_paused:
-            fut = asyncio.get_running_loop().create_future()
-            self.drain_waiters.append(fut)
-            await fut
-
-    def is_closing(self) -> bool:
-        return self.transport_ is None or self.transport_.is_closing()
-
-    def close(self) -> None:
-        if self.transport_ is not None:
-            self.transport_.close()
-
-    async def wait_closed(self) -> None:
-        if self.closed_future is not None:
-            await self.closed_future
-
-    def get_extra_info(self, name: str, default: Any = None) -> Any:
-        return default if self.transport_ is None else self.transport_.get_extra_info(name, default)
-
-    @property
-    def transport(self) -> Any:
-        return self.transport_
-
-
-Raw = Union[_StreamRaw, _ProtocolRaw]
-
-
-class AioConnection:
-    """The pump of one asyncio TLS connection and the raw transport it runs over."""
-
     is_async = True
+    must_drain = False  # drain() has to ask the raw side even when nothing is held back
+    paused_reading = False  # too much plaintext waits unread: the raw side stopped reading
+    sending = True  # the raw side takes ciphertext (until closed or lost)
+    input_ended = False  # the raw side reported its end (EOF or loss)
 
     def __init__(
-        self, ptr: Any, raw: Raw, context: _Context, hostname: Optional[str], strict_eof: bool
+        self, ptr: Any, context: _Context, hostname: Optional[str], strict_eof: bool
     ) -> None:
         self.ptr = ptr
-        self.raw = raw
         self.context = context
         self.hostname = hostname
         self.strict_eof = strict_eof
         self.closed = False
+        self.established = False  # the handshake completed: decrypt as ciphertext arrives
         self.sni_error: Optional[BaseException] = None
         self.switched_context: Optional[_Context] = None
         self.session_key: Optional[tuple[str, int]] = None
-        self.raw_lock = asyncio.Lock()  # one raw read at a time (reader and a renegotiation)
-        self.pending_write: Optional[bytes] = None  # plaintext held back by a renegotiation
         self.err = _binding.ffi.new("sp_err *")
+        self.count = _binding.ffi.new("size_t *")
+        bufs = _thread_buffers()
+        self.plain_buf, self.plain_chars, self.out_buf, self.out_chars = bufs[2:]
+        # What the reader takes from: plaintext, then the end (EOF) or the failure. Plaintext
+        # that arrives while none is buffered stays one bytes object (`head`), which a read of
+        # that size returns as is; otherwise it goes to (or joins) the bytearray `plain`.
+        self.head: Optional[bytes] = None
+        self.plain = bytearray()
+        self.eof = False
+        self.exc: Optional[BaseException] = None
+        self.waiter: Optional[asyncio.Future[None]] = None  # the reader's or the handshake's
+        self.pending_write: Optional[bytes] = None  # plaintext held back by a renegotiation
+        self.write_exc: Optional[BaseException] = None
+        self.drain_waiters: list[asyncio.Future[None]] = []
 
-    # -- moving ciphertext -------------------------------------------------------------------
+    # -- the raw side (subclasses) ------------------------------------------------------------
 
     def push_out(self) -> None:
-        """Hand everything the pump queued to the raw transport (never waits)."""
-        lib = _binding.lib
-        buf = _thread_buffer()
-        while True:
-            n = lib.sp_take(self.ptr, buf, _CHUNK)
-            if n and not self.raw.is_closing():
-                self.raw.write(_binding.ffi.buffer(buf, n)[:])
-            if n < _CHUNK:
+        """Hand everything the pump queued to the raw side (never waits)."""
+        n = _sp_take(self.ptr, self.out_buf, _BUF)
+        while n:
+            if self.sending:
+                self.raw_write(_unpack(self.out_chars, n))
+            if n < _BUF:
                 return
+            n = _sp_take(self.ptr, self.out_buf, _BUF)
 
-    async def pull_in(self, seen: int) -> None:
-        """Wait for ciphertext that arrived after generation `seen` (taken before the pump
-        call that asked for more), so data that came in meanwhile is never waited for."""
-        async with self.raw_lock:
-            await self.raw.pull(self.ptr, seen)
+    def raw_write(self, data: bytes) -> None:
+        raise NotImplementedError
 
-    async def drain(self) -> None:
-        self.push_out()
-        if not self.raw.is_closing():
-            try:
-                await self.raw.drain()
-            except (ConnectionError, OSError) as exc:
-                raise SSLNetworkError(f"write: write failed ({exc})") from exc
+    def wait_input(self) -> Awaitable[None]:
+        """Wait until more ciphertext (or its end) was fed to the pump."""
+        raise NotImplementedError
 
-    # -- operations --------------------------------------------------------------------------
+    def wait_progress(self) -> Awaitable[None]:
+        """Wait until input moved a renegotiation on (a held-back write may go)."""
+        raise NotImplementedError
+
+    async def drain_raw(self) -> None:
+        """Wait for the raw side's back-pressure."""
+
+    def close_raw(self) -> None:
+        raise NotImplementedError
+
+    async def wait_closed(self) -> None:
+        raise NotImplementedError
+
+    def raw_closing(self) -> bool:
+        raise NotImplementedError
+
+    def get_extra_info(self, name: str, default: Any = None) -> Any:
+        raise NotImplementedError
+
+    @property
+    def transport(self) -> Any:
+        raise NotImplementedError
+
+    def pause_reading(self) -> None:
+        """Too much plaintext waits unread: stop the raw side reading."""
+
+    def resume_reading(self) -> None:
+        """The reader took enough plaintext: let the raw side read again."""
+
+    # -- the engine ---------------------------------------------------------------------------
+
+    def decrypt(self) -> None:
+        """Decrypt all the ciphertext fed so far into `plain`; note the end or the failure;
+        send what reading queued (a KeyUpdate reply, an alert); wake whoever waits."""
+        if self.exc is None and not self.eof:
+            ptr = self.ptr
+            buf = self.plain_buf
+            count = self.count
+            while True:
+                status = _sp_read(ptr, buf, _BUF, _BUF, count, 0, self.err)
+                n = count[0]
+                if n:
+                    data = _unpack(self.plain_chars, n)
+                    if self.head is None and not self.plain:
+                        self.head = data
+                    else:
+                        if self.head is not None:
+                            self.plain += self.head
+                            self.head = None
+                        self.plain += data
+                        if len(self.plain) > _READ_HIGH and not self.paused_reading:
+                            self.pause_reading()
+                if status == _WANT_READ:  # everything fed was consumed
+                    break
+                if status == _OK:  # the buffer was full, or data came before the end
+                    if n:
+                        continue
+                    break
+                if status == _EOF:
+                    self.eof = True
+                elif status == _RAGGED_EOF:
+                    if self.strict_eof:
+                        self.exc = SSLError("read: read failed (unexpected eof)")
+                    else:
+                        self.eof = True
+                else:
+                    self.exc = build_error("read", "read", self.err, SSLNetworkError)
+                break
+            if _sp_pending_out(ptr):
+                self.push_out()  # a KeyUpdate reply, a renegotiation flight, an alert
+            if self.pending_write is not None:
+                self.retry_write()
+        if self.drain_waiters:
+            self.wake_drain()
+        waiter = self.waiter
+        if waiter is not None:
+            self.waiter = None
+            if not waiter.done():
+                waiter.set_result(None)
+
+    def input_arrived(self) -> None:
+        """Ciphertext (or its end) was fed: decrypt it, or wake the handshake."""
+        if self.established:
+            self.decrypt()
+        else:
+            waiter = self.waiter
+            if waiter is not None:
+                self.waiter = None
+                if not waiter.done():
+                    waiter.set_result(None)
 
     async def handshake(self, func: str) -> None:
         lib = _binding.lib
         from .sni import bind_connection
 
         while True:
-            seen = self.raw.generation
             with bind_connection(self):
                 status = lib.sp_handshake(self.ptr, 0, self.err)
-            if status == lib.SP_OK:
-                await self.drain()
-                self.remember_session()
-                return
-            if status == lib.SP_WANT_READ:
-                await self.drain()
-                await self.pull_in(seen)
+            self.push_out()
+            if status == _OK:
+                break
+            if status == _WANT_READ:
+                await self.wait_input()
                 continue
             if self.sni_error is not None:
                 raise self.sni_error
-            self.push_out()  # the alert, so the peer learns why
-            if status == lib.SP_RAGGED_EOF:
+            if status == _RAGGED_EOF:
                 raise SSLNetworkError(f"{func}: handshake failed (connection closed by peer)")
             raise build_error(func, "handshake", self.err, SSLNetworkError)
+        self.established = True
+        self.remember_session()
+        self.decrypt()  # what came with the peer's last flight (data, TLS 1.3 tickets)
 
-    async def read_some(self, size: int) -> bytes:
-        """At least one byte of plaintext (at most `size`), or b"" at EOF."""
-        lib = _binding.lib
-        ffi = _binding.ffi
-        size = min(size, _CHUNK)
-        buf = _thread_buffer()
-        err, got = _scratch()
-        while True:
-            seen = self.raw.generation
-            status = lib.sp_read(self.ptr, buf, size, 1, got, 0, err)
-            if got[0]:
-                self.raw.consumed(self.ptr)
-                if lib.sp_pending_out(self.ptr):
-                    self.push_out()  # e.g. a KeyUpdate reply
-                return ffi.buffer(buf, got[0])[:]  # type: ignore[no-any-return]
-            if status == lib.SP_WANT_READ:
-                await self.drain()
-                await self.pull_in(seen)
-                continue
-            if status == lib.SP_EOF:
-                return b""
-            if status == lib.SP_RAGGED_EOF:
-                if self.strict_eof:
-                    raise SSLError("read: read failed (unexpected eof)")
-                return b""
-            self.push_out()
-            raise build_error("read", "read", err, SSLNetworkError)
+    def write(self, data: Union[bytes, bytearray, memoryview]) -> None:
+        """Encrypt `data` and queue the ciphertext on the raw side."""
+        if self.closed:
+            raise SSLError("write: connection is closed")
+        if self.pending_write is not None:
+            self.pending_write += bytes(data)
+            return
+        if type(data) is bytes:
+            n = len(data)
+            cdata: Any = data
+        else:
+            view = memoryview(data)
+            n = view.nbytes
+            cdata = _binding.ffi.from_buffer(view)
+        if not n:
+            return
+        status = _sp_write(self.ptr, cdata, n, self.count, 0, self.err)
+        self.push_out()
+        if status == _OK:
+            return
+        done = self.count[0]
+        if status == _WANT_READ:
+            # A renegotiation is under way: the rest goes once the peer's flight came in.
+            self.pending_write = bytes(memoryview(data).cast("B")[done:])
+            return
+        raise build_error("write", "write", self.err, SSLNetworkError)
 
-    def write_now(self, data: bytes) -> None:
-        """Encrypt `data` and queue the ciphertext on the raw transport."""
-        lib = _binding.lib
-        ffi = _binding.ffi
-        err, done = _scratch()
-        view = memoryview(data)
-        total = 0
-        while total < len(view):
-            rest = view[total:]
-            status = lib.sp_write(self.ptr, ffi.from_buffer(rest), len(rest), done, 0, err)
-            total += done[0]
-            self.push_out()
-            if status == lib.SP_OK:
-                continue
-            if status == lib.SP_WANT_READ:
-                # A renegotiation is under way: drain() sends the rest once it moved on.
-                self.pending_write = bytes(view[total:])
-                return
-            raise build_error("write", "write", err, SSLNetworkError)
+    def retry_write(self) -> None:
+        """After input: send what a renegotiation held back, if it has moved on."""
+        rest, self.pending_write = self.pending_write, None
+        if rest is not None:
+            try:
+                self.write(rest)
+            except SSLError as exc:
+                self.write_exc = exc
+        if self.pending_write is None:
+            self.wake_drain()
+
+    def wake_drain(self) -> None:
+        waiters, self.drain_waiters = self.drain_waiters, []
+        for fut in waiters:
+            if not fut.done():
+                fut.set_result(None)
+
+    async def drain(self) -> None:
+        """The slow path of SSLStreamWriter.drain: something holds writing back."""
+        while self.pending_write is not None:
+            if self.eof or self.exc is not None or self.input_ended:
+                raise SSLNetworkError("write: write failed (connection closed by peer)")
+            await self.wait_progress()
+        if self.write_exc is not None:
+            exc, self.write_exc = self.write_exc, None
+            raise exc
+        await self.drain_raw()
 
     def remember_session(self) -> None:
         if self.session_key is None or not isinstance(self.context, SSLClientContext):
@@ -377,74 +341,339 @@ class AioConnection:
         if session != ffi.NULL:
             self.context._remember_session(self.session_key, ffi.gc(session, lib.sp_session_free))
 
+    def close(self) -> None:
+        if not self.closed:
+            self.closed = True
+            self.remember_session()
+            self.close_raw()
+
+
+class _SSLProtocol(AioConnection, asyncio.BufferedProtocol):
+    """The connection as the transport's protocol: ciphertext straight from the socket."""
+
+    def __init__(
+        self, ptr: Any, context: _Context, hostname: Optional[str], strict_eof: bool
+    ) -> None:
+        super().__init__(ptr, context, hostname, strict_eof)
+        self.transport_: Optional[asyncio.Transport] = None
+        self.loop = asyncio.get_running_loop()
+        self.recv_buf, self.recv_c = _thread_buffers()[:2]
+        self.lost: Optional[BaseException] = None
+        self.is_lost = False
+        self.paused_reading = False
+        self.write_paused = False
+        self.closed_future: asyncio.Future[None] = self.loop.create_future()
+
+    # asyncio.BufferedProtocol
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport_ = transport  # type: ignore[assignment]
+        self.raw_write = transport.write  # type: ignore[attr-defined,method-assign]
+        sock = transport.get_extra_info("socket")
+        if sock is not None:
+            try:
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            except OSError:
+                pass
+
+    def get_buffer(self, sizehint: int) -> bytearray:
+        return self.recv_buf  # type: ignore[no-any-return]
+
+    def buffer_updated(self, nbytes: int) -> None:
+        if self.eof or self.exc is not None:
+            return  # the connection ended or failed: what follows is not read
+        if not _sp_feed(self.ptr, self.recv_c, nbytes):
+            self.exc = MemoryError("sslports: cannot buffer incoming ciphertext")
+        if self.established:
+            self.decrypt()
+        else:
+            self.input_arrived()
+
+    def eof_received(self) -> bool:
+        self.end_input()
+        return False
+
+    def connection_lost(self, exc: Optional[BaseException]) -> None:
+        self.lost = exc
+        self.is_lost = True
+        self.must_drain = True
+        self.sending = False
+        if exc is not None and self.exc is None and not self.eof and self.established:
+            # a transport failure (a reset): plaintext already here is still read first
+            self.exc = SSLNetworkError(
+                f"read: read failed ({exc})", errno=getattr(exc, "errno", None)
+            )
+        self.end_input()
+        self.wake_drain()
+        if not self.closed_future.done():
+            self.closed_future.set_result(None)
+
+    def pause_writing(self) -> None:
+        self.write_paused = True
+        self.must_drain = True
+
+    def resume_writing(self) -> None:
+        self.write_paused = False
+        self.must_drain = self.is_lost
+        self.wake_drain()
+
+    def end_input(self) -> None:
+        if not self.input_ended:
+            self.input_ended = True
+            _binding.lib.sp_feed_eof(self.ptr)
+        self.input_arrived()
+
+    # the raw side
+    def wait_input(self) -> Awaitable[None]:
+        fut: asyncio.Future[None] = asyncio.Future(loop=self.loop)
+        if self.input_ended:
+            if self.established and self.exc is None:
+                self.eof = True  # (decrypt has said so already)
+            fut.set_result(None)
+            return fut
+        if self.waiter is not None and not self.waiter.done():
+            raise RuntimeError("read: another coroutine is already waiting for this connection")
+        self.waiter = fut
+        if self.paused_reading:  # the reader wants more than is buffered: read on regardless
+            self.paused_reading = False
+            if self.transport_ is not None and not self.transport_.is_closing():
+                self.transport_.resume_reading()
+        return fut
+
+    def wait_progress(self) -> Awaitable[None]:
+        fut = self.loop.create_future()
+        self.drain_waiters.append(fut)
+        return fut
+
+    def pause_reading(self) -> None:
+        if self.transport_ is not None and not self.transport_.is_closing():
+            self.paused_reading = True
+            self.transport_.pause_reading()
+
+    def resume_reading(self) -> None:
+        if self.paused_reading and len(self.plain) <= _READ_LOW:
+            self.paused_reading = False
+            transport = self.transport_
+            if transport is not None and not transport.is_closing():
+                transport.resume_reading()
+
+    async def drain_raw(self) -> None:
+        while self.write_paused and not self.is_lost:
+            fut = self.loop.create_future()
+            self.drain_waiters.append(fut)
+            await fut
+        if self.is_lost:
+            reason = self.lost or "connection lost"
+            raise SSLNetworkError(f"write: write failed ({reason})")
+
+    def close_raw(self) -> None:
+        self.sending = False
+        if self.transport_ is not None:
+            self.transport_.close()
+
+    async def wait_closed(self) -> None:
+        await self.closed_future
+
+    def raw_closing(self) -> bool:
+        return self.transport_ is None or self.transport_.is_closing()
+
+    def get_extra_info(self, name: str, default: Any = None) -> Any:
+        if self.transport_ is None:
+            return default
+        return self.transport_.get_extra_info(name, default)
+
+    @property
+    def transport(self) -> Any:
+        return self.transport_
+
+
+class _StreamConnection(AioConnection):
+    """The connection over an asyncio StreamReader / StreamWriter pair (wrap_ssl_streams)."""
+
+    must_drain = True
+
+    def __init__(
+        self,
+        ptr: Any,
+        context: _Context,
+        hostname: Optional[str],
+        strict_eof: bool,
+        reader: asyncio.StreamReader,
+        writer: asyncio.StreamWriter,
+    ) -> None:
+        super().__init__(ptr, context, hostname, strict_eof)
+        self.raw_reader = reader
+        self.raw_writer = writer
+        self.lock = asyncio.Lock()  # one raw read at a time (the reader, a held-back write)
+        self.generation = 0  # bumped by every feed: a waiter that sees it move skips reading
+
+    def raw_write(self, data: bytes) -> None:
+        if not self.raw_writer.is_closing():
+            self.raw_writer.write(data)
+
+    async def wait_input(self) -> None:
+        seen = self.generation
+        async with self.lock:
+            if self.generation != seen:
+                return  # another coroutine fed the pump meanwhile
+            if self.input_ended:
+                data = b""
+            else:
+                try:
+                    data = await self.raw_reader.read(_BUF)
+                except (ConnectionError, OSError) as exc:
+                    data = b""
+                    if self.established and self.exc is None:
+                        self.exc = SSLNetworkError(
+                            f"read: read failed ({exc})", errno=getattr(exc, "errno", None)
+                        )
+            self.generation += 1
+            lib = _binding.lib
+            if not data:
+                self.input_ended = True
+                lib.sp_feed_eof(self.ptr)
+            elif not lib.sp_feed(self.ptr, data, len(data)):
+                raise MemoryError("sslports: cannot buffer incoming ciphertext")
+            self.input_arrived()
+
+    def wait_progress(self) -> Awaitable[None]:
+        return self.wait_input()
+
+    async def drain_raw(self) -> None:
+        if self.raw_writer.is_closing():
+            return
+        try:
+            await self.raw_writer.drain()
+        except (ConnectionError, OSError) as exc:
+            raise SSLNetworkError(f"write: write failed ({exc})") from exc
+
+    def close_raw(self) -> None:
+        self.sending = False
+        self.raw_writer.close()
+
+    async def wait_closed(self) -> None:
+        await self.raw_writer.wait_closed()
+
+    def raw_closing(self) -> bool:
+        return self.raw_writer.is_closing()
+
+    def get_extra_info(self, name: str, default: Any = None) -> Any:
+        return self.raw_writer.get_extra_info(name, default)
+
+    @property
+    def transport(self) -> Any:
+        return self.raw_writer.transport
+
 
 class SSLStreamReader:
-    """The plaintext side of an asyncio TLS connection (asyncio.StreamReader's API)."""
+    """The plaintext side of an asyncio TLS connection (asyncio.StreamReader's API).
+
+    Plaintext that arrived before a failure is read first; then every read raises it.
+    """
 
     def __init__(self, conn: AioConnection, limit: int = 2**16) -> None:
         self._sslports_conn = conn
-        self._buffer = bytearray()
-        self._eof = False
         self._limit = limit
 
-    async def _fill(self) -> bool:
-        """Read more plaintext into the buffer; False at EOF."""
-        if self._eof:
-            return False
-        data = await self._sslports_conn.read_some(_CHUNK)
-        if not data:
-            self._eof = True
-            self._sslports_conn.remember_session()
-            return False
-        self._buffer += data
-        return True
+    def _buffered(self) -> bytearray:
+        """All buffered plaintext, as the connection's bytearray."""
+        conn = self._sslports_conn
+        if conn.head is not None:
+            conn.plain += conn.head
+            conn.head = None
+        return conn.plain
+
+    def _take(self, n: int) -> bytes:
+        conn = self._sslports_conn
+        buf = self._buffered()
+        if n >= len(buf):
+            data = bytes(buf)
+            buf.clear()
+        else:
+            data = bytes(memoryview(buf)[:n])
+            del buf[:n]
+        if conn.paused_reading:
+            conn.resume_reading()
+        return data
+
+    async def _at_end(self) -> bool:
+        """Nothing more is buffered: raise the read failure, or True at EOF, else wait."""
+        conn = self._sslports_conn
+        if conn.exc is not None:
+            raise conn.exc
+        if conn.eof:
+            conn.remember_session()
+            return True
+        await conn.wait_input()
+        return False
 
     def at_eof(self) -> bool:
-        return self._eof and not self._buffer
+        conn = self._sslports_conn
+        return conn.eof and conn.head is None and not conn.plain
+
+    def exception(self) -> Optional[BaseException]:
+        return self._sslports_conn.exc
 
     async def read(self, n: int = -1) -> bytes:
+        conn = self._sslports_conn
+        if n < 0:
+            while not await self._at_end():
+                pass
+            return self._take(len(self._buffered()))
         if n == 0:
             return b""
-        if n < 0:
-            while await self._fill():
-                pass
-            data = bytes(self._buffer)
-            self._buffer.clear()
-            return data
-        if not self._buffer:
-            await self._fill()
-        data = bytes(self._buffer[:n])
-        del self._buffer[:n]
-        return data
+        while True:
+            head = conn.head
+            if head is not None and len(head) <= n:
+                conn.head = None
+                return head
+            if head is not None or conn.plain:
+                return self._take(n)
+            if conn.exc is not None:
+                raise conn.exc
+            if conn.eof:
+                conn.remember_session()
+                return b""
+            await conn.wait_input()
 
     async def readexactly(self, n: int) -> bytes:
-        while len(self._buffer) < n:
-            if not await self._fill():
-                partial = bytes(self._buffer)
-                self._buffer.clear()
-                raise asyncio.IncompleteReadError(partial, n)
-        data = bytes(self._buffer[:n])
-        del self._buffer[:n]
-        return data
+        if n <= 0:
+            if n < 0:
+                raise ValueError("readexactly size can not be less than zero")
+            return b""
+        conn = self._sslports_conn
+        while True:
+            head = conn.head
+            if head is not None:
+                if len(head) == n:
+                    conn.head = None
+                    return head
+            elif not conn.plain and conn.exc is None and not conn.eof:
+                await conn.wait_input()  # (the common case: nothing is here yet)
+                continue
+            buf = self._buffered()
+            if len(buf) >= n:
+                return self._take(n)
+            if conn.exc is not None:
+                raise conn.exc
+            if conn.eof:
+                conn.remember_session()
+                raise asyncio.IncompleteReadError(self._take(len(buf)), n)
+            await conn.wait_input()
 
     async def readuntil(self, separator: bytes = b"\n") -> bytes:
         if not separator:
             raise ValueError("readuntil: separator must not be empty")
         start = 0
         while True:
-            i = self._buffer.find(separator, start)
+            buf = self._buffered()
+            i = buf.find(separator, start)
             if i >= 0:
-                end = i + len(separator)
-                data = bytes(self._buffer[:end])
-                del self._buffer[:end]
-                return data
-            if len(self._buffer) > self._limit:
+                return self._take(i + len(separator))
+            if len(buf) > self._limit:
                 raise asyncio.LimitOverrunError("separator not found within the limit", 0)
-            start = max(0, len(self._buffer) - len(separator) + 1)
-            if not await self._fill():
-                partial = bytes(self._buffer)
-                self._buffer.clear()
-                raise asyncio.IncompleteReadError(partial, None)
+            start = max(0, len(buf) - len(separator) + 1)
+            if await self._at_end():
+                raise asyncio.IncompleteReadError(self._take(len(buf)), None)
 
     async def readline(self) -> bytes:
         try:
@@ -463,64 +692,57 @@ class SSLStreamReader:
 
 
 class SSLStreamWriter:
-    """The plaintext side for writing (asyncio.StreamWriter's API)."""
+    """The plaintext side for writing (asyncio.StreamWriter's API).
+
+    ``write(data)`` encrypts at once and hands the ciphertext to the transport (it is the
+    connection's own method, bound here: no extra call per write); ``drain()`` waits only
+    when the transport paused writing.
+    """
+
+    write: Callable[[Union[bytes, bytearray, memoryview]], None]
 
     def __init__(self, conn: AioConnection, reader: SSLStreamReader) -> None:
         self._sslports_conn = conn
         self._reader = reader
+        self.write = conn.write
 
     @property
     def transport(self) -> Any:
-        return self._sslports_conn.raw.transport
-
-    def write(self, data: Union[bytes, bytearray, memoryview]) -> None:
-        conn = self._sslports_conn
-        if conn.closed:
-            raise SSLError("write: connection is closed")
-        if conn.pending_write is not None:
-            conn.pending_write += bytes(data)
-            return
-        conn.write_now(bytes(data))
+        return self._sslports_conn.transport
 
     def writelines(self, data: Sequence[bytes]) -> None:
         self.write(b"".join(data))
 
     async def drain(self) -> None:
         conn = self._sslports_conn
-        while conn.pending_write is not None:
-            rest, conn.pending_write = conn.pending_write, None
-            await conn.pull_in(conn.raw.generation)
-            conn.write_now(rest)
-        await conn.drain()
+        if conn.must_drain or conn.pending_write is not None or conn.write_exc is not None:
+            await conn.drain()
 
     def can_write_eof(self) -> bool:
         return False
 
     def is_closing(self) -> bool:
-        return self._sslports_conn.closed or self._sslports_conn.raw.is_closing()
+        return self._sslports_conn.closed or self._sslports_conn.raw_closing()
 
     def close(self) -> None:
         """Close the connection (no close_notify: use shutdown() first for one)."""
-        conn = self._sslports_conn
-        if not conn.closed:
-            conn.closed = True
-            conn.remember_session()
-            conn.raw.close()
+        self._sslports_conn.close()
 
     async def shutdown(self) -> None:
         """Send close_notify (without waiting for the peer's), then drain."""
-        lib = _binding.lib
-        lib.sp_shutdown(self._sslports_conn.ptr, self._sslports_conn.err)
-        await self._sslports_conn.drain()
+        conn = self._sslports_conn
+        _binding.lib.sp_shutdown(conn.ptr, conn.err)
+        conn.push_out()
+        await conn.drain()
 
     async def wait_closed(self) -> None:
         try:
-            await self._sslports_conn.raw.wait_closed()
+            await self._sslports_conn.wait_closed()
         except (ConnectionError, OSError):
             pass
 
     def get_extra_info(self, name: str, default: Any = None) -> Any:
-        return self._sslports_conn.raw.get_extra_info(name, default)
+        return self._sslports_conn.get_extra_info(name, default)
 
     async def __aenter__(self) -> SSLStreamWriter:
         return self
@@ -552,54 +774,33 @@ async def wrap_ssl_streams(
     :raises SSLNetworkError: the handshake failed (the raw writer is closed).
     :raises TimeoutError: the handshake took longer than `timeout`.
     """
-    from .net import wrap_arguments
+    from .net import _new_connection, wrap_arguments
 
     func = "wrap_ssl_streams"
     ctx, host, wire = wrap_arguments(func, mode, context, encrypt, hostname, alpn)
-    raw = _StreamRaw(reader, writer)
-    return await _start(func, raw, ctx, mode == "accept", host, wire, timeout, strict_eof)
+    is_server = mode == "accept"
+    try:
+        ptr = _new_connection(func, ctx, is_server, -1, host, wire, SSLNetworkError)
+    except BaseException:
+        writer.close()
+        raise
+    conn = _StreamConnection(ptr, ctx, host, strict_eof, reader, writer)
+    return await _start(func, conn, timeout)
 
 
 async def _start(
-    func: str,
-    raw: Raw,
-    ctx: _Context,
-    is_server: bool,
-    hostname: Optional[str],
-    wire: bytes,
-    timeout: Optional[float],
-    strict_eof: bool,
-    session_key: Optional[tuple[str, int]] = None,
+    func: str, conn: AioConnection, timeout: Optional[float]
 ) -> tuple[SSLStreamReader, SSLStreamWriter]:
-    from .net import _new_connection
-
+    """Run the handshake (closing the raw side if it fails) and make the stream pair."""
     try:
-        ptr = _new_connection(func, ctx, is_server, -1, hostname, wire, SSLNetworkError)
-        if isinstance(raw, _ProtocolRaw):
-            raw.attach(ptr)
-        conn = AioConnection(ptr, raw, ctx, hostname, strict_eof)
-        if session_key is not None and isinstance(ctx, SSLClientContext):
-            conn.session_key = session_key
-            session = ctx._session_for(session_key)
-            if session is not None:
-                _binding.lib.sp_conn_set_session(ptr, session)
         try:
             await asyncio.wait_for(conn.handshake(func), timeout)
         except asyncio.TimeoutError as exc:
             raise SSLTimeoutError(f"{func}: handshake timed out") from exc
     except BaseException:
-        raw.close()
+        conn.close_raw()
         raise
     return _pair(conn)
-
-
-def _nodelay(raw: _ProtocolRaw) -> None:
-    sock = raw.get_extra_info("socket")
-    if sock is not None:
-        try:
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        except OSError:
-            pass
 
 
 async def open_ssl_connection(
@@ -616,7 +817,7 @@ async def open_ssl_connection(
     :param context: a client context or a protocol name (``"secure"`` by default).
     :raises SSLNetworkError: the connection or the handshake failed.
     """
-    from .net import _check_hostname_arg, _check_port_number, _client_context
+    from .net import _check_hostname_arg, _check_port_number, _client_context, _new_connection
 
     func = "open_ssl_connection"
     if not isinstance(host, str):
@@ -626,22 +827,65 @@ async def open_ssl_connection(
     ctx = _client_context(func, context)
     wire = encode_alpn(func, alpn)
     _binding.require_native(func)
+    ptr = _new_connection(func, ctx, False, -1, host, wire, SSLNetworkError)
+    conn = _SSLProtocol(ptr, ctx, host, strict_eof)
+    conn.session_key = (host.lower(), port)
+    session = ctx._session_for(conn.session_key)
+    if session is not None:
+        _binding.lib.sp_conn_set_session(ptr, session)
     loop = asyncio.get_running_loop()
     deadline = None if timeout is None else loop.time() + timeout
     try:
-        _transport, raw = await asyncio.wait_for(
-            loop.create_connection(_ProtocolRaw, host, port), timeout
-        )
+        await asyncio.wait_for(loop.create_connection(lambda: conn, host, port), timeout)
     except asyncio.TimeoutError as exc:
         raise SSLTimeoutError(f"{func}: connect timed out") from exc
     except OSError as exc:
         raise SSLNetworkError(f"{func}: connect failed ({exc.strerror or exc})") from exc
-    _nodelay(raw)
     left = None if deadline is None else max(0.0, deadline - loop.time())
-    return await _start(func, raw, ctx, False, host, wire, left, strict_eof, (host.lower(), port))
+    return await _start(func, conn, left)
 
 
 ClientConnected = Callable[[SSLStreamReader, SSLStreamWriter], Optional[Awaitable[None]]]
+
+
+class SSLServer(asyncio.AbstractServer):
+    """What start_ssl_server returns: asyncio.Server's essentials.
+
+    ``close()`` also cancels the handshakes in progress; ``wait_closed()`` waits for them.
+    """
+
+    def __init__(self, server: asyncio.Server, handshakes: set[asyncio.Task[None]]) -> None:
+        self._server = server
+        self._handshakes = handshakes
+
+    @property
+    def sockets(self) -> tuple[socket.socket, ...]:
+        return tuple(self._server.sockets)
+
+    def close(self) -> None:
+        self._server.close()
+        for task in list(self._handshakes):
+            task.cancel()
+
+    async def wait_closed(self) -> None:
+        await self._server.wait_closed()
+        if self._handshakes:
+            await asyncio.wait(list(self._handshakes))
+
+    def get_loop(self) -> asyncio.AbstractEventLoop:
+        return self._server.get_loop()
+
+    def is_serving(self) -> bool:
+        return self._server.is_serving()
+
+    async def start_serving(self) -> None:
+        await self._server.start_serving()
+
+    async def serve_forever(self) -> None:
+        try:
+            await self._server.serve_forever()
+        finally:
+            self.close()
 
 
 async def start_ssl_server(
@@ -652,37 +896,62 @@ async def start_ssl_server(
     *,
     handshake_timeout: Optional[float] = 30.0,
     **kwargs: Any,
-) -> asyncio.Server:
+) -> SSLServer:
     """Serve TLS: each client's handshake runs, then ``client_connected_cb(reader, writer)``.
 
-    Returns the asyncio.Server (close, wait_closed, serve_forever, sockets, async with). A
-    failed or stalled handshake closes that connection; the server keeps serving.
+    Returns an SSLServer (close, wait_closed, serve_forever, sockets, async with). A failed or
+    stalled handshake closes that connection (logged at debug level); the server keeps
+    serving. `kwargs` go to ``loop.create_server`` (backlog, reuse_port, ...).
     """
     func = "start_ssl_server"
     if not isinstance(context, SSLServerContext):
         raise TypeError(f"{func}: expected a server context, got {type(context).__name__}")
     _binding.require_native(func)
-
-    async def on_client(raw: _ProtocolRaw) -> None:
-        _nodelay(raw)
-        try:
-            ssl_reader, ssl_writer = await _start(
-                "ssl_accept", raw, context, True, None, b"", handshake_timeout, False
-            )
-        except (SSLError, OSError):
-            return  # that client is gone; the server keeps serving
-        result = client_connected_cb(ssl_reader, ssl_writer)
-        if asyncio.iscoroutine(result):
-            await result
+    from .net import _new_connection
 
     loop = asyncio.get_running_loop()
-    tasks: set[asyncio.Task[None]] = set()
+    handshakes: set[asyncio.Task[None]] = set()
 
-    class _ServerRaw(_ProtocolRaw):
+    def report(message: str, exc: BaseException, conn: AioConnection) -> None:
+        loop.call_exception_handler(
+            {"message": message, "exception": exc, "transport": conn.transport}
+        )
+
+    async def on_client(conn: _SSLProtocol) -> None:
+        try:
+            ssl_reader, ssl_writer = await _start("ssl_accept", conn, handshake_timeout)
+        except (SSLError, OSError) as exc:  # that client is gone; the server keeps serving
+            _log.debug("%s: %s from %s", func, exc, conn.get_extra_info("peername"), exc_info=exc)
+            return
+        except Exception as exc:  # a server-name callback failed
+            report(f"{func}: the server-name callback failed during the handshake", exc, conn)
+            return
+        task = asyncio.current_task()
+        if task is not None:
+            handshakes.discard(task)  # the handshake is over: close() leaves it alone now
+        try:
+            result = client_connected_cb(ssl_reader, ssl_writer)
+            if asyncio.iscoroutine(result):
+                await result
+        except Exception as exc:
+            report(f"{func}: unhandled exception in client_connected_cb", exc, conn)
+            ssl_writer.close()
+
+    def make_protocol() -> _SSLProtocol:
+        ptr = _new_connection("ssl_accept", context, True, -1, None, b"", SSLNetworkError)
+        return _ServerProtocol(ptr, context, None, False)
+
+    class _ServerProtocol(_SSLProtocol):
         def connection_made(self, transport: asyncio.BaseTransport) -> None:
             super().connection_made(transport)
             task = loop.create_task(on_client(self))
-            tasks.add(task)
-            task.add_done_callback(tasks.discard)
+            handshakes.add(task)
+            task.add_done_callback(self.task_done)
 
-    return await loop.create_server(_ServerRaw, host, port, **kwargs)
+        def task_done(self, task: asyncio.Task[None]) -> None:
+            handshakes.discard(task)
+            if not self.established:  # e.g. cancelled by close() before it even started
+                self.close_raw()
+
+    server = await loop.create_server(make_protocol, host, port, **kwargs)
+    return SSLServer(server, handshakes)

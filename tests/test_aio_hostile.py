@@ -1,0 +1,738 @@
+"""Hostile peers against sslports.aio (issue 9): tests/test_hostile.py's scenarios, on asyncio.
+
+Each test runs on the default event loop and on uvloop. The misbehaving peer is the blocking
+code of test_hostile.py (raw sockets, ``RawTLSClient``'s forged records, ``openssl s_client``)
+run in a worker thread, so the loop under test keeps serving meanwhile. Every test checks:
+
+* the documented exception: what the server's handler or the aio client saw, or, for a failed
+  handshake, the exception ``start_ssl_server`` logs at debug level on the ``sslports`` logger
+  (a failing server-name callback goes to the loop's exception handler instead);
+* that the server keeps serving: a verified client gets a full round trip afterwards;
+* that nothing is left behind: when the server is closed no task is pending and every
+  transport is closed (the process has the sockets it had before the server started).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import hashlib
+import logging
+import os
+import shutil
+import socket
+import ssl
+import subprocess
+import threading
+import time
+from collections.abc import Awaitable
+from typing import Any, Callable, Optional
+
+import pytest
+from conftest import LOCAL
+from test_aio import LOOPS, run
+from test_hostile import (
+    MALFORMED_FIRST_RECORDS,
+    REC_ALERT,
+    REC_DATA,
+    REC_HANDSHAKE,
+    WEAK_SUITES,
+    RawTLSClient,
+    alert_of,
+    client_hello,
+    read_until_closed,
+    weak_client_hello,
+)
+from test_hostile import _forged as forged_record
+
+import sslports
+from sslports import SSLError, SSLNetworkError, aio
+
+OPENSSL = shutil.which("openssl")
+needs_openssl = pytest.mark.skipif(OPENSSL is None, reason="the openssl command is not installed")
+
+HANDSHAKE_TIMEOUT = 3.0  # the server's; every failing handshake below must end well before
+JOIN = 10.0  # the longest any one step may take
+
+Handler = Callable[[aio.SSLStreamReader, aio.SSLStreamWriter], Awaitable[Any]]
+
+
+def _sockets() -> set[str]:
+    """The sockets this process has open (descriptor: inode)."""
+    found = set()
+    for fd in os.listdir("/proc/self/fd"):
+        try:
+            target = os.readlink(f"/proc/self/fd/{fd}")
+        except OSError:  # the directory's own descriptor, closed meanwhile
+            continue
+        if target.startswith("socket:"):
+            found.add(f"{fd}: {target}")
+    return found
+
+
+def raw_connect(port: int) -> socket.socket:
+    return socket.create_connection((LOCAL, port), timeout=JOIN)
+
+
+def send_and_read(port: int, data: bytes, read: bool = True) -> bytes:
+    """Connect, send `data`, then read until the server closes (or close at once)."""
+    with raw_connect(port) as s:
+        if data:
+            s.sendall(data)
+        return read_until_closed(s) if read else b""
+
+
+async def in_thread(fn: Callable[[], Any]) -> Any:
+    """Run the blocking peer `fn` in a worker thread, bounded by JOIN."""
+    return await asyncio.wait_for(asyncio.to_thread(fn), JOIN)
+
+
+async def echo_line(reader: aio.SSLStreamReader, writer: aio.SSLStreamWriter) -> bytes:
+    line = await reader.readline()
+    writer.write(line)
+    await writer.drain()
+    return line
+
+
+class _Failures(logging.Handler):
+    """Collects the exceptions start_ssl_server logs for the handshakes it drops."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.DEBUG)
+        self.seen: list[BaseException] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if record.exc_info and record.exc_info[1] is not None:
+            self.seen.append(record.exc_info[1])
+
+
+class Server:
+    """An aio server under test (``async with``), for one test's connections in turn.
+
+    Each accepted connection runs the next handler of `handlers` (default: echo one line); its
+    result, or the exception it raised, lands in `results`. At exit the server is closed and
+    the test fails if a task is still pending or a socket is still open.
+    """
+
+    def __init__(
+        self,
+        pki: Any,
+        version: str = "auto",
+        *,
+        context: Optional[sslports.SSLServerContext] = None,
+        handshake_timeout: float = HANDSHAKE_TIMEOUT,
+    ) -> None:
+        self.pki = pki
+        self.context = context or pki.server_context(version)
+        if context is None and version == "tls13":
+            # RawTLSClient forges with one suite; the server must pick it
+            sslports.ssl_set_ciphersuites(self.context, "TLS_AES_128_GCM_SHA256")
+        self.handshake_timeout = handshake_timeout
+        self.handlers: list[Handler] = []
+        self.results: asyncio.Queue[Any] = asyncio.Queue()
+        self.failures = _Failures()
+        self.loop_errors: list[dict[str, Any]] = []
+        self.port = 0
+
+    async def _on_client(self, reader: aio.SSLStreamReader, writer: aio.SSLStreamWriter) -> None:
+        handler = self.handlers.pop(0) if self.handlers else echo_line
+        try:
+            result: Any = await asyncio.wait_for(handler(reader, writer), JOIN)
+        except Exception as exc:
+            result = exc
+        finally:
+            writer.close()
+        await self.results.put(result)
+
+    async def __aenter__(self) -> Server:
+        self.sockets = _sockets()
+        self.tasks = asyncio.all_tasks()  # the test's own
+        logger = logging.getLogger("sslports")
+        self.saved_level = logger.level
+        logger.setLevel(logging.DEBUG)
+        logger.addHandler(self.failures)
+        loop = asyncio.get_running_loop()
+        loop.set_exception_handler(lambda _loop, ctx: self.loop_errors.append(ctx))
+        self.server = await aio.start_ssl_server(
+            self._on_client,
+            LOCAL,
+            0,
+            self.context,
+            handshake_timeout=self.handshake_timeout,
+        )
+        self.port = self.server.sockets[0].getsockname()[1]
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        logger = logging.getLogger("sslports")
+        try:
+            self.server.close()
+            await asyncio.wait_for(self.server.wait_closed(), JOIN)
+            if exc[0] is None:
+                await self.check_nothing_left()
+        finally:
+            logger.removeHandler(self.failures)
+            logger.setLevel(self.saved_level)
+            asyncio.get_running_loop().set_exception_handler(None)
+
+    async def check_nothing_left(self) -> None:
+        deadline = time.monotonic() + 5
+        while True:
+            tasks = [t for t in asyncio.all_tasks() if t not in self.tasks]
+            left = _sockets() - self.sockets
+            if (not tasks and not left) or time.monotonic() > deadline:
+                break
+            await asyncio.sleep(0.02)
+        assert not tasks, f"tasks left pending: {tasks}"
+        assert not left, f"sockets left open: {left}"
+        assert not self.loop_errors, self.loop_errors
+
+    async def result(self) -> Any:
+        return await asyncio.wait_for(self.results.get(), JOIN)
+
+    async def failure(self) -> BaseException:
+        """The next handshake failure the server logs (waiting for it)."""
+        deadline = time.monotonic() + JOIN
+        while not self.failures.seen:
+            assert time.monotonic() < deadline, "no handshake failure was logged"
+            await asyncio.sleep(0.01)
+        return self.failures.seen.pop(0)
+
+    async def assert_serving(self) -> None:
+        """A verified client still gets a full round trip (to 127.0.0.1: no SNI)."""
+        reader, writer = await aio.open_ssl_connection(
+            LOCAL, self.port, self.pki.client_context(), timeout=JOIN
+        )
+        try:
+            writer.write(b"still serving\n")
+            await writer.drain()
+            assert await asyncio.wait_for(reader.readline(), JOIN) == b"still serving\n"
+        finally:
+            writer.close()
+            await writer.wait_closed()
+        assert await self.result() == b"still serving\n"
+        assert not self.failures.seen, self.failures.seen
+
+
+# -- 1. garbage, truncation and malformed records before the handshake completes ----------------
+
+
+@pytest.mark.parametrize("loop_kind", LOOPS)
+def test_garbage_truncated_and_malformed_hellos(pki: Any, loop_kind: str) -> None:
+    hello = client_hello()
+    peers: list[tuple[str, bytes]] = [
+        (f"random-{seed}", hashlib.shake_256(seed.to_bytes(4, "big")).digest(64 + 300 * seed))
+        for seed in range(3)
+    ]
+    peers += [(f"truncated-{f}", hello[: max(1, int(len(hello) * f))]) for f in (0.05, 0.5, 0.95)]
+    peers += sorted(MALFORMED_FIRST_RECORDS.items())
+    peers.append(("empty", b""))
+
+    async def main() -> None:
+        async with Server(pki) as srv:
+            for name, data in peers:
+                started = time.monotonic()
+                wait = not (name.startswith("truncated") or name == "empty")
+                answer = await in_thread(functools.partial(send_and_read, srv.port, data, wait))
+                exc = await srv.failure()
+                assert time.monotonic() - started < HANDSHAKE_TIMEOUT, name
+                assert isinstance(exc, SSLNetworkError), (name, exc)
+                assert not isinstance(exc, TimeoutError), (name, exc)
+                assert exc.message.startswith("ssl_accept: handshake failed"), (name, exc)
+                if name in MALFORMED_FIRST_RECORDS and name != "alert-first":
+                    alert = alert_of(answer)
+                    assert alert is None or alert[0] == 2, f"{name}: a non-fatal alert"
+            await srv.assert_serving()
+
+    run(loop_kind, main)
+
+
+@pytest.mark.parametrize("loop_kind", LOOPS)
+def test_hostile_server_handshakes(loop_kind: str) -> None:
+    """open_ssl_connection against servers that misbehave before the handshake completes."""
+
+    def serve_once(srv: socket.socket, behaviour: str) -> None:
+        conn, _ = srv.accept()
+        with conn:
+            conn.settimeout(JOIN)
+            if behaviour == "close-at-once":
+                return
+            conn.recv(65536)  # the ClientHello
+            if behaviour == "close-after-hello":
+                return
+            if behaviour == "garbage":
+                conn.sendall(hashlib.shake_256(b"server").digest(512))
+            elif behaviour == "oversized-record":
+                conn.sendall(b"\x16\x03\x03\x48\x01" + b"\x00" * 32)
+            elif behaviour == "alert":
+                conn.sendall(b"\x15\x03\x03\x00\x02\x02\x28")
+            read_until_closed(conn)
+
+    async def main() -> None:
+        sockets = _sockets()
+        behaviours = ("garbage", "close-at-once", "close-after-hello", "oversized-record", "alert")
+        for behaviour in behaviours:
+            with socket.socket() as srv:
+                srv.bind((LOCAL, 0))
+                srv.listen(1)
+                srv.settimeout(JOIN)
+                port = srv.getsockname()[1]
+                peer = asyncio.ensure_future(
+                    in_thread(functools.partial(serve_once, srv, behaviour))
+                )
+                with pytest.raises(SSLNetworkError) as info:
+                    await aio.open_ssl_connection(LOCAL, port, timeout=JOIN)
+                await peer
+            assert info.value.message.startswith("open_ssl_connection: "), behaviour
+            if behaviour == "alert":
+                assert "alert handshake failure" in info.value.message
+        assert _sockets() <= sockets
+
+    run(loop_kind, main)
+
+
+# -- 2. stalls ----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("loop_kind", LOOPS)
+def test_stalled_handshakes_time_out(pki: Any, loop_kind: str) -> None:
+    """handshake_timeout bounds each handshake: silent, half a hello, one byte at a time."""
+    hello = client_hello()
+
+    async def main() -> None:
+        async with Server(pki, handshake_timeout=0.5) as srv:
+            stop = threading.Event()
+            socks = [raw_connect(srv.port) for _ in range(3)]
+            socks[1].sendall(hello[: len(hello) // 2])
+
+            def drip() -> None:
+                for i in range(len(hello) - 1):
+                    if stop.wait(0.05):
+                        return
+                    try:
+                        socks[2].send(hello[i : i + 1])
+                    except OSError:
+                        return
+
+            started = time.monotonic()
+            dripper = asyncio.ensure_future(asyncio.to_thread(drip))
+            try:
+                failures = [await srv.failure() for _ in socks]
+                elapsed = time.monotonic() - started
+            finally:
+                stop.set()
+                await dripper
+                for s in socks:
+                    s.close()
+            for exc in failures:
+                assert isinstance(exc, SSLNetworkError) and isinstance(exc, TimeoutError)
+                assert "timed out" in exc.message
+            assert 0.3 < elapsed < 5
+            await srv.assert_serving()
+            # a handshake still in progress when the server closes is cancelled, its
+            # connection closed (the peer reads EOF at once)
+            with raw_connect(srv.port) as stalled:
+                await asyncio.sleep(0.1)
+                srv.server.close()
+                await asyncio.wait_for(srv.server.wait_closed(), JOIN)
+                assert await in_thread(lambda: read_until_closed(stalled)) == b""
+
+    run(loop_kind, main)
+
+
+@pytest.mark.parametrize("loop_kind", LOOPS)
+@pytest.mark.parametrize("version", ["tls12", "tls13"])
+def test_stall_mid_record_read_timeout(pki: Any, loop_kind: str, version: str) -> None:
+    """Half a record, a read that times out (wait_for), then the rest: nothing is lost."""
+
+    async def main() -> None:
+        half_sent = asyncio.Event()
+        rest_sent = threading.Event()
+
+        async def handler(reader: aio.SSLStreamReader, writer: aio.SSLStreamWriter) -> Any:
+            await half_sent.wait()
+            started = time.monotonic()
+            try:
+                await asyncio.wait_for(reader.read(100), 0.3)
+            except asyncio.TimeoutError:
+                waited = time.monotonic() - started
+            rest_sent.set()
+            return waited, await reader.readexactly(12), await reader.readexactly(6)
+
+        async with Server(pki, version) as srv:
+            srv.handlers.append(handler)
+            c = RawTLSClient(srv.port, version)
+            try:
+                await in_thread(c.handshake)
+                rec = c.record(REC_DATA, b"first record")
+                c.send(rec[:9])
+                half_sent.set()
+                await in_thread(lambda: rest_sent.wait(JOIN))
+                c.send(rec[9:] + c.record(REC_DATA, b"second"))
+                waited, first, second = await srv.result()
+            finally:
+                c.close()
+            assert 0.2 < waited < 3
+            assert (first, second) == (b"first record", b"second")
+            await srv.assert_serving()
+
+    run(loop_kind, main)
+
+
+# -- 3. forged records after the handshake: malformed, oversized, alerts -------------------------
+
+FORGED = [
+    "fatal-alert",
+    "bogus-content-type",
+    "bad-version",
+    "oversized-header",
+    "oversized-plaintext",
+    "bad-mac",
+    "plaintext-alert",
+    "change-cipher-spec",
+    "empty-alert",
+    "warning-alert-flood",
+    "empty-record-flood",
+    "heartbeat",
+]
+
+
+async def _read_then_fail(reader: aio.SSLStreamReader, writer: aio.SSLStreamWriter) -> Any:
+    results: list[Any] = [await reader.readexactly(len(b"before"))]
+    for _ in range(2):  # the failure is sticky
+        try:
+            results.append(await reader.read(100))
+        except SSLError as exc:
+            results.append(exc)
+    return results
+
+
+@pytest.mark.parametrize("loop_kind", LOOPS)
+@pytest.mark.parametrize("version", ["tls12", "tls13"])
+def test_forged_records_mid_stream(pki: Any, loop_kind: str, version: str) -> None:
+    async def main() -> None:
+        async with Server(pki, version) as srv:
+            for kind in FORGED:
+                srv.handlers.append(_read_then_fail)
+                c = RawTLSClient(srv.port, version)
+                try:
+                    await in_thread(c.handshake)
+                    c.send(c.record(REC_DATA, b"before") + forged_record(c, kind))
+                    results = await srv.result()
+                    await in_thread(functools.partial(read_until_closed, c.sock))
+                finally:
+                    c.close()
+                assert results[0] == b"before", kind
+                exc = results[1]
+                assert isinstance(exc, SSLNetworkError), (kind, results)
+                assert exc.message.startswith("read: read failed ("), (kind, exc)
+                assert exc.openssl_errors or exc.errno, kind
+                if kind == "fatal-alert":
+                    assert "alert internal error" in exc.message
+                assert results[2] is exc, kind
+            await srv.assert_serving()
+
+    run(loop_kind, main)
+
+
+# -- 4. EOF without close_notify ------------------------------------------------------------------
+
+
+def _python_tls_server(pki: Any, version: str, ending: str) -> tuple[socket.socket, Any]:
+    """A one-connection Python ssl server that sends b"payload" and then ends as `ending`."""
+    ctx = pki.py_server_context(version)
+    srv = socket.socket()
+    srv.bind((LOCAL, 0))
+    srv.listen(1)
+    srv.settimeout(JOIN)
+
+    def act() -> None:
+        conn, _ = srv.accept()
+        conn.settimeout(JOIN)
+        tls = ctx.wrap_socket(conn, server_side=True)
+        tls.sendall(b"payload")
+        if ending == "close_notify":
+            try:
+                tls.unwrap()  # sends close_notify, then waits for ours: never sent
+            except (ssl.SSLError, OSError):
+                pass
+            tls.close()
+            return
+        time.sleep(0.05)
+        raw = socket.socket(fileno=tls.detach())
+        if ending == "truncated-record":
+            raw.sendall(b"\x17\x03\x03\x00\x40" + b"\x00" * 20)  # 20 of 64 announced bytes
+        raw.close()  # no close_notify
+
+    return srv, act
+
+
+@pytest.mark.parametrize("loop_kind", LOOPS)
+@pytest.mark.parametrize("strict", [False, True])
+def test_eof_policy(pki: Any, loop_kind: str, strict: bool) -> None:
+    async def main() -> None:
+        sockets = _sockets()
+        for version in ("tls12", "tls13"):
+            for ending in ("ragged", "truncated-record", "close_notify"):
+                for kind in ("open_ssl_connection", "wrap_ssl_streams"):
+                    srv, act = _python_tls_server(pki, version, ending)
+                    port = srv.getsockname()[1]
+                    peer = asyncio.ensure_future(in_thread(act))
+                    ctx = pki.client_context(version)
+                    if kind == "open_ssl_connection":
+                        reader, writer = await aio.open_ssl_connection(
+                            "localhost", port, ctx, timeout=JOIN, strict_eof=strict
+                        )
+                    else:
+                        raw = await asyncio.open_connection(LOCAL, port)
+                        reader, writer = await aio.wrap_ssl_streams(
+                            *raw, context=ctx, hostname="localhost", strict_eof=strict
+                        )
+                    case = (version, ending, kind, strict)
+                    try:
+                        assert await reader.readexactly(7) == b"payload", case
+                        if strict and ending != "close_notify":
+                            for _ in range(2):  # sticky
+                                with pytest.raises(SSLError, match="unexpected eof"):
+                                    await asyncio.wait_for(reader.read(100), JOIN)
+                        else:
+                            assert await asyncio.wait_for(reader.read(100), JOIN) == b"", case
+                            assert await reader.read(100) == b"", case
+                            assert reader.at_eof()
+                    finally:
+                        writer.close()
+                        await writer.wait_closed()
+                        await peer
+                        srv.close()
+        assert _sockets() <= sockets
+
+    run(loop_kind, main)
+
+
+@pytest.mark.parametrize("loop_kind", LOOPS)
+@pytest.mark.parametrize("version", ["tls12", "tls13"])
+def test_server_side_ragged_eof_is_eof(pki: Any, loop_kind: str, version: str) -> None:
+    async def read_to_end(reader: aio.SSLStreamReader, writer: aio.SSLStreamWriter) -> Any:
+        return await reader.readexactly(5), await reader.read(100), await reader.read(100)
+
+    async def main() -> None:
+        async with Server(pki, version) as srv:
+            srv.handlers.append(read_to_end)
+            c = RawTLSClient(srv.port, version)
+            try:
+                await in_thread(c.handshake)
+                c.send(c.record(REC_DATA, b"hello"))
+                c.sock.shutdown(socket.SHUT_WR)  # a FIN without close_notify
+                assert await srv.result() == (b"hello", b"", b"")
+                await in_thread(lambda: read_until_closed(c.sock))
+            finally:
+                c.close()
+            await srv.assert_serving()
+
+    run(loop_kind, main)
+
+
+# -- 5. renegotiation and KeyUpdate -------------------------------------------------------------
+
+
+@needs_openssl
+@pytest.mark.parametrize("loop_kind", LOOPS)
+def test_client_initiated_renegotiation_refused(pki: Any, loop_kind: str) -> None:
+    """``openssl s_client -tls1_2`` and "R": the server refuses; its read reports the end."""
+
+    async def main() -> None:
+        got_line = threading.Event()
+
+        async def handler(reader: aio.SSLStreamReader, writer: aio.SSLStreamWriter) -> Any:
+            results: list[Any] = [await reader.readline()]
+            got_line.set()
+            try:
+                results.append(await reader.read(100))
+            except SSLError as exc:
+                results.append(exc)
+            return results
+
+        async with Server(pki, "tls12") as srv:
+            srv.handlers.append(handler)
+            assert OPENSSL is not None
+            cmd = [OPENSSL, "s_client", "-connect", f"{LOCAL}:{srv.port}", "-tls1_2"]
+
+            def s_client() -> bytes:
+                proc = subprocess.Popen(
+                    [*cmd, "-no_ign_eof"],
+                    stdin=subprocess.PIPE,
+                    stdout=subprocess.PIPE,
+                    stderr=subprocess.PIPE,
+                )
+                try:
+                    assert proc.stdin is not None
+                    proc.stdin.write(b"hello\n")
+                    proc.stdin.flush()
+                    assert got_line.wait(JOIN)
+                    proc.stdin.write(b"R\n")
+                    proc.stdin.flush()
+                    return proc.communicate(timeout=JOIN)[1]
+                finally:
+                    if proc.poll() is None:
+                        proc.kill()
+                        proc.communicate()
+
+            err = await in_thread(s_client)
+            results = await srv.result()
+            assert results[0] == b"hello\n"
+            assert b"RENEGOTIATING" in err and b"no renegotiation" in err
+            # s_client gave up on our no_renegotiation warning with a fatal alert
+            assert isinstance(results[1], SSLNetworkError), results
+            assert "alert handshake failure" in results[1].message
+            await srv.assert_serving()
+
+    run(loop_kind, main)
+
+
+@pytest.mark.parametrize("loop_kind", LOOPS)
+def test_renegotiation_and_key_update_floods(pki: Any, loop_kind: str) -> None:
+    """TLS 1.2: 1000 renegotiation ClientHellos, each refused (one warning each) while data
+    flows; TLS 1.3: 1000 KeyUpdates (answered when requested); TLS 1.3 renegotiation is fatal."""
+
+    async def data_then_eof(reader: aio.SSLStreamReader, writer: aio.SSLStreamWriter) -> Any:
+        return await reader.readexactly(len(b"still here")), await reader.read(100)
+
+    async def main() -> None:
+        async with Server(pki, "tls12") as srv:
+            srv.handlers.append(data_then_eof)
+            c = RawTLSClient(srv.port, "tls12")
+            try:
+                await in_thread(c.handshake)
+                hellos = b"".join(
+                    c.record(REC_HANDSHAKE, b"\x01\x00\x00\x04abcd") for _ in range(1000)
+                )
+                tail = c.record(REC_DATA, b"still here") + c.record(REC_ALERT, b"\x01\x00")
+                c.send(hellos + tail)
+                assert await srv.result() == (b"still here", b"")
+                answers = await in_thread(lambda: read_until_closed(c.sock))
+            finally:
+                c.close()
+            assert len(answers) >= 1000 * 31  # one encrypted warning per ClientHello
+            await srv.assert_serving()
+        for requested in (False, True):
+            async with Server(pki, "tls13") as srv:
+                srv.handlers.append(data_then_eof)
+                c = RawTLSClient(srv.port, "tls13")
+                try:
+                    await in_thread(c.handshake)
+                    flood = b"".join(c.key_update(requested) for _ in range(1000))
+                    tail = c.record(REC_DATA, b"still here") + c.record(REC_ALERT, b"\x01\x00")
+                    c.send(flood + tail)
+                    assert await srv.result() == (b"still here", b"")
+                finally:
+                    c.close()
+                await srv.assert_serving()
+
+        async def read_fails(reader: aio.SSLStreamReader, writer: aio.SSLStreamWriter) -> Any:
+            try:
+                return await reader.read(100)
+            except SSLError as exc:
+                return exc
+
+        async with Server(pki, "tls13") as srv:
+            srv.handlers.append(read_fails)
+            c = RawTLSClient(srv.port, "tls13")
+            try:
+                await in_thread(c.handshake)
+                c.send(c.record(REC_HANDSHAKE, client_hello()[5:]))
+                exc = await srv.result()
+            finally:
+                c.close()
+            assert isinstance(exc, SSLNetworkError) and "unexpected message" in exc.message
+            await srv.assert_serving()
+
+    run(loop_kind, main)
+
+
+# -- 6. old protocols and weak ciphers ---------------------------------------------------------
+
+
+@needs_openssl
+@pytest.mark.parametrize("loop_kind", LOOPS)
+def test_old_protocols_and_weak_ciphers_refused(pki: Any, loop_kind: str) -> None:
+    weak_clients = [
+        ("tls1", ["-tls1", "-cipher", "DEFAULT:@SECLEVEL=0"]),
+        ("tls1_1", ["-tls1_1", "-cipher", "DEFAULT:@SECLEVEL=0"]),
+    ]
+
+    async def main() -> None:
+        async with Server(pki) as srv:
+            assert OPENSSL is not None
+            for name, args in weak_clients:
+                cmd = [OPENSSL, "s_client", "-connect", f"{LOCAL}:{srv.port}", *args]
+                run_client = functools.partial(
+                    subprocess.run, cmd, input=b"", capture_output=True, timeout=JOIN
+                )
+                proc = await in_thread(run_client)
+                if b"no cipher match" in proc.stderr or b"no protocols available" in proc.stderr:
+                    continue  # this openssl cannot offer it; nothing reached the server
+                assert proc.returncode != 0, name
+                exc = await srv.failure()
+                assert isinstance(exc, SSLNetworkError), (name, exc)
+                assert "unsupported protocol" in exc.message, (name, exc.message)
+            for family, suites in sorted(WEAK_SUITES.items()):
+                hello = weak_client_hello(suites)
+                answer = await in_thread(functools.partial(send_and_read, srv.port, hello))
+                exc = await srv.failure()
+                assert "no shared cipher" in exc.message, (family, exc)
+                assert alert_of(answer) == (2, 40), family  # fatal handshake_failure
+            await srv.assert_serving()
+
+    run(loop_kind, main)
+
+
+# -- 7. server-name callbacks that misbehave -------------------------------------------------------
+
+
+class _Boom(Exception):
+    pass
+
+
+def _raise(name: str) -> Any:
+    raise _Boom(f"no context for {name}")
+
+
+SNI_CASES: list[tuple[str, Callable[[str], Any], type[BaseException]]] = [
+    ("raises", _raise, _Boom),
+    ("str", lambda name: "a string", TypeError),
+    ("int", lambda name: 42, TypeError),
+    ("client-context", lambda name: sslports.ssl_make_client_context(), TypeError),
+    ("no-certificate", lambda name: sslports.ssl_make_server_context(), SSLNetworkError),
+]
+
+
+@pytest.mark.parametrize("loop_kind", LOOPS)
+def test_sni_callback_misbehaves(pki: Any, loop_kind: str) -> None:
+    """The client gets an alert; a callback's own exception goes to the loop's exception
+    handler (a failure of the context it returned is a handshake failure, logged); IP-literal
+    clients (no SNI, no callback) are still served."""
+
+    async def main() -> None:
+        for name, callback, expected in SNI_CASES:
+            ctx = pki.server_context()
+            sslports.ssl_set_server_name_identification_callback(ctx, callback)
+            async with Server(pki, context=ctx) as srv:
+                with pytest.raises(SSLNetworkError) as client_side:
+                    await aio.open_ssl_connection(
+                        "localhost", srv.port, pki.client_context(), timeout=JOIN
+                    )
+                assert "alert" in client_side.value.message, name
+                if expected is SSLNetworkError:
+                    exc = await srv.failure()
+                else:
+                    deadline = time.monotonic() + JOIN
+                    while not srv.loop_errors:
+                        assert time.monotonic() < deadline, name
+                        await asyncio.sleep(0.01)
+                    context = srv.loop_errors.pop()
+                    exc = context["exception"]
+                    assert "server-name callback" in context["message"]
+                assert isinstance(exc, expected), (name, exc)
+                await srv.assert_serving()  # an IP literal sends no SNI
+
+    run(loop_kind, main)
