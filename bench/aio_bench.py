@@ -28,20 +28,13 @@ import tempfile
 import time
 from typing import Any
 
+from common import OPENSSL_CONF, SUITE
+
 import sslports as S
 from sslports import aio
 
 CHUNK = 65536
 MSG = 1024
-SUITE = "TLS_AES_128_GCM_SHA256"
-OPENSSL_CONF = f"""openssl_conf = openssl_init
-[openssl_init]
-ssl_conf = ssl_sect
-[ssl_sect]
-system_default = system_default_sect
-[system_default_sect]
-Ciphersuites = {SUITE}
-"""
 
 
 def _cpu() -> float:

@@ -29,6 +29,18 @@ MODE_NAMES = {v: k for k, v in MODES.items()}
 FLAG_WARMUP = 1
 ACK = b"K"
 
+SUITE = "TLS_AES_128_GCM_SHA256"
+# The ssl module cannot set TLS 1.3 suites; OpenSSL's system_default section does it for every
+# process of a run (sslports and sp_ref also set them explicitly).
+OPENSSL_CONF = f"""openssl_conf = openssl_init
+[openssl_init]
+ssl_conf = ssl_sect
+[ssl_sect]
+system_default = system_default_sect
+[system_default_sect]
+Ciphersuites = {SUITE}
+"""
+
 PAGE = os.sysconf("SC_PAGE_SIZE")
 
 

@@ -36,6 +36,8 @@ import time
 from pathlib import Path
 from typing import Any, Callable, Optional
 
+from common import OPENSSL_CONF, SUITE
+
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 REF_SRC = HERE / "c" / "sp_ref.c"
@@ -43,7 +45,6 @@ REF = HERE / "c" / "sp_ref"
 OUT = HERE / "out"
 PY = sys.executable
 
-SUITE = "TLS_AES_128_GCM_SHA256"
 MiB = 1 << 20
 GiB = 1 << 30
 LABELS = {
@@ -56,17 +57,6 @@ LABELS = {
 }
 TRIO = ("sslports", "pyssl", "c")
 SERVERS = ("sslports-thread", "pyssl-thread", "pyssl-fork")
-
-# The ssl module cannot set TLS 1.3 suites; OpenSSL's system_default section does it for every
-# process of the run (sslports and sp_ref also set them explicitly).
-OPENSSL_CONF = f"""openssl_conf = openssl_init
-[openssl_init]
-ssl_conf = ssl_sect
-[ssl_sect]
-system_default = system_default_sect
-[system_default_sect]
-Ciphersuites = {SUITE}
-"""
 
 
 class BenchError(RuntimeError):

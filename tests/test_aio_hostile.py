@@ -32,6 +32,7 @@ import pytest
 from conftest import LOCAL
 from test_aio import LOOPS, run
 from test_hostile import (
+    FORGED,
     MALFORMED_FIRST_RECORDS,
     REC_ALERT,
     REC_DATA,
@@ -380,21 +381,6 @@ def test_stall_mid_record_read_timeout(pki: Any, loop_kind: str, version: str) -
 
 
 # -- 3. forged records after the handshake: malformed, oversized, alerts -------------------------
-
-FORGED = [
-    "fatal-alert",
-    "bogus-content-type",
-    "bad-version",
-    "oversized-header",
-    "oversized-plaintext",
-    "bad-mac",
-    "plaintext-alert",
-    "change-cipher-spec",
-    "empty-alert",
-    "warning-alert-flood",
-    "empty-record-flood",
-    "heartbeat",
-]
 
 
 async def _read_then_fail(reader: aio.SSLStreamReader, writer: aio.SSLStreamWriter) -> Any:
