@@ -265,3 +265,39 @@ int sp_ctx_load_client_ca_file(SSL_CTX *ctx, const char *path, sp_err *err)
     SSL_CTX_set_client_CA_list(ctx, names); /* takes ownership */
     return 1;
 }
+
+/* ---- one connection from a context --------------------------------------------------- */
+
+/* The per-connection setup of ssl_connect / ssl_accept / the wrappers in one crossing: the
+ * Python around a handshake runs cold (between two waits on the network), where every call
+ * and every bytecode costs several times what it costs in a loop. */
+sp_conn *sp_ctx_open_conn(SSL_CTX *ctx, int is_server, int fd, int verify_flags,
+                          const char *host, int host_is_ip, int check_host,
+                          const unsigned char *alpn, size_t alpn_len, SSL_SESSION *session,
+                          sp_err *err, size_t *failed_step)
+{
+    sp_conn *c;
+    sp_err_reset(err);
+    *failed_step = SP_SETUP_CONNECTION;
+    c = sp_conn_new(ctx, is_server, fd, err);
+    if (c == NULL)
+        return NULL;
+    sp_conn_set_verify(c, verify_flags);
+    if (host != NULL && !sp_conn_set_host(c, host, host_is_ip, !is_server, check_host, err)) {
+        *failed_step = SP_SETUP_HOSTNAME;
+        sp_conn_free(c);
+        return NULL;
+    }
+    if (alpn_len > 0) {
+        ERR_clear_error();
+        if (alpn_len > 0xffffu || SSL_set_alpn_protos(sp_conn_ssl(c), alpn, (unsigned)alpn_len)) {
+            *failed_step = SP_SETUP_ALPN;
+            sp_err_drain(err);
+            sp_conn_free(c);
+            return NULL;
+        }
+    }
+    if (session != NULL)
+        sp_conn_set_session(c, session); /* a session that cannot be used: a full handshake */
+    return c;
+}

@@ -21,4 +21,16 @@ int sp_ctx_add_pem_roots(SSL_CTX *ctx, const unsigned char *pem, size_t len);
 /* The CA names sent with a certificate request; 1 on success. */
 int sp_ctx_load_client_ca_file(SSL_CTX *ctx, const char *path, sp_err *err);
 
+/* Which step of sp_ctx_open_conn failed. */
+enum { SP_SETUP_CONNECTION = 1, SP_SETUP_HOSTNAME = 2, SP_SETUP_ALPN = 3 };
+/* A new connection from `ctx` (fd >= 0: socket mode), configured in one call: the verify
+ * policy (SP_VERIFY_* flags); with `host`, SNI (clients, DNS names) and, with check_host, the
+ * name the peer's certificate must match; the ALPN offer (RFC 7301 wire format, alpn_len > 0);
+ * the session to resume (NULL: none). NULL on failure, with err filled and *failed_step
+ * saying which step failed; nothing is left allocated then. */
+sp_conn *sp_ctx_open_conn(SSL_CTX *ctx, int is_server, int fd, int verify_flags,
+                          const char *host, int host_is_ip, int check_host,
+                          const unsigned char *alpn, size_t alpn_len, SSL_SESSION *session,
+                          sp_err *err, size_t *failed_step);
+
 #endif /* SP_CTX_H */

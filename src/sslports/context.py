@@ -10,8 +10,10 @@ from __future__ import annotations
 import collections
 import contextlib
 import contextvars
+import functools
 import ipaddress
 import os
+import socket
 import subprocess
 import sys
 import threading
@@ -102,6 +104,8 @@ def _check_bool(func: str, name: str, value: object) -> bool:
 
 def encode_alpn(func: str, protocols: object) -> bytes:
     """RFC 7301 wire format of a sequence of protocol names (each 1..255 bytes)."""
+    if type(protocols) is tuple and not protocols:  # the default, once per connection
+        return b""
     if isinstance(protocols, (str, bytes, bytearray)) or not isinstance(protocols, Sequence):
         raise TypeError(f"{func}: alpn must be a sequence of bytes")
     wire = bytearray()
@@ -138,6 +142,7 @@ class _Context:
         self._keylogger: Optional[Callable[[bytes], Any]] = None
         self._has_certificate = False  # set by ssl_load_certificate_chain
         self._lock = threading.Lock()
+        self._conn_flags = self._verify_flags()  # kept up to date by _policy_changed
         self._apply_protocol(protocol)
         from .sni import register_context
 
@@ -176,17 +181,39 @@ class _Context:
         return self._ptr
 
     def _verify_flags(self) -> int:
-        lib = _binding.lib
-        flags = 0
-        if self._verify or self._try_verify:
-            flags |= lib.SP_VERIFY_PEER
+        """The policy every new connection starts with (csrc/sp_conn.h SP_VERIFY_*)."""
+        flags = 0 if self._is_server else _VERIFY_POST_HANDSHAKE
         if self._verify:
-            flags |= lib.SP_VERIFY_REQUIRE
+            flags |= _VERIFY_PEER | _VERIFY_REQUIRE
+        elif self._try_verify:
+            flags |= _VERIFY_PEER
         if self._verify_hostname:
-            flags |= lib.SP_VERIFY_HOSTNAME
-        if not self._is_server:
-            flags |= lib.SP_VERIFY_POST_HANDSHAKE
+            flags |= _VERIFY_HOSTNAME
         return flags
+
+    def _policy_changed(self) -> None:
+        """After a verify setting changed: recompute `_conn_flags` (read once per connection),
+        and forget the sessions made under the old policy. A resumed session is not verified
+        again, so resuming one made without (or with a failed) verification would let a
+        connection skip the checks the new policy asks for."""
+        self._conn_flags = self._verify_flags()
+        sessions = getattr(self, "_sessions", None)
+        if sessions:
+            with self._lock:
+                sessions.clear()
+
+
+# The SP_VERIFY_* bits of csrc/sp_conn.h, read once (no native module: never used).
+_VERIFY_PEER, _VERIFY_REQUIRE, _VERIFY_HOSTNAME, _VERIFY_POST_HANDSHAKE = (
+    (
+        _binding.lib.SP_VERIFY_PEER,
+        _binding.lib.SP_VERIFY_REQUIRE,
+        _binding.lib.SP_VERIFY_HOSTNAME,
+        _binding.lib.SP_VERIFY_POST_HANDSHAKE,
+    )
+    if _binding.lib is not None
+    else (1, 2, 4, 8)
+)
 
 
 class SSLClientContext(_Context):
@@ -210,8 +237,8 @@ class SSLClientContext(_Context):
                 self._sessions.popitem(last=False)
 
     def _session_for(self, key: tuple[str, int]) -> Any:
-        with self._lock:
-            return self._sessions.get(key)
+        # One dict lookup, atomic under the GIL; only changes take the lock.
+        return self._sessions.get(key)
 
 
 class SSLServerContext(_Context):
@@ -791,6 +818,7 @@ def set_context_verify(func: str, ctx: _Context, on: bool, try_only: bool) -> No
     else:
         ctx._verify = on
         ctx._try_verify = False
+    ctx._policy_changed()
 
 
 def ssl_set_verify(clp: object, on: bool) -> None:
@@ -828,12 +856,22 @@ def ssl_set_verify_hostname(context: object, on: bool) -> None:
     on = _check_bool(func, "on", on)
     ctx._mutable(func)
     ctx._verify_hostname = on
+    ctx._policy_changed()
 
 
 def is_ip_literal(host: str) -> bool:
     """True for an IPv4 or IPv6 address literal (an optional IPv6 zone is ignored)."""
+    return literal_family(host) != 0
+
+
+@functools.lru_cache(maxsize=1024)
+def literal_family(host: str) -> int:
+    """``AF_INET`` or ``AF_INET6`` for an address literal (an IPv6 zone is ignored), else 0.
+
+    Cached: a client names the same few hosts over and over, once per connection.
+    """
     try:
-        ipaddress.ip_address(host.split("%", 1)[0])
+        ip = ipaddress.ip_address(host.split("%", 1)[0])
     except ValueError:
-        return False
-    return True
+        return 0
+    return int(socket.AF_INET if ip.version == 4 else socket.AF_INET6)

@@ -7,6 +7,10 @@ the handshake; failures close what was opened.
 from __future__ import annotations
 
 import contextlib
+import errno
+import functools
+import os
+import select
 import socket
 from collections.abc import Sequence
 from typing import Any, Optional, Union
@@ -19,7 +23,7 @@ from .context import (
     _check_protocol,
     _Context,
     encode_alpn,
-    is_ip_literal,
+    literal_family,
     ssl_make_client_context,
     ssl_make_server_context,
     ssl_secure_client_context,
@@ -32,10 +36,12 @@ from .ports import (
     SSLOutputPort,
     _check_timeout,
     _Deadline,
+    _scratch,
     _SocketTransport,
     _StreamTransport,
     make_ports,
 )
+from .sni import bind_connection
 
 Ports = tuple[SSLInputPort, SSLOutputPort]
 
@@ -79,39 +85,58 @@ def _new_connection(
     hostname: Optional[str],
     alpn_wire: bytes,
     cls: type[SSLError],
+    session: Any = None,
 ) -> Any:
-    """A configured sp_conn (owned by ffi.gc) for `ctx`, not yet handshaking."""
-    lib = _binding.require_native(func)
+    """A configured sp_conn (owned by ffi.gc) for `ctx`, not yet handshaking: verify policy,
+    SNI and the name to check, ALPN offer, and `session` to resume, in one C call.
+
+    (A context exists, so the native module is loaded.)"""
+    lib = _binding.lib
     ffi = _binding.ffi
-    if ctx._verify_hostname and hostname is None:
-        raise cls(f"{func}: handshake failed (hostname not provided for verification)")
-    err = ffi.new("sp_err *")
-    raw = lib.sp_conn_new(ctx._ptr, int(is_server), fd, err)
-    if raw == ffi.NULL:
-        raise build_error(func, "connection setup", err, cls)
-    ptr = ffi.gc(raw, lib.sp_conn_free)
-    lib.sp_conn_set_verify(ptr, ctx._verify_flags())
+    verify_hostname = ctx._verify_hostname
+    host: Any = ffi.NULL
+    ip = False
     if hostname is not None:
-        ip = is_ip_literal(hostname)
-        host = _reference_name(hostname)
-        if host is None and ctx._verify_hostname:
+        ip, name = _host_info(hostname)
+        if name is not None:
+            host = name
+        elif verify_hostname:
             raise cls(
                 f"{func}: handshake failed (hostname mismatch: {hostname!r} is not a valid "
                 "reference name)",
                 verify_code=_X509_V_ERR_HOSTNAME_MISMATCH,
                 verify_message="hostname mismatch",
             )
-        if host is not None:
-            ok = lib.sp_conn_set_host(
-                ptr, host, int(ip), int(not is_server), int(ctx._verify_hostname), err
-            )
-            if not ok:
-                raise build_error(func, "hostname setup", err, cls)
-    if alpn_wire:
-        lib.ERR_clear_error()
-        if lib.SSL_set_alpn_protos(lib.sp_conn_ssl(ptr), alpn_wire, len(alpn_wire)) != 0:
-            raise build_error(func, "ALPN setup", None, cls)
-    return ptr
+    elif verify_hostname:
+        raise cls(f"{func}: handshake failed (hostname not provided for verification)")
+    err, step = _scratch()  # this thread's error record and count cell (the failed step)
+    raw = lib.sp_ctx_open_conn(
+        ctx._ptr,
+        is_server,
+        fd,
+        ctx._conn_flags,
+        host,
+        ip,
+        verify_hostname,
+        alpn_wire,
+        len(alpn_wire),
+        ffi.NULL if session is None else session,
+        err,
+        step,
+    )
+    if raw == ffi.NULL:
+        raise build_error(func, _setup_what(step[0]), err, cls)
+    return ffi.gc(raw, lib.sp_conn_free)
+
+
+def _setup_what(step: int) -> str:
+    """What failed, from sp_ctx_open_conn's failed step (for the error message)."""
+    lib = _binding.lib
+    if step == lib.SP_SETUP_HOSTNAME:
+        return "hostname setup"
+    if step == lib.SP_SETUP_ALPN:
+        return "ALPN setup"
+    return "connection setup"
 
 
 _X509_V_ERR_HOSTNAME_MISMATCH = 62
@@ -121,15 +146,21 @@ def _reference_name(hostname: str) -> Optional[bytes]:
     """The name OpenSSL checks and sends as SNI: an IP literal as is; a DNS name without its
     trailing dot, IDNA-encoded. None for what can never name a host (a leading dot, an
     empty label, a '*': OpenSSL would match it literally against a wildcard SAN)."""
-    if is_ip_literal(hostname):
-        return hostname.split("%")[0].encode()
+    return _host_info(hostname)[1]
+
+
+@functools.lru_cache(maxsize=1024)
+def _host_info(hostname: str) -> tuple[bool, Optional[bytes]]:
+    """(is an IP literal, the reference name): computed once per hostname, not per connection."""
+    if literal_family(hostname):
+        return True, hostname.split("%")[0].encode()
     name = hostname[:-1] if hostname.endswith(".") else hostname
     if not name or name.startswith(".") or ".." in name or "*" in name:
-        return None
+        return False, None
     try:
-        return name.encode("ascii") if name.isascii() else name.encode("idna")
+        return False, name.encode("ascii") if name.isascii() else name.encode("idna")
     except UnicodeError:
-        return None
+        return False, None
 
 
 def _check_hostname_arg(func: str, hostname: object) -> Optional[str]:
@@ -153,13 +184,23 @@ def _start_on_socket(
     port_timeout: Optional[float],
     strict_eof: bool,
     session_key: Optional[tuple[str, int]] = None,
+    prepared: bool = False,
 ) -> Ports:
-    """Handshake over a connected socket; the ports own it from then on."""
-    sock.setblocking(False)
-    if sock.family in (socket.AF_INET, socket.AF_INET6):
-        with contextlib.suppress(OSError):
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-    ptr = _new_connection(func, ctx, is_server, sock.fileno(), hostname, alpn_wire, SSLNetworkError)
+    """Handshake over a connected socket; the ports own it from then on.
+
+    `prepared`: the socket is already non-blocking with TCP_NODELAY (ssl_connect, ssl_accept).
+    """
+    if not prepared:
+        sock.setblocking(False)
+        if sock.family in (socket.AF_INET, socket.AF_INET6):
+            with contextlib.suppress(OSError):
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    session = None
+    if session_key is not None:
+        session = ctx._session_for(session_key)  # type: ignore[attr-defined]
+    ptr = _new_connection(
+        func, ctx, is_server, sock.fileno(), hostname, alpn_wire, SSLNetworkError, session
+    )
     conn = Connection(
         ptr,
         _SocketTransport(sock),
@@ -170,34 +211,93 @@ def _start_on_socket(
         close_original=True,
         hostname=hostname,
     )
-    if session_key is not None and isinstance(ctx, SSLClientContext):
-        conn.session_key = session_key
-        session = ctx._session_for(session_key)
-        if session is not None:
-            _binding.lib.sp_conn_set_session(ptr, session)
-    from .sni import bind_connection
-
-    with bind_connection(conn):
+    if ctx._sni_callback is None:
         conn.handshake(func, timeout, SSLNetworkError)
-    conn.remember_session()
+    else:  # the C callback finds the connection (and its context's callback) through sni.py
+        with bind_connection(conn):
+            conn.handshake(func, timeout, SSLNetworkError)
+    if session_key is not None:
+        conn.session_key = session_key
+        conn.remember_session()  # TLS 1.2: the session exists now (1.3 tickets come later)
     return make_ports(conn, port_timeout)
 
 
-def _tcp_connect(func: str, hostname: str, port_no: int, deadline: _Deadline) -> socket.socket:
-    try:
-        infos = socket.getaddrinfo(hostname, port_no, type=socket.SOCK_STREAM)
-    except OSError as exc:
-        raise SSLNetworkError(
-            f"{func}: connect failed (cannot resolve {hostname!r}: {exc})"
-        ) from exc
+# With a deadline, sockets are made non-blocking at creation where the platform can.
+_SOCK_NONBLOCK: int = getattr(socket, "SOCK_NONBLOCK", 0)
+# connect() on a non-blocking socket: "in progress", to be waited for (as CPython's own
+# connect-with-timeout reads it: EINPROGRESS, or WSAEWOULDBLOCK on Windows).
+_CONNECT_PENDING = frozenset(
+    (errno.EINPROGRESS, getattr(errno, "WSAEWOULDBLOCK", errno.EINPROGRESS))
+)
+_WAIT_SLICE = 0.5  # seconds: Windows' select() is not interrupted by Ctrl-C
+
+
+def _connect_nonblocking(sock: socket.socket, addr: Any, deadline: _Deadline) -> None:
+    """connect() a non-blocking socket, waiting for completion until the deadline.
+
+    Raises OSError (the connect failure) or SSLTimeoutError (the caller names the function).
+    """
+    code = sock.connect_ex(addr)
+    if code == 0:
+        return
+    if code not in _CONNECT_PENDING:
+        raise OSError(code, os.strerror(code))
+    while True:
+        left = deadline.remaining()
+        if left is not None and left <= 0:
+            raise SSLTimeoutError("connect timed out")
+        if hasattr(select, "poll"):
+            poller = select.poll()
+            poller.register(sock, select.POLLOUT)
+            ready = bool(poller.poll(None if left is None else left * 1000 + 1))
+        else:  # pragma: no cover - Windows
+            wait = _WAIT_SLICE if left is None else min(left, _WAIT_SLICE)
+            _r, w, x = select.select([], [sock], [sock], wait)
+            ready = bool(w or x)
+        if ready:
+            break
+    code = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+    if code != 0:
+        raise OSError(code, os.strerror(code))
+
+
+def _tcp_connect(
+    func: str, hostname: str, port_no: int, deadline: Optional[_Deadline]
+) -> socket.socket:
+    """A connected, non-blocking TCP socket with TCP_NODELAY set (`deadline` None: no limit)."""
+    family = literal_family(hostname) if "%" not in hostname else 0
+    if family:  # an address literal: nothing to resolve
+        addr = (hostname, port_no) if family == socket.AF_INET else (hostname, port_no, 0, 0)
+        infos: list[Any] = [(family, socket.SOCK_STREAM, 0, "", addr)]
+    else:
+        try:
+            infos = socket.getaddrinfo(hostname, port_no, type=socket.SOCK_STREAM)
+        except OSError as exc:
+            raise SSLNetworkError(
+                f"{func}: connect failed (cannot resolve {hostname!r}: {exc})"
+            ) from exc
+    # Without a deadline a blocking connect() is the cheapest (a signal still interrupts it);
+    # with one, connect without blocking and wait for the deadline in Python.
+    blocking = deadline is None and socket.getdefaulttimeout() is None
     last: Optional[OSError] = None
     for family, kind, proto, _name, addr in infos:
-        sock = socket.socket(family, kind, proto)
         try:
-            sock.settimeout(deadline.remaining())
-            sock.connect(addr)
+            sock = socket.socket(family, kind if blocking else kind | _SOCK_NONBLOCK, proto)
+        except OSError as exc:
+            last = exc
+            continue
+        try:
+            if blocking:
+                sock.connect(addr)
+                sock.setblocking(False)
+            else:
+                if not _SOCK_NONBLOCK:
+                    sock.setblocking(False)
+                _connect_nonblocking(sock, addr, deadline or _Deadline(None))
+            with contextlib.suppress(OSError):
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             return sock
-        except socket.timeout as exc:
+        except SSLTimeoutError as exc:
             sock.close()
             raise SSLTimeoutError(f"{func}: connect timed out") from exc
         except OSError as exc:
@@ -234,16 +334,22 @@ def ssl_connect(
     :raises SSLNetworkError: the connection or the handshake failed (the socket is closed).
     """
     func = "ssl_connect"
+    # Argument checks, with the common cases inline (this runs once per connection, cold).
     if not isinstance(hostname, str):
         raise TypeError(f"{func}: hostname must be a str, got {type(hostname).__name__}")
     _check_hostname_arg(func, hostname)
-    _check_port_number(func, port_no, 1)
-    ctx = _client_context(func, client_protocol)
-    wire = encode_alpn(func, alpn)
-    timeout = _check_timeout(func, timeout)
-    _check_flag(func, "strict_eof", strict_eof)
-    _binding.require_native(func)
-    deadline = _Deadline(timeout)
+    if type(port_no) is not int or not 0 < port_no <= 65535:
+        _check_port_number(func, port_no, 1)
+    if isinstance(client_protocol, SSLClientContext):
+        ctx = client_protocol  # a context: the native module is loaded
+    else:
+        ctx = _client_context(func, client_protocol)
+    wire = b"" if type(alpn) is tuple and not alpn else encode_alpn(func, alpn)
+    if timeout is not None:
+        timeout = _check_timeout(func, timeout)
+    if strict_eof is not False:
+        _check_flag(func, "strict_eof", strict_eof)
+    deadline = None if timeout is None else _Deadline(timeout)
     sock = _tcp_connect(func, hostname, port_no, deadline)
     try:
         return _start_on_socket(
@@ -253,10 +359,11 @@ def ssl_connect(
             False,
             hostname,
             wire,
-            deadline.remaining(),
+            None if deadline is None else deadline.remaining(),
             timeout,
             strict_eof,
             (hostname.lower(), port_no),
+            prepared=True,
         )
     except BaseException:
         sock.close()
@@ -290,6 +397,18 @@ class SSLListener:
         self._sock = sock
         self._sslports_context = context
         self.handshake_timeout = handshake_timeout
+        # What socket.accept() would look up (as enums) for every connection, once.
+        self._family = int(sock.family)
+        self._proto = sock.proto
+        self._tcp = self._family in (socket.AF_INET, socket.AF_INET6)
+        self._raw_accept = getattr(sock, "_accept", None)
+
+    def _accept(self) -> socket.socket:
+        """Wait for the next connection: its socket (blocking, like socket.accept's)."""
+        if self._raw_accept is None:  # pragma: no cover - a socket module without _accept
+            return self._sock.accept()[0]
+        fd, _addr = self._raw_accept()
+        return socket.socket(self._family, socket.SOCK_STREAM, self._proto, fd)
 
     def __repr__(self) -> str:
         if self._sock.fileno() < 0:
@@ -411,15 +530,18 @@ def ssl_accept(listener: SSLListener) -> Ports:
         handshake_timeout; that socket is closed and the listener stays usable.
     """
     func = "ssl_accept"
-    lst = _listener(func, listener)
-    _binding.require_native(func)
-    if lst.closed:
+    lst = _listener(func, listener)  # (its context means the native module is loaded)
+    if lst._sock.fileno() < 0:
         raise SSLNetworkError(f"{func}: accept failed (listener is closed)")
     try:
-        sock, _addr = lst._sock.accept()
+        sock = lst._accept()
     except OSError as exc:
         raise SSLNetworkError(f"{func}: accept failed ({exc})", errno=exc.errno) from exc
     try:
+        sock.setblocking(False)
+        if lst._tcp:
+            with contextlib.suppress(OSError):
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         return _start_on_socket(
             func,
             sock,
@@ -430,6 +552,7 @@ def ssl_accept(listener: SSLListener) -> Ports:
             lst.handshake_timeout,
             None,
             False,
+            prepared=True,
         )
     except BaseException:
         sock.close()
@@ -558,8 +681,6 @@ def ports_to_ssl_ports(
         close_original=close_original,
         hostname=host,
     )
-    from .sni import bind_connection
-
     try:
         with bind_connection(conn):
             conn.handshake(func, timeout, SSLError)
