@@ -383,6 +383,10 @@ static int sock_bio_read(BIO *bio, char *buf, int len)
         if (n > 0)
             return (int)n;
         if (n == 0) {
+            if (c->draining) { /* closing: nothing more will come, and that is no error */
+                BIO_set_retry_read(bio);
+                return -1;
+            }
             c->peer_closed = 1; /* the peer closed the transport */
             return 0;
         }
@@ -918,6 +922,35 @@ SSL_SESSION *sp_conn_get_session(sp_conn *c)
 {
     SSL_SESSION *s;
     sp_mutex_lock(&c->ssl_lock);
+    s = c->session;
+    if (s != NULL && !SSL_SESSION_up_ref(s))
+        s = NULL;
+    sp_mutex_unlock(&c->ssl_lock);
+    return s;
+}
+
+SSL_SESSION *sp_conn_closing_session(sp_conn *c)
+{
+    SSL_SESSION *s;
+    sp_mutex_lock(&c->ssl_lock);
+    if (c->socket_mode && c->established && c->broken == NULL && c->eof_status == 0) {
+        unsigned char scratch[4096];
+        size_t n = 0;
+        int e = SSL_ERROR_NONE;
+        c->draining = 1;
+        ERR_clear_error();
+        if (!SSL_read_ex(c->ssl, scratch, sizeof scratch, &n))
+            e = SSL_get_error(c->ssl, 0);
+        ERR_clear_error();
+        c->draining = 0;
+        if (e != SSL_ERROR_NONE && e != SSL_ERROR_WANT_READ && e != SSL_ERROR_WANT_WRITE
+            && e != SSL_ERROR_ZERO_RETURN && c->session != NULL) {
+            /* a real failure: the session dies with the connection (as in mark_broken) */
+            SSL_CTX_remove_session(SSL_get_SSL_CTX(c->ssl), c->session);
+            SSL_SESSION_free(c->session);
+            c->session = NULL;
+        }
+    }
     s = c->session;
     if (s != NULL && !SSL_SESSION_up_ref(s))
         s = NULL;

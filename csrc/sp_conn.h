@@ -24,6 +24,7 @@ struct sp_conn {
     int bio_errno;   /* the socket error the BIO saw in the current OpenSSL call (ssl_lock) */
     int read_waited; /* the last sp_read had to wait for the peer: a hint (unlocked) */
     int peer_closed; /* recv() returned 0 (ssl_lock) */
+    int draining;    /* sp_conn_closing_session: a transport EOF is not an event (ssl_lock) */
 
     /* socket mode: ciphertext being sent, taken from outq whole (send_lock) */
     unsigned char *out;

@@ -30,6 +30,7 @@ int sp_conn_session_reused(sp_conn *c);
 /* Client sessions for resumption: the newest session the server gave us (new reference, or
  * NULL), and installing one before the handshake. */
 SSL_SESSION *sp_conn_get_session(sp_conn *c);
+SSL_SESSION *sp_conn_closing_session(sp_conn *c);
 int sp_conn_set_session(sp_conn *c, SSL_SESSION *session);
 void sp_session_free(SSL_SESSION *session);
 int sp_session_resumable(SSL_SESSION *session);

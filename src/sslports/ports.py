@@ -71,6 +71,17 @@ def _new_scratch() -> tuple[Any, Any]:
     return _binding.ffi.new("sp_err *"), _binding.ffi.new("size_t *")
 
 
+class _PortScratch:
+    """A port's own error record and count cell, made by its first pump call (a port that
+    never gets there, e.g. one closed right after a handshake, costs no allocation)."""
+
+    _scratch: Optional[tuple[Any, Any]]
+
+    def _new_scratch(self) -> tuple[Any, Any]:
+        self._scratch = _new_scratch()
+        return self._scratch
+
+
 def _scratch() -> tuple[Any, Any]:
     """This thread's error record and count cell for pump calls (no allocation per call)."""
     try:
@@ -395,11 +406,11 @@ class Connection:
 
     def handshake(self, func: str, timeout: Optional[float], cls: type[SSLError]) -> None:
         lib = _binding.lib
-        ffi = _binding.ffi
-        err = ffi.new("sp_err *")
+        err = _scratch()[0]
         deadline = _Deadline(timeout)
         while True:
-            status = lib.sp_handshake(self.ptr, deadline.slice_ms(), err)
+            wait = _SLICE_MS if deadline.at is None else deadline.slice_ms()
+            status = lib.sp_handshake(self.ptr, wait, err)
             if status == lib.SP_OK:
                 if isinstance(self.transport, _StreamTransport):
                     with self.transport_errors(func, "handshake", cls):
@@ -558,13 +569,10 @@ class Connection:
             return
         lib = _binding.lib
         ffi = _binding.ffi
-        if drain_tickets and self.is_socket:
-            scratch = ffi.new("unsigned char[]", 4096)
-            got = ffi.new("size_t *")
-            err = ffi.new("sp_err *")
-            with contextlib.suppress(ValueError):
-                lib.sp_read(self.ptr, scratch, 4096, 1, got, 0, err)
-        session = lib.sp_conn_get_session(self.ptr)
+        if drain_tickets:
+            session = lib.sp_conn_closing_session(self.ptr)
+        else:
+            session = lib.sp_conn_get_session(self.ptr)
         if session != ffi.NULL:
             self.context._remember_session(self.session_key, ffi.gc(session, lib.sp_session_free))
 
@@ -588,7 +596,7 @@ class Connection:
         self.transport.close(self.close_original, timeout)
 
 
-class SSLInputPort(io.BufferedIOBase):
+class SSLInputPort(_PortScratch, io.BufferedIOBase):
     """The readable side of a TLS connection (a binary file-like object)."""
 
     def __init__(self, conn: Connection, timeout: Optional[float]) -> None:
@@ -597,7 +605,7 @@ class SSLInputPort(io.BufferedIOBase):
         self._timeout = timeout
         self._lock = conn.read_lock
         self._pending = b""  # read ahead by readline/peek, served first
-        self._scratch = _new_scratch()  # error record and count for this port's pump calls
+        self._scratch: Optional[tuple[Any, Any]] = None  # this port's pump-call scratch (lazy)
 
     def __repr__(self) -> str:
         return f"<SSLInputPort{' closed' if self.closed else ''}>"
@@ -624,7 +632,7 @@ class SSLInputPort(io.BufferedIOBase):
             if not self._pending and self._timeout is None and conn.is_socket and not conn.closed:
                 # The common case in one pump call and one Python frame (this code runs cold,
                 # between two waits on the network: every bytecode counts).
-                err, got = self._scratch
+                err, got = self._scratch or self._new_scratch()
                 with _from_buffer("unsigned char[]", b, require_writable=True) as buf:
                     size = len(buf)
                     status = _binding.lib.sp_read(
@@ -706,7 +714,7 @@ class SSLInputPort(io.BufferedIOBase):
         raise io.UnsupportedOperation("detach")
 
 
-class SSLOutputPort(io.BufferedIOBase):
+class SSLOutputPort(_PortScratch, io.BufferedIOBase):
     """The writable side of a TLS connection; buffers up to one TLS record."""
 
     def __init__(self, conn: Connection, timeout: Optional[float]) -> None:
@@ -716,7 +724,7 @@ class SSLOutputPort(io.BufferedIOBase):
         self._lock = conn.write_lock
         self._buf = bytearray()
         self._abandoned = False
-        self._scratch = _new_scratch()
+        self._scratch: Optional[tuple[Any, Any]] = None
 
     def __repr__(self) -> str:
         return f"<SSLOutputPort{' closed' if self.closed else ''}>"
@@ -763,7 +771,7 @@ class SSLOutputPort(io.BufferedIOBase):
         conn = self._sslports_conn
         if self._timeout is None and conn.is_socket and not conn.closed:
             # The common case in one pump call (see SSLInputPort._readinto).
-            err, done = self._scratch
+            err, done = self._scratch or self._new_scratch()
             with _from_buffer("unsigned char[]", data) as cbuf:
                 size = len(cbuf)
                 status = _binding.lib.sp_write(conn.ptr, cbuf, size, done, _SLICE_MS, err)
