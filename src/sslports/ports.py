@@ -66,28 +66,12 @@ ErrorArg = Union[type[BaseException], Callable[[str], Any]]
 _per_thread = threading.local()
 
 
-def _new_scratch() -> tuple[Any, Any]:
-    """An error record and a count cell for pump calls."""
-    return _binding.ffi.new("sp_err *"), _binding.ffi.new("size_t *")
-
-
-class _PortScratch:
-    """A port's own error record and count cell, made by its first pump call (a port that
-    never gets there, e.g. one closed right after a handshake, costs no allocation)."""
-
-    _scratch: Optional[tuple[Any, Any]]
-
-    def _new_scratch(self) -> tuple[Any, Any]:
-        self._scratch = _new_scratch()
-        return self._scratch
-
-
 def _scratch() -> tuple[Any, Any]:
     """This thread's error record and count cell for pump calls (no allocation per call)."""
     try:
         return _per_thread.scratch  # type: ignore[no-any-return]
     except AttributeError:
-        _per_thread.scratch = _new_scratch()
+        _per_thread.scratch = _binding.ffi.new("sp_err *"), _binding.ffi.new("size_t *")
         return _per_thread.scratch  # type: ignore[no-any-return]
 
 
@@ -596,7 +580,7 @@ class Connection:
         self.transport.close(self.close_original, timeout)
 
 
-class SSLInputPort(_PortScratch, io.BufferedIOBase):
+class SSLInputPort(io.BufferedIOBase):
     """The readable side of a TLS connection (a binary file-like object)."""
 
     def __init__(self, conn: Connection, timeout: Optional[float]) -> None:
@@ -605,7 +589,6 @@ class SSLInputPort(_PortScratch, io.BufferedIOBase):
         self._timeout = timeout
         self._lock = conn.read_lock
         self._pending = b""  # read ahead by readline/peek, served first
-        self._scratch: Optional[tuple[Any, Any]] = None  # this port's pump-call scratch (lazy)
 
     def __repr__(self) -> str:
         return f"<SSLInputPort{' closed' if self.closed else ''}>"
@@ -632,7 +615,7 @@ class SSLInputPort(_PortScratch, io.BufferedIOBase):
             if not self._pending and self._timeout is None and conn.is_socket and not conn.closed:
                 # The common case in one pump call and one Python frame (this code runs cold,
                 # between two waits on the network: every bytecode counts).
-                err, got = self._scratch or self._new_scratch()
+                err, got = _scratch()  # per thread: an sp_err per port would cost 2 KB each
                 with _from_buffer("unsigned char[]", b, require_writable=True) as buf:
                     size = len(buf)
                     status = _binding.lib.sp_read(
@@ -714,7 +697,7 @@ class SSLInputPort(_PortScratch, io.BufferedIOBase):
         raise io.UnsupportedOperation("detach")
 
 
-class SSLOutputPort(_PortScratch, io.BufferedIOBase):
+class SSLOutputPort(io.BufferedIOBase):
     """The writable side of a TLS connection; buffers up to one TLS record."""
 
     def __init__(self, conn: Connection, timeout: Optional[float]) -> None:
@@ -724,7 +707,6 @@ class SSLOutputPort(_PortScratch, io.BufferedIOBase):
         self._lock = conn.write_lock
         self._buf = bytearray()
         self._abandoned = False
-        self._scratch: Optional[tuple[Any, Any]] = None
 
     def __repr__(self) -> str:
         return f"<SSLOutputPort{' closed' if self.closed else ''}>"
@@ -771,7 +753,7 @@ class SSLOutputPort(_PortScratch, io.BufferedIOBase):
         conn = self._sslports_conn
         if self._timeout is None and conn.is_socket and not conn.closed:
             # The common case in one pump call (see SSLInputPort._readinto).
-            err, done = self._scratch or self._new_scratch()
+            err, done = _scratch()
             with _from_buffer("unsigned char[]", data) as cbuf:
                 size = len(cbuf)
                 status = _binding.lib.sp_write(conn.ptr, cbuf, size, done, _SLICE_MS, err)
