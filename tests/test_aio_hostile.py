@@ -33,12 +33,14 @@ from conftest import LOCAL
 from test_aio import LOOPS, run
 from test_hostile import (
     FORGED,
+    HOSTILE_SERVERS,
     MALFORMED_FIRST_RECORDS,
     REC_ALERT,
     REC_DATA,
     REC_HANDSHAKE,
     WEAK_SUITES,
     RawTLSClient,
+    act_hostile_server,
     alert_of,
     client_hello,
     read_until_closed,
@@ -256,22 +258,11 @@ def test_hostile_server_handshakes(loop_kind: str) -> None:
         conn, _ = srv.accept()
         with conn:
             conn.settimeout(JOIN)
-            if behaviour == "close-at-once":
-                return
-            conn.recv(65536)  # the ClientHello
-            if behaviour == "close-after-hello":
-                return
-            if behaviour == "garbage":
-                conn.sendall(hashlib.shake_256(b"server").digest(512))
-            elif behaviour == "oversized-record":
-                conn.sendall(b"\x16\x03\x03\x48\x01" + b"\x00" * 32)
-            elif behaviour == "alert":
-                conn.sendall(b"\x15\x03\x03\x00\x02\x02\x28")
-            read_until_closed(conn)
+            act_hostile_server(conn, behaviour)
 
     async def main() -> None:
         sockets = _sockets()
-        behaviours = ("garbage", "close-at-once", "close-after-hello", "oversized-record", "alert")
+        behaviours = HOSTILE_SERVERS
         for behaviour in behaviours:
             with socket.socket() as srv:
                 srv.bind((LOCAL, 0))

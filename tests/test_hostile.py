@@ -597,26 +597,28 @@ def _one_shot_server(behaviour: Callable[[socket.socket], None]) -> tuple[int, C
     return port, run_in_thread(run)
 
 
-@pytest.mark.parametrize(
-    "behaviour",
-    ["garbage", "close-at-once", "close-after-hello", "oversized-record", "alert"],
-)
-def test_hostile_server_handshake(behaviour: str) -> None:
-    def act(conn: socket.socket) -> None:
-        if behaviour == "close-at-once":
-            return
-        conn.recv(65536)  # the ClientHello
-        if behaviour == "close-after-hello":
-            return
-        if behaviour == "garbage":
-            conn.sendall(hashlib.shake_256(b"server").digest(512))
-        elif behaviour == "oversized-record":
-            conn.sendall(b"\x16\x03\x03\x48\x01" + b"\x00" * 32)
-        elif behaviour == "alert":
-            conn.sendall(b"\x15\x03\x03\x00\x02\x02\x28")
-        read_until_closed(conn)
+HOSTILE_SERVERS = ["garbage", "close-at-once", "close-after-hello", "oversized-record", "alert"]
 
-    port, join = _one_shot_server(act)
+
+def act_hostile_server(conn: socket.socket, behaviour: str) -> None:
+    """Answer a client's ClientHello the hostile way `behaviour` names (HOSTILE_SERVERS)."""
+    if behaviour == "close-at-once":
+        return
+    conn.recv(65536)  # the ClientHello
+    if behaviour == "close-after-hello":
+        return
+    if behaviour == "garbage":
+        conn.sendall(hashlib.shake_256(b"server").digest(512))
+    elif behaviour == "oversized-record":
+        conn.sendall(b"\x16\x03\x03\x48\x01" + b"\x00" * 32)
+    elif behaviour == "alert":
+        conn.sendall(b"\x15\x03\x03\x00\x02\x02\x28")
+    read_until_closed(conn)
+
+
+@pytest.mark.parametrize("behaviour", HOSTILE_SERVERS)
+def test_hostile_server_handshake(behaviour: str) -> None:
+    port, join = _one_shot_server(lambda conn: act_hostile_server(conn, behaviour))
     with pytest.raises(SSLNetworkError) as info:
         sslports.ssl_connect(LOCAL, port, timeout=JOIN)
     join(JOIN)
