@@ -179,6 +179,7 @@ def test_wrap_ssl_streams_both_modes(loop_kind: str) -> None:
             sw.write(b"world")
             await sw.drain()
             sw.close()
+            await sw.wait_closed()
 
         server = await asyncio.start_server(plain, "127.0.0.1", 0)
         async with server:
@@ -192,6 +193,7 @@ def test_wrap_ssl_streams_both_modes(loop_kind: str) -> None:
             assert await sr.readexactly(5) == b"world"
             assert got["server"] == b"hello"
             sw.close()
+            await sw.wait_closed()
 
     run(loop_kind, main)
 
