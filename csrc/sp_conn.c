@@ -111,6 +111,16 @@ static void capture_ssl_error(sp_conn *c, int ssl_error, sp_err *err)
     sp_err_drain(err);
 }
 
+/* A real failure: the session must not be resumed (RFC 5246 7.2.2). Our copy (see
+ * keep_new_session), possibly cached by the context already, shares that fate; the dead
+ * session is still handed out, so that it replaces an older one the context holds for the
+ * same peer (ssl_lock held). */
+static void invalidate_session(sp_conn *c)
+{
+    if (c->session != NULL)
+        SSL_CTX_remove_session(SSL_get_SSL_CTX(c->ssl), c->session);
+}
+
 /* Remember err as the reason the connection is broken (ssl_lock held). */
 static void mark_broken(sp_conn *c, const sp_err *err)
 {
@@ -123,10 +133,7 @@ static void mark_broken(sp_conn *c, const sp_err *err)
         if (c->broken != NULL)
             memcpy(c->broken, err, sizeof *err);
     }
-    /* A real failure: the session must not be resumed (RFC 5246 7.2.2). Our copy (see
-     * keep_new_session), possibly cached by the context already, shares that fate. */
-    if (c->session != NULL)
-        SSL_CTX_remove_session(SSL_get_SSL_CTX(c->ssl), c->session);
+    invalidate_session(c);
 }
 
 /* If the connection already ended or broke, say so (ssl_lock held). Returns 0 when live. */
@@ -918,13 +925,20 @@ void sp_ctx_track_sessions(SSL_CTX *ctx)
     SSL_CTX_sess_set_new_cb(ctx, keep_new_session);
 }
 
+/* The newest session, with a reference for the caller (ssl_lock held). */
+static SSL_SESSION *session_ref_locked(sp_conn *c)
+{
+    SSL_SESSION *s = c->session;
+    if (s != NULL && !SSL_SESSION_up_ref(s))
+        s = NULL;
+    return s;
+}
+
 SSL_SESSION *sp_conn_get_session(sp_conn *c)
 {
     SSL_SESSION *s;
     sp_mutex_lock(&c->ssl_lock);
-    s = c->session;
-    if (s != NULL && !SSL_SESSION_up_ref(s))
-        s = NULL;
+    s = session_ref_locked(c);
     sp_mutex_unlock(&c->ssl_lock);
     return s;
 }
@@ -944,16 +958,10 @@ SSL_SESSION *sp_conn_closing_session(sp_conn *c)
         ERR_clear_error();
         c->draining = 0;
         if (e != SSL_ERROR_NONE && e != SSL_ERROR_WANT_READ && e != SSL_ERROR_WANT_WRITE
-            && e != SSL_ERROR_ZERO_RETURN && c->session != NULL) {
-            /* a real failure: the session dies with the connection (as in mark_broken) */
-            SSL_CTX_remove_session(SSL_get_SSL_CTX(c->ssl), c->session);
-            SSL_SESSION_free(c->session);
-            c->session = NULL;
-        }
+            && e != SSL_ERROR_ZERO_RETURN)
+            invalidate_session(c); /* a real failure */
     }
-    s = c->session;
-    if (s != NULL && !SSL_SESSION_up_ref(s))
-        s = NULL;
+    s = session_ref_locked(c);
     sp_mutex_unlock(&c->ssl_lock);
     return s;
 }
