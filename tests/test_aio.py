@@ -172,6 +172,7 @@ def test_interop_with_asyncio_ssl_both_ways(version: str) -> None:
 def test_wrap_ssl_streams_both_modes(loop_kind: str) -> None:
     async def main() -> None:
         got: dict[str, bytes] = {}
+        served = asyncio.Event()
 
         async def plain(r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
             sr, sw = await aio.wrap_ssl_streams(r, w, mode="accept", context=server_context())
@@ -180,6 +181,7 @@ def test_wrap_ssl_streams_both_modes(loop_kind: str) -> None:
             await sw.drain()
             sw.close()
             await sw.wait_closed()
+            served.set()
 
         server = await asyncio.start_server(plain, "127.0.0.1", 0)
         async with server:
@@ -194,6 +196,7 @@ def test_wrap_ssl_streams_both_modes(loop_kind: str) -> None:
             assert got["server"] == b"hello"
             sw.close()
             await sw.wait_closed()
+            await asyncio.wait_for(served.wait(), 10)  # the handler's socket is closed too
 
     run(loop_kind, main)
 
