@@ -3,7 +3,8 @@ PY      ?= python3
 VENV    := .venv
 VPY     := $(VENV)/bin/python
 STAMP   := $(VENV)/.installed
-CSRC    := $(wildcard csrc/*.c csrc/*.h csrc/cdef/*.cdef) build_ffi.py src/sslports/_version.py
+CSRC    := $(wildcard csrc/*.c csrc/*.h csrc/py/*.c csrc/cdef/*.cdef) build_ffi.py setup.py \
+           src/sslports/_version.py
 CFLAGS_CHECK := -std=c99 -Wall -Wextra -Wshadow -Werror -fsyntax-only -Icsrc -DSP_BUILD_VERSION='"check"'
 
 .PHONY: all setup build demo docs test lint cwarn pytest bench asan clean
@@ -40,12 +41,14 @@ $(DOCS_STAMP): $(STAMP)
 docs: setup $(DOCS_STAMP)
 	$(VPY) -m mkdocs build --strict --clean --config-file docs/mkdocs.yml --site-dir $(CURDIR)/build/docs
 
-cwarn:
+cwarn: $(STAMP)
 	@for f in csrc/*.c; do $(CC) $(CFLAGS_CHECK) $$f || exit 1; done
+	@$(CC) $(CFLAGS_CHECK) $$($(VPY) -c 'import sysconfig; print("-I" + sysconfig.get_paths()["include"])') \
+		csrc/py/sp_fastport.c
 
 lint: setup
-	$(VPY) -m ruff check src tests bench scripts build_ffi.py
-	$(VPY) -m ruff format --check src tests bench scripts build_ffi.py
+	$(VPY) -m ruff check src tests bench scripts build_ffi.py setup.py
+	$(VPY) -m ruff format --check src tests bench scripts build_ffi.py setup.py
 	$(VPY) -m mypy --strict src/sslports
 
 pytest: setup
@@ -57,7 +60,8 @@ bench: setup
 	$(VPY) bench/run_all.py
 
 clean:
-	rm -rf build dist *.egg-info src/*.egg-info src/sslports/_native* src/sslports/.native-built
+	rm -rf build dist *.egg-info src/*.egg-info src/sslports/_native* src/sslports/_fastport* \
+		src/sslports/.native-built
 
 # Build the sdist and, from it, the Linux wheel; repair it into a manylinux wheel (auditwheel
 # vendors the OpenSSL it links: the system one unless SSLPORTS_OPENSSL_DIR says otherwise); install

@@ -1,16 +1,38 @@
-"""setuptools entry point: the package metadata lives in pyproject.toml; this adds the CFFI module.
+"""setuptools entry point: the package metadata lives in pyproject.toml; this adds the native code.
 
-CFFI's out-of-line module uses only the limited C API, so one wheel (tagged cp39-abi3) serves
-CPython 3.9 and later. A free-threaded CPython has no stable ABI before 3.15, so there the
-wheel keeps its version-specific tag (e.g. cp314-cp314t) and CFFI builds a non-abi3 module.
+Two extension modules:
+- sslports._native (CFFI, build_ffi.py): the C shim and the pump, linked to OpenSSL.
+- sslports._fastport (csrc/py/sp_fastport.c): the ports' hot methods as C methods; it reaches the
+  pump through function pointers taken from _native at import, so it links nothing itself.
+
+_fastport needs the buffer protocol, which the limited C API lacks before 3.11, so wheels are
+built per CPython version (cp39-cp39 ... cp314-cp314, cp314-cp314t) rather than as one abi3
+wheel; _native stays a limited-API module inside them. _fastport is not built for a free-threaded
+CPython or for other interpreters (PyPy): there ports.py uses its own Python methods, which do
+the same work.
 """
 
+import os
+import platform
+import sys
 import sysconfig
 
-from setuptools import setup
+from setuptools import Extension, setup
 
-options = {}
-if not sysconfig.get_config_var("Py_GIL_DISABLED"):
-    options["bdist_wheel"] = {"py_limited_api": "cp39"}
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # PEP 517 builds: find build_ffi
+from build_ffi import cflags, include_dirs
 
-setup(cffi_modules=["build_ffi.py:ffibuilder"], options=options)
+ext_modules = []
+free_threaded = bool(sysconfig.get_config_var("Py_GIL_DISABLED"))
+if not free_threaded and platform.python_implementation() == "CPython":
+    ext_modules.append(
+        Extension(
+            "sslports._fastport",
+            sources=["csrc/py/sp_fastport.c"],
+            include_dirs=["csrc", *include_dirs],
+            extra_compile_args=cflags,
+            extra_link_args=[a for a in cflags if a.startswith("-fsanitize")],
+        )
+    )
+
+setup(cffi_modules=["build_ffi.py:ffibuilder"], ext_modules=ext_modules)

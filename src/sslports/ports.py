@@ -33,6 +33,7 @@ from __future__ import annotations
 import collections
 import contextlib
 import io
+import os
 import socket
 import threading
 import time
@@ -104,6 +105,40 @@ def _deadline(timeout: Optional[float]) -> _Deadline:
 
 
 _from_buffer: Any = getattr(_binding.ffi, "from_buffer", None)  # None without the native module
+
+
+def _read_all(reader: Any) -> bytes:
+    """read() / read(-1): everything up to EOF, in chunks of what arrives."""
+    chunks: list[bytes] = []
+    while True:
+        chunk = reader.read1(_READ_CHUNK)
+        if not chunk:
+            return b"".join(chunks)
+        chunks.append(chunk)
+
+
+def _load_fastport() -> Any:
+    """The ports' hot methods in C (csrc/py/sp_fastport.c), bound to the pump; None when the
+    module is not built (PyPy, free-threaded CPython) or SSLPORTS_NO_FASTPORT is set, and then
+    the ports' own Python methods do the same work."""
+    if _binding.lib is None or os.environ.get("SSLPORTS_NO_FASTPORT"):
+        return None
+    try:
+        from . import _fastport  # type: ignore[attr-defined]
+    except ImportError:
+        return None
+    ffi, lib = _binding.ffi, _binding.lib
+    _fastport.init(
+        int(ffi.cast("uintptr_t", ffi.addressof(lib, "sp_read"))),
+        int(ffi.cast("uintptr_t", ffi.addressof(lib, "sp_write"))),
+        _SLICE_MS,
+        _RECORD,
+        _read_all,
+    )
+    return _fastport
+
+
+_fastport = _load_fastport()
 
 
 class _Sender:
@@ -303,6 +338,8 @@ class Connection:
         # a pointer freed before it. Whoever frees first marks the connection closed.
         _binding.ffi.gc(ptr, None)
         self.ptr: Any = ptr
+        # The address the C fast path pumps (sp_fastport.c); 0 once the connection is closed.
+        self._fast_addr = int(_binding.ffi.cast("uintptr_t", ptr))
         self.transport = transport
         self.context = context
         self.error = error
@@ -328,6 +365,7 @@ class Connection:
     def free(self) -> None:
         """Release the C connection; every later call sees a closed connection."""
         ptr, self.ptr = getattr(self, "ptr", None), None
+        self._fast_addr = 0
         self.closed = True
         if ptr is not None:
             _binding.lib.sp_conn_free(ptr)
@@ -465,6 +503,16 @@ class Connection:
                 raise self.make_error(SSLError(f"{func}: read failed ({exc.message})")) from exc
         return total
 
+    def read_rest(self, b: Any, fill: bool, total: int) -> int:
+        """The C fast path's continuation (sp_fastport.c), called with the read lock held for
+        everything but a read that got all it asked for: waits, EOF, errors."""
+        return self.read("read", b, fill, _NO_DEADLINE, total)
+
+    def write_rest(self, pending: bytearray, data: Any, sent: int) -> None:
+        """The C fast path's continuation for writes (see read_rest): send the rest of `data`
+        (`pending` or a caller's buffer) after its first `sent` bytes."""
+        _send_rest(self, pending, None, data, sent)
+
     def pump_once(self, func: str, view: memoryview, deadline: _Deadline) -> int:
         """Process what arrives within one wait slice (handshake records included).
 
@@ -569,6 +617,7 @@ class Connection:
             self.transport.close(self.close_original, 0)
             return
         self.remember_session(drain_tickets=True)
+        self._fast_addr = 0  # the C fast path hands every later call to read/write_rest
         self.closed = True  # every later call raises ValueError before reaching C
         if isinstance(self.transport, _SocketTransport):
             # Wake any call still polling this socket, then wait for it to leave (it holds its
@@ -589,9 +638,35 @@ class SSLInputPort(io.BufferedIOBase):
         self._timeout = timeout
         self._lock = conn.read_lock
         self._pending = b""  # read ahead by readline/peek, served first
+        self._fast: Any = None
+        if _fastport is not None and conn.is_socket:
+            self._fast = _fastport.Reader(conn, conn.read_lock, conn.read_rest)
+            self._sync_fast()
 
     def __repr__(self) -> str:
         return f"<SSLInputPort{' closed' if self.closed else ''}>"
+
+    def _sync_fast(self) -> None:
+        """Install the C fast path's methods as instance attributes (they shadow this class's)
+        while the common case holds: no timeout, nothing kept by peek/readline, open."""
+        fast = self._fast
+        if fast is None:
+            return
+        attrs = self.__dict__
+        if not self._pending and self._timeout is None and not self.closed:
+            attrs["readinto"] = fast.readinto
+            attrs["readinto1"] = fast.readinto1
+            attrs["read"] = fast.read
+            attrs["read1"] = fast.read1
+        else:
+            for name in ("readinto", "readinto1", "read", "read1"):
+                attrs.pop(name, None)
+
+    def _keep(self, data: bytes) -> None:
+        """Serve `data` before anything still to arrive (read ahead on this port's behalf)."""
+        with self._lock:
+            self._pending += data
+            self._sync_fast()
 
     def readable(self) -> bool:
         return True
@@ -599,6 +674,7 @@ class SSLInputPort(io.BufferedIOBase):
     def settimeout(self, seconds: Optional[float]) -> None:
         """Bound each later read (None: wait forever). Extension."""
         self._timeout = _check_timeout("settimeout", seconds)
+        self._sync_fast()
 
     def gettimeout(self) -> Optional[float]:
         """The current read timeout. Extension."""
@@ -630,6 +706,7 @@ class SSLInputPort(io.BufferedIOBase):
                 n = min(len(view), len(self._pending))
                 view[:n] = self._pending[:n]
                 self._pending = self._pending[n:]
+                self._sync_fast()
                 if n == len(view) or not fill:
                     return n
                 return n + conn.read("read", view[n:], fill, _deadline(self._timeout))
@@ -643,12 +720,7 @@ class SSLInputPort(io.BufferedIOBase):
 
     def read(self, size: Optional[int] = -1) -> bytes:
         if size is None or size < 0:
-            chunks: list[bytes] = []
-            while True:
-                chunk = self.read1(_READ_CHUNK)
-                if not chunk:
-                    return b"".join(chunks)
-                chunks.append(chunk)
+            return _read_all(self)
         buf = bytearray(size)
         n = self._readinto(buf, True)
         del buf[n:]
@@ -665,6 +737,7 @@ class SSLInputPort(io.BufferedIOBase):
     def peek(self, size: int = 0) -> bytes:
         if not self._pending:
             self._pending = self.read1(max(size, 1) if size > 0 else _READ_CHUNK)
+            self._sync_fast()
         return self._pending
 
     def readline(self, size: Optional[int] = -1) -> bytes:
@@ -680,6 +753,7 @@ class SSLInputPort(io.BufferedIOBase):
             line += chunk[:end]
             with self._lock:
                 self._pending = self._pending[end:]
+                self._sync_fast()
             if line.endswith(b"\n"):
                 break
         return bytes(line)
@@ -691,6 +765,7 @@ class SSLInputPort(io.BufferedIOBase):
         if not _claim_close(self):
             return
         super().close()
+        self._sync_fast()
         self._sslports_conn.port_closed(self._timeout)
 
     def detach(self) -> Any:
@@ -705,11 +780,29 @@ class SSLOutputPort(io.BufferedIOBase):
         self._sslports_conn = conn
         self._timeout = timeout
         self._lock = conn.write_lock
-        self._buf = bytearray()
+        self._buf = bytearray()  # pending bytes: changed in place only (shared with _fast)
         self._abandoned = False
+        self._fast: Any = None
+        if _fastport is not None and conn.is_socket:
+            self._fast = _fastport.Writer(conn, conn.write_lock, conn.write_rest, self._buf)
+            self._sync_fast()
 
     def __repr__(self) -> str:
         return f"<SSLOutputPort{' closed' if self.closed else ''}>"
+
+    def _sync_fast(self) -> None:
+        """Install the C fast path's write/flush while no timeout is set and the port is open
+        (see SSLInputPort._sync_fast)."""
+        fast = self._fast
+        if fast is None:
+            return
+        attrs = self.__dict__
+        if self._timeout is None and not self.closed:
+            attrs["write"] = fast.write
+            attrs["flush"] = fast.flush
+        else:
+            attrs.pop("write", None)
+            attrs.pop("flush", None)
 
     def writable(self) -> bool:
         return True
@@ -717,6 +810,7 @@ class SSLOutputPort(io.BufferedIOBase):
     def settimeout(self, seconds: Optional[float]) -> None:
         """Bound each later write/flush (None: wait forever). Extension."""
         self._timeout = _check_timeout("settimeout", seconds)
+        self._sync_fast()
 
     def gettimeout(self) -> Optional[float]:
         """The current write timeout. Extension."""
@@ -728,7 +822,10 @@ class SSLOutputPort(io.BufferedIOBase):
         if self.closed:
             raise ValueError("write to closed SSL port")
         if type(b) is not bytes and type(b) is not bytearray:
-            b = memoryview(b).cast("B")  # counts bytes, whatever the item format
+            view = memoryview(b)
+            if not view.c_contiguous:  # the error io's own writers (and the C path) raise
+                raise BufferError("memoryview: underlying buffer is not C-contiguous")
+            b = view.cast("B")  # counts bytes, whatever the item format
         n = len(b)
         with self._lock:
             try:
@@ -759,18 +856,11 @@ class SSLOutputPort(io.BufferedIOBase):
                 status = _binding.lib.sp_write(conn.ptr, cbuf, size, done, _SLICE_MS, err)
             sent = int(done[0])
             if status == _SP_OK and sent == size:
-                self._buf = bytearray()
+                del self._buf[:]
                 return
-            data = data[sent:]  # the rest, a wait, a flush of what was queued, an error
-        try:
-            conn.write("write", data, _deadline(self._timeout))
-        except SSLTimeoutError as exc:
-            sent = int(getattr(exc, "characters_written", 0))
-            rest = bytes(data[sent:])
-            self._buf = bytearray(rest)
-            exc.characters_written = len(rest)  # type: ignore[attr-defined]
-            raise
-        self._buf = bytearray()
+            _send_rest(conn, self._buf, None, data, sent)  # a wait, a flush, an error
+            return
+        _send_rest(conn, self._buf, self._timeout, data, 0)
 
     def flush(self) -> None:
         if self.closed or not self._buf:
@@ -789,6 +879,7 @@ class SSLOutputPort(io.BufferedIOBase):
                 conn.send_close_notify(_Deadline(self._timeout if self._timeout else 5.0))
         finally:
             super().close()
+            self._sync_fast()
             conn.port_closed(self._timeout)
 
     def read(self, size: Optional[int] = -1) -> bytes:
@@ -796,6 +887,22 @@ class SSLOutputPort(io.BufferedIOBase):
 
     def detach(self) -> Any:
         raise io.UnsupportedOperation("detach")
+
+
+def _send_rest(
+    conn: Connection, pending: bytearray, timeout: Optional[float], data: Any, sent: int
+) -> None:
+    """Send `data` (the pending buffer or a caller's) after its first `sent` bytes; what a
+    timeout leaves unsent becomes the pending buffer, else it ends up empty."""
+    rest = data[sent:] if sent else data
+    try:
+        conn.write("write", rest, _deadline(timeout))
+    except SSLTimeoutError as exc:
+        written = int(getattr(exc, "characters_written", 0))
+        pending[:] = rest[written:]
+        exc.characters_written = len(pending)  # type: ignore[attr-defined]
+        raise
+    del pending[:]
 
 
 _close_lock = threading.Lock()

@@ -94,8 +94,7 @@ def _reverify_failed(func: str, exc: SSLError) -> SSLError:
 def _keep_for_reader(inp: Optional[SSLInputPort], scratch: bytearray, n: int) -> None:
     """Application data read while re-verifying: served first by the input port."""
     if n > 0 and inp is not None:
-        with inp._lock:
-            inp._pending += bytes(scratch[:n])
+        inp._keep(bytes(scratch[:n]))
 
 
 def _surface_deferred_error(

@@ -1,0 +1,520 @@
+/* sp_fastport.c - the ports' hot methods in C (the module sslports._fastport).
+ *
+ * WHY
+ *
+ * A request/response loop spends most of its non-OpenSSL time in the Python that runs once per
+ * port call, and that Python runs cold: between two waits on the network its instructions cost
+ * several times what a timeit loop says (bench/README.md, "Where the time goes"). So the common
+ * case of read / readinto / readinto1 / read1 on an input port and write / flush on an output
+ * port is done here, with no Python frame at all: the port's __init__ installs these C methods
+ * as instance attributes, which shadow the Python methods of its class (ports.py
+ * `_sync_fast`), and takes them away whenever the common case does not hold (a timeout, bytes
+ * kept by peek/readline, a closed port). Everything else stays in Python.
+ *
+ * ONE CALL
+ *
+ *   1. Export the caller's buffer (a wrong type raises here, before anything else happens).
+ *   2. Take the direction's threading.Lock (the same lock the Python paths and close() take).
+ *   3. Read the connection's `_fast_addr` (0 once it is closed): the sp_conn to pump.
+ *   4. One sp_read / sp_write with the GIL released, waiting at most one slice.
+ *   5. The common outcome (all asked for was read or sent) releases the lock and returns.
+ *      Any other (a slice that elapsed, EOF, an error, a closed connection) hands the buffer
+ *      and the progress made to the connection's Python continuation (`read_rest` /
+ *      `write_rest`), which takes over the lock and releases it: deadlines, signal handlers,
+ *      EOF policy and error objects live in one place, ports.py.
+ *
+ * The output port's pending bytes are one bytearray shared with ports.py (never rebound, only
+ * changed in place, always under the write lock), so both paths see one buffer.
+ *
+ * The module calls the pump through function pointers that ports.py takes from the CFFI module
+ * (sslports._native), so the pump is compiled and linked once. It uses only the limited API
+ * (one abi3 wheel) and is not built for a free-threaded CPython, where ports.py stays in Python.
+ */
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+
+#include <string.h>
+
+#include "sp.h"
+
+typedef int (*read_fn)(sp_conn *, unsigned char *, size_t, size_t, size_t *, int, sp_err *);
+typedef int (*write_fn)(sp_conn *, const unsigned char *, size_t, size_t *, int, sp_err *);
+
+static read_fn pump_read;
+static write_fn pump_write;
+static int slice_ms = 50;
+static Py_ssize_t record_size = 16384;
+static PyObject *read_all;  /* read_all(reader) -> bytes: read(-1) and read(None) */
+static PyObject *str_addr;  /* "_fast_addr" */
+
+/* ---- shared helpers ------------------------------------------------------------------ */
+
+/* The connection's sp_conn, or NULL once it is closed (also when `_fast_addr` is unreadable:
+ * the Python continuation then raises the proper error). */
+static sp_conn *conn_of(PyObject *conn)
+{
+    PyObject *addr = PyObject_GetAttr(conn, str_addr);
+    void *p;
+    if (addr == NULL) {
+        PyErr_Clear();
+        return NULL;
+    }
+    p = PyLong_AsVoidPtr(addr);
+    Py_DECREF(addr);
+    if (p == NULL && PyErr_Occurred())
+        PyErr_Clear();
+    return (sp_conn *)p;
+}
+
+static PyObject *new_none(void) /* Py_NewRef(Py_None) before 3.10 */
+{
+    Py_INCREF(Py_None);
+    return Py_None;
+}
+
+static int call_ok(PyObject *callable)
+{
+    PyObject *r = PyObject_CallNoArgs(callable);
+    if (r == NULL)
+        return -1;
+    Py_DECREF(r);
+    return 0;
+}
+
+/* Release a lock (`release`: its bound method) and return `result`, or NULL with the
+ * exception that was pending when `result` is NULL. Calling a builtin from C runs no signal
+ * handler, so nothing can come between the work done under the lock and its release. */
+static PyObject *release_keeping(PyObject *release, PyObject *result)
+{
+    PyObject *r;
+#if PY_VERSION_HEX >= 0x030C0000
+    PyObject *exc = result == NULL ? PyErr_GetRaisedException() : NULL;
+#else
+    PyObject *type = NULL, *value = NULL, *tb = NULL;
+    if (result == NULL)
+        PyErr_Fetch(&type, &value, &tb);
+#endif
+    r = PyObject_CallNoArgs(release);
+    if (r == NULL) { /* only a lock that is not held; that error wins */
+        Py_XDECREF(result);
+#if PY_VERSION_HEX >= 0x030C0000
+        Py_XDECREF(exc);
+#else
+        Py_XDECREF(type);
+        Py_XDECREF(value);
+        Py_XDECREF(tb);
+#endif
+        return NULL;
+    }
+    Py_DECREF(r);
+#if PY_VERSION_HEX >= 0x030C0000
+    if (exc != NULL)
+        PyErr_SetRaisedException(exc);
+#else
+    if (type != NULL)
+        PyErr_Restore(type, value, tb);
+#endif
+    return result;
+}
+
+/* ---- the two types ------------------------------------------------------------------- */
+
+typedef struct {
+    PyObject_HEAD
+    PyObject *conn; /* the ports.Connection */
+    PyObject *lock; /* its read_lock / write_lock */
+    PyObject *acquire;
+    PyObject *release;
+    PyObject *rest; /* reader: conn.read_rest(b, fill, n); writer: conn.write_rest(pending, data,
+                       sent); called with the lock held */
+    PyObject *pending; /* writer only: the bytearray of bytes not yet sent */
+} Port;
+
+static int port_init(Port *self, PyObject *conn, PyObject *lock, PyObject *rest, PyObject *pending)
+{
+    PyObject *acquire = PyObject_GetAttrString(lock, "acquire");
+    PyObject *release = acquire ? PyObject_GetAttrString(lock, "release") : NULL;
+    if (release == NULL) {
+        Py_XDECREF(acquire);
+        return -1;
+    }
+    if (!PyCallable_Check(rest)) {
+        Py_DECREF(acquire);
+        Py_DECREF(release);
+        PyErr_SetString(PyExc_TypeError, "rest must be callable");
+        return -1;
+    }
+    Py_INCREF(conn);
+    Py_INCREF(lock);
+    Py_INCREF(rest);
+    Py_XINCREF(pending);
+    Py_XSETREF(self->conn, conn);
+    Py_XSETREF(self->lock, lock);
+    Py_XSETREF(self->acquire, acquire);
+    Py_XSETREF(self->release, release);
+    Py_XSETREF(self->rest, rest);
+    Py_XSETREF(self->pending, pending);
+    return 0;
+}
+
+static int port_traverse(Port *self, visitproc visit, void *arg)
+{
+    Py_VISIT(Py_TYPE(self));
+    Py_VISIT(self->conn);
+    Py_VISIT(self->lock);
+    Py_VISIT(self->acquire);
+    Py_VISIT(self->release);
+    Py_VISIT(self->rest);
+    Py_VISIT(self->pending);
+    return 0;
+}
+
+static int port_clear(Port *self)
+{
+    Py_CLEAR(self->conn);
+    Py_CLEAR(self->lock);
+    Py_CLEAR(self->acquire);
+    Py_CLEAR(self->release);
+    Py_CLEAR(self->rest);
+    Py_CLEAR(self->pending);
+    return 0;
+}
+
+static void port_dealloc(Port *self)
+{
+    PyTypeObject *tp = Py_TYPE(self);
+    PyObject_GC_UnTrack(self);
+    port_clear(self);
+    PyObject_GC_Del(self);
+    Py_DECREF(tp);
+}
+
+/* ---- Reader -------------------------------------------------------------------------- */
+
+static int reader_init(Port *self, PyObject *args, PyObject *kwds)
+{
+    PyObject *conn, *lock, *rest;
+    static char *names[] = {"conn", "lock", "rest", NULL};
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "OOO:Reader", names, &conn, &lock, &rest))
+        return -1;
+    return port_init(self, conn, lock, rest, NULL);
+}
+
+/* readinto (fill: the whole buffer) or readinto1 (at least one byte); see ONE CALL above. */
+static PyObject *read_into(Port *self, PyObject *b, int fill)
+{
+    Py_buffer view;
+    sp_conn *c;
+    size_t len, got = 0;
+    int status = SP_ERROR;
+    PyObject *n, *r;
+
+    if (self->conn == NULL) {
+        PyErr_SetString(PyExc_ValueError, "I/O operation on closed SSL port");
+        return NULL;
+    }
+    if (PyObject_GetBuffer(b, &view, PyBUF_WRITABLE) < 0)
+        return NULL;
+    if (call_ok(self->acquire) < 0) {
+        PyBuffer_Release(&view);
+        return NULL;
+    }
+    c = conn_of(self->conn);
+    len = (size_t)view.len;
+    if (c != NULL && len == 0) {
+        status = SP_OK;
+    } else if (c != NULL) {
+        sp_err err;
+        Py_BEGIN_ALLOW_THREADS
+        status = pump_read(c, view.buf, len, fill ? len : 1, &got, slice_ms, &err);
+        Py_END_ALLOW_THREADS
+    }
+    PyBuffer_Release(&view);
+    n = PyLong_FromSize_t(got);
+    if (n == NULL || (status == SP_OK && (got == len || (got > 0 && !fill))))
+        return release_keeping(self->release, n);
+    r = PyObject_CallFunctionObjArgs(self->rest, b, fill ? Py_True : Py_False, n, NULL);
+    Py_DECREF(n);
+    return release_keeping(self->release, r);
+}
+
+static PyObject *reader_readinto(Port *self, PyObject *b)
+{
+    return read_into(self, b, 1);
+}
+
+static PyObject *reader_readinto1(Port *self, PyObject *b)
+{
+    return read_into(self, b, 0);
+}
+
+/* read(size) / read1(size): a fresh bytes object of what arrived. */
+static PyObject *read_bytes(Port *self, PyObject *args, int fill, const char *format)
+{
+    PyObject *size_obj = Py_None, *buf, *got, *out;
+    Py_ssize_t size;
+    if (!PyArg_ParseTuple(args, format, &size_obj))
+        return NULL;
+    if (size_obj == Py_None) {
+        size = -1;
+    } else {
+        size = PyNumber_AsSsize_t(size_obj, PyExc_OverflowError);
+        if (size == -1 && PyErr_Occurred())
+            return NULL;
+    }
+    if (size < 0) {
+        if (fill)
+            return PyObject_CallFunctionObjArgs(read_all, (PyObject *)self, NULL);
+        size = 65536;
+    }
+    buf = PyByteArray_FromStringAndSize(NULL, size);
+    if (buf == NULL)
+        return NULL;
+    got = read_into(self, buf, fill);
+    if (got == NULL) {
+        Py_DECREF(buf);
+        return NULL;
+    }
+    size = PyLong_AsSsize_t(got);
+    Py_DECREF(got);
+    out = size < 0 ? NULL : PyBytes_FromStringAndSize(PyByteArray_AsString(buf), size);
+    Py_DECREF(buf);
+    return out;
+}
+
+static PyObject *reader_read(Port *self, PyObject *args)
+{
+    return read_bytes(self, args, 1, "|O:read");
+}
+
+static PyObject *reader_read1(Port *self, PyObject *args)
+{
+    return read_bytes(self, args, 0, "|O:read1");
+}
+
+static PyMethodDef reader_methods[] = {
+    {"readinto", (PyCFunction)reader_readinto, METH_O, "Read into b until it is full or EOF."},
+    {"readinto1", (PyCFunction)reader_readinto1, METH_O, "Read what arrives (>= 1 byte) into b."},
+    {"read", (PyCFunction)reader_read, METH_VARARGS, "Read size bytes (all, when -1 or None)."},
+    {"read1", (PyCFunction)reader_read1, METH_VARARGS, "Read what arrives, up to size bytes."},
+    {NULL, NULL, 0, NULL},
+};
+
+static PyType_Slot reader_slots[] = {
+    {Py_tp_doc, "The C fast path of an SSLInputPort (ports.py installs its methods)."},
+    {Py_tp_init, reader_init},
+    {Py_tp_new, PyType_GenericNew},
+    {Py_tp_dealloc, port_dealloc},
+    {Py_tp_traverse, port_traverse},
+    {Py_tp_clear, port_clear},
+    {Py_tp_methods, reader_methods},
+    {0, NULL},
+};
+
+static PyType_Spec reader_spec = {
+    "sslports._fastport.Reader", sizeof(Port), 0,
+    Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC, reader_slots,
+};
+
+/* ---- Writer -------------------------------------------------------------------------- */
+
+static int writer_init(Port *self, PyObject *args, PyObject *kwds)
+{
+    PyObject *conn, *lock, *rest, *pending;
+    static char *names[] = {"conn", "lock", "rest", "pending", NULL};
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "OOOO:Writer", names, &conn, &lock, &rest,
+                                     &pending))
+        return -1;
+    if (!PyByteArray_Check(pending)) {
+        PyErr_SetString(PyExc_TypeError, "pending must be a bytearray");
+        return -1;
+    }
+    return port_init(self, conn, lock, rest, pending);
+}
+
+/* Send `len` bytes at `data` (the pending buffer when `owner` is it, else the caller's) with
+ * the write lock held, then release it. Returns 0, or -1 with an exception. */
+static int send_locked(Port *self, sp_conn *c, PyObject *owner, const unsigned char *data,
+                       size_t len, Py_buffer *view)
+{
+    size_t done = 0;
+    int status = SP_ERROR;
+    PyObject *sent, *r;
+    if (c != NULL) {
+        sp_err err;
+        Py_BEGIN_ALLOW_THREADS
+        status = pump_write(c, data, len, &done, slice_ms, &err);
+        Py_END_ALLOW_THREADS
+    }
+    if (view != NULL)
+        PyBuffer_Release(view);
+    if (status == SP_OK && done == len) {
+        if (owner == self->pending && PyByteArray_Resize(self->pending, 0) < 0)
+            r = NULL;
+        else
+            r = new_none();
+    } else {
+        sent = PyLong_FromSize_t(done);
+        r = sent == NULL ? NULL
+                         : PyObject_CallFunctionObjArgs(self->rest, self->pending, owner, sent, NULL);
+        Py_XDECREF(sent);
+    }
+    r = release_keeping(self->release, r);
+    if (r == NULL)
+        return -1;
+    Py_DECREF(r);
+    return 0;
+}
+
+static PyObject *writer_write(Port *self, PyObject *b)
+{
+    Py_buffer view;
+    Py_ssize_t queued, n;
+    sp_conn *c;
+    char *pending;
+
+    if (self->conn == NULL) {
+        PyErr_SetString(PyExc_ValueError, "write to closed SSL port");
+        return NULL;
+    }
+    if (PyObject_GetBuffer(b, &view, PyBUF_SIMPLE) < 0)
+        return NULL;
+    n = view.len;
+    if (call_ok(self->acquire) < 0) {
+        PyBuffer_Release(&view);
+        return NULL;
+    }
+    c = conn_of(self->conn);
+    queued = PyByteArray_Size(self->pending);
+    if (queued == 0 && n >= record_size) {
+        /* A record or more: straight from the caller's buffer. */
+        if (send_locked(self, c, b, view.buf, (size_t)n, &view) < 0)
+            return NULL;
+        return PyLong_FromSsize_t(n);
+    }
+    if (n > 0) {
+        if (PyByteArray_Resize(self->pending, queued + n) < 0) {
+            PyBuffer_Release(&view);
+            return release_keeping(self->release, NULL);
+        }
+        memcpy(PyByteArray_AsString(self->pending) + queued, view.buf, (size_t)n);
+    }
+    PyBuffer_Release(&view);
+    queued += n;
+    if (queued < record_size)
+        return release_keeping(self->release, PyLong_FromSsize_t(n));
+    pending = PyByteArray_AsString(self->pending);
+    if (send_locked(self, c, self->pending, (unsigned char *)pending, (size_t)queued, NULL) < 0)
+        return NULL;
+    return PyLong_FromSsize_t(n);
+}
+
+static PyObject *writer_flush(Port *self, PyObject *unused)
+{
+    Py_ssize_t queued;
+    (void)unused;
+    if (self->conn == NULL || PyByteArray_Size(self->pending) == 0)
+        Py_RETURN_NONE;
+    if (call_ok(self->acquire) < 0)
+        return NULL;
+    queued = PyByteArray_Size(self->pending);
+    if (queued == 0)
+        return release_keeping(self->release, new_none());
+    if (send_locked(self, conn_of(self->conn), self->pending,
+                    (unsigned char *)PyByteArray_AsString(self->pending), (size_t)queued,
+                    NULL) < 0)
+        return NULL;
+    Py_RETURN_NONE;
+}
+
+static PyMethodDef writer_methods[] = {
+    {"write", (PyCFunction)writer_write, METH_O, "Buffer b; send once a record is full."},
+    {"flush", (PyCFunction)writer_flush, METH_NOARGS, "Send what is buffered."},
+    {NULL, NULL, 0, NULL},
+};
+
+static PyType_Slot writer_slots[] = {
+    {Py_tp_doc, "The C fast path of an SSLOutputPort (ports.py installs its methods)."},
+    {Py_tp_init, writer_init},
+    {Py_tp_new, PyType_GenericNew},
+    {Py_tp_dealloc, port_dealloc},
+    {Py_tp_traverse, port_traverse},
+    {Py_tp_clear, port_clear},
+    {Py_tp_methods, writer_methods},
+    {0, NULL},
+};
+
+static PyType_Spec writer_spec = {
+    "sslports._fastport.Writer", sizeof(Port), 0,
+    Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC, writer_slots,
+};
+
+/* ---- module -------------------------------------------------------------------------- */
+
+static PyObject *fast_init(PyObject *module, PyObject *args)
+{
+    PyObject *read_addr, *write_addr, *all;
+    int slice;
+    Py_ssize_t record;
+    void *r, *w;
+    (void)module;
+    if (!PyArg_ParseTuple(args, "OOinO:init", &read_addr, &write_addr, &slice, &record, &all))
+        return NULL;
+    r = PyLong_AsVoidPtr(read_addr);
+    w = r ? PyLong_AsVoidPtr(write_addr) : NULL;
+    if (r == NULL || w == NULL) {
+        if (!PyErr_Occurred())
+            PyErr_SetString(PyExc_ValueError, "init: null pump function");
+        return NULL;
+    }
+    if (slice < 0 || record <= 0 || !PyCallable_Check(all)) {
+        PyErr_SetString(PyExc_ValueError, "init: bad slice, record size or read_all");
+        return NULL;
+    }
+    /* Function pointers travel as integers: CFFI hands them out that way. */
+    pump_read = (read_fn)(uintptr_t)r;
+    pump_write = (write_fn)(uintptr_t)w;
+    slice_ms = slice;
+    record_size = record;
+    Py_INCREF(all);
+    Py_XSETREF(read_all, all);
+    Py_RETURN_NONE;
+}
+
+static PyMethodDef module_methods[] = {
+    {"init", fast_init, METH_VARARGS,
+     "init(sp_read_addr, sp_write_addr, slice_ms, record_size, read_all): bind the pump."},
+    {NULL, NULL, 0, NULL},
+};
+
+static struct PyModuleDef fastport_module = {
+    PyModuleDef_HEAD_INIT, "_fastport",
+    "The ports' hot methods in C (see csrc/py/sp_fastport.c).", -1, module_methods,
+    NULL, NULL, NULL, NULL,
+};
+
+static int add_type(PyObject *m, PyType_Spec *spec, const char *name)
+{
+    PyObject *tp = PyType_FromSpec(spec);
+    if (tp == NULL)
+        return -1;
+    if (PyModule_AddObject(m, name, tp) < 0) {
+        Py_DECREF(tp);
+        return -1;
+    }
+    return 0;
+}
+
+PyMODINIT_FUNC PyInit__fastport(void)
+{
+    PyObject *m = PyModule_Create(&fastport_module);
+    if (m == NULL)
+        return NULL;
+    str_addr = PyUnicode_InternFromString("_fast_addr");
+    if (str_addr == NULL || add_type(m, &reader_spec, "Reader") < 0 ||
+        add_type(m, &writer_spec, "Writer") < 0) {
+        Py_DECREF(m);
+        return NULL;
+    }
+    return m;
+}

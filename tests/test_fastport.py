@@ -1,0 +1,285 @@
+"""The ports' C fast path (csrc/py/sp_fastport.c) against their Python methods.
+
+Socket ports get C methods for read/readinto/readinto1/read1/write/flush as instance attributes
+while the common case holds; everything else runs ports.py. These tests check that the C
+methods are really used, that they come and go with the port's state, and that both paths move
+exactly the same bytes and raise the same errors.
+"""
+
+from __future__ import annotations
+
+import array
+import os
+import platform
+import random
+import signal
+import subprocess
+import sys
+import sysconfig
+import threading
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from conftest import PY_ENV, read_exactly, run_in_thread, sha1
+
+import sslports
+from sslports import ports
+
+LOCAL = "127.0.0.1"
+FAST_BUILT = (
+    platform.python_implementation() == "CPython"
+    and not sysconfig.get_config_var("Py_GIL_DISABLED")
+    and not os.environ.get("SSLPORTS_NO_FASTPORT")
+)
+needs_fast = pytest.mark.skipif(not FAST_BUILT, reason="no C fast path on this interpreter")
+
+
+@pytest.fixture(params=["fast", "python"])
+def path(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Run the test with the C fast path, then with the ports' Python methods only."""
+    if request.param == "fast" and not FAST_BUILT:
+        pytest.skip("no C fast path on this interpreter")
+    if request.param == "python":
+        monkeypatch.setattr(ports, "_fastport", None)
+    return str(request.param)
+
+
+@pytest.fixture
+def pair(pki: Any) -> Iterator[tuple[Any, Any, Any, Any]]:
+    """(client in, client out, server in, server out) over 127.0.0.1."""
+    listener = sslports.ssl_listen(0, 4, True, LOCAL, pki.server_context())
+    port = sslports.ssl_addresses(listener, True)[1]
+    join = run_in_thread(lambda: sslports.ssl_accept(listener))
+    cin, cout = sslports.ssl_connect(LOCAL, port, pki.client_context())
+    sin, sout = join(30)
+    yield cin, cout, sin, sout
+    for p in (cin, cout, sin, sout):
+        p.close()
+    listener.close()
+
+
+def _is_c(method: Any) -> bool:
+    return type(method).__name__ == "builtin_function_or_method"
+
+
+@needs_fast
+def test_socket_ports_use_the_c_methods(pair: Any) -> None:
+    cin, cout, _sin, _sout = pair
+    assert ports._fastport is not None
+    for name in ("read", "read1", "readinto", "readinto1"):
+        assert _is_c(getattr(cin, name)), name
+    for name in ("write", "flush"):
+        assert _is_c(getattr(cout, name)), name
+
+
+@needs_fast
+def test_c_methods_come_and_go_with_the_port_state(pair: Any) -> None:
+    cin, cout, sin, sout = pair
+    cin.settimeout(5)
+    cout.settimeout(5)
+    assert not _is_c(cin.readinto) and not _is_c(cout.write)
+    cin.settimeout(None)
+    cout.settimeout(None)
+    assert _is_c(cin.readinto) and _is_c(cout.write)
+
+    sout.write(b"line one\nline two\nrest")
+    sout.flush()
+    assert cin.readline() == b"line one\n"  # keeps the rest of what arrived: Python serves it
+    assert not _is_c(cin.readinto)
+    assert read_exactly(cin, len(b"line two\nrest")) == b"line two\nrest"
+    assert _is_c(cin.readinto)  # nothing kept any more
+
+    cout.write(b"x")
+    cout.close()
+    assert "write" not in vars(cout)
+    with pytest.raises(ValueError):
+        cout.write(b"y")
+    assert sin.read(1) == b"x"
+    cin.close()
+    with pytest.raises(ValueError):
+        cin.read(1)
+    with pytest.raises(ValueError):
+        cin.readinto(bytearray(1))
+
+
+def _scripted_exchange(cin: Any, cout: Any, sin: Any, sout: Any, seed: int) -> tuple[str, str]:
+    """The client writes ~3 MB in every shape (bytes, bytearray, memoryview of ints, array,
+    writelines, random flushes); the server reads it in every shape and echoes it; the client
+    reads the echo in every shape. Returns the SHA-1 sent and the SHA-1 that came back."""
+    rng = random.Random(seed)
+    chunks: list[bytes] = []
+    for _ in range(400):
+        n = rng.choice([0, 1, 7, 100, 1024, 4000, 16383, 16384, 16385, 40000])
+        chunks.append(rng.randbytes(n - n % 4))
+    sent = b"".join(chunks)
+
+    def server() -> None:
+        got = bytearray()
+        view = memoryview(bytearray(70000))
+        while len(got) < len(sent):
+            left = len(sent) - len(got)
+            how = rng.randrange(4)
+            if how == 0:
+                data = sin.read(min(left, rng.randrange(1, 50000)))
+            elif how == 1:
+                data = sin.read1(rng.randrange(1, 70000))
+            elif how == 2:
+                k = min(left, rng.randrange(1, 70000))
+                n = sin.readinto(view[:k])
+                data = bytes(view[:n])
+            else:
+                n = sin.readinto1(view[: rng.randrange(1, 70000)])
+                data = bytes(view[:n])
+            assert data, "early EOF"
+            got += data
+            sout.write(data)
+            if rng.random() < 0.5:
+                sout.flush()
+        sout.flush()
+
+    def client_reader() -> bytes:
+        back = bytearray()
+        buf = bytearray(30000)
+        while len(back) < len(sent):
+            left = len(sent) - len(back)
+            how = len(back) % 3
+            if how == 0:
+                data = cin.read(min(left, 20000))
+            elif how == 1:
+                n = cin.readinto1(memoryview(buf)[: min(left, 30000)])
+                data = bytes(buf[:n])
+            else:
+                data = cin.read1(min(left, 12345))
+            assert data, "early EOF"
+            back += data
+        return bytes(back)
+
+    join_server = run_in_thread(server)
+    join_reader = run_in_thread(client_reader)  # reads while we write: no TCP deadlock
+    for i, chunk in enumerate(chunks):
+        kind = i % 4
+        if kind == 0:
+            cout.write(chunk)
+        elif kind == 1:
+            cout.write(bytearray(chunk))
+        elif kind == 2:
+            cout.write(memoryview(array.array("i", chunk)))
+        else:
+            cout.writelines([chunk[:3], chunk[3:]])
+        if i % 7 == 0:
+            cout.flush()
+    cout.flush()
+    back = join_reader(60)
+    join_server(60)
+    return sha1(sent), sha1(back)
+
+
+def test_both_paths_move_the_same_bytes(path: str, pki: Any) -> None:
+    listener = sslports.ssl_listen(0, 4, True, LOCAL, pki.server_context())
+    port = sslports.ssl_addresses(listener, True)[1]
+    join = run_in_thread(lambda: sslports.ssl_accept(listener))
+    cin, cout = sslports.ssl_connect(LOCAL, port, pki.client_context())
+    sin, sout = join(30)
+    try:
+        assert _is_c(cin.readinto) == (path == "fast")
+        sent, back = _scripted_exchange(cin, cout, sin, sout, seed=5)
+        assert sent == back
+        sin.close()
+        sout.close()
+        assert cin.read() == b""  # the server is gone: EOF, and EOF again
+        assert cin.readinto(bytearray(10)) == 0
+    finally:
+        for p in (cin, cout, sin, sout):
+            p.close()
+        listener.close()
+
+
+def test_both_paths_raise_the_same_errors(path: str, pair: Any) -> None:
+    cin, cout, _sin, _sout = pair
+    with pytest.raises(BufferError):
+        cin.readinto(b"read-only")
+    with pytest.raises(TypeError):
+        cin.readinto("text")  # type: ignore[arg-type]
+    with pytest.raises(TypeError):
+        cout.write("text")
+    with pytest.raises(BufferError):
+        cout.write(memoryview(bytearray(8))[::2])  # not contiguous
+    assert cout.write(b"") == 0
+    assert cin.read(0) == b"" and cin.readinto(bytearray()) == 0
+
+
+def test_concurrent_writers_never_interleave_one_write(path: str, pair: Any) -> None:
+    """Each write is one unit, whichever thread makes it (both paths take the write lock)."""
+    _cin, cout, sin, _sout = pair
+    count, sizes = 300, [5, 700, 16384, 20000]
+
+    def message(tag: int, i: int) -> bytes:  # tag, index, then the tag repeated
+        return bytes([tag]) + i.to_bytes(4, "big") + bytes([tag]) * sizes[i % len(sizes)]
+
+    def writer(tag: int) -> None:
+        for i in range(count):
+            cout.write(message(tag, i))
+            if i % 5 == 0:
+                cout.flush()
+        cout.flush()
+
+    threads = [threading.Thread(target=writer, args=(tag,)) for tag in (1, 2)]
+    for t in threads:
+        t.start()
+    seen = {1: 0, 2: 0}
+    for _ in range(2 * count):
+        head = read_exactly(sin, 5)
+        tag, i = head[0], int.from_bytes(head[1:], "big")
+        assert tag in seen and i == seen[tag], (tag, i, seen)
+        body = read_exactly(sin, sizes[i % len(sizes)])
+        assert body == bytes([tag]) * len(body), f"write {i} of writer {tag} was cut"
+        seen[tag] += 1
+    for t in threads:
+        t.join(30)
+
+
+def test_an_exception_during_a_wait_leaves_the_port_usable(path: str, pair: Any) -> None:
+    """A signal handler that raises while a read waits: the read lock is released, the port
+    still reads what arrives later."""
+    if not hasattr(signal, "setitimer"):
+        pytest.skip("no setitimer")
+
+    class Stop(Exception):
+        pass
+
+    def handler(signum: int, frame: Any) -> None:
+        raise Stop
+
+    cin, _cout, _sin, sout = pair
+    old = signal.signal(signal.SIGALRM, handler)
+    try:
+        for delay in (0.001, 0.02, 0.12):
+            with pytest.raises(Stop):
+                signal.setitimer(signal.ITIMER_REAL, delay)
+                cin.read(1)
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, old)
+    sout.write(b"after")
+    sout.flush()
+    assert read_exactly(cin, 5) == b"after"
+
+
+@needs_fast
+def test_port_tests_pass_on_the_python_methods_alone() -> None:
+    """CI runs on CPython, where the C methods are used: run the socket-port tests once more
+    with SSLPORTS_NO_FASTPORT=1 so the Python methods (PyPy, free-threaded builds) stay right."""
+    here = os.path.dirname(os.path.abspath(__file__))
+    files = ["test_connect.py", "test_hostile.py", "test_finalize.py", "test_verify.py"]
+    env = {**PY_ENV, "SSLPORTS_NO_FASTPORT": "1"}
+    proc = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-x", *files],
+        cwd=here,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-2000:]
+    assert " passed" in proc.stdout and "failed" not in proc.stdout
