@@ -38,6 +38,7 @@ typedef SRWLOCK sp_mutex;
 #define sp_mutex_destroy(m) ((void)(m))
 #define sp_mutex_lock(m) AcquireSRWLockExclusive(m)
 #define sp_mutex_unlock(m) ReleaseSRWLockExclusive(m)
+#define sp_mutex_trylock(m) (TryAcquireSRWLockExclusive(m) != 0) /* 1 when taken */
 typedef SOCKET sp_socket;
 #define sp_poll WSAPoll
 #define SP_SOCK_ERRNO() WSAGetLastError()
@@ -57,6 +58,7 @@ typedef pthread_mutex_t sp_mutex;
 #define sp_mutex_destroy(m) pthread_mutex_destroy(m)
 #define sp_mutex_lock(m) pthread_mutex_lock(m)
 #define sp_mutex_unlock(m) pthread_mutex_unlock(m)
+#define sp_mutex_trylock(m) (pthread_mutex_trylock(m) == 0) /* 1 when taken */
 typedef int sp_socket;
 #define sp_poll poll
 #define SP_SOCK_ERRNO() errno

@@ -9,6 +9,8 @@
  *                                             read-ahead buffer (one recv, many records)
  *   caller buf --  SSL_write_ex --> [ssl] --> BIO write: append records to `outq`
  *                                             sender: swap `outq` out whole, send() it
+ *                                             (a write of one record that finds nothing
+ *                                             queued is sent by the BIO itself: no copy)
  *
  * Stream mode (ports_to_ssl_ports: fd < 0). OpenSSL talks to two memory BIOs; the pump only
  * reports what it needs and Python moves ciphertext with sp_feed / sp_take:
@@ -354,14 +356,36 @@ int sp_conn_set_host(sp_conn *c, const char *host, int is_ip, int send_sni, int 
  * the sender later swaps that whole buffer out and sends it with no further copy. Both run
  * inside OpenSSL calls, so with ssl_lock held; neither ever waits. */
 
+/* The record of a one-record sp_write, when nothing is queued before it: send it from
+ * OpenSSL's buffer instead of copying it into outq (ssl_lock held; send_lock is only tried,
+ * which keeps the lock order). Returns how much the socket took; the rest, and anything after
+ * a failure (which the sender then reports), is queued as usual. */
+static size_t send_direct(sp_conn *c, const char *data, size_t len)
+{
+    long n = 0;
+    if (!c->direct_send || c->outq_len > 0 || !sp_mutex_trylock(&c->send_lock))
+        return 0;
+    if (c->out_off == c->out_len) {
+        do {
+            n = (long)send(c->fd, data, (sp_iolen)len, SP_SEND_FLAGS);
+        } while (n < 0 && SP_EINTR(SP_SOCK_ERRNO()));
+    }
+    sp_mutex_unlock(&c->send_lock);
+    return n > 0 ? (size_t)n : 0;
+}
+
 static int sock_bio_write(BIO *bio, const char *data, int len)
 {
     sp_conn *c = BIO_get_data(bio);
-    size_t need;
+    size_t need, sent;
     BIO_clear_retry_flags(bio);
     if (len <= 0)
         return 0;
-    need = c->outq_len + (size_t)len;
+    sent = send_direct(c, data, (size_t)len);
+    if (sent == (size_t)len)
+        return len;
+    data += sent;
+    need = c->outq_len + ((size_t)len - sent);
     if (need > c->outq_cap) {
         size_t cap = c->outq_cap ? c->outq_cap : SP_OUTQ_INITIAL;
         unsigned char *grown;
@@ -373,7 +397,7 @@ static int sock_bio_write(BIO *bio, const char *data, int len)
         c->outq = grown;
         c->outq_cap = cap;
     }
-    memcpy(c->outq + c->outq_len, data, (size_t)len);
+    memcpy(c->outq + c->outq_len, data, (size_t)len - sent);
     c->outq_len = need;
     return len;
 }
@@ -766,7 +790,9 @@ int sp_write(sp_conn *c, const unsigned char *buf, size_t len, size_t *done, int
         }
         ERR_clear_error();
         c->bio_errno = 0;
+        c->direct_send = c->socket_mode && chunk <= SSL3_RT_MAX_PLAIN_LENGTH;
         ok = SSL_write_ex(c->ssl, buf + total, chunk, &n);
+        c->direct_send = 0;
         if (!ok) {
             e = SSL_get_error(c->ssl, 0);
             if (e != SSL_ERROR_WANT_READ && e != SSL_ERROR_WANT_WRITE) {

@@ -25,6 +25,7 @@ struct sp_conn {
     int read_waited; /* the last sp_read had to wait for the peer: a hint (unlocked) */
     int peer_closed; /* recv() returned 0 (ssl_lock) */
     int draining;    /* sp_conn_closing_session: a transport EOF is not an event (ssl_lock) */
+    int direct_send; /* sp_write of at most one record: the BIO may send it itself (ssl_lock) */
 
     /* socket mode: ciphertext being sent, taken from outq whole (send_lock) */
     unsigned char *out;

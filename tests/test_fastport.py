@@ -283,3 +283,26 @@ def test_port_tests_pass_on_the_python_methods_alone() -> None:
     )
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-2000:]
     assert " passed" in proc.stdout and "failed" not in proc.stdout
+
+
+def test_one_record_writes_into_a_full_socket(path: str, pair: Any) -> None:
+    """A write of at most one record is sent by the pump's BIO itself when nothing is queued;
+    when the socket is full (a slow reader) the part it refuses is queued and sent in order."""
+    _cin, cout, sin, _sout = pair
+    rng = random.Random(11)
+    blocks = [rng.randbytes(rng.choice([1, 1000, 16383, 16384])) for _ in range(400)]
+
+    def slow_reader() -> bytes:
+        got = bytearray()
+        total = sum(map(len, blocks))
+        while len(got) < total:
+            if len(got) < total // 2:
+                threading.Event().wait(0.002)  # let the socket buffers fill up
+            got += sin.read1(rng.choice([100, 5000, 70000]))
+        return bytes(got)
+
+    join = run_in_thread(slow_reader)
+    for block in blocks:
+        cout.write(block)
+        cout.flush()
+    assert sha1(join(60)) == sha1(b"".join(blocks))
