@@ -32,7 +32,8 @@ mkdir -p "$TREE/src"
 cp -r csrc build_ffi.py setup.py pyproject.toml "$TREE/"
 [ -f README.md ] && cp README.md "$TREE/"
 cp -r src/sslports "$TREE/src/"
-rm -f "$TREE"/src/sslports/_native*.so "$TREE"/src/sslports/_native.c "$TREE"/src/sslports/.native-built
+rm -f "$TREE"/src/sslports/_native*.so "$TREE"/src/sslports/_fastport*.so "$TREE"/src/sslports/_native.c \
+  "$TREE"/src/sslports/.native-built
 (cd "$TREE" && SSLPORTS_SANITIZE=address,undefined CC="$CC" "$VPY" setup.py -q build_ext --inplace) \
   >"$OUT/build.log" 2>&1 || { cat "$OUT/build.log"; exit 1; }
 
