@@ -306,3 +306,19 @@ def test_one_record_writes_into_a_full_socket(path: str, pair: Any) -> None:
         cout.write(block)
         cout.flush()
     assert sha1(join(60)) == sha1(b"".join(blocks))
+
+
+def test_a_big_write_of_ints_that_has_to_wait(path: str, pair: Any) -> None:
+    """A write the socket cannot take at once continues in Python after the first wait slice;
+    its progress counts bytes, whatever the item size of the caller's buffer."""
+    _cin, cout, sin, _sout = pair
+    data = random.Random(3).randbytes(4 << 20)
+
+    def late_reader() -> bytes:
+        threading.Event().wait(0.3)  # the writer meets a full socket first
+        return read_exactly(sin, len(data))
+
+    join = run_in_thread(late_reader)
+    assert cout.write(memoryview(array.array("i", data))) == len(data)
+    cout.flush()
+    assert sha1(join(60)) == sha1(data)

@@ -510,7 +510,9 @@ class Connection:
 
     def write_rest(self, pending: bytearray, data: Any, sent: int) -> None:
         """The C fast path's continuation for writes (see read_rest): send the rest of `data`
-        (`pending` or a caller's buffer) after its first `sent` bytes."""
+        (`pending` or a caller's buffer of any item format) after its first `sent` bytes."""
+        if type(data) is not bytearray and type(data) is not bytes:
+            data = memoryview(data).cast("B")  # `sent` counts bytes
         _send_rest(self, pending, None, data, sent)
 
     def pump_once(self, func: str, view: memoryview, deadline: _Deadline) -> int:
