@@ -23,6 +23,9 @@ def test_a_stale_native_module_fails_the_import(tmp_path: Path) -> None:
     package = Path(sslports.__file__).resolve().parent
     copy = tmp_path / "sslports"
     shutil.copytree(package, copy, ignore=shutil.ignore_patterns("__pycache__"))
+    libs = package.parent / "sslports.libs"  # a repaired Linux wheel's own libssl/libcrypto
+    if libs.is_dir():
+        shutil.copytree(libs, tmp_path / libs.name)
     (copy / "_version.py").write_text('__version__ = "0.0.0-stale"\n')
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
     env["PYTHONPATH"] = str(tmp_path)
