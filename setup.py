@@ -20,7 +20,7 @@ import sysconfig
 from setuptools import Extension, setup
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # PEP 517 builds: find build_ffi
-from build_ffi import cflags, include_dirs
+from build_ffi import cflags
 
 ext_modules = []
 free_threaded = bool(sysconfig.get_config_var("Py_GIL_DISABLED"))
@@ -29,7 +29,6 @@ if not free_threaded and platform.python_implementation() == "CPython":
         Extension(
             "sslports._fastport",
             sources=["csrc/py/sp_fastport.c"],
-            include_dirs=["csrc", *include_dirs],
             extra_compile_args=cflags,
             extra_link_args=[a for a in cflags if a.startswith("-fsanitize")],
         )

@@ -27,18 +27,30 @@
  * changed in place, always under the write lock), so both paths see one buffer.
  *
  * The module calls the pump through function pointers that ports.py takes from the CFFI module
- * (sslports._native), so the pump is compiled and linked once. It uses only the limited API
- * (one abi3 wheel) and is not built for a free-threaded CPython, where ports.py stays in Python.
+ * (sslports._native), so the pump is compiled and linked once, and this file needs neither the
+ * shim's nor OpenSSL's headers: the connection is opaque, the error record is scratch space
+ * whose size init() checks. It is not built for a free-threaded CPython (setup.py), where
+ * ports.py stays in Python.
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
 
 #include <string.h>
 
-#include "sp.h"
+typedef struct sp_conn sp_conn; /* opaque: csrc/sp_conn.h */
+enum { SP_OK = 0, SP_ERROR = -1 }; /* csrc/sp_conn.h; ports.py checks the numbers at import */
 
-typedef int (*read_fn)(sp_conn *, unsigned char *, size_t, size_t, size_t *, int, sp_err *);
-typedef int (*write_fn)(sp_conn *, const unsigned char *, size_t, size_t *, int, sp_err *);
+/* Room for one sp_err (csrc/sp.h: ~2 KB), aligned for any member; init() checks the size. */
+#define ERR_ROOM 4096
+typedef union {
+    long double align_ld;
+    void *align_p;
+    long long align_ll;
+    unsigned char bytes[ERR_ROOM];
+} err_room;
+
+typedef int (*read_fn)(sp_conn *, unsigned char *, size_t, size_t, size_t *, int, void *);
+typedef int (*write_fn)(sp_conn *, const unsigned char *, size_t, size_t *, int, void *);
 
 static read_fn pump_read;
 static write_fn pump_write;
@@ -224,7 +236,7 @@ static PyObject *read_into(Port *self, PyObject *b, int fill)
     if (c != NULL && len == 0) {
         status = SP_OK;
     } else if (c != NULL) {
-        sp_err err;
+        err_room err; /* filled on failures; the connection keeps its own sticky copy */
         Py_BEGIN_ALLOW_THREADS
         status = pump_read(c, view.buf, len, fill ? len : 1, &got, slice_ms, &err);
         Py_END_ALLOW_THREADS
@@ -341,7 +353,7 @@ static int send_locked(Port *self, sp_conn *c, PyObject *owner, const unsigned c
     int status = SP_ERROR;
     PyObject *sent, *r;
     if (c != NULL) {
-        sp_err err;
+        err_room err; /* filled on failures; the connection keeps its own sticky copy */
         Py_BEGIN_ALLOW_THREADS
         status = pump_write(c, data, len, &done, slice_ms, &err);
         Py_END_ALLOW_THREADS
@@ -455,11 +467,16 @@ static PyObject *fast_init(PyObject *module, PyObject *args)
 {
     PyObject *read_addr, *write_addr, *all;
     int slice;
-    Py_ssize_t record;
+    Py_ssize_t record, err_size;
     void *r, *w;
     (void)module;
-    if (!PyArg_ParseTuple(args, "OOinO:init", &read_addr, &write_addr, &slice, &record, &all))
+    if (!PyArg_ParseTuple(args, "OOninO:init", &read_addr, &write_addr, &err_size, &slice, &record,
+                          &all))
         return NULL;
+    if (err_size <= 0 || err_size > ERR_ROOM) {
+        PyErr_Format(PyExc_ValueError, "init: an sp_err of %zd bytes does not fit", err_size);
+        return NULL;
+    }
     r = PyLong_AsVoidPtr(read_addr);
     w = r ? PyLong_AsVoidPtr(write_addr) : NULL;
     if (r == NULL || w == NULL) {
@@ -483,7 +500,8 @@ static PyObject *fast_init(PyObject *module, PyObject *args)
 
 static PyMethodDef module_methods[] = {
     {"init", fast_init, METH_VARARGS,
-     "init(sp_read_addr, sp_write_addr, slice_ms, record_size, read_all): bind the pump."},
+     "init(sp_read_addr, sp_write_addr, sizeof_sp_err, slice_ms, record_size, read_all): bind "
+     "the pump."},
     {NULL, NULL, 0, NULL},
 };
 

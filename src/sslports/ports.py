@@ -131,6 +131,7 @@ def _load_fastport() -> Any:
     _fastport.init(
         int(ffi.cast("uintptr_t", ffi.addressof(lib, "sp_read"))),
         int(ffi.cast("uintptr_t", ffi.addressof(lib, "sp_write"))),
+        ffi.sizeof("sp_err"),
         _SLICE_MS,
         _RECORD,
         _read_all,
