@@ -20,8 +20,9 @@
  *   5. The common outcome (all asked for was read or sent) releases the lock and returns.
  *      Any other (a slice that elapsed, EOF, an error, a closed connection) hands the buffer
  *      and the progress made to the connection's Python continuation (`read_rest` /
- *      `write_rest`), which takes over the lock and releases it: deadlines, signal handlers,
- *      EOF policy and error objects live in one place, ports.py.
+ *      `write_rest`), called with the lock held: deadlines, signal handlers, EOF policy and
+ *      error objects live in one place, ports.py. The lock is released here afterwards, also
+ *      when the continuation raised (even at its first instruction, as Ctrl-C may).
  *
  * The output port's pending bytes are one bytearray shared with ports.py (never rebound, only
  * changed in place, always under the write lock), so both paths see one buffer.
@@ -134,8 +135,7 @@ static PyObject *release_keeping(PyObject *release, PyObject *result)
 typedef struct {
     PyObject_HEAD
     PyObject *conn; /* the ports.Connection */
-    PyObject *lock; /* its read_lock / write_lock */
-    PyObject *acquire;
+    PyObject *acquire; /* its read_lock's / write_lock's acquire and release */
     PyObject *release;
     PyObject *rest; /* reader: conn.read_rest(b, fill, n); writer: conn.write_rest(pending, data,
                        sent); called with the lock held */
@@ -157,11 +157,9 @@ static int port_init(Port *self, PyObject *conn, PyObject *lock, PyObject *rest,
         return -1;
     }
     Py_INCREF(conn);
-    Py_INCREF(lock);
     Py_INCREF(rest);
     Py_XINCREF(pending);
     Py_XSETREF(self->conn, conn);
-    Py_XSETREF(self->lock, lock);
     Py_XSETREF(self->acquire, acquire);
     Py_XSETREF(self->release, release);
     Py_XSETREF(self->rest, rest);
@@ -173,7 +171,6 @@ static int port_traverse(Port *self, visitproc visit, void *arg)
 {
     Py_VISIT(Py_TYPE(self));
     Py_VISIT(self->conn);
-    Py_VISIT(self->lock);
     Py_VISIT(self->acquire);
     Py_VISIT(self->release);
     Py_VISIT(self->rest);
@@ -184,7 +181,6 @@ static int port_traverse(Port *self, visitproc visit, void *arg)
 static int port_clear(Port *self)
 {
     Py_CLEAR(self->conn);
-    Py_CLEAR(self->lock);
     Py_CLEAR(self->acquire);
     Py_CLEAR(self->release);
     Py_CLEAR(self->rest);

@@ -511,9 +511,7 @@ class Connection:
 
     def write_rest(self, pending: bytearray, data: Any, sent: int) -> None:
         """The C fast path's continuation for writes (see read_rest): send the rest of `data`
-        (`pending` or a caller's buffer of any item format) after its first `sent` bytes."""
-        if type(data) is not bytearray and type(data) is not bytes:
-            data = memoryview(data).cast("B")  # `sent` counts bytes
+        (`pending` or a caller's buffer) after its first `sent` bytes."""
         _send_rest(self, pending, None, data, sent)
 
     def pump_once(self, func: str, view: memoryview, deadline: _Deadline) -> int:
@@ -650,20 +648,10 @@ class SSLInputPort(io.BufferedIOBase):
         return f"<SSLInputPort{' closed' if self.closed else ''}>"
 
     def _sync_fast(self) -> None:
-        """Install the C fast path's methods as instance attributes (they shadow this class's)
-        while the common case holds: no timeout, nothing kept by peek/readline, open."""
-        fast = self._fast
-        if fast is None:
-            return
-        attrs = self.__dict__
-        if not self._pending and self._timeout is None and not self.closed:
-            attrs["readinto"] = fast.readinto
-            attrs["readinto1"] = fast.readinto1
-            attrs["read"] = fast.read
-            attrs["read1"] = fast.read1
-        else:
-            for name in ("readinto", "readinto1", "read", "read1"):
-                attrs.pop(name, None)
+        """Use the C methods while the common case holds: no timeout, nothing kept by
+        peek/readline, open."""
+        on = not self._pending and self._timeout is None and not self.closed
+        _install_fast(self, ("readinto", "readinto1", "read", "read1"), on)
 
     def _keep(self, data: bytes) -> None:
         """Serve `data` before anything still to arrive (read ahead on this port's behalf)."""
@@ -794,18 +782,8 @@ class SSLOutputPort(io.BufferedIOBase):
         return f"<SSLOutputPort{' closed' if self.closed else ''}>"
 
     def _sync_fast(self) -> None:
-        """Install the C fast path's write/flush while no timeout is set and the port is open
-        (see SSLInputPort._sync_fast)."""
-        fast = self._fast
-        if fast is None:
-            return
-        attrs = self.__dict__
-        if self._timeout is None and not self.closed:
-            attrs["write"] = fast.write
-            attrs["flush"] = fast.flush
-        else:
-            attrs.pop("write", None)
-            attrs.pop("flush", None)
+        """Use the C write/flush while no timeout is set and the port is open."""
+        _install_fast(self, ("write", "flush"), self._timeout is None and not self.closed)
 
     def writable(self) -> bool:
         return True
@@ -892,11 +870,28 @@ class SSLOutputPort(io.BufferedIOBase):
         raise io.UnsupportedOperation("detach")
 
 
+def _install_fast(port: Any, names: tuple[str, ...], on: bool) -> None:
+    """Install the C fast path's methods `names` on `port` as instance attributes (they shadow
+    its class's Python methods), or take them away; nothing without a fast path."""
+    fast = port._fast
+    if fast is None:
+        return
+    attrs = port.__dict__
+    for name in names:
+        if on:
+            attrs[name] = getattr(fast, name)
+        else:
+            attrs.pop(name, None)
+
+
 def _send_rest(
     conn: Connection, pending: bytearray, timeout: Optional[float], data: Any, sent: int
 ) -> None:
-    """Send `data` (the pending buffer or a caller's) after its first `sent` bytes; what a
-    timeout leaves unsent becomes the pending buffer, else it ends up empty."""
+    """Send `data` (the pending buffer or a caller's buffer of any item format) after its first
+    `sent` bytes; what a timeout leaves unsent becomes the pending buffer, else it ends up
+    empty."""
+    if type(data) is not bytearray and type(data) is not bytes:
+        data = memoryview(data).cast("B")  # `sent` and what follows count bytes
     rest = data[sent:] if sent else data
     try:
         conn.write("write", rest, _deadline(timeout))
