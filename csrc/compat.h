@@ -45,6 +45,8 @@ typedef SOCKET sp_socket;
 #define SP_EWOULDBLOCK(e) ((e) == WSAEWOULDBLOCK)
 #define SP_EINTR(e) ((e) == WSAEINTR)
 #define SP_SEND_FLAGS 0
+#define SP_RECV_FLAGS 0
+#define SP_RECV_WAITS 0 /* the socket stays non-blocking; waits are WSAPoll's */
 typedef int sp_iolen;
 #else
 #include <errno.h>
@@ -65,10 +67,24 @@ typedef int sp_socket;
 #define SP_EWOULDBLOCK(e) ((e) == EAGAIN || (e) == EWOULDBLOCK)
 #define SP_EINTR(e) ((e) == EINTR)
 #ifdef MSG_NOSIGNAL
-#define SP_SEND_FLAGS MSG_NOSIGNAL
+#define SP_NOSIGNAL MSG_NOSIGNAL
 #else
-#define SP_SEND_FLAGS 0
+#define SP_NOSIGNAL 0
 #endif
+/* With MSG_DONTWAIT every send and recv says itself that it must not wait, so the socket can
+ * stay blocking and a read that has to wait can do it inside recv() (SO_RCVTIMEO bounds it):
+ * one system call instead of poll() + recv(). */
+#ifdef MSG_DONTWAIT
+#define SP_RECV_WAITS 1
+#define SP_NOWAIT MSG_DONTWAIT
+#include <fcntl.h>
+#include <sys/time.h>
+#else
+#define SP_RECV_WAITS 0
+#define SP_NOWAIT 0
+#endif
+#define SP_SEND_FLAGS (SP_NOSIGNAL | SP_NOWAIT)
+#define SP_RECV_FLAGS SP_NOWAIT
 typedef size_t sp_iolen;
 #endif
 

@@ -7,7 +7,8 @@
  *
  *   caller buf <-- SSL_read_ex  -- [ssl] <-- BIO read: recv() straight into OpenSSL's
  *                                             read-ahead buffer (one recv, one record or
- *                                             more: header and body together)
+ *                                             more: header and body together), after
+ *                                             what a read's waiting recv() got (WAITING)
  *   caller buf --  SSL_write_ex --> [ssl] --> BIO write: append records to `outq`
  *                                             sender: swap `outq` out whole, send() it
  *                                             (a write of one record that finds nothing
@@ -33,10 +34,10 @@
  *                          and return once the caller has what it asked for; write: next
  *                          chunk; handshake: done.
  *        WANT_READ      -> OpenSSL needs more ciphertext. Stream mode: return SP_WANT_READ.
- *                          Socket mode: poll() for readability (sending queued output
- *                          meanwhile), then retry the same call.
- *   A read whose predecessor had to wait (request/response traffic) starts at step 3's
- *   poll() when OpenSSL holds nothing unprocessed: the SSL_read_ex of step 1 would only
+ *                          Socket mode: wait for it (below; sending queued output first),
+ *                          then retry the same call.
+ *   A read whose predecessor had to wait (request/response traffic) starts with step 3's
+ *   wait when OpenSSL holds nothing unprocessed: the SSL_read_ex of step 1 would only
  *   have met EAGAIN. Bulk readers, which rarely wait, keep calling OpenSSL first.
  *        WANT_WRITE     -> never happens: neither BIO ever refuses a write.
  *        ZERO_RETURN    -> the peer's close_notify: SP_EOF, sticky.
@@ -50,15 +51,26 @@
  *
  * WAITING, SIGNALS AND DEADLINES
  *
- * Waiting happens only in poll(), for at most `wait_ms` per call. When the slice elapses the
- * call returns SP_WANT_READ / SP_WANT_WRITE with the progress it made (bytes read or written
- * are reported, never lost), and Python, which holds the deadline, checks it and runs signal
- * handlers (Ctrl-C) before calling again. The GIL is released for the whole call by CFFI.
+ * A call waits for at most `wait_ms` (one slice, SP_WAIT_SLICE_MS, or less when a deadline is
+ * nearer). When the slice elapses, or a signal interrupts the wait, the call returns
+ * SP_WANT_READ / SP_WANT_WRITE with the progress it made (bytes read or written are reported,
+ * never lost), and Python, which holds the deadline, checks it and runs signal handlers
+ * (Ctrl-C) before calling again. The GIL is released for the whole call.
+ *
+ * Where send/recv take MSG_DONTWAIT (POSIX), every other send and recv passes it, and the
+ * socket itself is made blocking with SO_RCVTIMEO = one slice (make_recv_waits). A read that
+ * must wait a whole slice while OpenSSL holds nothing then waits inside recv(), into a buffer
+ * on sp_read's stack that the socket BIO hands to OpenSSL first ("early" bytes; any OpenSSL
+ * leaves move to the heap before sp_read returns): one system call per wait instead of
+ * poll() + recv(). A socket error that recv() met is kept and reported by the BIO, since the
+ * kernel reports a reset only once. Every other wait (sending, handshakes, short slices,
+ * Windows) is a poll().
  *
  * LOCKS (full duplex without deadlock)
  *
- *   ssl_lock   guards the SSL*, its BIOs and `outq`. Held around OpenSSL calls, which may
- *              recv() or append to outq but never wait (the socket is non-blocking).
+ *   ssl_lock   guards the SSL*, its BIOs, `outq` and the early bytes. Held around OpenSSL
+ *              calls, which may recv() or append to outq but never wait (MSG_DONTWAIT, or a
+ *              non-blocking socket). Never held while waiting.
  *   send_lock  guards `out`, the buffer being sent: bytes leave in the order OpenSSL
  *              produced them. Held around non-blocking sends only; a partly sent buffer stays
  *              in `out` for whoever sends next.
@@ -85,6 +97,7 @@
 #define SP_WRITE_CHUNK 65536       /* plaintext per SSL_write_ex: four full records */
 #define SP_OUT_HIGH 65536          /* queued ciphertext that makes a writer send first */
 #define SP_OUTQ_INITIAL 81920      /* first outq size: one SP_WRITE_CHUNK of records fits */
+#define SP_EARLY_MAX 16384         /* what one waiting recv() takes (on sp_read's stack) */
 
 
 static BIO *new_sock_bio(sp_conn *c);
@@ -185,6 +198,25 @@ static int classify_failure(sp_conn *c, int e, sp_err *err)
 
 /* ---- life cycle --------------------------------------------------------------------- */
 
+/* Let reads wait inside recv(): a blocking socket whose receive timeout is one wait slice
+ * (every other send and recv passes SP_NOWAIT). Returns 0 where that cannot be had, and the
+ * pump polls instead; the socket then stays as it was (it must be non-blocking). */
+static int make_recv_waits(sp_socket fd)
+{
+#if SP_RECV_WAITS
+    struct timeval tv;
+    int flags = fcntl(fd, F_GETFL);
+    tv.tv_sec = 0;
+    tv.tv_usec = SP_WAIT_SLICE_MS * 1000;
+    if (flags < 0 || setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv) != 0)
+        return 0;
+    return (flags & O_NONBLOCK) == 0 || fcntl(fd, F_SETFL, flags & ~O_NONBLOCK) == 0;
+#else
+    (void)fd;
+    return 0;
+#endif
+}
+
 sp_conn *sp_conn_new(SSL_CTX *ctx, int is_server, int fd, sp_err *err)
 {
     sp_conn *c;
@@ -215,6 +247,7 @@ sp_conn *sp_conn_new(SSL_CTX *ctx, int is_server, int fd, sp_err *err)
         return NULL;
     }
     if (c->socket_mode) {
+        c->recv_waits = make_recv_waits(c->fd);
         SSL_set_bio(c->ssl, c->rbio, c->rbio); /* one BIO, one reference, both directions */
         /* Read-ahead into OpenSSL's default buffer (one full record and a little): OpenSSL 3.0
          * moves whatever it still holds to the front of that buffer before each record, so a
@@ -256,6 +289,8 @@ void sp_conn_free(sp_conn *c)
     SSL_free(c->ssl); /* frees both BIOs */
     free(c->out);
     free(c->outq);
+    if (c->early_heap)
+        free(c->early);
     free(c->broken);
     sp_mutex_destroy(&c->ssl_lock);
     sp_mutex_destroy(&c->send_lock);
@@ -385,6 +420,41 @@ static size_t send_direct(sp_conn *c, const char *data, size_t len)
     return n > 0 ? (size_t)n : 0;
 }
 
+/* The received-early buffer is empty again (ssl_lock held). */
+static void drop_early(sp_conn *c)
+{
+    if (c->early_heap)
+        free(c->early);
+    c->early = NULL;
+    c->early_len = c->early_off = 0;
+    c->early_heap = 0;
+}
+
+/* Before sp_read returns (ssl_lock held): bytes OpenSSL left in the caller's stack buffer
+ * move to the heap. 0 when out of memory (the connection is then broken: bytes would be
+ * lost). OpenSSL normally takes them all, since it asks for a full buffer when it holds
+ * nothing, and the waiting recv() only runs then. */
+static int keep_early(sp_conn *c, const unsigned char *stack_buf)
+{
+    unsigned char *copy;
+    size_t n, off = c->early_off;
+    if (c->early != stack_buf)
+        return 1;
+    n = c->early_len - c->early_off;
+    c->early = NULL; /* the stack buffer: nothing to free */
+    c->early_len = c->early_off = 0;
+    if (n == 0)
+        return 1;
+    copy = malloc(n);
+    if (copy == NULL)
+        return 0;
+    memcpy(copy, stack_buf + off, n);
+    c->early = copy;
+    c->early_len = n;
+    c->early_heap = 1;
+    return 1;
+}
+
 static int sock_bio_write(BIO *bio, const char *data, int len)
 {
     sp_conn *c = BIO_get_data(bio);
@@ -419,8 +489,23 @@ static int sock_bio_read(BIO *bio, char *buf, int len)
     BIO_clear_retry_flags(bio);
     if (len <= 0)
         return 0;
+    if (c->early_off < c->early_len) { /* what a waiting recv() got comes first */
+        size_t n = c->early_len - c->early_off;
+        if (n > (size_t)len)
+            n = (size_t)len;
+        memcpy(buf, c->early + c->early_off, n);
+        c->early_off += n;
+        if (c->early_off == c->early_len)
+            drop_early(c);
+        return (int)n;
+    }
+    if (c->early_errno != 0) { /* ... or the error it met (a reset is reported only once) */
+        c->bio_errno = c->early_errno;
+        c->early_errno = 0;
+        return -1;
+    }
     for (;;) {
-        long n = (long)recv(c->fd, buf, (sp_iolen)len, 0);
+        long n = (long)recv(c->fd, buf, (sp_iolen)len, SP_RECV_FLAGS);
         int e;
         if (n > 0)
             return (int)n;
@@ -600,10 +685,35 @@ static int send_queued(sp_conn *c, int wait_ms, sp_err *err)
     }
 }
 
+/* Wait for a whole slice inside recv(), into buf (SP_EARLY_MAX bytes, sp_read's stack),
+ * which the socket BIO then hands to OpenSSL first. */
+static int recv_early(sp_conn *c, unsigned char *buf)
+{
+    long n;
+    int e;
+    n = (long)recv(c->fd, buf, SP_EARLY_MAX, 0);
+    if (n < 0) {
+        e = SP_SOCK_ERRNO();
+        if (SP_EWOULDBLOCK(e) || SP_EINTR(e))
+            return SP_WANT_READ; /* the slice elapsed, or a signal: back to Python */
+    } else
+        e = 0;
+    sp_mutex_lock(&c->ssl_lock);
+    if (n > 0) {
+        c->early = buf;
+        c->early_len = (size_t)n;
+        c->early_off = 0;
+    } else
+        c->early_errno = e; /* 0: EOF, which the BIO's own recv() will see again */
+    sp_mutex_unlock(&c->ssl_lock);
+    return SP_OK;
+}
+
 /* Wait up to wait_ms until the socket is readable, sending queued output meanwhile (a peer
  * that waits for our flight before it sends must get it). SP_OK when readable (or closed),
- * SP_WANT_READ when the slice elapsed, SP_ERROR when sending failed. */
-static int wait_readable(sp_conn *c, int wait_ms, sp_err *err)
+ * SP_WANT_READ when the slice elapsed, SP_ERROR when sending failed. With early_buf (sp_read,
+ * OpenSSL holding nothing) a whole-slice wait with nothing left to send is a recv() into it. */
+static int wait_readable(sp_conn *c, int wait_ms, sp_err *err, unsigned char *early_buf)
 {
     short events = POLLIN;
     if (queued_out(c) > 0) {
@@ -613,18 +723,23 @@ static int wait_readable(sp_conn *c, int wait_ms, sp_err *err)
         if (s == SP_WANT_WRITE)
             events |= POLLOUT;
     }
+    if (early_buf != NULL && c->recv_waits && events == POLLIN && wait_ms >= SP_WAIT_SLICE_MS)
+        return recv_early(c, early_buf);
     return wait_fd(c, events, wait_ms) > 0 ? SP_OK : SP_WANT_READ;
 }
 
 /* An idle connection keeps no record buffers. With read-ahead on, SSL_MODE_RELEASE_BUFFERS
  * does not free the read buffer; SSL_free_buffers does, and refuses (harmlessly) while it
- * still holds unprocessed data. */
-static void release_idle_buffers(sp_conn *c)
+ * still holds unprocessed data. Returns 1 when OpenSSL holds nothing. */
+static int release_idle_buffers(sp_conn *c)
 {
+    int idle;
     sp_mutex_lock(&c->ssl_lock);
-    if (!SSL_has_pending(c->ssl))
+    idle = !SSL_has_pending(c->ssl);
+    if (idle)
         SSL_free_buffers(c->ssl);
     sp_mutex_unlock(&c->ssl_lock);
+    return idle;
 }
 
 /* Is there anything for SSL_read_ex to process or report without new ciphertext: buffered
@@ -633,9 +748,20 @@ static int has_input(sp_conn *c)
 {
     int r;
     sp_mutex_lock(&c->ssl_lock);
-    r = SSL_has_pending(c->ssl) || c->eof_status != 0 || c->broken != NULL || c->peer_closed;
+    r = SSL_has_pending(c->ssl) || c->eof_status != 0 || c->broken != NULL || c->peer_closed
+        || c->early_len > c->early_off || c->early_errno != 0;
     sp_mutex_unlock(&c->ssl_lock);
     return r;
+}
+
+/* keep_early failed (ssl_lock held): received bytes cannot be kept, so the connection ends. */
+static int out_of_memory(sp_conn *c, sp_err *err)
+{
+    sp_err_reset(err);
+    err->sys_errno = ENOMEM;
+    mark_broken(c, err);
+    drop_early(c);
+    return SP_ERROR;
 }
 
 /* After a failed SSL call in socket mode: a socket error the BIO saw is the real reason. */
@@ -700,13 +826,14 @@ int sp_read(sp_conn *c, unsigned char *buf, size_t len, size_t want, size_t *got
 {
     size_t total = 0;
     int status = SP_OK, waited = 0;
+    unsigned char early_buf[SP_EARLY_MAX];
     sp_err_reset(err);
     if (want > len)
         want = len; /* want == 0: return once what arrived within one wait was processed */
     if (c->socket_mode && c->read_waited && wait_ms > 0 && len > 0 && !has_input(c)) {
         /* Request/response traffic: the last read had to wait, so this one most likely
          * will too. Wait first, and skip the SSL_read_ex that would only meet EAGAIN. */
-        status = wait_readable(c, wait_ms, err);
+        status = wait_readable(c, wait_ms, err, early_buf);
         if (status != SP_OK) {
             *got = 0;
             return status;
@@ -715,10 +842,12 @@ int sp_read(sp_conn *c, unsigned char *buf, size_t len, size_t want, size_t *got
     }
     while (total < len) {
         size_t n = 0, out_pending;
-        int ok, e = SSL_ERROR_NONE, more;
+        int ok, e = SSL_ERROR_NONE, more, idle;
         sp_mutex_lock(&c->ssl_lock);
         status = sticky_status(c, err);
         if (status != SP_OK) {
+            if (!keep_early(c, early_buf))
+                status = out_of_memory(c, err);
             sp_mutex_unlock(&c->ssl_lock);
             break;
         }
@@ -731,6 +860,10 @@ int sp_read(sp_conn *c, unsigned char *buf, size_t len, size_t want, size_t *got
                 note_bio_errno(c, err);
                 status = classify_failure(c, e, err);
             }
+        }
+        if (c->early != NULL && !keep_early(c, early_buf)) {
+            ok = 0;
+            status = out_of_memory(c, err);
         }
         more = SSL_has_pending(c->ssl) || (!c->socket_mode && BIO_ctrl_pending(c->rbio) > 0);
         out_pending = c->socket_mode ? c->outq_len : 0;
@@ -761,8 +894,8 @@ int sp_read(sp_conn *c, unsigned char *buf, size_t len, size_t want, size_t *got
             status = SP_WANT_READ;
             break;
         }
-        release_idle_buffers(c);
-        status = wait_readable(c, wait_ms, err);
+        idle = release_idle_buffers(c);
+        status = wait_readable(c, wait_ms, err, idle ? early_buf : NULL);
         if (status != SP_OK)
             break;
         waited = 1;

@@ -26,6 +26,14 @@ struct sp_conn {
     int peer_closed; /* recv() returned 0 (ssl_lock) */
     int draining;    /* sp_conn_closing_session: a transport EOF is not an event (ssl_lock) */
     int direct_send; /* sp_write of at most one record: the BIO may send it itself (ssl_lock) */
+    int recv_waits;  /* the socket blocks, with SO_RCVTIMEO = SP_WAIT_SLICE_MS: a read that
+                        must wait a whole slice waits in recv() (set at creation) */
+    /* Ciphertext such a recv() got, not yet taken by OpenSSL (ssl_lock): sp_read's stack
+     * buffer while it runs, a heap copy of the rest if OpenSSL left some (early_heap). */
+    unsigned char *early;
+    size_t early_len, early_off;
+    int early_heap;
+    int early_errno; /* the error that recv() reported instead of data (ssl_lock) */
 
     /* socket mode: ciphertext being sent, taken from outq whole (send_lock) */
     unsigned char *out;
@@ -64,7 +72,12 @@ enum {
     SP_VERIFY_POST_HANDSHAKE = 8 /* client: offer TLS 1.3 post-handshake authentication */
 };
 
-/* fd >= 0: socket mode (the pump does the socket I/O, fd must be non-blocking);
+/* The longest a socket-mode call waits before it returns SP_WANT_READ / SP_WANT_WRITE: Python
+ * passes it as wait_ms unless a deadline is nearer, and notices Ctrl-C between slices. */
+#define SP_WAIT_SLICE_MS 50
+
+/* fd >= 0: socket mode (the pump does the socket I/O and owns the descriptor's blocking mode
+ * and receive timeout from then on: see "WAITING" in sp_conn.c);
  * fd < 0: stream mode (the caller moves ciphertext with sp_feed / sp_take). */
 sp_conn *sp_conn_new(SSL_CTX *ctx, int is_server, int fd, sp_err *err);
 void sp_conn_free(sp_conn *c);

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import os
 import selectors
@@ -526,6 +527,33 @@ def test_transport_reset_after_handshake_is_network_error(pki: Any, echo_server:
                 out.flush()
                 time.sleep(0.01)
         assert isinstance(info.value, SSLNetworkError)
+
+
+@pytest.mark.parametrize("timeout", [None, 30.0])  # the C fast path, and the deadline path
+def test_reset_while_a_read_waits_is_network_error(pki: Any, timeout: Any) -> None:
+    """A reset that reaches a read already waiting for data is an error, never an EOF (the
+    kernel reports a reset once: a waiting recv() that meets it must hand it on)."""
+    ctx = pki.py_server_context("tls13")
+    with socket.create_server((LOCAL, 0)) as listener:
+
+        def serve() -> None:
+            raw, _ = listener.accept()
+            with ctx.wrap_socket(raw, server_side=True) as tls:
+                tls.recv(1)
+                time.sleep(0.3)  # the client is waiting in read(1) by now
+                tls.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            # closed without shutdown() and with SO_LINGER 0: a reset, no FIN before it
+
+        join = run_in_thread(serve)
+        inp, out = sslports.ssl_connect(LOCAL, listener.getsockname()[1], pki.client_context())
+        with inp, out:
+            inp.settimeout(timeout)
+            out.write(b"x")
+            out.flush()
+            with pytest.raises(SSLNetworkError) as info:
+                inp.read(1)
+            assert info.value.errno == errno.ECONNRESET, info.value
+        join()
 
 
 # -- more port behaviour ---------------------------------------------------------------------------

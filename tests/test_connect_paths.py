@@ -10,7 +10,9 @@ keeps up to date.
 from __future__ import annotations
 
 import errno
+import os
 import socket
+import struct
 import threading
 from typing import Any, Callable
 
@@ -19,6 +21,7 @@ from conftest import LOCAL, read_exactly
 
 import sslports
 from sslports import SSLNetworkError
+from sslports.ports import _SLICE_MS, SOCKETS_MAY_BLOCK
 
 
 def _has_ipv6_loopback() -> bool:
@@ -50,8 +53,17 @@ def _accept_in_thread(listener: Any) -> Callable[[], Any]:
 
 
 def _check_tcp_socket(sock: socket.socket) -> None:
-    assert sock.getblocking() is False
+    """TCP_NODELAY, and the blocking mode the pump relies on: where it passes MSG_DONTWAIT
+    itself, a blocking descriptor whose receive timeout is the wait slice (a read that waits
+    does it inside recv()); elsewhere a non-blocking one."""
     assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) != 0
+    if SOCKETS_MAY_BLOCK:
+        assert os.get_blocking(sock.fileno()) is True
+        tv = sock.getsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, struct.calcsize("ll"))
+        sec, usec = struct.unpack("ll", tv)
+        assert _SLICE_MS <= (sec * 1_000_000 + usec) / 1000 <= _SLICE_MS + 20  # kernel ticks
+    else:
+        assert os.get_blocking(sock.fileno()) is False
 
 
 @pytest.mark.parametrize("timeout", [None, 20.0])
@@ -82,7 +94,7 @@ def test_names_still_resolve_and_try_each_address(pki: Any, echo_server: Any, ti
         assert sslports.ssl_addresses(inp, True)[3] == server.port
 
 
-def test_accepted_sockets_are_nonblocking_with_nodelay(pki: Any) -> None:
+def test_accepted_sockets_have_nodelay_and_the_pumps_blocking_mode(pki: Any) -> None:
     listener = sslports.ssl_listen(0, 5, True, LOCAL, pki.server_context())
     port = sslports.ssl_addresses(listener, True)[1]
     with listener:

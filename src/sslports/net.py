@@ -30,6 +30,7 @@ from .context import (
 )
 from .errors import SSLError, SSLNetworkError, SSLTimeoutError
 from .ports import (
+    SOCKETS_MAY_BLOCK,
     Connection,
     ErrorArg,
     SSLInputPort,
@@ -188,7 +189,8 @@ def _start_on_socket(
 ) -> Ports:
     """Handshake over a connected socket; the ports own it from then on.
 
-    `prepared`: the socket is already non-blocking with TCP_NODELAY (ssl_connect, ssl_accept).
+    `prepared`: TCP_NODELAY is set and the socket is non-blocking unless SOCKETS_MAY_BLOCK
+    (ssl_connect, ssl_accept). The pump owns the descriptor's blocking mode from then on.
     """
     if not prepared:
         sock.setblocking(False)
@@ -264,7 +266,8 @@ def _connect_nonblocking(sock: socket.socket, addr: Any, deadline: _Deadline) ->
 def _tcp_connect(
     func: str, hostname: str, port_no: int, deadline: Optional[_Deadline]
 ) -> socket.socket:
-    """A connected, non-blocking TCP socket with TCP_NODELAY set (`deadline` None: no limit)."""
+    """A connected TCP socket with TCP_NODELAY set (`deadline` None: no limit), non-blocking
+    unless SOCKETS_MAY_BLOCK (then it may be either: the pump decides)."""
     family = literal_family(hostname) if "%" not in hostname else 0
     if family:  # an address literal: nothing to resolve
         addr = (hostname, port_no) if family == socket.AF_INET else (hostname, port_no, 0, 0)
@@ -289,7 +292,8 @@ def _tcp_connect(
         try:
             if blocking:
                 sock.connect(addr)
-                sock.setblocking(False)
+                if not SOCKETS_MAY_BLOCK:
+                    sock.setblocking(False)
             else:
                 if not _SOCK_NONBLOCK:
                     sock.setblocking(False)
@@ -538,7 +542,8 @@ def ssl_accept(listener: SSLListener) -> Ports:
     except OSError as exc:
         raise SSLNetworkError(f"{func}: accept failed ({exc})", errno=exc.errno) from exc
     try:
-        sock.setblocking(False)
+        if not SOCKETS_MAY_BLOCK:
+            sock.setblocking(False)
         if lst._tcp:
             with contextlib.suppress(OSError):
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)

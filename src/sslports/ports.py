@@ -55,7 +55,11 @@ if _binding.lib is not None and (
     _binding.lib.SP_RAGGED_EOF,
 ) != (0, 1, 2, 3, 4):
     raise ImportError("sslports: pump status numbers changed; update ports.py")
-_SLICE_MS = 50  # longest wait inside C; bounds how late Ctrl-C and deadlines are noticed
+# Longest wait inside C; bounds how late Ctrl-C and deadlines are noticed. The pump sets its
+# sockets' receive timeout to it (a read that waits a whole slice waits inside recv()).
+_SLICE_MS = 50 if _binding.lib is None else int(_binding.lib.SP_WAIT_SLICE_MS)
+# Sockets the pump owns may stay blocking: it passes MSG_DONTWAIT itself (not on Windows).
+SOCKETS_MAY_BLOCK = _binding.lib is not None and bool(_binding.lib.SP_RECV_WAITS)
 _RECORD = 16384  # output buffering: one full TLS record
 _READ_CHUNK = 65536
 _TRANSPORT_CHUNK = 65536
@@ -386,6 +390,7 @@ class Connection:
                 openssl_errors=exc.openssl_errors,
                 verify_code=exc.verify_code,
                 verify_message=exc.verify_message,
+                errno=exc.errno,  # the socket's reason (ECONNRESET, EPIPE), when there is one
             )
         made: object
         if isinstance(factory, type) and issubclass(factory, BaseException):
