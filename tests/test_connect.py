@@ -556,6 +556,20 @@ def test_reset_while_a_read_waits_is_network_error(pki: Any, timeout: Any) -> No
         join()
 
 
+def test_closing_both_ports_wakes_a_read_waiting_in_another_thread(
+    pki: Any, echo_server: Any
+) -> None:
+    """The last close shuts the socket down first, which ends a read that waits for data
+    (inside recv() or poll()) at once: close() does not hang, the reader sees EOF."""
+    server = echo_server(pki.server_context())
+    inp, out = sslports.ssl_connect(LOCAL, server.port, pki.client_context())
+    join = run_in_thread(lambda: inp.read(1))  # the echo server sends nothing unprompted
+    time.sleep(0.3)  # the reader is waiting by now
+    out.close()
+    inp.close()
+    assert join(10) == b""
+
+
 # -- more port behaviour ---------------------------------------------------------------------------
 
 

@@ -492,7 +492,7 @@ class Connection:
                     if status == _SP_EOF:
                         break
                     if status == _SP_RAGGED_EOF:
-                        if self.strict_eof and total == 0:
+                        if self.strict_eof and total == 0 and not self.closed:
                             raise self.make_error(SSLError(f"{func}: read failed (unexpected eof)"))
                         break
                     if status in (_SP_WANT_READ, _SP_WANT_WRITE):
@@ -504,6 +504,11 @@ class Connection:
                         continue
                     if total:
                         break  # hand over what arrived; the error is sticky and comes next call
+                    if self.closed:
+                        # Closed by this process while the read waited: that is its EOF,
+                        # whatever the socket said after our own shutdown (a peer's late alert
+                        # makes the kernel reset a shut-down socket).
+                        break
                     raise self.fail(func, "read", err)
             except _TransportError as exc:
                 raise self.make_error(SSLError(f"{func}: read failed ({exc.message})")) from exc
@@ -512,6 +517,8 @@ class Connection:
     def read_rest(self, b: Any, fill: bool, total: int) -> int:
         """The C fast path's continuation (sp_fastport.c), called with the read lock held for
         everything but a read that got all it asked for: waits, EOF, errors."""
+        if self.closed:  # the ports were closed while this call waited: EOF for it
+            return total
         return self.read("read", b, fill, _NO_DEADLINE, total)
 
     def write_rest(self, pending: bytearray, data: Any, sent: int) -> None:
