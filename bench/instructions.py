@@ -1,15 +1,19 @@
-"""User-space instructions per operation of one client, by library (callgrind, deterministic).
+"""User-space instructions per operation of one end, by library (callgrind, deterministic).
 
     .venv/bin/python bench/instructions.py pingpong            # per 1 KiB round trip
     .venv/bin/python bench/instructions.py up 16384            # per 16 KiB write (client sends)
     .venv/bin/python bench/instructions.py down 65536          # per 64 KiB read (client reads)
-    options: --impls sslports,pyssl,c  --top 12
+    .venv/bin/python bench/instructions.py resumed             # per resumed connection
+    .venv/bin/python bench/instructions.py full --role server  # per full handshake, server end
+    options: --impls sslports,pyssl,c  --top 12  --role client|server
 
 Timings on a shared 2-core VM move by tens of percent between runs; instruction counts do not.
-Each implementation's client (bench/peer.py or bench/c/sp_ref) runs twice under callgrind
-against the C server, with a small and a large amount of work; the difference divided by the
-extra operations is the cost of one operation, start-up and handshake cancelled out. Kernel time
-(system calls, the loopback) is not counted: compare `strace -c` for that.
+Each implementation's end (bench/peer.py or bench/c/sp_ref; the client unless --role server)
+runs twice under callgrind against the C reference as the other end, with a small and a large
+amount of work; the difference divided by the extra operations is the cost of one operation,
+start-up (and for data, the handshake) cancelled out. Kernel time (system calls, the loopback)
+is not counted: compare `strace -c` for that. Handshakes: RSA-2048 (`test.pem`), no tickets for
+`full`, OpenSSL's two for `resumed`.
 """
 
 from __future__ import annotations
@@ -33,29 +37,38 @@ PEM = str(ROOT / "src" / "sslports" / "test.pem")
 LINE = re.compile(r"\s*([\d,]+) \([\s\d.]+%\)\s+(\S.*)")
 
 
-def callgrind(impl: str, opts: dict[str, object], out: Path, env: dict[str, str]) -> None:
-    """One client run under callgrind against a fresh C server."""
+def callgrind(
+    impl: str,
+    role: str,
+    opts: dict[str, object],
+    out: Path,
+    env: dict[str, str],
+    server_opts: dict[str, object],
+) -> None:
+    """One run with `impl` as `role` under callgrind, the other end the C reference."""
+    server_opts = {"cert": PEM, "key": PEM, "suites": SUITE, **server_opts}
+    measured = role == "server"
+    cmd = peer_cmd(impl if measured else "c", "server", server_opts)
+    if measured:
+        cmd = ["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}", *cmd]
     server = subprocess.Popen(
-        peer_cmd("c", "server", {"cert": PEM, "key": PEM, "suites": SUITE}),
-        stdout=subprocess.PIPE,
-        env=env,
-        text=True,
+        cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, env=env, text=True
     )
     try:
         assert server.stdout is not None
         line = server.stdout.readline()
         if not line.startswith("PORT "):
-            raise SystemExit(f"instructions.py: the C server said {line!r}")
+            raise SystemExit(f"instructions.py: the server said {line!r}")
         port = line.split()[1]
-        client = peer_cmd(impl, "client", {"ca": PEM, "suites": SUITE, **opts, "port": port})
-        subprocess.run(
-            ["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}", *client],
-            env=env,
-            check=True,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
+        client = peer_cmd(
+            "c" if measured else impl, "client", {"ca": PEM, "suites": SUITE, **opts, "port": port}
         )
-        server.wait(60)
+        if not measured:
+            client = ["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}", *client]
+        subprocess.run(
+            client, env=env, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+        )
+        server.wait(120)
     finally:
         if server.poll() is None:
             server.kill()
@@ -83,9 +96,15 @@ def exclusive_by_function(path: Path) -> collections.Counter[str]:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-    ap.add_argument("mode", choices=["pingpong", "up", "down"])
+    ap.add_argument("mode", choices=["pingpong", "up", "down", "resumed", "full"])
     ap.add_argument("buf", nargs="?", type=int, default=16384, help="bulk: bytes per call")
     ap.add_argument("--impls", default="sslports,pyssl,c")
+    ap.add_argument(
+        "--role",
+        choices=["client", "server"],
+        default="client",
+        help="the end measured (the other is the C reference)",
+    )
     ap.add_argument("--top", type=int, default=10)
     a = ap.parse_args()
     if shutil.which("valgrind") is None or shutil.which("callgrind_annotate") is None:
@@ -96,7 +115,16 @@ def main() -> None:
         conf = Path(tmp, "openssl.cnf")
         conf.write_text(OPENSSL_CONF)
         env["OPENSSL_CONF"] = str(conf)
-        if a.mode == "pingpong":
+        server_opts: list[dict[str, object]] = [{}, {}]
+        if a.mode in ("resumed", "full"):
+            small, large = 50, 250
+            ops = large - small
+            tickets = 2 if a.mode == "resumed" else 0
+            opts = {"mode": "hs", "resume": 1}
+            sizes = [{"n": small}, {"n": large}]
+            server_opts = [{"conns": n, "tickets": tickets} for n in (small, large)]
+            what = f"{a.mode} connection"
+        elif a.mode == "pingpong":
             small, large, ops = 1000, 5000, 4000
             opts = {"mode": "pingpong", "wbuf": 1024, "rbuf": 1024}
             sizes = [{"count": small}, {"count": large}]
@@ -111,14 +139,15 @@ def main() -> None:
             runs = []
             for i, extra in enumerate(sizes):
                 out = Path(tmp, f"{impl}.{i}.out")
-                callgrind(impl, {**opts, **extra}, out, env)
+                callgrind(impl, a.role, {**opts, **extra}, out, env, server_opts[i])
                 runs.append(exclusive_by_function(out))
             diff = {k: (runs[1][k] - runs[0][k]) / ops for k in set(runs[0]) | set(runs[1])}
-            by_lib: collections.Counter[str] = collections.Counter()
+            by_lib: dict[str, float] = {}
             for key, v in diff.items():
-                by_lib[key.split(":", 1)[0]] += v
-            print(f"\n{impl}: {sum(diff.values()):,.0f} instructions per {what}")
-            for lib, v in by_lib.most_common(6):
+                lib = key.split(":", 1)[0]
+                by_lib[lib] = by_lib.get(lib, 0.0) + v
+            print(f"\n{impl} {a.role}: {sum(diff.values()):,.0f} instructions per {what}")
+            for lib, v in sorted(by_lib.items(), key=lambda kv: -kv[1])[:6]:
                 print(f"  {v:9,.0f}  {lib}")
             for key, v in sorted(diff.items(), key=lambda kv: -kv[1])[: a.top]:
                 print(f"      {v:9,.0f}  {key}")

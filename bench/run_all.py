@@ -284,7 +284,9 @@ def print_case(case: Case) -> None:
 
 
 class Bench:
-    def __init__(self, args: argparse.Namespace, runner: Runner, certs: dict[str, tuple]) -> None:
+    def __init__(
+        self, args: argparse.Namespace, runner: Runner, certs: dict[str, tuple[str, str, str]]
+    ) -> None:
         self.args = args
         self.runner = runner
         self.certs = certs  # name -> (cert, key, ca)
@@ -312,7 +314,9 @@ class Bench:
         print_case(case)
         return case
 
-    def one_pair(self, impl: str, server: dict[str, Any], client: dict[str, Any]) -> tuple:
+    def one_pair(
+        self, impl: str, server: dict[str, Any], client: dict[str, Any]
+    ) -> tuple[dict[str, Any], dict[str, Any]]:
         srv, (cli,) = self.runner.pair(
             peer_cmd(impl, "server", server), [peer_cmd(impl, "client", client)]
         )
@@ -770,13 +774,14 @@ def update_readme(md: str) -> None:
 def interop_check(bench: Bench) -> None:
     """Every server implementation against every client implementation, small traffic."""
     print("\n# interop check (server <- client)", flush=True)
+    checks: tuple[tuple[str, dict[str, Any]], ...] = (
+        ("up", {"size": 3 * MiB + 5, "wbuf": 1024, "rbuf": 65536}),
+        ("down", {"size": 3 * MiB + 5, "wbuf": 16384, "rbuf": 1000}),
+        ("pingpong", {"count": 100, "wbuf": 1024, "rbuf": 1024}),
+    )
     for s in TRIO:
         for c in TRIO:
-            for mode, extra in (
-                ("up", {"size": 3 * MiB + 5, "wbuf": 1024, "rbuf": 65536}),
-                ("down", {"size": 3 * MiB + 5, "wbuf": 16384, "rbuf": 1000}),
-                ("pingpong", {"count": 100, "wbuf": 1024, "rbuf": 1024}),
-            ):
+            for mode, extra in checks:
                 bench.runner.pair(
                     peer_cmd(s, "server", bench.server_opts()),
                     [peer_cmd(c, "client", bench.client_opts(mode=mode, **extra))],
