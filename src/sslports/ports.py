@@ -33,6 +33,7 @@ from __future__ import annotations
 import collections
 import contextlib
 import io
+import itertools
 import os
 import socket
 import threading
@@ -363,6 +364,8 @@ class Connection:
         self.input_port: Optional[weakref.ref[SSLInputPort]] = None
         self.session_key: Optional[tuple[str, int]] = None  # client: where to cache sessions
         self.closed = False
+        # Both ports were closed (not freed): a read still waiting then ends with EOF.
+        self.ports_closed = False
 
     def __del__(self) -> None:
         self.free()
@@ -492,7 +495,7 @@ class Connection:
                     if status == _SP_EOF:
                         break
                     if status == _SP_RAGGED_EOF:
-                        if self.strict_eof and total == 0 and not self.closed:
+                        if self.strict_eof and total == 0 and not self.ports_closed:
                             raise self.make_error(SSLError(f"{func}: read failed (unexpected eof)"))
                         break
                     if status in (_SP_WANT_READ, _SP_WANT_WRITE):
@@ -504,7 +507,7 @@ class Connection:
                         continue
                     if total:
                         break  # hand over what arrived; the error is sticky and comes next call
-                    if self.closed:
+                    if self.ports_closed:
                         # Closed by this process while the read waited: that is its EOF,
                         # whatever the socket said after our own shutdown (a peer's late alert
                         # makes the kernel reset a shut-down socket).
@@ -517,7 +520,7 @@ class Connection:
     def read_rest(self, b: Any, fill: bool, total: int) -> int:
         """The C fast path's continuation (sp_fastport.c), called with the read lock held for
         everything but a read that got all it asked for: waits, EOF, errors."""
-        if self.closed:  # the ports were closed while this call waited: EOF for it
+        if self.ports_closed:  # the ports were closed while this call waited: EOF for it
             return total
         return self.read("read", b, fill, _NO_DEADLINE, total)
 
@@ -632,11 +635,14 @@ class Connection:
         self.remember_session(drain_tickets=True)
         self._fast_addr = 0  # the C fast path hands every later call to read/write_rest
         self.closed = True  # every later call raises ValueError before reaching C
+        self.ports_closed = True
         if isinstance(self.transport, _SocketTransport):
             # Wake any call still polling this socket, then wait for it to leave (it holds its
             # direction's lock): a reused descriptor number must never reach C.
-            with contextlib.suppress(OSError):
+            try:  # (not contextlib.suppress: three Python calls on every connection)
                 self.transport.sock.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
             with self.read_lock, self.write_lock:
                 pass
         self.transport.close(self.close_original, timeout)
@@ -889,11 +895,11 @@ def _install_fast(port: Any, names: tuple[str, ...], on: bool) -> None:
     if fast is None:
         return
     attrs = port.__dict__
-    for name in names:
-        if on:
-            attrs[name] = getattr(fast, name)
-        else:
-            attrs.pop(name, None)
+    if on:
+        attrs.update(zip(names, map(getattr, itertools.repeat(fast), names)))
+    elif names[0] in attrs:  # installed and removed together
+        for name in names:
+            del attrs[name]
 
 
 def _send_rest(
