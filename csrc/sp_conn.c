@@ -507,8 +507,10 @@ static int sock_bio_read(BIO *bio, char *buf, int len)
     for (;;) {
         long n = (long)recv(c->fd, buf, (sp_iolen)len, SP_RECV_FLAGS);
         int e;
-        if (n > 0)
+        if (n > 0) {
+            c->recv_full = n == (long)len;
             return (int)n;
+        }
         if (n == 0) {
             if (c->draining) { /* closing: nothing more will come, and that is no error */
                 BIO_set_retry_read(bio);
@@ -703,6 +705,7 @@ static int recv_early(sp_conn *c, unsigned char *buf)
         c->early = buf;
         c->early_len = (size_t)n;
         c->early_off = 0;
+        c->recv_full = n == SP_EARLY_MAX;
     } else
         c->early_errno = e; /* 0: EOF, which the BIO's own recv() will see again */
     sp_mutex_unlock(&c->ssl_lock);
@@ -865,7 +868,11 @@ int sp_read(sp_conn *c, unsigned char *buf, size_t len, size_t want, size_t *got
             ok = 0;
             status = out_of_memory(c, err);
         }
-        more = SSL_has_pending(c->ssl) || (!c->socket_mode && BIO_ctrl_pending(c->rbio) > 0);
+        /* More to read without waiting: records OpenSSL holds, or (socket mode) a socket
+         * that filled the last recv() and so probably holds more: a read of what is
+         * available takes all of it in one call, not one record per call. */
+        more = SSL_has_pending(c->ssl)
+            || (c->socket_mode ? c->recv_full : BIO_ctrl_pending(c->rbio) > 0);
         out_pending = c->socket_mode ? c->outq_len : 0;
         sp_mutex_unlock(&c->ssl_lock);
         /* Reading may have queued output (a KeyUpdate reply, a renegotiation flight, the

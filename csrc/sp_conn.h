@@ -34,6 +34,7 @@ struct sp_conn {
     size_t early_len, early_off;
     int early_heap;
     int early_errno; /* the error that recv() reported instead of data (ssl_lock) */
+    int recv_full;   /* the last recv() filled its buffer: more may be waiting (ssl_lock) */
 
     /* socket mode: ciphertext being sent, taken from outq whole (send_lock) */
     unsigned char *out;

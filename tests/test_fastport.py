@@ -322,3 +322,36 @@ def test_a_big_write_of_ints_that_has_to_wait(path: str, pair: Any) -> None:
     assert cout.write(memoryview(array.array("i", data))) == len(data)
     cout.flush()
     assert sha1(join(60)) == sha1(data)
+
+
+def _queued_bytes(port: Any) -> int:
+    """Ciphertext waiting in the port's socket (FIONREAD)."""
+    import fcntl
+    import struct
+    import termios
+
+    sock = port._sslports_conn.transport.sock
+    return int(struct.unpack("i", fcntl.ioctl(sock.fileno(), termios.FIONREAD, b"\0" * 4))[0])
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="FIONREAD through fcntl")
+def test_read1_takes_everything_already_there(path: str, pair: Any) -> None:
+    """read1/readinto1 return all that has arrived (up to their size), not one TLS record per
+    call: a reader of available data makes one call, not four, for 64 KiB in four records."""
+    cin, _cout, _sin, sout = pair
+    data = random.Random(5).randbytes(65536)
+    sout.write(data)  # four full records
+    sout.flush()
+    for _ in range(500):  # until every record is in the client's socket (or OpenSSL's buffer)
+        if _queued_bytes(cin) >= len(data) + 4 * 22:
+            break
+        threading.Event().wait(0.01)
+    assert cin.read1(2 * len(data)) == data
+    buf = bytearray(len(data))
+    sout.write(data)
+    sout.flush()
+    for _ in range(500):
+        if _queued_bytes(cin) >= len(data) + 4 * 22:
+            break
+        threading.Event().wait(0.01)
+    assert cin.readinto1(buf) == len(data) and buf == data
