@@ -708,7 +708,8 @@ def ssl_wrap_socket(
 ) -> Ports:
     """TLS over an already connected socket, with the C fast path. Extension.
 
-    The ports take ownership of `sock` (closing both closes it).
+    The ports take ownership of `sock` (closing both closes it) and of its descriptor's
+    blocking mode and receive timeout: do no I/O on `sock` yourself afterwards.
 
     :raises SSLNetworkError: the handshake failed.
     """
