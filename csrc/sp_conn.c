@@ -97,7 +97,10 @@
 #define SP_WRITE_CHUNK 65536       /* plaintext per SSL_write_ex: four full records */
 #define SP_OUT_HIGH 65536          /* queued ciphertext that makes a writer send first */
 #define SP_OUTQ_INITIAL 81920      /* first outq size: one SP_WRITE_CHUNK of records fits */
-#define SP_EARLY_MAX 16384         /* what one waiting recv() takes (on sp_read's stack) */
+/* What one waiting recv() takes (on sp_read's stack): one whole record of the largest size,
+ * which is also what OpenSSL asks its socket BIO for when its read-ahead buffer is empty. */
+#define SP_EARLY_MAX \
+    (SSL3_RT_MAX_PLAIN_LENGTH + SSL3_RT_MAX_ENCRYPTED_OVERHEAD + SSL3_RT_HEADER_LENGTH)
 
 
 static BIO *new_sock_bio(sp_conn *c);
