@@ -691,7 +691,8 @@ static int send_queued(sp_conn *c, int wait_ms, sp_err *err)
 }
 
 /* Wait for a whole slice inside recv(), into buf (SP_EARLY_MAX bytes, sp_read's stack),
- * which the socket BIO then hands to OpenSSL first. */
+ * which the socket BIO then hands to OpenSSL first. Only called when no early bytes are left:
+ * OpenSSL holds nothing and asked its BIO for more, which serves early bytes before any. */
 static int recv_early(sp_conn *c, unsigned char *buf)
 {
     long n;
