@@ -37,7 +37,19 @@ def run(loop_kind: str, coro_fn: Callable[[], Awaitable[Any]], timeout: float = 
     try:
         return loop.run_until_complete(guarded())
     finally:
-        loop.close()
+        try:  # as asyncio.run: end what is still running, let transports close their sockets
+            pending = asyncio.all_tasks(loop)
+            for task in pending:
+                task.cancel()
+
+            async def finish() -> None:
+                await asyncio.gather(*pending, return_exceptions=True)
+                await asyncio.sleep(0)
+                await loop.shutdown_asyncgens()
+
+            loop.run_until_complete(finish())
+        finally:
+            loop.close()
 
 
 def server_context(version: str = "auto") -> S.SSLServerContext:
@@ -261,7 +273,10 @@ def test_hostile_and_stalled_clients_do_not_stop_the_server() -> None:
 def test_connect_timeout_against_a_silent_server() -> None:
     async def main() -> None:
         async def silent(r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
-            await asyncio.sleep(10)
+            try:
+                await asyncio.sleep(10)
+            finally:
+                w.close()
 
         server = await asyncio.start_server(silent, "127.0.0.1", 0)
         async with server:

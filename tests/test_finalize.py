@@ -65,6 +65,7 @@ def test_freed_connection_refuses_io_before_close(echo_server: Any) -> None:
     inp.close()
 
 
+@pytest.mark.filterwarnings("ignore::ResourceWarning")  # the unclosed socket says so, as files do
 def test_unclosed_ports_in_a_cycle_are_collected(echo_server: Any) -> None:
     inp, out = _connected(echo_server)
     inp.partner, out.partner = out, inp

@@ -540,8 +540,8 @@ def test_peer_that_does_not_read(pki: Any, target: Callable[..., Target], versio
 
     join = t.serve(handler)
     ctx = pki.py_client_context(version)
-    with socket.create_connection((LOCAL, t.port), timeout=JOIN) as raw:
-        tls = ctx.wrap_socket(raw, server_hostname="localhost")
+    raw = socket.create_connection((LOCAL, t.port), timeout=JOIN)
+    with ctx.wrap_socket(raw, server_hostname="localhost") as tls:
         assert timed_out.wait(JOIN)
         got = bytearray()
         while len(got) < len(payload):
@@ -668,9 +668,11 @@ def _client_ports(kind: str, port: int, ctx: Any, strict: bool) -> tuple[Any, An
     if kind == "ssl_connect":
         return sslports.ssl_connect(LOCAL, port, ctx, timeout=JOIN, strict_eof=strict)
     sock = socket.create_connection((LOCAL, port), timeout=JOIN)
+    files = sock.makefile("rb"), sock.makefile("wb")
+    sock.close()  # the descriptor stays open until both files are closed (close_original)
     return sslports.ports_to_ssl_ports(
-        sock.makefile("rb"),
-        sock.makefile("wb"),
+        files[0],
+        files[1],
         mode="connect",
         context=ctx,
         hostname="localhost",
