@@ -697,7 +697,7 @@ static int recv_early(sp_conn *c, unsigned char *buf)
 {
     long n;
     int e;
-    n = (long)recv(c->fd, buf, SP_EARLY_MAX, 0);
+    n = (long)recv(c->fd, (char *)buf, SP_EARLY_MAX, 0); /* (char *): Windows */
     if (n < 0) {
         e = SP_SOCK_ERRNO();
         if (SP_EWOULDBLOCK(e) || SP_EINTR(e))
