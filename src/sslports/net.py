@@ -189,14 +189,14 @@ def _start_on_socket(
 ) -> Ports:
     """Handshake over a connected socket; the ports own it from then on.
 
-    `prepared`: TCP_NODELAY is set and the socket is non-blocking unless SOCKETS_MAY_BLOCK
-    (ssl_connect, ssl_accept). The pump owns the descriptor's blocking mode from then on.
+    `prepared`: TCP_NODELAY is set (ssl_connect, ssl_accept). The pump owns the descriptor's
+    blocking mode from then on; it needs it non-blocking only where it cannot wait in recv().
     """
-    if not prepared:
+    if not SOCKETS_MAY_BLOCK:
         sock.setblocking(False)
-        if sock.family in (socket.AF_INET, socket.AF_INET6):
-            with contextlib.suppress(OSError):
-                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    if not prepared and sock.family in (socket.AF_INET, socket.AF_INET6):
+        with contextlib.suppress(OSError):
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     session = None
     if session_key is not None:
         session = ctx._session_for(session_key)  # type: ignore[attr-defined]
@@ -266,8 +266,8 @@ def _connect_nonblocking(sock: socket.socket, addr: Any, deadline: _Deadline) ->
 def _tcp_connect(
     func: str, hostname: str, port_no: int, deadline: Optional[_Deadline]
 ) -> socket.socket:
-    """A connected TCP socket with TCP_NODELAY set (`deadline` None: no limit), non-blocking
-    unless SOCKETS_MAY_BLOCK (then it may be either: the pump decides)."""
+    """A connected TCP socket with TCP_NODELAY set (`deadline` None: no limit); blocking or not,
+    as connecting left it (_start_on_socket settles that)."""
     family = literal_family(hostname) if "%" not in hostname else 0
     if family:  # an address literal: nothing to resolve
         addr = (hostname, port_no) if family == socket.AF_INET else (hostname, port_no, 0, 0)
@@ -292,8 +292,6 @@ def _tcp_connect(
         try:
             if blocking:
                 sock.connect(addr)
-                if not SOCKETS_MAY_BLOCK:
-                    sock.setblocking(False)
             else:
                 if not _SOCK_NONBLOCK:
                     sock.setblocking(False)
@@ -542,8 +540,6 @@ def ssl_accept(listener: SSLListener) -> Ports:
     except OSError as exc:
         raise SSLNetworkError(f"{func}: accept failed ({exc})", errno=exc.errno) from exc
     try:
-        if not SOCKETS_MAY_BLOCK:
-            sock.setblocking(False)
         if lst._tcp:
             with contextlib.suppress(OSError):
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)

@@ -353,7 +353,7 @@ class Connection:
         self.shutdown_on_close = shutdown_on_close
         self.close_original = close_original
         self.hostname = hostname
-        self.open_ports = 2
+        self.open_ports = 2  # 0 once both are closed: a read still waiting then ends with EOF
         self.state_lock = threading.Lock()
         # One reader and one writer at a time (the ports take these around every call); the
         # last close takes both after shutdown(), so no call can still be using the socket.
@@ -364,8 +364,6 @@ class Connection:
         self.input_port: Optional[weakref.ref[SSLInputPort]] = None
         self.session_key: Optional[tuple[str, int]] = None  # client: where to cache sessions
         self.closed = False
-        # Both ports were closed (not freed): a read still waiting then ends with EOF.
-        self.ports_closed = False
 
     def __del__(self) -> None:
         self.free()
@@ -495,7 +493,7 @@ class Connection:
                     if status == _SP_EOF:
                         break
                     if status == _SP_RAGGED_EOF:
-                        if self.strict_eof and total == 0 and not self.ports_closed:
+                        if self.strict_eof and total == 0 and self.open_ports:
                             raise self.make_error(SSLError(f"{func}: read failed (unexpected eof)"))
                         break
                     if status in (_SP_WANT_READ, _SP_WANT_WRITE):
@@ -507,8 +505,8 @@ class Connection:
                         continue
                     if total:
                         break  # hand over what arrived; the error is sticky and comes next call
-                    if self.ports_closed:
-                        # Closed by this process while the read waited: that is its EOF,
+                    if not self.open_ports:
+                        # Both ports closed while the read waited: that is its EOF,
                         # whatever the socket said after our own shutdown (a peer's late alert
                         # makes the kernel reset a shut-down socket).
                         break
@@ -520,7 +518,7 @@ class Connection:
     def read_rest(self, b: Any, fill: bool, total: int) -> int:
         """The C fast path's continuation (sp_fastport.c), called with the read lock held for
         everything but a read that got all it asked for: waits, EOF, errors."""
-        if self.ports_closed:  # the ports were closed while this call waited: EOF for it
+        if not self.open_ports:  # both ports were closed while this call waited: EOF for it
             return total
         return self.read("read", b, fill, _NO_DEADLINE, total)
 
@@ -635,7 +633,6 @@ class Connection:
         self.remember_session(drain_tickets=True)
         self._fast_addr = 0  # the C fast path hands every later call to read/write_rest
         self.closed = True  # every later call raises ValueError before reaching C
-        self.ports_closed = True
         if isinstance(self.transport, _SocketTransport):
             # Wake any call still polling this socket, then wait for it to leave (it holds its
             # direction's lock): a reused descriptor number must never reach C.
