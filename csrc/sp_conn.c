@@ -868,10 +868,8 @@ int sp_read(sp_conn *c, unsigned char *buf, size_t len, size_t want, size_t *got
                 status = classify_failure(c, e, err);
             }
         }
-        if (c->early != NULL && !keep_early(c, early_buf)) {
-            ok = 0;
-            status = out_of_memory(c, err);
-        }
+        if (c->early != NULL && !keep_early(c, early_buf))
+            status = out_of_memory(c, err); /* bytes already read still reach the caller */
         /* More to read without waiting: records OpenSSL holds, or (socket mode) a socket
          * that filled the last recv() and so probably holds more: a read of what is
          * available takes all of it in one call, not one record per call. */
