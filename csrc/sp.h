@@ -47,4 +47,7 @@ unsigned long sp_openssl_linked_version_number(void);
 /* ---- peer verification, facts, Python callbacks (sp_verify.c) -------------------------- */
 #include "sp_verify.h"
 
+/* ---- client session cache (sp_session.c) ---------------------------------------------- */
+#include "sp_session.h"
+
 #endif /* SP_H */

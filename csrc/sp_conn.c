@@ -284,6 +284,7 @@ void sp_conn_free(sp_conn *c)
     if (c == NULL)
         return;
     SSL_SESSION_free(c->session);
+    free(c->cache_key);
     /* TLS 1.1+ lets a session be resumed after a close without close_notify (RFC 5246
      * 7.2.1); without this flag OpenSSL would mark the session unusable when freeing. A
      * connection that failed keeps the default, and its session dies with it. */
@@ -1077,7 +1078,8 @@ size_t sp_take(sp_conn *c, unsigned char *out, size_t cap)
 /* ---- client sessions ------------------------------------------------------------------ */
 
 /* OpenSSL hands every new session (TLS 1.3: each ticket, after the handshake) to this
- * callback, inside SSL_read/SSL_do_handshake, so ssl_lock is held. Keep the newest. */
+ * callback, inside SSL_read/SSL_do_handshake, so ssl_lock is held. Keep the newest, and file
+ * it in the context's cache for the next connection to this peer (sp_session.c). */
 static int keep_new_session(SSL *ssl, SSL_SESSION *session)
 {
     sp_conn *c = sp_conn_from_ssl(ssl);
@@ -1095,38 +1097,41 @@ static int keep_new_session(SSL *ssl, SSL_SESSION *session)
     }
     SSL_SESSION_free(c->session);
     c->session = copy;
+    if (c->cache_key != NULL)
+        sp_session_store(SSL_get_SSL_CTX(ssl), c->cache_key, copy);
     return 0; /* OpenSSL keeps its reference; we keep the copy */
 }
 
-void sp_ctx_track_sessions(SSL_CTX *ctx)
+int sp_ctx_track_sessions(SSL_CTX *ctx)
 {
+    if (!sp_session_cache_attach(ctx))
+        return 0;
     SSL_CTX_set_session_cache_mode(ctx, SSL_SESS_CACHE_CLIENT | SSL_SESS_CACHE_NO_INTERNAL_STORE);
     SSL_CTX_sess_set_new_cb(ctx, keep_new_session);
+    return 1;
 }
 
-/* The newest session, with a reference for the caller (ssl_lock held). */
-static SSL_SESSION *session_ref_locked(sp_conn *c)
+int sp_conn_use_session_cache(sp_conn *c, const char *host, int port)
 {
-    SSL_SESSION *s = c->session;
-    if (s != NULL && !SSL_SESSION_up_ref(s))
-        s = NULL;
-    return s;
+    SSL_SESSION *cached;
+    c->cache_key = sp_session_key(host, port);
+    if (c->cache_key == NULL)
+        return 0;
+    cached = sp_session_lookup(SSL_get_SSL_CTX(c->ssl), c->cache_key);
+    if (cached != NULL) {
+        sp_conn_set_session(c, cached); /* one that cannot be used: a full handshake */
+        SSL_SESSION_free(cached);
+    }
+    return 1;
 }
 
-SSL_SESSION *sp_conn_get_session(sp_conn *c)
+/* Before the socket closes: let OpenSSL process what the server already sent (TLS 1.3 tickets
+ * arrive after the handshake), without waiting, so that their sessions reach the cache. */
+void sp_conn_drain_tickets(sp_conn *c)
 {
-    SSL_SESSION *s;
     sp_mutex_lock(&c->ssl_lock);
-    s = session_ref_locked(c);
-    sp_mutex_unlock(&c->ssl_lock);
-    return s;
-}
-
-SSL_SESSION *sp_conn_closing_session(sp_conn *c)
-{
-    SSL_SESSION *s;
-    sp_mutex_lock(&c->ssl_lock);
-    if (c->socket_mode && c->established && c->broken == NULL && c->eof_status == 0) {
+    if (c->cache_key != NULL && c->socket_mode && c->established && c->broken == NULL
+        && c->eof_status == 0) {
         unsigned char scratch[4096];
         size_t n = 0;
         int e = SSL_ERROR_NONE;
@@ -1140,9 +1145,7 @@ SSL_SESSION *sp_conn_closing_session(sp_conn *c)
             && e != SSL_ERROR_ZERO_RETURN)
             invalidate_session(c); /* a real failure */
     }
-    s = session_ref_locked(c);
     sp_mutex_unlock(&c->ssl_lock);
-    return s;
 }
 
 int sp_conn_set_session(sp_conn *c, SSL_SESSION *session)
@@ -1162,16 +1165,6 @@ int sp_conn_set_session(sp_conn *c, SSL_SESSION *session)
     sp_mutex_unlock(&c->ssl_lock);
     SSL_SESSION_free(copy); /* SSL_set_session took its own reference */
     return ok;
-}
-
-void sp_session_free(SSL_SESSION *session)
-{
-    SSL_SESSION_free(session);
-}
-
-int sp_session_resumable(SSL_SESSION *session)
-{
-    return SSL_SESSION_is_resumable(session);
 }
 
 /* ---- re-verifying an established peer ------------------------------------------------- */

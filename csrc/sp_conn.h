@@ -24,7 +24,7 @@ struct sp_conn {
     int bio_errno;   /* the socket error the BIO saw in the current OpenSSL call (ssl_lock) */
     int read_waited; /* the last sp_read had to wait for the peer: a hint (unlocked) */
     int peer_closed; /* recv() returned 0 (ssl_lock) */
-    int draining;    /* sp_conn_closing_session: a transport EOF is not an event (ssl_lock) */
+    int draining;    /* sp_conn_drain_tickets: a transport EOF is not an event (ssl_lock) */
     int direct_send; /* sp_write of at most one record: the BIO may send it itself (ssl_lock) */
     int recv_waits;  /* the socket blocks, with SO_RCVTIMEO = SP_WAIT_SLICE_MS: a read that
                         must wait a whole slice waits in recv() (set at creation) */
@@ -44,6 +44,8 @@ struct sp_conn {
     int reauth_pending;
     /* the newest resumable session the server gave this client (ssl_lock) */
     SSL_SESSION *session;
+    /* client: the peer key its context's session cache files that session under, or NULL */
+    char *cache_key;
 
     /* sticky end states (ssl_lock) */
     int eof_status;   /* 0, SP_EOF or SP_RAGGED_EOF */

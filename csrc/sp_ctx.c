@@ -273,8 +273,8 @@ int sp_ctx_load_client_ca_file(SSL_CTX *ctx, const char *path, sp_err *err)
  * and every bytecode costs several times what it costs in a loop. */
 sp_conn *sp_ctx_open_conn(SSL_CTX *ctx, int is_server, int fd, int verify_flags,
                           const char *host, int host_is_ip, int check_host,
-                          const unsigned char *alpn, size_t alpn_len, SSL_SESSION *session,
-                          sp_err *err, size_t *failed_step)
+                          const unsigned char *alpn, size_t alpn_len, const char *cache_host,
+                          int cache_port, sp_err *err, size_t *failed_step)
 {
     sp_conn *c;
     sp_err_reset(err);
@@ -297,7 +297,9 @@ sp_conn *sp_ctx_open_conn(SSL_CTX *ctx, int is_server, int fd, int verify_flags,
             return NULL;
         }
     }
-    if (session != NULL)
-        sp_conn_set_session(c, session); /* a session that cannot be used: a full handshake */
+    if (cache_host != NULL && !sp_conn_use_session_cache(c, cache_host, cache_port)) {
+        sp_conn_free(c); /* out of memory */
+        return NULL;
+    }
     return c;
 }

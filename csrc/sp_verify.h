@@ -27,13 +27,13 @@ int sp_conn_version(sp_conn *c);
 const char *sp_conn_cipher(sp_conn *c);
 int sp_conn_alpn(sp_conn *c, unsigned char *out, size_t cap);
 int sp_conn_session_reused(sp_conn *c);
-/* Client sessions for resumption: the newest session the server gave us (new reference, or
- * NULL), and installing one before the handshake. */
-SSL_SESSION *sp_conn_get_session(sp_conn *c);
-SSL_SESSION *sp_conn_closing_session(sp_conn *c);
+/* Client sessions for resumption (the cache itself: sp_session.c). A client connection files
+ * each new session under its peer key (host, port), and resumes the one found there; 0 when
+ * out of memory. Installing a session before the handshake. Before a client's socket closes:
+ * process the tickets that already arrived. */
+int sp_conn_use_session_cache(sp_conn *c, const char *host, int port);
 int sp_conn_set_session(sp_conn *c, SSL_SESSION *session);
-void sp_session_free(SSL_SESSION *session);
-int sp_session_resumable(SSL_SESSION *session);
+void sp_conn_drain_tickets(sp_conn *c);
 
 /* Re-verify the peer of an established connection (server: TLS 1.3 post-handshake auth or a
  * TLS 1.2 renegotiation; flags as in sp_conn_set_verify). 1 when the request was queued. */
@@ -41,8 +41,8 @@ int sp_request_reauth(sp_conn *c, int flags, sp_err *err);
 /* 1 while the re-verification asked by sp_request_reauth has not completed. */
 int sp_reauth_pending(sp_conn *c);
 
-/* Client contexts: keep each connection's newest resumable session (sp_conn_get_session). */
-void sp_ctx_track_sessions(SSL_CTX *ctx);
+/* Client contexts: a session cache, fed by each connection's new sessions. 0: out of memory. */
+int sp_ctx_track_sessions(SSL_CTX *ctx);
 
 /* Callbacks into Python, enabled per context. */
 void sp_ctx_enable_sni(SSL_CTX *ctx);

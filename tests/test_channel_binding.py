@@ -527,6 +527,59 @@ def test_session_tickets_drained_at_close(certs: Certs) -> None:
         server.close()
 
 
+def test_session_cache_key_ignores_host_case(certs: Certs) -> None:
+    """The cache files sessions under (host, port) with the host in lower case: "LOCALHOST"
+    resumes the session "localhost" got (and verifies the same certificate)."""
+    server = Server(server_context("tls13", certs.sha256))
+    try:
+        ctx = client_context("tls13", roots=[certs.root])
+        for host, reused in [("localhost", False), ("LOCALHOST", True), ("LocalHost", True)]:
+            join = server.accept(echo_line)
+            inp, out = sslports.ssl_connect(host, server.port, ctx)
+            with inp, out:
+                _talk(inp, out)
+                assert sslports.ssl_session_reused(inp) is reused, host
+            join()
+    finally:
+        server.close()
+
+
+def test_session_cache_forgets_least_recently_used_peer(certs: Certs) -> None:
+    """A context keeps sessions for its 256 most recently used peers (host, port): the 257th
+    peer pushes out the one used longest ago, not the oldest entry nor a random one."""
+    sctx = server_context("tls13", certs.sha256)
+    listeners = [sslports.ssl_listen(0, 4, True, LOCAL, sctx) for _ in range(257)]
+    ports = [int(sslports.ssl_addresses(lst, True)[1]) for lst in listeners]
+    ctx = client_context("tls13", roots=[certs.root])
+
+    def serve(i: int) -> None:
+        inp, out = sslports.ssl_accept(listeners[i])
+        with inp, out:
+            echo_line(inp, out)
+
+    def visit(i: int) -> bool:
+        join = in_thread(lambda: serve(i))
+        inp, out = sslports.ssl_connect("localhost", ports[i], ctx)
+        with inp, out:
+            _talk(inp, out)  # (reads the echo: the tickets came before it)
+            reused = bool(sslports.ssl_session_reused(inp))
+        join()
+        return reused
+
+    try:
+        assert not any(visit(i) for i in range(256))  # the cache is full
+        assert visit(0)  # peer 0 is now the most recently used; peer 1 the least
+        assert not visit(256)  # a new peer: peer 1 goes
+        assert visit(0)
+        assert visit(256)
+        assert visit(2)
+        assert not visit(1)  # forgotten: a full handshake (its new session is kept again)
+        assert visit(1)
+    finally:
+        for lst in listeners:
+            sslports.ssl_close(lst)
+
+
 def test_wrapped_sockets_do_not_resume(certs: Certs) -> None:
     """Only ssl_connect knows host and port; ssl_wrap_socket always makes a full handshake."""
     server = Server(server_context("tls13", certs.sha256))

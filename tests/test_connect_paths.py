@@ -9,6 +9,7 @@ keeps up to date.
 
 from __future__ import annotations
 
+import _socket
 import errno
 import os
 import socket
@@ -33,9 +34,9 @@ def _has_ipv6_loopback() -> bool:
         return False
 
 
-def _sock(p: Any) -> socket.socket:
+def _sock(p: Any) -> _socket.socket:
     sock = p._sslports_conn.transport.sock
-    assert isinstance(sock, socket.socket)
+    assert isinstance(sock, _socket.socket)  # ssl_connect/ssl_accept: a bare one
     return sock
 
 
@@ -52,7 +53,7 @@ def _accept_in_thread(listener: Any) -> Callable[[], Any]:
     return join
 
 
-def _check_tcp_socket(sock: socket.socket) -> None:
+def _check_tcp_socket(sock: _socket.socket) -> None:
     """TCP_NODELAY, and the blocking mode the pump relies on: where it passes MSG_DONTWAIT
     itself, a blocking descriptor whose receive timeout is the wait slice (a read that waits
     does it inside recv()); elsewhere a non-blocking one."""

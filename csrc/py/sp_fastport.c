@@ -197,16 +197,48 @@ static void port_dealloc(Port *self)
     Py_DECREF(tp);
 }
 
-/* ---- Reader -------------------------------------------------------------------------- */
+static PyObject *str_dict; /* "__dict__" */
 
-static int reader_init(Port *self, PyObject *args, PyObject *kwds)
+/* Put the bound hot methods of `self` (its type's methods before "install") into `port`'s
+ * instance dict (on), or take them away (off). Returns 0, or -1 with an exception. */
+static int install(Port *self, PyObject *port, int on)
 {
-    PyObject *conn, *lock, *rest;
-    static char *names[] = {"conn", "lock", "rest", NULL};
-    if (!PyArg_ParseTupleAndKeywords(args, kwds, "OOO:Reader", names, &conn, &lock, &rest))
+    PyMethodDef *m = PyType_GetSlot(Py_TYPE(self), Py_tp_methods);
+    PyObject *dict = PyObject_GetAttr(port, str_dict);
+    int rc = 0;
+    if (dict == NULL)
         return -1;
-    return port_init(self, conn, lock, rest, NULL);
+    if (!PyDict_Check(dict)) {
+        Py_DECREF(dict);
+        PyErr_SetString(PyExc_TypeError, "install: the port has no instance dict");
+        return -1;
+    }
+    for (; rc == 0 && m->ml_name != NULL && strcmp(m->ml_name, "install") != 0; m++) {
+        if (on) {
+            PyObject *bound = PyCFunction_NewEx(m, (PyObject *)self, NULL);
+            rc = bound == NULL ? -1 : PyDict_SetItemString(dict, m->ml_name, bound);
+            Py_XDECREF(bound);
+        } else if (PyDict_DelItemString(dict, m->ml_name) < 0) {
+            if (!PyErr_ExceptionMatches(PyExc_KeyError))
+                rc = -1;
+            else
+                PyErr_Clear(); /* not installed */
+        }
+    }
+    Py_DECREF(dict);
+    return rc;
 }
+
+static PyObject *port_install(Port *self, PyObject *args)
+{
+    PyObject *port;
+    int on;
+    if (!PyArg_ParseTuple(args, "Op:install", &port, &on) || install(self, port, on) < 0)
+        return NULL;
+    Py_RETURN_NONE;
+}
+
+/* ---- Reader -------------------------------------------------------------------------- */
 
 /* readinto (fill: the whole buffer) or readinto1 (at least one byte); see ONE CALL above. */
 static PyObject *read_into(Port *self, PyObject *b, int fill)
@@ -305,11 +337,26 @@ static PyMethodDef reader_methods[] = {
     {"readinto1", (PyCFunction)reader_readinto1, METH_O, "Read what arrives (>= 1 byte) into b."},
     {"read", (PyCFunction)reader_read, METH_VARARGS, "Read size bytes (all, when -1 or None)."},
     {"read1", (PyCFunction)reader_read1, METH_VARARGS, "Read what arrives, up to size bytes."},
+    {"install", (PyCFunction)port_install, METH_VARARGS,
+     "install(port, on): put the methods above into port's instance dict, or take them away."},
     {NULL, NULL, 0, NULL},
 };
 
+/* Reader(conn, lock, rest, port=None): with a port, its hot methods are installed at once. */
+static int reader_init(Port *self, PyObject *args, PyObject *kwds)
+{
+    PyObject *conn, *lock, *rest, *port = Py_None;
+    static char *names[] = {"conn", "lock", "rest", "port", NULL};
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "OOO|O:Reader", names, &conn, &lock, &rest,
+                                     &port))
+        return -1;
+    if (port_init(self, conn, lock, rest, NULL) < 0)
+        return -1;
+    return port == Py_None ? 0 : install(self, port, 1);
+}
+
 static PyType_Slot reader_slots[] = {
-    {Py_tp_doc, "The C fast path of an SSLInputPort (ports.py installs its methods)."},
+    {Py_tp_doc, "The C fast path of an SSLInputPort (installs its methods on the port)."},
     {Py_tp_init, reader_init},
     {Py_tp_new, PyType_GenericNew},
     {Py_tp_dealloc, port_dealloc},
@@ -325,20 +372,6 @@ static PyType_Spec reader_spec = {
 };
 
 /* ---- Writer -------------------------------------------------------------------------- */
-
-static int writer_init(Port *self, PyObject *args, PyObject *kwds)
-{
-    PyObject *conn, *lock, *rest, *pending;
-    static char *names[] = {"conn", "lock", "rest", "pending", NULL};
-    if (!PyArg_ParseTupleAndKeywords(args, kwds, "OOOO:Writer", names, &conn, &lock, &rest,
-                                     &pending))
-        return -1;
-    if (!PyByteArray_Check(pending)) {
-        PyErr_SetString(PyExc_TypeError, "pending must be a bytearray");
-        return -1;
-    }
-    return port_init(self, conn, lock, rest, pending);
-}
 
 /* Send `len` bytes at `data` (the pending buffer when `owner` is it, else the caller's) with
  * the write lock held, then release it. Returns 0, or -1 with an exception. */
@@ -438,11 +471,30 @@ static PyObject *writer_flush(Port *self, PyObject *unused)
 static PyMethodDef writer_methods[] = {
     {"write", (PyCFunction)writer_write, METH_O, "Buffer b; send once a record is full."},
     {"flush", (PyCFunction)writer_flush, METH_NOARGS, "Send what is buffered."},
+    {"install", (PyCFunction)port_install, METH_VARARGS,
+     "install(port, on): put the methods above into port's instance dict, or take them away."},
     {NULL, NULL, 0, NULL},
 };
 
+/* Writer(conn, lock, rest, pending, port=None): with a port, write/flush are installed. */
+static int writer_init(Port *self, PyObject *args, PyObject *kwds)
+{
+    PyObject *conn, *lock, *rest, *pending, *port = Py_None;
+    static char *names[] = {"conn", "lock", "rest", "pending", "port", NULL};
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "OOOO|O:Writer", names, &conn, &lock, &rest,
+                                     &pending, &port))
+        return -1;
+    if (!PyByteArray_Check(pending)) {
+        PyErr_SetString(PyExc_TypeError, "pending must be a bytearray");
+        return -1;
+    }
+    if (port_init(self, conn, lock, rest, pending) < 0)
+        return -1;
+    return port == Py_None ? 0 : install(self, port, 1);
+}
+
 static PyType_Slot writer_slots[] = {
-    {Py_tp_doc, "The C fast path of an SSLOutputPort (ports.py installs its methods)."},
+    {Py_tp_doc, "The C fast path of an SSLOutputPort (installs its methods on the port)."},
     {Py_tp_init, writer_init},
     {Py_tp_new, PyType_GenericNew},
     {Py_tp_dealloc, port_dealloc},
@@ -525,7 +577,8 @@ PyMODINIT_FUNC PyInit__fastport(void)
     if (m == NULL)
         return NULL;
     str_addr = PyUnicode_InternFromString("_fast_addr");
-    if (str_addr == NULL || add_type(m, &reader_spec, "Reader") < 0 ||
+    str_dict = PyUnicode_InternFromString("__dict__");
+    if (str_addr == NULL || str_dict == NULL || add_type(m, &reader_spec, "Reader") < 0 ||
         add_type(m, &writer_spec, "Writer") < 0) {
         Py_DECREF(m);
         return NULL;

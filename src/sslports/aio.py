@@ -128,7 +128,6 @@ class AioConnection:
         self.established = False  # the handshake completed: decrypt as ciphertext arrives
         self.sni_error: Optional[BaseException] = None
         self.switched_context: Optional[_Context] = None
-        self.session_key: Optional[tuple[str, int]] = None
         self.err = _binding.ffi.new("sp_err *")
         self.count = _binding.ffi.new("size_t *")
         bufs = _thread_buffers()
@@ -274,7 +273,6 @@ class AioConnection:
                 raise SSLNetworkError(f"{func}: handshake failed (connection closed by peer)")
             raise build_error(func, "handshake", self.err, SSLNetworkError)
         self.established = True
-        self.remember_session()
         self.decrypt()  # what came with the peer's last flight (data, TLS 1.3 tickets)
 
     def write(self, data: Union[bytes, bytearray, memoryview]) -> None:
@@ -332,19 +330,9 @@ class AioConnection:
             raise exc
         await self.drain_raw()
 
-    def remember_session(self) -> None:
-        if self.session_key is None or not isinstance(self.context, SSLClientContext):
-            return
-        lib = _binding.lib
-        ffi = _binding.ffi
-        session = lib.sp_conn_get_session(self.ptr)
-        if session != ffi.NULL:
-            self.context._remember_session(self.session_key, ffi.gc(session, lib.sp_session_free))
-
     def close(self) -> None:
         if not self.closed:
             self.closed = True
-            self.remember_session()
             self.close_raw()
 
 
@@ -601,7 +589,6 @@ class SSLStreamReader:
         if conn.exc is not None:
             raise conn.exc
         if conn.eof:
-            conn.remember_session()
             return True
         await conn.wait_input()
         return False
@@ -631,7 +618,6 @@ class SSLStreamReader:
             if conn.exc is not None:
                 raise conn.exc
             if conn.eof:
-                conn.remember_session()
                 return b""
             await conn.wait_input()
 
@@ -656,7 +642,6 @@ class SSLStreamReader:
             if conn.exc is not None:
                 raise conn.exc
             if conn.eof:
-                conn.remember_session()
                 raise asyncio.IncompleteReadError(self._take(len(buf)), n)
             await conn.wait_input()
 
@@ -827,12 +812,9 @@ async def open_ssl_connection(
     ctx = _client_context(func, context)
     wire = encode_alpn(func, alpn)
     _binding.require_native(func)
-    ptr = _new_connection(func, ctx, False, -1, host, wire, SSLNetworkError)
+    # (resumes from, and files new sessions into, the context's cache for (host, port))
+    ptr = _new_connection(func, ctx, False, -1, host, wire, SSLNetworkError, port)
     conn = _SSLProtocol(ptr, ctx, host, strict_eof)
-    conn.session_key = (host.lower(), port)
-    session = ctx._session_for(conn.session_key)
-    if session is not None:
-        _binding.lib.sp_conn_set_session(ptr, session)
     loop = asyncio.get_running_loop()
     deadline = None if timeout is None else loop.time() + timeout
     try:

@@ -7,7 +7,6 @@ context, never per connection. Sealing sets a flag every mutator checks.
 
 from __future__ import annotations
 
-import collections
 import contextlib
 import contextvars
 import functools
@@ -32,7 +31,6 @@ VerifySource = Union[PathLike, tuple[str, PathLike]]
 TEST_PEM: Path = Path(__file__).resolve().parent / "test.pem"
 ssl_dh4096_param_bytes: bytes = DH4096_PEM
 
-_SESSION_CACHE_SIZE = 256  # client sessions kept per context, one per (host, port)
 SECURE_CIPHERS = "DEFAULT:!aNULL:!eNULL:!LOW:!EXPORT:!SSLv2"
 
 # protocol symbol -> (min version, max version, security level or None), by name of the macro
@@ -141,7 +139,6 @@ class _Context:
         self._sni_callback: Optional[Callable[[str], Any]] = None
         self._keylogger: Optional[Callable[[bytes], Any]] = None
         self._has_certificate = False  # set by ssl_load_certificate_chain
-        self._lock = threading.Lock()
         self._conn_flags = self._verify_flags()  # kept up to date by _policy_changed
         self._apply_protocol(protocol)
         from .sni import register_context
@@ -197,10 +194,7 @@ class _Context:
         again, so resuming one made without (or with a failed) verification would let a
         connection skip the checks the new policy asks for."""
         self._conn_flags = self._verify_flags()
-        sessions = getattr(self, "_sessions", None)
-        if sessions:
-            with self._lock:
-                sessions.clear()
+        _binding.lib.sp_ctx_forget_sessions(self._ptr)  # (a server context has none)
 
 
 # The SP_VERIFY_* bits of csrc/sp_conn.h, read once (no native module: never used).
@@ -219,26 +213,16 @@ _VERIFY_PEER, _VERIFY_REQUIRE, _VERIFY_HOSTNAME, _VERIFY_POST_HANDSHAKE = (
 class SSLClientContext(_Context):
     """A context for the client side of connections (Racket: ssl-client-context?).
 
-    It also caches one TLS session per (host, port) so that `ssl_connect` resumes.
+    It also caches one TLS session per (host, port) so that `ssl_connect` resumes: the newest
+    a server gave, for the 256 most recently used peers (in C, csrc/sp_session.c).
     """
 
     _is_server = False
 
     def __init__(self, protocol: str = "auto") -> None:
         super().__init__(protocol)
-        self._sessions: collections.OrderedDict[tuple[str, int], Any] = collections.OrderedDict()
-        _binding.lib.sp_ctx_track_sessions(self._ptr)
-
-    def _remember_session(self, key: tuple[str, int], session: Any) -> None:
-        with self._lock:
-            self._sessions[key] = session
-            self._sessions.move_to_end(key)
-            while len(self._sessions) > _SESSION_CACHE_SIZE:
-                self._sessions.popitem(last=False)
-
-    def _session_for(self, key: tuple[str, int]) -> Any:
-        # One dict lookup, atomic under the GIL; only changes take the lock.
-        return self._sessions.get(key)
+        if not _binding.lib.sp_ctx_track_sessions(self._ptr):
+            raise MemoryError("ssl_make_client_context: cannot make the session cache")
 
 
 class SSLServerContext(_Context):

@@ -12,6 +12,7 @@ import functools
 import os
 import select
 import socket
+from _socket import socket as _raw_socket
 from collections.abc import Sequence
 from typing import Any, Optional, Union
 
@@ -86,19 +87,24 @@ def _new_connection(
     hostname: Optional[str],
     alpn_wire: bytes,
     cls: type[SSLError],
-    session: Any = None,
+    cache_port: int = 0,
 ) -> Any:
     """A configured sp_conn (owned by ffi.gc) for `ctx`, not yet handshaking: verify policy,
-    SNI and the name to check, ALPN offer, and `session` to resume, in one C call.
+    SNI and the name to check, ALPN offer, and with `cache_port` (a client context) the session
+    cache entry of (hostname, cache_port) to resume and to file new sessions under, in one C
+    call.
 
     (A context exists, so the native module is loaded.)"""
     lib = _binding.lib
     ffi = _binding.ffi
     verify_hostname = ctx._verify_hostname
     host: Any = ffi.NULL
+    cache_host: Any = ffi.NULL
     ip = False
     if hostname is not None:
-        ip, name = _host_info(hostname)
+        ip, name, key = _host_info(hostname)
+        if cache_port:
+            cache_host = key
         if name is not None:
             host = name
         elif verify_hostname:
@@ -121,7 +127,8 @@ def _new_connection(
         verify_hostname,
         alpn_wire,
         len(alpn_wire),
-        ffi.NULL if session is None else session,
+        cache_host,
+        cache_port,
         err,
         step,
     )
@@ -151,17 +158,19 @@ def _reference_name(hostname: str) -> Optional[bytes]:
 
 
 @functools.lru_cache(maxsize=1024)
-def _host_info(hostname: str) -> tuple[bool, Optional[bytes]]:
-    """(is an IP literal, the reference name): computed once per hostname, not per connection."""
+def _host_info(hostname: str) -> tuple[bool, Optional[bytes], bytes]:
+    """(is an IP literal, the reference name, the session cache's name for the host):
+    computed once per hostname, not per connection."""
+    key = hostname.lower().encode("utf-8", "surrogatepass")
     if literal_family(hostname):
-        return True, hostname.split("%")[0].encode()
+        return True, hostname.split("%")[0].encode(), key
     name = hostname[:-1] if hostname.endswith(".") else hostname
     if not name or name.startswith(".") or ".." in name or "*" in name:
-        return False, None
+        return False, None, key
     try:
-        return False, name.encode("ascii") if name.isascii() else name.encode("idna")
+        return False, name.encode("ascii") if name.isascii() else name.encode("idna"), key
     except UnicodeError:
-        return False, None
+        return False, None, key
 
 
 def _check_hostname_arg(func: str, hostname: object) -> Optional[str]:
@@ -176,7 +185,7 @@ def _check_hostname_arg(func: str, hostname: object) -> Optional[str]:
 
 def _start_on_socket(
     func: str,
-    sock: socket.socket,
+    sock: _raw_socket,
     ctx: _Context,
     is_server: bool,
     hostname: Optional[str],
@@ -184,43 +193,35 @@ def _start_on_socket(
     timeout: Optional[float],
     port_timeout: Optional[float],
     strict_eof: bool,
-    session_key: Optional[tuple[str, int]] = None,
+    cache_port: int = 0,
     prepared: bool = False,
 ) -> Ports:
     """Handshake over a connected socket; the ports own it from then on.
 
-    `prepared`: TCP_NODELAY is set (ssl_connect, ssl_accept). The pump owns the descriptor's
-    blocking mode from then on; it needs it non-blocking only where it cannot wait in recv().
+    `cache_port`: a client resuming from and filing into its context's session cache under
+    (hostname, cache_port). `prepared`: TCP_NODELAY is set (ssl_connect, ssl_accept). The pump
+    owns the descriptor's blocking mode from then on; it needs it non-blocking only where it
+    cannot wait in recv().
     """
     if not SOCKETS_MAY_BLOCK:
         sock.setblocking(False)
     if not prepared and sock.family in (socket.AF_INET, socket.AF_INET6):
         with contextlib.suppress(OSError):
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-    session = None
-    if session_key is not None:
-        session = ctx._session_for(session_key)  # type: ignore[attr-defined]
     ptr = _new_connection(
-        func, ctx, is_server, sock.fileno(), hostname, alpn_wire, SSLNetworkError, session
+        func, ctx, is_server, sock.fileno(), hostname, alpn_wire, SSLNetworkError, cache_port
     )
+    # (positional: error, strict_eof, shutdown_on_close, close_original, hostname)
     conn = Connection(
-        ptr,
-        _SocketTransport(sock),
-        ctx,
-        error=SSLNetworkError,
-        strict_eof=strict_eof,
-        shutdown_on_close=False,
-        close_original=True,
-        hostname=hostname,
+        ptr, _SocketTransport(sock), ctx, SSLNetworkError, strict_eof, False, True, hostname
     )
+    if cache_port:
+        conn.caches_session = True
     if ctx._sni_callback is None:
         conn.handshake(func, timeout, SSLNetworkError)
     else:  # the C callback finds the connection (and its context's callback) through sni.py
         with bind_connection(conn):
             conn.handshake(func, timeout, SSLNetworkError)
-    if session_key is not None:
-        conn.session_key = session_key
-        conn.remember_session()  # TLS 1.2: the session exists now (1.3 tickets come later)
     return make_ports(conn, port_timeout)
 
 
@@ -234,7 +235,7 @@ _CONNECT_PENDING = frozenset(
 _WAIT_SLICE = 0.5  # seconds: Windows' select() is not interrupted by Ctrl-C
 
 
-def _connect_nonblocking(sock: socket.socket, addr: Any, deadline: _Deadline) -> None:
+def _connect_nonblocking(sock: _raw_socket, addr: Any, deadline: _Deadline) -> None:
     """connect() a non-blocking socket, waiting for completion until the deadline.
 
     Raises OSError (the connect failure) or SSLTimeoutError (the caller names the function).
@@ -265,9 +266,11 @@ def _connect_nonblocking(sock: socket.socket, addr: Any, deadline: _Deadline) ->
 
 def _tcp_connect(
     func: str, hostname: str, port_no: int, deadline: Optional[_Deadline]
-) -> socket.socket:
+) -> _raw_socket:
     """A connected TCP socket with TCP_NODELAY set (`deadline` None: no limit); blocking or not,
-    as connecting left it (_start_on_socket settles that)."""
+    as connecting left it (_start_on_socket settles that). A bare _socket.socket: only the
+    ports use it, and socket.socket's Python __init__ and close cost ~50 bytecodes a
+    connection."""
     family = literal_family(hostname) if "%" not in hostname else 0
     if family:  # an address literal: nothing to resolve
         addr = (hostname, port_no) if family == socket.AF_INET else (hostname, port_no, 0, 0)
@@ -285,7 +288,7 @@ def _tcp_connect(
     last: Optional[OSError] = None
     for family, kind, proto, _name, addr in infos:
         try:
-            sock = socket.socket(family, kind if blocking else kind | _SOCK_NONBLOCK, proto)
+            sock = _raw_socket(family, kind if blocking else kind | _SOCK_NONBLOCK, proto)
         except OSError as exc:
             last = exc
             continue
@@ -296,8 +299,10 @@ def _tcp_connect(
                 if not _SOCK_NONBLOCK:
                     sock.setblocking(False)
                 _connect_nonblocking(sock, addr, deadline or _Deadline(None))
-            with contextlib.suppress(OSError):
+            try:
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            except OSError:
+                pass
             return sock
         except SSLTimeoutError as exc:
             sock.close()
@@ -339,7 +344,8 @@ def ssl_connect(
     # Argument checks, with the common cases inline (this runs once per connection, cold).
     if not isinstance(hostname, str):
         raise TypeError(f"{func}: hostname must be a str, got {type(hostname).__name__}")
-    _check_hostname_arg(func, hostname)
+    if "\0" in hostname:
+        _check_hostname_arg(func, hostname)  # raises
     if type(port_no) is not int or not 0 < port_no <= 65535:
         _check_port_number(func, port_no, 1)
     if isinstance(client_protocol, SSLClientContext):
@@ -364,7 +370,7 @@ def ssl_connect(
             None if deadline is None else deadline.remaining(),
             timeout,
             strict_eof,
-            (hostname.lower(), port_no),
+            port_no,
             prepared=True,
         )
     except BaseException:
@@ -405,12 +411,13 @@ class SSLListener:
         self._tcp = self._family in (socket.AF_INET, socket.AF_INET6)
         self._raw_accept = getattr(sock, "_accept", None)
 
-    def _accept(self) -> socket.socket:
-        """Wait for the next connection: its socket (blocking, like socket.accept's)."""
+    def _accept(self) -> _raw_socket:
+        """Wait for the next connection: its socket (blocking, like socket.accept's; a bare
+        _socket.socket, see _tcp_connect)."""
         if self._raw_accept is None:  # pragma: no cover - a socket module without _accept
             return self._sock.accept()[0]
         fd, _addr = self._raw_accept()
-        return socket.socket(self._family, socket.SOCK_STREAM, self._proto, fd)
+        return _raw_socket(self._family, socket.SOCK_STREAM, self._proto, fd)
 
     def __repr__(self) -> str:
         if self._sock.fileno() < 0:
@@ -541,8 +548,10 @@ def ssl_accept(listener: SSLListener) -> Ports:
         raise SSLNetworkError(f"{func}: accept failed ({exc})", errno=exc.errno) from exc
     try:
         if lst._tcp:
-            with contextlib.suppress(OSError):
+            try:
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            except OSError:
+                pass
         return _start_on_socket(
             func,
             sock,
@@ -573,6 +582,7 @@ def ssl_addresses(p_or_listener: object, port_numbers: bool = False) -> tuple[An
     :raises SSLError: the port is not over a TCP socket (``not connected to TCP port``).
     """
     func = "ssl_addresses"
+    sock: _raw_socket
     if isinstance(p_or_listener, SSLListener):
         sock = p_or_listener._sock
         local = sock.getsockname()

@@ -30,10 +30,10 @@ The C pump has its own per-connection locks, never held while waiting.
 
 from __future__ import annotations
 
+import _socket
 import collections
 import contextlib
 import io
-import itertools
 import os
 import socket
 import threading
@@ -314,9 +314,10 @@ class _StreamTransport:
 
 
 class _SocketTransport:
-    """A non-blocking socket whose I/O the C pump does itself."""
+    """A socket whose I/O the C pump does itself (a socket.socket, or the bare _socket.socket
+    ssl_connect and ssl_accept make)."""
 
-    def __init__(self, sock: socket.socket) -> None:
+    def __init__(self, sock: _socket.socket) -> None:
         self.sock = sock
 
     def close(self, close_original: bool, timeout: Optional[float]) -> None:
@@ -326,12 +327,17 @@ class _SocketTransport:
 class Connection:
     """What the two ports of one TLS connection share."""
 
+    # Defaults every connection starts with (class attributes: nothing to store per connection).
+    closed = False
+    sni_error: Optional[BaseException] = None
+    input_port: Optional[weakref.ref[SSLInputPort]] = None
+    caches_session = False  # a client whose context keeps sessions (in C) for the next connect
+
     def __init__(
         self,
         ptr: Any,
         transport: Union[_SocketTransport, _StreamTransport],
         context: Any,
-        *,
         error: ErrorArg,
         strict_eof: bool,
         shutdown_on_close: bool,
@@ -353,17 +359,14 @@ class Connection:
         self.shutdown_on_close = shutdown_on_close
         self.close_original = close_original
         self.hostname = hostname
-        self.open_ports = 2  # 0 once both are closed: a read still waiting then ends with EOF
-        self.state_lock = threading.Lock()
+        # One item per open port, popped by its close (atomic): the port that pops False is
+        # the last. Empty once both are closed: a read still waiting then ends with EOF.
+        self.open_ports = [False, True]
         # One reader and one writer at a time (the ports take these around every call); the
-        # last close takes both after shutdown(), so no call can still be using the socket.
+        # last close waits for both, so no call can still be using the socket.
         self.read_lock = threading.Lock()
         self.write_lock = threading.Lock()
-        self.is_socket = isinstance(transport, _SocketTransport)
-        self.sni_error: Optional[BaseException] = None
-        self.input_port: Optional[weakref.ref[SSLInputPort]] = None
-        self.session_key: Optional[tuple[str, int]] = None  # client: where to cache sessions
-        self.closed = False
+        self.is_socket = type(transport) is _SocketTransport
 
     def __del__(self) -> None:
         self.free()
@@ -436,14 +439,14 @@ class Connection:
     def handshake(self, func: str, timeout: Optional[float], cls: type[SSLError]) -> None:
         lib = _binding.lib
         err = _scratch()[0]
-        deadline = _Deadline(timeout)
+        deadline = _deadline(timeout)
         while True:
             wait = _SLICE_MS if deadline.at is None else deadline.slice_ms()
             status = lib.sp_handshake(self.ptr, wait, err)
-            if status == lib.SP_OK:
-                if isinstance(self.transport, _StreamTransport):
+            if status == _SP_OK:
+                if not self.is_socket:
                     with self.transport_errors(func, "handshake", cls):
-                        self.transport.push_out(self.ptr, deadline)
+                        cast(_StreamTransport, self.transport).push_out(self.ptr, deadline)
                 return
             if status in (lib.SP_WANT_READ, lib.SP_WANT_WRITE):
                 if self.is_socket and deadline.expired():
@@ -605,42 +608,26 @@ class Connection:
         except (OSError, SSLError):
             pass  # a transport that can no longer be written is not an error here
 
-    def remember_session(self, drain_tickets: bool = False) -> None:
-        """Client: keep the newest session for resuming the next connection to this peer.
-
-        With `drain_tickets`, first process (without waiting) what the server already sent:
-        TLS 1.3 tickets arrive after the handshake, and the ports are closing anyway.
-        """
-        if self.session_key is None:
-            return
-        lib = _binding.lib
-        ffi = _binding.ffi
-        if drain_tickets:
-            session = lib.sp_conn_closing_session(self.ptr)
-        else:
-            session = lib.sp_conn_get_session(self.ptr)
-        if session != ffi.NULL:
-            self.context._remember_session(self.session_key, ffi.gc(session, lib.sp_session_free))
-
     def port_closed(self, timeout: Optional[float]) -> None:
-        with self.state_lock:
-            self.open_ports -= 1
-            if self.open_ports > 0:
-                return
+        if self.open_ports.pop():  # the other port is still open
+            return
         if self.ptr is None:  # freed by the collector before this port's finalizer ran
             self.transport.close(self.close_original, 0)
             return
-        self.remember_session(drain_tickets=True)
+        if self.caches_session:  # tickets that already arrived go to the session cache
+            _binding.lib.sp_conn_drain_tickets(self.ptr)
         self._fast_addr = 0  # the C fast path hands every later call to read/write_rest
         self.closed = True  # every later call raises ValueError before reaching C
-        if isinstance(self.transport, _SocketTransport):
-            # Wake any call still polling this socket, then wait for it to leave (it holds its
-            # direction's lock): a reused descriptor number must never reach C.
-            try:  # (not contextlib.suppress: three Python calls on every connection)
-                self.transport.sock.shutdown(socket.SHUT_RDWR)
+        read_lock, write_lock = self.read_lock, self.write_lock
+        if self.is_socket and (read_lock.locked() or write_lock.locked()):
+            # A call may be waiting on this socket in another thread: wake it, then wait for it
+            # to leave (it holds its direction's lock), so that a reused descriptor number
+            # never reaches C. A call that takes its lock from now on sees `closed` first.
+            try:  # (not contextlib.suppress: three Python calls)
+                cast(_SocketTransport, self.transport).sock.shutdown(socket.SHUT_RDWR)
             except OSError:
                 pass
-            with self.read_lock, self.write_lock:
+            with read_lock, write_lock:
                 pass
         self.transport.close(self.close_original, timeout)
 
@@ -648,16 +635,18 @@ class Connection:
 class SSLInputPort(io.BufferedIOBase):
     """The readable side of a TLS connection (a binary file-like object)."""
 
+    _pending = b""  # read ahead by readline/peek, served first
+    _fast: Any = None  # the C fast path (sp_fastport.c), when it serves this port
+
     def __init__(self, conn: Connection, timeout: Optional[float]) -> None:
-        super().__init__()
+        # (io.BufferedIOBase.__init__ is object's: nothing to call)
         self._sslports_conn = conn
         self._timeout = timeout
         self._lock = conn.read_lock
-        self._pending = b""  # read ahead by readline/peek, served first
-        self._fast: Any = None
-        if _fastport is not None and conn.is_socket:
-            self._fast = _fastport.Reader(conn, conn.read_lock, conn.read_rest)
-            self._sync_fast()
+        if _fastport is not None and conn.is_socket:  # installs its methods when no timeout
+            self._fast = _fastport.Reader(
+                conn, conn.read_lock, conn.read_rest, None if timeout is not None else self
+            )
 
     def __repr__(self) -> str:
         return f"<SSLInputPort{' closed' if self.closed else ''}>"
@@ -665,8 +654,9 @@ class SSLInputPort(io.BufferedIOBase):
     def _sync_fast(self) -> None:
         """Use the C methods while the common case holds: no timeout, nothing kept by
         peek/readline, open."""
-        on = not self._pending and self._timeout is None and not self.closed
-        _install_fast(self, ("readinto", "readinto1", "read", "read1"), on)
+        if self._fast is not None:
+            on = not self._pending and self._timeout is None and not self.closed
+            self._fast.install(self, on)
 
     def _keep(self, data: bytes) -> None:
         """Serve `data` before anything still to arrive (read ahead on this port's behalf)."""
@@ -770,8 +760,9 @@ class SSLInputPort(io.BufferedIOBase):
     def close(self) -> None:
         if not _claim_close(self):
             return
-        super().close()
-        self._sync_fast()
+        io.BufferedIOBase.close(self)
+        if self._fast is not None:
+            self._fast.install(self, False)
         self._sslports_conn.port_closed(self._timeout)
 
     def detach(self) -> Any:
@@ -781,24 +772,30 @@ class SSLInputPort(io.BufferedIOBase):
 class SSLOutputPort(io.BufferedIOBase):
     """The writable side of a TLS connection; buffers up to one TLS record."""
 
+    _abandoned = False
+    _fast: Any = None  # the C fast path (sp_fastport.c), when it serves this port
+
     def __init__(self, conn: Connection, timeout: Optional[float]) -> None:
-        super().__init__()
         self._sslports_conn = conn
         self._timeout = timeout
         self._lock = conn.write_lock
         self._buf = bytearray()  # pending bytes: changed in place only (shared with _fast)
-        self._abandoned = False
-        self._fast: Any = None
-        if _fastport is not None and conn.is_socket:
-            self._fast = _fastport.Writer(conn, conn.write_lock, conn.write_rest, self._buf)
-            self._sync_fast()
+        if _fastport is not None and conn.is_socket:  # installs write/flush when no timeout
+            self._fast = _fastport.Writer(
+                conn,
+                conn.write_lock,
+                conn.write_rest,
+                self._buf,
+                None if timeout is not None else self,
+            )
 
     def __repr__(self) -> str:
         return f"<SSLOutputPort{' closed' if self.closed else ''}>"
 
     def _sync_fast(self) -> None:
         """Use the C write/flush while no timeout is set and the port is open."""
-        _install_fast(self, ("write", "flush"), self._timeout is None and not self.closed)
+        if self._fast is not None:
+            self._fast.install(self, self._timeout is None and not self.closed)
 
     def writable(self) -> bool:
         return True
@@ -874,8 +871,9 @@ class SSLOutputPort(io.BufferedIOBase):
             if conn.shutdown_on_close and not self._abandoned:
                 conn.send_close_notify(_Deadline(self._timeout if self._timeout else 5.0))
         finally:
-            super().close()
-            self._sync_fast()
+            io.BufferedIOBase.close(self)
+            if self._fast is not None:
+                self._fast.install(self, False)
             conn.port_closed(self._timeout)
 
     def read(self, size: Optional[int] = -1) -> bytes:
@@ -883,20 +881,6 @@ class SSLOutputPort(io.BufferedIOBase):
 
     def detach(self) -> Any:
         raise io.UnsupportedOperation("detach")
-
-
-def _install_fast(port: Any, names: tuple[str, ...], on: bool) -> None:
-    """Install the C fast path's methods `names` on `port` as instance attributes (they shadow
-    its class's Python methods), or take them away; nothing without a fast path."""
-    fast = port._fast
-    if fast is None:
-        return
-    attrs = port.__dict__
-    if on:
-        attrs.update(zip(names, map(getattr, itertools.repeat(fast), names)))
-    elif names[0] in attrs:  # installed and removed together
-        for name in names:
-            del attrs[name]
 
 
 def _send_rest(
@@ -918,16 +902,11 @@ def _send_rest(
     del pending[:]
 
 
-_close_lock = threading.Lock()
-
-
 def _claim_close(port: Any) -> bool:
-    """True for exactly one caller of close() on `port`, even from several threads."""
-    with _close_lock:
-        if getattr(port, "_close_claimed", False):
-            return False
-        port._close_claimed = True
-        return True
+    """True for exactly one caller of close() on `port`, even from several threads (one
+    dict.setdefault is atomic)."""
+    mine = object()
+    return port.__dict__.setdefault("_close_claimed", mine) is mine
 
 
 def _check_timeout(func: str, seconds: object) -> Optional[float]:

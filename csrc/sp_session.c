@@ -1,0 +1,183 @@
+/* sp_session.c - a client context's session cache, so that ssl_connect resumes by itself.
+ *
+ * One entry per peer key ("host:port", sp_session_key), holding the newest resumable session
+ * a server gave any connection to that peer: the connection's new-session callback stores it
+ * as soon as OpenSSL hands it over (TLS 1.3: each ticket, after the handshake; TLS 1.2: during
+ * it), and the next connection to that peer looks it up when it is set up. Both happen in C,
+ * so neither a connect nor a close runs any Python for it.
+ *
+ * The cache hangs off the SSL_CTX (ex_data) and dies with it. The session objects are shared
+ * with the connections (sp_conn.c keep_new_session): a connection that fails for real marks
+ * its session unresumable (SSL_CTX_remove_session), and a lookup then drops that entry.
+ * Entries are searched linearly by a hash first: at most SP_SESSION_CACHE_SIZE of them, a few
+ * hundred integer compares beside a handshake. One mutex guards the table; nothing waits
+ * while holding it.
+ */
+#include <ctype.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "sp.h"
+
+typedef struct {
+    char *key;              /* NULL: a free slot */
+    uint32_t hash;
+    unsigned long long used; /* the cache's clock when last stored or found */
+    SSL_SESSION *session;
+} cache_entry;
+
+typedef struct {
+    sp_mutex lock;
+    unsigned long long clock;
+    cache_entry entries[SP_SESSION_CACHE_SIZE];
+} session_cache;
+
+static int cache_index = -1;
+static CRYPTO_ONCE cache_once = CRYPTO_ONCE_STATIC_INIT;
+
+static void clear_entry(cache_entry *e)
+{
+    free(e->key);
+    SSL_SESSION_free(e->session);
+    memset(e, 0, sizeof *e);
+}
+
+static void free_cache(void *parent, void *ptr, CRYPTO_EX_DATA *ad, int idx, long argl, void *argp)
+{
+    session_cache *cache = ptr;
+    size_t i;
+    (void)parent, (void)ad, (void)idx, (void)argl, (void)argp;
+    if (cache == NULL)
+        return;
+    for (i = 0; i < SP_SESSION_CACHE_SIZE; i++)
+        clear_entry(&cache->entries[i]);
+    sp_mutex_destroy(&cache->lock);
+    free(cache);
+}
+
+static void make_cache_index(void)
+{
+    cache_index = SSL_CTX_get_ex_new_index(0, NULL, NULL, NULL, free_cache);
+}
+
+static session_cache *cache_of(SSL_CTX *ctx)
+{
+    if (!CRYPTO_THREAD_run_once(&cache_once, make_cache_index) || cache_index < 0)
+        return NULL;
+    return SSL_CTX_get_ex_data(ctx, cache_index);
+}
+
+int sp_session_cache_attach(SSL_CTX *ctx)
+{
+    session_cache *cache;
+    if (!CRYPTO_THREAD_run_once(&cache_once, make_cache_index) || cache_index < 0)
+        return 0;
+    if (SSL_CTX_get_ex_data(ctx, cache_index) != NULL)
+        return 1;
+    cache = calloc(1, sizeof *cache);
+    if (cache == NULL)
+        return 0;
+    sp_mutex_init(&cache->lock);
+    if (!SSL_CTX_set_ex_data(ctx, cache_index, cache)) {
+        ERR_clear_error();
+        free_cache(NULL, cache, NULL, 0, 0, NULL);
+        return 0;
+    }
+    return 1;
+}
+
+void sp_ctx_forget_sessions(SSL_CTX *ctx)
+{
+    session_cache *cache = cache_of(ctx);
+    size_t i;
+    if (cache == NULL)
+        return;
+    sp_mutex_lock(&cache->lock);
+    for (i = 0; i < SP_SESSION_CACHE_SIZE; i++)
+        clear_entry(&cache->entries[i]);
+    sp_mutex_unlock(&cache->lock);
+}
+
+char *sp_session_key(const char *host, int port)
+{
+    size_t len = strlen(host), i;
+    char *key = malloc(len + 16);
+    if (key == NULL)
+        return NULL;
+    for (i = 0; i < len; i++)
+        key[i] = (char)tolower((unsigned char)host[i]);
+    snprintf(key + len, 16, ":%d", port);
+    return key;
+}
+
+static uint32_t hash_key(const char *key) /* FNV-1a */
+{
+    uint32_t h = 2166136261u;
+    for (; *key; key++)
+        h = (h ^ (unsigned char)*key) * 16777619u;
+    return h;
+}
+
+/* The entry for key, or NULL (cache lock held). */
+static cache_entry *find(session_cache *cache, const char *key, uint32_t hash)
+{
+    size_t i;
+    for (i = 0; i < SP_SESSION_CACHE_SIZE; i++) {
+        cache_entry *e = &cache->entries[i];
+        if (e->key != NULL && e->hash == hash && strcmp(e->key, key) == 0)
+            return e;
+    }
+    return NULL;
+}
+
+SSL_SESSION *sp_session_lookup(SSL_CTX *ctx, const char *key)
+{
+    session_cache *cache = cache_of(ctx);
+    cache_entry *e;
+    SSL_SESSION *s = NULL;
+    if (cache == NULL)
+        return NULL;
+    sp_mutex_lock(&cache->lock);
+    e = find(cache, key, hash_key(key));
+    if (e != NULL && !SSL_SESSION_is_resumable(e->session)) {
+        clear_entry(e); /* a connection that used it failed */
+    } else if (e != NULL && SSL_SESSION_up_ref(e->session)) {
+        s = e->session;
+        e->used = ++cache->clock;
+    }
+    sp_mutex_unlock(&cache->lock);
+    return s;
+}
+
+void sp_session_store(SSL_CTX *ctx, const char *key, SSL_SESSION *session)
+{
+    session_cache *cache = cache_of(ctx);
+    uint32_t hash = hash_key(key);
+    cache_entry *e;
+    char *copy;
+    if (cache == NULL || !SSL_SESSION_up_ref(session))
+        return;
+    sp_mutex_lock(&cache->lock);
+    e = find(cache, key, hash);
+    if (e != NULL) { /* the same peer: the newer session replaces the older */
+        SSL_SESSION_free(e->session);
+        e->session = session;
+    } else if ((copy = malloc(strlen(key) + 1)) == NULL) {
+        SSL_SESSION_free(session); /* out of memory: not cached, the next connect is full */
+    } else {
+        size_t i;
+        memcpy(copy, key, strlen(key) + 1);
+        e = &cache->entries[0];
+        for (i = 0; i < SP_SESSION_CACHE_SIZE && e->key != NULL; i++) /* a free slot, else */
+            if (cache->entries[i].key == NULL || cache->entries[i].used < e->used)
+                e = &cache->entries[i]; /* the least recently used */
+        clear_entry(e);
+        e->key = copy;
+        e->hash = hash;
+        e->session = session;
+    }
+    if (e != NULL)
+        e->used = ++cache->clock;
+    sp_mutex_unlock(&cache->lock);
+}
