@@ -59,12 +59,12 @@
  *
  * Where send/recv take MSG_DONTWAIT (POSIX), every other send and recv passes it, and the
  * socket itself is made blocking with SO_RCVTIMEO = one slice (make_recv_waits). A read that
- * must wait a whole slice while OpenSSL holds nothing then waits inside recv(), into a buffer
- * on sp_read's stack that the socket BIO hands to OpenSSL first ("early" bytes; any OpenSSL
- * leaves move to the heap before sp_read returns): one system call per wait instead of
- * poll() + recv(). A socket error that recv() met is kept and reported by the BIO, since the
- * kernel reports a reset only once. Every other wait (sending, handshakes, short slices,
- * Windows) is a poll().
+ * must wait a whole slice while OpenSSL holds nothing, or a handshake waiting for the peer's
+ * flight, then waits inside recv(), into a buffer on sp_read's / sp_handshake's stack that
+ * the socket BIO hands to OpenSSL first ("early" bytes; any OpenSSL leaves move to the heap
+ * before the call returns): one system call per wait instead of poll() + recv(). A socket
+ * error that recv() met is kept and reported by the BIO, since the kernel reports a reset
+ * only once. Every other wait (sending, short slices, Windows) is a poll().
  *
  * LOCKS (full duplex without deadlock)
  *
@@ -783,12 +783,16 @@ static void note_bio_errno(sp_conn *c, sp_err *err)
 
 int sp_handshake(sp_conn *c, int wait_ms, sp_err *err)
 {
+    unsigned char early_buf[SP_EARLY_MAX]; /* waits for the peer's flight in recv() (WAITING) */
+    int waited = 0;
     sp_err_reset(err);
     for (;;) {
         int r, e = SSL_ERROR_NONE, status;
         sp_mutex_lock(&c->ssl_lock);
         status = sticky_status(c, err);
         if (status != SP_OK) {
+            if (!keep_early(c, early_buf))
+                status = out_of_memory(c, err);
             sp_mutex_unlock(&c->ssl_lock);
             return status == SP_ERROR ? SP_ERROR : SP_RAGGED_EOF;
         }
@@ -804,6 +808,12 @@ int sp_handshake(sp_conn *c, int wait_ms, sp_err *err)
                 capture_ssl_error(c, e, err);
                 mark_broken(c, err);
             }
+        }
+        /* What the peer sent after its flight (TLS 1.3: the client's first data) stays. */
+        if (c->early != NULL && !keep_early(c, early_buf)) {
+            r = 0;
+            e = SSL_ERROR_SYSCALL;
+            out_of_memory(c, err);
         }
         sp_mutex_unlock(&c->ssl_lock);
 
@@ -824,8 +834,15 @@ int sp_handshake(sp_conn *c, int wait_ms, sp_err *err)
             return status;
         if (r == 1)
             return SP_OK;
-        if (wait_fd(c, POLLIN, wait_ms) <= 0)
+        /* One wait per call (as in sp_read): a peer that drips its flight a byte at a time
+         * must not keep the call from returning, so that Python checks the deadline and runs
+         * signal handlers at least once a slice. */
+        if (waited)
             return SP_WANT_READ;
+        waited = 1;
+        status = wait_readable(c, wait_ms, err, early_buf); /* (nothing is queued now) */
+        if (status != SP_OK)
+            return status;
     }
 }
 

@@ -448,9 +448,11 @@ class Connection:
                     with self.transport_errors(func, "handshake", cls):
                         cast(_StreamTransport, self.transport).push_out(self.ptr, deadline)
                 return
-            if status in (lib.SP_WANT_READ, lib.SP_WANT_WRITE):
-                if self.is_socket and deadline.expired():
-                    raise SSLTimeoutError(f"{func}: handshake timed out")
+            if status in (_SP_WANT_READ, _SP_WANT_WRITE):
+                if self.is_socket:  # the pump waited a slice (or a signal came): call again
+                    if deadline.expired():
+                        raise SSLTimeoutError(f"{func}: handshake timed out")
+                    continue
                 with self.transport_errors(func, "handshake", cls):
                     self.wait_for_pump(status, deadline, func)
                 continue
