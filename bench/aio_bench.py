@@ -46,7 +46,7 @@ def _new_loop(loop_kind: str) -> asyncio.AbstractEventLoop:
     if loop_kind == "uvloop":
         import uvloop
 
-        return uvloop.new_event_loop()  # type: ignore[no-any-return]
+        return uvloop.new_event_loop()
     return asyncio.new_event_loop()
 
 

@@ -186,25 +186,35 @@ def contenders(path: Path, data: bytes, size: int) -> dict[str, Callable[[], byt
             with open(path, "rb") as f:
                 return hashlib.file_digest(f, name).digest()
 
+        def bytesio_ours(ours: Any = ours) -> bytes:
+            return bytes(ours(io.BytesIO(data)))
+
+        def bytesio_loop(name: str = name) -> bytes:
+            return hashlib_read_loop(name, io.BytesIO(data))
+
+        def bytesio_digest(name: str = name) -> bytes:
+            return hashlib.file_digest(io.BytesIO(data), name).digest()
+
+        def stream_ours(ours: Any = ours) -> bytes:
+            return bytes(ours(PatternStream(size)))
+
+        def stream_loop(name: str = name) -> bytes:
+            return hashlib_read_loop(name, PatternStream(size))
+
+        def stream_readinto(name: str = name) -> bytes:
+            return hashlib_readinto_loop(name, PatternStream(size))
+
         table[f"{name} file sslports"] = file_ours
         table[f"{name} file hashlib read(64K) loop"] = file_loop
         if hasattr(hashlib, "file_digest"):
             table[f"{name} file hashlib.file_digest"] = file_digest
-        table[f"{name} BytesIO sslports"] = lambda ours=ours: bytes(ours(io.BytesIO(data)))
-        table[f"{name} BytesIO hashlib read(64K) loop"] = lambda name=name: hashlib_read_loop(
-            name, io.BytesIO(data)
-        )
+        table[f"{name} BytesIO sslports"] = bytesio_ours
+        table[f"{name} BytesIO hashlib read(64K) loop"] = bytesio_loop
         if hasattr(hashlib, "file_digest"):
-            table[f"{name} BytesIO hashlib.file_digest"] = lambda name=name: hashlib.file_digest(
-                io.BytesIO(data), name
-            ).digest()
-        table[f"{name} stream sslports"] = lambda ours=ours: bytes(ours(PatternStream(size)))
-        table[f"{name} stream hashlib read(64K) loop"] = lambda name=name: hashlib_read_loop(
-            name, PatternStream(size)
-        )
-        table[f"{name} stream hashlib readinto(64K) loop"] = lambda name=name: (
-            hashlib_readinto_loop(name, PatternStream(size))
-        )
+            table[f"{name} BytesIO hashlib.file_digest"] = bytesio_digest
+        table[f"{name} stream sslports"] = stream_ours
+        table[f"{name} stream hashlib read(64K) loop"] = stream_loop
+        table[f"{name} stream hashlib readinto(64K) loop"] = stream_readinto
     return table
 
 
@@ -255,11 +265,11 @@ def main() -> int:
                     results.setdefault(label, []).append(size / elapsed / 1e6)
                 for name in ("sha1", "md5"):
                     label = f"{name} openssl speed 16KiB"
-                    rate, _, again = measured(
-                        lambda name=name: openssl_speed(name, args.speed_seconds),
-                        args.max_foreign,
-                        args.retries,
-                    )
+
+                    def speed(name: str = name) -> float:
+                        return openssl_speed(name, args.speed_seconds)
+
+                    rate, _, again = measured(speed, args.max_foreign, args.retries)
                     repeats += again
                     results.setdefault(label, []).append(rate)
                 print(f"round {rnd + 1}/{args.rounds} done ({repeats} disturbed runs repeated)")

@@ -17,14 +17,15 @@ import subprocess
 import sys
 import tempfile
 from pathlib import Path
+from typing import Any
 
-from common import cpu_seconds, now, pack_header
+from common import OPENSSL_CONF, cpu_seconds, now, pack_header
 
 HERE = Path(__file__).resolve().parent
 SUITE = "TLS_AES_128_GCM_SHA256"
 
 
-def connect(port: int, pem: str) -> tuple:
+def connect(port: int, pem: str) -> tuple[Any, Any]:
     import sslports as sp
 
     ctx = sp.ssl_make_client_context()
@@ -154,7 +155,7 @@ def main() -> None:
     p.add_argument("--size", type=int, default=256 << 20, help="bulk bytes")
     p.add_argument("--rounds", type=int, default=3)
     args = p.parse_args()
-    from run_all import OPENSSL_CONF, build_ref
+    from run_all import build_ref
 
     import sslports
 
@@ -164,7 +165,9 @@ def main() -> None:
         conf = Path(tmp) / "openssl.cnf"
         conf.write_text(OPENSSL_CONF)
         env = dict(os.environ, OPENSSL_CONF=str(conf))
-        cases = [("ping-pong 1K/1K", "rt", args.count, None)]
+        cases: list[tuple[str, str, int, int | None]] = [
+            ("ping-pong 1K/1K", "rt", args.count, None)
+        ]
         cases += [
             (f"bulk up {w // 1024}K writes", "write", args.size // w, w) for w in (16384, 65536)
         ]
