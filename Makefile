@@ -50,6 +50,7 @@ lint: setup
 	$(VPY) -m ruff check src tests bench scripts build_ffi.py setup.py
 	$(VPY) -m ruff format --check src tests bench scripts build_ffi.py setup.py
 	$(VPY) -m mypy --strict src/sslports
+	$(VPY) -m mypy --strict bench/*.py
 
 pytest: setup
 	$(VPY) -m pytest -q -p no:cacheprovider $(PYTEST_ARGS)

@@ -59,6 +59,7 @@ static int slice_ms = 50;
 static Py_ssize_t record_size = 16384;
 static PyObject *read_all;  /* read_all(reader) -> bytes: read(-1) and read(None) */
 static PyObject *str_addr;  /* "_fast_addr" */
+static PyObject *str_acquire, *str_release; /* a lock's methods */
 
 /* ---- shared helpers ------------------------------------------------------------------ */
 
@@ -144,8 +145,8 @@ typedef struct {
 
 static int port_init(Port *self, PyObject *conn, PyObject *lock, PyObject *rest, PyObject *pending)
 {
-    PyObject *acquire = PyObject_GetAttrString(lock, "acquire");
-    PyObject *release = acquire ? PyObject_GetAttrString(lock, "release") : NULL;
+    PyObject *acquire = PyObject_GetAttr(lock, str_acquire);
+    PyObject *release = acquire ? PyObject_GetAttr(lock, str_release) : NULL;
     if (release == NULL) {
         Py_XDECREF(acquire);
         return -1;
@@ -197,14 +198,36 @@ static void port_dealloc(Port *self)
     Py_DECREF(tp);
 }
 
-static PyObject *str_dict; /* "__dict__" */
+/* The hot methods' names as interned str objects, made once (the GIL guards this table; the
+ * module is not built for free-threaded CPython). */
+#define MAX_HOT 8
+static struct {
+    const char *name;
+    PyObject *str;
+} hot_names[MAX_HOT];
+
+static PyObject *hot_name(const char *name)
+{
+    int i;
+    for (i = 0; i < MAX_HOT && hot_names[i].name != NULL; i++)
+        if (hot_names[i].name == name)
+            return hot_names[i].str;
+    if (i == MAX_HOT) {
+        PyErr_SetString(PyExc_SystemError, "install: too many method names");
+        return NULL;
+    }
+    hot_names[i].str = PyUnicode_InternFromString(name);
+    if (hot_names[i].str != NULL)
+        hot_names[i].name = name;
+    return hot_names[i].str;
+}
 
 /* Put the bound hot methods of `self` (its type's methods before "install") into `port`'s
  * instance dict (on), or take them away (off). Returns 0, or -1 with an exception. */
 static int install(Port *self, PyObject *port, int on)
 {
     PyMethodDef *m = PyType_GetSlot(Py_TYPE(self), Py_tp_methods);
-    PyObject *dict = PyObject_GetAttr(port, str_dict);
+    PyObject *dict = PyObject_GenericGetDict(port, NULL);
     int rc = 0;
     if (dict == NULL)
         return -1;
@@ -214,11 +237,14 @@ static int install(Port *self, PyObject *port, int on)
         return -1;
     }
     for (; rc == 0 && m->ml_name != NULL && strcmp(m->ml_name, "install") != 0; m++) {
-        if (on) {
+        PyObject *name = hot_name(m->ml_name);
+        if (name == NULL) {
+            rc = -1;
+        } else if (on) {
             PyObject *bound = PyCFunction_NewEx(m, (PyObject *)self, NULL);
-            rc = bound == NULL ? -1 : PyDict_SetItemString(dict, m->ml_name, bound);
+            rc = bound == NULL ? -1 : PyDict_SetItem(dict, name, bound);
             Py_XDECREF(bound);
-        } else if (PyDict_DelItemString(dict, m->ml_name) < 0) {
+        } else if (PyDict_DelItem(dict, name) < 0) {
             if (!PyErr_ExceptionMatches(PyExc_KeyError))
                 rc = -1;
             else
@@ -577,8 +603,9 @@ PyMODINIT_FUNC PyInit__fastport(void)
     if (m == NULL)
         return NULL;
     str_addr = PyUnicode_InternFromString("_fast_addr");
-    str_dict = PyUnicode_InternFromString("__dict__");
-    if (str_addr == NULL || str_dict == NULL || add_type(m, &reader_spec, "Reader") < 0 ||
+    str_acquire = PyUnicode_InternFromString("acquire");
+    str_release = PyUnicode_InternFromString("release");
+    if (str_addr == NULL || str_acquire == NULL || str_release == NULL || add_type(m, &reader_spec, "Reader") < 0 ||
         add_type(m, &writer_spec, "Writer") < 0) {
         Py_DECREF(m);
         return NULL;
