@@ -17,6 +17,7 @@ import socket
 import ssl
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -251,6 +252,48 @@ def test_connect_pipes_stdin_and_exits_when_server_closes(procs: Procs) -> None:
     assert re.search(r"tls-unique\s+[0-9a-f]{24}\b", err), err
     for i in range(50):
         assert (b"line %d of the test" % i)[::-1] in result.stdout
+
+
+@needs_tls
+def test_connect_exits_cleanly_when_server_closes_while_stdin_stays_open() -> None:
+    """The server ends the connection while stdin is still open (a terminal nobody typed in):
+    the command exits 0 with the server's bytes, although its stdin thread is still waiting
+    to read (CPython aborts at exit if that thread holds sys.stdin's buffer lock)."""
+    ctx = sslports.ssl_make_server_context("auto")
+    sslports.ssl_load_certificate_chain(ctx, str(PEM))
+    sslports.ssl_load_private_key(ctx, str(PEM))
+    listener = sslports.ssl_listen(0, 4, True, "127.0.0.1", ctx)
+    port = sslports.ssl_addresses(listener, True)[1]
+
+    def serve() -> None:
+        inp, out = sslports.ssl_accept(listener)
+        with inp, out:
+            out.write(b"bye\n")
+
+    server = threading.Thread(target=serve, daemon=True)
+    server.start()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "sslports", "connect", f"127.0.0.1:{port}", "--insecure"],
+        stdin=subprocess.PIPE,  # left open: the stdin thread waits in read
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env=ENV,
+    )
+    assert proc.stdin is not None and proc.stdout is not None and proc.stderr is not None
+    try:
+        proc.wait(timeout=TIMEOUT)  # (its output is a few hundred bytes: no pipe fills up)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        out, err = proc.stdout.read(), proc.stderr.read()
+        for pipe in (proc.stdin, proc.stdout, proc.stderr):
+            pipe.close()
+        server.join(TIMEOUT)
+        sslports.ssl_close(listener)
+    assert proc.returncode == 0, err.decode()
+    assert b"Fatal Python error" not in err, err.decode()
+    assert out == b"bye\n"
 
 
 @needs_tls

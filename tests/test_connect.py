@@ -6,6 +6,7 @@ import contextlib
 import errno
 import hashlib
 import os
+import select
 import selectors
 import signal
 import socket
@@ -129,6 +130,37 @@ def test_server_sees_eof_when_client_closes(pki: Any, echo_server: Any) -> None:
     inp.close()
     assert done.wait(30)
     assert got == [b"a" * 100000]
+
+
+def test_peer_reads_eof_when_client_closes_with_data_unread(pki: Any, echo_server: Any) -> None:
+    """A client that closes while ciphertext it never read sits in its socket (a late TLS 1.3
+    ticket, an unwanted response) still ends the connection with a FIN the server reads as
+    EOF: the kernel answers the unread bytes with a reset at close(), and the ports' shutdown()
+    puts the FIN on the wire before it."""
+    results: list[object] = []
+    done = threading.Event()
+
+    def handler(inp: Any, out: Any) -> None:
+        with inp, out:
+            out.write(b"x" * 65536)  # never read by the client
+            out.flush()
+            try:
+                results.append(read_all(inp))
+            except Exception as exc:  # a reset instead of EOF
+                results.append(exc)
+        done.set()
+
+    server = echo_server(pki.server_context(), handler)
+    for _ in range(5):
+        done.clear()
+        results.clear()
+        inp, out = sslports.ssl_connect("localhost", server.port, pki.client_context())
+        sock = inp._sslports_conn.transport.sock  # white box: wait until the data is here
+        assert select.select([sock], [], [], 10)[0]
+        out.close()
+        inp.close()
+        assert done.wait(30)
+        assert results == [b""]
 
 
 # -- addresses, predicates, listeners ------------------------------------------------------------

@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import functools
 import html
 import io
 import mimetypes
@@ -427,6 +428,19 @@ def _cmd_connect(args: argparse.Namespace) -> int:
         close_transport()
 
 
+def _stdin_reader() -> Optional[Callable[[int], bytes]]:
+    """read(n) on stdin for the copying thread: os.read on its descriptor where there is one.
+    A daemon thread blocked in sys.stdin.buffer.read1 holds the buffer's lock, and CPython
+    aborts ("could not acquire lock for <stdin> at interpreter shutdown") when the command
+    ends while it does; os.read holds no Python lock."""
+    try:
+        fd = sys.stdin.fileno()
+    except (AttributeError, OSError, ValueError):
+        stdin = getattr(sys.stdin, "buffer", None)
+        return None if stdin is None else stdin.read1
+    return functools.partial(os.read, fd)
+
+
 def _pipe_stdio(
     inp: SSLInputPort, out: SSLOutputPort, sock: socket.socket, *, ignore_eof: bool
 ) -> int:
@@ -438,10 +452,10 @@ def _pipe_stdio(
     out_lock = threading.Lock()
 
     def stdin_to_connection() -> None:
-        stdin = getattr(sys.stdin, "buffer", None)
+        read = _stdin_reader()
         try:
-            while stdin is not None:
-                chunk = stdin.read1(_CHUNK)
+            while read is not None:
+                chunk = read(_CHUNK)
                 if not chunk:
                     break
                 with out_lock:

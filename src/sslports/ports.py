@@ -620,16 +620,17 @@ class Connection:
             _binding.lib.sp_conn_drain_tickets(self.ptr)
         self._fast_addr = 0  # the C fast path hands every later call to read/write_rest
         self.closed = True  # every later call raises ValueError before reaching C
-        read_lock, write_lock = self.read_lock, self.write_lock
-        if self.is_socket and (read_lock.locked() or write_lock.locked()):
-            # A call may be waiting on this socket in another thread: wake it, then wait for it
-            # to leave (it holds its direction's lock), so that a reused descriptor number
-            # never reaches C. A call that takes its lock from now on sees `closed` first.
-            try:  # (not contextlib.suppress: three Python calls)
+        if self.is_socket:
+            # shutdown() first: it wakes a call still waiting on this socket in another
+            # thread, and puts our FIN on the wire before close() can answer ciphertext we
+            # never read (a late TLS 1.3 ticket) with a reset, so the peer reads a clean EOF.
+            # Then wait for such a call to leave (it holds its direction's lock): a reused
+            # descriptor number must never reach C.
+            try:  # (not contextlib.suppress: three Python calls on every connection)
                 cast(_SocketTransport, self.transport).sock.shutdown(socket.SHUT_RDWR)
             except OSError:
                 pass
-            with read_lock, write_lock:
+            with self.read_lock, self.write_lock:
                 pass
         self.transport.close(self.close_original, timeout)
 
