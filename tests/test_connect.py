@@ -163,6 +163,50 @@ def test_peer_reads_eof_when_client_closes_with_data_unread(pki: Any, echo_serve
         assert results == [b""]
 
 
+def test_threads_share_a_context_session_cache(pki: Any, echo_server: Any) -> None:
+    """Eight threads connect at once, with one client context, to three servers, while a ninth
+    keeps resetting the context's verification policy (which empties its session cache): every
+    connection works, and once the policy stops changing, each peer's next connection resumes."""
+    servers = [echo_server(pki.server_context()) for _ in range(3)]
+    ctx = pki.client_context()
+    errors: list[BaseException] = []
+    stop = threading.Event()
+
+    def talk(port: int) -> bool:
+        inp, out = sslports.ssl_connect("localhost", port, ctx, timeout=30)
+        with inp, out:
+            out.write(b"ping\n")
+            out.flush()
+            assert inp.readline() == b"ping\n"  # (the tickets came before the echo)
+            return bool(sslports.ssl_session_reused(inp))
+
+    def client(n: int) -> None:
+        try:
+            for i in range(12):
+                talk(servers[(n + i) % 3].port)
+        except BaseException as exc:  # reported below
+            errors.append(exc)
+
+    def churn() -> None:
+        while not stop.wait(0.005):
+            sslports.ssl_set_verify_hostname(ctx, True)  # same policy, new cache epoch
+
+    churner = threading.Thread(target=churn)
+    churner.start()
+    threads = [threading.Thread(target=client, args=(n,)) for n in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(120)
+    stop.set()
+    churner.join(10)
+    assert not errors, errors
+    assert not any(t.is_alive() for t in threads)
+    for server in servers:
+        talk(server.port)  # files a session after the last forget
+        assert talk(server.port)
+
+
 # -- addresses, predicates, listeners ------------------------------------------------------------
 
 
