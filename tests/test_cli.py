@@ -244,7 +244,16 @@ def test_connect_pipes_stdin_and_exits_when_server_closes(procs: Procs) -> None:
     port = procs.openssl_server("-cert", PEM, "-rev")
     lines = b"".join(b"line %d of the test\n" % i for i in range(50))
     result = run_cli(
-        "connect", f"localhost:{port}", "--cafile", PEM, "--tls12", "--alpn", "x", input=lines
+        "connect",
+        f"{LOCAL}:{port}",
+        "--servername",
+        "localhost",
+        "--cafile",
+        PEM,
+        "--tls12",
+        "--alpn",
+        "x",
+        input=lines,
     )
     err = result.stderr.decode()
     assert result.returncode == 0, err
@@ -302,7 +311,9 @@ def test_connect_offers_alpn(procs: Procs) -> None:
     port = procs.openssl_server("-cert", PEM, "-www", "-alpn", "h2,http/1.1")
     result = run_cli(
         "connect",
-        f"localhost:{port}",
+        f"{LOCAL}:{port}",
+        "--servername",
+        "localhost",
         "--cafile",
         PEM,
         "--alpn",
@@ -320,7 +331,9 @@ def test_connect_offers_alpn(procs: Procs) -> None:
 @needs_openssl
 def test_connect_secure_rejects_self_signed_server(procs: Procs) -> None:
     port = procs.openssl_server("-cert", PEM, "-www")
-    result = run_cli("connect", f"localhost:{port}", "--secure", input=b"")
+    result = run_cli(
+        "connect", f"{LOCAL}:{port}", "--servername", "localhost", "--secure", input=b""
+    )
     assert result.returncode == 1
     line = assert_one_error_line(result.stderr)
     assert "certificate verify failed" in line
@@ -340,7 +353,14 @@ def test_connect_wrong_servername_fails_with_cafile(procs: Procs) -> None:
 @needs_openssl
 def test_connect_insecure_reports_unverified(procs: Procs) -> None:
     port = procs.openssl_server("-cert", PEM, "-www")
-    result = run_cli("connect", f"localhost:{port}", "--insecure", input=b"GET / HTTP/1.0\r\n\r\n")
+    result = run_cli(
+        "connect",
+        f"{LOCAL}:{port}",
+        "--servername",
+        "localhost",
+        "--insecure",
+        input=b"GET / HTTP/1.0\r\n\r\n",
+    )
     err = result.stderr.decode()
     assert result.returncode == 0, err
     assert re.search(r"verified\s+no", err), err
@@ -465,7 +485,9 @@ def test_serve_www_verifies_client_and_survives_failed_handshakes(procs: Procs) 
     assert "CN=localhost" in page
     ours = run_cli(
         "connect",
-        f"localhost:{port}",
+        f"{LOCAL}:{port}",
+        "--servername",
+        "localhost",
         "--cafile",
         PEM,
         "--cert",
