@@ -74,6 +74,50 @@ def test_socket_ports_use_the_c_methods(pair: Any) -> None:
 
 
 @needs_fast
+class _StubConnection:
+    """Just what the ports' __init__ and close() touch."""
+
+    is_socket = True
+    shutdown_on_close = False
+
+    def __init__(self) -> None:
+        self.read_lock = threading.Lock()
+        self.write_lock = threading.Lock()
+        self._fast_addr = 0
+
+    def read_rest(self, *args: Any) -> Any:
+        raise AssertionError("not used")
+
+    def write_rest(self, *args: Any) -> Any:
+        raise AssertionError("not used")
+
+    def port_closed(self, timeout: Any) -> None:
+        pass
+
+
+@needs_fast
+def test_ports_made_in_c_match_their_init(pair: Any) -> None:
+    """ssl_connect/ssl_accept ports come from sp_fastport.c make_ports, not from __init__:
+    same attributes, same kinds of values, the same C methods installed."""
+    stub: Any = _StubConnection()
+    made_by_init = (ports.SSLInputPort(stub, None), ports.SSLOutputPort(stub, None))
+    for c_made, by_init in zip(pair[:2], made_by_init):
+        assert sorted(vars(c_made)) == sorted(vars(by_init))
+        for name, value in vars(by_init).items():
+            if name != "_sslports_conn":  # (the stub's class)
+                assert type(vars(c_made)[name]) is type(value), name
+        assert vars(c_made)["_sslports_conn"] is pair[0]._sslports_conn
+        assert vars(c_made)["_fast"].__class__ is vars(by_init)["_fast"].__class__
+    cin, cout = pair[:2]
+    cout.write(b"abc")  # the C write buffers into the port's own _buf (one shared bytearray)
+    assert cout._buf == b"abc"
+    cout.flush()
+    assert cout._buf == b""
+    assert cin._sslports_conn.input_port() is cin
+    for port in made_by_init:
+        port.close()
+
+
 def test_c_methods_come_and_go_with_the_port_state(pair: Any) -> None:
     cin, cout, sin, sout = pair
     cin.settimeout(5)

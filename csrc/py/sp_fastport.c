@@ -6,10 +6,15 @@
  * port call, and that Python runs cold: between two waits on the network its instructions cost
  * several times what a timeit loop says (bench/README.md, "Where the time goes"). So the common
  * case of read / readinto / readinto1 / read1 on an input port and write / flush on an output
- * port is done here, with no Python frame at all: the port's __init__ installs these C methods
- * as instance attributes, which shadow the Python methods of its class (ports.py
- * `_sync_fast`), and takes them away whenever the common case does not hold (a timeout, bytes
- * kept by peek/readline, a closed port). Everything else stays in Python.
+ * port is done here, with no Python frame at all. These C methods live in the port's instance
+ * dict, where they shadow the Python methods of its class: the Reader's / Writer's constructor
+ * installs them (given the port), and `install(port, on)` (ports.py `_sync_fast`) takes them
+ * away whenever the common case does not hold (a timeout, bytes kept by peek/readline, a
+ * closed port) and puts them back. Installing is done here, not by a Python loop over the
+ * names, and the two ports of an ssl_connect / ssl_accept connection are made here too, in
+ * the state their __init__ gives them (make_ports, below): both run once per connection, cold,
+ * where every Python step costs several times its warm figure. Everything else stays in
+ * Python.
  *
  * ONE CALL
  *
@@ -535,6 +540,107 @@ static PyType_Spec writer_spec = {
     Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC, writer_slots,
 };
 
+/* ---- making a socket connection's ports ------------------------------------------------ */
+
+/* Made once by module init: the two types, and the attribute names make_ports sets. */
+static PyObject *reader_type, *writer_type;
+static PyObject *str_conn, *str_timeout, *str_lock, *str_fast, *str_buf, *str_read_lock,
+    *str_write_lock, *str_read_rest, *str_write_rest, *str_input_port;
+
+/* An instance of a port class without running its Python __init__ (make_ports sets its state). */
+static PyObject *bare_instance(PyObject *type)
+{
+    PyTypeObject *tp = (PyTypeObject *)type;
+    PyObject *empty = PyTuple_New(0), *obj;
+    if (empty == NULL)
+        return NULL;
+    obj = tp->tp_new(tp, empty, NULL);
+    Py_DECREF(empty);
+    return obj;
+}
+
+/* A Reader or Writer (port_init's arguments) whose hot methods are installed on `port`. */
+static PyObject *new_fast(PyObject *type, PyObject *conn, PyObject *lock, PyObject *rest,
+                          PyObject *pending, PyObject *port)
+{
+    PyObject *fast = PyType_GenericNew((PyTypeObject *)type, NULL, NULL);
+    if (fast == NULL)
+        return NULL;
+    if (port_init((Port *)fast, conn, lock, rest, pending) < 0
+        || install((Port *)fast, port, 1) < 0) {
+        Py_DECREF(fast);
+        return NULL;
+    }
+    return fast;
+}
+
+/* Set name = value in obj's instance dict for each (name, value) pair; 0 or -1. */
+static int set_attrs(PyObject *obj, PyObject *const *pairs, int n)
+{
+    PyObject *dict = PyObject_GenericGetDict(obj, NULL);
+    int i, rc = 0;
+    if (dict == NULL)
+        return -1;
+    for (i = 0; rc == 0 && i < n; i++)
+        rc = PyDict_SetItem(dict, pairs[2 * i], pairs[2 * i + 1]);
+    Py_DECREF(dict);
+    return rc;
+}
+
+/* make_ports(conn, input_type, output_type) -> (input_port, output_port): the ports of a socket
+ * connection without a timeout, in the state their __init__ would give them (ports.py
+ * SSLInputPort / SSLOutputPort; a test compares the two), fast methods installed. Every
+ * connection makes two ports, cold, right after its handshake: a Python __init__ each, the
+ * Reader's and Writer's construction and their installs cost ~56 us there (~10 us warm). */
+static PyObject *fast_make_ports(PyObject *module, PyObject *args)
+{
+    PyObject *conn, *in_type, *out_type, *result = NULL;
+    PyObject *read_lock = NULL, *write_lock = NULL, *read_rest = NULL, *write_rest = NULL;
+    PyObject *inp = NULL, *out = NULL, *buf = NULL, *reader = NULL, *writer = NULL, *ref = NULL;
+    (void)module;
+    if (!PyArg_ParseTuple(args, "OO!O!:make_ports", &conn, &PyType_Type, &in_type, &PyType_Type,
+                          &out_type))
+        return NULL;
+    if ((read_lock = PyObject_GetAttr(conn, str_read_lock)) == NULL
+        || (write_lock = PyObject_GetAttr(conn, str_write_lock)) == NULL
+        || (read_rest = PyObject_GetAttr(conn, str_read_rest)) == NULL
+        || (write_rest = PyObject_GetAttr(conn, str_write_rest)) == NULL
+        || (inp = bare_instance(in_type)) == NULL || (out = bare_instance(out_type)) == NULL
+        || (buf = PyByteArray_FromStringAndSize(NULL, 0)) == NULL)
+        goto done;
+    {
+        PyObject *in_attrs[] = {str_conn, conn, str_timeout, Py_None, str_lock, read_lock};
+        PyObject *out_attrs[] = {str_conn, conn, str_timeout, Py_None,
+                                 str_lock, write_lock, str_buf, buf};
+        if (set_attrs(inp, in_attrs, 3) < 0 || set_attrs(out, out_attrs, 4) < 0)
+            goto done;
+    }
+    if ((reader = new_fast(reader_type, conn, read_lock, read_rest, NULL, inp)) == NULL
+        || (writer = new_fast(writer_type, conn, write_lock, write_rest, buf, out)) == NULL)
+        goto done;
+    {
+        PyObject *in_fast[] = {str_fast, reader}, *out_fast[] = {str_fast, writer};
+        if (set_attrs(inp, in_fast, 1) < 0 || set_attrs(out, out_fast, 1) < 0)
+            goto done;
+    }
+    if ((ref = PyWeakref_NewRef(inp, NULL)) == NULL
+        || PyObject_SetAttr(conn, str_input_port, ref) < 0)
+        goto done;
+    result = PyTuple_Pack(2, inp, out);
+done:
+    Py_XDECREF(read_lock);
+    Py_XDECREF(write_lock);
+    Py_XDECREF(read_rest);
+    Py_XDECREF(write_rest);
+    Py_XDECREF(inp);
+    Py_XDECREF(out);
+    Py_XDECREF(buf);
+    Py_XDECREF(reader);
+    Py_XDECREF(writer);
+    Py_XDECREF(ref);
+    return result;
+}
+
 /* ---- module -------------------------------------------------------------------------- */
 
 static PyObject *fast_init(PyObject *module, PyObject *args)
@@ -576,6 +682,8 @@ static PyMethodDef module_methods[] = {
     {"init", fast_init, METH_VARARGS,
      "init(sp_read_addr, sp_write_addr, sizeof_sp_err, slice_ms, record_size, read_all): bind "
      "the pump."},
+    {"make_ports", fast_make_ports, METH_VARARGS,
+     "make_ports(conn, input_type, output_type): a socket connection's two ports (no timeout)."},
     {NULL, NULL, 0, NULL},
 };
 
@@ -585,15 +693,40 @@ static struct PyModuleDef fastport_module = {
     NULL, NULL, NULL, NULL,
 };
 
-static int add_type(PyObject *m, PyType_Spec *spec, const char *name)
+/* Make a type and add it to the module; *keep gets a reference for C. 0 or -1. */
+static int add_type(PyObject *m, PyType_Spec *spec, const char *name, PyObject **keep)
 {
     PyObject *tp = PyType_FromSpec(spec);
     if (tp == NULL)
         return -1;
+    Py_INCREF(tp);
     if (PyModule_AddObject(m, name, tp) < 0) {
+        Py_DECREF(tp);
         Py_DECREF(tp);
         return -1;
     }
+    *keep = tp;
+    return 0;
+}
+
+static int intern_all(void)
+{
+    struct {
+        PyObject **slot;
+        const char *text;
+    } names[] = {
+        {&str_addr, "_fast_addr"},       {&str_acquire, "acquire"},
+        {&str_release, "release"},       {&str_conn, "_sslports_conn"},
+        {&str_timeout, "_timeout"},      {&str_lock, "_lock"},
+        {&str_fast, "_fast"},            {&str_buf, "_buf"},
+        {&str_read_lock, "read_lock"},   {&str_write_lock, "write_lock"},
+        {&str_read_rest, "read_rest"},   {&str_write_rest, "write_rest"},
+        {&str_input_port, "input_port"},
+    };
+    size_t i;
+    for (i = 0; i < sizeof names / sizeof names[0]; i++)
+        if ((*names[i].slot = PyUnicode_InternFromString(names[i].text)) == NULL)
+            return -1;
     return 0;
 }
 
@@ -602,11 +735,8 @@ PyMODINIT_FUNC PyInit__fastport(void)
     PyObject *m = PyModule_Create(&fastport_module);
     if (m == NULL)
         return NULL;
-    str_addr = PyUnicode_InternFromString("_fast_addr");
-    str_acquire = PyUnicode_InternFromString("acquire");
-    str_release = PyUnicode_InternFromString("release");
-    if (str_addr == NULL || str_acquire == NULL || str_release == NULL || add_type(m, &reader_spec, "Reader") < 0 ||
-        add_type(m, &writer_spec, "Writer") < 0) {
+    if (intern_all() < 0 || add_type(m, &reader_spec, "Reader", &reader_type) < 0
+        || add_type(m, &writer_spec, "Writer", &writer_type) < 0) {
         Py_DECREF(m);
         return NULL;
     }

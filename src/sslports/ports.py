@@ -642,7 +642,8 @@ class SSLInputPort(io.BufferedIOBase):
     _fast: Any = None  # the C fast path (sp_fastport.c), when it serves this port
 
     def __init__(self, conn: Connection, timeout: Optional[float]) -> None:
-        # (io.BufferedIOBase.__init__ is object's: nothing to call)
+        # (io.BufferedIOBase.__init__ is object's: nothing to call.) Socket ports without a
+        # timeout are made by sp_fastport.c make_ports instead: keep the two in step.
         self._sslports_conn = conn
         self._timeout = timeout
         self._lock = conn.read_lock
@@ -779,6 +780,7 @@ class SSLOutputPort(io.BufferedIOBase):
     _fast: Any = None  # the C fast path (sp_fastport.c), when it serves this port
 
     def __init__(self, conn: Connection, timeout: Optional[float]) -> None:
+        # (Socket ports without a timeout: sp_fastport.c make_ports; keep the two in step.)
         self._sslports_conn = conn
         self._timeout = timeout
         self._lock = conn.write_lock
@@ -951,6 +953,13 @@ def ssl_abandon_port(p: object) -> None:
 
 def make_ports(conn: Connection, timeout: Optional[float]) -> tuple[SSLInputPort, SSLOutputPort]:
     """The two ports of a connection whose handshake is done."""
+    if _fastport is not None and conn.is_socket and timeout is None:
+        # The same two ports, built in one C call (sp_fastport.c make_ports; a test checks
+        # that they match what __init__ makes): this runs cold once per connection.
+        return cast(
+            "tuple[SSLInputPort, SSLOutputPort]",
+            _fastport.make_ports(conn, SSLInputPort, SSLOutputPort),
+        )
     inp = SSLInputPort(conn, timeout)
     conn.input_port = weakref.ref(inp)
     return inp, SSLOutputPort(conn, timeout)
