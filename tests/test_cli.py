@@ -55,6 +55,12 @@ def run_cli(*args: str, input: Optional[bytes] = None, timeout: float = TIMEOUT)
     )
 
 
+def connect_local(port: int, *args: str, input: Optional[bytes] = None) -> Any:
+    """``python -m sslports connect 127.0.0.1:PORT --servername localhost ARGS``: the test
+    servers listen on 127.0.0.1 only ("localhost" could reach another process on [::1])."""
+    return run_cli("connect", f"{LOCAL}:{port}", "--servername", "localhost", *args, input=input)
+
+
 def assert_one_error_line(stderr: bytes) -> str:
     """The stderr of an expected failure: exactly one line ``sslports: error: ...``."""
     text = stderr.decode("utf-8", "replace")
@@ -243,11 +249,8 @@ def test_connect_verifies_openssl_www_server(procs: Procs) -> None:
 def test_connect_pipes_stdin_and_exits_when_server_closes(procs: Procs) -> None:
     port = procs.openssl_server("-cert", PEM, "-rev")
     lines = b"".join(b"line %d of the test\n" % i for i in range(50))
-    result = run_cli(
-        "connect",
-        f"{LOCAL}:{port}",
-        "--servername",
-        "localhost",
+    result = connect_local(
+        port,
         "--cafile",
         PEM,
         "--tls12",
@@ -309,11 +312,8 @@ def test_connect_exits_cleanly_when_server_closes_while_stdin_stays_open() -> No
 @needs_openssl
 def test_connect_offers_alpn(procs: Procs) -> None:
     port = procs.openssl_server("-cert", PEM, "-www", "-alpn", "h2,http/1.1")
-    result = run_cli(
-        "connect",
-        f"{LOCAL}:{port}",
-        "--servername",
-        "localhost",
+    result = connect_local(
+        port,
         "--cafile",
         PEM,
         "--alpn",
@@ -331,9 +331,7 @@ def test_connect_offers_alpn(procs: Procs) -> None:
 @needs_openssl
 def test_connect_secure_rejects_self_signed_server(procs: Procs) -> None:
     port = procs.openssl_server("-cert", PEM, "-www")
-    result = run_cli(
-        "connect", f"{LOCAL}:{port}", "--servername", "localhost", "--secure", input=b""
-    )
+    result = connect_local(port, "--secure", input=b"")
     assert result.returncode == 1
     line = assert_one_error_line(result.stderr)
     assert "certificate verify failed" in line
@@ -353,11 +351,8 @@ def test_connect_wrong_servername_fails_with_cafile(procs: Procs) -> None:
 @needs_openssl
 def test_connect_insecure_reports_unverified(procs: Procs) -> None:
     port = procs.openssl_server("-cert", PEM, "-www")
-    result = run_cli(
-        "connect",
-        f"{LOCAL}:{port}",
-        "--servername",
-        "localhost",
+    result = connect_local(
+        port,
         "--insecure",
         input=b"GET / HTTP/1.0\r\n\r\n",
     )
@@ -483,11 +478,8 @@ def test_serve_www_verifies_client_and_survives_failed_handshakes(procs: Procs) 
     page = with_cert.stdout.decode()
     assert re.search(r"verified\s+yes", page), page
     assert "CN=localhost" in page
-    ours = run_cli(
-        "connect",
-        f"{LOCAL}:{port}",
-        "--servername",
-        "localhost",
+    ours = connect_local(
+        port,
         "--cafile",
         PEM,
         "--cert",
