@@ -74,6 +74,82 @@ def test_socket_ports_use_the_c_methods(pair: Any) -> None:
 
 
 @needs_fast
+@needs_fast
+def test_direction_lock_behaves_like_threading_lock() -> None:
+    """The ports' lock type (taken by the C methods without a Python call) keeps
+    threading.Lock's behaviour: with, non-blocking acquire, release errors, other threads."""
+    lock = ports._new_lock()
+    assert type(lock) is not type(threading.Lock())  # the C type, on this interpreter
+    assert not lock.locked()
+    with lock:
+        assert lock.locked()
+        assert lock.acquire(False) is False
+        got: list[bool] = []
+        t = threading.Thread(target=lambda: got.append(lock.acquire(blocking=False)))
+        t.start()
+        t.join(10)
+        t = threading.Thread(target=lambda: got.append(lock.acquire(timeout=0.05)))
+        t.start()
+        t.join(10)
+        assert got == [False, False]
+    assert not lock.locked()
+    with pytest.raises(RuntimeError, match="release unlocked lock"):
+        lock.release()
+    assert lock.acquire() is True
+    done = threading.Event()
+
+    def wait_for_it() -> None:
+        with lock:
+            done.set()
+
+    t = threading.Thread(target=wait_for_it)
+    t.start()
+    assert not done.wait(0.2)  # blocked while we hold it
+    lock.release()
+    assert done.wait(10)
+    t.join(10)
+    with pytest.raises(TypeError):
+        type(lock)(1)
+
+
+@needs_fast
+@pytest.mark.skipif(not hasattr(signal, "setitimer"), reason="needs setitimer")
+def test_a_wait_for_the_direction_lock_can_be_interrupted() -> None:
+    """A thread waiting for a port's lock that another thread holds still runs signal handlers:
+    Ctrl-C (here: a SIGALRM handler that raises) ends the wait, as with threading.Lock."""
+    lock = ports._new_lock()
+    held = threading.Event()
+    release = threading.Event()
+
+    def holder() -> None:
+        with lock:
+            held.set()
+            release.wait(30)
+
+    class Interrupted(Exception):
+        pass
+
+    def on_alarm(signum: int, frame: Any) -> None:
+        raise Interrupted
+
+    t = threading.Thread(target=holder)
+    t.start()
+    assert held.wait(10)
+    old = signal.signal(signal.SIGALRM, on_alarm)
+    try:
+        signal.setitimer(signal.ITIMER_REAL, 0.2)
+        with pytest.raises(Interrupted):
+            lock.acquire()
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, old)
+        release.set()
+        t.join(10)
+    assert not lock.locked()
+    with lock:  # still usable
+        pass
+
+
 class _StubConnection:
     """Just what the ports' __init__ and close() touch."""
 
@@ -81,8 +157,8 @@ class _StubConnection:
     shutdown_on_close = False
 
     def __init__(self) -> None:
-        self.read_lock = threading.Lock()
-        self.write_lock = threading.Lock()
+        self.read_lock = ports._new_lock()
+        self.write_lock = ports._new_lock()
         self._fast_addr = 0
 
     def read_rest(self, *args: Any) -> Any:

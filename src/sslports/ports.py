@@ -23,8 +23,10 @@ at close. Reading the input stream stays on the caller's thread.
 
 LOCKS
 
-The input port serialises readers and the output port serialises writers (threading locks,
-so a second thread waits, interruptibly); one reader and one writer run at once (full duplex).
+The input port serialises readers and the output port serialises writers (threading.Lock, or
+with the C fast path its own lock type that behaves the same and that the C methods take without
+a Python call: a second thread waits, interruptibly); one reader and one writer run at once
+(full duplex).
 The C pump has its own per-connection locks, never held while waiting.
 """
 
@@ -145,6 +147,9 @@ def _load_fastport() -> Any:
 
 
 _fastport = _load_fastport()
+# The ports' direction locks: threading.Lock's behaviour; with the fast path, its own lock type,
+# which the C methods take without a Python call.
+_new_lock: Callable[[], Any] = threading.Lock if _fastport is None else _fastport.Lock
 
 
 class _Sender:
@@ -364,8 +369,8 @@ class Connection:
         self.open_ports = [False, True]
         # One reader and one writer at a time (the ports take these around every call); the
         # last close waits for both, so no call can still be using the socket.
-        self.read_lock = threading.Lock()
-        self.write_lock = threading.Lock()
+        self.read_lock = _new_lock()
+        self.write_lock = _new_lock()
         self.is_socket = type(transport) is _SocketTransport
 
     def __del__(self) -> None:
