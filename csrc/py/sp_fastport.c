@@ -65,7 +65,6 @@ static int slice_ms = 50;
 static Py_ssize_t record_size = 16384;
 static PyObject *read_all;  /* read_all(reader) -> bytes: read(-1) and read(None) */
 static PyObject *str_addr;  /* "_fast_addr" */
-static PyObject *str_acquire, *str_release; /* a lock's methods */
 
 /* ---- shared helpers ------------------------------------------------------------------ */
 
@@ -90,51 +89,6 @@ static PyObject *new_none(void) /* Py_NewRef(Py_None) before 3.10 */
 {
     Py_INCREF(Py_None);
     return Py_None;
-}
-
-static int call_ok(PyObject *callable)
-{
-    PyObject *r = PyObject_CallNoArgs(callable);
-    if (r == NULL)
-        return -1;
-    Py_DECREF(r);
-    return 0;
-}
-
-/* Release a lock (`release`: its bound method) and return `result`, or NULL with the
- * exception that was pending when `result` is NULL. Calling a builtin from C runs no signal
- * handler, so nothing can come between the work done under the lock and its release. */
-static PyObject *release_keeping(PyObject *release, PyObject *result)
-{
-    PyObject *r;
-#if PY_VERSION_HEX >= 0x030C0000
-    PyObject *exc = result == NULL ? PyErr_GetRaisedException() : NULL;
-#else
-    PyObject *type = NULL, *value = NULL, *tb = NULL;
-    if (result == NULL)
-        PyErr_Fetch(&type, &value, &tb);
-#endif
-    r = PyObject_CallNoArgs(release);
-    if (r == NULL) { /* only a lock that is not held; that error wins */
-        Py_XDECREF(result);
-#if PY_VERSION_HEX >= 0x030C0000
-        Py_XDECREF(exc);
-#else
-        Py_XDECREF(type);
-        Py_XDECREF(value);
-        Py_XDECREF(tb);
-#endif
-        return NULL;
-    }
-    Py_DECREF(r);
-#if PY_VERSION_HEX >= 0x030C0000
-    if (exc != NULL)
-        PyErr_SetRaisedException(exc);
-#else
-    if (type != NULL)
-        PyErr_Restore(type, value, tb);
-#endif
-    return result;
 }
 
 /* ---- Lock: the ports' direction locks ---------------------------------------------------- */
@@ -300,9 +254,7 @@ static PyType_Spec lock_spec = {
 typedef struct {
     PyObject_HEAD
     PyObject *conn; /* the ports.Connection */
-    Lock *lock; /* its read_lock / write_lock, when a Lock (then acquire, release are NULL) */
-    PyObject *acquire; /* else that lock's acquire and release */
-    PyObject *release;
+    Lock *lock; /* its read_lock / write_lock */
     PyObject *rest; /* reader: conn.read_rest(b, fill, n); writer: conn.write_rest(pending, data,
                        sent); called with the lock held */
     PyObject *pending; /* writer only: the bytearray of bytes not yet sent */
@@ -310,47 +262,31 @@ typedef struct {
 
 static int port_init(Port *self, PyObject *conn, PyObject *lock, PyObject *rest, PyObject *pending)
 {
-    PyObject *acquire = NULL, *release = NULL;
     if (!PyCallable_Check(rest)) {
         PyErr_SetString(PyExc_TypeError, "rest must be callable");
         return -1;
     }
     if ((PyObject *)Py_TYPE(lock) != lock_type) {
-        acquire = PyObject_GetAttr(lock, str_acquire);
-        release = acquire ? PyObject_GetAttr(lock, str_release) : NULL;
-        if (release == NULL) {
-            Py_XDECREF(acquire);
-            return -1;
-        }
-        lock = NULL;
+        PyErr_SetString(PyExc_TypeError, "lock must be a sslports._fastport.Lock");
+        return -1;
     }
     Py_INCREF(conn);
+    Py_INCREF(lock);
     Py_INCREF(rest);
     Py_XINCREF(pending);
-    Py_XINCREF(lock);
     Py_XSETREF(self->conn, conn);
     Py_XSETREF(self->lock, (Lock *)lock);
-    Py_XSETREF(self->acquire, acquire);
-    Py_XSETREF(self->release, release);
     Py_XSETREF(self->rest, rest);
     Py_XSETREF(self->pending, pending);
     return 0;
 }
 
-/* Take the port's lock: 0, or -1 with an exception (a signal handler's, while waiting). */
-static int port_lock(Port *self)
-{
-    return self->lock != NULL ? lock_take(self->lock) : call_ok(self->acquire);
-}
-
-/* Release the port's lock and return `result` (see release_keeping). */
+/* Release the port's lock and return `result` (NULL: the pending exception stays). No Python
+ * runs in between, so nothing can come between the work done under the lock and its release. */
 static PyObject *port_unlock(Port *self, PyObject *result)
 {
-    if (self->lock != NULL) {
-        lock_give(self->lock);
-        return result;
-    }
-    return release_keeping(self->release, result);
+    lock_give(self->lock);
+    return result;
 }
 
 static int port_traverse(Port *self, visitproc visit, void *arg)
@@ -358,8 +294,6 @@ static int port_traverse(Port *self, visitproc visit, void *arg)
     Py_VISIT(Py_TYPE(self));
     Py_VISIT(self->conn);
     Py_VISIT(self->lock);
-    Py_VISIT(self->acquire);
-    Py_VISIT(self->release);
     Py_VISIT(self->rest);
     Py_VISIT(self->pending);
     return 0;
@@ -369,8 +303,6 @@ static int port_clear(Port *self)
 {
     Py_CLEAR(self->conn);
     Py_CLEAR(self->lock);
-    Py_CLEAR(self->acquire);
-    Py_CLEAR(self->release);
     Py_CLEAR(self->rest);
     Py_CLEAR(self->pending);
     return 0;
@@ -468,7 +400,7 @@ static PyObject *read_into(Port *self, PyObject *b, int fill)
     }
     if (PyObject_GetBuffer(b, &view, PyBUF_WRITABLE) < 0)
         return NULL;
-    if (port_lock(self) < 0) {
+    if (lock_take(self->lock) < 0) {
         PyBuffer_Release(&view);
         return NULL;
     }
@@ -634,7 +566,7 @@ static PyObject *writer_write(Port *self, PyObject *b)
     if (PyObject_GetBuffer(b, &view, PyBUF_SIMPLE) < 0)
         return NULL;
     n = view.len;
-    if (port_lock(self) < 0) {
+    if (lock_take(self->lock) < 0) {
         PyBuffer_Release(&view);
         return NULL;
     }
@@ -669,7 +601,7 @@ static PyObject *writer_flush(Port *self, PyObject *unused)
     (void)unused;
     if (self->conn == NULL || PyByteArray_Size(self->pending) == 0)
         Py_RETURN_NONE;
-    if (port_lock(self) < 0)
+    if (lock_take(self->lock) < 0)
         return NULL;
     queued = PyByteArray_Size(self->pending);
     if (queued == 0)
@@ -897,8 +829,7 @@ static int intern_all(void)
         PyObject **slot;
         const char *text;
     } names[] = {
-        {&str_addr, "_fast_addr"},       {&str_acquire, "acquire"},
-        {&str_release, "release"},       {&str_conn, "_sslports_conn"},
+        {&str_addr, "_fast_addr"},       {&str_conn, "_sslports_conn"},
         {&str_timeout, "_timeout"},      {&str_lock, "_lock"},
         {&str_fast, "_fast"},            {&str_buf, "_buf"},
         {&str_read_lock, "read_lock"},   {&str_write_lock, "write_lock"},
