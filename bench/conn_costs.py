@@ -1,0 +1,211 @@
+"""What a client connection's Python costs, measured against C in one process (handshakes).
+
+    .venv/bin/python bench/conn_costs.py                  # resumed connections, 1200 each
+    .venv/bin/python bench/conn_costs.py --full -n 800    # full handshakes (no tickets)
+
+One C server (bench/c/sp_ref, mode hs) faces one client process that alternates, connection by
+connection, between these ways of doing the same connection (connect, handshake verifying
+127.0.0.1, 32-byte header, one-byte answer, close):
+
+  c           C (bench/c/conn_one.c through ctypes): what OpenSSL and the kernel cost
+  floor       sslports' pump through CFFI with the least Python possible: a bare socket, the
+              sp_conn, the handshake, write, read, close; no connection or port objects
+  connection  floor + a ports.Connection made and dropped (no ports)
+  ports       floor + a Connection and its two ports (made in C), both closed
+  sslports    ssl_connect, write + flush, readinto, close: the library as users call it
+
+and reports each one's CPU time per connection (process_time around the call: user + system,
+this process only), mean and median, and its ratio to C. Alternating cancels most of the drift
+of a shared machine, and every variant runs in the same process state. The differences are
+what each layer costs *cold*: between two network waits, after the handshake's crypto has
+pushed the interpreter out of the caches (bench/README.md, section 2).
+"""
+
+from __future__ import annotations
+
+import argparse
+import ctypes
+import os
+import resource
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any, Callable, cast
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+from common import SUITE, pack_header  # noqa: E402
+from run_all import ROOT, build_ref  # noqa: E402
+
+PEM = str(ROOT / "src" / "sslports" / "test.pem")
+LIB_SRC = HERE / "c" / "conn_one.c"
+LIB = HERE / "c" / "libconn_one.so"
+VARIANTS = ("c", "floor", "connection", "ports", "sslports")
+
+
+def build_lib() -> Path:
+    """Build bench/c/libconn_one.so when missing or older than its source."""
+    if LIB.exists() and LIB.stat().st_mtime >= LIB_SRC.stat().st_mtime:
+        return LIB
+    cc = os.environ.get("CC", "cc")
+    cmd = [cc, "-O2", "-Wall", "-Wextra", "-shared", "-fPIC", "-o", str(LIB), str(LIB_SRC)]
+    subprocess.run([*cmd, "-lssl", "-lcrypto"], check=True)
+    return LIB
+
+
+def variants(port: int, resume: bool) -> dict[str, Callable[[], None]]:
+    import _socket
+
+    import sslports
+    from sslports import _binding, ports
+
+    lib, ffi = _binding.lib, _binding.ffi
+    ctx = sslports.ssl_make_client_context("auto")
+    sslports.ssl_load_verify_source(ctx, PEM)
+    sslports.ssl_set_verify(ctx, True)
+    sslports.ssl_set_verify_hostname(ctx, True)
+    sslports.ssl_set_ciphersuites(ctx, SUITE)
+    c_lib = ctypes.CDLL(str(build_lib()))
+    if not c_lib.conn_one_init(PEM.encode()):
+        raise SystemExit("conn_one_init failed")
+    header = pack_header("hs", 0, 0, 0, 0, 0)
+    err, step, got = ffi.new("sp_err *"), ffi.new("size_t *"), ffi.new("size_t *")
+    answer, one = ffi.new("unsigned char[1]"), bytearray(1)
+    addr = ("127.0.0.1", port)
+    cache_host = b"127.0.0.1" if resume else ffi.NULL
+
+    def c() -> None:
+        if not c_lib.conn_one(port, int(resume), header):
+            raise SystemExit("the C connection failed")
+
+    def pump(extra: Callable[[Any], Any]) -> None:
+        sock = _socket.socket(_socket.AF_INET, _socket.SOCK_STREAM, 0)
+        sock.connect(addr)
+        sock.setsockopt(_socket.IPPROTO_TCP, _socket.TCP_NODELAY, 1)
+        raw = lib.sp_ctx_open_conn(
+            ctx._ptr, 0, sock.fileno(), ctx._conn_flags, b"127.0.0.1", 1, 1, b"", 0,
+            cache_host, port, err, step,
+        )  # fmt: skip
+        if raw == ffi.NULL:
+            raise SystemExit("sp_ctx_open_conn failed")
+        while (status := lib.sp_handshake(raw, 50, err)) != 0:
+            if status < 0 or status > 2:
+                raise SystemExit("handshake failed")
+        made = extra(sock)
+        lib.sp_write(raw, header, len(header), got, 50, err)
+        lib.sp_flush(raw, 50, err)
+        while lib.sp_read(raw, answer, 1, 1, got, 50, err) != 0:
+            pass
+        if resume:
+            lib.sp_conn_drain_tickets(raw)
+        sock.shutdown(_socket.SHUT_RDWR)
+        lib.sp_conn_free(raw)
+        sock.close()
+        if made is not None:  # the ports: closed as a user closes them
+            made[1].close()
+            made[0].close()
+
+    def new_connection(sock: Any) -> Any:
+        # A Connection like ssl_connect's, over a null sp_conn (the pump above owns the real
+        # one) and a socket that is only closed, by the pump above.
+        dummy = ffi.gc(ffi.cast("sp_conn *", 0), lib.sp_conn_free)
+        transport = ports._SocketTransport(cast(Any, _Unclosed(sock)))
+        conn = ports.Connection(
+            dummy, transport, ctx, sslports.SSLNetworkError, False, False, True, "127.0.0.1"
+        )
+        conn.caches_session = resume
+        return conn
+
+    def with_connection(sock: Any) -> None:
+        conn = new_connection(sock)
+        conn.ptr = None  # nothing for its __del__ to free
+        conn._fast_addr = 0
+
+    def with_ports(sock: Any) -> Any:
+        conn = new_connection(sock)
+        conn.ptr = None
+        conn._fast_addr = 0
+        return ports.make_ports(conn, None)
+
+    def library() -> None:
+        inp, out = sslports.ssl_connect("127.0.0.1", port, ctx)
+        out.write(header)
+        out.flush()
+        inp.readinto(one)
+        out.close()
+        inp.close()
+
+    return {
+        "c": c,
+        "floor": lambda: pump(lambda sock: None),
+        "connection": lambda: pump(with_connection),
+        "ports": lambda: pump(with_ports),
+        "sslports": library,
+    }
+
+
+class _Unclosed:
+    """A socket stand-in for the measured objects: shutdown/close do nothing (the pump's
+    socket is closed by the pump)."""
+
+    def __init__(self, sock: Any) -> None:
+        self.sock = sock
+
+    def shutdown(self, how: int) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("-n", type=int, default=1200, help="connections per variant")
+    ap.add_argument("--full", action="store_true", help="full handshakes (no tickets)")
+    ap.add_argument("--variants", default=",".join(VARIANTS))
+    args = ap.parse_args()
+    names = args.variants.split(",")
+    warm = min(50, args.n // 10)
+    resume = not args.full
+    server = subprocess.Popen(
+        [str(build_ref()), "server", f"cert={PEM}", f"key={PEM}", f"suites={SUITE}",
+         f"conns={args.n * len(names)}", f"tickets={2 if resume else 0}"],
+        stdout=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        assert server.stdout is not None
+        port = int(server.stdout.readline().split()[1])
+        run = variants(port, resume)
+        cpu: dict[str, list[float]] = {name: [] for name in names}
+        user_sys = {name: [0.0, 0.0] for name in names}
+        clock = time.process_time_ns
+        for i in range(args.n):
+            for name in names:
+                r0, t0 = resource.getrusage(resource.RUSAGE_SELF), clock()
+                run[name]()
+                t1, r1 = clock(), resource.getrusage(resource.RUSAGE_SELF)
+                if i >= warm:
+                    cpu[name].append((t1 - t0) / 1e3)
+                    user_sys[name][0] += r1.ru_utime - r0.ru_utime
+                    user_sys[name][1] += r1.ru_stime - r0.ru_stime
+    finally:
+        server.kill()
+        server.wait()
+    kind = "full" if args.full else "resumed"
+    base = statistics.mean(cpu[names[0]])
+    print(f"{kind} connections, {args.n - warm} per variant, alternating; CPU us per connection")
+    print(f"{'variant':<11} {'mean':>7} {'median':>7} {'user':>7} {'system':>7}  vs {names[0]}")
+    for name in names:
+        n = len(cpu[name])
+        mean = statistics.mean(cpu[name])
+        user, system = (x / n * 1e6 for x in user_sys[name])
+        print(
+            f"{name:<11} {mean:7.1f} {statistics.median(cpu[name]):7.1f} {user:7.1f} "
+            f"{system:7.1f}  {mean / base:.3f}"
+        )
+
+
+if __name__ == "__main__":
+    main()
