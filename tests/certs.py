@@ -16,6 +16,7 @@ one temporary directory per test session.
 
 from __future__ import annotations
 
+import atexit
 import datetime
 import ipaddress
 import itertools
@@ -45,6 +46,7 @@ OPENSSL = shutil.which("openssl")
 Key = Union[ec.EllipticCurvePrivateKey, rsa.RSAPrivateKey, ed25519.Ed25519PrivateKey]
 
 _DIR = tempfile.TemporaryDirectory(prefix="sslports-certs-")
+atexit.register(_DIR.cleanup)  # explicitly: the finalizer would warn (ResourceWarning) at exit
 WORKDIR = Path(_DIR.name)
 _counter = itertools.count()
 NOW = datetime.datetime.now(datetime.timezone.utc)
