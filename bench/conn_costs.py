@@ -1,11 +1,18 @@
-"""What a client connection's Python costs, measured against C in one process (handshakes).
+"""What a connection's Python costs, measured against C in one process (handshakes).
 
     .venv/bin/python bench/conn_costs.py                  # resumed connections, 1200 each
     .venv/bin/python bench/conn_costs.py --full -n 800    # full handshakes (no tickets)
+    .venv/bin/python bench/conn_costs.py --server         # the server end instead
 
-One C server (bench/c/sp_ref, mode hs) faces one client process that alternates, connection by
-connection, between these ways of doing the same connection (connect, handshake verifying
-127.0.0.1, 32-byte header, one-byte answer, close):
+The measured process alternates, connection by connection, between ways of doing the same
+connection (connect, handshake verifying 127.0.0.1, 32-byte header, one-byte answer, close),
+and reports each one's CPU time per connection (process_time around the call: user + system,
+this process only), mean and median, and its ratio to C. Alternating cancels most of the drift
+of a shared machine, and every variant runs in the same process state. The differences are
+what each layer costs *cold*: between two network waits, after the handshake's crypto has
+pushed the interpreter out of the caches (bench/README.md, section 2).
+
+The client end (the default), facing the C server (bench/c/sp_ref, mode hs):
 
   c           C (bench/c/conn_one.c through ctypes): what OpenSSL and the kernel cost
   floor       sslports' pump through CFFI with the least Python possible: a bare socket, the
@@ -14,11 +21,12 @@ connection, between these ways of doing the same connection (connect, handshake 
   ports       floor + a Connection and its two ports (made in C), both closed
   sslports    ssl_connect, write + flush, readinto, close: the library as users call it
 
-and reports each one's CPU time per connection (process_time around the call: user + system,
-this process only), mean and median, and its ratio to C. Alternating cancels most of the drift
-of a shared machine, and every variant runs in the same process state. The differences are
-what each layer costs *cold*: between two network waits, after the handshake's crypto has
-pushed the interpreter out of the caches (bench/README.md, section 2).
+The server end (--server), facing the C client (sp_ref, mode hs):
+
+  c           C (conn_one_accept through ctypes) on the library's own server context, so
+              that every variant's tickets resume on every other
+  floor       the pump through CFFI, accepting with a bare socket, no objects
+  sslports    ssl_accept, readinto the header, write + flush the answer, close
 """
 
 from __future__ import annotations
@@ -43,6 +51,7 @@ PEM = str(ROOT / "src" / "sslports" / "test.pem")
 LIB_SRC = HERE / "c" / "conn_one.c"
 LIB = HERE / "c" / "libconn_one.so"
 VARIANTS = ("c", "floor", "connection", "ports", "sslports")
+SERVER_VARIANTS = ("c", "floor", "sslports")
 
 
 def build_lib() -> Path:
@@ -146,6 +155,61 @@ def variants(port: int, resume: bool) -> dict[str, Callable[[], None]]:
     }
 
 
+def server_variants(resume: bool) -> tuple[int, dict[str, Callable[[], None]]]:
+    """The listening port and the server variants (see the top)."""
+    import _socket
+
+    from peer import SSLPortsStack
+
+    import sslports
+    from sslports import _binding
+
+    lib, ffi = _binding.lib, _binding.ffi
+    stack = SSLPortsStack()  # the bench's own server setup (no tickets for full handshakes)
+    port = stack.listen("127.0.0.1", 0, PEM, PEM, SUITE, 2 if resume else 0)
+    listener = stack.listener
+    ctx = listener._sslports_context
+    c_lib = ctypes.CDLL(str(build_lib()))
+    c_lib.conn_one_accept.argtypes = [ctypes.c_int, ctypes.c_void_p]
+    ctx_addr = int(ffi.cast("uintptr_t", ctx._ptr))
+    err, step, got = ffi.new("sp_err *"), ffi.new("size_t *"), ffi.new("size_t *")
+    header, header_buf = ffi.new("unsigned char[32]"), bytearray(32)
+
+    def c() -> None:
+        if not c_lib.conn_one_accept(listener.fileno(), ctx_addr):
+            raise SystemExit("the C connection failed")
+
+    def floor() -> None:
+        fd, _addr = listener._sock._accept()
+        sock = _socket.socket(_socket.AF_INET, _socket.SOCK_STREAM, 0, fd)
+        sock.setsockopt(_socket.IPPROTO_TCP, _socket.TCP_NODELAY, 1)
+        raw = lib.sp_ctx_open_conn(
+            ctx._ptr, 1, fd, ctx._conn_flags, ffi.NULL, 0, 0, b"", 0, ffi.NULL, 0, err, step
+        )
+        if raw == ffi.NULL:
+            raise SystemExit("sp_ctx_open_conn failed")
+        while (status := lib.sp_handshake(raw, 50, err)) != 0:
+            if status < 0 or status > 2:
+                raise SystemExit("handshake failed")
+        while lib.sp_read(raw, header, 32, 32, got, 50, err) != 0:
+            pass
+        lib.sp_write(raw, b"K", 1, got, 50, err)
+        lib.sp_flush(raw, 50, err)
+        sock.shutdown(_socket.SHUT_RDWR)
+        lib.sp_conn_free(raw)
+        sock.close()
+
+    def library() -> None:
+        inp, out = sslports.ssl_accept(listener)
+        inp.readinto(header_buf)
+        out.write(b"K")
+        out.flush()
+        out.close()
+        inp.close()
+
+    return port, {"c": c, "floor": floor, "sslports": library}
+
+
 class _Unclosed:
     """A socket stand-in for the measured objects: shutdown/close do nothing (the pump's
     socket is closed by the pump)."""
@@ -160,42 +224,61 @@ class _Unclosed:
         pass
 
 
+def measure(
+    run: dict[str, Callable[[], None]], names: list[str], n: int, warm: int
+) -> tuple[dict[str, list[float]], dict[str, list[float]]]:
+    """CPU us of each connection after the first `warm`, and user / system seconds in total,
+    by variant, alternating."""
+    cpu: dict[str, list[float]] = {name: [] for name in names}
+    user_sys = {name: [0.0, 0.0] for name in names}
+    clock = time.process_time_ns
+    for i in range(n):
+        for name in names:
+            r0, t0 = resource.getrusage(resource.RUSAGE_SELF), clock()
+            run[name]()
+            t1, r1 = clock(), resource.getrusage(resource.RUSAGE_SELF)
+            if i >= warm:
+                cpu[name].append((t1 - t0) / 1e3)
+                user_sys[name][0] += r1.ru_utime - r0.ru_utime
+                user_sys[name][1] += r1.ru_stime - r0.ru_stime
+    return cpu, user_sys
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("-n", type=int, default=1200, help="connections per variant")
     ap.add_argument("--full", action="store_true", help="full handshakes (no tickets)")
-    ap.add_argument("--variants", default=",".join(VARIANTS))
+    ap.add_argument("--server", action="store_true", help="measure the server end")
+    ap.add_argument("--variants", help="comma-separated (default: all)")
     args = ap.parse_args()
-    names = args.variants.split(",")
+    names = (args.variants or ",".join(SERVER_VARIANTS if args.server else VARIANTS)).split(",")
     warm = min(50, args.n // 10)
     resume = not args.full
-    server = subprocess.Popen(
-        [str(build_ref()), "server", f"cert={PEM}", f"key={PEM}", f"suites={SUITE}",
-         f"conns={args.n * len(names)}", f"tickets={2 if resume else 0}"],
-        stdout=subprocess.PIPE, text=True,
-    )  # fmt: skip
+    ref, conns = str(build_ref()), args.n * len(names)
+    if args.server:
+        port, run = server_variants(resume)
+        peer = subprocess.Popen(
+            [ref, "client", f"ca={PEM}", "mode=hs", f"n={conns}", f"resume={int(resume)}",
+             f"port={port}", f"suites={SUITE}"],
+            stdout=subprocess.DEVNULL, text=True,
+        )  # fmt: skip
+    else:
+        peer = subprocess.Popen(
+            [ref, "server", f"cert={PEM}", f"key={PEM}", f"suites={SUITE}", f"conns={conns}",
+             f"tickets={2 if resume else 0}"],
+            stdout=subprocess.PIPE, text=True,
+        )  # fmt: skip
+        assert peer.stdout is not None
+        run = variants(int(peer.stdout.readline().split()[1]), resume)
     try:
-        assert server.stdout is not None
-        port = int(server.stdout.readline().split()[1])
-        run = variants(port, resume)
-        cpu: dict[str, list[float]] = {name: [] for name in names}
-        user_sys = {name: [0.0, 0.0] for name in names}
-        clock = time.process_time_ns
-        for i in range(args.n):
-            for name in names:
-                r0, t0 = resource.getrusage(resource.RUSAGE_SELF), clock()
-                run[name]()
-                t1, r1 = clock(), resource.getrusage(resource.RUSAGE_SELF)
-                if i >= warm:
-                    cpu[name].append((t1 - t0) / 1e3)
-                    user_sys[name][0] += r1.ru_utime - r0.ru_utime
-                    user_sys[name][1] += r1.ru_stime - r0.ru_stime
+        cpu, user_sys = measure(run, names, args.n, warm)
     finally:
-        server.kill()
-        server.wait()
+        peer.kill()
+        peer.wait()
     kind = "full" if args.full else "resumed"
+    role = "server" if args.server else "client"
     base = statistics.mean(cpu[names[0]])
-    print(f"{kind} connections, {args.n - warm} per variant, alternating; CPU us per connection")
+    print(f"{kind} connections, {role} end, {args.n - warm} per variant, alternating; CPU us each")
     print(f"{'variant':<11} {'mean':>7} {'median':>7} {'user':>7} {'system':>7}  vs {names[0]}")
     for name in names:
         n = len(cpu[name])

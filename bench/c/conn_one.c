@@ -1,12 +1,13 @@
-/* conn_one.c - one client connection of the handshake benchmark, in C, callable from Python
- * (bench/conn_costs.py loads it with ctypes, so that C and Python connections alternate in one
- * process and are measured side by side).
+/* conn_one.c - one connection of the handshake benchmark, client or server, in C, callable from
+ * Python (bench/conn_costs.py loads it with ctypes, so that C and Python connections alternate in
+ * one process and are measured side by side).
  *
- * What one call does is what bench/c/sp_ref does per connection in mode hs: connect to
- * 127.0.0.1:port, TCP_NODELAY, TLS handshake verifying the chain and the IP 127.0.0.1
- * (resuming the previous connection's session when asked), write the 32-byte header, read the
- * one-byte answer, close without close_notify (marked shut down, so the session stays
- * resumable).
+ * What one call does is what bench/c/sp_ref does per connection in mode hs. Client
+ * (conn_one): connect to 127.0.0.1:port, TCP_NODELAY, TLS handshake verifying the chain and the
+ * IP 127.0.0.1 (resuming the previous connection's session when asked), write the 32-byte
+ * header, read the one-byte answer, close without close_notify (marked shut down, so the
+ * session stays resumable). Server (conn_one_accept): accept on a listening socket,
+ * TCP_NODELAY, TLS handshake, read the header, answer one byte, close the same way.
  *
  *   cc -O2 -Wall -Wextra -shared -fPIC -o libconn_one.so conn_one.c -lssl -lcrypto
  */
@@ -67,6 +68,31 @@ int conn_one(int port, int resume, const unsigned char *header)
             last = SSL_get1_session(ssl);
         }
     }
+    SSL_set_shutdown(ssl, SSL_get_shutdown(ssl) | SSL_SENT_SHUTDOWN);
+    SSL_free(ssl);
+    close(fd);
+    return result;
+}
+
+/* Accept and serve one connection on `listen_fd` with the server context `server_ctx` (the
+ * library's own, so that the tickets all variants issue resume on all of them); 0 failed,
+ * 1 done, 2 done and resumed. */
+int conn_one_accept(int listen_fd, SSL_CTX *server_ctx)
+{
+    unsigned char header[32], answer = 'K';
+    int fd, one = 1, result = 0;
+    SSL *ssl;
+    if (server_ctx == NULL || (fd = accept(listen_fd, NULL, NULL)) < 0)
+        return 0;
+    if (setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one) != 0
+        || (ssl = SSL_new(server_ctx)) == NULL) {
+        close(fd);
+        return 0;
+    }
+    if (SSL_set_fd(ssl, fd) == 1 && SSL_accept(ssl) == 1
+        && SSL_read(ssl, header, sizeof header) == (int)sizeof header
+        && SSL_write(ssl, &answer, 1) == 1)
+        result = 1 + SSL_session_reused(ssl);
     SSL_set_shutdown(ssl, SSL_get_shutdown(ssl) | SSL_SENT_SHUTDOWN);
     SSL_free(ssl);
     close(fd);
