@@ -14,6 +14,7 @@
 #include <arpa/inet.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
+#include <openssl/err.h>
 #include <openssl/ssl.h>
 #include <string.h>
 #include <sys/socket.h>
@@ -71,6 +72,7 @@ int conn_one(int port, int resume, const unsigned char *header)
     SSL_set_shutdown(ssl, SSL_get_shutdown(ssl) | SSL_SENT_SHUTDOWN);
     SSL_free(ssl);
     close(fd);
+    ERR_clear_error(); /* nothing left for the next connection, of any variant, to find */
     return result;
 }
 
@@ -96,5 +98,6 @@ int conn_one_accept(int listen_fd, SSL_CTX *server_ctx)
     SSL_set_shutdown(ssl, SSL_get_shutdown(ssl) | SSL_SENT_SHUTDOWN);
     SSL_free(ssl);
     close(fd);
+    ERR_clear_error(); /* nothing left for the next connection, of any variant, to find */
     return result;
 }
