@@ -40,7 +40,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Any, Callable, cast
+from typing import Any, Callable, Optional, cast
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
@@ -80,10 +80,11 @@ def variants(port: int, resume: bool) -> dict[str, Callable[[], None]]:
     if not c_lib.conn_one_init(PEM.encode()):
         raise SystemExit("conn_one_init failed")
     header = pack_header("hs", 0, 0, 0, 0, 0)
-    err, step, got = ffi.new("sp_err *"), ffi.new("size_t *"), ffi.new("size_t *")
+    err, step = ffi.new("sp_err *"), ffi.new("size_t *")
     answer, one = ffi.new("unsigned char[1]"), bytearray(1)
     addr = ("127.0.0.1", port)
     cache_host = b"127.0.0.1" if resume else ffi.NULL
+    exchange = _exchanger(lib, ffi)
 
     def c() -> None:
         if not c_lib.conn_one(port, int(resume), header):
@@ -103,10 +104,7 @@ def variants(port: int, resume: bool) -> dict[str, Callable[[], None]]:
             if status < 0 or status > 2:
                 raise SystemExit("handshake failed")
         made = extra(sock)
-        lib.sp_write(raw, header, len(header), got, 50, err)
-        lib.sp_flush(raw, 50, err)
-        while lib.sp_read(raw, answer, 1, 1, got, 50, err) != 0:
-            pass
+        exchange(raw, header, answer)
         if resume:
             lib.sp_conn_drain_tickets(raw)
         sock.shutdown(_socket.SHUT_RDWR)
@@ -172,8 +170,9 @@ def server_variants(resume: bool) -> tuple[int, dict[str, Callable[[], None]]]:
     c_lib = ctypes.CDLL(str(build_lib()))
     c_lib.conn_one_accept.argtypes = [ctypes.c_int, ctypes.c_void_p]
     ctx_addr = int(ffi.cast("uintptr_t", ctx._ptr))
-    err, step, got = ffi.new("sp_err *"), ffi.new("size_t *"), ffi.new("size_t *")
+    err, step = ffi.new("sp_err *"), ffi.new("size_t *")
     header, header_buf = ffi.new("unsigned char[32]"), bytearray(32)
+    exchange = _exchanger(lib, ffi)
 
     def c() -> None:
         if not c_lib.conn_one_accept(listener.fileno(), ctx_addr):
@@ -191,10 +190,7 @@ def server_variants(resume: bool) -> tuple[int, dict[str, Callable[[], None]]]:
         while (status := lib.sp_handshake(raw, 50, err)) != 0:
             if status < 0 or status > 2:
                 raise SystemExit("handshake failed")
-        while lib.sp_read(raw, header, 32, 32, got, 50, err) != 0:
-            pass
-        lib.sp_write(raw, b"K", 1, got, 50, err)
-        lib.sp_flush(raw, 50, err)
+        exchange(raw, None, header)
         sock.shutdown(_socket.SHUT_RDWR)
         lib.sp_conn_free(raw)
         sock.close()
@@ -208,6 +204,34 @@ def server_variants(resume: bool) -> tuple[int, dict[str, Callable[[], None]]]:
         inp.close()
 
     return port, {"c": c, "floor": floor, "sslports": library}
+
+
+def _exchanger(lib: Any, ffi: Any) -> Callable[[Any, Optional[bytes], Any], None]:
+    """exchange(sp_conn, header, into): the client's half (write `header`, read the one-byte
+    answer into `into`) or, with header None, the server's (read the 32-byte header into `into`,
+    answer one byte), through the pump; SystemExit on anything but success."""
+    err, got = ffi.new("sp_err *"), ffi.new("size_t *")
+
+    def check(status: int, what: str) -> None:
+        if status != 0:
+            raise SystemExit(f"{what} failed (pump status {status})")
+
+    def read(raw: Any, into: Any) -> None:
+        size = len(into)
+        while (status := lib.sp_read(raw, into, size, size, got, 50, err)) != 0:
+            if status not in (1, 2):  # a wait slice passed: call again
+                check(status, "read")
+
+    def exchange(raw: Any, header: Optional[bytes], into: Any) -> None:
+        if header is None:
+            read(raw, into)
+        out = header if header is not None else b"K"
+        check(lib.sp_write(raw, out, len(out), got, 50, err), "write")
+        check(lib.sp_flush(raw, 50, err), "flush")
+        if header is not None:
+            read(raw, into)
+
+    return exchange
 
 
 class _Unclosed:
