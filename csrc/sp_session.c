@@ -61,17 +61,21 @@ static void make_cache_index(void)
     cache_index = SSL_CTX_get_ex_new_index(0, NULL, NULL, NULL, free_cache);
 }
 
+/* The ex_data index the caches hang off, made once; 0 when OpenSSL cannot make one. */
+static int have_cache_index(void)
+{
+    return CRYPTO_THREAD_run_once(&cache_once, make_cache_index) && cache_index >= 0;
+}
+
 static session_cache *cache_of(SSL_CTX *ctx)
 {
-    if (!CRYPTO_THREAD_run_once(&cache_once, make_cache_index) || cache_index < 0)
-        return NULL;
-    return SSL_CTX_get_ex_data(ctx, cache_index);
+    return have_cache_index() ? SSL_CTX_get_ex_data(ctx, cache_index) : NULL;
 }
 
 int sp_session_cache_attach(SSL_CTX *ctx)
 {
     session_cache *cache;
-    if (!CRYPTO_THREAD_run_once(&cache_once, make_cache_index) || cache_index < 0)
+    if (!have_cache_index())
         return 0;
     if (SSL_CTX_get_ex_data(ctx, cache_index) != NULL)
         return 1;
@@ -154,6 +158,7 @@ void sp_session_store(SSL_CTX *ctx, const char *key, SSL_SESSION *session)
 {
     session_cache *cache = cache_of(ctx);
     uint32_t hash = hash_key(key);
+    size_t key_size = strlen(key) + 1;
     cache_entry *e;
     char *copy;
     if (cache == NULL || !SSL_SESSION_up_ref(session))
@@ -163,11 +168,11 @@ void sp_session_store(SSL_CTX *ctx, const char *key, SSL_SESSION *session)
     if (e != NULL) { /* the same peer: the newer session replaces the older */
         SSL_SESSION_free(e->session);
         e->session = session;
-    } else if ((copy = malloc(strlen(key) + 1)) == NULL) {
+    } else if ((copy = malloc(key_size)) == NULL) {
         SSL_SESSION_free(session); /* out of memory: not cached, the next connect is full */
     } else {
         size_t i;
-        memcpy(copy, key, strlen(key) + 1);
+        memcpy(copy, key, key_size);
         e = &cache->entries[0];
         for (i = 0; i < SP_SESSION_CACHE_SIZE && e->key != NULL; i++) /* a free slot, else */
             if (cache->entries[i].key == NULL || cache->entries[i].used < e->used)

@@ -770,8 +770,7 @@ class SSLInputPort(io.BufferedIOBase):
         if not _claim_close(self):
             return
         io.BufferedIOBase.close(self)
-        if self._fast is not None:
-            self._fast.install(self, False)
+        self._sync_fast()  # (closed: takes the C methods away)
         self._sslports_conn.port_closed(self._timeout)
 
     def detach(self) -> Any:
@@ -882,8 +881,7 @@ class SSLOutputPort(io.BufferedIOBase):
                 conn.send_close_notify(_Deadline(self._timeout if self._timeout else 5.0))
         finally:
             io.BufferedIOBase.close(self)
-            if self._fast is not None:
-                self._fast.install(self, False)
+            self._sync_fast()  # (closed: takes the C methods away)
             conn.port_closed(self._timeout)
 
     def read(self, size: Optional[int] = -1) -> bytes:
