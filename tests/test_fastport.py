@@ -428,6 +428,38 @@ def test_one_record_writes_into_a_full_socket(path: str, pair: Any) -> None:
     assert sha1(join(60)) == sha1(b"".join(blocks))
 
 
+@pytest.mark.skipif(sys.platform == "win32", reason="FIONREAD through fcntl")
+def test_output_holds_at_most_one_full_record(path: str, pair: Any) -> None:
+    """Up to one full record (16 KiB, inclusive) stays pending, as io.BufferedWriter holds a write
+    that fits its buffer exactly; a write that leaves more pending sends all of it at once."""
+    _cin, cout, sin, _sout = pair
+    sin.settimeout(30)  # a missing byte fails the test instead of hanging it
+    rng = random.Random(17)
+
+    def nothing_arrives() -> bool:
+        threading.Event().wait(0.2)
+        return _queued_bytes(sin) == 0
+
+    a, b = rng.randbytes(16384), rng.randbytes(16384)
+    assert cout.write(a) == len(a)
+    assert nothing_arrives()  # exactly one record pending: held
+    assert cout.write(b) == len(b)  # two records pending: both sent, no flush
+    assert read_exactly(sin, 32768) == a + b
+    pieces = [rng.randbytes(1024) for _ in range(17)]
+    for piece in pieces[:16]:
+        cout.write(piece)
+    assert nothing_arrives()  # 16 KiB of small writes: held
+    cout.write(pieces[16])
+    assert read_exactly(sin, 17 * 1024) == b"".join(pieces)
+    big = rng.randbytes(16385)
+    cout.write(big)  # more than a record with nothing pending: sent at once
+    assert read_exactly(sin, len(big)) == big
+    cout.write(a)
+    assert nothing_arrives()
+    cout.flush()  # sends what is held
+    assert read_exactly(sin, len(a)) == a
+
+
 def test_a_big_write_of_ints_that_has_to_wait(path: str, pair: Any) -> None:
     """A write the socket cannot take at once continues in Python after the first wait slice;
     its progress counts bytes, whatever the item size of the caller's buffer."""

@@ -571,9 +571,12 @@ static PyObject *writer_write(Port *self, PyObject *b)
         return NULL;
     }
     c = conn_of(self->conn);
+    /* Up to one full record is held, as io.BufferedWriter holds a write that fits its buffer
+     * exactly: a stream of 16 KiB writes then leaves two records per send() (ports.py
+     * SSLOutputPort.write; bench/README.md section 3). More than a record is sent at once. */
     queued = PyByteArray_Size(self->pending);
-    if (queued == 0 && n >= record_size) {
-        /* A record or more: straight from the caller's buffer. */
+    if (queued == 0 && n > record_size) {
+        /* More than a record: straight from the caller's buffer. */
         if (send_locked(self, c, b, view.buf, (size_t)n, &view) < 0)
             return NULL;
         return PyLong_FromSsize_t(n);
@@ -587,7 +590,7 @@ static PyObject *writer_write(Port *self, PyObject *b)
     }
     PyBuffer_Release(&view);
     queued += n;
-    if (queued < record_size)
+    if (queued <= record_size)
         return port_unlock(self, PyLong_FromSsize_t(n));
     pending = PyByteArray_AsString(self->pending);
     if (send_locked(self, c, self->pending, (unsigned char *)pending, (size_t)queued, NULL) < 0)

@@ -63,7 +63,7 @@ if _binding.lib is not None and (
 _SLICE_MS = 50 if _binding.lib is None else int(_binding.lib.SP_WAIT_SLICE_MS)
 # Sockets the pump owns may stay blocking: it passes MSG_DONTWAIT itself (not on Windows).
 SOCKETS_MAY_BLOCK = _binding.lib is not None and bool(_binding.lib.SP_RECV_WAITS)
-_RECORD = 16384  # output buffering: one full TLS record
+_RECORD = 16384  # output buffering: up to one full TLS record is held (see SSLOutputPort.write)
 _READ_CHUNK = 65536
 _TRANSPORT_CHUNK = 65536
 _SEND_HIGH = 1 << 20  # queued ciphertext at which a stream writer waits
@@ -819,8 +819,12 @@ class SSLOutputPort(io.BufferedIOBase):
         return self._timeout
 
     def write(self, b: Any) -> int:
-        """Buffer `b` and send once a record is full. On TimeoutError the unsent bytes stay
-        buffered (``exc.characters_written`` counts all of `b`): retry with ``flush()``."""
+        """Buffer `b` while at most one record (16 KiB) is pending; once more is, send it all.
+
+        A write that leaves exactly one full record pending is held, as io.BufferedWriter holds a
+        write that fits its buffer exactly: a stream of 16 KiB writes then leaves two records
+        per send(), not one. On TimeoutError the unsent bytes stay buffered
+        (``exc.characters_written`` counts all of `b`): retry with ``flush()``."""
         if self.closed:
             raise ValueError("write to closed SSL port")
         if type(b) is not bytes and type(b) is not bytearray:
@@ -832,11 +836,11 @@ class SSLOutputPort(io.BufferedIOBase):
         with self._lock:
             try:
                 buf = self._buf
-                if not buf and n >= _RECORD:
+                if not buf and n > _RECORD:
                     self._send_locked(b)
                 else:
                     buf += b
-                    if len(buf) >= _RECORD:
+                    if len(buf) > _RECORD:
                         self._send_locked(buf)
             except SSLTimeoutError as exc:
                 exc.characters_written = n  # type: ignore[attr-defined]  # all sent or buffered
