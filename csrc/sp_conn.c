@@ -406,7 +406,7 @@ int sp_conn_set_host(sp_conn *c, const char *host, int is_ip, int send_sni, int 
  * the sender later swaps that whole buffer out and sends it with no further copy. Both run
  * inside OpenSSL calls, so with ssl_lock held; neither ever waits. */
 
-/* The record of a one-record sp_write, when nothing is queued before it: send it from
+/* The last record of an sp_write, when nothing is queued before it: send it from
  * OpenSSL's buffer instead of copying it into outq (ssl_lock held; send_lock is only tried,
  * which keeps the lock order). Returns how much the socket took; the rest, and anything after
  * a failure (which the sender then reports), is queued as usual. */
@@ -939,11 +939,20 @@ int sp_read(sp_conn *c, unsigned char *buf, size_t len, size_t want, size_t *got
 int sp_write(sp_conn *c, const unsigned char *buf, size_t len, size_t *done, int wait_ms,
              sp_err *err)
 {
-    size_t total = 0;
+    return sp_write2(c, NULL, 0, buf, len, done, wait_ms, err);
+}
+
+/* head, then buf, as one stream of plaintext (*done counts both): an output port's pending
+ * bytes and the write that overflows them leave in one send(), with no copy of the write. */
+int sp_write2(sp_conn *c, const unsigned char *head, size_t head_len, const unsigned char *buf,
+              size_t len, size_t *done, int wait_ms, sp_err *err)
+{
+    size_t total = 0, all = head_len + len;
     int status = SP_OK;
     sp_err_reset(err);
-    while (total < len) {
-        size_t n = 0, chunk = len - total;
+    while (total < all) {
+        const unsigned char *from = total < head_len ? head + total : buf + (total - head_len);
+        size_t n = 0, chunk = (total < head_len ? head_len : all) - total;
         int ok, e = SSL_ERROR_NONE;
         if (c->socket_mode && queued_out(c) >= SP_OUT_HIGH) {
             status = send_queued(c, wait_ms, err);
@@ -961,8 +970,11 @@ int sp_write(sp_conn *c, const unsigned char *buf, size_t len, size_t *done, int
         }
         clear_errors();
         c->bio_errno = 0;
-        c->direct_send = c->socket_mode && chunk <= SSL3_RT_MAX_PLAIN_LENGTH;
-        ok = SSL_write_ex(c->ssl, buf + total, chunk, &n);
+        /* The last record of the call may leave straight from OpenSSL's buffer, when nothing
+         * is queued before it (send_direct). */
+        c->direct_send =
+            c->socket_mode && total + chunk == all && chunk <= SSL3_RT_MAX_PLAIN_LENGTH;
+        ok = SSL_write_ex(c->ssl, from, chunk, &n);
         c->direct_send = 0;
         if (!ok) {
             e = SSL_get_error(c->ssl, 0);

@@ -25,7 +25,7 @@ struct sp_conn {
     int read_waited; /* the last sp_read had to wait for the peer: a hint (unlocked) */
     int peer_closed; /* recv() returned 0 (ssl_lock) */
     int draining;    /* sp_conn_drain_tickets: a transport EOF is not an event (ssl_lock) */
-    int direct_send; /* sp_write of at most one record: the BIO may send it itself (ssl_lock) */
+    int direct_send; /* the last record of an sp_write: the BIO may send it itself (ssl_lock) */
     int recv_waits;  /* the socket blocks, with SO_RCVTIMEO = SP_WAIT_SLICE_MS: a read that
                         must wait a whole slice waits in recv() (set at creation) */
     /* Ciphertext such a recv() got, not yet taken by OpenSSL (ssl_lock): sp_read's stack
@@ -104,6 +104,8 @@ int sp_read(sp_conn *c, unsigned char *buf, size_t len, size_t want, size_t *got
             sp_err *err);
 int sp_write(sp_conn *c, const unsigned char *buf, size_t len, size_t *done, int wait_ms,
              sp_err *err);
+int sp_write2(sp_conn *c, const unsigned char *head, size_t head_len, const unsigned char *buf,
+              size_t len, size_t *done, int wait_ms, sp_err *err);
 int sp_flush(sp_conn *c, int wait_ms, sp_err *err);
 int sp_shutdown(sp_conn *c, sp_err *err);
 int sp_renegotiate(sp_conn *c, sp_err *err);

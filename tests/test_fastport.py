@@ -9,6 +9,7 @@ exactly the same bytes and raise the same errors.
 from __future__ import annotations
 
 import array
+import contextlib
 import os
 import platform
 import random
@@ -484,6 +485,46 @@ def _queued_bytes(port: Any) -> int:
 
     sock = port._sslports_conn.transport.sock
     return int(struct.unpack("i", fcntl.ioctl(sock.fileno(), termios.FIONREAD, b"\0" * 4))[0])
+
+
+def test_held_bytes_and_a_big_write_leave_together(path: str, pair: Any) -> None:
+    """Bytes held by the port and a big write that overflows them are sent in one go (the C
+    path tops the held bytes up to a whole record and sends the rest from the caller's buffer,
+    without copying it); a socket that fills meanwhile continues in Python, counting bytes
+    whatever the item size."""
+    _cin, cout, sin, _sout = pair
+    rng = random.Random(23)
+    head, body = rng.randbytes(100), rng.randbytes(1 << 20)
+    cout.write(head)
+    cout.write(body)  # no flush: more than a record is pending, so all of it goes
+    assert sha1(read_exactly(sin, len(head) + len(body))) == sha1(head + body)
+
+    head, ints = rng.randbytes(5000), rng.randbytes(4 << 20)
+
+    def late_reader() -> bytes:
+        threading.Event().wait(0.3)  # the writer meets a full socket first
+        return read_exactly(sin, len(head) + len(ints))
+
+    join = run_in_thread(late_reader)
+    cout.write(head)
+    assert cout.write(memoryview(array.array("i", ints))) == len(ints)
+    assert sha1(join(60)) == sha1(head + ints)
+
+
+def test_a_big_write_over_held_bytes_to_a_vanished_peer(path: str, pair: Any) -> None:
+    """Held bytes plus a big write to a peer that closed: an SSLError, never a crash or a
+    hang; the port still closes (its close may report the broken connection again)."""
+    _cin, cout, sin, sout = pair
+    sin.close()
+    sout.close()
+    big = bytes(1 << 20)
+    with pytest.raises(sslports.SSLError):
+        for _ in range(50):  # the first writes may still fit in the socket buffers
+            cout.write(b"x" * 100)
+            cout.write(big)
+    with contextlib.suppress(sslports.SSLError):
+        cout.close()
+    assert cout.closed
 
 
 @pytest.mark.skipif(sys.platform == "win32", reason="FIONREAD through fcntl")

@@ -22,7 +22,8 @@
  *   2. Take the direction's lock (a Lock, below: threading.Lock's behaviour, taken here without
  *      a Python call; the Python paths and close() take the same lock with `with`).
  *   3. Read the connection's `_fast_addr` (0 once it is closed): the sp_conn to pump.
- *   4. One sp_read / sp_write with the GIL released, waiting at most one slice.
+ *   4. One sp_read / sp_write (sp_write2: the pending bytes, then the caller's) with the GIL
+ *      released, waiting at most one slice.
  *   5. The common outcome (all asked for was read or sent) releases the lock and returns.
  *      Any other (a slice that elapsed, EOF, an error, a closed connection) hands the buffer
  *      and the progress made to the connection's Python continuation (`read_rest` /
@@ -58,9 +59,12 @@ typedef union {
 
 typedef int (*read_fn)(sp_conn *, unsigned char *, size_t, size_t, size_t *, int, void *);
 typedef int (*write_fn)(sp_conn *, const unsigned char *, size_t, size_t *, int, void *);
+typedef int (*write2_fn)(sp_conn *, const unsigned char *, size_t, const unsigned char *, size_t,
+                         size_t *, int, void *);
 
 static read_fn pump_read;
 static write_fn pump_write;
+static write2_fn pump_write2;
 static int slice_ms = 50;
 static Py_ssize_t record_size = 16384;
 static PyObject *read_all;  /* read_all(reader) -> bytes: read(-1) and read(None) */
@@ -552,12 +556,79 @@ static int send_locked(Port *self, sp_conn *c, PyObject *owner, const unsigned c
     return 0;
 }
 
+/* Append len bytes to the pending bytearray (write lock held). 0, or -1 with an exception. */
+static int append_pending(Port *self, const char *data, Py_ssize_t len)
+{
+    Py_ssize_t queued = PyByteArray_Size(self->pending);
+    if (len == 0)
+        return 0;
+    if (PyByteArray_Resize(self->pending, queued + len) < 0)
+        return -1;
+    memcpy(PyByteArray_AsString(self->pending) + queued, data, (size_t)len);
+    return 0;
+}
+
+/* More than a record is pending: the `queued` bytes held and the caller's b (exported as
+ * `view`). Top the held bytes up from b to whole records (so that records stay full), then
+ * send them and the rest of b in one pump call, without copying the rest of b. Releases the
+ * view and the write lock. 0, or -1 with an exception. */
+static int send_overflow(Port *self, sp_conn *c, PyObject *b, Py_buffer *view, Py_ssize_t queued)
+{
+    const char *data = view->buf;
+    Py_ssize_t n = view->len, top = 0, head_len;
+    size_t done = 0;
+    int status = SP_ERROR;
+    PyObject *r;
+    if (queued % record_size != 0) {
+        top = record_size - queued % record_size;
+        if (top > n)
+            top = n;
+    }
+    if (append_pending(self, data, top) < 0) {
+        PyBuffer_Release(view);
+        port_unlock(self, NULL);
+        return -1;
+    }
+    head_len = queued + top;
+    if (c != NULL) {
+        const unsigned char *head = (const unsigned char *)PyByteArray_AsString(self->pending);
+        err_room err; /* filled on failures; the connection keeps its own sticky copy */
+        Py_BEGIN_ALLOW_THREADS
+        status = pump_write2(c, head, (size_t)head_len, (const unsigned char *)data + top,
+                             (size_t)(n - top), &done, slice_ms, &err);
+        Py_END_ALLOW_THREADS
+    }
+    if (status == SP_OK && done == (size_t)(head_len + n - top)) {
+        r = PyByteArray_Resize(self->pending, 0) < 0 ? NULL : new_none();
+    } else if (done >= (size_t)head_len) {
+        /* The held bytes are out: the rest continues from the caller's buffer. */
+        PyObject *sent = PyLong_FromSize_t((size_t)top + done - (size_t)head_len);
+        r = sent == NULL || PyByteArray_Resize(self->pending, 0) < 0
+                ? NULL
+                : PyObject_CallFunctionObjArgs(self->rest, self->pending, b, sent, NULL);
+        Py_XDECREF(sent);
+    } else {
+        /* Held bytes are still to go: the rest of b joins them (the continuation's path). */
+        PyObject *sent = PyLong_FromSize_t(done);
+        r = sent == NULL || append_pending(self, data + top, n - top) < 0
+                ? NULL
+                : PyObject_CallFunctionObjArgs(self->rest, self->pending, self->pending, sent,
+                                               NULL);
+        Py_XDECREF(sent);
+    }
+    PyBuffer_Release(view);
+    r = port_unlock(self, r);
+    if (r == NULL)
+        return -1;
+    Py_DECREF(r);
+    return 0;
+}
+
 static PyObject *writer_write(Port *self, PyObject *b)
 {
     Py_buffer view;
     Py_ssize_t queued, n;
     sp_conn *c;
-    char *pending;
 
     if (self->conn == NULL) {
         PyErr_SetString(PyExc_ValueError, "write to closed SSL port");
@@ -575,27 +646,17 @@ static PyObject *writer_write(Port *self, PyObject *b)
      * exactly: a stream of 16 KiB writes then leaves two records per send() (ports.py
      * SSLOutputPort.write; bench/README.md section 3). More than a record is sent at once. */
     queued = PyByteArray_Size(self->pending);
-    if (queued == 0 && n > record_size) {
-        /* More than a record: straight from the caller's buffer. */
-        if (send_locked(self, c, b, view.buf, (size_t)n, &view) < 0)
+    if (queued + n > record_size) {
+        if (send_overflow(self, c, b, &view, queued) < 0)
             return NULL;
         return PyLong_FromSsize_t(n);
     }
-    if (n > 0) {
-        if (PyByteArray_Resize(self->pending, queued + n) < 0) {
-            PyBuffer_Release(&view);
-            return port_unlock(self, NULL);
-        }
-        memcpy(PyByteArray_AsString(self->pending) + queued, view.buf, (size_t)n);
+    if (append_pending(self, view.buf, n) < 0) {
+        PyBuffer_Release(&view);
+        return port_unlock(self, NULL);
     }
     PyBuffer_Release(&view);
-    queued += n;
-    if (queued <= record_size)
-        return port_unlock(self, PyLong_FromSsize_t(n));
-    pending = PyByteArray_AsString(self->pending);
-    if (send_locked(self, c, self->pending, (unsigned char *)pending, (size_t)queued, NULL) < 0)
-        return NULL;
-    return PyLong_FromSsize_t(n);
+    return port_unlock(self, PyLong_FromSsize_t(n));
 }
 
 static PyObject *writer_flush(Port *self, PyObject *unused)
@@ -762,13 +823,13 @@ done:
 
 static PyObject *fast_init(PyObject *module, PyObject *args)
 {
-    PyObject *read_addr, *write_addr, *all;
+    PyObject *read_addr, *write_addr, *write2_addr, *all;
     int slice;
     Py_ssize_t record, err_size;
-    void *r, *w;
+    void *r, *w, *w2;
     (void)module;
-    if (!PyArg_ParseTuple(args, "OOninO:init", &read_addr, &write_addr, &err_size, &slice, &record,
-                          &all))
+    if (!PyArg_ParseTuple(args, "OOOninO:init", &read_addr, &write_addr, &write2_addr, &err_size,
+                          &slice, &record, &all))
         return NULL;
     if (err_size <= 0 || err_size > ERR_ROOM) {
         PyErr_Format(PyExc_ValueError, "init: an sp_err of %zd bytes does not fit", err_size);
@@ -776,7 +837,8 @@ static PyObject *fast_init(PyObject *module, PyObject *args)
     }
     r = PyLong_AsVoidPtr(read_addr);
     w = r ? PyLong_AsVoidPtr(write_addr) : NULL;
-    if (r == NULL || w == NULL) {
+    w2 = w ? PyLong_AsVoidPtr(write2_addr) : NULL;
+    if (r == NULL || w == NULL || w2 == NULL) {
         if (!PyErr_Occurred())
             PyErr_SetString(PyExc_ValueError, "init: null pump function");
         return NULL;
@@ -788,6 +850,7 @@ static PyObject *fast_init(PyObject *module, PyObject *args)
     /* Function pointers travel as integers: CFFI hands them out that way. */
     pump_read = (read_fn)(uintptr_t)r;
     pump_write = (write_fn)(uintptr_t)w;
+    pump_write2 = (write2_fn)(uintptr_t)w2;
     slice_ms = slice;
     record_size = record;
     Py_INCREF(all);
@@ -797,8 +860,8 @@ static PyObject *fast_init(PyObject *module, PyObject *args)
 
 static PyMethodDef module_methods[] = {
     {"init", fast_init, METH_VARARGS,
-     "init(sp_read_addr, sp_write_addr, sizeof_sp_err, slice_ms, record_size, read_all): bind "
-     "the pump."},
+     "init(sp_read_addr, sp_write_addr, sp_write2_addr, sizeof_sp_err, slice_ms, record_size, "
+     "read_all): bind the pump."},
     {"make_ports", fast_make_ports, METH_VARARGS,
      "make_ports(conn, input_type, output_type): a socket connection's two ports (no timeout)."},
     {NULL, NULL, 0, NULL},

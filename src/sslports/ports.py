@@ -138,6 +138,7 @@ def _load_fastport() -> Any:
     _fastport.init(
         int(ffi.cast("uintptr_t", ffi.addressof(lib, "sp_read"))),
         int(ffi.cast("uintptr_t", ffi.addressof(lib, "sp_write"))),
+        int(ffi.cast("uintptr_t", ffi.addressof(lib, "sp_write2"))),
         ffi.sizeof("sp_err"),
         _SLICE_MS,
         _RECORD,
