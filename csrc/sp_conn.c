@@ -11,8 +11,9 @@
  *                                             what a read's waiting recv() got (WAITING)
  *   caller buf --  SSL_write_ex --> [ssl] --> BIO write: append records to `outq`
  *                                             sender: swap `outq` out whole, send() it
- *                                             (a write of one record that finds nothing
- *                                             queued is sent by the BIO itself: no copy)
+ *                                             (a write's last record is sent by the BIO
+ *                                             itself, after what is queued, in one
+ *                                             sendmsg(): no copy of it)
  *
  * Stream mode (ports_to_ssl_ports: fd < 0). OpenSSL talks to two memory BIOs; the pump only
  * reports what it needs and Python moves ciphertext with sp_feed / sp_take:
@@ -91,6 +92,9 @@
  */
 #include <stdlib.h>
 #include <string.h>
+#ifndef _WIN32
+#include <sys/uio.h>
+#endif
 
 #include "sp.h"
 
@@ -406,22 +410,64 @@ int sp_conn_set_host(sp_conn *c, const char *host, int is_ip, int send_sni, int 
  * the sender later swaps that whole buffer out and sends it with no further copy. Both run
  * inside OpenSSL calls, so with ssl_lock held; neither ever waits. */
 
-/* The last record of an sp_write, when nothing is queued before it: send it from
- * OpenSSL's buffer instead of copying it into outq (ssl_lock held; send_lock is only tried,
- * which keeps the lock order). Returns how much the socket took; the rest, and anything after
- * a failure (which the sender then reports), is queued as usual. */
+#ifndef _WIN32
+/* One sendmsg() of a, then b. */
+static long send_two(sp_socket fd, const void *a, size_t alen, const void *b, size_t blen)
+{
+    struct iovec iov[2];
+    struct msghdr msg;
+    memset(&msg, 0, sizeof msg);
+    iov[0].iov_base = (void *)a;
+    iov[0].iov_len = alen;
+    iov[1].iov_base = (void *)b;
+    iov[1].iov_len = blen;
+    msg.msg_iov = iov;
+    msg.msg_iovlen = 2;
+    return (long)sendmsg(fd, &msg, SP_SEND_FLAGS);
+}
+#endif
+
+/* The last record of an sp_write leaves straight from OpenSSL's buffer when no other send is
+ * under way: alone when nothing is queued, else (POSIX) in one sendmsg() after the records
+ * queued before it, so a batch of records is sent without copying its last one. ssl_lock is
+ * held; send_lock is only tried, which keeps the lock order. Returns how much of the record
+ * the socket took; the rest, and anything after a failure (which the sender then reports), is
+ * queued as usual. */
 static size_t send_direct(sp_conn *c, const char *data, size_t len)
 {
     long n = 0;
-    if (!c->direct_send || c->outq_len > 0 || !sp_mutex_trylock(&c->send_lock))
+    size_t took = 0;
+    if (!c->direct_send || !sp_mutex_trylock(&c->send_lock))
         return 0;
-    if (c->out_off == c->out_len) {
+    if (c->out_off == c->out_len && c->outq_len == 0) {
         do {
             n = (long)send(c->fd, data, (sp_iolen)len, SP_SEND_FLAGS);
         } while (n < 0 && SP_EINTR(SP_SOCK_ERRNO()));
+        took = n > 0 ? (size_t)n : 0;
     }
+#ifndef _WIN32
+    else if (c->out_off == c->out_len) {
+        do {
+            n = send_two(c->fd, c->outq, c->outq_len, data, len);
+        } while (n < 0 && SP_EINTR(SP_SOCK_ERRNO()));
+        if (n >= (long)c->outq_len) {
+            took = (size_t)n - c->outq_len;
+            c->outq_len = 0;
+        } else if (n > 0) { /* the sender sends the rest of the queue, then this record */
+            unsigned char *spare = c->out;
+            size_t spare_cap = c->out_cap;
+            c->out = c->outq;
+            c->out_cap = c->outq_cap;
+            c->out_len = c->outq_len;
+            c->out_off = (size_t)n;
+            c->outq = spare;
+            c->outq_cap = spare_cap;
+            c->outq_len = 0;
+        }
+    }
+#endif
     sp_mutex_unlock(&c->send_lock);
-    return n > 0 ? (size_t)n : 0;
+    return took;
 }
 
 /* The received-early buffer is empty again (ssl_lock held). */
@@ -961,6 +1007,11 @@ int sp_write2(sp_conn *c, const unsigned char *head, size_t head_len, const unsi
         }
         if (chunk > SP_WRITE_CHUNK)
             chunk = SP_WRITE_CHUNK;
+        /* The call's last record gets an SSL_write_ex of its own: it may then leave straight
+         * from OpenSSL's buffer (send_direct), behind the records queued before it. */
+        if (c->socket_mode && total + chunk == all && chunk > SSL3_RT_MAX_PLAIN_LENGTH)
+            chunk -= chunk % SSL3_RT_MAX_PLAIN_LENGTH ? chunk % SSL3_RT_MAX_PLAIN_LENGTH
+                                                      : SSL3_RT_MAX_PLAIN_LENGTH;
         sp_mutex_lock(&c->ssl_lock);
         if (c->broken != NULL) {
             memcpy(err, c->broken, sizeof *err);
@@ -970,8 +1021,6 @@ int sp_write2(sp_conn *c, const unsigned char *head, size_t head_len, const unsi
         }
         clear_errors();
         c->bio_errno = 0;
-        /* The last record of the call may leave straight from OpenSSL's buffer, when nothing
-         * is queued before it (send_direct). */
         c->direct_send =
             c->socket_mode && total + chunk == all && chunk <= SSL3_RT_MAX_PLAIN_LENGTH;
         ok = SSL_write_ex(c->ssl, from, chunk, &n);
