@@ -22,8 +22,8 @@
  *   2. Take the direction's lock (a Lock, below: threading.Lock's behaviour, taken here without
  *      a Python call; the Python paths and close() take the same lock with `with`).
  *   3. Read the connection's `_fast_addr` (0 once it is closed): the sp_conn to pump.
- *   4. One sp_read / sp_write (sp_write2: the pending bytes, then the caller's) with the GIL
- *      released, waiting at most one slice.
+ *   4. One sp_read / sp_write2 (the pending bytes, then the caller's) with the GIL released,
+ *      waiting at most one slice.
  *   5. The common outcome (all asked for was read or sent) releases the lock and returns.
  *      Any other (a slice that elapsed, EOF, an error, a closed connection) hands the buffer
  *      and the progress made to the connection's Python continuation (`read_rest` /
@@ -58,12 +58,10 @@ typedef union {
 } err_room;
 
 typedef int (*read_fn)(sp_conn *, unsigned char *, size_t, size_t, size_t *, int, void *);
-typedef int (*write_fn)(sp_conn *, const unsigned char *, size_t, size_t *, int, void *);
 typedef int (*write2_fn)(sp_conn *, const unsigned char *, size_t, const unsigned char *, size_t,
                          size_t *, int, void *);
 
 static read_fn pump_read;
-static write_fn pump_write;
 static write2_fn pump_write2;
 static int slice_ms = 50;
 static Py_ssize_t record_size = 16384;
@@ -522,31 +520,27 @@ static PyType_Spec reader_spec = {
 
 /* ---- Writer -------------------------------------------------------------------------- */
 
-/* Send `len` bytes at `data` (the pending buffer when `owner` is it, else the caller's) with
- * the write lock held, then release it. Returns 0, or -1 with an exception. */
-static int send_locked(Port *self, sp_conn *c, PyObject *owner, const unsigned char *data,
-                       size_t len, Py_buffer *view)
+/* Send the pending bytes with the write lock held, then release it. 0, or -1 with an
+ * exception. */
+static int send_pending(Port *self, sp_conn *c)
 {
-    size_t done = 0;
+    size_t done = 0, len = (size_t)PyByteArray_Size(self->pending);
     int status = SP_ERROR;
     PyObject *sent, *r;
     if (c != NULL) {
+        const unsigned char *data = (const unsigned char *)PyByteArray_AsString(self->pending);
         err_room err; /* filled on failures; the connection keeps its own sticky copy */
         Py_BEGIN_ALLOW_THREADS
-        status = pump_write(c, data, len, &done, slice_ms, &err);
+        status = pump_write2(c, NULL, 0, data, len, &done, slice_ms, &err);
         Py_END_ALLOW_THREADS
     }
-    if (view != NULL)
-        PyBuffer_Release(view);
     if (status == SP_OK && done == len) {
-        if (owner == self->pending && PyByteArray_Resize(self->pending, 0) < 0)
-            r = NULL;
-        else
-            r = new_none();
+        r = PyByteArray_Resize(self->pending, 0) < 0 ? NULL : new_none();
     } else {
         sent = PyLong_FromSize_t(done);
         r = sent == NULL ? NULL
-                         : PyObject_CallFunctionObjArgs(self->rest, self->pending, owner, sent, NULL);
+                         : PyObject_CallFunctionObjArgs(self->rest, self->pending, self->pending,
+                                                        sent, NULL);
         Py_XDECREF(sent);
     }
     r = port_unlock(self, r);
@@ -661,18 +655,14 @@ static PyObject *writer_write(Port *self, PyObject *b)
 
 static PyObject *writer_flush(Port *self, PyObject *unused)
 {
-    Py_ssize_t queued;
     (void)unused;
     if (self->conn == NULL || PyByteArray_Size(self->pending) == 0)
         Py_RETURN_NONE;
     if (lock_take(self->lock) < 0)
         return NULL;
-    queued = PyByteArray_Size(self->pending);
-    if (queued == 0)
+    if (PyByteArray_Size(self->pending) == 0)
         return port_unlock(self, new_none());
-    if (send_locked(self, conn_of(self->conn), self->pending,
-                    (unsigned char *)PyByteArray_AsString(self->pending), (size_t)queued,
-                    NULL) < 0)
+    if (send_pending(self, conn_of(self->conn)) < 0)
         return NULL;
     Py_RETURN_NONE;
 }
@@ -823,22 +813,21 @@ done:
 
 static PyObject *fast_init(PyObject *module, PyObject *args)
 {
-    PyObject *read_addr, *write_addr, *write2_addr, *all;
+    PyObject *read_addr, *write2_addr, *all;
     int slice;
     Py_ssize_t record, err_size;
-    void *r, *w, *w2;
+    void *r, *w2;
     (void)module;
-    if (!PyArg_ParseTuple(args, "OOOninO:init", &read_addr, &write_addr, &write2_addr, &err_size,
-                          &slice, &record, &all))
+    if (!PyArg_ParseTuple(args, "OOninO:init", &read_addr, &write2_addr, &err_size, &slice,
+                          &record, &all))
         return NULL;
     if (err_size <= 0 || err_size > ERR_ROOM) {
         PyErr_Format(PyExc_ValueError, "init: an sp_err of %zd bytes does not fit", err_size);
         return NULL;
     }
     r = PyLong_AsVoidPtr(read_addr);
-    w = r ? PyLong_AsVoidPtr(write_addr) : NULL;
-    w2 = w ? PyLong_AsVoidPtr(write2_addr) : NULL;
-    if (r == NULL || w == NULL || w2 == NULL) {
+    w2 = r ? PyLong_AsVoidPtr(write2_addr) : NULL;
+    if (r == NULL || w2 == NULL) {
         if (!PyErr_Occurred())
             PyErr_SetString(PyExc_ValueError, "init: null pump function");
         return NULL;
@@ -849,7 +838,6 @@ static PyObject *fast_init(PyObject *module, PyObject *args)
     }
     /* Function pointers travel as integers: CFFI hands them out that way. */
     pump_read = (read_fn)(uintptr_t)r;
-    pump_write = (write_fn)(uintptr_t)w;
     pump_write2 = (write2_fn)(uintptr_t)w2;
     slice_ms = slice;
     record_size = record;
@@ -860,8 +848,8 @@ static PyObject *fast_init(PyObject *module, PyObject *args)
 
 static PyMethodDef module_methods[] = {
     {"init", fast_init, METH_VARARGS,
-     "init(sp_read_addr, sp_write_addr, sp_write2_addr, sizeof_sp_err, slice_ms, record_size, "
-     "read_all): bind the pump."},
+     "init(sp_read_addr, sp_write2_addr, sizeof_sp_err, slice_ms, record_size, read_all): bind "
+     "the pump."},
     {"make_ports", fast_make_ports, METH_VARARGS,
      "make_ports(conn, input_type, output_type): a socket connection's two ports (no timeout)."},
     {NULL, NULL, 0, NULL},

@@ -137,7 +137,6 @@ def _load_fastport() -> Any:
     ffi, lib = _binding.ffi, _binding.lib
     _fastport.init(
         int(ffi.cast("uintptr_t", ffi.addressof(lib, "sp_read"))),
-        int(ffi.cast("uintptr_t", ffi.addressof(lib, "sp_write"))),
         int(ffi.cast("uintptr_t", ffi.addressof(lib, "sp_write2"))),
         ffi.sizeof("sp_err"),
         _SLICE_MS,
