@@ -20,6 +20,8 @@ The client end (the default), facing the C server (bench/c/sp_ref, mode hs):
   connection  floor + a ports.Connection made and dropped (no ports)
   ports       floor + a Connection and its two ports (made in C), both closed
   sslports    ssl_connect, write + flush, readinto, close: the library as users call it
+  pyssl       Python's ssl module (only with --variants): wrap_socket, sendall, recv, close,
+              resuming with session= like bench/peer.py (the "full vs ssl" target's other side)
 
 The server end (--server), facing the C client (sp_ref, mode hs):
 
@@ -27,6 +29,12 @@ The server end (--server), facing the C client (sp_ref, mode hs):
               that every variant's tickets resume on every other
   floor       the pump through CFFI, accepting with a bare socket, no objects
   sslports    ssl_accept, readinto the header, write + flush the answer, close
+  pyssl       Python's ssl module on the same listening socket (only with --full and
+              --variants: a ticket from another context would not resume)
+
+Variants named with --variants only are measured on request; with pyssl the process re-runs
+itself under bench/common.py's OPENSSL_CONF, as run_all.py does, so that Python's ssl uses the
+same TLS 1.3 suite.
 """
 
 from __future__ import annotations
@@ -35,16 +43,19 @@ import argparse
 import ctypes
 import os
 import resource
+import socket
+import ssl
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import Any, Callable, Optional, cast
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
-from common import SUITE, pack_header  # noqa: E402
+from common import OPENSSL_CONF, SUITE, pack_header  # noqa: E402
 from run_all import ROOT, build_ref  # noqa: E402
 
 PEM = str(ROOT / "src" / "sslports" / "test.pem")
@@ -66,6 +77,8 @@ def build_lib() -> Path:
 
 def variants(port: int, resume: bool) -> dict[str, Callable[[], None]]:
     import _socket
+
+    from peer import PySSLStack
 
     import sslports
     from sslports import _binding, ports
@@ -144,12 +157,26 @@ def variants(port: int, resume: bool) -> dict[str, Callable[[], None]]:
         out.close()
         inp.close()
 
+    pyssl_stack = PySSLStack()
+    pyssl_stack.client(PEM, SUITE)
+    pyssl_session: list[Any] = [None]
+
+    def pyssl() -> None:
+        end = pyssl_stack.connect("127.0.0.1", port, pyssl_session[0])
+        end.write(header)
+        if end.readfull(one) != 1:
+            raise SystemExit("pyssl: no answer")
+        if resume:
+            pyssl_session[0] = end.obj.session
+        end.close()
+
     return {
         "c": c,
         "floor": lambda: pump(lambda sock: None),
         "connection": lambda: pump(with_connection),
         "ports": lambda: pump(with_ports),
         "sslports": library,
+        "pyssl": pyssl,
     }
 
 
@@ -203,7 +230,25 @@ def server_variants(resume: bool) -> tuple[int, dict[str, Callable[[], None]]]:
         out.close()
         inp.close()
 
-    return port, {"c": c, "floor": floor, "sslports": library}
+    pyssl_ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    pyssl_ctx.load_cert_chain(PEM, PEM)
+    pyssl_ctx.num_tickets = 2 if resume else 0
+
+    def pyssl() -> None:
+        fd, _addr = listener._sock._accept()
+        raw = socket.socket(socket.AF_INET, socket.SOCK_STREAM, 0, fd)
+        raw.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        s = pyssl_ctx.wrap_socket(raw, server_side=True)
+        view, got = memoryview(header_buf), 0
+        while got < len(view):
+            n = s.recv_into(view[got:])
+            if not n:
+                raise SystemExit("pyssl: early EOF")
+            got += n
+        s.sendall(b"K")
+        s.close()
+
+    return port, {"c": c, "floor": floor, "sslports": library, "pyssl": pyssl}
 
 
 def _exchanger(lib: Any, ffi: Any) -> Callable[[Any, Optional[bytes], Any], None]:
@@ -278,6 +323,14 @@ def main() -> None:
     names = (args.variants or ",".join(SERVER_VARIANTS if args.server else VARIANTS)).split(",")
     warm = min(50, args.n // 10)
     resume = not args.full
+    if "pyssl" in names:
+        if args.server and resume:
+            raise SystemExit("conn_costs.py: the pyssl server variant needs --full")
+        if "SSLPORTS_BENCH_CONF" not in os.environ:  # Python's ssl: the same TLS 1.3 suite
+            conf = Path(tempfile.mkdtemp()) / "openssl.cnf"
+            conf.write_text(OPENSSL_CONF)
+            env = dict(os.environ, OPENSSL_CONF=str(conf), SSLPORTS_BENCH_CONF="1")
+            os.execve(sys.executable, [sys.executable, *sys.argv], env)
     ref, conns = str(build_ref()), args.n * len(names)
     if args.server:
         port, run = server_variants(resume)
