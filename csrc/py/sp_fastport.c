@@ -520,34 +520,57 @@ static PyType_Spec reader_spec = {
 
 /* ---- Writer -------------------------------------------------------------------------- */
 
-/* Send the pending bytes with the write lock held, then release it. 0, or -1 with an
- * exception. */
-static int send_pending(Port *self, sp_conn *c)
+/* The write's continuation: rest(pending, data, sent) (ports.py Connection.write_rest). */
+static PyObject *call_rest(Port *self, PyObject *data, size_t sent)
 {
-    size_t done = 0, len = (size_t)PyByteArray_Size(self->pending);
-    int status = SP_ERROR;
-    PyObject *sent, *r;
-    if (c != NULL) {
-        const unsigned char *data = (const unsigned char *)PyByteArray_AsString(self->pending);
-        err_room err; /* filled on failures; the connection keeps its own sticky copy */
-        Py_BEGIN_ALLOW_THREADS
-        status = pump_write2(c, NULL, 0, data, len, &done, slice_ms, &err);
-        Py_END_ALLOW_THREADS
-    }
-    if (status == SP_OK && done == len) {
-        r = PyByteArray_Resize(self->pending, 0) < 0 ? NULL : new_none();
-    } else {
-        sent = PyLong_FromSize_t(done);
-        r = sent == NULL ? NULL
-                         : PyObject_CallFunctionObjArgs(self->rest, self->pending, self->pending,
-                                                        sent, NULL);
-        Py_XDECREF(sent);
-    }
+    PyObject *n = PyLong_FromSize_t(sent), *r;
+    if (n == NULL)
+        return NULL;
+    r = PyObject_CallFunctionObjArgs(self->rest, self->pending, data, n, NULL);
+    Py_DECREF(n);
+    return r;
+}
+
+/* Release the write lock after `r` (a new reference, or NULL with an exception set): 0, or -1
+ * with the exception. */
+static int unlock_with(Port *self, PyObject *r)
+{
     r = port_unlock(self, r);
     if (r == NULL)
         return -1;
     Py_DECREF(r);
     return 0;
+}
+
+/* One sp_write2 of head, then data, with the GIL released (the write lock held). A closed
+ * connection (c NULL) is SP_ERROR with nothing done: the continuation raises. */
+static int pump_out(sp_conn *c, const char *head, size_t head_len, const char *data, size_t len,
+                    size_t *done)
+{
+    int status = SP_ERROR;
+    *done = 0;
+    if (c != NULL) {
+        err_room err; /* filled on failures; the connection keeps its own sticky copy */
+        Py_BEGIN_ALLOW_THREADS
+        status = pump_write2(c, (const unsigned char *)head, head_len,
+                             (const unsigned char *)data, len, done, slice_ms, &err);
+        Py_END_ALLOW_THREADS
+    }
+    return status;
+}
+
+/* Send the pending bytes with the write lock held, then release it. 0, or -1 with an
+ * exception. */
+static int send_pending(Port *self, sp_conn *c)
+{
+    size_t done, len = (size_t)PyByteArray_Size(self->pending);
+    int status = pump_out(c, NULL, 0, PyByteArray_AsString(self->pending), len, &done);
+    PyObject *r;
+    if (status == SP_OK && done == len)
+        r = PyByteArray_Resize(self->pending, 0) < 0 ? NULL : new_none();
+    else
+        r = call_rest(self, self->pending, done);
+    return unlock_with(self, r);
 }
 
 /* Append len bytes to the pending bytearray (write lock held). 0, or -1 with an exception. */
@@ -570,8 +593,8 @@ static int send_overflow(Port *self, sp_conn *c, PyObject *b, Py_buffer *view, P
 {
     const char *data = view->buf;
     Py_ssize_t n = view->len, top = 0, head_len;
-    size_t done = 0;
-    int status = SP_ERROR;
+    size_t done;
+    int status;
     PyObject *r;
     if (queued % record_size != 0) {
         top = record_size - queued % record_size;
@@ -580,42 +603,22 @@ static int send_overflow(Port *self, sp_conn *c, PyObject *b, Py_buffer *view, P
     }
     if (append_pending(self, data, top) < 0) {
         PyBuffer_Release(view);
-        port_unlock(self, NULL);
-        return -1;
+        return unlock_with(self, NULL);
     }
     head_len = queued + top;
-    if (c != NULL) {
-        const unsigned char *head = (const unsigned char *)PyByteArray_AsString(self->pending);
-        err_room err; /* filled on failures; the connection keeps its own sticky copy */
-        Py_BEGIN_ALLOW_THREADS
-        status = pump_write2(c, head, (size_t)head_len, (const unsigned char *)data + top,
-                             (size_t)(n - top), &done, slice_ms, &err);
-        Py_END_ALLOW_THREADS
-    }
-    if (status == SP_OK && done == (size_t)(head_len + n - top)) {
+    status = pump_out(c, PyByteArray_AsString(self->pending), (size_t)head_len, data + top,
+                      (size_t)(n - top), &done);
+    if (status == SP_OK && done == (size_t)(head_len + n - top))
         r = PyByteArray_Resize(self->pending, 0) < 0 ? NULL : new_none();
-    } else if (done >= (size_t)head_len) {
-        /* The held bytes are out: the rest continues from the caller's buffer. */
-        PyObject *sent = PyLong_FromSize_t((size_t)top + done - (size_t)head_len);
-        r = sent == NULL || PyByteArray_Resize(self->pending, 0) < 0
+    else if (done >= (size_t)head_len) /* the held bytes are out: b continues from its own */
+        r = PyByteArray_Resize(self->pending, 0) < 0
                 ? NULL
-                : PyObject_CallFunctionObjArgs(self->rest, self->pending, b, sent, NULL);
-        Py_XDECREF(sent);
-    } else {
-        /* Held bytes are still to go: the rest of b joins them (the continuation's path). */
-        PyObject *sent = PyLong_FromSize_t(done);
-        r = sent == NULL || append_pending(self, data + top, n - top) < 0
-                ? NULL
-                : PyObject_CallFunctionObjArgs(self->rest, self->pending, self->pending, sent,
-                                               NULL);
-        Py_XDECREF(sent);
-    }
+                : call_rest(self, b, (size_t)top + done - (size_t)head_len);
+    else /* held bytes are still to go: the rest of b joins them (the continuation's path) */
+        r = append_pending(self, data + top, n - top) < 0 ? NULL
+                                                           : call_rest(self, self->pending, done);
     PyBuffer_Release(view);
-    r = port_unlock(self, r);
-    if (r == NULL)
-        return -1;
-    Py_DECREF(r);
-    return 0;
+    return unlock_with(self, r);
 }
 
 static PyObject *writer_write(Port *self, PyObject *b)
