@@ -511,6 +511,27 @@ def test_held_bytes_and_a_big_write_leave_together(path: str, pair: Any) -> None
     assert sha1(join(60)) == sha1(head + ints)
 
 
+def test_a_timed_out_write_over_held_bytes(path: str, pair: Any) -> None:
+    """With a timeout (the ports' Python path): held bytes and a big bytearray for a peer that
+    does not read yet. The TimeoutError counts all of the write as taken, the caller's
+    bytearray is free again (no view of it outlives the call: it can be resized), and flush()
+    later sends everything in order."""
+    _cin, cout, sin, _sout = pair
+    rng = random.Random(29)
+    head, body = rng.randbytes(3000), bytearray(rng.randbytes(32 << 20))
+    cout.settimeout(0.3)
+    cout.write(head)  # held
+    with pytest.raises(TimeoutError) as info:
+        cout.write(body)  # far more than the socket buffers hold
+    assert getattr(info.value, "characters_written", None) == len(body)
+    sent = bytes(body)
+    body.extend(b"more")  # BufferError if the port still held a view of it
+    join = run_in_thread(lambda: read_exactly(sin, len(head) + len(sent)))
+    cout.settimeout(None)
+    cout.flush()
+    assert sha1(join(60)) == sha1(head + sent)
+
+
 def test_a_big_write_over_held_bytes_to_a_vanished_peer(path: str, pair: Any) -> None:
     """Held bytes plus a big write to a peer that closed: an SSLError, never a crash or a
     hang; the port still closes (its close may report the broken connection again)."""

@@ -533,8 +533,8 @@ class Connection:
         return self.read("read", b, fill, _NO_DEADLINE, total)
 
     def write_rest(self, pending: bytearray, data: Any, sent: int) -> None:
-        """The C fast path's continuation for writes (see read_rest): send the rest of `data`
-        (`pending` or a caller's buffer) after its first `sent` bytes."""
+        """The C fast path's continuation for writes (see read_rest): send the rest of the held
+        bytes `pending`, then of `data`, after the first `sent` bytes of the two."""
         _send_rest(self, pending, None, data, sent)
 
     def pump_once(self, func: str, view: memoryview, deadline: _Deadline) -> int:
@@ -562,24 +562,33 @@ class Connection:
             return -1
         raise self.fail(func, "read", err)
 
-    def write(self, func: str, data: Any, deadline: _Deadline) -> int:
-        """Encrypt and send all of the buffer `data`. Returns how much was accepted before a
-        timeout. One pump call in the common case (it also sends what it encrypted)."""
+    def write(self, func: str, data: Any, deadline: _Deadline, head: Any = b"") -> int:
+        """Encrypt and send all of the buffer `head`, then all of `data`, as one stream. Returns
+        how much of the two was accepted before a timeout. One pump call in the common case (it
+        also sends what it encrypted)."""
         if self.closed:
             raise ValueError("I/O operation on closed SSL connection")
         lib = _binding.lib
         err, done = _scratch()
+        hbuf = _from_buffer("unsigned char[]", head)
         buf = _from_buffer("unsigned char[]", data)
-        size = len(buf)
+        hsize = len(hbuf)
+        size = hsize + len(buf)
         total = 0
-        # (`with buf`: see read; release the export even on errors)
+        # (`with`: see read; release the exports even on errors)
         ptr = self.ptr
-        with buf:
+        with hbuf, buf:
             try:
                 while True:
                     wait = _SLICE_MS if deadline.at is None else deadline.slice_ms()
-                    if total < size:
-                        status = lib.sp_write(ptr, buf + total, size - total, done, wait, err)
+                    if total < hsize:
+                        status = lib.sp_write2(
+                            ptr, hbuf + total, hsize - total, buf, size - hsize, done, wait, err
+                        )
+                        total += done[0]
+                    elif total < size:
+                        at = total - hsize
+                        status = lib.sp_write(ptr, buf + at, size - total, done, wait, err)
                         total += done[0]
                     else:
                         status = lib.sp_flush(ptr, wait, err)
@@ -835,13 +844,10 @@ class SSLOutputPort(io.BufferedIOBase):
         n = len(b)
         with self._lock:
             try:
-                buf = self._buf
-                if not buf and n > _RECORD:
-                    self._send_locked(b)
+                if len(self._buf) + n <= _RECORD:
+                    self._buf += b
                 else:
-                    buf += b
-                    if len(buf) > _RECORD:
-                        self._send_locked(buf)
+                    self._send_locked(b)
             except SSLTimeoutError as exc:
                 exc.characters_written = n  # type: ignore[attr-defined]  # all sent or buffered
                 raise
@@ -851,29 +857,43 @@ class SSLOutputPort(io.BufferedIOBase):
         for line in lines:
             self.write(line)
 
-    def _send_locked(self, data: Any) -> None:
-        """Send `data` (our buffer or a caller's); keep what a timeout left unsent."""
+    def _send_locked(self, data: Any = b"") -> None:
+        """Send the held bytes, topped up from `data` to whole records (records stay full), then
+        the rest of `data` (bytes, bytearray or a byte memoryview) without copying it; what a
+        timeout leaves unsent stays held (as in the C path, sp_fastport.c send_overflow)."""
+        held = self._buf
+        top = min(-len(held) % _RECORD, len(data))
+        if top:
+            held += data[:top]
         conn = self._sslports_conn
-        if self._timeout is None and conn.is_socket and not conn.closed:
-            # The common case in one pump call (see SSLInputPort._readinto).
-            err, done = _scratch()
-            with _from_buffer("unsigned char[]", data) as cbuf:
-                size = len(cbuf)
-                status = _binding.lib.sp_write(conn.ptr, cbuf, size, done, _SLICE_MS, err)
-            sent = int(done[0])
-            if status == _SP_OK and sent == size:
-                del self._buf[:]
+        # (views released on the way out: an exception's frames must not pin the caller's
+        # bytearray, which could then not be resized)
+        with memoryview(data) as whole, whole[top:] as rest:
+            if self._timeout is None and conn.is_socket and not conn.closed:
+                # The common case in one pump call (see SSLInputPort._readinto).
+                err, done = _scratch()
+                with (
+                    _from_buffer("unsigned char[]", held) as chead,
+                    _from_buffer("unsigned char[]", rest) as cdata,
+                ):
+                    size = len(chead) + len(cdata)
+                    status = _binding.lib.sp_write2(
+                        conn.ptr, chead, len(chead), cdata, len(cdata), done, _SLICE_MS, err
+                    )
+                sent = int(done[0])
+                if status == _SP_OK and sent == size:
+                    del held[:]
+                    return
+                _send_rest(conn, held, None, rest, sent)  # a wait, a flush, an error
                 return
-            _send_rest(conn, self._buf, None, data, sent)  # a wait, a flush, an error
-            return
-        _send_rest(conn, self._buf, self._timeout, data, 0)
+            _send_rest(conn, held, self._timeout, rest, 0)
 
     def flush(self) -> None:
         if self.closed or not self._buf:
             return
         with self._lock:
             if self._buf:
-                self._send_locked(self._buf)
+                self._send_locked()
 
     def close(self) -> None:
         if not _claim_close(self):
@@ -898,19 +918,28 @@ class SSLOutputPort(io.BufferedIOBase):
 def _send_rest(
     conn: Connection, pending: bytearray, timeout: Optional[float], data: Any, sent: int
 ) -> None:
-    """Send `data` (the pending buffer or a caller's buffer of any item format) after its first
-    `sent` bytes; what a timeout leaves unsent becomes the pending buffer, else it ends up
-    empty."""
-    if type(data) is not bytearray and type(data) is not bytes:
-        data = memoryview(data).cast("B")  # `sent` and what follows count bytes
-    rest = data[sent:] if sent else data
-    try:
-        conn.write("write", rest, _deadline(timeout))
-    except SSLTimeoutError as exc:
-        written = int(getattr(exc, "characters_written", 0))
-        pending[:] = rest[written:]
-        exc.characters_written = len(pending)  # type: ignore[attr-defined]
-        raise
+    """Send the held bytes `pending`, then `data` (a caller's buffer of any item format), after
+    the first `sent` bytes of the two; what a timeout leaves unsent becomes the held bytes, else
+    they end up empty."""
+    held = len(pending)
+    head = pending[sent:] if sent < held else b""
+    # (`sent` and what follows count bytes; views copy nothing and are released on the way out)
+    with (
+        memoryview(data) as whole,
+        whole.cast("B") as view,
+        view[max(sent - held, 0) :] as rest,
+    ):
+        try:
+            conn.write("write", rest, _deadline(timeout), head)
+        except SSLTimeoutError as exc:
+            written = int(getattr(exc, "characters_written", 0))
+            if written < len(head):
+                pending[:] = head[written:]
+                pending += rest
+            else:
+                pending[:] = rest[written - len(head) :]
+            exc.characters_written = len(pending)  # type: ignore[attr-defined]
+            raise
     del pending[:]
 
 
