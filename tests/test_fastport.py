@@ -526,7 +526,12 @@ def test_a_timed_out_write_over_held_bytes(path: str, pair: Any) -> None:
     assert getattr(info.value, "characters_written", None) == len(body)
     sent = bytes(body)
     body.extend(b"more")  # BufferError if the port still held a view of it
-    join = run_in_thread(lambda: read_exactly(sin, len(head) + len(sent)))
+
+    def late_reader() -> bytes:
+        threading.Event().wait(0.3)  # flush() meets a full socket first: its continuation runs
+        return read_exactly(sin, len(head) + len(sent))
+
+    join = run_in_thread(late_reader)
     cout.settimeout(None)
     cout.flush()
     assert sha1(join(60)) == sha1(head + sent)

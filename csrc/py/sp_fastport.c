@@ -520,14 +520,17 @@ static PyType_Spec reader_spec = {
 
 /* ---- Writer -------------------------------------------------------------------------- */
 
-/* The write's continuation: rest(pending, data, sent) (ports.py Connection.write_rest). */
+/* The write's continuation: rest(pending, data, sent) (ports.py Connection.write_rest): the
+ * held bytes, then `data` (NULL: nothing more), after the first `sent` bytes of the two. */
 static PyObject *call_rest(Port *self, PyObject *data, size_t sent)
 {
-    PyObject *n = PyLong_FromSize_t(sent), *r;
-    if (n == NULL)
-        return NULL;
-    r = PyObject_CallFunctionObjArgs(self->rest, self->pending, data, n, NULL);
-    Py_DECREF(n);
+    PyObject *n = PyLong_FromSize_t(sent), *empty = NULL, *r = NULL;
+    if (n != NULL && data == NULL)
+        data = empty = PyBytes_FromStringAndSize(NULL, 0);
+    if (n != NULL && data != NULL)
+        r = PyObject_CallFunctionObjArgs(self->rest, self->pending, data, n, NULL);
+    Py_XDECREF(n);
+    Py_XDECREF(empty);
     return r;
 }
 
@@ -569,7 +572,7 @@ static int send_pending(Port *self, sp_conn *c)
     if (status == SP_OK && done == len)
         r = PyByteArray_Resize(self->pending, 0) < 0 ? NULL : new_none();
     else
-        r = call_rest(self, self->pending, done);
+        r = call_rest(self, NULL, done);
     return unlock_with(self, r);
 }
 
@@ -615,8 +618,7 @@ static int send_overflow(Port *self, sp_conn *c, PyObject *b, Py_buffer *view, P
                 ? NULL
                 : call_rest(self, b, (size_t)top + done - (size_t)head_len);
     else /* held bytes are still to go: the rest of b joins them (the continuation's path) */
-        r = append_pending(self, data + top, n - top) < 0 ? NULL
-                                                           : call_rest(self, self->pending, done);
+        r = append_pending(self, data + top, n - top) < 0 ? NULL : call_rest(self, NULL, done);
     PyBuffer_Release(view);
     return unlock_with(self, r);
 }

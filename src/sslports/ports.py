@@ -918,9 +918,10 @@ class SSLOutputPort(io.BufferedIOBase):
 def _send_rest(
     conn: Connection, pending: bytearray, timeout: Optional[float], data: Any, sent: int
 ) -> None:
-    """Send the held bytes `pending`, then `data` (a caller's buffer of any item format), after
-    the first `sent` bytes of the two; what a timeout leaves unsent becomes the held bytes, else
-    they end up empty."""
+    """Send the held bytes `pending`, then `data` (a caller's buffer of any item format, never
+    `pending` itself), after the first `sent` bytes of the two; what a timeout leaves unsent
+    becomes the held bytes, else they end up empty."""
+    assert data is not pending, "the held bytes are sent first anyway"
     held = len(pending)
     head = pending[sent:] if sent < held else b""
     # (`sent` and what follows count bytes; views copy nothing and are released on the way out)
