@@ -14,44 +14,37 @@ move by 20-30 %; paired like this, a change of ~10 % shows.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import statistics
 import subprocess
 import sys
 from pathlib import Path
-from typing import Any
 
 HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+from common import SUITE  # noqa: E402
+from run_all import _result_line, peer_cmd  # noqa: E402
+
 PEM = str(HERE.parent / "src" / "sslports" / "test.pem")
-SUITE = "TLS_AES_128_GCM_SHA256"
-
-
-def _result(text: str) -> dict[str, Any]:
-    for line in text.splitlines():
-        if line.startswith("RESULT "):
-            return dict(json.loads(line[len("RESULT ") :]))
-    raise SystemExit(f"no RESULT line in:\n{text[-2000:]}")
 
 
 def one_run(tree: str, mode: str, size: int, buf: int) -> tuple[float, float, float]:
     """(MB/s, client CPU s, server CPU s) of one connection, both ends from `tree`."""
     env = dict(os.environ, PYTHONPATH=str(Path(tree).resolve()))
-    peer = [sys.executable, str(HERE / "peer.py")]
     server = subprocess.Popen(
-        [*peer, "server", "impl=sslports", f"cert={PEM}", f"key={PEM}", f"suites={SUITE}",
-         "conns=1"],
+        peer_cmd("sslports", "server", {"cert": PEM, "key": PEM, "suites": SUITE, "conns": 1}),
         stdout=subprocess.PIPE, text=True, env=env,
     )  # fmt: skip
     assert server.stdout is not None
     port = int(server.stdout.readline().split()[1])
+    opts = {"ca": PEM, "suites": SUITE, "mode": mode, "size": size, "wbuf": buf, "rbuf": buf,
+            "port": port}  # fmt: skip
     client = subprocess.run(
-        [*peer, "client", "impl=sslports", f"ca={PEM}", f"suites={SUITE}", f"mode={mode}",
-         f"size={size}", f"wbuf={buf}", f"rbuf={buf}", f"port={port}"],
+        peer_cmd("sslports", "client", opts),
         capture_output=True, text=True, env=env, timeout=600, check=True,
     )  # fmt: skip
-    c = _result(client.stdout)
-    s = _result(server.communicate(timeout=60)[0])
+    c = _result_line(client.stdout, "client")
+    s = _result_line(server.communicate(timeout=60)[0], "server")
     return size / c["wall"] / 1e6, float(c["cpu"]), float(s["data_cpu"])
 
 

@@ -184,7 +184,7 @@ def server_variants(resume: bool) -> tuple[int, dict[str, Callable[[], None]]]:
     """The listening port and the server variants (see the top)."""
     import _socket
 
-    from peer import SSLPortsStack
+    from peer import PySSLStack, SSLPortsStack
 
     import sslports
     from sslports import _binding
@@ -230,23 +230,20 @@ def server_variants(resume: bool) -> tuple[int, dict[str, Callable[[], None]]]:
         out.close()
         inp.close()
 
-    pyssl_ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-    pyssl_ctx.load_cert_chain(PEM, PEM)
-    pyssl_ctx.num_tickets = 2 if resume else 0
+    pyssl_stack = PySSLStack()  # serves on the library's listening socket, with its own context
+    pyssl_stack.server_ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    pyssl_stack.server_ctx.load_cert_chain(PEM, PEM)
+    pyssl_stack.server_ctx.num_tickets = 2 if resume else 0
 
     def pyssl() -> None:
         fd, _addr = listener._sock._accept()
         raw = socket.socket(socket.AF_INET, socket.SOCK_STREAM, 0, fd)
         raw.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        s = pyssl_ctx.wrap_socket(raw, server_side=True)
-        view, got = memoryview(header_buf), 0
-        while got < len(view):
-            n = s.recv_into(view[got:])
-            if not n:
-                raise SystemExit("pyssl: early EOF")
-            got += n
-        s.sendall(b"K")
-        s.close()
+        end = pyssl_stack.wrap_server(raw)
+        if end.readfull(header_buf) != len(header_buf):
+            raise SystemExit("pyssl: early EOF")
+        end.write(b"K")
+        end.close()
 
     return port, {"c": c, "floor": floor, "sslports": library, "pyssl": pyssl}
 
