@@ -14,6 +14,9 @@
  *                                             (a write's last record is sent by the BIO
  *                                             itself, after what is queued, in one
  *                                             sendmsg(): no copy of it)
+ *                                             sp_write_hold: an output port's held record
+ *                                             stays in `outq` until the next write or
+ *                                             flush sends it
  *
  * Stream mode (ports_to_ssl_ports: fd < 0). OpenSSL talks to two memory BIOs; the pump only
  * reports what it needs and Python moves ciphertext with sp_feed / sp_take:
@@ -694,6 +697,7 @@ static int send_queued_nowait(sp_conn *c, sp_err *err)
             sp_mutex_unlock(&c->ssl_lock);
             c->out_off = 0;
             if (c->out_len == 0) {
+                c->writer_queued = 0;
                 free(c->out); /* idle: hold no buffer */
                 c->out = NULL;
                 c->out_cap = 0;
@@ -723,6 +727,30 @@ static int send_queued_nowait(sp_conn *c, sp_err *err)
         sp_mutex_unlock(&c->ssl_lock);
     }
     return status;
+}
+
+/* A write leaves bytes queued (held, or out of time): flush() must send them. */
+static void note_writer_queued(sp_conn *c)
+{
+    sp_mutex_lock(&c->send_lock);
+    if (c->out_off < c->out_len)
+        c->writer_queued = 1;
+    sp_mutex_lock(&c->ssl_lock);
+    if (c->outq_len > 0)
+        c->writer_queued = 1;
+    sp_mutex_unlock(&c->ssl_lock);
+    sp_mutex_unlock(&c->send_lock);
+}
+
+int sp_held_out(sp_conn *c)
+{
+    int held;
+    if (!c->socket_mode)
+        return 0;
+    sp_mutex_lock(&c->send_lock);
+    held = c->writer_queued;
+    sp_mutex_unlock(&c->send_lock);
+    return held;
 }
 
 /* Send everything queued, waiting up to wait_ms for the socket to drain. */
@@ -988,10 +1016,11 @@ int sp_write(sp_conn *c, const unsigned char *buf, size_t len, size_t *done, int
     return sp_write2(c, NULL, 0, buf, len, done, wait_ms, err);
 }
 
-/* head, then buf, as one stream of plaintext (*done counts both): an output port's pending
- * bytes and the write that overflows them leave in one send(), with no copy of the write. */
-int sp_write2(sp_conn *c, const unsigned char *head, size_t head_len, const unsigned char *buf,
-              size_t len, size_t *done, int wait_ms, sp_err *err)
+/* head, then buf, as one stream of plaintext (*done counts both). With `hold`, the records
+ * stay queued (sp_write_hold); else everything queued is sent before returning. */
+static int write_records(sp_conn *c, const unsigned char *head, size_t head_len,
+                         const unsigned char *buf, size_t len, size_t *done, int wait_ms,
+                         sp_err *err, int hold)
 {
     size_t total = 0, all = head_len + len;
     int status = SP_OK;
@@ -1021,8 +1050,8 @@ int sp_write2(sp_conn *c, const unsigned char *head, size_t head_len, const unsi
         }
         clear_errors();
         c->bio_errno = 0;
-        c->direct_send =
-            c->socket_mode && total + chunk == all && chunk <= SSL3_RT_MAX_PLAIN_LENGTH;
+        c->direct_send = c->socket_mode && !hold && total + chunk == all
+                      && chunk <= SSL3_RT_MAX_PLAIN_LENGTH;
         ok = SSL_write_ex(c->ssl, from, chunk, &n);
         c->direct_send = 0;
         if (!ok) {
@@ -1059,9 +1088,32 @@ int sp_write2(sp_conn *c, const unsigned char *head, size_t head_len, const unsi
             break;
     }
     *done = total;
-    if (status == SP_OK && c->socket_mode)
+    if (status == SP_OK && c->socket_mode && !hold)
         status = send_queued(c, wait_ms, err);
+    if (c->socket_mode && (hold || status == SP_WANT_READ || status == SP_WANT_WRITE))
+        note_writer_queued(c);
     return status;
+}
+
+/* An output port's pending bytes and the write that overflows them leave in one send(), with
+ * no copy of the write. */
+int sp_write2(sp_conn *c, const unsigned char *head, size_t head_len, const unsigned char *buf,
+              size_t len, size_t *done, int wait_ms, sp_err *err)
+{
+    return write_records(c, head, head_len, buf, len, done, wait_ms, err, 0);
+}
+
+/* An output port's write of one full record with nothing pending: encrypted at once and kept
+ * queued, unsent, as the port's held record (the next write sends it together with its own
+ * records, in one sendmsg(); sp_flush sends it alone). Holding the ciphertext instead of the
+ * plaintext saves copying the record into the port first (a read on the connection may send
+ * it earlier: reading sends what is queued). When ciphertext is already queued,
+ * or buf is longer than a record, this is sp_write: everything goes out now. */
+int sp_write_hold(sp_conn *c, const unsigned char *buf, size_t len, size_t *done, int wait_ms,
+                  sp_err *err)
+{
+    int hold = c->socket_mode && len <= SSL3_RT_MAX_PLAIN_LENGTH && queued_out(c) == 0;
+    return write_records(c, NULL, 0, buf, len, done, wait_ms, err, hold);
 }
 
 int sp_flush(sp_conn *c, int wait_ms, sp_err *err)

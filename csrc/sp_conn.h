@@ -39,6 +39,9 @@ struct sp_conn {
     /* socket mode: ciphertext being sent, taken from outq whole (send_lock) */
     unsigned char *out;
     size_t out_len, out_off, out_cap;
+    /* an output port's bytes are still queued: a record sp_write_hold held, or what a write
+     * that ran out of time could not send; 0 again once the queue is empty (send_lock) */
+    int writer_queued;
 
     /* re-verification of an established peer (ssl_lock): 1 while pending */
     int reauth_pending;
@@ -106,9 +109,15 @@ int sp_write(sp_conn *c, const unsigned char *buf, size_t len, size_t *done, int
              sp_err *err);
 int sp_write2(sp_conn *c, const unsigned char *head, size_t head_len, const unsigned char *buf,
               size_t len, size_t *done, int wait_ms, sp_err *err);
+int sp_write_hold(sp_conn *c, const unsigned char *buf, size_t len, size_t *done, int wait_ms,
+                  sp_err *err);
 int sp_flush(sp_conn *c, int wait_ms, sp_err *err);
 int sp_shutdown(sp_conn *c, sp_err *err);
 int sp_renegotiate(sp_conn *c, sp_err *err);
+
+/* Socket mode: 1 while bytes an output port wrote are still queued (writer_queued), which
+ * sp_flush sends; 0 in stream mode. */
+int sp_held_out(sp_conn *c);
 
 /* Stream mode: move ciphertext between the BIOs and the caller's streams. */
 int sp_feed(sp_conn *c, const unsigned char *data, size_t len);

@@ -436,29 +436,56 @@ def test_output_holds_at_most_one_full_record(path: str, pair: Any) -> None:
     _cin, cout, sin, _sout = pair
     sin.settimeout(30)  # a missing byte fails the test instead of hanging it
     rng = random.Random(17)
-
-    def nothing_arrives() -> bool:
-        threading.Event().wait(0.2)
-        return _queued_bytes(sin) == 0
-
     a, b = rng.randbytes(16384), rng.randbytes(16384)
     assert cout.write(a) == len(a)
-    assert nothing_arrives()  # exactly one record pending: held
+    assert _nothing_arrives(sin)  # exactly one record pending: held
     assert cout.write(b) == len(b)  # two records pending: both sent, no flush
     assert read_exactly(sin, 32768) == a + b
     pieces = [rng.randbytes(1024) for _ in range(17)]
     for piece in pieces[:16]:
         cout.write(piece)
-    assert nothing_arrives()  # 16 KiB of small writes: held
+    assert _nothing_arrives(sin)  # 16 KiB of small writes: held
     cout.write(pieces[16])
     assert read_exactly(sin, 17 * 1024) == b"".join(pieces)
     big = rng.randbytes(16385)
     cout.write(big)  # more than a record with nothing pending: sent at once
     assert read_exactly(sin, len(big)) == big
     cout.write(a)
-    assert nothing_arrives()
+    assert _nothing_arrives(sin)
     cout.flush()  # sends what is held
     assert read_exactly(sin, len(a)) == a
+    cout.write(a)
+    assert _nothing_arrives(sin)
+    cout.write(b"x")  # a full record is held: a write of any size sends both
+    assert read_exactly(sin, len(a) + 1) == a + b"x"
+
+
+@needs_fast
+def test_a_record_held_encrypted_is_seen_by_the_python_methods(pair: Any) -> None:
+    """The C write holds a full record written with nothing pending in the connection, already
+    encrypted. The ports' Python methods (a timeout is set) see it as pending: a write of any
+    size sends it first, and so do flush() and close()."""
+    _cin, cout, sin, _sout = pair
+    sin.settimeout(30)
+    a = random.Random(5).randbytes(16384)
+    for then in ("write", "flush", "close"):
+        cout.settimeout(None)  # the C methods
+        cout.write(a)
+        assert _nothing_arrives(sin)
+        cout.settimeout(5)  # the Python methods
+        assert not _is_c(cout.write)
+        if then == "write":
+            cout.write(b"tail")
+            assert read_exactly(sin, len(a) + 4) == a + b"tail"
+        else:
+            getattr(cout, then)()
+            assert read_exactly(sin, len(a)) == a
+
+
+def _nothing_arrives(sin: Any) -> bool:
+    """Nothing reached the socket under `sin` within 0.2 s."""
+    threading.Event().wait(0.2)
+    return _queued_bytes(sin) == 0
 
 
 def test_a_big_write_of_ints_that_has_to_wait(path: str, pair: Any) -> None:

@@ -559,6 +559,73 @@ def test_peer_that_does_not_read(pki: Any, target: Callable[..., Target], versio
     t.assert_serving()
 
 
+def _late_reader(pki: Any, version: str) -> tuple[Any, Any, threading.Event, Callable[..., Any]]:
+    """(inp, out, go, join): ports of an ssl_wrap_socket client (no session cache, so nothing
+    reads the TLS 1.3 tickets) whose socket and peer have 4 KiB buffers, facing a Python `ssl`
+    server that reads nothing until `go` is set, then all until EOF (what join() returns)."""
+    srv = socket.socket()
+    srv.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # inherited by the accepted one
+    srv.bind((LOCAL, 0))
+    srv.listen(1)
+    go = threading.Event()
+
+    def server() -> bytes:
+        try:
+            conn, _ = srv.accept()
+        finally:
+            srv.close()
+        with pki.py_server_context(version).wrap_socket(conn, server_side=True) as tls:
+            tls.settimeout(JOIN)
+            assert go.wait(JOIN)
+            got = bytearray()
+            while chunk := tls.recv(65536):
+                got += chunk
+            return bytes(got)
+
+    join = run_in_thread(server)
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+    sock.connect((LOCAL, srv.getsockname()[1]))
+    inp, out = sslports.ssl_wrap_socket(sock, context=pki.client_context(), hostname="localhost")
+    return inp, out, go, join
+
+
+@pytest.mark.parametrize("version", ["tls12", "tls13"])
+def test_flush_sends_what_a_timed_out_write_left_encrypted(pki: Any, version: str) -> None:
+    """A write that times out after OpenSSL took all of it (small socket buffers, a peer that
+    reads late) leaves no plaintext held, only ciphertext queued: flush() must still send it,
+    and close() must not drop it."""
+    payload = hashlib.shake_256(b"queued").digest(60000)  # encrypted whole: under 64 KiB
+    inp, out, reading, join = _late_reader(pki, version)
+    out.settimeout(0.3)
+    with pytest.raises(TimeoutError) as info:
+        out.write(payload)
+        out.flush()
+    assert getattr(info.value, "characters_written", None) == len(payload)
+    reading.set()
+    out.settimeout(JOIN)
+    out.flush()
+    out.close()
+    inp.close()
+    assert join(JOIN) == payload
+
+
+@pytest.mark.parametrize("version", ["tls12", "tls13"])
+def test_closing_while_the_kernel_still_sends_loses_nothing(pki: Any, version: str) -> None:
+    """Closing both ports while the kernel still has the end of the last write to send (the
+    peer's window is full) must not throw it away. A TLS 1.3 client that never read the
+    server's session tickets has unread bytes, and close() on such a socket answers with a
+    reset, which drops what was still to send: the ports drop the unread bytes first."""
+    payload = hashlib.shake_256(b"still sending").digest(8000)  # one record, fits the buffers
+    inp, out, closed, join = _late_reader(pki, version)
+    time.sleep(0.1)  # the TLS 1.3 tickets arrive, unread
+    out.write(payload)
+    out.close()
+    inp.close()
+    closed.set()  # the server reads only now
+    assert join(JOIN) == payload
+
+
 def test_client_stalled_server_times_out() -> None:
     """ssl_connect to a server that accepts TCP and says nothing: its timeout holds."""
     with socket.socket() as srv:

@@ -32,7 +32,10 @@
  *      when the continuation raised (even at its first instruction, as Ctrl-C may).
  *
  * The output port's pending bytes are one bytearray shared with ports.py (never rebound, only
- * changed in place, always under the write lock), so both paths see one buffer.
+ * changed in place, always under the write lock), so both paths see one buffer. A write of one
+ * full record with nothing pending is not copied there: the connection holds it, already
+ * encrypted (hold_record, sp_write_hold), and both paths ask the connection (sp_held_out)
+ * before they treat the port as empty.
  *
  * The module calls the pump through function pointers that ports.py takes from the CFFI module
  * (sslports._native), so the pump is compiled and linked once, and this file needs neither the
@@ -60,9 +63,13 @@ typedef union {
 typedef int (*read_fn)(sp_conn *, unsigned char *, size_t, size_t, size_t *, int, void *);
 typedef int (*write2_fn)(sp_conn *, const unsigned char *, size_t, const unsigned char *, size_t,
                          size_t *, int, void *);
+typedef int (*write_fn)(sp_conn *, const unsigned char *, size_t, size_t *, int, void *);
+typedef int (*held_fn)(sp_conn *);
 
 static read_fn pump_read;
 static write2_fn pump_write2;
+static write_fn pump_write_hold;
+static held_fn pump_held;
 static int slice_ms = 50;
 static Py_ssize_t record_size = 16384;
 static PyObject *read_all;  /* read_all(reader) -> bytes: read(-1) and read(None) */
@@ -545,18 +552,22 @@ static int unlock_with(Port *self, PyObject *r)
     return 0;
 }
 
-/* One sp_write2 of head, then data, with the GIL released (the write lock held). A closed
- * connection (c NULL) is SP_ERROR with nothing done: the continuation raises. */
+/* One sp_write2 of head, then data (hold: one sp_write_hold of data), with the GIL released
+ * (the write lock held). A closed connection (c NULL) is SP_ERROR with nothing done: the
+ * continuation raises. */
 static int pump_out(sp_conn *c, const char *head, size_t head_len, const char *data, size_t len,
-                    size_t *done)
+                    size_t *done, int hold)
 {
     int status = SP_ERROR;
     *done = 0;
     if (c != NULL) {
         err_room err; /* filled on failures; the connection keeps its own sticky copy */
         Py_BEGIN_ALLOW_THREADS
-        status = pump_write2(c, (const unsigned char *)head, head_len,
-                             (const unsigned char *)data, len, done, slice_ms, &err);
+        if (hold)
+            status = pump_write_hold(c, (const unsigned char *)data, len, done, slice_ms, &err);
+        else
+            status = pump_write2(c, (const unsigned char *)head, head_len,
+                                 (const unsigned char *)data, len, done, slice_ms, &err);
         Py_END_ALLOW_THREADS
     }
     return status;
@@ -567,7 +578,7 @@ static int pump_out(sp_conn *c, const char *head, size_t head_len, const char *d
 static int send_pending(Port *self, sp_conn *c)
 {
     size_t done, len = (size_t)PyByteArray_Size(self->pending);
-    int status = pump_out(c, NULL, 0, PyByteArray_AsString(self->pending), len, &done);
+    int status = pump_out(c, NULL, 0, PyByteArray_AsString(self->pending), len, &done, 0);
     PyObject *r;
     if (status == SP_OK && done == len)
         r = PyByteArray_Resize(self->pending, 0) < 0 ? NULL : new_none();
@@ -610,7 +621,7 @@ static int send_overflow(Port *self, sp_conn *c, PyObject *b, Py_buffer *view, P
     }
     head_len = queued + top;
     status = pump_out(c, PyByteArray_AsString(self->pending), (size_t)head_len, data + top,
-                      (size_t)(n - top), &done);
+                      (size_t)(n - top), &done, 0);
     if (status == SP_OK && done == (size_t)(head_len + n - top))
         r = PyByteArray_Resize(self->pending, 0) < 0 ? NULL : new_none();
     else if (done >= (size_t)head_len) /* the held bytes are out: b continues from its own */
@@ -621,6 +632,27 @@ static int send_overflow(Port *self, sp_conn *c, PyObject *b, Py_buffer *view, P
         r = append_pending(self, data + top, n - top) < 0 ? NULL : call_rest(self, NULL, done);
     PyBuffer_Release(view);
     return unlock_with(self, r);
+}
+
+/* A write of one full record with nothing pending: encrypted now and held by the connection
+ * as ciphertext (sp_write_hold), not copied into the pending bytes; or, when the connection
+ * already holds ciphertext, sent together with it. Releases the view and the write lock. 0, or
+ * -1 with an exception. */
+static int hold_record(Port *self, sp_conn *c, PyObject *b, Py_buffer *view)
+{
+    size_t done;
+    int status = pump_out(c, NULL, 0, view->buf, (size_t)view->len, &done, 1);
+    PyObject *r = status == SP_OK && done == (size_t)view->len ? new_none()
+                                                               : call_rest(self, b, done);
+    PyBuffer_Release(view);
+    return unlock_with(self, r);
+}
+
+/* The connection still queues bytes this port wrote (sp_held_out): a held record
+ * (hold_record), or what a write that ran out of time left; 0 when closed. */
+static int conn_holds(sp_conn *c)
+{
+    return c != NULL && pump_held(c);
 }
 
 static PyObject *writer_write(Port *self, PyObject *b)
@@ -643,9 +675,16 @@ static PyObject *writer_write(Port *self, PyObject *b)
     c = conn_of(self->conn);
     /* Up to one full record is held, as io.BufferedWriter holds a write that fits its buffer
      * exactly: a stream of 16 KiB writes then leaves two records per send() (ports.py
-     * SSLOutputPort.write; bench/README.md section 3). More than a record is sent at once. */
+     * SSLOutputPort.write; bench/README.md section 3). More than a record is sent at once.
+     * A full record written with nothing pending is held by the connection, already
+     * encrypted; the next write, whatever its size, sends it. */
     queued = PyByteArray_Size(self->pending);
-    if (queued + n > record_size) {
+    if (queued == 0 && n == record_size) {
+        if (hold_record(self, c, b, &view) < 0)
+            return NULL;
+        return PyLong_FromSsize_t(n);
+    }
+    if (queued + n > record_size || (queued == 0 && n > 0 && conn_holds(c))) {
         if (send_overflow(self, c, b, &view, queued) < 0)
             return NULL;
         return PyLong_FromSsize_t(n);
@@ -660,14 +699,18 @@ static PyObject *writer_write(Port *self, PyObject *b)
 
 static PyObject *writer_flush(Port *self, PyObject *unused)
 {
+    sp_conn *c;
     (void)unused;
-    if (self->conn == NULL || PyByteArray_Size(self->pending) == 0)
+    if (self->conn == NULL)
+        Py_RETURN_NONE;
+    if (PyByteArray_Size(self->pending) == 0 && !conn_holds(conn_of(self->conn)))
         Py_RETURN_NONE;
     if (lock_take(self->lock) < 0)
         return NULL;
-    if (PyByteArray_Size(self->pending) == 0)
+    c = conn_of(self->conn);
+    if (PyByteArray_Size(self->pending) == 0 && !conn_holds(c))
         return port_unlock(self, new_none());
-    if (send_pending(self, conn_of(self->conn)) < 0)
+    if (send_pending(self, c) < 0)
         return NULL;
     Py_RETURN_NONE;
 }
@@ -818,13 +861,13 @@ done:
 
 static PyObject *fast_init(PyObject *module, PyObject *args)
 {
-    PyObject *read_addr, *write2_addr, *all;
+    PyObject *read_addr, *write2_addr, *hold_addr, *held_addr, *all;
     int slice;
     Py_ssize_t record, err_size;
-    void *r, *w2;
+    void *r, *w2, *h, *q;
     (void)module;
-    if (!PyArg_ParseTuple(args, "OOninO:init", &read_addr, &write2_addr, &err_size, &slice,
-                          &record, &all))
+    if (!PyArg_ParseTuple(args, "OOOOninO:init", &read_addr, &write2_addr, &hold_addr,
+                          &held_addr, &err_size, &slice, &record, &all))
         return NULL;
     if (err_size <= 0 || err_size > ERR_ROOM) {
         PyErr_Format(PyExc_ValueError, "init: an sp_err of %zd bytes does not fit", err_size);
@@ -832,7 +875,9 @@ static PyObject *fast_init(PyObject *module, PyObject *args)
     }
     r = PyLong_AsVoidPtr(read_addr);
     w2 = r ? PyLong_AsVoidPtr(write2_addr) : NULL;
-    if (r == NULL || w2 == NULL) {
+    h = w2 ? PyLong_AsVoidPtr(hold_addr) : NULL;
+    q = h ? PyLong_AsVoidPtr(held_addr) : NULL;
+    if (q == NULL) {
         if (!PyErr_Occurred())
             PyErr_SetString(PyExc_ValueError, "init: null pump function");
         return NULL;
@@ -844,6 +889,8 @@ static PyObject *fast_init(PyObject *module, PyObject *args)
     /* Function pointers travel as integers: CFFI hands them out that way. */
     pump_read = (read_fn)(uintptr_t)r;
     pump_write2 = (write2_fn)(uintptr_t)w2;
+    pump_write_hold = (write_fn)(uintptr_t)h;
+    pump_held = (held_fn)(uintptr_t)q;
     slice_ms = slice;
     record_size = record;
     Py_INCREF(all);
@@ -853,8 +900,8 @@ static PyObject *fast_init(PyObject *module, PyObject *args)
 
 static PyMethodDef module_methods[] = {
     {"init", fast_init, METH_VARARGS,
-     "init(sp_read_addr, sp_write2_addr, sizeof_sp_err, slice_ms, record_size, read_all): bind "
-     "the pump."},
+     "init(sp_read_addr, sp_write2_addr, sp_write_hold_addr, sp_held_out_addr, sizeof_sp_err, "
+     "slice_ms, record_size, read_all): bind the pump."},
     {"make_ports", fast_make_ports, METH_VARARGS,
      "make_ports(conn, input_type, output_type): a socket connection's two ports (no timeout)."},
     {NULL, NULL, 0, NULL},

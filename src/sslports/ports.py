@@ -138,6 +138,8 @@ def _load_fastport() -> Any:
     _fastport.init(
         int(ffi.cast("uintptr_t", ffi.addressof(lib, "sp_read"))),
         int(ffi.cast("uintptr_t", ffi.addressof(lib, "sp_write2"))),
+        int(ffi.cast("uintptr_t", ffi.addressof(lib, "sp_write_hold"))),
+        int(ffi.cast("uintptr_t", ffi.addressof(lib, "sp_held_out"))),
         ffi.sizeof("sp_err"),
         _SLICE_MS,
         _RECORD,
@@ -326,7 +328,30 @@ class _SocketTransport:
         self.sock = sock
 
     def close(self, close_original: bool, timeout: Optional[float]) -> None:
+        _discard_unread(self.sock)
         self.sock.close()
+
+
+_DISCARD = bytearray(65536)  # scratch for _discard_unread (any thread: its bytes are dropped)
+
+
+def _discard_unread(sock: _socket.socket) -> None:
+    """Drop the bytes that arrived and that nobody will read now (a TLS 1.3 ticket nobody read,
+    a request a server closed on), without waiting. close() on a socket with unread bytes
+    answers with a reset, and a reset also throws away what the kernel still had to send: the
+    end of our last write, when the peer reads slowly. At most 4 MiB: a peer still sending
+    after that gets its reset."""
+    if not _MSG_DONTWAIT:
+        return
+    try:
+        for _ in range(64):
+            if not sock.recv_into(_DISCARD, 0, _MSG_DONTWAIT):
+                return
+    except OSError:  # nothing more (EAGAIN), or the connection is already gone
+        pass
+
+
+_MSG_DONTWAIT: int = getattr(socket, "MSG_DONTWAIT", 0)  # (not on Windows: no drain there)
 
 
 class Connection:
@@ -844,14 +869,22 @@ class SSLOutputPort(io.BufferedIOBase):
         n = len(b)
         with self._lock:
             try:
-                if len(self._buf) + n <= _RECORD:
-                    self._buf += b
-                else:
+                if len(self._buf) + n > _RECORD or (n and not self._buf and self._conn_holds()):
                     self._send_locked(b)
+                else:
+                    self._buf += b
             except SSLTimeoutError as exc:
                 exc.characters_written = n  # type: ignore[attr-defined]  # all sent or buffered
                 raise
         return n
+
+    def _conn_holds(self) -> bool:
+        """The connection still queues bytes this port wrote (sp_held_out): a record the C
+        path held already encrypted (sp_fastport.c hold_record), or what a write that ran out
+        of time could not send. They count as pending: the next write sends them, and so does
+        flush()."""
+        conn = self._sslports_conn
+        return conn.is_socket and not conn.closed and bool(_binding.lib.sp_held_out(conn.ptr))
 
     def writelines(self, lines: Iterable[Any]) -> None:
         for line in lines:
@@ -889,10 +922,10 @@ class SSLOutputPort(io.BufferedIOBase):
             _send_rest(conn, held, self._timeout, rest, 0)
 
     def flush(self) -> None:
-        if self.closed or not self._buf:
+        if self.closed or not (self._buf or self._conn_holds()):
             return
         with self._lock:
-            if self._buf:
+            if self._buf or self._conn_holds():
                 self._send_locked()
 
     def close(self) -> None:
