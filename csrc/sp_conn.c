@@ -557,6 +557,14 @@ static int sock_bio_read(BIO *bio, char *buf, int len)
         c->early_errno = 0;
         return -1;
     }
+    if (!c->established && c->outq_len > 0) {
+        /* A handshake whose own flight is still queued: the peer has not seen it, so its
+         * answer cannot be here yet. "Not yet", without a recv() that would only meet EAGAIN:
+         * the pump sends the flight, then waits for the answer (one system call fewer per
+         * handshake, at each end). */
+        BIO_set_retry_read(bio);
+        return -1;
+    }
     for (;;) {
         long n = (long)recv(c->fd, buf, (sp_iolen)len, SP_RECV_FLAGS);
         int e;
@@ -902,6 +910,11 @@ int sp_handshake(sp_conn *c, int wait_ms, sp_err *err)
             send_queued_nowait(c, &alert_err);
             return SP_ERROR;
         }
+        /* A TLS 1.3 server's handshake ends on the client's Finished: what it queued then is
+         * its session tickets, which can wait for the connection's first write (or the first
+         * read that has to wait, or close) and leave with it in one send. */
+        if (r == 1 && SSL_is_server(c->ssl) && SSL_version(c->ssl) >= TLS1_3_VERSION)
+            return SP_OK;
         /* Our flight goes out in full before we wait for the peer's. */
         status = send_queued(c, wait_ms, err);
         if (status != SP_OK)
@@ -940,9 +953,10 @@ int sp_read(sp_conn *c, unsigned char *buf, size_t len, size_t want, size_t *got
         waited = 1;
     }
     while (total < len) {
-        size_t n = 0, out_pending;
+        size_t n = 0, out_before, out_pending;
         int ok, e = SSL_ERROR_NONE, more, idle;
         sp_mutex_lock(&c->ssl_lock);
+        out_before = c->outq_len;
         status = sticky_status(c, err);
         if (status != SP_OK) {
             if (!keep_early(c, early_buf))
@@ -967,10 +981,12 @@ int sp_read(sp_conn *c, unsigned char *buf, size_t len, size_t want, size_t *got
          * available takes all of it in one call, not one record per call. */
         more = SSL_has_pending(c->ssl)
             || (c->socket_mode ? c->recv_full : BIO_ctrl_pending(c->rbio) > 0);
-        out_pending = c->socket_mode ? c->outq_len : 0;
+        out_pending = c->socket_mode && c->outq_len > out_before ? c->outq_len : 0;
         sp_mutex_unlock(&c->ssl_lock);
         /* Reading may have queued output (a KeyUpdate reply, a renegotiation flight, the
-         * alert of a failure): it goes out now, without waiting. */
+         * alert of a failure): it goes out now, without waiting. What was queued before
+         * (a server's tickets, a record an output port holds) waits for its writer, or for
+         * this read's first wait (wait_readable sends everything queued first). */
         if (out_pending > 0 && status == SP_OK && send_queued_nowait(c, err) == SP_ERROR) {
             status = SP_ERROR;
             break;

@@ -22,6 +22,7 @@ import ssl
 import subprocess
 import sys
 import textwrap
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Optional
@@ -522,6 +523,50 @@ def test_session_tickets_drained_at_close(certs: Certs) -> None:
         inp, out = sslports.ssl_connect("localhost", server.port, ctx)
         with inp, out:
             assert sslports.ssl_session_reused(inp)
+        join()
+    finally:
+        server.close()
+
+
+def test_a_servers_tickets_leave_with_its_first_write(certs: Certs) -> None:
+    """TLS 1.3: the tickets a server queues as its handshake ends wait for its first write and
+    leave with it, in one send: nothing reaches the client before the server speaks, and the
+    client resumes next time. A server that closes without a word sends them as it closes."""
+    server = Server(server_context("tls13", certs.sha256))
+    speak = threading.Event()
+
+    def banner(inp: Any, out: Any) -> bytes:
+        assert speak.wait(10)
+        out.write(b"220 ready\n")
+        out.flush()
+        return bytes(inp.read())
+
+    try:
+        ctx = client_context("tls13", roots=[certs.root])
+        join = server.accept(banner)
+        inp, out = sslports.ssl_connect("localhost", server.port, ctx)
+        sock = inp._sslports_conn.transport.sock  # white box: what reached the socket
+        assert not select.select([sock], [], [], 0.3)[0]  # no tickets before the banner
+        speak.set()
+        assert inp.readline() == b"220 ready\n"
+        inp.close()
+        out.close()
+        assert join() == b""
+        join = server.accept(lambda i, o: None)  # closes at once: the tickets still go
+        inp, out = sslports.ssl_connect("localhost", server.port, ctx)
+        with inp, out:
+            sock = inp._sslports_conn.transport.sock
+            join()
+            assert select.select([sock], [], [], 10)[0]
+            assert len(sock.recv(4096, socket.MSG_PEEK)) > 200  # tickets, then the EOF
+            assert sslports.ssl_session_reused(inp)
+            assert inp.read() == b""
+        join = server.accept(banner)
+        inp, out = sslports.ssl_connect("localhost", server.port, ctx)
+        with inp, out:
+            assert sslports.ssl_session_reused(inp)
+            speak.set()
+            assert inp.readline() == b"220 ready\n"
         join()
     finally:
         server.close()

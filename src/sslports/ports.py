@@ -660,6 +660,9 @@ class Connection:
         self._fast_addr = 0  # the C fast path hands every later call to read/write_rest
         self.closed = True  # every later call raises ValueError before reaching C
         if self.is_socket:
+            # What is still queued leaves without waiting: a TLS 1.3 server's session tickets,
+            # which wait for the connection's first write (sp_handshake), when it never wrote.
+            _binding.lib.sp_flush(self.ptr, 0, _scratch()[0])
             # shutdown() first: it wakes a call still waiting on this socket in another
             # thread, and puts our FIN on the wire before close() can answer ciphertext we
             # never read (a late TLS 1.3 ticket) with a reset, so the peer reads a clean EOF.
