@@ -328,7 +328,6 @@ class _SocketTransport:
         self.sock = sock
 
     def close(self, close_original: bool, timeout: Optional[float]) -> None:
-        _discard_unread(self.sock)
         self.sock.close()
 
 
@@ -668,12 +667,14 @@ class Connection:
             # never read (a late TLS 1.3 ticket) with a reset, so the peer reads a clean EOF.
             # Then wait for such a call to leave (it holds its direction's lock): a reused
             # descriptor number must never reach C.
+            sock = cast(_SocketTransport, self.transport).sock
             try:  # (not contextlib.suppress: three Python calls on every connection)
-                cast(_SocketTransport, self.transport).sock.shutdown(socket.SHUT_RDWR)
+                sock.shutdown(socket.SHUT_RDWR)
             except OSError:
                 pass
             with self.read_lock, self.write_lock:
                 pass
+            _discard_unread(sock)  # (after shutdown: its recv() never waits)
         self.transport.close(self.close_original, timeout)
 
 
