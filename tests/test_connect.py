@@ -65,17 +65,20 @@ def test_echo_ip_literal_checks_ip_san(pki: Any, echo_server: Any) -> None:
         assert inp.readline() == b"ip literal\n"
 
 
-def test_full_duplex_64mib(pki: Any, echo_server: Any) -> None:
-    """One thread writes 64 MiB while another reads the echo on the same connection."""
+@pytest.mark.parametrize("size", [MIB, 16384])
+def test_full_duplex_64mib(pki: Any, echo_server: Any, size: int) -> None:
+    """One thread writes 64 MiB while another reads the echo on the same connection (16 KiB
+    writes: every other one is held by the connection, encrypted, while the reading thread's
+    waits send whatever is queued)."""
     server = echo_server(pki.server_context())
     total = 64 * MIB
-    block = os.urandom(MIB)
+    block = os.urandom(size)
     inp, out = sslports.ssl_connect("localhost", server.port, pki.client_context())
     sent_hash = hashlib.sha1()
 
     def writer() -> None:
         for i in range(total // len(block)):
-            piece = block[i:] + block[:i]  # every MiB differs
+            piece = block[i:] + block[:i]  # every piece differs
             sent_hash.update(piece)
             out.write(piece)
         out.flush()
