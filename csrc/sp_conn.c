@@ -104,6 +104,9 @@
 #define SP_WRITE_CHUNK 65536       /* plaintext per SSL_write_ex: four full records */
 #define SP_OUT_HIGH 65536          /* queued ciphertext that makes a writer send first */
 #define SP_OUTQ_INITIAL 81920      /* first outq size: one SP_WRITE_CHUNK of records fits */
+#define SP_OUTQ_SMALL 4096         /* ... unless less is queued: a server's session tickets wait
+                                      in outq for its first write (sp_handshake), an alert, a
+                                      KeyUpdate; those get just the room they need */
 /* What one waiting recv() takes (on sp_read's stack): one whole record of the largest size,
  * which is also what OpenSSL asks its socket BIO for when its read-ahead buffer is empty. */
 #define SP_EARLY_MAX \
@@ -521,7 +524,7 @@ static int sock_bio_write(BIO *bio, const char *data, int len)
     data += sent;
     need = c->outq_len + ((size_t)len - sent);
     if (need > c->outq_cap) {
-        size_t cap = c->outq_cap ? c->outq_cap : SP_OUTQ_INITIAL;
+        size_t cap = c->outq_cap ? c->outq_cap : need < SP_OUTQ_SMALL ? need : SP_OUTQ_INITIAL;
         unsigned char *grown;
         while (cap < need)
             cap *= 2;
