@@ -36,7 +36,8 @@
  *   3. The result decides:
  *        success        -> read: keep going while OpenSSL already holds more (SSL_has_pending)
  *                          and return once the caller has what it asked for; write: next
- *                          chunk; handshake: done.
+ *                          chunk; handshake: done (a TLS 1.3 server's session tickets stay
+ *                          queued for the connection's first write: one send for both).
  *        WANT_READ      -> OpenSSL needs more ciphertext. Stream mode: return SP_WANT_READ.
  *                          Socket mode: wait for it (below; sending queued output first),
  *                          then retry the same call.
@@ -91,7 +92,9 @@
  * MEMORY
  *
  *   Idle connections hold no I/O buffers: SSL_MODE_RELEASE_BUFFERS frees OpenSSL's record
- *   buffers, and `out` and `outq` are freed as soon as everything queued was sent.
+ *   buffers, and `out` and `outq` are freed as soon as everything queued was sent (a TLS 1.3
+ *   server's tickets, which wait in `outq` for its first write, get a buffer of their own
+ *   size: SP_OUTQ_SMALL).
  */
 #include <stdlib.h>
 #include <string.h>
