@@ -767,6 +767,24 @@ int sp_held_out(sp_conn *c)
     return held;
 }
 
+int sp_conn_broken(sp_conn *c)
+{
+    int broken;
+    sp_mutex_lock(&c->ssl_lock);
+    broken = c->broken != NULL;
+    sp_mutex_unlock(&c->ssl_lock);
+    return broken;
+}
+
+unsigned long long sp_written(sp_conn *c)
+{
+    unsigned long long n;
+    sp_mutex_lock(&c->ssl_lock);
+    n = c->written;
+    sp_mutex_unlock(&c->ssl_lock);
+    return n;
+}
+
 /* Send everything queued, waiting up to wait_ms for the socket to drain. */
 static int send_queued(sp_conn *c, int wait_ms, sp_err *err)
 {
@@ -1076,7 +1094,9 @@ static int write_records(sp_conn *c, const unsigned char *head, size_t head_len,
                       && chunk <= SSL3_RT_MAX_PLAIN_LENGTH;
         ok = SSL_write_ex(c->ssl, from, chunk, &n);
         c->direct_send = 0;
-        if (!ok) {
+        if (ok) {
+            c->written += n;
+        } else {
             e = SSL_get_error(c->ssl, 0);
             if (e != SSL_ERROR_WANT_READ && e != SSL_ERROR_WANT_WRITE) {
                 note_bio_errno(c, err);

@@ -22,6 +22,7 @@ struct sp_conn {
     unsigned char *outq;
     size_t outq_len, outq_cap;
     int bio_errno;   /* the socket error the BIO saw in the current OpenSSL call (ssl_lock) */
+    unsigned long long written; /* plaintext OpenSSL has taken from writers so far (ssl_lock) */
     int read_waited; /* the last sp_read had to wait for the peer: a hint (unlocked) */
     int peer_closed; /* recv() returned 0 (ssl_lock) */
     int draining;    /* sp_conn_drain_tickets: a transport EOF is not an event (ssl_lock) */
@@ -118,6 +119,12 @@ int sp_renegotiate(sp_conn *c, sp_err *err);
 /* Socket mode: 1 while bytes an output port wrote are still queued (writer_queued), which
  * sp_flush sends; 0 in stream mode. */
 int sp_held_out(sp_conn *c);
+/* Plaintext bytes the write calls have handed to OpenSSL so far: the difference across an
+ * interrupted write tells exactly how much of it was taken. */
+unsigned long long sp_written(sp_conn *c);
+/* 1 once a failure broke the connection (every later call reports it): nothing more can be
+ * sent, so what a writer still holds is dropped. */
+int sp_conn_broken(sp_conn *c);
 
 /* Stream mode: move ciphertext between the BIOs and the caller's streams. */
 int sp_feed(sp_conn *c, const unsigned char *data, size_t len);

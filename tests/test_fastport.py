@@ -538,6 +538,36 @@ def test_held_bytes_and_a_big_write_leave_together(path: str, pair: Any) -> None
     assert sha1(join(60)) == sha1(head + ints)
 
 
+@pytest.mark.skipif(not hasattr(signal, "setitimer"), reason="no setitimer")
+def test_writes_stopped_by_a_signal_lose_and_repeat_nothing(path: str, pair: Any) -> None:
+    """An exception that a signal handler raises while a write waits for a full socket (Ctrl-C)
+    leaves the port holding exactly the bytes OpenSSL did not take, however far the write got:
+    nothing is lost or sent twice, and flush() completes the stream once the peer reads. The
+    second write meets a socket that is still full, with the first one's bytes held."""
+    _cin, cout, sin, _sout = pair
+    rng = random.Random(11)
+    first, second = rng.randbytes(24 << 20), rng.randbytes(1 << 20)
+
+    class Stop(Exception):
+        pass
+
+    def handler(signum: int, frame: Any) -> None:
+        raise Stop
+
+    old = signal.signal(signal.SIGALRM, handler)
+    try:
+        for data in (first, second):
+            signal.setitimer(signal.ITIMER_REAL, 0.3)
+            with pytest.raises(Stop):
+                cout.write(data)  # the server reads nothing yet: the write waits
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, old)
+    join = run_in_thread(lambda: read_exactly(sin, len(first) + len(second)))
+    cout.flush()
+    assert sha1(join(60)) == sha1(first + second)
+
+
 def test_a_timed_out_write_over_held_bytes(path: str, pair: Any) -> None:
     """With a timeout (the ports' Python path): held bytes and a big bytearray for a peer that
     does not read yet. The TimeoutError counts all of the write as taken, the caller's

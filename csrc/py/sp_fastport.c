@@ -65,11 +65,14 @@ typedef int (*write2_fn)(sp_conn *, const unsigned char *, size_t, const unsigne
                          size_t *, int, void *);
 typedef int (*write_fn)(sp_conn *, const unsigned char *, size_t, size_t *, int, void *);
 typedef int (*held_fn)(sp_conn *);
+typedef unsigned long long (*written_fn)(sp_conn *);
 
 static read_fn pump_read;
 static write2_fn pump_write2;
 static write_fn pump_write_hold;
 static held_fn pump_held;
+static written_fn pump_written;
+static held_fn pump_broken;
 static int slice_ms = 50;
 static Py_ssize_t record_size = 16384;
 static PyObject *read_all;  /* read_all(reader) -> bytes: read(-1) and read(None) */
@@ -573,20 +576,6 @@ static int pump_out(sp_conn *c, const char *head, size_t head_len, const char *d
     return status;
 }
 
-/* Send the pending bytes with the write lock held, then release it. 0, or -1 with an
- * exception. */
-static int send_pending(Port *self, sp_conn *c)
-{
-    size_t done, len = (size_t)PyByteArray_Size(self->pending);
-    int status = pump_out(c, NULL, 0, PyByteArray_AsString(self->pending), len, &done, 0);
-    PyObject *r;
-    if (status == SP_OK && done == len)
-        r = PyByteArray_Resize(self->pending, 0) < 0 ? NULL : new_none();
-    else
-        r = call_rest(self, NULL, done);
-    return unlock_with(self, r);
-}
-
 /* Append len bytes to the pending bytearray (write lock held). 0, or -1 with an exception. */
 static int append_pending(Port *self, const char *data, Py_ssize_t len)
 {
@@ -597,6 +586,64 @@ static int append_pending(Port *self, const char *data, Py_ssize_t len)
         return -1;
     memcpy(PyByteArray_AsString(self->pending) + queued, data, (size_t)len);
     return 0;
+}
+
+/* The pending bytes become what of pending + data[0:len] is left after its first `sent`
+ * bytes. 0, or -1 with an exception. */
+static int keep_unsent(Port *self, const char *data, size_t len, size_t sent)
+{
+    size_t held = (size_t)PyByteArray_Size(self->pending);
+    if (sent < held) {
+        char *p = PyByteArray_AsString(self->pending);
+        memmove(p, p + sent, held - sent);
+        if (PyByteArray_Resize(self->pending, (Py_ssize_t)(held - sent)) < 0)
+            return -1;
+        return append_pending(self, data, (Py_ssize_t)len);
+    }
+    sent -= held;
+    if (PyByteArray_Resize(self->pending, 0) < 0)
+        return -1;
+    return sent < len ? append_pending(self, data + sent, (Py_ssize_t)(len - sent)) : 0;
+}
+
+/* The continuation of a write that did not finish in its first pump call: call_rest(b, sent),
+ * where the write's bytes are the pending ones, then b (data[0:len]; NULL: none). If it raises
+ * a signal handler's exception (Ctrl-C) or anything else that leaves the connection usable,
+ * the pending bytes become exactly those OpenSSL did not take, counted by the connection
+ * (sp_written) across the call, wherever the exception came from: nothing is sent twice, and
+ * flush() sends the rest. A broken connection can send nothing more: they are dropped (the
+ * write reported why). This runs in C, with no Python before it, so no exception comes first. */
+static PyObject *continue_write(Port *self, sp_conn *c, PyObject *b, const char *data,
+                                size_t len, size_t sent)
+{
+    unsigned long long start = c != NULL ? pump_written(c) : 0;
+    PyObject *r = call_rest(self, b, sent), *type, *value, *tb;
+    int kept;
+    if (r != NULL || c == NULL) /* (c stays valid: the connection frees it only when freed) */
+        return r;
+    PyErr_Fetch(&type, &value, &tb);
+    if (pump_broken(c))
+        kept = PyByteArray_Resize(self->pending, 0);
+    else
+        kept = keep_unsent(self, data, len, sent + (size_t)(pump_written(c) - start));
+    if (kept < 0)
+        PyErr_Clear(); /* (no memory to keep them: the first exception says the write failed) */
+    PyErr_Restore(type, value, tb);
+    return NULL;
+}
+
+/* Send the pending bytes with the write lock held, then release it. 0, or -1 with an
+ * exception. */
+static int send_pending(Port *self, sp_conn *c)
+{
+    size_t done, len = (size_t)PyByteArray_Size(self->pending);
+    int status = pump_out(c, NULL, 0, PyByteArray_AsString(self->pending), len, &done, 0);
+    PyObject *r;
+    if (status == SP_OK && done == len)
+        r = PyByteArray_Resize(self->pending, 0) < 0 ? NULL : new_none();
+    else
+        r = continue_write(self, c, NULL, NULL, 0, done);
+    return unlock_with(self, r);
 }
 
 /* More than a record is pending: the `queued` bytes held and the caller's b (exported as
@@ -627,9 +674,12 @@ static int send_overflow(Port *self, sp_conn *c, PyObject *b, Py_buffer *view, P
     else if (done >= (size_t)head_len) /* the held bytes are out: b continues from its own */
         r = PyByteArray_Resize(self->pending, 0) < 0
                 ? NULL
-                : call_rest(self, b, (size_t)top + done - (size_t)head_len);
+                : continue_write(self, c, b, data, (size_t)n,
+                                 (size_t)top + done - (size_t)head_len);
     else /* held bytes are still to go: the rest of b joins them (the continuation's path) */
-        r = append_pending(self, data + top, n - top) < 0 ? NULL : call_rest(self, NULL, done);
+        r = append_pending(self, data + top, n - top) < 0
+                ? NULL
+                : continue_write(self, c, NULL, NULL, 0, done);
     PyBuffer_Release(view);
     return unlock_with(self, r);
 }
@@ -642,8 +692,9 @@ static int hold_record(Port *self, sp_conn *c, PyObject *b, Py_buffer *view)
 {
     size_t done;
     int status = pump_out(c, NULL, 0, view->buf, (size_t)view->len, &done, 1);
-    PyObject *r = status == SP_OK && done == (size_t)view->len ? new_none()
-                                                               : call_rest(self, b, done);
+    PyObject *r = status == SP_OK && done == (size_t)view->len
+                      ? new_none()
+                      : continue_write(self, c, b, view->buf, (size_t)view->len, done);
     PyBuffer_Release(view);
     return unlock_with(self, r);
 }
@@ -861,13 +912,14 @@ done:
 
 static PyObject *fast_init(PyObject *module, PyObject *args)
 {
-    PyObject *read_addr, *write2_addr, *hold_addr, *held_addr, *all;
+    PyObject *read_addr, *write2_addr, *hold_addr, *held_addr, *written_addr, *broken_addr, *all;
     int slice;
     Py_ssize_t record, err_size;
-    void *r, *w2, *h, *q;
+    void *r, *w2, *h, *q, *w, *x;
     (void)module;
-    if (!PyArg_ParseTuple(args, "OOOOninO:init", &read_addr, &write2_addr, &hold_addr,
-                          &held_addr, &err_size, &slice, &record, &all))
+    if (!PyArg_ParseTuple(args, "OOOOOOninO:init", &read_addr, &write2_addr, &hold_addr,
+                          &held_addr, &written_addr, &broken_addr, &err_size, &slice, &record,
+                          &all))
         return NULL;
     if (err_size <= 0 || err_size > ERR_ROOM) {
         PyErr_Format(PyExc_ValueError, "init: an sp_err of %zd bytes does not fit", err_size);
@@ -877,7 +929,9 @@ static PyObject *fast_init(PyObject *module, PyObject *args)
     w2 = r ? PyLong_AsVoidPtr(write2_addr) : NULL;
     h = w2 ? PyLong_AsVoidPtr(hold_addr) : NULL;
     q = h ? PyLong_AsVoidPtr(held_addr) : NULL;
-    if (q == NULL) {
+    w = q ? PyLong_AsVoidPtr(written_addr) : NULL;
+    x = w ? PyLong_AsVoidPtr(broken_addr) : NULL;
+    if (x == NULL) {
         if (!PyErr_Occurred())
             PyErr_SetString(PyExc_ValueError, "init: null pump function");
         return NULL;
@@ -891,6 +945,8 @@ static PyObject *fast_init(PyObject *module, PyObject *args)
     pump_write2 = (write2_fn)(uintptr_t)w2;
     pump_write_hold = (write_fn)(uintptr_t)h;
     pump_held = (held_fn)(uintptr_t)q;
+    pump_written = (written_fn)(uintptr_t)w;
+    pump_broken = (held_fn)(uintptr_t)x;
     slice_ms = slice;
     record_size = record;
     Py_INCREF(all);
@@ -900,8 +956,8 @@ static PyObject *fast_init(PyObject *module, PyObject *args)
 
 static PyMethodDef module_methods[] = {
     {"init", fast_init, METH_VARARGS,
-     "init(sp_read_addr, sp_write2_addr, sp_write_hold_addr, sp_held_out_addr, sizeof_sp_err, "
-     "slice_ms, record_size, read_all): bind the pump."},
+     "init(sp_read_addr, sp_write2_addr, sp_write_hold_addr, sp_held_out_addr, sp_written_addr, "
+     "sp_conn_broken_addr, sizeof_sp_err, slice_ms, record_size, read_all): bind the pump."},
     {"make_ports", fast_make_ports, METH_VARARGS,
      "make_ports(conn, input_type, output_type): a socket connection's two ports (no timeout)."},
     {NULL, NULL, 0, NULL},

@@ -140,6 +140,8 @@ def _load_fastport() -> Any:
         int(ffi.cast("uintptr_t", ffi.addressof(lib, "sp_write2"))),
         int(ffi.cast("uintptr_t", ffi.addressof(lib, "sp_write_hold"))),
         int(ffi.cast("uintptr_t", ffi.addressof(lib, "sp_held_out"))),
+        int(ffi.cast("uintptr_t", ffi.addressof(lib, "sp_written"))),
+        int(ffi.cast("uintptr_t", ffi.addressof(lib, "sp_conn_broken"))),
         ffi.sizeof("sp_err"),
         _SLICE_MS,
         _RECORD,
@@ -558,8 +560,14 @@ class Connection:
 
     def write_rest(self, pending: bytearray, data: Any, sent: int) -> None:
         """The C fast path's continuation for writes (see read_rest): send the rest of the held
-        bytes `pending`, then of `data`, after the first `sent` bytes of the two."""
+        bytes `pending`, then of `data`, after the first `sent` bytes of the two (on an
+        exception, sp_fastport.c continue_write keeps what was not sent)."""
         _send_rest(self, pending, None, data, sent)
+
+    def written(self) -> int:
+        """Plaintext OpenSSL has taken from this connection's writers so far (sp_written)."""
+        ptr = self.ptr
+        return int(_binding.lib.sp_written(ptr)) if ptr is not None else 0
 
     def pump_once(self, func: str, view: memoryview, deadline: _Deadline) -> int:
         """Process what arrives within one wait slice (handshake records included).
@@ -896,34 +904,48 @@ class SSLOutputPort(io.BufferedIOBase):
 
     def _send_locked(self, data: Any = b"") -> None:
         """Send the held bytes, topped up from `data` to whole records (records stay full), then
-        the rest of `data` (bytes, bytearray or a byte memoryview) without copying it; what a
-        timeout leaves unsent stays held (as in the C path, sp_fastport.c send_overflow)."""
+        the rest of `data` (bytes, bytearray or a byte memoryview) without copying it. What
+        stops it and leaves the connection usable (a timeout, a signal handler's exception
+        such as Ctrl-C) leaves held exactly the bytes OpenSSL did not take, counted by the
+        connection: nothing is sent twice, and flush() sends the rest; a broken connection
+        drops them (the C path: sp_fastport.c continue_write)."""
         held = self._buf
         top = min(-len(held) % _RECORD, len(data))
         if top:
             held += data[:top]
         conn = self._sslports_conn
-        # (views released on the way out: an exception's frames must not pin the caller's
-        # bytearray, which could then not be resized)
-        with memoryview(data) as whole, whole[top:] as rest:
-            if self._timeout is None and conn.is_socket and not conn.closed:
-                # The common case in one pump call (see SSLInputPort._readinto).
-                err, done = _scratch()
-                with (
-                    _from_buffer("unsigned char[]", held) as chead,
-                    _from_buffer("unsigned char[]", rest) as cdata,
-                ):
-                    size = len(chead) + len(cdata)
-                    status = _binding.lib.sp_write2(
-                        conn.ptr, chead, len(chead), cdata, len(cdata), done, _SLICE_MS, err
-                    )
-                sent = int(done[0])
-                if status == _SP_OK and sent == size:
-                    del held[:]
+        start = conn.written()
+        try:
+            # (views released on the way out: an exception's frames must not pin the caller's
+            # bytearray, which could then not be resized)
+            with memoryview(data) as whole, whole[top:] as rest:
+                if self._timeout is None and conn.is_socket and not conn.closed:
+                    # The common case in one pump call (see SSLInputPort._readinto).
+                    err, done = _scratch()
+                    with (
+                        _from_buffer("unsigned char[]", held) as chead,
+                        _from_buffer("unsigned char[]", rest) as cdata,
+                    ):
+                        size = len(chead) + len(cdata)
+                        status = _binding.lib.sp_write2(
+                            conn.ptr, chead, len(chead), cdata, len(cdata), done, _SLICE_MS, err
+                        )
+                    sent = int(done[0])
+                    if status == _SP_OK and sent == size:
+                        del held[:]
+                        return
+                    _send_rest(conn, held, None, rest, sent)  # a wait, a flush, an error
                     return
-                _send_rest(conn, held, None, rest, sent)  # a wait, a flush, an error
-                return
-            _send_rest(conn, held, self._timeout, rest, 0)
+                _send_rest(conn, held, self._timeout, rest, 0)
+        except BaseException as exc:
+            if conn.ptr is None or _binding.lib.sp_conn_broken(conn.ptr):
+                del held[:]  # nothing more can be sent (the exception says why)
+            else:
+                with memoryview(data) as whole, whole[top:] as rest:
+                    _keep_unsent(held, rest, max(conn.written() - start, 0))
+            if isinstance(exc, SSLTimeoutError):
+                exc.characters_written = len(held)  # type: ignore[attr-defined]
+            raise
 
     def flush(self) -> None:
         if self.closed or not (self._buf or self._conn_holds()):
@@ -956,8 +978,9 @@ def _send_rest(
     conn: Connection, pending: bytearray, timeout: Optional[float], data: Any, sent: int
 ) -> None:
     """Send the held bytes `pending`, then `data` (a caller's buffer of any item format, never
-    `pending` itself), after the first `sent` bytes of the two; what a timeout leaves unsent
-    becomes the held bytes, else they end up empty."""
+    `pending` itself), after the first `sent` bytes of the two, and empty `pending`. On an
+    exception `pending` is left as it was: the caller keeps what was not sent (_keep_unsent,
+    or sp_fastport.c continue_write), by the connection's count of what OpenSSL took."""
     assert data is not pending, "the held bytes are sent first anyway"
     held = len(pending)
     head = pending[sent:] if sent < held else b""
@@ -967,18 +990,20 @@ def _send_rest(
         whole.cast("B") as view,
         view[max(sent - held, 0) :] as rest,
     ):
-        try:
-            conn.write("write", rest, _deadline(timeout), head)
-        except SSLTimeoutError as exc:
-            written = int(getattr(exc, "characters_written", 0))
-            if written < len(head):
-                pending[:] = head[written:]
-                pending += rest
-            else:
-                pending[:] = rest[written - len(head) :]
-            exc.characters_written = len(pending)  # type: ignore[attr-defined]
-            raise
+        conn.write("write", rest, _deadline(timeout), head)
     del pending[:]
+
+
+def _keep_unsent(pending: bytearray, data: Any, sent: int) -> None:
+    """After a write that an exception stopped: `pending` becomes what of pending + data (a
+    buffer of any item format) is left after the first `sent` bytes, the ones OpenSSL took."""
+    held = len(pending)
+    with memoryview(data) as whole, whole.cast("B") as view:
+        if sent < held:
+            del pending[:sent]
+            pending += view
+        else:
+            pending[:] = view[sent - held :]
 
 
 def _claim_close(port: Any) -> bool:
