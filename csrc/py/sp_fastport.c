@@ -29,7 +29,9 @@
  *      and the progress made to the connection's Python continuation (`read_rest` /
  *      `write_rest`), called with the lock held: deadlines, signal handlers, EOF policy and
  *      error objects live in one place, ports.py. The lock is released here afterwards, also
- *      when the continuation raised (even at its first instruction, as Ctrl-C may).
+ *      when the continuation raised (even at its first instruction, as Ctrl-C may); a write's
+ *      continuation that raised leaves pending exactly the bytes OpenSSL did not take
+ *      (continue_write).
  *
  * The output port's pending bytes are one bytearray shared with ports.py (never rebound, only
  * changed in place, always under the write lock), so both paths see one buffer. A write of one
