@@ -264,6 +264,7 @@ sp_conn *sp_conn_new(SSL_CTX *ctx, int is_server, int fd, sp_err *err)
     }
     if (c->socket_mode) {
         c->recv_waits = make_recv_waits(c->fd);
+        c->handshake_waits = is_server; /* a server starts with the client's hello */
         SSL_set_bio(c->ssl, c->rbio, c->rbio); /* one BIO, one reference, both directions */
         /* Read-ahead into OpenSSL's default buffer (one full record and a little): OpenSSL 3.0
          * moves whatever it still holds to the front of that buffer before each record, so a
@@ -580,6 +581,7 @@ static int sock_bio_read(BIO *bio, char *buf, int len)
         }
         if (n == 0) {
             if (c->draining) { /* closing: nothing more will come, and that is no error */
+                c->peer_closed = 1; /* (sp_conn_drop_unread: nothing left to drop) */
                 BIO_set_retry_read(bio);
                 return -1;
             }
@@ -767,6 +769,24 @@ int sp_held_out(sp_conn *c)
     return held;
 }
 
+void sp_conn_drop_unread(sp_conn *c)
+{
+    unsigned char scratch[16384];
+    int i, seen_eof;
+    if (!c->socket_mode)
+        return;
+    sp_mutex_lock(&c->ssl_lock);
+    seen_eof = c->peer_closed; /* recv() returned 0: nothing more can arrive */
+    sp_mutex_unlock(&c->ssl_lock);
+    for (i = 0; !seen_eof && i < 256; i++) { /* at most 4 MiB */
+        long n = (long)recv(c->fd, (char *)scratch, (sp_iolen)sizeof scratch, SP_RECV_FLAGS);
+        if (n < 0 && SP_EINTR(SP_SOCK_ERRNO()))
+            continue;
+        if (n <= 0)
+            break; /* EOF (after shutdown()), nothing more (EAGAIN), or an error */
+    }
+}
+
 int sp_conn_broken(sp_conn *c)
 {
     int broken;
@@ -892,6 +912,14 @@ int sp_handshake(sp_conn *c, int wait_ms, sp_err *err)
     unsigned char early_buf[SP_EARLY_MAX]; /* waits for the peer's flight in recv() (WAITING) */
     int waited = 0;
     sp_err_reset(err);
+    if (c->socket_mode && c->handshake_waits && wait_ms > 0 && !has_input(c)) {
+        /* What comes next is the peer's: wait first, and skip the SSL_do_handshake whose
+         * recv() would only meet EAGAIN (as sp_read does after a read that waited). */
+        int status = wait_readable(c, wait_ms, err, early_buf);
+        if (status != SP_OK)
+            return status;
+        waited = 1;
+    }
     for (;;) {
         int r, e = SSL_ERROR_NONE, status;
         sp_mutex_lock(&c->ssl_lock);
@@ -905,8 +933,10 @@ int sp_handshake(sp_conn *c, int wait_ms, sp_err *err)
         ERR_clear_error();
         c->bio_errno = 0;
         r = SSL_do_handshake(c->ssl);
-        if (r == 1)
+        if (r == 1) {
             c->established = 1;
+            c->handshake_waits = 0; /* (a later renegotiation starts with our own flight) */
+        }
         else {
             e = SSL_get_error(c->ssl, r);
             if (e != SSL_ERROR_WANT_READ && e != SSL_ERROR_WANT_WRITE) {
@@ -948,6 +978,7 @@ int sp_handshake(sp_conn *c, int wait_ms, sp_err *err)
         /* One wait per call (as in sp_read): a peer that drips its flight a byte at a time
          * must not keep the call from returning, so that Python checks the deadline and runs
          * signal handlers at least once a slice. */
+        c->handshake_waits = 1;
         if (waited)
             return SP_WANT_READ;
         waited = 1;

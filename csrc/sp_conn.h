@@ -27,6 +27,10 @@ struct sp_conn {
     int peer_closed; /* recv() returned 0 (ssl_lock) */
     int draining;    /* sp_conn_drain_tickets: a transport EOF is not an event (ssl_lock) */
     int direct_send; /* the last record of an sp_write: the BIO may send it itself (ssl_lock) */
+    int handshake_waits; /* the handshake waits for the peer's next flight (a server's first
+                            call, or after a call that returned to wait for it): the next
+                            sp_handshake waits before it calls OpenSSL (the handshaking
+                            thread's) */
     int recv_waits;  /* the socket blocks, with SO_RCVTIMEO = SP_WAIT_SLICE_MS: a read that
                         must wait a whole slice waits in recv() (set at creation) */
     /* Ciphertext such a recv() got, not yet taken by OpenSSL (ssl_lock): sp_read's stack
@@ -122,6 +126,12 @@ int sp_held_out(sp_conn *c);
 /* Plaintext bytes the write calls have handed to OpenSSL so far: the difference across an
  * interrupted write tells exactly how much of it was taken. */
 unsigned long long sp_written(sp_conn *c);
+/* Closing a socket connection, after shutdown(): read and drop, without waiting, what arrived
+ * and nobody will read (a TLS 1.3 ticket nobody read, a request a server closed on). close()
+ * on a socket with unread bytes answers with a reset, and a reset also throws away what the
+ * kernel still had to send: the end of the last write, when the peer reads slowly. Nothing
+ * to do once the peer's EOF was seen; at most 4 MiB (a peer still sending gets its reset). */
+void sp_conn_drop_unread(sp_conn *c);
 /* 1 once a failure broke the connection (every later call reports it): nothing more can be
  * sent, so what a writer still holds is dropped. */
 int sp_conn_broken(sp_conn *c);

@@ -333,28 +333,6 @@ class _SocketTransport:
         self.sock.close()
 
 
-_DISCARD = bytearray(65536)  # scratch for _discard_unread (any thread: its bytes are dropped)
-
-
-def _discard_unread(sock: _socket.socket) -> None:
-    """Drop the bytes that arrived and that nobody will read now (a TLS 1.3 ticket nobody read,
-    a request a server closed on), without waiting. close() on a socket with unread bytes
-    answers with a reset, and a reset also throws away what the kernel still had to send: the
-    end of our last write, when the peer reads slowly. At most 4 MiB: a peer still sending
-    after that gets its reset."""
-    if not _MSG_DONTWAIT:
-        return
-    try:
-        for _ in range(64):
-            if not sock.recv_into(_DISCARD, 0, _MSG_DONTWAIT):
-                return
-    except OSError:  # nothing more (EAGAIN), or the connection is already gone
-        pass
-
-
-_MSG_DONTWAIT: int = getattr(socket, "MSG_DONTWAIT", 0)  # (not on Windows: no drain there)
-
-
 class Connection:
     """What the two ports of one TLS connection share."""
 
@@ -682,7 +660,9 @@ class Connection:
                 pass
             with self.read_lock, self.write_lock:
                 pass
-            _discard_unread(sock)  # (after shutdown: its recv() never waits)
+            # Unread bytes would make close() answer with a reset, which also drops what the
+            # kernel still has to send (the end of the last write, to a slow reader).
+            _binding.lib.sp_conn_drop_unread(self.ptr)
         self.transport.close(self.close_original, timeout)
 
 
