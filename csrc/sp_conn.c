@@ -1179,9 +1179,9 @@ int sp_write2(sp_conn *c, const unsigned char *head, size_t head_len, const unsi
 /* An output port's write of one full record with nothing pending: encrypted at once and kept
  * queued, unsent, as the port's held record (the next write sends it together with its own
  * records, in one sendmsg(); sp_flush sends it alone). Holding the ciphertext instead of the
- * plaintext saves copying the record into the port first (a read on the connection may send
- * it earlier: reading sends what is queued). When ciphertext is already queued,
- * or buf is longer than a record, this is sp_write: everything goes out now. */
+ * plaintext saves copying the record into the port first (a read on the connection that has
+ * to wait sends it earlier: waits send what is queued). When ciphertext is already queued, or
+ * buf is longer than a record, this is sp_write: everything goes out now. */
 int sp_write_hold(sp_conn *c, const unsigned char *buf, size_t len, size_t *done, int wait_ms,
                   sp_err *err)
 {
