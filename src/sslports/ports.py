@@ -890,12 +890,14 @@ class SSLOutputPort(io.BufferedIOBase):
         connection: nothing is sent twice, and flush() sends the rest; a broken connection
         drops them (the C path: sp_fastport.c continue_write)."""
         held = self._buf
-        top = min(-len(held) % _RECORD, len(data))
-        if top:
-            held += data[:top]
         conn = self._sslports_conn
-        start = conn.written()
+        top = 0
+        start = -1  # (set inside the try: an exception can come with any call's return)
         try:
+            start = conn.written()
+            top = min(-len(held) % _RECORD, len(data))
+            if top:
+                held += data[:top]
             # (views released on the way out: an exception's frames must not pin the caller's
             # bytearray, which could then not be resized)
             with memoryview(data) as whole, whole[top:] as rest:
@@ -921,8 +923,9 @@ class SSLOutputPort(io.BufferedIOBase):
             if conn.ptr is None or _binding.lib.sp_conn_broken(conn.ptr):
                 del held[:]  # nothing more can be sent (the exception says why)
             else:
+                taken = max(conn.written() - start, 0) if start >= 0 else 0
                 with memoryview(data) as whole, whole[top:] as rest:
-                    _keep_unsent(held, rest, max(conn.written() - start, 0))
+                    _keep_unsent(held, rest, taken)
             if isinstance(exc, SSLTimeoutError):
                 exc.characters_written = len(held)  # type: ignore[attr-defined]
             raise
