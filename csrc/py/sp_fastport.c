@@ -914,41 +914,37 @@ done:
 
 static PyObject *fast_init(PyObject *module, PyObject *args)
 {
-    PyObject *read_addr, *write2_addr, *hold_addr, *held_addr, *written_addr, *broken_addr, *all;
-    int slice;
+    enum { N_FNS = 6 }; /* the pump functions init() takes, in its argument order */
+    PyObject *addr[N_FNS], *all;
+    void *fn[N_FNS];
+    int slice, i;
     Py_ssize_t record, err_size;
-    void *r, *w2, *h, *q, *w, *x;
     (void)module;
-    if (!PyArg_ParseTuple(args, "OOOOOOninO:init", &read_addr, &write2_addr, &hold_addr,
-                          &held_addr, &written_addr, &broken_addr, &err_size, &slice, &record,
-                          &all))
+    if (!PyArg_ParseTuple(args, "OOOOOOninO:init", &addr[0], &addr[1], &addr[2], &addr[3],
+                          &addr[4], &addr[5], &err_size, &slice, &record, &all))
         return NULL;
     if (err_size <= 0 || err_size > ERR_ROOM) {
         PyErr_Format(PyExc_ValueError, "init: an sp_err of %zd bytes does not fit", err_size);
         return NULL;
     }
-    r = PyLong_AsVoidPtr(read_addr);
-    w2 = r ? PyLong_AsVoidPtr(write2_addr) : NULL;
-    h = w2 ? PyLong_AsVoidPtr(hold_addr) : NULL;
-    q = h ? PyLong_AsVoidPtr(held_addr) : NULL;
-    w = q ? PyLong_AsVoidPtr(written_addr) : NULL;
-    x = w ? PyLong_AsVoidPtr(broken_addr) : NULL;
-    if (x == NULL) {
-        if (!PyErr_Occurred())
-            PyErr_SetString(PyExc_ValueError, "init: null pump function");
-        return NULL;
+    for (i = 0; i < N_FNS; i++) { /* function pointers travel as integers: CFFI's way */
+        fn[i] = PyLong_AsVoidPtr(addr[i]);
+        if (fn[i] == NULL) {
+            if (!PyErr_Occurred())
+                PyErr_SetString(PyExc_ValueError, "init: null pump function");
+            return NULL;
+        }
     }
     if (slice < 0 || record <= 0 || !PyCallable_Check(all)) {
         PyErr_SetString(PyExc_ValueError, "init: bad slice, record size or read_all");
         return NULL;
     }
-    /* Function pointers travel as integers: CFFI hands them out that way. */
-    pump_read = (read_fn)(uintptr_t)r;
-    pump_write2 = (write2_fn)(uintptr_t)w2;
-    pump_write_hold = (write_fn)(uintptr_t)h;
-    pump_held = (held_fn)(uintptr_t)q;
-    pump_written = (written_fn)(uintptr_t)w;
-    pump_broken = (held_fn)(uintptr_t)x;
+    pump_read = (read_fn)(uintptr_t)fn[0];
+    pump_write2 = (write2_fn)(uintptr_t)fn[1];
+    pump_write_hold = (write_fn)(uintptr_t)fn[2];
+    pump_held = (held_fn)(uintptr_t)fn[3];
+    pump_written = (written_fn)(uintptr_t)fn[4];
+    pump_broken = (held_fn)(uintptr_t)fn[5];
     slice_ms = slice;
     record_size = record;
     Py_INCREF(all);

@@ -591,14 +591,11 @@ class Connection:
             try:
                 while True:
                     wait = _SLICE_MS if deadline.at is None else deadline.slice_ms()
-                    if total < hsize:
+                    if total < size:  # what is left of head, then of data
+                        h, d = min(total, hsize), max(total - hsize, 0)
                         status = lib.sp_write2(
-                            ptr, hbuf + total, hsize - total, buf, size - hsize, done, wait, err
+                            ptr, hbuf + h, hsize - h, buf + d, size - hsize - d, done, wait, err
                         )
-                        total += done[0]
-                    elif total < size:
-                        at = total - hsize
-                        status = lib.sp_write(ptr, buf + at, size - total, done, wait, err)
                         total += done[0]
                     else:
                         status = lib.sp_flush(ptr, wait, err)
