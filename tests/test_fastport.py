@@ -18,6 +18,7 @@ import subprocess
 import sys
 import sysconfig
 import threading
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -43,6 +44,8 @@ def path(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str
         pytest.skip("no C fast path on this interpreter")
     if request.param == "python":
         monkeypatch.setattr(ports, "_fastport", None)
+        for cls, close in ports.PYTHON_CLOSE.items():  # (C's close_port is on the classes)
+            monkeypatch.setattr(cls, "close", close)
     return str(request.param)
 
 
@@ -608,6 +611,50 @@ def test_a_big_write_over_held_bytes_to_a_vanished_peer(path: str, pair: Any) ->
     with contextlib.suppress(sslports.SSLError):
         cout.close()
     assert cout.closed
+
+
+@needs_fast
+def test_ports_close_in_c(pair: Any) -> None:
+    """Every connection closes two ports: close() is C (sp_fastport.c close_port) on both
+    classes, whatever state the port is in."""
+    cin, cout, _sin, _sout = pair
+    for port in (cin, cout):
+        assert type(type(port).close).__name__ == "method_descriptor"
+    cin.settimeout(1)  # (the Python read methods now; close stays the same)
+    cin.close()
+    cout.close()
+    assert cin.closed and cout.closed
+    assert cin._sslports_conn.closed
+
+
+@pytest.mark.parametrize("order", ["output last", "input last"])
+def test_a_close_whose_flush_fails_still_ends_the_connection(
+    path: str, pair: Any, order: str
+) -> None:
+    """close() sends what the port holds; when that fails (the peer is gone), close() raises
+    the error, and the port is closed all the same: a second close() is quiet, and once both
+    ports are closed the socket is released (both close paths)."""
+    cin, cout, sin, sout = pair
+    sock = cout._sslports_conn.transport.sock
+    sin.close()
+    sout.close()
+    cout.write(bytes(40000))  # reaches the closed peer, whose kernel answers with a reset
+    time.sleep(0.3)
+    cout.write(b"held")  # held by the port: only close() sends it
+    if order == "input last":
+        with pytest.raises(sslports.SSLError):
+            cout.close()
+        assert cout.closed and not cin.closed and sock.fileno() >= 0
+        cout.close()  # closed already: nothing to report twice
+        cin.close()
+    else:
+        cin.close()
+        assert sock.fileno() >= 0  # (the output port is still open)
+        with pytest.raises(sslports.SSLError):
+            cout.close()
+        assert cout.closed
+    assert sock.fileno() == -1
+    assert cin._sslports_conn.closed
 
 
 @pytest.mark.skipif(sys.platform == "win32", reason="FIONREAD through fcntl")

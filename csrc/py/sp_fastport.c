@@ -68,6 +68,8 @@ typedef int (*write2_fn)(sp_conn *, const unsigned char *, size_t, const unsigne
 typedef int (*write_fn)(sp_conn *, const unsigned char *, size_t, size_t *, int, void *);
 typedef int (*held_fn)(sp_conn *);
 typedef unsigned long long (*written_fn)(sp_conn *);
+typedef int (*flush_fn)(sp_conn *, int, void *);
+typedef void (*conn_fn)(sp_conn *);
 
 static read_fn pump_read;
 static write2_fn pump_write2;
@@ -75,6 +77,9 @@ static write_fn pump_write_hold;
 static held_fn pump_held;
 static written_fn pump_written;
 static held_fn pump_broken;
+static flush_fn pump_flush;
+static conn_fn pump_drain_tickets;
+static conn_fn pump_drop_unread;
 static int slice_ms = 50;
 static Py_ssize_t record_size = 16384;
 static PyObject *read_all;  /* read_all(reader) -> bytes: read(-1) and read(None) */
@@ -910,19 +915,270 @@ done:
     return result;
 }
 
+/* ---- close: both ports' close() ---------------------------------------------------------- */
+
+/* Every connection closes two ports, cold, at its end: the Python close() of each (the claim,
+ * flush, io's close, taking the C methods away, the connection's count of open ports) cost
+ * ~35 us per connection there, ~5 % of a resumed connection. This is ports.py's
+ * SSLInputPort.close / SSLOutputPort.close, step for step and in the same order (ports.py
+ * installs it on both classes as a method descriptor: no Python frame, nothing per port); what
+ * is not the common case calls back into Python: close_notify (SSLOutputPort._close_notify)
+ * and the last port's close of the connection (Connection.last_port_closed). */
+static PyObject *iobase_close; /* io.BufferedIOBase.close */
+static PyObject *str_claimed, *str_flush, *str_shutdown_on_close, *str_abandoned,
+    *str_close_notify, *str_open_ports, *str_port_closed, *str_last_port_closed, *str_is_socket,
+    *str_caches_session, *str_closed, *str_transport, *str_sock, *str_shutdown, *str_close;
+static PyObject *zero, *shut_rdwr; /* 0; socket.SHUT_RDWR */
+
+/* What Python's `finally` does with exceptions: one raised by a later step replaces the one in
+ * flight, which becomes its __context__. */
+typedef struct {
+    PyObject *type, *value, *tb;
+} in_flight;
+
+static void note_failure(in_flight *f)
+{
+    PyObject *type, *value, *tb;
+    PyErr_Fetch(&type, &value, &tb);
+    PyErr_NormalizeException(&type, &value, &tb);
+    if (tb != NULL && value != NULL)
+        PyException_SetTraceback(value, tb);
+    if (f->value != NULL && value != NULL && value != f->value) {
+        PyException_SetContext(value, f->value); /* (takes the reference) */
+        f->value = NULL;
+    }
+    Py_XDECREF(f->type);
+    Py_XDECREF(f->value);
+    Py_XDECREF(f->tb);
+    f->type = type;
+    f->value = value;
+    f->tb = tb;
+}
+
+static void call_noted(in_flight *f, PyObject *r)
+{
+    if (r == NULL)
+        note_failure(f);
+    Py_XDECREF(r);
+}
+
+/* ports.py _claim_close: 1 for exactly one caller (this one), 0 when the port was claimed
+ * already, -1 with an exception. No Python runs between the look and the store (str keys), so
+ * two threads cannot both claim; a claim made by the Python path counts here and vice versa. */
+static int claim_close(PyObject *dict)
+{
+    if (PyDict_GetItemWithError(dict, str_claimed) != NULL)
+        return 0;
+    if (PyErr_Occurred())
+        return -1;
+    return PyDict_SetItem(dict, str_claimed, Py_True) < 0 ? -1 : 1;
+}
+
+/* Connection.last_port_closed(timeout) for a socket connection that is still open, step for
+ * step (ports.py); anything else (a stream connection, one the collector freed) goes to the
+ * Python method. None, or NULL with an exception. */
+static PyObject *conn_last_closed(PyObject *conn, PyObject *timeout)
+{
+    PyObject *v = PyObject_GetAttr(conn, str_is_socket), *locks[2] = {NULL, NULL};
+    PyObject *transport = NULL, *sock = NULL, *r = NULL;
+    sp_conn *c;
+    err_room err;
+    int yes = v == NULL ? -1 : PyObject_IsTrue(v), taken = 0;
+    Py_XDECREF(v);
+    if (yes < 0)
+        return NULL;
+    c = yes ? conn_of(conn) : NULL;
+    if (c == NULL)
+        return PyObject_CallMethodOneArg(conn, str_last_port_closed, timeout);
+    if ((v = PyObject_GetAttr(conn, str_caches_session)) == NULL
+        || (yes = PyObject_IsTrue(v)) < 0) {
+        Py_XDECREF(v);
+        return NULL;
+    }
+    Py_DECREF(v);
+    if (yes) /* tickets that already arrived go to the session cache */
+        pump_drain_tickets(c);
+    if (PyObject_SetAttr(conn, str_addr, zero) < 0 || PyObject_SetAttr(conn, str_closed, Py_True) < 0
+        || (transport = PyObject_GetAttr(conn, str_transport)) == NULL
+        || (sock = PyObject_GetAttr(transport, str_sock)) == NULL
+        || (locks[0] = PyObject_GetAttr(conn, str_read_lock)) == NULL
+        || (locks[1] = PyObject_GetAttr(conn, str_write_lock)) == NULL)
+        goto done;
+    if ((PyObject *)Py_TYPE(locks[0]) != lock_type || (PyObject *)Py_TYPE(locks[1]) != lock_type) {
+        PyErr_SetString(PyExc_TypeError, "close: the direction locks are not _fastport.Lock");
+        goto done;
+    }
+    pump_flush(c, 0, &err); /* what is still queued leaves without waiting (tickets) */
+    /* shutdown() first: it wakes a call still waiting on the socket in another thread and puts
+     * our FIN out before close() could answer unread ciphertext with a reset. */
+    if ((r = PyObject_CallMethodOneArg(sock, str_shutdown, shut_rdwr)) == NULL) {
+        if (!PyErr_ExceptionMatches(PyExc_OSError))
+            goto done;
+        PyErr_Clear();
+    }
+    Py_CLEAR(r);
+    /* Wait for a call still in the pump to leave (it holds its direction's lock). */
+    for (; taken < 2; taken++)
+        if (lock_take((Lock *)locks[taken]) < 0)
+            break;
+    while (taken > 0)
+        lock_give((Lock *)locks[--taken]);
+    if (PyErr_Occurred())
+        goto done;
+    pump_drop_unread(c); /* unread bytes would make close() answer with a reset */
+    r = PyObject_CallMethodNoArgs(sock, str_close);
+done:
+    Py_XDECREF(transport);
+    Py_XDECREF(sock);
+    Py_XDECREF(locks[0]);
+    Py_XDECREF(locks[1]);
+    return r;
+}
+
+/* Connection.port_closed(timeout): pop one of open_ports (atomic, as list.pop is); the port that
+ * pops a false item is the last and closes the connection (in Python: it is the rare,
+ * system-call-heavy end of the connection). Anything unexpected goes to the Python method. */
+static PyObject *conn_port_closed(PyObject *conn, PyObject *timeout)
+{
+    PyObject *open = PyObject_GetAttr(conn, str_open_ports), *item;
+    Py_ssize_t n;
+    int other_open;
+    if (open == NULL && !PyErr_ExceptionMatches(PyExc_AttributeError))
+        return NULL;
+    PyErr_Clear();
+    n = open != NULL && PyList_CheckExact(open) ? PyList_GET_SIZE(open) : 0;
+    if (n == 0) {
+        Py_XDECREF(open);
+        return PyObject_CallMethodOneArg(conn, str_port_closed, timeout);
+    }
+    item = PyList_GET_ITEM(open, n - 1);
+    other_open = item == Py_True;
+    if (PyList_SetSlice(open, n - 1, n, NULL) < 0) {
+        Py_DECREF(open);
+        return NULL;
+    }
+    Py_DECREF(open);
+    if (other_open)
+        return new_none();
+    return conn_last_closed(conn, timeout);
+}
+
+/* `self.conn.shutdown_on_close and not self._abandoned`: 1, 0, or -1 with an exception. */
+static int wants_close_notify(PyObject *port, PyObject *conn)
+{
+    PyObject *v = PyObject_GetAttr(conn, str_shutdown_on_close);
+    int yes = v == NULL ? -1 : PyObject_IsTrue(v);
+    Py_XDECREF(v);
+    if (yes != 1)
+        return yes;
+    v = PyObject_GetAttr(port, str_abandoned);
+    yes = v == NULL ? -1 : PyObject_IsTrue(v);
+    Py_XDECREF(v);
+    return yes < 0 ? -1 : !yes;
+}
+
+static PyObject *close_port(PyObject *port, int output)
+{
+    PyObject *dict = PyObject_GenericGetDict(port, NULL), *conn = NULL, *fast, *timeout;
+    in_flight f = {NULL, NULL, NULL};
+    int claimed;
+    if (dict == NULL)
+        return NULL;
+    claimed = PyDict_Check(dict) ? claim_close(dict) : -1;
+    if (claimed <= 0) {
+        if (claimed < 0 && !PyErr_Occurred())
+            PyErr_SetString(PyExc_TypeError, "close: the port has no instance dict");
+        Py_DECREF(dict);
+        return claimed < 0 ? NULL : new_none();
+    }
+    if (output) { /* try: flush, close_notify; finally: ... */
+        int notify;
+        if ((conn = PyObject_GetAttr(port, str_conn)) == NULL) {
+            Py_DECREF(dict);
+            return NULL;
+        }
+        call_noted(&f, PyObject_CallMethodNoArgs(port, str_flush));
+        if (f.value == NULL && (notify = wants_close_notify(port, conn)) != 0)
+            call_noted(&f, notify < 0 ? NULL : PyObject_CallMethodNoArgs(port, str_close_notify));
+    }
+    call_noted(&f, PyObject_CallOneArg(iobase_close, port));
+    fast = PyDict_GetItemWithError(dict, str_fast); /* _sync_fast(): closed, so off */
+    if (fast != NULL && (Py_TYPE(fast) == (PyTypeObject *)reader_type
+                         || Py_TYPE(fast) == (PyTypeObject *)writer_type)) {
+        Py_INCREF(fast);
+        if (install((Port *)fast, port, 0) < 0)
+            note_failure(&f);
+        Py_DECREF(fast);
+    } else if (fast == NULL && PyErr_Occurred()) {
+        note_failure(&f);
+    }
+    if (conn == NULL && (conn = PyObject_GetAttr(port, str_conn)) == NULL) {
+        note_failure(&f);
+    } else if ((timeout = PyObject_GetAttr(port, str_timeout)) == NULL) {
+        note_failure(&f);
+    } else {
+        call_noted(&f, conn_port_closed(conn, timeout));
+        Py_DECREF(timeout);
+    }
+    Py_XDECREF(conn);
+    Py_DECREF(dict);
+    if (f.value != NULL || f.type != NULL) {
+        PyErr_Restore(f.type, f.value, f.tb);
+        return NULL;
+    }
+    return new_none();
+}
+
+static PyObject *close_input(PyObject *port, PyObject *unused)
+{
+    (void)unused;
+    return close_port(port, 0);
+}
+
+static PyObject *close_output(PyObject *port, PyObject *unused)
+{
+    (void)unused;
+    return close_port(port, 1);
+}
+
+static PyMethodDef close_defs[] = {
+    {"close", close_input, METH_NOARGS,
+     "Close the port; the connection ends once both ports are closed."},
+    {"close", close_output, METH_NOARGS,
+     "Send what is buffered and close the port; the connection ends once both ports are "
+     "closed."},
+};
+
+/* close_method(cls, output) -> a method descriptor for cls.close (C's close_port). */
+static PyObject *fast_close_method(PyObject *module, PyObject *args)
+{
+    PyObject *cls;
+    int output;
+    (void)module;
+    if (!PyArg_ParseTuple(args, "O!p:close_method", &PyType_Type, &cls, &output))
+        return NULL;
+    return PyDescr_NewMethod((PyTypeObject *)cls, &close_defs[output ? 1 : 0]);
+}
+
 /* ---- module -------------------------------------------------------------------------- */
 
 static PyObject *fast_init(PyObject *module, PyObject *args)
 {
-    enum { N_FNS = 6 }; /* the pump functions init() takes, in its argument order */
-    PyObject *addr[N_FNS], *all;
+    enum { N_FNS = 9 }; /* the pump functions init() takes, in its argument order */
+    PyObject *fns, *addr[N_FNS], *all;
     void *fn[N_FNS];
     int slice, i;
     Py_ssize_t record, err_size;
     (void)module;
-    if (!PyArg_ParseTuple(args, "OOOOOOninO:init", &addr[0], &addr[1], &addr[2], &addr[3],
-                          &addr[4], &addr[5], &err_size, &slice, &record, &all))
+    if (!PyArg_ParseTuple(args, "O!ninO:init", &PyTuple_Type, &fns, &err_size, &slice, &record,
+                          &all))
         return NULL;
+    if (PyTuple_GET_SIZE(fns) != N_FNS) {
+        PyErr_Format(PyExc_ValueError, "init: %d pump functions expected", (int)N_FNS);
+        return NULL;
+    }
+    for (i = 0; i < N_FNS; i++)
+        addr[i] = PyTuple_GET_ITEM(fns, i);
     if (err_size <= 0 || err_size > ERR_ROOM) {
         PyErr_Format(PyExc_ValueError, "init: an sp_err of %zd bytes does not fit", err_size);
         return NULL;
@@ -945,6 +1201,9 @@ static PyObject *fast_init(PyObject *module, PyObject *args)
     pump_held = (held_fn)(uintptr_t)fn[3];
     pump_written = (written_fn)(uintptr_t)fn[4];
     pump_broken = (held_fn)(uintptr_t)fn[5];
+    pump_flush = (flush_fn)(uintptr_t)fn[6];
+    pump_drain_tickets = (conn_fn)(uintptr_t)fn[7];
+    pump_drop_unread = (conn_fn)(uintptr_t)fn[8];
     slice_ms = slice;
     record_size = record;
     Py_INCREF(all);
@@ -954,10 +1213,13 @@ static PyObject *fast_init(PyObject *module, PyObject *args)
 
 static PyMethodDef module_methods[] = {
     {"init", fast_init, METH_VARARGS,
-     "init(sp_read_addr, sp_write2_addr, sp_write_hold_addr, sp_held_out_addr, sp_written_addr, "
-     "sp_conn_broken_addr, sizeof_sp_err, slice_ms, record_size, read_all): bind the pump."},
+     "init((sp_read, sp_write2, sp_write_hold, sp_held_out, sp_written, sp_conn_broken, "
+     "sp_flush, sp_conn_drain_tickets, sp_conn_drop_unread addresses), sizeof_sp_err, "
+     "slice_ms, record_size, read_all): bind the pump."},
     {"make_ports", fast_make_ports, METH_VARARGS,
      "make_ports(conn, input_type, output_type): a socket connection's two ports (no timeout)."},
+    {"close_method", fast_close_method, METH_VARARGS,
+     "close_method(cls, output): the close() of cls's ports, as a method descriptor."},
     {NULL, NULL, 0, NULL},
 };
 
@@ -995,6 +1257,21 @@ static int intern_all(void)
         {&str_read_lock, "read_lock"},   {&str_write_lock, "write_lock"},
         {&str_read_rest, "read_rest"},   {&str_write_rest, "write_rest"},
         {&str_input_port, "input_port"},
+        {&str_claimed, "_close_claimed"},
+        {&str_flush, "flush"},
+        {&str_shutdown_on_close, "shutdown_on_close"},
+        {&str_abandoned, "_abandoned"},
+        {&str_close_notify, "_close_notify"},
+        {&str_open_ports, "open_ports"},
+        {&str_port_closed, "port_closed"},
+        {&str_last_port_closed, "last_port_closed"},
+        {&str_is_socket, "is_socket"},
+        {&str_caches_session, "caches_session"},
+        {&str_closed, "closed"},
+        {&str_transport, "transport"},
+        {&str_sock, "sock"},
+        {&str_shutdown, "shutdown"},
+        {&str_close, "close"},
     };
     size_t i;
     for (i = 0; i < sizeof names / sizeof names[0]; i++)
@@ -1003,12 +1280,38 @@ static int intern_all(void)
     return 0;
 }
 
+/* io.BufferedIOBase.close, which close_port calls as ports.py's close() does; the constants
+ * conn_last_closed passes. */
+static int find_iobase_close(void)
+{
+    PyObject *io = PyImport_ImportModule("io"), *cls, *sock = PyImport_ImportModule("_socket");
+    if (sock == NULL) {
+        Py_XDECREF(io);
+        return -1;
+    }
+    shut_rdwr = PyObject_GetAttrString(sock, "SHUT_RDWR");
+    Py_DECREF(sock);
+    if (shut_rdwr == NULL || (zero = PyLong_FromLong(0)) == NULL) {
+        Py_XDECREF(io);
+        return -1;
+    }
+    if (io == NULL)
+        return -1;
+    cls = PyObject_GetAttrString(io, "BufferedIOBase");
+    Py_DECREF(io);
+    if (cls == NULL)
+        return -1;
+    iobase_close = PyObject_GetAttrString(cls, "close");
+    Py_DECREF(cls);
+    return iobase_close == NULL ? -1 : 0;
+}
+
 PyMODINIT_FUNC PyInit__fastport(void)
 {
     PyObject *m = PyModule_Create(&fastport_module);
     if (m == NULL)
         return NULL;
-    if (intern_all() < 0 || add_type(m, &lock_spec, "Lock", &lock_type) < 0
+    if (intern_all() < 0 || find_iobase_close() < 0 || add_type(m, &lock_spec, "Lock", &lock_type) < 0
         || add_type(m, &reader_spec, "Reader", &reader_type) < 0
         || add_type(m, &writer_spec, "Writer", &writer_type) < 0) {
         Py_DECREF(m);

@@ -38,7 +38,7 @@ from .ports import (
     SSLOutputPort,
     _check_timeout,
     _Deadline,
-    _scratch,
+    _per_thread,
     _SocketTransport,
     _StreamTransport,
     make_ports,
@@ -116,7 +116,7 @@ def _new_connection(
             )
     elif verify_hostname:
         raise cls(f"{func}: handshake failed (hostname not provided for verification)")
-    err, step = _scratch()  # this thread's error record and count cell (the failed step)
+    err, step = _per_thread.pair  # this thread's error record and count cell (the failed step)
     raw = lib.sp_ctx_open_conn(
         ctx._ptr,
         is_server,

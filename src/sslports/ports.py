@@ -71,16 +71,19 @@ _SEND_HIGH = 1 << 20  # queued ciphertext at which a stream writer waits
 ErrorArg = Union[type[BaseException], Callable[[str], Any]]
 
 
-_per_thread = threading.local()
+class _Scratch(threading.local):
+    """This thread's error record and count cell for pump calls, as `_per_thread.pair`: made
+    on a thread's first use (threading.local runs __init__ then), then one attribute load per
+    call, no allocation and no Python call."""
+
+    pair: tuple[Any, Any]
+
+    def __init__(self) -> None:
+        if _binding.ffi is not None:
+            self.pair = (_binding.ffi.new("sp_err *"), _binding.ffi.new("size_t *"))
 
 
-def _scratch() -> tuple[Any, Any]:
-    """This thread's error record and count cell for pump calls (no allocation per call)."""
-    try:
-        return _per_thread.scratch  # type: ignore[no-any-return]
-    except AttributeError:
-        _per_thread.scratch = _binding.ffi.new("sp_err *"), _binding.ffi.new("size_t *")
-        return _per_thread.scratch  # type: ignore[no-any-return]
+_per_thread = _Scratch()
 
 
 class _Deadline:
@@ -135,13 +138,19 @@ def _load_fastport() -> Any:
     except ImportError:
         return None
     ffi, lib = _binding.ffi, _binding.lib
+    pump = [
+        "sp_read",
+        "sp_write2",
+        "sp_write_hold",
+        "sp_held_out",
+        "sp_written",
+        "sp_conn_broken",
+        "sp_flush",
+        "sp_conn_drain_tickets",
+        "sp_conn_drop_unread",
+    ]  # (init's order)
     _fastport.init(
-        int(ffi.cast("uintptr_t", ffi.addressof(lib, "sp_read"))),
-        int(ffi.cast("uintptr_t", ffi.addressof(lib, "sp_write2"))),
-        int(ffi.cast("uintptr_t", ffi.addressof(lib, "sp_write_hold"))),
-        int(ffi.cast("uintptr_t", ffi.addressof(lib, "sp_held_out"))),
-        int(ffi.cast("uintptr_t", ffi.addressof(lib, "sp_written"))),
-        int(ffi.cast("uintptr_t", ffi.addressof(lib, "sp_conn_broken"))),
+        tuple(int(ffi.cast("uintptr_t", ffi.addressof(lib, name))) for name in pump),
         ffi.sizeof("sp_err"),
         _SLICE_MS,
         _RECORD,
@@ -447,8 +456,8 @@ class Connection:
 
     def handshake(self, func: str, timeout: Optional[float], cls: type[SSLError]) -> None:
         lib = _binding.lib
-        err = _scratch()[0]
-        deadline = _deadline(timeout)
+        err = _per_thread.pair[0]
+        deadline = _NO_DEADLINE if timeout is None else _Deadline(timeout)  # (no call: cold)
         while True:
             wait = _SLICE_MS if deadline.at is None else deadline.slice_ms()
             status = lib.sp_handshake(self.ptr, wait, err)
@@ -485,7 +494,7 @@ class Connection:
         (they count, and are returned even if this call then fails)."""
         if self.closed:
             raise ValueError("I/O operation on closed SSL connection")
-        err, got = _scratch()
+        err, got = _per_thread.pair
         buf = _from_buffer("unsigned char[]", view, require_writable=True)
         size = len(buf)
         # `with buf` releases the buffer export on the way out, also on an exception: a
@@ -579,7 +588,7 @@ class Connection:
         if self.closed:
             raise ValueError("I/O operation on closed SSL connection")
         lib = _binding.lib
-        err, done = _scratch()
+        err, done = _per_thread.pair
         hbuf = _from_buffer("unsigned char[]", head)
         buf = _from_buffer("unsigned char[]", data)
         hsize = len(hbuf)
@@ -632,8 +641,12 @@ class Connection:
             pass  # a transport that can no longer be written is not an error here
 
     def port_closed(self, timeout: Optional[float]) -> None:
-        if self.open_ports.pop():  # the other port is still open
-            return
+        if not self.open_ports.pop():  # (True: the other port is still open)
+            self.last_port_closed(timeout)
+
+    def last_port_closed(self, timeout: Optional[float]) -> None:
+        """The second port was closed (sp_fastport.c close_port calls this too): the
+        connection ends."""
         if self.ptr is None:  # freed by the collector before this port's finalizer ran
             self.transport.close(self.close_original, 0)
             return
@@ -644,7 +657,7 @@ class Connection:
         if self.is_socket:
             # What is still queued leaves without waiting: a TLS 1.3 server's session tickets,
             # which wait for the connection's first write (sp_handshake), when it never wrote.
-            _binding.lib.sp_flush(self.ptr, 0, _scratch()[0])
+            _binding.lib.sp_flush(self.ptr, 0, _per_thread.pair[0])
             # shutdown() first: it wakes a call still waiting on this socket in another
             # thread, and puts our FIN on the wire before close() can answer ciphertext we
             # never read (a late TLS 1.3 ticket) with a reset, so the peer reads a clean EOF.
@@ -719,7 +732,7 @@ class SSLInputPort(io.BufferedIOBase):
             if not self._pending and self._timeout is None and conn.is_socket and not conn.closed:
                 # The common case in one pump call and one Python frame (this code runs cold,
                 # between two waits on the network: every bytecode counts).
-                err, got = _scratch()  # per thread: an sp_err per port would cost 2 KB each
+                err, got = _per_thread.pair  # per thread: an sp_err per port would cost 2 KB each
                 with _from_buffer("unsigned char[]", b, require_writable=True) as buf:
                     size = len(buf)
                     status = _binding.lib.sp_read(
@@ -900,7 +913,7 @@ class SSLOutputPort(io.BufferedIOBase):
             with memoryview(data) as whole, whole[top:] as rest:
                 if self._timeout is None and conn.is_socket and not conn.closed:
                     # The common case in one pump call (see SSLInputPort._readinto).
-                    err, done = _scratch()
+                    err, done = _per_thread.pair
                     with (
                         _from_buffer("unsigned char[]", held) as chead,
                         _from_buffer("unsigned char[]", rest) as cdata,
@@ -941,17 +954,30 @@ class SSLOutputPort(io.BufferedIOBase):
         try:
             self.flush()
             if conn.shutdown_on_close and not self._abandoned:
-                conn.send_close_notify(_Deadline(self._timeout if self._timeout else 5.0))
+                self._close_notify()
         finally:
             io.BufferedIOBase.close(self)
             self._sync_fast()  # (closed: takes the C methods away)
             conn.port_closed(self._timeout)
+
+    def _close_notify(self) -> None:
+        """close(): say goodbye (sp_fastport.c close_port calls this too)."""
+        self._sslports_conn.send_close_notify(_Deadline(self._timeout if self._timeout else 5.0))
 
     def read(self, size: Optional[int] = -1) -> bytes:
         raise io.UnsupportedOperation("read")
 
     def detach(self) -> Any:
         raise io.UnsupportedOperation("detach")
+
+
+# close() in C (sp_fastport.c close_port), the same steps as the methods above: every
+# connection closes two ports, cold, and their Python frames cost ~5 % of a resumed one. The
+# Python methods serve without the C module (and the tests of both paths).
+PYTHON_CLOSE = {SSLInputPort: SSLInputPort.close, SSLOutputPort: SSLOutputPort.close}
+if _fastport is not None:
+    SSLInputPort.close = _fastport.close_method(SSLInputPort, False)  # type: ignore[method-assign]
+    SSLOutputPort.close = _fastport.close_method(SSLOutputPort, True)  # type: ignore[method-assign]
 
 
 def _send_rest(
@@ -1035,10 +1061,10 @@ def make_ports(conn: Connection, timeout: Optional[float]) -> tuple[SSLInputPort
     if _fastport is not None and conn.is_socket and timeout is None:
         # The same two ports, built in one C call (sp_fastport.c make_ports; a test checks
         # that they match what __init__ makes): this runs cold once per connection.
-        return cast(
-            "tuple[SSLInputPort, SSLOutputPort]",
-            _fastport.make_ports(conn, SSLInputPort, SSLOutputPort),
-        )
+        made: tuple[SSLInputPort, SSLOutputPort] = _fastport.make_ports(
+            conn, SSLInputPort, SSLOutputPort
+        )  # (annotated, not cast(): no Python call on every connection)
+        return made
     inp = SSLInputPort(conn, timeout)
     conn.input_port = weakref.ref(inp)
     return inp, SSLOutputPort(conn, timeout)
