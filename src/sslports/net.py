@@ -411,14 +411,6 @@ class SSLListener:
         self._tcp = self._family in (socket.AF_INET, socket.AF_INET6)
         self._raw_accept = getattr(sock, "_accept", None)
 
-    def _accept(self) -> _raw_socket:
-        """Wait for the next connection: its socket (blocking, like socket.accept's; a bare
-        _socket.socket, see _tcp_connect)."""
-        if self._raw_accept is None:  # pragma: no cover - a socket module without _accept
-            return self._sock.accept()[0]
-        fd, _addr = self._raw_accept()
-        return _raw_socket(self._family, socket.SOCK_STREAM, self._proto, fd)
-
     def __repr__(self) -> str:
         if self._sock.fileno() < 0:
             return "<SSLListener closed>"
@@ -539,11 +531,16 @@ def ssl_accept(listener: SSLListener) -> Ports:
         handshake_timeout; that socket is closed and the listener stays usable.
     """
     func = "ssl_accept"
-    lst = _listener(func, listener)  # (its context means the native module is loaded)
+    # (its context means the native module is loaded; the common case without a Python call:
+    # every connection runs this once, cold)
+    lst = listener if type(listener) is SSLListener else _listener(func, listener)
     if lst._sock.fileno() < 0:
         raise SSLNetworkError(f"{func}: accept failed (listener is closed)")
     try:
-        sock = lst._accept()
+        if lst._raw_accept is not None:  # a bare _socket.socket, see _tcp_connect
+            sock = _raw_socket(lst._family, socket.SOCK_STREAM, lst._proto, lst._raw_accept()[0])
+        else:  # pragma: no cover - a socket module without _accept
+            sock = lst._sock.accept()[0]
     except OSError as exc:
         raise SSLNetworkError(f"{func}: accept failed ({exc})", errno=exc.errno) from exc
     try:
