@@ -13,8 +13,12 @@
  * closed port) and puts them back. Installing is done here, not by a Python loop over the
  * names, and the two ports of an ssl_connect / ssl_accept connection are made here too, in
  * the state their __init__ gives them (make_ports, below): both run once per connection, cold,
- * where every Python step costs several times its warm figure. Everything else stays in
- * Python.
+ * where every Python step costs several times its warm figure. For the same reason a socket
+ * connection's handshake loop (handshake) and both ports' close() (close_port, a method
+ * descriptor on each class, with the connection's last close) are here too: each Python frame
+ * they replace cost ~3-4 us per connection. Everything else stays in Python, and every C
+ * method here has a Python twin in ports.py that does the same steps (used without this
+ * module, and tested on both paths).
  *
  * ONE CALL
  *
@@ -49,9 +53,15 @@
 #include <Python.h>
 
 #include <string.h>
+#ifdef _WIN32
+#include <windows.h>
+#else
+#include <time.h>
+#endif
 
 typedef struct sp_conn sp_conn; /* opaque: csrc/sp_conn.h */
-enum { SP_OK = 0, SP_ERROR = -1 }; /* csrc/sp_conn.h; ports.py checks the numbers at import */
+enum { SP_OK = 0, SP_WANT_READ = 1, SP_WANT_WRITE = 2, SP_ERROR = -1 }; /* csrc/sp_conn.h;
+                                                   ports.py checks the numbers at import */
 
 /* Room for one sp_err (csrc/sp.h: ~2 KB), aligned for any member; init() checks the size. */
 #define ERR_ROOM 4096
@@ -70,6 +80,7 @@ typedef int (*held_fn)(sp_conn *);
 typedef unsigned long long (*written_fn)(sp_conn *);
 typedef int (*flush_fn)(sp_conn *, int, void *);
 typedef void (*conn_fn)(sp_conn *);
+typedef int (*handshake_fn)(sp_conn *, int, void *);
 
 static read_fn pump_read;
 static write2_fn pump_write2;
@@ -80,6 +91,7 @@ static held_fn pump_broken;
 static flush_fn pump_flush;
 static conn_fn pump_drain_tickets;
 static conn_fn pump_drop_unread;
+static handshake_fn pump_handshake;
 static int slice_ms = 50;
 static Py_ssize_t record_size = 16384;
 static PyObject *read_all;  /* read_all(reader) -> bytes: read(-1) and read(None) */
@@ -1160,11 +1172,74 @@ static PyObject *fast_close_method(PyObject *module, PyObject *args)
     return PyDescr_NewMethod((PyTypeObject *)cls, &close_defs[output ? 1 : 0]);
 }
 
+/* ---- the handshake of a socket connection ----------------------------------------------- */
+
+/* Milliseconds of a monotonic clock (the handshake's deadline). */
+static double now_ms(void)
+{
+#ifdef _WIN32
+    return (double)GetTickCount64();
+#else
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec * 1e3 + (double)ts.tv_nsec / 1e6;
+#endif
+}
+
+/* handshake(conn_addr, timeout, err_addr) -> status: ports.py Connection.handshake's loop for a
+ * socket connection (its Python runs once per connection, cold, and a server's handshake takes
+ * two pump calls): sp_handshake, one slice at a time with the GIL released, until it is done
+ * or fails (the status and the error record, for Python to report), or the timeout (None:
+ * none) has passed (SP_WANT_READ / SP_WANT_WRITE, for Python to raise its timeout). Signal
+ * handlers run between slices, as in the Python loop; their exception ends the call. */
+static PyObject *fast_handshake(PyObject *module, PyObject *args)
+{
+    PyObject *addr, *timeout, *err_addr;
+    sp_conn *c;
+    void *err;
+    double deadline = 0;
+    int status, timed = 0;
+    (void)module;
+    if (!PyArg_ParseTuple(args, "OOO:handshake", &addr, &timeout, &err_addr))
+        return NULL;
+    c = (sp_conn *)PyLong_AsVoidPtr(addr);
+    err = PyLong_AsVoidPtr(err_addr);
+    if (c == NULL || err == NULL) {
+        if (!PyErr_Occurred())
+            PyErr_SetString(PyExc_ValueError, "handshake: null connection or error record");
+        return NULL;
+    }
+    if (timeout != Py_None) {
+        double seconds = PyFloat_AsDouble(timeout);
+        if (seconds == -1.0 && PyErr_Occurred())
+            return NULL;
+        deadline = now_ms() + seconds * 1e3;
+        timed = 1;
+    }
+    for (;;) {
+        int wait = slice_ms;
+        if (timed) { /* ports.py _Deadline.slice_ms */
+            double left = deadline - now_ms();
+            wait = left <= 0 ? 0 : left + 1 < slice_ms ? (int)left + 1 : slice_ms;
+        }
+        Py_BEGIN_ALLOW_THREADS
+        status = pump_handshake(c, wait, err);
+        Py_END_ALLOW_THREADS
+        if (status != SP_WANT_READ && status != SP_WANT_WRITE)
+            break;
+        if (PyErr_CheckSignals() < 0)
+            return NULL;
+        if (timed && now_ms() >= deadline)
+            break;
+    }
+    return PyLong_FromLong(status);
+}
+
 /* ---- module -------------------------------------------------------------------------- */
 
 static PyObject *fast_init(PyObject *module, PyObject *args)
 {
-    enum { N_FNS = 9 }; /* the pump functions init() takes, in its argument order */
+    enum { N_FNS = 10 }; /* the pump functions init() takes, in its argument order */
     PyObject *fns, *addr[N_FNS], *all;
     void *fn[N_FNS];
     int slice, i;
@@ -1204,6 +1279,7 @@ static PyObject *fast_init(PyObject *module, PyObject *args)
     pump_flush = (flush_fn)(uintptr_t)fn[6];
     pump_drain_tickets = (conn_fn)(uintptr_t)fn[7];
     pump_drop_unread = (conn_fn)(uintptr_t)fn[8];
+    pump_handshake = (handshake_fn)(uintptr_t)fn[9];
     slice_ms = slice;
     record_size = record;
     Py_INCREF(all);
@@ -1214,10 +1290,13 @@ static PyObject *fast_init(PyObject *module, PyObject *args)
 static PyMethodDef module_methods[] = {
     {"init", fast_init, METH_VARARGS,
      "init((sp_read, sp_write2, sp_write_hold, sp_held_out, sp_written, sp_conn_broken, "
-     "sp_flush, sp_conn_drain_tickets, sp_conn_drop_unread addresses), sizeof_sp_err, "
+     "sp_flush, sp_conn_drain_tickets, sp_conn_drop_unread, sp_handshake addresses), "
+     "sizeof_sp_err, "
      "slice_ms, record_size, read_all): bind the pump."},
     {"make_ports", fast_make_ports, METH_VARARGS,
      "make_ports(conn, input_type, output_type): a socket connection's two ports (no timeout)."},
+    {"handshake", fast_handshake, METH_VARARGS,
+     "handshake(conn_addr, timeout, err_addr) -> status: a socket connection's handshake."},
     {"close_method", fast_close_method, METH_VARARGS,
      "close_method(cls, output): the close() of cls's ports, as a method descriptor."},
     {NULL, NULL, 0, NULL},

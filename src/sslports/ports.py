@@ -42,7 +42,7 @@ import threading
 import time
 import weakref
 from collections.abc import Iterable, Iterator
-from typing import Any, Callable, Optional, Union, cast
+from typing import Any, Callable, NoReturn, Optional, Union, cast
 
 from . import _binding
 from ._binding import build_error
@@ -77,10 +77,13 @@ class _Scratch(threading.local):
     call, no allocation and no Python call."""
 
     pair: tuple[Any, Any]
+    err_addr: int  # pair[0]'s address, for sp_fastport.c
 
     def __init__(self) -> None:
-        if _binding.ffi is not None:
-            self.pair = (_binding.ffi.new("sp_err *"), _binding.ffi.new("size_t *"))
+        ffi = _binding.ffi
+        if ffi is not None:
+            self.pair = (ffi.new("sp_err *"), ffi.new("size_t *"))
+            self.err_addr = int(ffi.cast("uintptr_t", self.pair[0]))
 
 
 _per_thread = _Scratch()
@@ -148,6 +151,7 @@ def _load_fastport() -> Any:
         "sp_flush",
         "sp_conn_drain_tickets",
         "sp_conn_drop_unread",
+        "sp_handshake",
     ]  # (init's order)
     _fastport.init(
         tuple(int(ffi.cast("uintptr_t", ffi.addressof(lib, name))) for name in pump),
@@ -455,9 +459,17 @@ class Connection:
             raise SSLTimeoutError(f"{func}: timed out")
 
     def handshake(self, func: str, timeout: Optional[float], cls: type[SSLError]) -> None:
+        if self.is_socket and _fastport is not None:
+            # The loop below in C (sp_fastport.c handshake): it runs once per connection, cold.
+            status = _fastport.handshake(self._fast_addr, timeout, _per_thread.err_addr)
+            if status == _SP_OK:
+                return
+            if status in (_SP_WANT_READ, _SP_WANT_WRITE):
+                raise SSLTimeoutError(f"{func}: handshake timed out")
+            self.handshake_failed(func, status, cls)
         lib = _binding.lib
         err = _per_thread.pair[0]
-        deadline = _NO_DEADLINE if timeout is None else _Deadline(timeout)  # (no call: cold)
+        deadline = _deadline(timeout)
         while True:
             wait = _SLICE_MS if deadline.at is None else deadline.slice_ms()
             status = lib.sp_handshake(self.ptr, wait, err)
@@ -474,19 +486,23 @@ class Connection:
                 with self.transport_errors(func, "handshake", cls):
                     self.wait_for_pump(status, deadline, func)
                 continue
-            if self.sni_error is not None:
-                raise self.sni_error
-            if status == lib.SP_RAGGED_EOF:
-                raise cls(f"{func}: handshake failed (connection closed by peer)")
-            exc = build_error(func, "handshake", err, cls)
-            if isinstance(self.transport, _StreamTransport):
-                try:  # the alert, so the peer learns why
-                    self.transport.push_out(self.ptr, _Deadline(1.0))
-                except BaseException:
-                    pass
-            if cls is SSLError and self.error is not SSLError:
-                raise self.make_error(exc)
-            raise exc
+            self.handshake_failed(func, status, cls)
+
+    def handshake_failed(self, func: str, status: int, cls: type[SSLError]) -> NoReturn:
+        """Raise what a failed handshake (`status`, this thread's error record) means."""
+        if self.sni_error is not None:
+            raise self.sni_error
+        if status == _SP_RAGGED_EOF:
+            raise cls(f"{func}: handshake failed (connection closed by peer)")
+        exc = build_error(func, "handshake", _per_thread.pair[0], cls)
+        if isinstance(self.transport, _StreamTransport):
+            try:  # the alert, so the peer learns why
+                self.transport.push_out(self.ptr, _Deadline(1.0))
+            except BaseException:
+                pass
+        if cls is SSLError and self.error is not SSLError:
+            raise self.make_error(exc)
+        raise exc
 
     def read(self, func: str, view: Any, fill: bool, deadline: _Deadline, total: int = 0) -> int:
         """Read into the writable buffer `view`: at least one byte (or all of it when `fill`),
