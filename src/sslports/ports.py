@@ -390,9 +390,6 @@ class Connection:
         self.write_lock = _new_lock()
         self.is_socket = type(transport) is _SocketTransport
 
-    def __del__(self) -> None:
-        self.free()
-
     def free(self) -> None:
         """Release the C connection; every later call sees a closed connection."""
         ptr, self.ptr = getattr(self, "ptr", None), None
@@ -400,6 +397,8 @@ class Connection:
         self.closed = True
         if ptr is not None:
             _binding.lib.sp_conn_free(ptr)
+
+    __del__ = free  # (itself, not a method that calls it: one Python frame per connection)
 
     # -- errors -----------------------------------------------------------------------------
 
