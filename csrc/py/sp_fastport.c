@@ -60,8 +60,8 @@
 #endif
 
 typedef struct sp_conn sp_conn; /* opaque: csrc/sp_conn.h */
-enum { SP_OK = 0, SP_WANT_READ = 1, SP_WANT_WRITE = 2, SP_ERROR = -1 }; /* csrc/sp_conn.h;
-                                                   ports.py checks the numbers at import */
+/* csrc/sp_conn.h's statuses (ports.py checks the numbers at import) */
+enum { SP_OK = 0, SP_WANT_READ = 1, SP_WANT_WRITE = 2, SP_ERROR = -1 };
 
 /* Room for one sp_err (csrc/sp.h: ~2 KB), aligned for any member; init() checks the size. */
 #define ERR_ROOM 4096
@@ -933,9 +933,10 @@ done:
  * flush, io's close, taking the C methods away, the connection's count of open ports) cost
  * ~35 us per connection there, ~5 % of a resumed connection. This is ports.py's
  * SSLInputPort.close / SSLOutputPort.close, step for step and in the same order (ports.py
- * installs it on both classes as a method descriptor: no Python frame, nothing per port); what
- * is not the common case calls back into Python: close_notify (SSLOutputPort._close_notify)
- * and the last port's close of the connection (Connection.last_port_closed). */
+ * installs it on both classes as a method descriptor: no Python frame, nothing per port), and
+ * the last close of a socket connection (conn_last_closed). What is not the common case calls
+ * back into Python: close_notify (SSLOutputPort._close_notify), and the last close of a stream
+ * connection or of one the collector freed (Connection.last_port_closed). */
 static PyObject *iobase_close; /* io.BufferedIOBase.close */
 static PyObject *str_claimed, *str_flush, *str_shutdown_on_close, *str_abandoned,
     *str_close_notify, *str_open_ports, *str_port_closed, *str_last_port_closed, *str_is_socket,
@@ -1008,9 +1009,13 @@ static PyObject *conn_last_closed(PyObject *conn, PyObject *timeout)
         return NULL;
     }
     Py_DECREF(v);
-    if (yes) /* tickets that already arrived go to the session cache */
+    if (yes) { /* tickets that already arrived go to the session cache */
+        Py_BEGIN_ALLOW_THREADS /* (the pump's calls here never wait; CFFI's release it too) */
         pump_drain_tickets(c);
-    if (PyObject_SetAttr(conn, str_addr, zero) < 0 || PyObject_SetAttr(conn, str_closed, Py_True) < 0
+        Py_END_ALLOW_THREADS
+    }
+    if (PyObject_SetAttr(conn, str_addr, zero) < 0
+        || PyObject_SetAttr(conn, str_closed, Py_True) < 0
         || (transport = PyObject_GetAttr(conn, str_transport)) == NULL
         || (sock = PyObject_GetAttr(transport, str_sock)) == NULL
         || (locks[0] = PyObject_GetAttr(conn, str_read_lock)) == NULL
@@ -1020,7 +1025,9 @@ static PyObject *conn_last_closed(PyObject *conn, PyObject *timeout)
         PyErr_SetString(PyExc_TypeError, "close: the direction locks are not _fastport.Lock");
         goto done;
     }
+    Py_BEGIN_ALLOW_THREADS
     pump_flush(c, 0, &err); /* what is still queued leaves without waiting (tickets) */
+    Py_END_ALLOW_THREADS
     /* shutdown() first: it wakes a call still waiting on the socket in another thread and puts
      * our FIN out before close() could answer unread ciphertext with a reset. */
     if ((r = PyObject_CallMethodOneArg(sock, str_shutdown, shut_rdwr)) == NULL) {
@@ -1037,7 +1044,9 @@ static PyObject *conn_last_closed(PyObject *conn, PyObject *timeout)
         lock_give((Lock *)locks[--taken]);
     if (PyErr_Occurred())
         goto done;
+    Py_BEGIN_ALLOW_THREADS
     pump_drop_unread(c); /* unread bytes would make close() answer with a reset */
+    Py_END_ALLOW_THREADS
     r = PyObject_CallMethodNoArgs(sock, str_close);
 done:
     Py_XDECREF(transport);
