@@ -164,6 +164,7 @@ class _StubConnection:
         self.read_lock = ports._new_lock()
         self.write_lock = ports._new_lock()
         self._fast_addr = 0
+        self.open_ports = [False, True]
 
     def read_rest(self, *args: Any) -> Any:
         raise AssertionError("not used")
@@ -172,6 +173,9 @@ class _StubConnection:
         raise AssertionError("not used")
 
     def port_closed(self, timeout: Any) -> None:
+        pass
+
+    def last_port_closed(self, timeout: Any) -> None:
         pass
 
 

@@ -987,28 +987,31 @@ static int claim_close(PyObject *dict)
     return PyDict_SetItem(dict, str_claimed, Py_True) < 0 ? -1 : 1;
 }
 
+/* bool(obj.name): 1, 0, or -1 with an exception. */
+static int attr_true(PyObject *obj, PyObject *name)
+{
+    PyObject *v = PyObject_GetAttr(obj, name);
+    int yes = v == NULL ? -1 : PyObject_IsTrue(v);
+    Py_XDECREF(v);
+    return yes;
+}
+
 /* Connection.last_port_closed(timeout) for a socket connection that is still open, step for
  * step (ports.py); anything else (a stream connection, one the collector freed) goes to the
  * Python method. None, or NULL with an exception. */
 static PyObject *conn_last_closed(PyObject *conn, PyObject *timeout)
 {
-    PyObject *v = PyObject_GetAttr(conn, str_is_socket), *locks[2] = {NULL, NULL};
-    PyObject *transport = NULL, *sock = NULL, *r = NULL;
+    PyObject *locks[2] = {NULL, NULL}, *transport = NULL, *sock = NULL, *r = NULL;
     sp_conn *c;
     err_room err;
-    int yes = v == NULL ? -1 : PyObject_IsTrue(v), taken = 0;
-    Py_XDECREF(v);
+    int yes = attr_true(conn, str_is_socket), taken = 0;
     if (yes < 0)
         return NULL;
     c = yes ? conn_of(conn) : NULL;
     if (c == NULL)
         return PyObject_CallMethodOneArg(conn, str_last_port_closed, timeout);
-    if ((v = PyObject_GetAttr(conn, str_caches_session)) == NULL
-        || (yes = PyObject_IsTrue(v)) < 0) {
-        Py_XDECREF(v);
+    if ((yes = attr_true(conn, str_caches_session)) < 0)
         return NULL;
-    }
-    Py_DECREF(v);
     if (yes) { /* tickets that already arrived go to the session cache */
         Py_BEGIN_ALLOW_THREADS /* (the pump's calls here never wait; CFFI's release it too) */
         pump_drain_tickets(c);
@@ -1064,12 +1067,11 @@ static PyObject *conn_port_closed(PyObject *conn, PyObject *timeout)
     PyObject *open = PyObject_GetAttr(conn, str_open_ports), *item;
     Py_ssize_t n;
     int other_open;
-    if (open == NULL && !PyErr_ExceptionMatches(PyExc_AttributeError))
+    if (open == NULL)
         return NULL;
-    PyErr_Clear();
-    n = open != NULL && PyList_CheckExact(open) ? PyList_GET_SIZE(open) : 0;
-    if (n == 0) {
-        Py_XDECREF(open);
+    n = PyList_CheckExact(open) ? PyList_GET_SIZE(open) : 0;
+    if (n == 0) { /* (closed more often than it has ports: Python's pop() raises) */
+        Py_DECREF(open);
         return PyObject_CallMethodOneArg(conn, str_port_closed, timeout);
     }
     item = PyList_GET_ITEM(open, n - 1);
@@ -1087,14 +1089,10 @@ static PyObject *conn_port_closed(PyObject *conn, PyObject *timeout)
 /* `self.conn.shutdown_on_close and not self._abandoned`: 1, 0, or -1 with an exception. */
 static int wants_close_notify(PyObject *port, PyObject *conn)
 {
-    PyObject *v = PyObject_GetAttr(conn, str_shutdown_on_close);
-    int yes = v == NULL ? -1 : PyObject_IsTrue(v);
-    Py_XDECREF(v);
+    int yes = attr_true(conn, str_shutdown_on_close);
     if (yes != 1)
         return yes;
-    v = PyObject_GetAttr(port, str_abandoned);
-    yes = v == NULL ? -1 : PyObject_IsTrue(v);
-    Py_XDECREF(v);
+    yes = attr_true(port, str_abandoned);
     return yes < 0 ? -1 : !yes;
 }
 
