@@ -164,3 +164,227 @@ def test_server_initiated_renegotiation_mid_stream(pki: Any, loop_kind: str) -> 
         "after": b"after\n",
         "tail": b"tail\n",
     }
+
+
+# -- readline()'s limit, as asyncio's ------------------------------------------------------------
+
+LINES = b"short\n" + b"A" * 100_000 + b"\n" + b"after\n" + b"B" * 70_000  # then EOF
+
+
+async def _outcomes(reader: Any) -> list[Any]:
+    """readline() until EOF: each line, or the exception's type."""
+    seen: list[Any] = []
+    while True:
+        try:
+            line = await reader.readline()
+        except Exception as exc:
+            seen.append(type(exc))
+            continue
+        if not line:
+            return seen
+        seen.append(line)
+
+
+@pytest.mark.parametrize("loop_kind", LOOPS)
+@pytest.mark.parametrize("limit", [None, 1 << 20])
+@pytest.mark.parametrize("how", ["open", "wrap"])
+def test_readline_limit_as_asyncio(loop_kind: str, limit: Any, how: str) -> None:
+    """A line longer than the limit: ValueError and the line dropped (up to its end when it
+    is there, else what is buffered), the next line read as usual; `limit=` raises it. The
+    same outcomes as asyncio's StreamReader given the same bytes."""
+    listener = sslports.ssl_listen(0, 4, True, LOCAL, server_context())
+    port = sslports.ssl_addresses(listener, True)[1]
+
+    def serve() -> None:
+        inp, out = sslports.ssl_accept(listener)
+        with inp, out:
+            out.write(LINES)
+
+    join = run_in_thread(serve)
+    extra = {} if limit is None else {"limit": limit}
+
+    async def main() -> tuple[list[Any], list[Any]]:
+        if how == "open":
+            reader, writer = await aio.open_ssl_connection(
+                LOCAL, port, client_context(), timeout=10, **extra
+            )
+        else:
+            raw = await asyncio.open_connection(LOCAL, port)
+            reader, writer = await aio.wrap_ssl_streams(
+                *raw, context=client_context(), hostname=LOCAL, timeout=10, **extra
+            )
+        await asyncio.to_thread(join, 10)
+        conn = reader._sslports_conn  # all of it here (and the end), as fed to asyncio's below
+        while not conn.eof:
+            await conn.wait_input()
+        ours = await _outcomes(reader)
+        writer.close()
+        expected = asyncio.StreamReader(**extra)
+        expected.feed_data(LINES)
+        expected.feed_eof()
+        return ours, await _outcomes(expected)
+
+    try:
+        ours, theirs = run(loop_kind, main)
+    finally:
+        listener.close()
+    assert ours == theirs
+    if limit is None:
+        assert ours == [b"short\n", ValueError, b"after\n", ValueError]
+    else:
+        assert ours == [b"short\n", b"A" * 100_000 + b"\n", b"after\n", b"B" * 70_000]
+
+
+@pytest.mark.parametrize("loop_kind", LOOPS)
+def test_readuntil_over_the_limit_takes_nothing(loop_kind: str) -> None:
+    """readuntil() raises asyncio.LimitOverrunError and leaves the bytes to read; a bad
+    `limit` is refused by every entry point."""
+
+    async def main() -> None:
+        async def serve(reader: aio.SSLStreamReader, writer: aio.SSLStreamWriter) -> None:
+            writer.write(b"x" * 40 + b"|tail")
+            await writer.drain()
+            writer.close()
+
+        server = await aio.start_ssl_server(serve, LOCAL, 0, server_context(), limit=16)
+        async with server:
+            port = server.sockets[0].getsockname()[1]
+            reader, writer = await aio.open_ssl_connection(LOCAL, port, client_context(), limit=16)
+            with pytest.raises(asyncio.LimitOverrunError):
+                await reader.readuntil(b"|")
+            assert await reader.read() == b"x" * 40 + b"|tail"
+            writer.close()
+            for bad, exc in ((0, ValueError), (-1, ValueError), ("16", TypeError)):
+                with pytest.raises(exc):
+                    await aio.open_ssl_connection(LOCAL, port, client_context(), limit=bad)
+                with pytest.raises(exc):
+                    await aio.start_ssl_server(serve, LOCAL, 0, server_context(), limit=bad)
+
+    run(loop_kind, main)
+
+
+async def _delaying_proxy(target: int, delay: float) -> asyncio.Server:
+    """A TCP proxy to `target` that delays what the server sends by `delay` (order kept)."""
+
+    async def handle(client_r: asyncio.StreamReader, client_w: asyncio.StreamWriter) -> None:
+        server_r, server_w = await asyncio.open_connection(LOCAL, target)
+
+        async def pump(r: asyncio.StreamReader, w: asyncio.StreamWriter, lag: float) -> None:
+            loop = asyncio.get_running_loop()
+            queue: asyncio.Queue[tuple[float, bytes]] = asyncio.Queue()
+
+            async def send() -> None:
+                while True:
+                    at, data = await queue.get()
+                    await asyncio.sleep(max(0.0, at - loop.time()))
+                    if not data:
+                        w.close()
+                        return
+                    w.write(data)
+                    await w.drain()
+
+            sender = asyncio.create_task(send())
+            while data := await r.read(65536):
+                queue.put_nowait((loop.time() + lag, data))
+            queue.put_nowait((loop.time() + lag, b""))
+            await sender
+
+        await asyncio.gather(
+            pump(client_r, server_w, 0.0), pump(server_r, client_w, delay), return_exceptions=True
+        )
+
+    return await asyncio.start_server(handle, LOCAL, 0)
+
+
+@pytest.mark.parametrize("loop_kind", LOOPS)
+def test_close_during_renegotiation_sends_what_was_written(pki: Any, loop_kind: str) -> None:
+    """TLS 1.2: writes made while a server's renegotiation holds them back, then close()
+    at once (write(); close(); await wait_closed()): the bytes still reach the server, after
+    the renegotiation, as a transport sends its buffer before it closes. The server's flights
+    reach the client through a proxy that delays them, which keeps the renegotiation open."""
+    listener = sslports.ssl_listen(0, 4, True, LOCAL, pki.server_context("tls12"))
+    port = sslports.ssl_addresses(listener, True)[1]
+
+    def serve() -> tuple[bytes, bytes]:
+        inp, out = sslports.ssl_accept(listener)
+        with inp, out:
+            first = inp.readline()
+            sslports.ssl_try_verify(inp, True)  # the renegotiation
+            return first, inp.read()
+
+    join = run_in_thread(serve)
+
+    async def main() -> tuple[list[bytes], bool, tuple[bytes, bytes]]:
+        proxy = await _delaying_proxy(port, 0.4)
+        async with proxy:
+            proxy_port = proxy.sockets[0].getsockname()[1]
+            _reader, writer = await aio.open_ssl_connection(
+                LOCAL, proxy_port, pki.client_context("tls12"), timeout=20
+            )
+            writer.write(b"first\n")
+            await writer.drain()
+            sent: list[bytes] = []
+            for i in range(200):  # write until one is held back (the renegotiation is on)
+                sent.append(b"line %d\n" % i)
+                writer.write(sent[-1])
+                if writer._sslports_conn.pending_write is not None:
+                    break
+                await asyncio.sleep(0.02)
+            held = writer._sslports_conn.pending_write is not None
+            writer.write(b"final message\n")
+            sent.append(b"final message\n")
+            writer.close()
+            with pytest.raises(SSLError):
+                writer.write(b"too late")
+            await asyncio.wait_for(writer.wait_closed(), 20)
+            return sent, held, await asyncio.to_thread(join, 20)
+
+    try:
+        sent, held, (first, rest) = run(loop_kind, main)
+    finally:
+        listener.close()
+    assert held  # (the test saw the case it is about)
+    assert first == b"first\n"
+    assert rest == b"".join(sent)
+
+
+@pytest.mark.parametrize("loop_kind", LOOPS)
+@pytest.mark.parametrize("how", ["open", "wrap"])
+def test_own_close_ends_a_waiting_read_with_eof(loop_kind: str, how: str) -> None:
+    """strict_eof=True: a read waiting when we close our own writer ends with b"" (our
+    close is no truncation by the peer), as without strict_eof."""
+    listener = sslports.ssl_listen(0, 4, True, LOCAL, server_context())
+    port = sslports.ssl_addresses(listener, True)[1]
+
+    def serve() -> bytes:
+        inp, out = sslports.ssl_accept(listener)
+        with inp, out:
+            out.write(b"hello")
+            out.flush()
+            return inp.read()  # until the client closes
+
+    join = run_in_thread(serve)
+
+    async def main() -> bytes:
+        if how == "open":
+            reader, writer = await aio.open_ssl_connection(
+                LOCAL, port, client_context(), timeout=10, strict_eof=True
+            )
+        else:
+            raw = await asyncio.open_connection(LOCAL, port)
+            reader, writer = await aio.wrap_ssl_streams(
+                *raw, context=client_context(), hostname=LOCAL, timeout=10, strict_eof=True
+            )
+        assert await reader.readexactly(5) == b"hello"
+        waiting = asyncio.ensure_future(reader.read(100))
+        await asyncio.sleep(0.1)
+        writer.close()
+        got = await asyncio.wait_for(waiting, 10)
+        await writer.wait_closed()
+        await asyncio.to_thread(join, 10)
+        return got
+
+    try:
+        assert run(loop_kind, main) == b""
+    finally:
+        listener.close()

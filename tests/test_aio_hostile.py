@@ -15,6 +15,7 @@ run in a worker thread, so the loop under test keeps serving meanwhile. Every te
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import hashlib
 import logging
@@ -22,6 +23,7 @@ import os
 import shutil
 import socket
 import ssl
+import struct
 import subprocess
 import threading
 import time
@@ -30,7 +32,7 @@ from typing import Any, Callable, Optional
 
 import pytest
 from conftest import LOCAL
-from test_aio import LOOPS, run
+from test_aio import LOOPS, client_context, run
 from test_hostile import (
     FORGED,
     HOSTILE_SERVERS,
@@ -624,6 +626,111 @@ def test_renegotiation_and_key_update_floods(pki: Any, loop_kind: str) -> None:
             await srv.assert_serving()
 
     run(loop_kind, main)
+
+
+@pytest.mark.parametrize("loop_kind", LOOPS)
+def test_answers_to_a_peer_that_never_reads_stay_bounded(pki: Any, loop_kind: str) -> None:
+    """TLS 1.2: a client floods renegotiation ClientHellos, each refused with a warning alert,
+    and never reads the alerts. Once they fill the transport's write buffer past its high-water
+    mark the server reads no more of the flood (even while its handler waits to read), so what
+    it buffers stays bounded; the connection still ends when the client goes."""
+    hellos = 100_000
+
+    async def hold(reader: aio.SSLStreamReader, writer: aio.SSLStreamWriter) -> Any:
+        sock = writer.get_extra_info("socket")
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)  # the kernel holds little
+        held.append(writer)
+        try:
+            return await reader.read(100)
+        except SSLError as exc:
+            return exc
+
+    held: list[aio.SSLStreamWriter] = []
+
+    async def main() -> tuple[int, int, Any]:
+        async with Server(pki, "tls12") as srv:
+            srv.handlers.append(hold)
+            c = RawTLSClient(srv.port, "tls12")
+            c.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+            try:
+                await in_thread(c.handshake)
+                hello = b"\x01\x00\x00\x04abcd"
+                flood = b"".join(c.record(REC_HANDSHAKE, hello) for _ in range(hellos))
+                while not held:
+                    await asyncio.sleep(0.01)
+                transport = held[0].transport
+                sender = threading.Thread(target=lambda: _quietly(c.sock.sendall, flood))
+                sender.start()
+                peak, deadline, settled = 0, time.monotonic() + 5, None
+                while time.monotonic() < (settled or deadline):
+                    peak = max(peak, transport.get_write_buffer_size())
+                    if settled is None and not sender.is_alive():
+                        settled = time.monotonic() + 0.5  # what the last input makes
+                    await asyncio.sleep(0.01)
+                high = transport.get_write_buffer_limits()[1]
+            finally:
+                c.close()
+            sender.join(JOIN)
+            return peak, high, await srv.result()
+
+    peak, high, result = run(loop_kind, main)
+    assert high <= peak <= 8 * high  # (before: it grew with the flood, ~1.4 MB here)
+    assert isinstance(result, SSLNetworkError) or result == b""
+
+
+@pytest.mark.parametrize("loop_kind", LOOPS)
+@pytest.mark.parametrize("how", ["open", "wrap"])
+def test_writes_after_a_reset_raise(loop_kind: str, how: str) -> None:
+    """The peer resets the connection: a writer that goes on writing and draining gets
+    SSLNetworkError (a ConnectionError, as asyncio's own drain() raises), over a stream pair
+    too, instead of its bytes vanishing."""
+    listener = socket.create_server((LOCAL, 0))
+    port = listener.getsockname()[1]
+    tls = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    tls.load_cert_chain(sslports.TEST_PEM)
+
+    def serve() -> None:  # Python's ssl: read a line, then reset the connection
+        conn, _addr = listener.accept()
+        with tls.wrap_socket(conn, server_side=True) as s:
+            s.recv(100)
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+
+    join = threading.Thread(target=serve)
+    join.start()
+
+    async def main() -> Any:
+        if how == "open":
+            _reader, writer = await aio.open_ssl_connection(
+                LOCAL, port, client_context(), timeout=JOIN
+            )
+        else:
+            raw = await asyncio.open_connection(LOCAL, port)
+            _reader, writer = await aio.wrap_ssl_streams(
+                *raw, context=client_context(), hostname=LOCAL, timeout=JOIN
+            )
+        writer.write(b"hello\n")
+        await writer.drain()
+        await asyncio.to_thread(join.join, JOIN)  # reset by now
+        try:
+            for _ in range(200):
+                writer.write(b"x" * 16384)
+                await writer.drain()
+                await asyncio.sleep(0.005)
+        except SSLNetworkError as exc:
+            return exc
+        finally:
+            writer.close()
+        return "every write went through"
+
+    try:
+        assert isinstance(run(loop_kind, main), SSLNetworkError)
+    finally:
+        listener.close()
+
+
+def _quietly(fn: Callable[..., Any], *args: Any) -> None:
+    with contextlib.suppress(OSError):
+        fn(*args)
 
 
 # -- 6. old protocols and weak ciphers ---------------------------------------------------------

@@ -17,9 +17,14 @@ wait; they report WANT_READ when they need ciphertext. The event loop does the w
   hands the ciphertext to the transport. ``drain()`` returns at once unless the transport
   paused writing (back-pressure) or a renegotiation holds plaintext back.
 * Reading back-pressure: when more than ``_READ_HIGH`` bytes of plaintext wait unread, the
-  transport stops reading until the application catches up.
+  transport stops reading until the application catches up; when reading made answers of its
+  own (a KeyUpdate reply, an alert refusing a renegotiation) and the raw side's write buffer is
+  full, reading waits until it drained, even for a waiting reader (``replied``): a peer that
+  asks for answers and never reads them cannot make them pile up.
+* ``close()`` while a renegotiation holds written bytes back lets them go first (a task
+  feeds the renegotiation until they are out), as a transport sends its buffer first.
 
-There is no background task: cancelling any await leaves nothing half-done (plaintext stays
+There is no other background task: cancelling any await leaves nothing half-done (plaintext stays
 in the reader's buffer, the pump keeps what it was fed), and one task may read while another
 writes (full duplex).
 
@@ -50,6 +55,7 @@ from .errors import SSLError, SSLNetworkError, SSLTimeoutError
 _BUF = 1 << 18  # per-thread receive, plaintext and ciphertext buffers (asyncio's max_size)
 _READ_HIGH = 1 << 20  # unread plaintext at which the transport stops reading
 _READ_LOW = 1 << 18  # ... and starts again
+_LIMIT = 2**16  # asyncio's default `limit`: the longest line readline() and readuntil() return
 # pump statuses (csrc/sp_conn.h)
 _OK, _WANT_READ, _EOF, _RAGGED_EOF = 0, 1, 3, 4
 _log = logging.getLogger("sslports")
@@ -116,6 +122,7 @@ class AioConnection:
     paused_reading = False  # too much plaintext waits unread: the raw side stopped reading
     sending = True  # the raw side takes ciphertext (until closed or lost)
     input_ended = False  # the raw side reported its end (EOF or loss)
+    closing: Optional[asyncio.Task[None]] = None  # close() waits for held-back bytes (close)
 
     def __init__(
         self, ptr: Any, context: _Context, hostname: Optional[str], strict_eof: bool
@@ -192,6 +199,11 @@ class AioConnection:
     def resume_reading(self) -> None:
         """The reader took enough plaintext: let the raw side read again."""
 
+    def replied(self) -> None:
+        """Reading queued ciphertext of its own (replies to the peer's records): a peer that
+        sends records that need answers and never reads the answers must not make them pile
+        up without bound, so the raw side reads on only once they drained."""
+
     # -- the engine ---------------------------------------------------------------------------
 
     def decrypt(self) -> None:
@@ -224,7 +236,7 @@ class AioConnection:
                 if status == _EOF:
                     self.eof = True
                 elif status == _RAGGED_EOF:
-                    if self.strict_eof:
+                    if self.strict_eof and not self.closed:  # (our own close is no failure)
                         self.exc = SSLError("read: read failed (unexpected eof)")
                     else:
                         self.eof = True
@@ -233,6 +245,7 @@ class AioConnection:
                 break
             if _sp_pending_out(ptr):
                 self.push_out()  # a KeyUpdate reply, a renegotiation flight, an alert
+                self.replied()
             if self.pending_write is not None:
                 self.retry_write()
         if self.drain_waiters:
@@ -279,6 +292,9 @@ class AioConnection:
         """Encrypt `data` and queue the ciphertext on the raw side."""
         if self.closed:
             raise SSLError("write: connection is closed")
+        self.encrypt(data)
+
+    def encrypt(self, data: Union[bytes, bytearray, memoryview]) -> None:
         if self.pending_write is not None:
             self.pending_write += bytes(data)
             return
@@ -307,7 +323,7 @@ class AioConnection:
         rest, self.pending_write = self.pending_write, None
         if rest is not None:
             try:
-                self.write(rest)
+                self.encrypt(rest)
             except SSLError as exc:
                 self.write_exc = exc
         if self.pending_write is None:
@@ -333,6 +349,25 @@ class AioConnection:
     def close(self) -> None:
         if not self.closed:
             self.closed = True
+            try:
+                loop = asyncio.get_running_loop()
+            except RuntimeError:  # no loop to finish on (the loop ended): close at once
+                loop = None
+            if self.pending_write is None or loop is None:
+                self.close_raw()
+            else:  # a renegotiation holds written bytes back: they go first, as a transport
+                # sends what it buffered before it closes (wait_closed() waits for both)
+                self.closing = loop.create_task(self.close_when_sent())
+
+    async def close_when_sent(self) -> None:
+        try:
+            while self.pending_write is not None:
+                if self.eof or self.exc is not None or self.input_ended:
+                    return  # the peer is gone: nothing more can go
+                await self.wait_progress()
+        except Exception:  # the connection failed meanwhile: the same
+            pass
+        finally:
             self.close_raw()
 
 
@@ -350,6 +385,7 @@ class _SSLProtocol(AioConnection, asyncio.BufferedProtocol):
         self.is_lost = False
         self.paused_reading = False
         self.write_paused = False
+        self.held_for_replies = False  # reading waits until our replies drained (replied)
         self.closed_future: asyncio.Future[None] = self.loop.create_future()
 
     # asyncio.BufferedProtocol
@@ -402,7 +438,24 @@ class _SSLProtocol(AioConnection, asyncio.BufferedProtocol):
     def resume_writing(self) -> None:
         self.write_paused = False
         self.must_drain = self.is_lost
+        if self.held_for_replies:
+            self.held_for_replies = False
+            if not self.paused_reading:
+                self.set_reading(True)
         self.wake_drain()
+
+    def replied(self) -> None:
+        if self.write_paused and not self.held_for_replies:
+            self.held_for_replies = True
+            self.set_reading(False)
+
+    def set_reading(self, on: bool) -> None:
+        transport = self.transport_
+        if transport is not None and not transport.is_closing():
+            if on:
+                transport.resume_reading()
+            else:
+                transport.pause_reading()
 
     def end_input(self) -> None:
         if not self.input_ended:
@@ -423,8 +476,8 @@ class _SSLProtocol(AioConnection, asyncio.BufferedProtocol):
         self.waiter = fut
         if self.paused_reading:  # the reader wants more than is buffered: read on regardless
             self.paused_reading = False
-            if self.transport_ is not None and not self.transport_.is_closing():
-                self.transport_.resume_reading()
+            if not self.held_for_replies:
+                self.set_reading(True)
         return fut
 
     def wait_progress(self) -> Awaitable[None]:
@@ -440,9 +493,8 @@ class _SSLProtocol(AioConnection, asyncio.BufferedProtocol):
     def resume_reading(self) -> None:
         if self.paused_reading and len(self.plain) <= _READ_LOW:
             self.paused_reading = False
-            transport = self.transport_
-            if transport is not None and not transport.is_closing():
-                transport.resume_reading()
+            if not self.held_for_replies:
+                self.set_reading(True)
 
     async def drain_raw(self) -> None:
         while self.write_paused and not self.is_lost:
@@ -493,6 +545,7 @@ class _StreamConnection(AioConnection):
         self.raw_writer = writer
         self.lock = asyncio.Lock()  # one raw read at a time (the reader, a held-back write)
         self.generation = 0  # bumped by every feed: a waiter that sees it move skips reading
+        self.replies_out = False  # reading queued replies: drain them before reading on
 
     def raw_write(self, data: bytes) -> None:
         if not self.raw_writer.is_closing():
@@ -503,6 +556,12 @@ class _StreamConnection(AioConnection):
         async with self.lock:
             if self.generation != seen:
                 return  # another coroutine fed the pump meanwhile
+            if self.replies_out:  # (replied): the raw writer's back-pressure first
+                self.replies_out = False
+                try:
+                    await self.raw_writer.drain()
+                except (ConnectionError, OSError):
+                    pass  # the read below meets the end
             if self.input_ended:
                 data = b""
             else:
@@ -526,10 +585,13 @@ class _StreamConnection(AioConnection):
     def wait_progress(self) -> Awaitable[None]:
         return self.wait_input()
 
+    def replied(self) -> None:
+        self.replies_out = True
+
     async def drain_raw(self) -> None:
-        if self.raw_writer.is_closing():
+        if self.closed:
             return
-        try:
+        try:  # (a raw side that closed or was reset raises here, as asyncio's drain() does)
             await self.raw_writer.drain()
         except (ConnectionError, OSError) as exc:
             raise SSLNetworkError(f"write: write failed ({exc})") from exc
@@ -558,7 +620,7 @@ class SSLStreamReader:
     Plaintext that arrived before a failure is read first; then every read raises it.
     """
 
-    def __init__(self, conn: AioConnection, limit: int = 2**16) -> None:
+    def __init__(self, conn: AioConnection, limit: int = _LIMIT) -> None:
         self._sslports_conn = conn
         self._limit = limit
 
@@ -646,6 +708,8 @@ class SSLStreamReader:
             await conn.wait_input()
 
     async def readuntil(self, separator: bytes = b"\n") -> bytes:
+        """As asyncio's: LimitOverrunError (nothing taken) when the separator is not within
+        the reader's limit, however the bytes arrived."""
         if not separator:
             raise ValueError("readuntil: separator must not be empty")
         start = 0
@@ -653,18 +717,30 @@ class SSLStreamReader:
             buf = self._buffered()
             i = buf.find(separator, start)
             if i >= 0:
+                if i > self._limit:
+                    raise asyncio.LimitOverrunError(
+                        "Separator is found, but chunk is longer than limit", i
+                    )
                 return self._take(i + len(separator))
-            if len(buf) > self._limit:
-                raise asyncio.LimitOverrunError("separator not found within the limit", 0)
             start = max(0, len(buf) - len(separator) + 1)
+            if start > self._limit:
+                raise asyncio.LimitOverrunError(
+                    "Separator is not found, and chunk exceed the limit", start
+                )
             if await self._at_end():
                 raise asyncio.IncompleteReadError(self._take(len(buf)), None)
 
     async def readline(self) -> bytes:
+        """As asyncio's: a line longer than the limit is dropped with ValueError (up to its end
+        when it is here, else all that is buffered)."""
         try:
             return await self.readuntil(b"\n")
         except asyncio.IncompleteReadError as exc:
             return exc.partial
+        except asyncio.LimitOverrunError as exc:
+            buf = self._buffered()
+            self._take(exc.consumed + 1 if buf.startswith(b"\n", exc.consumed) else len(buf))
+            raise ValueError(exc.args[0]) from None
 
     def __aiter__(self) -> SSLStreamReader:
         return self
@@ -737,9 +813,17 @@ class SSLStreamWriter:
         await self.wait_closed()
 
 
-def _pair(conn: AioConnection) -> tuple[SSLStreamReader, SSLStreamWriter]:
-    reader = SSLStreamReader(conn)
+def _pair(conn: AioConnection, limit: int) -> tuple[SSLStreamReader, SSLStreamWriter]:
+    reader = SSLStreamReader(conn, limit)
     return reader, SSLStreamWriter(conn, reader)
+
+
+def _check_limit(func: str, limit: int) -> int:
+    if type(limit) is not int:
+        raise TypeError(f"{func}: limit must be an int, got {type(limit).__name__}")
+    if limit <= 0:
+        raise ValueError(f"{func}: limit must be positive, got {limit}")
+    return limit
 
 
 async def wrap_ssl_streams(
@@ -753,8 +837,11 @@ async def wrap_ssl_streams(
     alpn: Sequence[bytes] = (),
     timeout: Optional[float] = None,
     strict_eof: bool = False,
+    limit: int = _LIMIT,
 ) -> tuple[SSLStreamReader, SSLStreamWriter]:
     """TLS over an asyncio stream pair: the async counterpart of ports_to_ssl_ports.
+
+    `limit`: as asyncio's, the longest line the reader's readline() / readuntil() return.
 
     :raises SSLNetworkError: the handshake failed (the raw writer is closed).
     :raises TimeoutError: the handshake took longer than `timeout`.
@@ -763,6 +850,7 @@ async def wrap_ssl_streams(
 
     func = "wrap_ssl_streams"
     ctx, host, wire = wrap_arguments(func, mode, context, encrypt, hostname, alpn)
+    _check_limit(func, limit)
     is_server = mode == "accept"
     try:
         ptr = _new_connection(func, ctx, is_server, -1, host, wire, SSLNetworkError)
@@ -770,11 +858,11 @@ async def wrap_ssl_streams(
         writer.close()
         raise
     conn = _StreamConnection(ptr, ctx, host, strict_eof, reader, writer)
-    return await _start(func, conn, timeout)
+    return await _start(func, conn, timeout, limit)
 
 
 async def _start(
-    func: str, conn: AioConnection, timeout: Optional[float]
+    func: str, conn: AioConnection, timeout: Optional[float], limit: int
 ) -> tuple[SSLStreamReader, SSLStreamWriter]:
     """Run the handshake (closing the raw side if it fails) and make the stream pair."""
     try:
@@ -785,7 +873,7 @@ async def _start(
     except BaseException:
         conn.close_raw()
         raise
-    return _pair(conn)
+    return _pair(conn, limit)
 
 
 async def open_ssl_connection(
@@ -796,10 +884,12 @@ async def open_ssl_connection(
     alpn: Sequence[bytes] = (),
     timeout: Optional[float] = None,
     strict_eof: bool = False,
+    limit: int = _LIMIT,
 ) -> tuple[SSLStreamReader, SSLStreamWriter]:
     """Connect and run the TLS handshake as a client (asyncio.open_connection's shape).
 
     :param context: a client context or a protocol name (``"secure"`` by default).
+    :param limit: as asyncio's, the longest line readline() / readuntil() return.
     :raises SSLNetworkError: the connection or the handshake failed.
     """
     from .net import _check_hostname_arg, _check_port_number, _client_context, _new_connection
@@ -811,6 +901,7 @@ async def open_ssl_connection(
     _check_port_number(func, port, 1)
     ctx = _client_context(func, context)
     wire = encode_alpn(func, alpn)
+    _check_limit(func, limit)
     _binding.require_native(func)
     # (resumes from, and files new sessions into, the context's cache for (host, port))
     ptr = _new_connection(func, ctx, False, -1, host, wire, SSLNetworkError, port)
@@ -824,7 +915,7 @@ async def open_ssl_connection(
     except OSError as exc:
         raise SSLNetworkError(f"{func}: connect failed ({exc.strerror or exc})") from exc
     left = None if deadline is None else max(0.0, deadline - loop.time())
-    return await _start(func, conn, left)
+    return await _start(func, conn, left, limit)
 
 
 ClientConnected = Callable[[SSLStreamReader, SSLStreamWriter], Optional[Awaitable[None]]]
@@ -877,17 +968,20 @@ async def start_ssl_server(
     context: SSLServerContext,
     *,
     handshake_timeout: Optional[float] = 30.0,
+    limit: int = _LIMIT,
     **kwargs: Any,
 ) -> SSLServer:
     """Serve TLS: each client's handshake runs, then ``client_connected_cb(reader, writer)``.
 
     Returns an SSLServer (close, wait_closed, serve_forever, sockets, async with). A failed or
     stalled handshake closes that connection (logged at debug level); the server keeps
-    serving. `kwargs` go to ``loop.create_server`` (backlog, reuse_port, ...).
+    serving. `limit`: as asyncio's, the longest line the readers' readline() / readuntil()
+    return. `kwargs` go to ``loop.create_server`` (backlog, reuse_port, ...).
     """
     func = "start_ssl_server"
     if not isinstance(context, SSLServerContext):
         raise TypeError(f"{func}: expected a server context, got {type(context).__name__}")
+    _check_limit(func, limit)
     _binding.require_native(func)
     from .net import _new_connection
 
@@ -901,7 +995,7 @@ async def start_ssl_server(
 
     async def on_client(conn: _SSLProtocol) -> None:
         try:
-            ssl_reader, ssl_writer = await _start("ssl_accept", conn, handshake_timeout)
+            ssl_reader, ssl_writer = await _start("ssl_accept", conn, handshake_timeout, limit)
         except (SSLError, OSError) as exc:  # that client is gone; the server keeps serving
             _log.debug("%s: %s from %s", func, exc, conn.get_extra_info("peername"), exc_info=exc)
             return
