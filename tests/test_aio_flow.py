@@ -289,9 +289,15 @@ async def _delaying_proxy(target: int, delay: float) -> asyncio.Server:
             queue.put_nowait((loop.time() + lag, b""))
             await sender
 
-        await asyncio.gather(
-            pump(client_r, server_w, 0.0), pump(server_r, client_w, delay), return_exceptions=True
-        )
+        try:
+            await asyncio.gather(
+                pump(client_r, server_w, 0.0),
+                pump(server_r, client_w, delay),
+                return_exceptions=True,
+            )
+        finally:  # (also when the test's loop ends first)
+            client_w.close()
+            server_w.close()
 
     return await asyncio.start_server(handle, LOCAL, 0)
 
