@@ -293,10 +293,10 @@ class _Unclosed:
 def measure(
     run: dict[str, Callable[[], None]], names: list[str], n: int, warm: int
 ) -> tuple[dict[str, list[float]], dict[str, list[float]]]:
-    """CPU us of each connection after the first `warm`, and user / system seconds in total,
-    by variant, alternating."""
+    """CPU us of each connection after the first `warm`, and in total user / system seconds,
+    minor page faults and voluntary context switches, by variant, alternating."""
     cpu: dict[str, list[float]] = {name: [] for name in names}
-    user_sys = {name: [0.0, 0.0] for name in names}
+    user_sys = {name: [0.0, 0.0, 0.0, 0.0] for name in names}
     clock = time.process_time_ns
     for i in range(n):
         for name in names:
@@ -307,6 +307,8 @@ def measure(
                 cpu[name].append((t1 - t0) / 1e3)
                 user_sys[name][0] += r1.ru_utime - r0.ru_utime
                 user_sys[name][1] += r1.ru_stime - r0.ru_stime
+                user_sys[name][2] += r1.ru_minflt - r0.ru_minflt
+                user_sys[name][3] += r1.ru_nvcsw - r0.ru_nvcsw
     return cpu, user_sys
 
 
@@ -353,14 +355,18 @@ def main() -> None:
     role = "server" if args.server else "client"
     base = statistics.mean(cpu[names[0]])
     print(f"{kind} connections, {role} end, {args.n - warm} per variant, alternating; CPU us each")
-    print(f"{'variant':<11} {'mean':>7} {'median':>7} {'user':>7} {'system':>7}  vs {names[0]}")
+    print(
+        f"{'variant':<11} {'mean':>7} {'median':>7} {'user':>7} {'system':>7} {'faults':>7} "
+        f"{'waits':>6}  vs {names[0]}"
+    )
     for name in names:
         n = len(cpu[name])
         mean = statistics.mean(cpu[name])
-        user, system = (x / n * 1e6 for x in user_sys[name])
+        user, system = (x / n * 1e6 for x in user_sys[name][:2])
+        faults, waits = (x / n for x in user_sys[name][2:])
         print(
             f"{name:<11} {mean:7.1f} {statistics.median(cpu[name]):7.1f} {user:7.1f} "
-            f"{system:7.1f}  {mean / base:.3f}"
+            f"{system:7.1f} {faults:7.2f} {waits:6.2f}  {mean / base:.3f}"
         )
 
 

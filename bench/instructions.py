@@ -5,15 +5,16 @@
     .venv/bin/python bench/instructions.py down 65536          # per 64 KiB read (client reads)
     .venv/bin/python bench/instructions.py resumed             # per resumed connection
     .venv/bin/python bench/instructions.py full --role server  # per full handshake, server end
-    options: --impls sslports,pyssl,c  --top 12  --role client|server
+    options: --impls sslports,pyssl,c  --top 12  --role client|server  --cert rsa|ecdsa
 
 Timings on a shared 2-core VM move by tens of percent between runs; instruction counts do not.
 Each implementation's end (bench/peer.py or bench/c/sp_ref; the client unless --role server)
 runs twice under callgrind against the C reference as the other end, with a small and a large
 amount of work; the difference divided by the extra operations is the cost of one operation,
 start-up (and for data, the handshake) cancelled out. Kernel time (system calls, the loopback)
-is not counted: compare `strace -c` for that. Handshakes: RSA-2048 (`test.pem`), no tickets for
-`full`, OpenSSL's two for `resumed`.
+is not counted: compare `strace -c` for that. Handshakes: RSA-2048 (`test.pem`; `--cert ecdsa`:
+a P-256 certificate made as run_all.py makes it), no tickets for `full`, OpenSSL's two for
+`resumed`.
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 from common import OPENSSL_CONF, SUITE  # noqa: E402
-from run_all import ROOT, build_ref, peer_cmd  # noqa: E402
+from run_all import ROOT, build_ref, make_ecdsa, peer_cmd  # noqa: E402
 
 PEM = str(ROOT / "src" / "sslports" / "test.pem")
 LINE = re.compile(r"\s*([\d,]+) \([\s\d.]+%\)\s+(\S.*)")
@@ -44,9 +45,11 @@ def callgrind(
     out: Path,
     env: dict[str, str],
     server_opts: dict[str, object],
+    cert: tuple[str, str],
 ) -> None:
-    """One run with `impl` as `role` under callgrind, the other end the C reference."""
-    server_opts = {"cert": PEM, "key": PEM, "suites": SUITE, **server_opts}
+    """One run with `impl` as `role` under callgrind, the other end the C reference;
+    `cert`: the server's (certificate, key), the certificate also the client's root."""
+    server_opts = {"cert": cert[0], "key": cert[1], "suites": SUITE, **server_opts}
     measured = role == "server"
     cmd = peer_cmd(impl if measured else "c", "server", server_opts)
     if measured:
@@ -61,7 +64,9 @@ def callgrind(
             raise SystemExit(f"instructions.py: the server said {line!r}")
         port = line.split()[1]
         client = peer_cmd(
-            "c" if measured else impl, "client", {"ca": PEM, "suites": SUITE, **opts, "port": port}
+            "c" if measured else impl,
+            "client",
+            {"ca": cert[0], "suites": SUITE, **opts, "port": port},
         )
         if not measured:
             client = ["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}", *client]
@@ -106,6 +111,7 @@ def main() -> None:
         help="the end measured (the other is the C reference)",
     )
     ap.add_argument("--top", type=int, default=10)
+    ap.add_argument("--cert", choices=["rsa", "ecdsa"], default="rsa", help="the server's key")
     a = ap.parse_args()
     if shutil.which("valgrind") is None or shutil.which("callgrind_annotate") is None:
         sys.exit("instructions.py: needs valgrind (apt-get install valgrind)")
@@ -115,6 +121,7 @@ def main() -> None:
         conf = Path(tmp, "openssl.cnf")
         conf.write_text(OPENSSL_CONF)
         env["OPENSSL_CONF"] = str(conf)
+        cert = make_ecdsa(Path(tmp)) if a.cert == "ecdsa" else (PEM, PEM)
         server_opts: list[dict[str, object]] = [{}, {}]
         if a.mode in ("resumed", "full"):
             small, large = 50, 250
@@ -139,7 +146,7 @@ def main() -> None:
             runs = []
             for i, extra in enumerate(sizes):
                 out = Path(tmp, f"{impl}.{i}.out")
-                callgrind(impl, a.role, {**opts, **extra}, out, env, server_opts[i])
+                callgrind(impl, a.role, {**opts, **extra}, out, env, server_opts[i], cert)
                 runs.append(exclusive_by_function(out))
             diff = {k: (runs[1][k] - runs[0][k]) / ops for k in set(runs[0]) | set(runs[1])}
             by_lib: dict[str, float] = {}
