@@ -19,6 +19,7 @@ import sys
 import sysconfig
 import threading
 import time
+import types
 from collections.abc import Iterator
 from typing import Any
 
@@ -682,3 +683,118 @@ def test_read1_takes_everything_already_there(path: str, pair: Any) -> None:
             break
         threading.Event().wait(0.01)
     assert cin.readinto1(buf) == len(data) and buf == data
+
+
+# -- a method kept from before a state change (the review of sp_fastport.c) ----------------------
+
+
+def test_a_kept_write_after_close_raises(path: str, pair: Any) -> None:
+    """`w = port.write` (as shutil.copyfileobj does), then close(): w raises ValueError on both
+    paths; the C method no longer sends application data after the port's close."""
+    cin, cout, sin, _sout = pair
+    w, f = cout.write, cout.flush
+    w(b"x")
+    f()
+    cout.close()
+    with pytest.raises(ValueError):
+        w(b"y")
+    with pytest.raises(ValueError):
+        w(bytes(40_000))
+    assert sin.read1(100) == b"x"
+    r = cin.read1
+    cin.close()
+    with pytest.raises(ValueError):
+        r(10)
+
+
+def test_a_kept_read1_serves_what_readline_kept_first(path: str, pair: Any) -> None:
+    """readline() keeps what it read past the line; a read1 taken before still returns those
+    bytes first (never the later ones ahead of them)."""
+    cin, _cout, _sin, sout = pair
+    r = cin.read1
+    sout.write(b"one\ntwo\n")
+    sout.flush()
+    assert cin.readline() == b"one\n"
+    sout.write(b"three")
+    sout.flush()
+    assert r(100) == b"two\n"
+    assert read_exactly(cin, 5) == b"three"
+
+
+def test_a_kept_write_keeps_a_later_timeout(path: str, pair: Any) -> None:
+    """settimeout() after `w = port.write`: w obeys it (the peer reads nothing)."""
+    _cin, cout, _sin, _sout = pair
+    w = cout.write
+    cout.settimeout(0.2)
+    started = time.monotonic()
+    with pytest.raises(ports.SSLTimeoutError):
+        for _ in range(4000):
+            w(bytes(65536))
+    assert time.monotonic() - started < 10
+
+
+def test_port_methods_take_positional_arguments_only(path: str, pair: Any) -> None:
+    """As io's: read(size=3) is a TypeError on both paths, read(3) works."""
+    cin, cout, _sin, sout = pair
+    sout.write(b"abcdef")
+    sout.flush()
+    for call in (lambda: cin.read(size=3), lambda: cin.read1(size=3)):
+        with pytest.raises(TypeError):
+            call()
+    with pytest.raises(TypeError):
+        cout.write(b=b"x")
+    assert read_exactly(cin, 6) == b"abcdef"
+
+
+def test_a_close_whose_flush_times_out_twice_still_ends_the_connection(
+    path: str, pair: Any
+) -> None:
+    """Its peer not reading, an output port with a timeout: close()'s flush times out, and so
+    does io's close's own flush; the port is closed and counted all the same, and the socket is
+    released once the input port closes too."""
+    cin, cout, _sin, _sout = pair
+    sock = cout._sslports_conn.transport.sock
+    cout.settimeout(0.3)
+    with contextlib.suppress(ports.SSLTimeoutError):
+        for _ in range(2000):
+            cout.write(bytes(65536))
+    with pytest.raises(ports.SSLTimeoutError):
+        cout.close()
+    assert cout.closed
+    cin.close()
+    assert cin._sslports_conn.open_ports == []
+    assert sock.fileno() == -1
+
+
+@needs_fast
+def test_fast_lock_timeouts_as_threading() -> None:
+    """_fastport.Lock.acquire: a NaN timeout is a ValueError, and a timed wait that signals
+    keep interrupting still ends on time (each wait goes on for what is left)."""
+    lock = ports._fastport.Lock()
+    with pytest.raises(ValueError):
+        threading.Lock().acquire(timeout=float("nan"))
+    with pytest.raises(ValueError):
+        lock.acquire(timeout=float("nan"))
+    lock.acquire()
+    old = signal.signal(signal.SIGALRM, lambda *_: None)
+    try:
+        signal.setitimer(signal.ITIMER_REAL, 0.05, 0.05)
+        started = time.monotonic()
+        assert lock.acquire(timeout=0.3) is False
+        took = time.monotonic() - started
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, old)
+    assert 0.25 < took < 1.5, took
+
+
+@needs_fast
+def test_make_ports_refuses_a_type_it_cannot_make() -> None:
+    """A class with no constructor (a frame's) is a TypeError, not a crash."""
+    fast = ports._fastport
+    conn = types.SimpleNamespace(
+        read_lock=fast.Lock(), write_lock=fast.Lock(), read_rest=print, write_rest=print
+    )
+    frame = type(sys._getframe())
+    with pytest.raises(TypeError):
+        fast.make_ports(conn, frame, frame)

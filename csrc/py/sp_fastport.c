@@ -167,12 +167,16 @@ static void lock_dealloc(Lock *self)
     Py_DECREF(tp);
 }
 
-/* Take the lock, waiting with the GIL released: forever (timeout_us < 0) or about timeout_us
- * (a signal restarts the wait after its handler ran). Signal handlers run when a signal
- * interrupts the wait, as in threading.Lock. 1 taken, 0 timed out, -1 with their exception. */
+static double now_ms(void);
+
+/* Take the lock, waiting with the GIL released: forever (timeout_us < 0) or about timeout_us,
+ * on a monotonic clock (a wait a signal interrupted goes on for what is left). Signal
+ * handlers run when a signal interrupts the wait, as in threading.Lock. 1 taken, 0 timed
+ * out, -1 with their exception. */
 static int lock_wait(Lock *self, long long timeout_us)
 {
     PyLockStatus r = PyThread_acquire_lock_timed(self->lock, 0, 0);
+    double deadline = timeout_us > 0 ? now_ms() + (double)timeout_us / 1e3 : 0;
     while (r != PY_LOCK_ACQUIRED && timeout_us != 0) {
         Py_BEGIN_ALLOW_THREADS
         r = PyThread_acquire_lock_timed(self->lock, timeout_us, 1);
@@ -181,6 +185,12 @@ static int lock_wait(Lock *self, long long timeout_us)
             return -1;
         if (r == PY_LOCK_FAILURE)
             return 0;
+        if (r == PY_LOCK_INTR && timeout_us > 0) {
+            double left_ms = deadline - now_ms();
+            timeout_us = left_ms > 0 ? (long long)(left_ms * 1e3) : 0;
+            if (timeout_us == 0) /* (the time is up: one last look) */
+                r = PyThread_acquire_lock_timed(self->lock, 0, 0);
+        }
     }
     if (r != PY_LOCK_ACQUIRED)
         return 0;
@@ -210,6 +220,10 @@ static PyObject *lock_acquire(Lock *self, PyObject *args, PyObject *kwds)
         return NULL;
     if (!blocking && timeout != -1) {
         PyErr_SetString(PyExc_ValueError, "can't specify a timeout for a non-blocking call");
+        return NULL;
+    }
+    if (timeout != timeout) { /* NaN: as threading.Lock */
+        PyErr_SetString(PyExc_ValueError, "Invalid value NaN (not a number)");
         return NULL;
     }
     if (timeout < 0 && timeout != -1) {
@@ -289,6 +303,9 @@ typedef struct {
     PyObject *rest; /* reader: conn.read_rest(b, fill, n); writer: conn.write_rest(pending, data,
                        sent); called with the lock held */
     PyObject *pending; /* writer only: the bytearray of bytes not yet sent */
+    PyObject *port; /* a weak reference to the port, once install() saw it */
+    int on; /* install()ed: the common case holds. When it does not, a bound method someone
+               kept from before (w = port.write) runs the class's Python method instead. */
 } Port;
 
 static int port_init(Port *self, PyObject *conn, PyObject *lock, PyObject *rest, PyObject *pending)
@@ -332,6 +349,7 @@ static int port_traverse(Port *self, visitproc visit, void *arg)
 
 static int port_clear(Port *self)
 {
+    Py_CLEAR(self->port);
     Py_CLEAR(self->conn);
     Py_CLEAR(self->lock);
     Py_CLEAR(self->rest);
@@ -386,6 +404,11 @@ static int install(Port *self, PyObject *port, int on)
         PyErr_SetString(PyExc_TypeError, "install: the port has no instance dict");
         return -1;
     }
+    if (self->port == NULL && (self->port = PyWeakref_NewRef(port, NULL)) == NULL) {
+        Py_DECREF(dict);
+        return -1;
+    }
+    self->on = on;
     for (; rc == 0 && m->ml_name != NULL && strcmp(m->ml_name, "install") != 0; m++) {
         PyObject *name = hot_name(m->ml_name);
         if (name == NULL) {
@@ -412,6 +435,54 @@ static PyObject *port_install(Port *self, PyObject *args)
     if (!PyArg_ParseTuple(args, "Op:install", &port, &on) || install(self, port, on) < 0)
         return NULL;
     Py_RETURN_NONE;
+}
+
+/* A C method called while it is not installed (kept from before: w = port.write): the port
+ * class's own Python method `name` does the call, with `args` (a tuple) after the port. */
+static PyObject *off_call(Port *self, const char *name, PyObject *args)
+{
+    PyObject *port = NULL, *method, *full, *r = NULL;
+    Py_ssize_t i, n = PyTuple_GET_SIZE(args);
+#if PY_VERSION_HEX >= 0x030D0000
+    if (self->port != NULL && PyWeakref_GetRef(self->port, &port) < 0)
+        return NULL;
+#else
+    if (self->port != NULL && (port = PyWeakref_GetObject(self->port)) == NULL)
+        return NULL;
+    if (port == Py_None)
+        port = NULL;
+    Py_XINCREF(port);
+#endif
+    if (port == NULL) { /* (the port is gone: only a kept method is left) */
+        PyErr_SetString(PyExc_ValueError, "I/O operation on closed SSL port");
+        return NULL;
+    }
+    method = PyObject_GetAttrString((PyObject *)Py_TYPE(port), name);
+    full = method == NULL ? NULL : PyTuple_New(n + 1);
+    if (full != NULL) {
+        Py_INCREF(port);
+        PyTuple_SET_ITEM(full, 0, port);
+        for (i = 0; i < n; i++) {
+            Py_INCREF(PyTuple_GET_ITEM(args, i));
+            PyTuple_SET_ITEM(full, i + 1, PyTuple_GET_ITEM(args, i));
+        }
+        r = PyObject_Call(method, full, NULL);
+        Py_DECREF(full);
+    }
+    Py_XDECREF(method);
+    Py_DECREF(port);
+    return r;
+}
+
+/* off_call with one argument (the METH_O methods). */
+static PyObject *off_call1(Port *self, const char *name, PyObject *arg)
+{
+    PyObject *args = PyTuple_Pack(1, arg), *r;
+    if (args == NULL)
+        return NULL;
+    r = off_call(self, name, args);
+    Py_DECREF(args);
+    return r;
 }
 
 /* ---- Reader -------------------------------------------------------------------------- */
@@ -456,12 +527,12 @@ static PyObject *read_into(Port *self, PyObject *b, int fill)
 
 static PyObject *reader_readinto(Port *self, PyObject *b)
 {
-    return read_into(self, b, 1);
+    return self->on ? read_into(self, b, 1) : off_call1(self, "readinto", b);
 }
 
 static PyObject *reader_readinto1(Port *self, PyObject *b)
 {
-    return read_into(self, b, 0);
+    return self->on ? read_into(self, b, 0) : off_call1(self, "readinto1", b);
 }
 
 /* read(size) / read1(size): a fresh bytes object of what arrived. */
@@ -500,12 +571,12 @@ static PyObject *read_bytes(Port *self, PyObject *args, int fill, const char *fo
 
 static PyObject *reader_read(Port *self, PyObject *args)
 {
-    return read_bytes(self, args, 1, "|O:read");
+    return self->on ? read_bytes(self, args, 1, "|O:read") : off_call(self, "read", args);
 }
 
 static PyObject *reader_read1(Port *self, PyObject *args)
 {
-    return read_bytes(self, args, 0, "|O:read1");
+    return self->on ? read_bytes(self, args, 0, "|O:read1") : off_call(self, "read1", args);
 }
 
 static PyMethodDef reader_methods[] = {
@@ -731,6 +802,8 @@ static PyObject *writer_write(Port *self, PyObject *b)
     Py_ssize_t queued, n;
     sp_conn *c;
 
+    if (!self->on)
+        return off_call1(self, "write", b);
     if (self->conn == NULL) {
         PyErr_SetString(PyExc_ValueError, "write to closed SSL port");
         return NULL;
@@ -771,6 +844,14 @@ static PyObject *writer_flush(Port *self, PyObject *unused)
 {
     sp_conn *c;
     (void)unused;
+    if (!self->on) {
+        PyObject *none = PyTuple_New(0), *r;
+        if (none == NULL)
+            return NULL;
+        r = off_call(self, "flush", none);
+        Py_DECREF(none);
+        return r;
+    }
     if (self->conn == NULL)
         Py_RETURN_NONE;
     if (PyByteArray_Size(self->pending) == 0 && !conn_holds(conn_of(self->conn)))
@@ -837,8 +918,12 @@ static PyObject *str_conn, *str_timeout, *str_lock, *str_fast, *str_buf, *str_re
 static PyObject *bare_instance(PyObject *type)
 {
     PyTypeObject *tp = (PyTypeObject *)type;
-    PyObject *empty = PyTuple_New(0), *obj;
-    if (empty == NULL)
+    PyObject *empty, *obj;
+    if (!PyType_Check(type) || tp->tp_new == NULL) {
+        PyErr_SetString(PyExc_TypeError, "make_ports: the port classes must be instantiable types");
+        return NULL;
+    }
+    if ((empty = PyTuple_New(0)) == NULL)
         return NULL;
     obj = tp->tp_new(tp, empty, NULL);
     Py_DECREF(empty);

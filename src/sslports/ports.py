@@ -768,13 +768,13 @@ class SSLInputPort(io.BufferedIOBase):
                 return n + conn.read("read", view[n:], fill, _deadline(self._timeout))
             return conn.read("read", b, fill, _deadline(self._timeout))
 
-    def readinto(self, b: Any) -> int:
+    def readinto(self, b: Any, /) -> int:
         return self._readinto(b, True)
 
-    def readinto1(self, b: Any) -> int:
+    def readinto1(self, b: Any, /) -> int:
         return self._readinto(b, False)
 
-    def read(self, size: Optional[int] = -1) -> bytes:
+    def read(self, size: Optional[int] = -1, /) -> bytes:
         if size is None or size < 0:
             return _read_all(self)
         buf = bytearray(size)
@@ -782,7 +782,7 @@ class SSLInputPort(io.BufferedIOBase):
         del buf[n:]
         return bytes(buf)
 
-    def read1(self, size: int = -1) -> bytes:
+    def read1(self, size: int = -1, /) -> bytes:
         if size is None or size < 0:
             size = _READ_CHUNK
         buf = bytearray(size)
@@ -814,7 +814,7 @@ class SSLInputPort(io.BufferedIOBase):
                 break
         return bytes(line)
 
-    def write(self, b: Any) -> int:
+    def write(self, b: Any, /) -> int:
         raise io.UnsupportedOperation("write")
 
     def close(self) -> None:
@@ -869,7 +869,7 @@ class SSLOutputPort(io.BufferedIOBase):
         """The current write timeout. Extension."""
         return self._timeout
 
-    def write(self, b: Any) -> int:
+    def write(self, b: Any, /) -> int:
         """Buffer `b` while at most one record (16 KiB) is pending; once more is, send it all.
 
         A write that leaves exactly one full record pending is held, as io.BufferedWriter holds a
@@ -971,9 +971,11 @@ class SSLOutputPort(io.BufferedIOBase):
             if conn.shutdown_on_close and not self._abandoned:
                 self._close_notify()
         finally:
-            io.BufferedIOBase.close(self)
-            self._sync_fast()  # (closed: takes the C methods away)
-            conn.port_closed(self._timeout)
+            try:  # (its flush may fail again: the port is closed and counted all the same)
+                io.BufferedIOBase.close(self)
+            finally:
+                self._sync_fast()  # (closed: takes the C methods away)
+                conn.port_closed(self._timeout)
 
     def _close_notify(self) -> None:
         """close(): say goodbye (sp_fastport.c close_port calls this too)."""
