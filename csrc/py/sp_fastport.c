@@ -10,8 +10,10 @@
  * dict, where they shadow the Python methods of its class: the Reader's / Writer's constructor
  * installs them (given the port), and `install(port, on)` (ports.py `_sync_fast`) takes them
  * away whenever the common case does not hold (a timeout, bytes kept by peek/readline, a
- * closed port) and puts them back. Installing is done here, not by a Python loop over the
- * names, and the two ports of an ssl_connect / ssl_accept connection are made here too, in
+ * closed port) and puts them back. A method someone kept from before (w = port.write, as
+ * shutil.copyfileobj does) sees that too: each Reader / Writer knows whether it is installed
+ * (`on`), and when it is not, runs the class's Python method instead (off_call). Installing
+ * is done here, not by a Python loop over the names, and the two ports of an ssl_connect / ssl_accept connection are made here too, in
  * the state their __init__ gives them (make_ports, below): both run once per connection, cold,
  * where every Python step costs several times its warm figure. For the same reason a socket
  * connection's handshake loop (handshake) and both ports' close() (close_port, a method
