@@ -97,6 +97,7 @@ static handshake_fn pump_handshake;
 static int slice_ms = 50;
 static Py_ssize_t record_size = 16384;
 static PyObject *read_all;  /* read_all(reader) -> bytes: read(-1) and read(None) */
+static PyObject *str_closed; /* "closed" (interned) */
 static PyObject *str_addr;  /* "_fast_addr" */
 
 /* ---- shared helpers ------------------------------------------------------------------ */
@@ -305,9 +306,11 @@ typedef struct {
     PyObject *rest; /* reader: conn.read_rest(b, fill, n); writer: conn.write_rest(pending, data,
                        sent); called with the lock held */
     PyObject *pending; /* writer only: the bytearray of bytes not yet sent */
-    PyObject *port; /* a weak reference to the port, once install() saw it */
+    PyObject *port; /* a weak reference to the port, made when install() first turns the
+                       methods off on an open port (a timeout, bytes kept by readline) */
     int on; /* install()ed: the common case holds. When it does not, a bound method someone
-               kept from before (w = port.write) runs the class's Python method instead. */
+               kept from before (w = port.write) runs the class's Python method instead, or
+               finds the port closed (off_call). */
 } Port;
 
 static int port_init(Port *self, PyObject *conn, PyObject *lock, PyObject *rest, PyObject *pending)
@@ -392,6 +395,15 @@ static PyObject *hot_name(const char *name)
     return hot_names[i].str;
 }
 
+/* bool(obj.name): 1, 0, or -1 with an exception. */
+static int attr_true(PyObject *obj, PyObject *name)
+{
+    PyObject *v = PyObject_GetAttr(obj, name);
+    int yes = v == NULL ? -1 : PyObject_IsTrue(v);
+    Py_XDECREF(v);
+    return yes;
+}
+
 /* Put the bound hot methods of `self` (its type's methods before "install") into `port`'s
  * instance dict (on), or take them away (off). Returns 0, or -1 with an exception. */
 static int install(Port *self, PyObject *port, int on)
@@ -406,9 +418,12 @@ static int install(Port *self, PyObject *port, int on)
         PyErr_SetString(PyExc_TypeError, "install: the port has no instance dict");
         return -1;
     }
-    if (self->port == NULL && (self->port = PyWeakref_NewRef(port, NULL)) == NULL) {
-        Py_DECREF(dict);
-        return -1;
+    if (!on && self->port == NULL) { /* (never for a closed port: nothing per connection) */
+        int closed = attr_true(port, str_closed);
+        if (closed < 0 || (!closed && (self->port = PyWeakref_NewRef(port, NULL)) == NULL)) {
+            Py_DECREF(dict);
+            return -1;
+        }
     }
     self->on = on;
     for (; rc == 0 && m->ml_name != NULL && strcmp(m->ml_name, "install") != 0; m++) {
@@ -440,11 +455,12 @@ static PyObject *port_install(Port *self, PyObject *args)
 }
 
 /* A C method called while it is not installed (kept from before: w = port.write): the port
- * class's own Python method `name` does the call, with `args` (a tuple) after the port. */
-static PyObject *off_call(Port *self, const char *name, PyObject *args)
+ * class's own Python method `name` does the call, with the port and then `args`; a port that
+ * is closed (or gone) raises as the Python method would, except flush(), which returns. */
+static PyObject *off_call(Port *self, const char *name, PyObject *const *args, size_t n)
 {
-    PyObject *port = NULL, *method, *full, *r = NULL;
-    Py_ssize_t i, n = PyTuple_GET_SIZE(args);
+    PyObject *stack[3], *port = NULL, *method, *r = NULL;
+    size_t i;
 #if PY_VERSION_HEX >= 0x030D0000
     if (self->port != NULL && PyWeakref_GetRef(self->port, &port) < 0)
         return NULL;
@@ -455,35 +471,22 @@ static PyObject *off_call(Port *self, const char *name, PyObject *args)
         port = NULL;
     Py_XINCREF(port);
 #endif
-    if (port == NULL) { /* (the port is gone: only a kept method is left) */
+    if (port == NULL) {
+        if (strcmp(name, "flush") == 0)
+            Py_RETURN_NONE;
         PyErr_SetString(PyExc_ValueError, "I/O operation on closed SSL port");
         return NULL;
     }
-    method = PyObject_GetAttrString((PyObject *)Py_TYPE(port), name);
-    full = method == NULL ? NULL : PyTuple_New(n + 1);
-    if (full != NULL) {
-        Py_INCREF(port);
-        PyTuple_SET_ITEM(full, 0, port);
-        for (i = 0; i < n; i++) {
-            Py_INCREF(PyTuple_GET_ITEM(args, i));
-            PyTuple_SET_ITEM(full, i + 1, PyTuple_GET_ITEM(args, i));
-        }
-        r = PyObject_Call(method, full, NULL);
-        Py_DECREF(full);
+    if (n > 2) {
+        PyErr_Format(PyExc_TypeError, "%s() takes at most 1 argument (%zu given)", name, n);
+    } else if ((method = PyObject_GetAttrString((PyObject *)Py_TYPE(port), name)) != NULL) {
+        stack[0] = port;
+        for (i = 0; i < n; i++)
+            stack[i + 1] = args[i];
+        r = PyObject_Vectorcall(method, stack, n + 1, NULL);
+        Py_DECREF(method);
     }
-    Py_XDECREF(method);
     Py_DECREF(port);
-    return r;
-}
-
-/* off_call with one argument (the METH_O methods). */
-static PyObject *off_call1(Port *self, const char *name, PyObject *arg)
-{
-    PyObject *args = PyTuple_Pack(1, arg), *r;
-    if (args == NULL)
-        return NULL;
-    r = off_call(self, name, args);
-    Py_DECREF(args);
     return r;
 }
 
@@ -529,12 +532,12 @@ static PyObject *read_into(Port *self, PyObject *b, int fill)
 
 static PyObject *reader_readinto(Port *self, PyObject *b)
 {
-    return self->on ? read_into(self, b, 1) : off_call1(self, "readinto", b);
+    return self->on ? read_into(self, b, 1) : off_call(self, "readinto", &b, 1);
 }
 
 static PyObject *reader_readinto1(Port *self, PyObject *b)
 {
-    return self->on ? read_into(self, b, 0) : off_call1(self, "readinto1", b);
+    return self->on ? read_into(self, b, 0) : off_call(self, "readinto1", &b, 1);
 }
 
 /* read(size) / read1(size): a fresh bytes object of what arrived. */
@@ -573,12 +576,12 @@ static PyObject *read_bytes(Port *self, PyObject *args, int fill, const char *fo
 
 static PyObject *reader_read(Port *self, PyObject *args)
 {
-    return self->on ? read_bytes(self, args, 1, "|O:read") : off_call(self, "read", args);
+    return self->on ? read_bytes(self, args, 1, "|O:read") : off_call(self, "read", &PyTuple_GET_ITEM(args, 0), (size_t)PyTuple_GET_SIZE(args));
 }
 
 static PyObject *reader_read1(Port *self, PyObject *args)
 {
-    return self->on ? read_bytes(self, args, 0, "|O:read1") : off_call(self, "read1", args);
+    return self->on ? read_bytes(self, args, 0, "|O:read1") : off_call(self, "read1", &PyTuple_GET_ITEM(args, 0), (size_t)PyTuple_GET_SIZE(args));
 }
 
 static PyMethodDef reader_methods[] = {
@@ -805,7 +808,7 @@ static PyObject *writer_write(Port *self, PyObject *b)
     sp_conn *c;
 
     if (!self->on)
-        return off_call1(self, "write", b);
+        return off_call(self, "write", &b, 1);
     if (self->conn == NULL) {
         PyErr_SetString(PyExc_ValueError, "write to closed SSL port");
         return NULL;
@@ -846,14 +849,8 @@ static PyObject *writer_flush(Port *self, PyObject *unused)
 {
     sp_conn *c;
     (void)unused;
-    if (!self->on) {
-        PyObject *none = PyTuple_New(0), *r;
-        if (none == NULL)
-            return NULL;
-        r = off_call(self, "flush", none);
-        Py_DECREF(none);
-        return r;
-    }
+    if (!self->on)
+        return off_call(self, "flush", NULL, 0);
     if (self->conn == NULL)
         Py_RETURN_NONE;
     if (PyByteArray_Size(self->pending) == 0 && !conn_holds(conn_of(self->conn)))
@@ -1027,7 +1024,7 @@ done:
 static PyObject *iobase_close; /* io.BufferedIOBase.close */
 static PyObject *str_claimed, *str_flush, *str_shutdown_on_close, *str_abandoned,
     *str_close_notify, *str_open_ports, *str_port_closed, *str_last_port_closed, *str_is_socket,
-    *str_caches_session, *str_closed, *str_transport, *str_sock, *str_shutdown, *str_close;
+    *str_caches_session, *str_transport, *str_sock, *str_shutdown, *str_close;
 static PyObject *zero, *shut_rdwr; /* 0; socket.SHUT_RDWR */
 
 /* What Python's `finally` does with exceptions: one raised by a later step replaces the one in
@@ -1072,15 +1069,6 @@ static int claim_close(PyObject *dict)
     if (PyErr_Occurred())
         return -1;
     return PyDict_SetItem(dict, str_claimed, Py_True) < 0 ? -1 : 1;
-}
-
-/* bool(obj.name): 1, 0, or -1 with an exception. */
-static int attr_true(PyObject *obj, PyObject *name)
-{
-    PyObject *v = PyObject_GetAttr(obj, name);
-    int yes = v == NULL ? -1 : PyObject_IsTrue(v);
-    Py_XDECREF(v);
-    return yes;
 }
 
 /* Connection.last_port_closed(timeout) for a socket connection that is still open, step for

@@ -349,23 +349,20 @@ class AioConnection:
     def close(self) -> None:
         if not self.closed:
             self.closed = True
-            try:
-                loop = asyncio.get_running_loop()
-            except RuntimeError:  # no loop to finish on (the loop ended): close at once
-                loop = None
-            if self.pending_write is None or loop is None:
-                self.close_raw()
-            else:  # a renegotiation holds written bytes back: they go first, as a transport
-                # sends what it buffered before it closes (wait_closed() waits for both)
-                self.closing = loop.create_task(self.close_when_sent())
+            if self.pending_write is not None:  # a renegotiation holds written bytes back:
+                # they go first, as a transport sends what it buffered before it closes
+                # (wait_closed() waits for both); without a running loop, close at once
+                try:
+                    self.closing = asyncio.get_running_loop().create_task(self.close_when_sent())
+                    return
+                except RuntimeError:
+                    pass
+            self.close_raw()
 
     async def close_when_sent(self) -> None:
         try:
-            while self.pending_write is not None:
-                if self.eof or self.exc is not None or self.input_ended:
-                    return  # the peer is gone: nothing more can go
-                await self.wait_progress()
-        except Exception:  # the connection failed meanwhile: the same
+            await self.drain()  # (what it raises means nothing more can go)
+        except Exception:
             pass
         finally:
             self.close_raw()
