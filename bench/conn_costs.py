@@ -108,8 +108,8 @@ def variants(port: int, resume: bool) -> dict[str, Callable[[], None]]:
         sock.connect(addr)
         sock.setsockopt(_socket.IPPROTO_TCP, _socket.TCP_NODELAY, 1)
         raw = lib.sp_ctx_open_conn(
-            ctx._ptr, 0, sock.fileno(), ctx._conn_flags, b"127.0.0.1", 1, 1, b"", 0,
-            cache_host, port, err, step,
+            ctx._ptr, 0, sock.fileno(), ctx._conn_policy[0], b"127.0.0.1", 1, 1, b"", 0,
+            cache_host, port, ctx._conn_policy[2], err, step,
         )  # fmt: skip
         if raw == ffi.NULL:
             raise SystemExit("sp_ctx_open_conn failed")
@@ -210,7 +210,7 @@ def server_variants(resume: bool) -> tuple[int, dict[str, Callable[[], None]]]:
         sock = _socket.socket(_socket.AF_INET, _socket.SOCK_STREAM, 0, fd)
         sock.setsockopt(_socket.IPPROTO_TCP, _socket.TCP_NODELAY, 1)
         raw = lib.sp_ctx_open_conn(
-            ctx._ptr, 1, fd, ctx._conn_flags, ffi.NULL, 0, 0, b"", 0, ffi.NULL, 0, err, step
+            ctx._ptr, 1, fd, ctx._conn_policy[0], ffi.NULL, 0, 0, b"", 0, ffi.NULL, 0, 0, err, step
         )
         if raw == ffi.NULL:
             raise SystemExit("sp_ctx_open_conn failed")

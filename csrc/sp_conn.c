@@ -769,6 +769,18 @@ int sp_held_out(sp_conn *c)
     return held;
 }
 
+int sp_held_out_try(sp_conn *c)
+{
+    int held;
+    if (!c->socket_mode)
+        return 0;
+    if (!sp_mutex_trylock(&c->send_lock))
+        return -1;
+    held = c->writer_queued;
+    sp_mutex_unlock(&c->send_lock);
+    return held;
+}
+
 void sp_conn_drop_unread(sp_conn *c)
 {
     unsigned char scratch[16384];
@@ -864,12 +876,16 @@ static int wait_readable(sp_conn *c, int wait_ms, sp_err *err, unsigned char *ea
 
 /* An idle connection keeps no record buffers. With read-ahead on, SSL_MODE_RELEASE_BUFFERS
  * does not free the read buffer; SSL_free_buffers does, and refuses (harmlessly) while it
- * still holds unprocessed data. Returns 1 when OpenSSL holds nothing. */
+ * still holds unprocessed data. Not between a record's header and its body, though: there
+ * nothing is pending, and OpenSSL before 3.0.14 / 3.1.6 / 3.2.2 / 3.3.1 / 1.1.1y frees the
+ * buffer the header is in all the same (CVE-2024-4741, a use after free when the body
+ * arrives); a peer can stop at that point on purpose. So only where the record layer waits for
+ * a header ("RH"; on any version, as its state tells). Returns 1 when OpenSSL holds nothing. */
 static int release_idle_buffers(sp_conn *c)
 {
     int idle;
     sp_mutex_lock(&c->ssl_lock);
-    idle = !SSL_has_pending(c->ssl);
+    idle = !SSL_has_pending(c->ssl) && strcmp(SSL_rstate_string(c->ssl), "RH") == 0;
     if (idle)
         SSL_free_buffers(c->ssl);
     sp_mutex_unlock(&c->ssl_lock);
@@ -1301,7 +1317,7 @@ static int keep_new_session(SSL *ssl, SSL_SESSION *session)
     SSL_SESSION_free(c->session);
     c->session = copy;
     if (c->cache_key != NULL)
-        sp_session_store(SSL_get_SSL_CTX(ssl), c->cache_key, copy);
+        sp_session_store(SSL_get_SSL_CTX(ssl), c->cache_key, c->cache_epoch, copy);
     return 0; /* OpenSSL keeps its reference; we keep the copy */
 }
 
@@ -1314,13 +1330,14 @@ int sp_ctx_track_sessions(SSL_CTX *ctx)
     return 1;
 }
 
-int sp_conn_use_session_cache(sp_conn *c, const char *host, int port)
+int sp_conn_use_session_cache(sp_conn *c, const char *host, int port, unsigned long long epoch)
 {
     SSL_SESSION *cached;
     c->cache_key = sp_session_key(host, port);
     if (c->cache_key == NULL)
         return 0;
-    cached = sp_session_lookup(SSL_get_SSL_CTX(c->ssl), c->cache_key);
+    c->cache_epoch = epoch;
+    cached = sp_session_lookup(SSL_get_SSL_CTX(c->ssl), c->cache_key, epoch);
     if (cached != NULL) {
         sp_conn_set_session(c, cached); /* one that cannot be used: a full handshake */
         SSL_SESSION_free(cached);

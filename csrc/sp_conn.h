@@ -54,6 +54,7 @@ struct sp_conn {
     SSL_SESSION *session;
     /* client: the peer key its context's session cache files that session under, or NULL */
     char *cache_key;
+    unsigned long long cache_epoch; /* the verify policy's cache epoch it was set up under */
 
     /* sticky end states (ssl_lock) */
     int eof_status;   /* 0, SP_EOF or SP_RAGGED_EOF */
@@ -123,6 +124,10 @@ int sp_renegotiate(sp_conn *c, sp_err *err);
 /* Socket mode: 1 while bytes an output port wrote are still queued (writer_queued), which
  * sp_flush sends; 0 in stream mode. */
 int sp_held_out(sp_conn *c);
+/* The same without waiting: -1 when another thread holds the lock it needs (for a caller
+ * that must not wait for it, sp_fastport.c: it holds the GIL, which an OpenSSL callback into
+ * Python waits for while it holds the pump's locks). */
+int sp_held_out_try(sp_conn *c);
 /* Plaintext bytes the write calls have handed to OpenSSL so far: the difference across an
  * interrupted write tells exactly how much of it was taken. */
 unsigned long long sp_written(sp_conn *c);

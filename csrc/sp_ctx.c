@@ -15,6 +15,9 @@ typedef struct alpn_policy {
 
 static int alpn_index = -1;
 static CRYPTO_ONCE alpn_once = CRYPTO_ONCE_STATIC_INIT;
+/* A context's policy can be replaced (ssl_set_server_alpn) while handshakes in other threads
+ * read it (select_alpn): they read it under this lock, and the old one is freed under it. */
+static CRYPTO_RWLOCK *alpn_lock;
 
 static void free_alpn(void *parent, void *ptr, CRYPTO_EX_DATA *ad, int idx, long argl, void *argp)
 {
@@ -28,7 +31,9 @@ static void free_alpn(void *parent, void *ptr, CRYPTO_EX_DATA *ad, int idx, long
 
 static void make_alpn_index(void)
 {
-    alpn_index = SSL_CTX_get_ex_new_index(0, NULL, NULL, NULL, free_alpn);
+    alpn_lock = CRYPTO_THREAD_lock_new();
+    if (alpn_lock != NULL)
+        alpn_index = SSL_CTX_get_ex_new_index(0, NULL, NULL, NULL, free_alpn);
 }
 
 static int get_alpn_index(void)
@@ -102,31 +107,44 @@ int sp_ctx_set_dh_pem(SSL_CTX *ctx, const unsigned char *pem, size_t len, sp_err
 static int select_alpn(SSL *ssl, const unsigned char **out, unsigned char *outlen,
                        const unsigned char *in, unsigned int inlen, void *arg)
 {
-    alpn_policy *policy = SSL_CTX_get_ex_data(SSL_get_SSL_CTX(ssl), alpn_index);
+    alpn_policy *policy;
     size_t i;
+    int result = SSL_TLSEXT_ERR_NOACK;
     (void)arg;
-    if (policy == NULL || policy->len == 0)
-        return SSL_TLSEXT_ERR_NOACK;
-    /* Server preference: the first of our names that the client also offers. */
-    for (i = 0; i < policy->len; i += 1u + policy->wire[i]) {
-        unsigned int j;
-        unsigned char n = policy->wire[i];
-        for (j = 0; j < inlen; j += 1u + in[j]) {
-            if (in[j] == n && j + 1u + n <= inlen && memcmp(in + j + 1, policy->wire + i + 1, n) == 0) {
-                *out = in + j + 1;
-                *outlen = n;
-                return SSL_TLSEXT_ERR_OK;
+    if (!CRYPTO_THREAD_read_lock(alpn_lock))
+        return SSL_TLSEXT_ERR_ALERT_FATAL;
+    policy = SSL_CTX_get_ex_data(SSL_get_SSL_CTX(ssl), alpn_index);
+    if (policy != NULL && policy->len > 0) {
+        result = policy->allow_no_match ? SSL_TLSEXT_ERR_NOACK : SSL_TLSEXT_ERR_ALERT_FATAL;
+        /* Server preference: the first of our names that the client also offers (*out points
+         * into `in`, so nothing of the policy is used after the lock is released). */
+        for (i = 0; i < policy->len && result != SSL_TLSEXT_ERR_OK; i += 1u + policy->wire[i]) {
+            unsigned int j;
+            unsigned char n = policy->wire[i];
+            for (j = 0; j < inlen; j += 1u + in[j]) {
+                if (in[j] == n && j + 1u + n <= inlen
+                    && memcmp(in + j + 1, policy->wire + i + 1, n) == 0) {
+                    *out = in + j + 1;
+                    *outlen = n;
+                    result = SSL_TLSEXT_ERR_OK;
+                    break;
+                }
             }
         }
     }
-    return policy->allow_no_match ? SSL_TLSEXT_ERR_NOACK : SSL_TLSEXT_ERR_ALERT_FATAL;
+    CRYPTO_THREAD_unlock(alpn_lock);
+    return result;
 }
 
 int sp_ctx_set_server_alpn(SSL_CTX *ctx, const unsigned char *wire, size_t len,
                            int allow_no_match)
 {
-    alpn_policy *policy = calloc(1, sizeof *policy);
+    alpn_policy *policy;
     alpn_policy *old;
+    int ok;
+    if (get_alpn_index() < 0)
+        return 0;
+    policy = calloc(1, sizeof *policy);
     if (policy == NULL)
         return 0;
     if (len > 0) {
@@ -139,16 +157,16 @@ int sp_ctx_set_server_alpn(SSL_CTX *ctx, const unsigned char *wire, size_t len,
     }
     policy->len = len;
     policy->allow_no_match = allow_no_match;
-    old = SSL_CTX_get_ex_data(ctx, alpn_index);
-    if (!SSL_CTX_set_ex_data(ctx, alpn_index, policy)) {
-        free(policy->wire);
-        free(policy);
+    if (!CRYPTO_THREAD_write_lock(alpn_lock)) {
+        free_alpn(NULL, policy, NULL, 0, 0, NULL);
         return 0;
     }
-    if (old != NULL) {
-        free(old->wire);
-        free(old);
-    }
+    old = SSL_CTX_get_ex_data(ctx, alpn_index);
+    ok = SSL_CTX_set_ex_data(ctx, alpn_index, policy);
+    CRYPTO_THREAD_unlock(alpn_lock);
+    free_alpn(NULL, ok ? old : policy, NULL, 0, 0, NULL); /* no handshake can still read it */
+    if (!ok)
+        return 0;
     SSL_CTX_set_alpn_select_cb(ctx, select_alpn, NULL);
     return 1;
 }
@@ -274,7 +292,8 @@ int sp_ctx_load_client_ca_file(SSL_CTX *ctx, const char *path, sp_err *err)
 sp_conn *sp_ctx_open_conn(SSL_CTX *ctx, int is_server, int fd, int verify_flags,
                           const char *host, int host_is_ip, int check_host,
                           const unsigned char *alpn, size_t alpn_len, const char *cache_host,
-                          int cache_port, sp_err *err, size_t *failed_step)
+                          int cache_port, unsigned long long cache_epoch, sp_err *err,
+                          size_t *failed_step)
 {
     sp_conn *c;
     sp_err_reset(err);
@@ -297,7 +316,7 @@ sp_conn *sp_ctx_open_conn(SSL_CTX *ctx, int is_server, int fd, int verify_flags,
             return NULL;
         }
     }
-    if (cache_host != NULL && !sp_conn_use_session_cache(c, cache_host, cache_port)) {
+    if (cache_host != NULL && !sp_conn_use_session_cache(c, cache_host, cache_port, cache_epoch)) {
         sp_conn_free(c); /* out of memory */
         return NULL;
     }

@@ -27,11 +27,13 @@ enum { SP_SETUP_CONNECTION = 1, SP_SETUP_HOSTNAME = 2, SP_SETUP_ALPN = 3 };
  * policy (SP_VERIFY_* flags); with `host`, SNI (clients, DNS names) and, with check_host, the
  * name the peer's certificate must match; the ALPN offer (RFC 7301 wire format, alpn_len > 0);
  * with `cache_host` (a client whose context keeps sessions), the peer (cache_host, cache_port)
- * whose cached session it resumes and under which it files new ones. NULL on failure, with
+ * whose cached session it resumes and under which it files new ones, as long as the cache is
+ * still in `cache_epoch` (the verify policy the flags came from: sp_ctx_forget_sessions). NULL on failure, with
  * err filled and *failed_step saying which step failed; nothing is left allocated then. */
 sp_conn *sp_ctx_open_conn(SSL_CTX *ctx, int is_server, int fd, int verify_flags,
                           const char *host, int host_is_ip, int check_host,
                           const unsigned char *alpn, size_t alpn_len, const char *cache_host,
-                          int cache_port, sp_err *err, size_t *failed_step);
+                          int cache_port, unsigned long long cache_epoch, sp_err *err,
+                          size_t *failed_step);
 
 #endif /* SP_CTX_H */

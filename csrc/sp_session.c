@@ -30,6 +30,9 @@ typedef struct {
 typedef struct {
     sp_mutex lock;
     unsigned long long clock;
+    /* Bumped by sp_ctx_forget_sessions: a connection set up before (under the old policy)
+     * neither resumes nor files anything afterwards (sp_session_lookup, sp_session_store). */
+    unsigned long long epoch;
     cache_entry entries[SP_SESSION_CACHE_SIZE];
 } session_cache;
 
@@ -91,16 +94,19 @@ int sp_session_cache_attach(SSL_CTX *ctx)
     return 1;
 }
 
-void sp_ctx_forget_sessions(SSL_CTX *ctx)
+unsigned long long sp_ctx_forget_sessions(SSL_CTX *ctx)
 {
     session_cache *cache = cache_of(ctx);
+    unsigned long long epoch;
     size_t i;
     if (cache == NULL)
-        return;
+        return 0;
     sp_mutex_lock(&cache->lock);
     for (i = 0; i < SP_SESSION_CACHE_SIZE; i++)
         clear_entry(&cache->entries[i]);
+    epoch = ++cache->epoch;
     sp_mutex_unlock(&cache->lock);
+    return epoch;
 }
 
 char *sp_session_key(const char *host, int port)
@@ -135,15 +141,16 @@ static cache_entry *find(session_cache *cache, const char *key, uint32_t hash)
     return NULL;
 }
 
-SSL_SESSION *sp_session_lookup(SSL_CTX *ctx, const char *key)
+SSL_SESSION *sp_session_lookup(SSL_CTX *ctx, const char *key, unsigned long long epoch)
 {
     session_cache *cache = cache_of(ctx);
-    cache_entry *e;
+    cache_entry *e = NULL;
     SSL_SESSION *s = NULL;
     if (cache == NULL)
         return NULL;
     sp_mutex_lock(&cache->lock);
-    e = find(cache, key, hash_key(key));
+    if (epoch == cache->epoch) /* (else: set up under a policy the context has since changed) */
+        e = find(cache, key, hash_key(key));
     if (e != NULL && !SSL_SESSION_is_resumable(e->session)) {
         clear_entry(e); /* a connection that used it failed */
     } else if (e != NULL && SSL_SESSION_up_ref(e->session)) {
@@ -154,7 +161,8 @@ SSL_SESSION *sp_session_lookup(SSL_CTX *ctx, const char *key)
     return s;
 }
 
-void sp_session_store(SSL_CTX *ctx, const char *key, SSL_SESSION *session)
+void sp_session_store(SSL_CTX *ctx, const char *key, unsigned long long epoch,
+                      SSL_SESSION *session)
 {
     session_cache *cache = cache_of(ctx);
     uint32_t hash = hash_key(key);
@@ -164,6 +172,11 @@ void sp_session_store(SSL_CTX *ctx, const char *key, SSL_SESSION *session)
     if (cache == NULL || !SSL_SESSION_up_ref(session))
         return;
     sp_mutex_lock(&cache->lock);
+    if (epoch != cache->epoch) { /* made under a policy the context has since changed */
+        sp_mutex_unlock(&cache->lock);
+        SSL_SESSION_free(session);
+        return;
+    }
     e = find(cache, key, hash);
     if (e != NULL) { /* the same peer: the newer session replaces the older */
         SSL_SESSION_free(e->session);

@@ -210,6 +210,31 @@ def test_threads_share_a_context_session_cache(pki: Any, echo_server: Any) -> No
         assert talk(server.port)
 
 
+def test_a_session_from_before_a_policy_change_is_not_resumed(pki: Any, echo_server: Any) -> None:
+    """A connection opened under an old verification policy must not file its session in the
+    cache after the policy changed (sp_ctx_forget_sessions): the next connection, made under
+    the new policy, would resume it and skip the certificate checks. Here the first
+    connection trusts nothing and does not verify (the server's certificate is from a CA the
+    context does not trust); then verification is required, before the TLS 1.3 tickets
+    (which follow the handshake) are read. The second connection must fail verification, not
+    resume."""
+    server = echo_server(pki.server_context())
+    ctx = pki.client_context(verify=False, trust=False)
+    inp, out = sslports.ssl_connect("localhost", server.port, ctx)
+    sslports.ssl_set_verify(ctx, True)  # forgets the sessions made so far
+    out.write(b"ping")
+    out.flush()
+    assert read_exactly(inp, 4) == b"ping"  # files the server's TLS 1.3 tickets
+    out.close()
+    inp.close()
+    with pytest.raises(sslports.SSLError):
+        inp2, out2 = sslports.ssl_connect("localhost", server.port, ctx)
+        reused = sslports.ssl_session_reused(inp2)
+        inp2.close()
+        out2.close()
+        pytest.fail(f"connected without a verified certificate (resumed: {reused})")
+
+
 # -- addresses, predicates, listeners ------------------------------------------------------------
 
 

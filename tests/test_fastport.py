@@ -800,3 +800,80 @@ def test_make_ports_refuses_a_type_it_cannot_make() -> None:
     frame = type(sys._getframe())
     with pytest.raises(TypeError):
         fast.make_ports(conn, frame, frame)
+
+
+_LOCK_ORDER = r"""
+import threading, time, sys
+import sslports
+from sslports import _binding, ports
+from pathlib import Path
+
+assert ports._fastport is not None, "the C fast path is not built"
+pem = str(Path(sslports.__file__).with_name("test.pem"))
+sctx = sslports.ssl_make_server_context()
+sslports.ssl_load_certificate_chain(sctx, pem)
+sslports.ssl_load_private_key(sctx, pem, False)
+listener = sslports.ssl_listen(0, 5, True, "127.0.0.1", sctx)
+port = sslports.ssl_addresses(listener, True)[1]
+accepted = []
+t = threading.Thread(target=lambda: accepted.append(sslports.ssl_accept(listener)))
+t.start()
+inp, out = sslports.ssl_connect("127.0.0.1", port)
+t.join()
+assert "flush" in vars(out), "the C write/flush are not installed"
+
+lib, ffi = _binding.lib, _binding.ffi
+ptr = out._sslports_conn.ptr
+have_lock = threading.Event()
+
+def callback_like():
+    # What an OpenSSL callback into Python (key log, SNI) does: it runs with the connection
+    # lock held (sp_verify.c) and needs the GIL for its Python.
+    lib.sp_conn_lock(ptr)
+    have_lock.set()
+    time.sleep(0.5)
+    lib.sp_conn_unlock(ptr)
+
+def sender():
+    # A thread sending what is queued (a close, ssl_set_verify's flush): send_lock, then
+    # ssl_lock, with the GIL released as every CFFI call does.
+    lib.sp_flush(ptr, 0, ffi.new("sp_err *"))
+
+a = threading.Thread(target=callback_like)
+a.start()
+have_lock.wait()
+b = threading.Thread(target=sender)
+b.start()
+time.sleep(0.2)  # the sender now waits for ssl_lock, holding send_lock
+out.flush()      # nothing pending: the C flush asks sp_held_out (send_lock) with the GIL held
+a.join(); b.join()
+for p in (inp, out) + accepted[0]:
+    p.close()
+print("done")
+"""
+
+
+@needs_fast
+def test_no_wait_for_a_pump_lock_while_holding_the_gil() -> None:
+    """sp_fastport.c called sp_held_out / sp_written / sp_conn_broken, which take the pump's
+    send_lock / ssl_lock, with the GIL held. A thread inside an OpenSSL callback into Python
+    (SNI, key log: sp_verify.c) holds ssl_lock and waits for the GIL, so this deadlocks
+    (sp_verify.c: "no thread ever waits for that lock while holding the GIL"). Here a thread
+    holding ssl_lock through sp_conn_lock plays the callback, a second thread in sp_flush
+    holds send_lock waiting for ssl_lock, and the main thread calls out.flush(): the process
+    must finish, not hang."""
+    env = dict(os.environ)
+    env.pop("SSLPORTS_NO_FASTPORT", None)
+    proc = subprocess.Popen(
+        [sys.executable, "-c", _LOCK_ORDER],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        env=env,
+    )
+    try:
+        output, _ = proc.communicate(timeout=20)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.communicate()
+        pytest.fail("deadlock: out.flush() waited for send_lock holding the GIL")
+    assert proc.returncode == 0 and b"done" in output, output.decode(errors="replace")

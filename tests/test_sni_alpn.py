@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -419,3 +420,45 @@ def test_alpn_argument_types(alpn_cert: tuple[Path, Issued]) -> None:
         sslports.ssl_set_server_alpn(server_context("tls13", leaf), [b"h2"], 1)  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="ssl_set_server_alpn"):
         sslports.ports_to_ssl_ports(io.BytesIO(), io.BytesIO(), mode="accept", alpn=[b"h2"])
+
+
+def test_server_alpn_replaced_while_handshakes_select(pki: Any) -> None:
+    """sp_ctx_set_server_alpn freed the context's old ALPN policy while a handshake in
+    another thread could be reading it in select_alpn (a heap use-after-free; contexts are
+    not sealed, so ssl_set_server_alpn on a serving context is allowed). Reported by
+    AddressSanitizer (scripts/asan.sh); a long list on each side keeps select_alpn busy."""
+    from sslports import _binding
+
+    lib, ffi = _binding.lib, _binding.ffi
+    server = sslports.ssl_make_server_context()
+    sslports.ssl_load_certificate_chain(server, pki.ec_chain)
+    sslports.ssl_load_private_key(server, pki.ec_key, False)
+    names = [b"s%058d" % i for i in range(1000)]
+    sslports.ssl_set_server_alpn(server, names)
+    client = sslports.ssl_make_client_context()
+    err = ffi.new("sp_err *")
+    c = ffi.gc(lib.sp_conn_new(client._ptr, 0, -1, err), lib.sp_conn_free)
+    offer = b"".join(bytes([59]) + b"c%058d" % i for i in range(1000))
+    assert lib.SSL_set_alpn_protos(lib.sp_conn_ssl(c), offer, len(offer)) == 0
+    assert lib.sp_handshake(c, 0, err) == lib.SP_WANT_READ
+    hello = ffi.new("unsigned char[]", 1 << 17)
+    n = lib.sp_take(c, hello, 1 << 17)
+    assert n > 60000
+    stop = threading.Event()
+
+    def churn() -> None:
+        while not stop.is_set():
+            sslports.ssl_set_server_alpn(server, names)
+
+    t = threading.Thread(target=churn)
+    t.start()
+    try:
+        for _ in range(20):
+            s = ffi.gc(lib.sp_conn_new(server._ptr, 1, -1, err), lib.sp_conn_free)
+            assert lib.sp_feed(s, hello, n)
+            status = lib.sp_handshake(s, 0, err)  # (no ALPN in common: goes on without)
+            assert status == lib.SP_WANT_READ, ffi.string(err.text)
+            ffi.release(s)
+    finally:
+        stop.set()
+        t.join()

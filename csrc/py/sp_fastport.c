@@ -88,6 +88,7 @@ static read_fn pump_read;
 static write2_fn pump_write2;
 static write_fn pump_write_hold;
 static held_fn pump_held;
+static held_fn pump_held_try; /* -1: its lock is busy */
 static written_fn pump_written;
 static held_fn pump_broken;
 static flush_fn pump_flush;
@@ -117,6 +118,40 @@ static sp_conn *conn_of(PyObject *conn)
     if (p == NULL && PyErr_Occurred())
         PyErr_Clear();
     return (sp_conn *)p;
+}
+
+/* The pump's small queries take its send_lock / ssl_lock, which a thread inside an OpenSSL
+ * callback into Python (SNI, key log) can hold while it waits for the GIL: never wait for them
+ * holding the GIL (sp_verify.c), or the threads deadlock. The common query (held_nogil, at
+ * every small write and flush) looks first without waiting and gives up the GIL only when
+ * the lock is busy; the other two run only after a failed write. */
+static int held_nogil(sp_conn *c)
+{
+    int r = pump_held_try(c);
+    if (r < 0) {
+        Py_BEGIN_ALLOW_THREADS
+        r = pump_held(c);
+        Py_END_ALLOW_THREADS
+    }
+    return r;
+}
+
+static int broken_nogil(sp_conn *c)
+{
+    int r;
+    Py_BEGIN_ALLOW_THREADS
+    r = pump_broken(c);
+    Py_END_ALLOW_THREADS
+    return r;
+}
+
+static unsigned long long written_nogil(sp_conn *c)
+{
+    unsigned long long n;
+    Py_BEGIN_ALLOW_THREADS
+    n = pump_written(c);
+    Py_END_ALLOW_THREADS
+    return n;
 }
 
 static PyObject *new_none(void) /* Py_NewRef(Py_None) before 3.10 */
@@ -711,16 +746,16 @@ static int keep_unsent(Port *self, const char *data, size_t len, size_t sent)
 static PyObject *continue_write(Port *self, sp_conn *c, PyObject *b, const char *data,
                                 size_t len, size_t sent)
 {
-    unsigned long long start = c != NULL ? pump_written(c) : 0;
+    unsigned long long start = c != NULL ? written_nogil(c) : 0;
     PyObject *r = call_rest(self, b, sent), *type, *value, *tb;
     int kept;
     if (r != NULL || c == NULL) /* (c stays valid: the connection frees it only when freed) */
         return r;
     PyErr_Fetch(&type, &value, &tb);
-    if (pump_broken(c))
+    if (broken_nogil(c))
         kept = PyByteArray_Resize(self->pending, 0);
     else
-        kept = keep_unsent(self, data, len, sent + (size_t)(pump_written(c) - start));
+        kept = keep_unsent(self, data, len, sent + (size_t)(written_nogil(c) - start));
     if (kept < 0)
         PyErr_Clear(); /* (no memory to keep them: the first exception says the write failed) */
     PyErr_Restore(type, value, tb);
@@ -798,7 +833,7 @@ static int hold_record(Port *self, sp_conn *c, PyObject *b, Py_buffer *view)
  * (hold_record), or what a write that ran out of time left; 0 when closed. */
 static int conn_holds(sp_conn *c)
 {
-    return c != NULL && pump_held(c);
+    return c != NULL && held_nogil(c);
 }
 
 static PyObject *writer_write(Port *self, PyObject *b)
@@ -1321,7 +1356,7 @@ static PyObject *fast_handshake(PyObject *module, PyObject *args)
 
 static PyObject *fast_init(PyObject *module, PyObject *args)
 {
-    enum { N_FNS = 10 }; /* the pump functions init() takes, in its argument order */
+    enum { N_FNS = 11 }; /* the pump functions init() takes, in its argument order */
     PyObject *fns, *addr[N_FNS], *all;
     void *fn[N_FNS];
     int slice, i;
@@ -1362,6 +1397,7 @@ static PyObject *fast_init(PyObject *module, PyObject *args)
     pump_drain_tickets = (conn_fn)(uintptr_t)fn[7];
     pump_drop_unread = (conn_fn)(uintptr_t)fn[8];
     pump_handshake = (handshake_fn)(uintptr_t)fn[9];
+    pump_held_try = (held_fn)(uintptr_t)fn[10];
     slice_ms = slice;
     record_size = record;
     Py_INCREF(all);

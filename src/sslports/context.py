@@ -139,7 +139,10 @@ class _Context:
         self._sni_callback: Optional[Callable[[str], Any]] = None
         self._keylogger: Optional[Callable[[bytes], Any]] = None
         self._has_certificate = False  # set by ssl_load_certificate_chain
-        self._conn_flags = self._verify_flags()  # kept up to date by _policy_changed
+        # What a connection reads, once, from the context (kept up to date by _policy_changed):
+        # (SP_VERIFY_* flags, check the hostname, the session cache's epoch), one object so that
+        # a policy change in another thread is seen whole or not at all.
+        self._conn_policy: tuple[int, bool, int] = (self._verify_flags(), False, 0)
         self._apply_protocol(protocol)
         from .sni import register_context
 
@@ -189,12 +192,14 @@ class _Context:
         return flags
 
     def _policy_changed(self) -> None:
-        """After a verify setting changed: recompute `_conn_flags` (read once per connection),
-        and forget the sessions made under the old policy. A resumed session is not verified
-        again, so resuming one made without (or with a failed) verification would let a
-        connection skip the checks the new policy asks for."""
-        self._conn_flags = self._verify_flags()
-        _binding.lib.sp_ctx_forget_sessions(self._ptr)  # (a server context has none)
+        """After a verify setting changed: forget the sessions made under the old policy, then
+        publish the new one (`_conn_policy`, read once per connection). A resumed session is
+        not verified again, so resuming one made without (or with a failed) verification would
+        let a connection skip the checks the new policy asks for. The cache's new epoch goes
+        with the policy: a connection set up under the old one (it read the old epoch) can
+        neither resume nor file a session in the new epoch (sp_session.c)."""
+        epoch = int(_binding.lib.sp_ctx_forget_sessions(self._ptr))  # (server contexts: 0)
+        self._conn_policy = (self._verify_flags(), self._verify_hostname, epoch)
 
 
 # The SP_VERIFY_* bits of csrc/sp_conn.h, read once (no native module: never used).
@@ -347,6 +352,7 @@ def _configure_secure(ctx: SSLClientContext) -> SSLClientContext:
 
 _secure_cache: dict[tuple[object, ...], SSLClientContext] = {}
 _secure_lock = threading.Lock()
+_SECURE_CACHE_SIZE = 8
 
 
 def ssl_secure_client_context() -> SSLClientContext:
@@ -364,7 +370,10 @@ def ssl_secure_client_context() -> SSLClientContext:
             ctx = _configure_secure(SSLClientContext("auto"))
             ctx._protocol = "secure"
             ssl_seal_context(ctx)
-            _secure_cache.clear()
+            # A few entries: threads (or tasks) with their own sources must not evict each
+            # other's context on every call.
+            while len(_secure_cache) >= _SECURE_CACHE_SIZE:
+                del _secure_cache[next(iter(_secure_cache))]
             _secure_cache[key] = ctx
         return ctx
 
@@ -780,7 +789,9 @@ def ssl_server_context_enable_ecdh(context: object, curve_name: str = "secp521r1
     lib = _binding.lib
     lib.ERR_clear_error()
     # Preferred first; keep the usual groups after it so other clients still connect.
-    groups = [name] + [g for g in ("X25519", "P-256", "P-384") if g.lower() != name]
+    # (OpenSSL refuses a list naming one group twice: prime256v1 is P-256, secp384r1 P-384)
+    same = {"prime256v1": "P-256", "secp384r1": "P-384", "secp521r1": "P-521"}.get(name, name)
+    groups = [name] + [g for g in ("X25519", "P-256", "P-384") if g != same]
     if not lib.SSL_CTX_set1_groups_list(ptr, ":".join(groups).encode()):
         lib.ERR_clear_error()
         if not lib.SSL_CTX_set1_groups_list(ptr, name.encode()):

@@ -43,14 +43,26 @@ class SSLError(OSError):
     def __reduce__(self) -> tuple[object, ...]:
         return (
             _rebuild,
-            (type(self), self.message, self.openssl_errors, self.verify_code, self.verify_message),
+            (
+                type(self),
+                self.message,
+                self.openssl_errors,
+                self.verify_code,
+                self.verify_message,
+                self.errno,
+            ),
         )
 
 
 def _rebuild(
-    cls: type[SSLError], message: str, errs: list[str], code: int | None, vmsg: str | None
+    cls: type[SSLError],
+    message: str,
+    errs: list[str],
+    code: int | None,
+    vmsg: str | None,
+    errno: int | None = None,
 ) -> SSLError:
-    return cls(message, openssl_errors=errs, verify_code=code, verify_message=vmsg)
+    return cls(message, openssl_errors=errs, verify_code=code, verify_message=vmsg, errno=errno)
 
 
 class SSLNetworkError(SSLError, ConnectionError):

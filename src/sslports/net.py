@@ -12,6 +12,7 @@ import functools
 import os
 import select
 import socket
+import threading
 from _socket import socket as _raw_socket
 from collections.abc import Sequence
 from typing import Any, Optional, Union
@@ -97,7 +98,7 @@ def _new_connection(
     (A context exists, so the native module is loaded.)"""
     lib = _binding.lib
     ffi = _binding.ffi
-    verify_hostname = ctx._verify_hostname
+    flags, verify_hostname, epoch = ctx._conn_policy
     host: Any = ffi.NULL
     cache_host: Any = ffi.NULL
     ip = False
@@ -121,7 +122,7 @@ def _new_connection(
         ctx._ptr,
         is_server,
         fd,
-        ctx._conn_flags,
+        flags,
         host,
         ip,
         verify_hostname,
@@ -129,6 +130,7 @@ def _new_connection(
         len(alpn_wire),
         cache_host,
         cache_port,
+        epoch,
         err,
         step,
     )
@@ -410,6 +412,7 @@ class SSLListener:
         self._proto = sock.proto
         self._tcp = self._family in (socket.AF_INET, socket.AF_INET6)
         self._raw_accept = getattr(sock, "_accept", None)
+        self._accepting: set[int] = set()  # threads waiting in ssl_accept (see close)
 
     def __repr__(self) -> str:
         if self._sock.fileno() < 0:
@@ -426,6 +429,13 @@ class SSLListener:
         return self._sock.fileno() < 0
 
     def close(self) -> None:
+        # close() alone does not wake a thread of this process blocked in accept() on this
+        # socket (Linux): it would wait forever. shutdown() makes that accept() fail; only
+        # then, as it also stops the socket for the processes sharing it (a prefork parent
+        # that closes its copy must not do that).
+        if self._accepting and self._sock.fileno() >= 0:
+            with contextlib.suppress(OSError):
+                self._sock.shutdown(socket.SHUT_RDWR)
         self._sock.close()
 
     def __enter__(self) -> SSLListener:
@@ -536,13 +546,19 @@ def ssl_accept(listener: SSLListener) -> Ports:
     lst = listener if type(listener) is SSLListener else _listener(func, listener)
     if lst._sock.fileno() < 0:
         raise SSLNetworkError(f"{func}: accept failed (listener is closed)")
+    me = threading.get_ident()
+    lst._accepting.add(me)
     try:
         if lst._raw_accept is not None:  # a bare _socket.socket, see _tcp_connect
             sock = _raw_socket(lst._family, socket.SOCK_STREAM, lst._proto, lst._raw_accept()[0])
         else:  # pragma: no cover - a socket module without _accept
             sock = lst._sock.accept()[0]
     except OSError as exc:
+        if lst._sock.fileno() < 0:  # closed (by ssl_close in another thread) while waiting
+            raise SSLNetworkError(f"{func}: accept failed (listener is closed)") from exc
         raise SSLNetworkError(f"{func}: accept failed ({exc})", errno=exc.errno) from exc
+    finally:
+        lst._accepting.discard(me)
     try:
         if lst._tcp:
             try:
@@ -604,6 +620,8 @@ def ssl_addresses(p_or_listener: object, port_numbers: bool = False) -> tuple[An
 
 
 def _mode_context(func: str, mode: object, context: object, encrypt: object) -> _Context:
+    if not isinstance(mode, str):
+        raise TypeError(f"{func}: mode must be a str, got {type(mode).__name__}")
     if mode not in ("connect", "accept"):
         raise ValueError(f"{func}: mode must be 'connect' or 'accept', got {mode!r}")
     if context is None:
@@ -719,6 +737,8 @@ def ssl_wrap_socket(
     func = "ssl_wrap_socket"
     if not isinstance(sock, socket.socket):
         raise TypeError(f"{func}: expected a socket.socket, got {type(sock).__name__}")
+    if sock.fileno() < 0:  # (-1 would mean "no socket" to the C layer: a busy loop)
+        raise ValueError(f"{func}: the socket is closed")
     ctx, host, wire = wrap_arguments(func, mode, context, encrypt, hostname, alpn)
     timeout = _check_timeout(func, timeout)
     _check_flag(func, "strict_eof", strict_eof)

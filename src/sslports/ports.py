@@ -36,6 +36,7 @@ import _socket
 import collections
 import contextlib
 import io
+import math
 import os
 import socket
 import threading
@@ -152,6 +153,7 @@ def _load_fastport() -> Any:
         "sp_conn_drain_tickets",
         "sp_conn_drop_unread",
         "sp_handshake",
+        "sp_held_out_try",
     ]  # (init's order)
     _fastport.init(
         tuple(int(ffi.cast("uintptr_t", ffi.addressof(lib, name))) for name in pump),
@@ -482,6 +484,8 @@ class Connection:
                     if deadline.expired():
                         raise SSLTimeoutError(f"{func}: handshake timed out")
                     continue
+                if deadline.expired():  # checked between transport reads
+                    raise SSLTimeoutError(f"{func}: handshake timed out")
                 with self.transport_errors(func, "handshake", cls):
                     self.wait_for_pump(status, deadline, func)
                 continue
@@ -489,16 +493,16 @@ class Connection:
 
     def handshake_failed(self, func: str, status: int, cls: type[SSLError]) -> NoReturn:
         """Raise what a failed handshake (`status`, this thread's error record) means."""
-        if self.sni_error is not None:
-            raise self.sni_error
-        if status == _SP_RAGGED_EOF:
+        if status == _SP_RAGGED_EOF and self.sni_error is None:
             raise cls(f"{func}: handshake failed (connection closed by peer)")
         exc = build_error(func, "handshake", _per_thread.pair[0], cls)
         if isinstance(self.transport, _StreamTransport):
-            try:  # the alert, so the peer learns why
+            try:  # the alert, so the peer learns why (also when an SNI callback failed)
                 self.transport.push_out(self.ptr, _Deadline(1.0))
             except BaseException:
                 pass
+        if self.sni_error is not None:
+            raise self.sni_error
         if cls is SSLError and self.error is not SSLError:
             raise self.make_error(exc)
         raise exc
@@ -535,7 +539,8 @@ class Connection:
                             raise self.make_error(SSLError(f"{func}: read failed (unexpected eof)"))
                         break
                     if status in (_SP_WANT_READ, _SP_WANT_WRITE):
-                        if self.is_socket and deadline.expired():
+                        # (streams too: checked between transport reads)
+                        if deadline.expired():
                             if total:
                                 break
                             raise SSLTimeoutError(f"{func}: read timed out")
@@ -581,9 +586,9 @@ class Connection:
         err = ffi.new("sp_err *")
         got = ffi.new("size_t *")
         buf = ffi.from_buffer("unsigned char[]", view, require_writable=True)
-        if self.closed:
-            raise ValueError("I/O operation on closed SSL connection")
         with buf, self.read_lock:
+            if self.closed:  # (under the lock: the last close waits for it, then closes the fd)
+                raise ValueError("I/O operation on closed SSL connection")
             status = lib.sp_read(self.ptr, buf, len(view), 0, got, deadline.slice_ms(), err)
         if status in (lib.SP_OK, lib.SP_WANT_READ, lib.SP_WANT_WRITE):
             if got[0] == 0 and status != lib.SP_OK:
@@ -1041,6 +1046,8 @@ def _check_timeout(func: str, seconds: object) -> Optional[float]:
         return None
     if isinstance(seconds, bool) or not isinstance(seconds, (int, float)):
         raise TypeError(f"{func}: timeout must be a number or None")
+    if not math.isfinite(seconds):
+        raise ValueError(f"{func}: timeout must be a finite number or None, got {seconds!r}")
     if seconds < 0:
         raise ValueError(f"{func}: timeout must be >= 0")
     return float(seconds)

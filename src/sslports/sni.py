@@ -70,7 +70,7 @@ def _sni(c: Any, name: Any, switch_to: Any, verify_flags: Any) -> int:
             )
         conn.switched_context = result  # keeps the SSL_CTX alive as long as the connection
         switch_to[0] = result._ptr
-        verify_flags[0] = result._conn_flags
+        verify_flags[0] = result._conn_policy[0]
         return 1
     except BaseException as exc:  # never let it cross into C
         conn.sni_error = exc

@@ -67,7 +67,8 @@ def verify_port_now(func: str, port: Any, on: bool, try_only: bool) -> None:
         raise exc
     inp = _input_port_of(port)
     deadline = _Deadline(inp.gettimeout() if inp is not None else None)
-    conn.write(func, memoryview(b""), deadline)  # sends the request
+    with conn.write_lock:  # (as a port's write: the last close waits for it, then closes the fd)
+        conn.write(func, memoryview(b""), deadline)  # sends the request
     scratch = bytearray(65536)
     while lib.sp_reauth_pending(conn.ptr):
         try:

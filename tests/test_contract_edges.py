@@ -1,0 +1,290 @@
+"""Edges of the API contract in the Python layer: a listener closed under a waiting accept, stream
+deadlines against a trickling peer, the SNI alert over streams, closed sockets, curve lists,
+non-finite timeouts, pickled errors, the secure context cache across threads, argument types."""
+
+from __future__ import annotations
+
+import errno
+import io
+import math
+import pickle
+import socket
+import ssl
+import threading
+import time
+from typing import Any
+
+import pytest
+from certs import in_thread
+
+import sslports
+from sslports import SSLError, SSLNetworkError
+
+
+def _server_ctx() -> Any:
+    return sslports.ssl_make_server_context(
+        private_key=("pem", sslports.TEST_PEM), certificate_chain=sslports.TEST_PEM
+    )
+
+
+# ssl_close() from another thread must wake a thread blocked in ssl_accept() (Racket's
+# tcp-close does); before, that thread stayed blocked in accept() forever.
+def test_close_listener_wakes_blocked_accept() -> None:
+    listener = sslports.ssl_listen(0, 5, True, "127.0.0.1")
+    join = in_thread(lambda: sslports.ssl_accept(listener))
+    time.sleep(0.3)  # let it block in accept()
+    sslports.ssl_close(listener)
+    with pytest.raises(SSLNetworkError, match="ssl_accept"):
+        join(5)
+
+
+# ports_to_ssl_ports(timeout=...): the deadline must be checked between transport reads.
+# A peer that trickles bytes kept the handshake going forever.
+class _Trickle(io.RawIOBase):
+    """One byte every 20 ms: the header of a 16 KiB handshake record, then its body; EOF
+    after 8 s so that a failing test does not leave a thread behind for long."""
+
+    def __init__(self) -> None:
+        self.head = bytes([0x16, 3, 1, 0x40, 0])
+        self.sent = 0
+        self.stop_at = time.monotonic() + 8
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, b: Any) -> int:
+        time.sleep(0.02)
+        if time.monotonic() > self.stop_at:
+            return 0
+        b[0] = self.head[self.sent] if self.sent < len(self.head) else 1
+        self.sent += 1
+        return 1
+
+
+class _Sink(io.RawIOBase):
+    def writable(self) -> bool:
+        return True
+
+    def write(self, b: Any) -> int:
+        return len(b)
+
+
+def test_stream_handshake_timeout_with_trickling_peer() -> None:
+    ctx = _server_ctx()
+    start = time.monotonic()
+    join = in_thread(
+        lambda: sslports.ports_to_ssl_ports(
+            _Trickle(), _Sink(), mode="accept", context=ctx, timeout=0.5
+        )
+    )
+    with pytest.raises(TimeoutError):
+        join(12)
+    assert time.monotonic() - start < 3
+
+
+# ssl_wrap_socket() of a closed socket (fileno -1, which the C layer takes for "no socket":
+# the memory-BIO mode of ports_to_ssl_ports) spun at 100% CPU until the timeout, forever
+# without one. It must fail at once.
+def test_wrap_closed_socket_fails_at_once() -> None:
+    sock = socket.socket()
+    sock.close()
+    start = time.monotonic()
+    cpu = time.process_time()
+    with pytest.raises((ValueError, SSLError)) as info:
+        sslports.ssl_wrap_socket(sock, timeout=3)
+    assert not isinstance(info.value, TimeoutError)
+    assert "ssl_wrap_socket" in str(info.value)
+    assert time.monotonic() - start < 1
+    assert time.process_time() - cpu < 1
+
+
+# ssl_server_context_enable_ecdh("prime256v1"/"secp384r1"): the group list with the usual
+# groups appended named the same curve twice (P-256 / P-384), OpenSSL refused it, and the
+# server was left with that single group: an X25519-only client could no longer connect
+# (it can with the default secp521r1).
+@pytest.mark.parametrize("curve", ["prime256v1", "prime256v", "secp384r1", "secp521r1"])
+def test_enable_ecdh_keeps_the_usual_groups(curve: str) -> None:
+    ctx = _server_ctx()
+    sslports.ssl_server_context_enable_ecdh(ctx, curve)
+    with sslports.ssl_listen(0, 5, True, "127.0.0.1", ctx, handshake_timeout=10) as listener:
+        port = sslports.ssl_addresses(listener, True)[1]
+
+        def serve() -> None:
+            i, o = sslports.ssl_accept(listener)
+            o.write(b"hi")
+            o.close()
+            i.close()
+
+        join = in_thread(serve)
+        client = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+        client.check_hostname = False
+        client.verify_mode = ssl.CERT_NONE
+        client.set_ecdh_curve("X25519")
+        try:
+            raw = socket.create_connection(("127.0.0.1", port), timeout=10)
+            with raw, client.wrap_socket(raw) as tls:
+                assert tls.recv(2) == b"hi"
+        finally:
+            join(15)
+
+
+# timeout=nan / inf: NaN is malformed (ValueError naming the function, as
+# socket.settimeout does); inf was accepted and then failed with an OverflowError from
+# poll() ("timestamp out of range") or int() far from the call that took it.
+@pytest.mark.parametrize("bad", [math.nan, math.inf])
+def test_non_finite_timeouts_are_value_errors(bad: float) -> None:
+    with pytest.raises(ValueError, match="ssl_connect"):
+        sslports.ssl_connect("127.0.0.1", 9, timeout=bad)
+    with pytest.raises(ValueError, match="ssl_listen"):
+        sslports.ssl_listen(0, 5, False, "127.0.0.1", handshake_timeout=bad)
+
+
+# SSLError keeps errno when pickled (multiprocessing, concurrent.futures): before, the
+# ECONNREFUSED that ssl_connect reports was lost.
+def test_pickled_ssl_error_keeps_errno() -> None:
+    exc = SSLNetworkError("ssl_connect: connect failed (x)", errno=errno.ECONNREFUSED)
+    back = pickle.loads(pickle.dumps(exc))
+    assert type(back) is SSLNetworkError
+    assert back.errno == errno.ECONNREFUSED
+    assert str(back) == str(exc)
+
+
+# ssl_secure_client_context(): "the same object is returned until
+# ssl_default_verify_sources() changes". Another thread that overrides the sources (the
+# ContextVar is per thread) made this thread's next call build a new context (reloading the
+# system CA bundle and losing its session cache).
+def test_secure_context_not_replaced_by_other_threads_sources() -> None:
+    first = sslports.ssl_secure_client_context()
+
+    def other() -> None:
+        sslports.ssl_default_verify_sources([str(sslports.TEST_PEM)])
+        sslports.ssl_secure_client_context()
+
+    t = threading.Thread(target=other)
+    t.start()
+    t.join(30)
+    assert sslports.ssl_secure_client_context() is first
+
+
+# An exception in the SNI callback "aborts that handshake (fatal alert)": over
+# ports_to_ssl_ports the alert was never written to the output stream, so the client
+# waited for the server's reply forever.
+def test_sni_exception_over_streams_sends_the_alert() -> None:
+    server_ctx = _server_ctx()
+
+    def boom(name: str) -> Any:
+        raise RuntimeError(f"boom {name}")
+
+    sslports.ssl_set_server_name_identification_callback(server_ctx, boom)
+    a, b = socket.socketpair()
+    files = [a.makefile("rb"), a.makefile("wb"), b.makefile("rb"), b.makefile("wb")]
+    try:
+        server = in_thread(
+            lambda: sslports.ports_to_ssl_ports(
+                files[0], files[1], mode="accept", context=server_ctx
+            )
+        )
+        client = in_thread(
+            lambda: sslports.ports_to_ssl_ports(
+                files[2], files[3], mode="connect", hostname="localhost"
+            )
+        )
+        with pytest.raises(RuntimeError, match="boom localhost"):
+            server(10)
+        with pytest.raises(SSLError, match="alert"):
+            client(5)
+    finally:
+        for sock in (a, b):  # wakes a read still waiting (the client, before the fix)
+            sock.shutdown(socket.SHUT_RDWR)
+        for f in files:
+            f.close()
+        a.close()
+        b.close()
+
+
+# The same after the handshake: a stream port's settimeout() never fired while the
+# transport kept delivering bytes slowly (the check was for sockets only).
+class _Slow(io.RawIOBase):
+    """Wraps a readable stream; while `slow` is set (for at most 4 s, so that a failing test
+    ends), one byte per 20 ms."""
+
+    def __init__(self, inner: Any) -> None:
+        self.inner = inner
+        self.slow = False
+        self.slow_until = 0.0
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, b: Any) -> int:
+        if self.slow and time.monotonic() < self.slow_until:
+            time.sleep(0.02)
+            return int(self.inner.readinto(memoryview(b)[:1]))
+        return int(self.inner.readinto1(b))
+
+
+def test_stream_read_timeout_with_trickling_peer() -> None:
+    server_ctx = _server_ctx()
+    a, b = socket.socketpair()
+    files = [a.makefile("rb"), a.makefile("wb"), b.makefile("rb"), b.makefile("wb")]
+    slow = _Slow(files[2])
+    server = in_thread(
+        lambda: sslports.ports_to_ssl_ports(files[0], files[1], mode="accept", context=server_ctx)
+    )
+    cin, cout = sslports.ports_to_ssl_ports(slow, files[3], mode="connect")
+    sin, sout = server(10)
+    try:
+        payload = bytes(range(256)) * 64  # one 16 KiB record
+        sout.write(payload)
+        sout.flush()
+        slow.slow = True
+        slow.slow_until = time.monotonic() + 4
+        cin.settimeout(0.5)
+        start = time.monotonic()
+        with pytest.raises(TimeoutError):
+            cin.read(len(payload))
+        assert time.monotonic() - start < 3
+        slow.slow = False  # the connection stays usable for a retry
+        cin.settimeout(10)
+        got = b""
+        while len(got) < len(payload):
+            chunk = cin.read1(len(payload) - len(got))
+            assert chunk
+            got += chunk
+        assert got == payload
+    finally:
+        slow.slow = False
+        for p in (cin, cout, sin, sout, *files):
+            p.close()
+        a.close()
+        b.close()
+
+
+# Closing an idle listener must not shut the socket down for the other
+# descriptors of it (a prefork parent closing its copy).
+def test_close_idle_listener_leaves_shared_socket_listening() -> None:
+    listener = sslports.ssl_listen(0, 5, True, "127.0.0.1")
+    port = sslports.ssl_addresses(listener, True)[1]
+    copy = socket.socket(fileno=socket.dup(listener.fileno()))
+    try:
+        sslports.ssl_close(listener)
+        with socket.create_connection(("127.0.0.1", port), timeout=5):
+            copy.settimeout(5)
+            conn, _ = copy.accept()
+            conn.close()
+    finally:
+        copy.close()
+
+
+# "Wrong argument types raise TypeError": mode=None / 1 raised ValueError.
+@pytest.mark.parametrize("mode", [None, 1, b"connect"])
+def test_mode_of_wrong_type_is_type_error(mode: Any) -> None:
+    a, b = socket.socketpair()
+    try:
+        with pytest.raises(TypeError, match="ports_to_ssl_ports"):
+            sslports.ports_to_ssl_ports(io.BytesIO(), io.BytesIO(), mode=mode)
+        with pytest.raises(TypeError, match="ssl_wrap_socket"):
+            sslports.ssl_wrap_socket(b, mode=mode)
+    finally:
+        a.close()
+        b.close()
