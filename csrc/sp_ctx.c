@@ -260,13 +260,25 @@ int sp_ctx_add_pem_roots(SSL_CTX *ctx, const unsigned char *pem, size_t len)
     bio = BIO_new_mem_buf(pem, (int)len);
     if (bio == NULL)
         return 0;
-    while ((cert = PEM_read_bio_X509(bio, NULL, NULL, NULL)) != NULL) {
+    for (;;) {
+        size_t left = BIO_ctrl_pending(bio);
+        cert = PEM_read_bio_X509(bio, NULL, NULL, NULL);
+        if (cert == NULL) {
+            /* The end ("no start line"), or a block that is not a certificate OpenSSL can
+             * read (a system store may hold one): skip it and go on with the next, as long as
+             * the read got past it. */
+            if (ERR_GET_REASON(ERR_peek_last_error()) == PEM_R_NO_START_LINE
+                || BIO_ctrl_pending(bio) >= left)
+                break;
+            ERR_clear_error();
+            continue;
+        }
         if (X509_STORE_add_cert(store, cert))
             added++;
         X509_free(cert);
     }
     BIO_free(bio);
-    ERR_clear_error(); /* the loop always ends with "no start line" */
+    ERR_clear_error();
     return added > 0;
 }
 

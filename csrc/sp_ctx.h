@@ -16,7 +16,8 @@ int sp_ctx_set_server_alpn(SSL_CTX *ctx, const unsigned char *wire, size_t len,
 EVP_PKEY *sp_load_private_key(const unsigned char *data, size_t len, int der, int rsa_only,
                               const char *password, sp_err *err);
 int sp_openssl_has(const char *feature);
-/* Add every certificate of a PEM blob to the trust store; 1 if at least one was added. */
+/* Add every certificate of a PEM blob to the trust store (a block it cannot read is skipped);
+ * 1 if at least one was added. */
 int sp_ctx_add_pem_roots(SSL_CTX *ctx, const unsigned char *pem, size_t len);
 /* The CA names sent with a certificate request; 1 on success. */
 int sp_ctx_load_client_ca_file(SSL_CTX *ctx, const char *path, sp_err *err);

@@ -331,6 +331,7 @@ def test_export_keying_material_bad_arguments(certs: Certs) -> None:
             ((b"label", 65537), ValueError),
             ((b"label", 16, "context"), TypeError),
             ((b"label", 16, 5), TypeError),
+            ((b"label", 16, bytes(65536)), ValueError),  # RFC 5705: a 2-byte length
         ]:
             with pytest.raises(exc, match="ssl_export_keying_material"):
                 f(inp, *args)

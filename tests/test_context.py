@@ -531,3 +531,23 @@ def test_ssl_listen_reuse_and_rebind(pki: Any) -> None:
         sslports.ssl_listen(port, 5, False, LOCAL, pki.server_context())
     again = sslports.ssl_listen(port, 5, True, LOCAL, pki.server_context())
     again.close()
+
+
+def test_system_store_roots_past_an_unreadable_block(pki: Any, echo_server: Any) -> None:
+    """The Windows and macOS stores hand over their roots as one PEM blob (context.py
+    _add_pem_roots): a block OpenSSL cannot read is skipped, and the roots after it are
+    trusted (it stopped there, and the rest went untrusted without a word)."""
+    import trustme
+
+    from sslports import context
+
+    garbled = b"-----BEGIN CERTIFICATE-----\nMIIBnotbase64!!\n-----END CERTIFICATE-----\n"
+    blob = trustme.CA().cert_pem.bytes() + garbled + pki.ca_pem.read_bytes()
+    ctx = sslports.ssl_make_client_context()
+    assert context._add_pem_roots(ctx, blob)
+    sslports.ssl_set_verify(ctx, True)
+    sslports.ssl_set_verify_hostname(ctx, True)
+    server = echo_server(pki.server_context())
+    inp, out = sslports.ssl_connect("localhost", server.port, ctx)
+    with inp, out:
+        assert sslports.ssl_peer_verified(inp)

@@ -288,3 +288,27 @@ def test_mode_of_wrong_type_is_type_error(mode: Any) -> None:
     finally:
         a.close()
         b.close()
+
+
+# ssl_wrap_socket() whose handshake fails closes the socket (as Python's ssl and ssl_connect
+# do): before, it was left open, blocking, with the pump's 50 ms receive timeout on it.
+def test_wrap_socket_closes_the_socket_when_the_handshake_fails() -> None:
+    listener = socket.create_server(("127.0.0.1", 0))
+    port = listener.getsockname()[1]
+
+    def serve() -> None:
+        conn, _ = listener.accept()
+        with conn:
+            conn.recv(4096)  # the ClientHello
+            conn.sendall(b"HTTP/1.1 400 Bad Request\r\n\r\n")  # not TLS
+
+    join = in_thread(serve)
+    sock = socket.create_connection(("127.0.0.1", port), timeout=10)
+    try:
+        with pytest.raises(SSLNetworkError, match="ssl_wrap_socket: handshake failed"):
+            sslports.ssl_wrap_socket(sock, timeout=10)
+        assert sock.fileno() == -1
+    finally:
+        sock.close()
+        join(10)
+        listener.close()

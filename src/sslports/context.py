@@ -160,6 +160,7 @@ class _Context:
 
     def _apply_protocol(self, protocol: str) -> None:
         lib = _binding.lib
+        lib.ERR_clear_error()  # (what fails below is reported from this thread's queue)
         if protocol in ("auto", "secure"):
             ok = lib.SSL_CTX_set_min_proto_version(self._ptr, lib.TLS1_2_VERSION)
         else:
@@ -167,7 +168,8 @@ class _Context:
             if protocol in ("tls", "tls11"):
                 # TLS 1.0/1.1 sign with SHA-1/MD5, which OpenSSL 3 allows only at level 0.
                 lib.SSL_CTX_set_security_level(self._ptr, 0)
-                lib.SSL_CTX_set_cipher_list(self._ptr, b"DEFAULT:@SECLEVEL=0")
+                if not lib.SSL_CTX_set_cipher_list(self._ptr, b"DEFAULT:@SECLEVEL=0"):
+                    lib.ERR_clear_error()  # (then the version's own ciphers decide)
             ok = lib.SSL_CTX_set_min_proto_version(self._ptr, version)
             ok = ok and lib.SSL_CTX_set_max_proto_version(self._ptr, version)
         if not ok:
@@ -797,7 +799,7 @@ def ssl_server_context_enable_ecdh(context: object, curve_name: str = "secp521r1
         if not lib.SSL_CTX_set1_groups_list(ptr, name.encode()):
             lib.ERR_clear_error()
             raise SSLUnsupportedError(f"{func}: curve {curve_name!r} not supported by this OpenSSL")
-        lib.SSL_CTX_set1_groups_list(ptr, ":".join(groups).encode())
+        # (the list was refused, the curve alone was not: the server offers that one)
 
 
 # -- verification policy on contexts (ports are handled in verify.py) -------------------------

@@ -730,9 +730,11 @@ def ssl_wrap_socket(
     """TLS over an already connected socket, with the C fast path. Extension.
 
     The ports take ownership of `sock` (closing both closes it) and of its descriptor's
-    blocking mode and receive timeout: do no I/O on `sock` yourself afterwards.
+    blocking mode and receive timeout: do no I/O on `sock` yourself afterwards. When the
+    handshake fails, `sock` is closed (as Python's ssl and ssl_connect do): what is left of
+    a half-made TLS connection is of no use, and the pump has changed its settings.
 
-    :raises SSLNetworkError: the handshake failed.
+    :raises SSLNetworkError: the handshake failed (`sock` is closed).
     """
     func = "ssl_wrap_socket"
     if not isinstance(sock, socket.socket):
@@ -743,9 +745,13 @@ def ssl_wrap_socket(
     timeout = _check_timeout(func, timeout)
     _check_flag(func, "strict_eof", strict_eof)
     _binding.require_native(func)
-    return _start_on_socket(
-        func, sock, ctx, mode == "accept", host, wire, timeout, timeout, strict_eof
-    )
+    try:
+        return _start_on_socket(
+            func, sock, ctx, mode == "accept", host, wire, timeout, timeout, strict_eof
+        )
+    except BaseException:
+        sock.close()
+        raise
 
 
 def secure_default() -> SSLClientContext:

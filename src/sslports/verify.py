@@ -266,6 +266,8 @@ def ssl_export_keying_material(
         raise ValueError(f"{func}: length must be in 1..65536")
     if context is not None and not isinstance(context, (bytes, bytearray)):
         raise TypeError(f"{func}: context must be bytes or None")
+    if context is not None and len(context) > 0xFFFF:  # (TLS 1.2 sends its length in 2 bytes)
+        raise ValueError(f"{func}: context must be at most 65535 bytes (RFC 5705)")
     lib = _binding.lib
     ffi = _binding.ffi
     out = ffi.new("unsigned char[]", length)
