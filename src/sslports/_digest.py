@@ -321,11 +321,35 @@ def _check_count(count: object, limit: int, func: str) -> int:
     return count
 
 
+# The io base classes' own readinto is no reader: io.RawIOBase's raises NotImplementedError and
+# io.BufferedIOBase's calls read() and insists on bytes (no bytearray, memoryview or None). A
+# subclass that overrides read() but inherits them is read through its own read().
+_BASE_READINTO = (
+    io.RawIOBase.readinto,
+    io.BufferedIOBase.readinto,
+    io.BufferedIOBase.readinto1,
+)
+_BASE_READ = (io.RawIOBase.read, io.BufferedIOBase.read)
+
+
+def _readinto_of(port: Any) -> Optional[Callable[[bytearray], Any]]:
+    """The ``readinto`` (else ``readinto1``) to read ``port`` with, or None to use ``read``."""
+    kind = type(port)
+    if (
+        isinstance(port, (io.RawIOBase, io.BufferedIOBase))
+        and getattr(kind, "read", None) not in _BASE_READ
+    ):
+        for name in ("readinto", "readinto1"):
+            method = getattr(kind, name, None)
+            if method is not None and method not in _BASE_READINTO:
+                return getattr(port, name)  # type: ignore[no-any-return]
+        return None
+    return getattr(port, "readinto", None) or getattr(port, "readinto1", None)
+
+
 def _digest_stream_native(hasher: _NativeHasher, port: Any, func: str) -> None:
     """The generic path over the native hasher: one C call per block, no allocation per block."""
-    readinto: Optional[Callable[[bytearray], Any]] = getattr(port, "readinto", None) or getattr(
-        port, "readinto1", None
-    )
+    readinto = _readinto_of(port)
     if readinto is None:
         _digest_stream_read(hasher, port, func)
         return
@@ -351,9 +375,7 @@ def _digest_stream_native(hasher: _NativeHasher, port: Any, func: str) -> None:
 
 def _digest_stream_hashlib(hasher: _HashlibHasher, port: Any, func: str) -> None:
     """The generic path over hashlib."""
-    readinto: Optional[Callable[[bytearray], Any]] = getattr(port, "readinto", None) or getattr(
-        port, "readinto1", None
-    )
+    readinto = _readinto_of(port)
     if readinto is None:
         _digest_stream_read(hasher, port, func)
         return

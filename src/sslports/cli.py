@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import errno
 import functools
 import html
 import io
@@ -213,7 +214,16 @@ def _host_port(text: str) -> tuple[str, int]:
             )
     if not host:
         raise argparse.ArgumentTypeError(f"missing host in {text!r}")
-    return host, _port_number(port_text, lowest=1)
+    return _host_name(host), _port_number(port_text, lowest=1)
+
+
+def _host_name(text: str) -> str:
+    """A host name or address the resolver can be asked about (IDNA-encodable)."""
+    try:
+        text.encode("idna")
+    except UnicodeError as exc:
+        raise argparse.ArgumentTypeError(f"not a valid host name: {text!r} ({exc})") from None
+    return text
 
 
 def _port_number(text: str, lowest: int = 0) -> int:
@@ -714,8 +724,16 @@ def _dir_respond(session: _Session, method: str, target: str) -> str:
             page = _dir_listing(url_path, path)
             _send_page(session.out, 200, "OK", page, "text/html; charset=utf-8", head_only)
             return "200 OK (listing)"
-        with open(path, "rb") as f:
-            size = os.fstat(f.fileno()).st_size
+        # O_NONBLOCK: opening a FIFO (or a device) must not block the connection forever.
+        nonblock = getattr(os, "O_NONBLOCK", 0)  # (POSIX)
+        fd = os.open(path, os.O_RDONLY | nonblock)
+        with open(fd, "rb") as f:
+            info = os.fstat(fd)
+            if not stat.S_ISREG(info.st_mode):
+                raise PermissionError(errno.EACCES, "not a regular file", str(path))
+            if nonblock:
+                os.set_blocking(fd, True)
+            size = info.st_size
             kind = mimetypes.guess_type(path.name)[0] or "application/octet-stream"
             _send_head(session.out, 200, "OK", kind, size)
             sent = 0
@@ -727,10 +745,10 @@ def _dir_respond(session: _Session, method: str, target: str) -> str:
                 sent += len(chunk)
             session.out.flush()
         return f"200 OK ({sent if not head_only else size} bytes)"
-    except FileNotFoundError:
-        raise _HTTPError(404, "Not Found", url_path) from None
     except (PermissionError, IsADirectoryError):
         raise _HTTPError(403, "Forbidden", url_path) from None
+    except OSError:  # ENOENT, ENOTDIR (a file used as a directory), ENAMETOOLONG, ELOOP ...
+        raise _HTTPError(404, "Not Found", url_path) from None
 
 
 def _serve_connection(session: _Session) -> None:
@@ -952,16 +970,17 @@ def _cmd_digest(args: argparse.Namespace) -> int:
 
 def _parse_check_line(line: bytes, tag: str, hexlen: int) -> Optional[tuple[str, bytes]]:
     """``(hex, name)`` from a ``sha1sum`` / ``sha1sum --tag`` line, or None if malformed."""
+    line = line.lstrip(b" \t")
     escaped = line.startswith(b"\\")
     if escaped:
         line = line[1:]
     bsd = re.fullmatch(
-        rb"%s \((.*)\) = ([0-9a-fA-F]{%d})" % (tag.encode(), hexlen), line, re.DOTALL
+        rb"%s ?\((.*)\)[ \t]*=[ \t]*([0-9a-fA-F]{%d})" % (tag.encode(), hexlen), line, re.DOTALL
     )
     if bsd is not None:
         name, hex_digest = bsd.group(1), bsd.group(2)
     else:
-        gnu = re.fullmatch(rb"([0-9a-fA-F]{%d}) [ *](.+)" % hexlen, line, re.DOTALL)
+        gnu = re.fullmatch(rb"([0-9a-fA-F]{%d})[ \t][ *]?(.+)" % hexlen, line, re.DOTALL)
         if gnu is None:
             return None
         hex_digest, name = gnu.group(1), gnu.group(2)
@@ -997,6 +1016,7 @@ def _check_digests(args: argparse.Namespace) -> int:
             continue
         well_formed = 0
         malformed_before = malformed
+        checked_before = checked
         for number, line in enumerate(lines, 1):
             if line.endswith(b"\r"):
                 line = line[:-1]
@@ -1014,12 +1034,13 @@ def _check_digests(args: argparse.Namespace) -> int:
             shown = (b"\\" if escaped else b"") + shown
             try:
                 actual = _digest_of(os.fsdecode(name), hash_port)
-            except OSError as exc:
+            except (OSError, ValueError) as exc:  # ValueError: a NUL in the name
                 if args.ignore_missing and isinstance(exc, FileNotFoundError):
                     continue
                 unreadable += 1
                 if not args.status:
-                    _error_line(f"{os.fsdecode(name)}: {exc.strerror or exc}")
+                    what = exc.strerror if isinstance(exc, OSError) else None
+                    _error_line(f"{os.fsdecode(name)}: {what or exc}")
                     _write_stdout(shown + b": FAILED open or read\n")
                 continue
             checked += 1
@@ -1035,6 +1056,9 @@ def _check_digests(args: argparse.Namespace) -> int:
             _error_line(f"{list_name}: no properly formatted {tag} checksum lines found")
             status = EXIT_FAILURE
             malformed = malformed_before  # said once, as coreutils does
+        elif args.ignore_missing and checked == checked_before:
+            _error_line(f"{list_name}: no file was verified")
+            status = EXIT_FAILURE
     if not args.status:
         for count, what in (
             (malformed, "line is improperly formatted"),
@@ -1484,7 +1508,9 @@ def build_parser() -> argparse.ArgumentParser:
         description="Accept TLS connections, one thread each. Prints 'listening on HOST:PORT' "
         "on stdout once ready. Ctrl-C stops it (exit status 130).",
     )
-    serve.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
+    serve.add_argument(
+        "--host", type=_host_name, default="127.0.0.1", help="address to bind (default 127.0.0.1)"
+    )
     serve.add_argument(
         "--port", type=_server_port, default=4433, help="port (default 4433; 0 picks a free one)"
     )
