@@ -79,7 +79,8 @@ def _thread_buffers() -> tuple[Any, Any, Any, Any, Any, Any]:
     ``ffi.unpack``, which makes bytes in one step).
 
     Each is filled and emptied with no await in between, so every connection of the thread's
-    event loop can share them (they stay alive with the thread's ``_per_thread``).
+    event loop can share them (they stay alive with the thread's ``_per_thread``); the receive
+    buffer only where the loop fills it and reports it in one step (_fills_at_once).
     """
     try:
         return _per_thread.bufs  # type: ignore[no-any-return]
@@ -98,6 +99,16 @@ def _thread_buffers() -> tuple[Any, Any, Any, Any, Any, Any]:
             ffi.cast("char *", out),
         )
         return _per_thread.bufs  # type: ignore[no-any-return]
+
+
+def _fills_at_once(loop: asyncio.AbstractEventLoop) -> bool:
+    """Whether `loop` fills a BufferedProtocol's buffer and reports it (buffer_updated) in one
+    step, as selector loops and uvloop do: then its connections can share the thread's receive
+    buffer. A proactor loop (Windows' default) keeps the buffer through an overlapped receive
+    while other connections receive: there each connection has its own."""
+    return isinstance(loop, asyncio.selector_events.BaseSelectorEventLoop) or (
+        type(loop).__module__.partition(".")[0] == "uvloop"
+    )
 
 
 __all__ = [
@@ -122,6 +133,7 @@ class AioConnection:
     paused_reading = False  # too much plaintext waits unread: the raw side stopped reading
     sending = True  # the raw side takes ciphertext (until closed or lost)
     input_ended = False  # the raw side reported its end (EOF or loss)
+    peer_closed = False  # the peer's close_notify arrived (its write side is closed, not ours)
     closing: Optional[asyncio.Task[None]] = None  # close() waits for held-back bytes (close)
 
     def __init__(
@@ -235,6 +247,7 @@ class AioConnection:
                     break
                 if status == _EOF:
                     self.eof = True
+                    self.peer_closed = True
                 elif status == _RAGGED_EOF:
                     if self.strict_eof and not self.closed:  # (our own close is no failure)
                         self.exc = SSLError("read: read failed (unexpected eof)")
@@ -377,7 +390,13 @@ class _SSLProtocol(AioConnection, asyncio.BufferedProtocol):
         super().__init__(ptr, context, hostname, strict_eof)
         self.transport_: Optional[asyncio.Transport] = None
         self.loop = asyncio.get_running_loop()
-        self.recv_buf, self.recv_c = _thread_buffers()[:2]
+        if _fills_at_once(self.loop):
+            self.recv_buf, self.recv_c = _thread_buffers()[:2]
+        else:
+            self.recv_buf = bytearray(_BUF)
+            self.recv_c = _binding.ffi.from_buffer(
+                "unsigned char[]", self.recv_buf, require_writable=True
+            )
         self.lost: Optional[BaseException] = None
         self.is_lost = False
         self.paused_reading = False
@@ -411,7 +430,10 @@ class _SSLProtocol(AioConnection, asyncio.BufferedProtocol):
 
     def eof_received(self) -> bool:
         self.end_input()
-        return False
+        # After the peer's close_notify its TCP EOF is a half-close (RFC 8446 6.1): keep the
+        # transport open so that we can still answer; writer.close() closes it. An EOF without
+        # close_notify (a truncation, or a failed handshake) closes the transport as before.
+        return self.peer_closed and not self.closed
 
     def connection_lost(self, exc: Optional[BaseException]) -> None:
         self.lost = exc
@@ -993,11 +1015,14 @@ async def start_ssl_server(
     async def on_client(conn: _SSLProtocol) -> None:
         try:
             ssl_reader, ssl_writer = await _start("ssl_accept", conn, handshake_timeout, limit)
-        except (SSLError, OSError) as exc:  # that client is gone; the server keeps serving
-            _log.debug("%s: %s from %s", func, exc, conn.get_extra_info("peername"), exc_info=exc)
-            return
-        except Exception as exc:  # a server-name callback failed
-            report(f"{func}: the server-name callback failed during the handshake", exc, conn)
+        except Exception as exc:
+            if exc is conn.sni_error or not isinstance(exc, (SSLError, OSError)):
+                # a server-name callback failed (whatever it raised): a bug of the server's
+                report(f"{func}: the server-name callback failed during the handshake", exc, conn)
+            else:  # that client is gone; the server keeps serving
+                _log.debug(
+                    "%s: %s from %s", func, exc, conn.get_extra_info("peername"), exc_info=exc
+                )
             return
         task = asyncio.current_task()
         if task is not None:

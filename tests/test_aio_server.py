@@ -1,0 +1,149 @@
+"""sslports.aio servers: answering a client that half-closed after its close_notify, and a
+server-name callback whose exception reaches the loop's exception handler."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+from typing import Any
+
+import pytest
+from test_aio import LOOPS, client_context, run, server_context
+
+import sslports as S
+from sslports import aio
+
+
+@pytest.mark.parametrize("loop_kind", LOOPS)
+def test_server_answers_a_client_that_half_closed(loop_kind: str) -> None:
+    """A client sends its request, then close_notify and a TCP half-close (what
+    ``python -m sslports connect`` does at EOF on stdin), and waits for the answer. TLS lets
+    the server still write (RFC 8446 6.1) and ssl_accept's ports do; the aio server lost its
+    answer whenever the handler awaited anything before writing (the transport closed itself
+    on the TCP EOF)."""
+
+    async def handler(reader: aio.SSLStreamReader, writer: aio.SSLStreamWriter) -> None:
+        data = await reader.read()  # until the client is done
+        await asyncio.sleep(0.2)  # e.g. a database lookup
+        writer.write(data.upper())
+        await writer.drain()
+        writer.close()
+
+    def client(port: int) -> bytes:
+        sock = socket.create_connection(("127.0.0.1", port), timeout=10)
+        inp, out = S.ports_to_ssl_ports(
+            sock.makefile("rb"),
+            sock.makefile("wb"),
+            mode="connect",
+            context=client_context(),
+            hostname="localhost",
+            shutdown_on_close=True,
+        )
+        out.write(b"hello\n")
+        out.close()  # close_notify
+        sock.shutdown(socket.SHUT_WR)  # and the TCP half-close
+        try:
+            return inp.read()
+        finally:
+            inp.close()
+            sock.close()
+
+    async def main() -> bytes:
+        server = await aio.start_ssl_server(handler, "127.0.0.1", 0, server_context())
+        async with server:
+            port = server.sockets[0].getsockname()[1]
+            return await asyncio.wait_for(asyncio.to_thread(client, port), 10)  # type: ignore[no-any-return]
+
+    assert run(loop_kind, main) == b"HELLO\n"
+
+
+@pytest.mark.parametrize("loop_kind", LOOPS)
+@pytest.mark.parametrize(
+    "error",
+    [
+        S.SSLError("ssl_make_server_context: load failed (no such file)"),
+        FileNotFoundError(2, "No such file or directory", "b.example.pem"),
+    ],
+    ids=["SSLError", "FileNotFoundError"],
+)
+def test_sni_callback_oserror_goes_to_the_exception_handler(
+    loop_kind: str, error: BaseException
+) -> None:
+    """A server-name callback that fails with an OSError or SSLError (typically: loading the
+    certificate of the name it was asked for) is a server bug, as any other exception it
+    raises: it must reach the loop's exception handler (aio's docstring), not only a debug
+    log line as a client's failed handshake does."""
+    seen: list[dict[str, Any]] = []
+
+    def choose(name: str) -> Any:
+        raise error
+
+    async def main() -> None:
+        asyncio.get_running_loop().set_exception_handler(lambda _loop, ctx: seen.append(ctx))
+        ctx = server_context()
+        S.ssl_set_server_name_identification_callback(ctx, choose)
+
+        async def handler(reader: aio.SSLStreamReader, writer: aio.SSLStreamWriter) -> None:
+            writer.close()
+
+        server = await aio.start_ssl_server(handler, "127.0.0.1", 0, ctx)
+        async with server:
+            port = server.sockets[0].getsockname()[1]
+            with pytest.raises(S.SSLNetworkError):
+                await aio.open_ssl_connection("localhost", port, client_context(), timeout=10)
+            for _ in range(100):
+                if seen:
+                    break
+                await asyncio.sleep(0.01)
+
+    run(loop_kind, main)
+    assert [ctx.get("exception") for ctx in seen] == [error]
+    assert "server-name callback" in seen[0]["message"]
+
+
+@pytest.mark.parametrize("loop_kind", LOOPS)
+@pytest.mark.parametrize("fills_at_once", [True, False])
+def test_receive_buffer_shared_only_where_the_loop_fills_it_at_once(
+    loop_kind: str, fills_at_once: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Selector loops and uvloop fill a protocol's receive buffer and report it in one step, so
+    a thread's connections share one buffer. A proactor loop (Windows' default) keeps the
+    buffer through an overlapped receive while other connections receive: a shared buffer
+    there would mix two connections' ciphertext, so each connection gets its own. Both ways,
+    two connections that talk at once each get their own bytes back."""
+    loop = asyncio.new_event_loop()
+    try:
+        assert aio._fills_at_once(loop)  # (this platform's default loop: a selector loop)
+    finally:
+        loop.close()
+    monkeypatch.setattr(aio, "_fills_at_once", lambda loop: fills_at_once)
+    buffers: list[Any] = []
+
+    async def handler(reader: aio.SSLStreamReader, writer: aio.SSLStreamWriter) -> None:
+        buffers.append(writer._sslports_conn.recv_buf)
+        while line := await reader.readline():
+            writer.write(line)
+            await writer.drain()
+        writer.close()
+
+    async def talk(port: int, tag: bytes) -> bytes:
+        reader, writer = await aio.open_ssl_connection(
+            "localhost", port, client_context(), timeout=10
+        )
+        got = b""
+        for i in range(50):
+            writer.write(tag * 1000 + b"%d\n" % i)
+            got += await reader.readline()
+        writer.close()
+        return got
+
+    async def main() -> list[bytes]:
+        server = await aio.start_ssl_server(handler, "127.0.0.1", 0, server_context())
+        async with server:
+            port = server.sockets[0].getsockname()[1]
+            return list(await asyncio.gather(talk(port, b"a"), talk(port, b"b")))
+
+    a, b = run(loop_kind, main)
+    assert a == b"".join(b"a" * 1000 + b"%d\n" % i for i in range(50))
+    assert b == b"".join(b"b" * 1000 + b"%d\n" % i for i in range(50))
+    assert len(buffers) == 2 and (buffers[0] is buffers[1]) is fills_at_once
