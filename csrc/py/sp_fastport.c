@@ -1206,6 +1206,23 @@ static int wants_close_notify(PyObject *port, PyObject *conn)
     return yes < 0 ? -1 : !yes;
 }
 
+/* The output port's lock is free, or a write in another thread releases it within
+ * CLOSE_WAIT_US (it was only running): 1. It stays held (a write waiting for a peer that does
+ * not read): 0. A signal handler's exception while waiting is noted in f: 0. */
+#define CLOSE_WAIT_US 1000000
+static int write_ends_soon(Lock *lock, in_flight *f)
+{
+    int r;
+    if (!lock->locked)
+        return 1;
+    r = lock_wait(lock, CLOSE_WAIT_US);
+    if (r > 0)
+        lock_give(lock);
+    else if (r < 0)
+        note_failure(f);
+    return r > 0;
+}
+
 static PyObject *close_port(PyObject *port, int output)
 {
     PyObject *dict = PyObject_GenericGetDict(port, NULL), *conn = NULL, *fast, *timeout;
@@ -1220,16 +1237,37 @@ static PyObject *close_port(PyObject *port, int output)
         Py_DECREF(dict);
         return claimed < 0 ? NULL : new_none();
     }
-    if (output) { /* try: flush, close_notify; finally: ... */
+    if (output) { /* try: flush, close_notify (unless a write holds the lock); finally: ... */
         int notify;
+        PyObject *lock;
         if ((conn = PyObject_GetAttr(port, str_conn)) == NULL) {
             Py_DECREF(dict);
             return NULL;
+        }
+        lock = PyDict_GetItemWithError(dict, str_lock); /* (borrowed) */
+        if (lock == NULL && PyErr_Occurred())
+            note_failure(&f);
+        else if (lock != NULL && (PyObject *)Py_TYPE(lock) == lock_type
+                 && !write_ends_soon((Lock *)lock, &f)) {
+            /* ports.py SSLOutputPort.close: a write in another thread that does not end (a
+             * peer that does not read) is not waited for; io's close() below calls flush()
+             * too: the Python one, which knows (the C one would wait) */
+            fast = PyDict_GetItemWithError(dict, str_fast);
+            if (fast != NULL && Py_TYPE(fast) == (PyTypeObject *)writer_type) {
+                Py_INCREF(fast);
+                if (install((Port *)fast, port, 0) < 0)
+                    note_failure(&f);
+                Py_DECREF(fast);
+            } else if (fast == NULL && PyErr_Occurred()) {
+                note_failure(&f);
+            }
+            goto flushed;
         }
         call_noted(&f, PyObject_CallMethodNoArgs(port, str_flush));
         if (f.value == NULL && (notify = wants_close_notify(port, conn)) != 0)
             call_noted(&f, notify < 0 ? NULL : PyObject_CallMethodNoArgs(port, str_close_notify));
     }
+flushed:
     call_noted(&f, PyObject_CallOneArg(iobase_close, port));
     fast = PyDict_GetItemWithError(dict, str_fast); /* _sync_fast(): closed, so off */
     if (fast != NULL && (Py_TYPE(fast) == (PyTypeObject *)reader_type

@@ -182,16 +182,28 @@ class _Sender:
         self.error: Optional[BaseException] = None
         self.stopping = False
         self.thread: Optional[threading.Thread] = None
+        self.put_total = 0  # bytes queued so far
+        self.done_total = 0  # ... and written out
+        self.written_mark = 0  # put_total after the last write of the output port
 
-    def put(self, data: bytes, deadline: _Deadline) -> None:
+    def wait_room(self, deadline: _Deadline) -> None:
+        """Wait until the queue has room (back-pressure); raise the sender's error or a
+        timeout. Called before ciphertext is taken from the pump, so a timeout loses none."""
         with self.cond:
             while self.queued >= _SEND_HIGH and self.error is None:
                 if not self.cond.wait(deadline.remaining()):
                     raise SSLTimeoutError("write: timed out waiting for the transport")
             if self.error is not None:
                 raise self.error
+
+    def put(self, data: bytes, deadline: _Deadline) -> None:
+        self.wait_room(deadline)
+        with self.cond:
+            if self.error is not None:
+                raise self.error
             self.queue.append(data)
             self.queued += len(data)
+            self.put_total += len(data)
             if self.thread is None:
                 self.thread = threading.Thread(
                     target=self._run, name="sslports-sender", daemon=True
@@ -218,12 +230,22 @@ class _Sender:
                 return
             with self.cond:
                 self.queued -= len(data)
+                self.done_total += len(data)
                 self.cond.notify_all()
 
     def drain(self, timeout: Optional[float]) -> bool:
         """Wait until everything queued was written (or failed). False on timeout."""
         with self.cond:
             return self.cond.wait_for(lambda: self.queued == 0 or self.error is not None, timeout)
+
+    def drain_written(self, timeout: Optional[float]) -> bool:
+        """Wait until the output port's bytes were written (not what reads queued later, such
+        as an alert to a peer that no longer reads). False on timeout."""
+        with self.cond:
+            mark = self.written_mark
+            return self.cond.wait_for(
+                lambda: self.done_total >= mark or self.error is not None, timeout
+            )
 
     def stop(self) -> None:
         with self.cond:
@@ -269,6 +291,7 @@ class _StreamTransport:
         self.in_lock = threading.Lock()
         self.out_lock = threading.Lock()
         self.sender = _Sender(out)
+        self.write_left = False  # a write's ciphertext is still in the pump (a timeout)
         self.eof = False
         readinto = getattr(inp, "readinto1", None) or getattr(inp, "readinto", None)
         self._readinto: Optional[Callable[[memoryview], Optional[int]]] = readinto
@@ -285,13 +308,16 @@ class _StreamTransport:
         lib = _binding.lib
         with self.out_lock:
             while True:
-                pending = lib.sp_pending_out(conn)
-                if pending == 0:
+                if lib.sp_pending_out(conn) == 0:
                     return
-                chunk = bytearray(pending)
-                n = lib.sp_take(conn, _binding.ffi.from_buffer(chunk), pending)
                 try:
-                    self.sender.put(bytes(chunk[:n]), deadline)
+                    # Room first: ciphertext taken from the pump must reach the queue (a
+                    # timeout leaves it in the pump, for the next push).
+                    self.sender.wait_room(deadline)
+                    pending = lib.sp_pending_out(conn)
+                    chunk = bytearray(pending)
+                    n = lib.sp_take(conn, _binding.ffi.from_buffer(chunk), pending)
+                    self.sender.put(bytes(chunk[:n]), _NO_DEADLINE)
                 except SSLError:
                     raise
                 except (OSError, ValueError) as exc:  # what the sender thread's write raised
@@ -326,8 +352,12 @@ class _StreamTransport:
                 raise MemoryError("sslports: cannot buffer incoming ciphertext")
 
     def close(self, close_original: bool, timeout: Optional[float]) -> None:
+        # Every byte written goes to the output stream before close() returns, also when the
+        # caller keeps (and may close right after) the streams.
         if close_original:
             self.sender.drain(timeout)
+        else:
+            self.sender.drain_written(timeout)
         self.sender.stop()
         if close_original:
             for stream in (self.inp, self.out):
@@ -614,6 +644,8 @@ class Connection:
         hsize = len(hbuf)
         size = hsize + len(buf)
         total = 0
+        if not self.is_socket:  # until its ciphertext is queued (a timeout: flush() pushes it)
+            cast(_StreamTransport, self.transport).write_left = True
         # (`with`: see read; release the exports even on errors)
         ptr = self.ptr
         with hbuf, buf:
@@ -639,7 +671,12 @@ class Connection:
                         continue
                     raise self.fail(func, "write", err)
                 if not self.is_socket:
-                    cast(_StreamTransport, self.transport).push_out(ptr, deadline)
+                    transport = cast(_StreamTransport, self.transport)
+                    try:
+                        transport.push_out(ptr, deadline)
+                        transport.write_left = False
+                    finally:  # (the output port's bytes: close waits for them)
+                        transport.sender.written_mark = transport.sender.put_total
             except _TransportError as exc:
                 raise self.make_error(SSLError(f"{func}: write failed ({exc.message})")) from exc
         return total
@@ -770,7 +807,12 @@ class SSLInputPort(io.BufferedIOBase):
                 self._sync_fast()
                 if n == len(view) or not fill:
                     return n
-                return n + conn.read("read", view[n:], fill, _deadline(self._timeout))
+                try:  # (the kept bytes count: a timeout makes this a short read, as below)
+                    return conn.read("read", view, fill, _deadline(self._timeout), n)
+                except BaseException:  # (a closed connection, Ctrl-C): they are kept again
+                    self._pending = bytes(view[:n]) + self._pending
+                    self._sync_fast()
+                    raise
             return conn.read("read", b, fill, _deadline(self._timeout))
 
     def readinto(self, b: Any, /) -> int:
@@ -781,7 +823,19 @@ class SSLInputPort(io.BufferedIOBase):
 
     def read(self, size: Optional[int] = -1, /) -> bytes:
         if size is None or size < 0:
-            return _read_all(self)
+            chunks: list[bytes] = []
+            try:
+                while True:
+                    chunk = self.read1(_READ_CHUNK)
+                    if not chunk:
+                        return b"".join(chunks)
+                    chunks.append(chunk)
+            except BaseException:  # a timeout (or Ctrl-C): what arrived is read again first
+                if chunks:
+                    with self._lock:
+                        self._pending = b"".join(chunks) + self._pending
+                        self._sync_fast()
+                raise
         buf = bytearray(size)
         n = self._readinto(buf, True)
         del buf[n:]
@@ -795,28 +849,43 @@ class SSLInputPort(io.BufferedIOBase):
         del buf[n:]
         return bytes(buf)
 
-    def peek(self, size: int = 0) -> bytes:
+    def _peek_locked(self, size: int) -> bytes:
+        """peek() with the read lock held: one read when nothing is kept."""
         if not self._pending:
-            self._pending = self.read1(max(size, 1) if size > 0 else _READ_CHUNK)
+            buf = bytearray(max(size, 1) if size > 0 else _READ_CHUNK)
+            n = self._sslports_conn.read("read", buf, False, _deadline(self._timeout))
+            del buf[n:]
+            self._pending = bytes(buf)
             self._sync_fast()
         return self._pending
 
+    def peek(self, size: int = 0) -> bytes:
+        self._check()
+        with self._lock:  # (one reader at a time: a second must not replace what is kept)
+            return self._peek_locked(size)
+
     def readline(self, size: Optional[int] = -1) -> bytes:
+        self._check()
         limit = -1 if size is None else size
         line = bytearray()
-        while limit < 0 or len(line) < limit:
-            chunk = self.peek()
-            if not chunk:
-                break
-            end = chunk.find(b"\n") + 1 or len(chunk)
-            if limit >= 0:
-                end = min(end, limit - len(line))
-            line += chunk[:end]
-            with self._lock:
-                self._pending = self._pending[end:]
+        with self._lock:  # (a whole line for one reader; another thread waits)
+            try:
+                while limit < 0 or len(line) < limit:
+                    chunk = self._peek_locked(0)
+                    if not chunk:
+                        break
+                    end = chunk.find(b"\n") + 1 or len(chunk)
+                    if limit >= 0:
+                        end = min(end, limit - len(line))
+                    line += chunk[:end]
+                    self._pending = self._pending[end:]
+                    if line.endswith(b"\n"):
+                        break
+            except BaseException:  # a timeout (or Ctrl-C) mid-line: the line is read again
+                self._pending = bytes(line) + self._pending
+                raise
+            finally:
                 self._sync_fast()
-            if line.endswith(b"\n"):
-                break
         return bytes(line)
 
     def write(self, b: Any, /) -> int:
@@ -906,7 +975,13 @@ class SSLOutputPort(io.BufferedIOBase):
         of time could not send. They count as pending: the next write sends them, and so does
         flush()."""
         conn = self._sslports_conn
-        return conn.is_socket and not conn.closed and bool(_binding.lib.sp_held_out(conn.ptr))
+        if conn.closed:
+            return False
+        if conn.is_socket:
+            return bool(_binding.lib.sp_held_out(conn.ptr))
+        # A stream connection: ciphertext a timed-out write left in the pump (push_out).
+        transport = cast(_StreamTransport, conn.transport)
+        return transport.write_left and transport.sender.error is None  # (else: lost anyway)
 
     def writelines(self, lines: Iterable[Any]) -> None:
         for line in lines:
@@ -963,6 +1038,8 @@ class SSLOutputPort(io.BufferedIOBase):
     def flush(self) -> None:
         if self.closed or not (self._buf or self._conn_holds()):
             return
+        if "_close_claimed" in self.__dict__ and self._lock.locked():
+            return  # (close(), io's included: never wait for a write in another thread)
         with self._lock:
             if self._buf or self._conn_holds():
                 self._send_locked()
@@ -972,9 +1049,14 @@ class SSLOutputPort(io.BufferedIOBase):
             return
         conn = self._sslports_conn
         try:
-            self.flush()
-            if conn.shutdown_on_close and not self._abandoned:
-                self._close_notify()
+            # A write in another thread holds the write lock: one that only runs ends within
+            # _CLOSE_WAIT, and then this close sends what is pending; one that waits for a
+            # peer that does not read may never end, and is not waited for: its bytes stay
+            # its own, and the last close shuts the socket down, which ends it with an error.
+            if _write_ends_soon(self._lock):
+                self.flush()
+                if conn.shutdown_on_close and not self._abandoned:
+                    self._close_notify()
         finally:
             try:  # (its flush may fail again: the port is closed and counted all the same)
                 io.BufferedIOBase.close(self)
@@ -1032,6 +1114,20 @@ def _keep_unsent(pending: bytearray, data: Any, sent: int) -> None:
             pending += view
         else:
             pending[:] = view[sent - held :]
+
+
+_CLOSE_WAIT = 1.0  # seconds close() waits for a write running in another thread
+
+
+def _write_ends_soon(lock: Any) -> bool:
+    """The lock is free, or a write holding it in another thread ends within _CLOSE_WAIT
+    (sp_fastport.c write_ends_soon, the same)."""
+    if not lock.locked():
+        return True
+    if lock.acquire(timeout=_CLOSE_WAIT):
+        lock.release()
+        return True
+    return False
 
 
 def _claim_close(port: Any) -> bool:

@@ -1,0 +1,216 @@
+"""Ports under timeouts and threads: nothing read is lost when a read, a peek or a readline times
+out, two readers on one port get whole lines, a stream write that times out loses no
+ciphertext, closing without close_original hands every byte over, and close() from another
+thread does not hang on a write waiting for a peer that does not read."""
+
+from __future__ import annotations
+
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from conftest import random_bytes, read_exactly, run_in_thread, sha1
+
+import sslports
+from sslports import ports
+
+LOCAL = "127.0.0.1"
+
+
+@pytest.fixture(params=["fast", "python"])
+def path(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Run the test with the C fast path (when built), then with the Python methods only."""
+    if request.param == "fast" and ports._fastport is None:
+        pytest.skip("no C fast path on this interpreter")
+    if request.param == "python":
+        monkeypatch.setattr(ports, "_fastport", None)
+        for cls, close in ports.PYTHON_CLOSE.items():
+            monkeypatch.setattr(cls, "close", close)
+    return str(request.param)
+
+
+@pytest.fixture
+def pair(pki: Any, path: str) -> Iterator[tuple[Any, Any, Any, Any]]:
+    """(client in, client out, server in, server out) over 127.0.0.1."""
+    listener = sslports.ssl_listen(0, 4, True, LOCAL, pki.server_context())
+    port = sslports.ssl_addresses(listener, True)[1]
+    join = run_in_thread(lambda: sslports.ssl_accept(listener))
+    cin, cout = sslports.ssl_connect(LOCAL, port, pki.client_context())
+    sin, sout = join(30)
+    yield cin, cout, sin, sout
+    for p in (cin, cout, sin, sout):
+        try:
+            p.close()
+        except Exception:
+            pass
+    listener.close()
+
+
+def stream_pair(
+    pki: Any, **client_kw: Any
+) -> tuple[Any, Any, Any, Any, socket.socket, socket.socket]:
+    """ports_to_ssl_ports over a socketpair's makefile() pairs: (cin, cout, sin, sout, csock,
+    ssock)."""
+    a, b = socket.socketpair()
+    ca = (a.makefile("rb", buffering=0), a.makefile("wb", buffering=0))
+    sb = (b.makefile("rb", buffering=0), b.makefile("wb", buffering=0))
+    join = run_in_thread(
+        lambda: sslports.ports_to_ssl_ports(*sb, mode="accept", context=pki.server_context())
+    )
+    cin, cout = sslports.ports_to_ssl_ports(
+        *ca, mode="connect", context=pki.client_context(), hostname="localhost", **client_kw
+    )
+    sin, sout = join(30)
+    return cin, cout, sin, sout, a, b
+
+
+# -- reads that time out must not lose bytes kept by readline/peek ------------------------------
+
+
+def test_readline_that_times_out_mid_line_loses_nothing(pair: Any) -> None:
+    cin, _cout, _sin, sout = pair
+    sout.write(b"abc")
+    sout.flush()
+    cin.settimeout(0.3)
+    with pytest.raises(TimeoutError):
+        cin.readline()
+    sout.write(b"def\n")
+    sout.flush()
+    assert cin.readline() == b"abcdef\n"
+
+
+def test_read_after_peek_that_times_out_loses_nothing(pair: Any) -> None:
+    cin, _cout, sin, sout = pair
+    sout.write(b"abc")
+    sout.flush()
+    assert cin.peek() == b"abc"
+    cin.settimeout(0.3)
+    got = b""
+    try:
+        got = cin.read(6)  # a short read (b"abc") or a timeout: either way nothing is lost
+    except TimeoutError:
+        pass
+    sout.write(b"def")
+    sout.close()
+    sin.close()
+    cin.settimeout(5)
+    assert got + cin.read() == b"abcdef"
+
+
+def test_read_all_that_times_out_loses_nothing(pair: Any) -> None:
+    cin, _cout, sin, sout = pair
+    sout.write(b"abc")
+    sout.flush()
+    cin.settimeout(0.3)
+    with pytest.raises(TimeoutError):
+        cin.read()  # to EOF, which does not come in time
+    sout.write(b"def")
+    sout.close()
+    sin.close()
+    assert cin.read() == b"abcdef"
+
+
+def test_two_threads_reading_lines_lose_no_line(pair: Any) -> None:
+    """Two threads on one input port are serialised (API.md): every line reaches one of them."""
+    cin, _cout, sin, sout = pair
+    lines = [b"%06d\n" % i for i in range(20000)]
+    got: list[list[bytes]] = [[], []]
+
+    def reader(k: int) -> None:
+        while True:
+            line = cin.readline()
+            if not line:
+                return
+            got[k].append(line)
+
+    threads = [threading.Thread(target=reader, args=(k,), daemon=True) for k in (0, 1)]
+    for t in threads:
+        t.start()
+    for i in range(0, len(lines), 7):
+        sout.write(b"".join(lines[i : i + 7]))
+        sout.flush()
+    sout.close()
+    sin.close()
+    for t in threads:
+        t.join(30)
+    assert sorted(got[0] + got[1]) == lines
+
+
+# -- ports_to_ssl_ports: a write timeout and a close must not drop ciphertext --------------------
+
+
+def test_stream_write_timeout_then_retry_loses_nothing(pki: Any) -> None:
+    """A write timed out by back-pressure (the peer reads late) keeps its bytes: flush() and
+    later writes deliver the whole stream, in order."""
+    cin, cout, sin, sout, a, b = stream_pair(pki)
+    data = random_bytes(4 << 20, seed=3)
+    cout.settimeout(0.2)
+    timeouts = 0
+    pos = 0
+    while timeouts < 3 and pos < len(data):  # the peer does not read yet
+        try:
+            cout.write(data[pos : pos + 65536])
+        except TimeoutError as exc:
+            assert exc.characters_written == len(data[pos : pos + 65536])
+            timeouts += 1
+        pos += 65536
+    assert timeouts == 3
+    sin.settimeout(10)
+    join = run_in_thread(lambda: read_exactly(sin, len(data)))
+    cout.settimeout(10)
+    cout.flush()
+    cout.write(data[pos:])  # the rest, after the retried bytes
+    cout.flush()
+    got = join(30)
+    assert len(got) == len(data) and sha1(got) == sha1(data)
+    for p in (cin, cout, sin, sout):
+        p.close()
+    a.close()
+    b.close()
+
+
+def test_stream_close_without_close_original_hands_over_every_byte(pki: Any) -> None:
+    """The caller owns the streams (close_original=False): once both SSL ports are closed, all
+    ciphertext was written to the output stream, so closing it then loses nothing."""
+    cin, cout, sin, sout, a, b = stream_pair(pki)
+    data = random_bytes(2 << 20, seed=4)
+    join = run_in_thread(lambda: read_exactly(sin, len(data)))
+    cout.write(data)
+    cout.close()
+    cin.close()
+    a.shutdown(socket.SHUT_RDWR)  # the caller is done with its socket
+    a.close()
+    got = join(60)
+    assert len(got) == len(data) and sha1(got) == sha1(data)
+    sin.close()
+    sout.close()
+    b.close()
+
+
+# -- close() from another thread while a write waits ----------------------------------------------
+
+
+def test_closing_both_ports_ends_a_write_waiting_in_another_thread(pair: Any) -> None:
+    cin, cout, _sin, _sout = pair
+    result: list[Any] = []
+
+    def writer() -> None:
+        try:
+            cout.write(b"x" * (64 << 20))  # the peer does not read: this waits
+            result.append("returned")
+        except BaseException as exc:
+            result.append(exc)
+
+    t = threading.Thread(target=writer, daemon=True)
+    t.start()
+    time.sleep(0.5)
+    closer = threading.Thread(target=lambda: (cin.close(), cout.close()), daemon=True)
+    closer.start()
+    closer.join(5)
+    assert not closer.is_alive(), "close() hangs while another thread's write waits"
+    t.join(5)
+    assert not t.is_alive(), "the waiting write never ends"
+    assert result and isinstance(result[0], (OSError, ValueError))
