@@ -1223,9 +1223,24 @@ static int write_ends_soon(Lock *lock, in_flight *f)
     return r > 0;
 }
 
+/* _sync_fast() turning the port's C methods off (ports.py); a failure is noted in f. */
+static void methods_off(PyObject *dict, PyObject *port, in_flight *f)
+{
+    PyObject *fast = PyDict_GetItemWithError(dict, str_fast);
+    if (fast != NULL && (Py_TYPE(fast) == (PyTypeObject *)reader_type
+                         || Py_TYPE(fast) == (PyTypeObject *)writer_type)) {
+        Py_INCREF(fast);
+        if (install((Port *)fast, port, 0) < 0)
+            note_failure(f);
+        Py_DECREF(fast);
+    } else if (fast == NULL && PyErr_Occurred()) {
+        note_failure(f);
+    }
+}
+
 static PyObject *close_port(PyObject *port, int output)
 {
-    PyObject *dict = PyObject_GenericGetDict(port, NULL), *conn = NULL, *fast, *timeout;
+    PyObject *dict = PyObject_GenericGetDict(port, NULL), *conn = NULL, *timeout;
     in_flight f = {NULL, NULL, NULL};
     int claimed;
     if (dict == NULL)
@@ -1252,15 +1267,7 @@ static PyObject *close_port(PyObject *port, int output)
             /* ports.py SSLOutputPort.close: a write in another thread that does not end (a
              * peer that does not read) is not waited for; io's close() below calls flush()
              * too: the Python one, which knows (the C one would wait) */
-            fast = PyDict_GetItemWithError(dict, str_fast);
-            if (fast != NULL && Py_TYPE(fast) == (PyTypeObject *)writer_type) {
-                Py_INCREF(fast);
-                if (install((Port *)fast, port, 0) < 0)
-                    note_failure(&f);
-                Py_DECREF(fast);
-            } else if (fast == NULL && PyErr_Occurred()) {
-                note_failure(&f);
-            }
+            methods_off(dict, port, &f);
             goto flushed;
         }
         call_noted(&f, PyObject_CallMethodNoArgs(port, str_flush));
@@ -1269,16 +1276,7 @@ static PyObject *close_port(PyObject *port, int output)
     }
 flushed:
     call_noted(&f, PyObject_CallOneArg(iobase_close, port));
-    fast = PyDict_GetItemWithError(dict, str_fast); /* _sync_fast(): closed, so off */
-    if (fast != NULL && (Py_TYPE(fast) == (PyTypeObject *)reader_type
-                         || Py_TYPE(fast) == (PyTypeObject *)writer_type)) {
-        Py_INCREF(fast);
-        if (install((Port *)fast, port, 0) < 0)
-            note_failure(&f);
-        Py_DECREF(fast);
-    } else if (fast == NULL && PyErr_Occurred()) {
-        note_failure(&f);
-    }
+    methods_off(dict, port, &f); /* _sync_fast(): closed, so off */
     if (conn == NULL && (conn = PyObject_GetAttr(port, str_conn)) == NULL) {
         note_failure(&f);
     } else if ((timeout = PyObject_GetAttr(port, str_timeout)) == NULL) {
