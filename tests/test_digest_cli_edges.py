@@ -204,3 +204,42 @@ def test_serve_dir_answers_404_for_unopenable_paths(dir_server: int, target: str
 def test_serve_dir_does_not_hang_on_a_fifo(dir_server: int) -> None:
     assert http_get(dir_server, "/fifo") == b"HTTP/1.0 403 Forbidden"
     assert http_get(dir_server, "/a.txt") == b"HTTP/1.0 200 OK"
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["--status"],
+        ["--quiet"],
+        ["--strict"],
+        ["-w"],
+        ["--ignore-missing"],
+        ["--tag", "-c"],
+    ],
+)
+def test_options_of_the_other_mode_are_usage_errors(tmp_path: Path, args: list[str]) -> None:
+    """As coreutils: --status and the other check options without -c, and --tag with -c, are
+    usage errors (they were ignored without a word)."""
+    f = tmp_path / "f"
+    f.write_bytes(b"x")
+    r = cli("sha1", *args, str(f))
+    assert r.returncode == 2
+    assert b"meaning" in r.stderr and r.stdout == b""
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="closes fd 1 in the child (preexec_fn)")
+def test_closed_stdout_is_a_write_error(tmp_path: Path) -> None:
+    """Started with stdout closed, sha1 fails with a write error (it was "unexpected
+    AttributeError")."""
+    f = tmp_path / "f"
+    f.write_bytes(b"x")
+    r = subprocess.run(
+        [sys.executable, "-m", "sslports", "sha1", str(f)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        timeout=60,
+        env=ENV,
+        preexec_fn=lambda: os.close(1),
+    )
+    assert r.returncode == 1
+    assert b"write error" in r.stderr and b"unexpected" not in r.stderr

@@ -932,6 +932,8 @@ def _unescape_name(name: bytes) -> Optional[bytes]:
 
 
 def _write_stdout(data: bytes) -> None:
+    if sys.stdout is None:  # (started with stdout closed: coreutils says "write error")
+        raise CLIError("write error: standard output is closed", EXIT_FAILURE)
     sys.stdout.buffer.write(data)
 
 
@@ -946,6 +948,16 @@ def _digest_tool(args: argparse.Namespace) -> tuple[str, int, Callable[[Any], st
 
 
 def _cmd_digest(args: argparse.Namespace) -> int:
+    # As coreutils: options of the other mode are usage errors, not silently ignored.
+    if args.check and args.tag:
+        raise CLIError("the --tag option is meaningless when verifying checksums", EXIT_USAGE)
+    if not args.check:
+        for option in ("status", "quiet", "strict", "warn", "ignore_missing"):
+            if getattr(args, option):
+                name = option.replace("_", "-")
+                raise CLIError(
+                    f"the --{name} option is meaningful only when verifying checksums", EXIT_USAGE
+                )
     if args.check:
         return _check_digests(args)
     tag, _hexlen, hash_port = _digest_tool(args)
@@ -964,7 +976,8 @@ def _cmd_digest(args: argparse.Namespace) -> int:
         else:
             line = prefix + hex_digest.encode() + b"  " + raw + b"\n"
         _write_stdout(line)
-    sys.stdout.flush()
+    if sys.stdout is not None:
+        sys.stdout.flush()
     return status
 
 
@@ -1051,7 +1064,8 @@ def _check_digests(args: argparse.Namespace) -> int:
                 failed += 1
                 if not args.status:
                     _write_stdout(shown + b": FAILED\n")
-        sys.stdout.flush()
+        if sys.stdout is not None:
+            sys.stdout.flush()
         if well_formed == 0:
             _error_line(f"{list_name}: no properly formatted {tag} checksum lines found")
             status = EXIT_FAILURE
