@@ -246,7 +246,7 @@ sp_conn *sp_conn_new(SSL_CTX *ctx, int is_server, int fd, sp_err *err)
         return NULL;
     c->fd = (sp_socket)fd;
     c->socket_mode = fd >= 0;
-    c->ssl = SSL_new(ctx);
+    c->ssl = sp_ctx_new_ssl(ctx); /* (under the context's read lock: sp_ctx.c) */
     if (c->socket_mode) {
         c->rbio = c->wbio = new_sock_bio(c);
     } else {

@@ -43,6 +43,158 @@ static int get_alpn_index(void)
     return alpn_index;
 }
 
+
+/* ---- configuration guard --------------------------------------------------------------
+ * OpenSSL does not allow an SSL_CTX to change while SSL_new / SSL_set_SSL_CTX copy from it
+ * (certificate, key, DH parameters, groups, CA names) or while handshakes read it (the cipher
+ * lists, the key-log callback). An unsealed context may be changed while it serves, so:
+ * - every change runs under the context's write lock (sp_ctx_config_lock; Python takes it
+ *   around its OpenSSL calls, always with the GIL released while waiting: a CFFI call);
+ * - SSL_new and the SNI switch run under its read lock (sp_ctx_new_ssl, sp_ctx_switch_ssl);
+ * - the key-log callback, once installed, stays installed (OpenSSL reads the pointer twice:
+ *   a NULL in between would be called) and a flag decides whether a line is passed on.
+ * A sealed context never changes (sp_ctx_config_lock refuses).
+ * NOT covered: a handshake reads the context's cipher lists (a connection has none of its
+ * own), which a change of ciphers frees: changing the ciphers of a context that is
+ * handshaking in other threads is unsafe. Giving each connection its own lists (parsed from
+ * the specs recorded below) fixes it but costs ~35 us per connection: not done yet (issue 5
+ * measures every connection's cost). */
+typedef struct ctx_guard {
+    CRYPTO_RWLOCK *lock;
+    char *ciphers; /* the TLS <= 1.2 spec last set (NULL: OpenSSL's default), kept for the */
+    char *suites;  /* the TLS 1.3 spec last set; per-connection lists (see above) */
+    int sealed;
+    int keylog;    /* read without the lock by the key-log callback: an int flag */
+} ctx_guard;
+
+static int guard_index = -1;
+static CRYPTO_ONCE guard_once = CRYPTO_ONCE_STATIC_INIT;
+
+static void free_guard(void *parent, void *ptr, CRYPTO_EX_DATA *ad, int idx, long argl, void *argp)
+{
+    ctx_guard *g = ptr;
+    (void)parent, (void)ad, (void)idx, (void)argl, (void)argp;
+    if (g != NULL) {
+        CRYPTO_THREAD_lock_free(g->lock);
+        free(g->ciphers);
+        free(g->suites);
+        free(g);
+    }
+}
+
+static void make_guard_index(void)
+{
+    guard_index = SSL_CTX_get_ex_new_index(0, NULL, NULL, NULL, free_guard);
+}
+
+static ctx_guard *guard_of(const SSL_CTX *ctx)
+{
+    return guard_index < 0 ? NULL : SSL_CTX_get_ex_data(ctx, guard_index);
+}
+
+static int attach_guard(SSL_CTX *ctx)
+{
+    ctx_guard *g;
+    if (!CRYPTO_THREAD_run_once(&guard_once, make_guard_index) || guard_index < 0)
+        return 0;
+    g = calloc(1, sizeof *g);
+    if (g == NULL)
+        return 0;
+    g->lock = CRYPTO_THREAD_lock_new();
+    if (g->lock == NULL || !SSL_CTX_set_ex_data(ctx, guard_index, g)) {
+        free_guard(NULL, g, NULL, 0, 0, NULL);
+        return 0;
+    }
+    return 1;
+}
+
+int sp_ctx_config_lock(SSL_CTX *ctx)
+{
+    ctx_guard *g = guard_of(ctx);
+    if (g == NULL || !CRYPTO_THREAD_write_lock(g->lock))
+        return -1;
+    if (g->sealed) {
+        CRYPTO_THREAD_unlock(g->lock);
+        return 0;
+    }
+    return 1;
+}
+
+void sp_ctx_config_unlock(SSL_CTX *ctx)
+{
+    CRYPTO_THREAD_unlock(guard_of(ctx)->lock);
+}
+
+void sp_ctx_seal(SSL_CTX *ctx)
+{
+    ctx_guard *g = guard_of(ctx);
+    if (g != NULL && CRYPTO_THREAD_write_lock(g->lock)) {
+        g->sealed = 1;
+        CRYPTO_THREAD_unlock(g->lock);
+    }
+}
+
+int sp_ctx_set_cipher_spec(SSL_CTX *ctx, const char *spec, int tls13)
+{
+    ctx_guard *g = guard_of(ctx);
+    size_t len = strlen(spec) + 1;
+    char *copy = malloc(len);
+    if (copy == NULL)
+        return 0;
+    memcpy(copy, spec, len);
+    if (!(tls13 ? SSL_CTX_set_ciphersuites(ctx, spec) : SSL_CTX_set_cipher_list(ctx, spec))) {
+        free(copy);
+        return 0;
+    }
+    if (tls13) {
+        free(g->suites);
+        g->suites = copy;
+    } else {
+        free(g->ciphers);
+        g->ciphers = copy;
+    }
+    return 1;
+}
+
+SSL *sp_ctx_new_ssl(SSL_CTX *ctx)
+{
+    ctx_guard *g = guard_of(ctx);
+    SSL *ssl;
+    if (g == NULL) /* (not made by sp_ctx_new) */
+        return SSL_new(ctx);
+    if (!CRYPTO_THREAD_read_lock(g->lock))
+        return NULL;
+    ssl = SSL_new(ctx);
+    CRYPTO_THREAD_unlock(g->lock);
+    return ssl;
+}
+
+int sp_ctx_switch_ssl(SSL *ssl, SSL_CTX *to)
+{
+    ctx_guard *g = guard_of(to);
+    int ok;
+    if (g == NULL)
+        return SSL_set_SSL_CTX(ssl, to) != NULL;
+    if (!CRYPTO_THREAD_read_lock(g->lock))
+        return 0;
+    ok = SSL_set_SSL_CTX(ssl, to) != NULL;
+    CRYPTO_THREAD_unlock(g->lock);
+    return ok;
+}
+
+int sp_ctx_keylog_wanted(const SSL_CTX *ctx)
+{
+    ctx_guard *g = guard_of(ctx);
+    return g == NULL || g->keylog;
+}
+
+void sp_ctx_set_keylog_flag(SSL_CTX *ctx, int on)
+{
+    ctx_guard *g = guard_of(ctx);
+    if (g != NULL)
+        g->keylog = on;
+}
+
 SSL_CTX *sp_ctx_new(int is_server, sp_err *err)
 {
     SSL_CTX *ctx;
@@ -55,6 +207,11 @@ SSL_CTX *sp_ctx_new(int is_server, sp_err *err)
     ctx = SSL_CTX_new(is_server ? TLS_server_method() : TLS_client_method());
     if (ctx == NULL) {
         sp_err_drain(err);
+        return NULL;
+    }
+    if (!attach_guard(ctx)) {
+        sp_err_drain(err);
+        SSL_CTX_free(ctx);
         return NULL;
     }
     SSL_CTX_set_options(ctx, SSL_OP_NO_COMPRESSION | SSL_OP_CIPHER_SERVER_PREFERENCE);

@@ -22,6 +22,19 @@ int sp_ctx_add_pem_roots(SSL_CTX *ctx, const unsigned char *pem, size_t len);
 /* The CA names sent with a certificate request; 1 on success. */
 int sp_ctx_load_client_ca_file(SSL_CTX *ctx, const char *path, sp_err *err);
 
+/* The configuration guard (see sp_ctx.c): changes to a context run between
+ * sp_ctx_config_lock (1: locked; 0: sealed, not locked; -1: failure) and sp_ctx_config_unlock;
+ * sp_ctx_set_cipher_spec needs the lock held. */
+int sp_ctx_config_lock(SSL_CTX *ctx);
+void sp_ctx_config_unlock(SSL_CTX *ctx);
+void sp_ctx_seal(SSL_CTX *ctx);
+int sp_ctx_set_cipher_spec(SSL_CTX *ctx, const char *spec, int tls13);
+/* SSL_new / SSL_set_SSL_CTX under the context's read lock (and the cipher lists copied). */
+SSL *sp_ctx_new_ssl(SSL_CTX *ctx);
+int sp_ctx_switch_ssl(SSL *ssl, SSL_CTX *to);
+int sp_ctx_keylog_wanted(const SSL_CTX *ctx);
+void sp_ctx_set_keylog_flag(SSL_CTX *ctx, int on);
+
 /* Which step of sp_ctx_open_conn failed. */
 enum { SP_SETUP_CONNECTION = 1, SP_SETUP_HOSTNAME = 2, SP_SETUP_ALPN = 3 };
 /* A new connection from `ctx` (fd >= 0: socket mode), configured in one call: the verify

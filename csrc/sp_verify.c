@@ -352,7 +352,7 @@ static int sni_callback(SSL *ssl, int *alert, void *arg)
         return SSL_TLSEXT_ERR_ALERT_FATAL;
     }
     if (r > 0 && switch_to != NULL) {
-        if (SSL_set_SSL_CTX(ssl, switch_to) == NULL) {
+        if (!sp_ctx_switch_ssl(ssl, switch_to)) {
             *alert = SSL_AD_INTERNAL_ERROR;
             return SSL_TLSEXT_ERR_ALERT_FATAL;
         }
@@ -372,10 +372,15 @@ void sp_ctx_enable_sni(SSL_CTX *ctx)
 
 static void keylog_callback(const SSL *ssl, const char *line)
 {
-    sp_py_keylog(ssl, line);
+    if (sp_ctx_keylog_wanted(SSL_get_SSL_CTX(ssl)))
+        sp_py_keylog(ssl, line);
 }
 
 void sp_ctx_enable_keylog(SSL_CTX *ctx, int on)
 {
-    SSL_CTX_set_keylog_callback(ctx, on ? keylog_callback : NULL);
+    /* Never back to NULL: OpenSSL checks the pointer, then reads it again to call it, so a
+     * handshake in another thread could call NULL. The flag turns the lines off instead. */
+    sp_ctx_set_keylog_flag(ctx, on);
+    if (on)
+        SSL_CTX_set_keylog_callback(ctx, keylog_callback);
 }

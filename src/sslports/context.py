@@ -16,7 +16,7 @@ import socket
 import subprocess
 import sys
 import threading
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any, Callable, Optional, Union
 
@@ -168,8 +168,9 @@ class _Context:
             if protocol in ("tls", "tls11"):
                 # TLS 1.0/1.1 sign with SHA-1/MD5, which OpenSSL 3 allows only at level 0.
                 lib.SSL_CTX_set_security_level(self._ptr, 0)
-                if not lib.SSL_CTX_set_cipher_list(self._ptr, b"DEFAULT:@SECLEVEL=0"):
-                    lib.ERR_clear_error()  # (then the version's own ciphers decide)
+                with self._config(self._maker_name()) as ptr:
+                    if not lib.sp_ctx_set_cipher_spec(ptr, b"DEFAULT:@SECLEVEL=0", 0):
+                        lib.ERR_clear_error()  # (then the version's own ciphers decide)
             ok = lib.SSL_CTX_set_min_proto_version(self._ptr, version)
             ok = ok and lib.SSL_CTX_set_max_proto_version(self._ptr, version)
         if not ok:
@@ -181,6 +182,23 @@ class _Context:
         if self._sealed:
             raise SSLError(f"{func}: context is sealed")
         return self._ptr
+
+    @contextlib.contextmanager
+    def _config(self, func: str) -> Iterator[Any]:
+        """Hold the context's configuration lock (csrc/sp_ctx.c) around OpenSSL calls that
+        change it: connections made meanwhile in other threads (SSL_new, handshakes) never see
+        it half changed or read what a change frees. The wait is in C, without the GIL."""
+        ptr = self._mutable(func)
+        lib = _binding.lib
+        state = lib.sp_ctx_config_lock(ptr)
+        if state == 0:
+            raise SSLError(f"{func}: context is sealed")
+        if state < 0:
+            raise MemoryError(f"{func}: cannot lock the context")
+        try:
+            yield ptr
+        finally:
+            lib.sp_ctx_config_unlock(ptr)
 
     def _verify_flags(self) -> int:
         """The policy every new connection starts with (csrc/sp_conn.h SP_VERIFY_*)."""
@@ -599,12 +617,13 @@ def _set_cipher_spec(
     ctx = context_of(func, context, listener_ok=False)
     if not isinstance(spec, str):
         raise TypeError(f"{func}: {name} must be a str")
-    ptr = ctx._mutable(func)
     lib = _binding.lib
-    lib.ERR_clear_error()
     raw = spec.encode()
-    if b"\0" in raw or not getattr(lib, setter)(ptr, raw):
-        raise build_error(func, what)
+    with ctx._config(func) as ptr:
+        lib.ERR_clear_error()
+        tls13 = int(setter == "SSL_CTX_set_ciphersuites")
+        if b"\0" in raw or not lib.sp_ctx_set_cipher_spec(ptr, raw, tls13):
+            raise build_error(func, what)
 
 
 def ssl_set_ciphers(context: object, cipher_spec: str) -> None:
@@ -643,6 +662,7 @@ def ssl_seal_context(context: object) -> None:
     """Seal `context`: every later change raises. Racket: ssl-seal-context!"""
     ctx = context_of("ssl_seal_context", context, listener_ok=False)
     ctx._sealed = True
+    _binding.lib.sp_ctx_seal(ctx._ptr)  # (waits for a change in progress in another thread)
 
 
 # -- credentials ------------------------------------------------------------------------------
@@ -658,10 +678,11 @@ def ssl_load_certificate_chain(context_or_listener: object, pathname: object) ->
     func = "ssl_load_certificate_chain"
     ctx = context_of(func, context_or_listener)
     path = fspath_bytes(func, pathname)
-    ptr = ctx._mutable(func)
     lib = _binding.lib
-    lib.ERR_clear_error()
-    if not lib.SSL_CTX_use_certificate_chain_file(ptr, path):
+    with ctx._config(func) as ptr:
+        lib.ERR_clear_error()
+        ok = lib.SSL_CTX_use_certificate_chain_file(ptr, path)
+    if not ok:
         if not os.path.exists(path):
             lib.ERR_clear_error()
             raise SSLError(f"{func}: load failed (no such file: {os.fsdecode(path)!r})")
@@ -682,14 +703,15 @@ def _load_key(
         detail = "no RSA private key found" if rsa and err.nerrs == 0 else None
         raise build_error(func, "load", err, detail=detail)
     try:
-        lib.ERR_clear_error()
-        if not lib.SSL_CTX_use_PrivateKey(ptr, key):
-            raise build_error(func, "load")
-        # OpenSSL keeps one slot per key type and only checks a key against a certificate of
-        # its own type: an EC key next to an RSA certificate would be accepted silently.
-        if ctx._has_certificate and not lib.SSL_CTX_check_private_key(ptr):
+        with ctx._config(func) as ptr:
             lib.ERR_clear_error()
-            raise SSLError(f"{func}: load failed (private key does not match the certificate)")
+            if not lib.SSL_CTX_use_PrivateKey(ptr, key):
+                raise build_error(func, "load")
+            # OpenSSL keeps one slot per key type and only checks a key against a certificate
+            # of its own type: an EC key next to an RSA certificate would be accepted silently.
+            if ctx._has_certificate and not lib.SSL_CTX_check_private_key(ptr):
+                lib.ERR_clear_error()
+                raise SSLError(f"{func}: load failed (private key does not match the certificate)")
     finally:
         lib.EVP_PKEY_free(key)
 
@@ -741,10 +763,11 @@ def ssl_load_suggested_certificate_authorities(
     func = "ssl_load_suggested_certificate_authorities"
     ctx = context_of(func, context_or_listener)
     path = fspath_bytes(func, pathname)
-    ptr = ctx._mutable(func)
     lib = _binding.lib
     err = _binding.ffi.new("sp_err *")
-    if not lib.sp_ctx_load_client_ca_file(ptr, path, err):
+    with ctx._config(func) as ptr:
+        ok = lib.sp_ctx_load_client_ca_file(ptr, path, err)
+    if not ok:
         raise build_error(func, "load", err)
 
 
@@ -765,9 +788,10 @@ def ssl_server_context_enable_dhe(context: object, dh_param: object = DH4096_PEM
         pem = bytes(dh_param)
     else:
         pem = _read_file(func, dh_param)
-    ptr = context._mutable(func)
     err = _binding.ffi.new("sp_err *")
-    if not _binding.lib.sp_ctx_set_dh_pem(ptr, pem, len(pem), err):
+    with context._config(func) as ptr:
+        ok = _binding.lib.sp_ctx_set_dh_pem(ptr, pem, len(pem), err)
+    if not ok:
         raise build_error(func, "loading DH parameters", err)
 
 
@@ -787,18 +811,20 @@ def ssl_server_context_enable_ecdh(context: object, curve_name: str = "secp521r1
     if curve_name not in ECDH_CURVES:
         raise ValueError(f"{func}: unknown curve {curve_name!r}")
     name = curve_name + "1" if curve_name in ("prime192v", "prime256v") else curve_name
-    ptr = context._mutable(func)
     lib = _binding.lib
-    lib.ERR_clear_error()
     # Preferred first; keep the usual groups after it so other clients still connect.
     # (OpenSSL refuses a list naming one group twice: prime256v1 is P-256, secp384r1 P-384)
     same = {"prime256v1": "P-256", "secp384r1": "P-384", "secp521r1": "P-521"}.get(name, name)
     groups = [name] + [g for g in ("X25519", "P-256", "P-384") if g != same]
-    if not lib.SSL_CTX_set1_groups_list(ptr, ":".join(groups).encode()):
+    with context._config(func) as ptr:
         lib.ERR_clear_error()
-        if not lib.SSL_CTX_set1_groups_list(ptr, name.encode()):
+        ok = lib.SSL_CTX_set1_groups_list(ptr, ":".join(groups).encode())
+        if not ok:
             lib.ERR_clear_error()
-            raise SSLUnsupportedError(f"{func}: curve {curve_name!r} not supported by this OpenSSL")
+            ok = lib.SSL_CTX_set1_groups_list(ptr, name.encode())
+            lib.ERR_clear_error()
+    if not ok:
+        raise SSLUnsupportedError(f"{func}: curve {curve_name!r} not supported by this OpenSSL")
         # (the list was refused, the curve alone was not: the server offers that one)
 
 
