@@ -15,9 +15,6 @@ typedef struct alpn_policy {
 
 static int alpn_index = -1;
 static CRYPTO_ONCE alpn_once = CRYPTO_ONCE_STATIC_INIT;
-/* A context's policy can be replaced (ssl_set_server_alpn) while handshakes in other threads
- * read it (select_alpn): they read it under this lock, and the old one is freed under it. */
-static CRYPTO_RWLOCK *alpn_lock;
 
 static void free_alpn(void *parent, void *ptr, CRYPTO_EX_DATA *ad, int idx, long argl, void *argp)
 {
@@ -31,9 +28,7 @@ static void free_alpn(void *parent, void *ptr, CRYPTO_EX_DATA *ad, int idx, long
 
 static void make_alpn_index(void)
 {
-    alpn_lock = CRYPTO_THREAD_lock_new();
-    if (alpn_lock != NULL)
-        alpn_index = SSL_CTX_get_ex_new_index(0, NULL, NULL, NULL, free_alpn);
+    alpn_index = SSL_CTX_get_ex_new_index(0, NULL, NULL, NULL, free_alpn);
 }
 
 static int get_alpn_index(void)
@@ -57,12 +52,11 @@ static int get_alpn_index(void)
  * NOT covered: a handshake reads the context's cipher lists (a connection has none of its
  * own), which a change of ciphers frees: changing the ciphers of a context that is
  * handshaking in other threads is unsafe. Giving each connection its own lists (parsed from
- * the specs recorded below) fixes it but costs ~35 us per connection: not done yet (issue 5
- * measures every connection's cost). */
+ * the context's specs) fixes it but costs ~35 us per connection: not done yet (issue 5
+ * measures every connection's cost).
+ * The server's ALPN policy (select_alpn) is read under the read lock too. */
 typedef struct ctx_guard {
     CRYPTO_RWLOCK *lock;
-    char *ciphers; /* the TLS <= 1.2 spec last set (NULL: OpenSSL's default), kept for the */
-    char *suites;  /* the TLS 1.3 spec last set; per-connection lists (see above) */
     int sealed;
     int keylog;    /* read without the lock by the key-log callback: an int flag */
 } ctx_guard;
@@ -76,8 +70,6 @@ static void free_guard(void *parent, void *ptr, CRYPTO_EX_DATA *ad, int idx, lon
     (void)parent, (void)ad, (void)idx, (void)argl, (void)argp;
     if (g != NULL) {
         CRYPTO_THREAD_lock_free(g->lock);
-        free(g->ciphers);
-        free(g->suites);
         free(g);
     }
 }
@@ -132,28 +124,6 @@ void sp_ctx_seal(SSL_CTX *ctx)
         g->sealed = 1;
         CRYPTO_THREAD_unlock(g->lock);
     }
-}
-
-int sp_ctx_set_cipher_spec(SSL_CTX *ctx, const char *spec, int tls13)
-{
-    ctx_guard *g = guard_of(ctx);
-    size_t len = strlen(spec) + 1;
-    char *copy = malloc(len);
-    if (copy == NULL)
-        return 0;
-    memcpy(copy, spec, len);
-    if (!(tls13 ? SSL_CTX_set_ciphersuites(ctx, spec) : SSL_CTX_set_cipher_list(ctx, spec))) {
-        free(copy);
-        return 0;
-    }
-    if (tls13) {
-        free(g->suites);
-        g->suites = copy;
-    } else {
-        free(g->ciphers);
-        g->ciphers = copy;
-    }
-    return 1;
 }
 
 SSL *sp_ctx_new_ssl(SSL_CTX *ctx)
@@ -264,13 +234,17 @@ int sp_ctx_set_dh_pem(SSL_CTX *ctx, const unsigned char *pem, size_t len, sp_err
 static int select_alpn(SSL *ssl, const unsigned char **out, unsigned char *outlen,
                        const unsigned char *in, unsigned int inlen, void *arg)
 {
+    SSL_CTX *ctx = SSL_get_SSL_CTX(ssl);
+    ctx_guard *g = guard_of(ctx);
     alpn_policy *policy;
     size_t i;
     int result = SSL_TLSEXT_ERR_NOACK;
     (void)arg;
-    if (!CRYPTO_THREAD_read_lock(alpn_lock))
+    /* (under the context's read lock: ssl_set_server_alpn replaces and frees the policy under
+     * its write lock, sp_ctx_set_server_alpn) */
+    if (g != NULL && !CRYPTO_THREAD_read_lock(g->lock))
         return SSL_TLSEXT_ERR_ALERT_FATAL;
-    policy = SSL_CTX_get_ex_data(SSL_get_SSL_CTX(ssl), alpn_index);
+    policy = SSL_CTX_get_ex_data(ctx, alpn_index);
     if (policy != NULL && policy->len > 0) {
         result = policy->allow_no_match ? SSL_TLSEXT_ERR_NOACK : SSL_TLSEXT_ERR_ALERT_FATAL;
         /* Server preference: the first of our names that the client also offers (*out points
@@ -289,7 +263,8 @@ static int select_alpn(SSL *ssl, const unsigned char **out, unsigned char *outle
             }
         }
     }
-    CRYPTO_THREAD_unlock(alpn_lock);
+    if (g != NULL)
+        CRYPTO_THREAD_unlock(g->lock);
     return result;
 }
 
@@ -314,14 +289,10 @@ int sp_ctx_set_server_alpn(SSL_CTX *ctx, const unsigned char *wire, size_t len,
     }
     policy->len = len;
     policy->allow_no_match = allow_no_match;
-    if (!CRYPTO_THREAD_write_lock(alpn_lock)) {
-        free_alpn(NULL, policy, NULL, 0, 0, NULL);
-        return 0;
-    }
     old = SSL_CTX_get_ex_data(ctx, alpn_index);
     ok = SSL_CTX_set_ex_data(ctx, alpn_index, policy);
-    CRYPTO_THREAD_unlock(alpn_lock);
-    free_alpn(NULL, ok ? old : policy, NULL, 0, 0, NULL); /* no handshake can still read it */
+    /* (the caller holds the context's write lock: no handshake can still read the old one) */
+    free_alpn(NULL, ok ? old : policy, NULL, 0, 0, NULL);
     if (!ok)
         return 0;
     SSL_CTX_set_alpn_select_cb(ctx, select_alpn, NULL);

@@ -9,7 +9,8 @@ void sp_ctx_free(SSL_CTX *ctx);
 /* Finite-field DH parameters from PEM bytes; 1 on success. */
 int sp_ctx_set_dh_pem(SSL_CTX *ctx, const unsigned char *pem, size_t len, sp_err *err);
 /* Server ALPN: `wire` is the RFC 7301 list (length-prefixed names) in server preference
- * order; kept on the context and used by a C selection callback. 1 on success. */
+ * order; kept on the context and used by a C selection callback (the caller holds the
+ * context's write lock: sp_ctx_config_lock). 1 on success. */
 int sp_ctx_set_server_alpn(SSL_CTX *ctx, const unsigned char *wire, size_t len,
                            int allow_no_match);
 /* A private key from PEM/DER bytes (password may be NULL; never prompts). NULL on failure. */
@@ -23,13 +24,12 @@ int sp_ctx_add_pem_roots(SSL_CTX *ctx, const unsigned char *pem, size_t len);
 int sp_ctx_load_client_ca_file(SSL_CTX *ctx, const char *path, sp_err *err);
 
 /* The configuration guard (see sp_ctx.c): changes to a context run between
- * sp_ctx_config_lock (1: locked; 0: sealed, not locked; -1: failure) and sp_ctx_config_unlock;
- * sp_ctx_set_cipher_spec needs the lock held. */
+ * sp_ctx_config_lock (1: locked; 0: sealed, not locked; -1: failure) and sp_ctx_config_unlock
+ * (sp_ctx_set_server_alpn among them). */
 int sp_ctx_config_lock(SSL_CTX *ctx);
 void sp_ctx_config_unlock(SSL_CTX *ctx);
 void sp_ctx_seal(SSL_CTX *ctx);
-int sp_ctx_set_cipher_spec(SSL_CTX *ctx, const char *spec, int tls13);
-/* SSL_new / SSL_set_SSL_CTX under the context's read lock (and the cipher lists copied). */
+/* SSL_new / SSL_set_SSL_CTX under the context's read lock. */
 SSL *sp_ctx_new_ssl(SSL_CTX *ctx);
 int sp_ctx_switch_ssl(SSL *ssl, SSL_CTX *to);
 int sp_ctx_keylog_wanted(const SSL_CTX *ctx);

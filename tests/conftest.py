@@ -416,3 +416,18 @@ def run_in_thread(fn: Callable[[], Any]) -> Callable[..., Any]:
 
 
 PY_ENV = {**os.environ, "PYTHONUNBUFFERED": "1"}
+
+
+def connected_ports(pki: Pki) -> Iterator[tuple[Any, Any, Any, Any]]:
+    """(client in, client out, server in, server out) of one ssl_connect / ssl_accept
+    connection over 127.0.0.1, all four closed afterwards: the body of a fixture
+    (``yield from connected_ports(pki)``)."""
+    listener = sslports.ssl_listen(0, 4, True, LOCAL, pki.server_context())
+    port = sslports.ssl_addresses(listener, True)[1]
+    join = run_in_thread(lambda: sslports.ssl_accept(listener))
+    cin, cout = sslports.ssl_connect(LOCAL, port, pki.client_context())
+    sin, sout = join(30)
+    yield cin, cout, sin, sout
+    for p in (cin, cout, sin, sout):
+        p.close()
+    listener.close()

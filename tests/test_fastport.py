@@ -24,7 +24,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from conftest import PY_ENV, read_exactly, run_in_thread, sha1
+from conftest import PY_ENV, connected_ports, read_exactly, run_in_thread, sha1
 
 import sslports
 from sslports import ports
@@ -53,15 +53,7 @@ def path(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str
 @pytest.fixture
 def pair(pki: Any) -> Iterator[tuple[Any, Any, Any, Any]]:
     """(client in, client out, server in, server out) over 127.0.0.1."""
-    listener = sslports.ssl_listen(0, 4, True, LOCAL, pki.server_context())
-    port = sslports.ssl_addresses(listener, True)[1]
-    join = run_in_thread(lambda: sslports.ssl_accept(listener))
-    cin, cout = sslports.ssl_connect(LOCAL, port, pki.client_context())
-    sin, sout = join(30)
-    yield cin, cout, sin, sout
-    for p in (cin, cout, sin, sout):
-        p.close()
-    listener.close()
+    yield from connected_ports(pki)
 
 
 def _is_c(method: Any) -> bool:

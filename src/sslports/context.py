@@ -168,9 +168,9 @@ class _Context:
             if protocol in ("tls", "tls11"):
                 # TLS 1.0/1.1 sign with SHA-1/MD5, which OpenSSL 3 allows only at level 0.
                 lib.SSL_CTX_set_security_level(self._ptr, 0)
-                with self._config(self._maker_name()) as ptr:
-                    if not lib.sp_ctx_set_cipher_spec(ptr, b"DEFAULT:@SECLEVEL=0", 0):
-                        lib.ERR_clear_error()  # (then the version's own ciphers decide)
+                # (being made: no other thread has the context yet, no lock needed)
+                if not lib.SSL_CTX_set_cipher_list(self._ptr, b"DEFAULT:@SECLEVEL=0"):
+                    lib.ERR_clear_error()  # (then the version's own ciphers decide)
             ok = lib.SSL_CTX_set_min_proto_version(self._ptr, version)
             ok = ok and lib.SSL_CTX_set_max_proto_version(self._ptr, version)
         if not ok:
@@ -621,8 +621,7 @@ def _set_cipher_spec(
     raw = spec.encode()
     with ctx._config(func) as ptr:
         lib.ERR_clear_error()
-        tls13 = int(setter == "SSL_CTX_set_ciphersuites")
-        if b"\0" in raw or not lib.sp_ctx_set_cipher_spec(ptr, raw, tls13):
+        if b"\0" in raw or not getattr(lib, setter)(ptr, raw):
             raise build_error(func, what)
 
 

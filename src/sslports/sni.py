@@ -143,8 +143,9 @@ def ssl_set_server_alpn(
     if not isinstance(allow_no_match, bool):
         raise TypeError(f"{func}: allow_no_match must be a bool")
     wire = encode_alpn(func, protocols)
-    ptr = server_context._mutable(func)
-    if not _binding.lib.sp_ctx_set_server_alpn(ptr, wire, len(wire), int(allow_no_match)):
+    with server_context._config(func) as ptr:  # (handshakes read the policy: select_alpn)
+        ok = _binding.lib.sp_ctx_set_server_alpn(ptr, wire, len(wire), int(allow_no_match))
+    if not ok:
         raise MemoryError(f"{func}: out of memory")
     server_context._alpn_wire = wire
 
