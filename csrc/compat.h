@@ -88,4 +88,21 @@ typedef int sp_socket;
 typedef size_t sp_iolen;
 #endif
 
+/* A variable of each thread (sp_ctx.c: the handshake steps a thread is inside). */
+#ifdef _MSC_VER
+#define SP_THREAD_LOCAL __declspec(thread)
+#else
+#define SP_THREAD_LOCAL __thread
+#endif
+
+/* An int flag read without the lock that guards its writes (it only ever goes one way, or a
+ * stale value is harmless where it is read). */
+#if defined(__GNUC__) || defined(__clang__)
+#define sp_flag_get(p) __atomic_load_n((p), __ATOMIC_ACQUIRE)
+#define sp_flag_set(p, v) __atomic_store_n((p), (v), __ATOMIC_RELEASE)
+#else
+#define sp_flag_get(p) (*(volatile int *)(p))
+#define sp_flag_set(p, v) ((void)(*(volatile int *)(p) = (v)))
+#endif
+
 #endif /* SP_COMPAT_H */

@@ -923,6 +923,32 @@ static void note_bio_errno(sp_conn *c, sp_err *err)
 
 /* ---- operations --------------------------------------------------------------------- */
 
+/* SSL_read_ex / SSL_write_ex, as a handshake step (sp_ctx.c) while one may run in them: the
+ * first handshake driven by a write, a TLS 1.2 renegotiation (ssl_lock held). */
+static int guarded_read(sp_conn *c, void *buf, size_t len, size_t *n)
+{
+    sp_step step;
+    int ok;
+    if (!sp_ctx_step_needed(c->ssl))
+        return SSL_read_ex(c->ssl, buf, len, n);
+    sp_ctx_step_begin(c->ssl, &step);
+    ok = SSL_read_ex(c->ssl, buf, len, n);
+    sp_ctx_step_end(&step);
+    return ok;
+}
+
+static int guarded_write(sp_conn *c, const void *buf, size_t len, size_t *n)
+{
+    sp_step step;
+    int ok;
+    if (!sp_ctx_step_needed(c->ssl))
+        return SSL_write_ex(c->ssl, buf, len, n);
+    sp_ctx_step_begin(c->ssl, &step);
+    ok = SSL_write_ex(c->ssl, buf, len, n);
+    sp_ctx_step_end(&step);
+    return ok;
+}
+
 int sp_handshake(sp_conn *c, int wait_ms, sp_err *err)
 {
     unsigned char early_buf[SP_EARLY_MAX]; /* waits for the peer's flight in recv() (WAITING) */
@@ -938,6 +964,7 @@ int sp_handshake(sp_conn *c, int wait_ms, sp_err *err)
     }
     for (;;) {
         int r, e = SSL_ERROR_NONE, status;
+        sp_step step;
         sp_mutex_lock(&c->ssl_lock);
         status = sticky_status(c, err);
         if (status != SP_OK) {
@@ -948,7 +975,9 @@ int sp_handshake(sp_conn *c, int wait_ms, sp_err *err)
         }
         ERR_clear_error();
         c->bio_errno = 0;
+        sp_ctx_step_begin(c->ssl, &step); /* (its context may not change meanwhile) */
         r = SSL_do_handshake(c->ssl);
+        sp_ctx_step_end(&step);
         if (r == 1) {
             c->established = 1;
             c->handshake_waits = 0; /* (a later renegotiation starts with our own flight) */
@@ -1037,7 +1066,7 @@ int sp_read(sp_conn *c, unsigned char *buf, size_t len, size_t want, size_t *got
         }
         clear_errors();
         c->bio_errno = 0;
-        ok = SSL_read_ex(c->ssl, buf + total, len - total, &n);
+        ok = guarded_read(c, buf + total, len - total, &n);
         if (!ok) {
             e = SSL_get_error(c->ssl, 0);
             if (e != SSL_ERROR_WANT_READ && e != SSL_ERROR_WANT_WRITE) {
@@ -1139,7 +1168,7 @@ static int write_records(sp_conn *c, const unsigned char *head, size_t head_len,
         c->bio_errno = 0;
         c->direct_send = c->socket_mode && !hold && total + chunk == all
                       && chunk <= SSL3_RT_MAX_PLAIN_LENGTH;
-        ok = SSL_write_ex(c->ssl, from, chunk, &n);
+        ok = guarded_write(c, from, chunk, &n);
         c->direct_send = 0;
         if (ok) {
             c->written += n;
@@ -1357,7 +1386,7 @@ void sp_conn_drain_tickets(sp_conn *c)
         int e = SSL_ERROR_NONE;
         c->draining = 1;
         ERR_clear_error();
-        if (!SSL_read_ex(c->ssl, scratch, sizeof scratch, &n))
+        if (!guarded_read(c, scratch, sizeof scratch, &n))
             e = SSL_get_error(c->ssl, 0);
         ERR_clear_error();
         c->draining = 0;

@@ -42,27 +42,39 @@ static int get_alpn_index(void)
 /* ---- configuration guard --------------------------------------------------------------
  * OpenSSL does not allow an SSL_CTX to change while SSL_new / SSL_set_SSL_CTX copy from it
  * (certificate, key, DH parameters, groups, CA names) or while handshakes read it (the cipher
- * lists, the key-log callback). An unsealed context may be changed while it serves, so:
- * - every change runs under the context's write lock (sp_ctx_config_lock; Python takes it
- *   around its OpenSSL calls, always with the GIL released while waiting: a CFFI call);
- * - SSL_new and the SNI switch run under its read lock (sp_ctx_new_ssl, sp_ctx_switch_ssl);
+ * lists, the ALPN policy, the key-log callback). An unsealed context may be changed while it
+ * serves, so each context has a readers-writer lock:
+ * - every change runs under its write lock (sp_ctx_config_lock; Python takes it around its
+ *   OpenSSL calls, always with the GIL released while waiting: a CFFI call);
+ * - readers: SSL_new (sp_ctx_new_ssl), and every OpenSSL call that may run a handshake step
+ *   (sp_ctx_step_begin / _end around SSL_do_handshake, and around SSL_read_ex / SSL_write_ex
+ *   while a handshake may run in them: sp_ctx_step_needed). A step never waits for the
+ *   network (the pump waits between calls), so a change waits for the steps in progress,
+ *   never for a whole handshake. A connection has no cipher lists of its own: the step reads
+ *   its context's, which a change of ciphers frees; the lock is why that is safe;
+ * - the SNI switch (SSL_set_SSL_CTX, inside a step) moves the step's hold from the old
+ *   context to the new one, whose lists the rest of the step reads: a thread holds at most
+ *   one of these locks per step, so two contexts' locks never wait for each other;
  * - the key-log callback, once installed, stays installed (OpenSSL reads the pointer twice:
  *   a NULL in between would be called) and a flag decides whether a line is passed on.
- * A sealed context never changes (sp_ctx_config_lock refuses).
- * NOT covered: a handshake reads the context's cipher lists (a connection has none of its
- * own), which a change of ciphers frees: changing the ciphers of a context that is
- * handshaking in other threads is unsafe. Giving each connection its own lists (parsed from
- * the context's specs) fixes it but costs ~35 us per connection: not done yet (issue 5
- * measures every connection's cost).
- * The server's ALPN policy (select_alpn) is read under the read lock too. */
+ * A step's callbacks into Python (SNI, key log) run with the lock held: a change of that same
+ * context from such a callback would wait for itself, so sp_ctx_config_lock refuses it
+ * (SP_CTX_IN_HANDSHAKE), and a read lock this thread already holds is not taken again
+ * (current_step: POSIX and Windows rwlocks may deadlock on a recursive read lock once a writer
+ * waits). A sealed context never changes (sp_ctx_config_lock refuses), so its steps take no
+ * lock at all. */
 typedef struct ctx_guard {
     CRYPTO_RWLOCK *lock;
-    int sealed;
-    int keylog;    /* read without the lock by the key-log callback: an int flag */
+    int sealed;    /* set under the write lock; read without it (sp_flag_get) */
+    int keylog;    /* read without the lock by the key-log callback (sp_flag_get) */
 } ctx_guard;
 
 static int guard_index = -1;
 static CRYPTO_ONCE guard_once = CRYPTO_ONCE_STATIC_INIT;
+
+/* The steps this thread is inside, innermost first (a callback may open a connection of its
+ * own: steps nest). */
+static SP_THREAD_LOCAL sp_step *current_step;
 
 static void free_guard(void *parent, void *ptr, CRYPTO_EX_DATA *ad, int idx, long argl, void *argp)
 {
@@ -100,10 +112,34 @@ static int attach_guard(SSL_CTX *ctx)
     return 1;
 }
 
+/* Does this thread hold ctx's read lock (a step it is inside)? */
+static int held_here(const SSL_CTX *ctx)
+{
+    const sp_step *st;
+    for (st = current_step; st != NULL; st = st->outer)
+        if (st->locked == ctx)
+            return 1;
+    return 0;
+}
+
+/* The guard whose read lock a reader must take, or NULL: none (a context sp_ctx_new did not
+ * make, a sealed one) or already held by this thread. */
+static ctx_guard *guard_to_read(const SSL_CTX *ctx)
+{
+    ctx_guard *g = guard_of(ctx);
+    if (g == NULL || sp_flag_get(&g->sealed) || held_here(ctx))
+        return NULL;
+    return g;
+}
+
 int sp_ctx_config_lock(SSL_CTX *ctx)
 {
     ctx_guard *g = guard_of(ctx);
-    if (g == NULL || !CRYPTO_THREAD_write_lock(g->lock))
+    if (g == NULL)
+        return -1;
+    if (held_here(ctx))
+        return sp_flag_get(&g->sealed) ? 0 : SP_CTX_IN_HANDSHAKE;
+    if (!CRYPTO_THREAD_write_lock(g->lock))
         return -1;
     if (g->sealed) {
         CRYPTO_THREAD_unlock(g->lock);
@@ -120,17 +156,21 @@ void sp_ctx_config_unlock(SSL_CTX *ctx)
 void sp_ctx_seal(SSL_CTX *ctx)
 {
     ctx_guard *g = guard_of(ctx);
-    if (g != NULL && CRYPTO_THREAD_write_lock(g->lock)) {
-        g->sealed = 1;
+    if (g == NULL)
+        return;
+    if (held_here(ctx)) { /* (from a callback of its own handshake: no change is in progress) */
+        sp_flag_set(&g->sealed, 1);
+    } else if (CRYPTO_THREAD_write_lock(g->lock)) {
+        sp_flag_set(&g->sealed, 1);
         CRYPTO_THREAD_unlock(g->lock);
     }
 }
 
 SSL *sp_ctx_new_ssl(SSL_CTX *ctx)
 {
-    ctx_guard *g = guard_of(ctx);
+    ctx_guard *g = guard_to_read(ctx);
     SSL *ssl;
-    if (g == NULL) /* (not made by sp_ctx_new) */
+    if (g == NULL)
         return SSL_new(ctx);
     if (!CRYPTO_THREAD_read_lock(g->lock))
         return NULL;
@@ -139,30 +179,66 @@ SSL *sp_ctx_new_ssl(SSL_CTX *ctx)
     return ssl;
 }
 
+void sp_ctx_step_begin(SSL *ssl, sp_step *st)
+{
+    SSL_CTX *ctx = SSL_get_SSL_CTX(ssl);
+    ctx_guard *g = guard_to_read(ctx);
+    st->outer = current_step;
+    st->locked = NULL;
+    /* (a lock that cannot be taken, a pthread error, leaves the step unguarded, as before) */
+    if (g != NULL && CRYPTO_THREAD_read_lock(g->lock))
+        st->locked = ctx;
+    current_step = st;
+}
+
+void sp_ctx_step_end(sp_step *st)
+{
+    if (st->locked != NULL)
+        CRYPTO_THREAD_unlock(guard_of(st->locked)->lock);
+    current_step = st->outer;
+}
+
+int sp_ctx_step_needed(SSL *ssl)
+{
+    /* A handshake in progress, or TLS 1.2, where a renegotiation may start inside a read.
+     * (TLS 1.3's post-handshake messages read no context state that a change frees.) */
+    return SSL_in_init(ssl) || SSL_version(ssl) < TLS1_3_VERSION;
+}
+
 int sp_ctx_switch_ssl(SSL *ssl, SSL_CTX *to)
 {
-    ctx_guard *g = guard_of(to);
+    sp_step *st = current_step;
+    ctx_guard *g;
     int ok;
+    /* Inside a step (the SNI callback): the rest of it reads `to`, not the old context. */
+    if (st != NULL && st->locked == SSL_get_SSL_CTX(ssl) && st->locked != to) {
+        CRYPTO_THREAD_unlock(guard_of(st->locked)->lock);
+        st->locked = NULL;
+    }
+    g = guard_to_read(to);
     if (g == NULL)
         return SSL_set_SSL_CTX(ssl, to) != NULL;
     if (!CRYPTO_THREAD_read_lock(g->lock))
         return 0;
     ok = SSL_set_SSL_CTX(ssl, to) != NULL;
-    CRYPTO_THREAD_unlock(g->lock);
+    if (st != NULL && st->locked == NULL)
+        st->locked = to; /* (released by sp_ctx_step_end) */
+    else
+        CRYPTO_THREAD_unlock(g->lock);
     return ok;
 }
 
 int sp_ctx_keylog_wanted(const SSL_CTX *ctx)
 {
     ctx_guard *g = guard_of(ctx);
-    return g == NULL || g->keylog;
+    return g == NULL || sp_flag_get(&g->keylog);
 }
 
 void sp_ctx_set_keylog_flag(SSL_CTX *ctx, int on)
 {
     ctx_guard *g = guard_of(ctx);
     if (g != NULL)
-        g->keylog = on;
+        sp_flag_set(&g->keylog, on);
 }
 
 SSL_CTX *sp_ctx_new(int is_server, sp_err *err)
@@ -235,7 +311,7 @@ static int select_alpn(SSL *ssl, const unsigned char **out, unsigned char *outle
                        const unsigned char *in, unsigned int inlen, void *arg)
 {
     SSL_CTX *ctx = SSL_get_SSL_CTX(ssl);
-    ctx_guard *g = guard_of(ctx);
+    ctx_guard *g = guard_to_read(ctx); /* (NULL inside a step: it holds the lock already) */
     alpn_policy *policy;
     size_t i;
     int result = SSL_TLSEXT_ERR_NOACK;

@@ -24,14 +24,27 @@ int sp_ctx_add_pem_roots(SSL_CTX *ctx, const unsigned char *pem, size_t len);
 int sp_ctx_load_client_ca_file(SSL_CTX *ctx, const char *path, sp_err *err);
 
 /* The configuration guard (see sp_ctx.c): changes to a context run between
- * sp_ctx_config_lock (1: locked; 0: sealed, not locked; -1: failure) and sp_ctx_config_unlock
- * (sp_ctx_set_server_alpn among them). */
+ * sp_ctx_config_lock (1: locked; 0: sealed, not locked; -1: failure; SP_CTX_IN_HANDSHAKE: not
+ * locked, called from a callback of one of the context's own handshakes) and
+ * sp_ctx_config_unlock (sp_ctx_set_server_alpn among them). */
+#define SP_CTX_IN_HANDSHAKE 2
 int sp_ctx_config_lock(SSL_CTX *ctx);
 void sp_ctx_config_unlock(SSL_CTX *ctx);
 void sp_ctx_seal(SSL_CTX *ctx);
 /* SSL_new / SSL_set_SSL_CTX under the context's read lock. */
 SSL *sp_ctx_new_ssl(SSL_CTX *ctx);
 int sp_ctx_switch_ssl(SSL *ssl, SSL_CTX *to);
+/* An OpenSSL call that may run a handshake step (one that never waits) runs between
+ * sp_ctx_step_begin and sp_ctx_step_end, with `st` on the caller's stack: it holds the read
+ * lock of the connection's (unsealed) context. sp_ctx_step_needed: may a read or write on
+ * this established connection run one? */
+typedef struct sp_step {
+    SSL_CTX *locked;          /* the context whose read lock this step holds, or NULL */
+    struct sp_step *outer;
+} sp_step;
+void sp_ctx_step_begin(SSL *ssl, sp_step *st);
+void sp_ctx_step_end(sp_step *st);
+int sp_ctx_step_needed(SSL *ssl);
 int sp_ctx_keylog_wanted(const SSL_CTX *ctx);
 void sp_ctx_set_keylog_flag(SSL_CTX *ctx, int on);
 

@@ -193,6 +193,8 @@ class _Context:
         state = lib.sp_ctx_config_lock(ptr)
         if state == 0:
             raise SSLError(f"{func}: context is sealed")
+        if state == lib.SP_CTX_IN_HANDSHAKE:  # (it would wait for its own handshake)
+            raise SSLError(f"{func}: cannot change a context from a callback of its own handshake")
         if state < 0:
             raise MemoryError(f"{func}: cannot lock the context")
         try:
