@@ -203,3 +203,17 @@ def test_closing_both_ports_ends_a_write_waiting_in_another_thread(pair: Any) ->
     t.join(5)
     assert not t.is_alive(), "the waiting write never ends"
     assert result and isinstance(result[0], (OSError, ValueError))
+
+
+def test_flush_of_a_closed_output_port_raises(pair: tuple[Any, Any, Any, Any]) -> None:
+    """As io's writers: flush() after close() is ValueError (it returned as if it had sent),
+    also through a flush method taken before the close; close() again stays quiet."""
+    _cin, cout, sin, _sout = pair
+    flush = cout.flush
+    cout.write(b"last\n")
+    cout.close()
+    assert sin.readline() == b"last\n"
+    for call in (cout.flush, flush):
+        with pytest.raises(ValueError, match="closed"):
+            call()
+    cout.close()

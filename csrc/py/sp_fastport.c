@@ -491,7 +491,7 @@ static PyObject *port_install(Port *self, PyObject *args)
 
 /* A C method called while it is not installed (kept from before: w = port.write): the port
  * class's own Python method `name` does the call, with the port and then `args`; a port that
- * is closed (or gone) raises as the Python method would, except flush(), which returns. */
+ * is closed (or gone) raises as the Python method would. */
 static PyObject *off_call(Port *self, const char *name, PyObject *const *args, size_t n)
 {
     PyObject *stack[3], *port = NULL, *method, *r = NULL;
@@ -507,8 +507,6 @@ static PyObject *off_call(Port *self, const char *name, PyObject *const *args, s
     Py_XINCREF(port);
 #endif
     if (port == NULL) {
-        if (strcmp(name, "flush") == 0)
-            Py_RETURN_NONE;
         PyErr_SetString(PyExc_ValueError, "I/O operation on closed SSL port");
         return NULL;
     }

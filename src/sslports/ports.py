@@ -1036,7 +1036,9 @@ class SSLOutputPort(io.BufferedIOBase):
             raise
 
     def flush(self) -> None:
-        if self.closed or not (self._buf or self._conn_holds()):
+        if self.closed:  # (as io's writers: nothing can be sent any more)
+            raise ValueError("flush of closed SSL port")
+        if not (self._buf or self._conn_holds()):
             return
         if "_close_claimed" in self.__dict__ and self._lock.locked():
             return  # (close(), io's included: never wait for a write in another thread)
