@@ -367,6 +367,10 @@ void sp_conn_apply_verify_locked(sp_conn *c)
             mode = SSL_VERIFY_PEER;
         if (c->verify_flags & SP_VERIFY_REQUIRE)
             mode |= SSL_VERIFY_FAIL_IF_NO_PEER_CERT;
+        /* Sessions resume only under this context and policy (a resumed session is not
+         * verified again): never into a stricter one. */
+        if (!sp_ssl_set_session_id_context(c->ssl, c->verify_flags & ~SP_VERIFY_POST_HANDSHAKE))
+            ERR_clear_error();
     } else {
         /* A client always checks what it is given; the callback decides what is fatal. */
         mode = SSL_VERIFY_PEER;

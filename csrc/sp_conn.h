@@ -50,6 +50,8 @@ struct sp_conn {
 
     /* re-verification of an established peer (ssl_lock): 1 while pending */
     int reauth_pending;
+    /* server: the SNI callback ran for the first ClientHello (ssl_lock) */
+    int sni_done;
     /* the newest resumable session the server gave this client (ssl_lock) */
     SSL_SESSION *session;
     /* client: the peer key its context's session cache files that session under, or NULL */

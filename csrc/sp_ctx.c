@@ -3,6 +3,7 @@
 #include <string.h>
 
 #include <openssl/pem.h>
+#include <openssl/rand.h>
 #include <openssl/rsa.h>
 
 #include "sp.h"
@@ -67,6 +68,7 @@ typedef struct ctx_guard {
     CRYPTO_RWLOCK *lock;
     int sealed;    /* set under the write lock; read without it (sp_flag_get) */
     int keylog;    /* read without the lock by the key-log callback (sp_flag_get) */
+    unsigned char tag[8]; /* random, this context's part of its session id contexts */
 } ctx_guard;
 
 static int guard_index = -1;
@@ -105,7 +107,8 @@ static int attach_guard(SSL_CTX *ctx)
     if (g == NULL)
         return 0;
     g->lock = CRYPTO_THREAD_lock_new();
-    if (g->lock == NULL || !SSL_CTX_set_ex_data(ctx, guard_index, g)) {
+    if (g->lock == NULL || RAND_bytes(g->tag, (int)sizeof g->tag) != 1
+        || !SSL_CTX_set_ex_data(ctx, guard_index, g)) {
         free_guard(NULL, g, NULL, 0, 0, NULL);
         return 0;
     }
@@ -226,6 +229,24 @@ int sp_ctx_switch_ssl(SSL *ssl, SSL_CTX *to)
     else
         CRYPTO_THREAD_unlock(g->lock);
     return ok;
+}
+
+/* A server resumes a session only under the session id context it was made under: make that
+ * say which context (its random tag) and which client-certificate policy (the verify flags),
+ * so that a session of a client that was not asked for a certificate, or was verified against
+ * other roots, is never resumed where the policy demands a verified one: after the context's
+ * ssl_set_verify, or after an SNI switch to a context that verifies clients. */
+int sp_ssl_set_session_id_context(SSL *ssl, int verify_flags)
+{
+    unsigned char sid[8 + sizeof ((ctx_guard *)0)->tag + 1];
+    ctx_guard *g = guard_of(SSL_get_SSL_CTX(ssl));
+    memcpy(sid, "sslports", 8);
+    if (g != NULL)
+        memcpy(sid + 8, g->tag, sizeof g->tag);
+    else
+        memset(sid + 8, 0, sizeof g->tag);
+    sid[sizeof sid - 1] = (unsigned char)(verify_flags & 0xff);
+    return SSL_set_session_id_context(ssl, sid, (unsigned int)sizeof sid);
 }
 
 int sp_ctx_keylog_wanted(const SSL_CTX *ctx)

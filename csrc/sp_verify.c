@@ -337,24 +337,52 @@ int sp_conn_session_reused(sp_conn *c)
 
 /* ---- callbacks into Python ------------------------------------------------------------ */
 
-static int sni_callback(SSL *ssl, int *alert, void *arg)
+/* The host_name of a ClientHello's server_name extension (RFC 6066 3), NUL-terminated in
+ * out; 0 when there is none or it is malformed (then OpenSSL's own parser rejects it). */
+static int hello_host_name(SSL *ssl, char *out, size_t cap)
+{
+    const unsigned char *p;
+    size_t len, list, n;
+    if (!SSL_client_hello_get0_ext(ssl, TLSEXT_TYPE_server_name, &p, &len) || len < 5)
+        return 0;
+    list = ((size_t)p[0] << 8) | p[1];
+    if (list != len - 2 || p[2] != TLSEXT_NAMETYPE_host_name)
+        return 0;
+    n = ((size_t)p[3] << 8) | p[4];
+    if (n == 0 || n + 3 != list || n >= cap || memchr(p + 5, 0, n) != NULL)
+        return 0;
+    memcpy(out, p + 5, n);
+    out[n] = '\0';
+    return 1;
+}
+
+/* The SNI callback runs from the ClientHello callback, before OpenSSL looks for a session to
+ * resume: a switch to another context (and its session id context, sp_conn_apply_verify_locked)
+ * then decides which sessions may be resumed, so that a session made where no client
+ * certificate was asked for is never resumed into a context that verifies clients. (From the
+ * servername callback it would come too late: the session is chosen by then, and for TLS 1.2
+ * resumption OpenSSL even reports the old session's name instead of the one sent.) */
+static int client_hello_callback(SSL *ssl, int *alert, void *arg)
 {
     sp_conn *c = sp_conn_from_ssl(ssl);
-    const char *name = SSL_get_servername(ssl, TLSEXT_NAMETYPE_host_name);
+    char name[TLSEXT_MAXLEN_host_name + 1];
     SSL_CTX *switch_to = NULL;
     int flags = 0, r;
     (void)arg;
-    if (c == NULL || name == NULL)
-        return SSL_TLSEXT_ERR_NOACK; /* no SNI: the callback is not called */
+    if (c == NULL || c->sni_done) /* (a HelloRetryRequest's second hello, a renegotiation) */
+        return SSL_CLIENT_HELLO_SUCCESS;
+    c->sni_done = 1;
+    if (!hello_host_name(ssl, name, sizeof name))
+        return SSL_CLIENT_HELLO_SUCCESS; /* no SNI: the callback is not called */
     r = sp_py_sni(c, name, &switch_to, &flags);
     if (r < 0) {
         *alert = SSL_AD_INTERNAL_ERROR;
-        return SSL_TLSEXT_ERR_ALERT_FATAL;
+        return SSL_CLIENT_HELLO_ERROR;
     }
     if (r > 0 && switch_to != NULL) {
         if (!sp_ctx_switch_ssl(ssl, switch_to)) {
             *alert = SSL_AD_INTERNAL_ERROR;
-            return SSL_TLSEXT_ERR_ALERT_FATAL;
+            return SSL_CLIENT_HELLO_ERROR;
         }
         /* SSL_set_SSL_CTX swaps certificate, key and store, but not the verify mode or
          * options: take them from the new context too. */
@@ -362,11 +390,20 @@ static int sni_callback(SSL *ssl, int *alert, void *arg)
         c->verify_flags = flags;
         sp_conn_apply_verify_locked(c);
     }
-    return SSL_TLSEXT_ERR_OK;
+    return SSL_CLIENT_HELLO_SUCCESS;
+}
+
+/* Acknowledges the SNI extension (the switch itself happened in client_hello_callback). */
+static int sni_callback(SSL *ssl, int *alert, void *arg)
+{
+    (void)alert, (void)arg;
+    return SSL_get_servername(ssl, TLSEXT_NAMETYPE_host_name) != NULL ? SSL_TLSEXT_ERR_OK
+                                                                       : SSL_TLSEXT_ERR_NOACK;
 }
 
 void sp_ctx_enable_sni(SSL_CTX *ctx)
 {
+    SSL_CTX_set_client_hello_cb(ctx, client_hello_callback, NULL);
     SSL_CTX_set_tlsext_servername_callback(ctx, sni_callback);
 }
 

@@ -431,6 +431,88 @@ def test_malformed_first_record(target: Callable[..., Target], name: str) -> Non
     t.assert_serving()
 
 
+def with_server_name(hello: bytes, body: bytes) -> bytes:
+    """`hello` (one ClientHello record) with its server_name extension's data replaced by
+    `body`, every enclosing length fixed."""
+    hs = hello[5:]
+    at = 4 + 2 + 32
+    at += 1 + hs[at]  # session id
+    at += 2 + struct.unpack(">H", hs[at : at + 2])[0]  # cipher suites
+    at += 1 + hs[at]  # compression methods
+    exts, i, out = hs[at + 2 :], 0, b""
+    while i < len(exts):
+        kind, n = struct.unpack(">HH", exts[i : i + 4])
+        data = body if kind == 0 else exts[i + 4 : i + 4 + n]
+        out += struct.pack(">HH", kind, len(data)) + data
+        i += 4 + n
+    msg = hs[4:at] + struct.pack(">H", len(out)) + out
+    msg = b"\x01" + len(msg).to_bytes(3, "big") + msg
+    return hello[:3] + struct.pack(">H", len(msg)) + msg
+
+
+def _names(*entries: tuple[int, bytes]) -> bytes:
+    listed = b"".join(bytes([kind]) + struct.pack(">H", len(n)) + n for kind, n in entries)
+    return struct.pack(">H", len(listed)) + listed
+
+
+SERVER_NAME_BODIES = {  # the server_name extension's data (RFC 6066 3)
+    "one-name": _names((0, b"localhost")),
+    "upper-case": _names((0, b"LOCALHOST")),
+    "longest-name": _names((0, b"a" * 255)),
+    "name-too-long": _names((0, b"a" * 256)),
+    "empty-name": _names((0, b"")),
+    "nul-in-name": _names((0, b"local\x00host")),
+    "other-type": _names((1, b"localhost")),
+    "two-entries": _names((0, b"localhost"), (0, b"evil.test")),
+    "list-length-short": b"\x00\x0b" + _names((0, b"localhost"))[2:],
+    "list-length-long": b"\x00\x0d" + _names((0, b"localhost"))[2:],
+    "name-length-short": b"\x00\x0c\x00\x00\x08localhost",
+    "name-length-long": b"\x00\x0c\x00\x00\x0alocalhost",
+    "empty-list": b"\x00\x00",
+    "no-list": b"",
+    "truncated": b"\x00\x0c\x00",
+}
+
+
+@pytest.mark.parametrize("version", ["tls12", "tls13"])
+@pytest.mark.parametrize("case", sorted(SERVER_NAME_BODIES))
+def test_sni_callback_sees_the_name_openssl_accepts(
+    target: Callable[..., Target], pki: Any, case: str, version: str
+) -> None:
+    """The SNI callback reads the ClientHello's server_name extension itself (csrc/sp_verify.c:
+    it runs before OpenSSL parses it): whenever the server answers a hello with a name, the
+    callback saw exactly that name; a malformed extension is refused (OpenSSL's alert) with no
+    call, and the server keeps serving."""
+    ctx = pki.server_context()
+    seen: list[str] = []
+
+    def callback(name: str) -> None:
+        seen.append(name)
+
+    sslports.ssl_set_server_name_identification_callback(ctx, callback)
+    t = target(context=ctx)
+    body = SERVER_NAME_BODIES[case]
+    hello = with_server_name(client_hello(version), body)
+    answer: list[bytes] = []
+
+    def peer() -> None:
+        with raw_connect(t.port) as s:
+            s.sendall(hello)
+            first = s.recv(65536)  # a ServerHello (the server then waits for us) or an alert
+            answer.append(first)
+
+    t.expect_handshake_failure(peer)
+    answered = answer[0][:1] == bytes([REC_HANDSHAKE]) and answer[0][5:6] == b"\x02"
+    listed = body[5:] if len(body) >= 5 and body[2] == 0 else b""
+    if answered and case != "empty-name":
+        assert seen == [listed.decode()], case
+    else:
+        assert seen == [], case
+    expected = {"one-name", "upper-case", "longest-name", "empty-name"}
+    assert answered == (case in expected), (case, answer[0][:16])
+    t.assert_serving()
+
+
 # -- 2. stalls -------------------------------------------------------------------------------------
 
 

@@ -166,13 +166,17 @@ def _host_info(hostname: str) -> tuple[bool, Optional[bytes], bytes]:
     key = hostname.lower().encode("utf-8", "surrogatepass")
     if literal_family(hostname):
         return True, hostname.split("%")[0].encode(), key
-    name = hostname[:-1] if hostname.endswith(".") else hostname
-    if not name or name.startswith(".") or ".." in name or "*" in name:
-        return False, None, key
     try:
-        return False, name.encode("ascii") if name.isascii() else name.encode("idna"), key
+        name = hostname.encode("ascii") if hostname.isascii() else hostname.encode("idna")
     except UnicodeError:
         return False, None, key
+    # Checked on the encoded name: IDNA folds look-alikes into ASCII ("\uff0a" is "*",
+    # "\u3002" is ".").
+    if name.endswith(b"."):
+        name = name[:-1]
+    if not name or name.startswith(b".") or name.endswith(b".") or b".." in name or b"*" in name:
+        return False, None, key
+    return False, name, key
 
 
 def _check_hostname_arg(func: str, hostname: object) -> Optional[str]:
