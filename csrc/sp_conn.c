@@ -467,6 +467,7 @@ static size_t send_direct(sp_conn *c, const char *data, size_t len)
         if (n >= (long)c->outq_len) {
             took = (size_t)n - c->outq_len;
             c->outq_len = 0;
+            c->read_out = 0;
         } else if (n > 0) { /* the sender sends the rest of the queue, then this record */
             unsigned char *spare = c->out;
             size_t spare_cap = c->out_cap;
@@ -477,6 +478,7 @@ static size_t send_direct(sp_conn *c, const char *data, size_t len)
             c->outq = spare;
             c->outq_cap = spare_cap;
             c->outq_len = 0;
+            c->read_out = 0;
         }
     }
 #endif
@@ -526,6 +528,8 @@ static int sock_bio_write(BIO *bio, const char *data, int len)
     BIO_clear_retry_flags(bio);
     if (len <= 0)
         return 0;
+    if (c->reading)
+        c->read_out += (size_t)len;
     sent = send_direct(c, data, (size_t)len);
     if (sent == (size_t)len)
         return len;
@@ -566,6 +570,14 @@ static int sock_bio_read(BIO *bio, char *buf, int len)
     if (c->early_errno != 0) { /* ... or the error it met (a reset is reported only once) */
         c->bio_errno = c->early_errno;
         c->early_errno = 0;
+        return -1;
+    }
+    if (c->read_out >= SP_OUT_HIGH) {
+        /* What reading made (a KeyUpdate reply per KeyUpdate the peer requests, a warning
+         * per renegotiation it attempts) waits for a peer that does not read it: take no
+         * more input until it did (wait_readable then waits for the socket to drain), so
+         * that such a peer cannot make outq grow without bound. */
+        BIO_set_retry_read(bio);
         return -1;
     }
     if (!c->established && c->outq_len > 0) {
@@ -699,6 +711,7 @@ static int send_queued_nowait(sp_conn *c, sp_err *err)
             unsigned char *spare = c->out;
             size_t spare_cap = c->out_cap;
             sp_mutex_lock(&c->ssl_lock);
+            c->read_out = 0; /* (what reading queued leaves outq now) */
             if (c->outq_len > 0) {
                 c->out = c->outq;
                 c->out_cap = c->outq_cap;
@@ -870,8 +883,15 @@ static int wait_readable(sp_conn *c, int wait_ms, sp_err *err, unsigned char *ea
         int s = send_queued_nowait(c, err);
         if (s == SP_ERROR)
             return SP_ERROR;
-        if (s == SP_WANT_WRITE)
-            events |= POLLOUT;
+        if (s == SP_WANT_WRITE) {
+            int throttled;
+            sp_mutex_lock(&c->ssl_lock);
+            throttled = c->read_out >= SP_OUT_HIGH;
+            sp_mutex_unlock(&c->ssl_lock);
+            /* The socket BIO takes no input until the peer reads what reading made: wait
+             * for room only (readable input would wake us to no avail, at 100% CPU). */
+            events = throttled ? POLLOUT : POLLIN | POLLOUT;
+        }
     }
     if (early_buf != NULL && c->recv_waits && events == POLLIN && wait_ms >= SP_WAIT_SLICE_MS)
         return recv_early(c, early_buf);
@@ -1070,7 +1090,9 @@ int sp_read(sp_conn *c, unsigned char *buf, size_t len, size_t want, size_t *got
         }
         clear_errors();
         c->bio_errno = 0;
+        c->reading = 1;
         ok = guarded_read(c, buf + total, len - total, &n);
+        c->reading = 0;
         if (!ok) {
             e = SSL_get_error(c->ssl, 0);
             if (e != SSL_ERROR_WANT_READ && e != SSL_ERROR_WANT_WRITE) {

@@ -27,6 +27,12 @@ struct sp_conn {
     int peer_closed; /* recv() returned 0 (ssl_lock) */
     int draining;    /* sp_conn_drain_tickets: a transport EOF is not an event (ssl_lock) */
     int direct_send; /* the last record of an sp_write: the BIO may send it itself (ssl_lock) */
+    int reading;     /* inside sp_read's SSL_read_ex (ssl_lock) */
+    /* ciphertext reading made (KeyUpdate replies, refusals of renegotiation, alerts) still in
+     * outq: 0 again whenever outq is taken for sending (ssl_lock). At SP_OUT_HIGH the socket
+     * BIO takes no more input until the sender took it, which it can only do once the
+     * previous batch is on the wire: a peer that never reads cannot make outq grow. */
+    size_t read_out;
     int handshake_waits; /* the handshake waits for the peer's next flight (a server's first
                             call, or after a call that returned to wait for it): the next
                             sp_handshake waits before it calls OpenSSL (the handshaking
