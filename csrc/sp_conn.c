@@ -71,6 +71,14 @@
  * error that recv() met is kept and reported by the BIO, since the kernel reports a reset
  * only once. Every other wait (sending, short slices, Windows) is a poll().
  *
+ * A PEER THAT DOES NOT READ
+ *
+ * Reading can queue output of its own (a KeyUpdate reply, the refusal of a renegotiation).
+ * What one read queued is counted (read_out) until the sender takes the queue, which it does
+ * only once the previous batch is on the wire; at SP_OUT_HIGH the socket BIO takes no more
+ * input and the read waits for room to send only: a peer that floods such requests and never
+ * reads the answers holds at most ~2 x SP_OUT_HIGH of them here, not one per record it sent.
+ *
  * LOCKS (full duplex without deadlock)
  *
  *   ssl_lock   guards the SSL*, its BIOs, `outq` and the early bytes. Held around OpenSSL
