@@ -282,6 +282,8 @@ SSL_CTX *sp_ctx_new(int is_server, sp_err *err)
         return NULL;
     }
     SSL_CTX_set_options(ctx, SSL_OP_NO_COMPRESSION | SSL_OP_CIPHER_SERVER_PREFERENCE);
+    if (is_server)
+        sp_ctx_remember_end_point(ctx);
     SSL_CTX_set_mode(ctx, SSL_MODE_RELEASE_BUFFERS | SSL_MODE_ACCEPT_MOVING_WRITE_BUFFER);
     if (!SSL_CTX_set_min_proto_version(ctx, TLS1_VERSION)) {
         sp_err_drain(err);

@@ -210,17 +210,12 @@ static int tls_unique_locked(sp_conn *c, unsigned char *out, size_t cap, size_t 
     return 1;
 }
 
-static int server_end_point_locked(sp_conn *c, unsigned char *out, size_t cap, size_t *outlen,
-                                   sp_err *err)
+/* RFC 5929 4.1: the certificate hashed by its signature's hash, MD5 and SHA-1 as SHA-256. */
+static int end_point_of(X509 *cert, unsigned char *out, size_t cap, size_t *outlen, sp_err *err)
 {
-    X509 *cert = SSL_is_server(c->ssl) ? SSL_get_certificate(c->ssl) : peer_cert_locked(c);
     int md_nid = NID_undef, pk_nid = NID_undef;
     const EVP_MD *md;
     unsigned int n = 0;
-    if (cert == NULL) {
-        fail(err, "no server certificate");
-        return 0;
-    }
     if (!X509_get_signature_info(cert, &md_nid, &pk_nid, NULL, NULL) || md_nid == NID_undef) {
         fail(err, "the certificate's signature algorithm has no single hash (RFC 5929 leaves "
                   "tls-server-end-point undefined for it)");
@@ -237,6 +232,87 @@ static int server_end_point_locked(sp_conn *c, unsigned char *out, size_t cap, s
     }
     *outlen = n;
     return 1;
+}
+
+/* A resumed handshake sends no certificate, and a server with several (RSA and ECDSA, say)
+ * only knows which one it presented during the full handshake: OpenSSL's current one is then
+ * the last loaded, not necessarily the session's (the client's peer certificate). So a server
+ * writes its tls-server-end-point into each new session, as ticket app data (which OpenSSL
+ * carries inside the encrypted ticket, and keeps in its session-id cache and in the copies a
+ * TLS 1.3 resumption makes): a magic, then 1 and the value, or 0 (undefined for the
+ * certificate). */
+static const unsigned char end_point_magic[4] = {'S', 'P', 'E', 'P'};
+
+static void remember_end_point(SSL *ssl, SSL_SESSION *session)
+{
+    unsigned char data[sizeof end_point_magic + 1 + EVP_MAX_MD_SIZE];
+    size_t n = 0;
+    sp_err err;
+    X509 *cert = SSL_get_certificate(ssl);
+    if (session == NULL || cert == NULL || SSL_session_reused(ssl))
+        return; /* (a resumed session already carries the value of its full handshake) */
+    sp_err_reset(&err);
+    memcpy(data, end_point_magic, sizeof end_point_magic);
+    data[sizeof end_point_magic] = (unsigned char)end_point_of(
+        cert, data + sizeof end_point_magic + 1, EVP_MAX_MD_SIZE, &n, &err);
+    if (!SSL_SESSION_set1_ticket_appdata(session, data, sizeof end_point_magic + 1 + n))
+        ERR_clear_error(); /* (out of memory: a resumption then uses the current certificate) */
+    ERR_clear_error();
+}
+
+static int remember_in_ticket(SSL *ssl, void *arg)
+{
+    (void)arg;
+    remember_end_point(ssl, SSL_get_session(ssl));
+    return 1;
+}
+
+static int remember_in_cache(SSL *ssl, SSL_SESSION *session)
+{
+    remember_end_point(ssl, session);
+    return 0; /* (no reference kept) */
+}
+
+void sp_ctx_remember_end_point(SSL_CTX *ctx)
+{
+    /* Tickets (TLS 1.3; TLS 1.2 with the extension) are made before a TLS 1.2 handshake
+     * completes; the session-id cache gets the session at its end. */
+    SSL_CTX_set_session_ticket_cb(ctx, remember_in_ticket, NULL, NULL);
+    SSL_CTX_sess_set_new_cb(ctx, remember_in_cache);
+}
+
+static int server_end_point_locked(sp_conn *c, unsigned char *out, size_t cap, size_t *outlen,
+                                   sp_err *err)
+{
+    X509 *cert = SSL_is_server(c->ssl) ? SSL_get_certificate(c->ssl) : peer_cert_locked(c);
+    if (SSL_is_server(c->ssl) && SSL_session_reused(c->ssl)) {
+        void *data = NULL;
+        size_t len = 0;
+        const unsigned char *p;
+        SSL_SESSION_get0_ticket_appdata(SSL_get0_session(c->ssl), &data, &len);
+        p = data;
+        if (p != NULL && len > sizeof end_point_magic
+            && memcmp(p, end_point_magic, sizeof end_point_magic) == 0) {
+            size_t n = len - sizeof end_point_magic - 1;
+            if (p[sizeof end_point_magic] != 1) {
+                fail(err, "the certificate's signature algorithm has no single hash (RFC 5929 "
+                          "leaves tls-server-end-point undefined for it)");
+                return 0;
+            }
+            if (n == 0 || n > cap) {
+                fail(err, "cannot hash the server certificate");
+                return 0;
+            }
+            memcpy(out, p + sizeof end_point_magic + 1, n);
+            *outlen = n;
+            return 1;
+        }
+    }
+    if (cert == NULL) {
+        fail(err, "no server certificate");
+        return 0;
+    }
+    return end_point_of(cert, out, cap, outlen, err);
 }
 
 int sp_channel_binding(sp_conn *c, int type, unsigned char *out, size_t cap, size_t *outlen,

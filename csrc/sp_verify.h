@@ -44,6 +44,10 @@ int sp_reauth_pending(sp_conn *c);
 /* Client contexts: a session cache, fed by each connection's new sessions. 0: out of memory. */
 int sp_ctx_track_sessions(SSL_CTX *ctx);
 
+/* Server contexts: each new session records the tls-server-end-point of the certificate the
+ * full handshake presented, for the connections that resume it. */
+void sp_ctx_remember_end_point(SSL_CTX *ctx);
+
 /* Callbacks into Python, enabled per context. */
 void sp_ctx_enable_sni(SSL_CTX *ctx);
 void sp_ctx_enable_keylog(SSL_CTX *ctx, int on);
