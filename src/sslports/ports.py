@@ -185,6 +185,7 @@ class _Sender:
         self.put_total = 0  # bytes queued so far
         self.done_total = 0  # ... and written out
         self.written_mark = 0  # put_total after the last write of the output port
+        self.reported = False  # `error` was raised to a caller (a write, a flush)
 
     def wait_room(self, deadline: _Deadline) -> None:
         """Wait until the queue has room (back-pressure); raise the sender's error or a
@@ -194,12 +195,14 @@ class _Sender:
                 if not self.cond.wait(deadline.remaining()):
                     raise SSLTimeoutError("write: timed out waiting for the transport")
             if self.error is not None:
+                self.reported = True
                 raise self.error
 
     def put(self, data: bytes, deadline: _Deadline) -> None:
         self.wait_room(deadline)
         with self.cond:
             if self.error is not None:
+                self.reported = True
                 raise self.error
             self.queue.append(data)
             self.queued += len(data)
@@ -354,17 +357,25 @@ class _StreamTransport:
     def close(self, close_original: bool, timeout: Optional[float]) -> None:
         # Every byte written goes to the output stream before close() returns, also when the
         # caller keeps (and may close right after) the streams.
+        sender = self.sender
         if close_original:
-            self.sender.drain(timeout)
+            sender.drain(timeout)
         else:
-            self.sender.drain_written(timeout)
-        self.sender.stop()
+            sender.drain_written(timeout)
+        sender.stop()
+        with sender.cond:  # the output port's bytes were lost, and no write has said so yet
+            lost = sender.error if sender.done_total < sender.written_mark else None
+            if lost is not None and sender.reported:
+                lost = None
+            sender.reported = True
         if close_original:
             for stream in (self.inp, self.out):
                 try:
                     stream.close()
-                except Exception:  # closing is best effort; nothing is lost at this point
+                except Exception:  # closing is best effort
                     pass
+        if lost is not None:
+            raise _transport_error(lost) from lost
 
 
 class _SocketTransport:
@@ -516,8 +527,14 @@ class Connection:
                     continue
                 if deadline.expired():  # checked between transport reads
                     raise SSLTimeoutError(f"{func}: handshake timed out")
-                with self.transport_errors(func, "handshake", cls):
+                try:
                     self.wait_for_pump(status, deadline, func)
+                except _TransportError as exc:
+                    # The stream's own timeout ended a read that outlasted the deadline
+                    # (docs/guide/timeouts.md): that is the deadline expiring.
+                    if isinstance(exc.__cause__, TimeoutError) and deadline.expired():
+                        raise SSLTimeoutError(f"{func}: handshake timed out") from exc
+                    raise self.make_error(cls(f"{func}: handshake failed ({exc.message})")) from exc
                 continue
             self.handshake_failed(func, status, cls)
 
@@ -730,7 +747,11 @@ class Connection:
             # Unread bytes would make close() answer with a reset, which also drops what the
             # kernel still has to send (the end of the last write, to a slow reader).
             _binding.lib.sp_conn_drop_unread(self.ptr)
-        self.transport.close(self.close_original, timeout)
+            self.transport.close(self.close_original, timeout)
+            return
+        # A stream transport: bytes the output stream refused raise here, as a write's would.
+        with self.transport_errors("close", "write"):
+            self.transport.close(self.close_original, timeout)
 
 
 class SSLInputPort(io.BufferedIOBase):

@@ -92,13 +92,16 @@ def _append_keylog_file(path: str, line: bytes) -> None:
 def _keylog(ssl: Any, line: Any) -> None:
     try:
         data = bytes(_binding.ffi.string(line))
+        path = os.environ.get("SSLKEYLOGFILE")
+        if path:  # first, and on its own: a failing callback must not cost the file its line
+            try:
+                _append_keylog_file(path, data)
+            except OSError:
+                _log.exception("sslports: cannot append to SSLKEYLOGFILE")
         with _registry_lock:
             ctx = _contexts.get(_address(_binding.lib.SSL_get_SSL_CTX(ssl)))
         if ctx is not None and ctx._keylogger is not None:
             ctx._keylogger(data)
-        path = os.environ.get("SSLKEYLOGFILE")
-        if path:
-            _append_keylog_file(path, data)
     except BaseException:  # a key logger must never break the handshake
         _log.exception("sslports: key log callback failed")
 

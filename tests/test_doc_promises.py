@@ -1,0 +1,163 @@
+"""Claims of the documentation (README, docs/guide, API.md) that the code did not meet.
+
+Real sockets on 127.0.0.1 and the bundled test certificate; no mocks (the "broken stream" is a
+real file-like object whose writes fail, as a closed pipe's do).
+"""
+
+from __future__ import annotations
+
+import socket
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+import sslports
+
+PEM = sslports.TEST_PEM
+
+
+def _server_context() -> sslports.SSLServerContext:
+    return sslports.ssl_make_server_context(private_key=("pem", PEM), certificate_chain=PEM)
+
+
+class _BreakableWriter:
+    """A socket file whose writes fail with EPIPE once `broken` is set (a peer that left)."""
+
+    def __init__(self, sock: socket.socket) -> None:
+        self.f = sock.makefile("wb")
+        self.broken = False
+
+    def write(self, data: Any) -> int:
+        if self.broken:
+            raise BrokenPipeError(32, "Broken pipe")
+        return int(self.f.write(data))
+
+    def flush(self) -> None:
+        self.f.flush()
+
+    def close(self) -> None:
+        self.f.close()
+
+
+def _stream_pair() -> tuple[Any, Any, Any, list[Any], socket.socket, socket.socket]:
+    """A ports_to_ssl_ports client over a socketpair whose output stream can break."""
+    a, b = socket.socketpair()
+    box: list[Any] = []
+    server = threading.Thread(
+        target=lambda: box.append(
+            sslports.ports_to_ssl_ports(
+                b.makefile("rb"),
+                b.makefile("wb"),
+                context=_server_context(),
+                timeout=10,
+                close_original=True,
+            )
+        ),
+        daemon=True,
+    )
+    server.start()
+    writer = _BreakableWriter(a)
+    inp, out = sslports.ports_to_ssl_ports(
+        a.makefile("rb"), writer, mode="connect", timeout=10, close_original=True
+    )
+    server.join(10)
+    return inp, out, writer, box, a, b
+
+
+@pytest.mark.parametrize("order", ["output_first", "input_first"])
+def test_stream_write_failure_is_not_lost_silently_at_close(order: str) -> None:
+    """API.md: a transport failure after the handshake (a broken pipe) raises SSLError. A
+    write whose ciphertext the output stream refused must not end in a close() that returns
+    as if every byte went out."""
+    inp, out, writer, box, a, b = _stream_pair()
+    try:
+        writer.broken = True
+        out.write(b"x" * 1000)  # buffered (or queued): the failure comes later
+        with pytest.raises(sslports.SSLError, match="Broken pipe"):
+            if order == "output_first":
+                out.close()
+                inp.close()  # the last close waits for the bytes: here it learns they failed
+            else:
+                inp.close()
+                out.close()
+        assert inp.closed and out.closed
+    finally:
+        for p in (inp, out, *(box[0] if box else ())):
+            p.close()
+        a.close()
+        b.close()
+
+
+def test_stream_close_reports_failure_only_once() -> None:
+    """A write that already raised the stream's failure is not raised again by close()."""
+    inp, out, writer, box, a, b = _stream_pair()
+    try:
+        writer.broken = True
+        with pytest.raises(sslports.SSLError):
+            for _ in range(200):  # the failure surfaces on one of the later writes
+                out.write(b"y" * 20000)
+                out.flush()
+                time.sleep(0.005)
+        out.close()
+        inp.close()
+    finally:
+        for p in (inp, out, *(box[0] if box else ())):
+            p.close()
+        a.close()
+        b.close()
+
+
+def test_stream_handshake_deadline_raises_timeout_error() -> None:
+    """docs/guide/timeouts.md: give a stream its own timeout so a stalled peer cannot block the
+    handshake forever; API.md: a `timeout` that expires raises a TimeoutError. The stream's
+    read returns (with its own timeout) only after the deadline: that is the deadline's
+    expiry, not some other failure."""
+    listener = socket.create_server(("127.0.0.1", 0))  # accepts (backlog) and says nothing
+    sock = socket.create_connection(listener.getsockname())
+    sock.settimeout(1.0)  # the stream's own timeout, longer than the deadline
+    reader, writer = sock.makefile("rb"), sock.makefile("wb")
+    try:
+        start = time.monotonic()
+        with pytest.raises(TimeoutError):
+            sslports.ports_to_ssl_ports(reader, writer, mode="connect", timeout=0.3)
+        assert time.monotonic() - start < 5
+    finally:
+        reader.close()
+        writer.close()
+        sock.close()
+        listener.close()
+
+
+def test_keylog_file_gets_lines_when_the_callback_raises(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """docs/guide/keylog.md: with SSLKEYLOGFILE set, every context appends one line per secret
+    to that file; an exception raised by the callback is logged and breaks nothing."""
+    log = tmp_path / "keys.log"
+    server_ctx = _server_context()  # made before: only the client's lines go to the file
+    monkeypatch.setenv("SSLKEYLOGFILE", str(log))
+    listener = sslports.ssl_listen(0, 5, True, "127.0.0.1", server_ctx)
+    port = sslports.ssl_addresses(listener, True)[1]
+    box: list[Any] = []
+    server = threading.Thread(target=lambda: box.append(sslports.ssl_accept(listener)))
+    server.start()
+    ctx = sslports.ssl_make_client_context("tls13")
+
+    def failing(line: bytes) -> None:
+        raise RuntimeError("a broken key logger")
+
+    sslports.ssl_set_keylogger(ctx, failing)
+    try:
+        inp, out = sslports.ssl_connect("127.0.0.1", port, ctx, timeout=10)
+        inp.close()
+        out.close()
+    finally:
+        server.join(10)
+        for p in box[0] if box else ():
+            p.close()
+        listener.close()
+    names = {line.split()[0] for line in log.read_bytes().splitlines()}
+    assert {b"CLIENT_HANDSHAKE_TRAFFIC_SECRET", b"CLIENT_TRAFFIC_SECRET_0"} <= names
