@@ -30,7 +30,7 @@ from typing import Any, Callable, Optional
 
 import pytest
 import trustme
-from certs import in_thread
+from certs import Server, in_thread
 
 import sslports
 
@@ -431,3 +431,12 @@ def connected_ports(pki: Pki) -> Iterator[tuple[Any, Any, Any, Any]]:
     for p in (cin, cout, sin, sout):
         p.close()
     listener.close()
+
+
+@pytest.fixture
+def servers() -> Iterator[list[Server]]:
+    """certs.Server instances a test starts (append them), closed after the test."""
+    made: list[Server] = []
+    yield made
+    for s in made:
+        s.close()

@@ -68,14 +68,6 @@ def pki() -> Pki:
     )
 
 
-@pytest.fixture
-def servers() -> Iterator[list[Server]]:
-    made: list[Server] = []
-    yield made
-    for s in made:
-        s.close()
-
-
 def _facts(inp: Any, out: Any) -> tuple[bool, bool]:
     """Server side: (resumed, peer verified), after one echoed line."""
     facts = (sslports.ssl_session_reused(inp), sslports.ssl_peer_verified(inp))
@@ -160,6 +152,19 @@ def _py_connect(
         sock.close()
 
 
+def _open_and_secure_server(pki: Pki, servers: list[Server], version: str) -> Server:
+    """A listener whose context serves open.test without client certificates and whose SNI
+    callback switches secure.test to a context that requires one."""
+    open_ctx = server_context(version, pki.server, roots=[pki.root])
+    secure_ctx = server_context(version, pki.server, roots=[pki.root], verify="set")
+    sslports.ssl_set_server_name_identification_callback(
+        open_ctx, lambda name: secure_ctx if name == "secure.test" else None
+    )
+    server = Server(open_ctx)
+    servers.append(server)
+    return server
+
+
 @pytest.mark.parametrize("version", VERSIONS)
 def test_sni_switch_to_verifying_context_not_bypassed_by_resumption(
     pki: Pki, servers: list[Server], version: str
@@ -169,13 +174,7 @@ def test_sni_switch_to_verifying_context_not_bypassed_by_resumption(
     under secure.test was resumed (TLS 1.3: the PSK is chosen before the SNI callback runs;
     TLS 1.2: OpenSSL even hands the callback the old session's name), so the client reached
     the verifying context without any certificate."""
-    open_ctx = server_context(version, pki.server, roots=[pki.root])
-    secure_ctx = server_context(version, pki.server, roots=[pki.root], verify="set")
-    sslports.ssl_set_server_name_identification_callback(
-        open_ctx, lambda name: secure_ctx if name == "secure.test" else None
-    )
-    server = Server(open_ctx)
-    servers.append(server)
+    server = _open_and_secure_server(pki, servers, version)
     py = _py_client(pki.root, version)
 
     join = server.accept(_facts)
@@ -201,13 +200,7 @@ def test_sni_switched_context_resumes_its_own_sessions(
     pki: Pki, servers: list[Server], version: str
 ) -> None:
     """A verified client of the switched-to context resumes there, still verified."""
-    open_ctx = server_context(version, pki.server, roots=[pki.root])
-    secure_ctx = server_context(version, pki.server, roots=[pki.root], verify="set")
-    sslports.ssl_set_server_name_identification_callback(
-        open_ctx, lambda name: secure_ctx if name == "secure.test" else None
-    )
-    server = Server(open_ctx)
-    servers.append(server)
+    server = _open_and_secure_server(pki, servers, version)
     py = _py_client(pki.root, version)
     cert_file = chain_file(pki.client)
     key_path = cert_file.with_suffix(".key")

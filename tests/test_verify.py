@@ -15,7 +15,6 @@ from __future__ import annotations
 import hashlib
 import socket
 import ssl
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
@@ -67,14 +66,6 @@ def pki() -> Pki:
         client_two_cn=make_cert(["first client", "second client"], issuer=root),
         rogue_client=make_cert("rogue client", issuer=rogue_root),
     )
-
-
-@pytest.fixture
-def servers() -> Iterator[list[Server]]:
-    made: list[Server] = []
-    yield made
-    for s in made:
-        s.close()
 
 
 def _server(servers: list[Server], ctx: Any, host: str = LOCAL) -> Server:
