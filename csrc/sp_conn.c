@@ -371,13 +371,18 @@ void sp_conn_apply_verify_locked(sp_conn *c)
     int mode = SSL_VERIFY_NONE;
     int is_server = SSL_is_server(c->ssl);
     if (is_server) {
-        if (c->verify_flags & (SP_VERIFY_PEER | SP_VERIFY_REQUIRE))
+        /* Checking the client's name (ssl_set_verify_hostname with a hostname) needs its
+         * certificate: ask for one, and refuse a client that sends none (as Racket documents
+         * for ssl-set-verify-hostname!), also when the chain itself need not verify. */
+        int check_name = (c->verify_flags & SP_VERIFY_HOSTNAME) && c->checks_host;
+        if ((c->verify_flags & (SP_VERIFY_PEER | SP_VERIFY_REQUIRE)) || check_name)
             mode = SSL_VERIFY_PEER;
-        if (c->verify_flags & SP_VERIFY_REQUIRE)
+        if ((c->verify_flags & SP_VERIFY_REQUIRE) || check_name)
             mode |= SSL_VERIFY_FAIL_IF_NO_PEER_CERT;
         /* Sessions resume only under this context and policy (a resumed session is not
          * verified again): never into a stricter one. */
-        if (!sp_ssl_set_session_id_context(c->ssl, c->verify_flags & ~SP_VERIFY_POST_HANDSHAKE))
+        if (!sp_ssl_set_session_id_context(c->ssl, c->verify_flags & ~SP_VERIFY_POST_HANDSHAKE,
+                                           check_name ? c->host_tag : NULL))
             ERR_clear_error();
     } else {
         /* A client always checks what it is given; the callback decides what is fatal. */
@@ -413,11 +418,21 @@ int sp_conn_set_host(sp_conn *c, const char *host, int is_ip, int send_sni, int 
         ok = 0;
     if (ok && check) {
         X509_VERIFY_PARAM *param = SSL_get0_param(c->ssl);
+        unsigned char md[EVP_MAX_MD_SIZE];
+        unsigned int n = 0;
         X509_VERIFY_PARAM_set_hostflags(param, X509_CHECK_FLAG_NO_PARTIAL_WILDCARDS);
         if (is_ip)
             ok = X509_VERIFY_PARAM_set1_ip_asc(param, host);
         else
             ok = X509_VERIFY_PARAM_set1_host(param, host, 0);
+        if (ok)
+            ok = EVP_Digest(host, strlen(host), md, &n, EVP_sha256(), NULL) && n >= SP_HOST_TAG_LEN;
+        if (ok) {
+            memcpy(c->host_tag, md, SP_HOST_TAG_LEN);
+            c->checks_host = 1;
+            sp_conn_apply_verify_locked(c); /* a server now asks for the client's certificate,
+                                               and resumes only sessions made for this name */
+        }
     }
     if (!ok)
         sp_err_drain(err);

@@ -5,6 +5,8 @@
 
 typedef struct sp_conn sp_conn;
 
+#define SP_HOST_TAG_LEN 8 /* bytes of a checked name's digest in a session id context */
+
 /* Private to the C files: Python sees sp_conn as opaque. */
 struct sp_conn {
     SSL *ssl;
@@ -13,6 +15,8 @@ struct sp_conn {
     sp_socket fd;
     int socket_mode;
     int verify_flags;
+    int checks_host; /* sp_conn_set_host set a name (or address) to check (ssl_lock) */
+    unsigned char host_tag[SP_HOST_TAG_LEN]; /* ... its digest (a server's session id context) */
     int established; /* the first handshake completed (ssl_lock) */
 
     sp_mutex ssl_lock;

@@ -235,18 +235,25 @@ int sp_ctx_switch_ssl(SSL *ssl, SSL_CTX *to)
  * say which context (its random tag) and which client-certificate policy (the verify flags),
  * so that a session of a client that was not asked for a certificate, or was verified against
  * other roots, is never resumed where the policy demands a verified one: after the context's
- * ssl_set_verify, or after an SNI switch to a context that verifies clients. */
-int sp_ssl_set_session_id_context(SSL *ssl, int verify_flags)
+ * ssl_set_verify, or after an SNI switch to a context that verifies clients. A server that
+ * checks the client's name (host_tag: a digest of it) resumes only sessions made for that
+ * name. */
+int sp_ssl_set_session_id_context(SSL *ssl, int verify_flags, const unsigned char *host_tag)
 {
-    unsigned char sid[8 + sizeof ((ctx_guard *)0)->tag + 1];
+    unsigned char sid[8 + sizeof ((ctx_guard *)0)->tag + 1 + SP_HOST_TAG_LEN];
+    size_t len = 8 + sizeof ((ctx_guard *)0)->tag + 1;
     ctx_guard *g = guard_of(SSL_get_SSL_CTX(ssl));
     memcpy(sid, "sslports", 8);
     if (g != NULL)
         memcpy(sid + 8, g->tag, sizeof g->tag);
     else
         memset(sid + 8, 0, sizeof g->tag);
-    sid[sizeof sid - 1] = (unsigned char)(verify_flags & 0xff);
-    return SSL_set_session_id_context(ssl, sid, (unsigned int)sizeof sid);
+    sid[len - 1] = (unsigned char)(verify_flags & 0xff);
+    if (host_tag != NULL) {
+        memcpy(sid + len, host_tag, SP_HOST_TAG_LEN);
+        len += SP_HOST_TAG_LEN;
+    }
+    return SSL_set_session_id_context(ssl, sid, (unsigned int)len);
 }
 
 int sp_ctx_keylog_wanted(const SSL_CTX *ctx)

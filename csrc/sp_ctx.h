@@ -46,8 +46,9 @@ void sp_ctx_step_begin(SSL *ssl, sp_step *st);
 void sp_ctx_step_end(sp_step *st);
 int sp_ctx_step_needed(SSL *ssl);
 int sp_ctx_keylog_wanted(const SSL_CTX *ctx);
-/* A server connection's session id context: its context and client-verify policy. */
-int sp_ssl_set_session_id_context(SSL *ssl, int verify_flags);
+/* A server connection's session id context: its context, client-verify policy and, with
+ * host_tag (SP_HOST_TAG_LEN bytes, sp_conn.h), the client name it checks. */
+int sp_ssl_set_session_id_context(SSL *ssl, int verify_flags, const unsigned char *host_tag);
 void sp_ctx_set_keylog_flag(SSL_CTX *ctx, int on);
 
 /* Which step of sp_ctx_open_conn failed. */
