@@ -364,9 +364,8 @@ class _StreamTransport:
             sender.drain_written(timeout)
         sender.stop()
         with sender.cond:  # the output port's bytes were lost, and no write has said so yet
-            lost = sender.error if sender.done_total < sender.written_mark else None
-            if lost is not None and sender.reported:
-                lost = None
+            unsent = sender.done_total < sender.written_mark
+            lost = sender.error if unsent and not sender.reported else None
             sender.reported = True
         if close_original:
             for stream in (self.inp, self.out):
