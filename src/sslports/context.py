@@ -463,15 +463,13 @@ def _platform_default_sources() -> list[VerifySource]:
     # setting SSL_CERT_DIR alone keeps the default file, SSL_CERT_FILE alone the directory.
     env_file = os.environ.get("SSL_CERT_FILE")
     env_dir = os.environ.get("SSL_CERT_DIR")
-    if env_file is None:
-        env_file = "" if lib is None else os.fsdecode(ffi.string(lib.X509_get_default_cert_file()))
-        file_list = [env_file] if env_file else []
-    else:
-        file_list = [f for f in env_file.split(":") if f]
-    if env_dir is None:
-        env_dir = "" if lib is None else os.fsdecode(ffi.string(lib.X509_get_default_cert_dir()))
-    files: list[VerifySource] = list(file_list)
-    dirs: list[VerifySource] = [("directory", d) for d in env_dir.split(":") if d]
+    if lib is not None:
+        if env_file is None:
+            env_file = os.fsdecode(ffi.string(lib.X509_get_default_cert_file()))
+        if env_dir is None:
+            env_dir = os.fsdecode(ffi.string(lib.X509_get_default_cert_dir()))
+    files: list[VerifySource] = [f for f in (env_file or "").split(":") if f]
+    dirs: list[VerifySource] = [("directory", d) for d in (env_dir or "").split(":") if d]
     return files + dirs
 
 
