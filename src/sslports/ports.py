@@ -547,11 +547,19 @@ class Connection:
                 self.transport.push_out(self.ptr, _Deadline(1.0))
             except BaseException:
                 pass
-        if self.sni_error is not None:
-            raise self.sni_error
-        if cls is SSLError and self.error is not SSLError:
-            raise self.make_error(exc)
-        raise exc
+        # Raised with no local (nor the connection) still naming the exception once it leaves:
+        # its traceback holds this frame (and the SNI callback's), so a name would make a
+        # cycle that keeps the connection and its C memory (~150 KB) until the cyclic
+        # collector runs, for every failed handshake.
+        sni_error, self.sni_error = self.sni_error, None
+        try:
+            if sni_error is not None:
+                raise sni_error
+            if cls is SSLError and self.error is not SSLError:
+                raise self.make_error(exc)
+            raise exc
+        finally:
+            del exc, sni_error
 
     def read(self, func: str, view: Any, fill: bool, deadline: _Deadline, total: int = 0) -> int:
         """Read into the writable buffer `view`: at least one byte (or all of it when `fill`),

@@ -1,0 +1,87 @@
+"""Leaks over many iterations: what a failed handshake leaves behind.
+
+A failed handshake must free its connection (and the ~150 KB of C memory behind it) as soon as
+the exception is dropped, not only when the cyclic garbage collector happens to run: a service
+that runs with the collector disabled or frozen (gc.disable / gc.freeze) would otherwise grow
+by that much per failed handshake, for ever.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import gc
+import threading
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+import sslports
+from sslports.ports import Connection
+
+LOCAL = "127.0.0.1"
+
+
+def _connections() -> int:
+    return sum(1 for o in gc.get_objects() if type(o) is Connection)
+
+
+@contextlib.contextmanager
+def _collector_off() -> Iterator[None]:
+    gc.collect()
+    was = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was:
+            gc.enable()
+        gc.collect()
+
+
+def _serve(listener: Any, n: int, errors: list[BaseException]) -> threading.Thread:
+    def loop() -> None:
+        for _ in range(n):
+            try:
+                inp, out = sslports.ssl_accept(listener)
+            except BaseException as exc:  # the failed handshakes under test
+                errors.append(type(exc)(str(exc)))  # (not the exception: its traceback)
+                continue
+            inp.close()
+            out.close()
+
+    t = threading.Thread(target=loop, daemon=True)
+    t.start()
+    return t
+
+
+@pytest.mark.parametrize("why", ["verify", "sni-callback"])
+def test_failed_handshakes_free_their_connections_without_the_collector(pki: Any, why: str) -> None:
+    rounds = 40
+    server = pki.server_context()
+    client = pki.client_context()
+    if why == "verify":
+        client = pki.client_context(trust=False)  # the server's chain does not verify
+    else:
+
+        def refuse(hostname: str) -> None:
+            raise RuntimeError(f"no certificate for {hostname}")
+
+        sslports.ssl_set_server_name_identification_callback(server, refuse)
+    listener = sslports.ssl_listen(0, 64, True, LOCAL, server, handshake_timeout=10.0)
+    port = sslports.ssl_addresses(listener, True)[1]
+    errors: list[BaseException] = []
+    try:
+        with _collector_off():
+            before = _connections()
+            t = _serve(listener, rounds, errors)
+            for _ in range(rounds):
+                with pytest.raises(sslports.SSLError):
+                    sslports.ssl_connect("localhost", port, client, timeout=10.0)
+            t.join(30)
+            left = _connections() - before
+    finally:
+        listener.close()
+    assert len(errors) == rounds
+    # Before the fix: one connection per failed handshake on each side (2 * rounds).
+    assert left <= 2, f"{left} connections of {rounds} failed handshakes wait for the collector"
