@@ -425,9 +425,9 @@ int sp_conn_set_host(sp_conn *c, const char *host, int is_ip, int send_sni, int 
             ok = X509_VERIFY_PARAM_set1_ip_asc(param, host);
         else
             ok = X509_VERIFY_PARAM_set1_host(param, host, 0);
-        if (ok)
+        if (ok && SSL_is_server(c->ssl)) /* (a client's name check needs neither) */
             ok = EVP_Digest(host, strlen(host), md, &n, EVP_sha256(), NULL) && n >= SP_HOST_TAG_LEN;
-        if (ok) {
+        if (ok && n > 0) {
             memcpy(c->host_tag, md, SP_HOST_TAG_LEN);
             c->checks_host = 1;
             sp_conn_apply_verify_locked(c); /* a server now asks for the client's certificate,
