@@ -85,3 +85,37 @@ def test_failed_handshakes_free_their_connections_without_the_collector(pki: Any
     assert len(errors) == rounds
     # Before the fix: one connection per failed handshake on each side (2 * rounds).
     assert left <= 2, f"{left} connections of {rounds} failed handshakes wait for the collector"
+
+
+def test_a_timed_out_write_frees_its_connection_without_the_collector(pki: Any) -> None:
+    """A write that times out (settimeout) against a peer that does not read: once the ports
+    are closed and dropped, no Connection is left for the collector."""
+    listener = sslports.ssl_listen(0, 4, True, LOCAL, pki.server_context())
+    port = sslports.ssl_addresses(listener, True)[1]
+    accepted: list[Any] = []
+    t = threading.Thread(target=lambda: accepted.append(sslports.ssl_accept(listener)))
+    t.start()
+    try:
+        with _collector_off():
+            before = _connections()
+            cin, cout = sslports.ssl_connect(LOCAL, port, pki.client_context())
+            t.join(10)
+            cout.settimeout(0.2)
+            timed_out = False
+            for _ in range(1000):  # until the socket buffers are full
+                try:
+                    cout.write(b"x" * 65536)
+                except TimeoutError:
+                    timed_out = True
+                    break
+            assert timed_out
+            sslports.ssl_abandon_port(cout)
+            cin.close()
+            sin, sout = accepted.pop()
+            sin.close()
+            sout.close()
+            del cin, cout, sin, sout
+            left = _connections() - before
+    finally:
+        listener.close()
+    assert left == 0, f"{left} connections wait for the collector"

@@ -320,10 +320,9 @@ def _tcp_connect(
             sock.close()
             raise
     reason = last.strerror if last is not None and last.strerror else str(last)
-    raise SSLNetworkError(
-        f"{func}: connect failed ({reason}: {hostname}:{port_no})",
-        errno=last.errno if last is not None else None,
-    )
+    code = last.errno if last is not None else None
+    del last  # (its traceback holds this frame: a cycle until the collector runs)
+    raise SSLNetworkError(f"{func}: connect failed ({reason}: {hostname}:{port_no})", errno=code)
 
 
 def ssl_connect(

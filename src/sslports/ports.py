@@ -690,7 +690,10 @@ class Connection:
                         if self.is_socket and deadline.expired():
                             exc = SSLTimeoutError(f"{func}: write timed out")
                             exc.characters_written = total  # type: ignore[attr-defined]
-                            raise exc
+                            try:
+                                raise exc
+                            finally:  # (a name for it here would be a cycle through its
+                                del exc  # traceback, keeping the connection until gc runs)
                         self.wait_for_pump(status, deadline, func)
                         continue
                     raise self.fail(func, "write", err)
