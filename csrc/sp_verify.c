@@ -243,14 +243,32 @@ static int end_point_of(X509 *cert, unsigned char *out, size_t cap, size_t *outl
  * certificate). */
 static const unsigned char end_point_magic[4] = {'S', 'P', 'E', 'P'};
 
+/* What remember_end_point stored in `session` (the flag byte, then the value), or NULL. */
+static const unsigned char *stored_end_point(const SSL_SESSION *session, size_t *len)
+{
+    void *data = NULL;
+    size_t n = 0;
+    if (session == NULL)
+        return NULL;
+    SSL_SESSION_get0_ticket_appdata((SSL_SESSION *)session, &data, &n);
+    if (data == NULL || n <= sizeof end_point_magic
+        || memcmp(data, end_point_magic, sizeof end_point_magic) != 0)
+        return NULL;
+    *len = n - sizeof end_point_magic;
+    return (const unsigned char *)data + sizeof end_point_magic;
+}
+
 static void remember_end_point(SSL *ssl, SSL_SESSION *session)
 {
     unsigned char data[sizeof end_point_magic + 1 + EVP_MAX_MD_SIZE];
-    size_t n = 0;
+    size_t n = 0, stored = 0;
     sp_err err;
     X509 *cert = SSL_get_certificate(ssl);
-    if (session == NULL || cert == NULL || SSL_session_reused(ssl))
-        return; /* (a resumed session already carries the value of its full handshake) */
+    /* A resumed session, and the copies a TLS 1.3 server makes for its second ticket, already
+     * carry the value of their full handshake: one hash per full handshake. */
+    if (session == NULL || cert == NULL || SSL_session_reused(ssl)
+        || stored_end_point(session, &stored) != NULL)
+        return;
     sp_err_reset(&err);
     memcpy(data, end_point_magic, sizeof end_point_magic);
     data[sizeof end_point_magic] = (unsigned char)end_point_of(
@@ -286,15 +304,11 @@ static int server_end_point_locked(sp_conn *c, unsigned char *out, size_t cap, s
 {
     X509 *cert = SSL_is_server(c->ssl) ? SSL_get_certificate(c->ssl) : peer_cert_locked(c);
     if (SSL_is_server(c->ssl) && SSL_session_reused(c->ssl)) {
-        void *data = NULL;
         size_t len = 0;
-        const unsigned char *p;
-        SSL_SESSION_get0_ticket_appdata(SSL_get0_session(c->ssl), &data, &len);
-        p = data;
-        if (p != NULL && len > sizeof end_point_magic
-            && memcmp(p, end_point_magic, sizeof end_point_magic) == 0) {
-            size_t n = len - sizeof end_point_magic - 1;
-            if (p[sizeof end_point_magic] != 1) {
+        const unsigned char *p = stored_end_point(SSL_get0_session(c->ssl), &len);
+        if (p != NULL) {
+            size_t n = len - 1;
+            if (p[0] != 1) {
                 fail(err, "the certificate's signature algorithm has no single hash (RFC 5929 "
                           "leaves tls-server-end-point undefined for it)");
                 return 0;
@@ -303,7 +317,7 @@ static int server_end_point_locked(sp_conn *c, unsigned char *out, size_t cap, s
                 fail(err, "cannot hash the server certificate");
                 return 0;
             }
-            memcpy(out, p + sizeof end_point_magic + 1, n);
+            memcpy(out, p + 1, n);
             *outlen = n;
             return 1;
         }
