@@ -75,7 +75,7 @@ def build_lib() -> Path:
     return LIB
 
 
-def variants(port: int, resume: bool) -> dict[str, Callable[[], None]]:
+def variants(port: int, resume: bool) -> dict[str, Callable[[], bool]]:
     import _socket
 
     from peer import PySSLStack
@@ -99,11 +99,13 @@ def variants(port: int, resume: bool) -> dict[str, Callable[[], None]]:
     cache_host = b"127.0.0.1" if resume else ffi.NULL
     exchange = _exchanger(lib, ffi)
 
-    def c() -> None:
-        if not c_lib.conn_one(port, int(resume), header):
+    def c() -> bool:
+        result = c_lib.conn_one(port, int(resume), header)
+        if not result:
             raise SystemExit("the C connection failed")
+        return bool(result == 2)
 
-    def pump(extra: Callable[[Any], Any]) -> None:
+    def pump(extra: Callable[[Any], Any]) -> bool:
         sock = _socket.socket(_socket.AF_INET, _socket.SOCK_STREAM, 0)
         sock.connect(addr)
         sock.setsockopt(_socket.IPPROTO_TCP, _socket.TCP_NODELAY, 1)
@@ -118,6 +120,7 @@ def variants(port: int, resume: bool) -> dict[str, Callable[[], None]]:
                 raise SystemExit("handshake failed")
         made = extra(sock)
         exchange(raw, header, answer)
+        reused = bool(lib.sp_conn_session_reused(raw))
         if resume:
             lib.sp_conn_drain_tickets(raw)
         sock.shutdown(_socket.SHUT_RDWR)
@@ -126,6 +129,7 @@ def variants(port: int, resume: bool) -> dict[str, Callable[[], None]]:
         if made is not None:  # the ports: closed as a user closes them
             made[1].close()
             made[0].close()
+        return reused
 
     def new_connection(sock: Any) -> Any:
         # A Connection like ssl_connect's, over a null sp_conn (the pump above owns the real
@@ -149,19 +153,21 @@ def variants(port: int, resume: bool) -> dict[str, Callable[[], None]]:
         conn._fast_addr = 0
         return ports.make_ports(conn, None)
 
-    def library() -> None:
+    def library() -> bool:
         inp, out = sslports.ssl_connect("127.0.0.1", port, ctx)
         out.write(header)
         out.flush()
         inp.readinto(one)
+        reused = sslports.ssl_session_reused(inp)
         out.close()
         inp.close()
+        return reused
 
     pyssl_stack = PySSLStack()
     pyssl_stack.client(PEM, SUITE)
     pyssl_session: list[Any] = [None]
 
-    def pyssl() -> None:
+    def pyssl() -> bool:
         end = pyssl_stack.connect("127.0.0.1", port, pyssl_session[0])
         end.write(header)
         if end.readfull(one) != 1:
@@ -169,6 +175,7 @@ def variants(port: int, resume: bool) -> dict[str, Callable[[], None]]:
         if resume:
             pyssl_session[0] = end.obj.session
         end.close()
+        return bool(end.reused)
 
     return {
         "c": c,
@@ -180,7 +187,7 @@ def variants(port: int, resume: bool) -> dict[str, Callable[[], None]]:
     }
 
 
-def server_variants(resume: bool) -> tuple[int, dict[str, Callable[[], None]]]:
+def server_variants(resume: bool) -> tuple[int, dict[str, Callable[[], bool]]]:
     """The listening port and the server variants (see the top)."""
     import _socket
 
@@ -195,17 +202,23 @@ def server_variants(resume: bool) -> tuple[int, dict[str, Callable[[], None]]]:
     listener = stack.listener
     ctx = listener._sslports_context
     c_lib = ctypes.CDLL(str(build_lib()))
-    c_lib.conn_one_accept.argtypes = [ctypes.c_int, ctypes.c_void_p]
+    c_lib.conn_one_accept.argtypes = [ctypes.c_int, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int]
     ctx_addr = int(ffi.cast("uintptr_t", ctx._ptr))
+    # The C server's SSL gets the session id context of the library's (sp_conn.c): without it,
+    # no ticket of one variant would resume on the next, and every variant would run full.
+    set_sid = int(ffi.cast("uintptr_t", ffi.addressof(lib, "sp_ssl_set_session_id_context")))
+    sid_flags = ctx._conn_policy[0] & ~lib.SP_VERIFY_POST_HANDSHAKE
     err, step = ffi.new("sp_err *"), ffi.new("size_t *")
     header, header_buf = ffi.new("unsigned char[32]"), bytearray(32)
     exchange = _exchanger(lib, ffi)
 
-    def c() -> None:
-        if not c_lib.conn_one_accept(listener.fileno(), ctx_addr):
+    def c() -> bool:
+        result = c_lib.conn_one_accept(listener.fileno(), ctx_addr, set_sid, sid_flags)
+        if not result:
             raise SystemExit("the C connection failed")
+        return bool(result == 2)
 
-    def floor() -> None:
+    def floor() -> bool:
         fd, _addr = listener._sock._accept()
         sock = _socket.socket(_socket.AF_INET, _socket.SOCK_STREAM, 0, fd)
         sock.setsockopt(_socket.IPPROTO_TCP, _socket.TCP_NODELAY, 1)
@@ -218,24 +231,28 @@ def server_variants(resume: bool) -> tuple[int, dict[str, Callable[[], None]]]:
             if status < 0 or status > 2:
                 raise SystemExit("handshake failed")
         exchange(raw, None, header)
+        reused = bool(lib.sp_conn_session_reused(raw))
         sock.shutdown(_socket.SHUT_RDWR)
         lib.sp_conn_free(raw)
         sock.close()
+        return reused
 
-    def library() -> None:
+    def library() -> bool:
         inp, out = sslports.ssl_accept(listener)
         inp.readinto(header_buf)
         out.write(b"K")
         out.flush()
+        reused = sslports.ssl_session_reused(inp)
         out.close()
         inp.close()
+        return reused
 
     pyssl_stack = PySSLStack()  # serves on the library's listening socket, with its own context
     pyssl_stack.server_ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     pyssl_stack.server_ctx.load_cert_chain(PEM, PEM)
     pyssl_stack.server_ctx.num_tickets = 2 if resume else 0
 
-    def pyssl() -> None:
+    def pyssl() -> bool:
         fd, _addr = listener._sock._accept()
         raw = socket.socket(socket.AF_INET, socket.SOCK_STREAM, 0, fd)
         raw.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
@@ -244,6 +261,7 @@ def server_variants(resume: bool) -> tuple[int, dict[str, Callable[[], None]]]:
             raise SystemExit("pyssl: early EOF")
         end.write(b"K")
         end.close()
+        return bool(end.reused)
 
     return port, {"c": c, "floor": floor, "sslports": library, "pyssl": pyssl}
 
@@ -291,17 +309,18 @@ class _Unclosed:
 
 
 def measure(
-    run: dict[str, Callable[[], None]], names: list[str], n: int, warm: int
+    run: dict[str, Callable[[], bool]], names: list[str], n: int, warm: int
 ) -> tuple[dict[str, list[float]], dict[str, list[float]]]:
     """CPU us of each connection after the first `warm`, and in total user / system seconds,
-    minor page faults and voluntary context switches, by variant, alternating."""
+    minor page faults, voluntary context switches and resumed connections, by variant,
+    alternating."""
     cpu: dict[str, list[float]] = {name: [] for name in names}
-    user_sys = {name: [0.0, 0.0, 0.0, 0.0] for name in names}
+    user_sys = {name: [0.0, 0.0, 0.0, 0.0, 0.0] for name in names}
     clock = time.process_time_ns
     for i in range(n):
         for name in names:
             r0, t0 = resource.getrusage(resource.RUSAGE_SELF), clock()
-            run[name]()
+            reused = run[name]()
             t1, r1 = clock(), resource.getrusage(resource.RUSAGE_SELF)
             if i >= warm:
                 cpu[name].append((t1 - t0) / 1e3)
@@ -309,6 +328,7 @@ def measure(
                 user_sys[name][1] += r1.ru_stime - r0.ru_stime
                 user_sys[name][2] += r1.ru_minflt - r0.ru_minflt
                 user_sys[name][3] += r1.ru_nvcsw - r0.ru_nvcsw
+                user_sys[name][4] += reused
     return cpu, user_sys
 
 
@@ -357,17 +377,22 @@ def main() -> None:
     print(f"{kind} connections, {role} end, {args.n - warm} per variant, alternating; CPU us each")
     print(
         f"{'variant':<11} {'mean':>7} {'median':>7} {'user':>7} {'system':>7} {'faults':>7} "
-        f"{'waits':>6}  vs {names[0]}"
+        f"{'waits':>6} {'resumed':>7}  vs {names[0]}"
     )
+    unlike = []
     for name in names:
         n = len(cpu[name])
         mean = statistics.mean(cpu[name])
         user, system = (x / n * 1e6 for x in user_sys[name][:2])
-        faults, waits = (x / n for x in user_sys[name][2:])
+        faults, waits, reused = (x / n for x in user_sys[name][2:])
         print(
             f"{name:<11} {mean:7.1f} {statistics.median(cpu[name]):7.1f} {user:7.1f} "
-            f"{system:7.1f} {faults:7.2f} {waits:6.2f}  {mean / base:.3f}"
+            f"{system:7.1f} {faults:7.2f} {waits:6.2f} {reused:7.0%}  {mean / base:.3f}"
         )
+        if reused < 0.95 if resume else reused > 0:
+            unlike.append(name)
+    if unlike:  # the comparison would not be of like with like
+        raise SystemExit(f"conn_costs.py: not {kind} as asked: {', '.join(unlike)}")
 
 
 if __name__ == "__main__":

@@ -7,7 +7,9 @@
  * IP 127.0.0.1 (resuming the previous connection's session when asked), write the 32-byte
  * header, read the one-byte answer, close without close_notify (marked shut down, so the
  * session stays resumable). Server (conn_one_accept): accept on a listening socket,
- * TCP_NODELAY, TLS handshake, read the header, answer one byte, close the same way.
+ * TCP_NODELAY, TLS handshake, read the header, answer one byte, close the same way. The
+ * server's SSL gets the library's session id context (through the library's own function,
+ * which the caller passes) so that tickets issued by any variant resume on every other.
  *
  *   cc -O2 -Wall -Wextra -shared -fPIC -o libconn_one.so conn_one.c -lssl -lcrypto
  */
@@ -76,10 +78,13 @@ int conn_one(int port, int resume, const unsigned char *header)
     return result;
 }
 
+typedef int (*set_sid_fn)(SSL *ssl, int verify_flags, const unsigned char *host_tag);
+
 /* Accept and serve one connection on `listen_fd` with the server context `server_ctx` (the
- * library's own, so that the tickets all variants issue resume on all of them); 0 failed,
- * 1 done, 2 done and resumed. */
-int conn_one_accept(int listen_fd, SSL_CTX *server_ctx)
+ * library's own) and the session id context that `set_sid(ssl, verify_flags, NULL)` gives
+ * (sp_ssl_set_session_id_context: what the library's server connections use, so that the
+ * tickets all variants issue resume on all of them); 0 failed, 1 done, 2 done and resumed. */
+int conn_one_accept(int listen_fd, SSL_CTX *server_ctx, set_sid_fn set_sid, int verify_flags)
 {
     unsigned char header[32], answer = 'K';
     int fd, one = 1, result = 0;
@@ -91,7 +96,7 @@ int conn_one_accept(int listen_fd, SSL_CTX *server_ctx)
         close(fd);
         return 0;
     }
-    if (SSL_set_fd(ssl, fd) == 1 && SSL_accept(ssl) == 1
+    if (SSL_set_fd(ssl, fd) == 1 && set_sid(ssl, verify_flags, NULL) == 1 && SSL_accept(ssl) == 1
         && SSL_read(ssl, header, sizeof header) == (int)sizeof header
         && SSL_write(ssl, &answer, 1) == 1)
         result = 1 + SSL_session_reused(ssl);
