@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import logging
 import os
 import resource
 import socket
@@ -213,6 +214,45 @@ def test_wrap_ssl_streams_both_modes(loop_kind: str) -> None:
     run(loop_kind, main)
 
 
+@pytest.mark.parametrize("loop_kind", LOOPS)
+@pytest.mark.parametrize("how", ["open", "wrap"])
+def test_writes_after_close_are_dropped_as_asyncio_does(
+    loop_kind: str, how: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """asyncio's transports drop a write made after close() (logging a warning from the fifth
+    on) rather than raise: a task still writing while another closes the writer (a heartbeat,
+    a broadcast to many clients) must not fail with it. write() raised SSLError there."""
+
+    async def main() -> None:
+        server = await aio.start_ssl_server(echo, "127.0.0.1", 0, server_context())
+        async with server:
+            port = server.sockets[0].getsockname()[1]
+            if how == "open":
+                r, w = await aio.open_ssl_connection("localhost", port, client_context())
+            else:
+                raw = await asyncio.open_connection("127.0.0.1", port)
+                r, w = await aio.wrap_ssl_streams(
+                    *raw, context=client_context(), hostname="localhost"
+                )
+            w.write(b"ping")
+            assert await r.readexactly(4) == b"ping"
+            w.close()
+            for _ in range(4):
+                w.write(b"late")
+            assert not warnings()  # (the first few go quietly, as asyncio's)
+            w.writelines([b"late", b"r"])
+            await w.wait_closed()
+            w.write(bytearray(b"later still"))
+
+    def warnings() -> list[str]:
+        return [r.getMessage() for r in caplog.records if r.name == "sslports"]
+
+    with caplog.at_level(logging.WARNING, logger="sslports"):
+        run(loop_kind, main)
+    assert len(warnings()) == 2, warnings()
+    assert all("closed" in message for message in warnings())
+
+
 def test_verify_failure_and_bad_arguments() -> None:
     async def main() -> None:
         server = await aio.start_ssl_server(echo, "127.0.0.1", 0, server_context())
@@ -392,6 +432,27 @@ def test_socket_is_not_blocking_the_loop() -> None:
             w.close()
 
     run("asyncio", main)
+
+
+@pytest.mark.parametrize("loop_kind", LOOPS)
+def test_write_eof_raises_as_over_asyncio_tls(loop_kind: str) -> None:
+    """can_write_eof() is False, and write_eof() raises NotImplementedError as asyncio's TLS
+    transport does (code written for asyncio falls back on it); there was no write_eof()
+    (AttributeError). The connection is unharmed."""
+
+    async def main() -> None:
+        server = await aio.start_ssl_server(echo, "127.0.0.1", 0, server_context())
+        async with server:
+            port = server.sockets[0].getsockname()[1]
+            r, w = await aio.open_ssl_connection("localhost", port, client_context())
+            assert not w.can_write_eof()
+            with pytest.raises(NotImplementedError, match="shutdown"):
+                w.write_eof()
+            w.write(b"still open")
+            assert await r.readexactly(10) == b"still open"
+            w.close()
+
+    run(loop_kind, main)
 
 
 def test_wrapped_socket_family_extra_info() -> None:

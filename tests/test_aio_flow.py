@@ -13,7 +13,7 @@ from conftest import LOCAL, read_exactly, run_in_thread
 from test_aio import LOOPS, client_context, run, server_context
 
 import sslports
-from sslports import SSLError, aio
+from sslports import aio
 
 MIB = 1 << 20
 
@@ -72,7 +72,8 @@ def test_back_pressure_both_ways(loop_kind: str) -> None:
 @pytest.mark.parametrize("loop_kind", LOOPS)
 def test_reads_of_every_shape_and_writes_of_every_buffer(loop_kind: str) -> None:
     """Exact-size reads return the record as it came; larger and smaller reads split and join
-    it; bytearray, memoryview and empty writes work; a write after close raises."""
+    it; bytearray, memoryview and empty writes work; a write after close is dropped (as
+    asyncio's transports drop it), not raised."""
 
     async def echo(reader: aio.SSLStreamReader, writer: aio.SSLStreamWriter) -> None:
         while data := await reader.read(65536):
@@ -102,8 +103,7 @@ def test_reads_of_every_shape_and_writes_of_every_buffer(loop_kind: str) -> None
             assert await reader.read() == b""
             assert reader.at_eof()
             writer.close()
-            with pytest.raises(SSLError, match="closed"):
-                writer.write(b"late")
+            writer.write(b"late")
             await writer.wait_closed()
 
     run(loop_kind, main)
@@ -340,8 +340,7 @@ def test_close_during_renegotiation_sends_what_was_written(pki: Any, loop_kind: 
             writer.write(b"final message\n")
             sent.append(b"final message\n")
             writer.close()
-            with pytest.raises(SSLError):
-                writer.write(b"too late")
+            writer.write(b"too late")  # dropped (not sent after the held-back bytes)
             await asyncio.wait_for(writer.wait_closed(), 20)
             return sent, held, await asyncio.to_thread(join, 20)
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import functools
 import hashlib
 import logging
@@ -678,18 +679,13 @@ def test_answers_to_a_peer_that_never_reads_stay_bounded(pki: Any, loop_kind: st
     assert isinstance(result, SSLNetworkError) or result == b""
 
 
-@pytest.mark.parametrize("loop_kind", LOOPS)
-@pytest.mark.parametrize("how", ["open", "wrap"])
-def test_writes_after_a_reset_raise(loop_kind: str, how: str) -> None:
-    """The peer resets the connection: a writer that goes on writing and draining gets
-    SSLNetworkError (a ConnectionError, as asyncio's own drain() raises), over a stream pair
-    too, instead of its bytes vanishing."""
+def _resetting_server() -> tuple[socket.socket, threading.Thread]:
+    """A one-connection Python ssl server that reads a line, then resets the connection."""
     listener = socket.create_server((LOCAL, 0))
-    port = listener.getsockname()[1]
     tls = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     tls.load_cert_chain(sslports.TEST_PEM)
 
-    def serve() -> None:  # Python's ssl: read a line, then reset the connection
+    def serve() -> None:
         conn, _addr = listener.accept()
         with tls.wrap_socket(conn, server_side=True) as s:
             s.recv(100)
@@ -697,17 +693,27 @@ def test_writes_after_a_reset_raise(loop_kind: str, how: str) -> None:
 
     join = threading.Thread(target=serve)
     join.start()
+    return listener, join
+
+
+async def _connect(how: str, port: int) -> tuple[aio.SSLStreamReader, aio.SSLStreamWriter]:
+    if how == "open":
+        return await aio.open_ssl_connection(LOCAL, port, client_context(), timeout=JOIN)
+    raw = await asyncio.open_connection(LOCAL, port)
+    return await aio.wrap_ssl_streams(*raw, context=client_context(), hostname=LOCAL, timeout=JOIN)
+
+
+@pytest.mark.parametrize("loop_kind", LOOPS)
+@pytest.mark.parametrize("how", ["open", "wrap"])
+def test_writes_after_a_reset_raise(loop_kind: str, how: str) -> None:
+    """The peer resets the connection: a writer that goes on writing and draining gets
+    SSLNetworkError (a ConnectionError, as asyncio's own drain() raises), over a stream pair
+    too, instead of its bytes vanishing."""
+    listener, join = _resetting_server()
+    port = listener.getsockname()[1]
 
     async def main() -> Any:
-        if how == "open":
-            _reader, writer = await aio.open_ssl_connection(
-                LOCAL, port, client_context(), timeout=JOIN
-            )
-        else:
-            raw = await asyncio.open_connection(LOCAL, port)
-            _reader, writer = await aio.wrap_ssl_streams(
-                *raw, context=client_context(), hostname=LOCAL, timeout=JOIN
-            )
+        _reader, writer = await _connect(how, port)
         writer.write(b"hello\n")
         await writer.drain()
         await asyncio.to_thread(join.join, JOIN)  # reset by now
@@ -726,6 +732,48 @@ def test_writes_after_a_reset_raise(loop_kind: str, how: str) -> None:
         assert isinstance(run(loop_kind, main), SSLNetworkError)
     finally:
         listener.close()
+
+
+@pytest.mark.parametrize("loop_kind", LOOPS)
+@pytest.mark.parametrize("how", ["open", "wrap"])
+def test_wait_closed_reports_a_reset(loop_kind: str, how: str) -> None:
+    """As asyncio's StreamWriter.wait_closed() re-raises what the transport lost the connection
+    with, close() then wait_closed() after a reset raises SSLNetworkError (a ConnectionError,
+    with the errno), on every call; it returned as after a clean close. ``async with writer``
+    raises it too, but never over an exception of its body."""
+    listeners: list[socket.socket] = []
+
+    async def reset_connection() -> aio.SSLStreamWriter:
+        listener, join = _resetting_server()
+        listeners.append(listener)
+        reader, writer = await _connect(how, listener.getsockname()[1])
+        writer.write(b"hello\n")
+        await writer.drain()
+        await asyncio.to_thread(join.join, JOIN)  # reset by now
+        with pytest.raises(SSLNetworkError):
+            await asyncio.wait_for(reader.read(100), JOIN)
+        return writer
+
+    async def main() -> None:
+        writer = await reset_connection()
+        writer.close()
+        for _ in range(2):
+            with pytest.raises(SSLNetworkError) as info:
+                await asyncio.wait_for(writer.wait_closed(), JOIN)
+            assert isinstance(info.value, ConnectionError)
+            assert info.value.errno == errno.ECONNRESET, info.value
+        with pytest.raises(SSLNetworkError):
+            async with await reset_connection():
+                pass
+        with pytest.raises(ValueError, match="the body's"):
+            async with await reset_connection():
+                raise ValueError("the body's own error")
+
+    try:
+        run(loop_kind, main)
+    finally:
+        for listener in listeners:
+            listener.close()
 
 
 def _quietly(fn: Callable[..., Any], *args: Any) -> None:

@@ -8,6 +8,7 @@ by that much per failed handshake, for ever.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import gc
 import threading
@@ -17,6 +18,7 @@ from typing import Any
 import pytest
 
 import sslports
+from sslports import aio
 from sslports.ports import Connection
 
 LOCAL = "127.0.0.1"
@@ -119,3 +121,58 @@ def test_a_timed_out_write_frees_its_connection_without_the_collector(pki: Any) 
     finally:
         listener.close()
     assert left == 0, f"{left} connections wait for the collector"
+
+
+@pytest.mark.parametrize("why", ["verify", "sni-callback", "refused"])
+def test_failed_aio_handshakes_free_their_connections_without_the_collector(
+    pki: Any, why: str
+) -> None:
+    """The same over asyncio, with the deadlines a real service sets (the client's timeout=,
+    the server's handshake_timeout=, 30 s by default): up to Python 3.11 asyncio.wait_for runs
+    its awaitable in a task that a local of its frame names and re-raises the task's exception
+    from that frame, so every failed connect or handshake left exception -> traceback ->
+    wait_for's frame -> task -> exception, holding the AioConnection (and the C connection
+    behind it); a server-name callback's error kept on the connection was a cycle of its own."""
+    rounds = 20
+    server_ctx = pki.server_context()
+    client = pki.client_context(trust=why != "verify")  # the server's chain does not verify
+    if why == "sni-callback":
+
+        def refuse(hostname: str) -> None:
+            raise RuntimeError(f"no certificate for {hostname}")
+
+        sslports.ssl_set_server_name_identification_callback(server_ctx, refuse)
+
+    async def handler(reader: aio.SSLStreamReader, writer: aio.SSLStreamWriter) -> None:
+        writer.close()
+
+    def aio_connections() -> int:
+        return sum(1 for o in gc.get_objects() if isinstance(o, aio.AioConnection))
+
+    async def main() -> int:
+        loop = asyncio.get_running_loop()
+        loop.set_exception_handler(lambda _loop, _ctx: None)  # (the SNI callback's errors)
+        server = await aio.start_ssl_server(handler, LOCAL, 0, server_ctx)
+        port = server.sockets[0].getsockname()[1]
+        if why == "refused":
+            server.close()
+            await server.wait_closed()
+        try:
+            with _collector_off():
+                before = aio_connections()
+                for _ in range(rounds):
+                    with pytest.raises(sslports.SSLNetworkError):
+                        await aio.open_ssl_connection("localhost", port, client, timeout=10.0)
+                for _ in range(100):  # until the server has dropped each of its handshakes
+                    await asyncio.sleep(0.01)
+                    left = aio_connections() - before
+                    if left <= 2:
+                        break
+                return left
+        finally:
+            server.close()
+            await server.wait_closed()
+
+    left = asyncio.run(main())
+    # Before the fix: one connection per failed handshake on each side (2 * rounds).
+    assert left <= 2, f"{left} connections of {rounds} failed handshakes wait for the collector"

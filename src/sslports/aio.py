@@ -44,6 +44,7 @@ import asyncio
 import logging
 import socket
 import threading
+from asyncio.constants import LOG_THRESHOLD_FOR_CONNLOST_WRITES
 from collections.abc import Awaitable, Sequence
 from typing import Any, Callable, Optional, Union
 
@@ -121,6 +122,11 @@ __all__ = [
 ]
 
 
+def _lost(func: str, exc: BaseException) -> SSLNetworkError:
+    """The error for a connection the raw side lost to `exc` (a reset, a broken pipe)."""
+    return SSLNetworkError(f"{func}: connection lost ({exc})", errno=getattr(exc, "errno", None))
+
+
 class AioConnection:
     """One asyncio TLS connection: the pump, the plaintext read so far and the raw side.
 
@@ -135,6 +141,7 @@ class AioConnection:
     input_ended = False  # the raw side reported its end (EOF or loss)
     peer_closed = False  # the peer's close_notify arrived (its write side is closed, not ours)
     closing: Optional[asyncio.Task[None]] = None  # close() waits for held-back bytes (close)
+    dropped_writes = 0  # writes made after close() (write)
 
     def __init__(
         self, ptr: Any, context: _Context, hostname: Optional[str], strict_eof: bool
@@ -146,6 +153,7 @@ class AioConnection:
         self.closed = False
         self.established = False  # the handshake completed: decrypt as ciphertext arrives
         self.sni_error: Optional[BaseException] = None
+        self.sni_failed = False  # the handshake failed on sni_error (raised, then dropped)
         self.switched_context: Optional[_Context] = None
         self.err = _binding.ffi.new("sp_err *")
         self.count = _binding.ffi.new("size_t *")
@@ -193,6 +201,7 @@ class AioConnection:
         raise NotImplementedError
 
     async def wait_closed(self) -> None:
+        """Wait until the raw side is closed; raise what it lost the connection with."""
         raise NotImplementedError
 
     def raw_closing(self) -> bool:
@@ -294,7 +303,15 @@ class AioConnection:
                 await self.wait_input()
                 continue
             if self.sni_error is not None:
-                raise self.sni_error
+                # Raised with neither the connection nor a local naming it once it leaves: its
+                # traceback holds this frame, so either would be a cycle that keeps the
+                # connection until the cyclic collector runs. (`sni_failed` tells the server.)
+                sni_error, self.sni_error = self.sni_error, None
+                self.sni_failed = True
+                try:
+                    raise sni_error
+                finally:
+                    del sni_error
             if status == _RAGGED_EOF:
                 raise SSLNetworkError(f"{func}: handshake failed (connection closed by peer)")
             raise build_error(func, "handshake", self.err, SSLNetworkError)
@@ -302,9 +319,16 @@ class AioConnection:
         self.decrypt()  # what came with the peer's last flight (data, TLS 1.3 tickets)
 
     def write(self, data: Union[bytes, bytearray, memoryview]) -> None:
-        """Encrypt `data` and queue the ciphertext on the raw side."""
+        """Encrypt `data` and queue the ciphertext on the raw side.
+
+        After close() the data is dropped, as asyncio's transports drop it (a task may still be
+        writing while another closes): a warning from the fifth such write on, as theirs.
+        """
         if self.closed:
-            raise SSLError("write: connection is closed")
+            self.dropped_writes += 1
+            if self.dropped_writes >= LOG_THRESHOLD_FOR_CONNLOST_WRITES:
+                _log.warning("write: connection is closed (the data is dropped)")
+            return
         self.encrypt(data)
 
     def encrypt(self, data: Union[bytes, bytearray, memoryview]) -> None:
@@ -531,6 +555,8 @@ class _SSLProtocol(AioConnection, asyncio.BufferedProtocol):
 
     async def wait_closed(self) -> None:
         await self.closed_future
+        if self.lost is not None:
+            raise _lost("wait_closed", self.lost) from self.lost
 
     def raw_closing(self) -> bool:
         return self.transport_ is None or self.transport_.is_closing()
@@ -620,7 +646,10 @@ class _StreamConnection(AioConnection):
         self.raw_writer.close()
 
     async def wait_closed(self) -> None:
-        await self.raw_writer.wait_closed()
+        try:
+            await self.raw_writer.wait_closed()
+        except (ConnectionError, OSError) as exc:
+            raise _lost("wait_closed", exc) from exc
 
     def raw_closing(self) -> bool:
         return self.raw_writer.is_closing()
@@ -801,6 +830,11 @@ class SSLStreamWriter:
     def can_write_eof(self) -> bool:
         return False
 
+    def write_eof(self) -> None:
+        """Not supported, as over asyncio's TLS transport: ``await shutdown()`` sends close_notify
+        (TLS's end of data), and the connection stays open for reading until close()."""
+        raise NotImplementedError("write_eof: not supported over TLS (await shutdown() instead)")
+
     def is_closing(self) -> bool:
         return self._sslports_conn.closed or self._sslports_conn.raw_closing()
 
@@ -816,12 +850,21 @@ class SSLStreamWriter:
         await conn.drain()
 
     async def wait_closed(self) -> None:
-        try:
-            await self._sslports_conn.wait_closed()
-        except (ConnectionError, OSError):
-            pass
+        """Wait until the connection is closed.
+
+        :raises SSLNetworkError: the connection was lost to a failure (a reset), as asyncio's
+            StreamWriter.wait_closed() re-raises it; on every call.
+        """
+        await self._sslports_conn.wait_closed()
 
     def get_extra_info(self, name: str, default: Any = None) -> Any:
+        """The TCP transport's extra info ("peername", "sockname", "socket", ...).
+
+        Not the keys of asyncio's TLS transport ("peercert", "cipher", "ssl_object",
+        "sslcontext", ...): there is no ssl.SSLObject to answer them, so they give `default`,
+        which does not mean "no certificate". The section 5 functions (ssl_peer_verified,
+        ssl_peer_subject_name, ssl_cipher_name, ...) take the writer instead.
+        """
         return self._sslports_conn.get_extra_info(name, default)
 
     async def __aenter__(self) -> SSLStreamWriter:
@@ -829,7 +872,11 @@ class SSLStreamWriter:
 
     async def __aexit__(self, *exc: object) -> None:
         self.close()
-        await self.wait_closed()
+        try:
+            await self.wait_closed()
+        except SSLNetworkError:
+            if exc[0] is None:  # (a lost connection never hides the body's own exception)
+                raise
 
 
 def _pair(conn: AioConnection, limit: int) -> tuple[SSLStreamReader, SSLStreamWriter]:
@@ -880,13 +927,40 @@ async def wrap_ssl_streams(
     return await _start(func, conn, timeout, limit)
 
 
+async def _failure_of(aw: Awaitable[object]) -> Optional[Exception]:
+    """What `aw` raised, or None (a cancellation propagates)."""
+    try:
+        await aw
+    except Exception as exc:
+        return exc
+    return None
+
+
+async def _wait_for(aw: Awaitable[object], timeout: Optional[float]) -> None:
+    """asyncio.wait_for, leaving no reference cycle when `aw` fails.
+
+    Up to Python 3.11 wait_for runs `aw` in a task that a local of its own frame names, and
+    raises the task's exception from that frame: exception -> traceback -> wait_for's frame ->
+    task -> exception, a cycle that holds the connection (and its C memory) until the cyclic
+    collector runs, for every failed connect or handshake under a deadline. Here the task
+    returns the failure instead (it never passes through wait_for's frame), and it is raised
+    with no local naming it once it leaves.
+    """
+    failure = await asyncio.wait_for(_failure_of(aw), timeout)
+    if failure is not None:
+        try:
+            raise failure
+        finally:
+            del failure
+
+
 async def _start(
     func: str, conn: AioConnection, timeout: Optional[float], limit: int
 ) -> tuple[SSLStreamReader, SSLStreamWriter]:
     """Run the handshake (closing the raw side if it fails) and make the stream pair."""
     try:
         try:
-            await asyncio.wait_for(conn.handshake(func), timeout)
+            await _wait_for(conn.handshake(func), timeout)
         except asyncio.TimeoutError as exc:
             raise SSLTimeoutError(f"{func}: handshake timed out") from exc
     except BaseException:
@@ -928,7 +1002,7 @@ async def open_ssl_connection(
     loop = asyncio.get_running_loop()
     deadline = None if timeout is None else loop.time() + timeout
     try:
-        await asyncio.wait_for(loop.create_connection(lambda: conn, host, port), timeout)
+        await _wait_for(loop.create_connection(lambda: conn, host, port), timeout)
     except asyncio.TimeoutError as exc:
         raise SSLTimeoutError(f"{func}: connect timed out") from exc
     except OSError as exc:
@@ -1016,7 +1090,7 @@ async def start_ssl_server(
         try:
             ssl_reader, ssl_writer = await _start("ssl_accept", conn, handshake_timeout, limit)
         except Exception as exc:
-            if exc is conn.sni_error or not isinstance(exc, (SSLError, OSError)):
+            if conn.sni_failed or not isinstance(exc, (SSLError, OSError)):
                 # a server-name callback failed (whatever it raised): a bug of the server's
                 report(f"{func}: the server-name callback failed during the handshake", exc, conn)
             else:  # that client is gone; the server keeps serving
