@@ -7,7 +7,7 @@ CSRC    := $(wildcard csrc/*.c csrc/*.h csrc/py/*.c csrc/cdef/*.cdef) build_ffi.
            src/sslports/_version.py
 CFLAGS_CHECK := -std=c99 -Wall -Wextra -Wshadow -Werror -fsyntax-only -Icsrc -DSP_BUILD_VERSION='"check"'
 
-.PHONY: all setup build demo docs test lint cwarn pytest bench asan clean
+.PHONY: all setup build demo docs test lint cwarn crosscheck pytest bench asan clean
 
 all: test
 
@@ -45,6 +45,11 @@ cwarn: $(STAMP)
 	@for f in csrc/*.c; do $(CC) $(CFLAGS_CHECK) $$f || exit 1; done
 	@$(CC) $(CFLAGS_CHECK) $$($(VPY) -c 'import sysconfig; print("-I" + sysconfig.get_paths()["include"])') \
 		csrc/py/sp_fastport.c
+
+# The same C compiled for Windows (mingw-w64 gcc, clang targeting it) and with clang, syntax
+# only, warnings as errors; apt-installs those compilers when missing. Not part of `make test`.
+crosscheck: $(STAMP)
+	VPY=$(VPY) bash scripts/cross_check.sh
 
 lint: setup
 	$(VPY) -m ruff check src tests bench scripts build_ffi.py setup.py

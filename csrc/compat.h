@@ -30,9 +30,17 @@
 #endif
 
 #ifdef _WIN32
+/* Lean: no wincrypt.h, whose X509_NAME (and other OpenSSL type names) are macros; OpenSSL's
+ * headers #undef them only when included after it, and sp.h includes them before this file. */
+#ifndef WIN32_LEAN_AND_MEAN
+#define WIN32_LEAN_AND_MEAN
+#endif
 #include <winsock2.h>
 #include <ws2tcpip.h>
 #include <windows.h>
+/* wingdi.h's printer-spooler SP_ERROR (-1) would turn the pump's status of that name
+ * (sp_conn.h) into a syntax error. */
+#undef SP_ERROR
 typedef SRWLOCK sp_mutex;
 #define sp_mutex_init(m) InitializeSRWLock(m)
 #define sp_mutex_destroy(m) ((void)(m))
@@ -101,6 +109,8 @@ typedef size_t sp_iolen;
 #define sp_flag_get(p) __atomic_load_n((p), __ATOMIC_ACQUIRE)
 #define sp_flag_set(p, v) __atomic_store_n((p), (v), __ATOMIC_RELEASE)
 #else
+/* (MSVC: its volatile accesses are acquire / release on x86 and x64, /volatile:ms being the
+ * default there, but not on ARM64, for which no wheel is built: see pyproject.toml) */
 #define sp_flag_get(p) (*(volatile int *)(p))
 #define sp_flag_set(p, v) ((void)(*(volatile int *)(p) = (v)))
 #endif

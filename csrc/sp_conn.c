@@ -241,6 +241,20 @@ static int make_recv_waits(sp_socket fd)
 #endif
 }
 
+/* A send to a peer that reset the connection raises SIGPIPE unless told not to, and a process
+ * that gave SIGPIPE back its default action (a command-line tool in a pipeline often does)
+ * dies of it. MSG_NOSIGNAL (SP_NOSIGNAL) is not enough on macOS: older SDKs lack it, and older
+ * kernels honour only the socket's own SO_NOSIGPIPE; so where that exists, it is set. */
+static void no_sigpipe(sp_socket fd)
+{
+#ifdef SO_NOSIGPIPE
+    int on = 1;
+    (void)setsockopt(fd, SOL_SOCKET, SO_NOSIGPIPE, &on, sizeof on);
+#else
+    (void)fd;
+#endif
+}
+
 sp_conn *sp_conn_new(SSL_CTX *ctx, int is_server, int fd, sp_err *err)
 {
     sp_conn *c;
@@ -272,6 +286,7 @@ sp_conn *sp_conn_new(SSL_CTX *ctx, int is_server, int fd, sp_err *err)
     }
     if (c->socket_mode) {
         c->recv_waits = make_recv_waits(c->fd);
+        no_sigpipe(c->fd);
         c->handshake_waits = is_server; /* a server starts with the client's hello */
         SSL_set_bio(c->ssl, c->rbio, c->rbio); /* one BIO, one reference, both directions */
         /* Read-ahead into OpenSSL's default buffer (one full record and a little): OpenSSL 3.0

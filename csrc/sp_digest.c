@@ -36,6 +36,12 @@
 #ifndef _POSIX_C_SOURCE
 #define _POSIX_C_SOURCE 200809L
 #endif
+/* On macOS _POSIX_C_SOURCE alone hides what POSIX does not name, _SC_NPROCESSORS_ONLN among
+ * it (sp_cpu_count would then say 1: never a reader thread), and MSG_DONTWAIT, which makes
+ * compat.h's SP_RECV_WAITS differ here from the other files. */
+#if defined(__APPLE__) && !defined(_DARWIN_C_SOURCE)
+#define _DARWIN_C_SOURCE 1
+#endif
 #endif
 
 #include <errno.h>

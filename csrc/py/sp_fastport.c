@@ -57,6 +57,9 @@
 #include <string.h>
 #ifdef _WIN32
 #include <windows.h>
+/* wingdi.h's printer-spooler SP_ERROR (-1) would turn the statuses' enum below into a syntax
+ * error. */
+#undef SP_ERROR
 #else
 #include <time.h>
 #endif
