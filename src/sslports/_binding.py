@@ -7,6 +7,8 @@ another version of the package is refused loudly (ImportError), never used.
 
 from __future__ import annotations
 
+import os
+import sys
 from typing import Any, Callable, NoReturn, Optional
 
 from ._version import __version__
@@ -76,9 +78,7 @@ def build_error(
     verify_message = verify_text(verify_code) if verify_code is not None else None
     reason = detail or (errors[-1] if errors else None)
     if reason is None and err.sys_errno:
-        import os
-
-        reason = os.strerror(err.sys_errno)
+        reason = strerror(err.sys_errno)
     if verify_message and (reason is None or "certificate verify failed" in reason):
         reason = f"{reason}: {verify_message}" if reason else verify_message
     message = f"{func}: {what + ' ' if what else ''}failed" + (f" ({reason})" if reason else "")
@@ -90,6 +90,16 @@ def build_error(
         errno=int(err.sys_errno) or None,
     )
     return exc
+
+
+def strerror(code: int) -> str:
+    """The system's text for an error number: os.strerror, except for Winsock's codes
+    (WSAECONNRESET 10054, ...), which only FormatMessage knows ("Unknown error" otherwise)."""
+    if sys.platform == "win32" and code >= 10000:  # pragma: no cover - Windows
+        import ctypes
+
+        return ctypes.FormatError(code).strip()
+    return os.strerror(code)
 
 
 def raise_openssl(func: str, what: str, cls: type[SSLError] = SSLError) -> NoReturn:

@@ -9,7 +9,6 @@ from __future__ import annotations
 import contextlib
 import errno
 import functools
-import os
 import select
 import socket
 import threading
@@ -250,7 +249,7 @@ def _connect_nonblocking(sock: _raw_socket, addr: Any, deadline: _Deadline) -> N
     if code == 0:
         return
     if code not in _CONNECT_PENDING:
-        raise OSError(code, os.strerror(code))
+        raise OSError(code, _binding.strerror(code))
     while True:
         left = deadline.remaining()
         if left is not None and left <= 0:
@@ -267,7 +266,7 @@ def _connect_nonblocking(sock: _raw_socket, addr: Any, deadline: _Deadline) -> N
             break
     code = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
     if code != 0:
-        raise OSError(code, os.strerror(code))
+        raise OSError(code, _binding.strerror(code))
 
 
 def _tcp_connect(
