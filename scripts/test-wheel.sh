@@ -51,14 +51,17 @@ step "auditwheel repair"
 "$VPY" -m auditwheel repair -w wheelhouse "$wheel"
 repaired=$(ls wheelhouse/sslports-*.whl)
 "$VPY" -m auditwheel show "$repaired"
+# The listing is read whole before it is searched: `zipfile -l | grep -q` under pipefail fails
+# when grep exits at its first match and zipfile dies writing the rest (BrokenPipeError).
+repaired_files=$("$VPY" -m zipfile -l "$repaired")
 for module in _native _fastport; do
-  "$VPY" -m zipfile -l "$repaired" | grep -q "sslports/$module\." || {
+  grep -q "sslports/$module\." <<<"$repaired_files" || {
     echo "test-wheel: sslports/$module missing from $repaired" >&2
     exit 1
   }
 done
 echo "repaired wheel: $repaired ($(du -h "$repaired" | cut -f1))"
-"$VPY" -m zipfile -l "$repaired" | awk 'NR > 1 && /sslports\.libs\/|_native/ {print "  " $1, $NF}'
+awk 'NR > 1 && /sslports\.libs\/|_native/ {print "  " $1, $NF}' <<<"$repaired_files"
 
 tmp=$(mktemp -d "${TMPDIR:-/tmp}/sslports-wheel.XXXXXX")
 [ "${KEEP_WHEEL_VENV:-0}" = 1 ] || trap 'rm -rf "$tmp"' EXIT

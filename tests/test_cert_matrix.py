@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import contextvars
 import datetime
-import ssl
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -317,8 +316,13 @@ def _secure_context_for(root: Path) -> sslports.SSLClientContext:
 
 
 def _default_security_level() -> int:
-    """OpenSSL's compiled-in default security level, as Python's ssl (same libssl) sees it."""
-    return ssl.create_default_context().security_level
+    """OpenSSL's compiled-in default security level, as the libssl sslports runs on has it (a
+    "secure" context keeps it; Python's ssl.SSLContext.security_level is 3.10+ and reads the
+    libssl Python's ssl loaded, which is not the one a repaired wheel carries)."""
+    from sslports import _binding
+
+    ctx = sslports.ssl_make_client_context("secure")
+    return int(_binding.lib.SSL_CTX_get_security_level(ctx._ptr))
 
 
 @pytest.mark.parametrize("version", VERSIONS)

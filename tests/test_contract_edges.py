@@ -104,6 +104,13 @@ def test_wrap_closed_socket_fails_at_once() -> None:
 # (it can with the default secp521r1).
 @pytest.mark.parametrize("curve", ["prime256v1", "prime256v", "secp384r1", "secp521r1"])
 def test_enable_ecdh_keeps_the_usual_groups(curve: str) -> None:
+    client = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    client.check_hostname = False
+    client.verify_mode = ssl.CERT_NONE
+    try:
+        client.set_ecdh_curve("X25519")
+    except ssl.SSLError:  # Python 3.9's set_ecdh_curve takes EC curves only ("unknown group")
+        pytest.skip("this Python's ssl cannot make an X25519-only client")
     ctx = _server_ctx()
     sslports.ssl_server_context_enable_ecdh(ctx, curve)
     with sslports.ssl_listen(0, 5, True, "127.0.0.1", ctx, handshake_timeout=10) as listener:
@@ -116,10 +123,6 @@ def test_enable_ecdh_keeps_the_usual_groups(curve: str) -> None:
             i.close()
 
         join = in_thread(serve)
-        client = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
-        client.check_hostname = False
-        client.verify_mode = ssl.CERT_NONE
-        client.set_ecdh_curve("X25519")
         try:
             raw = socket.create_connection(("127.0.0.1", port), timeout=10)
             with raw, client.wrap_socket(raw) as tls:

@@ -1006,7 +1006,13 @@ async def open_ssl_connection(
     except asyncio.TimeoutError as exc:
         raise SSLTimeoutError(f"{func}: connect timed out") from exc
     except OSError as exc:
-        raise SSLNetworkError(f"{func}: connect failed ({exc.strerror or exc})") from exc
+        # Python 3.9's create_connection keeps the exception of a failed connect in a reference
+        # cycle of its own (through its list of the attempts' exceptions): with its traceback,
+        # which holds this frame and create_connection's (the factory), that cycle would keep
+        # the connection until the cyclic collector runs. The message carries what it said.
+        raise SSLNetworkError(
+            f"{func}: connect failed ({exc.strerror or exc})"
+        ) from exc.with_traceback(None)
     left = None if deadline is None else max(0.0, deadline - loop.time())
     return await _start(func, conn, left, limit)
 

@@ -632,10 +632,14 @@ def _mode_context(func: str, mode: object, context: object, encrypt: object) -> 
         if mode == "connect":
             return ssl_make_client_context(_check_protocol(func, encrypt))
         return ssl_make_server_context(_check_protocol(func, encrypt))
+    # One isinstance per class: mypy < 2 (the last on Python 3.9) joins a conditional pair of
+    # classes to `object` and then reports the narrowed return value.
+    if mode == "connect" and isinstance(context, SSLClientContext):
+        return context
+    if mode == "accept" and isinstance(context, SSLServerContext):
+        return context
     want = SSLClientContext if mode == "connect" else SSLServerContext
-    if not isinstance(context, want):
-        raise TypeError(f"{func}: {mode} mode needs a {want.__name__}, got {context!r}")
-    return context
+    raise TypeError(f"{func}: {mode} mode needs a {want.__name__}, got {context!r}")
 
 
 def wrap_arguments(

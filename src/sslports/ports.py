@@ -530,8 +530,10 @@ class Connection:
                     self.wait_for_pump(status, deadline, func)
                 except _TransportError as exc:
                     # The stream's own timeout ended a read that outlasted the deadline
-                    # (docs/guide/timeouts.md): that is the deadline expiring.
-                    if isinstance(exc.__cause__, TimeoutError) and deadline.expired():
+                    # (docs/guide/timeouts.md): that is the deadline expiring. (A socket's
+                    # timeout is TimeoutError from Python 3.10 on; before, socket.timeout.)
+                    timed_out = isinstance(exc.__cause__, (TimeoutError, socket.timeout))
+                    if timed_out and deadline.expired():
                         raise SSLTimeoutError(f"{func}: handshake timed out") from exc
                     raise self.make_error(cls(f"{func}: handshake failed ({exc.message})")) from exc
                 continue
