@@ -467,3 +467,51 @@ def test_wrapped_socket_family_extra_info() -> None:
             w.close()
 
     run("asyncio", main)
+
+
+@pytest.mark.parametrize("loop_kind", LOOPS)
+def test_cancelled_drains_do_not_pile_up(loop_kind: str) -> None:
+    """A service that puts a deadline on each drain() (asyncio.wait_for(w.drain(), t)) against
+    a peer that stopped reading cancels a drain again and again: each cancelled one left its
+    future in the connection until writing resumed, so memory grew with every attempt. The
+    writes before and after arrive whole once the peer reads again."""
+
+    async def main() -> None:
+        release = asyncio.Event()
+        got = bytearray()
+
+        async def slow(r: aio.SSLStreamReader, w: aio.SSLStreamWriter) -> None:
+            await release.wait()  # not reading: the client's writes back up
+            while chunk := await r.read(65536):
+                got.extend(chunk)
+            w.close()
+
+        server = await aio.start_ssl_server(slow, "127.0.0.1", 0, server_context())
+        async with server:
+            port = server.sockets[0].getsockname()[1]
+            _r, w = await aio.open_ssl_connection("localhost", port, client_context())
+            block = os.urandom(1 << 20)
+            sent = 0
+            while True:  # until drain() would wait: the transport's buffer is over its limit
+                w.write(block)
+                sent += len(block)
+                try:
+                    await asyncio.wait_for(w.drain(), 0.2)
+                except asyncio.TimeoutError:
+                    break
+            conn = w._sslports_conn
+            for _ in range(300):
+                with pytest.raises(asyncio.TimeoutError):
+                    await asyncio.wait_for(w.drain(), 0.001)
+            assert len(conn.drain_waiters) <= 1, len(conn.drain_waiters)
+            release.set()
+            await w.drain()
+            w.close()
+            await w.wait_closed()
+            for _ in range(500):
+                if len(got) == sent:
+                    break
+                await asyncio.sleep(0.01)
+            assert len(got) == sent
+
+    run(loop_kind, main)

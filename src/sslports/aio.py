@@ -524,7 +524,14 @@ class _SSLProtocol(AioConnection, asyncio.BufferedProtocol):
         return fut
 
     def wait_progress(self) -> Awaitable[None]:
-        fut = self.loop.create_future()
+        return self.drain_waiter()
+
+    def drain_waiter(self) -> asyncio.Future[None]:
+        """A future that wake_drain resolves. Those of cancelled waits (a drain() under a
+        deadline, again and again against a peer that stopped reading) are dropped here, so
+        the list holds only live waits, not one per attempt until writing resumes."""
+        fut: asyncio.Future[None] = self.loop.create_future()
+        self.drain_waiters = [f for f in self.drain_waiters if not f.done()]
         self.drain_waiters.append(fut)
         return fut
 
@@ -541,9 +548,7 @@ class _SSLProtocol(AioConnection, asyncio.BufferedProtocol):
 
     async def drain_raw(self) -> None:
         while self.write_paused and not self.is_lost:
-            fut = self.loop.create_future()
-            self.drain_waiters.append(fut)
-            await fut
+            await self.drain_waiter()
         if self.is_lost:
             reason = self.lost or "connection lost"
             raise SSLNetworkError(f"write: write failed ({reason})")
