@@ -67,6 +67,14 @@ def _stream_pair() -> tuple[Any, Any, Any, list[Any], socket.socket, socket.sock
     return inp, out, writer, box, a, b
 
 
+def _close_pair(inp: Any, out: Any, box: list[Any], a: socket.socket, b: socket.socket) -> None:
+    """Close what _stream_pair made: both ends' ports and the socketpair."""
+    for p in (inp, out, *(box[0] if box else ())):
+        p.close()
+    a.close()
+    b.close()
+
+
 @pytest.mark.parametrize("order", ["output_first", "input_first"])
 def test_stream_write_failure_is_not_lost_silently_at_close(order: str) -> None:
     """API.md: a transport failure after the handshake (a broken pipe) raises SSLError. A
@@ -85,10 +93,7 @@ def test_stream_write_failure_is_not_lost_silently_at_close(order: str) -> None:
                 out.close()
         assert inp.closed and out.closed
     finally:
-        for p in (inp, out, *(box[0] if box else ())):
-            p.close()
-        a.close()
-        b.close()
+        _close_pair(inp, out, box, a, b)
 
 
 def test_stream_close_reports_failure_only_once() -> None:
@@ -104,10 +109,7 @@ def test_stream_close_reports_failure_only_once() -> None:
         out.close()
         inp.close()
     finally:
-        for p in (inp, out, *(box[0] if box else ())):
-            p.close()
-        a.close()
-        b.close()
+        _close_pair(inp, out, box, a, b)
 
 
 def test_stream_handshake_deadline_raises_timeout_error() -> None:
