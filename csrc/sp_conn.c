@@ -348,11 +348,6 @@ SSL *sp_conn_ssl(sp_conn *c)
     return c->ssl;
 }
 
-int sp_conn_fd(sp_conn *c)
-{
-    return c->socket_mode ? (int)c->fd : -1;
-}
-
 void sp_conn_lock(sp_conn *c)
 {
     sp_mutex_lock(&c->ssl_lock);
@@ -1318,22 +1313,6 @@ int sp_shutdown(sp_conn *c, sp_err *err)
     return r >= 0 ? SP_OK : SP_ERROR;
 }
 
-int sp_renegotiate(sp_conn *c, sp_err *err)
-{
-    int ok;
-    sp_err_reset(err);
-    sp_mutex_lock(&c->ssl_lock);
-    ERR_clear_error();
-    if (SSL_version(c->ssl) >= TLS1_3_VERSION)
-        ok = SSL_verify_client_post_handshake(c->ssl);
-    else
-        ok = SSL_renegotiate(c->ssl);
-    if (!ok)
-        capture_ssl_error(c, SSL_ERROR_SSL, err);
-    sp_mutex_unlock(&c->ssl_lock);
-    return ok ? SP_OK : SP_ERROR;
-}
-
 /* ---- stream mode -------------------------------------------------------------------- */
 
 int sp_feed(sp_conn *c, const unsigned char *data, size_t len)
@@ -1356,15 +1335,6 @@ void sp_feed_eof(sp_conn *c)
     sp_mutex_lock(&c->ssl_lock);
     BIO_set_mem_eof_return(c->rbio, 0);
     sp_mutex_unlock(&c->ssl_lock);
-}
-
-size_t sp_pending_in(sp_conn *c)
-{
-    size_t n;
-    sp_mutex_lock(&c->ssl_lock);
-    n = c->socket_mode ? 0 : BIO_ctrl_pending(c->rbio);
-    sp_mutex_unlock(&c->ssl_lock);
-    return n;
 }
 
 size_t sp_pending_out(sp_conn *c)

@@ -106,7 +106,6 @@ enum {
 sp_conn *sp_conn_new(SSL_CTX *ctx, int is_server, int fd, sp_err *err);
 void sp_conn_free(sp_conn *c);
 SSL *sp_conn_ssl(sp_conn *c);
-int sp_conn_fd(sp_conn *c);
 /* Lock the connection around a direct OpenSSL query made from Python. */
 void sp_conn_lock(sp_conn *c);
 void sp_conn_unlock(sp_conn *c);
@@ -131,7 +130,6 @@ int sp_write_hold(sp_conn *c, const unsigned char *buf, size_t len, size_t *done
                   sp_err *err);
 int sp_flush(sp_conn *c, int wait_ms, sp_err *err);
 int sp_shutdown(sp_conn *c, sp_err *err);
-int sp_renegotiate(sp_conn *c, sp_err *err);
 
 /* Socket mode: 1 while bytes an output port wrote are still queued (writer_queued), which
  * sp_flush sends; 0 in stream mode. */
@@ -156,7 +154,6 @@ int sp_conn_broken(sp_conn *c);
 /* Stream mode: move ciphertext between the BIOs and the caller's streams. */
 int sp_feed(sp_conn *c, const unsigned char *data, size_t len);
 void sp_feed_eof(sp_conn *c);
-size_t sp_pending_in(sp_conn *c);
 size_t sp_pending_out(sp_conn *c);
 size_t sp_take(sp_conn *c, unsigned char *out, size_t cap);
 

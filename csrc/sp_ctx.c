@@ -463,25 +463,6 @@ EVP_PKEY *sp_load_private_key(const unsigned char *data, size_t len, int der, in
     return key;
 }
 
-int sp_openssl_has(const char *feature)
-{
-    if (strcmp(feature, "tls13") == 0) {
-#ifdef TLS1_3_VERSION
-        return 1;
-#else
-        return 0;
-#endif
-    }
-    if (strcmp(feature, "post_handshake_auth") == 0) {
-#ifdef SSL_VERIFY_POST_HANDSHAKE
-        return 1;
-#else
-        return 0;
-#endif
-    }
-    return 0;
-}
-
 int sp_ctx_add_pem_roots(SSL_CTX *ctx, const unsigned char *pem, size_t len)
 {
     X509_STORE *store = SSL_CTX_get_cert_store(ctx);

@@ -16,7 +16,6 @@ int sp_ctx_set_server_alpn(SSL_CTX *ctx, const unsigned char *wire, size_t len,
 /* A private key from PEM/DER bytes (password may be NULL; never prompts). NULL on failure. */
 EVP_PKEY *sp_load_private_key(const unsigned char *data, size_t len, int der, int rsa_only,
                               const char *password, sp_err *err);
-int sp_openssl_has(const char *feature);
 /* Add every certificate of a PEM blob to the trust store (a block it cannot read is skipped);
  * 1 if at least one was added. */
 int sp_ctx_add_pem_roots(SSL_CTX *ctx, const unsigned char *pem, size_t len);

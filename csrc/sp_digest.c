@@ -143,11 +143,6 @@ void sp_digest_free(sp_digest *d)
     free(d);
 }
 
-int sp_digest_size(const sp_digest *d)
-{
-    return d->size;
-}
-
 int sp_digest_update(sp_digest *d, const unsigned char *data, size_t len, sp_err *err)
 {
     ERR_clear_error();

@@ -33,7 +33,6 @@ typedef struct sp_digest sp_digest;
 sp_digest *sp_digest_new(int kind, sp_err *err);
 void sp_digest_free(sp_digest *d);
 /* The digest's output size in bytes. */
-int sp_digest_size(const sp_digest *d);
 /* Hash `len` bytes. 1 on success, 0 on failure (err, when not NULL, filled). */
 int sp_digest_update(sp_digest *d, const unsigned char *data, size_t len, sp_err *err);
 /* Read `fd` until EOF or until `limit` bytes were hashed, whichever comes first, and hash what
@@ -42,7 +41,7 @@ int sp_digest_update(sp_digest *d, const unsigned char *data, size_t len, sp_err
  * hashed. Returns SP_DIGEST_EOF, SP_DIGEST_MORE or SP_DIGEST_FAIL. */
 int sp_digest_update_fd(sp_digest *d, int fd, long long offset, unsigned long long limit,
                         unsigned long long *done, sp_err *err);
-/* Finish: write the digest (sp_digest_size bytes) to out. Returns its size, or -1 on failure
+/* Finish: write the digest (its size in bytes) to out. Returns its size, or -1 on failure
  * (also when outlen is too small or the digest was already finished). */
 int sp_digest_final(sp_digest *d, unsigned char *out, size_t outlen, sp_err *err);
 /* One-shot digest of a buffer into out; returns the size, or -1 on failure. */

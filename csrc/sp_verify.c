@@ -24,15 +24,6 @@ static X509 *peer_cert_locked(sp_conn *c)
     return SSL_get0_peer_certificate(c->ssl);
 }
 
-int sp_peer_has_certificate(sp_conn *c)
-{
-    int has;
-    sp_conn_lock(c);
-    has = peer_cert_locked(c) != NULL;
-    sp_conn_unlock(c);
-    return has;
-}
-
 int sp_peer_verified(sp_conn *c)
 {
     int ok;

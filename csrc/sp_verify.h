@@ -8,7 +8,6 @@ enum { SP_CB_TLS_UNIQUE = 1, SP_CB_TLS_SERVER_END_POINT = 2, SP_CB_TLS_EXPORTER 
 /* 1 when the peer presented a certificate and it verified. */
 int sp_peer_verified(sp_conn *c);
 /* 1 when the peer presented a certificate at all. */
-int sp_peer_has_certificate(sp_conn *c);
 /* The peer's names into out, each as a 4-byte big-endian length and its bytes (a name may
  * hold a NUL); returns the bytes needed (call again if > cap). */
 size_t sp_peer_hostnames(sp_conn *c, char *out, size_t cap);

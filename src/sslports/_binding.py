@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import os
 import sys
-from typing import Any, Callable, NoReturn, Optional
+from typing import Any, Optional
 
 from ._version import __version__
 from .errors import SSLError, SSLUnsupportedError
@@ -33,11 +33,6 @@ else:
 
 ssl_available: bool = lib is not None
 
-# Error-record kinds from SSL_get_error (stable numbers in every OpenSSL).
-SSL_ERROR_SSL = 1
-SSL_ERROR_SYSCALL = 5
-SSL_ERROR_ZERO_RETURN = 6
-
 
 def require_native(func: str) -> Any:
     """Return `lib`, or raise SSLUnsupportedError naming `func` and the load failure."""
@@ -56,9 +51,6 @@ def err_lines(err: Any) -> list[str]:
 def verify_text(code: int) -> str:
     """OpenSSL's text for an X509 verify result code."""
     return str(ffi.string(lib.X509_verify_cert_error_string(code)).decode("utf-8", "replace"))
-
-
-ErrorFactory = Callable[[str], BaseException]
 
 
 def build_error(
@@ -100,8 +92,3 @@ def strerror(code: int) -> str:
 
         return ctypes.FormatError(code).strip()
     return os.strerror(code)
-
-
-def raise_openssl(func: str, what: str, cls: type[SSLError] = SSLError) -> NoReturn:
-    """Raise for a direct OpenSSL call that failed, draining the thread's error queue."""
-    raise build_error(func, what, None, cls)

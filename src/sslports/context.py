@@ -135,7 +135,6 @@ class _Context:
         self._verify = False
         self._try_verify = False
         self._verify_hostname = False
-        self._alpn_wire = b""
         self._sni_callback: Optional[Callable[[str], Any]] = None
         self._keylogger: Optional[Callable[[bytes], Any]] = None
         self._has_certificate = False  # set by ssl_load_certificate_chain
@@ -262,9 +261,6 @@ class SSLServerContext(_Context):
         lib = _binding.lib
         sid = b"sslports"
         lib.SSL_CTX_set_session_id_context(self._ptr, sid, len(sid))
-
-
-ContextArg = Union[_Context, Any]  # a context, or an SSLListener carrying one
 
 
 def context_of(func: str, value: object, *, listener_ok: bool = True) -> _Context:

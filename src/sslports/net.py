@@ -27,7 +27,6 @@ from .context import (
     literal_family,
     ssl_make_client_context,
     ssl_make_server_context,
-    ssl_secure_client_context,
 )
 from .errors import SSLError, SSLNetworkError, SSLTimeoutError
 from .ports import (
@@ -758,8 +757,3 @@ def ssl_wrap_socket(
     except BaseException:
         sock.close()
         raise
-
-
-def secure_default() -> SSLClientContext:
-    """The secure client context (used by the CLI and demo)."""
-    return ssl_secure_client_context()

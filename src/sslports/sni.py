@@ -150,7 +150,6 @@ def ssl_set_server_alpn(
         ok = _binding.lib.sp_ctx_set_server_alpn(ptr, wire, len(wire), int(allow_no_match))
     if not ok:
         raise MemoryError(f"{func}: out of memory")
-    server_context._alpn_wire = wire
 
 
 def ssl_set_keylogger(context: object, callback: Optional[Callable[[bytes], Any]]) -> None:
