@@ -58,6 +58,8 @@ MODULE_INIT = {"_cffi_init", "PyInit__native"}  # CFFI's one-time module objects
 
 def ours(rec):
     """A frame of our C code (csrc/sp_*.c, sp_* functions) or of _native.c past its init."""
+    if "lib_build_and_cache_attr" in rec:
+        return False  # CFFI builds `lib.<name>` once, on first use (here from a callback)
     for func, where in FRAME.findall(rec):
         if "csrc/" in where or where.startswith("sp_") or func.startswith("sp_"):
             return True
