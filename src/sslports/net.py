@@ -55,6 +55,11 @@ def _check_port_number(func: str, port_no: object, lowest: int) -> int:
     return port_no
 
 
+def _endpoint(host: str, port_no: int) -> str:
+    """host:port for messages, an IPv6 address in brackets ("[::1]:443")."""
+    return f"[{host}]:{port_no}" if ":" in host else f"{host}:{port_no}"
+
+
 def _check_flag(func: str, name: str, value: object) -> bool:
     if not isinstance(value, bool):
         raise TypeError(f"{func}: {name} must be a bool, got {type(value).__name__}")
@@ -319,8 +324,11 @@ def _tcp_connect(
             raise
     reason = last.strerror if last is not None and last.strerror else str(last)
     code = last.errno if last is not None else None
-    del last  # (its traceback holds this frame: a cycle until the collector runs)
-    raise SSLNetworkError(f"{func}: connect failed ({reason}: {hostname}:{port_no})", errno=code)
+    if last is not None:  # chained as the cause (as a resolver failure is), without its
+        last.__traceback__ = None  # traceback: that holds this frame, a cycle until collected
+    raise SSLNetworkError(
+        f"{func}: connect failed ({reason}: {_endpoint(hostname, port_no)})", errno=code
+    ) from last
 
 
 def ssl_connect(
@@ -414,12 +422,15 @@ class SSLListener:
         self._tcp = self._family in (socket.AF_INET, socket.AF_INET6)
         self._raw_accept = getattr(sock, "_accept", None)
         self._accepting: set[int] = set()  # threads waiting in ssl_accept (see close)
+        # Set by close() before it wakes them: a woken accept() must not find the socket
+        # still open (close() has yet to close it) and report the wake-up's EINVAL.
+        self._closing = False
 
     def __repr__(self) -> str:
         if self._sock.fileno() < 0:
             return "<SSLListener closed>"
         host, port = self._sock.getsockname()[:2]
-        return f"<SSLListener {host}:{port}>"
+        return f"<SSLListener {_endpoint(host, port)}>"
 
     def fileno(self) -> int:
         """The listening socket's descriptor, for select/selectors (Racket: sync)."""
@@ -434,6 +445,7 @@ class SSLListener:
         # socket (Linux): it would wait forever. shutdown() makes that accept() fail; only
         # then, as it also stops the socket for the processes sharing it (a prefork parent
         # that closes its copy must not do that).
+        self._closing = True
         if self._accepting and self._sock.fileno() >= 0:
             with contextlib.suppress(OSError):
                 self._sock.shutdown(socket.SHUT_RDWR)
@@ -492,8 +504,12 @@ def ssl_listen(
     except OSError as exc:
         raise SSLNetworkError(f"{func}: listen failed (cannot resolve {host!r}: {exc})") from exc
     family, kind, proto, _name, addr = infos[0]
-    sock = socket.socket(family, kind, proto)
+    sock: Optional[socket.socket] = None
     try:
+        sock = socket.socket(family, kind, proto)
+        # ssl_accept waits for a connection without limit (Racket's tcp-accept), whatever
+        # socket.setdefaulttimeout() says: ssl_connect ignores that default as well.
+        sock.settimeout(None)
         if reuse:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         if reuse_port:
@@ -505,16 +521,21 @@ def ssl_listen(
         if family == socket.AF_INET6:
             sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
         sock.bind(addr)
-        sock.listen(queue_k)
-    except OSError as exc:
-        sock.close()
-        if isinstance(exc, SSLError):
+        # The kernel caps the backlog (somaxconn); listen() takes a C int.
+        sock.listen(min(queue_k, _MAX_BACKLOG))
+    except BaseException as exc:
+        if sock is not None:
+            sock.close()
+        if isinstance(exc, SSLError) or not isinstance(exc, OSError):
             raise
+        where = _endpoint(host or "0.0.0.0", port_no)
         raise SSLNetworkError(
-            f"{func}: listen failed ({exc.strerror or exc}: {host or '0.0.0.0'}:{port_no})",
-            errno=exc.errno,
+            f"{func}: listen failed ({exc.strerror or exc}: {where})", errno=exc.errno
         ) from exc
     return SSLListener(sock, ctx, handshake_timeout)
+
+
+_MAX_BACKLOG = 0x7FFFFFFF
 
 
 def _listener(func: str, listener: object) -> SSLListener:
@@ -555,7 +576,7 @@ def ssl_accept(listener: SSLListener) -> Ports:
         else:  # pragma: no cover - a socket module without _accept
             sock = lst._sock.accept()[0]
     except OSError as exc:
-        if lst._sock.fileno() < 0:  # closed (by ssl_close in another thread) while waiting
+        if lst._closing or lst._sock.fileno() < 0:  # closed (ssl_close, another thread)
             raise SSLNetworkError(f"{func}: accept failed (listener is closed)") from exc
         raise SSLNetworkError(f"{func}: accept failed ({exc})", errno=exc.errno) from exc
     finally:
@@ -599,6 +620,8 @@ def ssl_addresses(p_or_listener: object, port_numbers: bool = False) -> tuple[An
     sock: _raw_socket
     if isinstance(p_or_listener, SSLListener):
         sock = p_or_listener._sock
+        if sock.fileno() < 0:
+            raise SSLError(f"{func}: listener is closed")
         local = sock.getsockname()
         peer: tuple[Any, ...] = ("::", 0) if sock.family == socket.AF_INET6 else ("0.0.0.0", 0)
     elif isinstance(p_or_listener, (SSLInputPort, SSLOutputPort)):

@@ -1,0 +1,635 @@
+"""Edges of the networking layer (net.py): IPv6 listeners and literals, name resolution with
+several addresses, listening errors and options, accept under closing / resets / silence,
+connect timeouts at the TCP stage, and file-descriptor hygiene on every failure path.
+
+Regression tests (they failed before the fix beside them):
+
+* ssl_listen with every descriptor in use raised a bare OSError (socket() was outside the
+  try that turns failures into SSLNetworkError);
+* ssl_listen with a backlog above a C int raised OverflowError and left the socket to the
+  collector;
+* a listener took socket.setdefaulttimeout() (ssl_accept then failed with "accept failed
+  (timed out)", an SSLNetworkError that is no TimeoutError), unlike ssl_connect, which ignores
+  that default;
+* a refused ssl_connect did not chain the OSError (a resolver failure does);
+* ssl_addresses of a closed listener raised a bare OSError (EBADF), not SSLError;
+* messages and repr wrote IPv6 endpoints as "::1:443" instead of "[::1]:443".
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import resource
+import signal
+import socket
+import ssl
+import struct
+import threading
+import time
+from collections.abc import Iterator
+from typing import Any, Callable
+
+import pytest
+from certs import chain_file, client_context, in_thread, ipv6_loopback_works, make_cert
+from certs import server_context as make_server_context
+
+import sslports
+from sslports import SSLError, SSLNetworkError
+
+LOCAL = "127.0.0.1"
+HAS_IPV6 = ipv6_loopback_works()
+needs_ipv6 = pytest.mark.skipif(not HAS_IPV6, reason="no working IPv6 loopback here")
+
+
+def _server_ctx() -> sslports.SSLServerContext:
+    return sslports.ssl_make_server_context(
+        private_key=("pem", sslports.TEST_PEM), certificate_chain=sslports.TEST_PEM
+    )
+
+
+def _nfds() -> int:
+    return len(os.listdir("/proc/self/fd"))
+
+
+def _nfds_settle(expected: int) -> int:
+    """The descriptor count once a server thread has closed its side (up to 2 s)."""
+    deadline = time.monotonic() + 2
+    while _nfds() != expected and time.monotonic() < deadline:
+        time.sleep(0.01)
+    return _nfds()
+
+
+def _refused_port(host: str) -> tuple[socket.socket, int]:
+    """A socket bound (not listening) on host: connecting to its port is refused."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    s = socket.socket(family)
+    s.bind((host, 0))
+    return s, s.getsockname()[1]
+
+
+def _connect_and_accept(listener: Any, host: str, **kw: Any) -> tuple[Any, Any, Any, Any]:
+    port = sslports.ssl_addresses(listener, True)[1]
+    join = in_thread(lambda: sslports.ssl_accept(listener), 20)
+    cin, cout = sslports.ssl_connect(host, port, **kw)
+    sin, sout = join()
+    return cin, cout, sin, sout
+
+
+def _close(*ports: Any) -> None:
+    for p in ports:
+        p.close()
+
+
+class _PyServer:
+    """A Python ssl server (TEST_PEM) that records the SNI of each handshake."""
+
+    def __init__(self, host: str) -> None:
+        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        ctx.load_cert_chain(sslports.TEST_PEM)
+        self.sni: list[Any] = []
+        ctx.sni_callback = lambda _s, name, _c: self.sni.append(name)
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        self.sock = socket.socket(family)
+        self.sock.bind((host, 0))
+        self.sock.listen(16)
+        self.port: int = self.sock.getsockname()[1]
+        self.ctx = ctx
+        self.thread = threading.Thread(target=self._run, daemon=True)
+        self.thread.start()
+
+    def _run(self) -> None:
+        while True:
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return
+            conn.settimeout(10)
+            try:
+                with self.ctx.wrap_socket(conn, server_side=True) as tls:
+                    tls.sendall(b"hi")
+            except OSError:
+                conn.close()
+
+    def close(self) -> None:
+        self.sock.shutdown(socket.SHUT_RDWR)
+        self.sock.close()
+        self.thread.join(5)
+
+
+@pytest.fixture
+def py_server() -> Iterator[Callable[[str], _PyServer]]:
+    made: list[_PyServer] = []
+
+    def make(host: str) -> _PyServer:
+        made.append(_PyServer(host))
+        return made[-1]
+
+    yield make
+    for s in made:
+        s.close()
+
+
+def _fake_resolver(
+    monkeypatch: pytest.MonkeyPatch, name: str, addresses: list[tuple[str, int]]
+) -> None:
+    """Make `name` resolve to `addresses`, in that order (other names resolve as usual)."""
+    real = socket.getaddrinfo
+
+    def fake(host: Any, port: Any, *args: Any, **kw: Any) -> Any:
+        if host != name:
+            return real(host, port, *args, **kw)
+        out: list[Any] = []
+        for addr, p in addresses:
+            if ":" in addr:
+                out.append((socket.AF_INET6, socket.SOCK_STREAM, 6, "", (addr, p, 0, 0)))
+            else:
+                out.append((socket.AF_INET, socket.SOCK_STREAM, 6, "", (addr, p)))
+        return out
+
+    monkeypatch.setattr(socket, "getaddrinfo", fake)
+
+
+# -- regressions ---------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def no_free_descriptors() -> Iterator[None]:
+    """Every descriptor in use (the soft limit lowered to what is open, then filled)."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    held: list[socket.socket] = []
+    resource.setrlimit(resource.RLIMIT_NOFILE, (_nfds() + 8, hard))
+    try:
+        with pytest.raises(OSError):
+            while True:
+                held.append(socket.socket())
+        yield
+    finally:
+        for s in held:
+            s.close()
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+
+
+@pytest.fixture
+def ctx_first() -> sslports.SSLServerContext:
+    return _server_ctx()  # (loading TEST_PEM takes a descriptor: before they are all taken)
+
+
+@pytest.mark.parametrize("host", [None, LOCAL])
+def test_listen_without_descriptors_is_network_error(
+    host: Any, ctx_first: sslports.SSLServerContext, no_free_descriptors: None
+) -> None:
+    ctx = ctx_first
+    with pytest.raises(SSLNetworkError, match=r"^ssl_listen: listen failed \(") as info:
+        sslports.ssl_listen(0, 5, False, host, ctx)
+    assert info.value.errno == errno.EMFILE
+    assert isinstance(info.value.__cause__, OSError)
+
+
+def test_listen_backlog_beyond_a_c_int_is_capped() -> None:
+    before = _nfds()
+    with sslports.ssl_listen(0, 2**40, False, LOCAL, _server_ctx()) as listener:
+        cin, cout, sin, sout = _connect_and_accept(listener, LOCAL)
+        _close(cin, cout, sin, sout)
+    assert _nfds() == before
+
+
+def test_listener_ignores_the_socket_default_timeout() -> None:
+    old = socket.getdefaulttimeout()
+    socket.setdefaulttimeout(0.2)
+    try:
+        listener = sslports.ssl_listen(0, 5, False, LOCAL, _server_ctx())
+    finally:
+        socket.setdefaulttimeout(old)
+    with listener:
+        port = sslports.ssl_addresses(listener, True)[1]
+        join = in_thread(lambda: sslports.ssl_accept(listener), 20)
+        time.sleep(0.6)  # three default timeouts: ssl_accept still waits for a client
+        cin, cout = sslports.ssl_connect(LOCAL, port, timeout=10)
+        sin, sout = join()
+        cout.write(b"x")
+        cout.flush()
+        assert sin.read(1) == b"x"
+        _close(cin, cout, sin, sout)
+
+
+@pytest.mark.parametrize("timeout", [None, 5.0])
+def test_refused_connect_chains_the_oserror(timeout: Any) -> None:
+    s, port = _refused_port(LOCAL)
+    with s, pytest.raises(SSLNetworkError) as info:
+        sslports.ssl_connect(LOCAL, port, timeout=timeout)
+    cause = info.value.__cause__
+    assert isinstance(cause, ConnectionRefusedError)
+    assert cause.errno == info.value.errno == errno.ECONNREFUSED
+
+
+def test_addresses_of_a_closed_listener_is_ssl_error() -> None:
+    listener = sslports.ssl_listen(0, 5, False, LOCAL)
+    listener.close()
+    with pytest.raises(SSLError, match=r"^ssl_addresses: listener is closed"):
+        sslports.ssl_addresses(listener, True)
+    assert repr(listener) == "<SSLListener closed>"
+
+
+@needs_ipv6
+@pytest.mark.parametrize("timeout", [None, 5.0])
+def test_ipv6_endpoints_are_bracketed_in_messages(timeout: Any) -> None:
+    s, port = _refused_port("::1")
+    with s, pytest.raises(SSLNetworkError) as info:
+        sslports.ssl_connect("::1", port, timeout=timeout)
+    assert str(info.value) == (
+        f"ssl_connect: connect failed ({os.strerror(errno.ECONNREFUSED)}: [::1]:{port})"
+    )
+    with sslports.ssl_listen(0, 5, False, "::1") as listener:
+        lport = sslports.ssl_addresses(listener, True)[1]
+        assert repr(listener) == f"<SSLListener [::1]:{lport}>"
+        with pytest.raises(SSLNetworkError) as info:
+            sslports.ssl_listen(lport, 5, False, "::1")
+        assert str(info.value) == (
+            f"ssl_listen: listen failed ({os.strerror(errno.EADDRINUSE)}: [::1]:{lport})"
+        )
+
+
+# -- IPv6 ----------------------------------------------------------------------------------------
+
+
+@needs_ipv6
+def test_ipv6_listener_and_port_addresses() -> None:
+    with sslports.ssl_listen(0, 5, True, "::1", _server_ctx()) as listener:
+        port = sslports.ssl_addresses(listener, True)[1]
+        assert sslports.ssl_addresses(listener, True) == ("::1", port, "::", 0)
+        assert sslports.ssl_addresses(listener) == ("::1", "::")
+        cin, cout, sin, sout = _connect_and_accept(listener, "::1")
+        local, lport, peer, pport = sslports.ssl_addresses(cin, True)
+        assert (local, peer, pport) == ("::1", "::1", port)
+        assert sslports.ssl_addresses(sout, True) == ("::1", port, "::1", lport)
+        assert sslports.ssl_addresses(sin) == ("::1", "::1")
+        _close(cin, cout, sin, sout)
+
+
+@needs_ipv6
+def test_ipv6_wildcard_listener_is_ipv6_only() -> None:
+    # As the README says: "::" is IPv6 only (as socket.create_server does); None is IPv4.
+    with sslports.ssl_listen(0, 5, True, "::", _server_ctx()) as listener:
+        assert sslports.ssl_addresses(listener, True)[::2] == ("::", "::")
+        sock = socket.socket(fileno=os.dup(listener.fileno()))
+        with sock:
+            assert sock.getsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY) == 1
+        cin, cout, sin, sout = _connect_and_accept(listener, "::1")
+        _close(cin, cout, sin, sout)
+    with sslports.ssl_listen(0) as listener:
+        port = sslports.ssl_addresses(listener, True)[1]
+        assert sslports.ssl_addresses(listener, True) == ("0.0.0.0", port, "0.0.0.0", 0)
+
+
+@needs_ipv6
+def test_ip_literals_send_no_sni(py_server: Callable[[str], _PyServer]) -> None:
+    six = py_server("::1")
+    four = py_server(LOCAL)
+    lo = socket.if_nametoindex("lo") if hasattr(socket, "if_nametoindex") else 1
+    for host, server in [
+        ("::1", six),
+        ("0:0::1", six),
+        (f"::1%{lo}", six),  # scoped: resolved, still a literal
+        (LOCAL, four),
+        ("::ffff:127.0.0.1", four),  # v4-mapped, through the IPv4 listener
+    ]:
+        inp, out = sslports.ssl_connect(host, server.port, timeout=10)
+        assert inp.read(2) == b"hi"
+        _close(inp, out)
+    assert six.sni == [None, None, None]
+    assert four.sni == [None, None]
+
+
+def test_dns_name_sni_drops_the_trailing_dot(
+    py_server: Callable[[str], _PyServer], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    server = py_server(LOCAL)
+    _fake_resolver(monkeypatch, "Host.Example.", [(LOCAL, server.port)])
+    inp, out = sslports.ssl_connect("Host.Example.", server.port, timeout=10)
+    assert inp.read(2) == b"hi"
+    _close(inp, out)
+    assert server.sni == ["Host.Example"]
+
+
+@needs_ipv6
+@pytest.mark.parametrize(("san", "ok"), [("::1", True), ("::2", False)])
+def test_scoped_ipv6_literal_verified_against_ip_san(san: str, ok: bool) -> None:
+    # (test_verify.py checks "::1" itself; here the zone, which is no part of the address)
+    root = make_cert("net-edges root", ca=True)
+    leaf = make_cert("v6 leaf", issuer=root, dns=["localhost"], ips=[san])
+    lo = socket.if_nametoindex("lo") if hasattr(socket, "if_nametoindex") else 1
+    ctx = client_context("auto", roots=[chain_file(root)])
+    with sslports.ssl_listen(0, 5, True, "::1", make_server_context("auto", leaf)) as listener:
+        if ok:
+            cin, cout, sin, sout = _connect_and_accept(
+                listener, f"::1%{lo}", client_protocol=ctx, timeout=10
+            )
+            assert sslports.ssl_peer_verified(cin)
+            assert sslports.ssl_peer_check_hostname(cin, f"::1%{lo}")
+            _close(cin, cout, sin, sout)
+        else:
+            port = sslports.ssl_addresses(listener, True)[1]
+            join = in_thread(lambda: sslports.ssl_accept(listener), 20)
+            with pytest.raises(SSLNetworkError) as info:
+                sslports.ssl_connect(f"::1%{lo}", port, ctx, timeout=10)
+            assert info.value.verify_code == 64  # X509_V_ERR_IP_ADDRESS_MISMATCH
+            assert info.value.verify_message == "IP address mismatch"
+            with pytest.raises(SSLNetworkError):
+                join()
+
+
+# -- name resolution -----------------------------------------------------------------------------
+
+
+@needs_ipv6
+@pytest.mark.parametrize("timeout", [None, 5.0])
+@pytest.mark.parametrize("order", ["v6-refused-first", "v4-refused-first"])
+def test_every_resolved_address_is_tried_in_order(
+    monkeypatch: pytest.MonkeyPatch, py_server: Callable[[str], _PyServer], timeout: Any, order: str
+) -> None:
+    live = LOCAL if order == "v6-refused-first" else "::1"
+    dead = "::1" if order == "v6-refused-first" else LOCAL
+    server = py_server(live)
+    blocker, _ = _refused_port(dead)
+    # the dead address on the live port: refused, unless something else listens there
+    with blocker:
+        try:
+            probe = socket.create_connection((dead, server.port), timeout=1)
+        except OSError:
+            pass
+        else:
+            probe.close()
+            pytest.skip(f"something listens on {dead} port {server.port}")
+        _fake_resolver(monkeypatch, "dual.test", [(dead, server.port), (live, server.port)])
+        before = _nfds()
+        inp, out = sslports.ssl_connect("dual.test", server.port, timeout=timeout)
+        assert sslports.ssl_addresses(inp, True)[2:] == (live, server.port)
+        assert inp.read(2) == b"hi"
+        _close(inp, out)
+        assert server.sni == ["dual.test"]
+        assert _nfds_settle(before) == before
+
+
+@pytest.mark.parametrize("timeout", [None, 5.0])
+def test_all_addresses_refused(monkeypatch: pytest.MonkeyPatch, timeout: Any) -> None:
+    a, port_a = _refused_port(LOCAL)
+    b, port_b = _refused_port(LOCAL)
+    with a, b:  # (the fake resolver puts its own port in each address)
+        _fake_resolver(monkeypatch, "dead.test", [(LOCAL, port_a), (LOCAL, port_b)])
+        before = _nfds()
+        with pytest.raises(SSLNetworkError) as info:
+            sslports.ssl_connect("dead.test", port_a, timeout=timeout)
+        assert _nfds() == before
+    assert not isinstance(info.value, TimeoutError)
+    assert info.value.errno == errno.ECONNREFUSED
+    assert str(info.value) == (
+        f"ssl_connect: connect failed ({os.strerror(errno.ECONNREFUSED)}: dead.test:{port_a})"
+    )
+
+
+def test_unresolvable_name(monkeypatch: pytest.MonkeyPatch) -> None:
+    def fail(*args: Any, **kw: Any) -> Any:
+        raise socket.gaierror(socket.EAI_NONAME, "Name or service not known")
+
+    monkeypatch.setattr(socket, "getaddrinfo", fail)
+    with pytest.raises(SSLNetworkError, match=r"^ssl_connect: connect failed \(cannot resolve "):
+        sslports.ssl_connect("nowhere.invalid", 443)
+    with pytest.raises(SSLNetworkError, match=r"^ssl_listen: listen failed \(cannot resolve ") as e:
+        sslports.ssl_listen(0, 5, False, "nowhere.invalid")
+    assert isinstance(e.value.__cause__, socket.gaierror)
+
+
+@pytest.mark.parametrize(
+    ("port", "exc"),
+    [(0, ValueError), (65536, ValueError), (-1, ValueError), ("443", TypeError),
+     (443.0, TypeError), (True, TypeError), (None, TypeError)],
+)  # fmt: skip
+def test_connect_port_arguments(port: Any, exc: type[Exception]) -> None:
+    with pytest.raises(exc, match=r"^ssl_connect: "):
+        sslports.ssl_connect(LOCAL, port)
+
+
+@pytest.mark.parametrize(
+    ("port", "exc"),
+    [(65536, ValueError), (-1, ValueError), ("0", TypeError), (False, TypeError)],
+)  # fmt: skip
+def test_listen_port_arguments(port: Any, exc: type[Exception]) -> None:
+    with pytest.raises(exc, match=r"^ssl_listen: "):
+        sslports.ssl_listen(port)
+
+
+# -- listening -----------------------------------------------------------------------------------
+
+
+def test_port_in_use() -> None:
+    with sslports.ssl_listen(0, 5, True, LOCAL) as first:
+        port = sslports.ssl_addresses(first, True)[1]
+        for reuse in (False, True):  # SO_REUSEADDR does not share a listening port
+            before = _nfds()
+            with pytest.raises(SSLNetworkError) as info:
+                sslports.ssl_listen(port, 5, reuse, LOCAL)
+            assert _nfds() == before
+            assert info.value.errno == errno.EADDRINUSE
+            assert str(info.value) == (
+                f"ssl_listen: listen failed ({os.strerror(errno.EADDRINUSE)}: {LOCAL}:{port})"
+            )
+            assert isinstance(info.value.__cause__, OSError)
+
+
+@pytest.mark.skipif(not hasattr(socket, "SO_REUSEPORT"), reason="no SO_REUSEPORT")
+def test_reuse_port_listeners_share_the_connections() -> None:
+    ctx = _server_ctx()
+    a = sslports.ssl_listen(0, 64, False, LOCAL, ctx, reuse_port=True)
+    port = sslports.ssl_addresses(a, True)[1]
+    b = sslports.ssl_listen(port, 64, False, LOCAL, ctx, reuse_port=True)
+    counts = {"a": 0, "b": 0}
+
+    def serve(name: str, listener: Any) -> None:
+        while True:
+            try:
+                inp, out = sslports.ssl_accept(listener)
+            except SSLNetworkError:
+                return  # closed
+            counts[name] += 1
+            _close(inp, out)
+
+    threads = [threading.Thread(target=serve, args=x, daemon=True) for x in (("a", a), ("b", b))]
+    for t in threads:
+        t.start()
+    try:
+        for _ in range(40):  # each goes to one listener by a hash of its source port
+            inp, out = sslports.ssl_connect(LOCAL, port, timeout=10)
+            _close(inp, out)
+        deadline = time.monotonic() + 5
+        while sum(counts.values()) < 40 and time.monotonic() < deadline:
+            time.sleep(0.01)
+    finally:
+        a.close()
+        b.close()
+        for t in threads:
+            t.join(5)
+    assert sum(counts.values()) == 40
+    assert counts["a"] and counts["b"], counts
+    assert not any(t.is_alive() for t in threads)
+
+
+@pytest.mark.parametrize("host", [LOCAL, "::1", None])
+def test_close_wakes_every_blocked_accept(host: Any) -> None:
+    if host == "::1" and not HAS_IPV6:
+        pytest.skip("no working IPv6 loopback here")
+    # Both woken threads must see "listener is closed"; one used to see close()'s
+    # shutdown() as "accept failed ([Errno 22] Invalid argument)": it looked at the socket
+    # before close() had closed it. Several rounds: that was a race.
+    for _ in range(5):
+        _close_under_accepts(host)
+
+
+def _close_under_accepts(host: Any) -> None:
+    listener = sslports.ssl_listen(0, 5, False, host)
+    joins = [in_thread(lambda: sslports.ssl_accept(listener), 10) for _ in range(3)]
+    time.sleep(0.1)  # all blocked in accept()
+    start = time.monotonic()
+    sslports.ssl_close(listener)
+    for join in joins:
+        with pytest.raises(
+            SSLNetworkError, match=r"^ssl_accept: accept failed \(listener is closed"
+        ):
+            join(5)
+    assert time.monotonic() - start < 2
+    assert not listener._accepting
+    with pytest.raises(SSLNetworkError, match="listener is closed"):
+        sslports.ssl_accept(listener)
+
+
+def test_accept_survives_resets_eofs_and_silence() -> None:
+    before = _nfds()
+    with sslports.ssl_listen(0, 8, False, LOCAL, _server_ctx(), handshake_timeout=0.3) as lst:
+        port = sslports.ssl_addresses(lst, True)[1]
+
+        reset = socket.create_connection((LOCAL, port))
+        reset.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        reset.close()  # RST
+        with pytest.raises(SSLNetworkError, match=r"^ssl_accept: handshake failed") as info:
+            sslports.ssl_accept(lst)
+        assert info.value.errno == errno.ECONNRESET
+
+        socket.create_connection((LOCAL, port)).close()  # FIN before a ClientHello
+        with pytest.raises(SSLNetworkError, match=r"^ssl_accept: handshake failed"):
+            sslports.ssl_accept(lst)
+
+        with socket.create_connection((LOCAL, port)):  # connects, sends nothing
+            start = time.monotonic()
+            with pytest.raises(SSLNetworkError) as info:
+                sslports.ssl_accept(lst)
+            assert isinstance(info.value, TimeoutError)
+            assert time.monotonic() - start < 2
+
+        cin, cout, sin, sout = _connect_and_accept(lst, LOCAL, timeout=10)
+        _close(cin, cout, sin, sout)
+    assert _nfds() == before
+
+
+# -- connect at the TCP stage --------------------------------------------------------------------
+
+
+@pytest.fixture(params=[LOCAL, "::1"])
+def blackhole(request: pytest.FixtureRequest) -> Iterator[tuple[str, int]]:
+    """(host, port) where a SYN goes unanswered: a listener whose accept queue is full."""
+    host = request.param
+    if host == "::1" and not HAS_IPV6:
+        pytest.skip("no working IPv6 loopback here")
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    listener = socket.socket(family)
+    listener.bind((host, 0))
+    listener.listen(0)
+    port = listener.getsockname()[1]
+    fill: list[socket.socket] = []
+    try:
+        for _ in range(8):
+            s = socket.socket(family)
+            s.setblocking(False)
+            s.connect_ex((host, port))
+            fill.append(s)
+        with socket.socket(family) as probe:
+            probe.settimeout(0.5)
+            try:
+                probe.connect((host, port))
+            except (TimeoutError, socket.timeout):
+                pass
+            else:
+                pytest.skip("the kernel answers SYNs beyond the backlog here")
+        yield host, port
+    finally:
+        for s in fill:
+            s.close()
+        listener.close()
+
+
+def test_connect_timeout_at_the_tcp_stage(blackhole: tuple[str, int]) -> None:
+    host, port = blackhole
+    before = _nfds()
+    start = time.monotonic()
+    with pytest.raises(SSLNetworkError, match=r"^ssl_connect: connect timed out") as info:
+        sslports.ssl_connect(host, port, timeout=0.5)
+    assert isinstance(info.value, TimeoutError)
+    assert 0.4 < time.monotonic() - start < 2
+    assert _nfds() == before
+
+
+@pytest.mark.skipif(not hasattr(signal, "setitimer"), reason="no setitimer")
+@pytest.mark.parametrize("timeout", [None, 30.0])
+def test_interrupting_a_tcp_connect(blackhole: tuple[str, int], timeout: Any) -> None:
+    host, port = blackhole
+
+    def interrupt(*args: Any) -> None:
+        raise KeyboardInterrupt
+
+    old = signal.signal(signal.SIGALRM, interrupt)
+    before = _nfds()
+    try:
+        signal.setitimer(signal.ITIMER_REAL, 0.3)
+        start = time.monotonic()
+        with pytest.raises(KeyboardInterrupt):
+            sslports.ssl_connect_enable_break(host, port, timeout=timeout)
+        assert time.monotonic() - start < 0.3 + 0.5
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, old)
+    assert _nfds() == before
+
+
+# -- descriptors ---------------------------------------------------------------------------------
+
+
+def test_failures_leave_no_descriptor_behind() -> None:
+    dead, port = _refused_port(LOCAL)
+    verifying = sslports.ssl_make_client_context()
+    sslports.ssl_set_verify(verifying, True)  # TEST_PEM is self-signed: verification fails
+    with dead, sslports.ssl_listen(0, 5, True, LOCAL, _server_ctx()) as listener:
+        lport = sslports.ssl_addresses(listener, True)[1]
+        before = _nfds()
+        for _ in range(20):
+            for timeout in (None, 5.0):
+                with pytest.raises(SSLNetworkError):
+                    sslports.ssl_connect(LOCAL, port, timeout=timeout)
+            with pytest.raises(SSLNetworkError):
+                sslports.ssl_listen(lport, 5, False, LOCAL)
+            with pytest.raises(SSLNetworkError):
+                sslports.ssl_listen(0, 5, False, "192.0.2.1")  # not ours: cannot be bound
+            join = in_thread(lambda: sslports.ssl_accept(listener), 10)
+            with pytest.raises(SSLNetworkError, match="certificate verify failed"):
+                sslports.ssl_connect(LOCAL, lport, verifying, timeout=5)
+            with pytest.raises(SSLNetworkError):
+                join()
+        assert _nfds() == before
+
+
+@pytest.mark.parametrize("timeout", [None, 5.0])
+def test_sockets_are_not_inheritable(timeout: Any) -> None:
+    with sslports.ssl_listen(0, 5, True, LOCAL, _server_ctx()) as listener:
+        assert not os.get_inheritable(listener.fileno())
+        cin, cout, sin, sout = _connect_and_accept(listener, LOCAL, timeout=timeout)
+        for p in (cin, sin):
+            assert not os.get_inheritable(p._sslports_conn.transport.sock.fileno())
+        _close(cin, cout, sin, sout)
