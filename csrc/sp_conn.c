@@ -79,6 +79,19 @@
  * input and the read waits for room to send only: a peer that floods such requests and never
  * reads the answers holds at most ~2 x SP_OUT_HIGH of them here, not one per record it sent.
  *
+ * A SERVER'S RENEGOTIATION MET BY A WRITER (client, TLS <= 1.2)
+ *
+ * Once a server's HelloRequest was read, SSL_write_ex would drive the renegotiation itself,
+ * and OpenSSL's handshake code reads. Until its ServerHello the server may go on sending
+ * application data, which an SSL_write_ex has no place for: OpenSSL then fails the write with
+ * an empty error queue, or the connection with "unexpected record". So a writer drives such a
+ * renegotiation with SSL_read_ex instead (writer_reads) and keeps the data it gets in `stash`,
+ * which sp_read serves before anything else. Socket mode holds at most ~SP_STASH_MAX of it:
+ * beyond that the writer waits for the reader to take some (stream mode holds all of it in
+ * memory already, as ciphertext). While a reader waits in recv() without ssl_lock (WAITING),
+ * the socket BIO does not recv() for anyone else (recv_busy): the bytes that recv() got come
+ * first.
+ *
  * LOCKS (full duplex without deadlock)
  *
  *   ssl_lock   guards the SSL*, its BIOs, `outq` and the early bytes. Held around OpenSSL
@@ -118,6 +131,10 @@
 #define SP_OUTQ_SMALL 4096         /* ... unless less is queued: a server's session tickets wait
                                       in outq for its first write (sp_handshake), an alert, a
                                       KeyUpdate; those get just the room they need */
+/* Application data a writer that drives a client's renegotiation holds for the reader, at most
+ * (socket mode; see A SERVER'S RENEGOTIATION MET BY A WRITER). */
+#define SP_STASH_MAX 65536
+#define SP_STASH_FULL 100 /* (stash_read: internal status) */
 /* What one waiting recv() takes (on sp_read's stack): one whole record of the largest size,
  * which is also what OpenSSL asks its socket BIO for when its read-ahead buffer is empty. */
 #define SP_EARLY_MAX \
@@ -332,6 +349,7 @@ void sp_conn_free(sp_conn *c)
     free(c->outq);
     if (c->early_heap)
         free(c->early);
+    free(c->stash);
     free(c->broken);
     sp_mutex_destroy(&c->ssl_lock);
     sp_mutex_destroy(&c->send_lock);
@@ -613,6 +631,12 @@ static int sock_bio_read(BIO *bio, char *buf, int len)
         BIO_set_retry_read(bio);
         return -1;
     }
+    if (c->recv_busy) {
+        /* A reader waits in recv() (recv_early): what it gets comes before anything this
+         * recv() would get. "Not yet": the reader hands its bytes over as early bytes. */
+        BIO_set_retry_read(bio);
+        return -1;
+    }
     if (!c->established && c->outq_len > 0) {
         /* A handshake whose own flight is still queued: the peer has not seen it, so its
          * answer cannot be here yet. "Not yet", without a recv() that would only meet EAGAIN:
@@ -886,14 +910,17 @@ static int recv_early(sp_conn *c, unsigned char *buf)
 {
     long n;
     int e;
-    n = (long)recv(c->fd, (char *)buf, SP_EARLY_MAX, 0); /* (char *): Windows */
-    if (n < 0) {
-        e = SP_SOCK_ERRNO();
-        if (SP_EWOULDBLOCK(e) || SP_EINTR(e))
-            return SP_WANT_READ; /* the slice elapsed, or a signal: back to Python */
-    } else
-        e = 0;
     sp_mutex_lock(&c->ssl_lock);
+    c->recv_busy = 1; /* (a writer driving a renegotiation must not recv() meanwhile) */
+    sp_mutex_unlock(&c->ssl_lock);
+    n = (long)recv(c->fd, (char *)buf, SP_EARLY_MAX, 0); /* (char *): Windows */
+    e = n < 0 ? SP_SOCK_ERRNO() : 0;
+    sp_mutex_lock(&c->ssl_lock);
+    c->recv_busy = 0;
+    if (n < 0 && (SP_EWOULDBLOCK(e) || SP_EINTR(e))) {
+        sp_mutex_unlock(&c->ssl_lock);
+        return SP_WANT_READ; /* the slice elapsed, or a signal: back to Python */
+    }
     if (n > 0) {
         c->early = buf;
         c->early_len = (size_t)n;
@@ -956,7 +983,7 @@ static int has_input(sp_conn *c)
     int r;
     sp_mutex_lock(&c->ssl_lock);
     r = SSL_has_pending(c->ssl) || c->eof_status != 0 || c->broken != NULL || c->peer_closed
-        || c->early_len > c->early_off || c->early_errno != 0;
+        || c->early_len > c->early_off || c->early_errno != 0 || c->stash_len > c->stash_off;
     sp_mutex_unlock(&c->ssl_lock);
     return r;
 }
@@ -976,6 +1003,85 @@ static void note_bio_errno(sp_conn *c, sp_err *err)
 {
     if (c->bio_errno != 0 && err->sys_errno == 0)
         err->sys_errno = c->bio_errno;
+}
+
+/* The stash is empty again: an idle connection holds no buffer (ssl_lock held). */
+static void drop_stash(sp_conn *c)
+{
+    free(c->stash);
+    c->stash = NULL;
+    c->stash_len = c->stash_off = c->stash_cap = 0;
+}
+
+/* A client's TLS <= 1.2 renegotiation (the server's HelloRequest was read) is pending or under
+ * way: a writer drives it with SSL_read_ex, not SSL_write_ex (A SERVER'S RENEGOTIATION MET BY
+ * A WRITER; ssl_lock held). */
+static int writer_reads(sp_conn *c)
+{
+    return c->established && !SSL_is_server(c->ssl) && SSL_version(c->ssl) < TLS1_3_VERSION
+        && (SSL_renegotiate_pending(c->ssl) || SSL_in_init(c->ssl));
+}
+
+/* Received bytes that a reader's recv() left for OpenSSL (ssl_lock taken here). */
+static int has_early(sp_conn *c)
+{
+    int r;
+    sp_mutex_lock(&c->ssl_lock);
+    r = c->early_len > c->early_off;
+    sp_mutex_unlock(&c->ssl_lock);
+    return r;
+}
+
+static int guarded_read(sp_conn *c, void *buf, size_t len, size_t *n);
+
+/* One SSL_read_ex for a writer that drives a renegotiation (writer_reads): application data
+ * goes to the stash. SP_OK (progress: call again), SP_WANT_READ, SP_STASH_FULL (the reader
+ * must take some first) or SP_ERROR (ssl_lock held). */
+static int stash_read(sp_conn *c, sp_err *err)
+{
+    size_t n = 0;
+    int e;
+    if (c->stash_off > 0) {
+        memmove(c->stash, c->stash + c->stash_off, c->stash_len - c->stash_off);
+        c->stash_len -= c->stash_off;
+        c->stash_off = 0;
+    }
+    if (c->socket_mode && c->stash_len >= SP_STASH_MAX)
+        return SP_STASH_FULL;
+    if (c->stash_cap - c->stash_len < SSL3_RT_MAX_PLAIN_LENGTH) { /* room for a record */
+        size_t cap = c->stash_cap ? c->stash_cap * 2 : SSL3_RT_MAX_PLAIN_LENGTH;
+        unsigned char *grown = realloc(c->stash, cap);
+        if (grown == NULL) {
+            sp_err_reset(err);
+            err->sys_errno = ENOMEM;
+            mark_broken(c, err);
+            return SP_ERROR;
+        }
+        c->stash = grown;
+        c->stash_cap = cap;
+    }
+    clear_errors();
+    c->bio_errno = 0;
+    c->reading = 1; /* (what it queues counts as reading's output: A PEER THAT DOES NOT READ) */
+    if (guarded_read(c, c->stash + c->stash_len, c->stash_cap - c->stash_len, &n)) {
+        c->reading = 0;
+        c->stash_len += n;
+        return SP_OK;
+    }
+    c->reading = 0;
+    if (c->stash_len == 0)
+        drop_stash(c);
+    e = SSL_get_error(c->ssl, 0);
+    if (e == SSL_ERROR_WANT_READ || e == SSL_ERROR_WANT_WRITE)
+        return SP_WANT_READ;
+    note_bio_errno(c, err);
+    if (classify_failure(c, e, err) != SP_ERROR) {
+        /* The peer ended the connection in the middle of the renegotiation: the reader gets
+         * the EOF after the stash, and nothing more can be written. */
+        sp_err_reset(err);
+        err->sys_errno = EPIPE;
+    }
+    return SP_ERROR;
 }
 
 /* ---- operations --------------------------------------------------------------------- */
@@ -1113,6 +1219,18 @@ int sp_read(sp_conn *c, unsigned char *buf, size_t len, size_t want, size_t *got
         size_t n = 0, out_before, out_pending;
         int ok, e = SSL_ERROR_NONE, more, idle;
         sp_mutex_lock(&c->ssl_lock);
+        if (c->stash_off < c->stash_len) { /* what a writer read for us comes first */
+            n = c->stash_len - c->stash_off;
+            if (n > len - total)
+                n = len - total;
+            memcpy(buf + total, c->stash + c->stash_off, n);
+            c->stash_off += n;
+            if (c->stash_off == c->stash_len)
+                drop_stash(c);
+            sp_mutex_unlock(&c->ssl_lock);
+            total += n;
+            continue;
+        }
         out_before = c->outq_len;
         status = sticky_status(c, err);
         if (status != SP_OK) {
@@ -1222,6 +1340,36 @@ static int write_records(sp_conn *c, const unsigned char *head, size_t head_len,
             sp_mutex_unlock(&c->ssl_lock);
             status = SP_ERROR;
             break;
+        }
+        if (writer_reads(c)) {
+            int sr = stash_read(c, err);
+            sp_mutex_unlock(&c->ssl_lock);
+            if (sr == SP_OK)
+                continue; /* progress: the renegotiation may be done, or more is here */
+            if (sr == SP_ERROR) {
+                if (c->socket_mode) { /* the alert, if any, without waiting */
+                    sp_err alert_err;
+                    sp_err_reset(&alert_err);
+                    send_queued_nowait(c, &alert_err);
+                }
+                status = SP_ERROR;
+                break;
+            }
+            if (!c->socket_mode) {
+                status = SP_WANT_READ; /* feed the peer's flight (the stash is never full) */
+                break;
+            }
+            status = send_queued(c, wait_ms, err); /* our flight goes out first */
+            if (status == SP_OK && sr == SP_STASH_FULL) {
+                /* A slice's pause for the reader to take some of the stash (poll() without
+                 * events: the socket's readiness does not tell), then back to the caller. */
+                (void)wait_fd(c, 0, wait_ms);
+                status = SP_WANT_READ;
+            } else if (status == SP_OK && !has_early(c) && wait_fd(c, POLLIN, wait_ms) <= 0)
+                status = SP_WANT_READ; /* (a reader's recv() may have the flight: has_early) */
+            if (status != SP_OK)
+                break;
+            continue;
         }
         clear_errors();
         c->bio_errno = 0;

@@ -50,6 +50,14 @@ struct sp_conn {
     int early_heap;
     int early_errno; /* the error that recv() reported instead of data (ssl_lock) */
     int recv_full;   /* the last recv() filled its buffer: more may be waiting (ssl_lock) */
+    int recv_busy;   /* a reader waits in recv() without ssl_lock (recv_early): the socket BIO
+                        must not recv() meanwhile, or bytes would reach OpenSSL out of order
+                        (ssl_lock) */
+
+    /* Application data that a writer's SSL_read_ex took while it drove a client's TLS <= 1.2
+     * renegotiation (writer_reads), for the reader: served before anything else (ssl_lock). */
+    unsigned char *stash;
+    size_t stash_len, stash_off, stash_cap;
 
     /* socket mode: ciphertext being sent, taken from outq whole (send_lock) */
     unsigned char *out;
