@@ -143,6 +143,40 @@
 
 static BIO *new_sock_bio(sp_conn *c);
 
+/* ---- fork ------------------------------------------------------------------------------
+ * After fork() parent and child share every socket. Each process counts the forks it took
+ * part in (pthread_atfork handlers, which also see forks made by other code than os.fork),
+ * and each connection keeps the counts it was made under: sp_conn_forked compares them. */
+static unsigned forks_seen;  /* as parent or as child */
+static unsigned child_forks; /* as child */
+#ifndef _WIN32
+static CRYPTO_ONCE fork_once = CRYPTO_ONCE_STATIC_INIT;
+
+static void after_fork_parent(void)
+{
+    sp_flag_set(&forks_seen, sp_flag_get(&forks_seen) + 1u);
+}
+
+static void after_fork_child(void)
+{
+    sp_flag_set(&forks_seen, sp_flag_get(&forks_seen) + 1u);
+    sp_flag_set(&child_forks, sp_flag_get(&child_forks) + 1u);
+}
+
+static void install_fork_handlers(void)
+{
+    /* (on failure, ENOMEM, forks go unseen: every close behaves as without a fork) */
+    (void)pthread_atfork(NULL, after_fork_parent, after_fork_child);
+}
+#endif
+
+int sp_conn_forked(const sp_conn *c)
+{
+    if (sp_flag_get(&child_forks) != c->child_forks_at_birth)
+        return 2;
+    return sp_flag_get(&forks_seen) != c->forks_at_birth;
+}
+
 static int conn_index = -1;
 static CRYPTO_ONCE conn_index_once = CRYPTO_ONCE_STATIC_INIT;
 
@@ -280,9 +314,17 @@ sp_conn *sp_conn_new(SSL_CTX *ctx, int is_server, int fd, sp_err *err)
         sp_err_drain(err);
         return NULL;
     }
+#ifndef _WIN32
+    if (!CRYPTO_THREAD_run_once(&fork_once, install_fork_handlers)) {
+        sp_err_drain(err);
+        return NULL;
+    }
+#endif
     c = calloc(1, sizeof *c);
     if (c == NULL)
         return NULL;
+    c->forks_at_birth = sp_flag_get(&forks_seen);
+    c->child_forks_at_birth = sp_flag_get(&child_forks);
     c->fd = (sp_socket)fd;
     c->socket_mode = fd >= 0;
     c->ssl = sp_ctx_new_ssl(ctx); /* (under the context's read lock: sp_ctx.c) */

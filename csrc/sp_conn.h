@@ -18,6 +18,8 @@ struct sp_conn {
     int checks_host; /* sp_conn_set_host set a name (or address) to check (ssl_lock) */
     unsigned char host_tag[SP_HOST_TAG_LEN]; /* ... its digest (a server's session id context) */
     int established; /* the first handshake completed (ssl_lock) */
+    unsigned forks_at_birth;       /* the process's fork counts when it was made */
+    unsigned child_forks_at_birth; /* (sp_conn_forked) */
 
     sp_mutex ssl_lock;
     sp_mutex send_lock;
@@ -155,6 +157,11 @@ unsigned long long sp_written(sp_conn *c);
  * kernel still had to send: the end of the last write, when the peer reads slowly. Nothing
  * to do once the peer's EOF was seen; at most 4 MiB (a peer still sending gets its reset). */
 void sp_conn_drop_unread(sp_conn *c);
+/* Whether another process may hold this connection's socket: 0 no fork since it was made;
+ * 1 this process forked since (a child has a copy); 2 this process is a child of the one that
+ * made it. The last close then closes only this process's descriptor: no shutdown(), nothing
+ * sent or read away, which would end or corrupt the other process's copy (ports.py). */
+int sp_conn_forked(const sp_conn *c);
 /* 1 once a failure broke the connection (every later call reports it): nothing more can be
  * sent, so what a writer still holds is dropped. */
 int sp_conn_broken(sp_conn *c);

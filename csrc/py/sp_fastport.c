@@ -86,6 +86,7 @@ typedef unsigned long long (*written_fn)(sp_conn *);
 typedef int (*flush_fn)(sp_conn *, int, void *);
 typedef void (*conn_fn)(sp_conn *);
 typedef int (*handshake_fn)(sp_conn *, int, void *);
+typedef int (*forked_fn)(const sp_conn *);
 
 static read_fn pump_read;
 static write2_fn pump_write2;
@@ -98,6 +99,7 @@ static flush_fn pump_flush;
 static conn_fn pump_drain_tickets;
 static conn_fn pump_drop_unread;
 static handshake_fn pump_handshake;
+static forked_fn pump_forked;
 static int slice_ms = 50;
 static Py_ssize_t record_size = 16384;
 static PyObject *read_all;  /* read_all(reader) -> bytes: read(-1) and read(None) */
@@ -1119,7 +1121,8 @@ static PyObject *conn_last_closed(PyObject *conn, PyObject *timeout)
     if (yes < 0)
         return NULL;
     c = yes ? conn_of(conn) : NULL;
-    if (c == NULL)
+    /* (after a fork, another process may share the socket: the Python method knows) */
+    if (c == NULL || pump_forked(c))
         return PyObject_CallMethodOneArg(conn, str_last_port_closed, timeout);
     if ((yes = attr_true(conn, str_caches_session)) < 0)
         return NULL;
@@ -1393,7 +1396,7 @@ static PyObject *fast_handshake(PyObject *module, PyObject *args)
 
 static PyObject *fast_init(PyObject *module, PyObject *args)
 {
-    enum { N_FNS = 11 }; /* the pump functions init() takes, in its argument order */
+    enum { N_FNS = 12 }; /* the pump functions init() takes, in its argument order */
     PyObject *fns, *addr[N_FNS], *all;
     void *fn[N_FNS];
     int slice, i;
@@ -1435,6 +1438,7 @@ static PyObject *fast_init(PyObject *module, PyObject *args)
     pump_drop_unread = (conn_fn)(uintptr_t)fn[8];
     pump_handshake = (handshake_fn)(uintptr_t)fn[9];
     pump_held_try = (held_fn)(uintptr_t)fn[10];
+    pump_forked = (forked_fn)(uintptr_t)fn[11];
     slice_ms = slice;
     record_size = record;
     Py_INCREF(all);

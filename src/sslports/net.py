@@ -9,9 +9,11 @@ from __future__ import annotations
 import contextlib
 import errno
 import functools
+import os
 import select
 import socket
 import threading
+import weakref
 from _socket import socket as _raw_socket
 from collections.abc import Sequence
 from typing import Any, Optional, Union
@@ -407,6 +409,21 @@ def ssl_connect_enable_break(
     )
 
 
+# A child of fork() has none of its parent's other threads: none of them waits in its
+# ssl_accept. A listener that still counted them would shut the shared socket down on close,
+# for the parent too.
+_listeners: weakref.WeakSet[SSLListener] = weakref.WeakSet()
+
+
+def _forget_accepting_threads() -> None:
+    for listener in list(_listeners):
+        listener._accepting.clear()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_forget_accepting_threads)
+
+
 class SSLListener:
     """A listening TCP socket whose accepted connections speak TLS (Racket: ssl-listener?)."""
 
@@ -425,6 +442,7 @@ class SSLListener:
         # Set by close() before it wakes them: a woken accept() must not find the socket
         # still open (close() has yet to close it) and report the wake-up's EINVAL.
         self._closing = False
+        _listeners.add(self)
 
     def __repr__(self) -> str:
         if self._sock.fileno() < 0:

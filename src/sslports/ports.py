@@ -154,6 +154,7 @@ def _load_fastport() -> Any:
         "sp_conn_drop_unread",
         "sp_handshake",
         "sp_held_out_try",
+        "sp_conn_forked",
     ]  # (init's order)
     _fastport.init(
         tuple(int(ffi.cast("uintptr_t", ffi.addressof(lib, name))) for name in pump),
@@ -568,6 +569,8 @@ class Connection:
         0 at EOF. `total`: bytes a caller's own pump call already put at the start of `view`
         (they count, and are returned even if this call then fails)."""
         if self.closed:
+            if total:
+                self.keep_read(bytes(memoryview(view).cast("B")[:total]))
             raise ValueError("I/O operation on closed SSL connection")
         err, got = _per_thread.pair
         buf = _from_buffer("unsigned char[]", view, require_writable=True)
@@ -610,9 +613,24 @@ class Connection:
                         # makes the kernel reset a shut-down socket).
                         break
                     raise self.fail(func, "read", err)
-            except _TransportError as exc:
-                raise self.make_error(SSLError(f"{func}: read failed ({exc.message})")) from exc
+            except BaseException as exc:
+                # Ctrl-C, a signal handler's exception, a failing stream: bytes this call (or
+                # its caller) already put in `view` are not lost, the next read returns them.
+                if total:
+                    self.keep_read(_binding.ffi.buffer(buf, total)[:])
+                if isinstance(exc, _TransportError):
+                    msg = f"{func}: read failed ({exc.message})"
+                    raise self.make_error(SSLError(msg)) from exc
+                raise
         return total
+
+    def keep_read(self, data: bytes) -> None:
+        """Give bytes a failed read had read back to the input port, to be read first (the
+        caller holds the read lock)."""
+        port = self.input_port() if self.input_port is not None else None
+        if port is not None:
+            port._pending = data + port._pending
+            port._sync_fast()
 
     def read_rest(self, b: Any, fill: bool, total: int) -> int:
         """The C fast path's continuation (sp_fastport.c), called with the read lock held for
@@ -736,6 +754,10 @@ class Connection:
         if self.ptr is None:  # freed by the collector before this port's finalizer ran
             self.transport.close(self.close_original, 0)
             return
+        if self.is_socket:
+            forked = _binding.lib.sp_conn_forked(self.ptr)
+            if forked and self.close_shared(forked, timeout):
+                return
         if self.caches_session:  # tickets that already arrived go to the session cache
             _binding.lib.sp_conn_drain_tickets(self.ptr)
         self._fast_addr = 0  # the C fast path hands every later call to read/write_rest
@@ -764,6 +786,33 @@ class Connection:
         # A stream transport: bytes the output stream refused raise here, as a write's would.
         with self.transport_errors("close", "write"):
             self.transport.close(self.close_original, timeout)
+
+    def close_shared(self, forked: int, timeout: Optional[float]) -> bool:
+        """The last close of a socket connection after a fork (`forked`: sp_conn_forked), when
+        another process may hold the socket and use its copy of the connection: a prefork
+        worker, a child it was handed to, the parent of this child. Close this process's
+        descriptor only, as Python's ssl does: shutdown() would end the connection for the
+        other process too, and queued bytes sent or unread bytes read away here would corrupt
+        its stream. False when a thread of this process is still in a call on it: the usual
+        close then wakes that thread with shutdown()."""
+        read_lock, write_lock = self.read_lock, self.write_lock
+        idle = read_lock.acquire(False)
+        if idle and not write_lock.acquire(False):
+            read_lock.release()
+            idle = False
+        if not idle and forked == 1:
+            return False
+        # (in a child, a held lock's owner is a thread of the parent, which does not exist
+        # here: the lock stays held forever, and waiting for it would hang)
+        try:
+            self._fast_addr = 0
+            self.closed = True
+            self.transport.close(self.close_original, timeout)
+        finally:
+            if idle:
+                write_lock.release()
+                read_lock.release()
+        return True
 
 
 class SSLInputPort(io.BufferedIOBase):
@@ -840,12 +889,9 @@ class SSLInputPort(io.BufferedIOBase):
                 self._sync_fast()
                 if n == len(view) or not fill:
                     return n
-                try:  # (the kept bytes count: a timeout makes this a short read, as below)
-                    return conn.read("read", view, fill, _deadline(self._timeout), n)
-                except BaseException:  # (a closed connection, Ctrl-C): they are kept again
-                    self._pending = bytes(view[:n]) + self._pending
-                    self._sync_fast()
-                    raise
+                # (the kept bytes count: a timeout makes this a short read, as below; on an
+                # exception, Ctrl-C or a closed connection, conn.read keeps them again)
+                return conn.read("read", view, fill, _deadline(self._timeout), n)
             return conn.read("read", b, fill, _deadline(self._timeout))
 
     def readinto(self, b: Any, /) -> int:
