@@ -139,7 +139,7 @@ def test_client_certificate_missing_early(pki: Pki, servers: list[Server], versi
     assert "alert" in str(client_exc)
     server_exc = outcome(join)
     assert isinstance(server_exc, SSLNetworkError)
-    assert "ssl_accept: handshake failed" in str(server_exc)
+    assert "ssl_accept: accept failed" in str(server_exc)
     assert "peer did not return a certificate" in str(server_exc)
 
 
@@ -496,7 +496,7 @@ def test_verify_hostname_mismatch(
     exc = info.value
     assert exc.verify_code == 62
     assert exc.verify_message is not None and exc.verify_message.startswith("hostname mismatch")
-    assert str(exc).startswith("ssl_connect: handshake failed")
+    assert str(exc).startswith("ssl_connect: connect failed")
     server_exc = outcome(join)
     assert isinstance(server_exc, SSLNetworkError)
     assert "alert" in str(server_exc)

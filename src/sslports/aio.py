@@ -312,9 +312,11 @@ class AioConnection:
                     raise sni_error
                 finally:
                     del sni_error
+            server = lib.SSL_is_server(lib.sp_conn_ssl(self.ptr))
+            what = "accept" if server else "connect"  # (Racket's words: API.md)
             if status == _RAGGED_EOF:
-                raise SSLNetworkError(f"{func}: handshake failed (connection closed by peer)")
-            raise build_error(func, "handshake", self.err, SSLNetworkError)
+                raise SSLNetworkError(f"{func}: {what} failed (connection closed by peer)")
+            raise build_error(func, what, self.err, SSLNetworkError)
         self.established = True
         self.decrypt()  # what came with the peer's last flight (data, TLS 1.3 tickets)
 

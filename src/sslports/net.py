@@ -115,13 +115,13 @@ def _new_connection(
             host = name
         elif verify_hostname:
             raise cls(
-                f"{func}: handshake failed (hostname mismatch: {hostname!r} is not a valid "
+                f"{func}: connect failed (hostname mismatch: {hostname!r} is not a valid "
                 "reference name)",
                 verify_code=_X509_V_ERR_HOSTNAME_MISMATCH,
                 verify_message="hostname mismatch",
             )
     elif verify_hostname:
-        raise cls(f"{func}: handshake failed (hostname not provided for verification)")
+        raise cls(f"{func}: connect failed (hostname not provided for verification)")
     err, step = _per_thread.pair  # this thread's error record and count cell (the failed step)
     raw = lib.sp_ctx_open_conn(
         ctx._ptr,
@@ -757,7 +757,7 @@ def ports_to_ssl_ports(
         with bind_connection(conn):
             conn.handshake(func, timeout, SSLError)
     except BaseException:
-        transport.close(False, 0)
+        transport.abandon()
         raise
     return make_ports(conn, timeout)
 

@@ -68,6 +68,7 @@ _RECORD = 16384  # output buffering: up to one full TLS record is held (see SSLO
 _READ_CHUNK = 65536
 _TRANSPORT_CHUNK = 65536
 _SEND_HIGH = 1 << 20  # queued ciphertext at which a stream writer waits
+_ABANDON_DRAIN = 1.0  # seconds a failed stream handshake waits for its last bytes to be written
 
 ErrorArg = Union[type[BaseException], Callable[[str], Any]]
 
@@ -355,6 +356,14 @@ class _StreamTransport:
             elif not lib.sp_feed(conn, _binding.ffi.from_buffer(data), n):
                 raise MemoryError("sslports: cannot buffer incoming ciphertext")
 
+    def abandon(self) -> None:
+        """After a failed handshake: let what the pump queued (a ClientHello, the alert that
+        tells the peer why) reach the output stream before the caller gets the exception, so
+        the stream is not written behind the caller's back once the call has returned. Bounded
+        (a peer that no longer reads cannot hold the caller), like the alert's own push."""
+        self.sender.drain(_ABANDON_DRAIN)
+        self.close(False, 0)
+
     def close(self, close_original: bool, timeout: Optional[float]) -> None:
         # Every byte written goes to the output stream before close() returns, also when the
         # caller keeps (and may close right after) the streams.
@@ -517,7 +526,7 @@ class Connection:
             status = lib.sp_handshake(self.ptr, wait, err)
             if status == _SP_OK:
                 if not self.is_socket:
-                    with self.transport_errors(func, "handshake", cls):
+                    with self.transport_errors(func, self.handshake_what(), cls):
                         cast(_StreamTransport, self.transport).push_out(self.ptr, deadline)
                 return
             if status in (_SP_WANT_READ, _SP_WANT_WRITE):
@@ -536,15 +545,23 @@ class Connection:
                     timed_out = isinstance(exc.__cause__, (TimeoutError, socket.timeout))
                     if timed_out and deadline.expired():
                         raise SSLTimeoutError(f"{func}: handshake timed out") from exc
-                    raise self.make_error(cls(f"{func}: handshake failed ({exc.message})")) from exc
+                    what = self.handshake_what()
+                    raise self.make_error(cls(f"{func}: {what} failed ({exc.message})")) from exc
                 continue
             self.handshake_failed(func, status, cls)
 
+    def handshake_what(self) -> str:
+        """What a failed handshake's message says failed: "connect" or "accept", as Racket's
+        (API.md: "ssl_connect: connect failed (...)"), whichever call ran it."""
+        lib = _binding.lib
+        return "accept" if lib.SSL_is_server(lib.sp_conn_ssl(self.ptr)) else "connect"
+
     def handshake_failed(self, func: str, status: int, cls: type[SSLError]) -> NoReturn:
         """Raise what a failed handshake (`status`, this thread's error record) means."""
+        what = self.handshake_what()
         if status == _SP_RAGGED_EOF and self.sni_error is None:
-            raise cls(f"{func}: handshake failed (connection closed by peer)")
-        exc = build_error(func, "handshake", _per_thread.pair[0], cls)
+            raise cls(f"{func}: {what} failed (connection closed by peer)")
+        exc = build_error(func, what, _per_thread.pair[0], cls)
         if isinstance(self.transport, _StreamTransport):
             try:  # the alert, so the peer learns why (also when an SNI callback failed)
                 self.transport.push_out(self.ptr, _Deadline(1.0))
