@@ -56,8 +56,9 @@ JOIN = 30.0  # seconds any helper thread may take
 NOW = datetime.datetime.now(datetime.timezone.utc)
 
 
-def _name(cn: str | None, *, c: str | None = None, o: str | None = None,
-          extra_cn: tuple[str, ...] = ()) -> x509.Name:
+def _name(
+    cn: str | None, *, c: str | None = None, o: str | None = None, extra_cn: tuple[str, ...] = ()
+) -> x509.Name:
     attrs = []
     if c:
         attrs.append(x509.NameAttribute(NameOID.COUNTRY_NAME, c))
@@ -74,40 +75,60 @@ def _rsa() -> rsa.RSAPrivateKey:
     return rsa.generate_private_key(public_exponent=65537, key_size=2048)
 
 
-def _cert(subject: x509.Name, key: Any, issuer: tuple[x509.Certificate, Any] | None = None, *,
-          sans: list[x509.GeneralName] | None = None, ca: bool = False,
-          not_before: datetime.datetime | None = None,
-          not_after: datetime.datetime | None = None,
-          hash_alg: Any = "sha256") -> x509.Certificate:
+def _cert(
+    subject: x509.Name,
+    key: Any,
+    issuer: tuple[x509.Certificate, Any] | None = None,
+    *,
+    sans: list[x509.GeneralName] | None = None,
+    ca: bool = False,
+    not_before: datetime.datetime | None = None,
+    not_after: datetime.datetime | None = None,
+    hash_alg: Any = "sha256",
+) -> x509.Certificate:
     issuer_name = issuer[0].subject if issuer else subject
     signing_key = issuer[1] if issuer else key
-    b = (x509.CertificateBuilder()
-         .subject_name(subject)
-         .issuer_name(issuer_name)
-         .public_key(key.public_key())
-         .serial_number(x509.random_serial_number())
-         .not_valid_before(not_before or NOW - datetime.timedelta(days=1))
-         .not_valid_after(not_after or NOW + datetime.timedelta(days=3650))
-         .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True))
+    b = (
+        x509.CertificateBuilder()
+        .subject_name(subject)
+        .issuer_name(issuer_name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(not_before or NOW - datetime.timedelta(days=1))
+        .not_valid_after(not_after or NOW + datetime.timedelta(days=3650))
+        .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True)
+    )
     if ca:
-        b = b.add_extension(x509.KeyUsage(digital_signature=True, content_commitment=False,
-                                          key_encipherment=False, data_encipherment=False,
-                                          key_agreement=False, key_cert_sign=True,
-                                          crl_sign=True, encipher_only=False,
-                                          decipher_only=False), critical=True)
-        b = b.add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()),
-                            critical=False)
+        b = b.add_extension(
+            x509.KeyUsage(
+                digital_signature=True,
+                content_commitment=False,
+                key_encipherment=False,
+                data_encipherment=False,
+                key_agreement=False,
+                key_cert_sign=True,
+                crl_sign=True,
+                encipher_only=False,
+                decipher_only=False,
+            ),
+            critical=True,
+        )
+        b = b.add_extension(
+            x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False
+        )
     if issuer is not None:
         b = b.add_extension(
             x509.AuthorityKeyIdentifier.from_issuer_public_key(issuer[1].public_key()),
-            critical=False)
+            critical=False,
+        )
     if sans:
         b = b.add_extension(x509.SubjectAlternativeName(sans), critical=False)
     if isinstance(signing_key, ed25519.Ed25519PrivateKey):
         alg = None
     else:
-        alg = {"sha256": hashes.SHA256(), "sha384": hashes.SHA384(),
-               "sha512": hashes.SHA512()}[hash_alg]
+        alg = {"sha256": hashes.SHA256(), "sha384": hashes.SHA384(), "sha512": hashes.SHA512()}[
+            hash_alg
+        ]
     return b.sign(signing_key, alg)
 
 
@@ -116,17 +137,22 @@ def _pem_cert(c: x509.Certificate) -> bytes:
 
 
 def _pem_key(k: Any, password: bytes | None = None) -> bytes:
-    enc = (serialization.BestAvailableEncryption(password) if password
-           else serialization.NoEncryption())
+    enc = (
+        serialization.BestAvailableEncryption(password)
+        if password
+        else serialization.NoEncryption()
+    )
     return k.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, enc)
 
 
 def _der_key(k: Any) -> bytes:
-    return k.private_bytes(serialization.Encoding.DER,
-                           serialization.PrivateFormat.TraditionalOpenSSL
-                           if isinstance(k, rsa.RSAPrivateKey)
-                           else serialization.PrivateFormat.PKCS8,
-                           serialization.NoEncryption())
+    return k.private_bytes(
+        serialization.Encoding.DER,
+        serialization.PrivateFormat.TraditionalOpenSSL
+        if isinstance(k, rsa.RSAPrivateKey)
+        else serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption(),
+    )
 
 
 class PKI:
@@ -145,10 +171,12 @@ class PKI:
 
         # main leaf: localhost, www.example.com, 127.0.0.1, ::1
         self.leaf_key = _rsa()
-        self.leaf = _cert(_name("localhost", c="US", o="Example"), self.leaf_key,
-                          (self.ca, self.ca_key),
-                          sans=[dns("localhost"), dns("www.example.com"),
-                                ip("127.0.0.1"), ip("::1")])
+        self.leaf = _cert(
+            _name("localhost", c="US", o="Example"),
+            self.leaf_key,
+            (self.ca, self.ca_key),
+            sans=[dns("localhost"), dns("www.example.com"), ip("127.0.0.1"), ip("::1")],
+        )
         self.leaf_cert = self._w("leaf_cert.pem", _pem_cert(self.leaf))
         self.leaf_keyf = self._w("leaf_key.pem", _pem_key(self.leaf_key))
         self.leaf_both = self._w("leaf_both.pem", _pem_key(self.leaf_key) + _pem_cert(self.leaf))
@@ -157,33 +185,61 @@ class PKI:
 
         # a leaf that only names other.example (no IP SAN)
         k = _rsa()
-        self.other = self._pair("other", _cert(_name("other.example"), k, (self.ca, self.ca_key),
-                                               sans=[dns("other.example")]), k)
+        self.other = self._pair(
+            "other",
+            _cert(_name("other.example"), k, (self.ca, self.ca_key), sans=[dns("other.example")]),
+            k,
+        )
         # expired leaf for localhost
         k = _rsa()
-        self.expired = self._pair("expired", _cert(
-            _name("localhost"), k, (self.ca, self.ca_key), sans=[dns("localhost")],
-            not_before=NOW - datetime.timedelta(days=30),
-            not_after=NOW - datetime.timedelta(days=1)), k)
+        self.expired = self._pair(
+            "expired",
+            _cert(
+                _name("localhost"),
+                k,
+                (self.ca, self.ca_key),
+                sans=[dns("localhost")],
+                not_before=NOW - datetime.timedelta(days=30),
+                not_after=NOW - datetime.timedelta(days=1),
+            ),
+            k,
+        )
         # self-signed leaf
         k = _rsa()
-        self.selfsigned = self._pair("selfsigned", _cert(_name("localhost"), k,
-                                                         sans=[dns("localhost")]), k)
+        self.selfsigned = self._pair(
+            "selfsigned", _cert(_name("localhost"), k, sans=[dns("localhost")]), k
+        )
         # wildcard certificates
         k = _rsa()
-        self.wild = self._pair("wild", _cert(_name("wild"), k, (self.ca, self.ca_key),
-                                             sans=[dns("*.example.com")]), k)
+        self.wild = self._pair(
+            "wild", _cert(_name("wild"), k, (self.ca, self.ca_key), sans=[dns("*.example.com")]), k
+        )
         k = _rsa()
-        self.partial = self._pair("partial", _cert(_name("partial"), k, (self.ca, self.ca_key),
-                                                   sans=[dns("f*.example.com")]), k)
+        self.partial = self._pair(
+            "partial",
+            _cert(_name("partial"), k, (self.ca, self.ca_key), sans=[dns("f*.example.com")]),
+            k,
+        )
         # no SAN, two CNs
         k = _rsa()
-        self.cnonly = self._pair("cnonly", _cert(
-            _name("last.example", extra_cn=("first.example",)), k, (self.ca, self.ca_key)), k)
+        self.cnonly = self._pair(
+            "cnonly",
+            _cert(_name("last.example", extra_cn=("first.example",)), k, (self.ca, self.ca_key)),
+            k,
+        )
         # SHA-384-signed leaf
         k = _rsa()
-        self.sha384 = self._pair("sha384", _cert(_name("localhost"), k, (self.ca, self.ca_key),
-                                                 sans=[dns("localhost")], hash_alg="sha384"), k)
+        self.sha384 = self._pair(
+            "sha384",
+            _cert(
+                _name("localhost"),
+                k,
+                (self.ca, self.ca_key),
+                sans=[dns("localhost")],
+                hash_alg="sha384",
+            ),
+            k,
+        )
         # intermediate chain
         ik = _rsa()
         inter = _cert(_name("Blind Intermediate"), ik, (self.ca, self.ca_key), ca=True)
@@ -193,30 +249,45 @@ class PKI:
         self.chain_key = self._w("chain_key.pem", _pem_key(k))
         # EC and Ed25519 leaves
         eck = ec.generate_private_key(ec.SECP256R1())
-        self.ec = self._pair("ec", _cert(_name("ec.localhost"), eck, (self.ca, self.ca_key),
-                                         sans=[dns("ec.localhost"), dns("localhost")]), eck)
+        self.ec = self._pair(
+            "ec",
+            _cert(
+                _name("ec.localhost"),
+                eck,
+                (self.ca, self.ca_key),
+                sans=[dns("ec.localhost"), dns("localhost")],
+            ),
+            eck,
+        )
         edk = ed25519.Ed25519PrivateKey.generate()
-        self.ed = self._pair("ed", _cert(_name("ed.localhost"), edk, (self.ca, self.ca_key),
-                                         sans=[dns("ed.localhost")]), edk)
+        self.ed = self._pair(
+            "ed",
+            _cert(_name("ed.localhost"), edk, (self.ca, self.ca_key), sans=[dns("ed.localhost")]),
+            edk,
+        )
         # EC key followed by the main RSA leaf key in one file
         self.mixed_keys = self._w("mixed_keys.pem", _pem_key(eck) + _pem_key(self.leaf_key))
         # client certificates
         k = _rsa()
         self.client = self._pair("client", _cert(_name("client"), k, (self.ca, self.ca_key)), k)
         k = _rsa()
-        self.bad_client = self._pair("bad_client", _cert(_name("client"), k,
-                                                         (other_ca, other_ca_key)), k)
+        self.bad_client = self._pair(
+            "bad_client", _cert(_name("client"), k, (other_ca, other_ca_key)), k
+        )
 
     def _w(self, name: str, data: bytes) -> pathlib.Path:
         p = self.d / name
         p.write_bytes(data)
         return p
 
-    def _pair(self, name: str, cert: x509.Certificate, key: Any) -> tuple[pathlib.Path,
-                                                                           pathlib.Path]:
+    def _pair(
+        self, name: str, cert: x509.Certificate, key: Any
+    ) -> tuple[pathlib.Path, pathlib.Path]:
         self.__dict__.setdefault("_certs", {})[name] = cert
-        return (self._w(name + "_cert.pem", _pem_cert(cert)),
-                self._w(name + "_key.pem", _pem_key(key)))
+        return (
+            self._w(name + "_cert.pem", _pem_cert(cert)),
+            self._w(name + "_key.pem", _pem_key(key)),
+        )
 
     def certobj(self, name: str) -> x509.Certificate:
         return self.__dict__["_certs"][name]
@@ -230,6 +301,7 @@ def pki(tmp_path_factory: pytest.TempPathFactory) -> PKI:
 # --------------------------------------------------------------------------------------------
 # helpers
 # --------------------------------------------------------------------------------------------
+
 
 def server_ctx(cert: Any = None, key: Any = None, proto: str = "auto") -> Any:
     ctx = S.ssl_make_server_context(proto)
@@ -260,8 +332,14 @@ def echo(i: Any, o: Any) -> bytes:
 class SPServer:
     """An sslports listener on 127.0.0.1 accepting ``count`` connections in a thread."""
 
-    def __init__(self, ctx: Any = "auto", handler: Callable[[Any, Any], Any] = echo,
-                 count: int = 1, host: str = "127.0.0.1", **kw: Any) -> None:
+    def __init__(
+        self,
+        ctx: Any = "auto",
+        handler: Callable[[Any, Any], Any] = echo,
+        count: int = 1,
+        host: str = "127.0.0.1",
+        **kw: Any,
+    ) -> None:
         self.listener = S.ssl_listen(0, 5, False, host, ctx, **kw)
         if isinstance(ctx, str):
             S.ssl_load_certificate_chain(self.listener, S.TEST_PEM)
@@ -277,12 +355,12 @@ class SPServer:
         for _ in range(count):
             try:
                 i, o = S.ssl_accept(self.listener)
-            except BaseException as e:  # noqa: BLE001
+            except BaseException as e:
                 self.errors.append(e)
                 continue
             try:
                 self.results.append(self.handler(i, o))
-            except BaseException as e:  # noqa: BLE001
+            except BaseException as e:
                 self.errors.append(e)
             finally:
                 with contextlib.suppress(Exception):
@@ -305,8 +383,14 @@ class SPServer:
 class PyServer:
     """A Python ``ssl`` server accepting ``count`` connections in a thread."""
 
-    def __init__(self, ctx: ssl.SSLContext, handler: Callable[[ssl.SSLSocket], Any] | None = None,
-                 count: int = 1, host: str = "127.0.0.1", suppress_ragged: bool = True) -> None:
+    def __init__(
+        self,
+        ctx: ssl.SSLContext,
+        handler: Callable[[ssl.SSLSocket], Any] | None = None,
+        count: int = 1,
+        host: str = "127.0.0.1",
+        suppress_ragged: bool = True,
+    ) -> None:
         fam = socket.AF_INET6 if ":" in host else socket.AF_INET
         self.sock = socket.create_server((host, 0), family=fam)
         self.port = self.sock.getsockname()[1]
@@ -334,10 +418,9 @@ class PyServer:
             c.settimeout(JOIN)
             s = None
             try:
-                s = self.ctx.wrap_socket(c, server_side=True,
-                                         suppress_ragged_eofs=self.suppress)
+                s = self.ctx.wrap_socket(c, server_side=True, suppress_ragged_eofs=self.suppress)
                 self.results.append(self.handler(s))
-            except BaseException as e:  # noqa: BLE001
+            except BaseException as e:
                 self.errors.append(e)
             finally:
                 (s or c).close()
@@ -413,9 +496,13 @@ def tcp_nodelay_of(local: tuple[str, int], peer: tuple[str, int]) -> int | None:
     return None
 
 
-def pair(server_context: Any = "auto", client_context: Any = "auto", host: str = "localhost",
-         handler: Callable[[Any, Any], Any] | None = None, **connect_kw: Any
-         ) -> tuple[Any, Any, SPServer]:
+def pair(
+    server_context: Any = "auto",
+    client_context: Any = "auto",
+    host: str = "localhost",
+    handler: Callable[[Any, Any], Any] | None = None,
+    **connect_kw: Any,
+) -> tuple[Any, Any, SPServer]:
     srv = SPServer(server_context, handler or echo)
     i, o = S.ssl_connect(host, srv.port, client_context, **connect_kw)
     return i, o, srv
@@ -433,9 +520,15 @@ def run_py(code: str, env: dict[str, str] | None = None, timeout: float = 60) ->
     e["PYTHONPATH"] = SRC
     if env:
         e.update(env)
-    r = subprocess.run([PY, "-c", textwrap.dedent(code)], capture_output=True, text=True,
-                       env=e, timeout=timeout, stdin=subprocess.DEVNULL,
-                       start_new_session=True)
+    r = subprocess.run(
+        [PY, "-c", textwrap.dedent(code)],
+        capture_output=True,
+        text=True,
+        env=e,
+        timeout=timeout,
+        stdin=subprocess.DEVNULL,
+        start_new_session=True,
+    )
     assert r.returncode == 0, r.stdout + r.stderr
     return r.stdout
 
@@ -444,24 +537,71 @@ def run_py(code: str, env: dict[str, str] | None = None, timeout: float = 60) ->
 # names, modules, status
 # --------------------------------------------------------------------------------------------
 
-TOP_NAMES = """
-ssl_available ssl_load_fail_reason TEST_PEM SSLError SSLNetworkError SSLUnsupportedError
-ssl_connect ssl_connect_enable_break ssl_secure_client_context ssl_make_client_context
-supported_client_protocols is_ssl_client_context ssl_max_client_protocol
-ssl_listen ssl_close is_ssl_listener ssl_accept ssl_accept_enable_break ssl_abandon_port
-ssl_addresses is_ssl_port ssl_make_server_context is_ssl_server_context
-supported_server_protocols ssl_max_server_protocol ports_to_ssl_ports
-SSLInputPort SSLOutputPort SSLListener SSLClientContext SSLServerContext
-ssl_load_verify_source ssl_default_verify_sources ssl_load_default_verify_sources
-ssl_load_verify_root_certificates ssl_set_ciphers ssl_set_ciphersuites ssl_seal_context
-ssl_load_certificate_chain ssl_load_private_key ssl_load_suggested_certificate_authorities
-ssl_server_context_enable_dhe ssl_server_context_enable_ecdh ssl_dh4096_param_bytes
-ssl_set_server_name_identification_callback ssl_set_verify ssl_try_verify ssl_peer_verified
-ssl_set_verify_hostname ssl_peer_certificate_hostnames ssl_peer_check_hostname
-ssl_peer_subject_name ssl_peer_issuer_name ssl_channel_binding ssl_get_alpn_selected
-ssl_set_server_alpn ssl_default_channel_binding ssl_export_keying_material
-ssl_protocol_version ssl_cipher_name ssl_set_keylogger ssl_wrap_socket ssl_session_reused
-""".split()
+TOP_NAMES = [
+    "ssl_available",
+    "ssl_load_fail_reason",
+    "TEST_PEM",
+    "SSLError",
+    "SSLNetworkError",
+    "SSLUnsupportedError",
+    "ssl_connect",
+    "ssl_connect_enable_break",
+    "ssl_secure_client_context",
+    "ssl_make_client_context",
+    "supported_client_protocols",
+    "is_ssl_client_context",
+    "ssl_max_client_protocol",
+    "ssl_listen",
+    "ssl_close",
+    "is_ssl_listener",
+    "ssl_accept",
+    "ssl_accept_enable_break",
+    "ssl_abandon_port",
+    "ssl_addresses",
+    "is_ssl_port",
+    "ssl_make_server_context",
+    "is_ssl_server_context",
+    "supported_server_protocols",
+    "ssl_max_server_protocol",
+    "ports_to_ssl_ports",
+    "SSLInputPort",
+    "SSLOutputPort",
+    "SSLListener",
+    "SSLClientContext",
+    "SSLServerContext",
+    "ssl_load_verify_source",
+    "ssl_default_verify_sources",
+    "ssl_load_default_verify_sources",
+    "ssl_load_verify_root_certificates",
+    "ssl_set_ciphers",
+    "ssl_set_ciphersuites",
+    "ssl_seal_context",
+    "ssl_load_certificate_chain",
+    "ssl_load_private_key",
+    "ssl_load_suggested_certificate_authorities",
+    "ssl_server_context_enable_dhe",
+    "ssl_server_context_enable_ecdh",
+    "ssl_dh4096_param_bytes",
+    "ssl_set_server_name_identification_callback",
+    "ssl_set_verify",
+    "ssl_try_verify",
+    "ssl_peer_verified",
+    "ssl_set_verify_hostname",
+    "ssl_peer_certificate_hostnames",
+    "ssl_peer_check_hostname",
+    "ssl_peer_subject_name",
+    "ssl_peer_issuer_name",
+    "ssl_channel_binding",
+    "ssl_get_alpn_selected",
+    "ssl_set_server_alpn",
+    "ssl_default_channel_binding",
+    "ssl_export_keying_material",
+    "ssl_protocol_version",
+    "ssl_cipher_name",
+    "ssl_set_keylogger",
+    "ssl_wrap_socket",
+    "ssl_session_reused",
+]
 
 
 @pytest.mark.parametrize("name", TOP_NAMES)
@@ -474,6 +614,7 @@ def test_submodules_export_their_names() -> None:
     import sslports.libssl as LS
     import sslports.md5 as M
     import sslports.sha1 as H
+
     for n in ("sha1", "sha1_bytes", "bytes_to_hex_string", "hex_string_to_bytes"):
         assert callable(getattr(H, n))
     for n in ("md5", "md5_bytes"):
@@ -536,11 +677,13 @@ def test_exception_hierarchy() -> None:
 # libcrypto / libssl
 # --------------------------------------------------------------------------------------------
 
+
 def test_libcrypto_libssl_modules() -> None:
     import ctypes
 
     import sslports.libcrypto as LC
     import sslports.libssl as LS
+
     assert isinstance(LC.libcrypto, ctypes.CDLL)
     assert isinstance(LS.libssl, ctypes.CDLL)
     assert LC.libcrypto_load_fail_reason is None
@@ -566,7 +709,7 @@ def test_libcrypto_is_the_library_the_extension_uses() -> None:
                 names.add(__import__('os').path.realpath(parts[5]))
         print(sorted(names))
     """)
-    names = eval(out)  # noqa: S307 - our own output
+    names = eval(out)
     assert len([n for n in names if "libcrypto" in n]) == 1, names
     assert len([n for n in names if "libssl" in n]) == 1, names
 
@@ -574,6 +717,7 @@ def test_libcrypto_is_the_library_the_extension_uses() -> None:
 # --------------------------------------------------------------------------------------------
 # digests
 # --------------------------------------------------------------------------------------------
+
 
 class OnlyRead:
     """A file-like object with only ``read`` that returns short reads."""
@@ -585,7 +729,7 @@ class OnlyRead:
         if n is None or n < 0:
             n = len(self.data)
         n = min(n, self.chunk)
-        d = self.data[self.pos:self.pos + n]
+        d = self.data[self.pos : self.pos + n]
         self.pos += len(d)
         return d
 
@@ -593,6 +737,7 @@ class OnlyRead:
 def test_sha1_and_md5_on_file_likes(tmp_path: pathlib.Path) -> None:
     from sslports.md5 import md5, md5_bytes
     from sslports.sha1 import sha1, sha1_bytes
+
     assert sha1(io.BytesIO(b"abc")) == "a9993e364706816aba3e25717850c26c9cd0d89d"
     assert sha1_bytes(io.BytesIO(b"abc")) == hashlib.sha1(b"abc").digest()
     assert md5(io.BytesIO(b"abc")) == "900150983cd24fb0d6963f7d28e17f72"
@@ -616,6 +761,7 @@ def test_sha1_and_md5_on_file_likes(tmp_path: pathlib.Path) -> None:
 def test_digest_return_types_and_lengths() -> None:
     from sslports.md5 import md5, md5_bytes
     from sslports.sha1 import sha1, sha1_bytes
+
     h = sha1(io.BytesIO(b"x"))
     assert isinstance(h, str) and len(h) == 40 and h == h.lower()
     assert isinstance(sha1_bytes(io.BytesIO(b"x")), bytes) and len(sha1_bytes(io.BytesIO())) == 20
@@ -627,6 +773,7 @@ def test_digest_return_types_and_lengths() -> None:
 def test_digest_accepts_bytes_like() -> None:
     from sslports.md5 import md5, md5_bytes
     from sslports.sha1 import sha1, sha1_bytes
+
     for v in (b"hello", bytearray(b"hello"), memoryview(b"hello")):
         assert sha1(v) == hashlib.sha1(b"hello").hexdigest()
         assert sha1_bytes(v) == hashlib.sha1(b"hello").digest()
@@ -638,6 +785,7 @@ def test_digest_accepts_bytes_like() -> None:
 def test_digest_rejects_other_types(bad: Any) -> None:
     from sslports.md5 import md5, md5_bytes
     from sslports.sha1 import sha1, sha1_bytes
+
     for f in (sha1, sha1_bytes, md5, md5_bytes):
         with pytest.raises(TypeError):
             f(bad)
@@ -645,6 +793,7 @@ def test_digest_rejects_other_types(bad: Any) -> None:
 
 def test_hex_strings() -> None:
     from sslports.sha1 import bytes_to_hex_string, hex_string_to_bytes
+
     assert bytes_to_hex_string(b"\x00\x01\xab\xff") == "0001abff"
     assert bytes_to_hex_string(b"") == ""
     assert hex_string_to_bytes("0001abff") == b"\x00\x01\xab\xff"
@@ -721,6 +870,7 @@ def test_fallback_without_native_extension() -> None:
 # client
 # --------------------------------------------------------------------------------------------
 
+
 def test_ssl_connect_auto_to_python_server() -> None:
     with PyServer(py_server_ctx()) as srv:
         i, o = S.ssl_connect("localhost", srv.port)
@@ -754,18 +904,20 @@ def test_ssl_connect_secure_verifies_with_default_sources(pki: PKI) -> None:
             assert i.read(1) == b"x"
             o.close()
             i.close()
-        with PyServer(py_server_ctx(*pki.selfsigned)) as srv:
+        with PyServer(py_server_ctx(*pki.selfsigned)) as srv:  # noqa: SIM117
             with pytest.raises(S.SSLNetworkError):
                 S.ssl_connect("localhost", srv.port, "secure")
         with PyServer(py_server_ctx(*pki.other)) as srv:  # trusted chain, wrong name
             with pytest.raises(S.SSLNetworkError) as ei:
                 S.ssl_connect("localhost", srv.port, "secure")
             assert ei.value.verify_message.startswith("hostname mismatch")
+
     contextvars.copy_context().run(body)
 
 
-def _python_verify_error(port: int, cafile: pathlib.Path,
-                         host: str) -> ssl.SSLCertVerificationError:
+def _python_verify_error(
+    port: int, cafile: pathlib.Path, host: str
+) -> ssl.SSLCertVerificationError:
     c = ssl.create_default_context(cafile=str(cafile))
     with socket.create_connection(("127.0.0.1", port)) as s:
         try:
@@ -776,11 +928,12 @@ def _python_verify_error(port: int, cafile: pathlib.Path,
 
 
 def test_verify_failure_message_matches_api_example(pki: PKI) -> None:
-    with PyServer(py_server_ctx(*pki.selfsigned)) as srv:
+    with PyServer(py_server_ctx(*pki.selfsigned)) as srv:  # noqa: SIM117
         with pytest.raises(S.SSLNetworkError) as ei:
             S.ssl_connect("localhost", srv.port, trusting_client(pki))
-    assert re.match(r"^ssl_connect: connect failed \(.*certificate verify failed.*\)$",
-                    str(ei.value)), ei.value
+    assert re.match(
+        r"^ssl_connect: connect failed \(.*certificate verify failed.*\)$", str(ei.value)
+    ), ei.value
 
 
 def test_verify_failure_message_and_attributes(pki: PKI) -> None:
@@ -798,14 +951,12 @@ def test_verify_failure_message_and_attributes(pki: PKI) -> None:
 
 
 def test_verify_expired_and_hostname_mismatch(pki: PKI) -> None:
-    with PyServer(py_server_ctx(*pki.expired)) as srv:
-        with pytest.raises(S.SSLNetworkError) as ei:
-            S.ssl_connect("localhost", srv.port, trusting_client(pki))
+    with PyServer(py_server_ctx(*pki.expired)) as srv, pytest.raises(S.SSLNetworkError) as ei:
+        S.ssl_connect("localhost", srv.port, trusting_client(pki))
     assert ei.value.verify_code == 10
     assert ei.value.verify_message.startswith("certificate has expired")
-    with PyServer(py_server_ctx(*pki.other)) as srv:
-        with pytest.raises(S.SSLNetworkError) as ei:
-            S.ssl_connect("localhost", srv.port, trusting_client(pki))
+    with PyServer(py_server_ctx(*pki.other)) as srv, pytest.raises(S.SSLNetworkError) as ei:
+        S.ssl_connect("localhost", srv.port, trusting_client(pki))
     assert ei.value.verify_message.startswith("hostname mismatch")
     assert ei.value.verify_code == 62
 
@@ -826,9 +977,8 @@ def test_hostname_verification_for_ip_literals(pki: PKI) -> None:
         assert S.ssl_peer_verified(i)
         o.close()
         i.close()
-    with PyServer(py_server_ctx(*pki.other)) as srv:
-        with pytest.raises(S.SSLNetworkError):
-            S.ssl_connect("127.0.0.1", srv.port, trusting_client(pki))
+    with PyServer(py_server_ctx(*pki.other)) as srv, pytest.raises(S.SSLNetworkError):
+        S.ssl_connect("127.0.0.1", srv.port, trusting_client(pki))
 
 
 def _sni_recorder() -> tuple[ssl.SSLContext, list[Any]]:
@@ -883,8 +1033,10 @@ def test_ssl_connect_tries_every_address(monkeypatch: pytest.MonkeyPatch) -> Non
 
         def fake(host: Any, port: Any, *a: Any, **k: Any) -> Any:
             if host == "multi.test":
-                return [(socket.AF_INET, socket.SOCK_STREAM, 6, "", ("127.0.0.2", dead_port)),
-                        (socket.AF_INET, socket.SOCK_STREAM, 6, "", ("127.0.0.1", srv.port))]
+                return [
+                    (socket.AF_INET, socket.SOCK_STREAM, 6, "", ("127.0.0.2", dead_port)),
+                    (socket.AF_INET, socket.SOCK_STREAM, 6, "", ("127.0.0.1", srv.port)),
+                ]
             return real_gai(host, port, *a, **k)
 
         monkeypatch.setattr(socket, "getaddrinfo", fake)
@@ -905,8 +1057,16 @@ def test_ssl_connect_port_range(port: int) -> None:
         S.ssl_connect("localhost", port)
 
 
-@pytest.mark.parametrize("args", [(123, 443), (b"localhost", 443), ("localhost", "443"),
-                                  ("localhost", 44.3), ("localhost", None)])
+@pytest.mark.parametrize(
+    "args",
+    [
+        (123, 443),
+        (b"localhost", 443),
+        ("localhost", "443"),
+        ("localhost", 44.3),
+        ("localhost", None),
+    ],
+)
 def test_ssl_connect_type_errors(args: tuple[Any, Any]) -> None:
     with pytest.raises(TypeError, match="ssl_connect"):
         S.ssl_connect(*args)
@@ -967,15 +1127,13 @@ def test_alpn_is_keyword_only_and_negotiates() -> None:
 
 @pytest.mark.parametrize("bad", [[b""], [b"x" * 256]])
 def test_alpn_name_length_is_checked(bad: list[bytes]) -> None:
-    with stalled_server() as (port, _):
-        with pytest.raises(ValueError, match="ssl_connect"):
-            S.ssl_connect("127.0.0.1", port, alpn=bad, timeout=5)
+    with stalled_server() as (port, _), pytest.raises(ValueError, match="ssl_connect"):
+        S.ssl_connect("127.0.0.1", port, alpn=bad, timeout=5)
 
 
 def test_alpn_name_255_bytes_ok_and_type_checked() -> None:
-    with stalled_server() as (port, _):
-        with pytest.raises(TypeError):
-            S.ssl_connect("127.0.0.1", port, alpn=["h2"], timeout=5)  # str, not bytes
+    with stalled_server() as (port, _), pytest.raises(TypeError):
+        S.ssl_connect("127.0.0.1", port, alpn=["h2"], timeout=5)  # str, not bytes
     ctx = py_server_ctx()
     long = "a" * 255
     ctx.set_alpn_protocols([long])
@@ -1053,7 +1211,7 @@ def test_connect_can_be_interrupted(fn_name: str, exc: type[BaseException]) -> N
             try:
                 # the stalled server gives up after JOIN seconds at most
                 fn("127.0.0.1", port)
-            except BaseException as e:  # noqa: BLE001
+            except BaseException as e:
                 caught = e
             finally:
                 timer.cancel()
@@ -1070,8 +1228,7 @@ def test_ssl_connect_enable_break_same_signature() -> None:
     ctx = py_server_ctx()
     ctx.set_alpn_protocols(["h2"])
     with PyServer(ctx) as srv:
-        i, o = S.ssl_connect_enable_break("localhost", srv.port, "auto", alpn=[b"h2"],
-                                          timeout=10)
+        i, o = S.ssl_connect_enable_break("localhost", srv.port, "auto", alpn=[b"h2"], timeout=10)
         assert S.ssl_get_alpn_selected(i) == b"h2"
         o.close()
         i.close()
@@ -1089,6 +1246,7 @@ def test_secure_client_context_properties(pki: PKI) -> None:
         c2 = S.ssl_secure_client_context()
         assert c2 is not c1
         assert S.ssl_secure_client_context() is c2
+
     contextvars.copy_context().run(body)
 
 
@@ -1100,9 +1258,9 @@ def test_secure_context_requires_tls12(pki: PKI) -> None:
         ctx.maximum_version = ssl.TLSVersion.TLSv1_1
         ctx.minimum_version = ssl.TLSVersion.TLSv1
         ctx.set_ciphers("DEFAULT:@SECLEVEL=0")
-        with PyServer(ctx) as srv:
-            with pytest.raises(S.SSLNetworkError):
-                S.ssl_connect("localhost", srv.port, "secure")
+        with PyServer(ctx) as srv, pytest.raises(S.SSLNetworkError):
+            S.ssl_connect("localhost", srv.port, "secure")
+
     contextvars.copy_context().run(body)
 
 
@@ -1123,8 +1281,9 @@ def test_make_client_context_protocols() -> None:
 
 
 def test_make_client_context_secure_with_credentials(pki: PKI) -> None:
-    c = S.ssl_make_client_context("secure", private_key=("pem", pki.client[1]),
-                                  certificate_chain=pki.client[0])
+    c = S.ssl_make_client_context(
+        "secure", private_key=("pem", pki.client[1]), certificate_chain=pki.client[0]
+    )
     assert S.is_ssl_client_context(c)
     assert c is not S.ssl_secure_client_context()
     with pytest.raises(S.SSLError, match="context is sealed"):
@@ -1146,8 +1305,12 @@ def _client_cert_server(pki: PKI, try_: bool = False) -> Any:
 
 
 def _verified_handler(i: Any, o: Any) -> Any:
-    return (S.ssl_peer_verified(i), S.ssl_peer_subject_name(i), S.ssl_peer_issuer_name(o),
-            S.ssl_peer_certificate_hostnames(i))
+    return (
+        S.ssl_peer_verified(i),
+        S.ssl_peer_subject_name(i),
+        S.ssl_peer_issuer_name(o),
+        S.ssl_peer_certificate_hostnames(i),
+    )
 
 
 def _verified_echo_handler(i: Any, o: Any) -> Any:
@@ -1162,9 +1325,13 @@ def test_client_credentials_forms(pki: PKI, kind: str) -> None:
     cert, key = pki.client
     der = pki.d / "client_key.der"
     der.write_bytes(_der_key(serialization.load_pem_private_key(key.read_bytes(), None)))
-    pk = {"pem-str": ("pem", str(key)), "pem-bytes": ("pem", os.fsencode(key)),
-          "pem-pathlike": ("pem", key), "der": ("der", der),
-          "pem-data": ("pem-data", key.read_bytes())}[kind]
+    pk = {
+        "pem-str": ("pem", str(key)),
+        "pem-bytes": ("pem", os.fsencode(key)),
+        "pem-pathlike": ("pem", key),
+        "der": ("der", der),
+        "pem-data": ("pem-data", key.read_bytes()),
+    }[kind]
     chain: Any = {"pem-str": str(cert), "pem-bytes": os.fsencode(cert)}.get(kind, cert)
     cctx = S.ssl_make_client_context("auto", private_key=pk, certificate_chain=chain)
     srv = SPServer(_client_cert_server(pki), _verified_handler)
@@ -1276,6 +1443,7 @@ def test_context_predicates() -> None:
 # --------------------------------------------------------------------------------------------
 # server
 # --------------------------------------------------------------------------------------------
+
 
 def test_listen_accept_and_addresses() -> None:
     lst = S.ssl_listen(0, 5, False, "127.0.0.1")
@@ -1480,6 +1648,7 @@ def test_is_ssl_port_false_for_other_things() -> None:
 # ports_to_ssl_ports
 # --------------------------------------------------------------------------------------------
 
+
 class BoundedPipe:
     """A one-way in-memory pipe holding at most ``cap`` bytes."""
 
@@ -1533,7 +1702,7 @@ class _PipeWriter:
                 if p.r_closed:
                     raise BrokenPipeError("reader closed")
                 n = min(p.cap - len(p.buf), len(b) - off)
-                p.buf += b[off:off + n]
+                p.buf += b[off : off + n]
                 off += n
                 p.cv.notify_all()
         return len(b)
@@ -1545,9 +1714,12 @@ class _PipeWriter:
             self.p.cv.notify_all()
 
 
-def wrapped_pair(transport: str = "socket", cap: int = 65536,
-                 server_kw: dict[str, Any] | None = None,
-                 client_kw: dict[str, Any] | None = None) -> tuple[Any, Any, Any, Any, Any]:
+def wrapped_pair(
+    transport: str = "socket",
+    cap: int = 65536,
+    server_kw: dict[str, Any] | None = None,
+    client_kw: dict[str, Any] | None = None,
+) -> tuple[Any, Any, Any, Any, Any]:
     """Connect a client and a server made by ports_to_ssl_ports.
 
     Returns (ci, co, si, so, originals)."""
@@ -1561,14 +1733,14 @@ def wrapped_pair(transport: str = "socket", cap: int = 65536,
     elif transport == "pipe":
         r1, w1 = os.pipe()
         r2, w2 = os.pipe()
-        ca, cb = open(r1, "rb"), open(w2, "wb")
-        sa, sb = open(r2, "rb"), open(w1, "wb")
+        ca, cb = open(r1, "rb"), open(w2, "wb")  # noqa: SIM115
+        sa, sb = open(r2, "rb"), open(w1, "wb")  # noqa: SIM115
         orig = (ca, cb, sa, sb)
     elif transport == "rawpipe":
         r1, w1 = os.pipe()
         r2, w2 = os.pipe()
-        ca, cb = open(r1, "rb", buffering=0), open(w2, "wb", buffering=0)
-        sa, sb = open(r2, "rb", buffering=0), open(w1, "wb", buffering=0)
+        ca, cb = open(r1, "rb", buffering=0), open(w2, "wb", buffering=0)  # noqa: SIM115
+        sa, sb = open(r2, "rb", buffering=0), open(w1, "wb", buffering=0)  # noqa: SIM115
         orig = (ca, cb, sa, sb)
     else:
         p1, p2 = BoundedPipe(cap), BoundedPipe(cap)
@@ -1675,8 +1847,9 @@ def test_ports_to_ssl_ports_mode_and_context_checks() -> None:
 
 def test_default_mode_is_accept() -> None:
     a, b = socket.socketpair()
-    fut = run_thread(lambda: S.ports_to_ssl_ports(b.makefile("rb"), b.makefile("wb"),
-                                                  context=server_ctx()))
+    fut = run_thread(
+        lambda: S.ports_to_ssl_ports(b.makefile("rb"), b.makefile("wb"), context=server_ctx())
+    )
     ci, co = S.ports_to_ssl_ports(a.makefile("rb"), a.makefile("wb"), mode="connect")
     si, so = fut.result(JOIN)
     co.write(b"m")
@@ -1690,15 +1863,17 @@ def test_default_mode_is_accept() -> None:
 
 def test_accept_mode_alpn_raises_value_error() -> None:
     with pytest.raises(ValueError, match="ssl_set_server_alpn"):
-        S.ports_to_ssl_ports(io.BytesIO(), io.BytesIO(), mode="accept", context=server_ctx(),
-                             alpn=[b"h2"])
+        S.ports_to_ssl_ports(
+            io.BytesIO(), io.BytesIO(), mode="accept", context=server_ctx(), alpn=[b"h2"]
+        )
 
 
 def test_connect_mode_alpn_and_server_alpn() -> None:
     sctx = server_ctx()
     S.ssl_set_server_alpn(sctx, [b"h2", b"http/1.1"])
-    ci, co, si, so, _ = wrapped_pair(server_kw={"context": sctx},
-                                      client_kw={"alpn": [b"http/1.1", b"h2"]})
+    ci, co, si, so, _ = wrapped_pair(
+        server_kw={"context": sctx}, client_kw={"alpn": [b"http/1.1", b"h2"]}
+    )
     assert S.ssl_get_alpn_selected(ci) == b"h2"  # server preference
     assert S.ssl_get_alpn_selected(si) == b"h2"
     for p in (co, ci, so, si):
@@ -1708,8 +1883,7 @@ def test_connect_mode_alpn_and_server_alpn() -> None:
 def test_server_alpn_no_overlap() -> None:
     sctx = server_ctx()
     S.ssl_set_server_alpn(sctx, [b"h2"])
-    ci, co, si, so, _ = wrapped_pair(server_kw={"context": sctx},
-                                      client_kw={"alpn": [b"spdy/1"]})
+    ci, co, si, so, _ = wrapped_pair(server_kw={"context": sctx}, client_kw={"alpn": [b"spdy/1"]})
     assert S.ssl_get_alpn_selected(ci) is None
     for p in (co, ci, so, si):
         p.close()
@@ -1735,13 +1909,13 @@ def test_close_original() -> None:
 
 def test_close_original_keyword_only() -> None:
     with pytest.raises(TypeError):
-        S.ports_to_ssl_ports(io.BytesIO(), io.BytesIO(), "connect", None, "auto",
-                             True)  # type: ignore[misc]
+        S.ports_to_ssl_ports(io.BytesIO(), io.BytesIO(), "connect", None, "auto", True)  # type: ignore[misc]
 
 
 def test_shutdown_on_close_sends_close_notify_and_strict_eof() -> None:
-    ci, co, si, so, _ = wrapped_pair(server_kw={"shutdown_on_close": True},
-                                      client_kw={"strict_eof": True})
+    ci, co, si, so, _ = wrapped_pair(
+        server_kw={"shutdown_on_close": True}, client_kw={"strict_eof": True}
+    )
     so.write(b"last")
     so.close()
     assert ci.read() == b"last"  # close_notify: clean EOF even with strict_eof
@@ -1778,8 +1952,9 @@ def test_transport_eof_without_close_notify_is_eof_by_default() -> None:
 
 
 def test_shutdown_on_close_after_peer_close_notify_and_dead_transport() -> None:
-    ci, co, si, so, orig = wrapped_pair(server_kw={"shutdown_on_close": True},
-                                        client_kw={"shutdown_on_close": True})
+    ci, co, si, so, orig = wrapped_pair(
+        server_kw={"shutdown_on_close": True}, client_kw={"shutdown_on_close": True}
+    )
     so.close()
     assert ci.read() == b""
     co.close()  # peer's close_notify already arrived: no error
@@ -1824,7 +1999,7 @@ def test_error_class_during_handshake() -> None:
         raise LookupError("custom: " + msg)
 
     junk = io.BytesIO(b"HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\n\r\n" * 4)
-    with pytest.raises(LookupError, match="^custom: "):
+    with pytest.raises(LookupError, match=r"^custom: "):
         S.ports_to_ssl_ports(junk, io.BytesIO(), mode="connect", error=raiser)
     junk = io.BytesIO(b"HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\n\r\n" * 4)
     with pytest.raises(S.SSLError):
@@ -1851,8 +2026,9 @@ class _Tamper:
 def test_error_class_after_handshake() -> None:
     a, b = socket.socketpair()
     tamper = _Tamper(a.makefile("rb"))
-    fut = run_thread(lambda: S.ports_to_ssl_ports(b.makefile("rb"), b.makefile("wb"),
-                                                  context=server_ctx()))
+    fut = run_thread(
+        lambda: S.ports_to_ssl_ports(b.makefile("rb"), b.makefile("wb"), context=server_ctx())
+    )
     ci, co = S.ports_to_ssl_ports(tamper, a.makefile("wb"), mode="connect", error=_MyError)
     si, so = fut.result(JOIN)
     so.write(b"ok")
@@ -1871,14 +2047,17 @@ def test_error_class_after_handshake() -> None:
 def test_hostname_required_when_verifying_hostname(pki: PKI) -> None:
     cctx = trusting_client(pki)
     with pytest.raises(S.SSLError, match="hostname not provided for verification"):
-        wrapped_pair(server_kw={"context": server_ctx(pki.leaf_cert, pki.leaf_keyf)},
-                     client_kw={"context": cctx, "timeout": 10})
+        wrapped_pair(
+            server_kw={"context": server_ctx(pki.leaf_cert, pki.leaf_keyf)},
+            client_kw={"context": cctx, "timeout": 10},
+        )
     # accept mode
     sctx = server_ctx(pki.leaf_cert, pki.leaf_keyf)
     S.ssl_set_verify_hostname(sctx, True)
     a, b = socket.socketpair()
-    fut = run_thread(lambda: S.ports_to_ssl_ports(a.makefile("rb"), a.makefile("wb"),
-                                                  mode="connect", timeout=10))
+    fut = run_thread(
+        lambda: S.ports_to_ssl_ports(a.makefile("rb"), a.makefile("wb"), mode="connect", timeout=10)
+    )
     with pytest.raises(S.SSLError, match="hostname not provided for verification"):
         S.ports_to_ssl_ports(b.makefile("rb"), b.makefile("wb"), context=sctx, timeout=10)
     a.close()
@@ -1889,24 +2068,30 @@ def test_hostname_required_when_verifying_hostname(pki: PKI) -> None:
 
 def test_hostname_verification_through_wrapper(pki: PKI) -> None:
     sk = {"context": server_ctx(pki.leaf_cert, pki.leaf_keyf)}
-    ci, co, si, so, _ = wrapped_pair(server_kw=sk, client_kw={"context": trusting_client(pki),
-                                                              "hostname": "www.example.com"})
+    ci, co, si, so, _ = wrapped_pair(
+        server_kw=sk, client_kw={"context": trusting_client(pki), "hostname": "www.example.com"}
+    )
     assert S.ssl_peer_verified(ci)
     for p in (co, ci, so, si):
         p.close()
     with pytest.raises(S.SSLError) as ei:
-        wrapped_pair(server_kw={"context": server_ctx(pki.leaf_cert, pki.leaf_keyf)},
-                     client_kw={"context": trusting_client(pki), "hostname": "nope.example"})
+        wrapped_pair(
+            server_kw={"context": server_ctx(pki.leaf_cert, pki.leaf_keyf)},
+            client_kw={"context": trusting_client(pki), "hostname": "nope.example"},
+        )
     assert ei.value.verify_message.startswith("hostname mismatch")
 
 
 def test_partial_wildcard_never_matches(pki: PKI) -> None:
     with pytest.raises(S.SSLError):
-        wrapped_pair(server_kw={"context": server_ctx(*pki.partial)},
-                     client_kw={"context": trusting_client(pki), "hostname": "foo.example.com"})
-    ci, co, si, so, _ = wrapped_pair(server_kw={"context": server_ctx(*pki.wild)},
-                                     client_kw={"context": trusting_client(pki),
-                                                "hostname": "foo.example.com"})
+        wrapped_pair(
+            server_kw={"context": server_ctx(*pki.partial)},
+            client_kw={"context": trusting_client(pki), "hostname": "foo.example.com"},
+        )
+    ci, co, si, so, _ = wrapped_pair(
+        server_kw={"context": server_ctx(*pki.wild)},
+        client_kw={"context": trusting_client(pki), "hostname": "foo.example.com"},
+    )
     assert S.ssl_peer_verified(ci)
     assert not S.ssl_peer_check_hostname(ci, "a.b.example.com")
     for p in (co, ci, so, si):
@@ -1923,8 +2108,13 @@ def test_wrapper_sni() -> None:
     with PyServer(pctx, count=2) as srv:
         for host in ("sni.example", "127.0.0.1"):
             s = socket.create_connection(("127.0.0.1", srv.port))
-            ci, co = S.ports_to_ssl_ports(s.makefile("rb"), s.makefile("wb"), mode="connect",
-                                          hostname=host, close_original=True)
+            ci, co = S.ports_to_ssl_ports(
+                s.makefile("rb"),
+                s.makefile("wb"),
+                mode="connect",
+                hostname=host,
+                close_original=True,
+            )
             s.close()
             co.write(b"q")
             co.flush()
@@ -1949,21 +2139,23 @@ def test_wrapper_handshake_timeout_socket_stream() -> None:
     a.settimeout(0.5)  # the stream's own timeout, as docs/guide/timeouts.md advises
     try:
         with pytest.raises(TimeoutError):
-            S.ports_to_ssl_ports(a.makefile("rb"), a.makefile("wb"), mode="connect",
-                                 timeout=0.3)
+            S.ports_to_ssl_ports(a.makefile("rb"), a.makefile("wb"), mode="connect", timeout=0.3)
     finally:
         a.close()
         b.close()
 
 
-@pytest.mark.xfail(reason="ports_to_ssl_ports(timeout=) is only checked between stream reads; "
-                   "a blocking pipe read is not bounded (documented in docs/guide/timeouts.md, "
-                   "not in API.md)", run=False)
+@pytest.mark.xfail(
+    reason="ports_to_ssl_ports(timeout=) is only checked between stream reads; "
+    "a blocking pipe read is not bounded (documented in docs/guide/timeouts.md, "
+    "not in API.md)",
+    run=False,
+)
 def test_wrapper_handshake_timeout() -> None:
     r, w = os.pipe()
     r2, w2 = os.pipe()
-    fin = open(r, "rb", buffering=0)
-    fout = open(w2, "wb", buffering=0)
+    fin = open(r, "rb", buffering=0)  # noqa: SIM115
+    fout = open(w2, "wb", buffering=0)  # noqa: SIM115
     try:
         with pytest.raises(TimeoutError):
             S.ports_to_ssl_ports(fin, fout, mode="connect", timeout=0.5)
@@ -1977,6 +2169,7 @@ def test_wrapper_handshake_timeout() -> None:
 # --------------------------------------------------------------------------------------------
 # ports
 # --------------------------------------------------------------------------------------------
+
 
 @pytest.fixture
 def conn() -> Iterator[tuple[Any, Any, Any, Any]]:
@@ -2005,7 +2198,7 @@ def test_port_classes(conn: Any) -> None:
 
 
 def test_input_methods(conn: Any) -> None:
-    ci, co, si, so = conn
+    ci, _co, si, so = conn
     so.write(b"line one\nline two\n")
     so.writelines([b"abc", b"def", b"\n"])
     so.write(b"0123456789")
@@ -2031,7 +2224,7 @@ def test_input_methods(conn: Any) -> None:
 
 
 def test_read_all_until_eof(conn: Any) -> None:
-    ci, co, si, so = conn
+    ci, _co, si, so = conn
     data = os.urandom(300_000)
 
     def send() -> None:
@@ -2045,7 +2238,7 @@ def test_read_all_until_eof(conn: Any) -> None:
 
 
 def test_write_returns_count_and_close_flushes(conn: Any) -> None:
-    ci, co, si, so = conn
+    _ci, co, si, _so = conn
     assert co.write(b"") == 0
     assert co.write(b"12345") == 5
     assert co.write(bytearray(b"678")) == 3
@@ -2058,7 +2251,7 @@ def test_write_returns_count_and_close_flushes(conn: Any) -> None:
 
 
 def test_port_context_managers(conn: Any) -> None:
-    ci, co, si, so = conn
+    ci, co, si, _so = conn
     with co:
         co.write(b"cm")
     assert co.closed
@@ -2081,7 +2274,7 @@ def test_ports_stay_open_until_both_closed(conn: Any) -> None:
 
 
 def test_output_survives_closing_input_and_vice_versa(conn: Any) -> None:
-    ci, co, si, so = conn
+    ci, co, _si, so = conn
     co.close()
     so.write(b"still here")
     so.flush()
@@ -2098,12 +2291,12 @@ def test_full_duplex_two_threads(conn: Any) -> None:
 
     def srv_write() -> None:
         for k in range(0, len(down), 50_000):
-            so.write(down[k:k + 50_000])
+            so.write(down[k : k + 50_000])
         so.flush()
 
     def cli_write() -> None:
         for k in range(0, len(up), 70_000):
-            co.write(up[k:k + 70_000])
+            co.write(up[k : k + 70_000])
         co.flush()
 
     f1 = run_thread(srv_read)
@@ -2117,7 +2310,7 @@ def test_full_duplex_two_threads(conn: Any) -> None:
 
 
 def test_two_threads_on_one_port_never_crash(conn: Any) -> None:
-    ci, co, si, so = conn
+    ci, _co, si, so = conn
     data = os.urandom(500_000)
     results: list[Any] = [b"", b""]
     errors: list[BaseException] = []
@@ -2129,7 +2322,7 @@ def test_two_threads_on_one_port_never_crash(conn: Any) -> None:
                 if not d:
                     return
                 results[k] += d
-        except Exception as e:  # noqa: BLE001
+        except Exception as e:
             errors.append(e)
 
     ts = [threading.Thread(target=reader, args=(k,), daemon=True) for k in (0, 1)]
@@ -2164,7 +2357,7 @@ def test_read_timeout_is_retryable(conn: Any) -> None:
 
 
 def test_write_timeout(conn: Any) -> None:
-    ci, co, si, so = conn
+    _ci, co, si, so = conn
     co.settimeout(0.3)
     chunk = b"z" * 65536
     with pytest.raises(TimeoutError):
@@ -2176,7 +2369,7 @@ def test_write_timeout(conn: Any) -> None:
 
 
 def test_tcp_nodelay(conn: Any) -> None:
-    ci, co, si, so = conn
+    ci, _co, si, _so = conn
     lh, lp, ph, pp = S.ssl_addresses(ci, True)
     assert tcp_nodelay_of((lh, lp), (ph, pp))
     lh, lp, ph, pp = S.ssl_addresses(si, True)
@@ -2211,10 +2404,12 @@ def test_reset_after_handshake_raises_network_error() -> None:
 # context procedures
 # --------------------------------------------------------------------------------------------
 
+
 @pytest.mark.parametrize("form", ["str", "bytes", "pathlike"])
 def test_load_verify_source_path_forms(pki: PKI, form: str) -> None:
-    p: Any = {"str": str(pki.ca_pem), "bytes": os.fsencode(pki.ca_pem),
-              "pathlike": pki.ca_pem}[form]
+    p: Any = {"str": str(pki.ca_pem), "bytes": os.fsencode(pki.ca_pem), "pathlike": pki.ca_pem}[
+        form
+    ]
     ctx = S.ssl_make_client_context()
     S.ssl_load_verify_source(ctx, p)
     S.ssl_set_verify(ctx, True)
@@ -2227,8 +2422,12 @@ def test_load_verify_source_path_forms(pki: PKI, form: str) -> None:
 
 def _hash_name(pem: pathlib.Path) -> str:
     assert OPENSSL
-    return subprocess.run([OPENSSL, "x509", "-hash", "-noout", "-in", str(pem)],
-                          capture_output=True, text=True, check=True).stdout.strip()
+    return subprocess.run(
+        [OPENSSL, "x509", "-hash", "-noout", "-in", str(pem)],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.strip()
 
 
 def test_directory_source_is_lazy(pki: PKI, tmp_path: pathlib.Path) -> None:
@@ -2297,11 +2496,14 @@ def test_default_verify_sources_from_env(tmp_path: pathlib.Path) -> None:
     d2 = tmp_path / "d2"
     d1.mkdir()
     d2.mkdir()
-    out = run_py("""
+    out = run_py(
+        """
         import json, sslports
         print(json.dumps([x if isinstance(x, str) else ["T:" + type(x).__name__, *x]
                           for x in sslports.ssl_default_verify_sources()]))
-    """, env={"SSL_CERT_FILE": str(f), "SSL_CERT_DIR": f"{d1}:{d2}"})
+    """,
+        env={"SSL_CERT_FILE": str(f), "SSL_CERT_DIR": f"{d1}:{d2}"},
+    )
     got = json.loads(out)
     assert got == [str(f), ["T:tuple", "directory", str(d1)], ["T:tuple", "directory", str(d2)]]
 
@@ -2316,8 +2518,9 @@ def test_default_verify_sources_system_default() -> None:
                            for x in sslports.ssl_default_verify_sources()],
                           p.openssl_cafile, p.openssl_capath]))
     """
-    r = subprocess.run([PY, "-c", textwrap.dedent(code)], capture_output=True, text=True,
-                       env=env, timeout=60)
+    r = subprocess.run(
+        [PY, "-c", textwrap.dedent(code)], capture_output=True, text=True, env=env, timeout=60
+    )
     assert r.returncode == 0, r.stderr
     srcs, cafile, capath = json.loads(r.stdout)
     assert srcs == [cafile, ["directory", capath]]
@@ -2326,12 +2529,15 @@ def test_default_verify_sources_system_default() -> None:
 def test_default_verify_sources_computed_lazily(tmp_path: pathlib.Path) -> None:
     f = tmp_path / "late.pem"
     f.write_bytes(b"")
-    out = run_py(f"""
+    out = run_py(
+        f"""
         import os, sslports
         os.environ["SSL_CERT_FILE"] = {str(f)!r}
         os.environ["SSL_CERT_DIR"] = {str(tmp_path)!r}
         print(sslports.ssl_default_verify_sources()[0])
-    """, env={"SSL_CERT_FILE": "/nonexistent/early.pem", "SSL_CERT_DIR": "/nonexistent"})
+    """,
+        env={"SSL_CERT_FILE": "/nonexistent/early.pem", "SSL_CERT_DIR": "/nonexistent"},
+    )
     assert out.strip() == str(f)
 
 
@@ -2367,8 +2573,7 @@ def test_default_verify_sources_contextvar_semantics(pki: PKI) -> None:
     assert S.ssl_default_verify_sources() == base
 
     def in_copy() -> Any:
-        assert S.ssl_default_verify_sources(
-            [("directory", str(pki.d)), str(pki.ca_pem)]) is None
+        assert S.ssl_default_verify_sources([("directory", str(pki.d)), str(pki.ca_pem)]) is None
         return S.ssl_default_verify_sources()
 
     v = contextvars.copy_context().run(in_copy)
@@ -2380,14 +2585,15 @@ def test_default_verify_sources_rejects_bad_values() -> None:
     def body() -> None:
         with pytest.raises(TypeError):
             S.ssl_default_verify_sources(42)
+
     contextvars.copy_context().run(body)
 
 
 def test_load_default_verify_sources_ignores_failures(pki: PKI, tmp_path: pathlib.Path) -> None:
     def body() -> None:
-        S.ssl_default_verify_sources([str(tmp_path / "nope.pem"),
-                                      ("directory", str(tmp_path / "nodir")),
-                                      str(pki.ca_pem)])
+        S.ssl_default_verify_sources(
+            [str(tmp_path / "nope.pem"), ("directory", str(tmp_path / "nodir")), str(pki.ca_pem)]
+        )
         ctx = S.ssl_make_client_context()
         S.ssl_load_default_verify_sources(ctx)
         S.ssl_set_verify(ctx, True)
@@ -2396,6 +2602,7 @@ def test_load_default_verify_sources_ignores_failures(pki: PKI, tmp_path: pathli
             assert S.ssl_peer_verified(i)
             o.close()
             i.close()
+
     contextvars.copy_context().run(body)
 
 
@@ -2419,8 +2626,9 @@ def test_listener_context_procedures_client_auth(pki: PKI) -> None:
         S.ssl_load_suggested_certificate_authorities(lst, pki.ca_pem)
         S.ssl_set_verify(lst, True)
         port = S.ssl_addresses(lst, True)[1]
-        cctx = S.ssl_make_client_context("auto", private_key=("pem", pki.client[1]),
-                                         certificate_chain=pki.client[0])
+        cctx = S.ssl_make_client_context(
+            "auto", private_key=("pem", pki.client[1]), certificate_chain=pki.client[0]
+        )
         fut = run_thread(lambda: S.ssl_connect("localhost", port, cctx))
         si, so = S.ssl_accept(lst)
         ci, co = fut.result(JOIN)
@@ -2565,7 +2773,8 @@ def test_private_key_asn1_data_password_and_mismatch(pki: PKI) -> None:
 
 
 def test_encrypted_key_without_password_never_prompts(pki: PKI) -> None:
-    out = run_py(f"""
+    out = run_py(
+        f"""
         import sslports
         ctx = sslports.ssl_make_server_context()
         try:
@@ -2573,12 +2782,16 @@ def test_encrypted_key_without_password_never_prompts(pki: PKI) -> None:
             print("loaded")
         except sslports.SSLError as e:
             print("SSLError", e)
-    """, timeout=30)
+    """,
+        timeout=30,
+    )
     assert out.startswith("SSLError")
 
 
-@pytest.mark.parametrize("content", [b"", b"garbage", b"-----BEGIN CERTIFICATE-----\n!!\n",
-                                     b"\x30\x82\xff\xff" + b"\x00" * 50])
+@pytest.mark.parametrize(
+    "content",
+    [b"", b"garbage", b"-----BEGIN CERTIFICATE-----\n!!\n", b"\x30\x82\xff\xff" + b"\x00" * 50],
+)
 def test_malformed_pem_inputs_raise(tmp_path: pathlib.Path, content: bytes) -> None:
     f = tmp_path / "bad.pem"
     f.write_bytes(content)
@@ -2607,8 +2820,12 @@ def test_suggested_certificate_authorities_are_sent(pki: PKI) -> None:
         i.read()
 
     with SPServer(sctx, handler) as srv:
-        r = subprocess.run([OPENSSL, "s_client", "-connect", f"127.0.0.1:{srv.port}",
-                            "-tls1_2"], input=b"", capture_output=True, timeout=30)
+        r = subprocess.run(
+            [OPENSSL, "s_client", "-connect", f"127.0.0.1:{srv.port}", "-tls1_2"],
+            input=b"",
+            capture_output=True,
+            timeout=30,
+        )
         srv.join()
     text = r.stdout.decode(errors="replace")
     m = re.search(r"Acceptable client certificate CA names\n(.*?)\n", text)
@@ -2634,9 +2851,8 @@ def test_enable_dhe(form: str, tmp_path: pathlib.Path) -> None:
     S.ssl_set_ciphers(sctx, spec)
     # off until enabled
     srv = SPServer(sctx)
-    with srv:
-        with pytest.raises(S.SSLNetworkError):
-            S.ssl_connect("localhost", srv.port, cctx)
+    with srv, pytest.raises(S.SSLNetworkError):
+        S.ssl_connect("localhost", srv.port, cctx)
     sctx = server_ctx(proto="tls12")
     S.ssl_set_ciphers(sctx, spec)
     if form == "default":
@@ -2666,17 +2882,46 @@ def test_enable_ecdh_preferred_group() -> None:
         i.read()
 
     with SPServer(sctx, handler) as srv:
-        r = subprocess.run([OPENSSL, "s_client", "-connect", f"127.0.0.1:{srv.port}",
-                            "-tls1_2"], input=b"", capture_output=True, timeout=30)
+        r = subprocess.run(
+            [OPENSSL, "s_client", "-connect", f"127.0.0.1:{srv.port}", "-tls1_2"],
+            input=b"",
+            capture_output=True,
+            timeout=30,
+        )
         srv.join()
     text = r.stdout.decode(errors="replace")
     assert re.search(r"Server Temp Key: ECDH, (secp384r1|P-384)", text), text
 
 
-SEED_CURVES = ("sect163k1 sect163r1 sect163r2 sect193r1 sect193r2 sect233k1 sect233r1 sect239k1 "
-               "sect283k1 sect283r1 sect409k1 sect409r1 sect571k1 sect571r1 secp160k1 secp160r1 "
-               "secp160r2 secp192k1 secp224k1 secp224r1 secp256k1 secp384r1 secp521r1 prime192v "
-               "prime256v prime192v1 prime256v1").split()
+SEED_CURVES = [
+    "sect163k1",
+    "sect163r1",
+    "sect163r2",
+    "sect193r1",
+    "sect193r2",
+    "sect233k1",
+    "sect233r1",
+    "sect239k1",
+    "sect283k1",
+    "sect283r1",
+    "sect409k1",
+    "sect409r1",
+    "sect571k1",
+    "sect571r1",
+    "secp160k1",
+    "secp160r1",
+    "secp160r2",
+    "secp192k1",
+    "secp224k1",
+    "secp224r1",
+    "secp256k1",
+    "secp384r1",
+    "secp521r1",
+    "prime192v",
+    "prime256v",
+    "prime192v1",
+    "prime256v1",
+]
 
 
 def test_enable_ecdh_curve_names() -> None:
@@ -2707,6 +2952,7 @@ def test_enable_ecdh_then_handshake() -> None:
 # SNI callback
 # --------------------------------------------------------------------------------------------
 
+
 def test_sni_callback_switches_context(pki: PKI) -> None:
     a = server_ctx(pki.leaf_cert, pki.leaf_keyf)
     b = server_ctx(*pki.other)
@@ -2723,17 +2969,24 @@ def test_sni_callback_switches_context(pki: PKI) -> None:
     with srv:
         # switch
         s = socket.create_connection(("127.0.0.1", srv.port))
-        ci, co = S.ports_to_ssl_ports(s.makefile("rb"), s.makefile("wb"), mode="connect",
-                                      context=trusting_client(pki), hostname="other.example",
-                                      alpn=[b"a-proto", b"b-proto"], close_original=True)
+        ci, co = S.ports_to_ssl_ports(
+            s.makefile("rb"),
+            s.makefile("wb"),
+            mode="connect",
+            context=trusting_client(pki),
+            hostname="other.example",
+            alpn=[b"a-proto", b"b-proto"],
+            close_original=True,
+        )
         s.close()
         assert S.ssl_peer_verified(ci)
         assert S.ssl_get_alpn_selected(ci) == b"b-proto"
         co.close()
         ci.close()
         # None keeps the original
-        i, o = S.ssl_connect("localhost", srv.port, trusting_client(pki),
-                             alpn=[b"a-proto", b"b-proto"])
+        i, o = S.ssl_connect(
+            "localhost", srv.port, trusting_client(pki), alpn=[b"a-proto", b"b-proto"]
+        )
         assert S.ssl_get_alpn_selected(i) == b"a-proto"
         o.close()
         i.close()
@@ -2756,8 +3009,9 @@ def test_sni_callback_switch_applies_verify_settings(pki: PKI) -> None:
     S.ssl_set_server_name_identification_callback(a, lambda h: b if h == "localhost" else None)
     srv = SPServer(a, _verified_handler, count=2)
     with srv:
-        cctx = S.ssl_make_client_context("auto", private_key=("pem", pki.client[1]),
-                                         certificate_chain=pki.client[0])
+        cctx = S.ssl_make_client_context(
+            "auto", private_key=("pem", pki.client[1]), certificate_chain=pki.client[0]
+        )
         i, o = S.ssl_connect("localhost", srv.port, cctx)
         o.close()
         i.close()
@@ -2788,8 +3042,14 @@ def test_sni_callback_exception_reraised_server_keeps_running() -> None:
         def client(host: str) -> Any:
             s = socket.create_connection(("127.0.0.1", port))
             try:
-                return S.ports_to_ssl_ports(s.makefile("rb"), s.makefile("wb"), mode="connect",
-                                            hostname=host, close_original=True, timeout=10)
+                return S.ports_to_ssl_ports(
+                    s.makefile("rb"),
+                    s.makefile("wb"),
+                    mode="connect",
+                    hostname=host,
+                    close_original=True,
+                    timeout=10,
+                )
             finally:
                 s.close()
 
@@ -2826,12 +3086,18 @@ def test_sni_callback_bad_result_does_not_crash() -> None:
 # peer verification and connection facts
 # --------------------------------------------------------------------------------------------
 
+
 def test_try_verify_on_server_context(pki: PKI) -> None:
     cases = [("none", None), ("bad", pki.bad_client), ("good", pki.client)]
     for name, cred in cases:
         sctx = _client_cert_server(pki, try_=True)
-        cctx = (S.ssl_make_client_context("auto", private_key=("pem", cred[1]),
-                                          certificate_chain=cred[0]) if cred else "auto")
+        cctx = (
+            S.ssl_make_client_context(
+                "auto", private_key=("pem", cred[1]), certificate_chain=cred[0]
+            )
+            if cred
+            else "auto"
+        )
         srv = SPServer(sctx, _verified_echo_handler)
         with srv:
             i, o = S.ssl_connect("localhost", srv.port, cctx)
@@ -2855,12 +3121,17 @@ def test_try_verify_on_server_context(pki: PKI) -> None:
 def test_set_verify_on_server_context_rejects_missing_and_untrusted(pki: PKI) -> None:
     for cred in (None, pki.bad_client):
         sctx = _client_cert_server(pki)
-        cctx = (S.ssl_make_client_context("auto", private_key=("pem", cred[1]),
-                                          certificate_chain=cred[0]) if cred else "auto")
+        cctx = (
+            S.ssl_make_client_context(
+                "auto", private_key=("pem", cred[1]), certificate_chain=cred[0]
+            )
+            if cred
+            else "auto"
+        )
         srv = SPServer(sctx, _verified_handler)
         with srv:
             with contextlib.suppress(S.SSLError):
-                i, o = S.ssl_connect("localhost", srv.port, cctx)
+                i, _o = S.ssl_connect("localhost", srv.port, cctx)
                 i.read(1)
             srv.join()
         assert len(srv.errors) == 1 and isinstance(srv.errors[0], S.SSLNetworkError)
@@ -2882,8 +3153,9 @@ def test_verify_on_port_after_handshake(pki: PKI, proto: str, fn: str) -> None:
         o.flush()
         i.read()
 
-    cctx = S.ssl_make_client_context(proto, private_key=("pem", pki.client[1]),
-                                     certificate_chain=pki.client[0])
+    cctx = S.ssl_make_client_context(
+        proto, private_key=("pem", pki.client[1]), certificate_chain=pki.client[0]
+    )
     srv = SPServer(sctx, handler)
     with srv:
         i, o = S.ssl_connect("localhost", srv.port, cctx, timeout=20)
@@ -2933,8 +3205,9 @@ def test_try_verify_on_port_untrusted_keeps_connection(pki: PKI, proto: str) -> 
         o.flush()
         box["echo"] = i.read(3)
 
-    cctx = S.ssl_make_client_context(proto, private_key=("pem", pki.bad_client[1]),
-                                     certificate_chain=pki.bad_client[0])
+    cctx = S.ssl_make_client_context(
+        proto, private_key=("pem", pki.bad_client[1]), certificate_chain=pki.bad_client[0]
+    )
     srv = SPServer(sctx, handler)
     with srv:
         i, o = S.ssl_connect("localhost", srv.port, cctx, timeout=20)
@@ -2956,7 +3229,7 @@ def test_verify_hostname_without_chain_verification(pki: PKI) -> None:
         assert S.ssl_peer_verified(i) is False
         o.close()
         i.close()
-    with PyServer(py_server_ctx(*pki.other)) as srv:  # wrong name
+    with PyServer(py_server_ctx(*pki.other)) as srv:  # wrong name  # noqa: SIM117
         with pytest.raises(S.SSLNetworkError):
             S.ssl_connect("localhost", srv.port, ctx)
 
@@ -3002,8 +3275,7 @@ def test_peer_facts_without_certificate() -> None:
         o.close()
         i.close()
     assert not srv.errors, srv.errors
-    assert box == {"names": [], "check": False, "verified": False, "subject": None,
-                   "issuer": None}
+    assert box == {"names": [], "check": False, "verified": False, "subject": None, "issuer": None}
 
 
 def test_subject_and_issuer_names(pki: PKI) -> None:
@@ -3029,8 +3301,9 @@ def test_channel_binding_tls12(pki: PKI) -> None:
         o.flush()
         i.read()
 
-    i, o, srv = pair(server_ctx(pki.leaf_cert, pki.leaf_keyf, proto="tls12"), "tls12",
-                     handler=handler)
+    i, o, srv = pair(
+        server_ctx(pki.leaf_cert, pki.leaf_keyf, proto="tls12"), "tls12", handler=handler
+    )
     with srv:
         assert i.read(1) == b"k"
         u = S.ssl_channel_binding(i, "tls-unique")
@@ -3093,7 +3366,7 @@ def test_channel_binding_exporter_requires_ems() -> None:
 
 
 def test_channel_binding_bad_type_and_closed(conn: Any) -> None:
-    ci, co, si, so = conn
+    ci, co, _si, _so = conn
     with pytest.raises(ValueError):
         S.ssl_channel_binding(ci, "tls-nonsense")
     co.close()
@@ -3125,7 +3398,8 @@ def test_keylogger_callback() -> None:
 def test_sslkeylogfile_env(tmp_path: pathlib.Path) -> None:
     log = tmp_path / "keys.log"
     log.write_text("# existing\n")
-    run_py("""
+    run_py(
+        """
         import threading, sslports as S
         lst = S.ssl_listen(0, 5, False, "127.0.0.1")
         S.ssl_load_certificate_chain(lst, S.TEST_PEM)
@@ -3139,7 +3413,9 @@ def test_sslkeylogfile_env(tmp_path: pathlib.Path) -> None:
         for p in (i, o, *box[0]):
             p.close()
         S.ssl_close(lst)
-    """, env={"SSLKEYLOGFILE": str(log)})
+    """,
+        env={"SSLKEYLOGFILE": str(log)},
+    )
     text = log.read_text()
     assert text.startswith("# existing\n")
     assert "CLIENT_HANDSHAKE_TRAFFIC_SECRET" in text
@@ -3162,7 +3438,7 @@ def test_ssl_wrap_socket_connect_starttls() -> None:
     sock.sendall(b"STARTTLS\r\n")
     i, o = S.ssl_wrap_socket(sock, hostname="localhost")
     assert S.is_ssl_port(i)
-    lh, lp, ph, pp = S.ssl_addresses(i, True)
+    _lh, _lp, ph, pp = S.ssl_addresses(i, True)
     assert (ph, pp) == ("127.0.0.1", port)
     o.write(b"hello")
     o.flush()
@@ -3178,8 +3454,9 @@ def test_ssl_wrap_socket_accept_and_failure(pki: PKI) -> None:
     port = lsock.getsockname()[1]
     fut = run_thread(lambda: S.ssl_connect("localhost", port, trusting_client(pki)))
     conn_, _ = lsock.accept()
-    si, so = S.ssl_wrap_socket(conn_, mode="accept",
-                               context=server_ctx(pki.leaf_cert, pki.leaf_keyf))
+    si, so = S.ssl_wrap_socket(
+        conn_, mode="accept", context=server_ctx(pki.leaf_cert, pki.leaf_keyf)
+    )
     ci, co = fut.result(JOIN)
     assert S.ssl_peer_verified(ci)
     for p in (si, so, ci, co):
@@ -3225,6 +3502,7 @@ def test_protocol_version_and_cipher_name_types(conn: Any) -> None:
 # robustness: hostile peers never crash the process
 # --------------------------------------------------------------------------------------------
 
+
 def test_random_bytes_from_server_never_crash() -> None:
     for k in range(20):
         blob = os.urandom(50 + 37 * k)
@@ -3236,7 +3514,7 @@ def test_random_bytes_from_server_never_crash() -> None:
 
 
 def test_garbage_to_verify_functions(conn: Any) -> None:
-    ci, co, si, so = conn
+    ci, _co, _si, _so = conn
     with pytest.raises(TypeError):
         S.ssl_peer_check_hostname(ci, None)  # type: ignore[arg-type]
     with pytest.raises(TypeError):
@@ -3267,8 +3545,11 @@ def test_strict_eof_on_ssl_connect() -> None:
 
 def test_transport_failure_on_wrapped_ports_is_ssl_error() -> None:
     a, b = socket.socketpair()
-    fut = run_thread(lambda: S.ports_to_ssl_ports(b.makefile("rb"), b.makefile("wb"),
-                                                  context=server_ctx(), close_original=True))
+    fut = run_thread(
+        lambda: S.ports_to_ssl_ports(
+            b.makefile("rb"), b.makefile("wb"), context=server_ctx(), close_original=True
+        )
+    )
     ci, co = S.ports_to_ssl_ports(a.makefile("rb"), a.makefile("wb"), mode="connect")
     si, so = fut.result(JOIN)
     so.close()
@@ -3285,7 +3566,7 @@ def test_transport_failure_on_wrapped_ports_is_ssl_error() -> None:
 
 
 def test_export_keying_material_default_context(conn: Any) -> None:
-    ci, co, si, so = conn
+    ci, _co, _si, so = conn
     k1 = S.ssl_export_keying_material(ci, b"EXPERIMENTAL-x", 20)
     k2 = S.ssl_export_keying_material(so, b"EXPERIMENTAL-x", 20)
     assert isinstance(k1, bytes) and len(k1) == 20 and k1 == k2
