@@ -224,6 +224,62 @@ def test_os_pipes(pki: Any) -> None:
     assert all(f.closed for f in files)
 
 
+@pytest.mark.parametrize("buffering", [-1, 0], ids=["buffered", "raw"])
+def test_handshake_timeout_bounds_a_silent_pipe(pki: Any, buffering: int) -> None:
+    """A pipe whose peer says nothing: the stream's own read would block forever, and the
+    timeout the caller set still ends the call (API.md: no hang past a timeout you set)."""
+    r1, w1 = os.pipe()
+    r2, w2 = os.pipe()
+    c_in, c_out = os.fdopen(r1, "rb", buffering=buffering), os.fdopen(w2, "wb")
+    try:
+        with pytest.raises(TimeoutError):
+            sslports.ports_to_ssl_ports(
+                c_in, c_out, mode="connect", context=pki.client_context(),
+                hostname="localhost", timeout=0.5,
+            )  # fmt: skip
+        assert os.read(r2, 65536)[:1] == b"\x16"  # the ClientHello did go out
+    finally:
+        os.close(w1)  # (the read left outstanding meets EOF: a buffered close waits for it)
+        c_in.close()
+        c_out.close()
+        os.close(r2)
+
+
+def test_port_timeout_on_a_stream_loses_nothing(pki: Any) -> None:
+    """A read of a stream port under a timeout gives up waiting (TimeoutError) while the
+    stream's own read goes on; what that read then gets is the next read's, in order."""
+    r1, w1 = os.pipe()
+    r2, w2 = os.pipe()
+    files = [os.fdopen(r1, "rb"), os.fdopen(w1, "wb"), os.fdopen(r2, "rb"), os.fdopen(w2, "wb")]
+    c_in, s_out, s_in, c_out = files
+    client, server = connect_pair(
+        pki, (c_in, c_out), (s_in, s_out), client_kw={"close_original": True},
+        server_kw={"close_original": True},
+    )  # fmt: skip
+    client[0].settimeout(0.3)
+    for _ in range(3):
+        with pytest.raises(TimeoutError):
+            client[0].read(5)
+    body = random_bytes(200_000)
+    server[1].write(b"hello" + body)
+    server[1].flush()
+    assert client[0].read(5) == b"hello"
+    client[0].settimeout(30)
+    assert sha1(read_exactly(client[0], len(body))) == sha1(body)
+    client[1].write(b"back")
+    client[1].flush()
+    assert read_exactly(server[0], 4) == b"back"
+    for port in (*server, *client):
+        port.close()
+    assert all(f.closed for f in files)
+    # The thread that read for the client under its timeout ends with the connection.
+    for _ in range(250):
+        if not any(t.name == "sslports-receiver" for t in threading.enumerate()):
+            break
+        threading.Event().wait(0.02)
+    assert not any(t.name == "sslports-receiver" for t in threading.enumerate())
+
+
 def test_socketpair_makefile(pki: Any) -> None:
     a, b = socket.socketpair()
     fa = a.makefile("rwb")

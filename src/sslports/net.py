@@ -726,13 +726,15 @@ def ports_to_ssl_ports(
 
     :param mode: ``"connect"`` (client) or ``"accept"`` (server).
     :param context: a context matching the mode; else one is made from `encrypt`.
-    :param close_original: close both given streams once both SSL ports are closed.
+    :param close_original: close both given streams once both SSL ports are closed. (If
+        this call fails, there are no ports: the streams stay open, for the caller to close.)
     :param shutdown_on_close: closing the SSL output port sends close_notify.
     :param error: exception class (or raising callable) for communication errors.
     :param hostname: SNI and the name to verify.
     :param alpn: protocols to offer (connect mode only).
-    :param timeout: the ports' timeout. For streams the deadline is checked between
-        transport reads: a stream that blocks forever inside ``read`` cannot be interrupted.
+    :param timeout: bounds the handshake, then the ports' timeout. A stream read under a
+        deadline runs in a background thread, so it holds over a stream whose own ``read``
+        blocks; a read that outlives it stays outstanding for the next (docs/guide/timeouts.md).
     """
     func = "ports_to_ssl_ports"
     ctx, host, wire = wrap_arguments(func, mode, context, encrypt, hostname, alpn)

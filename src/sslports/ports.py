@@ -258,6 +258,71 @@ class _Sender:
             self.cond.notify_all()
 
 
+class _Receiver:
+    """Reads the input stream from a daemon thread, one read at a time on request, so that a
+    read under a deadline can stop waiting: a blocking stream's own read cannot be interrupted
+    (a pipe whose peer says nothing would hang the caller past its timeout). A read that
+    outlived its deadline stays outstanding; the next request takes its result."""
+
+    def __init__(self, read_once: Callable[[], bytes]) -> None:
+        self.read_once = read_once  # b"" at EOF; raises what the stream raises
+        self.cond = threading.Condition()
+        self.requested = False  # a read was asked for and has not delivered yet
+        self.result: Optional[bytes] = None
+        self.error: Optional[BaseException] = None
+        self.stopping = False
+        self.thread: Optional[threading.Thread] = None
+
+    def get(self, deadline: _Deadline) -> Optional[bytes]:
+        """The next bytes of the stream (b"" at its end), or None if the deadline passed first.
+        Raises what the stream's read raised."""
+        with self.cond:
+            if not self.requested:
+                self.requested = True
+                if self.thread is None:
+                    self.thread = threading.Thread(
+                        target=self._run, name="sslports-receiver", daemon=True
+                    )
+                    self.thread.start()
+                self.cond.notify_all()
+            self.cond.wait_for(
+                lambda: self.result is not None or self.error is not None, deadline.remaining()
+            )
+            if self.error is not None:  # (sticky: the stream failed)
+                raise self.error.with_traceback(None)
+            data, self.result = self.result, None
+            if data is not None:
+                self.requested = False
+            return data
+
+    def stop(self) -> None:
+        """The connection is closed: the thread ends once idle (or its outstanding read
+        returns)."""
+        with self.cond:
+            self.stopping = True
+            self.cond.notify_all()
+
+    def _run(self) -> None:
+        while True:
+            with self.cond:
+                while (self.result is not None or not self.requested) and not self.stopping:
+                    self.cond.wait()
+                if self.stopping:
+                    return
+            try:
+                data = self.read_once()
+            except BaseException as exc:
+                with self.cond:
+                    self.error = exc
+                    self.cond.notify_all()
+                return
+            with self.cond:
+                self.result = data
+                self.cond.notify_all()
+            if not data:
+                return  # EOF: nothing more to read
+
+
 def _write_fully(out: Any, data: bytes) -> None:
     view = memoryview(data)
     while view:
@@ -296,6 +361,7 @@ class _StreamTransport:
         self.in_lock = threading.Lock()
         self.out_lock = threading.Lock()
         self.sender = _Sender(out)
+        self.receiver: Optional[_Receiver] = None  # reads under a deadline (pull_in)
         self.write_left = False  # a write's ciphertext is still in the pump (a timeout)
         self.eof = False
         readinto = getattr(inp, "readinto1", None) or getattr(inp, "readinto", None)
@@ -328,28 +394,46 @@ class _StreamTransport:
                 except (OSError, ValueError) as exc:  # what the sender thread's write raised
                     raise _transport_error(exc) from exc
 
-    def pull_in(self, conn: Any) -> None:
-        """Read once from the input stream and feed the pump (EOF included)."""
+    def read_once(self) -> Any:
+        """One read of the input stream: a buffer of the bytes read, empty at EOF."""
+        if self._readinto is not None:
+            n = self._readinto(self.view)
+            if n is None:
+                raise BlockingIOError("ports_to_ssl_ports: input_port has no data (non-blocking)")
+            return self.view[:n]
+        assert self._read is not None
+        data = self._read(_TRANSPORT_CHUNK)
+        if data is None:
+            raise BlockingIOError("ports_to_ssl_ports: input_port has no data (non-blocking)")
+        return data
+
+    def read_copy(self) -> bytes:
+        """read_once for the receiver thread: its own copy (the view is reused)."""
+        return bytes(self.read_once())
+
+    def pull_in(self, conn: Any, deadline: _Deadline = _NO_DEADLINE) -> None:
+        """Read once from the input stream and feed the pump (EOF included). Under a deadline
+        the read runs in the receiver thread, and this returns with nothing fed when the
+        deadline passes first (the caller checks it)."""
         lib = _binding.lib
         with self.in_lock:
             if self.eof:
                 lib.sp_feed_eof(conn)
                 return
             try:
-                if self._readinto is not None:
-                    n = self._readinto(self.view)
-                    data: Any = self.view[: n or 0]
-                else:
-                    assert self._read is not None
-                    raw = self._read(_TRANSPORT_CHUNK)
-                    data = raw or b""
-                    n = len(data)
+                if deadline.at is None and self.receiver is None:
+                    data: Any = self.read_once()
+                else:  # (once a read went to the receiver, every read does: stream order)
+                    if self.receiver is None:
+                        self.receiver = _Receiver(self.read_copy)
+                    data = self.receiver.get(deadline)
+                    if data is None:
+                        return  # the deadline passed; the read stays outstanding
             except SSLError:
                 raise
             except (OSError, ValueError) as exc:
                 raise _transport_error(exc) from exc
-            if n is None:
-                raise BlockingIOError("ports_to_ssl_ports: input_port has no data (non-blocking)")
+            n = len(data)
             if n == 0:
                 self.eof = True
                 lib.sp_feed_eof(conn)
@@ -367,6 +451,8 @@ class _StreamTransport:
     def close(self, close_original: bool, timeout: Optional[float]) -> None:
         # Every byte written goes to the output stream before close() returns, also when the
         # caller keeps (and may close right after) the streams.
+        if self.receiver is not None:
+            self.receiver.stop()
         sender = self.sender
         if close_original:
             sender.drain(timeout)
@@ -504,7 +590,7 @@ class Connection:
         if isinstance(transport, _StreamTransport):
             transport.push_out(self.ptr, deadline)
             if status == lib.SP_WANT_READ:
-                transport.pull_in(self.ptr)
+                transport.pull_in(self.ptr, deadline)
             return
         if deadline.expired():
             raise SSLTimeoutError(f"{func}: timed out")
