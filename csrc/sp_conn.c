@@ -107,8 +107,13 @@
  *
  *   A close_notify from the peer is SP_EOF. A transport EOF without it is SP_RAGGED_EOF, which
  *   Python reports as EOF (Racket's behaviour on OpenSSL 3) or, with strict_eof, as an error.
- *   We never set SSL_OP_IGNORE_UNEXPECTED_EOF, so OpenSSL tells the two apart for us (the
- *   socket BIO answers BIO_CTRL_EOF once recv() returned 0).
+ *   During the handshake OpenSSL tells the two apart for us (the socket BIO answers
+ *   BIO_CTRL_EOF once recv() returned 0) and an EOF is a failure. Once the handshake is done
+ *   we set SSL_OP_IGNORE_UNEXPECTED_EOF: without it OpenSSL treats the EOF as fatal, sends
+ *   the peer a decode_error alert and fails every later write, and a peer that half-closed
+ *   TCP (shutdown(SHUT_WR)) while it waits for our answer would get that alert instead. With
+ *   it OpenSSL reports both ends as SSL_ERROR_ZERO_RETURN and we tell them apart ourselves:
+ *   the info callback (note_alert) sees a real close_notify alert arrive.
  *
  * MEMORY
  *
@@ -185,6 +190,17 @@ static void make_conn_index(void)
     conn_index = SSL_get_ex_new_index(0, NULL, NULL, NULL, NULL);
 }
 
+/* The SSL's info callback: remember that the peer's close_notify alert arrived, which tells
+ * it from a transport EOF once SSL_OP_IGNORE_UNEXPECTED_EOF is set (see EOF). */
+static void note_alert(const SSL *ssl, int where, int ret)
+{
+    if ((where & SSL_CB_READ_ALERT) && (ret & 0xff) == SSL_AD_CLOSE_NOTIFY) {
+        sp_conn *c = SSL_get_ex_data(ssl, conn_index);
+        if (c != NULL)
+            c->close_notify_seen = 1;
+    }
+}
+
 /* ---- errors ------------------------------------------------------------------------- */
 
 /* Start an OpenSSL call with an empty error queue. The per-record calls use this: looking is
@@ -249,8 +265,9 @@ static int classify_failure(sp_conn *c, int e, sp_err *err)
 {
     unsigned long top;
     if (e == SSL_ERROR_ZERO_RETURN) {
-        c->eof_status = SP_EOF;
-        return SP_EOF;
+        /* (established: SSL_OP_IGNORE_UNEXPECTED_EOF makes a transport EOF look the same) */
+        c->eof_status = c->established && !c->close_notify_seen ? SP_RAGGED_EOF : SP_EOF;
+        return c->eof_status;
     }
     top = ERR_peek_last_error();
 #if SP_HAS_UNEXPECTED_EOF_REASON
@@ -360,6 +377,7 @@ sp_conn *sp_conn_new(SSL_CTX *ctx, int is_server, int fd, sp_err *err)
         SSL_set_bio(c->ssl, c->rbio, c->wbio);
     }
     SSL_set_mode(c->ssl, SSL_MODE_ACCEPT_MOVING_WRITE_BUFFER | SSL_MODE_RELEASE_BUFFERS);
+    SSL_set_info_callback(c->ssl, note_alert);
     if (!SSL_set_ex_data(c->ssl, conn_index, c)) {
         sp_err_drain(err);
         SSL_free(c->ssl);
@@ -874,13 +892,27 @@ static void note_writer_queued(sp_conn *c)
     sp_mutex_unlock(&c->send_lock);
 }
 
+/* Whether an output port's bytes are still queued (send_lock held). A broken connection holds
+ * none: they can never be sent, and the write that failed already said so (a later flush or
+ * close() would only fail again, with whatever send() says the second time). */
+static int held_out_locked(sp_conn *c)
+{
+    int held = c->writer_queued;
+    if (held) {
+        sp_mutex_lock(&c->ssl_lock); /* (lock order: send_lock, then ssl_lock) */
+        held = c->broken == NULL;
+        sp_mutex_unlock(&c->ssl_lock);
+    }
+    return held;
+}
+
 int sp_held_out(sp_conn *c)
 {
     int held;
     if (!c->socket_mode)
         return 0;
     sp_mutex_lock(&c->send_lock);
-    held = c->writer_queued;
+    held = held_out_locked(c);
     sp_mutex_unlock(&c->send_lock);
     return held;
 }
@@ -892,7 +924,7 @@ int sp_held_out_try(sp_conn *c)
         return 0;
     if (!sp_mutex_trylock(&c->send_lock))
         return -1;
-    held = c->writer_queued;
+    held = held_out_locked(c);
     sp_mutex_unlock(&c->send_lock);
     return held;
 }
@@ -1186,6 +1218,10 @@ int sp_handshake(sp_conn *c, int wait_ms, sp_err *err)
         if (r == 1) {
             c->established = 1;
             c->handshake_waits = 0; /* (a later renegotiation starts with our own flight) */
+#ifdef SSL_OP_IGNORE_UNEXPECTED_EOF
+            /* From now on a transport EOF is not fatal to OpenSSL: we still write (see EOF) */
+            SSL_set_options(c->ssl, SSL_OP_IGNORE_UNEXPECTED_EOF);
+#endif
         }
         else {
             e = SSL_get_error(c->ssl, r);

@@ -31,6 +31,8 @@ struct sp_conn {
     unsigned long long written; /* plaintext OpenSSL has taken from writers so far (ssl_lock) */
     int read_waited; /* the last sp_read had to wait for the peer: a hint (unlocked) */
     int peer_closed; /* recv() returned 0 (ssl_lock) */
+    int close_notify_seen; /* the peer's close_notify alert was read (ssl_lock: set by
+                              note_alert, inside OpenSSL calls) */
     int draining;    /* sp_conn_drain_tickets: a transport EOF is not an event (ssl_lock) */
     int direct_send; /* the last record of an sp_write: the BIO may send it itself (ssl_lock) */
     int reading;     /* inside sp_read's SSL_read_ex (ssl_lock) */
