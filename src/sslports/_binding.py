@@ -53,6 +53,10 @@ def verify_text(code: int) -> str:
     return str(ffi.string(lib.X509_verify_cert_error_string(code)).decode("utf-8", "replace"))
 
 
+# SSL_get_error's kinds that can end an operation with an empty error queue.
+_SSL_ERROR_NAMES = {1: "SSL_ERROR_SSL", 5: "SSL_ERROR_SYSCALL", 6: "SSL_ERROR_ZERO_RETURN"}
+
+
 def build_error(
     func: str,
     what: str,
@@ -71,6 +75,8 @@ def build_error(
     reason = detail or (errors[-1] if errors else None)
     if reason is None and err.sys_errno:
         reason = strerror(err.sys_errno)
+    if reason is None and err.ssl_error in _SSL_ERROR_NAMES:  # (still say what kind)
+        reason = f"OpenSSL gave no reason: {_SSL_ERROR_NAMES[err.ssl_error]}"
     if verify_message and (reason is None or "certificate verify failed" in reason):
         reason = f"{reason}: {verify_message}" if reason else verify_message
     message = f"{func}: {what + ' ' if what else ''}failed" + (f" ({reason})" if reason else "")
