@@ -879,6 +879,17 @@ static int send_queued_nowait(sp_conn *c, sp_err *err)
     return status;
 }
 
+/* What a failure queued (its alert) goes out without waiting; what that send meets is not
+ * the failed operation's error (socket mode; a stream's caller takes the alert itself). */
+static void send_alert_nowait(sp_conn *c)
+{
+    sp_err ignored;
+    if (!c->socket_mode)
+        return;
+    sp_err_reset(&ignored);
+    (void)send_queued_nowait(c, &ignored);
+}
+
 /* A write leaves bytes queued (held, or out of time): flush() must send them. */
 static void note_writer_queued(sp_conn *c)
 {
@@ -1245,9 +1256,7 @@ int sp_handshake(sp_conn *c, int wait_ms, sp_err *err)
             return e == SSL_ERROR_WANT_READ || e == SSL_ERROR_WANT_WRITE ? SP_WANT_READ : SP_ERROR;
         }
         if (r != 1 && e != SSL_ERROR_WANT_READ && e != SSL_ERROR_WANT_WRITE) {
-            sp_err alert_err; /* a failed handshake still sends its alert, without waiting */
-            sp_err_reset(&alert_err);
-            send_queued_nowait(c, &alert_err);
+            send_alert_nowait(c); /* a failed handshake still sends its alert */
             return SP_ERROR;
         }
         /* A TLS 1.3 server's handshake ends on the client's Finished: what it queued then is
@@ -1346,11 +1355,8 @@ int sp_read(sp_conn *c, unsigned char *buf, size_t len, size_t want, size_t *got
             status = SP_ERROR;
             break;
         }
-        if (out_pending > 0 && status != SP_OK) {
-            sp_err alert_err;
-            sp_err_reset(&alert_err);
-            send_queued_nowait(c, &alert_err);
-        }
+        if (out_pending > 0 && status != SP_OK)
+            send_alert_nowait(c);
         if (ok) {
             total += n;
             if (total >= want && total > 0 && !more)
@@ -1425,11 +1431,7 @@ static int write_records(sp_conn *c, const unsigned char *head, size_t head_len,
             if (sr == SP_OK)
                 continue; /* progress: the renegotiation may be done, or more is here */
             if (sr == SP_ERROR) {
-                if (c->socket_mode) { /* the alert, if any, without waiting */
-                    sp_err alert_err;
-                    sp_err_reset(&alert_err);
-                    send_queued_nowait(c, &alert_err);
-                }
+                send_alert_nowait(c);
                 status = SP_ERROR;
                 break;
             }
@@ -1471,11 +1473,7 @@ static int write_records(sp_conn *c, const unsigned char *head, size_t head_len,
             continue;
         }
         if (e != SSL_ERROR_WANT_READ && e != SSL_ERROR_WANT_WRITE) {
-            if (c->socket_mode) { /* the alert, if any, without waiting */
-                sp_err alert_err;
-                sp_err_reset(&alert_err);
-                send_queued_nowait(c, &alert_err);
-            }
+            send_alert_nowait(c);
             status = SP_ERROR;
             break;
         }
