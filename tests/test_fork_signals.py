@@ -639,5 +639,30 @@ def test_interrupted_read_keeps_bytes_already_read(path: str) -> None:
         close_all(cin, cout, sin, sout)
 
 
+@needs_alarm
+@pytest.mark.parametrize("how", ["timeout", "interrupt"])
+def test_read_to_eof_keeps_what_arrived_before_it_was_cut_short(how: str) -> None:
+    """read() (to EOF) gathers what arrives; a port timeout or a signal handler's exception
+    while the peer pauses must not drop what it gathered: the next read returns it first."""
+    with listening() as (lst, port):
+        cin, cout, sin, sout = connected_pair(lst, port)
+        sout.write(b"abc" * 30000)  # several records: several chunks gathered
+        sout.flush()
+        if how == "timeout":
+            cin.settimeout(0.3)
+            with pytest.raises(TimeoutError):
+                cin.read()
+        else:
+            cin.settimeout(None)  # (the C fast path's read(), which gathers in _read_all)
+            with alarm(0.3, raise_interrupted), pytest.raises(Interrupted):
+                cin.read()
+        sout.write(b"def")
+        sout.close()
+        sin.close()
+        cin.settimeout(10)
+        assert cin.read() == b"abc" * 30000 + b"def"
+        close_all(cin, cout)
+
+
 if sys.platform == "win32":  # pragma: no cover
     pytestmark.append(pytest.mark.skip(reason="POSIX only"))

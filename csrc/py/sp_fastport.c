@@ -102,7 +102,7 @@ static handshake_fn pump_handshake;
 static forked_fn pump_forked;
 static int slice_ms = 50;
 static Py_ssize_t record_size = 16384;
-static PyObject *read_all;  /* read_all(reader) -> bytes: read(-1) and read(None) */
+static PyObject *read_all;  /* read_all(reader, conn) -> bytes: read(-1) and read(None) */
 static PyObject *str_closed; /* "closed" (interned) */
 static PyObject *str_addr;  /* "_fast_addr" */
 
@@ -594,7 +594,7 @@ static PyObject *read_bytes(Port *self, PyObject *args, int fill, const char *fo
     }
     if (size < 0) {
         if (fill)
-            return PyObject_CallFunctionObjArgs(read_all, (PyObject *)self, NULL);
+            return PyObject_CallFunctionObjArgs(read_all, (PyObject *)self, self->conn, NULL);
         size = 65536;
     }
     buf = PyByteArray_FromStringAndSize(NULL, size);

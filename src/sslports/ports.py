@@ -122,14 +122,22 @@ def _deadline(timeout: Optional[float]) -> _Deadline:
 _from_buffer: Any = getattr(_binding.ffi, "from_buffer", None)  # None without the native module
 
 
-def _read_all(reader: Any) -> bytes:
-    """read() / read(-1): everything up to EOF, in chunks of what arrives."""
+def _read_all(reader: Any, conn: Connection) -> bytes:
+    """The C fast path's read() / read(-1): everything up to EOF, in chunks of what arrives.
+    What arrived before a failure or Ctrl-C is not lost: the port serves it first, next read
+    (as SSLInputPort.read does on the Python path)."""
     chunks: list[bytes] = []
-    while True:
-        chunk = reader.read1(_READ_CHUNK)
-        if not chunk:
-            return b"".join(chunks)
-        chunks.append(chunk)
+    try:
+        while True:
+            chunk = reader.read1(_READ_CHUNK)
+            if not chunk:
+                return b"".join(chunks)
+            chunks.append(chunk)
+    except BaseException:
+        if chunks:
+            with conn.read_lock:
+                conn.keep_read(b"".join(chunks))
+        raise
 
 
 def _load_fastport() -> Any:
