@@ -279,6 +279,8 @@ class _Receiver:
         self.result: Optional[bytes] = None
         self.error: Optional[BaseException] = None
         self.stopping = False
+        self.reading = False  # the thread is in the stream's read
+        self.close_after: Any = None  # a stream the thread closes once its read returns
         self.thread: Optional[threading.Thread] = None
 
     def get(self, deadline: _Deadline) -> Optional[bytes]:
@@ -297,38 +299,70 @@ class _Receiver:
                 lambda: self.result is not None or self.error is not None, deadline.remaining()
             )
             if self.error is not None:  # (sticky: the stream failed)
-                raise self.error.with_traceback(None)
+                exc = self.error
+                if isinstance(exc, BlockingIOError):
+                    # (not a failure: a non-blocking stream had no data yet; the next read
+                    # asks again, as a read without a deadline does)
+                    self.error = None
+                    self.requested = False
+                raise exc.with_traceback(None)
             data, self.result = self.result, None
             if data is not None:
                 self.requested = False
             return data
 
-    def stop(self) -> None:
+    def stop(self, then_close: Any = None) -> bool:
         """The connection is closed: the thread ends once idle (or its outstanding read
-        returns)."""
+        returns). True when a read is outstanding and the thread takes `then_close` (the
+        input stream, close_original): it closes it once that read returns. Closing it here
+        would wait for the read (a buffered stream's close takes the lock its read holds),
+        forever when the peer says nothing, and closing a raw descriptor under a read in
+        progress would let a new file reuse its number under that read."""
         with self.cond:
             self.stopping = True
+            taken = then_close is not None and self.reading
+            if taken:
+                self.close_after = then_close
             self.cond.notify_all()
+            return taken
 
     def _run(self) -> None:
         while True:
             with self.cond:
-                while (self.result is not None or not self.requested) and not self.stopping:
+                while (
+                    self.result is not None or self.error is not None or not self.requested
+                ) and not self.stopping:
                     self.cond.wait()
                 if self.stopping:
                     return
+                self.reading = True
             try:
                 data = self.read_once()
             except BaseException as exc:
                 with self.cond:
+                    self.reading = False
                     self.error = exc
                     self.cond.notify_all()
-                return
+                if self._close_after() or not isinstance(exc, BlockingIOError):
+                    return
+                continue
             with self.cond:
+                self.reading = False
                 self.result = data
                 self.cond.notify_all()
-            if not data:
-                return  # EOF: nothing more to read
+            if self._close_after() or not data:
+                return  # closed, or EOF: nothing more to read
+
+    def _close_after(self) -> bool:
+        with self.cond:
+            stream, self.close_after = self.close_after, None
+        if stream is None:
+            return False
+        try:
+            stream.close()
+        except Exception:  # closing is best effort (as _StreamTransport.close)
+            pass
+        return True
 
 
 def _write_fully(out: Any, data: bytes) -> None:
@@ -459,8 +493,9 @@ class _StreamTransport:
     def close(self, close_original: bool, timeout: Optional[float]) -> None:
         # Every byte written goes to the output stream before close() returns, also when the
         # caller keeps (and may close right after) the streams.
+        deferred = False  # the receiver thread closes the input stream (see _Receiver.stop)
         if self.receiver is not None:
-            self.receiver.stop()
+            deferred = self.receiver.stop(self.inp if close_original else None)
         sender = self.sender
         if close_original:
             sender.drain(timeout)
@@ -473,6 +508,8 @@ class _StreamTransport:
             sender.reported = True
         if close_original:
             for stream in (self.inp, self.out):
+                if deferred and stream is self.inp:
+                    continue
                 try:
                     stream.close()
                 except Exception:  # closing is best effort
