@@ -1,6 +1,6 @@
-"""Review of today's new code: the stream receiver (reads under a deadline), the client's
-renegotiation stash, EOF classification, close after fork. Each test here failed before
-its fix."""
+"""ports_to_ssl_ports reads under a deadline (the receiver thread, ports.py _Receiver): closing
+after a read timed out, and a non-blocking stream under a timeout. Each test here failed
+before its fix."""
 
 from __future__ import annotations
 
