@@ -665,7 +665,7 @@ class Connection:
                     if deadline.expired():
                         raise SSLTimeoutError(f"{func}: handshake timed out")
                     continue
-                if deadline.expired():  # checked between transport reads
+                if deadline.expired():  # (a stream read under it gives up at the deadline)
                     raise SSLTimeoutError(f"{func}: handshake timed out")
                 try:
                     self.wait_for_pump(status, deadline, func)
@@ -746,7 +746,7 @@ class Connection:
                             raise self.make_error(SSLError(f"{func}: read failed (unexpected eof)"))
                         break
                     if status in (_SP_WANT_READ, _SP_WANT_WRITE):
-                        # (streams too: checked between transport reads)
+                        # (streams too: their read under a deadline gives up at it)
                         if deadline.expired():
                             if total:
                                 break
