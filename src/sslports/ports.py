@@ -123,9 +123,9 @@ _from_buffer: Any = getattr(_binding.ffi, "from_buffer", None)  # None without t
 
 
 def _read_all(reader: Any, conn: Connection) -> bytes:
-    """The C fast path's read() / read(-1): everything up to EOF, in chunks of what arrives.
-    What arrived before a failure or Ctrl-C is not lost: the port serves it first, next read
-    (as SSLInputPort.read does on the Python path)."""
+    """read() / read(-1) (the port's, or the C fast path's `reader`): everything up to EOF, in
+    chunks of what arrives. What arrived before a timeout, a failure or Ctrl-C is not lost:
+    the port serves it first, next read."""
     chunks: list[bytes] = []
     try:
         while True:
@@ -1050,19 +1050,7 @@ class SSLInputPort(io.BufferedIOBase):
 
     def read(self, size: Optional[int] = -1, /) -> bytes:
         if size is None or size < 0:
-            chunks: list[bytes] = []
-            try:
-                while True:
-                    chunk = self.read1(_READ_CHUNK)
-                    if not chunk:
-                        return b"".join(chunks)
-                    chunks.append(chunk)
-            except BaseException:  # a timeout (or Ctrl-C): what arrived is read again first
-                if chunks:
-                    with self._lock:
-                        self._pending = b"".join(chunks) + self._pending
-                        self._sync_fast()
-                raise
+            return _read_all(self, self._sslports_conn)
         buf = bytearray(size)
         n = self._readinto(buf, True)
         del buf[n:]
