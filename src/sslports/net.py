@@ -476,6 +476,9 @@ class SSLListener:
         self.close()
 
 
+_MAX_BACKLOG = 0x7FFFFFFF  # listen() takes a C int; the kernel caps it lower (somaxconn)
+
+
 def ssl_listen(
     port_no: int,
     queue_k: int = 5,
@@ -539,7 +542,6 @@ def ssl_listen(
         if family == socket.AF_INET6:
             sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
         sock.bind(addr)
-        # The kernel caps the backlog (somaxconn); listen() takes a C int.
         sock.listen(min(queue_k, _MAX_BACKLOG))
     except BaseException as exc:
         if sock is not None:
@@ -551,9 +553,6 @@ def ssl_listen(
             f"{func}: listen failed ({exc.strerror or exc}: {where})", errno=exc.errno
         ) from exc
     return SSLListener(sock, ctx, handshake_timeout)
-
-
-_MAX_BACKLOG = 0x7FFFFFFF
 
 
 def _listener(func: str, listener: object) -> SSLListener:

@@ -438,13 +438,13 @@ class _StreamTransport:
 
     def read_once(self) -> Any:
         """One read of the input stream: a buffer of the bytes read, empty at EOF."""
+        data: Any
         if self._readinto is not None:
             n = self._readinto(self.view)
-            if n is None:
-                raise BlockingIOError("ports_to_ssl_ports: input_port has no data (non-blocking)")
-            return self.view[:n]
-        assert self._read is not None
-        data = self._read(_TRANSPORT_CHUNK)
+            data = None if n is None else self.view[:n]
+        else:
+            assert self._read is not None
+            data = self._read(_TRANSPORT_CHUNK)
         if data is None:
             raise BlockingIOError("ports_to_ssl_ports: input_port has no data (non-blocking)")
         return data
