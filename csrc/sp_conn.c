@@ -1427,8 +1427,10 @@ static int write_records(sp_conn *c, const unsigned char *head, size_t head_len,
         }
         if (writer_reads(c)) {
             int sr = stash_read(c, err);
+            /* The read that ended the renegotiation wants more (application data): write. */
+            int ended = sr == SP_WANT_READ && !writer_reads(c);
             sp_mutex_unlock(&c->ssl_lock);
-            if (sr == SP_OK)
+            if (sr == SP_OK || ended)
                 continue; /* progress: the renegotiation may be done, or more is here */
             if (sr == SP_ERROR) {
                 send_alert_nowait(c);

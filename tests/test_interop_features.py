@@ -17,11 +17,12 @@
 from __future__ import annotations
 
 import shutil
+import socket
 import subprocess
 import threading
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Optional
 
 import pytest
 from conftest import LOCAL, MIB, random_bytes, read_exactly, run_in_thread, sha1
@@ -29,6 +30,7 @@ from conftest import LOCAL, MIB, random_bytes, read_exactly, run_in_thread, sha1
 import sslports
 
 TIMEOUT = 30.0
+STOP_BOUND = 10.0  # a stopped writer's last chunk and flush, a 1 MiB read: far less than this
 GNUTLS_CLI = shutil.which("gnutls-cli")
 needs_gnutls = pytest.mark.skipif(GNUTLS_CLI is None, reason="gnutls-bin is not installed")
 
@@ -42,14 +44,26 @@ class DuplexClient:
     """An sslports client of `s_server`: a writer thread sends a paced stream until stopped
     (so that it is still writing whatever the server does meanwhile); the test reads."""
 
-    def __init__(self, pki: Any, proc: Any, port: int, version: str) -> None:
+    def __init__(self, pki: Any, proc: Any, port: int, version: str, streams: bool) -> None:
         self.proc = proc
         self.stdout = bytearray()
         self.pump = threading.Thread(target=self._pump_stdout, daemon=True)
         self.pump.start()
-        self.inp, self.out = sslports.ssl_connect(
-            "localhost", port, pki.client_context(version), timeout=TIMEOUT
-        )
+        ctx = pki.client_context(version)
+        self.sock: Optional[socket.socket] = None
+        if streams:  # TLS over the TCP socket's two stream files (memory BIOs: stream mode)
+            self.sock = socket.create_connection((LOCAL, port), timeout=TIMEOUT)
+            self.inp, self.out = sslports.ports_to_ssl_ports(
+                self.sock.makefile("rb", buffering=0),
+                self.sock.makefile("wb", buffering=0),
+                mode="connect",
+                context=ctx,
+                hostname="localhost",
+                close_original=True,
+                timeout=TIMEOUT,
+            )
+        else:
+            self.inp, self.out = sslports.ssl_connect("localhost", port, ctx, timeout=TIMEOUT)
         assert sslports.ssl_protocol_version(self.inp) == version
         self.stream = random_bytes(32 * MIB, seed=21)
         self.sent = 0
@@ -77,7 +91,11 @@ class DuplexClient:
         self.proc.stdin.write(data)
         self.proc.stdin.flush()
         want = len(self.got) + len(data)
+        started = time.monotonic()
         chunk = read_exactly(self.inp, want - len(self.got))
+        # (a read that waits for the stream while the writer already fed the pump its data
+        # comes back only when its timeout runs out: a stall, not a slow machine)
+        assert time.monotonic() - started < STOP_BOUND, "the read stalled until its timeout"
         self.got += chunk
         assert len(self.got) == want, "early EOF"
 
@@ -89,9 +107,11 @@ class DuplexClient:
     def finish(self) -> bytes:
         """Stop writing, close, and return what s_server received (its report lines out)."""
         self.stop.set()
-        self.join_writer(TIMEOUT)
+        self.join_writer(STOP_BOUND)
         self.inp.close()
         self.out.close()
+        if self.sock is not None:
+            self.sock.close()
         self.proc.wait(TIMEOUT)
         self.pump.join(TIMEOUT)
         output = bytes(self.stdout)
@@ -103,12 +123,12 @@ class DuplexClient:
 
 
 def _duplex_session(
-    pki: Any, openssl_tool: Any, version: str, commands: list[bytes]
+    pki: Any, openssl_tool: Any, version: str, commands: list[bytes], streams: bool = False
 ) -> tuple[DuplexClient, bytes, list[bytes]]:
     flag = {"tls12": "-tls1_2", "tls13": "-tls1_3"}[version]
     args = ["-cert", str(pki.server_chain), "-key", str(pki.server_key), flag, "-naccept", "1"]
     proc, port = openssl_tool.s_server(args)
-    client = DuplexClient(pki, proc, port, version)
+    client = DuplexClient(pki, proc, port, version, streams)
     parts = [random_bytes(MIB, seed=30 + i) for i in range(len(commands) + 1)]
     parts = [part.translate(_NO_COMMANDS) for part in parts]
     client.feed(parts[0])
@@ -130,12 +150,21 @@ def test_key_updates_both_ways_during_full_duplex(pki: Any, openssl_tool: Any) -
     assert sha1(received) == sha1(client.stream[: client.sent])
 
 
-def test_server_renegotiation_during_full_duplex(pki: Any, openssl_tool: Any) -> None:
+@pytest.mark.parametrize("streams", [False, True], ids=["socket", "streams"])
+def test_server_renegotiation_during_full_duplex(
+    pki: Any, openssl_tool: Any, streams: bool
+) -> None:
     """TLS 1.2: s_server renegotiates while the client writes; the server's data that follows
     its HelloRequest reaches the client before its ServerHello. The client's writer used to
     drive the renegotiation with SSL_write_ex, which cannot take that data: OpenSSL failed the
-    write with an empty error queue (``read: read failed``) and the connection was lost."""
-    client, received, parts = _duplex_session(pki, openssl_tool, "tls12", [b"r"])
+    write with an empty error queue (``read: read failed``) and the connection was lost.
+
+    Over streams (ports_to_ssl_ports: the pump reads what the caller feeds it), reader and
+    writer both read the stream. The reader used to wait for the stream after the writer had
+    fed and kept its data, and the writer returned WANT_READ from the read that ended the
+    renegotiation, then waited for bytes the server had no reason to send: each stalled until
+    its 30 s timeout."""
+    client, received, parts = _duplex_session(pki, openssl_tool, "tls12", [b"r"], streams)
     assert sha1(bytes(client.got)) == sha1(b"".join(parts))
     assert client.sent > 0 and len(received) == client.sent
     assert sha1(received) == sha1(client.stream[: client.sent])

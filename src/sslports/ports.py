@@ -406,6 +406,13 @@ class _StreamTransport:
         self.receiver: Optional[_Receiver] = None  # reads under a deadline (pull_in)
         self.write_left = False  # a write's ciphertext is still in the pump (a timeout)
         self.eof = False
+        # Feeds so far. A reader and a writer may both need input (a TLS 1.2 renegotiation
+        # while one thread reads and another writes): each takes `fed` before its pump call,
+        # and pull_in does not wait for the stream when another thread fed the pump since.
+        # What that thread fed may be what this call wanted (the renegotiation's end, which
+        # the other call then processed, or data that a writer kept for the reader), and
+        # reading on would wait for bytes the peer has no reason to send.
+        self.fed = 0
         readinto = getattr(inp, "readinto1", None) or getattr(inp, "readinto", None)
         self._readinto: Optional[Callable[[memoryview], Optional[int]]] = readinto
         self._read: Optional[Callable[[int], Optional[bytes]]] = getattr(
@@ -453,14 +460,18 @@ class _StreamTransport:
         """read_once for the receiver thread: its own copy (the view is reused)."""
         return bytes(self.read_once())
 
-    def pull_in(self, conn: Any, deadline: _Deadline = _NO_DEADLINE) -> None:
-        """Read once from the input stream and feed the pump (EOF included). Under a deadline
-        the read runs in the receiver thread, and this returns with nothing fed when the
-        deadline passes first (the caller checks it)."""
+    def pull_in(self, conn: Any, deadline: _Deadline, seen: int) -> None:
+        """Read once from the input stream and feed the pump (EOF included), unless another
+        thread fed it since the caller's pump call (`seen`: `fed` before that call). Under a
+        deadline the read runs in the receiver thread, and this returns with nothing fed when
+        the deadline passes first (the caller checks it)."""
         lib = _binding.lib
         with self.in_lock:
+            if self.fed != seen:
+                return  # call the pump again first
             if self.eof:
                 lib.sp_feed_eof(conn)
+                self.fed += 1
                 return
             try:
                 if deadline.at is None and self.receiver is None:
@@ -481,6 +492,7 @@ class _StreamTransport:
                 lib.sp_feed_eof(conn)
             elif not lib.sp_feed(conn, _binding.ffi.from_buffer(data), n):
                 raise MemoryError("sslports: cannot buffer incoming ciphertext")
+            self.fed += 1
 
     def abandon(self) -> None:
         """After a failed handshake: let what the pump queued (a ClientHello, the alert that
@@ -521,6 +533,8 @@ class _StreamTransport:
 class _SocketTransport:
     """A socket whose I/O the C pump does itself (a socket.socket, or the bare _socket.socket
     ssl_connect and ssl_accept make)."""
+
+    fed = 0  # (the pump reads the socket itself: see _StreamTransport.fed)
 
     def __init__(self, sock: _socket.socket) -> None:
         self.sock = sock
@@ -628,14 +642,15 @@ class Connection:
 
     # -- the loop around every pump call -----------------------------------------------------
 
-    def wait_for_pump(self, status: int, deadline: _Deadline, func: str) -> None:
-        """Do what a WANT_* status asks: move stream bytes, or check the deadline."""
+    def wait_for_pump(self, status: int, deadline: _Deadline, func: str, seen: int) -> None:
+        """Do what a WANT_* status asks: move stream bytes, or check the deadline. `seen`: the
+        transport's `fed` before the pump call that returned `status`."""
         lib = _binding.lib
         transport = self.transport
         if isinstance(transport, _StreamTransport):
             transport.push_out(self.ptr, deadline)
             if status == lib.SP_WANT_READ:
-                transport.pull_in(self.ptr, deadline)
+                transport.pull_in(self.ptr, deadline, seen)
             return
         if deadline.expired():
             raise SSLTimeoutError(f"{func}: timed out")
@@ -654,6 +669,7 @@ class Connection:
         deadline = _deadline(timeout)
         while True:
             wait = _SLICE_MS if deadline.at is None else deadline.slice_ms()
+            seen = self.transport.fed
             status = lib.sp_handshake(self.ptr, wait, err)
             if status == _SP_OK:
                 if not self.is_socket:
@@ -668,7 +684,7 @@ class Connection:
                 if deadline.expired():  # (a stream read under it gives up at the deadline)
                     raise SSLTimeoutError(f"{func}: handshake timed out")
                 try:
-                    self.wait_for_pump(status, deadline, func)
+                    self.wait_for_pump(status, deadline, func, seen)
                 except _TransportError as exc:
                     # The stream's own timeout ended a read that outlasted the deadline
                     # (docs/guide/timeouts.md): that is the deadline expiring. (A socket's
@@ -728,11 +744,13 @@ class Connection:
         # may clear the memoryview while exported and then crash when it is freed.
         sp_read = _binding.lib.sp_read
         ptr = self.ptr
+        transport = self.transport
         with buf:
             try:
                 while total < size:
                     wait = _SLICE_MS if deadline.at is None else deadline.slice_ms()
                     want = size - total if fill else 1
+                    seen = transport.fed
                     status = sp_read(ptr, buf + total, size - total, want, got, wait, err)
                     total += got[0]
                     if status == _SP_OK:
@@ -751,7 +769,7 @@ class Connection:
                             if total:
                                 break
                             raise SSLTimeoutError(f"{func}: read timed out")
-                        self.wait_for_pump(status, deadline, func)
+                        self.wait_for_pump(status, deadline, func, seen)
                         continue
                     if total:
                         break  # hand over what arrived; the error is sticky and comes next call
@@ -811,13 +829,14 @@ class Connection:
         with buf, self.read_lock:
             if self.closed:  # (under the lock: the last close waits for it, then closes the fd)
                 raise ValueError("I/O operation on closed SSL connection")
+            seen = self.transport.fed
             status = lib.sp_read(self.ptr, buf, len(view), 0, got, deadline.slice_ms(), err)
         if status in (lib.SP_OK, lib.SP_WANT_READ, lib.SP_WANT_WRITE):
             if got[0] == 0 and status != lib.SP_OK:
                 if self.is_socket and deadline.expired():
                     raise SSLTimeoutError(f"{func}: timed out")
                 with self.transport_errors(func, "read"):
-                    self.wait_for_pump(status, deadline, func)
+                    self.wait_for_pump(status, deadline, func, seen)
             return int(got[0])
         if status in (lib.SP_EOF, lib.SP_RAGGED_EOF):
             return -1
@@ -840,10 +859,12 @@ class Connection:
             cast(_StreamTransport, self.transport).write_left = True
         # (`with`: see read; release the exports even on errors)
         ptr = self.ptr
+        transport = self.transport
         with hbuf, buf:
             try:
                 while True:
                     wait = _SLICE_MS if deadline.at is None else deadline.slice_ms()
+                    seen = transport.fed
                     if total < size:  # what is left of head, then of data
                         h, d = min(total, hsize), max(total - hsize, 0)
                         status = lib.sp_write2(
@@ -862,11 +883,10 @@ class Connection:
                                 raise exc
                             finally:  # (a name for it here would be a cycle through its
                                 del exc  # traceback, keeping the connection until gc runs)
-                        self.wait_for_pump(status, deadline, func)
+                        self.wait_for_pump(status, deadline, func, seen)
                         continue
                     raise self.fail(func, "write", err)
-                if not self.is_socket:
-                    transport = cast(_StreamTransport, self.transport)
+                if isinstance(transport, _StreamTransport):
                     try:
                         transport.push_out(ptr, deadline)
                         transport.write_left = False
