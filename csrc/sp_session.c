@@ -12,6 +12,12 @@
  * Entries are searched linearly by a hash first: at most SP_SESSION_CACHE_SIZE of them, a few
  * hundred integer compares beside a handshake. One mutex guards the table; nothing waits
  * while holding it.
+ *
+ * fork() from one thread while another is inside a cache (a lookup, a new ticket) would give
+ * the child a table that may be half updated and a lock that stays taken (its holder does not
+ * exist there): the child's first connect with that context would wait forever. So every cache
+ * is on a list, and fork handlers take every cache's lock before the fork (briefly: nothing
+ * waits while holding one) and release them after it, in both processes.
  */
 #include <ctype.h>
 #include <stdio.h>
@@ -27,8 +33,9 @@ typedef struct {
     SSL_SESSION *session;
 } cache_entry;
 
-typedef struct {
+typedef struct session_cache {
     sp_mutex lock;
+    struct session_cache *prev, *next; /* every cache (the fork handlers' list) */
     unsigned long long clock;
     /* Bumped by sp_ctx_forget_sessions: a connection set up before (under the old policy)
      * neither resumes nor files anything afterwards (sp_session_lookup, sp_session_store). */
@@ -38,6 +45,52 @@ typedef struct {
 
 static int cache_index = -1;
 static CRYPTO_ONCE cache_once = CRYPTO_ONCE_STATIC_INIT;
+
+#ifndef _WIN32
+static pthread_mutex_t caches_lock = PTHREAD_MUTEX_INITIALIZER;
+static session_cache *caches;
+
+static void lock_caches(void)
+{
+    session_cache *cache;
+    pthread_mutex_lock(&caches_lock);
+    for (cache = caches; cache != NULL; cache = cache->next)
+        sp_mutex_lock(&cache->lock);
+}
+
+static void unlock_caches(void)
+{
+    session_cache *cache;
+    for (cache = caches; cache != NULL; cache = cache->next)
+        sp_mutex_unlock(&cache->lock);
+    pthread_mutex_unlock(&caches_lock);
+}
+
+static void enlist(session_cache *cache)
+{
+    pthread_mutex_lock(&caches_lock);
+    cache->next = caches;
+    if (caches != NULL)
+        caches->prev = cache;
+    caches = cache;
+    pthread_mutex_unlock(&caches_lock);
+}
+
+static void delist(session_cache *cache)
+{
+    pthread_mutex_lock(&caches_lock);
+    if (cache->prev != NULL)
+        cache->prev->next = cache->next;
+    else if (caches == cache)
+        caches = cache->next;
+    if (cache->next != NULL)
+        cache->next->prev = cache->prev;
+    pthread_mutex_unlock(&caches_lock);
+}
+#else /* (no fork) */
+static void enlist(session_cache *cache) { (void)cache; }
+static void delist(session_cache *cache) { (void)cache; }
+#endif
 
 static void clear_entry(cache_entry *e)
 {
@@ -53,6 +106,7 @@ static void free_cache(void *parent, void *ptr, CRYPTO_EX_DATA *ad, int idx, lon
     (void)parent, (void)ad, (void)idx, (void)argl, (void)argp;
     if (cache == NULL)
         return;
+    delist(cache);
     for (i = 0; i < SP_SESSION_CACHE_SIZE; i++)
         clear_entry(&cache->entries[i]);
     sp_mutex_destroy(&cache->lock);
@@ -61,6 +115,11 @@ static void free_cache(void *parent, void *ptr, CRYPTO_EX_DATA *ad, int idx, lon
 
 static void make_cache_index(void)
 {
+#ifndef _WIN32
+    /* (on failure, ENOMEM, there is no cache: every connect is a full handshake) */
+    if (pthread_atfork(lock_caches, unlock_caches, unlock_caches) != 0)
+        return;
+#endif
     cache_index = SSL_CTX_get_ex_new_index(0, NULL, NULL, NULL, free_cache);
 }
 
@@ -86,6 +145,7 @@ int sp_session_cache_attach(SSL_CTX *ctx)
     if (cache == NULL)
         return 0;
     sp_mutex_init(&cache->lock);
+    enlist(cache);
     if (!SSL_CTX_set_ex_data(ctx, cache_index, cache)) {
         ERR_clear_error();
         free_cache(NULL, cache, NULL, 0, 0, NULL);

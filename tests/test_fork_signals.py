@@ -429,6 +429,156 @@ def test_child_digests_while_parent_thread_digests(tmp_path: Any) -> None:
     assert results == {"file": want_big, "pipe": hashlib.sha1(b"abc").hexdigest()}
 
 
+@pytest.mark.parametrize("held", ["context._secure_lock", "sni._registry_lock", "sni._keylog_lock"])
+def test_child_is_not_stuck_on_a_lock_another_thread_held_at_fork(held: str, tmp_path: Any) -> None:
+    """fork() while another thread holds one of the library's module locks (every server
+    handshake takes the SNI registry's, the first secure client context holds its lock while it
+    loads the verify sources, SSLKEYLOGFILE lines are appended under one): the child got the
+    lock still taken, by a thread that does not exist there, and its first handshake (or
+    ssl_secure_client_context()) waited forever."""
+    import importlib
+
+    module_name, name = held.split(".")
+    lock = getattr(importlib.import_module(f"sslports.{module_name}"), name)
+    taken, release = threading.Event(), threading.Event()
+
+    def hold() -> None:
+        with lock:
+            taken.set()
+            release.wait(30)
+
+    holder = threading.Thread(target=hold)
+    holder.start()
+    assert taken.wait(10)
+    keylog = tmp_path / "keys.log"
+
+    def child() -> bool:
+        os.environ["SSLKEYLOGFILE"] = str(keylog)  # (read when a context is made)
+        sslports.ssl_secure_client_context()
+        with listening() as (lst, port):
+            cin, cout, sin, sout = connected_pair(lst, port)
+            check_talks(cin, cout, sin, sout, b"child")
+            close_all(cin, cout, sin, sout)
+        return keylog.stat().st_size > 0
+
+    try:
+        assert in_child(child) is True
+    finally:
+        release.set()
+        holder.join(10)
+
+
+# A stand-in for OpenSSL's SSL_SESSION_is_resumable, which the client session cache calls with
+# its lock held (sp_session_lookup): once armed, its first call reports on a descriptor and
+# sleeps, so that a fork() lands while another thread is inside the cache.
+_HOLD_SHIM = r"""
+#define _GNU_SOURCE
+#include <dlfcn.h>
+#include <stdlib.h>
+#include <unistd.h>
+typedef struct ssl_session_st SSL_SESSION;
+static int fired;
+int SSL_SESSION_is_resumable(const SSL_SESSION *s)
+{
+    /* (libssl came with the extension module, out of RTLD_NEXT's reach: ask it by name) */
+    void *libssl = dlopen("libssl.so.3", RTLD_LAZY | RTLD_NOLOAD);
+    if (libssl == NULL)
+        abort();
+    int (*real)(const SSL_SESSION *) =
+        (int (*)(const SSL_SESSION *))dlsym(libssl, "SSL_SESSION_is_resumable");
+    const char *fd = getenv("SP_TEST_HOLD_FD");
+    if (fd != NULL && !__sync_lock_test_and_set(&fired, 1)) {
+        char b = 'x';
+        (void)write(atoi(fd), &b, 1);
+        usleep(1000 * 1000);
+    }
+    return real(s);
+}
+"""
+
+_HOLD_SCRIPT = r"""
+import os, sys, threading
+import sslports
+PEM = str(sslports.TEST_PEM)
+sctx = sslports.ssl_make_server_context("tls12")
+sslports.ssl_load_certificate_chain(sctx, PEM)
+sslports.ssl_load_private_key(sctx, PEM)
+lst = sslports.ssl_listen(0, 16, True, "127.0.0.1", sctx)
+port = sslports.ssl_addresses(lst, True)[1]
+def serve():
+    while True:
+        try:
+            sin, sout = sslports.ssl_accept(lst)
+        except sslports.SSLError:
+            return
+        sout.write(sin.read(1))
+        sout.close()
+        sin.close()
+threading.Thread(target=serve, daemon=True).start()
+ctx = sslports.ssl_make_client_context("tls12")
+def talk():
+    cin, cout = sslports.ssl_connect("127.0.0.1", port, ctx, timeout=10)
+    cout.write(b"x")
+    cout.flush()
+    assert cin.read(1) == b"x"
+    reused = sslports.ssl_session_reused(cin)
+    cin.close()
+    cout.close()
+    return reused
+assert talk() is False  # (a full handshake: its session goes into the cache)
+r, w = os.pipe()
+os.environ["SP_TEST_HOLD_FD"] = str(w)
+inside = threading.Thread(target=talk)
+inside.start()
+assert os.read(r, 1) == b"x"  # that thread is in the cache's lookup, with its lock held
+pid = os.fork()
+if pid == 0:
+    code = 1
+    try:
+        code = 0 if talk() is True else 2
+    finally:
+        os._exit(code)
+inside.join(10)
+for _ in range(200):  # (10 s)
+    done, status = os.waitpid(pid, os.WNOHANG)
+    if done:
+        print("child exit", os.waitstatus_to_exitcode(status))
+        break
+    threading.Event().wait(0.05)
+else:
+    os.kill(pid, 9)
+    os.waitpid(pid, 0)
+    print("child hung")
+"""
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="LD_PRELOAD shim: Linux")
+def test_child_connects_when_another_thread_was_inside_the_session_cache(tmp_path: Any) -> None:
+    """fork() while another thread looks a session up in the client context's cache (its lock
+    held): the child's first connect with that context waited forever for a lock whose holder
+    does not exist in the child. The cache's fork handlers now take its lock around fork()."""
+    import shutil
+    import subprocess
+
+    cc = shutil.which("cc")
+    assert cc is not None, "the project's setup installs a C compiler"
+    shim = tmp_path / "hold.so"
+    src = tmp_path / "hold.c"
+    src.write_text(_HOLD_SHIM)
+    subprocess.run([cc, "-shared", "-fPIC", "-O1", "-o", str(shim), str(src), "-ldl"], check=True)
+    env = dict(os.environ, LD_PRELOAD=str(shim))
+    env["PYTHONPATH"] = os.path.dirname(os.path.dirname(sslports.__file__))
+    out = subprocess.run(
+        [sys.executable, "-c", _HOLD_SCRIPT],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "child exit 0", out.stdout + out.stderr
+
+
 def test_multiprocessing_fork_child_uses_inherited_context() -> None:
     """multiprocessing with the fork start method: a pool worker connects with the parent's
     client context; the parent's open connection is unaffected by the worker's exit."""

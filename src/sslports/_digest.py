@@ -190,6 +190,16 @@ _warned = False
 _warn_lock = threading.Lock()
 
 
+def _new_lock_in_child() -> None:
+    """(see context._new_lock_in_child)"""
+    global _warn_lock
+    _warn_lock = threading.Lock()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_new_lock_in_child)
+
+
 def _warn_fallback_once() -> None:
     global _warned
     with _warn_lock:

@@ -373,6 +373,17 @@ _secure_lock = threading.Lock()
 _SECURE_CACHE_SIZE = 8
 
 
+def _new_lock_in_child() -> None:
+    """fork() copies a lock that another thread holds (loading the verify sources takes a
+    while) into a child where nobody will release it: the child gets its own (as logging's)."""
+    global _secure_lock
+    _secure_lock = threading.Lock()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_new_lock_in_child)
+
+
 def ssl_secure_client_context() -> SSLClientContext:
     """The cached, sealed client context that verifies certificates and hostnames.
 

@@ -80,6 +80,18 @@ def _sni(c: Any, name: Any, switch_to: Any, verify_flags: Any) -> int:
 _keylog_lock = threading.Lock()
 
 
+def _new_locks_in_child() -> None:
+    """fork() copies a lock that another thread holds (every server handshake takes the
+    registry's) into a child where nobody will release it: the child gets its own."""
+    global _registry_lock, _keylog_lock
+    _registry_lock = threading.Lock()
+    _keylog_lock = threading.Lock()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_new_locks_in_child)
+
+
 def _append_keylog_file(path: str, line: bytes) -> None:
     with _keylog_lock:
         fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
