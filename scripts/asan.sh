@@ -71,9 +71,11 @@ if _PRELOAD:
 
     def _popen_init(self, args, *a, **kw):
         env = dict(kw["env"] if kw.get("env") is not None else os.environ)
-        env.pop("LD_PRELOAD", None)
+        own = env.pop("LD_PRELOAD", "")  # (a test's own shim: kept, after libasan)
         if _is_python(args, kw.get("shell", False)):
-            env["LD_PRELOAD"] = _PRELOAD
+            own = " ".join(filter(None, [_PRELOAD, own]))
+        if own:
+            env["LD_PRELOAD"] = own
         kw["env"] = env
         _init(self, args, *a, **kw)
 

@@ -566,8 +566,10 @@ def test_child_connects_when_another_thread_was_inside_the_session_cache(tmp_pat
     src = tmp_path / "hold.c"
     src.write_text(_HOLD_SHIM)
     subprocess.run([cc, "-shared", "-fPIC", "-O1", "-o", str(shim), str(src), "-ldl"], check=True)
-    env = dict(os.environ, LD_PRELOAD=str(shim))
-    env["PYTHONPATH"] = os.path.dirname(os.path.dirname(sslports.__file__))
+    env = dict(os.environ)
+    env["LD_PRELOAD"] = " ".join(filter(None, [env.get("LD_PRELOAD"), str(shim)]))
+    here = os.path.dirname(os.path.dirname(sslports.__file__))  # (this sslports, first)
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [here, env.get("PYTHONPATH")]))
     out = subprocess.run(
         [sys.executable, "-c", _HOLD_SCRIPT],
         env=env,
