@@ -833,7 +833,8 @@ class Connection:
             status = lib.sp_read(self.ptr, buf, len(view), 0, got, deadline.slice_ms(), err)
         if status in (lib.SP_OK, lib.SP_WANT_READ, lib.SP_WANT_WRITE):
             if got[0] == 0 and status != lib.SP_OK:
-                if self.is_socket and deadline.expired():
+                # (streams too: their read under a deadline gives up at it, and returns here)
+                if deadline.expired():
                     raise SSLTimeoutError(f"{func}: timed out")
                 with self.transport_errors(func, "read"):
                     self.wait_for_pump(status, deadline, func, seen)
@@ -876,7 +877,9 @@ class Connection:
                     if status == _SP_OK and total >= size:
                         break
                     if status in (_SP_OK, _SP_WANT_READ, _SP_WANT_WRITE):
-                        if self.is_socket and deadline.expired():
+                        # (streams too: a write that drives a renegotiation reads, and a
+                        # read under a deadline gives up at it, and returns here)
+                        if deadline.expired():
                             exc = SSLTimeoutError(f"{func}: write timed out")
                             exc.characters_written = total  # type: ignore[attr-defined]
                             try:

@@ -1,0 +1,206 @@
+"""Post-handshake messages (TLS 1.2 renegotiation) over stream ports, at the edges the
+full-duplex tests of test_interop_features.py do not reach: a deadline that expires in the
+middle of a renegotiation, for a client's writer (``openssl s_server`` renegotiates) and for a
+server's ``ssl_try_verify`` (which renegotiates itself).
+
+The peer is stalled in the middle of the renegotiation by an output stream that holds our
+flight back (`GatedWriter`), so the deadline is met at a known point.
+"""
+
+from __future__ import annotations
+
+import socket
+import threading
+import time
+from typing import Any
+
+import pytest
+from conftest import LOCAL, random_bytes, read_exactly, run_in_thread, sha1
+
+import sslports
+
+TIMEOUT = 30.0
+SHORT = 0.5  # the deadline that expires in the middle of the renegotiation
+# A stall detector: the correct outcome (a TimeoutError at SHORT) takes well under a second;
+# a call that never checks its deadline only ends once the peer moves on, i.e. never here.
+STALL_BOUND = 10.0
+
+_COMMAND_BYTES = b"QqPS\r\nrRkKc"
+_NO_COMMANDS = bytes.maketrans(_COMMAND_BYTES, bytes(b ^ 0x80 for b in _COMMAND_BYTES))
+_REPORT_LINES = (b"SSL_do_handshake -> 1\n", b"Read BLOCK\n")
+
+
+class GatedWriter:
+    """A writable stream that holds every write while its gate is closed."""
+
+    def __init__(self, raw: Any) -> None:
+        self.raw = raw
+        self.open = threading.Event()
+        self.open.set()
+
+    def write(self, data: Any) -> int:
+        if not self.open.wait(TIMEOUT):
+            raise TimeoutError("GatedWriter: the gate stayed closed")
+        return int(self.raw.write(data))
+
+    def flush(self) -> None:
+        self.raw.flush()
+
+    def close(self) -> None:
+        self.open.set()
+        self.raw.close()
+
+
+def _outcome(fn: Any) -> Any:
+    """fn's result or the exception it raised, within STALL_BOUND (None: still running)."""
+    box: list[Any] = []
+
+    def run() -> None:
+        try:
+            box.append(fn())
+        except BaseException as exc:
+            box.append(exc)
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    thread.join(STALL_BOUND)
+    return box[0] if box else None
+
+
+class SServer:
+    """``openssl s_server -tls1_2``: sends its stdin to the client, writes what it receives
+    to stdout (collected here)."""
+
+    def __init__(self, pki: Any, openssl_tool: Any) -> None:
+        args = ["-cert", str(pki.server_chain), "-key", str(pki.server_key), "-tls1_2"]
+        self.proc, self.port = openssl_tool.s_server([*args, "-naccept", "1"])
+        self.stdout = bytearray()
+        self.pump = threading.Thread(target=self._pump_stdout, daemon=True)
+        self.pump.start()
+
+    def _pump_stdout(self) -> None:
+        while True:
+            chunk = self.proc.stdout.read1(65536)
+            if not chunk:
+                return
+            self.stdout.extend(chunk)
+
+    def send(self, data: bytes) -> None:
+        self.proc.stdin.write(data)
+        self.proc.stdin.flush()
+
+    def command(self, letter: bytes) -> None:
+        time.sleep(0.2)  # (s_server must read the line alone)
+        self.send(letter + b"\n")
+        time.sleep(0.2)
+
+    def received(self, first: bytes, size: int) -> bytes:
+        """What s_server received from `first` (its first bytes) on, up to `size` bytes, once
+        it exited."""
+        self.proc.wait(TIMEOUT)
+        self.pump.join(TIMEOUT)
+        output = bytes(self.stdout)
+        for line in _REPORT_LINES:
+            output = output.replace(line, b"")
+        start = output.find(first)
+        assert start >= 0
+        return output[start : start + size]
+
+
+def test_client_write_deadline_during_server_renegotiation(pki: Any, openssl_tool: Any) -> None:
+    """Stream ports with a timeout (reads go through the receiver thread). s_server
+    renegotiates; our ClientHello is held back, so the renegotiation stalls, and a write then
+    has to read (the writer drives the renegotiation). The write never checked its deadline
+    over streams (only a socket's pump call did): it spun at 100% CPU, past its timeout, for as
+    long as the peer said nothing. It must raise TimeoutError with nothing lost or sent twice,
+    and a retry once the peer moves on must send the rest."""
+    server = SServer(pki, openssl_tool)
+    sock = socket.create_connection((LOCAL, server.port), timeout=TIMEOUT)
+    gate = GatedWriter(sock.makefile("wb", buffering=0))
+    inp, out = sslports.ports_to_ssl_ports(
+        sock.makefile("rb", buffering=0),
+        gate,
+        mode="connect",
+        context=pki.client_context("tls12"),
+        hostname="localhost",
+        close_original=True,
+        timeout=TIMEOUT,
+    )
+    before, behind, after = (
+        random_bytes(n, seed=60 + i).translate(_NO_COMMANDS)
+        for i, n in enumerate((50_000, 20_000, 300_000))
+    )
+    upstream = random_bytes(300_000, seed=63)
+    try:
+        server.send(before)
+        assert read_exactly(inp, len(before)) == before
+        gate.open.clear()
+        server.command(b"r")
+        server.send(behind)  # (data right behind the HelloRequest)
+        assert read_exactly(inp, len(behind)) == behind  # the HelloRequest was read too
+
+        out.settimeout(SHORT)
+        outcome = _outcome(lambda: (out.write(upstream), out.flush()))
+        gate.open.set()  # (lets a stalled write finish: the test ends either way)
+        assert outcome is not None, "the write ran past its deadline"
+        assert isinstance(outcome, TimeoutError), outcome
+
+        out.settimeout(TIMEOUT)
+        out.flush()  # the rest: the renegotiation goes on now
+        server.send(after)
+        assert read_exactly(inp, len(after)) == after
+    finally:
+        gate.open.set()
+        inp.close()
+        out.close()
+        sock.close()
+    received = server.received(upstream[:64], len(upstream))
+    assert len(received) == len(upstream)
+    assert sha1(received) == sha1(upstream)
+
+
+@pytest.mark.parametrize("version", ["tls12", "tls13"])
+def test_server_verify_deadline_over_streams(pki: Any, version: str) -> None:
+    """A stream server's ssl_try_verify (TLS 1.2: a renegotiation; TLS 1.3: a certificate
+    request) whose request is held back: the deadline (the input port's timeout) expires. The
+    pump_once loop checked it for sockets only, and spun until the client answered, i.e.
+    forever. It must give up at the deadline; the connection then carries data as before."""
+    listener = socket.create_server((LOCAL, 0))
+    port = listener.getsockname()[1]
+    connect = run_in_thread(
+        lambda: sslports.ssl_connect(LOCAL, port, pki.client_context(version), timeout=TIMEOUT)
+    )
+    conn, _ = listener.accept()
+    listener.close()
+    gate = GatedWriter(conn.makefile("wb", buffering=0))
+    sin, sout = sslports.ports_to_ssl_ports(
+        conn.makefile("rb", buffering=0),
+        gate,
+        mode="accept",
+        context=pki.server_context(version),
+        close_original=True,
+        timeout=TIMEOUT,
+    )
+    cin, cout = connect(TIMEOUT)
+    try:
+        gate.open.clear()
+        sin.settimeout(SHORT)
+        outcome = _outcome(lambda: sslports.ssl_try_verify(sin, True))
+        gate.open.set()
+        assert outcome is not None, "ssl_try_verify ran past its deadline"
+        assert isinstance(outcome, sslports.SSLError), outcome
+        assert "timed out" in str(outcome)
+
+        sin.settimeout(TIMEOUT)
+        cin.settimeout(TIMEOUT)
+        cout.write(b"still here\n")
+        cout.flush()
+        assert read_exactly(sin, 11) == b"still here\n"
+        sout.write(b"and here\n")
+        sout.flush()
+        assert read_exactly(cin, 9) == b"and here\n"
+    finally:
+        gate.open.set()
+        for p in (sin, sout, cin, cout):
+            p.close()
+        conn.close()
