@@ -410,6 +410,21 @@ def pipe_pair() -> Callable[[int], tuple[Pipe, Pipe]]:
         p.close()
 
 
+def collect_stdout(proc: Any, sink: bytearray) -> threading.Thread:
+    """Append everything `proc` writes to its stdout to `sink`, from a daemon thread."""
+
+    def run() -> None:
+        while True:
+            chunk = proc.stdout.read1(65536)
+            if not chunk:
+                return
+            sink.extend(chunk)
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    return thread
+
+
 def run_in_thread(fn: Callable[[], Any]) -> Callable[..., Any]:
     """Start fn in a daemon thread; the returned join(timeout=60) gives its result or re-raises."""
     return in_thread(fn, default_timeout=60.0)

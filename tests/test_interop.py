@@ -23,12 +23,11 @@ import re
 import socket
 import ssl
 import subprocess
-import threading
 from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import LOCAL, MIB, random_bytes, read_exactly, run_in_thread, sha1
+from conftest import LOCAL, MIB, collect_stdout, random_bytes, read_exactly, run_in_thread, sha1
 from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding
 
@@ -264,16 +263,7 @@ def test_sslports_client_openssl_s_server(
     to_client = random_bytes(MIB + 99, seed=3).translate(_NO_COMMANDS)
     to_server = random_bytes(MIB + 101, seed=4)
     server_stdout = bytearray()
-
-    def pump_stdout() -> None:
-        while True:
-            chunk = proc.stdout.read1(65536)
-            if not chunk:
-                return
-            server_stdout.extend(chunk)
-
-    stdout_thread = threading.Thread(target=pump_stdout, daemon=True)
-    stdout_thread.start()
+    stdout_thread = collect_stdout(proc, server_stdout)
 
     inp, out = sslports.ssl_connect("localhost", port, pki.client_context(version), alpn=ALPN_OFFER)
     assert sslports.ssl_protocol_version(inp) == version

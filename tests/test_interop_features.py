@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any, Optional
 
 import pytest
-from conftest import LOCAL, MIB, random_bytes, read_exactly, run_in_thread, sha1
+from conftest import LOCAL, MIB, collect_stdout, random_bytes, read_exactly, run_in_thread, sha1
 
 import sslports
 
@@ -47,8 +47,7 @@ class DuplexClient:
     def __init__(self, pki: Any, proc: Any, port: int, version: str, streams: bool) -> None:
         self.proc = proc
         self.stdout = bytearray()
-        self.pump = threading.Thread(target=self._pump_stdout, daemon=True)
-        self.pump.start()
+        self.pump = collect_stdout(proc, self.stdout)
         ctx = pki.client_context(version)
         self.sock: Optional[socket.socket] = None
         if streams:  # TLS over the TCP socket's two stream files (memory BIOs: stream mode)
@@ -70,13 +69,6 @@ class DuplexClient:
         self.stop = threading.Event()
         self.join_writer = run_in_thread(self._write)
         self.got = bytearray()
-
-    def _pump_stdout(self) -> None:
-        while True:
-            chunk = self.proc.stdout.read1(65536)
-            if not chunk:
-                return
-            self.stdout.extend(chunk)
 
     def _write(self) -> None:
         step = 32768

@@ -15,7 +15,8 @@ import time
 from typing import Any
 
 import pytest
-from conftest import LOCAL, random_bytes, read_exactly, run_in_thread, sha1
+from conftest import LOCAL, collect_stdout, random_bytes, read_exactly, run_in_thread, sha1
+from test_interop_features import _NO_COMMANDS, _REPORT_LINES
 
 import sslports
 
@@ -24,10 +25,6 @@ SHORT = 0.5  # the deadline that expires in the middle of the renegotiation
 # A stall detector: the correct outcome (a TimeoutError at SHORT) takes well under a second;
 # a call that never checks its deadline only ends once the peer moves on, i.e. never here.
 STALL_BOUND = 10.0
-
-_COMMAND_BYTES = b"QqPS\r\nrRkKc"
-_NO_COMMANDS = bytes.maketrans(_COMMAND_BYTES, bytes(b ^ 0x80 for b in _COMMAND_BYTES))
-_REPORT_LINES = (b"SSL_do_handshake -> 1\n", b"Read BLOCK\n")
 
 
 class GatedWriter:
@@ -75,15 +72,7 @@ class SServer:
         args = ["-cert", str(pki.server_chain), "-key", str(pki.server_key), "-tls1_2"]
         self.proc, self.port = openssl_tool.s_server([*args, "-naccept", "1"])
         self.stdout = bytearray()
-        self.pump = threading.Thread(target=self._pump_stdout, daemon=True)
-        self.pump.start()
-
-    def _pump_stdout(self) -> None:
-        while True:
-            chunk = self.proc.stdout.read1(65536)
-            if not chunk:
-                return
-            self.stdout.extend(chunk)
+        self.pump = collect_stdout(self.proc, self.stdout)
 
     def send(self, data: bytes) -> None:
         self.proc.stdin.write(data)
