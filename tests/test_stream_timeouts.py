@@ -78,3 +78,27 @@ def test_nonblocking_stream_without_data_is_not_fatal_under_a_timeout(pki: Any) 
             p.close()
         for f in files:
             f.close()
+
+
+@pytest.mark.parametrize("close_original", [False, True])
+def test_close_wakes_a_read_waiting_under_a_timeout(pki: Any, close_original: bool) -> None:
+    """A thread reads a silent stream under a 30 s port timeout (its read waits for the
+    receiver thread); another thread closes both ports. The reader used to wait out its whole
+    timeout; it now ends at once with the connection's EOF, as a socket port's read does when
+    the ports are closed under it."""
+    c_in, s_out, s_in, c_out = _pipes()
+    kw = {"close_original": close_original}
+    client, server = connect_pair(pki, (c_in, c_out), (s_in, s_out), client_kw=kw)
+    client[0].settimeout(30.0)
+    reading = run_in_thread(lambda: client[0].read(5))
+    threading.Event().wait(0.3)  # (the read is waiting: nothing will arrive)
+    for p in client:
+        p.close()
+    # Bounded well below the timeout: the correct outcome takes milliseconds.
+    assert reading(10) == b""
+    for p in server:
+        p.close()
+    # The write ends first: the read still outstanding on c_in (close_original=False leaves it
+    # to the caller's stream) then meets EOF, and closing c_in does not wait for it.
+    for f in (s_out, c_out, s_in, c_in):
+        f.close()

@@ -296,8 +296,11 @@ class _Receiver:
                     self.thread.start()
                 self.cond.notify_all()
             self.cond.wait_for(
-                lambda: self.result is not None or self.error is not None, deadline.remaining()
+                lambda: self.result is not None or self.error is not None or self.stopping,
+                deadline.remaining(),
             )
+            if self.result is None and self.error is None and self.stopping:
+                return b""  # the connection was closed under this read: its EOF
             if self.error is not None:  # (sticky: the stream failed)
                 exc = self.error
                 if isinstance(exc, BlockingIOError):
