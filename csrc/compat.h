@@ -47,6 +47,7 @@ typedef SRWLOCK sp_mutex;
 #define sp_mutex_lock(m) AcquireSRWLockExclusive(m)
 #define sp_mutex_unlock(m) ReleaseSRWLockExclusive(m)
 #define sp_mutex_trylock(m) (TryAcquireSRWLockExclusive(m) != 0) /* 1 when taken */
+#define SP_MUTEX_INITIALIZER SRWLOCK_INIT
 typedef SOCKET sp_socket;
 #define sp_poll WSAPoll
 #define SP_SOCK_ERRNO() WSAGetLastError()
@@ -69,6 +70,7 @@ typedef pthread_mutex_t sp_mutex;
 #define sp_mutex_lock(m) pthread_mutex_lock(m)
 #define sp_mutex_unlock(m) pthread_mutex_unlock(m)
 #define sp_mutex_trylock(m) (pthread_mutex_trylock(m) == 0) /* 1 when taken */
+#define SP_MUTEX_INITIALIZER PTHREAD_MUTEX_INITIALIZER
 typedef int sp_socket;
 #define sp_poll poll
 #define SP_SOCK_ERRNO() errno

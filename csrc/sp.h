@@ -31,6 +31,11 @@ void sp_err_reset(sp_err *err);
 /* Drain the thread's OpenSSL error queue into err (always empties the queue). */
 void sp_err_drain(sp_err *err);
 const char *sp_build_version(void);
+/* Run make() until it succeeds once (*done then stays 1): CRYPTO_THREAD_run_once, except that a
+ * make() that failed (out of memory) is tried again by the next caller, instead of failing
+ * every later call for the life of the process. 1 once made, 0 when make() failed (its errors
+ * stay queued). make() must not call sp_once itself. */
+int sp_once(int *done, int (*make)(void));
 const char *sp_openssl_version_text(void);
 unsigned long sp_openssl_version_number(void);
 unsigned long sp_openssl_linked_version_number(void);

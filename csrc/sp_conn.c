@@ -183,11 +183,12 @@ int sp_conn_forked(const sp_conn *c)
 }
 
 static int conn_index = -1;
-static CRYPTO_ONCE conn_index_once = CRYPTO_ONCE_STATIC_INIT;
+static int conn_index_made;
 
-static void make_conn_index(void)
+static int make_conn_index(void)
 {
     conn_index = SSL_get_ex_new_index(0, NULL, NULL, NULL, NULL);
+    return conn_index >= 0;
 }
 
 /* The SSL's info callback: remember that the peer's close_notify alert arrived, which tells
@@ -235,6 +236,9 @@ static void invalidate_session(sp_conn *c)
         SSL_CTX_remove_session(SSL_get_SSL_CTX(c->ssl), c->session);
 }
 
+/* The reason a connection is broken when there was no memory for a copy of the real one. */
+static const sp_err broken_no_memory = {0, ENOMEM, -1, 0, ""};
+
 /* Remember err as the reason the connection is broken (ssl_lock held). */
 static void mark_broken(sp_conn *c, const sp_err *err)
 {
@@ -243,9 +247,11 @@ static void mark_broken(sp_conn *c, const sp_err *err)
     if (c->eof_status != 0)
         return;
     if (c->broken == NULL) {
-        c->broken = malloc(sizeof *c->broken);
-        if (c->broken != NULL)
-            memcpy(c->broken, err, sizeof *err);
+        sp_err *copy = malloc(sizeof *copy);
+        if (copy != NULL)
+            memcpy(copy, err, sizeof *err);
+        /* (without memory for the copy it is broken all the same: later calls say ENOMEM) */
+        c->broken = copy != NULL ? copy : (sp_err *)&broken_no_memory;
     }
     invalidate_session(c);
 }
@@ -327,7 +333,7 @@ sp_conn *sp_conn_new(SSL_CTX *ctx, int is_server, int fd, sp_err *err)
 {
     sp_conn *c;
     ERR_clear_error();
-    if (!CRYPTO_THREAD_run_once(&conn_index_once, make_conn_index) || conn_index < 0) {
+    if (!sp_once(&conn_index_made, make_conn_index)) {
         sp_err_drain(err);
         return NULL;
     }
@@ -338,8 +344,10 @@ sp_conn *sp_conn_new(SSL_CTX *ctx, int is_server, int fd, sp_err *err)
     }
 #endif
     c = calloc(1, sizeof *c);
-    if (c == NULL)
+    if (c == NULL) {
+        err->sys_errno = ENOMEM;
         return NULL;
+    }
     c->forks_at_birth = sp_flag_get(&forks_seen);
     c->child_forks_at_birth = sp_flag_get(&child_forks);
     c->fd = (sp_socket)fd;
@@ -410,7 +418,8 @@ void sp_conn_free(sp_conn *c)
     if (c->early_heap)
         free(c->early);
     free(c->stash);
-    free(c->broken);
+    if (c->broken != &broken_no_memory)
+        free(c->broken);
     sp_mutex_destroy(&c->ssl_lock);
     sp_mutex_destroy(&c->send_lock);
     free(c);
@@ -639,26 +648,29 @@ static int sock_bio_write(BIO *bio, const char *data, int len)
     BIO_clear_retry_flags(bio);
     if (len <= 0)
         return 0;
+    sent = send_direct(c, data, (size_t)len);
+    if (sent < (size_t)len) {
+        data += sent;
+        need = c->outq_len + ((size_t)len - sent);
+        if (need > c->outq_cap) {
+            size_t cap = c->outq_cap ? c->outq_cap
+                                     : need < SP_OUTQ_SMALL ? need : SP_OUTQ_INITIAL;
+            unsigned char *grown;
+            while (cap < need)
+                cap *= 2;
+            grown = realloc(c->outq, cap);
+            if (grown == NULL) {
+                c->bio_errno = ENOMEM; /* (the failed call's reason: note_bio_errno) */
+                return -1;
+            }
+            c->outq = grown;
+            c->outq_cap = cap;
+        }
+        memcpy(c->outq + c->outq_len, data, (size_t)len - sent);
+        c->outq_len = need;
+    }
     if (c->reading)
         c->read_out += (size_t)len;
-    sent = send_direct(c, data, (size_t)len);
-    if (sent == (size_t)len)
-        return len;
-    data += sent;
-    need = c->outq_len + ((size_t)len - sent);
-    if (need > c->outq_cap) {
-        size_t cap = c->outq_cap ? c->outq_cap : need < SP_OUTQ_SMALL ? need : SP_OUTQ_INITIAL;
-        unsigned char *grown;
-        while (cap < need)
-            cap *= 2;
-        grown = realloc(c->outq, cap);
-        if (grown == NULL)
-            return -1;
-        c->outq = grown;
-        c->outq_cap = cap;
-    }
-    memcpy(c->outq + c->outq_len, data, (size_t)len - sent);
-    c->outq_len = need;
     return len;
 }
 
@@ -761,26 +773,27 @@ static int sock_bio_destroy(BIO *bio)
 }
 
 static BIO_METHOD *sock_method;
-static CRYPTO_ONCE sock_method_once = CRYPTO_ONCE_STATIC_INIT;
+static int sock_method_made;
 
-static void make_sock_method(void)
+static int make_sock_method(void)
 {
     BIO_METHOD *m = BIO_meth_new(BIO_get_new_index() | BIO_TYPE_SOURCE_SINK, "sslports socket");
     if (m == NULL)
-        return;
+        return 0;
     if (!BIO_meth_set_write(m, sock_bio_write) || !BIO_meth_set_read(m, sock_bio_read)
         || !BIO_meth_set_ctrl(m, sock_bio_ctrl) || !BIO_meth_set_create(m, sock_bio_create)
         || !BIO_meth_set_destroy(m, sock_bio_destroy)) {
         BIO_meth_free(m);
-        return;
+        return 0;
     }
     sock_method = m;
+    return 1;
 }
 
 static BIO *new_sock_bio(sp_conn *c)
 {
     BIO *bio;
-    if (!CRYPTO_THREAD_run_once(&sock_method_once, make_sock_method) || sock_method == NULL)
+    if (!sp_once(&sock_method_made, make_sock_method))
         return NULL;
     bio = BIO_new(sock_method);
     if (bio != NULL)
@@ -1551,6 +1564,15 @@ int sp_feed(sp_conn *c, const unsigned char *data, size_t len)
         ok = n == part;
         data += part;
         len -= (size_t)part;
+    }
+    if (!ok) {
+        /* (out of memory) The caller has taken these bytes from its stream: without them the
+         * peer's records can never be read, and a read would wait for the rest forever. */
+        sp_err err;
+        sp_err_reset(&err);
+        err.sys_errno = ENOMEM;
+        ERR_clear_error();
+        mark_broken(c, &err);
     }
     sp_mutex_unlock(&c->ssl_lock);
     return ok;

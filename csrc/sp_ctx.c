@@ -1,4 +1,5 @@
 /* sp_ctx.c - SSL_CTX helpers that are easier in C than through the FFI. */
+#include <errno.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -15,7 +16,7 @@ typedef struct alpn_policy {
 } alpn_policy;
 
 static int alpn_index = -1;
-static CRYPTO_ONCE alpn_once = CRYPTO_ONCE_STATIC_INIT;
+static int alpn_made;
 
 static void free_alpn(void *parent, void *ptr, CRYPTO_EX_DATA *ad, int idx, long argl, void *argp)
 {
@@ -27,16 +28,15 @@ static void free_alpn(void *parent, void *ptr, CRYPTO_EX_DATA *ad, int idx, long
     }
 }
 
-static void make_alpn_index(void)
+static int make_alpn_index(void)
 {
     alpn_index = SSL_CTX_get_ex_new_index(0, NULL, NULL, NULL, free_alpn);
+    return alpn_index >= 0;
 }
 
 static int get_alpn_index(void)
 {
-    if (!CRYPTO_THREAD_run_once(&alpn_once, make_alpn_index))
-        return -1;
-    return alpn_index;
+    return sp_once(&alpn_made, make_alpn_index) ? alpn_index : -1;
 }
 
 
@@ -72,7 +72,7 @@ typedef struct ctx_guard {
 } ctx_guard;
 
 static int guard_index = -1;
-static CRYPTO_ONCE guard_once = CRYPTO_ONCE_STATIC_INIT;
+static int guard_made;
 
 /* The steps this thread is inside, innermost first (a callback may open a connection of its
  * own: steps nest). */
@@ -88,9 +88,10 @@ static void free_guard(void *parent, void *ptr, CRYPTO_EX_DATA *ad, int idx, lon
     }
 }
 
-static void make_guard_index(void)
+static int make_guard_index(void)
 {
     guard_index = SSL_CTX_get_ex_new_index(0, NULL, NULL, NULL, free_guard);
+    return guard_index >= 0;
 }
 
 static ctx_guard *guard_of(const SSL_CTX *ctx)
@@ -101,7 +102,7 @@ static ctx_guard *guard_of(const SSL_CTX *ctx)
 static int attach_guard(SSL_CTX *ctx)
 {
     ctx_guard *g;
-    if (!CRYPTO_THREAD_run_once(&guard_once, make_guard_index) || guard_index < 0)
+    if (!sp_once(&guard_made, make_guard_index))
         return 0;
     g = calloc(1, sizeof *g);
     if (g == NULL)
@@ -279,12 +280,10 @@ SSL_CTX *sp_ctx_new(int is_server, sp_err *err)
         return NULL;
     }
     ctx = SSL_CTX_new(is_server ? TLS_server_method() : TLS_client_method());
-    if (ctx == NULL) {
+    if (ctx == NULL || !attach_guard(ctx)) {
         sp_err_drain(err);
-        return NULL;
-    }
-    if (!attach_guard(ctx)) {
-        sp_err_drain(err);
+        if (err->nerrs == 0) /* (our allocations, and some of OpenSSL's, queue no error) */
+            err->sys_errno = ENOMEM;
         SSL_CTX_free(ctx);
         return NULL;
     }
@@ -544,7 +543,8 @@ sp_conn *sp_ctx_open_conn(SSL_CTX *ctx, int is_server, int fd, int verify_flags,
         }
     }
     if (cache_host != NULL && !sp_conn_use_session_cache(c, cache_host, cache_port, cache_epoch)) {
-        sp_conn_free(c); /* out of memory */
+        err->sys_errno = ENOMEM;
+        sp_conn_free(c);
         return NULL;
     }
     return c;

@@ -31,6 +31,21 @@ void sp_err_drain(sp_err *err)
     }
 }
 
+static sp_mutex once_lock = SP_MUTEX_INITIALIZER;
+
+int sp_once(int *done, int (*make)(void))
+{
+    int ok;
+    if (sp_flag_get(done))
+        return 1;
+    sp_mutex_lock(&once_lock);
+    ok = *done || make();
+    if (ok)
+        sp_flag_set(done, 1);
+    sp_mutex_unlock(&once_lock);
+    return ok;
+}
+
 const char *sp_build_version(void)
 {
     return SP_BUILD_VERSION;

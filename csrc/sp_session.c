@@ -44,7 +44,7 @@ typedef struct session_cache {
 } session_cache;
 
 static int cache_index = -1;
-static CRYPTO_ONCE cache_once = CRYPTO_ONCE_STATIC_INIT;
+static int cache_made;
 
 #ifndef _WIN32
 static pthread_mutex_t caches_lock = PTHREAD_MUTEX_INITIALIZER;
@@ -113,20 +113,23 @@ static void free_cache(void *parent, void *ptr, CRYPTO_EX_DATA *ad, int idx, lon
     free(cache);
 }
 
-static void make_cache_index(void)
+static int make_cache_index(void)
 {
 #ifndef _WIN32
-    /* (on failure, ENOMEM, there is no cache: every connect is a full handshake) */
-    if (pthread_atfork(lock_caches, unlock_caches, unlock_caches) != 0)
-        return;
+    static int fork_handlers; /* (installed once: sp_once runs this again after a failure) */
+    /* (on failure, ENOMEM, there is no cache yet: connects are full handshakes meanwhile) */
+    if (!fork_handlers && pthread_atfork(lock_caches, unlock_caches, unlock_caches) != 0)
+        return 0;
+    fork_handlers = 1;
 #endif
     cache_index = SSL_CTX_get_ex_new_index(0, NULL, NULL, NULL, free_cache);
+    return cache_index >= 0;
 }
 
-/* The ex_data index the caches hang off, made once; 0 when OpenSSL cannot make one. */
+/* The ex_data index the caches hang off, made once; 0 when OpenSSL cannot make one (yet). */
 static int have_cache_index(void)
 {
-    return CRYPTO_THREAD_run_once(&cache_once, make_cache_index) && cache_index >= 0;
+    return sp_once(&cache_made, make_cache_index);
 }
 
 static session_cache *cache_of(SSL_CTX *ctx)

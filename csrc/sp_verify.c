@@ -8,6 +8,7 @@
  * is safe because no thread ever waits for that lock while holding the GIL (every shim call
  * releases the GIL first).
  */
+#include <errno.h>
 #include <stdio.h>
 #include <string.h>
 
@@ -89,19 +90,30 @@ static size_t put_ip(char *out, size_t cap, size_t used, const ASN1_OCTET_STRING
     return put_name(out, cap, used, (const unsigned char *)text, n);
 }
 
-size_t sp_peer_hostnames(sp_conn *c, char *out, size_t cap)
+size_t sp_peer_hostnames(sp_conn *c, char *out, size_t cap, sp_err *err)
 {
     size_t used = 0;
-    int i, dns = 0;
+    int i, dns = 0, found = -1;
     X509 *cert;
     GENERAL_NAMES *sans;
+    sp_err_reset(err);
     sp_conn_lock(c);
+    ERR_clear_error();
     cert = peer_cert_locked(c);
     if (cert == NULL) {
         sp_conn_unlock(c);
         return 0;
     }
-    sans = X509_get_ext_d2i(cert, NID_subject_alt_name, NULL, NULL);
+    sans = X509_get_ext_d2i(cert, NID_subject_alt_name, &found, NULL);
+    if (sans == NULL && found != -1) {
+        /* The names are there but cannot be read (out of memory, or malformed): no list at
+         * all, rather than the CN that RFC 6125 says they replace. */
+        sp_err_drain(err);
+        if (err->nerrs == 0)
+            err->sys_errno = ENOMEM;
+        sp_conn_unlock(c);
+        return 0;
+    }
     for (i = 0; sans != NULL && i < sk_GENERAL_NAME_num(sans); i++) {
         const GENERAL_NAME *gn = sk_GENERAL_NAME_value(sans, i);
         if (gn->type == GEN_DNS) {
@@ -120,8 +132,13 @@ size_t sp_peer_hostnames(sp_conn *c, char *out, size_t cap)
             unsigned char *utf8 = NULL;
             int len = ASN1_STRING_to_UTF8(
                 &utf8, X509_NAME_ENTRY_get_data(X509_NAME_get_entry(subject, last)));
-            if (len >= 0)
+            if (len >= 0) {
                 used = put_name(out, cap, used, utf8, (size_t)len);
+            } else { /* (the CN cannot be read: no list, as above) */
+                sp_err_drain(err);
+                if (err->nerrs == 0)
+                    err->sys_errno = ENOMEM;
+            }
             OPENSSL_free(utf8);
         }
     }
@@ -142,11 +159,23 @@ int sp_peer_check_hostname(sp_conn *c, const char *name, size_t len, int is_ip)
     X509 *cert;
     sp_conn_lock(c);
     cert = peer_cert_locked(c);
-    if (cert != NULL) {
-        if (is_ip)
-            ok = X509_check_ip_asc(cert, name, 0) == 1;
-        else
-            ok = X509_check_host(cert, name, len, X509_CHECK_FLAG_NO_PARTIAL_WILDCARDS, NULL)
+    if (is_ip && cert != NULL) {
+        ok = X509_check_ip_asc(cert, name, 0) == 1;
+    } else if (cert != NULL) {
+        /* With DNS SANs the CN is never checked. OpenSSL checks it when it cannot decode them
+         * (out of memory), which would accept a name only the CN holds: decode them here
+         * first, and fail when that fails. */
+        int found = -1, i, dns = 0, readable;
+        GENERAL_NAMES *sans = X509_get_ext_d2i(cert, NID_subject_alt_name, &found, NULL);
+        readable = sans != NULL || found == -1; /* (decoded, or there are none) */
+        for (i = 0; sans != NULL && i < sk_GENERAL_NAME_num(sans); i++)
+            dns |= sk_GENERAL_NAME_value(sans, i)->type == GEN_DNS;
+        GENERAL_NAMES_free(sans);
+        if (readable)
+            ok = X509_check_host(cert, name, len,
+                                 X509_CHECK_FLAG_NO_PARTIAL_WILDCARDS
+                                     | (dns ? X509_CHECK_FLAG_NEVER_CHECK_SUBJECT : 0),
+                                 NULL)
                  == 1;
     }
     ERR_clear_error();

@@ -9,8 +9,9 @@ enum { SP_CB_TLS_UNIQUE = 1, SP_CB_TLS_SERVER_END_POINT = 2, SP_CB_TLS_EXPORTER 
 int sp_peer_verified(sp_conn *c);
 /* 1 when the peer presented a certificate at all. */
 /* The peer's names into out, each as a 4-byte big-endian length and its bytes (a name may
- * hold a NUL); returns the bytes needed (call again if > cap). */
-size_t sp_peer_hostnames(sp_conn *c, char *out, size_t cap);
+ * hold a NUL); returns the bytes needed (call again if > cap). When names the certificate
+ * holds cannot be read (out of memory, malformed), err says why (nerrs or sys_errno). */
+size_t sp_peer_hostnames(sp_conn *c, char *out, size_t cap, sp_err *err);
 /* RFC 6125 check of the peer certificate (no partial wildcards); 0 without a certificate. */
 int sp_peer_check_hostname(sp_conn *c, const char *name, size_t len, int is_ip);
 /* X509_NAME_oneline of the peer's subject (issuer != 0: issuer); 0 without a certificate. */

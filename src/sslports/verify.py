@@ -150,9 +150,12 @@ def ssl_peer_certificate_hostnames(p: object) -> list[str]:
     lib = _binding.lib
     ffi = _binding.ffi
     cap = 4096
+    err = ffi.new("sp_err *")
     while True:
         buf = ffi.new("char[]", cap)
-        need = lib.sp_peer_hostnames(conn.ptr, buf, cap)
+        need = lib.sp_peer_hostnames(conn.ptr, buf, cap, err)
+        if err.nerrs or err.sys_errno:
+            raise build_error("ssl_peer_certificate_hostnames", "reading the names", err)
         if need <= cap:
             break
         cap = need
