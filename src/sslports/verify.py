@@ -145,6 +145,9 @@ def ssl_peer_certificate_hostnames(p: object) -> list[str]:
     """The peer certificate's DNS names (else its last CN), then its IP addresses as text.
 
     Racket: ssl-peer-certificate-hostnames
+
+    :raises SSLError: the certificate holds names that cannot be read (a malformed
+        subjectAltName, or no memory): never the CN in their place.
     """
     conn = _conn("ssl_peer_certificate_hostnames", p)
     lib = _binding.lib
