@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import socket
+import sys
 from typing import Any
 
 import pytest
@@ -147,3 +148,47 @@ def test_receive_buffer_shared_only_where_the_loop_fills_it_at_once(
     assert a == b"".join(b"a" * 1000 + b"%d\n" % i for i in range(50))
     assert b == b"".join(b"b" * 1000 + b"%d\n" % i for i in range(50))
     assert len(buffers) == 2 and (buffers[0] is buffers[1]) is fills_at_once
+
+
+@pytest.mark.skipif(sys.version_info < (3, 13), reason="asyncio.Server's close_clients is 3.13's")
+@pytest.mark.parametrize("loop_kind", LOOPS)
+@pytest.mark.parametrize("how", ["close_clients", "abort_clients"])
+def test_close_clients_ends_every_connection(loop_kind: str, how: str) -> None:
+    """Python 3.13's Server.close_clients() / abort_clients() on an SSLServer end the
+    connections, as asyncio's (they raised AbstractServer's NotImplementedError); a loop whose
+    servers lack them (uvloop) raises NotImplementedError."""
+
+    async def main() -> None:
+        done = asyncio.Event()
+
+        async def handler(reader: aio.SSLStreamReader, writer: aio.SSLStreamWriter) -> None:
+            try:
+                await reader.read()  # until the server ends the connection
+            except (OSError, S.SSLError):
+                pass
+            finally:
+                done.set()
+
+        server = await aio.start_ssl_server(handler, "127.0.0.1", 0, server_context())
+        async with server:
+            port = server.sockets[0].getsockname()[1]
+            r, w = await aio.open_ssl_connection("localhost", port, client_context())
+            w.write(b"hello")
+            await w.drain()
+            await asyncio.sleep(0.1)  # the handler is reading
+            if not hasattr(server._server, how):  # uvloop's servers lack both
+                with pytest.raises(NotImplementedError):
+                    getattr(server, how)()
+                w.close()
+            else:
+                getattr(server, how)()
+                try:
+                    assert await asyncio.wait_for(r.read(), 10) == b""
+                except (OSError, S.SSLError):
+                    pass  # abort_clients: a reset
+                w.close()
+            await asyncio.wait_for(done.wait(), 10)
+            server.close()
+            await asyncio.wait_for(server.wait_closed(), 10)
+
+    run(loop_kind, main)

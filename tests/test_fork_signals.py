@@ -38,6 +38,12 @@ from sslports import sha1 as sha1_mod
 pytestmark = [
     pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork"),
     pytest.mark.skipif(not sslports.ssl_available, reason="needs the native extension"),
+    # Python 3.12+ warns on every fork() of a process with more than one thread; these tests
+    # fork while threads run on purpose (servers, readers, a thread holding a lock).
+    pytest.mark.filterwarnings(
+        r"ignore:This process \(pid=\d+\) is multi-threaded, use of fork\(\) may lead to "
+        r"deadlocks in the child:DeprecationWarning"
+    ),
 ]
 
 LOCAL = "127.0.0.1"

@@ -43,6 +43,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import socket
+import sys
 import threading
 from asyncio.constants import LOG_THRESHOLD_FOR_CONNLOST_WRITES
 from collections.abc import Awaitable, Sequence
@@ -1050,6 +1051,22 @@ class SSLServer(asyncio.AbstractServer):
         await self._server.wait_closed()
         if self._handshakes:
             await asyncio.wait(list(self._handshakes))
+
+    if sys.version_info >= (3, 13):  # asyncio.Server's two since 3.13 (AbstractServer's too)
+
+        def close_clients(self) -> None:
+            """Close every client's transport (handshakes in progress too), as asyncio's."""
+            close = getattr(self._server, "close_clients", None)
+            if close is None:  # a loop whose servers lack it (uvloop)
+                raise NotImplementedError("close_clients: not supported by this event loop")
+            close()
+
+        def abort_clients(self) -> None:
+            """Abort every client's transport (handshakes in progress too), as asyncio's."""
+            abort = getattr(self._server, "abort_clients", None)
+            if abort is None:
+                raise NotImplementedError("abort_clients: not supported by this event loop")
+            abort()
 
     def get_loop(self) -> asyncio.AbstractEventLoop:
         return self._server.get_loop()
