@@ -86,9 +86,9 @@
  * application data, which an SSL_write_ex has no place for: OpenSSL then fails the write with
  * an empty error queue, or the connection with "unexpected record". So a writer drives such a
  * renegotiation with SSL_read_ex instead (writer_reads) and keeps the data it gets in `stash`,
- * which sp_read serves before anything else. Socket mode holds at most ~SP_STASH_MAX of it:
- * beyond that the writer waits for the reader to take some (stream mode holds all of it in
- * memory already, as ciphertext). While a reader waits in recv() without ssl_lock (WAITING),
+ * which sp_read serves before anything else. It holds at most ~SP_STASH_MAX: beyond that
+ * the writer waits for the reader to take some (socket mode here; in stream mode the caller
+ * stops feeding such a writer, sp_stash_full, since the writer reads whatever it was fed). While a reader waits in recv() without ssl_lock (WAITING),
  * the socket BIO does not recv() for anyone else (recv_busy): the bytes that recv() got come
  * first.
  *
@@ -137,7 +137,7 @@
                                       in outq for its first write (sp_handshake), an alert, a
                                       KeyUpdate; those get just the room they need */
 /* Application data a writer that drives a client's renegotiation holds for the reader, at most
- * (socket mode; see A SERVER'S RENEGOTIATION MET BY A WRITER). */
+ * (see A SERVER'S RENEGOTIATION MET BY A WRITER). */
 #define SP_STASH_MAX 65536
 #define SP_STASH_FULL 100 /* (stash_read: internal status) */
 /* What one waiting recv() takes (on sp_read's stack): one whole record of the largest size,
@@ -1592,6 +1592,15 @@ size_t sp_pending_out(sp_conn *c)
     n = BIO_ctrl_pending(c->wbio);
     sp_mutex_unlock(&c->ssl_lock);
     return n;
+}
+
+int sp_stash_full(sp_conn *c)
+{
+    int full;
+    sp_mutex_lock(&c->ssl_lock);
+    full = c->stash_len - c->stash_off >= SP_STASH_MAX;
+    sp_mutex_unlock(&c->ssl_lock);
+    return full;
 }
 
 size_t sp_take(sp_conn *c, unsigned char *out, size_t cap)

@@ -173,5 +173,8 @@ int sp_feed(sp_conn *c, const unsigned char *data, size_t len);
 void sp_feed_eof(sp_conn *c);
 size_t sp_pending_out(sp_conn *c);
 size_t sp_take(sp_conn *c, unsigned char *out, size_t cap);
+/* 1 when a writer that drives a renegotiation holds SP_STASH_MAX of the reader's data or
+ * more: it should not be fed more until the reader took some. */
+int sp_stash_full(sp_conn *c);
 
 #endif /* SP_CONN_H */

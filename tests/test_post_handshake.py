@@ -12,7 +12,7 @@ from __future__ import annotations
 import socket
 import threading
 import time
-from typing import Any
+from typing import Any, Optional
 
 import pytest
 from conftest import LOCAL, collect_stdout, random_bytes, read_exactly, run_in_thread, sha1
@@ -193,3 +193,74 @@ def test_server_verify_deadline_over_streams(pki: Any, version: str) -> None:
         for p in (sin, sout, cin, cout):
             p.close()
         conn.close()
+
+
+class CountingReader:
+    """A readable stream that counts the bytes read from it."""
+
+    def __init__(self, raw: Any) -> None:
+        self.raw = raw
+        self.count = 0
+
+    def readinto(self, buf: Any) -> Optional[int]:
+        n = self.raw.readinto(buf)
+        self.count += n or 0
+        return n  # type: ignore[no-any-return]
+
+    def close(self) -> None:
+        self.raw.close()
+
+
+def test_writer_driving_a_renegotiation_keeps_a_bounded_stash_over_streams(
+    pki: Any, openssl_tool: Any
+) -> None:
+    """s_server renegotiates, our ClientHello is held back, and s_server goes on sending (it
+    may, until that hello arrives) while the application writes and does not read. The writer
+    drives the renegotiation: it reads the peer's records and keeps their data for the reader.
+    Over streams it read the stream on and on, keeping everything the peer sent in memory; it
+    now stops once it keeps 64 KiB (as on a socket) and waits for the reader. Nothing is lost:
+    the reader then gets all of it, in order, and the write goes through."""
+    server = SServer(pki, openssl_tool)
+    sock = socket.create_connection((LOCAL, server.port), timeout=TIMEOUT)
+    gate = GatedWriter(sock.makefile("wb", buffering=0))
+    counting = CountingReader(sock.makefile("rb", buffering=0))
+    inp, out = sslports.ports_to_ssl_ports(
+        counting,
+        gate,
+        mode="connect",
+        context=pki.client_context("tls12"),
+        hostname="localhost",
+        close_original=True,
+        timeout=TIMEOUT,
+    )
+    before, behind = (random_bytes(10_000, seed=70 + i).translate(_NO_COMMANDS) for i in (0, 1))
+    flood = random_bytes(8 * 1024 * 1024, seed=72).translate(_NO_COMMANDS)
+    upstream = random_bytes(100_000, seed=73)
+    try:
+        server.send(before)
+        assert read_exactly(inp, len(before)) == before
+        gate.open.clear()
+        server.command(b"r")
+        server.send(behind)
+        assert read_exactly(inp, len(behind)) == behind  # the HelloRequest was read too
+        sending = run_in_thread(lambda: server.send(flood))  # (blocks once nobody reads)
+        time.sleep(0.5)  # (the flood fills the socket buffers meanwhile)
+        pulled = counting.count
+        out.settimeout(SHORT)
+        outcome = _outcome(lambda: (out.write(upstream), out.flush()))
+        assert isinstance(outcome, TimeoutError), outcome
+        # What the writer took from the stream: the kept data (64 KiB) and one read beyond
+        # it; without the bound, whatever the socket buffers held (megabytes).
+        assert counting.count - pulled < 512 * 1024, counting.count - pulled
+        gate.open.set()
+        out.settimeout(TIMEOUT)
+        assert sha1(read_exactly(inp, len(flood))) == sha1(flood)
+        sending(TIMEOUT)
+        out.flush()  # the rest of the write, now that the renegotiation goes on
+    finally:
+        gate.open.set()
+        inp.close()
+        out.close()
+        sock.close()
+    received = server.received(upstream[:64], len(upstream))
+    assert sha1(received) == sha1(upstream)

@@ -652,8 +652,15 @@ class Connection:
         transport = self.transport
         if isinstance(transport, _StreamTransport):
             transport.push_out(self.ptr, deadline)
-            if status == lib.SP_WANT_READ:
-                transport.pull_in(self.ptr, deadline, seen)
+            if status != lib.SP_WANT_READ:
+                return
+            if lib.sp_stash_full(self.ptr):
+                # A writer driving a renegotiation reads whatever it is fed and keeps the
+                # reader's data: with that much kept, wait a slice for the reader to take
+                # some, as on a socket, rather than read the peer's data on without bound.
+                time.sleep(deadline.slice_ms() / 1000)
+                return
+            transport.pull_in(self.ptr, deadline, seen)
             return
         if deadline.expired():
             raise SSLTimeoutError(f"{func}: timed out")
