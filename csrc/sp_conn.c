@@ -121,6 +121,11 @@
  *   buffers, and `out` and `outq` are freed as soon as everything queued was sent (a TLS 1.3
  *   server's tickets, which wait in `outq` for its first write, get a buffer of their own
  *   size: SP_OUTQ_SMALL).
+ *   Stream mode: a memory BIO keeps the largest size it ever had until the connection ends,
+ *   so a write hands its ciphertext over a part at a time: once SP_OUT_HIGH of it waits in
+ *   wbio, sp_write returns SP_WANT_WRITE (with its progress) for the caller to sp_take it.
+ *   wbio then never holds much more than SP_OUT_HIGH + one SP_WRITE_CHUNK of records, and
+ *   rbio what the caller feeds at a time (one read of its input stream).
  */
 #include <stdlib.h>
 #include <string.h>
@@ -1436,6 +1441,13 @@ static int write_records(sp_conn *c, const unsigned char *head, size_t head_len,
             memcpy(err, c->broken, sizeof *err);
             sp_mutex_unlock(&c->ssl_lock);
             status = SP_ERROR;
+            break;
+        }
+        if (!c->socket_mode && BIO_ctrl_pending(c->wbio) >= SP_OUT_HIGH) {
+            /* Stream mode: the caller takes these records (sp_take) before more are made, so
+             * that a large write never holds all of its ciphertext here (see MEMORY). */
+            sp_mutex_unlock(&c->ssl_lock);
+            status = SP_WANT_WRITE;
             break;
         }
         if (writer_reads(c)) {

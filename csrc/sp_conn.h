@@ -93,7 +93,8 @@ enum {
     SP_WANT_READ = 1,  /* needs incoming ciphertext: stream mode, feed it; socket mode, the
                           wait slice elapsed first (call again) */
     SP_WANT_WRITE = 2, /* socket mode: outgoing ciphertext is still queued when the wait
-                          slice elapsed (call again) */
+                          slice elapsed (call again); stream mode (a write): take the
+                          queued ciphertext (sp_take), then call again */
     SP_EOF = 3,        /* the peer sent close_notify */
     SP_RAGGED_EOF = 4, /* the transport ended without close_notify */
     SP_ERROR = -1      /* failure; the sp_err record says what */

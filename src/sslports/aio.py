@@ -59,7 +59,7 @@ _READ_HIGH = 1 << 20  # unread plaintext at which the transport stops reading
 _READ_LOW = 1 << 18  # ... and starts again
 _LIMIT = 2**16  # asyncio's default `limit`: the longest line readline() and readuntil() return
 # pump statuses (csrc/sp_conn.h)
-_OK, _WANT_READ, _EOF, _RAGGED_EOF = 0, 1, 3, 4
+_OK, _WANT_READ, _WANT_WRITE, _EOF, _RAGGED_EOF = 0, 1, 2, 3, 4
 _log = logging.getLogger("sslports")
 
 # The pump calls of the hot paths, looked up once (None without the native module, which every
@@ -352,6 +352,16 @@ class AioConnection:
         if status == _OK:
             return
         done = self.count[0]
+        if status == _WANT_WRITE:
+            # A large write: the pump hands its ciphertext over a part at a time (sp_conn.c
+            # MEMORY), so that it never holds all of it.
+            whole = _binding.ffi.from_buffer(data) if type(data) is bytes else cdata
+            while status == _WANT_WRITE:
+                status = _sp_write(self.ptr, whole + done, n - done, self.count, 0, self.err)
+                self.push_out()
+                done += self.count[0]
+            if status == _OK:
+                return
         if status == _WANT_READ:
             # A renegotiation is under way: the rest goes once the peer's flight came in.
             self.pending_write = bytes(memoryview(data).cast("B")[done:])

@@ -241,9 +241,11 @@ class _Sender:
                     self.queued = 0
                     self.cond.notify_all()
                 return
+            n = len(data)
+            del data  # (not kept while the thread waits for the next: an idle one holds none)
             with self.cond:
-                self.queued -= len(data)
-                self.done_total += len(data)
+                self.queued -= n
+                self.done_total += n
                 self.cond.notify_all()
 
     def drain(self, timeout: Optional[float]) -> bool:
