@@ -111,7 +111,11 @@ def test_a_timed_out_write_frees_its_connection_without_the_collector(pki: Any) 
                     timed_out = True
                     break
             assert timed_out
-            sslports.ssl_abandon_port(cout)
+            # (its flush of a record still held may time out too, the peer still not reading:
+            # the port is closed all the same; seen on a slow, sanitized run)
+            with contextlib.suppress(TimeoutError):
+                sslports.ssl_abandon_port(cout)
+            assert cout.closed
             cin.close()
             sin, sout = accepted.pop()
             sin.close()
