@@ -4,6 +4,7 @@ server-name callback whose exception reaches the loop's exception handler."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import socket
 import sys
 from typing import Any
@@ -31,23 +32,25 @@ def test_server_answers_a_client_that_half_closed(loop_kind: str) -> None:
         writer.close()
 
     def client(port: int) -> bytes:
-        sock = socket.create_connection(("127.0.0.1", port), timeout=10)
-        inp, out = S.ports_to_ssl_ports(
-            sock.makefile("rb"),
-            sock.makefile("wb"),
-            mode="connect",
-            context=client_context(),
-            hostname="localhost",
-            shutdown_on_close=True,
-        )
-        out.write(b"hello\n")
-        out.close()  # close_notify
-        sock.shutdown(socket.SHUT_WR)  # and the TCP half-close
-        try:
-            return inp.read()
-        finally:
-            inp.close()
-            sock.close()
+        # The makefile() streams are the caller's (close_original=False): closed before the
+        # socket, or its fd stays open until the collector finds them.
+        with contextlib.ExitStack() as stack:
+            sock = stack.enter_context(socket.create_connection(("127.0.0.1", port), timeout=10))
+            raw_in = stack.enter_context(sock.makefile("rb"))
+            raw_out = stack.enter_context(sock.makefile("wb"))
+            inp, out = S.ports_to_ssl_ports(
+                raw_in,
+                raw_out,
+                mode="connect",
+                context=client_context(),
+                hostname="localhost",
+                shutdown_on_close=True,
+            )
+            with inp, out:
+                out.write(b"hello\n")
+                out.close()  # close_notify
+                sock.shutdown(socket.SHUT_WR)  # and the TCP half-close
+                return inp.read()
 
     async def main() -> bytes:
         server = await aio.start_ssl_server(handler, "127.0.0.1", 0, server_context())

@@ -1640,7 +1640,8 @@ def test_abandon_port_flushes_output() -> None:
 
 def test_is_ssl_port_false_for_other_things() -> None:
     assert not S.is_ssl_port(io.BytesIO())
-    assert not S.is_ssl_port(socket.socket())
+    with socket.socket() as sock:
+        assert not S.is_ssl_port(sock)
     assert not S.is_ssl_port(S.ssl_make_client_context())
 
 
@@ -2042,11 +2043,11 @@ class _Tamper:
 
 def test_error_class_after_handshake() -> None:
     a, b = socket.socketpair()
-    tamper = _Tamper(a.makefile("rb"))
-    fut = run_thread(
-        lambda: S.ports_to_ssl_ports(b.makefile("rb"), b.makefile("wb"), context=server_ctx())
-    )
-    ci, co = S.ports_to_ssl_ports(tamper, a.makefile("wb"), mode="connect", error=_MyError)
+    files = [a.makefile("rb"), a.makefile("wb"), b.makefile("rb"), b.makefile("wb")]
+    _ORIGINALS.extend(files)  # close_original=False: ours to close
+    tamper = _Tamper(files[0])
+    fut = run_thread(lambda: S.ports_to_ssl_ports(files[2], files[3], context=server_ctx()))
+    ci, co = S.ports_to_ssl_ports(tamper, files[1], mode="connect", error=_MyError)
     si, so = fut.result(JOIN)
     so.write(b"ok")
     so.flush()
@@ -2057,6 +2058,8 @@ def test_error_class_after_handshake() -> None:
     for p in (co, ci, so, si):
         with contextlib.suppress(Exception):
             p.close()
+    for f in files:
+        f.close()
     a.close()
     b.close()
 
@@ -2072,15 +2075,21 @@ def test_hostname_required_when_verifying_hostname(pki: PKI) -> None:
     sctx = server_ctx(pki.leaf_cert, pki.leaf_keyf)
     S.ssl_set_verify_hostname(sctx, True)
     a, b = socket.socketpair()
-    fut = run_thread(
-        lambda: S.ports_to_ssl_ports(a.makefile("rb"), a.makefile("wb"), mode="connect", timeout=10)
-    )
+    a_files = a.makefile("rb"), a.makefile("wb")
+    b_files = b.makefile("rb"), b.makefile("wb")
+    _ORIGINALS.extend((*a_files, *b_files))  # close_original=False: ours to close
+    fut = run_thread(lambda: S.ports_to_ssl_ports(*a_files, mode="connect", timeout=10))
     with pytest.raises(S.SSLError, match="hostname not provided for verification"):
-        S.ports_to_ssl_ports(b.makefile("rb"), b.makefile("wb"), context=sctx, timeout=10)
-    a.close()
+        S.ports_to_ssl_ports(*b_files, context=sctx, timeout=10)
+    for f in b_files:  # the client then sees EOF
+        f.close()
     b.close()
     with contextlib.suppress(Exception):
         fut.result(JOIN)
+    for f in a_files:  # the writer may hold a ClientHello it cannot flush any more
+        with contextlib.suppress(OSError):
+            f.close()
+    a.close()
 
 
 def test_hostname_verification_through_wrapper(pki: PKI) -> None:
@@ -2154,12 +2163,9 @@ def test_wrapped_ports_have_no_tcp_addresses() -> None:
 def test_wrapper_handshake_timeout_socket_stream() -> None:
     a, b = socket.socketpair()
     a.settimeout(0.5)  # the stream's own timeout, as docs/guide/timeouts.md advises
-    try:
-        with pytest.raises(TimeoutError):
-            S.ports_to_ssl_ports(a.makefile("rb"), a.makefile("wb"), mode="connect", timeout=0.3)
-    finally:
-        a.close()
-        b.close()
+    # the makefile() streams are closed before the sockets (close_original=False)
+    with a, b, a.makefile("rb") as fin, a.makefile("wb") as fout, pytest.raises(TimeoutError):
+        S.ports_to_ssl_ports(fin, fout, mode="connect", timeout=0.3)
 
 
 def test_wrapper_handshake_timeout() -> None:
@@ -3437,10 +3443,10 @@ def test_ssl_wrap_socket_connect_starttls() -> None:
         raw.sendall(b"220 ready\r\n")
         # exactly the line: the client's ClientHello may already be queued behind it
         assert raw.recv(len(b"STARTTLS\r\n"), socket.MSG_WAITALL) == b"STARTTLS\r\n"
-        s = py_server_ctx().wrap_socket(raw, server_side=True)
-        got = s.recv(100)
-        s.sendall(got.upper())
-        return s.recv(100)  # EOF after the client closes both ports
+        with py_server_ctx().wrap_socket(raw, server_side=True) as s:
+            got = s.recv(100)
+            s.sendall(got.upper())
+            return s.recv(100)  # EOF after the client closes both ports
 
     lsock = socket.create_server(("127.0.0.1", 0))
     port = lsock.getsockname()[1]

@@ -5,6 +5,7 @@ thread does not hang on a write waiting for a peer that does not read."""
 
 from __future__ import annotations
 
+import contextlib
 import socket
 import threading
 import time
@@ -38,22 +39,33 @@ def pair(pki: Any, path: str) -> Iterator[tuple[Any, Any, Any, Any]]:
     yield from connected_ports(pki)
 
 
+@contextlib.contextmanager
 def stream_pair(
     pki: Any, **client_kw: Any
-) -> tuple[Any, Any, Any, Any, socket.socket, socket.socket]:
+) -> Iterator[tuple[Any, Any, Any, Any, socket.socket, socket.socket]]:
     """ports_to_ssl_ports over a socketpair's makefile() pairs: (cin, cout, sin, sout, csock,
-    ssock)."""
-    a, b = socket.socketpair()
-    ca = (a.makefile("rb", buffering=0), a.makefile("wb", buffering=0))
-    sb = (b.makefile("rb", buffering=0), b.makefile("wb", buffering=0))
-    join = run_in_thread(
-        lambda: sslports.ports_to_ssl_ports(*sb, mode="accept", context=pki.server_context())
-    )
-    cin, cout = sslports.ports_to_ssl_ports(
-        *ca, mode="connect", context=pki.client_context(), hostname="localhost", **client_kw
-    )
-    sin, sout = join(30)
-    return cin, cout, sin, sout, a, b
+    ssock). On exit the SSL ports, then the makefile() streams (close_original=False: the
+    caller owns them), then the sockets are closed."""
+    with contextlib.ExitStack() as stack:
+        a, b = socket.socketpair()
+        stack.enter_context(a)
+        stack.enter_context(b)
+        ca = (a.makefile("rb", buffering=0), a.makefile("wb", buffering=0))
+        sb = (b.makefile("rb", buffering=0), b.makefile("wb", buffering=0))
+        for f in (*ca, *sb):
+            stack.enter_context(f)
+        join = run_in_thread(
+            lambda: sslports.ports_to_ssl_ports(*sb, mode="accept", context=pki.server_context())
+        )
+        cin, cout = sslports.ports_to_ssl_ports(
+            *ca, mode="connect", context=pki.client_context(), hostname="localhost", **client_kw
+        )
+        stack.callback(cout.close)
+        stack.callback(cin.close)
+        sin, sout = join(30)
+        stack.callback(sout.close)
+        stack.callback(sin.close)
+        yield cin, cout, sin, sout, a, b
 
 
 # -- reads that time out must not lose bytes kept by readline/peek ------------------------------
@@ -134,49 +146,44 @@ def test_two_threads_reading_lines_lose_no_line(pair: Any) -> None:
 def test_stream_write_timeout_then_retry_loses_nothing(pki: Any) -> None:
     """A write timed out by back-pressure (the peer reads late) keeps its bytes: flush() and
     later writes deliver the whole stream, in order."""
-    cin, cout, sin, sout, a, b = stream_pair(pki)
-    data = random_bytes(4 << 20, seed=3)
-    cout.settimeout(0.2)
-    timeouts = 0
-    pos = 0
-    while timeouts < 3 and pos < len(data):  # the peer does not read yet
-        try:
-            cout.write(data[pos : pos + 65536])
-        except TimeoutError as exc:
-            assert exc.characters_written == len(data[pos : pos + 65536])
-            timeouts += 1
-        pos += 65536
-    assert timeouts == 3
-    sin.settimeout(10)
-    join = run_in_thread(lambda: read_exactly(sin, len(data)))
-    cout.settimeout(10)
-    cout.flush()
-    cout.write(data[pos:])  # the rest, after the retried bytes
-    cout.flush()
-    got = join(30)
-    assert len(got) == len(data) and sha1(got) == sha1(data)
-    for p in (cin, cout, sin, sout):
-        p.close()
-    a.close()
-    b.close()
+    with stream_pair(pki) as (_cin, cout, sin, _sout, _a, _b):
+        data = random_bytes(4 << 20, seed=3)
+        cout.settimeout(0.2)
+        timeouts = 0
+        pos = 0
+        while timeouts < 3 and pos < len(data):  # the peer does not read yet
+            try:
+                cout.write(data[pos : pos + 65536])
+            except TimeoutError as exc:
+                assert exc.characters_written == len(data[pos : pos + 65536])
+                timeouts += 1
+            pos += 65536
+        assert timeouts == 3
+        sin.settimeout(10)
+        join = run_in_thread(lambda: read_exactly(sin, len(data)))
+        cout.settimeout(10)
+        cout.flush()
+        cout.write(data[pos:])  # the rest, after the retried bytes
+        cout.flush()
+        got = join(30)
+        assert len(got) == len(data) and sha1(got) == sha1(data)
 
 
 def test_stream_close_without_close_original_hands_over_every_byte(pki: Any) -> None:
     """The caller owns the streams (close_original=False): once both SSL ports are closed, all
     ciphertext was written to the output stream, so closing it then loses nothing."""
-    cin, cout, sin, sout, a, b = stream_pair(pki)
-    data = random_bytes(2 << 20, seed=4)
-    join = run_in_thread(lambda: read_exactly(sin, len(data)))
-    cout.write(data)
-    cout.close()
-    cin.close()
-    a.shutdown(socket.SHUT_RDWR)  # the caller is done with its socket
-    a.close()
-    got = join(60)
-    assert len(got) == len(data) and sha1(got) == sha1(data)
-    sin.close()
-    sout.close()
-    b.close()
+    with stream_pair(pki) as (cin, cout, sin, sout, a, _b):
+        data = random_bytes(2 << 20, seed=4)
+        join = run_in_thread(lambda: read_exactly(sin, len(data)))
+        cout.write(data)
+        cout.close()
+        cin.close()
+        a.shutdown(socket.SHUT_RDWR)  # the caller is done with its socket
+        a.close()
+        got = join(60)
+        assert len(got) == len(data) and sha1(got) == sha1(data)
+        sin.close()
+        sout.close()
 
 
 # -- close() from another thread while a write waits ----------------------------------------------
