@@ -9,9 +9,11 @@ flight back (`GatedWriter`), so the deadline is met at a known point.
 
 from __future__ import annotations
 
+import contextlib
 import socket
 import threading
 import time
+from collections.abc import Iterator
 from typing import Any, Optional
 
 import pytest
@@ -96,18 +98,37 @@ class SServer:
         return output[start : start + size]
 
 
-def test_client_write_deadline_during_server_renegotiation(pki: Any, openssl_tool: Any) -> None:
-    """Stream ports with a timeout (reads go through the receiver thread). s_server
-    renegotiates; our ClientHello is held back, so the renegotiation stalls, and a write then
-    has to read (the writer drives the renegotiation). The write never checked its deadline
-    over streams (only a socket's pump call did): it spun at 100% CPU, past its timeout, for as
-    long as the peer said nothing. It must raise TimeoutError with nothing lost or sent twice,
-    and a retry once the peer moves on must send the rest."""
+class CountingReader:
+    """A readable stream that counts the bytes read from it."""
+
+    def __init__(self, raw: Any) -> None:
+        self.raw = raw
+        self.count = 0
+
+    def readinto(self, buf: Any) -> Optional[int]:
+        n = self.raw.readinto(buf)
+        self.count += n or 0
+        return n  # type: ignore[no-any-return]
+
+    def close(self) -> None:
+        self.raw.close()
+
+
+@contextlib.contextmanager
+def stalled_renegotiation(
+    pki: Any, openssl_tool: Any, upstream: bytes, seed: int
+) -> Iterator[tuple[SServer, GatedWriter, CountingReader, Any, Any]]:
+    """A TLS 1.2 client of s_server over stream ports (timeout=TIMEOUT; its output through a
+    GatedWriter, its input counted) in the middle of a renegotiation whose ClientHello is held
+    back: s_server sent some data, renegotiated and sent more (right behind its HelloRequest),
+    and the client read all of it. Afterwards (the gate open) the ports are closed and what
+    s_server received must be `upstream`, whole and once."""
     server = SServer(pki, openssl_tool)
     sock = socket.create_connection((LOCAL, server.port), timeout=TIMEOUT)
     gate = GatedWriter(sock.makefile("wb", buffering=0))
+    counting = CountingReader(sock.makefile("rb", buffering=0))
     inp, out = sslports.ports_to_ssl_ports(
-        sock.makefile("rb", buffering=0),
+        counting,
         gate,
         mode="connect",
         context=pki.client_context("tls12"),
@@ -115,11 +136,10 @@ def test_client_write_deadline_during_server_renegotiation(pki: Any, openssl_too
         close_original=True,
         timeout=TIMEOUT,
     )
-    before, behind, after = (
-        random_bytes(n, seed=60 + i).translate(_NO_COMMANDS)
-        for i, n in enumerate((50_000, 20_000, 300_000))
+    before, behind = (
+        random_bytes(n, seed=seed + i).translate(_NO_COMMANDS)
+        for i, n in enumerate((50_000, 20_000))
     )
-    upstream = random_bytes(300_000, seed=63)
     try:
         server.send(before)
         assert read_exactly(inp, len(before)) == before
@@ -127,7 +147,26 @@ def test_client_write_deadline_during_server_renegotiation(pki: Any, openssl_too
         server.command(b"r")
         server.send(behind)  # (data right behind the HelloRequest)
         assert read_exactly(inp, len(behind)) == behind  # the HelloRequest was read too
+        yield server, gate, counting, inp, out
+    finally:
+        gate.open.set()
+        inp.close()
+        out.close()
+        sock.close()
+    received = server.received(upstream[:64], len(upstream))
+    assert sha1(received) == sha1(upstream)
 
+
+def test_client_write_deadline_during_server_renegotiation(pki: Any, openssl_tool: Any) -> None:
+    """Stream ports with a timeout (reads go through the receiver thread). s_server
+    renegotiates; our ClientHello is held back, so the renegotiation stalls, and a write then
+    has to read (the writer drives the renegotiation). The write never checked its deadline
+    over streams (only a socket's pump call did): it spun at 100% CPU, past its timeout, for as
+    long as the peer said nothing. It must raise TimeoutError with nothing lost or sent twice,
+    and a retry once the peer moves on must send the rest."""
+    upstream = random_bytes(300_000, seed=63)
+    after = random_bytes(300_000, seed=62).translate(_NO_COMMANDS)
+    with stalled_renegotiation(pki, openssl_tool, upstream, 60) as (server, gate, _, inp, out):
         out.settimeout(SHORT)
         outcome = _outcome(lambda: (out.write(upstream), out.flush()))
         gate.open.set()  # (lets a stalled write finish: the test ends either way)
@@ -138,14 +177,6 @@ def test_client_write_deadline_during_server_renegotiation(pki: Any, openssl_too
         out.flush()  # the rest: the renegotiation goes on now
         server.send(after)
         assert read_exactly(inp, len(after)) == after
-    finally:
-        gate.open.set()
-        inp.close()
-        out.close()
-        sock.close()
-    received = server.received(upstream[:64], len(upstream))
-    assert len(received) == len(upstream)
-    assert sha1(received) == sha1(upstream)
 
 
 @pytest.mark.parametrize("version", ["tls12", "tls13"])
@@ -195,22 +226,6 @@ def test_server_verify_deadline_over_streams(pki: Any, version: str) -> None:
         conn.close()
 
 
-class CountingReader:
-    """A readable stream that counts the bytes read from it."""
-
-    def __init__(self, raw: Any) -> None:
-        self.raw = raw
-        self.count = 0
-
-    def readinto(self, buf: Any) -> Optional[int]:
-        n = self.raw.readinto(buf)
-        self.count += n or 0
-        return n  # type: ignore[no-any-return]
-
-    def close(self) -> None:
-        self.raw.close()
-
-
 def test_writer_driving_a_renegotiation_keeps_a_bounded_stash_over_streams(
     pki: Any, openssl_tool: Any
 ) -> None:
@@ -220,29 +235,15 @@ def test_writer_driving_a_renegotiation_keeps_a_bounded_stash_over_streams(
     Over streams it read the stream on and on, keeping everything the peer sent in memory; it
     now stops once it keeps 64 KiB (as on a socket) and waits for the reader. Nothing is lost:
     the reader then gets all of it, in order, and the write goes through."""
-    server = SServer(pki, openssl_tool)
-    sock = socket.create_connection((LOCAL, server.port), timeout=TIMEOUT)
-    gate = GatedWriter(sock.makefile("wb", buffering=0))
-    counting = CountingReader(sock.makefile("rb", buffering=0))
-    inp, out = sslports.ports_to_ssl_ports(
-        counting,
-        gate,
-        mode="connect",
-        context=pki.client_context("tls12"),
-        hostname="localhost",
-        close_original=True,
-        timeout=TIMEOUT,
-    )
-    before, behind = (random_bytes(10_000, seed=70 + i).translate(_NO_COMMANDS) for i in (0, 1))
     flood = random_bytes(8 * 1024 * 1024, seed=72).translate(_NO_COMMANDS)
     upstream = random_bytes(100_000, seed=73)
-    try:
-        server.send(before)
-        assert read_exactly(inp, len(before)) == before
-        gate.open.clear()
-        server.command(b"r")
-        server.send(behind)
-        assert read_exactly(inp, len(behind)) == behind  # the HelloRequest was read too
+    with stalled_renegotiation(pki, openssl_tool, upstream, 70) as (
+        server,
+        gate,
+        counting,
+        inp,
+        out,
+    ):
         sending = run_in_thread(lambda: server.send(flood))  # (blocks once nobody reads)
         time.sleep(0.5)  # (the flood fills the socket buffers meanwhile)
         pulled = counting.count
@@ -257,10 +258,3 @@ def test_writer_driving_a_renegotiation_keeps_a_bounded_stash_over_streams(
         assert sha1(read_exactly(inp, len(flood))) == sha1(flood)
         sending(TIMEOUT)
         out.flush()  # the rest of the write, now that the renegotiation goes on
-    finally:
-        gate.open.set()
-        inp.close()
-        out.close()
-        sock.close()
-    received = server.received(upstream[:64], len(upstream))
-    assert sha1(received) == sha1(upstream)
