@@ -654,15 +654,8 @@ class Connection:
         transport = self.transport
         if isinstance(transport, _StreamTransport):
             transport.push_out(self.ptr, deadline)
-            if status != lib.SP_WANT_READ:
-                return
-            if lib.sp_stash_full(self.ptr):
-                # A writer driving a renegotiation reads whatever it is fed and keeps the
-                # reader's data: with that much kept, wait a slice for the reader to take
-                # some, as on a socket, rather than read the peer's data on without bound.
-                time.sleep(deadline.slice_ms() / 1000)
-                return
-            transport.pull_in(self.ptr, deadline, seen)
+            if status == lib.SP_WANT_READ:
+                transport.pull_in(self.ptr, deadline, seen)
             return
         if deadline.expired():
             raise SSLTimeoutError(f"{func}: timed out")
@@ -898,6 +891,18 @@ class Connection:
                                 raise exc
                             finally:  # (a name for it here would be a cycle through its
                                 del exc  # traceback, keeping the connection until gc runs)
+                        if (
+                            status == _SP_WANT_READ
+                            and not self.is_socket
+                            and lib.sp_stash_full(ptr)
+                        ):
+                            # This write drives a renegotiation: it reads whatever it is fed
+                            # and keeps the reader's data. With that much kept, wait a slice
+                            # for the reader to take some, as on a socket, rather than read the
+                            # peer's data on without bound (its own records go out first).
+                            cast(_StreamTransport, transport).push_out(ptr, deadline)
+                            time.sleep(deadline.slice_ms() / 1000)
+                            continue
                         self.wait_for_pump(status, deadline, func, seen)
                         continue
                     raise self.fail(func, "write", err)
