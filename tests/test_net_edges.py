@@ -269,7 +269,7 @@ def test_ipv6_listener_and_port_addresses() -> None:
 
 @needs_ipv6
 def test_ipv6_wildcard_listener_is_ipv6_only() -> None:
-    # As the README says: "::" is IPv6 only (as socket.create_server does); None is IPv4.
+    # As the README says: "::" is IPv6 only (as socket.create_server does).
     with sslports.ssl_listen(0, 5, True, "::", _server_ctx()) as listener:
         assert sslports.ssl_addresses(listener, True)[::2] == ("::", "::")
         sock = socket.socket(fileno=os.dup(listener.fileno()))
@@ -277,9 +277,50 @@ def test_ipv6_wildcard_listener_is_ipv6_only() -> None:
             assert sock.getsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY) == 1
         cin, cout, sin, sout = _connect_and_accept(listener, "::1")
         _close(cin, cout, sin, sout)
-    with sslports.ssl_listen(0) as listener:
+
+
+@needs_ipv6
+def test_listener_on_every_address_takes_ipv4_and_ipv6() -> None:
+    # API.md: None binds "all" addresses (Racket: all of the machine's addresses), IPv6 too;
+    # an IPv4 client's address reads as IPv4, not as the dual-stack socket's v4-mapped form.
+    with sslports.ssl_listen(0, 5, False, None, _server_ctx()) as listener:
         port = sslports.ssl_addresses(listener, True)[1]
+        assert sslports.ssl_addresses(listener, True) == ("::", port, "::", 0)
+        for host in (LOCAL, "::1"):
+            cin, cout, sin, sout = _connect_and_accept(listener, host)
+            try:
+                cout.write(b"ping " + host.encode())
+                cout.flush()
+                assert sin.read(5 + len(host)) == b"ping " + host.encode()
+                assert sslports.ssl_addresses(sin, True)[::2] == (host, host)
+                assert sslports.ssl_addresses(cin, True)[::2] == (host, host)
+                assert sslports.ssl_addresses(sin, True)[1] == port
+            finally:
+                _close(cin, cout, sin, sout)
+
+
+@needs_ipv6
+def test_listener_on_every_address_falls_back_to_ipv4() -> None:
+    # The port's IPv6 side taken by an IPv6-only socket: None still listens, on IPv4 (what it
+    # did before it took IPv6 too) rather than failing.
+    for _attempt in range(20):
+        six = socket.socket(socket.AF_INET6)
+        six.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+        six.bind(("::", 0))
+        six.listen(1)
+        port = six.getsockname()[1]
+        try:
+            listener = sslports.ssl_listen(port, 5, False, None, _server_ctx())
+            break
+        except SSLNetworkError as exc:  # that port's IPv4 side is another program's
+            assert exc.errno == errno.EADDRINUSE
+            six.close()
+    else:
+        pytest.fail("no port free on IPv4 whose IPv6 side could be taken")
+    with six, listener:
         assert sslports.ssl_addresses(listener, True) == ("0.0.0.0", port, "0.0.0.0", 0)
+        cin, cout, sin, sout = _connect_and_accept(listener, LOCAL)
+        _close(cin, cout, sin, sout)
 
 
 @needs_ipv6

@@ -479,6 +479,66 @@ class SSLListener:
 _MAX_BACKLOG = 0x7FFFFFFF  # listen() takes a C int; the kernel caps it lower (somaxconn)
 
 
+def _bind_everywhere(
+    func: str, port_no: int, queue_k: int, reuse: bool, reuse_port: bool
+) -> socket.socket:
+    """A socket listening on every address: one dual-stack IPv6 socket where the system has
+    them (IPv4 clients arrive as v4-mapped addresses, which ssl_addresses reports in their IPv4
+    form), else IPv4 alone; also IPv4 alone when "::" cannot be bound (IPv6 disabled, or the
+    port's IPv6 side taken by an IPv6-only socket), as before."""
+    if socket.has_ipv6 and socket.has_dualstack_ipv6():
+        try:
+            return _bound_socket(
+                func, socket.AF_INET6, ("::", port_no), queue_k, reuse, reuse_port, v6only=False
+            )
+        except SSLNetworkError as exc:
+            if exc.errno not in (errno.EADDRNOTAVAIL, errno.EAFNOSUPPORT, errno.EADDRINUSE):
+                raise
+    return _bound_socket(
+        func, socket.AF_INET, ("0.0.0.0", port_no), queue_k, reuse, reuse_port, v6only=True
+    )
+
+
+def _bound_socket(
+    func: str,
+    family: int,
+    addr: tuple[Any, ...],
+    queue_k: int,
+    reuse: bool,
+    reuse_port: bool,
+    *,
+    v6only: bool,
+) -> socket.socket:
+    sock: Optional[socket.socket] = None
+    try:
+        sock = socket.socket(family, socket.SOCK_STREAM)
+        # ssl_accept waits for a connection without limit (Racket's tcp-accept), whatever
+        # socket.setdefaulttimeout() says: ssl_connect ignores that default as well.
+        sock.settimeout(None)
+        if reuse:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if reuse_port:
+            if not hasattr(socket, "SO_REUSEPORT"):
+                from .errors import SSLUnsupportedError
+
+                raise SSLUnsupportedError(f"{func}: SO_REUSEPORT not available here")
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        if family == socket.AF_INET6:
+            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, int(v6only))
+        sock.bind(addr)
+        sock.listen(min(queue_k, _MAX_BACKLOG))
+    except BaseException as exc:
+        if sock is not None:
+            sock.close()
+        if isinstance(exc, SSLError) or not isinstance(exc, OSError):
+            raise
+        where = _endpoint(addr[0], addr[1])
+        raise SSLNetworkError(
+            f"{func}: listen failed ({exc.strerror or exc}: {where})", errno=exc.errno
+        ) from exc
+    return sock
+
+
 def ssl_listen(
     port_no: int,
     queue_k: int = 5,
@@ -496,7 +556,8 @@ def ssl_listen(
     :param port_no: 0..65535; 0 picks a free port (see ssl_addresses).
     :param queue_k: the backlog.
     :param reuse: set SO_REUSEADDR.
-    :param hostname_or_none: the address to bind, or None for every IPv4 address.
+    :param hostname_or_none: the address to bind (a host name: its first address), or None
+        for every address, IPv4 and IPv6.
     :param server_protocol: a server context, or a protocol name (a fresh context is made).
     :param handshake_timeout: seconds a client may take to finish the handshake.
     :param reuse_port: set SO_REUSEPORT so several processes accept on one port.
@@ -514,44 +575,15 @@ def ssl_listen(
     host = _check_hostname_arg(func, hostname_or_none)
     handshake_timeout = _check_timeout(func, handshake_timeout)
     ctx = _server_context(func, server_protocol)
-    infos: list[Any]
+    if host is None:
+        sock = _bind_everywhere(func, port_no, queue_k, reuse, reuse_port)
+        return SSLListener(sock, ctx, handshake_timeout)
     try:
-        if host is None:
-            infos = [(socket.AF_INET, socket.SOCK_STREAM, 0, "", ("0.0.0.0", port_no))]
-        else:
-            infos = socket.getaddrinfo(
-                host, port_no, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
-            )
+        infos = socket.getaddrinfo(host, port_no, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
     except OSError as exc:
         raise SSLNetworkError(f"{func}: listen failed (cannot resolve {host!r}: {exc})") from exc
-    family, kind, proto, _name, addr = infos[0]
-    sock: Optional[socket.socket] = None
-    try:
-        sock = socket.socket(family, kind, proto)
-        # ssl_accept waits for a connection without limit (Racket's tcp-accept), whatever
-        # socket.setdefaulttimeout() says: ssl_connect ignores that default as well.
-        sock.settimeout(None)
-        if reuse:
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        if reuse_port:
-            if not hasattr(socket, "SO_REUSEPORT"):
-                from .errors import SSLUnsupportedError
-
-                raise SSLUnsupportedError(f"{func}: SO_REUSEPORT not available here")
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-        if family == socket.AF_INET6:
-            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
-        sock.bind(addr)
-        sock.listen(min(queue_k, _MAX_BACKLOG))
-    except BaseException as exc:
-        if sock is not None:
-            sock.close()
-        if isinstance(exc, SSLError) or not isinstance(exc, OSError):
-            raise
-        where = _endpoint(host or "0.0.0.0", port_no)
-        raise SSLNetworkError(
-            f"{func}: listen failed ({exc.strerror or exc}: {where})", errno=exc.errno
-        ) from exc
+    family, _kind, _proto, _name, addr = infos[0]
+    sock = _bound_socket(func, family, addr, queue_k, reuse, reuse_port, v6only=True)
     return SSLListener(sock, ctx, handshake_timeout)
 
 
@@ -655,9 +687,17 @@ def ssl_addresses(p_or_listener: object, port_numbers: bool = False) -> tuple[An
             raise SSLError(f"{func}: not connected to TCP port")
     else:
         raise TypeError(f"{func}: expected an SSL port or listener")
+    local_host, peer_host = _unmapped(local[0]), _unmapped(peer[0])
     if port_numbers:
-        return (local[0], local[1], peer[0], peer[1])
-    return (local[0], peer[0])
+        return (local_host, local[1], peer_host, peer[1])
+    return (local_host, peer_host)
+
+
+def _unmapped(host: str) -> str:
+    """An IPv4 peer of a dual-stack socket in its IPv4 form ("::ffff:127.0.0.1" -> "127.0.0.1")."""
+    if host[:7].lower() == "::ffff:" and "." in host:
+        return host[7:]
+    return host
 
 
 def _mode_context(func: str, mode: object, context: object, encrypt: object) -> _Context:
