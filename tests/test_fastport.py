@@ -387,6 +387,53 @@ def test_an_exception_during_a_wait_leaves_the_port_usable(path: str, pair: Any)
     assert read_exactly(cin, 5) == b"after"
 
 
+@pytest.mark.parametrize("method", ["read", "read1"])
+def test_read_of_bytes_across_waits_loses_nothing(path: str, method: str, pair: Any) -> None:
+    """read(n) / read1(n) read into the bytes object they return; one that has to wait past
+    its first slice goes on in Python with what it already has: a read completed later returns
+    it, one interrupted keeps it for the next read."""
+    if not hasattr(signal, "setitimer"):
+        pytest.skip("no setitimer")
+
+    class Stop(Exception):
+        pass
+
+    def handler(signum: int, frame: Any) -> None:
+        raise Stop
+
+    cin, _cout, sin, sout = pair
+    read = getattr(cin, method)
+    sout.write(b"12345")
+    sout.flush()
+    if method == "read":
+        old = signal.signal(signal.SIGALRM, handler)
+        try:
+            with pytest.raises(Stop):
+                signal.setitimer(signal.ITIMER_REAL, 0.2)  # four wait slices
+                read(10)
+        finally:
+            signal.setitimer(signal.ITIMER_REAL, 0)
+            signal.signal(signal.SIGALRM, old)
+        sout.write(b"67890")
+        sout.flush()
+        assert read_exactly(cin, 10) == b"1234567890"
+        late = threading.Timer(0.2, lambda: (sout.write(b"abc"), sout.flush()))
+        sout.write(b"xy")
+        sout.flush()
+        late.start()
+        assert read(5) == b"xyabc"
+        late.join(10)
+    else:
+        assert read(10) == b"12345"
+        late = threading.Timer(0.2, lambda: (sout.write(b"abc"), sout.flush()))
+        late.start()
+        assert read(10) == b"abc"  # (waited four slices for it)
+        late.join(10)
+    sin.close()
+    sout.close()
+    assert read(10) == b"" and read(10) == b""
+
+
 @needs_fast
 def test_port_tests_pass_on_the_python_methods_alone() -> None:
     """CI runs on CPython, where the C methods are used: run the socket-port tests once more

@@ -530,14 +530,53 @@ static PyObject *off_call(Port *self, const char *name, PyObject *const *args, s
 
 /* ---- Reader -------------------------------------------------------------------------- */
 
+/* Steps 2 to 4 of ONE CALL for a read into buf[0..len) (fill: all of it, else at least one
+ * byte): -1 with an exception set and the lock not taken, or 0 with the lock taken, *status
+ * the pump's status and *got what it read. */
+static int read_start(Port *self, unsigned char *buf, size_t len, int fill, int *status,
+                      size_t *got)
+{
+    sp_conn *c;
+    *status = SP_ERROR;
+    *got = 0;
+    if (lock_take(self->lock) < 0)
+        return -1;
+    c = conn_of(self->conn);
+    if (c != NULL && len == 0) {
+        *status = SP_OK;
+    } else if (c != NULL) {
+        err_room err; /* filled on failures; the connection keeps its own sticky copy */
+        Py_BEGIN_ALLOW_THREADS
+        *status = pump_read(c, buf, len, fill ? len : 1, got, slice_ms, &err);
+        Py_END_ALLOW_THREADS
+    }
+    return 0;
+}
+
+/* Step 5: whether a read is over without its continuation. */
+static int read_done(int status, size_t got, size_t len, int fill)
+{
+    return status == SP_OK && (got == len || (got > 0 && !fill));
+}
+
+/* The continuation of a read into b that read_start left unfinished, `got` bytes in: its
+ * result, the lock released. */
+static PyObject *read_rest(Port *self, PyObject *b, int fill, size_t got)
+{
+    PyObject *n = PyLong_FromSize_t(got), *r = NULL;
+    if (n != NULL) {
+        r = PyObject_CallFunctionObjArgs(self->rest, b, fill ? Py_True : Py_False, n, NULL);
+        Py_DECREF(n);
+    }
+    return port_unlock(self, r);
+}
+
 /* readinto (fill: the whole buffer) or readinto1 (at least one byte); see ONE CALL above. */
 static PyObject *read_into(Port *self, PyObject *b, int fill)
 {
     Py_buffer view;
-    sp_conn *c;
-    size_t len, got = 0;
-    int status = SP_ERROR;
-    PyObject *n, *r;
+    size_t got;
+    int status;
 
     if (self->conn == NULL) {
         PyErr_SetString(PyExc_ValueError, "I/O operation on closed SSL port");
@@ -545,27 +584,16 @@ static PyObject *read_into(Port *self, PyObject *b, int fill)
     }
     if (PyObject_GetBuffer(b, &view, PyBUF_WRITABLE) < 0)
         return NULL;
-    if (lock_take(self->lock) < 0) {
+    if (read_start(self, view.buf, (size_t)view.len, fill, &status, &got) < 0) {
         PyBuffer_Release(&view);
         return NULL;
     }
-    c = conn_of(self->conn);
-    len = (size_t)view.len;
-    if (c != NULL && len == 0) {
-        status = SP_OK;
-    } else if (c != NULL) {
-        err_room err; /* filled on failures; the connection keeps its own sticky copy */
-        Py_BEGIN_ALLOW_THREADS
-        status = pump_read(c, view.buf, len, fill ? len : 1, &got, slice_ms, &err);
-        Py_END_ALLOW_THREADS
+    if (read_done(status, got, (size_t)view.len, fill)) {
+        PyBuffer_Release(&view);
+        return port_unlock(self, PyLong_FromSize_t(got));
     }
     PyBuffer_Release(&view);
-    n = PyLong_FromSize_t(got);
-    if (n == NULL || (status == SP_OK && (got == len || (got > 0 && !fill))))
-        return port_unlock(self, n);
-    r = PyObject_CallFunctionObjArgs(self->rest, b, fill ? Py_True : Py_False, n, NULL);
-    Py_DECREF(n);
-    return port_unlock(self, r);
+    return read_rest(self, b, fill, got);
 }
 
 static PyObject *reader_readinto(Port *self, PyObject *b)
@@ -578,11 +606,16 @@ static PyObject *reader_readinto1(Port *self, PyObject *b)
     return self->on ? read_into(self, b, 0) : off_call(self, "readinto1", &b, 1);
 }
 
-/* read(size) / read1(size): a fresh bytes object of what arrived. */
+/* read(size) / read1(size): a fresh bytes object of what arrived, read straight into it (one
+ * allocation, no copy). A read that needs its continuation (a wait, EOF, an error) goes on in
+ * a bytearray, as readinto's does. */
 static PyObject *read_bytes(Port *self, PyObject *args, int fill, const char *format)
 {
-    PyObject *size_obj = Py_None, *buf, *got, *out;
+    PyObject *size_obj = Py_None, *out, *buf, *got_obj;
+    unsigned char *data;
     Py_ssize_t size;
+    size_t got;
+    int status;
     if (!PyArg_ParseTuple(args, format, &size_obj))
         return NULL;
     if (size_obj == Py_None) {
@@ -597,16 +630,38 @@ static PyObject *read_bytes(Port *self, PyObject *args, int fill, const char *fo
             return PyObject_CallFunctionObjArgs(read_all, (PyObject *)self, self->conn, NULL);
         size = 65536;
     }
-    buf = PyByteArray_FromStringAndSize(NULL, size);
-    if (buf == NULL)
+    if (self->conn == NULL) {
+        PyErr_SetString(PyExc_ValueError, "I/O operation on closed SSL port");
         return NULL;
-    got = read_into(self, buf, fill);
-    if (got == NULL) {
+    }
+    out = PyBytes_FromStringAndSize(NULL, size);
+    if (out == NULL)
+        return NULL;
+    data = (unsigned char *)PyBytes_AS_STRING(out);
+    if (read_start(self, data, (size_t)size, fill, &status, &got) < 0) {
+        Py_DECREF(out);
+        return NULL;
+    }
+    if (read_done(status, got, (size_t)size, fill)) {
+        port_unlock(self, NULL);
+        /* Shrinking in place; should even that fail, the bytes read are lost with the object
+         * (a MemoryError, as when a bytes object of that size cannot be made). */
+        if ((Py_ssize_t)got < size && _PyBytes_Resize(&out, (Py_ssize_t)got) < 0)
+            return NULL;
+        return out;
+    }
+    /* (the lock is held: the bytes read so far move to the continuation's buffer) */
+    buf = PyByteArray_FromStringAndSize(PyBytes_AS_STRING(out), size);
+    Py_DECREF(out);
+    if (buf == NULL)
+        return port_unlock(self, NULL);
+    got_obj = read_rest(self, buf, fill, got);
+    if (got_obj == NULL) {
         Py_DECREF(buf);
         return NULL;
     }
-    size = PyLong_AsSsize_t(got);
-    Py_DECREF(got);
+    size = PyLong_AsSsize_t(got_obj);
+    Py_DECREF(got_obj);
     out = size < 0 ? NULL : PyBytes_FromStringAndSize(PyByteArray_AsString(buf), size);
     Py_DECREF(buf);
     return out;
