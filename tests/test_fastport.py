@@ -206,10 +206,10 @@ def test_c_methods_come_and_go_with_the_port_state(pair: Any) -> None:
 
     sout.write(b"line one\nline two\nrest")
     sout.flush()
-    assert cin.readline() == b"line one\n"  # keeps the rest of what arrived: Python serves it
-    assert not _is_c(cin.readinto)
-    assert read_exactly(cin, len(b"line two\nrest")) == b"line two\nrest"
-    assert _is_c(cin.readinto)  # nothing kept any more
+    assert cin.readline() == b"line one\n"  # keeps the rest of what arrived ...
+    assert _is_c(cin.readinto) and _is_c(cin.readline)  # ... which the C methods serve first
+    assert read_exactly(cin, 4) == b"line" and cin._buf == b" two\nrest"
+    assert cin.readline() == b" two\n" and cin.read(4) == b"rest" and cin._buf == b""
 
     cout.write(b"x")
     cout.close()
@@ -432,6 +432,131 @@ def test_read_of_bytes_across_waits_loses_nothing(path: str, method: str, pair: 
     sin.close()
     sout.close()
     assert read(10) == b"" and read(10) == b""
+
+
+def test_readline_in_every_shape_moves_every_byte(path: str, pair: Any) -> None:
+    """Lines of every length (empty, one byte, across records, longer than a read chunk),
+    written in random pieces and flushes, read back with readline (with and without a limit)
+    mixed with every other read call: the bytes come back whole and in order, and each
+    readline stops at its newline, its limit or EOF."""
+    cin, _cout, sin, sout = pair
+    rng = random.Random(11)
+    lengths = [0, 1, 2, 15, 16, 100, 16383, 16385, 65535, 65536, 65537, 200000]
+    sent = b"".join(
+        rng.randbytes(n).replace(b"\n", b"x") + b"\n"
+        for n in [rng.choice(lengths) for _ in range(300)] + [rng.randrange(40)] * 500
+    )
+    sent += b"no newline at the end"
+
+    def write() -> None:
+        at = 0
+        while at < len(sent):
+            n = rng.choice([1, 7, 1000, 16384, 70000])
+            sout.write(sent[at : at + n])
+            at += n
+            if rng.random() < 0.3:
+                sout.flush()
+        sout.flush()
+        sin.close()
+        sout.close()
+
+    join = run_in_thread(write)
+    got = bytearray()
+    reads = random.Random(12)
+    view = memoryview(bytearray(70000))
+    while True:
+        how = reads.randrange(10)
+        if how < 5:
+            chunk = cin.readline()
+            assert chunk.endswith(b"\n") or not cin.peek(1), "a line stopped early"
+        elif how < 7:
+            limit = reads.choice([1, 2, 10, 20000, 70000])
+            chunk = cin.readline(limit)
+            assert len(chunk) <= limit
+            assert chunk.endswith(b"\n") or len(chunk) == limit or not cin.peek(1)
+            assert b"\n" not in chunk[:-1]
+        elif how == 7:
+            chunk = cin.read(reads.choice([1, 100, 20000]))
+        elif how == 8:
+            chunk = cin.read1(reads.choice([1, 100, 70000]))
+        else:
+            chunk = bytes(view[: cin.readinto1(view[: reads.choice([1, 100, 70000])])])
+        if not chunk:
+            break
+        got += chunk
+    join(60)
+    assert len(got) == len(sent) and got == sent
+    assert cin.readline() == b"" and list(cin) == []
+
+
+def test_readline_limits_types_and_eof(path: str, pair: Any) -> None:
+    cin, _cout, sin, sout = pair
+    sout.write(b"abcdef\nsecond\nthird\n\nlast")
+    sout.flush()
+    assert cin.readline(0) == b"" and cin.readline(3) == b"abc"
+    assert cin.readline(None) == b"def\n"
+    assert cin.readline(-1) == b"second\n"
+    assert cin.readline(6) == b"third\n"  # (the limit and the newline meet)
+    with pytest.raises(TypeError):
+        cin.readline("5")
+    with pytest.raises(TypeError):
+        cin.readline(1, 2)  # type: ignore[call-arg]
+    assert cin.readline() == b"\n"
+    sin.close()
+    sout.close()
+    assert list(cin) == [b"last"]
+    assert cin.readline() == b"" and cin.readline(5) == b""
+    cin.close()
+    with pytest.raises(ValueError):
+        cin.readline()
+
+
+def test_a_line_interrupted_while_it_waits_is_read_whole_later(path: str, pair: Any) -> None:
+    """A readline waiting for the rest of its line, stopped by a signal handler's exception
+    or by the port's timeout: the part already read is kept, the next readline returns the
+    whole line."""
+    if not hasattr(signal, "setitimer"):
+        pytest.skip("no setitimer")
+
+    class Stop(Exception):
+        pass
+
+    def handler(signum: int, frame: Any) -> None:
+        raise Stop
+
+    cin, _cout, _sin, sout = pair
+    sout.write(b"first half")
+    sout.flush()
+    old = signal.signal(signal.SIGALRM, handler)
+    try:
+        with pytest.raises(Stop):
+            signal.setitimer(signal.ITIMER_REAL, 0.2)  # past several wait slices
+            cin.readline()
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, old)
+    sout.write(b", second half\nnext ")
+    sout.flush()
+    assert cin.readline() == b"first half, second half\n"
+    cin.settimeout(0.2)
+    with pytest.raises(ports.SSLTimeoutError):
+        cin.readline()
+    cin.settimeout(None)
+    sout.write(b"line\n")
+    sout.flush()
+    assert cin.readline() == b"next line\n"
+
+
+def test_lines_read_leave_no_read_buffer_behind(path: str, pair: Any) -> None:
+    """An idle connection must stay small: once readline has handed out everything it read
+    ahead (64 KiB at a time), the port keeps no such buffer."""
+    cin, _cout, _sin, sout = pair
+    sout.write(b"x" * 99 + b"\n" * 60000)
+    sout.flush()
+    assert cin.readline() == b"x" * 99 + b"\n"
+    for _ in range(59999):
+        assert cin.readline() == b"\n"
+    assert cin._buf == b"" and sys.getsizeof(cin._buf) < 1024
 
 
 @needs_fast

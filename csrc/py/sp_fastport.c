@@ -101,6 +101,8 @@ static conn_fn pump_drop_unread;
 static handshake_fn pump_handshake;
 static forked_fn pump_forked;
 static int slice_ms = 50;
+static PyObject *zero, *shut_rdwr; /* 0; socket.SHUT_RDWR */
+#define READ_CHUNK 65536 /* what readline reads at a time (ports.py _READ_CHUNK) */
 static Py_ssize_t record_size = 16384;
 static PyObject *read_all;  /* read_all(reader, conn) -> bytes: read(-1) and read(None) */
 static PyObject *str_closed; /* "closed" (interned) */
@@ -345,7 +347,9 @@ typedef struct {
     Lock *lock; /* its read_lock / write_lock */
     PyObject *rest; /* reader: conn.read_rest(b, fill, n); writer: conn.write_rest(pending, data,
                        sent); called with the lock held */
-    PyObject *pending; /* writer only: the bytearray of bytes not yet sent */
+    PyObject *pending; /* writer: the bytearray of bytes not yet sent; reader: of bytes read
+                          ahead (by readline, peek, a failed read), served first. Shared with
+                          ports.py (the port's _buf), changed in place only, under the lock. */
     PyObject *port; /* a weak reference to the port, made when install() first turns the
                        methods off on an open port (a timeout, bytes kept by readline) */
     int on; /* install()ed: the common case holds. When it does not, a bound method someone
@@ -537,18 +541,36 @@ static int read_start(Port *self, unsigned char *buf, size_t len, int fill, int 
                       size_t *got)
 {
     sp_conn *c;
+    size_t kept, more = 0;
     *status = SP_ERROR;
     *got = 0;
     if (lock_take(self->lock) < 0)
         return -1;
+    kept = (size_t)PyByteArray_GET_SIZE(self->pending);
+    if (kept > 0 && len > 0) { /* bytes read ahead come first */
+        size_t n = kept < len ? kept : len;
+        memcpy(buf, PyByteArray_AS_STRING(self->pending), n);
+        if (PySequence_DelSlice(self->pending, 0, (Py_ssize_t)n) < 0) {
+            lock_give(self->lock);
+            return -1;
+        }
+        *got = n;
+        if (n == len || !fill) {
+            *status = SP_OK;
+            return 0;
+        }
+    }
     c = conn_of(self->conn);
     if (c != NULL && len == 0) {
         *status = SP_OK;
     } else if (c != NULL) {
         err_room err; /* filled on failures; the connection keeps its own sticky copy */
+        buf += *got;
+        len -= *got;
         Py_BEGIN_ALLOW_THREADS
-        *status = pump_read(c, buf, len, fill ? len : 1, got, slice_ms, &err);
+        *status = pump_read(c, buf, len, fill ? len : 1, &more, slice_ms, &err);
         Py_END_ALLOW_THREADS
+        *got += more;
     }
     return 0;
 }
@@ -677,25 +699,163 @@ static PyObject *reader_read1(Port *self, PyObject *args)
     return self->on ? read_bytes(self, args, 0, "|O:read1") : off_call(self, "read1", &PyTuple_GET_ITEM(args, 0), (size_t)PyTuple_GET_SIZE(args));
 }
 
+/* One read of what arrives onto the end of the kept bytes (the read lock held): 1 (more is
+ * kept), 0 (EOF), or -1 with an exception and the kept bytes as they were. The common case is
+ * one pump call with the GIL released, into room made at the end of the kept bytes (exported
+ * meanwhile: nothing can move them). Anything else (a wait past one slice, EOF, an error, a
+ * closed connection) is the connection's continuation, reading into a bytearray of its own
+ * with the kept bytes taken out and put back in front afterwards, also on an exception (a
+ * failed read puts there what it had read; see ports.py SSLInputPort.readline). */
+static int fill_kept(Port *self)
+{
+    PyObject *kept = self->pending, *line, *more, *n_obj;
+    Py_ssize_t have = PyByteArray_GET_SIZE(kept), n;
+    sp_conn *c = conn_of(self->conn);
+    if (c != NULL) {
+        Py_buffer view;
+        size_t got = 0;
+        int status;
+        if (PyByteArray_Resize(kept, have + READ_CHUNK) < 0)
+            return -1;
+        if (PyObject_GetBuffer(kept, &view, PyBUF_WRITABLE) < 0) {
+            PyByteArray_Resize(kept, have); /* (a shrink: cannot fail) */
+            return -1;
+        }
+        {
+            err_room err; /* filled on failures; the connection keeps its own sticky copy */
+            Py_BEGIN_ALLOW_THREADS
+            status = pump_read(c, (unsigned char *)view.buf + have, READ_CHUNK, 1, &got,
+                               slice_ms, &err);
+            Py_END_ALLOW_THREADS
+        }
+        PyBuffer_Release(&view);
+        /* Drop the room not filled. A shrink only moves the end (CPython keeps the size it
+         * asked for even when the smaller allocation fails): it cannot fail. */
+        if (PyByteArray_Resize(kept, have + (Py_ssize_t)got) < 0)
+            PyErr_Clear();
+        if (status == SP_OK && got > 0)
+            return 1;
+        have += (Py_ssize_t)got;
+    }
+    line = PyBytes_FromStringAndSize(PyByteArray_AS_STRING(kept), have);
+    if (line == NULL)
+        return -1;
+    if (PyByteArray_Resize(kept, 0) < 0) {
+        Py_DECREF(line);
+        return -1;
+    }
+    n_obj = NULL;
+    more = PyByteArray_FromStringAndSize(NULL, READ_CHUNK);
+    if (more != NULL)
+        n_obj = PyObject_CallFunctionObjArgs(self->rest, more, Py_False, zero, NULL);
+    n = n_obj == NULL ? -1 : PyLong_AsSsize_t(n_obj);
+    Py_XDECREF(n_obj);
+    /* The kept bytes back in front of whatever a failed read put there (its exception kept
+     * meanwhile: only a MemoryError here could lose them); then what it read. */
+    if (n < 0) {
+        PyObject *type, *value, *tb;
+        PyErr_Fetch(&type, &value, &tb);
+        if (PySequence_SetSlice(kept, 0, 0, line) < 0)
+            PyErr_Clear();
+        PyErr_Restore(type, value, tb);
+    } else if (PySequence_SetSlice(kept, 0, 0, line) < 0
+               || (n > 0 && PySequence_SetSlice(kept, have, have, more) < 0)) {
+        n = -1; /* (a MemoryError) */
+    } else if (n > 0 && PyByteArray_Resize(kept, have + n) < 0) {
+        PyErr_Clear(); /* (a shrink: see above) */
+    }
+    Py_DECREF(line);
+    Py_XDECREF(more);
+    return n < 0 ? -1 : n > 0;
+}
+
+/* readline(size=-1): the kept bytes up to and including the first newline, reading more into
+ * them (fill_kept) until there is one, `size` bytes are kept, or EOF. The same steps as
+ * ports.py SSLInputPort.readline (the Python twin). */
+static PyObject *readline_locked(Port *self, Py_ssize_t limit)
+{
+    PyObject *kept = self->pending, *line;
+    Py_ssize_t have, stop, scanned = 0, end;
+    for (;;) {
+        const char *p = PyByteArray_AsString(kept), *nl = NULL; /* (a call: never NULL here) */
+        int r;
+        have = PyByteArray_GET_SIZE(kept);
+        stop = limit < 0 || have < limit ? have : limit;
+        if (stop > scanned)
+            nl = memchr(p + scanned, '\n', (size_t)(stop - scanned));
+        if (nl != NULL) {
+            end = nl - p + 1;
+            break;
+        }
+        if (stop == limit) {
+            end = stop;
+            break;
+        }
+        scanned = stop;
+        if ((r = fill_kept(self)) < 0)
+            return NULL;
+        if (r == 0) { /* EOF: the last line has no newline */
+            end = PyByteArray_GET_SIZE(kept);
+            break;
+        }
+    }
+    line = PyBytes_FromStringAndSize(PyByteArray_AS_STRING(kept), end);
+    if (line != NULL && PySequence_DelSlice(kept, 0, end) < 0)
+        Py_CLEAR(line);
+    return line;
+}
+
+static PyObject *reader_readline(Port *self, PyObject *const *args, Py_ssize_t nargs)
+{
+    Py_ssize_t limit = -1;
+    if (!self->on)
+        return off_call(self, "readline", args, (size_t)nargs);
+    if (nargs > 1) {
+        PyErr_Format(PyExc_TypeError, "readline() takes at most 1 argument (%zd given)", nargs);
+        return NULL;
+    }
+    if (nargs == 1 && args[0] != Py_None) {
+        limit = PyNumber_AsSsize_t(args[0], PyExc_OverflowError);
+        if (limit == -1 && PyErr_Occurred())
+            return NULL;
+    }
+    if (self->conn == NULL) {
+        PyErr_SetString(PyExc_ValueError, "I/O operation on closed SSL port");
+        return NULL;
+    }
+    if (limit == 0)
+        return PyBytes_FromStringAndSize(NULL, 0);
+    if (lock_take(self->lock) < 0)
+        return NULL;
+    return port_unlock(self, readline_locked(self, limit));
+}
+
 static PyMethodDef reader_methods[] = {
     {"readinto", (PyCFunction)reader_readinto, METH_O, "Read into b until it is full or EOF."},
     {"readinto1", (PyCFunction)reader_readinto1, METH_O, "Read what arrives (>= 1 byte) into b."},
     {"read", (PyCFunction)reader_read, METH_VARARGS, "Read size bytes (all, when -1 or None)."},
     {"read1", (PyCFunction)reader_read1, METH_VARARGS, "Read what arrives, up to size bytes."},
+    {"readline", (PyCFunction)(void (*)(void))reader_readline, METH_FASTCALL,
+     "Read up to and including a newline (at most size bytes, when size >= 0)."},
     {"install", (PyCFunction)port_install, METH_VARARGS,
      "install(port, on): put the methods above into port's instance dict, or take them away."},
     {NULL, NULL, 0, NULL},
 };
 
-/* Reader(conn, lock, rest, port=None): with a port, its hot methods are installed at once. */
+/* Reader(conn, lock, rest, kept, port=None): with a port, its hot methods are installed at
+ * once. */
 static int reader_init(Port *self, PyObject *args, PyObject *kwds)
 {
-    PyObject *conn, *lock, *rest, *port = Py_None;
-    static char *names[] = {"conn", "lock", "rest", "port", NULL};
-    if (!PyArg_ParseTupleAndKeywords(args, kwds, "OOO|O:Reader", names, &conn, &lock, &rest,
-                                     &port))
+    PyObject *conn, *lock, *rest, *kept, *port = Py_None;
+    static char *names[] = {"conn", "lock", "rest", "kept", "port", NULL};
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "OOOO|O:Reader", names, &conn, &lock, &rest,
+                                     &kept, &port))
         return -1;
-    if (port_init(self, conn, lock, rest, NULL) < 0)
+    if (!PyByteArray_Check(kept)) {
+        PyErr_SetString(PyExc_TypeError, "kept must be a bytearray");
+        return -1;
+    }
+    if (port_init(self, conn, lock, rest, kept) < 0)
         return -1;
     return port == Py_None ? 0 : install(self, port, 1);
 }
@@ -1059,7 +1219,8 @@ static PyObject *fast_make_ports(PyObject *module, PyObject *args)
 {
     PyObject *conn, *in_type, *out_type, *result = NULL;
     PyObject *read_lock = NULL, *write_lock = NULL, *read_rest = NULL, *write_rest = NULL;
-    PyObject *inp = NULL, *out = NULL, *buf = NULL, *reader = NULL, *writer = NULL, *ref = NULL;
+    PyObject *inp = NULL, *out = NULL, *buf = NULL, *kept = NULL, *reader = NULL, *writer = NULL;
+    PyObject *ref = NULL;
     (void)module;
     if (!PyArg_ParseTuple(args, "OO!O!:make_ports", &conn, &PyType_Type, &in_type, &PyType_Type,
                           &out_type))
@@ -1069,16 +1230,18 @@ static PyObject *fast_make_ports(PyObject *module, PyObject *args)
         || (read_rest = PyObject_GetAttr(conn, str_read_rest)) == NULL
         || (write_rest = PyObject_GetAttr(conn, str_write_rest)) == NULL
         || (inp = bare_instance(in_type)) == NULL || (out = bare_instance(out_type)) == NULL
-        || (buf = PyByteArray_FromStringAndSize(NULL, 0)) == NULL)
+        || (buf = PyByteArray_FromStringAndSize(NULL, 0)) == NULL
+        || (kept = PyByteArray_FromStringAndSize(NULL, 0)) == NULL)
         goto done;
     {
-        PyObject *in_attrs[] = {str_conn, conn, str_timeout, Py_None, str_lock, read_lock};
+        PyObject *in_attrs[] = {str_conn, conn,      str_timeout, Py_None,
+                                str_lock, read_lock, str_buf,     kept};
         PyObject *out_attrs[] = {str_conn, conn, str_timeout, Py_None,
                                  str_lock, write_lock, str_buf, buf};
-        if (set_attrs(inp, in_attrs, 3) < 0 || set_attrs(out, out_attrs, 4) < 0)
+        if (set_attrs(inp, in_attrs, 4) < 0 || set_attrs(out, out_attrs, 4) < 0)
             goto done;
     }
-    if ((reader = new_fast(reader_type, conn, read_lock, read_rest, NULL, inp)) == NULL
+    if ((reader = new_fast(reader_type, conn, read_lock, read_rest, kept, inp)) == NULL
         || (writer = new_fast(writer_type, conn, write_lock, write_rest, buf, out)) == NULL)
         goto done;
     {
@@ -1098,6 +1261,7 @@ done:
     Py_XDECREF(inp);
     Py_XDECREF(out);
     Py_XDECREF(buf);
+    Py_XDECREF(kept);
     Py_XDECREF(reader);
     Py_XDECREF(writer);
     Py_XDECREF(ref);
@@ -1118,7 +1282,6 @@ static PyObject *iobase_close; /* io.BufferedIOBase.close */
 static PyObject *str_claimed, *str_flush, *str_shutdown_on_close, *str_abandoned,
     *str_close_notify, *str_open_ports, *str_port_closed, *str_last_port_closed, *str_is_socket,
     *str_caches_session, *str_transport, *str_sock, *str_shutdown, *str_close;
-static PyObject *zero, *shut_rdwr; /* 0; socket.SHUT_RDWR */
 
 /* What Python's `finally` does with exceptions: one raised by a later step replaces the one in
  * flight, which becomes its __context__. */

@@ -37,6 +37,7 @@ import collections
 import contextlib
 import io
 import math
+import operator
 import os
 import socket
 import threading
@@ -800,8 +801,7 @@ class Connection:
         caller holds the read lock)."""
         port = self.input_port() if self.input_port is not None else None
         if port is not None:
-            port._pending = data + port._pending
-            port._sync_fast()
+            port._buf[:0] = data
 
     def read_rest(self, b: Any, fill: bool, total: int) -> int:
         """The C fast path's continuation (sp_fastport.c), called with the read lock held for
@@ -1006,7 +1006,6 @@ class Connection:
 class SSLInputPort(io.BufferedIOBase):
     """The readable side of a TLS connection (a binary file-like object)."""
 
-    _pending = b""  # read ahead by readline/peek, served first
     _fast: Any = None  # the C fast path (sp_fastport.c), when it serves this port
 
     def __init__(self, conn: Connection, timeout: Optional[float]) -> None:
@@ -1015,26 +1014,30 @@ class SSLInputPort(io.BufferedIOBase):
         self._sslports_conn = conn
         self._timeout = timeout
         self._lock = conn.read_lock
+        # Bytes read ahead (by readline, peek, a failed read), served first: changed in place
+        # only, under the read lock (shared with _fast).
+        self._buf = bytearray()
         if _fastport is not None and conn.is_socket:  # installs its methods when no timeout
             self._fast = _fastport.Reader(
-                conn, conn.read_lock, conn.read_rest, None if timeout is not None else self
+                conn,
+                conn.read_lock,
+                conn.read_rest,
+                self._buf,
+                None if timeout is not None else self,
             )
 
     def __repr__(self) -> str:
         return f"<SSLInputPort{' closed' if self.closed else ''}>"
 
     def _sync_fast(self) -> None:
-        """Use the C methods while the common case holds: no timeout, nothing kept by
-        peek/readline, open."""
+        """Use the C methods while the common case holds: no timeout, open."""
         if self._fast is not None:
-            on = not self._pending and self._timeout is None and not self.closed
-            self._fast.install(self, on)
+            self._fast.install(self, self._timeout is None and not self.closed)
 
     def _keep(self, data: bytes) -> None:
         """Serve `data` before anything still to arrive (read ahead on this port's behalf)."""
         with self._lock:
-            self._pending += data
-            self._sync_fast()
+            self._buf += data
 
     def readable(self) -> bool:
         return True
@@ -1056,7 +1059,7 @@ class SSLInputPort(io.BufferedIOBase):
     def _readinto(self, b: Any, fill: bool) -> int:
         conn = self._check()
         with self._lock:
-            if not self._pending and self._timeout is None and conn.is_socket and not conn.closed:
+            if not self._buf and self._timeout is None and conn.is_socket and not conn.closed:
                 # The common case in one pump call and one Python frame (this code runs cold,
                 # between two waits on the network: every bytecode counts).
                 err, got = _per_thread.pair  # per thread: an sp_err per port would cost 2 KB each
@@ -1069,12 +1072,11 @@ class SSLInputPort(io.BufferedIOBase):
                 if status == _SP_OK and (n == size or (n and not fill)):
                     return n
                 return conn.read("read", b, fill, _NO_DEADLINE, n)  # waits, ends, errors
-            if self._pending:
+            if self._buf:
                 view = memoryview(b).cast("B")
-                n = min(len(view), len(self._pending))
-                view[:n] = self._pending[:n]
-                self._pending = self._pending[n:]
-                self._sync_fast()
+                n = min(len(view), len(self._buf))
+                view[:n] = self._buf[:n]
+                del self._buf[:n]
                 if n == len(view) or not fill:
                     return n
                 # (the kept bytes count: a timeout makes this a short read, as below; on an
@@ -1104,44 +1106,50 @@ class SSLInputPort(io.BufferedIOBase):
         del buf[n:]
         return bytes(buf)
 
-    def _peek_locked(self, size: int) -> bytes:
-        """peek() with the read lock held: one read when nothing is kept."""
-        if not self._pending:
-            buf = bytearray(max(size, 1) if size > 0 else _READ_CHUNK)
-            n = self._sslports_conn.read("read", buf, False, _deadline(self._timeout))
-            del buf[n:]
-            self._pending = bytes(buf)
-            self._sync_fast()
-        return self._pending
+    def _fill_locked(self, size: int) -> int:
+        """With the read lock held and nothing kept: one read of what arrives (up to `size`,
+        at least one byte) into the kept bytes. Returns how many, 0 at EOF."""
+        buf = bytearray(size)
+        n = self._sslports_conn.read("read", buf, False, _deadline(self._timeout))
+        self._buf += memoryview(buf)[:n]
+        return n
 
     def peek(self, size: int = 0) -> bytes:
         self._check()
-        with self._lock:  # (one reader at a time: a second must not replace what is kept)
-            return self._peek_locked(size)
+        with self._lock:  # (one reader at a time)
+            if not self._buf:
+                self._fill_locked(max(size, 1) if size > 0 else _READ_CHUNK)
+            return bytes(self._buf)
 
     def readline(self, size: Optional[int] = -1) -> bytes:
+        """The C fast path's readline does the same steps (sp_fastport.c reader_readline)."""
         self._check()
-        limit = -1 if size is None else size
-        line = bytearray()
+        limit = -1 if size is None else operator.index(size)
+        if limit == 0:
+            return b""
+        kept = self._buf
         with self._lock:  # (a whole line for one reader; another thread waits)
-            try:
-                while limit < 0 or len(line) < limit:
-                    chunk = self._peek_locked(0)
-                    if not chunk:
-                        break
-                    end = chunk.find(b"\n") + 1 or len(chunk)
-                    if limit >= 0:
-                        end = min(end, limit - len(line))
-                    line += chunk[:end]
-                    self._pending = self._pending[end:]
-                    if line.endswith(b"\n"):
-                        break
-            except BaseException:  # a timeout (or Ctrl-C) mid-line: the line is read again
-                self._pending = bytes(line) + self._pending
-                raise
-            finally:
-                self._sync_fast()
-        return bytes(line)
+            scanned = 0
+            while True:
+                stop = len(kept) if limit < 0 else min(len(kept), limit)
+                end = kept.find(b"\n", scanned, stop) + 1 or (stop if stop == limit else 0)
+                if end:
+                    break
+                scanned = stop
+                # Read more, with the line so far out of the kept bytes (a failed read puts
+                # what it had read there) and put back in front, also on an exception.
+                line = bytes(kept)
+                kept.clear()
+                try:
+                    n = self._fill_locked(_READ_CHUNK)
+                finally:
+                    kept[:0] = line
+                if not n:  # EOF: the last line has no newline
+                    end = len(kept)
+                    break
+            line = bytes(kept[:end])
+            del kept[:end]
+        return line
 
     def write(self, b: Any, /) -> int:
         raise io.UnsupportedOperation("write")
