@@ -349,6 +349,18 @@ static int server_end_point_locked(sp_conn *c, unsigned char *out, size_t cap, s
     return end_point_of(cert, out, cap, outlen, err);
 }
 
+/* The keys that channel bindings and exported keying material derive from are settled: the
+ * first handshake completed, and no TLS <= 1.2 renegotiation is under way. On TLS 1.3 a
+ * post-handshake message (NewSessionTicket, KeyUpdate, CertificateRequest) of which only a
+ * part has arrived puts OpenSSL back "in init" until the rest does (a message may span
+ * records: a ticket holding a client certificate, sent 512 bytes a record), yet it changes
+ * neither the exporter secret nor the certificates (ssl_lock held). */
+static int keys_settled_locked(sp_conn *c)
+{
+    return SSL_is_init_finished(c->ssl)
+           || (c->established && SSL_version(c->ssl) >= TLS1_3_VERSION);
+}
+
 int sp_channel_binding(sp_conn *c, int type, unsigned char *out, size_t cap, size_t *outlen,
                        sp_err *err)
 {
@@ -356,7 +368,7 @@ int sp_channel_binding(sp_conn *c, int type, unsigned char *out, size_t cap, siz
     sp_err_reset(err);
     sp_conn_lock(c);
     ERR_clear_error();
-    if (!SSL_is_init_finished(c->ssl)) {
+    if (!keys_settled_locked(c)) {
         fail(err, "the handshake has not completed");
     } else if (type == SP_CB_TLS_UNIQUE) {
         ok = tls_unique_locked(c, out, cap, outlen, err);
@@ -392,7 +404,7 @@ int sp_export_keying_material(sp_conn *c, unsigned char *out, size_t len, const 
     sp_err_reset(err);
     sp_conn_lock(c);
     ERR_clear_error();
-    ok = SSL_is_init_finished(c->ssl)
+    ok = keys_settled_locked(c)
          && SSL_export_keying_material(c->ssl, out, len, label, label_len, context, context_len,
                                        use_context);
     if (!ok) {

@@ -230,7 +230,11 @@ class AioConnection:
 
     def decrypt(self) -> None:
         """Decrypt all the ciphertext fed so far into `plain`; note the end or the failure;
-        send what reading queued (a KeyUpdate reply, an alert); wake whoever waits."""
+        send what reading queued (a KeyUpdate reply, an alert); wake the reader if it has
+        something new to take. A part of a record (a 16 KiB record comes in a dozen TCP
+        segments) gives it nothing: waking it anyway would cost a turn of the loop per
+        segment, for a read that only waits again."""
+        news = self.exc is not None or self.eof or self.input_ended
         if self.exc is None and not self.eof:
             ptr = self.ptr
             buf = self.plain_buf
@@ -239,6 +243,7 @@ class AioConnection:
                 status = _sp_read(ptr, buf, _BUF, _BUF, count, 0, self.err)
                 n = count[0]
                 if n:
+                    news = True
                     data = _unpack(self.plain_chars, n)
                     if self.head is None and not self.plain:
                         self.head = data
@@ -265,6 +270,7 @@ class AioConnection:
                         self.eof = True
                 else:
                     self.exc = build_error("read", "read", self.err, SSLNetworkError)
+                news = True
                 break
             if _sp_pending_out(ptr):
                 self.push_out()  # a KeyUpdate reply, a renegotiation flight, an alert
@@ -274,7 +280,7 @@ class AioConnection:
         if self.drain_waiters:
             self.wake_drain()
         waiter = self.waiter
-        if waiter is not None:
+        if waiter is not None and news:
             self.waiter = None
             if not waiter.done():
                 waiter.set_result(None)
