@@ -4,6 +4,7 @@
 #include <string.h>
 
 #include <openssl/pem.h>
+#include <openssl/pkcs12.h>
 #include <openssl/rand.h>
 #include <openssl/rsa.h>
 
@@ -68,6 +69,8 @@ typedef struct ctx_guard {
     CRYPTO_RWLOCK *lock;
     int sealed;    /* set under the write lock; read without it (sp_flag_get) */
     int keylog;    /* read without the lock by the key-log callback (sp_flag_get) */
+    unsigned keys_alone; /* key_slot_bit()s of keys loaded before any certificate of their
+                          * type (under the write lock: sp_ctx_use_private_key / _chain_pem) */
     unsigned char tag[8]; /* random, this context's part of its session id contexts */
 } ctx_guard;
 
@@ -270,6 +273,20 @@ void sp_ctx_set_keylog_flag(SSL_CTX *ctx, int on)
         sp_flag_set(&g->keylog, on);
 }
 
+static int no_prompt(char *buf, int size, int rwflag, void *u)
+{
+    const char *password = u;
+    size_t len;
+    (void)rwflag;
+    if (password == NULL)
+        return 0; /* never fall back to a TTY prompt */
+    len = strlen(password);
+    if (len > (size_t)size)
+        return -1;
+    memcpy(buf, password, len);
+    return (int)len;
+}
+
 SSL_CTX *sp_ctx_new(int is_server, sp_err *err)
 {
     SSL_CTX *ctx;
@@ -288,6 +305,11 @@ SSL_CTX *sp_ctx_new(int is_server, sp_err *err)
         return NULL;
     }
     SSL_CTX_set_options(ctx, SSL_OP_NO_COMPRESSION | SSL_OP_CIPHER_SERVER_PREFERENCE);
+    /* Whatever OpenSSL reads through the context (a PEM block with a Proc-Type: ENCRYPTED
+     * header) must never fall back to PEM_def_callback, which prompts on the terminal, or
+     * reads stdin when there is none, with signals held off. */
+    SSL_CTX_set_default_passwd_cb(ctx, no_prompt);
+    SSL_CTX_set_default_passwd_cb_userdata(ctx, NULL);
     if (is_server)
         sp_ctx_remember_end_point(ctx);
     SSL_CTX_set_mode(ctx, SSL_MODE_RELEASE_BUFFERS | SSL_MODE_ACCEPT_MOVING_WRITE_BUFFER);
@@ -404,18 +426,11 @@ int sp_ctx_set_server_alpn(SSL_CTX *ctx, const unsigned char *wire, size_t len,
     return 1;
 }
 
-static int no_prompt(char *buf, int size, int rwflag, void *u)
+/* An RSA key in Racket's sense (PEM_read_bio_RSAPrivateKey also returns RSA-PSS keys). */
+static int is_rsa(const EVP_PKEY *key)
 {
-    const char *password = u;
-    size_t len;
-    (void)rwflag;
-    if (password == NULL)
-        return 0; /* never fall back to a TTY prompt */
-    len = strlen(password);
-    if (len > (size_t)size)
-        return -1;
-    memcpy(buf, password, len);
-    return (int)len;
+    int id = EVP_PKEY_base_id(key);
+    return id == EVP_PKEY_RSA || id == EVP_PKEY_RSA_PSS;
 }
 
 EVP_PKEY *sp_load_private_key(const unsigned char *data, size_t len, int der, int rsa_only,
@@ -423,10 +438,14 @@ EVP_PKEY *sp_load_private_key(const unsigned char *data, size_t len, int der, in
 {
     BIO *bio;
     EVP_PKEY *key = NULL;
+    int skipped = 0;
+    int encrypted = 0; /* SP_LOAD_ENCRYPTED / _BAD_PASSWORD for a DER key that is */
     sp_err_reset(err);
     ERR_clear_error();
-    if (len > 0x7fffffff)
+    if (len > 0x7fffffff) {
+        err->sys_errno = EFBIG;
         return NULL;
+    }
     bio = BIO_new_mem_buf(data, (int)len);
     if (bio == NULL) {
         sp_err_drain(err);
@@ -434,9 +453,37 @@ EVP_PKEY *sp_load_private_key(const unsigned char *data, size_t len, int der, in
     }
     if (der) {
         key = d2i_PrivateKey_bio(bio, NULL);
-        if (key != NULL && rsa_only && EVP_PKEY_base_id(key) != EVP_PKEY_RSA) {
+        if (key == NULL) {
+            /* An encrypted PKCS#8 key (EncryptedPrivateKeyInfo), which d2i_PrivateKey_bio
+             * cannot decrypt: with the password, as PEM keys are. */
+            const unsigned char *p = data;
+            X509_SIG *p8;
+            ERR_set_mark();
+            p8 = d2i_X509_SIG(NULL, &p, (long)len);
+            if (p8 == NULL) {
+                ERR_pop_to_mark(); /* not that either: the first complaint stands */
+            } else {
+                ERR_clear_last_mark();
+                ERR_clear_error(); /* (it is one: the first complaint is moot) */
+                if (password == NULL) {
+                    encrypted = SP_LOAD_ENCRYPTED;
+                } else if (strlen(password) <= 0x7fffffff) {
+                    PKCS8_PRIV_KEY_INFO *info =
+                        PKCS8_decrypt(p8, password, (int)strlen(password));
+                    if (info != NULL) {
+                        key = EVP_PKCS82PKEY(info);
+                        PKCS8_PRIV_KEY_INFO_free(info);
+                    }
+                    if (key == NULL)
+                        encrypted = SP_LOAD_BAD_PASSWORD;
+                }
+                X509_SIG_free(p8);
+            }
+        }
+        if (key != NULL && rsa_only && !is_rsa(key)) {
             EVP_PKEY_free(key);
             key = NULL;
+            skipped = 1;
         }
     } else {
         /* PEM: walk the keys in order; rsa_only skips keys of other types. */
@@ -448,17 +495,34 @@ EVP_PKEY *sp_load_private_key(const unsigned char *data, size_t len, int der, in
                 break;
             }
             ERR_pop_to_mark();
-            if (!rsa_only || EVP_PKEY_base_id(key) == EVP_PKEY_RSA)
+            if (!rsa_only || is_rsa(key))
                 break;
             EVP_PKEY_free(key);
             key = NULL;
+            skipped = 1;
         }
     }
     BIO_free(bio);
-    if (key == NULL)
+    if (key == NULL && encrypted) {
+        err->ssl_error = encrypted;
         sp_err_drain(err);
-    else
+    } else if (key == NULL && skipped) {
+        /* The file held keys, none of them RSA: the end-of-data error says nothing useful. */
         ERR_clear_error();
+        err->ssl_error = SP_LOAD_NOT_RSA;
+    } else if (key == NULL) {
+        /* (no block a decoder took: OpenSSL 3 says only "unsupported" or "no start line") */
+        unsigned long e = ERR_peek_last_error();
+        if ((ERR_GET_LIB(e) == ERR_LIB_PEM && ERR_GET_REASON(e) == PEM_R_NO_START_LINE)
+#if SP_OPENSSL3
+            || (ERR_GET_LIB(e) == ERR_LIB_OSSL_DECODER && ERR_GET_REASON(e) == ERR_R_UNSUPPORTED)
+#endif
+        )
+            err->ssl_error = SP_LOAD_NO_KEY;
+        sp_err_drain(err);
+    } else {
+        ERR_clear_error();
+    }
     return key;
 }
 
@@ -496,18 +560,313 @@ int sp_ctx_add_pem_roots(SSL_CTX *ctx, const unsigned char *pem, size_t len)
     return added > 0;
 }
 
-int sp_ctx_load_client_ca_file(SSL_CTX *ctx, const char *path, sp_err *err)
+/* ---- credentials and trusted roots from bytes -------------------------------------------
+ * Python reads every file itself (a regular file, of bounded size: context.py _read_file), so
+ * nothing here opens a path: no FIFO can block and no device can be read without end. Every
+ * PEM read passes no_prompt, and each load parses everything before it changes the context:
+ * a load that fails leaves the context as it was. */
+
+/* One bit per OpenSSL certificate slot, as told by the key's type. */
+static unsigned key_slot_bit(const EVP_PKEY *key)
 {
-    STACK_OF(X509_NAME) *names;
+    switch (key == NULL ? EVP_PKEY_NONE : EVP_PKEY_base_id(key)) {
+    case EVP_PKEY_RSA:
+        return 1u;
+    case EVP_PKEY_RSA_PSS:
+        return 2u;
+    case EVP_PKEY_EC:
+        return 4u;
+    case EVP_PKEY_ED25519:
+        return 8u;
+    case EVP_PKEY_ED448:
+        return 16u;
+    case EVP_PKEY_DSA:
+        return 32u;
+    default:
+        return 64u;
+    }
+}
+
+/* Is the last queued error PEM's "no start line" (the end of the data, no more blocks)? It is
+ * then taken off the queue. */
+static int at_pem_end(void)
+{
+    unsigned long e = ERR_peek_last_error();
+    if (e == 0 || (ERR_GET_LIB(e) == ERR_LIB_PEM && ERR_GET_REASON(e) == PEM_R_NO_START_LINE)) {
+        ERR_clear_error();
+        return 1;
+    }
+    return 0;
+}
+
+static BIO *mem_bio(const unsigned char *data, size_t len, sp_err *err)
+{
+    BIO *bio;
+    if (len > 0x7fffffff) {
+        err->sys_errno = EFBIG;
+        return NULL;
+    }
+    bio = BIO_new_mem_buf(data, (int)len);
+    if (bio == NULL && ERR_peek_error() == 0)
+        err->sys_errno = ENOMEM;
+    return bio;
+}
+
+/* Every certificate of a PEM blob, in order (the first read as X509_AUX, as
+ * SSL_CTX_use_certificate_chain_file reads the leaf). NULL on failure: a block that is not a
+ * readable certificate (errors queued), or none at all (*none set, queue empty). */
+static STACK_OF(X509) *read_pem_certs(BIO *bio, int *none)
+{
+    STACK_OF(X509) *certs = sk_X509_new_null();
+    *none = 0;
+    if (certs == NULL)
+        return NULL;
+    for (;;) {
+        X509 *x = sk_X509_num(certs) == 0 ? PEM_read_bio_X509_AUX(bio, NULL, no_prompt, NULL)
+                                           : PEM_read_bio_X509(bio, NULL, no_prompt, NULL);
+        if (x == NULL) {
+            if (!at_pem_end())
+                break;
+            if (sk_X509_num(certs) > 0)
+                return certs;
+            *none = 1;
+            break;
+        }
+        if (!sk_X509_push(certs, x)) {
+            X509_free(x);
+            break;
+        }
+    }
+    sk_X509_pop_free(certs, X509_free);
+    return NULL;
+}
+
+int sp_ctx_use_chain_pem(SSL_CTX *ctx, const unsigned char *pem, size_t len, sp_err *err)
+{
+    ctx_guard *g = guard_of(ctx);
+    STACK_OF(X509) *certs = NULL;
+    X509 *leaf = NULL;
+    SSL *probe = NULL;
+    BIO *bio;
+    unsigned bit;
+    int none = 0;
+    int rc = 0;
     sp_err_reset(err);
     ERR_clear_error();
-    names = SSL_load_client_CA_file(path);
-    if (names == NULL) {
+    bio = mem_bio(pem, len, err);
+    if (bio == NULL)
+        goto done;
+    certs = read_pem_certs(bio, &none);
+    if (certs == NULL) {
+        if (none)
+            rc = SP_LOAD_NOTHING;
+        goto done;
+    }
+    leaf = sk_X509_shift(certs); /* (certs: the rest of the chain) */
+    bit = key_slot_bit(X509_get0_pubkey(leaf));
+    /* A dry run on a copy of the context's certificates (SSL_new copies them): the security
+     * level checks, the slot, whether the key already there goes with the new leaf. */
+    probe = SSL_new(ctx);
+    if (probe == NULL || SSL_use_certificate(probe, leaf) != 1 || ERR_peek_error() != 0
+        || !SSL_set1_chain(probe, certs))
+        goto done;
+    /* A key loaded before any certificate of its type (keys_alone) must go with this leaf:
+     * OpenSSL would drop a key that does not match without a word, or keep a key of another
+     * type waiting for a certificate that may never come; either way the context would serve
+     * nothing, and the cause would show only at the first handshake. (Strict on purpose: a
+     * context with keys of two types loads each chain before its key. A key that came with a
+     * certificate of its own is dropped on purpose: a new chain replaces that identity, and
+     * its key is loaded next.) */
+    if (g != NULL && g->keys_alone != 0 && SSL_get_privatekey(probe) == NULL) {
+        rc = SP_LOAD_MISMATCH;
+        goto done;
+    }
+    /* (the copy took both: only an allocation failure can fail here) */
+    if (SSL_CTX_use_certificate(ctx, leaf) != 1 || !SSL_CTX_set1_chain(ctx, certs))
+        goto done;
+    if (g != NULL)
+        g->keys_alone &= ~bit;
+    rc = 1;
+done:
+    if (rc == 1)
+        ERR_clear_error();
+    else
         sp_err_drain(err);
-        return 0;
+    if (rc < 0)
+        err->ssl_error = rc;
+    SSL_free(probe);
+    X509_free(leaf);
+    sk_X509_pop_free(certs, X509_free);
+    BIO_free(bio);
+    return rc == 1;
+}
+
+int sp_ctx_use_private_key(SSL_CTX *ctx, EVP_PKEY *key, int need_certificate, sp_err *err)
+{
+    ctx_guard *g = guard_of(ctx);
+    SSL *probe;
+    int have_cert;
+    int rc = 0;
+    sp_err_reset(err);
+    ERR_clear_error();
+    /* The dry run (see sp_ctx_use_chain_pem): SSL_CTX_use_PrivateKey refuses a key that does
+     * not match the certificate of its type, but takes one of a type without a certificate. */
+    probe = SSL_new(ctx);
+    if (probe == NULL)
+        goto done;
+    if (SSL_use_PrivateKey(probe, key) != 1) {
+        unsigned long e = ERR_peek_last_error();
+        if (ERR_GET_LIB(e) == ERR_LIB_X509
+            && (ERR_GET_REASON(e) == X509_R_KEY_VALUES_MISMATCH
+                || ERR_GET_REASON(e) == X509_R_KEY_TYPE_MISMATCH))
+            rc = SP_LOAD_MISMATCH;
+        goto done;
+    }
+    have_cert = SSL_get_certificate(probe) != NULL; /* (the key's own slot now) */
+    if (need_certificate && !have_cert) {
+        rc = SP_LOAD_MISMATCH;
+        goto done;
+    }
+    if (SSL_CTX_use_PrivateKey(ctx, key) != 1)
+        goto done;
+    if (g != NULL) {
+        if (have_cert)
+            g->keys_alone &= ~key_slot_bit(key);
+        else
+            g->keys_alone |= key_slot_bit(key);
+    }
+    rc = 1;
+done:
+    if (rc == 1)
+        ERR_clear_error();
+    else
+        sp_err_drain(err);
+    if (rc < 0)
+        err->ssl_error = rc;
+    SSL_free(probe);
+    return rc == 1;
+}
+
+int sp_ctx_load_verify_pem(SSL_CTX *ctx, const unsigned char *pem, size_t len, sp_err *err)
+{
+    X509_STORE *store = SSL_CTX_get_cert_store(ctx);
+    STACK_OF(X509_INFO) *infos = NULL;
+    BIO *bio;
+    int i;
+    int found = 0;
+    int ok = 0;
+    sp_err_reset(err);
+    ERR_clear_error();
+    bio = mem_bio(pem, len, err);
+    if (bio == NULL || store == NULL)
+        goto done;
+    /* (all or nothing: a block it cannot read fails the whole file, as
+     * X509_load_cert_crl_file does; encrypted keys in it are kept encrypted and ignored) */
+    infos = PEM_X509_INFO_read_bio(bio, NULL, no_prompt, NULL);
+    if (infos == NULL)
+        goto done;
+    for (i = 0; i < sk_X509_INFO_num(infos); i++) {
+        X509_INFO *info = sk_X509_INFO_value(infos, i);
+        found += (info->x509 != NULL) + (info->crl != NULL);
+    }
+    if (found == 0) {
+        err->ssl_error = SP_LOAD_NOTHING;
+        goto done;
+    }
+    for (i = 0; i < sk_X509_INFO_num(infos); i++) {
+        X509_INFO *info = sk_X509_INFO_value(infos, i);
+        if ((info->x509 != NULL && !X509_STORE_add_cert(store, info->x509))
+            || (info->crl != NULL && !X509_STORE_add_crl(store, info->crl)))
+            goto done;
+    }
+    ok = 1;
+done:
+    if (ok)
+        ERR_clear_error();
+    else
+        sp_err_drain(err);
+    sk_X509_INFO_pop_free(infos, X509_INFO_free);
+    BIO_free(bio);
+    return ok;
+}
+
+/* (a name and where it is in the file: the CA list keeps the file's order) */
+typedef struct name_at {
+    const X509_NAME *name;
+    int at;
+} name_at;
+
+static int cmp_name_at(const void *a, const void *b)
+{
+    const name_at *x = a;
+    const name_at *y = b;
+    int c = X509_NAME_cmp(x->name, y->name);
+    return c != 0 ? c : (x->at > y->at) - (x->at < y->at);
+}
+
+int sp_ctx_load_client_ca_pem(SSL_CTX *ctx, const unsigned char *pem, size_t len, sp_err *err)
+{
+    STACK_OF(X509) *certs = NULL;
+    STACK_OF(X509_NAME) *names = NULL;
+    name_at *sorted = NULL;
+    unsigned char *keep = NULL;
+    BIO *bio;
+    int none = 0;
+    int n;
+    int i;
+    int ok = 0;
+    sp_err_reset(err);
+    ERR_clear_error();
+    bio = mem_bio(pem, len, err);
+    if (bio == NULL)
+        goto done;
+    certs = read_pem_certs(bio, &none);
+    if (certs == NULL) {
+        if (none)
+            err->ssl_error = SP_LOAD_NOTHING;
+        goto done;
+    }
+    /* Each name once, where it first appears (as SSL_load_client_CA_file): sorted by name,
+     * then by place, a name equal to the one before it is a repeat. */
+    n = sk_X509_num(certs);
+    sorted = malloc((size_t)n * sizeof *sorted);
+    keep = malloc((size_t)n);
+    names = sk_X509_NAME_new_null();
+    if (sorted == NULL || keep == NULL || names == NULL) {
+        err->sys_errno = ENOMEM;
+        goto done;
+    }
+    for (i = 0; i < n; i++) {
+        sorted[i].name = X509_get_subject_name(sk_X509_value(certs, i));
+        sorted[i].at = i;
+    }
+    qsort(sorted, (size_t)n, sizeof *sorted, cmp_name_at);
+    for (i = 0; i < n; i++)
+        keep[sorted[i].at] = i == 0 || X509_NAME_cmp(sorted[i - 1].name, sorted[i].name) != 0;
+    for (i = 0; i < n; i++) {
+        X509_NAME *name;
+        if (!keep[i])
+            continue;
+        name = X509_NAME_dup(X509_get_subject_name(sk_X509_value(certs, i)));
+        if (name == NULL || !sk_X509_NAME_push(names, name)) {
+            X509_NAME_free(name);
+            goto done;
+        }
     }
     SSL_CTX_set_client_CA_list(ctx, names); /* takes ownership */
-    return 1;
+    names = NULL;
+    ok = 1;
+done:
+    if (ok)
+        ERR_clear_error();
+    else
+        sp_err_drain(err);
+    sk_X509_NAME_pop_free(names, X509_NAME_free);
+    free(keep);
+    free(sorted);
+    sk_X509_pop_free(certs, X509_free);
+    BIO_free(bio);
+    return ok;
 }
 
 /* ---- one connection from a context --------------------------------------------------- */

@@ -13,14 +13,33 @@ int sp_ctx_set_dh_pem(SSL_CTX *ctx, const unsigned char *pem, size_t len, sp_err
  * context's write lock: sp_ctx_config_lock). 1 on success. */
 int sp_ctx_set_server_alpn(SSL_CTX *ctx, const unsigned char *wire, size_t len,
                            int allow_no_match);
+/* What failed, in sp_err.ssl_error, for the loads below (as well as the drained queue). */
+#define SP_LOAD_NOTHING (-1)  /* no certificate (or CRL) in the data at all */
+#define SP_LOAD_MISMATCH (-2) /* a key and a certificate that do not go together */
+#define SP_LOAD_NOT_RSA (-3)  /* rsa_only, and the data held keys of other types only */
+#define SP_LOAD_NO_KEY (-4)   /* no key any decoder could read (the queue has OpenSSL's say) */
+#define SP_LOAD_ENCRYPTED (-5)    /* an encrypted DER key, and no password */
+#define SP_LOAD_BAD_PASSWORD (-6) /* an encrypted DER key the password does not decrypt */
 /* A private key from PEM/DER bytes (password may be NULL; never prompts). NULL on failure. */
 EVP_PKEY *sp_load_private_key(const unsigned char *data, size_t len, int der, int rsa_only,
                               const char *password, sp_err *err);
 /* Add every certificate of a PEM blob to the trust store (a block it cannot read is skipped);
  * 1 if at least one was added. */
 int sp_ctx_add_pem_roots(SSL_CTX *ctx, const unsigned char *pem, size_t len);
-/* The CA names sent with a certificate request; 1 on success. */
-int sp_ctx_load_client_ca_file(SSL_CTX *ctx, const char *path, sp_err *err);
+/* The loads of context.py, from bytes Python read (a PEM blob); each parses everything before
+ * it changes the context (the caller holds its write lock), so a failure changes nothing, and
+ * no PEM password prompt is ever shown. 1 on success; else 0, with err filled (ssl_error may
+ * be one of the SP_LOAD_* codes). sp_ctx_use_chain_pem: this end's certificate, leaf first,
+ * and its chain; refused when a key loaded before any certificate of its type
+ * (sp_ctx_use_private_key) does not go with the leaf. sp_ctx_use_private_key: the key, which
+ * must match the certificate of its type; need_certificate: there must be one. */
+int sp_ctx_use_chain_pem(SSL_CTX *ctx, const unsigned char *pem, size_t len, sp_err *err);
+int sp_ctx_use_private_key(SSL_CTX *ctx, EVP_PKEY *key, int need_certificate, sp_err *err);
+/* Trusted roots and CRLs, all of the blob or nothing (the store has its own lock: no need
+ * for the context's). */
+int sp_ctx_load_verify_pem(SSL_CTX *ctx, const unsigned char *pem, size_t len, sp_err *err);
+/* The CA names sent with a certificate request, from every certificate of the blob. */
+int sp_ctx_load_client_ca_pem(SSL_CTX *ctx, const unsigned char *pem, size_t len, sp_err *err);
 
 /* The configuration guard (see sp_ctx.c): changes to a context run between
  * sp_ctx_config_lock (1: locked; 0: sealed, not locked; -1: failure; SP_CTX_IN_HANDSHAKE: not

@@ -9,10 +9,12 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
+import errno
 import functools
 import ipaddress
 import os
 import socket
+import stat
 import subprocess
 import sys
 import threading
@@ -83,15 +85,80 @@ def fspath_bytes(func: str, path: object, what: str = "path") -> bytes:
     raise TypeError(f"{func}: expected a {what} (str, bytes or os.PathLike), got {type(path)!r}")
 
 
+# The largest file a load reads (keys, chains, CA bundles, DH parameters are kilobytes; the
+# largest root bundles a few megabytes).
+MAX_FILE_BYTES = 64 << 20
+_OPEN_FLAGS = (
+    os.O_RDONLY
+    | getattr(os, "O_NONBLOCK", 0)  # (a FIFO opens at once instead of waiting for a writer)
+    | getattr(os, "O_CLOEXEC", 0)
+    | getattr(os, "O_BINARY", 0)
+)
+
+
 def _read_file(func: str, path: object, what: str = "load") -> bytes:
+    """The contents of the regular file at `path`, at most MAX_FILE_BYTES.
+
+    Anything else is refused with SSLError before a byte is read: a directory, a FIFO (which
+    would block until some writer came), a device (/dev/zero never ends), a socket.
+    """
     raw = fspath_bytes(func, path)
+    name = os.fsdecode(raw)
+
+    def failed(reason: str, code: Optional[int] = None) -> SSLError:
+        return SSLError(f"{func}: {what} failed ({reason}: {name!r})", errno=code)
+
     try:
-        with open(raw, "rb") as f:
-            return f.read()
+        fd = os.open(raw, _OPEN_FLAGS)
     except OSError as exc:
-        raise SSLError(
-            f"{func}: {what} failed ({exc.strerror}: {os.fsdecode(raw)!r})", errno=exc.errno
-        ) from exc
+        raise failed(exc.strerror or str(exc), exc.errno) from exc
+    try:
+        try:
+            st = os.fstat(fd)
+            if stat.S_ISDIR(st.st_mode):
+                raise failed("is a directory", errno.EISDIR)
+            if not stat.S_ISREG(st.st_mode):
+                raise failed("not a regular file")
+            too_large = f"larger than {MAX_FILE_BYTES >> 20} MiB"
+            if st.st_size > MAX_FILE_BYTES:
+                raise failed(too_large, errno.EFBIG)
+            chunks: list[bytes] = []
+            size = 0
+            while True:
+                chunk = os.read(fd, min(1 << 20, MAX_FILE_BYTES + 1 - size))
+                if not chunk:
+                    return b"".join(chunks)
+                chunks.append(chunk)
+                size += len(chunk)
+                if size > MAX_FILE_BYTES:  # (it grew while read)
+                    raise failed(too_large, errno.EFBIG)
+        except SSLError:
+            raise
+        except OSError as exc:
+            raise failed(exc.strerror or str(exc), exc.errno) from exc
+    finally:
+        os.close(fd)
+
+
+def _err_last(err: Any) -> str:
+    """The last OpenSSL error an sp_err record holds, or ''."""
+    lines = _binding.err_lines(err)
+    return lines[-1] if lines else ""
+
+
+def _load_failed(func: str, err: Any, what: str = "load") -> SSLError:
+    """The SSLError of a failed sp_ctx_use_* / sp_ctx_load_* call (csrc/sp_ctx.h SP_LOAD_*)."""
+    lib = _binding.lib
+    code = int(err.ssl_error)
+    detail = {
+        lib.SP_LOAD_NOTHING: "no certificate found",
+        lib.SP_LOAD_MISMATCH: "private key does not match the certificate",
+        lib.SP_LOAD_NOT_RSA: "no RSA private key found",
+        lib.SP_LOAD_NO_KEY: "no readable private key found",
+    }.get(code)
+    if code < 0:
+        err.ssl_error = 0  # (not an SSL_get_error kind)
+    return build_error(func, what, err, detail=detail)
 
 
 def _check_bool(func: str, name: str, value: object) -> bool:
@@ -292,7 +359,7 @@ def _load_credentials(
     func: str, ctx: _Context, private_key: object, certificate_chain: object
 ) -> None:
     if certificate_chain is not None:
-        ssl_load_certificate_chain(ctx, certificate_chain)
+        _load_chain(func, ctx, certificate_chain)
     if private_key is None:
         return
     if not isinstance(private_key, tuple) or len(private_key) != 2:
@@ -536,20 +603,24 @@ def ssl_load_verify_source(context: object, src: object, *, try_: bool = False) 
     lib = _binding.lib
     ffi = _binding.ffi
     lib.ERR_clear_error()
-    if isinstance(src, tuple) and src[0] == "win32-store":
+    if not isinstance(src, tuple):  # a PEM file of roots (and CRLs)
+        try:
+            _load_verify_file(func, ctx, src)
+        except SSLError:
+            if not try_:
+                raise
+        return
+    if src[0] == "win32-store":
         if sys.platform != "win32":
             raise SSLUnsupportedError(f"{func}: win32-store is only available on Windows")
         ok = _load_win32_store(ctx, src[1])
-    elif isinstance(src, tuple) and src[0] == "macosx-keychain":
+    elif src[0] == "macosx-keychain":
         if sys.platform != "darwin":
             raise SSLUnsupportedError(f"{func}: macosx-keychain is only available on macOS")
         ok = _load_macos_keychain(ctx, src[1])
-    elif isinstance(src, tuple):
+    else:
         path = fspath_bytes(func, src[1])
         ok = os.path.isdir(path) and bool(lib.SSL_CTX_load_verify_locations(ptr, ffi.NULL, path))
-    else:
-        path = fspath_bytes(func, src)
-        ok = bool(lib.SSL_CTX_load_verify_locations(ptr, path, ffi.NULL))
     if not ok:
         exc = build_error(func, "load", detail=None)
         if not exc.openssl_errors:
@@ -557,6 +628,20 @@ def ssl_load_verify_source(context: object, src: object, *, try_: bool = False) 
         if not try_:
             raise exc
     lib.ERR_clear_error()
+
+
+def _load_verify_file(func: str, ctx: _Context, path: object) -> None:
+    """Trust every certificate (and CRL) of a PEM file: all of them, or none and SSLError."""
+    pem = _read_file(func, path)
+    err = _binding.ffi.new("sp_err *")
+    # (no configuration lock: the X509_STORE has its own, as for the other verify sources,
+    # so that an SNI callback may still add roots to the context it runs for)
+    ok = _binding.lib.sp_ctx_load_verify_pem(ctx._mutable(func), pem, len(pem), err)
+    if not ok:
+        if err.ssl_error == _binding.lib.SP_LOAD_NOTHING:
+            err.ssl_error = 0
+            raise build_error(func, "load", err, detail="no certificate or CRL found")
+        raise build_error(func, "load", err)
 
 
 def _add_pem_roots(ctx: _Context, pem: bytes) -> bool:
@@ -609,12 +694,9 @@ def ssl_load_verify_root_certificates(context_or_listener: object, pathname: obj
     """
     func = "ssl_load_verify_root_certificates"
     ctx = context_of(func, context_or_listener)
-    path = fspath_bytes(func, pathname)
-    lib = _binding.lib
-    ptr = ctx._mutable(func)
-    lib.ERR_clear_error()
-    if not lib.SSL_CTX_load_verify_locations(ptr, path, _binding.ffi.NULL):
-        raise build_error(func, "load")
+    fspath_bytes(func, pathname)
+    ctx._mutable(func)
+    _load_verify_file(func, ctx, pathname)
 
 
 # -- ciphers, sealing ------------------------------------------------------------------------
@@ -685,17 +767,17 @@ def ssl_load_certificate_chain(context_or_listener: object, pathname: object) ->
     :raises SSLError: the file is missing or holds no usable certificate.
     """
     func = "ssl_load_certificate_chain"
-    ctx = context_of(func, context_or_listener)
-    path = fspath_bytes(func, pathname)
-    lib = _binding.lib
+    _load_chain(func, context_of(func, context_or_listener), pathname)
+
+
+def _load_chain(func: str, ctx: _Context, pathname: object) -> None:
+    ctx._mutable(func)
+    pem = _read_file(func, pathname)
+    err = _binding.ffi.new("sp_err *")
     with ctx._config(func) as ptr:
-        lib.ERR_clear_error()
-        ok = lib.SSL_CTX_use_certificate_chain_file(ptr, path)
+        ok = _binding.lib.sp_ctx_use_chain_pem(ptr, pem, len(pem), err)
     if not ok:
-        if not os.path.exists(path):
-            lib.ERR_clear_error()
-            raise SSLError(f"{func}: load failed (no such file: {os.fsdecode(path)!r})")
-        raise build_error(func, "load")
+        raise _load_failed(func, err)
     ctx._has_certificate = True
 
 
@@ -704,23 +786,29 @@ def _load_key(
 ) -> None:
     lib = _binding.lib
     ffi = _binding.ffi
-    ptr = ctx._mutable(func)
+    ctx._mutable(func)
     err = ffi.new("sp_err *")
     pw = ffi.NULL if password is None else password
     key = lib.sp_load_private_key(data, len(data), int(der), int(rsa), pw, err)
     if key == ffi.NULL:
-        detail = "no RSA private key found" if rsa and err.nerrs == 0 else None
-        raise build_error(func, "load", err, detail=detail)
+        code = int(err.ssl_error)
+        if code in (lib.SP_LOAD_ENCRYPTED, lib.SP_LOAD_BAD_PASSWORD) or (
+            not der and code == 0 and b"ENCRYPTED" in data
+        ):
+            # (OpenSSL's words for it: "bad decrypt", "pkcs12 cipherfinal error", ...)
+            err.ssl_error = 0
+            detail = "wrong password" if password is not None else "the key is encrypted"
+            last = _err_last(err)
+            raise build_error(func, "load", err, detail=f"{detail} ({last})" if last else detail)
+        raise _load_failed(func, err)
     try:
+        # A key must match the certificate of its type; once a certificate is loaded, there
+        # must be one of its type (OpenSSL keeps one identity per key type and would take an
+        # EC key next to an RSA certificate silently). A failure changes nothing.
         with ctx._config(func) as ptr:
-            lib.ERR_clear_error()
-            if not lib.SSL_CTX_use_PrivateKey(ptr, key):
-                raise build_error(func, "load")
-            # OpenSSL keeps one slot per key type and only checks a key against a certificate
-            # of its own type: an EC key next to an RSA certificate would be accepted silently.
-            if ctx._has_certificate and not lib.SSL_CTX_check_private_key(ptr):
-                lib.ERR_clear_error()
-                raise SSLError(f"{func}: load failed (private key does not match the certificate)")
+            ok = lib.sp_ctx_use_private_key(ptr, key, int(ctx._has_certificate), err)
+        if not ok:
+            raise _load_failed(func, err)
     finally:
         lib.EVP_PKEY_free(key)
 
@@ -755,7 +843,10 @@ def ssl_load_private_key(
         data = _read_file(func, pathname)
     if password is not None and not isinstance(password, (str, bytes)):
         raise TypeError(f"{func}: password must be str or bytes")
-    pw = password.encode() if isinstance(password, str) else password
+    try:
+        pw = password.encode() if isinstance(password, str) else password
+    except UnicodeEncodeError as exc:
+        raise ValueError(f"{func}: password cannot be encoded as UTF-8 ({exc.reason})") from None
     if pw is not None and b"\0" in pw:
         raise ValueError(f"{func}: password contains a NUL byte")
     ctx._mutable(func)
@@ -771,13 +862,13 @@ def ssl_load_suggested_certificate_authorities(
     """
     func = "ssl_load_suggested_certificate_authorities"
     ctx = context_of(func, context_or_listener)
-    path = fspath_bytes(func, pathname)
-    lib = _binding.lib
+    ctx._mutable(func)
+    pem = _read_file(func, pathname)
     err = _binding.ffi.new("sp_err *")
     with ctx._config(func) as ptr:
-        ok = lib.sp_ctx_load_client_ca_file(ptr, path, err)
+        ok = _binding.lib.sp_ctx_load_client_ca_pem(ptr, pem, len(pem), err)
     if not ok:
-        raise build_error(func, "load", err)
+        raise _load_failed(func, err)
 
 
 # -- key exchange ----------------------------------------------------------------------------

@@ -94,8 +94,14 @@ if hasattr(os, "register_at_fork"):
 
 def _append_keylog_file(path: str, line: bytes) -> None:
     with _keylog_lock:
-        fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+        # O_NONBLOCK: a FIFO nobody reads (yet) fails the open (ENXIO, logged) instead of
+        # blocking the handshake, which runs this, for as long as no reader comes. A FIFO
+        # that has one (a live Wireshark) is then written as before, waiting for it.
+        flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT | getattr(os, "O_NONBLOCK", 0)
+        fd = os.open(path, flags, 0o600)
         try:
+            if flags & getattr(os, "O_NONBLOCK", 0):
+                os.set_blocking(fd, True)
             os.write(fd, line + b"\n")  # one write per line: O_APPEND keeps lines whole
         finally:
             os.close(fd)

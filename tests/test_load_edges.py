@@ -1,0 +1,434 @@
+"""Everything that loads files or bytes into a context, fed special paths and odd PEM.
+
+Helper review of the load procedures (ssl_load_certificate_chain, ssl_load_private_key, the
+verify sources, ssl_load_suggested_certificate_authorities, the context makers' credentials,
+ssl_server_context_enable_dhe): bad input raises the exception API.md names, with a message
+that names the function and says what is wrong, never hangs, never prompts, and a failed load
+leaves the context exactly as it was.
+
+A load that could hang (a FIFO, a device) runs in a child Python with a bounded wait and a
+capped address space, so that a regression fails the test instead of hanging or filling the
+machine's memory.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any, Callable, Optional
+
+import pytest
+from certs import make_cert
+from conftest import LOCAL, PY_ENV, read_exactly
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import rsa
+
+import sslports
+from sslports import SSLError
+
+SRC = str(Path(__file__).resolve().parents[1] / "src")
+CHILD_TIMEOUT = 20.0
+
+# The procedures that take a path, each as (name, call(ctx, path)).
+PATH_LOADERS: dict[str, Callable[[Any, object], None]] = {
+    "ssl_load_certificate_chain": sslports.ssl_load_certificate_chain,
+    "ssl_load_private_key": lambda ctx, p: sslports.ssl_load_private_key(ctx, p, False),
+    "ssl_load_verify_source": sslports.ssl_load_verify_source,
+    "ssl_load_verify_root_certificates": sslports.ssl_load_verify_root_certificates,
+    "ssl_load_suggested_certificate_authorities": (
+        sslports.ssl_load_suggested_certificate_authorities
+    ),
+    "ssl_server_context_enable_dhe": sslports.ssl_server_context_enable_dhe,
+}
+
+
+def run_child(
+    code: str, timeout: float = CHILD_TIMEOUT, env: Optional[dict[str, str]] = None
+) -> subprocess.CompletedProcess[str]:
+    """Run `code` in a child Python (sslports from this tree, address space capped at 1 GiB
+    unless under AddressSanitizer, no terminal, stdin empty); a child that outlives `timeout`
+    fails the test."""
+    prelude = ""
+    if "ASAN_OPTIONS" not in os.environ:  # (a device read without end fails, not the machine)
+        prelude = "import resource\nresource.setrlimit(resource.RLIMIT_AS, (1 << 30, 1 << 30))\n"
+    try:
+        return subprocess.run(
+            [sys.executable, "-c", prelude + textwrap.dedent(code)],
+            env={**PY_ENV, "PYTHONPATH": SRC, **(env or {})},
+            stdin=subprocess.DEVNULL,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            start_new_session=True,
+        )
+    except subprocess.TimeoutExpired as exc:
+        done = exc.stdout
+    pytest.fail(f"a load did not return within {timeout} s (it hangs); done before: {done!r}")
+
+
+def child_outcomes(calls: dict[str, str]) -> dict[str, str]:
+    """Run each `name: expression` (with ``S`` = sslports) in one child; what each raised."""
+    body = "import sslports as S\n"
+    for name, expr in calls.items():
+        body += (
+            f"try:\n    {expr}\nexcept Exception as exc:\n"
+            f"    print({name!r}, type(exc).__name__, exc, flush=True)\n"
+            f"else:\n    print({name!r}, 'loaded', flush=True)\n"
+        )
+    child = run_child(body)
+    assert child.returncode == 0, child.stderr
+    assert "pass phrase" not in child.stderr, child.stderr  # (no prompt, ever)
+    got = {}
+    for line in child.stdout.splitlines():
+        name, _, outcome = line.partition(" ")
+        got[name] = outcome
+    return got
+
+
+def serves(ctx: Any, client: Any = "auto") -> bool:
+    """Does a handshake with a server on `ctx` succeed (for `client`)?"""
+    with sslports.ssl_listen(0, 5, False, LOCAL, ctx, handshake_timeout=10) as listener:
+        port = sslports.ssl_addresses(listener, True)[1]
+        outcome: list[bool] = []
+
+        def serve() -> None:
+            try:
+                sin, sout = sslports.ssl_accept(listener)
+            except SSLError:
+                outcome.append(False)
+                return
+            with sin, sout:
+                sout.write(b"ok")
+                sout.flush()
+
+        thread = threading.Thread(target=serve, daemon=True)
+        thread.start()
+        try:
+            cin, cout = sslports.ssl_connect(LOCAL, port, client, timeout=10)
+        except SSLError:
+            ok = False
+        else:
+            with cin, cout:
+                ok = read_exactly(cin, 2) == b"ok"
+        thread.join(15)
+        assert not thread.is_alive()
+        return ok and outcome != [False]
+
+
+class Files:
+    """PEM files in a test's tmp_path: two RSA identities and an EC one, all self-signed."""
+
+    def __init__(self, tmp_path: Path) -> None:
+        self.dir = tmp_path
+        self.rsa = make_cert("localhost", key="rsa", dns=["localhost"])
+        self.rsa2 = make_cert("localhost", key="rsa", dns=["localhost"])
+        self.ec = make_cert("localhost", key="ec", dns=["localhost"])
+
+    def write(self, name: str, data: bytes) -> Path:
+        path = self.dir / name
+        path.write_bytes(data)
+        return path
+
+    def server(self) -> Any:
+        """A server context serving the first RSA identity."""
+        ctx = sslports.ssl_make_server_context()
+        sslports.ssl_load_certificate_chain(ctx, self.write("rsa.pem", self.rsa.pem))
+        sslports.ssl_load_private_key(ctx, ("data", self.rsa.key_pem))
+        return ctx
+
+
+@pytest.fixture
+def files(tmp_path: Path) -> Files:
+    return Files(tmp_path)
+
+
+BAD_BLOCK = b"-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n"
+
+
+# -- special paths -------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def fifo(tmp_path: Path) -> Iterator[Path]:
+    if not hasattr(os, "mkfifo"):
+        pytest.skip("no FIFOs here")
+    path = tmp_path / "fifo.pem"
+    os.mkfifo(path)
+    yield path
+
+
+def test_special_files_are_refused_without_blocking(fifo: Path) -> None:
+    """A FIFO without a writer blocked open() forever; /dev/zero was read without end."""
+    calls = {}
+    for name in PATH_LOADERS:
+        call = f"S.{name}(S.ssl_make_server_context(), {{}})"
+        if name == "ssl_load_private_key":
+            call = "S.ssl_load_private_key(S.ssl_make_server_context(), {}, False)"
+        calls[f"{name}:fifo"] = call.format(repr(str(fifo)))
+        if os.path.exists("/dev/zero"):
+            calls[f"{name}:zero"] = call.format("'/dev/zero'")
+    # the default verify sources are loaded ignoring failures: they must not block either
+    calls["ssl_secure_client_context:fifo"] = (
+        f"S.ssl_default_verify_sources([{str(fifo)!r}]) or S.ssl_secure_client_context()"
+    )
+    got = child_outcomes(calls)
+    assert got.pop("ssl_secure_client_context:fifo") == "loaded"
+    del calls["ssl_secure_client_context:fifo"]
+    assert set(got) == set(calls)
+    for key, outcome in got.items():
+        name = key.split(":")[0]
+        expected = f"SSLError {name}: load failed (not a regular file"
+        assert outcome.startswith(expected), (key, outcome)
+
+
+@pytest.mark.parametrize("name", list(PATH_LOADERS))
+def test_unusable_paths_say_what_is_wrong(name: str, tmp_path: Path) -> None:
+    load = PATH_LOADERS[name]
+    dangling = tmp_path / "dangling.pem"
+    dangling.symlink_to(tmp_path / "nowhere")
+    for path, reason in [(tmp_path, "is a directory"), (dangling, "No such file or directory")]:
+        with pytest.raises(SSLError) as info:
+            load(sslports.ssl_make_server_context(), path)
+        assert str(info.value) == f"{name}: load failed ({reason}: {str(path)!r})"
+
+
+def test_a_huge_file_is_refused_before_it_is_read(tmp_path: Path) -> None:
+    huge = tmp_path / "huge.pem"
+    with open(huge, "wb") as f:
+        f.truncate(sslports.context.MAX_FILE_BYTES + 1)  # (sparse: nothing written)
+    for name, load in PATH_LOADERS.items():
+        with pytest.raises(SSLError, match=rf"^{name}: load failed \(larger than 64 MiB"):
+            load(sslports.ssl_make_server_context(), huge)
+
+
+def test_sslkeylogfile_fifo_without_reader_does_not_block(fifo: Path) -> None:
+    """The key-log line was appended with a blocking open(): a FIFO nobody reads held the
+    handshake (which writes it) forever, whatever timeout the caller set."""
+    child = run_child(
+        """
+        import threading
+        import sslports as S
+
+        ctx = S.ssl_make_server_context(
+            private_key=("pem", S.TEST_PEM), certificate_chain=S.TEST_PEM
+        )
+        with S.ssl_listen(0, 5, False, "127.0.0.1", ctx, handshake_timeout=5) as listener:
+            port = S.ssl_addresses(listener, True)[1]
+
+            def serve():
+                for p in S.ssl_accept(listener):
+                    p.close()
+
+            thread = threading.Thread(target=serve, daemon=True)
+            thread.start()
+            for p in S.ssl_connect("127.0.0.1", port, "auto", timeout=5):
+                p.close()
+            thread.join(10)
+        print("done")
+        """,
+        env={"SSLKEYLOGFILE": str(fifo)},
+    )
+    assert child.returncode == 0, child.stderr
+    assert child.stdout.split() == ["done"]
+    assert "cannot append to SSLKEYLOGFILE" in child.stderr  # (logged, not raised)
+
+
+# -- no password prompt for anything -------------------------------------------------------------
+
+
+def _encrypted_header(pem: bytes) -> bytes:
+    """A certificate block with a legacy PEM encryption header (OpenSSL then asks for a
+    password through the callback it was given, or prompts)."""
+    lines = pem.decode().splitlines()
+    header = "Proc-Type: 4,ENCRYPTED\nDEK-Info: AES-128-CBC,00112233445566778899AABBCCDDEEFF\n"
+    return (lines[0] + "\n" + header + "\n" + "\n".join(lines[1:]) + "\n").encode()
+
+
+def test_encrypted_pem_blocks_never_prompt(files: Files) -> None:
+    """PEM_def_callback asked the terminal, or with none read stdin (and held SIGINT off)."""
+    alone = files.write("enc.pem", _encrypted_header(files.rsa.pem))
+    chain = files.write("chain.pem", files.rsa.pem + _encrypted_header(files.ec.pem))
+    calls = {}
+    for name in PATH_LOADERS:
+        if name in ("ssl_load_private_key", "ssl_server_context_enable_dhe"):
+            continue
+        for label, path in (("alone", alone), ("chain", chain)):
+            calls[f"{name}:{label}"] = f"S.{name}(S.ssl_make_server_context(), {str(path)!r})"
+    got = child_outcomes(calls)
+    assert set(got) == set(calls)
+    for key, outcome in got.items():
+        assert outcome.startswith(f"SSLError {key.split(':')[0]}: load failed"), (key, outcome)
+
+
+# -- all or nothing --------------------------------------------------------------------------------
+
+
+def test_a_failed_chain_load_keeps_the_identity_served(files: Files) -> None:
+    """The leaf of the bad file used to replace the served one (dropping its key)."""
+    ctx = files.server()
+    bad = files.write("bad-chain.pem", files.rsa2.pem + BAD_BLOCK)
+    truncated = files.write("truncated.pem", files.rsa2.pem + files.ec.pem[:200])
+    for path in (bad, truncated):
+        with pytest.raises(SSLError, match=r"^ssl_load_certificate_chain: load failed \("):
+            sslports.ssl_load_certificate_chain(ctx, path)
+    assert serves(ctx)
+
+
+def test_a_key_loaded_first_must_match_the_chain(files: Files) -> None:
+    """OpenSSL drops a key that does not match a later certificate without a word: the
+    context then served nothing ("no shared cipher" on every handshake)."""
+    for other in (files.rsa2, files.ec):
+        ctx = sslports.ssl_make_server_context()
+        sslports.ssl_load_private_key(ctx, ("data", files.rsa.key_pem))
+        with pytest.raises(SSLError) as info:
+            sslports.ssl_load_certificate_chain(ctx, files.write("other.pem", other.pem))
+        assert str(info.value) == (
+            "ssl_load_certificate_chain: load failed (private key does not match the certificate)"
+        )
+        sslports.ssl_load_certificate_chain(ctx, files.write("rsa.pem", files.rsa.pem))
+        assert serves(ctx)
+
+
+def test_a_new_chain_replaces_an_identity_and_its_key(files: Files) -> None:
+    """(not a bug: the order OpenSSL documents for replacing a certificate and key)"""
+    ctx = files.server()
+    sslports.ssl_load_certificate_chain(ctx, files.write("rsa2.pem", files.rsa2.pem))
+    with pytest.raises(SSLError):  # the old key does not go with the new chain
+        sslports.ssl_load_private_key(ctx, ("data", files.rsa.key_pem))
+    sslports.ssl_load_private_key(ctx, ("data", files.rsa2.key_pem))
+    assert serves(ctx)
+
+
+def test_a_refused_key_is_not_left_in_the_context(files: Files) -> None:
+    """An EC key refused next to an RSA certificate used to stay installed: a later EC chain
+    then served it, with the key whose load had failed."""
+    ctx = files.server()
+    with pytest.raises(SSLError, match="private key does not match the certificate"):
+        sslports.ssl_load_private_key(ctx, ("data", files.ec.key_pem), False)
+    sslports.ssl_load_certificate_chain(ctx, files.write("ec.pem", files.ec.pem))
+    ecdsa_only = sslports.ssl_make_client_context("tls12")
+    sslports.ssl_set_ciphers(ecdsa_only, "ECDHE-ECDSA-AES128-GCM-SHA256")
+    assert not serves(ctx, ecdsa_only)  # the EC identity has no key
+    assert serves(ctx)  # the RSA one is still whole
+
+
+def test_suggested_authorities_refuse_a_bad_block(files: Files) -> None:
+    """SSL_load_client_CA_file stopped at the first bad block and kept what it had read."""
+    ctx = files.server()
+    for data in (files.rsa.pem + BAD_BLOCK, files.rsa.pem + files.ec.pem[:300], b""):
+        with pytest.raises(
+            SSLError, match=r"^ssl_load_suggested_certificate_authorities: load failed \("
+        ):
+            sslports.ssl_load_suggested_certificate_authorities(ctx, files.write("cas.pem", data))
+    sslports.ssl_load_suggested_certificate_authorities(
+        ctx, files.write("cas.pem", files.rsa.pem + files.ec.pem + files.rsa.pem)
+    )
+    assert serves(ctx)
+
+
+def test_verify_bundle_with_a_bad_certificate_trusts_none_of_it(files: Files) -> None:
+    """(not a bug: X509_load_cert_crl_file was all or nothing too; kept that way)"""
+    server = files.server()
+    client = sslports.ssl_make_client_context()
+    sslports.ssl_set_verify(client, True)
+    bundle = files.write("bundle.pem", files.rsa.pem + BAD_BLOCK)
+    with pytest.raises(SSLError, match=r"^ssl_load_verify_source: load failed \("):
+        sslports.ssl_load_verify_source(client, bundle)
+    sslports.ssl_load_verify_source(client, bundle, try_=True)
+    assert not serves(server, client)
+    good = files.write("good.pem", files.rsa.pem)
+    sslports.ssl_load_verify_source(client, good)
+    sslports.ssl_load_verify_source(client, good)  # twice: no error
+    assert serves(server, client)
+
+
+# -- keys ----------------------------------------------------------------------------------------
+
+
+def test_rsa_true_and_missing_key_messages(files: Files) -> None:
+    ctx = sslports.ssl_make_server_context()
+    with pytest.raises(SSLError) as info:  # keys, none of them RSA
+        sslports.ssl_load_private_key(ctx, ("data", files.ec.key_pem))
+    assert str(info.value) == "ssl_load_private_key: load failed (no RSA private key found)"
+    with pytest.raises(SSLError) as info:  # a certificate where the key should be
+        sslports.ssl_load_private_key(ctx, ("data", files.rsa.pem), False)
+    assert str(info.value) == "ssl_load_private_key: load failed (no readable private key found)"
+
+
+def test_rsa_true_takes_an_rsa_pss_key() -> None:
+    """RSA-PSS keys are RSA keys for rsa=True: PEM_read_bio_RSAPrivateKey, which Racket's
+    rsa? #t calls, returns them (they were refused: "no RSA private key found")."""
+    pss = rsa.generate_private_key(65537, 2048)
+    der = pss.private_bytes(
+        serialization.Encoding.DER, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    )
+    # (rsaEncryption OID -> id-RSASSA-PSS, parameters NULL -> absent: the same key as RSA-PSS)
+    rsa_alg = bytes.fromhex("300d06092a864886f70d0101010500")
+    pss_alg = bytes.fromhex("300b06092a864886f70d01010a")
+    assert der.count(rsa_alg) == 1
+    body = der[: der.index(rsa_alg)] + pss_alg + der[der.index(rsa_alg) + len(rsa_alg) :]
+    assert body[:2] == b"\x30\x82"
+    body = body[:2] + (int.from_bytes(body[2:4], "big") - 2).to_bytes(2, "big") + body[4:]
+    sslports.ssl_load_private_key(sslports.ssl_make_server_context(), ("data", body), True, True)
+
+
+def test_password_errors_name_the_function(files: Files) -> None:
+    encrypted = files.rsa.key.private_bytes(
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.PKCS8,
+        serialization.BestAvailableEncryption(b"s3cret"),
+    )
+    ctx = sslports.ssl_make_server_context()
+    with pytest.raises(ValueError, match=r"^ssl_load_private_key: password"):
+        sslports.ssl_load_private_key(ctx, ("data", encrypted), password="\udcff")
+    with pytest.raises(SSLError, match=r"^ssl_load_private_key: load failed \(wrong password"):
+        sslports.ssl_load_private_key(ctx, ("data", encrypted), password="nope")
+    with pytest.raises(SSLError, match=r"^ssl_load_private_key: load failed \(the key is encr"):
+        sslports.ssl_load_private_key(ctx, ("data", encrypted))
+
+
+def test_encrypted_der_key_takes_the_password(files: Files) -> None:
+    """asn1=True ignored password=: an encrypted PKCS#8 DER key could not be loaded at all."""
+    der = files.rsa.key.private_bytes(
+        serialization.Encoding.DER,
+        serialization.PrivateFormat.PKCS8,
+        serialization.BestAvailableEncryption(b"s3cret"),
+    )
+    ctx = sslports.ssl_make_server_context()
+    sslports.ssl_load_certificate_chain(ctx, files.write("rsa.pem", files.rsa.pem))
+    with pytest.raises(SSLError, match=r"^ssl_load_private_key: load failed \(the key is encr"):
+        sslports.ssl_load_private_key(ctx, ("data", der), True, True)
+    with pytest.raises(SSLError, match=r"^ssl_load_private_key: load failed \(wrong password"):
+        sslports.ssl_load_private_key(ctx, ("data", der), True, True, password="nope")
+    sslports.ssl_load_private_key(ctx, ("data", der), True, True, password="s3cret")
+    assert serves(ctx)
+
+
+def test_context_makers_name_themselves(files: Files) -> None:
+    for maker in (sslports.ssl_make_server_context, sslports.ssl_make_client_context):
+        name = maker.__name__
+        with pytest.raises(TypeError, match=rf"^{name}: "):
+            maker(certificate_chain=5)
+        with pytest.raises(SSLError, match=rf"^{name}: load failed \(No such file"):
+            maker(certificate_chain=files.dir / "missing.pem")
+
+
+def test_failed_loads_leave_no_descriptor_open(files: Files) -> None:
+    """(a regression guard for the files the loads now open themselves)"""
+    fd_dir = Path("/proc/self/fd")
+    if not fd_dir.is_dir():
+        pytest.skip("no /proc/self/fd")
+    ctx = files.server()
+    bad = files.write("bad.pem", files.rsa2.pem + BAD_BLOCK)
+    before = len(list(fd_dir.iterdir()))
+    for _ in range(500):
+        for name, load in PATH_LOADERS.items():
+            with pytest.raises(SSLError, match=f"^{name}"):
+                load(ctx, bad if name != "ssl_load_private_key" else files.dir)
+    assert len(list(fd_dir.iterdir())) == before
+    assert serves(ctx)
