@@ -45,6 +45,7 @@ import logging
 import socket
 import sys
 import threading
+import warnings
 from asyncio.constants import LOG_THRESHOLD_FOR_CONNLOST_WRITES
 from collections.abc import Awaitable, Sequence
 from typing import Any, Callable, Optional, Union
@@ -143,6 +144,10 @@ class AioConnection:
     peer_closed = False  # the peer's close_notify arrived (its write side is closed, not ours)
     closing: Optional[asyncio.Task[None]] = None  # close() waits for held-back bytes (close)
     dropped_writes = 0  # writes made after close() (write)
+    # A server connection (start_ssl_server) holds its writer until the connection is lost:
+    # the collector must not close it under a task that still reads (SSLStreamWriter.__del__).
+    keeps_writer = False
+    app_writer: Optional[SSLStreamWriter] = None
 
     def __init__(
         self, ptr: Any, context: _Context, hostname: Optional[str], strict_eof: bool
@@ -151,6 +156,7 @@ class AioConnection:
         self.context = context
         self.hostname = hostname
         self.strict_eof = strict_eof
+        self.loop = asyncio.get_running_loop()
         self.closed = False
         self.established = False  # the handshake completed: decrypt as ciphertext arrives
         self.sni_error: Optional[BaseException] = None
@@ -432,7 +438,6 @@ class _SSLProtocol(AioConnection, asyncio.BufferedProtocol):
     ) -> None:
         super().__init__(ptr, context, hostname, strict_eof)
         self.transport_: Optional[asyncio.Transport] = None
-        self.loop = asyncio.get_running_loop()
         if _fills_at_once(self.loop):
             self.recv_buf, self.recv_c = _thread_buffers()[:2]
         else:
@@ -490,6 +495,7 @@ class _SSLProtocol(AioConnection, asyncio.BufferedProtocol):
             )
         self.end_input()
         self.wake_drain()
+        self.app_writer = None  # (a server's: the connection ended, the collector may have it)
         if not self.closed_future.done():
             self.closed_future.set_result(None)
 
@@ -866,6 +872,30 @@ class SSLStreamWriter:
         """Close the connection (no close_notify: use shutdown() first for one)."""
         self._sslports_conn.close()
 
+    def __del__(self) -> None:
+        # As asyncio's StreamWriter (3.11.5 on): a client's writer dropped without close()
+        # closes its connection, with a ResourceWarning. Otherwise the event loop keeps the
+        # transport, and with it the descriptor and the connection's C memory, for as long as
+        # the peer keeps the connection open: for ever, for a server that waits for the next
+        # request. (A server's writers are kept alive by their connection until it ends, as
+        # asyncio's servers keep theirs: a handler may return and leave the connection to a
+        # task of its own.)
+        conn = self.__dict__.get("_sslports_conn")
+        if conn is None or conn.closed or conn.raw_closing() or conn.keeps_writer:
+            return
+        loop = conn.loop
+        if loop.is_closed():
+            warnings.warn("loop is closed", ResourceWarning, stacklevel=1)
+            return
+        try:
+            if _running_loop() is loop:
+                conn.close()
+            else:  # (the collector may run in any thread)
+                loop.call_soon_threadsafe(conn.close)
+        except RuntimeError:  # the loop closed meanwhile
+            return
+        warnings.warn(f"unclosed {self!r}", ResourceWarning, stacklevel=1)
+
     async def shutdown(self) -> None:
         """Send close_notify (without waiting for the peer's), then drain."""
         conn = self._sslports_conn
@@ -901,6 +931,13 @@ class SSLStreamWriter:
         except SSLNetworkError:
             if exc[0] is None:  # (a lost connection never hides the body's own exception)
                 raise
+
+
+def _running_loop() -> Optional[asyncio.AbstractEventLoop]:
+    try:
+        return asyncio.get_running_loop()
+    except RuntimeError:
+        return None
 
 
 def _pair(conn: AioConnection, limit: int) -> tuple[SSLStreamReader, SSLStreamWriter]:
@@ -1144,6 +1181,8 @@ async def start_ssl_server(
                     "%s: %s from %s", func, exc, conn.get_extra_info("peername"), exc_info=exc
                 )
             return
+        if not conn.is_lost:  # kept until the connection ends, as asyncio's servers keep theirs
+            conn.app_writer = ssl_writer
         task = asyncio.current_task()
         if task is not None:
             handshakes.discard(task)  # the handshake is over: close() leaves it alone now
@@ -1160,6 +1199,8 @@ async def start_ssl_server(
         return _ServerProtocol(ptr, context, None, False)
 
     class _ServerProtocol(_SSLProtocol):
+        keeps_writer = True
+
         def connection_made(self, transport: asyncio.BaseTransport) -> None:
             super().connection_made(transport)
             task = loop.create_task(on_client(self))

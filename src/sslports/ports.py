@@ -35,6 +35,7 @@ from __future__ import annotations
 import _socket
 import collections
 import contextlib
+import copy
 import io
 import math
 import operator
@@ -182,6 +183,24 @@ _fastport = _load_fastport()
 _new_lock: Callable[[], Any] = threading.Lock if _fastport is None else _fastport.Lock
 
 
+def _detached(exc: BaseException) -> BaseException:
+    """What to raise for the sticky stream failure `exc` that a sender or receiver thread
+    keeps: a copy (same type, arguments and attributes), so that the kept one never gets the
+    traceback of a raise. Its frames name the thread's object (and up the stack the transport
+    and the connection), which keeps the failure: a reference cycle that would hold the
+    connection, its C memory and its streams until the cyclic collector runs, for every
+    connection whose stream failed. `exc` itself (without traceback) when it cannot be copied.
+    """
+    try:
+        new = copy.copy(exc)
+    except Exception:
+        new = None
+    if type(new) is not type(exc):
+        return exc.with_traceback(None)
+    assert new is not None
+    return new.with_traceback(None)
+
+
 class _Sender:
     """Writes queued ciphertext to a blocking output stream from a daemon thread."""
 
@@ -207,14 +226,14 @@ class _Sender:
                     raise SSLTimeoutError("write: timed out waiting for the transport")
             if self.error is not None:
                 self.reported = True
-                raise self.error
+                raise _detached(self.error)
 
     def put(self, data: bytes, deadline: _Deadline) -> None:
         self.wait_room(deadline)
         with self.cond:
             if self.error is not None:
                 self.reported = True
-                raise self.error
+                raise _detached(self.error)
             self.queue.append(data)
             self.queued += len(data)
             self.put_total += len(data)
@@ -237,7 +256,7 @@ class _Sender:
                 _write_fully(self.out, data)
             except BaseException as exc:
                 with self.cond:
-                    self.error = exc
+                    self.error = exc.with_traceback(None)  # (see _detached)
                     self.queue.clear()
                     self.queued = 0
                     self.cond.notify_all()
@@ -311,7 +330,7 @@ class _Receiver:
                     # asks again, as a read without a deadline does)
                     self.error = None
                     self.requested = False
-                raise exc.with_traceback(None)
+                raise _detached(exc)
             data, self.result = self.result, None
             if data is not None:
                 self.requested = False
@@ -347,7 +366,7 @@ class _Receiver:
             except BaseException as exc:
                 with self.cond:
                     self.reading = False
-                    self.error = exc
+                    self.error = exc.with_traceback(None)  # (see _detached)
                     self.cond.notify_all()
                 if self._close_after() or not isinstance(exc, BlockingIOError):
                     return
@@ -394,6 +413,25 @@ class _TransportError(SSLError):
 def _transport_error(exc: BaseException) -> _TransportError:
     reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
     return _TransportError(reason or type(exc).__name__)
+
+
+def _read_stream(
+    readinto: Optional[Callable[[memoryview], Optional[int]]],
+    read: Optional[Callable[[int], Optional[bytes]]],
+    view: memoryview,
+) -> Any:
+    """One read of an input stream (its readinto into `view`, else its read): a buffer of the
+    bytes read, empty at EOF."""
+    data: Any
+    if readinto is not None:
+        n = readinto(view)
+        data = None if n is None else view[:n]
+    else:
+        assert read is not None
+        data = read(_TRANSPORT_CHUNK)
+    if data is None:
+        raise BlockingIOError("ports_to_ssl_ports: input_port has no data (non-blocking)")
+    return data
 
 
 class _StreamTransport:
@@ -451,20 +489,20 @@ class _StreamTransport:
 
     def read_once(self) -> Any:
         """One read of the input stream: a buffer of the bytes read, empty at EOF."""
-        data: Any
-        if self._readinto is not None:
-            n = self._readinto(self.view)
-            data = None if n is None else self.view[:n]
-        else:
-            assert self._read is not None
-            data = self._read(_TRANSPORT_CHUNK)
-        if data is None:
-            raise BlockingIOError("ports_to_ssl_ports: input_port has no data (non-blocking)")
-        return data
+        return _read_stream(self._readinto, self._read, self.view)
 
-    def read_copy(self) -> bytes:
-        """read_once for the receiver thread: its own copy (the view is reused)."""
-        return bytes(self.read_once())
+    def copying_reader(self) -> Callable[[], bytes]:
+        """read_once for the receiver thread, as its own copy (the view is reused). Not a
+        bound method: the transport holds its receiver, and a receiver holding the transport
+        back would be a reference cycle, keeping the transport, its streams and its 64 KiB
+        buffer after the connection closed until the cyclic collector runs, for every
+        connection that ever read under a deadline."""
+        readinto, read, view = self._readinto, self._read, self.view
+
+        def read_copy() -> bytes:
+            return bytes(_read_stream(readinto, read, view))
+
+        return read_copy
 
     def pull_in(self, conn: Any, deadline: _Deadline, seen: int) -> None:
         """Read once from the input stream and feed the pump (EOF included), unless another
@@ -484,7 +522,7 @@ class _StreamTransport:
                     data: Any = self.read_once()
                 else:  # (once a read went to the receiver, every read does: stream order)
                     if self.receiver is None:
-                        self.receiver = _Receiver(self.read_copy)
+                        self.receiver = _Receiver(self.copying_reader())
                     data = self.receiver.get(deadline)
                     if data is None:
                         return  # the deadline passed; the read stays outstanding
