@@ -5,12 +5,13 @@
  * A request/response loop spends most of its non-OpenSSL time in the Python that runs once per
  * port call, and that Python runs cold: between two waits on the network its instructions cost
  * several times what a timeit loop says (bench/README.md, "Where the time goes"). So the common
- * case of read / readinto / readinto1 / read1 on an input port and write / flush on an output
- * port is done here, with no Python frame at all. These C methods live in the port's instance
+ * case of read / readinto / readinto1 / read1 / readline on an input port and write / flush on
+ * an output port is done here, with no Python frame at all. These C methods live in the port's instance
  * dict, where they shadow the Python methods of its class: the Reader's / Writer's constructor
  * installs them (given the port), and `install(port, on)` (ports.py `_sync_fast`) takes them
- * away whenever the common case does not hold (a timeout, bytes kept by peek/readline, a
- * closed port) and puts them back. A method someone kept from before (w = port.write, as
+ * away whenever the common case does not hold (a timeout, a closed port) and puts them back
+ * (bytes read ahead by readline or peek are the input port's `_buf`, which the C methods
+ * serve first). A method someone kept from before (w = port.write, as
  * shutil.copyfileobj does) sees that too: each Reader / Writer knows whether it is installed
  * (`on`), and when it is not, runs the class's Python method instead (off_call). Installing
  * is done here, not by a Python loop over the names, and the two ports of an ssl_connect / ssl_accept connection are made here too, in
@@ -351,7 +352,7 @@ typedef struct {
                           ahead (by readline, peek, a failed read), served first. Shared with
                           ports.py (the port's _buf), changed in place only, under the lock. */
     PyObject *port; /* a weak reference to the port, made when install() first turns the
-                       methods off on an open port (a timeout, bytes kept by readline) */
+                       methods off on an open port (a timeout) */
     int on; /* install()ed: the common case holds. When it does not, a bound method someone
                kept from before (w = port.write) runs the class's Python method instead, or
                finds the port closed (off_call). */
