@@ -588,15 +588,26 @@ static unsigned key_slot_bit(const EVP_PKEY *key)
 }
 
 /* Is the last queued error PEM's "no start line" (the end of the data, no more blocks)? It is
- * then taken off the queue. */
+ * then taken off the queue. A read that failed with nothing queued is not the end: OpenSSL
+ * fails some allocations in PEM_read_bio_ex without a word, and taking that for the end cut
+ * a chain (or a CA list) short without an error. */
 static int at_pem_end(void)
 {
     unsigned long e = ERR_peek_last_error();
-    if (e == 0 || (ERR_GET_LIB(e) == ERR_LIB_PEM && ERR_GET_REASON(e) == PEM_R_NO_START_LINE)) {
+    if (ERR_GET_LIB(e) == ERR_LIB_PEM && ERR_GET_REASON(e) == PEM_R_NO_START_LINE) {
         ERR_clear_error();
         return 1;
     }
     return 0;
+}
+
+/* The failure of a load into err: OpenSSL's queue, or, when it gave no reason (some of its
+ * allocations fail without one), ENOMEM. */
+static void load_failed(sp_err *err)
+{
+    if (ERR_peek_error() == 0 && err->sys_errno == 0)
+        err->sys_errno = ENOMEM;
+    sp_err_drain(err);
 }
 
 static BIO *mem_bio(const unsigned char *data, size_t len, sp_err *err)
@@ -614,7 +625,8 @@ static BIO *mem_bio(const unsigned char *data, size_t len, sp_err *err)
 
 /* Every certificate of a PEM blob, in order (the first read as X509_AUX, as
  * SSL_CTX_use_certificate_chain_file reads the leaf). NULL on failure: a block that is not a
- * readable certificate (errors queued), or none at all (*none set, queue empty). */
+ * readable certificate, an allocation (errors queued, or none: load_failed), or no block at
+ * all (*none set, queue empty). */
 static STACK_OF(X509) *read_pem_certs(BIO *bio, int *none)
 {
     STACK_OF(X509) *certs = sk_X509_new_null();
@@ -681,15 +693,32 @@ int sp_ctx_use_chain_pem(SSL_CTX *ctx, const unsigned char *pem, size_t len, sp_
         rc = SP_LOAD_MISMATCH;
         goto done;
     }
-    /* (the copy took both: only an allocation failure can fail here) */
-    if (SSL_CTX_use_certificate(ctx, leaf) != 1 || !SSL_CTX_set1_chain(ctx, certs))
-        goto done;
+    /* Now the context, in one step that either fails before it changes anything or cannot
+     * fail (the copy passed every check: only an allocation can fail). Not
+     * SSL_CTX_use_certificate then SSL_CTX_set1_chain: when the copy of the chain failed to
+     * allocate, the load failed with the new leaf already served, with the old chain and
+     * without its key (SSL_CTX_use_certificate also checks the slot's key against the leaf
+     * again, and drops it without an error whenever that check fails). */
+    if (SSL_get_privatekey(probe) != NULL) { /* (the slot's key, which goes with the leaf) */
+        if (SSL_CTX_use_cert_and_key(ctx, leaf, SSL_get_privatekey(probe), certs, 1) != 1)
+            goto done;
+    } else {
+        STACK_OF(X509) *chain = X509_chain_up_ref(certs); /* (the one allocation, first) */
+        if (chain == NULL)
+            goto done;
+        if (SSL_CTX_use_certificate(ctx, leaf) != 1 || !SSL_CTX_set0_chain(ctx, chain)) {
+            sk_X509_pop_free(chain, X509_free);
+            goto done;
+        }
+    }
     if (g != NULL)
         g->keys_alone &= ~bit;
     rc = 1;
 done:
     if (rc == 1)
         ERR_clear_error();
+    else if (rc == 0)
+        load_failed(err);
     else
         sp_err_drain(err);
     if (rc < 0)
@@ -739,6 +768,8 @@ int sp_ctx_use_private_key(SSL_CTX *ctx, EVP_PKEY *key, int need_certificate, sp
 done:
     if (rc == 1)
         ERR_clear_error();
+    else if (rc == 0)
+        load_failed(err);
     else
         sp_err_drain(err);
     if (rc < 0)
@@ -783,6 +814,8 @@ int sp_ctx_load_verify_pem(SSL_CTX *ctx, const unsigned char *pem, size_t len, s
 done:
     if (ok)
         ERR_clear_error();
+    else if (err->ssl_error == 0)
+        load_failed(err);
     else
         sp_err_drain(err);
     sk_X509_INFO_pop_free(infos, X509_INFO_free);
@@ -859,6 +892,8 @@ int sp_ctx_load_client_ca_pem(SSL_CTX *ctx, const unsigned char *pem, size_t len
 done:
     if (ok)
         ERR_clear_error();
+    else if (err->ssl_error == 0)
+        load_failed(err);
     else
         sp_err_drain(err);
     sk_X509_NAME_pop_free(names, X509_NAME_free);

@@ -86,6 +86,11 @@ def clear(exc):
 
 @pytest.fixture(scope="module")
 def shim(tmp_path_factory: pytest.TempPathFactory) -> str:
+    return build_shim(tmp_path_factory)
+
+
+def build_shim(tmp_path_factory: pytest.TempPathFactory) -> str:
+    """tests/failmalloc.c built as a shared object (the `shim` fixture; test_load_edges.py)."""
     if os.environ.get("ASAN_OPTIONS"):  # (scripts/asan.sh: its malloc comes before the shim's)
         pytest.skip("under AddressSanitizer the shim's malloc is never called")
     cc = shutil.which("cc") or shutil.which("gcc")

@@ -547,6 +547,47 @@ def test_a_line_interrupted_while_it_waits_is_read_whole_later(path: str, pair: 
     assert cin.readline() == b"next line\n"
 
 
+@needs_fast
+@pytest.mark.parametrize("kept", [False, True], ids=["pumped", "kept"])
+def test_a_signal_while_the_c_read_waits_loses_nothing(kept: bool, pair: Any) -> None:
+    """A signal that comes while a C read(n) waits in its first pump call (the GIL released:
+    where a reading thread spends its time) is handled at the first instruction of the
+    connection's continuation, before Connection.read could keep what the read already had:
+    the bytes the pump had read ("pumped") and those readline had read ahead ("kept"), served
+    first, were lost."""
+    if not hasattr(signal, "setitimer"):
+        pytest.skip("no setitimer")
+
+    class Stop(Exception):
+        pass
+
+    def handler(signum: int, frame: Any) -> None:
+        raise Stop
+
+    cin, _cout, sin, sout = pair
+    first = b"12345"
+    if kept:
+        sout.write(b"line\n" + first)  # (one record: readline reads the five bytes ahead)
+        sout.flush()
+        assert cin.readline() == b"line\n" and cin._buf == first
+    else:
+        sout.write(first)
+        sout.flush()
+    old = signal.signal(signal.SIGALRM, handler)
+    try:
+        with pytest.raises(Stop):
+            signal.setitimer(signal.ITIMER_REAL, 0.01)  # (within the pump's first wait slice)
+            cin.read(10)
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, old)
+    sout.write(b"67890")
+    sout.flush()
+    sout.close()
+    sin.close()
+    assert cin.read() == b"1234567890"
+
+
 def test_lines_read_leave_no_read_buffer_behind(path: str, pair: Any) -> None:
     """An idle connection must stay small: once readline has handed out everything it read
     ahead (64 KiB at a time), the port keeps no such buffer."""

@@ -23,7 +23,8 @@ from pathlib import Path
 from typing import Any, Callable, Optional
 
 import pytest
-from certs import make_cert
+import test_alloc_failures as alloc_failures
+from certs import chain_file, key_file, make_cert
 from conftest import LOCAL, PY_ENV, read_exactly
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
@@ -432,3 +433,142 @@ def test_failed_loads_leave_no_descriptor_open(files: Files) -> None:
                 load(ctx, bad if name != "ssl_load_private_key" else files.dir)
     assert len(list(fd_dir.iterdir())) == before
     assert serves(ctx)
+
+
+# -- allocation failures ---------------------------------------------------------------------------
+
+CHAIN_UNDER_FAILURE = """
+old_chain, old_key, new_chain, new_key, kept = sys.argv[1:6]
+
+
+def served(ctx):
+    '''The names of the certificate a server on ctx presents (None: no handshake).'''
+    try:
+        i, o, sock, t = connect("tls13", srv_ctx=ctx)
+    except sslports.SSLError:
+        return None
+    try:
+        return sslports.ssl_peer_certificate_hostnames(i)
+    finally:
+        o.close()
+        i.close()
+        sock.close()
+        t.join(10)
+
+
+old_names = served(server_context("tls13", old_chain, old_key))
+ctx = server_context("tls13", old_chain, old_key)
+fm.fm_arm(1 << 40, 0)  # (counts the allocations of the load)
+sslports.ssl_load_certificate_chain(ctx, new_chain)
+total = fm.fm_disarm()
+if kept != "kept":  # (else the key already there goes with the new leaf: served at once)
+    sslports.ssl_load_private_key(ctx, new_key, False)
+new_names = served(ctx)
+assert None not in (old_names, new_names) and old_names != new_names, (old_names, new_names)
+for nth in range(total, max(total - 20, 0), -1):  # (the last ones: the dry run, the context)
+    ctx = server_context("tls13", old_chain, old_key)
+    fm.fm_arm(nth, 0)
+    try:
+        sslports.ssl_load_certificate_chain(ctx, new_chain)
+    except Exception as exc:
+        fm.fm_disarm()
+        assert clear(exc), f"nth={nth}: {exc!r}"
+        assert served(ctx) == old_names, f"nth={nth}: the load failed, but the context changed"
+        continue
+    fm.fm_disarm()
+    if kept != "kept":
+        sslports.ssl_load_private_key(ctx, new_key, False)
+    assert served(ctx) == new_names, f"nth={nth}: the load succeeded without its key"
+print("ok", total)
+"""
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="LD_PRELOAD shim: Linux only")
+@pytest.mark.parametrize("kept", ["kept", "replaced"])
+def test_a_chain_load_that_runs_out_of_memory_changes_nothing(
+    tmp_path_factory: pytest.TempPathFactory, kept: str
+) -> None:
+    """Each of the last allocations of a chain load fails in turn (tests/failmalloc.c): the
+    load either raises and the context serves its identity as before, or succeeds whole. The
+    leaf went into the context first and the copy of its chain could then fail: the load
+    raised, and the context served the new leaf with the old chain and without a key (the old
+    one dropped as not matching it; "kept": a renewed certificate for the same key lost it
+    too: the copy's failure left no key)."""
+    shim = alloc_failures.build_shim(tmp_path_factory)
+    old = make_cert("old.example", key="rsa", dns=["old.example"])
+    ca = make_cert("Intermediate", key="rsa", ca=True)
+    new = make_cert(
+        "new.example", key=old.key if kept == "kept" else "rsa", dns=["new.example"], issuer=ca
+    )
+    args = [chain_file(old), key_file(old), chain_file(new, ca), key_file(new), kept]
+    lines = alloc_failures.run_child(shim, CHAIN_UNDER_FAILURE, *map(str, args), timeout=240)
+    assert lines[-1].startswith("ok"), lines
+
+
+CHAIN_READ_UNDER_FAILURE = """
+old_chain, old_key, new_chain, new_key, roots = sys.argv[1:6]
+client = sslports.ssl_make_client_context("tls13")
+sslports.ssl_load_verify_source(client, roots)
+sslports.ssl_set_verify(client, True)
+
+
+def served(ctx):
+    '''The names of the certificate a server on ctx presents, verified by a client that
+    trusts the root of the new chain and the old self-signed one, not the intermediate
+    (None: no handshake).'''
+    try:
+        i, o, sock, t = connect("tls13", client_ctx=client, srv_ctx=ctx)
+    except sslports.SSLError:
+        return None
+    try:
+        return sslports.ssl_peer_certificate_hostnames(i)
+    finally:
+        o.close()
+        i.close()
+        sock.close()
+        t.join(10)
+
+
+old_names = served(server_context("tls13", old_chain, old_key))
+new_names = served(server_context("tls13", new_chain, new_key))
+assert None not in (old_names, new_names) and old_names != new_names, (old_names, new_names)
+nth = 1
+while True:  # each allocation of the PEM reads in turn
+    ctx = server_context("tls13", old_chain, old_key)
+    fm.fm_arm_in(nth, 0, b"PEM_read_bio_ex")
+    try:
+        sslports.ssl_load_certificate_chain(ctx, new_chain)
+    except Exception as exc:
+        failed = fm.fm_failed()
+        fm.fm_disarm()
+        assert clear(exc), f"nth={nth}: {exc!r}"
+        assert served(ctx) == old_names, f"nth={nth}: the load failed, but the context changed"
+    else:
+        failed = fm.fm_failed()
+        fm.fm_disarm()
+        sslports.ssl_load_private_key(ctx, new_key, False)
+        assert served(ctx) == new_names, f"nth={nth}: the load succeeded, the chain is cut"
+    if not failed:
+        break
+    nth += 1
+print("ok", nth)
+"""
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="LD_PRELOAD shim: Linux only")
+def test_a_chain_read_that_runs_out_of_memory_is_not_cut_short(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> None:
+    """OpenSSL fails some allocations in PEM_read_bio_ex with nothing on its error queue: the
+    chain's reader took that for the end of the data. An allocation failing in the read of the
+    intermediate loaded the leaf alone (a success: clients that do not hold the intermediate
+    then failed to verify); one in the read of the leaf said 'no certificate found'."""
+    shim = alloc_failures.build_shim(tmp_path_factory)
+    old = make_cert("old.example", key="rsa", dns=["old.example"])
+    root = make_cert("Root", key="rsa", ca=True)
+    ca = make_cert("Intermediate", key="rsa", ca=True, issuer=root)
+    new = make_cert("new.example", key="rsa", dns=["new.example"], issuer=ca)
+    args = [chain_file(old), key_file(old), chain_file(new, ca), key_file(new)]
+    args.append(chain_file(root, old))
+    lines = alloc_failures.run_child(shim, CHAIN_READ_UNDER_FAILURE, *map(str, args), timeout=240)
+    assert lines[-1].startswith("ok"), lines

@@ -38,7 +38,8 @@
  *      error objects live in one place, ports.py. The lock is released here afterwards, also
  *      when the continuation raised (even at its first instruction, as Ctrl-C may); a write's
  *      continuation that raised leaves pending exactly the bytes OpenSSL did not take
- *      (continue_write).
+ *      (continue_write), and a read's keeps the bytes the read had, to be read first
+ *      (keep_read_bytes).
  *
  * The output port's pending bytes are one bytearray shared with ports.py (never rebound, only
  * changed in place, always under the write lock), so both paths see one buffer. A write of one
@@ -582,15 +583,41 @@ static int read_done(int status, size_t got, size_t len, int fill)
     return status == SP_OK && (got == len || (got > 0 && !fill));
 }
 
+/* The continuation raised, with the first `got` bytes of b read (the kept bytes served, then
+ * the pump's): unless it kept them itself (ports.py Connection.read puts what it had read in
+ * front of the kept bytes, which then grew from `kept_before`), they go there now, in front.
+ * An exception raised before it could, at its first instruction (a signal that came while
+ * the pump waited, with the GIL released: Ctrl-C, a signal handler's exception), lost them. */
+static void keep_read_bytes(Port *self, PyObject *b, size_t got, Py_ssize_t kept_before)
+{
+    PyObject *type, *value, *tb, *bytes = NULL;
+    Py_buffer view;
+    if (got == 0 || PyByteArray_GET_SIZE(self->pending) != kept_before || b == self->pending)
+        return;
+    PyErr_Fetch(&type, &value, &tb);
+    if (PyObject_GetBuffer(b, &view, PyBUF_SIMPLE) == 0) {
+        if ((size_t)view.len >= got)
+            bytes = PyBytes_FromStringAndSize(view.buf, (Py_ssize_t)got);
+        PyBuffer_Release(&view);
+    }
+    if (bytes == NULL || PySequence_SetSlice(self->pending, 0, 0, bytes) < 0)
+        PyErr_Clear(); /* (no memory to keep them: the first exception stands) */
+    Py_XDECREF(bytes);
+    PyErr_Restore(type, value, tb);
+}
+
 /* The continuation of a read into b that read_start left unfinished, `got` bytes in: its
  * result, the lock released. */
 static PyObject *read_rest(Port *self, PyObject *b, int fill, size_t got)
 {
+    Py_ssize_t kept = PyByteArray_GET_SIZE(self->pending);
     PyObject *n = PyLong_FromSize_t(got), *r = NULL;
     if (n != NULL) {
         r = PyObject_CallFunctionObjArgs(self->rest, b, fill ? Py_True : Py_False, n, NULL);
         Py_DECREF(n);
     }
+    if (r == NULL)
+        keep_read_bytes(self, b, got, kept);
     return port_unlock(self, r);
 }
 
@@ -707,6 +734,19 @@ static PyObject *reader_read1(Port *self, PyObject *args)
  * closed connection) is the connection's continuation, reading into a bytearray of its own
  * with the kept bytes taken out and put back in front afterwards, also on an exception (a
  * failed read puts there what it had read; see ports.py SSLInputPort.readline). */
+/* Shrink the kept bytes to their first `size`: never fails. CPython reallocates a bytearray
+ * shrunk below half its allocation, which can fail (leaving the bytearray as it was): it then
+ * keeps the larger allocation and only the size changes, as it does itself for a shrink that
+ * needs no new allocation. */
+static void shrink_kept(PyObject *kept, Py_ssize_t size)
+{
+    if (PyByteArray_Resize(kept, size) < 0) {
+        PyErr_Clear();
+        Py_SET_SIZE(kept, size);
+        ((PyByteArrayObject *)kept)->ob_start[size] = '\0'; /* (its trailing NUL) */
+    }
+}
+
 static int fill_kept(Port *self)
 {
     PyObject *kept = self->pending, *line, *more, *n_obj;
@@ -719,7 +759,10 @@ static int fill_kept(Port *self)
         if (PyByteArray_Resize(kept, have + READ_CHUNK) < 0)
             return -1;
         if (PyObject_GetBuffer(kept, &view, PyBUF_WRITABLE) < 0) {
-            PyByteArray_Resize(kept, have); /* (a shrink: cannot fail) */
+            PyObject *type, *value, *tb;
+            PyErr_Fetch(&type, &value, &tb);
+            shrink_kept(kept, have);
+            PyErr_Restore(type, value, tb);
             return -1;
         }
         {
@@ -730,10 +773,7 @@ static int fill_kept(Port *self)
             Py_END_ALLOW_THREADS
         }
         PyBuffer_Release(&view);
-        /* Drop the room not filled. A shrink only moves the end (CPython keeps the size it
-         * asked for even when the smaller allocation fails): it cannot fail. */
-        if (PyByteArray_Resize(kept, have + (Py_ssize_t)got) < 0)
-            PyErr_Clear();
+        shrink_kept(kept, have + (Py_ssize_t)got); /* (the room not filled) */
         if (status == SP_OK && got > 0)
             return 1;
         have += (Py_ssize_t)got;
@@ -762,8 +802,8 @@ static int fill_kept(Port *self)
     } else if (PySequence_SetSlice(kept, 0, 0, line) < 0
                || (n > 0 && PySequence_SetSlice(kept, have, have, more) < 0)) {
         n = -1; /* (a MemoryError) */
-    } else if (n > 0 && PyByteArray_Resize(kept, have + n) < 0) {
-        PyErr_Clear(); /* (a shrink: see above) */
+    } else if (n > 0) {
+        shrink_kept(kept, have + n);
     }
     Py_DECREF(line);
     Py_XDECREF(more);
