@@ -199,7 +199,8 @@ def test_c_methods_come_and_go_with_the_port_state(pair: Any) -> None:
     cin, cout, sin, sout = pair
     cin.settimeout(5)
     cout.settimeout(5)
-    assert not _is_c(cin.readinto) and not _is_c(cout.write)
+    # (with a timeout, the C methods serve only what is kept, or only buffer: KEPT_ONLY)
+    assert _is_c(cin.readinto) and _is_c(cin.readline) and _is_c(cout.write)
     cin.settimeout(None)
     cout.settimeout(None)
     assert _is_c(cin.readinto) and _is_c(cout.write)
@@ -588,6 +589,49 @@ def test_a_signal_while_the_c_read_waits_loses_nothing(kept: bool, pair: Any) ->
     assert cin.read() == b"1234567890"
 
 
+@pytest.mark.parametrize("timeout", [None, 30.0])
+def test_a_line_of_many_reads_and_waits_is_read_whole(path: str, timeout: Any, pair: Any) -> None:
+    """A line far longer than one read (64 KiB), arriving in parts with waits between them (the
+    C path's continuation; with a timeout, the Python path): read whole and in order, then the
+    lines after it; a limit cuts it where it says. The line so far stays in the kept bytes
+    while more is read onto their end."""
+    cin, _cout, _sin, sout = pair
+    cin.settimeout(timeout)
+    parts = [bytes([65 + i]) * (100_000 + i) for i in range(8)]
+
+    def send() -> None:
+        for _ in range(2):
+            for part in parts:
+                sout.write(part)
+                sout.flush()
+                time.sleep(0.06)  # (past a wait slice)
+            sout.write(b"\nnext\n")
+            sout.flush()
+
+    join = run_in_thread(send)
+    line = b"".join(parts) + b"\n"
+    assert cin.readline() == line
+    assert cin.readline() == b"next\n"
+    assert cin.readline(250_000) == line[:250_000]
+    assert cin.readline() == line[250_000:]
+    assert cin.readline() == b"next\n"
+    join(30)
+
+
+def test_a_failed_reads_bytes_go_after_the_line_so_far() -> None:
+    """readline's failed read put what it had read in front of the kept bytes
+    (Connection.keep_read): _after_kept (and sp_fastport.c after_kept) move it after them."""
+    kept = bytearray(b"DDline so far")
+    ports._after_kept(kept, 11)
+    assert kept == b"line so farDD"
+    kept = bytearray(b"line")
+    ports._after_kept(kept, 4)
+    assert kept == b"line"
+    kept = bytearray(b"DD")
+    ports._after_kept(kept, 0)
+    assert kept == b"DD"
+
+
 def test_lines_read_leave_no_read_buffer_behind(path: str, pair: Any) -> None:
     """An idle connection must stay small: once readline has handed out everything it read
     ahead (64 KiB at a time), the port keeps no such buffer."""
@@ -685,8 +729,8 @@ def test_a_record_held_encrypted_is_seen_by_the_python_methods(pair: Any) -> Non
         cout.settimeout(None)  # the C methods
         cout.write(a)
         assert _nothing_arrives(sin)
-        cout.settimeout(5)  # the Python methods
-        assert not _is_c(cout.write)
+        cout.settimeout(5)  # the Python methods (the C write, KEPT_ONLY, hands them this
+        # write: the connection holds a record of this port's)
         if then == "write":
             cout.write(b"tail")
             assert read_exactly(sin, len(a) + 4) == a + b"tail"
@@ -924,6 +968,128 @@ def test_a_kept_read1_serves_what_readline_kept_first(path: str, pair: Any) -> N
     sout.flush()
     assert r(100) == b"two\n"
     assert read_exactly(cin, 5) == b"three"
+
+
+@pytest.mark.parametrize("timeout", [None, 30.0])
+def test_peek_reads_ahead_once_and_every_byte_comes_once_in_order(
+    path: str, timeout: Any, pair: Any
+) -> None:
+    """peek() with nothing kept reads once what arrived (up to 64 KiB) and keeps it; it gives
+    at least one byte before EOF, at most max(size, 8 KiB), and never takes any: byte reads,
+    readinto, readline, read1 and read after it return every byte once, in order; b"" at EOF."""
+    cin, _cout, sin, sout = pair
+    cin.settimeout(timeout)
+    body = bytes(range(256)) * 200 + b"\nend\n"
+    sout.write(body)
+    sout.close()
+    sin.close()  # (EOF after the body)
+    got = bytearray()
+    for step in range(3000):
+        if len(got) == len(body):
+            break
+        rest = body[len(got) :]
+        seen = cin.peek([1, 0, 20000, 100000][step % 4])
+        assert seen and rest.startswith(seen)
+        assert len(seen) <= max([1, 0, 20000, 100000][step % 4], 8192)
+        if step < 1000:
+            got += cin.read(1)
+        elif step < 2000:
+            buf = bytearray(7)
+            got += buf[: cin.readinto(buf)]
+        else:
+            got += cin.readline() if step % 2 else cin.read1(5)
+    got += cin.read()
+    assert got == body
+    assert cin.peek(1) == b"" and cin.peek() == b"" and cin.read(1) == b""
+    assert cin._buf == b""
+
+
+def test_reads_with_a_timeout_serve_the_kept_bytes_then_the_python_path(
+    path: str, pair: Any
+) -> None:
+    """With a timeout, the input port's C methods (sp_fastport.c KEPT_ONLY; methods bound
+    before the timeout included) serve a read or a line that the kept bytes hold whole, and
+    hand anything else to the Python methods (which read ahead, wait, time out): the same
+    bytes, errors and timeouts as the Python path alone."""
+    cin, _cout, _sin, sout = pair
+    r, rl = cin.read, cin.readline  # (bound before: they follow the port's state)
+    cin.settimeout(30)
+    sout.write(b"one\ntwo\nthree")
+    sout.flush()
+    assert rl() == b"one\n"
+    assert r(2) == b"tw" and cin.read1(100) == b"o\nthree"
+    sout.write(b"four\nfive")
+    sout.flush()
+    assert cin.readline(2) == b"fo" and cin.readline() == b"ur\n"
+    buf = bytearray(3)
+    assert cin.readinto(buf) == 3 and buf == b"fiv"
+    with pytest.raises(TypeError):
+        cin.readinto(b"xy")
+    with pytest.raises(TypeError):
+        cin.read("x")
+    assert cin.read(0) == b"" and cin.readinto(bytearray()) == 0 and cin.readline(0) == b""
+    assert cin.readinto1(bytearray(10)) == 1  # (the "e" kept)
+    cin.settimeout(0.2)
+    with pytest.raises(TimeoutError):
+        rl()
+    sout.write(b"six\nseven")
+    sout.flush()
+    assert rl() == b"six\n" and r(5) == b"seven"
+    cin.close()
+    for call in (lambda: r(1), rl, lambda: cin.readinto(bytearray(1))):
+        with pytest.raises(ValueError):
+            call()
+
+
+def test_writes_with_a_timeout_buffer_in_c_and_send_in_python(path: str, pair: Any) -> None:
+    """With a timeout, a write that only adds to the pending bytes is the C write's
+    (sp_fastport.c KEPT_ONLY; a method bound before the timeout included); one that sends, and
+    flush(), are the Python methods': every byte once and in order, the same errors."""
+    _cin, cout, sin, _sout = pair
+    w = cout.write
+    cout.settimeout(30)
+    rnd = random.Random(3)
+    pieces = [rnd.randbytes(rnd.choice([0, 1, 7, 100, 5000, 16384])) for _ in range(1500)]
+    ints = array.array("i", range(10))
+    expect = b"".join(pieces) + ints.tobytes()
+    join = run_in_thread(lambda: read_exactly(sin, len(expect)))
+    for i, piece in enumerate(pieces):
+        kind = [bytes, bytearray, memoryview][i % 3]
+        assert w(kind(piece)) == len(piece)
+    assert cout.write(ints) == 40
+    with pytest.raises(BufferError):
+        cout.write(memoryview(b"abcd")[::2])
+    with pytest.raises(TypeError):
+        cout.write("text")
+    cout.flush()
+    assert join(30) == expect
+    cout.close()
+    with pytest.raises(ValueError):
+        w(b"x")
+
+
+def test_small_reads_read_ahead_and_big_ones_read_directly(path: str, pair: Any) -> None:
+    """A read of less than 8 KiB with nothing kept reads what arrived (up to 64 KiB) into the
+    kept bytes and is served from there (sp_fastport.c read_start, ports.py _readinto); a
+    bigger read reads directly; every byte once and in order; EOF as before."""
+    cin, _cout, sin, sout = pair
+    sout.write(b"abcdef")
+    sout.flush()
+    assert cin.read(1) == b"a" and cin._buf == b"bcdef"
+    assert cin.read1(10) == b"bcdef" and cin._buf == b""
+    body = random.Random(9).randbytes(20000)
+    sout.write(body)
+    sout.flush()
+    assert cin.read(9000) == body[:9000] and cin._buf == b""
+    buf = bytearray(4)
+    assert cin.readinto(buf) == 4 and buf == body[9000:9004] and len(cin._buf) > 0
+    ints = array.array("i", [0])
+    assert cin.readinto(ints) == 4 and ints.tobytes() == body[9004:9008]
+    assert read_exactly(cin, 20000 - 9008) == body[9008:]
+    sout.close()
+    sin.close()
+    assert cin.read(1) == b"" and cin.read1(5) == b"" and cin.readinto(bytearray(3)) == 0
+    assert cin._buf == b""
 
 
 def test_a_kept_write_keeps_a_later_timeout(path: str, pair: Any) -> None:

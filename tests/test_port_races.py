@@ -5,6 +5,7 @@ thread does not hang on a write waiting for a peer that does not read."""
 
 from __future__ import annotations
 
+import array
 import contextlib
 import socket
 import threading
@@ -112,6 +113,86 @@ def test_read_all_that_times_out_loses_nothing(pair: Any) -> None:
     sout.close()
     sin.close()
     assert cin.read() == b"abcdef"
+
+
+def _small_reads(cin: Any, sout: Any, switch: bool) -> None:
+    """Small reads of every kind on a port whose reads take the Python path (they read ahead
+    into the kept bytes, up to 64 KiB, and serve from there): every byte once, in order, with
+    the C path (`switch`: the timeout taken off and put back) and readline taking turns on
+    what was read ahead; a read that waits past the timeout after part of what it asked for
+    is a short read, one with nothing a TimeoutError; nothing is lost either way."""
+    body = random_bytes(200_000, seed=7)
+    sout.write(body)
+    sout.flush()
+    got = bytearray()
+    ints = array.array("i", [0] * 3)
+    step = 0
+    while len(got) < len(body):
+        step += 1
+        if switch and step % 50 == 0:
+            cin.settimeout(None if cin.gettimeout() else 30)
+        kind = step % 7
+        if kind == 0:
+            got += cin.read(1)
+        elif kind == 1:
+            got += cin.read(min(13, len(body) - len(got)))
+        elif kind == 2:
+            buf = bytearray(5)
+            got += buf[: cin.readinto1(buf)]
+        elif kind == 3:
+            n = min(12, len(body) - len(got))
+            view = memoryview(ints).cast("B")[:n]
+            assert cin.readinto(view) == n
+            got += view
+        elif kind == 4:
+            got += cin.read1(3)
+        elif kind == 5:
+            assert cin.read(0) == b"" and cin.readinto(bytearray()) == 0
+            got += cin.read(9000 if len(body) - len(got) >= 9000 else 1)
+        else:
+            got += cin.readline(min(40, len(body) - len(got)))
+    assert bytes(got) == body
+    cin.settimeout(0.3)
+    with pytest.raises(TimeoutError):
+        cin.read(1)
+    sout.write(b"abc")
+    sout.flush()
+    assert cin.read(10) == b"abc"  # (a short read at the timeout)
+    sout.write(b"defgh")
+    sout.flush()
+    cin.settimeout(5)
+    assert read_exactly(cin, 5) == b"defgh"
+
+
+def test_small_reads_with_a_timeout_read_ahead_and_lose_nothing(pair: Any) -> None:
+    cin, _cout, _sin, sout = pair
+    cin.settimeout(30)
+    sout.write(b"ab")
+    sout.flush()
+    assert cin.read(1) == b"a" and cin._buf == b"b"  # (read ahead: kept for the next read)
+    assert cin.read(1) == b"b"
+    _small_reads(cin, sout, switch=True)
+
+
+def test_small_reads_of_stream_ports_read_ahead_and_lose_nothing(pki: Any) -> None:
+    with stream_pair(pki) as (cin, _cout, _sin, sout, _a, _b):
+        cin.settimeout(30)
+        _small_reads(cin, sout, switch=False)
+
+
+def test_small_writes_of_stream_ports_lose_nothing(pki: Any) -> None:
+    """Over streams the output port's C write adds to pending bytes (sp_fastport.c KEPT_ONLY)
+    and its Python write sends: many writes of every size and kind arrive once, in order."""
+    with stream_pair(pki) as (_cin, cout, sin, _sout, _a, _b):
+        pieces = [random_bytes(n, seed=n) for n in [1, 0, 16, 700, 16384, 9000, 3] * 300]
+        expect = b"".join(pieces)
+        join = run_in_thread(lambda: read_exactly(sin, len(expect)))
+        for i, piece in enumerate(pieces):
+            assert cout.write([bytes, bytearray, memoryview][i % 3](piece)) == len(piece)
+            if i % 500 == 0:
+                cout.flush()
+        cout.flush()
+        assert join(30) == expect
 
 
 def test_two_threads_reading_lines_lose_no_line(pair: Any) -> None:

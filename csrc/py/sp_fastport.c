@@ -13,7 +13,12 @@
  * (bytes read ahead by readline or peek are the input port's `_buf`, which the C methods
  * serve first). A method someone kept from before (w = port.write, as
  * shutil.copyfileobj does) sees that too: each Reader / Writer knows whether it is installed
- * (`on`), and when it is not, runs the class's Python method instead (off_call). Installing
+ * (`on`), and when it is not, runs the class's Python method instead (off_call). A port with
+ * a timeout, or over streams (ports_to_ssl_ports), keeps its C methods in a third state
+ * (KEPT_ONLY): they serve a read or a line that the kept bytes hold whole, or a write that
+ * adds to the pending bytes, without a Python frame, and call the Python method for anything
+ * else (the pump, deadlines and streams live in ports.py; its small reads read ahead into the
+ * kept bytes). Installing
  * is done here, not by a Python loop over the names, and the two ports of an ssl_connect / ssl_accept connection are made here too, in
  * the state their __init__ gives them (make_ports, below): both run once per connection, cold,
  * where every Python step costs several times its warm figure. For the same reason a socket
@@ -353,11 +358,19 @@ typedef struct {
                           ahead (by readline, peek, a failed read), served first. Shared with
                           ports.py (the port's _buf), changed in place only, under the lock. */
     PyObject *port; /* a weak reference to the port, made when install() first turns the
-                       methods off on an open port (a timeout) */
-    int on; /* install()ed: the common case holds. When it does not, a bound method someone
-               kept from before (w = port.write) runs the class's Python method instead, or
-               finds the port closed (off_call). */
+                       methods off (or to KEPT_ONLY) on an open port */
+    int on; /* install()ed: the common case holds (ON). When it does not, a bound method
+               someone kept from before (w = port.write) runs the class's Python method
+               instead, or finds the port closed (off_call). A port with a timeout or over
+               streams is KEPT_ONLY: its C methods serve what the kept bytes hold whole (a
+               small read, a line) or add to the pending bytes, and leave the rest (the pump,
+               deadlines) to the Python method. */
 } Port;
+
+#define ON 1
+#define KEPT_ONLY 2
+
+static PyObject *reader_type, *writer_type;
 
 static int port_init(Port *self, PyObject *conn, PyObject *lock, PyObject *rest, PyObject *pending)
 {
@@ -464,7 +477,7 @@ static int install(Port *self, PyObject *port, int on)
         PyErr_SetString(PyExc_TypeError, "install: the port has no instance dict");
         return -1;
     }
-    if (!on && self->port == NULL) { /* (never for a closed port: nothing per connection) */
+    if (on != ON && self->port == NULL) { /* (never for a closed port: nothing per connection) */
         int closed = attr_true(port, str_closed);
         if (closed < 0 || (!closed && (self->port = PyWeakref_NewRef(port, NULL)) == NULL)) {
             Py_DECREF(dict);
@@ -495,7 +508,13 @@ static PyObject *port_install(Port *self, PyObject *args)
 {
     PyObject *port;
     int on;
-    if (!PyArg_ParseTuple(args, "Op:install", &port, &on) || install(self, port, on) < 0)
+    if (!PyArg_ParseTuple(args, "Oi:install", &port, &on))
+        return NULL;
+    if (on < 0 || on > KEPT_ONLY) {
+        PyErr_Format(PyExc_ValueError, "install: no mode %d", on);
+        return NULL;
+    }
+    if (install(self, port, on) < 0)
         return NULL;
     Py_RETURN_NONE;
 }
@@ -536,9 +555,58 @@ static PyObject *off_call(Port *self, const char *name, PyObject *const *args, s
 
 /* ---- Reader -------------------------------------------------------------------------- */
 
+#define SMALL_READ 8192  /* reads of less read ahead (ports.py _PEEK_MAX, _small_buffer) */
+
+/* Shrink the kept bytes to their first `size`: never fails. CPython reallocates a bytearray
+ * shrunk below half its allocation, which can fail (leaving the bytearray as it was): it then
+ * keeps the larger allocation and only the size changes, as it does itself for a shrink that
+ * needs no new allocation. */
+static void shrink_kept(PyObject *kept, Py_ssize_t size)
+{
+    if (PyByteArray_Resize(kept, size) < 0) {
+        PyErr_Clear();
+        Py_SET_SIZE(kept, size);
+        ((PyByteArrayObject *)kept)->ob_start[size] = '\0'; /* (its trailing NUL) */
+    }
+}
+
+/* One pump call (the read lock held, the GIL released) of what arrives, up to READ_CHUNK, into
+ * room made at the end of the kept bytes (`have` of them; exported meanwhile: nothing can move
+ * them), the room not filled dropped again: 0 with *status the pump's and *got what it read
+ * (kept now), or -1 with an exception and the kept bytes as they were. */
+static int pump_onto_kept(Port *self, sp_conn *c, Py_ssize_t have, int *status, size_t *got)
+{
+    PyObject *kept = self->pending;
+    Py_buffer view;
+    *got = 0;
+    if (PyByteArray_Resize(kept, have + READ_CHUNK) < 0)
+        return -1;
+    if (PyObject_GetBuffer(kept, &view, PyBUF_WRITABLE) < 0) {
+        PyObject *type, *value, *tb;
+        PyErr_Fetch(&type, &value, &tb);
+        shrink_kept(kept, have);
+        PyErr_Restore(type, value, tb);
+        return -1;
+    }
+    {
+        err_room err; /* filled on failures; the connection keeps its own sticky copy */
+        Py_BEGIN_ALLOW_THREADS
+        *status = pump_read(c, (unsigned char *)view.buf + have, READ_CHUNK, 1, got, slice_ms,
+                            &err);
+        Py_END_ALLOW_THREADS
+    }
+    PyBuffer_Release(&view);
+    shrink_kept(kept, have + (Py_ssize_t)*got); /* (the room not filled) */
+    return 0;
+}
+
 /* Steps 2 to 4 of ONE CALL for a read into buf[0..len) (fill: all of it, else at least one
  * byte): -1 with an exception set and the lock not taken, or 0 with the lock taken, *status
- * the pump's status and *got what it read. */
+ * the pump's status and *got what it read. A small read with nothing kept reads ahead: one
+ * pump call of what arrives (up to 64 KiB) onto the kept bytes, served from there, as
+ * io.BufferedReader serves from its buffer, so that the next small reads (read(1), a 4-byte
+ * header) make no pump call; when that call read nothing (a wait, EOF, an error), the
+ * continuation does the rest (ports.py SSLInputPort._readinto does the same steps). */
 static int read_start(Port *self, unsigned char *buf, size_t len, int fill, int *status,
                       size_t *got)
 {
@@ -549,6 +617,14 @@ static int read_start(Port *self, unsigned char *buf, size_t len, int fill, int 
     if (lock_take(self->lock) < 0)
         return -1;
     kept = (size_t)PyByteArray_GET_SIZE(self->pending);
+    if (kept == 0 && len > 0 && len < SMALL_READ && (c = conn_of(self->conn)) != NULL) {
+        if (pump_onto_kept(self, c, 0, status, &kept) < 0) {
+            lock_give(self->lock);
+            return -1;
+        }
+        if (kept == 0)
+            return 0; /* (*got 0: the continuation waits, ends or fails) */
+    }
     if (kept > 0 && len > 0) { /* bytes read ahead come first */
         size_t n = kept < len ? kept : len;
         memcpy(buf, PyByteArray_AS_STRING(self->pending), n);
@@ -646,13 +722,46 @@ static PyObject *read_into(Port *self, PyObject *b, int fill)
     return read_rest(self, b, fill, got);
 }
 
+/* KEPT_ONLY: readinto / readinto1 served from the kept bytes when they hold all of b (fill)
+ * or any of it; else (or for a buffer the Python method refuses its own way) that method. The
+ * Python twin: ports.py SSLInputPort._readinto, whose first step with kept bytes is this. */
+static PyObject *kept_into(Port *self, PyObject *b, int fill, const char *name)
+{
+    Py_buffer view;
+    Py_ssize_t kept, n;
+    if (self->conn == NULL || PyObject_GetBuffer(b, &view, PyBUF_WRITABLE) < 0) {
+        PyErr_Clear(); /* (the Python method raises what it raises for it) */
+        return off_call(self, name, &b, 1);
+    }
+    if (lock_take(self->lock) < 0) {
+        PyBuffer_Release(&view);
+        return NULL;
+    }
+    kept = PyByteArray_GET_SIZE(self->pending);
+    if (view.len == 0 || kept == 0 || (fill && kept < view.len)) {
+        lock_give(self->lock);
+        PyBuffer_Release(&view);
+        return off_call(self, name, &b, 1);
+    }
+    n = kept < view.len ? kept : view.len;
+    memcpy(view.buf, PyByteArray_AS_STRING(self->pending), (size_t)n);
+    PyBuffer_Release(&view);
+    if (PySequence_DelSlice(self->pending, 0, n) < 0)
+        return port_unlock(self, NULL);
+    return port_unlock(self, PyLong_FromSsize_t(n));
+}
+
 static PyObject *reader_readinto(Port *self, PyObject *b)
 {
+    if (self->on == KEPT_ONLY)
+        return kept_into(self, b, 1, "readinto");
     return self->on ? read_into(self, b, 1) : off_call(self, "readinto", &b, 1);
 }
 
 static PyObject *reader_readinto1(Port *self, PyObject *b)
 {
+    if (self->on == KEPT_ONLY)
+        return kept_into(self, b, 0, "readinto1");
     return self->on ? read_into(self, b, 0) : off_call(self, "readinto1", &b, 1);
 }
 
@@ -717,96 +826,121 @@ static PyObject *read_bytes(Port *self, PyObject *args, int fill, const char *fo
     return out;
 }
 
+/* KEPT_ONLY: read(size) / read1(size) served from the kept bytes when they hold all of size
+ * (read) or any (read1); else the Python method (ports.py SSLInputPort.read / read1). */
+static PyObject *kept_bytes(Port *self, PyObject *args, int fill, const char *format,
+                            const char *name)
+{
+    PyObject *size_obj = Py_None, *out;
+    Py_ssize_t size, kept;
+    if (!PyArg_ParseTuple(args, format, &size_obj))
+        return NULL;
+    if (size_obj == Py_None) {
+        size = -1;
+    } else {
+        size = PyNumber_AsSsize_t(size_obj, PyExc_OverflowError);
+        if (size == -1 && PyErr_Occurred())
+            return NULL;
+    }
+    if (size < 0 && !fill)
+        size = 65536; /* (read1(-1): ports.py _READ_CHUNK) */
+    if (size <= 0 || self->conn == NULL)
+        goto python;
+    if (lock_take(self->lock) < 0)
+        return NULL;
+    kept = PyByteArray_GET_SIZE(self->pending);
+    if (kept == 0 || (fill && kept < size)) {
+        lock_give(self->lock);
+        goto python;
+    }
+    out = PyBytes_FromStringAndSize(PyByteArray_AS_STRING(self->pending), kept < size ? kept : size);
+    if (out != NULL && PySequence_DelSlice(self->pending, 0, PyBytes_GET_SIZE(out)) < 0)
+        Py_CLEAR(out);
+    return port_unlock(self, out);
+python:
+    return off_call(self, name, &PyTuple_GET_ITEM(args, 0), (size_t)PyTuple_GET_SIZE(args));
+}
+
 static PyObject *reader_read(Port *self, PyObject *args)
 {
+    if (self->on == KEPT_ONLY)
+        return kept_bytes(self, args, 1, "|O:read", "read");
     return self->on ? read_bytes(self, args, 1, "|O:read") : off_call(self, "read", &PyTuple_GET_ITEM(args, 0), (size_t)PyTuple_GET_SIZE(args));
 }
 
 static PyObject *reader_read1(Port *self, PyObject *args)
 {
+    if (self->on == KEPT_ONLY)
+        return kept_bytes(self, args, 0, "|O:read1", "read1");
     return self->on ? read_bytes(self, args, 0, "|O:read1") : off_call(self, "read1", &PyTuple_GET_ITEM(args, 0), (size_t)PyTuple_GET_SIZE(args));
+}
+
+/* A failed read of readline's (fill_kept) put what it had read in front of the kept bytes
+ * (ports.py Connection.keep_read), which held `have` bytes (the line so far): move those bytes
+ * after them, where they belong (ports.py _after_kept). 0, or -1 with an exception (a
+ * MemoryError: then nothing moved). */
+static int after_kept(PyObject *kept, Py_ssize_t have)
+{
+    Py_ssize_t now = PyByteArray_GET_SIZE(kept), extra = now - have;
+    PyObject *got;
+    int rc = 0;
+    if (extra <= 0)
+        return 0;
+    got = PyBytes_FromStringAndSize(PyByteArray_AS_STRING(kept), extra);
+    if (got == NULL)
+        return -1;
+    /* (appended first: should that fail, nothing moved; a deletion at the front only moves
+     * the start) */
+    if (PySequence_SetSlice(kept, now, now, got) < 0 || PySequence_DelSlice(kept, 0, extra) < 0)
+        rc = -1;
+    Py_DECREF(got);
+    return rc;
 }
 
 /* One read of what arrives onto the end of the kept bytes (the read lock held): 1 (more is
  * kept), 0 (EOF), or -1 with an exception and the kept bytes as they were. The common case is
  * one pump call with the GIL released, into room made at the end of the kept bytes (exported
  * meanwhile: nothing can move them). Anything else (a wait past one slice, EOF, an error, a
- * closed connection) is the connection's continuation, reading into a bytearray of its own
- * with the kept bytes taken out and put back in front afterwards, also on an exception (a
- * failed read puts there what it had read; see ports.py SSLInputPort.readline). */
-/* Shrink the kept bytes to their first `size`: never fails. CPython reallocates a bytearray
- * shrunk below half its allocation, which can fail (leaving the bytearray as it was): it then
- * keeps the larger allocation and only the size changes, as it does itself for a shrink that
- * needs no new allocation. */
-static void shrink_kept(PyObject *kept, Py_ssize_t size)
-{
-    if (PyByteArray_Resize(kept, size) < 0) {
-        PyErr_Clear();
-        Py_SET_SIZE(kept, size);
-        ((PyByteArrayObject *)kept)->ob_start[size] = '\0'; /* (its trailing NUL) */
-    }
-}
-
+ * closed connection) is the connection's continuation, reading into a bytearray of its own,
+ * appended to the kept bytes (the line so far stays where it is: a long line that arrives
+ * slowly is not copied again at every wait); a failed read puts what it had read in front of
+ * them, and after_kept moves it after them (see ports.py SSLInputPort.readline). */
 static int fill_kept(Port *self)
 {
-    PyObject *kept = self->pending, *line, *more, *n_obj;
+    PyObject *kept = self->pending, *more, *n_obj;
     Py_ssize_t have = PyByteArray_GET_SIZE(kept), n;
     sp_conn *c = conn_of(self->conn);
     if (c != NULL) {
-        Py_buffer view;
-        size_t got = 0;
+        size_t got;
         int status;
-        if (PyByteArray_Resize(kept, have + READ_CHUNK) < 0)
+        if (pump_onto_kept(self, c, have, &status, &got) < 0)
             return -1;
-        if (PyObject_GetBuffer(kept, &view, PyBUF_WRITABLE) < 0) {
-            PyObject *type, *value, *tb;
-            PyErr_Fetch(&type, &value, &tb);
-            shrink_kept(kept, have);
-            PyErr_Restore(type, value, tb);
-            return -1;
-        }
-        {
-            err_room err; /* filled on failures; the connection keeps its own sticky copy */
-            Py_BEGIN_ALLOW_THREADS
-            status = pump_read(c, (unsigned char *)view.buf + have, READ_CHUNK, 1, &got,
-                               slice_ms, &err);
-            Py_END_ALLOW_THREADS
-        }
-        PyBuffer_Release(&view);
-        shrink_kept(kept, have + (Py_ssize_t)got); /* (the room not filled) */
         if (status == SP_OK && got > 0)
             return 1;
         have += (Py_ssize_t)got;
     }
-    line = PyBytes_FromStringAndSize(PyByteArray_AS_STRING(kept), have);
-    if (line == NULL)
-        return -1;
-    if (PyByteArray_Resize(kept, 0) < 0) {
-        Py_DECREF(line);
-        return -1;
-    }
-    n_obj = NULL;
     more = PyByteArray_FromStringAndSize(NULL, READ_CHUNK);
-    if (more != NULL)
-        n_obj = PyObject_CallFunctionObjArgs(self->rest, more, Py_False, zero, NULL);
+    if (more == NULL)
+        return -1;
+    n_obj = PyObject_CallFunctionObjArgs(self->rest, more, Py_False, zero, NULL);
     n = n_obj == NULL ? -1 : PyLong_AsSsize_t(n_obj);
     Py_XDECREF(n_obj);
-    /* The kept bytes back in front of whatever a failed read put there (its exception kept
-     * meanwhile: only a MemoryError here could lose them); then what it read. */
     if (n < 0) {
         PyObject *type, *value, *tb;
-        PyErr_Fetch(&type, &value, &tb);
-        if (PySequence_SetSlice(kept, 0, 0, line) < 0)
+        PyErr_Fetch(&type, &value, &tb); /* (the read's exception is the one to raise) */
+        if (after_kept(kept, have) < 0)
             PyErr_Clear();
         PyErr_Restore(type, value, tb);
-    } else if (PySequence_SetSlice(kept, 0, 0, line) < 0
-               || (n > 0 && PySequence_SetSlice(kept, have, have, more) < 0)) {
-        n = -1; /* (a MemoryError) */
     } else if (n > 0) {
-        shrink_kept(kept, have + n);
+        if (n > PyByteArray_GET_SIZE(more) || PyByteArray_Resize(kept, have + n) < 0) {
+            if (!PyErr_Occurred())
+                PyErr_SetString(PyExc_SystemError, "readline: read more than asked");
+            n = -1; /* (a MemoryError) */
+        } else {
+            memcpy(PyByteArray_AS_STRING(kept) + have, PyByteArray_AS_STRING(more), (size_t)n);
+        }
     }
-    Py_DECREF(line);
-    Py_XDECREF(more);
+    Py_DECREF(more);
     return n < 0 ? -1 : n > 0;
 }
 
@@ -868,6 +1002,23 @@ static PyObject *reader_readline(Port *self, PyObject *const *args, Py_ssize_t n
         return PyBytes_FromStringAndSize(NULL, 0);
     if (lock_take(self->lock) < 0)
         return NULL;
+    if (self->on == KEPT_ONLY) { /* a line the kept bytes hold whole; else the Python method */
+        PyObject *kept = self->pending, *line;
+        const char *p = PyByteArray_AS_STRING(kept), *nl = NULL;
+        Py_ssize_t have = PyByteArray_GET_SIZE(kept), end;
+        Py_ssize_t stop = limit < 0 || have < limit ? have : limit;
+        if (stop > 0)
+            nl = memchr(p, '\n', (size_t)stop);
+        if (nl == NULL && stop != limit) {
+            lock_give(self->lock);
+            return off_call(self, "readline", args, (size_t)nargs);
+        }
+        end = nl != NULL ? nl - p + 1 : stop;
+        line = PyBytes_FromStringAndSize(p, end);
+        if (line != NULL && PySequence_DelSlice(kept, 0, end) < 0)
+            Py_CLEAR(line);
+        return port_unlock(self, line);
+    }
     return port_unlock(self, readline_locked(self, limit));
 }
 
@@ -879,7 +1030,8 @@ static PyMethodDef reader_methods[] = {
     {"readline", (PyCFunction)(void (*)(void))reader_readline, METH_FASTCALL,
      "Read up to and including a newline (at most size bytes, when size >= 0)."},
     {"install", (PyCFunction)port_install, METH_VARARGS,
-     "install(port, on): put the methods above into port's instance dict, or take them away."},
+     "install(port, on): put the methods above into port's instance dict (1; 2: serving "
+     "only what is kept), or take them away (0)."},
     {NULL, NULL, 0, NULL},
 };
 
@@ -1095,12 +1247,46 @@ static int conn_holds(sp_conn *c)
     return c != NULL && held_nogil(c);
 }
 
+/* KEPT_ONLY (an output port with a timeout, or over streams): a write that adds to pending
+ * bytes (they stay within one record) is done here; the first write after a send (which asks
+ * whether the connection still holds bytes of this port's, its own way for each transport)
+ * and anything that sends (more than a record, a flush, deadlines) are the Python method's
+ * (ports.py SSLOutputPort.write, whose buffering branch this is). */
+static PyObject *kept_write(Port *self, PyObject *b)
+{
+    Py_buffer view;
+    Py_ssize_t queued;
+    if (self->conn == NULL || PyObject_GetBuffer(b, &view, PyBUF_SIMPLE) < 0) {
+        PyErr_Clear(); /* (the Python method raises what it raises for it) */
+        return off_call(self, "write", &b, 1);
+    }
+    if (lock_take(self->lock) < 0) {
+        PyBuffer_Release(&view);
+        return NULL;
+    }
+    queued = PyByteArray_Size(self->pending);
+    if (view.len == 0 || queued == 0 || queued + view.len > record_size) {
+        lock_give(self->lock);
+        PyBuffer_Release(&view);
+        return off_call(self, "write", &b, 1);
+    }
+    if (append_pending(self, view.buf, view.len) < 0) {
+        PyBuffer_Release(&view);
+        return port_unlock(self, NULL);
+    }
+    queued = view.len; /* (the count written) */
+    PyBuffer_Release(&view);
+    return port_unlock(self, PyLong_FromSsize_t(queued));
+}
+
 static PyObject *writer_write(Port *self, PyObject *b)
 {
     Py_buffer view;
     Py_ssize_t queued, n;
     sp_conn *c;
 
+    if (self->on == KEPT_ONLY)
+        return kept_write(self, b);
     if (!self->on)
         return off_call(self, "write", &b, 1);
     if (self->conn == NULL) {
@@ -1143,7 +1329,7 @@ static PyObject *writer_flush(Port *self, PyObject *unused)
 {
     sp_conn *c;
     (void)unused;
-    if (!self->on)
+    if (self->on != ON) /* (KEPT_ONLY: a flush sends, under the port's timeout) */
         return off_call(self, "flush", NULL, 0);
     if (self->conn == NULL)
         Py_RETURN_NONE;
@@ -1203,7 +1389,6 @@ static PyType_Spec writer_spec = {
 /* ---- making a socket connection's ports ------------------------------------------------ */
 
 /* Made once by module init: the two types, and the attribute names make_ports sets. */
-static PyObject *reader_type, *writer_type;
 static PyObject *str_conn, *str_timeout, *str_lock, *str_fast, *str_buf, *str_read_lock,
     *str_write_lock, *str_read_rest, *str_write_rest, *str_input_port;
 

@@ -68,6 +68,8 @@ _SLICE_MS = 50 if _binding.lib is None else int(_binding.lib.SP_WAIT_SLICE_MS)
 SOCKETS_MAY_BLOCK = _binding.lib is not None and bool(_binding.lib.SP_RECV_WAITS)
 _RECORD = 16384  # output buffering: up to one full TLS record is held (see SSLOutputPort.write)
 _READ_CHUNK = 65536
+_PEEK_MAX = 8192  # peek() returns at most this, unless asked for more; smaller reads read
+# ahead (io.DEFAULT_BUFFER_SIZE, as io.BufferedReader; sp_fastport.c SMALL_READ)
 _TRANSPORT_CHUNK = 65536
 _SEND_HIGH = 1 << 20  # queued ciphertext at which a stream writer waits
 _ABANDON_DRAIN = 1.0  # seconds a failed stream handshake waits for its last bytes to be written
@@ -1055,22 +1057,28 @@ class SSLInputPort(io.BufferedIOBase):
         # Bytes read ahead (by readline, peek, a failed read), served first: changed in place
         # only, under the read lock (shared with _fast).
         self._buf = bytearray()
-        if _fastport is not None and conn.is_socket:  # installs its methods when no timeout
+        if _fastport is not None:  # installs its methods on a socket port without a timeout
             self._fast = _fastport.Reader(
                 conn,
                 conn.read_lock,
                 conn.read_rest,
                 self._buf,
-                None if timeout is not None else self,
+                self if timeout is None and conn.is_socket else None,
             )
+            if timeout is not None or not conn.is_socket:
+                self._sync_fast()
 
     def __repr__(self) -> str:
         return f"<SSLInputPort{' closed' if self.closed else ''}>"
 
     def _sync_fast(self) -> None:
-        """Use the C methods while the common case holds: no timeout, open."""
+        """Use the C methods while the common case holds: a socket port, no timeout, open (1).
+        With a timeout or over streams (2), they serve what the kept bytes hold whole (a small
+        read, a line: the steps these methods take first) and call these methods for the rest
+        (sp_fastport.c KEPT_ONLY)."""
         if self._fast is not None:
-            self._fast.install(self, self._timeout is None and not self.closed)
+            on = self._timeout is None and self._sslports_conn.is_socket
+            self._fast.install(self, 0 if self.closed else 1 if on else 2)
 
     def _keep(self, data: bytes) -> None:
         """Serve `data` before anything still to arrive (read ahead on this port's behalf)."""
@@ -1097,7 +1105,13 @@ class SSLInputPort(io.BufferedIOBase):
     def _readinto(self, b: Any, fill: bool) -> int:
         conn = self._check()
         with self._lock:
-            if not self._buf and self._timeout is None and conn.is_socket and not conn.closed:
+            if (
+                not self._buf
+                and self._timeout is None
+                and conn.is_socket
+                and not conn.closed
+                and not _small_buffer(b)
+            ):
                 # The common case in one pump call and one Python frame (this code runs cold,
                 # between two waits on the network: every bytecode counts).
                 err, got = _per_thread.pair  # per thread: an sp_err per port would cost 2 KB each
@@ -1110,17 +1124,28 @@ class SSLInputPort(io.BufferedIOBase):
                 if status == _SP_OK and (n == size or (n and not fill)):
                     return n
                 return conn.read("read", b, fill, _NO_DEADLINE, n)  # waits, ends, errors
-            if self._buf:
-                view = memoryview(b).cast("B")
-                n = min(len(view), len(self._buf))
-                view[:n] = self._buf[:n]
-                del self._buf[:n]
-                if n == len(view) or not fill:
-                    return n
-                # (the kept bytes count: a timeout makes this a short read, as below; on an
-                # exception, Ctrl-C or a closed connection, conn.read keeps them again)
-                return conn.read("read", view, fill, _deadline(self._timeout), n)
-            return conn.read("read", b, fill, _deadline(self._timeout))
+            kept = self._buf
+            deadline = None
+            if not kept:
+                deadline = _deadline(self._timeout)
+                if not _small_buffer(b):
+                    return conn.read("read", b, fill, deadline)
+                # A small read: one read of what arrives (up to 64 KiB) into the kept bytes,
+                # served from there, as io.BufferedReader serves from its buffer: the next
+                # small reads make no pump call (sp_fastport.c read_start does the same).
+                if not self._fill_locked(_READ_CHUNK, deadline):
+                    return 0  # EOF
+            view = memoryview(b).cast("B")
+            n = min(len(view), len(kept))
+            view[:n] = kept[:n]
+            del kept[:n]
+            if n == len(view) or not fill:
+                return n
+            # (the kept bytes count: a timeout makes this a short read, as below; on an
+            # exception, Ctrl-C or a closed connection, conn.read keeps them again)
+            if deadline is None:
+                deadline = _deadline(self._timeout)
+            return conn.read("read", view, fill, deadline, n)
 
     def readinto(self, b: Any, /) -> int:
         return self._readinto(b, True)
@@ -1144,20 +1169,32 @@ class SSLInputPort(io.BufferedIOBase):
         del buf[n:]
         return bytes(buf)
 
-    def _fill_locked(self, size: int) -> int:
-        """With the read lock held and nothing kept: one read of what arrives (up to `size`,
-        at least one byte) into the kept bytes. Returns how many, 0 at EOF."""
+    def _fill_locked(self, size: int, deadline: Optional[_Deadline] = None) -> int:
+        """With the read lock held: one read of what arrives (up to `size`, at least one byte)
+        onto the end of the kept bytes. Returns how many, 0 at EOF."""
         buf = bytearray(size)
-        n = self._sslports_conn.read("read", buf, False, _deadline(self._timeout))
+        if deadline is None:
+            deadline = _deadline(self._timeout)
+        n = self._sslports_conn.read("read", buf, False, deadline)
         self._buf += memoryview(buf)[:n]
         return n
 
     def peek(self, size: int = 0) -> bytes:
+        """The kept bytes, without taking them (at least one, unless at EOF; at most `size` or
+        _PEEK_MAX, whichever is more, as io.BufferedReader gives at most its buffer). With
+        none kept, one read of what arrives first, up to 64 KiB as readline's: a loop of
+        peek(1) and read(1) is served from the kept bytes, not one read per byte, and costs
+        the same however many bytes are kept."""
         self._check()
         with self._lock:  # (one reader at a time)
-            if not self._buf:
-                self._fill_locked(max(size, 1) if size > 0 else _READ_CHUNK)
-            return bytes(self._buf)
+            kept = self._buf
+            if not kept:
+                self._fill_locked(max(size, _READ_CHUNK))
+            most = max(size, _PEEK_MAX)
+            if len(kept) <= most:
+                return bytes(kept)
+            with memoryview(kept) as view, view[:most] as part:  # (released: kept can resize)
+                return bytes(part)
 
     def readline(self, size: Optional[int] = -1) -> bytes:
         """The C fast path's readline does the same steps (sp_fastport.c reader_readline)."""
@@ -1174,14 +1211,15 @@ class SSLInputPort(io.BufferedIOBase):
                 if end:
                     break
                 scanned = stop
-                # Read more, with the line so far out of the kept bytes (a failed read puts
-                # what it had read there) and put back in front, also on an exception.
-                line = bytes(kept)
-                kept.clear()
+                # Read more onto the end of the line so far (it stays where it is: a line of
+                # many reads is not copied again for each). A failed read put what it had
+                # read in front of the kept bytes (Connection.keep_read): it goes after them.
+                have = len(kept)
                 try:
                     n = self._fill_locked(_READ_CHUNK)
-                finally:
-                    kept[:0] = line
+                except BaseException:
+                    _after_kept(kept, have)
+                    raise
                 if not n:  # EOF: the last line has no newline
                     end = len(kept)
                     break
@@ -1215,22 +1253,28 @@ class SSLOutputPort(io.BufferedIOBase):
         self._timeout = timeout
         self._lock = conn.write_lock
         self._buf = bytearray()  # pending bytes: changed in place only (shared with _fast)
-        if _fastport is not None and conn.is_socket:  # installs write/flush when no timeout
+        if _fastport is not None:  # installs write/flush on a socket port without a timeout
             self._fast = _fastport.Writer(
                 conn,
                 conn.write_lock,
                 conn.write_rest,
                 self._buf,
-                None if timeout is not None else self,
+                self if timeout is None and conn.is_socket else None,
             )
+            if timeout is not None or not conn.is_socket:
+                self._sync_fast()
 
     def __repr__(self) -> str:
         return f"<SSLOutputPort{' closed' if self.closed else ''}>"
 
     def _sync_fast(self) -> None:
-        """Use the C write/flush while no timeout is set and the port is open."""
+        """Use the C write/flush while the common case holds: a socket port, no timeout, open
+        (1). With a timeout or over streams (2), the C write does a write that adds to pending
+        bytes (this write's `else` branch) and calls these methods for the rest (sp_fastport.c
+        KEPT_ONLY)."""
         if self._fast is not None:
-            self._fast.install(self, self._timeout is None and not self.closed)
+            on = self._timeout is None and self._sslports_conn.is_socket
+            self._fast.install(self, 0 if self.closed else 1 if on else 2)
 
     def writable(self) -> bool:
         return True
@@ -1385,6 +1429,25 @@ PYTHON_CLOSE = {SSLInputPort: SSLInputPort.close, SSLOutputPort: SSLOutputPort.c
 if _fastport is not None:
     SSLInputPort.close = _fastport.close_method(SSLInputPort, False)  # type: ignore[method-assign]
     SSLOutputPort.close = _fastport.close_method(SSLOutputPort, True)  # type: ignore[method-assign]
+
+
+def _small_buffer(b: Any) -> bool:
+    """A read into `b` that reads ahead (SSLInputPort._readinto; sp_fastport.c read_start, for
+    any buffer of that size): a bytearray or a writable contiguous memoryview of 1 byte to
+    8 KiB (io.BufferedReader reads directly into what is at least its buffer's size)."""
+    if type(b) is bytearray:
+        return 0 < len(b) < _PEEK_MAX
+    return type(b) is memoryview and not b.readonly and b.c_contiguous and 0 < b.nbytes < _PEEK_MAX
+
+
+def _after_kept(kept: bytearray, have: int) -> None:
+    """readline's failed read (ports.py and sp_fastport.c fill_kept): `kept` held `have` bytes
+    (the line so far); Connection.keep_read put what the read had read in front of them. Move
+    those bytes after the line so far, where they belong."""
+    if len(kept) > have:
+        got = kept[: len(kept) - have]
+        del kept[: len(got)]
+        kept += got
 
 
 def _send_rest(
