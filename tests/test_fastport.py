@@ -1069,7 +1069,7 @@ def test_writes_with_a_timeout_buffer_in_c_and_send_in_python(path: str, pair: A
 
 
 def test_small_reads_read_ahead_and_big_ones_read_directly(path: str, pair: Any) -> None:
-    """A read of less than 8 KiB with nothing kept reads what arrived (up to 64 KiB) into the
+    """A read of less than 512 bytes with nothing kept reads what arrived (up to 64 KiB) into the
     kept bytes and is served from there (sp_fastport.c read_start, ports.py _readinto); a
     bigger read reads directly; every byte once and in order; EOF as before."""
     cin, _cout, sin, sout = pair

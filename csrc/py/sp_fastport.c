@@ -555,7 +555,7 @@ static PyObject *off_call(Port *self, const char *name, PyObject *const *args, s
 
 /* ---- Reader -------------------------------------------------------------------------- */
 
-#define SMALL_READ 8192  /* reads of less read ahead (ports.py _PEEK_MAX, _small_buffer) */
+#define SMALL_READ 512 /* reads of less read ahead (ports.py _SMALL_READ, _small_buffer) */
 
 /* Shrink the kept bytes to their first `size`: never fails. CPython reallocates a bytearray
  * shrunk below half its allocation, which can fail (leaving the bytearray as it was): it then

@@ -68,8 +68,12 @@ _SLICE_MS = 50 if _binding.lib is None else int(_binding.lib.SP_WAIT_SLICE_MS)
 SOCKETS_MAY_BLOCK = _binding.lib is not None and bool(_binding.lib.SP_RECV_WAITS)
 _RECORD = 16384  # output buffering: up to one full TLS record is held (see SSLOutputPort.write)
 _READ_CHUNK = 65536
-_PEEK_MAX = 8192  # peek() returns at most this, unless asked for more; smaller reads read
-# ahead (io.DEFAULT_BUFFER_SIZE, as io.BufferedReader; sp_fastport.c SMALL_READ)
+_PEEK_MAX = 8192  # peek() returns at most this, unless asked for more (io.DEFAULT_BUFFER_SIZE)
+# Reads of fewer bytes read ahead (what arrived, up to _READ_CHUNK), as io.BufferedReader's do
+# (sp_fastport.c SMALL_READ). Not reads of 1 KiB or more: for request/response traffic that
+# reads what was sent, reading ahead only adds a copy and a buffer (ping-pong +8 % instructions
+# per round trip with 8 KiB here).
+_SMALL_READ = 512
 _TRANSPORT_CHUNK = 65536
 _SEND_HIGH = 1 << 20  # queued ciphertext at which a stream writer waits
 _ABANDON_DRAIN = 1.0  # seconds a failed stream handshake waits for its last bytes to be written
@@ -1433,11 +1437,14 @@ if _fastport is not None:
 
 def _small_buffer(b: Any) -> bool:
     """A read into `b` that reads ahead (SSLInputPort._readinto; sp_fastport.c read_start, for
-    any buffer of that size): a bytearray or a writable contiguous memoryview of 1 byte to
-    8 KiB (io.BufferedReader reads directly into what is at least its buffer's size)."""
+    any buffer of that size): a bytearray or a writable contiguous memoryview of fewer than
+    _SMALL_READ bytes (io.BufferedReader reads directly into what is at least its buffer's
+    size)."""
     if type(b) is bytearray:
-        return 0 < len(b) < _PEEK_MAX
-    return type(b) is memoryview and not b.readonly and b.c_contiguous and 0 < b.nbytes < _PEEK_MAX
+        return 0 < len(b) < _SMALL_READ
+    return (
+        type(b) is memoryview and not b.readonly and b.c_contiguous and 0 < b.nbytes < _SMALL_READ
+    )
 
 
 def _after_kept(kept: bytearray, have: int) -> None:
