@@ -610,6 +610,21 @@ static void load_failed(sp_err *err)
     sp_err_drain(err);
 }
 
+/* The end of a load: rc 1 (done: the queue cleared), 0 (failed: load_failed) or an SP_LOAD_*
+ * code (failed for that reason: err->ssl_error, with what OpenSSL queued). 1 if done. */
+static int load_end(int rc, sp_err *err)
+{
+    if (rc == 1) {
+        ERR_clear_error();
+    } else if (rc == 0) {
+        load_failed(err);
+    } else {
+        sp_err_drain(err);
+        err->ssl_error = rc;
+    }
+    return rc == 1;
+}
+
 static BIO *mem_bio(const unsigned char *data, size_t len, sp_err *err)
 {
     BIO *bio;
@@ -715,14 +730,7 @@ int sp_ctx_use_chain_pem(SSL_CTX *ctx, const unsigned char *pem, size_t len, sp_
         g->keys_alone &= ~bit;
     rc = 1;
 done:
-    if (rc == 1)
-        ERR_clear_error();
-    else if (rc == 0)
-        load_failed(err);
-    else
-        sp_err_drain(err);
-    if (rc < 0)
-        err->ssl_error = rc;
+    load_end(rc, err);
     SSL_free(probe);
     X509_free(leaf);
     sk_X509_pop_free(certs, X509_free);
@@ -766,16 +774,8 @@ int sp_ctx_use_private_key(SSL_CTX *ctx, EVP_PKEY *key, int need_certificate, sp
     }
     rc = 1;
 done:
-    if (rc == 1)
-        ERR_clear_error();
-    else if (rc == 0)
-        load_failed(err);
-    else
-        sp_err_drain(err);
-    if (rc < 0)
-        err->ssl_error = rc;
     SSL_free(probe);
-    return rc == 1;
+    return load_end(rc, err);
 }
 
 int sp_ctx_load_verify_pem(SSL_CTX *ctx, const unsigned char *pem, size_t len, sp_err *err)
@@ -812,12 +812,7 @@ int sp_ctx_load_verify_pem(SSL_CTX *ctx, const unsigned char *pem, size_t len, s
     }
     ok = 1;
 done:
-    if (ok)
-        ERR_clear_error();
-    else if (err->ssl_error == 0)
-        load_failed(err);
-    else
-        sp_err_drain(err);
+    load_end(ok ? 1 : err->ssl_error < 0 ? err->ssl_error : 0, err);
     sk_X509_INFO_pop_free(infos, X509_INFO_free);
     BIO_free(bio);
     return ok;
@@ -890,12 +885,7 @@ int sp_ctx_load_client_ca_pem(SSL_CTX *ctx, const unsigned char *pem, size_t len
     names = NULL;
     ok = 1;
 done:
-    if (ok)
-        ERR_clear_error();
-    else if (err->ssl_error == 0)
-        load_failed(err);
-    else
-        sp_err_drain(err);
+    load_end(ok ? 1 : err->ssl_error < 0 ? err->ssl_error : 0, err);
     sk_X509_NAME_pop_free(names, X509_NAME_free);
     free(keep);
     free(sorted);

@@ -60,6 +60,30 @@ def _is_c(method: Any) -> bool:
     return type(method).__name__ == "builtin_function_or_method"
 
 
+class _Stop(Exception):
+    """What _stopped_by_signal's handler raises."""
+
+
+@contextlib.contextmanager
+def _stopped_by_signal(delay: float) -> Iterator[None]:
+    """The body must be stopped by a signal handler's exception (SIGALRM after `delay`
+    seconds: what Ctrl-C or a handler that raises does to a call that waits)."""
+    if not hasattr(signal, "setitimer"):
+        pytest.skip("no setitimer")
+
+    def handler(signum: int, frame: Any) -> None:
+        raise _Stop
+
+    old = signal.signal(signal.SIGALRM, handler)
+    try:
+        with pytest.raises(_Stop):
+            signal.setitimer(signal.ITIMER_REAL, delay)
+            yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, old)
+
+
 @needs_fast
 def test_socket_ports_use_the_c_methods(pair: Any) -> None:
     cin, cout, _sin, _sout = pair
@@ -364,25 +388,10 @@ def test_concurrent_writers_never_interleave_one_write(path: str, pair: Any) -> 
 def test_an_exception_during_a_wait_leaves_the_port_usable(path: str, pair: Any) -> None:
     """A signal handler that raises while a read waits: the read lock is released, the port
     still reads what arrives later."""
-    if not hasattr(signal, "setitimer"):
-        pytest.skip("no setitimer")
-
-    class Stop(Exception):
-        pass
-
-    def handler(signum: int, frame: Any) -> None:
-        raise Stop
-
     cin, _cout, _sin, sout = pair
-    old = signal.signal(signal.SIGALRM, handler)
-    try:
-        for delay in (0.001, 0.02, 0.12):
-            with pytest.raises(Stop):
-                signal.setitimer(signal.ITIMER_REAL, delay)
-                cin.read(1)
-    finally:
-        signal.setitimer(signal.ITIMER_REAL, 0)
-        signal.signal(signal.SIGALRM, old)
+    for delay in (0.001, 0.02, 0.12):
+        with _stopped_by_signal(delay):
+            cin.read(1)
     sout.write(b"after")
     sout.flush()
     assert read_exactly(cin, 5) == b"after"
@@ -393,28 +402,13 @@ def test_read_of_bytes_across_waits_loses_nothing(path: str, method: str, pair: 
     """read(n) / read1(n) read into the bytes object they return; one that has to wait past
     its first slice goes on in Python with what it already has: a read completed later returns
     it, one interrupted keeps it for the next read."""
-    if not hasattr(signal, "setitimer"):
-        pytest.skip("no setitimer")
-
-    class Stop(Exception):
-        pass
-
-    def handler(signum: int, frame: Any) -> None:
-        raise Stop
-
     cin, _cout, sin, sout = pair
     read = getattr(cin, method)
     sout.write(b"12345")
     sout.flush()
     if method == "read":
-        old = signal.signal(signal.SIGALRM, handler)
-        try:
-            with pytest.raises(Stop):
-                signal.setitimer(signal.ITIMER_REAL, 0.2)  # four wait slices
-                read(10)
-        finally:
-            signal.setitimer(signal.ITIMER_REAL, 0)
-            signal.signal(signal.SIGALRM, old)
+        with _stopped_by_signal(0.2):  # (four wait slices)
+            read(10)
         sout.write(b"67890")
         sout.flush()
         assert read_exactly(cin, 10) == b"1234567890"
@@ -516,26 +510,11 @@ def test_a_line_interrupted_while_it_waits_is_read_whole_later(path: str, pair: 
     """A readline waiting for the rest of its line, stopped by a signal handler's exception
     or by the port's timeout: the part already read is kept, the next readline returns the
     whole line."""
-    if not hasattr(signal, "setitimer"):
-        pytest.skip("no setitimer")
-
-    class Stop(Exception):
-        pass
-
-    def handler(signum: int, frame: Any) -> None:
-        raise Stop
-
     cin, _cout, _sin, sout = pair
     sout.write(b"first half")
     sout.flush()
-    old = signal.signal(signal.SIGALRM, handler)
-    try:
-        with pytest.raises(Stop):
-            signal.setitimer(signal.ITIMER_REAL, 0.2)  # past several wait slices
-            cin.readline()
-    finally:
-        signal.setitimer(signal.ITIMER_REAL, 0)
-        signal.signal(signal.SIGALRM, old)
+    with _stopped_by_signal(0.2):  # (past several wait slices)
+        cin.readline()
     sout.write(b", second half\nnext ")
     sout.flush()
     assert cin.readline() == b"first half, second half\n"
@@ -556,15 +535,6 @@ def test_a_signal_while_the_c_read_waits_loses_nothing(kept: bool, pair: Any) ->
     connection's continuation, before Connection.read could keep what the read already had:
     the bytes the pump had read ("pumped") and those readline had read ahead ("kept"), served
     first, were lost."""
-    if not hasattr(signal, "setitimer"):
-        pytest.skip("no setitimer")
-
-    class Stop(Exception):
-        pass
-
-    def handler(signum: int, frame: Any) -> None:
-        raise Stop
-
     cin, _cout, sin, sout = pair
     first = b"12345"
     if kept:
@@ -574,14 +544,8 @@ def test_a_signal_while_the_c_read_waits_loses_nothing(kept: bool, pair: Any) ->
     else:
         sout.write(first)
         sout.flush()
-    old = signal.signal(signal.SIGALRM, handler)
-    try:
-        with pytest.raises(Stop):
-            signal.setitimer(signal.ITIMER_REAL, 0.01)  # (within the pump's first wait slice)
-            cin.read(10)
-    finally:
-        signal.setitimer(signal.ITIMER_REAL, 0)
-        signal.signal(signal.SIGALRM, old)
+    with _stopped_by_signal(0.01):  # (within the pump's first wait slice)
+        cin.read(10)
     sout.write(b"67890")
     sout.flush()
     sout.close()
@@ -805,21 +769,9 @@ def test_writes_stopped_by_a_signal_lose_and_repeat_nothing(path: str, pair: Any
     rng = random.Random(11)
     first, second = rng.randbytes(24 << 20), rng.randbytes(1 << 20)
 
-    class Stop(Exception):
-        pass
-
-    def handler(signum: int, frame: Any) -> None:
-        raise Stop
-
-    old = signal.signal(signal.SIGALRM, handler)
-    try:
-        for data in (first, second):
-            signal.setitimer(signal.ITIMER_REAL, 0.3)
-            with pytest.raises(Stop):
-                cout.write(data)  # the server reads nothing yet: the write waits
-    finally:
-        signal.setitimer(signal.ITIMER_REAL, 0)
-        signal.signal(signal.SIGALRM, old)
+    for data in (first, second):
+        with _stopped_by_signal(0.3):
+            cout.write(data)  # the server reads nothing yet: the write waits
     join = run_in_thread(lambda: read_exactly(sin, len(first) + len(second)))
     cout.flush()
     assert sha1(join(60)) == sha1(first + second)
