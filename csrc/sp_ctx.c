@@ -668,22 +668,31 @@ static STACK_OF(X509) *read_pem_certs(BIO *bio, int *none)
     return NULL;
 }
 
+/* Every certificate of a PEM blob (read_pem_certs over a memory BIO of it). */
+static STACK_OF(X509) *pem_certs(const unsigned char *pem, size_t len, sp_err *err, int *none)
+{
+    BIO *bio = mem_bio(pem, len, err);
+    STACK_OF(X509) *certs;
+    *none = 0;
+    if (bio == NULL)
+        return NULL;
+    certs = read_pem_certs(bio, none);
+    BIO_free(bio);
+    return certs;
+}
+
 int sp_ctx_use_chain_pem(SSL_CTX *ctx, const unsigned char *pem, size_t len, sp_err *err)
 {
     ctx_guard *g = guard_of(ctx);
     STACK_OF(X509) *certs = NULL;
     X509 *leaf = NULL;
     SSL *probe = NULL;
-    BIO *bio;
     unsigned bit;
-    int none = 0;
+    int none;
     int rc = 0;
     sp_err_reset(err);
     ERR_clear_error();
-    bio = mem_bio(pem, len, err);
-    if (bio == NULL)
-        goto done;
-    certs = read_pem_certs(bio, &none);
+    certs = pem_certs(pem, len, err, &none);
     if (certs == NULL) {
         if (none)
             rc = SP_LOAD_NOTHING;
@@ -734,7 +743,6 @@ done:
     SSL_free(probe);
     X509_free(leaf);
     sk_X509_pop_free(certs, X509_free);
-    BIO_free(bio);
     return rc == 1;
 }
 
@@ -838,17 +846,13 @@ int sp_ctx_load_client_ca_pem(SSL_CTX *ctx, const unsigned char *pem, size_t len
     STACK_OF(X509_NAME) *names = NULL;
     name_at *sorted = NULL;
     unsigned char *keep = NULL;
-    BIO *bio;
-    int none = 0;
+    int none;
     int n;
     int i;
     int ok = 0;
     sp_err_reset(err);
     ERR_clear_error();
-    bio = mem_bio(pem, len, err);
-    if (bio == NULL)
-        goto done;
-    certs = read_pem_certs(bio, &none);
+    certs = pem_certs(pem, len, err, &none);
     if (certs == NULL) {
         if (none)
             err->ssl_error = SP_LOAD_NOTHING;
@@ -890,7 +894,6 @@ done:
     free(keep);
     free(sorted);
     sk_X509_pop_free(certs, X509_free);
-    BIO_free(bio);
     return ok;
 }
 

@@ -765,6 +765,13 @@ static PyObject *reader_readinto1(Port *self, PyObject *b)
     return self->on ? read_into(self, b, 0) : off_call(self, "readinto1", &b, 1);
 }
 
+/* A size argument (None: -1) into *size: 0, or -1 with an exception. */
+static int size_arg(PyObject *obj, Py_ssize_t *size)
+{
+    *size = obj == Py_None ? -1 : PyNumber_AsSsize_t(obj, PyExc_OverflowError);
+    return *size == -1 && PyErr_Occurred() ? -1 : 0;
+}
+
 /* read(size) / read1(size): a fresh bytes object of what arrived, read straight into it (one
  * allocation, no copy). A read that needs its continuation (a wait, EOF, an error) goes on in
  * a bytearray, as readinto's does. */
@@ -775,15 +782,8 @@ static PyObject *read_bytes(Port *self, PyObject *args, int fill, const char *fo
     Py_ssize_t size;
     size_t got;
     int status;
-    if (!PyArg_ParseTuple(args, format, &size_obj))
+    if (!PyArg_ParseTuple(args, format, &size_obj) || size_arg(size_obj, &size) < 0)
         return NULL;
-    if (size_obj == Py_None) {
-        size = -1;
-    } else {
-        size = PyNumber_AsSsize_t(size_obj, PyExc_OverflowError);
-        if (size == -1 && PyErr_Occurred())
-            return NULL;
-    }
     if (size < 0) {
         if (fill)
             return PyObject_CallFunctionObjArgs(read_all, (PyObject *)self, self->conn, NULL);
@@ -833,15 +833,8 @@ static PyObject *kept_bytes(Port *self, PyObject *args, int fill, const char *fo
 {
     PyObject *size_obj = Py_None, *out;
     Py_ssize_t size, kept;
-    if (!PyArg_ParseTuple(args, format, &size_obj))
+    if (!PyArg_ParseTuple(args, format, &size_obj) || size_arg(size_obj, &size) < 0)
         return NULL;
-    if (size_obj == Py_None) {
-        size = -1;
-    } else {
-        size = PyNumber_AsSsize_t(size_obj, PyExc_OverflowError);
-        if (size == -1 && PyErr_Occurred())
-            return NULL;
-    }
     if (size < 0 && !fill)
         size = 65536; /* (read1(-1): ports.py _READ_CHUNK) */
     if (size <= 0 || self->conn == NULL)
@@ -989,11 +982,8 @@ static PyObject *reader_readline(Port *self, PyObject *const *args, Py_ssize_t n
         PyErr_Format(PyExc_TypeError, "readline() takes at most 1 argument (%zd given)", nargs);
         return NULL;
     }
-    if (nargs == 1 && args[0] != Py_None) {
-        limit = PyNumber_AsSsize_t(args[0], PyExc_OverflowError);
-        if (limit == -1 && PyErr_Occurred())
-            return NULL;
-    }
+    if (nargs == 1 && size_arg(args[0], &limit) < 0)
+        return NULL;
     if (self->conn == NULL) {
         PyErr_SetString(PyExc_ValueError, "I/O operation on closed SSL port");
         return NULL;
