@@ -8,7 +8,9 @@
  *   caller buf <-- SSL_read_ex  -- [ssl] <-- BIO read: recv() straight into OpenSSL's
  *                                             read-ahead buffer (one recv, one record or
  *                                             more: header and body together), after
- *                                             what a read's waiting recv() got (WAITING)
+ *                                             what a read's waiting recv() got (WAITING);
+ *                                             at most one recv() that comes back short
+ *                                             per OpenSSL call (recv_short)
  *   caller buf --  SSL_write_ex --> [ssl] --> BIO write: append records to `outq`
  *                                             sender: swap `outq` out whole, send() it
  *                                             (a write's last record is sent by the BIO
@@ -64,12 +66,20 @@
  *
  * Where send/recv take MSG_DONTWAIT (POSIX), every other send and recv passes it, and the
  * socket itself is made blocking with SO_RCVTIMEO = one slice (make_recv_waits). A read that
- * must wait a whole slice while OpenSSL holds nothing, or a handshake waiting for the peer's
- * flight, then waits inside recv(), into a buffer on sp_read's / sp_handshake's stack that
- * the socket BIO hands to OpenSSL first ("early" bytes; any OpenSSL leaves move to the heap
- * before the call returns): one system call per wait instead of poll() + recv(). A socket
- * error that recv() met is kept and reported by the BIO, since the kernel reports a reset
- * only once. Every other wait (sending, short slices, Windows) is a poll().
+ * must wait a whole slice (for a record, or for the rest of one), or a handshake waiting for
+ * the peer's flight, then waits inside recv(), into a buffer on sp_read's / sp_handshake's
+ * stack that the socket BIO hands to OpenSSL first ("early" bytes; any OpenSSL leaves move to
+ * the heap before the call returns): one system call per wait instead of poll() + recv(). A
+ * socket error that recv() met is kept and reported by the BIO, since the kernel reports a
+ * reset only once. Every other wait (sending, short slices, Windows) is a poll().
+ *
+ * A recv() that returns less than it asked for (or early bytes that did) leaves the socket's
+ * queue empty at that moment: within the same OpenSSL call the BIO then says "not yet"
+ * instead of a second recv() that would meet EAGAIN, and the pump waits as above. A peer that
+ * sends its records a few bytes per TCP segment costs one recv() per segment, not poll() +
+ * recv() + recv(). The next OpenSSL call's first recv() always runs (a read that returned
+ * finds what came since), and so does every recv() of the ticket drain at close, which
+ * does not wait.
  *
  * A PEER THAT DOES NOT READ
  *
@@ -623,8 +633,8 @@ static void drop_early(sp_conn *c)
 
 /* Before sp_read returns (ssl_lock held): bytes OpenSSL left in the caller's stack buffer
  * move to the heap. 0 when out of memory (the connection is then broken: bytes would be
- * lost). OpenSSL normally takes them all, since it asks for a full buffer when it holds
- * nothing, and the waiting recv() only runs then. */
+ * lost). OpenSSL takes them all when it holds nothing (it asks for a full buffer); in the
+ * middle of a record it asks only for the room its buffer has left. */
 static int keep_early(sp_conn *c, const unsigned char *stack_buf)
 {
     unsigned char *copy;
@@ -691,8 +701,12 @@ static int sock_bio_read(BIO *bio, char *buf, int len)
             n = (size_t)len;
         memcpy(buf, c->early + c->early_off, n);
         c->early_off += n;
-        if (c->early_off == c->early_len)
+        if (c->early_off == c->early_len) {
+            /* This call's own waiting recv() (its stack buffer, not bytes an earlier call
+             * left) that came back short counts as a short recv() (below). */
+            c->recv_short = !c->early_heap && !c->recv_full;
             drop_early(c);
+        }
         return (int)n;
     }
     if (c->early_errno != 0) { /* ... or the error it met (a reset is reported only once) */
@@ -722,11 +736,22 @@ static int sock_bio_read(BIO *bio, char *buf, int len)
         BIO_set_retry_read(bio);
         return -1;
     }
+    if (c->recv_short && !c->draining) {
+        /* A recv() of this call returned less than it asked for: a stream socket's queue was
+         * empty then, and another recv() now would only meet EAGAIN (a peer that sends a
+         * record in small TCP segments: one wasted system call per segment). "Not yet": the
+         * pump waits (WAITING: back at once if more came meanwhile) and calls OpenSSL again,
+         * whose first recv() runs. Nothing is read here, so nothing can be lost; the ticket
+         * drain at close (which does not wait) reads until EAGAIN as before. */
+        BIO_set_retry_read(bio);
+        return -1;
+    }
     for (;;) {
         long n = (long)recv(c->fd, buf, (sp_iolen)len, SP_RECV_FLAGS);
         int e;
         if (n > 0) {
             c->recv_full = n == (long)len;
+            c->recv_short = !c->recv_full;
             return (int)n;
         }
         if (n == 0) {
@@ -1007,13 +1032,18 @@ static int send_queued(sp_conn *c, int wait_ms, sp_err *err)
 }
 
 /* Wait for a whole slice inside recv(), into buf (SP_EARLY_MAX bytes, sp_read's stack),
- * which the socket BIO then hands to OpenSSL first. Only called when no early bytes are left:
- * OpenSSL holds nothing and asked its BIO for more, which serves early bytes before any. */
+ * which the socket BIO then hands to OpenSSL first. Called after OpenSSL asked its BIO for
+ * more, which serves early bytes before any: none are left (if some were, there would be
+ * nothing to wait for). */
 static int recv_early(sp_conn *c, unsigned char *buf)
 {
     long n;
     int e;
     sp_mutex_lock(&c->ssl_lock);
+    if (c->early_len > c->early_off) {
+        sp_mutex_unlock(&c->ssl_lock);
+        return SP_OK;
+    }
     c->recv_busy = 1; /* (a writer driving a renegotiation must not recv() meanwhile) */
     sp_mutex_unlock(&c->ssl_lock);
     n = (long)recv(c->fd, (char *)buf, SP_EARLY_MAX, 0); /* (char *): Windows */
@@ -1038,7 +1068,7 @@ static int recv_early(sp_conn *c, unsigned char *buf)
 /* Wait up to wait_ms until the socket is readable, sending queued output meanwhile (a peer
  * that waits for our flight before it sends must get it). SP_OK when readable (or closed),
  * SP_WANT_READ when the slice elapsed, SP_ERROR when sending failed. With early_buf (sp_read,
- * OpenSSL holding nothing) a whole-slice wait with nothing left to send is a recv() into it. */
+ * sp_handshake) a whole-slice wait with nothing left to send is a recv() into it. */
 static int wait_readable(sp_conn *c, int wait_ms, sp_err *err, unsigned char *early_buf)
 {
     short events = POLLIN;
@@ -1067,16 +1097,13 @@ static int wait_readable(sp_conn *c, int wait_ms, sp_err *err, unsigned char *ea
  * nothing is pending, and OpenSSL before 3.0.14 / 3.1.6 / 3.2.2 / 3.3.1 / 1.1.1y frees the
  * buffer the header is in all the same (CVE-2024-4741, a use after free when the body
  * arrives); a peer can stop at that point on purpose. So only where the record layer waits for
- * a header ("RH"; on any version, as its state tells). Returns 1 when OpenSSL holds nothing. */
-static int release_idle_buffers(sp_conn *c)
+ * a header ("RH"; on any version, as its state tells). */
+static void release_idle_buffers(sp_conn *c)
 {
-    int idle;
     sp_mutex_lock(&c->ssl_lock);
-    idle = !SSL_has_pending(c->ssl) && strcmp(SSL_rstate_string(c->ssl), "RH") == 0;
-    if (idle)
+    if (!SSL_has_pending(c->ssl) && strcmp(SSL_rstate_string(c->ssl), "RH") == 0)
         SSL_free_buffers(c->ssl);
     sp_mutex_unlock(&c->ssl_lock);
-    return idle;
 }
 
 /* Is there anything for SSL_read_ex to process or report without new ciphertext: buffered
@@ -1165,6 +1192,7 @@ static int stash_read(sp_conn *c, sp_err *err)
     }
     clear_errors();
     c->bio_errno = 0;
+    c->recv_short = 0;
     c->reading = 1; /* (what it queues counts as reading's output: A PEER THAT DOES NOT READ) */
     if (guarded_read(c, c->stash + c->stash_len, c->stash_cap - c->stash_len, &n)) {
         c->reading = 0;
@@ -1241,6 +1269,7 @@ int sp_handshake(sp_conn *c, int wait_ms, sp_err *err)
         }
         ERR_clear_error();
         c->bio_errno = 0;
+        c->recv_short = 0;
         sp_ctx_step_begin(c->ssl, &step); /* (its context may not change meanwhile) */
         r = SSL_do_handshake(c->ssl);
         sp_ctx_step_end(&step);
@@ -1322,7 +1351,7 @@ int sp_read(sp_conn *c, unsigned char *buf, size_t len, size_t want, size_t *got
     }
     while (total < len) {
         size_t n = 0, out_before, out_pending;
-        int ok, e = SSL_ERROR_NONE, more, idle;
+        int ok, e = SSL_ERROR_NONE, more;
         sp_mutex_lock(&c->ssl_lock);
         if (c->stash_off < c->stash_len) { /* what a writer read for us comes first */
             n = c->stash_len - c->stash_off;
@@ -1332,8 +1361,14 @@ int sp_read(sp_conn *c, unsigned char *buf, size_t len, size_t want, size_t *got
             c->stash_off += n;
             if (c->stash_off == c->stash_len)
                 drop_stash(c);
+            /* (the loop may end here: what a writer's OpenSSL call left of this call's early
+             * bytes must not stay on this stack) */
+            if (c->early != NULL && !keep_early(c, early_buf))
+                status = out_of_memory(c, err);
             sp_mutex_unlock(&c->ssl_lock);
             total += n;
+            if (status != SP_OK)
+                break;
             continue;
         }
         out_before = c->outq_len;
@@ -1346,6 +1381,7 @@ int sp_read(sp_conn *c, unsigned char *buf, size_t len, size_t want, size_t *got
         }
         clear_errors();
         c->bio_errno = 0;
+        c->recv_short = 0;
         c->reading = 1;
         ok = guarded_read(c, buf + total, len - total, &n);
         c->reading = 0;
@@ -1390,8 +1426,8 @@ int sp_read(sp_conn *c, unsigned char *buf, size_t len, size_t want, size_t *got
             status = SP_WANT_READ;
             break;
         }
-        idle = release_idle_buffers(c);
-        status = wait_readable(c, wait_ms, err, idle ? early_buf : NULL);
+        release_idle_buffers(c);
+        status = wait_readable(c, wait_ms, err, early_buf);
         if (status != SP_OK)
             break;
         waited = 1;
@@ -1480,6 +1516,7 @@ static int write_records(sp_conn *c, const unsigned char *head, size_t head_len,
         }
         clear_errors();
         c->bio_errno = 0;
+        c->recv_short = 0;
         c->direct_send = c->socket_mode && !hold && total + chunk == all
                       && chunk <= SSL3_RT_MAX_PLAIN_LENGTH;
         ok = guarded_write(c, from, chunk, &n);
@@ -1741,6 +1778,7 @@ int sp_request_reauth(sp_conn *c, int flags, sp_err *err)
     sp_err_reset(err);
     sp_mutex_lock(&c->ssl_lock);
     ERR_clear_error();
+    c->recv_short = 0; /* (SSL_do_handshake below may read: its first recv() runs) */
     c->verify_flags = flags;
     sp_conn_apply_verify_locked(c);
     if (SSL_is_server(c->ssl)) {

@@ -54,6 +54,10 @@ struct sp_conn {
     int early_heap;
     int early_errno; /* the error that recv() reported instead of data (ssl_lock) */
     int recv_full;   /* the last recv() filled its buffer: more may be waiting (ssl_lock) */
+    int recv_short;  /* in this OpenSSL call, the last recv() (or the waiting one that got its
+                        early bytes) returned less than asked: the socket held no more, and
+                        the BIO waits instead of a second recv() (ssl_lock; 0 before each
+                        call) */
     int recv_busy;   /* a reader waits in recv() without ssl_lock (recv_early): the socket BIO
                         must not recv() meanwhile, or bytes would reach OpenSSL out of order
                         (ssl_lock) */

@@ -6,10 +6,11 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import time
+import tracemalloc
 from typing import Any
 
 import pytest
-from conftest import LOCAL, read_exactly, run_in_thread
+from conftest import LOCAL, random_bytes, read_exactly, run_in_thread
 from test_aio import LOOPS, client_context, run, server_context
 
 import sslports
@@ -351,6 +352,89 @@ def test_close_during_renegotiation_sends_what_was_written(pki: Any, loop_kind: 
     assert held  # (the test saw the case it is about)
     assert first == b"first\n"
     assert rest == b"".join(sent)
+
+
+@pytest.mark.parametrize("loop_kind", LOOPS)
+def test_many_writes_held_by_a_renegotiation_arrive_in_order_without_copies(
+    pki: Any, loop_kind: str
+) -> None:
+    """TLS 1.2: thousands of small writes while a server's renegotiation holds writing back
+    (256 KiB held already) all reach the server, in order, once it is done; and none of them
+    copies what is held (each used to: quadratic in the number of writes), nor does a retry
+    that the peer's flight makes while the renegotiation still holds them (each used to). A
+    copy is counted with tracemalloc: allocations that peak at half of what is held or more."""
+    listener = sslports.ssl_listen(0, 4, True, LOCAL, pki.server_context("tls12"))
+    port = sslports.ssl_addresses(listener, True)[1]
+    held_size, writes = 256 * 1024, 3000
+
+    def serve() -> tuple[bytes, bytes]:
+        inp, out = sslports.ssl_accept(listener)
+        with inp, out:
+            first = inp.readline()
+            sslports.ssl_try_verify(inp, True)  # the renegotiation
+            return first, inp.read()
+
+    join = run_in_thread(serve)
+
+    async def main() -> tuple[list[bytes], int, int, tuple[bytes, bytes]]:
+        proxy = await _delaying_proxy(port, 0.4)
+        async with proxy:
+            proxy_port = proxy.sockets[0].getsockname()[1]
+            _reader, writer = await aio.open_ssl_connection(
+                LOCAL, proxy_port, pki.client_context("tls12"), timeout=20
+            )
+            conn: Any = writer._sslports_conn
+            writer.write(b"first\n")
+            await writer.drain()
+            sent: list[bytes] = []
+            for i in range(200):  # write until one is held back (the renegotiation is on)
+                sent.append(b"line %d\n" % i)
+                writer.write(sent[-1])
+                if conn.pending_write is not None:
+                    break
+                await asyncio.sleep(0.02)
+            assert conn.pending_write is not None  # (the case this test is about)
+            copies = held_retries = 0
+            tracemalloc.start()  # (before what is held grows: its block is traced)
+            try:
+                sent.append(random_bytes(held_size, seed=11))
+                writer.write(bytearray(sent[-1]))  # (a buffer the writer must copy)
+                for i in range(writes):  # (no await: every write is held back)
+                    sent.append(b"%d," % i)
+                    tracemalloc.reset_peak()
+                    before = tracemalloc.get_traced_memory()[0]
+                    writer.write(memoryview(sent[-1]) if i % 2 else sent[-1])
+                    if tracemalloc.get_traced_memory()[1] - before >= held_size // 2:
+                        copies += 1
+                assert conn.pending_write is not None
+                retry = conn.retry_write
+
+                def counted_retry() -> None:  # (the peer's flights arrive: decrypt retries)
+                    nonlocal held_retries, copies
+                    tracemalloc.reset_peak()
+                    before = tracemalloc.get_traced_memory()[0]
+                    retry()
+                    if conn.pending_write is not None:  # (nothing was sent)
+                        held_retries += 1
+                        if tracemalloc.get_traced_memory()[1] - before >= held_size // 2:
+                            copies += 1
+
+                conn.retry_write = counted_retry
+                await writer.drain()  # (the renegotiation ends, the held bytes go)
+            finally:
+                tracemalloc.stop()
+            writer.close()
+            await asyncio.wait_for(writer.wait_closed(), 20)
+            return sent, held_retries, copies, await asyncio.to_thread(join, 20)
+
+    try:
+        sent, held_retries, copies, (first, rest) = run(loop_kind, main)
+    finally:
+        listener.close()
+    assert first == b"first\n"
+    assert rest == b"".join(sent)  # every byte, in order
+    assert held_retries >= 1  # (the server's first flight came while the bytes were held)
+    assert copies == 0, f"{copies} of {writes} writes and {held_retries} retries copied"
 
 
 @pytest.mark.parametrize("loop_kind", LOOPS)

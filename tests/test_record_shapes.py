@@ -18,13 +18,19 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
+import itertools
+import os
 import re
+import shutil
 import socket
 import ssl
 import struct
+import subprocess
+import sys
 import threading
 import time
-from typing import Any, Callable, Optional
+from pathlib import Path
+from typing import Any, Callable, Optional, Union
 
 import pytest
 from conftest import LOCAL, collect_stdout, random_bytes, run_in_thread
@@ -187,16 +193,16 @@ def test_exporter_while_a_ticket_is_half_received(
 class ShapingServer:
     """A TLS server on Python's ssl module over memory BIOs, for one connection: after the
     handshake it sends ``data`` as records of ``record`` bytes each (None: up to 16 KiB), cut
-    into TCP segments of ``segment`` bytes (None: as they come) with ``pause`` seconds between
-    segments, then reads ``expect`` bytes from the client and sends close_notify. It returns
-    what it read."""
+    into TCP segments of ``segment`` bytes (None: as they come; a tuple: sizes taken in turn)
+    with ``pause`` seconds between segments, then reads ``expect`` bytes from the client and
+    sends close_notify. It returns what it read."""
 
     def __init__(
         self,
         context: ssl.SSLContext,
         data: bytes,
         record: Optional[int] = None,
-        segment: Optional[int] = None,
+        segment: Union[int, tuple[int, ...], None] = None,
         pause: float = 0.0,
         expect: int = 0,
     ) -> None:
@@ -248,9 +254,13 @@ class ShapingServer:
             return bytes(got)
 
     def _send(self, sock: socket.socket, data: bytes) -> None:
-        step = self.segment or len(data) or 1
-        for i in range(0, len(data), step):
+        sizes = self.segment if isinstance(self.segment, tuple) else (self.segment or len(data),)
+        i = 0
+        for step in itertools.cycle(sizes):
+            if i >= len(data):
+                break
             sock.sendall(data[i : i + step])
+            i += step
             if self.pause:
                 time.sleep(self.pause)
 
@@ -350,6 +360,88 @@ def test_tiny_records_and_segments(pki: Any, transport: str, shape: str) -> None
                 sock.close()
         assert hashlib.sha256(got).digest() == hashlib.sha256(data).digest(), how
         assert server.join(TIMEOUT) == reply
+
+
+@pytest.mark.parametrize("how", ["read", "read1", "readinto", "readline", "peek"])
+def test_records_cut_at_odd_points_with_pauses(pki: Any, how: str) -> None:
+    """Socket mode, a peer that cuts what it sends (the handshake and the close_notify too)
+    into pieces of 5, 1, 20000, 3 and 16000 bytes in turn, each on its own (a pause between):
+    a header alone, a byte, then the rest of a record and more of the next (a read waits for
+    the rest of a record inside recv(), and keeps what OpenSSL has no room for yet). Every
+    read method gets every byte in order, then EOF (close_notify: strict_eof), and closes."""
+    data = random_bytes(100000, seed=12).replace(b"\n", b"") + TEXT
+    shape = (5, 1, 20000, 3, 16000)
+    server = ShapingServer(pki.py_server_context("tls13"), data, None, shape, 0.003)
+    inp, out, _ = _client_ports("socket", server.port, pki.client_context("tls13"))
+    with inp, out:
+        read = _reader(inp, how)
+        parts = []
+        while part := read():
+            parts.append(part)
+        assert inp.read(1) == b""  # (EOF is sticky)
+    assert hashlib.sha256(b"".join(parts)).digest() == hashlib.sha256(data).digest()
+    assert server.join(TIMEOUT) == b""
+
+
+COUNT_RECV_CHILD = """
+import ctypes, hashlib, sys
+import sslports
+shim = ctypes.CDLL(None)  # (tests/countrecv.c, preloaded)
+port, digest = int(sys.argv[1]), sys.argv[2]
+ctx = sslports.ssl_make_client_context("tls13")
+inp, out = sslports.ssl_connect("127.0.0.1", port, ctx, strict_eof=True)
+shim.countrecv_reset()  # (the handshake's recv() calls do not count)
+data = inp.read()
+calls, eagain = ctypes.c_ulong(), ctypes.c_ulong()
+shim.countrecv_get(ctypes.byref(calls), ctypes.byref(eagain))
+inp.close()
+out.close()
+print(hashlib.sha256(data).hexdigest() == digest, calls.value, eagain.value)
+"""
+
+
+def test_a_record_in_pieces_costs_one_recv_per_piece(
+    pki: Any, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    """Socket mode, a 16 KiB record that arrives in 165 TCP segments of 100 bytes, each on its
+    own (a pause between), then close_notify: the read takes each piece with one recv(), which
+    waits for it. A recv() that returns less than it asked for leaves the socket's queue
+    empty, so none follows it that would only meet EAGAIN (each piece used to cost poll() +
+    recv() + a recv() that met EAGAIN). Counted in a child Python with tests/countrecv.c
+    preloaded (its recv() wraps libc's)."""
+    cc = shutil.which("cc") or shutil.which("gcc")
+    if cc is None:
+        pytest.skip("no C compiler (cc) to build tests/countrecv.c")
+    shim = tmp_path_factory.mktemp("countrecv") / "countrecv.so"
+    source = Path(__file__).with_name("countrecv.c")
+    subprocess.run(
+        [cc, "-O1", "-shared", "-fPIC", "-o", str(shim), str(source), "-ldl"], check=True
+    )
+    data = random_bytes(16384, seed=13)
+    # The record's pieces (TLS 1.3: 5 + 16384 + 1 + 16 bytes), then the close_notify's one.
+    pieces = -(-(16384 + 22) // 100) + 1
+    server_ctx = pki.py_server_context("tls13")
+    server_ctx.num_tickets = 0  # (no session tickets: their pieces would count too)
+    server = ShapingServer(server_ctx, data, None, 100, 0.002)
+    env = dict(os.environ)
+    env["LD_PRELOAD"] = " ".join(filter(None, [env.get("LD_PRELOAD"), str(shim)]))
+    env["PYTHONPATH"] = os.pathsep.join(
+        filter(None, [str(Path(sslports.__file__).parents[1]), env.get("PYTHONPATH")])
+    )
+    child = [sys.executable, "-c", COUNT_RECV_CHILD, str(server.port)]
+    proc = subprocess.run(
+        [*child, hashlib.sha256(data).hexdigest()],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert proc.returncode == 0, proc.stderr
+    whole, calls, eagain = proc.stdout.split()
+    assert whole == "True"  # every byte, then EOF (close_notify)
+    assert server.join(TIMEOUT) == b""
+    assert int(eagain) <= 3, f"{eagain} of {calls} recv() calls met EAGAIN ({pieces} pieces)"
+    assert int(calls) <= pieces + 3, f"{calls} recv() calls ({eagain} EAGAIN) for {pieces} pieces"
 
 
 def test_aio_reader_wakes_per_record_not_per_segment(pki: Any) -> None:

@@ -174,7 +174,9 @@ class AioConnection:
         self.eof = False
         self.exc: Optional[BaseException] = None
         self.waiter: Optional[asyncio.Future[None]] = None  # the reader's or the handshake's
-        self.pending_write: Optional[bytes] = None  # plaintext held back by a renegotiation
+        # Plaintext held back by a renegotiation: a bytearray of its own, which later writes
+        # join at its end and sending takes from its front (no copy of what it holds).
+        self.pending_write: Optional[bytearray] = None
         self.write_exc: Optional[BaseException] = None
         self.drain_waiters: list[asyncio.Future[None]] = []
 
@@ -347,9 +349,18 @@ class AioConnection:
         self.encrypt(data)
 
     def encrypt(self, data: Union[bytes, bytearray, memoryview]) -> None:
-        if self.pending_write is not None:
-            self.pending_write += bytes(data)
+        held = self.pending_write
+        if held is not None:
+            held += data  # (after what is held: a copy of `data` only)
             return
+        done = self.encrypt_some(data)
+        if done >= 0:
+            # A renegotiation is under way: the rest goes once the peer's flight came in.
+            self.pending_write = bytearray(memoryview(data).cast("B")[done:])
+
+    def encrypt_some(self, data: Union[bytes, bytearray, memoryview]) -> int:
+        """Encrypt `data` and queue the ciphertext: -1 once all of it went, else how much of it
+        did before a renegotiation held the rest back."""
         if type(data) is bytes:
             n = len(data)
             cdata: Any = data
@@ -358,12 +369,12 @@ class AioConnection:
             n = view.nbytes
             cdata = _binding.ffi.from_buffer(view)
         if not n:
-            return
+            return -1
         status = _sp_write(self.ptr, cdata, n, self.count, 0, self.err)
         self.push_out()
         if status == _OK:
-            return
-        done = self.count[0]
+            return -1
+        done: int = self.count[0]
         if status == _WANT_WRITE:
             # A large write: the pump hands its ciphertext over a part at a time (sp_conn.c
             # MEMORY), so that it never holds all of it.
@@ -373,21 +384,23 @@ class AioConnection:
                 self.push_out()
                 done += self.count[0]
             if status == _OK:
-                return
+                return -1
         if status == _WANT_READ:
-            # A renegotiation is under way: the rest goes once the peer's flight came in.
-            self.pending_write = bytes(memoryview(data).cast("B")[done:])
-            return
+            return done
         raise build_error("write", "write", self.err, SSLNetworkError)
 
     def retry_write(self) -> None:
         """After input: send what a renegotiation held back, if it has moved on."""
-        rest, self.pending_write = self.pending_write, None
-        if rest is not None:
+        held, self.pending_write = self.pending_write, None
+        if held is not None:
             try:
-                self.encrypt(rest)
+                done = self.encrypt_some(held)
             except SSLError as exc:
                 self.write_exc = exc
+            else:
+                if done >= 0:  # still held: keep the rest in place (CPython drops a
+                    del held[:done]  # bytearray's front without moving what follows)
+                    self.pending_write = held
         if self.pending_write is None:
             self.wake_drain()
 
