@@ -1778,6 +1778,13 @@ int sp_request_reauth(sp_conn *c, int flags, sp_err *err)
     sp_err_reset(err);
     sp_mutex_lock(&c->ssl_lock);
     ERR_clear_error();
+    /* (a TLS 1.3 post-handshake message half received: SSL_verify_client_post_handshake
+     * would refuse, "still in init"; see sp_verify.h) */
+    if (SSL_is_server(c->ssl) && SSL_version(c->ssl) >= TLS1_3_VERSION && c->established
+        && !SSL_is_init_finished(c->ssl)) {
+        sp_mutex_unlock(&c->ssl_lock);
+        return SP_REAUTH_LATER;
+    }
     c->recv_short = 0; /* (SSL_do_handshake below may read: its first recv() runs) */
     c->verify_flags = flags;
     sp_conn_apply_verify_locked(c);

@@ -786,10 +786,37 @@ done:
     return load_end(rc, err);
 }
 
+/* A new X509_OBJECT holding x (or crl) pushed onto objs, whose room is reserved; 1 (also
+ * when both are NULL), or 0 when out of memory. */
+static int push_object(STACK_OF(X509_OBJECT) *objs, X509 *x, X509_CRL *crl)
+{
+    X509_OBJECT *obj;
+    if (x == NULL && crl == NULL)
+        return 1;
+    obj = X509_OBJECT_new();
+    if (obj == NULL
+        || !(x != NULL ? X509_OBJECT_set1_X509(obj, x) : X509_OBJECT_set1_X509_CRL(obj, crl))
+        || sk_X509_OBJECT_push(objs, obj) <= 0) {
+        X509_OBJECT_free(obj);
+        return 0;
+    }
+    return 1;
+}
+
+/* Trusted roots (and CRLs) all or nothing. X509_STORE_add_cert / _add_crl allocate as they
+ * add (an X509_OBJECT, room in the store's stack of objects), and a store has no removal: an
+ * allocation that failed at the third root of a bundle left the first two trusted. So every
+ * allocation comes first: an X509_OBJECT for each item (X509_OBJECT_set1_*), and room in the
+ * store's stack for all of them (sk_X509_OBJECT_reserve: the next pushes cannot fail); then,
+ * under the store's lock, each one not already there is pushed, as x509_store_add does
+ * (X509_STORE_get0_objects is the store's own stack; X509_OBJECT_retrieve_match sorts it
+ * before it searches, as a lookup does). Nothing there can fail. */
 int sp_ctx_load_verify_pem(SSL_CTX *ctx, const unsigned char *pem, size_t len, sp_err *err)
 {
     X509_STORE *store = SSL_CTX_get_cert_store(ctx);
     STACK_OF(X509_INFO) *infos = NULL;
+    STACK_OF(X509_OBJECT) *objs = NULL;
+    STACK_OF(X509_OBJECT) *all;
     BIO *bio;
     int i;
     int found = 0;
@@ -812,15 +839,30 @@ int sp_ctx_load_verify_pem(SSL_CTX *ctx, const unsigned char *pem, size_t len, s
         err->ssl_error = SP_LOAD_NOTHING;
         goto done;
     }
+    objs = sk_X509_OBJECT_new_reserve(NULL, found);
+    if (objs == NULL)
+        goto done;
     for (i = 0; i < sk_X509_INFO_num(infos); i++) {
         X509_INFO *info = sk_X509_INFO_value(infos, i);
-        if ((info->x509 != NULL && !X509_STORE_add_cert(store, info->x509))
-            || (info->crl != NULL && !X509_STORE_add_crl(store, info->crl)))
+        if (!push_object(objs, info->x509, NULL) || !push_object(objs, NULL, info->crl))
             goto done;
     }
-    ok = 1;
+    if (!X509_STORE_lock(store))
+        goto done;
+    all = X509_STORE_get0_objects(store);
+    if (all != NULL && sk_X509_OBJECT_reserve(all, found)) {
+        for (i = 0; i < sk_X509_OBJECT_num(objs); i++) {
+            X509_OBJECT *obj = sk_X509_OBJECT_value(objs, i);
+            /* (a push into reserved room cannot fail) */
+            if (X509_OBJECT_retrieve_match(all, obj) == NULL && sk_X509_OBJECT_push(all, obj) > 0)
+                (void)sk_X509_OBJECT_set(objs, i, NULL); /* (the store's now) */
+        }
+        ok = 1;
+    }
+    X509_STORE_unlock(store);
 done:
     load_end(ok ? 1 : err->ssl_error < 0 ? err->ssl_error : 0, err);
+    sk_X509_OBJECT_pop_free(objs, X509_OBJECT_free);
     sk_X509_INFO_pop_free(infos, X509_INFO_free);
     BIO_free(bio);
     return ok;

@@ -38,6 +38,10 @@ int sp_ctx_use_private_key(SSL_CTX *ctx, EVP_PKEY *key, int need_certificate, sp
 /* Trusted roots and CRLs, all of the blob or nothing (the store has its own lock: no need
  * for the context's). */
 int sp_ctx_load_verify_pem(SSL_CTX *ctx, const unsigned char *pem, size_t len, sp_err *err);
+/* A ("directory", path) verify source (sp_dir.c): the hashed directory `dir`, looked up as
+ * OpenSSL's by_dir does, its files read only when regular and of bounded size. 1 on success;
+ * 0 (out of memory) with what OpenSSL queued. */
+int sp_ctx_add_verify_dir(SSL_CTX *ctx, const char *dir);
 /* The CA names sent with a certificate request, from every certificate of the blob. */
 int sp_ctx_load_client_ca_pem(SSL_CTX *ctx, const unsigned char *pem, size_t len, sp_err *err);
 

@@ -36,7 +36,11 @@ int sp_conn_set_session(sp_conn *c, SSL_SESSION *session);
 void sp_conn_drain_tickets(sp_conn *c);
 
 /* Re-verify the peer of an established connection (server: TLS 1.3 post-handshake auth or a
- * TLS 1.2 renegotiation; flags as in sp_conn_set_verify). 1 when the request was queued. */
+ * TLS 1.2 renegotiation; flags as in sp_conn_set_verify). 1 when the request was queued;
+ * SP_REAUTH_LATER, changing nothing, while a TLS 1.3 post-handshake message from the client
+ * (a KeyUpdate) is half received: OpenSSL is back "in init" until the rest arrives, and takes
+ * no request meanwhile ("still in init"); read on (the pump), then ask again. */
+#define SP_REAUTH_LATER 2
 int sp_request_reauth(sp_conn *c, int flags, sp_err *err);
 /* 1 while the re-verification asked by sp_request_reauth has not completed. */
 int sp_reauth_pending(sp_conn *c);

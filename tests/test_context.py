@@ -240,6 +240,56 @@ def test_load_verify_source_directory(pki: Any, tmp_path: Path) -> None:
     assert handshake(pki.server_context(), client) == b"hello"
 
 
+@pytest.mark.parametrize(
+    "layout",
+    [
+        ("ca", "fifo"),  # the CA loads, then <hash>.1 is a FIFO: verified
+        ("fifo", "ca"),  # <hash>.0 is a FIFO: the sequence ends there, so no issuer
+        ("ca", "/dev/zero"),  # a link to a device that never ends: verified
+        ("ca", "big"),  # a (sparse) file over MAX_FILE_BYTES: verified
+    ],
+    ids="-".join,
+)
+def test_directory_source_reads_only_regular_files(
+    pki: Any, tmp_path: Path, layout: tuple[str, str]
+) -> None:
+    """A hashed directory is read during the handshake: a FIFO there (no writer), a device or
+    a huge file among the <hash>.N files ends that directory's sequence, as a file that does
+    not load does, instead of blocking the handshake (by_dir fopen()ed them)."""
+    subject_hash = subprocess.run(
+        ["openssl", "x509", "-hash", "-noout", "-in", str(pki.ca_pem)],
+        capture_output=True, text=True, check=True,
+    ).stdout.strip()  # fmt: skip
+    fifos = []
+    for suffix, what in enumerate(layout):
+        path = tmp_path / f"{subject_hash}.{suffix}"
+        if what == "ca":
+            path.write_bytes(pki.ca_pem.read_bytes())
+        elif what == "fifo":
+            os.mkfifo(path)
+            fifos.append(path)
+        elif what == "big":
+            with open(path, "wb") as f:
+                f.truncate(sslports.context.MAX_FILE_BYTES + 1)
+        else:
+            path.symlink_to(what)
+    client = pki.client_context(trust=False)
+    sslports.ssl_load_verify_source(client, ("directory", tmp_path))
+    join = run_in_thread(lambda: handshake(pki.server_context(), client))
+    try:
+        if layout[0] == "ca":
+            assert join(30) == b"hello"
+        else:
+            with pytest.raises(SSLError, match="certificate verify failed"):
+                join(30)
+    finally:
+        for fifo in fifos:  # (a handshake blocked in open() of one is let go)
+            try:
+                os.close(os.open(fifo, os.O_WRONLY | os.O_NONBLOCK))
+            except OSError:
+                pass
+
+
 def test_load_verify_source_try(pki: Any, tmp_path: Path) -> None:
     ctx = sslports.ssl_make_client_context()
     missing = tmp_path / "missing.pem"

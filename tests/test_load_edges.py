@@ -572,3 +572,60 @@ def test_a_chain_read_that_runs_out_of_memory_is_not_cut_short(
     args.append(chain_file(root, old))
     lines = alloc_failures.run_child(shim, CHAIN_READ_UNDER_FAILURE, *map(str, args), timeout=240)
     assert lines[-1].startswith("ok"), lines
+
+
+ROOTS_UNDER_FAILURE = """
+import sslports.libcrypto
+import sslports.libssl
+
+bundle, count = sys.argv[1], int(sys.argv[2])
+vp = ctypes.c_void_p
+ls, lc = sslports.libssl.libssl, sslports.libcrypto.libcrypto
+ls.SSL_CTX_get_cert_store.restype = lc.X509_STORE_get0_objects.restype = vp
+ls.SSL_CTX_get_cert_store.argtypes = lc.X509_STORE_get0_objects.argtypes = [vp]
+lc.OPENSSL_sk_num.argtypes = [vp]
+
+
+def trusted(ctx):
+    '''How many certificates (and CRLs) the context's store holds.'''
+    ptr = int(sslports._binding.ffi.cast("uintptr_t", ctx._ptr))
+    return lc.OPENSSL_sk_num(lc.X509_STORE_get0_objects(ls.SSL_CTX_get_cert_store(ptr)))
+
+
+sslports.ssl_load_verify_source(sslports.ssl_make_client_context(), bundle)  # (warm)
+ctx = sslports.ssl_make_client_context()
+fm.fm_arm(1 << 40, 0)  # (counts the allocations of the load)
+sslports.ssl_load_verify_source(ctx, bundle)
+total = fm.fm_disarm()
+for nth in range(total, max(total - 30, 0), -1):  # (the last ones: the roots go in)
+    ctx = sslports.ssl_make_client_context()
+    before = trusted(ctx)
+    fm.fm_arm(nth, 0)
+    try:
+        sslports.ssl_load_verify_source(ctx, bundle)
+    except Exception as exc:
+        fm.fm_disarm()
+        assert clear(exc), f"nth={nth}: {exc!r}"
+        got = trusted(ctx) - before
+        assert got == 0, f"nth={nth}: the load failed, yet {got} of its roots are trusted"
+    else:
+        fm.fm_disarm()
+        got = trusted(ctx) - before
+        assert got == count, f"nth={nth}: the load succeeded with {got} roots"
+print("ok", total)
+"""
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="LD_PRELOAD shim: Linux only")
+def test_a_root_bundle_that_runs_out_of_memory_trusts_none_of_it(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> None:
+    """Each of the last allocations of a load of three roots fails in turn
+    (tests/failmalloc.c): the load raises and trusts none of them, or succeeds whole. The
+    roots were added one by one (X509_STORE_add_cert allocates as it adds, and a store has no
+    removal): a failure at the third left the first two trusted."""
+    shim = alloc_failures.build_shim(tmp_path_factory)
+    roots = [make_cert(f"Root {n}", key="ec", ca=True) for n in range(3)]
+    bundle = chain_file(*roots)
+    lines = alloc_failures.run_child(shim, ROOTS_UNDER_FAILURE, str(bundle), "3", timeout=240)
+    assert lines[-1].startswith("ok"), lines

@@ -11,12 +11,16 @@
   ``ssl_connect``, ``ports_to_ssl_ports`` and ``sslports.aio``: every read method returns what
   API.md promises, nothing lost or reordered, and EOF after close_notify. And a 16 KiB record
   in many segments wakes an asyncio reader once, not once per segment.
+* A client KeyUpdate cut into two records (header, then body) by a proxy that opens and makes
+  again the client's records with its traffic secret (from its key log): a server's
+  ``ssl_set_verify`` meanwhile, with OpenSSL back "in init", reads the rest, then asks.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import ctypes
 import hashlib
 import itertools
 import os
@@ -34,9 +38,13 @@ from typing import Any, Callable, Optional, Union
 
 import pytest
 from conftest import LOCAL, collect_stdout, random_bytes, run_in_thread
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM, ChaCha20Poly1305
+from cryptography.hazmat.primitives.kdf.hkdf import HKDFExpand
 
 import sslports
-from sslports import aio
+from sslports import _binding, aio
+from sslports.libssl import libssl
 
 TIMEOUT = 10.0
 EXPORTER_LABEL = b"EXPORTER-Channel-Binding"
@@ -473,3 +481,182 @@ def test_aio_reader_wakes_per_record_not_per_segment(pki: Any) -> None:
     assert got == data
     assert server.join(TIMEOUT) == b""
     assert waits <= 4, f"{waits} wake-ups for one record"
+
+
+# -- a KeyUpdate that spans records ---------------------------------------------------------
+
+_TLS13_SUITES = {  # OpenSSL's name: (AEAD, key length, hash)
+    "TLS_AES_128_GCM_SHA256": (AESGCM, 16, hashes.SHA256()),
+    "TLS_AES_256_GCM_SHA384": (AESGCM, 32, hashes.SHA384()),
+    "TLS_CHACHA20_POLY1305_SHA256": (ChaCha20Poly1305, 32, hashes.SHA256()),
+}
+
+
+class _RecordKeys:
+    """TLS 1.3 record protection (RFC 8446 5.2, 7.3) from one traffic secret."""
+
+    def __init__(self, suite: str, secret: bytes) -> None:
+        aead, key_len, hash_alg = _TLS13_SUITES[suite]
+        self.aead = aead(self._expand(hash_alg, secret, b"key", key_len))
+        self.iv = self._expand(hash_alg, secret, b"iv", 12)
+
+    @staticmethod
+    def _expand(hash_alg: Any, secret: bytes, label: bytes, length: int) -> bytes:
+        full = b"tls13 " + label
+        info = struct.pack(">HB", length, len(full)) + full + b"\0"
+        return HKDFExpand(hash_alg, length, info).derive(secret)
+
+    def _nonce(self, seq: int) -> bytes:
+        return bytes(a ^ b for a, b in zip(self.iv, seq.to_bytes(12, "big")))
+
+    def seal(self, inner: bytes, seq: int) -> bytes:
+        header = b"\x17\x03\x03" + struct.pack(">H", len(inner) + 16)
+        return header + self.aead.encrypt(self._nonce(seq), inner, header)
+
+    def open(self, record: bytes, seq: int) -> bytes:
+        return bytes(self.aead.decrypt(self._nonce(seq), record[5:], record[:5]))
+
+
+class KeyUpdateSplitter:
+    """A TCP proxy from a client to ``server_port`` that sends the client's KeyUpdate on as two
+    records: the message's 4-byte header (then ``header_forwarded`` is set), and, once
+    ``release`` is set, its 1-byte body (``split``; else the message as it came). The records
+    are opened and made again with the client's first application traffic secret, given with
+    ``arm()`` (from the client's key log) before the client sends its first application record;
+    everything else passes as it came."""
+
+    def __init__(self, server_port: int, split: bool) -> None:
+        self.server_port = server_port
+        self.split = split
+        self.listener = socket.create_server((LOCAL, 0))
+        self.port = self.listener.getsockname()[1]
+        self.keys: Optional[_RecordKeys] = None
+        self.armed = threading.Event()
+        self.header_forwarded = threading.Event()
+        self.release = threading.Event()
+        self.socks: list[socket.socket] = [self.listener]
+        self.thread = threading.Thread(target=self._run, daemon=True)
+        self.thread.start()
+
+    def arm(self, suite: str, secret: bytes) -> None:
+        self.keys = _RecordKeys(suite, secret)
+        self.armed.set()
+
+    def close(self) -> None:
+        self.release.set()
+        for s in self.socks:
+            with contextlib.suppress(OSError):
+                s.shutdown(socket.SHUT_RDWR)
+            s.close()
+        self.thread.join(TIMEOUT)
+
+    def _run(self) -> None:
+        client, _ = self.listener.accept()
+        server = socket.create_connection((LOCAL, self.server_port), timeout=TIMEOUT)
+        self.socks += [client, server]
+        down = threading.Thread(target=self._pass_down, args=(server, client), daemon=True)
+        down.start()
+        with contextlib.suppress(OSError):
+            self._pass_up(client, server)
+        down.join(TIMEOUT)
+
+    @staticmethod
+    def _pass_down(src: socket.socket, dst: socket.socket) -> None:
+        with contextlib.suppress(OSError):
+            while chunk := src.recv(65536):
+                dst.sendall(chunk)
+            dst.shutdown(socket.SHUT_WR)
+
+    def _pass_up(self, src: socket.socket, dst: socket.socket) -> None:
+        buf = b""
+        encrypted = 0  # the client's encrypted records: its Finished, then application keys
+        done = False  # (the KeyUpdate went by: the rest passes as it comes)
+        while chunk := src.recv(65536):
+            buf += chunk
+            while len(buf) >= 5 and len(buf) >= 5 + struct.unpack(">H", buf[3:5])[0]:
+                n = 5 + struct.unpack(">H", buf[3:5])[0]
+                record, buf = buf[:n], buf[n:]
+                if done or record[0] != 0x17:
+                    dst.sendall(record)
+                    continue
+                encrypted += 1
+                seq = encrypted - 2
+                if seq < 0:  # (the Finished, under the handshake keys)
+                    dst.sendall(record)
+                    continue
+                assert self.armed.wait(TIMEOUT)
+                assert self.keys is not None
+                inner = self.keys.open(record, seq)
+                if not inner.startswith(b"\x18") or inner.rstrip(b"\0")[-1] != 0x16:
+                    dst.sendall(record)
+                    continue
+                done = True  # a KeyUpdate, the last record under these keys
+                if not self.split:
+                    dst.sendall(record)
+                    self.header_forwarded.set()
+                    continue
+                message = inner.rstrip(b"\0")[:-1]
+                dst.sendall(self.keys.seal(message[:4] + b"\x16", seq))
+                self.header_forwarded.set()
+                assert self.release.wait(TIMEOUT)
+                dst.sendall(self.keys.seal(message[4:] + b"\x16", seq + 1))
+        dst.shutdown(socket.SHUT_WR)
+
+
+@pytest.mark.parametrize("split", [True, False])
+def test_server_verify_while_a_key_update_is_half_received(pki: Any, split: bool) -> None:
+    """ssl_set_verify on a TLS 1.3 server port while the client's KeyUpdate is half received
+    (OpenSSL is back "in init" until the rest arrives, and SSL_verify_client_post_handshake
+    refused with "still in init"): the server reads the rest of the message, then asks for the
+    certificate; the client is verified and no data is lost. (split=False: the same exchange
+    with the KeyUpdate in one record.)"""
+    ctx = pki.server_context("tls13")
+    sslports.ssl_load_verify_source(ctx, pki.ca_pem)
+    with sslports.ssl_listen(0, 5, True, LOCAL, ctx, handshake_timeout=TIMEOUT) as listener:
+        gate = KeyUpdateSplitter(sslports.ssl_addresses(listener, True)[1], split)
+
+        def serve() -> tuple[bool, bytes]:
+            inp, out = sslports.ssl_accept(listener)
+            with inp, out:
+                assert gate.header_forwarded.wait(TIMEOUT)
+                if split:
+                    inp.settimeout(0.3)
+                    with pytest.raises(TimeoutError):  # (reads the KeyUpdate's first record)
+                        inp.read1(1)
+                    gate.release.set()
+                    inp.settimeout(TIMEOUT)
+                sslports.ssl_set_verify(inp, True)
+                verified = sslports.ssl_peer_verified(inp)
+                out.write(b"verified\n" if verified else b"not verified\n")
+                out.flush()
+                return verified, inp.readline()
+
+        join = run_in_thread(serve)
+        client_ctx = pki.client_context("tls13")
+        sslports.ssl_load_certificate_chain(client_ctx, pki.server_chain)
+        sslports.ssl_load_private_key(client_ctx, pki.server_key, False)
+        keylog: list[bytes] = []
+        sslports.ssl_set_keylogger(client_ctx, keylog.append)
+        try:
+            inp, out = sslports.ssl_connect("localhost", gate.port, client_ctx, timeout=TIMEOUT)
+            with inp, out:
+                secret = next(
+                    line.split()[2]
+                    for line in keylog
+                    if line.startswith(b"CLIENT_TRAFFIC_SECRET_0 ")
+                )
+                gate.arm(sslports.ssl_cipher_name(inp), bytes.fromhex(secret.decode()))
+                # Python's ssl has no KeyUpdate: OpenSSL's own, on the client's connection (it
+                # is sent before the next write's data)
+                assert libssl is not None
+                ptr = _binding.ffi.cast(
+                    "uintptr_t", _binding.lib.sp_conn_ssl(inp._sslports_conn.ptr)
+                )
+                assert libssl.SSL_key_update(ctypes.c_void_p(int(ptr)), 0) == 1
+                out.write(b"after\n")
+                out.flush()
+                answer = inp.readline()  # (answers the certificate request on the way)
+        finally:
+            gate.close()
+        assert join(TIMEOUT) == (True, b"after\n")
+    assert answer == b"verified\n"

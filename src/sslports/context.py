@@ -601,7 +601,6 @@ def ssl_load_verify_source(context: object, src: object, *, try_: bool = False) 
     _check_source(func, src)
     ptr = ctx._mutable(func)
     lib = _binding.lib
-    ffi = _binding.ffi
     lib.ERR_clear_error()
     if not isinstance(src, tuple):  # a PEM file of roots (and CRLs)
         try:
@@ -620,7 +619,7 @@ def ssl_load_verify_source(context: object, src: object, *, try_: bool = False) 
         ok = _load_macos_keychain(ctx, src[1])
     else:
         path = fspath_bytes(func, src[1])
-        ok = os.path.isdir(path) and bool(lib.SSL_CTX_load_verify_locations(ptr, ffi.NULL, path))
+        ok = os.path.isdir(path) and bool(lib.sp_ctx_add_verify_dir(ptr, path))
     if not ok:
         exc = build_error(func, "load", detail=None)
         if not exc.openssl_errors:

@@ -34,7 +34,9 @@ def verify_port_now(func: str, port: Any, on: bool, try_only: bool) -> None:
 
     A server asks the client for a certificate: TLS 1.3 post-handshake authentication, or a
     TLS 1.2 renegotiation. Application data that arrives meanwhile is kept for the input
-    port. A client checks the certificate the server presented during the handshake.
+    port. A client checks the certificate the server presented during the handshake. A
+    post-handshake message from the client that is half received (a TLS 1.3 KeyUpdate in
+    several records), which OpenSSL must finish first, is read to its end before the request.
 
     A TLS 1.2 client that refuses to renegotiate answers with a no_renegotiation alert, which
     OpenSSL turns into a fatal handshake_failure: then even `try_only` raises, as the
@@ -57,7 +59,17 @@ def verify_port_now(func: str, port: Any, on: bool, try_only: bool) -> None:
     if not on:
         lib.sp_conn_set_verify(conn.ptr, flags)
         return
-    if not lib.sp_request_reauth(conn.ptr, flags, err):
+    inp = _input_port_of(port)
+    deadline = _Deadline(inp.gettimeout() if inp is not None else None)
+    scratch = bytearray(65536)
+    while True:
+        status = lib.sp_request_reauth(conn.ptr, flags, err)
+        if status != lib.SP_REAUTH_LATER:
+            break
+        # The rest of a post-handshake message from the client (a KeyUpdate in several
+        # records) is still to come: read it, then ask.
+        _pump_for_reverify(func, conn, inp, scratch, deadline)
+    if not status:
         exc = build_error(func, "", err)
         if try_only and any(_NO_PHA in line for line in exc.openssl_errors):
             # A TLS 1.3 client that did not offer post-handshake authentication cannot be
@@ -65,22 +77,30 @@ def verify_port_now(func: str, port: Any, on: bool, try_only: bool) -> None:
             # connection goes on as it was, and ssl_peer_verified tells.
             return
         raise exc
-    inp = _input_port_of(port)
-    deadline = _Deadline(inp.gettimeout() if inp is not None else None)
     with conn.write_lock:  # (as a port's write: the last close waits for it, then closes the fd)
         conn.write(func, memoryview(b""), deadline)  # sends the request
-    scratch = bytearray(65536)
     while lib.sp_reauth_pending(conn.ptr):
-        try:
-            n = conn.pump_once(func, memoryview(scratch), deadline)
-        except SSLError as exc:
-            raise _reverify_failed(func, exc) from exc
-        if n < 0:
-            raise SSLError(f"{func}: failed (connection closed during verification)")
-        _keep_for_reader(inp, scratch, n)
+        _pump_for_reverify(func, conn, inp, scratch, deadline)
     _surface_deferred_error(func, conn, inp, scratch)
     if not try_only and not lib.sp_peer_verified(conn.ptr):
         raise SSLError(f"{func}: failed (peer certificate did not verify)")
+
+
+def _pump_for_reverify(
+    func: str,
+    conn: Connection,
+    inp: Optional[SSLInputPort],
+    scratch: bytearray,
+    deadline: _Deadline,
+) -> None:
+    """One pump step while re-verifying; application data read is kept for the input port."""
+    try:
+        n = conn.pump_once(func, memoryview(scratch), deadline)
+    except SSLError as exc:
+        raise _reverify_failed(func, exc) from exc
+    if n < 0:
+        raise SSLError(f"{func}: failed (connection closed during verification)")
+    _keep_for_reader(inp, scratch, n)
 
 
 def _reverify_failed(func: str, exc: SSLError) -> SSLError:
