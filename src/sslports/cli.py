@@ -50,7 +50,7 @@ import time
 import urllib.parse
 from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Any, Callable, NoReturn, Optional, TextIO
+from typing import Any, Callable, NoReturn, Optional, TextIO, Union
 
 from . import (
     TEST_PEM,
@@ -286,7 +286,7 @@ class _Parser(argparse.ArgumentParser):
 
 
 def connection_facts(
-    port: SSLInputPort | SSLOutputPort, hostname: Optional[str] = None
+    port: Union[SSLInputPort, SSLOutputPort], hostname: Optional[str] = None
 ) -> list[tuple[str, str]]:
     """What the handshake settled, as (label, value) rows for people to read.
 

@@ -6,6 +6,8 @@ Racket raises `exn:fail` (and its `:network` / `:unsupported` kinds); Python get
 
 from __future__ import annotations
 
+from typing import Optional
+
 
 class SSLError(OSError):
     """A failure reported by this library (Racket: exn:fail).
@@ -16,17 +18,17 @@ class SSLError(OSError):
     """
 
     openssl_errors: list[str]
-    verify_code: int | None
-    verify_message: str | None
+    verify_code: Optional[int]
+    verify_message: Optional[str]
 
     def __init__(
         self,
         message: str = "",
         *,
-        openssl_errors: list[str] | None = None,
-        verify_code: int | None = None,
-        verify_message: str | None = None,
-        errno: int | None = None,
+        openssl_errors: Optional[list[str]] = None,
+        verify_code: Optional[int] = None,
+        verify_message: Optional[str] = None,
+        errno: Optional[int] = None,
     ) -> None:
         if errno:
             super().__init__(errno, message)
@@ -58,9 +60,9 @@ def _rebuild(
     cls: type[SSLError],
     message: str,
     errs: list[str],
-    code: int | None,
-    vmsg: str | None,
-    errno: int | None = None,
+    code: Optional[int],
+    vmsg: Optional[str],
+    errno: Optional[int] = None,
 ) -> SSLError:
     return cls(message, openssl_errors=errs, verify_code=code, verify_message=vmsg, errno=errno)
 

@@ -7,6 +7,7 @@ when the input is a plain file; without the native module it falls back to :mod:
 from __future__ import annotations
 
 import re
+from typing import Union
 
 from ._digest import SHA1, InPort, digest
 
@@ -43,7 +44,7 @@ def sha1_bytes(in_port: InPort) -> bytes:
     return digest(SHA1, "sha1_bytes", in_port)
 
 
-def bytes_to_hex_string(bstr: bytes | bytearray | memoryview) -> str:
+def bytes_to_hex_string(bstr: Union[bytes, bytearray, memoryview]) -> str:
     """The bytes of ``bstr`` as lowercase hex digits, two per byte.
 
     Racket: bytes->hex-string
