@@ -506,9 +506,15 @@ static int client_hello_callback(SSL *ssl, int *alert, void *arg)
             *alert = SSL_AD_INTERNAL_ERROR;
             return SSL_CLIENT_HELLO_ERROR;
         }
-        /* SSL_set_SSL_CTX swaps certificate, key and store, but not the verify mode or
-         * options: take them from the new context too. */
+        /* SSL_set_SSL_CTX swaps certificate, key and store, but not the verify mode,
+         * options or protocol range: take them from the new context too (the version is
+         * chosen after this callback). */
         SSL_set_options(ssl, SSL_CTX_get_options(switch_to));
+        if (!SSL_set_min_proto_version(ssl, SSL_CTX_get_min_proto_version(switch_to))
+            || !SSL_set_max_proto_version(ssl, SSL_CTX_get_max_proto_version(switch_to))) {
+            *alert = SSL_AD_INTERNAL_ERROR;
+            return SSL_CLIENT_HELLO_ERROR;
+        }
         c->verify_flags = flags;
         sp_conn_apply_verify_locked(c);
     }

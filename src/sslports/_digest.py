@@ -67,18 +67,17 @@ InPort = Union[bytes, bytearray, memoryview, SupportsRead]
 
 
 class Algorithm:
-    """One digest algorithm: its hashlib name, native kind and output size."""
+    """One digest algorithm: its hashlib name and native kind (the C side knows its size)."""
 
-    __slots__ = ("kind", "name", "size")
+    __slots__ = ("kind", "name")
 
-    def __init__(self, name: str, kind: int, size: int) -> None:
+    def __init__(self, name: str, kind: int) -> None:
         self.name = name
         self.kind = kind
-        self.size = size
 
 
-SHA1 = Algorithm("sha1", 1, 20)
-MD5 = Algorithm("md5", 2, 16)
+SHA1 = Algorithm("sha1", 1)
+MD5 = Algorithm("md5", 2)
 
 
 def native_available() -> bool:
