@@ -14,6 +14,7 @@ import os
 import platform
 import random
 import signal
+import socket
 import subprocess
 import sys
 import sysconfig
@@ -553,6 +554,287 @@ def test_a_signal_while_the_c_read_waits_loses_nothing(kept: bool, pair: Any) ->
     assert cin.read() == b"1234567890"
 
 
+# -- signal handlers on the Python read paths -------------------------------------------------
+
+
+@pytest.fixture
+def pair2(pki: Any) -> Iterator[tuple[Any, Any, Any, Any]]:
+    """A second connection, as `pair`."""
+    yield from connected_ports(pki)
+
+
+@contextlib.contextmanager
+def _on_alarm(handler: Any) -> Iterator[None]:
+    if not hasattr(signal, "setitimer"):
+        pytest.skip("no setitimer")
+    old = signal.signal(signal.SIGALRM, handler)
+    try:
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, old)
+
+
+@pytest.mark.parametrize("timeout", [None, 30.0])
+@pytest.mark.parametrize("late", [False, True], ids=["first-call", "later-call"])
+def test_a_signal_while_a_read_waits_for_the_rest_loses_nothing(
+    path: str, timeout: Any, late: bool, pair: Any
+) -> None:
+    """read(n) has some of its bytes and waits for the rest when a signal handler raises
+    (Ctrl-C): the next reads return every byte once, in order. The exception comes as the
+    pump call returns (the GIL was released while it waited), before the Python paths (a
+    timeout; the ports' Python methods; the C methods' continuation) added its count: what
+    that call had read was lost. `late`: the raise comes in a later pump call of the read,
+    after a first signal whose handler only sends more (in C, the continuation's call)."""
+    cin, _cout, sin, sout = pair
+    cin.settimeout(timeout)
+    rng = random.Random(5)
+    sent = bytearray()
+    step = [0]
+
+    def send(n: int) -> None:
+        piece = rng.randbytes(n)
+        sent.extend(piece)
+        sout.write(piece)
+        sout.flush()
+
+    def handler(signum: int, frame: Any) -> None:
+        step[0] += 1
+        if late and step[0] == 1:
+            send(200)  # read by the next pump call, which then waits for more
+            signal.setitimer(signal.ITIMER_REAL, 0.02)
+            return
+        raise _Stop
+
+    with _on_alarm(handler):
+        for _ in range(4):
+            step[0] = 0
+            send(500)
+            with pytest.raises(_Stop):
+                signal.setitimer(signal.ITIMER_REAL, 0.02)  # (within the pump's wait slice)
+                cin.read(len(sent) + 1000)  # more than was sent: it waits
+    sout.close()
+    sin.close()
+    assert cin.read() == sent
+
+
+@pytest.mark.parametrize("outer", ["read", "write"])
+def test_a_signal_handler_that_uses_another_connection(
+    path: str, outer: str, pair: Any, pair2: Any
+) -> None:
+    """A signal handler that reads and writes on another connection while a read or a write
+    waits (the other connection's Python paths: a timeout): the interrupted call goes on with
+    its own count. The count cell was per thread: the handler's calls overwrote the count of
+    the call it interrupted, and that read returned bytes it never read; that write sent
+    again, or skipped, what the handler's write had counted."""
+    cin, cout, sin, sout = pair
+    oin, oout, osin, osout = pair2
+    for p in (cin, cout, oin, oout):
+        p.settimeout(10.0)
+    rng = random.Random(6)
+    first, second, big = rng.randbytes(500), rng.randbytes(300), rng.randbytes(16 << 20)
+    osout.write(b"xyz")
+    osout.flush()
+    joins = []
+
+    def handler(signum: int, frame: Any) -> None:
+        assert oin.read(3) == b"xyz"
+        oout.write(b"pong")
+        oout.flush()
+        if outer == "read":
+            sout.write(second)
+            sout.flush()
+        else:
+            joins.append(run_in_thread(lambda: read_exactly(sin, len(big))))
+
+    with _on_alarm(handler):
+        if outer == "read":
+            sout.write(first)
+            sout.flush()
+            signal.setitimer(signal.ITIMER_REAL, 0.02)
+            assert cin.read(800) == first + second
+        else:
+            signal.setitimer(signal.ITIMER_REAL, 0.1)  # (the server reads nothing yet)
+            cout.write(big)
+            cout.flush()
+            assert sha1(joins[0](60)) == sha1(big)
+    assert osin.read(4) == b"pong"
+
+
+class _StopAfterPumps:
+    """`_binding.lib`, but in the main thread every `every`-th sp_read call that read bytes is
+    followed by a signal whose handler raises _Stop: the exception comes where the ports' pump
+    call returns, as a signal that arrived during the call would make it come."""
+
+    def __init__(self, lib: Any, every: int) -> None:
+        self._lib = lib
+        self.every = every
+        self.calls = 0
+        self.stops = 0
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._lib, name)
+
+    def sp_read(self, *args: Any) -> int:
+        status = int(self._lib.sp_read(*args))
+        if args[4][0] and threading.current_thread() is threading.main_thread():
+            self.calls += 1
+            if self.calls % self.every == 0:
+                self.stops += 1
+                signal.raise_signal(signal.SIGALRM)
+        return status
+
+
+def _raise_stop(signum: int, frame: Any) -> None:
+    raise _Stop
+
+
+@pytest.fixture
+def stream_pair(pki: Any) -> Iterator[tuple[Any, ...]]:
+    """`pair` over ports_to_ssl_ports on a socketpair's makefile()s, and the server's socket
+    (shut it down: the client's stream EOF)."""
+    a, b = socket.socketpair()
+    files = [a.makefile("rwb"), b.makefile("rwb")]
+    try:
+        join = run_in_thread(
+            lambda: sslports.ports_to_ssl_ports(
+                files[1], files[1], mode="accept", context=pki.server_context()
+            )
+        )
+        cin, cout = sslports.ports_to_ssl_ports(
+            files[0], files[0], mode="connect", context=pki.client_context(), hostname="localhost"
+        )
+        sin, sout = join(30)
+        yield cin, cout, sin, sout, b
+        for port in (cin, cout, sin, sout):
+            port.close()
+    finally:
+        for obj in (*files, a, b):
+            obj.close()
+
+
+@pytest.mark.parametrize("transport", ["socket", "timeout", "streams"])
+def test_every_read_call_stopped_as_its_pump_returns_loses_nothing(
+    path: str, transport: str, request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Deterministic: every second pump call of the Python read paths that read bytes ends in
+    a signal handler's exception; every read call, retried after it, returns the stream whole
+    and in order (socket ports: the C methods' continuation, their Python twins; with a
+    timeout; over streams)."""
+    if transport == "streams":
+        cin, _cout, sin, sout, server_sock = request.getfixturevalue("stream_pair")
+        ends = [server_sock]
+    else:
+        cin, _cout, sin, sout = request.getfixturevalue("pair")
+        ends = []
+        if transport == "timeout":
+            cin.settimeout(30.0)
+    rng = random.Random(7)
+    sent = b"".join(
+        rng.randbytes(rng.choice([1, 100, 5000, 20000])).replace(b"\n", b"") + b"\n"
+        for _ in range(300)
+    )
+
+    def write() -> None:
+        writes = random.Random(8)
+        at = 0
+        while at < len(sent):
+            n = writes.choice([1, 700, 16384, 40000])
+            sout.write(sent[at : at + n])
+            sout.flush()
+            at += n
+        sout.close()
+        sin.close()
+        for sock in ends:
+            sock.shutdown(socket.SHUT_RDWR)
+
+    pump = _StopAfterPumps(ports._binding.lib, 2)
+    monkeypatch.setattr(ports._binding, "lib", pump)
+    done = run_in_thread(write)
+    got = bytearray()
+    reads = random.Random(9)
+    with _on_alarm(_raise_stop):
+        while True:
+            how = reads.randrange(5)
+            size = reads.choice([1, 100, 1000, 70000])
+            try:
+                if how == 0:
+                    chunk = cin.read(size)
+                elif how == 1:
+                    chunk = cin.read1(size)
+                elif how == 2:
+                    buf = bytearray(size)
+                    chunk = bytes(buf[: cin.readinto(buf)])
+                elif how == 3:
+                    chunk = cin.readline()
+                else:
+                    peeked = cin.peek(1)
+                    chunk = cin.read(len(peeked))
+            except _Stop:
+                continue
+            if not chunk:
+                break
+            got += chunk
+    done(60)
+    monkeypatch.undo()
+    assert pump.stops > (0 if path == "fast" and transport == "socket" else 10)  # (C reads)
+    assert len(got) == len(sent) and got == sent
+
+
+def test_data_read_while_verifying_survives_a_signal(
+    path: str, pair: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A server's ssl_try_verify keeps the application data that arrives meanwhile for its
+    reader, also when a signal handler's exception stops it as a pump call returns (Ctrl-C):
+    that call's bytes were lost."""
+    cin, cout, sin, sout = pair
+    data = random.Random(10).randbytes(100000)
+
+    def client() -> bytes:
+        cout.write(data)
+        cout.flush()
+        return bytes(cin.read(4))  # (answers the server's request on the way)
+
+    join = run_in_thread(client)
+    pump = _StopAfterPumps(ports._binding.lib, 1)
+    monkeypatch.setattr(ports._binding, "lib", pump)
+    with _on_alarm(_raise_stop), pytest.raises(_Stop):
+        sslports.ssl_try_verify(sin, True)
+    monkeypatch.undo()
+    sin.settimeout(10.0)  # (a lost byte would wait forever)
+    assert read_exactly(sin, len(data)) == data
+    sout.write(b"done")
+    sout.flush()
+    assert join(30) == b"done"
+
+
+@needs_fast
+def test_a_read_without_memory_for_its_continuation_keeps_its_bytes(pair: Any) -> None:
+    """read(n) reads into the bytes object it returns; one that waits past its first pump call
+    goes on in a bytearray of n bytes. Without memory for that (MemoryError), the bytes the
+    first call had read were lost; they are read first next time."""
+    resource = pytest.importorskip("resource")
+    if os.environ.get("ASAN_OPTIONS"):  # (scripts/asan.sh: its allocator aborts instead)
+        pytest.skip("AddressSanitizer does not fail an allocation")
+    cin, _cout, sin, sout = pair
+    sout.write(b"12345")
+    sout.flush()
+    size = 1 << 30
+    with open("/proc/self/status") as f:  # (the address space in use, to leave room for one)
+        vm = next(int(line.split()[1]) * 1024 for line in f if line.startswith("VmSize:"))
+    soft, hard = resource.getrlimit(resource.RLIMIT_AS)
+    resource.setrlimit(resource.RLIMIT_AS, (vm + size + size // 2, hard))
+    try:
+        with pytest.raises(MemoryError):
+            cin.read(size)
+    finally:
+        resource.setrlimit(resource.RLIMIT_AS, (soft, hard))
+    sout.write(b"67890")
+    sout.close()
+    sin.close()
+    assert cin.read() == b"1234567890"
+
+
 @pytest.mark.parametrize("timeout", [None, 30.0])
 def test_a_line_of_many_reads_and_waits_is_read_whole(path: str, timeout: Any, pair: Any) -> None:
     """A line far longer than one read (64 KiB), arriving in parts with waits between them (the
@@ -760,12 +1042,17 @@ def test_held_bytes_and_a_big_write_leave_together(path: str, pair: Any) -> None
 
 
 @pytest.mark.skipif(not hasattr(signal, "setitimer"), reason="no setitimer")
-def test_writes_stopped_by_a_signal_lose_and_repeat_nothing(path: str, pair: Any) -> None:
+@pytest.mark.parametrize("timeout", [None, 30.0])
+def test_writes_stopped_by_a_signal_lose_and_repeat_nothing(
+    path: str, timeout: Any, pair: Any
+) -> None:
     """An exception that a signal handler raises while a write waits for a full socket (Ctrl-C)
     leaves the port holding exactly the bytes OpenSSL did not take, however far the write got:
     nothing is lost or sent twice, and flush() completes the stream once the peer reads. The
-    second write meets a socket that is still full, with the first one's bytes held."""
+    second write meets a socket that is still full, with the first one's bytes held. (With a
+    timeout: the Python write path, Connection.write.)"""
     _cin, cout, sin, _sout = pair
+    cout.settimeout(timeout)
     rng = random.Random(11)
     first, second = rng.randbytes(24 << 20), rng.randbytes(1 << 20)
 

@@ -659,6 +659,20 @@ static int read_done(int status, size_t got, size_t len, int fill)
     return status == SP_OK && (got == len || (got > 0 && !fill));
 }
 
+/* With an exception set and the lock held: data[0..n), bytes a read had read, go in front of
+ * the kept bytes, to be read first. The exception stands (also when there is no memory to keep
+ * them). */
+static void keep_front(Port *self, const void *data, size_t n)
+{
+    PyObject *type, *value, *tb, *bytes;
+    PyErr_Fetch(&type, &value, &tb);
+    bytes = PyBytes_FromStringAndSize(data, (Py_ssize_t)n);
+    if (bytes == NULL || PySequence_SetSlice(self->pending, 0, 0, bytes) < 0)
+        PyErr_Clear();
+    Py_XDECREF(bytes);
+    PyErr_Restore(type, value, tb);
+}
+
 /* The continuation raised, with the first `got` bytes of b read (the kept bytes served, then
  * the pump's): unless it kept them itself (ports.py Connection.read puts what it had read in
  * front of the kept bytes, which then grew from `kept_before`), they go there now, in front.
@@ -666,20 +680,16 @@ static int read_done(int status, size_t got, size_t len, int fill)
  * the pump waited, with the GIL released: Ctrl-C, a signal handler's exception), lost them. */
 static void keep_read_bytes(Port *self, PyObject *b, size_t got, Py_ssize_t kept_before)
 {
-    PyObject *type, *value, *tb, *bytes = NULL;
     Py_buffer view;
     if (got == 0 || PyByteArray_GET_SIZE(self->pending) != kept_before || b == self->pending)
         return;
-    PyErr_Fetch(&type, &value, &tb);
-    if (PyObject_GetBuffer(b, &view, PyBUF_SIMPLE) == 0) {
-        if ((size_t)view.len >= got)
-            bytes = PyBytes_FromStringAndSize(view.buf, (Py_ssize_t)got);
-        PyBuffer_Release(&view);
+    if (PyObject_GetBuffer(b, &view, PyBUF_SIMPLE) < 0) {
+        PyErr_Clear(); /* (b's own exception: the first one stands) */
+        return;
     }
-    if (bytes == NULL || PySequence_SetSlice(self->pending, 0, 0, bytes) < 0)
-        PyErr_Clear(); /* (no memory to keep them: the first exception stands) */
-    Py_XDECREF(bytes);
-    PyErr_Restore(type, value, tb);
+    if ((size_t)view.len >= got)
+        keep_front(self, view.buf, got);
+    PyBuffer_Release(&view);
 }
 
 /* The continuation of a read into b that read_start left unfinished, `got` bytes in: its
@@ -809,11 +819,16 @@ static PyObject *read_bytes(Port *self, PyObject *args, int fill, const char *fo
             return NULL;
         return out;
     }
-    /* (the lock is held: the bytes read so far move to the continuation's buffer) */
+    /* (the lock is held: the bytes read so far move to the continuation's buffer; without
+     * memory for it, to the kept bytes) */
     buf = PyByteArray_FromStringAndSize(PyBytes_AS_STRING(out), size);
-    Py_DECREF(out);
-    if (buf == NULL)
+    if (buf == NULL) {
+        if (got > 0)
+            keep_front(self, PyBytes_AS_STRING(out), got);
+        Py_DECREF(out);
         return port_unlock(self, NULL);
+    }
+    Py_DECREF(out);
     got_obj = read_rest(self, buf, fill, got);
     if (got_obj == NULL) {
         Py_DECREF(buf);

@@ -82,9 +82,10 @@ ErrorArg = Union[type[BaseException], Callable[[str], Any]]
 
 
 class _Scratch(threading.local):
-    """This thread's error record and count cell for pump calls, as `_per_thread.pair`: made
-    on a thread's first use (threading.local runs __init__ then), then one attribute load per
-    call, no allocation and no Python call."""
+    """This thread's error record for pump calls and a count cell (sp_ctx_open_conn's failed
+    step; the ports' pump calls count in their connection's cells), as `_per_thread.pair`:
+    made on a thread's first use (threading.local runs __init__ then), then one attribute
+    load per call, no allocation and no Python call."""
 
     pair: tuple[Any, Any]
     err_addr: int  # pair[0]'s address, for sp_fastport.c
@@ -636,6 +637,12 @@ class Connection:
         self.read_lock = _new_lock()
         self.write_lock = _new_lock()
         self.is_socket = type(transport) is _SocketTransport
+        # The count cells of this connection's reads and writes (the error record is per
+        # thread, _per_thread): a signal handler that reads or writes on another connection
+        # of this thread, run as a pump call here returns, must not overwrite its count, and
+        # a read needs its count after the handler raised (Connection.read).
+        counts = _binding.ffi.new("size_t[2]")
+        self.got, self.done = counts, counts + 1  # (`done` points into `got`'s array)
 
     def free(self) -> None:
         """Release the C connection; every later call sees a closed connection."""
@@ -784,25 +791,34 @@ class Connection:
         (they count, and are returned even if this call then fails)."""
         if self.closed:
             if total:
-                self.keep_read(bytes(memoryview(view).cast("B")[:total]))
+                self.keep_start(view, total)
             raise ValueError("I/O operation on closed SSL connection")
-        err, got = _per_thread.pair
+        err = _per_thread.pair[0]
         buf = _from_buffer("unsigned char[]", view, require_writable=True)
         size = len(buf)
-        # `with buf` releases the buffer export on the way out, also on an exception: a
-        # traceback keeping this frame alive must not keep `view` exported, or the cyclic GC
-        # may clear the memoryview while exported and then crash when it is freed.
         sp_read = _binding.lib.sp_read
         ptr = self.ptr
         transport = self.transport
-        with buf:
-            try:
+        # A signal handler's exception (Ctrl-C) comes as a pump call returns, before its count
+        # is added: `got` keeps that count, `base` is where the call started (None before the
+        # first), and the except clause adds what is missing. Any instruction may be the one
+        # that raises (PyPy, CPython < 3.10): `got` is zeroed before `base` moves, so
+        # base + got[0] never counts a byte twice.
+        got = self.got
+        base = None
+        try:
+            # `with buf` releases the buffer export on the way out, also on an exception: a
+            # traceback keeping this frame alive must not keep `view` exported, or the cyclic
+            # GC may clear the memoryview while exported and then crash when it is freed.
+            with buf:
                 while total < size:
                     wait = _SLICE_MS if deadline.at is None else deadline.slice_ms()
                     want = size - total if fill else 1
                     seen = transport.fed
-                    status = sp_read(ptr, buf + total, size - total, want, got, wait, err)
-                    total += got[0]
+                    got[0] = 0
+                    base = total
+                    status = sp_read(ptr, buf + base, size - base, want, got, wait, err)
+                    total = base + got[0]
                     if status == _SP_OK:
                         if not fill or total >= size:
                             break
@@ -829,15 +845,17 @@ class Connection:
                         # makes the kernel reset a shut-down socket).
                         break
                     raise self.fail(func, "read", err)
-            except BaseException as exc:
-                # Ctrl-C, a signal handler's exception, a failing stream: bytes this call (or
-                # its caller) already put in `view` are not lost, the next read returns them.
-                if total:
-                    self.keep_read(_binding.ffi.buffer(buf, total)[:])
-                if isinstance(exc, _TransportError):
-                    msg = f"{func}: read failed ({exc.message})"
-                    raise self.make_error(SSLError(msg)) from exc
-                raise
+        except BaseException as exc:
+            # Ctrl-C, a signal handler's exception, a failing stream: bytes this call (or
+            # its caller) already put in `view` are not lost, the next read returns them.
+            if base is not None and base + got[0] > total:
+                total = base + got[0]
+            if total:
+                self.keep_start(view, total)
+            if isinstance(exc, _TransportError):
+                msg = f"{func}: read failed ({exc.message})"
+                raise self.make_error(SSLError(msg)) from exc
+            raise
         return total
 
     def keep_read(self, data: bytes) -> None:
@@ -846,6 +864,19 @@ class Connection:
         port = self.input_port() if self.input_port is not None else None
         if port is not None:
             port._buf[:0] = data
+
+    def keep_after(self, view: Any, n: int) -> None:
+        """Application bytes a call other than a read read (the first `n` of the buffer
+        `view`): the input port's reader gets them after those it already has (the caller
+        holds the read lock)."""
+        port = self.input_port() if self.input_port is not None else None
+        if port is not None and n:
+            port._buf += view[:n]
+
+    def keep_start(self, view: Any, n: int) -> None:
+        """keep_read for the first `n` bytes of the buffer `view` (of any item format)."""
+        with memoryview(view) as whole, whole.cast("B") as data, data[:n] as part:
+            self.keep_read(part.tobytes())
 
     def read_rest(self, b: Any, fill: bool, total: int) -> int:
         """The C fast path's continuation (sp_fastport.c), called with the read lock held for
@@ -866,20 +897,25 @@ class Connection:
         return int(_binding.lib.sp_written(ptr)) if ptr is not None else 0
 
     def pump_once(self, func: str, view: memoryview, deadline: _Deadline) -> int:
-        """Process what arrives within one wait slice (handshake records included).
+        """Process what arrives within one wait slice (handshake records included): the
+        application bytes read go to the input port's reader (keep_after), also when a signal
+        handler's exception comes as the pump call returns.
 
-        Returns the application bytes read into `view` (possibly 0), or -1 at EOF.
+        Returns how many (possibly 0), or -1 at EOF.
         """
         lib = _binding.lib
         ffi = _binding.ffi
         err = ffi.new("sp_err *")
-        got = ffi.new("size_t *")
+        got = ffi.new("size_t *")  # (this call's own: 0 until the pump call read)
         buf = ffi.from_buffer("unsigned char[]", view, require_writable=True)
         with buf, self.read_lock:
             if self.closed:  # (under the lock: the last close waits for it, then closes the fd)
                 raise ValueError("I/O operation on closed SSL connection")
             seen = self.transport.fed
-            status = lib.sp_read(self.ptr, buf, len(view), 0, got, deadline.slice_ms(), err)
+            try:
+                status = lib.sp_read(self.ptr, buf, len(view), 0, got, deadline.slice_ms(), err)
+            finally:
+                self.keep_after(view, got[0])
         if status in (lib.SP_OK, lib.SP_WANT_READ, lib.SP_WANT_WRITE):
             if got[0] == 0 and status != lib.SP_OK:
                 # (streams too: their read under a deadline gives up at it, and returns here)
@@ -899,7 +935,7 @@ class Connection:
         if self.closed:
             raise ValueError("I/O operation on closed SSL connection")
         lib = _binding.lib
-        err, done = _per_thread.pair
+        err, done = _per_thread.pair[0], self.done
         hbuf = _from_buffer("unsigned char[]", head)
         buf = _from_buffer("unsigned char[]", data)
         hsize = len(hbuf)
@@ -1084,11 +1120,6 @@ class SSLInputPort(io.BufferedIOBase):
             on = self._timeout is None and self._sslports_conn.is_socket
             self._fast.install(self, 0 if self.closed else 1 if on else 2)
 
-    def _keep(self, data: bytes) -> None:
-        """Serve `data` before anything still to arrive (read ahead on this port's behalf)."""
-        with self._lock:
-            self._buf += data
-
     def readable(self) -> bool:
         return True
 
@@ -1109,8 +1140,9 @@ class SSLInputPort(io.BufferedIOBase):
     def _readinto(self, b: Any, fill: bool) -> int:
         conn = self._check()
         with self._lock:
+            kept = self._buf
             if (
-                not self._buf
+                not kept
                 and self._timeout is None
                 and conn.is_socket
                 and not conn.closed
@@ -1118,17 +1150,27 @@ class SSLInputPort(io.BufferedIOBase):
             ):
                 # The common case in one pump call and one Python frame (this code runs cold,
                 # between two waits on the network: every bytecode counts).
-                err, got = _per_thread.pair  # per thread: an sp_err per port would cost 2 KB each
-                with _from_buffer("unsigned char[]", b, require_writable=True) as buf:
-                    size = len(buf)
-                    status = _binding.lib.sp_read(
-                        conn.ptr, buf, size, size if fill else 1, got, _SLICE_MS, err
-                    )
-                n = int(got[0])
-                if status == _SP_OK and (n == size or (n and not fill)):
-                    return n
-                return conn.read("read", b, fill, _NO_DEADLINE, n)  # waits, ends, errors
-            kept = self._buf
+                err = _per_thread.pair[0]  # per thread: an sp_err per port would cost 2 KB each
+                got = conn.got
+                got[0] = 0
+                n = 0
+                try:
+                    with _from_buffer("unsigned char[]", b, require_writable=True) as buf:
+                        size = len(buf)
+                        status = _binding.lib.sp_read(
+                            conn.ptr, buf, size, size if fill else 1, got, _SLICE_MS, err
+                        )
+                    n = int(got[0])
+                    if status == _SP_OK and (n == size or (n and not fill)):
+                        return n
+                    return conn.read("read", b, fill, _NO_DEADLINE, n)  # waits, ends, errors
+                except BaseException:
+                    # A signal handler's exception (Ctrl-C) that came as the pump call returned,
+                    # or before conn.read could keep the bytes (it keeps what it has, these
+                    # included, in front of the kept bytes): they are read first next time.
+                    if not kept and (n or got[0]):
+                        conn.keep_start(b, n or got[0])
+                    raise
             deadline = None
             if not kept:
                 deadline = _deadline(self._timeout)
@@ -1141,15 +1183,23 @@ class SSLInputPort(io.BufferedIOBase):
                     return 0  # EOF
             view = memoryview(b).cast("B")
             n = min(len(view), len(kept))
-            view[:n] = kept[:n]
-            del kept[:n]
             if n == len(view) or not fill:
+                view[:n] = kept[:n]
+                del kept[:n]
                 return n
-            # (the kept bytes count: a timeout makes this a short read, as below; on an
-            # exception, Ctrl-C or a closed connection, conn.read keeps them again)
             if deadline is None:
                 deadline = _deadline(self._timeout)
-            return conn.read("read", view, fill, deadline, n)
+            view[:n] = kept[:n]
+            del kept[:n]
+            # (the kept bytes count: a timeout makes this a short read, as below; on an
+            # exception, Ctrl-C or a closed connection, conn.read keeps them again, and if
+            # the exception came before it could, this does)
+            try:
+                return conn.read("read", view, fill, deadline, n)
+            except BaseException:
+                if not kept:
+                    kept[:0] = view[:n]
+                raise
 
     def readinto(self, b: Any, /) -> int:
         return self._readinto(b, True)
@@ -1180,7 +1230,8 @@ class SSLInputPort(io.BufferedIOBase):
         if deadline is None:
             deadline = _deadline(self._timeout)
         n = self._sslports_conn.read("read", buf, False, deadline)
-        self._buf += memoryview(buf)[:n]
+        del buf[n:]  # (no call from here on: a signal handler's exception could come there)
+        self._buf += buf
         return n
 
     def peek(self, size: int = 0) -> bytes:
@@ -1357,7 +1408,7 @@ class SSLOutputPort(io.BufferedIOBase):
             with memoryview(data) as whole, whole[top:] as rest:
                 if self._timeout is None and conn.is_socket and not conn.closed:
                     # The common case in one pump call (see SSLInputPort._readinto).
-                    err, done = _per_thread.pair
+                    err, done = _per_thread.pair[0], conn.done
                     with (
                         _from_buffer("unsigned char[]", held) as chead,
                         _from_buffer("unsigned char[]", rest) as cdata,

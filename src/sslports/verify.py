@@ -68,7 +68,7 @@ def verify_port_now(func: str, port: Any, on: bool, try_only: bool) -> None:
             break
         # The rest of a post-handshake message from the client (a KeyUpdate in several
         # records) is still to come: read it, then ask.
-        _pump_for_reverify(func, conn, inp, scratch, deadline)
+        _pump_for_reverify(func, conn, scratch, deadline)
     if not status:
         exc = build_error(func, "", err)
         if try_only and any(_NO_PHA in line for line in exc.openssl_errors):
@@ -80,27 +80,22 @@ def verify_port_now(func: str, port: Any, on: bool, try_only: bool) -> None:
     with conn.write_lock:  # (as a port's write: the last close waits for it, then closes the fd)
         conn.write(func, memoryview(b""), deadline)  # sends the request
     while lib.sp_reauth_pending(conn.ptr):
-        _pump_for_reverify(func, conn, inp, scratch, deadline)
-    _surface_deferred_error(func, conn, inp, scratch)
+        _pump_for_reverify(func, conn, scratch, deadline)
+    _surface_deferred_error(func, conn, scratch)
     if not try_only and not lib.sp_peer_verified(conn.ptr):
         raise SSLError(f"{func}: failed (peer certificate did not verify)")
 
 
 def _pump_for_reverify(
-    func: str,
-    conn: Connection,
-    inp: Optional[SSLInputPort],
-    scratch: bytearray,
-    deadline: _Deadline,
+    func: str, conn: Connection, scratch: bytearray, deadline: _Deadline
 ) -> None:
-    """One pump step while re-verifying; application data read is kept for the input port."""
+    """One pump step while re-verifying (pump_once keeps application data for the reader)."""
     try:
         n = conn.pump_once(func, memoryview(scratch), deadline)
     except SSLError as exc:
         raise _reverify_failed(func, exc) from exc
     if n < 0:
         raise SSLError(f"{func}: failed (connection closed during verification)")
-    _keep_for_reader(inp, scratch, n)
 
 
 def _reverify_failed(func: str, exc: SSLError) -> SSLError:
@@ -112,15 +107,7 @@ def _reverify_failed(func: str, exc: SSLError) -> SSLError:
     )
 
 
-def _keep_for_reader(inp: Optional[SSLInputPort], scratch: bytearray, n: int) -> None:
-    """Application data read while re-verifying: served first by the input port."""
-    if n > 0 and inp is not None:
-        inp._keep(bytes(scratch[:n]))
-
-
-def _surface_deferred_error(
-    func: str, conn: Connection, inp: Optional[SSLInputPort], scratch: bytearray
-) -> None:
+def _surface_deferred_error(func: str, conn: Connection, scratch: bytearray) -> None:
     """A pump call that reads data and then fails hands over the data and reports the
     (sticky) failure on the next call: e.g. the client's data followed by its refusal to
     renegotiate. Make that next call now, without waiting, so the failure is this call's."""
@@ -133,8 +120,11 @@ def _surface_deferred_error(
         if conn.closed:
             raise ValueError("I/O operation on closed SSL connection")
         with conn.read_lock:
-            status = lib.sp_read(conn.ptr, buf, len(scratch), 0, got, 0, err)
-        _keep_for_reader(inp, scratch, int(got[0]))
+            got[0] = 0
+            try:
+                status = lib.sp_read(conn.ptr, buf, len(scratch), 0, got, 0, err)
+            finally:  # (also when a signal handler's exception comes as the call returns)
+                conn.keep_after(scratch, got[0])
         if status == lib.SP_ERROR:
             raise _reverify_failed(func, build_error(func, "read", err))
         if status != lib.SP_OK or got[0] == 0:
