@@ -258,3 +258,54 @@ def test_writer_driving_a_renegotiation_keeps_a_bounded_stash_over_streams(
         assert sha1(read_exactly(inp, len(flood))) == sha1(flood)
         sending(TIMEOUT)
         out.flush()  # the rest of the write, now that the renegotiation goes on
+
+
+def test_server_verify_deadline_while_the_client_only_writes(pki: Any) -> None:
+    """A TLS 1.3 socket server's ssl_try_verify whose client never reads (so never answers the
+    certificate request) but writes without pause: each pump step found data to read, and the
+    loop met its deadline only in a step that read nothing, so the call ran (keeping all the
+    client wrote for the input port) for as long as the client wrote. It must give up at the
+    deadline with a TimeoutError; every byte read meanwhile is still the input port's."""
+    stop = threading.Event()
+    chunk = b"w" * 65536  # (faster than the server reads: there is always more to read)
+    with sslports.ssl_listen(0, 5, False, LOCAL, pki.server_context("tls13")) as listener:
+        port = sslports.ssl_addresses(listener, True)[1]
+        accept = run_in_thread(lambda: sslports.ssl_accept(listener))
+        cin, cout = sslports.ssl_connect(
+            "localhost", port, pki.client_context("tls13"), timeout=TIMEOUT
+        )
+        sin, sout = accept(TIMEOUT)
+
+    def write_until_stopped() -> int:
+        sent = 0
+        while not stop.is_set():
+            cout.write(chunk)
+            cout.flush()
+            sent += len(chunk)
+        cout.close()  # (the server reads on to the EOF)
+        cin.close()
+        return sent
+
+    writer = run_in_thread(write_until_stopped)
+    try:
+        assert read_exactly(sin, 1) == b"w"  # (the client is writing)
+        sin.settimeout(SHORT)
+        outcome = _outcome(lambda: sslports.ssl_try_verify(sin, True))
+        stop.set()
+        assert outcome is not None, "ssl_try_verify ran past its deadline"
+        assert isinstance(outcome, sslports.SSLError), outcome
+        assert isinstance(outcome, TimeoutError), outcome
+        assert "timed out" in str(outcome)
+        sin.settimeout(TIMEOUT)
+        got = 1
+        while True:
+            more = sin.read1(1 << 20)
+            if not more:
+                break
+            assert more == b"w" * len(more)
+            got += len(more)
+        assert got == writer(TIMEOUT)
+    finally:
+        stop.set()
+        for p in (sin, sout, cin, cout):
+            p.close()

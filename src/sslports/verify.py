@@ -11,7 +11,7 @@ from typing import Any, Optional
 from . import _binding
 from ._binding import build_error
 from .context import is_ip_literal
-from .errors import SSLError
+from .errors import SSLError, SSLTimeoutError
 from .net import _reference_name
 from .ports import Connection, SSLInputPort, SSLOutputPort, _Deadline, connection_of
 
@@ -89,8 +89,12 @@ def verify_port_now(func: str, port: Any, on: bool, try_only: bool) -> None:
 def _pump_for_reverify(
     func: str, conn: Connection, scratch: bytearray, deadline: _Deadline
 ) -> None:
-    """One pump step while re-verifying (pump_once keeps application data for the reader)."""
+    """One pump step while re-verifying (pump_once keeps application data for the reader).
+    The deadline is checked first: a client that writes without pause gives every step data
+    to read, and a step meets the deadline only when it reads nothing."""
     try:
+        if deadline.expired():
+            raise SSLTimeoutError(f"{func}: timed out")
         n = conn.pump_once(func, memoryview(scratch), deadline)
     except SSLError as exc:
         raise _reverify_failed(func, exc) from exc
@@ -99,7 +103,8 @@ def _pump_for_reverify(
 
 
 def _reverify_failed(func: str, exc: SSLError) -> SSLError:
-    return SSLError(
+    cls = SSLTimeoutError if isinstance(exc, TimeoutError) else SSLError  # (API.md: a timeout)
+    return cls(
         f"{func}: failed ({exc.message.split('(', 1)[-1].rstrip(')')})",
         openssl_errors=exc.openssl_errors,
         verify_code=exc.verify_code,
