@@ -7,7 +7,7 @@ import asyncio
 import hashlib
 import time
 import tracemalloc
-from typing import Any
+from typing import Any, Callable
 
 import pytest
 from conftest import LOCAL, random_bytes, read_exactly, run_in_thread
@@ -264,6 +264,22 @@ def test_readuntil_over_the_limit_takes_nothing(loop_kind: str) -> None:
     run(loop_kind, main)
 
 
+def _renegotiating_server(pki: Any) -> tuple[Any, int, Callable[..., Any]]:
+    """A TLS 1.2 server for one connection, in a thread: it reads a line, renegotiates
+    (ssl_try_verify) and reads to EOF. Its listener (the caller closes it), its port, and the
+    join giving (line, rest)."""
+    listener = sslports.ssl_listen(0, 4, True, LOCAL, pki.server_context("tls12"))
+
+    def serve() -> tuple[bytes, bytes]:
+        inp, out = sslports.ssl_accept(listener)
+        with inp, out:
+            first = inp.readline()
+            sslports.ssl_try_verify(inp, True)  # the renegotiation
+            return first, inp.read()
+
+    return listener, sslports.ssl_addresses(listener, True)[1], run_in_thread(serve)
+
+
 async def _delaying_proxy(target: int, delay: float) -> asyncio.Server:
     """A TCP proxy to `target` that delays what the server sends by `delay` (order kept)."""
 
@@ -309,17 +325,7 @@ def test_close_during_renegotiation_sends_what_was_written(pki: Any, loop_kind: 
     at once (write(); close(); await wait_closed()): the bytes still reach the server, after
     the renegotiation, as a transport sends its buffer before it closes. The server's flights
     reach the client through a proxy that delays them, which keeps the renegotiation open."""
-    listener = sslports.ssl_listen(0, 4, True, LOCAL, pki.server_context("tls12"))
-    port = sslports.ssl_addresses(listener, True)[1]
-
-    def serve() -> tuple[bytes, bytes]:
-        inp, out = sslports.ssl_accept(listener)
-        with inp, out:
-            first = inp.readline()
-            sslports.ssl_try_verify(inp, True)  # the renegotiation
-            return first, inp.read()
-
-    join = run_in_thread(serve)
+    listener, port, join = _renegotiating_server(pki)
 
     async def main() -> tuple[list[bytes], bool, tuple[bytes, bytes]]:
         proxy = await _delaying_proxy(port, 0.4)
@@ -363,18 +369,8 @@ def test_many_writes_held_by_a_renegotiation_arrive_in_order_without_copies(
     copies what is held (each used to: quadratic in the number of writes), nor does a retry
     that the peer's flight makes while the renegotiation still holds them (each used to). A
     copy is counted with tracemalloc: allocations that peak at half of what is held or more."""
-    listener = sslports.ssl_listen(0, 4, True, LOCAL, pki.server_context("tls12"))
-    port = sslports.ssl_addresses(listener, True)[1]
+    listener, port, join = _renegotiating_server(pki)
     held_size, writes = 256 * 1024, 3000
-
-    def serve() -> tuple[bytes, bytes]:
-        inp, out = sslports.ssl_accept(listener)
-        with inp, out:
-            first = inp.readline()
-            sslports.ssl_try_verify(inp, True)  # the renegotiation
-            return first, inp.read()
-
-    join = run_in_thread(serve)
 
     async def main() -> tuple[list[bytes], int, int, tuple[bytes, bytes]]:
         proxy = await _delaying_proxy(port, 0.4)

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import socket
 import ssl
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -45,14 +44,6 @@ from sslports import SSLNetworkError
 @pytest.fixture(scope="module")
 def root() -> Issued:
     return make_cert("Mutation Root CA", ca=True)
-
-
-@pytest.fixture
-def servers() -> Iterator[list[Server]]:
-    made: list[Server] = []
-    yield made
-    for s in made:
-        s.close()
 
 
 # -- hostname verification without chain verification --------------------------------------------
