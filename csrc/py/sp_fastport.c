@@ -5,20 +5,19 @@
  * A request/response loop spends most of its non-OpenSSL time in the Python that runs once per
  * port call, and that Python runs cold: between two waits on the network its instructions cost
  * several times what a timeit loop says (bench/README.md, "Where the time goes"). So the common
- * case of read / readinto / readinto1 / read1 / readline on an input port and write / flush on
- * an output port is done here, with no Python frame at all. These C methods live in the port's instance
- * dict, where they shadow the Python methods of its class: the Reader's / Writer's constructor
- * installs them (given the port), and `install(port, on)` (ports.py `_sync_fast`) takes them
- * away whenever the common case does not hold (a timeout, a closed port) and puts them back
- * (bytes read ahead by readline or peek are the input port's `_buf`, which the C methods
- * serve first). A method someone kept from before (w = port.write, as
- * shutil.copyfileobj does) sees that too: each Reader / Writer knows whether it is installed
- * (`on`), and when it is not, runs the class's Python method instead (off_call). A port with
- * a timeout, or over streams (ports_to_ssl_ports), keeps its C methods in a third state
- * (KEPT_ONLY): they serve a read or a line that the kept bytes hold whole, or a write that
- * adds to the pending bytes, without a Python frame, and call the Python method for anything
- * else (the pump, deadlines and streams live in ports.py; its small reads read ahead into the
- * kept bytes). Installing
+ * case of read / readinto / readinto1 / read1 / readline / peek on an input port and write /
+ * flush on an output port is done here, with no Python frame at all. These C methods live in
+ * the port's instance dict, where they shadow the Python methods of its class: the Reader's /
+ * Writer's constructor installs them (given the port), and `install(port, on)` (ports.py
+ * `_sync_fast`) takes them away whenever the common case does not hold (a timeout, a closed port)
+ * and puts them back (bytes read ahead by readline or peek are the input port's `_buf`, which the
+ * C methods serve first). A method someone kept from before (w = port.write, as shutil.copyfileobj
+ * does) sees that too: each Reader / Writer knows whether it is installed (`on`), and when it is
+ * not, runs the class's Python method instead (off_call). A port with a timeout, or over streams
+ * (ports_to_ssl_ports), keeps its C methods in a third state (KEPT_ONLY): they serve a read or a
+ * line that the kept bytes hold whole, a peek at them, or a write that adds to the pending bytes,
+ * without a Python frame, and call the Python method for anything else (the pump, deadlines and
+ * streams live in ports.py; its small reads read ahead into the kept bytes). Installing
  * is done here, not by a Python loop over the names, and the two ports of an ssl_connect / ssl_accept connection are made here too, in
  * the state their __init__ gives them (make_ports, below): both run once per connection, cold,
  * where every Python step costs several times its warm figure. For the same reason a socket
@@ -363,8 +362,8 @@ typedef struct {
                someone kept from before (w = port.write) runs the class's Python method
                instead, or finds the port closed (off_call). A port with a timeout or over
                streams is KEPT_ONLY: its C methods serve what the kept bytes hold whole (a
-               small read, a line) or add to the pending bytes, and leave the rest (the pump,
-               deadlines) to the Python method. */
+               small read, a line, a peek) or add to the pending bytes, and leave the rest
+               (the pump, deadlines) to the Python method. */
 } Port;
 
 #define ON 1
@@ -1027,6 +1026,49 @@ static PyObject *reader_readline(Port *self, PyObject *const *args, Py_ssize_t n
     return port_unlock(self, readline_locked(self, limit));
 }
 
+/* peek(size=0): the kept bytes, not taken (at least one, unless at EOF; at most size or
+ * PEEK_MAX, whichever is more, as io.BufferedReader gives at most its buffer); with none kept,
+ * one read of what arrives onto them (fill_kept: up to 64 KiB, its continuation for a wait,
+ * EOF, an error or a signal, as readline's). KEPT_ONLY: the kept bytes when there are any,
+ * else the Python method (deadlines, streams). The same steps as ports.py SSLInputPort.peek
+ * (the Python twin). */
+#define PEEK_MAX 8192 /* ports.py _PEEK_MAX */
+static PyObject *reader_peek(Port *self, PyObject *const *args, Py_ssize_t nargs)
+{
+    Py_ssize_t size = 0, kept;
+    if (!self->on)
+        return off_call(self, "peek", args, (size_t)nargs);
+    if (nargs > 1) {
+        PyErr_Format(PyExc_TypeError, "peek() takes at most 1 argument (%zd given)", nargs);
+        return NULL;
+    }
+    /* (an int: None or a float is a TypeError, as in the Python method and io's) */
+    if (nargs == 1 && (size = PyNumber_AsSsize_t(args[0], PyExc_OverflowError)) == -1 &&
+        PyErr_Occurred())
+        return NULL;
+    if (self->conn == NULL) {
+        PyErr_SetString(PyExc_ValueError, "I/O operation on closed SSL port");
+        return NULL;
+    }
+    if (lock_take(self->lock) < 0)
+        return NULL;
+    kept = PyByteArray_GET_SIZE(self->pending);
+    if (kept == 0 && self->on == KEPT_ONLY) {
+        lock_give(self->lock);
+        return off_call(self, "peek", args, (size_t)nargs);
+    }
+    if (kept == 0) {
+        int r = fill_kept(self);
+        if (r < 0)
+            return port_unlock(self, NULL);
+        kept = PyByteArray_GET_SIZE(self->pending);
+    }
+    if (size < PEEK_MAX)
+        size = PEEK_MAX;
+    return port_unlock(self, PyBytes_FromStringAndSize(PyByteArray_AS_STRING(self->pending),
+                                                       kept < size ? kept : size));
+}
+
 static PyMethodDef reader_methods[] = {
     {"readinto", (PyCFunction)reader_readinto, METH_O, "Read into b until it is full or EOF."},
     {"readinto1", (PyCFunction)reader_readinto1, METH_O, "Read what arrives (>= 1 byte) into b."},
@@ -1034,6 +1076,8 @@ static PyMethodDef reader_methods[] = {
     {"read1", (PyCFunction)reader_read1, METH_VARARGS, "Read what arrives, up to size bytes."},
     {"readline", (PyCFunction)(void (*)(void))reader_readline, METH_FASTCALL,
      "Read up to and including a newline (at most size bytes, when size >= 0)."},
+    {"peek", (PyCFunction)(void (*)(void))reader_peek, METH_FASTCALL,
+     "The bytes read ahead, not taken (at least one unless at EOF; one read when none)."},
     {"install", (PyCFunction)port_install, METH_VARARGS,
      "install(port, on): put the methods above into port's instance dict (1; 2: serving "
      "only what is kept), or take them away (0)."},

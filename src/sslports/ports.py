@@ -1114,8 +1114,8 @@ class SSLInputPort(io.BufferedIOBase):
     def _sync_fast(self) -> None:
         """Use the C methods while the common case holds: a socket port, no timeout, open (1).
         With a timeout or over streams (2), they serve what the kept bytes hold whole (a small
-        read, a line: the steps these methods take first) and call these methods for the rest
-        (sp_fastport.c KEPT_ONLY)."""
+        read, a line, a peek: the steps these methods take first) and call these methods for
+        the rest (sp_fastport.c KEPT_ONLY)."""
         if self._fast is not None:
             on = self._timeout is None and self._sslports_conn.is_socket
             self._fast.install(self, 0 if self.closed else 1 if on else 2)
@@ -1234,18 +1234,19 @@ class SSLInputPort(io.BufferedIOBase):
         self._buf += buf
         return n
 
-    def peek(self, size: int = 0) -> bytes:
+    def peek(self, size: int = 0, /) -> bytes:
         """The kept bytes, without taking them (at least one, unless at EOF; at most `size` or
         _PEEK_MAX, whichever is more, as io.BufferedReader gives at most its buffer). With
         none kept, one read of what arrives first, up to 64 KiB as readline's: a loop of
         peek(1) and read(1) is served from the kept bytes, not one read per byte, and costs
-        the same however many bytes are kept."""
+        the same however many bytes are kept. The C fast path's peek does the same steps
+        (sp_fastport.c reader_peek)."""
         self._check()
+        most = max(operator.index(size), _PEEK_MAX)  # (an int, as io.BufferedReader's)
         with self._lock:  # (one reader at a time)
             kept = self._buf
             if not kept:
-                self._fill_locked(max(size, _READ_CHUNK))
-            most = max(size, _PEEK_MAX)
+                self._fill_locked(_READ_CHUNK)
             if len(kept) <= most:
                 return bytes(kept)
             with memoryview(kept) as view, view[:most] as part:  # (released: kept can resize)
