@@ -1509,11 +1509,10 @@ static PyObject *fast_make_ports(PyObject *module, PyObject *args)
         || (kept = PyByteArray_FromStringAndSize(NULL, 0)) == NULL)
         goto done;
     {
-        PyObject *in_attrs[] = {str_conn, conn,      str_timeout, Py_None,
-                                str_lock, read_lock, str_buf,     kept};
-        PyObject *out_attrs[] = {str_conn, conn, str_timeout, Py_None,
-                                 str_lock, write_lock, str_buf, buf};
-        if (set_attrs(inp, in_attrs, 4) < 0 || set_attrs(out, out_attrs, 4) < 0)
+        /* (no _timeout: None is the classes' default) */
+        PyObject *in_attrs[] = {str_conn, conn, str_lock, read_lock, str_buf, kept};
+        PyObject *out_attrs[] = {str_conn, conn, str_lock, write_lock, str_buf, buf};
+        if (set_attrs(inp, in_attrs, 3) < 0 || set_attrs(out, out_attrs, 3) < 0)
             goto done;
     }
     if ((reader = new_fast(reader_type, conn, read_lock, read_rest, kept, inp)) == NULL

@@ -1087,12 +1087,16 @@ class SSLInputPort(io.BufferedIOBase):
     """The readable side of a TLS connection (a binary file-like object)."""
 
     _fast: Any = None  # the C fast path (sp_fastport.c), when it serves this port
+    # (None on the class: an instance attribute only once set, which keeps a port's __dict__
+    # within its smallest table with the C methods installed: ~190 bytes a port)
+    _timeout: Optional[float] = None
 
     def __init__(self, conn: Connection, timeout: Optional[float]) -> None:
         # (io.BufferedIOBase.__init__ is object's: nothing to call.) Socket ports without a
         # timeout are made by sp_fastport.c make_ports instead: keep the two in step.
         self._sslports_conn = conn
-        self._timeout = timeout
+        if timeout is not None:
+            self._timeout = timeout
         self._lock = conn.read_lock
         # Bytes read ahead (by readline, peek, a failed read), served first: changed in place
         # only, under the read lock (shared with _fast).
@@ -1302,11 +1306,13 @@ class SSLOutputPort(io.BufferedIOBase):
 
     _abandoned = False
     _fast: Any = None  # the C fast path (sp_fastport.c), when it serves this port
+    _timeout: Optional[float] = None  # (as SSLInputPort's)
 
     def __init__(self, conn: Connection, timeout: Optional[float]) -> None:
         # (Socket ports without a timeout: sp_fastport.c make_ports; keep the two in step.)
         self._sslports_conn = conn
-        self._timeout = timeout
+        if timeout is not None:
+            self._timeout = timeout
         self._lock = conn.write_lock
         self._buf = bytearray()  # pending bytes: changed in place only (shared with _fast)
         if _fastport is not None:  # installs write/flush on a socket port without a timeout
