@@ -227,6 +227,15 @@ static void clear_errors(void)
         ERR_clear_error();
 }
 
+/* Before each OpenSSL call that may read: an empty error queue, no socket error of an earlier
+ * call, and the call's first recv() runs (recv_short). */
+static void before_ssl_call(sp_conn *c)
+{
+    clear_errors();
+    c->bio_errno = 0;
+    c->recv_short = 0;
+}
+
 /* Fill err for a failed SSL call (called with ssl_lock held, queue not yet drained). */
 static void capture_ssl_error(sp_conn *c, int ssl_error, sp_err *err)
 {
@@ -1190,9 +1199,7 @@ static int stash_read(sp_conn *c, sp_err *err)
         c->stash = grown;
         c->stash_cap = cap;
     }
-    clear_errors();
-    c->bio_errno = 0;
-    c->recv_short = 0;
+    before_ssl_call(c);
     c->reading = 1; /* (what it queues counts as reading's output: A PEER THAT DOES NOT READ) */
     if (guarded_read(c, c->stash + c->stash_len, c->stash_cap - c->stash_len, &n)) {
         c->reading = 0;
@@ -1267,9 +1274,7 @@ int sp_handshake(sp_conn *c, int wait_ms, sp_err *err)
             sp_mutex_unlock(&c->ssl_lock);
             return status == SP_ERROR ? SP_ERROR : SP_RAGGED_EOF;
         }
-        ERR_clear_error();
-        c->bio_errno = 0;
-        c->recv_short = 0;
+        before_ssl_call(c);
         sp_ctx_step_begin(c->ssl, &step); /* (its context may not change meanwhile) */
         r = SSL_do_handshake(c->ssl);
         sp_ctx_step_end(&step);
@@ -1379,9 +1384,7 @@ int sp_read(sp_conn *c, unsigned char *buf, size_t len, size_t want, size_t *got
             sp_mutex_unlock(&c->ssl_lock);
             break;
         }
-        clear_errors();
-        c->bio_errno = 0;
-        c->recv_short = 0;
+        before_ssl_call(c);
         c->reading = 1;
         ok = guarded_read(c, buf + total, len - total, &n);
         c->reading = 0;
@@ -1514,9 +1517,7 @@ static int write_records(sp_conn *c, const unsigned char *head, size_t head_len,
                 break;
             continue;
         }
-        clear_errors();
-        c->bio_errno = 0;
-        c->recv_short = 0;
+        before_ssl_call(c);
         c->direct_send = c->socket_mode && !hold && total + chunk == all
                       && chunk <= SSL3_RT_MAX_PLAIN_LENGTH;
         ok = guarded_write(c, from, chunk, &n);
@@ -1785,7 +1786,7 @@ int sp_request_reauth(sp_conn *c, int flags, sp_err *err)
         sp_mutex_unlock(&c->ssl_lock);
         return SP_REAUTH_LATER;
     }
-    c->recv_short = 0; /* (SSL_do_handshake below may read: its first recv() runs) */
+    before_ssl_call(c); /* (SSL_do_handshake below may read) */
     c->verify_flags = flags;
     sp_conn_apply_verify_locked(c);
     if (SSL_is_server(c->ssl)) {

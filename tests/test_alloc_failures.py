@@ -74,6 +74,22 @@ def connect(version, client_ctx=None, srv_ctx=None, serve=None):
     return i, o, a, t
 
 
+def served(srv_ctx, client_ctx=None):
+    '''The names of the certificate a server on srv_ctx presents to a client on client_ctx
+    (None: no handshake).'''
+    try:
+        i, o, sock, t = connect("tls13", client_ctx=client_ctx, srv_ctx=srv_ctx)
+    except sslports.SSLError:
+        return None
+    try:
+        return sslports.ssl_peer_certificate_hostnames(i)
+    finally:
+        o.close()
+        i.close()
+        sock.close()
+        t.join(10)
+
+
 def clear(exc):
     '''A MemoryError, or an SSLError that says why (OpenSSL's reason or ENOMEM).'''
     if isinstance(exc, MemoryError):

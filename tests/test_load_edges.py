@@ -441,21 +441,6 @@ CHAIN_UNDER_FAILURE = """
 old_chain, old_key, new_chain, new_key, kept = sys.argv[1:6]
 
 
-def served(ctx):
-    '''The names of the certificate a server on ctx presents (None: no handshake).'''
-    try:
-        i, o, sock, t = connect("tls13", srv_ctx=ctx)
-    except sslports.SSLError:
-        return None
-    try:
-        return sslports.ssl_peer_certificate_hostnames(i)
-    finally:
-        o.close()
-        i.close()
-        sock.close()
-        t.join(10)
-
-
 old_names = served(server_context("tls13", old_chain, old_key))
 ctx = server_context("tls13", old_chain, old_key)
 fm.fm_arm(1 << 40, 0)  # (counts the allocations of the load)
@@ -512,25 +497,10 @@ sslports.ssl_load_verify_source(client, roots)
 sslports.ssl_set_verify(client, True)
 
 
-def served(ctx):
-    '''The names of the certificate a server on ctx presents, verified by a client that
-    trusts the root of the new chain and the old self-signed one, not the intermediate
-    (None: no handshake).'''
-    try:
-        i, o, sock, t = connect("tls13", client_ctx=client, srv_ctx=ctx)
-    except sslports.SSLError:
-        return None
-    try:
-        return sslports.ssl_peer_certificate_hostnames(i)
-    finally:
-        o.close()
-        i.close()
-        sock.close()
-        t.join(10)
-
-
-old_names = served(server_context("tls13", old_chain, old_key))
-new_names = served(server_context("tls13", new_chain, new_key))
+# (served(ctx, client): verified by a client that trusts the root of the new chain and the
+# old self-signed one, not the intermediate)
+old_names = served(server_context("tls13", old_chain, old_key), client)
+new_names = served(server_context("tls13", new_chain, new_key), client)
 assert None not in (old_names, new_names) and old_names != new_names, (old_names, new_names)
 nth = 1
 while True:  # each allocation of the PEM reads in turn
@@ -542,12 +512,13 @@ while True:  # each allocation of the PEM reads in turn
         failed = fm.fm_failed()
         fm.fm_disarm()
         assert clear(exc), f"nth={nth}: {exc!r}"
-        assert served(ctx) == old_names, f"nth={nth}: the load failed, but the context changed"
+        changed = f"nth={nth}: the load failed, but the context changed"
+        assert served(ctx, client) == old_names, changed
     else:
         failed = fm.fm_failed()
         fm.fm_disarm()
         sslports.ssl_load_private_key(ctx, new_key, False)
-        assert served(ctx) == new_names, f"nth={nth}: the load succeeded, the chain is cut"
+        assert served(ctx, client) == new_names, f"nth={nth}: the load succeeded, the chain is cut"
     if not failed:
         break
     nth += 1
