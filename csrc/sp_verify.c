@@ -436,6 +436,23 @@ const char *sp_conn_cipher(sp_conn *c)
     return name;
 }
 
+const char *sp_conn_cipher_info(sp_conn *c, const char **version, int *bits)
+{
+    const SSL_CIPHER *cipher;
+    const char *name = NULL;
+    *version = NULL;
+    *bits = 0;
+    sp_conn_lock(c);
+    cipher = SSL_get_current_cipher(c->ssl);
+    if (cipher != NULL) {
+        name = SSL_CIPHER_get_name(cipher);
+        *version = SSL_CIPHER_get_version(cipher);
+        *bits = SSL_CIPHER_get_bits(cipher, NULL);
+    }
+    sp_conn_unlock(c);
+    return name;
+}
+
 int sp_conn_alpn(sp_conn *c, unsigned char *out, size_t cap)
 {
     const unsigned char *data = NULL;

@@ -7,7 +7,6 @@ enum { SP_CB_TLS_UNIQUE = 1, SP_CB_TLS_SERVER_END_POINT = 2, SP_CB_TLS_EXPORTER 
 
 /* 1 when the peer presented a certificate and it verified. */
 int sp_peer_verified(sp_conn *c);
-/* 1 when the peer presented a certificate at all. */
 /* The peer's names into out, each as a 4-byte big-endian length and its bytes (a name may
  * hold a NUL); returns the bytes needed (call again if > cap). When names the certificate
  * holds cannot be read (out of memory, malformed), err says why (nerrs or sys_errno). */
@@ -25,6 +24,10 @@ int sp_export_keying_material(sp_conn *c, unsigned char *out, size_t len, const 
 /* Negotiated facts; strings are static or live as long as the connection. */
 int sp_conn_version(sp_conn *c);
 const char *sp_conn_cipher(sp_conn *c);
+/* The current cipher's name, the protocol version that defines it (SSL_CIPHER_get_version:
+ * "TLSv1.3", "TLSv1.2", "SSLv3", ...) and its secret bits, from one look under the lock: what
+ * Python's ssl reports as cipher(). NULL (version NULL, bits 0) before a cipher was chosen. */
+const char *sp_conn_cipher_info(sp_conn *c, const char **version, int *bits);
 int sp_conn_alpn(sp_conn *c, unsigned char *out, size_t cap);
 int sp_conn_session_reused(sp_conn *c);
 /* Client sessions for resumption (the cache itself: sp_session.c). A client connection files

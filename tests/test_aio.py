@@ -329,6 +329,43 @@ def test_connect_timeout_against_a_silent_server() -> None:
 
 
 @pytest.mark.parametrize("loop_kind", LOOPS)
+@pytest.mark.parametrize("how", ["open", "wrap"])
+def test_a_deadline_around_the_client_handshake_closes_the_socket(loop_kind: str, how: str) -> None:
+    """The client has no default handshake timeout (as ssl_connect, ports_to_ssl_ports; the
+    server's is start_ssl_server's handshake_timeout): a deadline the caller puts around
+    open_ssl_connection / wrap_ssl_streams against a server that never answers raises
+    TimeoutError, and the socket is closed (the server sees its EOF)."""
+
+    async def main() -> None:
+        accepted: asyncio.Queue[asyncio.StreamReader] = asyncio.Queue()
+        ends: list[asyncio.StreamWriter] = []
+
+        async def silent(r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
+            ends.append(w)
+            await accepted.put(r)
+
+        server = await asyncio.start_server(silent, "127.0.0.1", 0)
+        async with server:
+            port = server.sockets[0].getsockname()[1]
+            if how == "open":
+                connecting = aio.open_ssl_connection("localhost", port, client_context())
+            else:
+                raw = await asyncio.open_connection("127.0.0.1", port)
+                connecting = aio.wrap_ssl_streams(
+                    *raw, context=client_context(), hostname="localhost"
+                )
+            with pytest.raises(asyncio.TimeoutError):
+                await asyncio.wait_for(connecting, 0.2)
+            r = await accepted.get()
+            hello = await asyncio.wait_for(r.read(), 10)  # the ClientHello, then EOF
+            assert hello[:1] == b"\x16"  # (a handshake record)
+            for w in ends:
+                w.close()
+
+    run(loop_kind, main)
+
+
+@pytest.mark.parametrize("loop_kind", LOOPS)
 def test_cancelled_read_loses_nothing_and_full_duplex(loop_kind: str) -> None:
     async def main() -> None:
         server = await aio.start_ssl_server(echo, "127.0.0.1", 0, server_context())
@@ -455,6 +492,50 @@ def test_write_eof_raises_as_over_asyncio_tls(loop_kind: str) -> None:
     run(loop_kind, main)
 
 
+@pytest.mark.parametrize("loop_kind", LOOPS)
+@pytest.mark.parametrize("how", ["open", "wrap"])
+@pytest.mark.parametrize("strict", [False, True])
+def test_transport_abort_as_over_asyncio_tls(loop_kind: str, how: str, strict: bool) -> None:
+    """writer.transport.abort() (the TCP transport's): as over asyncio's TLS transport, the
+    writer is closing at once, a waiting read ends with EOF, drain() raises a ConnectionError
+    and wait_closed() returns. An abort is our own end, not a truncation by the peer: with
+    strict_eof=True the waiting read raised SSLError (unexpected eof), though our own close()
+    ends it with EOF. (Over wrap_ssl_streams it still does: a stream pair cannot tell an
+    abort from its peer's EOF.)"""
+
+    async def main() -> None:
+        server = await aio.start_ssl_server(echo, "127.0.0.1", 0, server_context())
+        async with server:
+            port = server.sockets[0].getsockname()[1]
+            if how == "open":
+                r, w = await aio.open_ssl_connection(
+                    "localhost", port, client_context(), strict_eof=strict
+                )
+            else:
+                raw = await asyncio.open_connection("127.0.0.1", port)
+                r, w = await aio.wrap_ssl_streams(
+                    *raw, context=client_context(), hostname="localhost", strict_eof=strict
+                )
+            w.write(b"ping")
+            assert await r.readexactly(4) == b"ping"
+            waiting = asyncio.ensure_future(r.read(10))
+            await asyncio.sleep(0)
+            w.transport.abort()
+            assert w.is_closing()
+            if strict and how == "wrap":
+                with pytest.raises(S.SSLError, match="unexpected eof"):
+                    await asyncio.wait_for(waiting, 10)
+            else:
+                assert await asyncio.wait_for(waiting, 10) == b""
+            w.write(b"lost")
+            with pytest.raises(S.SSLNetworkError):
+                await w.drain()
+            await asyncio.wait_for(w.wait_closed(), 10)
+            w.close()
+
+    run(loop_kind, main)
+
+
 def test_wrapped_socket_family_extra_info() -> None:
     async def main() -> None:
         server = await aio.start_ssl_server(echo, "127.0.0.1", 0, server_context())
@@ -467,6 +548,130 @@ def test_wrapped_socket_family_extra_info() -> None:
             w.close()
 
     run("asyncio", main)
+
+
+def _facts(w: aio.SSLStreamWriter) -> dict[str, Any]:
+    return {
+        "subject_name": S.ssl_peer_subject_name(w),
+        "issuer_name": S.ssl_peer_issuer_name(w),
+        "hostnames": S.ssl_peer_certificate_hostnames(w),
+    }
+
+
+@pytest.mark.parametrize("loop_kind", LOOPS)
+@pytest.mark.parametrize("version", VERSIONS)
+def test_tls_extra_info_against_a_python_ssl_peer(loop_kind: str, version: str) -> None:
+    """get_extra_info answers the TLS keys of asyncio's TLS transport: 'cipher' as the peer's
+    ssl.SSLObject.cipher() says, 'sslcontext' our context, 'peercert' the section 5 facts of a
+    verified peer (None for an unverified one), 'compression' None, 'ssl_object' the default;
+    also after close(), as asyncio's. They all gave the default: code written for
+    asyncio.open_connection(ssl=...) read a verified peer as having no certificate."""
+    pinned = getattr(ssl.TLSVersion, "TLSv1_3" if version == "tls13" else "TLSv1_2")
+
+    async def main() -> None:
+        sctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        sctx.load_cert_chain(str(S.TEST_PEM))
+        sctx.minimum_version = sctx.maximum_version = pinned
+        sctx.verify_mode = ssl.CERT_OPTIONAL  # (a client certificate when there is one)
+        sctx.load_verify_locations(str(S.TEST_PEM))
+        seen: asyncio.Queue[tuple[Any, Any]] = asyncio.Queue()
+
+        async def tell(r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
+            obj = w.get_extra_info("ssl_object")
+            await seen.put((obj.cipher(), obj.getpeercert()))
+            w.close()
+
+        server = await asyncio.start_server(tell, "127.0.0.1", 0, ssl=sctx)
+        async with server:
+            port = server.sockets[0].getsockname()[1]
+            # our client verifies the server and presents a certificate of its own
+            cli = S.ssl_make_client_context(
+                version, private_key=("pem", S.TEST_PEM), certificate_chain=S.TEST_PEM
+            )
+            S.ssl_load_verify_source(cli, S.TEST_PEM)
+            S.ssl_set_verify(cli, True)
+            _r, w = await aio.open_ssl_connection("localhost", port, cli)
+            try:
+                their_cipher, their_cert = await seen.get()
+                assert their_cert["subject"]  # (the server verified our certificate)
+                assert w.get_extra_info("cipher") == their_cipher
+                assert their_cipher[1] == ("TLSv1.3" if version == "tls13" else "TLSv1.2")
+                assert their_cipher[0] == S.ssl_cipher_name(w)
+                assert w.get_extra_info("sslcontext") is cli
+                cert = w.get_extra_info("peercert")
+                assert cert == _facts(w)
+                assert cert["subject_name"].endswith(b"/CN=localhost")
+                assert "localhost" in cert["hostnames"]
+                assert w.get_extra_info("compression") is None
+                sentinel = object()
+                assert w.get_extra_info("ssl_object", sentinel) is sentinel
+                assert w.get_extra_info("peername")[1] == port  # (the TCP transport's)
+            finally:
+                w.close()
+            await w.wait_closed()
+            assert w.get_extra_info("cipher") == their_cipher
+            assert w.get_extra_info("peercert") == cert
+            # an unverifying client ("auto"): no verified certificate, so no peercert
+            auto = S.ssl_make_client_context(version)
+            _r, w = await aio.open_ssl_connection("localhost", port, auto)
+            try:
+                their_cipher, _ = await seen.get()
+                assert w.get_extra_info("peercert") is None
+                assert w.get_extra_info("cipher") == their_cipher
+            finally:
+                w.close()
+
+    run(loop_kind, main)
+
+
+@pytest.mark.parametrize("loop_kind", LOOPS)
+@pytest.mark.parametrize("how", ["server", "wrap"])
+def test_tls_extra_info_on_the_server_side(loop_kind: str, how: str) -> None:
+    """A start_ssl_server (or wrap_ssl_streams) writer answers the TLS keys too: the client's
+    certificate as 'peercert' once it verified (None from a client without one), and the
+    cipher a Python ssl client negotiated."""
+
+    async def main() -> None:
+        srv = server_context()
+        S.ssl_load_verify_source(srv, S.TEST_PEM)
+        S.ssl_try_verify(srv, True)  # ask for a client certificate, take clients without one
+        seen: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
+
+        async def tell(r: aio.SSLStreamReader, w: aio.SSLStreamWriter) -> None:
+            keys = ["peercert", "cipher", "sslcontext", "compression", "ssl_object"]
+            try:
+                await seen.put({k: w.get_extra_info(k) for k in keys} | {"facts": _facts(w)})
+            finally:
+                w.close()
+
+        async def wrapped(r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
+            await tell(*await aio.wrap_ssl_streams(r, w, mode="accept", context=srv))
+
+        if how == "server":
+            server: Any = await aio.start_ssl_server(tell, "127.0.0.1", 0, srv)
+        else:
+            server = await asyncio.start_server(wrapped, "127.0.0.1", 0)
+        async with server:
+            port = server.sockets[0].getsockname()[1]
+            for with_cert in (True, False):
+                cctx = ssl.create_default_context(cafile=str(S.TEST_PEM))
+                if with_cert:
+                    cctx.load_cert_chain(str(S.TEST_PEM))
+                _pr, pw = await asyncio.open_connection("localhost", port, ssl=cctx)
+                try:
+                    info = await seen.get()
+                    assert info["cipher"] == pw.get_extra_info("cipher")
+                    assert info["sslcontext"] is srv
+                    assert info["compression"] is None and info["ssl_object"] is None
+                    if with_cert:
+                        assert info["peercert"] == info["facts"]
+                        assert info["peercert"]["subject_name"].endswith(b"/CN=localhost")
+                    else:
+                        assert info["peercert"] is None
+                finally:
+                    pw.close()
+
+    run(loop_kind, main)
 
 
 @pytest.mark.parametrize("loop_kind", LOOPS)

@@ -695,8 +695,11 @@ def _resetting_server() -> tuple[socket.socket, threading.Thread]:
     tls = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     tls.load_cert_chain(sslports.TEST_PEM)
 
+    listener.settimeout(JOIN)  # (a test that fails before sending its line ends this thread)
+
     def serve() -> None:
         conn, _addr = listener.accept()
+        conn.settimeout(JOIN)
         with tls.wrap_socket(conn, server_side=True) as s:
             s.recv(100)
             s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
@@ -784,6 +787,38 @@ def test_wait_closed_reports_a_reset(loop_kind: str, how: str) -> None:
     finally:
         for listener in listeners:
             listener.close()
+
+
+@pytest.mark.parametrize("loop_kind", LOOPS)
+@pytest.mark.parametrize("how", ["open", "wrap"])
+def test_cancelled_wait_closed_leaves_the_outcome(loop_kind: str, how: str) -> None:
+    """A deadline around wait_closed() that expired while the connection was still open
+    cancelled the connection's own close future (asyncio's StreamWriter has the same flaw):
+    every later wait_closed() raised CancelledError, as if its caller had been cancelled, and
+    the reset that ended the connection was never reported. Now a later call waits again and
+    reports it."""
+    listener, join = _resetting_server()
+
+    async def main() -> None:
+        reader, writer = await _connect(how, listener.getsockname()[1])
+        for _ in range(3):  # (the server holds the connection open until it gets a line)
+            with pytest.raises(asyncio.TimeoutError):
+                await asyncio.wait_for(writer.wait_closed(), 0.01)
+        writer.write(b"hello\n")
+        await writer.drain()
+        await asyncio.to_thread(join.join, JOIN)  # reset by now
+        with pytest.raises(SSLNetworkError):
+            await asyncio.wait_for(reader.read(100), JOIN)
+        writer.close()
+        for _ in range(2):
+            with pytest.raises(SSLNetworkError) as info:
+                await asyncio.wait_for(writer.wait_closed(), JOIN)
+            assert info.value.errno == errno.ECONNRESET, info.value
+
+    try:
+        run(loop_kind, main)
+    finally:
+        listener.close()
 
 
 def _quietly(fn: Callable[..., Any], *args: Any) -> None:

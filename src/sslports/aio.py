@@ -35,7 +35,10 @@ or by ``client_connected_cb`` goes to the loop's exception handler. Closing the 
 cancels the handshakes still in progress.
 
 The connection-fact functions of API.md section 5 (``ssl_peer_verified``,
-``ssl_get_alpn_selected``, ``ssl_channel_binding``, ...) accept the reader or the writer.
+``ssl_get_alpn_selected``, ``ssl_channel_binding``, ...) accept the reader or the writer, and
+``SSLStreamWriter.get_extra_info`` answers asyncio's TLS keys ("cipher", "peercert", ...) from
+them. Clients have no default handshake deadline (as ssl_connect); servers have
+``handshake_timeout=30.0`` (as ssl_listen): docs/guide/asyncio.md.
 """
 
 from __future__ import annotations
@@ -54,6 +57,7 @@ from . import _binding
 from ._binding import build_error
 from .context import SSLClientContext, SSLServerContext, _Context, encode_alpn
 from .errors import SSLError, SSLNetworkError, SSLTimeoutError
+from .verify import cipher_info, peer_certificate
 
 _BUF = 1 << 18  # per-thread receive, plaintext and ciphertext buffers (asyncio's max_size)
 _READ_HIGH = 1 << 20  # unread plaintext at which the transport stops reading
@@ -144,6 +148,10 @@ class AioConnection:
     peer_closed = False  # the peer's close_notify arrived (its write side is closed, not ours)
     closing: Optional[asyncio.Task[None]] = None  # close() waits for held-back bytes (close)
     dropped_writes = 0  # writes made after close() (write)
+    # The transport was closed on our side (writer.transport.abort()), not by the peer: the
+    # end of input that follows is no truncation, even under strict_eof. (_SSLProtocol only:
+    # a stream pair cannot tell an abort from its peer's EOF.)
+    ended_here = False
     # A server connection (start_ssl_server) holds its writer until the connection is lost:
     # the collector must not close it under a task that still reads (SSLStreamWriter.__del__).
     keeps_writer = False
@@ -272,7 +280,8 @@ class AioConnection:
                     self.eof = True
                     self.peer_closed = True
                 elif status == _RAGGED_EOF:
-                    if self.strict_eof and not self.closed:  # (our own close is no failure)
+                    if self.strict_eof and not (self.closed or self.ended_here):
+                        # (our own close or abort is no failure)
                         self.exc = SSLError("read: read failed (unexpected eof)")
                     else:
                         self.eof = True
@@ -499,6 +508,8 @@ class _SSLProtocol(AioConnection, asyncio.BufferedProtocol):
     def connection_lost(self, exc: Optional[BaseException]) -> None:
         self.lost = exc
         self.is_lost = True
+        if exc is None and not self.input_ended:  # (the peer's end comes as eof_received)
+            self.ended_here = True
         self.must_drain = True
         self.sending = False
         if exc is not None and self.exc is None and not self.eof and self.established:
@@ -597,7 +608,11 @@ class _SSLProtocol(AioConnection, asyncio.BufferedProtocol):
             self.transport_.close()
 
     async def wait_closed(self) -> None:
-        await self.closed_future
+        # shielded: cancelling one wait (asyncio.wait_for(writer.wait_closed(), t)) must not
+        # cancel the connection's future, which every later wait_closed() would then raise
+        # as a CancelledError of its own caller's (asyncio's StreamWriter has that flaw)
+        if not self.closed_future.done():
+            await asyncio.shield(self.closed_future)
         if self.lost is not None:
             raise _lost("wait_closed", self.lost) from self.lost
 
@@ -689,8 +704,8 @@ class _StreamConnection(AioConnection):
         self.raw_writer.close()
 
     async def wait_closed(self) -> None:
-        try:
-            await self.raw_writer.wait_closed()
+        try:  # (shielded, as _SSLProtocol's: the raw writer's awaits its protocol's future)
+            await asyncio.shield(self.raw_writer.wait_closed())
         except (ConnectionError, OSError) as exc:
             raise _lost("wait_closed", exc) from exc
 
@@ -919,20 +934,46 @@ class SSLStreamWriter:
     async def wait_closed(self) -> None:
         """Wait until the connection is closed.
 
+        Cancelling it (a deadline around it) leaves the connection as it was: a later call
+        waits again and reports the same outcome.
+
         :raises SSLNetworkError: the connection was lost to a failure (a reset), as asyncio's
             StreamWriter.wait_closed() re-raises it; on every call.
         """
         await self._sslports_conn.wait_closed()
 
     def get_extra_info(self, name: str, default: Any = None) -> Any:
-        """The TCP transport's extra info ("peername", "sockname", "socket", ...).
+        """The TCP transport's extra info ("peername", "sockname", "socket", ...), and the
+        TLS keys of asyncio's TLS transport, answered from what sslports knows (there is no
+        ssl.SSLObject); like asyncio's, they stay available after close():
 
-        Not the keys of asyncio's TLS transport ("peercert", "cipher", "ssl_object",
-        "sslcontext", ...): there is no ssl.SSLObject to answer them, so they give `default`,
-        which does not mean "no certificate". The section 5 functions (ssl_peer_verified,
-        ssl_peer_subject_name, ssl_cipher_name, ...) take the writer instead.
+        * ``"sslcontext"``: the SSLClientContext / SSLServerContext the connection was made
+          with (also after a server-name callback switched contexts, as asyncio's).
+        * ``"cipher"``: ``(name, version, secret_bits)`` as ssl.SSLSocket.cipher() gives them,
+          e.g. ``("TLS_AES_256_GCM_SHA384", "TLSv1.3", 256)``; the version is the one that
+          defines the suite (ssl_protocol_version tells the connection's).
+        * ``"peercert"``: None unless the peer's certificate verified (ssl_peer_verified; an
+          unverified one is None too, where getpeercert() gives ``{}``: both falsy), else
+          ``{"subject_name": ..., "issuer_name": ..., "hostnames": [...]}``, what
+          ssl_peer_subject_name, ssl_peer_issuer_name and ssl_peer_certificate_hostnames
+          return. Not getpeercert()'s dict: it shares none of its keys, so code that reads
+          that shape fails with KeyError instead of misreading this one.
+        * ``"compression"``: None (sslports turns TLS compression off: SSL_OP_NO_COMPRESSION).
+        * ``"ssl_object"``: `default`: there is no ssl.SSLObject (the section 5 functions,
+          ssl_peer_verified, ssl_channel_binding, ..., take the reader or the writer).
         """
-        return self._sslports_conn.get_extra_info(name, default)
+        conn = self._sslports_conn
+        if name in _TLS_EXTRA_INFO:
+            if name == "sslcontext":
+                return conn.context
+            if name == "cipher":
+                return cipher_info(conn.ptr)
+            if name == "peercert":
+                return peer_certificate(conn.ptr)
+            if name == "compression":
+                return None
+            return default  # "ssl_object"
+        return conn.get_extra_info(name, default)
 
     async def __aenter__(self) -> SSLStreamWriter:
         return self
@@ -944,6 +985,10 @@ class SSLStreamWriter:
         except SSLNetworkError:
             if exc[0] is None:  # (a lost connection never hides the body's own exception)
                 raise
+
+
+# The keys asyncio's TLS transport adds to the TCP transport's (SSLStreamWriter.get_extra_info).
+_TLS_EXTRA_INFO = frozenset({"sslcontext", "ssl_object", "peercert", "cipher", "compression"})
 
 
 def _running_loop() -> Optional[asyncio.AbstractEventLoop]:
@@ -982,9 +1027,11 @@ async def wrap_ssl_streams(
     """TLS over an asyncio stream pair: the async counterpart of ports_to_ssl_ports.
 
     `limit`: as asyncio's, the longest line the reader's readline() / readuntil() return.
+    `timeout` bounds the handshake; None (the default) waits as long as the peer takes, as
+    ports_to_ssl_ports does (a deadline around the call, asyncio.timeout(), works too).
 
     :raises SSLNetworkError: the handshake failed (the raw writer is closed).
-    :raises TimeoutError: the handshake took longer than `timeout`.
+    :raises TimeoutError: the handshake took longer than `timeout` (the raw writer is closed).
     """
     from .net import _new_connection, wrap_arguments
 
@@ -1056,8 +1103,13 @@ async def open_ssl_connection(
     """Connect and run the TLS handshake as a client (asyncio.open_connection's shape).
 
     :param context: a client context or a protocol name (``"secure"`` by default).
+    :param timeout: bounds the TCP connect and the handshake together. None (the default)
+        waits as long as the server takes, as ssl_connect does (asyncio's open_connection
+        defaults to 60 s for the handshake); a deadline around the call (asyncio.timeout())
+        works too, and either closes the socket.
     :param limit: as asyncio's, the longest line readline() / readuntil() return.
     :raises SSLNetworkError: the connection or the handshake failed.
+    :raises TimeoutError: `timeout` passed (also an SSLNetworkError).
     """
     from .net import _check_hostname_arg, _check_port_number, _client_context, _new_connection
 

@@ -164,14 +164,17 @@ def ssl_peer_certificate_hostnames(p: object) -> list[str]:
     :raises SSLError: the certificate holds names that cannot be read (a malformed
         subjectAltName, or no memory): never the CN in their place.
     """
-    conn = _conn("ssl_peer_certificate_hostnames", p)
+    return _hostnames_of(_conn("ssl_peer_certificate_hostnames", p).ptr)
+
+
+def _hostnames_of(ptr: Any) -> list[str]:
     lib = _binding.lib
     ffi = _binding.ffi
     cap = 4096
     err = ffi.new("sp_err *")
     while True:
         buf = ffi.new("char[]", cap)
-        need = lib.sp_peer_hostnames(conn.ptr, buf, cap, err)
+        need = lib.sp_peer_hostnames(ptr, buf, cap, err)
         if err.nerrs or err.sys_errno:
             raise build_error("ssl_peer_certificate_hostnames", "reading the names", err)
         if need <= cap:
@@ -209,12 +212,15 @@ def ssl_peer_check_hostname(p: object, hostname: str) -> bool:
 
 
 def _peer_name(func: str, p: object, issuer: bool) -> Optional[bytes]:
-    conn = _conn(func, p)
+    return _name_of(_conn(func, p).ptr, issuer)
+
+
+def _name_of(ptr: Any, issuer: bool) -> Optional[bytes]:
     lib = _binding.lib
-    if not lib.sp_peer_verified(conn.ptr):
+    if not lib.sp_peer_verified(ptr):
         return None
     buf = _binding.ffi.new("char[]", 4096)
-    if not lib.sp_peer_name(conn.ptr, int(issuer), buf, 4096):
+    if not lib.sp_peer_name(ptr, int(issuer), buf, 4096):
         return None
     return bytes(_binding.ffi.string(buf))
 
@@ -332,6 +338,33 @@ def ssl_cipher_name(p: object) -> str:
     conn = _conn("ssl_cipher_name", p)
     name = _binding.lib.sp_conn_cipher(conn.ptr)
     return "" if name == _binding.ffi.NULL else _binding.ffi.string(name).decode()
+
+
+def peer_certificate(ptr: Any) -> Optional[dict[str, Any]]:
+    """sslports.aio's get_extra_info("peercert"): None unless the peer's certificate verified,
+    else what ssl_peer_subject_name, ssl_peer_issuer_name and ssl_peer_certificate_hostnames
+    say of it. (`ptr`: the connection's sp_conn, which stays valid after close().)"""
+    if not _binding.lib.sp_peer_verified(ptr):
+        return None
+    return {
+        "subject_name": _name_of(ptr, False),
+        "issuer_name": _name_of(ptr, True),
+        "hostnames": _hostnames_of(ptr),
+    }
+
+
+def cipher_info(ptr: Any) -> Optional[tuple[str, str, int]]:
+    """sslports.aio's get_extra_info("cipher"): ``(name, version, secret_bits)`` as
+    ssl.SSLSocket.cipher() gives them, e.g. ``("TLS_AES_256_GCM_SHA384", "TLSv1.3", 256)``
+    (the version is the one that defines the suite, as there); None before a cipher was
+    chosen."""
+    ffi = _binding.ffi
+    version = ffi.new("const char **")
+    bits = ffi.new("int *")
+    name = _binding.lib.sp_conn_cipher_info(ptr, version, bits)
+    if name == ffi.NULL:
+        return None
+    return ffi.string(name).decode(), ffi.string(version[0]).decode(), bits[0]
 
 
 def ssl_session_reused(p: object) -> bool:
