@@ -25,8 +25,14 @@ typedef struct sp_err {
     long verify_result;  /* SSL_get_verify_result() when certificate verification failed, else -1 */
     int nerrs;           /* how many OpenSSL errors were drained into text */
     char text[SP_ERR_TEXT]; /* the drained OpenSSL error queue, one error a line */
+    /* The connection whose pump call filled it (set at the call's start), else NULL: the
+     * ports' record is per thread, and a signal handler that runs as a failed call returns
+     * may make a pump call on another connection before the caller reads it (ports.py
+     * Connection.fail; sp_conn_failure). */
+    const void *conn;
 } sp_err;
 
+/* Empty err (all but conn). */
 void sp_err_reset(sp_err *err);
 /* Drain the thread's OpenSSL error queue into err (always empties the queue). */
 void sp_err_drain(sp_err *err);

@@ -236,6 +236,13 @@ static void before_ssl_call(sp_conn *c)
     c->recv_short = 0;
 }
 
+/* The start of every pump call: an empty record, which says whose it is (sp_err.conn). */
+static void start_call(sp_conn *c, sp_err *err)
+{
+    sp_err_reset(err);
+    err->conn = c;
+}
+
 /* Fill err for a failed SSL call (called with ssl_lock held, queue not yet drained). */
 static void capture_ssl_error(sp_conn *c, int ssl_error, sp_err *err)
 {
@@ -261,7 +268,7 @@ static void invalidate_session(sp_conn *c)
 }
 
 /* The reason a connection is broken when there was no memory for a copy of the real one. */
-static const sp_err broken_no_memory = {0, ENOMEM, -1, 0, ""};
+static const sp_err broken_no_memory = {0, ENOMEM, -1, 0, "", NULL};
 
 /* Remember err as the reason the connection is broken (ssl_lock held). */
 static void mark_broken(sp_conn *c, const sp_err *err)
@@ -471,11 +478,35 @@ void sp_conn_unlock(sp_conn *c)
 
 /* ---- verification policy ------------------------------------------------------------ */
 
+/* A TLS 1.3 server's session tickets hold the client's certificate, and OpenSSL cannot make a
+ * ticket whose session encodes to more than 0xFF00 bytes: it fails the handshake after the
+ * client's Finished, "internal error" (construct_stateless_ticket; Python's ssl and s_server
+ * alike). A client whose leaf comes within SP_TICKET_ROOM of that gets no tickets on this
+ * connection (it cannot resume; the others still do): the rest of a session (keys, ids, the
+ * SNI name, ALPN, our end point) takes far less. TLS 1.2 decided to send its ticket at the
+ * ServerHello, and cannot take it back: such a client fails there as with OpenSSL. */
+#define SP_TICKET_ROOM 4096
+
+static void no_ticket_for_a_huge_client(SSL *ssl, X509_STORE_CTX *store)
+{
+    X509 *leaf = X509_STORE_CTX_get_current_cert(store);
+    int size;
+    if (leaf == NULL)
+        return;
+    ERR_set_mark(); /* (an error measuring it is no error of the handshake's) */
+    size = i2d_X509(leaf, NULL);
+    ERR_pop_to_mark();
+    if (size > 0xFF00 - SP_TICKET_ROOM)
+        (void)SSL_set_num_tickets(ssl, 0); /* (it only stores the number: always 1) */
+}
+
 static int verify_callback(int ok, X509_STORE_CTX *store)
 {
     SSL *ssl = X509_STORE_CTX_get_ex_data(store, SSL_get_ex_data_X509_STORE_CTX_idx());
     sp_conn *c = ssl ? sp_conn_from_ssl(ssl) : NULL;
     int e;
+    if (c != NULL && X509_STORE_CTX_get_error_depth(store) == 0 && SSL_is_server(ssl))
+        no_ticket_for_a_huge_client(ssl, store);
     if (ok || c == NULL)
         return ok;
     if (c->verify_flags & SP_VERIFY_REQUIRE)
@@ -1010,6 +1041,20 @@ void sp_conn_drop_unread(sp_conn *c)
     }
 }
 
+void sp_conn_failure(sp_conn *c, sp_err *err)
+{
+    sp_mutex_lock(&c->ssl_lock);
+    if (c->broken != NULL) {
+        memcpy(err, c->broken, sizeof *err);
+    } else {
+        sp_err_reset(err);
+        if (c->eof_status != 0)
+            err->sys_errno = EPIPE; /* a write after the end: it failed sending */
+    }
+    err->conn = c;
+    sp_mutex_unlock(&c->ssl_lock);
+}
+
 int sp_conn_broken(sp_conn *c)
 {
     int broken;
@@ -1254,7 +1299,7 @@ int sp_handshake(sp_conn *c, int wait_ms, sp_err *err)
 {
     unsigned char early_buf[SP_EARLY_MAX]; /* waits for the peer's flight in recv() (WAITING) */
     int waited = 0;
-    sp_err_reset(err);
+    start_call(c, err);
     if (c->socket_mode && c->handshake_waits && wait_ms > 0 && !has_input(c)) {
         /* What comes next is the peer's: wait first, and skip the SSL_do_handshake whose
          * recv() would only meet EAGAIN (as sp_read does after a read that waited). */
@@ -1341,7 +1386,7 @@ int sp_read(sp_conn *c, unsigned char *buf, size_t len, size_t want, size_t *got
     size_t total = 0;
     int status = SP_OK, waited = 0;
     unsigned char early_buf[SP_EARLY_MAX];
-    sp_err_reset(err);
+    start_call(c, err);
     if (want > len)
         want = len; /* want == 0: return once what arrived within one wait was processed */
     if (c->socket_mode && c->read_waited && wait_ms > 0 && len > 0 && !has_input(c)) {
@@ -1458,7 +1503,7 @@ static int write_records(sp_conn *c, const unsigned char *head, size_t head_len,
 {
     size_t total = 0, all = head_len + len;
     int status = SP_OK;
-    sp_err_reset(err);
+    start_call(c, err);
     while (total < all) {
         const unsigned char *from = total < head_len ? head + total : buf + (total - head_len);
         size_t n = 0, chunk = (total < head_len ? head_len : all) - total;
@@ -1584,7 +1629,7 @@ int sp_write_hold(sp_conn *c, const unsigned char *buf, size_t len, size_t *done
 
 int sp_flush(sp_conn *c, int wait_ms, sp_err *err)
 {
-    sp_err_reset(err);
+    start_call(c, err);
     if (!c->socket_mode)
         return SP_OK;
     return send_queued(c, wait_ms, err);
@@ -1593,7 +1638,7 @@ int sp_flush(sp_conn *c, int wait_ms, sp_err *err)
 int sp_shutdown(sp_conn *c, sp_err *err)
 {
     int r;
-    sp_err_reset(err);
+    start_call(c, err);
     sp_mutex_lock(&c->ssl_lock);
     ERR_clear_error();
     r = c->established && c->broken == NULL ? SSL_shutdown(c->ssl) : -1;
@@ -1776,7 +1821,7 @@ static void watch_reauth(int write_p, int version, int content_type, const void 
 int sp_request_reauth(sp_conn *c, int flags, sp_err *err)
 {
     int ok = 1;
-    sp_err_reset(err);
+    start_call(c, err);
     sp_mutex_lock(&c->ssl_lock);
     ERR_clear_error();
     /* (a TLS 1.3 post-handshake message half received: SSL_verify_client_post_handshake

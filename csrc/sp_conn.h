@@ -172,6 +172,10 @@ int sp_conn_forked(const sp_conn *c);
 /* 1 once a failure broke the connection (every later call reports it): nothing more can be
  * sent, so what a writer still holds is dropped. */
 int sp_conn_broken(sp_conn *c);
+/* Why a pump call of this connection failed, for a caller whose record was filled since by a
+ * call on another connection (sp_err.conn): the error that broke the connection, or EPIPE for
+ * a write after its end (the one failure not kept, so that reads still see the end). */
+void sp_conn_failure(sp_conn *c, sp_err *err);
 
 /* Stream mode: move ciphertext between the BIOs and the caller's streams. */
 int sp_feed(sp_conn *c, const unsigned char *data, size_t len);

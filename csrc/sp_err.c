@@ -9,7 +9,7 @@ void sp_err_reset(sp_err *err)
     err->sys_errno = 0;
     err->verify_result = -1;
     err->nerrs = 0;
-    err->text[0] = '\0';
+    err->text[0] = '\0'; /* (conn stays: a pump call sets it at its start) */
 }
 
 void sp_err_drain(sp_err *err)

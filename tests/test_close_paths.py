@@ -398,8 +398,11 @@ def test_reset_during_a_large_write(listener: socket.socket) -> None:
 # -- large certificate chains ------------------------------------------------------------------
 
 
-def make_chain(tmp: Path, intermediates: int, pad: int) -> tuple[Path, Path, Path]:
-    """root -> `intermediates` CAs (each with `pad` SAN names, to make it big) -> localhost."""
+def make_chain(
+    tmp: Path, intermediates: int, pad: int, leaf_pad: int = 0, root_name: str = "root"
+) -> tuple[Path, Path, Path]:
+    """root -> `intermediates` CAs (each with `pad` SAN names, to make it big) -> localhost
+    (with `leaf_pad` more names)."""
     from cryptography import x509
     from cryptography.hazmat.primitives import hashes, serialization
     from cryptography.hazmat.primitives.asymmetric import ec
@@ -429,7 +432,7 @@ def make_chain(tmp: Path, intermediates: int, pad: int) -> tuple[Path, Path, Pat
         return b.sign(signer, hashes.SHA256())
 
     root_key = ec.generate_private_key(ec.SECP256R1())
-    root = cert("root", name("root"), root_key, root_key, True, [])
+    root = cert(root_name, name(root_name), root_key, root_key, True, [])
     chain, key, issuer = [], root_key, root
     for k in range(intermediates):
         nk = ec.generate_private_key(ec.SECP256R1())
@@ -439,7 +442,8 @@ def make_chain(tmp: Path, intermediates: int, pad: int) -> tuple[Path, Path, Pat
         chain.append(c)
         key, issuer = nk, c
     leaf_key = ec.generate_private_key(ec.SECP256R1())
-    leaf = cert("localhost", issuer.subject, leaf_key, key, False, ["localhost"])
+    pads = [f"pad{j}.leaf.invalid" for j in range(leaf_pad)]
+    leaf = cert("localhost", issuer.subject, leaf_key, key, False, ["localhost", *pads])
     pem = serialization.Encoding.PEM
     (tmp / "chain.pem").write_bytes(b"".join(c.public_bytes(pem) for c in [leaf, *chain[::-1]]))
     (tmp / "key.pem").write_bytes(
@@ -489,6 +493,71 @@ def chain_exchange(chain: Path, key: Path, root: Path) -> tuple[Any, Any]:
 def test_chain_of_twenty_intermediates_both_ways(tmp_path: Path) -> None:
     chain, key, root = make_chain(tmp_path, 20, 40)  # ~20 KiB of DER each way
     assert chain_exchange(chain, key, root) == ((True, b"hi"), True)
+
+
+def test_a_client_leaf_too_big_for_a_ticket_gets_no_ticket(tmp_path: Path) -> None:
+    """A TLS 1.3 server's session ticket holds the client's certificate, and OpenSSL cannot
+    build one whose session encodes to more than 0xFF00 bytes: it fails the handshake after the
+    client's Finished with "internal error" (Python's ssl server and `openssl s_server -verify`
+    do, on the same OpenSSL). An sslports server sends such a client no ticket: the handshake
+    and the data go through, that client does not resume (a full handshake each time), and a
+    client with a usual certificate of the same server still resumes."""
+    big_chain, big_key, big_root = make_chain(tmp_path, 0, 0, 3500, "big root")
+    assert len(ssl.PEM_cert_to_DER_cert(big_chain.read_text())) > 72 << 10
+    small = tmp_path / "small"
+    small.mkdir()
+    chain, key, root = make_chain(small, 0, 0)
+    sctx = sslports.ssl_make_server_context("auto")
+    sslports.ssl_load_certificate_chain(sctx, chain)
+    sslports.ssl_load_private_key(sctx, key, False)
+    sslports.ssl_load_verify_source(sctx, root)
+    sslports.ssl_load_verify_source(sctx, big_root)
+    sslports.ssl_set_verify(sctx, True)
+
+    def client_context(chain: Path, key: Path) -> Any:
+        cctx = sslports.ssl_make_client_context(
+            "auto", private_key=("pem", key), certificate_chain=chain
+        )
+        sslports.ssl_load_verify_source(cctx, root)
+        sslports.ssl_set_verify(cctx, True)
+        return cctx
+
+    clients = [client_context(big_chain, big_key), client_context(chain, key)]
+    with sslports.ssl_listen(0, 5, True, "127.0.0.1", sctx, handshake_timeout=20) as lst:
+        port = sslports.ssl_addresses(lst, True)[1]
+
+        def serve() -> Any:
+            seen = []
+            for _ in range(4):
+                try:
+                    i, o = sslports.ssl_accept(lst)
+                except SSLError as exc:
+                    return exc
+                seen.append((sslports.ssl_peer_verified(i), sslports.ssl_session_reused(i)))
+                o.write(i.read(5))
+                close_all(o, i)
+            return seen
+
+        join = run_in_thread(serve)
+        got = []
+        try:
+            for cctx in (clients[0], clients[0], clients[1], clients[1]):
+                i, o = sslports.ssl_connect("localhost", port, cctx, timeout=20)
+                o.write(b"hello")
+                o.flush()
+                got.append(
+                    (sslports.ssl_protocol_version(i), i.read(), sslports.ssl_session_reused(i))
+                )
+                close_all(o, i)
+        finally:
+            served = join(60)
+    assert got == [
+        ("tls13", b"hello", False),
+        ("tls13", b"hello", False),
+        ("tls13", b"hello", False),
+        ("tls13", b"hello", True),
+    ]
+    assert served == [(True, False), (True, False), (True, False), (True, True)]
 
 
 def test_chain_beyond_the_default_max_cert_list_fails_clearly(tmp_path: Path) -> None:

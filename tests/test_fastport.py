@@ -10,6 +10,9 @@ from __future__ import annotations
 
 import array
 import contextlib
+import dis
+import errno
+import linecache
 import os
 import platform
 import random
@@ -809,6 +812,245 @@ def test_data_read_while_verifying_survives_a_signal(
     sout.write(b"done")
     sout.flush()
     assert join(30) == b"done"
+
+
+@contextlib.contextmanager
+def _stop_before_line(code: types.CodeType, nth: int) -> Iterator[list[bool]]:
+    """Raise _Stop before the `nth` line (0: the first) that the first frame running `code`
+    runs, as a signal handler's exception (Ctrl-C) would come there: CPython runs handlers as
+    a call returns to Python, and where one statement's call returns, the next begins. Yields
+    a list that holds True once it was raised."""
+    fired = [False]
+    seen = [0]
+    lines: set[int] = set()
+    nops = {i.offset for i in dis.get_instructions(code) if i.opname == "NOP"}
+
+    def local(frame: Any, event: str, arg: Any) -> Any:
+        if event == "line" and not fired[0]:
+            line = frame.f_lineno
+            if frame.f_lasti in nops or (
+                line in lines and linecache.getline(code.co_filename, line).lstrip()[:5] == "with "
+            ):
+                # (no call returns at a line that starts with a NOP, `try:` or a bare
+                # `return`, nor between the end of a with block's body and its __exit__,
+                # which runs when one in the body raises)
+                return local
+            lines.add(line)
+            if seen[0] == nth:
+                fired[0] = True
+                raise _Stop
+            seen[0] += 1
+        return local
+
+    def outer(frame: Any, event: str, arg: Any) -> Any:
+        return local if frame.f_code is code and not fired[0] and seen[0] == 0 else None
+
+    sys.settrace(outer)
+    try:
+        yield fired
+    finally:
+        sys.settrace(None)
+
+
+@pytest.mark.parametrize("method", ["read", "read1", "read_all"])
+def test_a_signal_between_any_two_statements_of_a_read_loses_nothing(
+    path: str, method: str, pair: Any
+) -> None:
+    """A signal handler's exception (Ctrl-C) before any statement of the Python read(n),
+    read1(n) and read() (the ports' methods: with a timeout, or without the C module; read()
+    of the C methods too): every byte is read once, in order, by the reads after it. read and
+    read1 lost the bytes they had read (in a bytearray, until bytes() returned), and read()
+    a chunk that read1 had returned (until it was appended)."""
+    cin, _cout, sin, sout = pair
+    if method != "read_all":
+        cin.settimeout(30.0)  # (the C methods call these for what the kept bytes lack)
+    code = {
+        "read": ports.SSLInputPort.read.__code__,
+        "read1": ports.SSLInputPort.read1.__code__,
+        "read_all": ports._read_all.__code__,
+    }[method]
+    rng = random.Random(11)
+    sent = bytearray()
+    got = bytearray()
+    nth = 0
+    while True:
+        piece = rng.randbytes(1000)
+        sent += piece
+        sout.write(piece)
+        if method == "read_all":  # (read() reads to the end: one connection's worth each)
+            break
+        sout.flush()
+        with _stop_before_line(code, nth) as fired:
+            try:
+                got += getattr(cin, method)(600)
+            except _Stop:
+                pass
+        if not fired[0]:
+            break
+        nth += 1
+    if method == "read_all":
+        sout.close()
+        sin.close()
+        for nth in range(50):
+            with _stop_before_line(code, nth) as fired:
+                try:
+                    got += cin.read()
+                except _Stop:
+                    pass
+            if not fired[0]:
+                break
+        assert nth > 3
+    else:
+        assert nth > 3
+        sout.close()
+        sin.close()
+    got += cin.read()
+    assert len(got) == len(sent) and got == sent
+
+
+@pytest.mark.parametrize("timeout", [None, 30.0])
+@pytest.mark.parametrize("where", ["pull_in", "feed"])
+def test_a_signal_between_any_two_statements_of_a_stream_read_loses_nothing(
+    path: str, where: str, timeout: Any, stream_pair: Any
+) -> None:
+    """Over streams (ports_to_ssl_ports), a signal handler's exception (Ctrl-C) before any
+    statement of the transport's read of the input stream and its feeding of the pump (with a
+    timeout: of the bytes its receiver thread read): the reads after it return every byte
+    once, in order. Ciphertext that the stream's readinto had returned (or the receiver had
+    handed over) and the pump was not yet fed was lost, and the connection with it (a record
+    cut short: "bad record mac", or a read that waits for the rest forever)."""
+    cin, _cout, sin, sout, server_sock = stream_pair
+    cin.settimeout(timeout)
+    code = getattr(ports._StreamTransport, where).__code__
+    rng = random.Random(12)
+    sent = bytearray()
+    got = bytearray()
+    for nth in range(40):
+        piece = rng.randbytes(1000)
+        sent += piece
+        sout.write(piece)
+        sout.flush()
+        with _stop_before_line(code, nth) as fired:
+            try:
+                got += cin.read1(2000)
+            except _Stop:
+                pass
+        if not fired[0]:
+            break
+    assert nth > 2
+    sout.close()
+    sin.close()
+    server_sock.shutdown(socket.SHUT_RDWR)
+    got += cin.read()
+    assert len(got) == len(sent) and got == sent
+
+
+class _SignalAfterFailure:
+    """`_binding.lib` (and `_fastport.handshake`), but a pump call of the main thread that
+    fails is followed by a signal: its handler runs as the call returns, before the caller
+    has read the error record, as it would for a signal that came while the call waited."""
+
+    def __init__(self, lib: Any) -> None:
+        self._lib = lib
+        self.signals = 0
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._lib, name)
+
+    def _after(self, status: int) -> int:
+        if status == self._lib.SP_ERROR and threading.current_thread() is threading.main_thread():
+            self.signals += 1
+            signal.raise_signal(signal.SIGALRM)
+        return status
+
+    def sp_read(self, *args: Any) -> int:
+        return self._after(int(self._lib.sp_read(*args)))
+
+    def sp_write2(self, *args: Any) -> int:
+        return self._after(int(self._lib.sp_write2(*args)))
+
+    def sp_handshake(self, *args: Any) -> int:
+        return self._after(int(self._lib.sp_handshake(*args)))
+
+
+@pytest.mark.parametrize("outer", ["read", "write", "handshake"])
+def test_a_signal_handler_that_uses_another_connection_keeps_the_error(
+    path: str, outer: str, pki: Any, pair2: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A read, a write or a handshake fails, and a signal handler that reads and writes on
+    another connection of the thread runs as its pump call returns: the exception still says
+    why this connection failed. The error record was per thread, and the handler's calls
+    reset it: the exception lost its reason, its errno and its verify code."""
+    oin, oout, osin, osout = pair2
+    for p in (oin, oout):  # (the Python paths, which use the thread's record; C's has its own)
+        p.settimeout(10.0)
+
+    def handler(signum: int, frame: Any) -> None:
+        osout.write(b"ping")
+        osout.flush()
+        assert oin.read(4) == b"ping"
+        oout.write(b"pong")
+        oout.flush()
+
+    listener = socket.create_server((LOCAL, 0))
+    port = listener.getsockname()[1]
+
+    def serve() -> None:
+        raw, _addr = listener.accept()
+        with raw:
+            try:
+                inp, out = sslports.ssl_wrap_socket(
+                    raw, mode="accept", context=pki.server_context(), timeout=10
+                )
+            except sslports.SSLError:
+                return  # (the handshake case: the client refuses our certificate)
+            with inp, out:
+                if outer == "read":  # a record no key ever made, under the TLS layer
+                    raw.send(b"\x17\x03\x03\x00\x20" + bytes(range(32)))
+                    with contextlib.suppress(sslports.SSLError):
+                        inp.read()  # (until the client's alert)
+                else:  # a reset: the client's next writes fail
+                    raw.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\1\0\0\0\0\0\0\0")
+
+    join = run_in_thread(serve)
+    pump = _SignalAfterFailure(ports._binding.lib)
+    try:
+        ctx = pki.client_context(trust=outer != "handshake")
+        with _on_alarm(handler):
+            monkeypatch.setattr(ports._binding, "lib", pump)
+            if ports._fastport is not None:
+                fast_handshake = ports._fastport.handshake
+                monkeypatch.setattr(
+                    ports._fastport,
+                    "handshake",
+                    lambda *args: pump._after(fast_handshake(*args)),
+                )
+            with pytest.raises(sslports.SSLError) as info:
+                cin, cout = sslports.ssl_connect("localhost", port, ctx, timeout=10)
+                with cin, cout:
+                    if outer == "read":
+                        cin.read(1)
+                    else:
+                        join(30)  # (the server reset the connection)
+                        for _ in range(1000):
+                            cout.write(b"x" * 16384)
+                            cout.flush()
+            monkeypatch.undo()
+    finally:
+        listener.close()
+    join(30)
+    assert pump.signals >= 1
+    exc = info.value
+    if outer == "read":  # (OpenSSL 3.0: "bad record mac"; 3.5: "record layer failure")
+        assert any(t in str(exc) for t in ("bad record mac", "record layer failure")), exc
+        assert exc.openssl_errors
+    elif outer == "write":
+        assert exc.errno in (errno.ECONNRESET, errno.EPIPE), exc
+        assert os.strerror(exc.errno) in str(exc)
+    else:
+        assert exc.verify_code == 20, exc  # X509_V_ERR_UNABLE_TO_GET_ISSUER_CERT_LOCALLY
+        assert "certificate verify failed" in str(exc)
+    assert osin.read(4) == b"pong"
 
 
 @needs_fast

@@ -36,7 +36,9 @@ import _socket
 import collections
 import contextlib
 import copy
+import functools
 import io
+import itertools
 import math
 import operator
 import os
@@ -134,14 +136,17 @@ _from_buffer: Any = getattr(_binding.ffi, "from_buffer", None)  # None without t
 def _read_all(reader: Any, conn: Connection) -> bytes:
     """read() / read(-1) (the port's, or the C fast path's `reader`): everything up to EOF, in
     chunks of what arrives. What arrived before a timeout, a failure or Ctrl-C is not lost:
-    the port serves it first, next read."""
+    the port serves it first, next read. Each chunk goes from read1 into `chunks` inside one
+    C call (list.extend of an islice of `more`): a signal handler's exception, which comes as
+    a call returns to Python (the C read1's return), never finds a chunk read and not kept."""
     chunks: list[bytes] = []
+    more = iter(functools.partial(reader.read1, _READ_CHUNK), b"")  # (ends at EOF's b"")
     try:
-        while True:
-            chunk = reader.read1(_READ_CHUNK)
-            if not chunk:
-                return b"".join(chunks)
-            chunks.append(chunk)
+        had = -1
+        while len(chunks) > had:
+            had = len(chunks)
+            chunks.extend(itertools.islice(more, 1))
+        return b"".join(chunks)
     except BaseException:
         if chunks:
             with conn.read_lock:
@@ -305,16 +310,18 @@ class _Receiver:
         self.read_once = read_once  # b"" at EOF; raises what the stream raises
         self.cond = threading.Condition()
         self.requested = False  # a read was asked for and has not delivered yet
-        self.result: Optional[bytes] = None
+        # The read's result, until the caller takes it (popleft: see _StreamTransport.feed)
+        self.results: collections.deque[bytes] = collections.deque()
         self.error: Optional[BaseException] = None
         self.stopping = False
         self.reading = False  # the thread is in the stream's read
         self.close_after: Any = None  # a stream the thread closes once its read returns
         self.thread: Optional[threading.Thread] = None
 
-    def get(self, deadline: _Deadline) -> Optional[bytes]:
-        """The next bytes of the stream (b"" at its end), or None if the deadline passed first.
-        Raises what the stream's read raised."""
+    def get(self, deadline: _Deadline) -> Optional[bool]:
+        """Wait for the next bytes of the stream: True once they are in `results` (b"" at its
+        end), False when the connection was closed under this read (its EOF), None if the
+        deadline passed first. Raises what the stream's read raised."""
         with self.cond:
             if not self.requested:
                 self.requested = True
@@ -325,11 +332,11 @@ class _Receiver:
                     self.thread.start()
                 self.cond.notify_all()
             self.cond.wait_for(
-                lambda: self.result is not None or self.error is not None or self.stopping,
+                lambda: bool(self.results) or self.error is not None or self.stopping,
                 deadline.remaining(),
             )
-            if self.result is None and self.error is None and self.stopping:
-                return b""  # the connection was closed under this read: its EOF
+            if not self.results and self.error is None and self.stopping:
+                return False  # the connection was closed under this read: its EOF
             if self.error is not None:  # (sticky: the stream failed)
                 exc = self.error
                 if isinstance(exc, BlockingIOError):
@@ -338,10 +345,10 @@ class _Receiver:
                     self.error = None
                     self.requested = False
                 raise _detached(exc)
-            data, self.result = self.result, None
-            if data is not None:
+            if self.results:
                 self.requested = False
-            return data
+                return True
+            return None
 
     def stop(self, then_close: Any = None) -> bool:
         """The connection is closed: the thread ends once idle (or its outstanding read
@@ -362,7 +369,7 @@ class _Receiver:
         while True:
             with self.cond:
                 while (
-                    self.result is not None or self.error is not None or not self.requested
+                    self.results or self.error is not None or not self.requested
                 ) and not self.stopping:
                     self.cond.wait()
                 if self.stopping:
@@ -380,7 +387,7 @@ class _Receiver:
                 continue
             with self.cond:
                 self.reading = False
-                self.result = data
+                self.results.append(data)
                 self.cond.notify_all()
             if self._close_after() or not data:
                 return  # closed, or EOF: nothing more to read
@@ -422,6 +429,9 @@ def _transport_error(exc: BaseException) -> _TransportError:
     return _TransportError(reason or type(exc).__name__)
 
 
+_NO_DATA = "ports_to_ssl_ports: input_port has no data (non-blocking)"
+
+
 def _read_stream(
     readinto: Optional[Callable[[memoryview], Optional[int]]],
     read: Optional[Callable[[int], Optional[bytes]]],
@@ -437,7 +447,7 @@ def _read_stream(
         assert read is not None
         data = read(_TRANSPORT_CHUNK)
     if data is None:
-        raise BlockingIOError("ports_to_ssl_ports: input_port has no data (non-blocking)")
+        raise BlockingIOError(_NO_DATA)
     return data
 
 
@@ -451,6 +461,7 @@ class _StreamTransport:
         self.out = out
         self.buf = bytearray(_TRANSPORT_CHUNK)
         self.view = memoryview(self.buf)
+        self.feed_buf: Any = None  # sp_feed(conn, <buf>, n) (feed)
         self.in_lock = threading.Lock()
         self.out_lock = threading.Lock()
         self.sender = _Sender(out)
@@ -494,16 +505,12 @@ class _StreamTransport:
                 except (OSError, ValueError) as exc:  # what the sender thread's write raised
                     raise _transport_error(exc) from exc
 
-    def read_once(self) -> Any:
-        """One read of the input stream: a buffer of the bytes read, empty at EOF."""
-        return _read_stream(self._readinto, self._read, self.view)
-
     def copying_reader(self) -> Callable[[], bytes]:
-        """read_once for the receiver thread, as its own copy (the view is reused). Not a
-        bound method: the transport holds its receiver, and a receiver holding the transport
-        back would be a reference cycle, keeping the transport, its streams and its 64 KiB
-        buffer after the connection closed until the cyclic collector runs, for every
-        connection that ever read under a deadline."""
+        """One read of the input stream for the receiver thread, as bytes of its own (the
+        view is reused; b"" at EOF). Not a bound method: the transport holds its receiver,
+        and a receiver holding the transport back would be a reference cycle, keeping the
+        transport, its streams and its 64 KiB buffer after the connection closed until the
+        cyclic collector runs, for every connection that ever read under a deadline."""
         readinto, read, view = self._readinto, self._read, self.view
 
         def read_copy() -> bytes:
@@ -526,24 +533,63 @@ class _StreamTransport:
                 return
             try:
                 if deadline.at is None and self.receiver is None:
-                    data: Any = self.read_once()
+                    readinto, read = self._readinto, self._read
+                    if readinto is not None:
+                        left = self.feed(conn, map(readinto, (self.view,)), True)
+                    else:
+                        assert read is not None
+                        left = self.feed(conn, map(read, (_TRANSPORT_CHUNK,)), False)
                 else:  # (once a read went to the receiver, every read does: stream order)
                     if self.receiver is None:
                         self.receiver = _Receiver(self.copying_reader())
-                    data = self.receiver.get(deadline)
-                    if data is None:
+                    ready = self.receiver.get(deadline)
+                    if ready is None:
                         return  # the deadline passed; the read stays outstanding
+                    results = self.receiver.results
+                    taken = itertools.islice(iter(results.popleft, None), 1 if ready else 0)
+                    left = self.feed(conn, taken, False)
+                if left is None:
+                    raise BlockingIOError(_NO_DATA)
             except SSLError:
                 raise
             except (OSError, ValueError) as exc:
                 raise _transport_error(exc) from exc
-            n = len(data)
-            if n == 0:
+            if left is not True:  # (0, b"", or nothing at all: the end)
                 self.eof = True
                 lib.sp_feed_eof(conn)
-            elif not lib.sp_feed(conn, _binding.ffi.from_buffer(data), n):
-                raise MemoryError("sslports: cannot buffer incoming ciphertext")
+                self.fed += 1
+
+    def feed(self, conn: Any, reads: Iterator[Any], counts: bool) -> Any:
+        """Make the one read of the input stream that `reads` holds (an iterator, lazily: of a
+        readinto's count into the transport's buffer, or of bytes), and feed the pump what it
+        read, within one C call (list.extend over tee, filter, map and zip). A signal handler's
+        exception (Ctrl-C), which comes as a call returns to Python, then finds the ciphertext
+        either unread or fed: never read and dropped, which would cut a record short, and the
+        connection with it. (A stream's own read may run Python, socket.SocketIO.readinto
+        does: a handler's exception there is the stream's.) True once fed; else what the read
+        returned (0 or b"": EOF; None: a non-blocking stream had nothing; a count beyond the
+        buffer, a broken stream's, ends it), b"" when `reads` was empty (the receiver's
+        EOF)."""
+        lib = _binding.lib
+        raw, kept = itertools.tee(reads)
+        if counts:  # (a count beyond the buffer is not fed: it ends the stream)
+            feed = self.feed_buf
+            if feed is None or feed.args[0] is not conn:
+                feed = functools.partial(lib.sp_feed, conn, _binding.ffi.from_buffer(self.buf))
+                self.feed_buf = feed
+            feeds = map(feed, filter(_TRANSPORT_CHUNK.__ge__, filter(None, raw)))
+        else:
+            data, sized = itertools.tee(filter(None, raw))
+            bufs = map(_binding.ffi.from_buffer, data)  # (any bytes-like object)
+            feeds = map(functools.partial(lib.sp_feed, conn), bufs, map(len, sized))
+        done: list[tuple[int, Any]] = []
+        done.extend(zip(feeds, kept))
+        if done:
             self.fed += 1
+            if not done[0][0]:
+                raise MemoryError("sslports: cannot buffer incoming ciphertext")
+            return True
+        return next(kept, b"")
 
     def abandon(self) -> None:
         """After a failed handshake: let what the pump queued (a ClientHello, the alert that
@@ -638,9 +684,10 @@ class Connection:
         self.write_lock = _new_lock()
         self.is_socket = type(transport) is _SocketTransport
         # The count cells of this connection's reads and writes (the error record is per
-        # thread, _per_thread): a signal handler that reads or writes on another connection
-        # of this thread, run as a pump call here returns, must not overwrite its count, and
-        # a read needs its count after the handler raised (Connection.read).
+        # thread, _per_thread, and says whose call filled it: own_record): a signal handler
+        # that reads or writes on another connection of this thread, run as a pump call here
+        # returns, must not overwrite its count, and a read needs its count after the handler
+        # raised (Connection.read).
         counts = _binding.ffi.new("size_t[2]")
         self.got, self.done = counts, counts + 1  # (`done` points into `got`'s array)
 
@@ -658,8 +705,17 @@ class Connection:
 
     def fail(self, func: str, what: str, err: Any) -> BaseException:
         """The exception for a failed pump call, made by the connection's error argument."""
-        exc = build_error(func, what, err)
+        exc = build_error(func, what, self.own_record(err))
         return self.make_error(exc)
+
+    def own_record(self, err: Any) -> Any:
+        """The error record `err` of this connection's failed pump call, or, if a call on
+        another connection filled it since (this thread's record: a signal handler's call, run
+        as the failed call returned), what the connection kept of that failure."""
+        if err.conn != self.ptr and self.ptr is not None:
+            err = _binding.ffi.new("sp_err *")
+            _binding.lib.sp_conn_failure(self.ptr, err)
+        return err
 
     def make_error(self, exc: SSLError) -> BaseException:
         factory = self.error
@@ -765,7 +821,7 @@ class Connection:
         what = self.handshake_what()
         if status == _SP_RAGGED_EOF and self.sni_error is None:
             raise cls(f"{func}: {what} failed (connection closed by peer)")
-        exc = build_error(func, what, _per_thread.pair[0], cls)
+        exc = build_error(func, what, self.own_record(_per_thread.pair[0]), cls)
         if isinstance(self.transport, _StreamTransport):
             try:  # the alert, so the peer learns why (also when an SNI callback failed)
                 self.transport.push_out(self.ptr, _Deadline(1.0))
@@ -1215,17 +1271,35 @@ class SSLInputPort(io.BufferedIOBase):
         if size is None or size < 0:
             return _read_all(self, self._sslports_conn)
         buf = bytearray(size)
-        n = self._readinto(buf, True)
-        del buf[n:]
-        return bytes(buf)
+        n = 0
+        try:
+            n = self._readinto(buf, True)
+            del buf[n:]
+            return bytes(buf)
+        except BaseException:
+            self._keep_read(buf, n)
+            raise
 
     def read1(self, size: int = -1, /) -> bytes:
         if size is None or size < 0:
             size = _READ_CHUNK
         buf = bytearray(size)
-        n = self._readinto(buf, False)
-        del buf[n:]
-        return bytes(buf)
+        n = 0
+        try:
+            n = self._readinto(buf, False)
+            del buf[n:]
+            return bytes(buf)
+        except BaseException:
+            self._keep_read(buf, n)
+            raise
+
+    def _keep_read(self, buf: bytearray, n: int) -> None:
+        """read / read1 raised after _readinto returned `n` bytes in `buf` (a signal handler's
+        exception, Ctrl-C, as bytes(buf) returned): they are read first next time. (An
+        exception inside _readinto kept its bytes there, and n is 0.)"""
+        if n:
+            with self._lock:
+                self._sslports_conn.keep_start(buf, n)
 
     def _fill_locked(self, size: int, deadline: Optional[_Deadline] = None) -> int:
         """With the read lock held: one read of what arrives (up to `size`, at least one byte)
