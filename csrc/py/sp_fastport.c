@@ -706,6 +706,22 @@ static PyObject *read_rest(Port *self, PyObject *b, int fill, size_t got)
     return port_unlock(self, r);
 }
 
+/* Export b for a read into it: 0, or -1 with an exception: io's TypeError for what cannot be
+ * read into (read-only, not contiguous, not a buffer), as readinto's "w*" argument raises
+ * (API.md: a wrong argument type is a TypeError; ports.py _check_writable, the same). */
+static int writable_arg(PyObject *b, Py_buffer *view, const char *name)
+{
+    if (PyObject_GetBuffer(b, view, PyBUF_WRITABLE) == 0)
+        return 0;
+    if (PyErr_ExceptionMatches(PyExc_BufferError) || PyErr_ExceptionMatches(PyExc_TypeError)) {
+        PyErr_Clear();
+        PyErr_Format(PyExc_TypeError,
+                     "%s() argument must be read-write bytes-like object, not %.100s", name,
+                     Py_TYPE(b)->tp_name);
+    }
+    return -1;
+}
+
 /* readinto (fill: the whole buffer) or readinto1 (at least one byte); see ONE CALL above. */
 static PyObject *read_into(Port *self, PyObject *b, int fill)
 {
@@ -717,7 +733,7 @@ static PyObject *read_into(Port *self, PyObject *b, int fill)
         PyErr_SetString(PyExc_ValueError, "I/O operation on closed SSL port");
         return NULL;
     }
-    if (PyObject_GetBuffer(b, &view, PyBUF_WRITABLE) < 0)
+    if (writable_arg(b, &view, fill ? "readinto" : "readinto1") < 0)
         return NULL;
     if (read_start(self, view.buf, (size_t)view.len, fill, &status, &got) < 0) {
         PyBuffer_Release(&view);

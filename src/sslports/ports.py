@@ -888,8 +888,10 @@ class Connection:
                     if status in (_SP_WANT_READ, _SP_WANT_WRITE):
                         # (streams too: their read under a deadline gives up at it)
                         if deadline.expired():
-                            if total:
-                                break
+                            # Also with part of a `fill` read (read(n), readinto): a short
+                            # read is the end of the stream to every consumer of a file
+                            # object (http.client, pickle, gzip...), as io's. The part is
+                            # kept (below) for the retry.
                             raise SSLTimeoutError(f"{func}: read timed out")
                         self.wait_for_pump(status, deadline, func, seen)
                         continue
@@ -1146,6 +1148,9 @@ class SSLInputPort(io.BufferedIOBase):
     # (None on the class: an instance attribute only once set, which keeps a port's __dict__
     # within its smallest table with the C methods installed: ~190 bytes a port)
     _timeout: Optional[float] = None
+    # As socket.makefile("rb")'s: consumers that take a mode from the file (gzip.GzipFile,
+    # tarfile) read it.
+    mode = "rb"
 
     def __init__(self, conn: Connection, timeout: Optional[float]) -> None:
         # (io.BufferedIOBase.__init__ is object's: nothing to call.) Socket ports without a
@@ -1251,9 +1256,9 @@ class SSLInputPort(io.BufferedIOBase):
                 deadline = _deadline(self._timeout)
             view[:n] = kept[:n]
             del kept[:n]
-            # (the kept bytes count: a timeout makes this a short read, as below; on an
-            # exception, Ctrl-C or a closed connection, conn.read keeps them again, and if
-            # the exception came before it could, this does)
+            # (the kept bytes count: on an exception, a timeout, Ctrl-C or a closed
+            # connection, conn.read keeps them again, and if the exception came before it
+            # could, this does)
             try:
                 return conn.read("read", view, fill, deadline, n)
             except BaseException:
@@ -1262,10 +1267,18 @@ class SSLInputPort(io.BufferedIOBase):
                 raise
 
     def readinto(self, b: Any, /) -> int:
-        return self._readinto(b, True)
+        try:
+            return self._readinto(b, True)
+        except (BufferError, TypeError):
+            _check_writable("readinto", b)
+            raise
 
     def readinto1(self, b: Any, /) -> int:
-        return self._readinto(b, False)
+        try:
+            return self._readinto(b, False)
+        except (BufferError, TypeError):
+            _check_writable("readinto1", b)
+            raise
 
     def read(self, size: Optional[int] = -1, /) -> bytes:
         if size is None or size < 0:
@@ -1330,7 +1343,7 @@ class SSLInputPort(io.BufferedIOBase):
             with memoryview(kept) as view, view[:most] as part:  # (released: kept can resize)
                 return bytes(part)
 
-    def readline(self, size: Optional[int] = -1) -> bytes:
+    def readline(self, size: Optional[int] = -1, /) -> bytes:
         """The C fast path's readline does the same steps (sp_fastport.c reader_readline)."""
         self._check()
         limit = -1 if size is None else operator.index(size)
@@ -1381,6 +1394,8 @@ class SSLOutputPort(io.BufferedIOBase):
     _abandoned = False
     _fast: Any = None  # the C fast path (sp_fastport.c), when it serves this port
     _timeout: Optional[float] = None  # (as SSLInputPort's)
+    # As socket.makefile("wb")'s: gzip.GzipFile(fileobj=port) without a mode writes.
+    mode = "wb"
 
     def __init__(self, conn: Connection, timeout: Optional[float]) -> None:
         # (Socket ports without a timeout: sp_fastport.c make_ports; keep the two in step.)
@@ -1565,6 +1580,21 @@ PYTHON_CLOSE = {SSLInputPort: SSLInputPort.close, SSLOutputPort: SSLOutputPort.c
 if _fastport is not None:
     SSLInputPort.close = _fastport.close_method(SSLInputPort, False)  # type: ignore[method-assign]
     SSLOutputPort.close = _fastport.close_method(SSLOutputPort, True)  # type: ignore[method-assign]
+
+
+def _check_writable(func: str, b: Any) -> None:
+    """After a BufferError or TypeError in a read into `b`: io's TypeError when `b` cannot be
+    read into (read-only, not contiguous, not a buffer), as API.md has for a wrong argument
+    type (sp_fastport.c writable_arg, the same); else the error stands."""
+    try:
+        with memoryview(b) as view:
+            if not view.readonly and view.c_contiguous:
+                return
+    except TypeError:
+        pass
+    raise TypeError(
+        f"{func}() argument must be read-write bytes-like object, not {type(b).__name__}"
+    ) from None
 
 
 def _small_buffer(b: Any) -> bool:
