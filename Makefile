@@ -79,11 +79,16 @@ wheel: $(STAMP)
 
 # Reliability and security checks (SECURITY.md). Each runs on demand, not in `make test`.
 FUZZ_SECONDS ?= 60
-.PHONY: fuzz asan valgrind soak integrity
+.PHONY: fuzz fuzz-c asan valgrind soak integrity
 # Every fuzz target for FUZZ_SECONDS each (atheris when it installs, else hypothesis).
 fuzz: setup
 	@$(VPY) -c 'import atheris' 2>/dev/null || $(VPY) -m pip install -q atheris || true
 	FUZZ_SECONDS=$(FUZZ_SECONDS) $(VPY) fuzz/run.py
+# The C shim itself under libFuzzer (fuzz/c/: harnesses that call csrc/ directly, with ASan and
+# UBSan), FUZZ_SECONDS per harness, one after the other; needs clang (not `make test`, whose
+# tests/test_fuzz_c.py replays their corpora with cc).
+fuzz-c:
+	FUZZ_SECONDS=$(FUZZ_SECONDS) bash scripts/fuzz-c.sh
 # The tests against a copy of the extension built with -fsanitize=address,undefined.
 asan: setup
 	VPY=$(VPY) bash scripts/asan.sh

@@ -540,7 +540,7 @@ int sp_ctx_add_pem_roots(SSL_CTX *ctx, const unsigned char *pem, size_t len)
         return 0;
     for (;;) {
         size_t left = BIO_ctrl_pending(bio);
-        cert = PEM_read_bio_X509(bio, NULL, NULL, NULL);
+        cert = PEM_read_bio_X509(bio, NULL, no_prompt, NULL); /* (never the terminal) */
         if (cert == NULL) {
             /* The end ("no start line"), or a block that is not a certificate OpenSSL can
              * read (a system store may hold one): skip it and go on with the next, as long as

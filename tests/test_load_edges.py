@@ -266,6 +266,25 @@ def test_encrypted_pem_blocks_never_prompt(files: Files) -> None:
         assert outcome.startswith(f"SSLError {key.split(':')[0]}: load failed"), (key, outcome)
 
 
+def test_system_store_roots_never_prompt(files: Files) -> None:
+    """The roots of a system store ("macosx-keychain", "win32-store": _add_pem_roots) were read
+    with OpenSSL's default password callback, which prompted for a block with an encryption
+    header (found by fuzz/c/fuzz_load.c). Such a block is skipped like any unreadable one."""
+    bundle = files.write("store.pem", _encrypted_header(files.rsa.pem) + files.ec.pem)
+    child = run_child(
+        f"""
+        from pathlib import Path
+        import sslports
+        from sslports import context
+        ctx = sslports.ssl_make_client_context()
+        print(context._add_pem_roots(ctx, Path({str(bundle)!r}).read_bytes()))
+        """
+    )
+    assert child.returncode == 0, child.stderr
+    assert "pass phrase" not in child.stderr, child.stderr
+    assert child.stdout.split() == ["True"]  # (the EC root after it was added)
+
+
 # -- all or nothing --------------------------------------------------------------------------------
 
 
