@@ -18,11 +18,13 @@ import contextlib
 import gc
 import hashlib
 import os
+import platform
 import selectors
 import shutil
 import socket
 import ssl
 import subprocess
+import sysconfig
 import threading
 import time
 from collections.abc import Iterator
@@ -458,6 +460,31 @@ def run_in_thread(fn: Callable[[], Any]) -> Callable[..., Any]:
 
 
 PY_ENV = {**os.environ, "PYTHONUNBUFFERED": "1"}
+
+
+# Where the ports' C fast path (sslports._fastport) must be built: CPython with the GIL, unless
+# SSLPORTS_NO_FASTPORT turns it off.
+FAST_BUILT = (
+    platform.python_implementation() == "CPython"
+    and not sysconfig.get_config_var("Py_GIL_DISABLED")
+    and not os.environ.get("SSLPORTS_NO_FASTPORT")
+)
+
+
+@pytest.fixture(params=["fast", "python"])
+def path(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Run the test with the ports' C fast path, then with their Python methods only."""
+    from sslports import ports
+
+    if request.param == "fast":
+        if not FAST_BUILT:
+            pytest.skip("no C fast path on this interpreter")
+        assert ports._fastport is not None, "the C fast path was not built"
+    else:
+        monkeypatch.setattr(ports, "_fastport", None)
+        for cls, close in ports.PYTHON_CLOSE.items():  # (C's close_port is on the classes)
+            monkeypatch.setattr(cls, "close", close)
+    return str(request.param)
 
 
 def connected_ports(pki: Pki) -> Iterator[tuple[Any, Any, Any, Any]]:

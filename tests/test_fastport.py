@@ -14,13 +14,11 @@ import dis
 import errno
 import linecache
 import os
-import platform
 import random
 import signal
 import socket
 import subprocess
 import sys
-import sysconfig
 import threading
 import time
 import types
@@ -28,30 +26,13 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from conftest import PY_ENV, connected_ports, read_exactly, run_in_thread, sha1
+from conftest import FAST_BUILT, PY_ENV, connected_ports, read_exactly, run_in_thread, sha1
 
 import sslports
 from sslports import ports
 
 LOCAL = "127.0.0.1"
-FAST_BUILT = (
-    platform.python_implementation() == "CPython"
-    and not sysconfig.get_config_var("Py_GIL_DISABLED")
-    and not os.environ.get("SSLPORTS_NO_FASTPORT")
-)
 needs_fast = pytest.mark.skipif(not FAST_BUILT, reason="no C fast path on this interpreter")
-
-
-@pytest.fixture(params=["fast", "python"])
-def path(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
-    """Run the test with the C fast path, then with the ports' Python methods only."""
-    if request.param == "fast" and not FAST_BUILT:
-        pytest.skip("no C fast path on this interpreter")
-    if request.param == "python":
-        monkeypatch.setattr(ports, "_fastport", None)
-        for cls, close in ports.PYTHON_CLOSE.items():  # (C's close_port is on the classes)
-            monkeypatch.setattr(cls, "close", close)
-    return str(request.param)
 
 
 @pytest.fixture

@@ -17,21 +17,8 @@ import pytest
 from conftest import connected_ports, random_bytes, read_exactly, run_in_thread, sha1
 
 import sslports
-from sslports import ports
 
 LOCAL = "127.0.0.1"
-
-
-@pytest.fixture(params=["fast", "python"])
-def path(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
-    """Run the test with the C fast path (when built), then with the Python methods only."""
-    if request.param == "fast" and ports._fastport is None:
-        pytest.skip("no C fast path on this interpreter")
-    if request.param == "python":
-        monkeypatch.setattr(ports, "_fastport", None)
-        for cls, close in ports.PYTHON_CLOSE.items():
-            monkeypatch.setattr(cls, "close", close)
-    return str(request.param)
 
 
 @pytest.fixture

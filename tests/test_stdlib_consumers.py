@@ -39,23 +39,10 @@ import pytest
 from conftest import Pki, connected_ports, random_bytes, run_in_thread
 
 import sslports
-from sslports import ports
 
 LOCAL = "127.0.0.1"
 TRANSPORTS = ["socket", "timeout", "streams"]
 Script = Callable[[ssl.SSLSocket], Any]
-
-
-@pytest.fixture(params=["fast", "python"])
-def path(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
-    """The C fast path, then the ports' Python methods only (as test_fastport's)."""
-    if request.param == "fast" and ports._fastport is None:
-        pytest.skip("no C fast path on this interpreter")
-    if request.param == "python":
-        monkeypatch.setattr(ports, "_fastport", None)
-        for cls, close in ports.PYTHON_CLOSE.items():
-            monkeypatch.setattr(cls, "close", close)
-    return str(request.param)
 
 
 @pytest.fixture
