@@ -7,7 +7,7 @@ import os
 import random
 import socket
 import threading
-from typing import Any, Callable
+from typing import Any, Callable, Optional
 
 import pytest
 from conftest import Pipe, random_bytes, read_exactly, run_in_thread, sha1
@@ -523,6 +523,39 @@ class Breakable:
             raise BrokenPipeError(32, "Broken pipe")
         self._sock.sendall(b)
         return len(b)
+
+
+class Overcounting(Breakable):
+    """A stream whose readinto, once `lying`, claims one byte more than the buffer holds."""
+
+    lying = False
+
+    def readinto(self, b: Any) -> int:
+        n = super().readinto(b)
+        return len(b) + 1 if self.lying else n
+
+
+@pytest.mark.parametrize("timeout", [None, 5.0])
+def test_a_stream_that_overcounts_its_read_is_a_transport_failure(
+    pki: Any, timeout: Optional[float]
+) -> None:
+    """A readinto that returns more than the buffer holds is a broken stream, as
+    io.BufferedReader says: the read fails with the reason, on the direct path and on the
+    receiver thread's (a port timeout), instead of taking it for EOF or feeding stale bytes."""
+    a, b = socket.socketpair()
+    with a, b:
+        ba, bb = Overcounting(a), Overcounting(b)
+        client, server = connect_pair(pki, (ba, ba), (bb, bb))
+        client[0].settimeout(timeout)
+        server[1].write(b"x" * 100)
+        server[1].flush()
+        ba.lying = True
+        with pytest.raises(SSLError) as info:
+            client[0].read(10)
+        assert "read failed" in str(info.value)
+        assert "returned" in str(info.value) and "for a buffer of" in str(info.value)
+        for p in (*client, *server):
+            p.close()
 
 
 @pytest.mark.parametrize("error", [None, CustomError])

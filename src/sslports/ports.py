@@ -432,6 +432,12 @@ def _transport_error(exc: BaseException) -> _TransportError:
 _NO_DATA = "ports_to_ssl_ports: input_port has no data (non-blocking)"
 
 
+def _bad_count(n: int, size: int) -> OSError:
+    """A stream's readinto said it read more than the buffer holds (io.BufferedReader's
+    check): a broken stream, not bytes to feed or the end of the stream."""
+    return OSError(f"input_port's readinto returned {n} for a buffer of {size} bytes")
+
+
 def _read_stream(
     readinto: Optional[Callable[[memoryview], Optional[int]]],
     read: Optional[Callable[[int], Optional[bytes]]],
@@ -442,6 +448,8 @@ def _read_stream(
     data: Any
     if readinto is not None:
         n = readinto(view)
+        if n is not None and n > len(view):
+            raise _bad_count(n, len(view))
         data = None if n is None else view[:n]
     else:
         assert read is not None
@@ -550,6 +558,8 @@ class _StreamTransport:
                     left = self.feed(conn, taken, False)
                 if left is None:
                     raise BlockingIOError(_NO_DATA)
+                if left is not True and left:  # (a count beyond the buffer: feed fed nothing)
+                    raise _bad_count(left, _TRANSPORT_CHUNK)
             except SSLError:
                 raise
             except (OSError, ValueError) as exc:
@@ -568,11 +578,11 @@ class _StreamTransport:
         connection with it. (A stream's own read may run Python, socket.SocketIO.readinto
         does: a handler's exception there is the stream's.) True once fed; else what the read
         returned (0 or b"": EOF; None: a non-blocking stream had nothing; a count beyond the
-        buffer, a broken stream's, ends it), b"" when `reads` was empty (the receiver's
-        EOF)."""
+        buffer, a broken stream's: pull_in raises), b"" when `reads` was empty (the
+        receiver's EOF)."""
         lib = _binding.lib
         raw, kept = itertools.tee(reads)
-        if counts:  # (a count beyond the buffer is not fed: it ends the stream)
+        if counts:  # (a count beyond the buffer is not fed: pull_in refuses it)
             feed = self.feed_buf
             if feed is None or feed.args[0] is not conn:
                 feed = functools.partial(lib.sp_feed, conn, _binding.ffi.from_buffer(self.buf))
