@@ -1293,36 +1293,29 @@ class SSLInputPort(io.BufferedIOBase):
     def read(self, size: Optional[int] = -1, /) -> bytes:
         if size is None or size < 0:
             return _read_all(self, self._sslports_conn)
-        buf = bytearray(size)
-        n = 0
-        try:
-            n = self._readinto(buf, True)
-            del buf[n:]
-            return bytes(buf)
-        except BaseException:
-            self._keep_read(buf, n)
-            raise
+        return self._read_new(size, True)
 
     def read1(self, size: int = -1, /) -> bytes:
         if size is None or size < 0:
             size = _READ_CHUNK
+        return self._read_new(size, False)
+
+    def _read_new(self, size: int, fill: bool) -> bytes:
+        """read / read1: up to `size` bytes (all of them when `fill`) as a new bytes. If an
+        exception comes after _readinto returned `n` bytes (a signal handler's, Ctrl-C, as
+        bytes(buf) returns), they are read first next time. (An exception inside _readinto
+        kept its bytes there, and n is 0.)"""
         buf = bytearray(size)
         n = 0
         try:
-            n = self._readinto(buf, False)
+            n = self._readinto(buf, fill)
             del buf[n:]
             return bytes(buf)
         except BaseException:
-            self._keep_read(buf, n)
+            if n:
+                with self._lock:
+                    self._sslports_conn.keep_start(buf, n)
             raise
-
-    def _keep_read(self, buf: bytearray, n: int) -> None:
-        """read / read1 raised after _readinto returned `n` bytes in `buf` (a signal handler's
-        exception, Ctrl-C, as bytes(buf) returned): they are read first next time. (An
-        exception inside _readinto kept its bytes there, and n is 0.)"""
-        if n:
-            with self._lock:
-                self._sslports_conn.keep_start(buf, n)
 
     def _fill_locked(self, size: int, deadline: Optional[_Deadline] = None) -> int:
         """With the read lock held: one read of what arrives (up to `size`, at least one byte)
