@@ -313,12 +313,15 @@ def measure(
 ) -> tuple[dict[str, list[float]], dict[str, list[float]]]:
     """CPU us of each connection after the first `warm`, and in total user / system seconds,
     minor page faults, voluntary context switches and resumed connections, by variant,
-    alternating."""
+    alternating (in a rotating order)."""
     cpu: dict[str, list[float]] = {name: [] for name in names}
     user_sys = {name: [0.0, 0.0, 0.0, 0.0, 0.0] for name in names}
     clock = time.process_time_ns
     for i in range(n):
-        for name in names:
+        # The order rotates every cycle: a variant run right after `c` costs ~3.5 % of C more
+        # than elsewhere in the cycle (bench/README.md, section 2), so each takes every place.
+        start = i % len(names)
+        for name in names[start:] + names[:start]:
             r0, t0 = resource.getrusage(resource.RUSAGE_SELF), clock()
             reused = run[name]()
             t1, r1 = clock(), resource.getrusage(resource.RUSAGE_SELF)
