@@ -243,6 +243,65 @@ static void start_call(sp_conn *c, sp_err *err)
     err->conn = c;
 }
 
+/* ---- CALLBACKS -----------------------------------------------------------------------
+ * A callback into Python (SNI, key log: sp_verify.c) runs inside an OpenSSL call on its
+ * connection, so with that connection's ssl_lock held by this thread. Python code there may
+ * reach the same connection: a key logger gets a TLS 1.2 renegotiation's line while the
+ * connection's ports exist, and may write to them, query them, close them. Waiting for
+ * ssl_lock would wait for this very thread (a deadlock), and a pump call would re-enter
+ * OpenSSL's state machine from its own callback. So, for the connections whose callbacks this
+ * thread is inside (`callbacks`, innermost first: a callback may open a connection of its
+ * own), queries take ssl_lock as held (lock_ssl: no other thread can hold it meanwhile) and
+ * pump calls refuse (reentered: EDEADLK, the connection unharmed). Other threads, and this
+ * thread outside such callbacks, lock as always: `in_callback` (one load) tells them. */
+static SP_THREAD_LOCAL sp_callback_frame *callbacks;
+
+void sp_conn_callback_begin(sp_conn *c, sp_callback_frame *frame)
+{
+    frame->conn = c;
+    frame->outer = callbacks;
+    callbacks = frame;
+    sp_flag_set(&c->in_callback, c->in_callback + 1); /* (ssl_lock held: ours to change) */
+}
+
+void sp_conn_callback_end(sp_callback_frame *frame)
+{
+    sp_conn *c = frame->conn;
+    sp_flag_set(&c->in_callback, c->in_callback - 1);
+    callbacks = frame->outer;
+}
+
+/* Is this thread inside a callback of c (and so holds its ssl_lock)? */
+static int in_own_callback(const sp_conn *c)
+{
+    const sp_callback_frame *f;
+    if (!sp_flag_get(&c->in_callback))
+        return 0;
+    for (f = callbacks; f != NULL; f = f->outer)
+        if (f->conn == c)
+            return 1;
+    return 0;
+}
+
+static void lock_ssl(sp_conn *c)
+{
+    if (!in_own_callback(c))
+        sp_mutex_lock(&c->ssl_lock);
+}
+
+static void unlock_ssl(sp_conn *c)
+{
+    if (!in_own_callback(c))
+        sp_mutex_unlock(&c->ssl_lock);
+}
+
+/* A pump call from a callback of its own connection (see CALLBACKS). */
+static int reentered(sp_err *err)
+{
+    err->sys_errno = EDEADLK;
+    return SP_ERROR;
+}
+
 /* Fill err for a failed SSL call (called with ssl_lock held, queue not yet drained). */
 static void capture_ssl_error(sp_conn *c, int ssl_error, sp_err *err)
 {
@@ -468,12 +527,12 @@ SSL *sp_conn_ssl(sp_conn *c)
 
 void sp_conn_lock(sp_conn *c)
 {
-    sp_mutex_lock(&c->ssl_lock);
+    lock_ssl(c);
 }
 
 void sp_conn_unlock(sp_conn *c)
 {
-    sp_mutex_unlock(&c->ssl_lock);
+    unlock_ssl(c);
 }
 
 /* ---- verification policy ------------------------------------------------------------ */
@@ -549,10 +608,10 @@ void sp_conn_apply_verify_locked(sp_conn *c)
 
 int sp_conn_set_verify(sp_conn *c, int flags)
 {
-    sp_mutex_lock(&c->ssl_lock);
+    lock_ssl(c);
     c->verify_flags = flags;
     sp_conn_apply_verify_locked(c);
-    sp_mutex_unlock(&c->ssl_lock);
+    unlock_ssl(c);
     return 1;
 }
 
@@ -993,9 +1052,9 @@ static int held_out_locked(sp_conn *c)
 {
     int held = c->writer_queued;
     if (held) {
-        sp_mutex_lock(&c->ssl_lock); /* (lock order: send_lock, then ssl_lock) */
+        lock_ssl(c); /* (lock order: send_lock, then ssl_lock) */
         held = c->broken == NULL;
-        sp_mutex_unlock(&c->ssl_lock);
+        unlock_ssl(c);
     }
     return held;
 }
@@ -1029,9 +1088,9 @@ void sp_conn_drop_unread(sp_conn *c)
     int i, seen_eof;
     if (!c->socket_mode)
         return;
-    sp_mutex_lock(&c->ssl_lock);
+    lock_ssl(c);
     seen_eof = c->peer_closed; /* recv() returned 0: nothing more can arrive */
-    sp_mutex_unlock(&c->ssl_lock);
+    unlock_ssl(c);
     for (i = 0; !seen_eof && i < 256; i++) { /* at most 4 MiB */
         long n = (long)recv(c->fd, (char *)scratch, (sp_iolen)sizeof scratch, SP_RECV_FLAGS);
         if (n < 0 && SP_EINTR(SP_SOCK_ERRNO()))
@@ -1043,7 +1102,7 @@ void sp_conn_drop_unread(sp_conn *c)
 
 void sp_conn_failure(sp_conn *c, sp_err *err)
 {
-    sp_mutex_lock(&c->ssl_lock);
+    lock_ssl(c);
     if (c->broken != NULL) {
         memcpy(err, c->broken, sizeof *err);
     } else {
@@ -1052,24 +1111,24 @@ void sp_conn_failure(sp_conn *c, sp_err *err)
             err->sys_errno = EPIPE; /* a write after the end: it failed sending */
     }
     err->conn = c;
-    sp_mutex_unlock(&c->ssl_lock);
+    unlock_ssl(c);
 }
 
 int sp_conn_broken(sp_conn *c)
 {
     int broken;
-    sp_mutex_lock(&c->ssl_lock);
+    lock_ssl(c);
     broken = c->broken != NULL;
-    sp_mutex_unlock(&c->ssl_lock);
+    unlock_ssl(c);
     return broken;
 }
 
 unsigned long long sp_written(sp_conn *c)
 {
     unsigned long long n;
-    sp_mutex_lock(&c->ssl_lock);
+    lock_ssl(c);
     n = c->written;
-    sp_mutex_unlock(&c->ssl_lock);
+    unlock_ssl(c);
     return n;
 }
 
@@ -1300,6 +1359,8 @@ int sp_handshake(sp_conn *c, int wait_ms, sp_err *err)
     unsigned char early_buf[SP_EARLY_MAX]; /* waits for the peer's flight in recv() (WAITING) */
     int waited = 0;
     start_call(c, err);
+    if (in_own_callback(c))
+        return reentered(err);
     if (c->socket_mode && c->handshake_waits && wait_ms > 0 && !has_input(c)) {
         /* What comes next is the peer's: wait first, and skip the SSL_do_handshake whose
          * recv() would only meet EAGAIN (as sp_read does after a read that waited). */
@@ -1387,6 +1448,10 @@ int sp_read(sp_conn *c, unsigned char *buf, size_t len, size_t want, size_t *got
     int status = SP_OK, waited = 0;
     unsigned char early_buf[SP_EARLY_MAX];
     start_call(c, err);
+    if (in_own_callback(c)) {
+        *got = 0;
+        return reentered(err);
+    }
     if (want > len)
         want = len; /* want == 0: return once what arrived within one wait was processed */
     if (c->socket_mode && c->read_waited && wait_ms > 0 && len > 0 && !has_input(c)) {
@@ -1504,6 +1569,10 @@ static int write_records(sp_conn *c, const unsigned char *head, size_t head_len,
     size_t total = 0, all = head_len + len;
     int status = SP_OK;
     start_call(c, err);
+    if (in_own_callback(c)) {
+        *done = 0;
+        return reentered(err);
+    }
     while (total < all) {
         const unsigned char *from = total < head_len ? head + total : buf + (total - head_len);
         size_t n = 0, chunk = (total < head_len ? head_len : all) - total;
@@ -1623,13 +1692,16 @@ int sp_write2(sp_conn *c, const unsigned char *head, size_t head_len, const unsi
 int sp_write_hold(sp_conn *c, const unsigned char *buf, size_t len, size_t *done, int wait_ms,
                   sp_err *err)
 {
-    int hold = c->socket_mode && len <= SSL3_RT_MAX_PLAIN_LENGTH && queued_out(c) == 0;
+    int hold = c->socket_mode && len <= SSL3_RT_MAX_PLAIN_LENGTH && !in_own_callback(c)
+               && queued_out(c) == 0; /* (write_records refuses a callback's write) */
     return write_records(c, NULL, 0, buf, len, done, wait_ms, err, hold);
 }
 
 int sp_flush(sp_conn *c, int wait_ms, sp_err *err)
 {
     start_call(c, err);
+    if (in_own_callback(c))
+        return reentered(err);
     if (!c->socket_mode)
         return SP_OK;
     return send_queued(c, wait_ms, err);
@@ -1639,6 +1711,8 @@ int sp_shutdown(sp_conn *c, sp_err *err)
 {
     int r;
     start_call(c, err);
+    if (in_own_callback(c))
+        return reentered(err);
     sp_mutex_lock(&c->ssl_lock);
     ERR_clear_error();
     r = c->established && c->broken == NULL ? SSL_shutdown(c->ssl) : -1;
@@ -1652,7 +1726,7 @@ int sp_shutdown(sp_conn *c, sp_err *err)
 int sp_feed(sp_conn *c, const unsigned char *data, size_t len)
 {
     int ok = 1;
-    sp_mutex_lock(&c->ssl_lock);
+    lock_ssl(c);
     while (ok && len > 0) {
         int part = len > (size_t)0x40000000 ? 0x40000000 : (int)len;
         int n = BIO_write(c->rbio, data, part);
@@ -1669,32 +1743,32 @@ int sp_feed(sp_conn *c, const unsigned char *data, size_t len)
         ERR_clear_error();
         mark_broken(c, &err);
     }
-    sp_mutex_unlock(&c->ssl_lock);
+    unlock_ssl(c);
     return ok;
 }
 
 void sp_feed_eof(sp_conn *c)
 {
-    sp_mutex_lock(&c->ssl_lock);
+    lock_ssl(c);
     BIO_set_mem_eof_return(c->rbio, 0);
-    sp_mutex_unlock(&c->ssl_lock);
+    unlock_ssl(c);
 }
 
 size_t sp_pending_out(sp_conn *c)
 {
     size_t n;
-    sp_mutex_lock(&c->ssl_lock);
+    lock_ssl(c);
     n = BIO_ctrl_pending(c->wbio);
-    sp_mutex_unlock(&c->ssl_lock);
+    unlock_ssl(c);
     return n;
 }
 
 int sp_stash_full(sp_conn *c)
 {
     int full;
-    sp_mutex_lock(&c->ssl_lock);
+    lock_ssl(c);
     full = c->stash_len - c->stash_off >= SP_STASH_MAX;
-    sp_mutex_unlock(&c->ssl_lock);
+    unlock_ssl(c);
     return full;
 }
 
@@ -1703,9 +1777,9 @@ size_t sp_take(sp_conn *c, unsigned char *out, size_t cap)
     int n;
     if (cap > 0x40000000)
         cap = 0x40000000;
-    sp_mutex_lock(&c->ssl_lock);
+    lock_ssl(c);
     n = BIO_read(c->wbio, out, (int)cap);
-    sp_mutex_unlock(&c->ssl_lock);
+    unlock_ssl(c);
     return n > 0 ? (size_t)n : 0;
 }
 
@@ -1764,6 +1838,8 @@ int sp_conn_use_session_cache(sp_conn *c, const char *host, int port, unsigned l
  * arrive after the handshake), without waiting, so that their sessions reach the cache. */
 void sp_conn_drain_tickets(sp_conn *c)
 {
+    if (in_own_callback(c))
+        return; /* (an SSL_read from its own callback: the tickets go uncached) */
     sp_mutex_lock(&c->ssl_lock);
     if (c->cache_key != NULL && c->socket_mode && c->established && c->broken == NULL
         && c->eof_status == 0) {
@@ -1822,6 +1898,10 @@ int sp_request_reauth(sp_conn *c, int flags, sp_err *err)
 {
     int ok = 1;
     start_call(c, err);
+    if (in_own_callback(c)) {
+        reentered(err);
+        return 0;
+    }
     sp_mutex_lock(&c->ssl_lock);
     ERR_clear_error();
     /* (a TLS 1.3 post-handshake message half received: SSL_verify_client_post_handshake
@@ -1863,10 +1943,10 @@ int sp_request_reauth(sp_conn *c, int flags, sp_err *err)
 int sp_reauth_pending(sp_conn *c)
 {
     int pending;
-    sp_mutex_lock(&c->ssl_lock);
+    lock_ssl(c);
     pending = c->reauth_pending;
     if (!pending)
         SSL_set_msg_callback(c->ssl, NULL);
-    sp_mutex_unlock(&c->ssl_lock);
+    unlock_ssl(c);
     return pending;
 }

@@ -18,6 +18,8 @@ struct sp_conn {
     int checks_host; /* sp_conn_set_host set a name (or address) to check (ssl_lock) */
     unsigned char host_tag[SP_HOST_TAG_LEN]; /* ... its digest (a server's session id context) */
     int established; /* the first handshake completed (ssl_lock) */
+    int in_callback; /* callbacks into Python on it in progress (set by the thread holding
+                        ssl_lock, read by any: sp_flag_get; see CALLBACKS in sp_conn.c) */
     unsigned forks_at_birth;       /* the process's fork counts when it was made */
     unsigned child_forks_at_birth; /* (sp_conn_forked) */
 
@@ -126,6 +128,14 @@ SSL *sp_conn_ssl(sp_conn *c);
 /* Lock the connection around a direct OpenSSL query made from Python. */
 void sp_conn_lock(sp_conn *c);
 void sp_conn_unlock(sp_conn *c);
+/* Around a callback into Python that runs inside an OpenSSL call on c (sp_verify.c): the
+ * frame lives on the caller's stack until sp_conn_callback_end. */
+typedef struct sp_callback_frame {
+    sp_conn *conn;
+    struct sp_callback_frame *outer;
+} sp_callback_frame;
+void sp_conn_callback_begin(sp_conn *c, sp_callback_frame *frame);
+void sp_conn_callback_end(sp_callback_frame *frame);
 
 int sp_conn_set_verify(sp_conn *c, int flags);
 /* For callbacks: the sp_conn of an SSL*, and re-applying the policy after a context switch. */

@@ -6,7 +6,8 @@
  * Callbacks into Python (SNI, key log) are CFFI `extern "Python+C"` functions defined by the
  * generated module; CFFI takes the GIL for them. They run with the connection lock held, which
  * is safe because no thread ever waits for that lock while holding the GIL (every shim call
- * releases the GIL first).
+ * releases the GIL first), and this thread does not wait for it either: a callback that uses
+ * its own connection finds the lock its own (sp_conn.c CALLBACKS).
  */
 #include <errno.h>
 #include <stdio.h>
@@ -506,6 +507,7 @@ static int client_hello_callback(SSL *ssl, int *alert, void *arg)
     sp_conn *c = sp_conn_from_ssl(ssl);
     char name[TLSEXT_MAXLEN_host_name + 1];
     SSL_CTX *switch_to = NULL;
+    sp_callback_frame frame;
     int flags = 0, r;
     (void)arg;
     if (c == NULL || c->sni_done) /* (a HelloRetryRequest's second hello, a renegotiation) */
@@ -513,7 +515,9 @@ static int client_hello_callback(SSL *ssl, int *alert, void *arg)
     c->sni_done = 1;
     if (!hello_host_name(ssl, name, sizeof name))
         return SSL_CLIENT_HELLO_SUCCESS; /* no SNI: the callback is not called */
+    sp_conn_callback_begin(c, &frame);
     r = sp_py_sni(c, name, &switch_to, &flags);
+    sp_conn_callback_end(&frame);
     if (r < 0) {
         *alert = SSL_AD_INTERNAL_ERROR;
         return SSL_CLIENT_HELLO_ERROR;
@@ -554,8 +558,20 @@ void sp_ctx_enable_sni(SSL_CTX *ctx)
 
 static void keylog_callback(const SSL *ssl, const char *line)
 {
-    if (sp_ctx_keylog_wanted(SSL_get_SSL_CTX(ssl)))
+    sp_conn *c;
+    sp_callback_frame frame;
+    if (!sp_ctx_keylog_wanted(SSL_get_SSL_CTX(ssl)))
+        return;
+    c = sp_conn_from_ssl(ssl);
+    if (c == NULL) { /* (an SSL* this library did not make) */
         sp_py_keylog(ssl, line);
+        return;
+    }
+    /* A TLS 1.2 renegotiation's line comes while the connection's ports exist: what the
+     * callback does with them must not wait for this thread's ssl_lock (sp_conn.c CALLBACKS) */
+    sp_conn_callback_begin(c, &frame);
+    sp_py_keylog(ssl, line);
+    sp_conn_callback_end(&frame);
 }
 
 void sp_ctx_enable_keylog(SSL_CTX *ctx, int on)

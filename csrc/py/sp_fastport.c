@@ -184,6 +184,7 @@ typedef struct {
     PyObject_HEAD
     PyThread_type_lock lock;
     char locked; /* changed only by its holder, with the GIL held */
+    unsigned long owner; /* the holder's thread ident, while `locked` */
 } Lock;
 
 static PyObject *lock_type;
@@ -223,11 +224,22 @@ static double now_ms(void);
 /* Take the lock, waiting with the GIL released: forever (timeout_us < 0) or about timeout_us,
  * on a monotonic clock (a wait a signal interrupted goes on for what is left). Signal
  * handlers run when a signal interrupts the wait, as in threading.Lock. 1 taken, 0 timed
- * out, -1 with their exception. */
+ * out, -1 with their exception. The holder's own thread never waits for it: a port called
+ * again from inside one of its calls (a stream of its own that reads the port it feeds, a
+ * key logger that reads the connection it logs) would wait for itself forever. That raises
+ * RuntimeError, as io.BufferedReader's reentrant call (a timed wait still times out, as
+ * threading.Lock's). */
 static int lock_wait(Lock *self, long long timeout_us)
 {
     PyLockStatus r = PyThread_acquire_lock_timed(self->lock, 0, 0);
     double deadline = timeout_us > 0 ? now_ms() + (double)timeout_us / 1e3 : 0;
+    if (r != PY_LOCK_ACQUIRED && timeout_us < 0 && self->locked
+        && self->owner == PyThread_get_thread_ident()) {
+        PyErr_SetString(PyExc_RuntimeError,
+                        "reentrant call inside an SSL port: this thread is already in a call "
+                        "on it (from a stream of its own or a callback)");
+        return -1;
+    }
     while (r != PY_LOCK_ACQUIRED && timeout_us != 0) {
         Py_BEGIN_ALLOW_THREADS
         r = PyThread_acquire_lock_timed(self->lock, timeout_us, 1);
@@ -246,6 +258,7 @@ static int lock_wait(Lock *self, long long timeout_us)
     if (r != PY_LOCK_ACQUIRED)
         return 0;
     self->locked = 1;
+    self->owner = PyThread_get_thread_ident();
     return 1;
 }
 

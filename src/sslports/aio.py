@@ -1246,6 +1246,16 @@ async def start_ssl_server(
                     "%s: %s from %s", func, exc, conn.get_extra_info("peername"), exc_info=exc
                 )
             return
+        except BaseException as exc:
+            # A server-name callback's other BaseException (GeneratorExit, a class of its own)
+            # is its bug too, not the end of the loop (KeyboardInterrupt, SystemExit) or of
+            # this task (cancelled): else it ended the task, unretrieved.
+            if not conn.sni_failed or isinstance(
+                exc, (KeyboardInterrupt, SystemExit, asyncio.CancelledError)
+            ):
+                raise
+            report(f"{func}: the server-name callback failed during the handshake", exc, conn)
+            return
         if not conn.is_lost:  # kept until the connection ends, as asyncio's servers keep theirs
             conn.app_writer = ssl_writer
         task = asyncio.current_task()

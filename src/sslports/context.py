@@ -560,9 +560,10 @@ def ssl_default_verify_sources(*args: Sequence[VerifySource]) -> Any:
         srcs = args[0]
         if isinstance(srcs, (str, bytes)) or not isinstance(srcs, Sequence):
             raise TypeError("ssl_default_verify_sources: expected a sequence of sources")
-        for s in srcs:
+        kept = list(srcs)  # (once: what is checked is what is kept)
+        for s in kept:
             _check_source("ssl_default_verify_sources", s)
-        _default_sources.set(list(srcs))
+        _default_sources.set(kept)
         return None
     value = _default_sources.get()
     if value is None:

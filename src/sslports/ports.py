@@ -190,9 +190,54 @@ def _load_fastport() -> Any:
 
 
 _fastport = _load_fastport()
-# The ports' direction locks: threading.Lock's behaviour; with the fast path, its own lock type,
-# which the C methods take without a Python call.
-_new_lock: Callable[[], Any] = threading.Lock if _fastport is None else _fastport.Lock
+
+_REENTERED = (
+    "reentrant call inside an SSL port: this thread is already in a call on it "
+    "(from a stream of its own or a callback)"
+)
+
+
+class _PortLock:
+    """threading.Lock, except that its holder's thread never waits for it: a port called
+    again from inside one of its own calls (a stream of its own that reads the port it
+    feeds, a key logger that reads the connection it logs) raises RuntimeError, as
+    io.BufferedReader does, instead of waiting for itself forever (a timed wait times out,
+    as threading.Lock's). sp_fastport.c Lock does the same for the fast path."""
+
+    __slots__ = ("_lock", "_owner")
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._owner: Optional[int] = None  # the holder's thread ident (cleared before release)
+
+    def acquire(self, blocking: bool = True, timeout: float = -1) -> bool:
+        me = threading.get_ident()
+        if self._lock.acquire(False):
+            self._owner = me
+            return True
+        if blocking and timeout < 0 and self._owner == me:
+            raise RuntimeError(_REENTERED)
+        if not (blocking and self._lock.acquire(True, timeout)):
+            return False
+        self._owner = me
+        return True
+
+    __enter__ = acquire
+
+    def release(self) -> None:
+        self._owner = None
+        self._lock.release()
+
+    def __exit__(self, *exc: object) -> None:
+        self.release()
+
+    def locked(self) -> bool:
+        return self._lock.locked()
+
+
+# The ports' direction locks: _PortLock; with the fast path, its own lock type (the same
+# behaviour), which the C methods take without a Python call.
+_new_lock: Callable[[], Any] = _PortLock if _fastport is None else _fastport.Lock
 
 
 def _detached(exc: BaseException) -> BaseException:

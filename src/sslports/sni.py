@@ -118,8 +118,10 @@ def _keylog(ssl: Any, line: Any) -> None:
                 _log.exception("sslports: cannot append to SSLKEYLOGFILE")
         with _registry_lock:
             ctx = _contexts.get(_address(_binding.lib.SSL_get_SSL_CTX(ssl)))
-        if ctx is not None and ctx._keylogger is not None:
-            ctx._keylogger(data)
+        # (read once: another thread's ssl_set_keylogger(ctx, None) may come in between)
+        callback = ctx._keylogger if ctx is not None else None
+        if callback is not None:
+            callback(data)
     except BaseException:  # a key logger must never break the handshake
         _log.exception("sslports: key log callback failed")
 
