@@ -99,6 +99,23 @@ def test_read_all_that_times_out_loses_nothing(pair: Any) -> None:
     assert cin.read() == b"abcdef"
 
 
+def test_readlines_that_times_out_loses_no_line(pair: Any) -> None:
+    """io's readlines drops the lines it gathered when a readline raises (found by
+    test_diff_ops): under a port timeout, the whole lines before the one that timed out."""
+    cin, _cout, sin, sout = pair
+    sout.write(b"one\ntwo\nthr")
+    sout.flush()
+    cin.settimeout(0.3)
+    with pytest.raises(TimeoutError):
+        cin.readlines()  # to EOF, which does not come in time
+    sout.write(b"ee\nfour\n")
+    sout.flush()
+    assert cin.readlines(12) == [b"one\n", b"two\n", b"three\n"]  # (as io: stop at 12 bytes)
+    sout.close()
+    sin.close()
+    assert cin.readlines() == [b"four\n"]
+
+
 def _small_reads(cin: Any, sout: Any, switch: bool) -> None:
     """Small reads of every kind on a port whose reads take the Python path (they read ahead
     into the kept bytes, up to 64 KiB, and serve from there): every byte once, in order, with
@@ -231,6 +248,27 @@ def test_stream_write_timeout_then_retry_loses_nothing(pki: Any) -> None:
         cout.settimeout(10)
         cout.flush()
         cout.write(data[pos:])  # the rest, after the retried bytes
+        cout.flush()
+        got = join(30)
+        assert len(got) == len(data) and sha1(got) == sha1(data)
+
+
+def test_writelines_that_times_out_says_where_to_resume(pki: Any) -> None:
+    """writelines' TimeoutError counts every byte the call took (the lines before, and the one
+    that timed out, buffered), not only the last line's (found by test_diff_ops): resuming
+    after that many bytes delivers the stream once, in order."""
+    with stream_pair(pki) as (_cin, cout, sin, _sout, _a, _b):
+        data = random_bytes(4 << 20, seed=4)
+        lines = [data[i : i + 65536] for i in range(0, len(data), 65536)]
+        cout.settimeout(0.2)
+        with pytest.raises(TimeoutError) as info:
+            cout.writelines(lines)  # the peer does not read yet
+        took = info.value.characters_written
+        assert took % 65536 == 0 and 65536 < took < len(data)
+        sin.settimeout(10)
+        join = run_in_thread(lambda: read_exactly(sin, len(data)))
+        cout.settimeout(10)
+        cout.writelines(lines[took // 65536 :])
         cout.flush()
         got = join(30)
         assert len(got) == len(data) and sha1(got) == sha1(data)

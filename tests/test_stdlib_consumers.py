@@ -631,7 +631,12 @@ CALLS: dict[str, Callable[[Any, Any], Any]] = {
     "readline(n)": lambda i, o: (i.readline(2), i.readline(0), i.readline(100), i.readline(-1)),
     "readline(None)": lambda i, o: i.readline(None),
     "readline(1.5)": lambda i, o: i.readline(1.5),
-    "readlines(hint)": lambda i, o: (i.readlines(1), i.readlines(5), i.readlines(0)),
+    "readlines(hint)": lambda i, o: (
+        i.readlines(1),
+        i.readlines(4),
+        i.readlines(5),
+        i.readlines(0),
+    ),
     "iteration": lambda i, o: ([next(i), next(i)], list(i), list(i)),
     "peek": lambda i, o: (i.peek(0)[:1], i.read(1), i.peek(1)[:1]),
     "readinto(array('i'))": lambda i, o: (

@@ -1422,6 +1422,31 @@ class SSLInputPort(io.BufferedIOBase):
             del kept[:end]
         return line
 
+    def readlines(self, hint: Optional[int] = -1, /) -> list[bytes]:
+        """io's readlines (lines until their total exceeds `hint`, all when it is <= 0), except
+        that the lines read before an exception (a timeout, a failure, Ctrl-C) are not lost:
+        the next read returns them first, as read()'s chunks (_read_all, the same way: each
+        line goes from readline into `lines` inside one C call)."""
+        self._check()
+        limit = -1 if hint is None else operator.index(hint)
+        lines: list[bytes] = []
+        more = iter(self.readline, b"")  # (ends at EOF's b"")
+        try:
+            if limit <= 0:
+                lines.extend(more)  # (one C call for all: as fast as io's; keeps each line)
+                return lines
+            total, had = 0, -1
+            while len(lines) > had and total <= limit:
+                had = len(lines)
+                lines.extend(itertools.islice(more, 1))
+                total += len(lines[-1]) if len(lines) > had else 0
+            return lines
+        except BaseException:
+            if lines:
+                with self._lock:
+                    self._sslports_conn.keep_read(b"".join(lines))
+            raise
+
     def write(self, b: Any, /) -> int:
         raise io.UnsupportedOperation("write")
 
@@ -1528,8 +1553,17 @@ class SSLOutputPort(io.BufferedIOBase):
         return transport.write_left and transport.sender.error is None  # (else: lost anyway)
 
     def writelines(self, lines: Iterable[Any]) -> None:
+        """io's writelines, except that on TimeoutError ``exc.characters_written`` counts every
+        byte this call took (the lines before, all sent or buffered, and all of the line that
+        timed out, buffered: see write), not only that line's: where a retry resumes."""
+        took = 0
         for line in lines:
-            self.write(line)
+            try:
+                took += self.write(line)
+            except SSLTimeoutError as exc:
+                in_line = getattr(exc, "characters_written", 0)
+                exc.characters_written = took + in_line  # type: ignore[attr-defined]
+                raise
 
     def _send_locked(self, data: Any = b"") -> None:
         """Send the held bytes, topped up from `data` to whole records (records stay full), then
