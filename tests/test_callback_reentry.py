@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import errno
+import functools
 import io
 import logging
 import socket
@@ -527,6 +528,16 @@ def _serve_sni(
     return got, served
 
 
+def _echo_one(listener: Any) -> object:
+    """Accept one connection on `listener` and echo its first line; "ok"."""
+    i, o = sslports.ssl_accept(listener)
+    o.write(i.readline())
+    o.flush()
+    o.close()
+    i.close()
+    return "ok"
+
+
 def _client(port: int, name: str) -> object:
     sock = socket.create_connection((LOCAL, port), timeout=JOIN)
     try:
@@ -593,13 +604,7 @@ def test_sni_callback_reenters_the_library(pki: Any) -> None:
     listener = sslports.ssl_listen(0, 8, True, LOCAL, ctx)
     port.append(sslports.ssl_addresses(listener, True)[1])
 
-    def accept() -> object:
-        i, o = sslports.ssl_accept(listener)
-        o.write(i.readline())
-        o.flush()
-        o.close()
-        i.close()
-        return "ok"
+    accept = functools.partial(_echo_one, listener)
 
     try:
         joins = [run_in_thread(accept), run_in_thread(accept)]
@@ -627,13 +632,7 @@ def test_slow_sni_callback_holds_up_only_its_own_handshake(pki: Any) -> None:
     listener = sslports.ssl_listen(0, 8, True, LOCAL, ctx)
     port = sslports.ssl_addresses(listener, True)[1]
 
-    def accept() -> object:
-        i, o = sslports.ssl_accept(listener)
-        o.write(i.readline())
-        o.flush()
-        o.close()
-        i.close()
-        return "ok"
+    accept = functools.partial(_echo_one, listener)
 
     try:
         joins = [run_in_thread(accept), run_in_thread(accept)]
@@ -669,13 +668,7 @@ def test_sni_callback_accepts_on_and_closes_its_listener(pki: Any) -> None:
 
     sslports.ssl_set_server_name_identification_callback(ctx, callback)
 
-    def accept() -> object:
-        i, o = sslports.ssl_accept(listener)
-        o.write(i.readline())
-        o.flush()
-        o.close()
-        i.close()
-        return "ok"
+    accept = functools.partial(_echo_one, listener)
 
     try:
         join = run_in_thread(accept)
@@ -708,19 +701,8 @@ def test_keylogger_replaces_itself_and_connects_from_inside(pki: Any) -> None:
 
     sslports.ssl_set_keylogger(cctx, logger)
 
-    def echo(lst: Any) -> Callable[[], object]:
-        def accept() -> object:
-            i, o = sslports.ssl_accept(lst)
-            o.write(i.readline())
-            o.flush()
-            o.close()
-            i.close()
-            return "ok"
-
-        return accept
-
     try:
-        joins = [run_in_thread(echo(other)), run_in_thread(echo(listener))]
+        joins = [run_in_thread(functools.partial(_echo_one, lst)) for lst in (other, listener)]
         i, o = sslports.ssl_connect("localhost", port, cctx, timeout=JOIN)
         o.write(b"hi\n")
         o.flush()
