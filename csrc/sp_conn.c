@@ -253,7 +253,10 @@ static void start_call(sp_conn *c, sp_err *err)
  * thread is inside (`callbacks`, innermost first: a callback may open a connection of its
  * own), queries take ssl_lock as held (lock_ssl: no other thread can hold it meanwhile) and
  * pump calls refuse (reentered: EDEADLK, the connection unharmed). Other threads, and this
- * thread outside such callbacks, lock as always: `in_callback` (one load) tells them. */
+ * thread outside such callbacks, lock as always: `in_callback` (one load) tells them. Nor may
+ * such a callback wait for a port lock of the connection that another thread holds (ports.py):
+ * that thread's call waits for ssl_lock, so the ports' locks ask sp_conn_in_callback first and
+ * refuse (RuntimeError). */
 static SP_THREAD_LOCAL sp_callback_frame *callbacks;
 
 void sp_conn_callback_begin(sp_conn *c, sp_callback_frame *frame)
@@ -271,16 +274,19 @@ void sp_conn_callback_end(sp_callback_frame *frame)
     callbacks = frame->outer;
 }
 
-/* Is this thread inside a callback of c (and so holds its ssl_lock)? */
-static int in_own_callback(const sp_conn *c)
+int sp_conn_in_callback(const sp_conn *c)
 {
     const sp_callback_frame *f;
-    if (!sp_flag_get(&c->in_callback))
-        return 0;
-    for (f = callbacks; f != NULL; f = f->outer)
+    for (f = callbacks; f != NULL; f = f->outer) /* (compared only: c is not read) */
         if (f->conn == c)
             return 1;
     return 0;
+}
+
+/* Is this thread inside a callback of c (and so holds its ssl_lock)? */
+static int in_own_callback(const sp_conn *c)
+{
+    return sp_flag_get(&c->in_callback) && sp_conn_in_callback(c);
 }
 
 static void lock_ssl(sp_conn *c)
@@ -302,9 +308,14 @@ static int reentered(sp_err *err)
     return SP_ERROR;
 }
 
-/* Fill err for a failed SSL call (called with ssl_lock held, queue not yet drained). */
+/* Fill err for a failed SSL call (called with ssl_lock held, queue not yet drained), afresh: a
+ * callback into Python inside the call may have used this thread's record for a call of its own
+ * (refused, or on another connection: CALLBACKS), and what that left is no part of this
+ * failure. A socket error the BIO saw is the real reason (socket mode). */
 static void capture_ssl_error(sp_conn *c, int ssl_error, sp_err *err)
 {
+    start_call(c, err);
+    err->sys_errno = c->bio_errno;
     /* The verify result explains the failure only when OpenSSL says verification failed
      * (a client that does not require verification always has one). */
     if (ERR_GET_REASON(ERR_peek_last_error()) == SSL_R_CERTIFICATE_VERIFY_FAILED) {
@@ -774,7 +785,7 @@ static int sock_bio_write(BIO *bio, const char *data, int len)
                 cap *= 2;
             grown = realloc(c->outq, cap);
             if (grown == NULL) {
-                c->bio_errno = ENOMEM; /* (the failed call's reason: note_bio_errno) */
+                c->bio_errno = ENOMEM; /* (the failed call's reason: capture_ssl_error) */
                 return -1;
             }
             c->outq = grown;
@@ -961,7 +972,7 @@ static size_t queued_out(sp_conn *c)
  * both buffers are freed: an idle connection holds none. */
 static int send_queued_nowait(sp_conn *c, sp_err *err)
 {
-    int status = SP_OK;
+    int status = SP_OK, e;
     sp_mutex_lock(&c->send_lock);
     for (;;) {
         long n;
@@ -1008,7 +1019,9 @@ static int send_queued_nowait(sp_conn *c, sp_err *err)
             status = SP_WANT_WRITE;
             break;
         }
-        err->sys_errno = n < 0 ? SP_SOCK_ERRNO() : EPIPE;
+        e = n < 0 ? SP_SOCK_ERRNO() : EPIPE;
+        start_call(c, err); /* (afresh: see capture_ssl_error) */
+        err->sys_errno = e;
         status = SP_ERROR;
         break;
     }
@@ -1234,18 +1247,11 @@ static int has_input(sp_conn *c)
 /* keep_early failed (ssl_lock held): received bytes cannot be kept, so the connection ends. */
 static int out_of_memory(sp_conn *c, sp_err *err)
 {
-    sp_err_reset(err);
+    start_call(c, err); /* (afresh: see capture_ssl_error) */
     err->sys_errno = ENOMEM;
     mark_broken(c, err);
     drop_early(c);
     return SP_ERROR;
-}
-
-/* After a failed SSL call in socket mode: a socket error the BIO saw is the real reason. */
-static void note_bio_errno(sp_conn *c, sp_err *err)
-{
-    if (c->bio_errno != 0 && err->sys_errno == 0)
-        err->sys_errno = c->bio_errno;
 }
 
 /* The stash is empty again: an idle connection holds no buffer (ssl_lock held). */
@@ -1295,7 +1301,7 @@ static int stash_read(sp_conn *c, sp_err *err)
         size_t cap = c->stash_cap ? c->stash_cap * 2 : SSL3_RT_MAX_PLAIN_LENGTH;
         unsigned char *grown = realloc(c->stash, cap);
         if (grown == NULL) {
-            sp_err_reset(err);
+            start_call(c, err); /* (afresh: see capture_ssl_error) */
             err->sys_errno = ENOMEM;
             mark_broken(c, err);
             return SP_ERROR;
@@ -1316,11 +1322,10 @@ static int stash_read(sp_conn *c, sp_err *err)
     e = SSL_get_error(c->ssl, 0);
     if (e == SSL_ERROR_WANT_READ || e == SSL_ERROR_WANT_WRITE)
         return SP_WANT_READ;
-    note_bio_errno(c, err);
     if (classify_failure(c, e, err) != SP_ERROR) {
         /* The peer ended the connection in the middle of the renegotiation: the reader gets
          * the EOF after the stash, and nothing more can be written. */
-        sp_err_reset(err);
+        start_call(c, err);
         err->sys_errno = EPIPE;
     }
     return SP_ERROR;
@@ -1395,7 +1400,6 @@ int sp_handshake(sp_conn *c, int wait_ms, sp_err *err)
         else {
             e = SSL_get_error(c->ssl, r);
             if (e != SSL_ERROR_WANT_READ && e != SSL_ERROR_WANT_WRITE) {
-                note_bio_errno(c, err);
                 capture_ssl_error(c, e, err);
                 mark_broken(c, err);
             }
@@ -1500,10 +1504,8 @@ int sp_read(sp_conn *c, unsigned char *buf, size_t len, size_t want, size_t *got
         c->reading = 0;
         if (!ok) {
             e = SSL_get_error(c->ssl, 0);
-            if (e != SSL_ERROR_WANT_READ && e != SSL_ERROR_WANT_WRITE) {
-                note_bio_errno(c, err);
+            if (e != SSL_ERROR_WANT_READ && e != SSL_ERROR_WANT_WRITE)
                 status = classify_failure(c, e, err);
-            }
         }
         if (c->early != NULL && !keep_early(c, early_buf))
             status = out_of_memory(c, err); /* bytes already read still reach the caller */
@@ -1641,7 +1643,6 @@ static int write_records(sp_conn *c, const unsigned char *head, size_t head_len,
         } else {
             e = SSL_get_error(c->ssl, 0);
             if (e != SSL_ERROR_WANT_READ && e != SSL_ERROR_WANT_WRITE) {
-                note_bio_errno(c, err);
                 capture_ssl_error(c, e, err);
                 mark_broken(c, err);
             }

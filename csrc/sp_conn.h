@@ -136,6 +136,10 @@ typedef struct sp_callback_frame {
 } sp_callback_frame;
 void sp_conn_callback_begin(sp_conn *c, sp_callback_frame *frame);
 void sp_conn_callback_end(sp_callback_frame *frame);
+/* Is this thread inside a callback of c? A port's lock asks before it waits (ports.py
+ * _PortLock, sp_fastport.c lock_wait): a thread holding it there waits for c's ssl_lock, which
+ * this thread holds. c is compared, never read (a lock may outlive its connection). */
+int sp_conn_in_callback(const sp_conn *c);
 
 int sp_conn_set_verify(sp_conn *c, int flags);
 /* For callbacks: the sp_conn of an SSL*, and re-applying the policy after a context switch. */

@@ -22,7 +22,9 @@ import functools
 import io
 import logging
 import socket
+import sys
 import threading
+import time
 from collections.abc import Sequence
 from typing import Any, Callable, Optional
 
@@ -165,6 +167,36 @@ def test_keylogger_queries_its_own_connection(pki: Any, locks: str, keylogged: s
     assert seen and set(seen) == {expected}, seen
 
 
+def test_keylogger_writing_while_another_thread_writes_is_a_reentrant_call(
+    pki: Any, locks: str
+) -> None:
+    """Full duplex: another thread is in a write on the port the key logger writes to, holding
+    the port's lock while it waits for the connection's ssl_lock, which the key logger's own
+    thread holds (the renegotiation it logs runs in that thread's read). Waiting for the
+    port's lock would wait for that thread, which waits for this one: the key logger's write
+    raises RuntimeError instead, and both threads go on (before, both hung for ever)."""
+    seen: list[object] = []
+    writer: list[Callable[..., Any]] = []
+    big = b"w" * 100_000 + b"\n"
+
+    def action(i: Any, o: Any) -> None:
+        writer.append(run_in_thread(lambda: o.write(big)))  # (waits for ssl_lock)
+        lock = o._sslports_conn.write_lock
+        for _ in range(int(JOIN / 0.001)):  # until that write holds the port's lock
+            if lock.locked():
+                break
+            time.sleep(0.001)
+        try:
+            o.write(b"early\n")
+        except RuntimeError as exc:
+            seen.append(exc)
+
+    server_lines, client_lines = _renegotiating_pair(pki, "client", action)
+    assert [w(JOIN) for w in writer] == [len(big)]
+    assert len(seen) == 1 and "reentrant call" in str(seen[0]), seen
+    assert (server_lines, client_lines) == ([b"hello\n", big, b"bye\n"], [b"after\n"])
+
+
 def test_aio_keylogger_writing_to_its_own_connection(pki: Any) -> None:
     """Under asyncio the same key logger ran into the same lock on the loop's thread: the
     whole event loop hung."""
@@ -253,6 +285,55 @@ def test_keylogger_removed_while_a_handshake_calls_it(
         listener.close()
     assert len(lines) == 1  # the first line; the rest came after the (simulated) removal
     assert not [r for r in caplog.records if "key log callback failed" in r.getMessage()]
+
+
+def _accept_fails(listener: Any) -> None:
+    with pytest.raises(SSLError):
+        sslports.ssl_accept(listener)
+
+
+def test_handshake_failing_after_a_keylogger_call_reports_its_own_error(pki: Any) -> None:
+    """The key logger's own pump calls run on this thread's error record, inside the call
+    whose failure fills that record: one that fails (or is refused, EDEADLK) left its errors
+    there, and a failure later in the same OpenSSL call added its own (a TLS 1.3 client
+    checks the server's certificate in the call that gave the key logger its first line).
+    Before, the connection's error, and the failure it keeps, held the nested call's too."""
+    garbage = socket.create_server((LOCAL, 0))  # answers a ClientHello with plain text
+    garbage_port = garbage.getsockname()[1]
+
+    def answer_garbage() -> None:
+        conn, _ = garbage.accept()
+        with conn:
+            conn.sendall(b"HTTP/1.0 400 Bad Request\r\n\r\n")
+            conn.recv(1)
+
+    nested: list[SSLError] = []
+
+    def keylogger(line: bytes) -> None:
+        if not nested:
+            join_garbage = run_in_thread(answer_garbage)
+            try:
+                sslports.ssl_connect(LOCAL, garbage_port, pki.client_context(), timeout=JOIN)
+            except SSLError as exc:
+                nested.append(exc)
+            join_garbage(JOIN)
+
+    cctx = pki.client_context("tls13")
+    sslports.ssl_set_keylogger(cctx, keylogger)
+    rogue = pki.server_context(chain=pki.rogue_chain, key=pki.rogue_key)
+    listener = sslports.ssl_listen(0, 4, True, LOCAL, rogue)
+    port = sslports.ssl_addresses(listener, True)[1]
+    try:
+        join = run_in_thread(lambda: _accept_fails(listener))
+        with pytest.raises(SSLError, match="certificate verify failed") as info:
+            sslports.ssl_connect("localhost", port, cctx, timeout=JOIN)
+        join(JOIN)
+    finally:
+        listener.close()
+        garbage.close()
+    assert len(nested) == 1 and "wrong version number" in str(nested[0]), nested
+    assert info.value.errno is None
+    assert [e for e in info.value.openssl_errors if "certificate verify failed" not in e] == []
 
 
 def test_aio_sni_callback_base_exception_goes_to_the_exception_handler(pki: Any) -> None:
@@ -445,6 +526,33 @@ def test_port_lock_behaves_as_threading_lock() -> None:
         kinds.append(ports._fastport.Lock)
     for kind in kinds:
         _check_port_lock(kind())
+
+
+def test_python_port_lock_taken_as_an_exception_comes_is_given_back() -> None:
+    """A signal handler's exception (Ctrl-C) comes as a call returns to Python: when that
+    call took the Python lock's inner lock, acquire raises, and the lock must not stay held,
+    by nobody (before, every later call on the port, and its close, waited for ever)."""
+
+    class Stop(Exception):
+        pass
+
+    def profile(frame: Any, event: str, arg: Any) -> None:
+        if event == "c_return" and getattr(arg, "__name__", "") == "acquire":
+            sys.setprofile(None)
+            raise Stop  # (as the inner lock's acquire returns, taken)
+
+    lock = ports._PortLock()
+    sys.setprofile(profile)
+    try:
+        with pytest.raises(Stop):
+            lock.acquire()
+    finally:
+        sys.setprofile(None)
+    assert not lock.locked()
+    assert run_in_thread(lambda: (lock.acquire(timeout=JOIN), lock.release()))(JOIN) == (
+        True,
+        None,
+    )
 
 
 def _check_port_lock(lock: Any) -> None:

@@ -114,8 +114,9 @@ def test_direction_lock_behaves_like_threading_lock() -> None:
     lock.release()
     assert done.wait(10)
     t.join(10)
-    with pytest.raises(TypeError):
-        type(lock)(1)
+    for bad in [(1, 2), ("x",)]:  # (one argument: its connection's address, sp_conn_in_callback)
+        with pytest.raises(TypeError):
+            type(lock)(*bad)
 
 
 @needs_fast

@@ -93,6 +93,7 @@ typedef int (*flush_fn)(sp_conn *, int, void *);
 typedef void (*conn_fn)(sp_conn *);
 typedef int (*handshake_fn)(sp_conn *, int, void *);
 typedef int (*forked_fn)(const sp_conn *);
+typedef int (*in_callback_fn)(const sp_conn *);
 
 static read_fn pump_read;
 static write2_fn pump_write2;
@@ -106,6 +107,7 @@ static conn_fn pump_drain_tickets;
 static conn_fn pump_drop_unread;
 static handshake_fn pump_handshake;
 static forked_fn pump_forked;
+static in_callback_fn pump_in_callback;
 static int slice_ms = 50;
 static PyObject *zero, *shut_rdwr; /* 0; socket.SHUT_RDWR */
 #define READ_CHUNK 65536 /* what readline reads at a time (ports.py _READ_CHUNK) */
@@ -185,20 +187,29 @@ typedef struct {
     PyThread_type_lock lock;
     char locked; /* changed only by its holder, with the GIL held */
     unsigned long owner; /* the holder's thread ident, while `locked` */
+    const sp_conn *conn; /* the connection whose direction it guards, or NULL (lock_wait) */
 } Lock;
 
 static PyObject *lock_type;
 
+/* Lock(conn_addr=0): the address of the sp_conn whose direction it guards (lock_wait). */
 static PyObject *lock_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
 {
     Lock *self;
-    if (PyTuple_GET_SIZE(args) > 0 || (kwds != NULL && PyDict_GET_SIZE(kwds) > 0)) {
-        PyErr_SetString(PyExc_TypeError, "Lock() takes no arguments");
+    PyObject *addr = NULL;
+    void *conn = NULL;
+    if (kwds != NULL && PyDict_GET_SIZE(kwds) > 0) {
+        PyErr_SetString(PyExc_TypeError, "Lock() takes no keyword arguments");
         return NULL;
     }
+    if (!PyArg_UnpackTuple(args, "Lock", 0, 1, &addr))
+        return NULL;
+    if (addr != NULL && (conn = PyLong_AsVoidPtr(addr)) == NULL && PyErr_Occurred())
+        return NULL;
     self = (Lock *)PyType_GenericAlloc(type, 0);
     if (self == NULL)
         return NULL;
+    self->conn = conn;
     self->lock = PyThread_allocate_lock();
     if (self->lock == NULL) {
         Py_DECREF(self);
@@ -228,7 +239,9 @@ static double now_ms(void);
  * again from inside one of its calls (a stream of its own that reads the port it feeds, a
  * key logger that reads the connection it logs) would wait for itself forever. That raises
  * RuntimeError, as io.BufferedReader's reentrant call (a timed wait still times out, as
- * threading.Lock's). */
+ * threading.Lock's). So does a wait from inside an OpenSSL callback of the lock's connection
+ * (a key logger writing to its connection while another thread writes): the holder's call
+ * waits for the connection's ssl_lock, which this thread holds there (sp_conn.c CALLBACKS). */
 static int lock_wait(Lock *self, long long timeout_us)
 {
     PyLockStatus r = PyThread_acquire_lock_timed(self->lock, 0, 0);
@@ -238,6 +251,13 @@ static int lock_wait(Lock *self, long long timeout_us)
         PyErr_SetString(PyExc_RuntimeError,
                         "reentrant call inside an SSL port: this thread is already in a call "
                         "on it (from a stream of its own or a callback)");
+        return -1;
+    }
+    if (r != PY_LOCK_ACQUIRED && timeout_us < 0 && self->conn != NULL
+        && pump_in_callback != NULL && pump_in_callback(self->conn)) {
+        PyErr_SetString(PyExc_RuntimeError,
+                        "reentrant call inside an SSL port: this thread is inside a callback of "
+                        "its connection, and another thread's call on the port waits for it");
         return -1;
     }
     while (r != PY_LOCK_ACQUIRED && timeout_us != 0) {
@@ -1917,7 +1937,7 @@ static PyObject *fast_handshake(PyObject *module, PyObject *args)
 
 static PyObject *fast_init(PyObject *module, PyObject *args)
 {
-    enum { N_FNS = 12 }; /* the pump functions init() takes, in its argument order */
+    enum { N_FNS = 13 }; /* the pump functions init() takes, in its argument order */
     PyObject *fns, *addr[N_FNS], *all;
     void *fn[N_FNS];
     int slice, i;
@@ -1960,6 +1980,7 @@ static PyObject *fast_init(PyObject *module, PyObject *args)
     pump_handshake = (handshake_fn)(uintptr_t)fn[9];
     pump_held_try = (held_fn)(uintptr_t)fn[10];
     pump_forked = (forked_fn)(uintptr_t)fn[11];
+    pump_in_callback = (in_callback_fn)(uintptr_t)fn[12];
     slice_ms = slice;
     record_size = record;
     Py_INCREF(all);
@@ -1970,7 +1991,8 @@ static PyObject *fast_init(PyObject *module, PyObject *args)
 static PyMethodDef module_methods[] = {
     {"init", fast_init, METH_VARARGS,
      "init((sp_read, sp_write2, sp_write_hold, sp_held_out, sp_written, sp_conn_broken, "
-     "sp_flush, sp_conn_drain_tickets, sp_conn_drop_unread, sp_handshake addresses), "
+     "sp_flush, sp_conn_drain_tickets, sp_conn_drop_unread, sp_handshake, sp_held_out_try, "
+     "sp_conn_forked, sp_conn_in_callback addresses), "
      "sizeof_sp_err, "
      "slice_ms, record_size, read_all): bind the pump."},
     {"make_ports", fast_make_ports, METH_VARARGS,

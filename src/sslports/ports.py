@@ -178,6 +178,7 @@ def _load_fastport() -> Any:
         "sp_handshake",
         "sp_held_out_try",
         "sp_conn_forked",
+        "sp_conn_in_callback",
     ]  # (init's order)
     _fastport.init(
         tuple(int(ffi.cast("uintptr_t", ffi.addressof(lib, name))) for name in pump),
@@ -195,6 +196,10 @@ _REENTERED = (
     "reentrant call inside an SSL port: this thread is already in a call on it "
     "(from a stream of its own or a callback)"
 )
+_IN_CALLBACK = (
+    "reentrant call inside an SSL port: this thread is inside a callback of its connection, "
+    "and another thread's call on the port waits for it"
+)
 
 
 class _PortLock:
@@ -202,42 +207,61 @@ class _PortLock:
     again from inside one of its own calls (a stream of its own that reads the port it
     feeds, a key logger that reads the connection it logs) raises RuntimeError, as
     io.BufferedReader does, instead of waiting for itself forever (a timed wait times out,
-    as threading.Lock's). sp_fastport.c Lock does the same for the fast path."""
+    as threading.Lock's). So does a wait from inside an OpenSSL callback of the connection at
+    `conn_addr` (a key logger that writes to it while another thread writes): the holder
+    waits for the connection's ssl_lock, which this thread holds there (sp_conn.c
+    CALLBACKS). sp_fastport.c Lock does the same for the fast path.
 
-    __slots__ = ("_lock", "_owner")
+    Over an RLock (never taken twice), which records its owner in the call that takes it: a
+    signal handler's exception (Ctrl-C) that comes as that call returns finds it this
+    thread's and gives it back, where a lock taken by nobody would stay held for ever."""
 
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._owner: Optional[int] = None  # the holder's thread ident (cleared before release)
+    __slots__ = ("_conn", "_held", "_lock")
+
+    def __init__(self, conn_addr: int = 0) -> None:
+        self._lock: Any = threading.RLock()
+        self._held = False  # (locked(); set once taken, cleared before the release)
+        self._conn = _binding.ffi.cast("sp_conn *", conn_addr) if conn_addr else None
 
     def acquire(self, blocking: bool = True, timeout: float = -1) -> bool:
-        me = threading.get_ident()
-        if self._lock.acquire(False):
-            self._owner = me
-            return True
-        if blocking and timeout < 0 and self._owner == me:
-            raise RuntimeError(_REENTERED)
-        if not (blocking and self._lock.acquire(True, timeout)):
+        lock = self._lock
+        if self._held and lock._is_owned():  # (this thread's only while _held)
+            if blocking and timeout < 0:
+                raise RuntimeError(_REENTERED)
+            if blocking and timeout > 0:
+                time.sleep(timeout)  # (a timed wait for oneself times out)
             return False
-        self._owner = me
+        try:
+            if not lock.acquire(False):
+                conn = self._conn
+                waits = blocking and timeout < 0 and conn is not None
+                if waits and _binding.lib.sp_conn_in_callback(conn):
+                    raise RuntimeError(_IN_CALLBACK)
+                if not (blocking and lock.acquire(True, timeout)):
+                    return False
+        except BaseException:
+            if lock._is_owned():  # taken as the exception came: not taken after all
+                lock.release()
+            raise
+        self._held = True
         return True
 
     __enter__ = acquire
 
     def release(self) -> None:
-        self._owner = None
+        self._held = False
         self._lock.release()
 
     def __exit__(self, *exc: object) -> None:
         self.release()
 
     def locked(self) -> bool:
-        return self._lock.locked()
+        return self._held
 
 
 # The ports' direction locks: _PortLock; with the fast path, its own lock type (the same
 # behaviour), which the C methods take without a Python call.
-_new_lock: Callable[[], Any] = _PortLock if _fastport is None else _fastport.Lock
+_new_lock: Callable[..., Any] = _PortLock if _fastport is None else _fastport.Lock
 
 
 def _detached(exc: BaseException) -> BaseException:
@@ -735,8 +759,8 @@ class Connection:
         self.open_ports = [False, True]
         # One reader and one writer at a time (the ports take these around every call); the
         # last close waits for both, so no call can still be using the socket.
-        self.read_lock = _new_lock()
-        self.write_lock = _new_lock()
+        self.read_lock = _new_lock(self._fast_addr)
+        self.write_lock = _new_lock(self._fast_addr)
         self.is_socket = type(transport) is _SocketTransport
         # The count cells of this connection's reads and writes (the error record is per
         # thread, _per_thread, and says whose call filled it: own_record): a signal handler
