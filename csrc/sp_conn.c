@@ -252,8 +252,8 @@ static void start_call(sp_conn *c, sp_err *err)
  * OpenSSL's state machine from its own callback. So, for the connections whose callbacks this
  * thread is inside (`callbacks`, innermost first: a callback may open a connection of its
  * own), queries take ssl_lock as held (lock_ssl: no other thread can hold it meanwhile) and
- * pump calls refuse (reentered: EDEADLK, the connection unharmed). Other threads, and this
- * thread outside such callbacks, lock as always: `in_callback` (one load) tells them. Nor may
+ * pump calls refuse (start_pump_call: EDEADLK, the connection unharmed). Other threads, and
+ * this thread outside such callbacks, lock as always: `in_callback` (one load) tells them. Nor may
  * such a callback wait for a port lock of the connection that another thread holds (ports.py):
  * that thread's call waits for ssl_lock, so the ports' locks ask sp_conn_in_callback first and
  * refuse (RuntimeError). */
@@ -301,11 +301,15 @@ static void unlock_ssl(sp_conn *c)
         sp_mutex_unlock(&c->ssl_lock);
 }
 
-/* A pump call from a callback of its own connection (see CALLBACKS). */
-static int reentered(sp_err *err)
+/* The start of a pump call that drives OpenSSL (start_call), refused when it comes from a
+ * callback of its own connection (see CALLBACKS): 1 refused (err says EDEADLK), 0 go on. */
+static int start_pump_call(sp_conn *c, sp_err *err)
 {
+    start_call(c, err);
+    if (!in_own_callback(c))
+        return 0;
     err->sys_errno = EDEADLK;
-    return SP_ERROR;
+    return 1;
 }
 
 /* Fill err for a failed SSL call (called with ssl_lock held, queue not yet drained), afresh: a
@@ -1363,9 +1367,8 @@ int sp_handshake(sp_conn *c, int wait_ms, sp_err *err)
 {
     unsigned char early_buf[SP_EARLY_MAX]; /* waits for the peer's flight in recv() (WAITING) */
     int waited = 0;
-    start_call(c, err);
-    if (in_own_callback(c))
-        return reentered(err);
+    if (start_pump_call(c, err))
+        return SP_ERROR;
     if (c->socket_mode && c->handshake_waits && wait_ms > 0 && !has_input(c)) {
         /* What comes next is the peer's: wait first, and skip the SSL_do_handshake whose
          * recv() would only meet EAGAIN (as sp_read does after a read that waited). */
@@ -1451,10 +1454,9 @@ int sp_read(sp_conn *c, unsigned char *buf, size_t len, size_t want, size_t *got
     size_t total = 0;
     int status = SP_OK, waited = 0;
     unsigned char early_buf[SP_EARLY_MAX];
-    start_call(c, err);
-    if (in_own_callback(c)) {
+    if (start_pump_call(c, err)) {
         *got = 0;
-        return reentered(err);
+        return SP_ERROR;
     }
     if (want > len)
         want = len; /* want == 0: return once what arrived within one wait was processed */
@@ -1570,10 +1572,9 @@ static int write_records(sp_conn *c, const unsigned char *head, size_t head_len,
 {
     size_t total = 0, all = head_len + len;
     int status = SP_OK;
-    start_call(c, err);
-    if (in_own_callback(c)) {
+    if (start_pump_call(c, err)) {
         *done = 0;
-        return reentered(err);
+        return SP_ERROR;
     }
     while (total < all) {
         const unsigned char *from = total < head_len ? head + total : buf + (total - head_len);
@@ -1700,9 +1701,8 @@ int sp_write_hold(sp_conn *c, const unsigned char *buf, size_t len, size_t *done
 
 int sp_flush(sp_conn *c, int wait_ms, sp_err *err)
 {
-    start_call(c, err);
-    if (in_own_callback(c))
-        return reentered(err);
+    if (start_pump_call(c, err))
+        return SP_ERROR;
     if (!c->socket_mode)
         return SP_OK;
     return send_queued(c, wait_ms, err);
@@ -1711,9 +1711,8 @@ int sp_flush(sp_conn *c, int wait_ms, sp_err *err)
 int sp_shutdown(sp_conn *c, sp_err *err)
 {
     int r;
-    start_call(c, err);
-    if (in_own_callback(c))
-        return reentered(err);
+    if (start_pump_call(c, err))
+        return SP_ERROR;
     sp_mutex_lock(&c->ssl_lock);
     ERR_clear_error();
     r = c->established && c->broken == NULL ? SSL_shutdown(c->ssl) : -1;
@@ -1898,11 +1897,8 @@ static void watch_reauth(int write_p, int version, int content_type, const void 
 int sp_request_reauth(sp_conn *c, int flags, sp_err *err)
 {
     int ok = 1;
-    start_call(c, err);
-    if (in_own_callback(c)) {
-        reentered(err);
+    if (start_pump_call(c, err))
         return 0;
-    }
     sp_mutex_lock(&c->ssl_lock);
     ERR_clear_error();
     /* (a TLS 1.3 post-handshake message half received: SSL_verify_client_post_handshake
