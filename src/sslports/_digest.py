@@ -500,7 +500,7 @@ def _digest_port_hashlib(hasher: _HashlibHasher, port: Any, func: str) -> None:
 
 
 def openssl_versions() -> dict[str, Optional[str]]:
-    """The OpenSSL this module was compiled against and the one it runs on (for the demo).
+    """The OpenSSL this module was compiled against and the one it runs on (demo, `info`).
 
     :returns: ``{"linked": ..., "loaded": ...}``; ``None`` values when the native module is
         unavailable.

@@ -62,6 +62,7 @@ from . import (
     SSLOutputPort,
     SSLServerContext,
     _binding,
+    _digest,
     ports_to_ssl_ports,
     ssl_accept,
     ssl_addresses,
@@ -1279,7 +1280,7 @@ def _demo_exchange(
 def _cmd_demo(args: argparse.Namespace) -> int:
     _require_ssl()
     report = _DemoReport()
-    versions = _openssl_versions()
+    versions = _digest.openssl_versions()
     report.line(f"sslports {__version__} demo on {versions['loaded'] or 'OpenSSL'}")
     report.line("Everything below runs in this process on 127.0.0.1; nothing leaves the machine.")
     with tempfile.TemporaryDirectory(prefix="sslports-demo-") as tmp:
@@ -1385,20 +1386,6 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 # -- info ------------------------------------------------------------------------------------
 
 
-def _openssl_versions() -> dict[str, Optional[str]]:
-    """The OpenSSL the native module runs on (``loaded``) and was compiled against."""
-    ffi, lib = _binding.ffi, _binding.lib
-    if lib is None:
-        return {"loaded": None, "linked": None}
-    loaded = ffi.string(lib.sp_openssl_version_text()).decode("ascii", "replace")
-    linked_text = getattr(lib, "sp_openssl_linked_version_text", None)
-    if linked_text is not None:
-        linked = ffi.string(linked_text()).decode("ascii", "replace")
-    else:
-        linked = f"0x{int(lib.sp_openssl_linked_version_number()):08x}"
-    return {"loaded": str(loaded), "linked": str(linked)}
-
-
 def _describe_source(src: Any) -> str:
     if isinstance(src, tuple):
         return f"{src[0]} {os.fsdecode(src[1]) if not isinstance(src[1], str) else src[1]}"
@@ -1408,7 +1395,7 @@ def _describe_source(src: Any) -> str:
 def _cmd_info(args: argparse.Namespace) -> int:
     from . import libcrypto, libssl
 
-    versions = _openssl_versions()
+    versions = _digest.openssl_versions()
     rows: list[tuple[str, str]] = [
         ("sslports", f"{__version__} ({Path(__file__).resolve().parent})"),
         ("python", sys.version.split()[0]),
