@@ -33,6 +33,7 @@ The C pump has its own per-connection locks, never held while waiting.
 from __future__ import annotations
 
 import _socket
+import atexit
 import collections
 import contextlib
 import copy
@@ -43,6 +44,7 @@ import math
 import operator
 import os
 import socket
+import sys
 import threading
 import time
 import weakref
@@ -79,6 +81,7 @@ _SMALL_READ = 512
 _TRANSPORT_CHUNK = 65536
 _SEND_HIGH = 1 << 20  # queued ciphertext at which a stream writer waits
 _ABANDON_DRAIN = 1.0  # seconds a failed stream handshake waits for its last bytes to be written
+_EXIT_DRAIN = 5.0  # seconds Python's exit waits for the sender threads (_drain_senders_at_exit)
 
 ErrorArg = Union[type[BaseException], Callable[[str], Any]]
 
@@ -297,6 +300,7 @@ class _Sender:
         self.done_total = 0  # ... and written out
         self.written_mark = 0  # put_total after the last write of the output port
         self.reported = False  # `error` was raised to a caller (a write, a flush)
+        self.writing = False  # the thread took bytes off the queue and is writing them
 
     def wait_room(self, deadline: _Deadline) -> None:
         """Wait until the queue has room (back-pressure); raise the sender's error or a
@@ -323,6 +327,7 @@ class _Sender:
                     target=self._run, name="sslports-sender", daemon=True
                 )
                 self.thread.start()
+                _senders.add(self)
             self.cond.notify_all()
 
     def _run(self) -> None:
@@ -333,6 +338,7 @@ class _Sender:
                 if not self.queue:
                     return
                 data = self.queue.popleft()
+                self.writing = True
             try:
                 _write_fully(self.out, data)
             except BaseException as exc:
@@ -340,6 +346,7 @@ class _Sender:
                     self.error = exc.with_traceback(None)  # (see _detached)
                     self.queue.clear()
                     self.queued = 0
+                    self.writing = False
                     self.cond.notify_all()
                 return
             n = len(data)
@@ -347,16 +354,47 @@ class _Sender:
             with self.cond:
                 self.queued -= n
                 self.done_total += n
+                self.writing = False
                 self.cond.notify_all()
+
+    def write_here(self) -> bool:
+        """drain() at Python's exit (sys.is_finalizing()), when the ports' finalizers close
+        them: daemon threads run no Python any more, so the thread would never write what the
+        close queued (the port's last bytes, a close_notify), and waiting for it would wait
+        forever (a child process serving TLS on its stdin and stdout that ends without
+        closing its ports never exited). Write the queue on this thread instead, unless the
+        thread stopped inside a write (what follows would go out of order) or the stream
+        failed. True when nothing is left."""
+        if not self.cond.acquire(timeout=1.0):  # (held by a thread that stopped under it)
+            return False
+        try:
+            if self.writing or self.error is not None or not self.queue:
+                return not self.queue
+            data = b"".join(self.queue)
+            self.queue.clear()
+            self.queued = 0
+        finally:
+            self.cond.release()
+        try:
+            _write_fully(self.out, data)
+        except Exception as exc:  # (as the thread would have)
+            self.error = exc.with_traceback(None)
+            return True
+        self.done_total += len(data)
+        return True
 
     def drain(self, timeout: Optional[float]) -> bool:
         """Wait until everything queued was written (or failed). False on timeout."""
+        if sys.is_finalizing():
+            return self.write_here()
         with self.cond:
             return self.cond.wait_for(lambda: self.queued == 0 or self.error is not None, timeout)
 
     def drain_written(self, timeout: Optional[float]) -> bool:
         """Wait until the output port's bytes were written (not what reads queued later, such
         as an alert to a peer that no longer reads). False on timeout."""
+        if sys.is_finalizing():
+            return self.write_here()
         with self.cond:
             mark = self.written_mark
             return self.cond.wait_for(
@@ -367,6 +405,24 @@ class _Sender:
         with self.cond:
             self.stopping = True
             self.cond.notify_all()
+
+
+# Senders that started their thread. Python's exit waits (_EXIT_DRAIN) for what they hold: a
+# daemon thread stops when the interpreter finalizes, and bytes a flush() handed to it would
+# be lost (a child process that answers over its stdout and ends without closing its ports).
+# A forked child has none of its parent's threads: it forgets their senders.
+_senders: weakref.WeakSet[_Sender] = weakref.WeakSet()
+
+
+@atexit.register
+def _drain_senders_at_exit() -> None:
+    deadline = _Deadline(_EXIT_DRAIN)
+    for sender in list(_senders):
+        sender.drain(deadline.remaining())
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_senders.clear)
 
 
 class _Receiver:
