@@ -11,6 +11,7 @@ stdin/stdout; the asyncio layer with cancellation; and the README's examples as 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import errno
 import http.client
 import re
@@ -506,7 +507,9 @@ call(tls.unwrap, wait=False)  # our close_notify, without waiting for the peer's
 """
 
 
-def _child_client(argv: list[str]) -> tuple[subprocess.Popen[bytes], Any, Any]:
+@contextlib.contextmanager
+def _child_client(argv: list[str]) -> Iterator[tuple[subprocess.Popen[bytes], Any, Any]]:
+    """TLS over a child's stdin/stdout; the child is killed and the ports closed at the end."""
     proc = subprocess.Popen([sys.executable, *argv], stdin=subprocess.PIPE, stdout=subprocess.PIPE)
     ctx = sslports.ssl_make_client_context()
     sslports.ssl_load_verify_source(ctx, sslports.TEST_PEM)
@@ -523,7 +526,14 @@ def _child_client(argv: list[str]) -> tuple[subprocess.Popen[bytes], Any, Any]:
         timeout=TIMEOUT,
         strict_eof=True,
     )
-    return proc, inp, out
+    try:
+        yield proc, inp, out
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        out.close()
+        inp.close()
 
 
 @pytest.mark.parametrize("flush", ["flush", "no-flush"])
@@ -533,37 +543,23 @@ def test_child_process_answers_and_exits_without_closing(flush: str) -> None:
     daemon, which runs no more once Python finalizes) to write the close_notify, or the
     answer itself; a flushed answer could be lost with it. Now the answer and the
     close_notify arrive (strict_eof: not a truncation) and the child exits."""
-    proc, inp, out = _child_client(["-c", _SSLPORTS_CHILD, flush])
-    try:
+    with _child_client(["-c", _SSLPORTS_CHILD, flush]) as (proc, inp, out):
         out.write(b"hello child\n")
         out.flush()
         assert inp.read() == b"HELLO CHILD\n"
         assert proc.wait(TIMEOUT) == 0
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-        out.close()
-        inp.close()
 
 
 def test_child_process_running_python_ssl_memory_bio() -> None:
     """ports_to_ssl_ports against another TLS stack on the far side of two pipes; both
     ends close with close_notify (strict_eof reads it as the clean end)."""
-    proc, inp, out = _child_client(["-c", _PYTHON_SSL_CHILD, str(sslports.TEST_PEM)])
-    try:
+    with _child_client(["-c", _PYTHON_SSL_CHILD, str(sslports.TEST_PEM)]) as (proc, inp, out):
         assert sslports.ssl_peer_verified(inp)
         out.write(b"over pipes\n")
         out.flush()
         assert inp.read() == b"OVER PIPES\n"
         out.close()
         assert proc.wait(TIMEOUT) == 0
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-        out.close()
-        inp.close()
 
 
 # -- 5. asyncio -----------------------------------------------------------------------------------
