@@ -511,6 +511,7 @@ void sp_conn_free(sp_conn *c)
     if (c == NULL)
         return;
     SSL_SESSION_free(c->session);
+    X509_free(c->vfail_cert);
     free(c->cache_key);
     /* TLS 1.1+ lets a session be resumed after a close without close_notify (RFC 5246
      * 7.2.1); without this flag OpenSSL would mark the session unusable when freeing. A
@@ -574,6 +575,19 @@ static void no_ticket_for_a_huge_client(SSL *ssl, X509_STORE_CTX *store)
         (void)SSL_set_num_tickets(ssl, 0); /* (it only stores the number: always 1) */
 }
 
+/* Keep the certificate a failed step is about, for the error message (the last failure is
+ * the one SSL_get_verify_result reports). Without a reference the message only lacks it. */
+static void note_verify_failure(sp_conn *c, X509_STORE_CTX *store, int e)
+{
+    X509 *cert = X509_STORE_CTX_get_current_cert(store);
+    X509_free(c->vfail_cert);
+    c->vfail_cert = NULL;
+    if (cert != NULL && X509_up_ref(cert))
+        c->vfail_cert = cert;
+    c->vfail_depth = X509_STORE_CTX_get_error_depth(store);
+    c->vfail_code = e;
+}
+
 static int verify_callback(int ok, X509_STORE_CTX *store)
 {
     SSL *ssl = X509_STORE_CTX_get_ex_data(store, SSL_get_ex_data_X509_STORE_CTX_idx());
@@ -583,9 +597,10 @@ static int verify_callback(int ok, X509_STORE_CTX *store)
         no_ticket_for_a_huge_client(ssl, store);
     if (ok || c == NULL)
         return ok;
+    e = X509_STORE_CTX_get_error(store);
+    note_verify_failure(c, store, e);
     if (c->verify_flags & SP_VERIFY_REQUIRE)
         return 0;
-    e = X509_STORE_CTX_get_error(store);
     if ((c->verify_flags & SP_VERIFY_HOSTNAME)
         && (e == X509_V_ERR_HOSTNAME_MISMATCH || e == X509_V_ERR_IP_ADDRESS_MISMATCH))
         return 0;

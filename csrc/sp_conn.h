@@ -80,6 +80,12 @@ struct sp_conn {
     int reauth_pending;
     /* server: the SNI callback ran for the first ClientHello (ssl_lock) */
     int sni_done;
+    /* the certificate the last failed verification step was about (a reference), its depth in
+     * the chain and the verify code, for the error message (verify_callback; ssl_lock):
+     * sp_conn_verify_failure */
+    X509 *vfail_cert;
+    int vfail_depth;
+    long vfail_code;
     /* the newest resumable session the server gave this client (ssl_lock) */
     SSL_SESSION *session;
     /* client: the peer key its context's session cache files that session under, or NULL */

@@ -91,28 +91,19 @@ static size_t put_ip(char *out, size_t cap, size_t used, const ASN1_OCTET_STRING
     return put_name(out, cap, used, (const unsigned char *)text, n);
 }
 
-size_t sp_peer_hostnames(sp_conn *c, char *out, size_t cap, sp_err *err)
+/* The names of cert into out (sp_peer_hostnames' format); err says why names it holds could
+ * not be read. */
+static size_t cert_hostnames(X509 *cert, char *out, size_t cap, sp_err *err)
 {
     size_t used = 0;
     int i, dns = 0, found = -1;
-    X509 *cert;
-    GENERAL_NAMES *sans;
-    sp_err_reset(err);
-    sp_conn_lock(c);
-    ERR_clear_error();
-    cert = peer_cert_locked(c);
-    if (cert == NULL) {
-        sp_conn_unlock(c);
-        return 0;
-    }
-    sans = X509_get_ext_d2i(cert, NID_subject_alt_name, &found, NULL);
+    GENERAL_NAMES *sans = X509_get_ext_d2i(cert, NID_subject_alt_name, &found, NULL);
     if (sans == NULL && found != -1) {
         /* The names are there but cannot be read (out of memory, or malformed): no list at
          * all, rather than the CN that RFC 6125 says they replace. */
         sp_err_drain(err);
         if (err->nerrs == 0)
             err->sys_errno = ENOMEM;
-        sp_conn_unlock(c);
         return 0;
     }
     for (i = 0; sans != NULL && i < sk_GENERAL_NAME_num(sans); i++) {
@@ -149,9 +140,61 @@ size_t sp_peer_hostnames(sp_conn *c, char *out, size_t cap, sp_err *err)
             used = put_ip(out, cap, used, gn->d.iPAddress);
     }
     GENERAL_NAMES_free(sans);
+    return used;
+}
+
+size_t sp_peer_hostnames(sp_conn *c, char *out, size_t cap, sp_err *err)
+{
+    size_t used = 0;
+    X509 *cert;
+    sp_err_reset(err);
+    sp_conn_lock(c);
+    ERR_clear_error();
+    cert = peer_cert_locked(c);
+    if (cert != NULL)
+        used = cert_hostnames(cert, out, cap, err);
     ERR_clear_error();
     sp_conn_unlock(c);
     return used;
+}
+
+/* "YYYY-MM-DD HH:MM:SS UTC", or "" when t cannot be read. */
+static void time_text(const ASN1_TIME *t, char *out, size_t cap)
+{
+    struct tm tm;
+    out[0] = '\0';
+    if (t != NULL && ASN1_TIME_to_tm(t, &tm))
+        snprintf(out, cap, "%04d-%02d-%02d %02d:%02d:%02d UTC", tm.tm_year + 1900, tm.tm_mon + 1,
+                 tm.tm_mday, tm.tm_hour, tm.tm_min, tm.tm_sec);
+}
+
+int sp_conn_verify_failure(sp_conn *c, sp_verify_failure *out)
+{
+    int ok = 0;
+    X509 *cert;
+    sp_err err;
+    memset(out, 0, sizeof *out);
+    sp_err_reset(&err);
+    sp_conn_lock(c);
+    ERR_clear_error();
+    cert = c->vfail_cert;
+    if (cert != NULL) {
+        out->code = c->vfail_code;
+        out->depth = c->vfail_depth;
+        if (X509_NAME_oneline(X509_get_subject_name(cert), out->subject, sizeof out->subject)
+            == NULL)
+            out->subject[0] = '\0';
+        if (X509_NAME_oneline(X509_get_issuer_name(cert), out->issuer, sizeof out->issuer)
+            == NULL)
+            out->issuer[0] = '\0';
+        time_text(X509_get0_notBefore(cert), out->not_before, sizeof out->not_before);
+        time_text(X509_get0_notAfter(cert), out->not_after, sizeof out->not_after);
+        out->names_len = cert_hostnames(cert, out->names, sizeof out->names, &err);
+        ok = 1;
+    }
+    ERR_clear_error(); /* (what could not be read is left out of the message) */
+    sp_conn_unlock(c);
+    return ok;
 }
 
 int sp_peer_check_hostname(sp_conn *c, const char *name, size_t len, int is_ip)

@@ -11,6 +11,19 @@ int sp_peer_verified(sp_conn *c);
  * hold a NUL); returns the bytes needed (call again if > cap). When names the certificate
  * holds cannot be read (out of memory, malformed), err says why (nerrs or sys_errno). */
 size_t sp_peer_hostnames(sp_conn *c, char *out, size_t cap, sp_err *err);
+/* The certificate the last failed verification step on c was about, for an error message. */
+typedef struct sp_verify_failure {
+    long code;              /* its X509 verify code */
+    int depth;              /* its depth in the chain (0: the peer's own certificate) */
+    char subject[256];      /* X509_NAME_oneline (cut at 255 bytes), or "" */
+    char issuer[256];
+    char not_before[32];    /* "YYYY-MM-DD HH:MM:SS UTC", or "" */
+    char not_after[32];
+    size_t names_len;       /* names: sp_peer_hostnames' format; the bytes needed (may exceed */
+    char names[1024];       /* the buffer: the names that fit are whole) */
+} sp_verify_failure;
+/* 1 and out filled when a verification step on c failed, else 0 (out zeroed). */
+int sp_conn_verify_failure(sp_conn *c, sp_verify_failure *out);
 /* RFC 6125 check of the peer certificate (no partial wildcards); 0 without a certificate. */
 int sp_peer_check_hostname(sp_conn *c, const char *name, size_t len, int is_ip);
 /* X509_NAME_oneline of the peer's subject (issuer != 0: issuer); 0 without a certificate. */

@@ -305,10 +305,12 @@ def test_a_key_loaded_first_must_match_the_chain(files: Files) -> None:
     for other in (files.rsa2, files.ec):
         ctx = sslports.ssl_make_server_context()
         sslports.ssl_load_private_key(ctx, ("data", files.rsa.key_pem))
+        path = files.write("other.pem", other.pem)
         with pytest.raises(SSLError) as info:
-            sslports.ssl_load_certificate_chain(ctx, files.write("other.pem", other.pem))
+            sslports.ssl_load_certificate_chain(ctx, path)
         assert str(info.value) == (
-            "ssl_load_certificate_chain: load failed (private key does not match the certificate)"
+            "ssl_load_certificate_chain: load failed (private key does not match the certificate"
+            f": {str(path)!r})"
         )
         sslports.ssl_load_certificate_chain(ctx, files.write("rsa.pem", files.rsa.pem))
         assert serves(ctx)

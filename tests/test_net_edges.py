@@ -375,7 +375,8 @@ def test_scoped_ipv6_literal_verified_against_ip_san(san: str, ok: bool) -> None
             with pytest.raises(SSLNetworkError) as info:
                 sslports.ssl_connect(f"::1%{lo}", port, ctx, timeout=10)
             assert info.value.verify_code == 64  # X509_V_ERR_IP_ADDRESS_MISMATCH
-            assert info.value.verify_message == "IP address mismatch"
+            assert info.value.verify_message is not None
+            assert info.value.verify_message.startswith("IP address mismatch")
             with pytest.raises(SSLNetworkError):
                 join()
 

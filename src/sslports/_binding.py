@@ -8,6 +8,7 @@ another version of the package is refused loudly (ImportError), never used.
 from __future__ import annotations
 
 import os
+import re
 import sys
 from typing import Any, Optional
 
@@ -63,8 +64,21 @@ def build_error(
     err: Any = None,
     cls: type[SSLError] = SSLError,
     detail: Optional[str] = None,
+    conn: Any = None,
+    hostname: Optional[str] = None,
+    peer: Optional[str] = None,
+    client_peer: bool = False,
+    path: Optional[str] = None,
+    hint: Optional[str] = None,
 ) -> SSLError:
-    """Make the exception for `func` whose `what` failed, from an sp_err record (or the queue)."""
+    """Make the exception for `func` whose `what` failed, from an sp_err record (or the queue).
+
+    `conn` (the sp_conn that failed) and `hostname` (the name it checked) let a verification
+    failure say which certificate it is about (verify_detail). `peer` ("host:port") follows a
+    transport failure's reason ("Connection reset by peer: 127.0.0.1:443", as a refused
+    connect reads); with `client_peer` (a server's handshake), any reason ("; client ...").
+    `path`: the file whose contents failed to load, after the reason (as a missing one's).
+    `hint`: what the caller knows the reason means, instead of reason_hint's guess."""
     if err is None:
         err = ffi.new("sp_err *")
         lib.sp_err_reset(err)
@@ -72,6 +86,10 @@ def build_error(
     errors = err_lines(err)
     verify_code = int(err.verify_result) if err.verify_result > 0 else None
     verify_message = verify_text(verify_code) if verify_code is not None else None
+    if verify_code is not None and conn is not None:
+        found = verify_failure(conn, hostname, verify_code)
+        if found is not None:
+            verify_message = found[1]
     reason = detail or (errors[-1] if errors else None)
     if reason is None and err.sys_errno:
         reason = strerror(err.sys_errno)
@@ -79,6 +97,17 @@ def build_error(
         reason = f"OpenSSL gave no reason: {_SSL_ERROR_NAMES[err.ssl_error]}"
     if verify_message and (reason is None or "certificate verify failed" in reason):
         reason = f"{reason}: {verify_message}" if reason else verify_message
+    elif reason is not None and detail is None:
+        hint = hint or reason_hint(reason)
+        if hint:
+            reason = f"{reason}: {hint}"
+    if peer is not None:
+        if reason is not None and err.sys_errno and not errors:
+            reason = f"{reason}: {peer}"
+        elif client_peer:
+            reason = f"{reason}; client {peer}" if reason else f"client {peer}"
+    if path is not None:
+        reason = f"{reason}: {path!r}" if reason else repr(path)
     message = f"{func}: {what + ' ' if what else ''}failed" + (f" ({reason})" if reason else "")
     exc = cls(
         message,
@@ -88,6 +117,154 @@ def build_error(
         errno=int(err.sys_errno) or None,
     )
     return exc
+
+
+# What a fatal alert the peer sent means for this end (OpenSSL's reason text names the alert:
+# "sslv3 alert handshake failure", "tlsv1 alert unknown ca", ...; a received alert is the only
+# error whose reason reads so). Certificates are "ours": the peer judged the one we sent.
+_ALERT_HINTS = {
+    "unknown ca": "the peer does not trust the CA that issued our certificate",
+    "bad certificate": "the peer rejected our certificate",
+    "certificate unknown": "the peer rejected our certificate",
+    "unsupported certificate": "the peer rejected our certificate's type or purpose",
+    "certificate expired": "the peer says our certificate has expired",
+    "certificate revoked": "the peer says our certificate is revoked",
+    "certificate required": "the peer requires a client certificate and we sent none",
+    "handshake failure": (
+        "the peer refused the handshake (no cipher, group or signature algorithm in common, "
+        "or it requires a client certificate)"
+    ),
+    "protocol version": "the peer accepts none of the TLS versions we offered",
+    "no application protocol": "the peer supports none of the ALPN protocols we offered",
+    "unrecognized name": "the peer does not serve the host name we sent (SNI)",
+    "insufficient security": "the peer requires stronger ciphers than we offered",
+}
+_ALERT = re.compile(r"(?:sslv3|tlsv1|tlsv13) alert (.+)$")
+# Reasons that mean the other end does not speak TLS (OpenSSL's texts).
+_NOT_TLS = {
+    "wrong version number": "the peer does not speak TLS (a plain-text service?)",
+    "packet length too long": "the peer does not speak TLS (a plain-text service?)",
+    "http request": "the client sent a plain HTTP request to this TLS port",
+    "https proxy request": "the client sent an HTTP proxy request (CONNECT) to this TLS port",
+    "unsupported protocol": "the peer and this end allow no TLS version in common",
+    "unexpected eof while reading": "the peer closed the connection",
+}
+
+
+def reason_hint(reason: str) -> Optional[str]:
+    """Plain words for an OpenSSL reason a user cannot read at a glance: an alert the peer
+    sent (who refused, and about what), or a peer that does not speak TLS."""
+    text = reason.rsplit(":", 1)[-1]
+    match = _ALERT.search(text)
+    if match is not None:
+        return _ALERT_HINTS.get(match.group(1), "a fatal alert sent by the peer")
+    return _NOT_TLS.get(text)
+
+
+# Why a server's handshake failed when it has no certificate (OpenSSL only says that no
+# cipher, or no TLS version, was left: TLS 1.3 needs a certificate, TLS 1.2 all but aNULL).
+_NO_CERTIFICATE = (
+    "this server has no certificate (ssl_load_certificate_chain and ssl_load_private_key "
+    "give it one)"
+)
+
+
+_NO_CERTIFICATE_SYMPTOMS = ("no shared cipher", "unsupported protocol")
+
+
+def server_hint(conn: Any, err: Any) -> Optional[str]:
+    """What the handshake failure `err` of `conn` means, known from the connection's state: a
+    server without a certificate. (The connection is not yet shared: no lock.)"""
+    lines = err_lines(err)
+    if not lines or not lines[-1].endswith(_NO_CERTIFICATE_SYMPTOMS):
+        return None
+    ssl = lib.sp_conn_ssl(conn)
+    if lib.SSL_is_server(ssl) and lib.SSL_get_certificate(ssl) == ffi.NULL:
+        return _NO_CERTIFICATE
+    return None
+
+
+# X509_V_ERR_* codes verify_detail words specially.
+_V_UNABLE_TO_GET_ISSUER_CERT = 2
+_V_CERT_NOT_YET_VALID = 9
+_V_CERT_HAS_EXPIRED = 10
+_V_DEPTH_ZERO_SELF_SIGNED = 18
+_V_SELF_SIGNED_IN_CHAIN = 19
+_V_UNABLE_TO_GET_ISSUER_CERT_LOCALLY = 20
+_V_UNABLE_TO_VERIFY_LEAF_SIGNATURE = 21
+_V_HOSTNAME_MISMATCH = 62
+_V_IP_ADDRESS_MISMATCH = 64
+_MAX_NAMES = 8  # names a hostname mismatch lists (a CDN certificate may carry hundreds)
+
+
+def verify_failure(
+    conn: Any, hostname: Optional[str], code: Optional[int] = None
+) -> Optional[tuple[int, str]]:
+    """The last failed verification step of `conn` (`code`, when given, must be its code):
+    its code, and OpenSSL's text for it followed by which certificate it is about and how.
+    None when C kept no certificate for such a failure (sp_conn_verify_failure)."""
+    fail = ffi.new("sp_verify_failure *")
+    if not lib.sp_conn_verify_failure(conn, fail) or (code is not None and fail.code != code):
+        return None
+    code = int(fail.code)
+    return code, f"{verify_text(code)}: {_verify_detail(fail, code, hostname)}"
+
+
+def _verify_detail(fail: Any, code: int, hostname: Optional[str]) -> str:
+    """An sp_verify_failure in words: the certificate, and what about it failed `code`."""
+
+    def text(field: Any) -> str:
+        return str(ffi.string(field).decode("utf-8", "replace"))
+
+    subject = text(fail.subject)
+    if fail.depth == 0:
+        who = f"certificate {subject!r}"
+    else:
+        who = f"CA certificate {subject!r} (chain depth {fail.depth})"
+    if code in (_V_HOSTNAME_MISMATCH, _V_IP_ADDRESS_MISMATCH):
+        names = _names(ffi.buffer(fail.names, min(fail.names_len, len(fail.names)))[:])
+        shown = ", ".join(_printable(n) for n in names[:_MAX_NAMES])
+        if len(names) > _MAX_NAMES:
+            shown += f" and {len(names) - _MAX_NAMES} more"
+        said = f"the certificate is for {shown}" if names else "the certificate names no host"
+        return f"{said}, not {hostname!r}" if hostname is not None else said
+    if code == _V_CERT_HAS_EXPIRED and fail.not_after[0] != b"\0":
+        return f"{who} expired on {text(fail.not_after)}"
+    if code == _V_CERT_NOT_YET_VALID and fail.not_before[0] != b"\0":
+        return f"{who} is valid only from {text(fail.not_before)}"
+    if code in (
+        _V_UNABLE_TO_GET_ISSUER_CERT,
+        _V_UNABLE_TO_GET_ISSUER_CERT_LOCALLY,
+        _V_UNABLE_TO_VERIFY_LEAF_SIGNATURE,
+    ):
+        return (
+            f"{who} is issued by {text(fail.issuer)!r}, which is not a trusted root "
+            "and was not sent by the peer"
+        )
+    if code == _V_DEPTH_ZERO_SELF_SIGNED:
+        return f"{who} is self-signed and not trusted"
+    if code == _V_SELF_SIGNED_IN_CHAIN:
+        return f"the chain ends in the untrusted root {subject!r}"
+    return f"{who}, issued by {text(fail.issuer)!r}"
+
+
+def _names(raw: bytes) -> list[str]:
+    """sp_peer_hostnames' format (a 4-byte length, then the bytes, for each name) as strs;
+    an entry cut short (the buffer was full) is left out."""
+    names: list[str] = []
+    i = 0
+    while i + 4 <= len(raw):
+        n = int.from_bytes(raw[i : i + 4], "big")
+        if i + 4 + n > len(raw):
+            break
+        names.append(raw[i + 4 : i + 4 + n].decode("utf-8", "replace"))
+        i += 4 + n
+    return names
+
+
+def _printable(name: str) -> str:
+    """A certificate's name as a message shows it: control characters (a NUL) escaped."""
+    return name if name.isprintable() else name.encode("unicode_escape").decode("ascii")
 
 
 def strerror(code: int) -> str:

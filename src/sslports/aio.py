@@ -340,7 +340,15 @@ class AioConnection:
             what = "accept" if server else "connect"  # (Racket's words: API.md)
             if status == _RAGGED_EOF:
                 raise SSLNetworkError(f"{func}: {what} failed (connection closed by peer)")
-            raise build_error(func, what, self.err, SSLNetworkError)
+            raise build_error(
+                func,
+                what,
+                self.err,
+                SSLNetworkError,
+                conn=self.ptr,
+                hostname=self.hostname,
+                hint=_binding.server_hint(self.ptr, self.err),
+            )
         self.established = True
         self.decrypt()  # what came with the peer's last flight (data, TLS 1.3 tickets)
 

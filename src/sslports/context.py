@@ -82,7 +82,9 @@ def fspath_bytes(func: str, path: object, what: str = "path") -> bytes:
         if b"\0" in raw:
             raise ValueError(f"{func}: {what} contains a NUL byte")
         return raw
-    raise TypeError(f"{func}: expected a {what} (str, bytes or os.PathLike), got {type(path)!r}")
+    raise TypeError(
+        f"{func}: expected a {what} (str, bytes or os.PathLike), got {type(path).__name__}"
+    )
 
 
 # The largest file a load reads (keys, chains, CA bundles, DH parameters are kilobytes; the
@@ -146,8 +148,16 @@ def _err_last(err: Any) -> str:
     return lines[-1] if lines else ""
 
 
-def _load_failed(func: str, err: Any, what: str = "load") -> SSLError:
-    """The SSLError of a failed sp_ctx_use_* / sp_ctx_load_* call (csrc/sp_ctx.h SP_LOAD_*)."""
+def _path_name(path: object) -> Optional[str]:
+    """A path (already checked by fspath_bytes) as a message shows it; None for data."""
+    if isinstance(path, (str, bytes, os.PathLike)):
+        return os.fsdecode(path)
+    return None
+
+
+def _load_failed(func: str, err: Any, what: str = "load", path: Optional[str] = None) -> SSLError:
+    """The SSLError of a failed sp_ctx_use_* / sp_ctx_load_* call (csrc/sp_ctx.h SP_LOAD_*),
+    naming the file that held what failed to load (`path`), if any."""
     lib = _binding.lib
     code = int(err.ssl_error)
     detail = {
@@ -158,7 +168,7 @@ def _load_failed(func: str, err: Any, what: str = "load") -> SSLError:
     }.get(code)
     if code < 0:
         err.ssl_error = 0  # (not an SSL_get_error kind)
-    return build_error(func, what, err, detail=detail)
+    return build_error(func, what, err, detail=detail, path=path)
 
 
 def _check_bool(func: str, name: str, value: object) -> bool:
@@ -346,13 +356,28 @@ def _check_protocol(func: str, protocol: object) -> str:
     if not isinstance(protocol, str):
         raise TypeError(f"{func}: protocol must be a str, got {type(protocol).__name__}")
     if protocol not in _KNOWN_PROTOCOLS:
-        raise ValueError(f"{func}: unknown protocol {protocol!r}")
+        raise ValueError(f"{func}: unknown protocol {protocol!r} ({_protocol_hint(protocol)})")
     protocol = _ALIASES.get(protocol, protocol)
     if protocol in ("sslv2", "sslv3"):
         raise SSLUnsupportedError(f"{func}: requested protocol not supported ({protocol})")
     if protocol in ("tls", "tls11", "tls13") and protocol not in _usable_versions():
         raise SSLUnsupportedError(f"{func}: requested protocol not supported ({protocol})")
     return protocol
+
+
+_PROTOCOL_CHOICES = "secure, auto, sslv2-or-v3, sslv2, sslv3, tls, tls11, tls12, tls13"
+
+
+def _protocol_hint(protocol: str) -> str:
+    """The names an unknown protocol name could have been, for its ValueError: the one it
+    spells another way ("TLSv1.2", "tls1.3": "tls12", "tls13"), or the list."""
+    spelled = "".join(ch for ch in protocol.lower() if ch.isalnum()).replace("tlsv", "tls")
+    spelled = {"tls1": "tls", "tls10": "tls", "ssl3": "sslv3", "ssl2": "sslv2"}.get(
+        spelled, spelled
+    )
+    if spelled in _KNOWN_PROTOCOLS:
+        return f"did you mean {spelled!r}?"
+    return f"expected one of: {_PROTOCOL_CHOICES}"
 
 
 def _load_credentials(
@@ -365,10 +390,10 @@ def _load_credentials(
     if not isinstance(private_key, tuple) or len(private_key) != 2:
         raise TypeError(f"{func}: private_key must be ('pem', path), ('der', path) or None")
     kind, source = private_key
-    if kind == "pem":
-        _load_key(func, ctx, _read_file(func, source), der=False, rsa=False, password=None)
-    elif kind == "der":
-        _load_key(func, ctx, _read_file(func, source), der=True, rsa=False, password=None)
+    if kind in ("pem", "der"):
+        data = _read_file(func, source)
+        der = kind == "der"
+        _load_key(func, ctx, data, der=der, rsa=False, password=None, path=_path_name(source))
     elif kind == "pem-data":
         if not isinstance(source, (bytes, bytearray)):
             raise TypeError(f"{func}: ('pem-data', ...) takes bytes")
@@ -620,7 +645,11 @@ def ssl_load_verify_source(context: object, src: object, *, try_: bool = False) 
         ok = _load_macos_keychain(ctx, src[1])
     else:
         path = fspath_bytes(func, src[1])
-        ok = os.path.isdir(path) and bool(lib.sp_ctx_add_verify_dir(ptr, path))
+        if not os.path.isdir(path):
+            if not try_:
+                raise _not_a_directory(func, path)
+            return
+        ok = bool(lib.sp_ctx_add_verify_dir(ptr, path))
     if not ok:
         exc = build_error(func, "load", detail=None)
         if not exc.openssl_errors:
@@ -628,6 +657,16 @@ def ssl_load_verify_source(context: object, src: object, *, try_: bool = False) 
         if not try_:
             raise exc
     lib.ERR_clear_error()
+
+
+def _not_a_directory(func: str, path: bytes) -> SSLError:
+    """Why ("directory", path) cannot be a verify source: what the path is instead."""
+    name = os.fsdecode(path)
+    try:
+        os.stat(path)
+    except OSError as exc:
+        return SSLError(f"{func}: load failed ({exc.strerror}: {name!r})", errno=exc.errno)
+    return SSLError(f"{func}: load failed (not a directory: {name!r})", errno=errno.ENOTDIR)
 
 
 def _load_verify_file(func: str, ctx: _Context, path: object) -> None:
@@ -638,10 +677,11 @@ def _load_verify_file(func: str, ctx: _Context, path: object) -> None:
     # so that an SNI callback may still add roots to the context it runs for)
     ok = _binding.lib.sp_ctx_load_verify_pem(ctx._mutable(func), pem, len(pem), err)
     if not ok:
+        name = _path_name(path)
         if err.ssl_error == _binding.lib.SP_LOAD_NOTHING:
             err.ssl_error = 0
-            raise build_error(func, "load", err, detail="no certificate or CRL found")
-        raise build_error(func, "load", err)
+            raise build_error(func, "load", err, detail="no certificate or CRL found", path=name)
+        raise build_error(func, "load", err, path=name)
 
 
 def _add_pem_roots(ctx: _Context, pem: bytes) -> bool:
@@ -714,7 +754,25 @@ def _set_cipher_spec(
     with ctx._config(func) as ptr:
         lib.ERR_clear_error()
         if b"\0" in raw or not getattr(lib, setter)(ptr, raw):
-            raise build_error(func, what)
+            errors = build_error(func, what).openssl_errors  # (drains the queue)
+            if b"\0" in raw:
+                reason = "contains a NUL character"
+            else:
+                reason = errors[-1] if errors else "OpenSSL rejects it"
+            hint = _cipher_hint(setter, spec)
+            raise SSLError(
+                f"{func}: {what} failed ({reason}: {spec!r}{hint})", openssl_errors=errors
+            )
+
+
+def _cipher_hint(setter: str, spec: str) -> str:
+    """A rejected cipher spec that names suites of the other kind: which call takes them."""
+    tls13 = any(name.startswith("TLS_") for name in spec.replace(",", ":").split(":"))
+    if setter == "SSL_CTX_set_cipher_list" and tls13:
+        return "; TLS 1.3 suites (TLS_...) are set with ssl_set_ciphersuites"
+    if setter == "SSL_CTX_set_ciphersuites" and not tls13:
+        return "; TLS <= 1.2 suites are set with ssl_set_ciphers"
+    return ""
 
 
 def ssl_set_ciphers(context: object, cipher_spec: str) -> None:
@@ -777,13 +835,21 @@ def _load_chain(func: str, ctx: _Context, pathname: object) -> None:
     with ctx._config(func) as ptr:
         ok = _binding.lib.sp_ctx_use_chain_pem(ptr, pem, len(pem), err)
     if not ok:
-        raise _load_failed(func, err)
+        raise _load_failed(func, err, path=_path_name(pathname))
     ctx._has_certificate = True
 
 
 def _load_key(
-    func: str, ctx: _Context, data: bytes, *, der: bool, rsa: bool, password: Optional[bytes]
+    func: str,
+    ctx: _Context,
+    data: bytes,
+    *,
+    der: bool,
+    rsa: bool,
+    password: Optional[bytes],
+    path: Optional[str] = None,
 ) -> None:
+    """Use the key in `data` (read from the file `path`, or given as data: None)."""
     lib = _binding.lib
     ffi = _binding.ffi
     ctx._mutable(func)
@@ -797,10 +863,20 @@ def _load_key(
         ):
             # (OpenSSL's words for it: "bad decrypt", "pkcs12 cipherfinal error", ...)
             err.ssl_error = 0
-            detail = "wrong password" if password is not None else "the key is encrypted"
+            if password is not None:
+                detail = "wrong password"
+            else:
+                detail = "the key is encrypted and no password was given"
             last = _err_last(err)
-            raise build_error(func, "load", err, detail=f"{detail} ({last})" if last else detail)
-        raise _load_failed(func, err)
+            detail = f"{detail} ({last})" if last else detail
+            raise build_error(func, "load", err, detail=detail, path=path)
+        wrong = _wrong_encoding(data, der)
+        if wrong:
+            err.ssl_error = 0
+            last = _err_last(err)
+            detail = f"{wrong} ({last})" if last else wrong
+            raise build_error(func, "load", err, detail=detail, path=path)
+        raise _load_failed(func, err, path=path)
     try:
         # A key must match the certificate of its type; once a certificate is loaded, there
         # must be one of its type (OpenSSL keeps one identity per key type and would take an
@@ -808,9 +884,18 @@ def _load_key(
         with ctx._config(func) as ptr:
             ok = lib.sp_ctx_use_private_key(ptr, key, int(ctx._has_certificate), err)
         if not ok:
-            raise _load_failed(func, err)
+            raise _load_failed(func, err, path=path)
     finally:
         lib.EVP_PKEY_free(key)
+
+
+def _wrong_encoding(data: bytes, der: bool) -> Optional[str]:
+    """Why a key did not load when it is in the other encoding than the one asked for."""
+    if der and data.lstrip().startswith(b"-----BEGIN"):
+        return "no DER private key found: the data is PEM, which asn1=False reads"
+    if not der and data[:1] == b"\x30" and b"-----BEGIN" not in data:
+        return "no PEM private key found: the data looks like DER, which asn1=True reads"
+    return None
 
 
 def ssl_load_private_key(
@@ -850,7 +935,8 @@ def ssl_load_private_key(
     if pw is not None and b"\0" in pw:
         raise ValueError(f"{func}: password contains a NUL byte")
     ctx._mutable(func)
-    _load_key(func, ctx, data, der=asn1, rsa=rsa, password=pw)
+    path = None if isinstance(pathname, tuple) else _path_name(pathname)
+    _load_key(func, ctx, data, der=asn1, rsa=rsa, password=pw, path=path)
 
 
 def ssl_load_suggested_certificate_authorities(
@@ -868,7 +954,7 @@ def ssl_load_suggested_certificate_authorities(
     with ctx._config(func) as ptr:
         ok = _binding.lib.sp_ctx_load_client_ca_pem(ptr, pem, len(pem), err)
     if not ok:
-        raise _load_failed(func, err)
+        raise _load_failed(func, err, path=_path_name(pathname))
 
 
 # -- key exchange ----------------------------------------------------------------------------
@@ -884,15 +970,21 @@ def ssl_server_context_enable_dhe(context: object, dh_param: object = DH4096_PEM
     func = "ssl_server_context_enable_dhe"
     if not isinstance(context, SSLServerContext):
         raise TypeError(f"{func}: expected a server context, got {type(context).__name__}")
+    path = None
     if isinstance(dh_param, (bytes, bytearray)) and b"-----BEGIN" in dh_param:
         pem = bytes(dh_param)
     else:
         pem = _read_file(func, dh_param)
+        path = _path_name(dh_param)
     err = _binding.ffi.new("sp_err *")
     with context._config(func) as ptr:
         ok = _binding.lib.sp_ctx_set_dh_pem(ptr, pem, len(pem), err)
     if not ok:
-        raise build_error(func, "loading DH parameters", err)
+        detail = None
+        if b"DH PARAMETERS-----" not in pem:
+            last = _err_last(err)
+            detail = f"no DH parameters found ({last})" if last else "no DH parameters found"
+        raise build_error(func, "loading DH parameters", err, detail=detail, path=path)
 
 
 def ssl_server_context_enable_ecdh(context: object, curve_name: str = "secp521r1") -> None:

@@ -206,6 +206,7 @@ def _start_on_socket(
     strict_eof: bool,
     cache_port: int = 0,
     prepared: bool = False,
+    peer: Optional[tuple[Any, ...]] = None,
 ) -> Ports:
     """Handshake over a connected socket; the ports own it from then on.
 
@@ -226,6 +227,8 @@ def _start_on_socket(
     conn = Connection(
         ptr, _SocketTransport(sock), ctx, SSLNetworkError, strict_eof, False, True, hostname
     )
+    if peer is not None:
+        conn.peer = peer
     if cache_port:
         conn.caches_session = True
     if ctx._sni_callback is None:
@@ -385,6 +388,7 @@ def ssl_connect(
             strict_eof,
             port_no,
             prepared=True,
+            peer=(hostname, port_no),
         )
     except BaseException:
         sock.close()
@@ -621,9 +625,10 @@ def ssl_accept(listener: SSLListener) -> Ports:
     lst._accepting.add(me)
     try:
         if lst._raw_accept is not None:  # a bare _socket.socket, see _tcp_connect
-            sock = _raw_socket(lst._family, socket.SOCK_STREAM, lst._proto, lst._raw_accept()[0])
+            fd, addr = lst._raw_accept()
+            sock = _raw_socket(lst._family, socket.SOCK_STREAM, lst._proto, fd)
         else:  # pragma: no cover - a socket module without _accept
-            sock = lst._sock.accept()[0]
+            sock, addr = lst._sock.accept()
     except OSError as exc:
         if lst._closing or lst._sock.fileno() < 0:  # closed (ssl_close, another thread)
             raise SSLNetworkError(f"{func}: accept failed (listener is closed)") from exc
@@ -647,6 +652,7 @@ def ssl_accept(listener: SSLListener) -> Ports:
             None,
             False,
             prepared=True,
+            peer=addr if lst._tcp else None,  # (whom a failed handshake's message names)
         )
     except BaseException:
         sock.close()

@@ -783,6 +783,9 @@ class Connection:
     sni_error: Optional[BaseException] = None
     input_port: Optional[weakref.ref[SSLInputPort]] = None
     caches_session = False  # a client whose context keeps sessions (in C) for the next connect
+    # The peer's (host, port) for a failed handshake's message, when the caller knows it
+    # (net.py: what ssl_connect connected to, whom ssl_accept accepted); see peer_text.
+    peer: Optional[tuple[Any, ...]] = None
 
     def __init__(
         self,
@@ -840,7 +843,7 @@ class Connection:
 
     def fail(self, func: str, what: str, err: Any) -> BaseException:
         """The exception for a failed pump call, made by the connection's error argument."""
-        exc = build_error(func, what, self.own_record(err))
+        exc = build_error(func, what, self.own_record(err), conn=self.ptr, hostname=self.hostname)
         return self.make_error(exc)
 
     def own_record(self, err: Any) -> Any:
@@ -910,7 +913,7 @@ class Connection:
             if status == _SP_OK:
                 return
             if status in (_SP_WANT_READ, _SP_WANT_WRITE):
-                raise SSLTimeoutError(f"{func}: handshake timed out")
+                raise self.handshake_timed_out(func)
             self.handshake_failed(func, status, cls)
         lib = _binding.lib
         err = _per_thread.pair[0]
@@ -927,10 +930,10 @@ class Connection:
             if status in (_SP_WANT_READ, _SP_WANT_WRITE):
                 if self.is_socket:  # the pump waited a slice (or a signal came): call again
                     if deadline.expired():
-                        raise SSLTimeoutError(f"{func}: handshake timed out")
+                        raise self.handshake_timed_out(func)
                     continue
                 if deadline.expired():  # (a stream read under it gives up at the deadline)
-                    raise SSLTimeoutError(f"{func}: handshake timed out")
+                    raise self.handshake_timed_out(func)
                 try:
                     self.wait_for_pump(status, deadline, func, seen)
                 except _TransportError as exc:
@@ -939,7 +942,7 @@ class Connection:
                     # timeout is TimeoutError from Python 3.10 on; before, socket.timeout.)
                     timed_out = isinstance(exc.__cause__, (TimeoutError, socket.timeout))
                     if timed_out and deadline.expired():
-                        raise SSLTimeoutError(f"{func}: handshake timed out") from exc
+                        raise self.handshake_timed_out(func) from exc
                     what = self.handshake_what()
                     raise self.make_error(cls(f"{func}: {what} failed ({exc.message})")) from exc
                 continue
@@ -951,12 +954,46 @@ class Connection:
         lib = _binding.lib
         return "accept" if lib.SSL_is_server(lib.sp_conn_ssl(self.ptr)) else "connect"
 
+    def peer_text(self) -> Optional[str]:
+        """The peer's host:port for a failed handshake's message: what the caller said
+        (`peer`), else what the socket says (nothing once a reset disconnected it), else None
+        (a stream transport)."""
+        addr = self.peer
+        if addr is None and self.is_socket:
+            try:
+                addr = cast(_SocketTransport, self.transport).sock.getpeername()
+            except OSError:
+                return None
+        if not isinstance(addr, tuple) or len(addr) < 2:
+            return None  # (an AF_UNIX peer has no host:port)
+        host, port = str(addr[0]), addr[1]
+        return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+    def handshake_timed_out(self, func: str) -> SSLTimeoutError:
+        where = self.peer_text()
+        if where is not None and self.handshake_what() == "accept":
+            where = f"client {where}"
+        return SSLTimeoutError(f"{func}: handshake timed out" + (f" ({where})" if where else ""))
+
     def handshake_failed(self, func: str, status: int, cls: type[SSLError]) -> NoReturn:
         """Raise what a failed handshake (`status`, this thread's error record) means."""
         what = self.handshake_what()
+        where = self.peer_text()
         if status == _SP_RAGGED_EOF and self.sni_error is None:
-            raise cls(f"{func}: {what} failed (connection closed by peer)")
-        exc = build_error(func, what, self.own_record(_per_thread.pair[0]), cls)
+            at = f": {where}" if where else ""
+            raise cls(f"{func}: {what} failed (connection closed by peer{at})")
+        record = self.own_record(_per_thread.pair[0])
+        exc = build_error(
+            func,
+            what,
+            record,
+            cls,
+            conn=self.ptr,
+            hostname=self.hostname,
+            peer=where,
+            client_peer=what == "accept",
+            hint=_binding.server_hint(self.ptr, record),
+        )
         if isinstance(self.transport, _StreamTransport):
             try:  # the alert, so the peer learns why (also when an SNI callback failed)
                 self.transport.push_out(self.ptr, _Deadline(1.0))

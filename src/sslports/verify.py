@@ -54,7 +54,7 @@ def verify_port_now(func: str, port: Any, on: bool, try_only: bool) -> None:
     if not lib.SSL_is_server(lib.sp_conn_ssl(conn.ptr)):
         lib.sp_conn_set_verify(conn.ptr, flags)
         if on and not try_only and not lib.sp_peer_verified(conn.ptr):
-            raise SSLError(f"{func}: failed (peer certificate did not verify)")
+            raise _not_verified(func, conn)
         return
     if not on:
         lib.sp_conn_set_verify(conn.ptr, flags)
@@ -83,7 +83,20 @@ def verify_port_now(func: str, port: Any, on: bool, try_only: bool) -> None:
         _pump_for_reverify(func, conn, scratch, deadline)
     _surface_deferred_error(func, conn, scratch)
     if not try_only and not lib.sp_peer_verified(conn.ptr):
-        raise SSLError(f"{func}: failed (peer certificate did not verify)")
+        raise _not_verified(func, conn)
+
+
+def _not_verified(func: str, conn: Connection) -> SSLError:
+    """The error of a peer that did not verify: why, when its certificate failed a step."""
+    found = _binding.verify_failure(conn.ptr, conn.hostname)
+    if found is None:  # (no certificate)
+        return SSLError(f"{func}: failed (peer certificate did not verify)")
+    code, text = found
+    return SSLError(
+        f"{func}: failed (peer certificate did not verify: {text})",
+        verify_code=code,
+        verify_message=text,
+    )
 
 
 def _pump_for_reverify(
