@@ -79,7 +79,7 @@ wheel: $(STAMP)
 
 # Reliability and security checks (SECURITY.md). Each runs on demand, not in `make test`.
 FUZZ_SECONDS ?= 60
-.PHONY: fuzz fuzz-c asan valgrind soak integrity
+.PHONY: fuzz fuzz-c asan valgrind soak integrity chaos
 # Every fuzz target for FUZZ_SECONDS each (atheris when it installs, else hypothesis).
 fuzz: setup
 	@$(VPY) -c 'import atheris' 2>/dev/null || $(VPY) -m pip install -q atheris || true
@@ -103,3 +103,20 @@ soak: setup
 INTEGRITY_MIB ?= 256
 integrity: setup
 	$(VPY) scripts/integrity.py --mib $(INTEGRITY_MIB)
+# Many connections at once for CHAOS_SECONDS, seeded (CHAOS_SEED; random when empty, printed):
+# sslports at both ends and against Python's ssl, openssl s_server / s_client, with resets,
+# half-closes, garbage, timeouts, closes from other threads (scripts/chaos.py). Fails on an
+# exception type API.md does not name, a lost or corrupted byte, a hang (stack dump), or
+# descriptors, threads or RSS not back at the end. CHAOS_ASAN=1 runs it on the sanitized build
+# scripts/asan.sh makes (build/asan/tree; run `make asan` or scripts/asan.sh once first).
+CHAOS_SECONDS ?= 600
+CHAOS_SEED ?=
+chaos: setup
+	@if [ -n "$(CHAOS_ASAN)" ]; then \
+		PYTHONPATH=build/asan/site:build/asan/tree/src LD_PRELOAD=$$($(CC) -print-file-name=libasan.so) \
+		ASAN_OPTIONS=detect_leaks=0:abort_on_error=1:detect_stack_use_after_return=1 \
+		UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 PYTHONMALLOC=malloc \
+		$(VPY) scripts/chaos.py --seconds $(CHAOS_SECONDS) $(if $(CHAOS_SEED),--seed $(CHAOS_SEED)); \
+	else \
+		$(VPY) scripts/chaos.py --seconds $(CHAOS_SECONDS) $(if $(CHAOS_SEED),--seed $(CHAOS_SEED)); \
+	fi

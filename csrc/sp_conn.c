@@ -1850,7 +1850,9 @@ int sp_conn_use_session_cache(sp_conn *c, const char *host, int port, unsigned l
 }
 
 /* Before the socket closes: let OpenSSL process what the server already sent (TLS 1.3 tickets
- * arrive after the handshake), without waiting, so that their sessions reach the cache. */
+ * arrive after the handshake), without waiting, so that their sessions reach the cache. The
+ * SSL_read takes application data too: callers hold the read lock (ports.py
+ * last_port_closed), as a read of another thread would lose those bytes from its stream. */
 void sp_conn_drain_tickets(sp_conn *c)
 {
     if (in_own_callback(c))

@@ -1667,11 +1667,6 @@ static PyObject *conn_last_closed(PyObject *conn, PyObject *timeout)
         return PyObject_CallMethodOneArg(conn, str_last_port_closed, timeout);
     if ((yes = attr_true(conn, str_caches_session)) < 0)
         return NULL;
-    if (yes) { /* tickets that already arrived go to the session cache */
-        Py_BEGIN_ALLOW_THREADS /* (the pump's calls here never wait; CFFI's release it too) */
-        pump_drain_tickets(c);
-        Py_END_ALLOW_THREADS
-    }
     if (PyObject_SetAttr(conn, str_addr, zero) < 0
         || PyObject_SetAttr(conn, str_closed, Py_True) < 0
         || (transport = PyObject_GetAttr(conn, str_transport)) == NULL
@@ -1682,6 +1677,15 @@ static PyObject *conn_last_closed(PyObject *conn, PyObject *timeout)
     if ((PyObject *)Py_TYPE(locks[0]) != lock_type || (PyObject *)Py_TYPE(locks[1]) != lock_type) {
         PyErr_SetString(PyExc_TypeError, "close: the direction locks are not _fastport.Lock");
         goto done;
+    }
+    /* Tickets that already arrived go to the session cache, unless a read in another thread is
+     * still under way (the read lock is held): the drain's SSL_read would take application
+     * data from between the bytes that read returns (ports.py last_port_closed). */
+    if (yes && lock_wait((Lock *)locks[0], 0) == 1) {
+        Py_BEGIN_ALLOW_THREADS /* (the pump's calls here never wait; CFFI's release it too) */
+        pump_drain_tickets(c);
+        Py_END_ALLOW_THREADS
+        lock_give((Lock *)locks[0]);
     }
     Py_BEGIN_ALLOW_THREADS
     pump_flush(c, 0, &err); /* what is still queued leaves without waiting (tickets) */

@@ -1256,10 +1256,19 @@ class Connection:
             forked = _binding.lib.sp_conn_forked(self.ptr)
             if forked and self.close_shared(forked, timeout):
                 return
-        if self.caches_session:  # tickets that already arrived go to the session cache
-            _binding.lib.sp_conn_drain_tickets(self.ptr)
         self._fast_addr = 0  # the C fast path hands every later call to read/write_rest
         self.closed = True  # every later call raises ValueError before reaching C
+        if self.caches_session and self.read_lock.acquire(False):
+            # Tickets that already arrived go to the session cache, unless a read in another
+            # thread is still under way (shutdown() below ends it): the drain's SSL_read
+            # would take application data from between the bytes that read returns, a hole
+            # in its stream. Such a connection's tickets go uncached. (closed first: a read
+            # that waited for the lock meanwhile finds the connection closed, not the bytes
+            # after the drained ones.)
+            try:
+                _binding.lib.sp_conn_drain_tickets(self.ptr)
+            finally:
+                self.read_lock.release()
         if self.is_socket:
             # What is still queued leaves without waiting: a TLS 1.3 server's session tickets,
             # which wait for the connection's first write (sp_handshake), when it never wrote.
