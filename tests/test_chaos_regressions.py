@@ -116,9 +116,10 @@ def test_close_while_another_thread_reads_leaves_no_hole(round_: int) -> None:
 @pytest.mark.xfail(
     strict=True,
     reason="not fixed: bytes the peer sends after close() (an OpenSSL server's TLS 1.3 session "
-    "tickets, sent at its first read) make Linux reset the closed socket, which drops what the "
-    "kernel had yet to send; a fix needs a lingering close (the socket kept, reading and "
-    "dropping, until the kernel sent everything or a bound passed)",
+    "tickets, sent at its first read) make Linux reset the socket, which drops what the kernel "
+    "had yet to send: after shutdown(SHUT_RD) (the close's SHUT_RDWR) or close(), any data "
+    "arriving while our send queue holds bytes aborts the connection (with SHUT_WR only and "
+    "the descriptor kept, everything arrives); a fix needs that lingering close (README)",
 )
 def test_close_before_the_server_reads_loses_nothing() -> None:
     """A client writes, closes, and only then does the server start reading. An OpenSSL
