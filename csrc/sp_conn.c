@@ -140,7 +140,11 @@
 #include <stdlib.h>
 #include <string.h>
 #ifndef _WIN32
+#include <sys/ioctl.h>
 #include <sys/uio.h>
+#ifdef __linux__
+#include <linux/sockios.h> /* SIOCOUTQ */
+#endif
 #endif
 
 #include "sp.h"
@@ -1130,6 +1134,52 @@ void sp_conn_drop_unread(sp_conn *c)
         if (n <= 0)
             break; /* EOF (after shutdown()), nothing more (EAGAIN), or an error */
     }
+}
+
+/* LINGERING CLOSE. Bytes the peer sends after our last close (a TLS 1.3 server's session
+ * tickets, when it sends them late) meet a socket whose receiving side is shut: Linux answers
+ * with a reset, and a reset also drops what the kernel had not yet delivered of our last write.
+ * So when the send queue still holds bytes, the last close shuts down only our side (SHUT_WR)
+ * and keeps the descriptor until the queue is empty (ports.py _Lingerer asks sp_fd_unsent).
+ * sp_fd_unsent: the bytes a TCP socket's kernel holds to send or to have acknowledged, our FIN
+ * included (Linux SIOCOUTQ, macOS SO_NWRITE); 0 where it cannot tell, on error, once the
+ * connection is gone (a reset), and for other sockets (a Unix socket's bytes are with the peer
+ * already). */
+long sp_fd_unsent(int fd)
+{
+#if defined(SIOCOUTQ) || defined(SO_NWRITE)
+    int n = 0;
+    struct sockaddr_storage addr;
+    socklen_t len = sizeof addr;
+#ifdef SIOCOUTQ
+    if (ioctl(fd, SIOCOUTQ, &n) != 0 || n <= 0)
+        return 0;
+#else
+    socklen_t nlen = sizeof n;
+    if (getsockopt(fd, SOL_SOCKET, SO_NWRITE, &n, &nlen) != 0 || n <= 0)
+        return 0;
+#endif
+    /* (not connected any more, as after a reset: what the kernel counts will never leave) */
+    if (getpeername(fd, (struct sockaddr *)&addr, &len) != 0
+        || (addr.ss_family != AF_INET && addr.ss_family != AF_INET6))
+        return 0;
+    return n;
+#else
+    (void)fd;
+    return 0;
+#endif
+}
+
+/* The last close lingers only for more than SP_LINGER_MIN bytes: a small tail (a reply, a
+ * server's tickets) is acknowledged within a round trip, and lingering on every connection would
+ * cost each a hand-off to the lingerer's thread; a large write to a peer that reads slowly is what
+ * sits in the queue long enough for late bytes to destroy it. */
+#define SP_LINGER_MIN 16384
+
+long sp_conn_unsent(sp_conn *c)
+{
+    long n = c->socket_mode ? sp_fd_unsent((int)c->fd) : 0;
+    return n > SP_LINGER_MIN ? n : 0;
 }
 
 void sp_conn_failure(sp_conn *c, sp_err *err)

@@ -184,6 +184,10 @@ unsigned long long sp_written(sp_conn *c);
  * kernel still had to send: the end of the last write, when the peer reads slowly. Nothing
  * to do once the peer's EOF was seen; at most 4 MiB (a peer still sending gets its reset). */
 void sp_conn_drop_unread(sp_conn *c);
+/* Bytes the kernel still holds to send on a TCP socket; sp_conn_unsent: on the connection's,
+ * when more than the last close lingers for, else 0 (see LINGERING CLOSE). */
+long sp_fd_unsent(int fd);
+long sp_conn_unsent(sp_conn *c);
 /* Whether another process may hold this connection's socket: 0 no fork since it was made;
  * 1 this process forked since (a child has a copy); 2 this process is a child of the one that
  * made it. The last close then closes only this process's descriptor: no shutdown(), nothing

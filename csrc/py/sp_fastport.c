@@ -94,6 +94,7 @@ typedef void (*conn_fn)(sp_conn *);
 typedef int (*handshake_fn)(sp_conn *, int, void *);
 typedef int (*forked_fn)(const sp_conn *);
 typedef int (*in_callback_fn)(const sp_conn *);
+typedef long (*unsent_fn)(sp_conn *);
 
 static read_fn pump_read;
 static write2_fn pump_write2;
@@ -108,8 +109,9 @@ static conn_fn pump_drop_unread;
 static handshake_fn pump_handshake;
 static forked_fn pump_forked;
 static in_callback_fn pump_in_callback;
+static unsent_fn pump_unsent;
 static int slice_ms = 50;
-static PyObject *zero, *shut_rdwr; /* 0; socket.SHUT_RDWR */
+static PyObject *zero, *shut_rdwr, *shut_wr; /* 0; socket.SHUT_RDWR, SHUT_WR */
 #define READ_CHUNK 65536 /* what readline reads at a time (ports.py _READ_CHUNK) */
 static Py_ssize_t record_size = 16384;
 static PyObject *read_all;  /* read_all(reader, conn) -> bytes: read(-1) and read(None) */
@@ -1603,8 +1605,8 @@ done:
  * connection or of one the collector freed (Connection.last_port_closed). */
 static PyObject *iobase_close; /* io.BufferedIOBase.close */
 static PyObject *str_claimed, *str_flush, *str_shutdown_on_close, *str_abandoned,
-    *str_close_notify, *str_open_ports, *str_port_closed, *str_last_port_closed, *str_is_socket,
-    *str_caches_session, *str_transport, *str_sock, *str_shutdown, *str_close;
+    *str_close_notify, *str_open_ports, *str_port_closed, *str_last_port_closed, *str_linger_close,
+    *str_is_socket, *str_caches_session, *str_transport, *str_sock, *str_shutdown, *str_close;
 
 /* What Python's `finally` does with exceptions: one raised by a later step replaces the one in
  * flight, which becomes its __context__. */
@@ -1690,6 +1692,28 @@ static PyObject *conn_last_closed(PyObject *conn, PyObject *timeout)
     Py_BEGIN_ALLOW_THREADS
     pump_flush(c, 0, &err); /* what is still queued leaves without waiting (tickets) */
     Py_END_ALLOW_THREADS
+    /* LINGERING CLOSE (sp_conn.c): with bytes still to deliver and no call in another thread,
+     * shut our side only and hand the socket to ports.py's lingerer, which closes it once the
+     * kernel delivered them (Connection.linger_close). */
+    if (pump_unsent(c) > 0 && lock_wait((Lock *)locks[0], 0) == 1) {
+        if (lock_wait((Lock *)locks[1], 0) == 1) {
+            if ((r = PyObject_CallMethodOneArg(sock, str_shutdown, shut_wr)) == NULL
+                && PyErr_ExceptionMatches(PyExc_OSError))
+                PyErr_Clear();
+            Py_CLEAR(r);
+            if (!PyErr_Occurred()) {
+                Py_BEGIN_ALLOW_THREADS
+                pump_drop_unread(c);
+                Py_END_ALLOW_THREADS
+            }
+            lock_give((Lock *)locks[1]);
+            lock_give((Lock *)locks[0]);
+            if (!PyErr_Occurred())
+                r = PyObject_CallMethodOneArg(conn, str_linger_close, sock);
+            goto done;
+        }
+        lock_give((Lock *)locks[0]);
+    }
     /* shutdown() first: it wakes a call still waiting on the socket in another thread and puts
      * our FIN out before close() could answer unread ciphertext with a reset. */
     if ((r = PyObject_CallMethodOneArg(sock, str_shutdown, shut_rdwr)) == NULL) {
@@ -1941,7 +1965,7 @@ static PyObject *fast_handshake(PyObject *module, PyObject *args)
 
 static PyObject *fast_init(PyObject *module, PyObject *args)
 {
-    enum { N_FNS = 13 }; /* the pump functions init() takes, in its argument order */
+    enum { N_FNS = 14 }; /* the pump functions init() takes, in its argument order */
     PyObject *fns, *addr[N_FNS], *all;
     void *fn[N_FNS];
     int slice, i;
@@ -1985,6 +2009,7 @@ static PyObject *fast_init(PyObject *module, PyObject *args)
     pump_held_try = (held_fn)(uintptr_t)fn[10];
     pump_forked = (forked_fn)(uintptr_t)fn[11];
     pump_in_callback = (in_callback_fn)(uintptr_t)fn[12];
+    pump_unsent = (unsent_fn)(uintptr_t)fn[13];
     slice_ms = slice;
     record_size = record;
     Py_INCREF(all);
@@ -1996,7 +2021,7 @@ static PyMethodDef module_methods[] = {
     {"init", fast_init, METH_VARARGS,
      "init((sp_read, sp_write2, sp_write_hold, sp_held_out, sp_written, sp_conn_broken, "
      "sp_flush, sp_conn_drain_tickets, sp_conn_drop_unread, sp_handshake, sp_held_out_try, "
-     "sp_conn_forked, sp_conn_in_callback addresses), "
+     "sp_conn_forked, sp_conn_in_callback, sp_conn_unsent addresses), "
      "sizeof_sp_err, "
      "slice_ms, record_size, read_all): bind the pump."},
     {"make_ports", fast_make_ports, METH_VARARGS,
@@ -2050,6 +2075,7 @@ static int intern_all(void)
         {&str_open_ports, "open_ports"},
         {&str_port_closed, "port_closed"},
         {&str_last_port_closed, "last_port_closed"},
+        {&str_linger_close, "linger_close"},
         {&str_is_socket, "is_socket"},
         {&str_caches_session, "caches_session"},
         {&str_closed, "closed"},
@@ -2075,8 +2101,9 @@ static int find_iobase_close(void)
         return -1;
     }
     shut_rdwr = PyObject_GetAttrString(sock, "SHUT_RDWR");
+    shut_wr = PyObject_GetAttrString(sock, "SHUT_WR");
     Py_DECREF(sock);
-    if (shut_rdwr == NULL || (zero = PyLong_FromLong(0)) == NULL) {
+    if (shut_rdwr == NULL || shut_wr == NULL || (zero = PyLong_FromLong(0)) == NULL) {
         Py_XDECREF(io);
         return -1;
     }

@@ -43,7 +43,9 @@ import itertools
 import math
 import operator
 import os
+import select
 import socket
+import struct
 import sys
 import threading
 import time
@@ -182,6 +184,7 @@ def _load_fastport() -> Any:
         "sp_held_out_try",
         "sp_conn_forked",
         "sp_conn_in_callback",
+        "sp_conn_unsent",
     ]  # (init's order)
     _fastport.init(
         tuple(int(ffi.cast("uintptr_t", ffi.addressof(lib, name))) for name in pump),
@@ -423,6 +426,114 @@ def _drain_senders_at_exit() -> None:
 
 if hasattr(os, "register_at_fork"):
     os.register_at_fork(after_in_child=_senders.clear)
+
+
+_LINGER_SECONDS = 10.0  # longest a closed connection's socket waits for its bytes to leave
+_LINGER_MAX = 256  # sockets lingering at once; past that, the last close closes at once
+_LINGER_POLL_MS = 20  # how often the lingerer looks at the send queues
+_ABORT = struct.pack("ii", 1, 0)  # SO_LINGER on, 0 s: close() resets the connection
+
+
+class _Lingerer:
+    """Closes sockets whose last write the kernel has not yet delivered (sp_conn.c LINGERING
+    CLOSE), from one daemon thread, started when first needed and ended when idle. Each socket
+    was shut down for writing only, so the peer has our FIN; what it sends meanwhile (a late
+    TLS 1.3 ticket) is read and dropped instead of being answered with the reset that would
+    drop the rest of our bytes. A socket closes once its send queue is empty, at the peer's EOF
+    or reset, or after _LINGER_SECONDS. At exit the process's own close of its descriptors
+    takes over, as for a plain close()."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.socks: dict[_socket.socket, float] = {}  # socket -> its deadline
+        self.dropped: set[_socket.socket] = set()  # those that read away bytes of the peer's
+        self.running = False
+
+    def add(self, sock: _socket.socket) -> bool:
+        """Take `sock` to close later; False when too many already wait (close it now)."""
+        with self.lock:
+            if len(self.socks) >= _LINGER_MAX:
+                return False
+            self.socks[sock] = time.monotonic() + _LINGER_SECONDS
+            if not self.running:
+                threading.Thread(target=self._run, name="sslports-linger", daemon=True).start()
+                self.running = True
+        return True
+
+    def _run(self) -> None:
+        try:
+            self._linger()
+        finally:  # (the loop ends only with nothing left; an error must not keep it "running")
+            with self.lock:
+                self.running = False
+
+    def _linger(self) -> None:
+        unsent = _binding.lib.sp_fd_unsent
+        poller = select.poll()
+        polled: set[int] = set()
+        while True:
+            with self.lock:
+                if not self.socks:
+                    return
+                socks = list(self.socks.items())
+            live: dict[int, tuple[_socket.socket, float]] = {}
+            for sock, deadline in socks:
+                fd = sock.fileno()
+                if fd < 0:  # its owner closed it meanwhile (a `with socket...` block's end)
+                    self._done(sock)
+                else:
+                    live[fd] = (sock, deadline)
+            for fd in polled - live.keys():
+                poller.unregister(fd)
+            for fd in live.keys() - polled:
+                poller.register(fd, select.POLLIN)
+            polled = set(live)
+            ready = {fd for fd, _event in poller.poll(_LINGER_POLL_MS)} if live else set()
+            now = time.monotonic()
+            for fd, (sock, deadline) in live.items():
+                if (fd in ready and not self._drop_input(sock)) or now > deadline or not unsent(fd):
+                    self._done(sock)
+
+    def _done(self, sock: _socket.socket) -> None:
+        """Close `sock`. If bytes the peer sent after our close were read away, with a reset
+        (SO_LINGER 0), as the kernel answers such bytes: the peer learns that they went
+        nowhere, now that ours were delivered (it reads them before the reset's error)."""
+        with self.lock:
+            self.socks.pop(sock, None)
+            dropped = sock in self.dropped
+            self.dropped.discard(sock)
+        if dropped:
+            with contextlib.suppress(OSError):
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _ABORT)
+        sock.close()
+
+    def _drop_input(self, sock: _socket.socket) -> bool:
+        """Read away what arrived; False at the peer's EOF or an error (nothing more to wait
+        for: the peer has everything it will take)."""
+        try:
+            data = sock.recv(65536, socket.MSG_DONTWAIT)
+        except (BlockingIOError, InterruptedError):
+            return True
+        except OSError:
+            return False
+        if data:
+            with self.lock:
+                self.dropped.add(sock)
+        return bool(data)
+
+    def forget(self) -> None:
+        """In a forked child: the parent's lingering sockets are the parent's to close; this
+        process closes its copies now (no thread of the parent runs here)."""
+        self.lock = threading.Lock()
+        socks, self.socks, self.running = self.socks, {}, False
+        self.dropped = set()
+        for sock in socks:
+            sock.close()
+
+
+_lingerer = _Lingerer()
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_lingerer.forget)
 
 
 class _Receiver:
@@ -1273,12 +1384,14 @@ class Connection:
             # What is still queued leaves without waiting: a TLS 1.3 server's session tickets,
             # which wait for the connection's first write (sp_handshake), when it never wrote.
             _binding.lib.sp_flush(self.ptr, 0, _per_thread.pair[0])
+            sock = cast(_SocketTransport, self.transport).sock
+            if _binding.lib.sp_conn_unsent(self.ptr) and self.linger_when_idle(sock):
+                return
             # shutdown() first: it wakes a call still waiting on this socket in another
             # thread, and puts our FIN on the wire before close() can answer ciphertext we
             # never read (a late TLS 1.3 ticket) with a reset, so the peer reads a clean EOF.
             # Then wait for such a call to leave (it holds its direction's lock): a reused
             # descriptor number must never reach C.
-            sock = cast(_SocketTransport, self.transport).sock
             try:  # (not contextlib.suppress: three Python calls on every connection)
                 sock.shutdown(socket.SHUT_RDWR)
             except OSError:
@@ -1293,6 +1406,35 @@ class Connection:
         # A stream transport: bytes the output stream refused raise here, as a write's would.
         with self.transport_errors("close", "write"):
             self.transport.close(self.close_original, timeout)
+
+    def linger_when_idle(self, sock: _socket.socket) -> bool:
+        """The last close of a socket whose kernel still holds bytes to deliver, when no call
+        of another thread is under way (sp_conn.c LINGERING CLOSE): shut our side only, read
+        away what arrived, and leave the socket to the lingerer. False when a call is under
+        way (the usual close wakes it with shutdown(SHUT_RDWR))."""
+        if not self.read_lock.acquire(False):
+            return False
+        try:
+            if not self.write_lock.acquire(False):
+                return False
+            try:
+                try:
+                    sock.shutdown(socket.SHUT_WR)
+                except OSError:
+                    pass
+                _binding.lib.sp_conn_drop_unread(self.ptr)
+            finally:
+                self.write_lock.release()
+        finally:
+            self.read_lock.release()
+        self.linger_close(sock)
+        return True
+
+    def linger_close(self, sock: _socket.socket) -> None:
+        """Close `sock`, shut down for writing, once the kernel delivered what it holds (the
+        lingerer), or now when too many sockets already linger (sp_fastport.c calls this)."""
+        if not _lingerer.add(sock):
+            sock.close()
 
     def close_shared(self, forked: int, timeout: Optional[float]) -> bool:
         """The last close of a socket connection after a fork (`forked`: sp_conn_forked), when
