@@ -34,8 +34,6 @@ from __future__ import annotations
 
 import argparse
 import collections
-import ctypes
-import ctypes.util
 import faulthandler
 import gc
 import hashlib
@@ -53,6 +51,8 @@ import threading
 import time
 import traceback
 from typing import Any, Callable, Optional
+
+from soak import rss_bytes  # (scripts/: this script's own directory is on sys.path)
 
 import sslports
 from sslports import SSLError, SSLNetworkError
@@ -288,6 +288,20 @@ def rst_close(sock: socket.socket) -> None:
 
 
 # -- peers ---------------------------------------------------------------------------------
+
+
+def close_server(
+    sock: socket.socket, thread: threading.Thread, handlers: list[threading.Thread], wait: float
+) -> None:
+    """Close a raw server's listening socket and wait for its accept thread and handlers."""
+    try:  # (close() alone does not wake the accept() of another thread)
+        sock.shutdown(socket.SHUT_RDWR)
+    except OSError:
+        pass
+    sock.close()
+    thread.join(10)
+    for t in list(handlers):
+        t.join(wait)
 
 
 def server_context(run: Run) -> Any:
@@ -553,14 +567,7 @@ class PyServer:
             s.close()
 
     def close(self) -> None:
-        try:  # (close() alone does not wake the accept() of another thread)
-            self.sock.shutdown(socket.SHUT_RDWR)
-        except OSError:
-            pass
-        self.sock.close()
-        self.thread.join(10)
-        for t in list(self.handlers):
-            t.join(60 * SLOW)
+        close_server(self.sock, self.thread, self.handlers, 60 * SLOW)
 
 
 class VanishServer:
@@ -603,14 +610,7 @@ class VanishServer:
             sock.close()
 
     def close(self) -> None:
-        try:  # (close() alone does not wake the accept() of another thread)
-            self.sock.shutdown(socket.SHUT_RDWR)
-        except OSError:
-            pass
-        self.sock.close()
-        self.thread.join(10)
-        for t in list(self.handlers):
-            t.join(30 * SLOW)
+        close_server(self.sock, self.thread, self.handlers, 30 * SLOW)
 
 
 # -- clients -------------------------------------------------------------------------------
@@ -1247,20 +1247,6 @@ SCENARIOS: list[tuple[Callable[..., None], str, int]] = [
 
 def fds() -> set[int]:
     return {int(x) for x in os.listdir("/proc/self/fd")}
-
-
-def rss_bytes() -> int:
-    gc.collect()
-    libc_name = ctypes.util.find_library("c")
-    if libc_name:
-        trim = getattr(ctypes.CDLL(libc_name), "malloc_trim", None)
-        if trim is not None:
-            trim(0)
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) * 1024
-    return 0
 
 
 def settle(start_threads: int, timeout: float) -> None:

@@ -131,7 +131,7 @@ class Clients:
         try:
             out.write(b"soak line\n")
             out.flush()
-            ok = inp.readline() == b"soak line\n"
+            ok: bool = inp.readline() == b"soak line\n"
         finally:
             out.close()
             inp.close()
@@ -207,7 +207,7 @@ def make_contexts(count: int) -> None:
             sslports.ssl_load_certificate_chain(ctx, PEM)
             sslports.ssl_load_private_key(ctx, PEM)
             sslports.ssl_set_server_alpn(ctx, [b"h2", b"http/1.1"])
-            sslports.ssl_set_server_name_identification_callback(ctx, lambda name, c=ctx: c)
+            sslports.ssl_set_server_name_identification_callback(ctx, lambda name, c=ctx: c)  # type: ignore[misc]
             sslports.ssl_server_context_enable_ecdh(ctx, "prime256v1")
         else:
             ctx = sslports.ssl_make_client_context()
