@@ -896,14 +896,26 @@ def scenario_sslports(run: Run, rng: random.Random, ctxs: dict[str, Any], port: 
         ["clean", "timeouts", "split", "close", "abandon", "drop", "closeboth"],
         [5, 2, 2, 1, 1, 1, 1],
     )[0]
-    clean = mode in ("clean", "timeouts", "split")
-    with run.scenario(f"client {c.how}/{c.proto} to sslports {mode}", 60):
+    _echo_scenario(run, rng, c, port, "sslports", mode, mode in ("clean", "timeouts", "split"))
+
+
+def scenario_python(run: Run, rng: random.Random, ctxs: dict[str, Any], port: int) -> None:
+    c = Client(run, rng, ctxs)
+    mode = rng.choices(["clean", "halfclose", "reset", "garbage", "noread"], [4, 2, 1, 1, 1])[0]
+    _echo_scenario(run, rng, c, port, "python", mode, mode in ("clean", "halfclose"))
+
+
+def _echo_scenario(
+    run: Run, rng: random.Random, c: Client, port: int, server: str, mode: str, clean: bool
+) -> None:
+    """Client `c` against an echo server (`server`: sslports or python) told `mode` first."""
+    with run.scenario(f"client {c.how}/{c.proto} to {server} {mode}", 60):
         try:
             inp, out = c.open(port)
         except BaseException as exc:
             run.check_exc(f"open {c.how}", exc, CONNECT_OK if c.how != "streams" else STREAMS_OK)
             return
-        if c.closer == "drop" and rng.random() < 0.5:
+        if server == "sslports" and c.closer == "drop" and rng.random() < 0.5:
             del inp, out  # (dropped right away)
             run.count("client dropped at once")
             return
@@ -912,29 +924,9 @@ def scenario_sslports(run: Run, rng: random.Random, ctxs: dict[str, Any], port: 
             out.flush()
         except BaseException as exc:
             run.check_exc("write MODE", exc, c.io_ok)
-        c.exchange(inp, out, f"sslports-{mode}", Verifier(c.cs, c.readers == 1), clean)
+        c.exchange(inp, out, f"{server}-{mode}", Verifier(c.cs, c.readers == 1), clean)
         c.finish(inp, out)
-        run.count(f"sslports {mode}")
-
-
-def scenario_python(run: Run, rng: random.Random, ctxs: dict[str, Any], port: int) -> None:
-    c = Client(run, rng, ctxs)
-    mode = rng.choices(["clean", "halfclose", "reset", "garbage", "noread"], [4, 2, 1, 1, 1])[0]
-    clean = mode in ("clean", "halfclose")
-    with run.scenario(f"client {c.how}/{c.proto} to python {mode}", 60):
-        try:
-            inp, out = c.open(port)
-        except BaseException as exc:
-            run.check_exc(f"open {c.how}", exc, CONNECT_OK if c.how != "streams" else STREAMS_OK)
-            return
-        try:
-            out.write(b"MODE %s %d\n" % (mode.encode(), rng.getrandbits(32)))
-            out.flush()
-        except BaseException as exc:
-            run.check_exc("write MODE", exc, c.io_ok)
-        c.exchange(inp, out, f"python-{mode}", Verifier(c.cs, c.readers == 1), clean)
-        c.finish(inp, out)
-        run.count(f"python {mode}")
+        run.count(f"{server} {mode}")
 
 
 def scenario_vanish(run: Run, rng: random.Random, ctxs: dict[str, Any], port: int) -> None:
