@@ -143,7 +143,7 @@
 #include <sys/ioctl.h>
 #include <sys/uio.h>
 #ifdef __linux__
-#include <linux/sockios.h> /* SIOCOUTQ */
+#include <linux/sockios.h> /* SIOCOUTQ, SIOCOUTQNSD */
 #endif
 #endif
 
@@ -1170,16 +1170,30 @@ long sp_fd_unsent(int fd)
 #endif
 }
 
-/* The last close lingers only for more than SP_LINGER_MIN bytes: a small tail (a reply, a
- * server's tickets) is acknowledged within a round trip, and lingering on every connection would
- * cost each a hand-off to the lingerer's thread; a large write to a peer that reads slowly is what
- * sits in the queue long enough for late bytes to destroy it. */
+/* The last close lingers for more than SP_LINGER_MIN bytes, or for any byte the kernel has not
+ * even transmitted yet (Linux SIOCOUTQNSD: the peer's window is closed, it is not reading). A
+ * small tail that has left (a reply, a server's tickets) is only waiting for its acknowledgement,
+ * which a delayed ACK holds back up to 40 ms: on loopback those bytes are in the peer's kernel
+ * already, and lingering on every such connection would cost each a hand-off to the lingerer's
+ * thread. A write to a peer that reads slowly is what sits in the queue long enough for late
+ * bytes to destroy it, however small its tail. */
 #define SP_LINGER_MIN 16384
+
+static int fd_untransmitted(int fd)
+{
+#ifdef SIOCOUTQNSD
+    int n = 0;
+    return ioctl(fd, SIOCOUTQNSD, &n) == 0 && n > 0;
+#else
+    (void)fd;
+    return 0;
+#endif
+}
 
 long sp_conn_unsent(sp_conn *c)
 {
     long n = c->socket_mode ? sp_fd_unsent((int)c->fd) : 0;
-    return n > SP_LINGER_MIN ? n : 0;
+    return n > SP_LINGER_MIN || (n > 0 && fd_untransmitted((int)c->fd)) ? n : 0;
 }
 
 void sp_conn_failure(sp_conn *c, sp_err *err)

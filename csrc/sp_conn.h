@@ -185,7 +185,8 @@ unsigned long long sp_written(sp_conn *c);
  * to do once the peer's EOF was seen; at most 4 MiB (a peer still sending gets its reset). */
 void sp_conn_drop_unread(sp_conn *c);
 /* Bytes the kernel still holds to send on a TCP socket; sp_conn_unsent: on the connection's,
- * when more than the last close lingers for, else 0 (see LINGERING CLOSE). */
+ * when the last close lingers for it (more than 16 KiB, or bytes not yet transmitted), else 0
+ * (see LINGERING CLOSE). */
 long sp_fd_unsent(int fd);
 long sp_conn_unsent(sp_conn *c);
 /* Whether another process may hold this connection's socket: 0 no fork since it was made;

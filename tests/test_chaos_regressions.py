@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import socket
 import ssl
+import sys
 import threading
 import time
 from typing import Callable
@@ -202,4 +203,62 @@ def _close_then_server_reads() -> socket.socket:
     join()
     assert len(got) == len(data)
     assert got == data
+    return sock
+
+
+_SIOCOUTQ, _SIOCOUTQNSD = 0x5411, 0x894B  # (linux/sockios.h: queued; not yet transmitted)
+
+
+def _queued(sock: socket.socket, request: int) -> int:
+    import fcntl
+    import struct
+
+    return int(struct.unpack("i", fcntl.ioctl(sock.fileno(), request, b"\0" * 4))[0])
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="SIOCOUTQNSD is Linux's")
+def test_close_with_a_small_tail_the_peer_has_not_taken_loses_nothing(path: str) -> None:
+    """The lingering close's threshold (16 KiB) is for bytes waiting for their
+    acknowledgement; a tail of a few KiB that the kernel could not even transmit (the peer's
+    window is full: it is not reading) is as exposed to the peer's late bytes as a large one.
+    The close used to reset such a socket at the server's late tickets, and the server read a
+    stream short of its last KiB or two (in every round)."""
+    for _round in range(4):
+        _released(_small_tail_then_server_reads(), JOIN)
+
+
+def _small_tail_then_server_reads() -> socket.socket:
+    closed = threading.Event()
+    got = bytearray()
+
+    def serve(s: ssl.SSLSocket) -> None:
+        assert closed.wait(JOIN)
+        while True:
+            chunk = s.recv(65536)
+            if not chunk:
+                return
+            got.extend(chunk)
+
+    port, join = _python_server(serve, rcvbuf=2048)
+    sock = socket.socket()
+    sock.connect((LOCAL, port))
+    inp, out = sp.ssl_wrap_socket(sock, context=sp.ssl_make_client_context("tls13"))
+    out.settimeout(JOIN)
+    sent = bytearray()
+    line = 0
+    # Fill the peer's small window, then leave 2 KiB that the kernel could not transmit.
+    while _queued(sock, _SIOCOUTQNSD) < 2048:
+        chunk = _stream(line + 128)[line * 8 :]  # 1 KiB of numbered lines
+        line += 128
+        out.write(chunk)
+        out.flush()
+        sent += chunk
+        assert len(sent) < 1 << 22, "the peer's window never filled"
+    assert _queued(sock, _SIOCOUTQ) <= 16384  # (a small tail: under the 16 KiB threshold)
+    out.close()
+    inp.close()
+    closed.set()
+    join()
+    assert len(got) == len(sent)
+    assert got == sent
     return sock
