@@ -227,7 +227,17 @@ def test_close_with_a_small_tail_the_peer_has_not_taken_loses_nothing(path: str)
         _released(_small_tail_then_server_reads(), JOIN)
 
 
-def _small_tail_then_server_reads() -> socket.socket:
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="SIOCOUTQNSD is Linux's")
+def test_close_while_another_thread_reads_lingers_too(path: str) -> None:
+    """The same close while another thread waits in a read of the connection. The close woke
+    that read with shutdown(SHUT_RDWR), and a socket shut for reading answers the peer's late
+    bytes with a reset: the server lost the tail in every round. The close now shuts our side
+    only; the read ends at its wait slice with EOF, and the socket lingers as above."""
+    for _round in range(4):
+        _released(_small_tail_then_server_reads(busy=True), JOIN)
+
+
+def _small_tail_then_server_reads(busy: bool = False) -> socket.socket:
     closed = threading.Event()
     got = bytearray()
 
@@ -255,10 +265,20 @@ def _small_tail_then_server_reads() -> socket.socket:
         sent += chunk
         assert len(sent) < 1 << 22, "the peer's window never filled"
     assert _queued(sock, _SIOCOUTQ) <= 16384  # (a small tail: under the 16 KiB threshold)
+    read: list[bytes] = []
+    reader = threading.Thread(target=lambda: read.append(inp.read(1)))
+    if busy:
+        reader.start()
+        lock = inp._sslports_conn.read_lock
+        while not lock.locked():  # (the read is under way)
+            time.sleep(0.001)
     out.close()
     inp.close()
     closed.set()
     join()
     assert len(got) == len(sent)
     assert got == sent
+    if busy:
+        reader.join(JOIN)
+        assert read == [b""]  # (both ports closed while it waited: its EOF)
     return sock

@@ -111,6 +111,7 @@ static forked_fn pump_forked;
 static in_callback_fn pump_in_callback;
 static unsent_fn pump_unsent;
 static int slice_ms = 50;
+#define LINGER_WAKE_US (5000LL * slice_ms) /* ports.py _LINGER_WAKE: five wait slices, in us */
 static PyObject *zero, *shut_rdwr, *shut_wr; /* 0; socket.SHUT_RDWR, SHUT_WR */
 #define READ_CHUNK 65536 /* what readline reads at a time (ports.py _READ_CHUNK) */
 static Py_ssize_t record_size = 16384;
@@ -1692,27 +1693,35 @@ static PyObject *conn_last_closed(PyObject *conn, PyObject *timeout)
     Py_BEGIN_ALLOW_THREADS
     pump_flush(c, 0, &err); /* what is still queued leaves without waiting (tickets) */
     Py_END_ALLOW_THREADS
-    /* LINGERING CLOSE (sp_conn.c): with bytes still to deliver and no call in another thread,
-     * shut our side only and hand the socket to ports.py's lingerer, which closes it once the
-     * kernel delivered them (Connection.linger_close). */
-    if (pump_unsent(c) > 0 && lock_wait((Lock *)locks[0], 0) == 1) {
-        if (lock_wait((Lock *)locks[1], 0) == 1) {
-            if ((r = PyObject_CallMethodOneArg(sock, str_shutdown, shut_wr)) == NULL
-                && PyErr_ExceptionMatches(PyExc_OSError))
-                PyErr_Clear();
-            Py_CLEAR(r);
-            if (!PyErr_Occurred()) {
+    /* LINGERING CLOSE (sp_conn.c): with bytes still to deliver, shut our side only and hand
+     * the socket to ports.py's lingerer, which closes it once the kernel delivered them
+     * (Connection.linger_close). A call of another thread learns of the close without
+     * SHUT_RD, which would make the kernel answer the peer's late bytes with a reset: a write
+     * fails at once, a read waiting in recv() ends at its slice (its continuation finds both
+     * ports closed: EOF). When the call has not left within LINGER_WAKE_US, the close below
+     * wakes it with SHUT_RDWR (ports.py linger_when_idle). */
+    if (pump_unsent(c) > 0) {
+        int got = 0;
+        if ((r = PyObject_CallMethodOneArg(sock, str_shutdown, shut_wr)) == NULL) {
+            if (!PyErr_ExceptionMatches(PyExc_OSError))
+                goto done;
+            PyErr_Clear();
+        }
+        Py_CLEAR(r);
+        if ((got = lock_wait((Lock *)locks[0], LINGER_WAKE_US)) == 1) {
+            if ((got = lock_wait((Lock *)locks[1], LINGER_WAKE_US)) == 1) {
                 Py_BEGIN_ALLOW_THREADS
                 pump_drop_unread(c);
                 Py_END_ALLOW_THREADS
-            }
-            lock_give((Lock *)locks[1]);
-            lock_give((Lock *)locks[0]);
-            if (!PyErr_Occurred())
+                lock_give((Lock *)locks[1]);
+                lock_give((Lock *)locks[0]);
                 r = PyObject_CallMethodOneArg(conn, str_linger_close, sock);
-            goto done;
+                goto done;
+            }
+            lock_give((Lock *)locks[0]);
         }
-        lock_give((Lock *)locks[0]);
+        if (got < 0) /* (a signal handler's exception while it waited) */
+            goto done;
     }
     /* shutdown() first: it wakes a call still waiting on the socket in another thread and puts
      * our FIN out before close() could answer unread ciphertext with a reset. */

@@ -431,6 +431,10 @@ if hasattr(os, "register_at_fork"):
 _LINGER_SECONDS = 10.0  # longest a closed connection's socket waits for its bytes to leave
 _LINGER_MAX = 256  # sockets lingering at once; past that, the last close closes at once
 _LINGER_POLL_MS = 20  # how often the lingerer looks at the send queues
+# How long a last close that would linger waits for another thread's call on the connection to
+# notice the close (a read waiting in recv() does so at the end of its wait slice) before it
+# wakes that call with shutdown(SHUT_RDWR) and closes at once instead.
+_LINGER_WAKE = 5 * _SLICE_MS / 1000
 _ABORT = struct.pack("ii", 1, 0)  # SO_LINGER on, 0 s: close() resets the connection
 
 
@@ -1169,6 +1173,10 @@ class Connection:
                             raise self.make_error(SSLError(f"{func}: read failed (unexpected eof)"))
                         break
                     if status in (_SP_WANT_READ, _SP_WANT_WRITE):
+                        if not self.open_ports:
+                            # Both ports were closed while this read waited (a lingering
+                            # close, which does not wake it: linger_when_idle): its EOF.
+                            break
                         # (streams too: their read under a deadline gives up at it)
                         if deadline.expired():
                             # Also with part of a `fill` read (read(n), readinto): a short
@@ -1408,20 +1416,23 @@ class Connection:
             self.transport.close(self.close_original, timeout)
 
     def linger_when_idle(self, sock: _socket.socket) -> bool:
-        """The last close of a socket whose kernel still holds bytes to deliver, when no call
-        of another thread is under way (sp_conn.c LINGERING CLOSE): shut our side only, read
-        away what arrived, and leave the socket to the lingerer. False when a call is under
-        way (the usual close wakes it with shutdown(SHUT_RDWR))."""
-        if not self.read_lock.acquire(False):
+        """The last close of a socket whose kernel still holds bytes to deliver (sp_conn.c
+        LINGERING CLOSE): shut our side only, read away what arrived, and leave the socket to
+        the lingerer. A call of another thread still under way learns of the close without
+        shutdown(SHUT_RD), which would make the kernel answer the peer's late bytes with a
+        reset: a write fails at once (our side is shut), a read waiting in recv() ends at its
+        wait slice (read(): both ports closed, its EOF). False when the call has not left
+        within _LINGER_WAKE (the usual close then wakes it with shutdown(SHUT_RDWR))."""
+        try:
+            sock.shutdown(socket.SHUT_WR)
+        except OSError:
+            pass
+        if not self.read_lock.acquire(timeout=_LINGER_WAKE):
             return False
         try:
-            if not self.write_lock.acquire(False):
+            if not self.write_lock.acquire(timeout=_LINGER_WAKE):
                 return False
             try:
-                try:
-                    sock.shutdown(socket.SHUT_WR)
-                except OSError:
-                    pass
                 _binding.lib.sp_conn_drop_unread(self.ptr)
             finally:
                 self.write_lock.release()
