@@ -56,6 +56,7 @@ lint: setup
 	$(VPY) -m ruff format --check src tests bench scripts build_ffi.py setup.py
 	$(VPY) -m mypy --strict src/sslports
 	$(VPY) -m mypy --strict --python-version 3.13 src/sslports  # (newer stdlib stubs)
+	$(VPY) -m mypy --strict --python-version 3.10 src/sslports  # (the oldest mypy 2 checks)
 	$(VPY) -m mypy --strict bench/*.py
 
 pytest: setup
