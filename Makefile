@@ -80,7 +80,7 @@ wheel: $(STAMP)
 
 # Reliability and security checks (SECURITY.md). Each runs on demand, not in `make test`.
 FUZZ_SECONDS ?= 60
-.PHONY: fuzz fuzz-c asan valgrind soak integrity chaos
+.PHONY: fuzz fuzz-c asan tsan valgrind soak integrity chaos
 # Every fuzz target for FUZZ_SECONDS each (atheris when it installs, else hypothesis).
 fuzz: setup
 	@$(VPY) -c 'import atheris' 2>/dev/null || $(VPY) -m pip install -q atheris || true
@@ -93,6 +93,10 @@ fuzz-c:
 # The tests against a copy of the extension built with -fsanitize=address,undefined.
 asan: setup
 	VPY=$(VPY) bash scripts/asan.sh
+# The thread-heavy tests against a copy built with -fsanitize=thread (suppressions, each with
+# its reason: scripts/tsan.supp); fails on any report.
+tsan: setup
+	VPY=$(VPY) bash scripts/tsan.sh
 # A test subset under valgrind; fails on a definite leak through csrc/ or _native.
 valgrind: setup
 	VPY=$(VPY) bash scripts/valgrind.sh

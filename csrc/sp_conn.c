@@ -611,6 +611,27 @@ static int verify_callback(int ok, X509_STORE_CTX *store)
     return 1; /* not required: carry on, SSL_get_verify_result keeps the verdict */
 }
 
+/* Anonymous suites (aNULL, which OpenSSL allows only at security level 0) authenticate
+ * nobody: the server sends no certificate, so a client whose policy requires one (or checks
+ * its name) would complete the handshake with nothing verified, and OpenSSL does not object
+ * (a server that requires a client certificate does: it never chooses them). So such a client
+ * does not offer them: OpenSSL asks the SSL's security callback about every suite it would
+ * offer or accept, and ours refuses an aNULL suite while the policy needs a certificate (read
+ * at each question: ssl_set_verify on a port may change it before a renegotiation), leaving
+ * every other decision to the callback it replaced. */
+static int security_callback(const SSL *ssl, const SSL_CTX *ctx, int op, int bits, int nid,
+                             void *other, void *ex)
+{
+    sp_conn *c = ssl != NULL ? sp_conn_from_ssl(ssl) : NULL;
+    if (c == NULL || c->ctx_security == NULL)
+        return 0; /* (never: it is only installed on our SSLs, with the one it replaces) */
+    if ((op & SSL_SECOP_OTHER_TYPE) == SSL_SECOP_OTHER_CIPHER && other != NULL
+        && SSL_CIPHER_get_auth_nid(other) == NID_auth_null
+        && (c->verify_flags & (SP_VERIFY_REQUIRE | SP_VERIFY_HOSTNAME)))
+        return 0;
+    return c->ctx_security(ssl, ctx, op, bits, nid, other, ex);
+}
+
 void sp_conn_apply_verify_locked(sp_conn *c)
 {
     int mode = SSL_VERIFY_NONE;
@@ -636,6 +657,16 @@ void sp_conn_apply_verify_locked(sp_conn *c)
         if (c->verify_flags & SP_VERIFY_POST_HANDSHAKE)
             SSL_set_post_handshake_auth(c->ssl, 1);
 #endif
+        /* Anonymous suites exist only at security level 0, which the SSL took from its
+         * context at SSL_new and keeps (a later @SECLEVEL on the context is not its own):
+         * elsewhere no callback, which OpenSSL would ask a few hundred questions per
+         * handshake (+21 k instructions per resumed connection). Once: a client never
+         * changes its context. */
+        if (c->ctx_security == NULL && SSL_get_security_level(c->ssl) == 0) {
+            c->ctx_security = SSL_get_security_callback(c->ssl);
+            if (c->ctx_security != NULL)
+                SSL_set_security_callback(c->ssl, security_callback);
+        }
     }
     SSL_set_verify(c->ssl, mode, verify_callback);
 }
@@ -1100,6 +1131,14 @@ int sp_held_out(sp_conn *c)
     int held;
     if (!c->socket_mode)
         return 0;
+    if (in_own_callback(c)) {
+        /* This thread holds ssl_lock (CALLBACKS): waiting for send_lock would reverse the lock
+         * order, and a thread that sends without a port lock (the last close's flush) holds
+         * send_lock while it waits for ssl_lock. Busy: that thread sends this port's bytes
+         * too; say they are held, and the port's next send is refused (EDEADLK), not lost. */
+        held = sp_held_out_try(c);
+        return held < 0 ? 1 : held;
+    }
     sp_mutex_lock(&c->send_lock);
     held = held_out_locked(c);
     sp_mutex_unlock(&c->send_lock);

@@ -86,6 +86,9 @@ struct sp_conn {
     X509 *vfail_cert;
     int vfail_depth;
     long vfail_code;
+    /* client: the security callback sp_conn_apply_verify_locked replaced (its context's),
+     * to which ours leaves every decision but one (security_callback, in OpenSSL calls) */
+    int (*ctx_security)(const SSL *, const SSL_CTX *, int, int, int, void *, void *);
     /* the newest resumable session the server gave this client (ssl_lock) */
     SSL_SESSION *session;
     /* client: the peer key its context's session cache files that session under, or NULL */

@@ -59,6 +59,13 @@ static int get_alpn_index(void)
  *   one of these locks per step, so two contexts' locks never wait for each other;
  * - the key-log callback, once installed, stays installed (OpenSSL reads the pointer twice:
  *   a NULL in between would be called) and a flag decides whether a line is passed on.
+ * - three callback pointers are stored without the lock, so that a callback may set them for
+ *   its own context: client_hello_cb and ext.servername_cb (sp_ctx_enable_sni) and
+ *   keylog_callback (sp_ctx_enable_keylog). Each store only turns a NULL into our one
+ *   function, or writes the same function again; a handshake loads the pointer, tests it and
+ *   loads it again to call it, so it sees NULL (the change is not yet its own) or our
+ *   function, never a torn or freed value. Which user callback runs, if any, is read under
+ *   the GIL at the call (sni.py) and from the key-log flag.
  * A step's callbacks into Python (SNI, key log) run with the lock held: a change of that same
  * context from such a callback would wait for itself, so sp_ctx_config_lock refuses it
  * (SP_CTX_IN_HANDSHAKE), and a read lock this thread already holds is not taken again

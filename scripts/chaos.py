@@ -25,8 +25,8 @@ each writer's lines arrive whole, in order, without gaps, and a connection where
 anything delivers every line.
 
 At the end the descriptors and threads of the process must be back to where they started, and
-(after a warm-up, not under ASan) its RSS within --max-rss-growth-mb. A watchdog dumps every
-thread's stack (faulthandler) and exits with status 3 when a scenario outlives its bound.
+(after a warm-up, not under ASan or TSan) its RSS within --max-rss-growth-mb. A watchdog dumps
+every thread's stack (faulthandler) and exits with status 3 when a scenario outlives its bound.
 Exit status 0 when every invariant held, 1 otherwise; the seed is printed for replay.
 """
 
@@ -60,13 +60,14 @@ from sslports import SSLError, SSLNetworkError
 LOCAL = "127.0.0.1"
 PEM = str(sslports.TEST_PEM)
 OPENSSL = shutil.which("openssl")
-ASAN = False
+SANITIZER = ""  # ASan or TSan (scripts/asan.sh, scripts/tsan.sh): their runtime is preloaded
 try:
     with open("/proc/self/maps") as _maps:
-        ASAN = "libasan" in _maps.read()
+        _mapped = _maps.read()
+    SANITIZER = "ASan" if "libasan" in _mapped else "TSan" if "libtsan" in _mapped else ""
 except OSError:  # pragma: no cover - not Linux
     pass
-SLOW = 3.0 if ASAN else 1.0  # every bound is this much longer under ASan
+SLOW = 3.0 if SANITIZER else 1.0  # every bound is this much longer under a sanitizer
 
 # -- self-checking lines ---------------------------------------------------------------------
 
@@ -1082,6 +1083,24 @@ class SServer:
         self.proc.stdout.close()
 
 
+def wait_taken(pipe: Any, bound: float) -> None:
+    """Until the process at the other end of `pipe` read all that was written to it (at most
+    `bound` seconds): the bytes in it (FIONREAD on its write end, Linux) drop to 0. Elsewhere
+    a pause: a sleep of 50 ms, which a loaded machine (a sanitizer) may outlast."""
+    try:
+        import fcntl
+        import termios
+
+        probe = struct.pack("i", 0)
+        end = time.monotonic() + bound
+        while struct.unpack("i", fcntl.ioctl(pipe.fileno(), termios.FIONREAD, probe))[0] > 0:
+            if time.monotonic() > end:
+                return
+            time.sleep(0.002)
+    except (ImportError, OSError):
+        time.sleep(0.05)
+
+
 def scenario_s_server(run: Run, rng: random.Random, ctxs: dict[str, Any], port: int) -> None:
     c = Client(run, rng, ctxs)
     c.writers = c.readers = 1
@@ -1125,7 +1144,7 @@ def scenario_s_server(run: Run, rng: random.Random, ctxs: dict[str, Any], port: 
                                 time.sleep(0.005)
                             stdin.write(rng.choice(cmds))
                             stdin.flush()
-                            time.sleep(0.05)
+                            wait_taken(stdin, 10 * SLOW)  # (before the line: not in that read)
                         stdin.write(make_line(c.cs, 7, seq))
                         stdin.flush()
                         fed[0] = seq + 1
@@ -1272,19 +1291,21 @@ def main(argv: Optional[list[str]] = None) -> int:
     if hasattr(signal, "SIGUSR1"):
         faulthandler.register(signal.SIGUSR1, all_threads=True)
     print(
-        f"chaos: seed {seed}, {args.seconds:g} s, {args.slots} slots{', ASan' if ASAN else ''}",
+        f"chaos: seed {seed}, {args.seconds:g} s, {args.slots} slots"
+        f"{', ' + SANITIZER if SANITIZER else ''}",
         flush=True,
     )
 
     gc.collect()
     start_fds = fds()
     start_threads = threading.active_count()
-    start_tasks = len(os.listdir("/proc/self/task"))
     run = Run(seed, args.seconds, args.deadline, args.verbose)
     dog = threading.Thread(target=run.watchdog, name="chaos-watchdog", daemon=True)
     dog.start()
     start_threads += 1
-    start_tasks += 1
+    # (counted with the watchdog running: TSan's runtime starts a thread of its own at the
+    # process's first pthread_create)
+    start_tasks = len(os.listdir("/proc/self/task"))
 
     ctxs: dict[str, Any] = {
         "tls12": sslports.ssl_make_client_context("tls12"),
@@ -1328,7 +1349,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     ]
     for t in slots:
         t.start()
-    if warmup < args.seconds and not ASAN:
+    if warmup < args.seconds and not SANITIZER:
         time.sleep(warmup)
         base_rss.append(rss_bytes())
     for t in slots:

@@ -126,8 +126,13 @@ def make_cert(
     not_after: Optional[datetime.datetime] = None,
     hash_alg: Optional[hashes.HashAlgorithm] = None,
     permitted_dns: Sequence[str] = (),
+    eku: Optional[Sequence[x509.ObjectIdentifier]] = None,
+    cert_sign: bool = True,
 ) -> Issued:
-    """Issue a certificate (self-signed without `issuer`)."""
+    """Issue a certificate (self-signed without `issuer`).
+
+    `eku`: the extended key usages (default: none for a CA, serverAuth and clientAuth for a
+    leaf). `cert_sign`: a CA's key usage includes keyCertSign."""
     priv = make_key(key) if isinstance(key, str) else key
     signer = issuer.key if issuer is not None else priv
     subject = make_name(cns)
@@ -152,20 +157,17 @@ def make_cert(
                 key_encipherment=False,
                 data_encipherment=False,
                 key_agreement=False,
-                key_cert_sign=True,
+                key_cert_sign=cert_sign,
                 crl_sign=True,
                 encipher_only=False,
                 decipher_only=False,
             ),
             critical=True,
         )
-    else:
-        builder = builder.add_extension(
-            x509.ExtendedKeyUsage(
-                [ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH]
-            ),
-            critical=False,
-        )
+    if eku is None and not ca:
+        eku = [ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH]
+    if eku is not None:
+        builder = builder.add_extension(x509.ExtendedKeyUsage(list(eku)), critical=False)
     names: list[x509.GeneralName] = [x509.DNSName(d) for d in dns]
     names += [x509.IPAddress(ipaddress.ip_address(i)) for i in ips]
     if names:

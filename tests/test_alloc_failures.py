@@ -107,8 +107,9 @@ def shim(tmp_path_factory: pytest.TempPathFactory) -> str:
 
 def build_shim(tmp_path_factory: pytest.TempPathFactory) -> str:
     """tests/failmalloc.c built as a shared object (the `shim` fixture; test_load_edges.py)."""
-    if os.environ.get("ASAN_OPTIONS"):  # (scripts/asan.sh: its malloc comes before the shim's)
-        pytest.skip("under AddressSanitizer the shim's malloc is never called")
+    if os.environ.get("ASAN_OPTIONS") or os.environ.get("TSAN_OPTIONS"):
+        # (scripts/asan.sh, scripts/tsan.sh: the sanitizer's malloc comes before the shim's)
+        pytest.skip("under a sanitizer the shim's malloc is never called")
     cc = shutil.which("cc") or shutil.which("gcc")
     if cc is None:
         pytest.skip("no C compiler (cc) to build tests/failmalloc.c")

@@ -12,6 +12,10 @@ from __future__ import annotations
 
 import contextvars
 import datetime
+import os
+import subprocess
+import sys
+import textwrap
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,6 +31,7 @@ from certs import (
     Server,
     chain_file,
     client_context,
+    key_file,
     make_cert,
     outcome,
     resign_sha1,
@@ -34,6 +39,7 @@ from certs import (
     wrap_client,
 )
 from cryptography.hazmat.primitives import hashes
+from cryptography.x509.oid import ExtendedKeyUsageOID
 
 import sslports
 from sslports import SSLNetworkError
@@ -44,6 +50,7 @@ CERT_HAS_EXPIRED = 10
 DEPTH_ZERO_SELF_SIGNED_CERT = 18
 SELF_SIGNED_CERT_IN_CHAIN = 19
 UNABLE_TO_GET_ISSUER_CERT_LOCALLY = 20
+INVALID_PURPOSE = 26
 INVALID_CA = 79  # (24 is X509_V_ERR_NO_ISSUER_PUBLIC_KEY in OpenSSL 3)
 PERMITTED_VIOLATION = 47
 HOSTNAME_MISMATCH = 62
@@ -57,6 +64,7 @@ TEXT = {
     DEPTH_ZERO_SELF_SIGNED_CERT: "self-signed certificate",
     SELF_SIGNED_CERT_IN_CHAIN: "self-signed certificate in certificate chain",
     UNABLE_TO_GET_ISSUER_CERT_LOCALLY: "unable to get local issuer certificate",
+    INVALID_PURPOSE: "unsuitable certificate purpose",
     INVALID_CA: "invalid CA certificate",
     PERMITTED_VIOLATION: "permitted subtree violation",
     HOSTNAME_MISMATCH: "hostname mismatch",
@@ -125,6 +133,28 @@ def _build() -> tuple[Path, dict[str, Case]]:
     )
     nc_ok = make_cert("ok.allowed.test", issuer=nc_inter, dns=["ok.allowed.test"])
     nc_bad = make_cert("evil.example.test", issuer=nc_inter, dns=["evil.example.test"])
+    expired_inter = make_cert(
+        "Expired Intermediate CA",
+        issuer=root,
+        ca=True,
+        not_before=NOW - 30 * DAY,
+        not_after=NOW - DAY,
+    )
+    under_expired = make_cert("late.example.test", issuer=expired_inter, dns=["late.example.test"])
+    client_only = make_cert(
+        "client-only leaf",
+        issuer=root,
+        dns=["clientonly.example.test"],
+        eku=[ExtendedKeyUsageOID.CLIENT_AUTH],
+    )
+    client_inter = make_cert(
+        "Intermediate for clients", issuer=root, ca=True, eku=[ExtendedKeyUsageOID.CLIENT_AUTH]
+    )
+    under_client_inter = make_cert(
+        "eku.example.test", issuer=client_inter, dns=["eku.example.test"]
+    )
+    no_sign_ca = make_cert("CA without keyCertSign", issuer=root, ca=True, cert_sign=False)
+    under_no_sign = make_cert("nosign.example.test", issuer=no_sign_ca, dns=["nosign.example.test"])
     sha384 = make_cert(
         "sha384.example.test", issuer=root, dns=["sha384.example.test"], hash_alg=hashes.SHA384()
     )
@@ -172,6 +202,20 @@ def _build() -> tuple[Path, dict[str, Case]]:
         # Without basicConstraints a certificate is no CA either (OpenSSL 3 is strict).
         "CA without basicConstraints": Case(
             (under_no_bc, no_bc_ca), "nobc.example.test", INVALID_CA
+        ),
+        "expired intermediate": Case(
+            (under_expired, expired_inter), "late.example.test", CERT_HAS_EXPIRED
+        ),
+        # A leaf for TLS clients only (extendedKeyUsage clientAuth) is no server.
+        "leaf with clientAuth only": Case(
+            (client_only,), "clientonly.example.test", INVALID_PURPOSE
+        ),
+        # ... nor is a leaf under an intermediate restricted to clientAuth.
+        "intermediate with clientAuth only": Case(
+            (under_client_inter, client_inter), "eku.example.test", INVALID_PURPOSE
+        ),
+        "CA without keyCertSign": Case(
+            (under_no_sign, no_sign_ca), "nosign.example.test", INVALID_CA
         ),
         "name constraints respected": Case((nc_ok, nc_inter), "ok.allowed.test", None),
         "name constraints violated": Case(
@@ -225,6 +269,10 @@ CASE_NAMES = [
     "CA without basicConstraints",
     "name constraints respected",
     "name constraints violated",
+    "expired intermediate",
+    "leaf with clientAuth only",
+    "intermediate with clientAuth only",
+    "CA without keyCertSign",
 ]
 
 
@@ -315,43 +363,110 @@ def _secure_context_for(root: Path) -> sslports.SSLClientContext:
     return contextvars.copy_context().run(make)
 
 
-def _default_security_level() -> int:
-    """OpenSSL's compiled-in default security level, as the libssl sslports runs on has it (a
-    "secure" context keeps it; Python's ssl.SSLContext.security_level is 3.10+ and reads the
-    libssl Python's ssl loaded, which is not the one a repaired wheel carries)."""
-    from sslports import _binding
-
-    ctx = sslports.ssl_make_client_context("secure")
-    return int(_binding.lib.SSL_CTX_get_security_level(ctx._ptr))
-
-
 @pytest.mark.parametrize("version", VERSIONS)
 def test_secure_context_weak_leaves(matrix: Matrix, version: str) -> None:
-    """What the "secure" context does with an RSA-1024 leaf and a SHA-1 signed leaf.
+    """The "secure" context refuses an RSA-1024 leaf and a SHA-1 signed leaf.
 
-    The "secure" context keeps OpenSSL's default security level. Distribution builds (Debian,
-    Ubuntu: this machine) compile in level 2 (112 bits): an RSA-1024 key (80 bits) is refused
-    with X509_V_ERR_EE_KEY_TOO_SMALL. At level 1 it would pass. A SHA-1 signature (rated 63
-    bits by OpenSSL 3) fails at either level: X509_V_ERR_CA_MD_TOO_WEAK. Both servers need
-    @SECLEVEL=0 to load their certificates at all.
+    Every context starts at OpenSSL security level 2 (112 bits) or higher, as Python's ssl
+    contexts do, whatever level this OpenSSL compiles in: an RSA-1024 key (80 bits) is refused
+    with X509_V_ERR_EE_KEY_TOO_SMALL, a SHA-1 signature (rated 63 bits by OpenSSL 3) with
+    X509_V_ERR_CA_MD_TOO_WEAK. Both servers need @SECLEVEL=0 to load their certificates at all.
     """
     ctx = _secure_context_for(matrix.root)
     assert sslports.is_ssl_client_context(ctx) and ctx._sealed
     client, server = _connect(matrix, "RSA-1024 leaf", version, ctx)
-    if _default_security_level() >= 2:
-        assert isinstance(client, SSLNetworkError), client
-        assert client.verify_code == EE_KEY_TOO_SMALL
-        assert client.verify_message is not None
-        assert client.verify_message.startswith(TEXT[EE_KEY_TOO_SMALL])
-        assert isinstance(server, SSLNetworkError)
-    else:
-        assert not isinstance(client, BaseException), client
-        assert client[0] is True
+    assert isinstance(client, SSLNetworkError), client
+    assert client.verify_code == EE_KEY_TOO_SMALL
+    assert client.verify_message is not None
+    assert client.verify_message.startswith(TEXT[EE_KEY_TOO_SMALL])
+    assert isinstance(server, SSLNetworkError)
     client, server = _connect(matrix, "SHA-1 signed leaf", version, ctx)
     assert isinstance(client, SSLNetworkError)
     assert client.verify_code == CA_MD_TOO_WEAK
     assert client.verify_message is not None
     assert client.verify_message.startswith(TEXT[CA_MD_TOO_WEAK])
+
+
+# An OpenSSL configuration that lowers every new SSL_CTX to security level 1, as upstream
+# OpenSSL's compiled-in default (and e.g. a LEGACY system crypto policy) does.
+LEVEL_1_CONF = """\
+openssl_conf = openssl_init
+[openssl_init]
+ssl_conf = ssl_sect
+[ssl_sect]
+system_default = system_default_sect
+[system_default_sect]
+CipherString = DEFAULT:@SECLEVEL=1
+"""
+
+LEVEL_1_SCRIPT = textwrap.dedent(
+    """\
+    import sys, threading
+    import sslports
+    from sslports import _binding
+
+    root, chain, key = sys.argv[1:4]
+    level = _binding.lib.SSL_CTX_get_security_level
+    server = sslports.ssl_make_server_context("tls13")
+    sslports.ssl_set_ciphers(server, "DEFAULT:@SECLEVEL=0")  # (to serve an RSA-1024 leaf)
+    sslports.ssl_load_certificate_chain(server, chain)
+    sslports.ssl_load_private_key(server, key)
+    sslports.ssl_default_verify_sources([root])
+    raw = _binding.lib.sp_ctx_new(0, _binding.ffi.new("sp_err *"))  # (OpenSSL's default)
+    print("openssl", level(raw))
+    _binding.lib.sp_ctx_free(raw)
+    for protocol in ("secure", "auto", "tls12", "tls13"):
+        print(protocol, level(sslports.ssl_make_client_context(protocol)._ptr))
+    print("server", level(sslports.ssl_make_server_context("auto")._ptr))
+    listener = sslports.ssl_listen(0, 5, True, "127.0.0.1", server)
+    port = sslports.ssl_addresses(listener, True)[1]
+
+    def serve():
+        try:
+            sslports.ssl_accept(listener)
+        except sslports.SSLError:
+            pass
+
+    thread = threading.Thread(target=serve)
+    thread.start()
+    try:
+        sslports.ssl_connect("127.0.0.1", port, "secure", timeout=10)
+        print("connected", "despite the RSA-1024 key")
+    except sslports.SSLNetworkError as exc:
+        print("refused", exc.verify_code)
+    thread.join(10)
+    """
+)
+
+
+def test_security_level_floor_under_a_level_1_openssl(tmp_path: Path) -> None:
+    """Where OpenSSL's default security level is 1 (upstream builds; an openssl.cnf that
+    lowers it), contexts still start at level 2, like Python's: the "secure" context refuses
+    a server whose key is RSA-1024 (it accepted it, before, everywhere but on distributions
+    that compile in level 2)."""
+    root = make_cert("Level Root CA", ca=True)
+    leaf = make_cert("127.0.0.1", issuer=root, key="rsa1024", ips=["127.0.0.1"])
+    conf = tmp_path / "level1.cnf"
+    conf.write_text(LEVEL_1_CONF)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            LEVEL_1_SCRIPT,
+            str(chain_file(root)),
+            str(chain_file(leaf)),
+            str(key_file(leaf)),
+        ],
+        env={**os.environ, "OPENSSL_CONF": str(conf)},
+        capture_output=True,
+        timeout=60,
+    )
+    assert proc.returncode == 0, proc.stderr.decode()
+    lines = dict(line.split(" ", 1) for line in proc.stdout.decode().splitlines())
+    assert lines["openssl"] == "1"  # (the configuration applies)
+    for name in ("secure", "auto", "tls12", "tls13", "server"):
+        assert lines[name] == "2", (name, lines)
+    assert lines["refused"] == str(EE_KEY_TOO_SMALL), lines
 
 
 @pytest.mark.parametrize(("level", "accepted"), [(1, True), (2, False)])
@@ -375,3 +490,29 @@ def test_expired_case_really_is_expired(matrix: Matrix) -> None:
     now = datetime.datetime.now(datetime.timezone.utc)
     assert matrix.cases["expired"].chain[0].cert.not_valid_after_utc < now
     assert matrix.cases["not yet valid"].chain[0].cert.not_valid_before_utc > now
+
+
+@pytest.mark.parametrize("version", VERSIONS)
+def test_server_refuses_a_client_certificate_for_servers_only(version: str) -> None:
+    """The purpose check the other way round: a server that requires client certificates
+    refuses one whose extendedKeyUsage is serverAuth only (X509_V_ERR_INVALID_PURPOSE)."""
+    root = make_cert("Client Purpose Root CA", ca=True)
+    leaf = make_cert("localhost", issuer=root, dns=["localhost"])
+    client = make_cert("server-only client", issuer=root, eku=[ExtendedKeyUsageOID.SERVER_AUTH])
+    server = Server(server_context(version, leaf, verify="set", roots=[chain_file(root)]))
+    try:
+        join = server.accept(lambda inp, out: inp.read())
+        ctx = client_context(version, verify=False, hostname=False, identity=[client])
+        try:
+            inp, out = wrap_client(server.port, ctx, None)
+            with inp, out:
+                out.write(b"hi")
+                out.flush()
+                inp.read()  # (TLS 1.3: the server's alert comes with the first read)
+        except sslports.SSLError:
+            pass
+        result = outcome(join)
+        assert isinstance(result, SSLNetworkError), result
+        assert result.verify_code == INVALID_PURPOSE, result
+    finally:
+        server.close()

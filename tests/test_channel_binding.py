@@ -761,6 +761,37 @@ def test_sslkeylogfile_env_in_subprocess(certs: Certs, tmp_path: Path) -> None:
         assert set(counter.values()) == {2} and len(counter) == 5
 
 
+@pytest.mark.parametrize("flag", ["-E", "-I"])
+def test_sslkeylogfile_ignored_when_python_ignores_the_environment(
+    certs: Certs, tmp_path: Path, flag: str
+) -> None:
+    """`python -E` / `-I` ignore PYTHON* variables, and ssl.create_default_context then
+    ignores SSLKEYLOGFILE too: a program run that way does not trust its environment, which
+    must not make it write every connection's secrets to a file of the environment's choice.
+    (The same connections as above, one per version: no file.)"""
+    log = tmp_path / "keys.log"
+    env = {**os.environ, "SSLKEYLOGFILE": str(log)}
+    src = str(Path(sslports.__file__).resolve().parent.parent)  # (-E drops PYTHONPATH)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            flag,
+            "-c",
+            f"import sys; sys.path.insert(0, {src!r})\n{KEYLOG_SCRIPT}",
+            str(chain_file(certs.sha256)),
+            str(key_file(certs.sha256)),
+            str(certs.root),
+            "1",
+        ],
+        env=env,
+        capture_output=True,
+        timeout=120,
+    )
+    assert proc.returncode == 0, proc.stderr.decode()
+    assert proc.stdout.strip() == b"ok"
+    assert not log.exists()
+
+
 @pytest.mark.parametrize("version", VERSIONS)
 def test_keylogger_callback(certs: Certs, version: str) -> None:
     client_lines: list[bytes] = []

@@ -214,3 +214,186 @@ def test_sni_callback_changes_contexts_other_than_its_own() -> None:
     assert len(seen) == 1 and "own handshake" in str(seen[0]), seen
     with pytest.raises(S.SSLError, match="sealed"):
         S.ssl_set_ciphers(sctx, "HIGH")
+
+
+MIXED = textwrap.dedent(
+    r"""
+    import os, sys, threading, time
+    import sslports as S
+
+    dur = float(sys.argv[1])
+    PEM = os.path.join(os.path.dirname(S.__file__), "test.pem")  # (its own root: CA:TRUE)
+
+    def server_context():
+        ctx = S.ssl_make_server_context()
+        S.ssl_load_certificate_chain(ctx, PEM)
+        S.ssl_load_private_key(ctx, PEM)
+        return ctx
+
+    sctx, other = server_context(), server_context()  # (other: where the SNI callback moves)
+    cctx = S.ssl_make_client_context()
+    S.ssl_load_verify_source(cctx, PEM)
+    lst = S.ssl_listen(0, 64, True, "127.0.0.1", sctx)
+    port = S.ssl_addresses(lst, True)[1]
+    stop = time.time() + dur
+    errors, done, resumed = [], [0], [0]
+    payload = os.urandom(40_000)
+
+    def server():
+        while time.time() < stop + 1:
+            try:
+                i, o = S.ssl_accept(lst)
+            except Exception as e:
+                if time.time() < stop:
+                    errors.append("accept: " + repr(e))
+                continue
+            try:
+                o.write(i.read(len(payload)))  # (echo)
+                o.flush()
+            except Exception as e:
+                errors.append("server: " + repr(e))
+            finally:
+                i.close(); o.close()
+
+    def client():
+        while time.time() < stop:
+            try:
+                i, o = S.ssl_connect("localhost", port, cctx, alpn=[b"x", b"h2"], timeout=30)
+                o.write(payload)
+                o.flush()
+                got = i.read(len(payload))
+                resumed[0] += S.ssl_session_reused(i)
+                i.close(); o.close()
+                if got != payload:
+                    errors.append("client: %d of %d bytes back" % (len(got), len(payload)))
+                done[0] += 1
+            except Exception as e:
+                errors.append("client: " + repr(e))
+
+    on = lambda line: None
+    sni = lambda name: other
+    B = "TLS_AES_256_GCM_SHA384"
+    changes = [
+        lambda t: S.ssl_load_certificate_chain(sctx, PEM),
+        lambda t: S.ssl_load_private_key(sctx, PEM),
+        lambda t: S.ssl_set_ciphers(sctx, ["HIGH", "ECDHE+AESGCM"][t]),
+        lambda t: S.ssl_set_ciphersuites(sctx, ["TLS_AES_128_GCM_SHA256", B][t]),
+        lambda t: S.ssl_set_server_alpn(sctx, [[b"h2"], [b"y", b"h2"]][t]),
+        lambda t: S.ssl_try_verify(sctx, bool(t)),
+        lambda t: S.ssl_set_server_name_identification_callback(sctx, sni if t else None),
+        lambda t: S.ssl_set_keylogger(sctx, on if t else None),
+        lambda t: S.ssl_load_certificate_chain(other, PEM),
+        lambda t: S.ssl_set_ciphers(cctx, ["HIGH", "ECDHE+AESGCM"][t]),
+        lambda t: S.ssl_set_verify(cctx, bool(t)),  # (forgets the cached sessions)
+        lambda t: S.ssl_set_keylogger(cctx, on if t else None),
+    ]
+
+    def mutator():
+        n = 0
+        while time.time() < stop:
+            n += 1
+            try:
+                changes[n % len(changes)]((n // len(changes)) & 1)
+            except Exception as e:
+                errors.append("mutator: " + repr(e))
+            time.sleep(0)
+
+    threads = [threading.Thread(target=server, daemon=True) for _ in range(3)]
+    threads += [threading.Thread(target=client, daemon=True) for _ in range(3)]
+    threads += [threading.Thread(target=mutator, daemon=True)]
+    for t in threads:
+        t.start()
+    for t in threads[3:]:
+        t.join()
+    print("connections", done[0], "resumed", resumed[0], "errors", len(errors),
+          sorted(set(errors))[:5], flush=True)
+    os._exit(1 if errors or not done[0] else 0)
+    """
+)
+
+
+def test_every_kind_of_change_while_connections_exchange_data() -> None:
+    """One thread changes an unsealed server context and an unsealed client context in turn
+    (certificate, key, ciphers, suites, ALPN, verify modes, SNI callback and key logger set and
+    cleared) while three threads connect, send 40 KB and read it back through the server's
+    three accepting threads: every byte comes back and no handshake fails. (scripts/tsan.sh
+    runs it under ThreadSanitizer, the child too.)"""
+    proc = subprocess.run(
+        [sys.executable, "-c", MIXED, "4"], capture_output=True, text=True, timeout=120
+    )
+    report = proc.stdout + proc.stderr[-3000:]
+    assert "Sanitizer" not in proc.stderr, report
+    assert proc.returncode == 0, report
+
+
+def test_one_client_context_session_cache_shared_by_many_threads() -> None:
+    """Eight threads connect through one client context to three servers (two TLS 1.3, one
+    TLS 1.2) at once: its session cache stores and hands out sessions from all of them, every
+    exchange is whole, and connections resume."""
+    import threading
+
+    import sslports as S
+
+    pem = S.__file__.rsplit("/", 1)[0] + "/test.pem"
+    cctx = S.ssl_make_client_context()
+    listeners, ports = [], []
+    for protocol in ("auto", "auto", "tls12"):
+        sctx = S.ssl_make_server_context(protocol)
+        S.ssl_load_certificate_chain(sctx, pem)
+        S.ssl_load_private_key(sctx, pem)
+        lst = S.ssl_listen(0, 64, True, "127.0.0.1", sctx)
+        listeners.append(lst)
+        ports.append(S.ssl_addresses(lst, True)[1])
+    rounds, nthreads = 12, 8
+    errors: list[str] = []
+    resumed = [0]
+    lock = threading.Lock()
+
+    def serve(lst: object, n: int) -> None:
+        for _ in range(n):
+            try:
+                i, o = S.ssl_accept(lst)
+                o.write(i.readline())
+                o.close()
+                i.close()
+            except Exception as e:  # (reported by the clients' checks)
+                errors.append("server: " + repr(e))
+
+    def client(k: int) -> None:
+        for r in range(rounds):
+            line = b"%d-%d\n" % (k, r)
+            try:
+                i, o = S.ssl_connect("127.0.0.1", ports[(k + r) % 3], cctx, timeout=30)
+                o.write(line)
+                o.flush()
+                got = i.readline()
+                with lock:
+                    resumed[0] += S.ssl_session_reused(i)
+                i.close()
+                o.close()
+                if got != line:
+                    errors.append(f"client {k}: {got!r}, not {line!r}")
+            except Exception as e:
+                errors.append(f"client {k}: {e!r}")
+
+    per_server = [0, 0, 0]
+    for k in range(nthreads):
+        for r in range(rounds):
+            per_server[(k + r) % 3] += 1
+    servers = [
+        threading.Thread(target=serve, args=(lst, n), daemon=True)
+        for lst, n in zip(listeners, per_server)
+    ]
+    clients = [threading.Thread(target=client, args=(k,), daemon=True) for k in range(nthreads)]
+    try:
+        for t in servers + clients:
+            t.start()
+        for t in clients + servers:
+            t.join(120)
+            assert not t.is_alive()
+    finally:
+        for lst in listeners:
+            S.ssl_close(lst)
+    assert errors == []
+    # (the first connection to each server made while none had a session cannot resume)
+    assert resumed[0] >= rounds * nthreads // 2, resumed[0]

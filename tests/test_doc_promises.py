@@ -6,6 +6,7 @@ real file-like object whose writes fail, as a closed pipe's do).
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import inspect
 import pkgutil
@@ -198,3 +199,53 @@ def test_annotations_evaluate_on_every_supported_python() -> None:
                 except Exception as exc:
                     failed.append(f"{name}: {exc}")
     assert not failed
+
+
+# The cipher string Python's ssl gives its default contexts (3.10+), which security.md
+# recommends where a server may pick a suite without forward secrecy.
+PYTHON_CIPHERS = "ECDH+AESGCM:ECDH+CHACHA20:ECDH+AES:DHE+AES:!aNULL:!eNULL:!aDSS:!SHA1:!AESCCM"
+
+
+@pytest.mark.parametrize("suite", ["AES256-GCM-SHA384", "ECDHE-RSA-AES128-SHA"])
+def test_secure_cipher_string_allows_what_python_refuses(suite: str) -> None:
+    """security.md, "Forward secrecy": the "secure" cipher string (Racket's, fixed by API.md)
+    still takes a TLS 1.2 suite without forward secrecy (static RSA key exchange) or with a
+    SHA-1 MAC when the server picks one, and Python's cipher string, set on one's own
+    context as the guide shows, refuses both."""
+    import ssl
+
+    server = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    server.maximum_version = ssl.TLSVersion.TLSv1_2
+    server.set_ciphers(suite)
+    server.load_cert_chain(PEM)
+
+    def connect(ciphers: str) -> str:
+        ctx = sslports.ssl_make_client_context("auto")
+        sslports.ssl_load_verify_source(ctx, PEM)
+        sslports.ssl_set_verify(ctx, True)
+        sslports.ssl_set_verify_hostname(ctx, True)
+        sslports.ssl_set_ciphers(ctx, ciphers)
+        with socket.create_server(("127.0.0.1", 0)) as listener:
+
+            def serve() -> None:
+                sock, _ = listener.accept()
+                with sock, contextlib.suppress(ssl.SSLError, OSError):
+                    server.wrap_socket(sock, server_side=True).close()
+
+            thread = threading.Thread(target=serve, daemon=True)
+            thread.start()
+            try:
+                inp, out = sslports.ssl_connect(
+                    "127.0.0.1", listener.getsockname()[1], ctx, timeout=10
+                )
+            except sslports.SSLNetworkError as exc:
+                return f"refused: {exc}"
+            finally:
+                thread.join(10)
+            with inp, out:
+                return sslports.ssl_cipher_name(inp)
+
+    from sslports.context import SECURE_CIPHERS
+
+    assert connect(SECURE_CIPHERS) == suite
+    assert connect(PYTHON_CIPHERS).startswith("refused: "), suite

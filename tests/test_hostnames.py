@@ -23,6 +23,8 @@ Certificates (all issued by one test root; EC P-256):
 * ``cn_ip``: CN cnip.example.test and only an IP SAN (no DNS SAN, so the CN still counts).
 * ``cn_wild``: no SAN, CN *.cnwild.example.test.
 * ``v6``: CN v6 and only IPv6 SANs (link-local, v4-mapped, the unspecified address, ...).
+* ``dns_ip``: DNS SANs "127.0.0.1" and "::1" (IP addresses spelled as DNS names, which RFC 6125
+  forbids) and dnsip.example.test; no IP SAN.
 """
 
 from __future__ import annotations
@@ -134,7 +136,7 @@ CASES: list[tuple[str, str, bool]] = [
     ("main", "2001:db8::6", F),
     ("main", "::ffff:127.0.0.1", F),  # a v4-mapped v6 address is another address
     ("main", "::ffff:10.1.2.3", F),
-    ("main", "127.0.0.1.", F),  # not an IP literal, so a DNS name, and no DNS SAN matches
+    ("main", "127.0.0.1.", F),  # an IP literal with a trailing dot names nothing
     ("main", "127.1", F),
     ("main", "0177.0.0.1", F),
     ("main", "127.000.000.001", F),
@@ -186,6 +188,13 @@ CASES: list[tuple[str, str, bool]] = [
     ("v6", "::ffff:7f00:1", T),
     ("v6", "127.0.0.1", F),  # the v4-mapped SAN is not the IPv4 address
     ("v6", "::", T),
+    # -- dns_ip: DNS SANs that look like IP addresses -----------------------------------------
+    ("dns_ip", "127.0.0.1", F),  # an IP literal is checked against IP SANs only
+    ("dns_ip", "127.0.0.1.", F),  # ... and with a trailing dot it is no DNS name either
+    ("dns_ip", "::1", F),
+    ("dns_ip", "::1.", F),
+    ("dns_ip", "127.1", F),  # a DNS name (not an IP literal), and no DNS SAN spells it
+    ("dns_ip", "dnsip.example.test", T),
     # -- cn_wild: a wildcard CN -------------------------------------------------------------
     ("cn_wild", "a.cnwild.example.test", T),
     ("cn_wild", "cnwild.example.test", F),
@@ -229,6 +238,7 @@ def _certs() -> tuple[Path, dict[str, Issued]]:
         "two_cn": make_cert(["first.example.test", "second.example.test"], issuer=root),
         "cn_ip": make_cert("cnip.example.test", issuer=root, ips=["127.0.0.1"]),
         "cn_wild": make_cert("*.cnwild.example.test", issuer=root),
+        "dns_ip": make_cert("dns ip", issuer=root, dns=["127.0.0.1", "::1", "dnsip.example.test"]),
         "v6": make_cert(
             "v6",
             issuer=root,
@@ -359,6 +369,7 @@ def test_certificate_hostnames_of_each_cert(table: Table) -> None:
     assert names["two_cn"] == ["second.example.test"]  # the last CN
     assert names["cn_ip"] == ["cnip.example.test", "127.0.0.1"]
     assert names["cn_wild"] == ["*.cnwild.example.test"]
+    assert names["dns_ip"] == ["127.0.0.1", "::1", "dnsip.example.test"]
     # IPv6 in RFC 5952 form: the first longest run of zero groups (two or more) as "::".
     assert names["v6"] == [
         "v6",

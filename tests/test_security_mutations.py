@@ -10,6 +10,8 @@ kills (a deliberate break of the code that no other test noticed).
 * The "auto" protocol's TLS 1.2 floor holds by itself, also at security level 0.
 * A server resumes a session only in the context that made it (not in another context with
   the same client policy but other roots, switched to by SNI).
+* A client that needs the server's certificate never offers an anonymous suite, also where
+  the cipher string (at @SECLEVEL=0) allows them.
 
 Every socket is on 127.0.0.1; certificates come from tests/certs.py.
 """
@@ -286,5 +288,98 @@ def test_a_connection_set_up_under_the_old_policy_resumes_nothing_filed_under_th
             assert info.value.verify_code is not None
         finally:
             ctx._conn_policy = new_policy
+    finally:
+        server.close()
+
+
+# -- anonymous suites ------------------------------------------------------------------------------
+
+
+def _python_anonymous_server(listener: socket.socket) -> Any:
+    """Serve one connection with a TLS 1.2 anonymous suite only (no certificate at all);
+    the suite it used, or the exception."""
+
+    def serve() -> Any:
+        py = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        py.maximum_version = ssl.TLSVersion.TLSv1_2
+        py.set_ciphers("aNULL:@SECLEVEL=0")
+        sock, _ = listener.accept()
+        with sock, py.wrap_socket(sock, server_side=True) as tls:
+            tls.sendall(b"anonymous\n")
+            return tls.cipher()[0]
+
+    return in_thread(serve)
+
+
+@pytest.mark.parametrize(
+    ("policy", "refused"),
+    [("verify", True), ("hostname only", True), ("try", False), ("none", False)],
+)
+def test_a_client_that_needs_a_certificate_refuses_anonymous_suites(
+    root: Issued, policy: str, refused: bool
+) -> None:
+    """Kills: security_callback (sp_conn.c) letting aNULL suites through. A client whose
+    cipher string allows anonymous suites (only possible at @SECLEVEL=0) completed a TLS 1.2
+    handshake with a server that sent no certificate although ssl_set_verify (or the
+    hostname check) was on: nothing was verified, and OpenSSL (like Python's ssl) does not
+    object. Now such a client does not offer them; one that requires nothing still may."""
+    ctx = client_context(
+        "tls12",
+        roots=[chain_file(root)],
+        verify=policy == "verify",
+        hostname=policy in ("verify", "hostname only"),
+    )
+    if policy == "try":
+        sslports.ssl_try_verify(ctx, True)
+    sslports.ssl_set_ciphers(ctx, "ALL:@SECLEVEL=0")
+    with socket.create_server((LOCAL, 0)) as listener:
+        join = _python_anonymous_server(listener)
+        sock = socket.create_connection(listener.getsockname(), timeout=10)
+        try:
+            inp, out = sslports.ssl_wrap_socket(sock, context=ctx, hostname="localhost", timeout=10)
+        except SSLNetworkError as exc:
+            assert refused, exc
+            assert isinstance(outcome(join), ssl.SSLError)
+            return
+        with inp, out:
+            assert not refused
+            assert inp.readline() == b"anonymous\n"
+            assert sslports.ssl_peer_verified(inp) is False
+        assert join().startswith(("ADH", "AECDH"))  # (an anonymous suite)
+
+
+@pytest.mark.parametrize(("verify", "refused"), [("set", True), ("try", False)])
+def test_a_server_that_requires_a_certificate_refuses_anonymous_suites(
+    root: Issued, verify: str, refused: bool
+) -> None:
+    """The server side, which OpenSSL already gets right (a guard, not a mutation test): a
+    server cannot ask for a client certificate in an anonymous suite, and one that requires
+    client certificates never chooses one (a client offering nothing else gets a handshake
+    failure), also where its cipher string allows them; a server that only asks may."""
+    leaf = make_cert("localhost", issuer=root, dns=["localhost"])
+    ctx = server_context("tls12", leaf, verify=verify, roots=[chain_file(root)])
+    sslports.ssl_set_ciphers(ctx, "ALL:@SECLEVEL=0")
+    server = Server(ctx)
+    try:
+        join = server.accept(lambda inp, out: sslports.ssl_peer_verified(inp))
+        py = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+        py.check_hostname = False
+        py.verify_mode = ssl.CERT_NONE
+        py.maximum_version = ssl.TLSVersion.TLSv1_2
+        py.set_ciphers("aNULL:@SECLEVEL=0")
+        try:
+            sock = socket.create_connection((LOCAL, server.port), timeout=10)
+            with sock, py.wrap_socket(sock) as tls:
+                tls.sendall(b"hi")
+                client: Any = tls.cipher()[0]
+        except (ssl.SSLError, OSError) as exc:
+            client = exc
+        result = outcome(join)
+        if refused:
+            assert isinstance(client, ssl.SSLError), client
+            assert isinstance(result, SSLNetworkError), result
+        else:
+            assert isinstance(client, str) and client.startswith(("ADH", "AECDH")), client
+            assert result is False
     finally:
         server.close()

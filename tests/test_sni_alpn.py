@@ -163,6 +163,9 @@ SNI_TABLE = [
         ["default.example.test"],
     ),  # the callback compares exactly
     (LOCAL, None, ["default.example.test"]),  # an IP literal is never sent as SNI
+    (LOCAL + ".", None, ["default.example.test"]),  # ... nor with a trailing dot
+    ("::1", None, ["default.example.test"]),
+    ("fe80::1%lo", None, ["default.example.test"]),
     (None, None, ["default.example.test"]),  # no hostname at all
 ]
 
@@ -406,6 +409,21 @@ def test_alpn_name_length_is_value_error(alpn_cert: tuple[Path, Issued], bad: by
         sslports.ssl_set_server_alpn(server_context("tls13", leaf), [bad])
     with pytest.raises(ValueError, match="ports_to_ssl_ports"):
         sslports.ports_to_ssl_ports(io.BytesIO(), io.BytesIO(), mode="connect", alpn=[bad])
+
+
+def test_alpn_list_length_is_value_error(alpn_cert: tuple[Path, Issued]) -> None:
+    """RFC 7301 caps the whole list at 65535 bytes: 256 names of 255 bytes (65536 with their
+    length bytes) are a ValueError at once (before: an SSLNetworkError from the handshake's
+    setup, "ALPN setup failed", with no reason), 255 of them are not refused here."""
+    _root, leaf = alpn_cert
+    names = [b"%03d" % i + b"x" * 252 for i in range(256)]
+    with pytest.raises(ValueError, match="ssl_connect: the ALPN protocol list"):
+        sslports.ssl_connect(LOCAL, 1, alpn=names)
+    with pytest.raises(ValueError, match="ssl_set_server_alpn: the ALPN protocol list"):
+        sslports.ssl_set_server_alpn(server_context("tls13", leaf), names)
+    with pytest.raises(ValueError, match="ports_to_ssl_ports: the ALPN protocol list"):
+        sslports.ports_to_ssl_ports(io.BytesIO(), io.BytesIO(), mode="connect", alpn=names)
+    sslports.ssl_set_server_alpn(server_context("tls13", leaf), names[:255])
 
 
 def test_alpn_argument_types(alpn_cert: tuple[Path, Issued]) -> None:

@@ -1392,6 +1392,18 @@ def _describe_source(src: Any) -> str:
     return os.fsdecode(src)
 
 
+def _keylog_row() -> str:
+    """What SSLKEYLOGFILE does here (sni.keylog_file): the file, or why none."""
+    from .sni import keylog_file
+
+    path = keylog_file()
+    if path is not None:
+        return path
+    if os.environ.get("SSLKEYLOGFILE"):
+        return "(ignored: Python runs with -E or -I)"
+    return "(not set)"
+
+
 def _cmd_info(args: argparse.Namespace) -> int:
     from . import libcrypto, libssl
 
@@ -1429,7 +1441,7 @@ def _cmd_info(args: argparse.Namespace) -> int:
         ]
     rows += [
         ("test certificate", f"{TEST_PEM} (public: for tests only)"),
-        ("SSLKEYLOGFILE", os.environ.get("SSLKEYLOGFILE") or "(not set)"),
+        ("SSLKEYLOGFILE", _keylog_row()),
     ]
     for line in _format_rows(rows, indent=""):
         print(line)

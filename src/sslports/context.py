@@ -34,6 +34,9 @@ TEST_PEM: Path = Path(__file__).resolve().parent / "test.pem"
 ssl_dh4096_param_bytes: bytes = DH4096_PEM
 
 SECURE_CIPHERS = "DEFAULT:!aNULL:!eNULL:!LOW:!EXPORT:!SSLv2"
+# The lowest OpenSSL security level a context starts with (112-bit keys and signatures: RSA and
+# DH of 2048 bits or more, no SHA-1), as Python's ssl; "tls" and "tls11" go down to 0.
+MIN_SECURITY_LEVEL = 2
 
 # protocol symbol -> (min version, max version, security level or None), by name of the macro
 _VERSION_NAMES = {"tls": "TLS1_VERSION", "tls11": "TLS1_1_VERSION", "tls12": "TLS1_2_VERSION"}
@@ -178,7 +181,8 @@ def _check_bool(func: str, name: str, value: object) -> bool:
 
 
 def encode_alpn(func: str, protocols: object) -> bytes:
-    """RFC 7301 wire format of a sequence of protocol names (each 1..255 bytes)."""
+    """RFC 7301 wire format of a sequence of protocol names (each 1..255 bytes, at most
+    65535 bytes in all)."""
     if type(protocols) is tuple and not protocols:  # the default, once per connection
         return b""
     if isinstance(protocols, (str, bytes, bytearray)) or not isinstance(protocols, Sequence):
@@ -191,6 +195,8 @@ def encode_alpn(func: str, protocols: object) -> bytes:
             raise ValueError(f"{func}: ALPN protocol names must be 1 to 255 bytes long")
         wire.append(len(name))
         wire += name
+    if len(wire) > 0xFFFF:  # (ProtocolNameList<2..2^16-1>)
+        raise ValueError(f"{func}: the ALPN protocol list must be at most 65535 bytes long")
     return bytes(wire)
 
 
@@ -237,6 +243,11 @@ class _Context:
     def _apply_protocol(self, protocol: str) -> None:
         lib = _binding.lib
         lib.ERR_clear_error()  # (what fails below is reported from this thread's queue)
+        if lib.SSL_CTX_get_security_level(self._ptr) < MIN_SECURITY_LEVEL:
+            # Upstream OpenSSL compiles in level 1, and a system configuration may lower it
+            # (CipherString = ...@SECLEVEL=1): Python's ssl sets level 2 on every context it
+            # makes; so do we (only an explicit "@SECLEVEL=n" in ssl_set_ciphers lowers it).
+            lib.SSL_CTX_set_security_level(self._ptr, MIN_SECURITY_LEVEL)
         if protocol in ("auto", "secure"):
             ok = lib.SSL_CTX_set_min_proto_version(self._ptr, lib.TLS1_2_VERSION)
         else:

@@ -160,7 +160,9 @@ _X509_V_ERR_HOSTNAME_MISMATCH = 62
 def _reference_name(hostname: str) -> Optional[bytes]:
     """The name OpenSSL checks and sends as SNI: an IP literal as is; a DNS name without its
     trailing dot, IDNA-encoded. None for what can never name a host (a leading dot, an
-    empty label, a '*': OpenSSL would match it literally against a wildcard SAN)."""
+    empty label, a '*': OpenSSL would match it literally against a wildcard SAN; an IP
+    literal with a trailing dot, which would be checked against DNS SANs, never IP SANs, and
+    sent as SNI, which RFC 6066 forbids for addresses)."""
     return _host_info(hostname)[1]
 
 
@@ -180,6 +182,8 @@ def _host_info(hostname: str) -> tuple[bool, Optional[bytes], bytes]:
     if name.endswith(b"."):
         name = name[:-1]
     if not name or name.startswith(b".") or name.endswith(b".") or b".." in name or b"*" in name:
+        return False, None, key
+    if literal_family(name.decode("ascii")):  # ("127.0.0.1.")
         return False, None, key
     return False, name, key
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import sys
 import threading
 import weakref
 from collections.abc import Iterator, Sequence
@@ -30,11 +31,20 @@ def _address(ptr: Any) -> int:
     return int(_binding.ffi.cast("uintptr_t", ptr))
 
 
+def keylog_file() -> Optional[str]:
+    """The file SSLKEYLOGFILE names, or None: unset, empty, or Python told to ignore the
+    environment (-E, -I), as ssl.create_default_context does: an environment that a program run
+    that way does not trust must not make it write its secrets down."""
+    if sys.flags.ignore_environment:
+        return None
+    return os.environ.get("SSLKEYLOGFILE") or None
+
+
 def register_context(ctx: _Context) -> None:
     """Make `ctx` findable from its SSL_CTX (key log); turn on SSLKEYLOGFILE logging."""
     with _registry_lock:
         _contexts[_address(ctx._ptr)] = ctx
-    if os.environ.get("SSLKEYLOGFILE"):
+    if keylog_file():
         _binding.lib.sp_ctx_enable_keylog(ctx._ptr, 1)
 
 
@@ -110,7 +120,7 @@ def _append_keylog_file(path: str, line: bytes) -> None:
 def _keylog(ssl: Any, line: Any) -> None:
     try:
         data = bytes(_binding.ffi.string(line))
-        path = os.environ.get("SSLKEYLOGFILE")
+        path = keylog_file()
         if path:  # first, and on its own: a failing callback must not cost the file its line
             try:
                 _append_keylog_file(path, data)
@@ -175,7 +185,8 @@ def ssl_set_server_alpn(
 def ssl_set_keylogger(context: object, callback: Optional[Callable[[bytes], Any]]) -> None:
     """Receive each NSS key-log line (``callback(line: bytes)``), or stop (None). Extension.
 
-    The SSLKEYLOGFILE environment variable, when set, also appends every line to that file.
+    The SSLKEYLOGFILE environment variable, when set, also appends every line to that file
+    (unless Python ignores the environment: -E, -I).
     """
     func = "ssl_set_keylogger"
     ctx = context_of(func, context, listener_ok=False)
@@ -183,5 +194,5 @@ def ssl_set_keylogger(context: object, callback: Optional[Callable[[bytes], Any]
         raise TypeError(f"{func}: callback must be callable or None")
     ptr = ctx._mutable(func)
     ctx._keylogger = callback
-    on = callback is not None or bool(os.environ.get("SSLKEYLOGFILE"))
+    on = callback is not None or keylog_file() is not None
     _binding.lib.sp_ctx_enable_keylog(ptr, int(on))
