@@ -18,6 +18,7 @@ Regression tests (they failed before the fix beside them):
 
 from __future__ import annotations
 
+import asyncio
 import errno
 import os
 import resource
@@ -35,6 +36,7 @@ from certs import chain_file, client_context, in_thread, ipv6_loopback_works, ma
 from certs import server_context as make_server_context
 
 import sslports
+import sslports.aio
 from sslports import SSLError, SSLNetworkError
 
 LOCAL = "127.0.0.1"
@@ -440,6 +442,20 @@ def test_unresolvable_name(monkeypatch: pytest.MonkeyPatch) -> None:
     with pytest.raises(SSLNetworkError, match=r"^ssl_listen: listen failed \(cannot resolve ") as e:
         sslports.ssl_listen(0, 5, False, "nowhere.invalid")
     assert isinstance(e.value.__cause__, socket.gaierror)
+
+
+@pytest.mark.parametrize("name", ["a" * 64 + ".example", "x..example", "\u00e9" * 70 + ".test"])
+def test_a_name_dns_cannot_carry_is_value_error_naming_the_call(name: str) -> None:
+    """A label over 63 characters (or an empty one) cannot be IDNA-encoded for the resolver:
+    getaddrinfo's bare UnicodeError ("encoding with 'idna' codec failed") named neither the
+    call nor the name."""
+    with pytest.raises(ValueError, match=r"^ssl_connect: hostname .* is not a valid DNS name"):
+        sslports.ssl_connect(name, 443, timeout=5)
+    with pytest.raises(ValueError, match=r"^ssl_listen: hostname .* is not a valid DNS name"):
+        sslports.ssl_listen(0, 5, False, name)
+    # (its "secure" default refuses the last two first: no valid reference name to verify)
+    with pytest.raises((ValueError, SSLNetworkError), match=r"^open_ssl_connection: "):
+        asyncio.run(sslports.aio.open_ssl_connection(name, 443, timeout=5))
 
 
 @pytest.mark.parametrize(

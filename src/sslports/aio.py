@@ -1139,6 +1139,8 @@ async def open_ssl_connection(
         await _wait_for(loop.create_connection(lambda: conn, host, port), timeout)
     except asyncio.TimeoutError as exc:
         raise SSLTimeoutError(f"{func}: connect timed out") from exc
+    except UnicodeError as exc:  # (the resolver's IDNA encoding of the name, as net.py's)
+        raise ValueError(f"{func}: hostname {host!r} is not a valid DNS name: {exc}") from None
     except OSError as exc:
         # Python 3.9's create_connection keeps the exception of a failed connect in a reference
         # cycle of its own (through its list of the attempts' exceptions): with its traceback,

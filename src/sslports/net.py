@@ -296,6 +296,10 @@ def _tcp_connect(
     else:
         try:
             infos = socket.getaddrinfo(hostname, port_no, type=socket.SOCK_STREAM)
+        except UnicodeError as exc:  # (its IDNA encoding: a label of over 63 characters...)
+            raise ValueError(
+                f"{func}: hostname {hostname!r} is not a valid DNS name: {exc}"
+            ) from exc
         except OSError as exc:
             raise SSLNetworkError(
                 f"{func}: connect failed (cannot resolve {hostname!r}: {exc})"
@@ -588,6 +592,8 @@ def ssl_listen(
         return SSLListener(sock, ctx, handshake_timeout)
     try:
         infos = socket.getaddrinfo(host, port_no, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    except UnicodeError as exc:
+        raise ValueError(f"{func}: hostname {host!r} is not a valid DNS name: {exc}") from exc
     except OSError as exc:
         raise SSLNetworkError(f"{func}: listen failed (cannot resolve {host!r}: {exc})") from exc
     family, _kind, _proto, _name, addr = infos[0]
