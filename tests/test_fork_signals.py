@@ -35,6 +35,12 @@ import sslports
 from sslports import md5 as md5_mod
 from sslports import sha1 as sha1_mod
 
+# ThreadSanitizer (scripts/tsan.sh) ends a child that starts a thread after a fork of a process
+# with threads ("starting new threads after multi-threaded fork is not supported").
+threads_after_a_threaded_fork = pytest.mark.skipif(
+    "TSAN_OPTIONS" in os.environ, reason="ThreadSanitizer: no thread in a threaded fork's child"
+)
+
 pytestmark = [
     pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork"),
     pytest.mark.skipif(not sslports.ssl_available, reason="needs the native extension"),
@@ -387,6 +393,7 @@ def test_child_connects_and_resumes_the_inherited_session(version: str) -> None:
             t.join(30)
 
 
+@threads_after_a_threaded_fork
 def test_child_digests_while_parent_thread_digests(tmp_path: Any) -> None:
     """A thread hashes a big file (the reader thread may run) and another hashes a pipe that
     has not ended when the process forks: the child hashes files and pipes on its own and
@@ -435,6 +442,7 @@ def test_child_digests_while_parent_thread_digests(tmp_path: Any) -> None:
     assert results == {"file": want_big, "pipe": hashlib.sha1(b"abc").hexdigest()}
 
 
+@threads_after_a_threaded_fork
 @pytest.mark.parametrize("held", ["context._secure_lock", "sni._registry_lock", "sni._keylog_lock"])
 def test_child_is_not_stuck_on_a_lock_another_thread_held_at_fork(held: str, tmp_path: Any) -> None:
     """fork() while another thread holds one of the library's module locks (every server

@@ -52,10 +52,11 @@ def run_child(
     code: str, timeout: float = CHILD_TIMEOUT, env: Optional[dict[str, str]] = None
 ) -> subprocess.CompletedProcess[str]:
     """Run `code` in a child Python (sslports from this tree, address space capped at 1 GiB
-    unless under AddressSanitizer, no terminal, stdin empty); a child that outlives `timeout`
-    fails the test."""
+    unless under a sanitizer, whose shadow memory needs more, no terminal, stdin empty); a
+    child that outlives `timeout` fails the test."""
     prelude = ""
-    if "ASAN_OPTIONS" not in os.environ:  # (a device read without end fails, not the machine)
+    # (a device read without end fails, not the machine)
+    if "ASAN_OPTIONS" not in os.environ and "TSAN_OPTIONS" not in os.environ:
         prelude = "import resource\nresource.setrlimit(resource.RLIMIT_AS, (1 << 30, 1 << 30))\n"
     try:
         return subprocess.run(

@@ -127,8 +127,11 @@ def _has_mallinfo2() -> bool:
 
 
 needs_mallinfo2 = pytest.mark.skipif(
-    not sys.platform.startswith("linux") or not _has_mallinfo2() or "ASAN_OPTIONS" in os.environ,
-    reason="measures the C heap with glibc's mallinfo2 (not AddressSanitizer's allocator)",
+    not sys.platform.startswith("linux")
+    or not _has_mallinfo2()
+    or "ASAN_OPTIONS" in os.environ
+    or "TSAN_OPTIONS" in os.environ,
+    reason="measures the C heap with glibc's mallinfo2 (not a sanitizer's allocator)",
 )
 
 
