@@ -291,20 +291,6 @@ def rst_close(sock: socket.socket) -> None:
 # -- peers ---------------------------------------------------------------------------------
 
 
-def close_server(
-    sock: socket.socket, thread: threading.Thread, handlers: list[threading.Thread], wait: float
-) -> None:
-    """Close a raw server's listening socket and wait for its accept thread and handlers."""
-    try:  # (close() alone does not wake the accept() of another thread)
-        sock.shutdown(socket.SHUT_RDWR)
-    except OSError:
-        pass
-    sock.close()
-    thread.join(10)
-    for t in list(handlers):
-        t.join(wait)
-
-
 def server_context(run: Run) -> Any:
     ctx = sslports.ssl_make_server_context()
     sslports.ssl_load_certificate_chain(ctx, PEM)
@@ -500,28 +486,58 @@ class SslportsServer:
             t.join(60 * SLOW)
 
 
-class PyServer:
-    """Python's ssl as the peer: echo, or reset / halfclose / noread / garbage."""
+class RawServer:
+    """A TCP server on 127.0.0.1, a thread per connection running self._serve(sock, n) (n: the
+    connection's number, from 1); close() waits `wait` seconds (times SLOW) for each."""
 
-    def __init__(self, run: Run) -> None:
-        self.run = run
-        self.ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-        self.ctx.load_cert_chain(PEM)
+    name = "raw"
+    wait = 30.0
+
+    def __init__(self) -> None:
         self.sock = socket.create_server((LOCAL, 0), backlog=128)
         self.port = self.sock.getsockname()[1]
         self.handlers: list[threading.Thread] = []
-        self.thread = spawn(self._accept, name="py-accept")
+        self.thread = spawn(self._accept, name=f"{self.name}-accept")
 
     def _accept(self) -> None:
+        n = 0
         while True:
             try:
                 sock, _ = self.sock.accept()
             except OSError:
                 return
-            t = spawn(self._serve, sock, name="py-echo")
+            n += 1
+            t = spawn(self._serve, sock, n, name=self.name)
             self.handlers = [h for h in self.handlers if h.is_alive()] + [t]
 
-    def _serve(self, raw: socket.socket) -> None:
+    def _serve(self, sock: socket.socket, n: int) -> None:
+        raise NotImplementedError
+
+    def close(self) -> None:
+        """Close the listening socket and wait for the accept thread and the handlers."""
+        try:  # (close() alone does not wake the accept() of another thread)
+            self.sock.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
+        self.sock.close()
+        self.thread.join(10)
+        for t in list(self.handlers):
+            t.join(self.wait * SLOW)
+
+
+class PyServer(RawServer):
+    """Python's ssl as the peer: echo, or reset / halfclose / noread / garbage."""
+
+    name = "py-echo"
+    wait = 60.0
+
+    def __init__(self, run: Run) -> None:
+        self.run = run
+        self.ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        self.ctx.load_cert_chain(PEM)
+        super().__init__()
+
+    def _serve(self, raw: socket.socket, n: int) -> None:
         raw.settimeout(40 * SLOW)
         try:
             s = self.ctx.wrap_socket(raw, server_side=True)
@@ -567,32 +583,15 @@ class PyServer:
         except OSError:
             s.close()
 
-    def close(self) -> None:
-        close_server(self.sock, self.thread, self.handlers, 60 * SLOW)
 
-
-class VanishServer:
+class VanishServer(RawServer):
     """A raw TCP server that reads the ClientHello (or part of it) and then vanishes: FIN,
     reset, garbage, or the start of a record followed by nothing."""
 
-    def __init__(self, run: Run) -> None:
-        self.sock = socket.create_server((LOCAL, 0), backlog=128)
-        self.port = self.sock.getsockname()[1]
-        self.handlers: list[threading.Thread] = []
-        self.thread = spawn(self._accept, name="vanish-accept")
+    name = "vanish"
 
-    def _accept(self) -> None:
-        n = 0
-        while True:
-            try:
-                sock, _ = self.sock.accept()
-            except OSError:
-                return
-            n += 1
-            t = spawn(self._serve, sock, random.Random(n), name="vanish")
-            self.handlers = [h for h in self.handlers if h.is_alive()] + [t]
-
-    def _serve(self, sock: socket.socket, rng: random.Random) -> None:
+    def _serve(self, sock: socket.socket, n: int) -> None:
+        rng = random.Random(n)
         sock.settimeout(10 * SLOW)
         try:
             sock.recv(rng.choice([1, 5, 100, 4096]))
@@ -609,9 +608,6 @@ class VanishServer:
                 sock.close()
         except OSError:
             sock.close()
-
-    def close(self) -> None:
-        close_server(self.sock, self.thread, self.handlers, 30 * SLOW)
 
 
 # -- clients -------------------------------------------------------------------------------
@@ -1314,7 +1310,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     sp = SslportsServer(run)
     ctxs["server"] = sp.ctx
     py = PyServer(run)
-    van = VanishServer(run)
+    van = VanishServer()
     ports = {"sp": sp.port, "py": py.port, "vanish": van.port, "none": 0}
     scen = [s for s in SCENARIOS if OPENSSL is not None or s[1] != "none"]
     if OPENSSL is None:
