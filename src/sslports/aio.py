@@ -1119,7 +1119,13 @@ async def open_ssl_connection(
     :raises SSLNetworkError: the connection or the handshake failed.
     :raises TimeoutError: `timeout` passed (also an SSLNetworkError).
     """
-    from .net import _check_hostname_arg, _check_port_number, _client_context, _new_connection
+    from .net import (
+        _check_hostname_arg,
+        _check_port_number,
+        _client_context,
+        _new_connection,
+        _not_a_dns_name,
+    )
 
     func = "open_ssl_connection"
     if not isinstance(host, str):
@@ -1139,8 +1145,8 @@ async def open_ssl_connection(
         await _wait_for(loop.create_connection(lambda: conn, host, port), timeout)
     except asyncio.TimeoutError as exc:
         raise SSLTimeoutError(f"{func}: connect timed out") from exc
-    except UnicodeError as exc:  # (the resolver's IDNA encoding of the name, as net.py's)
-        raise ValueError(f"{func}: hostname {host!r} is not a valid DNS name: {exc}") from None
+    except UnicodeError as exc:
+        raise _not_a_dns_name(func, host, exc) from None
     except OSError as exc:
         # Python 3.9's create_connection keeps the exception of a failed connect in a reference
         # cycle of its own (through its list of the attempts' exceptions): with its traceback,

@@ -282,6 +282,12 @@ def _connect_nonblocking(sock: _raw_socket, addr: Any, deadline: _Deadline) -> N
         raise OSError(code, _binding.strerror(code))
 
 
+def _not_a_dns_name(func: str, hostname: str, exc: UnicodeError) -> ValueError:
+    """The resolver's UnicodeError (its IDNA encoding of `hostname`: a label over 63
+    characters, an empty one) as a ValueError that names the call and the name."""
+    return ValueError(f"{func}: hostname {hostname!r} is not a valid DNS name: {exc}")
+
+
 def _tcp_connect(
     func: str, hostname: str, port_no: int, deadline: Optional[_Deadline]
 ) -> _raw_socket:
@@ -296,10 +302,8 @@ def _tcp_connect(
     else:
         try:
             infos = socket.getaddrinfo(hostname, port_no, type=socket.SOCK_STREAM)
-        except UnicodeError as exc:  # (its IDNA encoding: a label of over 63 characters...)
-            raise ValueError(
-                f"{func}: hostname {hostname!r} is not a valid DNS name: {exc}"
-            ) from exc
+        except UnicodeError as exc:
+            raise _not_a_dns_name(func, hostname, exc) from exc
         except OSError as exc:
             raise SSLNetworkError(
                 f"{func}: connect failed (cannot resolve {hostname!r}: {exc})"
@@ -593,7 +597,7 @@ def ssl_listen(
     try:
         infos = socket.getaddrinfo(host, port_no, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
     except UnicodeError as exc:
-        raise ValueError(f"{func}: hostname {host!r} is not a valid DNS name: {exc}") from exc
+        raise _not_a_dns_name(func, host, exc) from exc
     except OSError as exc:
         raise SSLNetworkError(f"{func}: listen failed (cannot resolve {host!r}: {exc})") from exc
     family, _kind, _proto, _name, addr = infos[0]
