@@ -80,7 +80,7 @@ wheel: $(STAMP)
 
 # Reliability and security checks (SECURITY.md). Each runs on demand, not in `make test`.
 FUZZ_SECONDS ?= 60
-.PHONY: fuzz fuzz-c asan tsan valgrind soak integrity chaos
+.PHONY: fuzz fuzz-c asan tsan test-openssl valgrind soak integrity chaos
 # Every fuzz target for FUZZ_SECONDS each (atheris when it installs, else hypothesis).
 fuzz: setup
 	@$(VPY) -c 'import atheris' 2>/dev/null || $(VPY) -m pip install -q atheris || true
@@ -97,6 +97,10 @@ asan: setup
 # its reason: scripts/tsan.supp); fails on any report.
 tsan: setup
 	VPY=$(VPY) bash scripts/tsan.sh
+# The tests against the OpenSSL the wheels carry (3.5 LTS, built from its pinned tarball into
+# build/openssl once) instead of the system's; .ci/run runs it after `make test`.
+test-openssl: setup
+	VPY=$(VPY) bash scripts/test-openssl.sh
 # A test subset under valgrind; fails on a definite leak through csrc/ or _native.
 valgrind: setup
 	VPY=$(VPY) bash scripts/valgrind.sh

@@ -820,6 +820,17 @@ static int keep_early(sp_conn *c, const unsigned char *stack_buf)
     return 1;
 }
 
+/* A BIO call that fails for a reason the socket did not just set in errno (no memory, an
+ * error an earlier recv() met): the failed call's reason for capture_ssl_error, and in errno
+ * too, which OpenSSL 3.2 and later put in their error queue as a "system library" entry (an
+ * allocator need not set it: with errno 0 that entry read "system library::Success"). */
+static int bio_failed(sp_conn *c, int e)
+{
+    c->bio_errno = e;
+    errno = e;
+    return -1;
+}
+
 static int sock_bio_write(BIO *bio, const char *data, int len)
 {
     sp_conn *c = BIO_get_data(bio);
@@ -838,10 +849,8 @@ static int sock_bio_write(BIO *bio, const char *data, int len)
             while (cap < need)
                 cap *= 2;
             grown = realloc(c->outq, cap);
-            if (grown == NULL) {
-                c->bio_errno = ENOMEM; /* (the failed call's reason: capture_ssl_error) */
-                return -1;
-            }
+            if (grown == NULL)
+                return bio_failed(c, ENOMEM);
             c->outq = grown;
             c->outq_cap = cap;
         }
@@ -874,9 +883,9 @@ static int sock_bio_read(BIO *bio, char *buf, int len)
         return (int)n;
     }
     if (c->early_errno != 0) { /* ... or the error it met (a reset is reported only once) */
-        c->bio_errno = c->early_errno;
+        int e = c->early_errno;
         c->early_errno = 0;
-        return -1;
+        return bio_failed(c, e);
     }
     if (c->read_out >= SP_OUT_HIGH) {
         /* What reading made (a KeyUpdate reply per KeyUpdate the peer requests, a warning

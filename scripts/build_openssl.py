@@ -30,11 +30,13 @@ import hashlib
 import os
 import platform
 import shutil
+import socket
 import subprocess
 import sys
 import tarfile
 import tempfile
 import time
+import urllib.error
 import urllib.request
 from pathlib import Path
 from typing import Optional
@@ -47,6 +49,9 @@ URLS = (
     "https://github.com/openssl/openssl/releases/download/openssl-{v}/openssl-{v}.tar.gz",
     "https://www.openssl.org/source/openssl-{v}.tar.gz",
     "https://www.openssl.org/source/old/{series}/openssl-{v}.tar.gz",
+    # Debian's copy of the same upstream tarball (the SHA-256 is what vouches for it), for
+    # machines that reach only package registries (scripts/test-openssl.sh runs in CI there).
+    "http://deb.debian.org/debian/pool/main/o/openssl/openssl_{v}.orig.tar.gz",
 )
 
 
@@ -72,21 +77,36 @@ def sha256_of(path: Path) -> str:
     return h.hexdigest()
 
 
+class Unavailable(Exception):
+    """The server has no such file (HTTP 4xx), or its name does not resolve (a machine that
+    reaches only some hosts): asking again, or with curl, cannot help."""
+
+
 def download(url: str, dest: Path) -> None:
     """urllib first; curl as a fallback (e.g. an old Python without usable CA certificates)."""
     try:
         with urllib.request.urlopen(url, timeout=120) as response, dest.open("wb") as out:
             shutil.copyfileobj(response, out)
         return
+    except urllib.error.HTTPError as exc:
+        if 400 <= exc.code < 500:
+            raise Unavailable(f"HTTP {exc.code}") from exc
+        error: Exception = exc
+    except urllib.error.URLError as exc:
+        if isinstance(exc.reason, socket.gaierror):
+            raise Unavailable(f"no such host ({exc.reason})") from exc
+        error = exc
     except Exception as exc:
-        curl = shutil.which("curl")
-        if curl is None:
-            raise
-        log(f"urllib failed ({exc}); trying curl")
+        error = exc
+    curl = shutil.which("curl")
+    if curl is None:
+        raise error
+    log(f"urllib failed ({error}); trying curl")
     subprocess.run([curl, "-fsSL", "--retry", "3", "-o", str(dest), url], check=True)
 
 
-def fetch(version: str, digest: str, tarball: Optional[Path], workdir: Path) -> Path:
+def fetch(version: str, digest: str, tarball: Optional[Path], workdir: Path) -> Optional[Path]:
+    """The verified tarball in workdir, or None (each failure logged)."""
     if tarball is not None:
         candidates: list[Optional[str]] = [None]
     else:
@@ -106,8 +126,8 @@ def fetch(version: str, digest: str, tarball: Optional[Path], workdir: Path) -> 
                     try:
                         download(url, dest)
                         break
-                    except Exception:
-                        if attempt == 2:
+                    except Exception as exc:
+                        if attempt == 2 or isinstance(exc, Unavailable):
                             raise
                         time.sleep(5 * (attempt + 1))
                 source = url
@@ -121,7 +141,8 @@ def fetch(version: str, digest: str, tarball: Optional[Path], workdir: Path) -> 
             continue
         log(f"openssl-{version}.tar.gz SHA-256 OK ({digest})")
         return dest
-    sys.exit("build_openssl: could not get a verified tarball:\n  " + "\n  ".join(errors))
+    log(f"could not get a verified openssl-{version}.tar.gz:\n  " + "\n  ".join(errors))
+    return None
 
 
 def extract(archive: Path, workdir: Path, version: str) -> Path:
@@ -231,21 +252,39 @@ def main() -> int:
     )
     parser.add_argument("--tarball", type=Path, help="use this local openssl-X.Y.Z.tar.gz")
     parser.add_argument("--jobs", type=int, default=os.cpu_count() or 2)
+    parser.add_argument(
+        "--fallback",
+        action="append",
+        default=[],
+        metavar="VERSION=SHA256",
+        help="a release to build instead when no verified tarball of the pinned one can be "
+        "fetched (repeatable, tried in order; scripts/test-openssl.sh)",
+    )
     opts = parser.parse_args()
 
-    version, digest = pinned()
+    releases = [pinned()]
+    for spec in opts.fallback:
+        version, sep, digest = spec.partition("=")
+        if not sep or not version or len(digest) != 64:
+            parser.error(f"--fallback {spec!r}: expected VERSION=SHA256")
+        releases.append((version, digest.lower()))
     prefix = opts.prefix.resolve()
-    stamp = prefix / f".sslports-openssl-{version}"
-    if stamp.is_file():
-        log(f"OpenSSL {version} already built in {prefix}")
-        return 0
+    for version, _ in releases:
+        if (prefix / f".sslports-openssl-{version}").is_file():
+            log(f"OpenSSL {version} already built in {prefix}")
+            return 0
     prefix.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="sslports-openssl-") as tmp:
         workdir = Path(tmp)
-        archive = fetch(version, digest, opts.tarball, workdir)
+        for version, digest in releases:
+            archive = fetch(version, digest, opts.tarball, workdir)
+            if archive is not None:
+                break
+        else:
+            sys.exit("build_openssl: no verified tarball of any release asked for")
         src = extract(archive, workdir, version)
         build(src, prefix, opts.jobs)
-    stamp.write_text(f"{version} {digest}\n")
+    (prefix / f".sslports-openssl-{version}").write_text(f"{version} {digest}\n")
     log(f"OpenSSL {version} installed in {prefix}; build with SSLPORTS_OPENSSL_DIR={prefix}")
     return 0
 

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# System packages the build and the tests need: a C compiler, OpenSSL headers, and the real TLS
-# peers the tests talk to. Idempotent; installs only what is missing (needs root or sudo for apt).
+# System packages the build and the tests need: a C compiler, OpenSSL headers, the real TLS
+# peers the tests talk to, and what building OpenSSL itself needs (make test-openssl).
+# Idempotent; installs only what is missing (needs root or sudo for apt).
 set -euo pipefail
 need=()
 command -v cc >/dev/null 2>&1 || need+=(gcc)
@@ -8,6 +9,9 @@ command -v cc >/dev/null 2>&1 || need+=(gcc)
 command -v openssl >/dev/null 2>&1 || need+=(openssl)
 command -v curl >/dev/null 2>&1 || need+=(curl)
 command -v gnutls-cli >/dev/null 2>&1 || need+=(gnutls-bin)
+# (make test-openssl builds OpenSSL from source: its Configure needs perl with IPC::Cmd)
+command -v make >/dev/null 2>&1 || need+=(make)
+perl -MIPC::Cmd -e1 >/dev/null 2>&1 || need+=(perl)
 [ ${#need[@]} -eq 0 ] && exit 0
 if ! command -v apt-get >/dev/null 2>&1; then
   echo "install-system-deps: please install: ${need[*]}" >&2

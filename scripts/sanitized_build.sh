@@ -1,29 +1,27 @@
 # shellcheck shell=bash
-# Shared by scripts/asan.sh and scripts/tsan.sh (sourced, not run): build a sanitized copy of
-# the extension and set up the environment that tests it.
+# Shared by scripts/asan.sh, scripts/tsan.sh and scripts/test-openssl.sh (sourced, not run):
+# build a copy of the extension that the tests then import instead of the normal one.
 #
+#   build_copy NAME [VAR=VALUE ...]           (a copy built with those build settings)
 #   sanitized_build NAME SANITIZERS RUNTIME    (asan address,undefined libasan.so)
 #
-# The copy of the sources is built under build/NAME/tree (build_ffi.py reads
-# SSLPORTS_SANITIZE=SANITIZERS), so the normal in-place extension in src/ is never replaced and
+# The copy of the sources is built under build/NAME/tree (build_ffi.py reads SSLPORTS_SANITIZE
+# and SSLPORTS_OPENSSL_DIR), so the normal in-place extension in src/ is never replaced and
 # other runs keep working meanwhile. Sets ROOT, VPY, CC, OUT, TREE; exports PYTHONPATH (the
-# copy first) and LD_PRELOAD (the sanitizer's runtime: CPython itself is not instrumented).
+# copy first); sanitized_build also exports LD_PRELOAD (the sanitizer's runtime: CPython itself
+# is not instrumented).
 cd "$(dirname "${BASH_SOURCE[0]}")/.." || exit 2
 ROOT=$PWD
 VPY=${VPY:-$ROOT/.venv/bin/python}
 case "$VPY" in /*) ;; *) VPY=$ROOT/$VPY ;; esac
 CC=${CC:-gcc}
 
-sanitized_build() {
-  local name=$1 sanitizers=$2 runtime=$3 lib
+build_copy() {
+  local name=$1
+  shift
   OUT=$ROOT/build/$name
   TREE=$OUT/tree
-  lib=$("$CC" -print-file-name="$runtime")
-  if [ ! -e "$lib" ] || [ "$lib" = "$runtime" ]; then
-    echo "$name.sh: $CC has no $runtime (install gcc's sanitizer runtime)" >&2
-    exit 2
-  fi
-  echo "$name.sh: building the sanitized extension in $TREE"
+  echo "$name: building the extension in $TREE${*:+ ($*)}"
   rm -rf "$TREE" "$OUT"/"$name".[0-9]*
   mkdir -p "$TREE/src"
   cp -r csrc build_ffi.py setup.py pyproject.toml "$TREE/"
@@ -31,10 +29,21 @@ sanitized_build() {
   cp -r src/sslports "$TREE/src/"
   rm -f "$TREE"/src/sslports/_native*.so "$TREE"/src/sslports/_fastport*.so \
     "$TREE"/src/sslports/_native.c "$TREE"/src/sslports/.native-built
-  (cd "$TREE" && SSLPORTS_SANITIZE=$sanitizers CC="$CC" "$VPY" setup.py -q build_ext --inplace) \
+  (cd "$TREE" && env "$@" CC="$CC" "$VPY" setup.py -q build_ext --inplace) \
     >"$OUT/build.log" 2>&1 || { cat "$OUT/build.log"; exit 1; }
+  export PYTHONPATH="$TREE/src${PYTHONPATH:+:$PYTHONPATH}"
+}
+
+sanitized_build() {
+  local name=$1 sanitizers=$2 runtime=$3 lib
+  lib=$("$CC" -print-file-name="$runtime")
+  if [ ! -e "$lib" ] || [ "$lib" = "$runtime" ]; then
+    echo "$name.sh: $CC has no $runtime (install gcc's sanitizer runtime)" >&2
+    exit 2
+  fi
+  build_copy "$name" SSLPORTS_SANITIZE="$sanitizers"
   write_sitecustomize
-  export PYTHONPATH="$OUT/site:$TREE/src${PYTHONPATH:+:$PYTHONPATH}"
+  export PYTHONPATH="$OUT/site:$PYTHONPATH"
   export LD_PRELOAD="$lib"
 }
 

@@ -120,8 +120,10 @@ def build_error(
 
 
 # What a fatal alert the peer sent means for this end (OpenSSL's reason text names the alert:
-# "sslv3 alert handshake failure", "tlsv1 alert unknown ca", ...; a received alert is the only
-# error whose reason reads so). Certificates are "ours": the peer judged the one we sent.
+# "sslv3 alert handshake failure", "tlsv1 alert unknown ca", ...; OpenSSL 3.2 and later, the
+# wheels' among them, spell the alerts SSL 3.0 defined "ssl/tls alert handshake failure"; a
+# received alert is the only error whose reason reads so). Certificates are "ours": the peer
+# judged the one we sent.
 _ALERT_HINTS = {
     "unknown ca": "the peer does not trust the CA that issued our certificate",
     "bad certificate": "the peer rejected our certificate",
@@ -139,7 +141,7 @@ _ALERT_HINTS = {
     "unrecognized name": "the peer does not serve the host name we sent (SNI)",
     "insufficient security": "the peer requires stronger ciphers than we offered",
 }
-_ALERT = re.compile(r"(?:sslv3|tlsv1|tlsv13) alert (.+)$")
+_ALERT = re.compile(r"(?:sslv3|ssl/tls|tlsv1|tlsv13) alert (.+)$")
 # Reasons that mean the other end does not speak TLS (OpenSSL's texts).
 _NOT_TLS = {
     "wrong version number": "the peer does not speak TLS (a plain-text service?)",
