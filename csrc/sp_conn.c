@@ -1648,12 +1648,12 @@ int sp_read(sp_conn *c, unsigned char *buf, size_t len, size_t want, size_t *got
         /* Reading may have queued output (a KeyUpdate reply, a renegotiation flight, the
          * alert of a failure): it goes out now, without waiting. What was queued before
          * (a server's tickets, a record an output port holds) waits for its writer, or for
-         * this read's first wait (wait_readable sends everything queued first). */
-        if (out_pending > 0 && status == SP_OK && send_queued_nowait(c, err) == SP_ERROR) {
-            status = SP_ERROR;
-            break;
-        }
-        if (out_pending > 0 && status != SP_OK)
+         * this read's first wait (wait_readable sends everything queued first). A send that
+         * fails breaks the connection (sticky), but what this call read still reaches the
+         * caller: the peer sent it before the failure. */
+        if (out_pending > 0 && status == SP_OK)
+            status = send_queued_nowait(c, err) == SP_ERROR ? SP_ERROR : SP_OK;
+        else if (out_pending > 0)
             send_alert_nowait(c);
         if (ok) {
             total += n;

@@ -146,6 +146,25 @@ def test_keylogger_reading_its_own_connection_is_a_reentrant_call(
     assert seen and all("reentrant call" in s for s in seen), seen
 
 
+def test_keylogger_reverifying_its_own_connection_gets_edeadlk(pki: Any, locks: str) -> None:
+    """The server's key logger asks for the client's certificate again (ssl_try_verify) from
+    inside the renegotiation it logs: a renegotiation inside a renegotiation's OpenSSL call.
+    Refused with EDEADLK (the pump call would re-enter OpenSSL's state machine), and the
+    renegotiation and the connection go on unharmed."""
+    seen: list[object] = []
+
+    def action(i: Any, o: Any) -> None:
+        try:
+            sslports.ssl_try_verify(i, True)
+            seen.append("verified again")
+        except SSLError as exc:
+            seen.append(exc.errno)
+
+    server_lines, client_lines = _renegotiating_pair(pki, "server", action)
+    assert seen and set(seen) == {errno.EDEADLK}, seen
+    assert (server_lines, client_lines) == ([b"hello\n", b"bye\n"], [b"after\n"])
+
+
 @pytest.mark.parametrize("keylogged", ["client", "server"])
 def test_keylogger_queries_its_own_connection(pki: Any, locks: str, keylogged: str) -> None:
     """Queries take the connection's lock, which this thread holds inside the callback: they

@@ -193,6 +193,29 @@ def test_server_end_point_ed25519_raises(certs: Certs, version: str) -> None:
     assert "tls-server-end-point" in client and "tls-server-end-point" in server
 
 
+def test_server_end_point_without_a_server_certificate_raises() -> None:
+    """An anonymous suite (TLS 1.2, @SECLEVEL=0, a client that requires no certificate): the
+    server presents no certificate, so there is nothing to bind to. tls-server-end-point
+    raises at both ends (never empty bytes, which would bind nothing); tls-unique works."""
+
+    def endpoint(inp: Any, out: Any) -> tuple[str, str, int]:
+        with pytest.raises(SSLError, match="no server certificate") as info:
+            sslports.ssl_channel_binding(out, "tls-server-end-point")
+        return (
+            sslports.ssl_cipher_name(inp),
+            str(info.value),
+            len(sslports.ssl_channel_binding(inp, "tls-unique")),
+        )
+
+    server_ctx = sslports.ssl_make_server_context("tls12")
+    sslports.ssl_set_ciphers(server_ctx, "aNULL:@SECLEVEL=0")
+    client_ctx = sslports.ssl_make_client_context("tls12")
+    sslports.ssl_set_ciphers(client_ctx, "ALL:@SECLEVEL=0")
+    client, server = _pair(server_ctx, client_ctx, endpoint, endpoint)
+    assert client[0].startswith(("ADH", "AECDH")) and client == server
+    assert "tls-server-end-point" in client[1] and client[2] == 12
+
+
 # -- against Python's ssl ------------------------------------------------------------------------
 
 

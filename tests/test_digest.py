@@ -336,6 +336,67 @@ def test_non_blocking_pipe_is_waited_for(buffering: int) -> None:
     thread.join()
 
 
+@pytest.mark.skipif(sys.platform != "linux", reason="/proc/self/task/<tid>/stat")
+@pytest.mark.parametrize("buffering", [-1, 0])
+def test_pipe_made_non_blocking_while_it_is_hashed(buffering: int) -> None:
+    """O_NONBLOCK belongs to the open pipe, which other holders of it (a process sharing the
+    shell's pipe, a dup) may set while the descriptor path reads it in C. A read that then
+    finds the pipe empty fails with EAGAIN; the loop waits for the pipe (poll) and goes on:
+    the digest is of every byte, with no BlockingIOError."""
+    first, second, rest = (random_bytes(n, seed=17 + n) for n in (50_000, 1000, 200_000))
+    r, w = os.pipe()
+    sharer = os.dup(r)  # (the same open pipe: its O_NONBLOCK is the hasher's)
+    result: list[object] = []
+    with open(r, "rb", buffering=buffering) as f:
+
+        def hash_it() -> None:
+            try:
+                result.append(sha1(f))
+            except BaseException as exc:  # (reported below)
+                result.append(exc)
+
+        hasher = threading.Thread(target=hash_it, daemon=True)
+        hasher.start()
+        try:
+            os.write(w, first)
+            wait_until(lambda: unread(sharer) == 0)  # (in the C loop: it took the pipe's bytes)
+            os.set_blocking(sharer, False)
+            os.write(w, second)  # (taken by a read that began blocking, or by a new one)
+            wait_until(lambda: unread(sharer) == 0)
+            # Its next read finds the pipe empty: EAGAIN, then a wait in poll(). (Running or
+            # waiting: it no longer waits inside a read.)
+            wait_until(lambda: thread_state(hasher) == "S")
+            os.write(w, rest)
+        finally:
+            os.close(w)
+            os.close(sharer)
+        hasher.join(10)
+    assert result == [hashlib.sha1(first + second + rest).hexdigest()]
+
+
+def wait_until(done: Callable[[], bool]) -> None:
+    deadline = time.monotonic() + 10
+    while not done():
+        assert time.monotonic() < deadline, "gave up waiting"
+        time.sleep(0.001)
+
+
+def thread_state(thread: threading.Thread) -> str:
+    """R (running), S (sleeping in a system call)... of a thread of this process (Linux)."""
+    with open(f"/proc/self/task/{thread.native_id}/stat") as stat:
+        return stat.read().rsplit(")", 1)[1].split()[0]
+
+
+def unread(fd: int) -> int:
+    """Bytes waiting in a pipe (FIONREAD)."""
+    import fcntl
+    import termios
+
+    buf = array.array("i", [0])
+    fcntl.ioctl(fd, termios.FIONREAD, buf)
+    return buf[0]
+
+
 @pytest.mark.parametrize(
     ("kind", "path"),
     [

@@ -266,6 +266,48 @@ def test_sni_switched_context_verify_settings_apply(sni_server: SniServer, sni: 
     assert server["verified"] is False
 
 
+@pytest.mark.parametrize(
+    ("hostname", "names"),
+    [
+        ("default.example.test", ["default.example.test"]),
+        ("alt.example.test", ["alt.example.test", "xn--bcher-kva.example.test"]),
+    ],
+)
+def test_sni_callback_runs_once_per_connection_across_a_hello_retry(
+    sni: Sni, hostname: str, names: list[str]
+) -> None:
+    """A TLS 1.3 client whose key share is for a group the server does not take (X448) is
+    sent a HelloRetryRequest, and its second ClientHello carries the SNI name again. The
+    callback runs for the first hello only (it is not called twice for one connection), and
+    the connection gets the certificate that first call chose."""
+    main = server_context("tls13", sni.default)
+    sslports.ssl_server_context_enable_ecdh(main, "secp384r1")  # (P-384, X25519, P-256)
+    alt = server_context("tls13", sni.alt)
+    calls: list[str] = []
+
+    def callback(name: str) -> Optional[sslports.SSLServerContext]:
+        calls.append(name)
+        return alt if name == "alt.example.test" else None
+
+    sslports.ssl_set_server_name_identification_callback(main, callback)
+    server = Server(main)
+    try:
+        ctx = client_context("tls13", verify=False, hostname=False)
+        # (no public call chooses a client's groups: its key share is for the first one)
+        assert sslports._binding.lib.SSL_CTX_set1_groups_list(ctx._ptr, b"X448:P-256") == 1
+        join = server.accept(echo_line)
+        inp, out = wrap_client(server.port, ctx, hostname)
+        with inp, out:
+            assert sslports.ssl_peer_certificate_hostnames(inp) == names
+            out.write(b"ping\n")
+            out.flush()
+            assert inp.readline() == b"ping\n"
+        join(30)
+    finally:
+        server.close()
+    assert calls == [hostname]
+
+
 def test_sni_switched_context_key_logger(sni_server: SniServer) -> None:
     """After a switch the switched-to context's key logger gets every line, and they are
     exactly the client's lines for that connection."""
