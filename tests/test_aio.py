@@ -720,3 +720,47 @@ def test_cancelled_drains_do_not_pile_up(loop_kind: str) -> None:
             assert len(got) == sent
 
     run(loop_kind, main)
+
+
+@pytest.mark.parametrize("loop_kind", LOOPS)
+def test_reader_iteration_bad_sizes_and_a_second_waiting_reader(loop_kind: str) -> None:
+    """As asyncio.StreamReader: ``async for`` yields lines (the last without its newline) and
+    ends at EOF; readexactly(-1) and readuntil(b"") are ValueError; a second coroutine that
+    waits on a reader another one already waits on gets RuntimeError, and the first still
+    gets its bytes."""
+
+    async def main() -> None:
+        go = asyncio.Event()
+
+        async def handler(r: aio.SSLStreamReader, w: aio.SSLStreamWriter) -> None:
+            await go.wait()
+            w.write(b"first\n")
+            await w.drain()
+            await r.readline()  # (the client's go-ahead)
+            w.write(b"one\ntwo\nlast")
+            await w.drain()
+            w.close()
+
+        server = await aio.start_ssl_server(handler, "127.0.0.1", 0, server_context())
+        async with server:
+            port = server.sockets[0].getsockname()[1]
+            r, w = await aio.open_ssl_connection("localhost", port, client_context(), timeout=10)
+            with pytest.raises(ValueError):
+                await r.readexactly(-1)
+            with pytest.raises(ValueError):
+                await r.readuntil(b"")
+            waiting = asyncio.ensure_future(r.readline())
+            await asyncio.sleep(0)  # (it runs up to its wait: nothing is sent before `go`)
+            assert not waiting.done()
+            with pytest.raises(RuntimeError):
+                await r.read(10)
+            go.set()
+            assert await asyncio.wait_for(waiting, 10) == b"first\n"
+            w.write(b"go\n")
+            lines = [line async for line in r]
+            assert lines == [b"one\n", b"two\n", b"last"]
+            assert r.at_eof()
+            w.close()
+            await w.wait_closed()
+
+    run(loop_kind, main)

@@ -195,3 +195,91 @@ def test_close_clients_ends_every_connection(loop_kind: str, how: str) -> None:
             await asyncio.wait_for(server.wait_closed(), 10)
 
     run(loop_kind, main)
+
+
+@pytest.mark.parametrize("loop_kind", LOOPS)
+@pytest.mark.parametrize("kind", ["function", "coroutine"])
+def test_a_raising_client_connected_cb_goes_to_the_exception_handler(
+    loop_kind: str, kind: str
+) -> None:
+    """A handler that raises (a plain function, or a coroutine that raises once awaited) is
+    a server bug: the exception reaches the loop's exception handler, that client's
+    connection is closed (it reads EOF, not a hang), and the server serves the next client."""
+    seen: list[dict[str, Any]] = []
+    calls: list[int] = []
+
+    def plain(reader: aio.SSLStreamReader, writer: aio.SSLStreamWriter) -> None:
+        calls.append(1)
+        if len(calls) == 1:
+            raise KeyError("handler bug")
+        writer.write(b"second\n")
+        writer.close()
+
+    async def coro(reader: aio.SSLStreamReader, writer: aio.SSLStreamWriter) -> None:
+        calls.append(1)
+        await asyncio.sleep(0)
+        if len(calls) == 1:
+            raise KeyError("handler bug")
+        writer.write(b"second\n")
+        await writer.drain()
+        writer.close()
+
+    async def main() -> tuple[bytes, bytes]:
+        asyncio.get_running_loop().set_exception_handler(lambda _loop, ctx: seen.append(ctx))
+        handler = plain if kind == "function" else coro
+        server = await aio.start_ssl_server(handler, "127.0.0.1", 0, server_context())
+        async with server:
+            port = server.sockets[0].getsockname()[1]
+            got = []
+            for _ in range(2):
+                reader, writer = await aio.open_ssl_connection(
+                    "127.0.0.1", port, client_context(), timeout=10
+                )
+                got.append(await asyncio.wait_for(reader.read(), 10))
+                writer.close()
+                await writer.wait_closed()
+            return got[0], got[1]
+
+    first, second = run(loop_kind, main)
+    assert (first, second) == (b"", b"second\n")
+    assert [type(ctx.get("exception")) for ctx in seen] == [KeyError]
+    assert "unhandled exception in client_connected_cb" in seen[0]["message"]
+
+
+@pytest.mark.parametrize("loop_kind", LOOPS)
+def test_server_start_serving_and_serve_forever(loop_kind: str) -> None:
+    """SSLServer as asyncio.Server: start_serving=False defers accepting until
+    start_serving(); get_loop() and is_serving() tell; cancelling serve_forever() closes the
+    server (asyncio's does), after which a connection is refused."""
+
+    async def handler(reader: aio.SSLStreamReader, writer: aio.SSLStreamWriter) -> None:
+        writer.write(await reader.readline())
+        writer.close()
+
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        server = await aio.start_ssl_server(
+            handler, "127.0.0.1", 0, server_context(), start_serving=False
+        )
+        assert server.get_loop() is loop
+        assert not server.is_serving()
+        await server.start_serving()
+        assert server.is_serving()
+        port = server.sockets[0].getsockname()[1]
+        forever = asyncio.ensure_future(server.serve_forever())
+        reader, writer = await aio.open_ssl_connection(
+            "127.0.0.1", port, client_context(), timeout=10
+        )
+        writer.write(b"ping\n")
+        assert await asyncio.wait_for(reader.readline(), 10) == b"ping\n"
+        writer.close()
+        await writer.wait_closed()
+        forever.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await forever
+        assert not server.is_serving()
+        await asyncio.wait_for(server.wait_closed(), 10)
+        with pytest.raises(OSError):
+            await aio.open_ssl_connection("127.0.0.1", port, client_context(), timeout=10)
+
+    run(loop_kind, main)

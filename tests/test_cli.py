@@ -363,6 +363,25 @@ def test_connect_insecure_reports_unverified(procs: Procs) -> None:
 
 
 @needs_tls
+def test_connect_to_an_unresolvable_name() -> None:
+    result = run_cli("connect", "no-such-host.invalid:443")
+    assert result.returncode == 1
+    assert "cannot resolve 'no-such-host.invalid'" in assert_one_error_line(result.stderr)
+
+
+@needs_tls
+def test_connect_handshake_timeout_is_one_line() -> None:
+    """A server that accepts and says nothing: --timeout ends the handshake with one line,
+    not a traceback and not a wait for ever."""
+    with socket.create_server((LOCAL, 0)) as silent:
+        port = silent.getsockname()[1]
+        result = run_cli("connect", f"{LOCAL}:{port}", "--timeout", "0.5")
+    assert result.returncode == 1
+    line = assert_one_error_line(result.stderr)
+    assert line.endswith(f"TLS handshake with {LOCAL}:{port} timed out after 0.5 s"), line
+
+
+@needs_tls
 def test_connect_refused() -> None:
     port = free_port()  # nothing listens there
     result = run_cli("connect", f"{LOCAL}:{port}")
@@ -377,6 +396,15 @@ def test_connect_refused() -> None:
         ["connect", "localhost:0"],
         ["connect", "localhost:99999"],
         ["connect", "::1:443"],
+        ["connect", "[::1]443"],
+        ["connect", "[::1"],
+        ["connect", ":443"],
+        ["connect", "localhost:https"],
+        ["connect", "localhost:443", "--timeout", "0"],
+        ["connect", "localhost:443", "--timeout", "nan"],
+        ["connect", "localhost:443", "--timeout", "soon"],
+        ["connect", "localhost:443", "--key", PEM],
+        ["serve", "--key", PEM],
         ["connect", "localhost:443", "--alpn", "a," + "x" * 300],
         ["connect", "localhost:443", "--tls12", "--tls13"],
         ["connect", "localhost:443", "--cafile", "/nonexistent/ca.pem"],
@@ -524,6 +552,56 @@ def test_serve_dir_streams_files_byte_identical(procs: Procs, tmp_path: Path) ->
         assert b"outside the served directory" not in refused.stdout
 
 
+def _raw_request(port: int, request: bytes) -> bytes:
+    """Send `request` as is over TLS to the local server; its answer, read as curl reads it
+    (the head, then Content-Length bytes: the server closes only after the client)."""
+    inp, out = sslports.ssl_connect(LOCAL, port, timeout=30)
+    with inp, out:
+        out.write(request)
+        out.flush()
+        head = b""
+        while not head.endswith(b"\r\n\r\n"):
+            line = inp.readline()
+            assert line, head
+            head += line
+        length = re.search(rb"\r\nContent-Length: (\d+)\r\n", head)
+        assert length, head
+        return head + inp.read(int(length.group(1)))
+
+
+@needs_tls
+def test_serve_answers_bad_requests_with_their_status(procs: Procs, tmp_path: Path) -> None:
+    """--dir and --www: a request the server cannot serve gets its HTTP status, one page,
+    and the server goes on serving (the next good request is answered)."""
+    root = tmp_path / "site"
+    root.mkdir()
+    (root / "hello.txt").write_text("hello\n")
+    dir_server, dir_port, dir_err = procs.sslports_server("--dir", str(root))
+    _www_server, www_port, _www_err = procs.sslports_server("--www")
+    cases = [
+        (dir_port, b"POST /hello.txt HTTP/1.0\r\n\r\n", b"405"),
+        (www_port, b"POST / HTTP/1.0\r\n\r\n", b"405"),
+        (dir_port, b"GET /a%00b HTTP/1.0\r\n\r\n", b"400"),
+        (dir_port, b"GET /%ff%fe HTTP/1.0\r\n\r\n", b"400"),
+        (dir_port, b"GET /hello.txt\r\n\r\n", b"400"),  # (no HTTP version)
+        (dir_port, b"GET / HTTP/1.0\r\n" + b"X-Filler: y\r\n" * 200 + b"\r\n", b"431"),
+    ]
+    for port, request, status in cases:
+        answer = _raw_request(port, request)
+        assert answer.startswith(b"HTTP/1.0 " + status + b" "), (request[:40], answer[:80])
+    # blank lines before the request line are tolerated (RFC 9112 2.2)
+    answer = _raw_request(dir_port, b"\r\n\r\nGET /hello.txt HTTP/1.0\r\n\r\n")
+    assert answer.startswith(b"HTTP/1.0 200 ") and answer.endswith(b"\r\n\r\nhello\n"), answer
+    # a client that closes without a request: logged, and the server still serves
+    inp, out = sslports.ssl_connect(LOCAL, dir_port, timeout=30)
+    inp.close()
+    out.close()
+    answer = _raw_request(dir_port, b"GET /hello.txt HTTP/1.0\r\n\r\n")
+    assert answer.endswith(b"\r\n\r\nhello\n")
+    log = wait_for_text(dir_err, "closed before sending a complete request", dir_server, 30)
+    assert "Traceback" not in log
+
+
 @needs_tls
 def test_serve_ctrl_c_stops_cleanly(procs: Procs) -> None:
     server, port, err = procs.sslports_server("--echo")
@@ -631,6 +709,32 @@ def test_digest_check_round_trip_and_tampering(
         theirs = subprocess.run([tool, "-c", "SUMS"], capture_output=True, cwd=tmp_path, timeout=60)
         assert theirs.returncode == 1
         assert theirs.stdout == tampered.stdout
+
+
+def test_digest_into_a_closed_pipe_stops_quietly(tmp_path: Path) -> None:
+    """``sslports sha1 FILES... | head -1``: once the reader of stdout is gone, the command
+    stops with status 1 and says nothing (as coreutils do): no traceback, no BrokenPipeError
+    line for each later file."""
+    files = []
+    for i in range(2000):
+        f = tmp_path / f"f{i}"
+        f.write_bytes(b"%d\n" % i)
+        files.append(str(f))
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "sslports", "sha1", *files],
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env=ENV,
+    )
+    assert proc.stdout is not None and proc.stderr is not None
+    with proc.stdout, proc.stderr:
+        first = proc.stdout.readline()
+        proc.stdout.close()  # (head -1 exits)
+        err = proc.stderr.read()
+        assert proc.wait(TIMEOUT) == 1
+    assert first.endswith(f"  {files[0]}\n".encode())
+    assert err == b""
 
 
 def test_digest_missing_file_is_one_line_error(tmp_path: Path) -> None:

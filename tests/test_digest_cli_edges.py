@@ -133,6 +133,31 @@ def test_check_accepts_lines_coreutils_accepts(tmp_path: Path, template: str) ->
     assert result.stdout == b"f1: OK\n"
 
 
+def test_check_skips_comments_and_counts_malformed_lines_as_coreutils(tmp_path: Path) -> None:
+    """sha1 -c reads a list as sha1sum -c does: comment and blank lines are skipped, a line
+    ending in CRLF is accepted, a malformed line is counted (one WARNING line; each named with
+    --warn) without failing the check; a list with no valid line at all fails (exit 1)."""
+    (tmp_path / "a").write_bytes(b"hi")
+    good = f"{hashlib.sha1(b'hi').hexdigest()}  a"
+    (tmp_path / "SUMS").write_bytes(
+        f"{good}\n# a comment\n\nnot a checksum line\n{good}\r\n".encode()
+    )
+    quiet = cli("sha1", "-c", "SUMS", cwd=tmp_path)
+    warned = cli("sha1", "-c", "--warn", "SUMS", cwd=tmp_path)
+    for result in (quiet, warned):
+        assert result.returncode == 0, result.stderr
+        assert result.stdout == b"a: OK\na: OK\n"
+        assert b"WARNING: 1 line is improperly formatted" in result.stderr
+        assert b"unexpected" not in result.stderr
+    assert b"SUMS: 4: improperly formatted" not in quiet.stderr
+    assert b"SUMS: 4: improperly formatted" in warned.stderr
+    (tmp_path / "BAD").write_bytes(b"# only a comment\ngarbage\n")
+    bad = cli("sha1", "-c", "BAD", cwd=tmp_path)
+    assert bad.returncode == 1
+    assert b"BAD: no properly formatted SHA1 checksum lines found" in bad.stderr
+    assert bad.stdout == b""
+
+
 # ---- connect / serve: host names that cannot be encoded --------------------------------------
 
 

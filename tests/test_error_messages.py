@@ -338,7 +338,9 @@ def test_a_server_without_a_certificate_is_told_so(server: Any, version: str) ->
     assert "this server has no certificate (ssl_load_certificate_chain" in str(info.value)
 
 
-def test_reset_and_close_mid_handshake_name_the_peer() -> None:
+def test_reset_and_close_mid_handshake_name_the_peer(path: str) -> None:
+    """(`path`: also the ports' Python handshake loop, which runs without the C fast path:
+    it reports the peer's EOF itself when the pump saw it before OpenSSL did.)"""
     with socket.socket() as listener:
         listener.bind((LOCAL, 0))
         listener.listen(2)

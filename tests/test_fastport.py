@@ -826,11 +826,12 @@ def _stop_before_line(code: types.CodeType, nth: int) -> Iterator[list[bool]]:
     def outer(frame: Any, event: str, arg: Any) -> Any:
         return local if frame.f_code is code and not fired[0] and seen[0] == 0 else None
 
+    previous = sys.gettrace()  # (a coverage or debugger tracer: given back, not removed)
     sys.settrace(outer)
     try:
         yield fired
     finally:
-        sys.settrace(None)
+        sys.settrace(previous)
 
 
 @pytest.mark.parametrize("method", ["read", "read1", "read_all"])

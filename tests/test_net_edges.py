@@ -19,6 +19,7 @@ Regression tests (they failed before the fix beside them):
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import errno
 import os
 import resource
@@ -158,6 +159,12 @@ def _fake_resolver(
 @pytest.fixture
 def no_free_descriptors() -> Iterator[None]:
     """Every descriptor in use (the soft limit lowered to what is open, then filled)."""
+    with _descriptors_exhausted():
+        yield
+
+
+@contextlib.contextmanager
+def _descriptors_exhausted() -> Iterator[None]:
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     held: list[socket.socket] = []
     resource.setrlimit(resource.RLIMIT_NOFILE, (_nfds() + 8, hard))
@@ -170,6 +177,28 @@ def no_free_descriptors() -> Iterator[None]:
         for s in held:
             s.close()
         resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+
+
+def test_accept_without_descriptors_is_network_error_and_the_listener_stays(
+    ctx_first: sslports.SSLServerContext,
+) -> None:
+    """API.md: a failed accept raises SSLNetworkError and the listener stays usable. With
+    every descriptor in use, accept() fails (EMFILE) and the client waits in the backlog;
+    once descriptors are free, the next ssl_accept takes that very client."""
+    with sslports.ssl_listen(0, 5, False, LOCAL, ctx_first) as listener:
+        port = sslports.ssl_addresses(listener, True)[1]
+        client = socket.create_connection((LOCAL, port), timeout=30)
+        accept_failed = pytest.raises(SSLNetworkError, match=r"^ssl_accept: accept failed \(")
+        with _descriptors_exhausted(), accept_failed as info:
+            sslports.ssl_accept(listener)
+        assert info.value.errno == errno.EMFILE
+        join = in_thread(lambda: sslports.ssl_wrap_socket(client, mode="connect"), 30)
+        sin, sout = sslports.ssl_accept(listener)
+        cin, cout = join()
+        cout.write(b"queued")
+        cout.flush()
+        assert sin.read(6) == b"queued"
+        _close(cin, cout, sin, sout)
 
 
 @pytest.fixture
@@ -633,6 +662,15 @@ def test_connect_timeout_at_the_tcp_stage(blackhole: tuple[str, int]) -> None:
     assert isinstance(info.value, TimeoutError)
     assert 0.4 < time.monotonic() - start < 2
     assert _nfds() == before
+
+
+def test_aio_connect_timeout_at_the_tcp_stage(blackhole: tuple[str, int]) -> None:
+    """open_ssl_connection's timeout also bounds the TCP connect: the same exception as
+    ssl_connect's (an SSLNetworkError that is a TimeoutError, naming the call)."""
+    host, port = blackhole
+    with pytest.raises(SSLNetworkError, match=r"^open_ssl_connection: connect timed out") as info:
+        asyncio.run(sslports.aio.open_ssl_connection(host, port, timeout=0.5))
+    assert isinstance(info.value, TimeoutError)
 
 
 @pytest.mark.skipif(not hasattr(signal, "setitimer"), reason="no setitimer")

@@ -50,15 +50,19 @@ def test_close_original_after_a_timed_out_read_does_not_hang(pki: Any) -> None:
     assert all(f.closed for f in files)
 
 
-def test_nonblocking_stream_without_data_is_not_fatal_under_a_timeout(pki: Any) -> None:
+@pytest.mark.parametrize("timeout", [5.0, None])
+def test_nonblocking_stream_without_data_is_not_fatal_under_a_timeout(
+    pki: Any, timeout: Any
+) -> None:
     """A non-blocking input stream that has no data yet: a read says so, and a later read
     gets what arrived since. Under a port timeout (the receiver thread) the first "no data"
-    used to stick: every later read failed the same way, data or not."""
+    used to stick: every later read failed the same way, data or not. (Without a timeout
+    the caller's thread reads the stream itself: the same.)"""
     c_in, s_out, s_in, c_out = files = _pipes()
     client, server = connect_pair(pki, (c_in, c_out), (s_in, s_out))
     try:
         os.set_blocking(c_in.fileno(), False)
-        client[0].settimeout(5)
+        client[0].settimeout(timeout)
         with pytest.raises(Exception, match="non-blocking"):
             client[0].read(5)
         server[1].write(b"hello")

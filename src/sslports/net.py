@@ -452,7 +452,6 @@ class SSLListener:
         # What socket.accept() would look up (as enums) for every connection, once.
         self._family = int(sock.family)
         self._proto = sock.proto
-        self._tcp = self._family in (socket.AF_INET, socket.AF_INET6)
         self._raw_accept = getattr(sock, "_accept", None)
         self._accepting: set[int] = set()  # threads waiting in ssl_accept (see close)
         # Set by close() before it wakes them: a woken accept() must not find the socket
@@ -650,11 +649,10 @@ def ssl_accept(listener: SSLListener) -> Ports:
     finally:
         lst._accepting.discard(me)
     try:
-        if lst._tcp:
-            try:
-                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            except OSError:
-                pass
+        try:
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        except OSError:
+            pass
         return _start_on_socket(
             func,
             sock,
@@ -666,7 +664,7 @@ def ssl_accept(listener: SSLListener) -> Ports:
             None,
             False,
             prepared=True,
-            peer=addr if lst._tcp else None,  # (whom a failed handshake's message names)
+            peer=addr,  # (whom a failed handshake's message names)
         )
     except BaseException:
         sock.close()

@@ -1346,18 +1346,13 @@ class Connection:
         return total
 
     def send_close_notify(self, deadline: _Deadline) -> None:
-        """Queue our close_notify and push it out without waiting for the reply."""
-        lib = _binding.lib
-        err = _binding.ffi.new("sp_err *")
-        lib.sp_shutdown(self.ptr, err)
+        """Queue our close_notify and push it out without waiting for the reply. (Only
+        ports_to_ssl_ports sets shutdown_on_close: the transport is a stream's.)"""
+        transport = cast(_StreamTransport, self.transport)
+        _binding.lib.sp_shutdown(self.ptr, _binding.ffi.new("sp_err *"))
         try:
-            if isinstance(self.transport, _StreamTransport):
-                self.transport.push_out(self.ptr, deadline)
-                self.transport.sender.drain(deadline.remaining())
-            else:
-                while lib.sp_flush(self.ptr, deadline.slice_ms(), err) == lib.SP_WANT_WRITE:
-                    if deadline.expired():
-                        break
+            transport.push_out(self.ptr, deadline)
+            transport.sender.drain(deadline.remaining())
         except (OSError, SSLError):
             pass  # a transport that can no longer be written is not an error here
 
