@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any, Optional
 
 import pytest
+from conftest import random_bytes
 
 import sslports
 
@@ -600,6 +601,34 @@ def test_serve_answers_bad_requests_with_their_status(procs: Procs, tmp_path: Pa
     assert answer.endswith(b"\r\n\r\nhello\n")
     log = wait_for_text(dir_err, "closed before sending a complete request", dir_server, 30)
     assert "Traceback" not in log
+
+
+@needs_tls
+def test_serve_closes_after_each_reply(procs: Procs, tmp_path: Path) -> None:
+    """A client that reads until the server closes (HTTP/1.0 tools, `openssl s_client
+    -quiet`) gets the whole reply and then EOF while it keeps its own end open. The server
+    used to wait up to 5 s for the client to close first: such a client waited 5 s per
+    request (its read timed out here). A 4 MiB file, most of it still on its way when the
+    server closes, arrives whole (the ports' lingering close)."""
+    root = tmp_path / "site"
+    root.mkdir()
+    big = random_bytes(4 << 20, seed=7)
+    (root / "big.bin").write_bytes(big)
+    _dir_server, dir_port, _err = procs.sslports_server("--dir", str(root))
+    _www_server, www_port, _www_err = procs.sslports_server("--www")
+    for port, target in ((www_port, b"/"), (dir_port, b"/big.bin")):
+        inp, out = sslports.ssl_connect(LOCAL, port, timeout=30)
+        with inp, out:
+            out.write(b"GET " + target + b" HTTP/1.0\r\n\r\n")
+            out.flush()
+            inp.settimeout(3.0)  # (well under the 5 s the server used to wait)
+            answer = inp.read()  # until the server's EOF
+        head, _, body = answer.partition(b"\r\n\r\n")
+        assert head.startswith(b"HTTP/1.0 200 "), head[:80]
+        length = re.search(rb"\r\nContent-Length: (\d+)", head)
+        assert length and int(length.group(1)) == len(body), (head, len(body))
+        if target == b"/big.bin":
+            assert body == big
 
 
 @needs_tls

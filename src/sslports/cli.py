@@ -17,8 +17,10 @@ HOW THE COMMANDS CLOSE CONNECTIONS
 needs to tell the server that stdin ended, so it opens the TCP connection itself and runs TLS
 over it with ``ports_to_ssl_ports(..., shutdown_on_close=True)``, the documented way to get a
 close_notify. ``serve`` uses ``ssl_listen`` / ``ssl_accept``; its HTTP replies carry a
-``Content-Length`` and it waits for the client to close first (a lingering close), so clients
-never depend on a close_notify.
+``Content-Length`` (clients never depend on a close_notify) and it closes the connection right
+after each one, so a client that reads until the server closes gets its EOF at once. A reply
+still on its way is not cut short by a reset: the ports' last close lingers until it has left
+(README, "EOF and close_notify").
 
 ERRORS
 
@@ -547,18 +549,13 @@ class _Session:
         if not self.args.quiet:
             _say(f"{PROG}: serve: {self.peer}: {message}")
 
-    def linger_close(self) -> None:
-        """Send what is buffered, wait (briefly) for the client to close, then close.
-
-        Closing a socket that still has unread input makes the kernel send a reset, which can
-        destroy the reply in flight; waiting for the client's EOF avoids that.
-        """
+    def close(self) -> None:
+        """Send what is buffered and close. The ports' last close reads away what the client
+        sent unread and, while the reply has not left, lingers (README, "EOF and
+        close_notify"): a reset cannot destroy it. (This used to wait up to 5 s for the
+        client to close first, and a client that reads until the server closes waited.)"""
         try:
             self.out.flush()
-            self.inp.settimeout(5.0)
-            deadline = time.monotonic() + 5.0
-            while time.monotonic() < deadline and self.inp.read1(_CHUNK):
-                pass
         except (OSError, ValueError):
             pass
         finally:
@@ -665,7 +662,7 @@ def _serve_http(session: _Session, respond: Callable[[_Session, str, str], str])
     except TimeoutError:
         status_text = "timed out waiting for the request"
     finally:
-        session.linger_close()
+        session.close()
     session.log(status_text)
 
 
