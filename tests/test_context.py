@@ -535,6 +535,33 @@ def test_enable_ecdh_default_and_unknown(pki: Any) -> None:
         sslports.ssl_server_context_enable_ecdh(server, "P-256")  # an OpenSSL name, not a seed one
 
 
+def _with_groups(ctx: Any, groups: str) -> bool:
+    """Set `ctx`'s key exchange groups (no public call does); False if this OpenSSL refuses."""
+    lib = sslports._binding.lib
+    with ctx._config("test") as ptr:
+        ok = bool(lib.SSL_CTX_set1_groups_list(ptr, groups.encode()))
+    lib.ERR_clear_error()
+    return ok
+
+
+@pytest.mark.parametrize("curve", ["secp384r1", "prime256v1"])
+def test_enable_ecdh_keeps_the_post_quantum_hybrid(pki: Any, curve: str) -> None:
+    """OpenSSL 3.5's default first group, X25519MLKEM768 (the wheels' OpenSSL: make
+    test-openssl runs this), stays in the server's list after the named curve: a client that
+    offers only the hybrid still connects. The list used to name the curve, X25519, P-256 and
+    P-384 only, and such a client failed ("no suitable key share"); a 3.5 client offering
+    both got X25519 instead of the hybrid."""
+    client = pki.client_context("tls13")
+    if not _with_groups(client, "X25519MLKEM768"):
+        pytest.skip("this OpenSSL has no X25519MLKEM768 (3.5 and later: make test-openssl)")
+    server = pki.server_context("tls13")
+    sslports.ssl_server_context_enable_ecdh(server, curve)
+    assert handshake(server, client) == b"hello"
+    classic = pki.client_context("tls13")
+    assert _with_groups(classic, curve)  # (and the named curve itself, still)
+    assert handshake(server, classic) == b"hello"
+
+
 # -- ciphers, sealing, predicates -----------------------------------------------------------------
 
 

@@ -998,6 +998,9 @@ def ssl_server_context_enable_dhe(context: object, dh_param: object = DH4096_PEM
         raise build_error(func, "loading DH parameters", err, detail=detail, path=path)
 
 
+_HYBRID_GROUP = "X25519MLKEM768"  # OpenSSL 3.5's default first group (security.md)
+
+
 def ssl_server_context_enable_ecdh(context: object, curve_name: str = "secp521r1") -> None:
     """Enable ECDHE with `curve_name` as the server's preferred group.
 
@@ -1015,17 +1018,22 @@ def ssl_server_context_enable_ecdh(context: object, curve_name: str = "secp521r1
         raise ValueError(f"{func}: unknown curve {curve_name!r}")
     name = curve_name + "1" if curve_name in ("prime192v", "prime256v") else curve_name
     lib = _binding.lib
-    # Preferred first; keep the usual groups after it so other clients still connect.
-    # (OpenSSL refuses a list naming one group twice: prime256v1 is P-256, secp384r1 P-384)
+    # Preferred first; keep the usual groups after it so other clients still connect, the
+    # post-quantum hybrid among them where this OpenSSL has it (3.5 and later, the wheels'):
+    # without it, a 3.5 client that sends its X25519MLKEM768 share would get X25519.
+    # (OpenSSL refuses a list naming one group twice: prime256v1 is P-256, secp384r1 P-384,
+    # and a list naming a group it does not know)
     same = {"prime256v1": "P-256", "secp384r1": "P-384", "secp521r1": "P-521"}.get(name, name)
-    groups = [name] + [g for g in ("X25519", "P-256", "P-384") if g != same]
+    usual = [g for g in ("X25519", "P-256", "P-384") if g != same]
+    lists = [[name, _HYBRID_GROUP, *usual], [name, *usual], [name]]
     with context._config(func) as ptr:
+        ok = 0
+        for groups in lists:
+            lib.ERR_clear_error()
+            ok = lib.SSL_CTX_set1_groups_list(ptr, ":".join(groups).encode())
+            if ok:
+                break
         lib.ERR_clear_error()
-        ok = lib.SSL_CTX_set1_groups_list(ptr, ":".join(groups).encode())
-        if not ok:
-            lib.ERR_clear_error()
-            ok = lib.SSL_CTX_set1_groups_list(ptr, name.encode())
-            lib.ERR_clear_error()
     if not ok:
         raise SSLUnsupportedError(f"{func}: curve {curve_name!r} not supported by this OpenSSL")
         # (the list was refused, the curve alone was not: the server offers that one)
