@@ -1,5 +1,5 @@
-"""Paths a user can reach on Linux/CPython that no other test ran, found by measuring the
-suite's branch coverage (every test, child Pythons included): each test drives one from the
+"""Edges a user can reach on Linux/CPython that no other test ran (found by measuring the
+suite's branch coverage, every test and child Python included): each test drives one from the
 public API, with real sockets and peers, and checks what API.md says a user sees.
 
 * a client that goes away before the server's ssl_set_verify on the port: an SSLError, not a
