@@ -71,15 +71,16 @@ step "fresh venv $venv"
 "$venv/bin/python" -m pip install -q --upgrade pip
 "$venv/bin/python" -m pip install -q "$root/$repaired[test]"
 
-# The tests and what they read beside them (fuzz/ targets, scripts/integrity.py, README.md, csrc/
-# for tests/test_fuzz_c.py, which builds the C harnesses of fuzz/c/ from it), and pyproject.toml
-# for its [tool.pytest.ini_options]; never src/.
+# The tests and what they read beside them (fuzz/ targets, scripts/integrity.py and chaos.py,
+# README.md and docs/ whose examples tests/test_user_journeys.py runs, csrc/ for
+# tests/test_fuzz_c.py, which builds the C harnesses of fuzz/c/ from it), and pyproject.toml for
+# its [tool.pytest.ini_options]; never src/.
 mkdir -p "$tmp/run"
 cp -r tests "$tmp/run/tests"
 [ ! -d fuzz ] || cp -r fuzz "$tmp/run/fuzz"
-cp -r csrc "$tmp/run/csrc"
+cp -r csrc docs "$tmp/run/"
 mkdir -p "$tmp/run/scripts"
-cp scripts/integrity.py "$tmp/run/scripts/"  # tests/test_integrity_script.py runs it
+cp scripts/integrity.py scripts/chaos.py scripts/soak.py "$tmp/run/scripts/"  # (their tests)
 cp README.md pyproject.toml "$tmp/run/"
 find "$tmp/run" -name __pycache__ -prune -exec rm -rf {} +
 cd "$tmp/run"

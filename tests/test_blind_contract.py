@@ -2530,12 +2530,20 @@ def test_default_verify_sources_from_env(tmp_path: pathlib.Path) -> None:
 def test_default_verify_sources_system_default() -> None:
     env = {k: v for k, v in os.environ.items() if k not in ("SSL_CERT_FILE", "SSL_CERT_DIR")}
     env["PYTHONPATH"] = SRC
+    # (OpenSSL's defaults: of the OpenSSL sslports runs on, which is not Python's ssl's when
+    # a wheel carries its own: its OPENSSLDIR is /etc/ssl, Debian's /usr/lib/ssl)
     code = """
-        import json, ssl, sslports
-        p = ssl.get_default_verify_paths()
+        import ctypes, json, sslports
+        from sslports.libcrypto import libcrypto
+        default = {}
+        for name in ("X509_get_default_cert_file", "X509_get_default_cert_dir"):
+            f = getattr(libcrypto, name)
+            f.restype = ctypes.c_char_p
+            default[name] = f().decode()
         print(json.dumps([[x if isinstance(x, str) else list(x)
                            for x in sslports.ssl_default_verify_sources()],
-                          p.openssl_cafile, p.openssl_capath]))
+                          default["X509_get_default_cert_file"],
+                          default["X509_get_default_cert_dir"]]))
     """
     r = subprocess.run(
         [PY, "-c", textwrap.dedent(code)], capture_output=True, text=True, env=env, timeout=60

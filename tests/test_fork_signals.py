@@ -32,6 +32,7 @@ from typing import Any, Callable
 import pytest
 
 import sslports
+import sslports.libssl as sslports_libssl  # (the libssl file the module uses)
 from sslports import md5 as md5_mod
 from sslports import sha1 as sha1_mod
 
@@ -494,8 +495,10 @@ typedef struct ssl_session_st SSL_SESSION;
 static int fired;
 int SSL_SESSION_is_resumable(const SSL_SESSION *s)
 {
-    /* (libssl came with the extension module, out of RTLD_NEXT's reach: ask it by name) */
-    void *libssl = dlopen("libssl.so.3", RTLD_LAZY | RTLD_NOLOAD);
+    /* (libssl came with the extension module, out of RTLD_NEXT's reach: ask it by name,
+     * the file the module loaded: a wheel's is renamed, libssl-<hash>.so.3) */
+    const char *path = getenv("SP_TEST_LIBSSL");
+    void *libssl = dlopen(path != NULL ? path : "libssl.so.3", RTLD_LAZY | RTLD_NOLOAD);
     if (libssl == NULL)
         abort();
     int (*real)(const SSL_SESSION *) =
@@ -582,6 +585,7 @@ def test_child_connects_when_another_thread_was_inside_the_session_cache(tmp_pat
     subprocess.run([cc, "-shared", "-fPIC", "-O1", "-o", str(shim), str(src), "-ldl"], check=True)
     env = dict(os.environ)
     env["LD_PRELOAD"] = " ".join(filter(None, [env.get("LD_PRELOAD"), str(shim)]))
+    env["SP_TEST_LIBSSL"] = str(getattr(sslports_libssl.libssl, "_name", "libssl.so.3"))
     here = os.path.dirname(os.path.dirname(sslports.__file__))  # (this sslports, first)
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [here, env.get("PYTHONPATH")]))
     out = subprocess.run(
