@@ -3,6 +3,8 @@ minimal objects and streams that return short reads."""
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import os
 import random
 import socket
@@ -603,3 +605,46 @@ def test_transport_failure_during_handshake(pki: Any, error: Any) -> None:
                 hostname="localhost", **kw,
             )  # fmt: skip
         assert str(info.value).startswith("ports_to_ssl_ports: connect failed (")
+
+
+def test_a_failing_stream_gives_its_errno_as_a_socket_does() -> None:
+    """ports_to_ssl_ports over a TCP socket's streams: the peer resets, and the read's SSLError
+    carries ECONNRESET in errno, as a socket connection's does (it was only in the message and
+    the exception's cause); a write after it, the same error."""
+    import struct
+
+    pem = str(sslports.TEST_PEM)
+    ctx = sslports.ssl_make_server_context("tls13")
+    sslports.ssl_load_certificate_chain(ctx, pem)
+    sslports.ssl_load_private_key(ctx, pem)
+    with socket.create_server(("127.0.0.1", 0)) as listener:
+        client = socket.create_connection(listener.getsockname())
+        raw, _ = listener.accept()
+
+    def serve() -> None:
+        _i, o = sslports.ssl_wrap_socket(raw, mode="accept", context=ctx, timeout=20)
+        o.write(b"ready")
+        o.flush()
+        raw.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        raw.close()  # (a reset: the ports' own close would end with a FIN)
+
+    join = run_in_thread(serve)
+    rfile, wfile = client.makefile("rb"), client.makefile("wb")
+    inp, out = sslports.ports_to_ssl_ports(
+        rfile, wfile, mode="connect", close_original=True, timeout=20
+    )
+    try:
+        assert read_exactly(inp, 5) == b"ready"
+        join(20)
+        with pytest.raises(SSLError) as info:
+            inp.read(1)
+        assert info.value.errno == errno.ECONNRESET, repr(info.value)
+        with pytest.raises(SSLError) as later:
+            out.write(b"x" * 100000)
+            out.flush()
+        assert later.value.errno in (errno.ECONNRESET, errno.EPIPE), repr(later.value)
+    finally:
+        for port in (out, inp):
+            with contextlib.suppress(SSLError, OSError):
+                port.close()
+        client.close()

@@ -665,8 +665,11 @@ class _TransportError(SSLError):
 
 
 def _transport_error(exc: BaseException) -> _TransportError:
+    """The stream's failure, with its reason and errno (ECONNRESET, EPIPE: as a socket
+    connection's error carries it)."""
     reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
-    return _TransportError(reason or type(exc).__name__)
+    errno = exc.errno if isinstance(exc, OSError) and isinstance(exc.errno, int) else None
+    return _TransportError(reason or type(exc).__name__, errno=errno)
 
 
 _NO_DATA = "ports_to_ssl_ports: input_port has no data (non-blocking)"
@@ -1004,7 +1007,9 @@ class Connection:
         try:
             yield
         except _TransportError as exc:
-            raise self.make_error(cls(f"{func}: {what} failed ({exc.message})")) from exc
+            raise self.make_error(
+                cls(f"{func}: {what} failed ({exc.message})", errno=exc.errno)
+            ) from exc
 
     # -- the loop around every pump call -----------------------------------------------------
 
@@ -1059,7 +1064,8 @@ class Connection:
                     if timed_out and deadline.expired():
                         raise self.handshake_timed_out(func) from exc
                     what = self.handshake_what()
-                    raise self.make_error(cls(f"{func}: {what} failed ({exc.message})")) from exc
+                    failed = f"{func}: {what} failed ({exc.message})"
+                    raise self.make_error(cls(failed, errno=exc.errno)) from exc
                 continue
             self.handshake_failed(func, status, cls)
 
@@ -1203,7 +1209,7 @@ class Connection:
                 self.keep_start(view, total)
             if isinstance(exc, _TransportError):
                 msg = f"{func}: read failed ({exc.message})"
-                raise self.make_error(SSLError(msg)) from exc
+                raise self.make_error(SSLError(msg, errno=exc.errno)) from exc
             raise
         return total
 
@@ -1342,7 +1348,8 @@ class Connection:
                     finally:  # (the output port's bytes: close waits for them)
                         transport.sender.written_mark = transport.sender.put_total
             except _TransportError as exc:
-                raise self.make_error(SSLError(f"{func}: write failed ({exc.message})")) from exc
+                failed = f"{func}: write failed ({exc.message})"
+                raise self.make_error(SSLError(failed, errno=exc.errno)) from exc
         return total
 
     def send_close_notify(self, deadline: _Deadline) -> None:
