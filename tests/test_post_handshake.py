@@ -13,7 +13,7 @@ import contextlib
 import socket
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from typing import Any, Optional
 
 import pytest
@@ -67,22 +67,26 @@ def _outcome(fn: Any) -> Any:
 
 
 class SServer:
-    """``openssl s_server -tls1_2``: sends its stdin to the client, writes what it receives
-    to stdout (collected here)."""
+    """``openssl s_server -tls1_2`` for one connection (and `extra` arguments): sends its
+    stdin to the client, writes what it receives to stdout (collected here). `given`: the
+    application data it was given to send."""
 
-    def __init__(self, pki: Any, openssl_tool: Any) -> None:
-        args = ["-cert", str(pki.server_chain), "-key", str(pki.server_key), "-tls1_2"]
+    def __init__(self, pki: Any, openssl_tool: Any, extra: Sequence[str] = ()) -> None:
+        args = ["-cert", str(pki.server_chain), "-key", str(pki.server_key), "-tls1_2", *extra]
         self.proc, self.port = openssl_tool.s_server([*args, "-naccept", "1"])
+        self.given = 0
         self.stdout = bytearray()
         self.pump = collect_stdout(self.proc, self.stdout)
 
     def send(self, data: bytes) -> None:
         self.proc.stdin.write(data)
         self.proc.stdin.flush()
+        self.given += len(data)
 
     def command(self, letter: bytes) -> None:
         time.sleep(0.2)  # (s_server must read the line alone)
-        self.send(letter + b"\n")
+        self.proc.stdin.write(letter + b"\n")  # (not application data: not in `given`)
+        self.proc.stdin.flush()
         time.sleep(0.2)
 
     def received(self, first: bytes, size: int) -> bytes:

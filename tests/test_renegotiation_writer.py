@@ -36,8 +36,9 @@ from collections.abc import Iterator
 from typing import Any, Optional
 
 import pytest
-from conftest import LOCAL, MIB, collect_stdout, random_bytes, read_exactly, run_in_thread, sha1
-from test_interop_features import _NO_COMMANDS, _REPORT_LINES
+from conftest import LOCAL, MIB, random_bytes, read_exactly, run_in_thread, sha1
+from test_interop_features import _NO_COMMANDS
+from test_post_handshake import SServer
 
 import sslports
 from sslports import _binding
@@ -208,42 +209,6 @@ def _recv(sock: socket.socket) -> Optional[bytes]:
         return b""
 
 
-class SServer:
-    """``openssl s_server -tls1_2`` for one connection: sends its stdin to the client, writes
-    what it receives to stdout (collected here)."""
-
-    def __init__(self, pki: Any, openssl_tool: Any) -> None:
-        args = ["-cert", str(pki.server_chain), "-key", str(pki.server_key), "-tls1_2"]
-        args += ["-cipher", "ECDHE-RSA-AES128-GCM-SHA256"]  # (Relay counts its records)
-        self.proc, self.port = openssl_tool.s_server([*args, "-naccept", "1"])
-        self.given = 0  # application data s_server was given to send
-        self.stdout = bytearray()
-        self.pump = collect_stdout(self.proc, self.stdout)
-
-    def command(self, letter: bytes) -> None:
-        time.sleep(0.2)  # (s_server must read the line alone)
-        self.proc.stdin.write(letter + b"\n")
-        self.proc.stdin.flush()
-        time.sleep(0.2)
-
-    def send(self, data: bytes) -> None:
-        self.proc.stdin.write(data)
-        self.proc.stdin.flush()
-        self.given += len(data)
-
-    def received(self, first: bytes, size: int) -> bytes:
-        """What s_server received from `first` (its first bytes) on, up to `size` bytes, once
-        it exited."""
-        self.proc.wait(TIMEOUT)
-        self.pump.join(TIMEOUT)
-        output = bytes(self.stdout)
-        for line in _REPORT_LINES:
-            output = output.replace(line, b"")
-        start = output.find(first)
-        assert start >= 0
-        return output[start : start + size]
-
-
 class Held:
     """A client of s_server (through a Relay) in the middle of a renegotiation."""
 
@@ -266,7 +231,8 @@ def held_renegotiation(
     The renegotiation stays in its middle until the test opens the gate. (`server_end`: see
     Relay.)"""
     h = Held()
-    h.server = SServer(pki, openssl_tool)
+    cipher = ["-cipher", "ECDHE-RSA-AES128-GCM-SHA256"]  # (Relay counts its records)
+    h.server = SServer(pki, openssl_tool, cipher)
     h.relay = Relay(h.server.port, server_end)
     h.sock = socket.create_connection((LOCAL, h.relay.port), timeout=TIMEOUT)
     ctx = pki.client_context("tls12")
