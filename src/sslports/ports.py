@@ -1007,9 +1007,14 @@ class Connection:
         try:
             yield
         except _TransportError as exc:
-            raise self.make_error(
-                cls(f"{func}: {what} failed ({exc.message})", errno=exc.errno)
-            ) from exc
+            raise self.transport_failure(func, what, exc, cls) from exc
+
+    def transport_failure(
+        self, func: str, what: str, exc: _TransportError, cls: type[SSLError] = SSLError
+    ) -> BaseException:
+        """The connection's error for a failing stream transport: "<func>: <what> failed
+        (<reason>)", with the stream's errno (the ``error=`` argument makes it)."""
+        return self.make_error(cls(f"{func}: {what} failed ({exc.message})", errno=exc.errno))
 
     # -- the loop around every pump call -----------------------------------------------------
 
@@ -1063,9 +1068,7 @@ class Connection:
                     timed_out = isinstance(exc.__cause__, (TimeoutError, socket.timeout))
                     if timed_out and deadline.expired():
                         raise self.handshake_timed_out(func) from exc
-                    what = self.handshake_what()
-                    failed = f"{func}: {what} failed ({exc.message})"
-                    raise self.make_error(cls(failed, errno=exc.errno)) from exc
+                    raise self.transport_failure(func, self.handshake_what(), exc, cls) from exc
                 continue
             self.handshake_failed(func, status, cls)
 
@@ -1208,8 +1211,7 @@ class Connection:
             if total:
                 self.keep_start(view, total)
             if isinstance(exc, _TransportError):
-                msg = f"{func}: read failed ({exc.message})"
-                raise self.make_error(SSLError(msg, errno=exc.errno)) from exc
+                raise self.transport_failure(func, "read", exc) from exc
             raise
         return total
 
@@ -1348,8 +1350,7 @@ class Connection:
                     finally:  # (the output port's bytes: close waits for them)
                         transport.sender.written_mark = transport.sender.put_total
             except _TransportError as exc:
-                failed = f"{func}: write failed ({exc.message})"
-                raise self.make_error(SSLError(failed, errno=exc.errno)) from exc
+                raise self.transport_failure(func, "write", exc) from exc
         return total
 
     def send_close_notify(self, deadline: _Deadline) -> None:
