@@ -454,6 +454,34 @@ def collect_stdout(proc: Any, sink: bytearray) -> threading.Thread:
     return thread
 
 
+def wait_stdin_taken(proc: Any, timeout: float = 30.0) -> None:
+    """Wait until `proc` read everything written to its stdin pipe (FIONREAD on the pipe is 0):
+    what is written next reaches it in a read of its own (openssl s_server takes a command
+    only from a read that holds just that line)."""
+    import fcntl
+    import termios
+
+    deadline = time.monotonic() + timeout
+    while True:
+        exited = proc.poll() is not None  # (first: then what FIONREAD says is final)
+        left = fcntl.ioctl(proc.stdin.fileno(), termios.FIONREAD, b"\0" * 4)
+        if int.from_bytes(left, "little", signed=True) == 0:
+            return
+        assert not exited, f"the process exited ({proc.returncode}) with stdin unread"
+        assert time.monotonic() < deadline, "the process did not read its stdin"
+        time.sleep(0.005)
+
+
+def wait_read_under_way(port: Any, timeout: float = 30.0) -> None:
+    """Wait until a read of another thread holds the input port's lock (it is under way): a
+    close() from this thread then comes during that read, never before it began."""
+    lock = port._sslports_conn.read_lock
+    deadline = time.monotonic() + timeout
+    while not lock.locked():
+        assert time.monotonic() < deadline, "the read never began"
+        time.sleep(0.001)
+
+
 def run_in_thread(fn: Callable[[], Any]) -> Callable[..., Any]:
     """Start fn in a daemon thread; the returned join(timeout=60) gives its result or re-raises."""
     return in_thread(fn, default_timeout=60.0)

@@ -75,11 +75,17 @@ def test_close_while_another_thread_reads_leaves_no_hole(round_: int) -> None:
     to 4 KiB of application data, which nobody got, and the reader went on with the bytes
     after them (a hole in the middle of the stream)."""
     data = _stream(200000)  # 1.6 MB in records of 1000 bytes: data always waits in the socket
+    closed = threading.Event()
 
     def serve(s: ssl.SSLSocket) -> None:
+        # The last record goes only once both ports are closed, so that the close always
+        # comes before the end of the stream (a reader that is quicker than the main thread,
+        # on a loaded machine, read all of it before the close: nothing was cut).
         view = memoryview(data)
-        for i in range(0, len(view), 1000):
+        for i in range(0, len(view) - 1000, 1000):
             s.sendall(view[i : i + 1000])
+        assert closed.wait(JOIN)
+        s.sendall(view[-1000:])
 
     port, join = _python_server(serve)
     inp, out = sp.ssl_connect(LOCAL, port, sp.ssl_make_client_context("tls13"))
@@ -105,6 +111,7 @@ def test_close_while_another_thread_reads_leaves_no_hole(round_: int) -> None:
     assert started.wait(JOIN)
     out.close()
     inp.close()  # (the last close, while the reader reads)
+    closed.set()
     t.join(JOIN)
     assert not t.is_alive()
     join()

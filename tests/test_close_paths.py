@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import random_bytes, run_in_thread
+from conftest import random_bytes, run_in_thread, wait_read_under_way
 
 import sslports
 from sslports import SSLError, SSLNetworkError
@@ -323,6 +323,8 @@ def test_close_from_two_threads_wakes_a_third(
 
         waiter = run_in_thread(third)
         started.wait(10)
+        if op != "write":  # (a read the close came before would raise ValueError)
+            wait_read_under_way(i)
         threading.Event().wait(0.2)  # (let it reach its wait: no timing is asserted)
         close = sslports.ssl_abandon_port if abandon else (lambda p: p.close())
         closers = [run_in_thread(lambda p=p: close(p)) for p in (o, i)]

@@ -20,7 +20,16 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import LOCAL, MIB, PY_ENV, read_all, read_exactly, run_in_thread, sha1
+from conftest import (
+    LOCAL,
+    MIB,
+    PY_ENV,
+    read_all,
+    read_exactly,
+    run_in_thread,
+    sha1,
+    wait_read_under_way,
+)
 
 import sslports
 from sslports import SSLError, SSLNetworkError
@@ -668,6 +677,7 @@ def test_closing_both_ports_wakes_a_read_waiting_in_another_thread(
     server = echo_server(pki.server_context())
     inp, out = sslports.ssl_connect(LOCAL, server.port, pki.client_context())
     join = run_in_thread(lambda: inp.read(1))  # the echo server sends nothing unprompted
+    wait_read_under_way(inp)
     time.sleep(0.3)  # the reader is waiting by now
     out.close()
     inp.close()

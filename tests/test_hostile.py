@@ -571,6 +571,7 @@ def test_stall_mid_record_then_rest_arrives(
     t = target(version)
     got: list[Any] = []
     half_sent = threading.Event()
+    timed_out = threading.Event()
     rest_sent = threading.Event()
 
     def handler(inp: Any, out: Any) -> None:
@@ -581,6 +582,8 @@ def test_stall_mid_record_then_rest_arrives(
             inp.read1(100)
         except TimeoutError as exc:
             got.append((type(exc), time.monotonic() - started))
+        finally:
+            timed_out.set()  # (the rest is sent only now, however late this thread ran)
         rest_sent.wait(JOIN)
         inp.settimeout(JOIN)
         got.append(inp.read(len(b"first record")))
@@ -593,7 +596,7 @@ def test_stall_mid_record_then_rest_arrives(
         rec = c.record(REC_DATA, b"first record")
         c.send(rec[:cut])
         half_sent.set()
-        time.sleep(0.5)  # the server's read times out meanwhile
+        timed_out.wait(JOIN)  # the server's read times out meanwhile
         c.send(rec[cut:] + c.record(REC_DATA, b"second"))
         rest_sent.set()
         join(JOIN)

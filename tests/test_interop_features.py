@@ -25,7 +25,16 @@ from pathlib import Path
 from typing import Any, Optional
 
 import pytest
-from conftest import LOCAL, MIB, collect_stdout, random_bytes, read_exactly, run_in_thread, sha1
+from conftest import (
+    LOCAL,
+    MIB,
+    collect_stdout,
+    random_bytes,
+    read_exactly,
+    run_in_thread,
+    sha1,
+    wait_stdin_taken,
+)
 
 import sslports
 
@@ -92,9 +101,11 @@ class DuplexClient:
         assert len(self.got) == want, "early EOF"
 
     def command(self, letter: bytes) -> None:
+        # (s_server must read the line alone: in a read of its own, not with what follows)
+        wait_stdin_taken(self.proc)
         self.proc.stdin.write(letter + b"\n")
         self.proc.stdin.flush()
-        time.sleep(0.2)  # (s_server must read the line alone)
+        wait_stdin_taken(self.proc)
 
     def finish(self) -> bytes:
         """Stop writing, close, and return what s_server received (its report lines out)."""

@@ -17,7 +17,15 @@ from collections.abc import Iterator, Sequence
 from typing import Any, Optional
 
 import pytest
-from conftest import LOCAL, collect_stdout, random_bytes, read_exactly, run_in_thread, sha1
+from conftest import (
+    LOCAL,
+    collect_stdout,
+    random_bytes,
+    read_exactly,
+    run_in_thread,
+    sha1,
+    wait_stdin_taken,
+)
 from test_interop_features import _NO_COMMANDS, _REPORT_LINES
 
 import sslports
@@ -84,10 +92,11 @@ class SServer:
         self.given += len(data)
 
     def command(self, letter: bytes) -> None:
-        time.sleep(0.2)  # (s_server must read the line alone)
+        # (s_server must read the line alone: in a read of its own, not with what follows)
+        wait_stdin_taken(self.proc)
         self.proc.stdin.write(letter + b"\n")  # (not application data: not in `given`)
         self.proc.stdin.flush()
-        time.sleep(0.2)
+        wait_stdin_taken(self.proc)
 
     def received(self, first: bytes, size: int) -> bytes:
         """What s_server received from `first` (its first bytes) on, up to `size` bytes, once

@@ -390,11 +390,18 @@ def test_server_ends_the_connection_in_the_middle_of_the_renegotiation(
         if mode != "streams":  # (ports made over a socket: SSLNetworkError)
             assert isinstance(failed, sslports.SSLNetworkError), repr(failed)
         want = errno.ECONNRESET if end == "reset" else errno.EPIPE
-        assert _reason(failed) == want, repr(failed)
+        # Over streams, two threads use the socket: the receiver's reads and the sender's
+        # writes (docs/guide/threading.md). The kernel reports a reset once, to whichever call
+        # meets it first; after it, a send fails with EPIPE and a recv returns EOF, as for any
+        # two threads on one socket. So the write's reason is either, and the reader's end
+        # (below) is the reset or an EOF.
+        shared = mode == "streams" and end == "reset"
+        wants = {want, errno.EPIPE} if shared else {want}
+        assert _reason(failed) in wants, repr(failed)
         if size <= STASH_MAX:
             got, ended = _read_until_end(h.inp)
         assert len(got) == len(tail) and sha1(got) == sha1(tail)
-        if end == "reset":
+        if end == "reset" and not (shared and ended is None):
             assert isinstance(ended, sslports.SSLError), repr(ended)
             assert _reason(ended) == errno.ECONNRESET, repr(ended)
         else:
@@ -402,7 +409,7 @@ def test_server_ends_the_connection_in_the_middle_of_the_renegotiation(
         with pytest.raises(sslports.SSLError) as again:  # (and so does every later write)
             h.out.write(b"more")
             h.out.flush()
-        assert _reason(again.value) == want, repr(again.value)
+        assert _reason(again.value) in wants, repr(again.value)
         with contextlib.suppress(sslports.SSLError):  # (what is left of the write cannot go)
             h.out.close()
         assert h.out.closed

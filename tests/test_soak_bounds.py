@@ -261,7 +261,10 @@ def _broken_stream_connection(side: str) -> weakref.ref[Any]:
                 failures += 1
     else:
         wf.broken = True
-        for _ in range(50):  # until the sender thread's failure reaches a write
+        # Until the sender thread's failure reaches a write: flush() only hands the records
+        # to that thread (docs/guide/threading.md), which may run late on a loaded machine.
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
             try:
                 out.write(b"x" * 100)
                 out.flush()

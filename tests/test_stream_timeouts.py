@@ -9,7 +9,7 @@ import threading
 from typing import Any
 
 import pytest
-from conftest import run_in_thread
+from conftest import run_in_thread, wait_read_under_way
 from test_streams import connect_pair
 
 
@@ -95,6 +95,7 @@ def test_close_wakes_a_read_waiting_under_a_timeout(pki: Any, close_original: bo
     client, server = connect_pair(pki, (c_in, c_out), (s_in, s_out), client_kw=kw)
     client[0].settimeout(30.0)
     reading = run_in_thread(lambda: client[0].read(5))
+    wait_read_under_way(client[0])
     threading.Event().wait(0.3)  # (the read is waiting: nothing will arrive)
     for p in client:
         p.close()
