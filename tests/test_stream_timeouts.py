@@ -9,8 +9,10 @@ import threading
 from typing import Any
 
 import pytest
-from conftest import run_in_thread, wait_read_under_way
+from conftest import read_exactly, run_in_thread, wait_read_under_way
 from test_streams import connect_pair
+
+import sslports
 
 
 def _pipes() -> tuple[Any, Any, Any, Any]:
@@ -106,4 +108,31 @@ def test_close_wakes_a_read_waiting_under_a_timeout(pki: Any, close_original: bo
     # The write ends first: the read still outstanding on c_in (close_original=False leaves it
     # to the caller's stream) then meets EOF, and closing c_in does not wait for it.
     for f in (s_out, c_out, s_in, c_in):
+        f.close()
+
+
+def test_a_write_the_peer_does_not_read_times_out_as_a_socket_ports_does(pki: Any) -> None:
+    """A stream port's write under a timeout, to a peer that reads nothing: an SSLError and
+    TimeoutError saying "write: write timed out", as a socket port's does (it said "write: timed
+    out waiting for the transport" when the sender's queue was what stayed full), with
+    characters_written; the port stays usable: once the peer reads, flush() sends the rest and
+    the peer gets every byte accepted, in order."""
+    c_in, s_out, s_in, c_out = _pipes()
+    client, server = connect_pair(pki, (c_in, c_out), (s_in, s_out), client_kw={"timeout": 0.3})
+    chunk = bytes(range(256)) * 256  # 64 KiB
+    accepted = 0
+    with pytest.raises(TimeoutError) as info:
+        for _ in range(1000):  # (far more than the pipe and the sender's queue hold)
+            accepted += client[1].write(chunk)
+    assert isinstance(info.value, sslports.SSLError)
+    assert str(info.value) == "write: write timed out"
+    accepted += info.value.characters_written  # type: ignore[attr-defined]
+    got = run_in_thread(lambda: read_exactly(server[0], accepted))
+    client[1].settimeout(30.0)
+    client[1].flush()
+    data = got(60)
+    assert len(data) == accepted and data == (chunk * (accepted // len(chunk) + 1))[:accepted]
+    for p in (*client, *server):
+        p.close()
+    for f in (c_in, s_out, s_in, c_out):
         f.close()

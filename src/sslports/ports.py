@@ -311,7 +311,8 @@ class _Sender:
         with self.cond:
             while self.queued >= _SEND_HIGH and self.error is None:
                 if not self.cond.wait(deadline.remaining()):
-                    raise SSLTimeoutError("write: timed out waiting for the transport")
+                    # (writes are what fill the queue: the words of a socket port's write)
+                    raise SSLTimeoutError("write: write timed out")
             if self.error is not None:
                 self.reported = True
                 raise _detached(self.error)
