@@ -10,9 +10,11 @@ transport.
 from __future__ import annotations
 
 import gc
+import socket
 import subprocess
 import sys
 import textwrap
+import threading
 from typing import Any
 
 import pytest
@@ -117,3 +119,32 @@ def test_exit_with_open_ports_in_a_cycle(round_: int) -> None:
     assert proc.returncode == 0, err
     assert b"exiting with the ports open" in proc.stdout
     assert "Exception ignored" not in err, err
+
+
+def test_stream_ports_that_say_goodbye_close_cleanly_after_the_connection_was_freed() -> None:
+    """ports_to_ssl_ports with shutdown_on_close: a port closing after the collector freed the
+    connection first (a cycle; interpreter exit on a free-threaded build) cannot send its
+    close_notify any more, and closes all the same (it raised TypeError from C: no pointer)."""
+    a, b = socket.socketpair()
+    ctx = _server_context()
+    served: list[Any] = []
+    t = threading.Thread(
+        target=lambda: served.append(
+            sp.ports_to_ssl_ports(b.makefile("rb"), b.makefile("wb"), mode="accept", context=ctx)
+        )
+    )
+    t.start()
+    inp, out = sp.ports_to_ssl_ports(
+        a.makefile("rb"), a.makefile("wb"), mode="connect", shutdown_on_close=True,
+        close_original=True,
+    )  # fmt: skip
+    t.join(30)
+    conn = out._sslports_conn
+    conn.free()  # what the collector may do first
+    out.close()
+    inp.close()
+    assert out.closed and inp.closed and conn.ptr is None
+    for p in served[0]:
+        p.close()
+    a.close()
+    b.close()

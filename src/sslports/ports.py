@@ -1357,6 +1357,8 @@ class Connection:
     def send_close_notify(self, deadline: _Deadline) -> None:
         """Queue our close_notify and push it out without waiting for the reply. (Only
         ports_to_ssl_ports sets shutdown_on_close: the transport is a stream's.)"""
+        if self.ptr is None:  # freed by the collector before this port's finalizer ran
+            return
         transport = cast(_StreamTransport, self.transport)
         _binding.lib.sp_shutdown(self.ptr, _binding.ffi.new("sp_err *"))
         try:
