@@ -206,6 +206,7 @@ def test_ports_made_in_c_match_their_init(pair: Any) -> None:
         port.close()
 
 
+@needs_fast
 def test_c_methods_come_and_go_with_the_port_state(pair: Any) -> None:
     cin, cout, sin, sout = pair
     cin.settimeout(5)

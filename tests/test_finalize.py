@@ -128,11 +128,14 @@ def test_stream_ports_that_say_goodbye_close_cleanly_after_the_connection_was_fr
     a, b = socket.socketpair()
     ctx = _server_context()
     served: list[Any] = []
-    t = threading.Thread(
-        target=lambda: served.append(
-            sp.ports_to_ssl_ports(b.makefile("rb"), b.makefile("wb"), mode="accept", context=ctx)
+
+    def serve() -> None:
+        streams = (b.makefile("rb"), b.makefile("wb"))
+        served.append(
+            sp.ports_to_ssl_ports(*streams, mode="accept", context=ctx, close_original=True)
         )
-    )
+
+    t = threading.Thread(target=serve)
     t.start()
     inp, out = sp.ports_to_ssl_ports(
         a.makefile("rb"), a.makefile("wb"), mode="connect", shutdown_on_close=True,

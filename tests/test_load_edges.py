@@ -16,6 +16,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import sysconfig
 import textwrap
 import threading
 from collections.abc import Iterator
@@ -51,13 +52,15 @@ PATH_LOADERS: dict[str, Callable[[Any, object], None]] = {
 def run_child(
     code: str, timeout: float = CHILD_TIMEOUT, env: Optional[dict[str, str]] = None
 ) -> subprocess.CompletedProcess[str]:
-    """Run `code` in a child Python (sslports from this tree, address space capped at 1 GiB
-    unless under a sanitizer, whose shadow memory needs more, no terminal, stdin empty); a
-    child that outlives `timeout` fails the test."""
+    """Run `code` in a child Python (sslports from this tree, address space capped at 1 GiB,
+    4 GiB for a free-threaded CPython, whose allocator reserves more, unless under a
+    sanitizer, whose shadow memory needs more; no terminal, stdin empty); a child that
+    outlives `timeout` fails the test."""
     prelude = ""
     # (a device read without end fails, not the machine)
     if "ASAN_OPTIONS" not in os.environ and "TSAN_OPTIONS" not in os.environ:
-        prelude = "import resource\nresource.setrlimit(resource.RLIMIT_AS, (1 << 30, 1 << 30))\n"
+        cap = 4 << 30 if sysconfig.get_config_var("Py_GIL_DISABLED") else 1 << 30
+        prelude = f"import resource\nresource.setrlimit(resource.RLIMIT_AS, ({cap}, {cap}))\n"
     try:
         return subprocess.run(
             [sys.executable, "-c", prelude + textwrap.dedent(code)],
