@@ -163,6 +163,7 @@ class _StubConnection:
 
     is_socket = True
     shutdown_on_close = False
+    free_at_last_close = False
 
     def __init__(self) -> None:
         self.read_lock = ports._new_lock()
@@ -1829,3 +1830,22 @@ def test_no_wait_for_a_pump_lock_while_holding_the_gil() -> None:
         proc.communicate()
         pytest.fail("deadlock: out.flush() waited for send_lock holding the GIL")
     assert proc.returncode == 0 and b"done" in output, output.decode(errors="replace")
+
+
+def test_a_connection_finalized_before_its_ports_still_lets_them_close(
+    path: str, pair: Any
+) -> None:
+    """The collector may finalize a connection before its ports (garbage in a cycle; at exit on
+    a free-threaded CPython 3.14 it did): the ports' own finalizers must still flush what was
+    written and end the connection, whose last close then frees it. Before, the connection
+    freed itself first: the held write was lost and close() raised."""
+    cin, cout, sin, _sout = pair
+    conn = cout._sslports_conn
+    cout.write(b"last words")  # held in the port: not sent yet
+    conn.__del__()  # what the collector may run first
+    assert conn.ptr is not None  # not freed under an open port
+    cout.close()
+    cin.close()
+    assert conn.ptr is None and conn.closed  # freed by the last close
+    assert read_exactly(sin, 10) == b"last words"
+    assert sin.read(1) == b""

@@ -151,3 +151,42 @@ def test_stream_ports_that_say_goodbye_close_cleanly_after_the_connection_was_fr
         p.close()
     a.close()
     b.close()
+
+
+def test_stream_ports_finalized_after_their_connection_still_say_goodbye() -> None:
+    """ports_to_ssl_ports with shutdown_on_close, the connection finalized before its ports (a
+    free-threaded CPython 3.14 did so at exit, in a child that served on its stdin and stdout
+    and ended without closing its ports): the write the port held and the close_notify still
+    reach the peer, which reads them and a clean end (strict_eof); the last close frees the
+    connection."""
+    a, b = socket.socketpair()
+    ctx = _server_context()
+    served: list[Any] = []
+
+    def serve() -> None:
+        streams = (b.makefile("rb"), b.makefile("wb"))
+        served.append(
+            sp.ports_to_ssl_ports(
+                *streams, mode="accept", context=ctx, close_original=True, strict_eof=True
+            )
+        )
+
+    t = threading.Thread(target=serve)
+    t.start()
+    inp, out = sp.ports_to_ssl_ports(
+        a.makefile("rb"), a.makefile("wb"), mode="connect", shutdown_on_close=True,
+        close_original=True,
+    )  # fmt: skip
+    t.join(30)
+    conn = out._sslports_conn
+    out.write(b"HELLO\n")  # held in the port: not sent yet
+    conn.__del__()  # what the collector may run first
+    out.close()
+    inp.close()
+    assert conn.ptr is None
+    sin, sout = served[0]
+    assert sin.read() == b"HELLO\n"  # then the close_notify: no "unexpected eof"
+    sin.close()
+    sout.close()
+    a.close()
+    b.close()

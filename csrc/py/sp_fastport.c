@@ -1607,6 +1607,7 @@ done:
 static PyObject *iobase_close; /* io.BufferedIOBase.close */
 static PyObject *str_claimed, *str_flush, *str_shutdown_on_close, *str_abandoned,
     *str_close_notify, *str_open_ports, *str_port_closed, *str_last_port_closed, *str_linger_close,
+    *str_free_at_last_close, *str_free,
     *str_is_socket, *str_caches_session, *str_transport, *str_sock, *str_shutdown, *str_close;
 
 /* What Python's `finally` does with exceptions: one raised by a later step replaces the one in
@@ -1751,6 +1752,27 @@ done:
     return r;
 }
 
+/* ports.py port_closed's `finally`: a connection the collector finalized while one of its ports
+ * was still open (Connection.__del__) is freed by its last close. `r`: what the last close
+ * returned (NULL: its exception, which an exception of this step replaces, as in Python). */
+static PyObject *free_if_finalized(PyObject *conn, PyObject *r)
+{
+    in_flight f = {NULL, NULL, NULL};
+    int yes;
+    if (r == NULL)
+        note_failure(&f);
+    yes = attr_true(conn, str_free_at_last_close);
+    if (yes < 0)
+        note_failure(&f);
+    else if (yes > 0)
+        call_noted(&f, PyObject_CallMethodNoArgs(conn, str_free));
+    if (f.value == NULL && f.type == NULL)
+        return r;
+    Py_XDECREF(r);
+    PyErr_Restore(f.type, f.value, f.tb);
+    return NULL;
+}
+
 /* Connection.port_closed(timeout): pop one of open_ports (atomic, as list.pop is); the port that
  * pops a false item is the last and closes the connection (in Python: it is the rare,
  * system-call-heavy end of the connection). Anything unexpected goes to the Python method. */
@@ -1775,7 +1797,7 @@ static PyObject *conn_port_closed(PyObject *conn, PyObject *timeout)
     Py_DECREF(open);
     if (other_open)
         return new_none();
-    return conn_last_closed(conn, timeout);
+    return free_if_finalized(conn, conn_last_closed(conn, timeout));
 }
 
 /* `self.conn.shutdown_on_close and not self._abandoned`: 1, 0, or -1 with an exception. */
@@ -2083,6 +2105,8 @@ static int intern_all(void)
         {&str_close_notify, "_close_notify"},
         {&str_open_ports, "open_ports"},
         {&str_port_closed, "port_closed"},
+        {&str_free_at_last_close, "free_at_last_close"},
+        {&str_free, "free"},
         {&str_last_port_closed, "last_port_closed"},
         {&str_linger_close, "linger_close"},
         {&str_is_socket, "is_socket"},

@@ -902,6 +902,7 @@ class Connection:
     sni_error: Optional[BaseException] = None
     input_port: Optional[weakref.ref[SSLInputPort]] = None
     caches_session = False  # a client whose context keeps sessions (in C) for the next connect
+    free_at_last_close = False  # finalized with a port still open: its last close frees it
     # The peer's (host, port) for a failed handshake's message, when the caller knows it
     # (net.py: what ssl_connect connected to, whom ssl_accept accepted); see peer_text.
     peer: Optional[tuple[Any, ...]] = None
@@ -956,7 +957,23 @@ class Connection:
         if ptr is not None:
             _binding.lib.sp_conn_free(ptr)
 
-    __del__ = free  # (itself, not a method that calls it: one Python frame per connection)
+    def __del__(self) -> None:
+        """The collector's end of the connection: free it, as free() does (its body again: one
+        Python frame per connection), unless a port is still open. The collector finalizes
+        garbage in any order (at exit on a free-threaded CPython, the connection before its
+        ports): that port's close must still flush and say goodbye, and the connection's last
+        close frees it then (port_closed; sp_fastport.c conn_port_closed)."""
+        ptr = getattr(self, "ptr", None)
+        if ptr is not None and self.input_port is not None and self.open_ports:
+            # (input_port: its ports were made, and one of them will be finalized too; a
+            # connection whose handshake failed has none and is freed here)
+            self.free_at_last_close = True
+            return
+        self.ptr = None
+        self._fast_addr = 0
+        self.closed = True
+        if ptr is not None:
+            _binding.lib.sp_conn_free(ptr)
 
     # -- errors -----------------------------------------------------------------------------
 
@@ -1369,7 +1386,11 @@ class Connection:
 
     def port_closed(self, timeout: Optional[float]) -> None:
         if not self.open_ports.pop():  # (True: the other port is still open)
-            self.last_port_closed(timeout)
+            try:
+                self.last_port_closed(timeout)
+            finally:
+                if self.free_at_last_close:  # (the collector finalized the connection first)
+                    self.free()
 
     def last_port_closed(self, timeout: Optional[float]) -> None:
         """The second port was closed (sp_fastport.c close_port calls this too): the
