@@ -9,12 +9,14 @@ transport.
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import socket
 import subprocess
 import sys
 import textwrap
 import threading
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -121,36 +123,50 @@ def test_exit_with_open_ports_in_a_cycle(round_: int) -> None:
     assert "Exception ignored" not in err, err
 
 
-def test_stream_ports_that_say_goodbye_close_cleanly_after_the_connection_was_freed() -> None:
-    """ports_to_ssl_ports with shutdown_on_close: a port closing after the collector freed the
-    connection first (a cycle; interpreter exit on a free-threaded build) cannot send its
-    close_notify any more, and closes all the same (it raised TypeError from C: no pointer)."""
+@contextlib.contextmanager
+def _stream_connection() -> Iterator[tuple[Any, Any, tuple[Any, Any]]]:
+    """(inp, out, (server inp, server out)): ports_to_ssl_ports over a socketpair's streams,
+    the client saying goodbye at close (shutdown_on_close), the server reading strictly
+    (strict_eof); the server's ports and the sockets are closed afterwards."""
     a, b = socket.socketpair()
     ctx = _server_context()
     served: list[Any] = []
 
     def serve() -> None:
         streams = (b.makefile("rb"), b.makefile("wb"))
-        served.append(
-            sp.ports_to_ssl_ports(*streams, mode="accept", context=ctx, close_original=True)
+        served.extend(
+            sp.ports_to_ssl_ports(
+                *streams, mode="accept", context=ctx, close_original=True, strict_eof=True
+            )
         )
 
     t = threading.Thread(target=serve)
     t.start()
-    inp, out = sp.ports_to_ssl_ports(
-        a.makefile("rb"), a.makefile("wb"), mode="connect", shutdown_on_close=True,
-        close_original=True,
-    )  # fmt: skip
-    t.join(30)
-    conn = out._sslports_conn
-    conn.free()  # what the collector may do first
-    out.close()
-    inp.close()
-    assert out.closed and inp.closed and conn.ptr is None
-    for p in served[0]:
-        p.close()
-    a.close()
-    b.close()
+    try:
+        inp, out = sp.ports_to_ssl_ports(
+            a.makefile("rb"), a.makefile("wb"), mode="connect", shutdown_on_close=True,
+            close_original=True,
+        )  # fmt: skip
+        t.join(30)
+        yield inp, out, (served[0], served[1])
+    finally:
+        t.join(30)
+        for p in served:
+            p.close()
+        a.close()
+        b.close()
+
+
+def test_stream_ports_that_say_goodbye_close_cleanly_after_the_connection_was_freed() -> None:
+    """ports_to_ssl_ports with shutdown_on_close: a port closing after the connection was freed
+    (free() called first) cannot send its close_notify any more, and closes all the same (it
+    raised TypeError from C: no pointer)."""
+    with _stream_connection() as (inp, out, _server):
+        conn = out._sslports_conn
+        conn.free()
+        out.close()
+        inp.close()
+        assert out.closed and inp.closed and conn.ptr is None
 
 
 def test_stream_ports_finalized_after_their_connection_still_say_goodbye() -> None:
@@ -159,34 +175,11 @@ def test_stream_ports_finalized_after_their_connection_still_say_goodbye() -> No
     and ended without closing its ports): the write the port held and the close_notify still
     reach the peer, which reads them and a clean end (strict_eof); the last close frees the
     connection."""
-    a, b = socket.socketpair()
-    ctx = _server_context()
-    served: list[Any] = []
-
-    def serve() -> None:
-        streams = (b.makefile("rb"), b.makefile("wb"))
-        served.append(
-            sp.ports_to_ssl_ports(
-                *streams, mode="accept", context=ctx, close_original=True, strict_eof=True
-            )
-        )
-
-    t = threading.Thread(target=serve)
-    t.start()
-    inp, out = sp.ports_to_ssl_ports(
-        a.makefile("rb"), a.makefile("wb"), mode="connect", shutdown_on_close=True,
-        close_original=True,
-    )  # fmt: skip
-    t.join(30)
-    conn = out._sslports_conn
-    out.write(b"HELLO\n")  # held in the port: not sent yet
-    conn.__del__()  # what the collector may run first
-    out.close()
-    inp.close()
-    assert conn.ptr is None
-    sin, sout = served[0]
-    assert sin.read() == b"HELLO\n"  # then the close_notify: no "unexpected eof"
-    sin.close()
-    sout.close()
-    a.close()
-    b.close()
+    with _stream_connection() as (inp, out, (sin, _sout)):
+        conn = out._sslports_conn
+        out.write(b"HELLO\n")  # held in the port: not sent yet
+        conn.__del__()  # what the collector may run first
+        out.close()
+        inp.close()
+        assert conn.ptr is None
+        assert sin.read() == b"HELLO\n"  # then the close_notify: no "unexpected eof"
