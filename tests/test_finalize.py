@@ -2,9 +2,9 @@
 
 When a program drops open ports that sit in a reference cycle (or exits with them open), the
 cyclic collector runs every finalizer of that garbage in an order of its choosing. A port's
-close() must then never reach a C connection that was freed before it: the connection frees
-its pointer itself and marks itself closed, and a port closing afterwards only closes the
-transport.
+close() must then never reach a C connection that was freed before it: a connection finalized
+with a port still open leaves freeing to that port's last close, and a port closing after an
+explicit free() only closes the transport.
 """
 
 from __future__ import annotations

@@ -1603,7 +1603,7 @@ done:
  * installs it on both classes as a method descriptor: no Python frame, nothing per port), and
  * the last close of a socket connection (conn_last_closed). What is not the common case calls
  * back into Python: close_notify (SSLOutputPort._close_notify), and the last close of a stream
- * connection or of one the collector freed (Connection.last_port_closed). */
+ * connection or of one already freed (Connection.last_port_closed). */
 static PyObject *iobase_close; /* io.BufferedIOBase.close */
 static PyObject *str_claimed, *str_flush, *str_shutdown_on_close, *str_abandoned,
     *str_close_notify, *str_open_ports, *str_port_closed, *str_last_port_closed, *str_linger_close,
@@ -1655,7 +1655,7 @@ static int claim_close(PyObject *dict)
 }
 
 /* Connection.last_port_closed(timeout) for a socket connection that is still open, step for
- * step (ports.py); anything else (a stream connection, one the collector freed) goes to the
+ * step (ports.py); anything else (a stream connection, one already freed) goes to the
  * Python method. None, or NULL with an exception. */
 static PyObject *conn_last_closed(PyObject *conn, PyObject *timeout)
 {

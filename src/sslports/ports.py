@@ -920,8 +920,9 @@ class Connection:
     ) -> None:
         # The connection frees its sp_conn itself (__del__), not through ffi.gc: when ports,
         # connection and pointer become garbage together (a cycle, interpreter exit), the
-        # collector runs their finalizers in any order, and a port's close() must never reach
-        # a pointer freed before it. Whoever frees first marks the connection closed.
+        # collector runs their finalizers in any order (cffi's destructor is one too), and a
+        # port's close() must never reach a pointer freed before it: __del__ leaves an open
+        # port's connection to its last close (free_at_last_close).
         _binding.ffi.gc(ptr, None)
         self.ptr: Any = ptr
         # The address the C fast path pumps (sp_fastport.c); 0 once the connection is closed.
@@ -1374,7 +1375,7 @@ class Connection:
     def send_close_notify(self, deadline: _Deadline) -> None:
         """Queue our close_notify and push it out without waiting for the reply. (Only
         ports_to_ssl_ports sets shutdown_on_close: the transport is a stream's.)"""
-        if self.ptr is None:  # freed by the collector before this port's finalizer ran
+        if self.ptr is None:  # freed already (free())
             return
         transport = cast(_StreamTransport, self.transport)
         _binding.lib.sp_shutdown(self.ptr, _binding.ffi.new("sp_err *"))
@@ -1395,7 +1396,7 @@ class Connection:
     def last_port_closed(self, timeout: Optional[float]) -> None:
         """The second port was closed (sp_fastport.c close_port calls this too): the
         connection ends."""
-        if self.ptr is None:  # freed by the collector before this port's finalizer ran
+        if self.ptr is None:  # freed already (free())
             self.transport.close(self.close_original, 0)
             return
         if self.is_socket:
