@@ -18,12 +18,19 @@ set -euo pipefail
 # shellcheck source=scripts/sanitized_build.sh
 source "$(dirname "$0")/sanitized_build.sh"
 
-# The 3.5 LTS release Debian 13 ships (its pool has it when the wheels' pin is not there yet).
-FALLBACK=3.5.7=a8c0d28a529ca480f9f36cf5792e2cd21984552a3c8e4aa11a24aa31aeac98e8
+# The 3.5 LTS releases Debian 13 has shipped (its pool has them when the wheels' pin is not
+# there yet), newest first: the pool drops a release some time after Debian moves on from it,
+# so several are tried. Each digest is the upstream tarball's, as independent pins of it give.
+FALLBACKS=(
+  3.5.7=a8c0d28a529ca480f9f36cf5792e2cd21984552a3c8e4aa11a24aa31aeac98e8
+  3.5.6=deae7c80cba99c4b4f940ecadb3c3338b13cb77418409238e57d7f31f2a3b736
+  3.5.5=b28c91532a8b65a1f983b4c28b7488174e4a01008e29ce8e69bd789f28bc2a89
+  3.5.4=967311f84955316969bdb1d8d4b983718ef42338639c621ec4c34fddef355e99
+)
 
 PREFIX=$ROOT/build/openssl/prefix
 mkdir -p "$ROOT/build/openssl"
-"$VPY" scripts/build_openssl.py --prefix "$PREFIX" --fallback "$FALLBACK" \
+"$VPY" scripts/build_openssl.py --prefix "$PREFIX" "${FALLBACKS[@]/#/--fallback=}" \
   >"$ROOT/build/openssl/openssl-build.log" 2>&1 ||
   { tail -n 40 "$ROOT/build/openssl/openssl-build.log"; exit 1; }
 grep "^build_openssl:" "$ROOT/build/openssl/openssl-build.log" | tail -n 2
