@@ -1369,6 +1369,9 @@ def main(argv: Optional[list[str]] = None) -> int:
             except OSError:
                 desc.append(str(fd))
         run.violation(f"descriptors left open: {', '.join(desc)}")
+    held = sslports.ports.Connection.live_transports
+    if held:  # (a transport stays there from its ports' making to their last close)
+        run.violation(f"{len(held)} transports held after every port was closed: {held}")
     if end_threads > start_threads or end_tasks > start_tasks:
         names = [t.name for t in threading.enumerate()]
         run.violation(

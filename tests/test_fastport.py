@@ -24,7 +24,7 @@ import time
 import types
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import pytest
 from conftest import FAST_BUILT, PY_ENV, connected_ports, read_exactly, run_in_thread, sha1
@@ -164,6 +164,8 @@ class _StubConnection:
     is_socket = True
     shutdown_on_close = False
     free_at_last_close = False
+    transport = None
+    live_transports: ClassVar[set[Any]] = set()
 
     def __init__(self) -> None:
         self.read_lock = ports._new_lock()

@@ -143,12 +143,15 @@ def _stream_connection() -> Iterator[tuple[Any, Any, tuple[Any, Any]]]:
     t = threading.Thread(target=serve)
     t.start()
     try:
-        inp, out = sp.ports_to_ssl_ports(
-            a.makefile("rb"), a.makefile("wb"), mode="connect", shutdown_on_close=True,
-            close_original=True,
+        mine = list(
+            sp.ports_to_ssl_ports(
+                a.makefile("rb"), a.makefile("wb"), mode="connect", shutdown_on_close=True,
+                close_original=True,
+            )
         )  # fmt: skip
         t.join(30)
-        yield inp, out, (served[0], served[1])
+        # (popped: this frame keeps no reference, so that the caller can drop them)
+        yield mine.pop(0), mine.pop(0), (served[0], served[1])
     finally:
         t.join(30)
         for p in served:
@@ -183,3 +186,95 @@ def test_stream_ports_finalized_after_their_connection_still_say_goodbye() -> No
         inp.close()
         assert conn.ptr is None
         assert sin.read() == b"HELLO\n"  # then the close_notify: no "unexpected eof"
+
+
+@contextlib.contextmanager
+def _unraisable() -> Iterator[list[str]]:
+    """What finalizers raised while this runs ("Exception ignored ..."; Python 3.13 and later
+    print it, earlier ones drop it outside dev mode), as text."""
+    seen: list[str] = []
+    old = sys.unraisablehook
+    sys.unraisablehook = lambda u: seen.append(f"{u.err_msg}: {u.exc_type.__name__}: {u.exc_value}")
+    try:
+        yield seen
+    finally:
+        sys.unraisablehook = old
+
+
+def _drop_in_a_cycle(*ports: Any) -> None:
+    """Leave `ports` reachable only from a reference cycle, then collect it: the collector
+    clears every weak reference to that garbage before it runs a finalizer."""
+    cycle: list[Any] = [*ports]
+    cycle.append(cycle)
+
+
+@pytest.mark.filterwarnings("ignore::ResourceWarning")  # the unclosed socket says so, as files do
+@pytest.mark.parametrize("how", ["socket", "ssl_connect timeout", "settimeout", "streams"])
+def test_ports_collected_in_a_cycle_still_send_what_they_held(echo_server: Any, how: str) -> None:
+    """Ports dropped unclosed in a reference cycle: the collector's close() still sends the
+    write the output port held, on every path (a socket port without a timeout flushes in
+    C). A port with a timeout or over streams sent
+    its flush through a weak reference to itself, which the collector had already cleared:
+    the held bytes were lost and close() raised ValueError ("I/O operation on closed SSL
+    port"), which Python 3.13 and later print as "Exception ignored while finalizing file"."""
+    got: list[bytes] = []
+    if how == "streams":
+        with _stream_connection() as (inp, out, (sin, _sout)):
+            sin.settimeout(10.0)  # (the bytes lost, it would wait for ever)
+            out.write(b"HELLO\n")  # held in the port: not sent yet
+            with _unraisable() as seen:
+                _drop_in_a_cycle(inp, out)
+                del inp, out
+                gc.collect()
+            got.append(sin.read())
+    else:
+        received = threading.Event()
+
+        def handler(i: Any, o: Any) -> None:
+            got.append(i.read())
+            received.set()
+
+        server = echo_server(_server_context(), handler)
+        timeout = 30.0 if how == "ssl_connect timeout" else None
+        inp, out = sp.ssl_connect(LOCAL, server.port, timeout=timeout)
+        if how == "settimeout":
+            out.settimeout(30.0)
+        out.write(b"HELLO\n")
+        with _unraisable() as seen:
+            _drop_in_a_cycle(inp, out)
+            del inp, out
+            gc.collect()
+        assert received.wait(30)
+    assert seen == []
+    assert got == [b"HELLO\n"]
+
+
+def test_closed_connections_leave_no_transport_held(echo_server: Any) -> None:
+    """Connection.live_transports holds a transport only while its ports are open: closed
+    either way round, abandoned, over streams, or collected in a cycle, none stays (each
+    would hold its socket or streams for ever); a failed handshake never enters."""
+    live = sp.ports.Connection.live_transports
+    server = echo_server(_server_context())
+    made = []
+    for order in ("out first", "in first", "abandoned"):
+        inp, out = sp.ssl_connect(LOCAL, server.port, timeout=30 if order == "in first" else None)
+        made.append(inp._sslports_conn.transport)
+        assert made[-1] in live
+        if order == "abandoned":
+            sp.ssl_abandon_port(out)
+            sp.ssl_abandon_port(inp)
+        else:
+            for p in (out, inp) if order == "out first" else (inp, out):
+                p.close()
+        assert made[-1] not in live
+    with _stream_connection() as (inp, out, _server):
+        made.append(out._sslports_conn.transport)
+        assert made[-1] in live
+        _drop_in_a_cycle(inp, out)
+        del inp, out
+        gc.collect()
+    assert not live & set(made)
+    before = set(live)  # (the echo server's own side may still be closing: it only leaves)
+    with pytest.raises(sp.SSLError):
+        sp.ssl_connect(LOCAL, server.port, sp.ssl_secure_client_context(), timeout=30)
+    assert not set(live) - before

@@ -1607,7 +1607,7 @@ done:
 static PyObject *iobase_close; /* io.BufferedIOBase.close */
 static PyObject *str_claimed, *str_flush, *str_shutdown_on_close, *str_abandoned,
     *str_close_notify, *str_open_ports, *str_port_closed, *str_last_port_closed, *str_linger_close,
-    *str_free_at_last_close, *str_free,
+    *str_free_at_last_close, *str_free, *str_live_transports,
     *str_is_socket, *str_caches_session, *str_transport, *str_sock, *str_shutdown, *str_close;
 
 /* What Python's `finally` does with exceptions: one raised by a later step replaces the one in
@@ -1773,6 +1773,34 @@ static PyObject *free_if_finalized(PyObject *conn, PyObject *r)
     return NULL;
 }
 
+/* After the last close (ports.py port_closed's `finally`): the transport leaves
+ * Connection.live_transports, and a connection the collector finalized while a port was still
+ * open is freed. `r`: what the last close returned (NULL: its exception). */
+static PyObject *after_last_close(PyObject *conn, PyObject *r)
+{
+    in_flight f = {NULL, NULL, NULL};
+    PyObject *live, *transport;
+    if (r == NULL)
+        note_failure(&f);
+    if ((live = PyObject_GetAttr(conn, str_live_transports)) == NULL
+        || (transport = PyObject_GetAttr(conn, str_transport)) == NULL) {
+        note_failure(&f);
+    } else {
+        if (!PySet_Check(live) || PySet_Discard(live, transport) < 0) {
+            if (!PyErr_Occurred())
+                PyErr_SetString(PyExc_TypeError, "close: live_transports is not a set");
+            note_failure(&f);
+        }
+        Py_DECREF(transport);
+    }
+    Py_XDECREF(live);
+    if (f.value == NULL && f.type == NULL)
+        return free_if_finalized(conn, r);
+    Py_XDECREF(r);
+    PyErr_Restore(f.type, f.value, f.tb);
+    return free_if_finalized(conn, NULL);
+}
+
 /* Connection.port_closed(timeout): pop one of open_ports (atomic, as list.pop is); the port that
  * pops a false item is the last and closes the connection (in Python: it is the rare,
  * system-call-heavy end of the connection). Anything unexpected goes to the Python method. */
@@ -1797,7 +1825,7 @@ static PyObject *conn_port_closed(PyObject *conn, PyObject *timeout)
     Py_DECREF(open);
     if (other_open)
         return new_none();
-    return free_if_finalized(conn, conn_last_closed(conn, timeout));
+    return after_last_close(conn, conn_last_closed(conn, timeout));
 }
 
 /* `self.conn.shutdown_on_close and not self._abandoned`: 1, 0, or -1 with an exception. */
@@ -1858,11 +1886,21 @@ static PyObject *close_port(PyObject *port, int output)
     }
     if (output) { /* try: flush, close_notify (unless a write holds the lock); finally: ... */
         int notify;
-        PyObject *lock;
+        PyObject *lock, *fast;
         if ((conn = PyObject_GetAttr(port, str_conn)) == NULL) {
             Py_DECREF(dict);
             return NULL;
         }
+        /* The C flush of a port that is not ON (a timeout, streams) is the class's Python
+         * flush reached through a weak reference to the port, which the collector clears
+         * before it finalizes a cycle's garbage: that flush would raise and the held bytes
+         * would stay unsent. Such a port closes with its Python methods, as ports.py does. */
+        fast = PyDict_GetItemWithError(dict, str_fast); /* (borrowed) */
+        if (fast != NULL && Py_TYPE(fast) == (PyTypeObject *)writer_type
+            && ((Port *)fast)->on != ON)
+            methods_off(dict, port, &f);
+        else if (fast == NULL && PyErr_Occurred())
+            note_failure(&f);
         lock = PyDict_GetItemWithError(dict, str_lock); /* (borrowed) */
         if (lock == NULL && PyErr_Occurred())
             note_failure(&f);
@@ -2107,6 +2145,7 @@ static int intern_all(void)
         {&str_port_closed, "port_closed"},
         {&str_free_at_last_close, "free_at_last_close"},
         {&str_free, "free"},
+        {&str_live_transports, "live_transports"},
         {&str_last_port_closed, "last_port_closed"},
         {&str_linger_close, "linger_close"},
         {&str_is_socket, "is_socket"},

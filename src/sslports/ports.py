@@ -51,7 +51,7 @@ import threading
 import time
 import weakref
 from collections.abc import Iterable, Iterator
-from typing import Any, Callable, NoReturn, Optional, Union, cast
+from typing import Any, Callable, ClassVar, NoReturn, Optional, Union, cast
 
 from . import _binding
 from ._binding import build_error
@@ -903,6 +903,13 @@ class Connection:
     input_port: Optional[weakref.ref[SSLInputPort]] = None
     caches_session = False  # a client whose context keeps sessions (in C) for the next connect
     free_at_last_close = False  # finalized with a port still open: its last close frees it
+    # The transports of connections whose ports are made and not both closed (make_ports adds,
+    # the last close discards; sp_fastport.c conn_port_closed too). The collector finalizes a
+    # cycle's garbage in any order, and from Python 3.12 a socket is such garbage too: ports
+    # dropped in a cycle found their socket closed by its own finalizer (their held bytes
+    # lost; the descriptor's number free for another file to take meanwhile) or their output
+    # stream closed. Held here, the transport is not garbage until the last close is done.
+    live_transports: ClassVar[set[Any]] = set()
     # The peer's (host, port) for a failed handshake's message, when the caller knows it
     # (net.py: what ssl_connect connected to, whom ssl_accept accepted); see peer_text.
     peer: Optional[tuple[Any, ...]] = None
@@ -1390,6 +1397,7 @@ class Connection:
             try:
                 self.last_port_closed(timeout)
             finally:
+                self.live_transports.discard(self.transport)
                 if self.free_at_last_close:  # (the collector finalized the connection first)
                     self.free()
 
@@ -2108,10 +2116,12 @@ def make_ports(conn: Connection, timeout: Optional[float]) -> tuple[SSLInputPort
         made: tuple[SSLInputPort, SSLOutputPort] = _fastport.make_ports(
             conn, SSLInputPort, SSLOutputPort
         )  # (annotated, not cast(): no Python call on every connection)
-        return made
-    inp = SSLInputPort(conn, timeout)
-    conn.input_port = weakref.ref(inp)
-    return inp, SSLOutputPort(conn, timeout)
+    else:
+        inp = SSLInputPort(conn, timeout)
+        conn.input_port = weakref.ref(inp)
+        made = inp, SSLOutputPort(conn, timeout)
+    conn.live_transports.add(conn.transport)  # (until the last close: see live_transports)
+    return made
 
 
 __all__ = [
