@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Run tests on a newer CPython than the project's venv (`make test-python`; .ci/run runs it).
 #
-#   scripts/test-python.sh [PYTHON [pytest arguments]]
+#   scripts/test-python.sh [PYTHON [pytest arguments]]     (a free-threaded PYTHON works too)
 #
 # Without PYTHON: the newest CPython 3.12 or later on this machine (on PATH, or installed by
 # pyenv). Without pytest arguments: the tests of what the collector does with unclosed ports
@@ -39,7 +39,8 @@ elif ! PYTHON=$(newest_python); then
   echo "test-python: SKIPPED: no CPython 3.12 or later on this machine (PATH, pyenv)"
   exit 0
 fi
-ver=$("$PYTHON" -c 'import sys; print("%d.%d" % sys.version_info[:2])')
+ver=$("$PYTHON" -c 'import sys, sysconfig
+print("%d.%d%s" % (*sys.version_info[:2], "t" if sysconfig.get_config_var("Py_GIL_DISABLED") else ""))')
 VENVDIR=$PWD/build/py$ver/venv
 echo "test-python: $("$PYTHON" -V) ($PYTHON)"
 [ -x "$VENVDIR/bin/python" ] || "$PYTHON" -m venv "$VENVDIR"
@@ -63,11 +64,17 @@ source scripts/sanitized_build.sh
 build_copy "py$ver"
 "$VPY" - "$TREE" <<'PY'
 import sys
+import sysconfig
 
 import sslports
-from sslports import _fastport, _native
+from sslports import _native
 
-for mod in (_native, _fastport):
+mods = [_native]
+if not sysconfig.get_config_var("Py_GIL_DISABLED"):  # (no C fast path there, by design)
+    from sslports import _fastport
+
+    mods.append(_fastport)
+for mod in mods:
     if not mod.__file__.startswith(sys.argv[1] + "/"):
         sys.exit(f"test-python: the tests would import {mod.__file__}, not the copy")
 if not sslports.ssl_available:
