@@ -1752,15 +1752,22 @@ done:
     return r;
 }
 
-/* ports.py port_closed's `finally`: a connection the collector finalized while one of its ports
- * was still open (Connection.__del__) is freed by its last close. `r`: what the last close
- * returned (NULL: its exception, which an exception of this step replaces, as in Python). */
-static PyObject *free_if_finalized(PyObject *conn, PyObject *r)
+/* ports.py port_closed's `finally`: the transport leaves Connection.live_transports, and a
+ * connection the collector finalized while one of its ports was still open (Connection.__del__)
+ * is freed by its last close. `r`: what the last close returned (NULL: its exception, which an
+ * exception of this step replaces, as in Python). */
+static PyObject *after_last_close(PyObject *conn, PyObject *r)
 {
     in_flight f = {NULL, NULL, NULL};
+    PyObject *live = PyObject_GetAttr(conn, str_live_transports), *transport = NULL;
     int yes;
     if (r == NULL)
         note_failure(&f);
+    if (live == NULL || (transport = PyObject_GetAttr(conn, str_transport)) == NULL
+        || PySet_Discard(live, transport) < 0)
+        note_failure(&f);
+    Py_XDECREF(transport);
+    Py_XDECREF(live);
     yes = attr_true(conn, str_free_at_last_close);
     if (yes < 0)
         note_failure(&f);
@@ -1771,34 +1778,6 @@ static PyObject *free_if_finalized(PyObject *conn, PyObject *r)
     Py_XDECREF(r);
     PyErr_Restore(f.type, f.value, f.tb);
     return NULL;
-}
-
-/* After the last close (ports.py port_closed's `finally`): the transport leaves
- * Connection.live_transports, and a connection the collector finalized while a port was still
- * open is freed. `r`: what the last close returned (NULL: its exception). */
-static PyObject *after_last_close(PyObject *conn, PyObject *r)
-{
-    in_flight f = {NULL, NULL, NULL};
-    PyObject *live, *transport;
-    if (r == NULL)
-        note_failure(&f);
-    if ((live = PyObject_GetAttr(conn, str_live_transports)) == NULL
-        || (transport = PyObject_GetAttr(conn, str_transport)) == NULL) {
-        note_failure(&f);
-    } else {
-        if (!PySet_Check(live) || PySet_Discard(live, transport) < 0) {
-            if (!PyErr_Occurred())
-                PyErr_SetString(PyExc_TypeError, "close: live_transports is not a set");
-            note_failure(&f);
-        }
-        Py_DECREF(transport);
-    }
-    Py_XDECREF(live);
-    if (f.value == NULL && f.type == NULL)
-        return free_if_finalized(conn, r);
-    Py_XDECREF(r);
-    PyErr_Restore(f.type, f.value, f.tb);
-    return free_if_finalized(conn, NULL);
 }
 
 /* Connection.port_closed(timeout): pop one of open_ports (atomic, as list.pop is); the port that
