@@ -7,6 +7,7 @@ from __future__ import annotations
 import errno
 import io
 import math
+import os
 import pickle
 import socket
 import subprocess
@@ -312,3 +313,52 @@ def test_wrap_socket_closes_the_socket_when_the_handshake_fails() -> None:
         sock.close()
         join(10)
         listener.close()
+
+
+# A long but finite timeout (30 days) made ssl_connect raise OverflowError at once ("timeout
+# is too large": poll() takes a C int of milliseconds, about 24.8 days), and one past
+# threading's limit (about 292 years) made a stream read or ports_to_ssl_ports raise
+# OverflowError ("timestamp out of range for platform time_t"); an int beyond a float's range
+# (10**400) raised OverflowError without the function's name. A long timeout now waits; one
+# past the limit is a ValueError naming the function ("out-of-range values raise ValueError").
+def test_a_long_timeout_waits_and_a_huge_one_is_a_value_error() -> None:
+    stalled = socket.create_server(("127.0.0.1", 0))  # accepts (its backlog), never answers
+    port = stalled.getsockname()[1]
+    join = in_thread(lambda: sslports.ssl_connect("127.0.0.1", port, timeout=30 * 86400.0))
+    time.sleep(0.5)
+    stalled.close()  # the handshake then fails: the connect waited until now
+    with pytest.raises(SSLNetworkError, match="ssl_connect"):
+        join(15)
+    for huge in (10**400, 1e12):
+        with pytest.raises(ValueError, match="ssl_connect"):
+            sslports.ssl_connect("127.0.0.1", 9, timeout=huge)
+        with pytest.raises(ValueError, match="ssl_listen"):
+            sslports.ssl_listen(0, 5, False, "127.0.0.1", handshake_timeout=huge)
+        with pytest.raises(ValueError, match="ports_to_ssl_ports"):
+            sslports.ports_to_ssl_ports(io.BytesIO(), io.BytesIO(), mode="connect", timeout=huge)
+
+
+# After ssl_seal_context "every modifying procedure raises (context is sealed)":
+# ssl_load_private_key and ssl_server_context_enable_dhe read their file first, so a path that
+# does not load said "load failed (No such file ...)" instead.
+def test_sealed_context_is_reported_before_the_file_is_read(tmp_path: Any) -> None:
+    ctx = _server_ctx()
+    sslports.ssl_seal_context(ctx)
+    missing = tmp_path / "missing.pem"
+    with pytest.raises(SSLError, match="ssl_load_private_key: context is sealed"):
+        sslports.ssl_load_private_key(ctx, missing)
+    with pytest.raises(SSLError, match="ssl_server_context_enable_dhe: context is sealed"):
+        sslports.ssl_server_context_enable_dhe(ctx, missing)
+
+
+# A text stream (open(path, "w"), io.StringIO) given to ports_to_ssl_ports: as input it
+# raised "TypeError: string argument without an encoding" (no function named); as output the
+# failed write of the ClientHello went unnoticed and the handshake waited for an answer
+# forever (or said "handshake timed out"). "Wrong argument types raise TypeError."
+def test_text_streams_are_type_errors() -> None:
+    r, w = os.pipe()
+    with open(r, "rb", 0) as inp, open(w, "wb", 0) as out:
+        with pytest.raises(TypeError, match="ports_to_ssl_ports: input_port"):
+            sslports.ports_to_ssl_ports(io.StringIO("x"), out, mode="connect")
+        with pytest.raises(TypeError, match="ports_to_ssl_ports: output_port"):
+            sslports.ports_to_ssl_ports(inp, io.StringIO(), mode="connect", timeout=5)

@@ -931,12 +931,6 @@ def ssl_load_private_key(
     ctx = context_of(func, context_or_listener)
     rsa = _check_bool(func, "rsa", rsa)
     asn1 = _check_bool(func, "asn1", asn1)
-    if isinstance(pathname, tuple) and len(pathname) == 2 and pathname[0] == "data":
-        if not isinstance(pathname[1], (bytes, bytearray)):
-            raise TypeError(f"{func}: ('data', ...) takes bytes")
-        data = bytes(pathname[1])
-    else:
-        data = _read_file(func, pathname)
     if password is not None and not isinstance(password, (str, bytes)):
         raise TypeError(f"{func}: password must be str or bytes")
     try:
@@ -945,7 +939,13 @@ def ssl_load_private_key(
         raise ValueError(f"{func}: password cannot be encoded as UTF-8 ({exc.reason})") from None
     if pw is not None and b"\0" in pw:
         raise ValueError(f"{func}: password contains a NUL byte")
-    ctx._mutable(func)
+    ctx._mutable(func)  # (before the file is read: a sealed context says so, whatever the path)
+    if isinstance(pathname, tuple) and len(pathname) == 2 and pathname[0] == "data":
+        if not isinstance(pathname[1], (bytes, bytearray)):
+            raise TypeError(f"{func}: ('data', ...) takes bytes")
+        data = bytes(pathname[1])
+    else:
+        data = _read_file(func, pathname)
     path = None if isinstance(pathname, tuple) else _path_name(pathname)
     _load_key(func, ctx, data, der=asn1, rsa=rsa, password=pw, path=path)
 
@@ -981,6 +981,7 @@ def ssl_server_context_enable_dhe(context: object, dh_param: object = DH4096_PEM
     func = "ssl_server_context_enable_dhe"
     if not isinstance(context, SSLServerContext):
         raise TypeError(f"{func}: expected a server context, got {type(context).__name__}")
+    context._mutable(func)  # (before the file is read: a sealed context says so)
     path = None
     if isinstance(dh_param, (bytes, bytearray)) and b"-----BEGIN" in dh_param:
         pem = bytes(dh_param)

@@ -251,6 +251,7 @@ _CONNECT_PENDING = frozenset(
     (errno.EINPROGRESS, getattr(errno, "WSAEWOULDBLOCK", errno.EINPROGRESS))
 )
 _WAIT_SLICE = 0.5  # seconds: Windows' select() is not interrupted by Ctrl-C
+_MAX_POLL_MS = 2**31 - 1  # the longest poll() (about 24.8 days)
 
 
 def _connect_nonblocking(sock: _raw_socket, addr: Any, deadline: _Deadline) -> None:
@@ -270,7 +271,9 @@ def _connect_nonblocking(sock: _raw_socket, addr: Any, deadline: _Deadline) -> N
         if hasattr(select, "poll"):
             poller = select.poll()
             poller.register(sock, select.POLLOUT)
-            ready = bool(poller.poll(None if left is None else left * 1000 + 1))
+            # (poll takes a C int of milliseconds: a longer wait is made of several)
+            wait_ms = None if left is None else min(left * 1000 + 1, _MAX_POLL_MS)
+            ready = bool(poller.poll(wait_ms))
         else:  # pragma: no cover - Windows
             wait = _WAIT_SLICE if left is None else min(left, _WAIT_SLICE)
             _r, w, x = select.select([], [sock], [sock], wait)

@@ -732,9 +732,9 @@ class _StreamTransport:
         self._read: Optional[Callable[[int], Optional[bytes]]] = getattr(
             inp, "read1", None
         ) or getattr(inp, "read", None)
-        if self._readinto is None and self._read is None:
+        if (self._readinto is None and self._read is None) or isinstance(inp, io.TextIOBase):
             raise TypeError("ports_to_ssl_ports: input_port is not a readable binary stream")
-        if not callable(getattr(out, "write", None)):
+        if not callable(getattr(out, "write", None)) or isinstance(out, io.TextIOBase):
             raise TypeError("ports_to_ssl_ports: output_port is not a writable binary stream")
 
     def push_out(self, conn: Any, deadline: _Deadline) -> None:
@@ -2069,16 +2069,26 @@ def _claim_close(port: Any) -> bool:
     return port.__dict__.setdefault("_close_claimed", mine) is mine
 
 
+# The longest timeout (about 292 years): threading's waits refuse longer ones (OverflowError).
+MAX_TIMEOUT = float(threading.TIMEOUT_MAX)
+
+
 def _check_timeout(func: str, seconds: object) -> Optional[float]:
     if seconds is None:
         return None
     if isinstance(seconds, bool) or not isinstance(seconds, (int, float)):
         raise TypeError(f"{func}: timeout must be a number or None")
-    if not math.isfinite(seconds):
+    try:
+        value = float(seconds)
+    except OverflowError:  # (an int beyond a float's range)
+        raise ValueError(f"{func}: timeout must be at most {MAX_TIMEOUT:.0f} seconds") from None
+    if not math.isfinite(value):
         raise ValueError(f"{func}: timeout must be a finite number or None, got {seconds!r}")
-    if seconds < 0:
+    if value < 0:
         raise ValueError(f"{func}: timeout must be >= 0")
-    return float(seconds)
+    if value > MAX_TIMEOUT:
+        raise ValueError(f"{func}: timeout must be at most {MAX_TIMEOUT:.0f} seconds")
+    return value
 
 
 def is_ssl_port(v: object) -> bool:
