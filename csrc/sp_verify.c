@@ -440,6 +440,24 @@ int sp_channel_binding(sp_conn *c, int type, unsigned char *out, size_t cap, siz
     return ok;
 }
 
+/* The most bytes SSL_export_keying_material can give on this connection, 0 when it sets no
+ * limit below ours: TLS 1.3 exports through HKDF-Expand, at most 255 x the hash's length of the
+ * suite (RFC 5869); beyond that OpenSSL fails with a bare "internal error". */
+size_t sp_export_max_len(sp_conn *c)
+{
+    size_t max = 0;
+    sp_conn_lock(c);
+    if (keys_settled_locked(c) && SSL_version(c->ssl) >= TLS1_3_VERSION) {
+        const SSL_CIPHER *cipher = SSL_get_current_cipher(c->ssl);
+        const EVP_MD *md = cipher != NULL ? SSL_CIPHER_get_handshake_digest(cipher) : NULL;
+        int size = md != NULL ? EVP_MD_size(md) : 0;
+        if (size > 0)
+            max = 255 * (size_t)size;
+    }
+    sp_conn_unlock(c);
+    return max;
+}
+
 int sp_export_keying_material(sp_conn *c, unsigned char *out, size_t len, const char *label,
                               size_t label_len, const unsigned char *context, size_t context_len,
                               int use_context, sp_err *err)

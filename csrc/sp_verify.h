@@ -31,6 +31,7 @@ int sp_peer_name(sp_conn *c, int issuer, char *out, size_t cap);
 /* Channel binding data of `type`; 1 on success with *outlen set, 0 with err filled. */
 int sp_channel_binding(sp_conn *c, int type, unsigned char *out, size_t cap, size_t *outlen,
                        sp_err *err);
+size_t sp_export_max_len(sp_conn *c);
 int sp_export_keying_material(sp_conn *c, unsigned char *out, size_t len, const char *label,
                               size_t label_len, const unsigned char *context, size_t context_len,
                               int use_context, sp_err *err);

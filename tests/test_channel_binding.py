@@ -378,6 +378,34 @@ def test_export_keying_material_bad_arguments(certs: Certs) -> None:
     )
 
 
+# TLS 1.3 exports through HKDF-Expand: at most 255 x the suite's hash length (8160 bytes with
+# SHA-256, 12240 with SHA-384). Past it OpenSSL failed with a bare "internal error" SSLError;
+# it is an out-of-range value, a ValueError that names the limit. TLS 1.2 has no such limit.
+@pytest.mark.parametrize(
+    ("version", "suite", "limit"),
+    [
+        ("tls13", "TLS_AES_128_GCM_SHA256", 8160),
+        ("tls13", "TLS_AES_256_GCM_SHA384", 12240),
+        ("tls12", None, 65536),
+    ],
+)
+def test_export_keying_material_length_limit(
+    certs: Certs, version: str, suite: Optional[str], limit: int
+) -> None:
+    def check(inp: Any, out: Any) -> bytes:
+        f = sslports.ssl_export_keying_material
+        if version == "tls13":
+            with pytest.raises(ValueError, match=f"ssl_export_keying_material: .* {limit} "):
+                f(inp, b"EXPERIMENTAL-test", limit + 1)
+        return f(out, b"EXPERIMENTAL-test", limit)
+
+    cctx = client_context(version, roots=[certs.root])
+    if suite is not None:
+        sslports.ssl_set_ciphersuites(cctx, suite)
+    client, server = _pair(server_context(version, certs.sha256), cctx, check, check)
+    assert client == server and len(client) == limit
+
+
 # -- connection facts ----------------------------------------------------------------------------
 
 

@@ -310,6 +310,12 @@ def ssl_export_keying_material(
         raise ValueError(f"{func}: context must be at most 65535 bytes (RFC 5705)")
     lib = _binding.lib
     ffi = _binding.ffi
+    limit = lib.sp_export_max_len(conn.ptr)
+    if limit and length > limit:
+        raise ValueError(
+            f"{func}: length must be at most {limit} on this TLS 1.3 connection"
+            " (255 x the hash length of its suite)"
+        )
     out = ffi.new("unsigned char[]", length)
     err = ffi.new("sp_err *")
     ctx = ffi.NULL if context is None else bytes(context)
