@@ -102,9 +102,11 @@ tsan: setup
 test-openssl: setup
 	VPY=$(VPY) bash scripts/test-openssl.sh
 # The collector's tests on the newest CPython 3.12+ found (PATH or pyenv; own venv and build in
-# build/pyX.Y): from 3.12 sockets are cyclic garbage too. .ci/run runs it after `make test`.
+# build/pyX.Y): from 3.12 sockets are cyclic garbage too. Then the whole suite on the oldest
+# supported CPython found (3.9, else 3.10). .ci/run runs it after `make test`.
 test-python:
 	bash scripts/test-python.sh
+	bash scripts/test-python.sh --oldest
 # A test subset under valgrind; fails on a definite leak through csrc/ or _native.
 valgrind: setup
 	VPY=$(VPY) bash scripts/valgrind.sh

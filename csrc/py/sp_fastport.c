@@ -694,9 +694,8 @@ static int read_done(int status, size_t got, size_t len, int fill)
     return status == SP_OK && (got == len || (got > 0 && !fill));
 }
 
-/* With an exception set and the lock held: data[0..n), bytes a read had read, go in front of
- * the kept bytes, to be read first. The exception stands (also when there is no memory to keep
- * them). */
+/* With the lock held: data[0..n), bytes a read had read, go in front of the kept bytes, to be
+ * read first. An exception set stands (also when there is no memory to keep them). */
 static void keep_front(Port *self, const void *data, size_t n)
 {
     PyObject *type, *value, *tb, *bytes;
@@ -715,16 +714,19 @@ static void keep_front(Port *self, const void *data, size_t n)
  * the pump waited, with the GIL released: Ctrl-C, a signal handler's exception), lost them. */
 static void keep_read_bytes(Port *self, PyObject *b, size_t got, Py_ssize_t kept_before)
 {
+    PyObject *type, *value, *tb;
     Py_buffer view;
     if (got == 0 || PyByteArray_GET_SIZE(self->pending) != kept_before || b == self->pending)
         return;
+    PyErr_Fetch(&type, &value, &tb); /* (no API call may run with an exception set) */
     if (PyObject_GetBuffer(b, &view, PyBUF_SIMPLE) < 0) {
         PyErr_Clear(); /* (b's own exception: the first one stands) */
-        return;
+    } else {
+        if ((size_t)view.len >= got)
+            keep_front(self, view.buf, got);
+        PyBuffer_Release(&view);
     }
-    if ((size_t)view.len >= got)
-        keep_front(self, view.buf, got);
-    PyBuffer_Release(&view);
+    PyErr_Restore(type, value, tb);
 }
 
 /* The continuation of a read into b that read_start left unfinished, `got` bytes in: its
@@ -1759,10 +1761,11 @@ done:
 static PyObject *after_last_close(PyObject *conn, PyObject *r)
 {
     in_flight f = {NULL, NULL, NULL};
-    PyObject *live = PyObject_GetAttr(conn, str_live_transports), *transport = NULL;
+    PyObject *live, *transport = NULL;
     int yes;
-    if (r == NULL)
+    if (r == NULL) /* (first: no API call may run with an exception set) */
         note_failure(&f);
+    live = PyObject_GetAttr(conn, str_live_transports);
     if (live == NULL || (transport = PyObject_GetAttr(conn, str_transport)) == NULL
         || PySet_Discard(live, transport) < 0)
         note_failure(&f);
