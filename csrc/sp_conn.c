@@ -365,6 +365,41 @@ static void mark_broken(sp_conn *c, const sp_err *err)
     invalidate_session(c);
 }
 
+/* SEND FAILURE. A send that fails on an established connection (the peer reset it, or
+ * closed it while we still wrote) fails that write and every later one, but not the reads:
+ * the peer may have answered and sent close_notify before it closed (an HTTP server refusing
+ * an upload), and those bytes wait in the socket. A read gets them, then the EOF, or the
+ * socket's own error; what reading would queue (a KeyUpdate reply) is dropped. During the
+ * handshake nothing can be read without our flight: the connection is broken (ssl_lock held). */
+static void mark_send_broken(sp_conn *c, const sp_err *err) /* (send_lock held too) */
+{
+    sp_err *copy;
+    if (!c->established) {
+        mark_broken(c, err);
+        return;
+    }
+    if (c->send_broken != NULL || c->broken != NULL || c->eof_status != 0)
+        return; /* (already: see mark_broken; after the end a write fails with EPIPE anyway) */
+    copy = malloc(sizeof *copy);
+    if (copy == NULL) {
+        mark_broken(c, err); /* (the old way: reads fail too) */
+        return;
+    }
+    memcpy(copy, err, sizeof *err);
+    c->send_broken = copy;
+    invalidate_session(c);
+}
+
+/* The error of a write on a connection whose sending failed (ssl_lock held): 1 if so. */
+static int send_failed(sp_conn *c, sp_err *err)
+{
+    const sp_err *why = c->broken != NULL ? c->broken : c->send_broken;
+    if (why == NULL)
+        return 0;
+    memcpy(err, why, sizeof *err);
+    return 1;
+}
+
 /* If the connection already ended or broke, say so (ssl_lock held). Returns 0 when live. */
 static int sticky_status(sp_conn *c, sp_err *err)
 {
@@ -375,13 +410,29 @@ static int sticky_status(sp_conn *c, sp_err *err)
     return c->eof_status;
 }
 
+/* The transport ended without close_notify (ssl_lock held). After a send met the peer's
+ * reset (SEND FAILURE; the send took the socket's error, so recv() just ends), that end is
+ * the reset: the reader reports it too, once it has everything the peer sent before. */
+static int ragged_eof(sp_conn *c, sp_err *err)
+{
+    if (c->send_broken != NULL) {
+        memcpy(err, c->send_broken, sizeof *err);
+        mark_broken(c, err);
+        return SP_ERROR;
+    }
+    c->eof_status = SP_RAGGED_EOF;
+    return SP_RAGGED_EOF;
+}
+
 /* Classify a failed read-side call: EOF kinds, or a real error (ssl_lock held). */
 static int classify_failure(sp_conn *c, int e, sp_err *err)
 {
     unsigned long top;
     if (e == SSL_ERROR_ZERO_RETURN) {
         /* (established: SSL_OP_IGNORE_UNEXPECTED_EOF makes a transport EOF look the same) */
-        c->eof_status = c->established && !c->close_notify_seen ? SP_RAGGED_EOF : SP_EOF;
+        if (c->established && !c->close_notify_seen)
+            return ragged_eof(c, err);
+        c->eof_status = SP_EOF;
         return c->eof_status;
     }
     top = ERR_peek_last_error();
@@ -389,14 +440,11 @@ static int classify_failure(sp_conn *c, int e, sp_err *err)
     if (e == SSL_ERROR_SSL && ERR_GET_REASON(top) == SSL_R_UNEXPECTED_EOF_WHILE_READING
         && c->established) {
         ERR_clear_error();
-        c->eof_status = SP_RAGGED_EOF;
-        return SP_RAGGED_EOF;
+        return ragged_eof(c, err);
     }
 #else
-    if (e == SSL_ERROR_SYSCALL && top == 0 && c->established) {
-        c->eof_status = SP_RAGGED_EOF;
-        return SP_RAGGED_EOF;
-    }
+    if (e == SSL_ERROR_SYSCALL && top == 0 && c->established)
+        return ragged_eof(c, err);
 #endif
     capture_ssl_error(c, e, err);
     mark_broken(c, err);
@@ -520,7 +568,7 @@ void sp_conn_free(sp_conn *c)
     /* TLS 1.1+ lets a session be resumed after a close without close_notify (RFC 5246
      * 7.2.1); without this flag OpenSSL would mark the session unusable when freeing. A
      * connection that failed keeps the default, and its session dies with it. */
-    if (c->established && c->broken == NULL)
+    if (c->established && c->broken == NULL && c->send_broken == NULL)
         SSL_set_shutdown(c->ssl, SSL_SENT_SHUTDOWN | SSL_RECEIVED_SHUTDOWN);
     SSL_free(c->ssl); /* frees both BIOs */
     free(c->out);
@@ -530,6 +578,7 @@ void sp_conn_free(sp_conn *c)
     free(c->stash);
     if (c->broken != &broken_no_memory)
         free(c->broken);
+    free(c->send_broken);
     sp_mutex_destroy(&c->ssl_lock);
     sp_mutex_destroy(&c->send_lock);
     free(c);
@@ -1037,6 +1086,17 @@ static int send_queued_nowait(sp_conn *c, sp_err *err)
 {
     int status = SP_OK, e;
     sp_mutex_lock(&c->send_lock);
+    if (c->send_broken != NULL) { /* (SEND FAILURE: what is queued can never leave) */
+        memcpy(err, c->send_broken, sizeof *err);
+        c->out_len = c->out_off = 0;
+        c->writer_queued = 0;
+        sp_mutex_lock(&c->ssl_lock);
+        c->outq_len = 0;
+        c->read_out = 0;
+        sp_mutex_unlock(&c->ssl_lock);
+        sp_mutex_unlock(&c->send_lock);
+        return SP_ERROR;
+    }
     for (;;) {
         long n;
         if (c->out_off == c->out_len) {
@@ -1088,13 +1148,29 @@ static int send_queued_nowait(sp_conn *c, sp_err *err)
         status = SP_ERROR;
         break;
     }
-    sp_mutex_unlock(&c->send_lock);
-    if (status == SP_ERROR) {
+    if (status == SP_ERROR) { /* (send_broken is set holding both locks: see sp_conn.h) */
         sp_mutex_lock(&c->ssl_lock);
-        mark_broken(c, err);
+        mark_send_broken(c, err);
         sp_mutex_unlock(&c->ssl_lock);
     }
+    sp_mutex_unlock(&c->send_lock);
     return status;
+}
+
+/* What reading queued goes out without waiting; a socket that can no longer be written does
+ * not end the reading (SEND FAILURE): SP_OK then, and the bytes are dropped. */
+static int send_for_reader(sp_conn *c, sp_err *err)
+{
+    int status = send_queued_nowait(c, err), only_send;
+    if (status != SP_ERROR)
+        return status;
+    sp_mutex_lock(&c->ssl_lock);
+    only_send = c->broken == NULL && c->send_broken != NULL;
+    sp_mutex_unlock(&c->ssl_lock);
+    if (!only_send)
+        return SP_ERROR;
+    start_call(c, err);
+    return SP_OK;
 }
 
 /* What a failure queued (its alert) goes out without waiting; what that send meets is not
@@ -1129,7 +1205,7 @@ static int held_out_locked(sp_conn *c)
     int held = c->writer_queued;
     if (held) {
         lock_ssl(c); /* (lock order: send_lock, then ssl_lock) */
-        held = c->broken == NULL;
+        held = c->broken == NULL && c->send_broken == NULL;
         unlock_ssl(c);
     }
     return held;
@@ -1247,9 +1323,7 @@ long sp_conn_unsent(sp_conn *c)
 void sp_conn_failure(sp_conn *c, sp_err *err)
 {
     lock_ssl(c);
-    if (c->broken != NULL) {
-        memcpy(err, c->broken, sizeof *err);
-    } else {
+    if (!send_failed(c, err)) {
         sp_err_reset(err);
         if (c->eof_status != 0)
             err->sys_errno = EPIPE; /* a write after the end: it failed sending */
@@ -1262,7 +1336,7 @@ int sp_conn_broken(sp_conn *c)
 {
     int broken;
     lock_ssl(c);
-    broken = c->broken != NULL;
+    broken = c->broken != NULL || c->send_broken != NULL;
     unlock_ssl(c);
     return broken;
 }
@@ -1330,7 +1404,7 @@ static int wait_readable(sp_conn *c, int wait_ms, sp_err *err, unsigned char *ea
 {
     short events = POLLIN;
     if (queued_out(c) > 0) {
-        int s = send_queued_nowait(c, err);
+        int s = send_for_reader(c, err);
         if (s == SP_ERROR)
             return SP_ERROR;
         if (s == SP_WANT_WRITE) {
@@ -1649,10 +1723,11 @@ int sp_read(sp_conn *c, unsigned char *buf, size_t len, size_t want, size_t *got
          * alert of a failure): it goes out now, without waiting. What was queued before
          * (a server's tickets, a record an output port holds) waits for its writer, or for
          * this read's first wait (wait_readable sends everything queued first). A send that
-         * fails breaks the connection (sticky), but what this call read still reaches the
-         * caller: the peer sent it before the failure. */
+         * fails does not end the reading once established (SEND FAILURE; before, it breaks
+         * the connection), and what this call read still reaches the caller: the peer sent
+         * it before the failure. */
         if (out_pending > 0 && status == SP_OK)
-            status = send_queued_nowait(c, err) == SP_ERROR ? SP_ERROR : SP_OK;
+            status = send_for_reader(c, err) == SP_ERROR ? SP_ERROR : SP_OK;
         else if (out_pending > 0)
             send_alert_nowait(c);
         if (ok) {
@@ -1720,8 +1795,7 @@ static int write_records(sp_conn *c, const unsigned char *head, size_t head_len,
             chunk -= chunk % SSL3_RT_MAX_PLAIN_LENGTH ? chunk % SSL3_RT_MAX_PLAIN_LENGTH
                                                       : SSL3_RT_MAX_PLAIN_LENGTH;
         sp_mutex_lock(&c->ssl_lock);
-        if (c->broken != NULL) {
-            memcpy(err, c->broken, sizeof *err);
+        if (send_failed(c, err)) {
             sp_mutex_unlock(&c->ssl_lock);
             status = SP_ERROR;
             break;
@@ -1842,7 +1916,7 @@ int sp_shutdown(sp_conn *c, sp_err *err)
         return SP_ERROR;
     sp_mutex_lock(&c->ssl_lock);
     ERR_clear_error();
-    r = c->established && c->broken == NULL ? SSL_shutdown(c->ssl) : -1;
+    r = c->established && c->broken == NULL && c->send_broken == NULL ? SSL_shutdown(c->ssl) : -1;
     ERR_clear_error(); /* a shutdown that cannot be sent is not an error at close time */
     sp_mutex_unlock(&c->ssl_lock);
     return r >= 0 ? SP_OK : SP_ERROR;

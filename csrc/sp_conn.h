@@ -98,6 +98,11 @@ struct sp_conn {
     /* sticky end states (ssl_lock) */
     int eof_status;   /* 0, SP_EOF or SP_RAGGED_EOF */
     sp_err *broken;   /* copy of the error that broke the connection */
+    /* established, the socket could no longer be written (a send met a reset, a broken
+     * pipe): writes fail with this from now on, but reads go on, since what the peer sent
+     * before it closed (its answer, its close_notify) is still in the socket (SEND FAILURE).
+     * Set holding both send_lock and ssl_lock, so either lock suffices to read it. */
+    sp_err *send_broken;
 };
 
 

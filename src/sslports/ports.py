@@ -737,8 +737,14 @@ class _StreamTransport:
         if not callable(getattr(out, "write", None)) or isinstance(out, io.TextIOBase):
             raise TypeError("ports_to_ssl_ports: output_port is not a writable binary stream")
 
-    def push_out(self, conn: Any, deadline: _Deadline) -> None:
-        """Hand every byte of ciphertext the pump queued to the sender thread."""
+    def push_out(self, conn: Any, deadline: _Deadline, reading: bool = False) -> None:
+        """Hand every byte of ciphertext the pump queued to the sender thread.
+
+        `reading`: for a read, a failed output stream is not the end: the peer may have
+        answered and sent close_notify before it closed (an HTTP server refusing an upload),
+        and the input stream still holds that. The ciphertext (what reading queued, or what
+        a failed write left) is dropped, and the writes report the failure (as the socket
+        ports do: sp_conn.c SEND FAILURE)."""
         lib = _binding.lib
         with self.out_lock:
             while True:
@@ -755,7 +761,20 @@ class _StreamTransport:
                 except SSLError:
                     raise
                 except (OSError, ValueError) as exc:  # what the sender thread's write raised
-                    raise _transport_error(exc) from exc
+                    if not reading:
+                        raise _transport_error(exc) from exc
+                    scratch = bytearray(_TRANSPORT_CHUNK)
+                    with _binding.ffi.from_buffer(scratch) as cbuf:
+                        while lib.sp_take(conn, cbuf, len(scratch)):
+                            pass
+                    return
+
+    def raise_send_failure(self, func: str) -> None:
+        """Raise the failure of the output stream, if it failed (a read's transport EOF
+        without close_notify then reports it: sp_conn.c SEND FAILURE)."""
+        failed = self.sender.error
+        if failed is not None:
+            raise _transport_error(failed)
 
     def copying_reader(self) -> Callable[[], bytes]:
         """One read of the input stream for the receiver thread, as bytes of its own (the
@@ -889,6 +908,9 @@ class _SocketTransport:
 
     def __init__(self, sock: _socket.socket) -> None:
         self.sock = sock
+
+    def raise_send_failure(self, func: str) -> None:
+        """(the pump reports it itself: sp_conn.c SEND FAILURE)"""
 
     def close(self, close_original: bool, timeout: Optional[float]) -> None:
         self.sock.close()
@@ -1044,13 +1066,16 @@ class Connection:
 
     # -- the loop around every pump call -----------------------------------------------------
 
-    def wait_for_pump(self, status: int, deadline: _Deadline, func: str, seen: int) -> None:
+    def wait_for_pump(
+        self, status: int, deadline: _Deadline, func: str, seen: int, reading: bool = False
+    ) -> None:
         """Do what a WANT_* status asks: move stream bytes, or check the deadline. `seen`: the
-        transport's `fed` before the pump call that returned `status`."""
+        transport's `fed` before the pump call that returned `status`; `reading`: for a read
+        of the input port (see _StreamTransport.push_out)."""
         lib = _binding.lib
         transport = self.transport
         if isinstance(transport, _StreamTransport):
-            transport.push_out(self.ptr, deadline)
+            transport.push_out(self.ptr, deadline, reading)
             if status == lib.SP_WANT_READ:
                 transport.pull_in(self.ptr, deadline, seen)
             return
@@ -1206,6 +1231,10 @@ class Connection:
                     if status == _SP_RAGGED_EOF:
                         if self.strict_eof and total == 0 and self.open_ports:
                             raise self.make_error(SSLError(f"{func}: read failed (unexpected eof)"))
+                        if total == 0 and self.open_ports:
+                            # (streams: after the output stream failed, the end of the input
+                            # without close_notify is that failure: the reset; sockets: in C)
+                            self.transport.raise_send_failure(func)
                         break
                     if status in (_SP_WANT_READ, _SP_WANT_WRITE):
                         if not self.open_ports:
@@ -1219,7 +1248,7 @@ class Connection:
                             # object (http.client, pickle, gzip...), as io's. The part is
                             # kept (below) for the retry.
                             raise SSLTimeoutError(f"{func}: read timed out")
-                        self.wait_for_pump(status, deadline, func, seen)
+                        self.wait_for_pump(status, deadline, func, seen, reading=True)
                         continue
                     if total:
                         break  # hand over what arrived; the error is sticky and comes next call
