@@ -103,10 +103,12 @@ test-openssl: setup
 	VPY=$(VPY) bash scripts/test-openssl.sh
 # The collector's tests on the newest CPython 3.12+ found (PATH or pyenv; own venv and build in
 # build/pyX.Y): from 3.12 sockets are cyclic garbage too. Then the whole suite on the oldest
-# supported CPython found (3.9, else 3.10). .ci/run runs it after `make test`.
+# supported CPython found (3.9, else 3.10), and on a debug build of CPython (python3-dbg: its
+# checks abort on C API misuse). .ci/run runs it after `make test`.
 test-python:
 	bash scripts/test-python.sh
 	bash scripts/test-python.sh --oldest
+	bash scripts/test-python.sh --debug
 # A test subset under valgrind; fails on a definite leak through csrc/ or _native.
 valgrind: setup
 	VPY=$(VPY) bash scripts/valgrind.sh

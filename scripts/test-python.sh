@@ -15,6 +15,10 @@
 # every version, and a call that 3.11 forgives may lose an exception on 3.9 (it did: a
 # stream port's failed write, reported by no close).
 #
+# --debug: the whole suite on a debug build of CPython (Debian's python3-dbg, apt-installed when
+# missing), whose checks abort on C API misuse that a release build lets pass: a call made
+# with an exception set, a slot that succeeds with one set, a reference count gone wrong.
+#
 # The extension is built for that interpreter in a copy of the sources (build/pyX.Y/tree:
 # scripts/sanitized_build.sh's build_copy), with its own venv in build/pyX.Y/venv holding the
 # `test` extra's packages (the linters aside).
@@ -46,6 +50,21 @@ if [ "${1:-}" = --oldest ]; then
     echo "test-python: SKIPPED: no CPython 3.9 or 3.10 on this machine (PATH, pyenv)"
     exit 0
   fi
+elif [ "${1:-}" = --debug ]; then
+  shift
+  whole_suite=1
+  dbg=/usr/bin/$(readlink /usr/bin/python3 2>/dev/null || echo python3)-dbg
+  if ! "$dbg" -c 'import ensurepip' 2>/dev/null && command -v apt-get >/dev/null 2>&1; then
+    SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO="sudo"
+    export DEBIAN_FRONTEND=noninteractive
+    $SUDO apt-get update -qq || true
+    $SUDO apt-get install -y -qq --no-install-recommends python3-dbg python3-venv >/dev/null || true
+  fi
+  if ! "$dbg" -c 'import sys, ensurepip; assert hasattr(sys, "gettotalrefcount")' 2>/dev/null; then
+    echo "test-python: SKIPPED: no debug build of CPython with venv here ($dbg; apt: python3-dbg)"
+    exit 0
+  fi
+  PYTHON=$dbg
 elif [ $# -gt 0 ]; then
   PYTHON=$1
   shift
@@ -54,7 +73,8 @@ elif ! PYTHON=$(find_python 3.14 3.13 3.12); then
   exit 0
 fi
 ver=$("$PYTHON" -c 'import sys, sysconfig
-print("%d.%d%s" % (*sys.version_info[:2], "t" if sysconfig.get_config_var("Py_GIL_DISABLED") else ""))')
+print("%d.%d%s%s" % (*sys.version_info[:2], "t" if sysconfig.get_config_var("Py_GIL_DISABLED") else "",
+                    "d" if hasattr(sys, "gettotalrefcount") else ""))')
 VENVDIR=$PWD/build/py$ver/venv
 echo "test-python: $("$PYTHON" -V) ($PYTHON)"
 [ -x "$VENVDIR/bin/python" ] || "$PYTHON" -m venv "$VENVDIR"
