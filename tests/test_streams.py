@@ -654,3 +654,202 @@ def test_a_failing_stream_gives_its_errno_as_a_socket_does() -> None:
             with contextlib.suppress(SSLError, OSError):
                 port.close()
         client.close()
+
+
+class WriteBreakable(Breakable):
+    """A socket stream whose writes, once `write_broken`, fail like a broken pipe; its reads
+    still work (the peer is there, waiting for what we send)."""
+
+    write_broken = False
+
+    def write(self, b: Any) -> int:
+        if self.write_broken:
+            raise BrokenPipeError(32, "Broken pipe")
+        return super().write(b)
+
+
+@pytest.mark.parametrize("error", [None, CustomError])
+def test_a_write_the_sender_lost_fails_the_read_that_waits_for_the_answer(
+    pki: Any, error: Any
+) -> None:
+    """write() and flush() hand ciphertext to the sender thread and return; the output stream
+    then fails. A read that waits for the peer's answer (which cannot come: the peer never
+    got the request) used to wait for it forever in the input stream; it now raises the
+    stream's failure, with the error class."""
+    a, b = socket.socketpair()
+    with a, b:
+        wa, wb = WriteBreakable(a), WriteBreakable(b)
+        kw = {} if error is None else {"error": error}
+        client, server = connect_pair(pki, (wa, wa), (wb, wb), client_kw=kw)
+        wa.write_broken = True
+        client[1].write(b"request")
+        client[1].flush()  # (returns: the sender thread meets the failure)
+        reading = run_in_thread(lambda: client[0].read(6))
+        with pytest.raises(error or SSLError) as info:
+            reading(60)  # (hung here)
+        assert str(info.value) == "read: read failed (Broken pipe)"
+        for p in (*client, *server):
+            p.close()
+
+
+def test_an_output_stream_that_fails_at_once_fails_the_handshake(pki: Any) -> None:
+    """The ClientHello cannot be written (the output stream is closed): the handshake used to
+    wait in the input stream for the peer's answer to it, forever; it now fails with the
+    stream's reason."""
+    a, b = socket.socketpair()
+    # (b, the peer, closes first: a read still waiting in rfile then meets its EOF)
+    with a, a.makefile("rb") as rfile, a.makefile("wb") as wfile, b:
+        wfile.close()
+        connecting = run_in_thread(
+            lambda: sslports.ports_to_ssl_ports(
+                rfile, wfile, mode="connect", context=pki.client_context(), hostname="localhost"
+            )
+        )
+        with pytest.raises(SSLError) as info:
+            connecting(60)  # (hung here: b, the peer, waits for a ClientHello)
+        assert str(info.value) == "ports_to_ssl_ports: connect failed (write to closed file)"
+
+
+class BadWriteCount(Breakable):
+    """A socket stream whose write, once `count` is set, writes everything and returns it."""
+
+    count: Any = None
+
+    def write(self, b: Any) -> Any:
+        n = super().write(b)
+        return n if self.count is None else self.count
+
+
+@pytest.mark.parametrize(
+    "count", [0, -1, 1 << 20, 1.0], ids=["zero", "negative", "beyond", "float"]
+)
+def test_a_stream_write_with_a_bad_count_is_a_transport_failure(pki: Any, count: Any) -> None:
+    """A write that returns a count outside 1..len(b) is a broken stream, as
+    io.BufferedWriter says: the next write raises SSLError with the reason. (0 used to make
+    the sender thread write again forever, a negative count made it send bytes again, forever;
+    a float ended it with a TypeError that was not the connection's error.)"""
+    a, b = socket.socketpair()
+    with a, b:
+        ba, bb = BadWriteCount(a), BadWriteCount(b)
+        client, server = connect_pair(pki, (ba, ba), (bb, bb))
+        ba.count = count
+        with pytest.raises(SSLError) as info:
+            for _ in range(100):  # the failure surfaces on a later write or flush
+                client[1].write(b"x" * 20000)
+                client[1].flush()
+        assert str(info.value).startswith(
+            f"write: write failed (output_port's write returned {count!r} for "
+        )
+        for p in (*client, *server):
+            p.close()
+
+
+def test_a_non_blocking_raw_output_stream_that_would_block_is_an_error(pki: Any) -> None:
+    """io.RawIOBase.write returns None for "would block, nothing written" (a non-blocking
+    FileIO). That was taken for "all written" (as from a plain object's write): the bytes were
+    dropped silently and the peer read a corrupt stream. Now the write says why it failed."""
+    r1, w1 = os.pipe()
+    r2, w2 = os.pipe()
+    c_in, s_out, s_in = os.fdopen(r1, "rb"), os.fdopen(w1, "wb"), os.fdopen(r2, "rb")
+    c_out = open(w2, "wb", buffering=0)  # noqa: SIM115  (a raw FileIO)
+    try:
+        client, server = connect_pair(pki, (c_in, c_out), (s_in, s_out))
+        os.set_blocking(w2, False)
+        with pytest.raises(SSLError) as info:
+            for _ in range(100):  # (more than the pipe holds: the server does not read)
+                client[1].write(b"x" * 65536)
+                client[1].flush()
+        assert "output_port's write would block (non-blocking)" in str(info.value)
+        for p in (*client, *server):
+            p.close()
+    finally:
+        for f in (c_in, s_out, s_in, c_out):
+            f.close()
+
+
+class MessageOnlyError(SSLError):
+    """An SSLError subclass whose __init__ takes the message only (a common way to write one)."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+
+
+def test_error_ssl_subclass_taking_only_the_message(pki: Any) -> None:
+    """error= an SSLError subclass that takes only the message: the failure is raised as that
+    class (it was a TypeError about the keyword openssl_errors), with the errno and the
+    attributes of the failure."""
+    a, b = socket.socketpair()
+    with a, b:
+        ba, bb = Breakable(a), Breakable(b)
+        client, server = connect_pair(
+            pki, (ba, ba), (bb, bb), client_kw={"error": MessageOnlyError}
+        )
+        ba.broken = True
+        with pytest.raises(MessageOnlyError) as info:
+            client[0].read(1)
+        assert str(info.value) == "read: read failed (Connection reset by peer)"
+        assert info.value.errno == errno.ECONNRESET
+        assert info.value.openssl_errors == []
+        for p in (*client, *server):
+            p.close()
+
+
+class NegativeCount(Breakable):
+    """A stream whose readinto, once `failing`, returns -1 (as a C-style read does)."""
+
+    failing = False
+
+    def readinto(self, b: Any) -> int:
+        return -1 if self.failing else super().readinto(b)
+
+
+@pytest.mark.parametrize("timeout", [None, 5.0])
+def test_a_stream_read_with_a_negative_count_is_a_transport_failure(
+    pki: Any, timeout: Optional[float]
+) -> None:
+    """A readinto that returns a negative count is a broken stream (io.BufferedReader's
+    check), on the direct path and on the receiver thread's: it used to be an OverflowError
+    on the one and to feed the buffer's stale bytes to OpenSSL on the other."""
+    a, b = socket.socketpair()
+    with a, b:
+        na, nb = NegativeCount(a), NegativeCount(b)
+        client, server = connect_pair(pki, (na, na), (nb, nb))
+        client[0].settimeout(timeout)
+        na.failing = True
+        with pytest.raises(SSLError) as info:
+            client[0].read(10)
+        assert str(info.value) == (
+            "read: read failed (input_port's readinto returned -1 for a buffer of 65536 bytes)"
+        )
+        for p in (*client, *server):
+            p.close()
+
+
+def test_close_original_while_a_read_waits_in_the_stream_does_not_hang(pki: Any) -> None:
+    """No timeout: a read of another thread waits in the input stream's own read (a buffered
+    pipe). close() of both ports with close_original=True used to close the stream under that
+    read, which waits for the read's lock: forever, as the peer says nothing. The read closes
+    the stream once it returns instead."""
+    r1, w1 = os.pipe()
+    r2, w2 = os.pipe()
+    c_in, s_out, s_in, c_out = (
+        os.fdopen(r1, "rb"), os.fdopen(w1, "wb"), os.fdopen(r2, "rb"), os.fdopen(w2, "wb"),
+    )  # fmt: skip
+    client, server = connect_pair(
+        pki, (c_in, c_out), (s_in, s_out), client_kw={"close_original": True}
+    )
+    with contextlib.ExitStack() as cleanup:
+        for f in (s_out, s_in, c_out, c_in):
+            cleanup.callback(f.close)
+        reading = run_in_thread(lambda: client[0].read1(5))
+        transport = client[0]._sslports_conn.transport
+        while not transport.reading:  # (the read is on its way into c_in's own read)
+            threading.Event().wait(0.001)
+        closing = run_in_thread(lambda: [p.close() for p in client])
+        closing(60)  # (hung here)
+        assert c_out.closed
+        for p in server:
+            p.close()
+        s_out.close()  # the peer's end: the read waiting in c_in returns, and closes c_in
+        assert reading(60) == b""
+        assert c_in.closed

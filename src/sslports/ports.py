@@ -82,6 +82,7 @@ _PEEK_MAX = 8192  # peek() returns at most this, unless asked for more (io.DEFAU
 _SMALL_READ = 512
 _TRANSPORT_CHUNK = 65536
 _SEND_HIGH = 1 << 20  # queued ciphertext at which a stream writer waits
+_SEND_WAIT = _SLICE_MS / 1000  # seconds a stream read waits for the sender (pull_in)
 _ABANDON_DRAIN = 1.0  # seconds a failed stream handshake waits for its last bytes to be written
 _EXIT_DRAIN = 5.0  # seconds Python's exit waits for the sender threads (_drain_senders_at_exit)
 
@@ -304,6 +305,9 @@ class _Sender:
         self.written_mark = 0  # put_total after the last write of the output port
         self.reported = False  # `error` was raised to a caller (a write, a flush)
         self.writing = False  # the thread took bytes off the queue and is writing them
+        # The receiver's condition (_StreamTransport.pull_in): a read that waits for the peer
+        # wakes when the output stream fails, as the peer may be waiting for what was lost.
+        self.wake: Optional[threading.Condition] = None
 
     def wait_room(self, deadline: _Deadline) -> None:
         """Wait until the queue has room (back-pressure); raise the sender's error or a
@@ -352,6 +356,10 @@ class _Sender:
                     self.queued = 0
                     self.writing = False
                     self.cond.notify_all()
+                wake = self.wake
+                if wake is not None:
+                    with wake:
+                        wake.notify_all()
                 return
             n = len(data)
             del data  # (not kept while the thread waits for the next: an idle one holds none)
@@ -409,6 +417,28 @@ class _Sender:
         with self.cond:
             self.stopping = True
             self.cond.notify_all()
+
+    def idle_or_failed(self) -> bool:
+        return self.queued == 0 or self.error is not None
+
+    def lost_written(self, handshaking: bool) -> bool:
+        """The output stream failed, no call has said so yet, and what it failed to write
+        includes bytes of the handshake (`handshaking`) or of the output port's writes: the
+        peer may be waiting for them, and a read that waits for its answer would wait forever
+        (_StreamTransport.pull_in). (Not when only what reads queued was lost, such as session
+        tickets to a peer that went away: reading on meets its last bytes, its EOF.)"""
+        return (
+            self.error is not None
+            and not self.reported
+            and (handshaking or self.done_total < self.written_mark)
+        )
+
+    def report(self) -> BaseException:
+        """The failure lost_written saw, to raise (once: it is reported from then on)."""
+        with self.cond:
+            self.reported = True
+            assert self.error is not None
+            return _detached(self.error)
 
 
 # Senders that started their thread. Python's exit waits (_EXIT_DRAIN) for what they hold: a
@@ -559,10 +589,11 @@ class _Receiver:
         self.close_after: Any = None  # a stream the thread closes once its read returns
         self.thread: Optional[threading.Thread] = None
 
-    def get(self, deadline: _Deadline) -> Optional[bool]:
+    def get(self, deadline: _Deadline, failed: Callable[[], bool]) -> Optional[bool]:
         """Wait for the next bytes of the stream: True once they are in `results` (b"" at its
         end), False when the connection was closed under this read (its EOF), None if the
-        deadline passed first. Raises what the stream's read raised."""
+        deadline passed first or `failed()` came true (the output stream failed: the caller
+        raises that). Raises what the stream's read raised."""
         with self.cond:
             if not self.requested:
                 self.requested = True
@@ -573,7 +604,7 @@ class _Receiver:
                     self.thread.start()
                 self.cond.notify_all()
             self.cond.wait_for(
-                lambda: bool(self.results) or self.error is not None or self.stopping,
+                lambda: bool(self.results) or self.error is not None or self.stopping or failed(),
                 deadline.remaining(),
             )
             if not self.results and self.error is None and self.stopping:
@@ -590,6 +621,12 @@ class _Receiver:
                 self.requested = False
                 return True
             return None
+
+    def idle(self) -> bool:
+        """No read is outstanding, nor a result or a failure waiting to be taken: the next
+        read of the stream may be made on the caller's thread (stream order holds)."""
+        with self.cond:
+            return not self.requested and not self.results and self.error is None
 
     def stop(self, then_close: Any = None) -> bool:
         """The connection is closed: the thread ends once idle (or its outstanding read
@@ -649,8 +686,18 @@ def _write_fully(out: Any, data: bytes) -> None:
     view = memoryview(data)
     while view:
         n = out.write(view)
-        if n is None:  # a plain object that consumed everything and returned nothing
-            break
+        if n is None:
+            if isinstance(out, io.RawIOBase):
+                # io's raw streams say "would block, nothing written" so (a non-blocking
+                # FileIO or SocketIO): taken for "all written", the bytes would be lost
+                raise BlockingIOError(
+                    "output_port's write would block (non-blocking): it must be blocking"
+                )
+            break  # a plain object that consumed everything and returned nothing
+        if type(n) is not int or not 0 < n <= len(view):
+            # (io.BufferedWriter's check, and 0: writing on after "nothing written" would
+            # spin forever, a negative count would send bytes again, a larger one drop some)
+            raise OSError(f"output_port's write returned {n!r} for {len(view)} bytes")
         view = view[n:]
     flush = getattr(out, "flush", None)
     if flush is not None:
@@ -676,9 +723,15 @@ def _transport_error(exc: BaseException) -> _TransportError:
 _NO_DATA = "ports_to_ssl_ports: input_port has no data (non-blocking)"
 
 
+# The counts of a readinto into the transport's buffer that are fed (a C-level test of an int):
+# not one beyond the buffer or negative (a broken stream's; 0, EOF, and None are filtered first).
+_FEEDABLE = range(1, _TRANSPORT_CHUNK + 1)
+
+
 def _bad_count(n: int, size: int) -> OSError:
-    """A stream's readinto said it read more than the buffer holds (io.BufferedReader's
-    check): a broken stream, not bytes to feed or the end of the stream."""
+    """A stream's readinto said it read more than the buffer holds, or a negative count
+    (io.BufferedReader's check): a broken stream, not bytes to feed or the end of the
+    stream."""
     return OSError(f"input_port's readinto returned {n} for a buffer of {size} bytes")
 
 
@@ -692,7 +745,7 @@ def _read_stream(
     data: Any
     if readinto is not None:
         n = readinto(view)
-        if n is not None and n > len(view):
+        if n is not None and not 0 <= n <= len(view):
             raise _bad_count(n, len(view))
         data = None if n is None else view[:n]
     else:
@@ -720,6 +773,14 @@ class _StreamTransport:
         self.receiver: Optional[_Receiver] = None  # reads under a deadline (pull_in)
         self.write_left = False  # a write's ciphertext is still in the pump (a timeout)
         self.eof = False
+        # A read of the input stream on a caller's thread is under way (`reading`); a close
+        # meanwhile (close_original) leaves closing the input stream to it (`close_inp`).
+        self.close_lock = threading.Lock()
+        self.reading = False
+        self.close_inp = False
+        self.inp_closed = False
+        self.tight = False  # the sender was once slow to write (see pull_in)
+        self.handshaking = True  # (until Connection.handshake succeeds: see _Sender.lost_written)
         # Feeds so far. A reader and a writer may both need input (a TLS 1.2 renegotiation
         # while one thread reads and another writes): each takes `fed` before its pump call,
         # and pull_in does not wait for the stream when another thread fed the pump since.
@@ -792,8 +853,11 @@ class _StreamTransport:
     def pull_in(self, conn: Any, deadline: _Deadline, seen: int) -> None:
         """Read once from the input stream and feed the pump (EOF included), unless another
         thread fed it since the caller's pump call (`seen`: `fed` before that call). Under a
-        deadline the read runs in the receiver thread, and this returns with nothing fed when
-        the deadline passes first (the caller checks it)."""
+        deadline, or while a sender that was once slow (`tight`) still writes, the read runs
+        in the receiver thread, and this returns with nothing fed when the deadline passes
+        first (the caller checks it). A failure of the output stream that lost the handshake's
+        or the output port's bytes is raised (once) instead of waiting for an answer to them
+        (_Sender.lost_written)."""
         lib = _binding.lib
         with self.in_lock:
             if self.fed != seen:
@@ -802,26 +866,57 @@ class _StreamTransport:
                 lib.sp_feed_eof(conn)
                 self.fed += 1
                 return
+            sender, receiver = self.sender, self.receiver
             try:
-                if deadline.at is None and self.receiver is None:
+                direct = deadline.at is None and (receiver is None or receiver.idle())
+                if direct and sender.queued and not self.tight:
+                    # Let the sender write what is queued first: the peer's answer cannot
+                    # come before it, and a read blocked in the stream on this thread would
+                    # never learn that the write failed. A sender that takes longer (a peer
+                    # that does not read, blocked writing to us: tiny pipes) makes this
+                    # transport read from the receiver thread while the sender writes.
+                    with sender.cond:
+                        if not sender.cond.wait_for(sender.idle_or_failed, _SEND_WAIT):
+                            self.tight = True
+                if sender.lost_written(self.handshaking):
+                    raise sender.report()
+                if direct and sender.queued == 0:
                     readinto, read = self._readinto, self._read
-                    if readinto is not None:
-                        left = self.feed(conn, map(readinto, (self.view,)), True)
-                    else:
-                        assert read is not None
-                        left = self.feed(conn, map(read, (_TRANSPORT_CHUNK,)), False)
-                else:  # (once a read went to the receiver, every read does: stream order)
-                    if self.receiver is None:
-                        self.receiver = _Receiver(self.copying_reader())
-                    ready = self.receiver.get(deadline)
-                    if ready is None:
-                        return  # the deadline passed; the read stays outstanding
-                    results = self.receiver.results
+                    left: Any = b""  # (close_input closed it: the connection was closed)
+                    try:
+                        with self.close_lock:
+                            self.reading = not self.inp_closed
+                        if self.reading:
+                            if readinto is not None:
+                                left = self.feed(conn, map(readinto, (self.view,)), True)
+                            else:
+                                assert read is not None
+                                left = self.feed(conn, map(read, (_TRANSPORT_CHUNK,)), False)
+                    finally:
+                        with self.close_lock:
+                            self.reading = False
+                            close_inp, self.close_inp = self.close_inp, False
+                            if close_inp:
+                                self.inp_closed = True
+                        if close_inp:  # (close_input left it to this read)
+                            with contextlib.suppress(Exception):
+                                self.inp.close()
+                else:  # (a read outstanding in the receiver comes first: stream order)
+                    if receiver is None:
+                        receiver = self.receiver = _Receiver(self.copying_reader())
+                        sender.wake = receiver.cond
+                    handshaking = self.handshaking
+                    ready = receiver.get(deadline, lambda: sender.lost_written(handshaking))
+                    if ready is None:  # (the read stays outstanding, for the next call)
+                        if sender.lost_written(handshaking):
+                            raise sender.report()
+                        return  # the deadline passed
+                    results = receiver.results
                     taken = itertools.islice(iter(results.popleft, None), 1 if ready else 0)
                     left = self.feed(conn, taken, False)
                 if left is None:
                     raise BlockingIOError(_NO_DATA)
-                if left is not True and left:  # (a count beyond the buffer: feed fed nothing)
+                if left is not True and left:  # (a count out of the buffer's range: not fed)
                     raise _bad_count(left, _TRANSPORT_CHUNK)
             except SSLError:
                 raise
@@ -845,12 +940,12 @@ class _StreamTransport:
         receiver's EOF)."""
         lib = _binding.lib
         raw, kept = itertools.tee(reads)
-        if counts:  # (a count beyond the buffer is not fed: pull_in refuses it)
+        if counts:  # (a count beyond the buffer or < 0 is not fed: pull_in refuses it)
             feed = self.feed_buf
             if feed is None or feed.args[0] is not conn:
                 feed = functools.partial(lib.sp_feed, conn, _binding.ffi.from_buffer(self.buf))
                 self.feed_buf = feed
-            feeds = map(feed, filter(_TRANSPORT_CHUNK.__ge__, filter(None, raw)))
+            feeds = map(feed, filter(_FEEDABLE.__contains__, filter(None, raw)))
         else:
             data, sized = itertools.tee(filter(None, raw))
             bufs = map(_binding.ffi.from_buffer, data)  # (any bytes-like object)
@@ -863,6 +958,22 @@ class _StreamTransport:
                 raise MemoryError("sslports: cannot buffer incoming ciphertext")
             return True
         return next(kept, b"")
+
+    def close_input(self) -> None:
+        """close_original: close the input stream, unless a read of another thread waits in
+        it (pull_in, without a deadline): closing it here would wait for that read (a
+        buffered stream's close takes the lock its read holds), forever if the peer says
+        nothing, and a raw one would let a new file reuse its descriptor under the read.
+        That read closes it as it returns."""
+        with self.close_lock:
+            if self.reading:
+                self.close_inp = True
+                return
+            self.inp_closed = True  # (a read that had not begun meets EOF)
+            try:
+                self.inp.close()
+            except Exception:  # closing is best effort
+                pass
 
     def abandon(self) -> None:
         """After a failed handshake: let what the pump queued (a ClientHello, the alert that
@@ -890,7 +1001,9 @@ class _StreamTransport:
             sender.reported = True
         if close_original:
             for stream in (self.inp, self.out):
-                if deferred and stream is self.inp:
+                if stream is self.inp:
+                    if not deferred:
+                        self.close_input()
                     continue
                 try:
                     stream.close()
@@ -1024,13 +1137,16 @@ class Connection:
     def make_error(self, exc: SSLError) -> BaseException:
         factory = self.error
         if isinstance(factory, type) and issubclass(factory, SSLError):
-            return factory(
-                exc.message,
-                openssl_errors=exc.openssl_errors,
-                verify_code=exc.verify_code,
-                verify_message=exc.verify_message,
-                errno=exc.errno,  # the socket's reason (ECONNRESET, EPIPE), when there is one
-            )
+            try:
+                return factory(
+                    exc.message,
+                    openssl_errors=exc.openssl_errors,
+                    verify_code=exc.verify_code,
+                    verify_message=exc.verify_message,
+                    errno=exc.errno,  # the socket's reason (ECONNRESET, EPIPE), if there is one
+                )
+            except TypeError:
+                pass  # a subclass whose __init__ takes the message only: made as any class is
         made: object
         if isinstance(factory, type) and issubclass(factory, BaseException):
             made = factory(exc.message)
@@ -1043,6 +1159,8 @@ class Connection:
             for attr in ("openssl_errors", "verify_code", "verify_message"):
                 with contextlib.suppress(AttributeError):
                     setattr(made, attr, getattr(exc, attr))
+            if isinstance(made, OSError) and made.errno is None:
+                made.errno = exc.errno
             return made
         return exc
 
@@ -1100,8 +1218,14 @@ class Connection:
             status = lib.sp_handshake(self.ptr, wait, err)
             if status == _SP_OK:
                 if not self.is_socket:
+                    transport = cast(_StreamTransport, self.transport)
                     with self.transport_errors(func, self.handshake_what(), cls):
-                        cast(_StreamTransport, self.transport).push_out(self.ptr, deadline)
+                        transport.push_out(self.ptr, deadline)
+                    if not _binding.lib.SSL_is_server(_binding.lib.sp_conn_ssl(self.ptr)):
+                        # (a client's last flight, its Finished, counts as the output port's
+                        # bytes; a server's is session tickets, of no use to a peer gone away)
+                        transport.sender.written_mark = transport.sender.put_total
+                    transport.handshaking = False
                 return
             if status in (_SP_WANT_READ, _SP_WANT_WRITE):
                 if self.is_socket:  # the pump waited a slice (or a signal came): call again
