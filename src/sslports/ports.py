@@ -830,7 +830,7 @@ class _StreamTransport:
                             pass
                     return
 
-    def raise_send_failure(self, func: str) -> None:
+    def raise_send_failure(self) -> None:
         """Raise the failure of the output stream, if it failed (a read's transport EOF
         without close_notify then reports it: sp_conn.c SEND FAILURE)."""
         failed = self.sender.error
@@ -1000,13 +1000,11 @@ class _StreamTransport:
             lost = sender.error if unsent and not sender.reported else None
             sender.reported = True
         if close_original:
-            for stream in (self.inp, self.out):
-                if stream is self.inp:
-                    if not deferred:
-                        self.close_input()
-                    continue
+            if not deferred:
+                self.close_input()
+            if self.out is not self.inp:  # (one object for both: close_input closes it)
                 try:
-                    stream.close()
+                    self.out.close()
                 except Exception:  # closing is best effort
                     pass
         if lost is not None:
@@ -1022,7 +1020,7 @@ class _SocketTransport:
     def __init__(self, sock: _socket.socket) -> None:
         self.sock = sock
 
-    def raise_send_failure(self, func: str) -> None:
+    def raise_send_failure(self) -> None:
         """(the pump reports it itself: sp_conn.c SEND FAILURE)"""
 
     def close(self, close_original: bool, timeout: Optional[float]) -> None:
@@ -1358,7 +1356,7 @@ class Connection:
                         if total == 0 and self.open_ports:
                             # (streams: after the output stream failed, the end of the input
                             # without close_notify is that failure: the reset; sockets: in C)
-                            self.transport.raise_send_failure(func)
+                            self.transport.raise_send_failure()
                         break
                     if status in (_SP_WANT_READ, _SP_WANT_WRITE):
                         if not self.open_ports:
