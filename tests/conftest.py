@@ -482,6 +482,30 @@ def wait_read_under_way(port: Any, timeout: float = 30.0) -> None:
         time.sleep(0.001)
 
 
+def connect_ports(
+    streams: bool, port: int, ctx: Any, timeout: float, strict_eof: bool = False
+) -> tuple[Any, Any, Optional[socket.socket]]:
+    """A client connection to localhost:port: ssl_connect's ports, or (streams) ports over a
+    socket's two unbuffered files (ports_to_ssl_ports, close_original), with that socket."""
+    if not streams:
+        inp, out = sslports.ssl_connect(
+            "localhost", port, ctx, timeout=timeout, strict_eof=strict_eof
+        )
+        return inp, out, None
+    sock = socket.create_connection((LOCAL, port), timeout=timeout)
+    inp, out = sslports.ports_to_ssl_ports(
+        sock.makefile("rb", buffering=0),
+        sock.makefile("wb", buffering=0),
+        mode="connect",
+        context=ctx,
+        hostname="localhost",
+        close_original=True,
+        timeout=timeout,
+        strict_eof=strict_eof,
+    )
+    return inp, out, sock
+
+
 def run_in_thread(fn: Callable[[], Any]) -> Callable[..., Any]:
     """Start fn in a daemon thread; the returned join(timeout=60) gives its result or re-raises."""
     return in_thread(fn, default_timeout=60.0)

@@ -25,7 +25,7 @@ import time
 from typing import Any, Optional
 
 import pytest
-from conftest import LOCAL, run_in_thread
+from conftest import LOCAL, connect_ports, run_in_thread
 
 import sslports
 
@@ -41,24 +41,6 @@ def _unacked(sock: socket.socket) -> int:
     buf = array.array("i", [0])
     fcntl.ioctl(sock.fileno(), termios.TIOCOUTQ, buf)
     return buf[0]
-
-
-def _connect(pki: Any, port: int, version: str, streams: bool) -> tuple[Any, Any, Any]:
-    ctx = pki.client_context(version)
-    if not streams:
-        inp, out = sslports.ssl_connect("localhost", port, ctx, timeout=TIMEOUT)
-        return inp, out, None
-    sock = socket.create_connection((LOCAL, port), timeout=TIMEOUT)
-    inp, out = sslports.ports_to_ssl_ports(
-        sock.makefile("rb", buffering=0),
-        sock.makefile("wb", buffering=0),
-        mode="connect",
-        context=ctx,
-        hostname="localhost",
-        close_original=True,
-        timeout=TIMEOUT,
-    )
-    return inp, out, sock
 
 
 @pytest.mark.parametrize("version", ["tls12", "tls13"])
@@ -97,7 +79,7 @@ def test_answer_before_the_end_survives_a_failed_upload(
 
     join_server = run_in_thread(serve)
     port = int(listener.getsockname()[1])
-    inp, out, sock = _connect(pki, port, version, streams)
+    inp, out, sock = connect_ports(streams, port, pki.client_context(version), TIMEOUT)
     try:
         out.write(REQUEST)
         out.flush()

@@ -37,7 +37,7 @@ from pathlib import Path
 from typing import Any, Callable, Optional, Union
 
 import pytest
-from conftest import LOCAL, collect_stdout, random_bytes, run_in_thread
+from conftest import LOCAL, collect_stdout, connect_ports, random_bytes, run_in_thread
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM, ChaCha20Poly1305
 from cryptography.hazmat.primitives.kdf.hkdf import HKDFExpand
@@ -274,21 +274,7 @@ class ShapingServer:
 
 
 def _client_ports(transport: str, port: int, ctx: Any) -> tuple[Any, Any, Optional[socket.socket]]:
-    if transport == "socket":
-        inp, out = sslports.ssl_connect("localhost", port, ctx, timeout=TIMEOUT, strict_eof=True)
-        return inp, out, None
-    sock = socket.create_connection((LOCAL, port), timeout=TIMEOUT)
-    inp, out = sslports.ports_to_ssl_ports(
-        sock.makefile("rb", buffering=0),
-        sock.makefile("wb", buffering=0),
-        mode="connect",
-        context=ctx,
-        hostname="localhost",
-        close_original=True,
-        timeout=TIMEOUT,
-        strict_eof=True,
-    )
-    return inp, out, sock
+    return connect_ports(transport != "socket", port, ctx, TIMEOUT, strict_eof=True)
 
 
 def _reader(inp: Any, how: str) -> Callable[[], bytes]:
