@@ -186,6 +186,29 @@ def server_hint(conn: Any, err: Any) -> Optional[str]:
     return None
 
 
+# A TLS 1.2 server's handshake failure alert after its handshake: the client ended a
+# renegotiation that the server refused, and reason_hint's words (no cipher in common, ...)
+# would mislead. (A client's renegotiation that the server ends keeps them: they fit.)
+_RENEGOTIATION_REFUSED = (
+    "the client gave up the renegotiation it asked for, which this server refuses (OpenSSL's "
+    "default)"
+)
+
+
+def established_hint(conn: Any, err: Any) -> Optional[str]:
+    """What a read or write failure `err` of the established connection `conn` means, where
+    its state tells more than the reason: a TLS <= 1.2 client ending a refused renegotiation."""
+    lines = err_lines(err)
+    if not lines:
+        return None
+    match = _ALERT.search(lines[-1].rsplit(":", 1)[-1])
+    if match is None or match.group(1) != "handshake failure":
+        return None
+    if lib.sp_conn_version(conn) >= lib.TLS1_3_VERSION:
+        return None
+    return _RENEGOTIATION_REFUSED if lib.SSL_is_server(lib.sp_conn_ssl(conn)) else None
+
+
 # X509_V_ERR_* codes verify_detail words specially.
 _V_UNABLE_TO_GET_ISSUER_CERT = 2
 _V_CERT_NOT_YET_VALID = 9

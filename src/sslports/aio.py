@@ -286,7 +286,7 @@ class AioConnection:
                     else:
                         self.eof = True
                 else:
-                    self.exc = build_error("read", "read", self.err, SSLNetworkError)
+                    self.exc = self.failure("read")
                 news = True
                 break
             if _sp_pending_out(ptr):
@@ -404,7 +404,12 @@ class AioConnection:
                 return -1
         if status == _WANT_READ:
             return done
-        raise build_error("write", "write", self.err, SSLNetworkError)
+        raise self.failure("write")
+
+    def failure(self, what: str) -> SSLError:
+        """The exception for a read or write of the established connection that failed."""
+        hint = _binding.established_hint(self.ptr, self.err)
+        return build_error(what, what, self.err, SSLNetworkError, hint=hint)
 
     def retry_write(self) -> None:
         """After input: send what a renegotiation held back, if it has moved on."""

@@ -1120,7 +1120,9 @@ class Connection:
 
     def fail(self, func: str, what: str, err: Any) -> BaseException:
         """The exception for a failed pump call, made by the connection's error argument."""
-        exc = build_error(func, what, self.own_record(err), conn=self.ptr, hostname=self.hostname)
+        err = self.own_record(err)
+        hint = _binding.established_hint(self.ptr, err) if self.ptr is not None else None
+        exc = build_error(func, what, err, conn=self.ptr, hostname=self.hostname, hint=hint)
         return self.make_error(exc)
 
     def own_record(self, err: Any) -> Any:
