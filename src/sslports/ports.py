@@ -43,6 +43,7 @@ import itertools
 import math
 import operator
 import os
+import reprlib
 import select
 import socket
 import struct
@@ -153,7 +154,12 @@ def _read_all(reader: Any, conn: Connection) -> bytes:
             had = len(chunks)
             chunks.extend(itertools.islice(more, 1))
         return b"".join(chunks)
-    except BaseException:
+    except BaseException as exc:
+        if chunks and isinstance(exc, ValueError) and not conn.open_ports:
+            # Both ports were closed during this read(), after a chunk (the next read1 found
+            # its port closed): its EOF, after what it had, as the read1 under way at the
+            # close ends (Connection.read).
+            return b"".join(chunks)
         if chunks:
             with conn.read_lock:
                 conn.keep_read(b"".join(chunks))
@@ -593,7 +599,10 @@ class _Receiver:
         """Wait for the next bytes of the stream: True once they are in `results` (b"" at its
         end), False when the connection was closed under this read (its EOF), None if the
         deadline passed first or `failed()` came true (the output stream failed: the caller
-        raises that). Raises what the stream's read raised."""
+        raises that). Raises what the stream's read raised, once: the stream raised it before
+        it gave a byte, so nothing is lost, and the next call asks the stream again (as a read
+        without a deadline does, and io.BufferedReader over a raw stream whose read raised).
+        (A broken result, _BrokenStream, the transport raises again itself.)"""
         with self.cond:
             if not self.requested:
                 self.requested = True
@@ -609,14 +618,12 @@ class _Receiver:
             )
             if not self.results and self.error is None and self.stopping:
                 return False  # the connection was closed under this read: its EOF
-            if self.error is not None:  # (sticky: the stream failed)
-                exc = self.error
-                if isinstance(exc, BlockingIOError):
-                    # (not a failure: a non-blocking stream had no data yet; the next read
-                    # asks again, as a read without a deadline does)
+            if self.error is not None:
+                self.requested = False
+                try:  # (raised with no local naming it, and not kept: see _detached)
+                    raise self.error
+                finally:
                     self.error = None
-                    self.requested = False
-                raise _detached(exc)
             if self.results:
                 self.requested = False
                 return True
@@ -660,9 +667,9 @@ class _Receiver:
                     self.reading = False
                     self.error = exc.with_traceback(None)  # (see _detached)
                     self.cond.notify_all()
-                if self._close_after() or not isinstance(exc, BlockingIOError):
+                if self._close_after():
                     return
-                continue
+                continue  # (the next request reads again: see get)
             with self.cond:
                 self.reading = False
                 self.results.append(data)
@@ -727,39 +734,96 @@ _NO_DATA = "ports_to_ssl_ports: input_port has no data (non-blocking)"
 # not one beyond the buffer or negative (a broken stream's; 0, EOF, and None are filtered first).
 _FEEDABLE = range(1, _TRANSPORT_CHUNK + 1)
 
+_NOT_READ = object()  # (the stream's read raised: it returned nothing)
 
-def _bad_count(n: int, size: int) -> OSError:
+
+class _BrokenStream(OSError):
+    """The input stream's read returned what no read may: a count outside the buffer or no
+    count at all, or no bytes-like object. Such a stream may have consumed bytes it did not
+    give (part of a record): its place in the TLS stream is lost, and every later read of the
+    connection raises this again (_StreamTransport.broken), as every write does after a
+    broken write count. (A failure the stream raises gave no byte: the next read tries
+    again, as io.BufferedReader's does.)"""
+
+
+def _bad_count(n: Any, size: int, method: str) -> _BrokenStream:
     """A stream's readinto said it read more than the buffer holds, or a negative count
-    (io.BufferedReader's check): a broken stream, not bytes to feed or the end of the
-    stream."""
-    return OSError(f"input_port's readinto returned {n} for a buffer of {size} bytes")
+    (io.BufferedReader's check), or returned no int at all (a str; a float, 0.0 included:
+    not the stream's end)."""
+    shown = reprlib.repr(n)  # (a long value cut short)
+    return _BrokenStream(f"input_port's {method} returned {shown} for a buffer of {size} bytes")
+
+
+def _not_bytes(data: Any, method: str) -> _BrokenStream:
+    """A stream's read returned neither a bytes-like object nor None: a str ("" included: not
+    the stream's end), an int (bytes() would have made that many zero bytes of it)."""
+    return _BrokenStream(f"input_port's {method} returned {reprlib.repr(data)} (not bytes)")
+
+
+def _as_buffer(data: Any, method: str) -> memoryview:
+    """What a stream's read returned that is not bytes, as a buffer: a bytearray's or a
+    memoryview's bytes; anything else is a broken stream."""
+    try:
+        return memoryview(data)
+    except TypeError:
+        raise _not_bytes(data, method) from None
+
+
+def _is_end(returned: Any, counts: bool) -> bool:
+    """A read's result that is the end of the stream: 0 from a readinto (`counts`), an empty
+    bytes-like object from a read."""
+    if counts:
+        return isinstance(returned, int) and returned == 0
+    try:
+        with memoryview(returned) as view:
+            return view.nbytes == 0
+    except TypeError:
+        return False
 
 
 def _read_stream(
     readinto: Optional[Callable[[memoryview], Optional[int]]],
     read: Optional[Callable[[int], Optional[bytes]]],
     view: memoryview,
+    method: str,
 ) -> Any:
-    """One read of an input stream (its readinto into `view`, else its read): a buffer of the
-    bytes read, empty at EOF."""
+    """One read of an input stream (its readinto into `view`, else its read; `method` names
+    it): a buffer of the bytes read, empty at EOF."""
     data: Any
     if readinto is not None:
         n = readinto(view)
-        if n is not None and not 0 <= n <= len(view):
-            raise _bad_count(n, len(view))
-        data = None if n is None else view[:n]
+        try:
+            if n is not None and not 0 <= n <= len(view):
+                raise _bad_count(n, len(view), method)
+            data = None if n is None else view[:n]
+        except TypeError:  # (no int: the comparison or the slice refused it)
+            raise _bad_count(n, len(view), method) from None
     else:
         assert read is not None
         data = read(_TRANSPORT_CHUNK)
+        if type(data) is not bytes and data is not None:
+            data = _as_buffer(data, method)  # (not bytes(data): it makes an int zero bytes)
     if data is None:
         raise BlockingIOError(_NO_DATA)
     return data
+
+
+def _read_method_name(inp: Any) -> str:
+    """The name of the input stream's method that _StreamTransport reads with (its first of
+    readinto1, readinto, read1, read)."""
+    for name in ("readinto1", "readinto", "read1"):
+        if getattr(inp, name, None):
+            return name
+    return "read"
 
 
 class _StreamTransport:
     """Ciphertext to and from two Python binary streams (ports_to_ssl_ports)."""
 
     sock = None
+    # A read's broken result (_BrokenStream, without traceback: see _detached), raised again
+    # by every later read
+    broken: Optional[BaseException] = None
 
     def __init__(self, inp: Any, out: Any) -> None:
         self.inp = inp
@@ -793,6 +857,8 @@ class _StreamTransport:
         self._read: Optional[Callable[[int], Optional[bytes]]] = getattr(
             inp, "read1", None
         ) or getattr(inp, "read", None)
+        # The stream's method the transport reads with, for the message of a broken result
+        self.read_method = _read_method_name(inp)
         if (self._readinto is None and self._read is None) or isinstance(inp, io.TextIOBase):
             raise TypeError("ports_to_ssl_ports: input_port is not a readable binary stream")
         if not callable(getattr(out, "write", None)) or isinstance(out, io.TextIOBase):
@@ -843,10 +909,10 @@ class _StreamTransport:
         and a receiver holding the transport back would be a reference cycle, keeping the
         transport, its streams and its 64 KiB buffer after the connection closed until the
         cyclic collector runs, for every connection that ever read under a deadline."""
-        readinto, read, view = self._readinto, self._read, self.view
+        readinto, read, view, method = self._readinto, self._read, self.view, self.read_method
 
         def read_copy() -> bytes:
-            return bytes(_read_stream(readinto, read, view))
+            return bytes(_read_stream(readinto, read, view, method))
 
         return read_copy
 
@@ -863,6 +929,8 @@ class _StreamTransport:
             if self.fed != seen:
                 return  # call the pump again first
             if self.eof:
+                if self.broken is not None:
+                    raise _transport_error(self.broken)
                 lib.sp_feed_eof(conn)
                 self.fed += 1
                 return
@@ -916,13 +984,13 @@ class _StreamTransport:
                     left = self.feed(conn, taken, False)
                 if left is None:
                     raise BlockingIOError(_NO_DATA)
-                if left is not True and left:  # (a count out of the buffer's range: not fed)
-                    raise _bad_count(left, _TRANSPORT_CHUNK)
             except SSLError:
                 raise
             except (OSError, ValueError) as exc:
+                if isinstance(exc, _BrokenStream):  # (its place in the stream is lost)
+                    self.eof, self.broken = True, _detached(exc)
                 raise _transport_error(exc) from exc
-            if left is not True:  # (0, b"", or nothing at all: the end)
+            if left is not True:  # (0, b"", or nothing at all: the end; feed checked it)
                 self.eof = True
                 lib.sp_feed_eof(conn)
                 self.fed += 1
@@ -935,9 +1003,9 @@ class _StreamTransport:
         either unread or fed: never read and dropped, which would cut a record short, and the
         connection with it. (A stream's own read may run Python, socket.SocketIO.readinto
         does: a handler's exception there is the stream's.) True once fed; else what the read
-        returned (0 or b"": EOF; None: a non-blocking stream had nothing; a count beyond the
-        buffer, a broken stream's: pull_in raises), b"" when `reads` was empty (the
-        receiver's EOF)."""
+        returned (0 or b"": EOF; None: a non-blocking stream had nothing), b"" when `reads`
+        was empty (the receiver's EOF). What no read may return (a count beyond the buffer,
+        a str...) raises _BrokenStream."""
         lib = _binding.lib
         raw, kept = itertools.tee(reads)
         if counts:  # (a count beyond the buffer or < 0 is not fed: pull_in refuses it)
@@ -951,13 +1019,31 @@ class _StreamTransport:
             bufs = map(_binding.ffi.from_buffer, data)  # (any bytes-like object)
             feeds = map(functools.partial(lib.sp_feed, conn), bufs, map(len, sized))
         done: list[tuple[int, Any]] = []
-        done.extend(zip(feeds, kept))
+        try:
+            done.extend(zip(feeds, kept))
+        except TypeError:
+            # cffi refused what the read returned (a float count, a str). A TypeError the
+            # stream's read raised itself leaves nothing in `kept`: it is the stream's.
+            returned = next(kept, _NOT_READ)
+            if returned is _NOT_READ:
+                raise
+            raise self.broken_result(returned, counts) from None
         if done:
             self.fed += 1
             if not done[0][0]:
                 raise MemoryError("sslports: cannot buffer incoming ciphertext")
             return True
-        return next(kept, b"")
+        returned = next(kept, b"")  # (not fed: the end, "no data", or a broken result)
+        if returned is None or _is_end(returned, counts):
+            return returned
+        raise self.broken_result(returned, counts)
+
+    def broken_result(self, returned: Any, counts: bool) -> _BrokenStream:
+        """The failure for a read that returned `returned`, a count (`counts`) or bytes that no
+        read may return."""
+        if counts:
+            return _bad_count(returned, _TRANSPORT_CHUNK, self.read_method)
+        return _not_bytes(returned, self.read_method)
 
     def close_input(self) -> None:
         """close_original: close the input stream, unless a read of another thread waits in
@@ -1317,7 +1403,14 @@ class Connection:
         0 at EOF. `total`: bytes a caller's own pump call already put at the start of `view`
         (they count, and are returned even if this call then fails)."""
         if self.closed:
-            if total:
+            if not self.open_ports:
+                # Both ports were closed while a call of the input port was under way (its
+                # port was open when it began: a later call raises ValueError there), and this
+                # is that call going on for more (a stream read returned after the close: a
+                # readline, a read(n) that had part): its EOF, after what it had, as the read
+                # ends that the close finds waiting (threading.md).
+                return total
+            if total:  # (freed with its ports open: free())
                 self.keep_start(view, total)
             raise ValueError("I/O operation on closed SSL connection")
         err = _per_thread.pair[0]
