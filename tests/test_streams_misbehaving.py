@@ -4,6 +4,7 @@ ports were closed under a read of another thread. Each test failed before its fi
 
 from __future__ import annotations
 
+import array
 import contextlib
 import os
 import socket
@@ -198,3 +199,35 @@ def test_data_after_the_ports_were_closed_under_a_read_is_no_error(
         server[1].flush()
         got = reading(10)  # (raised ValueError)
         assert b"hello".startswith(got)
+
+
+# -- 4. a read that returns a buffer of items wider than a byte -----------------------------------
+
+
+class WideItems(Misreading):
+    """A socket stream whose read returns what it read as an array('I') (4-byte items) when
+    the count allows, else bytes: a bytes-like object whose len() is not its size in bytes."""
+
+    def _read(self, n: int) -> Any:
+        data = self._sock.recv(n)
+        return array.array("I", data) if data and len(data) % 4 == 0 else data
+
+
+@TIMEOUTS
+def test_a_read_returning_wide_items_feeds_all_their_bytes(pki: Any, timeout: Any) -> None:
+    """Every byte of the array goes to OpenSSL (len() counts its items: a quarter of them)."""
+    payload = os.urandom(50_000)
+    a, b = socket.socketpair()
+    with a, b:
+        ca, sb = WideItems(a, "read"), Misreading(b, "readinto")
+        client, server = connect_pair(pki, (ca, ca), (sb, sb))
+        client[0].settimeout(timeout)
+        join = run_in_thread(lambda: (server[1].write(payload), server[1].flush()))
+        try:
+            got = client[0].read(len(payload))
+        finally:
+            join(10)
+            for p in (*client, *server):
+                with contextlib.suppress(SSLError):
+                    p.close()
+    assert got == payload

@@ -1015,8 +1015,9 @@ class _StreamTransport:
                 self.feed_buf = feed
             feeds = map(feed, filter(_FEEDABLE.__contains__, filter(None, raw)))
         else:
-            data, sized = itertools.tee(filter(None, raw))
-            bufs = map(_binding.ffi.from_buffer, data)  # (any bytes-like object)
+            # (any bytes-like object; the length of its char[] view is its size in bytes, not
+            # its len(): an array('I') counts items)
+            bufs, sized = itertools.tee(map(_binding.ffi.from_buffer, filter(None, raw)))
             feeds = map(functools.partial(lib.sp_feed, conn), bufs, map(len, sized))
         done: list[tuple[int, Any]] = []
         try:
