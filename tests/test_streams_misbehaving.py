@@ -54,12 +54,15 @@ class Misreading:
 
 
 @contextlib.contextmanager
-def misreading_pair(pki: Any, method: str, timeout: Optional[float]) -> Any:
-    """(client ports, server ports, the client's stream) over a socketpair; the client's input
-    port under `timeout` (None: the caller's thread reads the stream; else the receiver's)."""
+def misreading_pair(
+    pki: Any, method: str, timeout: Optional[float], stream: type[Misreading] = Misreading
+) -> Any:
+    """(client ports, server ports, the client's stream, a `stream`) over a socketpair; the
+    client's input port under `timeout` (None: the caller's thread reads the stream; else the
+    receiver's)."""
     a, b = socket.socketpair()
     with a, b:
-        ca, sb = Misreading(a, method), Misreading(b, "readinto")
+        ca, sb = stream(a, method), Misreading(b, "readinto")
         client, server = connect_pair(pki, (ca, ca), (sb, sb))
         client[0].settimeout(timeout)
         try:
@@ -217,17 +220,10 @@ class WideItems(Misreading):
 def test_a_read_returning_wide_items_feeds_all_their_bytes(pki: Any, timeout: Any) -> None:
     """Every byte of the array goes to OpenSSL (len() counts its items: a quarter of them)."""
     payload = os.urandom(50_000)
-    a, b = socket.socketpair()
-    with a, b:
-        ca, sb = WideItems(a, "read"), Misreading(b, "readinto")
-        client, server = connect_pair(pki, (ca, ca), (sb, sb))
-        client[0].settimeout(timeout)
+    with misreading_pair(pki, "read", timeout, WideItems) as (client, server, _):
         join = run_in_thread(lambda: (server[1].write(payload), server[1].flush()))
         try:
             got = client[0].read(len(payload))
         finally:
             join(10)
-            for p in (*client, *server):
-                with contextlib.suppress(SSLError):
-                    p.close()
     assert got == payload

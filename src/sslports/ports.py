@@ -808,13 +808,14 @@ def _read_stream(
     return data
 
 
-def _read_method_name(inp: Any) -> str:
-    """The name of the input stream's method that _StreamTransport reads with (its first of
-    readinto1, readinto, read1, read)."""
+def _read_method(inp: Any) -> tuple[str, Any]:
+    """The input stream's method that _StreamTransport reads with, and its name: its first of
+    readinto1, readinto, read1, read (None if it has none)."""
     for name in ("readinto1", "readinto", "read1"):
-        if getattr(inp, name, None):
-            return name
-    return "read"
+        method = getattr(inp, name, None)
+        if method:
+            return name, method
+    return "read", getattr(inp, "read", None)
 
 
 class _StreamTransport:
@@ -852,14 +853,13 @@ class _StreamTransport:
         # the other call then processed, or data that a writer kept for the reader), and
         # reading on would wait for bytes the peer has no reason to send.
         self.fed = 0
-        readinto = getattr(inp, "readinto1", None) or getattr(inp, "readinto", None)
-        self._readinto: Optional[Callable[[memoryview], Optional[int]]] = readinto
-        self._read: Optional[Callable[[int], Optional[bytes]]] = getattr(
-            inp, "read1", None
-        ) or getattr(inp, "read", None)
-        # The stream's method the transport reads with, for the message of a broken result
-        self.read_method = _read_method_name(inp)
-        if (self._readinto is None and self._read is None) or isinstance(inp, io.TextIOBase):
+        # The stream's method the transport reads with (its name: for the message of a broken
+        # result), the first of readinto1, readinto, read1, read it has
+        self.read_method, method = _read_method(inp)
+        counts = self.read_method.startswith("readinto")
+        self._readinto: Optional[Callable[[memoryview], Optional[int]]] = method if counts else None
+        self._read: Optional[Callable[[int], Optional[bytes]]] = None if counts else method
+        if method is None or isinstance(inp, io.TextIOBase):
             raise TypeError("ports_to_ssl_ports: input_port is not a readable binary stream")
         if not callable(getattr(out, "write", None)) or isinstance(out, io.TextIOBase):
             raise TypeError("ports_to_ssl_ports: output_port is not a writable binary stream")
