@@ -129,16 +129,22 @@ def perf_samples(
             "start_at": f"{start:.6f}",
         },
     )
-    procs = [
-        subprocess.Popen(client, stdout=subprocess.PIPE, env=env, text=True) for _ in range(clients)
-    ]
     echoes = 0
-    for p in procs:
-        out, _ = p.communicate(timeout=seconds + 60)
-        for line in out.splitlines():
-            if line.startswith("RESULT "):
-                echoes += int(json.loads(line[7:])["bytes"]) // ECHO
-    server.wait(60)
+    try:
+        procs = [
+            subprocess.Popen(client, stdout=subprocess.PIPE, env=env, text=True)
+            for _ in range(clients)
+        ]
+        for p in procs:
+            out, _ = p.communicate(timeout=seconds + 60)
+            for line in out.splitlines():
+                if line.startswith("RESULT "):
+                    echoes += int(json.loads(line[7:])["bytes"]) // ECHO
+        server.wait(60)
+    finally:
+        if server.poll() is None:  # (a client failed: the server still waits for it)
+            server.kill()
+            server.wait()
     script = subprocess.run(
         ["perf", "script", "-i", str(data), "-F", "pid,tid,ip,dso"],
         capture_output=True,
