@@ -27,7 +27,7 @@ import sys
 import threading
 import time
 from collections.abc import Iterator
-from typing import Any, Callable
+from typing import Any, Callable, Optional
 
 import pytest
 
@@ -78,11 +78,16 @@ def read_exactly(port: Any, n: int) -> bytes:
     return bytes(out)
 
 
-def in_child(fn: Callable[[], Any], bound: float = 20.0) -> Any:
+def in_child(
+    fn: Callable[[], Any], bound: float = 20.0, forked: Optional[threading.Event] = None
+) -> Any:
     """Run fn in a forked child; return its result, or raise what it raised (as text).
-    A child still running after `bound` seconds is killed: AssertionError("hung")."""
+    A child still running after `bound` seconds is killed: AssertionError("hung").
+    `forked` is set once the child exists (in the parent)."""
     r, w = os.pipe()
     pid = os.fork()
+    if pid != 0 and forked is not None:
+        forked.set()
     if pid == 0:  # pragma: no cover - the child
         code = 0
         try:
@@ -324,7 +329,11 @@ def test_child_closing_listener_while_parent_accepts_leaves_it_listening() -> No
 
 def test_prefork_children_accept_on_inherited_listener() -> None:
     """gunicorn's shape: children accept on the parent's listener with the parent's context,
-    handshake, serve and exit; the parent, which never accepted, still can afterwards."""
+    handshake, serve and exit; the parent, which never accepted, still can afterwards.
+    Both children are forked before the parent connects: a fork while another thread is inside
+    OpenSSL can leave the child waiting forever on one of OpenSSL's own locks (with 3.5, the
+    child's first random bytes take the provider store's, which a handshake holds at times;
+    README "After a fork()")."""
     with listening() as (lst, port):
 
         def worker() -> bytes:
@@ -336,12 +345,16 @@ def test_prefork_children_accept_on_inherited_listener() -> None:
             return data
 
         results: dict[int, Any] = {}
+        forked = [threading.Event() for _ in range(2)]
         threads = [
-            threading.Thread(target=lambda i=i: results.__setitem__(i, in_child(worker)))
+            threading.Thread(
+                target=lambda i=i: results.__setitem__(i, in_child(worker, forked=forked[i]))
+            )
             for i in range(2)
         ]
         for t in threads:
             t.start()
+        assert all(f.wait(10) for f in forked)
         for i in range(2):
             cin, cout = sslports.ssl_connect(LOCAL, port, timeout=10)
             cout.write(b"abc%d" % i)
