@@ -57,7 +57,7 @@ class Misreading:
 def misreading_pair(
     pki: Any, method: str, timeout: Optional[float], stream: type[Misreading] = Misreading
 ) -> Any:
-    """(client ports, server ports, the client's stream, a `stream`) over a socketpair; the
+    """(client ports, server ports, the client's stream: a `stream`) over a socketpair; the
     client's input port under `timeout` (None: the caller's thread reads the stream; else the
     receiver's)."""
     a, b = socket.socketpair()

@@ -1758,13 +1758,39 @@ class Connection:
         return True
 
 
-class SSLInputPort(io.BufferedIOBase):
-    """The readable side of a TLS connection (a binary file-like object)."""
+class _SSLPort(io.BufferedIOBase):
+    """What the two ports share: the timeout and the switch to the C fast path."""
 
+    _sslports_conn: Connection
     _fast: Any = None  # the C fast path (sp_fastport.c), when it serves this port
     # (None on the class: an instance attribute only once set, which keeps a port's __dict__
     # within its smallest table with the C methods installed: ~190 bytes a port)
     _timeout: Optional[float] = None
+
+    def _sync_fast(self) -> None:
+        """Use the C methods while the common case holds: a socket port, no timeout, open (1).
+        With a timeout or over streams (2), they do what needs no wait (the input port: serve
+        what the kept bytes hold whole, a small read, a line, a peek; the output port: a write
+        that only adds to the pending bytes) and call the Python methods for the rest
+        (sp_fastport.c KEPT_ONLY)."""
+        if self._fast is not None:
+            on = self._timeout is None and self._sslports_conn.is_socket
+            self._fast.install(self, 0 if self.closed else 1 if on else 2)
+
+    def settimeout(self, seconds: Optional[float]) -> None:
+        """Bound each later read, or write and flush, on this port (None: wait forever).
+        Extension."""
+        self._timeout = _check_timeout("settimeout", seconds)
+        self._sync_fast()
+
+    def gettimeout(self) -> Optional[float]:
+        """The current timeout of this port's reads, or writes and flushes. Extension."""
+        return self._timeout
+
+
+class SSLInputPort(_SSLPort):
+    """The readable side of a TLS connection (a binary file-like object)."""
+
     # As socket.makefile("rb")'s: consumers that take a mode from the file (gzip.GzipFile,
     # tarfile) read it.
     mode = "rb"
@@ -1793,26 +1819,8 @@ class SSLInputPort(io.BufferedIOBase):
     def __repr__(self) -> str:
         return f"<SSLInputPort{' closed' if self.closed else ''}>"
 
-    def _sync_fast(self) -> None:
-        """Use the C methods while the common case holds: a socket port, no timeout, open (1).
-        With a timeout or over streams (2), they serve what the kept bytes hold whole (a small
-        read, a line, a peek: the steps these methods take first) and call these methods for
-        the rest (sp_fastport.c KEPT_ONLY)."""
-        if self._fast is not None:
-            on = self._timeout is None and self._sslports_conn.is_socket
-            self._fast.install(self, 0 if self.closed else 1 if on else 2)
-
     def readable(self) -> bool:
         return True
-
-    def settimeout(self, seconds: Optional[float]) -> None:
-        """Bound each later read (None: wait forever). Extension."""
-        self._timeout = _check_timeout("settimeout", seconds)
-        self._sync_fast()
-
-    def gettimeout(self) -> Optional[float]:
-        """The current read timeout. Extension."""
-        return self._timeout
 
     def _check(self) -> Connection:
         if self.closed:
@@ -2023,12 +2031,10 @@ class SSLInputPort(io.BufferedIOBase):
         raise io.UnsupportedOperation("detach")
 
 
-class SSLOutputPort(io.BufferedIOBase):
+class SSLOutputPort(_SSLPort):
     """The writable side of a TLS connection; buffers up to one TLS record."""
 
     _abandoned = False
-    _fast: Any = None  # the C fast path (sp_fastport.c), when it serves this port
-    _timeout: Optional[float] = None  # (as SSLInputPort's)
     # As socket.makefile("wb")'s: gzip.GzipFile(fileobj=port) without a mode writes.
     mode = "wb"
 
@@ -2053,26 +2059,8 @@ class SSLOutputPort(io.BufferedIOBase):
     def __repr__(self) -> str:
         return f"<SSLOutputPort{' closed' if self.closed else ''}>"
 
-    def _sync_fast(self) -> None:
-        """Use the C write/flush while the common case holds: a socket port, no timeout, open
-        (1). With a timeout or over streams (2), the C write does a write that adds to pending
-        bytes (this write's `else` branch) and calls these methods for the rest (sp_fastport.c
-        KEPT_ONLY)."""
-        if self._fast is not None:
-            on = self._timeout is None and self._sslports_conn.is_socket
-            self._fast.install(self, 0 if self.closed else 1 if on else 2)
-
     def writable(self) -> bool:
         return True
-
-    def settimeout(self, seconds: Optional[float]) -> None:
-        """Bound each later write/flush (None: wait forever). Extension."""
-        self._timeout = _check_timeout("settimeout", seconds)
-        self._sync_fast()
-
-    def gettimeout(self) -> Optional[float]:
-        """The current write timeout. Extension."""
-        return self._timeout
 
     def write(self, b: Any, /) -> int:
         """Buffer `b` while at most one record (16 KiB) is pending; once more is, send it all.
