@@ -729,3 +729,67 @@ def test_sockets_are_not_inheritable(timeout: Any) -> None:
         for p in (cin, sin):
             assert not os.get_inheritable(p._sslports_conn.transport.sock.fileno())
         _close(cin, cout, sin, sout)
+
+
+@contextlib.contextmanager
+def _low_descriptors_taken(above: int) -> Iterator[None]:
+    """Every descriptor below `above` in use (dups of /dev/null), so that the sockets made
+    meanwhile get numbers above it: select() cannot wait on those (FD_SETSIZE is 1024)."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    want = above + 256
+    if soft != resource.RLIM_INFINITY and soft < want:
+        if hard != resource.RLIM_INFINITY and hard < want:
+            pytest.skip(f"the hard descriptor limit ({hard}) is below {want}")
+        resource.setrlimit(resource.RLIMIT_NOFILE, (want, hard))
+    held: list[int] = []
+    try:
+        while not held or held[-1] < above:
+            held.append(os.open(os.devnull, os.O_RDONLY))
+        yield
+    finally:
+        for fd in held:
+            os.close(fd)
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+
+
+def test_descriptors_above_fd_setsize_connect_wait_and_time_out() -> None:
+    """A service with more than 1024 descriptors open: the listener, the accepted socket and the
+    client's socket all numbered above FD_SETSIZE. Connecting with a deadline, a read that
+    times out and then reads, a write that waits for the peer to drain and the close all work:
+    every wait is poll() (net.py, sp_conn.c), which has no such limit; select() would fail or
+    overrun its fd_set there."""
+    with _low_descriptors_taken(1100):
+        before = set(os.listdir("/proc/self/fd"))
+        with sslports.ssl_listen(0, 5, False, LOCAL, _server_ctx()) as listener:
+            assert listener.fileno() >= 1100
+            cin, cout, sin, sout = _connect_and_accept(listener, LOCAL, timeout=10)
+            made = {int(fd) for fd in set(os.listdir("/proc/self/fd")) - before}
+            assert len(made) >= 3 and min(made) >= 1100, made  # listener, accepted, client
+            try:
+                cin.settimeout(0.2)
+                with pytest.raises(TimeoutError):
+                    cin.read(1)
+                sout.write(b"after the timeout")
+                sout.flush()
+                assert cin.read(17) == b"after the timeout"
+                # 8 MiB: more than both sockets' buffers hold, so the writer waits in poll()
+                # for POLLOUT until the server, which starts reading 0.3 s later, drains it.
+                body = os.urandom(1 << 23)
+
+                def drain() -> bytes:
+                    time.sleep(0.3)
+                    got = bytearray()
+                    while len(got) < len(body):
+                        chunk = sin.read1(1 << 16)
+                        assert chunk, "EOF before the whole body"
+                        got += chunk
+                    return bytes(got)
+
+                join = in_thread(drain, 30)
+                cout.settimeout(20)
+                cout.write(body)
+                cout.flush()
+                assert join() == body
+            finally:
+                _close(cin, cout, sin, sout)
+        assert _nfds_settle(len(before)) == len(before)
