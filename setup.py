@@ -7,15 +7,15 @@ Two extension modules:
 
 _fastport needs the buffer protocol, which the limited C API lacks before 3.11, so wheels are
 built per CPython version (cp39-cp39 ... cp314-cp314, cp314-cp314t) rather than as one abi3
-wheel; _native stays a limited-API module inside them. _fastport is not built for a free-threaded
-CPython or for other interpreters (PyPy): there ports.py uses its own Python methods, which do
-the same work.
+wheel; _native stays a limited-API module inside them. _fastport is built for free-threaded
+CPython too (it declares that it needs no GIL: csrc/py/sp_fastport.c, FREE-THREADED CPYTHON),
+not for other interpreters (PyPy): there ports.py uses its own Python methods, which do the
+same work.
 """
 
 import os
 import platform
 import sys
-import sysconfig
 
 from setuptools import Extension, setup
 
@@ -23,8 +23,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # PEP 517 builds
 from build_ffi import cflags
 
 ext_modules = []
-free_threaded = bool(sysconfig.get_config_var("Py_GIL_DISABLED"))
-if not free_threaded and platform.python_implementation() == "CPython":
+if platform.python_implementation() == "CPython":
     ext_modules.append(
         Extension(
             "sslports._fastport",

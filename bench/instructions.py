@@ -82,7 +82,7 @@ def callgrind(
 
 def exclusive_by_function(path: Path) -> collections.Counter[str]:
     text = subprocess.run(
-        ["callgrind_annotate", "--threshold=100", str(path)],
+        ["callgrind_annotate", "--threshold=100", "--auto=no", str(path)],
         capture_output=True,
         text=True,
         check=True,

@@ -106,16 +106,15 @@ import sysconfig
 import sslports
 from sslports import _native
 
-mods = [_native]
-if not sysconfig.get_config_var("Py_GIL_DISABLED"):  # (no C fast path there, by design)
-    from sslports import _fastport
+from sslports import _fastport
 
-    mods.append(_fastport)
-for mod in mods:
+for mod in (_native, _fastport):
     if not mod.__file__.startswith(sys.argv[1] + "/"):
         sys.exit(f"test-python: the tests would import {mod.__file__}, not the copy")
 if not sslports.ssl_available:
     sys.exit(f"test-python: {sslports.ssl_load_fail_reason}")
+if sysconfig.get_config_var("Py_GIL_DISABLED") and sys._is_gil_enabled():
+    sys.exit("test-python: importing sslports turned the GIL on (a module that needs it)")
 PY
 
 if [ $# -eq 0 ] && [ $whole_suite = 1 ]; then

@@ -14,16 +14,39 @@
 # stderr, and subprocesses report too); any report fails the run.
 # On kernels whose mmap randomisation is too wide for TSan's memory layout ("unexpected memory
 # mapping"), the run goes through `setarch -R` (ASLR off for it), found by a probe below.
+#
+# Free-threaded: VPY=<a free-threaded CPython configured --with-thread-sanitizer> (with the test
+# packages on PYTHONPATH, e.g. a 3.14t venv's site-packages) checks the C fast path where no GIL
+# orders anything: the interpreter is instrumented itself, CPython's own suppressions are added
+# to ours (CPYTHON_TSAN_SUPP=<its source tree>/Tools/tsan/suppressions_free_threading.txt; found
+# by itself when VPY runs from the build tree), and its allocator stays (such a build refuses
+# PYTHONMALLOC=malloc). The build copy is build/tsan-ft.
 set -euo pipefail
 # shellcheck source=scripts/sanitized_build.sh
 source "$(dirname "$0")/sanitized_build.sh"
-sanitized_build tsan thread libtsan.so
+ft_srcdir=$("$VPY" -c 'import sysconfig as s
+if s.get_config_var("Py_GIL_DISABLED") and "--with-thread-sanitizer" in s.get_config_var("CONFIG_ARGS"):
+    print(s.get_config_var("srcdir"))')
+supp=$ROOT/scripts/tsan.supp
+if [ -n "$ft_srcdir" ]; then
+  ft_supp=${CPYTHON_TSAN_SUPP:-$ft_srcdir/Tools/tsan/suppressions_free_threading.txt}
+  if [ ! -e "$ft_supp" ]; then
+    echo "tsan.sh: a free-threaded TSan CPython: set CPYTHON_TSAN_SUPP to its source tree's" \
+      "Tools/tsan/suppressions_free_threading.txt" >&2
+    exit 2
+  fi
+  sanitized_build tsan-ft thread libtsan.so
+  supp=$OUT/tsan.supp
+  cat "$ROOT/scripts/tsan.supp" "$ft_supp" >"$supp"
+else
+  sanitized_build tsan thread libtsan.so
+  export PYTHONMALLOC=malloc
+fi
 # allocator_may_return_null: the tests that ask for more memory than there is expect
 # MemoryError (TSan's allocator would end the process); history_size, second_deadlock_stack:
 # both stacks of a report.
-TSAN_OPTIONS="log_path=$OUT/tsan:suppressions=$ROOT/scripts/tsan.supp:allocator_may_return_null=1"
+TSAN_OPTIONS="log_path=$OUT/tsan:suppressions=$supp:allocator_may_return_null=1"
 export TSAN_OPTIONS="$TSAN_OPTIONS:history_size=4:second_deadlock_stack=1"
-export PYTHONMALLOC=malloc
 
 # TSan maps its shadow memory at fixed addresses; with too many bits of mmap randomisation
 # it stops at start ("unexpected memory mapping"): then run with ASLR off.

@@ -24,7 +24,6 @@ import shutil
 import socket
 import ssl
 import subprocess
-import sysconfig
 import threading
 import time
 from collections.abc import Iterator
@@ -514,12 +513,10 @@ def run_in_thread(fn: Callable[[], Any]) -> Callable[..., Any]:
 PY_ENV = {**os.environ, "PYTHONUNBUFFERED": "1"}
 
 
-# Where the ports' C fast path (sslports._fastport) must be built: CPython with the GIL, unless
-# SSLPORTS_NO_FASTPORT turns it off.
-FAST_BUILT = (
-    platform.python_implementation() == "CPython"
-    and not sysconfig.get_config_var("Py_GIL_DISABLED")
-    and not os.environ.get("SSLPORTS_NO_FASTPORT")
+# Where the ports' C fast path (sslports._fastport) must be built: CPython (free-threaded too),
+# unless SSLPORTS_NO_FASTPORT turns it off.
+FAST_BUILT = platform.python_implementation() == "CPython" and not os.environ.get(
+    "SSLPORTS_NO_FASTPORT"
 )
 
 

@@ -54,8 +54,8 @@
  * The module calls the pump through function pointers that ports.py takes from the CFFI module
  * (sslports._native), so the pump is compiled and linked once, and this file needs neither the
  * shim's nor OpenSSL's headers: the connection is opaque, the error record is scratch space
- * whose size init() checks. It is not built for a free-threaded CPython (setup.py), where
- * ports.py stays in Python.
+ * whose size init() checks. It is built for free-threaded CPython too (FREE-THREADED CPYTHON,
+ * below); only other interpreters (PyPy) run ports.py's Python methods alone.
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
@@ -68,6 +68,56 @@
 #undef SP_ERROR
 #else
 #include <time.h>
+#endif
+
+/* FREE-THREADED CPYTHON (3.13t, 3.14t: Py_GIL_DISABLED). Under the GIL, a C function that does
+ * not release it runs as one step for every other thread; without it, every thread runs at
+ * once. What this file shares between threads, and how each is kept whole there:
+ *   - a Lock's `locked` and `owner`, read by threads that do not hold it (the reentrancy check,
+ *     locked(), close's look at a writer), and a Reader's / Writer's `on`, which install()
+ *     changes while other threads call the methods: atomic loads and stores (`locked` is
+ *     stored with release after `owner`, and loaded with acquire before it, so a thread that
+ *     sees it taken sees its holder's ident, never a stale one of its own; what the others
+ *     decide is settled under the lock, as with the GIL, where install() could also run
+ *     while a call waited in the pump);
+ *   - install() itself (the methods put into or taken out of the port's dict, `on`, the weak
+ *     reference to the port that it makes once) runs under the Reader's / Writer's own
+ *     mutex (`installing`), which off_call also takes to read that reference: two installs
+ *     (a close and a settimeout in two threads) do not mix their changes;
+ *   - the port's close claim and the connection's open-port count: one atomic dict
+ *     setdefault, and a critical section on the list (a look and a change that must be one);
+ *   - the interned method names: all made by module init, only read afterwards.
+ * The kept and pending bytearrays are changed only under the direction's Lock, by these
+ * methods and by ports.py alike, so they need nothing more. Every wait (a Lock, the pump, the
+ * pump's own locks) already happens with the GIL released (detached, there), as the GIL
+ * required to avoid deadlocks; without it that also keeps the collector's stop-the-world
+ * pauses from waiting for a blocked thread. With the GIL, the macros below are plain reads and
+ * writes, and the critical sections (3.13+) do nothing. */
+#ifdef Py_GIL_DISABLED
+#define LOAD_INT(p) _Py_atomic_load_int_relaxed(p)
+#define STORE_INT(p, v) _Py_atomic_store_int_relaxed((p), (v))
+#define LOAD_INT_ACQUIRE(p) _Py_atomic_load_int_acquire(p)
+#define STORE_INT_RELEASE(p, v) _Py_atomic_store_int_release((p), (v))
+#define LOAD_ULONG(p) _Py_atomic_load_ulong_relaxed(p)
+#define STORE_ULONG(p, v) _Py_atomic_store_ulong_relaxed((p), (v))
+#else
+#define LOAD_INT(p) (*(p))
+#define STORE_INT(p, v) (*(p) = (v))
+#define LOAD_INT_ACQUIRE(p) (*(p))
+#define STORE_INT_RELEASE(p, v) (*(p) = (v))
+#define LOAD_ULONG(p) (*(p))
+#define STORE_ULONG(p, v) (*(p) = (v))
+#endif
+#if PY_VERSION_HEX < 0x030D0000 /* (before 3.13: the GIL, always) */
+#define Py_BEGIN_CRITICAL_SECTION(op) {
+#define Py_END_CRITICAL_SECTION() }
+#endif
+#ifdef Py_GIL_DISABLED
+#define INSTALL_LOCK(port) PyMutex_Lock(&(port)->installing) /* (detached while it waits) */
+#define INSTALL_UNLOCK(port) PyMutex_Unlock(&(port)->installing)
+#else
+#define INSTALL_LOCK(port) ((void)0)
+#define INSTALL_UNLOCK(port) ((void)0)
 #endif
 
 typedef struct sp_conn sp_conn; /* opaque: csrc/sp_conn.h */
@@ -188,8 +238,8 @@ static PyObject *new_none(void) /* Py_NewRef(Py_None) before 3.10 */
 typedef struct {
     PyObject_HEAD
     PyThread_type_lock lock;
-    char locked; /* changed only by its holder, with the GIL held */
-    unsigned long owner; /* the holder's thread ident, while `locked` */
+    int locked; /* changed only by its holder (LOAD_INT / STORE_INT) */
+    unsigned long owner; /* the holder's thread ident, while `locked` (LOAD_ULONG) */
     const sp_conn *conn; /* the connection whose direction it guards, or NULL (lock_wait) */
 } Lock;
 
@@ -225,7 +275,7 @@ static void lock_dealloc(Lock *self)
 {
     PyTypeObject *tp = Py_TYPE(self);
     if (self->lock != NULL) {
-        if (self->locked)
+        if (LOAD_INT(&self->locked))
             PyThread_release_lock(self->lock);
         PyThread_free_lock(self->lock);
     }
@@ -249,8 +299,8 @@ static int lock_wait(Lock *self, long long timeout_us)
 {
     PyLockStatus r = PyThread_acquire_lock_timed(self->lock, 0, 0);
     double deadline = timeout_us > 0 ? now_ms() + (double)timeout_us / 1e3 : 0;
-    if (r != PY_LOCK_ACQUIRED && timeout_us < 0 && self->locked
-        && self->owner == PyThread_get_thread_ident()) {
+    if (r != PY_LOCK_ACQUIRED && timeout_us < 0 && LOAD_INT_ACQUIRE(&self->locked)
+        && LOAD_ULONG(&self->owner) == PyThread_get_thread_ident()) {
         PyErr_SetString(PyExc_RuntimeError,
                         "reentrant call inside an SSL port: this thread is already in a call "
                         "on it (from a stream of its own or a callback)");
@@ -280,8 +330,8 @@ static int lock_wait(Lock *self, long long timeout_us)
     }
     if (r != PY_LOCK_ACQUIRED)
         return 0;
-    self->locked = 1;
-    self->owner = PyThread_get_thread_ident();
+    STORE_ULONG(&self->owner, PyThread_get_thread_ident());
+    STORE_INT_RELEASE(&self->locked, 1);
     return 1;
 }
 
@@ -292,7 +342,7 @@ static int lock_take(Lock *self)
 
 static void lock_give(Lock *self)
 {
-    self->locked = 0;
+    STORE_INT(&self->locked, 0);
     PyThread_release_lock(self->lock);
 }
 
@@ -339,7 +389,7 @@ static PyObject *lock_enter(Lock *self, PyObject *unused)
 static PyObject *lock_release(Lock *self, PyObject *unused)
 {
     (void)unused;
-    if (!self->locked) {
+    if (!LOAD_INT(&self->locked)) {
         PyErr_SetString(PyExc_RuntimeError, "release unlocked lock");
         return NULL;
     }
@@ -356,7 +406,7 @@ static PyObject *lock_exit(Lock *self, PyObject *args)
 static PyObject *lock_locked(Lock *self, PyObject *unused)
 {
     (void)unused;
-    return PyBool_FromLong(self->locked);
+    return PyBool_FromLong(LOAD_INT(&self->locked));
 }
 
 static PyMethodDef lock_methods[] = {
@@ -399,7 +449,10 @@ typedef struct {
                instead, or finds the port closed (off_call). A port with a timeout or over
                streams is KEPT_ONLY: its C methods serve what the kept bytes hold whole (a
                small read, a line, a peek) or add to the pending bytes, and leave the rest
-               (the pump, deadlines) to the Python method. */
+               (the pump, deadlines) to the Python method. LOAD_INT / STORE_INT. */
+#ifdef Py_GIL_DISABLED
+    PyMutex installing; /* held by install(), and by off_call to read `port` */
+#endif
 } Port;
 
 #define ON 1
@@ -465,8 +518,8 @@ static void port_dealloc(Port *self)
     Py_DECREF(tp);
 }
 
-/* The hot methods' names as interned str objects, made once (the GIL guards this table; the
- * module is not built for free-threaded CPython). */
+/* The hot methods' names as interned str objects, all made by module init (intern_hot_names):
+ * only read afterwards, from any thread. */
 #define MAX_HOT 8
 static struct {
     const char *name;
@@ -500,26 +553,16 @@ static int attr_true(PyObject *obj, PyObject *name)
 
 /* Put the bound hot methods of `self` (its type's methods before "install") into `port`'s
  * instance dict (on), or take them away (off). Returns 0, or -1 with an exception. */
-static int install(Port *self, PyObject *port, int on)
+static int install_locked(Port *self, PyObject *port, int on, PyObject *dict)
 {
     PyMethodDef *m = PyType_GetSlot(Py_TYPE(self), Py_tp_methods);
-    PyObject *dict = PyObject_GenericGetDict(port, NULL);
     int rc = 0;
-    if (dict == NULL)
-        return -1;
-    if (!PyDict_Check(dict)) {
-        Py_DECREF(dict);
-        PyErr_SetString(PyExc_TypeError, "install: the port has no instance dict");
-        return -1;
-    }
     if (on != ON && self->port == NULL) { /* (never for a closed port: nothing per connection) */
         int closed = attr_true(port, str_closed);
-        if (closed < 0 || (!closed && (self->port = PyWeakref_NewRef(port, NULL)) == NULL)) {
-            Py_DECREF(dict);
+        if (closed < 0 || (!closed && (self->port = PyWeakref_NewRef(port, NULL)) == NULL))
             return -1;
-        }
     }
-    self->on = on;
+    STORE_INT(&self->on, on);
     for (; rc == 0 && m->ml_name != NULL && strcmp(m->ml_name, "install") != 0; m++) {
         PyObject *name = hot_name(m->ml_name);
         if (name == NULL) {
@@ -535,6 +578,23 @@ static int install(Port *self, PyObject *port, int on)
                 PyErr_Clear(); /* not installed */
         }
     }
+    return rc;
+}
+
+static int install(Port *self, PyObject *port, int on)
+{
+    PyObject *dict = PyObject_GenericGetDict(port, NULL);
+    int rc;
+    if (dict == NULL)
+        return -1;
+    if (!PyDict_Check(dict)) {
+        Py_DECREF(dict);
+        PyErr_SetString(PyExc_TypeError, "install: the port has no instance dict");
+        return -1;
+    }
+    INSTALL_LOCK(self);
+    rc = install_locked(self, port, on, dict);
+    INSTALL_UNLOCK(self);
     Py_DECREF(dict);
     return rc;
 }
@@ -562,7 +622,11 @@ static PyObject *off_call(Port *self, const char *name, PyObject *const *args, s
     PyObject *stack[3], *port = NULL, *method, *r = NULL;
     size_t i;
 #if PY_VERSION_HEX >= 0x030D0000
-    if (self->port != NULL && PyWeakref_GetRef(self->port, &port) < 0)
+    int got;
+    INSTALL_LOCK(self);
+    got = self->port != NULL ? PyWeakref_GetRef(self->port, &port) : 0;
+    INSTALL_UNLOCK(self);
+    if (got < 0)
         return NULL;
 #else
     if (self->port != NULL && (port = PyWeakref_GetObject(self->port)) == NULL)
@@ -816,16 +880,18 @@ static PyObject *kept_into(Port *self, PyObject *b, int fill, const char *name)
 
 static PyObject *reader_readinto(Port *self, PyObject *b)
 {
-    if (self->on == KEPT_ONLY)
+    int on = LOAD_INT(&self->on); /* (read once: install() may change it) */
+    if (on == KEPT_ONLY)
         return kept_into(self, b, 1, "readinto");
-    return self->on ? read_into(self, b, 1) : off_call(self, "readinto", &b, 1);
+    return on ? read_into(self, b, 1) : off_call(self, "readinto", &b, 1);
 }
 
 static PyObject *reader_readinto1(Port *self, PyObject *b)
 {
-    if (self->on == KEPT_ONLY)
+    int on = LOAD_INT(&self->on); /* (read once: install() may change it) */
+    if (on == KEPT_ONLY)
         return kept_into(self, b, 0, "readinto1");
-    return self->on ? read_into(self, b, 0) : off_call(self, "readinto1", &b, 1);
+    return on ? read_into(self, b, 0) : off_call(self, "readinto1", &b, 1);
 }
 
 /* A size argument (None: -1) into *size: 0, or -1 with an exception. */
@@ -924,16 +990,18 @@ python:
 
 static PyObject *reader_read(Port *self, PyObject *args)
 {
-    if (self->on == KEPT_ONLY)
+    int on = LOAD_INT(&self->on); /* (read once: install() may change it) */
+    if (on == KEPT_ONLY)
         return kept_bytes(self, args, 1, "|O:read", "read");
-    return self->on ? read_bytes(self, args, 1, "|O:read") : off_call(self, "read", &PyTuple_GET_ITEM(args, 0), (size_t)PyTuple_GET_SIZE(args));
+    return on ? read_bytes(self, args, 1, "|O:read") : off_call(self, "read", &PyTuple_GET_ITEM(args, 0), (size_t)PyTuple_GET_SIZE(args));
 }
 
 static PyObject *reader_read1(Port *self, PyObject *args)
 {
-    if (self->on == KEPT_ONLY)
+    int on = LOAD_INT(&self->on); /* (read once: install() may change it) */
+    if (on == KEPT_ONLY)
         return kept_bytes(self, args, 0, "|O:read1", "read1");
-    return self->on ? read_bytes(self, args, 0, "|O:read1") : off_call(self, "read1", &PyTuple_GET_ITEM(args, 0), (size_t)PyTuple_GET_SIZE(args));
+    return on ? read_bytes(self, args, 0, "|O:read1") : off_call(self, "read1", &PyTuple_GET_ITEM(args, 0), (size_t)PyTuple_GET_SIZE(args));
 }
 
 /* A failed read of readline's (fill_kept) put what it had read in front of the kept bytes
@@ -1044,7 +1112,8 @@ static PyObject *readline_locked(Port *self, Py_ssize_t limit)
 static PyObject *reader_readline(Port *self, PyObject *const *args, Py_ssize_t nargs)
 {
     Py_ssize_t limit = -1;
-    if (!self->on)
+    int on = LOAD_INT(&self->on); /* (read once: install() may change it) */
+    if (!on)
         return off_call(self, "readline", args, (size_t)nargs);
     if (nargs > 1) {
         PyErr_Format(PyExc_TypeError, "readline() takes at most 1 argument (%zd given)", nargs);
@@ -1060,7 +1129,7 @@ static PyObject *reader_readline(Port *self, PyObject *const *args, Py_ssize_t n
         return PyBytes_FromStringAndSize(NULL, 0);
     if (lock_take(self->lock) < 0)
         return NULL;
-    if (self->on == KEPT_ONLY) { /* a line the kept bytes hold whole; else the Python method */
+    if (on == KEPT_ONLY) { /* a line the kept bytes hold whole; else the Python method */
         PyObject *kept = self->pending, *line;
         const char *p = PyByteArray_AS_STRING(kept), *nl = NULL;
         Py_ssize_t have = PyByteArray_GET_SIZE(kept), end;
@@ -1090,7 +1159,8 @@ static PyObject *reader_readline(Port *self, PyObject *const *args, Py_ssize_t n
 static PyObject *reader_peek(Port *self, PyObject *const *args, Py_ssize_t nargs)
 {
     Py_ssize_t size = 0, kept;
-    if (!self->on)
+    int on = LOAD_INT(&self->on); /* (read once: install() may change it) */
+    if (!on)
         return off_call(self, "peek", args, (size_t)nargs);
     if (nargs > 1) {
         PyErr_Format(PyExc_TypeError, "peek() takes at most 1 argument (%zd given)", nargs);
@@ -1107,7 +1177,7 @@ static PyObject *reader_peek(Port *self, PyObject *const *args, Py_ssize_t nargs
     if (lock_take(self->lock) < 0)
         return NULL;
     kept = PyByteArray_GET_SIZE(self->pending);
-    if (kept == 0 && self->on == KEPT_ONLY) {
+    if (kept == 0 && on == KEPT_ONLY) {
         lock_give(self->lock);
         return off_call(self, "peek", args, (size_t)nargs);
     }
@@ -1387,10 +1457,11 @@ static PyObject *writer_write(Port *self, PyObject *b)
     Py_buffer view;
     Py_ssize_t queued, n;
     sp_conn *c;
+    int on = LOAD_INT(&self->on); /* (read once: install() may change it) */
 
-    if (self->on == KEPT_ONLY)
+    if (on == KEPT_ONLY)
         return kept_write(self, b);
-    if (!self->on)
+    if (!on)
         return off_call(self, "write", &b, 1);
     if (self->conn == NULL) {
         PyErr_SetString(PyExc_ValueError, "write to closed SSL port");
@@ -1431,8 +1502,9 @@ static PyObject *writer_write(Port *self, PyObject *b)
 static PyObject *writer_flush(Port *self, PyObject *unused)
 {
     sp_conn *c;
+    int on = LOAD_INT(&self->on); /* (read once: install() may change it) */
     (void)unused;
-    if (self->on != ON) /* (KEPT_ONLY: a flush sends, under the port's timeout) */
+    if (on != ON) /* (KEPT_ONLY: a flush sends, under the port's timeout) */
         return off_call(self, "flush", NULL, 0);
     if (self->conn == NULL)
         Py_RETURN_NONE;
@@ -1645,15 +1717,23 @@ static void call_noted(in_flight *f, PyObject *r)
 }
 
 /* ports.py _claim_close: 1 for exactly one caller (this one), 0 when the port was claimed
- * already, -1 with an exception. No Python runs between the look and the store (str keys), so
- * two threads cannot both claim; a claim made by the Python path counts here and vice versa. */
+ * already, -1 with an exception. One atomic setdefault (3.13+; before, no Python runs between
+ * the look and the store, str keys, which the GIL makes one step), so two threads cannot both
+ * claim; a claim made by the Python path counts here and vice versa. */
 static int claim_close(PyObject *dict)
 {
+#if PY_VERSION_HEX >= 0x030D0000
+    PyObject *had = NULL;
+    int r = PyDict_SetDefaultRef(dict, str_claimed, Py_True, &had);
+    Py_XDECREF(had);
+    return r < 0 ? -1 : r == 0;
+#else
     if (PyDict_GetItemWithError(dict, str_claimed) != NULL)
         return 0;
     if (PyErr_Occurred())
         return -1;
     return PyDict_SetItem(dict, str_claimed, Py_True) < 0 ? -1 : 1;
+#endif
 }
 
 /* Connection.last_port_closed(timeout) for a socket connection that is still open, step for
@@ -1788,23 +1868,26 @@ static PyObject *after_last_close(PyObject *conn, PyObject *r)
  * system-call-heavy end of the connection). Anything unexpected goes to the Python method. */
 static PyObject *conn_port_closed(PyObject *conn, PyObject *timeout)
 {
-    PyObject *open = PyObject_GetAttr(conn, str_open_ports), *item;
+    PyObject *open = PyObject_GetAttr(conn, str_open_ports);
     Py_ssize_t n;
-    int other_open;
+    int other_open = -1; /* -1: nothing popped; -2: the pop failed */
     if (open == NULL)
         return NULL;
-    n = PyList_CheckExact(open) ? PyList_GET_SIZE(open) : 0;
-    if (n == 0) { /* (closed more often than it has ports: Python's pop() raises) */
-        Py_DECREF(open);
-        return PyObject_CallMethodOneArg(conn, str_port_closed, timeout);
-    }
-    item = PyList_GET_ITEM(open, n - 1);
-    other_open = item == Py_True;
-    if (PyList_SetSlice(open, n - 1, n, NULL) < 0) {
-        Py_DECREF(open);
-        return NULL;
+    if (PyList_CheckExact(open)) {
+        Py_BEGIN_CRITICAL_SECTION(open); /* (the look and the pop are one step) */
+        n = PyList_GET_SIZE(open);
+        if (n > 0) {
+            other_open = PyList_GET_ITEM(open, n - 1) == Py_True;
+            if (PyList_SetSlice(open, n - 1, n, NULL) < 0)
+                other_open = -2;
+        }
+        Py_END_CRITICAL_SECTION();
     }
     Py_DECREF(open);
+    if (other_open == -2)
+        return NULL;
+    if (other_open == -1) /* (closed more often than it has ports: Python's pop() raises) */
+        return PyObject_CallMethodOneArg(conn, str_port_closed, timeout);
     if (other_open)
         return new_none();
     return after_last_close(conn, conn_last_closed(conn, timeout));
@@ -1827,7 +1910,7 @@ static int wants_close_notify(PyObject *port, PyObject *conn)
 static int write_ends_soon(Lock *lock, in_flight *f)
 {
     int r;
-    if (!lock->locked)
+    if (!LOAD_INT(&lock->locked))
         return 1;
     r = lock_wait(lock, CLOSE_WAIT_US);
     if (r > 0)
@@ -1879,7 +1962,7 @@ static PyObject *close_port(PyObject *port, int output)
          * would stay unsent. Such a port closes with its Python methods, as ports.py does. */
         fast = PyDict_GetItemWithError(dict, str_fast); /* (borrowed) */
         if (fast != NULL && Py_TYPE(fast) == (PyTypeObject *)writer_type
-            && ((Port *)fast)->on != ON)
+            && LOAD_INT(&((Port *)fast)->on) != ON)
             methods_off(dict, port, &f);
         else if (fast == NULL && PyErr_Occurred())
             note_failure(&f);
@@ -2172,6 +2255,18 @@ static int find_iobase_close(void)
     return iobase_close == NULL ? -1 : 0;
 }
 
+/* Every name install() puts into a port's dict, interned now (hot_name). */
+static int intern_hot_names(void)
+{
+    PyMethodDef *tables[2] = {reader_methods, writer_methods}, *m;
+    int t;
+    for (t = 0; t < 2; t++)
+        for (m = tables[t]; m->ml_name != NULL && strcmp(m->ml_name, "install") != 0; m++)
+            if (hot_name(m->ml_name) == NULL)
+                return -1;
+    return 0;
+}
+
 PyMODINIT_FUNC PyInit__fastport(void)
 {
     PyObject *m = PyModule_Create(&fastport_module);
@@ -2179,9 +2274,16 @@ PyMODINIT_FUNC PyInit__fastport(void)
         return NULL;
     if (intern_all() < 0 || find_iobase_close() < 0 || add_type(m, &lock_spec, "Lock", &lock_type) < 0
         || add_type(m, &reader_spec, "Reader", &reader_type) < 0
-        || add_type(m, &writer_spec, "Writer", &writer_type) < 0) {
+        || add_type(m, &writer_spec, "Writer", &writer_type) < 0 || intern_hot_names() < 0) {
         Py_DECREF(m);
         return NULL;
     }
+#ifdef Py_GIL_DISABLED
+    /* Safe without the GIL (FREE-THREADED CPYTHON, above): importing it keeps the GIL off. */
+    if (PyUnstable_Module_SetGIL(m, Py_MOD_GIL_NOT_USED) < 0) {
+        Py_DECREF(m);
+        return NULL;
+    }
+#endif
     return m;
 }

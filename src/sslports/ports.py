@@ -168,7 +168,7 @@ def _read_all(reader: Any, conn: Connection) -> bytes:
 
 def _load_fastport() -> Any:
     """The ports' hot methods in C (csrc/py/sp_fastport.c), bound to the pump; None when the
-    module is not built (PyPy, free-threaded CPython) or SSLPORTS_NO_FASTPORT is set, and then
+    module is not built (PyPy) or SSLPORTS_NO_FASTPORT is set, and then
     the ports' own Python methods do the same work."""
     if _binding.lib is None or os.environ.get("SSLPORTS_NO_FASTPORT"):
         return None
