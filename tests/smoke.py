@@ -142,6 +142,25 @@ def check_tls13_echo() -> str:
     return f"{version}, {cipher}, peer verified, port {port}"
 
 
+def check_fast_path() -> str:
+    """On CPython the wheel carries the ports' C fast path, free-threaded builds included,
+    and there importing it leaves the interpreter without a GIL."""
+    import platform
+    import sysconfig
+
+    from sslports import ports
+
+    if platform.python_implementation() != "CPython":
+        return "not CPython: the ports' Python methods"
+    if ports._fastport is None:
+        raise AssertionError("sslports._fastport is missing from this CPython wheel")
+    if sysconfig.get_config_var("Py_GIL_DISABLED"):
+        if sys._is_gil_enabled():  # type: ignore[attr-defined]
+            raise AssertionError("importing sslports turned the GIL on")
+        return "built; free-threaded, the GIL stays off"
+    return "built"
+
+
 def check_sha1() -> str:
     from sslports.sha1 import sha1
 
@@ -160,6 +179,7 @@ def main() -> int:
     check("OpenSSL versions", check_openssl)
     check("TLS 1.3 loopback echo with verification", check_tls13_echo)
     check("sha1", check_sha1)
+    check("the ports' C fast path", check_fast_path)
     if FAILURES:
         print(f"smoke: {len(FAILURES)} failed: {', '.join(FAILURES)}")
         return 1
