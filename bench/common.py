@@ -17,10 +17,12 @@ handshake the client sends a 32-byte header, then the mode's traffic.
 
 from __future__ import annotations
 
+import ctypes
 import os
 import resource
 import struct
 import time
+from typing import Callable
 
 HEADER = struct.Struct("!4sBBHIIIIQ")
 MAGIC = b"SPB1"
@@ -62,8 +64,24 @@ def cpu_seconds() -> float:
     return me.ru_utime + me.ru_stime + kids.ru_utime + kids.ru_stime
 
 
+def _malloc_trim() -> Callable[[int], int]:
+    """glibc's malloc_trim, or a no-op where the C library has none."""
+    try:
+        return ctypes.CDLL(None).malloc_trim
+    except (AttributeError, OSError):
+        return lambda pad: 0
+
+
+_TRIM = _malloc_trim()
+
+
 def rss_bytes() -> int:
-    """Resident set size now (from /proc/self/statm)."""
+    """Resident set size now (from /proc/self/statm), after handing the C heap's free pages
+    back (malloc_trim): what the process holds, not what its start-up freed. Without it, the
+    idle-memory rows depended on start-up garbage: a process that compiled the package from
+    source (no .pyc) left megabytes free in the heap, which the measured connections reused,
+    and sslports measured 31.7 K per connection pair against 36.9 K with .pyc files present."""
+    _TRIM(0)
     with open("/proc/self/statm") as f:
         return int(f.read().split()[1]) * PAGE
 
