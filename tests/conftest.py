@@ -520,8 +520,33 @@ FAST_BUILT = platform.python_implementation() == "CPython" and not os.environ.ge
 )
 
 
+@contextlib.contextmanager
+def python_methods_only() -> Iterator[None]:
+    """The ports' Python methods only, meanwhile: ports made have no C fast path, and the port
+    classes have their Python methods back in place of the C ones (sp_fastport.c hot_methods,
+    close_method)."""
+    from sslports import ports
+
+    saved = ports._fastport
+    on_classes = {
+        cls: {name: cls.__dict__[name] for name in methods}
+        for cls, methods in ports.PYTHON_METHODS.items()
+    }
+    ports._fastport = None
+    for cls, methods in ports.PYTHON_METHODS.items():
+        for name, method in methods.items():
+            setattr(cls, name, method)
+    try:
+        yield
+    finally:
+        ports._fastport = saved
+        for cls, methods in on_classes.items():
+            for name, method in methods.items():
+                setattr(cls, name, method)
+
+
 @pytest.fixture(params=["fast", "python"])
-def path(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+def path(request: pytest.FixtureRequest) -> Iterator[str]:
     """Run the test with the ports' C fast path, then with their Python methods only."""
     from sslports import ports
 
@@ -529,11 +554,10 @@ def path(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str
         if not FAST_BUILT:
             pytest.skip("no C fast path on this interpreter")
         assert ports._fastport is not None, "the C fast path was not built"
+        yield "fast"
     else:
-        monkeypatch.setattr(ports, "_fastport", None)
-        for cls, close in ports.PYTHON_CLOSE.items():  # (C's close_port is on the classes)
-            monkeypatch.setattr(cls, "close", close)
-    return str(request.param)
+        with python_methods_only():
+            yield "python"
 
 
 def connected_ports(pki: Pki) -> Iterator[tuple[Any, Any, Any, Any]]:

@@ -41,7 +41,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Optional
 
 import pytest
-from conftest import FAST_BUILT
+from conftest import FAST_BUILT, python_methods_only
 
 import sslports
 from sslports import ports as _ports
@@ -578,17 +578,8 @@ def _set_path(transport: str) -> Any:
     if transport != "python" or _ports._fastport is None:
         yield
         return
-    saved = _ports._fastport
-    closes = {cls: cls.__dict__["close"] for cls in _ports.PYTHON_CLOSE}
-    _ports._fastport = None
-    for cls, close in _ports.PYTHON_CLOSE.items():
-        cls.close = close  # type: ignore[method-assign]
-    try:
+    with python_methods_only():
         yield
-    finally:
-        _ports._fastport = saved
-        for cls, close in closes.items():
-            cls.close = close  # type: ignore[method-assign]
 
 
 def _send_payload(peer: _Peer, plan: Plan, rng: random.Random) -> None:

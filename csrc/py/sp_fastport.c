@@ -6,21 +6,22 @@
  * port call, and that Python runs cold: between two waits on the network its instructions cost
  * several times what a timeit loop says (bench/README.md, "Where the time goes"). So the common
  * case of read / readinto / readinto1 / read1 / readline / peek on an input port and write /
- * flush on an output port is done here, with no Python frame at all. These C methods live in
- * the port's instance dict, where they shadow the Python methods of its class: the Reader's /
- * Writer's constructor installs them (given the port), and `install(port, on)` (ports.py
- * `_sync_fast`) takes them away whenever the common case does not hold (a timeout, a closed port)
- * and puts them back (bytes read ahead by readline or peek are the input port's `_buf`, which the
- * C methods serve first). A method someone kept from before (w = port.write, as shutil.copyfileobj
- * does) sees that too: each Reader / Writer knows whether it is installed (`on`), and when it is
- * not, runs the class's Python method instead (off_call). A port with a timeout, or over streams
- * (ports_to_ssl_ports), keeps its C methods in a third state (KEPT_ONLY): they serve a read or a
- * line that the kept bytes hold whole, a peek at them, or a write that adds to the pending bytes,
- * without a Python frame, and call the Python method for anything else (the pump, deadlines and
- * streams live in ports.py; its small reads read ahead into the kept bytes). Installing
- * is done here, not by a Python loop over the names, and the two ports of an ssl_connect / ssl_accept connection are made here too, in
- * the state their __init__ gives them (make_ports, below): both run once per connection, cold,
- * where every Python step costs several times its warm figure. For the same reason a socket
+ * flush on an output port is done here, with no Python frame at all. These C methods are the
+ * port classes' own (method descriptors that hot_methods puts in place of the Python methods at
+ * import: nothing per port); each finds the port's Reader / Writer (its `_fast`: the
+ * connection, the direction's lock, the continuation, the kept or pending bytes) and its mode,
+ * which ports.py `_sync_fast` sets as the port's state changes. ON, the common case (a socket
+ * port without a timeout): the whole call here. KEPT_ONLY, a port with a timeout or over streams
+ * (ports_to_ssl_ports): a read or a line that the kept bytes hold whole, a peek at them, or a
+ * write that adds to the pending bytes is served here, anything else by the class's Python
+ * method (the pump, deadlines and streams live in ports.py; its small reads read ahead into the
+ * kept bytes). OFF, a closed port: the Python method (off_call), which raises. Bytes read ahead
+ * by readline or peek are the input port's `_buf`, which the C methods serve first. The two
+ * ports of an ssl_connect / ssl_accept connection are made here too, in the state their
+ * __init__ gives them (make_ports, below): that runs once per connection, cold, where every
+ * Python step costs several times its warm figure. (The C methods were bound per port, into
+ * each port's instance dict, until a round measured what they cost an idle connection: 0.55 K
+ * of each end's ~18 K; bench/README.md section 4.) For the same reason a socket
  * connection's handshake loop (handshake) and both ports' close() (close_port, a method
  * descriptor on each class, with the connection's last close) are here too: each Python frame
  * they replace cost ~3-4 us per connection. Everything else stays in Python, and every C
@@ -61,6 +62,12 @@
 #include <Python.h>
 
 #include <string.h>
+#if PY_VERSION_HEX >= 0x030C0000
+#define MEMBER_OBJECT_EX Py_T_OBJECT_EX
+#else
+#include <structmember.h>
+#define MEMBER_OBJECT_EX T_OBJECT_EX
+#endif
 #ifdef _WIN32
 #include <windows.h>
 /* wingdi.h's printer-spooler SP_ERROR (-1) would turn the statuses' enum below into a syntax
@@ -74,19 +81,19 @@
  * not release it runs as one step for every other thread; without it, every thread runs at
  * once. What this file shares between threads, and how each is kept whole there:
  *   - a Lock's `locked` and `owner`, read by threads that do not hold it (the reentrancy check,
- *     locked(), close's look at a writer), and a Reader's / Writer's `on`, which install()
- *     changes while other threads call the methods: atomic loads and stores (`locked` is
- *     stored with release after `owner`, and loaded with acquire before it, so a thread that
- *     sees it taken sees its holder's ident, never a stale one of its own; what the others
- *     decide is settled under the lock, as with the GIL, where install() could also run
- *     while a call waited in the pump);
- *   - install() itself (the methods put into or taken out of the port's dict, `on`, the weak
- *     reference to the port that it makes once) runs under the Reader's / Writer's own
- *     mutex (`installing`), which off_call also takes to read that reference: two installs
- *     (a close and a settimeout in two threads) do not mix their changes;
+ *     locked(), close's look at a writer), and a Reader's / Writer's mode (`on`), which
+ *     set_mode changes while other threads call the methods: atomic loads and stores
+ *     (`locked` is stored with release after `owner`, and loaded with acquire before it, so
+ *     a thread that sees it taken sees its holder's ident, never a stale one of its own; a
+ *     call reads the mode once; what the others decide is settled under the lock, as with
+ *     the GIL, where set_mode could also run while a call waited in the pump);
+ *   - the port's `_fast`, which each call reads from its slot and holds a reference to for
+ *     the call: set when the port is made, before another thread can see it, and never
+ *     replaced;
  *   - the port's close claim and the connection's open-port count: one atomic dict
  *     setdefault, and a critical section on the list (a look and a change that must be one);
- *   - the interned method names: all made by module init, only read afterwards.
+ *   - the classes' Python methods (off_call's) and the interned names: set at import, only
+ *     read afterwards.
  * The kept and pending bytearrays are changed only under the direction's Lock, by these
  * methods and by ports.py alike, so they need nothing more. Every wait (a Lock, the pump, the
  * pump's own locks) already happens with the GIL released (detached, there), as the GIL
@@ -111,13 +118,6 @@
 #if PY_VERSION_HEX < 0x030D0000 /* (before 3.13: the GIL, always) */
 #define Py_BEGIN_CRITICAL_SECTION(op) {
 #define Py_END_CRITICAL_SECTION() }
-#endif
-#ifdef Py_GIL_DISABLED
-#define INSTALL_LOCK(port) PyMutex_Lock(&(port)->installing) /* (detached while it waits) */
-#define INSTALL_UNLOCK(port) PyMutex_Unlock(&(port)->installing)
-#else
-#define INSTALL_LOCK(port) ((void)0)
-#define INSTALL_UNLOCK(port) ((void)0)
 #endif
 
 typedef struct sp_conn sp_conn; /* opaque: csrc/sp_conn.h */
@@ -442,19 +442,14 @@ typedef struct {
     PyObject *pending; /* writer: the bytearray of bytes not yet sent; reader: of bytes read
                           ahead (by readline, peek, a failed read), served first. Shared with
                           ports.py (the port's _buf), changed in place only, under the lock. */
-    PyObject *port; /* a weak reference to the port, made when install() first turns the
-                       methods off (or to KEPT_ONLY) on an open port */
-    int on; /* install()ed: the common case holds (ON). When it does not, a bound method
-               someone kept from before (w = port.write) runs the class's Python method
-               instead, or finds the port closed (off_call). A port with a timeout or over
-               streams is KEPT_ONLY: its C methods serve what the kept bytes hold whole (a
-               small read, a line, a peek) or add to the pending bytes, and leave the rest
-               (the pump, deadlines) to the Python method. LOAD_INT / STORE_INT. */
-#ifdef Py_GIL_DISABLED
-    PyMutex installing; /* held by install(), and by off_call to read `port` */
-#endif
+    int on; /* the port's mode (set_mode): ON, the common case holds; KEPT_ONLY, a port with
+               a timeout or over streams, whose C methods serve what the kept bytes hold whole
+               (a small read, a line, a peek) or add to the pending bytes, and leave the rest
+               (the pump, deadlines) to the Python method; OFF, a closed port: the Python
+               method does the call (off_call). LOAD_INT / STORE_INT. */
 } Port;
 
+#define OFF 0
 #define ON 1
 #define KEPT_ONLY 2
 
@@ -501,7 +496,6 @@ static int port_traverse(Port *self, visitproc visit, void *arg)
 
 static int port_clear(Port *self)
 {
-    Py_CLEAR(self->port);
     Py_CLEAR(self->conn);
     Py_CLEAR(self->lock);
     Py_CLEAR(self->rest);
@@ -518,138 +512,53 @@ static void port_dealloc(Port *self)
     Py_DECREF(tp);
 }
 
-/* The hot methods' names as interned str objects, all made by module init (intern_hot_names):
- * only read afterwards, from any thread. */
-#define MAX_HOT 8
-static struct {
-    const char *name;
-    PyObject *str;
-} hot_names[MAX_HOT];
+/* The hot methods, by number: the C methods on the port classes (hot_methods) and the classes'
+ * own Python methods they stand for, saved there, which a call runs when the common case does
+ * not hold (off_call). */
+enum { M_READINTO, M_READINTO1, M_READ, M_READ1, M_READLINE, M_PEEK, M_WRITE, M_FLUSH, N_HOT };
+static PyObject *python_method[N_HOT]; /* (set once, by hot_methods; only read afterwards) */
+static const char *const hot_name[N_HOT] = {"readinto", "readinto1", "read",  "read1",
+                                            "readline", "peek",      "write", "flush"};
 
-static PyObject *hot_name(const char *name)
+/* set_mode(mode): OFF, ON or KEPT_ONLY (ports.py _sync_fast, as the port's state changes). */
+static PyObject *port_set_mode(Port *self, PyObject *arg)
 {
-    int i;
-    for (i = 0; i < MAX_HOT && hot_names[i].name != NULL; i++)
-        if (hot_names[i].name == name)
-            return hot_names[i].str;
-    if (i == MAX_HOT) {
-        PyErr_SetString(PyExc_SystemError, "install: too many method names");
+    long mode = PyLong_AsLong(arg);
+    if (mode == -1 && PyErr_Occurred())
+        return NULL;
+    if (mode < OFF || mode > KEPT_ONLY) {
+        PyErr_Format(PyExc_ValueError, "set_mode: no mode %ld", mode);
         return NULL;
     }
-    hot_names[i].str = PyUnicode_InternFromString(name);
-    if (hot_names[i].str != NULL)
-        hot_names[i].name = name;
-    return hot_names[i].str;
-}
-
-/* bool(obj.name): 1, 0, or -1 with an exception. */
-static int attr_true(PyObject *obj, PyObject *name)
-{
-    PyObject *v = PyObject_GetAttr(obj, name);
-    int yes = v == NULL ? -1 : PyObject_IsTrue(v);
-    Py_XDECREF(v);
-    return yes;
-}
-
-/* Put the bound hot methods of `self` (its type's methods before "install") into `port`'s
- * instance dict (on), or take them away (off). Returns 0, or -1 with an exception. */
-static int install_locked(Port *self, PyObject *port, int on, PyObject *dict)
-{
-    PyMethodDef *m = PyType_GetSlot(Py_TYPE(self), Py_tp_methods);
-    int rc = 0;
-    if (on != ON && self->port == NULL) { /* (never for a closed port: nothing per connection) */
-        int closed = attr_true(port, str_closed);
-        if (closed < 0 || (!closed && (self->port = PyWeakref_NewRef(port, NULL)) == NULL))
-            return -1;
-    }
-    STORE_INT(&self->on, on);
-    for (; rc == 0 && m->ml_name != NULL && strcmp(m->ml_name, "install") != 0; m++) {
-        PyObject *name = hot_name(m->ml_name);
-        if (name == NULL) {
-            rc = -1;
-        } else if (on) {
-            PyObject *bound = PyCFunction_NewEx(m, (PyObject *)self, NULL);
-            rc = bound == NULL ? -1 : PyDict_SetItem(dict, name, bound);
-            Py_XDECREF(bound);
-        } else if (PyDict_DelItem(dict, name) < 0) {
-            if (!PyErr_ExceptionMatches(PyExc_KeyError))
-                rc = -1;
-            else
-                PyErr_Clear(); /* not installed */
-        }
-    }
-    return rc;
-}
-
-static int install(Port *self, PyObject *port, int on)
-{
-    PyObject *dict = PyObject_GenericGetDict(port, NULL);
-    int rc;
-    if (dict == NULL)
-        return -1;
-    if (!PyDict_Check(dict)) {
-        Py_DECREF(dict);
-        PyErr_SetString(PyExc_TypeError, "install: the port has no instance dict");
-        return -1;
-    }
-    INSTALL_LOCK(self);
-    rc = install_locked(self, port, on, dict);
-    INSTALL_UNLOCK(self);
-    Py_DECREF(dict);
-    return rc;
-}
-
-static PyObject *port_install(Port *self, PyObject *args)
-{
-    PyObject *port;
-    int on;
-    if (!PyArg_ParseTuple(args, "Oi:install", &port, &on))
-        return NULL;
-    if (on < 0 || on > KEPT_ONLY) {
-        PyErr_Format(PyExc_ValueError, "install: no mode %d", on);
-        return NULL;
-    }
-    if (install(self, port, on) < 0)
-        return NULL;
+    STORE_INT(&self->on, (int)mode);
     Py_RETURN_NONE;
 }
 
-/* A C method called while it is not installed (kept from before: w = port.write): the port
- * class's own Python method `name` does the call, with the port and then `args`; a port that
- * is closed (or gone) raises as the Python method would. */
-static PyObject *off_call(Port *self, const char *name, PyObject *const *args, size_t n)
+/* The mode of a port's C methods: a port without a Reader / Writer of its own is OFF. */
+static int mode_of(Port *self)
 {
-    PyObject *stack[3], *port = NULL, *method, *r = NULL;
+    return self == NULL ? OFF : LOAD_INT(&self->on);
+}
+
+/* The call when the common case does not hold: the port class's own Python method `which`,
+ * with the port and then `args` (at most two arguments: the C methods take at most one). */
+static PyObject *off_call(PyObject *port, int which, PyObject *const *args, size_t n)
+{
+    PyObject *stack[3];
     size_t i;
-#if PY_VERSION_HEX >= 0x030D0000
-    int got;
-    INSTALL_LOCK(self);
-    got = self->port != NULL ? PyWeakref_GetRef(self->port, &port) : 0;
-    INSTALL_UNLOCK(self);
-    if (got < 0)
-        return NULL;
-#else
-    if (self->port != NULL && (port = PyWeakref_GetObject(self->port)) == NULL)
-        return NULL;
-    if (port == Py_None)
-        port = NULL;
-    Py_XINCREF(port);
-#endif
-    if (port == NULL) {
-        PyErr_SetString(PyExc_ValueError, "I/O operation on closed SSL port");
-        return NULL;
-    }
     if (n > 2) {
-        PyErr_Format(PyExc_TypeError, "%s() takes at most 1 argument (%zu given)", name, n);
-    } else if ((method = PyObject_GetAttrString((PyObject *)Py_TYPE(port), name)) != NULL) {
-        stack[0] = port;
-        for (i = 0; i < n; i++)
-            stack[i + 1] = args[i];
-        r = PyObject_Vectorcall(method, stack, n + 1, NULL);
-        Py_DECREF(method);
+        PyErr_Format(PyExc_TypeError, "%s() takes at most 1 argument (%zu given)",
+                     hot_name[which], n);
+        return NULL;
     }
-    Py_DECREF(port);
-    return r;
+    if (python_method[which] == NULL) {
+        PyErr_SetString(PyExc_SystemError, "_fastport: hot_methods() was not called");
+        return NULL;
+    }
+    stack[0] = port;
+    for (i = 0; i < n; i++)
+        stack[i + 1] = args[i];
+    return PyObject_Vectorcall(python_method[which], stack, n + 1, NULL);
 }
 
 /* ---- Reader -------------------------------------------------------------------------- */
@@ -852,13 +761,13 @@ static PyObject *read_into(Port *self, PyObject *b, int fill)
 /* KEPT_ONLY: readinto / readinto1 served from the kept bytes when they hold all of b (fill)
  * or any of it; else (or for a buffer the Python method refuses its own way) that method. The
  * Python twin: ports.py SSLInputPort._readinto, whose first step with kept bytes is this. */
-static PyObject *kept_into(Port *self, PyObject *b, int fill, const char *name)
+static PyObject *kept_into(Port *self, PyObject *port, PyObject *b, int fill, int which)
 {
     Py_buffer view;
     Py_ssize_t kept, n;
     if (self->conn == NULL || PyObject_GetBuffer(b, &view, PyBUF_WRITABLE) < 0) {
         PyErr_Clear(); /* (the Python method raises what it raises for it) */
-        return off_call(self, name, &b, 1);
+        return off_call(port, which, &b, 1);
     }
     if (lock_take(self->lock) < 0) {
         PyBuffer_Release(&view);
@@ -868,7 +777,7 @@ static PyObject *kept_into(Port *self, PyObject *b, int fill, const char *name)
     if (view.len == 0 || kept == 0 || (fill && kept < view.len)) {
         lock_give(self->lock);
         PyBuffer_Release(&view);
-        return off_call(self, name, &b, 1);
+        return off_call(port, which, &b, 1);
     }
     n = kept < view.len ? kept : view.len;
     memcpy(view.buf, PyByteArray_AS_STRING(self->pending), (size_t)n);
@@ -878,20 +787,20 @@ static PyObject *kept_into(Port *self, PyObject *b, int fill, const char *name)
     return port_unlock(self, PyLong_FromSsize_t(n));
 }
 
-static PyObject *reader_readinto(Port *self, PyObject *b)
+static PyObject *reader_readinto(Port *self, PyObject *port, PyObject *b)
 {
-    int on = LOAD_INT(&self->on); /* (read once: install() may change it) */
+    int on = mode_of(self); /* (read once: set_mode may change it) */
     if (on == KEPT_ONLY)
-        return kept_into(self, b, 1, "readinto");
-    return on ? read_into(self, b, 1) : off_call(self, "readinto", &b, 1);
+        return kept_into(self, port, b, 1, M_READINTO);
+    return on ? read_into(self, b, 1) : off_call(port, M_READINTO, &b, 1);
 }
 
-static PyObject *reader_readinto1(Port *self, PyObject *b)
+static PyObject *reader_readinto1(Port *self, PyObject *port, PyObject *b)
 {
-    int on = LOAD_INT(&self->on); /* (read once: install() may change it) */
+    int on = mode_of(self); /* (read once: set_mode may change it) */
     if (on == KEPT_ONLY)
-        return kept_into(self, b, 0, "readinto1");
-    return on ? read_into(self, b, 0) : off_call(self, "readinto1", &b, 1);
+        return kept_into(self, port, b, 0, M_READINTO1);
+    return on ? read_into(self, b, 0) : off_call(port, M_READINTO1, &b, 1);
 }
 
 /* A size argument (None: -1) into *size: 0, or -1 with an exception. */
@@ -904,7 +813,8 @@ static int size_arg(PyObject *obj, Py_ssize_t *size)
 /* read(size) / read1(size): a fresh bytes object of what arrived, read straight into it (one
  * allocation, no copy). A read that needs its continuation (a wait, EOF, an error) goes on in
  * a bytearray, as readinto's does. */
-static PyObject *read_bytes(Port *self, PyObject *args, int fill, const char *format)
+static PyObject *read_bytes(Port *self, PyObject *port, PyObject *args, int fill,
+                            const char *format)
 {
     PyObject *size_obj = Py_None, *out, *buf, *got_obj;
     unsigned char *data;
@@ -915,7 +825,7 @@ static PyObject *read_bytes(Port *self, PyObject *args, int fill, const char *fo
         return NULL;
     if (size < 0) {
         if (fill)
-            return PyObject_CallFunctionObjArgs(read_all, (PyObject *)self, self->conn, NULL);
+            return PyObject_CallFunctionObjArgs(read_all, port, self->conn, NULL);
         size = 65536;
     }
     if (self->conn == NULL) {
@@ -962,8 +872,8 @@ static PyObject *read_bytes(Port *self, PyObject *args, int fill, const char *fo
 
 /* KEPT_ONLY: read(size) / read1(size) served from the kept bytes when they hold all of size
  * (read) or any (read1); else the Python method (ports.py SSLInputPort.read / read1). */
-static PyObject *kept_bytes(Port *self, PyObject *args, int fill, const char *format,
-                            const char *name)
+static PyObject *kept_bytes(Port *self, PyObject *port, PyObject *args, int fill,
+                            const char *format, int which)
 {
     PyObject *size_obj = Py_None, *out;
     Py_ssize_t size, kept;
@@ -985,23 +895,27 @@ static PyObject *kept_bytes(Port *self, PyObject *args, int fill, const char *fo
         Py_CLEAR(out);
     return port_unlock(self, out);
 python:
-    return off_call(self, name, &PyTuple_GET_ITEM(args, 0), (size_t)PyTuple_GET_SIZE(args));
+    return off_call(port, which, &PyTuple_GET_ITEM(args, 0), (size_t)PyTuple_GET_SIZE(args));
 }
 
-static PyObject *reader_read(Port *self, PyObject *args)
+static PyObject *reader_read(Port *self, PyObject *port, PyObject *args)
 {
-    int on = LOAD_INT(&self->on); /* (read once: install() may change it) */
+    int on = mode_of(self); /* (read once: set_mode may change it) */
     if (on == KEPT_ONLY)
-        return kept_bytes(self, args, 1, "|O:read", "read");
-    return on ? read_bytes(self, args, 1, "|O:read") : off_call(self, "read", &PyTuple_GET_ITEM(args, 0), (size_t)PyTuple_GET_SIZE(args));
+        return kept_bytes(self, port, args, 1, "|O:read", M_READ);
+    if (!on)
+        return off_call(port, M_READ, &PyTuple_GET_ITEM(args, 0), (size_t)PyTuple_GET_SIZE(args));
+    return read_bytes(self, port, args, 1, "|O:read");
 }
 
-static PyObject *reader_read1(Port *self, PyObject *args)
+static PyObject *reader_read1(Port *self, PyObject *port, PyObject *args)
 {
-    int on = LOAD_INT(&self->on); /* (read once: install() may change it) */
+    int on = mode_of(self); /* (read once: set_mode may change it) */
     if (on == KEPT_ONLY)
-        return kept_bytes(self, args, 0, "|O:read1", "read1");
-    return on ? read_bytes(self, args, 0, "|O:read1") : off_call(self, "read1", &PyTuple_GET_ITEM(args, 0), (size_t)PyTuple_GET_SIZE(args));
+        return kept_bytes(self, port, args, 0, "|O:read1", M_READ1);
+    if (!on)
+        return off_call(port, M_READ1, &PyTuple_GET_ITEM(args, 0), (size_t)PyTuple_GET_SIZE(args));
+    return read_bytes(self, port, args, 0, "|O:read1");
 }
 
 /* A failed read of readline's (fill_kept) put what it had read in front of the kept bytes
@@ -1109,12 +1023,13 @@ static PyObject *readline_locked(Port *self, Py_ssize_t limit)
     return line;
 }
 
-static PyObject *reader_readline(Port *self, PyObject *const *args, Py_ssize_t nargs)
+static PyObject *reader_readline(Port *self, PyObject *port, PyObject *const *args,
+                                 Py_ssize_t nargs)
 {
     Py_ssize_t limit = -1;
-    int on = LOAD_INT(&self->on); /* (read once: install() may change it) */
+    int on = mode_of(self); /* (read once: set_mode may change it) */
     if (!on)
-        return off_call(self, "readline", args, (size_t)nargs);
+        return off_call(port, M_READLINE, args, (size_t)nargs);
     if (nargs > 1) {
         PyErr_Format(PyExc_TypeError, "readline() takes at most 1 argument (%zd given)", nargs);
         return NULL;
@@ -1138,7 +1053,7 @@ static PyObject *reader_readline(Port *self, PyObject *const *args, Py_ssize_t n
             nl = memchr(p, '\n', (size_t)stop);
         if (nl == NULL && stop != limit) {
             lock_give(self->lock);
-            return off_call(self, "readline", args, (size_t)nargs);
+            return off_call(port, M_READLINE, args, (size_t)nargs);
         }
         end = nl != NULL ? nl - p + 1 : stop;
         line = PyBytes_FromStringAndSize(p, end);
@@ -1156,12 +1071,12 @@ static PyObject *reader_readline(Port *self, PyObject *const *args, Py_ssize_t n
  * else the Python method (deadlines, streams). The same steps as ports.py SSLInputPort.peek
  * (the Python twin). */
 #define PEEK_MAX 8192 /* ports.py _PEEK_MAX */
-static PyObject *reader_peek(Port *self, PyObject *const *args, Py_ssize_t nargs)
+static PyObject *reader_peek(Port *self, PyObject *port, PyObject *const *args, Py_ssize_t nargs)
 {
     Py_ssize_t size = 0, kept;
-    int on = LOAD_INT(&self->on); /* (read once: install() may change it) */
+    int on = mode_of(self); /* (read once: set_mode may change it) */
     if (!on)
-        return off_call(self, "peek", args, (size_t)nargs);
+        return off_call(port, M_PEEK, args, (size_t)nargs);
     if (nargs > 1) {
         PyErr_Format(PyExc_TypeError, "peek() takes at most 1 argument (%zd given)", nargs);
         return NULL;
@@ -1179,7 +1094,7 @@ static PyObject *reader_peek(Port *self, PyObject *const *args, Py_ssize_t nargs
     kept = PyByteArray_GET_SIZE(self->pending);
     if (kept == 0 && on == KEPT_ONLY) {
         lock_give(self->lock);
-        return off_call(self, "peek", args, (size_t)nargs);
+        return off_call(port, M_PEEK, args, (size_t)nargs);
     }
     if (kept == 0) {
         int r = fill_kept(self);
@@ -1193,47 +1108,62 @@ static PyObject *reader_peek(Port *self, PyObject *const *args, Py_ssize_t nargs
                                                        kept < size ? kept : size));
 }
 
-static PyMethodDef reader_methods[] = {
-    {"readinto", (PyCFunction)reader_readinto, METH_O, "Read into b until it is full or EOF."},
-    {"readinto1", (PyCFunction)reader_readinto1, METH_O, "Read what arrives (>= 1 byte) into b."},
-    {"read", (PyCFunction)reader_read, METH_VARARGS, "Read size bytes (all, when -1 or None)."},
-    {"read1", (PyCFunction)reader_read1, METH_VARARGS, "Read what arrives, up to size bytes."},
-    {"readline", (PyCFunction)(void (*)(void))reader_readline, METH_FASTCALL,
-     "Read up to and including a newline (at most size bytes, when size >= 0)."},
-    {"peek", (PyCFunction)(void (*)(void))reader_peek, METH_FASTCALL,
-     "The bytes read ahead, not taken (at least one unless at EOF; one read when none)."},
-    {"install", (PyCFunction)port_install, METH_VARARGS,
-     "install(port, on): put the methods above into port's instance dict (1; 2: serving "
-     "only what is kept), or take them away (0)."},
+static PyObject *port_get_mode(Port *self, void *unused)
+{
+    (void)unused;
+    return PyLong_FromLong(LOAD_INT(&self->on));
+}
+
+static PyGetSetDef fast_getset[] = {
+    {"mode", (getter)port_get_mode, NULL, "The port's mode (set_mode).", NULL},
+    {NULL, NULL, NULL, NULL, NULL},
+};
+
+static PyMethodDef fast_methods[] = { /* (a Reader's and a Writer's) */
+    {"set_mode", (PyCFunction)port_set_mode, METH_O,
+     "set_mode(mode): 1, the common case; 2, serve only what is kept; 0, the port is closed."},
     {NULL, NULL, 0, NULL},
 };
 
-/* Reader(conn, lock, rest, kept, port=None): with a port, its hot methods are installed at
- * once. */
-static int reader_init(Port *self, PyObject *args, PyObject *kwds)
+/* port_init, then the mode (a Reader's or Writer's constructor): 0, or -1 with an exception. */
+static int port_init_mode(Port *self, PyObject *conn, PyObject *lock, PyObject *rest,
+                          PyObject *buf, int mode)
 {
-    PyObject *conn, *lock, *rest, *kept, *port = Py_None;
-    static char *names[] = {"conn", "lock", "rest", "kept", "port", NULL};
-    if (!PyArg_ParseTupleAndKeywords(args, kwds, "OOOO|O:Reader", names, &conn, &lock, &rest,
-                                     &kept, &port))
-        return -1;
-    if (!PyByteArray_Check(kept)) {
-        PyErr_SetString(PyExc_TypeError, "kept must be a bytearray");
+    if (!PyByteArray_Check(buf)) {
+        PyErr_SetString(PyExc_TypeError, "the port's buffer must be a bytearray");
         return -1;
     }
-    if (port_init(self, conn, lock, rest, kept) < 0)
+    if (mode < OFF || mode > KEPT_ONLY) {
+        PyErr_Format(PyExc_ValueError, "no mode %d", mode);
         return -1;
-    return port == Py_None ? 0 : install(self, port, 1);
+    }
+    if (port_init(self, conn, lock, rest, buf) < 0)
+        return -1;
+    STORE_INT(&self->on, mode);
+    return 0;
+}
+
+/* Reader(conn, lock, rest, kept, mode=1): the state of an SSLInputPort's C methods. */
+static int reader_init(Port *self, PyObject *args, PyObject *kwds)
+{
+    PyObject *conn, *lock, *rest, *kept;
+    int mode = ON;
+    static char *names[] = {"conn", "lock", "rest", "kept", "mode", NULL};
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "OOOO|i:Reader", names, &conn, &lock, &rest,
+                                     &kept, &mode))
+        return -1;
+    return port_init_mode(self, conn, lock, rest, kept, mode);
 }
 
 static PyType_Slot reader_slots[] = {
-    {Py_tp_doc, "The C fast path of an SSLInputPort (installs its methods on the port)."},
+    {Py_tp_doc, "The state of an SSLInputPort's C methods (its _fast)."},
     {Py_tp_init, reader_init},
     {Py_tp_new, PyType_GenericNew},
     {Py_tp_dealloc, port_dealloc},
     {Py_tp_traverse, port_traverse},
     {Py_tp_clear, port_clear},
-    {Py_tp_methods, reader_methods},
+    {Py_tp_methods, fast_methods},
+    {Py_tp_getset, fast_getset},
     {0, NULL},
 };
 
@@ -1425,13 +1355,13 @@ static int conn_holds(sp_conn *c)
  * whether the connection still holds bytes of this port's, its own way for each transport)
  * and anything that sends (more than a record, a flush, deadlines) are the Python method's
  * (ports.py SSLOutputPort.write, whose buffering branch this is). */
-static PyObject *kept_write(Port *self, PyObject *b)
+static PyObject *kept_write(Port *self, PyObject *port, PyObject *b)
 {
     Py_buffer view;
     Py_ssize_t queued;
     if (self->conn == NULL || PyObject_GetBuffer(b, &view, PyBUF_SIMPLE) < 0) {
         PyErr_Clear(); /* (the Python method raises what it raises for it) */
-        return off_call(self, "write", &b, 1);
+        return off_call(port, M_WRITE, &b, 1);
     }
     if (lock_take(self->lock) < 0) {
         PyBuffer_Release(&view);
@@ -1441,7 +1371,7 @@ static PyObject *kept_write(Port *self, PyObject *b)
     if (view.len == 0 || queued == 0 || queued + view.len > record_size) {
         lock_give(self->lock);
         PyBuffer_Release(&view);
-        return off_call(self, "write", &b, 1);
+        return off_call(port, M_WRITE, &b, 1);
     }
     if (append_pending(self, view.buf, view.len) < 0) {
         PyBuffer_Release(&view);
@@ -1452,17 +1382,17 @@ static PyObject *kept_write(Port *self, PyObject *b)
     return port_unlock(self, PyLong_FromSsize_t(queued));
 }
 
-static PyObject *writer_write(Port *self, PyObject *b)
+static PyObject *writer_write(Port *self, PyObject *port, PyObject *b)
 {
     Py_buffer view;
     Py_ssize_t queued, n;
     sp_conn *c;
-    int on = LOAD_INT(&self->on); /* (read once: install() may change it) */
+    int on = mode_of(self); /* (read once: set_mode may change it) */
 
     if (on == KEPT_ONLY)
-        return kept_write(self, b);
+        return kept_write(self, port, b);
     if (!on)
-        return off_call(self, "write", &b, 1);
+        return off_call(port, M_WRITE, &b, 1);
     if (self->conn == NULL) {
         PyErr_SetString(PyExc_ValueError, "write to closed SSL port");
         return NULL;
@@ -1499,13 +1429,13 @@ static PyObject *writer_write(Port *self, PyObject *b)
     return port_unlock(self, PyLong_FromSsize_t(n));
 }
 
-static PyObject *writer_flush(Port *self, PyObject *unused)
+static PyObject *writer_flush(Port *self, PyObject *port, PyObject *unused)
 {
     sp_conn *c;
-    int on = LOAD_INT(&self->on); /* (read once: install() may change it) */
+    int on = mode_of(self); /* (read once: set_mode may change it) */
     (void)unused;
     if (on != ON) /* (KEPT_ONLY: a flush sends, under the port's timeout) */
-        return off_call(self, "flush", NULL, 0);
+        return off_call(port, M_FLUSH, NULL, 0);
     if (self->conn == NULL)
         Py_RETURN_NONE;
     if (PyByteArray_Size(self->pending) == 0 && !conn_holds(conn_of(self->conn)))
@@ -1520,39 +1450,27 @@ static PyObject *writer_flush(Port *self, PyObject *unused)
     Py_RETURN_NONE;
 }
 
-static PyMethodDef writer_methods[] = {
-    {"write", (PyCFunction)writer_write, METH_O, "Buffer b; send once a record is full."},
-    {"flush", (PyCFunction)writer_flush, METH_NOARGS, "Send what is buffered."},
-    {"install", (PyCFunction)port_install, METH_VARARGS,
-     "install(port, on): put the methods above into port's instance dict, or take them away."},
-    {NULL, NULL, 0, NULL},
-};
-
-/* Writer(conn, lock, rest, pending, port=None): with a port, write/flush are installed. */
+/* Writer(conn, lock, rest, pending, mode=1): the state of an SSLOutputPort's C methods. */
 static int writer_init(Port *self, PyObject *args, PyObject *kwds)
 {
-    PyObject *conn, *lock, *rest, *pending, *port = Py_None;
-    static char *names[] = {"conn", "lock", "rest", "pending", "port", NULL};
-    if (!PyArg_ParseTupleAndKeywords(args, kwds, "OOOO|O:Writer", names, &conn, &lock, &rest,
-                                     &pending, &port))
+    PyObject *conn, *lock, *rest, *pending;
+    int mode = ON;
+    static char *names[] = {"conn", "lock", "rest", "pending", "mode", NULL};
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "OOOO|i:Writer", names, &conn, &lock, &rest,
+                                     &pending, &mode))
         return -1;
-    if (!PyByteArray_Check(pending)) {
-        PyErr_SetString(PyExc_TypeError, "pending must be a bytearray");
-        return -1;
-    }
-    if (port_init(self, conn, lock, rest, pending) < 0)
-        return -1;
-    return port == Py_None ? 0 : install(self, port, 1);
+    return port_init_mode(self, conn, lock, rest, pending, mode);
 }
 
 static PyType_Slot writer_slots[] = {
-    {Py_tp_doc, "The C fast path of an SSLOutputPort (installs its methods on the port)."},
+    {Py_tp_doc, "The state of an SSLOutputPort's C methods (its _fast)."},
     {Py_tp_init, writer_init},
     {Py_tp_new, PyType_GenericNew},
     {Py_tp_dealloc, port_dealloc},
     {Py_tp_traverse, port_traverse},
     {Py_tp_clear, port_clear},
-    {Py_tp_methods, writer_methods},
+    {Py_tp_methods, fast_methods},
+    {Py_tp_getset, fast_getset},
     {0, NULL},
 };
 
@@ -1583,15 +1501,14 @@ static PyObject *bare_instance(PyObject *type)
     return obj;
 }
 
-/* A Reader or Writer (port_init's arguments) whose hot methods are installed on `port`. */
+/* A Reader or Writer (port_init's arguments) in the common case (ON). */
 static PyObject *new_fast(PyObject *type, PyObject *conn, PyObject *lock, PyObject *rest,
-                          PyObject *pending, PyObject *port)
+                          PyObject *pending)
 {
     PyObject *fast = PyType_GenericNew((PyTypeObject *)type, NULL, NULL);
     if (fast == NULL)
         return NULL;
-    if (port_init((Port *)fast, conn, lock, rest, pending) < 0
-        || install((Port *)fast, port, 1) < 0) {
+    if (port_init_mode((Port *)fast, conn, lock, rest, pending, ON) < 0) {
         Py_DECREF(fast);
         return NULL;
     }
@@ -1613,9 +1530,9 @@ static int set_attrs(PyObject *obj, PyObject *const *pairs, int n)
 
 /* make_ports(conn, input_type, output_type) -> (input_port, output_port): the ports of a socket
  * connection without a timeout, in the state their __init__ would give them (ports.py
- * SSLInputPort / SSLOutputPort; a test compares the two), fast methods installed. Every
- * connection makes two ports, cold, right after its handshake: a Python __init__ each, the
- * Reader's and Writer's construction and their installs cost ~56 us there (~10 us warm). */
+ * SSLInputPort / SSLOutputPort; a test compares the two), the C methods' mode ON. Every
+ * connection makes two ports, cold, right after its handshake: a Python __init__ each and the
+ * Reader's and Writer's construction cost ~56 us there (~10 us warm). */
 static PyObject *fast_make_ports(PyObject *module, PyObject *args)
 {
     PyObject *conn, *in_type, *out_type, *result = NULL;
@@ -1641,14 +1558,11 @@ static PyObject *fast_make_ports(PyObject *module, PyObject *args)
         if (set_attrs(inp, in_attrs, 3) < 0 || set_attrs(out, out_attrs, 3) < 0)
             goto done;
     }
-    if ((reader = new_fast(reader_type, conn, read_lock, read_rest, kept, inp)) == NULL
-        || (writer = new_fast(writer_type, conn, write_lock, write_rest, buf, out)) == NULL)
+    if ((reader = new_fast(reader_type, conn, read_lock, read_rest, kept)) == NULL
+        || (writer = new_fast(writer_type, conn, write_lock, write_rest, buf)) == NULL)
         goto done;
-    {
-        PyObject *in_fast[] = {str_fast, reader}, *out_fast[] = {str_fast, writer};
-        if (set_attrs(inp, in_fast, 1) < 0 || set_attrs(out, out_fast, 1) < 0)
-            goto done;
-    }
+    if (PyObject_SetAttr(inp, str_fast, reader) < 0 || PyObject_SetAttr(out, str_fast, writer) < 0)
+        goto done;
     if ((ref = PyWeakref_NewRef(inp, NULL)) == NULL
         || PyObject_SetAttr(conn, str_input_port, ref) < 0)
         goto done;
@@ -1666,6 +1580,109 @@ done:
     Py_XDECREF(writer);
     Py_XDECREF(ref);
     return result;
+}
+
+/* ---- the hot methods, on the port classes ------------------------------------------------- */
+
+/* Where a port keeps its Reader / Writer: the offset of the `_fast` slot of the port classes'
+ * common base (ports.py _SSLPort), found by hot_methods. */
+static Py_ssize_t fast_offset;
+
+/* The port's Reader or Writer (`type`; a new reference), or NULL when it has none of that
+ * type (made without this module): then the Python method does the call. The slot is set when
+ * the port is made and never replaced, so it is read as it is, without a lock. */
+static Port *fast_of(PyObject *port, PyObject *type)
+{
+    PyObject *fast = fast_offset > 0 ? *(PyObject **)((char *)port + fast_offset) : NULL;
+    if (fast == NULL || (PyObject *)Py_TYPE(fast) != type)
+        return NULL;
+    Py_INCREF(fast);
+    return (Port *)fast;
+}
+
+/* Each C method finds the port's Reader / Writer (NULL: none of its own, so OFF) and does the
+ * call there. */
+#define HOT_METHOD(name, type, impl, params, args)                                               \
+    static PyObject *name params                                                                 \
+    {                                                                                            \
+        Port *f = fast_of(port, type);                                                           \
+        PyObject *r = impl args;                                                                 \
+        Py_XDECREF(f);                                                                           \
+        return r;                                                                                \
+    }
+HOT_METHOD(in_readinto, reader_type, reader_readinto, (PyObject *port, PyObject *b), (f, port, b))
+HOT_METHOD(in_readinto1, reader_type, reader_readinto1, (PyObject *port, PyObject *b), (f, port, b))
+HOT_METHOD(in_read, reader_type, reader_read, (PyObject *port, PyObject *args), (f, port, args))
+HOT_METHOD(in_read1, reader_type, reader_read1, (PyObject *port, PyObject *args), (f, port, args))
+HOT_METHOD(in_readline, reader_type, reader_readline,
+           (PyObject *port, PyObject *const *args, Py_ssize_t nargs), (f, port, args, nargs))
+HOT_METHOD(in_peek, reader_type, reader_peek,
+           (PyObject *port, PyObject *const *args, Py_ssize_t nargs), (f, port, args, nargs))
+HOT_METHOD(out_write, writer_type, writer_write, (PyObject *port, PyObject *b), (f, port, b))
+HOT_METHOD(out_flush, writer_type, writer_flush, (PyObject *port, PyObject *unused),
+           (f, port, unused))
+
+/* In M_ order: M_READINTO .. M_PEEK are SSLInputPort's, M_WRITE and M_FLUSH SSLOutputPort's. */
+static PyMethodDef hot_defs[N_HOT] = {
+    {"readinto", (PyCFunction)in_readinto, METH_O, "Read into b until it is full or EOF."},
+    {"readinto1", (PyCFunction)in_readinto1, METH_O, "Read what arrives (>= 1 byte) into b."},
+    {"read", (PyCFunction)in_read, METH_VARARGS, "Read size bytes (all, when -1 or None)."},
+    {"read1", (PyCFunction)in_read1, METH_VARARGS, "Read what arrives, up to size bytes."},
+    {"readline", (PyCFunction)(void (*)(void))in_readline, METH_FASTCALL,
+     "Read up to and including a newline (at most size bytes, when size >= 0)."},
+    {"peek", (PyCFunction)(void (*)(void))in_peek, METH_FASTCALL,
+     "The bytes read ahead, not taken (at least one unless at EOF; one read when none)."},
+    {"write", (PyCFunction)out_write, METH_O, "Buffer b; send once a record is full."},
+    {"flush", (PyCFunction)out_flush, METH_NOARGS, "Send what is buffered."},
+};
+
+/* hot_methods(input_cls, output_cls): put the C methods on the two port classes (method
+ * descriptors: nothing per port), keeping the classes' Python methods for off_call. Once, at
+ * import (ports.py). */
+static PyObject *fast_hot_methods(PyObject *module, PyObject *args)
+{
+    PyObject *cls[2];
+    int i;
+    (void)module;
+    if (!PyArg_ParseTuple(args, "O!O!:hot_methods", &PyType_Type, &cls[0], &PyType_Type,
+                          &cls[1]))
+        return NULL;
+    for (i = 0; i < 2; i++) { /* both classes: the same `_fast` slot, an object member */
+        PyObject *slot = PyObject_GetAttr(cls[i], str_fast);
+        PyMemberDef *member;
+        if (slot == NULL)
+            return NULL;
+        member = Py_TYPE(slot) == &PyMemberDescr_Type ? ((PyMemberDescrObject *)slot)->d_member
+                                                      : NULL;
+        if (member == NULL || member->type != MEMBER_OBJECT_EX || member->offset <= 0
+            || (i == 1 && member->offset != fast_offset)) {
+            Py_DECREF(slot);
+            PyErr_SetString(PyExc_TypeError, "hot_methods: the port classes have no _fast slot");
+            return NULL;
+        }
+        fast_offset = member->offset;
+        Py_DECREF(slot);
+    }
+    for (i = 0; i < N_HOT; i++) {
+        PyObject *owner = cls[i < M_WRITE ? 0 : 1], *func = NULL, *descr = NULL;
+        PyObject *name = PyUnicode_InternFromString(hot_defs[i].ml_name);
+        int rc = -1;
+        if (name != NULL && (func = PyObject_GetAttr(owner, name)) != NULL) {
+            if (!PyFunction_Check(func))
+                PyErr_Format(PyExc_TypeError, "hot_methods: %s.%U is not a Python function",
+                             ((PyTypeObject *)owner)->tp_name, name);
+            else if ((descr = PyDescr_NewMethod((PyTypeObject *)owner, &hot_defs[i])) != NULL)
+                rc = PyObject_SetAttr(owner, name, descr);
+        }
+        Py_XDECREF(name);
+        Py_XDECREF(descr);
+        if (rc < 0) {
+            Py_XDECREF(func);
+            return NULL;
+        }
+        Py_XSETREF(python_method[i], func);
+    }
+    Py_RETURN_NONE;
 }
 
 /* ---- close: both ports' close() ---------------------------------------------------------- */
@@ -1734,6 +1751,15 @@ static int claim_close(PyObject *dict)
         return -1;
     return PyDict_SetItem(dict, str_claimed, Py_True) < 0 ? -1 : 1;
 #endif
+}
+
+/* bool(obj.name): 1, 0, or -1 with an exception. */
+static int attr_true(PyObject *obj, PyObject *name)
+{
+    PyObject *v = PyObject_GetAttr(obj, name);
+    int yes = v == NULL ? -1 : PyObject_IsTrue(v);
+    Py_XDECREF(v);
+    return yes;
 }
 
 /* Connection.last_port_closed(timeout) for a socket connection that is still open, step for
@@ -1920,18 +1946,14 @@ static int write_ends_soon(Lock *lock, in_flight *f)
     return r > 0;
 }
 
-/* _sync_fast() turning the port's C methods off (ports.py); a failure is noted in f. */
-static void methods_off(PyObject *dict, PyObject *port, in_flight *f)
+/* _sync_fast() turning the port's C methods off (ports.py: the Python methods do the calls
+ * from now on). */
+static void methods_off(PyObject *port, int output)
 {
-    PyObject *fast = PyDict_GetItemWithError(dict, str_fast);
-    if (fast != NULL && (Py_TYPE(fast) == (PyTypeObject *)reader_type
-                         || Py_TYPE(fast) == (PyTypeObject *)writer_type)) {
-        Py_INCREF(fast);
-        if (install((Port *)fast, port, 0) < 0)
-            note_failure(f);
+    Port *fast = fast_of(port, output ? writer_type : reader_type);
+    if (fast != NULL) {
+        STORE_INT(&fast->on, OFF);
         Py_DECREF(fast);
-    } else if (fast == NULL && PyErr_Occurred()) {
-        note_failure(f);
     }
 }
 
@@ -1951,21 +1973,19 @@ static PyObject *close_port(PyObject *port, int output)
     }
     if (output) { /* try: flush, close_notify (unless a write holds the lock); finally: ... */
         int notify;
-        PyObject *lock, *fast;
+        PyObject *lock;
+        Port *fast;
         if ((conn = PyObject_GetAttr(port, str_conn)) == NULL) {
             Py_DECREF(dict);
             return NULL;
         }
-        /* The C flush of a port that is not ON (a timeout, streams) is the class's Python
-         * flush reached through a weak reference to the port, which the collector clears
-         * before it finalizes a cycle's garbage: that flush would raise and the held bytes
-         * would stay unsent. Such a port closes with its Python methods, as ports.py does. */
-        fast = PyDict_GetItemWithError(dict, str_fast); /* (borrowed) */
-        if (fast != NULL && Py_TYPE(fast) == (PyTypeObject *)writer_type
-            && LOAD_INT(&((Port *)fast)->on) != ON)
-            methods_off(dict, port, &f);
-        else if (fast == NULL && PyErr_Occurred())
-            note_failure(&f);
+        /* A port that is not ON (a timeout, streams) closes with its Python methods, as
+         * ports.py does. */
+        if ((fast = fast_of(port, writer_type)) != NULL) {
+            if (LOAD_INT(&fast->on) != ON)
+                STORE_INT(&fast->on, OFF);
+            Py_DECREF(fast);
+        }
         lock = PyDict_GetItemWithError(dict, str_lock); /* (borrowed) */
         if (lock == NULL && PyErr_Occurred())
             note_failure(&f);
@@ -1974,7 +1994,7 @@ static PyObject *close_port(PyObject *port, int output)
             /* ports.py SSLOutputPort.close: a write in another thread that does not end (a
              * peer that does not read) is not waited for; io's close() below calls flush()
              * too: the Python one, which knows (the C one would wait) */
-            methods_off(dict, port, &f);
+            methods_off(port, 1);
             goto flushed;
         }
         call_noted(&f, PyObject_CallMethodNoArgs(port, str_flush));
@@ -1983,7 +2003,7 @@ static PyObject *close_port(PyObject *port, int output)
     }
 flushed:
     call_noted(&f, PyObject_CallOneArg(iobase_close, port));
-    methods_off(dict, port, &f); /* _sync_fast(): closed, so off */
+    methods_off(port, output); /* _sync_fast(): closed, so off */
     if (conn == NULL && (conn = PyObject_GetAttr(port, str_conn)) == NULL) {
         note_failure(&f);
     } else if ((timeout = PyObject_GetAttr(port, str_timeout)) == NULL) {
@@ -2162,6 +2182,8 @@ static PyMethodDef module_methods[] = {
      "make_ports(conn, input_type, output_type): a socket connection's two ports (no timeout)."},
     {"handshake", fast_handshake, METH_VARARGS,
      "handshake(conn_addr, timeout, err_addr) -> status: a socket connection's handshake."},
+    {"hot_methods", fast_hot_methods, METH_VARARGS,
+     "hot_methods(input_cls, output_cls): the ports' hot methods in C, on their classes."},
     {"close_method", fast_close_method, METH_VARARGS,
      "close_method(cls, output): the close() of cls's ports, as a method descriptor."},
     {NULL, NULL, 0, NULL},
@@ -2255,18 +2277,6 @@ static int find_iobase_close(void)
     return iobase_close == NULL ? -1 : 0;
 }
 
-/* Every name install() puts into a port's dict, interned now (hot_name). */
-static int intern_hot_names(void)
-{
-    PyMethodDef *tables[2] = {reader_methods, writer_methods}, *m;
-    int t;
-    for (t = 0; t < 2; t++)
-        for (m = tables[t]; m->ml_name != NULL && strcmp(m->ml_name, "install") != 0; m++)
-            if (hot_name(m->ml_name) == NULL)
-                return -1;
-    return 0;
-}
-
 PyMODINIT_FUNC PyInit__fastport(void)
 {
     PyObject *m = PyModule_Create(&fastport_module);
@@ -2274,7 +2284,7 @@ PyMODINIT_FUNC PyInit__fastport(void)
         return NULL;
     if (intern_all() < 0 || find_iobase_close() < 0 || add_type(m, &lock_spec, "Lock", &lock_type) < 0
         || add_type(m, &reader_spec, "Reader", &reader_type) < 0
-        || add_type(m, &writer_spec, "Writer", &writer_type) < 0 || intern_hot_names() < 0) {
+        || add_type(m, &writer_spec, "Writer", &writer_type) < 0) {
         Py_DECREF(m);
         return NULL;
     }

@@ -1761,21 +1761,26 @@ class Connection:
 class _SSLPort(io.BufferedIOBase):
     """What the two ports share: the timeout and the switch to the C fast path."""
 
+    # The state of the C methods (sp_fastport.c Reader / Writer), or None without them: a slot,
+    # which the C methods read at a fixed offset; set when the port is made, never replaced.
+    __slots__ = ("_fast",)
+    _fast: Any
     _sslports_conn: Connection
-    _fast: Any = None  # the C fast path (sp_fastport.c), when it serves this port
-    # (None on the class: an instance attribute only once set, which keeps a port's __dict__
-    # within its smallest table with the C methods installed: ~190 bytes a port)
     _timeout: Optional[float] = None
 
+    def _fast_mode(self) -> int:
+        """What the C methods do (sp_fastport.c): the whole call while the common case holds,
+        a socket port without a timeout (1); with a timeout or over streams (2), what needs no
+        wait (the input port: serve what the kept bytes hold whole, a small read, a line, a
+        peek; the output port: a write that only adds to the pending bytes), calling the
+        Python methods for the rest (KEPT_ONLY); on a closed port, nothing (0)."""
+        if self.closed:
+            return 0
+        return 1 if self._timeout is None and self._sslports_conn.is_socket else 2
+
     def _sync_fast(self) -> None:
-        """Use the C methods while the common case holds: a socket port, no timeout, open (1).
-        With a timeout or over streams (2), they do what needs no wait (the input port: serve
-        what the kept bytes hold whole, a small read, a line, a peek; the output port: a write
-        that only adds to the pending bytes) and call the Python methods for the rest
-        (sp_fastport.c KEPT_ONLY)."""
         if self._fast is not None:
-            on = self._timeout is None and self._sslports_conn.is_socket
-            self._fast.install(self, 0 if self.closed else 1 if on else 2)
+            self._fast.set_mode(self._fast_mode())
 
     def settimeout(self, seconds: Optional[float]) -> None:
         """Bound each later read, or write and flush, on this port (None: wait forever).
@@ -1805,16 +1810,11 @@ class SSLInputPort(_SSLPort):
         # Bytes read ahead (by readline, peek, a failed read), served first: changed in place
         # only, under the read lock (shared with _fast).
         self._buf = bytearray()
-        if _fastport is not None:  # installs its methods on a socket port without a timeout
+        self._fast = None
+        if _fastport is not None:
             self._fast = _fastport.Reader(
-                conn,
-                conn.read_lock,
-                conn.read_rest,
-                self._buf,
-                self if timeout is None and conn.is_socket else None,
+                conn, conn.read_lock, conn.read_rest, self._buf, self._fast_mode()
             )
-            if timeout is not None or not conn.is_socket:
-                self._sync_fast()
 
     def __repr__(self) -> str:
         return f"<SSLInputPort{' closed' if self.closed else ''}>"
@@ -2045,16 +2045,11 @@ class SSLOutputPort(_SSLPort):
             self._timeout = timeout
         self._lock = conn.write_lock
         self._buf = bytearray()  # pending bytes: changed in place only (shared with _fast)
-        if _fastport is not None:  # installs write/flush on a socket port without a timeout
+        self._fast = None
+        if _fastport is not None:
             self._fast = _fastport.Writer(
-                conn,
-                conn.write_lock,
-                conn.write_rest,
-                self._buf,
-                self if timeout is None and conn.is_socket else None,
+                conn, conn.write_lock, conn.write_rest, self._buf, self._fast_mode()
             )
-            if timeout is not None or not conn.is_socket:
-                self._sync_fast()
 
     def __repr__(self) -> str:
         return f"<SSLOutputPort{' closed' if self.closed else ''}>"
@@ -2205,11 +2200,19 @@ class SSLOutputPort(_SSLPort):
         raise io.UnsupportedOperation("detach")
 
 
-# close() in C (sp_fastport.c close_port), the same steps as the methods above: every
-# connection closes two ports, cold, and their Python frames cost ~5 % of a resumed one. The
-# Python methods serve without the C module (and the tests of both paths).
-PYTHON_CLOSE = {SSLInputPort: SSLInputPort.close, SSLOutputPort: SSLOutputPort.close}
+# The hot methods in C (sp_fastport.c), on the classes: each finds the port's _fast and does
+# the call with no Python frame, or calls the Python method above when the common case does
+# not hold (a timeout, streams, a closed port). And close() in C (close_port), the same steps
+# as the methods above: every connection closes two ports, cold, and their Python frames cost
+# ~5 % of a resumed one. The Python methods serve without the C module (and the tests of both
+# paths).
+_HOT = {
+    SSLInputPort: ("readinto", "readinto1", "read", "read1", "readline", "peek", "close"),
+    SSLOutputPort: ("write", "flush", "close"),
+}
+PYTHON_METHODS = {cls: {name: cls.__dict__[name] for name in names} for cls, names in _HOT.items()}
 if _fastport is not None:
+    _fastport.hot_methods(SSLInputPort, SSLOutputPort)
     SSLInputPort.close = _fastport.close_method(SSLInputPort, False)  # type: ignore[method-assign]
     SSLOutputPort.close = _fastport.close_method(SSLOutputPort, True)  # type: ignore[method-assign]
 
