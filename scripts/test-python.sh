@@ -104,9 +104,7 @@ import sys
 import sysconfig
 
 import sslports
-from sslports import _native
-
-from sslports import _fastport
+from sslports import _fastport, _native
 
 for mod in (_native, _fastport):
     if not mod.__file__.startswith(sys.argv[1] + "/"):
