@@ -19,11 +19,9 @@ import sys
 import pytest
 from conftest import MIB, PY_ENV
 
-# Runs in the child: argv[1] is the transport; prints {size_mib: bytes still held}.
-CHILD = r"""
-import asyncio, ctypes, gc, json, os, socket, sys, threading
-import sslports
-import sslports.aio as aio
+# The children's measure: bytes in use in the C heap, mmapped blocks included.
+HEAP = r"""
+import ctypes, gc
 
 libc = ctypes.CDLL(None)
 class MallInfo2(ctypes.Structure):
@@ -36,6 +34,15 @@ def heap():
     gc.collect()
     m = libc.mallinfo2()
     return m.uordblks + m.hblkhd
+"""
+
+# Runs in the child: argv[1] is the transport; prints {size_mib: bytes still held}.
+CHILD = (
+    HEAP
+    + r"""
+import asyncio, json, os, socket, sys, threading
+import sslports
+import sslports.aio as aio
 
 def server_context():
     ctx = sslports.ssl_make_server_context("tls13")
@@ -121,6 +128,7 @@ for mib in (16, 64):
         result[mib] = held_after_one_write_streams(kind, mib << 20)
 print(json.dumps(result))
 """
+)
 
 
 def _has_mallinfo2() -> bool:
@@ -171,21 +179,11 @@ def test_one_large_write_leaves_no_copy_behind(kind: str) -> None:
 
 # Runs in the child: N socket connection pairs per traffic shape, both ends in this process;
 # prints {shape: C heap bytes held per idle pair}.
-IDLE_CHILD = r"""
-import ctypes, gc, json, sys, threading
+IDLE_CHILD = (
+    HEAP
+    + r"""
+import json, sys, threading
 import sslports
-
-libc = ctypes.CDLL(None)
-class MallInfo2(ctypes.Structure):
-    _fields_ = [(name, ctypes.c_size_t) for name in
-                "arena ordblks smblks hblks hblkhd usmblks fsmblks uordblks fordblks keepcost"
-                .split()]
-libc.mallinfo2.restype = MallInfo2
-
-def heap():
-    gc.collect()
-    m = libc.mallinfo2()
-    return m.uordblks + m.hblkhd
 
 ctx = sslports.ssl_make_server_context("auto")
 sslports.ssl_load_certificate_chain(ctx, sslports.TEST_PEM)
@@ -278,6 +276,7 @@ for shape in (handshake_only, ping, bulk, lines, timed_out):
             p.close()
 print(json.dumps(result))
 """
+)
 
 
 @needs_mallinfo2
