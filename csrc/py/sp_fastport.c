@@ -517,8 +517,7 @@ static void port_dealloc(Port *self)
  * not hold (off_call). */
 enum { M_READINTO, M_READINTO1, M_READ, M_READ1, M_READLINE, M_PEEK, M_WRITE, M_FLUSH, N_HOT };
 static PyObject *python_method[N_HOT]; /* (set once, by hot_methods; only read afterwards) */
-static const char *const hot_name[N_HOT] = {"readinto", "readinto1", "read",  "read1",
-                                            "readline", "peek",      "write", "flush"};
+static PyMethodDef hot_defs[N_HOT];     /* (the C methods: below) */
 
 /* set_mode(mode): OFF, ON or KEPT_ONLY (ports.py _sync_fast, as the port's state changes). */
 static PyObject *port_set_mode(Port *self, PyObject *arg)
@@ -548,7 +547,7 @@ static PyObject *off_call(PyObject *port, int which, PyObject *const *args, size
     size_t i;
     if (n > 2) {
         PyErr_Format(PyExc_TypeError, "%s() takes at most 1 argument (%zu given)",
-                     hot_name[which], n);
+                     hot_defs[which].ml_name, n);
         return NULL;
     }
     if (python_method[which] == NULL) {
