@@ -168,6 +168,9 @@ static Py_ssize_t record_size = 16384;
 static PyObject *read_all;  /* read_all(reader, conn) -> bytes: read(-1) and read(None) */
 static PyObject *str_closed; /* "closed" (interned) */
 static PyObject *str_addr;  /* "_fast_addr" */
+/* the connection's continuations, called with the lock held when the common case does not
+ * hold: read_rest(b, fill, n) and write_rest(pending, data, sent) (ports.py Connection) */
+static PyObject *str_read_rest, *str_write_rest;
 
 /* ---- shared helpers ------------------------------------------------------------------ */
 
@@ -437,8 +440,6 @@ typedef struct {
     PyObject_HEAD
     PyObject *conn; /* the ports.Connection */
     Lock *lock; /* its read_lock / write_lock */
-    PyObject *rest; /* reader: conn.read_rest(b, fill, n); writer: conn.write_rest(pending, data,
-                       sent); called with the lock held */
     PyObject *pending; /* writer: the bytearray of bytes not yet sent; reader: of bytes read
                           ahead (by readline, peek, a failed read), served first. Shared with
                           ports.py (the port's _buf), changed in place only, under the lock. */
@@ -455,23 +456,17 @@ typedef struct {
 
 static PyObject *reader_type, *writer_type;
 
-static int port_init(Port *self, PyObject *conn, PyObject *lock, PyObject *rest, PyObject *pending)
+static int port_init(Port *self, PyObject *conn, PyObject *lock, PyObject *pending)
 {
-    if (!PyCallable_Check(rest)) {
-        PyErr_SetString(PyExc_TypeError, "rest must be callable");
-        return -1;
-    }
     if ((PyObject *)Py_TYPE(lock) != lock_type) {
         PyErr_SetString(PyExc_TypeError, "lock must be a sslports._fastport.Lock");
         return -1;
     }
     Py_INCREF(conn);
     Py_INCREF(lock);
-    Py_INCREF(rest);
     Py_XINCREF(pending);
     Py_XSETREF(self->conn, conn);
     Py_XSETREF(self->lock, (Lock *)lock);
-    Py_XSETREF(self->rest, rest);
     Py_XSETREF(self->pending, pending);
     return 0;
 }
@@ -489,7 +484,6 @@ static int port_traverse(Port *self, visitproc visit, void *arg)
     Py_VISIT(Py_TYPE(self));
     Py_VISIT(self->conn);
     Py_VISIT(self->lock);
-    Py_VISIT(self->rest);
     Py_VISIT(self->pending);
     return 0;
 }
@@ -498,7 +492,6 @@ static int port_clear(Port *self)
 {
     Py_CLEAR(self->conn);
     Py_CLEAR(self->lock);
-    Py_CLEAR(self->rest);
     Py_CLEAR(self->pending);
     return 0;
 }
@@ -708,7 +701,8 @@ static PyObject *read_rest(Port *self, PyObject *b, int fill, size_t got)
     Py_ssize_t kept = PyByteArray_GET_SIZE(self->pending);
     PyObject *n = PyLong_FromSize_t(got), *r = NULL;
     if (n != NULL) {
-        r = PyObject_CallFunctionObjArgs(self->rest, b, fill ? Py_True : Py_False, n, NULL);
+        r = PyObject_CallMethodObjArgs(self->conn, str_read_rest, b, fill ? Py_True : Py_False, n,
+                                       NULL);
         Py_DECREF(n);
     }
     if (r == NULL)
@@ -964,7 +958,7 @@ static int fill_kept(Port *self)
     more = PyByteArray_FromStringAndSize(NULL, READ_CHUNK);
     if (more == NULL)
         return -1;
-    n_obj = PyObject_CallFunctionObjArgs(self->rest, more, Py_False, zero, NULL);
+    n_obj = PyObject_CallMethodObjArgs(self->conn, str_read_rest, more, Py_False, zero, NULL);
     n = n_obj == NULL ? -1 : PyLong_AsSsize_t(n_obj);
     Py_XDECREF(n_obj);
     if (n < 0) {
@@ -1125,8 +1119,7 @@ static PyMethodDef fast_methods[] = { /* (a Reader's and a Writer's) */
 };
 
 /* port_init, then the mode (a Reader's or Writer's constructor): 0, or -1 with an exception. */
-static int port_init_mode(Port *self, PyObject *conn, PyObject *lock, PyObject *rest,
-                          PyObject *buf, int mode)
+static int port_init_mode(Port *self, PyObject *conn, PyObject *lock, PyObject *buf, int mode)
 {
     if (!PyByteArray_Check(buf)) {
         PyErr_SetString(PyExc_TypeError, "the port's buffer must be a bytearray");
@@ -1136,22 +1129,21 @@ static int port_init_mode(Port *self, PyObject *conn, PyObject *lock, PyObject *
         PyErr_Format(PyExc_ValueError, "no mode %d", mode);
         return -1;
     }
-    if (port_init(self, conn, lock, rest, buf) < 0)
+    if (port_init(self, conn, lock, buf) < 0)
         return -1;
     STORE_INT(&self->on, mode);
     return 0;
 }
 
-/* Reader(conn, lock, rest, kept, mode=1): the state of an SSLInputPort's C methods. */
+/* Reader(conn, lock, kept, mode=1): the state of an SSLInputPort's C methods. */
 static int reader_init(Port *self, PyObject *args, PyObject *kwds)
 {
-    PyObject *conn, *lock, *rest, *kept;
+    PyObject *conn, *lock, *kept;
     int mode = ON;
-    static char *names[] = {"conn", "lock", "rest", "kept", "mode", NULL};
-    if (!PyArg_ParseTupleAndKeywords(args, kwds, "OOOO|i:Reader", names, &conn, &lock, &rest,
-                                     &kept, &mode))
+    static char *names[] = {"conn", "lock", "kept", "mode", NULL};
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "OOO|i:Reader", names, &conn, &lock, &kept, &mode))
         return -1;
-    return port_init_mode(self, conn, lock, rest, kept, mode);
+    return port_init_mode(self, conn, lock, kept, mode);
 }
 
 static PyType_Slot reader_slots[] = {
@@ -1181,7 +1173,7 @@ static PyObject *call_rest(Port *self, PyObject *data, size_t sent)
     if (n != NULL && data == NULL)
         data = empty = PyBytes_FromStringAndSize(NULL, 0);
     if (n != NULL && data != NULL)
-        r = PyObject_CallFunctionObjArgs(self->rest, self->pending, data, n, NULL);
+        r = PyObject_CallMethodObjArgs(self->conn, str_write_rest, self->pending, data, n, NULL);
     Py_XDECREF(n);
     Py_XDECREF(empty);
     return r;
@@ -1449,16 +1441,15 @@ static PyObject *writer_flush(Port *self, PyObject *port, PyObject *unused)
     Py_RETURN_NONE;
 }
 
-/* Writer(conn, lock, rest, pending, mode=1): the state of an SSLOutputPort's C methods. */
+/* Writer(conn, lock, pending, mode=1): the state of an SSLOutputPort's C methods. */
 static int writer_init(Port *self, PyObject *args, PyObject *kwds)
 {
-    PyObject *conn, *lock, *rest, *pending;
+    PyObject *conn, *lock, *pending;
     int mode = ON;
-    static char *names[] = {"conn", "lock", "rest", "pending", "mode", NULL};
-    if (!PyArg_ParseTupleAndKeywords(args, kwds, "OOOO|i:Writer", names, &conn, &lock, &rest,
-                                     &pending, &mode))
+    static char *names[] = {"conn", "lock", "pending", "mode", NULL};
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "OOO|i:Writer", names, &conn, &lock, &pending, &mode))
         return -1;
-    return port_init_mode(self, conn, lock, rest, pending, mode);
+    return port_init_mode(self, conn, lock, pending, mode);
 }
 
 static PyType_Slot writer_slots[] = {
@@ -1482,7 +1473,7 @@ static PyType_Spec writer_spec = {
 
 /* Made once by module init: the two types, and the attribute names make_ports sets. */
 static PyObject *str_conn, *str_timeout, *str_lock, *str_fast, *str_buf, *str_read_lock,
-    *str_write_lock, *str_read_rest, *str_write_rest, *str_input_port;
+    *str_write_lock, *str_kept;
 
 /* An instance of a port class without running its Python __init__ (make_ports sets its state). */
 static PyObject *bare_instance(PyObject *type)
@@ -1501,30 +1492,26 @@ static PyObject *bare_instance(PyObject *type)
 }
 
 /* A Reader or Writer (port_init's arguments) in the common case (ON). */
-static PyObject *new_fast(PyObject *type, PyObject *conn, PyObject *lock, PyObject *rest,
-                          PyObject *pending)
+static PyObject *new_fast(PyObject *type, PyObject *conn, PyObject *lock, PyObject *pending)
 {
     PyObject *fast = PyType_GenericNew((PyTypeObject *)type, NULL, NULL);
     if (fast == NULL)
         return NULL;
-    if (port_init_mode((Port *)fast, conn, lock, rest, pending, ON) < 0) {
+    if (port_init_mode((Port *)fast, conn, lock, pending, ON) < 0) {
         Py_DECREF(fast);
         return NULL;
     }
     return fast;
 }
 
-/* Set name = value in obj's instance dict for each (name, value) pair; 0 or -1. */
+/* Set name = value on obj for each (name, value) pair (the port classes' slots); 0 or -1. */
 static int set_attrs(PyObject *obj, PyObject *const *pairs, int n)
 {
-    PyObject *dict = PyObject_GenericGetDict(obj, NULL);
-    int i, rc = 0;
-    if (dict == NULL)
-        return -1;
-    for (i = 0; rc == 0 && i < n; i++)
-        rc = PyDict_SetItem(dict, pairs[2 * i], pairs[2 * i + 1]);
-    Py_DECREF(dict);
-    return rc;
+    int i;
+    for (i = 0; i < n; i++)
+        if (PyObject_SetAttr(obj, pairs[2 * i], pairs[2 * i + 1]) < 0)
+            return -1;
+    return 0;
 }
 
 /* make_ports(conn, input_type, output_type) -> (input_port, output_port): the ports of a socket
@@ -1535,17 +1522,14 @@ static int set_attrs(PyObject *obj, PyObject *const *pairs, int n)
 static PyObject *fast_make_ports(PyObject *module, PyObject *args)
 {
     PyObject *conn, *in_type, *out_type, *result = NULL;
-    PyObject *read_lock = NULL, *write_lock = NULL, *read_rest = NULL, *write_rest = NULL;
+    PyObject *read_lock = NULL, *write_lock = NULL;
     PyObject *inp = NULL, *out = NULL, *buf = NULL, *kept = NULL, *reader = NULL, *writer = NULL;
-    PyObject *ref = NULL;
     (void)module;
     if (!PyArg_ParseTuple(args, "OO!O!:make_ports", &conn, &PyType_Type, &in_type, &PyType_Type,
                           &out_type))
         return NULL;
     if ((read_lock = PyObject_GetAttr(conn, str_read_lock)) == NULL
         || (write_lock = PyObject_GetAttr(conn, str_write_lock)) == NULL
-        || (read_rest = PyObject_GetAttr(conn, str_read_rest)) == NULL
-        || (write_rest = PyObject_GetAttr(conn, str_write_rest)) == NULL
         || (inp = bare_instance(in_type)) == NULL || (out = bare_instance(out_type)) == NULL
         || (buf = PyByteArray_FromStringAndSize(NULL, 0)) == NULL
         || (kept = PyByteArray_FromStringAndSize(NULL, 0)) == NULL)
@@ -1557,27 +1541,23 @@ static PyObject *fast_make_ports(PyObject *module, PyObject *args)
         if (set_attrs(inp, in_attrs, 3) < 0 || set_attrs(out, out_attrs, 3) < 0)
             goto done;
     }
-    if ((reader = new_fast(reader_type, conn, read_lock, read_rest, kept)) == NULL
-        || (writer = new_fast(writer_type, conn, write_lock, write_rest, buf)) == NULL)
+    if ((reader = new_fast(reader_type, conn, read_lock, kept)) == NULL
+        || (writer = new_fast(writer_type, conn, write_lock, buf)) == NULL)
         goto done;
     if (PyObject_SetAttr(inp, str_fast, reader) < 0 || PyObject_SetAttr(out, str_fast, writer) < 0)
         goto done;
-    if ((ref = PyWeakref_NewRef(inp, NULL)) == NULL
-        || PyObject_SetAttr(conn, str_input_port, ref) < 0)
+    if (PyObject_SetAttr(conn, str_kept, kept) < 0)
         goto done;
     result = PyTuple_Pack(2, inp, out);
 done:
     Py_XDECREF(read_lock);
     Py_XDECREF(write_lock);
-    Py_XDECREF(read_rest);
-    Py_XDECREF(write_rest);
     Py_XDECREF(inp);
     Py_XDECREF(out);
     Py_XDECREF(buf);
     Py_XDECREF(kept);
     Py_XDECREF(reader);
     Py_XDECREF(writer);
-    Py_XDECREF(ref);
     return result;
 }
 
@@ -1985,17 +1965,18 @@ static PyObject *close_port(PyObject *port, int output)
                 STORE_INT(&fast->on, OFF);
             Py_DECREF(fast);
         }
-        lock = PyDict_GetItemWithError(dict, str_lock); /* (borrowed) */
-        if (lock == NULL && PyErr_Occurred())
+        lock = PyObject_GetAttr(port, str_lock); /* (the `_lock` slot) */
+        if (lock == NULL) {
             note_failure(&f);
-        else if (lock != NULL && (PyObject *)Py_TYPE(lock) == lock_type
-                 && !write_ends_soon((Lock *)lock, &f)) {
+        } else if ((PyObject *)Py_TYPE(lock) == lock_type && !write_ends_soon((Lock *)lock, &f)) {
             /* ports.py SSLOutputPort.close: a write in another thread that does not end (a
              * peer that does not read) is not waited for; io's close() below calls flush()
              * too: the Python one, which knows (the C one would wait) */
+            Py_DECREF(lock);
             methods_off(port, 1);
             goto flushed;
         }
+        Py_XDECREF(lock);
         call_noted(&f, PyObject_CallMethodNoArgs(port, str_flush));
         if (f.value == NULL && (notify = wants_close_notify(port, conn)) != 0)
             call_noted(&f, notify < 0 ? NULL : PyObject_CallMethodNoArgs(port, str_close_notify));
@@ -2221,7 +2202,7 @@ static int intern_all(void)
         {&str_fast, "_fast"},            {&str_buf, "_buf"},
         {&str_read_lock, "read_lock"},   {&str_write_lock, "write_lock"},
         {&str_read_rest, "read_rest"},   {&str_write_rest, "write_rest"},
-        {&str_input_port, "input_port"},
+        {&str_kept, "kept"},
         {&str_claimed, "_close_claimed"},
         {&str_flush, "flush"},
         {&str_shutdown_on_close, "shutdown_on_close"},

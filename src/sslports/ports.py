@@ -1102,6 +1102,7 @@ class _SocketTransport:
     """A socket whose I/O the C pump does itself (a socket.socket, or the bare _socket.socket
     ssl_connect and ssl_accept make)."""
 
+    __slots__ = ("sock",)  # (one per connection: no instance dict)
     fed = 0  # (the pump reads the socket itself: see _StreamTransport.fed)
 
     def __init__(self, sock: _socket.socket) -> None:
@@ -1120,7 +1121,9 @@ class Connection:
     # Defaults every connection starts with (class attributes: nothing to store per connection).
     closed = False
     sni_error: Optional[BaseException] = None
-    input_port: Optional[weakref.ref[SSLInputPort]] = None
+    # The input port's bytes read ahead (its _buf, shared), where the bytes a call other than
+    # its own reads go (keep_read, keep_after): set when the ports are made (make_ports).
+    kept: Optional[bytearray] = None
     caches_session = False  # a client whose context keeps sessions (in C) for the next connect
     free_at_last_close = False  # finalized with a port still open: its last close frees it
     # The transports of connections whose ports are made and not both closed (make_ports adds,
@@ -1133,6 +1136,13 @@ class Connection:
     # The peer's (host, port) for a failed handshake's message, when the caller knows it
     # (net.py: what ssl_connect connected to, whom ssl_accept accepted); see peer_text.
     peer: Optional[tuple[Any, ...]] = None
+    # The count cells of this connection's reads and writes (read_cell, write_cell; the error
+    # record is per thread, _per_thread, and says whose call filled it: own_record): a signal
+    # handler that reads or writes on another connection of this thread, run as a pump call
+    # here returns, must not overwrite its count, and a read needs its count after the handler
+    # raised (Connection.read). Made by the first call that needs one: the C methods never do.
+    got: Any = None
+    done: Any = None
 
     def __init__(
         self,
@@ -1150,8 +1160,9 @@ class Connection:
         # collector runs their finalizers in any order (cffi's destructor is one too), and a
         # port's close() must never reach a pointer freed before it: __del__ leaves an open
         # port's connection to its last close (free_at_last_close).
+        # (a plain pointer to it: the detached ffi.gc object and the cdata it wraps cost 80 bytes)
         _binding.ffi.gc(ptr, None)
-        self.ptr: Any = ptr
+        self.ptr: Any = _binding.ffi.cast("sp_conn *", ptr)
         # The address the C fast path pumps (sp_fastport.c); 0 once the connection is closed.
         self._fast_addr = int(_binding.ffi.cast("uintptr_t", ptr))
         self.transport = transport
@@ -1169,13 +1180,20 @@ class Connection:
         self.read_lock = _new_lock(self._fast_addr)
         self.write_lock = _new_lock(self._fast_addr)
         self.is_socket = type(transport) is _SocketTransport
-        # The count cells of this connection's reads and writes (the error record is per
-        # thread, _per_thread, and says whose call filled it: own_record): a signal handler
-        # that reads or writes on another connection of this thread, run as a pump call here
-        # returns, must not overwrite its count, and a read needs its count after the handler
-        # raised (Connection.read).
-        counts = _binding.ffi.new("size_t[2]")
-        self.got, self.done = counts, counts + 1  # (`done` points into `got`'s array)
+
+    def read_cell(self) -> Any:
+        """The count cell (size_t *) of this connection's reads."""
+        got = self.got
+        if got is None:
+            got = self.got = _binding.ffi.new("size_t *")
+        return got
+
+    def write_cell(self) -> Any:
+        """The count cell (size_t *) of this connection's writes."""
+        done = self.done
+        if done is None:
+            done = self.done = _binding.ffi.new("size_t *")
+        return done
 
     def free(self) -> None:
         """Release the C connection; every later call sees a closed connection."""
@@ -1192,8 +1210,8 @@ class Connection:
         ports): that port's close must still flush and say goodbye, and the connection's last
         close frees it then (port_closed; sp_fastport.c conn_port_closed)."""
         ptr = getattr(self, "ptr", None)
-        if ptr is not None and self.input_port is not None and self.open_ports:
-            # (input_port: its ports were made, and one of them will be finalized too; a
+        if ptr is not None and self.kept is not None and self.open_ports:
+            # (kept: its ports were made, and one of them will be finalized too; a
             # connection whose handshake failed has none and is freed here)
             self.free_at_last_close = True
             return
@@ -1425,7 +1443,7 @@ class Connection:
         # first), and the except clause adds what is missing. Any instruction may be the one
         # that raises (PyPy, CPython < 3.10): `got` is zeroed before `base` moves, so
         # base + got[0] never counts a byte twice.
-        got = self.got
+        got = self.read_cell()
         base = None
         try:
             # `with buf` releases the buffer export on the way out, also on an exception: a
@@ -1491,17 +1509,15 @@ class Connection:
     def keep_read(self, data: bytes) -> None:
         """Give bytes a failed read had read back to the input port, to be read first (the
         caller holds the read lock)."""
-        port = self.input_port() if self.input_port is not None else None
-        if port is not None:
-            port._buf[:0] = data
+        if self.kept is not None:
+            self.kept[:0] = data
 
     def keep_after(self, view: Any, n: int) -> None:
         """Application bytes a call other than a read read (the first `n` of the buffer
         `view`): the input port's reader gets them after those it already has (the caller
         holds the read lock)."""
-        port = self.input_port() if self.input_port is not None else None
-        if port is not None and n:
-            port._buf += view[:n]
+        if self.kept is not None and n:
+            self.kept += view[:n]
 
     def keep_start(self, view: Any, n: int) -> None:
         """keep_read for the first `n` bytes of the buffer `view` (of any item format)."""
@@ -1565,7 +1581,7 @@ class Connection:
         if self.closed:
             raise ValueError("I/O operation on closed SSL connection")
         lib = _binding.lib
-        err, done = _per_thread.pair[0], self.done
+        err, done = _per_thread.pair[0], self.write_cell()
         hbuf = _from_buffer("unsigned char[]", head)
         buf = _from_buffer("unsigned char[]", data)
         hsize = len(hbuf)
@@ -1761,12 +1777,20 @@ class Connection:
 class _SSLPort(io.BufferedIOBase):
     """What the two ports share: the timeout and the switch to the C fast path."""
 
-    # The state of the C methods (sp_fastport.c Reader / Writer), or None without them: a slot,
-    # which the C methods read at a fixed offset; set when the port is made, never replaced.
-    __slots__ = ("_fast",)
+    # Slots, not the instance dict (io's base classes make one only when a name outside these is
+    # set: the close claim, a timeout, an abandoned output port): an idle connection's ports cost
+    # ~0.4 K less (bench/README.md section 4). `_fast`, the state of the C methods
+    # (sp_fastport.c Reader / Writer) or None without them, is read by the C methods at its fixed
+    # offset; set when the port is made, never replaced. `_buf` is shared with `_fast` (changed
+    # in place only); `_lock` is the connection's lock of the port's direction.
+    __slots__ = ("_buf", "_fast", "_lock", "_sslports_conn")
     _fast: Any
     _sslports_conn: Connection
+    _lock: Any
+    _buf: bytearray
     _timeout: Optional[float] = None
+    # Set in the instance dict by the one close() that claims the port (_claim_close).
+    _close_claimed: Optional[object] = None
 
     def _fast_mode(self) -> int:
         """What the C methods do (sp_fastport.c): the whole call while the common case holds,
@@ -1812,9 +1836,7 @@ class SSLInputPort(_SSLPort):
         self._buf = bytearray()
         self._fast = None
         if _fastport is not None:
-            self._fast = _fastport.Reader(
-                conn, conn.read_lock, conn.read_rest, self._buf, self._fast_mode()
-            )
+            self._fast = _fastport.Reader(conn, conn.read_lock, self._buf, self._fast_mode())
 
     def __repr__(self) -> str:
         return f"<SSLInputPort{' closed' if self.closed else ''}>"
@@ -1841,7 +1863,7 @@ class SSLInputPort(_SSLPort):
                 # The common case in one pump call and one Python frame (this code runs cold,
                 # between two waits on the network: every bytecode counts).
                 err = _per_thread.pair[0]  # per thread: an sp_err per port would cost 2 KB each
-                got = conn.got
+                got = conn.read_cell()
                 got[0] = 0
                 n = 0
                 try:
@@ -2047,9 +2069,7 @@ class SSLOutputPort(_SSLPort):
         self._buf = bytearray()  # pending bytes: changed in place only (shared with _fast)
         self._fast = None
         if _fastport is not None:
-            self._fast = _fastport.Writer(
-                conn, conn.write_lock, conn.write_rest, self._buf, self._fast_mode()
-            )
+            self._fast = _fastport.Writer(conn, conn.write_lock, self._buf, self._fast_mode())
 
     def __repr__(self) -> str:
         return f"<SSLOutputPort{' closed' if self.closed else ''}>"
@@ -2131,7 +2151,7 @@ class SSLOutputPort(_SSLPort):
             with memoryview(data) as whole, whole[top:] as rest:
                 if self._timeout is None and conn.is_socket and not conn.closed:
                     # The common case in one pump call (see SSLInputPort._readinto).
-                    err, done = _per_thread.pair[0], conn.done
+                    err, done = _per_thread.pair[0], conn.write_cell()
                     with (
                         _from_buffer("unsigned char[]", held) as chead,
                         _from_buffer("unsigned char[]", rest) as cdata,
@@ -2163,7 +2183,7 @@ class SSLOutputPort(_SSLPort):
             raise ValueError("flush of closed SSL port")
         if not (self._buf or self._conn_holds()):
             return
-        if "_close_claimed" in self.__dict__ and self._lock.locked():
+        if self._close_claimed is not None and self._lock.locked():
             return  # (close(), io's included: never wait for a write in another thread)
         with self._lock:
             if self._buf or self._conn_holds():
@@ -2366,7 +2386,7 @@ def make_ports(conn: Connection, timeout: Optional[float]) -> tuple[SSLInputPort
         )  # (annotated, not cast(): no Python call on every connection)
     else:
         inp = SSLInputPort(conn, timeout)
-        conn.input_port = weakref.ref(inp)
+        conn.kept = inp._buf
         made = inp, SSLOutputPort(conn, timeout)
     conn.live_transports.add(conn.transport)  # (until the last close: see live_transports)
     return made

@@ -13,7 +13,7 @@ from ._binding import build_error
 from .context import is_ip_literal
 from .errors import SSLError, SSLTimeoutError
 from .net import _reference_name
-from .ports import Connection, SSLInputPort, SSLOutputPort, _Deadline, connection_of
+from .ports import Connection, _Deadline, connection_of
 
 _VERSION_SYMBOLS = {0x0301: "tls", 0x0302: "tls11", 0x0303: "tls12", 0x0304: "tls13"}
 _VERSION_SYMBOLS[0x0300] = "sslv3"
@@ -37,6 +37,7 @@ def verify_port_now(func: str, port: Any, on: bool, try_only: bool) -> None:
     port. A client checks the certificate the server presented during the handshake. A
     post-handshake message from the client that is half received (a TLS 1.3 KeyUpdate in
     several records), which OpenSSL must finish first, is read to its end before the request.
+    A server's exchange is bounded by the timeout of `port` (the port given, input or output).
 
     A TLS 1.2 client that refuses to renegotiate answers with a no_renegotiation alert, which
     OpenSSL turns into a fatal handshake_failure: then even `try_only` raises, as the
@@ -59,8 +60,7 @@ def verify_port_now(func: str, port: Any, on: bool, try_only: bool) -> None:
     if not on:
         lib.sp_conn_set_verify(conn.ptr, flags)
         return
-    inp = _input_port_of(port)
-    deadline = _Deadline(inp.gettimeout() if inp is not None else None)
+    deadline = _Deadline(port.gettimeout())
     scratch = bytearray(65536)
     while True:
         status = lib.sp_request_reauth(conn.ptr, flags, err)
@@ -152,15 +152,6 @@ def _surface_deferred_error(func: str, conn: Connection, scratch: bytearray) -> 
 # SSL_R_EXTENSION_NOT_RECEIVED from SSL_verify_client_post_handshake: the client did not send
 # the post_handshake_auth extension.
 _NO_PHA = ":0A000117:"
-
-
-def _input_port_of(port: Any) -> Optional[SSLInputPort]:
-    if isinstance(port, SSLInputPort):
-        return port
-    if isinstance(port, SSLOutputPort):
-        ref = port._sslports_conn.input_port
-        return ref() if ref is not None else None
-    return None
 
 
 def ssl_peer_verified(p: object) -> bool:
