@@ -192,12 +192,14 @@ def test_client_write_deadline_during_server_renegotiation(pki: Any, openssl_too
         assert read_exactly(inp, len(after)) == after
 
 
+@pytest.mark.parametrize("given", ["input", "output"])
 @pytest.mark.parametrize("version", ["tls12", "tls13"])
-def test_server_verify_deadline_over_streams(pki: Any, version: str) -> None:
+def test_server_verify_deadline_over_streams(pki: Any, version: str, given: str) -> None:
     """A stream server's ssl_try_verify (TLS 1.2: a renegotiation; TLS 1.3: a certificate
-    request) whose request is held back: the deadline (the input port's timeout) expires. The
-    pump_once loop checked it for sockets only, and spun until the client answered, i.e.
-    forever. It must give up at the deadline; the connection then carries data as before."""
+    request) whose request is held back: the deadline (the timeout of the port it is given,
+    either one) expires. The pump_once loop checked it for sockets only, and spun until the
+    client answered, i.e. forever. It must give up at the deadline; the connection then
+    carries data as before."""
     listener = socket.create_server((LOCAL, 0))
     port = listener.getsockname()[1]
     connect = run_in_thread(
@@ -217,14 +219,15 @@ def test_server_verify_deadline_over_streams(pki: Any, version: str) -> None:
     cin, cout = connect(TIMEOUT)
     try:
         gate.open.clear()
-        sin.settimeout(SHORT)
-        outcome = _outcome(lambda: sslports.ssl_try_verify(sin, True))
+        port = sin if given == "input" else sout
+        port.settimeout(SHORT)
+        outcome = _outcome(lambda: sslports.ssl_try_verify(port, True))
         gate.open.set()
         assert outcome is not None, "ssl_try_verify ran past its deadline"
         assert isinstance(outcome, sslports.SSLError), outcome
         assert "timed out" in str(outcome)
 
-        sin.settimeout(TIMEOUT)
+        port.settimeout(TIMEOUT)
         cin.settimeout(TIMEOUT)
         cout.write(b"still here\n")
         cout.flush()
