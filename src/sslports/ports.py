@@ -1779,7 +1779,7 @@ class _SSLPort(io.BufferedIOBase):
 
     # Slots, not the instance dict (io's base classes make one only when a name outside these is
     # set: the close claim, a timeout, an abandoned output port): an idle connection's ports cost
-    # ~0.4 K less (bench/README.md section 4). `_fast`, the state of the C methods
+    # ~0.3 K less per end (bench/README.md section 4). `_fast`, the state of the C methods
     # (sp_fastport.c Reader / Writer) or None without them, is read by the C methods at its fixed
     # offset; set when the port is made, never replaced. `_buf` is shared with `_fast` (changed
     # in place only); `_lock` is the connection's lock of the port's direction.
