@@ -36,7 +36,9 @@ struct sp_conn {
     int close_notify_seen; /* the peer's close_notify alert was read (ssl_lock: set by
                               note_alert, inside OpenSSL calls) */
     int draining;    /* sp_conn_drain_tickets: a transport EOF is not an event (ssl_lock) */
-    int direct_send; /* the last record of an sp_write: the BIO may send it itself (ssl_lock) */
+    int direct_send; /* an sp_write's records the BIO may send itself (ssl_lock): SP_DIRECT_LAST,
+                        every one (the call's last record); SP_DIRECT_PAIRS, a full record
+                        with a full record queued ahead of it; 0, none */
     int reading;     /* inside sp_read's SSL_read_ex (ssl_lock) */
     /* ciphertext reading made (KeyUpdate replies, refusals of renegotiation, alerts) still in
      * outq: 0 again whenever outq is taken for sending (ssl_lock). At SP_OUT_HIGH the socket
