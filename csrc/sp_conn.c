@@ -799,11 +799,10 @@ static long send_two(sp_socket fd, const void *a, size_t alen, const void *b, si
  * from OpenSSL's buffer when no other send is under way: alone when nothing is queued, else
  * (POSIX) in one sendmsg() after the records queued before it, so a batch of records is sent
  * without copying its last one. A 64 KiB write goes out as two sendmsg() of two records each
- * (two of its four records copied), not one of four (three copied): the 65.6 KB of one batch is
- * just over what one loopback packet carries (64 KiB), so its last few bytes followed in a
- * packet of their own, and in paired runs (bench/README.md, section 3) pairs moved 64 KiB
- * writes 5-8 % faster at 2 % less CPU of both ends, with no round in the slow mode that one
- * batch fell into. ssl_lock is held; send_lock is only tried, which keeps the lock order.
+ * (two of its four records copied), not one of four (three copied, and 65.6 KB: just over a
+ * loopback segment, so the fourth record's last bytes came in a segment of their own). Paired
+ * runs of 64 KiB writes (bench/README.md, section 3): 1.18x up and 1.07x down, the writer's
+ * CPU -15 % / -7 %. ssl_lock is held; send_lock is only tried, which keeps the lock order.
  * Returns how much of the record the socket took; the rest, and anything after a failure
  * (which the sender then reports), is queued as usual. */
 static size_t send_direct(sp_conn *c, const char *data, size_t len)
