@@ -19,6 +19,7 @@ import gc
 import hashlib
 import os
 import platform
+import re
 import selectors
 import shutil
 import socket
@@ -582,3 +583,29 @@ def servers() -> Iterator[list[Server]]:
     yield made
     for s in made:
         s.close()
+
+
+@pytest.fixture(scope="session")
+def countrecv_env(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
+    """The environment of a child Python with tests/countrecv.c preloaded (it counts the
+    process's recv() and sendmsg() calls; the child reaches it with ctypes.CDLL(None)) and
+    this tree's sslports on its path."""
+    cc = shutil.which("cc") or shutil.which("gcc")
+    if cc is None:
+        pytest.fail("no C compiler (cc) to build tests/countrecv.c (make setup installs one)")
+    shim = tmp_path_factory.mktemp("countrecv") / "countrecv.so"
+    source = Path(__file__).with_name("countrecv.c")
+    subprocess.run(
+        [cc, "-O1", "-shared", "-fPIC", "-o", str(shim), str(source), "-ldl"], check=True
+    )
+    env = dict(os.environ)
+    # (valgrind's preloads, under scripts/valgrind.sh, are for its own processes: the child
+    # runs natively; a sanitizer's runtime, under scripts/asan.sh, stays first)
+    preloads = [
+        p for p in re.split(r"[ :]", env.get("LD_PRELOAD", "")) if p and "vgpreload" not in p
+    ]
+    env["LD_PRELOAD"] = " ".join([*preloads, str(shim)])
+    env["PYTHONPATH"] = os.pathsep.join(
+        filter(None, [str(Path(sslports.__file__).parents[1]), env.get("PYTHONPATH")])
+    )
+    return env

@@ -23,9 +23,7 @@ import contextlib
 import ctypes
 import hashlib
 import itertools
-import os
 import re
-import shutil
 import socket
 import ssl
 import struct
@@ -33,7 +31,6 @@ import subprocess
 import sys
 import threading
 import time
-from pathlib import Path
 from typing import Any, Callable, Optional, Union
 
 import pytest
@@ -395,7 +392,7 @@ print(hashlib.sha256(data).hexdigest() == digest, calls.value, eagain.value)
 
 
 def test_a_record_in_pieces_costs_one_recv_per_piece(
-    pki: Any, tmp_path_factory: pytest.TempPathFactory
+    pki: Any, countrecv_env: dict[str, str]
 ) -> None:
     """Socket mode, a 16 KiB record that arrives in 165 TCP segments of 100 bytes, each on its
     own (a pause between), then close_notify: the read takes each piece with one recv(), which
@@ -403,29 +400,16 @@ def test_a_record_in_pieces_costs_one_recv_per_piece(
     empty, so none follows it that would only meet EAGAIN (each piece used to cost poll() +
     recv() + a recv() that met EAGAIN). Counted in a child Python with tests/countrecv.c
     preloaded (its recv() wraps libc's)."""
-    cc = shutil.which("cc") or shutil.which("gcc")
-    if cc is None:
-        pytest.skip("no C compiler (cc) to build tests/countrecv.c")
-    shim = tmp_path_factory.mktemp("countrecv") / "countrecv.so"
-    source = Path(__file__).with_name("countrecv.c")
-    subprocess.run(
-        [cc, "-O1", "-shared", "-fPIC", "-o", str(shim), str(source), "-ldl"], check=True
-    )
     data = random_bytes(16384, seed=13)
     # The record's pieces (TLS 1.3: 5 + 16384 + 1 + 16 bytes), then the close_notify's one.
     pieces = -(-(16384 + 22) // 100) + 1
     server_ctx = pki.py_server_context("tls13")
     server_ctx.num_tickets = 0  # (no session tickets: their pieces would count too)
     server = ShapingServer(server_ctx, data, None, 100, 0.002)
-    env = dict(os.environ)
-    env["LD_PRELOAD"] = " ".join(filter(None, [env.get("LD_PRELOAD"), str(shim)]))
-    env["PYTHONPATH"] = os.pathsep.join(
-        filter(None, [str(Path(sslports.__file__).parents[1]), env.get("PYTHONPATH")])
-    )
     child = [sys.executable, "-c", COUNT_RECV_CHILD, str(server.port)]
     proc = subprocess.run(
         [*child, hashlib.sha256(data).hexdigest()],
-        env=env,
+        env=countrecv_env,
         capture_output=True,
         text=True,
         timeout=60,
