@@ -99,9 +99,9 @@
  * renegotiation with SSL_read_ex instead (writer_reads) and keeps the data it gets in `stash`,
  * which sp_read serves before anything else. It holds at most ~SP_STASH_MAX: beyond that
  * the writer waits for the reader to take some (socket mode here; in stream mode the caller
- * stops feeding such a writer, sp_stash_full, since the writer reads whatever it was fed). While a reader waits in recv() without ssl_lock (WAITING),
- * the socket BIO does not recv() for anyone else (recv_busy): the bytes that recv() got come
- * first.
+ * stops feeding such a writer, sp_stash_full, since the writer reads whatever it was fed).
+ * While a reader waits in recv() without ssl_lock (WAITING), the socket BIO does not recv()
+ * for anyone else (recv_busy): the bytes that recv() got come first.
  *
  * LOCKS (full duplex without deadlock)
  *
@@ -1849,9 +1849,12 @@ static int write_records(sp_conn *c, const unsigned char *head, size_t head_len,
             continue;
         }
         before_ssl_call(c);
-        c->direct_send = !c->socket_mode || hold                              ? 0
-                         : total + chunk == all && chunk <= SSL3_RT_MAX_PLAIN_LENGTH ? SP_DIRECT_LAST
-                                                                                      : SP_DIRECT_PAIRS;
+        if (!c->socket_mode || hold)
+            c->direct_send = 0;
+        else if (total + chunk == all && chunk <= SSL3_RT_MAX_PLAIN_LENGTH)
+            c->direct_send = SP_DIRECT_LAST;
+        else
+            c->direct_send = SP_DIRECT_PAIRS;
         ok = guarded_write(c, from, chunk, &n);
         c->direct_send = 0;
         if (ok) {
