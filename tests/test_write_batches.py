@@ -141,8 +141,7 @@ def test_large_writes_through_a_small_window_arrive_whole(
         # Two writers taking turns (the order is known): each write's records go behind
         # what the other thread's write left queued.
         turn = threading.Condition()
-        order = iter(range(len(pieces)))
-        state = {"next": next(order)}
+        state = {"next": 0}  # the index of the piece whose turn it is
 
         def writer(parity: int) -> None:
             for i in range(parity, len(pieces), 2):
@@ -151,7 +150,7 @@ def test_large_writes_through_a_small_window_arrive_whole(
                     out.write(pieces[i])
                     if i % 3 == 0:
                         out.flush()
-                    state["next"] = next(order, -1)
+                    state["next"] = i + 1
                     turn.notify_all()
 
         workers = [threading.Thread(target=writer, args=(p,)) for p in (0, 1)]
