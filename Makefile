@@ -41,10 +41,13 @@ $(DOCS_STAMP): $(STAMP)
 docs: setup $(DOCS_STAMP)
 	$(VPY) -m mkdocs build --strict --clean --config-file docs/mkdocs.yml --site-dir $(CURDIR)/build/docs
 
+# Our C compiles with -Wall -Wextra -Wshadow as errors, and keeps to 100 columns (as ruff does).
 cwarn: $(STAMP)
 	@for f in csrc/*.c; do $(CC) $(CFLAGS_CHECK) $$f || exit 1; done
 	@$(CC) $(CFLAGS_CHECK) $$($(VPY) -c 'import sysconfig; print("-I" + sysconfig.get_paths()["include"])') \
 		csrc/py/sp_fastport.c
+	@awk 'length > 100 { print FILENAME ":" FNR ": longer than 100 columns"; bad = 1 } END { exit bad }' \
+		csrc/*.c csrc/*.h csrc/py/*.c fuzz/c/*.c fuzz/c/*.h bench/c/*.c tests/*.c
 
 # The same C compiled for Windows (mingw-w64 gcc, clang targeting it) and with clang, syntax
 # only, warnings as errors; apt-installs those compilers when missing. Not part of `make test`.

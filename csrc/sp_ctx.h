@@ -80,8 +80,9 @@ enum { SP_SETUP_CONNECTION = 1, SP_SETUP_HOSTNAME = 2, SP_SETUP_ALPN = 3 };
  * name the peer's certificate must match; the ALPN offer (RFC 7301 wire format, alpn_len > 0);
  * with `cache_host` (a client whose context keeps sessions), the peer (cache_host, cache_port)
  * whose cached session it resumes and under which it files new ones, as long as the cache is
- * still in `cache_epoch` (the verify policy the flags came from: sp_ctx_forget_sessions). NULL on failure, with
- * err filled and *failed_step saying which step failed; nothing is left allocated then. */
+ * still in `cache_epoch` (the verify policy the flags came from: sp_ctx_forget_sessions).
+ * NULL on failure, with err filled and *failed_step saying which step failed; nothing is left
+ * allocated then. */
 sp_conn *sp_ctx_open_conn(SSL_CTX *ctx, int is_server, int fd, int verify_flags,
                           const char *host, int host_is_ip, int check_host,
                           const unsigned char *alpn, size_t alpn_len, const char *cache_host,

@@ -46,9 +46,11 @@ int sp_conn_alpn(sp_conn *c, unsigned char *out, size_t cap);
 int sp_conn_session_reused(sp_conn *c);
 /* Client sessions for resumption (the cache itself: sp_session.c). A client connection files
  * each new session under its peer key (host, port), and resumes the one found there; 0 when
- * out of memory; nothing while the cache is past `epoch` (sp_ctx_open_conn). Installing a session before the handshake. Before a client's socket closes:
- * process the tickets that already arrived (one SSL_read: the caller holds the read lock, so
- * that no read of another thread is under way, whose bytes it would take). */
+ * out of memory; nothing while the cache is past `epoch` (sp_ctx_open_conn).
+ * sp_conn_set_session: installs a session before the handshake.
+ * sp_conn_drain_tickets: before a client's socket closes, processes the tickets that already
+ * arrived (one SSL_read: the caller holds the read lock, so that no read of another thread is
+ * under way, whose bytes it would take). */
 int sp_conn_use_session_cache(sp_conn *c, const char *host, int port, unsigned long long epoch);
 int sp_conn_set_session(sp_conn *c, SSL_SESSION *session);
 void sp_conn_drain_tickets(sp_conn *c);

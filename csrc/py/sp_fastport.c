@@ -883,7 +883,8 @@ static PyObject *kept_bytes(Port *self, PyObject *port, PyObject *args, int fill
         lock_give(self->lock);
         goto python;
     }
-    out = PyBytes_FromStringAndSize(PyByteArray_AS_STRING(self->pending), kept < size ? kept : size);
+    out = PyBytes_FromStringAndSize(PyByteArray_AS_STRING(self->pending),
+                                    kept < size ? kept : size);
     if (out != NULL && PySequence_DelSlice(self->pending, 0, PyBytes_GET_SIZE(out)) < 0)
         Py_CLEAR(out);
     return port_unlock(self, out);
@@ -1447,7 +1448,8 @@ static int writer_init(Port *self, PyObject *args, PyObject *kwds)
     PyObject *conn, *lock, *pending;
     int mode = ON;
     static char *names[] = {"conn", "lock", "pending", "mode", NULL};
-    if (!PyArg_ParseTupleAndKeywords(args, kwds, "OOO|i:Writer", names, &conn, &lock, &pending, &mode))
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "OOO|i:Writer", names, &conn, &lock, &pending,
+                                     &mode))
         return -1;
     return port_init_mode(self, conn, lock, pending, mode);
 }
@@ -2262,7 +2264,8 @@ PyMODINIT_FUNC PyInit__fastport(void)
     PyObject *m = PyModule_Create(&fastport_module);
     if (m == NULL)
         return NULL;
-    if (intern_all() < 0 || find_iobase_close() < 0 || add_type(m, &lock_spec, "Lock", &lock_type) < 0
+    if (intern_all() < 0 || find_iobase_close() < 0
+        || add_type(m, &lock_spec, "Lock", &lock_type) < 0
         || add_type(m, &reader_spec, "Reader", &reader_type) < 0
         || add_type(m, &writer_spec, "Writer", &writer_type) < 0) {
         Py_DECREF(m);

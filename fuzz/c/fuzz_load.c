@@ -82,7 +82,8 @@ static void load_key(const uint8_t *p, size_t n, int der, int rsa_only, const ch
         return;
     }
     if (rsa_only)
-        FZ_CHECK(EVP_PKEY_base_id(key) == EVP_PKEY_RSA || EVP_PKEY_base_id(key) == EVP_PKEY_RSA_PSS);
+        FZ_CHECK(EVP_PKEY_base_id(key) == EVP_PKEY_RSA
+                 || EVP_PKEY_base_id(key) == EVP_PKEY_RSA_PSS);
     use_key(key, need_certificate);
     EVP_PKEY_free(key);
 }
