@@ -15,6 +15,12 @@
  *   mode idle      server answers one byte and keeps the connection (flags & 1: warm-up, close).
  *   mode echo      server echoes what it reads (reads of up to `rbuf`) until EOF.
  *
+ * bio=mem batch=N (either end, bulk and ping-pong modes): OpenSSL talks to two memory BIOs
+ * instead, and the program moves ciphertext itself: what SSL_write_ex made goes out in one
+ * write() once N bytes of it wait (or before the program waits to read), and a read() takes
+ * up to N bytes at a time (the memory-BIO C program of issue 5's bulk target, "fewer, larger
+ * system calls"; bench/README.md section 3).
+ *
  * Usage: sp_ref server|client key=value...   (keys: see usage() below)
  * Each run prints one line "RESULT {json}" on stdout; the server first prints "PORT n".
  *
@@ -61,6 +67,8 @@ struct opts {
     long n;       /* client: connections (hs, idle) */
     int resume;
     double start_at, duration;
+    int mem_bio;        /* bio=mem: memory BIOs, ciphertext moved by the program */
+    size_t batch;       /* ... in write()s and read()s of up to this many bytes */
 };
 
 static struct opts o;
@@ -176,12 +184,114 @@ static int unpack_hdr(const unsigned char *b, struct hdr *h)
 
 /* ---- TLS I/O ---------------------------------------------------------------------------- */
 
+/* The connection's socket: OpenSSL's socket BIO, or (bio=mem) the program's own use of it
+ * around two memory BIOs. */
+static unsigned char *mem_in; /* bio=mem: one read()'s bytes (one connection per process) */
+
+static void tls_attach(SSL *ssl, int fd)
+{
+    BIO *rbio, *wbio;
+    if (!o.mem_bio) {
+        SSL_set_fd(ssl, fd);
+        return;
+    }
+    rbio = BIO_new(BIO_s_mem());
+    wbio = BIO_new(BIO_s_mem());
+    if (rbio == NULL || wbio == NULL)
+        die("out of memory");
+    BIO_set_mem_eof_return(rbio, -1); /* empty: "not yet", until the socket's EOF */
+    SSL_set_bio(ssl, rbio, wbio);
+    SSL_set_app_data(ssl, (void *)(intptr_t)fd);
+    if (mem_in == NULL && (mem_in = malloc(o.batch)) == NULL)
+        die("out of memory");
+}
+
+static int tls_fd(SSL *ssl)
+{
+    return o.mem_bio ? (int)(intptr_t)SSL_get_app_data(ssl) : SSL_get_fd(ssl);
+}
+
+/* bio=mem: everything SSL_write_ex / the handshake made, out in one write() (more when the
+ * socket takes less). */
+static void tls_flush(SSL *ssl)
+{
+    BIO *wbio = SSL_get_wbio(ssl);
+    char *p;
+    long left;
+    if (!o.mem_bio)
+        return;
+    left = BIO_get_mem_data(wbio, &p);
+    while (left > 0) {
+        ssize_t n = write(tls_fd(ssl), p, (size_t)left);
+        if (n < 0 && errno == EINTR)
+            continue;
+        if (n <= 0)
+            die("write: %s", strerror(errno));
+        p += n;
+        left -= n;
+    }
+    (void)BIO_reset(wbio);
+}
+
+/* bio=mem: OpenSSL wants more ciphertext: send what waits, then one read() of up to `batch`
+ * bytes into the read BIO. 0 at the socket's EOF. */
+static int tls_fill(SSL *ssl)
+{
+    ssize_t n;
+    tls_flush(ssl);
+    do
+        n = read(tls_fd(ssl), mem_in, o.batch);
+    while (n < 0 && errno == EINTR);
+    if (n < 0)
+        die("read: %s", strerror(errno));
+    if (n == 0) {
+        BIO_set_mem_eof_return(SSL_get_rbio(ssl), 0);
+        return 0;
+    }
+    if (BIO_write(SSL_get_rbio(ssl), mem_in, (int)n) != (int)n)
+        die("BIO_write failed");
+    return 1;
+}
+
+/* SSL_accept / SSL_connect: 1 when done. */
+static int tls_handshake(SSL *ssl, int server)
+{
+    for (;;) {
+        int r = server ? SSL_accept(ssl) : SSL_connect(ssl);
+        if (r == 1) {
+            tls_flush(ssl);
+            return 1;
+        }
+        if (!o.mem_bio || SSL_get_error(ssl, r) != SSL_ERROR_WANT_READ || !tls_fill(ssl))
+            return 0;
+    }
+}
+
+static int tls_read(SSL *ssl, unsigned char *buf, size_t len, size_t *n)
+{
+    for (;;) {
+        if (SSL_read_ex(ssl, buf, len, n))
+            return 1;
+        if (!o.mem_bio || SSL_get_error(ssl, 0) != SSL_ERROR_WANT_READ || !tls_fill(ssl))
+            return 0;
+    }
+}
+
+static int tls_write(SSL *ssl, const unsigned char *buf, size_t len, size_t *n)
+{
+    if (!SSL_write_ex(ssl, buf, len, n))
+        return 0;
+    if (o.mem_bio && BIO_ctrl_pending(SSL_get_wbio(ssl)) >= o.batch)
+        tls_flush(ssl);
+    return 1;
+}
+
 /* Read exactly len bytes; 0 on EOF or error. */
 static int read_full(SSL *ssl, unsigned char *buf, size_t len)
 {
     while (len > 0) {
         size_t n = 0;
-        if (!SSL_read_ex(ssl, buf, len, &n))
+        if (!tls_read(ssl, buf, len, &n))
             return 0;
         buf += n;
         len -= n;
@@ -193,7 +303,7 @@ static void write_full(SSL *ssl, const unsigned char *buf, size_t len)
 {
     while (len > 0) {
         size_t n = 0;
-        if (!SSL_write_ex(ssl, buf, len, &n))
+        if (!tls_write(ssl, buf, len, &n))
             die("SSL_write failed");
         buf += n;
         len -= n;
@@ -214,7 +324,7 @@ static void recv_bytes(SSL *ssl, unsigned char *buf, unsigned long rbuf, unsigne
 {
     while (size > 0) {
         size_t n = 0, want = size < rbuf ? (size_t)size : (size_t)rbuf;
-        if (!SSL_read_ex(ssl, buf, want, &n))
+        if (!tls_read(ssl, buf, want, &n))
             die("SSL_read failed (early EOF?)");
         size -= n;
     }
@@ -291,8 +401,8 @@ static int serve_one(SSL_CTX *ctx, int fd, struct srv_stats *st, SSL **keep)
     double c0;
     int kept = 0;
     set_nodelay(fd);
-    SSL_set_fd(ssl, fd);
-    if (SSL_accept(ssl) != 1) {
+    tls_attach(ssl, fd);
+    if (!tls_handshake(ssl, 1)) {
         ERR_print_errors_fp(stderr);
         SSL_free(ssl);
         close(fd);
@@ -348,7 +458,7 @@ static int serve_one(SSL_CTX *ctx, int fd, struct srv_stats *st, SSL **keep)
         unsigned char *buf = alloc_buf(hd.rbuf);
         for (;;) {
             size_t n = 0;
-            if (!SSL_read_ex(ssl, buf, hd.rbuf, &n))
+            if (!tls_read(ssl, buf, hd.rbuf, &n))
                 break;
             write_full(ssl, buf, n);
             st->bytes += n;
@@ -361,6 +471,7 @@ static int serve_one(SSL_CTX *ctx, int fd, struct srv_stats *st, SSL **keep)
     }
     st->data_cpu += cpu_now() - c0;
     if (!kept) {
+        tls_flush(ssl);
         SSL_free(ssl);
         close(fd);
     }
@@ -435,7 +546,7 @@ static int run_server(void)
         SSL_read(kept[0], &b, 1);
     }
     for (i = 0; i < nkept; i++) {
-        int fd = SSL_get_fd(kept[i]);
+        int fd = tls_fd(kept[i]);
         SSL_free(kept[i]);
         close(fd);
     }
@@ -462,7 +573,7 @@ static SSL *dial(SSL_CTX *ctx, SSL_SESSION *sess, int *reused)
         die("connect: %s", strerror(errno));
     set_nodelay(fd);
     ssl = SSL_new(ctx);
-    SSL_set_fd(ssl, fd);
+    tls_attach(ssl, fd);
     if (o.ca != NULL) {
         X509_VERIFY_PARAM *param = SSL_get0_param(ssl);
         if (inet_pton(AF_INET, o.host, ip) == 1)
@@ -472,7 +583,7 @@ static SSL *dial(SSL_CTX *ctx, SSL_SESSION *sess, int *reused)
     }
     if (sess != NULL)
         SSL_set_session(ssl, sess);
-    if (SSL_connect(ssl) != 1)
+    if (!tls_handshake(ssl, 0))
         die("SSL_connect failed");
     if (reused != NULL)
         *reused = SSL_session_reused(ssl);
@@ -483,7 +594,8 @@ static SSL *dial(SSL_CTX *ctx, SSL_SESSION *sess, int *reused)
  * keeps OpenSSL from invalidating its session on SSL_free (CPython does the same). */
 static void hangup(SSL *ssl)
 {
-    int fd = SSL_get_fd(ssl);
+    int fd = tls_fd(ssl);
+    tls_flush(ssl);
     SSL_set_shutdown(ssl, SSL_get_shutdown(ssl) | SSL_SENT_SHUTDOWN);
     SSL_free(ssl);
     close(fd);
@@ -628,7 +740,8 @@ static void usage(void)
           "  common: host=127.0.0.1 port=N suites=TLS_AES_128_GCM_SHA256\n"
           "  server: cert=PEM key=PEM tickets=2 conns=1 fork=0\n"
           "  client: ca=PEM mode=up|down|pingpong|hs|idle|echo size=BYTES wbuf=N rbuf=N\n"
-          "          count=N n=CONNS resume=0|1 start_at=MONOTONIC duration=SECONDS\n",
+          "          count=N n=CONNS resume=0|1 start_at=MONOTONIC duration=SECONDS\n"
+          "  either: bio=socket|mem batch=BYTES (bio=mem: memory BIOs, I/O of up to batch)\n",
           stderr);
     exit(2);
 }
@@ -702,6 +815,10 @@ int main(int argc, char **argv)
             o.start_at = atof(v);
         else if (!strcmp(k, "duration"))
             o.duration = atof(v);
+        else if (!strcmp(k, "bio"))
+            o.mem_bio = !strcmp(v, "mem");
+        else if (!strcmp(k, "batch"))
+            o.batch = strtoul(v, NULL, 10);
         else
             die("unknown option %s", k);
     }
@@ -709,6 +826,8 @@ int main(int argc, char **argv)
         o.wbuf = 16384;
     if (o.rbuf == 0)
         o.rbuf = o.wbuf;
+    if (o.batch == 0)
+        o.batch = 262144;
     signal(SIGPIPE, SIG_IGN);
     return o.server ? run_server() : run_client();
 }
