@@ -72,6 +72,9 @@ def _is_python(args, shell):
     if shell:
         return False
     prog = args if isinstance(args, (str, bytes, os.PathLike)) else args[0]
+    if not isinstance(args, (str, bytes, os.PathLike)) and len(args) > 4:
+        if os.path.basename(os.fsdecode(prog)) == "ip" and list(args[1:3]) == ["netns", "exec"]:
+            return _is_python(args[4:], shell)  # (ip netns exec NAME cmd...: what it runs)
     prog = shutil.which(os.fsdecode(prog)) or os.fsdecode(prog)
     if prog == sys.executable or os.path.basename(prog).startswith("python"):
         return True

@@ -1,0 +1,398 @@
+"""TLS over a real network link that loses packets, not loopback.
+
+Every other test runs over 127.0.0.1, where a 16 KiB record travels in one 64 KiB segment and
+nothing is ever lost. Here the far end runs in a network namespace of its own, joined to the
+test's by a veth pair with an MTU of 1280 and, in both directions, a token-bucket queue (tc
+tbf: 40 Mbit/s, a 20 KB queue) that drops what does not fit. A record is a dozen TCP segments,
+some of them dropped and sent again (SACK recovery, retransmission timeouts), so reads meet
+records in pieces, writes meet a full send buffer, and a close meets megabytes still in flight.
+Each test checks that the link really dropped packets during it (tc's counters) and that every
+byte arrived (SHA-256), with sslports at both ends and against real peers (openssl s_server,
+curl) across the link.
+
+Needs root (network namespaces, veth, tc; CI runs as root) and iproute2
+(scripts/install-system-deps.sh); without root the module is skipped, with the reason.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import os
+import random
+import re
+import shutil
+import subprocess
+import sys
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import trustme
+from conftest import read_exactly
+
+import sslports
+
+pytestmark = pytest.mark.skipif(
+    os.geteuid() != 0, reason="needs root: network namespaces, veth and tc"
+)
+
+MIB = 1 << 20
+TIMEOUT = 120.0
+
+
+def blob(n: int, seed: int) -> bytes:
+    return random.Random(seed).randbytes(n)
+
+
+def run(*argv: str) -> str:
+    done = subprocess.run(argv, capture_output=True, text=True, timeout=30)
+    if done.returncode != 0:
+        raise RuntimeError(f"{' '.join(argv)}: {done.stderr.strip()}")
+    return done.stdout
+
+
+class Link:
+    """Two network namespaces' worth of a lossy link: this process's namespace (address `near`)
+    and a new one (`far`), joined by a veth pair with a dropping tbf queue on each side."""
+
+    def __init__(self) -> None:
+        tag = os.getpid() % 100_000
+        self.ns, self.a, self.b = f"sp{tag}", f"spa{tag}", f"spb{tag}"
+        subnet = f"10.231.{tag % 250}"
+        self.near, self.far = f"{subnet}.1", f"{subnet}.2"
+
+    def up(self) -> None:
+        for tool in ("ip", "tc"):
+            assert shutil.which(tool), f"{tool} is missing (scripts/install-system-deps.sh)"
+        run("ip", "netns", "add", self.ns)
+        run("ip", "link", "add", self.a, "type", "veth", "peer", "name", self.b)
+        run("ip", "link", "set", self.b, "netns", self.ns)
+        run("ip", "addr", "add", f"{self.near}/24", "dev", self.a)
+        run("ip", "link", "set", self.a, "mtu", "1280", "up")
+        run(*self.inside("ip", "addr", "add", f"{self.far}/24", "dev", self.b))
+        run(*self.inside("ip", "link", "set", self.b, "mtu", "1280", "up"))
+        run(*self.inside("ip", "link", "set", "lo", "up"))
+        shape = ("root", "tbf", "rate", "40mbit", "burst", "8kb", "limit", "20kb")
+        run("tc", "qdisc", "add", "dev", self.a, *shape)
+        run(*self.inside("tc", "qdisc", "add", "dev", self.b, *shape))
+
+    def down(self) -> None:
+        # (deleting the namespace deletes its end of the pair, and with it the other end)
+        subprocess.run(["ip", "netns", "del", self.ns], capture_output=True, timeout=30)
+        subprocess.run(["ip", "link", "del", self.a], capture_output=True, timeout=30)
+
+    def inside(self, *argv: str) -> list[str]:
+        """`argv` run in the far namespace."""
+        return ["ip", "netns", "exec", self.ns, *argv]
+
+    def drops(self) -> int:
+        """Packets the two queues have dropped so far."""
+        text = run("tc", "-s", "qdisc", "show", "dev", self.a)
+        text += run(*self.inside("tc", "-s", "qdisc", "show", "dev", self.b))
+        return sum(int(n) for n in re.findall(r"dropped (\d+)", text))
+
+
+@pytest.fixture(scope="module")
+def link() -> Iterator[Link]:
+    link = Link()
+    link.down()  # (what a killed run of this process id may have left)
+    try:
+        link.up()
+        yield link
+    finally:
+        link.down()
+
+
+@pytest.fixture(scope="module")
+def creds(link: Link, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """A CA and a certificate for both link addresses."""
+    d = tmp_path_factory.mktemp("link-pki")
+    ca = trustme.CA()
+    leaf = ca.issue_cert(link.near, link.far)
+    paths = {"ca": d / "ca.pem", "chain": d / "chain.pem", "key": d / "key.pem"}
+    ca.cert_pem.write_to_path(str(paths["ca"]))
+    paths["chain"].write_bytes(b"".join(b.bytes() for b in leaf.cert_chain_pems))
+    paths["key"].write_bytes(leaf.private_key_pem.bytes())
+    return paths
+
+
+@pytest.fixture
+def lossy(link: Link) -> Iterator[Link]:
+    """The link, checked to have dropped packets while the test ran (else the test proved
+    nothing about loss)."""
+    before = link.drops()
+    yield link
+    assert link.drops() > before, "the link dropped nothing during the test"
+
+
+def client_context(creds: dict[str, Path]) -> sslports.SSLClientContext:
+    """Verifies the chain and the far address (the certificate names both link addresses)."""
+    ctx = sslports.ssl_make_client_context()
+    sslports.ssl_load_verify_source(ctx, creds["ca"])
+    sslports.ssl_set_verify(ctx, True)
+    sslports.ssl_set_verify_hostname(ctx, True)
+    return ctx
+
+
+def server_context(creds: dict[str, Path]) -> sslports.SSLServerContext:
+    return sslports.ssl_make_server_context(
+        private_key=("pem", str(creds["key"])), certificate_chain=str(creds["chain"])
+    )
+
+
+# The far end: an sslports server in the far namespace, one connection.
+#   exchange N SEED: reads an 8-byte length and that many bytes, answers their SHA-256, then
+#                    N bytes of blob(N, SEED) in 64 KiB writes, and closes.
+#   write-close N SEED: writes blob(N, SEED) in one write() and closes at once.
+#   chatty-read N SEED: writes a byte at once (a TLS 1.3 server's tickets go with it), then
+#                    reads to EOF, writing another byte after each 64 KiB it read; prints the
+#                    SHA-256 of what it read, and whether it ended at EOF or with an error.
+FAR_SERVER = """
+import hashlib, random, sys
+import sslports
+mode, host, chain, key, n, seed = sys.argv[1:7]
+n, seed = int(n), int(seed)
+ctx = sslports.ssl_make_server_context(private_key=("pem", key), certificate_chain=chain)
+listener = sslports.ssl_listen(0, 5, True, host, ctx)
+print("PORT", sslports.ssl_addresses(listener, True)[1], flush=True)
+inp, out = sslports.ssl_accept(listener)
+data = random.Random(seed).randbytes(n)
+if mode == "exchange":
+    length = int.from_bytes(inp.read(8), "big")
+    digest = hashlib.sha256()
+    while length:
+        chunk = inp.read1(min(length, 65536))
+        assert chunk, "early EOF"
+        digest.update(chunk)
+        length -= len(chunk)
+    out.write(digest.digest())
+    for i in range(0, n, 65536):
+        out.write(data[i : i + 65536])
+elif mode == "chatty-read":
+    out.write(b"H")
+    out.flush()
+    digest, total, ended = hashlib.sha256(), 0, "EOF"
+    try:
+        while chunk := inp.read1(65536):
+            digest.update(chunk)
+            if (total + len(chunk)) // 65536 > total // 65536:
+                out.write(b"M")
+                out.flush()
+            total += len(chunk)
+    except OSError as exc:
+        ended = repr(exc)
+    print("READ", total, digest.hexdigest(), ended, flush=True)
+else:
+    out.write(data)
+try:
+    out.close()
+except OSError:
+    pass  # (chatty-read: the peer is gone)
+inp.close()
+listener.close()
+print("DONE", flush=True)
+"""
+
+
+@contextlib.contextmanager
+def far_server(
+    link: Link, creds: dict[str, Path], mode: str, n: int, seed: int
+) -> Iterator[tuple[int, list[str]]]:
+    """Runs FAR_SERVER in the far namespace; yields its port and a list that gets the lines
+    it printed once it ended; checks that it ended well."""
+    args = [mode, link.far, str(creds["chain"]), str(creds["key"]), str(n), str(seed)]
+    proc = subprocess.Popen(
+        link.inside(sys.executable, "-c", FAR_SERVER, *args),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert proc.stdout is not None and proc.stderr is not None
+        line = proc.stdout.readline()
+        assert line.startswith("PORT "), proc.stderr.read()
+        said: list[str] = []
+        yield int(line.split()[1]), said
+        out, err = proc.communicate(timeout=TIMEOUT)
+        assert proc.returncode == 0 and "DONE" in out, err
+        said.extend(out.splitlines())
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+
+
+def read_to_eof(inp: Any, size: int) -> bytes:
+    got = bytearray()
+    while True:
+        chunk = inp.read1(size)
+        if not chunk:
+            return bytes(got)
+        got += chunk
+
+
+@pytest.mark.parametrize("writes", [65536, 16384, 1000])
+def test_upload_and_download_across_a_lossy_link(
+    lossy: Link, creds: dict[str, Path], writes: int
+) -> None:
+    """3 MiB each way in writes of 64 KiB, 16 KiB and 1000 bytes, over the dropping link: the
+    far end's SHA-256 of what it read is the sent bytes', and the 3 MiB it sent back arrive
+    whole, then EOF."""
+    up, down = blob(3 * MIB, 1), 3 * MIB
+    with far_server(lossy, creds, "exchange", down, 2) as (port, _said):
+        inp, out = sslports.ssl_connect(lossy.far, port, client_context(creds), timeout=TIMEOUT)
+        with inp, out:
+            out.write(len(up).to_bytes(8, "big"))
+            view = memoryview(up)
+            for i in range(0, len(up), writes):
+                out.write(view[i : i + writes])
+            out.flush()
+            assert read_exactly(inp, 32) == hashlib.sha256(up).digest()
+            assert read_to_eof(inp, 65536) == blob(down, 2)
+
+
+@pytest.mark.parametrize("reads", [65536, 1000])
+def test_every_byte_of_a_write_closed_at_once_arrives(
+    lossy: Link, creds: dict[str, Path], reads: int
+) -> None:
+    """The far end writes 4 MiB in one write() and closes both ports at once, with most of it
+    still to cross a 5 MB/s link that drops packets: the close must not cut it short (a reset
+    would discard what the far kernel still holds)."""
+    with far_server(lossy, creds, "write-close", 4 * MIB, 3) as (port, _said):
+        inp, out = sslports.ssl_connect(lossy.far, port, client_context(creds), timeout=TIMEOUT)
+        with inp, out:
+            assert read_to_eof(inp, reads) == blob(4 * MIB, 3)
+
+
+def test_a_close_with_megabytes_unsent_and_bytes_unread_delivers_them(
+    lossy: Link, creds: dict[str, Path]
+) -> None:
+    """The client writes 4 MiB and closes both ports at once without reading anything: the far
+    end's first byte (and its session tickets) wait unread, and it sends another byte per 64 KiB
+    it reads, which go on arriving after the close, while most of the 4 MiB is still in the client's
+    kernel. Closing with unread bytes, or receiving bytes once closed, makes Linux reset the
+    connection and drop what it had not delivered; the last close reads away what arrived and
+    lingers until the send queue is empty, so the far end reads all 4 MiB, then EOF."""
+    data = blob(4 * MIB, 8)
+    with far_server(lossy, creds, "chatty-read", 0, 0) as (port, said):
+        inp, out = sslports.ssl_connect(lossy.far, port, client_context(creds), timeout=TIMEOUT)
+        out.write(data)
+        out.close()
+        inp.close()
+    (line,) = [x for x in said if x.startswith("READ ")]
+    assert line.split()[1:] == [str(len(data)), hashlib.sha256(data).hexdigest(), "EOF"]
+
+
+def test_reads_that_time_out_mid_record_lose_nothing(lossy: Link, creds: dict[str, Path]) -> None:
+    """Reads with a 1 ms timeout, while 2 MiB of 16 KiB records arrive a segment at a time:
+    many of them time out, most with part of a record received (the pump keeps what it got),
+    and the bytes that do come back are every byte sent, in order."""
+    with far_server(lossy, creds, "write-close", 2 * MIB, 4) as (port, _said):
+        inp, out = sslports.ssl_connect(lossy.far, port, client_context(creds), timeout=TIMEOUT)
+        with inp, out:
+            inp.settimeout(0.001)
+            got, timeouts = bytearray(), 0
+            while True:
+                try:
+                    chunk = inp.read1(65536)
+                except TimeoutError:
+                    timeouts += 1
+                    continue
+                if not chunk:
+                    break
+                got += chunk
+    assert bytes(got) == blob(2 * MIB, 4)
+    assert timeouts > 10, timeouts
+
+
+def test_openssl_s_server_sends_a_file_across(
+    lossy: Link, creds: dict[str, Path], tmp_path: Path
+) -> None:
+    """A real peer: `openssl s_server -WWW` in the far namespace serves a 3 MiB file; the
+    sslports client's GET gets it whole (the body after the header is the file)."""
+    data = blob(3 * MIB, 5)
+    (tmp_path / "blob.bin").write_bytes(data)
+    openssl = shutil.which("openssl")
+    assert openssl, "openssl is missing (scripts/install-system-deps.sh)"
+    port = 18443
+    argv = [openssl, "s_server", "-accept", f"{lossy.far}:{port}", "-naccept", "1", "-WWW"]
+    argv += ["-cert", str(creds["chain"]), "-key", str(creds["key"])]
+    proc = subprocess.Popen(
+        lossy.inside(*argv),
+        cwd=tmp_path,
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    try:
+        assert proc.stdout is not None
+        for line in proc.stdout:  # (s_server prints ACCEPT once it listens)
+            if line.startswith(b"ACCEPT"):
+                break
+        inp, out = sslports.ssl_connect(lossy.far, port, client_context(creds), timeout=TIMEOUT)
+        with inp, out:
+            out.write(b"GET /blob.bin HTTP/1.0\r\n\r\n")
+            out.flush()
+            response = read_to_eof(inp, 65536)
+        head, sep, body = response.partition(b"\r\n\r\n")
+        assert sep and head.startswith(b"HTTP/1.0 200"), head[:200]
+        assert body == data
+    finally:
+        proc.kill()
+        proc.communicate(timeout=30)
+
+
+def test_curl_uploads_and_downloads_across(
+    lossy: Link, creds: dict[str, Path], tmp_path: Path
+) -> None:
+    """A real peer the other way round: curl in the far namespace POSTs 2 MiB to an sslports
+    server in this one and downloads 3 MiB from it; both ends see every byte."""
+    curl = shutil.which("curl")
+    assert curl, "curl is missing (scripts/install-system-deps.sh)"
+    up, down = blob(2 * MIB, 6), blob(3 * MIB, 7)
+    (tmp_path / "up.bin").write_bytes(up)
+    seen: dict[str, Any] = {}
+    listener = sslports.ssl_listen(0, 5, True, lossy.near, server_context(creds))
+    port = sslports.ssl_addresses(listener, True)[1]
+
+    def serve() -> None:
+        try:
+            inp, out = sslports.ssl_accept(listener)
+            with inp, out:
+                inp.settimeout(TIMEOUT)
+                headers = {}
+                inp.readline(8192)
+                while (line := inp.readline(8192)) not in (b"\r\n", b""):
+                    name, _, value = line.partition(b":")
+                    headers[name.strip().lower()] = value.strip()
+                if headers.get(b"expect", b"").lower() == b"100-continue":
+                    out.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+                    out.flush()
+                seen["body"] = read_exactly(inp, int(headers[b"content-length"]))
+                out.write(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n" % len(down))
+                out.write(b"Connection: close\r\n\r\n")
+                out.write(down)
+        except BaseException as exc:  # (reported by the test)
+            seen["error"] = exc
+
+    server = threading.Thread(target=serve)
+    server.start()
+    try:
+        argv = [curl, "-sS", "--fail", "--http1.1", "--cacert", str(creds["ca"])]
+        argv += ["--data-binary", f"@{tmp_path / 'up.bin'}", "-o", str(tmp_path / "down.bin")]
+        done = subprocess.run(
+            lossy.inside(*argv, f"https://{lossy.near}:{port}/"),
+            capture_output=True,
+            text=True,
+            timeout=TIMEOUT,
+        )
+    finally:
+        server.join(TIMEOUT)
+        listener.close()
+    assert "error" not in seen, seen.get("error")
+    assert done.returncode == 0, done.stderr
+    assert seen["body"] == up
+    assert (tmp_path / "down.bin").read_bytes() == down
