@@ -479,3 +479,45 @@ def test_asyncio_server_serves_curl_clients_at_once(
     assert sorted(bodies) == sorted(ups)
     for i, up in enumerate(ups):
         assert (tmp_path / f"down{i}.bin").read_bytes() == downs[hashlib.sha256(up).digest()]
+
+
+def test_a_link_that_goes_dark_times_out_and_the_connection_carries_on(
+    lossy: Link, creds: dict[str, Path]
+) -> None:
+    """Mid-upload the link goes down (the near end of the pair): with a 0.5 s timeout, a read
+    and then a write raise TimeoutError instead of waiting for a peer nobody can reach; the
+    link comes back, flush() sends what the timed-out write left buffered, the upload goes on
+    where it stopped, and the far end got every byte once, in order (its SHA-256), and sends
+    its 2 MiB back."""
+    up, down = blob(4 * MIB, 11), 2 * MIB
+    with far_server(lossy, creds, "exchange", down, 12) as (port, _said):
+        inp, out = sslports.ssl_connect(lossy.far, port, client_context(creds), timeout=TIMEOUT)
+        with inp, out:
+            out.write(len(up).to_bytes(8, "big"))
+            out.write(up[:MIB])
+            out.flush()
+            run("ip", "link", "set", lossy.a, "down")
+            try:
+                inp.settimeout(0.5)
+                with pytest.raises(TimeoutError):
+                    inp.read1(65536)
+                out.settimeout(0.5)
+                sent, timed_out = MIB, False
+                while sent < len(up):
+                    try:
+                        sent += out.write(up[sent : sent + 65536])
+                    except TimeoutError as exc:
+                        sent += exc.characters_written  # type: ignore[attr-defined]
+                        timed_out = True
+                        break
+                assert timed_out, "every write went through a link that was down"
+            finally:
+                run("ip", "link", "set", lossy.a, "up")
+            out.settimeout(TIMEOUT)
+            inp.settimeout(TIMEOUT)
+            out.flush()
+            for i in range(sent, len(up), 65536):
+                out.write(up[i : i + 65536])
+            out.flush()
+            assert read_exactly(inp, 32) == hashlib.sha256(up).digest()
+            assert read_to_eof(inp, 65536) == blob(down, 12)
