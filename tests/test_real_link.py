@@ -23,6 +23,7 @@ import os
 import random
 import re
 import shutil
+import socket
 import subprocess
 import sys
 import threading
@@ -253,6 +254,35 @@ def test_upload_and_download_across_a_lossy_link(
             out.flush()
             assert read_exactly(inp, 32) == hashlib.sha256(up).digest()
             assert read_to_eof(inp, 65536) == blob(down, 2)
+
+
+@pytest.mark.parametrize("buffering", [0, -1])
+def test_streams_over_a_socket_across_a_lossy_link(
+    lossy: Link, creds: dict[str, Path], buffering: int
+) -> None:
+    """ports_to_ssl_ports over a plain TCP socket's files (the pump in stream mode: Python moves
+    the ciphertext, in whatever pieces the link delivers), unbuffered and buffered: 3 MiB each
+    way across the dropping link, every byte checked."""
+    up, down = blob(3 * MIB, 13), 3 * MIB
+    with far_server(lossy, creds, "exchange", down, 14) as (port, _said):
+        sock = socket.create_connection((lossy.far, port), timeout=TIMEOUT)
+        raw_in = sock.makefile("rb", buffering=buffering)
+        raw_out = sock.makefile("wb", buffering=buffering)
+        inp, out = sslports.ports_to_ssl_ports(
+            raw_in,
+            raw_out,
+            mode="connect",
+            context=client_context(creds),
+            hostname=lossy.far,
+            close_original=True,
+        )
+        with sock, inp, out:
+            out.write(len(up).to_bytes(8, "big"))
+            for i in range(0, len(up), 65536):
+                out.write(up[i : i + 65536])
+            out.flush()
+            assert read_exactly(inp, 32) == hashlib.sha256(up).digest()
+            assert read_to_eof(inp, 65536) == blob(down, 14)
 
 
 @pytest.mark.parametrize("reads", [65536, 1000])
