@@ -551,3 +551,89 @@ def test_a_link_that_goes_dark_times_out_and_the_connection_carries_on(
             out.flush()
             assert read_exactly(inp, 32) == hashlib.sha256(up).digest()
             assert read_to_eof(inp, 65536) == blob(down, 12)
+
+
+# Clients in the far namespace, one thread each: each sends 8 bytes of length and its own
+# blob(N, 100 + i), expects the SHA-256 of it and then the blob reversed, then EOF; prints
+# "OK i" or "BAD i <why>".
+FAR_CLIENTS = """
+import hashlib, random, sys, threading
+import sslports
+host, port, ca, clients, n = sys.argv[1:6]
+port, clients, n = int(port), int(clients), int(n)
+ctx = sslports.ssl_make_client_context()
+sslports.ssl_load_verify_source(ctx, ca)
+sslports.ssl_set_verify(ctx, True)
+sslports.ssl_set_verify_hostname(ctx, True)
+
+def one(i):
+    try:
+        up = random.Random(100 + i).randbytes(n)
+        inp, out = sslports.ssl_connect(host, port, ctx, timeout=120)
+        with inp, out:
+            out.write(len(up).to_bytes(8, "big") + up)
+            out.flush()
+            got = bytearray()
+            while chunk := inp.read1(65536):
+                got += chunk
+        ok = got[:32] == hashlib.sha256(up).digest() and got[32:] == up[::-1]
+        print("OK" if ok else "BAD", i, len(got), flush=True)
+    except Exception as exc:
+        print("BAD", i, repr(exc), flush=True)
+
+threads = [threading.Thread(target=one, args=(i,)) for i in range(clients)]
+for t in threads:
+    t.start()
+for t in threads:
+    t.join()
+"""
+
+
+def test_a_threaded_server_serves_many_clients_across(lossy: Link, creds: dict[str, Path]) -> None:
+    """A server with a thread per connection (ssl_listen, ssl_accept) in this namespace and
+    twelve clients at once in the far one, all through the same dropping queues: each
+    uploads 384 KiB and gets its SHA-256 and the bytes reversed back, whole."""
+    clients, n = 12, 384 * 1024
+    listener = sslports.ssl_listen(0, 16, True, lossy.near, server_context(creds))
+    port = sslports.ssl_addresses(listener, True)[1]
+    errors: list[BaseException] = []
+
+    def serve(inp: Any, out: Any) -> None:
+        try:
+            with inp, out:
+                inp.settimeout(TIMEOUT)
+                out.settimeout(TIMEOUT)
+                up = read_exactly(inp, int.from_bytes(read_exactly(inp, 8), "big"))
+                out.write(hashlib.sha256(up).digest())
+                out.write(up[::-1])
+        except BaseException as exc:  # (reported by the test)
+            errors.append(exc)
+
+    servers: list[threading.Thread] = []
+
+    def accept_all() -> None:
+        for _ in range(clients):
+            inp, out = sslports.ssl_accept(listener)
+            servers.append(threading.Thread(target=serve, args=(inp, out)))
+            servers[-1].start()
+
+    acceptor = threading.Thread(target=accept_all)
+    acceptor.start()
+    try:
+        argv = [sys.executable, "-c", FAR_CLIENTS, lossy.near, str(port), str(creds["ca"])]
+        done = subprocess.run(
+            lossy.inside(*argv, str(clients), str(n)),
+            capture_output=True,
+            text=True,
+            timeout=TIMEOUT,
+        )
+        acceptor.join(TIMEOUT)
+        for thread in servers:
+            thread.join(TIMEOUT)
+    finally:
+        listener.close()
+    assert not errors, errors
+    assert done.returncode == 0, done.stderr
+    assert sorted(done.stdout.split("\n")[:-1]) == sorted(
+        f"OK {i} {32 + n}" for i in range(clients)
+    ), done.stdout
