@@ -336,7 +336,7 @@ def test_reads_that_time_out_mid_record_lose_nothing(lossy: Link, creds: dict[st
                     break
                 got += chunk
     assert bytes(got) == blob(2 * MIB, 4)
-    assert timeouts > 10, timeouts
+    assert timeouts > 0  # (~100 here; under valgrind, whose reader is slower than the link, 9)
 
 
 def test_openssl_s_server_sends_a_file_across(
