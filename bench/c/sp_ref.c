@@ -19,7 +19,9 @@
  * instead, and the program moves ciphertext itself: what SSL_write_ex made goes out in one
  * write() once N bytes of it wait (or before the program waits to read), and a read() takes
  * up to N bytes at a time (the memory-BIO C program of issue 5's bulk target, "fewer, larger
- * system calls"; bench/README.md section 3).
+ * system calls"; bench/README.md section 3). bio=pair batch=N: the same through a BIO pair,
+ * whose buffers the program reads into and writes from in place (BIO_nwrite0 / BIO_nread0):
+ * one copy fewer per byte read than bio=mem's read() into a buffer of its own, then BIO_write.
  *
  * Usage: sp_ref server|client key=value...   (keys: see usage() below)
  * Each run prints one line "RESULT {json}" on stdout; the server first prints "PORT n".
@@ -67,7 +69,7 @@ struct opts {
     long n;       /* client: connections (hs, idle) */
     int resume;
     double start_at, duration;
-    int mem_bio;        /* bio=mem: memory BIOs, ciphertext moved by the program */
+    int mem_bio;        /* bio=mem (1) or pair (2): ciphertext moved by the program */
     size_t batch;       /* ... in write()s and read()s of up to this many bytes */
 };
 
@@ -186,7 +188,9 @@ static int unpack_hdr(const unsigned char *b, struct hdr *h)
 
 /* The connection's socket: OpenSSL's socket BIO, or (bio=mem) the program's own use of it
  * around two memory BIOs. */
-static unsigned char *mem_in; /* bio=mem: one read()'s bytes (one connection per process) */
+static unsigned char *mem_in; /* bio=mem: one read()'s bytes (one connection at a time) */
+static BIO *pair_net;         /* bio=pair: the program's end of the connection's pair */
+enum { BIO_SOCKET, BIO_MEM, BIO_PAIR };
 
 static void tls_attach(SSL *ssl, int fd)
 {
@@ -195,13 +199,20 @@ static void tls_attach(SSL *ssl, int fd)
         SSL_set_fd(ssl, fd);
         return;
     }
+    SSL_set_app_data(ssl, (void *)(intptr_t)fd);
+    if (o.mem_bio == BIO_PAIR) { /* (room for one more record than a batch: see tls_write) */
+        BIO_free(pair_net); /* (the previous connection's, freed with its SSL) */
+        if (!BIO_new_bio_pair(&rbio, 0, &pair_net, o.batch + 20000))
+            die("out of memory");
+        SSL_set_bio(ssl, rbio, rbio);
+        return;
+    }
     rbio = BIO_new(BIO_s_mem());
     wbio = BIO_new(BIO_s_mem());
     if (rbio == NULL || wbio == NULL)
         die("out of memory");
     BIO_set_mem_eof_return(rbio, -1); /* empty: "not yet", until the socket's EOF */
     SSL_set_bio(ssl, rbio, wbio);
-    SSL_set_app_data(ssl, (void *)(intptr_t)fd);
     if (mem_in == NULL && (mem_in = malloc(o.batch)) == NULL)
         die("out of memory");
 }
@@ -211,18 +222,10 @@ static int tls_fd(SSL *ssl)
     return o.mem_bio ? (int)(intptr_t)SSL_get_app_data(ssl) : SSL_get_fd(ssl);
 }
 
-/* bio=mem: everything SSL_write_ex / the handshake made, out in one write() (more when the
- * socket takes less). */
-static void tls_flush(SSL *ssl)
+static void write_all(int fd, const char *p, long left)
 {
-    BIO *wbio = SSL_get_wbio(ssl);
-    char *p;
-    long left;
-    if (!o.mem_bio)
-        return;
-    left = BIO_get_mem_data(wbio, &p);
     while (left > 0) {
-        ssize_t n = write(tls_fd(ssl), p, (size_t)left);
+        ssize_t n = write(fd, p, (size_t)left);
         if (n < 0 && errno == EINTR)
             continue;
         if (n <= 0)
@@ -230,6 +233,26 @@ static void tls_flush(SSL *ssl)
         p += n;
         left -= n;
     }
+}
+
+/* bio=mem / pair: everything SSL_write_ex / the handshake made, out in one write() (more when
+ * the socket takes less, or the pair's ring buffer wraps). */
+static void tls_flush(SSL *ssl)
+{
+    BIO *wbio = SSL_get_wbio(ssl);
+    char *p;
+    long left;
+    if (!o.mem_bio)
+        return;
+    if (o.mem_bio == BIO_PAIR) {
+        BIO *net = pair_net;
+        while ((left = BIO_nread0(net, &p)) > 0) {
+            write_all(tls_fd(ssl), p, left);
+            BIO_nread(net, &p, (int)left);
+        }
+        return;
+    }
+    write_all(tls_fd(ssl), p, BIO_get_mem_data(wbio, &p));
     (void)BIO_reset(wbio);
 }
 
@@ -239,6 +262,24 @@ static int tls_fill(SSL *ssl)
 {
     ssize_t n;
     tls_flush(ssl);
+    if (o.mem_bio == BIO_PAIR) { /* read() straight into the pair's buffer */
+        BIO *net = pair_net;
+        char *p;
+        long room = BIO_nwrite0(net, &p);
+        if (room <= 0)
+            die("BIO pair full");
+        do
+            n = read(tls_fd(ssl), p, (size_t)room);
+        while (n < 0 && errno == EINTR);
+        if (n < 0)
+            die("read: %s", strerror(errno));
+        if (n == 0) {
+            (void)BIO_shutdown_wr(net);
+            return 0;
+        }
+        BIO_nwrite(net, &p, (int)n);
+        return 1;
+    }
     do
         n = read(tls_fd(ssl), mem_in, o.batch);
     while (n < 0 && errno == EINTR);
@@ -277,11 +318,22 @@ static int tls_read(SSL *ssl, unsigned char *buf, size_t len, size_t *n)
     }
 }
 
+static size_t tls_pending(SSL *ssl)
+{
+    return o.mem_bio == BIO_PAIR ? BIO_ctrl_pending(pair_net)
+                                 : BIO_ctrl_pending(SSL_get_wbio(ssl));
+}
+
+/* A pair's buffer holds a batch and one record more: a write that finds it full (WANT_WRITE)
+ * sends what waits and goes on. */
 static int tls_write(SSL *ssl, const unsigned char *buf, size_t len, size_t *n)
 {
-    if (!SSL_write_ex(ssl, buf, len, n))
-        return 0;
-    if (o.mem_bio && BIO_ctrl_pending(SSL_get_wbio(ssl)) >= o.batch)
+    while (!SSL_write_ex(ssl, buf, len, n)) {
+        if (o.mem_bio != BIO_PAIR || SSL_get_error(ssl, 0) != SSL_ERROR_WANT_WRITE)
+            return 0;
+        tls_flush(ssl);
+    }
+    if (o.mem_bio && tls_pending(ssl) >= o.batch)
         tls_flush(ssl);
     return 1;
 }
@@ -741,7 +793,7 @@ static void usage(void)
           "  server: cert=PEM key=PEM tickets=2 conns=1 fork=0\n"
           "  client: ca=PEM mode=up|down|pingpong|hs|idle|echo size=BYTES wbuf=N rbuf=N\n"
           "          count=N n=CONNS resume=0|1 start_at=MONOTONIC duration=SECONDS\n"
-          "  either: bio=socket|mem batch=BYTES (bio=mem: memory BIOs, I/O of up to batch)\n",
+          "  either: bio=socket|mem|pair batch=BYTES (I/O of up to batch bytes)\n",
           stderr);
     exit(2);
 }
@@ -816,7 +868,7 @@ int main(int argc, char **argv)
         else if (!strcmp(k, "duration"))
             o.duration = atof(v);
         else if (!strcmp(k, "bio"))
-            o.mem_bio = !strcmp(v, "mem");
+            o.mem_bio = !strcmp(v, "mem") ? BIO_MEM : !strcmp(v, "pair") ? BIO_PAIR : BIO_SOCKET;
         else if (!strcmp(k, "batch"))
             o.batch = strtoul(v, NULL, 10);
         else
