@@ -359,10 +359,12 @@ def test_openssl_s_server_sends_a_file_across(
         stderr=subprocess.PIPE,
     )
     try:
-        assert proc.stdout is not None
+        assert proc.stdout is not None and proc.stderr is not None
         for line in proc.stdout:  # (s_server prints ACCEPT once it listens)
             if line.startswith(b"ACCEPT"):
                 break
+        else:
+            raise AssertionError(f"s_server did not start: {proc.stderr.read()!r}")
         inp, out = sslports.ssl_connect(lossy.far, port, client_context(creds), timeout=TIMEOUT)
         with inp, out:
             out.write(b"GET /blob.bin HTTP/1.0\r\n\r\n")
