@@ -645,3 +645,17 @@ def test_a_threaded_server_serves_many_clients_across(lossy: Link, creds: dict[s
         f"OK {i} {32 + n}" for i in range(clients)
     ), (done.stdout, errors)
     assert not errors, errors
+
+
+def test_connecting_to_a_host_that_does_not_answer_times_out(link: Link) -> None:
+    """An address on the link's subnet that no host has: nothing answers the connection's
+    ARP queries, so the kernel gives up only after about three seconds (EHOSTUNREACH); with a
+    0.5 s timeout, ssl_connect raises TimeoutError (an SSLNetworkError) first, and leaves no
+    socket open."""
+    absent = link.far.rsplit(".", 1)[0] + ".77"
+    fds = len(os.listdir("/proc/self/fd"))
+    with pytest.raises(TimeoutError) as info:
+        sslports.ssl_connect(absent, 443, sslports.ssl_make_client_context(), timeout=0.5)
+    assert isinstance(info.value, sslports.SSLNetworkError)
+    assert "timed out" in str(info.value)
+    assert len(os.listdir("/proc/self/fd")) == fds
