@@ -289,9 +289,9 @@ def test_streams_over_a_socket_across_a_lossy_link(
 def test_every_byte_of_a_write_closed_at_once_arrives(
     lossy: Link, creds: dict[str, Path], reads: int
 ) -> None:
-    """The far end writes 4 MiB in one write() and closes both ports at once, with most of it
-    still to cross a 5 MB/s link that drops packets: the close must not cut it short (a reset
-    would discard what the far kernel still holds)."""
+    """The far end writes 4 MiB in one write() and closes both ports at once, with the end of it
+    still in its kernel, to cross a 5 MB/s link that drops packets: the close must not cut it
+    short (a reset would discard what the far kernel still holds)."""
     with far_server(lossy, creds, "write-close", 4 * MIB, 3) as (port, _said):
         inp, out = sslports.ssl_connect(lossy.far, port, client_context(creds), timeout=TIMEOUT)
         with inp, out:
@@ -303,10 +303,11 @@ def test_a_close_with_megabytes_unsent_and_bytes_unread_delivers_them(
 ) -> None:
     """The client writes 4 MiB and closes both ports at once without reading anything: the far
     end's first byte (and its session tickets) wait unread, and it sends another byte per 64 KiB
-    it reads, which go on arriving after the close, while most of the 4 MiB is still in the client's
-    kernel. Closing with unread bytes, or receiving bytes once closed, makes Linux reset the
-    connection and drop what it had not delivered; the last close reads away what arrived and
-    lingers until the send queue is empty, so the far end reads all 4 MiB, then EOF."""
+    it reads, which go on arriving after the close, while the end of the 4 MiB is still in the
+    client's kernel. Closing with unread bytes, or receiving bytes once closed, makes Linux
+    reset the connection and drop what it had not delivered; the last close reads away what
+    arrived and lingers until the send queue is empty, so the far end reads all 4 MiB, then
+    EOF."""
     data = blob(4 * MIB, 8)
     with far_server(lossy, creds, "chatty-read", 0, 0) as (port, said):
         inp, out = sslports.ssl_connect(lossy.far, port, client_context(creds), timeout=TIMEOUT)
@@ -411,7 +412,7 @@ def test_curl_uploads_and_downloads_across(
         except BaseException as exc:  # (reported by the test)
             seen["error"] = exc
 
-    server = threading.Thread(target=serve)
+    server = threading.Thread(target=serve, daemon=True)  # (stuck in accept if curl failed)
     server.start()
     try:
         argv = [curl, "-sS", "--fail", "--http1.1", "--cacert", str(creds["ca"])]
