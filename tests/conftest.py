@@ -69,10 +69,11 @@ def read_exactly(port: Any, n: int) -> bytes:
     return bytes(out)
 
 
-def read_all(port: Any) -> bytes:
+def read_all(port: Any, size: int = 65536) -> bytes:
+    """Everything up to EOF, in read1(size) calls."""
     out = bytearray()
     while True:
-        chunk = port.read1(65536)
+        chunk = port.read1(size)
         if not chunk:
             return bytes(out)
         out += chunk

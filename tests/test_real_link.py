@@ -20,7 +20,6 @@ import asyncio
 import contextlib
 import hashlib
 import os
-import random
 import re
 import shutil
 import socket
@@ -33,7 +32,7 @@ from typing import Any
 
 import pytest
 import trustme
-from conftest import read_exactly
+from conftest import MIB, random_bytes, read_all, read_exactly
 
 import sslports
 
@@ -41,12 +40,7 @@ pytestmark = pytest.mark.skipif(
     os.geteuid() != 0, reason="needs root: network namespaces, veth and tc"
 )
 
-MIB = 1 << 20
 TIMEOUT = 120.0
-
-
-def blob(n: int, seed: int) -> bytes:
-    return random.Random(seed).randbytes(n)
 
 
 def run(*argv: str) -> str:
@@ -147,13 +141,13 @@ def server_context(creds: dict[str, Path]) -> sslports.SSLServerContext:
 
 # The far end: an sslports server in the far namespace, one connection.
 #   exchange N SEED: reads an 8-byte length and that many bytes, answers their SHA-256, then
-#                    N bytes of blob(N, SEED) in 64 KiB writes, and closes.
-#   write-close N SEED: writes blob(N, SEED) in one write() and closes at once.
+#                    N bytes of random_bytes(N, SEED) in 64 KiB writes, and closes.
+#   write-close N SEED: writes random_bytes(N, SEED) in one write() and closes at once.
 #   chatty-read N SEED: writes a byte at once (a TLS 1.3 server's tickets go with it), then
 #                    reads to EOF, writing another byte after each 64 KiB it read; prints the
 #                    SHA-256 of what it read, and whether it ended at EOF or with an error.
 FAR_SERVER = """
-import hashlib, random, sys
+import hashlib, sys
 import sslports
 mode, host, chain, key, n, seed = sys.argv[1:7]
 n, seed = int(n), int(seed)
@@ -161,7 +155,7 @@ ctx = sslports.ssl_make_server_context(private_key=("pem", key), certificate_cha
 listener = sslports.ssl_listen(0, 5, True, host, ctx)
 print("PORT", sslports.ssl_addresses(listener, True)[1], flush=True)
 inp, out = sslports.ssl_accept(listener)
-data = random.Random(seed).randbytes(n)
+data = hashlib.shake_256(seed.to_bytes(8, "big")).digest(n)  # (conftest's random_bytes)
 if mode == "exchange":
     length = int.from_bytes(inp.read(8), "big")
     digest = hashlib.sha256()
@@ -227,15 +221,6 @@ def far_server(
             proc.communicate()
 
 
-def read_to_eof(inp: Any, size: int) -> bytes:
-    got = bytearray()
-    while True:
-        chunk = inp.read1(size)
-        if not chunk:
-            return bytes(got)
-        got += chunk
-
-
 @pytest.mark.parametrize("writes", [65536, 16384, 1000])
 def test_upload_and_download_across_a_lossy_link(
     lossy: Link, creds: dict[str, Path], writes: int
@@ -243,7 +228,7 @@ def test_upload_and_download_across_a_lossy_link(
     """3 MiB each way in writes of 64 KiB, 16 KiB and 1000 bytes, over the dropping link: the
     far end's SHA-256 of what it read is the sent bytes', and the 3 MiB it sent back arrive
     whole, then EOF."""
-    up, down = blob(3 * MIB, 1), 3 * MIB
+    up, down = random_bytes(3 * MIB, 1), 3 * MIB
     with far_server(lossy, creds, "exchange", down, 2) as (port, _said):
         inp, out = sslports.ssl_connect(lossy.far, port, client_context(creds), timeout=TIMEOUT)
         with inp, out:
@@ -253,7 +238,7 @@ def test_upload_and_download_across_a_lossy_link(
                 out.write(view[i : i + writes])
             out.flush()
             assert read_exactly(inp, 32) == hashlib.sha256(up).digest()
-            assert read_to_eof(inp, 65536) == blob(down, 2)
+            assert read_all(inp) == random_bytes(down, 2)
 
 
 @pytest.mark.parametrize("buffering", [0, -1])
@@ -263,7 +248,7 @@ def test_streams_over_a_socket_across_a_lossy_link(
     """ports_to_ssl_ports over a plain TCP socket's files (the pump in stream mode: Python moves
     the ciphertext, in whatever pieces the link delivers), unbuffered and buffered: 3 MiB each
     way across the dropping link, every byte checked."""
-    up, down = blob(3 * MIB, 13), 3 * MIB
+    up, down = random_bytes(3 * MIB, 13), 3 * MIB
     with far_server(lossy, creds, "exchange", down, 14) as (port, _said):
         sock = socket.create_connection((lossy.far, port), timeout=TIMEOUT)
         raw_in = sock.makefile("rb", buffering=buffering)
@@ -282,7 +267,7 @@ def test_streams_over_a_socket_across_a_lossy_link(
                 out.write(up[i : i + 65536])
             out.flush()
             assert read_exactly(inp, 32) == hashlib.sha256(up).digest()
-            assert read_to_eof(inp, 65536) == blob(down, 14)
+            assert read_all(inp) == random_bytes(down, 14)
 
 
 @pytest.mark.parametrize("reads", [65536, 1000])
@@ -295,7 +280,7 @@ def test_every_byte_of_a_write_closed_at_once_arrives(
     with far_server(lossy, creds, "write-close", 4 * MIB, 3) as (port, _said):
         inp, out = sslports.ssl_connect(lossy.far, port, client_context(creds), timeout=TIMEOUT)
         with inp, out:
-            assert read_to_eof(inp, reads) == blob(4 * MIB, 3)
+            assert read_all(inp, reads) == random_bytes(4 * MIB, 3)
 
 
 def test_a_close_with_megabytes_unsent_and_bytes_unread_delivers_them(
@@ -308,7 +293,7 @@ def test_a_close_with_megabytes_unsent_and_bytes_unread_delivers_them(
     reset the connection and drop what it had not delivered; the last close reads away what
     arrived and lingers until the send queue is empty, so the far end reads all 4 MiB, then
     EOF."""
-    data = blob(4 * MIB, 8)
+    data = random_bytes(4 * MIB, 8)
     with far_server(lossy, creds, "chatty-read", 0, 0) as (port, said):
         inp, out = sslports.ssl_connect(lossy.far, port, client_context(creds), timeout=TIMEOUT)
         out.write(data)
@@ -336,7 +321,7 @@ def test_reads_that_time_out_mid_record_lose_nothing(lossy: Link, creds: dict[st
                 if not chunk:
                     break
                 got += chunk
-    assert bytes(got) == blob(2 * MIB, 4)
+    assert bytes(got) == random_bytes(2 * MIB, 4)
     assert timeouts > 0  # (~100 here; under valgrind, whose reader is slower than the link, 9)
 
 
@@ -345,7 +330,7 @@ def test_openssl_s_server_sends_a_file_across(
 ) -> None:
     """A real peer: `openssl s_server -WWW` in the far namespace serves a 3 MiB file; the
     sslports client's GET gets it whole (the body after the header is the file)."""
-    data = blob(3 * MIB, 5)
+    data = random_bytes(3 * MIB, 5)
     (tmp_path / "blob.bin").write_bytes(data)
     openssl = shutil.which("openssl")
     assert openssl, "openssl is missing (scripts/install-system-deps.sh)"
@@ -370,7 +355,7 @@ def test_openssl_s_server_sends_a_file_across(
         with inp, out:
             out.write(b"GET /blob.bin HTTP/1.0\r\n\r\n")
             out.flush()
-            response = read_to_eof(inp, 65536)
+            response = read_all(inp)
         head, sep, body = response.partition(b"\r\n\r\n")
         assert sep and head.startswith(b"HTTP/1.0 200"), head[:200]
         assert body == data
@@ -386,7 +371,7 @@ def test_curl_uploads_and_downloads_across(
     server in this one and downloads 3 MiB from it; both ends see every byte."""
     curl = shutil.which("curl")
     assert curl, "curl is missing (scripts/install-system-deps.sh)"
-    up, down = blob(2 * MIB, 6), blob(3 * MIB, 7)
+    up, down = random_bytes(2 * MIB, 6), random_bytes(3 * MIB, 7)
     (tmp_path / "up.bin").write_bytes(up)
     seen: dict[str, Any] = {}
     listener = sslports.ssl_listen(0, 5, True, lossy.near, server_context(creds))
@@ -438,7 +423,7 @@ def test_asyncio_client_across(lossy: Link, creds: dict[str, Path]) -> None:
     the far sslports server: 3 MiB each way, every byte checked."""
     from sslports import aio
 
-    up, down = blob(3 * MIB, 9), 3 * MIB
+    up, down = random_bytes(3 * MIB, 9), 3 * MIB
 
     async def main(port: int) -> tuple[bytes, bytes]:
         reader, writer = await aio.open_ssl_connection(
@@ -455,7 +440,7 @@ def test_asyncio_client_across(lossy: Link, creds: dict[str, Path]) -> None:
     with far_server(lossy, creds, "exchange", down, 10) as (port, _said):
         digest, body = asyncio.run(asyncio.wait_for(main(port), TIMEOUT))
     assert digest == hashlib.sha256(up).digest()
-    assert body == blob(down, 10)
+    assert body == random_bytes(down, 10)
 
 
 def test_asyncio_server_serves_curl_clients_at_once(
@@ -469,8 +454,8 @@ def test_asyncio_server_serves_curl_clients_at_once(
     curl = shutil.which("curl")
     assert curl, "curl is missing (scripts/install-system-deps.sh)"
     clients = 4
-    ups = [blob(MIB, 20 + i) for i in range(clients)]
-    downs = {hashlib.sha256(up).digest(): blob(2 * MIB, 30 + i) for i, up in enumerate(ups)}
+    ups = [random_bytes(MIB, 20 + i) for i in range(clients)]
+    downs = {hashlib.sha256(up).digest(): random_bytes(2 * MIB, 30 + i) for i, up in enumerate(ups)}
     for i, up in enumerate(ups):
         (tmp_path / f"up{i}.bin").write_bytes(up)
     bodies: list[bytes] = []
@@ -522,7 +507,7 @@ def test_a_link_that_goes_dark_times_out_and_the_connection_carries_on(
     link comes back, flush() sends what the timed-out write left buffered, the upload goes on
     where it stopped, and the far end got every byte once, in order (its SHA-256), and sends
     its 2 MiB back."""
-    up, down = blob(4 * MIB, 11), 2 * MIB
+    up, down = random_bytes(4 * MIB, 11), 2 * MIB
     with far_server(lossy, creds, "exchange", down, 12) as (port, _said):
         inp, out = sslports.ssl_connect(lossy.far, port, client_context(creds), timeout=TIMEOUT)
         with inp, out:
@@ -553,14 +538,14 @@ def test_a_link_that_goes_dark_times_out_and_the_connection_carries_on(
                 out.write(up[i : i + 65536])
             out.flush()
             assert read_exactly(inp, 32) == hashlib.sha256(up).digest()
-            assert read_to_eof(inp, 65536) == blob(down, 12)
+            assert read_all(inp) == random_bytes(down, 12)
 
 
 # Clients in the far namespace, one thread each: each sends 8 bytes of length and its own
-# blob(N, 100 + i), expects the SHA-256 of it and then the blob reversed, then EOF; at the end
-# a line per client, "OK i <bytes read>" or "BAD i <bytes read or why>".
+# random_bytes(N, 100 + i), expects the SHA-256 of it and then those bytes reversed, then EOF;
+# at the end a line per client, "OK i <bytes read>" or "BAD i <bytes read or why>".
 FAR_CLIENTS = """
-import hashlib, random, sys, threading
+import hashlib, sys, threading
 import sslports
 host, port, ca, clients, n = sys.argv[1:6]
 port, clients, n = int(port), int(clients), int(n)
@@ -571,7 +556,7 @@ sslports.ssl_set_verify_hostname(ctx, True)
 
 def one(i):
     try:
-        up = random.Random(100 + i).randbytes(n)
+        up = hashlib.shake_256((100 + i).to_bytes(8, "big")).digest(n)
         inp, out = sslports.ssl_connect(host, port, ctx, timeout=120)
         with inp, out:
             out.write(len(up).to_bytes(8, "big") + up)
