@@ -111,6 +111,49 @@ def test_reads_of_every_shape_and_writes_of_every_buffer(loop_kind: str) -> None
 
 
 @pytest.mark.parametrize("loop_kind", LOOPS)
+def test_a_burst_read_across_the_decrypted_pieces(loop_kind: str) -> None:
+    """3 MiB written at once and read while the client sleeps, so that the transport hands it
+    over in large reads (uvloop: 256 KiB), decrypted into pieces of at most 64 KiB: reads of
+    every kind that start, end or look for a separator across those pieces return the stream
+    as written, in order, once."""
+    piece = aio._PLAIN_CHUNK
+    body = bytearray(random_bytes(3 * MIB, seed=7))
+    body[piece - 2 : piece + 2] = b"<||>"  # a separator across the first pieces' boundary
+    body[5 * piece - 1 : 5 * piece + 1] = b"\r\n"  # a line end across a later one
+    for i in range(2 * piece, 5 * piece - 1):  # and none between them
+        if body[i : i + 2] == b"\r\n":
+            body[i] = 0
+    sent = bytes(body)
+
+    async def burst(reader: aio.SSLStreamReader, writer: aio.SSLStreamWriter) -> None:
+        writer.write(sent)
+        await writer.drain()
+        await writer.shutdown()
+        writer.close()
+
+    async def main() -> None:
+        server = await aio.start_ssl_server(burst, "127.0.0.1", 0, server_context())
+        async with server:
+            port = server.sockets[0].getsockname()[1]
+            reader, writer = await aio.open_ssl_connection(
+                "localhost", port, client_context(), limit=4 * piece
+            )
+            await asyncio.sleep(0.3)  # the transport reads (and decrypts) meanwhile
+            got = [await reader.readuntil(b"<||>")]
+            got.append(await reader.readexactly(piece + 3))  # past the next boundary
+            got.append(await reader.readuntil(b"\r\n"))
+            got.append(await reader.read(1))
+            while data := await reader.read(MIB):
+                got.append(data)
+            assert [len(g) for g in got[:3]] == [piece + 2, piece + 3, 3 * piece - 4]
+            assert b"".join(got) == sent
+            writer.close()
+            await writer.wait_closed()
+
+    run(loop_kind, main)
+
+
+@pytest.mark.parametrize("loop_kind", LOOPS)
 def test_server_initiated_renegotiation_mid_stream(pki: Any, loop_kind: str) -> None:
     """TLS 1.2: a (blocking) sslports server asks the aio client for a certificate by
     renegotiating while the client is still sending 300 kB; the client takes part from its

@@ -59,7 +59,12 @@ from .context import SSLClientContext, SSLServerContext, _Context, encode_alpn
 from .errors import SSLError, SSLNetworkError, SSLTimeoutError
 from .verify import cipher_info, peer_certificate
 
-_BUF = 1 << 18  # per-thread receive, plaintext and ciphertext buffers (asyncio's max_size)
+_BUF = 1 << 18  # per-thread receive and ciphertext buffers (asyncio's max_size)
+# Plaintext is decrypted in pieces of at most this size, each one bytes object. glibc's malloc
+# gives blocks of 128 KiB and more of varying size a fresh mapping (mmap) each time, so every
+# page of them faults when first written: decrypted whole, the 256 KiB that uvloop hands over at
+# once made a uvloop server's reads cost twice the CPU (bench/README.md, section 4).
+_PLAIN_CHUNK = 1 << 16
 _READ_HIGH = 1 << 20  # unread plaintext at which the transport stops reading
 _READ_LOW = 1 << 18  # ... and starts again
 _LIMIT = 2**16  # asyncio's default `limit`: the longest line readline() and readuntil() return
@@ -95,7 +100,7 @@ def _thread_buffers() -> tuple[Any, Any, Any, Any, Any, Any]:
         ffi = _binding.ffi
         alloc = ffi.new_allocator(should_clear_after_alloc=False)
         recv = bytearray(_BUF)
-        plain = alloc("unsigned char[]", _BUF)
+        plain = alloc("unsigned char[]", _PLAIN_CHUNK)
         out = alloc("unsigned char[]", _BUF)
         _per_thread.bufs = (
             recv,
@@ -256,7 +261,7 @@ class AioConnection:
             buf = self.plain_buf
             count = self.count
             while True:
-                status = _sp_read(ptr, buf, _BUF, _BUF, count, 0, self.err)
+                status = _sp_read(ptr, buf, _PLAIN_CHUNK, _PLAIN_CHUNK, count, 0, self.err)
                 n = count[0]
                 if n:
                     news = True
