@@ -57,6 +57,21 @@ def unpack_header(data: bytes) -> tuple[str, int, int, int, int, int]:
     return MODE_NAMES[mode], flags, wbuf, rbuf, count, size
 
 
+def set_tickets(ctx: object, tickets: int) -> None:
+    """The TLS 1.3 tickets a sslports server context issues per handshake (OpenSSL's default is
+    2; sslports has no API for it: a bench-only reach into C, through the libssl sslports uses).
+    With 0 the server's session cache is off too, so that no client resumes."""
+    from sslports import _binding
+    from sslports.libssl import libssl
+
+    assert libssl is not None
+    setter = libssl.SSL_CTX_set_num_tickets
+    setter.argtypes = [ctypes.c_void_p, ctypes.c_size_t]
+    setter(int(_binding.ffi.cast("uintptr_t", ctx._ptr)), tickets)  # type: ignore[attr-defined]
+    if tickets == 0:
+        _binding.lib.SSL_CTX_set_session_cache_mode(ctx._ptr, 0)  # type: ignore[attr-defined]
+
+
 def cpu_seconds() -> float:
     """User + system CPU of this process and its waited-for children."""
     me = resource.getrusage(resource.RUSAGE_SELF)

@@ -38,6 +38,7 @@ from common import (
     parse_kv,
     raise_nofile,
     rss_bytes,
+    set_tickets,
     unpack_header,
 )
 
@@ -49,7 +50,6 @@ def libssl() -> ctypes.CDLL:
     global _libssl
     if _libssl is None:
         _libssl = ctypes.CDLL(ctypes.util.find_library("ssl") or "libssl.so.3")
-        _libssl.SSL_CTX_set_num_tickets.argtypes = [ctypes.c_void_p, ctypes.c_size_t]
         _libssl.SSL_get_current_cipher.argtypes = [ctypes.c_void_p]
         _libssl.SSL_get_current_cipher.restype = ctypes.c_void_p
         _libssl.SSL_CIPHER_get_name.argtypes = [ctypes.c_void_p]
@@ -106,13 +106,8 @@ class SSLPortsStack:
         sp.ssl_load_certificate_chain(ctx, cert)
         sp.ssl_load_private_key(ctx, key, rsa=False)
         sp.ssl_set_ciphersuites(ctx, suites)
-        if tickets != 2:  # OpenSSL's default is 2; no API for it (bench-only reach into C)
-            from sslports import _binding
-
-            ptr = int(_binding.ffi.cast("uintptr_t", ctx._ptr))
-            libssl().SSL_CTX_set_num_tickets(ptr, tickets)
-            if tickets == 0:
-                _binding.lib.SSL_CTX_set_session_cache_mode(ctx._ptr, 0)
+        if tickets != 2:
+            set_tickets(ctx, tickets)
         self.listener = sp.ssl_listen(port, 1024, True, host, ctx)
         return int(sp.ssl_addresses(self.listener, True)[1])
 
