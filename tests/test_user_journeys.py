@@ -97,6 +97,7 @@ class VirtualHosts:
     pki: Pki
     names: list[str] = field(default_factory=list)  # what the SNI callback was called with
     served: list[Any] = field(default_factory=list)
+    serving: list[threading.Thread] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         def context_for(leaf: Issued, clients: bool) -> Any:
@@ -135,7 +136,9 @@ class VirtualHosts:
                     return
                 self.served.append(exc)
                 continue
-            threading.Thread(target=self._serve, args=(inp, out), daemon=True).start()
+            t = threading.Thread(target=self._serve, args=(inp, out), daemon=True)
+            self.serving.append(t)
+            t.start()
 
     def _serve(self, inp: Any, out: Any) -> None:
         facts = {
@@ -159,8 +162,12 @@ class VirtualHosts:
         self.served.append(facts)
 
     def close(self) -> None:
+        """Stop accepting and wait for every connection's record in `served` (a client can
+        have its whole answer before the server's thread has closed the ports and noted it)."""
         sslports.ssl_close(self.listener)
         self.thread.join(TIMEOUT)
+        for t in self.serving:
+            t.join(TIMEOUT)
 
 
 @pytest.fixture
