@@ -106,14 +106,14 @@ def _server_main(
         cpu.put(_cpu() - start)
         writer.close()
 
+    issued = 2 if tickets is None else tickets
+
     async def main() -> None:
         if kind == "sslports":
-            ctx = _server_ctx_sp(2 if tickets is None else tickets)
+            ctx = _server_ctx_sp(issued)
             server: Any = await aio.start_ssl_server(serve, "127.0.0.1", 0, ctx)
         else:
-            server = await asyncio.start_server(
-                serve, "127.0.0.1", 0, ssl=_server_ctx_py(2 if tickets is None else tickets)
-            )
+            server = await asyncio.start_server(serve, "127.0.0.1", 0, ssl=_server_ctx_py(issued))
         start = _cpu()
         ports.put(server.sockets[0].getsockname()[1])
         while not stop.is_set():
