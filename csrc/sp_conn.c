@@ -2114,6 +2114,23 @@ static void watch_reauth(int write_p, int version, int content_type, const void 
         c->reauth_pending = 0;
 }
 
+/* A TLS 1.3 server with a post-handshake message from the client half received (ssl_lock
+ * held): SSL_verify_client_post_handshake would refuse, "still in init"; see sp_verify.h. */
+static int mid_client_message(sp_conn *c)
+{
+    return SSL_is_server(c->ssl) && SSL_version(c->ssl) >= TLS1_3_VERSION && c->established
+           && !SSL_is_init_finished(c->ssl);
+}
+
+int sp_reauth_blocked(sp_conn *c)
+{
+    int blocked;
+    lock_ssl(c);
+    blocked = mid_client_message(c);
+    unlock_ssl(c);
+    return blocked;
+}
+
 int sp_request_reauth(sp_conn *c, int flags, sp_err *err)
 {
     int ok = 1;
@@ -2121,10 +2138,7 @@ int sp_request_reauth(sp_conn *c, int flags, sp_err *err)
         return 0;
     sp_mutex_lock(&c->ssl_lock);
     ERR_clear_error();
-    /* (a TLS 1.3 post-handshake message half received: SSL_verify_client_post_handshake
-     * would refuse, "still in init"; see sp_verify.h) */
-    if (SSL_is_server(c->ssl) && SSL_version(c->ssl) >= TLS1_3_VERSION && c->established
-        && !SSL_is_init_finished(c->ssl)) {
+    if (mid_client_message(c)) {
         sp_mutex_unlock(&c->ssl_lock);
         return SP_REAUTH_LATER;
     }

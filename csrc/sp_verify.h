@@ -62,6 +62,8 @@ void sp_conn_drain_tickets(sp_conn *c);
  * no request meanwhile ("still in init"); read on (the pump), then ask again. */
 #define SP_REAUTH_LATER 2
 int sp_request_reauth(sp_conn *c, int flags, sp_err *err);
+/* 1 while sp_request_reauth would answer SP_REAUTH_LATER. */
+int sp_reauth_blocked(sp_conn *c);
 /* 1 while the re-verification asked by sp_request_reauth has not completed. */
 int sp_reauth_pending(sp_conn *c);
 

@@ -35,6 +35,7 @@ from certs import (
     server_context,
     wrap_client,
 )
+from conftest import run_in_thread
 
 import sslports
 from sslports import SSLError, SSLNetworkError
@@ -659,3 +660,71 @@ def test_peer_queries_reject_non_ports() -> None:
     ):
         with pytest.raises(TypeError, match=fn.__name__):
             fn(object())
+
+
+@pytest.mark.parametrize("version", VERSIONS)
+@pytest.mark.parametrize("who", ["good", "none", "rogue"])
+@pytest.mark.parametrize("func", ["ssl_set_verify", "ssl_try_verify"])
+def test_verify_port_late_over_streams(pki: Pki, version: str, who: str, func: str) -> None:
+    """Late verification on a server port from ports_to_ssl_ports (streams, no timeout set):
+    the call returns as soon as the client's answer is in, although the client then sends
+    nothing until it has the server's reply (it used to wait for more input after the
+    client's Finished: for ever, or until the port's timeout); a failure sends the client the
+    alert, which is all it can learn it from while the socket stays open (it used to stay in
+    the pump: the client waited for its timeout)."""
+    a, b = socket.socketpair()
+    with a, b:
+        sctx = server_context(version, pki.server, roots=[pki.root])
+        identity = {"good": [pki.client], "rogue": [pki.rogue_client], "none": []}[who]
+        cctx = client_context(version, roots=[pki.root], identity=identity)
+
+        def serve() -> tuple[Any, bool]:
+            inp, out = sslports.ports_to_ssl_ports(
+                b.makefile("rb", buffering=0),
+                b.makefile("wb", buffering=0),
+                mode="accept",
+                context=sctx,
+                close_original=True,
+            )
+            with inp, out:
+                assert inp.readline() == b"go\n"
+                try:
+                    getattr(sslports, func)(inp, True)
+                except SSLError as exc:
+                    return exc, False
+                verified = sslports.ssl_peer_verified(inp)
+                out.write(b"verified\n" if verified else b"not verified\n")
+                out.flush()
+                assert inp.readline() == b"tail\n"
+                return None, verified
+
+        join = run_in_thread(serve)
+        inp, out = sslports.ports_to_ssl_ports(
+            a.makefile("rb", buffering=0),
+            a.makefile("wb", buffering=0),
+            mode="connect",
+            context=cctx,
+            close_original=True,
+            hostname="localhost",
+        )
+        with inp, out:
+            out.write(b"go\n")
+            out.flush()
+            inp.settimeout(20)
+            answer: Any
+            try:
+                answer = inp.readline()
+            except SSLError as exc:  # a failed ssl_set_verify aborts the connection
+                answer = exc
+            if isinstance(answer, bytes):
+                out.write(b"tail\n")
+                out.flush()
+            error, verified = join(20)
+    if func == "ssl_try_verify" or who == "good":
+        assert error is None, error
+        assert verified is (who == "good")
+        assert answer == (b"verified\n" if who == "good" else b"not verified\n")
+    else:
+        assert isinstance(error, SSLError) and str(error).startswith("ssl_set_verify: failed")
+        assert not isinstance(answer, TimeoutError), answer
+        assert isinstance(answer, SSLError) and "alert" in str(answer), answer

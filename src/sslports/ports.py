@@ -1228,7 +1228,18 @@ class Connection:
         err = self.own_record(err)
         hint = _binding.established_hint(self.ptr, err) if self.ptr is not None else None
         exc = build_error(func, what, err, conn=self.ptr, hostname=self.hostname, hint=hint)
+        self.push_alert()
         return self.make_error(exc)
+
+    def push_alert(self) -> None:
+        """After a failure, streams: send what it queued, the alert that tells the peer why
+        (the socket BIO sends it at once). Bounded and best effort: a peer that no longer
+        reads, or an output stream that failed, cannot hold the caller."""
+        if isinstance(self.transport, _StreamTransport) and self.ptr is not None:
+            try:
+                self.transport.push_out(self.ptr, _Deadline(_ABANDON_DRAIN))
+            except Exception:
+                pass
 
     def own_record(self, err: Any) -> Any:
         """The error record `err` of this connection's failed pump call, or, if a call on
@@ -1398,11 +1409,7 @@ class Connection:
             client_peer=what == "accept",
             hint=_binding.server_hint(self.ptr, record),
         )
-        if isinstance(self.transport, _StreamTransport):
-            try:  # the alert, so the peer learns why (also when an SNI callback failed)
-                self.transport.push_out(self.ptr, _Deadline(1.0))
-            except BaseException:
-                pass
+        self.push_alert()  # (also when an SNI callback failed)
         # Raised with no local (nor the connection) still naming the exception once it leaves:
         # its traceback holds this frame (and the SNI callback's), so a name would make a
         # cycle that keeps the connection and its C memory (~150 KB) until the cyclic
@@ -1542,10 +1549,14 @@ class Connection:
         ptr = self.ptr
         return int(_binding.lib.sp_written(ptr)) if ptr is not None else 0
 
-    def pump_once(self, func: str, view: memoryview, deadline: _Deadline) -> int:
+    def pump_once(
+        self, func: str, view: memoryview, deadline: _Deadline, waiting: Callable[[], int]
+    ) -> int:
         """Process what arrives within one wait slice (handshake records included): the
         application bytes read go to the input port's reader (keep_after), also when a signal
-        handler's exception comes as the pump call returns.
+        handler's exception comes as the pump call returns. `waiting()`: whether what the
+        caller waits for is still to come once the pump processed what it had; when it is
+        not, a stream connection sends what processing queued and reads no more input.
 
         Returns how many (possibly 0), or -1 at EOF.
         """
@@ -1567,6 +1578,8 @@ class Connection:
                 # (streams too: their read under a deadline gives up at it, and returns here)
                 if deadline.expired():
                     raise SSLTimeoutError(f"{func}: timed out")
+                if status == lib.SP_WANT_READ and not waiting():
+                    status = lib.SP_WANT_WRITE  # (for streams: push out, but no read)
                 with self.transport_errors(func, "read"):
                     self.wait_for_pump(status, deadline, func, seen)
             return int(got[0])

@@ -6,7 +6,7 @@ connection lock, so they are safe while another thread reads or writes.
 
 from __future__ import annotations
 
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 from . import _binding
 from ._binding import build_error
@@ -68,7 +68,7 @@ def verify_port_now(func: str, port: Any, on: bool, try_only: bool) -> None:
             break
         # The rest of a post-handshake message from the client (a KeyUpdate in several
         # records) is still to come: read it, then ask.
-        _pump_for_reverify(func, conn, scratch, deadline)
+        _pump_for_reverify(func, conn, scratch, deadline, lib.sp_reauth_blocked)
     if not status:
         exc = build_error(func, "", err)
         if try_only and any(_NO_PHA in line for line in exc.openssl_errors):
@@ -80,7 +80,7 @@ def verify_port_now(func: str, port: Any, on: bool, try_only: bool) -> None:
     with conn.write_lock:  # (as a port's write: the last close waits for it, then closes the fd)
         conn.write(func, memoryview(b""), deadline)  # sends the request
     while lib.sp_reauth_pending(conn.ptr):
-        _pump_for_reverify(func, conn, scratch, deadline)
+        _pump_for_reverify(func, conn, scratch, deadline, lib.sp_reauth_pending)
     _surface_deferred_error(func, conn, scratch)
     if not try_only and not lib.sp_peer_verified(conn.ptr):
         raise _not_verified(func, conn)
@@ -100,15 +100,20 @@ def _not_verified(func: str, conn: Connection) -> SSLError:
 
 
 def _pump_for_reverify(
-    func: str, conn: Connection, scratch: bytearray, deadline: _Deadline
+    func: str,
+    conn: Connection,
+    scratch: bytearray,
+    deadline: _Deadline,
+    waiting: Callable[[Any], int],
 ) -> None:
-    """One pump step while re-verifying (pump_once keeps application data for the reader).
-    The deadline is checked first: a client that writes without pause gives every step data
-    to read, and a step meets the deadline only when it reads nothing."""
+    """One pump step while re-verifying (pump_once keeps application data for the reader)
+    while `waiting(conn.ptr)`. The deadline is checked first: a client that writes without
+    pause gives every step data to read, and a step meets the deadline only when it reads
+    nothing."""
     try:
         if deadline.expired():
             raise SSLTimeoutError(f"{func}: timed out")
-        n = conn.pump_once(func, memoryview(scratch), deadline)
+        n = conn.pump_once(func, memoryview(scratch), deadline, lambda: waiting(conn.ptr))
     except SSLError as exc:
         raise _reverify_failed(func, exc) from exc
     if n < 0:
