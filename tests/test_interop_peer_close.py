@@ -15,6 +15,7 @@ the close_notify were lost (``openssl s_server``'s ``q`` command shows it too).
 from __future__ import annotations
 
 import array
+import errno
 import fcntl
 import socket
 import ssl
@@ -110,3 +111,93 @@ def test_answer_before_the_end_survives_a_failed_upload(
         if sock is not None:
             sock.close()
         listener.close()
+
+
+class _TicketsHeld:
+    """A server's output stream that holds its second write (TLS 1.3: the session tickets,
+    after the handshake's flight) until `release` is set; `done` is set once it went or
+    failed."""
+
+    def __init__(self, raw: Any) -> None:
+        self.raw = raw
+        self.writes = 0
+        self.release = threading.Event()
+        self.done = threading.Event()
+
+    def write(self, data: bytes) -> int:
+        self.writes += 1
+        if self.writes != 2:
+            return int(self.raw.write(data))
+        assert self.release.wait(TIMEOUT)
+        try:
+            return int(self.raw.write(data))
+        finally:
+            self.done.set()
+
+    def flush(self) -> None:
+        self.raw.flush()
+
+    def close(self) -> None:
+        self.raw.close()
+
+
+@pytest.mark.parametrize("server_writes", [False, True])
+def test_lost_tickets_do_not_turn_the_peer_s_end_into_a_failure(
+    pki: Any, server_writes: bool
+) -> None:
+    """Streams, TLS 1.3: a client writes, closes without close_notify and shuts its socket
+    down before the server's session tickets went out; writing them meets the closed peer
+    (EPIPE). That loses nothing the server wrote, so the peer's end is its EOF: the server
+    reads the data, then b"" (it used to raise "read failed (Broken pipe)"). What the server
+    did write and lose (server_writes: a write into the closed peer) still turns the end
+    into that failure, as a reset does."""
+    a, b = socket.socketpair()
+    with a, b:
+        cctx = pki.client_context("tls13")
+        held = _TicketsHeld(b.makefile("wb", buffering=0))
+        server_ready = threading.Event()
+
+        def serve() -> tuple[bytes, Any]:
+            inp, out = sslports.ports_to_ssl_ports(
+                b.makefile("rb", buffering=0),
+                held,
+                mode="accept",
+                context=pki.server_context("tls13"),
+                close_original=True,
+            )
+            with inp, out:
+                server_ready.set()
+                assert held.done.wait(TIMEOUT)  # (the tickets met the closed peer)
+                if server_writes:
+                    with pytest.raises(sslports.SSLError):
+                        out.write(b"w" * 1000)
+                        out.flush()
+                got = inp.readline()
+                try:
+                    rest: Any = inp.read()
+                except sslports.SSLError as exc:
+                    rest = exc
+                return got, rest
+
+        join = run_in_thread(serve)
+        inp, out = sslports.ports_to_ssl_ports(
+            a.makefile("rb", buffering=0),
+            a.makefile("wb", buffering=0),
+            mode="connect",
+            context=cctx,
+            hostname="localhost",
+            close_original=True,
+        )
+        assert server_ready.wait(TIMEOUT)
+        out.write(b"bye\n")
+        out.close()
+        inp.close()
+        a.shutdown(socket.SHUT_RDWR)
+        held.release.set()
+        got, rest = join(TIMEOUT)
+    assert held.writes >= 2
+    assert got == b"bye\n"
+    if server_writes:
+        assert isinstance(rest, sslports.SSLError) and rest.errno == errno.EPIPE, rest
+    else:
+        assert rest == b""

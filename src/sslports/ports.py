@@ -897,9 +897,14 @@ class _StreamTransport:
                     return
 
     def raise_send_failure(self) -> None:
-        """Raise the failure of the output stream, if it failed (a read's transport EOF
-        without close_notify then reports it: sp_conn.c SEND FAILURE)."""
-        failed = self.sender.error
+        """Raise the failure of the output stream, if it lost bytes of the output port's
+        writes (a read's transport EOF without close_notify then reports it, as the reset it
+        is on a socket: sp_conn.c SEND FAILURE). Not when it lost only what the pump queued
+        by itself (a server's session tickets, a KeyUpdate reply) to a peer that closed: its
+        end without close_notify is then the EOF it is with nothing written (lost_written)."""
+        sender = self.sender
+        with sender.cond:
+            failed = sender.error if sender.done_total < sender.written_mark else None
         if failed is not None:
             raise _transport_error(failed)
 
