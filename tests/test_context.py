@@ -240,6 +240,40 @@ def test_load_verify_source_directory(pki: Any, tmp_path: Path) -> None:
     assert handshake(pki.server_context(), client) == b"hello"
 
 
+def test_tagged_arguments_as_lists(pki: Any, tmp_path: Path) -> None:
+    """API.md: "Lists in arguments accept any sequence": the tagged forms, Racket's
+    ``(list 'pem path)``, as lists too (they raised TypeError); what a list names loads as its
+    tuple does, and a bad list fails as the bad tuple does."""
+    subject_hash = subprocess.run(
+        ["openssl", "x509", "-hash", "-noout", "-in", str(pki.ca_pem)],
+        capture_output=True, text=True, check=True,
+    ).stdout.strip()  # fmt: skip
+    (tmp_path / f"{subject_hash}.0").write_bytes(pki.ca_pem.read_bytes())
+    client = pki.client_context(trust=False)
+    sslports.ssl_load_verify_source(client, ["directory", tmp_path])
+    server = sslports.ssl_make_server_context(
+        private_key=["pem", pki.server_key], certificate_chain=pki.server_chain
+    )
+    assert handshake(server, client) == b"hello"
+    server = sslports.ssl_make_server_context()
+    sslports.ssl_load_certificate_chain(server, pki.server_chain)
+    sslports.ssl_load_private_key(server, ["data", pki.server_key.read_bytes()])
+    assert handshake(server, client) == b"hello"
+
+    def with_list_source() -> list[Any]:  # (in a context of its own: nothing leaks out)
+        assert sslports.ssl_default_verify_sources([["directory", tmp_path]]) is None
+        assert handshake(pki.server_context(), sslports.ssl_secure_client_context()) == b"hello"
+        return list(sslports.ssl_default_verify_sources())
+
+    assert contextvars.copy_context().run(with_list_source) == [("directory", tmp_path)]
+    with pytest.raises(ValueError, match="unknown verify source"):
+        sslports.ssl_load_verify_source(client, ["no-such-kind", tmp_path])
+    with pytest.raises(ValueError, match="unknown private key kind"):
+        sslports.ssl_make_client_context(private_key=["pfx", pki.server_key])
+    with pytest.raises(TypeError):
+        sslports.ssl_make_client_context(private_key=["pem", pki.server_key, "extra"])
+
+
 @pytest.mark.parametrize(
     "layout",
     [

@@ -20,7 +20,7 @@ import sys
 import threading
 from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Any, Callable, Optional, Union
+from typing import Any, Callable, Optional, Union, cast
 
 from . import _binding
 from ._binding import build_error
@@ -391,6 +391,20 @@ def _protocol_hint(protocol: str) -> str:
     return f"expected one of: {_PROTOCOL_CHOICES}"
 
 
+def _tagged(arg: object) -> object:
+    """A tagged argument, ``(tag, value)``, from any two-item sequence whose first item is a
+    str (API.md: "Lists in arguments accept any sequence"; Racket writes ``(list 'pem path)``):
+    a tuple. Anything else as it is (a path is never such a sequence)."""
+    if (
+        not isinstance(arg, (tuple, str, bytes, bytearray, memoryview))
+        and isinstance(arg, Sequence)
+        and len(arg) == 2
+        and isinstance(arg[0], str)
+    ):
+        return (arg[0], arg[1])
+    return arg
+
+
 def _load_credentials(
     func: str, ctx: _Context, private_key: object, certificate_chain: object
 ) -> None:
@@ -398,6 +412,7 @@ def _load_credentials(
         _load_chain(func, ctx, certificate_chain)
     if private_key is None:
         return
+    private_key = _tagged(private_key)
     if not isinstance(private_key, tuple) or len(private_key) != 2:
         raise TypeError(f"{func}: private_key must be ('pem', path), ('der', path) or None")
     kind, source = private_key
@@ -596,10 +611,10 @@ def ssl_default_verify_sources(*args: Sequence[VerifySource]) -> Any:
         srcs = args[0]
         if isinstance(srcs, (str, bytes)) or not isinstance(srcs, Sequence):
             raise TypeError("ssl_default_verify_sources: expected a sequence of sources")
-        kept = list(srcs)  # (once: what is checked is what is kept)
+        kept = [_tagged(s) for s in srcs]  # (once: what is checked is what is kept)
         for s in kept:
             _check_source("ssl_default_verify_sources", s)
-        _default_sources.set(kept)
+        _default_sources.set(cast("list[VerifySource]", kept))  # (checked just above)
         return None
     value = _default_sources.get()
     if value is None:
@@ -635,6 +650,7 @@ def ssl_load_verify_source(context: object, src: object, *, try_: bool = False) 
     """
     func = "ssl_load_verify_source"
     ctx = context_of(func, context, listener_ok=False)
+    src = _tagged(src)
     _check_source(func, src)
     ptr = ctx._mutable(func)
     lib = _binding.lib
@@ -940,6 +956,7 @@ def ssl_load_private_key(
     if pw is not None and b"\0" in pw:
         raise ValueError(f"{func}: password contains a NUL byte")
     ctx._mutable(func)  # (before the file is read: a sealed context says so, whatever the path)
+    pathname = _tagged(pathname)
     if isinstance(pathname, tuple) and len(pathname) == 2 and pathname[0] == "data":
         if not isinstance(pathname[1], (bytes, bytearray)):
             raise TypeError(f"{func}: ('data', ...) takes bytes")
