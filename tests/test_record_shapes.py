@@ -573,20 +573,45 @@ class KeyUpdateSplitter:
         dst.shutdown(socket.SHUT_WR)
 
 
+@pytest.mark.parametrize("streams", [False, True], ids=["socket", "streams"])
 @pytest.mark.parametrize("split", [True, False])
-def test_server_verify_while_a_key_update_is_half_received(pki: Any, split: bool) -> None:
+def test_server_verify_while_a_key_update_is_half_received(
+    pki: Any, split: bool, streams: bool
+) -> None:
     """ssl_set_verify on a TLS 1.3 server port while the client's KeyUpdate is half received
     (OpenSSL is back "in init" until the rest arrives, and SSL_verify_client_post_handshake
     refused with "still in init"): the server reads the rest of the message, then asks for the
     certificate; the client is verified and no data is lost. (split=False: the same exchange
-    with the KeyUpdate in one record.)"""
+    with the KeyUpdate in one record. streams: the server's ports from ports_to_ssl_ports over
+    the accepted socket's streams.)"""
     ctx = pki.server_context("tls13")
     sslports.ssl_load_verify_source(ctx, pki.ca_pem)
-    with sslports.ssl_listen(0, 5, True, LOCAL, ctx, handshake_timeout=TIMEOUT) as listener:
-        gate = KeyUpdateSplitter(sslports.ssl_addresses(listener, True)[1], split)
+    listen = socket.create_server((LOCAL, 0)) if streams else None
+    with listen or sslports.ssl_listen(
+        0, 5, True, LOCAL, ctx, handshake_timeout=TIMEOUT
+    ) as listener:
+        gate = KeyUpdateSplitter(
+            sslports.ssl_addresses(listener, True)[1]
+            if listen is None
+            else listen.getsockname()[1],
+            split,
+        )
+
+        def accept() -> tuple[Any, Any]:
+            if listen is None:
+                return sslports.ssl_accept(listener)
+            raw, _ = listen.accept()
+            with raw:  # (the streams keep the descriptor)
+                return sslports.ports_to_ssl_ports(
+                    raw.makefile("rb", buffering=0),
+                    raw.makefile("wb", buffering=0),
+                    mode="accept",
+                    context=ctx,
+                    close_original=True,
+                )
 
         def serve() -> tuple[bool, bytes]:
-            inp, out = sslports.ssl_accept(listener)
+            inp, out = accept()
             with inp, out:
                 assert gate.header_forwarded.wait(TIMEOUT)
                 if split:
