@@ -494,17 +494,23 @@ def connect_ports(
         )
         return inp, out, None
     sock = socket.create_connection((LOCAL, port), timeout=timeout)
-    inp, out = sslports.ports_to_ssl_ports(
-        sock.makefile("rb", buffering=0),
-        sock.makefile("wb", buffering=0),
-        mode="connect",
-        context=ctx,
-        hostname="localhost",
-        close_original=True,
-        timeout=timeout,
-        strict_eof=strict_eof,
+    inp, out = socket_ports(
+        sock, "connect", ctx, hostname="localhost", timeout=timeout, strict_eof=strict_eof
     )
     return inp, out, sock
+
+
+def socket_ports(sock: socket.socket, mode: str, ctx: Any, **kw: Any) -> tuple[Any, Any]:
+    """ports_to_ssl_ports over the two unbuffered files of `sock` (close_original: closing
+    both ports closes the files; the socket itself stays the caller's)."""
+    return sslports.ports_to_ssl_ports(
+        sock.makefile("rb", buffering=0),
+        sock.makefile("wb", buffering=0),
+        mode=mode,
+        context=ctx,
+        close_original=True,
+        **kw,
+    )
 
 
 def run_in_thread(fn: Callable[[], Any]) -> Callable[..., Any]:

@@ -218,23 +218,28 @@ def test_ssl_cert_file_trusts_for_secure(pki: Any) -> None:
     assert "certificate verify failed" in child.stderr
 
 
-def test_ssl_cert_dir_trusts_for_secure(pki: Any, tmp_path: Path) -> None:
-    subject_hash = subprocess.run(
-        ["openssl", "x509", "-hash", "-noout", "-in", str(pki.ca_pem)],
+def _subject_hash(cert_pem: Path) -> str:
+    """The name of the certificate's file in a hashed directory, less its ".N" (c_rehash)."""
+    return subprocess.run(
+        ["openssl", "x509", "-hash", "-noout", "-in", str(cert_pem)],
         capture_output=True, text=True, check=True,
     ).stdout.strip()  # fmt: skip
-    (tmp_path / f"{subject_hash}.0").write_bytes(pki.ca_pem.read_bytes())
+
+
+def _hashed_ca_dir(pki: Any, directory: Path) -> None:
+    """Make `directory` a hashed directory holding the test CA."""
+    (directory / f"{_subject_hash(pki.ca_pem)}.0").write_bytes(pki.ca_pem.read_bytes())
+
+
+def test_ssl_cert_dir_trusts_for_secure(pki: Any, tmp_path: Path) -> None:
+    _hashed_ca_dir(pki, tmp_path)
     child = _run_secure_child(pki, {"SSL_CERT_DIR": str(tmp_path)})
     assert child.returncode == 0, child.stderr
     assert child.stdout.strip() == "ok"
 
 
 def test_load_verify_source_directory(pki: Any, tmp_path: Path) -> None:
-    subject_hash = subprocess.run(
-        ["openssl", "x509", "-hash", "-noout", "-in", str(pki.ca_pem)],
-        capture_output=True, text=True, check=True,
-    ).stdout.strip()  # fmt: skip
-    (tmp_path / f"{subject_hash}.0").write_bytes(pki.ca_pem.read_bytes())
+    _hashed_ca_dir(pki, tmp_path)
     client = pki.client_context(trust=False)
     sslports.ssl_load_verify_source(client, ("directory", tmp_path))
     assert handshake(pki.server_context(), client) == b"hello"
@@ -244,11 +249,7 @@ def test_tagged_arguments_as_lists(pki: Any, tmp_path: Path) -> None:
     """API.md: "Lists in arguments accept any sequence": the tagged forms, Racket's
     ``(list 'pem path)``, as lists too (they raised TypeError); what a list names loads as its
     tuple does, and a bad list fails as the bad tuple does."""
-    subject_hash = subprocess.run(
-        ["openssl", "x509", "-hash", "-noout", "-in", str(pki.ca_pem)],
-        capture_output=True, text=True, check=True,
-    ).stdout.strip()  # fmt: skip
-    (tmp_path / f"{subject_hash}.0").write_bytes(pki.ca_pem.read_bytes())
+    _hashed_ca_dir(pki, tmp_path)
     client = pki.client_context(trust=False)
     sslports.ssl_load_verify_source(client, ["directory", tmp_path])
     server = sslports.ssl_make_server_context(
@@ -290,10 +291,7 @@ def test_directory_source_reads_only_regular_files(
     """A hashed directory is read during the handshake: a FIFO there (no writer), a device or
     a huge file among the <hash>.N files ends that directory's sequence, as a file that does
     not load does, instead of blocking the handshake (by_dir fopen()ed them)."""
-    subject_hash = subprocess.run(
-        ["openssl", "x509", "-hash", "-noout", "-in", str(pki.ca_pem)],
-        capture_output=True, text=True, check=True,
-    ).stdout.strip()  # fmt: skip
+    subject_hash = _subject_hash(pki.ca_pem)
     fifos = []
     for suffix, what in enumerate(layout):
         path = tmp_path / f"{subject_hash}.{suffix}"

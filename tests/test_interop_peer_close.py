@@ -26,7 +26,7 @@ import time
 from typing import Any, Optional
 
 import pytest
-from conftest import LOCAL, connect_ports, run_in_thread
+from conftest import LOCAL, connect_ports, run_in_thread, socket_ports
 
 import sslports
 
@@ -180,14 +180,7 @@ def test_lost_tickets_do_not_turn_the_peer_s_end_into_a_failure(
                 return got, rest
 
         join = run_in_thread(serve)
-        inp, out = sslports.ports_to_ssl_ports(
-            a.makefile("rb", buffering=0),
-            a.makefile("wb", buffering=0),
-            mode="connect",
-            context=cctx,
-            hostname="localhost",
-            close_original=True,
-        )
+        inp, out = socket_ports(a, "connect", cctx, hostname="localhost")
         assert server_ready.wait(TIMEOUT)
         out.write(b"bye\n")
         out.close()

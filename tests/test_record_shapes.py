@@ -34,7 +34,14 @@ import time
 from typing import Any, Callable, Optional, Union
 
 import pytest
-from conftest import LOCAL, collect_stdout, connect_ports, random_bytes, run_in_thread
+from conftest import (
+    LOCAL,
+    collect_stdout,
+    connect_ports,
+    random_bytes,
+    run_in_thread,
+    socket_ports,
+)
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM, ChaCha20Poly1305
 from cryptography.hazmat.primitives.kdf.hkdf import HKDFExpand
@@ -602,13 +609,7 @@ def test_server_verify_while_a_key_update_is_half_received(
                 return sslports.ssl_accept(listener)
             raw, _ = listen.accept()
             with raw:  # (the streams keep the descriptor)
-                return sslports.ports_to_ssl_ports(
-                    raw.makefile("rb", buffering=0),
-                    raw.makefile("wb", buffering=0),
-                    mode="accept",
-                    context=ctx,
-                    close_original=True,
-                )
+                return socket_ports(raw, "accept", ctx)
 
         def serve() -> tuple[bool, bytes]:
             inp, out = accept()

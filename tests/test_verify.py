@@ -35,7 +35,7 @@ from certs import (
     server_context,
     wrap_client,
 )
-from conftest import run_in_thread
+from conftest import run_in_thread, socket_ports
 
 import sslports
 from sslports import SSLError, SSLNetworkError
@@ -679,13 +679,7 @@ def test_verify_port_late_over_streams(pki: Pki, version: str, who: str, func: s
         cctx = client_context(version, roots=[pki.root], identity=identity)
 
         def serve() -> tuple[Any, bool]:
-            inp, out = sslports.ports_to_ssl_ports(
-                b.makefile("rb", buffering=0),
-                b.makefile("wb", buffering=0),
-                mode="accept",
-                context=sctx,
-                close_original=True,
-            )
+            inp, out = socket_ports(b, "accept", sctx)
             with inp, out:
                 assert inp.readline() == b"go\n"
                 try:
@@ -699,14 +693,7 @@ def test_verify_port_late_over_streams(pki: Pki, version: str, who: str, func: s
                 return None, verified
 
         join = run_in_thread(serve)
-        inp, out = sslports.ports_to_ssl_ports(
-            a.makefile("rb", buffering=0),
-            a.makefile("wb", buffering=0),
-            mode="connect",
-            context=cctx,
-            close_original=True,
-            hostname="localhost",
-        )
+        inp, out = socket_ports(a, "connect", cctx, hostname="localhost")
         with inp, out:
             out.write(b"go\n")
             out.flush()
