@@ -2280,6 +2280,12 @@ def test_port_context_managers(conn: Any) -> None:
     assert ci.closed
     with pytest.raises(ValueError):
         ci.read(1)
+    # readable() / writable() of a closed port: ValueError, as io's files and sockets say
+    with pytest.raises(ValueError, match="closed"):
+        ci.readable()
+    with pytest.raises(ValueError, match="closed"):
+        co.writable()
+    assert not ci.writable() and not co.readable()  # (io's defaults, closed or not)
 
 
 def test_ports_stay_open_until_both_closed(conn: Any) -> None:

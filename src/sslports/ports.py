@@ -1860,6 +1860,7 @@ class SSLInputPort(_SSLPort):
         return f"<SSLInputPort{' closed' if self.closed else ''}>"
 
     def readable(self) -> bool:
+        self._check()  # (closed: ValueError, as io's files and sockets say)
         return True
 
     def _check(self) -> Connection:
@@ -2093,6 +2094,8 @@ class SSLOutputPort(_SSLPort):
         return f"<SSLOutputPort{' closed' if self.closed else ''}>"
 
     def writable(self) -> bool:
+        if self.closed:  # (as io's files say)
+            raise ValueError("I/O operation on closed SSL port")
         return True
 
     def write(self, b: Any, /) -> int:
