@@ -593,21 +593,19 @@ def test_server_verify_while_a_key_update_is_half_received(
     the accepted socket's streams.)"""
     ctx = pki.server_context("tls13")
     sslports.ssl_load_verify_source(ctx, pki.ca_pem)
-    listen = socket.create_server((LOCAL, 0)) if streams else None
-    with listen or sslports.ssl_listen(
-        0, 5, True, LOCAL, ctx, handshake_timeout=TIMEOUT
-    ) as listener:
-        gate = KeyUpdateSplitter(
-            sslports.ssl_addresses(listener, True)[1]
-            if listen is None
-            else listen.getsockname()[1],
-            split,
-        )
+    listener: Any = (
+        socket.create_server((LOCAL, 0))
+        if streams
+        else sslports.ssl_listen(0, 5, True, LOCAL, ctx, handshake_timeout=TIMEOUT)
+    )
+    with listener:
+        port = listener.getsockname()[1] if streams else sslports.ssl_addresses(listener, True)[1]
+        gate = KeyUpdateSplitter(port, split)
 
         def accept() -> tuple[Any, Any]:
-            if listen is None:
+            if not streams:
                 return sslports.ssl_accept(listener)
-            raw, _ = listen.accept()
+            raw, _ = listener.accept()
             with raw:  # (the streams keep the descriptor)
                 return socket_ports(raw, "accept", ctx)
 

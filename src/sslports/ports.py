@@ -434,10 +434,12 @@ class _Sender:
         (_StreamTransport.pull_in). (Not when only what reads queued was lost, such as session
         tickets to a peer that went away: reading on meets its last bytes, its EOF.)"""
         return (
-            self.error is not None
-            and not self.reported
-            and (handshaking or self.done_total < self.written_mark)
+            self.error is not None and not self.reported and (handshaking or self.writes_unsent())
         )
+
+    def writes_unsent(self) -> bool:
+        """Bytes of the output port's writes are not written yet (or were lost)."""
+        return self.done_total < self.written_mark
 
     def report(self) -> BaseException:
         """The failure lost_written saw, to raise (once: it is reported from then on)."""
@@ -904,7 +906,7 @@ class _StreamTransport:
         end without close_notify is then the EOF it is with nothing written (lost_written)."""
         sender = self.sender
         with sender.cond:
-            failed = sender.error if sender.done_total < sender.written_mark else None
+            failed = sender.error if sender.writes_unsent() else None
         if failed is not None:
             raise _transport_error(failed)
 
@@ -1088,8 +1090,7 @@ class _StreamTransport:
             sender.drain_written(timeout)
         sender.stop()
         with sender.cond:  # the output port's bytes were lost, and no write has said so yet
-            unsent = sender.done_total < sender.written_mark
-            lost = sender.error if unsent and not sender.reported else None
+            lost = sender.error if sender.writes_unsent() and not sender.reported else None
             sender.reported = True
         if close_original:
             if not deferred:
@@ -1555,11 +1556,11 @@ class Connection:
         return int(_binding.lib.sp_written(ptr)) if ptr is not None else 0
 
     def pump_once(
-        self, func: str, view: memoryview, deadline: _Deadline, waiting: Callable[[], int]
+        self, func: str, view: memoryview, deadline: _Deadline, waiting: Callable[[Any], int]
     ) -> int:
         """Process what arrives within one wait slice (handshake records included): the
         application bytes read go to the input port's reader (keep_after), also when a signal
-        handler's exception comes as the pump call returns. `waiting()`: whether what the
+        handler's exception comes as the pump call returns. `waiting(ptr)`: whether what the
         caller waits for is still to come once the pump processed what it had; when it is
         not, a stream connection sends what processing queued and reads no more input.
 
@@ -1583,7 +1584,7 @@ class Connection:
                 # (streams too: their read under a deadline gives up at it, and returns here)
                 if deadline.expired():
                     raise SSLTimeoutError(f"{func}: timed out")
-                if status == lib.SP_WANT_READ and not waiting():
+                if status == lib.SP_WANT_READ and not waiting(self.ptr):
                     status = lib.SP_WANT_WRITE  # (for streams: push out, but no read)
                 with self.transport_errors(func, "read"):
                     self.wait_for_pump(status, deadline, func, seen)

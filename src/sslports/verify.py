@@ -113,7 +113,7 @@ def _pump_for_reverify(
     try:
         if deadline.expired():
             raise SSLTimeoutError(f"{func}: timed out")
-        n = conn.pump_once(func, memoryview(scratch), deadline, lambda: waiting(conn.ptr))
+        n = conn.pump_once(func, memoryview(scratch), deadline, waiting)
     except SSLError as exc:
         raise _reverify_failed(func, exc) from exc
     if n < 0:
