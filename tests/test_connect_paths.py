@@ -22,7 +22,8 @@ from conftest import LOCAL, read_exactly
 
 import sslports
 from sslports import SSLNetworkError
-from sslports.ports import _SLICE_MS, SOCKETS_MAY_BLOCK
+from sslports._timing import _SLICE_MS
+from sslports.ports import SOCKETS_MAY_BLOCK
 
 
 def _has_ipv6_loopback() -> bool:

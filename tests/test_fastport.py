@@ -32,7 +32,7 @@ import pytest
 from conftest import FAST_BUILT, PY_ENV, connected_ports, read_exactly, run_in_thread, sha1
 
 import sslports
-from sslports import ports
+from sslports import _streams, ports
 
 LOCAL = "127.0.0.1"
 needs_fast = pytest.mark.skipif(not FAST_BUILT, reason="no C fast path on this interpreter")
@@ -922,7 +922,7 @@ def test_a_signal_between_any_two_statements_of_a_stream_read_loses_nothing(
     cut short: "bad record mac", or a read that waits for the rest forever)."""
     cin, _cout, sin, sout, server_sock = stream_pair
     cin.settimeout(timeout)
-    code = getattr(ports._StreamTransport, where).__code__
+    code = getattr(_streams._StreamTransport, where).__code__
     rng = random.Random(12)
     sent = bytearray()
     got = bytearray()

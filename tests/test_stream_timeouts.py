@@ -1,4 +1,4 @@
-"""ports_to_ssl_ports reads under a deadline (the receiver thread, ports.py _Receiver): closing
+"""ports_to_ssl_ports reads under a deadline (the receiver thread, _streams.py _Receiver): closing
 after a read timed out, and a non-blocking stream under a timeout. Each test here failed
 before its fix."""
 

@@ -2080,7 +2080,7 @@ static PyObject *fast_handshake(PyObject *module, PyObject *args)
     }
     for (;;) {
         int wait = slice_ms;
-        if (timed) { /* ports.py _Deadline.slice_ms */
+        if (timed) { /* _timing.py _Deadline.slice_ms */
             double left = deadline - now_ms();
             wait = left <= 0 ? 0 : left + 1 < slice_ms ? (int)left + 1 : slice_ms;
         }

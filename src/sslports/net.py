@@ -20,6 +20,8 @@ from typing import Any, Optional, Union
 
 from . import _binding
 from ._binding import build_error
+from ._streams import _StreamTransport
+from ._timing import _Deadline
 from .context import (
     SSLClientContext,
     SSLServerContext,
@@ -38,10 +40,8 @@ from .ports import (
     SSLInputPort,
     SSLOutputPort,
     _check_timeout,
-    _Deadline,
     _per_thread,
     _SocketTransport,
-    _StreamTransport,
     make_ports,
 )
 from .sni import bind_connection

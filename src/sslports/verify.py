@@ -10,10 +10,11 @@ from typing import Any, Callable, Optional
 
 from . import _binding
 from ._binding import build_error
+from ._timing import _Deadline
 from .context import is_ip_literal
 from .errors import SSLError, SSLTimeoutError
 from .net import _reference_name
-from .ports import Connection, _Deadline, connection_of
+from .ports import Connection, connection_of
 
 _VERSION_SYMBOLS = {0x0301: "tls", 0x0302: "tls11", 0x0303: "tls12", 0x0304: "tls13"}
 _VERSION_SYMBOLS[0x0300] = "sslv3"

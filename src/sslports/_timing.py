@@ -1,0 +1,40 @@
+"""Deadlines of the ports' calls, and the wait slice that bounds every wait inside C."""
+
+from __future__ import annotations
+
+import time
+from typing import Optional
+
+from . import _binding
+
+# Longest wait inside C; bounds how late Ctrl-C and deadlines are noticed. The pump sets its
+# sockets' receive timeout to it (a read that waits a whole slice waits inside recv()).
+_SLICE_MS = 50 if _binding.lib is None else int(_binding.lib.SP_WAIT_SLICE_MS)
+
+
+class _Deadline:
+    """A point in monotonic time, or none."""
+
+    __slots__ = ("at",)
+
+    def __init__(self, timeout: Optional[float]) -> None:
+        self.at = None if timeout is None else time.monotonic() + timeout
+
+    def slice_ms(self) -> int:
+        if self.at is None:
+            return _SLICE_MS
+        left = self.at - time.monotonic()
+        return max(0, min(_SLICE_MS, int(left * 1000) + 1))
+
+    def expired(self) -> bool:
+        return self.at is not None and time.monotonic() >= self.at
+
+    def remaining(self) -> Optional[float]:
+        return None if self.at is None else max(0.0, self.at - time.monotonic())
+
+
+_NO_DEADLINE = _Deadline(None)  # immutable: shared by every call without a timeout
+
+
+def _deadline(timeout: Optional[float]) -> _Deadline:
+    return _NO_DEADLINE if timeout is None else _Deadline(timeout)
