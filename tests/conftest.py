@@ -513,6 +513,13 @@ def socket_ports(sock: socket.socket, mode: str, ctx: Any, **kw: Any) -> tuple[A
     )
 
 
+def socket_under(port: Any) -> Any:
+    """The socket under a port of ssl_wrap_socket (or ssl_connect, ssl_accept), for tests that
+    work below the TLS layer (forged records, resets, send queues): ssl_wrap_socket detaches
+    the socket object it was given, as SSLContext.wrap_socket does."""
+    return sslports.ports.connection_of("socket_under", port).transport.sock
+
+
 def run_in_thread(fn: Callable[[], Any]) -> Callable[..., Any]:
     """Start fn in a daemon thread; the returned join(timeout=60) gives its result or re-raises."""
     return in_thread(fn, default_timeout=60.0)

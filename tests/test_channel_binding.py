@@ -43,6 +43,7 @@ from certs import (
     resign_sha1,
     server_context,
 )
+from conftest import socket_under
 from cryptography.hazmat.primitives import hashes
 
 import sslports
@@ -531,7 +532,7 @@ def test_session_invalidated_by_real_failure(certs: Certs, version: str) -> None
         with inp, out:
             reused = sslports.ssl_session_reused(inp)
             if forge:  # an application-data record no key ever made, under the TLS layer
-                raw.send(b"\x17\x03\x03\x00\x20" + bytes(range(32)))
+                socket_under(inp).send(b"\x17\x03\x03\x00\x20" + bytes(range(32)))
             else:
                 echo_line(inp, out)
             try:

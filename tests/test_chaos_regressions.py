@@ -14,7 +14,7 @@ import time
 from typing import Callable
 
 import pytest
-from conftest import LOCAL
+from conftest import LOCAL, socket_under
 
 import sslports as sp
 
@@ -149,6 +149,7 @@ def test_lingering_close_gives_up_on_a_peer_that_never_reads(
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 1 << 20)
         sock.connect((LOCAL, port))
         inp, out = sp.ssl_wrap_socket(sock, context=sp.ssl_make_client_context("tls13"))
+        sock = socket_under(inp)  # (the socket object given was detached)
         out.settimeout(JOIN)
         out.write(_stream(25000))
         out.close()
@@ -202,6 +203,7 @@ def _close_then_server_reads() -> socket.socket:
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 1 << 20)
     sock.connect((LOCAL, port))
     inp, out = sp.ssl_wrap_socket(sock, context=sp.ssl_make_client_context("tls13"))
+    sock = socket_under(inp)  # (the socket object given was detached)
     out.settimeout(JOIN)
     out.write(data)
     out.close()
@@ -260,6 +262,7 @@ def _small_tail_then_server_reads(busy: bool = False) -> socket.socket:
     sock = socket.socket()
     sock.connect((LOCAL, port))
     inp, out = sp.ssl_wrap_socket(sock, context=sp.ssl_make_client_context("tls13"))
+    sock = socket_under(inp)  # (the socket object given was detached)
     out.settimeout(JOIN)
     sent = bytearray()
     line = 0

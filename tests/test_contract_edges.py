@@ -315,6 +315,40 @@ def test_wrap_socket_closes_the_socket_when_the_handshake_fails() -> None:
         listener.close()
 
 
+# ssl_wrap_socket() detaches the socket it is given, as SSLContext.wrap_socket does. Before, a
+# caller that closed its socket object after wrapping (the end of a `with` block) freed the
+# descriptor's number under the ports: the next socket opened got it, and the port's records
+# went into that unrelated connection (its close() then closed that one too).
+def test_wrap_socket_detaches_the_callers_socket() -> None:
+    client_sock, server_sock = socket.socketpair()
+    served = in_thread(
+        lambda: sslports.ssl_wrap_socket(
+            server_sock, mode="accept", context=_server_ctx(), timeout=10
+        )
+    )
+    with client_sock:
+        inp, out = sslports.ssl_wrap_socket(client_sock, timeout=10)
+        assert client_sock.fileno() == -1  # detached: it reads as closed
+    sin, sout = served(10)
+    assert server_sock.fileno() == -1
+    unrelated, unrelated_peer = socket.socketpair()  # (may reuse a freed descriptor number)
+    with unrelated, unrelated_peer:
+        out.write(b"to the TLS peer")
+        out.flush()
+        assert sin.read(15) == b"to the TLS peer"
+        sout.write(b"and back")
+        sout.flush()
+        assert inp.read(8) == b"and back"
+        for p in (inp, out, sin, sout):
+            p.close()
+        unrelated_peer.setblocking(False)
+        with pytest.raises(BlockingIOError):
+            unrelated_peer.recv(4096)  # nothing of ours reached the unrelated connection
+        unrelated.sendall(b"still open")  # and closing the ports did not close it
+        unrelated_peer.setblocking(True)
+        assert unrelated_peer.recv(64) == b"still open"
+
+
 # A long but finite timeout (30 days) made ssl_connect raise OverflowError at once ("timeout
 # is too large": poll() takes a C int of milliseconds, about 24.8 days), and one past
 # threading's limit (about 292 years) made a stream read or ports_to_ssl_ports raise

@@ -29,7 +29,15 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 import pytest
-from conftest import FAST_BUILT, PY_ENV, connected_ports, read_exactly, run_in_thread, sha1
+from conftest import (
+    FAST_BUILT,
+    PY_ENV,
+    connected_ports,
+    read_exactly,
+    run_in_thread,
+    sha1,
+    socket_under,
+)
 
 import sslports
 from sslports import _streams, ports
@@ -1005,6 +1013,7 @@ def test_a_signal_handler_that_uses_another_connection_keeps_the_error(
                 )
             except sslports.SSLError:
                 return  # (the handshake case: the client refuses our certificate)
+            raw = socket_under(inp)  # (the socket object given was detached)
             with inp, out:
                 if outer == "read":  # a record no key ever made, under the TLS layer
                     raw.send(b"\x17\x03\x03\x00\x20" + bytes(range(32)))

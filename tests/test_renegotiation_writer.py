@@ -36,7 +36,7 @@ from collections.abc import Iterator
 from typing import Any, Optional
 
 import pytest
-from conftest import LOCAL, MIB, random_bytes, read_exactly, run_in_thread, sha1
+from conftest import LOCAL, MIB, random_bytes, read_exactly, run_in_thread, sha1, socket_under
 from test_interop_features import _NO_COMMANDS
 from test_post_handshake import SServer
 
@@ -241,6 +241,7 @@ def held_renegotiation(
         h.inp, h.out = sslports.ssl_wrap_socket(
             h.sock, mode="connect", context=ctx, hostname="localhost", timeout=timeout
         )
+        h.sock = socket_under(h.inp)  # (the socket object given was detached)
     else:
         h.inp, h.out = sslports.ports_to_ssl_ports(
             h.sock.makefile("rb", buffering=0),

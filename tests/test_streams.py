@@ -13,7 +13,7 @@ import time
 from typing import Any, Callable, Optional
 
 import pytest
-from conftest import Pipe, random_bytes, read_exactly, run_in_thread, sha1
+from conftest import Pipe, random_bytes, read_exactly, run_in_thread, sha1, socket_under
 
 import sslports
 from sslports import SSLError
@@ -626,10 +626,11 @@ def test_a_failing_stream_gives_its_errno_as_a_socket_does() -> None:
 
     def serve() -> None:
         _i, o = sslports.ssl_wrap_socket(raw, mode="accept", context=ctx, timeout=20)
+        under = socket_under(o)  # (the socket object given was detached)
         o.write(b"ready")
         o.flush()
-        raw.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
-        raw.close()  # (a reset: the ports' own close would end with a FIN)
+        under.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        under.close()  # (a reset: the ports' own close would end with a FIN)
 
     join = run_in_thread(serve)
     rfile, wfile = client.makefile("rb"), client.makefile("wb")

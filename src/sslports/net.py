@@ -839,12 +839,16 @@ def ssl_wrap_socket(
 ) -> Ports:
     """TLS over an already connected socket, with the C fast path. Extension.
 
-    The ports take ownership of `sock` (closing both closes it) and of its descriptor's
-    blocking mode and receive timeout: do no I/O on `sock` yourself afterwards. When the
-    handshake fails, `sock` is closed (as Python's ssl and ssl_connect do): what is left of
-    a half-made TLS connection is of no use, and the pump has changed its settings.
+    The ports take ownership of the connection (closing both closes it) and of its
+    descriptor's blocking mode and receive timeout. As Python's ``SSLContext.wrap_socket``
+    does, `sock` is detached: it reads as closed from then on, and closing it (the end of a
+    ``with`` block) closes nothing. Else that close would free the descriptor's number under
+    the ports, and the next socket opened would get it: the ports would send their records
+    into an unrelated connection. When the handshake fails, the connection is closed (as
+    Python's ssl and ssl_connect do): what is left of a half-made TLS connection is of no
+    use, and the pump has changed its settings.
 
-    :raises SSLNetworkError: the handshake failed (`sock` is closed).
+    :raises SSLNetworkError: the handshake failed (the connection is closed).
     """
     func = "ssl_wrap_socket"
     if not isinstance(sock, socket.socket):
@@ -855,10 +859,17 @@ def ssl_wrap_socket(
     timeout = _check_timeout(func, timeout)
     _check_flag(func, "strict_eof", strict_eof)
     _binding.require_native(func)
+    own: Optional[_raw_socket] = None
     try:
+        own = _raw_socket(sock.family, sock.type, sock.proto, sock.fileno())
+        sock.detach()
         return _start_on_socket(
-            func, sock, ctx, mode == "accept", host, wire, timeout, timeout, strict_eof
+            func, own, ctx, mode == "accept", host, wire, timeout, timeout, strict_eof
         )
     except BaseException:
-        sock.close()
+        if own is None:
+            sock.close()
+        else:
+            sock.detach()  # (again: a no-op once done)
+            own.close()
         raise
