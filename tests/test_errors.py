@@ -55,8 +55,31 @@ def test_ssl_connect_argument_errors(pki: Any) -> None:
     raises(ValueError, f, lambda: sslports.ssl_connect("localhost", 443, timeout=-1))
     raises(TypeError, f, lambda: sslports.ssl_connect("localhost", 443, strict_eof=1))  # type: ignore[arg-type]
     raises(ValueError, f, lambda: sslports.ssl_connect("local\0host", 443))
-    f2 = "ssl_connect"  # the _enable_break variant checks the same way
-    raises(ValueError, f2, lambda: sslports.ssl_connect_enable_break("localhost", 0))
+
+
+# The _enable_break variants' messages name them, not ssl_connect / ssl_accept ("Messages read
+# '<python function name>: <what> failed (...)'"); they named the other function before.
+def test_enable_break_variants_name_themselves() -> None:
+    def message(exc_type: type[BaseException], call: Callable[[], object]) -> str:
+        with pytest.raises(exc_type) as info:
+            call()
+        return str(info.value)
+
+    fc, fa = "ssl_connect_enable_break: ", "ssl_accept_enable_break: "
+    assert message(
+        ValueError, lambda: sslports.ssl_connect_enable_break("localhost", 0)
+    ).startswith(fc)
+    closed = socket.create_server(("127.0.0.1", 0))
+    port = closed.getsockname()[1]
+    closed.close()
+    refused = message(SSLNetworkError, lambda: sslports.ssl_connect_enable_break("127.0.0.1", port))
+    assert refused.startswith(fc + "connect failed"), refused
+    assert message(TypeError, lambda: sslports.ssl_accept_enable_break(None)).startswith(fa)  # type: ignore[arg-type]
+    with sslports.ssl_listen(0, 5, False, "127.0.0.1", handshake_timeout=0.2) as listener:
+        silent = socket.create_connection(("127.0.0.1", sslports.ssl_addresses(listener, True)[1]))
+        with silent:
+            stalled = message(TimeoutError, lambda: sslports.ssl_accept_enable_break(listener))
+    assert stalled.startswith(fa + "handshake timed out"), stalled
 
 
 def test_alpn_length_limits_accepted(pki: Any) -> None:
@@ -97,7 +120,6 @@ def test_ssl_listen_argument_errors() -> None:
 def test_accept_and_close_need_a_listener() -> None:
     ctx = sslports.ssl_make_server_context()
     raises(TypeError, "ssl_accept", lambda: sslports.ssl_accept(ctx))  # type: ignore[arg-type]
-    raises(TypeError, "ssl_accept", lambda: sslports.ssl_accept_enable_break(None))  # type: ignore[arg-type]
     raises(TypeError, "ssl_close", lambda: sslports.ssl_close(ctx))  # type: ignore[arg-type]
     raises(TypeError, "ssl_addresses", lambda: sslports.ssl_addresses(ctx))
     raises(TypeError, "ssl_abandon_port", lambda: sslports.ssl_abandon_port(ctx))

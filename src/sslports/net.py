@@ -373,7 +373,19 @@ def ssl_connect(
     :returns: ``(input_port, output_port)``.
     :raises SSLNetworkError: the connection or the handshake failed (the socket is closed).
     """
-    func = "ssl_connect"
+    return _connect("ssl_connect", hostname, port_no, client_protocol, alpn, timeout, strict_eof)
+
+
+def _connect(
+    func: str,
+    hostname: str,
+    port_no: int,
+    client_protocol: Union[SSLClientContext, str],
+    alpn: Sequence[bytes],
+    timeout: Optional[float],
+    strict_eof: bool,
+) -> Ports:
+    """ssl_connect, whose messages name `func` (ssl_connect_enable_break's are its own)."""
     # Argument checks, with the common cases inline (this runs once per connection, cold).
     if not isinstance(hostname, str):
         raise TypeError(f"{func}: hostname must be a str, got {type(hostname).__name__}")
@@ -425,8 +437,8 @@ def ssl_connect_enable_break(
 
     Racket: ssl-connect/enable-break
     """
-    return ssl_connect(
-        hostname, port_no, client_protocol, alpn=alpn, timeout=timeout, strict_eof=strict_eof
+    return _connect(
+        "ssl_connect_enable_break", hostname, port_no, client_protocol, alpn, timeout, strict_eof
     )
 
 
@@ -633,7 +645,11 @@ def ssl_accept(listener: SSLListener) -> Ports:
     :raises SSLNetworkError: the handshake failed or stalled past the listener's
         handshake_timeout; that socket is closed and the listener stays usable.
     """
-    func = "ssl_accept"
+    return _accept("ssl_accept", listener)
+
+
+def _accept(func: str, listener: SSLListener) -> Ports:
+    """ssl_accept, whose messages name `func` (ssl_accept_enable_break's are its own)."""
     # (its context means the native module is loaded; the common case without a Python call:
     # every connection runs this once, cold)
     lst = listener if type(listener) is SSLListener else _listener(func, listener)
@@ -678,7 +694,7 @@ def ssl_accept(listener: SSLListener) -> Ports:
 
 def ssl_accept_enable_break(listener: SSLListener) -> Ports:
     """Like ssl_accept; KeyboardInterrupt can interrupt it. Racket: ssl-accept/enable-break"""
-    return ssl_accept(listener)
+    return _accept("ssl_accept_enable_break", listener)
 
 
 def ssl_addresses(p_or_listener: object, port_numbers: bool = False) -> tuple[Any, ...]:
