@@ -338,6 +338,25 @@ def test_a_server_without_a_certificate_is_told_so(server: Any, version: str) ->
     assert "this server has no certificate (ssl_load_certificate_chain" in str(info.value)
 
 
+@pytest.mark.parametrize("version", VERSIONS)
+def test_an_sni_switch_to_a_context_without_a_certificate_is_told_so(
+    server: Any, version: str
+) -> None:
+    """The context an SNI callback switches to has no certificate: OpenSSL's reason for TLS 1.3
+    is "no suitable signature algorithm" (the hint was missing), for 1.2 "no shared cipher"."""
+    ctx = server_context(version, LEAF)
+    sslports.ssl_set_server_name_identification_callback(
+        ctx, lambda name: sslports.ssl_make_server_context(version)
+    )
+    srv = server(ctx)
+    join = srv.accept()
+    with pytest.raises(SSLNetworkError):
+        sslports.ssl_connect("localhost", srv.port, version, timeout=10)
+    with pytest.raises(SSLNetworkError) as info:
+        join()
+    assert "this server has no certificate (ssl_load_certificate_chain" in str(info.value)
+
+
 def test_reset_and_close_mid_handshake_name_the_peer(path: str) -> None:
     """(`path`: also the ports' Python handshake loop, which runs without the C fast path:
     it reports the peer's EOF itself when the pump saw it before OpenSSL did.)"""

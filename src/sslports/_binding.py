@@ -171,7 +171,12 @@ _NO_CERTIFICATE = (
 )
 
 
-_NO_CERTIFICATE_SYMPTOMS = ("no shared cipher", "unsupported protocol")
+# (the last: a TLS 1.3 server whose SNI callback switched to a context without a certificate)
+_NO_CERTIFICATE_SYMPTOMS = (
+    "no shared cipher",
+    "unsupported protocol",
+    "no suitable signature algorithm",
+)
 
 
 def server_hint(conn: Any, err: Any) -> Optional[str]:
