@@ -13,7 +13,7 @@ import time
 from typing import Any, Callable, Optional
 
 import pytest
-from conftest import Pipe, random_bytes, read_exactly, run_in_thread, sha1, socket_under
+from conftest import MIB, Pipe, random_bytes, read_exactly, run_in_thread, sha1, socket_under
 
 import sslports
 from sslports import SSLError
@@ -225,6 +225,84 @@ def test_os_pipes(pki: Any) -> None:
     server[0].close()
     server[1].close()
     assert all(f.closed for f in files)
+
+
+def duplex(client: tuple[Any, Any], server: tuple[Any, Any], size: int) -> None:
+    """Each end writes `size` bytes from one thread while another reads the peer's."""
+    c_data, s_data = random_bytes(size, seed=12), random_bytes(size, seed=13)
+
+    def send(port: Any, data: bytes) -> None:
+        for at in range(0, len(data), 65536):
+            port.write(data[at : at + 65536])
+        port.flush()
+
+    joins = [
+        run_in_thread(lambda: send(client[1], c_data)),
+        run_in_thread(lambda: send(server[1], s_data)),
+        run_in_thread(lambda: read_exactly(client[0], size)),
+        run_in_thread(lambda: read_exactly(server[0], size)),
+    ]
+    results = [join(120) for join in joins]
+    assert sha1(results[2]) == sha1(s_data)
+    assert sha1(results[3]) == sha1(c_data)
+
+
+# Full duplex past the stream sender's queue limit (1 MiB), both ends at once (the third API
+# audit): each reader's push_out waited for room behind its own writer, which waited for the
+# peer's reader to take its bytes: all four threads stopped after ~1.1 MB written and ~50 KB
+# read. Over OS pipes, and streams facing a socket server (an echo: its reader writes).
+@pytest.mark.parametrize("timeout", [None, 60.0], ids=["untimed", "timed"])
+def test_full_duplex_past_the_senders_queue_limit(pki: Any, timeout: Any) -> None:
+    r1, w1 = os.pipe()
+    r2, w2 = os.pipe()
+    files = [os.fdopen(r1, "rb"), os.fdopen(w1, "wb"), os.fdopen(r2, "rb"), os.fdopen(w2, "wb")]
+    kw = {"close_original": True, "timeout": timeout}
+    client, server = connect_pair(
+        pki, (files[0], files[3]), (files[2], files[1]), client_kw=kw, server_kw=kw
+    )
+    duplex(client, server, 4 * MIB)
+    for port in (*client, *server):
+        port.close()
+
+
+def test_full_duplex_streams_against_an_echoing_socket_server(pki: Any) -> None:
+    client_sock, server_sock = socket.socketpair()
+    served = run_in_thread(
+        lambda: sslports.ssl_wrap_socket(server_sock, mode="accept", context=pki.server_context())
+    )
+    with client_sock:
+        cin, cout = sslports.ports_to_ssl_ports(
+            client_sock.makefile("rb"),
+            client_sock.makefile("wb"),
+            mode="connect",
+            context=pki.client_context(),
+            hostname="localhost",
+            close_original=True,
+        )
+        sin, sout = served(60)
+
+        def echo() -> None:
+            while data := sin.read1(65536):
+                sout.write(data)
+                sout.flush()
+
+        echoing = run_in_thread(echo)
+        size = 8 * MIB
+        data = random_bytes(size, seed=14)
+
+        def send() -> None:
+            for at in range(0, size, 65536):
+                cout.write(data[at : at + 65536])
+            cout.flush()
+
+        sending = run_in_thread(send)
+        assert sha1(read_exactly(cin, size)) == sha1(data)
+        sending(60)
+        cout.close()
+        cin.close()
+    echoing(60)  # (its read met the end of the connection)
+    sin.close()
+    sout.close()
 
 
 @pytest.mark.parametrize("buffering", [-1, 0], ids=["buffered", "raw"])

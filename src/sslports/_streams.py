@@ -34,7 +34,7 @@ from collections.abc import Iterator
 from typing import Any, Callable, Optional
 
 from . import _binding
-from ._timing import _NO_DEADLINE, _SLICE_MS, _Deadline
+from ._timing import _SLICE_MS, _Deadline
 from .errors import SSLError, SSLTimeoutError
 
 _TRANSPORT_CHUNK = 65536
@@ -94,8 +94,12 @@ class _Sender:
                 self.reported = True
                 raise _detached(self.error)
 
-    def put(self, data: bytes, deadline: _Deadline) -> None:
-        self.wait_room(deadline)
+    def has_room(self) -> bool:
+        """The queue is under its high-water mark (or the stream failed: nothing waits)."""
+        return self.queued < _SEND_HIGH or self.error is not None
+
+    def put(self, data: bytes) -> None:
+        """Queue `data` (the caller waited for room, or is a read, which does not wait)."""
         with self.cond:
             if self.error is not None:
                 self.reported = True
@@ -141,6 +145,11 @@ class _Sender:
                 self.done_total += n
                 self.writing = False
                 self.cond.notify_all()
+                room = self.queued < _SEND_HIGH <= self.queued + n
+            wake = self.wake
+            if room and wake is not None:  # a read that left ciphertext in the pump waits
+                with wake:  # for room (_StreamTransport.held_back)
+                    wake.notify_all()
 
     def write_here(self) -> bool:
         """drain() at Python's exit (sys.is_finalizing()), when the ports' finalizers close
@@ -502,6 +511,9 @@ class _StreamTransport:
         self.close_inp = False
         self.inp_closed = False
         self.tight = False  # the sender was once slow to write (see pull_in)
+        # A read's push_out left ciphertext in the pump, the sender's queue being full: its
+        # next stream read runs in the receiver, which it leaves once the queue has room.
+        self.held_back = False
         self.handshaking = True  # (until Connection.handshake succeeds: see _Sender.lost_written)
         # Feeds so far. A reader and a writer may both need input (a TLS 1.2 renegotiation
         # while one thread reads and another writes): each takes `fed` before its pump call,
@@ -524,34 +536,50 @@ class _StreamTransport:
     def push_out(self, conn: Any, deadline: _Deadline, reading: bool = False) -> None:
         """Hand every byte of ciphertext the pump queued to the sender thread.
 
+        A write waits for room in the sender's queue first (back-pressure), holding no lock:
+        a read of another thread must push out in the meantime. A read never waits for room:
+        with the queue full it leaves the ciphertext in the pump (for the next push, its own
+        or a write's) and reads on (`held_back`). Two ends that each write and read at once
+        would otherwise wait for each other for ever, each writer for its peer's reader and
+        each reader for its own writer's room.
+
         `reading`: for a read, a failed output stream is not the end: the peer may have
         answered and sent close_notify before it closed (an HTTP server refusing an upload),
         and the input stream still holds that. The ciphertext (what reading queued, or what
         a failed write left) is dropped, and the writes report the failure (as the socket
         ports do: sp_conn.c SEND FAILURE)."""
         lib = _binding.lib
-        with self.out_lock:
-            while True:
-                if lib.sp_pending_out(conn) == 0:
-                    return
-                try:
+        sender = self.sender
+        while True:
+            try:
+                if not reading:
                     # Room first: ciphertext taken from the pump must reach the queue (a
                     # timeout leaves it in the pump, for the next push).
-                    self.sender.wait_room(deadline)
+                    sender.wait_room(deadline)
+                with self.out_lock:
                     pending = lib.sp_pending_out(conn)
+                    if pending == 0:
+                        self.held_back = False
+                        return
+                    if not sender.has_room():  # (a read's push filled it meanwhile)
+                        if reading:
+                            self.held_back = True
+                            return
+                        continue
                     chunk = bytearray(pending)
                     n = lib.sp_take(conn, _binding.ffi.from_buffer(chunk), pending)
-                    self.sender.put(bytes(chunk[:n]), _NO_DEADLINE)
-                except SSLError:
-                    raise
-                except (OSError, ValueError) as exc:  # what the sender thread's write raised
-                    if not reading:
-                        raise _transport_error(exc) from exc
-                    scratch = bytearray(_TRANSPORT_CHUNK)
-                    with _binding.ffi.from_buffer(scratch) as cbuf:
-                        while lib.sp_take(conn, cbuf, len(scratch)):
-                            pass
-                    return
+                    sender.put(bytes(chunk[:n]))
+            except SSLError:
+                raise
+            except (OSError, ValueError) as exc:  # what the sender thread's write raised
+                if not reading:
+                    raise _transport_error(exc) from exc
+                scratch = bytearray(_TRANSPORT_CHUNK)
+                with self.out_lock, _binding.ffi.from_buffer(scratch) as cbuf:
+                    while lib.sp_take(conn, cbuf, len(scratch)):
+                        pass
+                self.held_back = False
+                return
 
     def raise_send_failure(self) -> None:
         """Raise the failure of the output stream, if it lost bytes of the output port's
@@ -598,7 +626,10 @@ class _StreamTransport:
                 return
             sender, receiver = self.sender, self.receiver
             try:
-                direct = deadline.at is None and (receiver is None or receiver.idle())
+                held_back = self.held_back  # (then wait in the receiver: see push_out)
+                direct = (
+                    deadline.at is None and not held_back and (receiver is None or receiver.idle())
+                )
                 if direct and sender.queued and not self.tight:
                     # Let the sender write what is queued first: the peer's answer cannot
                     # come before it, and a read blocked in the stream on this thread would
@@ -636,11 +667,16 @@ class _StreamTransport:
                         receiver = self.receiver = _Receiver(self.copying_reader())
                         sender.wake = receiver.cond
                     handshaking = self.handshaking
-                    ready = receiver.get(deadline, lambda: sender.lost_written(handshaking))
+                    ready = receiver.get(
+                        deadline,
+                        lambda: (
+                            sender.lost_written(handshaking) or (held_back and sender.has_room())
+                        ),
+                    )
                     if ready is None:  # (the read stays outstanding, for the next call)
                         if sender.lost_written(handshaking):
                             raise sender.report()
-                        return  # the deadline passed
+                        return  # the deadline passed, or there is room for what push_out left
                     results = receiver.results
                     taken = itertools.islice(iter(results.popleft, None), 1 if ready else 0)
                     left = self.feed(conn, taken, False)
