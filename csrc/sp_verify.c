@@ -93,9 +93,9 @@ static size_t put_ip(char *out, size_t cap, size_t used, const ASN1_OCTET_STRING
 
 /* The names of cert into out (sp_peer_hostnames' format); err says why names it holds could
  * not be read. */
-static size_t cert_hostnames(X509 *cert, char *out, size_t cap, sp_err *err)
+static size_t cert_hostnames(X509 *cert, char *out, size_t cap, size_t *count, sp_err *err)
 {
-    size_t used = 0;
+    size_t used = 0, names = 0;
     int i, dns = 0, found = -1;
     GENERAL_NAMES *sans = X509_get_ext_d2i(cert, NID_subject_alt_name, &found, NULL);
     if (sans == NULL && found != -1) {
@@ -112,6 +112,7 @@ static size_t cert_hostnames(X509 *cert, char *out, size_t cap, sp_err *err)
             used = put_name(out, cap, used, ASN1_STRING_get0_data(gn->d.dNSName),
                             (size_t)ASN1_STRING_length(gn->d.dNSName));
             dns++;
+            names++;
         }
     }
     if (dns == 0) {
@@ -126,6 +127,7 @@ static size_t cert_hostnames(X509 *cert, char *out, size_t cap, sp_err *err)
                 &utf8, X509_NAME_ENTRY_get_data(X509_NAME_get_entry(subject, last)));
             if (len >= 0) {
                 used = put_name(out, cap, used, utf8, (size_t)len);
+                names++;
             } else { /* (the CN cannot be read: no list, as above) */
                 sp_err_drain(err);
                 if (err->nerrs == 0)
@@ -136,10 +138,15 @@ static size_t cert_hostnames(X509 *cert, char *out, size_t cap, sp_err *err)
     }
     for (i = 0; sans != NULL && i < sk_GENERAL_NAME_num(sans); i++) {
         const GENERAL_NAME *gn = sk_GENERAL_NAME_value(sans, i);
-        if (gn->type == GEN_IPADD)
+        if (gn->type == GEN_IPADD) {
+            size_t before = used;
             used = put_ip(out, cap, used, gn->d.iPAddress);
+            names += used != before; /* (an address of neither 4 nor 16 bytes is left out) */
+        }
     }
     GENERAL_NAMES_free(sans);
+    if (count != NULL)
+        *count = names;
     return used;
 }
 
@@ -152,7 +159,7 @@ size_t sp_peer_hostnames(sp_conn *c, char *out, size_t cap, sp_err *err)
     ERR_clear_error();
     cert = peer_cert_locked(c);
     if (cert != NULL)
-        used = cert_hostnames(cert, out, cap, err);
+        used = cert_hostnames(cert, out, cap, NULL, err);
     ERR_clear_error();
     sp_conn_unlock(c);
     return used;
@@ -189,7 +196,7 @@ int sp_conn_verify_failure(sp_conn *c, sp_verify_failure *out)
             out->issuer[0] = '\0';
         time_text(X509_get0_notBefore(cert), out->not_before, sizeof out->not_before);
         time_text(X509_get0_notAfter(cert), out->not_after, sizeof out->not_after);
-        out->names_len = cert_hostnames(cert, out->names, sizeof out->names, &err);
+        out->names_len = cert_hostnames(cert, out->names, sizeof out->names, &out->names_count, &err);
         ok = 1;
     }
     ERR_clear_error(); /* (what could not be read is left out of the message) */

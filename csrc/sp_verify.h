@@ -21,6 +21,7 @@ typedef struct sp_verify_failure {
     char not_after[32];
     size_t names_len;       /* names: sp_peer_hostnames' format; the bytes needed (may exceed */
     char names[1024];       /* the buffer: the names that fit are whole) */
+    size_t names_count;     /* how many names there are, also those that did not fit */
 } sp_verify_failure;
 /* 1 and out filled when a verification step on c failed, else 0 (out zeroed). */
 int sp_conn_verify_failure(sp_conn *c, sp_verify_failure *out);

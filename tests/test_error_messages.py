@@ -93,6 +93,18 @@ def test_hostname_mismatch_names_the_host_and_the_certificate_names(
     assert exc.openssl_errors[-1].endswith("certificate verify failed")  # (kept as it was)
 
 
+@pytest.mark.parametrize("count", [9, 300])
+def test_hostname_mismatch_counts_the_names_it_leaves_out(server: Any, count: int) -> None:
+    """At most 8 names, then "and N more" (docs/guide/errors.md): N counts every name, also
+    those past what the failure record holds (1 KiB; 300 names said "and 48 more" before)."""
+    names = [f"h{i}.example.com" for i in range(count)]
+    many = make_cert("many", issuer=CA, dns=names, ips=["192.0.2.1"])
+    exc, _ = client_fails(server, [many], "tls13")
+    assert (
+        ", ".join(names[:8]) + f" and {count + 1 - 8} more, not 'localhost'" in exc.verify_message
+    )
+
+
 def test_hostname_mismatch_through_ssl_connect(server: Any) -> None:
     srv = server(server_context("tls13", make_cert("x", issuer=CA, dns=["other.example"])))
     join = srv.accept()

@@ -254,8 +254,9 @@ def _verify_detail(fail: Any, code: int, hostname: Optional[str]) -> str:
     if code in (_V_HOSTNAME_MISMATCH, _V_IP_ADDRESS_MISMATCH):
         names = _names(ffi.buffer(fail.names, min(fail.names_len, len(fail.names)))[:])
         shown = ", ".join(_printable(n) for n in names[:_MAX_NAMES])
-        if len(names) > _MAX_NAMES:
-            shown += f" and {len(names) - _MAX_NAMES} more"
+        total = max(len(names), int(fail.names_count))  # (the buffer holds the first ones)
+        if total > _MAX_NAMES:
+            shown += f" and {total - _MAX_NAMES} more"
         said = f"the certificate is for {shown}" if names else "the certificate names no host"
         return f"{said}, not {hostname!r}" if hostname is not None else said
     if code == _V_CERT_HAS_EXPIRED and fail.not_after[0] != b"\0":
