@@ -7,6 +7,7 @@
 #include <openssl/pkcs12.h>
 #include <openssl/rand.h>
 #include <openssl/rsa.h>
+#include <openssl/x509v3.h>
 
 #include "sp.h"
 
@@ -706,6 +707,13 @@ int sp_ctx_use_chain_pem(SSL_CTX *ctx, const unsigned char *pem, size_t len, sp_
         goto done;
     }
     leaf = sk_X509_shift(certs); /* (certs: the rest of the chain) */
+    /* A leaf whose extensions cannot be read (a malformed SAN) is refused whatever the context
+     * holds: SSL_use_certificate below tells only through the error queue, which it clears
+     * itself when a key is already there (so the same file loaded or not, by load order). */
+    if (X509_get_extension_flags(leaf) & EXFLAG_INVALID) {
+        rc = SP_LOAD_BAD_EXTENSIONS;
+        goto done;
+    }
     bit = key_slot_bit(X509_get0_pubkey(leaf));
     /* A dry run on a copy of the context's certificates (SSL_new copies them): the security
      * level checks, the slot, whether the key already there goes with the new leaf. */

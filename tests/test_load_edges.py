@@ -13,7 +13,9 @@ machine's memory.
 
 from __future__ import annotations
 
+import base64
 import os
+import re
 import subprocess
 import sys
 import sysconfig
@@ -318,6 +320,32 @@ def test_a_key_loaded_first_must_match_the_chain(files: Files) -> None:
         )
         sslports.ssl_load_certificate_chain(ctx, files.write("rsa.pem", files.rsa.pem))
         assert serves(ctx)
+
+
+def test_a_leaf_whose_extensions_cannot_be_read_is_refused_in_any_order(tmp_path: Path) -> None:
+    """TEST_PEM's certificate with its DNS name's length byte corrupted (the SAN no longer
+    parses): refused on a fresh context, but loaded when the key came first (OpenSSL clears the
+    error queue, where it said so, before it checks the key), as the third API audit found."""
+    pem = sslports.TEST_PEM.read_bytes()
+    body = re.search(rb"-----BEGIN CERTIFICATE-----\n(.*?)-----END CERTIFICATE-----", pem, re.S)
+    assert body is not None
+    der = bytearray(base64.b64decode(body.group(1)))
+    at = der.index(b"\x82\x09localhost")  # the dNSName "localhost", 9 bytes
+    der[at + 1] = 0x49
+    bad = tmp_path / "bad-san.pem"
+    bad.write_bytes(
+        b"-----BEGIN CERTIFICATE-----\n"
+        + base64.encodebytes(bytes(der))
+        + b"-----END CERTIFICATE-----\n"
+    )
+    fresh = sslports.ssl_make_server_context()
+    keyed = sslports.ssl_make_server_context()
+    sslports.ssl_load_private_key(keyed, sslports.TEST_PEM)
+    for ctx in (fresh, keyed):
+        with pytest.raises(SSLError, match="X509v3 extensions cannot be read"):
+            sslports.ssl_load_certificate_chain(ctx, bad)
+    sslports.ssl_load_certificate_chain(keyed, sslports.TEST_PEM)  # (the context is usable)
+    assert serves(keyed)
 
 
 def test_a_new_chain_replaces_an_identity_and_its_key(files: Files) -> None:

@@ -168,6 +168,7 @@ def _load_failed(func: str, err: Any, what: str = "load", path: Optional[str] = 
         lib.SP_LOAD_MISMATCH: "private key does not match the certificate",
         lib.SP_LOAD_NOT_RSA: "no RSA private key found",
         lib.SP_LOAD_NO_KEY: "no readable private key found",
+        lib.SP_LOAD_BAD_EXTENSIONS: "the certificate's X509v3 extensions cannot be read",
     }.get(code)
     if code < 0:
         err.ssl_error = 0  # (not an SSL_get_error kind)
