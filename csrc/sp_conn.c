@@ -680,7 +680,7 @@ static int security_callback(const SSL *ssl, const SSL_CTX *ctx, int op, int bit
     sp_conn *c = ssl != NULL ? sp_conn_from_ssl(ssl) : NULL;
     if (c == NULL || c->ctx_security == NULL)
         return 0; /* (never: it is only installed on our SSLs, with the one it replaces) */
-    if ((op & SSL_SECOP_OTHER_TYPE) == SSL_SECOP_OTHER_CIPHER && other != NULL
+    if (((unsigned)op & SSL_SECOP_OTHER_TYPE) == (unsigned)SSL_SECOP_OTHER_CIPHER && other != NULL
         && SSL_CIPHER_get_auth_nid(other) == NID_auth_null
         && (c->verify_flags & (SP_VERIFY_REQUIRE | SP_VERIFY_HOSTNAME)))
         return 0;

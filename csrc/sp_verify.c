@@ -196,7 +196,8 @@ int sp_conn_verify_failure(sp_conn *c, sp_verify_failure *out)
             out->issuer[0] = '\0';
         time_text(X509_get0_notBefore(cert), out->not_before, sizeof out->not_before);
         time_text(X509_get0_notAfter(cert), out->not_after, sizeof out->not_after);
-        out->names_len = cert_hostnames(cert, out->names, sizeof out->names, &out->names_count, &err);
+        out->names_len =
+            cert_hostnames(cert, out->names, sizeof out->names, &out->names_count, &err);
         ok = 1;
     }
     ERR_clear_error(); /* (what could not be read is left out of the message) */
