@@ -1257,20 +1257,30 @@ int sp_held_out_try(sp_conn *c)
 
 void sp_conn_drop_unread(sp_conn *c)
 {
-    unsigned char scratch[16384];
-    int i, seen_eof;
+    int seen_eof;
     if (!c->socket_mode)
         return;
     lock_ssl(c);
     seen_eof = c->peer_closed; /* recv() returned 0: nothing more can arrive */
     unlock_ssl(c);
-    for (i = 0; !seen_eof && i < 256; i++) { /* at most 4 MiB */
-        long n = (long)recv(c->fd, (char *)scratch, (sp_iolen)sizeof scratch, SP_RECV_FLAGS);
+    if (!seen_eof)
+        (void)sp_fd_drop_unread((int)c->fd);
+}
+
+long sp_fd_drop_unread(int fd)
+{
+    unsigned char scratch[16384];
+    long dropped = 0;
+    int i;
+    for (i = 0; i < 256; i++) { /* at most 4 MiB */
+        long n = (long)recv(fd, (char *)scratch, (sp_iolen)sizeof scratch, SP_RECV_FLAGS);
         if (n < 0 && SP_EINTR(SP_SOCK_ERRNO()))
             continue;
         if (n <= 0)
             break; /* EOF (after shutdown()), nothing more (EAGAIN), or an error */
+        dropped += n;
     }
+    return dropped;
 }
 
 /* LINGERING CLOSE. Bytes the peer sends after our last close (a TLS 1.3 server's session
@@ -1329,8 +1339,13 @@ static int fd_untransmitted(int fd)
 
 long sp_conn_unsent(sp_conn *c)
 {
-    long n = c->socket_mode ? sp_fd_unsent((int)c->fd) : 0;
-    return n > SP_LINGER_MIN || (n > 0 && fd_untransmitted((int)c->fd)) ? n : 0;
+    return c->socket_mode ? sp_fd_linger_needed((int)c->fd) : 0;
+}
+
+long sp_fd_linger_needed(int fd)
+{
+    long n = sp_fd_unsent(fd);
+    return n > SP_LINGER_MIN || (n > 0 && fd_untransmitted(fd)) ? n : 0;
 }
 
 void sp_conn_failure(sp_conn *c, sp_err *err)

@@ -194,11 +194,14 @@ unsigned long long sp_written(sp_conn *c);
  * kernel still had to send: the end of the last write, when the peer reads slowly. Nothing
  * to do once the peer's EOF was seen; at most 4 MiB (a peer still sending gets its reset). */
 void sp_conn_drop_unread(sp_conn *c);
+/* The same for any non-blocking socket (sslports.aio's); returns the bytes it dropped. */
+long sp_fd_drop_unread(int fd);
 /* Bytes the kernel still holds to send on a TCP socket; sp_conn_unsent: on the connection's,
  * when the last close lingers for it (more than 16 KiB, or bytes not yet transmitted), else 0
- * (see LINGERING CLOSE). */
+ * (see LINGERING CLOSE); sp_fd_linger_needed: the same for any socket. */
 long sp_fd_unsent(int fd);
 long sp_conn_unsent(sp_conn *c);
+long sp_fd_linger_needed(int fd);
 /* Whether another process may hold this connection's socket: 0 no fork since it was made;
  * 1 this process forked since (a child has a copy); 2 this process is a child of the one that
  * made it. The last close then closes only this process's descriptor: no shutdown(), nothing

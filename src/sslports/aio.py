@@ -68,6 +68,8 @@ _PLAIN_CHUNK = 1 << 16
 _READ_HIGH = 1 << 20  # unread plaintext at which the transport stops reading
 _READ_LOW = 1 << 18  # ... and starts again
 _LIMIT = 2**16  # asyncio's default `limit`: the longest line readline() and readuntil() return
+_LINGER_SECONDS = 10.0  # longest a closed connection waits for its bytes to leave (ports.py's)
+_LINGER_POLL = 0.02  # how often it looks at the kernel's send queue meanwhile
 # pump statuses (csrc/sp_conn.h)
 _OK, _WANT_READ, _WANT_WRITE, _EOF, _RAGGED_EOF = 0, 1, 2, 3, 4
 _log = logging.getLogger("sslports")
@@ -83,6 +85,17 @@ _sp_pending_out: Any = _lib and _lib.sp_pending_out
 _unpack: Any = _binding.ffi and _binding.ffi.unpack
 
 _per_thread = threading.local()
+
+
+def _tcp_fd(transport: asyncio.BaseTransport) -> int:
+    """The descriptor of a TCP transport's socket, or -1 (another kind of transport)."""
+    sock = transport.get_extra_info("socket")
+    if sock is None or sock.family not in (socket.AF_INET, socket.AF_INET6):
+        return -1
+    try:
+        return int(sock.fileno())
+    except (OSError, ValueError):
+        return -1
 
 
 def _thread_buffers() -> tuple[Any, Any, Any, Any, Any, Any]:
@@ -490,6 +503,7 @@ class _SSLProtocol(AioConnection, asyncio.BufferedProtocol):
         self.paused_reading = False
         self.write_paused = False
         self.held_for_replies = False  # reading waits until our replies drained (replied)
+        self.linger_until = 0.0  # a lingering close gives up then (close_raw); 0: none
         self.closed_future: asyncio.Future[None] = self.loop.create_future()
 
     # asyncio.BufferedProtocol
@@ -507,8 +521,8 @@ class _SSLProtocol(AioConnection, asyncio.BufferedProtocol):
         return self.recv_buf  # type: ignore[no-any-return]
 
     def buffer_updated(self, nbytes: int) -> None:
-        if self.eof or self.exc is not None:
-            return  # the connection ended or failed: what follows is not read
+        if self.eof or self.exc is not None or self.linger_until:
+            return  # the connection ended, failed or closes (close_raw): what follows is not read
         if not _sp_feed(self.ptr, self.recv_c, nbytes):
             self.exc = MemoryError("sslports: cannot buffer incoming ciphertext")
         if self.established:
@@ -621,9 +635,43 @@ class _SSLProtocol(AioConnection, asyncio.BufferedProtocol):
             raise SSLNetworkError(f"write: write failed ({reason})")
 
     def close_raw(self) -> None:
+        """Close the TCP connection without destroying the end of what we sent (as ports.py
+        does, README "A lingering close"): bytes that arrive unread (a TLS 1.3 server's session
+        tickets, sent after its handshake) would make the kernel answer with a reset, which
+        drops what it still had to deliver, and the peer would read a reset where our data
+        and our EOF belong. So our side shuts first (FIN after what the transport buffers),
+        what arrives is read and dropped, and the transport closes once the kernel has
+        delivered our bytes, at the peer's EOF, or after _LINGER_SECONDS."""
         self.sending = False
-        if self.transport_ is not None:
-            self.transport_.close()
+        transport = self.transport_
+        if transport is None:
+            return
+        fd = _tcp_fd(transport)
+        if fd < 0 or self.is_lost or self.input_ended or transport.is_closing():
+            transport.close()
+            return
+        try:
+            transport.write_eof()
+        except (OSError, RuntimeError, NotImplementedError):
+            transport.close()
+            return
+        self.paused_reading = self.held_for_replies = False
+        self.set_reading(True)
+        self.linger_until = self.loop.time() + _LINGER_SECONDS
+        self.linger(fd)
+
+    def linger(self, fd: int) -> None:
+        transport = self.transport_
+        if transport is None or self.is_lost or transport.is_closing():
+            return  # (the peer's EOF closed it: eof_received)
+        delivered = transport.get_write_buffer_size() == 0 and not _lib.sp_fd_linger_needed(fd)
+        if delivered or self.loop.time() >= self.linger_until:
+            if _lib.sp_fd_drop_unread(fd) > 0:
+                transport.abort()  # (the peer learns that those bytes went nowhere)
+            else:
+                transport.close()
+            return
+        self.loop.call_later(_LINGER_POLL, self.linger, fd)
 
     async def wait_closed(self) -> None:
         # shielded: cancelling one wait (asyncio.wait_for(writer.wait_closed(), t)) must not
