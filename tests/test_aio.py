@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import errno
 import hashlib
 import logging
 import os
@@ -322,8 +323,40 @@ def test_connect_timeout_against_a_silent_server() -> None:
         async with server:
             port = server.sockets[0].getsockname()[1]
             with pytest.raises(TimeoutError) as info:
-                await aio.open_ssl_connection("localhost", port, client_context(), timeout=0.3)
+                await aio.open_ssl_connection("127.0.0.1", port, client_context(), timeout=0.3)
             assert isinstance(info.value, S.SSLNetworkError)
+            # the endpoint, as ssl_connect's (docs/guide/errors.md; it was left out)
+            assert str(info.value) == f"open_ssl_connection: handshake timed out (127.0.0.1:{port})"
+
+    run("asyncio", main)
+
+
+def test_connect_failures_read_as_ssl_connect_s(monkeypatch: pytest.MonkeyPatch) -> None:
+    """docs/guide/errors.md: the same messages for aio. A refused connect said asyncio's
+    "Connect call failed ('127.0.0.1', P)" with no errno, a name that does not resolve only
+    the resolver's words."""
+
+    async def main() -> None:
+        closed = socket.create_server(("127.0.0.1", 0))
+        port = closed.getsockname()[1]
+        closed.close()
+        with pytest.raises(S.SSLNetworkError) as info:
+            await aio.open_ssl_connection("127.0.0.1", port, "auto")
+        refused = os.strerror(errno.ECONNREFUSED)
+        assert (
+            str(info.value) == f"open_ssl_connection: connect failed ({refused}: 127.0.0.1:{port})"
+        )
+        assert info.value.errno == errno.ECONNREFUSED
+
+        def fail(*args: Any, **kw: Any) -> Any:
+            raise socket.gaierror(socket.EAI_NONAME, "Name or service not known")
+
+        monkeypatch.setattr(socket, "getaddrinfo", fail)
+        with pytest.raises(S.SSLNetworkError) as info:
+            await aio.open_ssl_connection("nowhere.invalid", 443, "auto")
+        assert str(info.value).startswith(
+            "open_ssl_connection: connect failed (cannot resolve 'nowhere.invalid': "
+        )
 
     run("asyncio", main)
 

@@ -45,6 +45,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import socket
 import sys
 import threading
@@ -647,8 +648,10 @@ class _SSLProtocol(AioConnection, asyncio.BufferedProtocol):
         if transport is None:
             return
         fd = _tcp_fd(transport)
-        if fd < 0 or self.is_lost or self.input_ended or transport.is_closing():
-            transport.close()
+        if fd < 0 or not self.established or self.is_lost or self.input_ended:
+            transport.close()  # (a failed handshake's alert is no data to linger for)
+            return
+        if transport.is_closing():
             return
         try:
             transport.write_eof()
@@ -1142,14 +1145,16 @@ async def _wait_for(aw: Awaitable[object], timeout: Optional[float]) -> None:
 
 
 async def _start(
-    func: str, conn: AioConnection, timeout: Optional[float], limit: int
+    func: str, conn: AioConnection, timeout: Optional[float], limit: int, where: str = ""
 ) -> tuple[SSLStreamReader, SSLStreamWriter]:
-    """Run the handshake (closing the raw side if it fails) and make the stream pair."""
+    """Run the handshake (closing the raw side if it fails) and make the stream pair.
+    `where`: the peer's host:port, for a timeout's message (as ssl_connect's)."""
     try:
         try:
             await _wait_for(conn.handshake(func), timeout)
         except asyncio.TimeoutError as exc:
-            raise SSLTimeoutError(f"{func}: handshake timed out") from exc
+            at = f" ({where})" if where else ""
+            raise SSLTimeoutError(f"{func}: handshake timed out{at}") from exc
     except BaseException:
         conn.close_raw()
         raise
@@ -1181,6 +1186,7 @@ async def open_ssl_connection(
         _check_hostname_arg,
         _check_port_number,
         _client_context,
+        _endpoint,
         _new_connection,
         _not_a_dns_name,
     )
@@ -1209,12 +1215,19 @@ async def open_ssl_connection(
         # Python 3.9's create_connection keeps the exception of a failed connect in a reference
         # cycle of its own (through its list of the attempts' exceptions): with its traceback,
         # which holds this frame and create_connection's (the factory), that cycle would keep
-        # the connection until the cyclic collector runs. The message carries what it said.
+        # the connection until the cyclic collector runs. The message carries what it said,
+        # in ssl_connect's words: the errno's text and the endpoint, or the resolver's.
+        if isinstance(exc, socket.gaierror):
+            reason = f"cannot resolve {host!r}: {exc}"
+        else:
+            said = os.strerror(exc.errno) if exc.errno else (exc.strerror or str(exc))
+            reason = f"{said}: {_endpoint(host, port)}"
+        code = None if isinstance(exc, socket.gaierror) else exc.errno  # (as ssl_connect)
         raise SSLNetworkError(
-            f"{func}: connect failed ({exc.strerror or exc})"
+            f"{func}: connect failed ({reason})", errno=code
         ) from exc.with_traceback(None)
     left = None if deadline is None else max(0.0, deadline - loop.time())
-    return await _start(func, conn, left, limit)
+    return await _start(func, conn, left, limit, _endpoint(host, port))
 
 
 ClientConnected = Callable[[SSLStreamReader, SSLStreamWriter], Optional[Awaitable[None]]]
