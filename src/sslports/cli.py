@@ -684,7 +684,7 @@ def _www_respond(session: _Session, method: str, target: str) -> str:
 
 def _resolve_in(root: Path, url_path: str) -> Path:
     """The file `url_path` names under `root`, or _HTTPError 403 when it escapes `root`."""
-    path = urllib.parse.unquote(url_path, errors="strict")
+    path = os.fsdecode(urllib.parse.unquote_to_bytes(url_path))  # (a name's own bytes)
     if "\0" in path:
         raise _HTTPError(400, "Bad Request", "NUL in path")
     candidate = (root / path.lstrip("/")).resolve()
@@ -698,8 +698,11 @@ def _dir_listing(url_path: str, directory: Path) -> str:
     items = []
     for entry in sorted(directory.iterdir(), key=lambda p: p.name):
         name = entry.name + ("/" if entry.is_dir() else "")
-        href = urllib.parse.quote(base + name)
-        items.append(f'<li><a href="{html.escape(href)}">{html.escape(name)}</a></li>')
+        # A name that is not UTF-8 (its bytes as surrogates): the link quotes its bytes, which
+        # _resolve_in maps back; the text shows U+FFFD for them.
+        href = urllib.parse.quote(os.fsencode(base + name))
+        shown = os.fsencode(name).decode("utf-8", "replace")
+        items.append(f'<li><a href="{html.escape(href)}">{html.escape(shown)}</a></li>')
     title = html.escape(f"Index of {urllib.parse.unquote(url_path)}")
     return (
         f"<!DOCTYPE html>\n<html><head><meta charset='utf-8'><title>{title}</title></head>\n"
