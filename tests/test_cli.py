@@ -571,6 +571,31 @@ def _raw_request(port: int, request: bytes) -> bytes:
 
 
 @needs_tls
+@pytest.mark.skipif(sys.platform == "win32", reason="closes fd 1 or 2 in the child (preexec_fn)")
+@pytest.mark.parametrize("closed", [1, 2], ids=["stdout", "stderr"])
+def test_connect_started_with_stdout_or_stderr_closed(procs: Procs, closed: int) -> None:
+    """Started with stdout closed, connect said "unexpected AttributeError" (the third API
+    audit); it now fails with the write error sha1 gives. With stderr closed it relayed
+    nothing and failed; it now runs as usual, unheard (as openssl s_client does)."""
+    _server, port, _err = procs.sslports_server()
+    r = subprocess.run(
+        [sys.executable, "-m", "sslports", "connect", f"127.0.0.1:{port}", "--insecure"],
+        input=b"hello\n",
+        stdout=subprocess.DEVNULL if closed == 1 else subprocess.PIPE,
+        stderr=subprocess.DEVNULL if closed == 2 else subprocess.PIPE,
+        timeout=TIMEOUT,
+        env=ENV,
+        preexec_fn=lambda: os.close(closed),
+    )
+    if closed == 1:
+        assert r.returncode == 1
+        assert r.stderr.endswith(b"\nsslports: error: write error: standard output is closed\n")
+        assert b"unexpected" not in r.stderr
+    else:
+        assert (r.returncode, r.stdout) == (0, b"hello\n")
+
+
+@needs_tls
 @pytest.mark.skipif(sys.platform == "win32", reason="POSIX file names are bytes")
 def test_serve_dir_lists_and_serves_a_name_that_is_not_utf8(procs: Procs, tmp_path: Path) -> None:
     """A file name that is not UTF-8 made the whole listing fail (the connection closed without

@@ -142,6 +142,8 @@ _stderr_lock = threading.Lock()
 def _say(line: str, stream: Optional[TextIO] = None) -> None:
     """Print one whole line to stderr (or `stream`), never interleaved with another thread."""
     target = stream if stream is not None else sys.stderr
+    if target is None:  # (started with stderr closed: the command runs on, unheard)
+        return
     with _stderr_lock:
         try:
             target.write(line + "\n")
@@ -483,6 +485,8 @@ def _pipe_stdio(
         with contextlib.suppress(OSError):
             sock.shutdown(socket.SHUT_WR)
 
+    if sys.stdout is None:  # (started with stdout closed, as _write_stdout says)
+        raise CLIError("write error: standard output is closed", EXIT_FAILURE)
     threading.Thread(target=stdin_to_connection, name="sslports-stdin", daemon=True).start()
     stdout = sys.stdout.buffer
     try:
@@ -898,7 +902,8 @@ def _digest_of(name: str, hash_port: Callable[[Any], str]) -> str:
         info = os.fstat(f.fileno())
         if stat.S_ISDIR(info.st_mode):
             raise IsADirectoryError(21, "Is a directory", name)
-        if stat.S_ISREG(info.st_mode) and info.st_size >= _PROGRESS_MIN and sys.stderr.isatty():
+        tty = sys.stderr is not None and sys.stderr.isatty()
+        if stat.S_ISREG(info.st_mode) and info.st_size >= _PROGRESS_MIN and tty:
             return hash_port(_ProgressReader(f, info.st_size, name))
         return hash_port(f)
 
