@@ -4,6 +4,7 @@ renegotiation in the middle of a stream."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import ssl
 import time
@@ -564,3 +565,36 @@ def test_write_then_close_delivers_everything(loop_kind: str, server: str, size:
             return await asyncio.wait_for(got, 20)
 
     assert run(loop_kind, main) == ("EOF", size)
+
+
+@pytest.mark.parametrize("loop_kind", LOOPS)
+def test_close_gives_up_on_a_peer_that_never_reads(
+    loop_kind: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The lingering close waits for our bytes at most _LINGER_SECONDS (here 0.3 s): a peer
+    that never reads does not hold wait_closed() for ever; what the transport still buffers is
+    given up (an abort), as asyncio's TLS transport gives up its shutdown."""
+    monkeypatch.setattr(aio, "_LINGER_SECONDS", 0.3)
+
+    async def main() -> None:
+        release = asyncio.Event()
+
+        async def never_reads(reader: Any, writer: Any) -> None:
+            await release.wait()
+            writer.close()
+
+        srv = await aio.start_ssl_server(never_reads, LOCAL, 0, server_context("tls13"))
+        async with srv:
+            port = srv.sockets[0].getsockname()[1]
+            _reader, writer = await aio.open_ssl_connection(
+                LOCAL, port, client_context("tls13"), timeout=20
+            )
+            writer.write(random_bytes(8 << 20))  # (more than both kernels' buffers hold)
+            writer.close()
+            try:  # (asyncio.TimeoutError, which fails the test, if it waits for ever)
+                with contextlib.suppress(sslports.SSLNetworkError):
+                    await asyncio.wait_for(writer.wait_closed(), 10)
+            finally:
+                release.set()
+
+    run(loop_kind, main)

@@ -133,10 +133,7 @@ class _Sender:
                     self.queued = 0
                     self.writing = False
                     self.cond.notify_all()
-                wake = self.wake
-                if wake is not None:
-                    with wake:
-                        wake.notify_all()
+                self.wake_reader()
                 return
             n = len(data)
             del data  # (not kept while the thread waits for the next: an idle one holds none)
@@ -146,10 +143,15 @@ class _Sender:
                 self.writing = False
                 self.cond.notify_all()
                 room = self.queued < _SEND_HIGH <= self.queued + n
-            wake = self.wake
-            if room and wake is not None:  # a read that left ciphertext in the pump waits
-                with wake:  # for room (_StreamTransport.held_back)
-                    wake.notify_all()
+            if room:  # (a read that left ciphertext in the pump waits for it: held_back)
+                self.wake_reader()
+
+    def wake_reader(self) -> None:
+        """Wake a read waiting in the receiver thread (`wake`, its condition)."""
+        wake = self.wake
+        if wake is not None:
+            with wake:
+                wake.notify_all()
 
     def write_here(self) -> bool:
         """drain() at Python's exit (sys.is_finalizing()), when the ports' finalizers close

@@ -667,10 +667,14 @@ class _SSLProtocol(AioConnection, asyncio.BufferedProtocol):
         transport = self.transport_
         if transport is None or self.is_lost or transport.is_closing():
             return  # (the peer's EOF closed it: eof_received)
-        delivered = transport.get_write_buffer_size() == 0 and not _lib.sp_fd_linger_needed(fd)
+        buffered = transport.get_write_buffer_size()
+        delivered = buffered == 0 and not _lib.sp_fd_linger_needed(fd)
         if delivered or self.loop.time() >= self.linger_until:
-            if _lib.sp_fd_drop_unread(fd) > 0:
-                transport.abort()  # (the peer learns that those bytes went nowhere)
+            # Bytes read away: a reset, the peer learns that they went nowhere (as ports.py's
+            # lingerer does); a peer that took nothing for _LINGER_SECONDS: given up on (as
+            # asyncio's TLS transport gives up its shutdown), not waited for without end.
+            if _lib.sp_fd_drop_unread(fd) > 0 or buffered:
+                transport.abort()
             else:
                 transport.close()
             return
