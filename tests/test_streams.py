@@ -13,7 +13,16 @@ import time
 from typing import Any, Callable, Optional
 
 import pytest
-from conftest import MIB, Pipe, random_bytes, read_exactly, run_in_thread, sha1, socket_under
+from conftest import (
+    MIB,
+    Pipe,
+    random_bytes,
+    read_exactly,
+    run_in_thread,
+    sha1,
+    socket_ports,
+    socket_under,
+)
 
 import sslports
 from sslports import SSLError
@@ -271,14 +280,7 @@ def test_full_duplex_streams_against_an_echoing_socket_server(pki: Any) -> None:
         lambda: sslports.ssl_wrap_socket(server_sock, mode="accept", context=pki.server_context())
     )
     with client_sock:
-        cin, cout = sslports.ports_to_ssl_ports(
-            client_sock.makefile("rb"),
-            client_sock.makefile("wb"),
-            mode="connect",
-            context=pki.client_context(),
-            hostname="localhost",
-            close_original=True,
-        )
+        cin, cout = socket_ports(client_sock, "connect", pki.client_context(), hostname="localhost")
         sin, sout = served(60)
 
         def echo() -> None:
