@@ -254,7 +254,7 @@ def _verify_detail(fail: Any, code: int, hostname: Optional[str]) -> str:
     if code in (_V_HOSTNAME_MISMATCH, _V_IP_ADDRESS_MISMATCH):
         names = _names(ffi.buffer(fail.names, min(fail.names_len, len(fail.names)))[:])
         shown = ", ".join(_printable(n) for n in names[:_MAX_NAMES])
-        total = max(len(names), int(fail.names_count))  # (the buffer holds the first ones)
+        total = int(fail.names_count)  # (also those past the buffer, which holds the first)
         if total > _MAX_NAMES:
             shown += f" and {total - _MAX_NAMES} more"
         said = f"the certificate is for {shown}" if names else "the certificate names no host"

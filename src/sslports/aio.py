@@ -58,6 +58,7 @@ from . import _binding
 from ._binding import build_error
 from .context import SSLClientContext, SSLServerContext, _Context, encode_alpn
 from .errors import SSLError, SSLNetworkError, SSLTimeoutError
+from .ports import _LINGER_POLL_MS, _LINGER_SECONDS
 from .verify import cipher_info, peer_certificate
 
 _BUF = 1 << 18  # per-thread receive and ciphertext buffers (asyncio's max_size)
@@ -69,8 +70,7 @@ _PLAIN_CHUNK = 1 << 16
 _READ_HIGH = 1 << 20  # unread plaintext at which the transport stops reading
 _READ_LOW = 1 << 18  # ... and starts again
 _LIMIT = 2**16  # asyncio's default `limit`: the longest line readline() and readuntil() return
-_LINGER_SECONDS = 10.0  # longest a closed connection waits for its bytes to leave (ports.py's)
-_LINGER_POLL = 0.02  # how often it looks at the kernel's send queue meanwhile
+_LINGER_POLL = _LINGER_POLL_MS / 1000  # (close_raw lingers as the synchronous ports' close)
 # pump statuses (csrc/sp_conn.h)
 _OK, _WANT_READ, _WANT_WRITE, _EOF, _RAGGED_EOF = 0, 1, 2, 3, 4
 _log = logging.getLogger("sslports")

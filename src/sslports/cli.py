@@ -485,10 +485,8 @@ def _pipe_stdio(
         with contextlib.suppress(OSError):
             sock.shutdown(socket.SHUT_WR)
 
-    if sys.stdout is None:  # (started with stdout closed, as _write_stdout says)
-        raise CLIError("write error: standard output is closed", EXIT_FAILURE)
+    stdout = _stdout_buffer()
     threading.Thread(target=stdin_to_connection, name="sslports-stdin", daemon=True).start()
-    stdout = sys.stdout.buffer
     try:
         while True:
             try:
@@ -937,10 +935,14 @@ def _unescape_name(name: bytes) -> Optional[bytes]:
     return bytes(out)
 
 
-def _write_stdout(data: bytes) -> None:
+def _stdout_buffer() -> Any:
     if sys.stdout is None:  # (started with stdout closed: coreutils says "write error")
         raise CLIError("write error: standard output is closed", EXIT_FAILURE)
-    sys.stdout.buffer.write(data)
+    return sys.stdout.buffer
+
+
+def _write_stdout(data: bytes) -> None:
+    _stdout_buffer().write(data)
 
 
 def _digest_tool(args: argparse.Namespace) -> tuple[str, int, Callable[[Any], str]]:
