@@ -380,7 +380,8 @@ static int select_alpn(SSL *ssl, const unsigned char **out, unsigned char *outle
     if (g != NULL && !CRYPTO_THREAD_read_lock(g->lock))
         return SSL_TLSEXT_ERR_ALERT_FATAL;
     policy = SSL_CTX_get_ex_data(ctx, alpn_index);
-    if (policy != NULL && policy->len > 0) {
+    if (policy != NULL) {
+        /* (an empty list matches nothing: refused unless allow_no_match, as Racket does) */
         result = policy->allow_no_match ? SSL_TLSEXT_ERR_NOACK : SSL_TLSEXT_ERR_ALERT_FATAL;
         /* Server preference: the first of our names that the client also offers (*out points
          * into `in`, so nothing of the policy is used after the lock is released). */

@@ -79,8 +79,9 @@ class SniServer:
 def sni_server(request: pytest.FixtureRequest, sni: Sni) -> Iterator[SniServer]:
     """A listener whose callback switches alt.example.test / xn--bcher-kva.example.test to
     the alt context, secure.example.test to a context requiring a client certificate,
-    raises for boom.example.test, returns a wrong type for wrong.example.test, and returns
-    None for everything else."""
+    raises for boom.example.test, returns a wrong type for wrong.example.test, False (as
+    Racket's `(and (equal? h ...) ctx)` does) for false.example.test, and returns None for
+    everything else."""
     version = request.param
     main = server_context(version, sni.default)
     sslports.ssl_set_server_alpn(main, [b"main-proto", b"shared"])
@@ -106,6 +107,8 @@ def sni_server(request: pytest.FixtureRequest, sni: Sni) -> Iterator[SniServer]:
             raise exc
         if name == "wrong.example.test":
             return "not a context"  # type: ignore[return-value]
+        if name == "false.example.test":
+            return False  # type: ignore[return-value]  # Racket's #f: keep the original
         return None
 
     sslports.ssl_set_server_name_identification_callback(main, callback)
@@ -157,6 +160,7 @@ SNI_TABLE = [
     ),
     ("default.example.test", "default.example.test", ["default.example.test"]),
     ("unknown.example.test", "unknown.example.test", ["default.example.test"]),
+    ("false.example.test", "false.example.test", ["default.example.test"]),
     (
         "ALT.EXAMPLE.TEST",
         "ALT.EXAMPLE.TEST",
@@ -385,6 +389,8 @@ def test_alpn_against_openssl_s_server(
         ([b"h2", b"http/1.1"], True, [b"x", b"http/1.1"], b"http/1.1"),
         ([b"h2", b"http/1.1"], True, [b"x"], None),
         ([b"h2"], False, [], None),  # a client that offers nothing never fails
+        ([], True, [b"h2"], None),  # an empty list selects nothing ...
+        ([], False, [], None),  # ... and refuses only a client that offers something
         ([b"a" * 255], False, [b"b", b"a" * 255], b"a" * 255),
         ([b"\x00\xff"], False, [b"\x00\xff"], b"\x00\xff"),  # names are bytes, any bytes
     ],
@@ -416,10 +422,15 @@ def test_alpn_own_server(
 
 
 @pytest.mark.parametrize("version", VERSIONS)
-def test_alpn_no_match_fails_when_not_allowed(alpn_cert: tuple[Path, Issued], version: str) -> None:
+@pytest.mark.parametrize("server_list", [[b"h2"], []])
+def test_alpn_no_match_fails_when_not_allowed(
+    alpn_cert: tuple[Path, Issued], version: str, server_list: list[bytes]
+) -> None:
+    """No overlap with allow_no_match=False is a fatal alert, an empty server list too (it
+    matches nothing, as in Racket; it used to turn ALPN off whatever allow_no_match said)."""
     root, leaf = alpn_cert
     ctx = server_context(version, leaf)
-    sslports.ssl_set_server_alpn(ctx, [b"h2"], allow_no_match=False)
+    sslports.ssl_set_server_alpn(ctx, server_list, allow_no_match=False)
     server = Server(ctx)
     try:
         join = server.accept(echo_line)
@@ -430,14 +441,16 @@ def test_alpn_no_match_fails_when_not_allowed(alpn_cert: tuple[Path, Issued], ve
         server_exc = outcome(join)
         assert isinstance(server_exc, SSLNetworkError)
         assert "ssl_accept: accept failed" in str(server_exc)
-        # The listener still serves a client that does offer h2.
+        # The listener still serves a client that offers what it selects.
+        offer = server_list[:1]
         join = server.accept(lambda i, o: sslports.ssl_get_alpn_selected(o))
         inp, out = sslports.ssl_connect(
-            LOCAL, server.port, client_context(version, roots=[root]), alpn=[b"h2"]
+            LOCAL, server.port, client_context(version, roots=[root]), alpn=offer
         )
+        expected = offer[0] if offer else None
         with inp, out:
-            assert sslports.ssl_get_alpn_selected(inp) == b"h2"
-        assert join() == b"h2"
+            assert sslports.ssl_get_alpn_selected(inp) == expected
+        assert join() == expected
     finally:
         server.close()
 

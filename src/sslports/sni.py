@@ -71,12 +71,12 @@ def _sni(c: Any, name: Any, switch_to: Any, verify_flags: Any) -> int:
         if callback is None:
             return 0
         result = callback(_binding.ffi.string(name).decode("utf-8", "replace"))
-        if result is None:
+        if result is None or result is False:  # False: Racket's #f, `name == x and ctx`
             return 0
         if not isinstance(result, SSLServerContext):
             raise TypeError(
-                "ssl_accept: the server name callback must return an SSLServerContext or None, "
-                f"not {type(result).__name__}"
+                "ssl_accept: the server name callback must return an SSLServerContext, None "
+                f"or False, not {type(result).__name__}"
             )
         conn.switched_context = result  # keeps the SSL_CTX alive as long as the connection
         switch_to[0] = result._ptr
