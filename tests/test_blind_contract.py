@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import contextvars
+import copy
 import datetime
 import hashlib
 import io
@@ -17,6 +18,7 @@ import ipaddress
 import json
 import os
 import pathlib
+import pickle
 import re
 import select
 import selectors
@@ -2286,6 +2288,64 @@ def test_port_context_managers(conn: Any) -> None:
     with pytest.raises(ValueError, match="closed"):
         co.writable()
     assert not ci.writable() and not co.readable()  # (io's defaults, closed or not)
+    # ... and so do seekable() and writelines() with nothing to write, as io's files do
+    with pytest.raises(ValueError, match="closed"):
+        ci.seekable()
+    with pytest.raises(ValueError, match="closed"):
+        co.seekable()
+    with pytest.raises(ValueError, match="closed"):
+        co.writelines([])
+
+
+def _stream_conn() -> tuple[Any, Any, Any, Any]:
+    """Both ends of ports_to_ssl_ports over a socketpair's unbuffered files."""
+    a, b = socket.socketpair()
+    ctx = S.ssl_make_server_context("auto")
+    S.ssl_load_certificate_chain(ctx, S.TEST_PEM)
+    S.ssl_load_private_key(ctx, S.TEST_PEM)
+
+    def ends(sock: socket.socket, mode: str, context: Any) -> tuple[Any, Any]:
+        with sock:  # (the files keep the connection; closing both ports closes them)
+            return S.ports_to_ssl_ports(
+                sock.makefile("rb", buffering=0),
+                sock.makefile("wb", buffering=0),
+                mode=mode,
+                context=context,
+                close_original=True,
+            )
+
+    fut = run_thread(lambda: ends(b, "accept", ctx))
+    ci, co = ends(a, "connect", None)
+    si, so = fut.result(JOIN)
+    return ci, co, si, so
+
+
+@pytest.mark.parametrize("kind", ["socket", "streams"])
+def test_ports_are_neither_copied_nor_pickled(conn: Any, kind: str) -> None:
+    """A port is one end of a live connection: copy.copy made a second port of it, whose close
+    counted as one of the connection's two (the real other port then accepted writes into a
+    closed connection, and its close raised IndexError). Refused as io's files refuse."""
+    ci, co, si, so = conn if kind == "socket" else _stream_conn()
+    for port in (ci, co):
+        name = type(port).__name__
+        for attempt in (copy.copy, copy.deepcopy, pickle.dumps):
+            with pytest.raises(TypeError, match=name):
+                attempt(port)
+    # The two ports still count as two: the output port outlives the input port's close.
+    ci.close()
+    co.write(b"still open\n")
+    co.flush()
+    assert si.readline() == b"still open\n"
+    co.close()  # the last: the connection ends (no close_notify, as shutdown_on_close=False)
+    if kind == "socket":
+        assert si.read() == b""
+    else:  # (the client's socket closed with the server's tickets unread: a reset on Linux)
+        try:
+            assert si.read() == b""
+        except S.SSLError as exc:
+            assert "reset" in str(exc)
+    so.close()
+    si.close()
 
 
 def test_ports_stay_open_until_both_closed(conn: Any) -> None:

@@ -1072,6 +1072,17 @@ class _SSLPort(io.BufferedIOBase):
         """The current timeout of this port's reads, or writes and flushes. Extension."""
         return self._timeout
 
+    def seekable(self) -> bool:
+        if self.closed:  # (as io's files say)
+            raise ValueError("I/O operation on closed SSL port")
+        return False
+
+    def __reduce_ex__(self, protocol: Any) -> Any:
+        # A port is one end of a live connection: neither pickled nor copied (copy.copy made a
+        # second port of the same connection, whose close counted as one of its two), as io's
+        # files and socket.makefile's objects refuse.
+        raise TypeError(f"cannot pickle or copy {type(self).__name__!r} object")
+
 
 class SSLInputPort(_SSLPort):
     """The readable side of a TLS connection (a binary file-like object)."""
@@ -1380,6 +1391,8 @@ class SSLOutputPort(_SSLPort):
         """io's writelines, except that on TimeoutError ``exc.characters_written`` counts every
         byte this call took (the lines before, all sent or buffered, and all of the line that
         timed out, buffered: see write), not only that line's: where a retry resumes."""
+        if self.closed:  # (even with no line: as io's writers say)
+            raise ValueError("writelines to closed SSL port")
         took = 0
         for line in lines:
             try:
