@@ -2297,6 +2297,19 @@ def test_port_context_managers(conn: Any) -> None:
         co.writelines([])
 
 
+def test_contexts_and_listeners_are_neither_copied_nor_pickled() -> None:
+    """They own an SSL_CTX or a listening socket: a copied listener closed by ssl_close left
+    the original open in name (is_ssl_listener, a second ssl_close) over a closed socket."""
+    listener = S.ssl_listen(0, 5, False, "127.0.0.1")
+    try:
+        for obj in (S.ssl_make_client_context(), S.ssl_make_server_context(), listener):
+            for attempt in (copy.copy, copy.deepcopy, pickle.dumps):
+                with pytest.raises(TypeError, match=type(obj).__name__):
+                    attempt(obj)
+    finally:
+        S.ssl_close(listener)
+
+
 def _stream_conn() -> tuple[Any, Any, Any, Any]:
     """Both ends of ports_to_ssl_ports over a socketpair's unbuffered files."""
     a, b = socket.socketpair()

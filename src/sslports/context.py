@@ -25,7 +25,7 @@ from typing import Any, Callable, Optional, Union, cast
 from . import _binding
 from ._binding import build_error
 from ._dhparams import DH4096_PEM
-from .errors import SSLError, SSLUnsupportedError
+from .errors import NotCopyable, SSLError, SSLUnsupportedError
 
 PathLike = Union[str, bytes, "os.PathLike[str]", "os.PathLike[bytes]"]
 VerifySource = Union[PathLike, tuple[str, PathLike]]
@@ -201,7 +201,7 @@ def encode_alpn(func: str, protocols: object) -> bytes:
     return bytes(wire)
 
 
-class _Context:
+class _Context(NotCopyable):
     """What client and server contexts share; see the subclasses."""
 
     _is_server = False

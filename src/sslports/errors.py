@@ -6,7 +6,19 @@ Racket raises `exn:fail` (and its `:network` / `:unsupported` kinds); Python get
 
 from __future__ import annotations
 
-from typing import Optional
+from typing import Any, Optional
+
+
+class NotCopyable:
+    """Mixin of the objects that own a live OpenSSL or socket resource (ports, contexts,
+    listeners): neither pickled nor copied, as io's files, sockets and ssl.SSLContext refuse (a
+    copy would share the resource with a state of its own: a copied port's close counted as
+    one of its connection's two)."""
+
+    __slots__ = ()
+
+    def __reduce_ex__(self, protocol: Any) -> Any:
+        raise TypeError(f"cannot pickle or copy {type(self).__name__!r} object")
 
 
 class SSLError(OSError):

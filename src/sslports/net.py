@@ -32,7 +32,7 @@ from .context import (
     ssl_make_client_context,
     ssl_make_server_context,
 )
-from .errors import SSLError, SSLNetworkError, SSLTimeoutError
+from .errors import NotCopyable, SSLError, SSLNetworkError, SSLTimeoutError
 from .ports import (
     SOCKETS_MAY_BLOCK,
     Connection,
@@ -457,7 +457,7 @@ if hasattr(os, "register_at_fork"):
     os.register_at_fork(after_in_child=_forget_accepting_threads)
 
 
-class SSLListener:
+class SSLListener(NotCopyable):
     """A listening TCP socket whose accepted connections speak TLS (Racket: ssl-listener?)."""
 
     def __init__(

@@ -44,7 +44,7 @@ from . import _binding
 from ._binding import build_error
 from ._streams import _ABANDON_DRAIN, _StreamTransport, _TransportError
 from ._timing import _NO_DEADLINE, _SLICE_MS, _Deadline, _deadline
-from .errors import SSLError, SSLNetworkError, SSLTimeoutError
+from .errors import NotCopyable, SSLError, SSLNetworkError, SSLTimeoutError
 
 # Pump statuses (csrc/sp_conn.h), as plain ints for the hot loops.
 _SP_OK, _SP_WANT_READ, _SP_WANT_WRITE, _SP_EOF, _SP_RAGGED_EOF = 0, 1, 2, 3, 4
@@ -1030,7 +1030,7 @@ class Connection:
         return True
 
 
-class _SSLPort(io.BufferedIOBase):
+class _SSLPort(NotCopyable, io.BufferedIOBase):
     """What the two ports share: the timeout and the switch to the C fast path."""
 
     # Slots, not the instance dict (io's base classes make one only when a name outside these is
@@ -1076,12 +1076,6 @@ class _SSLPort(io.BufferedIOBase):
         if self.closed:  # (as io's files say)
             raise ValueError("I/O operation on closed SSL port")
         return False
-
-    def __reduce_ex__(self, protocol: Any) -> Any:
-        # A port is one end of a live connection: neither pickled nor copied (copy.copy made a
-        # second port of the same connection, whose close counted as one of its two), as io's
-        # files and socket.makefile's objects refuse.
-        raise TypeError(f"cannot pickle or copy {type(self).__name__!r} object")
 
 
 class SSLInputPort(_SSLPort):
