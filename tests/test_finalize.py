@@ -123,6 +123,50 @@ def test_exit_with_open_ports_in_a_cycle(round_: int) -> None:
     assert "Exception ignored" not in err, err
 
 
+STUCK_SENDER = textwrap.dedent(
+    """
+    import os, sys, threading
+    import sslports as sp
+
+    PEM = sp.TEST_PEM
+    ctx = sp.ssl_make_server_context("auto", private_key=("pem", PEM), certificate_chain=PEM)
+    r1, w1 = os.pipe()
+    r2, w2 = os.pipe()
+    res = {}
+    accept = lambda: sp.ports_to_ssl_ports(open(r1, "rb"), open(w2, "wb"), context=ctx)
+    t = threading.Thread(target=lambda: res.setdefault("s", accept()))
+    t.start()
+    ci, co = sp.ports_to_ssl_ports(
+        open(r2, "rb"), open(w1, "wb"), mode="connect", close_original=True
+    )
+    t.join(10)
+    if sys.argv[1] == "timeout":
+        co.settimeout(0.5)
+    try:
+        co.write(b"x" * int(sys.argv[2]))  # more than the pipe holds: nobody reads it
+        co.flush()
+    except TimeoutError:
+        pass
+    print("exiting", flush=True)
+    """
+)
+
+
+@pytest.mark.parametrize(("how", "size"), [("flush", 100_000), ("timeout", 2_000_000)])
+def test_exit_with_a_sender_stuck_in_a_write(how: str, size: int) -> None:
+    """A close_original stream connection whose sender thread is stuck in a write of its
+    buffered output stream (a peer that does not read) at Python's exit: after the exit's
+    drain (5 s), the port's finalizer closed that stream, whose lock the frozen daemon thread
+    holds, and CPython aborted ("Fatal Python error: _enter_buffered_busy", SIGABRT)."""
+    proc = subprocess.run(
+        [sys.executable, "-c", STUCK_SENDER, how, str(size)], capture_output=True, timeout=60
+    )
+    err = proc.stderr.decode()
+    assert b"exiting" in proc.stdout
+    assert proc.returncode == 0, err
+    assert "Fatal Python error" not in err
+
+
 @contextlib.contextmanager
 def _stream_connection() -> Iterator[tuple[Any, Any, tuple[Any, Any]]]:
     """(inp, out, (server inp, server out)): ports_to_ssl_ports over a socketpair's streams,

@@ -786,9 +786,14 @@ class _StreamTransport:
             lost = sender.error if sender.writes_unsent() and not sender.reported else None
             sender.reported = True
         if close_original:
-            if not deferred:
+            # At Python's exit, a sender thread that stopped inside a write of the output
+            # stream holds that stream's lock for good: a buffered stream's close() would then
+            # abort the process ("could not acquire lock ... at interpreter shutdown"). Left
+            # open: the process is ending, and the descriptor with it.
+            stuck = sender.writing and sys.is_finalizing()
+            if not deferred and not (stuck and self.out is self.inp):
                 self.close_input()
-            if self.out is not self.inp:  # (one object for both: close_input closes it)
+            if self.out is not self.inp and not stuck:  # (one object for both: close_input)
                 try:
                     self.out.close()
                 except Exception:  # closing is best effort
