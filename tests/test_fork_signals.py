@@ -23,7 +23,9 @@ import pickle
 import select
 import signal
 import socket
+import subprocess
 import sys
+import textwrap
 import threading
 import time
 from collections.abc import Iterator
@@ -853,3 +855,51 @@ def test_read_to_eof_keeps_what_arrived_before_it_was_cut_short(how: str) -> Non
 
 if sys.platform == "win32":  # pragma: no cover
     pytestmark.append(pytest.mark.skip(reason="POSIX only"))
+
+
+KEYLOG_BREAK = textwrap.dedent(
+    """
+    import os, signal, sys, threading, time
+    import sslports as sp
+
+    PEM = sp.TEST_PEM
+    ctx = sp.ssl_make_server_context("auto", private_key=("pem", PEM), certificate_chain=PEM)
+    lst = sp.ssl_listen(0, 5, True, "127.0.0.1", ctx)
+    port = sp.ssl_addresses(lst, True)[1]
+    client = sp.ssl_make_client_context("auto")
+    entered = threading.Event()
+
+    def log(line):
+        if sys.argv[1] == "exit":
+            sys.exit(3)
+        entered.set()
+        time.sleep(5)  # Ctrl-C comes meanwhile: time.sleep raises it here
+
+    sp.ssl_set_keylogger(client, log)
+    threading.Thread(target=lambda: sp.ssl_accept(lst), daemon=True).start()
+    kill = lambda: entered.wait(30) and os.kill(os.getpid(), signal.SIGINT)
+    threading.Thread(target=kill, daemon=True).start()
+    try:
+        sp.ssl_connect_enable_break("127.0.0.1", port, client, timeout=30)
+        print("connected", flush=True)
+    except KeyboardInterrupt:
+        print("interrupted", flush=True)
+    """
+)
+
+
+@pytest.mark.parametrize("how", ["ctrl-c", "exit"])
+def test_a_stop_request_in_a_key_logger_stops_the_handshake(how: str) -> None:
+    """Ctrl-C while the key logger's callback runs, or sys.exit() in it, is not the callback's
+    failure (logged, the handshake goes on) but a request to stop: the connect raises it
+    (before, it was logged and lost, and the connect completed)."""
+    proc = subprocess.run(
+        [sys.executable, "-c", KEYLOG_BREAK, how], capture_output=True, timeout=60
+    )
+    out, err = proc.stdout.decode(), proc.stderr.decode()
+    if how == "exit":
+        assert proc.returncode == 3, (out, err)
+        assert "connected" not in out
+    else:
+        assert out == "interrupted\n", (out, err)
+    assert "key log callback failed" not in err

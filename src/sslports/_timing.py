@@ -11,6 +11,22 @@ from . import _binding
 # sockets' receive timeout to it (a read that waits a whole slice waits inside recv()).
 _SLICE_MS = 50 if _binding.lib is None else int(_binding.lib.SP_WAIT_SLICE_MS)
 
+# A Ctrl-C (KeyboardInterrupt) or sys.exit() (SystemExit) that came while a key logger's
+# callback ran, inside a handshake (sni.py _keylog): not a failure of the callback, to log,
+# but a request to stop. The handshake raises it once its pump call returns
+# (raise_break_from_callback).
+BREAK_IN_CALLBACK: list[Optional[BaseException]] = [None]
+
+
+def raise_break_from_callback() -> None:
+    exc = BREAK_IN_CALLBACK[0]
+    if exc is not None:
+        BREAK_IN_CALLBACK[0] = None
+        try:
+            raise exc
+        finally:
+            del exc
+
 
 class _Deadline:
     """A point in monotonic time, or none."""

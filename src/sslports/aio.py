@@ -56,6 +56,7 @@ from typing import Any, Callable, Optional, Union
 
 from . import _binding
 from ._binding import build_error
+from ._timing import raise_break_from_callback
 from .context import SSLClientContext, SSLServerContext, _Context, encode_alpn
 from .errors import SSLError, SSLNetworkError, SSLTimeoutError
 from .ports import _LINGER_POLL_MS, _LINGER_SECONDS
@@ -339,6 +340,7 @@ class AioConnection:
         while True:
             with bind_connection(self):
                 status = lib.sp_handshake(self.ptr, 0, self.err)
+            raise_break_from_callback()
             self.push_out()
             if status == _OK:
                 break

@@ -43,7 +43,14 @@ from typing import Any, Callable, ClassVar, NoReturn, Optional, Union, cast
 from . import _binding
 from ._binding import build_error
 from ._streams import _ABANDON_DRAIN, _StreamTransport, _TransportError
-from ._timing import _NO_DEADLINE, _SLICE_MS, _Deadline, _deadline
+from ._timing import (
+    _NO_DEADLINE,
+    _SLICE_MS,
+    BREAK_IN_CALLBACK,
+    _Deadline,
+    _deadline,
+    raise_break_from_callback,
+)
 from .errors import NotCopyable, SSLError, SSLNetworkError, SSLTimeoutError
 
 # Pump statuses (csrc/sp_conn.h), as plain ints for the hot loops.
@@ -563,6 +570,8 @@ class Connection:
         if self.is_socket and _fastport is not None:
             # The loop below in C (sp_fastport.c handshake): it runs once per connection, cold.
             status = _fastport.handshake(self._fast_addr, timeout, _per_thread.err_addr)
+            if BREAK_IN_CALLBACK[0] is not None:
+                raise_break_from_callback()
             if status == _SP_OK:
                 return
             if status in (_SP_WANT_READ, _SP_WANT_WRITE):
@@ -575,6 +584,8 @@ class Connection:
             wait = _SLICE_MS if deadline.at is None else deadline.slice_ms()
             seen = self.transport.fed
             status = lib.sp_handshake(self.ptr, wait, err)
+            if BREAK_IN_CALLBACK[0] is not None:
+                raise_break_from_callback()
             if status == _SP_OK:
                 if not self.is_socket:
                     transport = cast(_StreamTransport, self.transport)

@@ -19,6 +19,7 @@ from collections.abc import Iterator, Sequence
 from typing import Any, Callable, Optional
 
 from . import _binding
+from ._timing import BREAK_IN_CALLBACK
 from .context import SSLServerContext, _Context, context_of, encode_alpn
 
 _log = logging.getLogger("sslports")
@@ -130,8 +131,10 @@ def _keylog(ssl: Any, line: Any) -> None:
             ctx = _contexts.get(_address(_binding.lib.SSL_get_SSL_CTX(ssl)))
         # (read once: another thread's ssl_set_keylogger(ctx, None) may come in between)
         callback = ctx._keylogger if ctx is not None else None
-        if callback is not None:
+        if callback is not None and BREAK_IN_CALLBACK[0] is None:  # (else: stopping)
             callback(data)
+    except (KeyboardInterrupt, SystemExit) as exc:  # a request to stop: the handshake raises it
+        BREAK_IN_CALLBACK[0] = exc
     except BaseException:  # a key logger must never break the handshake
         _log.exception("sslports: key log callback failed")
 
