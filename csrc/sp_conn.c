@@ -60,7 +60,10 @@
  * WAITING, SIGNALS AND DEADLINES
  *
  * A call waits for at most `wait_ms` (one slice, SP_WAIT_SLICE_MS, or less when a deadline is
- * nearer). When the slice elapses, or a signal interrupts the wait, the call returns
+ * nearer) in all, however many waits it makes (wait_budget): a peer that keeps sending
+ * something (a byte, a KeyUpdate, a ticket) every few milliseconds, or keeps taking a little
+ * of what we send, must not keep a call that still lacks what it wants from returning. When
+ * the slice elapses, or a signal interrupts the wait, the call returns
  * SP_WANT_READ / SP_WANT_WRITE with the progress it made (bytes read or written are reported,
  * never lost), and Python, which holds the deadline, checks it and runs signal handlers
  * (Ctrl-C) before calling again. The GIL is released for the whole call.
@@ -138,9 +141,18 @@
  *   wbio then never holds much more than SP_OUT_HIGH + one SP_WRITE_CHUNK of records, and
  *   rbio what the caller feeds at a time (one read of its input stream).
  */
+#ifndef _WIN32
+#ifndef _POSIX_C_SOURCE
+#define _POSIX_C_SOURCE 200809L /* clock_gettime under -std=c99 */
+#endif
+#if defined(__APPLE__) && !defined(_DARWIN_C_SOURCE)
+#define _DARWIN_C_SOURCE 1 /* (else _POSIX_C_SOURCE hides MSG_DONTWAIT: compat.h) */
+#endif
+#endif
 #include <stdlib.h>
 #include <string.h>
 #ifndef _WIN32
+#include <time.h>
 #include <sys/ioctl.h>
 #include <sys/uio.h>
 #ifdef __linux__
@@ -241,6 +253,7 @@ static void clear_errors(void)
  * call, and the call's first recv() runs (recv_short). */
 static void before_ssl_call(sp_conn *c)
 {
+    c->ssl_calls++;
     clear_errors();
     c->bio_errno = 0;
     c->recv_short = 0;
@@ -1066,6 +1079,48 @@ static BIO *new_sock_bio(sp_conn *c)
     return bio;
 }
 
+/* Milliseconds of a monotonic clock. */
+static long long mono_ms(void)
+{
+#ifdef _WIN32
+    return (long long)GetTickCount64();
+#else
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (long long)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+#endif
+}
+
+/* What one pump call may still wait (WAITING): `ms` in all, counted from its first wait. */
+typedef struct {
+    int ms;
+    long long end; /* 0 before the first wait */
+} wait_budget;
+
+static wait_budget budget_of(int wait_ms)
+{
+    wait_budget b;
+    b.ms = wait_ms;
+    b.end = 0;
+    return b;
+}
+
+/* How long the call's next wait may take, in *ms; 0 when the budget is spent (the first wait
+ * always takes place, for the whole budget, however short: wait_ms 0 is one look). */
+static int budget_next(wait_budget *b, int *ms)
+{
+    long long now = mono_ms();
+    if (b->end == 0) {
+        b->end = now + (b->ms > 0 ? b->ms : 0) + 1; /* (+1: never 0, the "not started" mark) */
+        *ms = b->ms;
+        return 1;
+    }
+    if (now + 1 >= b->end)
+        return 0;
+    *ms = (int)(b->end - 1 - now);
+    return 1;
+}
+
 static int wait_fd(sp_conn *c, short events, int wait_ms)
 {
     struct pollfd pfd;
@@ -1077,6 +1132,13 @@ static int wait_fd(sp_conn *c, short events, int wait_ms)
     if (r < 0 && SP_EINTR(SP_SOCK_ERRNO()))
         return 0; /* a signal: return to Python so its handler runs */
     return r;
+}
+
+/* wait_fd for what the call's budget has left: 0 (as a wait that elapsed) once it is spent. */
+static int wait_fd_within(sp_conn *c, short events, wait_budget *b)
+{
+    int ms;
+    return budget_next(b, &ms) ? wait_fd(c, events, ms) : 0;
 }
 
 /* Ciphertext not yet on the wire: what the sender holds plus what outq holds. */
@@ -1378,14 +1440,14 @@ unsigned long long sp_written(sp_conn *c)
     return n;
 }
 
-/* Send everything queued, waiting up to wait_ms for the socket to drain. */
-static int send_queued(sp_conn *c, int wait_ms, sp_err *err)
+/* Send everything queued, waiting within the call's budget for the socket to drain. */
+static int send_queued(sp_conn *c, wait_budget *b, sp_err *err)
 {
     for (;;) {
         int r = send_queued_nowait(c, err);
         if (r != SP_WANT_WRITE)
             return r;
-        if (wait_fd(c, POLLOUT, wait_ms) <= 0)
+        if (wait_fd_within(c, POLLOUT, b) <= 0)
             return SP_WANT_WRITE;
     }
 }
@@ -1424,13 +1486,15 @@ static int recv_early(sp_conn *c, unsigned char *buf)
     return SP_OK;
 }
 
-/* Wait up to wait_ms until the socket is readable, sending queued output meanwhile (a peer
- * that waits for our flight before it sends must get it). SP_OK when readable (or closed),
- * SP_WANT_READ when the slice elapsed, SP_ERROR when sending failed. With early_buf (sp_read,
- * sp_handshake) a whole-slice wait with nothing left to send is a recv() into it. */
-static int wait_readable(sp_conn *c, int wait_ms, sp_err *err, unsigned char *early_buf)
+/* Wait, within the call's budget, until the socket is readable, sending queued output
+ * meanwhile (a peer that waits for our flight before it sends must get it). SP_OK when
+ * readable (or closed), SP_WANT_READ when the budget is spent, SP_ERROR when sending failed.
+ * With early_buf (sp_read, sp_handshake) a whole-slice wait with nothing left to send is a
+ * recv() into it. */
+static int wait_readable(sp_conn *c, wait_budget *b, sp_err *err, unsigned char *early_buf)
 {
     short events = POLLIN;
+    int wait_ms;
     if (queued_out(c) > 0) {
         int s = send_for_reader(c, err);
         if (s == SP_ERROR)
@@ -1445,6 +1509,8 @@ static int wait_readable(sp_conn *c, int wait_ms, sp_err *err, unsigned char *ea
             events = throttled ? POLLOUT : POLLIN | POLLOUT;
         }
     }
+    if (!budget_next(b, &wait_ms))
+        return SP_WANT_READ;
     if (early_buf != NULL && c->recv_waits && events == POLLIN && wait_ms >= SP_WAIT_SLICE_MS)
         return recv_early(c, early_buf);
     return wait_fd(c, events, wait_ms) > 0 ? SP_OK : SP_WANT_READ;
@@ -1471,7 +1537,8 @@ static int has_input(sp_conn *c)
 {
     int r;
     sp_mutex_lock(&c->ssl_lock);
-    r = SSL_has_pending(c->ssl) || c->eof_status != 0 || c->broken != NULL || c->peer_closed
+    /* (a part of a record that the last sp_read left, with no OpenSSL call since, is not) */
+    r = (SSL_has_pending(c->ssl) && c->read_starved != c->ssl_calls + 1) || c->eof_status != 0 || c->broken != NULL || c->peer_closed
         || c->early_len > c->early_off || c->early_errno != 0 || c->stash_len > c->stash_off;
     sp_mutex_unlock(&c->ssl_lock);
     return r;
@@ -1596,12 +1663,13 @@ int sp_handshake(sp_conn *c, int wait_ms, sp_err *err)
 {
     unsigned char early_buf[SP_EARLY_MAX]; /* waits for the peer's flight in recv() (WAITING) */
     int waited = 0;
+    wait_budget budget = budget_of(wait_ms);
     if (start_pump_call(c, err))
         return SP_ERROR;
     if (c->socket_mode && c->handshake_waits && wait_ms > 0 && !has_input(c)) {
         /* What comes next is the peer's: wait first, and skip the SSL_do_handshake whose
          * recv() would only meet EAGAIN (as sp_read does after a read that waited). */
-        int status = wait_readable(c, wait_ms, err, early_buf);
+        int status = wait_readable(c, &budget, err, early_buf);
         if (status != SP_OK)
             return status;
         waited = 1;
@@ -1659,7 +1727,7 @@ int sp_handshake(sp_conn *c, int wait_ms, sp_err *err)
         if (r == 1 && SSL_is_server(c->ssl) && SSL_version(c->ssl) >= TLS1_3_VERSION)
             return SP_OK;
         /* Our flight goes out in full before we wait for the peer's. */
-        status = send_queued(c, wait_ms, err);
+        status = send_queued(c, &budget, err);
         if (status != SP_OK)
             return status;
         if (r == 1)
@@ -1671,7 +1739,7 @@ int sp_handshake(sp_conn *c, int wait_ms, sp_err *err)
         if (waited)
             return SP_WANT_READ;
         waited = 1;
-        status = wait_readable(c, wait_ms, err, early_buf); /* (nothing is queued now) */
+        status = wait_readable(c, &budget, err, early_buf); /* (nothing is queued now) */
         if (status != SP_OK)
             return status;
     }
@@ -1683,6 +1751,7 @@ int sp_read(sp_conn *c, unsigned char *buf, size_t len, size_t want, size_t *got
     size_t total = 0;
     int status = SP_OK, waited = 0;
     unsigned char early_buf[SP_EARLY_MAX];
+    wait_budget budget = budget_of(wait_ms);
     if (start_pump_call(c, err)) {
         *got = 0;
         return SP_ERROR;
@@ -1691,8 +1760,9 @@ int sp_read(sp_conn *c, unsigned char *buf, size_t len, size_t want, size_t *got
         want = len; /* want == 0: return once what arrived within one wait was processed */
     if (c->socket_mode && c->read_waited && wait_ms > 0 && len > 0 && !has_input(c)) {
         /* Request/response traffic: the last read had to wait, so this one most likely
-         * will too. Wait first, and skip the SSL_read_ex that would only meet EAGAIN. */
-        status = wait_readable(c, wait_ms, err, early_buf);
+         * will too. Wait first, and skip the SSL_read_ex that would only meet EAGAIN. So
+         * does a read after one whose waits ran out in the middle of a record. */
+        status = wait_readable(c, &budget, err, early_buf);
         if (status != SP_OK) {
             *got = 0;
             return status;
@@ -1774,13 +1844,18 @@ int sp_read(sp_conn *c, unsigned char *buf, size_t len, size_t want, size_t *got
             break;
         }
         release_idle_buffers(c);
-        status = wait_readable(c, wait_ms, err, early_buf);
+        status = wait_readable(c, &budget, err, early_buf);
         if (status != SP_OK)
             break;
         waited = 1;
     }
     *got = total;
     c->read_waited = waited;
+    if (c->socket_mode) {
+        sp_mutex_lock(&c->ssl_lock);
+        c->read_starved = status == SP_WANT_READ && waited ? c->ssl_calls + 1 : 0;
+        sp_mutex_unlock(&c->ssl_lock);
+    }
     if (c->socket_mode && status == SP_OK)
         release_idle_buffers(c);
     if (total > 0 && (status == SP_EOF || status == SP_RAGGED_EOF || status == SP_ERROR))
@@ -1802,6 +1877,7 @@ static int write_records(sp_conn *c, const unsigned char *head, size_t head_len,
 {
     size_t total = 0, all = head_len + len;
     int status = SP_OK;
+    wait_budget budget = budget_of(wait_ms);
     if (start_pump_call(c, err)) {
         *done = 0;
         return SP_ERROR;
@@ -1811,7 +1887,7 @@ static int write_records(sp_conn *c, const unsigned char *head, size_t head_len,
         size_t n = 0, chunk = (total < head_len ? head_len : all) - total;
         int ok, e = SSL_ERROR_NONE;
         if (c->socket_mode && queued_out(c) >= SP_OUT_HIGH) {
-            status = send_queued(c, wait_ms, err);
+            status = send_queued(c, &budget, err);
             if (status != SP_OK)
                 break;
         }
@@ -1851,13 +1927,13 @@ static int write_records(sp_conn *c, const unsigned char *head, size_t head_len,
                 status = SP_WANT_READ; /* feed the peer's flight (the stash is never full) */
                 break;
             }
-            status = send_queued(c, wait_ms, err); /* our flight goes out first */
+            status = send_queued(c, &budget, err); /* our flight goes out first */
             if (status == SP_OK && sr == SP_STASH_FULL) {
                 /* A slice's pause for the reader to take some of the stash (poll() without
                  * events: the socket's readiness does not tell), then back to the caller. */
-                (void)wait_fd(c, 0, wait_ms);
+                (void)wait_fd_within(c, 0, &budget);
                 status = SP_WANT_READ;
-            } else if (status == SP_OK && !has_early(c) && wait_fd(c, POLLIN, wait_ms) <= 0)
+            } else if (status == SP_OK && !has_early(c) && wait_fd_within(c, POLLIN, &budget) <= 0)
                 status = SP_WANT_READ; /* (a reader's recv() may have the flight: has_early) */
             if (status != SP_OK)
                 break;
@@ -1896,15 +1972,15 @@ static int write_records(sp_conn *c, const unsigned char *head, size_t head_len,
             status = SP_WANT_READ;
             break;
         }
-        status = send_queued(c, wait_ms, err);
-        if (status == SP_OK && wait_fd(c, POLLIN, wait_ms) <= 0)
+        status = send_queued(c, &budget, err);
+        if (status == SP_OK && wait_fd_within(c, POLLIN, &budget) <= 0)
             status = SP_WANT_READ;
         if (status != SP_OK)
             break;
     }
     *done = total;
     if (status == SP_OK && c->socket_mode && !hold)
-        status = send_queued(c, wait_ms, err);
+        status = send_queued(c, &budget, err);
     if (c->socket_mode && (hold || status == SP_WANT_READ || status == SP_WANT_WRITE))
         note_writer_queued(c);
     return status;
@@ -1934,11 +2010,12 @@ int sp_write_hold(sp_conn *c, const unsigned char *buf, size_t len, size_t *done
 
 int sp_flush(sp_conn *c, int wait_ms, sp_err *err)
 {
+    wait_budget budget = budget_of(wait_ms);
     if (start_pump_call(c, err))
         return SP_ERROR;
     if (!c->socket_mode)
         return SP_OK;
-    return send_queued(c, wait_ms, err);
+    return send_queued(c, &budget, err);
 }
 
 int sp_shutdown(sp_conn *c, sp_err *err)

@@ -32,6 +32,9 @@ struct sp_conn {
     int bio_errno;   /* the socket error the BIO saw in the current OpenSSL call (ssl_lock) */
     unsigned long long written; /* plaintext OpenSSL has taken from writers so far (ssl_lock) */
     int read_waited; /* the last sp_read had to wait for the peer: a hint (unlocked) */
+    unsigned long ssl_calls;    /* OpenSSL calls made so far (ssl_lock) */
+    unsigned long read_starved; /* 1 + ssl_calls when an sp_read returned because its waits
+                                   ran out with only part of a record here (ssl_lock); 0 */
     int peer_closed; /* recv() returned 0 (ssl_lock) */
     int close_notify_seen; /* the peer's close_notify alert was read (ssl_lock: set by
                               note_alert, inside OpenSSL calls) */

@@ -559,6 +559,110 @@ def test_stalled_handshake_times_out(target: Callable[..., Target], sent: str) -
     t.assert_serving()
 
 
+DRIPS = {
+    # what the server's read gets every few milliseconds: never what it waits for
+    "read(n)": ("data", lambda inp: inp.read(1 << 20)),
+    "readinto": ("data", lambda inp: inp.readinto(bytearray(1 << 20))),
+    "readline": ("data", lambda inp: inp.readline()),
+    "read()": ("data", lambda inp: inp.read()),
+    "read1 / KeyUpdates": ("key update", lambda inp: inp.read1(100)),
+    "readline / KeyUpdates": ("key update", lambda inp: inp.readline()),
+}
+
+
+@pytest.mark.parametrize("case", DRIPS)
+def test_port_timeout_bounds_a_read_against_a_dripping_peer(
+    target: Callable[..., Target], case: str
+) -> None:
+    """A port's timeout bounds the whole read (timeouts.md), also when the peer keeps the
+    socket busy: a record every few milliseconds, a byte of data or a KeyUpdate, that never
+    gives the read what it waits for (the n bytes, a newline, EOF, any data). The pump went on
+    waiting while anything came within each wait slice, and readline() and read() took a
+    deadline per chunk: each read here returned only when the peer stopped (5 s later), at
+    EOF. The bytes that came are kept for the next read."""
+    kind, read = DRIPS[case]
+    t = target("tls13")
+    done = threading.Event()
+
+    def handler(inp: Any, out: Any) -> Any:
+        inp.settimeout(0.5)
+        try:
+            return repr(read(inp))[:60]
+        except TimeoutError:
+            inp.settimeout(JOIN)
+            return "timed out", inp.read1(1 << 20) if kind == "data" else b""
+        finally:
+            done.set()
+
+    join = t.serve(handler)
+    c = RawTLSClient(t.port, "tls13")
+    try:
+        c.handshake()
+        sent = 0
+        stop = time.monotonic() + 5
+        while not done.is_set() and time.monotonic() < stop:
+            if kind == "data":
+                c.send(c.record(REC_DATA, b"x"))
+                sent += 1
+            else:
+                c.send(c.key_update(False))
+            time.sleep(0.005)
+        if not done.is_set():
+            c.sock.close()  # (the read then ends at EOF, long past its deadline)
+        outcome = join(JOIN)
+        assert outcome[0] == "timed out", outcome
+        if kind == "data":  # what came before the timeout is read next, not lost
+            assert 0 < len(outcome[1]) <= sent and outcome[1] == b"x" * len(outcome[1])
+    finally:
+        c.close()
+    t.assert_serving()
+
+
+def test_port_timeout_bounds_a_write_to_a_peer_that_takes_a_little_at_a_time(
+    target: Callable[..., Target], pki: Any
+) -> None:
+    """A write's timeout bounds the whole write, also when the peer keeps taking a little
+    (2 KiB every 2 ms, through a 4 KiB send buffer): each wait for room ended within its slice,
+    and the pump waited again, for as long as the peer went on reading (4 MiB: ~4 s). Now
+    the write raises TimeoutError; what it had not sent, flush() sends later, in order."""
+    t = target("tls13")
+    data = os.urandom(4 << 20)
+    reading = threading.Event()
+    outcome: list[Any] = []
+
+    def handler(inp: Any, out: Any) -> None:
+        sock = sslports.ports.connection_of("test", out).transport.sock
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+        out.settimeout(0.5)
+        reading.wait(JOIN)
+        try:
+            out.write(data)
+            outcome.append("written")
+        except TimeoutError:
+            outcome.append("timed out")
+        out.settimeout(JOIN)
+        out.flush()  # the rest, in order
+
+    join = t.serve(handler)
+    raw = socket.socket()
+    raw.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # (before connect: the window)
+    raw.connect((LOCAL, t.port))
+    with raw:
+        ctx = pki.py_client_context("tls13")
+        with ctx.wrap_socket(raw, server_hostname="localhost") as tls:
+            reading.set()
+            got = bytearray()
+            while len(got) < len(data):
+                if not outcome:
+                    time.sleep(0.002)  # a little at a time while the write runs
+                chunk = tls.recv(2048 if not outcome else 1 << 16)
+                assert chunk, "EOF before the data"
+                got += chunk
+            join(JOIN)
+    assert outcome == ["timed out"]
+    assert got == data
+
+
 @pytest.mark.parametrize("version", ["tls12", "tls13"])
 @pytest.mark.parametrize("cut", [5, 9])
 def test_stall_mid_record_then_rest_arrives(

@@ -101,12 +101,18 @@ _from_buffer: Any = getattr(_binding.ffi, "from_buffer", None)  # None without t
 
 def _read_all(reader: Any, conn: Connection) -> bytes:
     """read() / read(-1) (the port's, or the C fast path's `reader`): everything up to EOF, in
-    chunks of what arrives. What arrived before a timeout, a failure or Ctrl-C is not lost:
-    the port serves it first, next read. Each chunk goes from read1 into `chunks` inside one
-    C call (list.extend of an islice of `more`): a signal handler's exception, which comes as
-    a call returns to Python (the C read1's return), never finds a chunk read and not kept."""
+    chunks of what arrives, all under one deadline of the port's timeout (a peer that sends a
+    byte now and then must not make a whole read() outlast it). What arrived before a
+    timeout, a failure or Ctrl-C is not lost: the port serves it first, next read. Each chunk
+    goes from read1 into `chunks` inside one C call (list.extend of an islice of `more`): a
+    signal handler's exception, which comes as a call returns to Python (the C read1's
+    return), never finds a chunk read and not kept."""
     chunks: list[bytes] = []
-    more = iter(functools.partial(reader.read1, _READ_CHUNK), b"")  # (ends at EOF's b"")
+    if reader._timeout is None:
+        read1 = functools.partial(reader.read1, _READ_CHUNK)
+    else:
+        read1 = functools.partial(reader._read_new, _READ_CHUNK, False, _deadline(reader._timeout))
+    more = iter(read1, b"")  # (ends at EOF's b"")
     try:
         had = -1
         while len(chunks) > had:
@@ -1122,7 +1128,9 @@ class SSLInputPort(_SSLPort):
             raise ValueError("I/O operation on closed SSL port")
         return self._sslports_conn
 
-    def _readinto(self, b: Any, fill: bool) -> int:
+    def _readinto(self, b: Any, fill: bool, deadline: Optional[_Deadline] = None) -> int:
+        """readinto / readinto1 (`fill`: all of b), under `deadline` (None: the port's timeout
+        from now)."""
         conn = self._check()
         with self._lock:
             kept = self._buf
@@ -1156,9 +1164,9 @@ class SSLInputPort(_SSLPort):
                     if not kept and (n or got[0]):
                         conn.keep_start(b, n or got[0])
                     raise
-            deadline = None
             if not kept:
-                deadline = _deadline(self._timeout)
+                if deadline is None:
+                    deadline = _deadline(self._timeout)
                 if not _small_buffer(b):
                     return conn.read("read", b, fill, deadline)
                 # A small read: one read of what arrives (up to 64 KiB) into the kept bytes,
@@ -1210,7 +1218,7 @@ class SSLInputPort(_SSLPort):
             size = _READ_CHUNK
         return self._read_new(size, False)
 
-    def _read_new(self, size: int, fill: bool) -> bytes:
+    def _read_new(self, size: int, fill: bool, deadline: Optional[_Deadline] = None) -> bytes:
         """read / read1: up to `size` bytes (all of them when `fill`) as a new bytes. If an
         exception comes after _readinto returned `n` bytes (a signal handler's, Ctrl-C, as
         bytes(buf) returns), they are read first next time. (An exception inside _readinto
@@ -1218,7 +1226,7 @@ class SSLInputPort(_SSLPort):
         buf = bytearray(size)
         n = 0
         try:
-            n = self._readinto(buf, fill)
+            n = self._readinto(buf, fill, deadline)
             del buf[n:]
             return bytes(buf)
         except BaseException:
@@ -1263,6 +1271,7 @@ class SSLInputPort(_SSLPort):
         if limit == 0:
             return b""
         kept = self._buf
+        deadline = None  # (one for the whole line, from its first read)
         with self._lock:  # (a whole line for one reader; another thread waits)
             scanned = 0
             while True:
@@ -1275,8 +1284,10 @@ class SSLInputPort(_SSLPort):
                 # many reads is not copied again for each). A failed read put what it had
                 # read in front of the kept bytes (Connection.keep_read): it goes after them.
                 have = len(kept)
+                if deadline is None:
+                    deadline = _deadline(self._timeout)
                 try:
-                    n = self._fill_locked(_READ_CHUNK)
+                    n = self._fill_locked(_READ_CHUNK, deadline)
                 except BaseException:
                     _after_kept(kept, have)
                     raise
