@@ -1538,8 +1538,9 @@ static int has_input(sp_conn *c)
     int r;
     sp_mutex_lock(&c->ssl_lock);
     /* (a part of a record that the last sp_read left, with no OpenSSL call since, is not) */
-    r = (SSL_has_pending(c->ssl) && c->read_starved != c->ssl_calls + 1) || c->eof_status != 0 || c->broken != NULL || c->peer_closed
-        || c->early_len > c->early_off || c->early_errno != 0 || c->stash_len > c->stash_off;
+    r = (SSL_has_pending(c->ssl) && c->read_starved != c->ssl_calls + 1) || c->eof_status != 0
+        || c->broken != NULL || c->peer_closed || c->early_len > c->early_off
+        || c->early_errno != 0 || c->stash_len > c->stash_off;
     sp_mutex_unlock(&c->ssl_lock);
     return r;
 }

@@ -903,3 +903,105 @@ def test_a_stop_request_in_a_key_logger_stops_the_handshake(how: str) -> None:
     else:
         assert out == "interrupted\n", (out, err)
     assert "key log callback failed" not in err
+
+
+STREAM_PRELUDE = """
+import os, signal, sys, threading, time
+import sslports as sp
+
+PEM = sp.TEST_PEM
+ctx = sp.ssl_make_server_context("auto", private_key=("pem", PEM), certificate_chain=PEM)
+
+
+def pipe_pair(**kw):
+    r1, w1 = os.pipe()
+    r2, w2 = os.pipe()
+    res = {}
+    accept = lambda: sp.ports_to_ssl_ports(open(r1, "rb"), open(w2, "wb"), context=ctx)
+    t = threading.Thread(target=lambda: res.setdefault("s", accept()))
+    t.start()
+    client = sp.ports_to_ssl_ports(
+        open(r2, "rb"), open(w1, "wb"), mode="connect", close_original=True, **kw
+    )
+    t.join(10)
+    return client, res["s"]
+"""
+
+CLOSE_STUCK = STREAM_PRELUDE + textwrap.dedent(
+    """
+    (ci, co), (si, so) = pipe_pair(shutdown_on_close=sys.argv[1] == "goodbye")
+    co.write(b"x" * 300_000)  # more than the pipe holds: nobody reads it
+    co.flush()
+    if sys.argv[2] == "ctrl-c":
+        threading.Timer(0.3, lambda: os.kill(os.getpid(), signal.SIGINT)).start()
+    else:
+        co.settimeout(0.5)
+    ci.close()
+    try:
+        co.close()
+        print("closed", flush=True)
+    except KeyboardInterrupt:
+        print("interrupted", flush=True)
+    except TimeoutError:
+        print("timed out", flush=True)
+    print(len(si.read(300_000)), flush=True)  # the peer reads at last: everything comes
+    """
+)
+
+
+@pytest.mark.parametrize("goodbye", ["goodbye", "no goodbye"])
+@pytest.mark.parametrize("how", ["ctrl-c", "timeout"])
+def test_closing_a_stream_connection_stuck_in_a_write(goodbye: str, how: str) -> None:
+    """close() of a close_original stream connection whose sender is stuck writing to a peer
+    that does not read: Ctrl-C gets out at once, also when the close says goodbye (its first
+    KeyboardInterrupt came in the close_notify's wait and the last close then waited for the
+    sender without end; only a second Ctrl-C got out), and a close under a timeout returns (it
+    then closed the output stream, whose lock the stuck write holds: for ever, and deaf to
+    Ctrl-C). The sender closes the stream once its write is done: what was flushed arrives."""
+    proc = subprocess.run(
+        [sys.executable, "-c", CLOSE_STUCK, goodbye, how], capture_output=True, timeout=60
+    )
+    out, err = proc.stdout.decode().split(), proc.stderr.decode()
+    assert out[0] == ("interrupted" if how == "ctrl-c" else "closed"), (out, err)
+    assert out[1] == "300000", (out, err)
+
+
+FORKED_STREAMS = STREAM_PRELUDE + textwrap.dedent(
+    """
+    (ci, co), (si, so) = pipe_pair(shutdown_on_close=True)
+    co.write(b"parent")
+    co.flush()
+    assert si.read(6) == b"parent"
+    si.settimeout(1)  # (a read under a timeout: the connection's receiver thread starts)
+    try:
+        si.read(1)
+    except TimeoutError:
+        pass
+    pid = os.fork()
+    if pid == 0:
+        signal.alarm(20)
+        co.write(b"child")
+        co.flush()
+        ci.settimeout(10)
+        got = ci.read(6)
+        ci.close()
+        co.close()
+        os._exit(0 if got == b"answer" else 3)
+    si.settimeout(10)
+    print(si.read(5).decode(), flush=True)
+    so.write(b"answer")
+    so.flush()
+    print(si.read(), os.waitpid(pid, 0)[1], flush=True)
+    """
+)
+
+
+def test_a_stream_connection_handed_to_a_forked_child() -> None:
+    """A ports_to_ssl_ports connection used by a forked child: what the child flushed went to
+    the queue of its parent's sender thread, which the child does not have, and never left;
+    its close then waited for that thread for ever. The child's sender (and receiver) start
+    threads of their own: its bytes arrive, it reads the answer, and its goodbye ends the
+    parent's read."""
+    proc = subprocess.run([sys.executable, "-c", FORKED_STREAMS], capture_output=True, timeout=60)
+    out, err = proc.stdout.decode().split(), proc.stderr.decode()
+    assert out == ["child", "b''", "0"], (out, err)

@@ -1988,6 +1988,11 @@ flushed:
     methods_off(port, output); /* _sync_fast(): closed, so off */
     if (conn == NULL && (conn = PyObject_GetAttr(port, str_conn)) == NULL) {
         note_failure(&f);
+    } else if (f.type != NULL && (PyErr_GivenExceptionMatches(f.type, PyExc_KeyboardInterrupt)
+                                  || PyErr_GivenExceptionMatches(f.type, PyExc_SystemExit))) {
+        /* a request to stop (Ctrl-C) in the flush or the goodbye: the last close does not
+         * wait either (ports.py SSLOutputPort.close) */
+        call_noted(&f, conn_port_closed(conn, zero));
     } else if ((timeout = PyObject_GetAttr(port, str_timeout)) == NULL) {
         note_failure(&f);
     } else {

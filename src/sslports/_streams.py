@@ -78,6 +78,7 @@ class _Sender:
         self.written_mark = 0  # put_total after the last write of the output port
         self.reported = False  # `error` was raised to a caller (a write, a flush)
         self.writing = False  # the thread took bytes off the queue and is writing them
+        self.close_out = False  # close_original: the thread closes `out` once it is done
         # The receiver's condition (_StreamTransport.pull_in): a read that waits for the peer
         # wakes when the output stream fails, as the peer may be waiting for what was lost.
         self.wake: Optional[threading.Condition] = None
@@ -116,6 +117,40 @@ class _Sender:
             self.cond.notify_all()
 
     def _run(self) -> None:
+        try:
+            self._write_queue()
+        finally:
+            if self.close_out:
+                try:
+                    self.out.close()
+                except Exception:  # closing is best effort
+                    pass
+
+    def forget_thread(self) -> None:
+        """In a forked child: the thread is the parent's, and what it had queued the parent
+        writes (here it is forgotten, counted as written). The child's next put starts a
+        thread of its own."""
+        self.cond = threading.Condition()  # (the parent's may have been held at the fork)
+        self.done_total += self.queued  # (with what its write under way had taken)
+        self.queue.clear()
+        self.queued = 0
+        self.writing = False
+        self.close_out = False
+        self.thread = None
+
+    def close_when_done(self) -> bool:
+        """close_original, after a drain that did not finish (a peer that does not read):
+        when the thread still has something to write, it closes the output stream once it is
+        done (closing it here would wait for its write, without end and uninterruptibly: a
+        buffered stream's close takes the lock the write holds). True if it will."""
+        with self.cond:
+            if self.thread is not None and (self.writing or self.queue):
+                self.close_out = True
+                self.cond.notify_all()
+                return True
+            return False
+
+    def _write_queue(self) -> None:
         while True:
             with self.cond:
                 while not self.queue and not self.stopping:
@@ -230,8 +265,10 @@ class _Sender:
 # Senders that started their thread. Python's exit waits (_EXIT_DRAIN) for what they hold: a
 # daemon thread stops when the interpreter finalizes, and bytes a flush() handed to it would
 # be lost (a child process that answers over its stdout and ends without closing its ports).
-# A forked child has none of its parent's threads: it forgets their senders.
+# A forked child has none of its parent's threads: its senders and receivers forget theirs,
+# and start their own when they need one (a connection handed over to the child works).
 _senders: weakref.WeakSet[_Sender] = weakref.WeakSet()
+_receivers: weakref.WeakSet[_Receiver] = weakref.WeakSet()
 
 
 @atexit.register
@@ -241,8 +278,17 @@ def _drain_senders_at_exit() -> None:
         sender.drain(deadline.remaining())
 
 
+def _forget_threads_in_child() -> None:
+    for receiver in list(_receivers):
+        receiver.forget_thread()
+    for sender in list(_senders):
+        sender.forget_thread()
+    _senders.clear()
+    _receivers.clear()
+
+
 if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=_senders.clear)
+    os.register_at_fork(after_in_child=_forget_threads_in_child)
 
 
 class _Receiver:
@@ -262,6 +308,7 @@ class _Receiver:
         self.reading = False  # the thread is in the stream's read
         self.close_after: Any = None  # a stream the thread closes once its read returns
         self.thread: Optional[threading.Thread] = None
+        self.wake_of: Optional[_Sender] = None  # the sender that wakes a read waiting here
 
     def get(self, deadline: _Deadline, failed: Callable[[], bool]) -> Optional[bool]:
         """Wait for the next bytes of the stream: True once they are in `results` (b"" at its
@@ -279,6 +326,7 @@ class _Receiver:
                         target=self._run, name="sslports-receiver", daemon=True
                     )
                     self.thread.start()
+                    _receivers.add(self)
                 self.cond.notify_all()
             self.cond.wait_for(
                 lambda: bool(self.results) or self.error is not None or self.stopping or failed(),
@@ -296,6 +344,17 @@ class _Receiver:
                 self.requested = False
                 return True
             return None
+
+    def forget_thread(self) -> None:
+        """In a forked child: the thread is the parent's (a read it had outstanding reads
+        for the parent). The child's next read that needs one starts its own."""
+        self.cond = threading.Condition()
+        if self.wake_of is not None:
+            self.wake_of.wake = self.cond
+        self.requested = False
+        self.reading = False
+        self.close_after = None
+        self.thread = None
 
     def idle(self) -> bool:
         """No read is outstanding, nor a result or a failure waiting to be taken: the next
@@ -668,6 +727,7 @@ class _StreamTransport:
                     if receiver is None:
                         receiver = self.receiver = _Receiver(self.copying_reader())
                         sender.wake = receiver.cond
+                        receiver.wake_of = sender
                     handshaking = self.handshaking
                     ready = receiver.get(
                         deadline,
@@ -786,11 +846,15 @@ class _StreamTransport:
             lost = sender.error if sender.writes_unsent() and not sender.reported else None
             sender.reported = True
         if close_original:
-            # At Python's exit, a sender thread that stopped inside a write of the output
-            # stream holds that stream's lock for good: a buffered stream's close() would then
-            # abort the process ("could not acquire lock ... at interpreter shutdown"). Left
-            # open: the process is ending, and the descriptor with it.
-            stuck = sender.writing and sys.is_finalizing()
+            # A sender still writing (a drain that did not finish: a peer that does not read)
+            # closes the output stream itself when done (close_when_done). At Python's exit its
+            # thread is stopped for good inside that write, holding the stream's lock: a
+            # buffered stream's close() would then abort the process ("could not acquire lock
+            # ... at interpreter shutdown"). Left open: the process is ending.
+            if sys.is_finalizing():
+                stuck = sender.writing
+            else:
+                stuck = sender.close_when_done()
             if not deferred and not (stuck and self.out is self.inp):
                 self.close_input()
             if self.out is not self.inp and not stuck:  # (one object for both: close_input)

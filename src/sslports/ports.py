@@ -1481,6 +1481,7 @@ class SSLOutputPort(_SSLPort):
         if not _claim_close(self):
             return
         conn = self._sslports_conn
+        timeout = self._timeout
         try:
             # A write in another thread holds the write lock: one that only runs ends within
             # _CLOSE_WAIT, and then this close sends what is pending; one that waits for a
@@ -1490,12 +1491,15 @@ class SSLOutputPort(_SSLPort):
                 self.flush()
                 if conn.shutdown_on_close and not self._abandoned:
                     self._close_notify()
+        except (KeyboardInterrupt, SystemExit):
+            timeout = 0  # a request to stop (Ctrl-C): the last close does not wait either
+            raise
         finally:
             try:  # (its flush may fail again: the port is closed and counted all the same)
                 io.BufferedIOBase.close(self)
             finally:
                 self._sync_fast()  # (closed: takes the C methods away)
-                conn.port_closed(self._timeout)
+                conn.port_closed(timeout)
 
     def _close_notify(self) -> None:
         """close(): say goodbye (sp_fastport.c close_port calls this too)."""
