@@ -851,10 +851,7 @@ class _StreamTransport:
             # thread is stopped for good inside that write, holding the stream's lock: a
             # buffered stream's close() would then abort the process ("could not acquire lock
             # ... at interpreter shutdown"). Left open: the process is ending.
-            if sys.is_finalizing():
-                stuck = sender.writing
-            else:
-                stuck = sender.close_when_done()
+            stuck = sender.writing if sys.is_finalizing() else sender.close_when_done()
             if not deferred and not (stuck and self.out is self.inp):
                 self.close_input()
             if self.out is not self.inp and not stuck:  # (one object for both: close_input)
