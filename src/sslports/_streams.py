@@ -31,7 +31,7 @@ import sys
 import threading
 import weakref
 from collections.abc import Iterator
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Optional, Union
 
 from . import _binding
 from ._timing import _SLICE_MS, _Deadline
@@ -63,30 +63,38 @@ def _detached(exc: BaseException) -> BaseException:
 
 
 class _Sender:
-    """Writes queued ciphertext to a blocking output stream from a daemon thread."""
+    """Writes queued ciphertext to a blocking output stream from a daemon thread.
+
+    What a caller hands over goes from the pump to the queue in one C call (put_from), and
+    the counts are the queue's own (queued, put_total): a signal handler's exception (Ctrl-C),
+    which comes as a call returns to Python, finds the ciphertext either still in the pump or
+    in the queue, and counted, never lost on its way nor counted twice."""
 
     def __init__(self, out: Any) -> None:
         self.out = out
-        self.cond = threading.Condition()
-        self.queue: collections.deque[bytes] = collections.deque()
-        self.queued = 0
+        # `with self.lock`, never `with self.cond`: Condition.__enter__ is Python, and a
+        # signal handler's exception (Ctrl-C) as its acquire returns would leave the lock
+        # held for good. (An RLock: queued and put_total take it too.)
+        self.lock = threading.RLock()
+        self.cond = threading.Condition(self.lock)
+        self.queue: collections.deque[bytearray] = collections.deque()
+        self.in_flight = 0  # bytes the thread took off the queue and is writing
         self.error: Optional[BaseException] = None
         self.stopping = False
         self.thread: Optional[threading.Thread] = None
-        self.put_total = 0  # bytes queued so far
-        self.done_total = 0  # ... and written out
+        self.done_total = 0  # bytes written out so far
         self.written_mark = 0  # put_total after the last write of the output port
         self.reported = False  # `error` was raised to a caller (a write, a flush)
         self.writing = False  # the thread took bytes off the queue and is writing them
         self.close_out = False  # close_original: the thread closes `out` once it is done
         # The receiver's condition (_StreamTransport.pull_in): a read that waits for the peer
         # wakes when the output stream fails, as the peer may be waiting for what was lost.
-        self.wake: Optional[threading.Condition] = None
+        self.wake: Optional[_Receiver] = None
 
     def wait_room(self, deadline: _Deadline) -> None:
         """Wait until the queue has room (back-pressure); raise the sender's error or a
         timeout. Called before ciphertext is taken from the pump, so a timeout loses none."""
-        with self.cond:
+        with self.lock:
             while self.queued >= _SEND_HIGH and self.error is None:
                 if not self.cond.wait(deadline.remaining()):
                     # (writes are what fill the queue: the words of a socket port's write)
@@ -95,26 +103,49 @@ class _Sender:
                 self.reported = True
                 raise _detached(self.error)
 
+    @property
+    def queued(self) -> int:
+        """Bytes handed over and not written yet."""
+        with self.lock:
+            return sum(map(len, self.queue)) + self.in_flight
+
+    @property
+    def put_total(self) -> int:
+        """Bytes handed over so far."""
+        with self.lock:
+            return self.done_total + sum(map(len, self.queue)) + self.in_flight
+
     def has_room(self) -> bool:
         """The queue is under its high-water mark (or the stream failed: nothing waits)."""
         return self.queued < _SEND_HIGH or self.error is not None
 
-    def put(self, data: bytes) -> None:
-        """Queue `data` (the caller waited for room, or is a read, which does not wait)."""
-        with self.cond:
+    def put_from(self, take: Any, conn: Any, chunk: bytearray) -> None:
+        """Queue the ciphertext take(conn, <chunk>, len(chunk)) moves from the pump into
+        `chunk`, all of it (the caller holds the out lock, so the pump holds at least that
+        much: take returns len(chunk)). The caller waited for room, or is a read, which does
+        not wait. The take and the append are one C call (deque.extend of an iterator that
+        makes it), so no Python runs between them (see the class)."""
+        with self.lock:
             if self.error is not None:
                 self.reported = True
                 raise _detached(self.error)
-            self.queue.append(data)
-            self.queued += len(data)
-            self.put_total += len(data)
             if self.thread is None:
                 self.thread = threading.Thread(
                     target=self._run, name="sslports-sender", daemon=True
                 )
                 self.thread.start()
                 _senders.add(self)
+            with _binding.ffi.from_buffer(chunk) as cbuf:
+                taken = map(take, (conn,), (cbuf,), (len(chunk),))
+                self.queue.extend(itertools.compress((chunk,), taken))
             self.cond.notify_all()
+
+    def kick(self) -> None:
+        """Wake the thread for what is queued (a put_from that an exception stopped before
+        its notify left it asleep)."""
+        if self.queue:
+            with self.lock:
+                self.cond.notify_all()
 
     def _run(self) -> None:
         try:
@@ -130,10 +161,11 @@ class _Sender:
         """In a forked child: the thread is the parent's, and what it had queued the parent
         writes (here it is forgotten, counted as written). The child's next put starts a
         thread of its own."""
-        self.cond = threading.Condition()  # (the parent's may have been held at the fork)
-        self.done_total += self.queued  # (with what its write under way had taken)
+        self.lock = threading.RLock()  # (the parent's may have been held at the fork)
+        self.cond = threading.Condition(self.lock)
+        self.done_total = self.put_total  # (with what its write under way had taken)
         self.queue.clear()
-        self.queued = 0
+        self.in_flight = 0
         self.writing = False
         self.close_out = False
         self.thread = None
@@ -143,7 +175,7 @@ class _Sender:
         when the thread still has something to write, it closes the output stream once it is
         done (closing it here would wait for its write, without end and uninterruptibly: a
         buffered stream's close takes the lock the write holds). True if it will."""
-        with self.cond:
+        with self.lock:
             if self.thread is not None and (self.writing or self.queue):
                 self.close_out = True
                 self.cond.notify_all()
@@ -152,32 +184,34 @@ class _Sender:
 
     def _write_queue(self) -> None:
         while True:
-            with self.cond:
+            with self.lock:
                 while not self.queue and not self.stopping:
                     self.cond.wait()
                 if not self.queue:
                     return
                 data = self.queue.popleft()
+                self.in_flight = len(data)
                 self.writing = True
             try:
                 _write_fully(self.out, data)
             except BaseException as exc:
-                with self.cond:
+                with self.lock:
                     self.error = exc.with_traceback(None)  # (see _detached)
                     self.queue.clear()
-                    self.queued = 0
+                    self.in_flight = 0
                     self.writing = False
                     self.cond.notify_all()
                 self.wake_reader()
                 return
             n = len(data)
             del data  # (not kept while the thread waits for the next: an idle one holds none)
-            with self.cond:
-                self.queued -= n
+            with self.lock:
+                self.in_flight = 0
                 self.done_total += n
                 self.writing = False
                 self.cond.notify_all()
-                room = self.queued < _SEND_HIGH <= self.queued + n
+                left = self.queued
+                room = left < _SEND_HIGH <= left + n
             if room:  # (a read that left ciphertext in the pump waits for it: held_back)
                 self.wake_reader()
 
@@ -185,8 +219,8 @@ class _Sender:
         """Wake a read waiting in the receiver thread (`wake`, its condition)."""
         wake = self.wake
         if wake is not None:
-            with wake:
-                wake.notify_all()
+            with wake.lock:
+                wake.cond.notify_all()
 
     def write_here(self) -> bool:
         """drain() at Python's exit (sys.is_finalizing()), when the ports' finalizers close
@@ -196,16 +230,15 @@ class _Sender:
         closing its ports never exited). Write the queue on this thread instead, unless the
         thread stopped inside a write (what follows would go out of order) or the stream
         failed. True when nothing is left."""
-        if not self.cond.acquire(timeout=1.0):  # (held by a thread that stopped under it)
+        if not self.lock.acquire(timeout=1.0):  # (held by a thread that stopped under it)
             return False
         try:
             if self.writing or self.error is not None or not self.queue:
                 return not self.queue
             data = b"".join(self.queue)
             self.queue.clear()
-            self.queued = 0
         finally:
-            self.cond.release()
+            self.lock.release()
         try:
             _write_fully(self.out, data)
         except Exception as exc:  # (as the thread would have)
@@ -218,7 +251,8 @@ class _Sender:
         """Wait until everything queued was written (or failed). False on timeout."""
         if sys.is_finalizing():
             return self.write_here()
-        with self.cond:
+        with self.lock:
+            self.cond.notify_all()  # (see kick)
             return self.cond.wait_for(lambda: self.queued == 0 or self.error is not None, timeout)
 
     def drain_written(self, timeout: Optional[float]) -> bool:
@@ -226,14 +260,15 @@ class _Sender:
         as an alert to a peer that no longer reads). False on timeout."""
         if sys.is_finalizing():
             return self.write_here()
-        with self.cond:
+        with self.lock:
+            self.cond.notify_all()  # (see kick)
             mark = self.written_mark
             return self.cond.wait_for(
                 lambda: self.done_total >= mark or self.error is not None, timeout
             )
 
     def stop(self) -> None:
-        with self.cond:
+        with self.lock:
             self.stopping = True
             self.cond.notify_all()
 
@@ -256,7 +291,7 @@ class _Sender:
 
     def report(self) -> BaseException:
         """The failure lost_written saw, to raise (once: it is reported from then on)."""
-        with self.cond:
+        with self.lock:
             self.reported = True
             assert self.error is not None
             return _detached(self.error)
@@ -299,7 +334,8 @@ class _Receiver:
 
     def __init__(self, read_once: Callable[[], bytes]) -> None:
         self.read_once = read_once  # b"" at EOF; raises what the stream raises
-        self.cond = threading.Condition()
+        self.lock = threading.RLock()  # (`with self.lock`: see _Sender)
+        self.cond = threading.Condition(self.lock)
         self.requested = False  # a read was asked for and has not delivered yet
         # The read's result, until the caller takes it (popleft: see _StreamTransport.feed)
         self.results: collections.deque[bytes] = collections.deque()
@@ -308,7 +344,6 @@ class _Receiver:
         self.reading = False  # the thread is in the stream's read
         self.close_after: Any = None  # a stream the thread closes once its read returns
         self.thread: Optional[threading.Thread] = None
-        self.wake_of: Optional[_Sender] = None  # the sender that wakes a read waiting here
 
     def get(self, deadline: _Deadline, failed: Callable[[], bool]) -> Optional[bool]:
         """Wait for the next bytes of the stream: True once they are in `results` (b"" at its
@@ -318,7 +353,7 @@ class _Receiver:
         it gave a byte, so nothing is lost, and the next call asks the stream again (as a read
         without a deadline does, and io.BufferedReader over a raw stream whose read raised).
         (A broken result, _BrokenStream, the transport raises again itself.)"""
-        with self.cond:
+        with self.lock:
             if not self.requested:
                 self.requested = True
                 if self.thread is None:
@@ -348,9 +383,8 @@ class _Receiver:
     def forget_thread(self) -> None:
         """In a forked child: the thread is the parent's (a read it had outstanding reads
         for the parent). The child's next read that needs one starts its own."""
-        self.cond = threading.Condition()
-        if self.wake_of is not None:
-            self.wake_of.wake = self.cond
+        self.lock = threading.RLock()
+        self.cond = threading.Condition(self.lock)
         self.requested = False
         self.reading = False
         self.close_after = None
@@ -359,7 +393,7 @@ class _Receiver:
     def idle(self) -> bool:
         """No read is outstanding, nor a result or a failure waiting to be taken: the next
         read of the stream may be made on the caller's thread (stream order holds)."""
-        with self.cond:
+        with self.lock:
             return not self.requested and not self.results and self.error is None
 
     def stop(self, then_close: Any = None) -> bool:
@@ -369,7 +403,7 @@ class _Receiver:
         would wait for the read (a buffered stream's close takes the lock its read holds),
         forever when the peer says nothing, and closing a raw descriptor under a read in
         progress would let a new file reuse its number under that read."""
-        with self.cond:
+        with self.lock:
             self.stopping = True
             taken = then_close is not None and self.reading
             if taken:
@@ -379,7 +413,7 @@ class _Receiver:
 
     def _run(self) -> None:
         while True:
-            with self.cond:
+            with self.lock:
                 while (
                     self.results or self.error is not None or not self.requested
                 ) and not self.stopping:
@@ -390,14 +424,14 @@ class _Receiver:
             try:
                 data = self.read_once()
             except BaseException as exc:
-                with self.cond:
+                with self.lock:
                     self.reading = False
                     self.error = exc.with_traceback(None)  # (see _detached)
                     self.cond.notify_all()
                 if self._close_after():
                     return
                 continue  # (the next request reads again: see get)
-            with self.cond:
+            with self.lock:
                 self.reading = False
                 self.results.append(data)
                 self.cond.notify_all()
@@ -405,7 +439,7 @@ class _Receiver:
                 return  # closed, or EOF: nothing more to read
 
     def _close_after(self) -> bool:
-        with self.cond:
+        with self.lock:
             stream, self.close_after = self.close_after, None
         if stream is None:
             return False
@@ -416,7 +450,7 @@ class _Receiver:
         return True
 
 
-def _write_fully(out: Any, data: bytes) -> None:
+def _write_fully(out: Any, data: Union[bytes, bytearray]) -> None:
     view = memoryview(data)
     while view:
         n = out.write(view)
@@ -621,15 +655,14 @@ class _StreamTransport:
                     pending = lib.sp_pending_out(conn)
                     if pending == 0:
                         self.held_back = False
+                        sender.kick()
                         return
                     if not sender.has_room():  # (a read's push filled it meanwhile)
                         if reading:
                             self.held_back = True
                             return
                         continue
-                    chunk = bytearray(pending)
-                    n = lib.sp_take(conn, _binding.ffi.from_buffer(chunk), pending)
-                    sender.put(bytes(chunk[:n]))
+                    sender.put_from(lib.sp_take, conn, bytearray(pending))
             except SSLError:
                 raise
             except (OSError, ValueError) as exc:  # what the sender thread's write raised
@@ -649,7 +682,7 @@ class _StreamTransport:
         by itself (a server's session tickets, a KeyUpdate reply) to a peer that closed: its
         end without close_notify is then the EOF it is with nothing written (lost_written)."""
         sender = self.sender
-        with sender.cond:
+        with sender.lock:
             failed = sender.error if sender.writes_unsent() else None
         if failed is not None:
             raise _transport_error(failed)
@@ -697,7 +730,7 @@ class _StreamTransport:
                     # never learn that the write failed. A sender that takes longer (a peer
                     # that does not read, blocked writing to us: tiny pipes) makes this
                     # transport read from the receiver thread while the sender writes.
-                    with sender.cond:
+                    with sender.lock:
                         if not sender.cond.wait_for(sender.idle_or_failed, _SEND_WAIT):
                             self.tight = True
                 if sender.lost_written(self.handshaking):
@@ -726,8 +759,7 @@ class _StreamTransport:
                 else:  # (a read outstanding in the receiver comes first: stream order)
                     if receiver is None:
                         receiver = self.receiver = _Receiver(self.copying_reader())
-                        sender.wake = receiver.cond
-                        receiver.wake_of = sender
+                        sender.wake = receiver
                     handshaking = self.handshaking
                     ready = receiver.get(
                         deadline,
@@ -842,7 +874,7 @@ class _StreamTransport:
         else:
             sender.drain_written(timeout)
         sender.stop()
-        with sender.cond:  # the output port's bytes were lost, and no write has said so yet
+        with sender.lock:  # the output port's bytes were lost, and no write has said so yet
             lost = sender.error if sender.writes_unsent() and not sender.reported else None
             sender.reported = True
         if close_original:
