@@ -83,6 +83,7 @@ class _Sender:
         self.stopping = False
         self.thread: Optional[threading.Thread] = None
         self.done_total = 0  # bytes written out so far
+        self.lost_total = 0  # ... and dropped when the stream failed
         self.written_mark = 0  # put_total after the last write of the output port
         self.reported = False  # `error` was raised to a caller (a write, a flush)
         self.writing = False  # the thread took bytes off the queue and is writing them
@@ -113,7 +114,7 @@ class _Sender:
     def put_total(self) -> int:
         """Bytes handed over so far."""
         with self.lock:
-            return self.done_total + sum(map(len, self.queue)) + self.in_flight
+            return self.done_total + self.lost_total + sum(map(len, self.queue)) + self.in_flight
 
     def has_room(self) -> bool:
         """The queue is under its high-water mark (or the stream failed: nothing waits)."""
@@ -197,6 +198,7 @@ class _Sender:
             except BaseException as exc:
                 with self.lock:
                     self.error = exc.with_traceback(None)  # (see _detached)
+                    self.lost_total += sum(map(len, self.queue)) + self.in_flight
                     self.queue.clear()
                     self.in_flight = 0
                     self.writing = False
@@ -237,13 +239,17 @@ class _Sender:
                 return not self.queue
             data = b"".join(self.queue)
             self.queue.clear()
+            self.in_flight = len(data)
         finally:
             self.lock.release()
         try:
             _write_fully(self.out, data)
         except Exception as exc:  # (as the thread would have)
             self.error = exc.with_traceback(None)
+            self.lost_total += len(data)
             return True
+        finally:
+            self.in_flight = 0
         self.done_total += len(data)
         return True
 
