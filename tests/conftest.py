@@ -513,6 +513,31 @@ def socket_ports(sock: socket.socket, mode: str, ctx: Any, **kw: Any) -> tuple[A
     )
 
 
+# The start of a script run in a child Python: `pipe_pair(**kw)` makes a ports_to_ssl_ports
+# connection over two OS pipes, (client ports), (server ports); the client's close_original.
+PIPE_PAIR_SCRIPT = """
+import os, signal, sys, threading, time
+import sslports as sp
+
+PEM = sp.TEST_PEM
+ctx = sp.ssl_make_server_context("auto", private_key=("pem", PEM), certificate_chain=PEM)
+
+
+def pipe_pair(**kw):
+    r1, w1 = os.pipe()
+    r2, w2 = os.pipe()
+    res = {}
+    accept = lambda: sp.ports_to_ssl_ports(open(r1, "rb"), open(w2, "wb"), context=ctx)
+    t = threading.Thread(target=lambda: res.setdefault("s", accept()))
+    t.start()
+    client = sp.ports_to_ssl_ports(
+        open(r2, "rb"), open(w1, "wb"), mode="connect", close_original=True, **kw
+    )
+    t.join(10)
+    return client, res["s"]
+"""
+
+
 def socket_under(port: Any) -> Any:
     """The socket under a port of ssl_wrap_socket (or ssl_connect, ssl_accept), for tests that
     work below the TLS layer (forged records, resets, send queues): ssl_wrap_socket detaches

@@ -2318,14 +2318,9 @@ def _stream_conn() -> tuple[Any, Any, Any, Any]:
     S.ssl_load_private_key(ctx, S.TEST_PEM)
 
     def ends(sock: socket.socket, mode: str, context: Any) -> tuple[Any, Any]:
-        with sock:  # (the files keep the connection; closing both ports closes them)
-            return S.ports_to_ssl_ports(
-                sock.makefile("rb", buffering=0),
-                sock.makefile("wb", buffering=0),
-                mode=mode,
-                context=context,
-                close_original=True,
-            )
+        files = [sock.makefile(m, buffering=0) for m in ("rb", "wb")]
+        sock.close()  # (the files keep the connection; closing both ports closes them)
+        return S.ports_to_ssl_ports(*files, mode=mode, context=context, close_original=True)
 
     fut = run_thread(lambda: ends(b, "accept", ctx))
     ci, co = ends(a, "connect", None)

@@ -20,7 +20,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from conftest import LOCAL
+from conftest import LOCAL, PIPE_PAIR_SCRIPT
 
 import sslports as sp
 
@@ -123,23 +123,9 @@ def test_exit_with_open_ports_in_a_cycle(round_: int) -> None:
     assert "Exception ignored" not in err, err
 
 
-STUCK_SENDER = textwrap.dedent(
+STUCK_SENDER = PIPE_PAIR_SCRIPT + textwrap.dedent(
     """
-    import os, sys, threading
-    import sslports as sp
-
-    PEM = sp.TEST_PEM
-    ctx = sp.ssl_make_server_context("auto", private_key=("pem", PEM), certificate_chain=PEM)
-    r1, w1 = os.pipe()
-    r2, w2 = os.pipe()
-    res = {}
-    accept = lambda: sp.ports_to_ssl_ports(open(r1, "rb"), open(w2, "wb"), context=ctx)
-    t = threading.Thread(target=lambda: res.setdefault("s", accept()))
-    t.start()
-    ci, co = sp.ports_to_ssl_ports(
-        open(r2, "rb"), open(w1, "wb"), mode="connect", close_original=True
-    )
-    t.join(10)
+    (ci, co), _server = pipe_pair()
     if sys.argv[1] == "timeout":
         co.settimeout(0.5)
     try:

@@ -32,6 +32,7 @@ from collections.abc import Iterator
 from typing import Any, Callable, Optional
 
 import pytest
+from conftest import PIPE_PAIR_SCRIPT
 
 import sslports
 import sslports.libssl as sslports_libssl  # (the libssl file the module uses)
@@ -905,29 +906,7 @@ def test_a_stop_request_in_a_key_logger_stops_the_handshake(how: str) -> None:
     assert "key log callback failed" not in err
 
 
-STREAM_PRELUDE = """
-import os, signal, sys, threading, time
-import sslports as sp
-
-PEM = sp.TEST_PEM
-ctx = sp.ssl_make_server_context("auto", private_key=("pem", PEM), certificate_chain=PEM)
-
-
-def pipe_pair(**kw):
-    r1, w1 = os.pipe()
-    r2, w2 = os.pipe()
-    res = {}
-    accept = lambda: sp.ports_to_ssl_ports(open(r1, "rb"), open(w2, "wb"), context=ctx)
-    t = threading.Thread(target=lambda: res.setdefault("s", accept()))
-    t.start()
-    client = sp.ports_to_ssl_ports(
-        open(r2, "rb"), open(w1, "wb"), mode="connect", close_original=True, **kw
-    )
-    t.join(10)
-    return client, res["s"]
-"""
-
-CLOSE_STUCK = STREAM_PRELUDE + textwrap.dedent(
+CLOSE_STUCK = PIPE_PAIR_SCRIPT + textwrap.dedent(
     """
     (ci, co), (si, so) = pipe_pair(shutdown_on_close=sys.argv[1] == "goodbye")
     co.write(b"x" * 300_000)  # more than the pipe holds: nobody reads it
@@ -966,7 +945,7 @@ def test_closing_a_stream_connection_stuck_in_a_write(goodbye: str, how: str) ->
     assert out[1] == "300000", (out, err)
 
 
-FORKED_STREAMS = STREAM_PRELUDE + textwrap.dedent(
+FORKED_STREAMS = PIPE_PAIR_SCRIPT + textwrap.dedent(
     """
     (ci, co), (si, so) = pipe_pair(shutdown_on_close=True)
     co.write(b"parent")
