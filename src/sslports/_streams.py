@@ -88,8 +88,8 @@ class _Sender:
         self.reported = False  # `error` was raised to a caller (a write, a flush)
         self.writing = False  # the thread took bytes off the queue and is writing them
         self.close_out = False  # close_original: the thread closes `out` once it is done
-        # The receiver's condition (_StreamTransport.pull_in): a read that waits for the peer
-        # wakes when the output stream fails, as the peer may be waiting for what was lost.
+        # The receiver (_StreamTransport.pull_in): a read that waits there for the peer wakes
+        # when the output stream fails, as the peer may be waiting for what was lost.
         self.wake: Optional[_Receiver] = None
 
     def wait_room(self, deadline: _Deadline) -> None:
