@@ -1335,7 +1335,8 @@ long sp_fd_drop_unread(int fd)
     long dropped = 0;
     int i;
     for (i = 0; i < 256; i++) { /* at most 4 MiB */
-        long n = (long)recv(fd, (char *)scratch, (sp_iolen)sizeof scratch, SP_RECV_FLAGS);
+        long n = (long)recv((sp_socket)fd, (char *)scratch, (sp_iolen)sizeof scratch,
+                            SP_RECV_FLAGS);
         if (n < 0 && SP_EINTR(SP_SOCK_ERRNO()))
             continue;
         if (n <= 0)
