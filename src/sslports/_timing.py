@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 import time
 from typing import Optional
 
@@ -11,17 +12,24 @@ from . import _binding
 # sockets' receive timeout to it (a read that waits a whole slice waits inside recv()).
 _SLICE_MS = 50 if _binding.lib is None else int(_binding.lib.SP_WAIT_SLICE_MS)
 
+
 # A Ctrl-C (KeyboardInterrupt) or sys.exit() (SystemExit) that came while a key logger's
 # callback ran, inside a handshake (sni.py _keylog): not a failure of the callback, to log,
 # but a request to stop. The handshake raises it once its pump call returns
-# (raise_break_from_callback).
-BREAK_IN_CALLBACK: list[Optional[BaseException]] = [None]
+# (raise_break_from_callback). Per thread (the callback runs in the thread of the OpenSSL
+# call), and cleared as a handshake begins: one that came during a renegotiation that a read
+# or a write drove is not raised by some later handshake.
+class _Breaks(threading.local):
+    exc: Optional[BaseException] = None
+
+
+BREAKS = _Breaks()
 
 
 def raise_break_from_callback() -> None:
-    exc = BREAK_IN_CALLBACK[0]
+    exc = BREAKS.exc
     if exc is not None:
-        BREAK_IN_CALLBACK[0] = None
+        BREAKS.exc = None
         try:
             raise exc
         finally:

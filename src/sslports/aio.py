@@ -56,7 +56,7 @@ from typing import Any, Callable, Optional, Union
 
 from . import _binding
 from ._binding import build_error
-from ._timing import raise_break_from_callback
+from ._timing import BREAKS, raise_break_from_callback
 from .context import SSLClientContext, SSLServerContext, _Context, encode_alpn
 from .errors import SSLError, SSLNetworkError, SSLTimeoutError
 from .ports import _LINGER_POLL_MS, _LINGER_SECONDS
@@ -337,6 +337,7 @@ class AioConnection:
         lib = _binding.lib
         from .sni import bind_connection
 
+        BREAKS.exc = None  # (see _timing.BREAKS)
         while True:
             with bind_connection(self):
                 status = lib.sp_handshake(self.ptr, 0, self.err)

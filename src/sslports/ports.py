@@ -46,7 +46,7 @@ from ._streams import _ABANDON_DRAIN, _StreamTransport, _TransportError
 from ._timing import (
     _NO_DEADLINE,
     _SLICE_MS,
-    BREAK_IN_CALLBACK,
+    BREAKS,
     _Deadline,
     _deadline,
     raise_break_from_callback,
@@ -573,10 +573,11 @@ class Connection:
             raise SSLTimeoutError(f"{func}: timed out")
 
     def handshake(self, func: str, timeout: Optional[float], cls: type[SSLError]) -> None:
+        BREAKS.exc = None  # (see _timing.BREAKS)
         if self.is_socket and _fastport is not None:
             # The loop below in C (sp_fastport.c handshake): it runs once per connection, cold.
             status = _fastport.handshake(self._fast_addr, timeout, _per_thread.err_addr)
-            if BREAK_IN_CALLBACK[0] is not None:
+            if BREAKS.exc is not None:
                 raise_break_from_callback()
             if status == _SP_OK:
                 return
@@ -590,7 +591,7 @@ class Connection:
             wait = _SLICE_MS if deadline.at is None else deadline.slice_ms()
             seen = self.transport.fed
             status = lib.sp_handshake(self.ptr, wait, err)
-            if BREAK_IN_CALLBACK[0] is not None:
+            if BREAKS.exc is not None:
                 raise_break_from_callback()
             if status == _SP_OK:
                 if not self.is_socket:

@@ -19,7 +19,7 @@ from collections.abc import Iterator, Sequence
 from typing import Any, Callable, Optional
 
 from . import _binding
-from ._timing import BREAK_IN_CALLBACK
+from ._timing import BREAKS
 from .context import SSLServerContext, _Context, context_of, encode_alpn
 
 _log = logging.getLogger("sslports")
@@ -131,10 +131,10 @@ def _keylog(ssl: Any, line: Any) -> None:
             ctx = _contexts.get(_address(_binding.lib.SSL_get_SSL_CTX(ssl)))
         # (read once: another thread's ssl_set_keylogger(ctx, None) may come in between)
         callback = ctx._keylogger if ctx is not None else None
-        if callback is not None and BREAK_IN_CALLBACK[0] is None:  # (else: stopping)
+        if callback is not None and BREAKS.exc is None:  # (else: stopping)
             callback(data)
     except (KeyboardInterrupt, SystemExit) as exc:  # a request to stop: the handshake raises it
-        BREAK_IN_CALLBACK[0] = exc
+        BREAKS.exc = exc
     except BaseException:  # a key logger must never break the handshake
         _log.exception("sslports: key log callback failed")
 
