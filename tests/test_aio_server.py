@@ -283,3 +283,60 @@ def test_server_start_serving_and_serve_forever(loop_kind: str) -> None:
             await aio.open_ssl_connection("127.0.0.1", port, client_context(), timeout=10)
 
     run(loop_kind, main)
+
+
+@pytest.mark.parametrize("loop_kind", LOOPS)
+def test_client_reset_mid_handshake_is_a_debug_line(
+    loop_kind: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A client that sends half a ClientHello and resets the connection, both seen by the server
+    in one turn of the loop, is dropped with a debug line naming its address (aio's docstring),
+    and the writer's "peername" stays available after the transport closed. On uvloop the
+    debug line asked the closed transport for "peername", which raised ValueError('negative
+    file descriptor'): every such client put a "Task exception was never retrieved" traceback
+    through the loop's exception handler."""
+    import os
+    import struct
+
+    seen: list[dict[str, Any]] = []
+    addresses: list[Any] = []
+
+    async def handler(reader: aio.SSLStreamReader, writer: aio.SSLStreamWriter) -> None:
+        writer.close()
+        await writer.wait_closed()
+        addresses.append(writer.get_extra_info("peername"))
+
+    async def main() -> None:
+        asyncio.get_running_loop().set_exception_handler(lambda _loop, ctx: seen.append(ctx))
+        server = await aio.start_ssl_server(handler, "127.0.0.1", 0, server_context())
+        async with server:
+            port = server.sockets[0].getsockname()[1]
+            for _ in range(5):
+                # a blocking socket, without yielding to the loop: the server meets the bytes
+                # and the reset in one turn
+                s = socket.create_connection(("127.0.0.1", port))
+                s.sendall(bytes.fromhex("16030100c8010000c40303") + os.urandom(50))
+                s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+                s.close()
+                await asyncio.sleep(0.05)
+            _, writer = await aio.open_ssl_connection(
+                "localhost", port, client_context(), timeout=10
+            )
+            writer.close()
+            for _ in range(100):
+                if addresses:
+                    break
+                await asyncio.sleep(0.02)
+
+    with caplog.at_level("DEBUG", logger="sslports"):
+        run(loop_kind, main)
+    assert seen == []
+    lines = [r.getMessage() for r in caplog.records if "start_ssl_server" in r.getMessage()]
+    assert len(lines) == 5, lines
+    # (asyncio's accept() tells the address; uvloop asks the socket, which a peer that reset
+    # before the loop got to it no longer has)
+    known = "from ('127.0.0.1', "
+    assert all(
+        known in line or (loop_kind != "asyncio" and line.endswith(" from None")) for line in lines
+    ), lines
+    assert len(addresses) == 1 and addresses[0][0] == "127.0.0.1", addresses

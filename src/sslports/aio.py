@@ -487,6 +487,14 @@ class AioConnection:
             self.close_raw()
 
 
+def _address(transport: asyncio.BaseTransport, name: str) -> Any:
+    """The transport's "peername" or "sockname"; None where it has none (a peer gone)."""
+    try:
+        return transport.get_extra_info(name)
+    except (OSError, ValueError):
+        return None
+
+
 class _SSLProtocol(AioConnection, asyncio.BufferedProtocol):
     """The connection as the transport's protocol: ciphertext straight from the socket."""
 
@@ -495,6 +503,7 @@ class _SSLProtocol(AioConnection, asyncio.BufferedProtocol):
     ) -> None:
         super().__init__(ptr, context, hostname, strict_eof)
         self.transport_: Optional[asyncio.Transport] = None
+        self.addresses: dict[str, Any] = {}
         if _fills_at_once(self.loop):
             self.recv_buf, self.recv_c = _thread_buffers()[:2]
         else:
@@ -514,6 +523,10 @@ class _SSLProtocol(AioConnection, asyncio.BufferedProtocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport_ = transport  # type: ignore[assignment]
         self.raw_write = transport.write  # type: ignore[attr-defined,method-assign]
+        # Kept now, as asyncio's own transports keep them, so that they stay available after
+        # the transport closed: uvloop's asks the socket again where it could not keep one (a
+        # peer that reset before this), which on a closed transport raises ValueError.
+        self.addresses = {name: _address(transport, name) for name in ("peername", "sockname")}
         sock = transport.get_extra_info("socket")
         if sock is not None:
             try:
@@ -698,6 +711,9 @@ class _SSLProtocol(AioConnection, asyncio.BufferedProtocol):
     def get_extra_info(self, name: str, default: Any = None) -> Any:
         if self.transport_ is None:
             return default
+        if name in self.addresses:
+            address = self.addresses[name]
+            return default if address is None else address
         return self.transport_.get_extra_info(name, default)
 
     @property
