@@ -235,19 +235,27 @@ int sp_peer_check_hostname(sp_conn *c, const char *name, size_t len, int is_ip)
     return ok;
 }
 
-int sp_peer_name(sp_conn *c, int issuer, char *out, size_t cap)
+size_t sp_peer_name(sp_conn *c, int issuer, char *out, size_t cap)
 {
-    int ok = 0;
+    size_t need = 0;
     X509 *cert;
     sp_conn_lock(c);
+    ERR_clear_error();
     cert = peer_cert_locked(c);
-    if (cert != NULL && cap <= 0x7fffffff) {
+    if (cert != NULL) {
         X509_NAME *name = issuer ? X509_get_issuer_name(cert) : X509_get_subject_name(cert);
-        ok = X509_NAME_oneline(name, out, (int)cap) != NULL;
+        /* (NULL: OpenSSL allocates the whole line; a caller's buffer would cut it short) */
+        char *line = X509_NAME_oneline(name, NULL, 0);
+        if (line != NULL) {
+            need = strlen(line) + 1;
+            if (need <= cap)
+                memcpy(out, line, need);
+            OPENSSL_free(line);
+        }
     }
     ERR_clear_error();
     sp_conn_unlock(c);
-    return ok;
+    return need;
 }
 
 /* ---- channel binding ---------------------------------------------------------------- */

@@ -27,8 +27,9 @@ typedef struct sp_verify_failure {
 int sp_conn_verify_failure(sp_conn *c, sp_verify_failure *out);
 /* RFC 6125 check of the peer certificate (no partial wildcards); 0 without a certificate. */
 int sp_peer_check_hostname(sp_conn *c, const char *name, size_t len, int is_ip);
-/* X509_NAME_oneline of the peer's subject (issuer != 0: issuer); 0 without a certificate. */
-int sp_peer_name(sp_conn *c, int issuer, char *out, size_t cap);
+/* X509_NAME_oneline of the peer's subject (issuer != 0: issuer), NUL-terminated, into out;
+ * returns the bytes needed with the NUL (call again if > cap); 0 without a certificate. */
+size_t sp_peer_name(sp_conn *c, int issuer, char *out, size_t cap);
 /* Channel binding data of `type`; 1 on success with *outlen set, 0 with err filled. */
 int sp_channel_binding(sp_conn *c, int type, unsigned char *out, size_t cap, size_t *outlen,
                        sp_err *err);

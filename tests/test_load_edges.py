@@ -414,6 +414,22 @@ def test_rsa_true_and_missing_key_messages(files: Files) -> None:
     assert str(info.value) == "ssl_load_private_key: load failed (no readable private key found)"
 
 
+@pytest.mark.parametrize("asn1", [True, False])
+def test_empty_key_says_no_key_found(files: Files, asn1: bool) -> None:
+    """An empty file or empty data is "no readable private key found" in DER as in PEM (DER
+    said only "load failed": d2i leaves no reason on the queue)."""
+    ctx = sslports.ssl_make_server_context()
+    empty = files.write("empty.der", b"")
+    with pytest.raises(SSLError) as info:
+        sslports.ssl_load_private_key(ctx, empty, False, asn1)
+    assert str(info.value) == (
+        f"ssl_load_private_key: load failed (no readable private key found: {str(empty)!r})"
+    )
+    with pytest.raises(SSLError) as info:
+        sslports.ssl_load_private_key(ctx, ("data", b""), False, asn1)
+    assert str(info.value) == "ssl_load_private_key: load failed (no readable private key found)"
+
+
 def test_rsa_true_takes_an_rsa_pss_key() -> None:
     """RSA-PSS keys are RSA keys for rsa=True: PEM_read_bio_RSAPrivateKey, which Racket's
     rsa? #t calls, returns them (they were refused: "no RSA private key found")."""

@@ -606,6 +606,27 @@ def test_peer_facts_both_ends(pki: Pki, servers: list[Server], version: str) -> 
     }
 
 
+def test_peer_names_longer_than_4_kib(servers: list[Server]) -> None:
+    """A subject and an issuer of many RDNs (about 6 KB as one line) come back whole, the
+    last CN included: they are not cut at a fixed buffer's end."""
+    root = make_cert([f"Long Root CA part {i:03}" for i in range(250)], ca=True)
+    leaf_cns = [f"unit {i:03} of a long subject" for i in range(200)] + ["localhost"]
+    leaf = make_cert(leaf_cns, issuer=root, dns=["localhost"])
+    assert len(leaf.subject_oneline) > 6000 and len(root.subject_oneline) > 6000
+    server = _server(servers, server_context("auto", leaf))
+    join = server.accept(echo_line)
+    ctx = client_context("auto", roots=[chain_file(root)])
+    inp, out = sslports.ssl_connect("localhost", server.port, ctx)
+    with inp, out:
+        assert sslports.ssl_peer_subject_name(inp) == leaf.subject_oneline
+        assert sslports.ssl_peer_subject_name(inp).endswith(b"/CN=localhost")
+        assert sslports.ssl_peer_issuer_name(out) == root.subject_oneline
+        out.write(b"bye\n")
+        out.flush()
+        assert inp.readline() == b"bye\n"
+    join()
+
+
 @pytest.mark.parametrize("version", VERSIONS)
 def test_peer_names_none_unless_verified(pki: Pki, servers: list[Server], version: str) -> None:
     """A client that does not trust the root still sees the names, but no subject/issuer."""

@@ -229,10 +229,15 @@ def _name_of(ptr: Any, issuer: bool) -> Optional[bytes]:
     lib = _binding.lib
     if not lib.sp_peer_verified(ptr):
         return None
-    buf = _binding.ffi.new("char[]", 4096)
-    if not lib.sp_peer_name(ptr, int(issuer), buf, 4096):
-        return None
-    return bytes(_binding.ffi.string(buf))
+    cap = 4096
+    while True:  # (a long name, e.g. many RDNs, needs more than the first guess)
+        buf = _binding.ffi.new("char[]", cap)
+        need = lib.sp_peer_name(ptr, int(issuer), buf, cap)
+        if need == 0:
+            return None
+        if need <= cap:
+            return bytes(_binding.ffi.string(buf))
+        cap = need
 
 
 def ssl_peer_subject_name(p: object) -> Optional[bytes]:
