@@ -522,7 +522,7 @@ EVP_PKEY *sp_load_private_key(const unsigned char *data, size_t len, int der, in
     } else if (key == NULL) {
         /* (no block a decoder took: OpenSSL 3 says only "unsupported" or "no start line") */
         unsigned long e = ERR_peek_last_error();
-        if (e == 0 /* (empty DER data: d2i says nothing) */
+        if (len == 0 /* (d2i says nothing, or "not enough data", by version) */
             || (ERR_GET_LIB(e) == ERR_LIB_PEM && ERR_GET_REASON(e) == PEM_R_NO_START_LINE)
 #if SP_OPENSSL3
             || (ERR_GET_LIB(e) == ERR_LIB_OSSL_DECODER && ERR_GET_REASON(e) == ERR_R_UNSUPPORTED)
