@@ -91,11 +91,11 @@ def test_stream_write_failure_is_not_lost_silently_at_close(order: str) -> None:
         out.write(b"x" * 1000)  # buffered (or queued): the failure comes later
         with pytest.raises(sslports.SSLError, match="Broken pipe"):
             if order == "output_first":
-                out.close()
-                inp.close()  # the last close waits for the bytes: here it learns they failed
+                out.close()  # its flush waits for the bytes: here it learns they failed
             else:
                 inp.close()
-                out.close()
+                out.close()  # (the last close waits for them too)
+        inp.close()  # (said once)
         assert inp.closed and out.closed
     finally:
         _close_pair(inp, out, box, a, b)

@@ -229,10 +229,16 @@ def test_os_pipes(pki: Any) -> None:
     end = run_in_thread(lambda: server[0].read())
     client[0].close()
     client[1].close()
-    assert c_in.closed and c_out.closed
+    assert c_out.closed
     assert end(60) == b""
     server[0].close()
     server[1].close()
+    # c_in too; a read a flush made ahead (the peer was blocked writing) may still wait in
+    # it: that read closes it as the server's close ends it (see the last test)
+    for _ in range(500):
+        if c_in.closed:
+            break
+        threading.Event().wait(0.01)
     assert all(f.closed for f in files)
 
 
@@ -380,6 +386,86 @@ def test_socketpair_makefile(pki: Any) -> None:
     finally:
         for obj in (fa, fb, a, b):
             obj.close()
+
+
+@pytest.mark.parametrize("how", ["flush", "abandon"])
+def test_flush_and_abandon_return_once_the_stream_has_every_byte(pki: Any, how: str) -> None:
+    """flush() and ssl_abandon_port() hand the ciphertext to the output stream before they
+    return (API.md: flush sends; an abandoned port's pending data is still sent), so the
+    caller may shut the stream down right after: Python's ssl on the other end gets it all.
+    (They used to return once the sender thread had it queued: the peer often got none.)"""
+    data = random_bytes(100_000, seed=31)
+    for _ in range(5):
+        a, b = socket.socketpair()
+        with a, b:
+
+            def serve(a: socket.socket = a) -> int:
+                got = 0
+                with pki.py_server_context("tls13").wrap_socket(a, server_side=True) as std:
+                    while chunk := std.recv(65536):
+                        got += len(chunk)
+                return got
+
+            join = run_in_thread(serve)
+            with b.makefile("rwb") as f:
+                cin, cout = sslports.ports_to_ssl_ports(
+                    f, f, mode="connect", context=pki.client_context(), hostname="localhost"
+                )
+                cout.write(data)
+                if how == "flush":
+                    cout.flush()
+                else:
+                    sslports.ssl_abandon_port(cout)
+                b.shutdown(socket.SHUT_WR)  # no more from us: what was not written is lost
+                assert join(60) == len(data)
+                cin.close()
+                if how == "flush":
+                    cout.close()
+
+
+def test_a_flush_the_peer_does_not_read_returns_and_loses_nothing(pki: Any) -> None:
+    """A flush waits for its bytes only while the stream takes them: with a peer that does
+    not read (here: its reader is this very thread, after the flush), it returns once the
+    stream stalls, and the bytes arrive in order once the peer reads. Under a port timeout
+    shorter than that wait, it raises TimeoutError, and nothing is lost either."""
+    r1, w1 = os.pipe()
+    r2, w2 = os.pipe()
+    files = [os.fdopen(r1, "rb"), os.fdopen(w1, "wb"), os.fdopen(r2, "rb"), os.fdopen(w2, "wb")]
+    c_in, s_out, s_in, c_out = files
+    client, server = connect_pair(
+        pki, (c_in, c_out), (s_in, s_out), client_kw={"close_original": True},
+        server_kw={"close_original": True},
+    )  # fmt: skip
+    body = random_bytes(500_000, seed=32)  # far more than a kernel pipe holds
+    client[1].write(body)  # queued (under the sender's limit): returns
+    client[1].flush()  # returns: the peer reads only after it
+    client[1].write(body)
+    client[1].settimeout(0.05)
+    with pytest.raises(TimeoutError, match="flush: write timed out"):
+        client[1].flush()
+    assert sha1(read_exactly(server[0], 2 * len(body))) == sha1(body + body)
+    client[1].flush()  # all written now
+    for port in (*server, *client):
+        port.close()
+    assert all(f.closed for f in files)
+
+
+def test_a_stream_write_failure_is_raised_by_the_flush_that_waits_for_it(pki: Any) -> None:
+    """A write hands its ciphertext to the sender thread and returns; the flush after it waits
+    until the stream took it, and raises the stream's failure itself (not a later call)."""
+    a, b = socket.socketpair()
+    with a, b:
+        ba, bb = Breakable(a), Breakable(b)
+        client, server = connect_pair(pki, (ba, ba), (bb, bb))
+        client[1].flush()  # (the handshake's last bytes are written)
+        ba.broken = True
+        client[1].write(b"x" * 1000)  # queued: the sender has not tried it yet
+        with pytest.raises(SSLError, match=r"^flush: write failed \(Broken pipe\)") as info:
+            client[1].flush()
+        assert info.value.errno == errno.EPIPE
+        client[1].flush()  # said once, as a write says it
+        for p in (*client, *server):
+            p.close()
 
 
 class ReadWriteOnly:
@@ -753,18 +839,18 @@ class WriteBreakable(Breakable):
 def test_a_write_the_sender_lost_fails_the_read_that_waits_for_the_answer(
     pki: Any, error: Any
 ) -> None:
-    """write() and flush() hand ciphertext to the sender thread and return; the output stream
-    then fails. A read that waits for the peer's answer (which cannot come: the peer never
-    got the request) used to wait for it forever in the input stream; it now raises the
-    stream's failure, with the error class."""
+    """write() hands ciphertext to the sender thread and returns; the output stream then
+    fails. A read that waits for the peer's answer (which cannot come: the peer never got
+    the request) used to wait for it forever in the input stream; it now raises the stream's
+    failure, with the error class. (A flush would raise it itself: the next test.)"""
     a, b = socket.socketpair()
     with a, b:
         wa, wb = WriteBreakable(a), WriteBreakable(b)
         kw = {} if error is None else {"error": error}
         client, server = connect_pair(pki, (wa, wa), (wb, wb), client_kw=kw)
         wa.write_broken = True
-        client[1].write(b"request")
-        client[1].flush()  # (returns: the sender thread meets the failure)
+        # (more than a record: sent without a flush; returns, the sender meets the failure)
+        client[1].write(b"request" * 3000)
         reading = run_in_thread(lambda: client[0].read(6))
         with pytest.raises(error or SSLError) as info:
             reading(60)  # (hung here)
@@ -806,20 +892,20 @@ class BadWriteCount(Breakable):
 )
 def test_a_stream_write_with_a_bad_count_is_a_transport_failure(pki: Any, count: Any) -> None:
     """A write that returns a count outside 1..len(b) is a broken stream, as
-    io.BufferedWriter says: the next write raises SSLError with the reason. (0 used to make
-    the sender thread write again forever, a negative count made it send bytes again, forever;
-    a float ended it with a TypeError that was not the connection's error.)"""
+    io.BufferedWriter says: the flush that waits for it raises SSLError with the reason.
+    (0 used to make the sender thread write again forever, a negative count made it send
+    bytes again, forever; a float ended it with a TypeError that was not the connection's
+    error.)"""
     a, b = socket.socketpair()
     with a, b:
         ba, bb = BadWriteCount(a), BadWriteCount(b)
         client, server = connect_pair(pki, (ba, ba), (bb, bb))
         ba.count = count
+        client[1].write(b"x" * 20000)  # (queued: the sender thread meets the failure)
         with pytest.raises(SSLError) as info:
-            for _ in range(100):  # the failure surfaces on a later write or flush
-                client[1].write(b"x" * 20000)
-                client[1].flush()
+            client[1].flush()  # (waits for it, and says it)
         assert str(info.value).startswith(
-            f"write: write failed (output_port's write returned {count!r} for "
+            f"flush: write failed (output_port's write returned {count!r} for "
         )
         for p in (*client, *server):
             p.close()

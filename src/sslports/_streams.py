@@ -10,10 +10,11 @@ A blocking ``write`` to a tiny pipe only returns once the peer reads. If we wrot
 caller's thread, two ends that each write before reading (a TLS 1.3 server sends session
 tickets right after its handshake while the client already sends data) would wait on each
 other forever. So outgoing ciphertext goes into a queue that one daemon thread per connection
-writes out; the caller only waits when the queue is over ``_SEND_HIGH`` (back-pressure), or
-at close. Reading the input stream stays on the caller's thread, except for a read under a
-deadline, or while the sender is slow to write: that read runs on a second daemon thread
-(`_Receiver`), since a blocking stream's own read cannot be interrupted.
+writes out; the caller only waits when the queue is over ``_SEND_HIGH`` (back-pressure), at
+a flush (while the stream takes the bytes: ``wait_written``), or at close. Reading the input
+stream stays on the caller's thread, except for a read under a deadline, or while the sender
+is slow to write: that read runs on a second daemon thread (`_Receiver`), since a blocking
+stream's own read cannot be interrupted.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ import os
 import reprlib
 import sys
 import threading
+import time
 import weakref
 from collections.abc import Iterator
 from typing import Any, Callable, Optional, Union
@@ -40,6 +42,10 @@ from .errors import SSLError, SSLTimeoutError
 _TRANSPORT_CHUNK = 65536
 _SEND_HIGH = 1 << 20  # queued ciphertext at which a stream writer waits
 _SEND_WAIT = _SLICE_MS / 1000  # seconds a stream read waits for the sender (pull_in)
+# A flush waits for its bytes to be written while the stream keeps taking them; once it took
+# none for this long (seconds: a peer that does not read, perhaps waiting for us to read
+# first), the flush returns and the sender writes them on (_StreamTransport.wait_written)
+_FLUSH_STALL = 0.2
 _ABANDON_DRAIN = 1.0  # seconds a failed stream handshake waits for its last bytes to be written
 _EXIT_DRAIN = 5.0  # seconds Python's exit waits for the sender threads (_drain_senders_at_exit)
 
@@ -83,6 +89,7 @@ class _Sender:
         self.stopping = False
         self.thread: Optional[threading.Thread] = None
         self.done_total = 0  # bytes written out so far
+        self.moved = 0  # bytes the output stream's write calls took (moves as they return)
         self.lost_total = 0  # ... and dropped when the stream failed
         self.written_mark = 0  # put_total after the last write of the output port
         self.reported = False  # `error` was raised to a caller (a write, a flush)
@@ -194,7 +201,7 @@ class _Sender:
                 self.in_flight = len(data)
                 self.writing = True
             try:
-                _write_fully(self.out, data)
+                _write_fully(self.out, data, self)
             except BaseException as exc:
                 with self.lock:
                     self.error = exc.with_traceback(None)  # (see _detached)
@@ -261,14 +268,16 @@ class _Sender:
             self.cond.notify_all()  # (see kick)
             return self.cond.wait_for(lambda: self.queued == 0 or self.error is not None, timeout)
 
-    def drain_written(self, timeout: Optional[float]) -> bool:
-        """Wait until the output port's bytes were written (not what reads queued later, such
-        as an alert to a peer that no longer reads). False on timeout."""
+    def drain_written(self, timeout: Optional[float], mark: Optional[int] = None) -> bool:
+        """Wait until the output port's bytes (up to `mark`, by default its written_mark)
+        were written (not what reads queued later, such as an alert to a peer that no longer
+        reads). False on timeout."""
         if sys.is_finalizing():
             return self.write_here()
         with self.lock:
             self.cond.notify_all()  # (see kick)
-            mark = self.written_mark
+            if mark is None:
+                mark = self.written_mark
             return self.cond.wait_for(
                 lambda: self.done_total >= mark or self.error is not None, timeout
             )
@@ -456,7 +465,9 @@ class _Receiver:
         return True
 
 
-def _write_fully(out: Any, data: Union[bytes, bytearray]) -> None:
+def _write_fully(out: Any, data: Union[bytes, bytearray], sender: Optional[_Sender] = None) -> None:
+    """Write all of `data` to `out`, then flush it; count each write's bytes in sender.moved
+    (what a waiting flush sees move: _StreamTransport.wait_written)."""
     view = memoryview(data)
     while view:
         n = out.write(view)
@@ -473,6 +484,8 @@ def _write_fully(out: Any, data: Union[bytes, bytearray]) -> None:
             # spin forever, a negative count would send bytes again, a larger one drop some)
             raise OSError(f"output_port's write returned {n!r} for {len(view)} bytes")
         view = view[n:]
+        if sender is not None:
+            sender.moved += n
     flush = getattr(out, "flush", None)
     if flush is not None:
         flush()
@@ -680,6 +693,33 @@ class _StreamTransport:
                         pass
                 self.held_back = False
                 return
+
+    def wait_written(self, deadline: _Deadline) -> bool:
+        """flush(): wait until the sender has written the output port's bytes (the
+        handshake's too) to the output stream and flushed it, as a socket's flush returns
+        once the kernel has them: the caller may then shut the stream down, or hand it on.
+        False when the deadline passed first. Only while the stream keeps taking bytes: once
+        it took none for _FLUSH_STALL, this returns True, and the sender writes them on in
+        the background (in order; close waits for them). Waiting on would deadlock with a
+        peer that writes before it reads and waits in its own flush, or whose reader is this
+        thread (API.md: tiny pipes must not deadlock)."""
+        sender = self.sender
+        mark = sender.written_mark
+        moved = sender.moved
+        stall = time.monotonic() + _FLUSH_STALL
+        while True:
+            wait = _FLUSH_STALL / 4
+            if deadline.at is not None:
+                wait = min(wait, deadline.remaining() or 0.0)
+            if sender.drain_written(wait, mark):
+                return True
+            if deadline.expired():
+                return False
+            now = time.monotonic()
+            if sender.moved != moved:
+                moved, stall = sender.moved, now + _FLUSH_STALL
+            elif now >= stall:
+                return True
 
     def raise_send_failure(self) -> None:
         """Raise the failure of the output stream, if it lost bytes of the output port's

@@ -42,7 +42,7 @@ from typing import Any, Callable, ClassVar, NoReturn, Optional, Union, cast
 
 from . import _binding
 from ._binding import build_error
-from ._streams import _ABANDON_DRAIN, _StreamTransport, _TransportError
+from ._streams import _ABANDON_DRAIN, _StreamTransport, _transport_error, _TransportError
 from ._timing import (
     _NO_DEADLINE,
     _SLICE_MS,
@@ -916,6 +916,23 @@ class Connection:
                 raise self.transport_failure(func, "write", exc) from exc
         return total
 
+    def wait_written(self, func: str, timeout: Optional[float]) -> None:
+        """A stream connection's flush: wait until the sender thread has written the output
+        port's bytes to the output stream (_StreamTransport.wait_written: while the stream
+        takes them). The stream's failure that lost some of them is raised here (once, as a
+        write would); SSLTimeoutError when `timeout` passes first (they stay queued and
+        still go out)."""
+        transport = cast(_StreamTransport, self.transport)
+        sender = transport.sender
+        if not transport.wait_written(_deadline(timeout)):
+            raise SSLTimeoutError(f"{func}: write timed out")
+        with sender.lock:
+            lost = sender.error if sender.writes_unsent() and not sender.reported else None
+            if lost is not None:
+                sender.reported = True
+        if lost is not None:
+            raise self.transport_failure(func, "write", _transport_error(lost)) from lost
+
     def send_close_notify(self, deadline: _Deadline) -> None:
         """Queue our close_notify and push it out without waiting for the reply. (Only
         ports_to_ssl_ports sets shutdown_on_close: the transport is a stream's.)"""
@@ -1470,13 +1487,17 @@ class SSLOutputPort(_SSLPort):
     def flush(self) -> None:
         if self.closed:  # (as io's writers: nothing can be sent any more)
             raise ValueError("flush of closed SSL port")
-        if not (self._buf or self._conn_holds()):
-            return
-        if self._close_claimed is not None and self._lock.locked():
-            return  # (close(), io's included: never wait for a write in another thread)
-        with self._lock:
-            if self._buf or self._conn_holds():
-                self._send_locked()
+        if self._buf or self._conn_holds():
+            if self._close_claimed is not None and self._lock.locked():
+                return  # (close(), io's included: never wait for a write in another thread)
+            with self._lock:
+                if self._buf or self._conn_holds():
+                    self._send_locked()
+        conn = self._sslports_conn
+        if not conn.is_socket and not conn.closed:
+            if self._close_claimed is not None and self._lock.locked():
+                return  # (as above: its bytes are that write's, which reports their fate)
+            conn.wait_written("flush", self._timeout)
 
     def close(self) -> None:
         if not _claim_close(self):
