@@ -334,9 +334,9 @@ def test_handshake_timeout_bounds_a_silent_pipe(pki: Any, buffering: int) -> Non
         os.close(r2)
 
 
-def test_port_timeout_on_a_stream_loses_nothing(pki: Any) -> None:
-    """A read of a stream port under a timeout gives up waiting (TimeoutError) while the
-    stream's own read goes on; what that read then gets is the next read's, in order."""
+def os_pipes_pair(pki: Any) -> tuple[list[Any], tuple[Any, Any], tuple[Any, Any]]:
+    """A connection over two OS pipes, both ends close_original: (the four files, client
+    ports, server ports)."""
     r1, w1 = os.pipe()
     r2, w2 = os.pipe()
     files = [os.fdopen(r1, "rb"), os.fdopen(w1, "wb"), os.fdopen(r2, "rb"), os.fdopen(w2, "wb")]
@@ -345,6 +345,13 @@ def test_port_timeout_on_a_stream_loses_nothing(pki: Any) -> None:
         pki, (c_in, c_out), (s_in, s_out), client_kw={"close_original": True},
         server_kw={"close_original": True},
     )  # fmt: skip
+    return files, client, server
+
+
+def test_port_timeout_on_a_stream_loses_nothing(pki: Any) -> None:
+    """A read of a stream port under a timeout gives up waiting (TimeoutError) while the
+    stream's own read goes on; what that read then gets is the next read's, in order."""
+    files, client, server = os_pipes_pair(pki)
     client[0].settimeout(0.3)
     for _ in range(3):
         with pytest.raises(TimeoutError):
@@ -428,14 +435,7 @@ def test_a_flush_the_peer_does_not_read_returns_and_loses_nothing(pki: Any) -> N
     not read (here: its reader is this very thread, after the flush), it returns once the
     stream stalls, and the bytes arrive in order once the peer reads. Under a port timeout
     shorter than that wait, it raises TimeoutError, and nothing is lost either."""
-    r1, w1 = os.pipe()
-    r2, w2 = os.pipe()
-    files = [os.fdopen(r1, "rb"), os.fdopen(w1, "wb"), os.fdopen(r2, "rb"), os.fdopen(w2, "wb")]
-    c_in, s_out, s_in, c_out = files
-    client, server = connect_pair(
-        pki, (c_in, c_out), (s_in, s_out), client_kw={"close_original": True},
-        server_kw={"close_original": True},
-    )  # fmt: skip
+    files, client, server = os_pipes_pair(pki)
     body = random_bytes(500_000, seed=32)  # far more than a kernel pipe holds
     client[1].write(body)  # queued (under the sender's limit): returns
     client[1].flush()  # returns: the peer reads only after it
