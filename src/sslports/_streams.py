@@ -304,6 +304,15 @@ class _Sender:
         """Bytes of the output port's writes are not written yet (or were lost)."""
         return self.done_total < self.written_mark
 
+    def unreported_loss(self) -> Optional[BaseException]:
+        """The failure that lost bytes of the output port's writes, if no call has said so
+        yet; reported from then on (a flush, the last close)."""
+        with self.lock:
+            if self.error is None or self.reported or not self.writes_unsent():
+                return None
+            self.reported = True
+            return self.error
+
     def report(self) -> BaseException:
         """The failure lost_written saw, to raise (once: it is reported from then on)."""
         with self.lock:
@@ -920,9 +929,7 @@ class _StreamTransport:
         else:
             sender.drain_written(timeout)
         sender.stop()
-        with sender.lock:  # the output port's bytes were lost, and no write has said so yet
-            lost = sender.error if sender.writes_unsent() and not sender.reported else None
-            sender.reported = True
+        lost = sender.unreported_loss()  # (the output port's bytes, and no call said so)
         if close_original:
             # A sender still writing (a drain that did not finish: a peer that does not read)
             # closes the output stream itself when done (close_when_done). At Python's exit its

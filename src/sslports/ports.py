@@ -923,13 +923,9 @@ class Connection:
         write would); SSLTimeoutError when `timeout` passes first (they stay queued and
         still go out)."""
         transport = cast(_StreamTransport, self.transport)
-        sender = transport.sender
         if not transport.wait_written(_deadline(timeout)):
             raise SSLTimeoutError(f"{func}: write timed out")
-        with sender.lock:
-            lost = sender.error if sender.writes_unsent() and not sender.reported else None
-            if lost is not None:
-                sender.reported = True
+        lost = transport.sender.unreported_loss()
         if lost is not None:
             raise self.transport_failure(func, "write", _transport_error(lost)) from lost
 
@@ -1487,16 +1483,14 @@ class SSLOutputPort(_SSLPort):
     def flush(self) -> None:
         if self.closed:  # (as io's writers: nothing can be sent any more)
             raise ValueError("flush of closed SSL port")
+        if self._close_claimed is not None and self._lock.locked():
+            return  # (close(), io's included: never wait for a write in another thread)
         if self._buf or self._conn_holds():
-            if self._close_claimed is not None and self._lock.locked():
-                return  # (close(), io's included: never wait for a write in another thread)
             with self._lock:
                 if self._buf or self._conn_holds():
                     self._send_locked()
         conn = self._sslports_conn
-        if not conn.is_socket and not conn.closed:
-            if self._close_claimed is not None and self._lock.locked():
-                return  # (as above: its bytes are that write's, which reports their fate)
+        if not conn.is_socket and not conn.closed:  # (a stream's: until they are written)
             conn.wait_written("flush", self._timeout)
 
     def close(self) -> None:
