@@ -451,6 +451,47 @@ def test_a_flush_the_peer_does_not_read_returns_and_loses_nothing(pki: Any) -> N
     assert all(f.closed for f in files)
 
 
+@pytest.mark.parametrize("how", ["close", "drop"])
+@pytest.mark.parametrize("close_original", [False, True])
+def test_the_last_close_returns_though_the_peer_does_not_read_and_loses_nothing(
+    pki: Any, close_original: bool, how: str
+) -> None:
+    """The last close waits for the output port's bytes only while the stream takes them: to
+    a peer that does not read, it returns once the stream stalls, so do the finalizers of
+    ports dropped without close(), and the sender writes them on in the background (then
+    closes the stream, with close_original): the peer gets them all when it reads. (The close
+    used to wait for them without end, while the flush before it returned.)"""
+    r1, w1 = os.pipe()
+    r2, w2 = os.pipe()
+    files = [os.fdopen(r1, "rb"), os.fdopen(w1, "wb"), os.fdopen(r2, "rb"), os.fdopen(w2, "wb")]
+    c_in, s_out, s_in, c_out = files
+    client, server = connect_pair(
+        pki, (c_in, c_out), (s_in, s_out), client_kw={"close_original": close_original}
+    )
+    body = random_bytes(1_000_000, seed=33)  # far more than a kernel pipe holds
+    client[1].write(body)
+    client[1].flush()  # returns once the stream stalls: the server reads only later
+    held = [client]
+    del client
+
+    def last_close() -> None:
+        ports = held.pop()
+        if how == "close":
+            for port in ports:
+                port.close()
+        # "drop": the ports' finalizers close them as `ports` goes, when this returns
+
+    run_in_thread(last_close)(60)  # (it hung: TimeoutError)
+    assert sha1(read_exactly(server[0], len(body))) == sha1(body)
+    if close_original:
+        assert server[0].read() == b""  # the sender closed the stream after the last bytes
+        assert c_in.closed and c_out.closed
+    for port in server:
+        port.close()
+    for f in files:
+        f.close()
+
+
 def test_a_stream_write_failure_is_raised_by_the_flush_that_waits_for_it(pki: Any) -> None:
     """A write hands its ciphertext to the sender thread and returns; the flush after it waits
     until the stream took it, and raises the stream's failure itself (not a later call)."""
