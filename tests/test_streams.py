@@ -492,6 +492,102 @@ def test_the_last_close_returns_though_the_peer_does_not_read_and_loses_nothing(
         f.close()
 
 
+class SlowReader:
+    """The peer's input stream: at most `chunk` bytes a read, `delay` seconds before each (a
+    peer that reads slowly but steadily)."""
+
+    def __init__(self, raw: Any, chunk: int, delay: float) -> None:
+        self.raw, self.chunk, self.delay = raw, chunk, delay
+
+    def read1(self, n: int) -> bytes:
+        time.sleep(self.delay)
+        data: bytes = self.raw.read1(min(n, self.chunk))
+        return data
+
+
+@pytest.mark.parametrize(
+    ("how", "size", "chunk", "delay"),
+    [("flush", 2_000_000, 65536, 0.05), ("close", 300_000, 16384, 0.25)],
+    ids=["flush", "close"],
+)
+def test_flush_and_close_wait_for_a_peer_that_reads_slowly(
+    pki: Any, how: str, size: int, chunk: int, delay: float
+) -> None:
+    """flush() and the last close wait while the peer reads, however slowly (here 1.3 MB/s
+    and 64 KB/s of ciphertext), so the caller may shut the socket down right after: the peer
+    gets every byte. They took the sender's returns from write() for progress, which a Unix
+    socket lets out only once half its buffer is free: the flush returned after its 0.2 s
+    with 0.6 MB unsent (the peer got 1.1 of 2 MB), the close after its 1 s."""
+    a, b = socket.socketpair()
+    with a, b:
+        server_in = SlowReader(b.makefile("rb"), 65536, 0.0)
+        client, server = connect_pair(
+            pki, (a.makefile("rb"), a.makefile("wb")), (server_in, b.makefile("wb"))
+        )
+        server_in.chunk, server_in.delay = chunk, delay
+        body = random_bytes(size, seed=34)
+
+        def peer() -> bytes:
+            got = bytearray()
+            while chunk := server[0].read1(65536):
+                got += chunk
+            return bytes(got)
+
+        join = run_in_thread(peer)
+        client[1].write(body)
+        client[1].flush()
+        if how == "close":
+            for port in client:
+                port.close()
+        a.shutdown(socket.SHUT_WR)  # no more from us: what was not written is lost
+        assert sha1(join(120)) == sha1(body)
+        for port in (*client, *server):
+            port.close()
+
+
+@pytest.mark.parametrize("close_original", [False, True])
+def test_a_write_waiting_for_room_as_both_ports_close_raises(
+    pki: Any, close_original: bool
+) -> None:
+    """A write in another thread that waits for room in the sender's queue (a peer that does
+    not read) ends with an error when the last close returns, as on a socket: its thread
+    stops once the queue is written. It waited on for ever, or refilled the queue after the
+    thread had ended and returned as if its bytes had gone out (the peer got a prefix and,
+    with close_original, EOF). The peer gets a prefix of what was written."""
+    r1, w1 = os.pipe()
+    r2, w2 = os.pipe()
+    files = [os.fdopen(r1, "rb"), os.fdopen(w1, "wb"), os.fdopen(r2, "rb"), os.fdopen(w2, "wb")]
+    c_in, s_out, s_in, c_out = files
+    client, server = connect_pair(
+        pki, (c_in, c_out), (s_in, s_out), client_kw={"close_original": close_original}
+    )
+    body = random_bytes(3_000_000, seed=35)  # over the sender's 1 MiB queue and the pipe
+    join_write = run_in_thread(lambda: client[1].write(body))
+    time.sleep(0.5)  # (it waits for room)
+    for port in client:
+        port.close()
+    with pytest.raises(SSLError, match=r"^write: write failed \(the connection was closed") as e:
+        join_write(60)
+    assert e.value.errno == errno.EPIPE
+
+    def peer() -> bytes:
+        got = bytearray()
+        while len(got) < len(body) and (chunk := server[0].read1(65536)):
+            got += chunk
+        return bytes(got)
+
+    join = run_in_thread(peer)
+    if not close_original:  # (the sender writes what was queued: then the test ends the pipe)
+        time.sleep(0.5)
+        c_out.close()
+    got = join(60)
+    assert 0 < len(got) < len(body) and got == body[: len(got)]
+    for port in server:
+        port.close()
+    for f in files:
+        f.close()
+
+
 def test_a_stream_write_failure_is_raised_by_the_flush_that_waits_for_it(pki: Any) -> None:
     """A write hands its ciphertext to the sender thread and returns; the flush after it waits
     until the stream took it, and raises the stream's failure itself (not a later call)."""

@@ -23,11 +23,13 @@ import atexit
 import collections
 import contextlib
 import copy
+import errno
 import functools
 import io
 import itertools
 import os
 import reprlib
+import stat
 import sys
 import threading
 import time
@@ -47,10 +49,12 @@ _SEND_WAIT = _SLICE_MS / 1000  # seconds a stream read waits for the sender (pul
 # none for this long (seconds: a peer that does not read, perhaps waiting for us to read
 # first), the flush returns and the sender writes them on (_StreamTransport.wait_written)
 _FLUSH_STALL = 0.2
-# The last close waits so for the output port's bytes too, with a longer stall (seconds): the
-# caller may close the streams once it returns. Past it the close returns, and the sender
-# writes them on in the background (closing the output stream after them: close_original).
-_CLOSE_STALL = 1.0
+# The last close waits so for the output port's bytes too, with a longer stall (seconds, the
+# 5 s a close_notify and Python's exit wait): the caller may close the streams once it
+# returns. Past it the close returns, and the sender writes them on in the background
+# (closing the output stream after them: close_original).
+_CLOSE_STALL = 5.0
+_CLOSED = "the connection was closed meanwhile"  # (a write that waited while it closed)
 _ABANDON_DRAIN = 1.0  # seconds a failed stream handshake waits for its last bytes to be written
 _EXIT_DRAIN = 5.0  # seconds Python's exit waits for the sender threads (_drain_senders_at_exit)
 
@@ -106,15 +110,25 @@ class _Sender:
 
     def wait_room(self, deadline: _Deadline) -> None:
         """Wait until the queue has room (back-pressure); raise the sender's error or a
-        timeout. Called before ciphertext is taken from the pump, so a timeout loses none."""
+        timeout. Called before ciphertext is taken from the pump, so a timeout loses none.
+        The last close (stop) ends the wait with an error, as a socket's shutdown ends a
+        write waiting for room: its thread ends once the queue is written, and what came
+        after would never go out."""
         with self.lock:
-            while self.queued >= _SEND_HIGH and self.error is None:
+            while self.queued >= _SEND_HIGH and self.error is None and not self.stopping:
                 if not self.cond.wait(deadline.remaining()):
                     # (writes are what fill the queue: the words of a socket port's write)
                     raise SSLTimeoutError("write: write timed out")
-            if self.error is not None:
-                self.reported = True
-                raise _detached(self.error)
+            self.check_open()
+
+    def check_open(self) -> None:
+        """Raise the sender's error, or _CLOSED once the last close stopped it. (Holds the
+        lock: the caller's.)"""
+        if self.error is not None:
+            self.reported = True
+            raise _detached(self.error)
+        if self.stopping:
+            raise BrokenPipeError(errno.EPIPE, _CLOSED)
 
     @property
     def queued(self) -> int:
@@ -139,9 +153,7 @@ class _Sender:
         not wait. The take and the append are one C call (deque.extend of an iterator that
         makes it), so no Python runs between them (see the class)."""
         with self.lock:
-            if self.error is not None:
-                self.reported = True
-                raise _detached(self.error)
+            self.check_open()
             if self.thread is None:
                 self.thread = threading.Thread(
                     target=self._run, name="sslports-sender", daemon=True
@@ -509,6 +521,42 @@ def _write_fully(out: Any, data: Union[bytes, bytearray], sender: Optional[_Send
         flush()
 
 
+def _no_backlog() -> int:
+    return -1
+
+
+def _kernel_backlog(out: Any) -> Callable[[], int]:
+    """How many bytes the output stream's pipe or socket still holds for the peer, as a
+    function to poll (Linux: FIONREAD on a pipe, SIOCOUTQ on a socket; -1 when it cannot
+    tell). A blocked write returns only once the kernel has room for much of it (a Unix
+    socket wakes its writer when half its buffer is free), so its count alone would show a
+    peer that reads slowly as one that stopped; this shows each read."""
+    if sys.platform != "linux":
+        return _no_backlog
+    import fcntl
+    import termios
+
+    try:
+        fd = out.fileno()
+        mode = os.fstat(fd).st_mode
+    except (OSError, ValueError, AttributeError, TypeError):
+        return _no_backlog
+    if stat.S_ISFIFO(mode):
+        request = termios.FIONREAD
+    elif stat.S_ISSOCK(mode):
+        request = termios.TIOCOUTQ  # (SIOCOUTQ)
+    else:
+        return _no_backlog
+
+    def backlog() -> int:
+        try:
+            return int.from_bytes(fcntl.ioctl(fd, request, bytes(4)), sys.byteorder, signed=True)
+        except OSError:
+            return -1
+
+    return backlog
+
+
 class _TransportError(SSLError):
     """The stream under a connection failed (a reset, a broken pipe, a closed file).
 
@@ -730,6 +778,8 @@ class _StreamTransport:
         if sys.is_finalizing():  # (one try, on this thread: _Sender.write_here)
             return sender.drain_written(None, mark)
         moved = sender.moved
+        backlog = _kernel_backlog(self.out)
+        held = backlog()
         stall = time.monotonic() + stall_for
         while True:
             wait = _FLUSH_STALL / 4
@@ -740,8 +790,8 @@ class _StreamTransport:
             if deadline.expired():
                 return False
             now = time.monotonic()
-            if sender.moved != moved:
-                moved, stall = sender.moved, now + stall_for
+            if sender.moved != moved or backlog() != held:  # (the peer read, or we wrote)
+                moved, held, stall = sender.moved, backlog(), now + stall_for
             elif now >= stall:
                 return True
 
