@@ -335,16 +335,18 @@ def test_handshake_timeout_bounds_a_silent_pipe(pki: Any, buffering: int) -> Non
         os.close(r2)
 
 
-def os_pipes_pair(pki: Any) -> tuple[list[Any], tuple[Any, Any], tuple[Any, Any]]:
-    """A connection over two OS pipes, both ends close_original: (the four files, client
-    ports, server ports)."""
+def os_pipes_pair(
+    pki: Any, client_closes: bool = True, server_closes: bool = True
+) -> tuple[list[Any], tuple[Any, Any], tuple[Any, Any]]:
+    """A connection over two OS pipes, each end close_original unless told otherwise: (the
+    four files: client in, server out, server in, client out; client ports, server ports)."""
     r1, w1 = os.pipe()
     r2, w2 = os.pipe()
     files = [os.fdopen(r1, "rb"), os.fdopen(w1, "wb"), os.fdopen(r2, "rb"), os.fdopen(w2, "wb")]
     c_in, s_out, s_in, c_out = files
     client, server = connect_pair(
-        pki, (c_in, c_out), (s_in, s_out), client_kw={"close_original": True},
-        server_kw={"close_original": True},
+        pki, (c_in, c_out), (s_in, s_out), client_kw={"close_original": client_closes},
+        server_kw={"close_original": server_closes},
     )  # fmt: skip
     return files, client, server
 
@@ -461,13 +463,8 @@ def test_the_last_close_returns_though_the_peer_does_not_read_and_loses_nothing(
     ports dropped without close(), and the sender writes them on in the background (then
     closes the stream, with close_original): the peer gets them all when it reads. (The close
     used to wait for them without end, while the flush before it returned.)"""
-    r1, w1 = os.pipe()
-    r2, w2 = os.pipe()
-    files = [os.fdopen(r1, "rb"), os.fdopen(w1, "wb"), os.fdopen(r2, "rb"), os.fdopen(w2, "wb")]
-    c_in, s_out, s_in, c_out = files
-    client, server = connect_pair(
-        pki, (c_in, c_out), (s_in, s_out), client_kw={"close_original": close_original}
-    )
+    files, client, server = os_pipes_pair(pki, close_original, server_closes=False)
+    c_in, _, _, c_out = files
     body = random_bytes(1_000_000, seed=33)  # far more than a kernel pipe holds
     client[1].write(body)
     client[1].flush()  # returns once the stream stalls: the server reads only later
@@ -554,13 +551,8 @@ def test_a_write_waiting_for_room_as_both_ports_close_raises(
     stops once the queue is written. It waited on for ever, or refilled the queue after the
     thread had ended and returned as if its bytes had gone out (the peer got a prefix and,
     with close_original, EOF). The peer gets a prefix of what was written."""
-    r1, w1 = os.pipe()
-    r2, w2 = os.pipe()
-    files = [os.fdopen(r1, "rb"), os.fdopen(w1, "wb"), os.fdopen(r2, "rb"), os.fdopen(w2, "wb")]
-    c_in, s_out, s_in, c_out = files
-    client, server = connect_pair(
-        pki, (c_in, c_out), (s_in, s_out), client_kw={"close_original": close_original}
-    )
+    files, client, server = os_pipes_pair(pki, close_original, server_closes=False)
+    c_out = files[3]
     body = random_bytes(3_000_000, seed=35)  # over the sender's 1 MiB queue and the pipe
     join_write = run_in_thread(lambda: client[1].write(body))
     time.sleep(0.5)  # (it waits for room)
