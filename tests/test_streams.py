@@ -510,7 +510,7 @@ class SlowReader:
 def test_flush_and_close_wait_for_a_peer_that_reads_slowly(
     pki: Any, how: str, size: int, chunk: int, delay: float
 ) -> None:
-    """flush() and the last close wait while the peer reads, however slowly (here 1.3 MB/s
+    """flush() and the last close wait while the peer reads, slowly (here 1.3 MB/s
     and 64 KB/s of ciphertext), so the caller may shut the socket down right after: the peer
     gets every byte. They took the sender's returns from write() for progress, which a Unix
     socket lets out only once half its buffer is free: the flush returned after its 0.2 s

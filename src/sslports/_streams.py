@@ -530,7 +530,9 @@ def _kernel_backlog(out: Any) -> Callable[[], int]:
     function to poll (Linux: FIONREAD on a pipe, SIOCOUTQ on a socket; -1 when it cannot
     tell). A blocked write returns only once the kernel has room for much of it (a Unix
     socket wakes its writer when half its buffer is free), so its count alone would show a
-    peer that reads slowly as one that stopped; this shows each read."""
+    peer that reads slowly as one that stopped; this shows each read. (Not sp_fd_unsent:
+    that counts TCP only, for the lingering close, where a Unix socket's bytes are the
+    peer's already.)"""
     if sys.platform != "linux":
         return _no_backlog
     import fcntl
@@ -777,6 +779,8 @@ class _StreamTransport:
             mark = sender.written_mark
         if sys.is_finalizing():  # (one try, on this thread: _Sender.write_here)
             return sender.drain_written(None, mark)
+        if sender.drain_written(0, mark):  # (most flushes: no fstat, no ioctl)
+            return True
         moved = sender.moved
         backlog = _kernel_backlog(self.out)
         held = backlog()
@@ -789,9 +793,9 @@ class _StreamTransport:
                 return True
             if deadline.expired():
                 return False
-            now = time.monotonic()
-            if sender.moved != moved or backlog() != held:  # (the peer read, or we wrote)
-                moved, held, stall = sender.moved, backlog(), now + stall_for
+            now, level = time.monotonic(), backlog()
+            if sender.moved != moved or level != held:  # (the peer read, or we wrote)
+                moved, held, stall = sender.moved, level, now + stall_for
             elif now >= stall:
                 return True
 
