@@ -485,9 +485,9 @@ def _pipe_stdio(
         with contextlib.suppress(OSError):
             sock.shutdown(socket.SHUT_WR)
 
-    stdout = _stdout_buffer()
-    threading.Thread(target=stdin_to_connection, name="sslports-stdin", daemon=True).start()
     try:
+        stdout = _stdout_buffer()  # (before the thread: a closed stdout fails at once)
+        threading.Thread(target=stdin_to_connection, name="sslports-stdin", daemon=True).start()
         while True:
             try:
                 chunk = inp.read1(_CHUNK)
