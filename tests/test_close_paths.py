@@ -19,6 +19,7 @@ import socket
 import ssl
 import struct
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -394,6 +395,34 @@ def test_reset_during_a_large_write(listener: socket.socket) -> None:
     for _ in range(2):
         # The write reported the failure; what was still queued cannot go, and close() does
         # not fail again (it did, at random, with "write failed (Broken pipe)").
+        o.close()
+
+
+@pytest.mark.parametrize("timeout", [None, 20.0], ids=["blocking", "timeout"])
+def test_a_flush_that_fails_says_flush(listener: socket.socket, path: str, timeout: Any) -> None:
+    """The bytes a flush() sends meet a reset: its error names flush(), as API.md's
+    "<function>: <what> failed (...)" says (it read "write: write failed", on both paths,
+    blocking or under a timeout), and a write that only buffers raises nothing."""
+
+    def peer() -> None:
+        conn, _ = listener.accept()
+        Peer(conn, server=True).handshake()
+        reset(conn)
+
+    join = run_in_thread(peer)
+    i, o = sslports.ssl_connect("127.0.0.1", listener.getsockname()[1], timeout=20)
+    o.settimeout(timeout)
+    try:
+        join(20)
+        with pytest.raises(SSLNetworkError) as info:
+            for _ in range(500):  # (the first sends can go before the reset arrives)
+                assert o.write(b"ping") == 4  # buffered: nothing is sent here
+                o.flush()
+                time.sleep(0.01)
+        assert str(info.value).startswith("flush: write failed ("), str(info.value)
+        assert info.value.errno in (errno.ECONNRESET, errno.EPIPE)
+    finally:
+        i.close()
         o.close()
 
 

@@ -169,8 +169,9 @@ static PyObject *read_all;  /* read_all(reader, conn) -> bytes: read(-1) and rea
 static PyObject *str_closed; /* "closed" (interned) */
 static PyObject *str_addr;  /* "_fast_addr" */
 /* the connection's continuations, called with the lock held when the common case does not
- * hold: read_rest(b, fill, n) and write_rest(pending, data, sent) (ports.py Connection) */
-static PyObject *str_read_rest, *str_write_rest;
+ * hold: read_rest(b, fill, n) and write_rest(pending, data, sent, func) (ports.py Connection),
+ * func the name a write's errors carry: "write", or "flush" for a flush's */
+static PyObject *str_read_rest, *str_write_rest, *str_write, *str_flush;
 
 /* ---- shared helpers ------------------------------------------------------------------ */
 
@@ -1166,15 +1167,17 @@ static PyType_Spec reader_spec = {
 
 /* ---- Writer -------------------------------------------------------------------------- */
 
-/* The write's continuation: rest(pending, data, sent) (ports.py Connection.write_rest): the
- * held bytes, then `data` (NULL: nothing more), after the first `sent` bytes of the two. */
-static PyObject *call_rest(Port *self, PyObject *data, size_t sent)
+/* The write's continuation: rest(pending, data, sent, func) (ports.py Connection.write_rest):
+ * the held bytes, then `data` (NULL: nothing more), after the first `sent` bytes of the two;
+ * `func` (str_write or str_flush) names the call in its errors. */
+static PyObject *call_rest(Port *self, PyObject *data, size_t sent, PyObject *func)
 {
     PyObject *n = PyLong_FromSize_t(sent), *empty = NULL, *r = NULL;
     if (n != NULL && data == NULL)
         data = empty = PyBytes_FromStringAndSize(NULL, 0);
     if (n != NULL && data != NULL)
-        r = PyObject_CallMethodObjArgs(self->conn, str_write_rest, self->pending, data, n, NULL);
+        r = PyObject_CallMethodObjArgs(self->conn, str_write_rest, self->pending, data, n, func,
+                                       NULL);
     Py_XDECREF(n);
     Py_XDECREF(empty);
     return r;
@@ -1250,10 +1253,10 @@ static int keep_unsent(Port *self, const char *data, size_t len, size_t sent)
  * flush() sends the rest. A broken connection can send nothing more: they are dropped (the
  * write reported why). This runs in C, with no Python before it, so no exception comes first. */
 static PyObject *continue_write(Port *self, sp_conn *c, PyObject *b, const char *data,
-                                size_t len, size_t sent)
+                                size_t len, size_t sent, PyObject *func)
 {
     unsigned long long start = c != NULL ? written_nogil(c) : 0;
-    PyObject *r = call_rest(self, b, sent), *type, *value, *tb;
+    PyObject *r = call_rest(self, b, sent, func), *type, *value, *tb;
     int kept;
     if (r != NULL || c == NULL) /* (c stays valid: the connection frees it only when freed) */
         return r;
@@ -1268,7 +1271,7 @@ static PyObject *continue_write(Port *self, sp_conn *c, PyObject *b, const char 
     return NULL;
 }
 
-/* Send the pending bytes with the write lock held, then release it. 0, or -1 with an
+/* flush(): send the pending bytes with the write lock held, then release it. 0, or -1 with an
  * exception. */
 static int send_pending(Port *self, sp_conn *c)
 {
@@ -1278,7 +1281,7 @@ static int send_pending(Port *self, sp_conn *c)
     if (status == SP_OK && done == len)
         r = PyByteArray_Resize(self->pending, 0) < 0 ? NULL : new_none();
     else
-        r = continue_write(self, c, NULL, NULL, 0, done);
+        r = continue_write(self, c, NULL, NULL, 0, done, str_flush);
     return unlock_with(self, r);
 }
 
@@ -1311,11 +1314,11 @@ static int send_overflow(Port *self, sp_conn *c, PyObject *b, Py_buffer *view, P
         r = PyByteArray_Resize(self->pending, 0) < 0
                 ? NULL
                 : continue_write(self, c, b, data, (size_t)n,
-                                 (size_t)top + done - (size_t)head_len);
+                                 (size_t)top + done - (size_t)head_len, str_write);
     else /* held bytes are still to go: the rest of b joins them (the continuation's path) */
         r = append_pending(self, data + top, n - top) < 0
                 ? NULL
-                : continue_write(self, c, NULL, NULL, 0, done);
+                : continue_write(self, c, NULL, NULL, 0, done, str_write);
     PyBuffer_Release(view);
     return unlock_with(self, r);
 }
@@ -1330,7 +1333,7 @@ static int hold_record(Port *self, sp_conn *c, PyObject *b, Py_buffer *view)
     int status = pump_out(c, NULL, 0, view->buf, (size_t)view->len, &done, 1);
     PyObject *r = status == SP_OK && done == (size_t)view->len
                       ? new_none()
-                      : continue_write(self, c, b, view->buf, (size_t)view->len, done);
+                      : continue_write(self, c, b, view->buf, (size_t)view->len, done, str_write);
     PyBuffer_Release(view);
     return unlock_with(self, r);
 }
@@ -1677,7 +1680,7 @@ static PyObject *fast_hot_methods(PyObject *module, PyObject *args)
  * back into Python: close_notify (SSLOutputPort._close_notify), and the last close of a stream
  * connection or of one already freed (Connection.last_port_closed). */
 static PyObject *iobase_close; /* io.BufferedIOBase.close */
-static PyObject *str_claimed, *str_flush, *str_shutdown_on_close, *str_abandoned,
+static PyObject *str_claimed, *str_shutdown_on_close, *str_abandoned,
     *str_close_notify, *str_open_ports, *str_port_closed, *str_last_port_closed, *str_linger_close,
     *str_free_at_last_close, *str_free, *str_live_transports,
     *str_is_socket, *str_caches_session, *str_transport, *str_sock, *str_shutdown, *str_close;
@@ -2209,6 +2212,7 @@ static int intern_all(void)
         {&str_fast, "_fast"},            {&str_buf, "_buf"},
         {&str_read_lock, "read_lock"},   {&str_write_lock, "write_lock"},
         {&str_read_rest, "read_rest"},   {&str_write_rest, "write_rest"},
+        {&str_write, "write"},
         {&str_kept, "kept"},
         {&str_claimed, "_close_claimed"},
         {&str_flush, "flush"},

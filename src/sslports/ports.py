@@ -799,11 +799,12 @@ class Connection:
             return total
         return self.read("read", b, fill, _NO_DEADLINE, total)
 
-    def write_rest(self, pending: bytearray, data: Any, sent: int) -> None:
-        """The C fast path's continuation for writes (see read_rest): send the rest of the held
-        bytes `pending`, then of `data`, after the first `sent` bytes of the two (on an
-        exception, sp_fastport.c continue_write keeps what was not sent)."""
-        _send_rest(self, pending, None, data, sent)
+    def write_rest(self, pending: bytearray, data: Any, sent: int, func: str) -> None:
+        """The C fast path's continuation for writes and flushes (`func`, the name errors
+        carry; see read_rest): send the rest of the held bytes `pending`, then of `data`,
+        after the first `sent` bytes of the two (on an exception, sp_fastport.c
+        continue_write keeps what was not sent)."""
+        _send_rest(self, pending, None, data, sent, func)
 
     def written(self) -> int:
         """Plaintext OpenSSL has taken from this connection's writers so far (sp_written)."""
@@ -1432,7 +1433,7 @@ class SSLOutputPort(_SSLPort):
                 exc.characters_written = took + in_line  # type: ignore[attr-defined]
                 raise
 
-    def _send_locked(self, data: Any = b"") -> None:
+    def _send_locked(self, data: Any = b"", func: str = "write") -> None:
         """Send the held bytes, topped up from `data` to whole records (records stay full), then
         the rest of `data` (bytes, bytearray or a byte memoryview) without copying it. What
         stops it and leaves the connection usable (a timeout, a signal handler's exception
@@ -1466,9 +1467,9 @@ class SSLOutputPort(_SSLPort):
                     if status == _SP_OK and sent == size:
                         del held[:]
                         return
-                    _send_rest(conn, held, None, rest, sent)  # a wait, a flush, an error
+                    _send_rest(conn, held, None, rest, sent, func)  # a wait, a flush, an error
                     return
-                _send_rest(conn, held, self._timeout, rest, 0)
+                _send_rest(conn, held, self._timeout, rest, 0, func)
         except BaseException as exc:
             if conn.ptr is None or _binding.lib.sp_conn_broken(conn.ptr):
                 del held[:]  # nothing more can be sent (the exception says why)
@@ -1488,7 +1489,7 @@ class SSLOutputPort(_SSLPort):
         if self._buf or self._conn_holds():
             with self._lock:
                 if self._buf or self._conn_holds():
-                    self._send_locked()
+                    self._send_locked(func="flush")
         conn = self._sslports_conn
         if not conn.is_socket and not conn.closed:  # (a stream's: until they are written)
             conn.wait_written("flush", self._timeout)
@@ -1583,7 +1584,12 @@ def _after_kept(kept: bytearray, have: int) -> None:
 
 
 def _send_rest(
-    conn: Connection, pending: bytearray, timeout: Optional[float], data: Any, sent: int
+    conn: Connection,
+    pending: bytearray,
+    timeout: Optional[float],
+    data: Any,
+    sent: int,
+    func: str = "write",
 ) -> None:
     """Send the held bytes `pending`, then `data` (a caller's buffer of any item format, never
     `pending` itself), after the first `sent` bytes of the two, and empty `pending`. On an
@@ -1598,7 +1604,7 @@ def _send_rest(
         whole.cast("B") as view,
         view[max(sent - held, 0) :] as rest,
     ):
-        conn.write("write", rest, _deadline(timeout), head)
+        conn.write(func, rest, _deadline(timeout), head)
     del pending[:]
 
 
