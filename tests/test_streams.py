@@ -489,39 +489,6 @@ def test_the_last_close_returns_though_the_peer_does_not_read_and_loses_nothing(
         f.close()
 
 
-@pytest.mark.parametrize("timeout", [None, 0.5], ids=["blocking", "timeout"])
-def test_a_half_close_to_a_peer_that_reads_late_still_ends_with_close_notify(
-    pki: Any, timeout: Any
-) -> None:
-    """With shutdown_on_close, closing the output port hands over its bytes and then the
-    close_notify, each as flush() does: only while the stream takes them. To a peer that
-    reads nothing yet, the close returns (it waited a fixed 5 s for the close_notify) and the
-    sender writes both on: the peer, reading later, gets every byte and then the close_notify
-    (strict_eof: a cut without it raises), and the connection still carries its answer."""
-    r1, w1 = os.pipe()
-    r2, w2 = os.pipe()
-    files = [os.fdopen(r1, "rb"), os.fdopen(w1, "wb"), os.fdopen(r2, "rb"), os.fdopen(w2, "wb")]
-    c_in, s_out, s_in, c_out = files
-    client, server = connect_pair(
-        pki, (c_in, c_out), (s_in, s_out),
-        client_kw={"shutdown_on_close": True, "timeout": timeout},
-        server_kw={"strict_eof": True},
-    )  # fmt: skip
-    body = random_bytes(1_000_000, seed=34)  # far more than a kernel pipe holds
-    client[1].write(body)
-    run_in_thread(client[1].close)(60)  # (the peer reads only once it returned)
-    assert c_out.closed is False  # (not close_original: the streams stay the caller's)
-    assert sha1(read_exactly(server[0], len(body))) == sha1(body)
-    assert server[0].read() == b""  # the close_notify, after the last byte
-    server[1].write(b"answer")
-    server[1].flush()
-    assert client[0].read(6) == b"answer"
-    for port in (*client, *server):
-        port.close()
-    for f in files:
-        f.close()
-
-
 class SlowReader:
     """The peer's input stream: at most `chunk` bytes a read, `delay` seconds before each (a
     peer that reads slowly but steadily)."""

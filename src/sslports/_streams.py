@@ -762,19 +762,6 @@ class _StreamTransport:
                 self.held_back = False
                 return
 
-    def push_last(self, conn: Any) -> int:
-        """Hand the sender what the pump queued last (the close_notify, after the output
-        port's last bytes) without waiting for room: a few bytes over the queue's bound, once,
-        rather than a close that waits for a peer that does not read. Returns the sender's
-        count to wait for (wait_written's mark); raises what the sender's write raised."""
-        sender = self.sender
-        with self.out_lock:
-            pending = _binding.lib.sp_pending_out(conn)
-            if pending:
-                sender.put_from(_binding.lib.sp_take, conn, bytearray(pending))
-        sender.kick()
-        return sender.put_total
-
     def wait_written(
         self, deadline: _Deadline, mark: Optional[int] = None, stall_for: float = _FLUSH_STALL
     ) -> bool:

@@ -938,10 +938,9 @@ class Connection:
         transport = cast(_StreamTransport, self.transport)
         _binding.lib.sp_shutdown(self.ptr, _binding.ffi.new("sp_err *"))
         try:
-            # As a flush: only while the stream takes bytes (a peer that does not read would
-            # hold the close; it waited a fixed 5 s, and the last close its own 5 s after it).
-            transport.wait_written(deadline, transport.push_last(self.ptr))
-        except Exception:  # (the sender's error: its failure stays, for the last close)
+            transport.push_out(self.ptr, deadline)
+            transport.sender.drain(deadline.remaining())
+        except (OSError, SSLError):
             pass  # a transport that can no longer be written is not an error here
 
     def port_closed(self, timeout: Optional[float]) -> None:
@@ -1521,7 +1520,7 @@ class SSLOutputPort(_SSLPort):
 
     def _close_notify(self) -> None:
         """close(): say goodbye (sp_fastport.c close_port calls this too)."""
-        self._sslports_conn.send_close_notify(_deadline(self._timeout))
+        self._sslports_conn.send_close_notify(_Deadline(self._timeout if self._timeout else 5.0))
 
     def read(self, size: Optional[int] = -1) -> bytes:
         raise io.UnsupportedOperation("read")
