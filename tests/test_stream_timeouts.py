@@ -115,8 +115,9 @@ def test_a_write_the_peer_does_not_read_times_out_as_a_socket_ports_does(pki: An
     """A stream port's write under a timeout, to a peer that reads nothing: an SSLError and
     TimeoutError saying "write: write timed out", as a socket port's does (it said "write: timed
     out waiting for the transport" when the sender's queue was what stayed full), with
-    characters_written; the port stays usable: once the peer reads, flush() sends the rest and
-    the peer gets every byte accepted, in order."""
+    characters_written (a flush then says "flush: write timed out"); the port stays usable:
+    once the peer reads, flush() sends the rest and the peer gets every byte accepted, in
+    order."""
     c_in, s_out, s_in, c_out = _pipes()
     client, server = connect_pair(pki, (c_in, c_out), (s_in, s_out), client_kw={"timeout": 0.3})
     chunk = bytes(range(256)) * 256  # 64 KiB
@@ -127,6 +128,10 @@ def test_a_write_the_peer_does_not_read_times_out_as_a_socket_ports_does(pki: An
     assert isinstance(info.value, sslports.SSLError)
     assert str(info.value) == "write: write timed out"
     accepted += info.value.characters_written  # type: ignore[attr-defined]
+    # A flush now (the sender's queue still full) names itself, as a socket port's does
+    with pytest.raises(TimeoutError) as info:
+        client[1].flush()
+    assert str(info.value) == "flush: write timed out"
     got = run_in_thread(lambda: read_exactly(server[0], accepted))
     client[1].settimeout(30.0)
     client[1].flush()

@@ -108,7 +108,7 @@ class _Sender:
         # when the output stream fails, as the peer may be waiting for what was lost.
         self.wake: Optional[_Receiver] = None
 
-    def wait_room(self, deadline: _Deadline) -> None:
+    def wait_room(self, deadline: _Deadline, func: str = "write") -> None:
         """Wait until the queue has room (back-pressure); raise the sender's error or a
         timeout. Called before ciphertext is taken from the pump, so a timeout loses none.
         The last close (stop) ends the wait with an error, as a socket's shutdown ends a
@@ -117,8 +117,8 @@ class _Sender:
         with self.lock:
             while self.queued >= _SEND_HIGH and self.error is None and not self.stopping:
                 if not self.cond.wait(deadline.remaining()):
-                    # (writes are what fill the queue: the words of a socket port's write)
-                    raise SSLTimeoutError("write: write timed out")
+                    # (the words of a socket port's write, or flush: `func`)
+                    raise SSLTimeoutError(f"{func}: write timed out")
             self.check_open()
 
     def check_open(self) -> None:
@@ -715,7 +715,9 @@ class _StreamTransport:
         if not callable(getattr(out, "write", None)) or isinstance(out, io.TextIOBase):
             raise TypeError("ports_to_ssl_ports: output_port is not a writable binary stream")
 
-    def push_out(self, conn: Any, deadline: _Deadline, reading: bool = False) -> None:
+    def push_out(
+        self, conn: Any, deadline: _Deadline, reading: bool = False, func: str = "write"
+    ) -> None:
         """Hand every byte of ciphertext the pump queued to the sender thread.
 
         A write waits for room in the sender's queue first (back-pressure), holding no lock:
@@ -729,7 +731,7 @@ class _StreamTransport:
         answered and sent close_notify before it closed (an HTTP server refusing an upload),
         and the input stream still holds that. The ciphertext (what reading queued, or what
         a failed write left) is dropped, and the writes report the failure (as the socket
-        ports do: sp_conn.c SEND FAILURE)."""
+        ports do: sp_conn.c SEND FAILURE). `func`: the caller's name, for a timeout's message."""
         lib = _binding.lib
         sender = self.sender
         while True:
@@ -737,7 +739,7 @@ class _StreamTransport:
                 if not reading:
                     # Room first: ciphertext taken from the pump must reach the queue (a
                     # timeout leaves it in the pump, for the next push).
-                    sender.wait_room(deadline)
+                    sender.wait_room(deadline, func)
                 with self.out_lock:
                     pending = lib.sp_pending_out(conn)
                     if pending == 0:

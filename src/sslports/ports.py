@@ -565,7 +565,7 @@ class Connection:
         lib = _binding.lib
         transport = self.transport
         if isinstance(transport, _StreamTransport):
-            transport.push_out(self.ptr, deadline, reading)
+            transport.push_out(self.ptr, deadline, reading, func)
             if status == lib.SP_WANT_READ:
                 transport.pull_in(self.ptr, deadline, seen)
             return
@@ -901,7 +901,7 @@ class Connection:
                             # and keeps the reader's data. With that much kept, wait a slice
                             # for the reader to take some, as on a socket, rather than read the
                             # peer's data on without bound (its own records go out first).
-                            cast(_StreamTransport, transport).push_out(ptr, deadline)
+                            cast(_StreamTransport, transport).push_out(ptr, deadline, func=func)
                             time.sleep(deadline.slice_ms() / 1000)
                             continue
                         self.wait_for_pump(status, deadline, func, seen)
@@ -909,7 +909,7 @@ class Connection:
                     raise self.fail(func, "write", err)
                 if isinstance(transport, _StreamTransport):
                     try:
-                        transport.push_out(ptr, deadline)
+                        transport.push_out(ptr, deadline, func=func)
                         transport.write_left = False
                     finally:  # (the output port's bytes: close waits for them)
                         transport.sender.written_mark = transport.sender.put_total
