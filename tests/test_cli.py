@@ -899,3 +899,174 @@ def test_readme_names_every_public_name() -> None:
     modules = (sslports, sslports.sha1, sslports.md5, sslports.libcrypto, sslports.libssl)
     missing = [name for module in modules for name in module.__all__ if name not in text]
     assert missing == []
+
+
+@needs_tls
+def test_connect_ctrl_c_while_the_server_stopped_reading_exits_at_once() -> None:
+    """Ctrl-C while stdin's bytes are stuck in a write to a server that stopped reading: the
+    command exits 130 (interrupted) while the server still holds the connection open. It
+    used to wait for the stuck write, ignoring Ctrl-C, until the server closed: closing
+    the socket's writer waits for the write that holds its lock, which nothing ends."""
+    server_ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    server_ctx.load_cert_chain(PEM)
+    release = threading.Event()
+    with socket.create_server((LOCAL, 0)) as lsock:
+        lsock.settimeout(TIMEOUT)
+        port = lsock.getsockname()[1]
+
+        def serve() -> None:  # handshakes, then reads nothing until released
+            conn, _ = lsock.accept()
+            with server_ctx.wrap_socket(conn, server_side=True) as tls:
+                tls.sendall(b"ready\n")
+                release.wait(TIMEOUT)
+
+        server = threading.Thread(target=serve, daemon=True)
+        server.start()
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "sslports", "connect", f"{LOCAL}:{port}", "--insecure", "-q"],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            env=ENV,
+        )
+        assert proc.stdin is not None and proc.stdout is not None and proc.stderr is not None
+        stdin = proc.stdin
+
+        def feed() -> None:  # far more than the kernel's buffers and the sender's queue hold
+            with contextlib.suppress(OSError):
+                for _ in range(2000):
+                    stdin.write(b"x" * 65536)
+
+        feeder = threading.Thread(target=feed, daemon=True)
+        feeder.start()
+        try:
+            assert proc.stdout.readline() == b"ready\n"
+            time.sleep(1.0)  # (the stdin thread's write is stuck by now)
+            assert feeder.is_alive()  # (the command does not take more)
+            proc.send_signal(signal.SIGINT)
+            status = proc.wait(timeout=30)  # (the server holds the connection for 60 s)
+        finally:
+            release.set()
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+            err = proc.stderr.read()
+            for pipe in (proc.stdin, proc.stdout, proc.stderr):
+                with contextlib.suppress(OSError):
+                    pipe.close()
+            feeder.join(TIMEOUT)
+            server.join(TIMEOUT)
+    assert status == 130, err.decode()
+    assert err == b"sslports: interrupted\n", err.decode()
+
+
+@needs_tls
+def test_connect_ctrl_c_in_an_idle_session_still_ends_with_close_notify() -> None:
+    """Ctrl-C with nothing on its way: the command exits 130 and the server reads our
+    close_notify (a clean end), not a cut connection."""
+    server_ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    server_ctx.load_cert_chain(PEM)
+    seen: list[object] = []
+    with socket.create_server((LOCAL, 0)) as lsock:
+        lsock.settimeout(TIMEOUT)
+        port = lsock.getsockname()[1]
+
+        def serve() -> None:
+            conn, _ = lsock.accept()
+            with server_ctx.wrap_socket(conn, server_side=True, suppress_ragged_eofs=False) as tls:
+                tls.settimeout(TIMEOUT)
+                tls.sendall(b"ready\n")
+                try:
+                    seen.append(tls.recv(100))
+                except OSError as exc:
+                    seen.append(exc)
+
+        server = threading.Thread(target=serve, daemon=True)
+        server.start()
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "sslports", "connect", f"{LOCAL}:{port}", "--insecure", "-q"],
+            stdin=subprocess.PIPE,  # left open: idle
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            env=ENV,
+        )
+        assert proc.stdin is not None and proc.stdout is not None and proc.stderr is not None
+        try:
+            assert proc.stdout.readline() == b"ready\n"
+            proc.send_signal(signal.SIGINT)
+            status = proc.wait(timeout=30)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+            err = proc.stderr.read()
+            for pipe in (proc.stdin, proc.stdout, proc.stderr):
+                pipe.close()
+            server.join(TIMEOUT)
+    assert status == 130, err.decode()
+    assert err == b"sslports: interrupted\n", err.decode()
+    assert seen == [b""]  # the client's close_notify, not a cut
+
+
+class _StopServing(BaseException):
+    """Ends the accept loop of the test below (as Ctrl-C would)."""
+
+
+@needs_tls
+def test_serve_survives_a_connection_it_cannot_start_a_thread_for(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """No thread to spare for an accepted connection ("can't start new thread", a process
+    at its limit): the server says so, closes that connection (its client reads EOF; the
+    ports are closed, not left to the collector), and accepts the next. It used to end the
+    whole server. A Ctrl-C there (here: another BaseException) closes the connection too."""
+    from sslports import cli
+
+    starts: list[str] = []
+
+    class NoThread:
+        def __init__(self, **kwargs: Any) -> None:
+            pass
+
+        def start(self) -> None:
+            starts.append("start")
+            if len(starts) == 1:
+                raise RuntimeError("can't start new thread")
+            raise _StopServing()
+
+    monkeypatch.setattr(cli, "threading", type("T", (), {"Thread": NoThread}))
+    args = cli.build_parser().parse_args(["serve", "--port", "0", "--quiet"])
+    cli._finish_serve_args(args)
+    ctx = sslports.ssl_make_server_context("auto")
+    sslports.ssl_load_certificate_chain(ctx, PEM)
+    sslports.ssl_load_private_key(ctx, PEM)
+    listener = sslports.ssl_listen(0, 4, True, LOCAL, ctx)
+    port = sslports.ssl_addresses(listener, True)[1]
+    client_ctx = ssl.create_default_context()
+    client_ctx.check_hostname = False
+    client_ctx.verify_mode = ssl.CERT_NONE
+    seen: list[object] = []
+
+    def clients() -> None:
+        for _ in range(2):
+            with (
+                socket.create_connection((LOCAL, port), timeout=TIMEOUT) as raw,
+                client_ctx.wrap_socket(raw) as tls,
+            ):
+                try:
+                    seen.append(tls.recv(100))
+                except OSError as exc:
+                    seen.append(exc)
+
+    client = threading.Thread(target=clients, daemon=True)
+    client.start()
+    try:
+        with pytest.raises(_StopServing):
+            cli._accept_loop(listener, args)
+    finally:
+        sslports.ssl_close(listener)
+        client.join(TIMEOUT)
+    assert seen == [b"", b""]  # both closed (socket ports send no close_notify: API.md)
+    assert starts == ["start", "start"]
+    err = capsys.readouterr().err
+    assert re.search(r"serve: 127\.0\.0\.1:\d+: connection dropped: can't start new thread\n", err)

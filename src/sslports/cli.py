@@ -437,9 +437,21 @@ def _cmd_connect(args: argparse.Namespace) -> int:
                 _say(line)
             _say("---")
         return _pipe_stdio(inp, out, sock, ignore_eof=args.ign_eof)
+    except BaseException:
+        # Ctrl-C, or a failure: what is still on its way is abandoned. End the sending half
+        # first: a write stuck on a server that stopped reading then fails at once (EPIPE),
+        # where closing its writer below would wait for it, ignoring Ctrl-C, until the
+        # server closed. (What the kernel holds still goes out; reading is left alone.)
+        with contextlib.suppress(OSError):
+            sock.shutdown(socket.SHUT_WR)
+        raise
     finally:
-        with contextlib.suppress(Exception):
-            inp.close()
+        # Both ports, out first (_pipe_stdio closed it, unless something raised before it
+        # could, or the stdin thread's write held it): never left to the collector, whose
+        # close would come after the socket's.
+        for port in (out, inp):
+            with contextlib.suppress(Exception):
+                port.close()
         close_transport()
 
 
@@ -485,6 +497,7 @@ def _pipe_stdio(
         with contextlib.suppress(OSError):
             sock.shutdown(socket.SHUT_WR)
 
+    aborted = True
     try:
         stdout = _stdout_buffer()  # (before the thread: a closed stdout fails at once)
         threading.Thread(target=stdin_to_connection, name="sslports-stdin", daemon=True).start()
@@ -497,11 +510,14 @@ def _pipe_stdio(
                 break
             stdout.write(chunk)
             stdout.flush()
+        aborted = False
     finally:
         # The stdin thread may be stuck in a write the server never reads: don't wait forever.
         if out_lock.acquire(timeout=2.0):
             try:
                 with contextlib.suppress(Exception):
+                    if aborted:  # (Ctrl-C: still say goodbye, but not for 5 s to a server
+                        out.settimeout(1.0)  # that stopped reading)
                     out.close()
             finally:
                 out_lock.release()
@@ -808,17 +824,29 @@ def _accept_loop(listener: SSLListener, args: argparse.Namespace) -> None:
                 time.sleep(0.05)
             continue
         failures_in_a_row = 0
-        session = _Session(inp, out, _peer_label(inp), args)
-        if not args.quiet:
-            alpn = _text(ssl_get_alpn_selected(inp)) or "-"
-            verified = "verified client" if ssl_peer_verified(inp) else "no client cert"
-            session.log(
-                f"connected ({ssl_protocol_version(inp)}, {ssl_cipher_name(inp)}, "
-                f"alpn {alpn}, {verified})"
-            )
-        threading.Thread(
-            target=_serve_connection, args=(session,), name="sslports-conn", daemon=True
-        ).start()
+        peer = "client"
+        try:
+            peer = _peer_label(inp)
+            session = _Session(inp, out, peer, args)
+            if not args.quiet:
+                alpn = _text(ssl_get_alpn_selected(inp)) or "-"
+                verified = "verified client" if ssl_peer_verified(inp) else "no client cert"
+                session.log(
+                    f"connected ({ssl_protocol_version(inp)}, {ssl_cipher_name(inp)}, "
+                    f"alpn {alpn}, {verified})"
+                )
+            threading.Thread(
+                target=_serve_connection, args=(session,), name="sslports-conn", daemon=True
+            ).start()
+        except BaseException as exc:
+            # Not served (no thread to spare, or Ctrl-C): close it now, not in the collector.
+            for port in (out, inp):
+                with contextlib.suppress(Exception):
+                    port.close()
+            if not isinstance(exc, Exception):
+                raise
+            # (one client's failure must never end the server)
+            _say(f"{PROG}: serve: {peer}: connection dropped: {_reason(exc)}")
 
 
 def _cmd_serve(args: argparse.Namespace) -> int:
