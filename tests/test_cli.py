@@ -19,7 +19,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, Optional
 
@@ -76,6 +76,75 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind((LOCAL, 0))
         return int(s.getsockname()[1])
+
+
+@contextlib.contextmanager
+def python_tls_server(serve: Callable[[ssl.SSLSocket], None]) -> Iterator[int]:
+    """A Python ssl server on 127.0.0.1 for one connection, which serve(tls) handles in a
+    thread; yields its port and joins the thread at the end. suppress_ragged_eofs=False: a
+    cut without close_notify raises SSLEOFError."""
+    server_ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    server_ctx.load_cert_chain(PEM)
+    with socket.create_server((LOCAL, 0)) as lsock:
+        lsock.settimeout(TIMEOUT)
+
+        def run() -> None:
+            conn, _ = lsock.accept()
+            with server_ctx.wrap_socket(conn, server_side=True, suppress_ragged_eofs=False) as tls:
+                tls.settimeout(TIMEOUT)
+                serve(tls)
+
+        server = threading.Thread(target=run, daemon=True)
+        server.start()
+        try:
+            yield lsock.getsockname()[1]
+        finally:
+            server.join(TIMEOUT)
+
+
+def read_one(tls: ssl.SSLSocket, seen: list[object]) -> None:
+    """Append what one recv on `tls` gets (b"" for close_notify), or the error it raises."""
+    try:
+        seen.append(tls.recv(100))
+    except OSError as exc:
+        seen.append(exc)
+
+
+def interrupt_connect(
+    port: int, stdin_feed: Optional[Callable[[Any], None]] = None
+) -> tuple[int, bytes]:
+    """``connect -q`` to the server at `port` (whose first line is "ready"), its stdin a
+    pipe left open (fed by stdin_feed in a thread, if given); Ctrl-C once "ready" arrived
+    (and a second later, with a feed). Returns the exit status and stderr."""
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "sslports", "connect", f"{LOCAL}:{port}", "--insecure", "-q"],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env=ENV,
+    )
+    assert proc.stdin is not None and proc.stdout is not None and proc.stderr is not None
+    feeder = threading.Thread(target=stdin_feed, args=(proc.stdin,), daemon=True)
+    try:
+        if stdin_feed is not None:
+            feeder.start()
+        assert proc.stdout.readline() == b"ready\n"
+        if stdin_feed is not None:
+            time.sleep(1.0)  # (its write is stuck by now, if the server does not read)
+            assert feeder.is_alive()  # (the command does not take more)
+        proc.send_signal(signal.SIGINT)
+        status = proc.wait(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        err = proc.stderr.read()
+        for pipe in (proc.stdin, proc.stdout, proc.stderr):
+            with contextlib.suppress(OSError):
+                pipe.close()
+        if feeder.is_alive():
+            feeder.join(TIMEOUT)
+    return status, err
 
 
 def wait_for_text(path: Path, needle: str, proc: subprocess.Popen[bytes], timeout: float) -> str:
@@ -602,36 +671,11 @@ def test_connect_started_with_stdout_closed_still_ends_with_close_notify() -> No
     under it: the server saw the connection cut without close_notify, and a debug CPython
     printed the loss at exit ("Exception ignored in: <SSLOutputPort closed>", CI, 1 run in
     10). The command now closes its ports first, which says goodbye as with stdout open."""
-    server_ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-    server_ctx.load_cert_chain(PEM)
     seen: list[object] = []
-    with socket.create_server((LOCAL, 0)) as lsock:
-        lsock.settimeout(TIMEOUT)
-        port = lsock.getsockname()[1]
-
-        def serve() -> None:
-            conn, _ = lsock.accept()
-            # (suppress_ragged_eofs=False: a cut without close_notify raises SSLEOFError)
-            with server_ctx.wrap_socket(conn, server_side=True, suppress_ragged_eofs=False) as tls:
-                tls.settimeout(TIMEOUT)
-                try:
-                    seen.append(tls.recv(100))
-                except OSError as exc:
-                    seen.append(exc)
-
-        server = threading.Thread(target=serve, daemon=True)
-        server.start()
+    with python_tls_server(lambda tls: read_one(tls, seen)) as port:
+        command = ["connect", f"{LOCAL}:{port}", "--insecure"]
         r = subprocess.run(
-            [
-                sys.executable,
-                "-X",
-                "dev",
-                "-m",
-                "sslports",
-                "connect",
-                f"{LOCAL}:{port}",
-                "--insecure",
-            ],
+            [sys.executable, "-X", "dev", "-m", "sslports", *command],
             input=b"",
             stdout=subprocess.DEVNULL,
             stderr=subprocess.PIPE,
@@ -639,7 +683,6 @@ def test_connect_started_with_stdout_closed_still_ends_with_close_notify() -> No
             env=ENV,
             preexec_fn=lambda: os.close(1),
         )
-        server.join(TIMEOUT)
     assert r.returncode == 1, r.stderr.decode()
     assert r.stderr.endswith(b"\nsslports: error: write error: standard output is closed\n")
     assert b"Exception ignored" not in r.stderr, r.stderr.decode()
@@ -907,55 +950,22 @@ def test_connect_ctrl_c_while_the_server_stopped_reading_exits_at_once() -> None
     command exits 130 (interrupted) while the server still holds the connection open. It
     used to wait for the stuck write, ignoring Ctrl-C, until the server closed: closing
     the socket's writer waits for the write that holds its lock, which nothing ends."""
-    server_ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-    server_ctx.load_cert_chain(PEM)
     release = threading.Event()
-    with socket.create_server((LOCAL, 0)) as lsock:
-        lsock.settimeout(TIMEOUT)
-        port = lsock.getsockname()[1]
 
-        def serve() -> None:  # handshakes, then reads nothing until released
-            conn, _ = lsock.accept()
-            with server_ctx.wrap_socket(conn, server_side=True) as tls:
-                tls.sendall(b"ready\n")
-                release.wait(TIMEOUT)
+    def serve(tls: ssl.SSLSocket) -> None:  # handshakes, then reads nothing until released
+        tls.sendall(b"ready\n")
+        release.wait(TIMEOUT)
 
-        server = threading.Thread(target=serve, daemon=True)
-        server.start()
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "sslports", "connect", f"{LOCAL}:{port}", "--insecure", "-q"],
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            env=ENV,
-        )
-        assert proc.stdin is not None and proc.stdout is not None and proc.stderr is not None
-        stdin = proc.stdin
+    def feed(stdin: Any) -> None:  # far more than the kernel's buffers and the sender's queue
+        with contextlib.suppress(OSError):
+            for _ in range(2000):
+                stdin.write(b"x" * 65536)
 
-        def feed() -> None:  # far more than the kernel's buffers and the sender's queue hold
-            with contextlib.suppress(OSError):
-                for _ in range(2000):
-                    stdin.write(b"x" * 65536)
-
-        feeder = threading.Thread(target=feed, daemon=True)
-        feeder.start()
+    with python_tls_server(serve) as port:
         try:
-            assert proc.stdout.readline() == b"ready\n"
-            time.sleep(1.0)  # (the stdin thread's write is stuck by now)
-            assert feeder.is_alive()  # (the command does not take more)
-            proc.send_signal(signal.SIGINT)
-            status = proc.wait(timeout=30)  # (the server holds the connection for 60 s)
+            status, err = interrupt_connect(port, feed)  # (the server holds on for 60 s)
         finally:
             release.set()
-            if proc.poll() is None:
-                proc.kill()
-                proc.wait()
-            err = proc.stderr.read()
-            for pipe in (proc.stdin, proc.stdout, proc.stderr):
-                with contextlib.suppress(OSError):
-                    pipe.close()
-            feeder.join(TIMEOUT)
-            server.join(TIMEOUT)
     assert status == 130, err.decode()
     assert err == b"sslports: interrupted\n", err.decode()
 
@@ -964,45 +974,14 @@ def test_connect_ctrl_c_while_the_server_stopped_reading_exits_at_once() -> None
 def test_connect_ctrl_c_in_an_idle_session_still_ends_with_close_notify() -> None:
     """Ctrl-C with nothing on its way: the command exits 130 and the server reads our
     close_notify (a clean end), not a cut connection."""
-    server_ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-    server_ctx.load_cert_chain(PEM)
     seen: list[object] = []
-    with socket.create_server((LOCAL, 0)) as lsock:
-        lsock.settimeout(TIMEOUT)
-        port = lsock.getsockname()[1]
 
-        def serve() -> None:
-            conn, _ = lsock.accept()
-            with server_ctx.wrap_socket(conn, server_side=True, suppress_ragged_eofs=False) as tls:
-                tls.settimeout(TIMEOUT)
-                tls.sendall(b"ready\n")
-                try:
-                    seen.append(tls.recv(100))
-                except OSError as exc:
-                    seen.append(exc)
+    def serve(tls: ssl.SSLSocket) -> None:
+        tls.sendall(b"ready\n")
+        read_one(tls, seen)
 
-        server = threading.Thread(target=serve, daemon=True)
-        server.start()
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "sslports", "connect", f"{LOCAL}:{port}", "--insecure", "-q"],
-            stdin=subprocess.PIPE,  # left open: idle
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            env=ENV,
-        )
-        assert proc.stdin is not None and proc.stdout is not None and proc.stderr is not None
-        try:
-            assert proc.stdout.readline() == b"ready\n"
-            proc.send_signal(signal.SIGINT)
-            status = proc.wait(timeout=30)
-        finally:
-            if proc.poll() is None:
-                proc.kill()
-                proc.wait()
-            err = proc.stderr.read()
-            for pipe in (proc.stdin, proc.stdout, proc.stderr):
-                pipe.close()
-            server.join(TIMEOUT)
+    with python_tls_server(serve) as port:
+        status, err = interrupt_connect(port)
     assert status == 130, err.decode()
     assert err == b"sslports: interrupted\n", err.decode()
     assert seen == [b""]  # the client's close_notify, not a cut
