@@ -831,14 +831,28 @@ lg.setLevel(logging.DEBUG)
 import sslports
 out = {"available": sslports.ssl_available, "reason": sslports.ssl_load_fail_reason}
 errs = {}
-for name, call in [("ssl_connect", lambda: sslports.ssl_connect("localhost", 443)),
-                   ("ssl_listen", lambda: sslports.ssl_listen(0)),
-                   ("ssl_make_client_context", lambda: sslports.ssl_make_client_context())]:
+import socket
+a, b = socket.socketpair()
+calls = [
+    ("ssl_connect", lambda: sslports.ssl_connect("localhost", 443)),
+    ("ssl_connect", lambda: sslports.ssl_connect("localhost", 443, "secure")),
+    ("ssl_listen", lambda: sslports.ssl_listen(0)),
+    ("ssl_make_client_context", lambda: sslports.ssl_make_client_context()),
+    ("ssl_make_client_context", lambda: sslports.ssl_make_client_context("secure")),
+    ("ssl_make_server_context", lambda: sslports.ssl_make_server_context()),
+    ("ssl_secure_client_context", lambda: sslports.ssl_secure_client_context()),
+    ("ports_to_ssl_ports", lambda: sslports.ports_to_ssl_ports(io.BytesIO(), io.BytesIO())),
+    ("ports_to_ssl_ports",
+     lambda: sslports.ports_to_ssl_ports(io.BytesIO(), io.BytesIO(), mode="connect")),
+    ("ssl_wrap_socket", lambda: sslports.ssl_wrap_socket(a)),
+]
+for i, (name, call) in enumerate(calls):
     try:
         call()
-        errs[name] = None
+        errs[f"{i} {name}"] = None
     except Exception as e:
-        errs[name] = [type(e).__name__, isinstance(e, sslports.SSLUnsupportedError), str(e)]
+        unsupported = isinstance(e, sslports.SSLUnsupportedError)
+        errs[f"{i} {name}"] = [type(e).__name__, unsupported, str(e)]
 out["errs"] = errs
 from sslports.sha1 import sha1, sha1_bytes, bytes_to_hex_string, hex_string_to_bytes
 from sslports.md5 import md5, md5_bytes
@@ -860,10 +874,13 @@ def test_fallback_without_native_extension() -> None:
     assert out["available"] is False
     reason = out["reason"]
     assert isinstance(reason, str) and reason
-    for name, e in out["errs"].items():
-        assert e is not None, name
-        assert e[1], (name, e)
-        assert reason in e[2], (name, e)
+    assert len(out["errs"]) == 10
+    for key, e in out["errs"].items():
+        assert e is not None, key
+        assert e[1], (key, e)
+        assert reason in e[2], (key, e)
+        # (named for the call made, not the function it calls: ssl_connect made a context)
+        assert e[2].startswith(key.split()[1] + ": SSL not available ("), (key, e)
     assert all(out["ok"]), out["ok"]
     assert len(out["warnings"]) == 1, out["warnings"]
 

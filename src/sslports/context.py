@@ -449,6 +449,7 @@ def ssl_make_client_context(
     protocol = _check_protocol(func, protocol)
     if protocol == "secure":
         if private_key is None and certificate_chain is None:
+            _binding.require_native(func)  # (its message names this function)
             return ssl_secure_client_context()
         ctx = _configure_secure(SSLClientContext("auto"))
         ctx._protocol = "secure"
@@ -508,6 +509,7 @@ def ssl_secure_client_context() -> SSLClientContext:
 
     Racket: ssl-secure-client-context
     """
+    _binding.require_native("ssl_secure_client_context")
     key = tuple(
         (s[0], os.fsdecode(s[1])) if isinstance(s, tuple) else os.fsdecode(s)
         for s in ssl_default_verify_sources()

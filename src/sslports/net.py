@@ -72,8 +72,10 @@ def _client_context(func: str, protocol: object) -> SSLClientContext:
     if isinstance(protocol, SSLClientContext):
         return protocol
     if isinstance(protocol, str):
-        # checked here so that a bad name is reported as an error of `func`
-        return ssl_make_client_context(_check_protocol(func, protocol))
+        # checked here so that a bad name (or no native module) is an error of `func`
+        protocol = _check_protocol(func, protocol)
+        _binding.require_native(func)
+        return ssl_make_client_context(protocol)
     raise TypeError(f"{func}: expected a client context or protocol name, got {protocol!r}")
 
 
@@ -81,8 +83,15 @@ def _server_context(func: str, protocol: object) -> SSLServerContext:
     if isinstance(protocol, SSLServerContext):
         return protocol
     if isinstance(protocol, str):
-        return ssl_make_server_context(_check_protocol(func, protocol))
+        protocol = _check_protocol(func, protocol)
+        _binding.require_native(func)
+        return ssl_make_server_context(protocol)
     raise TypeError(f"{func}: expected a server context or protocol name, got {protocol!r}")
+
+
+def _step(is_server: bool) -> str:
+    """What a handshake's failure message says failed (API.md: "connect failed (...)")."""
+    return "accept" if is_server else "connect"
 
 
 def _new_connection(
@@ -115,13 +124,13 @@ def _new_connection(
             host = name
         elif verify_hostname:
             raise cls(
-                f"{func}: connect failed (hostname mismatch: {hostname!r} is not a valid "
-                "reference name)",
+                f"{func}: {_step(is_server)} failed (hostname mismatch: {hostname!r} is not a "
+                "valid reference name)",
                 verify_code=_X509_V_ERR_HOSTNAME_MISMATCH,
                 verify_message="hostname mismatch",
             )
     elif verify_hostname:
-        raise cls(f"{func}: connect failed (hostname not provided for verification)")
+        raise cls(f"{func}: {_step(is_server)} failed (hostname not provided for verification)")
     err, step = _per_thread.pair  # this thread's error record and count cell (the failed step)
     raw = lib.sp_ctx_open_conn(
         ctx._ptr,
@@ -747,9 +756,11 @@ def _mode_context(func: str, mode: object, context: object, encrypt: object) -> 
     if context is None:
         if not isinstance(encrypt, str):
             raise TypeError(f"{func}: encrypt must be a protocol name")
+        protocol = _check_protocol(func, encrypt)
+        _binding.require_native(func)  # (its message names `func`)
         if mode == "connect":
-            return ssl_make_client_context(_check_protocol(func, encrypt))
-        return ssl_make_server_context(_check_protocol(func, encrypt))
+            return ssl_make_client_context(protocol)
+        return ssl_make_server_context(protocol)
     # One isinstance per class: mypy < 2 (the last on Python 3.9) joins a conditional pair of
     # classes to `object` and then reports the narrowed return value.
     if mode == "connect" and isinstance(context, SSLClientContext):
