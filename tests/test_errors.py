@@ -445,6 +445,43 @@ def test_bad_key_data_and_dh_bytes(pki: Any) -> None:
             sslports.ssl_server_context_enable_dhe(ctx, dh)
 
 
+# `openssl dhparam -dsaparam 1024` (OpenSSL 3 writes X9.42 parameters)
+X942_DH_PEM = b"""\
+-----BEGIN X9.42 DH PARAMETERS-----
+MIIBJwKBgQCn3ss+X7ooXHThQjt0QOd7YdKiQGrCtrfuNehXb4ENgQlw1PBHtrph
+TsjyI1DUOtYLCnwKo4G3ja18nD4uQ0eBiQfUMr7H9mhpzcVIaaUY4uC0UJmrWgqp
+9iMPV6sA7XNQ0oSp6neXEiNgP5BByNno/Zp8blEXQATzsArb9/GvyQKBgQCOuGQi
+ZAWQmKQ0N/xFYW0Lj7Qtzvqvv5iR9sxdzx6MlyfhPL8S/pGziLoqr+WKL3sWVQU/
+yANVm40ijlzvWr2KBykiq8dtK5XOnve2Qv8aOtcGm3x63mAoNl0LmF0bjgHfw/ik
+nA7H8zS5bdjukyWrXm/TOazMcaf9mz6PumByKQIdAIqkT8KHBg0ClEr/GzpjhgGn
+3aq/mJzbq8N+El0=
+-----END X9.42 DH PARAMETERS-----
+"""
+
+
+def test_dh_parameters_that_tls_cannot_take_say_why(tmp_path: Path) -> None:
+    """X9.42 parameters (a file or bytes) and DER bytes: an SSLError that says what is wrong
+    (the X9.42 one said nothing at all; DER bytes read as a path with a NUL byte)."""
+    x942 = tmp_path / "x942.pem"
+    x942.write_bytes(X942_DH_PEM)
+    ctx = sslports.ssl_make_server_context()
+    for dh in (x942, X942_DH_PEM):
+        with pytest.raises(SSLError) as info:
+            sslports.ssl_server_context_enable_dhe(ctx, dh)
+        assert str(info.value).startswith(
+            "ssl_server_context_enable_dhe: loading DH parameters failed (X9.42 DH parameters; "
+            "TLS takes PKCS#3 ones ('openssl dhparam' writes them)"
+        ), str(info.value)
+    der = b"0\x82\x01\x08\x02\x82\x01\x01\x00" + os.urandom(64)
+    for data in (der, bytearray(der), bytearray(b"garbage")):
+        with pytest.raises(SSLError) as info:
+            sslports.ssl_server_context_enable_dhe(ctx, data)
+        assert str(info.value).startswith(
+            "ssl_server_context_enable_dhe: loading DH parameters failed (no DH parameters found"
+        ), str(info.value)
+    sslports.ssl_server_context_enable_dhe(ctx, bytearray(sslports.ssl_dh4096_param_bytes))
+
+
 def test_certificate_chain_rejects_key_only_file(pki: Any) -> None:
     with pytest.raises(SSLError, match="ssl_load_certificate_chain"):
         sslports.ssl_load_certificate_chain(sslports.ssl_make_server_context(), pki.server_key)

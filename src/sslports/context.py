@@ -996,14 +996,19 @@ def ssl_server_context_enable_dhe(context: object, dh_param: object = DH4096_PEM
 
     Racket: ssl-server-context-enable-dhe!
 
-    :param dh_param: a path to a PEM file of DH parameters, or its contents as bytes.
+    :param dh_param: a path to a PEM file of PKCS#3 DH parameters, or its contents as
+        bytes (bytes that hold no PEM and no NUL byte are a path, as elsewhere).
     """
     func = "ssl_server_context_enable_dhe"
     if not isinstance(context, SSLServerContext):
         raise TypeError(f"{func}: expected a server context, got {type(context).__name__}")
     context._mutable(func)  # (before the file is read: a sealed context says so)
     path = None
-    if isinstance(dh_param, (bytes, bytearray)) and b"-----BEGIN" in dh_param:
+    if isinstance(dh_param, bytearray) or (
+        # (bytes are a path too, as elsewhere, unless they are PEM, or could not be a path:
+        # DER bytes then read as "no DH parameters found", not as a path with a NUL byte)
+        isinstance(dh_param, bytes) and (b"-----BEGIN" in dh_param or b"\0" in dh_param)
+    ):
         pem = bytes(dh_param)
     else:
         pem = _read_file(func, dh_param)
@@ -1013,7 +1018,10 @@ def ssl_server_context_enable_dhe(context: object, dh_param: object = DH4096_PEM
         ok = _binding.lib.sp_ctx_set_dh_pem(ptr, pem, len(pem), err)
     if not ok:
         detail = None
-        if b"DH PARAMETERS-----" not in pem:
+        if b"X9.42 DH PARAMETERS-----" in pem and not _err_last(err):
+            # (OpenSSL 3's `openssl dhparam -dsaparam` writes these)
+            detail = "X9.42 DH parameters; TLS takes PKCS#3 ones ('openssl dhparam' writes them)"
+        elif b"DH PARAMETERS-----" not in pem:
             last = _err_last(err)
             detail = f"no DH parameters found ({last})" if last else "no DH parameters found"
         raise build_error(func, "loading DH parameters", err, detail=detail, path=path)
