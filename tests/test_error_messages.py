@@ -333,8 +333,36 @@ def test_a_plain_http_client_is_named_with_its_address(server: Any) -> None:
         with pytest.raises(SSLNetworkError) as info:
             join()
         me = sock.getsockname()
-    assert "http request: the client sent a plain HTTP request to this TLS port" in str(info.value)
+    assert "http request: the peer sent a plain HTTP request, not TLS" in str(info.value)
     assert str(info.value).endswith(f"; client {me[0]}:{me[1]})")
+
+
+@pytest.mark.parametrize(
+    "reply, hint",
+    [
+        (b"GET / HTTP/1.0\r\n\r\n", "http request: the peer sent a plain HTTP request, not TLS"),
+        (b"CONNECT a:1 HTTP/1.1\r\n\r\n", "https proxy request: the peer sent an HTTP proxy"),
+    ],
+)
+def test_a_client_meeting_request_bytes_does_not_blame_a_client(reply: bytes, hint: str) -> None:
+    """A client whose server answers with bytes that start as an HTTP request: OpenSSL's
+    reason is the same as a server's, and the words must fit this end too (they said "the
+    client sent ... to this TLS port" to the client)."""
+    with socket.create_server((LOCAL, 0)) as listener:
+
+        def serve() -> None:
+            conn, _ = listener.accept()
+            with conn:
+                conn.recv(4096)
+                conn.sendall(reply)
+
+        t = threading.Thread(target=serve)
+        t.start()
+        with pytest.raises(SSLNetworkError) as info:
+            sslports.ssl_connect(LOCAL, listener.getsockname()[1], timeout=10)
+        t.join()
+    assert hint in str(info.value)
+    assert "client sent" not in str(info.value)
 
 
 @pytest.mark.parametrize("version", VERSIONS)

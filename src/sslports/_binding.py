@@ -146,8 +146,9 @@ _ALERT = re.compile(r"(?:sslv3|ssl/tls|tlsv1|tlsv13) alert (.+)$")
 _NOT_TLS = {
     "wrong version number": "the peer does not speak TLS (a plain-text service?)",
     "packet length too long": "the peer does not speak TLS (a plain-text service?)",
-    "http request": "the client sent a plain HTTP request to this TLS port",
-    "https proxy request": "the client sent an HTTP proxy request (CONNECT) to this TLS port",
+    # (a client can meet these too: the bytes start as a request does; hence "the peer")
+    "http request": "the peer sent a plain HTTP request, not TLS",
+    "https proxy request": "the peer sent an HTTP proxy request (CONNECT), not TLS",
     "unsupported protocol": "the peer and this end allow no TLS version in common",
     "unexpected eof while reading": "the peer closed the connection",
 }
