@@ -110,41 +110,63 @@ def read_one(tls: ssl.SSLSocket, seen: list[object]) -> None:
         seen.append(exc)
 
 
-def interrupt_connect(
-    port: int, stdin_feed: Optional[Callable[[Any], None]] = None
-) -> tuple[int, bytes]:
-    """``connect -q`` to the server at `port` (whose first line is "ready"), its stdin a
-    pipe left open (fed by stdin_feed in a thread, if given); Ctrl-C once "ready" arrived
-    (and a second later, with a feed). Returns the exit status and stderr."""
+def run_connect(
+    port: int,
+    *extra: str,
+    feed: Optional[Callable[[Any], None]] = None,
+    started: Optional[threading.Event] = None,
+    interrupt: bool = True,
+) -> tuple[int, bytes, bytes]:
+    """``connect -q`` to the server at `port`, its stdin a pipe left open (fed by `feed` in a
+    thread, if given). With `interrupt`, Ctrl-C once the first line ("ready") arrived, or
+    once `started` is set, and a second later with a feed (the write is stuck by then, if
+    the server does not read); else wait for the command to end. Returns the exit status,
+    stdout and stderr."""
+    command = ["connect", f"{LOCAL}:{port}", "--insecure", "-q", *extra]
     proc = subprocess.Popen(
-        [sys.executable, "-m", "sslports", "connect", f"{LOCAL}:{port}", "--insecure", "-q"],
+        [sys.executable, "-m", "sslports", *command],
         stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         env=ENV,
     )
     assert proc.stdin is not None and proc.stdout is not None and proc.stderr is not None
-    feeder = threading.Thread(target=stdin_feed, args=(proc.stdin,), daemon=True)
+    feeder = threading.Thread(target=feed, args=(proc.stdin,), daemon=True)
+    out = b""
     try:
-        if stdin_feed is not None:
+        if feed is not None:
             feeder.start()
-        assert proc.stdout.readline() == b"ready\n"
-        if stdin_feed is not None:
-            time.sleep(1.0)  # (its write is stuck by now, if the server does not read)
-            assert feeder.is_alive()  # (the command does not take more)
-        proc.send_signal(signal.SIGINT)
-        status = proc.wait(timeout=30)
+        if interrupt:
+            if started is not None:
+                assert started.wait(TIMEOUT)
+                time.sleep(0.5)
+            else:
+                out = proc.stdout.readline()
+                assert out == b"ready\n"
+            if feed is not None:
+                time.sleep(1.0)
+                assert feeder.is_alive()  # (the command does not take more)
+            proc.send_signal(signal.SIGINT)
+        status = proc.wait(timeout=30)  # (the servers hold the connection for 60 s)
     finally:
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+        out += proc.stdout.read()
         err = proc.stderr.read()
         for pipe in (proc.stdin, proc.stdout, proc.stderr):
             with contextlib.suppress(OSError):
                 pipe.close()
         if feeder.is_alive():
             feeder.join(TIMEOUT)
-    return status, err
+    return status, out, err
+
+
+def feed_lots(stdin: Any) -> None:
+    """Far more than the kernel's buffers and the sender's queue hold."""
+    with contextlib.suppress(OSError):
+        for _ in range(2000):
+            stdin.write(b"x" * 65536)
 
 
 def wait_for_text(path: Path, needle: str, proc: subprocess.Popen[bytes], timeout: float) -> str:
@@ -956,16 +978,75 @@ def test_connect_ctrl_c_while_the_server_stopped_reading_exits_at_once() -> None
         tls.sendall(b"ready\n")
         release.wait(TIMEOUT)
 
-    def feed(stdin: Any) -> None:  # far more than the kernel's buffers and the sender's queue
-        with contextlib.suppress(OSError):
-            for _ in range(2000):
-                stdin.write(b"x" * 65536)
-
     with python_tls_server(serve) as port:
         try:
-            status, err = interrupt_connect(port, feed)  # (the server holds on for 60 s)
+            status, _out, err = run_connect(port, feed=feed_lots)
         finally:
             release.set()
+    assert status == 130, err.decode()
+    assert err == b"sslports: interrupted\n", err.decode()
+
+
+@needs_tls
+def test_connect_ends_when_the_server_says_goodbye_but_stopped_reading() -> None:
+    """The server sends its reply and close_notify, and keeps the connection open without
+    reading, while stdin's bytes are stuck in a write to it: the command ends (exit 0, the
+    reply printed) while the server still holds the connection. It waited, ignoring
+    Ctrl-C, until the server closed (the stuck write held the socket's writer)."""
+    release = threading.Event()
+    ctx = sslports.ssl_make_server_context()
+    sslports.ssl_load_certificate_chain(ctx, PEM)
+    sslports.ssl_load_private_key(ctx, PEM)
+    with socket.create_server((LOCAL, 0)) as lsock:
+        lsock.settimeout(TIMEOUT)
+
+        def serve() -> None:  # (sslports: its output port's close sends close_notify, and
+            conn, _ = lsock.accept()  # no more: Python's ssl would read the client's data)
+            with conn, conn.makefile("rb") as r, conn.makefile("wb") as w:
+                inp, out = sslports.ports_to_ssl_ports(
+                    r, w, context=ctx, shutdown_on_close=True, timeout=TIMEOUT
+                )
+                time.sleep(2.0)  # (stdin's bytes fill every buffer meanwhile)
+                out.write(b"bye\n")
+                out.close()
+                release.wait(TIMEOUT)
+                sslports.ssl_abandon_port(inp)
+
+        server = threading.Thread(target=serve, daemon=True)
+        server.start()
+        try:
+            status, out, err = run_connect(lsock.getsockname()[1], feed=feed_lots, interrupt=False)
+        finally:
+            release.set()
+            server.join(TIMEOUT)
+    assert status == 0, err.decode()
+    assert out == b"bye\n"
+
+
+@needs_tls
+def test_connect_ctrl_c_during_the_handshake_under_a_timeout_exits_at_once() -> None:
+    """Ctrl-C while the handshake waits for a server that never answers, under --timeout
+    60: exit 130 at once. It waited for the timeout (closing the socket's reader waited for
+    the read blocked in another thread)."""
+    started, release = threading.Event(), threading.Event()
+    with socket.create_server((LOCAL, 0)) as lsock:
+        lsock.settimeout(TIMEOUT)
+
+        def serve() -> None:  # accepts, then says nothing
+            conn, _ = lsock.accept()
+            with conn:
+                started.set()
+                release.wait(TIMEOUT)
+
+        server = threading.Thread(target=serve, daemon=True)
+        server.start()
+        try:
+            status, _out, err = run_connect(
+                lsock.getsockname()[1], "--timeout", "60", started=started
+            )
+        finally:
+            release.set()
+            server.join(TIMEOUT)
     assert status == 130, err.decode()
     assert err == b"sslports: interrupted\n", err.decode()
 
@@ -981,7 +1062,7 @@ def test_connect_ctrl_c_in_an_idle_session_still_ends_with_close_notify() -> Non
         read_one(tls, seen)
 
     with python_tls_server(serve) as port:
-        status, err = interrupt_connect(port)
+        status, _out, err = run_connect(port)
     assert status == 130, err.decode()
     assert err == b"sslports: interrupted\n", err.decode()
     assert seen == [b""]  # the client's close_notify, not a cut

@@ -400,6 +400,12 @@ def _cmd_connect(args: argparse.Namespace) -> int:
     writer = sock.makefile("wb")
 
     def close_transport() -> None:
+        # Shut the socket down first: a read or write still blocked in a thread (the ports'
+        # receiver or sender, after the last close waited its while) holds its file object's
+        # lock, and closing that object would wait for it, ignoring Ctrl-C, until the server
+        # closed. (The ports are closed by now, or never were: nothing of ours is cut short.)
+        with contextlib.suppress(OSError):
+            sock.shutdown(socket.SHUT_RDWR)
         for closable in (reader, writer, sock):
             with contextlib.suppress(OSError):
                 closable.close()
