@@ -42,6 +42,12 @@ def require_native(func: str) -> Any:
     return lib
 
 
+def handshake_step(is_server: bool) -> str:
+    """What a failed handshake's message says failed: "connect" or "accept", as Racket's
+    (API.md: "ssl_connect: connect failed (...)"), by the side that ran it."""
+    return "accept" if is_server else "connect"
+
+
 def err_lines(err: Any) -> list[str]:
     """The OpenSSL errors recorded in an sp_err, one string each."""
     if err.nerrs == 0:

@@ -358,8 +358,7 @@ class AioConnection:
                     raise sni_error
                 finally:
                     del sni_error
-            server = lib.SSL_is_server(lib.sp_conn_ssl(self.ptr))
-            what = "accept" if server else "connect"  # (Racket's words: API.md)
+            what = _binding.handshake_step(bool(lib.SSL_is_server(lib.sp_conn_ssl(self.ptr))))
             if status == _RAGGED_EOF:
                 raise SSLNetworkError(f"{func}: {what} failed (connection closed by peer)")
             raise build_error(

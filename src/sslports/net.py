@@ -16,7 +16,7 @@ import threading
 import weakref
 from _socket import socket as _raw_socket
 from collections.abc import Sequence
-from typing import Any, Optional, Union
+from typing import Any, Callable, Optional, TypeVar, Union
 
 from . import _binding
 from ._binding import build_error
@@ -68,14 +68,22 @@ def _check_flag(func: str, name: str, value: object) -> bool:
     return value
 
 
+_C = TypeVar("_C", SSLClientContext, SSLServerContext)
+
+
+def _named_context(func: str, protocol: str, make: Callable[[str], _C]) -> _C:
+    """`make(protocol)`, with the name (and the native module) checked first, so that a bad
+    name or a missing module is an error of `func`, not of the context maker."""
+    protocol = _check_protocol(func, protocol)
+    _binding.require_native(func)
+    return make(protocol)
+
+
 def _client_context(func: str, protocol: object) -> SSLClientContext:
     if isinstance(protocol, SSLClientContext):
         return protocol
     if isinstance(protocol, str):
-        # checked here so that a bad name (or no native module) is an error of `func`
-        protocol = _check_protocol(func, protocol)
-        _binding.require_native(func)
-        return ssl_make_client_context(protocol)
+        return _named_context(func, protocol, ssl_make_client_context)
     raise TypeError(f"{func}: expected a client context or protocol name, got {protocol!r}")
 
 
@@ -83,15 +91,8 @@ def _server_context(func: str, protocol: object) -> SSLServerContext:
     if isinstance(protocol, SSLServerContext):
         return protocol
     if isinstance(protocol, str):
-        protocol = _check_protocol(func, protocol)
-        _binding.require_native(func)
-        return ssl_make_server_context(protocol)
+        return _named_context(func, protocol, ssl_make_server_context)
     raise TypeError(f"{func}: expected a server context or protocol name, got {protocol!r}")
-
-
-def _step(is_server: bool) -> str:
-    """What a handshake's failure message says failed (API.md: "connect failed (...)")."""
-    return "accept" if is_server else "connect"
 
 
 def _new_connection(
@@ -123,14 +124,16 @@ def _new_connection(
         if name is not None:
             host = name
         elif verify_hostname:
+            what = _binding.handshake_step(is_server)
             raise cls(
-                f"{func}: {_step(is_server)} failed (hostname mismatch: {hostname!r} is not a "
+                f"{func}: {what} failed (hostname mismatch: {hostname!r} is not a "
                 "valid reference name)",
                 verify_code=_X509_V_ERR_HOSTNAME_MISMATCH,
                 verify_message="hostname mismatch",
             )
     elif verify_hostname:
-        raise cls(f"{func}: {_step(is_server)} failed (hostname not provided for verification)")
+        what = _binding.handshake_step(is_server)
+        raise cls(f"{func}: {what} failed (hostname not provided for verification)")
     err, step = _per_thread.pair  # this thread's error record and count cell (the failed step)
     raw = lib.sp_ctx_open_conn(
         ctx._ptr,
@@ -756,11 +759,9 @@ def _mode_context(func: str, mode: object, context: object, encrypt: object) -> 
     if context is None:
         if not isinstance(encrypt, str):
             raise TypeError(f"{func}: encrypt must be a protocol name")
-        protocol = _check_protocol(func, encrypt)
-        _binding.require_native(func)  # (its message names `func`)
         if mode == "connect":
-            return ssl_make_client_context(protocol)
-        return ssl_make_server_context(protocol)
+            return _named_context(func, encrypt, ssl_make_client_context)
+        return _named_context(func, encrypt, ssl_make_server_context)
     # One isinstance per class: mypy < 2 (the last on Python 3.9) joins a conditional pair of
     # classes to `object` and then reports the narrowed return value.
     if mode == "connect" and isinstance(context, SSLClientContext):

@@ -625,10 +625,9 @@ class Connection:
             self.handshake_failed(func, status, cls)
 
     def handshake_what(self) -> str:
-        """What a failed handshake's message says failed: "connect" or "accept", as Racket's
-        (API.md: "ssl_connect: connect failed (...)"), whichever call ran it."""
+        """What a failed handshake's message says failed (`_binding.handshake_step`)."""
         lib = _binding.lib
-        return "accept" if lib.SSL_is_server(lib.sp_conn_ssl(self.ptr)) else "connect"
+        return _binding.handshake_step(bool(lib.SSL_is_server(lib.sp_conn_ssl(self.ptr))))
 
     def peer_text(self) -> Optional[str]:
         """The peer's host:port for a failed handshake's message: what the caller said
