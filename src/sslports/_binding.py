@@ -259,7 +259,7 @@ def _verify_detail(fail: Any, code: int, hostname: Optional[str]) -> str:
     else:
         who = f"CA certificate {subject!r} (chain depth {fail.depth})"
     if code in (_V_HOSTNAME_MISMATCH, _V_IP_ADDRESS_MISMATCH):
-        names = _names(ffi.buffer(fail.names, min(fail.names_len, len(fail.names)))[:])
+        names = hostname_list(ffi.buffer(fail.names, min(fail.names_len, len(fail.names)))[:])
         shown = ", ".join(_printable(n) for n in names[:_MAX_NAMES])
         total = int(fail.names_count)  # (also those past the buffer, which holds the first)
         if total > _MAX_NAMES:
@@ -286,7 +286,7 @@ def _verify_detail(fail: Any, code: int, hostname: Optional[str]) -> str:
     return f"{who}, issued by {text(fail.issuer)!r}"
 
 
-def _names(raw: bytes) -> list[str]:
+def hostname_list(raw: bytes) -> list[str]:
     """sp_peer_hostnames' format (a 4-byte length, then the bytes, for each name) as strs;
     an entry cut short (the buffer was full) is left out."""
     names: list[str] = []

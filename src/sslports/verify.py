@@ -190,14 +190,7 @@ def _hostnames_of(ptr: Any) -> list[str]:
         if need <= cap:
             break
         cap = need
-    raw = ffi.buffer(buf, need)[:] if need else b""
-    names: list[str] = []
-    i = 0
-    while i + 4 <= len(raw):  # each name: a 4-byte length, then its bytes (NULs included)
-        n = int.from_bytes(raw[i : i + 4], "big")
-        names.append(raw[i + 4 : i + 4 + n].decode("utf-8", "replace"))
-        i += 4 + n
-    return names
+    return _binding.hostname_list(ffi.buffer(buf, need)[:] if need else b"")
 
 
 def ssl_peer_check_hostname(p: object, hostname: str) -> bool:
