@@ -128,8 +128,8 @@ def test_a_certificate_with_many_names_lists_some() -> None:
     from sslports import _binding
 
     raw = b"".join(len(n).to_bytes(4, "big") + n for n in (b"a%d.example" % i for i in range(20)))
-    assert len(_binding._names(raw)) == 20
-    assert _binding._names(raw[:-3]) == [f"a{i}.example" for i in range(19)]  # (cut short)
+    assert len(_binding.hostname_list(raw)) == 20
+    assert _binding.hostname_list(raw[:-3]) == [f"a{i}.example" for i in range(19)]  # (cut short)
     assert _binding._printable("good.example\0.evil") == "good.example\\x00.evil"
 
 
