@@ -1573,6 +1573,16 @@ static int writer_reads(sp_conn *c)
         && (SSL_renegotiate_pending(c->ssl) || SSL_in_init(c->ssl));
 }
 
+int sp_conn_renegotiating(sp_conn *c)
+{
+    int r;
+    sp_mutex_lock(&c->ssl_lock);
+    r = c->established && SSL_version(c->ssl) < TLS1_3_VERSION
+        && (SSL_renegotiate_pending(c->ssl) || SSL_in_init(c->ssl));
+    sp_mutex_unlock(&c->ssl_lock);
+    return r;
+}
+
 /* Received bytes that a reader's recv() left for OpenSSL (ssl_lock taken here). */
 static int has_early(sp_conn *c)
 {
@@ -2022,15 +2032,26 @@ int sp_flush(sp_conn *c, int wait_ms, sp_err *err)
 
 int sp_shutdown(sp_conn *c, sp_err *err)
 {
-    int r;
+    int status = SP_ERROR; /* (a shutdown that cannot be sent is not an error at close time) */
     if (start_pump_call(c, err))
         return SP_ERROR;
     sp_mutex_lock(&c->ssl_lock);
     ERR_clear_error();
-    r = c->established && c->broken == NULL && c->send_broken == NULL ? SSL_shutdown(c->ssl) : -1;
-    ERR_clear_error(); /* a shutdown that cannot be sent is not an error at close time */
+    if (c->established && c->broken == NULL && c->send_broken == NULL) {
+        /* SSL_shutdown sends nothing inside a handshake: a client's renegotiation under way
+         * (writer_reads) is driven on first, as a writer drives it (application data goes to
+         * the stash), and the caller brings the peer's flight and calls again. */
+        int sr = SP_OK;
+        while (sr == SP_OK && writer_reads(c))
+            sr = stash_read(c, err);
+        if (!writer_reads(c))
+            status = SSL_shutdown(c->ssl) >= 0 ? SP_OK : SP_ERROR;
+        else if (sr != SP_ERROR)
+            status = SP_WANT_READ;
+    }
+    ERR_clear_error();
     sp_mutex_unlock(&c->ssl_lock);
-    return r >= 0 ? SP_OK : SP_ERROR;
+    return status;
 }
 
 /* ---- stream mode -------------------------------------------------------------------- */

@@ -179,6 +179,12 @@ int sp_write2(sp_conn *c, const unsigned char *head, size_t head_len, const unsi
 int sp_write_hold(sp_conn *c, const unsigned char *buf, size_t len, size_t *done, int wait_ms,
                   sp_err *err);
 int sp_flush(sp_conn *c, int wait_ms, sp_err *err);
+/* 1 while a TLS <= 1.2 renegotiation (either side's) is pending or under way: what the
+ * connection queues then is handshake bytes the peer waits for. */
+int sp_conn_renegotiating(sp_conn *c);
+/* Our close_notify, queued: SP_OK, SP_ERROR (nothing sent: broken, or not established), or
+ * SP_WANT_READ: a client's TLS <= 1.2 renegotiation must end first; bring the peer's flight
+ * (stream mode: feed it) and call again. */
 int sp_shutdown(sp_conn *c, sp_err *err);
 
 /* Socket mode: 1 while bytes an output port wrote are still queued (writer_queued), which

@@ -859,7 +859,10 @@ class _StreamTransport:
                     with sender.lock:
                         if not sender.cond.wait_for(sender.idle_or_failed, _SEND_WAIT):
                             self.tight = True
-                if sender.lost_written(self.handshaking):
+                # What the pump queued is the handshake's, or a TLS 1.2 renegotiation's: the
+                # peer's answer (what this read waits for) needs all of it.
+                handshaking = self.handshaking or bool(lib.sp_conn_renegotiating(conn))
+                if sender.lost_written(handshaking):
                     raise sender.report()
                 if direct and sender.queued == 0:
                     readinto, read = self._readinto, self._read
@@ -886,7 +889,6 @@ class _StreamTransport:
                     if receiver is None:
                         receiver = self.receiver = _Receiver(self.copying_reader())
                         sender.wake = receiver
-                    handshaking = self.handshaking
                     ready = receiver.get(
                         deadline,
                         lambda: (

@@ -237,6 +237,10 @@ class AioConnection:
     def close_raw(self) -> None:
         raise NotImplementedError
 
+    def abort_raw(self) -> None:
+        """Close the raw side at once, dropping what it still buffers."""
+        raise NotImplementedError
+
     async def wait_closed(self) -> None:
         """Wait until the raw side is closed; raise what it lost the connection with."""
         raise NotImplementedError
@@ -479,7 +483,11 @@ class AioConnection:
 
     async def close_when_sent(self) -> None:
         try:
-            await self.drain()  # (what it raises means nothing more can go)
+            # (what it raises means nothing more can go; a peer that moves the renegotiation
+            # on no further within the lingering close's bound is given up on, as that is)
+            await asyncio.wait_for(self.drain(), _LINGER_SECONDS)
+        except asyncio.TimeoutError:
+            self.abort_raw()
         except Exception:
             pass
         finally:
@@ -678,6 +686,11 @@ class _SSLProtocol(AioConnection, asyncio.BufferedProtocol):
         self.linger_until = self.loop.time() + _LINGER_SECONDS
         self.linger(fd)
 
+    def abort_raw(self) -> None:
+        self.sending = False
+        if self.transport_ is not None:
+            self.transport_.abort()
+
     def linger(self, fd: int) -> None:
         transport = self.transport_
         if transport is None or self.is_lost or transport.is_closing():
@@ -793,6 +806,10 @@ class _StreamConnection(AioConnection):
     def close_raw(self) -> None:
         self.sending = False
         self.raw_writer.close()
+
+    def abort_raw(self) -> None:
+        self.sending = False
+        self.raw_writer.transport.abort()
 
     async def wait_closed(self) -> None:
         try:  # (shielded, as _SSLProtocol's: the raw writer's awaits its protocol's future)
@@ -1016,9 +1033,18 @@ class SSLStreamWriter:
         warnings.warn(f"unclosed {self!r}", ResourceWarning, stacklevel=1)
 
     async def shutdown(self) -> None:
-        """Send close_notify (without waiting for the peer's), then drain."""
+        """Send close_notify (without waiting for the peer's), then drain.
+
+        Bytes a TLS 1.2 renegotiation holds back go first, and a renegotiation under way ends
+        before close_notify goes (OpenSSL sends none inside a handshake).
+        """
         conn = self._sslports_conn
-        _binding.lib.sp_shutdown(conn.ptr, conn.err)
+        await conn.drain()
+        while _binding.lib.sp_shutdown(conn.ptr, conn.err) == _WANT_READ:
+            conn.push_out()  # (our flight of the renegotiation)
+            if conn.eof or conn.exc is not None or conn.input_ended:
+                raise SSLNetworkError("shutdown: failed (connection closed by peer)")
+            await conn.wait_progress()
         conn.push_out()
         await conn.drain()
 

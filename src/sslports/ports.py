@@ -935,8 +935,15 @@ class Connection:
         if self.ptr is None:  # freed already (free())
             return
         transport = cast(_StreamTransport, self.transport)
-        _binding.lib.sp_shutdown(self.ptr, _binding.ffi.new("sp_err *"))
+        err = _binding.ffi.new("sp_err *")
         try:
+            while True:
+                seen = transport.fed
+                status = _binding.lib.sp_shutdown(self.ptr, err)
+                if status != _SP_WANT_READ or deadline.expired():
+                    break
+                # (a TLS 1.2 renegotiation under way ends first: it needs the peer's flight)
+                self.wait_for_pump(status, deadline, "close", seen)
             transport.push_out(self.ptr, deadline)
             transport.sender.drain(deadline.remaining())
         except (OSError, SSLError):

@@ -1,0 +1,269 @@
+"""Ending a connection while a TLS 1.2 server's renegotiation is under way (an independent
+review found all four broken).
+
+The server is sslports over TLS 1.2: after the client's first line it asks for a client
+certificate (``ssl_try_verify`` on its port: a HelloRequest, then a renegotiation), then reads
+to the end with ``strict_eof``, so a connection that ends without close_notify is an error
+there. The client reaches it through `Relay`, a TCP relay on 127.0.0.1 that passes the
+server's bytes on `lag` seconds late (or holds them for good once `hold` is set), so the
+client is in the middle of the renegotiation while the test ends its side:
+
+* asyncio ``writer.shutdown()`` while written bytes are held back by the renegotiation: they
+  go first, then close_notify (OpenSSL sends none inside a handshake; the shutdown used to
+  report success and send nothing);
+* asyncio ``writer.close()`` while held back, and the server's flight never comes: the close
+  ends within the lingering close's bound (it waited forever);
+* ports_to_ssl_ports with ``shutdown_on_close``: closing the output port while a read is in
+  the renegotiation sends close_notify once it ends (it sent none);
+* ports_to_ssl_ports whose output stream fails while it writes the flight a read queued: the
+  read raises that failure (it waited forever for an answer to a flight that never left).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import io
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from typing import Any, Optional
+
+import pytest
+from conftest import LOCAL, run_in_thread
+
+import sslports
+from sslports import SSLError, _binding, aio
+from sslports.ports import connection_of
+
+TIMEOUT = 30.0
+LAG = 0.4  # how late the relay hands the server's bytes on
+
+
+class Relay:
+    """One connection, client <-> server_port; the server's bytes are passed on `lag` seconds
+    after they came, and not at all while `hold` is set."""
+
+    def __init__(self, server_port: int, lag: float) -> None:
+        self.listener = socket.create_server((LOCAL, 0))
+        self.port: int = self.listener.getsockname()[1]
+        self.server_port = server_port
+        self.lag = lag
+        self.hold = threading.Event()
+        self.socks: list[socket.socket] = []
+        threading.Thread(target=self._run, daemon=True).start()
+
+    def _run(self) -> None:
+        client, _ = self.listener.accept()
+        server = socket.create_connection((LOCAL, self.server_port))
+        self.socks += [client, server]
+        threading.Thread(target=self._pass, args=(client, server, 0.0), daemon=True).start()
+        self._pass(server, client, self.lag)
+
+    def _pass(self, src: socket.socket, dst: socket.socket, lag: float) -> None:
+        try:
+            while True:
+                data = src.recv(65536)
+                time.sleep(lag)
+                while self.hold.is_set():
+                    time.sleep(0.05)
+                if not data:
+                    dst.shutdown(socket.SHUT_WR)
+                    return
+                dst.sendall(data)
+        except OSError:
+            return
+
+    def close(self) -> None:
+        self.hold.clear()
+        for sock in [self.listener, *self.socks]:
+            with contextlib.suppress(OSError):  # (wakes a recv() in another thread)
+                sock.shutdown(socket.SHUT_RDWR)
+            sock.close()
+
+
+def tls12_server() -> tuple[socket.socket, Any]:
+    """A TLS 1.2 sslports listener and the join of its one session: first line, renegotiation
+    (a client certificate asked for, not required), then everything to the end with
+    strict_eof. The join gives (first line, the rest, the end: "close_notify" or the error)."""
+    ctx = sslports.ssl_make_server_context("tls12")
+    sslports.ssl_load_certificate_chain(ctx, sslports.TEST_PEM)
+    sslports.ssl_load_private_key(ctx, sslports.TEST_PEM, False)
+    listener = socket.create_server((LOCAL, 0))
+
+    def serve() -> tuple[bytes, bytes, str]:
+        with listener:
+            sock, _ = listener.accept()
+        inp, out = sslports.ssl_wrap_socket(
+            sock, mode="accept", context=ctx, strict_eof=True, timeout=TIMEOUT
+        )
+        with inp, out:
+            first = inp.readline()
+            sslports.ssl_try_verify(inp, True)
+            rest = bytearray()
+            while True:
+                try:
+                    data = inp.read1(65536)
+                except SSLError as exc:
+                    return first, bytes(rest), str(exc)
+                if not data:
+                    return first, bytes(rest), "close_notify"
+                rest += data
+
+    return listener, serve
+
+
+@pytest.fixture
+def relayed() -> Iterator[tuple[Relay, Any]]:
+    listener, serve = tls12_server()
+    port = listener.getsockname()[1]
+    join = run_in_thread(serve)
+    relay = Relay(port, LAG)
+    try:
+        yield relay, join
+    finally:
+        relay.close()
+
+
+async def _held_back_writer(relay: Relay) -> tuple[Any, bytes]:
+    """An asyncio client whose writes the renegotiation holds back: its first line starts the
+    renegotiation; lines follow until one is held (the server's flight comes LAG late)."""
+    ctx = sslports.ssl_make_client_context("tls12")
+    _, writer = await aio.open_ssl_connection(LOCAL, relay.port, ctx, timeout=TIMEOUT)
+    writer.write(b"first\n")
+    await writer.drain()
+    sent = bytearray()
+    for i in range(500):
+        line = b"line %d\n" % i
+        writer.write(line)
+        sent += line
+        if writer._sslports_conn.pending_write is not None:
+            return writer, bytes(sent)
+        await asyncio.sleep(0.01)
+    raise AssertionError("no write was held back by the renegotiation")
+
+
+def test_aio_shutdown_during_renegotiation_sends_close_notify(
+    relayed: tuple[Relay, Any],
+) -> None:
+    relay, join = relayed
+
+    async def main() -> bytes:
+        writer, sent = await _held_back_writer(relay)
+        await asyncio.wait_for(writer.shutdown(), TIMEOUT)
+        writer.close()
+        await asyncio.wait_for(writer.wait_closed(), TIMEOUT)
+        return sent
+
+    sent = asyncio.run(main())
+    first, rest, end = join(TIMEOUT)
+    assert (first, rest, end) == (b"first\n", sent, "close_notify")
+
+
+def test_aio_close_during_renegotiation_with_a_silent_peer_ends(
+    relayed: tuple[Relay, Any],
+) -> None:
+    relay, join = relayed
+
+    async def main() -> Optional[int]:
+        writer, _ = await _held_back_writer(relay)
+        relay.hold.set()  # the server's flight never comes
+        sock = writer.get_extra_info("socket")
+        writer.close()
+        # (ends within the lingering close's 10 s; it waited forever)
+        await asyncio.wait_for(writer.wait_closed(), TIMEOUT)
+        return sock.fileno() if sock is not None else None
+
+    assert asyncio.run(main()) == -1  # the socket is closed
+    _server_meets_an_unclean_end(relay, join)
+
+
+def _server_meets_an_unclean_end(relay: Relay, join: Any) -> None:
+    """The relay ends both sides: the server's renegotiation fails, or its read ends without
+    close_notify."""
+    relay.close()
+    try:
+        end = join(TIMEOUT)[2]
+    except SSLError:
+        return
+    assert end != "close_notify"
+
+
+def _renegotiating(port: Any) -> bool:
+    return bool(_binding.lib.sp_conn_renegotiating(connection_of("test", port).ptr))
+
+
+def _wait_renegotiating(port: Any) -> None:
+    end = time.monotonic() + TIMEOUT
+    while not _renegotiating(port):
+        assert time.monotonic() < end, "the client never entered the renegotiation"
+        time.sleep(0.005)
+
+
+def test_streams_shutdown_on_close_during_renegotiation(relayed: tuple[Relay, Any]) -> None:
+    relay, join = relayed
+    sock = socket.create_connection((LOCAL, relay.port))
+    inp, out = sslports.ports_to_ssl_ports(
+        sock.makefile("rb", buffering=0),
+        sock.makefile("wb", buffering=0),
+        mode="connect",
+        encrypt="tls12",
+        shutdown_on_close=True,
+        close_original=True,
+    )
+    try:
+        out.write(b"first\nsecond\n")
+        out.flush()
+        reader = run_in_thread(lambda: inp.read())  # meets the HelloRequest, answers it
+        _wait_renegotiating(inp)
+        out.close()  # close_notify once the renegotiation ended
+        sock.shutdown(socket.SHUT_WR)
+        assert join(TIMEOUT) == (b"first\n", b"second\n", "close_notify")
+        assert reader(TIMEOUT) == b""
+    finally:
+        inp.close()
+        out.close()
+        sock.close()
+
+
+class _BreakableOutput(io.RawIOBase):
+    """A socket's output stream that fails (EPIPE) once `broken` is set."""
+
+    def __init__(self, sock: socket.socket) -> None:
+        self.sock = sock
+        self.broken = False
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, b: Any) -> int:
+        if self.broken:
+            raise BrokenPipeError(32, "Broken pipe")
+        self.sock.sendall(b)
+        return len(b)
+
+
+def test_streams_read_when_the_renegotiation_flight_is_lost(relayed: tuple[Relay, Any]) -> None:
+    relay, join = relayed
+    sock = socket.create_connection((LOCAL, relay.port))
+    output = _BreakableOutput(sock)
+    inp, out = sslports.ports_to_ssl_ports(
+        sock.makefile("rb", buffering=0),
+        output,
+        mode="connect",
+        encrypt="tls12",
+        close_original=True,
+    )
+    try:
+        out.write(b"first\n")
+        out.flush()
+        output.broken = True  # the ClientHello answering the HelloRequest cannot go
+        reader = run_in_thread(lambda: inp.read1(100))
+        with pytest.raises(SSLError, match=r"^read: read failed \(Broken pipe\)"):
+            reader(TIMEOUT)  # (it waited forever for the server's answer)
+    finally:
+        inp.close()
+        out.close()
+        sock.close()
+    _server_meets_an_unclean_end(relay, join)
