@@ -229,7 +229,12 @@ static int make_conn_index(void)
 }
 
 /* The SSL's info callback: remember that the peer's close_notify alert arrived, which tells
- * it from a transport EOF once SSL_OP_IGNORE_UNEXPECTED_EOF is set (see EOF). */
+ * it from a transport EOF once SSL_OP_IGNORE_UNEXPECTED_EOF is set (see EOF); and end
+ * read-ahead once a TLS <= 1.2 handshake is done. With read-ahead, OpenSSL 3.0 fails a
+ * client's renegotiation with "unexpected record" when a second HelloRequest and application
+ * data came in behind the first (RFC 5246: a HelloRequest during a handshake is ignored, as
+ * OpenSSL does without read-ahead, and as Python's ssl, which reads no further ahead, gets).
+ * TLS 1.3 has no renegotiation and keeps it. */
 static void note_alert(const SSL *ssl, int where, int ret)
 {
     if ((where & SSL_CB_READ_ALERT) && (ret & 0xff) == SSL_AD_CLOSE_NOTIFY) {
@@ -237,6 +242,8 @@ static void note_alert(const SSL *ssl, int where, int ret)
         if (c != NULL)
             c->close_notify_seen = 1;
     }
+    if ((where & SSL_CB_HANDSHAKE_DONE) && SSL_version(ssl) < TLS1_3_VERSION)
+        SSL_set_read_ahead((SSL *)ssl, 0);
 }
 
 /* ---- errors ------------------------------------------------------------------------- */
@@ -552,7 +559,8 @@ sp_conn *sp_conn_new(SSL_CTX *ctx, int is_server, int fd, sp_err *err)
         /* Read-ahead into OpenSSL's default buffer (one full record and a little): OpenSSL 3.0
          * moves whatever it still holds to the front of that buffer before each record, so a
          * bigger buffer would cost a copy of everything buffered per record (measured: 25k more
-         * instructions per 16 KiB read with 64 KiB), for fewer recv() calls than it saves. */
+         * instructions per 16 KiB read with 64 KiB), for fewer recv() calls than it saves.
+         * (TLS 1.3 only: note_alert ends it after a TLS <= 1.2 handshake.) */
         SSL_set_read_ahead(c->ssl, 1);
     } else {
         /* An empty rbio means "no data yet" (retry), not EOF, until sp_feed_eof. */

@@ -10,7 +10,10 @@ flight back (`GatedWriter`), so the deadline is met at a known point.
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import socket
+import struct
+import termios
 import threading
 import time
 from collections.abc import Iterator, Sequence
@@ -325,3 +328,41 @@ def test_server_verify_deadline_while_the_client_only_writes(pki: Any) -> None:
         stop.set()
         for p in (sin, sout, cin, cout):
             p.close()
+
+
+def _wait_received(sock: socket.socket, size: int) -> None:
+    """Until the kernel holds `size` bytes for `sock` to read (FIONREAD)."""
+    end = time.monotonic() + TIMEOUT
+    while struct.unpack("i", fcntl.ioctl(sock.fileno(), termios.FIONREAD, b"\0" * 4))[0] < size:
+        assert time.monotonic() < end, "the server's records never came"
+        time.sleep(0.01)
+
+
+def test_a_second_hello_request_during_the_renegotiation_is_ignored(
+    pki: Any, openssl_tool: Any
+) -> None:
+    """s_server asks for a renegotiation twice (two HelloRequests) and sends data before the
+    client reads, so that one read meets all three records at once. The client renegotiates
+    and ignores the second request (RFC 5246 7.4.1.1: a HelloRequest during a handshake is
+    ignored); the data is read, and the connection goes on. With OpenSSL's read-ahead (on for
+    TLS 1.3 only since), OpenSSL failed the read with "unexpected record" (an independent audit;
+    Python's ssl client read the data)."""
+    server = SServer(pki, openssl_tool)
+    inp, out = sslports.ssl_connect(
+        "localhost", server.port, pki.client_context("tls12"), timeout=TIMEOUT
+    )
+    data = b"data after two renegotiation requests\n"
+    try:
+        server.command(b"r")
+        server.command(b"r")
+        server.send(data)
+        # Two HelloRequest records (33 bytes each with AES-GCM: header, nonce, message, tag)
+        # and the data's record (29 bytes and the data), all in the socket before the read.
+        _wait_received(sslports.ports.connection_of("test", inp).transport.sock, 95 + len(data))
+        assert read_exactly(inp, len(data)) == data
+        out.write(b"and back\n")
+        out.flush()
+    finally:
+        inp.close()
+        out.close()
+    assert server.received(b"and back", 9) == b"and back\n"
