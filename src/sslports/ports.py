@@ -826,14 +826,24 @@ class Connection:
         err = ffi.new("sp_err *")
         got = ffi.new("size_t *")  # (this call's own: 0 until the pump call read)
         buf = ffi.from_buffer("unsigned char[]", view, require_writable=True)
-        with buf, self.read_lock:
-            if self.closed:  # (under the lock: the last close waits for it, then closes the fd)
-                raise ValueError("I/O operation on closed SSL connection")
-            seen = self.transport.fed
-            try:
-                status = lib.sp_read(self.ptr, buf, len(view), 0, got, deadline.slice_ms(), err)
-            finally:
-                self.keep_after(view, got[0])
+        lock = self.read_lock
+        if not lock.acquire(timeout=deadline.slice_ms() / 1000):
+            # A read in another thread holds it, for as long as nothing arrives: its pump
+            # processes what does (the caller's exchange too). The caller looks again.
+            if deadline.expired():
+                raise SSLTimeoutError(f"{func}: timed out")
+            return 0
+        try:
+            with buf:
+                if self.closed:  # (under the lock: the last close waits for it, then closes)
+                    raise ValueError("I/O operation on closed SSL connection")
+                seen = self.transport.fed
+                try:
+                    status = lib.sp_read(self.ptr, buf, len(view), 0, got, deadline.slice_ms(), err)
+                finally:
+                    self.keep_after(view, got[0])
+        finally:
+            lock.release()
         if status in (lib.SP_OK, lib.SP_WANT_READ, lib.SP_WANT_WRITE):
             if got[0] == 0 and status != lib.SP_OK:
                 # (streams too: their read under a deadline gives up at it, and returns here)

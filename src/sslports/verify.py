@@ -48,11 +48,9 @@ def verify_port_now(func: str, port: Any, on: bool, try_only: bool) -> None:
     if getattr(conn, "is_async", False):
         raise SSLError(f"{func}: not supported on asyncio connections (set it on the context)")
     lib = _binding.lib
-    ffi = _binding.ffi
     flags = lib.sp_conn_get_verify(conn.ptr) & ~(lib.SP_VERIFY_PEER | lib.SP_VERIFY_REQUIRE)
     if on:
         flags |= lib.SP_VERIFY_PEER | (0 if try_only else lib.SP_VERIFY_REQUIRE)
-    err = ffi.new("sp_err *")
     if not lib.SSL_is_server(lib.sp_conn_ssl(conn.ptr)):
         lib.sp_conn_set_verify(conn.ptr, flags)
         if on and not try_only and not lib.sp_peer_verified(conn.ptr):
@@ -63,6 +61,32 @@ def verify_port_now(func: str, port: Any, on: bool, try_only: bool) -> None:
         return
     deadline = _Deadline(port.gettimeout())
     scratch = bytearray(65536)
+    if lib.sp_reauth_pending(conn.ptr):
+        # An earlier call's request (it timed out) is still unanswered, and a second would be
+        # refused (TLS 1.3: "request sent") or sent in the middle of the renegotiation (TLS
+        # 1.2): wait for the answer to the first, under this call's policy.
+        lib.sp_conn_set_verify(conn.ptr, flags)
+    elif not _send_request(func, conn, flags, try_only, scratch, deadline):
+        return
+    while lib.sp_reauth_pending(conn.ptr):
+        _pump_for_reverify(func, conn, scratch, deadline, lib.sp_reauth_pending)
+    _surface_deferred_error(func, conn, scratch)
+    if not try_only and not lib.sp_peer_verified(conn.ptr):
+        raise _not_verified(func, conn)
+
+
+def _send_request(
+    func: str,
+    conn: Connection,
+    flags: int,
+    try_only: bool,
+    scratch: bytearray,
+    deadline: _Deadline,
+) -> bool:
+    """Ask the client for its certificate (and set the policy `flags`); False: it cannot be
+    asked (a TLS 1.3 client without post-handshake authentication, to ssl_try_verify)."""
+    lib = _binding.lib
+    err = _binding.ffi.new("sp_err *")
     while True:
         status = lib.sp_request_reauth(conn.ptr, flags, err)
         if status != lib.SP_REAUTH_LATER:
@@ -76,15 +100,11 @@ def verify_port_now(func: str, port: Any, on: bool, try_only: bool) -> None:
             # A TLS 1.3 client that did not offer post-handshake authentication cannot be
             # asked: to ssl_try_verify that is a missing certificate. Nothing was sent, the
             # connection goes on as it was, and ssl_peer_verified tells.
-            return
+            return False
         raise exc
     with conn.write_lock:  # (as a port's write: the last close waits for it, then closes the fd)
         conn.write(func, memoryview(b""), deadline)  # sends the request
-    while lib.sp_reauth_pending(conn.ptr):
-        _pump_for_reverify(func, conn, scratch, deadline, lib.sp_reauth_pending)
-    _surface_deferred_error(func, conn, scratch)
-    if not try_only and not lib.sp_peer_verified(conn.ptr):
-        raise _not_verified(func, conn)
+    return True
 
 
 def _not_verified(func: str, conn: Connection) -> SSLError:
@@ -123,8 +143,10 @@ def _pump_for_reverify(
 
 def _reverify_failed(func: str, exc: SSLError) -> SSLError:
     cls = SSLTimeoutError if isinstance(exc, TimeoutError) else SSLError  # (API.md: a timeout)
+    message = exc.message  # "read: read failed (reason)", or "ssl_set_verify: timed out"
+    reason = message.split("(", 1)[1].rstrip(")") if "(" in message else message.split(": ")[-1]
     return cls(
-        f"{func}: failed ({exc.message.split('(', 1)[-1].rstrip(')')})",
+        f"{func}: failed ({reason})",
         openssl_errors=exc.openssl_errors,
         verify_code=exc.verify_code,
         verify_message=exc.verify_message,
@@ -143,12 +165,16 @@ def _surface_deferred_error(func: str, conn: Connection, scratch: bytearray) -> 
     while True:
         if conn.closed:
             raise ValueError("I/O operation on closed SSL connection")
-        with conn.read_lock:
+        if not conn.read_lock.acquire(False):
+            return  # a read in another thread has it: that read reports the failure
+        try:
             got[0] = 0
             try:
                 status = lib.sp_read(conn.ptr, buf, len(scratch), 0, got, 0, err)
             finally:  # (also when a signal handler's exception comes as the call returns)
                 conn.keep_after(scratch, got[0])
+        finally:
+            conn.read_lock.release()
         if status == lib.SP_ERROR:
             raise _reverify_failed(func, build_error(func, "read", err))
         if status != lib.SP_OK or got[0] == 0:
@@ -287,6 +313,9 @@ def ssl_default_channel_binding(p: object) -> tuple[str, bytes]:
     return kind, _channel_binding(func, p, kind)
 
 
+_TLS12_PRF_SEED_MAX = 1024  # (OpenSSL's TLS1-PRF: TLS1_PRF_MAXBUF)
+
+
 def ssl_export_keying_material(
     p: object, label: bytes, length: int, context: Optional[bytes] = None
 ) -> bytes:
@@ -305,6 +334,14 @@ def ssl_export_keying_material(
         raise ValueError(f"{func}: context must be at most 65535 bytes (RFC 5705)")
     lib = _binding.lib
     ffi = _binding.ffi
+    version = lib.sp_conn_version(conn.ptr)
+    seed = len(label) + 64 + (2 + len(context) if context is not None else 0)
+    if 0 < version < 0x0304 and seed > _TLS12_PRF_SEED_MAX:
+        raise ValueError(
+            f"{func}: label and context too long for TLS 1.2 (its PRF takes the label, 64 "
+            f"random bytes and the context with its 2-byte length: {seed} bytes, at most "
+            f"{_TLS12_PRF_SEED_MAX})"
+        )
     limit = lib.sp_export_max_len(conn.ptr)
     if limit and length > limit:
         raise ValueError(

@@ -1,0 +1,95 @@
+"""A server's ssl_set_verify / ssl_try_verify on an established connection (TLS 1.2:
+renegotiation; TLS 1.3: post-handshake authentication) alongside the connection's other uses,
+as an independent audit exercised them:
+
+* a thread of the server blocked reading the same connection (full duplex, API.md): the
+  request's answer is processed by that read's pump, and the call returns; it waited for the
+  read lock, which the blocked read holds, past its timeout and forever;
+* a call that timed out (the client not reading yet) and is called again before the client
+  answers: the second waits for the answer to the first; it sent a second request (TLS 1.2:
+  a second HelloRequest, which then failed the connection; TLS 1.3: "request sent").
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from conftest import LOCAL, run_in_thread
+
+import sslports
+from sslports import SSLError
+
+TIMEOUT = 20.0
+
+
+@pytest.fixture(params=["tls12", "tls13"])
+def connection(request: pytest.FixtureRequest, pki: Any) -> Iterator[tuple[Any, ...]]:
+    """(client in, client out, server in, server out): the client has a certificate the
+    server trusts, and the server has not asked for it yet."""
+    version = request.param
+    sctx = sslports.ssl_make_server_context(
+        version, private_key=("pem", str(pki.server_key)), certificate_chain=str(pki.server_chain)
+    )
+    sslports.ssl_load_verify_source(sctx, str(pki.ca_pem))
+    cctx = sslports.ssl_make_client_context(
+        version, private_key=("pem", str(pki.other_key)), certificate_chain=str(pki.other_chain)
+    )
+    with sslports.ssl_listen(0, 5, True, LOCAL, sctx) as listener:
+        port = sslports.ssl_addresses(listener, True)[1]
+        accept = run_in_thread(lambda: sslports.ssl_accept(listener))
+        cin, cout = sslports.ssl_connect(LOCAL, port, cctx, timeout=TIMEOUT)
+        sin, sout = accept(TIMEOUT)
+    ports = (cin, cout, sin, sout)
+    try:
+        yield ports
+    finally:
+        for p in ports:
+            p.close()
+
+
+def test_verify_while_another_thread_reads(connection: tuple[Any, ...]) -> None:
+    cin, cout, sin, sout = connection
+    client_read = run_in_thread(lambda: cin.read1(100))  # answers the request at once
+    server_read = run_in_thread(lambda: sin.read1(100))  # waits for the client's next bytes
+    time.sleep(0.2)  # (both reads under way: not needed to pass, only to fail before)
+    sout.settimeout(TIMEOUT)
+    verify = run_in_thread(lambda: sslports.ssl_set_verify(sout, True))
+    verify(TIMEOUT)  # (it waited for the blocked read forever)
+    assert sslports.ssl_peer_verified(sin)
+    cout.write(b"after")
+    cout.flush()
+    assert server_read(TIMEOUT) == b"after"
+    sout.write(b"back")
+    sout.flush()
+    assert client_read(TIMEOUT) == b"back"
+
+
+def test_verify_called_again_after_a_timeout(connection: tuple[Any, ...]) -> None:
+    cin, cout, sin, sout = connection
+    sout.settimeout(0.3)  # the client does not read yet: no answer comes
+    for _ in range(2):  # (the second sent another request, which failed)
+        with pytest.raises(TimeoutError):
+            sslports.ssl_try_verify(sout, True)
+    sout.write(b"from the server")
+    sout.flush()
+    client_read = run_in_thread(lambda: cin.read1(100))  # reads the request too, answers it
+    sout.settimeout(TIMEOUT)
+    sslports.ssl_try_verify(sout, True)  # waits for the answer to the first request
+    assert sslports.ssl_peer_verified(sin)
+    assert client_read(TIMEOUT) == b"from the server"
+    cout.write(b"from the client")
+    cout.flush()
+    assert sin.read1(100) == b"from the client"
+
+
+def test_a_timed_out_verify_is_a_timeout_error_naming_the_call(
+    connection: tuple[Any, ...],
+) -> None:
+    _, _, _, sout = connection
+    sout.settimeout(0.2)
+    with pytest.raises(SSLError, match=r"^ssl_set_verify: failed \(timed out\)$") as info:
+        sslports.ssl_set_verify(sout, True)
+    assert isinstance(info.value, TimeoutError)
