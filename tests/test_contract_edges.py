@@ -393,3 +393,71 @@ def test_text_streams_are_type_errors() -> None:
             sslports.ports_to_ssl_ports(io.StringIO("x"), out, mode="connect")
         with pytest.raises(TypeError, match="ports_to_ssl_ports: output_port"):
             sslports.ports_to_ssl_ports(inp, io.StringIO(), mode="connect", timeout=5)
+
+
+@pytest.mark.parametrize("entry", ["ssl_wrap_socket", "ports_to_ssl_ports"])
+def test_sni_callback_type_error_names_the_call_that_ran_it(entry: str) -> None:
+    """A server name callback returning a str fails the handshake with a TypeError naming
+    the accepting call (it said ssl_accept for every one: an independent audit)."""
+    ctx = _server_ctx()
+    sslports.ssl_set_server_name_identification_callback(ctx, lambda host: "not a context")
+    a, b = socket.socketpair()
+
+    def serve() -> Any:
+        if entry == "ssl_wrap_socket":
+            return sslports.ssl_wrap_socket(b, mode="accept", context=ctx, timeout=10)
+        inp, out = b.makefile("rb"), b.makefile("wb")
+        with b, inp, out:
+            return sslports.ports_to_ssl_ports(inp, out, mode="accept", context=ctx, timeout=10)
+
+    join = in_thread(serve, 20)
+    with pytest.raises(SSLError):
+        sslports.ssl_wrap_socket(a, hostname="example.com", timeout=10)
+    with pytest.raises(TypeError, match=rf"^{entry}: the server name callback must return"):
+        join()
+
+
+def test_flags_of_load_verify_source_and_addresses_are_bools() -> None:
+    """try_= and port_numbers took any value (a truthy "no" hid a failing load), where every
+    other flag raises TypeError (an independent audit)."""
+    ctx = sslports.ssl_make_client_context()
+    with pytest.raises(TypeError, match=r"^ssl_load_verify_source: try_ must be a bool"):
+        sslports.ssl_load_verify_source(ctx, "/nonexistent.pem", try_="no")  # type: ignore[arg-type]
+    with sslports.ssl_listen(0, 1, True, "127.0.0.1") as listener:
+        with pytest.raises(TypeError, match=r"^ssl_addresses: port_numbers must be a bool"):
+            sslports.ssl_addresses(listener, "no")  # type: ignore[arg-type]
+        assert len(sslports.ssl_addresses(listener, False)) == 2
+
+
+@pytest.mark.parametrize("setter", ["ssl_set_ciphers", "ssl_set_ciphersuites"])
+def test_a_cipher_spec_that_is_not_utf8_is_a_value_error(setter: str) -> None:
+    """A lone surrogate raised a bare UnicodeEncodeError naming nothing."""
+    ctx = sslports.ssl_make_client_context()
+    with pytest.raises(ValueError, match=rf"^{setter}: .* cannot be encoded as UTF-8"):
+        getattr(sslports, setter)(ctx, "\udcff")
+
+
+def test_keying_material_on_tls12_takes_what_its_prf_can() -> None:
+    """TLS 1.2's exporter runs the PRF over label, both randoms and the context with its
+    length, at most 1024 bytes in OpenSSL: up to that both ends agree; beyond it a ValueError
+    says why (it was OpenSSL's "internal error", for contexts API.md allows up to 65535)."""
+    a, b = socket.socketpair()
+    ctx = _server_ctx()
+    join = in_thread(lambda: sslports.ssl_wrap_socket(b, mode="accept", context=ctx), 20)
+    cin, cout = sslports.ssl_wrap_socket(a, encrypt="tls12", timeout=10)
+    sin, sout = join()
+    try:
+        label = b"EXPERIMENTAL-test"
+        fits = b"c" * (1024 - len(label) - 64 - 2)
+        assert sslports.ssl_export_keying_material(
+            cin, label, 32, fits
+        ) == sslports.ssl_export_keying_material(sin, label, 32, fits)
+        for side in (cin, sin):
+            with pytest.raises(ValueError, match=r"^ssl_export_keying_material: .*TLS 1\.2"):
+                sslports.ssl_export_keying_material(side, label, 32, fits + b"c")
+        assert len(sslports.ssl_export_keying_material(cin, b"L" * 960, 32)) == 32
+        with pytest.raises(ValueError, match="1025 bytes, at most 1024"):
+            sslports.ssl_export_keying_material(cin, b"L" * 961, 32)
+    finally:
+        for p in (cin, cout, sin, sout):
+            p.close()

@@ -343,7 +343,7 @@ class AioConnection:
 
         BREAKS.exc = None  # (see _timing.BREAKS)
         while True:
-            with bind_connection(self):
+            with bind_connection(self, func):
                 status = lib.sp_handshake(self.ptr, 0, self.err)
             raise_break_from_callback()
             self.push_out()

@@ -653,6 +653,7 @@ def ssl_load_verify_source(context: object, src: object, *, try_: bool = False) 
     """
     func = "ssl_load_verify_source"
     ctx = context_of(func, context, listener_ok=False)
+    _check_bool(func, "try_", try_)
     src = _tagged(src)
     _check_source(func, src)
     ptr = ctx._mutable(func)
@@ -779,8 +780,11 @@ def _set_cipher_spec(
     ctx = context_of(func, context, listener_ok=False)
     if not isinstance(spec, str):
         raise TypeError(f"{func}: {name} must be a str")
+    try:
+        raw = spec.encode()
+    except UnicodeEncodeError:
+        raise ValueError(f"{func}: {name} cannot be encoded as UTF-8") from None
     lib = _binding.lib
-    raw = spec.encode()
     with ctx._config(func) as ptr:
         lib.ERR_clear_error()
         if b"\0" in raw or not getattr(lib, setter)(ptr, raw):

@@ -25,6 +25,7 @@ from ._timing import _Deadline
 from .context import (
     SSLClientContext,
     SSLServerContext,
+    _check_bool,
     _check_protocol,
     _Context,
     encode_alpn,
@@ -60,12 +61,6 @@ def _check_port_number(func: str, port_no: object, lowest: int) -> int:
 def _endpoint(host: str, port_no: int) -> str:
     """host:port for messages, an IPv6 address in brackets ("[::1]:443")."""
     return f"[{host}]:{port_no}" if ":" in host else f"{host}:{port_no}"
-
-
-def _check_flag(func: str, name: str, value: object) -> bool:
-    if not isinstance(value, bool):
-        raise TypeError(f"{func}: {name} must be a bool, got {type(value).__name__}")
-    return value
 
 
 _C = TypeVar("_C", SSLClientContext, SSLServerContext)
@@ -250,7 +245,7 @@ def _start_on_socket(
     if ctx._sni_callback is None:
         conn.handshake(func, timeout, SSLNetworkError)
     else:  # the C callback finds the connection (and its context's callback) through sni.py
-        with bind_connection(conn):
+        with bind_connection(conn, func):
             conn.handshake(func, timeout, SSLNetworkError)
     if peer is not None:  # (only a failed handshake's message names it: an idle connection
         del conn.peer  # would keep ~0.15 K for nothing)
@@ -413,7 +408,7 @@ def _connect(
     if timeout is not None:
         timeout = _check_timeout(func, timeout)
     if strict_eof is not False:
-        _check_flag(func, "strict_eof", strict_eof)
+        _check_bool(func, "strict_eof", strict_eof)
     deadline = None if timeout is None else _Deadline(timeout)
     sock = _tcp_connect(func, hostname, port_no, deadline)
     try:
@@ -615,7 +610,7 @@ def ssl_listen(
         raise ValueError(f"{func}: queue_k must be >= 0")
     if not isinstance(reuse, bool):
         raise TypeError(f"{func}: reuse must be a bool")
-    _check_flag(func, "reuse_port", reuse_port)
+    _check_bool(func, "reuse_port", reuse_port)
     host = _check_hostname_arg(func, hostname_or_none)
     handshake_timeout = _check_timeout(func, handshake_timeout)
     ctx = _server_context(func, server_protocol)
@@ -717,6 +712,7 @@ def ssl_addresses(p_or_listener: object, port_numbers: bool = False) -> tuple[An
     :raises SSLError: the port is not over a TCP socket (``not connected to TCP port``).
     """
     func = "ssl_addresses"
+    _check_bool(func, "port_numbers", port_numbers)
     sock: _raw_socket
     if isinstance(p_or_listener, SSLListener):
         sock = p_or_listener._sock
@@ -828,9 +824,9 @@ def ports_to_ssl_ports(
     """
     func = "ports_to_ssl_ports"
     ctx, host, wire = wrap_arguments(func, mode, context, encrypt, hostname, alpn)
-    _check_flag(func, "close_original", close_original)
-    _check_flag(func, "shutdown_on_close", shutdown_on_close)
-    _check_flag(func, "strict_eof", strict_eof)
+    _check_bool(func, "close_original", close_original)
+    _check_bool(func, "shutdown_on_close", shutdown_on_close)
+    _check_bool(func, "strict_eof", strict_eof)
     error = _check_error_arg(func, error)
     timeout = _check_timeout(func, timeout)
     transport = _StreamTransport(input_port, output_port)
@@ -846,7 +842,7 @@ def ports_to_ssl_ports(
         hostname=host,
     )
     try:
-        with bind_connection(conn):
+        with bind_connection(conn, func):
             conn.handshake(func, timeout, SSLError)
     except BaseException:
         transport.abandon()
@@ -885,7 +881,7 @@ def ssl_wrap_socket(
         raise ValueError(f"{func}: the socket is closed")
     ctx, host, wire = wrap_arguments(func, mode, context, encrypt, hostname, alpn)
     timeout = _check_timeout(func, timeout)
-    _check_flag(func, "strict_eof", strict_eof)
+    _check_bool(func, "strict_eof", strict_eof)
     _binding.require_native(func)
     own: Optional[_raw_socket] = None
     try:

@@ -23,7 +23,7 @@ from ._timing import BREAKS
 from .context import SSLServerContext, _Context, context_of, encode_alpn
 
 _log = logging.getLogger("sslports")
-_live: dict[int, Any] = {}  # sp_conn address -> Connection, during its handshake
+_live: dict[int, tuple[Any, str]] = {}  # sp_conn address -> (Connection, the call), in handshake
 _contexts: weakref.WeakValueDictionary[int, _Context] = weakref.WeakValueDictionary()
 _registry_lock = threading.Lock()
 
@@ -50,11 +50,12 @@ def register_context(ctx: _Context) -> None:
 
 
 @contextlib.contextmanager
-def bind_connection(conn: Any) -> Iterator[None]:
-    """Make `conn` known to the C callbacks for the duration of its handshake."""
+def bind_connection(conn: Any, func: str) -> Iterator[None]:
+    """Make `conn` known to the C callbacks for the duration of its handshake, which `func`
+    runs (the name a callback's error carries)."""
     key = _address(conn.ptr)
     with _registry_lock:
-        _live[key] = conn
+        _live[key] = (conn, func)
     try:
         yield
     finally:
@@ -64,7 +65,7 @@ def bind_connection(conn: Any) -> Iterator[None]:
 
 def _sni(c: Any, name: Any, switch_to: Any, verify_flags: Any) -> int:
     with _registry_lock:
-        conn = _live.get(_address(c))
+        conn, func = _live.get(_address(c), (None, ""))
     if conn is None:
         return 0
     try:
@@ -76,7 +77,7 @@ def _sni(c: Any, name: Any, switch_to: Any, verify_flags: Any) -> int:
             return 0
         if not isinstance(result, SSLServerContext):
             raise TypeError(
-                "ssl_accept: the server name callback must return an SSLServerContext, None "
+                f"{func}: the server name callback must return an SSLServerContext, None "
                 f"or False, not {type(result).__name__}"
             )
         conn.switched_context = result  # keeps the SSL_CTX alive as long as the connection
