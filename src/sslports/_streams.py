@@ -121,11 +121,13 @@ class _Sender:
                     raise SSLTimeoutError(f"{func}: write timed out")
             self.check_open()
 
-    def check_open(self) -> None:
+    def check_open(self, report: bool = True) -> None:
         """Raise the sender's error, or _CLOSED once the last close stopped it. (Holds the
-        lock: the caller's.)"""
+        lock: the caller's.) `report`: the caller raises the error on (not a read, which
+        drops it: see push_out), so it counts as reported."""
         if self.error is not None:
-            self.reported = True
+            if report:
+                self.reported = True
             raise _detached(self.error)
         if self.stopping:
             raise BrokenPipeError(errno.EPIPE, _CLOSED)
@@ -146,14 +148,14 @@ class _Sender:
         """The queue is under its high-water mark (or the stream failed: nothing waits)."""
         return self.queued < _SEND_HIGH or self.error is not None
 
-    def put_from(self, take: Any, conn: Any, chunk: bytearray) -> None:
+    def put_from(self, take: Any, conn: Any, chunk: bytearray, reading: bool = False) -> None:
         """Queue the ciphertext take(conn, <chunk>, len(chunk)) moves from the pump into
         `chunk`, all of it (the caller holds the out lock, so the pump holds at least that
         much: take returns len(chunk)). The caller waited for room, or is a read, which does
         not wait. The take and the append are one C call (deque.extend of an iterator that
         makes it), so no Python runs between them (see the class)."""
         with self.lock:
-            self.check_open()
+            self.check_open(report=not reading)
             if self.thread is None:
                 self.thread = threading.Thread(
                     target=self._run, name="sslports-sender", daemon=True
@@ -751,7 +753,7 @@ class _StreamTransport:
                             self.held_back = True
                             return
                         continue
-                    sender.put_from(lib.sp_take, conn, bytearray(pending))
+                    sender.put_from(lib.sp_take, conn, bytearray(pending), reading)
             except SSLError:
                 raise
             except (OSError, ValueError) as exc:  # what the sender thread's write raised
