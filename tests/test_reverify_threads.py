@@ -73,16 +73,24 @@ def test_verify_called_again_after_a_timeout(connection: tuple[Any, ...]) -> Non
     for _ in range(2):  # (the second sent another request, which failed)
         with pytest.raises(TimeoutError):
             sslports.ssl_try_verify(sout, True)
-    sout.write(b"from the server")
-    sout.flush()
-    client_read = run_in_thread(lambda: cin.read1(100))  # reads the request too, answers it
+    received = bytearray()
+
+    def client_reads() -> None:  # (reads the request, answers it, and every flight after)
+        while data := cin.read1(100):
+            received.extend(data)
+
+    client_read = run_in_thread(client_reads)
     sout.settimeout(TIMEOUT)
     sslports.ssl_try_verify(sout, True)  # waits for the answer to the first request
     assert sslports.ssl_peer_verified(sin)
-    assert client_read(TIMEOUT) == b"from the server"
     cout.write(b"from the client")
     cout.flush()
     assert sin.read1(100) == b"from the client"
+    sout.write(b"from the server")
+    sout.close()
+    sin.close()  # (the client's read ends at the close)
+    client_read(TIMEOUT)
+    assert received == b"from the server"
 
 
 def test_a_timed_out_verify_is_a_timeout_error_naming_the_call(
