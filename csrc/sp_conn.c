@@ -1572,21 +1572,26 @@ static void drop_stash(sp_conn *c)
     c->stash_len = c->stash_off = c->stash_cap = 0;
 }
 
-/* A client's TLS <= 1.2 renegotiation (the server's HelloRequest was read) is pending or under
- * way: a writer drives it with SSL_read_ex, not SSL_write_ex (A SERVER'S RENEGOTIATION MET BY
- * A WRITER; ssl_lock held). */
+/* Either side's TLS <= 1.2 renegotiation is pending or under way (ssl_lock held). */
+static int renegotiating(sp_conn *c)
+{
+    return c->established && SSL_version(c->ssl) < TLS1_3_VERSION
+        && (SSL_renegotiate_pending(c->ssl) || SSL_in_init(c->ssl));
+}
+
+/* A client's renegotiation (the server's HelloRequest was read) is pending or under way: a
+ * writer drives it with SSL_read_ex, not SSL_write_ex (A SERVER'S RENEGOTIATION MET BY A
+ * WRITER; ssl_lock held). */
 static int writer_reads(sp_conn *c)
 {
-    return c->established && !SSL_is_server(c->ssl) && SSL_version(c->ssl) < TLS1_3_VERSION
-        && (SSL_renegotiate_pending(c->ssl) || SSL_in_init(c->ssl));
+    return !SSL_is_server(c->ssl) && renegotiating(c);
 }
 
 int sp_conn_renegotiating(sp_conn *c)
 {
     int r;
     sp_mutex_lock(&c->ssl_lock);
-    r = c->established && SSL_version(c->ssl) < TLS1_3_VERSION
-        && (SSL_renegotiate_pending(c->ssl) || SSL_in_init(c->ssl));
+    r = renegotiating(c);
     sp_mutex_unlock(&c->ssl_lock);
     return r;
 }
