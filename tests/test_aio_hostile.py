@@ -794,6 +794,41 @@ def test_wait_closed_reports_a_reset(loop_kind: str, how: str) -> None:
 
 @pytest.mark.parametrize("loop_kind", LOOPS)
 @pytest.mark.parametrize("how", ["open", "wrap"])
+def test_a_reset_during_the_handshake_names_the_reset(loop_kind: str, how: str) -> None:
+    """A server that reads the ClientHello, then resets the connection: the handshake fails
+    with the reset and its errno, as a socket port's handshake (ssl_connect) says it; it said
+    "unexpected eof ... the peer closed the connection", with no errno, on asyncio."""
+    listener = socket.create_server((LOCAL, 0))
+    listener.settimeout(JOIN)
+    port = listener.getsockname()[1]
+
+    def serve() -> None:
+        conn, _addr = listener.accept()
+        with conn:
+            conn.settimeout(JOIN)
+            conn.recv(4096)  # the ClientHello
+            conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+
+    server = threading.Thread(target=serve)
+    server.start()
+
+    async def main() -> BaseException:
+        with pytest.raises(SSLNetworkError) as info:
+            await _connect(how, port)
+        return info.value
+
+    try:
+        failure = run(loop_kind, main)
+    finally:
+        server.join(JOIN)
+        listener.close()
+    assert failure.errno == errno.ECONNRESET
+    assert "connect failed (Connection reset by peer" in str(failure), failure
+    assert f"{LOCAL}:{port}" in str(failure)
+
+
+@pytest.mark.parametrize("loop_kind", LOOPS)
+@pytest.mark.parametrize("how", ["open", "wrap"])
 def test_cancelled_wait_closed_leaves_the_outcome(loop_kind: str, how: str) -> None:
     """A deadline around wait_closed() that expired while the connection was still open
     cancelled the connection's own close future (asyncio's StreamWriter has the same flaw):

@@ -35,6 +35,11 @@ else:
 ssl_available: bool = lib is not None
 
 
+def endpoint(host: str, port: object) -> str:
+    """host:port for messages, an IPv6 address in brackets ("[::1]:443")."""
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
 def require_native(func: str) -> Any:
     """Return `lib`, or raise SSLUnsupportedError naming `func` and the load failure."""
     if lib is None:

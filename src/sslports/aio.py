@@ -172,6 +172,8 @@ class AioConnection:
     # end of input that follows is no truncation, even under strict_eof. (_SSLProtocol only:
     # a stream pair cannot tell an abort from its peer's EOF.)
     ended_here = False
+    # What the raw side's input failed with (a reset): a failed handshake names it (handshake)
+    input_error: Optional[OSError] = None
     # A server connection (start_ssl_server) holds its writer until the connection is lost:
     # the collector must not close it under a task that still reads (SSLStreamWriter.__del__).
     keeps_writer = False
@@ -363,6 +365,14 @@ class AioConnection:
                 finally:
                     del sni_error
             what = _binding.handshake_step(bool(lib.SSL_is_server(lib.sp_conn_ssl(self.ptr))))
+            if self.input_error is not None and self.sni_error is None:
+                # the transport's failure (a reset), as a socket port's handshake says it
+                failure = self.input_error
+                reason = _binding.strerror(failure.errno) if failure.errno else str(failure)
+                peer = self.get_extra_info("peername")
+                if isinstance(peer, tuple) and len(peer) >= 2:
+                    reason += f": {_binding.endpoint(str(peer[0]), peer[1])}"
+                raise SSLNetworkError(f"{func}: {what} failed ({reason})", errno=failure.errno)
             if status == _RAGGED_EOF:
                 raise SSLNetworkError(f"{func}: {what} failed (connection closed by peer)")
             raise build_error(
@@ -564,6 +574,8 @@ class _SSLProtocol(AioConnection, asyncio.BufferedProtocol):
     def connection_lost(self, exc: Optional[BaseException]) -> None:
         self.lost = exc
         self.is_lost = True
+        if isinstance(exc, OSError):
+            self.input_error = exc
         if exc is None and not self.input_ended:  # (the peer's end comes as eof_received)
             self.ended_here = True
         self.must_drain = True
@@ -776,6 +788,7 @@ class _StreamConnection(AioConnection):
                     data = await self.raw_reader.read(_BUF)
                 except (ConnectionError, OSError) as exc:
                     data = b""
+                    self.input_error = exc
                     if self.established and self.exc is None:
                         self.exc = SSLNetworkError(
                             f"read: read failed ({exc})", errno=getattr(exc, "errno", None)
@@ -1234,7 +1247,6 @@ async def open_ssl_connection(
         _check_hostname_arg,
         _check_port_number,
         _client_context,
-        _endpoint,
         _new_connection,
         _not_a_dns_name,
     )
@@ -1269,13 +1281,13 @@ async def open_ssl_connection(
             reason = f"cannot resolve {host!r}: {exc}"
         else:
             said = os.strerror(exc.errno) if exc.errno else (exc.strerror or str(exc))
-            reason = f"{said}: {_endpoint(host, port)}"
+            reason = f"{said}: {_binding.endpoint(host, port)}"
         code = None if isinstance(exc, socket.gaierror) else exc.errno  # (as ssl_connect)
         raise SSLNetworkError(
             f"{func}: connect failed ({reason})", errno=code
         ) from exc.with_traceback(None)
     left = None if deadline is None else max(0.0, deadline - loop.time())
-    return await _start(func, conn, left, limit, _endpoint(host, port))
+    return await _start(func, conn, left, limit, _binding.endpoint(host, port))
 
 
 ClientConnected = Callable[[SSLStreamReader, SSLStreamWriter], Optional[Awaitable[None]]]

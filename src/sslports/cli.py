@@ -182,10 +182,6 @@ def _os_error_text(exc: OSError) -> str:
     return what
 
 
-def _join_host_port(host: str, port: int) -> str:
-    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
-
-
 def _hex(data: bytes) -> str:
     return data.hex()
 
@@ -368,7 +364,7 @@ def _client_context(args: argparse.Namespace) -> SSLClientContext:
 
 
 def _tcp_connect(host: str, port: int, timeout: Optional[float]) -> socket.socket:
-    label = _join_host_port(host, port)
+    label = _binding.endpoint(host, port)
     try:
         return socket.create_connection((host, port), timeout=timeout)
     except socket.gaierror as exc:
@@ -392,7 +388,7 @@ def _handshake_error(exc: SSLError, label: str, args: argparse.Namespace) -> CLI
 def _cmd_connect(args: argparse.Namespace) -> int:
     _require_ssl()
     host, port = args.target
-    label = _join_host_port(host, port)
+    label = _binding.endpoint(host, port)
     servername = args.servername or host
     ctx = _client_context(args)
     sock = _tcp_connect(host, port, args.timeout)
@@ -795,7 +791,7 @@ def _serve_connection(session: _Session) -> None:
 def _peer_label(inp: SSLInputPort) -> str:
     try:
         _lh, _lp, host, port = ssl_addresses(inp, True)
-        return _join_host_port(str(host), int(port))
+        return _binding.endpoint(str(host), int(port))
     except (SSLError, OSError):
         return "client"
 
@@ -863,14 +859,14 @@ def _cmd_serve(args: argparse.Namespace) -> int:
             args.port, 64, True, args.host, ctx, handshake_timeout=args.handshake_timeout
         )
     except SSLNetworkError as exc:
-        where = _join_host_port(args.host, args.port)
+        where = _binding.endpoint(args.host, args.port)
         raise CLIError(f"cannot listen on {where}: {_reason(exc)}") from None
     mode = {"echo": "echo", "www": "status page", "dir": f"files under {args.dir}"}[args.mode]
     with listener:
         try:
             with _sigterm_stops():
                 host, port = ssl_addresses(listener, True)[:2]
-                print(f"listening on {_join_host_port(str(host), int(port))}", flush=True)
+                print(f"listening on {_binding.endpoint(str(host), int(port))}", flush=True)
                 _say(f"{PROG}: serve: {mode}; stop with Ctrl-C")
                 _accept_loop(listener, args)
         except KeyboardInterrupt:

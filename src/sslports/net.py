@@ -58,11 +58,6 @@ def _check_port_number(func: str, port_no: object, lowest: int) -> int:
     return port_no
 
 
-def _endpoint(host: str, port_no: int) -> str:
-    """host:port for messages, an IPv6 address in brackets ("[::1]:443")."""
-    return f"[{host}]:{port_no}" if ":" in host else f"{host}:{port_no}"
-
-
 _C = TypeVar("_C", SSLClientContext, SSLServerContext)
 
 
@@ -356,7 +351,7 @@ def _tcp_connect(
     if last is not None:  # chained as the cause (as a resolver failure is), without its
         last.__traceback__ = None  # traceback: that holds this frame, a cycle until collected
     raise SSLNetworkError(
-        f"{func}: connect failed ({reason}: {_endpoint(hostname, port_no)})", errno=code
+        f"{func}: connect failed ({reason}: {_binding.endpoint(hostname, port_no)})", errno=code
     ) from last
 
 
@@ -487,7 +482,7 @@ class SSLListener(NotCopyable):
         if self._sock.fileno() < 0:
             return "<SSLListener closed>"
         host, port = self._sock.getsockname()[:2]
-        return f"<SSLListener {_endpoint(host, port)}>"
+        return f"<SSLListener {_binding.endpoint(host, port)}>"
 
     def fileno(self) -> int:
         """The listening socket's descriptor, for select/selectors (Racket: sync)."""
@@ -571,7 +566,7 @@ def _bound_socket(
             sock.close()
         if isinstance(exc, SSLError) or not isinstance(exc, OSError):
             raise
-        where = _endpoint(addr[0], addr[1])
+        where = _binding.endpoint(addr[0], addr[1])
         raise SSLNetworkError(
             f"{func}: listen failed ({exc.strerror or exc}: {where})", errno=exc.errno
         ) from exc

@@ -641,8 +641,7 @@ class Connection:
                 return None
         if not isinstance(addr, tuple) or len(addr) < 2:
             return None  # (an AF_UNIX peer has no host:port)
-        host, port = str(addr[0]), addr[1]
-        return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+        return _binding.endpoint(str(addr[0]), addr[1])
 
     def handshake_timed_out(self, func: str) -> SSLTimeoutError:
         where = self.peer_text()
