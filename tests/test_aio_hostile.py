@@ -794,10 +794,14 @@ def test_wait_closed_reports_a_reset(loop_kind: str, how: str) -> None:
 
 @pytest.mark.parametrize("loop_kind", LOOPS)
 @pytest.mark.parametrize("how", ["open", "wrap"])
-def test_a_reset_during_the_handshake_names_the_reset(loop_kind: str, how: str) -> None:
+@pytest.mark.parametrize("alert_first", [False, True])
+def test_a_reset_during_the_handshake_names_the_reset(
+    loop_kind: str, how: str, alert_first: bool
+) -> None:
     """A server that reads the ClientHello, then resets the connection: the handshake fails
     with the reset and its errno, as a socket port's handshake (ssl_connect) says it; it said
-    "unexpected eof ... the peer closed the connection", with no errno, on asyncio."""
+    "unexpected eof ... the peer closed the connection", with no errno, on asyncio. A server
+    that sends a fatal alert right before its reset: the alert is the reason."""
     listener = socket.create_server((LOCAL, 0))
     listener.settimeout(JOIN)
     port = listener.getsockname()[1]
@@ -807,6 +811,8 @@ def test_a_reset_during_the_handshake_names_the_reset(loop_kind: str, how: str) 
         with conn:
             conn.settimeout(JOIN)
             conn.recv(4096)  # the ClientHello
+            if alert_first:
+                conn.sendall(bytes([REC_ALERT, 3, 3, 0, 2, 2, 40]))  # fatal handshake_failure
             conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
 
     server = threading.Thread(target=serve)
@@ -822,6 +828,9 @@ def test_a_reset_during_the_handshake_names_the_reset(loop_kind: str, how: str) 
     finally:
         server.join(JOIN)
         listener.close()
+    if alert_first:
+        assert "alert handshake failure" in str(failure), failure
+        return
     assert failure.errno == errno.ECONNRESET
     assert "connect failed (Connection reset by peer" in str(failure), failure
     assert f"{LOCAL}:{port}" in str(failure)

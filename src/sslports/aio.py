@@ -153,6 +153,15 @@ def _lost(func: str, exc: BaseException) -> SSLNetworkError:
     return SSLNetworkError(f"{func}: connection lost ({exc})", errno=getattr(exc, "errno", None))
 
 
+def _ran_out(status: int, err: Any) -> bool:
+    """A failed handshake step (`status`, its error record) met the end of its input: no alert
+    from the peer, no verification failure."""
+    if status == _RAGGED_EOF:
+        return True
+    lines = _binding.err_lines(err)
+    return err.verify_result <= 0 and all("unexpected eof" in line for line in lines)
+
+
 class AioConnection:
     """One asyncio TLS connection: the pump, the plaintext read so far and the raw side.
 
@@ -365,8 +374,13 @@ class AioConnection:
                 finally:
                     del sni_error
             what = _binding.handshake_step(bool(lib.SSL_is_server(lib.sp_conn_ssl(self.ptr))))
-            if self.input_error is not None and self.sni_error is None:
-                # the transport's failure (a reset), as a socket port's handshake says it
+            if (
+                self.input_error is not None
+                and self.sni_error is None
+                and _ran_out(status, self.err)
+            ):
+                # the input ended in the transport's failure (a reset), not in an alert the
+                # peer sent before it: say so, as a socket port's handshake does
                 failure = self.input_error
                 reason = _binding.strerror(failure.errno) if failure.errno else str(failure)
                 peer = self.get_extra_info("peername")
