@@ -1587,6 +1587,14 @@ static int writer_reads(sp_conn *c)
     return !SSL_is_server(c->ssl) && renegotiating(c);
 }
 
+/* A renegotiation that SSL_shutdown would refuse to interrupt: a client's pending or under
+ * way (writer_reads), a server's under way (its HelloRequest alone starts no handshake, and a
+ * client may leave it unanswered; ssl_lock held). */
+static int shutdown_waits(sp_conn *c)
+{
+    return writer_reads(c) || (SSL_is_server(c->ssl) && renegotiating(c) && SSL_in_init(c->ssl));
+}
+
 int sp_conn_renegotiating(sp_conn *c)
 {
     int r;
@@ -2051,13 +2059,13 @@ int sp_shutdown(sp_conn *c, sp_err *err)
     sp_mutex_lock(&c->ssl_lock);
     ERR_clear_error();
     if (c->established && c->broken == NULL && c->send_broken == NULL) {
-        /* SSL_shutdown sends nothing inside a handshake: a client's renegotiation under way
-         * (writer_reads) is driven on first, as a writer drives it (application data goes to
-         * the stash), and the caller brings the peer's flight and calls again. */
+        /* SSL_shutdown sends nothing inside a handshake: a renegotiation under way is driven
+         * on first, as a writer drives it (application data goes to the stash), and the
+         * caller brings the peer's flight and calls again. */
         int sr = SP_OK;
-        while (sr == SP_OK && writer_reads(c))
+        while (sr == SP_OK && shutdown_waits(c))
             sr = stash_read(c, err);
-        if (!writer_reads(c))
+        if (!shutdown_waits(c))
             status = SSL_shutdown(c->ssl) >= 0 ? SP_OK : SP_ERROR;
         else if (sr != SP_ERROR)
             status = SP_WANT_READ;

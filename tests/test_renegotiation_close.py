@@ -17,6 +17,11 @@ client is in the middle of the renegotiation while the test ends its side:
   the renegotiation sends close_notify once it ends (it sent none);
 * ports_to_ssl_ports whose output stream fails while it writes the flight a read queued: the
   read raises that failure (it waited forever for an answer to a flight that never left).
+
+And the server's side, through `HoldingRelay`: an sslports server over ports_to_ssl_ports with
+``shutdown_on_close`` whose ``ssl_try_verify`` timed out in the middle of the renegotiation
+(the client's last flight held back) closes: close_notify follows the renegotiation's end (it
+sent none, and a strict client read a truncation).
 """
 
 from __future__ import annotations
@@ -25,6 +30,7 @@ import asyncio
 import contextlib
 import io
 import socket
+import ssl
 import threading
 import time
 from collections.abc import Iterator
@@ -267,3 +273,114 @@ def test_streams_read_when_the_renegotiation_flight_is_lost(relayed: tuple[Relay
         out.close()
         sock.close()
     _server_meets_an_unclean_end(relay, join)
+
+
+class HoldingRelay:
+    """One connection, client <-> server_port, that passes the client's records until the
+    renegotiation's ClientHello (the first handshake record after application data), then
+    holds the client's bytes until `release` is set."""
+
+    def __init__(self, server_port: int) -> None:
+        self.listener = socket.create_server((LOCAL, 0))
+        self.port: int = self.listener.getsockname()[1]
+        self.server_port = server_port
+        self.release = threading.Event()
+        self.socks: list[socket.socket] = []
+        threading.Thread(target=self._run, daemon=True).start()
+
+    def _run(self) -> None:
+        client, _ = self.listener.accept()
+        server = socket.create_connection((LOCAL, self.server_port))
+        self.socks += [client, server]
+        threading.Thread(target=self._down, args=(server, client), daemon=True).start()
+        pending, data_seen, holding = b"", False, False
+        try:
+            while data := client.recv(65536):
+                pending += data
+                while len(pending) >= 5 + int.from_bytes(pending[3:5], "big") >= 5:
+                    size = 5 + int.from_bytes(pending[3:5], "big")
+                    record, pending = pending[:size], pending[size:]
+                    if holding:
+                        self.release.wait(TIMEOUT)
+                    server.sendall(record)
+                    data_seen = data_seen or record[0] == 23
+                    holding = holding or (record[0] == 22 and data_seen)
+            server.shutdown(socket.SHUT_WR)
+        except OSError:
+            return
+
+    def _down(self, src: socket.socket, dst: socket.socket) -> None:
+        try:
+            while data := src.recv(65536):
+                dst.sendall(data)
+            dst.shutdown(socket.SHUT_WR)
+        except OSError:
+            return
+
+    def close(self) -> None:
+        self.release.set()
+        for sock in [self.listener, *self.socks]:
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)
+            sock.close()
+
+
+def test_streams_server_closes_during_its_renegotiation() -> None:
+    ctx = sslports.ssl_make_server_context("tls12")
+    sslports.ssl_load_certificate_chain(ctx, sslports.TEST_PEM)
+    sslports.ssl_load_private_key(ctx, sslports.TEST_PEM, False)
+    listener = socket.create_server((LOCAL, 0))
+    verify_ended = threading.Event()
+
+    def serve() -> str:
+        with listener:
+            sock, _ = listener.accept()
+        inp, out = sslports.ports_to_ssl_ports(
+            sock.makefile("rb", buffering=0),
+            sock.makefile("wb", buffering=0),
+            mode="accept",
+            context=ctx,
+            shutdown_on_close=True,
+            close_original=True,
+            timeout=1.0,
+        )
+        try:
+            assert inp.readline() == b"first\n"
+            with pytest.raises(SSLError, match="timed out"):  # (the client's flight is held)
+                sslports.ssl_try_verify(inp, True)
+            verify_ended.set()
+            out.close()  # close_notify once the renegotiation ended
+            return "closed"
+        finally:
+            verify_ended.set()
+            inp.close()
+            out.close()
+            sock.close()
+
+    join = run_in_thread(serve)
+    relay = HoldingRelay(listener.getsockname()[1])
+    client_ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    client_ctx.check_hostname = False
+    client_ctx.verify_mode = ssl.CERT_NONE
+    client_ctx.maximum_version = ssl.TLSVersion.TLSv1_2
+    raw = socket.create_connection((LOCAL, relay.port))
+    try:
+        with client_ctx.wrap_socket(raw, suppress_ragged_eofs=False) as client:
+            client.settimeout(TIMEOUT)
+            client.sendall(b"first\n")
+
+            def read_to_end() -> bytes:
+                received = bytearray()
+                while data := client.recv(65536):  # (answers the HelloRequest on the way)
+                    received += data
+                return bytes(received)
+
+            reader = run_in_thread(read_to_end)
+            assert verify_ended.wait(TIMEOUT)
+            time.sleep(0.2)  # the server's close waits for the renegotiation's end
+            relay.release.set()
+            assert reader(TIMEOUT) == b""  # close_notify; was SSLEOFError (a truncation)
+            assert join(TIMEOUT) == "closed"
+    finally:
+        relay.close()
+        raw.close()
