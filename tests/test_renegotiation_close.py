@@ -64,8 +64,11 @@ class Relay:
         client, _ = self.listener.accept()
         server = socket.create_connection((LOCAL, self.server_port))
         self.socks += [client, server]
-        threading.Thread(target=self._pass, args=(client, server, 0.0), daemon=True).start()
+        threading.Thread(target=self._up, args=(client, server), daemon=True).start()
         self._pass(server, client, self.lag)
+
+    def _up(self, client: socket.socket, server: socket.socket) -> None:
+        self._pass(client, server, 0.0)
 
     def _pass(self, src: socket.socket, dst: socket.socket, lag: float) -> None:
         try:
@@ -275,24 +278,16 @@ def test_streams_read_when_the_renegotiation_flight_is_lost(relayed: tuple[Relay
     _server_meets_an_unclean_end(relay, join)
 
 
-class HoldingRelay:
-    """One connection, client <-> server_port, that passes the client's records until the
-    renegotiation's ClientHello (the first handshake record after application data), then
-    holds the client's bytes until `release` is set."""
+class HoldingRelay(Relay):
+    """A Relay without lag that passes the client's records until the renegotiation's
+    ClientHello (the first handshake record after application data), then holds the client's
+    bytes until `release` is set."""
 
     def __init__(self, server_port: int) -> None:
-        self.listener = socket.create_server((LOCAL, 0))
-        self.port: int = self.listener.getsockname()[1]
-        self.server_port = server_port
         self.release = threading.Event()
-        self.socks: list[socket.socket] = []
-        threading.Thread(target=self._run, daemon=True).start()
+        super().__init__(server_port, 0.0)
 
-    def _run(self) -> None:
-        client, _ = self.listener.accept()
-        server = socket.create_connection((LOCAL, self.server_port))
-        self.socks += [client, server]
-        threading.Thread(target=self._down, args=(server, client), daemon=True).start()
+    def _up(self, client: socket.socket, server: socket.socket) -> None:
         pending, data_seen, holding = b"", False, False
         try:
             while data := client.recv(65536):
@@ -309,20 +304,9 @@ class HoldingRelay:
         except OSError:
             return
 
-    def _down(self, src: socket.socket, dst: socket.socket) -> None:
-        try:
-            while data := src.recv(65536):
-                dst.sendall(data)
-            dst.shutdown(socket.SHUT_WR)
-        except OSError:
-            return
-
     def close(self) -> None:
         self.release.set()
-        for sock in [self.listener, *self.socks]:
-            with contextlib.suppress(OSError):
-                sock.shutdown(socket.SHUT_RDWR)
-            sock.close()
+        super().close()
 
 
 def test_streams_server_closes_during_its_renegotiation() -> None:
