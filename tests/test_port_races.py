@@ -329,3 +329,122 @@ def test_flush_of_a_closed_output_port_raises(pair: tuple[Any, Any, Any, Any]) -
         with pytest.raises(ValueError, match="closed"):
             call()
     cout.close()
+
+
+# -- a write racing close() in another thread ---------------------------------------------------
+
+
+def _write_lines_until_closed(cout: Any, written: list[bytes], started: threading.Event) -> None:
+    """Write numbered lines to `cout` until a write raises ValueError; `written` gets each line
+    a write took, `started` is set after the 200th."""
+    i = 0
+    while True:
+        line = b"%08d\n" % i
+        try:
+            assert cout.write(line) == len(line)
+        except ValueError:
+            return
+        written.append(line)
+        i += 1
+        if i == 200:
+            started.set()
+
+
+@pytest.mark.parametrize("timeout", [None, 30.0], ids=["no-timeout", "timeout"])
+def test_a_write_racing_close_is_sent_or_raises(pki: Any, path: str, timeout: Any) -> None:
+    """Each write() that returns its count is delivered before the peer's EOF; once close() has
+    begun in another thread, a write raises ValueError, as io.BufferedWriter's does. (Before,
+    a write that passed its closed check just before close() was claimed waited for the
+    write lock, then buffered its bytes after close's flush: it returned its count and the
+    bytes never went out.)"""
+    for _ in range(20):
+        gen = connected_ports(pki)
+        cin, cout, sin, _sout = next(gen)
+        try:
+            cin.close()  # (so that closing cout ends the connection: the peer reads its EOF)
+            cout.settimeout(timeout)
+            written: list[bytes] = []
+            started = threading.Event()
+            t = threading.Thread(
+                target=_write_lines_until_closed, args=(cout, written, started), daemon=True
+            )
+            t.start()
+            assert started.wait(10)
+            cout.close()
+            t.join(10)
+            assert not t.is_alive()
+            assert sin.read() == b"".join(written)
+        finally:
+            with contextlib.suppress(StopIteration):
+                next(gen)
+
+
+# -- the caller's buffer is held for the call, as io's files hold it ----------------------------
+
+
+@pytest.mark.parametrize("timeout", [None, 30.0], ids=["no-timeout", "timeout"])
+def test_a_waiting_readinto_holds_its_buffer(pair: Any, timeout: Any) -> None:
+    """A small readinto() that waits for data holds its bytearray: another thread's resize
+    raises BufferError, and the read then fills the buffer it was given. (Before, on the
+    Python path, the resize went through: the read returned 0, a false EOF, or filled the
+    buffer's new size.)"""
+    cin, _cout, _sin, sout = pair
+    cin.settimeout(timeout)
+    buf = bytearray(100)
+    join = run_in_thread(lambda: cin.readinto(buf))
+    time.sleep(0.3)  # (the read waits: nothing was sent)
+    with pytest.raises(BufferError):
+        buf.extend(b"x" * 1000)
+    with pytest.raises(BufferError):
+        del buf[:]
+    sout.write(b"y" * 150)
+    sout.flush()
+    assert join(10) == 100
+    assert buf == b"y" * 100
+    assert cin.read(50) == b"y" * 50
+
+
+def test_a_write_waiting_for_the_lock_holds_its_buffer(pair: Any) -> None:
+    """A write() waiting for the write lock (another thread's write waits for the peer) holds
+    its bytearray: a resize raises BufferError, and the bytes it was given are the ones sent.
+    (Before, on the Python path, it counted the old size and sent the new contents.)"""
+    _cin, cout, sin, _sout = pair
+    big = random_bytes(16 << 20)
+    small = bytearray(b"z" * 100)
+    first = run_in_thread(lambda: cout.write(big))  # the peer does not read yet: this waits
+    time.sleep(0.3)
+    second = run_in_thread(lambda: cout.write(small))
+    time.sleep(0.3)
+    with pytest.raises(BufferError):
+        small.extend(b"!" * 50)
+    with pytest.raises(BufferError):
+        del small[:]
+    got = run_in_thread(lambda: read_exactly(sin, len(big) + 100))
+    assert first(30) == len(big)
+    assert second(30) == 100
+    cout.flush()
+    data = got(30)
+    assert sha1(data[: len(big)]) == sha1(big)
+    assert data[len(big) :] == b"z" * 100
+
+
+class _Size:
+    def __init__(self, n: int) -> None:
+        self.n = n
+
+    def __index__(self) -> int:
+        return self.n
+
+
+def test_read_sizes_are_any_index(pair: Any) -> None:
+    """read() and read1() take any object with __index__ as their size, as io's do, on both
+    paths, and refuse a float with io's TypeError."""
+    cin, _cout, _sin, sout = pair
+    sout.write(b"abcdef")
+    sout.flush()
+    assert cin.read(_Size(2)) == b"ab"
+    assert cin.read1(_Size(2)) == b"cd"
+    for call in (cin.read, cin.read1):
+        with pytest.raises(TypeError, match="'float' object cannot be interpreted as an integer"):
+            call(2.0)
+    assert cin.read(2) == b"ef"

@@ -449,6 +449,10 @@ typedef struct {
                (a small read, a line, a peek) or add to the pending bytes, and leave the rest
                (the pump, deadlines) to the Python method; OFF, a closed port: the Python
                method does the call (off_call). LOAD_INT / STORE_INT. */
+    int closing; /* writer: close() has begun (close_port sets it before its flush): a write
+                    that takes the lock from now on raises ValueError, as io.BufferedWriter's
+                    does; its bytes would come after the flush and never go out. LOAD_INT /
+                    STORE_INT. */
 } Port;
 
 #define OFF 0
@@ -1350,6 +1354,15 @@ static int conn_holds(sp_conn *c)
  * whether the connection still holds bytes of this port's, its own way for each transport)
  * and anything that sends (more than a record, a flush, deadlines) are the Python method's
  * (ports.py SSLOutputPort.write, whose buffering branch this is). */
+/* A write that took the lock once close() had begun (Port.closing): ValueError, nothing
+ * kept. Releases the view and the write lock. */
+static PyObject *closed_write(Port *self, Py_buffer *view)
+{
+    PyBuffer_Release(view);
+    PyErr_SetString(PyExc_ValueError, "write to closed SSL port");
+    return port_unlock(self, NULL);
+}
+
 static PyObject *kept_write(Port *self, PyObject *port, PyObject *b)
 {
     Py_buffer view;
@@ -1362,6 +1375,8 @@ static PyObject *kept_write(Port *self, PyObject *port, PyObject *b)
         PyBuffer_Release(&view);
         return NULL;
     }
+    if (LOAD_INT(&self->closing))
+        return closed_write(self, &view);
     queued = PyByteArray_Size(self->pending);
     if (view.len == 0 || queued == 0 || queued + view.len > record_size) {
         lock_give(self->lock);
@@ -1399,6 +1414,8 @@ static PyObject *writer_write(Port *self, PyObject *port, PyObject *b)
         PyBuffer_Release(&view);
         return NULL;
     }
+    if (LOAD_INT(&self->closing))
+        return closed_write(self, &view);
     c = conn_of(self->conn);
     /* Up to one full record is held, as io.BufferedWriter holds a write that fits its buffer
      * exactly: a stream of 16 KiB writes then leaves two records per send() (ports.py
@@ -1680,7 +1697,7 @@ static PyObject *fast_hot_methods(PyObject *module, PyObject *args)
  * back into Python: close_notify (SSLOutputPort._close_notify), and the last close of a stream
  * connection or of one already freed (Connection.last_port_closed). */
 static PyObject *iobase_close; /* io.BufferedIOBase.close */
-static PyObject *str_claimed, *str_shutdown_on_close, *str_abandoned,
+static PyObject *str_claimed, *str_close_flushed, *str_shutdown_on_close, *str_abandoned,
     *str_close_notify, *str_open_ports, *str_port_closed, *str_last_port_closed, *str_linger_close,
     *str_free_at_last_close, *str_free, *str_live_transports,
     *str_is_socket, *str_caches_session, *str_transport, *str_sock, *str_shutdown, *str_close;
@@ -1966,6 +1983,7 @@ static PyObject *close_port(PyObject *port, int output)
         /* A port that is not ON (a timeout, streams) closes with its Python methods, as
          * ports.py does. */
         if ((fast = fast_of(port, writer_type)) != NULL) {
+            STORE_INT(&fast->closing, 1);
             if (LOAD_INT(&fast->on) != ON)
                 STORE_INT(&fast->on, OFF);
             Py_DECREF(fast);
@@ -1975,10 +1993,8 @@ static PyObject *close_port(PyObject *port, int output)
             note_failure(&f);
         } else if ((PyObject *)Py_TYPE(lock) == lock_type && !write_ends_soon((Lock *)lock, &f)) {
             /* ports.py SSLOutputPort.close: a write in another thread that does not end (a
-             * peer that does not read) is not waited for; io's close() below calls flush()
-             * too: the Python one, which knows (the C one would wait) */
+             * peer that does not read) is not waited for */
             Py_DECREF(lock);
-            methods_off(port, 1);
             goto flushed;
         }
         Py_XDECREF(lock);
@@ -1987,8 +2003,12 @@ static PyObject *close_port(PyObject *port, int output)
             call_noted(&f, notify < 0 ? NULL : PyObject_CallMethodNoArgs(port, str_close_notify));
     }
 flushed:
+    /* io's close() calls flush() again: the Python one, which returns at once (the C one
+     * would send what a failed flush left, or wait for a write that does not end) */
+    if (output && PyDict_SetItem(dict, str_close_flushed, Py_True) < 0)
+        note_failure(&f);
+    methods_off(port, output); /* _sync_fast(): closing, so off */
     call_noted(&f, PyObject_CallOneArg(iobase_close, port));
-    methods_off(port, output); /* _sync_fast(): closed, so off */
     if (conn == NULL && (conn = PyObject_GetAttr(port, str_conn)) == NULL) {
         note_failure(&f);
     } else if (f.type != NULL && (PyErr_GivenExceptionMatches(f.type, PyExc_KeyboardInterrupt)
@@ -2218,6 +2238,7 @@ static int intern_all(void)
         {&str_flush, "flush"},
         {&str_shutdown_on_close, "shutdown_on_close"},
         {&str_abandoned, "_abandoned"},
+        {&str_close_flushed, "_close_flushed"},
         {&str_close_notify, "_close_notify"},
         {&str_open_ports, "open_ports"},
         {&str_port_closed, "port_closed"},

@@ -1162,7 +1162,9 @@ class SSLInputPort(_SSLPort):
         """readinto / readinto1 (`fill`: all of b), under `deadline` (None: the port's timeout
         from now)."""
         conn = self._check()
-        with self._lock:
+        # (b held for the call, as io's readinto holds it: another thread cannot resize it
+        # while this waits)
+        with memoryview(b) as whole, self._lock:
             kept = self._buf
             if (
                 not kept
@@ -1204,25 +1206,25 @@ class SSLInputPort(_SSLPort):
                 # small reads make no pump call (sp_fastport.c read_start does the same).
                 if not self._fill_locked(_READ_CHUNK, deadline):
                     return 0  # EOF
-            view = memoryview(b).cast("B")
-            n = min(len(view), len(kept))
-            if n == len(view) or not fill:
+            with whole.cast("B") as view:
+                n = min(len(view), len(kept))
+                if n == len(view) or not fill:
+                    view[:n] = kept[:n]
+                    del kept[:n]
+                    return n
+                if deadline is None:
+                    deadline = _deadline(self._timeout)
                 view[:n] = kept[:n]
                 del kept[:n]
-                return n
-            if deadline is None:
-                deadline = _deadline(self._timeout)
-            view[:n] = kept[:n]
-            del kept[:n]
-            # (the kept bytes count: on an exception, a timeout, Ctrl-C or a closed
-            # connection, conn.read keeps them again, and if the exception came before it
-            # could, this does)
-            try:
-                return conn.read("read", view, fill, deadline, n)
-            except BaseException:
-                if not kept:
-                    kept[:0] = view[:n]
-                raise
+                # (the kept bytes count: on an exception, a timeout, Ctrl-C or a closed
+                # connection, conn.read keeps them again, and if the exception came before it
+                # could, this does)
+                try:
+                    return conn.read("read", view, fill, deadline, n)
+                except BaseException:
+                    if not kept:
+                        kept[:0] = view[:n]
+                    raise
 
     def readinto(self, b: Any, /) -> int:
         try:
@@ -1239,12 +1241,14 @@ class SSLInputPort(_SSLPort):
             raise
 
     def read(self, size: Optional[int] = -1, /) -> bytes:
-        if size is None or size < 0:
+        size = -1 if size is None else operator.index(size)  # (an int, as io's and the C path's)
+        if size < 0:
             return _read_all(self, self._sslports_conn)
         return self._read_new(size, True)
 
-    def read1(self, size: int = -1, /) -> bytes:
-        if size is None or size < 0:
+    def read1(self, size: Optional[int] = -1, /) -> bytes:
+        size = -1 if size is None else operator.index(size)
+        if size < 0:
             size = _READ_CHUNK
         return self._read_new(size, False)
 
@@ -1371,6 +1375,9 @@ class SSLOutputPort(_SSLPort):
     """The writable side of a TLS connection; buffers up to one TLS record."""
 
     _abandoned = False
+    # close() has flushed, or has given up waiting for a write in another thread (set in the
+    # instance dict; sp_fastport.c close_port too): io's close() then calls flush() in vain.
+    _close_flushed = False
     # As socket.makefile("wb")'s: gzip.GzipFile(fileobj=port) without a mode writes.
     mode = "wb"
 
@@ -1402,13 +1409,21 @@ class SSLOutputPort(_SSLPort):
         (``exc.characters_written`` counts all of `b`): retry with ``flush()``."""
         if self.closed:
             raise ValueError("write to closed SSL port")
-        if type(b) is not bytes and type(b) is not bytearray:
-            view = memoryview(b)
+        if type(b) is bytes:
+            return self._write(b)
+        # (held for the call, as io's writers hold it: another thread cannot resize b meanwhile)
+        with memoryview(b) as view:
             if not view.c_contiguous:  # the error io's own writers (and the C path) raise
                 raise BufferError("memoryview: underlying buffer is not C-contiguous")
-            b = view.cast("B")  # counts bytes, whatever the item format
+            with view.cast("B") as data:  # counts bytes, whatever the item format
+                return self._write(data)
+
+    def _write(self, b: Any) -> int:
+        """write(b) for bytes or a byte memoryview."""
         n = len(b)
         with self._lock:
+            if self._close_claimed is not None:  # (close() has begun: after its flush, lost)
+                raise ValueError("write to closed SSL port")
             try:
                 if len(self._buf) + n > _RECORD or (n and not self._buf and self._conn_holds()):
                     self._send_locked(b)
@@ -1499,8 +1514,8 @@ class SSLOutputPort(_SSLPort):
     def flush(self) -> None:
         if self.closed:  # (as io's writers: nothing can be sent any more)
             raise ValueError("flush of closed SSL port")
-        if self._close_claimed is not None and self._lock.locked():
-            return  # (close(), io's included: never wait for a write in another thread)
+        if self._close_flushed:
+            return  # (io's close() after close(): it flushed, or does not wait for a write)
         if self._buf or self._conn_holds():
             with self._lock:
                 if self._buf or self._conn_holds():
@@ -1527,7 +1542,8 @@ class SSLOutputPort(_SSLPort):
             timeout = 0  # a request to stop (Ctrl-C): the last close does not wait either
             raise
         finally:
-            try:  # (its flush may fail again: the port is closed and counted all the same)
+            self._close_flushed = True
+            try:  # (io's close calls flush(): it returns at once)
                 io.BufferedIOBase.close(self)
             finally:
                 self._sync_fast()  # (closed: takes the C methods away)
