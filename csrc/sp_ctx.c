@@ -80,6 +80,7 @@ typedef struct ctx_guard {
     unsigned keys_alone; /* key_slot_bit()s of keys loaded before any certificate of their
                           * type (under the write lock: sp_ctx_use_private_key / _chain_pem) */
     unsigned char tag[8]; /* random, this context's part of its session id contexts */
+    int identity;         /* ... and this: sp_ctx_identity_changed (read with sp_flag_get) */
 } ctx_guard;
 
 static int guard_index = -1;
@@ -244,28 +245,41 @@ int sp_ctx_switch_ssl(SSL *ssl, SSL_CTX *to)
 }
 
 /* A server resumes a session only under the session id context it was made under: make that
- * say which context (its random tag) and which client-certificate policy (the verify flags),
- * so that a session of a client that was not asked for a certificate, or was verified against
- * other roots, is never resumed where the policy demands a verified one: after the context's
- * ssl_set_verify, or after an SNI switch to a context that verifies clients. A server that
- * checks the client's name (host_tag: a digest of it) resumes only sessions made for that
- * name. */
+ * say which context (its random tag and identity count), and which client-certificate policy
+ * (the verify flags), so that a session of a client that was not asked for a certificate, or
+ * was verified against other roots, is never resumed where the policy demands a verified one:
+ * after the context's ssl_set_verify, or after an SNI switch to a context that verifies
+ * clients; nor one made before the context's certificate, key or roots changed (a resumed
+ * session shows the client the certificate it was made with). A server that checks the
+ * client's name (host_tag: a digest of it) resumes only sessions made for that name. */
 int sp_ssl_set_session_id_context(SSL *ssl, int verify_flags, const unsigned char *host_tag)
 {
-    unsigned char sid[8 + sizeof ((ctx_guard *)0)->tag + 1 + SP_HOST_TAG_LEN];
-    size_t len = 8 + sizeof ((ctx_guard *)0)->tag + 1;
+    unsigned char sid[8 + sizeof ((ctx_guard *)0)->tag + 4 + 1 + SP_HOST_TAG_LEN];
+    size_t len = 8 + sizeof ((ctx_guard *)0)->tag + 4 + 1;
     ctx_guard *g = guard_of(SSL_get_SSL_CTX(ssl));
+    unsigned identity = g != NULL ? (unsigned)sp_flag_get(&g->identity) : 0;
     memcpy(sid, "sslports", 8);
     if (g != NULL)
         memcpy(sid + 8, g->tag, sizeof g->tag);
     else
         memset(sid + 8, 0, sizeof g->tag);
+    sid[8 + sizeof g->tag] = (unsigned char)(identity >> 24);
+    sid[9 + sizeof g->tag] = (unsigned char)(identity >> 16);
+    sid[10 + sizeof g->tag] = (unsigned char)(identity >> 8);
+    sid[11 + sizeof g->tag] = (unsigned char)identity;
     sid[len - 1] = (unsigned char)(verify_flags & 0xff);
     if (host_tag != NULL) {
         memcpy(sid + len, host_tag, SP_HOST_TAG_LEN);
         len += SP_HOST_TAG_LEN;
     }
     return SSL_set_session_id_context(ssl, sid, (unsigned int)len);
+}
+
+void sp_ctx_identity_changed(SSL_CTX *ctx)
+{
+    ctx_guard *g = guard_of(ctx);
+    if (g != NULL)
+        sp_counter_bump(&g->identity);
 }
 
 int sp_ctx_keylog_wanted(const SSL_CTX *ctx)

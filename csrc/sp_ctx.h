@@ -72,6 +72,9 @@ int sp_ctx_keylog_wanted(const SSL_CTX *ctx);
 /* A server connection's session id context: its context, client-verify policy and, with
  * host_tag (SP_HOST_TAG_LEN bytes, sp_conn.h), the client name it checks. */
 int sp_ssl_set_session_id_context(SSL *ssl, int verify_flags, const unsigned char *host_tag);
+/* After this end's certificate, key or trusted roots changed (any thread, no lock): a server
+ * connection set up from now on resumes no session made before. */
+void sp_ctx_identity_changed(SSL_CTX *ctx);
 void sp_ctx_set_keylog_flag(SSL_CTX *ctx, int on);
 
 /* Which step of sp_ctx_open_conn failed. */

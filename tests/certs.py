@@ -246,6 +246,14 @@ def key_file(issued: Issued) -> Path:
     return path
 
 
+def subject_hash(cert_pem: Path) -> str:
+    """The name of the certificate's file in a hashed directory, less its ".N" (c_rehash)."""
+    return subprocess.run(
+        ["openssl", "x509", "-hash", "-noout", "-in", str(cert_pem)],
+        capture_output=True, text=True, check=True,
+    ).stdout.strip()  # fmt: skip
+
+
 def key_data(issued: Issued) -> tuple[str, bytes]:
     """The ``("data", pem)`` argument of ssl_load_private_key."""
     return ("data", issued.key_pem)

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from certs import subject_hash
 from conftest import LOCAL, PY_ENV, read_exactly, run_in_thread
 from cryptography.hazmat.primitives import serialization
 
@@ -218,17 +219,9 @@ def test_ssl_cert_file_trusts_for_secure(pki: Any) -> None:
     assert "certificate verify failed" in child.stderr
 
 
-def _subject_hash(cert_pem: Path) -> str:
-    """The name of the certificate's file in a hashed directory, less its ".N" (c_rehash)."""
-    return subprocess.run(
-        ["openssl", "x509", "-hash", "-noout", "-in", str(cert_pem)],
-        capture_output=True, text=True, check=True,
-    ).stdout.strip()  # fmt: skip
-
-
 def _hashed_ca_dir(pki: Any, directory: Path) -> None:
     """Make `directory` a hashed directory holding the test CA."""
-    (directory / f"{_subject_hash(pki.ca_pem)}.0").write_bytes(pki.ca_pem.read_bytes())
+    (directory / f"{subject_hash(pki.ca_pem)}.0").write_bytes(pki.ca_pem.read_bytes())
 
 
 def test_ssl_cert_dir_trusts_for_secure(pki: Any, tmp_path: Path) -> None:
@@ -291,10 +284,10 @@ def test_directory_source_reads_only_regular_files(
     """A hashed directory is read during the handshake: a FIFO there (no writer), a device or
     a huge file among the <hash>.N files ends that directory's sequence, as a file that does
     not load does, instead of blocking the handshake (by_dir fopen()ed them)."""
-    subject_hash = _subject_hash(pki.ca_pem)
+    hashed = subject_hash(pki.ca_pem)
     fifos = []
     for suffix, what in enumerate(layout):
-        path = tmp_path / f"{subject_hash}.{suffix}"
+        path = tmp_path / f"{hashed}.{suffix}"
         if what == "ca":
             path.write_bytes(pki.ca_pem.read_bytes())
         elif what == "fifo":

@@ -36,9 +36,11 @@ from certs import (
     client_context,
     close_all,
     echo_line,
+    key_data,
     make_cert,
     outcome,
     server_context,
+    subject_hash,
     wrap_client,
 )
 
@@ -51,6 +53,8 @@ class Pki:
     root: Path
     server: Issued  # localhost, open.test, secure.test
     client: Issued
+    client2: Issued
+    server2: Issued  # localhost, another key and subject
 
 
 @pytest.fixture(scope="module")
@@ -65,6 +69,8 @@ def pki() -> Pki:
             ips=["127.0.0.1"],
         ),
         client=make_cert("review client", issuer=root),
+        client2=make_cert("second client", issuer=root),
+        server2=make_cert("second server", issuer=root, dns=["localhost"]),
     )
 
 
@@ -212,6 +218,144 @@ def test_sni_switched_context_resumes_its_own_sessions(
         got, session = _py_connect(server.port, py, "secure.test", session)
         assert got is reused
         assert join() == (reused, True)
+
+
+# -- a change of identity or roots: sessions made before are not resumed ------------------------
+#
+# A resumed session carries what its full handshake saw: the certificate each end showed and the
+# verdict on it. After a context loads another certificate and key, or more trusted roots, a
+# resumed connection would show the old identity, or keep the old verdict, on either end.
+
+
+def _peer(inp: Any, out: Any) -> tuple[bool, bool, Optional[bytes]]:
+    """(resumed, peer verified, peer subject) of one end, then one line each way."""
+    facts = (
+        sslports.ssl_session_reused(inp),
+        sslports.ssl_peer_verified(inp),
+        sslports.ssl_peer_subject_name(inp),
+    )
+    echo_line(inp, out)
+    return facts
+
+
+def _connect_seeing(port: int, ctx: sslports.SSLClientContext) -> tuple[bool, bool, Any]:
+    """The client's (resumed, peer verified, peer subject) after one echoed line."""
+    inp, out = sslports.ssl_connect("localhost", port, ctx, timeout=10)
+    with inp, out:
+        out.write(b"hi\n")
+        out.flush()
+        assert inp.readline() == b"hi\n"  # (TLS 1.3: the tickets came before it)
+        return _peer_facts(inp)
+
+
+def _peer_facts(inp: Any) -> tuple[bool, bool, Optional[bytes]]:
+    return (
+        sslports.ssl_session_reused(inp),
+        sslports.ssl_peer_verified(inp),
+        sslports.ssl_peer_subject_name(inp),
+    )
+
+
+def _subject(issued: Issued) -> bytes:
+    """As ssl_peer_subject_name says it: /O=.../CN=..."""
+    return "".join(f"/{a.rfc4514_attribute_name}={a.value!s}" for a in issued.cert.subject).encode()
+
+
+@pytest.mark.parametrize("version", VERSIONS)
+def test_client_new_identity_is_what_the_server_sees(
+    pki: Pki, servers: list[Server], version: str
+) -> None:
+    """ssl_load_certificate_chain + ssl_load_private_key on a client context: the next
+    connection shows the new certificate; the server saw the old one on a resumed session."""
+    server = Server(server_context(version, pki.server, roots=[pki.root], verify="set"))
+    servers.append(server)
+    cctx = client_context(version, roots=[pki.root], identity=[pki.client])
+    for reused in (False, True):  # (it resumes while nothing changes)
+        join = server.accept(_peer)
+        assert _connect_seeing(server.port, cctx)[0] is reused
+        assert join() == (reused, True, _subject(pki.client))
+
+    sslports.ssl_load_certificate_chain(cctx, chain_file(pki.client2))
+    sslports.ssl_load_private_key(cctx, key_data(pki.client2), False)
+    for reused in (False, True):
+        join = server.accept(_peer)
+        assert _connect_seeing(server.port, cctx)[0] is reused
+        assert join() == (reused, True, _subject(pki.client2))
+
+
+@pytest.mark.parametrize("version", VERSIONS)
+def test_server_new_identity_is_what_the_client_sees(
+    pki: Pki, servers: list[Server], version: str
+) -> None:
+    """The same on a server context: a client offering a session made before the server
+    loaded its new certificate does full handshake and sees the new certificate."""
+    sctx = server_context(version, pki.server)
+    server = Server(sctx)
+    servers.append(server)
+    cctx = client_context(version, roots=[pki.root])
+    for reused in (False, True):
+        join = server.accept(echo_line)
+        assert _connect_seeing(server.port, cctx) == (reused, True, _subject(pki.server))
+        join()
+
+    sslports.ssl_load_certificate_chain(sctx, chain_file(pki.server2))
+    sslports.ssl_load_private_key(sctx, key_data(pki.server2), False)
+    for reused in (False, True):
+        join = server.accept(echo_line)
+        assert _connect_seeing(server.port, cctx) == (reused, True, _subject(pki.server2))
+        join()
+
+
+@pytest.mark.parametrize("version", VERSIONS)
+@pytest.mark.parametrize("source", ["file", "directory"])
+def test_client_roots_loaded_later_take_effect(
+    pki: Pki, servers: list[Server], version: str, source: str, tmp_path: Path
+) -> None:
+    """ssl_try_verify client without roots: not verified, and a resumed session keeps that
+    verdict; once ssl_load_verify_source gives it the root, the next connection is verified."""
+    server = Server(server_context(version, pki.server))
+    servers.append(server)
+    cctx = client_context(version, verify=False, hostname=False)
+    sslports.ssl_try_verify(cctx, True)
+    for reused in (False, True):
+        join = server.accept(echo_line)
+        assert _connect_seeing(server.port, cctx) == (reused, False, None)
+        join()
+
+    sslports.ssl_load_verify_source(cctx, _roots_source(pki, source, tmp_path))
+    for reused in (False, True):
+        join = server.accept(echo_line)
+        assert _connect_seeing(server.port, cctx) == (reused, True, _subject(pki.server))
+        join()
+
+
+def _roots_source(pki: Pki, source: str, tmp_path: Path) -> Any:
+    if source == "file":
+        return pki.root
+    # An OpenSSL hashed directory (<subject hash>.0), read at verification time.
+    (tmp_path / f"{subject_hash(pki.root)}.0").write_bytes(pki.root.read_bytes())
+    return ("directory", tmp_path)
+
+
+@pytest.mark.parametrize("version", VERSIONS)
+def test_server_roots_loaded_later_take_effect(
+    pki: Pki, servers: list[Server], version: str
+) -> None:
+    """The same on a server that tries to verify clients."""
+    sctx = server_context(version, pki.server, verify="try")
+    server = Server(sctx)
+    servers.append(server)
+    cctx = client_context(version, roots=[pki.root], identity=[pki.client])
+    for reused in (False, True):
+        join = server.accept(_peer)
+        assert _connect_seeing(server.port, cctx)[0] is reused
+        assert join() == (reused, False, None)  # (no subject when not verified)
+
+    sslports.ssl_load_verify_source(sctx, pki.root)
+    for reused in (False, True):
+        join = server.accept(_peer)
+        assert _connect_seeing(server.port, cctx)[0] is reused
+        assert join() == (reused, True, _subject(pki.client))
 
 
 # -- hostname verification: look-alike characters -----------------------------------------------

@@ -311,6 +311,14 @@ class _Context(NotCopyable):
         epoch = int(_binding.lib.sp_ctx_forget_sessions(self._ptr))  # (server contexts: 0)
         self._conn_policy = (self._verify_flags(), self._verify_hostname, epoch)
 
+    def _identity_changed(self) -> None:
+        """After this end's certificate or key, or its trusted roots, changed: a resumed session
+        carries what its full handshake saw (the certificate each end showed, the verdict on
+        the peer's), so no session made before is resumed, by a client (its cache) or by a
+        server (its session id context, csrc/sp_ctx.c)."""
+        _binding.lib.sp_ctx_identity_changed(self._ptr)
+        self._policy_changed()
+
 
 # The SP_VERIFY_* bits of csrc/sp_conn.h, read once (no native module: never used).
 _VERIFY_PEER, _VERIFY_REQUIRE, _VERIFY_HOSTNAME, _VERIFY_POST_HANDSHAKE = (
@@ -666,6 +674,17 @@ def ssl_load_verify_source(context: object, src: object, *, try_: bool = False) 
             if not try_:
                 raise
         return
+    try:
+        _load_verify_tagged(func, ctx, ptr, src, try_)
+    finally:
+        ctx._identity_changed()  # (also after a failure: a directory or store may load part)
+
+
+def _load_verify_tagged(
+    func: str, ctx: _Context, ptr: Any, src: tuple[str, Any], try_: bool
+) -> None:
+    """Load a ("directory" | "win32-store" | "macosx-keychain", ...) source's roots."""
+    lib = _binding.lib
     if src[0] == "win32-store":
         if sys.platform != "win32":
             raise SSLUnsupportedError(f"{func}: win32-store is only available on Windows")
@@ -707,7 +726,9 @@ def _load_verify_file(func: str, ctx: _Context, path: object) -> None:
     # (no configuration lock: the X509_STORE has its own, as for the other verify sources,
     # so that an SNI callback may still add roots to the context it runs for)
     ok = _binding.lib.sp_ctx_load_verify_pem(ctx._mutable(func), pem, len(pem), err)
-    if not ok:
+    if ok:
+        ctx._identity_changed()
+    else:
         name = _path_name(path)
         if err.ssl_error == _binding.lib.SP_LOAD_NOTHING:
             err.ssl_error = 0
@@ -871,6 +892,7 @@ def _load_chain(func: str, ctx: _Context, pathname: object) -> None:
     if not ok:
         raise _load_failed(func, err, path=_path_name(pathname))
     ctx._has_certificate = True
+    ctx._identity_changed()
 
 
 def _load_key(
@@ -921,6 +943,7 @@ def _load_key(
             raise _load_failed(func, err, path=path)
     finally:
         lib.EVP_PKEY_free(key)
+    ctx._identity_changed()
 
 
 def _wrong_encoding(data: bytes, der: bool) -> Optional[str]:
