@@ -535,6 +535,7 @@ sp_conn *sp_conn_new(SSL_CTX *ctx, int is_server, int fd, sp_err *err)
     c->child_forks_at_birth = sp_flag_get(&child_forks);
     c->fd = (sp_socket)fd;
     c->socket_mode = fd >= 0;
+    c->identity = sp_ctx_identity(ctx); /* (first: sp_ctx.h) */
     c->ssl = sp_ctx_new_ssl(ctx); /* (under the context's read lock: sp_ctx.c) */
     if (c->socket_mode) {
         c->rbio = c->wbio = new_sock_bio(c);
@@ -723,8 +724,8 @@ void sp_conn_apply_verify_locked(sp_conn *c)
             mode |= SSL_VERIFY_FAIL_IF_NO_PEER_CERT;
         /* Sessions resume only under this context and policy (a resumed session is not
          * verified again): never into a stricter one. */
-        if (!sp_ssl_set_session_id_context(c->ssl, c->verify_flags & ~SP_VERIFY_POST_HANDSHAKE,
-                                           check_name ? c->host_tag : NULL))
+        if (!sp_ssl_set_sid(c->ssl, c->verify_flags & ~SP_VERIFY_POST_HANDSHAKE, c->identity,
+                            check_name ? c->host_tag : NULL))
             ERR_clear_error();
     } else {
         /* A client always checks what it is given; the callback decides what is fatal. */

@@ -17,6 +17,8 @@ struct sp_conn {
     int verify_flags;
     int checks_host; /* sp_conn_set_host set a name (or address) to check (ssl_lock) */
     unsigned char host_tag[SP_HOST_TAG_LEN]; /* ... its digest (a server's session id context) */
+    unsigned identity; /* its context's identity count when the SSL took its certificate
+                          (sp_ctx_identity; a server's session id context) */
     int established; /* the first handshake completed (ssl_lock) */
     int in_callback; /* callbacks into Python on it in progress (set by the thread holding
                         ssl_lock, read by any: sp_flag_get; see CALLBACKS in sp_conn.c) */

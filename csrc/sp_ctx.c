@@ -250,14 +250,15 @@ int sp_ctx_switch_ssl(SSL *ssl, SSL_CTX *to)
  * was verified against other roots, is never resumed where the policy demands a verified one:
  * after the context's ssl_set_verify, or after an SNI switch to a context that verifies
  * clients; nor one made before the context's certificate, key or roots changed (a resumed
- * session shows the client the certificate it was made with). A server that checks the
- * client's name (host_tag: a digest of it) resumes only sessions made for that name. */
-int sp_ssl_set_session_id_context(SSL *ssl, int verify_flags, const unsigned char *host_tag)
+ * session shows the client the certificate it was made with): `identity`, the count the
+ * connection read before its SSL took the certificate (sp_ctx_identity), also when a TLS 1.2
+ * renegotiation makes a session long after. A server that checks the client's name
+ * (host_tag: a digest of it) resumes only sessions made for that name. */
+int sp_ssl_set_sid(SSL *ssl, int verify_flags, unsigned identity, const unsigned char *host_tag)
 {
     unsigned char sid[8 + sizeof ((ctx_guard *)0)->tag + 4 + 1 + SP_HOST_TAG_LEN];
     size_t len = 8 + sizeof ((ctx_guard *)0)->tag + 4 + 1;
     ctx_guard *g = guard_of(SSL_get_SSL_CTX(ssl));
-    unsigned identity = g != NULL ? (unsigned)sp_flag_get(&g->identity) : 0;
     memcpy(sid, "sslports", 8);
     if (g != NULL)
         memcpy(sid + 8, g->tag, sizeof g->tag);
@@ -273,6 +274,17 @@ int sp_ssl_set_session_id_context(SSL *ssl, int verify_flags, const unsigned cha
         len += SP_HOST_TAG_LEN;
     }
     return SSL_set_session_id_context(ssl, sid, (unsigned int)len);
+}
+
+int sp_ssl_set_session_id_context(SSL *ssl, int verify_flags, const unsigned char *host_tag)
+{
+    return sp_ssl_set_sid(ssl, verify_flags, sp_ctx_identity(SSL_get_SSL_CTX(ssl)), host_tag);
+}
+
+unsigned sp_ctx_identity(const SSL_CTX *ctx)
+{
+    ctx_guard *g = guard_of(ctx);
+    return g != NULL ? (unsigned)sp_flag_get(&g->identity) : 0;
 }
 
 void sp_ctx_identity_changed(SSL_CTX *ctx)

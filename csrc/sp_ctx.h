@@ -71,10 +71,15 @@ int sp_ctx_step_needed(SSL *ssl);
 int sp_ctx_keylog_wanted(const SSL_CTX *ctx);
 /* A server connection's session id context: its context, client-verify policy and, with
  * host_tag (SP_HOST_TAG_LEN bytes, sp_conn.h), the client name it checks. */
+int sp_ssl_set_sid(SSL *ssl, int verify_flags, unsigned identity, const unsigned char *host_tag);
+/* The same with the context's identity count now (bench/c/conn_one.c: no reloads there). */
 int sp_ssl_set_session_id_context(SSL *ssl, int verify_flags, const unsigned char *host_tag);
-/* After this end's certificate, key or trusted roots changed (any thread, no lock): a server
- * connection set up from now on resumes no session made before. */
+/* After this end's certificate, key or trusted roots changed (any thread, no lock, once the
+ * load is done): a server connection set up from now on resumes no session made before.
+ * sp_ctx_identity: the count, read before an SSL takes the context's certificate (SSL_new,
+ * SSL_set_SSL_CTX), so that it is never newer than what the connection serves. */
 void sp_ctx_identity_changed(SSL_CTX *ctx);
+unsigned sp_ctx_identity(const SSL_CTX *ctx);
 void sp_ctx_set_keylog_flag(SSL_CTX *ctx, int on);
 
 /* Which step of sp_ctx_open_conn failed. */

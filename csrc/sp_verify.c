@@ -600,10 +600,12 @@ static int client_hello_callback(SSL *ssl, int *alert, void *arg)
         return SSL_CLIENT_HELLO_ERROR;
     }
     if (r > 0 && switch_to != NULL) {
+        unsigned identity = sp_ctx_identity(switch_to); /* (first: sp_ctx.h) */
         if (!sp_ctx_switch_ssl(ssl, switch_to)) {
             *alert = SSL_AD_INTERNAL_ERROR;
             return SSL_CLIENT_HELLO_ERROR;
         }
+        c->identity = identity;
         /* SSL_set_SSL_CTX swaps certificate, key and store, but not the verify mode,
          * options or protocol range: take them from the new context too (the version is
          * chosen after this callback). */

@@ -36,6 +36,7 @@ from certs import (
     client_context,
     close_all,
     echo_line,
+    in_thread,
     key_data,
     make_cert,
     outcome,
@@ -300,6 +301,35 @@ def test_server_new_identity_is_what_the_client_sees(
 
     sslports.ssl_load_certificate_chain(sctx, chain_file(pki.server2))
     sslports.ssl_load_private_key(sctx, key_data(pki.server2), False)
+    for reused in (False, True):
+        join = server.accept(echo_line)
+        assert _connect_seeing(server.port, cctx) == (reused, True, _subject(pki.server2))
+        join()
+
+
+def test_renegotiation_after_a_new_identity_files_no_stale_session(
+    pki: Pki, servers: list[Server]
+) -> None:
+    """TLS 1.2: a connection made before the server loaded its new certificate renegotiates
+    afterwards (ssl_set_verify on its port) and makes a session showing the old certificate,
+    which no later connection may resume (its session id context is the one of the identity
+    the connection serves, not the context's newest)."""
+    sctx = server_context("tls12", pki.server, roots=[pki.root], verify="set")
+    server = Server(sctx)
+    servers.append(server)
+    cctx = client_context("tls12", roots=[pki.root], identity=[pki.client])
+    join = server.accept()
+    inp, out = sslports.ssl_connect("localhost", server.port, cctx, timeout=10)
+    sin, sout = join()
+    with inp, out, sin, sout:
+        sslports.ssl_load_certificate_chain(sctx, chain_file(pki.server2))
+        sslports.ssl_load_private_key(sctx, key_data(pki.server2), False)
+        reads = in_thread(inp.readline)  # (the client answers the renegotiation as it reads)
+        sslports.ssl_set_verify(sin, True)
+        sout.write(b"after\n")
+        sout.flush()
+        assert reads() == b"after\n"
+        assert sslports.ssl_peer_subject_name(inp) == _subject(pki.server)  # (still)
     for reused in (False, True):
         join = server.accept(echo_line)
         assert _connect_seeing(server.port, cctx) == (reused, True, _subject(pki.server2))

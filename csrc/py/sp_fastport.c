@@ -1936,10 +1936,11 @@ static int wants_close_notify(PyObject *port, PyObject *conn)
 #define CLOSE_WAIT_US 1000000
 static int write_ends_soon(Lock *lock, in_flight *f)
 {
-    int r;
-    if (!LOAD_INT(&lock->locked))
-        return 1;
-    r = lock_wait(lock, CLOSE_WAIT_US);
+    /* Taken, not only looked at: close sets `closing`, then a write that takes the lock after
+     * this sees it. (Peeking at `locked` instead, a free-threaded build's relaxed loads could
+     * each miss the other side's store: a write that saw no close, a close that saw no
+     * write, and the write's bytes after close_notify.) */
+    int r = lock_wait(lock, CLOSE_WAIT_US);
     if (r > 0)
         lock_give(lock);
     else if (r < 0)

@@ -1656,9 +1656,8 @@ _CLOSE_WAIT = 1.0  # seconds close() waits for a write running in another thread
 
 def _write_ends_soon(lock: Any) -> bool:
     """The lock is free, or a write holding it in another thread ends within _CLOSE_WAIT
-    (sp_fastport.c write_ends_soon, the same)."""
-    if not lock.locked():
-        return True
+    (sp_fastport.c write_ends_soon, the same). Taken, not only looked at (`locked()`): a write
+    that takes it afterwards then sees the close claimed (free-threaded builds too)."""
     if lock.acquire(timeout=_CLOSE_WAIT):
         lock.release()
         return True
