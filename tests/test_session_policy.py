@@ -86,12 +86,7 @@ def _connect(port: int, ctx: sslports.SSLClientContext) -> Any:
     """ssl_connect (which resumes from the context's cache), one line echoed: the client's
     (resumed, None) or the exception the client saw."""
     try:
-        inp, out = sslports.ssl_connect("localhost", port, ctx, timeout=10)
-        with inp, out:
-            out.write(b"hi\n")
-            out.flush()
-            assert inp.readline() == b"hi\n"  # (TLS 1.3: the tickets came before it)
-            return sslports.ssl_session_reused(inp)
+        return _connect_seeing(port, ctx)[0]
     except sslports.SSLError as exc:
         return exc
 
@@ -230,11 +225,7 @@ def test_sni_switched_context_resumes_its_own_sessions(
 
 def _peer(inp: Any, out: Any) -> tuple[bool, bool, Optional[bytes]]:
     """(resumed, peer verified, peer subject) of one end, then one line each way."""
-    facts = (
-        sslports.ssl_session_reused(inp),
-        sslports.ssl_peer_verified(inp),
-        sslports.ssl_peer_subject_name(inp),
-    )
+    facts = _peer_facts(inp)
     echo_line(inp, out)
     return facts
 
@@ -250,6 +241,7 @@ def _connect_seeing(port: int, ctx: sslports.SSLClientContext) -> tuple[bool, bo
 
 
 def _peer_facts(inp: Any) -> tuple[bool, bool, Optional[bytes]]:
+    """(resumed, peer verified, peer subject) of one end's connection."""
     return (
         sslports.ssl_session_reused(inp),
         sslports.ssl_peer_verified(inp),

@@ -1208,18 +1208,16 @@ class SSLInputPort(_SSLPort):
                     return 0  # EOF
             with whole.cast("B") as view:
                 n = min(len(view), len(kept))
-                if n == len(view) or not fill:
-                    view[:n] = kept[:n]
-                    del kept[:n]
-                    return n
-                if deadline is None:
-                    deadline = _deadline(self._timeout)
                 view[:n] = kept[:n]
                 del kept[:n]
+                if n == len(view) or not fill:
+                    return n
                 # (the kept bytes count: on an exception, a timeout, Ctrl-C or a closed
                 # connection, conn.read keeps them again, and if the exception came before it
                 # could, this does)
                 try:
+                    if deadline is None:
+                        deadline = _deadline(self._timeout)
                     return conn.read("read", view, fill, deadline, n)
                 except BaseException:
                     if not kept:
