@@ -17,6 +17,10 @@ client is in the middle of the renegotiation while the test ends its side:
   the renegotiation sends close_notify once it ends (it sent none);
 * ports_to_ssl_ports whose output stream fails while it writes the flight a read queued: the
   read raises that failure (it waited forever for an answer to a flight that never left).
+* ports_to_ssl_ports whose read waits in the input stream for the server's flight, which
+  never comes: a close with ``shutdown_on_close``, or a write under a timeout, in another
+  thread ends at its own bound (each waited for the reader's stream without one; under load
+  a close waited so even after the reader had processed the renegotiation's end).
 
 And the server's side, through `HoldingRelay`: an sslports server over ports_to_ssl_ports with
 ``shutdown_on_close`` whose ``ssl_try_verify`` timed out in the middle of the renegotiation
@@ -210,8 +214,9 @@ def _wait_renegotiating(port: Any) -> None:
         time.sleep(0.005)
 
 
-def test_streams_shutdown_on_close_during_renegotiation(relayed: tuple[Relay, Any]) -> None:
-    relay, join = relayed
+def _streams_client(relay: Relay, lines: bytes = b"first\n") -> tuple[socket.socket, Any, Any]:
+    """A TLS 1.2 client over ports_to_ssl_ports (the socket's own streams) through `relay`;
+    `lines` are written, so the server's renegotiation comes."""
     sock = socket.create_connection((LOCAL, relay.port))
     inp, out = sslports.ports_to_ssl_ports(
         sock.makefile("rb", buffering=0),
@@ -221,9 +226,15 @@ def test_streams_shutdown_on_close_during_renegotiation(relayed: tuple[Relay, An
         shutdown_on_close=True,
         close_original=True,
     )
+    out.write(lines)
+    out.flush()
+    return sock, inp, out
+
+
+def test_streams_shutdown_on_close_during_renegotiation(relayed: tuple[Relay, Any]) -> None:
+    relay, join = relayed
+    sock, inp, out = _streams_client(relay, b"first\nsecond\n")
     try:
-        out.write(b"first\nsecond\n")
-        out.flush()
         reader = run_in_thread(lambda: inp.read())  # meets the HelloRequest, answers it
         _wait_renegotiating(inp)
         out.close()  # close_notify once the renegotiation ended
@@ -234,6 +245,59 @@ def test_streams_shutdown_on_close_during_renegotiation(relayed: tuple[Relay, An
         inp.close()
         out.close()
         sock.close()
+
+
+@contextlib.contextmanager
+def _client_stuck_renegotiating(relay: Relay, join: Any) -> Iterator[tuple[Any, Any]]:
+    """A _streams_client whose read (without a deadline) waits in the input stream, holding
+    it, for the server's renegotiation flight, which never comes. At the end all is closed and
+    the server meets an unclean end."""
+    sock, inp, out = _streams_client(relay)
+    try:
+        reader = run_in_thread(lambda: inp.read())
+        _wait_renegotiating(inp)
+        relay.hold.set()  # the server's flight never comes
+        yield inp, out
+    finally:
+        inp.close()
+        out.close()
+        relay.close()  # (ends the reader's stream)
+        sock.close()
+    with contextlib.suppress(SSLError):
+        reader(TIMEOUT)
+    _server_meets_an_unclean_end(relay, join)
+
+
+def test_streams_close_during_renegotiation_with_a_silent_peer_ends(
+    relayed: tuple[Relay, Any],
+) -> None:
+    # The close waits for the renegotiation's end within its own bound, not for the stream
+    # (it waited as long as the peer said nothing, and under load also when the reader had
+    # already processed that end: CI saw a close hang for 30 s).
+    with _client_stuck_renegotiating(*relayed) as (inp, out):
+        closer = run_in_thread(out.close)
+        assert closer(TIMEOUT) is None  # (ends at close_notify's 5 s bound)
+        assert out.closed and _renegotiating(inp)
+
+
+def test_streams_write_timeout_during_renegotiation_with_a_silent_peer(
+    relayed: tuple[Relay, Any],
+) -> None:
+    # The same wait, by a write under a timeout: it times out (it waited for the reader's
+    # stream, without bound).
+    with _client_stuck_renegotiating(*relayed) as (_, out):
+        out.settimeout(1.0)
+
+        def write() -> None:
+            out.write(b"second\n")
+            out.flush()
+
+        writer = run_in_thread(write)
+        with pytest.raises(TimeoutError, match=r"^flush: write timed out"):
+            writer(TIMEOUT)
+        with pytest.raises(TimeoutError, match=r"^flush: write timed out"):
+            out.close()  # (its bytes are still held: it tries once more; closed anyway)
+        assert out.closed
 
 
 class _BreakableOutput(io.RawIOBase):

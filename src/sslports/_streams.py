@@ -833,11 +833,20 @@ class _StreamTransport:
         thread fed it since the caller's pump call (`seen`: `fed` before that call). Under a
         deadline, or while a sender that was once slow (`tight`) still writes, the read runs
         in the receiver thread, and this returns with nothing fed when the deadline passes
-        first (the caller checks it). A failure of the output stream that lost the handshake's
+        first (the caller checks it); so does a caller that waited a slice for another thread
+        reading the stream. A failure of the output stream that lost the handshake's
         or the output port's bytes is raised (once) instead of waiting for an answer to them
         (_Sender.lost_written)."""
         lib = _binding.lib
-        with self.in_lock:
+        if not self.in_lock.acquire(timeout=deadline.slice_ms() / 1000):
+            # Another thread reads the stream. A read without a deadline blocks in it holding
+            # the lock for as long as the peer sends nothing, and what this caller waits for
+            # may already be done: that thread's pump call processed what it fed (the end of
+            # a renegotiation, which a close or a write waits for). Return after a slice: the
+            # caller calls the pump again and checks its deadline. (The lock is not fair:
+            # waiting for it to be free would wait for the peer's next bytes.)
+            return
+        try:
             if self.fed != seen:
                 return  # call the pump again first
             if self.eof:
@@ -916,6 +925,8 @@ class _StreamTransport:
                 self.eof = True
                 lib.sp_feed_eof(conn)
                 self.fed += 1
+        finally:
+            self.in_lock.release()
 
     def feed(self, conn: Any, reads: Iterator[Any], counts: bool) -> Any:
         """Make the one read of the input stream that `reads` holds (an iterator, lazily: of a
