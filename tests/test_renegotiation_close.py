@@ -280,6 +280,18 @@ def test_streams_close_during_renegotiation_with_a_silent_peer_ends(
         assert out.closed and _renegotiating(inp)
 
 
+def test_streams_close_with_timeout_zero_during_renegotiation_does_not_wait(
+    relayed: tuple[Relay, Any],
+) -> None:
+    # A port timeout of 0 (no waiting) is close_notify's bound too: it was taken for "none"
+    # and the close waited 5 s for the renegotiation's end.
+    with _client_stuck_renegotiating(*relayed) as (_, out):
+        out.settimeout(0)
+        closer = run_in_thread(out.close)
+        assert closer(3.0) is None
+        assert out.closed
+
+
 def test_streams_write_timeout_during_renegotiation_with_a_silent_peer(
     relayed: tuple[Relay, Any],
 ) -> None:

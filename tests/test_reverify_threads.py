@@ -5,6 +5,10 @@ as an independent audit exercised them:
 * a thread of the server blocked reading the same connection (full duplex, API.md): the
   request's answer is processed by that read's pump, and the call returns; it waited for the
   read lock, which the blocked read holds, past its timeout and forever;
+* a thread of the server blocked writing to a client that does not read: the call times out
+  at its port's timeout (it waited for the write lock, which the blocked write holds,
+  forever), and once the client reads, the write's bytes arrive whole and the call made again
+  gets the answer;
 * a call that timed out (the client not reading yet) and is called again before the client
   answers: the second waits for the answer to the first; it sent a second request (TLS 1.2:
   a second HelloRequest, which then failed the connection; TLS 1.3: "request sent").
@@ -12,6 +16,7 @@ as an independent audit exercised them:
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -65,6 +70,36 @@ def test_verify_while_another_thread_reads(connection: tuple[Any, ...]) -> None:
     sout.write(b"back")
     sout.flush()
     assert client_read(TIMEOUT) == b"back"
+
+
+def test_verify_while_another_thread_writes_to_a_peer_that_does_not_read(
+    connection: tuple[Any, ...],
+) -> None:
+    cin, _, sin, sout = connection
+    big = os.urandom(1 << 20) * 32  # (more than the loopback socket buffers hold)
+    server_write = run_in_thread(lambda: (sout.write(big), sout.flush()))
+    time.sleep(0.5)  # (the write waits for the client: not needed to pass, only to fail before)
+    sin.settimeout(1.0)
+    verify = run_in_thread(lambda: sslports.ssl_try_verify(sin, True))
+    with pytest.raises(TimeoutError, match=r"^ssl_try_verify: failed \(timed out\)$"):
+        verify(TIMEOUT)  # (it waited for the write lock forever)
+    received = bytearray()
+
+    def client_reads() -> None:  # (answers the request on the way)
+        while len(received) < len(big) and (data := cin.read1(1 << 16)):
+            received.extend(data)
+
+    client_read = run_in_thread(client_reads)
+    server_write(TIMEOUT)
+    client_read(TIMEOUT)
+    assert received == big
+    sin.settimeout(TIMEOUT)
+    reader = run_in_thread(lambda: cin.read1(100))  # (TLS 1.2: the renegotiation's end)
+    sslports.ssl_try_verify(sin, True)  # the answer to the request the write sent
+    assert sslports.ssl_peer_verified(sin)
+    sout.write(b"after")
+    sout.flush()
+    assert reader(TIMEOUT) == b"after"
 
 
 def test_verify_called_again_after_a_timeout(connection: tuple[Any, ...]) -> None:

@@ -838,7 +838,8 @@ class _StreamTransport:
         or the output port's bytes is raised (once) instead of waiting for an answer to them
         (_Sender.lost_written)."""
         lib = _binding.lib
-        if not self.in_lock.acquire(timeout=deadline.slice_ms() / 1000):
+        in_lock = self.in_lock
+        if not in_lock.acquire(False) and not in_lock.acquire(timeout=deadline.slice_ms() / 1000):
             # Another thread reads the stream. A read without a deadline blocks in it holding
             # the lock for as long as the peer sends nothing, and what this caller waits for
             # may already be done: that thread's pump call processed what it fed (the end of
@@ -926,7 +927,7 @@ class _StreamTransport:
                 lib.sp_feed_eof(conn)
                 self.fed += 1
         finally:
-            self.in_lock.release()
+            in_lock.release()
 
     def feed(self, conn: Any, reads: Iterator[Any], counts: bool) -> Any:
         """Make the one read of the input stream that `reads` holds (an iterator, lazily: of a

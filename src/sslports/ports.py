@@ -1549,7 +1549,8 @@ class SSLOutputPort(_SSLPort):
 
     def _close_notify(self) -> None:
         """close(): say goodbye (sp_fastport.c close_port calls this too)."""
-        self._sslports_conn.send_close_notify(_Deadline(self._timeout if self._timeout else 5.0))
+        timeout = self._timeout  # (0: no wait; None: 5 s, close_notify is a courtesy)
+        self._sslports_conn.send_close_notify(_Deadline(5.0 if timeout is None else timeout))
 
     def read(self, size: Optional[int] = -1) -> bytes:
         raise io.UnsupportedOperation("read")

@@ -102,8 +102,17 @@ def _send_request(
             # connection goes on as it was, and ssl_peer_verified tells.
             return False
         raise exc
-    with conn.write_lock:  # (as a port's write: the last close waits for it, then closes the fd)
+    # The request is sent as a port's write is (the last close waits for it, then closes the
+    # fd), within the deadline: a write in another thread may wait for a peer that does not
+    # read. The request stays queued (sp_reauth_pending): that write sends it, and a call
+    # made again waits for the answer.
+    lock = conn.write_lock
+    if not lock.acquire(timeout=-1 if deadline.at is None else deadline.remaining()):
+        raise SSLTimeoutError(f"{func}: failed (timed out)")
+    try:
         conn.write(func, memoryview(b""), deadline)  # sends the request
+    finally:
+        lock.release()
     return True
 
 
