@@ -682,7 +682,7 @@ class _StreamTransport:
         self.buf = bytearray(_TRANSPORT_CHUNK)
         self.view = memoryview(self.buf)
         self.feed_buf: Any = None  # sp_feed(conn, <buf>, n) (feed)
-        self.in_lock = threading.Lock()
+        self.in_lock: Any = threading.RLock()  # (see pull_in)
         self.out_lock = threading.Lock()
         self.sender = _Sender(out)
         self.receiver: Optional[_Receiver] = None  # reads under a deadline (pull_in)
@@ -838,16 +838,21 @@ class _StreamTransport:
         or the output port's bytes is raised (once) instead of waiting for an answer to them
         (_Sender.lost_written)."""
         lib = _binding.lib
+        # (an RLock: _is_owned tells the finally whether this thread holds it, also when a
+        # signal handler's exception came as acquire returned)
         in_lock = self.in_lock
-        if not in_lock.acquire(False) and not in_lock.acquire(timeout=deadline.slice_ms() / 1000):
-            # Another thread reads the stream. A read without a deadline blocks in it holding
-            # the lock for as long as the peer sends nothing, and what this caller waits for
-            # may already be done: that thread's pump call processed what it fed (the end of
-            # a renegotiation, which a close or a write waits for). Return after a slice: the
-            # caller calls the pump again and checks its deadline. (The lock is not fair:
-            # waiting for it to be free would wait for the peer's next bytes.)
-            return
         try:
+            if not in_lock.acquire(False) and not in_lock.acquire(
+                timeout=deadline.slice_ms() / 1000
+            ):
+                # Another thread reads the stream. A read without a deadline blocks in it
+                # holding the lock for as long as the peer sends nothing, and what this caller
+                # waits for may already be done: that thread's pump call processed what it fed
+                # (the end of a renegotiation, which a close or a write waits for). Return
+                # after a slice: the caller calls the pump again and checks its deadline. (The
+                # lock is not fair: waiting for it to be free would wait for the peer's next
+                # bytes.)
+                return
             if self.fed != seen:
                 return  # call the pump again first
             if self.eof:
@@ -927,7 +932,8 @@ class _StreamTransport:
                 lib.sp_feed_eof(conn)
                 self.fed += 1
         finally:
-            in_lock.release()
+            if in_lock._is_owned():
+                in_lock.release()
 
     def feed(self, conn: Any, reads: Iterator[Any], counts: bool) -> Any:
         """Make the one read of the input stream that `reads` holds (an iterator, lazily: of a
