@@ -128,7 +128,7 @@ def run_connect(
         stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
-        env=ENV,
+        env={**ENV, "PYTHONFAULTHANDLER": "1"},
     )
     assert proc.stdin is not None and proc.stdout is not None and proc.stderr is not None
     feeder = threading.Thread(target=feed, args=(proc.stdin,), daemon=True)
@@ -147,7 +147,13 @@ def run_connect(
                 time.sleep(1.0)
                 assert feeder.is_alive()  # (the command does not take more)
             proc.send_signal(signal.SIGINT)
-        status = proc.wait(timeout=30)  # (the servers hold the connection for 60 s)
+        try:
+            status = proc.wait(timeout=30)  # (the servers hold the connection for 60 s)
+        except subprocess.TimeoutExpired:
+            # Where it hangs: PYTHONFAULTHANDLER prints every thread's stack on SIGABRT.
+            proc.send_signal(signal.SIGABRT)
+            proc.wait(TIMEOUT)
+            status = None
     finally:
         if proc.poll() is None:
             proc.kill()
@@ -159,6 +165,9 @@ def run_connect(
                 pipe.close()
         if feeder.is_alive():
             feeder.join(TIMEOUT)
+    assert status is not None, "the command did not end; its stacks:\n" + err.decode(
+        errors="replace"
+    )
     return status, out, err
 
 

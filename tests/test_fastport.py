@@ -836,12 +836,17 @@ def _stop_before_line(code: types.CodeType, nth: int) -> Iterator[list[bool]]:
     def local(frame: Any, event: str, arg: Any) -> Any:
         if event == "line" and not fired[0]:
             line = frame.f_lineno
-            if frame.f_lasti in nops or (
-                line in lines and linecache.getline(code.co_filename, line).lstrip()[:5] == "with "
+            source = linecache.getline(code.co_filename, line).lstrip()
+            after = linecache.getline(code.co_filename, line - 1).lstrip()
+            if (
+                frame.f_lasti in nops
+                or (line in lines and source[:5] == "with ")
+                or after[:8] == "finally:"
             ):
                 # (no call returns at a line that starts with a NOP, `try:` or a bare
                 # `return`, nor between the end of a with block's body and its __exit__,
-                # which runs when one in the body raises)
+                # which runs when one in the body raises, nor at a finally block's first
+                # line: the try body's last call returned inside the try)
                 return local
             lines.add(line)
             if seen[0] == nth:
@@ -952,6 +957,51 @@ def test_a_signal_between_any_two_statements_of_a_stream_read_loses_nothing(
     server_sock.shutdown(socket.SHUT_RDWR)
     got += cin.read()
     assert len(got) == len(sent) and got == sent
+
+
+@pytest.mark.parametrize("where", ["send_request", "surface_deferred_error", "pump_once"])
+def test_a_signal_between_any_two_statements_of_a_verify_leaves_the_ports_locks_free(
+    path: str, where: str, pair: Any
+) -> None:
+    """A signal handler's exception (Ctrl-C) before any statement of the steps of a server's
+    ssl_try_verify that take one of the port's locks: the lock is given back, and the
+    connection's reads and writes go on, every byte once and in order. On Python 3.9, one
+    between the write lock's timed acquire and the `try:` after it left the lock held, and
+    every later write on the port waited for it (here: timed out)."""
+    from sslports import verify
+
+    cin, cout, sin, sout = pair
+    code = {
+        "send_request": verify._send_request.__code__,
+        "surface_deferred_error": verify._surface_deferred_error.__code__,
+        "pump_once": ports.Connection.pump_once.__code__,
+    }[where]
+    client = run_in_thread(cin.read)  # (answers each request on the way, to EOF)
+    sin.settimeout(10.0)  # (a lock left held: these time out instead of waiting forever)
+    sout.settimeout(10.0)
+    sent = bytearray()
+    for nth in range(60):
+        with _stop_before_line(code, nth) as fired:
+            try:
+                sslports.ssl_try_verify(sin, True)
+            except _Stop:
+                pass
+        # (and one not stopped: it waits for the answer to a request the stopped one queued,
+        # so that the next one sends a request of its own)
+        sslports.ssl_try_verify(sin, True)
+        line = b"%d," % nth
+        sout.write(line)
+        sout.flush()
+        sent += line
+        cout.write(line)
+        cout.flush()
+        assert read_exactly(sin, len(line)) == line
+        if not fired[0]:
+            break
+    assert nth > 2
+    sout.close()
+    sin.close()
+    assert client(30) == sent
 
 
 @pytest.mark.parametrize("where", ["push_out", "put_from"])

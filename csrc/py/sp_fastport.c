@@ -413,11 +413,22 @@ static PyObject *lock_locked(Lock *self, PyObject *unused)
     return PyBool_FromLong(LOAD_INT(&self->locked));
 }
 
+/* _is_owned() -> bool: whether this thread holds it (threading.RLock's name). A `finally`
+ * asks it before giving the lock back, when the lock was taken inside its `try` (see
+ * ports.py release_if_taken). */
+static PyObject *lock_is_owned(Lock *self, PyObject *unused)
+{
+    (void)unused;
+    return PyBool_FromLong(LOAD_INT_ACQUIRE(&self->locked)
+                           && LOAD_ULONG(&self->owner) == PyThread_get_thread_ident());
+}
+
 static PyMethodDef lock_methods[] = {
     {"acquire", (PyCFunction)(void (*)(void))lock_acquire, METH_VARARGS | METH_KEYWORDS,
      "acquire(blocking=True, timeout=-1) -> bool"},
     {"release", (PyCFunction)lock_release, METH_NOARGS, "Release the lock."},
     {"locked", (PyCFunction)lock_locked, METH_NOARGS, "Whether the lock is held."},
+    {"_is_owned", (PyCFunction)lock_is_owned, METH_NOARGS, "Whether this thread holds it."},
     {"__enter__", (PyCFunction)lock_enter, METH_NOARGS, "acquire()"},
     {"__exit__", (PyCFunction)lock_exit, METH_VARARGS, "release()"},
     {NULL, NULL, 0, NULL},

@@ -236,6 +236,20 @@ class _PortLock:
     def locked(self) -> bool:
         return self._held
 
+    def _is_owned(self) -> bool:
+        return bool(self._lock._is_owned())
+
+
+def release_if_taken(lock: Any, held_before: bool) -> None:
+    """The `finally` of a `try` that takes a port lock (_new_lock) with a timeout: give it
+    back if this call took it. The acquire goes inside the `try`, never before it: a signal
+    handler's exception (Ctrl-C) as the acquire returns would come before the `try` (on
+    Python 3.9 and 3.10 also at `try:` itself), and the lock would stay held, every later
+    call on the port waiting for it. `held_before`: lock._is_owned() before the `try` (a call
+    made from inside one of the port's own calls, whose lock this is not to give back)."""
+    if not held_before and lock._is_owned():
+        lock.release()
+
 
 # The ports' direction locks: _PortLock; with the fast path, its own lock type (the same
 # behaviour), which the C methods take without a Python call.
@@ -826,13 +840,14 @@ class Connection:
         got = ffi.new("size_t *")  # (this call's own: 0 until the pump call read)
         buf = ffi.from_buffer("unsigned char[]", view, require_writable=True)
         lock = self.read_lock
-        if not lock.acquire(timeout=deadline.slice_ms() / 1000):
-            # A read in another thread holds it, for as long as nothing arrives: its pump
-            # processes what does (the caller's exchange too). The caller looks again.
-            if deadline.expired():
-                raise SSLTimeoutError(f"{func}: timed out")
-            return 0
+        held_before = lock._is_owned()
         try:
+            if not lock.acquire(timeout=deadline.slice_ms() / 1000):
+                # A read in another thread holds it, for as long as nothing arrives: its pump
+                # processes what does (the caller's exchange too). The caller looks again.
+                if deadline.expired():
+                    raise SSLTimeoutError(f"{func}: timed out")
+                return 0
             with buf:
                 if self.closed:  # (under the lock: the last close waits for it, then closes)
                     raise ValueError("I/O operation on closed SSL connection")
@@ -842,7 +857,7 @@ class Connection:
                 finally:
                     self.keep_after(view, got[0])
         finally:
-            lock.release()
+            release_if_taken(lock, held_before)
         if status in (lib.SP_OK, lib.SP_WANT_READ, lib.SP_WANT_WRITE):
             if got[0] == 0 and status != lib.SP_OK:
                 # (streams too: their read under a deadline gives up at it, and returns here)
@@ -979,17 +994,19 @@ class Connection:
                 return
         self._fast_addr = 0  # the C fast path hands every later call to read/write_rest
         self.closed = True  # every later call raises ValueError before reaching C
-        if self.caches_session and self.read_lock.acquire(False):
+        if self.caches_session:
             # Tickets that already arrived go to the session cache, unless a read in another
             # thread is still under way (shutdown() below ends it): the drain's SSL_read
             # would take application data from between the bytes that read returns, a hole
             # in its stream. Such a connection's tickets go uncached. (closed first: a read
             # that waited for the lock meanwhile finds the connection closed, not the bytes
             # after the drained ones.)
+            held_before = self.read_lock._is_owned()
             try:
-                _binding.lib.sp_conn_drain_tickets(self.ptr)
+                if self.read_lock.acquire(False):
+                    _binding.lib.sp_conn_drain_tickets(self.ptr)
             finally:
-                self.read_lock.release()
+                release_if_taken(self.read_lock, held_before)
         if self.is_socket:
             # What is still queued leaves without waiting: a TLS 1.3 server's session tickets,
             # which wait for the connection's first write (sp_handshake), when it never wrote.
@@ -1029,17 +1046,17 @@ class Connection:
             sock.shutdown(socket.SHUT_WR)
         except OSError:
             pass
-        if not self.read_lock.acquire(timeout=_LINGER_WAKE):
-            return False
+        read_lock, write_lock = self.read_lock, self.write_lock
+        read_before, write_before = read_lock._is_owned(), write_lock._is_owned()
         try:
-            if not self.write_lock.acquire(timeout=_LINGER_WAKE):
+            if not read_lock.acquire(timeout=_LINGER_WAKE):
                 return False
-            try:
-                _binding.lib.sp_conn_drop_unread(self.ptr)
-            finally:
-                self.write_lock.release()
+            if not write_lock.acquire(timeout=_LINGER_WAKE):
+                return False
+            _binding.lib.sp_conn_drop_unread(self.ptr)
         finally:
-            self.read_lock.release()
+            release_if_taken(write_lock, write_before)
+            release_if_taken(read_lock, read_before)
         self.linger_close(sock)
         return True
 
@@ -1657,10 +1674,11 @@ def _write_ends_soon(lock: Any) -> bool:
     """The lock is free, or a write holding it in another thread ends within _CLOSE_WAIT
     (sp_fastport.c write_ends_soon, the same). Taken, not only looked at (`locked()`): a write
     that takes it afterwards then sees the close claimed (free-threaded builds too)."""
-    if lock.acquire(timeout=_CLOSE_WAIT):
-        lock.release()
-        return True
-    return False
+    held_before = lock._is_owned()
+    try:
+        return bool(lock.acquire(timeout=_CLOSE_WAIT))
+    finally:
+        release_if_taken(lock, held_before)
 
 
 def _claim_close(port: Any) -> bool:

@@ -14,7 +14,7 @@ from ._timing import _Deadline
 from .context import is_ip_literal
 from .errors import SSLError, SSLTimeoutError
 from .net import _reference_name
-from .ports import Connection, connection_of
+from .ports import Connection, connection_of, release_if_taken
 
 _VERSION_SYMBOLS = {0x0301: "tls", 0x0302: "tls11", 0x0303: "tls12", 0x0304: "tls13"}
 _VERSION_SYMBOLS[0x0300] = "sslv3"
@@ -107,12 +107,13 @@ def _send_request(
     # read. The request stays queued (sp_reauth_pending): that write sends it, and a call
     # made again waits for the answer.
     lock = conn.write_lock
-    if not lock.acquire(timeout=-1 if deadline.at is None else deadline.remaining()):
-        raise SSLTimeoutError(f"{func}: failed (timed out)")
+    held_before = lock._is_owned()
     try:
+        if not lock.acquire(timeout=-1 if deadline.at is None else deadline.remaining()):
+            raise SSLTimeoutError(f"{func}: failed (timed out)")
         conn.write(func, memoryview(b""), deadline)  # sends the request
     finally:
-        lock.release()
+        release_if_taken(lock, held_before)
     return True
 
 
@@ -174,16 +175,17 @@ def _surface_deferred_error(func: str, conn: Connection, scratch: bytearray) -> 
     while True:
         if conn.closed:
             raise ValueError("I/O operation on closed SSL connection")
-        if not conn.read_lock.acquire(False):
-            return  # a read in another thread has it: that read reports the failure
+        held_before = conn.read_lock._is_owned()
         try:
+            if not conn.read_lock.acquire(False):
+                return  # a read in another thread has it: that read reports the failure
             got[0] = 0
             try:
                 status = lib.sp_read(conn.ptr, buf, len(scratch), 0, got, 0, err)
             finally:  # (also when a signal handler's exception comes as the call returns)
                 conn.keep_after(scratch, got[0])
         finally:
-            conn.read_lock.release()
+            release_if_taken(conn.read_lock, held_before)
         if status == lib.SP_ERROR:
             raise _reverify_failed(func, build_error(func, "read", err))
         if status != lib.SP_OK or got[0] == 0:
