@@ -38,7 +38,9 @@
  *      would otherwise never send what we wait for.
  *   3. The result decides:
  *        success        -> read: keep going while OpenSSL already holds more (SSL_has_pending)
- *                          and return once the caller has what it asked for; write: next
+ *                          and return once the caller has what it asked for (stream mode,
+ *                          ports_to_ssl_ports: SP_OK_SEND when reading queued ciphertext,
+ *                          for the caller to take now, as step 2 does); write: next
  *                          chunk; handshake: done (a TLS 1.3 server's session tickets stay
  *                          queued for the connection's first write: one send for both).
  *        WANT_READ      -> OpenSSL needs more ciphertext. Stream mode: return SP_WANT_READ.
@@ -755,6 +757,13 @@ int sp_conn_set_verify(sp_conn *c, int flags)
     sp_conn_apply_verify_locked(c);
     unlock_ssl(c);
     return 1;
+}
+
+void sp_conn_reader_sends(sp_conn *c)
+{
+    lock_ssl(c);
+    c->reader_sends = !c->socket_mode;
+    unlock_ssl(c);
 }
 
 int sp_conn_get_verify(sp_conn *c)
@@ -1783,7 +1792,7 @@ int sp_read(sp_conn *c, unsigned char *buf, size_t len, size_t want, size_t *got
             sp_err *err)
 {
     size_t total = 0;
-    int status = SP_OK, waited = 0;
+    int status = SP_OK, waited = 0, queued_out = 0;
     unsigned char early_buf[SP_EARLY_MAX];
     wait_budget budget = budget_of(wait_ms);
     if (start_pump_call(c, err)) {
@@ -1804,7 +1813,7 @@ int sp_read(sp_conn *c, unsigned char *buf, size_t len, size_t want, size_t *got
         waited = 1;
     }
     while (total < len) {
-        size_t n = 0, out_before, out_pending;
+        size_t n = 0, out_before, out_pending, wbio_before = 0;
         int ok, e = SSL_ERROR_NONE, more;
         sp_mutex_lock(&c->ssl_lock);
         if (c->stash_off < c->stash_len) { /* what a writer read for us comes first */
@@ -1834,9 +1843,13 @@ int sp_read(sp_conn *c, unsigned char *buf, size_t len, size_t want, size_t *got
             break;
         }
         before_ssl_call(c);
+        if (c->reader_sends)
+            wbio_before = BIO_ctrl_pending(c->wbio);
         c->reading = 1;
         ok = guarded_read(c, buf + total, len - total, &n);
         c->reading = 0;
+        if (c->reader_sends && BIO_ctrl_pending(c->wbio) > wbio_before)
+            queued_out = 1;
         if (!ok) {
             e = SSL_get_error(c->ssl, 0);
             if (e != SSL_ERROR_WANT_READ && e != SSL_ERROR_WANT_WRITE)
@@ -1894,6 +1907,8 @@ int sp_read(sp_conn *c, unsigned char *buf, size_t len, size_t want, size_t *got
         release_idle_buffers(c);
     if (total > 0 && (status == SP_EOF || status == SP_RAGGED_EOF || status == SP_ERROR))
         status = SP_OK; /* hand over the data now; the end is sticky and reported next call */
+    if (status == SP_OK && total > 0 && queued_out)
+        status = SP_OK_SEND; /* (stream mode: a call without data waits, and sends then) */
     return status;
 }
 

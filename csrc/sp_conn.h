@@ -20,6 +20,7 @@ struct sp_conn {
     unsigned identity; /* its context's identity count when the SSL took its certificate
                           (sp_ctx_identity; a server's session id context) */
     int established; /* the first handshake completed (ssl_lock) */
+    int reader_sends; /* stream mode: sp_read says SP_OK_SEND (sp_conn_reader_sends) */
     int in_callback; /* callbacks into Python on it in progress (set by the thread holding
                         ssl_lock, read by any: sp_flag_get; see CALLBACKS in sp_conn.c) */
     unsigned forks_at_birth;       /* the process's fork counts when it was made */
@@ -124,6 +125,9 @@ enum {
                           queued ciphertext (sp_take), then call again */
     SP_EOF = 3,        /* the peer sent close_notify */
     SP_RAGGED_EOF = 4, /* the transport ended without close_notify */
+    SP_OK_SEND = 5,    /* sp_read of a connection made with sp_conn_reader_sends: done, as
+                          SP_OK, and reading queued ciphertext (a handshake message's answer,
+                          an alert): take it (sp_take) now */
     SP_ERROR = -1      /* failure; the sp_err record says what */
 };
 
@@ -163,6 +167,11 @@ void sp_conn_callback_end(sp_callback_frame *frame);
 int sp_conn_in_callback(const sp_conn *c);
 
 int sp_conn_set_verify(sp_conn *c, int flags);
+/* Stream mode: from now on an sp_read that returns data after its reading queued ciphertext
+ * says so (SP_OK_SEND), so that the caller sends it now, as socket mode does, and not only at
+ * its next wait or write (the peer may wait for it: a post-handshake authentication's or a
+ * renegotiation's answer). */
+void sp_conn_reader_sends(sp_conn *c);
 /* For callbacks: the sp_conn of an SSL*, and re-applying the policy after a context switch. */
 sp_conn *sp_conn_from_ssl(const SSL *ssl);
 void sp_conn_apply_verify_locked(sp_conn *c);

@@ -245,6 +245,44 @@ def test_server_verify_deadline_over_streams(pki: Any, version: str, given: str)
         conn.close()
 
 
+def test_a_stream_read_that_returns_data_sends_the_answer_its_pump_queued(pki: Any) -> None:
+    """A stream client (ports_to_ssl_ports) whose read returns the data that came right after
+    the server's certificate request (TLS 1.3 post-handshake authentication) sends its answer
+    then, as a socket port does, and not only at its next read's wait or write: here it does
+    neither, and the server's ssl_try_verify, which waits for that answer, returns. It
+    waited until its own timeout."""
+    listener = sslports.ssl_listen(0, 4, True, LOCAL, pki.server_context("tls13"))
+    port = sslports.ssl_addresses(listener, True)[1]
+    accept = run_in_thread(lambda: sslports.ssl_accept(listener))
+    sock = socket.create_connection((LOCAL, port))
+    cin, cout = sslports.ports_to_ssl_ports(
+        sock.makefile("rb", buffering=0),
+        sock.makefile("wb", buffering=0),
+        mode="connect",
+        context=pki.client_context("tls13"),
+        hostname="localhost",
+        close_original=True,
+    )
+    sin, sout = accept(TIMEOUT)
+    try:
+        sin.settimeout(STALL_BOUND)
+        verify = run_in_thread(lambda: sslports.ssl_try_verify(sin, True))
+        time.sleep(0.3)  # (the request is sent: the write below comes after it)
+        sout.write(b"x")
+        sout.flush()
+        time.sleep(0.3)  # (both in the client's socket: its read takes them at once)
+        assert cin.read1(100) == b"x"
+        verify(STALL_BOUND + 5)  # (raised TimeoutError at STALL_BOUND)
+        cout.write(b"still here\n")
+        cout.flush()
+        assert read_exactly(sin, 11) == b"still here\n"
+    finally:
+        for p in (sin, sout, cin, cout):
+            p.close()
+        sock.close()
+        listener.close()
+
+
 def test_writer_driving_a_renegotiation_keeps_a_bounded_stash_over_streams(
     pki: Any, openssl_tool: Any
 ) -> None:

@@ -826,6 +826,7 @@ def ports_to_ssl_ports(
     timeout = _check_timeout(func, timeout)
     transport = _StreamTransport(input_port, output_port)
     ptr = _new_connection(func, ctx, mode == "accept", -1, host, wire, SSLError)
+    _binding.lib.sp_conn_reader_sends(ptr)
     conn = Connection(
         ptr,
         transport,

@@ -54,7 +54,7 @@ from ._timing import (
 from .errors import NotCopyable, SSLError, SSLNetworkError, SSLTimeoutError
 
 # Pump statuses (csrc/sp_conn.h), as plain ints for the hot loops.
-_SP_OK, _SP_WANT_READ, _SP_WANT_WRITE, _SP_EOF, _SP_RAGGED_EOF = 0, 1, 2, 3, 4
+_SP_OK, _SP_WANT_READ, _SP_WANT_WRITE, _SP_EOF, _SP_RAGGED_EOF, _SP_OK_SEND = 0, 1, 2, 3, 4, 5
 if _binding.lib is not None and (
     _binding.lib.SP_OK,
     _binding.lib.SP_WANT_READ,
@@ -742,6 +742,14 @@ class Connection:
                         if not fill or total >= size:
                             break
                         continue
+                    if status == _SP_OK_SEND:
+                        # (streams: reading queued ciphertext, the peer may wait for it: a
+                        # post-handshake authentication's answer. It goes out now, as a
+                        # socket port's does, not at this connection's next wait or write.)
+                        self.wait_for_pump(_SP_WANT_WRITE, deadline, func, seen, reading=True)
+                        if not fill or total >= size:
+                            break
+                        continue
                     if status == _SP_EOF:
                         break
                     if status == _SP_RAGGED_EOF:
@@ -858,6 +866,10 @@ class Connection:
                     self.keep_after(view, got[0])
         finally:
             release_if_taken(lock, held_before)
+        if status == _SP_OK_SEND:  # (streams: what reading queued goes out now, see read)
+            with self.transport_errors(func, "read"):
+                self.wait_for_pump(lib.SP_WANT_WRITE, deadline, func, seen)
+            return int(got[0])
         if status in (lib.SP_OK, lib.SP_WANT_READ, lib.SP_WANT_WRITE):
             if got[0] == 0 and status != lib.SP_OK:
                 # (streams too: their read under a deadline gives up at it, and returns here)

@@ -188,6 +188,10 @@ def _surface_deferred_error(func: str, conn: Connection, scratch: bytearray) -> 
             release_if_taken(conn.read_lock, held_before)
         if status == lib.SP_ERROR:
             raise _reverify_failed(func, build_error(func, "read", err))
+        if status == lib.SP_OK_SEND:  # (streams: what reading queued goes out now)
+            with conn.transport_errors(func, "read"):
+                conn.wait_for_pump(lib.SP_WANT_WRITE, _Deadline(0.0), func, 0, reading=True)
+            continue
         if status != lib.SP_OK or got[0] == 0:
             return  # nothing more without waiting, or EOF (the reader will see it)
 
