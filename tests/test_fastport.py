@@ -959,6 +959,52 @@ def test_a_signal_between_any_two_statements_of_a_stream_read_loses_nothing(
     assert len(got) == len(sent) and got == sent
 
 
+@needs_fast
+@pytest.mark.skipif(
+    sys.version_info < (3, 11) or not hasattr(signal, "setitimer"),
+    reason="Python 3.9 and 3.10 run signal handlers inside a finally's first statement too",
+)
+def test_a_port_lock_taken_inside_a_try_is_given_back_under_a_storm_of_signals() -> None:
+    """The port locks' timed waits (ssl_try_verify's, a close's) take the lock inside a `try`
+    whose `finally` gives it back with release_taken(), one C call: a signal handler's
+    exception, wherever it comes, never leaves the lock held. A Python look (_is_owned())
+    followed by release() left it held in about one stop of ten: a handler runs as a
+    function starts and as a call returns."""
+    lock = ports._fastport.Lock()
+    armed = [False]
+    stops = [0]
+
+    def handler(signum: int, frame: Any) -> None:
+        if armed[0]:
+            armed[0] = False  # (one stop per round: none in the test's own code below)
+            stops[0] += 1
+            raise _Stop
+
+    old = signal.signal(signal.SIGALRM, handler)
+    signal.setitimer(signal.ITIMER_REAL, 0.0003, 0.0003)
+    try:
+        rounds = 0
+        end = time.monotonic() + 1.5
+        while time.monotonic() < end or stops[0] < 200:
+            rounds += 1
+            try:
+                armed[0] = True
+                held_before = lock._is_owned()
+                try:
+                    lock.acquire(timeout=1.0)
+                    rounds += 0  # (the call's body)
+                finally:
+                    lock.release_taken(held_before)
+                armed[0] = False
+            except _Stop:
+                pass
+            assert not lock.locked(), f"left held after {stops[0]} stops in {rounds} rounds"
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, old)
+    assert stops[0] >= 200
+
+
 @pytest.mark.parametrize("where", ["send_request", "surface_deferred_error", "pump_once"])
 def test_a_signal_between_any_two_statements_of_a_verify_leaves_the_ports_locks_free(
     path: str, where: str, pair: Any

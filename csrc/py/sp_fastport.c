@@ -413,14 +413,31 @@ static PyObject *lock_locked(Lock *self, PyObject *unused)
     return PyBool_FromLong(LOAD_INT(&self->locked));
 }
 
-/* _is_owned() -> bool: whether this thread holds it (threading.RLock's name). A `finally`
- * asks it before giving the lock back, when the lock was taken inside its `try` (see
- * ports.py release_if_taken). */
+static int lock_owned(Lock *self)
+{
+    return LOAD_INT_ACQUIRE(&self->locked)
+        && LOAD_ULONG(&self->owner) == PyThread_get_thread_ident();
+}
+
+/* _is_owned() -> bool: whether this thread holds it (threading.RLock's name). */
 static PyObject *lock_is_owned(Lock *self, PyObject *unused)
 {
     (void)unused;
-    return PyBool_FromLong(LOAD_INT_ACQUIRE(&self->locked)
-                           && LOAD_ULONG(&self->owner) == PyThread_get_thread_ident());
+    return PyBool_FromLong(lock_owned(self));
+}
+
+/* release_taken(held_before): the `finally` of a `try` that takes the lock with a timeout
+ * (ports.py _PortLock.release_taken): release it if this thread holds it and did not before
+ * the `try`. One C call: a signal handler's exception cannot come between the look and the
+ * release, as it can between two Python calls. */
+static PyObject *lock_release_taken(Lock *self, PyObject *held_before)
+{
+    int before = PyObject_IsTrue(held_before);
+    if (before < 0)
+        return NULL;
+    if (!before && lock_owned(self))
+        lock_give(self);
+    Py_RETURN_NONE;
 }
 
 static PyMethodDef lock_methods[] = {
@@ -429,6 +446,8 @@ static PyMethodDef lock_methods[] = {
     {"release", (PyCFunction)lock_release, METH_NOARGS, "Release the lock."},
     {"locked", (PyCFunction)lock_locked, METH_NOARGS, "Whether the lock is held."},
     {"_is_owned", (PyCFunction)lock_is_owned, METH_NOARGS, "Whether this thread holds it."},
+    {"release_taken", (PyCFunction)lock_release_taken, METH_O,
+     "release_taken(held_before): release it if this thread took it (not held before)."},
     {"__enter__", (PyCFunction)lock_enter, METH_NOARGS, "acquire()"},
     {"__exit__", (PyCFunction)lock_exit, METH_VARARGS, "release()"},
     {NULL, NULL, 0, NULL},

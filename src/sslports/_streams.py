@@ -838,8 +838,8 @@ class _StreamTransport:
         or the output port's bytes is raised (once) instead of waiting for an answer to them
         (_Sender.lost_written)."""
         lib = _binding.lib
-        # (an RLock: _is_owned tells the finally whether this thread holds it, also when a
-        # signal handler's exception came as acquire returned)
+        # (an RLock, whose release() raises unless this thread holds it: the finally gives
+        # it back also when a signal handler's exception came as acquire returned)
         in_lock = self.in_lock
         try:
             if not in_lock.acquire(False) and not in_lock.acquire(
@@ -932,8 +932,10 @@ class _StreamTransport:
                 lib.sp_feed_eof(conn)
                 self.fed += 1
         finally:
-            if in_lock._is_owned():
+            try:  # (one C call that checks the owner: no signal handler between look and release)
                 in_lock.release()
+            except RuntimeError:
+                pass  # not taken by this call: another thread's read holds it
 
     def feed(self, conn: Any, reads: Iterator[Any], counts: bool) -> Any:
         """Make the one read of the input stream that `reads` holds (an iterator, lazily: of a

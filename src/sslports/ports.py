@@ -61,7 +61,8 @@ if _binding.lib is not None and (
     _binding.lib.SP_WANT_WRITE,
     _binding.lib.SP_EOF,
     _binding.lib.SP_RAGGED_EOF,
-) != (0, 1, 2, 3, 4):
+    _binding.lib.SP_OK_SEND,
+) != (0, 1, 2, 3, 4, 5):
     raise ImportError("sslports: pump status numbers changed; update ports.py")
 # Sockets the pump owns may stay blocking: it passes MSG_DONTWAIT itself (not on Windows).
 SOCKETS_MAY_BLOCK = _binding.lib is not None and bool(_binding.lib.SP_RECV_WAITS)
@@ -239,16 +240,16 @@ class _PortLock:
     def _is_owned(self) -> bool:
         return bool(self._lock._is_owned())
 
-
-def release_if_taken(lock: Any, held_before: bool) -> None:
-    """The `finally` of a `try` that takes a port lock (_new_lock) with a timeout: give it
-    back if this call took it. The acquire goes inside the `try`, never before it: a signal
-    handler's exception (Ctrl-C) as the acquire returns would come before the `try` (on
-    Python 3.9 and 3.10 also at `try:` itself), and the lock would stay held, every later
-    call on the port waiting for it. `held_before`: lock._is_owned() before the `try` (a call
-    made from inside one of the port's own calls, whose lock this is not to give back)."""
-    if not held_before and lock._is_owned():
-        lock.release()
+    def release_taken(self, held_before: bool) -> None:
+        """The `finally` of a `try` that takes the lock with a timeout: give it back if this
+        thread took it. The acquire goes inside the `try`, never before it: a signal
+        handler's exception (Ctrl-C) as the acquire returns would come before the `try` (on
+        Python 3.9 and 3.10 also at `try:` itself), and the lock would stay held, every later
+        call on the port waiting for it. `held_before`: _is_owned() before the `try` (a call
+        made from inside one of the port's own calls, whose lock it is not to give back).
+        sp_fastport.c Lock does the same in one C call, which no such exception can split."""
+        if not held_before and self._lock._is_owned():
+            self.release()
 
 
 # The ports' direction locks: _PortLock; with the fast path, its own lock type (the same
@@ -392,7 +393,8 @@ class Connection:
     closed = False
     sni_error: Optional[BaseException] = None
     # The input port's bytes read ahead (its _buf, shared), where the bytes a call other than
-    # its own reads go (keep_read, keep_after): set when the ports are made (make_ports).
+    # its own reads go (keep_read; pump_once adds at the end): set when the ports are made
+    # (make_ports).
     kept: Optional[bytearray] = None
     caches_session = False  # a client whose context keeps sessions (in C) for the next connect
     free_at_last_close = False  # finalized with a port still open: its last close frees it
@@ -800,13 +802,6 @@ class Connection:
         if self.kept is not None:
             self.kept[:0] = data
 
-    def keep_after(self, view: Any, n: int) -> None:
-        """Application bytes a call other than a read read (the first `n` of the buffer
-        `view`): the input port's reader gets them after those it already has (the caller
-        holds the read lock)."""
-        if self.kept is not None and n:
-            self.kept += view[:n]
-
     def keep_start(self, view: Any, n: int) -> None:
         """keep_read for the first `n` bytes of the buffer `view` (of any item format)."""
         with memoryview(view) as whole, whole.cast("B") as data, data[:n] as part:
@@ -835,10 +830,11 @@ class Connection:
         self, func: str, view: memoryview, deadline: _Deadline, waiting: Callable[[Any], int]
     ) -> int:
         """Process what arrives within one wait slice (handshake records included): the
-        application bytes read go to the input port's reader (keep_after), also when a signal
-        handler's exception comes as the pump call returns. `waiting(ptr)`: whether what the
-        caller waits for is still to come once the pump processed what it had; when it is
-        not, a stream connection sends what processing queued and reads no more input.
+        application bytes read go to the input port's reader (after its kept bytes), also
+        when a signal handler's exception comes as the pump call returns. `waiting(ptr)`:
+        whether what the caller waits for is still to come once the pump processed what it
+        had; when it is not, a stream connection sends what processing queued and reads no
+        more input.
 
         Returns how many (possibly 0), or -1 at EOF.
         """
@@ -862,13 +858,14 @@ class Connection:
                 seen = self.transport.fed
                 try:
                     status = lib.sp_read(self.ptr, buf, len(view), 0, got, deadline.slice_ms(), err)
-                finally:
-                    self.keep_after(view, got[0])
+                finally:  # (inline, no call: a call's start can run a signal handler)
+                    if self.kept is not None:
+                        self.kept += view[: got[0]]
         finally:
-            release_if_taken(lock, held_before)
+            lock.release_taken(held_before)
         if status == _SP_OK_SEND:  # (streams: what reading queued goes out now, see read)
             with self.transport_errors(func, "read"):
-                self.wait_for_pump(lib.SP_WANT_WRITE, deadline, func, seen)
+                self.wait_for_pump(lib.SP_WANT_WRITE, deadline, func, seen, reading=True)
             return int(got[0])
         if status in (lib.SP_OK, lib.SP_WANT_READ, lib.SP_WANT_WRITE):
             if got[0] == 0 and status != lib.SP_OK:
@@ -1018,7 +1015,7 @@ class Connection:
                 if self.read_lock.acquire(False):
                     _binding.lib.sp_conn_drain_tickets(self.ptr)
             finally:
-                release_if_taken(self.read_lock, held_before)
+                self.read_lock.release_taken(held_before)
         if self.is_socket:
             # What is still queued leaves without waiting: a TLS 1.3 server's session tickets,
             # which wait for the connection's first write (sp_handshake), when it never wrote.
@@ -1067,8 +1064,8 @@ class Connection:
                 return False
             _binding.lib.sp_conn_drop_unread(self.ptr)
         finally:
-            release_if_taken(write_lock, write_before)
-            release_if_taken(read_lock, read_before)
+            write_lock.release_taken(write_before)
+            read_lock.release_taken(read_before)
         self.linger_close(sock)
         return True
 
@@ -1690,7 +1687,7 @@ def _write_ends_soon(lock: Any) -> bool:
     try:
         return bool(lock.acquire(timeout=_CLOSE_WAIT))
     finally:
-        release_if_taken(lock, held_before)
+        lock.release_taken(held_before)
 
 
 def _claim_close(port: Any) -> bool:

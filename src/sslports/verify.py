@@ -14,7 +14,7 @@ from ._timing import _Deadline
 from .context import is_ip_literal
 from .errors import SSLError, SSLTimeoutError
 from .net import _reference_name
-from .ports import Connection, connection_of, release_if_taken
+from .ports import Connection, connection_of
 
 _VERSION_SYMBOLS = {0x0301: "tls", 0x0302: "tls11", 0x0303: "tls12", 0x0304: "tls13"}
 _VERSION_SYMBOLS[0x0300] = "sslv3"
@@ -113,7 +113,7 @@ def _send_request(
             raise SSLTimeoutError(f"{func}: failed (timed out)")
         conn.write(func, memoryview(b""), deadline)  # sends the request
     finally:
-        release_if_taken(lock, held_before)
+        lock.release_taken(held_before)
     return True
 
 
@@ -182,10 +182,12 @@ def _surface_deferred_error(func: str, conn: Connection, scratch: bytearray) -> 
             got[0] = 0
             try:
                 status = lib.sp_read(conn.ptr, buf, len(scratch), 0, got, 0, err)
-            finally:  # (also when a signal handler's exception comes as the call returns)
-                conn.keep_after(scratch, got[0])
+            finally:  # (also when a signal handler's exception comes as the call returns;
+                # inline, no call: a call's start can run a signal handler too)
+                if conn.kept is not None:
+                    conn.kept += scratch[: got[0]]
         finally:
-            release_if_taken(conn.read_lock, held_before)
+            conn.read_lock.release_taken(held_before)
         if status == lib.SP_ERROR:
             raise _reverify_failed(func, build_error(func, "read", err))
         if status == lib.SP_OK_SEND:  # (streams: what reading queued goes out now)
