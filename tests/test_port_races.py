@@ -356,13 +356,18 @@ def test_a_write_racing_close_is_sent_or_raises(pki: Any, path: str, timeout: An
     begun in another thread, a write raises ValueError, as io.BufferedWriter's does. (Before,
     a write that passed its closed check just before close() was claimed waited for the
     write lock, then buffered its bytes after close's flush: it returned its count and the
-    bytes never went out.)"""
+    bytes never went out.)
+
+    The peer reads as the lines arrive: close() does not wait for a write that waits for a
+    peer that does not read (that write ends with an error, the bytes it holds unsent), and a
+    writer scheduled far ahead of this thread fills the socket buffers (~4 MB) before close."""
     for _ in range(20):
         gen = connected_ports(pki)
         cin, cout, sin, _sout = next(gen)
         try:
             cin.close()  # (so that closing cout ends the connection: the peer reads its EOF)
             cout.settimeout(timeout)
+            received = run_in_thread(sin.read)
             written: list[bytes] = []
             started = threading.Event()
             t = threading.Thread(
@@ -373,7 +378,7 @@ def test_a_write_racing_close_is_sent_or_raises(pki: Any, path: str, timeout: An
             cout.close()
             t.join(10)
             assert not t.is_alive()
-            assert sin.read() == b"".join(written)
+            assert received(30) == b"".join(written)
         finally:
             with contextlib.suppress(StopIteration):
                 next(gen)
