@@ -15,6 +15,7 @@ Every socket is on 127.0.0.1.
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import gc
 import hashlib
 import os
@@ -473,14 +474,29 @@ def wait_stdin_taken(proc: Any, timeout: float = 30.0) -> None:
         time.sleep(0.005)
 
 
+def wait_until(done: Callable[[], bool], what: str, timeout: float = 30.0) -> None:
+    """Poll until done() is true: another thread reached the state a test needs, however late
+    it was scheduled (a sleep guesses, and a loaded machine outlasts the guess). AssertionError
+    saying `what` after `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    while not done():
+        assert time.monotonic() < deadline, what
+        time.sleep(0.001)
+
+
 def wait_read_under_way(port: Any, timeout: float = 30.0) -> None:
     """Wait until a read of another thread holds the input port's lock (it is under way): a
-    close() from this thread then comes during that read, never before it began."""
+    close() from this thread then comes during that read, never before it began. (A read
+    holds its buffer before it takes the lock.)"""
     lock = port._sslports_conn.read_lock
-    deadline = time.monotonic() + timeout
-    while not lock.locked():
-        assert time.monotonic() < deadline, "the read never began"
-        time.sleep(0.001)
+    wait_until(lock.locked, "the read never began", timeout)
+
+
+def bytearray_exports(b: bytearray) -> int:
+    """How many buffer views of `b` are held (CPython's ob_exports, the struct's last field):
+    a call in another thread that holds the bytearray makes it more than 0."""
+    slot = type(b).__basicsize__ - ctypes.sizeof(ctypes.c_ssize_t)
+    return int(ctypes.c_ssize_t.from_address(id(b) + slot).value)
 
 
 def connect_ports(

@@ -1588,8 +1588,16 @@ def test_accept_handshake_timeout_keeps_listener_usable() -> None:
         with pytest.raises(S.SSLNetworkError):
             S.ssl_accept(lst)
         staller.close()
-        fut = run_thread(lambda: S.ssl_connect("localhost", port))
-        si, so = S.ssl_accept(lst)
+        for _ in range(5):  # (a good client on a loaded machine may take 0.5 s too: again)
+            fut = run_thread(lambda: S.ssl_connect("localhost", port))
+            try:
+                si, so = S.ssl_accept(lst)
+                break
+            except S.SSLNetworkError:
+                with contextlib.suppress(Exception):
+                    fut.result(JOIN)
+        else:
+            raise AssertionError("no client got through the listener")
         ci, co = fut.result(JOIN)
         co.write(b"ok")
         co.flush()

@@ -14,7 +14,16 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from conftest import connected_ports, random_bytes, read_exactly, run_in_thread, sha1
+from conftest import (
+    bytearray_exports,
+    connected_ports,
+    random_bytes,
+    read_exactly,
+    run_in_thread,
+    sha1,
+    wait_read_under_way,
+    wait_until,
+)
 
 import sslports
 
@@ -397,7 +406,7 @@ def test_a_waiting_readinto_holds_its_buffer(pair: Any, timeout: Any) -> None:
     cin.settimeout(timeout)
     buf = bytearray(100)
     join = run_in_thread(lambda: cin.readinto(buf))
-    time.sleep(0.3)  # (the read waits: nothing was sent)
+    wait_read_under_way(cin)  # (it holds the buffer before it takes the lock, and waits)
     with pytest.raises(BufferError):
         buf.extend(b"x" * 1000)
     with pytest.raises(BufferError):
@@ -417,9 +426,11 @@ def test_a_write_waiting_for_the_lock_holds_its_buffer(pair: Any) -> None:
     big = random_bytes(16 << 20)
     small = bytearray(b"z" * 100)
     first = run_in_thread(lambda: cout.write(big))  # the peer does not read yet: this waits
-    time.sleep(0.3)
+    lock = cout._sslports_conn.write_lock
+    wait_until(lock.locked, "the first write never took the lock")
     second = run_in_thread(lambda: cout.write(small))
-    time.sleep(0.3)
+    wait_until(lambda: bytearray_exports(small) > 0, "the second write never took its buffer")
+    assert lock.locked()  # (the first still waits for the peer: the second waits for it)
     with pytest.raises(BufferError):
         small.extend(b"!" * 50)
     with pytest.raises(BufferError):

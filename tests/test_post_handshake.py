@@ -265,12 +265,17 @@ def test_a_stream_read_that_returns_data_sends_the_answer_its_pump_queued(pki: A
     )
     sin, sout = accept(TIMEOUT)
     try:
+        sout.write(b"a")  # (the server's session tickets go out with its first write)
+        sout.flush()
+        assert cin.read1(100) == b"a"
+        assert _received(sock) == 0
         sin.settimeout(STALL_BOUND)
         verify = run_in_thread(lambda: sslports.ssl_try_verify(sin, True))
-        time.sleep(0.3)  # (the request is sent: the write below comes after it)
+        _wait_received(sock, 1)  # (the request: the write below comes after it)
+        request = _received(sock)
         sout.write(b"x")
         sout.flush()
-        time.sleep(0.3)  # (both in the client's socket: its read takes them at once)
+        _wait_received(sock, request + 1)  # (both in the client's socket: one read takes them)
         assert cin.read1(100) == b"x"
         verify(STALL_BOUND + 5)  # (raised TimeoutError at STALL_BOUND)
         cout.write(b"still here\n")
@@ -368,10 +373,15 @@ def test_server_verify_deadline_while_the_client_only_writes(pki: Any) -> None:
             p.close()
 
 
+def _received(sock: socket.socket) -> int:
+    """Bytes the kernel holds for `sock` to read (FIONREAD)."""
+    return int(struct.unpack("i", fcntl.ioctl(sock.fileno(), termios.FIONREAD, b"\0" * 4))[0])
+
+
 def _wait_received(sock: socket.socket, size: int) -> None:
-    """Until the kernel holds `size` bytes for `sock` to read (FIONREAD)."""
+    """Until the kernel holds `size` bytes for `sock` to read."""
     end = time.monotonic() + TIMEOUT
-    while struct.unpack("i", fcntl.ioctl(sock.fileno(), termios.FIONREAD, b"\0" * 4))[0] < size:
+    while _received(sock) < size:
         assert time.monotonic() < end, "the server's records never came"
         time.sleep(0.01)
 
