@@ -1078,6 +1078,50 @@ def test_a_stream_write_with_a_bad_count_is_a_transport_failure(pki: Any, count:
             p.close()
 
 
+class LaggingWriter:
+    """An output stream whose writes take `delay` seconds (a sender thread that runs late on a
+    busy machine); `returned`: when each write returned."""
+
+    def __init__(self, raw: Any, delay: float) -> None:
+        self.raw, self.delay = raw, delay
+        self.returned: list[float] = []
+
+    def write(self, b: Any) -> int:
+        time.sleep(self.delay)
+        n: int = self.raw.write(b)
+        self.returned.append(time.monotonic())
+        return n
+
+    def flush(self) -> None:
+        self.raw.flush()
+
+
+def test_a_last_close_that_keeps_the_streams_leaves_nothing_to_write_after_it(pki: Any) -> None:
+    """With close_original=False the caller keeps the streams once the last close returns: to
+    close them, or to use them on. A server's session tickets, queued as its handshake ends,
+    were left to its sender thread, which wrote them after the close had returned when it ran
+    late (a busy machine: here writes that take 0.1 s): into a stream the caller had closed
+    (its close then raised BrokenPipeError for them) or between the caller's own bytes."""
+    r1, w1 = os.pipe()
+    r2, w2 = os.pipe()
+    c_in, s_in, c_out = os.fdopen(r1, "rb"), os.fdopen(r2, "rb"), os.fdopen(w2, "wb")
+    s_out = LaggingWriter(os.fdopen(w1, "wb"), 0.1)
+    try:
+        client, server = connect_pair(pki, (c_in, c_out), (s_in, s_out))
+        for p in server:
+            p.close()
+        closed = time.monotonic()
+        s_out.raw.write(b"the caller's own")  # (the stream is the caller's again)
+        s_out.raw.flush()
+        time.sleep(0.5)  # (what a lagging sender would write, it has written by now)
+        assert s_out.returned and max(s_out.returned) <= closed
+        for p in client:
+            p.close()
+    finally:
+        for f in (s_out.raw, c_out, c_in, s_in):
+            f.close()
+
+
 def test_a_non_blocking_raw_output_stream_that_would_block_is_an_error(pki: Any) -> None:
     """io.RawIOBase.write returns None for "would block, nothing written" (a non-blocking
     FileIO). That was taken for "all written" (as from a plain object's write): the bytes were
@@ -1097,7 +1141,7 @@ def test_a_non_blocking_raw_output_stream_that_would_block_is_an_error(pki: Any)
         for p in (*client, *server):
             p.close()
     finally:
-        for f in (c_in, s_out, s_in, c_out):
+        for f in (s_out, c_out, c_in, s_in):  # (writers first: nothing left unflushed)
             f.close()
 
 

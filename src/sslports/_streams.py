@@ -1014,15 +1014,23 @@ class _StreamTransport:
 
     def close(self, close_original: bool, timeout: Optional[float]) -> None:
         # Every byte written goes to the output stream before close() returns, also when the
-        # caller keeps (and may close right after) the streams; with close_original, what
-        # reads queued too (an alert). Only while the stream takes them (wait_written): a
-        # peer that never reads must not hang the close, nor a finalizer.
+        # caller keeps (and may close right after) the streams, and what the connection
+        # queued by itself too (tickets, an alert). Only while the stream takes them
+        # (wait_written): a peer that never reads must not hang the close, nor a finalizer.
         deferred = False  # the receiver thread closes the input stream (see _Receiver.stop)
         if self.receiver is not None:
             deferred = self.receiver.stop(self.inp if close_original else None)
         sender = self.sender
-        mark = sender.put_total if close_original else sender.written_mark
-        self.wait_written(_deadline(timeout), mark, _CLOSE_STALL)
+        deadline = _deadline(timeout)
+        if close_original:
+            self.wait_written(deadline, sender.put_total, _CLOSE_STALL)
+        elif self.wait_written(deadline, sender.written_mark, _CLOSE_STALL):
+            # Then what the connection queued by itself (a server's session tickets, a
+            # close_notify, an alert), briefly: the caller keeps the stream, which the sender
+            # should not write once close() returned (a sender that lagged, on a busy
+            # machine, wrote the tickets after it, into a stream the caller had closed or
+            # used on). Not for long: it is of no use to a peer that no longer reads.
+            self.wait_written(deadline, sender.put_total, _FLUSH_STALL)
         sender.stop()
         lost = sender.unreported_loss()  # (the output port's bytes, and no call said so)
         if close_original:
