@@ -161,7 +161,7 @@ static forked_fn pump_forked;
 static in_callback_fn pump_in_callback;
 static unsent_fn pump_unsent;
 static int slice_ms = 50;
-#define LINGER_WAKE_US (5000LL * slice_ms) /* ports.py _LINGER_WAKE: five wait slices, in us */
+#define LINGER_WAKE_US (20000LL * slice_ms) /* ports.py _LINGER_WAKE: 20 wait slices, in us */
 static PyObject *zero, *shut_rdwr, *shut_wr; /* 0; socket.SHUT_RDWR, SHUT_WR */
 #define READ_CHUNK 65536 /* what readline reads at a time (ports.py _READ_CHUNK) */
 static Py_ssize_t record_size = 16384;

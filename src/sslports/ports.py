@@ -262,8 +262,10 @@ _LINGER_MAX = 256  # sockets lingering at once; past that, the last close closes
 _LINGER_POLL_MS = 20  # how often the lingerer looks at the send queues
 # How long a last close that would linger waits for another thread's call on the connection to
 # notice the close (a read waiting in recv() does so at the end of its wait slice) before it
-# wakes that call with shutdown(SHUT_RDWR) and closes at once instead.
-_LINGER_WAKE = 5 * _SLICE_MS / 1000
+# wakes that call with shutdown(SHUT_RDWR) and closes at once instead (a reset then drops what
+# the kernel had still to send, should the peer's late bytes come: 20 slices, 1 s as
+# _CLOSE_WAIT, as a thread on a busy machine can run that late).
+_LINGER_WAKE = 20 * _SLICE_MS / 1000
 _ABORT = struct.pack("ii", 1, 0)  # SO_LINGER on, 0 s: close() resets the connection
 
 
