@@ -303,8 +303,15 @@ def test_hostile_and_stalled_clients_do_not_stop_the_server() -> None:
             r2, w2 = await asyncio.open_connection("127.0.0.1", port)
             assert await asyncio.wait_for(r2.read(), 5) == b""
             w2.close()
-            # a good client still works
-            sr, sw = await aio.open_ssl_connection("localhost", port, client_context())
+            # a good client still works (again if it too took over 0.5 s: a busy machine)
+            for _ in range(5):
+                try:
+                    sr, sw = await aio.open_ssl_connection("localhost", port, client_context())
+                    break
+                except S.SSLNetworkError:
+                    continue
+            else:
+                raise AssertionError("no client got through the server")
             assert await exchange(sr, sw, b"ok") == b"ok"
             sw.close()
 
@@ -736,7 +743,8 @@ def test_cancelled_drains_do_not_pile_up(loop_kind: str) -> None:
                 try:
                     await asyncio.wait_for(w.drain(), 0.2)
                 except asyncio.TimeoutError:
-                    break
+                    if w._sslports_conn.write_paused:  # (not only a slow turn of the loop)
+                        break
             conn = w._sslports_conn
             for _ in range(300):
                 with pytest.raises(asyncio.TimeoutError):
@@ -746,7 +754,7 @@ def test_cancelled_drains_do_not_pile_up(loop_kind: str) -> None:
             await w.drain()
             w.close()
             await w.wait_closed()
-            for _ in range(500):
+            for _ in range(3000):
                 if len(got) == sent:
                     break
                 await asyncio.sleep(0.01)

@@ -80,7 +80,7 @@ def test_stream_handshake_timeout_with_trickling_peer() -> None:
     )
     with pytest.raises(TimeoutError):
         join(12)
-    assert time.monotonic() - start < 3
+    assert time.monotonic() - start < 6  # (its 0.5 s, not the trickle's end at 8 s)
 
 
 # ssl_wrap_socket() of a closed socket (fileno -1, which the C layer takes for "no socket":
@@ -92,11 +92,11 @@ def test_wrap_closed_socket_fails_at_once() -> None:
     start = time.monotonic()
     cpu = time.process_time()
     with pytest.raises((ValueError, SSLError)) as info:
-        sslports.ssl_wrap_socket(sock, timeout=3)
+        sslports.ssl_wrap_socket(sock, timeout=30)
     assert not isinstance(info.value, TimeoutError)
     assert "ssl_wrap_socket" in str(info.value)
-    assert time.monotonic() - start < 1
-    assert time.process_time() - cpu < 1
+    assert time.monotonic() - start < 10  # (at once: not the timeout's 30 s, nor a busy loop)
+    assert time.process_time() - cpu < 10
 
 
 # ssl_server_context_enable_ecdh("prime256v1"/"secp384r1"): the group list with the usual

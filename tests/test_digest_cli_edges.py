@@ -204,7 +204,7 @@ def dir_server(tmp_path: Path) -> Any:
             proc.wait(10)
 
 
-def http_get(port: int, target: str, timeout: float = 3.0) -> bytes:
+def http_get(port: int, target: str, timeout: float = 30.0) -> bytes:
     ctx = ssl.create_default_context()
     ctx.check_hostname = False
     ctx.verify_mode = ssl.CERT_NONE

@@ -911,11 +911,11 @@ CLOSE_STUCK = PIPE_PAIR_SCRIPT + textwrap.dedent(
     (ci, co), (si, so) = pipe_pair(shutdown_on_close=sys.argv[1] == "goodbye")
     co.write(b"x" * 300_000)  # more than the pipe holds: nobody reads it
     co.flush()
+    ci.close()  # (before the timer: its Ctrl-C must come in co.close(), however late)
     if sys.argv[2] == "ctrl-c":
         threading.Timer(0.3, lambda: os.kill(os.getpid(), signal.SIGINT)).start()
     else:
         co.settimeout(0.5)
-    ci.close()
     try:
         co.close()
         print("closed", flush=True)
