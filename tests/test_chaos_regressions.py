@@ -14,7 +14,7 @@ import time
 from typing import Callable
 
 import pytest
-from conftest import LOCAL, socket_under
+from conftest import LOCAL, socket_under, wait_read_under_way
 
 import sslports as sp
 
@@ -280,9 +280,7 @@ def _small_tail_then_server_reads(busy: bool = False) -> socket.socket:
     reader = threading.Thread(target=lambda: read.append(inp.read(1)))
     if busy:
         reader.start()
-        lock = inp._sslports_conn.read_lock
-        while not lock.locked():  # (the read is under way)
-            time.sleep(0.001)
+        wait_read_under_way(inp)
     out.close()
     inp.close()
     closed.set()

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any, Callable, Optional
 
 import pytest
+from conftest import wait_until
 
 from sslports import _binding, _digest
 from sslports.md5 import md5, md5_bytes
@@ -359,26 +360,20 @@ def test_pipe_made_non_blocking_while_it_is_hashed(buffering: int) -> None:
         hasher.start()
         try:
             os.write(w, first)
-            wait_until(lambda: unread(sharer) == 0)  # (in the C loop: it took the pipe's bytes)
+            # (in the C loop: it took the pipe's bytes)
+            wait_until(lambda: unread(sharer) == 0, "gave up waiting", 10)
             os.set_blocking(sharer, False)
             os.write(w, second)  # (taken by a read that began blocking, or by a new one)
-            wait_until(lambda: unread(sharer) == 0)
+            wait_until(lambda: unread(sharer) == 0, "gave up waiting", 10)
             # Its next read finds the pipe empty: EAGAIN, then a wait in poll(). (Running or
             # waiting: it no longer waits inside a read.)
-            wait_until(lambda: thread_state(hasher) == "S")
+            wait_until(lambda: thread_state(hasher) == "S", "gave up waiting", 10)
             os.write(w, rest)
         finally:
             os.close(w)
             os.close(sharer)
         hasher.join(10)
     assert result == [hashlib.sha1(first + second + rest).hexdigest()]
-
-
-def wait_until(done: Callable[[], bool]) -> None:
-    deadline = time.monotonic() + 10
-    while not done():
-        assert time.monotonic() < deadline, "gave up waiting"
-        time.sleep(0.001)
 
 
 def thread_state(thread: threading.Thread) -> str:

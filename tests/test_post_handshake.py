@@ -28,6 +28,7 @@ from conftest import (
     run_in_thread,
     sha1,
     wait_stdin_taken,
+    wait_until,
 )
 from test_interop_features import _NO_COMMANDS, _REPORT_LINES
 
@@ -380,10 +381,7 @@ def _received(sock: socket.socket) -> int:
 
 def _wait_received(sock: socket.socket, size: int) -> None:
     """Until the kernel holds `size` bytes for `sock` to read."""
-    end = time.monotonic() + TIMEOUT
-    while _received(sock) < size:
-        assert time.monotonic() < end, "the server's records never came"
-        time.sleep(0.01)
+    wait_until(lambda: _received(sock) >= size, "the server's records never came", TIMEOUT)
 
 
 def test_a_second_hello_request_during_the_renegotiation_is_ignored(
