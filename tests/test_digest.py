@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any, Callable, Optional
 
 import pytest
-from conftest import wait_until
+from conftest import Pki, connected_ports, wait_until
 
 from sslports import _binding, _digest
 from sslports.md5 import md5, md5_bytes
@@ -555,8 +555,6 @@ def test_read_errors_are_oserrors(tmp_path: Path) -> None:
         pass
     with pytest.raises(ValueError):
         sha1(f)
-    with open(path, "wb") as wf, pytest.raises(OSError):
-        sha1(wf)
     if sys.platform.startswith("linux"):
         with open("/proc/self/mem", "rb", buffering=0) as mem:  # pread at 0 fails: EIO
             with pytest.raises(OSError) as info:
@@ -573,6 +571,37 @@ def test_read_errors_are_oserrors(tmp_path: Path) -> None:
 def test_wrong_types_raise_type_error_naming_the_function(func: Any, bad: Any) -> None:
     with pytest.raises(TypeError, match=rf"^{func.__name__}: "):
         func(bad)
+
+
+@pytest.mark.parametrize("func", [sha1, sha1_bytes, md5, md5_bytes])
+def test_write_only_files_are_wrong_types(func: Any, tmp_path: Path) -> None:
+    """API.md: a readable binary file-like object, or TypeError. A file opened "wb" (buffered
+    or raw) is not readable: TypeError naming the function, and the file is left as it was."""
+    path = tmp_path / "w.bin"
+    with open(path, "wb") as wf:
+        wf.write(b"kept")
+        with pytest.raises(TypeError, match=rf"^{func.__name__}: .*write-only BufferedWriter"):
+            func(wf)
+        wf.write(b" and more")
+    assert path.read_bytes() == b"kept and more"
+    only = rf"^{func.__name__}: .*write-only FileIO"
+    with open(path, "ab", buffering=0) as raw, pytest.raises(TypeError, match=only):
+        func(raw)
+
+
+def test_an_output_port_is_a_wrong_type(pki: Pki) -> None:
+    """The output half of a TLS connection is not something to hash: TypeError, and the
+    connection still works."""
+    ports = connected_ports(pki)
+    _cin, cout, sin, _sout = next(ports)
+    try:
+        with pytest.raises(TypeError, match=r"^sha1: .*write-only SSLOutputPort"):
+            sha1(cout)
+        cout.write(b"ping")
+        cout.flush()
+        assert sin.read(4) == b"ping"
+    finally:
+        next(ports, None)
 
 
 @pytest.mark.parametrize("func", [sha1, md5_bytes])

@@ -429,6 +429,22 @@ def _check_port(port: object, func: str) -> None:
             f"{func}: expected a readable binary file-like object, bytes, bytearray or "
             f"memoryview, got {type(port).__name__}"
         )
+    if _write_only(port):
+        raise TypeError(
+            f"{func}: expected a readable binary file-like object, got a write-only "
+            f"{type(port).__name__}"
+        )
+
+
+def _write_only(port: object) -> bool:
+    """True for an open ``io.IOBase`` that says it is not readable (a file opened "wb", an
+    output port). A closed one is left to its read, which raises ValueError as io does."""
+    if not isinstance(port, io.IOBase):
+        return False
+    try:
+        return not port.closed and not port.readable()
+    except ValueError:  # a detached buffer: its read says so
+        return False
 
 
 def _oneshot(algo: Algorithm, view: memoryview, func: str) -> bytes:
@@ -452,7 +468,7 @@ def digest(algo: Algorithm, func: str, in_port: object) -> bytes:
     :param func: the public function's name, for messages.
     :param in_port: a readable binary file-like object, or bytes, bytearray or memoryview.
     :returns: the raw digest.
-    :raises TypeError: ``in_port`` is neither a binary stream nor bytes-like.
+    :raises TypeError: ``in_port`` is neither a readable binary stream nor bytes-like.
     """
     native = _binding.lib is not None
     if not native:

@@ -24,7 +24,8 @@ def sha1(in_port: InPort) -> str:
     :param in_port: a readable binary file-like object, read to EOF; or (extension) bytes,
         bytearray or memoryview.
     :returns: the digest in lowercase hexadecimal.
-    :raises TypeError: ``in_port`` is not a binary stream or bytes-like object.
+    :raises TypeError: ``in_port`` is not a readable binary stream (a text stream, a file
+        opened for writing only) nor a bytes-like object.
     :raises OSError: reading the stream failed.
     """
     return digest(SHA1, "sha1", in_port).hex()
@@ -38,7 +39,8 @@ def sha1_bytes(in_port: InPort) -> bytes:
     :param in_port: a readable binary file-like object, read to EOF; or (extension) bytes,
         bytearray or memoryview.
     :returns: the raw digest.
-    :raises TypeError: ``in_port`` is not a binary stream or bytes-like object.
+    :raises TypeError: ``in_port`` is not a readable binary stream (a text stream, a file
+        opened for writing only) nor a bytes-like object.
     :raises OSError: reading the stream failed.
     """
     return digest(SHA1, "sha1_bytes", in_port)
