@@ -1139,14 +1139,14 @@ def ssl_try_verify(clp: object, on: bool) -> None:
     set_context_verify("ssl_try_verify", context_of("ssl_try_verify", clp), on, True)
 
 
-def ssl_set_verify_hostname(context: object, on: bool) -> None:
+def ssl_set_verify_hostname(ctx: object, on: bool) -> None:
     """Check the peer's certificate against the hostname. Racket: ssl-set-verify-hostname!"""
     func = "ssl_set_verify_hostname"
-    ctx = context_of(func, context)
+    context = context_of(func, ctx)
     on = _check_bool(func, "on", on)
-    ctx._mutable(func)
-    ctx._verify_hostname = on
-    ctx._policy_changed()
+    context._mutable(func)
+    context._verify_hostname = on
+    context._policy_changed()
 
 
 def is_ip_literal(host: str) -> bool:

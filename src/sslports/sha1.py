@@ -46,39 +46,36 @@ def sha1_bytes(in_port: InPort) -> bytes:
     return digest(SHA1, "sha1_bytes", in_port)
 
 
-def bytes_to_hex_string(bstr: Union[bytes, bytearray, memoryview]) -> str:
-    """The bytes of ``bstr`` as lowercase hex digits, two per byte.
+def bytes_to_hex_string(b: Union[bytes, bytearray, memoryview]) -> str:
+    """The bytes of ``b`` as lowercase hex digits, two per byte.
 
     Racket: bytes->hex-string
 
-    :param bstr: bytes, bytearray or memoryview.
+    :param b: bytes, bytearray or memoryview.
     :returns: the hex string (empty for empty input).
-    :raises TypeError: ``bstr`` is not bytes-like.
+    :raises TypeError: ``b`` is not bytes-like.
     """
-    if not isinstance(bstr, (bytes, bytearray, memoryview)):
+    if not isinstance(b, (bytes, bytearray, memoryview)):
         raise TypeError(
-            f"bytes_to_hex_string: expected bytes, bytearray or memoryview, "
-            f"got {type(bstr).__name__}"
+            f"bytes_to_hex_string: expected bytes, bytearray or memoryview, got {type(b).__name__}"
         )
-    return bstr.hex()
+    return b.hex()
 
 
-def hex_string_to_bytes(hex_str: str) -> bytes:
-    """The bytes that the hex digits of ``hex_str`` spell, two digits per byte, either case.
+def hex_string_to_bytes(s: str) -> bytes:
+    """The bytes that the hex digits of ``s`` spell, two digits per byte, either case.
 
     Racket: hex-string->bytes
 
-    :param hex_str: an even number of hexadecimal digits, nothing else (no spaces, no ``0x``).
+    :param s: an even number of hexadecimal digits, nothing else (no spaces, no ``0x``).
     :returns: the decoded bytes.
-    :raises TypeError: ``hex_str`` is not a str.
+    :raises TypeError: ``s`` is not a str.
     :raises ValueError: odd length or a character that is not a hex digit.
     """
-    if not isinstance(hex_str, str):
-        raise TypeError(f"hex_string_to_bytes: expected str, got {type(hex_str).__name__}")
-    if len(hex_str) % 2:
-        raise ValueError(
-            f"hex_string_to_bytes: odd number of hex digits ({len(hex_str)}) in {hex_str!r:.80}"
-        )
-    if not _HEX.fullmatch(hex_str):
-        raise ValueError(f"hex_string_to_bytes: not a hex string: {hex_str!r:.80}")
-    return bytes.fromhex(hex_str)
+    if not isinstance(s, str):
+        raise TypeError(f"hex_string_to_bytes: expected str, got {type(s).__name__}")
+    if len(s) % 2:
+        raise ValueError(f"hex_string_to_bytes: odd number of hex digits ({len(s)}) in {s!r:.80}")
+    if not _HEX.fullmatch(s):
+        raise ValueError(f"hex_string_to_bytes: not a hex string: {s!r:.80}")
+    return bytes.fromhex(s)
