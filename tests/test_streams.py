@@ -748,6 +748,36 @@ def test_error_callable_used_after_handshake(pki: Any, pipe_pair: Any) -> None:
         p.close()
 
 
+def test_a_timeout_is_a_timeout_error_whatever_error_says(pki: Any, pipe_pair: Any) -> None:
+    """error= picks the class of communication errors; a timeout the caller set is not one of
+    them: it stays a TimeoutError (API.md: a timeout that expires raises an instance of
+    TimeoutError), so `except TimeoutError` catches it and the connection can be retried.
+    Both for the handshake's timeout and for a port's, after it."""
+    c2s, s2c = pipe_pair(1000)  # nobody answers the ClientHello
+    start = time.monotonic()
+    with pytest.raises(TimeoutError) as info:
+        sslports.ports_to_ssl_ports(
+            s2c, c2s, mode="connect", hostname="localhost", timeout=0.3, error=CustomError
+        )
+    assert not isinstance(info.value, CustomError)
+    assert isinstance(info.value, SSLError)
+    assert time.monotonic() - start < 10
+
+    c2s, s2c = pipe_pair(1000)
+    (cin, cout), (sin, sout) = connect_pair(
+        pki, (s2c, c2s), (c2s, s2c), client_kw={"error": CustomError}
+    )
+    cin.settimeout(0.2)
+    with pytest.raises(TimeoutError) as later:
+        cin.read(1)  # the server says nothing
+    assert not isinstance(later.value, CustomError)
+    sout.write(b"late")
+    sout.flush()
+    assert read_exactly(cin, 4) == b"late"  # the timeout lost nothing
+    for p in (cin, cout, sin, sout):
+        p.close()
+
+
 def test_error_ssl_subclass_keeps_attributes(pki: Any, pipe_pair: Any) -> None:
     class MySSLError(SSLError):
         pass

@@ -831,11 +831,27 @@ static PyObject *reader_readinto1(Port *self, PyObject *port, PyObject *b)
     return on ? read_into(self, b, 0) : off_call(port, M_READINTO1, &b, 1);
 }
 
-/* A size argument (None: -1) into *size: 0, or -1 with an exception. */
-static int size_arg(PyObject *obj, Py_ssize_t *size)
+/* A size argument (None: -1) of the method `name` into *size: 0, or -1 with an exception: a
+ * TypeError naming the method for what is not an int (API.md: the message names the function;
+ * ports.py _size_arg, the same), an OverflowError for an int too large. */
+static int size_arg(PyObject *obj, Py_ssize_t *size, const char *name)
 {
     *size = obj == Py_None ? -1 : PyNumber_AsSsize_t(obj, PyExc_OverflowError);
-    return *size == -1 && PyErr_Occurred() ? -1 : 0;
+    if (*size != -1 || !PyErr_Occurred())
+        return 0;
+    if (PyErr_ExceptionMatches(PyExc_TypeError)) {
+        PyErr_Clear();
+        PyErr_Format(PyExc_TypeError, "%s() argument must be an int or None, not %.100s", name,
+                     Py_TYPE(obj)->tp_name);
+    }
+    return -1;
+}
+
+/* The method name a PyArg_ParseTuple format ends with ("|O:read": "read"). */
+static const char *format_name(const char *format)
+{
+    const char *colon = strchr(format, ':');
+    return colon != NULL ? colon + 1 : "read";
 }
 
 /* read(size) / read1(size): a fresh bytes object of what arrived, read straight into it (one
@@ -849,7 +865,8 @@ static PyObject *read_bytes(Port *self, PyObject *port, PyObject *args, int fill
     Py_ssize_t size;
     size_t got;
     int status;
-    if (!PyArg_ParseTuple(args, format, &size_obj) || size_arg(size_obj, &size) < 0)
+    if (!PyArg_ParseTuple(args, format, &size_obj) ||
+        size_arg(size_obj, &size, format_name(format)) < 0)
         return NULL;
     if (size < 0) {
         if (fill)
@@ -905,7 +922,8 @@ static PyObject *kept_bytes(Port *self, PyObject *port, PyObject *args, int fill
 {
     PyObject *size_obj = Py_None, *out;
     Py_ssize_t size, kept;
-    if (!PyArg_ParseTuple(args, format, &size_obj) || size_arg(size_obj, &size) < 0)
+    if (!PyArg_ParseTuple(args, format, &size_obj) ||
+        size_arg(size_obj, &size, format_name(format)) < 0)
         return NULL;
     if (size < 0 && !fill)
         size = 65536; /* (read1(-1): ports.py _READ_CHUNK) */
@@ -1063,7 +1081,7 @@ static PyObject *reader_readline(Port *self, PyObject *port, PyObject *const *ar
         PyErr_Format(PyExc_TypeError, "readline() takes at most 1 argument (%zd given)", nargs);
         return NULL;
     }
-    if (nargs == 1 && size_arg(args[0], &limit) < 0)
+    if (nargs == 1 && size_arg(args[0], &limit, "readline") < 0)
         return NULL;
     if (self->conn == NULL) {
         PyErr_SetString(PyExc_ValueError, "I/O operation on closed SSL port");
@@ -1112,8 +1130,14 @@ static PyObject *reader_peek(Port *self, PyObject *port, PyObject *const *args, 
     }
     /* (an int: None or a float is a TypeError, as in the Python method and io's) */
     if (nargs == 1 && (size = PyNumber_AsSsize_t(args[0], PyExc_OverflowError)) == -1 &&
-        PyErr_Occurred())
+        PyErr_Occurred()) {
+        if (PyErr_ExceptionMatches(PyExc_TypeError)) { /* (naming the method: size_arg) */
+            PyErr_Clear();
+            PyErr_Format(PyExc_TypeError, "peek() argument must be an int, not %.100s",
+                         Py_TYPE(args[0])->tp_name);
+        }
         return NULL;
+    }
     if (self->conn == NULL) {
         PyErr_SetString(PyExc_ValueError, "I/O operation on closed SSL port");
         return NULL;
@@ -1437,8 +1461,15 @@ static PyObject *writer_write(Port *self, PyObject *port, PyObject *b)
         PyErr_SetString(PyExc_ValueError, "write to closed SSL port");
         return NULL;
     }
-    if (PyObject_GetBuffer(b, &view, PyBUF_SIMPLE) < 0)
+    if (PyObject_GetBuffer(b, &view, PyBUF_SIMPLE) < 0) {
+        if (PyErr_ExceptionMatches(PyExc_TypeError)) { /* (naming the method: size_arg) */
+            PyErr_Clear();
+            PyErr_Format(PyExc_TypeError,
+                         "write() argument must be a bytes-like object, not %.100s",
+                         Py_TYPE(b)->tp_name);
+        }
         return NULL;
+    }
     n = view.len;
     if (lock_take(self->lock) < 0) {
         PyBuffer_Release(&view);

@@ -1267,13 +1267,13 @@ class SSLInputPort(_SSLPort):
             raise
 
     def read(self, size: Optional[int] = -1, /) -> bytes:
-        size = -1 if size is None else operator.index(size)  # (an int, as io's and the C path's)
+        size = _size_arg("read", size)
         if size < 0:
             return _read_all(self, self._sslports_conn)
         return self._read_new(size, True)
 
     def read1(self, size: Optional[int] = -1, /) -> bytes:
-        size = -1 if size is None else operator.index(size)
+        size = _size_arg("read1", size)
         if size < 0:
             size = _READ_CHUNK
         return self._read_new(size, False)
@@ -1314,7 +1314,10 @@ class SSLInputPort(_SSLPort):
         the same however many bytes are kept. The C fast path's peek does the same steps
         (sp_fastport.c reader_peek)."""
         self._check()
-        most = max(operator.index(size), _PEEK_MAX)  # (an int, as io.BufferedReader's)
+        try:  # (an int, as io.BufferedReader's)
+            most = max(operator.index(size), _PEEK_MAX)
+        except TypeError:
+            raise TypeError(f"peek() argument must be an int, not {type(size).__name__}") from None
         with self._lock:  # (one reader at a time)
             kept = self._buf
             if not kept:
@@ -1327,7 +1330,7 @@ class SSLInputPort(_SSLPort):
     def readline(self, size: Optional[int] = -1, /) -> bytes:
         """The C fast path's readline does the same steps (sp_fastport.c reader_readline)."""
         self._check()
-        limit = -1 if size is None else operator.index(size)
+        limit = _size_arg("readline", size)
         if limit == 0:
             return b""
         kept = self._buf
@@ -1364,7 +1367,7 @@ class SSLInputPort(_SSLPort):
         the next read returns them first, as read()'s chunks (_read_all, the same way: each
         line goes from readline into `lines` inside one C call)."""
         self._check()
-        limit = -1 if hint is None else operator.index(hint)
+        limit = _size_arg("readlines", hint)
         lines: list[bytes] = []
         more = iter(self.readline, b"")  # (ends at EOF's b"")
         try:
@@ -1438,7 +1441,7 @@ class SSLOutputPort(_SSLPort):
         if type(b) is bytes:
             return self._write(b)
         # (held for the call, as io's writers hold it: another thread cannot resize b meanwhile)
-        with memoryview(b) as view:
+        with _bytes_arg("write", b) as view:
             if not view.c_contiguous:  # the error io's own writers (and the C path) raise
                 raise BufferError("memoryview: underlying buffer is not C-contiguous")
             with view.cast("B") as data:  # counts bytes, whatever the item format
@@ -1602,6 +1605,30 @@ if _fastport is not None:
     _fastport.hot_methods(SSLInputPort, SSLOutputPort)
     SSLInputPort.close = _fastport.close_method(SSLInputPort, False)  # type: ignore[method-assign]
     SSLOutputPort.close = _fastport.close_method(SSLOutputPort, True)  # type: ignore[method-assign]
+
+
+def _size_arg(func: str, size: Any) -> int:
+    """A read method's size (None: -1), an int as io's and the C path's (sp_fastport.c
+    size_arg): else a TypeError naming the method (API.md: the message names the function)."""
+    if size is None:
+        return -1
+    try:
+        return operator.index(size)
+    except TypeError:
+        raise TypeError(
+            f"{func}() argument must be an int or None, not {type(size).__name__}"
+        ) from None
+
+
+def _bytes_arg(func: str, b: Any) -> memoryview:
+    """A memoryview of what a write method was given: a TypeError naming the method for what
+    is not bytes-like (as sp_fastport.c's writer_write)."""
+    try:
+        return memoryview(b)
+    except TypeError:
+        raise TypeError(
+            f"{func}() argument must be a bytes-like object, not {type(b).__name__}"
+        ) from None
 
 
 def _check_writable(func: str, b: Any) -> None:
