@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -103,3 +104,35 @@ def test_broken_openssl_falls_back_to_hashlib(tmp_path: Path) -> None:
     assert result["libcrypto"] == "None" and result["libssl"] == "None"
     assert result["libcrypto_load_fail_reason"] and result["libssl_load_fail_reason"]
     assert str(broken) in result["libcrypto_load_fail_reason"]
+
+
+def test_a_package_without_its_native_file_says_so(tmp_path: Path) -> None:
+    """A copy of the package whose _native extension file is missing (a broken install, a
+    source checkout that was never built): ssl_load_fail_reason names the missing module,
+    not Python's "partially initialized module ... circular import" guess, and TLS calls
+    raise SSLUnsupportedError with that reason."""
+    package = Path(sslports.__file__).resolve().parent
+    copy = tmp_path / "sslports"
+    shutil.copytree(package, copy, ignore=shutil.ignore_patterns("_native*", "__pycache__"))
+    child = (
+        "import json, sslports\n"
+        "try:\n"
+        "    sslports.ssl_make_client_context()\n"
+        "    raised = None\n"
+        "except sslports.SSLUnsupportedError as exc:\n"
+        "    raised = str(exc)\n"
+        "print(json.dumps([sslports.__file__, sslports.ssl_load_fail_reason, raised]))\n"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", child],
+        env={**os.environ, "PYTHONPATH": str(tmp_path)},
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 0, proc.stderr
+    where, reason, raised = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert Path(where).resolve().parent == copy.resolve()
+    assert reason == "cannot load the sslports native module: No module named 'sslports._native'"
+    assert raised is not None and reason in raised

@@ -7,6 +7,7 @@ another version of the package is refused loudly (ImportError), never used.
 
 from __future__ import annotations
 
+import importlib
 import os
 import re
 import sys
@@ -19,8 +20,9 @@ ffi: Any = None
 lib: Any = None
 ssl_load_fail_reason: Optional[str] = None
 
-try:
-    from . import _native  # type: ignore[attr-defined]
+try:  # (by its full name: a missing file then reads "No module named 'sslports._native'", not
+    # "cannot import name '_native' from partially initialized module ... circular import")
+    _native = importlib.import_module(f"{__package__}._native")
 except ImportError as exc:  # the extension or libssl/libcrypto could not be loaded
     ssl_load_fail_reason = f"cannot load the sslports native module: {exc}"
 else:
