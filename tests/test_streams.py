@@ -952,6 +952,40 @@ def test_transport_failure_on_write_is_ssl_error(pki: Any, error: Any) -> None:
             p.close()
 
 
+class BuggyWriter(Breakable):
+    """A stream whose write, once `broken`, raises what a bug in it would (not an OSError)."""
+
+    def write(self, b: Any) -> int:
+        if self.broken:
+            raise RuntimeError("the stream object is broken")
+        return super().write(b)
+
+
+def test_an_output_stream_that_raises_something_else_fails_the_write_not_the_close(
+    pki: Any,
+) -> None:
+    """An output stream whose write raises a RuntimeError (a bug in the stream object): the
+    write or flush that meets it raises SSLError ('write failed'); closing the ports after,
+    with shutdown_on_close (whose close_notify can no longer go out), raises nothing more,
+    as after a broken pipe (it raised that RuntimeError again), and closes them."""
+    a, b = socket.socketpair()
+    with a, b:
+        ba, bb = BuggyWriter(a), Breakable(b)
+        client, server = connect_pair(
+            pki, (ba, ba), (bb, bb), client_kw={"shutdown_on_close": True}
+        )
+        ba.broken = True
+        with pytest.raises(SSLError, match=r"write failed.*the stream object is broken"):
+            for _ in range(100):  # (the failure surfaces on a later write or flush)
+                client[1].write(b"x" * 20000)
+                client[1].flush()
+        client[0].close()
+        client[1].close()
+        assert client[0].closed and client[1].closed
+        for p in server:
+            p.close()
+
+
 @pytest.mark.parametrize("error", [None, CustomError])
 def test_transport_failure_during_handshake(pki: Any, error: Any) -> None:
     a, b = socket.socketpair()

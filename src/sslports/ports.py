@@ -983,6 +983,12 @@ class Connection:
             transport.sender.drain(deadline.remaining())
         except (OSError, SSLError):
             pass  # a transport that can no longer be written is not an error here
+        except Exception as exc:
+            # Nor one whose write raised something else (a broken stream object): the
+            # sender's failure, which a write or flush reported already, raised again here.
+            failed = transport.sender.error
+            if failed is None or type(exc) is not type(failed):
+                raise
 
     def port_closed(self, timeout: Optional[float]) -> None:
         if not self.open_ports.pop():  # (True: the other port is still open)
