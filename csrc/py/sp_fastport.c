@@ -745,6 +745,20 @@ static PyObject *read_rest(Port *self, PyObject *b, int fill, size_t got)
     return port_unlock(self, r);
 }
 
+/* Replace the TypeError just raised for the argument obj of the method `name` (and a
+ * BufferError too, if buffer_error) with one that names the method and says what it takes:
+ * "write() argument must be a bytes-like object, not str" (API.md: the message names the
+ * function; ports.py raises the same words). Any other exception is left as it is. */
+static void name_type_error(const char *name, const char *takes, PyObject *obj, int buffer_error)
+{
+    if (PyErr_ExceptionMatches(PyExc_TypeError) ||
+        (buffer_error && PyErr_ExceptionMatches(PyExc_BufferError))) {
+        PyErr_Clear();
+        PyErr_Format(PyExc_TypeError, "%s() argument must be %s, not %.100s", name, takes,
+                     Py_TYPE(obj)->tp_name);
+    }
+}
+
 /* Export b for a read into it: 0, or -1 with an exception: io's TypeError for what cannot be
  * read into (read-only, not contiguous, not a buffer), as readinto's "w*" argument raises
  * (API.md: a wrong argument type is a TypeError; ports.py _check_writable, the same). */
@@ -752,12 +766,7 @@ static int writable_arg(PyObject *b, Py_buffer *view, const char *name)
 {
     if (PyObject_GetBuffer(b, view, PyBUF_WRITABLE) == 0)
         return 0;
-    if (PyErr_ExceptionMatches(PyExc_BufferError) || PyErr_ExceptionMatches(PyExc_TypeError)) {
-        PyErr_Clear();
-        PyErr_Format(PyExc_TypeError,
-                     "%s() argument must be read-write bytes-like object, not %.100s", name,
-                     Py_TYPE(b)->tp_name);
-    }
+    name_type_error(name, "read-write bytes-like object", b, 1);
     return -1;
 }
 
@@ -839,11 +848,7 @@ static int size_arg(PyObject *obj, Py_ssize_t *size, const char *name)
     *size = obj == Py_None ? -1 : PyNumber_AsSsize_t(obj, PyExc_OverflowError);
     if (*size != -1 || !PyErr_Occurred())
         return 0;
-    if (PyErr_ExceptionMatches(PyExc_TypeError)) {
-        PyErr_Clear();
-        PyErr_Format(PyExc_TypeError, "%s() argument must be an int or None, not %.100s", name,
-                     Py_TYPE(obj)->tp_name);
-    }
+    name_type_error(name, "an int or None", obj, 0);
     return -1;
 }
 
@@ -1131,11 +1136,7 @@ static PyObject *reader_peek(Port *self, PyObject *port, PyObject *const *args, 
     /* (an int: None or a float is a TypeError, as in the Python method and io's) */
     if (nargs == 1 && (size = PyNumber_AsSsize_t(args[0], PyExc_OverflowError)) == -1 &&
         PyErr_Occurred()) {
-        if (PyErr_ExceptionMatches(PyExc_TypeError)) { /* (naming the method: size_arg) */
-            PyErr_Clear();
-            PyErr_Format(PyExc_TypeError, "peek() argument must be an int, not %.100s",
-                         Py_TYPE(args[0])->tp_name);
-        }
+        name_type_error("peek", "an int", args[0], 0);
         return NULL;
     }
     if (self->conn == NULL) {
@@ -1462,12 +1463,7 @@ static PyObject *writer_write(Port *self, PyObject *port, PyObject *b)
         return NULL;
     }
     if (PyObject_GetBuffer(b, &view, PyBUF_SIMPLE) < 0) {
-        if (PyErr_ExceptionMatches(PyExc_TypeError)) { /* (naming the method: size_arg) */
-            PyErr_Clear();
-            PyErr_Format(PyExc_TypeError,
-                         "write() argument must be a bytes-like object, not %.100s",
-                         Py_TYPE(b)->tp_name);
-        }
+        name_type_error("write", "a bytes-like object", b, 0);
         return NULL;
     }
     n = view.len;
