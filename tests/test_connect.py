@@ -244,6 +244,30 @@ def test_a_session_from_before_a_policy_change_is_not_resumed(pki: Any, echo_ser
         pytest.fail(f"connected without a verified certificate (resumed: {reused})")
 
 
+@pytest.mark.parametrize("protocol", [None, "tls12", "tls13"])
+def test_connecting_by_protocol_name_resumes(pki: Any, echo_server: Any, protocol: Any) -> None:
+    """A protocol name stands for one shared context per name (security.md, "Session
+    resumption"): ssl_connect(host, port), whose default is "auto", resumes as a connection
+    with a context of the caller's does (API.md: ssl_connect resumes sessions automatically).
+    Each call made a new context before, so none resumed. The server is new: its first
+    connection is a full handshake."""
+    server = echo_server(pki.server_context())
+    named = () if protocol is None else (protocol,)
+
+    def talk() -> tuple[bool, str | None]:
+        inp, out = sslports.ssl_connect("localhost", server.port, *named, timeout=30)
+        with inp, out:
+            out.write(b"ping\n")
+            out.flush()
+            assert inp.readline() == b"ping\n"  # (the tickets came before the echo)
+            return bool(sslports.ssl_session_reused(inp)), sslports.ssl_protocol_version(inp)
+
+    version = protocol or "tls13"
+    assert talk() == (False, version)
+    assert talk() == (True, version)
+    assert talk() == (True, version)
+
+
 # -- addresses, predicates, listeners ------------------------------------------------------------
 
 

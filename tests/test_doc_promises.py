@@ -7,6 +7,7 @@ real file-like object whose writes fail, as a closed pipe's do).
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import importlib
 import inspect
 import pkgutil
@@ -138,6 +139,22 @@ def test_stream_handshake_deadline_raises_timeout_error() -> None:
         listener.close()
 
 
+def _connect_once(listener: Any, host: str, client: Any) -> None:
+    """One connection to `listener` (accepted in a thread), closed at once."""
+    port = sslports.ssl_addresses(listener, True)[1]
+    box: list[Any] = []
+    server = threading.Thread(target=lambda: box.append(sslports.ssl_accept(listener)))
+    server.start()
+    try:
+        inp, out = sslports.ssl_connect(host, port, client, timeout=10)
+        inp.close()
+        out.close()
+    finally:
+        server.join(10)
+        for p in box[0] if box else ():
+            p.close()
+
+
 def test_keylog_file_gets_lines_when_the_callback_raises(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -146,26 +163,38 @@ def test_keylog_file_gets_lines_when_the_callback_raises(
     log = tmp_path / "keys.log"
     server_ctx = _server_context()  # made before: only the client's lines go to the file
     monkeypatch.setenv("SSLKEYLOGFILE", str(log))
-    listener = sslports.ssl_listen(0, 5, True, "127.0.0.1", server_ctx)
-    port = sslports.ssl_addresses(listener, True)[1]
-    box: list[Any] = []
-    server = threading.Thread(target=lambda: box.append(sslports.ssl_accept(listener)))
-    server.start()
     ctx = sslports.ssl_make_client_context("tls13")
 
     def failing(line: bytes) -> None:
         raise RuntimeError("a broken key logger")
 
     sslports.ssl_set_keylogger(ctx, failing)
-    try:
-        inp, out = sslports.ssl_connect("127.0.0.1", port, ctx, timeout=10)
-        inp.close()
-        out.close()
-    finally:
-        server.join(10)
-        for p in box[0] if box else ():
-            p.close()
-        listener.close()
+    with sslports.ssl_listen(0, 5, True, "127.0.0.1", server_ctx) as listener:
+        _connect_once(listener, "127.0.0.1", ctx)
+    names = {line.split()[0] for line in log.read_bytes().splitlines()}
+    assert {b"CLIENT_HANDSHAKE_TRAFFIC_SECRET", b"CLIENT_TRAFFIC_SECRET_0"} <= names
+
+
+@pytest.mark.parametrize("protocol", ["secure", "auto"])
+def test_keylog_file_set_at_run_time_reaches_the_shared_contexts(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, protocol: str
+) -> None:
+    """docs/guide/keylog.md: the contexts the library shares (the secure one, a protocol
+    name's) read SSLKEYLOGFILE again each time they are handed out, so setting it after their
+    first connection reaches the next one. The secure context was cached without key logging
+    before, and kept it off for the rest of the process."""
+    monkeypatch.delenv("SSLKEYLOGFILE", raising=False)
+    contextvars.copy_context().run(_keylog_at_run_time, tmp_path, monkeypatch, protocol)
+
+
+def _keylog_at_run_time(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, protocol: str) -> None:
+    sslports.ssl_default_verify_sources([str(sslports.TEST_PEM)])  # (this context's only)
+    log = tmp_path / "keys.log"
+    with sslports.ssl_listen(0, 5, True, "127.0.0.1", _server_context()) as listener:
+        _connect_once(listener, "localhost", protocol)  # the shared context is made here
+        assert not log.exists()
+        monkeypatch.setenv("SSLKEYLOGFILE", str(log))
+        _connect_once(listener, "localhost", protocol)
     names = {line.split()[0] for line in log.read_bytes().splitlines()}
     assert {b"CLIENT_HANDSHAKE_TRAFFIC_SECRET", b"CLIENT_TRAFFIC_SECRET_0"} <= names
 

@@ -1430,8 +1430,8 @@ def _describe_source(src: Any) -> str:
 
 
 def _keylog_row() -> str:
-    """What SSLKEYLOGFILE does here (sni.keylog_file): the file, or why none."""
-    from .sni import keylog_file
+    """What SSLKEYLOGFILE does here (context.keylog_file): the file, or why none."""
+    from .context import keylog_file
 
     path = keylog_file()
     if path is not None:

@@ -512,6 +512,46 @@ if hasattr(os, "register_at_fork"):
     os.register_at_fork(after_in_child=_new_lock_in_child)
 
 
+def keylog_file() -> Optional[str]:
+    """The file SSLKEYLOGFILE names, or None: unset, empty, or Python told to ignore the
+    environment (-E, -I), as ssl.create_default_context does: an environment that a program run
+    that way does not trust must not make it write its secrets down."""
+    if sys.flags.ignore_environment:
+        return None
+    return os.environ.get("SSLKEYLOGFILE") or None
+
+
+def follow_keylog_env(ctx: _Context) -> None:
+    """Turn on SSLKEYLOGFILE logging for `ctx` if the variable is set now. A context reads the
+    variable when it is made; a context the library shares (the secure one, a protocol name's)
+    was made by whoever came first, so it is asked again each time it is handed out, as a new
+    context would be. (Only ever on: the file is read again at each line, sni._keylog.)"""
+    if keylog_file():
+        _binding.lib.sp_ctx_enable_keylog(ctx._ptr, 1)
+
+
+_shared_clients: dict[str, SSLClientContext] = {}
+
+
+def shared_client_context(protocol: str) -> SSLClientContext:
+    """The client context of a protocol name that ssl_connect and the other connecting entry
+    points use (`protocol` checked by _check_protocol): "secure" is ssl_secure_client_context's,
+    any other name's is made once and sealed. So a connection by name neither builds an SSL_CTX
+    (~0.2 ms, as much CPU as a resumed handshake) nor starts without a session cache:
+    ssl_connect(host, port) resumes as a connection with a context of the caller's does. The
+    context is sealed (it is no caller's to change) and, apart from its session cache, has
+    nothing to share: none of these names verifies."""
+    if protocol == "secure":
+        return ssl_secure_client_context()
+    ctx = _shared_clients.get(protocol)
+    if ctx is None:
+        ctx = SSLClientContext(protocol)
+        ssl_seal_context(ctx)
+        ctx = _shared_clients.setdefault(protocol, ctx)  # (a race: both threads get the first)
+    follow_keylog_env(ctx)
+    return ctx
+
+
 def ssl_secure_client_context() -> SSLClientContext:
     """The cached, sealed client context that verifies certificates and hostnames.
 
@@ -533,7 +573,8 @@ def ssl_secure_client_context() -> SSLClientContext:
             while len(_secure_cache) >= _SECURE_CACHE_SIZE:
                 del _secure_cache[next(iter(_secure_cache))]
             _secure_cache[key] = ctx
-        return ctx
+    follow_keylog_env(ctx)
+    return ctx
 
 
 def is_ssl_client_context(v: object) -> bool:

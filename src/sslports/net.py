@@ -30,7 +30,7 @@ from .context import (
     _Context,
     encode_alpn,
     literal_family,
-    ssl_make_client_context,
+    shared_client_context,
     ssl_make_server_context,
 )
 from .errors import NotCopyable, SSLError, SSLNetworkError, SSLTimeoutError
@@ -73,7 +73,7 @@ def _client_context(func: str, protocol: object) -> SSLClientContext:
     if isinstance(protocol, SSLClientContext):
         return protocol
     if isinstance(protocol, str):
-        return _named_context(func, protocol, ssl_make_client_context)
+        return _named_context(func, protocol, shared_client_context)
     raise TypeError(f"{func}: expected a client context or protocol name, got {protocol!r}")
 
 
@@ -369,7 +369,8 @@ def ssl_connect(
     Racket: ssl-connect
 
     :param client_protocol: a client context, or a protocol name (``"auto"`` verifies
-        nothing; ``"secure"`` verifies the chain and the hostname).
+        nothing; ``"secure"`` verifies the chain and the hostname): one shared context per
+        name, whose sessions resume as a context's of the caller's do.
     :param alpn: protocols to offer, in order of preference.
     :param timeout: bounds connect + handshake; becomes the ports' initial timeout.
     :returns: ``(input_port, output_port)``.
@@ -751,7 +752,7 @@ def _mode_context(func: str, mode: object, context: object, encrypt: object) -> 
         if not isinstance(encrypt, str):
             raise TypeError(f"{func}: encrypt must be a protocol name")
         if mode == "connect":
-            return _named_context(func, encrypt, ssl_make_client_context)
+            return _named_context(func, encrypt, shared_client_context)
         return _named_context(func, encrypt, ssl_make_server_context)
     # One isinstance per class: mypy < 2 (the last on Python 3.9) joins a conditional pair of
     # classes to `object` and then reports the narrowed return value.

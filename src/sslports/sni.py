@@ -12,7 +12,6 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-import sys
 import threading
 import weakref
 from collections.abc import Iterator, Sequence
@@ -20,7 +19,14 @@ from typing import Any, Callable, Optional
 
 from . import _binding
 from ._timing import BREAKS
-from .context import SSLServerContext, _Context, context_of, encode_alpn
+from .context import (
+    SSLServerContext,
+    _Context,
+    context_of,
+    encode_alpn,
+    follow_keylog_env,
+    keylog_file,
+)
 
 _log = logging.getLogger("sslports")
 _live: dict[int, tuple[Any, str]] = {}  # sp_conn address -> (Connection, the call), in handshake
@@ -32,21 +38,11 @@ def _address(ptr: Any) -> int:
     return int(_binding.ffi.cast("uintptr_t", ptr))
 
 
-def keylog_file() -> Optional[str]:
-    """The file SSLKEYLOGFILE names, or None: unset, empty, or Python told to ignore the
-    environment (-E, -I), as ssl.create_default_context does: an environment that a program run
-    that way does not trust must not make it write its secrets down."""
-    if sys.flags.ignore_environment:
-        return None
-    return os.environ.get("SSLKEYLOGFILE") or None
-
-
 def register_context(ctx: _Context) -> None:
     """Make `ctx` findable from its SSL_CTX (key log); turn on SSLKEYLOGFILE logging."""
     with _registry_lock:
         _contexts[_address(ctx._ptr)] = ctx
-    if keylog_file():
-        _binding.lib.sp_ctx_enable_keylog(ctx._ptr, 1)
+    follow_keylog_env(ctx)
 
 
 @contextlib.contextmanager
