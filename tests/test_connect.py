@@ -345,6 +345,57 @@ def test_listener_takes_context_procedures(pki: Any) -> None:
         cout.close()
 
 
+def test_listener_refuses_the_procedures_without_a_dagger() -> None:
+    """API.md section 4: only the procedures marked † also take a listener; the others are
+    about a context (Racket: ctx : (or/c ssl-client-context? ssl-server-context?)) and refuse
+    a listener with a TypeError naming the function. ssl_set_verify_hostname took one (the
+    only one), and changed the listener's context."""
+    listener = sslports.ssl_listen(0, 5, False, LOCAL, "auto")
+    with listener:
+        calls = {
+            "ssl_set_verify_hostname": lambda: sslports.ssl_set_verify_hostname(listener, True),
+            "ssl_set_ciphers": lambda: sslports.ssl_set_ciphers(listener, "DEFAULT"),
+            "ssl_seal_context": lambda: sslports.ssl_seal_context(listener),
+            "ssl_load_default_verify_sources": lambda: sslports.ssl_load_default_verify_sources(
+                listener
+            ),
+            "ssl_server_context_enable_ecdh": lambda: sslports.ssl_server_context_enable_ecdh(
+                listener
+            ),
+            "ssl_set_server_alpn": lambda: sslports.ssl_set_server_alpn(listener, [b"h2"]),
+        }
+        for name, call in calls.items():
+            with pytest.raises(TypeError, match=f"^{name}: expected .*, got SSLListener"):
+                call()
+        sslports.ssl_set_verify(listener, False)  # (clp: a context, listener or port)
+        sslports.ssl_try_verify(listener, False)
+
+
+def test_connection_facts_while_a_port_is_open_then_an_error(pki: Any, echo_server: Any) -> None:
+    """errors.md: the connection facts answer while either port is open (here the output
+    port, after the input port was closed) and raise SSLError naming the function once both
+    are closed (what OpenSSL knew about the connection is gone), never a stale answer."""
+    server = echo_server(pki.server_context())
+    inp, out = sslports.ssl_connect("localhost", server.port, pki.client_context("tls13"))
+    inp.close()
+    facts = {
+        "ssl_protocol_version": lambda: sslports.ssl_protocol_version(out),
+        "ssl_peer_verified": lambda: sslports.ssl_peer_verified(out),
+        "ssl_peer_subject_name": lambda: sslports.ssl_peer_subject_name(out),
+        "ssl_peer_check_hostname": lambda: sslports.ssl_peer_check_hostname(out, "localhost"),
+        "ssl_channel_binding": lambda: sslports.ssl_channel_binding(out, "tls-exporter"),
+    }
+    answers = {name: fact() for name, fact in facts.items()}
+    assert answers["ssl_protocol_version"] == "tls13"
+    assert answers["ssl_peer_verified"] is True
+    assert answers["ssl_peer_check_hostname"] is True
+    assert len(answers["ssl_channel_binding"]) == 32
+    out.close()
+    for name, fact in facts.items():
+        with pytest.raises(SSLError, match=f"^{name}: connection is closed$"):
+            fact()
+
+
 def test_ssl_abandon_port(pki: Any, echo_server: Any) -> None:
     server = echo_server(pki.server_context())
     inp, out = sslports.ssl_connect("localhost", server.port, pki.client_context())

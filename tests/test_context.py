@@ -30,18 +30,23 @@ SEED_CURVES = [
 ]  # fmt: skip
 
 
+def _serve_hello_once(listener: Any) -> tuple[int, Any]:
+    """Accept one connection on `listener` in a thread and send it b"hello"; returns the
+    listener's port and the thread's join."""
+
+    def serve() -> None:
+        sin, sout = sslports.ssl_accept(listener)
+        sout.write(b"hello")
+        sout.close()
+        sin.close()
+
+    return sslports.ssl_addresses(listener, True)[1], run_in_thread(serve)
+
+
 def handshake(server_ctx: Any, client_ctx: Any, hostname: str = "localhost") -> bytes:
     """Connect a client to a one-shot server on 127.0.0.1; returns what the server sent."""
     with sslports.ssl_listen(0, 5, False, LOCAL, server_ctx, handshake_timeout=20) as listener:
-        port = sslports.ssl_addresses(listener, True)[1]
-
-        def serve() -> None:
-            sin, sout = sslports.ssl_accept(listener)
-            sout.write(b"hello")
-            sout.close()
-            sin.close()
-
-        join = run_in_thread(serve)
+        port, join = _serve_hello_once(listener)
         try:
             cin, cout = sslports.ssl_connect(hostname, port, client_ctx, timeout=20)
         except BaseException:
@@ -558,6 +563,35 @@ def test_enable_ecdh_default_and_unknown(pki: Any) -> None:
         sslports.ssl_server_context_enable_ecdh(server, "curve25519-ish")
     with pytest.raises(ValueError):
         sslports.ssl_server_context_enable_ecdh(server, "P-256")  # an OpenSSL name, not a seed one
+
+
+@pytest.mark.parametrize("curve", ["sect163k1", "secp192k1"])
+def test_enable_ecdh_weak_curve_waits_for_the_security_level(
+    pki: Any, openssl_tool: Any, curve: str
+) -> None:
+    """security.md: a curve of Racket's list below the security level (80 and 96 bits) is
+    accepted, as Racket accepts it, and negotiated only where the server's level allows it.
+    An `openssl s_client` offering that curve first (and X25519) gets X25519 at the default
+    level and the curve at @SECLEVEL=0 (its Server Temp Key line)."""
+    chosen = []
+    for level in (None, 0):
+        server = pki.server_context("tls12")
+        sslports.ssl_server_context_enable_ecdh(server, curve)
+        if level is not None:
+            sslports.ssl_set_ciphers(server, f"DEFAULT:@SECLEVEL={level}")
+        with sslports.ssl_listen(0, 5, False, LOCAL, server, handshake_timeout=20) as listener:
+            port, join = _serve_hello_once(listener)
+            client = openssl_tool.spawn(
+                ["s_client", "-connect", f"{LOCAL}:{port}", "-tls1_2", "-groups",
+                 f"{curve}:X25519", "-cipher", "DEFAULT:@SECLEVEL=0", "-ign_eof"]
+            )  # fmt: skip
+            out, _ = client.communicate(b"", timeout=30)
+            join(30)
+        keys = [line for line in out.decode().splitlines() if "Temp Key" in line]
+        assert len(keys) == 1, out
+        chosen.append(keys[0])
+    assert "X25519" in chosen[0]
+    assert curve in chosen[1]
 
 
 def _with_groups(ctx: Any, groups: str) -> bool:

@@ -1183,7 +1183,7 @@ def ssl_try_verify(clp: object, on: bool) -> None:
 def ssl_set_verify_hostname(ctx: object, on: bool) -> None:
     """Check the peer's certificate against the hostname. Racket: ssl-set-verify-hostname!"""
     func = "ssl_set_verify_hostname"
-    context = context_of(func, ctx)
+    context = context_of(func, ctx, listener_ok=False)  # (not a † procedure: API.md section 4)
     on = _check_bool(func, "on", on)
     context._mutable(func)
     context._verify_hostname = on
