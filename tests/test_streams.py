@@ -975,15 +975,28 @@ def test_an_output_stream_that_raises_something_else_fails_the_write_not_the_clo
             pki, (ba, ba), (bb, bb), client_kw={"shutdown_on_close": True}
         )
         ba.broken = True
-        with pytest.raises(SSLError, match=r"write failed.*the stream object is broken"):
+        with pytest.raises(SSLError, match=r"write failed.*the stream object is broken") as info:
             for _ in range(100):  # (the failure surfaces on a later write or flush)
                 client[1].write(b"x" * 20000)
                 client[1].flush()
+        assert isinstance(info.value.__cause__, RuntimeError)  # (errors.md)
         client[0].close()
         client[1].close()
         assert client[0].closed and client[1].closed
         for p in server:
             p.close()
+
+
+def test_an_output_stream_that_raises_something_else_in_the_handshake_passes_it() -> None:
+    """errors.md: during the handshake, which writes the output stream on the caller's
+    thread, what the stream's write raises that is no OSError or ValueError passes as it is
+    (as from the input stream: a signal handler's exception must)."""
+    a, b = socket.socketpair()
+    with a, b:
+        buggy = BuggyWriter(a)
+        buggy.broken = True
+        with pytest.raises(RuntimeError, match="the stream object is broken"):
+            sslports.ports_to_ssl_ports(buggy, buggy, mode="connect", timeout=10)
 
 
 @pytest.mark.parametrize("error", [None, CustomError])
