@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import errno
+import gc
 import hashlib
 import logging
 import os
 import resource
 import socket
 import ssl
+import warnings
 from collections.abc import Awaitable
 from typing import Any, Callable
 
@@ -336,6 +338,36 @@ def test_connect_timeout_against_a_silent_server() -> None:
             assert str(info.value) == f"open_ssl_connection: handshake timed out (127.0.0.1:{port})"
 
     run("asyncio", main)
+
+
+@pytest.mark.parametrize("how", ["open", "wrap"])
+def test_a_deadline_already_gone_leaves_no_coroutine_unawaited(how: str) -> None:
+    """timeout=0 (or a deadline that ran out as the TCP connect completed): the timeout, and
+    no 'coroutine ... was never awaited' RuntimeWarning (asyncio.wait_for cancelled the
+    handshake's or the connect's coroutine before its first step, and it was collected
+    unstarted)."""
+
+    async def main() -> None:
+        server = await aio.start_ssl_server(
+            lambda r, w: w.close(), "127.0.0.1", 0, server_context()
+        )
+        async with server:
+            port = server.sockets[0].getsockname()[1]
+            with pytest.raises(TimeoutError) as info:
+                if how == "open":
+                    await aio.open_ssl_connection("localhost", port, client_context(), timeout=0)
+                else:
+                    raw_r, raw_w = await asyncio.open_connection("127.0.0.1", port)
+                    await aio.wrap_ssl_streams(
+                        raw_r, raw_w, context=client_context(), hostname="localhost", timeout=0
+                    )
+            assert isinstance(info.value, S.SSLNetworkError)
+
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
+        run("asyncio", main)
+        gc.collect()
+    assert not [w for w in seen if "never awaited" in str(w.message)]
 
 
 def test_connect_failures_read_as_ssl_connect_s(monkeypatch: pytest.MonkeyPatch) -> None:

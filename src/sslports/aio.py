@@ -1211,6 +1211,13 @@ async def _wait_for(aw: Awaitable[object], timeout: Optional[float]) -> None:
     returns the failure instead (it never passes through wait_for's frame), and it is raised
     with no local naming it once it leaves.
     """
+    if timeout is not None and timeout <= 0:
+        # (wait_for would cancel the task of `aw` before its first step: `aw` never awaited,
+        # a RuntimeWarning once collected; a deadline can run out between connect and
+        # handshake)
+        if asyncio.iscoroutine(aw):
+            aw.close()
+        raise asyncio.TimeoutError
     failure = await asyncio.wait_for(_failure_of(aw), timeout)
     if failure is not None:
         try:
