@@ -484,6 +484,20 @@ def test_a_wrong_argument_type_names_the_method(
     assert read_exactly(cin, 4) == b"down"
 
 
+def test_a_read_size_below_minus_one_is_a_value_error(pair: Any) -> None:
+    """read(n) takes n >= 0 or -1 (None), as io.BufferedReader, socket.makefile("rb")'s:
+    read(-2) raised TimeoutError on a port with a timeout and, without one, waited for EOF
+    (read to the end). On both paths; nothing is taken. read1's other negatives stay
+    'what is there', as io's read1."""
+    cin, _cout, _sin, sout = pair
+    sout.write(b"hello")
+    sout.flush()
+    for size in (-2, -(2**40)):
+        with pytest.raises(ValueError, match=r"^read length must be non-negative or -1$"):
+            cin.read(size)
+    assert cin.read1(-7) == b"hello"
+
+
 def test_read_sizes_are_any_index(pair: Any) -> None:
     """read() and read1() take any object with __index__ as their size, as io's do, on both
     paths, and refuse a float with a TypeError naming the method (API.md: the message names

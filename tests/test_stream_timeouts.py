@@ -52,6 +52,38 @@ def test_close_original_after_a_timed_out_read_does_not_hang(pki: Any) -> None:
     assert all(f.closed for f in files)
 
 
+@pytest.mark.parametrize("method", ["read1", "read", "readline", "peek"])
+def test_a_timeout_of_zero_polls_what_the_stream_brought(pki: Any, method: str) -> None:
+    """settimeout(0) on a stream port is a poll, as on a socket port (threading.md: a timeout
+    of 0 waits for nothing): TimeoutError while nothing has arrived, and the bytes once they
+    have. The stream was never read under a deadline already gone (the read timed out before
+    asking the stream), so such a poll never returned anything."""
+    c_in, s_out, s_in, c_out = files = _pipes()
+    client, server = connect_pair(pki, (c_in, c_out), (s_in, s_out))
+    try:
+        client[0].settimeout(0)
+        with pytest.raises(TimeoutError):
+            getattr(client[0], method)(3)
+        server[1].write(b"new\n")
+        server[1].flush()
+        got = None
+        for _ in range(500):  # (the receiver thread reads the pipe: up to 10 s)
+            try:
+                got = getattr(client[0], method)(3)
+                break
+            except TimeoutError:
+                threading.Event().wait(0.02)
+        assert got is not None and got[:1] == b"n"
+        taken = 0 if method == "peek" else len(got)  # (peek leaves them to read)
+        client[0].settimeout(5)
+        assert client[0].read(4 - taken) == b"new\n"[taken:]
+    finally:
+        for p in (*client, *server):
+            p.close()
+        for f in files:
+            f.close()
+
+
 @pytest.mark.parametrize("timeout", [5.0, None])
 def test_nonblocking_stream_without_data_is_not_fatal_under_a_timeout(
     pki: Any, timeout: Any

@@ -874,6 +874,10 @@ static PyObject *read_bytes(Port *self, PyObject *port, PyObject *args, int fill
         size_arg(size_obj, &size, format_name(format)) < 0)
         return NULL;
     if (size < 0) {
+        if (fill && size != -1) { /* (io.BufferedReader's words; ports.py read, the same) */
+            PyErr_SetString(PyExc_ValueError, "read length must be non-negative or -1");
+            return NULL;
+        }
         if (fill)
             return PyObject_CallFunctionObjArgs(read_all, port, self->conn, NULL);
         size = 65536;

@@ -729,6 +729,7 @@ class Connection:
         # base + got[0] never counts a byte twice.
         got = self.read_cell()
         base = None
+        looked = False  # (a stream read past its deadline looked at what the stream brought)
         try:
             # `with buf` releases the buffer export on the way out, also on an exception: a
             # traceback keeping this frame alive must not keep `view` exported, or the cyclic
@@ -770,12 +771,17 @@ class Connection:
                             # close, which does not wake it: linger_when_idle): its EOF.
                             break
                         # (streams too: their read under a deadline gives up at it)
-                        if deadline.expired():
+                        if deadline.expired() and (self.is_socket or looked):
                             # Also with part of a `fill` read (read(n), readinto): a short
                             # read is the end of the stream to every consumer of a file
                             # object (http.client, pickle, gzip...), as io's. The part is
                             # kept (below) for the retry.
                             raise SSLTimeoutError(f"{func}: read timed out")
+                        # A stream's bytes reach the pump only here (the socket pump reads
+                        # its socket itself): a deadline already gone (timeout 0, a poll)
+                        # still takes what the stream delivered by now, once, and asks for
+                        # more (the read stays outstanding for the next call).
+                        looked = deadline.expired()
                         self.wait_for_pump(status, deadline, func, seen, reading=True)
                         continue
                     if total:
@@ -1275,6 +1281,8 @@ class SSLInputPort(_SSLPort):
     def read(self, size: Optional[int] = -1, /) -> bytes:
         size = _size_arg("read", size)
         if size < 0:
+            if size != -1:  # (as io.BufferedReader; sp_fastport.c read_bytes, the same)
+                raise ValueError("read length must be non-negative or -1")
             return _read_all(self, self._sslports_conn)
         return self._read_new(size, True)
 
