@@ -15,6 +15,7 @@ import shutil
 import signal
 import socket
 import ssl
+import struct
 import subprocess
 import sys
 import threading
@@ -1037,6 +1038,38 @@ def test_connect_ends_when_the_server_says_goodbye_but_stopped_reading() -> None
             server.join(TIMEOUT)
     assert status == 0, err.decode()
     assert out == b"bye\n"
+
+
+@needs_tls
+def test_connect_reset_while_stdin_streams_is_a_failure() -> None:
+    """The server resets the connection (SO_LINGER 0) while stdin's bytes stream to it: the
+    command fails with status 1 and says so (cli.md). When the write took the reset (the
+    kernel reports it once), the reader found only the end of the input, and the command
+    ended with status 0 and nothing said (an audit saw it in 2 runs of 50)."""
+    ctx = sslports.ssl_make_server_context()
+    sslports.ssl_load_certificate_chain(ctx, PEM)
+    sslports.ssl_load_private_key(ctx, PEM)
+    with socket.create_server((LOCAL, 0)) as lsock:
+        lsock.settimeout(TIMEOUT)
+
+        def serve() -> None:
+            conn, _ = lsock.accept()
+            with conn, conn.makefile("rb") as r, conn.makefile("wb") as w:
+                inp, out = sslports.ports_to_ssl_ports(r, w, context=ctx, timeout=TIMEOUT)
+                assert read_exactly(inp, 65536)  # (stdin streams)
+                conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+                sslports.ssl_abandon_port(inp)
+                sslports.ssl_abandon_port(out)
+            # (the socket's close, with unread bytes and SO_LINGER 0: a reset)
+
+        server = threading.Thread(target=serve, daemon=True)
+        server.start()
+        try:
+            status, _out, err = run_connect(lsock.getsockname()[1], feed=feed_lots, interrupt=False)
+        finally:
+            server.join(TIMEOUT)
+    assert status == 1, err.decode()
+    assert err.decode().startswith("sslports: error: connection failed: "), err.decode()
 
 
 @needs_tls

@@ -479,6 +479,10 @@ def _pipe_stdio(
     sending half of the TCP connection; the server's close ends the command.
     """
     out_lock = threading.Lock()
+    # A write that failed (under out_lock): the reader may see only the end of the input
+    # then, when the write took the socket's reset (the kernel reports it once), and the
+    # command must not end with status 0 as if everything had been sent.
+    write_failures: list[OSError] = []
 
     def stdin_to_connection() -> None:
         read = _stdin_reader()
@@ -488,10 +492,14 @@ def _pipe_stdio(
                 if not chunk:
                     break
                 with out_lock:
-                    out.write(chunk)
-                    out.flush()
+                    try:
+                        out.write(chunk)
+                        out.flush()
+                    except OSError as exc:
+                        write_failures.append(exc)
+                        raise
         except (OSError, ValueError):
-            return  # the connection is gone; the reader reports what happened
+            return  # the connection is gone (or closed below); the reader reports it
         if ignore_eof:
             return
         with out_lock, contextlib.suppress(OSError, ValueError):
@@ -523,6 +531,8 @@ def _pipe_stdio(
                     out.close()
             finally:
                 out_lock.release()
+    if write_failures:  # (the output port's own error: the input ended without one)
+        raise CLIError(f"connection failed: {_reason(write_failures[0])}")
     return EXIT_OK
 
 
