@@ -1308,3 +1308,54 @@ def test_close_original_while_a_read_waits_in_the_stream_does_not_hang(pki: Any)
         s_out.close()  # the peer's end: the read waiting in c_in returns, and closes c_in
         assert reading(60) == b""
         assert c_in.closed
+
+
+@pytest.mark.parametrize("buffering", [-1, 0], ids=["buffered", "unbuffered"])
+@pytest.mark.parametrize("timeout", [5.0, None], ids=["deadline", "no-deadline"])
+def test_closing_under_a_waiting_read_closes_a_socket_stream_and_the_peer_sees_eof(
+    pki: Any, buffering: int, timeout: Optional[float]
+) -> None:
+    """close_original over a socket's makefile streams, with another thread's read waiting in
+    the input stream: closing the ports (and the socket) ends that read with EOF, closes the
+    stream and so the socket, and the peer reads its EOF. The stream's read used to stay
+    outstanding (the stream is closed once it returns), so the socket stayed open, the peer,
+    waiting for this end, never saw EOF, and a thread and a descriptor stayed behind for good
+    (with the call's timeout: the receiver thread; without: the reading thread itself)."""
+    listener = sslports.ssl_listen(0, 5, True, "127.0.0.1", pki.server_context())
+    port = sslports.ssl_addresses(listener, True)[1]
+    peer_eof = threading.Event()
+
+    def serve() -> None:
+        i, o = sslports.ssl_accept(listener)
+        o.write(b"hi")
+        o.flush()
+        if i.read(1) == b"":  # (waits for this end's EOF)
+            peer_eof.set()
+        i.close()
+        o.close()
+
+    served = run_in_thread(serve)
+    sock = socket.create_connection(("127.0.0.1", port))
+    rfile, wfile = sock.makefile("rb", buffering), sock.makefile("wb", buffering)
+    try:
+        inp, out = sslports.ports_to_ssl_ports(
+            rfile, wfile, mode="connect", context=pki.client_context(), hostname="localhost",
+            close_original=True, timeout=timeout,
+        )  # fmt: skip
+        assert read_exactly(inp, 2) == b"hi"
+        reading = run_in_thread(lambda: inp.read(10))
+        time.sleep(0.3)  # (the read waits in the stream by now)
+        inp.close()
+        out.close()
+        sock.close()
+        assert reading(10) == b""
+        assert peer_eof.wait(10), "the peer never saw this end's EOF"
+        served(10)
+        deadline = time.monotonic() + 10
+        while not rfile.closed and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert rfile.closed and wfile.closed
+        assert sock.fileno() == -1
+    finally:
+        sock.close()
+        sslports.ssl_close(listener)

@@ -29,6 +29,7 @@ import io
 import itertools
 import os
 import reprlib
+import socket
 import stat
 import sys
 import threading
@@ -561,6 +562,21 @@ def _kernel_backlog(out: Any) -> Callable[[], int]:
     return backlog
 
 
+def _wake_socket_reader(stream: Any) -> None:
+    """close_original, with a read of the input stream still outstanding: if the stream is a
+    socket's (`sock.makefile("rb")`, buffered or not), shut the socket's reading side down, so
+    that the read returns its EOF now and the stream is closed as it returns. Otherwise both
+    would wait for the peer, and a peer that waits for this end's EOF (which only closing
+    the stream and its socket sends) waits forever, as does the thread in the read. Nothing is
+    sent to the peer; what it still sends is dropped, as the closed port would. (A stream of
+    another kind cannot be woken: timeouts.md.)"""
+    raw = getattr(stream, "raw", stream)
+    sock = getattr(raw, "_sock", None) if isinstance(raw, socket.SocketIO) else None
+    if isinstance(sock, socket.socket):
+        with contextlib.suppress(OSError):
+            sock.shutdown(socket.SHUT_RD)
+
+
 class _TransportError(SSLError):
     """The stream under a connection failed (a reset, a broken pipe, a closed file).
 
@@ -997,6 +1013,7 @@ class _StreamTransport:
         with self.close_lock:
             if self.reading:
                 self.close_inp = True
+                _wake_socket_reader(self.inp)
                 return
             self.inp_closed = True  # (a read that had not begun meets EOF)
             try:
@@ -1020,6 +1037,8 @@ class _StreamTransport:
         deferred = False  # the receiver thread closes the input stream (see _Receiver.stop)
         if self.receiver is not None:
             deferred = self.receiver.stop(self.inp if close_original else None)
+            if deferred:
+                _wake_socket_reader(self.inp)
         sender = self.sender
         deadline = _deadline(timeout)
         if close_original:
