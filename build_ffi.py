@@ -27,10 +27,36 @@ def _version() -> str:
     return match.group(1)
 
 
-def _openssl_dirs() -> tuple[list[str], list[str], list[str]]:
+def openssl_prefix() -> Path | None:
+    """The OpenSSL prefix SSLPORTS_OPENSSL_DIR names (None: unset, the system's OpenSSL). One
+    without OpenSSL's headers is refused: a typo would otherwise build against the system's
+    OpenSSL without a word."""
     prefix = os.environ.get("SSLPORTS_OPENSSL_DIR")
     if not prefix:
+        return None
+    if not Path(prefix, "include", "openssl", "ssl.h").is_file():
+        raise RuntimeError(
+            f"SSLPORTS_OPENSSL_DIR={prefix!r} holds no OpenSSL (include/openssl/ssl.h is missing)"
+        )
+    return Path(prefix)
+
+
+def openssl_license() -> Path | None:
+    """The license text of the OpenSSL that SSLPORTS_OPENSSL_DIR names, when it has one
+    (scripts/build_openssl.py copies it there as LICENSE-OpenSSL.txt): setup.py ships it in
+    the wheel, beside the libraries that auditwheel, delocate and delvewheel vendor (the
+    Apache License 2.0 asks for its text with every copy)."""
+    prefix = openssl_prefix()
+    if prefix is None or not (prefix / "LICENSE-OpenSSL.txt").is_file():
+        return None
+    return prefix / "LICENSE-OpenSSL.txt"
+
+
+def _openssl_dirs() -> tuple[list[str], list[str], list[str]]:
+    found = openssl_prefix()
+    if found is None:
         return [], [], []
+    prefix = str(found)
     libdirs = [str(Path(prefix, d)) for d in ("lib64", "lib") if Path(prefix, d).is_dir()]
     rpath = [] if sys.platform == "win32" else libdirs
     return [str(Path(prefix, "include"))], libdirs, rpath

@@ -18,9 +18,23 @@ import platform
 import sys
 
 from setuptools import Extension, setup
+from setuptools.command.build_py import build_py
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # PEP 517 builds: find build_ffi
-from build_ffi import cflags
+from build_ffi import cflags, openssl_license
+
+
+class BuildPyWithOpenSSLLicense(build_py):
+    """A wheel built against SSLPORTS_OPENSSL_DIR (the release wheels, which vendor that
+    OpenSSL) also carries its license text, as sslports/LICENSE-OpenSSL.txt."""
+
+    def run(self):
+        super().run()
+        license_text = openssl_license()
+        if license_text is not None:
+            target = os.path.join(self.build_lib, "sslports", "LICENSE-OpenSSL.txt")
+            self.copy_file(str(license_text), target)
+
 
 ext_modules = []
 if platform.python_implementation() == "CPython":
@@ -33,4 +47,8 @@ if platform.python_implementation() == "CPython":
         )
     )
 
-setup(cffi_modules=["build_ffi.py:ffibuilder"], ext_modules=ext_modules)
+setup(
+    cffi_modules=["build_ffi.py:ffibuilder"],
+    ext_modules=ext_modules,
+    cmdclass={"build_py": BuildPyWithOpenSSLLicense},
+)

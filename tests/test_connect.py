@@ -34,7 +34,7 @@ from conftest import (
 import sslports
 from sslports import SSLError, SSLNetworkError
 
-SRC = str(Path(__file__).resolve().parents[1] / "src")
+SRC = str(Path(sslports.__file__).resolve().parent.parent)  # (the sslports under test)
 
 
 def echo_roundtrip(inp: Any, out: Any, data: bytes) -> bytes:

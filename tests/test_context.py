@@ -20,7 +20,7 @@ from cryptography.hazmat.primitives import serialization
 import sslports
 from sslports import SSLError, SSLNetworkError, SSLUnsupportedError
 
-SRC = str(Path(__file__).resolve().parents[1] / "src")
+SRC = str(Path(sslports.__file__).resolve().parent.parent)  # (the sslports under test)
 
 SEED_CURVES = [
     "sect163k1", "sect163r1", "sect163r2", "sect193r1", "sect193r2", "sect233k1", "sect233r1",

@@ -99,6 +99,24 @@ def test_wrap_closed_socket_fails_at_once() -> None:
     assert time.process_time() - cpu < 10
 
 
+# ssl_wrap_socket() of a socket that is not connected (never connected; a listening socket,
+# in accept mode): the handshake's first write failed with only the errno's text ("connect
+# failed (Broken pipe)", "accept failed (Transport endpoint is not connected)"). Like a
+# closed socket, it is a bad argument, said so; the caller keeps the socket.
+@pytest.mark.parametrize("mode", ["connect", "accept"])
+def test_wrap_unconnected_socket_says_so(mode: str) -> None:
+    with socket.socket() as sock:
+        if mode == "accept":
+            sock.bind(("127.0.0.1", 0))
+            sock.listen()
+        with pytest.raises(ValueError) as info:
+            sslports.ssl_wrap_socket(
+                sock, mode=mode, context=_server_ctx() if mode == "accept" else None, timeout=5
+            )
+        assert str(info.value) == "ssl_wrap_socket: the socket is not connected"
+        assert sock.fileno() >= 0  # (not taken: the caller's still)
+
+
 # ssl_server_context_enable_ecdh("prime256v1"/"secp384r1"): the group list with the usual
 # groups appended named the same curve twice (P-256 / P-384), OpenSSL refused it, and the
 # server was left with that single group: an X25519-only client could no longer connect
@@ -461,3 +479,14 @@ def test_keying_material_on_tls12_takes_what_its_prf_can() -> None:
     finally:
         for p in (cin, cout, sin, sout):
             p.close()
+
+
+# A private_key of the wrong shape: the message lists every form API.md gives, the
+# extension's ("pem-data", bytes) too (it named only 'pem' and 'der').
+@pytest.mark.parametrize("make", ["ssl_make_client_context", "ssl_make_server_context"])
+def test_a_wrong_private_key_lists_every_form(make: str) -> None:
+    with pytest.raises(TypeError) as info:
+        getattr(sslports, make)(private_key="notatuple")
+    assert str(info.value) == (
+        f"{make}: private_key must be ('pem', path), ('der', path), ('pem-data', bytes) or None"
+    )

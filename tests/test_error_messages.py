@@ -342,12 +342,19 @@ def test_a_plain_http_client_is_named_with_its_address(server: Any) -> None:
     [
         (b"GET / HTTP/1.0\r\n\r\n", "http request: the peer sent a plain HTTP request, not TLS"),
         (b"CONNECT a:1 HTTP/1.1\r\n\r\n", "https proxy request: the peer sent an HTTP proxy"),
+        (
+            b"\x15\x03\x03\x00\x02\x01\x00",  # alert (warning): close_notify
+            "(the peer closed the connection with a close_notify alert)",
+        ),
     ],
+    ids=["http", "proxy", "close_notify"],
 )
 def test_a_client_meeting_request_bytes_does_not_blame_a_client(reply: bytes, hint: str) -> None:
     """A client whose server answers with bytes that start as an HTTP request: OpenSSL's
     reason is the same as a server's, and the words must fit this end too (they said "the
-    client sent ... to this TLS port" to the client)."""
+    client sent ... to this TLS port" to the client). A server that answers the ClientHello
+    with a close_notify: OpenSSL gives no reason (SSL_ERROR_ZERO_RETURN), and the message
+    said only that ("OpenSSL gave no reason: SSL_ERROR_ZERO_RETURN")."""
     with socket.create_server((LOCAL, 0)) as listener:
 
         def serve() -> None:

@@ -519,17 +519,22 @@ def test_missing_file_messages(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize(
-    ("ssl_error", "name"),
-    [(1, "SSL_ERROR_SSL"), (5, "SSL_ERROR_SYSCALL"), (6, "SSL_ERROR_ZERO_RETURN")],
+    ("ssl_error", "text"),
+    [
+        (1, "OpenSSL gave no reason: SSL_ERROR_SSL"),
+        (5, "OpenSSL gave no reason: SSL_ERROR_SYSCALL"),
+        (6, "the peer closed the connection with a close_notify alert"),
+    ],
 )
-def test_failure_without_a_reason_still_reads_what_failed(ssl_error: int, name: str) -> None:
+def test_failure_without_a_reason_still_reads_what_failed(ssl_error: int, text: str) -> None:
     """An operation OpenSSL failed with an empty error queue and no errno still gets the
-    "<func>: <what> failed (<text>)" form (it read "write: write failed", nothing more)."""
+    "<func>: <what> failed (<text>)" form (it read "write: write failed", nothing more);
+    SSL_ERROR_ZERO_RETURN, the peer's close_notify, says so."""
     from sslports import _binding
 
     err = _binding.ffi.new("sp_err *")
     _binding.lib.sp_err_reset(err)
     err.ssl_error = ssl_error
     exc = _binding.build_error("write", "write", err, SSLNetworkError)
-    assert str(exc) == f"write: write failed (OpenSSL gave no reason: {name})"
+    assert str(exc) == f"write: write failed ({text})"
     assert isinstance(exc, SSLNetworkError) and exc.openssl_errors == []

@@ -35,7 +35,7 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 import sslports
 from sslports import SSLError
 
-SRC = str(Path(__file__).resolve().parents[1] / "src")
+SRC = str(Path(sslports.__file__).resolve().parent.parent)  # (the sslports under test)
 CHILD_TIMEOUT = 20.0
 
 # The procedures that take a path, each as (name, call(ctx, path)).

@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import re
 import shlex
+import shutil
+import subprocess
 import sys
 from pathlib import Path
 from typing import Any
@@ -93,3 +95,71 @@ def test_cibuildwheel_files_exist() -> None:
     # test-command runs from a temporary directory holding only the test-sources.
     for path in re.findall(r"\S+\.py", config["test-command"]):
         assert path in config["test-sources"], path
+
+
+def _build_ffi() -> Any:
+    sys.path.insert(0, str(ROOT))
+    try:
+        import build_ffi
+    finally:
+        sys.path.remove(str(ROOT))
+    return build_ffi
+
+
+@needs_checkout
+def test_a_wrong_openssl_dir_fails_the_build(tmp_path: Path, monkeypatch: Any) -> None:
+    """SSLPORTS_OPENSSL_DIR naming a directory without OpenSSL's headers (a typo) built
+    against the system's OpenSSL without a word; it now fails, saying why."""
+    build_ffi = _build_ffi()
+    monkeypatch.setenv("SSLPORTS_OPENSSL_DIR", str(tmp_path / "nothing"))
+    with pytest.raises(RuntimeError, match=r"holds no OpenSSL \(include/openssl/ssl.h"):
+        build_ffi.openssl_prefix()
+    monkeypatch.delenv("SSLPORTS_OPENSSL_DIR")
+    assert build_ffi.openssl_prefix() is None and build_ffi.openssl_license() is None
+
+
+@needs_checkout
+def test_a_wheel_with_its_own_openssl_ships_the_openssl_license(
+    tmp_path: Path, monkeypatch: Any
+) -> None:
+    """The release wheels vendor the OpenSSL of SSLPORTS_OPENSSL_DIR (scripts/build_openssl.py
+    copies its LICENSE.txt there as LICENSE-OpenSSL.txt, which no wheel carried): setup.py's
+    build_py puts that file in the package (sslports/LICENSE-OpenSSL.txt)."""
+    build_ffi = _build_ffi()
+    (tmp_path / "include" / "openssl").mkdir(parents=True)
+    (tmp_path / "include" / "openssl" / "ssl.h").write_text("")
+    monkeypatch.setenv("SSLPORTS_OPENSSL_DIR", str(tmp_path))
+    assert build_ffi.openssl_license() is None  # (a prefix of one's own may have none)
+    (tmp_path / "LICENSE-OpenSSL.txt").write_text("Apache License 2.0")
+    assert build_ffi.openssl_license() == tmp_path / "LICENSE-OpenSSL.txt"
+    assert '"LICENSE-OpenSSL.txt"' in (ROOT / "scripts" / "build_openssl.py").read_text()
+    # setup.py's build_py (what a wheel's Python files come from), in a copy of the project
+    tree = tmp_path / "tree"
+    skip = shutil.ignore_patterns("*.so", "*.pyd", "__pycache__", "*.egg-info", ".native-built")
+    tree.mkdir()
+    for name in ("setup.py", "build_ffi.py", "pyproject.toml", "README.md", "LICENSE"):
+        shutil.copy(ROOT / name, tree / name)
+    for name in ("src", "csrc"):
+        shutil.copytree(ROOT / name, tree / name, ignore=skip)
+    subprocess.run(
+        [sys.executable, "setup.py", "-q", "build_py", "--build-lib", str(tmp_path / "lib")],
+        cwd=tree, check=True, capture_output=True, timeout=120,
+    )  # fmt: skip
+    shipped = tmp_path / "lib" / "sslports" / "LICENSE-OpenSSL.txt"
+    assert shipped.read_text() == "Apache License 2.0"
+    assert (tmp_path / "lib" / "sslports" / "net.py").is_file()
+
+
+@needs_checkout
+def test_the_classifiers_name_every_python_a_wheel_is_built_for() -> None:
+    """PyPI's page lists the versions from the classifiers: each CPython of cibuildwheel's
+    build list, no other, and Typing :: Typed (the package ships py.typed)."""
+    with (ROOT / "pyproject.toml").open("rb") as f:
+        project: dict[str, Any] = tomllib.load(f)["project"]
+    classifiers = project["classifiers"]
+    listed = {c.rsplit(" :: ", 1)[1] for c in classifiers if re.fullmatch(r".*:: 3\.\d+", c)}
+    built = {f"3.{m.group(1)}" for b in cibuildwheel()["build"] if (m := re.match(r"cp3(\d+)-", b))}
+    assert listed == built
+    assert f"3.{min(int(v.split('.')[1]) for v in built)}" in project["requires-python"]
+    assert "Typing :: Typed" in classifiers
+    assert (ROOT / "src" / "sslports" / "py.typed").is_file()

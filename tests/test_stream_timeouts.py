@@ -4,7 +4,9 @@ before its fix."""
 
 from __future__ import annotations
 
+import io
 import os
+import socket
 import threading
 from typing import Any
 
@@ -13,6 +15,7 @@ from conftest import read_exactly, run_in_thread, wait_read_under_way
 from test_streams import connect_pair
 
 import sslports
+from sslports import SSLError
 
 
 def _pipes() -> tuple[Any, Any, Any, Any]:
@@ -173,3 +176,27 @@ def test_a_write_the_peer_does_not_read_times_out_as_a_socket_ports_does(pki: An
         p.close()
     for f in (c_in, s_out, s_in, c_out):
         f.close()
+
+
+def test_a_nonblocking_stream_without_data_in_the_handshake_names_the_function_once(
+    pki: Any,
+) -> None:
+    """A raw input stream whose readinto returns None (a non-blocking stream with no data)
+    during the handshake: the message named the function twice ("ports_to_ssl_ports: accept
+    failed (ports_to_ssl_ports: input_port has no data (non-blocking))")."""
+
+    class NoData(io.RawIOBase):
+        def readable(self) -> bool:
+            return True
+
+        def readinto(self, b: Any) -> None:
+            return None
+
+    a, b = socket.socketpair()
+    with a, b, a.makefile("wb", buffering=0) as out, pytest.raises(SSLError) as info:
+        sslports.ports_to_ssl_ports(
+            NoData(), out, mode="accept", context=pki.server_context(), timeout=5
+        )
+    assert str(info.value) == (
+        "ports_to_ssl_ports: accept failed (input_port has no data (non-blocking))"
+    )

@@ -400,7 +400,8 @@ def test_set_verify_port_late_python_client(pki: Pki, servers: list[Server], ver
 
 def test_set_verify_port_late_python_client_without_pha(pki: Pki, servers: list[Server]) -> None:
     """A TLS 1.3 client that did not offer post-handshake authentication cannot be asked:
-    ssl_set_verify raises; ssl_try_verify leaves the connection as it was, unverified."""
+    ssl_set_verify raises, saying so (it gave only OpenSSL's "extension not received");
+    ssl_try_verify leaves the connection as it was, unverified."""
     server = _server(servers, server_context("tls13", pki.server, roots=[pki.root]))
     join = server.accept(_late_server(False, False))
     ctx = _py_client_context(pki, "tls13", cert=True, pha=False)
@@ -413,6 +414,10 @@ def test_set_verify_port_late_python_client_without_pha(pki: Pki, servers: list[
     exc = result.get("error")
     assert isinstance(exc, SSLError)
     assert str(exc).startswith("ssl_set_verify: failed"), str(exc)
+    assert str(exc).endswith(
+        "extension not received: the client did not offer post-handshake authentication "
+        "(TLS 1.3), so it cannot be asked for a certificate after the handshake)"
+    ), str(exc)
 
     join = server.accept(_late_server(True, False))
     answer, error = _py_late_exchange(server.port, ctx)

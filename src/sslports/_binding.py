@@ -68,6 +68,7 @@ def verify_text(code: int) -> str:
 
 
 # SSL_get_error's kinds that can end an operation with an empty error queue.
+_SSL_ERROR_ZERO_RETURN = 6
 _SSL_ERROR_NAMES = {1: "SSL_ERROR_SSL", 5: "SSL_ERROR_SYSCALL", 6: "SSL_ERROR_ZERO_RETURN"}
 
 
@@ -106,6 +107,10 @@ def build_error(
     reason = detail or (errors[-1] if errors else None)
     if reason is None and err.sys_errno:
         reason = strerror(err.sys_errno)
+    if reason is None and err.ssl_error == _SSL_ERROR_ZERO_RETURN:
+        # (the peer's close_notify where an answer was due: during the handshake, since
+        # after it a close_notify is an end of the stream, not a failure)
+        reason = "the peer closed the connection with a close_notify alert"
     if reason is None and err.ssl_error in _SSL_ERROR_NAMES:  # (still say what kind)
         reason = f"OpenSSL gave no reason: {_SSL_ERROR_NAMES[err.ssl_error]}"
     if verify_message and (reason is None or "certificate verify failed" in reason):

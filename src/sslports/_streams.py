@@ -593,7 +593,7 @@ def _transport_error(exc: BaseException) -> _TransportError:
     return _TransportError(reason or type(exc).__name__, errno=errno)
 
 
-_NO_DATA = "ports_to_ssl_ports: input_port has no data (non-blocking)"
+_NO_DATA = "input_port has no data (non-blocking)"
 
 
 # The counts of a readinto into the transport's buffer that are fed (a C-level test of an int):

@@ -20,7 +20,7 @@ import sys
 import threading
 from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Any, Callable, Optional, Union, cast
+from typing import Any, Callable, Optional, Union, cast, overload
 
 from . import _binding
 from ._binding import build_error
@@ -423,7 +423,9 @@ def _load_credentials(
         return
     private_key = _tagged(private_key)
     if not isinstance(private_key, tuple) or len(private_key) != 2:
-        raise TypeError(f"{func}: private_key must be ('pem', path), ('der', path) or None")
+        raise TypeError(
+            f"{func}: private_key must be ('pem', path), ('der', path), ('pem-data', bytes) or None"
+        )
     kind, source = private_key
     if kind in ("pem", "der"):
         data = _read_file(func, source)
@@ -650,7 +652,11 @@ def _platform_default_sources() -> list[VerifySource]:
     return files + dirs
 
 
-def ssl_default_verify_sources(*args: Sequence[VerifySource]) -> Any:
+@overload
+def ssl_default_verify_sources() -> list[VerifySource]: ...
+@overload
+def ssl_default_verify_sources(srcs: Sequence[VerifySource], /) -> None: ...
+def ssl_default_verify_sources(*args: Sequence[VerifySource]) -> Optional[list[VerifySource]]:
     """Get (no argument) or set (one argument) the default verification sources.
 
     Racket: ssl-default-verify-sources (a parameter; here backed by a ContextVar, so a thread

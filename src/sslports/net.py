@@ -16,7 +16,7 @@ import threading
 import weakref
 from _socket import socket as _raw_socket
 from collections.abc import Sequence
-from typing import Any, Callable, Optional, TypeVar, Union
+from typing import Any, Callable, Literal, Optional, TypeVar, Union, overload
 
 from . import _binding
 from ._binding import build_error
@@ -700,7 +700,19 @@ def ssl_accept_enable_break(listener: SSLListener) -> Ports:
     return _accept("ssl_accept_enable_break", listener)
 
 
-def ssl_addresses(p_or_listener: object, port_numbers: bool = False) -> tuple[Any, ...]:
+@overload
+def ssl_addresses(p_or_listener: object, port_numbers: Literal[False] = ...) -> tuple[str, str]: ...
+@overload
+def ssl_addresses(
+    p_or_listener: object, port_numbers: Literal[True]
+) -> tuple[str, int, str, int]: ...
+@overload
+def ssl_addresses(
+    p_or_listener: object, port_numbers: bool
+) -> Union[tuple[str, str], tuple[str, int, str, int]]: ...
+def ssl_addresses(
+    p_or_listener: object, port_numbers: bool = False
+) -> Union[tuple[str, str], tuple[str, int, str, int]]:
     """The local and peer addresses (and ports) of a port or listener.
 
     Racket: ssl-addresses
@@ -732,7 +744,7 @@ def ssl_addresses(p_or_listener: object, port_numbers: bool = False) -> tuple[An
         raise TypeError(f"{func}: expected an SSL port or listener")
     local_host, peer_host = _unmapped(local[0]), _unmapped(peer[0])
     if port_numbers:
-        return (local_host, local[1], peer_host, peer[1])
+        return (local_host, int(local[1]), peer_host, int(peer[1]))
     return (local_host, peer_host)
 
 
@@ -869,6 +881,7 @@ def ssl_wrap_socket(
     Python's ssl and ssl_connect do): what is left of a half-made TLS connection is of no
     use, and the pump has changed its settings.
 
+    :raises ValueError: `sock` is closed or not connected (it stays the caller's).
     :raises SSLNetworkError: the handshake failed (the connection is closed).
     """
     func = "ssl_wrap_socket"
@@ -876,6 +889,10 @@ def ssl_wrap_socket(
         raise TypeError(f"{func}: expected a socket.socket, got {type(sock).__name__}")
     if sock.fileno() < 0:  # (-1 would mean "no socket" to the C layer: a busy loop)
         raise ValueError(f"{func}: the socket is closed")
+    try:
+        sock.getpeername()
+    except OSError:  # (else the handshake's first write failed: "Broken pipe")
+        raise ValueError(f"{func}: the socket is not connected") from None
     ctx, host, wire = wrap_arguments(func, mode, context, encrypt, hostname, alpn)
     timeout = _check_timeout(func, timeout)
     _check_bool(func, "strict_eof", strict_eof)

@@ -95,8 +95,9 @@ def _send_request(
         # records) is still to come: read it, then ask.
         _pump_for_reverify(func, conn, scratch, deadline, lib.sp_reauth_blocked)
     if not status:
-        exc = build_error(func, "", err)
-        if try_only and any(_NO_PHA in line for line in exc.openssl_errors):
+        no_pha = any(_NO_PHA in line for line in _binding.err_lines(err))
+        exc = build_error(func, "", err, hint=_NO_PHA_HINT if no_pha else None)
+        if try_only and no_pha:
             # A TLS 1.3 client that did not offer post-handshake authentication cannot be
             # asked: to ssl_try_verify that is a missing certificate. Nothing was sent, the
             # connection goes on as it was, and ssl_peer_verified tells.
@@ -201,6 +202,10 @@ def _surface_deferred_error(func: str, conn: Connection, scratch: bytearray) -> 
 # SSL_R_EXTENSION_NOT_RECEIVED from SSL_verify_client_post_handshake: the client did not send
 # the post_handshake_auth extension.
 _NO_PHA = ":0A000117:"
+_NO_PHA_HINT = (
+    "the client did not offer post-handshake authentication (TLS 1.3), so it cannot be asked "
+    "for a certificate after the handshake"
+)
 
 
 def ssl_peer_verified(p: object) -> bool:
