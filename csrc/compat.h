@@ -111,12 +111,14 @@ typedef size_t sp_iolen;
 #define sp_flag_get(p) __atomic_load_n((p), __ATOMIC_ACQUIRE)
 #define sp_flag_set(p, v) __atomic_store_n((p), (v), __ATOMIC_RELEASE)
 #define sp_counter_bump(p) ((void)__atomic_add_fetch((p), 1, __ATOMIC_ACQ_REL)) /* (int *) */
+#define sp_counter_drop(p) ((void)__atomic_sub_fetch((p), 1, __ATOMIC_ACQ_REL))
 #else
 /* (MSVC: its volatile accesses are acquire / release on x86 and x64, /volatile:ms being the
  * default there, but not on ARM64, for which no wheel is built: see pyproject.toml) */
 #define sp_flag_get(p) (*(volatile int *)(p))
 #define sp_flag_set(p, v) ((void)(*(volatile int *)(p) = (v)))
 #define sp_counter_bump(p) ((void)InterlockedIncrement((volatile LONG *)(p))) /* (int: 32 bits) */
+#define sp_counter_drop(p) ((void)InterlockedDecrement((volatile LONG *)(p)))
 #endif
 
 #endif /* SP_COMPAT_H */

@@ -72,9 +72,18 @@ static int get_alpn_index(void)
  * (SP_CTX_IN_HANDSHAKE), and a read lock this thread already holds is not taken again
  * (current_step: POSIX and Windows rwlocks may deadlock on a recursive read lock once a writer
  * waits). A sealed context never changes (sp_ctx_config_lock refuses), so its steps take no
- * lock at all. */
+ * lock at all.
+ * After a fork (POSIX): a lock that another thread of the parent held, or was about to take,
+ * stays taken in the child, where that thread does not exist. `users` counts the threads
+ * between wanting the lock and releasing it (never fewer than hold it); the fork handler
+ * marks each context that had any `orphaned`. The child then treats it as sealed for its
+ * readers (no lock: nothing can change it) and refuses changes (SP_CTX_FORKED), where they
+ * waited forever, with no way to interrupt them. */
 typedef struct ctx_guard {
     CRYPTO_RWLOCK *lock;
+    int users;     /* threads taking or holding `lock` (sp_counter_bump / _drop) */
+    int orphaned;  /* set by the fork handler in a child: `lock` may never be released */
+    struct ctx_guard *prev, *next; /* every guard (the fork handlers' list) */
     int sealed;    /* set under the write lock; read without it (sp_flag_get) */
     int keylog;    /* read without the lock by the key-log callback (sp_flag_get) */
     unsigned keys_alone; /* key_slot_bit()s of keys loaded before any certificate of their
@@ -90,11 +99,62 @@ static int guard_made;
  * own: steps nest). */
 static SP_THREAD_LOCAL sp_step *current_step;
 
+#ifndef _WIN32
+static pthread_mutex_t guards_lock = PTHREAD_MUTEX_INITIALIZER;
+static ctx_guard *guards;
+
+static void lock_guards(void)
+{
+    pthread_mutex_lock(&guards_lock);
+}
+
+static void unlock_guards(void)
+{
+    pthread_mutex_unlock(&guards_lock);
+}
+
+/* In the child, the one thread left: a guard that another thread was using is orphaned. */
+static void orphan_used_guards(void)
+{
+    ctx_guard *g;
+    for (g = guards; g != NULL; g = g->next)
+        if (g->users > 0)
+            g->orphaned = 1;
+    pthread_mutex_unlock(&guards_lock);
+}
+
+static void enlist(ctx_guard *g)
+{
+    pthread_mutex_lock(&guards_lock);
+    g->next = guards;
+    if (guards != NULL)
+        guards->prev = g;
+    guards = g;
+    pthread_mutex_unlock(&guards_lock);
+}
+
+static void delist(ctx_guard *g)
+{
+    pthread_mutex_lock(&guards_lock);
+    if (g->prev != NULL)
+        g->prev->next = g->next;
+    else if (guards == g)
+        guards = g->next;
+    if (g->next != NULL)
+        g->next->prev = g->prev;
+    pthread_mutex_unlock(&guards_lock);
+}
+#else /* (no fork) */
+static void enlist(ctx_guard *g) { (void)g; }
+static void delist(ctx_guard *g) { (void)g; }
+#endif
+
 static void free_guard(void *parent, void *ptr, CRYPTO_EX_DATA *ad, int idx, long argl, void *argp)
 {
     ctx_guard *g = ptr;
     (void)parent, (void)ad, (void)idx, (void)argl, (void)argp;
     if (g != NULL) {
+        delist(g);
         CRYPTO_THREAD_lock_free(g->lock);
         free(g);
     }
@@ -102,8 +162,39 @@ static void free_guard(void *parent, void *ptr, CRYPTO_EX_DATA *ad, int idx, lon
 
 static int make_guard_index(void)
 {
+#ifndef _WIN32
+    static int fork_handlers; /* (installed once: sp_once runs this again after a failure) */
+    if (!fork_handlers && pthread_atfork(lock_guards, unlock_guards, orphan_used_guards) != 0)
+        return 0;
+    fork_handlers = 1;
+#endif
     guard_index = SSL_CTX_get_ex_new_index(0, NULL, NULL, NULL, free_guard);
     return guard_index >= 0;
+}
+
+/* The guard's lock, counted in `users` from before it is asked for to after it is released. */
+static int read_lock(ctx_guard *g)
+{
+    sp_counter_bump(&g->users);
+    if (CRYPTO_THREAD_read_lock(g->lock))
+        return 1;
+    sp_counter_drop(&g->users);
+    return 0;
+}
+
+static int write_lock(ctx_guard *g)
+{
+    sp_counter_bump(&g->users);
+    if (CRYPTO_THREAD_write_lock(g->lock))
+        return 1;
+    sp_counter_drop(&g->users);
+    return 0;
+}
+
+static void unlock(ctx_guard *g)
+{
+    CRYPTO_THREAD_unlock(g->lock);
+    sp_counter_drop(&g->users);
 }
 
 static ctx_guard *guard_of(const SSL_CTX *ctx)
@@ -122,9 +213,11 @@ static int attach_guard(SSL_CTX *ctx)
     g->lock = CRYPTO_THREAD_lock_new();
     if (g->lock == NULL || RAND_bytes(g->tag, (int)sizeof g->tag) != 1
         || !SSL_CTX_set_ex_data(ctx, guard_index, g)) {
-        free_guard(NULL, g, NULL, 0, 0, NULL);
+        CRYPTO_THREAD_lock_free(g->lock);
+        free(g);
         return 0;
     }
+    enlist(g);
     return 1;
 }
 
@@ -143,7 +236,7 @@ static int held_here(const SSL_CTX *ctx)
 static ctx_guard *guard_to_read(const SSL_CTX *ctx)
 {
     ctx_guard *g = guard_of(ctx);
-    if (g == NULL || sp_flag_get(&g->sealed) || held_here(ctx))
+    if (g == NULL || sp_flag_get(&g->sealed) || g->orphaned || held_here(ctx))
         return NULL;
     return g;
 }
@@ -155,10 +248,12 @@ int sp_ctx_config_lock(SSL_CTX *ctx)
         return -1;
     if (held_here(ctx))
         return sp_flag_get(&g->sealed) ? 0 : SP_CTX_IN_HANDSHAKE;
-    if (!CRYPTO_THREAD_write_lock(g->lock))
+    if (g->orphaned)
+        return sp_flag_get(&g->sealed) ? 0 : SP_CTX_FORKED;
+    if (!write_lock(g))
         return -1;
     if (g->sealed) {
-        CRYPTO_THREAD_unlock(g->lock);
+        unlock(g);
         return 0;
     }
     return 1;
@@ -166,7 +261,7 @@ int sp_ctx_config_lock(SSL_CTX *ctx)
 
 void sp_ctx_config_unlock(SSL_CTX *ctx)
 {
-    CRYPTO_THREAD_unlock(guard_of(ctx)->lock);
+    unlock(guard_of(ctx));
 }
 
 void sp_ctx_seal(SSL_CTX *ctx)
@@ -174,11 +269,12 @@ void sp_ctx_seal(SSL_CTX *ctx)
     ctx_guard *g = guard_of(ctx);
     if (g == NULL)
         return;
-    if (held_here(ctx)) { /* (from a callback of its own handshake: no change is in progress) */
+    /* (from a callback of its own handshake, or orphaned: no change can be in progress) */
+    if (held_here(ctx) || g->orphaned) {
         sp_flag_set(&g->sealed, 1);
-    } else if (CRYPTO_THREAD_write_lock(g->lock)) {
+    } else if (write_lock(g)) {
         sp_flag_set(&g->sealed, 1);
-        CRYPTO_THREAD_unlock(g->lock);
+        unlock(g);
     }
 }
 
@@ -188,10 +284,10 @@ SSL *sp_ctx_new_ssl(SSL_CTX *ctx)
     SSL *ssl;
     if (g == NULL)
         return SSL_new(ctx);
-    if (!CRYPTO_THREAD_read_lock(g->lock))
+    if (!read_lock(g))
         return NULL;
     ssl = SSL_new(ctx);
-    CRYPTO_THREAD_unlock(g->lock);
+    unlock(g);
     return ssl;
 }
 
@@ -202,7 +298,7 @@ void sp_ctx_step_begin(SSL *ssl, sp_step *st)
     st->outer = current_step;
     st->locked = NULL;
     /* (a lock that cannot be taken, a pthread error, leaves the step unguarded, as before) */
-    if (g != NULL && CRYPTO_THREAD_read_lock(g->lock))
+    if (g != NULL && read_lock(g))
         st->locked = ctx;
     current_step = st;
 }
@@ -210,7 +306,7 @@ void sp_ctx_step_begin(SSL *ssl, sp_step *st)
 void sp_ctx_step_end(sp_step *st)
 {
     if (st->locked != NULL)
-        CRYPTO_THREAD_unlock(guard_of(st->locked)->lock);
+        unlock(guard_of(st->locked));
     current_step = st->outer;
 }
 
@@ -228,19 +324,19 @@ int sp_ctx_switch_ssl(SSL *ssl, SSL_CTX *to)
     int ok;
     /* Inside a step (the SNI callback): the rest of it reads `to`, not the old context. */
     if (st != NULL && st->locked == SSL_get_SSL_CTX(ssl) && st->locked != to) {
-        CRYPTO_THREAD_unlock(guard_of(st->locked)->lock);
+        unlock(guard_of(st->locked));
         st->locked = NULL;
     }
     g = guard_to_read(to);
     if (g == NULL)
         return SSL_set_SSL_CTX(ssl, to) != NULL;
-    if (!CRYPTO_THREAD_read_lock(g->lock))
+    if (!read_lock(g))
         return 0;
     ok = SSL_set_SSL_CTX(ssl, to) != NULL;
     if (st != NULL && st->locked == NULL)
         st->locked = to; /* (released by sp_ctx_step_end) */
     else
-        CRYPTO_THREAD_unlock(g->lock);
+        unlock(g);
     return ok;
 }
 
@@ -403,7 +499,7 @@ static int select_alpn(SSL *ssl, const unsigned char **out, unsigned char *outle
     (void)arg;
     /* (under the context's read lock: ssl_set_server_alpn replaces and frees the policy under
      * its write lock, sp_ctx_set_server_alpn) */
-    if (g != NULL && !CRYPTO_THREAD_read_lock(g->lock))
+    if (g != NULL && !read_lock(g))
         return SSL_TLSEXT_ERR_ALERT_FATAL;
     policy = SSL_CTX_get_ex_data(ctx, alpn_index);
     if (policy != NULL) {
@@ -426,7 +522,7 @@ static int select_alpn(SSL *ssl, const unsigned char **out, unsigned char *outle
         }
     }
     if (g != NULL)
-        CRYPTO_THREAD_unlock(g->lock);
+        unlock(g);
     return result;
 }
 

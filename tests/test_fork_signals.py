@@ -499,6 +499,75 @@ def test_child_is_not_stuck_on_a_lock_another_thread_held_at_fork(held: str, tmp
         holder.join(10)
 
 
+@threads_after_a_threaded_fork
+def test_a_context_another_thread_used_at_fork_is_refused_changes_in_the_child() -> None:
+    """fork() while another thread is inside a handshake step of an unsealed context (here its
+    SNI callback, which runs under the context's read lock): in the child that lock is taken
+    for good, and a change of the context (ssl_set_ciphers) waited for it forever, where
+    Ctrl-C could not end it. The change now raises SSLError at once; handshakes with the
+    context and sealing it work in the child."""
+    ctx, other = server_context(), server_context()
+    inside, release = threading.Event(), threading.Event()
+
+    def pick(name: str) -> Any:
+        if name == "slow.example":
+            inside.set()
+            release.wait(30)
+        return other
+
+    sslports.ssl_set_server_name_identification_callback(ctx, pick)
+    lst = sslports.ssl_listen(0, 16, True, LOCAL, ctx)
+    port = sslports.ssl_addresses(lst, True)[1]
+    accepted: list[Any] = []
+    server = threading.Thread(target=lambda: accepted.append(sslports.ssl_accept(lst)))
+    server.start()
+    client_ctx = sslports.ssl_make_client_context()
+    slow = threading.Thread(
+        target=lambda: accepted.append(
+            sslports.ssl_wrap_socket(
+                socket.create_connection((LOCAL, port)), hostname="slow.example",
+                context=client_ctx, timeout=30,
+            )
+        )
+    )  # fmt: skip
+    slow.start()
+
+    def child() -> str:
+        got: dict[str, Any] = {}
+        t = threading.Thread(target=lambda: got.setdefault("s", sslports.ssl_accept(lst)))
+        t.start()
+        cin, cout = sslports.ssl_connect(LOCAL, port, client_ctx, timeout=10)
+        t.join(10)
+        sin, sout = got["s"]
+        check_talks(cin, cout, sin, sout, b"child")
+        close_all(cin, cout, sin, sout)
+        try:
+            sslports.ssl_set_ciphers(ctx, "DEFAULT")
+        except sslports.SSLError as exc:
+            message = str(exc)
+        else:
+            message = "changed"
+        sslports.ssl_seal_context(ctx)
+        return message
+
+    try:
+        assert inside.wait(20)
+        in_the_child = in_child(child)
+    finally:
+        release.set()
+        slow.join(30)
+        server.join(30)
+        for pair in accepted:
+            close_all(*pair)
+        lst.close()
+    assert in_the_child == (
+        "ssl_set_ciphers: cannot change a context that another thread was using when this "
+        "process forked (seal contexts before forking)"
+    )
+    assert len(accepted) == 2  # (the parent's handshake went on once the callback returned)
+    sslports.ssl_set_ciphers(ctx, "DEFAULT")  # (in the parent the lock is released: it works)
+
+
 # A stand-in for OpenSSL's SSL_SESSION_is_resumable, which the client session cache calls with
 # its lock held (sp_session_lookup): once armed, its first call reports on a descriptor and
 # sleeps, so that a fork() lands while another thread is inside the cache.

@@ -283,6 +283,11 @@ class _Context(NotCopyable):
             raise SSLError(f"{func}: context is sealed")
         if state == lib.SP_CTX_IN_HANDSHAKE:  # (it would wait for its own handshake)
             raise SSLError(f"{func}: cannot change a context from a callback of its own handshake")
+        if state == lib.SP_CTX_FORKED:  # (it would wait for a thread this process does not have)
+            raise SSLError(
+                f"{func}: cannot change a context that another thread was using when this "
+                "process forked (seal contexts before forking)"
+            )
         if state < 0:
             raise MemoryError(f"{func}: cannot lock the context")
         try:
