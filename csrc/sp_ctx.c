@@ -173,22 +173,23 @@ static int make_guard_index(void)
 }
 
 /* The guard's lock, counted in `users` from before it is asked for to after it is released. */
-static int read_lock(ctx_guard *g)
+static int take_lock(ctx_guard *g, int write)
 {
     sp_counter_bump(&g->users);
-    if (CRYPTO_THREAD_read_lock(g->lock))
+    if (write ? CRYPTO_THREAD_write_lock(g->lock) : CRYPTO_THREAD_read_lock(g->lock))
         return 1;
     sp_counter_drop(&g->users);
     return 0;
 }
 
+static int read_lock(ctx_guard *g)
+{
+    return take_lock(g, 0);
+}
+
 static int write_lock(ctx_guard *g)
 {
-    sp_counter_bump(&g->users);
-    if (CRYPTO_THREAD_write_lock(g->lock))
-        return 1;
-    sp_counter_drop(&g->users);
-    return 0;
+    return take_lock(g, 1);
 }
 
 static void unlock(ctx_guard *g)
