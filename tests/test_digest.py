@@ -635,6 +635,44 @@ def test_misbehaving_readinto_is_reported() -> None:
         md5(NotInt())
 
 
+class _AgreeingInt(int):
+    """An int whose comparisons say yes to anything (`0 <= n <= limit` asks them)."""
+
+    def __le__(self, other: object) -> bool:
+        return True
+
+    def __ge__(self, other: object) -> bool:
+        return True
+
+
+@pytest.mark.parametrize("func", [sha1_bytes, md5_bytes])
+def test_a_readinto_count_is_checked_by_its_value(func: Any) -> None:
+    """A readinto that returned an int subclass whose comparisons lie passed the range check:
+    the digest then hashed that many bytes of memory past its 256 KiB block (a wrong digest
+    of whatever lay there, or a crash: a segfault with 1000 MB). Its value is checked now;
+    an honest subclass is still a count."""
+
+    class Lying:
+        def readinto(self, b: Any) -> int:
+            return _AgreeingInt(4000 * len(b))
+
+    with pytest.raises(OSError, match=rf"^{func.__name__}: readinto\(\) returned \d+, outside"):
+        func(Lying())
+
+    class Honest(io.RawIOBase):
+        def __init__(self, data: bytes) -> None:
+            self.data = io.BytesIO(data)
+
+        def readable(self) -> bool:
+            return True
+
+        def readinto(self, b: Any) -> int:
+            return type("Count", (int,), {})(self.data.readinto(b))
+
+    data = random_bytes(600_000, seed=7)
+    assert func(Honest(data)) == func(data)
+
+
 # ---- hex helpers ---------------------------------------------------------------------------
 
 

@@ -147,6 +147,45 @@ def test_a_broken_read_result_fails_every_later_read(pki: Any, timeout: Optional
         assert "input_port's readinto returned 1048576 for a buffer of" in str(again.value)
 
 
+class _EqualToAll(int):
+    """An int whose == says yes to anything: `n in range(...)` asks it for a non-exact int."""
+
+    def __eq__(self, other: object) -> bool:
+        return True
+
+    __hash__ = int.__hash__
+
+
+class _CountSubclassReading(Misreading):
+    """A stream whose readinto returns its (true) counts as an int subclass."""
+
+    def _readinto(self, b: Any) -> Any:
+        n = super()._readinto(b)
+        return type("Count", (int,), {})(n) if type(n) is int else n
+
+
+@TIMEOUTS
+def test_a_read_count_is_checked_by_its_value(pki: Any, timeout: Optional[float]) -> None:
+    """A readinto count of an int subclass whose == says yes to everything passed the range
+    check of the pump's feed: sp_feed copied that many bytes out of the transport's 64 KiB
+    buffer (a heap over-read, under ASan; a segfault with a larger count). The count's value is
+    checked now, as an int's, and the read is the broken stream it is. A stream whose counts
+    are honest int subclasses still reads."""
+    with misreading_pair(pki, "readinto", timeout) as (client, server, stream):
+        server[1].write(b"hello")
+        server[1].flush()
+        stream.returns = _EqualToAll(4 * 65536)
+        with pytest.raises(SSLError) as info:
+            client[0].read(5)
+        assert str(info.value) == (
+            "read: read failed (input_port's readinto returned 262144 for a buffer of 65536 bytes)"
+        )
+    with misreading_pair(pki, "readinto", timeout, _CountSubclassReading) as (client, server, _):
+        server[1].write(b"hello" * 5000)
+        server[1].flush()
+        assert client[0].read(25000) == b"hello" * 5000
+
+
 # -- 3. data that arrives after the ports were closed under a read ---------------------------
 
 

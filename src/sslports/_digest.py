@@ -325,6 +325,7 @@ def _wait_readable(port: Any, func: str) -> None:
 def _check_count(count: object, limit: int, func: str) -> int:
     if not isinstance(count, int) or isinstance(count, bool):
         raise TypeError(f"{func}: readinto() returned {type(count).__name__}, expected int")
+    count = int.__index__(count)  # (its value: an int subclass's comparisons could pass any)
     if not 0 <= count <= limit:
         raise OSError(f"{func}: readinto() returned {count}, outside 0..{limit}")
     return count

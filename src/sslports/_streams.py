@@ -27,6 +27,7 @@ import errno
 import functools
 import io
 import itertools
+import operator
 import os
 import reprlib
 import socket
@@ -598,7 +599,18 @@ _NO_DATA = "input_port has no data (non-blocking)"
 
 # The counts of a readinto into the transport's buffer that are fed (a C-level test of an int):
 # not one beyond the buffer or negative (a broken stream's; 0, EOF, and None are filtered first).
+# Each count is made a plain int first (_count_of, as C calls in feed's chain): an int subclass's
+# own comparisons could pass any value (one whose == says yes to everything is "in" the range),
+# and sp_feed would copy that many bytes out of the 64 KiB buffer.
 _FEEDABLE = range(1, _TRANSPORT_CHUNK + 1)
+
+
+def _count_of(n: Any) -> int:
+    """A read count as a plain int, its value as int itself holds it (not as an int subclass's
+    comparisons, __index__ or __bool__ tell it); TypeError when `n` is no integer. (On 3.9
+    operator.index may return a subclass: int.__index__ copies its value.)"""
+    return int.__index__(operator.index(n))
+
 
 _NOT_READ = object()  # (the stream's read raised: it returned nothing)
 
@@ -639,7 +651,10 @@ def _is_end(returned: Any, counts: bool) -> bool:
     """A read's result that is the end of the stream: 0 from a readinto (`counts`), an empty
     bytes-like object from a read."""
     if counts:
-        return isinstance(returned, int) and returned == 0
+        try:
+            return _count_of(returned) == 0
+        except TypeError:
+            return False
     try:
         with memoryview(returned) as view:
             return view.nbytes == 0
@@ -657,13 +672,16 @@ def _read_stream(
     it): a buffer of the bytes read, empty at EOF."""
     data: Any
     if readinto is not None:
-        n = readinto(view)
-        try:
-            if n is not None and not 0 <= n <= len(view):
+        returned = readinto(view)
+        data = None
+        if returned is not None:
+            try:
+                n = _count_of(returned)
+            except TypeError:  # (no integer: a str, a float)
+                raise _bad_count(returned, len(view), method) from None
+            if not 0 <= n <= len(view):
                 raise _bad_count(n, len(view), method)
-            data = None if n is None else view[:n]
-        except TypeError:  # (no int: the comparison or the slice refused it)
-            raise _bad_count(n, len(view), method) from None
+            data = view[:n]
     else:
         assert read is not None
         data = read(_TRANSPORT_CHUNK)
@@ -971,7 +989,8 @@ class _StreamTransport:
             if feed is None or feed.args[0] is not conn:
                 feed = functools.partial(lib.sp_feed, conn, _binding.ffi.from_buffer(self.buf))
                 self.feed_buf = feed
-            feeds = map(feed, filter(_FEEDABLE.__contains__, filter(None, raw)))
+            counted = map(int.__index__, map(operator.index, filter(None, raw)))  # (_count_of)
+            feeds = map(feed, filter(_FEEDABLE.__contains__, counted))
         else:
             # (any bytes-like object; the length of its char[] view is its size in bytes, not
             # its len(): an array('I') counts items)
