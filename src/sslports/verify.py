@@ -348,6 +348,7 @@ def ssl_export_keying_material(
         raise TypeError(f"{func}: label must be bytes")
     if isinstance(length, bool) or not isinstance(length, int):
         raise TypeError(f"{func}: length must be an int")
+    length = int.__index__(length)  # (its value: an int subclass's comparisons could pass any)
     if not 1 <= length <= 1 << 16:
         raise ValueError(f"{func}: length must be in 1..65536")
     if context is not None and not isinstance(context, (bytes, bytearray)):
