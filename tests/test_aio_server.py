@@ -7,6 +7,7 @@ import asyncio
 import contextlib
 import socket
 import sys
+import time
 from typing import Any
 
 import pytest
@@ -59,6 +60,52 @@ def test_server_answers_a_client_that_half_closed(loop_kind: str) -> None:
             return await asyncio.wait_for(asyncio.to_thread(client, port), 10)  # type: ignore[no-any-return]
 
     assert run(loop_kind, main) == b"HELLO\n"
+
+
+@pytest.mark.parametrize("loop_kind", LOOPS)
+def test_a_bare_fin_ends_an_aio_connection(loop_kind: str) -> None:
+    """A client's TCP EOF without close_notify ends the server's connection, as on asyncio's
+    TLS transport (docs/guide/asyncio.md): the reader gets b"", and what the handler writes
+    after it fails at drain() with SSLNetworkError rather than vanishing."""
+    seen: list[object] = []
+
+    async def handler(reader: aio.SSLStreamReader, writer: aio.SSLStreamWriter) -> None:
+        seen.append(await reader.read())
+        await asyncio.sleep(0.2)
+        writer.write(b"late answer")
+        try:
+            await writer.drain()
+            seen.append("drained")
+        except S.SSLNetworkError as exc:
+            seen.append(type(exc))
+        writer.close()
+
+    def client(port: int) -> None:
+        with contextlib.ExitStack() as stack:
+            sock = stack.enter_context(socket.create_connection(("127.0.0.1", port), timeout=10))
+            raw_in = stack.enter_context(sock.makefile("rb"))
+            raw_out = stack.enter_context(sock.makefile("wb"))
+            inp, out = S.ports_to_ssl_ports(
+                raw_in, raw_out, mode="connect", context=client_context(), hostname="localhost"
+            )
+            with inp, out:
+                out.write(b"hello\n")
+                out.flush()
+                sock.shutdown(socket.SHUT_WR)  # (no close_notify)
+                time.sleep(0.5)
+
+    async def main() -> None:
+        server = await aio.start_ssl_server(handler, "127.0.0.1", 0, server_context())
+        async with server:
+            port = server.sockets[0].getsockname()[1]
+            await asyncio.wait_for(asyncio.to_thread(client, port), 10)
+            for _ in range(100):
+                if len(seen) == 2:
+                    break
+                await asyncio.sleep(0.02)
+
+    run(loop_kind, main)
+    assert seen == [b"hello\n", S.SSLNetworkError]
 
 
 @pytest.mark.parametrize("loop_kind", LOOPS)
