@@ -7,7 +7,6 @@ import asyncio
 import contextlib
 import socket
 import sys
-import time
 from typing import Any
 
 import pytest
@@ -15,6 +14,30 @@ from test_aio import LOOPS, client_context, run, server_context
 
 import sslports as S
 from sslports import aio
+
+
+def _half_closing_client(port: int, close_notify: bool) -> bytes:
+    """Send a request, close the output port (with close_notify if `close_notify`), half-close
+    TCP, and read the answer until the server's end."""
+    # The makefile() streams are the caller's (close_original=False): closed before the
+    # socket, or its fd stays open until the collector finds them.
+    with contextlib.ExitStack() as stack:
+        sock = stack.enter_context(socket.create_connection(("127.0.0.1", port), timeout=10))
+        raw_in = stack.enter_context(sock.makefile("rb"))
+        raw_out = stack.enter_context(sock.makefile("wb"))
+        inp, out = S.ports_to_ssl_ports(
+            raw_in,
+            raw_out,
+            mode="connect",
+            context=client_context(),
+            hostname="localhost",
+            shutdown_on_close=close_notify,
+        )
+        with inp, out:
+            out.write(b"hello\n")
+            out.close()  # (close_notify if asked)
+            sock.shutdown(socket.SHUT_WR)  # and the TCP half-close
+            return inp.read()
 
 
 @pytest.mark.parametrize("loop_kind", LOOPS)
@@ -32,32 +55,11 @@ def test_server_answers_a_client_that_half_closed(loop_kind: str) -> None:
         await writer.drain()
         writer.close()
 
-    def client(port: int) -> bytes:
-        # The makefile() streams are the caller's (close_original=False): closed before the
-        # socket, or its fd stays open until the collector finds them.
-        with contextlib.ExitStack() as stack:
-            sock = stack.enter_context(socket.create_connection(("127.0.0.1", port), timeout=10))
-            raw_in = stack.enter_context(sock.makefile("rb"))
-            raw_out = stack.enter_context(sock.makefile("wb"))
-            inp, out = S.ports_to_ssl_ports(
-                raw_in,
-                raw_out,
-                mode="connect",
-                context=client_context(),
-                hostname="localhost",
-                shutdown_on_close=True,
-            )
-            with inp, out:
-                out.write(b"hello\n")
-                out.close()  # close_notify
-                sock.shutdown(socket.SHUT_WR)  # and the TCP half-close
-                return inp.read()
-
     async def main() -> bytes:
         server = await aio.start_ssl_server(handler, "127.0.0.1", 0, server_context())
         async with server:
             port = server.sockets[0].getsockname()[1]
-            return await asyncio.wait_for(asyncio.to_thread(client, port), 10)  # type: ignore[no-any-return]
+            return await asyncio.wait_for(asyncio.to_thread(_half_closing_client, port, True), 10)
 
     assert run(loop_kind, main) == b"HELLO\n"
 
@@ -80,31 +82,18 @@ def test_a_bare_fin_ends_an_aio_connection(loop_kind: str) -> None:
             seen.append(type(exc))
         writer.close()
 
-    def client(port: int) -> None:
-        with contextlib.ExitStack() as stack:
-            sock = stack.enter_context(socket.create_connection(("127.0.0.1", port), timeout=10))
-            raw_in = stack.enter_context(sock.makefile("rb"))
-            raw_out = stack.enter_context(sock.makefile("wb"))
-            inp, out = S.ports_to_ssl_ports(
-                raw_in, raw_out, mode="connect", context=client_context(), hostname="localhost"
-            )
-            with inp, out:
-                out.write(b"hello\n")
-                out.flush()
-                sock.shutdown(socket.SHUT_WR)  # (no close_notify)
-                time.sleep(0.5)
-
-    async def main() -> None:
+    async def main() -> bytes:
         server = await aio.start_ssl_server(handler, "127.0.0.1", 0, server_context())
         async with server:
             port = server.sockets[0].getsockname()[1]
-            await asyncio.wait_for(asyncio.to_thread(client, port), 10)
+            got = await asyncio.wait_for(asyncio.to_thread(_half_closing_client, port, False), 10)
             for _ in range(100):
                 if len(seen) == 2:
                     break
                 await asyncio.sleep(0.02)
+            return got  # type: ignore[no-any-return]
 
-    run(loop_kind, main)
+    assert run(loop_kind, main) == b""  # (the server's EOF, no answer)
     assert seen == [b"hello\n", S.SSLNetworkError]
 
 
