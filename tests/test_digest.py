@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any, Callable, Optional
 
 import pytest
-from conftest import Pki, connected_ports, wait_until
+from conftest import AgreeingInt, Pki, connected_ports, wait_until
 
 from sslports import _binding, _digest
 from sslports.md5 import md5, md5_bytes
@@ -635,16 +635,6 @@ def test_misbehaving_readinto_is_reported() -> None:
         md5(NotInt())
 
 
-class _AgreeingInt(int):
-    """An int whose comparisons say yes to anything (`0 <= n <= limit` asks them)."""
-
-    def __le__(self, other: object) -> bool:
-        return True
-
-    def __ge__(self, other: object) -> bool:
-        return True
-
-
 @pytest.mark.parametrize("func", [sha1_bytes, md5_bytes])
 def test_a_readinto_count_is_checked_by_its_value(func: Any) -> None:
     """A readinto that returned an int subclass whose comparisons lie passed the range check:
@@ -654,7 +644,7 @@ def test_a_readinto_count_is_checked_by_its_value(func: Any) -> None:
 
     class Lying:
         def readinto(self, b: Any) -> int:
-            return _AgreeingInt(4000 * len(b))
+            return AgreeingInt(4000 * len(b))
 
     with pytest.raises(OSError, match=rf"^{func.__name__}: readinto\(\) returned \d+, outside"):
         func(Lying())
