@@ -671,13 +671,41 @@ static void note_verify_failure(sp_conn *c, X509_STORE_CTX *store, int e)
     c->vfail_code = e;
 }
 
+/* 1 when the leaf has a subjectAltName that cannot be decoded (malformed, two of them, or
+ * out of memory). OpenSSL's name check then reads the CN, which RFC 6125 (and
+ * sp_peer_check_hostname) says the subjectAltName replaces: a certificate for "victim.example"
+ * by its CN alone, with names nobody can read beside it. Such a leaf never verifies as a chain
+ * (OpenSSL marks it invalid), so only a handshake that checks the name but not the chain
+ * (ssl_set_verify_hostname without ssl_set_verify) would take it. */
+static int unreadable_names(X509_STORE_CTX *store)
+{
+    X509 *leaf = X509_STORE_CTX_get_current_cert(store);
+    int found = -1, unreadable;
+    GENERAL_NAMES *sans;
+    if (leaf == NULL || X509_get_ext_by_NID(leaf, NID_subject_alt_name, -1) < 0)
+        return 0;
+    ERR_set_mark(); /* (its reasons are no error of the handshake's: the mismatch is) */
+    sans = X509_get_ext_d2i(leaf, NID_subject_alt_name, &found, NULL);
+    ERR_pop_to_mark();
+    unreadable = sans == NULL && found != -1;
+    GENERAL_NAMES_free(sans);
+    return unreadable;
+}
+
 static int verify_callback(int ok, X509_STORE_CTX *store)
 {
     SSL *ssl = X509_STORE_CTX_get_ex_data(store, SSL_get_ex_data_X509_STORE_CTX_idx());
     sp_conn *c = ssl ? sp_conn_from_ssl(ssl) : NULL;
-    int e;
-    if (c != NULL && X509_STORE_CTX_get_error_depth(store) == 0 && SSL_is_server(ssl))
+    int e, leaf = X509_STORE_CTX_get_error_depth(store) == 0;
+    if (c != NULL && leaf && SSL_is_server(ssl))
         no_ticket_for_a_huge_client(ssl, store);
+    /* (at depth 0 OpenSSL calls us with ok = 1 once the chain's checks, the name's among
+     * them, are done) */
+    if (ok && c != NULL && leaf && (c->verify_flags & SP_VERIFY_HOSTNAME) && c->checks_dns_name
+        && unreadable_names(store)) {
+        X509_STORE_CTX_set_error(store, X509_V_ERR_HOSTNAME_MISMATCH);
+        ok = 0;
+    }
     if (ok || c == NULL)
         return ok;
     e = X509_STORE_CTX_get_error(store);
@@ -783,10 +811,12 @@ int sp_conn_set_host(sp_conn *c, const char *host, int is_ip, int send_sni, int 
         unsigned char md[EVP_MAX_MD_SIZE];
         unsigned int n = 0;
         X509_VERIFY_PARAM_set_hostflags(param, X509_CHECK_FLAG_NO_PARTIAL_WILDCARDS);
-        if (is_ip)
+        if (is_ip) {
             ok = X509_VERIFY_PARAM_set1_ip_asc(param, host);
-        else
+        } else {
             ok = X509_VERIFY_PARAM_set1_host(param, host, 0);
+            c->checks_dns_name = ok;
+        }
         if (ok && SSL_is_server(c->ssl)) /* (a client's name check needs neither) */
             ok = EVP_Digest(host, strlen(host), md, &n, EVP_sha256(), NULL) && n >= SP_HOST_TAG_LEN;
         if (ok && n > 0) {

@@ -16,6 +16,7 @@ struct sp_conn {
     int socket_mode;
     int verify_flags;
     int checks_host; /* sp_conn_set_host set a name (or address) to check (ssl_lock) */
+    int checks_dns_name; /* ... a DNS name, for the handshake to check (ssl_lock) */
     unsigned char host_tag[SP_HOST_TAG_LEN]; /* ... its digest (a server's session id context) */
     unsigned identity; /* its context's identity count when the SSL took its certificate
                           (sp_ctx_identity; a server's session id context) */

@@ -35,28 +35,49 @@ int sp_peer_verified(sp_conn *c)
     return ok;
 }
 
-/* Append one entry: a 4-byte big-endian length, then the bytes (which may hold a NUL: a
- * DNS SAN "good.example\0.evil.test" must stay one name, never split into two). Returns the
- * new length, even past cap, so the caller can size a retry. */
-static size_t put_name(char *out, size_t cap, size_t used, const unsigned char *s, size_t len)
+/* err says why, in our words (no OpenSSL error to report). */
+static void fail(sp_err *err, const char *why)
+{
+    size_t n = strlen(why);
+    if (n >= sizeof err->text)
+        n = sizeof err->text - 1;
+    memcpy(err->text, why, n);
+    err->text[n] = '\0';
+    err->nerrs = 1;
+}
+
+/* The names of a certificate, written into out as they come: each entry a 4-byte big-endian
+ * length, then the bytes (which may hold a NUL: a DNS SAN "good.example\0.evil.test" must stay
+ * one name, never split into two). An entry that does not fit is left out and a later one
+ * that does still goes in (an error message shows what fits); `need` counts them all, so a
+ * caller can size a retry, and `count` too. */
+typedef struct name_list {
+    char *out;
+    size_t cap, written, need, count;
+} name_list;
+
+static void put_name(name_list *l, const unsigned char *s, size_t len)
 {
     if ((unsigned long long)len > 0xffffffffull)
-        return used;
-    if (used + 4 + len <= cap) {
-        unsigned char *p = (unsigned char *)out + used;
+        return;
+    l->need += 4 + len;
+    l->count++;
+    if (len <= l->cap && l->written + 4 <= l->cap - len) {
+        unsigned char *p = (unsigned char *)l->out + l->written;
         p[0] = (unsigned char)(len >> 24);
         p[1] = (unsigned char)(len >> 16);
         p[2] = (unsigned char)(len >> 8);
         p[3] = (unsigned char)len;
         if (len > 0)
             memcpy(p + 4, s, len);
+        l->written += 4 + len;
     }
-    return used + 4 + len;
 }
 
 /* An IP SAN as text: dotted quad, or RFC 5952 IPv6 (lower-case hex, no leading zeros, the
- * first longest run of two or more zero groups as "::"), as Python's ipaddress prints it. */
-static size_t put_ip(char *out, size_t cap, size_t used, const ASN1_OCTET_STRING *ip)
+ * first longest run of two or more zero groups as "::"), as Python's ipaddress prints it. An
+ * address of neither 4 nor 16 bytes is left out. */
+static void put_ip(name_list *l, const ASN1_OCTET_STRING *ip)
 {
     char text[64];
     size_t n = 0;
@@ -86,33 +107,33 @@ static size_t put_ip(char *out, size_t cap, size_t used, const ASN1_OCTET_STRING
                                   i > 0 && i != best + best_len ? ":%x" : "%x", groups[i]);
         }
     } else {
-        return used;
+        return;
     }
-    return put_name(out, cap, used, (const unsigned char *)text, n);
+    put_name(l, (const unsigned char *)text, n);
 }
 
-/* The names of cert into out (sp_peer_hostnames' format); err says why names it holds could
- * not be read. */
-static size_t cert_hostnames(X509 *cert, char *out, size_t cap, size_t *count, sp_err *err)
+/* The names of cert into l (sp_peer_hostnames' format). When the subjectAltName cannot be
+ * decoded, no names at all, rather than the CN that RFC 6125 says they replace: err says
+ * why, and so does *unreadable. */
+static void cert_hostnames(X509 *cert, name_list *l, int *unreadable, sp_err *err)
 {
-    size_t used = 0, names = 0;
     int i, dns = 0, found = -1;
     GENERAL_NAMES *sans = X509_get_ext_d2i(cert, NID_subject_alt_name, &found, NULL);
-    if (sans == NULL && found != -1) {
-        /* The names are there but cannot be read (out of memory, or malformed): no list at
-         * all, rather than the CN that RFC 6125 says they replace. */
+    *unreadable = sans == NULL && found != -1; /* (found: -1 none, -2 two of them) */
+    if (*unreadable) {
         sp_err_drain(err);
-        if (err->nerrs == 0)
+        if (found == -2)
+            fail(err, "the certificate has two subjectAltName extensions");
+        else if (err->nerrs == 0)
             err->sys_errno = ENOMEM;
-        return 0;
+        return;
     }
     for (i = 0; sans != NULL && i < sk_GENERAL_NAME_num(sans); i++) {
         const GENERAL_NAME *gn = sk_GENERAL_NAME_value(sans, i);
         if (gn->type == GEN_DNS) {
-            used = put_name(out, cap, used, ASN1_STRING_get0_data(gn->d.dNSName),
-                            (size_t)ASN1_STRING_length(gn->d.dNSName));
+            put_name(l, ASN1_STRING_get0_data(gn->d.dNSName),
+                     (size_t)ASN1_STRING_length(gn->d.dNSName));
             dns++;
-            names++;
         }
     }
     if (dns == 0) {
@@ -126,8 +147,7 @@ static size_t cert_hostnames(X509 *cert, char *out, size_t cap, size_t *count, s
             int len = ASN1_STRING_to_UTF8(
                 &utf8, X509_NAME_ENTRY_get_data(X509_NAME_get_entry(subject, last)));
             if (len >= 0) {
-                used = put_name(out, cap, used, utf8, (size_t)len);
-                names++;
+                put_name(l, utf8, (size_t)len);
             } else { /* (the CN cannot be read: no list, as above) */
                 sp_err_drain(err);
                 if (err->nerrs == 0)
@@ -138,31 +158,26 @@ static size_t cert_hostnames(X509 *cert, char *out, size_t cap, size_t *count, s
     }
     for (i = 0; sans != NULL && i < sk_GENERAL_NAME_num(sans); i++) {
         const GENERAL_NAME *gn = sk_GENERAL_NAME_value(sans, i);
-        if (gn->type == GEN_IPADD) {
-            size_t before = used;
-            used = put_ip(out, cap, used, gn->d.iPAddress);
-            names += used != before; /* (an address of neither 4 nor 16 bytes is left out) */
-        }
+        if (gn->type == GEN_IPADD)
+            put_ip(l, gn->d.iPAddress);
     }
     GENERAL_NAMES_free(sans);
-    if (count != NULL)
-        *count = names;
-    return used;
 }
 
 size_t sp_peer_hostnames(sp_conn *c, char *out, size_t cap, sp_err *err)
 {
-    size_t used = 0;
+    name_list names = {out, cap, 0, 0, 0};
+    int unreadable = 0;
     X509 *cert;
     sp_err_reset(err);
     sp_conn_lock(c);
     ERR_clear_error();
     cert = peer_cert_locked(c);
     if (cert != NULL)
-        used = cert_hostnames(cert, out, cap, NULL, err);
+        cert_hostnames(cert, &names, &unreadable, err);
     ERR_clear_error();
     sp_conn_unlock(c);
-    return used;
+    return names.need;
 }
 
 /* "YYYY-MM-DD HH:MM:SS UTC", or "" when t cannot be read. */
@@ -179,6 +194,7 @@ int sp_conn_verify_failure(sp_conn *c, sp_verify_failure *out)
 {
     int ok = 0;
     X509 *cert;
+    name_list names = {NULL, 0, 0, 0, 0};
     sp_err err;
     memset(out, 0, sizeof *out);
     sp_err_reset(&err);
@@ -196,8 +212,11 @@ int sp_conn_verify_failure(sp_conn *c, sp_verify_failure *out)
             out->issuer[0] = '\0';
         time_text(X509_get0_notBefore(cert), out->not_before, sizeof out->not_before);
         time_text(X509_get0_notAfter(cert), out->not_after, sizeof out->not_after);
-        out->names_len =
-            cert_hostnames(cert, out->names, sizeof out->names, &out->names_count, &err);
+        names.out = out->names;
+        names.cap = sizeof out->names;
+        cert_hostnames(cert, &names, &out->names_unreadable, &err);
+        out->names_len = names.written;
+        out->names_count = names.count;
         ok = 1;
     }
     ERR_clear_error(); /* (what could not be read is left out of the message) */
@@ -259,16 +278,6 @@ size_t sp_peer_name(sp_conn *c, int issuer, char *out, size_t cap)
 }
 
 /* ---- channel binding ---------------------------------------------------------------- */
-
-static void fail(sp_err *err, const char *why)
-{
-    size_t n = strlen(why);
-    if (n >= sizeof err->text)
-        n = sizeof err->text - 1;
-    memcpy(err->text, why, n);
-    err->text[n] = '\0';
-    err->nerrs = 1;
-}
 
 static int tls_unique_locked(sp_conn *c, unsigned char *out, size_t cap, size_t *outlen,
                              sp_err *err)

@@ -19,9 +19,10 @@ typedef struct sp_verify_failure {
     char issuer[256];
     char not_before[32];    /* "YYYY-MM-DD HH:MM:SS UTC", or "" */
     char not_after[32];
-    size_t names_len;       /* names: sp_peer_hostnames' format; the bytes needed (may exceed */
-    char names[1024];       /* the buffer: the names that fit are whole) */
+    size_t names_len;       /* the bytes of names used: sp_peer_hostnames' format, the names */
+    char names[1024];       /* that fit (whole; one that does not is left out) */
     size_t names_count;     /* how many names there are, also those that did not fit */
+    int names_unreadable;   /* 1: the subjectAltName cannot be decoded (no names then) */
 } sp_verify_failure;
 /* 1 and out filled when a verification step on c failed, else 0 (out zeroed). */
 int sp_conn_verify_failure(sp_conn *c, sp_verify_failure *out);

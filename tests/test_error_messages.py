@@ -105,6 +105,23 @@ def test_hostname_mismatch_counts_the_names_it_leaves_out(server: Any, count: in
     )
 
 
+@pytest.mark.parametrize(
+    "dns, said",
+    [
+        (["b" * 2000, "ok.example"], "the certificate is for ok.example and 1 more"),
+        (["b" * 2000], "the certificate's 1 name(s) are too long to show"),
+    ],
+)
+def test_hostname_mismatch_with_a_name_too_long_for_the_message(
+    server: Any, dns: list[str], said: str
+) -> None:
+    """A name that does not fit the failure record (1 KiB) is counted, not shown; before,
+    the message listed its unwritten bytes as empty names ("for , , , , , , , ,")."""
+    long = make_cert("long", issuer=CA, dns=dns)
+    exc, _ = client_fails(server, [long], "tls13")
+    assert exc.verify_message == f"hostname mismatch: {said}, not 'localhost'"
+
+
 def test_hostname_mismatch_through_ssl_connect(server: Any) -> None:
     srv = server(server_context("tls13", make_cert("x", issuer=CA, dns=["other.example"])))
     join = srv.accept()

@@ -127,6 +127,12 @@ CASES: list[tuple[str, str, bool]] = [
     ("main", "0:0:0:0:0:0:0:1", T),
     ("main", "::0:1", T),
     ("main", "::1%lo", T),  # the zone is not part of the address
+    # ... but only an IPv6 address has one, of RFC 6874's characters: these are DNS names
+    ("main", "127.0.0.1%lo", F),
+    ("main", "127.0.0.1%.evil.example", F),
+    ("main", "10.1.2.3% any text", F),
+    ("main", "::1%/../x y", F),
+    ("main", "::1%", F),
     ("main", "::2", F),
     ("main", "::", F),
     ("main", "2001:db8::5", T),

@@ -271,12 +271,19 @@ def _verify_detail(fail: Any, code: int, hostname: Optional[str]) -> str:
     else:
         who = f"CA certificate {subject!r} (chain depth {fail.depth})"
     if code in (_V_HOSTNAME_MISMATCH, _V_IP_ADDRESS_MISMATCH):
+        # (the names that fit the failure record, 1 KiB; the count has them all)
         names = hostname_list(ffi.buffer(fail.names, min(fail.names_len, len(fail.names)))[:])
-        shown = ", ".join(_printable(n) for n in names[:_MAX_NAMES])
-        total = int(fail.names_count)  # (also those past the buffer, which holds the first)
-        if total > _MAX_NAMES:
-            shown += f" and {total - _MAX_NAMES} more"
-        said = f"the certificate is for {shown}" if names else "the certificate names no host"
+        shown = [_printable(n) for n in names[:_MAX_NAMES]]
+        left_out = int(fail.names_count) - len(shown)
+        if fail.names_unreadable:
+            said = "the certificate's subjectAltName cannot be decoded"
+        elif shown:
+            said = "the certificate is for " + ", ".join(shown)
+            said += f" and {left_out} more" if left_out > 0 else ""
+        elif left_out > 0:
+            said = f"the certificate's {left_out} name(s) are too long to show"
+        else:
+            said = "the certificate names no host"
         return f"{said}, not {hostname!r}" if hostname is not None else said
     if code == _V_CERT_HAS_EXPIRED and fail.not_after[0] != b"\0":
         return f"{who} expired on {text(fail.not_after)}"

@@ -13,6 +13,7 @@ import errno
 import functools
 import ipaddress
 import os
+import re
 import socket
 import stat
 import subprocess
@@ -1206,14 +1207,23 @@ def is_ip_literal(host: str) -> bool:
     return literal_family(host) != 0
 
 
+# An IPv6 zone ("fe80::1%eth0"): RFC 6874's characters. IPv4 has none.
+_ZONE = re.compile(r"[A-Za-z0-9._~-]+")
+
+
 @functools.lru_cache(maxsize=1024)
 def literal_family(host: str) -> int:
     """``AF_INET`` or ``AF_INET6`` for an address literal (an IPv6 zone is ignored), else 0.
 
-    Cached: a client names the same few hosts over and over, once per connection.
+    Not a literal: an IPv4 address with a zone, or an IPv6 one whose zone holds other
+    characters ("127.0.0.1%.evil.example" is checked as the DNS name it is, and matches no
+    IP SAN). Cached: a client names the same few hosts over and over, once per connection.
     """
+    address, percent, zone = host.partition("%")
     try:
-        ip = ipaddress.ip_address(host.split("%", 1)[0])
+        ip = ipaddress.ip_address(address)
     except ValueError:
+        return 0
+    if percent and (ip.version == 4 or not _ZONE.fullmatch(zone)):
         return 0
     return int(socket.AF_INET if ip.version == 4 else socket.AF_INET6)
