@@ -295,27 +295,30 @@ def test_closing_after_fork_still_wakes_a_reader_of_this_process() -> None:
         close_all(sin, sout)
 
 
+def accepting_thread(lst: Any) -> tuple[threading.Thread, dict[str, Any]]:
+    """A thread waiting in ssl_accept(lst), and where it puts its ports ("s") or error."""
+    got: dict[str, Any] = {}
+
+    def accept() -> None:
+        try:
+            got["s"] = sslports.ssl_accept(lst)
+        except BaseException as exc:
+            got["error"] = exc
+
+    t = threading.Thread(target=accept)
+    t.start()
+    deadline = time.monotonic() + 10
+    while not lst._accepting and time.monotonic() < deadline:  # (white box: it waits)
+        time.sleep(0.01)
+    return t, got
+
+
 def test_child_closing_listener_while_parent_accepts_leaves_it_listening() -> None:
     """A thread of the parent waits in ssl_accept when the process forks. The child's copy
     of the listener remembered that thread as accepting, and its close() shut the shared
     listening socket down: the parent stopped accepting for good."""
     with listening() as (lst, port):
-        got: dict[str, Any] = {}
-        waiting = threading.Event()
-
-        def accept() -> None:
-            waiting.set()
-            try:
-                got["s"] = sslports.ssl_accept(lst)
-            except BaseException as exc:
-                got["error"] = exc
-
-        t = threading.Thread(target=accept)
-        t.start()
-        assert waiting.wait(10)
-        deadline = time.monotonic() + 10
-        while not lst._accepting and time.monotonic() < deadline:  # (white box: it waits)
-            time.sleep(0.01)
+        t, got = accepting_thread(lst)
 
         def child() -> bool:
             lst.close()
@@ -326,6 +329,28 @@ def test_child_closing_listener_while_parent_accepts_leaves_it_listening() -> No
         t.join(10)
         assert "error" not in got, got.get("error")
         sin, sout = got["s"]
+        check_talks(cin, cout, sin, sout, b"x")
+        close_all(cin, cout, sin, sout)
+
+
+def test_a_worker_closing_its_listener_under_its_own_accept_leaves_the_others_listening() -> None:
+    """A prefork worker stops: it closes its listener while a thread of its own waits in
+    ssl_accept. The close shut the shared listening socket down to wake that thread: every
+    other worker's ssl_accept failed ("Invalid argument") and clients were refused. Now the
+    worker's thread wakes alone, and the parent still accepts."""
+    with listening() as (lst, port):
+
+        def worker() -> str:
+            t, got = accepting_thread(lst)
+            time.sleep(0.1)  # (past the check, in its wait)
+            lst.close()
+            t.join(5)
+            assert not t.is_alive(), "the worker's accept did not wake"
+            return str(got.get("error"))
+
+        said = in_child(worker)
+        assert said == "ssl_accept: accept failed (listener is closed)", said
+        cin, cout, sin, sout = connected_pair(lst, port)
         check_talks(cin, cout, sin, sout, b"x")
         close_all(cin, cout, sin, sout)
 

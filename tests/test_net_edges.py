@@ -573,6 +573,7 @@ def test_close_wakes_every_blocked_accept(host: Any) -> None:
 
 
 def _close_under_accepts(host: Any) -> None:
+    before = _nfds()
     listener = sslports.ssl_listen(0, 5, False, host)
     joins = [in_thread(lambda: sslports.ssl_accept(listener), 10) for _ in range(3)]
     time.sleep(0.1)  # all blocked in accept()
@@ -587,6 +588,7 @@ def _close_under_accepts(host: Any) -> None:
     assert not listener._accepting
     with pytest.raises(SSLNetworkError, match="listener is closed"):
         sslports.ssl_accept(listener)
+    assert _nfds() == before  # (the wake-up pair too, closed by the last thread to wake)
 
 
 def test_accept_survives_resets_eofs_and_silence() -> None:
@@ -696,6 +698,140 @@ def test_interrupting_a_tcp_connect(blackhole: tuple[str, int], timeout: Any) ->
     assert _nfds() == before
 
 
+def test_an_address_that_never_answers_leaves_time_for_the_next(
+    monkeypatch: pytest.MonkeyPatch,
+    blackhole: tuple[str, int],
+    py_server: Callable[[str], _PyServer],
+) -> None:
+    """A name whose first address drops SYNs (a host's broken IPv6, say) and whose second
+    serves: each address but the last gets an equal share of the timeout. The first took the
+    whole of it before, and ssl_connect timed out with the live address untried."""
+    dead_host, dead_port = blackhole
+    server = py_server(LOCAL)
+    _fake_resolver(monkeypatch, "dual.test", [(dead_host, dead_port), (LOCAL, server.port)])
+    start = time.monotonic()
+    inp, out = sslports.ssl_connect("dual.test", server.port, timeout=6)
+    assert time.monotonic() - start > 2.5  # (3 s on the dead address, then the live one)
+    assert sslports.ssl_addresses(inp, True)[2:] == (LOCAL, server.port)
+    assert inp.read(2) == b"hi"
+    _close(inp, out)
+
+
+def test_aio_an_address_that_never_answers_leaves_time_for_the_next(
+    monkeypatch: pytest.MonkeyPatch,
+    blackhole: tuple[str, int],
+    py_server: Callable[[str], _PyServer],
+) -> None:
+    """open_ssl_connection as ssl_connect (asyncio's own create_connection gave the first
+    address the whole timeout)."""
+    dead_host, dead_port = blackhole
+    server = py_server(LOCAL)
+    _fake_resolver(monkeypatch, "dual.test", [(dead_host, dead_port), (LOCAL, server.port)])
+
+    async def talk() -> bytes:
+        reader, writer = await sslports.aio.open_ssl_connection(
+            "dual.test", server.port, "auto", timeout=6
+        )
+        try:
+            assert writer.get_extra_info("peername")[:2] == (LOCAL, server.port)
+            return await reader.readexactly(2)
+        finally:
+            writer.close()
+
+    start = time.monotonic()
+    assert asyncio.run(talk()) == b"hi"
+    assert time.monotonic() - start > 2.5
+
+
+def test_when_every_address_is_silent_the_timeout_names_the_last(
+    monkeypatch: pytest.MonkeyPatch, blackhole: tuple[str, int]
+) -> None:
+    host, port = blackhole
+    _fake_resolver(monkeypatch, "silent.test", [(host, port), (host, port)])
+    start = time.monotonic()
+    with pytest.raises(SSLNetworkError) as info:
+        sslports.ssl_connect("silent.test", port, timeout=1)
+    assert 0.9 < time.monotonic() - start < 3
+    assert isinstance(info.value, TimeoutError)
+    endpoint = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    assert str(info.value) == f"ssl_connect: connect timed out ({endpoint})"
+
+
+def _slow_resolver(monkeypatch: pytest.MonkeyPatch, seconds: float) -> None:
+    """A resolver that takes `seconds` (a DNS server that does not answer), then fails. As
+    glibc's, which retries its poll() on EINTR, it holds signals off its thread meanwhile."""
+
+    def slow(*args: Any, **kw: Any) -> Any:
+        held = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGALRM})
+        try:
+            time.sleep(seconds)
+        finally:
+            signal.pthread_sigmask(signal.SIG_SETMASK, held)
+        raise socket.gaierror(socket.EAI_AGAIN, "Temporary failure in name resolution")
+
+    monkeypatch.setattr(socket, "getaddrinfo", slow)
+
+
+def test_the_timeout_bounds_name_resolution(monkeypatch: pytest.MonkeyPatch) -> None:
+    """API.md: `timeout` bounds the connect, which starts with the lookup; it waited for the
+    resolver's own timeouts (5 s a try), then raised a resolver error, not a TimeoutError."""
+    _slow_resolver(monkeypatch, 3)
+    start = time.monotonic()
+    with pytest.raises(SSLNetworkError) as info:
+        sslports.ssl_connect("slow.test", 443, timeout=0.5)
+    assert time.monotonic() - start < 2
+    assert isinstance(info.value, TimeoutError)
+    assert str(info.value) == "ssl_connect: connect timed out (resolving 'slow.test')"
+
+
+@pytest.mark.skipif(not hasattr(signal, "setitimer"), reason="no setitimer")
+@pytest.mark.parametrize("timeout", [None, 30.0])
+def test_interrupting_name_resolution(monkeypatch: pytest.MonkeyPatch, timeout: Any) -> None:
+    """API.md: Ctrl-C interrupts the connect within about 100 ms; getaddrinfo held it off
+    until the resolver gave up."""
+    _slow_resolver(monkeypatch, 3)
+
+    def interrupt(*args: Any) -> None:
+        raise KeyboardInterrupt
+
+    old = signal.signal(signal.SIGALRM, interrupt)
+    try:
+        signal.setitimer(signal.ITIMER_REAL, 0.3)
+        start = time.monotonic()
+        with pytest.raises(KeyboardInterrupt):
+            sslports.ssl_connect_enable_break("slow.test", 443, timeout=timeout)
+        assert time.monotonic() - start < 0.3 + 0.5
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, old)
+
+
+@pytest.mark.parametrize("call", ["ssl_connect", "ssl_listen"])
+def test_a_lookup_without_descriptors_says_so(call: str) -> None:
+    """With every descriptor in use, glibc cannot read /etc/hosts and may say that
+    "localhost" is not known: the error said "Name or service not known", errno None."""
+    with _descriptors_exhausted(), pytest.raises(SSLNetworkError) as info:
+        if call == "ssl_connect":
+            sslports.ssl_connect("localhost", 443)
+        else:
+            sslports.ssl_listen(0, 5, False, "localhost")
+    assert info.value.errno == errno.EMFILE, repr(info.value)
+    assert f"cannot resolve 'localhost': {os.strerror(errno.EMFILE)}" in str(info.value)
+
+
+def test_an_empty_hostname_is_value_error() -> None:
+    with pytest.raises(ValueError, match=r"^ssl_connect: hostname is empty$"):
+        sslports.ssl_connect("", 443)
+    with pytest.raises(ValueError, match=r"^ssl_listen: hostname is empty \(None binds every"):
+        sslports.ssl_listen(0, 5, False, "")
+
+
+def test_a_bracketed_ipv6_address_gets_a_hint() -> None:
+    with pytest.raises(SSLNetworkError) as info:
+        sslports.ssl_connect("[::1]", 443)
+    assert str(info.value).endswith("; an IPv6 address is written without brackets here)")
+
+
 # -- descriptors ---------------------------------------------------------------------------------
 
 
@@ -705,6 +841,11 @@ def test_failures_leave_no_descriptor_behind() -> None:
     sslports.ssl_set_verify(verifying, True)  # TEST_PEM is self-signed: verification fails
     with dead, sslports.ssl_listen(0, 5, True, LOCAL, _server_ctx()) as listener:
         lport = sslports.ssl_addresses(listener, True)[1]
+        # (the listener's wake-up pair, made at its first wait, lives as long as it does)
+        join = in_thread(lambda: sslports.ssl_accept(listener), 10)
+        while listener._wake is None:
+            time.sleep(0.01)
+        _close(*sslports.ssl_connect(LOCAL, lport, timeout=5), *join())
         before = _nfds()
         for _ in range(20):
             for timeout in (None, 5.0):

@@ -44,6 +44,7 @@ them. Clients have no default handshake deadline (as ssl_connect); servers have
 from __future__ import annotations
 
 import asyncio
+import errno
 import logging
 import os
 import socket
@@ -57,7 +58,7 @@ from typing import Any, Callable, Optional, Union
 from . import _binding
 from ._binding import build_error
 from ._timing import BREAKS, raise_break_from_callback
-from .context import SSLClientContext, SSLServerContext, _Context, encode_alpn
+from .context import SSLClientContext, SSLServerContext, _Context, encode_alpn, literal_family
 from .errors import SSLError, SSLNetworkError, SSLTimeoutError
 from .ports import _LINGER_POLL_MS, _LINGER_SECONDS
 from .verify import cipher_info, peer_certificate
@@ -1287,7 +1288,7 @@ async def open_ssl_connection(
     loop = asyncio.get_running_loop()
     deadline = None if timeout is None else loop.time() + timeout
     try:
-        await _wait_for(loop.create_connection(lambda: conn, host, port), timeout)
+        await _wait_for(_tcp_connect(loop, lambda: conn, host, port, deadline), timeout)
     except asyncio.TimeoutError as exc:
         raise SSLTimeoutError(f"{func}: connect timed out") from exc
     except UnicodeError as exc:
@@ -1309,6 +1310,48 @@ async def open_ssl_connection(
         ) from exc.with_traceback(None)
     left = None if deadline is None else max(0.0, deadline - loop.time())
     return await _start(func, conn, left, limit, _binding.endpoint(host, port))
+
+
+async def _tcp_connect(
+    loop: asyncio.AbstractEventLoop,
+    factory: Callable[[], asyncio.BaseProtocol],
+    host: str,
+    port: int,
+    deadline: Optional[float],
+) -> None:
+    """loop.create_connection(factory, host, port); with a deadline (in loop time), each
+    address but the last gets an equal share of what is left of it, as ssl_connect's do
+    (net._tcp_connect): one that never answers leaves time for the next. asyncio's gives the
+    first the whole of it (and uvloop has no happy_eyeballs_delay)."""
+    if deadline is None or literal_family(host):
+        await loop.create_connection(factory, host, port)
+        return
+    infos = await loop.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    error = (errno.EHOSTUNREACH, "no address")
+    for i, (family, kind, proto, _name, addr) in enumerate(infos):
+        left = len(infos) - 1 - i  # (addresses after this one)
+        sock = socket.socket(family, kind, proto)
+        try:
+            sock.setblocking(False)
+            share = None if left == 0 else max(0.0, deadline - loop.time()) / (left + 1)
+            await _wait_for(loop.sock_connect(sock, addr), share)
+        except OSError as exc:  # (asyncio.TimeoutError too, from 3.11 on)
+            sock.close()
+            error = (exc.errno, exc.strerror or "") if exc.errno else _SHARE_PASSED
+            continue
+        except asyncio.TimeoutError:  # (before 3.11)
+            sock.close()
+            error = _SHARE_PASSED
+            continue
+        except BaseException:
+            sock.close()
+            raise
+        await loop.create_connection(factory, sock=sock)
+        return
+    raise OSError(*error)  # (a new one: the attempts' leave no cycle through this frame)
+
+
+_SHARE_PASSED = (errno.ETIMEDOUT, "its share of the timeout passed")
 
 
 ClientConnected = Callable[[SSLStreamReader, SSLStreamWriter], Optional[Awaitable[None]]]

@@ -12,11 +12,12 @@ import functools
 import os
 import select
 import socket
+import sys
 import threading
 import weakref
 from _socket import socket as _raw_socket
 from collections.abc import Sequence
-from typing import Any, Callable, Literal, Optional, TypeVar, Union, overload
+from typing import Any, Callable, Literal, Optional, TypeVar, Union, cast, overload
 
 from . import _binding
 from ._binding import build_error
@@ -295,31 +296,84 @@ def _not_a_dns_name(func: str, hostname: str, exc: UnicodeError) -> ValueError:
     return ValueError(f"{func}: hostname {hostname!r} is not a valid DNS name: {exc}")
 
 
+def _resolve(func: str, hostname: str, port_no: int, deadline: Optional[_Deadline]) -> list[Any]:
+    """getaddrinfo, in a thread of its own, waited for until the deadline: getaddrinfo blocks
+    in C, where neither a timeout (a DNS server that does not answer costs 5 s a try) nor a
+    signal (Ctrl-C: API.md, within about 100 ms) reaches it. A lookup that outlives the wait
+    ends in its thread, unused."""
+    box: list[Any] = []
+    done = threading.Event()
+
+    def lookup() -> None:
+        try:
+            box.append(socket.getaddrinfo(hostname, port_no, type=socket.SOCK_STREAM))
+        except BaseException as exc:  # (handed to the waiting thread)
+            box.append(exc)
+        finally:
+            done.set()
+
+    try:
+        threading.Thread(target=lookup, name="sslports-resolve", daemon=True).start()
+    except RuntimeError:  # (no thread to be had: look up here, as Python's socket does)
+        lookup()
+    if not done.wait(None if deadline is None else deadline.remaining()):
+        raise SSLTimeoutError(f"{func}: connect timed out (resolving {hostname!r})")
+    result = box.pop()  # (leaves no cycle through the exception's traceback)
+    if isinstance(result, BaseException):
+        raise result
+    return cast("list[Any]", result)
+
+
+def _resolve_failed(func: str, step: str, hostname: str, exc: OSError) -> SSLNetworkError:
+    """A failed lookup in words. Without a descriptor left, glibc cannot open /etc/hosts or
+    a socket to the DNS server, and may say the name is unknown: say what is wrong."""
+    code = None if isinstance(exc, socket.gaierror) else exc.errno
+    reason = str(exc) if code is None else exc.strerror or str(exc)
+    if code is None:
+        try:
+            _raw_socket().close()
+        except OSError as shortage:
+            code, reason = shortage.errno, f"{shortage.strerror}, so: {exc}"
+    if hostname.startswith("[") and hostname.endswith("]"):
+        reason += "; an IPv6 address is written without brackets here"
+    return SSLNetworkError(f"{func}: {step} failed (cannot resolve {hostname!r}: {reason})",
+                           errno=code)  # fmt: skip
+
+
+def _check_not_empty(func: str, hostname: str, hint: str = "") -> None:
+    if not hostname:
+        raise ValueError(f"{func}: hostname is empty{hint}")
+
+
 def _tcp_connect(
     func: str, hostname: str, port_no: int, deadline: Optional[_Deadline]
 ) -> _raw_socket:
     """A connected TCP socket with TCP_NODELAY set (`deadline` None: no limit); blocking or not,
     as connecting left it (_start_on_socket settles that). A bare _socket.socket: only the
     ports use it, and socket.socket's Python __init__ and close cost ~50 bytecodes a
-    connection."""
+    connection. The addresses are tried in turn; with a deadline, each but the last gets an
+    equal share of what is left of it, so that one that never answers (a host's broken IPv6)
+    leaves time for the next."""
     family = literal_family(hostname) if "%" not in hostname else 0
     if family:  # an address literal: nothing to resolve
         addr = (hostname, port_no) if family == socket.AF_INET else (hostname, port_no, 0, 0)
         infos: list[Any] = [(family, socket.SOCK_STREAM, 0, "", addr)]
     else:
+        _check_not_empty(func, hostname)
         try:
-            infos = socket.getaddrinfo(hostname, port_no, type=socket.SOCK_STREAM)
+            infos = _resolve(func, hostname, port_no, deadline)
         except UnicodeError as exc:
             raise _not_a_dns_name(func, hostname, exc) from exc
+        except SSLNetworkError:
+            raise
         except OSError as exc:
-            raise SSLNetworkError(
-                f"{func}: connect failed (cannot resolve {hostname!r}: {exc})"
-            ) from exc
+            raise _resolve_failed(func, "connect", hostname, exc) from exc
     # Without a deadline a blocking connect() is the cheapest (a signal still interrupts it);
     # with one, connect without blocking and wait for the deadline in Python.
     blocking = deadline is None and socket.getdefaulttimeout() is None
     last: Optional[OSError] = None
-    for family, kind, proto, _name, addr in infos:
+    for i, (family, kind, proto, _name, addr) in enumerate(infos):
+        left = len(infos) - 1 - i  # (addresses after this one)
         try:
             sock = _raw_socket(family, kind if blocking else kind | _SOCK_NONBLOCK, proto)
         except OSError as exc:
@@ -331,7 +385,10 @@ def _tcp_connect(
             else:
                 if not _SOCK_NONBLOCK:
                     sock.setblocking(False)
-                _connect_nonblocking(sock, addr, deadline or _Deadline(None))
+                share = deadline
+                if deadline is not None and left > 0:
+                    share = _Deadline(cast(float, deadline.remaining()) / (left + 1))
+                _connect_nonblocking(sock, addr, share or _Deadline(None))
             try:
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             except OSError:
@@ -339,7 +396,11 @@ def _tcp_connect(
             return sock
         except SSLTimeoutError as exc:
             sock.close()
-            raise SSLTimeoutError(f"{func}: connect timed out") from exc
+            if left == 0:
+                raise SSLTimeoutError(
+                    f"{func}: connect timed out ({_binding.endpoint(addr[0], port_no)})"
+                ) from exc
+            last = TimeoutError(errno.ETIMEDOUT, "its share of the timeout passed")
         except OSError as exc:
             sock.close()
             last = exc
@@ -445,23 +506,33 @@ def ssl_connect_enable_break(
     )
 
 
-# A child of fork() has none of its parent's other threads: none of them waits in its
-# ssl_accept. A listener that still counted them would shut the shared socket down on close,
-# for the parent too.
+# A child of fork() has none of its parent's other threads, none of them waiting in its
+# ssl_accept, and must not wake its parent's: each process makes its own wake-up pair.
 _listeners: weakref.WeakSet[SSLListener] = weakref.WeakSet()
 
 
 def _forget_accepting_threads() -> None:
     for listener in list(_listeners):
         listener._accepting.clear()
+        listener._wake = None  # (the parent's: its copies here close with the objects)
 
 
 if hasattr(os, "register_at_fork"):
     os.register_at_fork(after_in_child=_forget_accepting_threads)
 
+# Linux gives accept()'s socket its own blocking mode; BSDs, macOS and Windows copy the
+# listener's, which is non-blocking.
+_ACCEPTED_COPIES_NONBLOCKING = not sys.platform.startswith("linux")
+
 
 class SSLListener(NotCopyable):
-    """A listening TCP socket whose accepted connections speak TLS (Racket: ssl-listener?)."""
+    """A listening TCP socket whose accepted connections speak TLS (Racket: ssl-listener?).
+
+    Waiting for a connection: the socket is non-blocking, and ssl_accept polls it together
+    with a wake-up socket pair of this process's, on which close() writes. Closing a socket
+    does not wake a thread blocked in accept() on it (Linux), and shutdown(), which would,
+    stops it for every process that shares it: a prefork server's other workers. A worker
+    that closes its copy must leave theirs listening."""
 
     def __init__(
         self, sock: socket.socket, context: SSLServerContext, handshake_timeout: Optional[float]
@@ -473,9 +544,13 @@ class SSLListener(NotCopyable):
         self._family = int(sock.family)
         self._proto = sock.proto
         self._raw_accept = getattr(sock, "_accept", None)
-        self._accepting: set[int] = set()  # threads waiting in ssl_accept (see close)
-        # Set by close() before it wakes them: a woken accept() must not find the socket
-        # still open (close() has yet to close it) and report the wake-up's EINVAL.
+        # Under _lock: the threads waiting in ssl_accept, the wake-up pair (made by the first
+        # that has to wait; closed by close(), or by the last waiting thread to leave after
+        # it), and whether close() began: a woken thread must not find the socket still open
+        # and wait again, nor make a new pair.
+        self._lock = threading.Lock()
+        self._accepting: set[int] = set()
+        self._wake: Optional[tuple[socket.socket, socket.socket]] = None
         self._closing = False
         _listeners.add(self)
 
@@ -494,21 +569,66 @@ class SSLListener(NotCopyable):
         return self._sock.fileno() < 0
 
     def close(self) -> None:
-        # close() alone does not wake a thread of this process blocked in accept() on this
-        # socket (Linux): it would wait forever. shutdown() makes that accept() fail; only
-        # then, as it also stops the socket for the processes sharing it (a prefork parent
-        # that closes its copy must not do that).
-        self._closing = True
-        if self._accepting and self._sock.fileno() >= 0:
-            with contextlib.suppress(OSError):
-                self._sock.shutdown(socket.SHUT_RDWR)
+        with self._lock:
+            self._closing = True
+            if self._wake is not None:
+                with contextlib.suppress(OSError):
+                    self._wake[1].send(b"\0")  # (never read: it stays readable)
+                if not self._accepting:
+                    self._close_wake_locked()
         self._sock.close()
+
+    def _close_wake_locked(self) -> None:
+        if self._wake is not None:
+            for end in self._wake:
+                end.close()
+            self._wake = None
+
+    def _wait_fds(self) -> tuple[int, int]:
+        """The descriptors to poll: the listener's and the wake-up pair's reading end."""
+        with self._lock:
+            if self._closing:
+                raise OSError(errno.EBADF, "closed")
+            if self._wake is None:
+                self._wake = socket.socketpair()
+            return self._sock.fileno(), self._wake[0].fileno()
+
+    def _left(self, me: int) -> None:
+        with self._lock:
+            self._accepting.discard(me)
+            if self._closing and not self._accepting:
+                self._close_wake_locked()
 
     def __enter__(self) -> SSLListener:
         return self
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def _accept_raw(lst: SSLListener) -> tuple[_raw_socket, Any]:
+    """Accept a connection on lst's non-blocking socket, polling it (and the wake-up pair)
+    until one comes; OSError when that fails, or when lst is closed meanwhile."""
+    while True:
+        try:
+            if lst._raw_accept is not None:  # a bare _socket.socket, see _tcp_connect
+                fd, addr = lst._raw_accept()
+                sock = _raw_socket(lst._family, socket.SOCK_STREAM, lst._proto, fd)
+            else:  # pragma: no cover - a socket module without _accept
+                sock, addr = lst._sock.accept()
+            if _ACCEPTED_COPIES_NONBLOCKING:  # pragma: no cover - not Linux
+                sock.setblocking(True)
+            return sock, addr
+        except BlockingIOError:  # none waiting (or another process took it): wait
+            pass
+        listen_fd, wake_fd = lst._wait_fds()
+        if hasattr(select, "poll"):
+            poller = select.poll()
+            poller.register(listen_fd, select.POLLIN)
+            poller.register(wake_fd, select.POLLIN)
+            poller.poll()
+        else:  # pragma: no cover - Windows
+            select.select([listen_fd, wake_fd], [], [])
 
 
 _MAX_BACKLOG = 0x7FFFFFFF  # listen() takes a C int; the kernel caps it lower (somaxconn)
@@ -547,9 +667,10 @@ def _bound_socket(
     sock: Optional[socket.socket] = None
     try:
         sock = socket.socket(family, socket.SOCK_STREAM)
-        # ssl_accept waits for a connection without limit (Racket's tcp-accept), whatever
-        # socket.setdefaulttimeout() says: ssl_connect ignores that default as well.
-        sock.settimeout(None)
+        # ssl_accept polls it (SSLListener), and waits for a connection without limit
+        # (Racket's tcp-accept), whatever socket.setdefaulttimeout() says: ssl_connect
+        # ignores that default as well.
+        sock.setblocking(False)
         if reuse:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         if reuse_port:
@@ -613,12 +734,13 @@ def ssl_listen(
     if host is None:
         sock = _bind_everywhere(func, port_no, queue_k, reuse, reuse_port)
         return SSLListener(sock, ctx, handshake_timeout)
+    _check_not_empty(func, host, " (None binds every address)")
     try:
         infos = socket.getaddrinfo(host, port_no, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
     except UnicodeError as exc:
         raise _not_a_dns_name(func, host, exc) from exc
     except OSError as exc:
-        raise SSLNetworkError(f"{func}: listen failed (cannot resolve {host!r}: {exc})") from exc
+        raise _resolve_failed(func, "listen", host, exc) from exc
     family, _kind, _proto, _name, addr = infos[0]
     sock = _bound_socket(func, family, addr, queue_k, reuse, reuse_port, v6only=True)
     return SSLListener(sock, ctx, handshake_timeout)
@@ -659,19 +781,16 @@ def _accept(func: str, listener: SSLListener) -> Ports:
     if lst._sock.fileno() < 0:
         raise SSLNetworkError(f"{func}: accept failed (listener is closed)")
     me = threading.get_ident()
-    lst._accepting.add(me)
+    with lst._lock:
+        lst._accepting.add(me)
     try:
-        if lst._raw_accept is not None:  # a bare _socket.socket, see _tcp_connect
-            fd, addr = lst._raw_accept()
-            sock = _raw_socket(lst._family, socket.SOCK_STREAM, lst._proto, fd)
-        else:  # pragma: no cover - a socket module without _accept
-            sock, addr = lst._sock.accept()
+        sock, addr = _accept_raw(lst)
     except OSError as exc:
         if lst._closing or lst._sock.fileno() < 0:  # closed (ssl_close, another thread)
             raise SSLNetworkError(f"{func}: accept failed (listener is closed)") from exc
         raise SSLNetworkError(f"{func}: accept failed ({exc})", errno=exc.errno) from exc
     finally:
-        lst._accepting.discard(me)
+        lst._left(me)
     try:
         try:
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
