@@ -266,6 +266,7 @@ static void before_ssl_call(sp_conn *c)
     clear_errors();
     c->bio_errno = 0;
     c->recv_short = 0;
+    c->recv_in_call = 0;
 }
 
 /* The start of every pump call: an empty record, which says whose it is (sp_err.conn). */
@@ -834,6 +835,11 @@ int sp_conn_set_host(sp_conn *c, const char *host, int is_ip, int send_sni, int 
 
 /* ---- socket I/O (socket mode only) -------------------------------------------------- */
 
+/* What one OpenSSL call may recv() before the socket BIO says "not yet" (sock_bio_read): a
+ * record of application data takes one or two recv()s of ~16.7 KiB (read-ahead's buffer);
+ * 64 KiB of 27-byte KeyUpdates takes OpenSSL ~40 ms. */
+#define SP_RECV_PER_CALL (64 * 1024)
+
 /* The socket BIO. Reading: recv() straight into OpenSSL's record buffer (read-ahead makes
  * that one large recv per batch of records). Writing: records are appended to `outq`, and
  * the sender later swaps that whole buffer out and sends it with no further copy. Both run
@@ -1042,12 +1048,22 @@ static int sock_bio_read(BIO *bio, char *buf, int len)
         BIO_set_retry_read(bio);
         return -1;
     }
+    if (c->recv_in_call >= SP_RECV_PER_CALL) {
+        /* This OpenSSL call took that much and still wants more: records with no data for the
+         * caller (a flood of KeyUpdates, tickets) that a peer keeps the socket full of. OpenSSL
+         * would go on reading them in this one call, past the caller's deadline and Ctrl-C,
+         * and a close's ticket drain for as long as the peer sends: "not yet", so that the
+         * pump looks at the clock (a read of application data takes a record or two). */
+        BIO_set_retry_read(bio);
+        return -1;
+    }
     for (;;) {
         long n = (long)recv(c->fd, buf, (sp_iolen)len, SP_RECV_FLAGS);
         int e;
         if (n > 0) {
             c->recv_full = n == (long)len;
             c->recv_short = !c->recv_full;
+            c->recv_in_call += (size_t)n;
             return (int)n;
         }
         if (n == 0) {
@@ -2188,6 +2204,20 @@ size_t sp_take(sp_conn *c, unsigned char *out, size_t cap)
 /* OpenSSL hands every new session (TLS 1.3: each ticket, after the handshake) to this
  * callback, inside SSL_read/SSL_do_handshake, so ssl_lock is held. Keep the newest, and file
  * it in the context's cache for the next connection to this peer (sp_session.c). */
+/* A ticket may take up to 2^16 - 1 bytes (RFC 8446), which a ClientHello, whose extensions
+ * take at most as much in all, cannot carry beside the rest of them: OpenSSL then fails the
+ * next connect ("internal error"), which drops the session, and the one after makes a full
+ * handshake and gets another such ticket; every second connect would fail. Such a session is
+ * not cached (SP_TICKET_ROOM leaves room for the ClientHello's other extensions; real tickets
+ * take a few hundred bytes). */
+static int fits_a_client_hello(const SSL_SESSION *session)
+{
+    const unsigned char *ticket = NULL;
+    size_t len = 0;
+    SSL_SESSION_get0_ticket(session, &ticket, &len);
+    return len <= 0xFF00 - SP_TICKET_ROOM;
+}
+
 static int keep_new_session(SSL *ssl, SSL_SESSION *session)
 {
     sp_conn *c = sp_conn_from_ssl(ssl);
@@ -2205,7 +2235,7 @@ static int keep_new_session(SSL *ssl, SSL_SESSION *session)
     }
     SSL_SESSION_free(c->session);
     c->session = copy;
-    if (c->cache_key != NULL)
+    if (c->cache_key != NULL && fits_a_client_hello(copy))
         sp_session_store(SSL_get_SSL_CTX(ssl), c->cache_key, c->cache_epoch, copy);
     return 0; /* OpenSSL keeps its reference; we keep the copy */
 }
@@ -2249,6 +2279,7 @@ void sp_conn_drain_tickets(sp_conn *c)
         size_t n = 0;
         int e = SSL_ERROR_NONE;
         c->draining = 1;
+        c->recv_in_call = 0; /* (a peer that never stops sending cannot hold the close) */
         ERR_clear_error();
         if (!guarded_read(c, scratch, sizeof scratch, &n))
             e = SSL_get_error(c->ssl, 0);

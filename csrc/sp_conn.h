@@ -65,6 +65,7 @@ struct sp_conn {
     int early_heap;
     int early_errno; /* the error that recv() reported instead of data (ssl_lock) */
     int recv_full;   /* the last recv() filled its buffer: more may be waiting (ssl_lock) */
+    size_t recv_in_call; /* what the socket BIO's recv()s got in this OpenSSL call (ssl_lock) */
     int recv_short;  /* in this OpenSSL call, the last recv() (or the waiting one that got its
                         early bytes) returned less than asked: the socket held no more, and
                         the BIO waits instead of a second recv() (ssl_lock; 0 before each

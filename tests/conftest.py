@@ -23,6 +23,7 @@ import platform
 import re
 import selectors
 import shutil
+import signal
 import socket
 import ssl
 import subprocess
@@ -678,3 +679,23 @@ def countrecv_env(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
         filter(None, [str(Path(sslports.__file__).parents[1]), env.get("PYTHONPATH")])
     )
     return env
+
+
+@contextlib.contextmanager
+def ctrl_c_after(delay: float = 0.3, within: float = 0.5) -> Iterator[None]:
+    """A KeyboardInterrupt from a SIGALRM handler after `delay` s (Ctrl-C): the body must end
+    by it, at most `within` s later (API.md: within about 100 ms)."""
+
+    def interrupt(*args: Any) -> None:
+        raise KeyboardInterrupt
+
+    old = signal.signal(signal.SIGALRM, interrupt)
+    try:
+        signal.setitimer(signal.ITIMER_REAL, delay)
+        start = time.monotonic()
+        with pytest.raises(KeyboardInterrupt):
+            yield
+        assert time.monotonic() - start < delay + within
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, old)
