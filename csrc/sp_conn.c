@@ -10,7 +10,8 @@
  *                                             more: header and body together), after
  *                                             what a read's waiting recv() got (WAITING);
  *                                             at most one recv() that comes back short
- *                                             per OpenSSL call (recv_short)
+ *                                             per OpenSSL call (recv_short), and at most
+ *                                             64 KiB in all (SP_RECV_PER_CALL)
  *   caller buf --  SSL_write_ex --> [ssl] --> BIO write: append records to `outq`
  *                                             sender: swap `outq` out whole, send() it
  *                                             (a write's last record, and every second
@@ -2201,9 +2202,6 @@ size_t sp_take(sp_conn *c, unsigned char *out, size_t cap)
 
 /* ---- client sessions ------------------------------------------------------------------ */
 
-/* OpenSSL hands every new session (TLS 1.3: each ticket, after the handshake) to this
- * callback, inside SSL_read/SSL_do_handshake, so ssl_lock is held. Keep the newest, and file
- * it in the context's cache for the next connection to this peer (sp_session.c). */
 /* A ticket may take up to 2^16 - 1 bytes (RFC 8446), which a ClientHello, whose extensions
  * take at most as much in all, cannot carry beside the rest of them: OpenSSL then fails the
  * next connect ("internal error"), which drops the session, and the one after makes a full
@@ -2218,6 +2216,9 @@ static int fits_a_client_hello(const SSL_SESSION *session)
     return len <= 0xFF00 - SP_TICKET_ROOM;
 }
 
+/* OpenSSL hands every new session (TLS 1.3: each ticket, after the handshake) to this
+ * callback, inside SSL_read/SSL_do_handshake, so ssl_lock is held. Keep the newest, and file
+ * it in the context's cache for the next connection to this peer (sp_session.c). */
 static int keep_new_session(SSL *ssl, SSL_SESSION *session)
 {
     sp_conn *c = sp_conn_from_ssl(ssl);
