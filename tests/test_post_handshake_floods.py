@@ -38,7 +38,11 @@ def forger() -> Iterator[ForgingServer]:
 
 
 def connect(port: int) -> tuple[Any, Any]:
-    return sslports.ssl_connect("127.0.0.1", port, "auto", timeout=30)
+    """A context of its own: the shared "auto" one may carry a key logger from another test,
+    which OpenSSL calls for each KeyUpdate's new secret."""
+    return sslports.ssl_connect(
+        "127.0.0.1", port, sslports.ssl_make_client_context("auto"), timeout=30
+    )
 
 
 KEY_UPDATES = 250_000  # (27 bytes each, ~7 MB: OpenSSL takes seconds for them)
