@@ -1337,10 +1337,14 @@ async def _tcp_connect(
             await _wait_for(loop.sock_connect(sock, addr), share)
         except OSError as exc:  # (asyncio.TimeoutError too, from 3.11 on)
             sock.close()
+            # (its traceback holds this frame, and the factory's connection: on 3.9 the
+            # failed future of sock_connect keeps the exception, a cycle until collected)
+            exc.__traceback__ = None
             error = (exc.errno, exc.strerror or "") if exc.errno else _SHARE_PASSED
             continue
-        except asyncio.TimeoutError:  # (before 3.11)
+        except asyncio.TimeoutError as exc:  # (before 3.11)
             sock.close()
+            exc.__traceback__ = None
             error = _SHARE_PASSED
             continue
         except BaseException:
