@@ -317,6 +317,20 @@ int sp_conn_in_callback(const sp_conn *c)
     return 0;
 }
 
+static SP_THREAD_LOCAL int break_noted; /* (sp_conn.h BREAKS) */
+
+void sp_conn_note_break(void)
+{
+    break_noted = 1;
+}
+
+int sp_take_break(void)
+{
+    int noted = break_noted;
+    break_noted = 0;
+    return noted;
+}
+
 /* Is this thread inside a callback of c (and so holds its ssl_lock)? */
 static int in_own_callback(const sp_conn *c)
 {

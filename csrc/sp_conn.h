@@ -167,6 +167,12 @@ void sp_conn_callback_end(sp_callback_frame *frame);
  * _PortLock, sp_fastport.c lock_wait): a thread holding it there waits for c's ssl_lock, which
  * this thread holds. c is compared, never read (a lock may outlive its connection). */
 int sp_conn_in_callback(const sp_conn *c);
+/* BREAKS: a callback into Python (a key log line) kept a request to stop (Ctrl-C, sys.exit)
+ * for the pump call of this thread that it ran in (sni.py _keylog); sp_take_break says whether
+ * one came since it last asked, so that a call that would otherwise end as usual (a read that
+ * got its bytes) hands over to Python, which raises it (_timing.BREAKS). */
+void sp_conn_note_break(void);
+int sp_take_break(void);
 
 int sp_conn_set_verify(sp_conn *c, int flags);
 /* Stream mode: from now on an sp_read that returns data after its reading queued ciphertext

@@ -17,7 +17,7 @@
 
 /* Defined by the CFFI module (cdef: extern "Python+C"). */
 int sp_py_sni(sp_conn *c, const char *name, SSL_CTX **switch_to, int *verify_flags);
-void sp_py_keylog(const SSL *ssl, const char *line);
+int sp_py_keylog(const SSL *ssl, const char *line); /* 1: it kept a break */
 
 /* ---- certificates and names --------------------------------------------------------- */
 
@@ -652,13 +652,15 @@ static void keylog_callback(const SSL *ssl, const char *line)
         return;
     c = sp_conn_from_ssl(ssl);
     if (c == NULL) { /* (an SSL* this library did not make) */
-        sp_py_keylog(ssl, line);
+        if (sp_py_keylog(ssl, line))
+            sp_conn_note_break();
         return;
     }
     /* A TLS 1.2 renegotiation's line comes while the connection's ports exist: what the
      * callback does with them must not wait for this thread's ssl_lock (sp_conn.c CALLBACKS) */
     sp_conn_callback_begin(c, &frame);
-    sp_py_keylog(ssl, line);
+    if (sp_py_keylog(ssl, line))
+        sp_conn_note_break();
     sp_conn_callback_end(&frame);
 }
 

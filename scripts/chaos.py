@@ -657,9 +657,13 @@ class Client:
                 timeout=timeout,
             )
         except BaseException:
-            r.close()
-            w.close()
-            sock.close()
+            # (w may hold the alert the failed handshake wrote, which its own close flushes:
+            # to a peer that left, a BrokenPipeError of the caller's buffer, not the library's)
+            for stream in (r, w, sock):
+                try:
+                    stream.close()
+                except OSError:
+                    pass
             self.sock = None
             raise
 

@@ -221,7 +221,7 @@ class Held:
 
 @contextlib.contextmanager
 def held_renegotiation(
-    pki: Any, openssl_tool: Any, mode: str, seed: int, server_end: str = "fin"
+    pki: Any, openssl_tool: Any, mode: str, seed: int, server_end: str = "fin", context: Any = None
 ) -> Iterator[Held]:
     """A TLS 1.2 client (ssl_wrap_socket with a timeout, "socket", or without, "untimed"; or
     ports_to_ssl_ports over the socket's streams, "streams") of
@@ -235,7 +235,7 @@ def held_renegotiation(
     h.server = SServer(pki, openssl_tool, cipher)
     h.relay = Relay(h.server.port, server_end)
     h.sock = socket.create_connection((LOCAL, h.relay.port), timeout=TIMEOUT)
-    ctx = pki.client_context("tls12")
+    ctx = context or pki.client_context("tls12")
     if mode != "streams":  # (untimed: the ports' C fast path takes every call first)
         timeout = None if mode == "untimed" else TIMEOUT
         h.inp, h.out = sslports.ssl_wrap_socket(
@@ -337,6 +337,39 @@ def test_reader_takes_part_of_the_stash_while_the_writer_keeps_more(
         assert sha1(bytes(got)) == sha1(flood)
         sending(TIMEOUT)
         writing(TIMEOUT)
+    received = h.server.received(upstream[:64], len(upstream))
+    assert sha1(received) == sha1(upstream)
+
+
+@pytest.mark.parametrize("mode", ["socket", "untimed", "streams"])
+def test_a_ctrl_c_in_a_key_logger_during_a_write_that_renegotiates(
+    pki: Any, openssl_tool: Any, mode: str
+) -> None:
+    """The renegotiation's key log line (its CLIENT_RANDOM) comes inside the write that drives
+    it. A Ctrl-C in the key logger there is the write's to raise (the write went on, and the
+    Ctrl-C was lost); flush() then sends the rest, and s_server gets every byte once."""
+    upstream = random_bytes(300_000, seed=91)
+    randoms: list[bytes] = []
+
+    def logger(line: bytes) -> None:
+        if line.startswith(b"CLIENT_RANDOM "):
+            randoms.append(line)
+            if len(randoms) == 2:
+                raise KeyboardInterrupt
+
+    ctx = pki.client_context("tls12")
+    sslports.ssl_set_keylogger(ctx, logger)
+    with held_renegotiation(pki, openssl_tool, mode, 90, context=ctx) as h:
+        opener = threading.Timer(0.3, h.relay.gate.set)  # (the write waits for it by then)
+        opener.start()
+        try:
+            with pytest.raises(KeyboardInterrupt):
+                h.out.write(upstream)
+                h.out.flush()
+        finally:
+            opener.join()
+        h.out.flush()
+        assert len(randoms) == 2
     received = h.server.received(upstream[:64], len(upstream))
     assert sha1(received) == sha1(upstream)
 

@@ -123,6 +123,11 @@
 typedef struct sp_conn sp_conn; /* opaque: csrc/sp_conn.h */
 /* csrc/sp_conn.h's statuses (ports.py checks the numbers at import) */
 enum { SP_OK = 0, SP_WANT_READ = 1, SP_WANT_WRITE = 2, SP_ERROR = -1 };
+/* Not the pump's: a call that ran a callback into Python which kept a request to stop (Ctrl-C
+ * in a key logger: sp_conn.h BREAKS) ends as if it were unfinished, so that the continuation
+ * (ports.py read_rest / write_rest) raises it; bytes already moved are kept as for any
+ * exception there. */
+#define SP_BROKE 100
 
 /* Room for one sp_err (csrc/sp.h: ~2 KB), aligned for any member; init() checks the size. */
 #define ERR_ROOM 4096
@@ -145,6 +150,7 @@ typedef int (*handshake_fn)(sp_conn *, int, void *);
 typedef int (*forked_fn)(const sp_conn *);
 typedef int (*in_callback_fn)(const sp_conn *);
 typedef long (*unsent_fn)(sp_conn *);
+typedef int (*take_break_fn)(void);
 
 static read_fn pump_read;
 static write2_fn pump_write2;
@@ -160,6 +166,7 @@ static handshake_fn pump_handshake;
 static forked_fn pump_forked;
 static in_callback_fn pump_in_callback;
 static unsent_fn pump_unsent;
+static take_break_fn pump_take_break;
 static int slice_ms = 50;
 #define LINGER_WAKE_US (20000LL * slice_ms) /* ports.py _LINGER_WAKE: 20 wait slices, in us */
 static PyObject *zero, *shut_rdwr, *shut_wr; /* 0; socket.SHUT_RDWR, SHUT_WR */
@@ -630,6 +637,8 @@ static int pump_onto_kept(Port *self, sp_conn *c, Py_ssize_t have, int *status, 
                             &err);
         Py_END_ALLOW_THREADS
     }
+    if (pump_take_break())
+        *status = SP_BROKE;
     PyBuffer_Release(&view);
     shrink_kept(kept, have + (Py_ssize_t)*got); /* (the room not filled) */
     return 0;
@@ -647,6 +656,7 @@ static int read_start(Port *self, unsigned char *buf, size_t len, int fill, int 
 {
     sp_conn *c;
     size_t kept, more = 0;
+    int broke = 0;
     *status = SP_ERROR;
     *got = 0;
     if (lock_take(self->lock) < 0)
@@ -659,6 +669,7 @@ static int read_start(Port *self, unsigned char *buf, size_t len, int fill, int 
         }
         if (kept == 0)
             return 0; /* (*got 0: the continuation waits, ends or fails) */
+        broke = *status == SP_BROKE;
     }
     if (kept > 0 && len > 0) { /* bytes read ahead come first */
         size_t n = kept < len ? kept : len;
@@ -669,7 +680,7 @@ static int read_start(Port *self, unsigned char *buf, size_t len, int fill, int 
         }
         *got = n;
         if (n == len || !fill) {
-            *status = SP_OK;
+            *status = broke ? SP_BROKE : SP_OK;
             return 0;
         }
     }
@@ -684,6 +695,8 @@ static int read_start(Port *self, unsigned char *buf, size_t len, int fill, int 
         *status = pump_read(c, buf, len, fill ? len : 1, &more, slice_ms, &err);
         Py_END_ALLOW_THREADS
         *got += more;
+        if (pump_take_break())
+            *status = SP_BROKE;
     }
     return 0;
 }
@@ -1274,6 +1287,8 @@ static int pump_out(sp_conn *c, const char *head, size_t head_len, const char *d
             status = pump_write2(c, (const unsigned char *)head, head_len,
                                  (const unsigned char *)data, len, done, slice_ms, &err);
         Py_END_ALLOW_THREADS
+        if (pump_take_break())
+            status = SP_BROKE;
     }
     return status;
 }
@@ -2177,6 +2192,8 @@ static PyObject *fast_handshake(PyObject *module, PyObject *args)
         Py_BEGIN_ALLOW_THREADS
         status = pump_handshake(c, wait, err);
         Py_END_ALLOW_THREADS
+        if (pump_take_break()) /* (Python raises it: Connection.handshake) */
+            break;
         if (status != SP_WANT_READ && status != SP_WANT_WRITE)
             break;
         if (PyErr_CheckSignals() < 0)
@@ -2191,7 +2208,7 @@ static PyObject *fast_handshake(PyObject *module, PyObject *args)
 
 static PyObject *fast_init(PyObject *module, PyObject *args)
 {
-    enum { N_FNS = 14 }; /* the pump functions init() takes, in its argument order */
+    enum { N_FNS = 15 }; /* the pump functions init() takes, in its argument order */
     PyObject *fns, *addr[N_FNS], *all;
     void *fn[N_FNS];
     int slice, i;
@@ -2236,6 +2253,7 @@ static PyObject *fast_init(PyObject *module, PyObject *args)
     pump_forked = (forked_fn)(uintptr_t)fn[11];
     pump_in_callback = (in_callback_fn)(uintptr_t)fn[12];
     pump_unsent = (unsent_fn)(uintptr_t)fn[13];
+    pump_take_break = (take_break_fn)(uintptr_t)fn[14];
     slice_ms = slice;
     record_size = record;
     Py_INCREF(all);
@@ -2247,7 +2265,7 @@ static PyMethodDef module_methods[] = {
     {"init", fast_init, METH_VARARGS,
      "init((sp_read, sp_write2, sp_write_hold, sp_held_out, sp_written, sp_conn_broken, "
      "sp_flush, sp_conn_drain_tickets, sp_conn_drop_unread, sp_handshake, sp_held_out_try, "
-     "sp_conn_forked, sp_conn_in_callback, sp_conn_unsent addresses), "
+     "sp_conn_forked, sp_conn_in_callback, sp_conn_unsent, sp_take_break addresses), "
      "sizeof_sp_err, "
      "slice_ms, record_size, read_all): bind the pump."},
     {"make_ports", fast_make_ports, METH_VARARGS,

@@ -13,12 +13,17 @@ from . import _binding
 _SLICE_MS = 50 if _binding.lib is None else int(_binding.lib.SP_WAIT_SLICE_MS)
 
 
-# A Ctrl-C (KeyboardInterrupt) or sys.exit() (SystemExit) that came while a key logger's
-# callback ran, inside a handshake (sni.py _keylog): not a failure of the callback, to log,
-# but a request to stop. The handshake raises it once its pump call returns
-# (raise_break_from_callback). Per thread (the callback runs in the thread of the OpenSSL
-# call), and cleared as a handshake begins: one that came during a renegotiation that a read
-# or a write drove is not raised by some later handshake.
+# A Ctrl-C (KeyboardInterrupt) or sys.exit() (SystemExit) that came while a callback into
+# Python ran inside an OpenSSL call (sni.py _keylog, _sni; also at the callback's first line,
+# before its own `try`: sni.py _lost_in_callback): not a failure of the callback, to log, but a
+# request to stop. The call that drove OpenSSL raises it once its pump call returns
+# (raise_break_from_callback): a handshake, and a read or a write, where a KeyUpdate or a TLS
+# 1.2 renegotiation logs keys too. A key logger's also sets the pump's flag (sp_conn.h BREAKS),
+# which the C fast path asks after each pump call: a read that got its bytes would otherwise
+# return without looking. Per thread (the callback runs in the thread of the OpenSSL call).
+# A close raises none: one that came in a close's drain of tickets (a KeyUpdate's line) is
+# raised by this thread's next read or write, as a Ctrl-C a moment late, unless a handshake
+# comes first: each clears what is left (drop_break), which belongs to no call of its own.
 class _Breaks(threading.local):
     exc: Optional[BaseException] = None
 
@@ -26,10 +31,16 @@ class _Breaks(threading.local):
 BREAKS = _Breaks()
 
 
+def drop_break() -> None:
+    BREAKS.exc = None
+    if _binding.lib is not None:
+        _binding.lib.sp_take_break()
+
+
 def raise_break_from_callback() -> None:
     exc = BREAKS.exc
     if exc is not None:
-        BREAKS.exc = None
+        drop_break()
         try:
             raise exc
         finally:

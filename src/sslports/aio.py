@@ -57,7 +57,7 @@ from typing import Any, Callable, Optional, Union
 
 from . import _binding
 from ._binding import build_error
-from ._timing import BREAKS, raise_break_from_callback
+from ._timing import BREAKS, drop_break, raise_break_from_callback
 from .context import SSLClientContext, SSLServerContext, _Context, encode_alpn, literal_family
 from .errors import SSLError, SSLNetworkError, SSLTimeoutError
 from .ports import _LINGER_POLL_MS, _LINGER_SECONDS
@@ -337,6 +337,11 @@ class AioConnection:
             self.waiter = None
             if not waiter.done():
                 waiter.set_result(None)
+        if BREAKS.exc is not None:
+            # A key logger met Ctrl-C (a KeyUpdate's, a renegotiation's line): raised from
+            # the protocol's callback, it stops the event loop, as asyncio raises one there.
+            # What was decrypted stays for the reader.
+            raise_break_from_callback()
 
     def input_arrived(self) -> None:
         """Ciphertext (or its end) was fed: decrypt it, or wake the handshake."""
@@ -353,7 +358,8 @@ class AioConnection:
         lib = _binding.lib
         from .sni import bind_connection
 
-        BREAKS.exc = None  # (see _timing.BREAKS)
+        if BREAKS.exc is not None:  # (see _timing.BREAKS)
+            drop_break()
         while True:
             with bind_connection(self, func):
                 status = lib.sp_handshake(self.ptr, 0, self.err)
@@ -414,6 +420,8 @@ class AioConnection:
                 _log.warning("write: connection is closed (the data is dropped)")
             return
         self.encrypt(data)
+        if BREAKS.exc is not None:  # (a renegotiation's key log met Ctrl-C: see decrypt)
+            raise_break_from_callback()
 
     def encrypt(self, data: Union[bytes, bytearray, memoryview]) -> None:
         held = self.pending_write

@@ -373,7 +373,6 @@ def _tcp_connect(
     blocking = deadline is None and socket.getdefaulttimeout() is None
     last: Optional[OSError] = None
     for i, (family, kind, proto, _name, addr) in enumerate(infos):
-        left = len(infos) - 1 - i  # (addresses after this one)
         try:
             sock = _raw_socket(family, kind if blocking else kind | _SOCK_NONBLOCK, proto)
         except OSError as exc:
@@ -386,8 +385,10 @@ def _tcp_connect(
                 if not _SOCK_NONBLOCK:
                     sock.setblocking(False)
                 share = deadline
-                if deadline is not None and left > 0:
-                    share = _Deadline(cast(float, deadline.remaining()) / (left + 1))
+                if deadline is not None:
+                    left = len(infos) - 1 - i  # (addresses after this one)
+                    if left > 0:
+                        share = _Deadline(cast(float, deadline.remaining()) / (left + 1))
                 _connect_nonblocking(sock, addr, share or _Deadline(None))
             try:
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
@@ -396,7 +397,7 @@ def _tcp_connect(
             return sock
         except SSLTimeoutError as exc:
             sock.close()
-            if left == 0:
+            if i == len(infos) - 1:  # (only with a deadline)
                 raise SSLTimeoutError(
                     f"{func}: connect timed out ({_binding.endpoint(addr[0], port_no)})"
                 ) from exc

@@ -49,6 +49,7 @@ from ._timing import (
     BREAKS,
     _Deadline,
     _deadline,
+    drop_break,
     raise_break_from_callback,
 )
 from .errors import NotCopyable, SSLError, SSLNetworkError, SSLTimeoutError
@@ -158,6 +159,7 @@ def _load_fastport() -> Any:
         "sp_conn_forked",
         "sp_conn_in_callback",
         "sp_conn_unsent",
+        "sp_take_break",
     ]  # (init's order)
     _fastport.init(
         tuple(int(ffi.cast("uintptr_t", ffi.addressof(lib, name))) for name in pump),
@@ -591,7 +593,8 @@ class Connection:
             raise SSLTimeoutError(f"{func}: timed out")
 
     def handshake(self, func: str, timeout: Optional[float], cls: type[SSLError]) -> None:
-        BREAKS.exc = None  # (see _timing.BREAKS)
+        if BREAKS.exc is not None:  # (see _timing.BREAKS)
+            drop_break()
         if self.is_socket and _fastport is not None:
             # The loop below in C (sp_fastport.c handshake): it runs once per connection, cold.
             status = _fastport.handshake(self._fast_addr, timeout, _per_thread.err_addr)
@@ -743,6 +746,8 @@ class Connection:
                     base = total
                     status = sp_read(ptr, buf + base, size - base, want, got, wait, err)
                     total = base + got[0]
+                    if BREAKS.exc is not None:  # (a key logger's Ctrl-C: _timing.BREAKS)
+                        raise_break_from_callback()
                     if status == _SP_OK:
                         if not fill or total >= size:
                             break
@@ -818,7 +823,11 @@ class Connection:
     def read_rest(self, b: Any, fill: bool, total: int) -> int:
         """The C fast path's continuation (sp_fastport.c), called with the read lock held for
         everything but a read that got all it asked for: waits, EOF, errors."""
+        if BREAKS.exc is not None:  # (the pump call ran a key logger that met Ctrl-C)
+            raise_break_from_callback()
         if not self.open_ports:  # both ports were closed while this call waited: EOF for it
+            return total
+        if total and not fill:  # (a read that got bytes, handed over for a break: done)
             return total
         return self.read("read", b, fill, _NO_DEADLINE, total)
 
@@ -827,6 +836,8 @@ class Connection:
         carry; see read_rest): send the rest of the held bytes `pending`, then of `data`,
         after the first `sent` bytes of the two (on an exception, sp_fastport.c
         continue_write keeps what was not sent)."""
+        if BREAKS.exc is not None:  # (the pump call ran a key logger that met Ctrl-C)
+            raise_break_from_callback()
         _send_rest(self, pending, None, data, sent, func)
 
     def written(self) -> int:
@@ -871,6 +882,8 @@ class Connection:
                         self.kept += view[: got[0]]
         finally:
             lock.release_taken(held_before)
+        if BREAKS.exc is not None:  # (a key logger's Ctrl-C: _timing.BREAKS)
+            raise_break_from_callback()
         if status == _SP_OK_SEND:  # (streams: what reading queued goes out now, see read)
             with self.transport_errors(func, "read"):
                 self.wait_for_pump(lib.SP_WANT_WRITE, deadline, func, seen, reading=True)
@@ -920,6 +933,8 @@ class Connection:
                         total += done[0]
                     else:
                         status = lib.sp_flush(ptr, wait, err)
+                    if BREAKS.exc is not None:  # (a key logger's Ctrl-C: _timing.BREAKS)
+                        raise_break_from_callback()
                     if status == _SP_OK and total >= size:
                         break
                     if status in (_SP_OK, _SP_WANT_READ, _SP_WANT_WRITE):

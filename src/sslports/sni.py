@@ -115,7 +115,9 @@ def _append_keylog_file(path: str, line: bytes) -> None:
             os.close(fd)
 
 
-def _keylog(ssl: Any, line: Any) -> None:
+def _keylog(ssl: Any, line: Any) -> int:
+    """OpenSSL's key log line: to SSLKEYLOGFILE, and to the context's key logger. 1 when a
+    request to stop came meanwhile (kept in BREAKS, for the pump call to raise), else 0."""
     try:
         data = bytes(_binding.ffi.string(line))
         path = keylog_file()
@@ -130,15 +132,34 @@ def _keylog(ssl: Any, line: Any) -> None:
         callback = ctx._keylogger if ctx is not None else None
         if callback is not None and BREAKS.exc is None:  # (else: stopping)
             callback(data)
-    except (KeyboardInterrupt, SystemExit) as exc:  # a request to stop: the handshake raises it
+    except (KeyboardInterrupt, SystemExit) as exc:  # a request to stop: the caller raises it
         BREAKS.exc = exc
+        return 1
     except BaseException:  # a key logger must never break the handshake
         _log.exception("sslports: key log callback failed")
+    return 0
+
+
+def _lost_in_callback(exc_type: Any, exc: Optional[BaseException], tb: Any) -> int:
+    """CFFI's onerror for the key log callback: an exception raised before the callback's own
+    `try` (a signal handler's, at its first line: Ctrl-C, or the handler's own exception)
+    would be printed and lost. It is the caller's, as if it had come as the pump call
+    returned: kept in BREAKS, for the call that drove OpenSSL to raise. 1: the C caller notes
+    the break (sp_conn.h BREAKS)."""
+    if exc is not None and BREAKS.exc is None:
+        BREAKS.exc = exc
+    return 1
+
+
+def _sni_lost(exc_type: Any, exc: Optional[BaseException], tb: Any) -> int:
+    """The same for the server name callback: -1 fails the handshake, which raises it."""
+    _lost_in_callback(exc_type, exc, tb)
+    return -1
 
 
 if _binding.ffi is not None:
-    _binding.ffi.def_extern(name="sp_py_sni")(_sni)
-    _binding.ffi.def_extern(name="sp_py_keylog")(_keylog)
+    _binding.ffi.def_extern(name="sp_py_sni", error=-1, onerror=_sni_lost)(_sni)
+    _binding.ffi.def_extern(name="sp_py_keylog", error=1, onerror=_lost_in_callback)(_keylog)
 
 
 def ssl_set_server_name_identification_callback(
