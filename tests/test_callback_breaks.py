@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import socket
 import sys
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any, Callable, Optional
@@ -28,7 +29,8 @@ from sslports import aio
 
 pytestmark = pytest.mark.timeout(60)
 
-BEFORE, AFTER = b"before\n", b"after\n"
+BEFORE, AFTER, LATER = b"before\n", b"after\n", b"and later\n"
+ALL = BEFORE + AFTER + LATER
 
 
 @pytest.fixture
@@ -39,13 +41,15 @@ def forger() -> Iterator[ForgingServer]:
 
 
 def serve_a_key_update(forger: ForgingServer) -> Callable[..., Any]:
-    """The server's side: BEFORE, a KeyUpdate, AFTER and close_notify in one send, then wait
-    for the client to leave. Returns the join()."""
+    """The server's side: BEFORE, a KeyUpdate and AFTER in one send; LATER and close_notify
+    0.2 s later (a read that wants more than came first reads on, and gets it); then wait for
+    the client to leave. Returns the join()."""
 
     def serve() -> None:
         forger.accept()
-        records = forger.data(BEFORE) + forger.key_update() + forger.data(AFTER)
-        forger.send(records + forger.close_notify())
+        forger.send(forger.data(BEFORE) + forger.key_update() + forger.data(AFTER))
+        time.sleep(0.2)
+        forger.send(forger.data(LATER) + forger.close_notify())
         assert forger.sock is not None
         try:
             while forger.sock.recv(65536):
@@ -85,13 +89,18 @@ def client_context(logger: Optional[Callable[[bytes], None]]) -> Any:
 
 
 def read_through(inp: Any, exc: type[BaseException], read: str = "readline") -> bytes:
-    """Read to EOF (a line, or what is there, at a time): the stop must come (once) on the way,
-    and every byte still arrive, in order."""
+    """Read to EOF (a line, what is there, or 20 bytes at a time): the stop must come (once) on
+    the way, and every byte still arrive, in order."""
     got = b""
     stopped = 0
-    for _ in range(10):  # (without the stop: BEFORE, AFTER, EOF, then EOF again)
+    for _ in range(10):  # (a few reads, then EOF again and again)
         try:
-            data = inp.readline() if read == "readline" else inp.read1(65536)
+            if read == "readline":
+                data = inp.readline()
+            elif read == "read1":
+                data = inp.read1(65536)
+            else:  # (more than arrives: the read reads on after its first bytes)
+                data = inp.read(20)
         except exc:
             stopped += 1
             continue
@@ -103,7 +112,7 @@ def read_through(inp: Any, exc: type[BaseException], read: str = "readline") -> 
 
 
 @pytest.mark.parametrize("exc", [KeyboardInterrupt, SystemExit])
-@pytest.mark.parametrize("read", ["readline", "read1"])
+@pytest.mark.parametrize("read", ["readline", "read1", "read(20)"])
 @pytest.mark.parametrize("how", ["socket", "socket with a timeout", "streams"])
 def test_a_stop_in_a_key_logger_during_a_read_is_raised_and_loses_nothing(
     forger: ForgingServer, how: str, read: str, exc: type[BaseException]
@@ -121,7 +130,7 @@ def test_a_stop_in_a_key_logger_during_a_read_is_raised_and_loses_nothing(
         inp, out = sslports.ssl_connect("127.0.0.1", forger.port, ctx, timeout=30)
         if how == "socket with a timeout":
             inp.settimeout(30)
-    assert read_through(inp, exc, read) == BEFORE + AFTER
+    assert read_through(inp, exc, read) == ALL
     assert any(updates_a_key(line) for line in logger.lines)
     out.close()
     inp.close()
@@ -157,7 +166,7 @@ def test_a_stop_at_a_key_loggers_first_line_is_not_lost(forger: ForgingServer) -
     with raising_at_entry_of("_keylog", KeyboardInterrupt) as fired:
         got = read_through(inp, KeyboardInterrupt)
     assert fired
-    assert got == BEFORE + AFTER
+    assert got == ALL
     out.close()
     inp.close()
     join()
@@ -221,5 +230,5 @@ def test_a_stop_in_a_key_logger_during_an_aio_read_stops_the_loop(
         loop.run_until_complete(task)
     finally:
         loop.close()
-    assert b"".join(got) == BEFORE + AFTER
+    assert b"".join(got) == ALL
     join()

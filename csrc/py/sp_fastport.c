@@ -37,10 +37,11 @@
  *   4. One sp_read / sp_write2 (the pending bytes, then the caller's) with the GIL released,
  *      waiting at most one slice.
  *   5. The common outcome (all asked for was read or sent) releases the lock and returns.
- *      Any other (a slice that elapsed, EOF, an error, a closed connection) hands the buffer
- *      and the progress made to the connection's Python continuation (`read_rest` /
- *      `write_rest`), called with the lock held: deadlines, signal handlers, EOF policy and
- *      error objects live in one place, ports.py. The lock is released here afterwards, also
+ *      Any other (a slice that elapsed, EOF, an error, a closed connection, a Ctrl-C that a
+ *      key logger met inside the pump call: SP_BROKE) hands the buffer and the progress made
+ *      to the connection's Python continuation (`read_rest` / `write_rest`), called with the
+ *      lock held: deadlines, signal handlers, EOF policy and error objects live in one place,
+ *      ports.py. The lock is released here afterwards, also
  *      when the continuation raised (even at its first instruction, as Ctrl-C may); a write's
  *      continuation that raised leaves pending exactly the bytes OpenSSL did not take
  *      (continue_write), and a read's keeps the bytes the read had, to be read first
@@ -679,8 +680,12 @@ static int read_start(Port *self, unsigned char *buf, size_t len, int fill, int 
             return -1;
         }
         *got = n;
+        if (broke) { /* (no more reading: the continuation raises the break) */
+            *status = SP_BROKE;
+            return 0;
+        }
         if (n == len || !fill) {
-            *status = broke ? SP_BROKE : SP_OK;
+            *status = SP_OK;
             return 0;
         }
     }
