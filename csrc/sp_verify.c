@@ -648,20 +648,20 @@ static void keylog_callback(const SSL *ssl, const char *line)
 {
     sp_conn *c;
     sp_callback_frame frame;
+    int broke;
     if (!sp_ctx_keylog_wanted(SSL_get_SSL_CTX(ssl)))
         return;
-    c = sp_conn_from_ssl(ssl);
-    if (c == NULL) { /* (an SSL* this library did not make) */
-        if (sp_py_keylog(ssl, line))
-            sp_conn_note_break();
-        return;
-    }
     /* A TLS 1.2 renegotiation's line comes while the connection's ports exist: what the
-     * callback does with them must not wait for this thread's ssl_lock (sp_conn.c CALLBACKS) */
-    sp_conn_callback_begin(c, &frame);
-    if (sp_py_keylog(ssl, line))
+     * callback does with them must not wait for this thread's ssl_lock (sp_conn.c CALLBACKS).
+     * (c NULL: an SSL* this library did not make.) */
+    c = sp_conn_from_ssl(ssl);
+    if (c != NULL)
+        sp_conn_callback_begin(c, &frame);
+    broke = sp_py_keylog(ssl, line);
+    if (c != NULL)
+        sp_conn_callback_end(&frame);
+    if (broke)
         sp_conn_note_break();
-    sp_conn_callback_end(&frame);
 }
 
 void sp_ctx_enable_keylog(SSL_CTX *ctx, int on)

@@ -657,7 +657,6 @@ static int read_start(Port *self, unsigned char *buf, size_t len, int fill, int 
 {
     sp_conn *c;
     size_t kept, more = 0;
-    int broke = 0;
     *status = SP_ERROR;
     *got = 0;
     if (lock_take(self->lock) < 0)
@@ -668,9 +667,10 @@ static int read_start(Port *self, unsigned char *buf, size_t len, int fill, int 
             lock_give(self->lock);
             return -1;
         }
-        if (kept == 0)
-            return 0; /* (*got 0: the continuation waits, ends or fails) */
-        broke = *status == SP_BROKE;
+        /* (*got 0: the continuation waits, ends or fails; after a break it raises, and
+         * what was read stays kept) */
+        if (kept == 0 || *status == SP_BROKE)
+            return 0;
     }
     if (kept > 0 && len > 0) { /* bytes read ahead come first */
         size_t n = kept < len ? kept : len;
@@ -680,10 +680,6 @@ static int read_start(Port *self, unsigned char *buf, size_t len, int fill, int 
             return -1;
         }
         *got = n;
-        if (broke) { /* (no more reading: the continuation raises the break) */
-            *status = SP_BROKE;
-            return 0;
-        }
         if (n == len || !fill) {
             *status = SP_OK;
             return 0;
