@@ -458,6 +458,30 @@ def test_reset_and_close_mid_handshake_name_the_peer(path: str) -> None:
     ), closed
 
 
+def test_an_ipv4_client_of_a_dual_stack_listener_is_named_in_its_ipv4_form() -> None:
+    """ssl_listen(port) with no address listens on [::] for IPv4 too, whose clients the socket
+    reports as v4-mapped IPv6 addresses. A failed handshake named them "[::ffff:127.0.0.1]:port"
+    where ssl_addresses says "127.0.0.1": both now say the IPv4 form."""
+    listener = sslports.ssl_listen(
+        0, 5, True, None, server_context("tls13", LEAF), handshake_timeout=0.3
+    )
+    with listener:
+        if sslports.ssl_addresses(listener)[1] != "::":
+            pytest.skip("no IPv6 here: ssl_listen(port) listens on IPv4 alone")
+        port = sslports.ssl_addresses(listener, True)[1]
+        with socket.create_connection((LOCAL, port)) as sock:  # says nothing
+            me = sock.getsockname()
+            with pytest.raises(TimeoutError) as timed_out:
+                sslports.ssl_accept(listener)
+        assert str(timed_out.value) == f"ssl_accept: handshake timed out (client {LOCAL}:{me[1]})"
+        with socket.create_connection((LOCAL, port)) as sock:
+            me = sock.getsockname()
+            sock.sendall(b"GET / HTTP/1.1\r\nHost: localhost\r\n\r\n")
+            with pytest.raises(SSLNetworkError) as failed:
+                sslports.ssl_accept(listener)
+        assert str(failed.value).endswith(f"; client {LOCAL}:{me[1]})"), str(failed.value)
+
+
 def test_handshake_timeouts_name_the_peer(server: Any) -> None:
     srv = server(server_context("tls13", LEAF), handshake_timeout=0.2)
     join = srv.accept()

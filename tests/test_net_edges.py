@@ -507,6 +507,36 @@ def test_listen_port_arguments(port: Any, exc: type[Exception]) -> None:
         sslports.ssl_listen(port)
 
 
+@pytest.mark.parametrize(
+    ("value", "exc", "says"),
+    [(0, ValueError, "must be > 0, or None"), (0.0, ValueError, "must be > 0, or None"),
+     (-1, ValueError, "must be >= 0"), (float("nan"), ValueError, "must be a finite"),
+     ("30", TypeError, "must be a number"), (True, TypeError, "must be a number")],
+)  # fmt: skip
+def test_handshake_timeout_arguments(value: Any, exc: type[Exception], says: str) -> None:
+    """A server's handshake_timeout is checked where it is given, by ssl_listen and by
+    aio.start_ssl_server alike. Zero would time out every handshake before its first byte (it
+    did: a listener whose every ssl_accept raised), so it is refused as asyncio refuses
+    ssl_handshake_timeout=0; start_ssl_server took anything and failed each client's handshake
+    with it later, reported per client."""
+    before = _nfds()
+    with pytest.raises(exc, match=rf"^ssl_listen: handshake_timeout {says}"):
+        sslports.ssl_listen(0, 5, True, LOCAL, handshake_timeout=value)
+    assert _nfds() == before  # (nothing was bound)
+
+    async def serve() -> None:
+        async def nothing(r: Any, w: Any) -> None:
+            raise AssertionError("no client connects")
+
+        await sslports.aio.start_ssl_server(
+            nothing, LOCAL, 0, _server_ctx(), handshake_timeout=value
+        )
+
+    with pytest.raises(exc, match=rf"^start_ssl_server: handshake_timeout {says}"):
+        asyncio.run(serve())
+    assert _nfds() == before
+
+
 # -- listening -----------------------------------------------------------------------------------
 
 

@@ -11,6 +11,7 @@ ALPN: the client's ``alpn=`` against ``openssl s_server -alpn`` and against our 
 
 from __future__ import annotations
 
+import array
 import hashlib
 import io
 import threading
@@ -479,6 +480,32 @@ def test_alpn_list_length_is_value_error(alpn_cert: tuple[Path, Issued]) -> None
     with pytest.raises(ValueError, match="ports_to_ssl_ports: the ALPN protocol list"):
         sslports.ports_to_ssl_ports(io.BytesIO(), io.BytesIO(), mode="connect", alpn=names)
     sslports.ssl_set_server_alpn(server_context("tls13", leaf), names[:255])
+
+
+def test_alpn_names_may_be_any_bytes_like(alpn_cert: tuple[Path, Issued]) -> None:
+    """A protocol name is taken as its bytes, whatever holds them: a memoryview (a slice of a
+    config buffer, say) was a TypeError, a bytearray was not. A memoryview of 16-bit items
+    counts its bytes, not its items, against the 255-byte limit."""
+    root, leaf = alpn_cert
+    ctx = server_context("tls13", leaf)
+    sslports.ssl_set_server_alpn(ctx, [memoryview(b"xx h2")[3:], bytearray(b"http/1.1")], False)
+    server = Server(ctx)
+    try:
+        join = server.accept(lambda i, o: sslports.ssl_get_alpn_selected(o))
+        offer = [memoryview(b"spdy/1"), memoryview(b"h2")]
+        inp, out = sslports.ssl_connect(
+            LOCAL, server.port, client_context("tls13", roots=[root]), alpn=offer
+        )
+        with inp, out:
+            assert sslports.ssl_get_alpn_selected(inp) == b"h2"
+        assert join() == b"h2"
+    finally:
+        server.close()
+    wide = memoryview(array.array("H", [0x6161] * 128))  # 128 items, 256 bytes
+    with pytest.raises(ValueError, match="ssl_connect: ALPN protocol names must be 1 to 255"):
+        sslports.ssl_connect(LOCAL, 1, alpn=[wide])  # type: ignore[list-item]
+    with pytest.raises(TypeError, match="ssl_connect: each ALPN protocol must be bytes, got int"):
+        sslports.ssl_connect(LOCAL, 1, alpn=[2])  # type: ignore[list-item]
 
 
 def test_alpn_argument_types(alpn_cert: tuple[Path, Issued]) -> None:

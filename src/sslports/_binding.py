@@ -42,6 +42,13 @@ def endpoint(host: str, port: object) -> str:
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
+def unmapped(host: str) -> str:
+    """An IPv4 peer of a dual-stack socket in its IPv4 form ("::ffff:127.0.0.1" -> "127.0.0.1")."""
+    if host[:7].lower() == "::ffff:" and "." in host:
+        return host[7:]
+    return host
+
+
 def require_native(func: str) -> Any:
     """Return `lib`, or raise SSLUnsupportedError naming `func` and the load failure."""
     if lib is None:

@@ -60,7 +60,7 @@ from ._binding import build_error
 from ._timing import BREAKS, drop_break, raise_break_from_callback
 from .context import SSLClientContext, SSLServerContext, _Context, encode_alpn, literal_family
 from .errors import SSLError, SSLNetworkError, SSLTimeoutError
-from .ports import _LINGER_POLL_MS, _LINGER_SECONDS
+from .ports import _LINGER_POLL_MS, _LINGER_SECONDS, check_handshake_timeout
 from .verify import cipher_info, peer_certificate
 
 _BUF = 1 << 18  # per-thread receive and ciphertext buffers (asyncio's max_size)
@@ -392,7 +392,7 @@ class AioConnection:
                 reason = _binding.strerror(failure.errno) if failure.errno else str(failure)
                 peer = self.get_extra_info("peername")
                 if isinstance(peer, tuple) and len(peer) >= 2:
-                    reason += f": {_binding.endpoint(str(peer[0]), peer[1])}"
+                    reason += f": {_binding.endpoint(_binding.unmapped(str(peer[0])), peer[1])}"
                 raise SSLNetworkError(f"{func}: {what} failed ({reason})", errno=failure.errno)
             if status == _RAGGED_EOF:
                 raise SSLNetworkError(f"{func}: {what} failed (connection closed by peer)")
@@ -1445,6 +1445,7 @@ async def start_ssl_server(
     func = "start_ssl_server"
     if not isinstance(context, SSLServerContext):
         raise TypeError(f"{func}: expected a server context, got {type(context).__name__}")
+    handshake_timeout = check_handshake_timeout(func, handshake_timeout)
     _check_limit(func, limit)
     _binding.require_native(func)
     from .net import _new_connection

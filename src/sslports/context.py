@@ -184,7 +184,7 @@ def _check_bool(func: str, name: str, value: object) -> bool:
 
 def encode_alpn(func: str, protocols: object) -> bytes:
     """RFC 7301 wire format of a sequence of protocol names (each 1..255 bytes, at most
-    65535 bytes in all)."""
+    65535 bytes in all). A name is any bytes-like object (bytes, bytearray, memoryview, ...)."""
     if type(protocols) is tuple and not protocols:  # the default, once per connection
         return b""
     if isinstance(protocols, (str, bytes, bytearray)) or not isinstance(protocols, Sequence):
@@ -192,7 +192,12 @@ def encode_alpn(func: str, protocols: object) -> bytes:
     wire = bytearray()
     for name in protocols:
         if not isinstance(name, (bytes, bytearray)):
-            raise TypeError(f"{func}: each ALPN protocol must be bytes, got {type(name).__name__}")
+            try:  # (its bytes, whatever its format: len() of a memoryview counts items)
+                name = memoryview(name).tobytes()
+            except TypeError:
+                raise TypeError(
+                    f"{func}: each ALPN protocol must be bytes, got {type(name).__name__}"
+                ) from None
         if not 1 <= len(name) <= 255:
             raise ValueError(f"{func}: ALPN protocol names must be 1 to 255 bytes long")
         wire.append(len(name))

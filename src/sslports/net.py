@@ -44,6 +44,7 @@ from .ports import (
     _check_timeout,
     _per_thread,
     _SocketTransport,
+    check_handshake_timeout,
     make_ports,
 )
 from .sni import bind_connection
@@ -730,7 +731,7 @@ def ssl_listen(
         raise TypeError(f"{func}: reuse must be a bool")
     _check_bool(func, "reuse_port", reuse_port)
     host = _check_hostname_arg(func, hostname_or_none)
-    handshake_timeout = _check_timeout(func, handshake_timeout)
+    handshake_timeout = check_handshake_timeout(func, handshake_timeout)
     ctx = _server_context(func, server_protocol)
     if host is None:
         sock = _bind_everywhere(func, port_no, queue_k, reuse, reuse_port)
@@ -862,17 +863,11 @@ def ssl_addresses(
             raise SSLError(f"{func}: not connected to TCP port")
     else:
         raise TypeError(f"{func}: expected an SSL port or listener")
-    local_host, peer_host = _unmapped(local[0]), _unmapped(peer[0])
+    unmapped = _binding.unmapped
+    local_host, peer_host = unmapped(local[0]), unmapped(peer[0])
     if port_numbers:
         return (local_host, int(local[1]), peer_host, int(peer[1]))
     return (local_host, peer_host)
-
-
-def _unmapped(host: str) -> str:
-    """An IPv4 peer of a dual-stack socket in its IPv4 form ("::ffff:127.0.0.1" -> "127.0.0.1")."""
-    if host[:7].lower() == "::ffff:" and "." in host:
-        return host[7:]
-    return host
 
 
 def _mode_context(func: str, mode: object, context: object, encrypt: object) -> _Context:

@@ -653,8 +653,10 @@ class Connection:
     def peer_text(self) -> Optional[str]:
         """The peer's host:port for a failed handshake's message: what the caller said
         (`peer`), else what the socket says (nothing once a reset disconnected it), else None
-        (a stream transport)."""
+        (a stream transport). An address that a socket gave (a server's client, accepted on a
+        dual-stack listener) is said as ssl_addresses says it: IPv4 in its IPv4 form."""
         addr = self.peer
+        said = addr is not None and self.handshake_what() == "connect"
         if addr is None and self.is_socket:
             try:
                 addr = cast(_SocketTransport, self.transport).sock.getpeername()
@@ -662,7 +664,8 @@ class Connection:
                 return None
         if not isinstance(addr, tuple) or len(addr) < 2:
             return None  # (an AF_UNIX peer has no host:port)
-        return _binding.endpoint(str(addr[0]), addr[1])
+        host = str(addr[0])
+        return _binding.endpoint(host if said else _binding.unmapped(host), addr[1])
 
     def handshake_timed_out(self, func: str) -> SSLTimeoutError:
         where = self.peer_text()
@@ -1759,21 +1762,31 @@ def _claim_close(port: Any) -> bool:
 MAX_TIMEOUT = float(threading.TIMEOUT_MAX)
 
 
-def _check_timeout(func: str, seconds: object) -> Optional[float]:
+def _check_timeout(func: str, seconds: object, name: str = "timeout") -> Optional[float]:
     if seconds is None:
         return None
     if isinstance(seconds, bool) or not isinstance(seconds, (int, float)):
-        raise TypeError(f"{func}: timeout must be a number or None")
+        raise TypeError(f"{func}: {name} must be a number or None")
     try:
         value = float(seconds)
     except OverflowError:  # (an int beyond a float's range)
-        raise ValueError(f"{func}: timeout must be at most {MAX_TIMEOUT:.0f} seconds") from None
+        raise ValueError(f"{func}: {name} must be at most {MAX_TIMEOUT:.0f} seconds") from None
     if not math.isfinite(value):
-        raise ValueError(f"{func}: timeout must be a finite number or None, got {seconds!r}")
+        raise ValueError(f"{func}: {name} must be a finite number or None, got {seconds!r}")
     if value < 0:
-        raise ValueError(f"{func}: timeout must be >= 0")
+        raise ValueError(f"{func}: {name} must be >= 0")
     if value > MAX_TIMEOUT:
-        raise ValueError(f"{func}: timeout must be at most {MAX_TIMEOUT:.0f} seconds")
+        raise ValueError(f"{func}: {name} must be at most {MAX_TIMEOUT:.0f} seconds")
+    return value
+
+
+def check_handshake_timeout(func: str, seconds: object) -> Optional[float]:
+    """A server's bound on each client's handshake: seconds > 0, or None (no bound). Zero is
+    refused, as asyncio refuses ssl_handshake_timeout=0: it would end every handshake before
+    its first byte, a server that accepts nobody."""
+    value = _check_timeout(func, seconds, "handshake_timeout")
+    if value == 0:
+        raise ValueError(f"{func}: handshake_timeout must be > 0, or None for no bound")
     return value
 
 
