@@ -21,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import errno
+import ipaddress
 import os
 import resource
 import signal
@@ -30,7 +31,7 @@ import struct
 import threading
 import time
 from collections.abc import Iterator
-from typing import Any, Callable
+from typing import Any, Callable, Optional
 
 import pytest
 from certs import chain_file, client_context, in_thread, ipv6_loopback_works, make_cert
@@ -538,6 +539,52 @@ def test_handshake_timeout_arguments(value: Any, exc: type[Exception], says: str
 
 
 # -- listening -----------------------------------------------------------------------------------
+
+
+def _link_local() -> Optional[str]:
+    """A link-local IPv6 address of this machine with its zone ("fe80::1%eth0"), or None."""
+    try:
+        with open("/proc/net/if_inet6") as table:
+            rows = [line.split() for line in table]
+    except OSError:
+        return None
+    for hexaddr, _index, _plen, scope, _flags, name in rows:
+        if scope == "20":  # (IPV6_ADDR_LINKLOCAL)
+            return f"{ipaddress.IPv6Address(bytes.fromhex(hexaddr))}%{name}"
+    return None
+
+
+def test_addresses_keep_a_link_local_zone() -> None:
+    """ssl_addresses gave a link-local address without its zone ("fe80::1", which no
+    connect can reach: the zone says which link) where getnameinfo and Racket's
+    tcp-addresses say "fe80::1%eth0". Both ends, the listener, and its repr keep it, and a
+    client reaches the server again at the address its listener reports."""
+    host = _link_local()
+    if host is None:
+        pytest.skip("no link-local IPv6 address on this machine")
+    with sslports.ssl_listen(0, 5, True, host, _server_ctx()) as listener:
+        local, port, _any, _zero = sslports.ssl_addresses(listener, True)
+        assert local == host
+        assert f"[{host}]:{port}" in repr(listener)
+        result: dict[str, Any] = {}
+
+        def serve() -> None:
+            si, so = sslports.ssl_accept(listener)
+            with si, so:
+                result["server"] = sslports.ssl_addresses(si, True)
+                so.write(si.read(4))
+
+        t = threading.Thread(target=serve)
+        t.start()
+        ci, co = sslports.ssl_connect(local, port, timeout=10)
+        with ci, co:
+            client = sslports.ssl_addresses(co, True)
+            co.write(b"ping")
+            co.flush()
+            assert ci.read(4) == b"ping"
+        t.join(10)
+    assert client[0] == client[2] == host and client[3] == port
+    assert result["server"] == (host, port, host, client[1])
 
 
 def test_port_in_use() -> None:

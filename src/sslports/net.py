@@ -559,8 +559,8 @@ class SSLListener(NotCopyable):
     def __repr__(self) -> str:
         if self._sock.fileno() < 0:
             return "<SSLListener closed>"
-        host, port = self._sock.getsockname()[:2]
-        return f"<SSLListener {_binding.endpoint(host, port)}>"
+        local = self._sock.getsockname()
+        return f"<SSLListener {_binding.endpoint(_host_of(local), local[1])}>"
 
     def fileno(self) -> int:
         """The listening socket's descriptor, for select/selectors (Racket: sync)."""
@@ -834,7 +834,9 @@ def ssl_addresses(
 def ssl_addresses(
     p_or_listener: object, port_numbers: bool = False
 ) -> Union[tuple[str, str], tuple[str, int, str, int]]:
-    """The local and peer addresses (and ports) of a port or listener.
+    """The local and peer addresses (and ports) of a port or listener: numeric hosts, IPv4
+    clients of a dual-stack listener in their IPv4 form, a link-local IPv6 address with its
+    zone ("fe80::1%eth0").
 
     Racket: ssl-addresses
 
@@ -863,11 +865,25 @@ def ssl_addresses(
             raise SSLError(f"{func}: not connected to TCP port")
     else:
         raise TypeError(f"{func}: expected an SSL port or listener")
-    unmapped = _binding.unmapped
-    local_host, peer_host = unmapped(local[0]), unmapped(peer[0])
+    local_host, peer_host = _host_of(local), _host_of(peer)
     if port_numbers:
         return (local_host, int(local[1]), peer_host, int(peer[1]))
     return (local_host, peer_host)
+
+
+def _host_of(addr: tuple[Any, ...]) -> str:
+    """The host of a socket address as getnameinfo(NI_NUMERICHOST) spells it (and Racket's
+    tcp-addresses): an IPv4 client of a dual-stack socket in its IPv4 form, a scoped IPv6
+    address (link-local: fe80::1) with its zone ("fe80::1%eth0"), so that ssl_connect can
+    reach it again. Python's getsockname/getpeername give the zone as a number apart."""
+    host = _binding.unmapped(str(addr[0]))
+    if len(addr) == 4 and addr[3] and "%" not in host:
+        try:
+            zone = socket.if_indextoname(addr[3])
+        except OSError:  # (an interface gone since: its number, which getaddrinfo takes too)
+            zone = str(addr[3])
+        host = f"{host}%{zone}"
+    return host
 
 
 def _mode_context(func: str, mode: object, context: object, encrypt: object) -> _Context:
