@@ -38,6 +38,7 @@ from conftest import LOCAL
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.x509.oid import ExtendedKeyUsageOID
+from forged_tls import ALERT, ForgingServer
 
 import sslports
 from sslports import SSLError, SSLNetworkError
@@ -387,6 +388,41 @@ def test_a_client_meeting_request_bytes_does_not_blame_a_client(reply: bytes, hi
         t.join()
     assert hint in str(info.value)
     assert "client sent" not in str(info.value)
+
+
+def test_an_alert_openssl_has_no_name_for_is_called_an_alert() -> None:
+    """An alert number OpenSSL has no text for (255 here; a newer peer's alert, say) read only
+    "reason(1255)", in the handshake and, TLS 1.3's alerts being encrypted, on a read after it
+    (the post-handshake path): both now say it is the peer's alert and its number."""
+    said = "reason(1255): a fatal alert sent by the peer, number 255, unknown to OpenSSL)"
+    with socket.create_server((LOCAL, 0)) as listener:
+
+        def refuse() -> None:
+            conn, _ = listener.accept()
+            with conn:
+                conn.recv(4096)
+                conn.sendall(b"\x15\x03\x03\x00\x02\x02\xff")  # alert: fatal, 255
+
+        t = threading.Thread(target=refuse)
+        t.start()
+        with pytest.raises(SSLNetworkError) as info:
+            sslports.ssl_connect(LOCAL, listener.getsockname()[1], timeout=10)
+        t.join()
+    assert str(info.value).endswith(said), str(info.value)
+    server = ForgingServer()
+    try:
+        t = threading.Thread(target=server.accept)
+        t.start()
+        inp, out = sslports.ssl_connect(LOCAL, server.port, "tls13", timeout=10)
+        t.join()
+        with inp, out:
+            server.send(server.data(b"first") + server.record(ALERT, b"\x02\xff"))
+            assert inp.read(5) == b"first"
+            with pytest.raises(SSLError) as after:
+                inp.read(1)
+        assert str(after.value).endswith(said), str(after.value)
+    finally:
+        server.close()
 
 
 @pytest.mark.parametrize("version", VERSIONS)

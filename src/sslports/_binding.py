@@ -167,6 +167,9 @@ _ALERT_HINTS = {
     "insufficient security": "the peer requires stronger ciphers than we offered",
 }
 _ALERT = re.compile(r"(?:sslv3|ssl/tls|tlsv1|tlsv13) alert (.+)$")
+# A received alert's reason is 1000 + its number (SSL_AD_REASON_OFFSET); one that OpenSSL has no
+# text for reads "reason(1255)".
+_UNNAMED_ALERT = re.compile(r"SSL routines:[^:]*:reason\((1[0-2][0-9][0-9])\)$")
 # Reasons that mean the other end does not speak TLS (OpenSSL's texts).
 _NOT_TLS = {
     "wrong version number": "the peer does not speak TLS (a plain-text service?)",
@@ -186,6 +189,9 @@ def reason_hint(reason: str) -> Optional[str]:
     match = _ALERT.search(text)
     if match is not None:
         return _ALERT_HINTS.get(match.group(1), "a fatal alert sent by the peer")
+    unnamed = _UNNAMED_ALERT.search(reason)
+    if unnamed is not None and int(unnamed.group(1)) <= 1255:
+        return f"a fatal alert sent by the peer, number {int(unnamed.group(1)) - 1000}, unknown to OpenSSL"
     return _NOT_TLS.get(text)
 
 
