@@ -191,7 +191,8 @@ def reason_hint(reason: str) -> Optional[str]:
         return _ALERT_HINTS.get(match.group(1), "a fatal alert sent by the peer")
     unnamed = _UNNAMED_ALERT.search(reason)
     if unnamed is not None and int(unnamed.group(1)) <= 1255:
-        return f"a fatal alert sent by the peer, number {int(unnamed.group(1)) - 1000}, unknown to OpenSSL"
+        number = int(unnamed.group(1)) - 1000
+        return f"a fatal alert sent by the peer, number {number}, unknown to OpenSSL"
     return _NOT_TLS.get(text)
 
 
