@@ -21,12 +21,16 @@ import sys
 import threading
 from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Any, Callable, Optional, Union, cast, overload
+from typing import TYPE_CHECKING, Any, Callable, Optional, Union, cast, overload
 
 from . import _binding
 from ._binding import build_error
 from ._dhparams import DH4096_PEM
 from .errors import NotCopyable, SSLError, SSLUnsupportedError
+
+if TYPE_CHECKING:  # (bound at run time by net.py, which imports this module: bind_names)
+    from .net import SSLListener
+    from .ports import SSLInputPort, SSLOutputPort
 
 PathLike = Union[str, bytes, "os.PathLike[str]", "os.PathLike[bytes]"]
 VerifySource = Union[PathLike, tuple[str, PathLike]]
@@ -590,6 +594,12 @@ def ssl_secure_client_context() -> SSLClientContext:
     return ctx
 
 
+# What the context procedures take (API.md section 4): a context, and for those marked with a
+# dagger a listener too (its context). For type checkers and typing.get_type_hints.
+AnyContext = Union[SSLClientContext, SSLServerContext]
+ContextOrListener = Union[SSLClientContext, SSLServerContext, "SSLListener"]
+
+
 def is_ssl_client_context(v: object) -> bool:
     """True for client contexts. Racket: ssl-client-context?"""
     return isinstance(v, SSLClientContext)
@@ -706,7 +716,7 @@ def _check_source(func: str, src: object) -> None:
     fspath_bytes(func, src, "verify source")
 
 
-def ssl_load_verify_source(context: object, src: object, *, try_: bool = False) -> None:
+def ssl_load_verify_source(context: AnyContext, src: object, *, try_: bool = False) -> None:
     """Load trusted roots from `src` into `context`.
 
     Racket: ssl-load-verify-source!
@@ -824,7 +834,7 @@ def _load_win32_store(ctx: _Context, name: str) -> bool:  # pragma: no cover - W
     return _add_pem_roots(ctx, pem)
 
 
-def ssl_load_default_verify_sources(context: object) -> None:
+def ssl_load_default_verify_sources(context: AnyContext) -> None:
     """Load every default verify source, ignoring failures.
 
     Racket: ssl-load-default-verify-sources!
@@ -834,10 +844,12 @@ def ssl_load_default_verify_sources(context: object) -> None:
     ctx._mutable(func)
     for src in ssl_default_verify_sources() or []:
         with contextlib.suppress(SSLUnsupportedError):
-            ssl_load_verify_source(ctx, src, try_=True)
+            ssl_load_verify_source(cast("AnyContext", ctx), src, try_=True)
 
 
-def ssl_load_verify_root_certificates(context_or_listener: object, pathname: object) -> None:
+def ssl_load_verify_root_certificates(
+    context_or_listener: ContextOrListener, pathname: object
+) -> None:
     """Load a PEM file of trusted roots (deprecated form of ssl_load_verify_source).
 
     Racket: ssl-load-verify-root-certificates!
@@ -888,7 +900,7 @@ def _cipher_hint(setter: str, spec: str) -> str:
     return ""
 
 
-def ssl_set_ciphers(context: object, cipher_spec: str) -> None:
+def ssl_set_ciphers(context: AnyContext, cipher_spec: str) -> None:
     """Choose the TLS <= 1.2 cipher suites (``openssl ciphers`` syntax).
 
     Racket: ssl-set-ciphers!
@@ -905,7 +917,7 @@ def ssl_set_ciphers(context: object, cipher_spec: str) -> None:
     )
 
 
-def ssl_set_ciphersuites(context: object, spec: str) -> None:
+def ssl_set_ciphersuites(context: AnyContext, spec: str) -> None:
     """Choose the TLS 1.3 cipher suites (``TLS_AES_128_GCM_SHA256:...``). Extension.
 
     :raises SSLError: OpenSSL rejects the spec.
@@ -920,7 +932,7 @@ def ssl_set_ciphersuites(context: object, spec: str) -> None:
     )
 
 
-def ssl_seal_context(context: object) -> None:
+def ssl_seal_context(context: AnyContext) -> None:
     """Seal `context`: every later change raises. Racket: ssl-seal-context!"""
     ctx = context_of("ssl_seal_context", context, listener_ok=False)
     ctx._sealed = True
@@ -930,7 +942,7 @@ def ssl_seal_context(context: object) -> None:
 # -- credentials ------------------------------------------------------------------------------
 
 
-def ssl_load_certificate_chain(context_or_listener: object, pathname: object) -> None:
+def ssl_load_certificate_chain(context_or_listener: ContextOrListener, pathname: object) -> None:
     """Load a PEM certificate chain, leaf first, as this end's identity.
 
     Racket: ssl-load-certificate-chain!
@@ -1014,7 +1026,7 @@ def _wrong_encoding(data: bytes, der: bool) -> Optional[str]:
 
 
 def ssl_load_private_key(
-    context_or_listener: object,
+    context_or_listener: ContextOrListener,
     pathname: object,
     rsa: bool = True,
     asn1: bool = False,
@@ -1056,7 +1068,7 @@ def ssl_load_private_key(
 
 
 def ssl_load_suggested_certificate_authorities(
-    context_or_listener: object, pathname: object
+    context_or_listener: ContextOrListener, pathname: object
 ) -> None:
     """Set the CA names a server sends when it asks for a client certificate.
 
@@ -1076,7 +1088,7 @@ def ssl_load_suggested_certificate_authorities(
 # -- key exchange ----------------------------------------------------------------------------
 
 
-def ssl_server_context_enable_dhe(context: object, dh_param: object = DH4096_PEM) -> None:
+def ssl_server_context_enable_dhe(context: SSLServerContext, dh_param: object = DH4096_PEM) -> None:
     """Enable finite-field DHE suites (TLS <= 1.2) with the given parameters.
 
     Racket: ssl-server-context-enable-dhe!
@@ -1115,7 +1127,9 @@ def ssl_server_context_enable_dhe(context: object, dh_param: object = DH4096_PEM
 _HYBRID_GROUP = "X25519MLKEM768"  # OpenSSL 3.5's default first group (security.md)
 
 
-def ssl_server_context_enable_ecdh(context: object, curve_name: str = "secp521r1") -> None:
+def ssl_server_context_enable_ecdh(
+    context: SSLServerContext, curve_name: str = "secp521r1"
+) -> None:
     """Enable ECDHE with `curve_name` as the server's preferred group.
 
     Racket: ssl-server-context-enable-ecdh!
@@ -1169,7 +1183,7 @@ def set_context_verify(func: str, ctx: _Context, on: bool, try_only: bool) -> No
     ctx._policy_changed()
 
 
-def ssl_set_verify(clp: object, on: bool) -> None:
+def ssl_set_verify(clp: Union[ContextOrListener, SSLInputPort, SSLOutputPort], on: bool) -> None:
     """Require (or stop requiring) a valid peer certificate.
 
     Racket: ssl-set-verify!
@@ -1184,7 +1198,7 @@ def ssl_set_verify(clp: object, on: bool) -> None:
     set_context_verify("ssl_set_verify", context_of("ssl_set_verify", clp), on, False)
 
 
-def ssl_try_verify(clp: object, on: bool) -> None:
+def ssl_try_verify(clp: Union[ContextOrListener, SSLInputPort, SSLOutputPort], on: bool) -> None:
     """Ask for a peer certificate but let the connection go on without a valid one.
 
     Racket: ssl-try-verify!
@@ -1197,7 +1211,7 @@ def ssl_try_verify(clp: object, on: bool) -> None:
     set_context_verify("ssl_try_verify", context_of("ssl_try_verify", clp), on, True)
 
 
-def ssl_set_verify_hostname(ctx: object, on: bool) -> None:
+def ssl_set_verify_hostname(ctx: AnyContext, on: bool) -> None:
     """Check the peer's certificate against the hostname. Racket: ssl-set-verify-hostname!"""
     func = "ssl_set_verify_hostname"
     context = context_of(func, ctx, listener_ok=False)  # (not a † procedure: API.md section 4)

@@ -821,18 +821,25 @@ def ssl_accept_enable_break(listener: SSLListener) -> Ports:
     return _accept("ssl_accept_enable_break", listener)
 
 
-@overload
-def ssl_addresses(p_or_listener: object, port_numbers: Literal[False] = ...) -> tuple[str, str]: ...
+# What ssl_addresses takes: either port of a TCP connection, or a listener.
+_PortOrListener = Union[SSLInputPort, SSLOutputPort, SSLListener]
+
+
 @overload
 def ssl_addresses(
-    p_or_listener: object, port_numbers: Literal[True]
+    p_or_listener: _PortOrListener,
+    port_numbers: Literal[False] = ...,
+) -> tuple[str, str]: ...
+@overload
+def ssl_addresses(
+    p_or_listener: _PortOrListener, port_numbers: Literal[True]
 ) -> tuple[str, int, str, int]: ...
 @overload
 def ssl_addresses(
-    p_or_listener: object, port_numbers: bool
+    p_or_listener: _PortOrListener, port_numbers: bool
 ) -> Union[tuple[str, str], tuple[str, int, str, int]]: ...
 def ssl_addresses(
-    p_or_listener: object, port_numbers: bool = False
+    p_or_listener: _PortOrListener, port_numbers: bool = False
 ) -> Union[tuple[str, str], tuple[str, int, str, int]]:
     """The local and peer addresses (and ports) of a port or listener: numeric hosts, IPv4
     clients of a dual-stack listener in their IPv4 form, a link-local IPv6 address with its
@@ -1042,3 +1049,10 @@ def ssl_wrap_socket(
             sock.detach()  # (again: a no-op once done)
             own.close()
         raise
+
+
+# context.py's annotations name the listener and the ports, which it cannot import (this module
+# and ports.py import it): bound here, once all three exist, for typing.get_type_hints.
+vars(sys.modules[_Context.__module__]).update(
+    SSLListener=SSLListener, SSLInputPort=SSLInputPort, SSLOutputPort=SSLOutputPort
+)

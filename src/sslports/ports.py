@@ -1790,6 +1790,10 @@ def check_handshake_timeout(func: str, seconds: object) -> Optional[float]:
     return value
 
 
+# Either port of a connection: what the connection facts take (API.md section 5).
+SSLPort = Union[SSLInputPort, SSLOutputPort]
+
+
 def is_ssl_port(v: object) -> bool:
     """True for ports made by ssl_connect, ssl_accept, ports_to_ssl_ports. Racket: ssl-port?"""
     return isinstance(v, (SSLInputPort, SSLOutputPort))
@@ -1805,7 +1809,7 @@ def connection_of(func: str, p: object) -> Connection:
     raise TypeError(f"{func}: expected an SSL port, got {type(p).__name__}")
 
 
-def ssl_abandon_port(p: object) -> None:
+def ssl_abandon_port(p: SSLPort) -> None:
     """Close a port without sending close_notify (output: pending data is still sent).
 
     Racket: ssl-abandon-port

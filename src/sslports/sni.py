@@ -20,6 +20,7 @@ from typing import Any, Callable, Optional
 from . import _binding
 from ._timing import BREAKS
 from .context import (
+    AnyContext,
     SSLServerContext,
     _Context,
     context_of,
@@ -203,7 +204,7 @@ def ssl_set_server_alpn(
         raise MemoryError(f"{func}: out of memory")
 
 
-def ssl_set_keylogger(context: object, callback: Optional[Callable[[bytes], Any]]) -> None:
+def ssl_set_keylogger(context: AnyContext, callback: Optional[Callable[[bytes], Any]]) -> None:
     """Receive each NSS key-log line (``callback(line: bytes)``), or stop (None). Extension.
 
     The SSLKEYLOGFILE environment variable, when set, also appends every line to that file

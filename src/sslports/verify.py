@@ -14,7 +14,7 @@ from ._timing import _Deadline
 from .context import is_ip_literal
 from .errors import SSLError, SSLTimeoutError
 from .net import _reference_name
-from .ports import Connection, connection_of
+from .ports import Connection, SSLPort, connection_of
 
 _VERSION_SYMBOLS = {0x0301: "tls", 0x0302: "tls11", 0x0303: "tls12", 0x0304: "tls13"}
 _VERSION_SYMBOLS[0x0300] = "sslv3"
@@ -208,13 +208,13 @@ _NO_PHA_HINT = (
 )
 
 
-def ssl_peer_verified(p: object) -> bool:
+def ssl_peer_verified(p: SSLPort) -> bool:
     """True when the peer presented a certificate that verified. Racket: ssl-peer-verified?"""
     conn = _conn("ssl_peer_verified", p)
     return bool(_binding.lib.sp_peer_verified(conn.ptr))
 
 
-def ssl_peer_certificate_hostnames(p: object) -> list[str]:
+def ssl_peer_certificate_hostnames(p: SSLPort) -> list[str]:
     """The peer certificate's DNS names (else its last CN), then its IP addresses as text.
 
     Racket: ssl-peer-certificate-hostnames
@@ -241,7 +241,7 @@ def _hostnames_of(ptr: Any) -> list[str]:
     return _binding.hostname_list(ffi.buffer(buf, need)[:] if need else b"")
 
 
-def ssl_peer_check_hostname(p: object, hostname: str) -> bool:
+def ssl_peer_check_hostname(p: SSLPort, hostname: str) -> bool:
     """RFC 6125 check of the peer certificate against `hostname` (IP literals against IP SANs).
 
     Racket: ssl-peer-check-hostname. False (never an exception) without a certificate.
@@ -281,12 +281,12 @@ def _name_of(ptr: Any, issuer: bool) -> Optional[bytes]:
         cap = need
 
 
-def ssl_peer_subject_name(p: object) -> Optional[bytes]:
+def ssl_peer_subject_name(p: SSLPort) -> Optional[bytes]:
     """The verified peer's subject, X509_NAME_oneline form. Racket: ssl-peer-subject-name"""
     return _peer_name("ssl_peer_subject_name", p, False)
 
 
-def ssl_peer_issuer_name(p: object) -> Optional[bytes]:
+def ssl_peer_issuer_name(p: SSLPort) -> Optional[bytes]:
     """The verified peer's issuer, X509_NAME_oneline form. Racket: ssl-peer-issuer-name"""
     return _peer_name("ssl_peer_issuer_name", p, True)
 
@@ -297,7 +297,7 @@ _BINDING_TYPES = {"tls-unique": "SP_CB_TLS_UNIQUE", "tls-exporter": "SP_CB_TLS_E
 _BINDING_TYPES["tls-server-end-point"] = "SP_CB_TLS_SERVER_END_POINT"
 
 
-def ssl_channel_binding(p: object, type: str) -> bytes:
+def ssl_channel_binding(p: SSLPort, type: str) -> bytes:
     """Channel binding data: ``"tls-unique"``, ``"tls-server-end-point"``, ``"tls-exporter"``.
 
     Racket: ssl-channel-binding
@@ -326,7 +326,7 @@ def _channel_binding(func: str, p: object, type: str) -> bytes:
     return bytes(ffi.buffer(out, outlen[0]))
 
 
-def ssl_default_channel_binding(p: object) -> tuple[str, bytes]:
+def ssl_default_channel_binding(p: SSLPort) -> tuple[str, bytes]:
     """``("tls-exporter", ...)`` on TLS 1.3, else ``("tls-unique", ...)``. Extension."""
     func = "ssl_default_channel_binding"
     conn = _conn(func, p)
@@ -339,7 +339,7 @@ _TLS12_PRF_SEED_MAX = 1024  # (OpenSSL's TLS1-PRF: TLS1_PRF_MAXBUF)
 
 
 def ssl_export_keying_material(
-    p: object, label: bytes, length: int, context: Optional[bytes] = None
+    p: SSLPort, label: bytes, length: int, context: Optional[bytes] = None
 ) -> bytes:
     """RFC 5705 / 8446 exported keying material. Extension."""
     func = "ssl_export_keying_material"
@@ -393,7 +393,7 @@ def ssl_export_keying_material(
 # -- connection facts -------------------------------------------------------------------------
 
 
-def ssl_get_alpn_selected(p: object) -> Optional[bytes]:
+def ssl_get_alpn_selected(p: SSLPort) -> Optional[bytes]:
     """The ALPN protocol both ends agreed on, or None. Racket: ssl-get-alpn-selected"""
     conn = _conn("ssl_get_alpn_selected", p)
     buf = _binding.ffi.new("unsigned char[]", 256)
@@ -401,13 +401,13 @@ def ssl_get_alpn_selected(p: object) -> Optional[bytes]:
     return None if n < 0 else _binding.ffi.buffer(buf, n)[:]
 
 
-def ssl_protocol_version(p: object) -> Optional[str]:
+def ssl_protocol_version(p: SSLPort) -> Optional[str]:
     """The negotiated version: ``"tls13"``, ``"tls12"``, ... or None. Extension."""
     conn = _conn("ssl_protocol_version", p)
     return _VERSION_SYMBOLS.get(_binding.lib.sp_conn_version(conn.ptr))
 
 
-def ssl_cipher_name(p: object) -> str:
+def ssl_cipher_name(p: SSLPort) -> str:
     """The negotiated cipher suite's OpenSSL name. Extension."""
     conn = _conn("ssl_cipher_name", p)
     name = _binding.lib.sp_conn_cipher(conn.ptr)
@@ -441,7 +441,7 @@ def cipher_info(ptr: Any) -> Optional[tuple[str, str, int]]:
     return ffi.string(name).decode(), ffi.string(version[0]).decode(), bits[0]
 
 
-def ssl_session_reused(p: object) -> bool:
+def ssl_session_reused(p: SSLPort) -> bool:
     """True when this connection resumed an earlier session. Extension."""
     conn = _conn("ssl_session_reused", p)
     return bool(_binding.lib.sp_conn_session_reused(conn.ptr))
