@@ -25,11 +25,9 @@ count: int = sslports.ssl_default_verify_sources()
 """
 
 
-def test_a_type_checker_sees_the_shapes_api_md_gives(tmp_path: Path) -> None:
-    """ssl_addresses was tuple[Any, ...] and ssl_default_verify_sources() Any: a caller's
-    `host, port = ssl_addresses(p)` or `count: int = ssl_default_verify_sources()` passed
-    mypy --strict unchecked."""
-    (tmp_path / "user.py").write_text(PROGRAM)
+def _mypy(tmp_path: Path, program: str) -> subprocess.CompletedProcess[str]:
+    """mypy --strict on `program` (user.py), importing the sslports under test."""
+    (tmp_path / "user.py").write_text(program)
     src = str(Path(sslports.__file__).resolve().parent.parent)
     result = subprocess.run(
         [sys.executable, "-m", "mypy", "--strict", "--cache-dir", str(tmp_path / "cache"),
@@ -37,6 +35,14 @@ def test_a_type_checker_sees_the_shapes_api_md_gives(tmp_path: Path) -> None:
         cwd=tmp_path, env={"MYPYPATH": src, "PATH": "/usr/bin:/bin"},
         capture_output=True, text=True, timeout=300,
     )  # fmt: skip
+    return result
+
+
+def test_a_type_checker_sees_the_shapes_api_md_gives(tmp_path: Path) -> None:
+    """ssl_addresses was tuple[Any, ...] and ssl_default_verify_sources() Any: a caller's
+    `host, port = ssl_addresses(p)` or `count: int = ssl_default_verify_sources()` passed
+    mypy --strict unchecked."""
+    result = _mypy(tmp_path, PROGRAM)
     lines = result.stdout.replace("builtins.", "").replace("Tuple[", "tuple[").splitlines()
     revealed = [line.split('Revealed type is "', 1)[1].rstrip('"') for line in lines
                 if "Revealed type is" in line]  # fmt: skip
@@ -84,14 +90,7 @@ def test_a_type_checker_sees_what_each_procedure_takes(tmp_path: Path) -> None:
     API.md allows only a context, a client context to a server's procedure, or a context
     where a port is due passed mypy --strict and failed only when run. Now each parameter
     names what API.md says it takes: the right uses check clean, each mistake is an error."""
-    (tmp_path / "user.py").write_text(TAKES)
-    src = str(Path(sslports.__file__).resolve().parent.parent)
-    result = subprocess.run(
-        [sys.executable, "-m", "mypy", "--strict", "--cache-dir", str(tmp_path / "cache"),
-         "--no-error-summary", "user.py"],
-        cwd=tmp_path, env={"MYPYPATH": src, "PATH": "/usr/bin:/bin"},
-        capture_output=True, text=True, timeout=300,
-    )  # fmt: skip
+    result = _mypy(tmp_path, TAKES)
     errors = [line for line in result.stdout.splitlines() if ": error:" in line]
     lines = sorted({int(line.split(":")[1]) for line in errors})
     first = (
