@@ -73,6 +73,10 @@ _READ_HIGH = 1 << 20  # unread plaintext at which the transport stops reading
 _READ_LOW = 1 << 18  # ... and starts again
 _LIMIT = 2**16  # asyncio's default `limit`: the longest line readline() and readuntil() return
 _LINGER_POLL = _LINGER_POLL_MS / 1000  # (close_raw lingers as the synchronous ports' close)
+# ... looking again after twice the time each time, up to this: a thousand connections whose
+# peers read slowly (or not at all) cost a loop ~1000 calls a second at first and ~3 a second
+# each from then on, not 50 each for up to _LINGER_SECONDS (one busy core per ~2 500)
+_LINGER_POLL_MAX = 0.32
 # pump statuses (csrc/sp_conn.h)
 _OK, _WANT_READ, _WANT_WRITE, _EOF, _RAGGED_EOF = 0, 1, 2, 3, 4
 _log = logging.getLogger("sslports")
@@ -719,14 +723,14 @@ class _SSLProtocol(AioConnection, asyncio.BufferedProtocol):
         self.paused_reading = self.held_for_replies = False
         self.set_reading(True)
         self.linger_until = self.loop.time() + _LINGER_SECONDS
-        self.linger(fd)
+        self.linger(fd, _LINGER_POLL)
 
     def abort_raw(self) -> None:
         self.sending = False
         if self.transport_ is not None:
             self.transport_.abort()
 
-    def linger(self, fd: int) -> None:
+    def linger(self, fd: int, wait: float) -> None:
         transport = self.transport_
         if transport is None or self.is_lost or transport.is_closing():
             return  # (the peer's EOF closed it: eof_received)
@@ -741,7 +745,7 @@ class _SSLProtocol(AioConnection, asyncio.BufferedProtocol):
             else:
                 transport.close()
             return
-        self.loop.call_later(_LINGER_POLL, self.linger, fd)
+        self.loop.call_later(wait, self.linger, fd, min(2 * wait, _LINGER_POLL_MAX))
 
     async def wait_closed(self) -> None:
         # shielded: cancelling one wait (asyncio.wait_for(writer.wait_closed(), t)) must not
@@ -1375,22 +1379,26 @@ class SSLServer(asyncio.AbstractServer):
     ``close()`` also cancels the handshakes in progress; ``wait_closed()`` waits for them.
     """
 
-    def __init__(self, server: asyncio.Server, handshakes: set[asyncio.Task[None]]) -> None:
+    def __init__(
+        self, server: asyncio.Server, handshakes: set[asyncio.Task[None]], closed: list[bool]
+    ) -> None:
         self._server = server
         self._handshakes = handshakes
+        self._closed = closed  # [True] once closed: a client accepted then is not served
 
     @property
     def sockets(self) -> tuple[socket.socket, ...]:
         return tuple(self._server.sockets)
 
     def close(self) -> None:
+        self._closed[0] = True
         self._server.close()
         for task in list(self._handshakes):
             task.cancel()
 
     async def wait_closed(self) -> None:
         await self._server.wait_closed()
-        if self._handshakes:
+        while self._handshakes:  # (cancelled by close(): a few turns of the loop)
             await asyncio.wait(list(self._handshakes))
 
     if sys.version_info >= (3, 13):  # asyncio.Server's two since 3.13 (AbstractServer's too)
@@ -1452,6 +1460,7 @@ async def start_ssl_server(
 
     loop = asyncio.get_running_loop()
     handshakes: set[asyncio.Task[None]] = set()
+    closed = [False]  # (SSLServer.close)
 
     def report(message: str, exc: BaseException, conn: AioConnection) -> None:
         loop.call_exception_handler(
@@ -1502,6 +1511,12 @@ async def start_ssl_server(
 
         def connection_made(self, transport: asyncio.BaseTransport) -> None:
             super().connection_made(transport)
+            if closed[0]:
+                # The kernel accepted it before close(), the loop made it after: a client that
+                # close() must not leave to be served (its handshake escaped the cancelling,
+                # and wait_closed() had already returned).
+                self.close_raw()
+                return
             task = loop.create_task(on_client(self))
             handshakes.add(task)
             task.add_done_callback(self.task_done)
@@ -1510,6 +1525,13 @@ async def start_ssl_server(
             handshakes.discard(task)
             if not self.established:  # e.g. cancelled by close() before it even started
                 self.close_raw()
+            elif task.cancelled() and self.app_writer is not None:
+                # client_connected_cb ended cancelled (it awaited something cancelled, or its
+                # task was): nothing else will close the writer it leaves, which the
+                # connection keeps (app_writer), so the client would wait for its EOF until it
+                # left. Closed, as asyncio's own servers do (3.12 on); an exception it raised
+                # closed it already (on_client).
+                self.app_writer.close()
 
     server = await loop.create_server(make_protocol, host, port, **kwargs)
-    return SSLServer(server, handshakes)
+    return SSLServer(server, handshakes, closed)
