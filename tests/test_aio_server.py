@@ -43,6 +43,11 @@ def _half_closing_client(port: int, close_notify: bool) -> bytes:
             return inp.read()
 
 
+async def _connect(port: int) -> tuple[aio.SSLStreamReader, aio.SSLStreamWriter]:
+    """A client connection to the server on 127.0.0.1:port."""
+    return await aio.open_ssl_connection("127.0.0.1", port, client_context(), timeout=10)
+
+
 @pytest.mark.parametrize("loop_kind", LOOPS)
 def test_server_answers_a_client_that_half_closed(loop_kind: str) -> None:
     """A client sends its request, then close_notify and a TCP half-close (what
@@ -271,9 +276,7 @@ def test_a_raising_client_connected_cb_goes_to_the_exception_handler(
             port = server.sockets[0].getsockname()[1]
             got = []
             for _ in range(2):
-                reader, writer = await aio.open_ssl_connection(
-                    "127.0.0.1", port, client_context(), timeout=10
-                )
+                reader, writer = await _connect(port)
                 got.append(await asyncio.wait_for(reader.read(), 10))
                 writer.close()
                 await writer.wait_closed()
@@ -315,9 +318,7 @@ def test_a_client_connected_cb_that_ends_cancelled_closes_its_connection(
             port = server.sockets[0].getsockname()[1]
             got = []
             for _ in range(2):
-                reader, writer = await aio.open_ssl_connection(
-                    "127.0.0.1", port, client_context(), timeout=10
-                )
+                reader, writer = await _connect(port)
                 writer.write(b"request\n")
                 if how == "its task cancelled":
                     while not handlers:
@@ -421,9 +422,7 @@ def test_a_lingering_close_looks_less_often_as_it_waits(loop_kind: str) -> None:
         server = await aio.start_ssl_server(handler, "127.0.0.1", 0, server_context())
         async with server:
             port = server.sockets[0].getsockname()[1]
-            reader, writer = await aio.open_ssl_connection(
-                "127.0.0.1", port, client_context(), timeout=10
-            )
+            reader, writer = await _connect(port)
             writer.write(b"go\n")
             await asyncio.sleep(1.5)
             lingered = len(looks)
@@ -461,9 +460,7 @@ def test_server_start_serving_and_serve_forever(loop_kind: str) -> None:
         assert server.is_serving()
         port = server.sockets[0].getsockname()[1]
         forever = asyncio.ensure_future(server.serve_forever())
-        reader, writer = await aio.open_ssl_connection(
-            "127.0.0.1", port, client_context(), timeout=10
-        )
+        reader, writer = await _connect(port)
         writer.write(b"ping\n")
         assert await asyncio.wait_for(reader.readline(), 10) == b"ping\n"
         writer.close()
