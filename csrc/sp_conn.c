@@ -611,6 +611,7 @@ void sp_conn_free(sp_conn *c)
     SSL_SESSION_free(c->session);
     X509_free(c->vfail_cert);
     free(c->cache_key);
+    free(c->server_host);
     /* TLS 1.1+ lets a session be resumed after a close without close_notify (RFC 5246
      * 7.2.1); without this flag OpenSSL would mark the session unusable when freeing. A
      * connection that failed keeps the default, and its session dies with it. */
@@ -797,6 +798,14 @@ void sp_conn_apply_verify_locked(sp_conn *c)
 int sp_conn_set_verify(sp_conn *c, int flags)
 {
     lock_ssl(c);
+    if (flags != c->verify_flags && c->cache_key != NULL) {
+        /* A port's own policy (ssl_set_verify / ssl_try_verify on it) is no longer its
+         * context's: a session it makes from now on (a TLS 1.2 server's renegotiation) would
+         * be filed under the context and resumed, not verified again, by the context's next
+         * connection. Its sessions go uncached from here. */
+        free(c->cache_key);
+        c->cache_key = NULL;
+    }
     c->verify_flags = flags;
     sp_conn_apply_verify_locked(c);
     unlock_ssl(c);
@@ -815,6 +824,31 @@ int sp_conn_get_verify(sp_conn *c)
     return c->verify_flags;
 }
 
+/* Check the peer's certificate against host (ssl_lock held). */
+static int check_host_locked(sp_conn *c, const char *host, int is_ip)
+{
+    X509_VERIFY_PARAM *param = SSL_get0_param(c->ssl);
+    unsigned char md[EVP_MAX_MD_SIZE];
+    unsigned int n = 0;
+    int ok;
+    X509_VERIFY_PARAM_set_hostflags(param, X509_CHECK_FLAG_NO_PARTIAL_WILDCARDS);
+    if (is_ip) {
+        ok = X509_VERIFY_PARAM_set1_ip_asc(param, host);
+    } else {
+        ok = X509_VERIFY_PARAM_set1_host(param, host, 0);
+        c->checks_dns_name = ok;
+    }
+    if (ok && SSL_is_server(c->ssl)) /* (a client's name check needs neither) */
+        ok = EVP_Digest(host, strlen(host), md, &n, EVP_sha256(), NULL) && n >= SP_HOST_TAG_LEN;
+    if (ok && n > 0) {
+        memcpy(c->host_tag, md, SP_HOST_TAG_LEN);
+        c->checks_host = 1;
+        sp_conn_apply_verify_locked(c); /* a server now asks for the client's certificate,
+                                           and resumes only sessions made for this name */
+    }
+    return ok;
+}
+
 int sp_conn_set_host(sp_conn *c, const char *host, int is_ip, int send_sni, int check, sp_err *err)
 {
     int ok = 1;
@@ -822,30 +856,45 @@ int sp_conn_set_host(sp_conn *c, const char *host, int is_ip, int send_sni, int 
     ERR_clear_error();
     if (send_sni && !is_ip && !SSL_set_tlsext_host_name(c->ssl, host))
         ok = 0;
-    if (ok && check) {
-        X509_VERIFY_PARAM *param = SSL_get0_param(c->ssl);
-        unsigned char md[EVP_MAX_MD_SIZE];
-        unsigned int n = 0;
-        X509_VERIFY_PARAM_set_hostflags(param, X509_CHECK_FLAG_NO_PARTIAL_WILDCARDS);
-        if (is_ip) {
-            ok = X509_VERIFY_PARAM_set1_ip_asc(param, host);
-        } else {
-            ok = X509_VERIFY_PARAM_set1_host(param, host, 0);
-            c->checks_dns_name = ok;
+    if (ok && SSL_is_server(c->ssl)) {
+        size_t size = strlen(host) + 1;
+        free(c->server_host);
+        c->server_host = malloc(size);
+        c->server_host_is_ip = is_ip;
+        if (c->server_host == NULL) {
+            sp_mutex_unlock(&c->ssl_lock);
+            err->sys_errno = ENOMEM;
+            return 0;
         }
-        if (ok && SSL_is_server(c->ssl)) /* (a client's name check needs neither) */
-            ok = EVP_Digest(host, strlen(host), md, &n, EVP_sha256(), NULL) && n >= SP_HOST_TAG_LEN;
-        if (ok && n > 0) {
-            memcpy(c->host_tag, md, SP_HOST_TAG_LEN);
-            c->checks_host = 1;
-            sp_conn_apply_verify_locked(c); /* a server now asks for the client's certificate,
-                                               and resumes only sessions made for this name */
-        }
+        memcpy(c->server_host, host, size);
     }
+    if (ok && check)
+        ok = check_host_locked(c, host, is_ip);
     if (!ok)
         sp_err_drain(err);
     sp_mutex_unlock(&c->ssl_lock);
     return ok;
+}
+
+int sp_conn_server_name_check_locked(sp_conn *c, int *no_name)
+{
+    int wanted = (c->verify_flags & SP_VERIFY_HOSTNAME) != 0;
+    *no_name = 0;
+    if (wanted && !c->checks_host) {
+        if (c->server_host == NULL) {
+            *no_name = 1;
+            return 0;
+        }
+        return check_host_locked(c, c->server_host, c->server_host_is_ip);
+    }
+    if (!wanted && c->checks_host) { /* the name the first context checked is not checked */
+        X509_VERIFY_PARAM *param = SSL_get0_param(c->ssl);
+        if (!X509_VERIFY_PARAM_set1_host(param, NULL, 0)
+            || !X509_VERIFY_PARAM_set1_ip(param, NULL, 0))
+            return 0;
+        c->checks_host = c->checks_dns_name = 0;
+    }
+    return 1;
 }
 
 /* ---- socket I/O (socket mode only) -------------------------------------------------- */

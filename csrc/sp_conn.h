@@ -18,6 +18,9 @@ struct sp_conn {
     int checks_host; /* sp_conn_set_host set a name (or address) to check (ssl_lock) */
     int checks_dns_name; /* ... a DNS name, for the handshake to check (ssl_lock) */
     unsigned char host_tag[SP_HOST_TAG_LEN]; /* ... its digest (a server's session id context) */
+    char *server_host; /* a server's name to check, given whatever its policy: an SNI switch to a
+                          context that checks names checks it (sp_conn_server_name_check) */
+    int server_host_is_ip;
     unsigned identity; /* its context's identity count when the SSL took its certificate
                           (sp_ctx_identity; a server's session id context) */
     int established; /* the first handshake completed (ssl_lock) */
@@ -187,6 +190,10 @@ int sp_conn_get_verify(sp_conn *c);
 /* SNI (unless an IP literal or send_sni is 0) and the name the peer's certificate must match.
  * Returns 1 on success, 0 on failure (err filled). */
 int sp_conn_set_host(sp_conn *c, const char *host, int is_ip, int send_sni, int check, sp_err *err);
+/* After an SNI switch (ssl_lock held): a server checks its client's name as the new context's
+ * policy says; 0 when it cannot (no memory), or when the policy checks names and none was
+ * given (*no_name set). */
+int sp_conn_server_name_check_locked(sp_conn *c, int *no_name);
 
 int sp_handshake(sp_conn *c, int wait_ms, sp_err *err);
 int sp_read(sp_conn *c, unsigned char *buf, size_t len, size_t want, size_t *got, int wait_ms,

@@ -28,6 +28,7 @@ from .context import (
     follow_keylog_env,
     keylog_file,
 )
+from .errors import SSLNetworkError
 
 _log = logging.getLogger("sslports")
 _live: dict[int, tuple[Any, str]] = {}  # sp_conn address -> (Connection, the call), in handshake
@@ -77,13 +78,33 @@ def _sni(c: Any, name: Any, switch_to: Any, verify_flags: Any) -> int:
                 f"{func}: the server name callback must return an SSLServerContext, None "
                 f"or False, not {type(result).__name__}"
             )
+        flags, checks_name, _epoch = result._conn_policy
+        if checks_name:
+            _check_name_given(func, conn.hostname)
         conn.switched_context = result  # keeps the SSL_CTX alive as long as the connection
         switch_to[0] = result._ptr
-        verify_flags[0] = result._conn_policy[0]
+        verify_flags[0] = flags
         return 1
     except BaseException as exc:  # never let it cross into C
         conn.sni_error = exc
         return -1
+
+
+def _check_name_given(func: str, hostname: Optional[str]) -> None:
+    """A server context that checks its clients' names (ssl_set_verify_hostname) needs one to
+    check: as when it is the listener's own (net._new_connection), also when an SNI callback
+    switches to it (sp_conn_server_name_check_locked then checks the name)."""
+    from .net import _X509_V_ERR_HOSTNAME_MISMATCH, _host_info  # (net imports this module)
+
+    if hostname is None:
+        raise SSLNetworkError(f"{func}: accept failed (hostname not provided for verification)")
+    if _host_info(hostname)[1] is None:
+        raise SSLNetworkError(
+            f"{func}: accept failed (hostname mismatch: {hostname!r} is not a valid reference "
+            "name)",
+            verify_code=_X509_V_ERR_HOSTNAME_MISMATCH,
+            verify_message="hostname mismatch",
+        )
 
 
 _keylog_lock = threading.Lock()
