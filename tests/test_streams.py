@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import io
 import os
 import random
 import re
@@ -663,6 +664,65 @@ def test_object_with_only_read_and_write(pki: Any) -> None:
     a, b = socket.socketpair()
     with a, b:
         ra, rb = ReadWriteOnly(a), ReadWriteOnly(b)
+        client, server = connect_pair(pki, (ra, ra), (rb, rb))
+        exchange(client, server, 100_000)
+        for p in (*client, *server):
+            p.close()
+
+
+class BufferedReadOnly(io.BufferedIOBase):
+    """A buffered stream written the usual way: read() and write(), the rest io's."""
+
+    def __init__(self, sock: socket.socket) -> None:
+        self._sock = sock
+
+    def readable(self) -> bool:
+        return True
+
+    def writable(self) -> bool:
+        return True
+
+    def read(self, n: Optional[int] = -1) -> bytes:
+        return self._sock.recv(n if n is not None and n >= 0 else 65536)
+
+    def write(self, b: Any) -> int:
+        self._sock.sendall(b)
+        return len(b)
+
+
+class BufferedReadAndReadinto(BufferedReadOnly):
+    def readinto(self, b: Any) -> int:
+        return self._sock.recv_into(b)
+
+
+class RawReadOnly(io.RawIOBase):
+    def __init__(self, sock: socket.socket) -> None:
+        self._sock = sock
+
+    def readable(self) -> bool:
+        return True
+
+    def writable(self) -> bool:
+        return True
+
+    def read(self, n: int = -1) -> bytes:
+        return self._sock.recv(n if n >= 0 else 65536)
+
+    def write(self, b: Any) -> int:
+        self._sock.sendall(b)
+        return len(b)
+
+
+@pytest.mark.parametrize("kind", [BufferedReadOnly, BufferedReadAndReadinto, RawReadOnly])
+def test_io_subclasses_that_implement_read_alone(pki: Any, kind: type) -> None:
+    """API.md section 3: any readable binary file-like object. A subclass of
+    io.BufferedIOBase or io.RawIOBase that implements read() (and maybe readinto()) inherits
+    io's readinto1 / readinto, which raise (UnsupportedOperation "read1",
+    NotImplementedError): chosen first, they failed every handshake ("connect failed
+    (read1)", or a bare NotImplementedError). The stream is read with what it implements."""
+    a, b = socket.socketpair()
+    with a, b:
+        ra, rb = kind(a), kind(b)
         client, server = connect_pair(pki, (ra, ra), (rb, rb))
         exchange(client, server, 100_000)
         for p in (*client, *server):

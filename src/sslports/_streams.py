@@ -692,11 +692,34 @@ def _read_stream(
     return data
 
 
+# io's abstract bases: what a stream inherits from them unchanged is a stub (readinto1 of a
+# BufferedIOBase that implements only read() raises UnsupportedOperation("read1"), readinto of
+# such a RawIOBase NotImplementedError) or reads through another method of its own.
+_IO_BASES = frozenset(
+    {io.IOBase, io.RawIOBase, io.BufferedIOBase, io.TextIOBase}
+    | {klass for base in (io.RawIOBase, io.BufferedIOBase, io.TextIOBase)
+       for klass in base.__mro__ if klass.__module__ == "_io"}
+)  # fmt: skip
+
+
+def _implemented(inp: Any, name: str) -> Any:
+    """`inp`'s method `name`, unless it has it only from io's abstract bases (None)."""
+    if name not in getattr(inp, "__dict__", ()):
+        for klass in type(inp).__mro__:
+            if name in vars(klass):
+                if klass in _IO_BASES:
+                    return None
+                break
+    return getattr(inp, name, None)
+
+
 def _read_method(inp: Any) -> tuple[str, Any]:
     """The input stream's method that _StreamTransport reads with, and its name: its first of
-    readinto1, readinto, read1, read (None if it has none)."""
+    readinto1, readinto, read1, read (None if it has none) that it implements, not one it
+    inherits unchanged from io's abstract bases: a subclass of io.BufferedIOBase that
+    implements read() alone is read with read()."""
     for name in ("readinto1", "readinto", "read1"):
-        method = getattr(inp, name, None)
+        method = _implemented(inp, name)
         if method:
             return name, method
     return "read", getattr(inp, "read", None)
