@@ -670,8 +670,8 @@ def test_object_with_only_read_and_write(pki: Any) -> None:
             p.close()
 
 
-class BufferedReadOnly(io.BufferedIOBase):
-    """A buffered stream written the usual way: read() and write(), the rest io's."""
+class _OverSocket:
+    """What the io subclasses below share: a socket, written to with sendall."""
 
     def __init__(self, sock: socket.socket) -> None:
         self._sock = sock
@@ -682,12 +682,16 @@ class BufferedReadOnly(io.BufferedIOBase):
     def writable(self) -> bool:
         return True
 
-    def read(self, n: Optional[int] = -1) -> bytes:
-        return self._sock.recv(n if n is not None and n >= 0 else 65536)
-
     def write(self, b: Any) -> int:
         self._sock.sendall(b)
         return len(b)
+
+
+class BufferedReadOnly(_OverSocket, io.BufferedIOBase):
+    """A buffered stream written the usual way: read() and write(), the rest io's."""
+
+    def read(self, n: Optional[int] = -1) -> bytes:
+        return self._sock.recv(n if n is not None and n >= 0 else 65536)
 
 
 class BufferedReadAndReadinto(BufferedReadOnly):
@@ -695,22 +699,9 @@ class BufferedReadAndReadinto(BufferedReadOnly):
         return self._sock.recv_into(b)
 
 
-class RawReadOnly(io.RawIOBase):
-    def __init__(self, sock: socket.socket) -> None:
-        self._sock = sock
-
-    def readable(self) -> bool:
-        return True
-
-    def writable(self) -> bool:
-        return True
-
+class RawReadOnly(_OverSocket, io.RawIOBase):
     def read(self, n: int = -1) -> bytes:
         return self._sock.recv(n if n >= 0 else 65536)
-
-    def write(self, b: Any) -> int:
-        self._sock.sendall(b)
-        return len(b)
 
 
 @pytest.mark.parametrize("kind", [BufferedReadOnly, BufferedReadAndReadinto, RawReadOnly])
