@@ -659,6 +659,22 @@ EVP_PKEY *sp_load_private_key(const unsigned char *data, size_t len, int der, in
     return key;
 }
 
+/* SSL_CTX_set_cipher_list changes the context before it finds that no TLS <= 1.2 suite matched
+ * (OpenSSL 3: the list, and an @SECLEVEL the spec names): a rejected spec would leave a
+ * context that refuses every TLS 1.2 peer, or one at a lower security level. So the spec is
+ * tried on a throwaway SSL first, which has its own copy of both, and given to the context
+ * only once accepted; the rejection's reason is on the error queue either way. */
+int sp_ctx_set_cipher_list(SSL_CTX *ctx, const char *spec)
+{
+    SSL *probe = SSL_new(ctx);
+    int ok;
+    if (probe == NULL)
+        return 0;
+    ok = SSL_set_cipher_list(probe, spec);
+    SSL_free(probe);
+    return ok && SSL_CTX_set_cipher_list(ctx, spec);
+}
+
 int sp_ctx_add_pem_roots(SSL_CTX *ctx, const unsigned char *pem, size_t len)
 {
     X509_STORE *store = SSL_CTX_get_cert_store(ctx);

@@ -27,6 +27,9 @@ EVP_PKEY *sp_load_private_key(const unsigned char *data, size_t len, int der, in
 /* Add every certificate of a PEM blob to the trust store (a block it cannot read is skipped);
  * 1 if at least one was added. */
 int sp_ctx_add_pem_roots(SSL_CTX *ctx, const unsigned char *pem, size_t len);
+
+/* SSL_CTX_set_cipher_list that changes nothing when it rejects `spec` (1: set). */
+int sp_ctx_set_cipher_list(SSL_CTX *ctx, const char *spec);
 /* The loads of context.py, from bytes Python read (a PEM blob); each parses everything before
  * it changes the context (the caller holds its write lock), so a failure changes nothing, and
  * no PEM password prompt is ever shown. 1 on success; else 0, with err filled (ssl_error may

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from certs import subject_hash
+from certs import chain_file, make_cert, subject_hash
 from conftest import LOCAL, PY_ENV, read_exactly, run_in_thread
 from cryptography.hazmat.primitives import serialization
 
@@ -634,6 +634,29 @@ def test_set_ciphers(pki: Any) -> None:
     with pytest.raises(SSLError):
         sslports.ssl_set_ciphersuites(client, "TLS_NOT_A_SUITE")
     sslports.ssl_set_ciphersuites(client, "TLS_AES_128_GCM_SHA256")
+
+
+@pytest.mark.parametrize(
+    "spec", ["NOT-A-CIPHER", "NOT-A-CIPHER:@SECLEVEL=0", "@SECLEVEL=0:eNULL:!eNULL",
+             "TLS_AES_128_GCM_SHA256"],
+)  # fmt: skip
+def test_a_rejected_cipher_spec_changes_nothing(pki: Any, spec: str) -> None:
+    """OpenSSL 3's SSL_CTX_set_cipher_list changes the context before it finds no TLS <= 1.2
+    suite in the spec: ssl_set_ciphers raised, yet every TLS 1.2 handshake of that context
+    failed after it ("no ciphers available"), and an @SECLEVEL=0 in the rejected spec
+    lowered the context's security level for good (a 1024-bit RSA certificate, which level
+    2 refuses, then loaded). Now a rejected spec leaves the context as it was."""
+    weak = make_cert("localhost", key="rsa1024", dns=["localhost"])
+    for make in (lambda: pki.server_context("tls12"), lambda: pki.client_context("tls12")):
+        ctx = make()
+        with pytest.raises(SSLError, match=r"^ssl_set_ciphers: cipher selection failed"):
+            sslports.ssl_set_ciphers(ctx, spec)
+        with pytest.raises(SSLError, match="too small"):
+            sslports.ssl_load_certificate_chain(ctx, chain_file(weak))
+        if sslports.is_ssl_server_context(ctx):
+            assert handshake(ctx, pki.client_context("tls12")) == b"hello"
+        else:
+            assert handshake(pki.server_context("tls12"), ctx) == b"hello"
 
 
 def test_seal_own_context(pki: Any) -> None:

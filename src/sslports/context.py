@@ -395,6 +395,8 @@ def _check_protocol(func: str, protocol: object) -> str:
     protocol = _ALIASES.get(protocol, protocol)
     if protocol in ("sslv2", "sslv3"):
         raise SSLUnsupportedError(f"{func}: requested protocol not supported ({protocol})")
+    if protocol in ("tls", "tls11", "tls13") and _binding.lib is None:
+        _binding.require_native(func)  # (without it no version is usable: say why)
     if protocol in ("tls", "tls11", "tls13") and protocol not in _usable_versions():
         raise SSLUnsupportedError(f"{func}: requested protocol not supported ({protocol})")
     return protocol
@@ -867,7 +869,8 @@ def ssl_load_verify_root_certificates(
 def _set_cipher_spec(
     func: str, context: object, spec: object, name: str, setter: str, what: str
 ) -> None:
-    """Hand an OpenSSL cipher string to `setter` (SSL_CTX_set_cipher_list / _ciphersuites)."""
+    """Hand an OpenSSL cipher string to `setter` (sp_ctx_set_cipher_list, which changes
+    nothing when it rejects the spec, / SSL_CTX_set_ciphersuites)."""
     ctx = context_of(func, context, listener_ok=False)
     if not isinstance(spec, str):
         raise TypeError(f"{func}: {name} must be a str")
@@ -893,7 +896,7 @@ def _set_cipher_spec(
 def _cipher_hint(setter: str, spec: str) -> str:
     """A rejected cipher spec that names suites of the other kind: which call takes them."""
     tls13 = any(name.startswith("TLS_") for name in spec.replace(",", ":").split(":"))
-    if setter == "SSL_CTX_set_cipher_list" and tls13:
+    if setter == "sp_ctx_set_cipher_list" and tls13:
         return "; TLS 1.3 suites (TLS_...) are set with ssl_set_ciphersuites"
     if setter == "SSL_CTX_set_ciphersuites" and not tls13:
         return "; TLS <= 1.2 suites are set with ssl_set_ciphers"
@@ -912,7 +915,7 @@ def ssl_set_ciphers(context: AnyContext, cipher_spec: str) -> None:
         context,
         cipher_spec,
         "cipher_spec",
-        "SSL_CTX_set_cipher_list",
+        "sp_ctx_set_cipher_list",
         "cipher selection",
     )
 
