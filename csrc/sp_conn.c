@@ -217,9 +217,15 @@ static void install_fork_handlers(void)
 
 int sp_conn_forked(const sp_conn *c)
 {
-    if (sp_flag_get(&child_forks) != c->child_forks_at_birth)
-        return 2;
+    unsigned children = sp_flag_get(&child_forks);
+    if (children != c->child_forks_at_birth)
+        return c->wrote_at_child_forks == children ? 3 : 2;
     return sp_flag_get(&forks_seen) != c->forks_at_birth;
+}
+
+void sp_conn_note_write(sp_conn *c)
+{
+    c->wrote_at_child_forks = sp_flag_get(&child_forks); /* (a plain store: one process) */
 }
 
 static int conn_index = -1;
@@ -551,6 +557,7 @@ sp_conn *sp_conn_new(SSL_CTX *ctx, int is_server, int fd, sp_err *err)
     }
     c->forks_at_birth = sp_flag_get(&forks_seen);
     c->child_forks_at_birth = sp_flag_get(&child_forks);
+    c->wrote_at_child_forks = c->child_forks_at_birth;
     c->fd = (sp_socket)fd;
     c->socket_mode = fd >= 0;
     c->identity = sp_ctx_identity(ctx); /* (first: sp_ctx.h) */
@@ -1804,6 +1811,7 @@ static int guarded_write(sp_conn *c, const void *buf, size_t len, size_t *n)
 {
     sp_step step;
     int ok;
+    sp_conn_note_write(c); /* (sp_conn_forked) */
     if (!sp_ctx_step_needed(c->ssl))
         return SSL_write_ex(c->ssl, buf, len, n);
     sp_ctx_step_begin(c->ssl, &step);

@@ -29,6 +29,7 @@ struct sp_conn {
                         ssl_lock, read by any: sp_flag_get; see CALLBACKS in sp_conn.c) */
     unsigned forks_at_birth;       /* the process's fork counts when it was made */
     unsigned child_forks_at_birth; /* (sp_conn_forked) */
+    unsigned wrote_at_child_forks; /* the process's child fork count at its last write */
 
     sp_mutex ssl_lock;
     sp_mutex send_lock;
@@ -239,9 +240,14 @@ long sp_conn_unsent(sp_conn *c);
 long sp_fd_linger_needed(int fd);
 /* Whether another process may hold this connection's socket: 0 no fork since it was made;
  * 1 this process forked since (a child has a copy); 2 this process is a child of the one that
- * made it. The last close then closes only this process's descriptor: no shutdown(), nothing
- * sent or read away, which would end or corrupt the other process's copy (ports.py). */
+ * made it and has not written on it; 3 such a child that has (it took the connection over).
+ * The last close then closes only this process's descriptor: no shutdown(), nothing sent or
+ * read away, which would end or corrupt the other process's copy (ports.py); and in a child
+ * that never wrote, an output port's close sends nothing the parent left buffered (2). */
 int sp_conn_forked(const sp_conn *c);
+/* This process writes on the connection (an output port's write, whether it sends or only
+ * buffers): a child that does has taken the connection over (sp_conn_forked: 3). */
+void sp_conn_note_write(sp_conn *c);
 /* 1 once a failure broke the connection (every later call reports it): nothing more can be
  * sent, so what a writer still holds is dropped. */
 int sp_conn_broken(sp_conn *c);

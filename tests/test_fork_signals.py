@@ -199,11 +199,54 @@ def test_child_closing_inherited_connection_leaves_parents_working(version: str,
 
 
 @pytest.mark.parametrize("version", ["tls12", "tls13"])
-def test_parent_handing_a_connection_to_a_child(version: str) -> None:
+@pytest.mark.parametrize("how", ["close", "abandon", "collect"])
+@pytest.mark.parametrize("buffered", [7, 16384], ids=["small", "a record"])
+@pytest.mark.parametrize("timeout", [None, 10.0], ids=["C path", "Python path"])
+def test_a_child_s_close_sends_nothing_the_parent_left_buffered(
+    version: str, how: str, buffered: int, timeout: Optional[float]
+) -> None:
+    """The parent writes without flushing (bytes held in the output port, or a whole record
+    held encrypted), then forks. The child's close (or ssl_abandon_port, or its collector)
+    flushed them onto the shared connection from its copy of the TLS state; the parent then
+    sent them again under the same sequence number: the peer failed with "bad record mac"
+    (and two records went out under one AEAD nonce). Now the child sends nothing; the
+    parent's flush sends them once, and the connection lives on."""
+    with listening(version) as (lst, port):
+        cin, cout, sin, sout = connected_pair(lst, port)
+        check_talks(cin, cout, sin, sout, b"before")
+        cout.settimeout(timeout)
+        held = bytes(range(256)) * (buffered // 256) + b"x" * (buffered % 256)
+        cout.write(held)
+
+        def child() -> bool:
+            nonlocal cin, cout, sin, sout
+            if how == "close":
+                close_all(cout, cin, sin, sout)
+            elif how == "abandon":
+                sslports.ssl_abandon_port(cout)
+                close_all(cin, sin, sout)
+            else:  # what a worker's exit does: the ports are collected and close themselves
+                del cin, cout, sin, sout
+                gc.collect()
+            return True
+
+        assert in_child(child)
+        cout.write(b"+tail")
+        cout.flush()
+        assert read_exactly(sin, len(held) + 5) == held + b"+tail"
+        check_talks(cin, cout, sin, sout, b"after")
+        close_all(cin, cout, sin, sout)
+
+
+@pytest.mark.parametrize("version", ["tls12", "tls13"])
+@pytest.mark.parametrize("flush", [True, False], ids=["flush", "close sends"])
+def test_parent_handing_a_connection_to_a_child(version: str, flush: bool) -> None:
     """A forking server (socketserver.ForkingMixIn's shape): the parent accepts, forks, and
     closes its copy at once; the child serves the connection. Before, the parent's close shut
     the socket down under the child and sent the TLS 1.3 tickets still queued, which the
-    child then sent again: the client got EOF or a bad record MAC."""
+    child then sent again: the client got EOF or a bad record MAC. A child that writes has
+    taken the connection over: its close sends what it left buffered (a child that only
+    closes sends nothing of the parent's: the test above)."""
     with listening(version) as (lst, port):
         client_ctx = sslports.ssl_make_client_context(version)
         cin, cout, sin, sout = connected_pair(lst, port, client_ctx)
@@ -213,7 +256,8 @@ def test_parent_handing_a_connection_to_a_child(version: str) -> None:
             try:
                 got = read_exactly(sin, 4)
                 sout.write(b"pong:" + got)
-                sout.flush()
+                if flush:
+                    sout.flush()
                 close_all(sin, sout)
                 code = 0
             except BaseException:

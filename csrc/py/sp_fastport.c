@@ -152,6 +152,7 @@ typedef int (*forked_fn)(const sp_conn *);
 typedef int (*in_callback_fn)(const sp_conn *);
 typedef long (*unsent_fn)(sp_conn *);
 typedef int (*take_break_fn)(void);
+typedef void (*note_write_fn)(sp_conn *);
 
 static read_fn pump_read;
 static write2_fn pump_write2;
@@ -168,6 +169,7 @@ static forked_fn pump_forked;
 static in_callback_fn pump_in_callback;
 static unsent_fn pump_unsent;
 static take_break_fn pump_take_break;
+static note_write_fn pump_note_write;
 static int slice_ms = 50;
 #define LINGER_WAKE_US (20000LL * slice_ms) /* ports.py _LINGER_WAKE: 20 wait slices, in us */
 static PyObject *zero, *shut_rdwr, *shut_wr; /* 0; socket.SHUT_RDWR, SHUT_WR */
@@ -198,6 +200,15 @@ static sp_conn *conn_of(PyObject *conn)
     if (p == NULL && PyErr_Occurred())
         PyErr_Clear();
     return (sp_conn *)p;
+}
+
+/* Is this process a child of the one that made the connection (fork)? Its copy of the TLS
+ * state is the parent's: a record it sends reuses the parent's sequence number (and so the
+ * AEAD nonce, with other plaintext), and the parent's own next record breaks the connection. */
+static int in_a_child(PyObject *conn)
+{
+    sp_conn *c = conn_of(conn);
+    return c != NULL && pump_forked(c) == 2;
 }
 
 /* The pump's small queries take its send_lock / ssl_lock, which a thread inside an OpenSSL
@@ -1442,6 +1453,7 @@ static PyObject *kept_write(Port *self, PyObject *port, PyObject *b)
 {
     Py_buffer view;
     Py_ssize_t queued;
+    sp_conn *c;
     if (self->conn == NULL || PyObject_GetBuffer(b, &view, PyBUF_SIMPLE) < 0) {
         PyErr_Clear(); /* (the Python method raises what it raises for it) */
         return off_call(port, M_WRITE, &b, 1);
@@ -1453,6 +1465,8 @@ static PyObject *kept_write(Port *self, PyObject *port, PyObject *b)
     if (LOAD_INT(&self->closing))
         return closed_write(self, &view);
     queued = PyByteArray_Size(self->pending);
+    if (view.len > 0 && (c = conn_of(self->conn)) != NULL)
+        pump_note_write(c); /* (writer_write) */
     if (view.len == 0 || queued == 0 || queued + view.len > record_size) {
         lock_give(self->lock);
         PyBuffer_Release(&view);
@@ -1494,6 +1508,8 @@ static PyObject *writer_write(Port *self, PyObject *port, PyObject *b)
     if (LOAD_INT(&self->closing))
         return closed_write(self, &view);
     c = conn_of(self->conn);
+    if (c != NULL)
+        pump_note_write(c); /* (after a fork: this process has taken the connection over) */
     /* Up to one full record is held, as io.BufferedWriter holds a write that fits its buffer
      * exactly: a stream of 16 KiB writes then leaves two records per send() (ports.py
      * SSLOutputPort.write; bench/README.md section 3). More than a record is sent at once.
@@ -2066,6 +2082,8 @@ static PyObject *close_port(PyObject *port, int output)
                 STORE_INT(&fast->on, OFF);
             Py_DECREF(fast);
         }
+        if (in_a_child(conn))
+            goto flushed; /* ports.py SSLOutputPort.close: the parent's bytes stay its own */
         lock = PyObject_GetAttr(port, str_lock); /* (the `_lock` slot) */
         if (lock == NULL) {
             note_failure(&f);
@@ -2209,7 +2227,7 @@ static PyObject *fast_handshake(PyObject *module, PyObject *args)
 
 static PyObject *fast_init(PyObject *module, PyObject *args)
 {
-    enum { N_FNS = 15 }; /* the pump functions init() takes, in its argument order */
+    enum { N_FNS = 16 }; /* the pump functions init() takes, in its argument order */
     PyObject *fns, *addr[N_FNS], *all;
     void *fn[N_FNS];
     int slice, i;
@@ -2255,6 +2273,7 @@ static PyObject *fast_init(PyObject *module, PyObject *args)
     pump_in_callback = (in_callback_fn)(uintptr_t)fn[12];
     pump_unsent = (unsent_fn)(uintptr_t)fn[13];
     pump_take_break = (take_break_fn)(uintptr_t)fn[14];
+    pump_note_write = (note_write_fn)(uintptr_t)fn[15];
     slice_ms = slice;
     record_size = record;
     Py_INCREF(all);
@@ -2266,7 +2285,8 @@ static PyMethodDef module_methods[] = {
     {"init", fast_init, METH_VARARGS,
      "init((sp_read, sp_write2, sp_write_hold, sp_held_out, sp_written, sp_conn_broken, "
      "sp_flush, sp_conn_drain_tickets, sp_conn_drop_unread, sp_handshake, sp_held_out_try, "
-     "sp_conn_forked, sp_conn_in_callback, sp_conn_unsent, sp_take_break addresses), "
+     "sp_conn_forked, sp_conn_in_callback, sp_conn_unsent, sp_take_break, sp_conn_note_write "
+     "addresses), "
      "sizeof_sp_err, "
      "slice_ms, record_size, read_all): bind the pump."},
     {"make_ports", fast_make_ports, METH_VARARGS,

@@ -160,6 +160,7 @@ def _load_fastport() -> Any:
         "sp_conn_in_callback",
         "sp_conn_unsent",
         "sp_take_break",
+        "sp_conn_note_write",
     ]  # (init's order)
     _fastport.init(
         tuple(int(ffi.cast("uintptr_t", ffi.addressof(lib, name))) for name in pump),
@@ -644,6 +645,12 @@ class Connection:
                     raise self.transport_failure(func, self.handshake_what(), exc, cls) from exc
                 continue
             self.handshake_failed(func, status, cls)
+
+    def in_a_child(self) -> bool:
+        """Is this process a child of the one that made the connection (fork)? (sp_fastport.c
+        in_a_child; False once the connection is freed)"""
+        ptr = self.ptr
+        return ptr is not None and _binding.lib.sp_conn_forked(ptr) == 2  # (3: it wrote)
 
     def handshake_what(self) -> str:
         """What a failed handshake's message says failed (`_binding.handshake_step`)."""
@@ -1485,6 +1492,9 @@ class SSLOutputPort(_SSLPort):
         with self._lock:
             if self._close_claimed is not None:  # (close() has begun: after its flush, lost)
                 raise ValueError("write to closed SSL port")
+            ptr = self._sslports_conn.ptr
+            if ptr is not None:  # (after a fork: this process has taken the connection over)
+                _binding.lib.sp_conn_note_write(ptr)
             try:
                 if len(self._buf) + n > _RECORD or (n and not self._buf and self._conn_holds()):
                     self._send_locked(b)
@@ -1595,7 +1605,12 @@ class SSLOutputPort(_SSLPort):
             # _CLOSE_WAIT, and then this close sends what is pending; one that waits for a
             # peer that does not read may never end, and is not waited for: its bytes stay
             # its own, and the last close shuts the socket down, which ends it with an error.
-            if _write_ends_soon(self._lock):
+            # A child of the process that made the connection (fork) sends nothing at its
+            # close: neither what the parent left buffered nor a close_notify. Its TLS state
+            # is the parent's copy, so a record from it would reuse the parent's sequence
+            # number (and AEAD nonce, over other bytes), and the parent's next record would
+            # break the connection. The parent's bytes stay the parent's to send.
+            if not conn.in_a_child() and _write_ends_soon(self._lock):
                 self.flush()
                 if conn.shutdown_on_close and not self._abandoned:
                     self._close_notify()
