@@ -117,6 +117,19 @@ def test_wrap_unconnected_socket_says_so(mode: str) -> None:
         assert sock.fileno() >= 0  # (not taken: the caller's still)
 
 
+# ssl_wrap_socket() of a connected datagram (UDP) socket: the handshake completed (its
+# flights fit in datagrams), then a read returned a short 16 KiB and every later one failed
+# with "bad record mac" (TLS over datagrams loses and splits records: DTLS's place). Python's
+# ssl refuses it too. A bad argument, said so; the caller keeps the socket.
+def test_wrap_datagram_socket_says_so() -> None:
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        sock.connect(("127.0.0.1", 9))
+        with pytest.raises(ValueError) as info:
+            sslports.ssl_wrap_socket(sock, timeout=5)
+        assert str(info.value).startswith("ssl_wrap_socket: only stream sockets are supported")
+        assert sock.fileno() >= 0  # (not taken: the caller's still)
+
+
 # ssl_server_context_enable_ecdh("prime256v1"/"secp384r1"): the group list with the usual
 # groups appended named the same curve twice (P-256 / P-384), OpenSSL refused it, and the
 # server was left with that single group: an X25519-only client could no longer connect

@@ -1019,7 +1019,8 @@ def ssl_wrap_socket(
     Python's ssl and ssl_connect do): what is left of a half-made TLS connection is of no
     use, and the pump has changed its settings.
 
-    :raises ValueError: `sock` is closed or not connected (it stays the caller's).
+    :raises ValueError: `sock` is closed, not connected, or not a stream socket (it stays the
+        caller's).
     :raises SSLNetworkError: the handshake failed (the connection is closed).
     """
     func = "ssl_wrap_socket"
@@ -1027,6 +1028,8 @@ def ssl_wrap_socket(
         raise TypeError(f"{func}: expected a socket.socket, got {type(sock).__name__}")
     if sock.fileno() < 0:  # (-1 would mean "no socket" to the C layer: a busy loop)
         raise ValueError(f"{func}: the socket is closed")
+    if sock.type != socket.SOCK_STREAM:  # (TLS over datagrams loses records: DTLS's place)
+        raise ValueError(f"{func}: only stream sockets are supported, got {sock.type!r}")
     try:
         sock.getpeername()
     except OSError:  # (else the handshake's first write failed: "Broken pipe")
