@@ -368,6 +368,28 @@ def test_connect_pipes_stdin_and_exits_when_server_closes(procs: Procs) -> None:
         assert (b"line %d of the test" % i)[::-1] in result.stdout
 
 
+def test_connect_reads_a_non_blocking_stdin(procs: Procs) -> None:
+    """A stdin that another program left non-blocking (a shared terminal or pipe): the first
+    read failed with EAGAIN, which the copying thread took for a closed connection; it
+    stopped without a word or a close_notify, and the command waited for the server for
+    ever. It now waits for stdin to be readable: the line is echoed, then the server's
+    close after our close_notify ends the command."""
+    _proc, port, _err = procs.sslports_server("--echo")
+    r, w = os.pipe()
+    os.set_blocking(r, False)
+    with open(r, "rb", buffering=0) as stdin:
+        client, out, err = procs.start(
+            [sys.executable, "-m", "sslports", "connect", f"{LOCAL}:{port}", "--cafile", PEM,
+             "--servername", "localhost", "-q"],
+            stdin=stdin,
+        )  # fmt: skip
+    with open(w, "wb", buffering=0) as feed:
+        time.sleep(0.5)  # (the command is reading: EAGAIN, before the fix)
+        feed.write(b"hello\n")
+    assert client.wait(TIMEOUT) == 0, err.read_text()
+    assert out.read_bytes() == b"hello\n"
+
+
 @needs_tls
 def test_connect_exits_cleanly_when_server_closes_while_stdin_stays_open() -> None:
     """The server ends the connection while stdin is still open (a terminal nobody typed in):
@@ -511,6 +533,8 @@ def test_connect_refused() -> None:
         ["connect", "localhost:443", "--tls12", "--tls13"],
         ["connect", "localhost:443", "--cafile", "/nonexistent/ca.pem"],
         ["serve", "--echo", "--www"],
+        ["serve", "--host", ""],
+        ["connect", "localhost:443", "--servername", ""],
         ["serve", "--dir", "/nonexistent/dir"],
         ["sha1", "--no-such-option"],
     ],
@@ -579,6 +603,34 @@ def test_serve_echo_with_python_ssl_client(procs: Procs) -> None:
             assert chunk, "server closed early"
             got += chunk
     assert got == payload
+
+
+@needs_tls
+def test_serve_logs_escape_what_clients_send(procs: Procs, tmp_path: Path) -> None:
+    """serve's log carries each request's path (and, on errors, its method): a client's
+    escape sequences reached the terminal raw (clear it, retitle it, fake a line), and an
+    error's path was logged whole. They are escaped now, and an error's detail is cut."""
+    (tmp_path / "site").mkdir()
+    server, port, err = procs.sslports_server("--dir", str(tmp_path / "site"))
+    ctx = ssl.create_default_context(cafile=PEM)
+    for request in (b"GET /\x1b[2J\x1b]0;pwned\x07 HTTP/1.0\r\n\r\n",
+                    b"\x1b[31mEVIL / HTTP/1.0\r\n\r\n",
+                    b"GET /" + b"a" * 5000 + b" HTTP/1.0\r\n\r\n"):  # fmt: skip
+        raw = socket.create_connection((LOCAL, port), timeout=30)
+        with ctx.wrap_socket(raw, server_hostname="localhost") as tls:
+            tls.sendall(request)
+            with contextlib.suppress(OSError):
+                while tls.recv(65536):
+                    pass
+    deadline = time.monotonic() + 20
+    while err.read_bytes().count(b"\n") < 4 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    procs.stop(server)
+    log = err.read_bytes()
+    assert b"\x1b" not in log and b"\x07" not in log, log
+    assert b"/\\x1b[2J\\x1b]0;pwned\\x07" in log, log
+    assert b"\\x1b[31mEVIL" in log, log
+    assert all(len(line) < 400 for line in log.splitlines()), log
 
 
 @needs_tls

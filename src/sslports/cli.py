@@ -41,6 +41,7 @@ import io
 import mimetypes
 import os
 import re
+import select
 import signal
 import socket
 import stat
@@ -137,13 +138,23 @@ class _Stop(BaseException):
 # -- output helpers ------------------------------------------------------------------------
 
 _stderr_lock = threading.Lock()
+# Control characters: a log line carries what peers chose (a request's path and method, the
+# names in a certificate), whose escape sequences would reach the user's terminal (retitle it,
+# clear it, fake lines), as Python's http.server escapes them in its log.
+_CONTROL = re.compile("[\x00-\x1f\x7f-\x9f]")
+
+
+def _escape_control(match: re.Match[str]) -> str:
+    return f"\\x{ord(match.group()):02x}"
 
 
 def _say(line: str, stream: Optional[TextIO] = None) -> None:
-    """Print one whole line to stderr (or `stream`), never interleaved with another thread."""
+    """Print one whole line to stderr (or `stream`), never interleaved with another thread,
+    its control characters escaped (\\x1b)."""
     target = stream if stream is not None else sys.stderr
     if target is None:  # (started with stderr closed: the command runs on, unheard)
         return
+    line = _CONTROL.sub(_escape_control, line)
     with _stderr_lock:
         try:
             target.write(line + "\n")
@@ -219,7 +230,9 @@ def _host_port(text: str) -> tuple[str, int]:
 
 
 def _host_name(text: str) -> str:
-    """A host name or address the resolver can be asked about (IDNA-encodable)."""
+    """A host name or address the resolver can be asked about (IDNA-encodable, not empty)."""
+    if not text:
+        raise argparse.ArgumentTypeError("empty host name")
     try:
         text.encode("idna")
     except UnicodeError as exc:
@@ -467,7 +480,17 @@ def _stdin_reader() -> Optional[Callable[[int], bytes]]:
     except (AttributeError, OSError, ValueError):
         stdin = getattr(sys.stdin, "buffer", None)
         return None if stdin is None else stdin.read1
-    return functools.partial(os.read, fd)
+    return functools.partial(_read_waiting, fd)
+
+
+def _read_waiting(fd: int, n: int) -> bytes:
+    """os.read that waits on a non-blocking descriptor (a terminal or pipe that another
+    program made non-blocking) instead of failing with EAGAIN."""
+    while True:
+        try:
+            return os.read(fd, n)
+        except BlockingIOError:
+            select.select([fd], [], [])
 
 
 def _pipe_stdio(
@@ -483,12 +506,17 @@ def _pipe_stdio(
     # then, when the write took the socket's reset (the kernel reports it once), and the
     # command must not end with status 0 as if everything had been sent.
     write_failures: list[OSError] = []
+    read_failures: list[OSError] = []  # (stdin's: said once the connection ends)
 
     def stdin_to_connection() -> None:
         read = _stdin_reader()
         try:
             while read is not None:
-                chunk = read(_CHUNK)
+                try:
+                    chunk = read(_CHUNK)
+                except OSError as exc:  # as at EOF: close_notify, then the server's end
+                    read_failures.append(exc)
+                    chunk = b""
                 if not chunk:
                     break
                 with out_lock:
@@ -533,6 +561,8 @@ def _pipe_stdio(
                 out_lock.release()
     if write_failures:  # (the output port's own error: the input ended without one)
         raise CLIError(f"connection failed: {_reason(write_failures[0])}")
+    if read_failures:
+        raise CLIError(f"cannot read standard input: {_os_error_text(read_failures[0])}")
     return EXIT_OK
 
 
@@ -686,7 +716,7 @@ def _serve_http(session: _Session, respond: Callable[[_Session, str, str], str])
         method, target = _parse_request_line(head[0])
         status_text = f"{method} {target[:200]} -> " + respond(session, method, target)
     except _HTTPError as exc:
-        status_text = f"{exc.status} {exc.reason}: {exc.detail}"
+        status_text = f"{exc.status} {exc.reason}: {exc.detail[:200]}"
         with contextlib.suppress(OSError, ValueError):
             _send_page(session.out, exc.status, exc.reason, f"{exc.status} {exc.reason}\n")
     except TimeoutError:
@@ -1546,7 +1576,11 @@ def build_parser() -> argparse.ArgumentParser:
         type=_existing_file,
         help="trust only the certificates in this PEM file (instead of the system store)",
     )
-    connect.add_argument("--servername", help="the name sent as SNI and verified (default: HOST)")
+    connect.add_argument(
+        "--servername",
+        type=_host_name,
+        help="the name sent as SNI and verified (default: HOST)",
+    )
     connect.add_argument(
         "--alpn", type=_alpn_list, metavar="P1,P2", help="offer these ALPN protocols, e.g. h2"
     )
