@@ -883,17 +883,12 @@ int sp_conn_set_host(sp_conn *c, const char *host, int is_ip, int send_sni, int 
     return ok;
 }
 
-int sp_conn_server_name_check_locked(sp_conn *c, int *no_name)
+int sp_conn_server_name_check_locked(sp_conn *c)
 {
     int wanted = (c->verify_flags & SP_VERIFY_HOSTNAME) != 0;
-    *no_name = 0;
-    if (wanted && !c->checks_host) {
-        if (c->server_host == NULL) {
-            *no_name = 1;
-            return 0;
-        }
-        return check_host_locked(c, c->server_host, c->server_host_is_ip);
-    }
+    if (wanted && !c->checks_host)
+        return c->server_host != NULL
+               && check_host_locked(c, c->server_host, c->server_host_is_ip);
     if (!wanted && c->checks_host) { /* the name the first context checked is not checked */
         X509_VERIFY_PARAM *param = SSL_get0_param(c->ssl);
         if (!X509_VERIFY_PARAM_set1_host(param, NULL, 0)

@@ -193,8 +193,8 @@ int sp_conn_get_verify(sp_conn *c);
 int sp_conn_set_host(sp_conn *c, const char *host, int is_ip, int send_sni, int check, sp_err *err);
 /* After an SNI switch (ssl_lock held): a server checks its client's name as the new context's
  * policy says; 0 when it cannot (no memory), or when the policy checks names and none was
- * given (*no_name set). */
-int sp_conn_server_name_check_locked(sp_conn *c, int *no_name);
+ * given (sni.py refuses that switch first, with the reason). */
+int sp_conn_server_name_check_locked(sp_conn *c);
 
 int sp_handshake(sp_conn *c, int wait_ms, sp_err *err);
 int sp_read(sp_conn *c, unsigned char *buf, size_t len, size_t want, size_t *got, int wait_ms,

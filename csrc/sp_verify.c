@@ -594,7 +594,7 @@ static int client_hello_callback(SSL *ssl, int *alert, void *arg)
     char name[TLSEXT_MAXLEN_host_name + 1];
     SSL_CTX *switch_to = NULL;
     sp_callback_frame frame;
-    int flags = 0, no_name, r;
+    int flags = 0, r;
     (void)arg;
     if (c == NULL || c->sni_done) /* (a HelloRetryRequest's second hello, a renegotiation) */
         return SSL_CLIENT_HELLO_SUCCESS;
@@ -627,7 +627,7 @@ static int client_hello_callback(SSL *ssl, int *alert, void *arg)
         c->verify_flags = flags;
         /* The name check follows the new context too: on when it checks names (the callback
          * refused a switch without a name to check: sni.py), off when it does not. */
-        if (!sp_conn_server_name_check_locked(c, &no_name)) {
+        if (!sp_conn_server_name_check_locked(c)) {
             *alert = SSL_AD_INTERNAL_ERROR;
             return SSL_CLIENT_HELLO_ERROR;
         }

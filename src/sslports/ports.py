@@ -1825,7 +1825,8 @@ def connection_of(func: str, p: object) -> Connection:
 
 
 def ssl_abandon_port(p: SSLPort) -> None:
-    """Close a port without sending close_notify (output: pending data is still sent).
+    """Close a port without sending close_notify (output: pending data is still sent, except
+    by a forked child that never wrote on the connection: the parent's bytes are its own).
 
     Racket: ssl-abandon-port
     """
