@@ -2422,6 +2422,16 @@ int sp_request_reauth(sp_conn *c, int flags, sp_err *err)
         sp_mutex_unlock(&c->ssl_lock);
         return SP_REAUTH_LATER;
     }
+    if (SSL_is_server(c->ssl) && c->reauth_pending) {
+        /* Another call's request is still unanswered (another thread's, which asked between
+         * this call's look at sp_reauth_pending and now): this one waits for the same answer,
+         * under its own policy. A second request would be refused (TLS 1.3: "request sent"),
+         * and its failure would end the first call's wait before the answer came. */
+        c->verify_flags = flags;
+        sp_conn_apply_verify_locked(c);
+        sp_mutex_unlock(&c->ssl_lock);
+        return 1;
+    }
     before_ssl_call(c); /* (SSL_do_handshake below may read) */
     c->verify_flags = flags;
     sp_conn_apply_verify_locked(c);

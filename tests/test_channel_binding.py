@@ -399,6 +399,12 @@ def test_export_keying_material_length_limit(
         if version == "tls13":
             with pytest.raises(ValueError, match=f"ssl_export_keying_material: .* {limit} "):
                 f(inp, b"EXPERIMENTAL-test", limit + 1)
+            # a label of more than 249 bytes: OpenSSL's bare "tls illegal exporter label"
+            # SSLError before, now a ValueError that names the limit (a longer TLS 1.2
+            # label and context was one already)
+            assert len(f(inp, b"x" * 249, 16)) == 16
+            with pytest.raises(ValueError, match=r"ssl_export_keying_material: .* 249 bytes"):
+                f(inp, b"x" * 250, 16)
         return f(out, b"EXPERIMENTAL-test", limit)
 
     cctx = client_context(version, roots=[certs.root])

@@ -136,3 +136,58 @@ def test_a_timed_out_verify_is_a_timeout_error_naming_the_call(
     with pytest.raises(SSLError, match=r"^ssl_set_verify: failed \(timed out\)$") as info:
         sslports.ssl_set_verify(sout, True)
     assert isinstance(info.value, TimeoutError)
+
+
+def test_two_threads_verifying_at_once_both_get_the_answer(connection: tuple[Any, ...]) -> None:
+    """Two server threads ask for the client's certificate at once: each looked whether a
+    request was pending, both saw none, both asked. The second request was refused (TLS 1.3:
+    "request sent"), and its failure cleared the first one's pending mark, so the first call
+    stopped waiting before the client answered and raised "peer certificate did not verify"
+    for a valid certificate. The second ask now joins the first (sp_request_reauth, in C,
+    where the two cannot interleave): both calls return, the peer verified. The window is
+    made certain here: the second request is made in C while the first is pending."""
+    cin, _, sin, sout = connection
+    lib = sslports._binding.lib
+    ptr = sin._sslports_conn.ptr
+    sout.settimeout(TIMEOUT)
+    first = run_in_thread(lambda: sslports.ssl_set_verify(sout, True))
+    deadline = time.monotonic() + TIMEOUT
+    while not lib.sp_reauth_pending(ptr) and time.monotonic() < deadline:
+        time.sleep(0.005)
+    assert lib.sp_reauth_pending(ptr)  # the first request is out; the client has not read it
+    flags = lib.sp_conn_get_verify(ptr) | lib.SP_VERIFY_PEER | lib.SP_VERIFY_REQUIRE
+    err = sslports._binding.ffi.new("sp_err *")
+    assert lib.sp_request_reauth(ptr, flags, err) == 1  # (joined: before, 0, "request sent")
+    assert lib.sp_reauth_pending(ptr)  # (still the first's: before, cleared)
+    time.sleep(0.2)  # the client reads (and so answers) only now
+    client_read = run_in_thread(lambda: cin.read1(100))
+    first(TIMEOUT)
+    sslports.ssl_set_verify(sout, True)  # (the second thread's call: answered already)
+    assert sslports.ssl_peer_verified(sin)
+    sout.write(b"verified")
+    sout.flush()
+    assert client_read(TIMEOUT) == b"verified"
+
+
+def test_the_cipher_after_a_failed_renegotiation_is_no_placeholder(pki: Any) -> None:
+    """TLS 1.2: the server asks a client without a certificate for one (a renegotiation),
+    which fails the connection. ssl_cipher_name then said "(NONE)", OpenSSL's placeholder,
+    as if a suite had that name; it says "" (no suite), as before any handshake."""
+    sctx = sslports.ssl_make_server_context(
+        "tls12", private_key=("pem", str(pki.server_key)), certificate_chain=str(pki.server_chain)
+    )
+    sslports.ssl_load_verify_source(sctx, str(pki.ca_pem))
+    with sslports.ssl_listen(0, 5, True, LOCAL, sctx) as listener:
+        port = sslports.ssl_addresses(listener, True)[1]
+        accept = run_in_thread(lambda: sslports.ssl_accept(listener))
+        cin, cout = sslports.ssl_connect(LOCAL, port, "tls12", timeout=TIMEOUT)
+        sin, sout = accept(TIMEOUT)
+    with cin, cout, sin, sout:
+        assert sslports.ssl_cipher_name(sin).startswith("ECDHE-")
+        client_read = run_in_thread(lambda: cin.read(1))  # (answers the HelloRequest)
+        sin.settimeout(TIMEOUT)
+        with pytest.raises(SSLError, match="ssl_set_verify"):
+            sslports.ssl_set_verify(sin, True)
+        with pytest.raises(SSLError):
+            client_read(TIMEOUT)
+        assert sslports.ssl_cipher_name(sin) == ""

@@ -336,6 +336,7 @@ def ssl_default_channel_binding(p: SSLPort) -> tuple[str, bytes]:
 
 
 _TLS12_PRF_SEED_MAX = 1024  # (OpenSSL's TLS1-PRF: TLS1_PRF_MAXBUF)
+_TLS13_LABEL_MAX = 249  # (HkdfLabel.label: "tls13 " + label, at most 255 bytes)
 
 
 def ssl_export_keying_material(
@@ -358,6 +359,11 @@ def ssl_export_keying_material(
     lib = _binding.lib
     ffi = _binding.ffi
     version = lib.sp_conn_version(conn.ptr)
+    if version >= 0x0304 and len(label) > _TLS13_LABEL_MAX:
+        raise ValueError(
+            f"{func}: label must be at most {_TLS13_LABEL_MAX} bytes on TLS 1.3 (RFC 8446 7.1: "
+            "it goes after 'tls13 ' into a label of at most 255 bytes)"
+        )
     seed = len(label) + 64 + (2 + len(context) if context is not None else 0)
     if 0 < version < 0x0304 and seed > _TLS12_PRF_SEED_MAX:
         raise ValueError(
@@ -411,7 +417,10 @@ def ssl_cipher_name(p: SSLPort) -> str:
     """The negotiated cipher suite's OpenSSL name. Extension."""
     conn = _conn("ssl_cipher_name", p)
     name = _binding.lib.sp_conn_cipher(conn.ptr)
-    return "" if name == _binding.ffi.NULL else _binding.ffi.string(name).decode()
+    if name == _binding.ffi.NULL:
+        return ""
+    text = _binding.ffi.string(name).decode()
+    return "" if text == "(NONE)" else text  # (OpenSSL's name for none: a failed renegotiation)
 
 
 def peer_certificate(ptr: Any) -> Optional[dict[str, Any]]:
