@@ -247,6 +247,11 @@ class AioConnection:
         """Wait until input moved a renegotiation on (a held-back write may go)."""
         raise NotImplementedError
 
+    def wait_read(self) -> Awaitable[None]:
+        """wait_input for the reader: a second coroutine reading at once is a RuntimeError,
+        as asyncio's StreamReader says."""
+        return self.wait_input()
+
     async def drain_raw(self) -> None:
         """Wait for the raw side's back-pressure."""
 
@@ -792,10 +797,21 @@ class _StreamConnection(AioConnection):
         self.lock = asyncio.Lock()  # one raw read at a time (the reader, a held-back write)
         self.generation = 0  # bumped by every feed: a waiter that sees it move skips reading
         self.replies_out = False  # reading queued replies: drain them before reading on
+        self.reading = False  # a reader waits (wait_read)
 
     def raw_write(self, data: bytes) -> None:
         if not self.raw_writer.is_closing():
             self.raw_writer.write(data)
+
+    async def wait_read(self) -> None:
+        # (wait_input itself queues its callers on the lock: a held-back write waits there too)
+        if self.reading:
+            raise RuntimeError("read: another coroutine is already waiting for this connection")
+        self.reading = True
+        try:
+            await self.wait_input()
+        finally:
+            self.reading = False
 
     async def wait_input(self) -> None:
         seen = self.generation
@@ -906,7 +922,7 @@ class SSLStreamReader:
             raise conn.exc
         if conn.eof:
             return True
-        await conn.wait_input()
+        await conn.wait_read()
         return False
 
     def at_eof(self) -> bool:
@@ -935,7 +951,7 @@ class SSLStreamReader:
                 raise conn.exc
             if conn.eof:
                 return b""
-            await conn.wait_input()
+            await conn.wait_read()
 
     async def readexactly(self, n: int) -> bytes:
         if n <= 0:
@@ -950,7 +966,7 @@ class SSLStreamReader:
                     conn.head = None
                     return head
             elif not conn.plain and conn.exc is None and not conn.eof:
-                await conn.wait_input()  # (the common case: nothing is here yet)
+                await conn.wait_read()  # (the common case: nothing is here yet)
                 continue
             buf = self._buffered()
             if len(buf) >= n:
@@ -959,7 +975,7 @@ class SSLStreamReader:
                 raise conn.exc
             if conn.eof:
                 raise asyncio.IncompleteReadError(self._take(len(buf)), n)
-            await conn.wait_input()
+            await conn.wait_read()
 
     async def readuntil(self, separator: bytes = b"\n") -> bytes:
         """As asyncio's: LimitOverrunError (nothing taken) when the separator is not within
@@ -1006,6 +1022,45 @@ class SSLStreamReader:
         return line
 
 
+class _TLSTransport:
+    """SSLStreamWriter.transport: the TCP transport under a TLS face. It was the TCP transport
+    itself, whose write() sent the caller's bytes in the clear (a peer then failed on a
+    non-TLS record) and whose can_write_eof() said True (write_eof() sent a bare FIN)."""
+
+    __slots__ = ("_raw", "_writer")
+
+    def __init__(self, writer: SSLStreamWriter, raw: asyncio.BaseTransport) -> None:
+        self._writer = writer
+        self._raw = raw
+
+    def write(self, data: Union[bytes, bytearray, memoryview]) -> None:
+        self._writer.write(data)
+
+    def writelines(self, list_of_data: Sequence[bytes]) -> None:
+        self._writer.writelines(list_of_data)
+
+    def can_write_eof(self) -> bool:
+        return False
+
+    def write_eof(self) -> None:
+        self._writer.write_eof()
+
+    def get_extra_info(self, name: str, default: Any = None) -> Any:
+        return self._writer.get_extra_info(name, default)
+
+    def is_closing(self) -> bool:
+        return self._writer.is_closing()
+
+    def close(self) -> None:
+        self._writer.close()
+
+    def __getattr__(self, name: str) -> Any:  # (abort, pause_reading, buffer sizes, ...)
+        return getattr(self._raw, name)
+
+    def __repr__(self) -> str:
+        return f"<sslports TLS transport over {self._raw!r}>"
+
+
 class SSLStreamWriter:
     """The plaintext side for writing (asyncio.StreamWriter's API).
 
@@ -1023,7 +1078,12 @@ class SSLStreamWriter:
 
     @property
     def transport(self) -> Any:
-        return self._sslports_conn.transport
+        """As asyncio's writer.transport, the TLS transport's face: what it writes is
+        encrypted (this writer's write), it cannot write an EOF, get_extra_info and close are
+        this writer's; the rest (abort, pause_reading, get_write_buffer_size, ...) is the TCP
+        transport's (_TLSTransport)."""
+        raw = self._sslports_conn.transport
+        return None if raw is None else _TLSTransport(self, raw)
 
     def writelines(self, data: Sequence[bytes]) -> None:
         self.write(b"".join(data))
