@@ -70,6 +70,17 @@ def client_context(version: str = "auto") -> S.SSLClientContext:
     return ctx
 
 
+async def connect_by(
+    how: str, port: int, **kw: Any
+) -> tuple[aio.SSLStreamReader, aio.SSLStreamWriter]:
+    """A client of 127.0.0.1:port ("localhost"): open_ssl_connection ("open"), or a TCP
+    connection wrapped with wrap_ssl_streams ("wrap"); `kw` go to either."""
+    if how == "open":
+        return await aio.open_ssl_connection("localhost", port, client_context(), **kw)
+    raw = await asyncio.open_connection("127.0.0.1", port)
+    return await aio.wrap_ssl_streams(*raw, context=client_context(), hostname="localhost", **kw)
+
+
 async def echo(reader: aio.SSLStreamReader, writer: aio.SSLStreamWriter) -> None:
     while True:
         data = await reader.read(65536)
@@ -230,13 +241,7 @@ def test_writes_after_close_are_dropped_as_asyncio_does(
         server = await aio.start_ssl_server(echo, "127.0.0.1", 0, server_context())
         async with server:
             port = server.sockets[0].getsockname()[1]
-            if how == "open":
-                r, w = await aio.open_ssl_connection("localhost", port, client_context())
-            else:
-                raw = await asyncio.open_connection("127.0.0.1", port)
-                r, w = await aio.wrap_ssl_streams(
-                    *raw, context=client_context(), hostname="localhost"
-                )
+            r, w = await connect_by(how, port)
             w.write(b"ping")
             assert await r.readexactly(4) == b"ping"
             w.close()
@@ -577,13 +582,7 @@ def test_writing_through_writer_transport_is_encrypted(loop_kind: str, how: str)
         server = await aio.start_ssl_server(echo, "127.0.0.1", 0, server_context())
         async with server:
             port = server.sockets[0].getsockname()[1]
-            if how == "open":
-                r, w = await aio.open_ssl_connection("localhost", port, client_context())
-            else:
-                raw = await asyncio.open_connection("127.0.0.1", port)
-                r, w = await aio.wrap_ssl_streams(
-                    *raw, context=client_context(), hostname="localhost"
-                )
+            r, w = await connect_by(how, port)
             transport = w.transport
             transport.write(b"secret ")
             transport.writelines([b"over ", b"tls"])
@@ -617,15 +616,7 @@ def test_transport_abort_as_over_asyncio_tls(loop_kind: str, how: str, strict: b
         server = await aio.start_ssl_server(echo, "127.0.0.1", 0, server_context())
         async with server:
             port = server.sockets[0].getsockname()[1]
-            if how == "open":
-                r, w = await aio.open_ssl_connection(
-                    "localhost", port, client_context(), strict_eof=strict
-                )
-            else:
-                raw = await asyncio.open_connection("127.0.0.1", port)
-                r, w = await aio.wrap_ssl_streams(
-                    *raw, context=client_context(), hostname="localhost", strict_eof=strict
-                )
+            r, w = await connect_by(how, port, strict_eof=strict)
             w.write(b"ping")
             assert await r.readexactly(4) == b"ping"
             waiting = asyncio.ensure_future(r.read(10))
@@ -857,15 +848,7 @@ def test_reader_iteration_bad_sizes_and_a_second_waiting_reader(loop_kind: str, 
         server = await aio.start_ssl_server(handler, "127.0.0.1", 0, server_context())
         async with server:
             port = server.sockets[0].getsockname()[1]
-            if how == "open":
-                r, w = await aio.open_ssl_connection(
-                    "localhost", port, client_context(), timeout=10
-                )
-            else:
-                raw = await asyncio.open_connection("127.0.0.1", port)
-                r, w = await aio.wrap_ssl_streams(
-                    *raw, context=client_context(), hostname="localhost"
-                )
+            r, w = await connect_by(how, port, timeout=10)
             with pytest.raises(ValueError):
                 await r.readexactly(-1)
             with pytest.raises(ValueError):
