@@ -183,11 +183,13 @@ def test_the_cipher_after_a_failed_renegotiation_is_no_placeholder(pki: Any) -> 
         cin, cout = sslports.ssl_connect(LOCAL, port, "tls12", timeout=TIMEOUT)
         sin, sout = accept(TIMEOUT)
     with cin, cout, sin, sout:
-        assert sslports.ssl_cipher_name(sin).startswith("ECDHE-")
+        before = sslports.ssl_cipher_name(sin)
+        assert before.startswith("ECDHE-")
         client_read = run_in_thread(lambda: cin.read(1))  # (answers the HelloRequest)
         sin.settimeout(TIMEOUT)
         with pytest.raises(SSLError, match="ssl_set_verify"):
             sslports.ssl_set_verify(sin, True)
         with pytest.raises(SSLError):
             client_read(TIMEOUT)
-        assert sslports.ssl_cipher_name(sin) == ""
+        # (OpenSSL 3.0 has no suite then; a later one may keep the first handshake's)
+        assert sslports.ssl_cipher_name(sin) in ("", before)
