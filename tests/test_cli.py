@@ -117,12 +117,14 @@ def run_connect(
     feed: Optional[Callable[[Any], None]] = None,
     started: Optional[threading.Event] = None,
     interrupt: bool = True,
+    to_a_helper_thread: bool = False,
 ) -> tuple[int, bytes, bytes]:
     """``connect -q`` to the server at `port`, its stdin a pipe left open (fed by `feed` in a
     thread, if given). With `interrupt`, Ctrl-C once the first line ("ready") arrived, or
     once `started` is set, and a second later with a feed (the write is stuck by then, if
-    the server does not read); else wait for the command to end. Returns the exit status,
-    stdout and stderr."""
+    the server does not read); else wait for the command to end. `to_a_helper_thread`
+    hands the SIGINT to one of the command's other threads, not its main thread (the
+    kernel may hand a Ctrl-C to any thread). Returns the exit status, stdout and stderr."""
     command = ["connect", f"{LOCAL}:{port}", "--insecure", "-q", *extra]
     proc = subprocess.Popen(
         [sys.executable, "-m", "sslports", *command],
@@ -147,7 +149,10 @@ def run_connect(
             if feed is not None:
                 time.sleep(1.0)
                 assert feeder.is_alive()  # (the command does not take more)
-            proc.send_signal(signal.SIGINT)
+            if to_a_helper_thread:
+                interrupt_a_helper_thread(proc.pid)
+            else:
+                proc.send_signal(signal.SIGINT)
         try:
             status = proc.wait(timeout=30)  # (the servers hold the connection for 60 s)
         except subprocess.TimeoutExpired:
@@ -170,6 +175,18 @@ def run_connect(
         errors="replace"
     )
     return status, out, err
+
+
+def interrupt_a_helper_thread(pid: int) -> None:
+    """SIGINT to the newest thread of process `pid` (tgkill), not its main thread: connect's
+    stdin thread, or serve's thread for its last client."""
+    import ctypes
+
+    tids = sorted(int(t) for t in os.listdir(f"/proc/{pid}/task") if int(t) != pid)
+    assert tids, "the command runs no other thread"
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.tgkill(pid, tids[-1], int(signal.SIGINT)) != 0:
+        raise OSError(ctypes.get_errno(), "tgkill")
 
 
 def feed_lots(stdin: Any) -> None:
@@ -872,6 +889,33 @@ def test_serve_ctrl_c_stops_cleanly(procs: Procs) -> None:
 
 
 @needs_tls
+@pytest.mark.skipif(not os.path.isdir("/proc/self/task"), reason="needs Linux's /proc")
+def test_serve_ctrl_c_taken_by_a_client_s_thread_still_stops(procs: Procs) -> None:
+    """A Ctrl-C the kernel hands to the thread serving a client, not to the main thread
+    waiting for the next client: the server still stops at once. (It used to wait for the
+    next client to arrive.)"""
+    server, port, err = procs.sslports_server("--echo")
+    client_ctx = ssl.create_default_context()
+    client_ctx.check_hostname = False
+    client_ctx.verify_mode = ssl.CERT_NONE
+    with (
+        socket.create_connection((LOCAL, port), timeout=30) as raw,
+        client_ctx.wrap_socket(raw) as tls,
+    ):
+        tls.sendall(b"ping\n")
+        assert read_exactly(tls, 5) == b"ping\n"  # (its thread is serving it)
+        interrupt_a_helper_thread(server.pid)
+        try:
+            returncode = server.wait(30)
+        except subprocess.TimeoutExpired:
+            server.kill()
+            raise AssertionError("serve did not stop") from None
+    assert returncode == 130
+    assert "serve: interrupted, stopped" in err.read_text()
+    assert "Traceback" not in err.read_text()
+
+
+@needs_tls
 def test_serve_sigterm_stops_cleanly(procs: Procs) -> None:
     server, _port, err = procs.sslports_server("--echo")
     server.terminate()
@@ -1167,6 +1211,25 @@ def test_connect_ctrl_c_in_an_idle_session_still_ends_with_close_notify() -> Non
     assert status == 130, err.decode()
     assert err == b"sslports: interrupted\n", err.decode()
     assert seen == [b""]  # the client's close_notify, not a cut
+
+
+@needs_tls
+@pytest.mark.skipif(not os.path.isdir("/proc/self/task"), reason="needs Linux's /proc")
+def test_connect_ctrl_c_taken_by_another_thread_still_ends_the_command() -> None:
+    """The kernel hands a process's SIGINT to any of its threads. Taken by the stdin or the
+    sending thread, it was seen by the main thread only once its blocking read returned:
+    in an idle session, never. Now the command still ends at once, with close_notify."""
+    seen: list[object] = []
+
+    def serve(tls: ssl.SSLSocket) -> None:
+        tls.sendall(b"ready\n")
+        read_one(tls, seen)
+
+    with python_tls_server(serve) as port:
+        status, _out, err = run_connect(port, to_a_helper_thread=True)
+    assert status == 130, err.decode()
+    assert err == b"sslports: interrupted\n", err.decode()
+    assert seen == [b""]
 
 
 class _StopServing(BaseException):

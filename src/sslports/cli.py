@@ -398,6 +398,55 @@ def _handshake_error(exc: SSLError, label: str, args: argparse.Namespace) -> CLI
     return CLIError(message)
 
 
+@contextlib.contextmanager
+def _signals_also_call(wake: Callable[[], None], *signums: int) -> Iterator[None]:
+    """While active, a signal in `signums` also calls wake() from a watching thread.
+
+    CPython runs a signal's Python handler (Ctrl-C's KeyboardInterrupt) in the main thread,
+    between two steps of Python code. A signal that lands just before the main thread blocks
+    in a system call (recv, poll), or one the kernel hands to another thread, stays pending
+    until that call returns: in an idle session, for ever. wake() makes the call return (it
+    shuts the socket's reading side, or closes the listener); the handler then runs. The
+    watcher learns of the signal through signal.set_wakeup_fd, which CPython's C-level
+    handler writes from whichever thread took it, after marking the handler pending."""
+    if threading.current_thread() is not threading.main_thread():
+        yield  # (set_wakeup_fd is the main thread's; only tests call main() elsewhere)
+        return
+    watch_end, signal_end = socket.socketpair()
+    signal_end.setblocking(False)
+
+    def watch() -> None:
+        with watch_end:
+            while True:  # (to the end: a write to a closed pair is reported on stderr)
+                try:
+                    taken = watch_end.recv(64)
+                except OSError:
+                    return
+                if not taken:
+                    return
+                if any(signum in taken for signum in signums):
+                    with contextlib.suppress(OSError):
+                        wake()
+
+    previous: Optional[int] = None
+    try:
+        threading.Thread(target=watch, name="sslports-signals", daemon=True).start()
+        previous = signal.set_wakeup_fd(signal_end.fileno(), warn_on_full_buffer=False)
+    except (RuntimeError, ValueError, OSError):  # (no thread to spare): as before, unwatched
+        pass
+    finally:
+        if previous is None:
+            signal_end.close()  # (the watcher, if it started, ends at EOF and closes its end)
+    if previous is None:
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.set_wakeup_fd(previous)
+        signal_end.close()
+
+
 def _cmd_connect(args: argparse.Namespace) -> int:
     _require_ssl()
     host, port = args.target
@@ -405,6 +454,19 @@ def _cmd_connect(args: argparse.Namespace) -> int:
     servername = args.servername or host
     ctx = _client_context(args)
     sock = _tcp_connect(host, port, args.timeout)
+    with _signals_also_call(functools.partial(sock.shutdown, socket.SHUT_RD), signal.SIGINT):
+        return _connect_session(args, sock, label, servername, ctx)
+
+
+def _connect_session(
+    args: argparse.Namespace,
+    sock: socket.socket,
+    label: str,
+    servername: str,
+    ctx: SSLClientContext,
+) -> int:
+    """connect's TLS session over `sock` (connected): the handshake, then stdin and stdout
+    copied to and from the server; closes sock."""
     reader = sock.makefile("rb")
     writer = sock.makefile("wb")
 
@@ -836,6 +898,9 @@ def _peer_label(inp: SSLInputPort) -> str:
         return "client"
 
 
+_STOPPING_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+
 @contextlib.contextmanager
 def _sigterm_stops() -> Iterator[None]:
     """While active, SIGTERM raises _Stop in the main thread (a clean exit, like Ctrl-C)."""
@@ -904,7 +969,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     mode = {"echo": "echo", "www": "status page", "dir": f"files under {args.dir}"}[args.mode]
     with listener:
         try:
-            with _sigterm_stops():
+            with _sigterm_stops(), _signals_also_call(listener.close, *_STOPPING_SIGNALS):
                 host, port = ssl_addresses(listener, True)[:2]
                 print(f"listening on {_binding.endpoint(str(host), int(port))}", flush=True)
                 _say(f"{PROG}: serve: {mode}; stop with Ctrl-C")
