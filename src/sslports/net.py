@@ -116,16 +116,9 @@ def _new_connection(
         if name is not None:
             host = name
         elif verify_hostname:
-            what = _binding.handshake_step(is_server)
-            raise cls(
-                f"{func}: {what} failed (hostname mismatch: {hostname!r} is not a "
-                "valid reference name)",
-                verify_code=_X509_V_ERR_HOSTNAME_MISMATCH,
-                verify_message="hostname mismatch",
-            )
+            raise _uncheckable_name(func, is_server, hostname, cls)
     elif verify_hostname:
-        what = _binding.handshake_step(is_server)
-        raise cls(f"{func}: {what} failed (hostname not provided for verification)")
+        raise _uncheckable_name(func, is_server, None, cls)
     err, step = _per_thread.pair  # this thread's error record and count cell (the failed step)
     raw = lib.sp_ctx_open_conn(
         ctx._ptr,
@@ -146,6 +139,22 @@ def _new_connection(
     if raw == ffi.NULL:
         raise build_error(func, _setup_what(step[0]), err, cls)
     return ffi.gc(raw, lib.sp_conn_free)
+
+
+def _uncheckable_name(
+    func: str, is_server: bool, hostname: Optional[str], cls: type[SSLError]
+) -> SSLError:
+    """The refusal to run a handshake whose context checks the peer's name when `hostname`
+    can name no host, or none was given (None): here, and when an SNI callback switches a
+    server to such a context (sni._check_name_given)."""
+    what = _binding.handshake_step(is_server)
+    if hostname is None:
+        return cls(f"{func}: {what} failed (hostname not provided for verification)")
+    return cls(
+        f"{func}: {what} failed (hostname mismatch: {hostname!r} is not a valid reference name)",
+        verify_code=_X509_V_ERR_HOSTNAME_MISMATCH,
+        verify_message="hostname mismatch",
+    )
 
 
 def _setup_what(step: int) -> str:

@@ -94,17 +94,10 @@ def _check_name_given(func: str, hostname: Optional[str]) -> None:
     """A server context that checks its clients' names (ssl_set_verify_hostname) needs one to
     check: as when it is the listener's own (net._new_connection), also when an SNI callback
     switches to it (sp_conn_server_name_check_locked then checks the name)."""
-    from .net import _X509_V_ERR_HOSTNAME_MISMATCH, _host_info  # (net imports this module)
+    from .net import _host_info, _uncheckable_name  # (net imports this module)
 
-    if hostname is None:
-        raise SSLNetworkError(f"{func}: accept failed (hostname not provided for verification)")
-    if _host_info(hostname)[1] is None:
-        raise SSLNetworkError(
-            f"{func}: accept failed (hostname mismatch: {hostname!r} is not a valid reference "
-            "name)",
-            verify_code=_X509_V_ERR_HOSTNAME_MISMATCH,
-            verify_message="hostname mismatch",
-        )
+    if hostname is None or _host_info(hostname)[1] is None:
+        raise _uncheckable_name(func, True, hostname, SSLNetworkError)
 
 
 _keylog_lock = threading.Lock()
