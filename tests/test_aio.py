@@ -261,6 +261,28 @@ def test_writes_after_close_are_dropped_as_asyncio_does(
     assert all("closed" in message for message in warnings())
 
 
+@pytest.mark.parametrize("loop_kind", LOOPS)
+@pytest.mark.parametrize("how", ["open", "wrap"])
+def test_drain_after_the_close_raises_as_asyncio_s_does(loop_kind: str, how: str) -> None:
+    """Once close() has ended the connection, drain() raises (asyncio's: ConnectionResetError)
+    over both entry points: a writer loop that drains learns that its data goes nowhere.
+    Over wrap_ssl_streams it returned as if the data had gone."""
+
+    async def main() -> None:
+        server = await aio.start_ssl_server(echo, "127.0.0.1", 0, server_context())
+        async with server:
+            r, w = await connect_by(how, server.sockets[0].getsockname()[1])
+            w.write(b"ping")
+            await w.drain()
+            assert await r.readexactly(4) == b"ping"
+            w.close()
+            await w.wait_closed()
+            with pytest.raises(S.SSLNetworkError, match=r"(?i)write failed \(connection lost\)"):
+                await w.drain()
+
+    run(loop_kind, main)
+
+
 def test_verify_failure_and_bad_arguments() -> None:
     async def main() -> None:
         server = await aio.start_ssl_server(echo, "127.0.0.1", 0, server_context())

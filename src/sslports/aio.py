@@ -852,9 +852,9 @@ class _StreamConnection(AioConnection):
         self.replies_out = True
 
     async def drain_raw(self) -> None:
-        if self.closed:
-            return
-        try:  # (a raw side that closed or was reset raises here, as asyncio's drain() does)
+        # (a raw side that closed, ours after close() or one reset, raises here as asyncio's
+        # drain() does: once the connection is lost)
+        try:
             await self.raw_writer.drain()
         except (ConnectionError, OSError) as exc:
             raise SSLNetworkError(f"write: write failed ({exc})") from exc
