@@ -104,6 +104,7 @@ from . import (
     supported_server_protocols,
 )
 from ._version import __version__
+from .net import _accept_tcp, _accepted_handshake
 
 __all__ = ["main"]
 
@@ -877,6 +878,14 @@ def _dir_respond(session: _Session, method: str, target: str) -> str:
 def _serve_connection(session: _Session) -> None:
     """Run the chosen mode on one connection; report a failure in one line."""
     try:
+        if not session.args.quiet:
+            inp = session.inp
+            alpn = _text(ssl_get_alpn_selected(inp)) or "-"
+            verified = "verified client" if ssl_peer_verified(inp) else "no client cert"
+            session.log(
+                f"connected ({ssl_protocol_version(inp)}, {ssl_cipher_name(inp)}, "
+                f"alpn {alpn}, {verified})"
+            )
         if session.args.mode == "echo":
             _serve_echo(session)
         elif session.args.mode == "www":
@@ -920,40 +929,43 @@ def _sigterm_stops() -> Iterator[None]:
 
 
 def _accept_loop(listener: SSLListener, args: argparse.Namespace) -> None:
+    """Accept clients; each one's handshake and session run in a thread of its own (a client
+    that stalls its handshake delays nobody else)."""
     failures_in_a_row = 0
     while True:
         try:
-            inp, out = ssl_accept(listener)
+            sock, addr = _accept_tcp("ssl_accept", listener)
         except SSLNetworkError as exc:
-            _say(f"{PROG}: serve: handshake failed: {_detail(exc)}")
+            _say(f"{PROG}: serve: accept failed: {_detail(exc)}")
             failures_in_a_row += 1
             if failures_in_a_row > 20:  # e.g. out of descriptors: don't spin
                 time.sleep(0.05)
             continue
         failures_in_a_row = 0
-        peer = "client"
         try:
-            peer = _peer_label(inp)
-            session = _Session(inp, out, peer, args)
-            if not args.quiet:
-                alpn = _text(ssl_get_alpn_selected(inp)) or "-"
-                verified = "verified client" if ssl_peer_verified(inp) else "no client cert"
-                session.log(
-                    f"connected ({ssl_protocol_version(inp)}, {ssl_cipher_name(inp)}, "
-                    f"alpn {alpn}, {verified})"
-                )
             threading.Thread(
-                target=_serve_connection, args=(session,), name="sslports-conn", daemon=True
+                target=_serve_client,
+                args=(listener, sock, addr, args),
+                name="sslports-conn",
+                daemon=True,
             ).start()
         except BaseException as exc:
-            # Not served (no thread to spare, or Ctrl-C): close it now, not in the collector.
-            for port in (out, inp):
-                with contextlib.suppress(Exception):
-                    port.close()
+            sock.close()  # Not served (no thread to spare, or Ctrl-C): closed now.
             if not isinstance(exc, Exception):
                 raise
             # (one client's failure must never end the server)
-            _say(f"{PROG}: serve: {peer}: connection dropped: {_reason(exc)}")
+            where = _binding.endpoint(_binding.unmapped(str(addr[0])), addr[1])
+            _say(f"{PROG}: serve: {where}: connection dropped: {_reason(exc)}")
+
+
+def _serve_client(listener: SSLListener, sock: socket.socket, addr: Any, args: Any) -> None:
+    """One client's thread: the handshake, bounded by --handshake-timeout, then its mode."""
+    try:
+        inp, out = _accepted_handshake("ssl_accept", listener, sock, addr)
+    except Exception as exc:  # (sock is closed; the message names the client)
+        _say(f"{PROG}: serve: handshake failed: {_detail(exc)}")
+        return
+    _serve_connection(_Session(inp, out, _peer_label(inp), args))
 
 
 def _cmd_serve(args: argparse.Namespace) -> int:

@@ -789,19 +789,33 @@ def _accept(func: str, listener: SSLListener) -> Ports:
     # (its context means the native module is loaded; the common case without a Python call:
     # every connection runs this once, cold)
     lst = listener if type(listener) is SSLListener else _listener(func, listener)
+    sock, addr = _accept_tcp(func, lst)
+    return _accepted_handshake(func, lst, sock, addr)
+
+
+def _accept_tcp(func: str, lst: SSLListener) -> tuple[_raw_socket, Any]:
+    """ssl_accept's first half: the next TCP connection and its peer's address.
+
+    :raises SSLNetworkError: the accept failed, or lst is (or gets) closed."""
     if lst._sock.fileno() < 0:
         raise SSLNetworkError(f"{func}: accept failed (listener is closed)")
     me = threading.get_ident()
     with lst._lock:
         lst._accepting.add(me)
     try:
-        sock, addr = _accept_raw(lst)
+        return _accept_raw(lst)
     except OSError as exc:
         if lst._closing or lst._sock.fileno() < 0:  # closed (ssl_close, another thread)
             raise SSLNetworkError(f"{func}: accept failed (listener is closed)") from exc
         raise SSLNetworkError(f"{func}: accept failed ({exc})", errno=exc.errno) from exc
     finally:
         lst._left(me)
+
+
+def _accepted_handshake(func: str, lst: SSLListener, sock: _raw_socket, addr: Any) -> Ports:
+    """ssl_accept's second half: the server's handshake on `sock`, which _accept_tcp took
+    from lst, bounded by lst's handshake_timeout; sock is closed when it fails. (The CLI's
+    serve runs it in each client's thread: a client that stalls stalls no other.)"""
     try:
         try:
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
