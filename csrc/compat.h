@@ -50,6 +50,7 @@ typedef SRWLOCK sp_mutex;
 #define SP_MUTEX_INITIALIZER SRWLOCK_INIT
 typedef SOCKET sp_socket;
 #define sp_poll WSAPoll
+#define sp_sleep_ms(ms) Sleep((DWORD)(ms))
 #define SP_SOCK_ERRNO() WSAGetLastError()
 #define SP_EWOULDBLOCK(e) ((e) == WSAEWOULDBLOCK)
 #define SP_EINTR(e) ((e) == WSAEINTR)
@@ -73,6 +74,7 @@ typedef pthread_mutex_t sp_mutex;
 #define SP_MUTEX_INITIALIZER PTHREAD_MUTEX_INITIALIZER
 typedef int sp_socket;
 #define sp_poll poll
+#define sp_sleep_ms(ms) ((void)poll(NULL, 0, (ms))) /* (a signal ends it early, as a wait) */
 #define SP_SOCK_ERRNO() errno
 #define SP_EWOULDBLOCK(e) ((e) == EAGAIN || (e) == EWOULDBLOCK)
 #define SP_EINTR(e) ((e) == EINTR)

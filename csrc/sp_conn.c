@@ -1271,6 +1271,16 @@ static int wait_fd_within(sp_conn *c, short events, wait_budget *b)
     return budget_next(b, &ms) ? wait_fd(c, events, ms) : 0;
 }
 
+/* A pause for what the call's budget has left of a slice, without looking at the socket: a
+ * reset or closed socket's poll() reports POLLERR/POLLHUP at once, whatever it waits for, and
+ * a pause that is no pause makes a loop of its caller's. */
+static void pause_within(wait_budget *b)
+{
+    int ms;
+    if (budget_next(b, &ms))
+        sp_sleep_ms(ms);
+}
+
 /* Ciphertext not yet on the wire: what the sender holds plus what outq holds. */
 static size_t queued_out(sp_conn *c)
 {
@@ -2091,9 +2101,9 @@ static int write_records(sp_conn *c, const unsigned char *head, size_t head_len,
             }
             status = send_queued(c, &budget, err); /* our flight goes out first */
             if (status == SP_OK && sr == SP_STASH_FULL) {
-                /* A slice's pause for the reader to take some of the stash (poll() without
-                 * events: the socket's readiness does not tell), then back to the caller. */
-                (void)wait_fd_within(c, 0, &budget);
+                /* A slice's pause for the reader to take some of the stash (the socket's
+                 * readiness does not tell), then back to the caller. */
+                pause_within(&budget);
                 status = SP_WANT_READ;
             } else if (status == SP_OK && !has_early(c) && wait_fd_within(c, POLLIN, &budget) <= 0)
                 status = SP_WANT_READ; /* (a reader's recv() may have the flight: has_early) */

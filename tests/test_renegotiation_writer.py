@@ -447,3 +447,36 @@ def test_server_ends_the_connection_in_the_middle_of_the_renegotiation(
         with contextlib.suppress(sslports.SSLError):  # (what is left of the write cannot go)
             h.out.close()
         assert h.out.closed
+
+
+@pytest.mark.parametrize("mode", ["socket", "untimed"])
+def test_a_writer_paused_by_a_full_stash_does_not_spin_on_a_reset(
+    pki: Any, openssl_tool: Any, mode: str
+) -> None:
+    """The writer pauses while the stash is full (the reader has not taken its data), and
+    the server resets the connection meanwhile. The pause was a poll() of the socket for no
+    event, which a reset socket answers at once: the write spun at 100 % of a core until the
+    reader came (for ever, with a reader that never does). Now it pauses a slice at a time:
+    over 2 s it takes well under a quarter of a core's time, and it still fails once the
+    reader took the data."""
+    tail = random_bytes(100_000, seed=93).translate(_NO_COMMANDS)
+    upstream = random_bytes(MIB, seed=94)
+    with held_renegotiation(pki, openssl_tool, mode, 90, "reset") as h:
+        writing = run_in_thread(lambda: (h.out.write(upstream), h.out.flush()))
+        h.server.send(tail)
+        deadline = time.monotonic() + TIMEOUT
+        while h.relay.server_data < h.server.given:
+            assert time.monotonic() < deadline, "s_server did not send its data"
+            time.sleep(0.01)
+        h.server.proc.send_signal(signal.SIGKILL)
+        assert h.relay.ended.wait(TIMEOUT)
+        time.sleep(0.2)  # (the reset has reached the client)
+        cpu, wall = time.process_time(), time.monotonic()
+        time.sleep(2.0)
+        cpu, wall = time.process_time() - cpu, time.monotonic() - wall
+        got, ended = _read_until_end(h.inp)  # (first: this ends the pause, spinning or not)
+        with pytest.raises(sslports.SSLError):
+            writing(JOIN)
+        assert cpu < wall / 4, f"{cpu:.2f} s of CPU in {wall:.2f} s: the paused writer spins"
+        assert len(got) == len(tail) and sha1(got) == sha1(tail)
+        assert isinstance(ended, sslports.SSLError) and _reason(ended) == errno.ECONNRESET
