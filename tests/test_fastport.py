@@ -367,6 +367,21 @@ def test_both_paths_raise_the_same_errors(path: str, pair: Any) -> None:
     assert cin.read(0) == b"" and cin.readinto(bytearray()) == 0
 
 
+def test_both_paths_refuse_sizes_beyond_a_ssize_t(path: str, pair: Any) -> None:
+    """A size no C Py_ssize_t holds is an OverflowError on both paths, as io's: the Python
+    methods read read1(-10**30) as "all", and peek / readline took any size."""
+    cin, _cout, _sin, sout = pair
+    cin.settimeout(5.0)  # (a read that took such a size for "all" would wait for EOF)
+    sout.write(b"line\n")
+    sout.flush()
+    assert cin.peek(1)[:1] == b"l"  # (kept)
+    for huge in (10**30, -(10**30)):
+        for call in (cin.read, cin.read1, cin.readline, cin.peek, cin.readlines):
+            with pytest.raises(OverflowError):
+                call(huge)
+    assert cin.readline() == b"line\n"
+
+
 def test_concurrent_writers_never_interleave_one_write(path: str, pair: Any) -> None:
     """Each write is one unit, whichever thread makes it (both paths take the write lock)."""
     _cin, cout, sin, _sout = pair
@@ -627,6 +642,44 @@ def test_a_signal_while_a_read_waits_for_the_rest_loses_nothing(
     sout.close()
     sin.close()
     assert cin.read() == sent
+
+
+@pytest.mark.parametrize("timeout", [None, 30.0])
+def test_a_buffer_read_into_cannot_be_resized_under_the_read(
+    path: str, timeout: Any, pair: Any
+) -> None:
+    """readinto(b) has half of b and waits for the rest when a signal handler tries to
+    shrink b: it cannot (BufferError), as io's readinto holds b for the whole call, and the
+    read returns all of b. The C path let go of b before its continuation: the handler cut b
+    to 100 bytes, readinto said 500, and 400 bytes read were lost."""
+    cin, _cout, _sin, sout = pair
+    cin.settimeout(timeout)
+    data = random.Random(7).randbytes(1000)
+    b = bytearray(1000)
+    seen: list[object] = []
+
+    def handler(signum: int, frame: Any) -> None:
+        try:
+            del b[100:]
+            seen.append(len(b))
+        except BufferError:
+            seen.append("BufferError")
+
+    def send_the_rest() -> None:
+        time.sleep(0.5)
+        sout.write(data[500:])
+        sout.flush()
+
+    sout.write(data[:500])
+    sout.flush()
+    time.sleep(0.1)  # (the first half has arrived: the read takes it, then waits)
+    with _on_alarm(handler):
+        rest = run_in_thread(send_the_rest)
+        signal.setitimer(signal.ITIMER_REAL, 0.02)  # (within the pump's wait slice)
+        n = cin.readinto(b)
+        rest(30)
+    assert seen == ["BufferError"]
+    assert n == 1000 and bytes(b) == data
 
 
 @pytest.mark.parametrize("outer", ["read", "write"])

@@ -799,6 +799,7 @@ static int writable_arg(PyObject *b, Py_buffer *view, const char *name)
 static PyObject *read_into(Port *self, PyObject *b, int fill)
 {
     Py_buffer view;
+    PyObject *r;
     size_t got;
     int status;
 
@@ -816,8 +817,12 @@ static PyObject *read_into(Port *self, PyObject *b, int fill)
         PyBuffer_Release(&view);
         return port_unlock(self, PyLong_FromSize_t(got));
     }
+    /* b stays exported until the continuation returns: what it already holds cannot be cut
+     * off by a resize (a signal handler's, another thread's) while Python code runs, as the
+     * Python method holds b for the whole call. */
+    r = read_rest(self, b, fill, got);
     PyBuffer_Release(&view);
-    return read_rest(self, b, fill, got);
+    return r;
 }
 
 /* KEPT_ONLY: readinto / readinto1 served from the kept bytes when they hold all of b (fill)

@@ -35,6 +35,7 @@ import os
 import select
 import socket
 import struct
+import sys
 import threading
 import time
 from collections.abc import Iterable, Iterator
@@ -1354,7 +1355,7 @@ class SSLInputPort(_SSLPort):
         (sp_fastport.c reader_peek)."""
         self._check()
         try:  # (an int, as io.BufferedReader's)
-            most = max(operator.index(size), _PEEK_MAX)
+            most = max(_ssize(operator.index(size)), _PEEK_MAX)
         except TypeError:
             raise TypeError(f"peek() argument must be an int, not {type(size).__name__}") from None
         with self._lock:  # (one reader at a time)
@@ -1660,11 +1661,19 @@ def _size_arg(func: str, size: Any) -> int:
     if size is None:
         return -1
     try:
-        return operator.index(size)
+        return _ssize(operator.index(size))
     except TypeError:
         raise TypeError(
             f"{func}() argument must be an int or None, not {type(size).__name__}"
         ) from None
+
+
+def _ssize(n: int) -> int:
+    """n, if a C Py_ssize_t holds it: else the OverflowError io's methods and the C path's
+    raise for such a size (a read(-10**30) is no "read it all")."""
+    if -sys.maxsize - 1 <= n <= sys.maxsize:
+        return n
+    raise OverflowError("Python int too large to convert to C ssize_t")
 
 
 def _bytes_arg(func: str, b: Any) -> memoryview:
