@@ -385,6 +385,15 @@ def _reason(exc: BaseException) -> Optional[int]:
     return None
 
 
+def _kill_server_once_it_sent_all(h: Held) -> None:
+    """SIGKILL to s_server once the relay has passed on everything it was given to send."""
+    deadline = time.monotonic() + TIMEOUT
+    while h.relay.server_data < h.server.given:
+        assert time.monotonic() < deadline, "s_server did not send its data"
+        time.sleep(0.01)
+    h.server.proc.send_signal(signal.SIGKILL)
+
+
 @pytest.mark.parametrize("mode", ["socket", "untimed", "streams"])
 @pytest.mark.parametrize("end", ["sigkill", "reset", "quit"])
 @pytest.mark.parametrize("size", [40_000, 100_000], ids=["kept", "beyond"])
@@ -409,12 +418,8 @@ def test_server_ends_the_connection_in_the_middle_of_the_renegotiation(
         h.server.send(tail)
         if end == "quit":
             h.server.command(b"Q")
-        else:  # (once s_server sent all of it)
-            deadline = time.monotonic() + TIMEOUT
-            while h.relay.server_data < h.server.given:
-                assert time.monotonic() < deadline, "s_server did not send its data"
-                time.sleep(0.01)
-            h.server.proc.send_signal(signal.SIGKILL)
+        else:
+            _kill_server_once_it_sent_all(h)
         assert h.relay.ended.wait(TIMEOUT)
         if size > STASH_MAX:
             got, ended = _read_until_end(h.inp)
@@ -464,11 +469,7 @@ def test_a_writer_paused_by_a_full_stash_does_not_spin_on_a_reset(
     with held_renegotiation(pki, openssl_tool, mode, 90, "reset") as h:
         writing = run_in_thread(lambda: (h.out.write(upstream), h.out.flush()))
         h.server.send(tail)
-        deadline = time.monotonic() + TIMEOUT
-        while h.relay.server_data < h.server.given:
-            assert time.monotonic() < deadline, "s_server did not send its data"
-            time.sleep(0.01)
-        h.server.proc.send_signal(signal.SIGKILL)
+        _kill_server_once_it_sent_all(h)
         assert h.relay.ended.wait(TIMEOUT)
         time.sleep(0.2)  # (the reset has reached the client)
         cpu, wall = time.process_time(), time.monotonic()
