@@ -104,7 +104,7 @@ from . import (
     supported_server_protocols,
 )
 from ._version import __version__
-from .net import _accept_tcp, _accepted_handshake
+from .net import _accept_tcp, _accepted_handshake, _host_of
 
 __all__ = ["main"]
 
@@ -907,9 +907,6 @@ def _peer_label(inp: SSLInputPort) -> str:
         return "client"
 
 
-_STOPPING_SIGNALS = (signal.SIGINT, signal.SIGTERM)
-
-
 @contextlib.contextmanager
 def _sigterm_stops() -> Iterator[None]:
     """While active, SIGTERM raises _Stop in the main thread (a clean exit, like Ctrl-C)."""
@@ -954,11 +951,13 @@ def _accept_loop(listener: SSLListener, args: argparse.Namespace) -> None:
             if not isinstance(exc, Exception):
                 raise
             # (one client's failure must never end the server)
-            where = _binding.endpoint(_binding.unmapped(str(addr[0])), addr[1])
+            where = _binding.endpoint(_host_of(addr), addr[1])
             _say(f"{PROG}: serve: {where}: connection dropped: {_reason(exc)}")
 
 
-def _serve_client(listener: SSLListener, sock: socket.socket, addr: Any, args: Any) -> None:
+def _serve_client(
+    listener: SSLListener, sock: socket.socket, addr: Any, args: argparse.Namespace
+) -> None:
     """One client's thread: the handshake, bounded by --handshake-timeout, then its mode."""
     try:
         inp, out = _accepted_handshake("ssl_accept", listener, sock, addr)
@@ -981,7 +980,10 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     mode = {"echo": "echo", "www": "status page", "dir": f"files under {args.dir}"}[args.mode]
     with listener:
         try:
-            with _sigterm_stops(), _signals_also_call(listener.close, *_STOPPING_SIGNALS):
+            with (
+                _sigterm_stops(),
+                _signals_also_call(listener.close, signal.SIGINT, signal.SIGTERM),
+            ):
                 host, port = ssl_addresses(listener, True)[:2]
                 print(f"listening on {_binding.endpoint(str(host), int(port))}", flush=True)
                 _say(f"{PROG}: serve: {mode}; stop with Ctrl-C")
