@@ -890,3 +890,24 @@ def test_reader_iteration_bad_sizes_and_a_second_waiting_reader(loop_kind: str, 
             await w.wait_closed()
 
     run(loop_kind, main)
+
+
+def test_ssl_abandon_port_refuses_an_asyncio_reader_or_writer() -> None:
+    """ssl_abandon_port takes the synchronous ports: given an aio reader or writer it failed
+    an internal assertion (a bare AssertionError; under `python -O`, it closed the writer).
+    It is the TypeError of any other non-port, and the connection goes on."""
+
+    async def main() -> bytes:
+        server = await aio.start_ssl_server(echo, "127.0.0.1", 0, server_context())
+        async with server:
+            port = server.sockets[0].getsockname()[1]
+            r, w = await connect_by("open", port, timeout=10)
+            for end in (r, w):
+                with pytest.raises(TypeError, match="ssl_abandon_port: expected an SSL port"):
+                    S.ssl_abandon_port(end)  # type: ignore[arg-type]
+            got = await exchange(r, w, b"still open")
+            w.close()
+            await w.wait_closed()
+            return got
+
+    assert run("asyncio", main) == b"still open"

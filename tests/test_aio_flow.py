@@ -4,9 +4,10 @@ renegotiation in the middle of a stream."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import hashlib
+import socket
 import ssl
+import threading
 import time
 import tracemalloc
 from typing import Any, Callable
@@ -571,30 +572,100 @@ def test_write_then_close_delivers_everything(loop_kind: str, server: str, size:
 def test_close_gives_up_on_a_peer_that_never_reads(
     loop_kind: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """The lingering close waits for our bytes at most _LINGER_SECONDS (here 0.3 s): a peer
-    that never reads does not hold wait_closed() for ever; what the transport still buffers is
-    given up (an abort), as asyncio's TLS transport gives up its shutdown."""
+    """The lingering close waits at most _LINGER_SECONDS (here 0.3 s) for a peer that takes
+    none of our bytes: a peer that never reads does not hold wait_closed() for ever; what the
+    transport still buffers is given up (an abort), as asyncio's TLS transport gives up its
+    shutdown, and wait_closed() says so (it returned as if all had gone)."""
     monkeypatch.setattr(aio, "_LINGER_SECONDS", 0.3)
+    release = threading.Event()
+    listener = socket.create_server((LOCAL, 0))
+    listener.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 16384)  # (accepted ones inherit it)
+    port = listener.getsockname()[1]
+
+    def never_reads() -> None:  # a Python ssl server: the handshake, then not one read
+        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        ctx.load_cert_chain(sslports.TEST_PEM)
+        raw, _ = listener.accept()
+        raw.settimeout(20)
+        with ctx.wrap_socket(raw, server_side=True):
+            release.wait(20)
 
     async def main() -> None:
-        release = asyncio.Event()
-
-        async def never_reads(reader: Any, writer: Any) -> None:
-            await release.wait()
-            writer.close()
-
-        srv = await aio.start_ssl_server(never_reads, LOCAL, 0, server_context("tls13"))
-        async with srv:
-            port = srv.sockets[0].getsockname()[1]
+        server = asyncio.ensure_future(asyncio.to_thread(never_reads))
+        try:
             _reader, writer = await aio.open_ssl_connection(
-                LOCAL, port, client_context("tls13"), timeout=20
+                "localhost", port, client_context("tls13"), timeout=20
             )
             writer.write(random_bytes(8 << 20))  # (more than both kernels' buffers hold)
             writer.close()
-            try:  # (asyncio.TimeoutError, which fails the test, if it waits for ever)
-                with contextlib.suppress(sslports.SSLNetworkError):
-                    await asyncio.wait_for(writer.wait_closed(), 10)
-            finally:
-                release.set()
+            # (asyncio.TimeoutError, which fails the test, if it waits for ever)
+            with pytest.raises(sslports.SSLNetworkError, match="not delivered"):
+                await asyncio.wait_for(writer.wait_closed(), 10)
+        finally:
+            release.set()
+            await server
 
-    run(loop_kind, main)
+    try:
+        run(loop_kind, main)
+    finally:
+        listener.close()
+
+
+@pytest.mark.parametrize("loop_kind", LOOPS)
+def test_close_waits_on_a_peer_that_reads_slowly(
+    loop_kind: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """_LINGER_SECONDS (here 0.3 s) bounds how long the lingering close waits for a peer that
+    takes nothing, not how long a peer may take to read it all: a client that reads 2 MiB at
+    ~1 MB/s, in small reads ~20 ms apart, gets every byte and our EOF, and wait_closed() ends
+    without error. (The close gave up 0.3 s after it began: an abort, the client read a short
+    stream, and wait_closed() returned as if everything had gone.)"""
+    monkeypatch.setattr(aio, "_LINGER_SECONDS", 0.3)
+    size = 2 << 20
+    data = random_bytes(size)
+    outcome: list[object] = []
+
+    async def handler(reader: Any, writer: Any) -> None:
+        # (small kernel buffers: most of the 2 MiB waits in the transport, not the kernel)
+        writer.get_extra_info("socket").setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 65536)
+        await reader.readline()
+        writer.write(data)
+        writer.close()
+        try:
+            await writer.wait_closed()
+        except Exception as exc:
+            outcome.append(exc)
+        else:
+            outcome.append("closed")
+
+    def slow_client(port: int) -> bytes:
+        sock = socket.socket()
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 65536)
+        sock.settimeout(20)
+        sock.connect((LOCAL, port))
+        inp, out = sslports.ssl_wrap_socket(
+            sock, context=client_context("tls13"), hostname="localhost"
+        )
+        with inp, out:
+            out.write(b"go\n")
+            out.flush()
+            got = bytearray()
+            while True:
+                chunk = inp.read1(16384)
+                if not chunk:
+                    return bytes(got)
+                got += chunk
+                time.sleep(0.015)
+
+    async def main() -> bytes:
+        srv = await aio.start_ssl_server(handler, LOCAL, 0, server_context("tls13"))
+        async with srv:
+            port = srv.sockets[0].getsockname()[1]
+            got = await asyncio.to_thread(slow_client, port)
+            while not outcome:
+                await asyncio.sleep(0.01)
+            return got
+
+    got = run(loop_kind, main)
+    assert len(got) == size and got == data
+    assert outcome == ["closed"]

@@ -173,6 +173,49 @@ def test_lingering_close_gives_up_on_a_peer_that_never_reads(
     join()
 
 
+def test_lingering_close_waits_on_a_peer_that_reads_slowly(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """_LINGER_SECONDS (here 0.5 s) bounds how long a lingering close waits for a peer that
+    takes nothing, not how long a peer may take to read it all. A peer that sends a record
+    after our close (read away: the lingerer ends with a reset, as the kernel would have
+    answered) and reads 1 MB slowly (~0.5 MB/s) lost the tail of the stream: the reset came
+    0.5 s after the close, with most of it still in our send queue."""
+    monkeypatch.setattr(sp.ports, "_LINGER_SECONDS", 0.5)
+    data = _stream(125000)  # 1 MB
+    closed = threading.Event()
+    got = bytearray()
+
+    def serve(s: ssl.SSLSocket) -> None:
+        assert closed.wait(JOIN)
+        s.sendall(b"late")  # (after the client's close: its lingerer reads it away)
+        while True:
+            try:
+                chunk = s.recv(16384)
+            except (ConnectionResetError, ssl.SSLError):
+                return  # (the reset that ends the lingering: after our data, not inside it)
+            if not chunk:
+                return
+            got.extend(chunk)
+            time.sleep(0.03)
+
+    port, join = _python_server(serve, rcvbuf=16384)
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 1 << 20)
+    sock.connect((LOCAL, port))
+    inp, out = sp.ssl_wrap_socket(sock, context=sp.ssl_make_client_context("tls13"))
+    sock = socket_under(inp)
+    out.settimeout(JOIN)
+    out.write(data)
+    out.close()
+    inp.close()
+    closed.set()
+    join()
+    assert len(got) == len(data)
+    assert got == data
+    _released(sock, JOIN)
+
+
 def _released(sock: socket.socket, within: float) -> None:
     """Wait until the lingerer closed `sock` (its descriptor released)."""
     deadline = time.monotonic() + within

@@ -46,6 +46,7 @@ from __future__ import annotations
 import asyncio
 import errno
 import logging
+import math
 import os
 import socket
 import sys
@@ -566,6 +567,8 @@ class _SSLProtocol(AioConnection, asyncio.BufferedProtocol):
         self.write_paused = False
         self.held_for_replies = False  # reading waits until our replies drained (replied)
         self.linger_until = 0.0  # a lingering close gives up then (close_raw); 0: none
+        self.linger_left = math.inf  # the bytes it still had at its last look
+        self.abandoned: Optional[OSError] = None  # why it gave up with bytes undelivered
         self.closed_future: asyncio.Future[None] = self.loop.create_future()
 
     # asyncio.BufferedProtocol
@@ -604,7 +607,7 @@ class _SSLProtocol(AioConnection, asyncio.BufferedProtocol):
         return self.peer_closed and not self.closed
 
     def connection_lost(self, exc: Optional[BaseException]) -> None:
-        self.lost = exc
+        self.lost = exc if exc is not None else self.abandoned
         self.is_lost = True
         if isinstance(exc, OSError):
             self.input_error = exc
@@ -709,7 +712,8 @@ class _SSLProtocol(AioConnection, asyncio.BufferedProtocol):
         drops what it still had to deliver, and the peer would read a reset where our data
         and our EOF belong. So our side shuts first (FIN after what the transport buffers),
         what arrives is read and dropped, and the transport closes once the kernel has
-        delivered our bytes, at the peer's EOF, or after _LINGER_SECONDS."""
+        delivered our bytes, at the peer's EOF, or once the peer took none of them for
+        _LINGER_SECONDS (then wait_closed() raises if any were left undelivered)."""
         self.sending = False
         transport = self.transport_
         if transport is None:
@@ -741,11 +745,23 @@ class _SSLProtocol(AioConnection, asyncio.BufferedProtocol):
             return  # (the peer's EOF closed it: eof_received)
         buffered = transport.get_write_buffer_size()
         delivered = buffered == 0 and not _lib.sp_fd_linger_needed(fd)
-        if delivered or self.loop.time() >= self.linger_until:
+        now = self.loop.time()
+        left = buffered + _lib.sp_fd_unsent(fd)
+        if left < self.linger_left:  # the peer took some: it reads, slowly maybe; wait on
+            self.linger_until = now + _LINGER_SECONDS
+        self.linger_left = left
+        if delivered or now >= self.linger_until:
             # Bytes read away: a reset, the peer learns that they went nowhere (as ports.py's
             # lingerer does); a peer that took nothing for _LINGER_SECONDS: given up on (as
-            # asyncio's TLS transport gives up its shutdown), not waited for without end.
+            # asyncio's TLS transport gives up its shutdown), not waited for without end, and
+            # what it did not take is wait_closed()'s error (the abort drops it).
             if _lib.sp_fd_drop_unread(fd) > 0 or buffered:
+                if not delivered and left:
+                    self.abandoned = TimeoutError(
+                        errno.ETIMEDOUT,
+                        f"the peer took none of our last {left} bytes for {_LINGER_SECONDS:g}"
+                        " s: not delivered",
+                    )
                 transport.abort()
             else:
                 transport.close()
@@ -1265,38 +1281,60 @@ async def wrap_ssl_streams(
     return await _start(func, conn, timeout, limit)
 
 
-async def _failure_of(aw: Awaitable[object]) -> Optional[Exception]:
-    """What `aw` raised, or None (a cancellation propagates)."""
+async def _wait_for(aw: Awaitable[object], timeout: Optional[float]) -> None:
+    """Await `aw` in this task; asyncio.TimeoutError once `timeout` passes (None: no bound).
+
+    Not asyncio.wait_for, which up to Python 3.11 runs `aw` in a task of its own: a cancel
+    of the caller that came as `aw` finished was dropped (the caller went on with a live
+    connection, a server ran its callback after close()), and a failure raised from its frame
+    made a cycle that held the connection (and its C memory) until the cyclic collector ran.
+    Here a timer cancels this task, and that cancellation becomes the TimeoutError; one from
+    anywhere else stays a cancellation (3.11 on, the task's cancel count tells them apart when
+    both came, as asyncio.timeout() does; up to 3.10 the timeout wins, as with wait_for). No
+    local names the task or the exception, so neither a failure nor a timeout leaves a cycle.
+    """
+    if timeout is None:
+        await aw
+        return
+    if timeout <= 0:
+        # (the timer could not cancel `aw` before its first step: a deadline can run out
+        # between connect and handshake, and `aw` would run unbounded)
+        if asyncio.iscoroutine(aw):
+            aw.close()  # (never awaited: no RuntimeWarning once collected)
+        raise asyncio.TimeoutError
+    before = _cancel_count(False)
+    expired: list[bool] = []
+    handle = asyncio.get_running_loop().call_later(
+        timeout, _expire, asyncio.current_task(), expired
+    )
     try:
         await aw
-    except Exception as exc:
-        return exc
-    return None
+    except asyncio.CancelledError:
+        if expired and _cancel_count(True) <= before:
+            raise asyncio.TimeoutError from None
+        raise
+    else:
+        if expired:  # (`aw` went on after the timer's cancel: withdrawn, as asyncio.timeout())
+            _cancel_count(True)
+    finally:
+        handle.cancel()  # (drops its reference to the task)
 
 
-async def _wait_for(aw: Awaitable[object], timeout: Optional[float]) -> None:
-    """asyncio.wait_for, leaving no reference cycle when `aw` fails.
+def _expire(task: Optional[asyncio.Task[Any]], expired: list[bool]) -> None:
+    if task is not None and not task.done():
+        expired.append(True)
+        task.cancel()
 
-    Up to Python 3.11 wait_for runs `aw` in a task that a local of its own frame names, and
-    raises the task's exception from that frame: exception -> traceback -> wait_for's frame ->
-    task -> exception, a cycle that holds the connection (and its C memory) until the cyclic
-    collector runs, for every failed connect or handshake under a deadline. Here the task
-    returns the failure instead (it never passes through wait_for's frame), and it is raised
-    with no local naming it once it leaves.
-    """
-    if timeout is not None and timeout <= 0:
-        # (wait_for would cancel the task of `aw` before its first step: `aw` never awaited,
-        # a RuntimeWarning once collected; a deadline can run out between connect and
-        # handshake)
-        if asyncio.iscoroutine(aw):
-            aw.close()
-        raise asyncio.TimeoutError
-    failure = await asyncio.wait_for(_failure_of(aw), timeout)
-    if failure is not None:
-        try:
-            raise failure
-        finally:
-            del failure
+
+def _cancel_count(withdraw_one: bool) -> int:
+    """This task's pending cancellations (Task.cancelling, 3.11 on; 0 before), after
+    withdrawing one (Task.uncancel) when `withdraw_one`: the timer's."""
+    if sys.version_info < (3, 11):
+        return 0
+    task = asyncio.current_task()
+    if task is None:
+        return 0
+    return task.uncancel() if withdraw_one else task.cancelling()
 
 
 async def _start(

@@ -261,7 +261,7 @@ class _PortLock:
 _new_lock: Callable[..., Any] = _PortLock if _fastport is None else _fastport.Lock
 
 
-_LINGER_SECONDS = 10.0  # longest a closed connection's socket waits for its bytes to leave
+_LINGER_SECONDS = 10.0  # longest a lingering close waits for a peer that takes none of its bytes
 _LINGER_MAX = 256  # sockets lingering at once; past that, the last close closes at once
 _LINGER_POLL_MS = 20  # how often the lingerer looks at the send queues
 # How long a last close that would linger waits for another thread's call on the connection to
@@ -279,12 +279,14 @@ class _Lingerer:
     was shut down for writing only, so the peer has our FIN; what it sends meanwhile (a late
     TLS 1.3 ticket) is read and dropped instead of being answered with the reset that would
     drop the rest of our bytes. A socket closes once its send queue is empty, at the peer's EOF
-    or reset, or after _LINGER_SECONDS. At exit the process's own close of its descriptors
+    or reset, or once the peer took none of it for _LINGER_SECONDS (a peer that reads slowly
+    is waited for as long as it reads). At exit the process's own close of its descriptors
     takes over, as for a plain close()."""
 
     def __init__(self) -> None:
         self.lock = threading.Lock()
-        self.socks: dict[_socket.socket, float] = {}  # socket -> its deadline
+        # socket -> [its deadline, the bytes its kernel still held at the last look]
+        self.socks: dict[_socket.socket, list[float]] = {}
         self.dropped: set[_socket.socket] = set()  # those that read away bytes of the peer's
         self.running = False
 
@@ -293,7 +295,7 @@ class _Lingerer:
         with self.lock:
             if len(self.socks) >= _LINGER_MAX:
                 return False
-            self.socks[sock] = time.monotonic() + _LINGER_SECONDS
+            self.socks[sock] = [time.monotonic() + _LINGER_SECONDS, math.inf]
             if not self.running:
                 threading.Thread(target=self._run, name="sslports-linger", daemon=True).start()
                 self.running = True
@@ -315,13 +317,13 @@ class _Lingerer:
                 if not self.socks:
                     return
                 socks = list(self.socks.items())
-            live: dict[int, tuple[_socket.socket, float]] = {}
-            for sock, deadline in socks:
+            live: dict[int, tuple[_socket.socket, list[float]]] = {}
+            for sock, watch in socks:
                 fd = sock.fileno()
                 if fd < 0:  # its owner closed it meanwhile (a `with socket...` block's end)
                     self._done(sock)
                 else:
-                    live[fd] = (sock, deadline)
+                    live[fd] = (sock, watch)
             for fd in polled - live.keys():
                 poller.unregister(fd)
             for fd in live.keys() - polled:
@@ -329,8 +331,12 @@ class _Lingerer:
             polled = set(live)
             ready = {fd for fd, _event in poller.poll(_LINGER_POLL_MS)} if live else set()
             now = time.monotonic()
-            for fd, (sock, deadline) in live.items():
-                if (fd in ready and not self._drop_input(sock)) or now > deadline or not unsent(fd):
+            for fd, (sock, watch) in live.items():
+                left = unsent(fd)
+                if left < watch[1]:  # the peer took some: it reads, slowly maybe; wait on
+                    watch[0] = now + _LINGER_SECONDS
+                watch[1] = left
+                if (fd in ready and not self._drop_input(sock)) or now > watch[0] or not left:
                     self._done(sock)
 
     def _done(self, sock: _socket.socket) -> None:
@@ -1839,10 +1845,11 @@ def ssl_abandon_port(p: SSLPort) -> None:
 
     Racket: ssl-abandon-port
     """
-    connection_of("ssl_abandon_port", p)
+    if not isinstance(p, (SSLInputPort, SSLOutputPort)):
+        # (an sslports.aio reader or writer too: its close() sends no close_notify already)
+        raise TypeError(f"ssl_abandon_port: expected an SSL port, got {type(p).__name__}")
     if isinstance(p, SSLOutputPort):
         p._abandoned = True
-    assert isinstance(p, (SSLInputPort, SSLOutputPort))
     p.close()
 
 
