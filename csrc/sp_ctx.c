@@ -902,6 +902,27 @@ done:
     return rc == 1;
 }
 
+/* Whether a private key's two halves belong together. OpenSSL's match against the certificate
+ * compares public halves only: a key whose private half is corrupt (a flipped bit, an edited
+ * file) loaded, and every handshake then failed at the peer ("bad signature"). 1.1.1 has only
+ * the full check (RSA primality tests, slow for large keys): there, as for a key whose
+ * provider cannot check it (-2), nothing is said. */
+static int key_halves_match(EVP_PKEY *key)
+{
+#if OPENSSL_VERSION_NUMBER >= 0x30000000L
+    EVP_PKEY_CTX *check = EVP_PKEY_CTX_new_from_pkey(NULL, key, NULL);
+    int r;
+    if (check == NULL)
+        return 1; /* (out of memory: the handshakes will tell) */
+    r = EVP_PKEY_pairwise_check(check);
+    EVP_PKEY_CTX_free(check);
+    return r == 1 || r == -2;
+#else
+    (void)key;
+    return 1;
+#endif
+}
+
 int sp_ctx_use_private_key(SSL_CTX *ctx, EVP_PKEY *key, int need_certificate, sp_err *err)
 {
     ctx_guard *g = guard_of(ctx);
@@ -915,6 +936,10 @@ int sp_ctx_use_private_key(SSL_CTX *ctx, EVP_PKEY *key, int need_certificate, sp
     probe = SSL_new(ctx);
     if (probe == NULL)
         goto done;
+    if (!key_halves_match(key)) {
+        rc = SP_LOAD_KEY_BROKEN;
+        goto done;
+    }
     if (SSL_use_PrivateKey(probe, key) != 1) {
         unsigned long e = ERR_peek_last_error();
         if (ERR_GET_LIB(e) == ERR_LIB_X509

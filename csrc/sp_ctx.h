@@ -21,6 +21,7 @@ int sp_ctx_set_server_alpn(SSL_CTX *ctx, const unsigned char *wire, size_t len,
 #define SP_LOAD_ENCRYPTED (-5)    /* an encrypted DER key, and no password */
 #define SP_LOAD_BAD_PASSWORD (-6) /* an encrypted DER key the password does not decrypt */
 #define SP_LOAD_BAD_EXTENSIONS (-7) /* a leaf whose X509v3 extensions cannot be read */
+#define SP_LOAD_KEY_BROKEN (-8) /* a private key whose two halves do not belong together */
 /* A private key from PEM/DER bytes (password may be NULL; never prompts). NULL on failure. */
 EVP_PKEY *sp_load_private_key(const unsigned char *data, size_t len, int der, int rsa_only,
                               const char *password, sp_err *err);

@@ -33,7 +33,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
 import sslports
-from sslports import SSLError
+from sslports import SSLError, _binding
 
 SRC = str(Path(sslports.__file__).resolve().parent.parent)  # (the sslports under test)
 CHILD_TIMEOUT = 20.0
@@ -669,3 +669,42 @@ def test_a_root_bundle_that_runs_out_of_memory_trusts_none_of_it(
     bundle = chain_file(*roots)
     lines = alloc_failures.run_child(shim, ROOTS_UNDER_FAILURE, str(bundle), "3", timeout=240)
     assert lines[-1].startswith("ok"), lines
+
+
+@pytest.mark.skipif(
+    _binding.lib.sp_openssl_version_number() < 0x30000000, reason="OpenSSL 3's pairwise check"
+)
+@pytest.mark.parametrize("kind", ["ec", "rsa"])
+def test_a_key_whose_private_half_is_corrupt_is_refused(kind: str) -> None:
+    """OpenSSL matches a key to its certificate by the public halves only: a key whose
+    private half was corrupt (a flipped bit of the EC scalar; of an RSA CRT coefficient)
+    loaded, and every handshake then failed at the client ("bad signature"). The load now
+    refuses it, and the context takes the sound key after."""
+    issued = make_cert("localhost", key=kind, dns=["localhost"])
+    der = bytearray(
+        issued.key.private_bytes(
+            serialization.Encoding.DER,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
+    if kind == "ec":
+        der[der.index(b"\x04\x20") + 2 + 5] ^= 0x02  # (the 32-byte private scalar)
+    else:
+        der[-1] ^= 0x01  # (the last field: qInv)
+    ctx = sslports.ssl_make_server_context()
+    sslports.ssl_load_certificate_chain(ctx, str(chain_file(issued)))
+    with pytest.raises(SSLError, match="private key is corrupt"):
+        sslports.ssl_load_private_key(ctx, ("data", bytes(der)), rsa=False, asn1=True)
+    sslports.ssl_load_private_key(ctx, str(key_file(issued)), rsa=False)
+
+
+def test_a_path_the_file_system_cannot_encode_is_a_value_error_naming_the_call() -> None:
+    """A str path with a lone surrogate raised os.fsencode's UnicodeEncodeError, which names
+    no function (a NUL in a path names it); now the ValueError says which call and why."""
+    ctx = sslports.ssl_make_server_context()
+    for load in (sslports.ssl_load_certificate_chain, sslports.ssl_load_verify_source):
+        with pytest.raises(ValueError, match=rf"^{load.__name__}: [a-z ]+ cannot be encoded"):
+            load(ctx, "bad-\ud800.pem")
+    with pytest.raises(ValueError, match=r"^ssl_load_private_key: path cannot be encoded"):
+        sslports.ssl_load_private_key(ctx, "bad-\ud800.pem")

@@ -86,7 +86,12 @@ ECDH_CURVES = [
 def fspath_bytes(func: str, path: object, what: str = "path") -> bytes:
     """A str/bytes/PathLike as bytes for OpenSSL, or TypeError naming `func`."""
     if isinstance(path, (str, bytes, os.PathLike)):
-        raw = os.fsencode(path)
+        try:
+            raw = os.fsencode(path)
+        except UnicodeEncodeError as exc:  # (a lone surrogate, say)
+            raise ValueError(
+                f"{func}: {what} cannot be encoded for the file system ({exc.reason})"
+            ) from exc
         if b"\0" in raw:
             raise ValueError(f"{func}: {what} contains a NUL byte")
         return raw
@@ -174,6 +179,7 @@ def _load_failed(func: str, err: Any, what: str = "load", path: Optional[str] = 
         lib.SP_LOAD_NOT_RSA: "no RSA private key found",
         lib.SP_LOAD_NO_KEY: "no readable private key found",
         lib.SP_LOAD_BAD_EXTENSIONS: "the certificate's X509v3 extensions cannot be read",
+        lib.SP_LOAD_KEY_BROKEN: "the private key is corrupt: its two halves do not match",
     }.get(code)
     if code < 0:
         err.ssl_error = 0  # (not an SSL_get_error kind)
