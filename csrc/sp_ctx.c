@@ -1,4 +1,12 @@
 /* sp_ctx.c - SSL_CTX helpers that are easier in C than through the FFI. */
+#ifndef _WIN32
+#ifndef _POSIX_C_SOURCE
+#define _POSIX_C_SOURCE 200809L /* pthread_rwlock_t under -std=c99 */
+#endif
+#if defined(__APPLE__) && !defined(_DARWIN_C_SOURCE)
+#define _DARWIN_C_SOURCE 1 /* (else _POSIX_C_SOURCE hides MSG_DONTWAIT: compat.h) */
+#endif
+#endif
 #include <errno.h>
 #include <stdlib.h>
 #include <string.h>
@@ -71,7 +79,9 @@ static int get_alpn_index(void)
  * context from such a callback would wait for itself, so sp_ctx_config_lock refuses it
  * (SP_CTX_IN_HANDSHAKE), and a read lock this thread already holds is not taken again
  * (current_step: POSIX and Windows rwlocks may deadlock on a recursive read lock once a writer
- * waits). A sealed context never changes (sp_ctx_config_lock refuses), so its steps take no
+ * waits). A change of another context from such a callback waits ~2 s at most
+ * (write_lock_within): the other context's readers may be callbacks waiting for this one's.
+ * A sealed context never changes (sp_ctx_config_lock refuses), so its steps take no
  * lock at all.
  * After a fork (POSIX): a lock that another thread of the parent held, or was about to take,
  * stays taken in the child, where that thread does not exist. `users` counts the threads
@@ -79,8 +89,30 @@ static int get_alpn_index(void)
  * marks each context that had any `orphaned`. The child then treats it as sealed for its
  * readers (no lock: nothing can change it) and refuses changes (SP_CTX_FORKED), where they
  * waited forever, with no way to interrupt them. */
+/* A readers-writer lock (the guards' own: OpenSSL's CRYPTO_RWLOCK has no try); each of these
+ * is 1 when taken. */
+#ifdef _WIN32
+typedef SRWLOCK sp_rwlock;
+#define sp_rwlock_init(l) (InitializeSRWLock(l), 1)
+#define sp_rwlock_destroy(l) ((void)(l))
+#define sp_rwlock_read(l) (AcquireSRWLockShared(l), 1)
+#define sp_rwlock_write(l) (AcquireSRWLockExclusive(l), 1)
+#define sp_rwlock_try_write(l) (TryAcquireSRWLockExclusive(l) != 0)
+#define sp_rwlock_unlock_read(l) ReleaseSRWLockShared(l)
+#define sp_rwlock_unlock_write(l) ReleaseSRWLockExclusive(l)
+#else
+typedef pthread_rwlock_t sp_rwlock;
+#define sp_rwlock_init(l) (pthread_rwlock_init((l), NULL) == 0)
+#define sp_rwlock_destroy(l) pthread_rwlock_destroy(l)
+#define sp_rwlock_read(l) (pthread_rwlock_rdlock(l) == 0)
+#define sp_rwlock_write(l) (pthread_rwlock_wrlock(l) == 0)
+#define sp_rwlock_try_write(l) (pthread_rwlock_trywrlock(l) == 0)
+#define sp_rwlock_unlock_read(l) pthread_rwlock_unlock(l)
+#define sp_rwlock_unlock_write(l) pthread_rwlock_unlock(l)
+#endif
+
 typedef struct ctx_guard {
-    CRYPTO_RWLOCK *lock;
+    sp_rwlock lock;
     int users;     /* threads taking or holding `lock` (sp_counter_bump / _drop) */
     int orphaned;  /* set by the fork handler in a child: `lock` may never be released */
     struct ctx_guard *prev, *next; /* every guard (the fork handlers' list) */
@@ -155,7 +187,7 @@ static void free_guard(void *parent, void *ptr, CRYPTO_EX_DATA *ad, int idx, lon
     (void)parent, (void)ad, (void)idx, (void)argl, (void)argp;
     if (g != NULL) {
         delist(g);
-        CRYPTO_THREAD_lock_free(g->lock);
+        sp_rwlock_destroy(&g->lock);
         free(g);
     }
 }
@@ -176,7 +208,7 @@ static int make_guard_index(void)
 static int take_lock(ctx_guard *g, int write)
 {
     sp_counter_bump(&g->users);
-    if (write ? CRYPTO_THREAD_write_lock(g->lock) : CRYPTO_THREAD_read_lock(g->lock))
+    if (write ? sp_rwlock_write(&g->lock) : sp_rwlock_read(&g->lock))
         return 1;
     sp_counter_drop(&g->users);
     return 0;
@@ -192,9 +224,15 @@ static int write_lock(ctx_guard *g)
     return take_lock(g, 1);
 }
 
-static void unlock(ctx_guard *g)
+static void unlock_read(ctx_guard *g)
 {
-    CRYPTO_THREAD_unlock(g->lock);
+    sp_rwlock_unlock_read(&g->lock);
+    sp_counter_drop(&g->users);
+}
+
+static void unlock_write(ctx_guard *g)
+{
+    sp_rwlock_unlock_write(&g->lock);
     sp_counter_drop(&g->users);
 }
 
@@ -211,10 +249,12 @@ static int attach_guard(SSL_CTX *ctx)
     g = calloc(1, sizeof *g);
     if (g == NULL)
         return 0;
-    g->lock = CRYPTO_THREAD_lock_new();
-    if (g->lock == NULL || RAND_bytes(g->tag, (int)sizeof g->tag) != 1
-        || !SSL_CTX_set_ex_data(ctx, guard_index, g)) {
-        CRYPTO_THREAD_lock_free(g->lock);
+    if (!sp_rwlock_init(&g->lock)) {
+        free(g);
+        return 0;
+    }
+    if (RAND_bytes(g->tag, (int)sizeof g->tag) != 1 || !SSL_CTX_set_ex_data(ctx, guard_index, g)) {
+        sp_rwlock_destroy(&g->lock);
         free(g);
         return 0;
     }
@@ -242,6 +282,28 @@ static ctx_guard *guard_to_read(const SSL_CTX *ctx)
     return g;
 }
 
+/* The write lock, taken by a thread inside a step of another context's handshake (from a
+ * callback: current_step) only if it comes within SP_CALLBACK_WRITE_TRIES tries 1 ms apart:
+ * the readers it waits for may be inside callbacks of their own that wait for the read lock
+ * this thread holds (two listeners' SNI callbacks that reload each other's contexts), and
+ * both would wait for ever. 0: not taken. */
+#define SP_CALLBACK_WRITE_TRIES 2000
+
+static int write_lock_within(ctx_guard *g)
+{
+    int tries;
+    if (current_step == NULL)
+        return write_lock(g);
+    sp_counter_bump(&g->users);
+    for (tries = 0; tries < SP_CALLBACK_WRITE_TRIES; tries++) {
+        if (sp_rwlock_try_write(&g->lock))
+            return 1;
+        sp_sleep_ms(1);
+    }
+    sp_counter_drop(&g->users);
+    return 0;
+}
+
 int sp_ctx_config_lock(SSL_CTX *ctx)
 {
     ctx_guard *g = guard_of(ctx);
@@ -251,10 +313,10 @@ int sp_ctx_config_lock(SSL_CTX *ctx)
         return sp_flag_get(&g->sealed) ? 0 : SP_CTX_IN_HANDSHAKE;
     if (g->orphaned)
         return sp_flag_get(&g->sealed) ? 0 : SP_CTX_FORKED;
-    if (!write_lock(g))
-        return -1;
+    if (!write_lock_within(g))
+        return current_step != NULL ? SP_CTX_BUSY : -1;
     if (g->sealed) {
-        unlock(g);
+        unlock_write(g);
         return 0;
     }
     return 1;
@@ -262,7 +324,7 @@ int sp_ctx_config_lock(SSL_CTX *ctx)
 
 void sp_ctx_config_unlock(SSL_CTX *ctx)
 {
-    unlock(guard_of(ctx));
+    unlock_write(guard_of(ctx));
 }
 
 void sp_ctx_seal(SSL_CTX *ctx)
@@ -273,10 +335,11 @@ void sp_ctx_seal(SSL_CTX *ctx)
     /* (from a callback of its own handshake, or orphaned: no change can be in progress) */
     if (held_here(ctx) || g->orphaned) {
         sp_flag_set(&g->sealed, 1);
-    } else if (write_lock(g)) {
+    } else if (write_lock_within(g)) {
         sp_flag_set(&g->sealed, 1);
-        unlock(g);
-    }
+        unlock_write(g);
+    } /* (else from a callback, and other handshakes hold it: its steps go on taking the read
+       * lock; sealed all the same, as the Python side refuses every change from now on) */
 }
 
 SSL *sp_ctx_new_ssl(SSL_CTX *ctx)
@@ -288,7 +351,7 @@ SSL *sp_ctx_new_ssl(SSL_CTX *ctx)
     if (!read_lock(g))
         return NULL;
     ssl = SSL_new(ctx);
-    unlock(g);
+    unlock_read(g);
     return ssl;
 }
 
@@ -307,7 +370,7 @@ void sp_ctx_step_begin(SSL *ssl, sp_step *st)
 void sp_ctx_step_end(sp_step *st)
 {
     if (st->locked != NULL)
-        unlock(guard_of(st->locked));
+        unlock_read(guard_of(st->locked));
     current_step = st->outer;
 }
 
@@ -325,7 +388,7 @@ int sp_ctx_switch_ssl(SSL *ssl, SSL_CTX *to)
     int ok;
     /* Inside a step (the SNI callback): the rest of it reads `to`, not the old context. */
     if (st != NULL && st->locked == SSL_get_SSL_CTX(ssl) && st->locked != to) {
-        unlock(guard_of(st->locked));
+        unlock_read(guard_of(st->locked));
         st->locked = NULL;
     }
     g = guard_to_read(to);
@@ -337,7 +400,7 @@ int sp_ctx_switch_ssl(SSL *ssl, SSL_CTX *to)
     if (st != NULL && st->locked == NULL)
         st->locked = to; /* (released by sp_ctx_step_end) */
     else
-        unlock(g);
+        unlock_read(g);
     return ok;
 }
 
@@ -523,7 +586,7 @@ static int select_alpn(SSL *ssl, const unsigned char **out, unsigned char *outle
         }
     }
     if (g != NULL)
-        unlock(g);
+        unlock_read(g);
     return result;
 }
 

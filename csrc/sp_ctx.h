@@ -53,10 +53,13 @@ int sp_ctx_load_client_ca_pem(SSL_CTX *ctx, const unsigned char *pem, size_t len
 /* The configuration guard (see sp_ctx.c): changes to a context run between
  * sp_ctx_config_lock (1: locked; 0: sealed, not locked; -1: failure; SP_CTX_IN_HANDSHAKE: not
  * locked, called from a callback of one of the context's own handshakes; SP_CTX_FORKED: not
- * locked, this process is a child forked while another thread used the lock) and
- * sp_ctx_config_unlock (sp_ctx_set_server_alpn among them). */
+ * locked, this process is a child forked while another thread used the lock; SP_CTX_BUSY: not
+ * locked, called from a callback of another context's handshake while other handshakes held
+ * the lock for ~2 s: they may wait for this one) and sp_ctx_config_unlock
+ * (sp_ctx_set_server_alpn among them). */
 #define SP_CTX_IN_HANDSHAKE 2
 #define SP_CTX_FORKED 3
+#define SP_CTX_BUSY 4
 int sp_ctx_config_lock(SSL_CTX *ctx);
 void sp_ctx_config_unlock(SSL_CTX *ctx);
 void sp_ctx_seal(SSL_CTX *ctx);

@@ -243,6 +243,20 @@ def test_load_verify_source_directory(pki: Any, tmp_path: Path) -> None:
     assert handshake(pki.server_context(), client) == b"hello"
 
 
+def test_a_relative_verify_directory_is_the_one_named_when_it_was_loaded(
+    pki: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """OpenSSL reads a verify directory at each lookup: a relative one was looked up from the
+    working directory of the handshake, so after a chdir the roots were gone ("unable to get
+    local issuer certificate"). Racket completes the path when it is given; so do we."""
+    _hashed_ca_dir(pki, tmp_path)
+    monkeypatch.chdir(tmp_path.parent)
+    client = pki.client_context(trust=False)
+    sslports.ssl_load_verify_source(client, ("directory", tmp_path.name))
+    monkeypatch.chdir("/")
+    assert handshake(pki.server_context(), client) == b"hello"
+
+
 def test_tagged_arguments_as_lists(pki: Any, tmp_path: Path) -> None:
     """API.md: "Lists in arguments accept any sequence": the tagged forms, Racket's
     ``(list 'pem path)``, as lists too (they raised TypeError); what a list names loads as its

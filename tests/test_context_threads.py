@@ -13,6 +13,7 @@ context's read lock.
 
 from __future__ import annotations
 
+import ast
 import subprocess
 import sys
 import textwrap
@@ -214,6 +215,85 @@ def test_sni_callback_changes_contexts_other_than_its_own() -> None:
     assert len(seen) == 1 and "own handshake" in str(seen[0]), seen
     with pytest.raises(S.SSLError, match="sealed"):
         S.ssl_set_ciphers(sctx, "HIGH")
+
+
+CROSS_RELOAD = textwrap.dedent(
+    r"""
+    import os, socket, threading
+    import sslports as S
+
+    PEM = os.path.join(os.path.dirname(S.__file__), "test.pem")
+
+    def server_context():
+        ctx = S.ssl_make_server_context()
+        S.ssl_load_certificate_chain(ctx, PEM)
+        S.ssl_load_private_key(ctx, PEM)
+        return ctx
+
+    A, B = server_context(), server_context()
+    registry = {"a.test": A, "b.test": B}
+    both_inside = threading.Barrier(2, timeout=10)
+
+    def callback(name):
+        ctx = registry[name]
+        both_inside.wait()  # (both handshakes hold their own context's read lock now)
+        S.ssl_load_certificate_chain(ctx, PEM)  # a refresh of the other listener's context
+        S.ssl_load_private_key(ctx, PEM)
+        return ctx
+
+    S.ssl_set_server_name_identification_callback(A, callback)
+    S.ssl_set_server_name_identification_callback(B, callback)
+    outcomes = []
+
+    def connection(listener_ctx, name):
+        a, b = socket.socketpair()
+
+        def server():
+            try:
+                S.ports_to_ssl_ports(
+                    a.makefile("rb"), a.makefile("wb"), context=listener_ctx, timeout=30
+                )
+                outcomes.append("ok")
+            except S.SSLError as e:
+                outcomes.append(str(e))
+
+        def client():
+            try:
+                S.ports_to_ssl_ports(
+                    b.makefile("rb"), b.makefile("wb"), mode="connect", hostname=name, timeout=30
+                )
+            except S.SSLError:
+                pass
+            b.close()
+
+        threads = [threading.Thread(target=f) for f in (server, client)]
+        for t in threads:
+            t.start()
+        return threads
+
+    threads = connection(A, "b.test") + connection(B, "a.test")
+    for t in threads:
+        t.join()
+    print(outcomes)
+    """
+)
+
+
+def test_sni_callbacks_that_reload_each_other_s_contexts_do_not_deadlock() -> None:
+    """Two listeners whose SNI callbacks refresh each other's contexts, at the same moment:
+    each handshake holds its own context's read lock while its callback waits for the
+    other's write lock, and both waited for ever (in C, without the GIL: no timeout, no
+    Ctrl-C ended it). A change from a callback of another context's handshake now gives up
+    after ~2 s with SSLError, which fails that handshake; the other callback's change goes
+    through if it is still trying then (both give up when they time out together)."""
+    proc = subprocess.run(
+        [sys.executable, "-c", CROSS_RELOAD], capture_output=True, text=True, timeout=60
+    )
+    assert proc.returncode == 0, proc.stderr
+    outcomes = ast.literal_eval(proc.stdout.strip().splitlines()[-1])
+    assert len(outcomes) == 2, outcomes
+    for outcome in outcomes:
+        assert outcome == "ok" or "other handshakes kept using for 2 s" in outcome, outcome
 
 
 MIXED = textwrap.dedent(

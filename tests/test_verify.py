@@ -741,3 +741,37 @@ def test_verify_port_late_over_streams(pki: Pki, version: str, who: str, func: s
         assert isinstance(error, SSLError) and str(error).startswith("ssl_set_verify: failed")
         assert not isinstance(answer, TimeoutError), answer
         assert isinstance(answer, SSLError) and "alert" in str(answer), answer
+
+
+def test_try_verify_off_turns_off_what_set_verify_turned_on() -> None:
+    """ssl_try_verify(ctx, False) is verification off, as Racket's ssl-try-verify! with #f (and
+    as ssl_try_verify(port, False)): it left an earlier ssl_set_verify(ctx, True) in force, so
+    a client still refused an untrusted server and a server a client with no certificate."""
+    server_ctx = sslports.ssl_make_server_context(
+        private_key=("pem", sslports.TEST_PEM), certificate_chain=sslports.TEST_PEM
+    )
+    client_ctx = sslports.ssl_make_client_context()  # (no roots: the server is untrusted)
+    for ctx in (server_ctx, client_ctx):
+        sslports.ssl_set_verify(ctx, True)
+        sslports.ssl_try_verify(ctx, False)
+    listener = sslports.ssl_listen(0, 4, True, "127.0.0.1", server_ctx)
+    port = sslports.ssl_addresses(listener, True)[1]
+
+    @run_in_thread
+    def serve() -> tuple[bool, bytes]:
+        inp, out = sslports.ssl_accept(listener)
+        with inp, out:
+            line = inp.readline()
+            out.write(line)
+            return sslports.ssl_peer_verified(inp), line
+
+    try:
+        inp, out = sslports.ssl_connect("127.0.0.1", port, client_ctx, timeout=10)
+        with inp, out:
+            out.write(b"in\n")
+            out.flush()
+            assert inp.readline() == b"in\n"
+            assert sslports.ssl_peer_verified(inp) is False
+        assert serve() == (False, b"in\n")
+    finally:
+        sslports.ssl_close(listener)

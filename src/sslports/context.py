@@ -304,6 +304,12 @@ class _Context(NotCopyable):
                 f"{func}: cannot change a context that another thread was using when this "
                 "process forked (seal contexts before forking)"
             )
+        if state == lib.SP_CTX_BUSY:  # (their callbacks may be waiting for this one's context)
+            raise SSLError(
+                f"{func}: cannot change, from a callback of another handshake, a context that "
+                "other handshakes kept using for 2 s (their callbacks may be waiting for this "
+                "handshake)"
+            )
         if state < 0:
             raise MemoryError(f"{func}: cannot lock the context")
         try:
@@ -770,7 +776,9 @@ def _load_verify_tagged(
             raise SSLUnsupportedError(f"{func}: macosx-keychain is only available on macOS")
         ok = _load_macos_keychain(ctx, src[1])
     else:
-        path = fspath_bytes(func, src[1])
+        # (absolute: OpenSSL reads the directory at each lookup, whatever the working
+        # directory then is; Racket completes the path when it is given, too)
+        path = os.path.abspath(fspath_bytes(func, src[1]))
         if not os.path.isdir(path):
             if not try_:
                 raise _not_a_directory(func, path)
@@ -1183,9 +1191,9 @@ def set_context_verify(func: str, ctx: _Context, on: bool, try_only: bool) -> No
     """Set a context's peer verification policy (shared by ssl_set_verify / ssl_try_verify)."""
     on = _check_bool(func, "on", on)
     ctx._mutable(func)
-    if try_only:
+    if try_only:  # (off: no verification at all, as Racket's ssl-try-verify! #f)
         ctx._try_verify = on
-        ctx._verify = False if on else ctx._verify
+        ctx._verify = False
     else:
         ctx._verify = on
         ctx._try_verify = False
