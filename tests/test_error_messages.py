@@ -745,3 +745,15 @@ def test_a_hostname_too_long_for_sni_fails_its_setup(how: str) -> None:
     finally:
         a.close()
         b.close()
+
+
+def test_hostname_mismatch_of_a_non_ascii_name_shows_the_form_compared(server: Any) -> None:
+    """A non-ASCII name is checked in its IDNA form: a certificate naming 'bücher.example'
+    itself (a U-label, which RFC 6125 certificates must not hold) does not match it, and the
+    message read "the certificate is for bücher.example, not 'bücher.example'"."""
+    ulabel = make_cert("bücher.example", issuer=CA, dns=[])
+    exc, _ = client_fails(server, [ulabel], "tls13", host="bücher.example")
+    assert exc.verify_message == (
+        "hostname mismatch: the certificate is for bücher.example, not 'bücher.example' "
+        "(compared as 'xn--bcher-kva.example')"
+    )

@@ -273,6 +273,18 @@ def verify_failure(
     return code, f"{verify_text(code)}: {_verify_detail(fail, code, hostname)}"
 
 
+def _as_compared(hostname: str) -> str:
+    """`hostname` quoted for a mismatch, with the IDNA form the check compared when the name
+    is not ASCII (a certificate naming 'bücher.example' itself does not match it)."""
+    if hostname.isascii():
+        return repr(hostname)
+    try:
+        compared = hostname.encode("idna").decode("ascii")
+    except UnicodeError:
+        return repr(hostname)
+    return f"{hostname!r} (compared as {compared!r})"
+
+
 def _verify_detail(fail: Any, code: int, hostname: Optional[str]) -> str:
     """An sp_verify_failure in words: the certificate, and what about it failed `code`."""
 
@@ -298,7 +310,7 @@ def _verify_detail(fail: Any, code: int, hostname: Optional[str]) -> str:
             said = f"the certificate's {left_out} name(s) are too long to show"
         else:
             said = "the certificate names no host"
-        return f"{said}, not {hostname!r}" if hostname is not None else said
+        return f"{said}, not {_as_compared(hostname)}" if hostname is not None else said
     if code == _V_CERT_HAS_EXPIRED and fail.not_after[0] != b"\0":
         return f"{who} expired on {text(fail.not_after)}"
     if code == _V_CERT_NOT_YET_VALID and fail.not_before[0] != b"\0":
