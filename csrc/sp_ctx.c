@@ -628,6 +628,19 @@ static int is_rsa(const EVP_PKEY *key)
     return id == EVP_PKEY_RSA || id == EVP_PKEY_RSA_PSS;
 }
 
+/* Whether a failed read of a key (its last error `e`) found no further key block at all (no
+ * block a decoder took: OpenSSL 3 says only "unsupported" or "no start line"), rather than a
+ * key it could not read (a wrong password, a corrupt block). */
+static int no_more_keys(unsigned long e, size_t len)
+{
+    return len == 0 /* (d2i says nothing, or "not enough data", by version) */
+           || (ERR_GET_LIB(e) == ERR_LIB_PEM && ERR_GET_REASON(e) == PEM_R_NO_START_LINE)
+#if SP_OPENSSL3
+           || (ERR_GET_LIB(e) == ERR_LIB_OSSL_DECODER && ERR_GET_REASON(e) == ERR_R_UNSUPPORTED)
+#endif
+        ;
+}
+
 EVP_PKEY *sp_load_private_key(const unsigned char *data, size_t len, int der, int rsa_only,
                               const char *password, sp_err *err)
 {
@@ -701,19 +714,14 @@ EVP_PKEY *sp_load_private_key(const unsigned char *data, size_t len, int der, in
     if (key == NULL && encrypted) {
         err->ssl_error = encrypted;
         sp_err_drain(err);
-    } else if (key == NULL && skipped) {
-        /* The file held keys, none of them RSA: the end-of-data error says nothing useful. */
+    } else if (key == NULL && skipped && (der || no_more_keys(ERR_peek_last_error(), len))) {
+        /* The data held keys, none of them RSA: the end-of-data error says nothing useful.
+         * (A key after the skipped ones that could not be read, an encrypted one without its
+         * password say, is that failure, below.) */
         ERR_clear_error();
         err->ssl_error = SP_LOAD_NOT_RSA;
     } else if (key == NULL) {
-        /* (no block a decoder took: OpenSSL 3 says only "unsupported" or "no start line") */
-        unsigned long e = ERR_peek_last_error();
-        if (len == 0 /* (d2i says nothing, or "not enough data", by version) */
-            || (ERR_GET_LIB(e) == ERR_LIB_PEM && ERR_GET_REASON(e) == PEM_R_NO_START_LINE)
-#if SP_OPENSSL3
-            || (ERR_GET_LIB(e) == ERR_LIB_OSSL_DECODER && ERR_GET_REASON(e) == ERR_R_UNSUPPORTED)
-#endif
-        )
+        if (no_more_keys(ERR_peek_last_error(), len))
             err->ssl_error = SP_LOAD_NO_KEY;
         sp_err_drain(err);
     } else {

@@ -708,3 +708,31 @@ def test_a_path_the_file_system_cannot_encode_is_a_value_error_naming_the_call()
             load(ctx, "bad-\ud800.pem")
     with pytest.raises(ValueError, match=r"^ssl_load_private_key: path cannot be encoded"):
         sslports.ssl_load_private_key(ctx, "bad-\ud800.pem")
+
+
+def test_a_key_after_skipped_ones_that_fails_to_load_says_why() -> None:
+    """rsa=True skips keys of other types; an RSA key after them that could not be read (an
+    encrypted one with no or the wrong password) was reported as "no RSA private key found",
+    hiding the cause the same key alone reports."""
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    issued = make_cert("localhost", key="rsa", dns=["localhost"])
+    ec_pem = ec.generate_private_key(ec.SECP256R1()).private_bytes(
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption(),
+    )
+    rsa_pem = issued.key.private_bytes(
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.PKCS8,
+        serialization.BestAvailableEncryption(b"secret"),
+    )
+    ctx = sslports.ssl_make_server_context()
+    sslports.ssl_load_certificate_chain(ctx, str(chain_file(issued)))
+    with pytest.raises(SSLError, match=r"load failed \(the key is encrypted and no password"):
+        sslports.ssl_load_private_key(ctx, ("data", ec_pem + rsa_pem))
+    with pytest.raises(SSLError, match=r"load failed \(wrong password"):
+        sslports.ssl_load_private_key(ctx, ("data", ec_pem + rsa_pem), password="wrong")
+    with pytest.raises(SSLError, match=r"load failed \(no RSA private key found\)"):
+        sslports.ssl_load_private_key(ctx, ("data", ec_pem + ec_pem))
+    sslports.ssl_load_private_key(ctx, ("data", ec_pem + rsa_pem), password="secret")
