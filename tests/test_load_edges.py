@@ -33,7 +33,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
 import sslports
-from sslports import SSLError, _binding
+from sslports import SSLError
 
 SRC = str(Path(sslports.__file__).resolve().parent.parent)  # (the sslports under test)
 CHILD_TIMEOUT = 20.0
@@ -671,31 +671,44 @@ def test_a_root_bundle_that_runs_out_of_memory_trusts_none_of_it(
     assert lines[-1].startswith("ok"), lines
 
 
-@pytest.mark.skipif(
-    _binding.lib.sp_openssl_version_number() < 0x30000000, reason="OpenSSL 3's pairwise check"
-)
 @pytest.mark.parametrize("kind", ["ec", "rsa"])
 def test_a_key_whose_private_half_is_corrupt_is_refused(kind: str) -> None:
     """OpenSSL matches a key to its certificate by the public halves only: a key whose
-    private half was corrupt (a flipped bit of the EC scalar; of an RSA CRT coefficient)
-    loaded, and every handshake then failed at the client ("bad signature"). The load now
-    refuses it, and the context takes the sound key after."""
+    private half was corrupt (a flipped bit of the EC scalar; an RSA key's d and its CRT
+    exponent for p, so that neither way of signing gives the right answer) loaded, and every
+    handshake then failed at the client ("bad signature"). The load now refuses it (the key
+    signs a probe its public half must verify), and the context takes the sound key after."""
     issued = make_cert("localhost", key=kind, dns=["localhost"])
-    der = bytearray(
-        issued.key.private_bytes(
+    if kind == "ec":
+        der = bytearray(
+            issued.key.private_bytes(
+                serialization.Encoding.DER,
+                serialization.PrivateFormat.PKCS8,
+                serialization.NoEncryption(),
+            )
+        )
+        der[der.index(b"\x04\x20") + 2 + 5] ^= 0x02  # (the 32-byte private scalar)
+        corrupt = bytes(der)
+    else:
+        numbers = issued.key.private_numbers()
+        broken = rsa.RSAPrivateNumbers(
+            p=numbers.p,
+            q=numbers.q,
+            d=numbers.d ^ (1 << 100),
+            dmp1=numbers.dmp1 ^ (1 << 100),
+            dmq1=numbers.dmq1,
+            iqmp=numbers.iqmp,
+            public_numbers=numbers.public_numbers,
+        ).private_key(unsafe_skip_rsa_key_validation=True)
+        corrupt = broken.private_bytes(
             serialization.Encoding.DER,
             serialization.PrivateFormat.PKCS8,
             serialization.NoEncryption(),
         )
-    )
-    if kind == "ec":
-        der[der.index(b"\x04\x20") + 2 + 5] ^= 0x02  # (the 32-byte private scalar)
-    else:
-        der[-1] ^= 0x01  # (the last field: qInv)
     ctx = sslports.ssl_make_server_context()
     sslports.ssl_load_certificate_chain(ctx, str(chain_file(issued)))
     with pytest.raises(SSLError, match="private key is corrupt"):
-        sslports.ssl_load_private_key(ctx, ("data", bytes(der)), rsa=False, asn1=True)
+        sslports.ssl_load_private_key(ctx, ("data", corrupt), rsa=False, asn1=True)
     sslports.ssl_load_private_key(ctx, str(key_file(issued)), rsa=False)
 
 
