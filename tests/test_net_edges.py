@@ -989,3 +989,75 @@ def test_descriptors_above_fd_setsize_connect_wait_and_time_out() -> None:
             finally:
                 _close(cin, cout, sin, sout)
         assert _nfds_settle(len(before)) == len(before)
+
+
+_ACCEPT_SIGNALS = r"""
+import faulthandler, random, signal, sys, threading, time
+import sslports as S
+
+faulthandler.dump_traceback_later(40, exit=True)  # (a hang: stacks, and a failing exit)
+which = sys.argv[1]
+if which == "other-thread":
+    # SIGINT taken by a thread other than the one waiting in ssl_accept (the kernel may hand a
+    # process's signal to any thread that does not block it)
+    lst = S.ssl_listen(0, 5, True, "127.0.0.1")
+    release = threading.Event()
+    bystander = threading.Thread(target=release.wait)
+    bystander.start()
+    threading.Timer(0.3, signal.pthread_kill, (bystander.ident, signal.SIGINT)).start()
+    start = time.monotonic()
+    try:
+        S.ssl_accept(lst)
+    except KeyboardInterrupt:
+        print("interrupted after %.2f s" % (time.monotonic() - start))
+    release.set()
+else:
+    # a SIGALRM handler that closes the listener ssl_accept waits on, at random moments
+    current = [None]
+    signal.signal(signal.SIGALRM, lambda *_: current[0].close())
+    outcomes = {}
+    for _ in range(600):
+        current[0] = S.ssl_listen(0, 5, False, "127.0.0.1")
+        signal.setitimer(signal.ITIMER_REAL, random.uniform(1e-6, 3e-4))
+        try:
+            S.ssl_accept(current[0])
+            said = "accepted"
+        except S.SSLNetworkError as e:
+            said = str(e)
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        current[0].close()
+        outcomes[said] = outcomes.get(said, 0) + 1
+    print(outcomes)
+"""
+
+
+def _accept_signals(which: str) -> str:
+    import subprocess
+    import sys
+
+    proc = subprocess.run(
+        [sys.executable, "-c", _ACCEPT_SIGNALS, which], capture_output=True, text=True, timeout=90
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return proc.stdout.strip()
+
+
+@pytest.mark.skipif(not hasattr(signal, "pthread_kill"), reason="POSIX threads' signals")
+def test_ssl_accept_hears_a_ctrl_c_that_another_thread_took() -> None:
+    """ssl_accept waited for a connection in one unbounded poll(): a SIGINT the kernel handed
+    to another thread (or that came just before the poll began) was handled only when a
+    client connected, never on an idle listener. It now waits in 50 ms slices, as the pump
+    does: the KeyboardInterrupt comes at the end of the slice."""
+    said = _accept_signals("other-thread")
+    assert said.startswith("interrupted after "), said
+
+
+@pytest.mark.skipif(not hasattr(signal, "setitimer"), reason="POSIX interval timers")
+def test_a_signal_handler_that_closes_the_listener_ends_ssl_accept() -> None:
+    """The usual way to stop an accept loop, a SIGTERM (here SIGALRM) handler that closes
+    the listener: the handler runs in the thread waiting in ssl_accept, and when it came while
+    that thread held the listener's lock (making the wake-up pair, counting itself in or out),
+    close() waited for the lock for ever (a few in every few hundred). The lock is reentrant
+    now, and each accept ends with 'listener is closed'."""
+    said = _accept_signals("handler-closes")
+    assert said == "{'ssl_accept: accept failed (listener is closed)': 600}", said
