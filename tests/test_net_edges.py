@@ -264,6 +264,27 @@ def test_addresses_of_a_closed_listener_is_ssl_error() -> None:
     assert repr(listener) == "<SSLListener closed>"
 
 
+def test_addresses_of_closed_ports_say_the_port_is_closed() -> None:
+    """One port closed: the connection's addresses still answer (the other is open). Both:
+    "port is closed", as the listener's message, where it read "not connected to TCP port
+    ([Errno 9] Bad file descriptor)" (or, for a socket lingering after its close, answered)."""
+    listener = sslports.ssl_listen(0, 5, False, LOCAL, _server_ctx())
+    port = sslports.ssl_addresses(listener, True)[1]
+    accepted = in_thread(lambda: sslports.ssl_accept(listener))
+    cin, cout = sslports.ssl_connect(LOCAL, port, timeout=10)
+    sin, sout = accepted()
+    try:
+        cin.close()
+        assert sslports.ssl_addresses(cin) == (LOCAL, LOCAL)
+        cout.close()
+        for p in (cin, cout):
+            with pytest.raises(SSLError, match=r"^ssl_addresses: port is closed$"):
+                sslports.ssl_addresses(p, True)
+    finally:
+        _close(cin, cout, sin, sout)
+        listener.close()
+
+
 @needs_ipv6
 @pytest.mark.parametrize("timeout", [None, 5.0])
 def test_ipv6_endpoints_are_bracketed_in_messages(timeout: Any) -> None:

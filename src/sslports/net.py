@@ -892,7 +892,10 @@ def ssl_addresses(
         local = sock.getsockname()
         peer: tuple[Any, ...] = ("::", 0) if sock.family == socket.AF_INET6 else ("0.0.0.0", 0)
     elif isinstance(p_or_listener, (SSLInputPort, SSLOutputPort)):
-        transport = p_or_listener._sslports_conn.transport
+        conn = p_or_listener._sslports_conn
+        if conn.closed:  # (both ports: "Bad file descriptor", or a lingering socket's answer)
+            raise SSLError(f"{func}: port is closed")
+        transport = conn.transport
         if not isinstance(transport, _SocketTransport):
             raise SSLError(f"{func}: not connected to TCP port")
         sock = transport.sock
