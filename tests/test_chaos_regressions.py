@@ -199,21 +199,7 @@ def test_lingering_close_waits_on_a_peer_that_reads_slowly(
             got.extend(chunk)
             time.sleep(0.03)
 
-    port, join = _python_server(serve, rcvbuf=16384)
-    sock = socket.socket()
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 1 << 20)
-    sock.connect((LOCAL, port))
-    inp, out = sp.ssl_wrap_socket(sock, context=sp.ssl_make_client_context("tls13"))
-    sock = socket_under(inp)
-    out.settimeout(JOIN)
-    out.write(data)
-    out.close()
-    inp.close()
-    closed.set()
-    join()
-    assert len(got) == len(data)
-    assert got == data
-    _released(sock, JOIN)
+    _released(_write_and_close(serve, data, got, closed), JOIN)
 
 
 def _released(sock: socket.socket, within: float) -> None:
@@ -240,8 +226,16 @@ def _close_then_server_reads() -> socket.socket:
                 return
             got.extend(chunk)
 
-    # A small window at the server, a big send buffer at the client: the write returns with
-    # most of it still in the client's send queue.
+    return _write_and_close(serve, data, got, closed)
+
+
+def _write_and_close(
+    serve: Callable[[ssl.SSLSocket], None], data: bytes, got: bytearray, closed: threading.Event
+) -> socket.socket:
+    """A TLS 1.3 client writes `data` to a Python ssl server running `serve`, closes both
+    ports, sets `closed`; the server must have got `data` whole. Returns the client's socket.
+    A small window at the server, a big send buffer at the client: the write returns with
+    most of it still in the client's send queue."""
     port, join = _python_server(serve, rcvbuf=16384)
     sock = socket.socket()
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 1 << 20)
