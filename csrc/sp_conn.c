@@ -1209,8 +1209,7 @@ static BIO *new_sock_bio(sp_conn *c)
     return bio;
 }
 
-/* Milliseconds of a monotonic clock. */
-static long long mono_ms(void)
+long long sp_mono_ms(void)
 {
 #ifdef _WIN32
     return (long long)GetTickCount64();
@@ -1239,7 +1238,7 @@ static wait_budget budget_of(int wait_ms)
  * always takes place, for the whole budget, however short: wait_ms 0 is one look). */
 static int budget_next(wait_budget *b, int *ms)
 {
-    long long now = mono_ms();
+    long long now = sp_mono_ms();
     if (b->end == 0) {
         b->end = now + (b->ms > 0 ? b->ms : 0) + 1; /* (+1: never 0, the "not started" mark) */
         *ms = b->ms;

@@ -5,6 +5,9 @@
 
 typedef struct sp_conn sp_conn;
 
+/* Milliseconds of a monotonic clock (sp_ctx.c bounds a wait with it too). */
+long long sp_mono_ms(void);
+
 #define SP_HOST_TAG_LEN 8 /* bytes of a checked name's digest in a session id context */
 
 /* Private to the C files: Python sees sp_conn as opaque. */

@@ -282,22 +282,35 @@ static ctx_guard *guard_to_read(const SSL_CTX *ctx)
     return g;
 }
 
-/* The write lock, taken by a thread inside a step of another context's handshake (from a
- * callback: current_step) only if it comes within SP_CALLBACK_WRITE_TRIES tries 1 ms apart:
+/* Does this thread hold some context's read lock (inside a step, from a callback)? */
+static int holds_a_read_lock(void)
+{
+    const sp_step *st;
+    for (st = current_step; st != NULL; st = st->outer)
+        if (st->locked != NULL)
+            return 1;
+    return 0;
+}
+
+/* The write lock, taken by a thread that holds another context's read lock (a callback of
+ * its handshake) only if it comes within SP_CALLBACK_WRITE_MS, tried every millisecond or so:
  * the readers it waits for may be inside callbacks of their own that wait for the read lock
  * this thread holds (two listeners' SNI callbacks that reload each other's contexts), and
  * both would wait for ever. 0: not taken. */
-#define SP_CALLBACK_WRITE_TRIES 2000
+#define SP_CALLBACK_WRITE_MS 2000
 
 static int write_lock_within(ctx_guard *g)
 {
-    int tries;
-    if (current_step == NULL)
+    long long end;
+    if (!holds_a_read_lock())
         return write_lock(g);
     sp_counter_bump(&g->users);
-    for (tries = 0; tries < SP_CALLBACK_WRITE_TRIES; tries++) {
+    end = sp_mono_ms() + SP_CALLBACK_WRITE_MS; /* (a clock: Windows' Sleep(1) is ~15 ms) */
+    for (;;) {
         if (sp_rwlock_try_write(&g->lock))
             return 1;
+        if (sp_mono_ms() >= end)
+            break;
         sp_sleep_ms(1);
     }
     sp_counter_drop(&g->users);
@@ -314,7 +327,7 @@ int sp_ctx_config_lock(SSL_CTX *ctx)
     if (g->orphaned)
         return sp_flag_get(&g->sealed) ? 0 : SP_CTX_FORKED;
     if (!write_lock_within(g))
-        return current_step != NULL ? SP_CTX_BUSY : -1;
+        return holds_a_read_lock() ? SP_CTX_BUSY : -1;
     if (g->sealed) {
         unlock_write(g);
         return 0;
@@ -338,8 +351,9 @@ void sp_ctx_seal(SSL_CTX *ctx)
     } else if (write_lock_within(g)) {
         sp_flag_set(&g->sealed, 1);
         unlock_write(g);
-    } /* (else from a callback, and other handshakes hold it: its steps go on taking the read
-       * lock; sealed all the same, as the Python side refuses every change from now on) */
+    } /* (else from a callback, and other handshakes held it for SP_CALLBACK_WRITE_MS: the C
+       * flag stays clear, as the try may have failed on a change in progress, and its steps go
+       * on taking the read lock; sealed all the same, as Python refuses every change now) */
 }
 
 SSL *sp_ctx_new_ssl(SSL_CTX *ctx)
@@ -628,6 +642,34 @@ static int is_rsa(const EVP_PKEY *key)
     return id == EVP_PKEY_RSA || id == EVP_PKEY_RSA_PSS;
 }
 
+/* Whether a private key's two halves belong together: it signs a probe, and its public half
+ * must verify the signature. OpenSSL's match against the certificate compares public halves
+ * only: a key whose private half is corrupt (a flipped bit, an edited file) loaded, and every
+ * handshake then failed at the peer ("bad signature"). (Not EVP_PKEY_pairwise_check, which
+ * tests an RSA key's primes: 28 ms per RSA-2048 load, against ~1 ms for a signature.) A key
+ * that cannot sign the probe (a hash its parameters forbid, a provider's key) is not judged. */
+static int key_halves_match(EVP_PKEY *key)
+{
+    static const unsigned char probe[] = "sslports: the private half signs what the public "
+                                         "half verifies";
+    int id = EVP_PKEY_base_id(key);
+    const EVP_MD *md = id == EVP_PKEY_ED25519 || id == EVP_PKEY_ED448 ? NULL : EVP_sha256();
+    EVP_MD_CTX *mc = EVP_MD_CTX_new();
+    int size = EVP_PKEY_size(key);
+    unsigned char *sig = size > 0 ? malloc((size_t)size) : NULL;
+    size_t siglen = size > 0 ? (size_t)size : 0;
+    int verdict = -1; /* (not judged) */
+    ERR_set_mark();
+    if (mc != NULL && sig != NULL && EVP_DigestSignInit(mc, NULL, md, NULL, key) == 1
+        && EVP_DigestSign(mc, sig, &siglen, probe, sizeof probe) == 1
+        && EVP_MD_CTX_reset(mc) == 1 && EVP_DigestVerifyInit(mc, NULL, md, NULL, key) == 1)
+        verdict = EVP_DigestVerify(mc, sig, siglen, probe, sizeof probe);
+    ERR_pop_to_mark();
+    EVP_MD_CTX_free(mc);
+    free(sig);
+    return verdict != 0;
+}
+
 /* Whether a failed read of a key (its last error `e`) found no further key block at all (no
  * block a decoder took: OpenSSL 3 says only "unsupported" or "no start line"), rather than a
  * key it could not read (a wrong password, a corrupt block). */
@@ -724,6 +766,11 @@ EVP_PKEY *sp_load_private_key(const unsigned char *data, size_t len, int der, in
         if (no_more_keys(ERR_peek_last_error(), len))
             err->ssl_error = SP_LOAD_NO_KEY;
         sp_err_drain(err);
+    } else if (!key_halves_match(key)) { /* (here, not under the context's write lock) */
+        EVP_PKEY_free(key);
+        key = NULL;
+        ERR_clear_error();
+        err->ssl_error = SP_LOAD_KEY_BROKEN;
     } else {
         ERR_clear_error();
     }
@@ -973,34 +1020,6 @@ done:
     return rc == 1;
 }
 
-/* Whether a private key's two halves belong together: it signs a probe, and its public half
- * must verify the signature. OpenSSL's match against the certificate compares public halves
- * only: a key whose private half is corrupt (a flipped bit, an edited file) loaded, and every
- * handshake then failed at the peer ("bad signature"). (Not EVP_PKEY_pairwise_check, which
- * tests an RSA key's primes: 28 ms per RSA-2048 load, against ~1 ms for a signature.) A key
- * that cannot sign the probe (a hash its parameters forbid, a provider's key) is not judged. */
-static int key_halves_match(EVP_PKEY *key)
-{
-    static const unsigned char probe[] = "sslports: the private half signs what the public "
-                                         "half verifies";
-    int id = EVP_PKEY_base_id(key);
-    const EVP_MD *md = id == EVP_PKEY_ED25519 || id == EVP_PKEY_ED448 ? NULL : EVP_sha256();
-    EVP_MD_CTX *mc = EVP_MD_CTX_new();
-    int size = EVP_PKEY_size(key);
-    unsigned char *sig = size > 0 ? malloc((size_t)size) : NULL;
-    size_t siglen = size > 0 ? (size_t)size : 0;
-    int verdict = -1; /* (not judged) */
-    ERR_set_mark();
-    if (mc != NULL && sig != NULL && EVP_DigestSignInit(mc, NULL, md, NULL, key) == 1
-        && EVP_DigestSign(mc, sig, &siglen, probe, sizeof probe) == 1
-        && EVP_MD_CTX_reset(mc) == 1 && EVP_DigestVerifyInit(mc, NULL, md, NULL, key) == 1)
-        verdict = EVP_DigestVerify(mc, sig, siglen, probe, sizeof probe);
-    ERR_pop_to_mark();
-    EVP_MD_CTX_free(mc);
-    free(sig);
-    return verdict != 0;
-}
-
 int sp_ctx_use_private_key(SSL_CTX *ctx, EVP_PKEY *key, int need_certificate, sp_err *err)
 {
     ctx_guard *g = guard_of(ctx);
@@ -1014,10 +1033,6 @@ int sp_ctx_use_private_key(SSL_CTX *ctx, EVP_PKEY *key, int need_certificate, sp
     probe = SSL_new(ctx);
     if (probe == NULL)
         goto done;
-    if (!key_halves_match(key)) {
-        rc = SP_LOAD_KEY_BROKEN;
-        goto done;
-    }
     if (SSL_use_PrivateKey(probe, key) != 1) {
         unsigned long e = ERR_peek_last_error();
         if (ERR_GET_LIB(e) == ERR_LIB_X509

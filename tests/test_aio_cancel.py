@@ -7,6 +7,8 @@ import asyncio
 import socket
 import sys
 import threading
+import time
+from typing import Any
 
 import pytest
 from test_aio import LOOPS, connect_by, run, server_context
@@ -180,3 +182,82 @@ def test_close_right_after_a_handshake_neither_runs_the_handler_late_nor_waits_f
 
     assert run(loop_kind, main) is True
     assert server_closed_at_handler in ([], [False])
+
+
+def _run_plain(coro_fn: Any) -> Any:
+    loop = asyncio.new_event_loop()
+    try:
+        return loop.run_until_complete(coro_fn())
+    finally:
+        loop.close()
+
+
+def test_nested_timeouts_that_expire_in_one_turn_keep_the_outer_one() -> None:
+    """open_ssl_connection's timeout holds each address's share inside it. When the loop was
+    blocked past both, their two cancels came in one turn: on 3.9 and 3.10, which count no
+    cancels, the inner share took both, and the connect went on to the last address with no
+    bound at all. The outer timeout must still end the call."""
+
+    async def addresses() -> None:
+        try:  # the first address: its share of the deadline
+            await aio._wait_for(asyncio.sleep(10), 0.05)
+        except asyncio.TimeoutError:
+            pass
+        await asyncio.sleep(1.0)  # the last address: no bound of its own
+
+    async def main() -> str:
+        loop = asyncio.get_running_loop()
+        loop.call_soon(time.sleep, 0.3)  # (blocks the loop past both deadlines)
+        try:
+            await aio._wait_for(addresses(), 0.1)
+        except asyncio.TimeoutError:
+            return "timed out"
+        return "went on past the outer timeout"
+
+    assert _run_plain(main) == "timed out"
+
+
+def test_a_cancel_that_comes_with_the_timeout_is_a_cancel() -> None:
+    """A cancel of the caller in the turn the timer fired (the loop was blocked past it) is
+    the caller's: CancelledError, not TimeoutError (on 3.9 and 3.10 the two were one cancel,
+    taken for the timeout, and the caller's cancel was dropped)."""
+
+    async def main() -> str:
+        loop = asyncio.get_running_loop()
+        task = asyncio.ensure_future(aio._wait_for(asyncio.sleep(10), 0.1))
+        await asyncio.sleep(0)  # (it waits now)
+        loop.call_later(0.1, task.cancel)  # the caller's cancel, due with the timer...
+        loop.call_soon(time.sleep, 0.3)  # ...and both overdue in one turn
+        try:
+            await task
+        except asyncio.CancelledError:
+            return "cancelled"
+        except asyncio.TimeoutError:
+            return "timed out"
+        return "finished"
+
+    assert _run_plain(main) == "cancelled"
+
+
+@pytest.mark.skipif(sys.version_info < (3, 11), reason="Task.cancelling() is 3.11 on")
+def test_the_timer_s_cancel_is_withdrawn_however_the_awaited_call_answers_it() -> None:
+    """A call that answers the timer's cancel with an error of its own (a cleanup that
+    failed) left the cancel counted against the task: asyncio.Runner and TaskGroup then
+    treat the task as cancelled. The count is back where it was."""
+
+    async def fails_when_cancelled() -> None:
+        try:
+            await asyncio.sleep(10)
+        except asyncio.CancelledError:
+            raise ValueError("cleanup failed") from None
+
+    async def main() -> tuple[str, int]:
+        try:
+            await aio._wait_for(fails_when_cancelled(), 0.05)
+        except ValueError as exc:
+            said = str(exc)
+        task = asyncio.current_task()
+        assert task is not None
+        return said, task.cancelling()
+
+    assert _run_plain(main) == ("cleanup failed", 0)

@@ -615,13 +615,13 @@ def test_close_gives_up_on_a_peer_that_never_reads(
 def test_close_waits_on_a_peer_that_reads_slowly(
     loop_kind: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """_LINGER_SECONDS (here 0.3 s) bounds how long the lingering close waits for a peer that
-    takes nothing, not how long a peer may take to read it all: a client that reads 2 MiB at
+    """_LINGER_SECONDS (here 1 s) bounds how long the lingering close waits for a peer that
+    takes nothing, not how long a peer may take to read it all: a client that reads 4 MiB at
     ~1 MB/s, in small reads ~20 ms apart, gets every byte and our EOF, and wait_closed() ends
-    without error. (The close gave up 0.3 s after it began: an abort, the client read a short
+    without error. (The close gave up 1 s after it began: an abort, the client read a short
     stream, and wait_closed() returned as if everything had gone.)"""
-    monkeypatch.setattr(aio, "_LINGER_SECONDS", 0.3)
-    size = 2 << 20
+    monkeypatch.setattr(aio, "_LINGER_SECONDS", 1.0)
+    size = 4 << 20
     data = random_bytes(size)
     outcome: list[object] = []
 

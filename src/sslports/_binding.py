@@ -278,8 +278,8 @@ def _as_compared(hostname: str) -> str:
     is not ASCII (a certificate naming 'bücher.example' itself does not match it)."""
     if hostname.isascii():
         return repr(hostname)
-    try:
-        compared = hostname.encode("idna").decode("ascii")
+    try:  # (without a trailing dot, as the check takes it: net._host_info)
+        compared = hostname.removesuffix(".").encode("idna").decode("ascii")
     except UnicodeError:
         return repr(hostname)
     return f"{hostname!r} (compared as {compared!r})"

@@ -61,7 +61,12 @@ from ._binding import build_error
 from ._timing import BREAKS, drop_break, raise_break_from_callback
 from .context import SSLClientContext, SSLServerContext, _Context, encode_alpn, literal_family
 from .errors import SSLError, SSLNetworkError, SSLTimeoutError
-from .ports import _LINGER_POLL_MS, _LINGER_SECONDS, check_handshake_timeout
+from .ports import (
+    _LINGER_MOST_SECONDS,
+    _LINGER_POLL_MS,
+    _LINGER_SECONDS,
+    check_handshake_timeout,
+)
 from .verify import cipher_info, peer_certificate
 
 _BUF = 1 << 18  # per-thread receive and ciphertext buffers (asyncio's max_size)
@@ -568,6 +573,7 @@ class _SSLProtocol(AioConnection, asyncio.BufferedProtocol):
         self.held_for_replies = False  # reading waits until our replies drained (replied)
         self.linger_until = 0.0  # a lingering close gives up then (close_raw); 0: none
         self.linger_left = math.inf  # the bytes it still had at its last look
+        self.linger_most = 0.0  # the latest linger_until may move to
         self.abandoned: Optional[OSError] = None  # why it gave up with bytes undelivered
         self.closed_future: asyncio.Future[None] = self.loop.create_future()
 
@@ -713,7 +719,8 @@ class _SSLProtocol(AioConnection, asyncio.BufferedProtocol):
         and our EOF belong. So our side shuts first (FIN after what the transport buffers),
         what arrives is read and dropped, and the transport closes once the kernel has
         delivered our bytes, at the peer's EOF, or once the peer took none of them for
-        _LINGER_SECONDS (then wait_closed() raises if any were left undelivered)."""
+        _LINGER_SECONDS, or after _LINGER_MOST_SECONDS in any case (then wait_closed() raises
+        if any were left undelivered)."""
         self.sending = False
         transport = self.transport_
         if transport is None:
@@ -732,6 +739,7 @@ class _SSLProtocol(AioConnection, asyncio.BufferedProtocol):
         self.paused_reading = self.held_for_replies = False
         self.set_reading(True)
         self.linger_until = self.loop.time() + _LINGER_SECONDS
+        self.linger_most = self.loop.time() + _LINGER_MOST_SECONDS
         self.linger(fd, _LINGER_POLL)
 
     def abort_raw(self) -> None:
@@ -748,7 +756,7 @@ class _SSLProtocol(AioConnection, asyncio.BufferedProtocol):
         now = self.loop.time()
         left = buffered + _lib.sp_fd_unsent(fd)
         if left < self.linger_left:  # the peer took some: it reads, slowly maybe; wait on
-            self.linger_until = now + _LINGER_SECONDS
+            self.linger_until = min(now + _LINGER_SECONDS, self.linger_most)
         self.linger_left = left
         if delivered or now >= self.linger_until:
             # Bytes read away: a reset, the peer learns that they went nowhere (as ports.py's
@@ -757,10 +765,13 @@ class _SSLProtocol(AioConnection, asyncio.BufferedProtocol):
             # what it did not take is wait_closed()'s error (the abort drops it).
             if _lib.sp_fd_drop_unread(fd) > 0 or buffered:
                 if not delivered and left:
+                    why = (
+                        f"the close lingered {_LINGER_MOST_SECONDS:g} s"
+                        if now >= self.linger_most
+                        else f"the peer took none of them for {_LINGER_SECONDS:g} s"
+                    )
                     self.abandoned = TimeoutError(
-                        errno.ETIMEDOUT,
-                        f"the peer took none of our last {left} bytes for {_LINGER_SECONDS:g}"
-                        " s: not delivered",
+                        errno.ETIMEDOUT, f"our last {left} bytes not delivered: {why}"
                     )
                 transport.abort()
             else:
@@ -1282,16 +1293,16 @@ async def wrap_ssl_streams(
 
 
 async def _wait_for(aw: Awaitable[object], timeout: Optional[float]) -> None:
-    """Await `aw` in this task; asyncio.TimeoutError once `timeout` passes (None: no bound).
+    """Await `aw`; asyncio.TimeoutError once `timeout` passes (None: no bound).
 
-    Not asyncio.wait_for, which up to Python 3.11 runs `aw` in a task of its own: a cancel
-    of the caller that came as `aw` finished was dropped (the caller went on with a live
-    connection, a server ran its callback after close()), and a failure raised from its frame
-    made a cycle that held the connection (and its C memory) until the cyclic collector ran.
-    Here a timer cancels this task, and that cancellation becomes the TimeoutError; one from
-    anywhere else stays a cancellation (3.11 on, the task's cancel count tells them apart when
-    both came, as asyncio.timeout() does; up to 3.10 the timeout wins, as with wait_for). No
-    local names the task or the exception, so neither a failure nor a timeout leaves a cycle.
+    Not asyncio.wait_for, which up to Python 3.11 returned the result of `aw` when the
+    caller's cancel came in the turn `aw` finished: the cancel was dropped (the caller went on
+    with a live connection, a server ran its callback after close()); and a failure it raised
+    from its frame made a cycle that held the connection (and its C memory) until the cyclic
+    collector ran. 3.11 on, `aw` runs in this task under a timer that cancels it, and the
+    task's cancel count tells the timer's cancel from any other, as asyncio.timeout() does;
+    before, in a task of its own (_wait_in_task). No local names the task or the exception,
+    so neither a failure nor a timeout leaves a cycle.
     """
     if timeout is None:
         await aw
@@ -1302,6 +1313,9 @@ async def _wait_for(aw: Awaitable[object], timeout: Optional[float]) -> None:
         if asyncio.iscoroutine(aw):
             aw.close()  # (never awaited: no RuntimeWarning once collected)
         raise asyncio.TimeoutError
+    if sys.version_info < (3, 11):
+        await _wait_in_task(aw, timeout)
+        return
     before = _cancel_count(False)
     expired: list[bool] = []
     handle = asyncio.get_running_loop().call_later(
@@ -1310,14 +1324,15 @@ async def _wait_for(aw: Awaitable[object], timeout: Optional[float]) -> None:
     try:
         await aw
     except asyncio.CancelledError:
-        if expired and _cancel_count(True) <= before:
-            raise asyncio.TimeoutError from None
+        if expired:
+            expired.clear()  # (its cancel withdrawn here)
+            if _cancel_count(True) <= before:  # (no other cancel came)
+                raise asyncio.TimeoutError from None
         raise
-    else:
-        if expired:  # (`aw` went on after the timer's cancel: withdrawn, as asyncio.timeout())
-            _cancel_count(True)
     finally:
         handle.cancel()  # (drops its reference to the task)
+        if expired:  # (`aw` answered the timer's cancel otherwise: withdrawn all the same)
+            _cancel_count(True)
 
 
 def _expire(task: Optional[asyncio.Task[Any]], expired: list[bool]) -> None:
@@ -1327,14 +1342,49 @@ def _expire(task: Optional[asyncio.Task[Any]], expired: list[bool]) -> None:
 
 
 def _cancel_count(withdraw_one: bool) -> int:
-    """This task's pending cancellations (Task.cancelling, 3.11 on; 0 before), after
-    withdrawing one (Task.uncancel) when `withdraw_one`: the timer's."""
+    """This task's pending cancellations (Task.cancelling, 3.11 on), after withdrawing one
+    (Task.uncancel) when `withdraw_one`: the timer's."""
     if sys.version_info < (3, 11):
         return 0
     task = asyncio.current_task()
     if task is None:
         return 0
     return task.uncancel() if withdraw_one else task.cancelling()
+
+
+async def _wait_in_task(aw: Awaitable[object], timeout: float) -> None:
+    """_wait_for up to Python 3.10, which counts no cancels: a timer's cancel and another
+    that came in the same turn would be one, and nested timers (a connect's per address
+    inside the whole connect's) could take each other's. `aw` runs in a task of its own;
+    a cancel of the caller always propagates, after that task ended."""
+    inner = asyncio.ensure_future(_failure_of(aw))
+    try:
+        done, _ = await asyncio.wait({inner}, timeout=timeout)
+    except asyncio.CancelledError:
+        inner.cancel()
+        await asyncio.wait({inner})
+        raise
+    if not done:
+        inner.cancel()
+        await asyncio.wait({inner})
+        if inner.cancelled():
+            raise asyncio.TimeoutError
+    failure = inner.result()  # (finished as the timeout came: its outcome stands)
+    if failure is not None:
+        try:
+            raise failure
+        finally:
+            del failure
+
+
+async def _failure_of(aw: Awaitable[object]) -> Optional[Exception]:
+    """What `aw` raised, or None (a cancellation propagates): the failure is raised from the
+    caller's frame, not through the task's, which would hold it in a cycle."""
+    try:
+        await aw
+    except Exception as exc:
+        return exc
+    return None
 
 
 async def _start(

@@ -778,7 +778,9 @@ def _load_verify_tagged(
     else:
         # (absolute: OpenSSL reads the directory at each lookup, whatever the working
         # directory then is; Racket completes the path when it is given, too)
-        path = os.path.abspath(fspath_bytes(func, src[1]))
+        path = fspath_bytes(func, src[1])
+        if path and not os.path.isabs(path):  # (not abspath: it folds "link/.." by its text)
+            path = os.path.join(os.getcwdb(), path)
         if not os.path.isdir(path):
             if not try_:
                 raise _not_a_directory(func, path)

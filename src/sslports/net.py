@@ -266,7 +266,6 @@ _CONNECT_PENDING = frozenset(
     (errno.EINPROGRESS, getattr(errno, "WSAEWOULDBLOCK", errno.EINPROGRESS))
 )
 _WAIT_SLICE = 0.5  # seconds: Windows' select() is not interrupted by Ctrl-C
-_MAX_POLL_MS = 2**31 - 1  # the longest poll() (about 24.8 days)
 
 
 def _connect_nonblocking(sock: _raw_socket, addr: Any, deadline: _Deadline) -> None:

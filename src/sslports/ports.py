@@ -262,6 +262,7 @@ _new_lock: Callable[..., Any] = _PortLock if _fastport is None else _fastport.Lo
 
 
 _LINGER_SECONDS = 10.0  # longest a lingering close waits for a peer that takes none of its bytes
+_LINGER_MOST_SECONDS = 300.0  # ... and for one that takes a few now and then
 _LINGER_MAX = 256  # sockets lingering at once; past that, the last close closes at once
 _LINGER_POLL_MS = 20  # how often the lingerer looks at the send queues
 # How long a last close that would linger waits for another thread's call on the connection to
@@ -280,12 +281,13 @@ class _Lingerer:
     TLS 1.3 ticket) is read and dropped instead of being answered with the reset that would
     drop the rest of our bytes. A socket closes once its send queue is empty, at the peer's EOF
     or reset, or once the peer took none of it for _LINGER_SECONDS (a peer that reads slowly
-    is waited for as long as it reads). At exit the process's own close of its descriptors
-    takes over, as for a plain close()."""
+    is waited for while it reads, up to _LINGER_MOST_SECONDS). At exit the process's own close
+    of its descriptors takes over, as for a plain close()."""
 
     def __init__(self) -> None:
         self.lock = threading.Lock()
-        # socket -> [its deadline, the bytes its kernel still held at the last look]
+        # socket -> [its deadline, the bytes its kernel still held at the last look, the
+        # latest the deadline may move to]
         self.socks: dict[_socket.socket, list[float]] = {}
         self.dropped: set[_socket.socket] = set()  # those that read away bytes of the peer's
         self.running = False
@@ -295,7 +297,8 @@ class _Lingerer:
         with self.lock:
             if len(self.socks) >= _LINGER_MAX:
                 return False
-            self.socks[sock] = [time.monotonic() + _LINGER_SECONDS, math.inf]
+            now = time.monotonic()
+            self.socks[sock] = [now + _LINGER_SECONDS, math.inf, now + _LINGER_MOST_SECONDS]
             if not self.running:
                 threading.Thread(target=self._run, name="sslports-linger", daemon=True).start()
                 self.running = True
@@ -334,7 +337,7 @@ class _Lingerer:
             for fd, (sock, watch) in live.items():
                 left = unsent(fd)
                 if left < watch[1]:  # the peer took some: it reads, slowly maybe; wait on
-                    watch[0] = now + _LINGER_SECONDS
+                    watch[0] = min(now + _LINGER_SECONDS, watch[2])
                 watch[1] = left
                 if (fd in ready and not self._drop_input(sock)) or now > watch[0] or not left:
                     self._done(sock)
