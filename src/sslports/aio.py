@@ -1301,8 +1301,8 @@ async def _wait_for(aw: Awaitable[object], timeout: Optional[float]) -> None:
     from its frame made a cycle that held the connection (and its C memory) until the cyclic
     collector ran. 3.11 on, `aw` runs in this task under a timer that cancels it, and the
     task's cancel count tells the timer's cancel from any other, as asyncio.timeout() does;
-    before, in a task of its own (_wait_in_task). No local names the task or the exception,
-    so neither a failure nor a timeout leaves a cycle.
+    before, in a task of its own (_failure_in_task). No local names the task or the
+    exception, so neither a failure nor a timeout leaves a cycle.
     """
     if timeout is None:
         await aw
@@ -1314,7 +1314,12 @@ async def _wait_for(aw: Awaitable[object], timeout: Optional[float]) -> None:
             aw.close()  # (never awaited: no RuntimeWarning once collected)
         raise asyncio.TimeoutError
     if sys.version_info < (3, 11):
-        await _wait_in_task(aw, timeout)
+        failure = await _failure_in_task(aw, timeout)
+        if failure is not None:
+            try:  # (raised here: no frame that names the task, which holds it as its result)
+                raise failure
+            finally:
+                del failure
         return
     before = _cancel_count(False)
     expired: list[bool] = []
@@ -1352,11 +1357,12 @@ def _cancel_count(withdraw_one: bool) -> int:
     return task.uncancel() if withdraw_one else task.cancelling()
 
 
-async def _wait_in_task(aw: Awaitable[object], timeout: float) -> None:
+async def _failure_in_task(aw: Awaitable[object], timeout: float) -> Optional[Exception]:
     """_wait_for up to Python 3.10, which counts no cancels: a timer's cancel and another
     that came in the same turn would be one, and nested timers (a connect's per address
-    inside the whole connect's) could take each other's. `aw` runs in a task of its own;
-    a cancel of the caller always propagates, after that task ended."""
+    inside the whole connect's) could take each other's. `aw` runs in a task of its own,
+    and what it raised is returned; a cancel of the caller always propagates, after that
+    task ended."""
     inner = asyncio.ensure_future(_failure_of(aw))
     try:
         done, _ = await asyncio.wait({inner}, timeout=timeout)
@@ -1368,13 +1374,9 @@ async def _wait_in_task(aw: Awaitable[object], timeout: float) -> None:
         inner.cancel()
         await asyncio.wait({inner})
         if inner.cancelled():
+            del inner, done  # (not held by the traceback)
             raise asyncio.TimeoutError
-    failure = inner.result()  # (finished as the timeout came: its outcome stands)
-    if failure is not None:
-        try:
-            raise failure
-        finally:
-            del failure
+    return inner.result()  # (also when it finished as the timeout came: its outcome stands)
 
 
 async def _failure_of(aw: Awaitable[object]) -> Optional[Exception]:
