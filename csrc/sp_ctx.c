@@ -262,12 +262,13 @@ static int attach_guard(SSL_CTX *ctx)
     return 1;
 }
 
-/* Does this thread hold ctx's read lock (a step it is inside)? */
+/* Does this thread hold ctx's read lock (a step it is inside), or with NULL any context's
+ * (inside a step, from a callback)? */
 static int held_here(const SSL_CTX *ctx)
 {
     const sp_step *st;
     for (st = current_step; st != NULL; st = st->outer)
-        if (st->locked == ctx)
+        if (st->locked != NULL && (ctx == NULL || st->locked == ctx))
             return 1;
     return 0;
 }
@@ -282,27 +283,17 @@ static ctx_guard *guard_to_read(const SSL_CTX *ctx)
     return g;
 }
 
-/* Does this thread hold some context's read lock (inside a step, from a callback)? */
-static int holds_a_read_lock(void)
-{
-    const sp_step *st;
-    for (st = current_step; st != NULL; st = st->outer)
-        if (st->locked != NULL)
-            return 1;
-    return 0;
-}
-
 /* The write lock, taken by a thread that holds another context's read lock (a callback of
  * its handshake) only if it comes within SP_CALLBACK_WRITE_MS, tried every millisecond or so:
  * the readers it waits for may be inside callbacks of their own that wait for the read lock
  * this thread holds (two listeners' SNI callbacks that reload each other's contexts), and
- * both would wait for ever. 0: not taken. */
+ * both would wait for ever. 1: taken; SP_CTX_BUSY: not within the time; 0: an error. */
 #define SP_CALLBACK_WRITE_MS 2000
 
 static int write_lock_within(ctx_guard *g)
 {
     long long end;
-    if (!holds_a_read_lock())
+    if (!held_here(NULL))
         return write_lock(g);
     sp_counter_bump(&g->users);
     end = sp_mono_ms() + SP_CALLBACK_WRITE_MS; /* (a clock: Windows' Sleep(1) is ~15 ms) */
@@ -314,7 +305,7 @@ static int write_lock_within(ctx_guard *g)
         sp_sleep_ms(1);
     }
     sp_counter_drop(&g->users);
-    return 0;
+    return SP_CTX_BUSY;
 }
 
 int sp_ctx_config_lock(SSL_CTX *ctx)
@@ -326,8 +317,14 @@ int sp_ctx_config_lock(SSL_CTX *ctx)
         return sp_flag_get(&g->sealed) ? 0 : SP_CTX_IN_HANDSHAKE;
     if (g->orphaned)
         return sp_flag_get(&g->sealed) ? 0 : SP_CTX_FORKED;
-    if (!write_lock_within(g))
-        return holds_a_read_lock() ? SP_CTX_BUSY : -1;
+    switch (write_lock_within(g)) {
+    case 1:
+        break;
+    case SP_CTX_BUSY:
+        return SP_CTX_BUSY;
+    default:
+        return -1;
+    }
     if (g->sealed) {
         unlock_write(g);
         return 0;
@@ -348,7 +345,7 @@ void sp_ctx_seal(SSL_CTX *ctx)
     /* (from a callback of its own handshake, or orphaned: no change can be in progress) */
     if (held_here(ctx) || g->orphaned) {
         sp_flag_set(&g->sealed, 1);
-    } else if (write_lock_within(g)) {
+    } else if (write_lock_within(g) == 1) {
         sp_flag_set(&g->sealed, 1);
         unlock_write(g);
     } /* (else from a callback, and other handshakes held it for SP_CALLBACK_WRITE_MS: the C

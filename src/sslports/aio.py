@@ -752,9 +752,11 @@ class _SSLProtocol(AioConnection, asyncio.BufferedProtocol):
         if transport is None or self.is_lost or transport.is_closing():
             return  # (the peer's EOF closed it: eof_received)
         buffered = transport.get_write_buffer_size()
-        delivered = buffered == 0 and not _lib.sp_fd_linger_needed(fd)
+        in_kernel = _lib.sp_fd_unsent(fd)
+        # (a small tail that has left is delivered: sp_fd_linger_needed asks the kernel again)
+        delivered = buffered == 0 and (in_kernel == 0 or not _lib.sp_fd_linger_needed(fd))
         now = self.loop.time()
-        left = buffered + _lib.sp_fd_unsent(fd)
+        left = buffered + in_kernel
         if left < self.linger_left:  # the peer took some: it reads, slowly maybe; wait on
             self.linger_until = min(now + _LINGER_SECONDS, self.linger_most)
         self.linger_left = left
