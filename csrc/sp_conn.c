@@ -385,14 +385,21 @@ static void capture_ssl_error(sp_conn *c, int ssl_error, sp_err *err)
     sp_err_drain(err);
 }
 
+/* The handshake ended (ssl_lock held): the cache forgets the peer's sessions if the server did
+ * not resume the one offered (sp_session.c), and files a TLS 1.2 session the handshake made. */
+static void sessions_when_established(sp_conn *c);
+
 /* A real failure: the session must not be resumed (RFC 5246 7.2.2). Our copy (see
- * keep_new_session), possibly cached by the context already, shares that fate; the dead
- * session is still handed out, so that it replaces an older one the context holds for the
- * same peer (ssl_lock held). */
+ * keep_new_session) shares that fate, and the context's cache forgets every session it holds
+ * for this peer: TLS 1.3 tickets that other connections got from the same peer too (a
+ * forged record may be one of a man in the middle's; the next connection starts afresh)
+ * (ssl_lock held). */
 static void invalidate_session(sp_conn *c)
 {
     if (c->session != NULL)
         SSL_CTX_remove_session(SSL_get_SSL_CTX(c->ssl), c->session);
+    if (c->cache_key != NULL)
+        sp_session_forget(SSL_get_SSL_CTX(c->ssl), c->cache_key);
 }
 
 /* The reason a connection is broken when there was no memory for a copy of the real one. */
@@ -1857,6 +1864,7 @@ int sp_handshake(sp_conn *c, int wait_ms, sp_err *err)
         if (r == 1) {
             c->established = 1;
             c->handshake_waits = 0; /* (a later renegotiation starts with our own flight) */
+            sessions_when_established(c);
 #ifdef SSL_OP_IGNORE_UNEXPECTED_EOF
             /* From now on a transport EOF is not fatal to OpenSSL: we still write (see EOF) */
             SSL_set_options(c->ssl, SSL_OP_IGNORE_UNEXPECTED_EOF);
@@ -2291,6 +2299,24 @@ static int fits_a_client_hello(const SSL_SESSION *session)
     return len <= 0xFF00 - SP_TICKET_ROOM;
 }
 
+/* Is a session of this connection safe to resume? TLS 1.2 without the extended master secret
+ * is not: a man in the middle can give two sessions (ours with it, its own with the server)
+ * one master secret, and resuming both makes them alike down to their Finished messages
+ * (RFC 7627's triple handshake: client authentication and tls-unique then carry over). We do
+ * not offer such sessions again (RFC 7627 5.3 discourages it). */
+static int safe_to_resume(SSL *ssl)
+{
+    return SSL_version(ssl) >= TLS1_3_VERSION || SSL_get_extms_support(ssl) == 1;
+}
+
+/* File the connection's newest session in its context's cache (ssl_lock held). */
+static void file_session(sp_conn *c)
+{
+    if (c->cache_key != NULL && c->session != NULL && fits_a_client_hello(c->session)
+        && safe_to_resume(c->ssl))
+        sp_session_store(SSL_get_SSL_CTX(c->ssl), c->cache_key, c->cache_epoch, c->session);
+}
+
 /* OpenSSL hands every new session (TLS 1.3: each ticket, after the handshake) to this
  * callback, inside SSL_read/SSL_do_handshake, so ssl_lock is held. Keep the newest, and file
  * it in the context's cache for the next connection to this peer (sp_session.c). */
@@ -2311,9 +2337,22 @@ static int keep_new_session(SSL *ssl, SSL_SESSION *session)
     }
     SSL_SESSION_free(c->session);
     c->session = copy;
-    if (c->cache_key != NULL && fits_a_client_hello(copy))
-        sp_session_store(SSL_get_SSL_CTX(ssl), c->cache_key, c->cache_epoch, copy);
+    if (SSL_version(ssl) >= TLS1_3_VERSION)
+        file_session(c);
+    else
+        c->file_when_established = 1; /* (whether it used the EMS is known only then) */
     return 0; /* OpenSSL keeps its reference; we keep the copy */
+}
+
+static void sessions_when_established(sp_conn *c)
+{
+    if (c->offered && !SSL_session_reused(c->ssl) && c->cache_key != NULL)
+        sp_session_forget(SSL_get_SSL_CTX(c->ssl), c->cache_key);
+    c->offered = 0;
+    if (c->file_when_established) {
+        c->file_when_established = 0;
+        file_session(c);
+    }
 }
 
 int sp_ctx_track_sessions(SSL_CTX *ctx)
@@ -2334,7 +2373,8 @@ int sp_conn_use_session_cache(sp_conn *c, const char *host, int port, unsigned l
     c->cache_epoch = epoch;
     cached = sp_session_lookup(SSL_get_SSL_CTX(c->ssl), c->cache_key, epoch);
     if (cached != NULL) {
-        sp_conn_set_session(c, cached); /* one that cannot be used: a full handshake */
+        /* (one that cannot be used: a full handshake) */
+        c->offered = sp_conn_set_session(c, cached);
         SSL_SESSION_free(cached);
     }
     return 1;

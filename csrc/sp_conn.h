@@ -111,6 +111,11 @@ struct sp_conn {
     /* client: the peer key its context's session cache files that session under, or NULL */
     char *cache_key;
     unsigned long long cache_epoch; /* the verify policy's cache epoch it was set up under */
+    /* client: it offered a session from the cache (the cache forgets the peer's sessions if
+     * the server does not resume it); `session`, a TLS 1.2 one, waits for the handshake's
+     * end to be filed (ssl_lock) */
+    int offered;
+    int file_when_established;
 
     /* sticky end states (ssl_lock) */
     int eof_status;   /* 0, SP_EOF or SP_RAGGED_EOF */

@@ -1,14 +1,27 @@
 /* sp_session.c - a client context's session cache, so that ssl_connect resumes by itself.
  *
- * One entry per peer key ("host:port", sp_session_key), holding the newest resumable session
- * a server gave any connection to that peer: the connection's new-session callback stores it
- * as soon as OpenSSL hands it over (TLS 1.3: each ticket, after the handshake; TLS 1.2: during
- * it), and the next connection to that peer looks it up when it is set up. Both happen in C,
+ * One entry per peer key ("host:port", sp_session_key), holding the resumable sessions a
+ * server gave connections to that peer: the connection's new-session callback stores each as
+ * soon as OpenSSL hands it over (TLS 1.3: each ticket, after the handshake; TLS 1.2: during
+ * it), and the next connection to that peer looks one up when it is set up. Both happen in C,
  * so neither a connect nor a close runs any Python for it.
+ *
+ * A TLS 1.3 ticket is used once (RFC 8446 C.4): it travels in the clear, so a ticket offered
+ * again would link the connections that offer it for anyone watching. A lookup takes the
+ * newest ticket out of the entry, which keeps the last SP_TICKETS_PER_PEER (a server gives two
+ * per full handshake and one per resumption, OpenSSL's defaults; a few cover connections
+ * opened together). A TLS 1.2 session (an id or a ticket the server may renew) stays, shared,
+ * until a newer one replaces it. When the server does not resume the session offered, the
+ * cache forgets every session of that peer (sp_session_forget): they are as old or older, and
+ * the server's (a restart, new ticket keys, a changed configuration) would decline them too,
+ * each time in the clear; an OpenSSL server that declines a ticket does not even send new
+ * ones, so a client that went on offering old tickets would not resume again before they
+ * ran out.
  *
  * The cache hangs off the SSL_CTX (ex_data) and dies with it. The session objects are shared
  * with the connections (sp_conn.c keep_new_session): a connection that fails for real marks
- * its session unresumable (SSL_CTX_remove_session), and a lookup then drops that entry.
+ * its session unresumable (SSL_CTX_remove_session) and makes the cache forget every session
+ * of its peer.
  * Entries are searched linearly by a hash first: at most SP_SESSION_CACHE_SIZE of them, a few
  * hundred integer compares beside a handshake. One mutex guards the table; nothing waits
  * while holding it.
@@ -30,7 +43,8 @@ typedef struct {
     char *key;              /* NULL: a free slot */
     uint32_t hash;
     unsigned long long used; /* the cache's clock when last stored or found */
-    SSL_SESSION *session;
+    int n;                   /* sessions held, oldest first: TLS 1.3 tickets, or one TLS 1.2 */
+    SSL_SESSION *sessions[SP_TICKETS_PER_PEER];
 } cache_entry;
 
 typedef struct session_cache {
@@ -94,9 +108,26 @@ static void delist(session_cache *cache) { (void)cache; }
 
 static void clear_entry(cache_entry *e)
 {
+    int i;
     free(e->key);
-    SSL_SESSION_free(e->session);
+    for (i = 0; i < e->n; i++)
+        SSL_SESSION_free(e->sessions[i]);
     memset(e, 0, sizeof *e);
+}
+
+/* A TLS 1.3 ticket, which a lookup takes out (see the top). */
+static int single_use(const SSL_SESSION *s)
+{
+    return SSL_SESSION_get_protocol_version(s) >= TLS1_3_VERSION;
+}
+
+/* Take e's session i out of it (cache lock held); the caller owns its reference. */
+static SSL_SESSION *take_out(cache_entry *e, int i)
+{
+    SSL_SESSION *s = e->sessions[i];
+    memmove(&e->sessions[i], &e->sessions[i + 1], (size_t)(e->n - i - 1) * sizeof s);
+    e->sessions[--e->n] = NULL;
+    return s;
 }
 
 static void free_cache(void *parent, void *ptr, CRYPTO_EX_DATA *ad, int idx, long argl, void *argp)
@@ -214,12 +245,19 @@ SSL_SESSION *sp_session_lookup(SSL_CTX *ctx, const char *key, unsigned long long
     sp_mutex_lock(&cache->lock);
     if (epoch == cache->epoch) /* (else: set up under a policy the context has since changed) */
         e = find(cache, key, hash_key(key));
-    if (e != NULL && !SSL_SESSION_is_resumable(e->session)) {
-        clear_entry(e); /* a connection that used it failed */
-    } else if (e != NULL && SSL_SESSION_up_ref(e->session)) {
-        s = e->session;
+    /* (the newest first; one that a connection which used it failed on goes) */
+    while (e != NULL && e->n > 0 && !SSL_SESSION_is_resumable(e->sessions[e->n - 1]))
+        SSL_SESSION_free(take_out(e, e->n - 1));
+    if (e != NULL && e->n > 0) {
+        SSL_SESSION *newest = e->sessions[e->n - 1];
+        if (single_use(newest))
+            s = take_out(e, e->n - 1);
+        else if (SSL_SESSION_up_ref(newest))
+            s = newest;
         e->used = ++cache->clock;
     }
+    if (e != NULL && e->n == 0)
+        clear_entry(e);
     sp_mutex_unlock(&cache->lock);
     return s;
 }
@@ -241,9 +279,13 @@ void sp_session_store(SSL_CTX *ctx, const char *key, unsigned long long epoch,
         return;
     }
     e = find(cache, key, hash);
-    if (e != NULL) { /* the same peer: the newer session replaces the older */
-        SSL_SESSION_free(e->session);
-        e->session = session;
+    if (e != NULL) { /* the same peer: a ticket joins the tickets, else it replaces all */
+        if (!single_use(session) || (e->n > 0 && !single_use(e->sessions[0])))
+            while (e->n > 0)
+                SSL_SESSION_free(take_out(e, e->n - 1));
+        if (e->n == SP_TICKETS_PER_PEER)
+            SSL_SESSION_free(take_out(e, 0)); /* the oldest */
+        e->sessions[e->n++] = session;
     } else if ((copy = malloc(key_size)) == NULL) {
         SSL_SESSION_free(session); /* out of memory: not cached, the next connect is full */
     } else {
@@ -256,9 +298,23 @@ void sp_session_store(SSL_CTX *ctx, const char *key, unsigned long long epoch,
         clear_entry(e);
         e->key = copy;
         e->hash = hash;
-        e->session = session;
+        e->sessions[0] = session;
+        e->n = 1;
     }
     if (e != NULL)
         e->used = ++cache->clock;
+    sp_mutex_unlock(&cache->lock);
+}
+
+void sp_session_forget(SSL_CTX *ctx, const char *key)
+{
+    session_cache *cache = cache_of(ctx);
+    cache_entry *e;
+    if (cache == NULL)
+        return;
+    sp_mutex_lock(&cache->lock);
+    e = find(cache, key, hash_key(key));
+    if (e != NULL)
+        clear_entry(e);
     sp_mutex_unlock(&cache->lock);
 }

@@ -290,6 +290,12 @@ static int tls_unique_locked(sp_conn *c, unsigned char *out, size_t cap, size_t 
         fail(err, "tls-unique is not defined for TLS 1.3");
         return 0;
     }
+    if (SSL_session_reused(c->ssl) && SSL_get_extms_support(c->ssl) != 1) {
+        /* (RFC 7627: a man in the middle can make two such sessions' Finished alike) */
+        fail(err, "tls-unique is not unique on a session resumed without the extended master "
+                  "secret (RFC 7627, the triple handshake)");
+        return 0;
+    }
     *outlen = first_is_ours ? SSL_get_finished(c->ssl, out, cap)
                             : SSL_get_peer_finished(c->ssl, out, cap);
     if (*outlen == 0 || *outlen > cap) {

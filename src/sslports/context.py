@@ -339,10 +339,11 @@ class _Context(NotCopyable):
         self._conn_policy = (self._verify_flags(), self._verify_hostname, epoch)
 
     def _identity_changed(self) -> None:
-        """After this end's certificate or key, or its trusted roots, changed: a resumed session
-        carries what its full handshake saw (the certificate each end showed, the verdict on
-        the peer's), so no session made before is resumed, by a client (its cache) or by a
-        server (its session id context, csrc/sp_ctx.c)."""
+        """After this end's certificate or key, its trusted roots, or the cipher suites it allows
+        changed: a resumed session carries what its full handshake saw (the certificate each
+        end showed, the verdict on the peer's, the suite), so no session made before is
+        resumed, by a client (its cache) or by a server (its session id context,
+        csrc/sp_ctx.c)."""
         _binding.lib.sp_ctx_identity_changed(self._ptr)
         self._policy_changed()
 
@@ -907,6 +908,10 @@ def _set_cipher_spec(
             raise SSLError(
                 f"{func}: {what} failed ({reason}: {spec!r}{hint})", openssl_errors=errors
             )
+    # A session keeps the suite it was made with: a server would go on resuming (TLS 1.2) a
+    # suite it no longer allows, and a client would offer sessions whose suite it no longer
+    # offers (a TLS 1.2 server then refuses the connection with an alert).
+    ctx._identity_changed()
 
 
 def _cipher_hint(setter: str, spec: str) -> str:
