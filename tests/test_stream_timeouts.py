@@ -4,6 +4,7 @@ before its fix."""
 
 from __future__ import annotations
 
+import contextlib
 import io
 import os
 import socket
@@ -200,3 +201,80 @@ def test_a_nonblocking_stream_without_data_in_the_handshake_names_the_function_o
     assert str(info.value) == (
         "ports_to_ssl_ports: accept failed (input_port has no data (non-blocking))"
     )
+
+
+@pytest.mark.parametrize("buffering", [0, -1], ids=["raw", "buffered"])
+def test_a_handshake_that_timed_out_on_a_silent_socket_leaves_no_thread(
+    pki: Any, buffering: int
+) -> None:
+    """A server over a TCP socket's streams (ports_to_ssl_ports, timeout=) meets a client that
+    connects and says nothing (slowloris): the handshake times out, and the receiver thread's
+    read of the socket, still outstanding, ended only when the client spoke or left: one thread
+    and its buffers per such client, and the caller's close of the socket sent no FIN (the read
+    held it). Now the failed handshake shuts the socket's reading side: the thread ends, and
+    the client sees the server's close."""
+    with socket.create_server(("127.0.0.1", 0)) as listener:
+        client = socket.create_connection(listener.getsockname())
+        sock, _addr = listener.accept()
+    with client:
+        s_in = sock.makefile("rb", buffering=buffering)
+        s_out = sock.makefile("wb")
+        with pytest.raises((SSLError, TimeoutError)):
+            sslports.ports_to_ssl_ports(
+                s_in, s_out, mode="accept", context=pki.server_context(), timeout=0.3
+            )
+        assert _receivers_gone()
+        for f in (s_in, s_out, sock):
+            f.close()  # (a buffered stream's close waited for the read)
+        client.settimeout(10)
+        assert client.recv(1) == b""  # the server's FIN (a reset would raise)
+
+
+def _new_threads(name: str, before: set[threading.Thread]) -> list[threading.Thread]:
+    return [t for t in threading.enumerate() if t.name == name and t not in before]
+
+
+def test_a_close_gives_up_on_a_socket_peer_that_reads_nothing(
+    pki: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """close_original=True over a TCP socket's streams, to a client (Python's ssl) that never
+    reads: the close returns while the sender thread still writes (it writes on for a slow
+    reader), and that thread, the socket and up to 1 MiB of queued ciphertext stayed until the
+    peer read or left. Now, as a socket port's lingering close, it gives up once the peer took
+    nothing for _LINGER_SECONDS (here 0.5 s): the socket is shut down, the write fails, the
+    thread ends and closes the stream."""
+    monkeypatch.setattr(sslports._streams, "_CLOSE_STALL", 0.3)
+    monkeypatch.setattr(sslports._streams, "_LINGER_SECONDS", 0.5)
+    before = set(threading.enumerate())
+    with socket.create_server(("127.0.0.1", 0)) as listener:
+        c_sock = socket.create_connection(listener.getsockname())
+        s_sock, _addr = listener.accept()
+    s_in, s_out = s_sock.makefile("rb", buffering=0), s_sock.makefile("wb", buffering=0)
+    s_sock.close()  # (the streams hold it: close_original closes them)
+    accept = run_in_thread(
+        lambda: sslports.ports_to_ssl_ports(
+            s_in, s_out, mode="accept", context=pki.server_context(), close_original=True
+        )
+    )
+    py_ctx = pki.py_client_context("tls13")
+    with py_ctx.wrap_socket(c_sock, server_hostname="localhost") as client:
+        inp, out = accept(30)
+        out.settimeout(0.5)
+        with pytest.raises((TimeoutError, SSLError)):
+            for _ in range(64):  # until the client's buffers and the sender's queue are full
+                out.write(b"x" * (1 << 20))
+        for p in (inp, out):  # (the output port's flush of what the write kept times out)
+            with contextlib.suppress(TimeoutError, SSLError):
+                p.close()
+        assert out.closed
+        assert _new_threads("sslports-sender", before), "the sender was not left writing"
+        for _ in range(250):
+            if not _new_threads("sslports-sender", before):
+                break
+            threading.Event().wait(0.02)
+        assert not _new_threads("sslports-sender", before), "the sender still writes"
+        assert s_out.closed
+        client.settimeout(10)
+        with contextlib.suppress(OSError):  # (a reset or a bad record: the stream was cut)
+            while client.recv(1 << 20):
+                pass  # what the server had sent, then its close

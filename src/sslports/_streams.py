@@ -40,7 +40,7 @@ from collections.abc import Iterator
 from typing import Any, Callable, Optional, Union
 
 from . import _binding
-from ._timing import _SLICE_MS, _Deadline, _deadline
+from ._timing import _LINGER_MOST_SECONDS, _LINGER_SECONDS, _SLICE_MS, _Deadline, _deadline
 from .errors import SSLError, SSLTimeoutError
 
 _TRANSPORT_CHUNK = 65536
@@ -563,6 +563,13 @@ def _kernel_backlog(out: Any) -> Callable[[], int]:
     return backlog
 
 
+def _socket_of(stream: Any) -> Optional[socket.socket]:
+    """The socket under a socket's stream (`sock.makefile(...)`, buffered or not), or None."""
+    raw = getattr(stream, "raw", stream)
+    sock = getattr(raw, "_sock", None) if isinstance(raw, socket.SocketIO) else None
+    return sock if isinstance(sock, socket.socket) else None
+
+
 def _wake_socket_reader(stream: Any) -> None:
     """close_original, with a read of the input stream still outstanding: if the stream is a
     socket's (`sock.makefile("rb")`, buffered or not), shut the socket's reading side down, so
@@ -571,9 +578,8 @@ def _wake_socket_reader(stream: Any) -> None:
     the stream and its socket sends) waits forever, as does the thread in the read. Nothing is
     sent to the peer; what it still sends is dropped, as the closed port would. (A stream of
     another kind cannot be woken: timeouts.md.)"""
-    raw = getattr(stream, "raw", stream)
-    sock = getattr(raw, "_sock", None) if isinstance(raw, socket.SocketIO) else None
-    if isinstance(sock, socket.socket):
+    sock = _socket_of(stream)
+    if sock is not None:
         with contextlib.suppress(OSError):
             sock.shutdown(socket.SHUT_RD)
 
@@ -1070,6 +1076,39 @@ class _StreamTransport:
         (a peer that no longer reads cannot hold the caller), like the alert's own push."""
         self.sender.drain(_ABANDON_DRAIN)
         self.close(False, 0)
+        # A read of the receiver's still outstanding (a peer that sent nothing more: the
+        # handshake timed out) would keep its thread, and the socket under a socket's stream
+        # (the caller's close cannot end the read: no FIN goes out), until the peer speaks or
+        # leaves, and take what it sends then. The stream is of no more use to TLS: a
+        # socket's is woken, its reading side shut (the caller reads EOF); a stream of
+        # another kind waits for its peer (timeouts.md).
+        receiver = self.receiver
+        if receiver is not None:
+            with receiver.lock:  # (stopped by close: no read starts after this look)
+                reading = receiver.reading
+            if reading:
+                _wake_socket_reader(self.inp)
+
+    def give_up_later(self) -> None:
+        """close_original, and the sender still writes after the close (a peer that does not
+        read): over a socket's stream it writes on while the peer takes some, as a socket
+        port's lingering close does (_LINGER_SECONDS without progress, _LINGER_MOST_SECONDS
+        in all), then shuts the socket down, which fails the write: the thread ends, and
+        closes the stream, instead of holding both, and the queue, until the peer reads or
+        leaves. A stream of another kind cannot be woken (threading.md)."""
+        sock = _socket_of(self.out)
+        if sock is None:
+            return
+        sender = self.sender
+        mark = sender.put_total
+
+        def watch() -> None:
+            self.wait_written(_deadline(_LINGER_MOST_SECONDS), mark, _LINGER_SECONDS)
+            if not sender.drain_written(0, mark):
+                with contextlib.suppress(OSError):
+                    sock.shutdown(socket.SHUT_RDWR)
+
+        threading.Thread(target=watch, name="sslports-stream-linger", daemon=True).start()
 
     def close(self, close_original: bool, timeout: Optional[float]) -> None:
         # Every byte written goes to the output stream before close() returns, also when the
@@ -1101,6 +1140,8 @@ class _StreamTransport:
             # buffered stream's close() would then abort the process ("could not acquire lock
             # ... at interpreter shutdown"). Left open: the process is ending.
             stuck = sender.writing if sys.is_finalizing() else sender.close_when_done()
+            if stuck and not sys.is_finalizing():
+                self.give_up_later()
             if not deferred and not (stuck and self.out is self.inp):
                 self.close_input()
             if self.out is not self.inp and not stuck:  # (one object for both: close_input)

@@ -12,6 +12,12 @@ from . import _binding
 # sockets' receive timeout to it (a read that waits a whole slice waits inside recv()).
 _SLICE_MS = 50 if _binding.lib is None else int(_binding.lib.SP_WAIT_SLICE_MS)
 
+# A close whose last bytes the peer has not taken yet goes on sending them in the background
+# (a socket port's lingering close, aio's, a stream port's sender with close_original) while
+# the peer takes some: it gives up on a peer that took none for this long (seconds) ...
+_LINGER_SECONDS = 10.0
+_LINGER_MOST_SECONDS = 300.0  # ... and on one that takes a few now and then, after this
+
 
 # A Ctrl-C (KeyboardInterrupt) or sys.exit() (SystemExit) that came while a callback into
 # Python ran inside an OpenSSL call (sni.py _keylog, _sni; also at the callback's first line,

@@ -58,15 +58,16 @@ from typing import Any, Callable, Optional, Union
 
 from . import _binding
 from ._binding import build_error
-from ._timing import BREAKS, drop_break, raise_break_from_callback
+from ._timing import (
+    _LINGER_MOST_SECONDS,
+    _LINGER_SECONDS,
+    BREAKS,
+    drop_break,
+    raise_break_from_callback,
+)
 from .context import SSLClientContext, SSLServerContext, _Context, encode_alpn, literal_family
 from .errors import SSLError, SSLNetworkError, SSLTimeoutError
-from .ports import (
-    _LINGER_MOST_SECONDS,
-    _LINGER_POLL_MS,
-    _LINGER_SECONDS,
-    check_handshake_timeout,
-)
+from .ports import _LINGER_POLL_MS, check_handshake_timeout
 from .verify import cipher_info, peer_certificate
 
 _BUF = 1 << 18  # per-thread receive and ciphertext buffers (asyncio's max_size)

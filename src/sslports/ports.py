@@ -45,6 +45,8 @@ from . import _binding
 from ._binding import build_error
 from ._streams import _ABANDON_DRAIN, _StreamTransport, _transport_error, _TransportError
 from ._timing import (
+    _LINGER_MOST_SECONDS,
+    _LINGER_SECONDS,
     _NO_DEADLINE,
     _SLICE_MS,
     BREAKS,
@@ -261,8 +263,6 @@ class _PortLock:
 _new_lock: Callable[..., Any] = _PortLock if _fastport is None else _fastport.Lock
 
 
-_LINGER_SECONDS = 10.0  # longest a lingering close waits for a peer that takes none of its bytes
-_LINGER_MOST_SECONDS = 300.0  # ... and for one that takes a few now and then
 _LINGER_MAX = 256  # sockets lingering at once; past that, the last close closes at once
 _LINGER_POLL_MS = 20  # how often the lingerer looks at the send queues
 # How long a last close that would linger waits for another thread's call on the connection to
