@@ -40,7 +40,7 @@ from conftest import (
 )
 
 import sslports
-from sslports import _streams, ports
+from sslports import SSLNetworkError, _streams, ports
 
 LOCAL = "127.0.0.1"
 needs_fast = pytest.mark.skipif(not FAST_BUILT, reason="no C fast path on this interpreter")
@@ -2157,3 +2157,82 @@ def test_free_threaded_fast_path_runs_in_parallel_without_the_gil() -> None:
     )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert proc.stdout.split()[-2:] == ["gil", "False"], proc.stdout + proc.stderr
+
+
+@pytest.mark.parametrize("op", ["read", "readline", "peek", "write"])
+def test_a_signal_handler_closing_both_ports_inside_a_call_closes_the_socket(
+    path: str, pair: tuple[Any, Any, Any, Any], op: str
+) -> None:
+    """A SIGALRM handler closes both ports while this thread waits in a call on them (a "stop
+    on a signal" handler). The last close waited for the call's lock, which this thread holds:
+    it raised RuntimeError ("reentrant call"), as did the call, the socket stayed open for good
+    (the close was claimed: a second one did nothing; a ResourceWarning at exit), and under a
+    write it first stalled 2 s. Now the handler's close returns at once, the call ends as under
+    another thread's close (a read: EOF; a write: the broken pipe), and the socket is closed
+    as soon as the call has left."""
+    cin, cout, sin, _sout = pair
+    sock = cin._sslports_conn.transport.sock
+    took: list[float] = []
+
+    def close_both(signum: int, frame: Any) -> None:
+        start = time.monotonic()
+        cin.close()
+        cout.close()
+        took.append(time.monotonic() - start)
+
+    old = signal.signal(signal.SIGALRM, close_both)
+    try:
+        signal.setitimer(signal.ITIMER_REAL, 0.2)
+        if op == "write":  # (the server reads nothing: the write waits for room)
+            with pytest.raises(SSLNetworkError, match="Broken pipe"):
+                cout.write(b"q" * (16 << 20))
+        else:
+            assert (cin.read(100) if op == "read" else getattr(cin, op)()) == b""
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, old)
+    assert took and took[0] < 0.5, took
+    assert cin.closed and cout.closed
+    for _ in range(250):  # (closed by a thread of the close, once the call has left)
+        if sock.fileno() == -1:
+            break
+        time.sleep(0.02)
+    assert sock.fileno() == -1, "the socket was left open"
+    sin.settimeout(10)
+    if op == "write":
+        while sin.read1(1 << 20):
+            pass  # what the write had sent
+    assert sin.read1(100) == b""  # the client's close: EOF
+
+
+def test_read1_of_a_huge_size_that_waits_costs_what_arrives(
+    path: str, pair: tuple[Any, Any, Any, Any]
+) -> None:
+    """read1(256 MiB) that has to wait for 5 bytes grew the process by 256 MiB (the C path
+    copied its whole buffer into the continuation's; the Python path zero-filled it, also
+    without a wait): it returns the 5 bytes, and at most 1 MiB of a large amount (read1 is
+    "at most n", io's returns at most its buffer)."""
+    cin, _cout, _sin, sout = pair
+
+    def peak_kib() -> int:
+        """The process's peak RSS since the last reset (VmHWM)."""
+        with open("/proc/self/status") as f:
+            return next(int(line.split()[1]) for line in f if line.startswith("VmHWM:"))
+
+    def send_later() -> None:
+        time.sleep(0.2)  # (more than a wait slice: the read waits)
+        sout.write(b"hello")
+        sout.flush()
+
+    sender = run_in_thread(send_later)
+    with open("/proc/self/clear_refs", "w") as f:
+        f.write("5")  # (resets VmHWM to the RSS now)
+    before = peak_kib()
+    assert cin.read1(1 << 28) == b"hello"
+    assert peak_kib() - before < 64 * 1024, "the read grew the process by its size"
+    sender(10)
+    sout.write(b"z" * (3 << 20))
+    sout.flush()
+    got = cin.read1(1 << 28)
+    assert 0 < len(got) <= 1 << 20
+    assert read_exactly(cin, (3 << 20) - len(got)) == b"z" * ((3 << 20) - len(got))

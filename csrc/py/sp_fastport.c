@@ -174,6 +174,9 @@ static int slice_ms = 50;
 #define LINGER_WAKE_US (20000LL * slice_ms) /* ports.py _LINGER_WAKE: 20 wait slices, in us */
 static PyObject *zero, *shut_rdwr, *shut_wr; /* 0; socket.SHUT_RDWR, SHUT_WR */
 #define READ_CHUNK 65536 /* what readline reads at a time (ports.py _READ_CHUNK) */
+/* The most read1(n) returns (ports.py _READ1_MOST): "at most n", as io's returns at most its
+ * buffer; a huge n would otherwise cost its whole size in memory once the read waits. */
+#define READ1_MOST (1 << 20)
 static Py_ssize_t record_size = 16384;
 static PyObject *read_all;  /* read_all(reader, conn) -> bytes: read(-1) and read(None) */
 static PyObject *str_closed; /* "closed" (interned) */
@@ -912,6 +915,8 @@ static PyObject *read_bytes(Port *self, PyObject *port, PyObject *args, int fill
             return PyObject_CallFunctionObjArgs(read_all, port, self->conn, NULL);
         size = 65536;
     }
+    if (!fill && size > READ1_MOST)
+        size = READ1_MOST;
     if (self->conn == NULL) {
         PyErr_SetString(PyExc_ValueError, "I/O operation on closed SSL port");
         return NULL;
@@ -934,7 +939,9 @@ static PyObject *read_bytes(Port *self, PyObject *port, PyObject *args, int fill
     }
     /* (the lock is held: the bytes read so far move to the continuation's buffer; without
      * memory for it, to the kept bytes) */
-    buf = PyByteArray_FromStringAndSize(PyBytes_AS_STRING(out), size);
+    buf = PyByteArray_FromStringAndSize(NULL, size); /* (untouched beyond what came) */
+    if (buf != NULL)
+        memcpy(PyByteArray_AS_STRING(buf), PyBytes_AS_STRING(out), got);
     if (buf == NULL) {
         if (got > 0)
             keep_front(self, PyBytes_AS_STRING(out), got);
@@ -1878,9 +1885,7 @@ static PyObject *conn_last_closed(PyObject *conn, PyObject *timeout)
         return PyObject_CallMethodOneArg(conn, str_last_port_closed, timeout);
     if ((yes = attr_true(conn, str_caches_session)) < 0)
         return NULL;
-    if (PyObject_SetAttr(conn, str_addr, zero) < 0
-        || PyObject_SetAttr(conn, str_closed, Py_True) < 0
-        || (transport = PyObject_GetAttr(conn, str_transport)) == NULL
+    if ((transport = PyObject_GetAttr(conn, str_transport)) == NULL
         || (sock = PyObject_GetAttr(transport, str_sock)) == NULL
         || (locks[0] = PyObject_GetAttr(conn, str_read_lock)) == NULL
         || (locks[1] = PyObject_GetAttr(conn, str_write_lock)) == NULL)
@@ -1889,6 +1894,16 @@ static PyObject *conn_last_closed(PyObject *conn, PyObject *timeout)
         PyErr_SetString(PyExc_TypeError, "close: the direction locks are not _fastport.Lock");
         goto done;
     }
+    /* Closed from a signal handler or a callback inside this thread's own call on the
+     * connection, which holds its lock: the Python method closes the socket from a thread of
+     * its own once that call has left (waiting here would wait for itself). */
+    if (lock_owned((Lock *)locks[0]) || lock_owned((Lock *)locks[1])) {
+        r = PyObject_CallMethodOneArg(conn, str_last_port_closed, timeout);
+        goto done;
+    }
+    if (PyObject_SetAttr(conn, str_addr, zero) < 0
+        || PyObject_SetAttr(conn, str_closed, Py_True) < 0)
+        goto done;
     /* Tickets that already arrived go to the session cache, unless a read in another thread is
      * still under way (the read lock is held): the drain's SSL_read would take application
      * data from between the bytes that read returns (ports.py last_port_closed). */
@@ -2038,7 +2053,10 @@ static int write_ends_soon(Lock *lock, in_flight *f)
      * this sees it. (Peeking at `locked` instead, a free-threaded build's relaxed loads could
      * each miss the other side's store: a write that saw no close, a close that saw no
      * write, and the write's bytes after close_notify.) */
-    int r = lock_wait(lock, CLOSE_WAIT_US);
+    int r;
+    if (lock_owned(lock)) /* (a close from a signal handler inside this thread's own write) */
+        return 0;
+    r = lock_wait(lock, CLOSE_WAIT_US);
     if (r > 0)
         lock_give(lock);
     else if (r < 0)

@@ -72,6 +72,9 @@ if _binding.lib is not None and (
 SOCKETS_MAY_BLOCK = _binding.lib is not None and bool(_binding.lib.SP_RECV_WAITS)
 _RECORD = 16384  # output buffering: up to one full TLS record is held (see SSLOutputPort.write)
 _READ_CHUNK = 65536
+# The most read1(n) returns ("at most n", as io's returns at most its buffer): a huge n would
+# otherwise cost its whole size in memory (sp_fastport.c READ1_MOST, the same)
+_READ1_MOST = 1 << 20
 _PEEK_MAX = 8192  # peek() returns at most this, unless asked for more (io.DEFAULT_BUFFER_SIZE)
 # Reads of fewer bytes read ahead (what arrived, up to _READ_CHUNK), as io.BufferedReader's do
 # (sp_fastport.c SMALL_READ). Not reads of 1 KiB or more: for request/response traffic that
@@ -1081,16 +1084,30 @@ class Connection:
                 sock.shutdown(socket.SHUT_RDWR)
             except OSError:
                 pass
-            with self.read_lock, self.write_lock:
-                pass
-            # Unread bytes would make close() answer with a reset, which also drops what the
-            # kernel still has to send (the end of the last write, to a slow reader).
-            _binding.lib.sp_conn_drop_unread(self.ptr)
-            self.transport.close(self.close_original, timeout)
+            if self.read_lock._is_owned() or self.write_lock._is_owned():
+                # Closed from a signal handler or a callback that runs inside this thread's
+                # own call on the connection, which holds its lock until it returns (its
+                # wait ends at the shutdown: EOF, or the closed connection's error): waiting
+                # here would wait for itself. A thread of its own closes the socket then.
+                threading.Thread(
+                    target=self.close_socket, args=(timeout,), name="sslports-close", daemon=True
+                ).start()
+                return
+            self.close_socket(timeout)
             return
         # A stream transport: bytes the output stream refused raise here, as a write's would.
         with self.transport_errors("close", "write"):
             self.transport.close(self.close_original, timeout)
+
+    def close_socket(self, timeout: Optional[float]) -> None:
+        """The last close's end (sp_fastport.c conn_last_closed, the same): once no call is in
+        the pump (each holds its direction's lock), close the socket."""
+        with self.read_lock, self.write_lock:
+            pass
+        # Unread bytes would make close() answer with a reset, which also drops what the
+        # kernel still has to send (the end of the last write, to a slow reader).
+        _binding.lib.sp_conn_drop_unread(self.ptr)
+        self.transport.close(self.close_original, timeout)
 
     def linger_when_idle(self, sock: _socket.socket) -> bool:
         """The last close of a socket whose kernel still holds bytes to deliver (sp_conn.c
@@ -1106,6 +1123,8 @@ class Connection:
             pass
         read_lock, write_lock = self.read_lock, self.write_lock
         read_before, write_before = read_lock._is_owned(), write_lock._is_owned()
+        if read_before or write_before:  # (this thread's own call: see last_port_closed)
+            return False
         try:
             if not read_lock.acquire(timeout=_LINGER_WAKE):
                 return False
@@ -1325,7 +1344,7 @@ class SSLInputPort(_SSLPort):
         size = _size_arg("read1", size)
         if size < 0:
             size = _READ_CHUNK
-        return self._read_new(size, False)
+        return self._read_new(min(size, _READ1_MOST), False)
 
     def _read_new(self, size: int, fill: bool, deadline: Optional[_Deadline] = None) -> bytes:
         """read / read1: up to `size` bytes (all of them when `fill`) as a new bytes. If an
@@ -1778,6 +1797,8 @@ def _write_ends_soon(lock: Any) -> bool:
     (sp_fastport.c write_ends_soon, the same). Taken, not only looked at (`locked()`): a write
     that takes it afterwards then sees the close claimed (free-threaded builds too)."""
     held_before = lock._is_owned()
+    if held_before:  # (a close from a signal handler inside this thread's own write)
+        return False
     try:
         return bool(lock.acquire(timeout=_CLOSE_WAIT))
     finally:
