@@ -2340,7 +2340,10 @@ static int keep_new_session(SSL *ssl, SSL_SESSION *session)
     if (SSL_version(ssl) >= TLS1_3_VERSION)
         file_session(c);
     else
-        c->file_when_established = 1; /* (whether it used the EMS is known only then) */
+        /* (whether it used the EMS is known only once SSL_do_handshake returned; a TLS 1.2
+         * renegotiation's session, made inside SSL_read, is not filed: the one the
+         * connection started with stays) */
+        c->file_when_established = !c->established;
     return 0; /* OpenSSL keeps its reference; we keep the copy */
 }
 
