@@ -648,7 +648,8 @@ def connected_ports(pki: Pki) -> Iterator[tuple[Any, Any, Any, Any]]:
 
 @pytest.fixture
 def servers() -> Iterator[list[Server]]:
-    """certs.Server instances a test starts (append them), closed after the test."""
+    """certs.Server (or BackgroundServer) instances a test starts (append them), closed after
+    the test."""
     made: list[Server] = []
     yield made
     for s in made:

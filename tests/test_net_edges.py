@@ -532,7 +532,7 @@ def test_listen_port_arguments(port: Any, exc: type[Exception]) -> None:
 @pytest.mark.parametrize(
     ("value", "exc", "says"),
     [(0, ValueError, "must be > 0, or None"), (0.0, ValueError, "must be > 0, or None"),
-     (-1, ValueError, "must be >= 0"), (float("nan"), ValueError, "must be a finite"),
+     (-1, ValueError, "must be > 0, or None"), (float("nan"), ValueError, "must be a finite"),
      ("30", TypeError, "must be a number"), (True, TypeError, "must be a number")],
 )  # fmt: skip
 def test_handshake_timeout_arguments(value: Any, exc: type[Exception], says: str) -> None:
@@ -1082,3 +1082,51 @@ def test_a_signal_handler_that_closes_the_listener_ends_ssl_accept() -> None:
     now, and each accept ends with 'listener is closed'."""
     said = _accept_signals("handler-closes")
     assert said == "{'ssl_accept: accept failed (listener is closed)': 600}", said
+
+
+def _python_tls_server(count: int) -> tuple[socket.socket, threading.Thread]:
+    """A Python ssl server (TEST_PEM) that echoes one line to each of `count` clients."""
+    listener = socket.create_server((LOCAL, 0))
+    tls = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    tls.load_cert_chain(sslports.TEST_PEM)
+
+    def serve() -> None:
+        for _ in range(count):
+            conn, _addr = listener.accept()
+            conn.settimeout(10)
+            with tls.wrap_socket(conn, server_side=True) as s:
+                s.sendall(s.recv(100))
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    return listener, thread
+
+
+def test_wrap_socket_keeps_the_socket_s_own_timeout() -> None:
+    """ssl_wrap_socket without timeout= took over the socket and dropped its timeout
+    (sock.settimeout(0.5)): against a server that says nothing, it waited for ever, where
+    Python's ssl raises TimeoutError after 0.5 s, and the ports had no timeout (a server
+    bounding silent clients by its sockets' timeout was held by each one). Now the socket's
+    timeout bounds the handshake and becomes the ports' timeout; a non-blocking socket's 0
+    does not (the ports take its blocking mode over); timeout= still decides when given."""
+    with socket.create_server((LOCAL, 0)) as silent:
+        sock = socket.create_connection(silent.getsockname())
+        sock.settimeout(0.5)
+        started = time.monotonic()
+        wrap = in_thread(lambda: sslports.ssl_wrap_socket(sock, hostname="localhost"))
+        with pytest.raises(TimeoutError):
+            wrap(10)
+        assert time.monotonic() - started < 5
+
+    listener, serving = _python_tls_server(3)
+    with listener:
+        for own, given, expected in [(3.0, None, 3.0), (0.0, None, None), (3.0, 7.0, 7.0)]:
+            sock = socket.create_connection(listener.getsockname())
+            sock.settimeout(own)
+            inp, out = sslports.ssl_wrap_socket(sock, hostname="localhost", timeout=given)
+            with inp, out:
+                assert (inp.gettimeout(), out.gettimeout()) == (expected, expected)
+                out.write(b"hi\n")
+                out.flush()
+                assert inp.readline() == b"hi\n"
+        serving.join(10)

@@ -185,14 +185,6 @@ def relays() -> Iterator[list[HelloRelay]]:
         relay.close()
 
 
-@pytest.fixture
-def servers() -> Iterator[list[BackgroundServer]]:
-    made: list[BackgroundServer] = []
-    yield made
-    for server in made:
-        server.close()
-
-
 def _echo_server(servers: list[BackgroundServer], ctx: Any) -> BackgroundServer:
     server = BackgroundServer(ctx, echo_line)
     servers.append(server)

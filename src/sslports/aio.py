@@ -162,7 +162,24 @@ __all__ = [
 
 def _lost(func: str, exc: BaseException) -> SSLNetworkError:
     """The error for a connection the raw side lost to `exc` (a reset, a broken pipe)."""
-    return SSLNetworkError(f"{func}: connection lost ({exc})", errno=getattr(exc, "errno", None))
+    return SSLNetworkError(f"{func}: connection lost ({exc})", errno=_errno_of(exc))
+
+
+# The errno a ConnectionError of asyncio's own stands for ("Connection lost" carries none)
+_CLASS_ERRNO = (
+    (BrokenPipeError, errno.EPIPE),
+    (ConnectionResetError, errno.ECONNRESET),
+    (ConnectionAbortedError, errno.ECONNABORTED),
+)
+
+
+def _errno_of(exc: Optional[BaseException]) -> Optional[int]:
+    """The errno of a failure, for the SSLNetworkError it becomes (README, asyncio.md: a reset
+    is `exc.errno == errno.ECONNRESET`, whichever call meets it)."""
+    number = getattr(exc, "errno", None)
+    if isinstance(number, int):
+        return number
+    return next((n for cls, n in _CLASS_ERRNO if isinstance(exc, cls)), None)
 
 
 def _ran_out(status: int, err: Any) -> bool:
@@ -710,7 +727,7 @@ class _SSLProtocol(AioConnection, asyncio.BufferedProtocol):
             await self.drain_waiter()
         if self.is_lost:
             reason = self.lost or "connection lost"
-            raise SSLNetworkError(f"write: write failed ({reason})")
+            raise SSLNetworkError(f"write: write failed ({reason})", errno=_errno_of(self.lost))
 
     def close_raw(self) -> None:
         """Close the TCP connection without destroying the end of what we sent (as ports.py
@@ -887,7 +904,7 @@ class _StreamConnection(AioConnection):
         try:
             await self.raw_writer.drain()
         except (ConnectionError, OSError) as exc:
-            raise SSLNetworkError(f"write: write failed ({exc})") from exc
+            raise SSLNetworkError(f"write: write failed ({exc})", errno=_errno_of(exc)) from exc
 
     def close_raw(self) -> None:
         self.sending = False

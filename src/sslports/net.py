@@ -1046,7 +1046,10 @@ def ssl_wrap_socket(
     """TLS over an already connected socket, with the C fast path. Extension.
 
     The ports take ownership of the connection (closing both closes it) and of its
-    descriptor's blocking mode and receive timeout. As Python's ``SSLContext.wrap_socket``
+    descriptor's blocking mode and receive timeout. Without `timeout`, a timeout set on the
+    socket (``sock.settimeout(5)``) bounds the handshake and becomes the ports' timeout, as
+    it goes on bounding an ``ssl.SSLSocket``'s calls; a non-blocking socket's 0 does not (its
+    blocking mode is the ports' now). As Python's ``SSLContext.wrap_socket``
     does, `sock` is detached: it reads as closed from then on, and closing it (the end of a
     ``with`` block) closes nothing. Else that close would free the descriptor's number under
     the ports, and the next socket opened would get it: the ports would send their records
@@ -1071,6 +1074,8 @@ def ssl_wrap_socket(
         raise ValueError(f"{func}: the socket is not connected") from None
     ctx, host, wire = wrap_arguments(func, mode, context, encrypt, hostname, alpn)
     timeout = _check_timeout(func, timeout)
+    if timeout is None:
+        timeout = sock.gettimeout() or None  # (a server's bound on silent clients stays)
     _check_bool(func, "strict_eof", strict_eof)
     _binding.require_native(func)
     own: Optional[_raw_socket] = None

@@ -1816,7 +1816,10 @@ def _claim_close(port: Any) -> bool:
 MAX_TIMEOUT = float(threading.TIMEOUT_MAX)
 
 
-def _check_timeout(func: str, seconds: object, name: str = "timeout") -> Optional[float]:
+def _check_timeout(
+    func: str, seconds: object, name: str = "timeout", least: str = ">= 0"
+) -> Optional[float]:
+    """`seconds` as a float, or None; `least` words the lower bound (the caller checks 0)."""
     if seconds is None:
         return None
     if isinstance(seconds, bool) or not isinstance(seconds, (int, float)):
@@ -1828,7 +1831,7 @@ def _check_timeout(func: str, seconds: object, name: str = "timeout") -> Optiona
     if not math.isfinite(value):
         raise ValueError(f"{func}: {name} must be a finite number or None, got {seconds!r}")
     if value < 0:
-        raise ValueError(f"{func}: {name} must be >= 0")
+        raise ValueError(f"{func}: {name} must be {least}")
     if value > MAX_TIMEOUT:
         raise ValueError(f"{func}: {name} must be at most {MAX_TIMEOUT:.0f} seconds")
     return value
@@ -1838,9 +1841,10 @@ def check_handshake_timeout(func: str, seconds: object) -> Optional[float]:
     """A server's bound on each client's handshake: seconds > 0, or None (no bound). Zero is
     refused, as asyncio refuses ssl_handshake_timeout=0: it would end every handshake before
     its first byte, a server that accepts nobody."""
-    value = _check_timeout(func, seconds, "handshake_timeout")
+    least = "> 0, or None for no bound"
+    value = _check_timeout(func, seconds, "handshake_timeout", least)
     if value == 0:
-        raise ValueError(f"{func}: handshake_timeout must be > 0, or None for no bound")
+        raise ValueError(f"{func}: handshake_timeout must be {least}")
     return value
 
 
