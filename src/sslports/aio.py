@@ -76,8 +76,12 @@ _BUF = 1 << 18  # per-thread receive and ciphertext buffers (asyncio's max_size)
 # page of them faults when first written: decrypted whole, the 256 KiB that uvloop hands over at
 # once made a uvloop server's reads cost twice the CPU (bench/README.md, section 4).
 _PLAIN_CHUNK = 1 << 16
-_READ_HIGH = 1 << 20  # unread plaintext at which the transport stops reading
-_READ_LOW = 1 << 18  # ... and starts again
+# Unread plaintext at which the transport stops reading, and starts again: what a connection
+# whose handler does not read holds (plus what it had fed: up to one _BUF receive, decrypted).
+# asyncio's StreamReader pauses at 2 x its limit, 128 KiB. (1 MiB here held 1.7 MB per such
+# client against asyncio's 0.9.)
+_READ_HIGH = 1 << 18
+_READ_LOW = 1 << 16
 _LIMIT = 2**16  # asyncio's default `limit`: the longest line readline() and readuntil() return
 _LINGER_POLL = _LINGER_POLL_MS / 1000  # (close_raw lingers as the synchronous ports' close)
 # ... looking again after twice the time each time, up to this: a thousand connections whose
