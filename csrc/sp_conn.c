@@ -390,16 +390,18 @@ static void capture_ssl_error(sp_conn *c, int ssl_error, sp_err *err)
 static void sessions_when_established(sp_conn *c);
 
 /* A real failure: the session must not be resumed (RFC 5246 7.2.2). Our copy (see
- * keep_new_session) shares that fate, and the context's cache forgets every session it holds
- * for this peer: TLS 1.3 tickets that other connections got from the same peer too (a
- * forged record may be one of a man in the middle's; the next connection starts afresh)
- * (ssl_lock held). */
-static void invalidate_session(sp_conn *c)
+ * keep_new_session) shares that fate. A failure of TLS itself (a bad record MAC, a protocol
+ * error, an alert: SSL_ERROR_SSL) also makes the context's cache forget every session it
+ * holds for this peer, the tickets other connections got from it too (a forged record may be a
+ * man in the middle's; the next connection starts afresh); a transport's (a reset, a broken
+ * pipe: routine for an idle keep-alive connection) costs only this connection's (ssl_lock
+ * held). */
+static void invalidate_session(sp_conn *c, int ssl_error)
 {
     if (c->session != NULL)
         SSL_CTX_remove_session(SSL_get_SSL_CTX(c->ssl), c->session);
-    if (c->cache_key != NULL)
-        sp_session_forget(SSL_get_SSL_CTX(c->ssl), c->cache_key);
+    if (c->cache_key != NULL && ssl_error == SSL_ERROR_SSL)
+        sp_session_forget(SSL_get_SSL_CTX(c->ssl), c->cache_key, c->cache_epoch);
 }
 
 /* The reason a connection is broken when there was no memory for a copy of the real one. */
@@ -419,7 +421,7 @@ static void mark_broken(sp_conn *c, const sp_err *err)
         /* (without memory for the copy it is broken all the same: later calls say ENOMEM) */
         c->broken = copy != NULL ? copy : (sp_err *)&broken_no_memory;
     }
-    invalidate_session(c);
+    invalidate_session(c, err->ssl_error);
 }
 
 /* SEND FAILURE. A send that fails on an established connection (the peer reset it, or
@@ -444,7 +446,7 @@ static void mark_send_broken(sp_conn *c, const sp_err *err) /* (send_lock held t
     }
     memcpy(copy, err, sizeof *err);
     c->send_broken = copy;
-    invalidate_session(c);
+    invalidate_session(c, err->ssl_error);
 }
 
 /* The error of a write on a connection whose sending failed (ssl_lock held): 1 if so. */
@@ -2350,7 +2352,7 @@ static int keep_new_session(SSL *ssl, SSL_SESSION *session)
 static void sessions_when_established(sp_conn *c)
 {
     if (c->offered && !SSL_session_reused(c->ssl) && c->cache_key != NULL)
-        sp_session_forget(SSL_get_SSL_CTX(c->ssl), c->cache_key);
+        sp_session_forget(SSL_get_SSL_CTX(c->ssl), c->cache_key, c->cache_epoch);
     c->offered = 0;
     if (c->file_when_established) {
         c->file_when_established = 0;
@@ -2406,7 +2408,7 @@ void sp_conn_drain_tickets(sp_conn *c)
         c->draining = 0;
         if (e != SSL_ERROR_NONE && e != SSL_ERROR_WANT_READ && e != SSL_ERROR_WANT_WRITE
             && e != SSL_ERROR_ZERO_RETURN)
-            invalidate_session(c); /* a real failure */
+            invalidate_session(c, e); /* a real failure */
     }
     sp_mutex_unlock(&c->ssl_lock);
 }

@@ -306,14 +306,15 @@ void sp_session_store(SSL_CTX *ctx, const char *key, unsigned long long epoch,
     sp_mutex_unlock(&cache->lock);
 }
 
-void sp_session_forget(SSL_CTX *ctx, const char *key)
+void sp_session_forget(SSL_CTX *ctx, const char *key, unsigned long long epoch)
 {
     session_cache *cache = cache_of(ctx);
-    cache_entry *e;
+    cache_entry *e = NULL;
     if (cache == NULL)
         return;
     sp_mutex_lock(&cache->lock);
-    e = find(cache, key, hash_key(key));
+    if (epoch == cache->epoch) /* (else the sessions are of a policy newer than its own) */
+        e = find(cache, key, hash_key(key));
     if (e != NULL)
         clear_entry(e);
     sp_mutex_unlock(&cache->lock);

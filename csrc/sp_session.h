@@ -29,7 +29,8 @@ void sp_session_store(SSL_CTX *ctx, const char *key, unsigned long long epoch,
                       SSL_SESSION *session);
 
 /* Drop every session cached for `key`: the peer did not resume the one a connection offered
- * (it would decline the others too), or a connection to it failed for real. */
-void sp_session_forget(SSL_CTX *ctx, const char *key);
+ * (it would decline the others too), or a connection to it failed for real; nothing when the
+ * cache is no longer in `epoch` (the connection's, from before a policy change). */
+void sp_session_forget(SSL_CTX *ctx, const char *key, unsigned long long epoch);
 
 #endif /* SP_SESSION_H */

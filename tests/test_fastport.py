@@ -2236,3 +2236,14 @@ def test_read1_of_a_huge_size_that_waits_costs_what_arrives(
     got = cin.read1(1 << 28)
     assert 0 < len(got) <= 1 << 20
     assert read_exactly(cin, (3 << 20) - len(got)) == b"z" * ((3 << 20) - len(got))
+
+    # Served from the bytes a timed-out readline kept (a long line without its end yet): the
+    # C path's KEPT_ONLY read1 returned all 3 MiB of them.
+    sout.write(b"y" * (3 << 20))
+    sout.flush()
+    cin.settimeout(0.5)
+    with pytest.raises(TimeoutError):
+        cin.readline()
+    got = cin.read1(1 << 28)
+    assert len(got) == 1 << 20 and set(got) == {ord("y")}
+    assert read_exactly(cin, (2 << 20)) == b"y" * (2 << 20)

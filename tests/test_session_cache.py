@@ -42,7 +42,9 @@ from certs import (
 )
 
 import sslports
-from sslports import SSLError
+from sslports import SSLError, SSLNetworkError
+
+LINGER_ABORT = struct.pack("ii", 1, 0)  # SO_LINGER on, 0 s: close() resets the connection
 
 # OpenSSL 3's SSL_OP_NO_EXTENDED_MASTER_SECRET (the ssl module has no name for it)
 OP_NO_EXTENDED_MASTER_SECRET = 1 << 0
@@ -284,6 +286,48 @@ def test_declined_session_is_not_offered_again(
     assert offered[0] == b"" and offered[1] != b""
     assert offered[2] != b"", "the cached session was not offered to the new server"
     assert offered[3] == offered[4] == b"", offered
+
+
+def test_a_reset_connection_costs_only_its_own_session(pki: Pki) -> None:
+    """TLS 1.3: a pooled connection that the server resets (an idle keep-alive connection
+    dropped) while other connections got fresh tickets: a reset is a transport failure, not a
+    TLS one, and the next connection still resumes with another connection's ticket. (The
+    first version of the ticket queue forgot every ticket of the peer at any failure.)"""
+    sctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    sctx.minimum_version = ssl.TLSVersion.TLSv1_3
+    sctx.load_cert_chain(str(chain_file(pki.server)), str(key_file(pki.server)))
+    listener = socket.create_server((LOCAL, 0))
+    reset_now = threading.Event()
+
+    def handle(raw: socket.socket, first: bool) -> None:
+        with sctx.wrap_socket(raw, server_side=True) as conn:
+            conn.sendall(conn.recv(3))
+            if first:
+                reset_now.wait(30)
+                conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, LINGER_ABORT)
+            else:
+                conn.recv(1)  # until the client closes
+
+    def serve() -> None:
+        for n in range(4):
+            raw, _addr = listener.accept()
+            threading.Thread(target=handle, args=(raw, n == 0), daemon=True).start()
+
+    threading.Thread(target=serve, daemon=True).start()
+    port = listener.getsockname()[1]
+    try:
+        ctx = client_context("tls13", roots=[pki.root])
+        inp, out = sslports.ssl_connect("localhost", port, ctx, timeout=10)
+        with inp, out:
+            _talk(inp, out)  # (its two tickets come with the echo)
+            assert [_connect(port, ctx)[0] for _ in range(2)] == [True, True]
+            reset_now.set()
+            with pytest.raises(SSLNetworkError, match="reset"):
+                inp.read1(10)
+        assert _connect(port, ctx)[0] is True
+    finally:
+        reset_now.set()
+        listener.close()
 
 
 # -- cipher changes --------------------------------------------------------------------------------

@@ -34,6 +34,19 @@ def _receivers_gone() -> bool:
     return False
 
 
+def _new_threads(name: str, before: set[threading.Thread]) -> list[threading.Thread]:
+    return [t for t in threading.enumerate() if t.name == name and t not in before]
+
+
+def _gone(name: str, before: set[threading.Thread]) -> bool:
+    """The threads called `name` that were not among `before` end within 5 s."""
+    for _ in range(250):
+        if not _new_threads(name, before):
+            return True
+        threading.Event().wait(0.02)
+    return False
+
+
 def test_close_original_after_a_timed_out_read_does_not_hang(pki: Any) -> None:
     """A port read timed out on a silent pipe: its read stays outstanding in the receiver
     thread. close() with close_original=True used to close the buffered input stream under
@@ -213,6 +226,7 @@ def test_a_handshake_that_timed_out_on_a_silent_socket_leaves_no_thread(
     and its buffers per such client, and the caller's close of the socket sent no FIN (the read
     held it). Now the failed handshake shuts the socket's reading side: the thread ends, and
     the client sees the server's close."""
+    before = set(threading.enumerate())
     with socket.create_server(("127.0.0.1", 0)) as listener:
         client = socket.create_connection(listener.getsockname())
         sock, _addr = listener.accept()
@@ -223,15 +237,11 @@ def test_a_handshake_that_timed_out_on_a_silent_socket_leaves_no_thread(
             sslports.ports_to_ssl_ports(
                 s_in, s_out, mode="accept", context=pki.server_context(), timeout=0.3
             )
-        assert _receivers_gone()
+        assert _gone("sslports-receiver", before), "the receiver still reads"
         for f in (s_in, s_out, sock):
             f.close()  # (a buffered stream's close waited for the read)
         client.settimeout(10)
         assert client.recv(1) == b""  # the server's FIN (a reset would raise)
-
-
-def _new_threads(name: str, before: set[threading.Thread]) -> list[threading.Thread]:
-    return [t for t in threading.enumerate() if t.name == name and t not in before]
 
 
 def test_a_close_gives_up_on_a_socket_peer_that_reads_nothing(
@@ -268,11 +278,7 @@ def test_a_close_gives_up_on_a_socket_peer_that_reads_nothing(
                 p.close()
         assert out.closed
         assert _new_threads("sslports-sender", before), "the sender was not left writing"
-        for _ in range(250):
-            if not _new_threads("sslports-sender", before):
-                break
-            threading.Event().wait(0.02)
-        assert not _new_threads("sslports-sender", before), "the sender still writes"
+        assert _gone("sslports-sender", before), "the sender still writes"
         assert s_out.closed
         client.settimeout(10)
         with contextlib.suppress(OSError):  # (a reset or a bad record: the stream was cut)

@@ -973,6 +973,8 @@ static PyObject *kept_bytes(Port *self, PyObject *port, PyObject *args, int fill
         return NULL;
     if (size < 0 && !fill)
         size = 65536; /* (read1(-1): ports.py _READ_CHUNK) */
+    if (!fill && size > READ1_MOST)
+        size = READ1_MOST;
     if (size <= 0 || self->conn == NULL)
         goto python;
     if (lock_take(self->lock) < 0)
