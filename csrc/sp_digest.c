@@ -78,13 +78,50 @@ struct sp_digest {
     unsigned char *ring; /* SP_RING_SLOTS * SP_PIPE_BLOCK bytes, made on the first fd read */
 };
 
+#if OPENSSL_VERSION_NUMBER >= 0x30000000L
+/* These digests are checksums (Racket's sha1 and md5 of a file), not security: fetched with
+ * "-fips", as hashlib's usedforsecurity=False, so that a configuration that asks for
+ * FIPS-approved algorithms by default (default_properties = fips=yes, FIPS-mode systems)
+ * still computes them. Fetched once, kept for the life of the process. */
+static EVP_MD *fetched_sha1, *fetched_md5;
+static int sha1_made, md5_made;
+
+static int fetch_sha1(void)
+{
+    return (fetched_sha1 = EVP_MD_fetch(NULL, "SHA1", "-fips")) != NULL;
+}
+
+static int fetch_md5(void)
+{
+    return (fetched_md5 = EVP_MD_fetch(NULL, "MD5", "-fips")) != NULL;
+}
+
+/* The fetched digest, or the built-in one where no provider offers it so (its use then
+ * fails with OpenSSL's own reason). */
+static const EVP_MD *fetched(int *made, int (*fetch)(void), EVP_MD **md, const EVP_MD *builtin)
+{
+    if (sp_once(made, fetch))
+        return *md;
+    ERR_clear_error();
+    return builtin;
+}
+#endif
+
 static const EVP_MD *sp_digest_md(int kind)
 {
     switch (kind) {
     case SP_DIGEST_SHA1:
+#if OPENSSL_VERSION_NUMBER >= 0x30000000L
+        return fetched(&sha1_made, fetch_sha1, &fetched_sha1, EVP_sha1());
+#else
         return EVP_sha1();
+#endif
     case SP_DIGEST_MD5:
+#if OPENSSL_VERSION_NUMBER >= 0x30000000L
+        return fetched(&md5_made, fetch_md5, &fetched_md5, EVP_md5());
+#else
         return EVP_md5();
+#endif
     default:
         return NULL;
     }

@@ -11,6 +11,7 @@ import io
 import os
 import random
 import signal
+import subprocess
 import sys
 import threading
 import time
@@ -663,6 +664,161 @@ def test_a_readinto_count_is_checked_by_its_value(func: Any) -> None:
     assert func(Honest(data)) == func(data)
 
 
+class KeepsItsBlock(io.RawIOBase):
+    """A stream whose readinto keeps (a reference to) every buffer it is lent, and remembers
+    what each held when lent."""
+
+    def __init__(self, data: bytes) -> None:
+        self.data = io.BytesIO(data)
+        self.kept: list[Any] = []
+        self.lent_with: list[bytes] = []
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, b: Any) -> int:
+        self.kept.append(b)
+        self.lent_with.append(bytes(b))
+        return self.data.readinto(b)
+
+
+@pytest.mark.parametrize("path", ["native", "fallback"])
+def test_a_stream_that_keeps_its_block_changes_no_later_digest(
+    path: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Each thread lent every readinto stream one 256 KiB block, reused from call to call. A
+    stream that kept it could empty it afterwards, and every later digest of a stream in that
+    thread was the digest of b"" (readinto into an empty buffer reads nothing: EOF); and the
+    next stream was lent a block holding the last one's bytes. Each call has a block of its
+    own now."""
+    if path == "fallback":
+        monkeypatch.setattr(_binding, "lib", None)
+        monkeypatch.setattr(_digest, "_warn_fallback_once", lambda: None)
+    secret = b"SECRET-" * 1000
+    first = KeepsItsBlock(secret)
+    assert sha1(first) == hashlib.sha1(secret).hexdigest()
+    for kept in first.kept:
+        kept.clear()  # (the digest is over: the block is the stream's to do with as it likes)
+    data = random_bytes(300_000, seed=5)
+    second = KeepsItsBlock(data)
+    assert sha1(second) == hashlib.sha1(data).hexdigest()
+    assert md5_bytes(KeepsItsBlock(data)) == hashlib.md5(data).digest()
+    assert not any(b"SECRET-" in lent for lent in second.lent_with)
+
+
+def test_empty_views_of_any_shape_hash_as_empty() -> None:
+    empty = hashlib.sha1(b"").hexdigest()
+    for view in (
+        memoryview(bytes(64)).cast("B", (8, 8))[0:0],
+        memoryview(array.array("d")),
+        memoryview(bytes(64)).cast("B", (8, 8))[::2][0:0],
+    ):
+        assert sha1(view) == empty
+
+
+@pytest.mark.parametrize("func", [sha1, md5_bytes])
+def test_closed_inputs_are_value_errors_naming_the_function(func: Any, tmp_path: Path) -> None:
+    path = tmp_path / "f"
+    path.write_bytes(b"abc")
+    with open(path, "rb") as f:
+        pass
+    with open(path, "rb", buffering=0) as raw:
+        pass
+    bio = io.BytesIO(b"abc")
+    bio.close()
+    view = memoryview(b"abc")
+    view.release()
+    for closed in (f, raw, bio, view):
+        with pytest.raises(ValueError, match=rf"^{func.__name__}: "):
+            func(closed)
+
+
+def test_a_text_spooled_temporary_file_is_a_type_error() -> None:
+    import tempfile
+
+    with tempfile.SpooledTemporaryFile(mode="w+") as text:
+        text.write("abc")
+        text.seek(0)
+        with pytest.raises(TypeError, match=r"^sha1: .*text"):
+            sha1(text)
+    with tempfile.SpooledTemporaryFile() as binary:  # (w+b)
+        binary.write(b"abc")
+        binary.seek(0)
+        assert sha1(binary) == hashlib.sha1(b"abc").hexdigest()
+
+
+def test_a_stream_that_always_returns_none_while_readable_is_an_error() -> None:
+    """read() returning None means no data yet (non-blocking); a stream that returns it while
+    its descriptor is readable, for ever, made the digest spin at 100 % of a core until
+    interrupted. It gives up after a bounded number of such reads."""
+    r, w = os.pipe()
+    os.write(w, b"x")  # (readable for good)
+
+    class Stuck:
+        calls = 0
+
+        def fileno(self) -> int:
+            return r
+
+        def read(self, n: int) -> Optional[bytes]:
+            Stuck.calls += 1
+            if Stuck.calls > 100_000:
+                raise RuntimeError("still spinning")
+            return None
+
+    try:
+        with pytest.raises(OSError, match=r"^sha1: the stream's read returned None"):
+            sha1(Stuck())
+    finally:
+        os.close(r)
+        os.close(w)
+
+
+_FIPS_DEFAULT_CONF = """\
+openssl_conf = openssl_init
+[openssl_init]
+providers = provider_sect
+alg_section = algorithm_sect
+[provider_sect]
+default = default_sect
+[default_sect]
+activate = 1
+[algorithm_sect]
+default_properties = fips=yes
+"""
+
+
+@pytest.mark.skipif(not _binding.ssl_available, reason="the native module")
+def test_digests_work_where_the_configuration_asks_for_fips_algorithms(tmp_path: Path) -> None:
+    """A system whose OpenSSL configuration makes FIPS-approved algorithms the default (FIPS
+    mode: default_properties = fips=yes) refused MD5 (and, with no FIPS provider, SHA-1):
+    "digest failed (initialization error)", where hashlib(usedforsecurity=False) hashes.
+    These are checksums, fetched as not for security ("-fips") as hashlib's are."""
+    if _binding.lib.sp_openssl_version_number() < 0x30000000:
+        pytest.skip("OpenSSL 1.1.1 has no properties")
+    conf = tmp_path / "fips-default.cnf"
+    conf.write_text(_FIPS_DEFAULT_CONF)
+    code = (
+        "import io, sslports; from sslports.md5 import md5; from sslports.sha1 import sha1; "
+        "assert sslports._binding.lib is not None; "
+        "print(md5(b'abc'), md5(io.BytesIO(b'abc' * 100000)), sha1(b'abc'))"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code],
+        env={**os.environ, "OPENSSL_CONF": str(conf)},
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split() == [
+        hashlib.md5(b"abc").hexdigest(),
+        hashlib.md5(b"abc" * 100000).hexdigest(),
+        hashlib.sha1(b"abc").hexdigest(),
+    ]
+
+
 # ---- hex helpers ---------------------------------------------------------------------------
 
 
@@ -686,6 +842,20 @@ def test_hex_string_accepts_either_case() -> None:
 def test_hex_string_rejects_odd_length_and_non_hex(bad: str) -> None:
     with pytest.raises(ValueError, match=r"^hex_string_to_bytes: "):
         hex_string_to_bytes(bad)
+
+
+def test_hex_helpers_say_what_is_wrong() -> None:
+    with pytest.raises(ValueError, match=r"^hex_string_to_bytes: not a hex string"):
+        hex_string_to_bytes(" ab")  # (it said "odd number of hex digits (3)")
+    with pytest.raises(ValueError, match=r"^hex_string_to_bytes: odd number of hex digits \(3\)"):
+        hex_string_to_bytes("abc")
+
+    class Lies(bytes):
+        def hex(self, *args: Any) -> str:
+            return "EVIL"
+
+    assert bytes_to_hex_string(Lies(b"\x01\xff")) == "01ff"
+    assert bytes_to_hex_string(memoryview(bytes(4)).cast("I")) == "00000000"
 
 
 def test_hex_helpers_reject_wrong_types() -> None:

@@ -44,6 +44,7 @@ import os
 import selectors
 import sys
 import threading
+from collections.abc import Iterator
 from typing import Any, Callable, Optional, Protocol, Union
 
 from . import _binding
@@ -219,6 +220,8 @@ def _byte_view(data: Union[bytes, bytearray, memoryview]) -> memoryview:
     view = memoryview(data)
     if view.ndim == 1 and view.format in ("B", "b", "c") and view.c_contiguous:
         return view
+    if view.nbytes == 0:  # (cast() refuses a shape with a zero in it)
+        return memoryview(b"")
     if view.c_contiguous:
         return view.cast("B")
     return memoryview(view.tobytes())
@@ -293,24 +296,19 @@ def _shared_bytesio_value(port: object) -> Optional[bytes]:
     return value if isinstance(value, bytes) else None
 
 
-def _block_buffer() -> bytearray:
-    """This thread's reusable 256 KiB block (a fresh one if it is in use, e.g. re-entered)."""
-    buf: Optional[bytearray] = getattr(_tls, "block", None)
-    if buf is None:
-        return bytearray(_BLOCK)
-    _tls.block = None
-    return buf
+# Reads in a row that may return None (no data) although the descriptor was readable each
+# time: a stream that always does would make the digest spin for ever.
+_NONE_READS_MAX = 100
 
 
-def _return_block_buffer(buf: bytearray) -> None:
-    _tls.block = buf
-
-
-_tls = threading.local()
-
-
-def _wait_readable(port: Any, func: str) -> None:
-    """A non-blocking stream had no data: wait for its descriptor, or give up."""
+def _wait_readable(port: Any, func: str, nones: int) -> int:
+    """A non-blocking stream had no data (its `nones`-th None in a row, counting from 0): wait
+    for its descriptor, or give up. Returns the count for the next None."""
+    if nones >= _NONE_READS_MAX:
+        raise OSError(
+            f"{func}: the stream's read returned None {nones} times in a row although its "
+            "descriptor was readable"
+        )
     try:
         fd = port.fileno()
     except (AttributeError, OSError, ValueError):
@@ -320,6 +318,7 @@ def _wait_readable(port: Any, func: str) -> None:
     with selectors.DefaultSelector() as sel:
         sel.register(fd, selectors.EVENT_READ)
         sel.select()
+    return nones + 1
 
 
 def _check_count(count: object, limit: int, func: str) -> int:
@@ -364,23 +363,15 @@ def _digest_stream_native(hasher: _NativeHasher, port: Any, func: str) -> None:
         _digest_stream_read(hasher, port, func)
         return
     ffi, lib = _binding.ffi, _binding.lib
-    buf = _block_buffer()
+    buf = bytearray(_BLOCK)  # (each call its own: a stream may keep what it was lent)
     cbuf = ffi.from_buffer("unsigned char[]", buf, require_writable=True)
     try:
-        update, d, err, size = lib.sp_digest_update, hasher._d, hasher._err, len(buf)
-        while True:
-            count = readinto(buf)
-            if count is None:
-                _wait_readable(port, func)
-                continue
-            count = _check_count(count, size, func)
-            if not count:
-                return
+        update, d, err = lib.sp_digest_update, hasher._d, hasher._err
+        for count in _counts_read(readinto, buf, port, func):
             if not update(d, cbuf, count, err):
                 raise _binding.build_error(func, "digest update", err)
     finally:
         ffi.release(cbuf)
-        _return_block_buffer(buf)
 
 
 def _digest_stream_hashlib(hasher: _HashlibHasher, port: Any, func: str) -> None:
@@ -389,30 +380,27 @@ def _digest_stream_hashlib(hasher: _HashlibHasher, port: Any, func: str) -> None
     if readinto is None:
         _digest_stream_read(hasher, port, func)
         return
-    buf = _block_buffer()
-    try:
-        with memoryview(buf) as view:
-            while True:
-                count = readinto(buf)
-                if count is None:
-                    _wait_readable(port, func)
-                    continue
-                count = _check_count(count, len(buf), func)
-                if not count:
-                    return
-                hasher.update_view(view[:count])
-    finally:
-        _return_block_buffer(buf)
+    buf = bytearray(_BLOCK)  # (each call its own: a stream may keep what it was lent)
+    with memoryview(buf) as view:
+        for count in _counts_read(readinto, buf, port, func):
+            hasher.update_view(view[:count])
+
+
+def _counts_read(
+    readinto: Callable[[bytearray], Any], buf: bytearray, port: Any, func: str
+) -> Iterator[int]:
+    """How many bytes each readinto(buf) put in buf, up to EOF."""
+    for count in _results(lambda: readinto(buf), port, func):
+        count = _check_count(count, len(buf), func)
+        if not count:
+            return
+        yield count
 
 
 def _digest_stream_read(hasher: _Hasher, port: Any, func: str) -> None:
     """The generic path for objects that only have ``read``."""
     read = port.read
-    while True:
-        chunk = read(_BLOCK)
-        if chunk is None:
-            _wait_readable(port, func)
-            continue
+    for chunk in _results(lambda: read(_BLOCK), port, func):
         if not isinstance(chunk, (bytes, bytearray, memoryview)):
             raise TypeError(
                 f"{func}: read() returned {type(chunk).__name__}; a binary stream is needed"
@@ -422,9 +410,24 @@ def _digest_stream_read(hasher: _Hasher, port: Any, func: str) -> None:
         hasher.update_view(_byte_view(chunk))
 
 
+def _results(call: Callable[[], Any], port: Any, func: str) -> Iterator[Any]:
+    """What each read (`call`) returns, for ever, but None (no data yet from a non-blocking
+    stream): then it waits for the stream's descriptor."""
+    nones = 0
+    while True:
+        result = call()
+        if result is None:
+            nones = _wait_readable(port, func, nones)
+            continue
+        nones = 0
+        yield result
+
+
 def _check_port(port: object, func: str) -> None:
-    if isinstance(port, io.TextIOBase):
+    if isinstance(port, io.TextIOBase) or _text_spooled_file(port):
         raise TypeError(f"{func}: expected a binary input port, got a text stream")
+    if isinstance(port, io.IOBase) and _closed(port):
+        raise ValueError(f"{func}: I/O operation on closed file")
     if not (hasattr(port, "read") or hasattr(port, "readinto") or hasattr(port, "readinto1")):
         raise TypeError(
             f"{func}: expected a readable binary file-like object, bytes, bytearray or "
@@ -437,9 +440,27 @@ def _check_port(port: object, func: str) -> None:
         )
 
 
+def _text_spooled_file(port: object) -> bool:
+    """A text-mode tempfile.SpooledTemporaryFile (not an io.TextIOBase, though its reads
+    return str; its readinto fails with AttributeError)."""
+    tempfile = sys.modules.get("tempfile")  # (none made unless it was imported)
+    return (
+        tempfile is not None
+        and isinstance(port, tempfile.SpooledTemporaryFile)
+        and "b" not in str(port.mode)
+    )
+
+
+def _closed(port: io.IOBase) -> bool:
+    try:
+        return bool(port.closed)
+    except ValueError:  # a detached buffer: its read says so
+        return False
+
+
 def _write_only(port: object) -> bool:
     """True for an open ``io.IOBase`` that says it is not readable (a file opened "wb", an
-    output port). A closed one is left to its read, which raises ValueError as io does."""
+    output port). (A closed one: _check_port's ValueError.)"""
     if not isinstance(port, io.IOBase):
         return False
     try:
@@ -475,7 +496,10 @@ def digest(algo: Algorithm, func: str, in_port: object) -> bytes:
     if not native:
         _warn_fallback_once()
     if isinstance(in_port, (bytes, bytearray, memoryview)):
-        view = _byte_view(in_port)
+        try:
+            view = _byte_view(in_port)
+        except ValueError as exc:  # (a released memoryview)
+            raise ValueError(f"{func}: {exc}") from None
         if native and len(view) <= _ONESHOT_MAX:
             return _oneshot(algo, view, func)
         return _run(algo, func, lambda hasher: hasher.update_view(view))

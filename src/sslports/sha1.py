@@ -59,7 +59,7 @@ def bytes_to_hex_string(b: Union[bytes, bytearray, memoryview]) -> str:
         raise TypeError(
             f"bytes_to_hex_string: expected bytes, bytearray or memoryview, got {type(b).__name__}"
         )
-    return b.hex()
+    return memoryview(b).hex()  # (not b.hex(): a subclass may say anything)
 
 
 def hex_string_to_bytes(s: str) -> bytes:
@@ -74,8 +74,8 @@ def hex_string_to_bytes(s: str) -> bytes:
     """
     if not isinstance(s, str):
         raise TypeError(f"hex_string_to_bytes: expected str, got {type(s).__name__}")
-    if len(s) % 2:
-        raise ValueError(f"hex_string_to_bytes: odd number of hex digits ({len(s)}) in {s!r:.80}")
     if not _HEX.fullmatch(s):
         raise ValueError(f"hex_string_to_bytes: not a hex string: {s!r:.80}")
+    if len(s) % 2:
+        raise ValueError(f"hex_string_to_bytes: odd number of hex digits ({len(s)}) in {s!r:.80}")
     return bytes.fromhex(s)
