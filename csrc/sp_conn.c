@@ -217,15 +217,19 @@ static void install_fork_handlers(void)
 
 int sp_conn_forked(const sp_conn *c)
 {
-    unsigned children = sp_flag_get(&child_forks);
+    unsigned children = sp_flag_get(&child_forks), seen = sp_flag_get(&forks_seen);
+    if (seen == c->forks_at_birth || c->wrote_at_forks == seen)
+        return 0; /* (no fork, or this process wrote since the last one: it is the user) */
     if (children != c->child_forks_at_birth)
         return c->wrote_at_child_forks == children ? 3 : 2;
-    return sp_flag_get(&forks_seen) != c->forks_at_birth;
+    return 1;
 }
 
 void sp_conn_note_write(sp_conn *c)
 {
-    c->wrote_at_child_forks = sp_flag_get(&child_forks); /* (a plain store: one process) */
+    /* (plain stores: one process, and its writes are serialised by the write lock) */
+    c->wrote_at_child_forks = sp_flag_get(&child_forks);
+    c->wrote_at_forks = sp_flag_get(&forks_seen);
 }
 
 static int conn_index = -1;
@@ -567,6 +571,7 @@ sp_conn *sp_conn_new(SSL_CTX *ctx, int is_server, int fd, sp_err *err)
     c->forks_at_birth = sp_flag_get(&forks_seen);
     c->child_forks_at_birth = sp_flag_get(&child_forks);
     c->wrote_at_child_forks = c->child_forks_at_birth;
+    c->wrote_at_forks = c->forks_at_birth;
     c->fd = (sp_socket)fd;
     c->socket_mode = fd >= 0;
     c->identity = sp_ctx_identity(ctx); /* (first: sp_ctx.h) */
@@ -704,25 +709,29 @@ static void note_verify_failure(sp_conn *c, X509_STORE_CTX *store, int e)
     c->vfail_code = e;
 }
 
-/* 1 when the leaf has a subjectAltName that cannot be decoded (malformed, two of them, or
- * out of memory). OpenSSL's name check then reads the CN, which RFC 6125 (and
- * sp_peer_check_hostname) says the subjectAltName replaces: a certificate for "victim.example"
- * by its CN alone, with names nobody can read beside it. Such a leaf never verifies as a chain
- * (OpenSSL marks it invalid), so only a handshake that checks the name but not the chain
- * (ssl_set_verify_hostname without ssl_set_verify) would take it. */
-static int unreadable_names(X509_STORE_CTX *store)
+/* 1 when OpenSSL's name check passed on the leaf's CN where RFC 6125 (and
+ * sp_peer_check_hostname) says the subjectAltName replaces it (OpenSSL reads the CN whenever
+ * there is no DNS name): the leaf has a subjectAltName that cannot be decoded (malformed, two
+ * of them, or out of memory: a certificate for "victim.example" by its CN alone, with names
+ * nobody can read beside it; such a leaf never verifies as a chain, so only a handshake that
+ * checks the name but not the chain would take it), or one with SRV or URI names and no DNS
+ * name (a service's or a SPIFFE workload's certificate, whose CN is no host name; the check
+ * passed, with no DNS name to pass on: on the CN). */
+static int cn_matched_in_place_of_sans(X509_STORE_CTX *store)
 {
     X509 *leaf = X509_STORE_CTX_get_current_cert(store);
-    int found = -1, unreadable;
+    int found = -1, i, dns = 0, bad;
     GENERAL_NAMES *sans;
     if (leaf == NULL || X509_get_ext_by_NID(leaf, NID_subject_alt_name, -1) < 0)
         return 0;
     ERR_set_mark(); /* (its reasons are no error of the handshake's: the mismatch is) */
     sans = X509_get_ext_d2i(leaf, NID_subject_alt_name, &found, NULL);
     ERR_pop_to_mark();
-    unreadable = sans == NULL && found != -1;
+    for (i = 0; sans != NULL && i < sk_GENERAL_NAME_num(sans); i++)
+        dns |= sk_GENERAL_NAME_value(sans, i)->type == GEN_DNS;
+    bad = sans == NULL ? found != -1 : !dns && sp_sans_replace_cn(sans);
     GENERAL_NAMES_free(sans);
-    return unreadable;
+    return bad;
 }
 
 static int verify_callback(int ok, X509_STORE_CTX *store)
@@ -735,7 +744,7 @@ static int verify_callback(int ok, X509_STORE_CTX *store)
     /* (at depth 0 OpenSSL calls us with ok = 1 once the chain's checks, the name's among
      * them, are done) */
     if (ok && c != NULL && leaf && (c->verify_flags & SP_VERIFY_HOSTNAME) && c->checks_dns_name
-        && unreadable_names(store)) {
+        && cn_matched_in_place_of_sans(store)) {
         X509_STORE_CTX_set_error(store, X509_V_ERR_HOSTNAME_MISMATCH);
         ok = 0;
     }

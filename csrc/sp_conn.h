@@ -33,6 +33,7 @@ struct sp_conn {
     unsigned forks_at_birth;       /* the process's fork counts when it was made */
     unsigned child_forks_at_birth; /* (sp_conn_forked) */
     unsigned wrote_at_child_forks; /* the process's child fork count at its last write */
+    unsigned wrote_at_forks;       /* ... and its count of all forks then */
 
     sp_mutex ssl_lock;
     sp_mutex send_lock;
@@ -246,15 +247,20 @@ long sp_fd_drop_unread(int fd);
 long sp_fd_unsent(int fd);
 long sp_conn_unsent(sp_conn *c);
 long sp_fd_linger_needed(int fd);
-/* Whether another process may hold this connection's socket: 0 no fork since it was made;
- * 1 this process forked since (a child has a copy); 2 this process is a child of the one that
- * made it and has not written on it; 3 such a child that has (it took the connection over).
- * The last close then closes only this process's descriptor: no shutdown(), nothing sent or
- * read away, which would end or corrupt the other process's copy (ports.py); and in a child
- * that never wrote, an output port's close sends nothing the parent left buffered (2). */
+/* Whether another process may hold this connection's socket and use it: 0 no fork since it
+ * was made, or this process wrote on it since the last fork it took part in (as parent or
+ * child: one process uses a connection, and this one took it over); else 1 this process
+ * forked since (a child has a copy); 2 this process is a child of the one that made it and
+ * has not written on it; 3 such a child that wrote before a fork of its own. Nonzero: the
+ * last close closes only this process's descriptor: no shutdown(), nothing sent or read away,
+ * which would end or corrupt the other process's copy (ports.py); and in a child that never
+ * wrote, an output port's close sends nothing the parent left buffered (2). Zero: the usual
+ * close (close_notify where asked, unread bytes read away, the lingering close), which a
+ * peer whose late bytes met a bare close would otherwise answer by dropping the rest. */
 int sp_conn_forked(const sp_conn *c);
 /* This process writes on the connection (an output port's write, whether it sends or only
- * buffers): a child that does has taken the connection over (sp_conn_forked: 3). */
+ * buffers): after a fork, the process that does has taken the connection over
+ * (sp_conn_forked). */
 void sp_conn_note_write(sp_conn *c);
 /* 1 once a failure broke the connection (every later call reports it): nothing more can be
  * sent, so what a writer still holds is dropped. */

@@ -122,6 +122,9 @@ typedef struct ctx_guard {
                           * type (under the write lock: sp_ctx_use_private_key / _chain_pem) */
     unsigned char tag[8]; /* random, this context's part of its session id contexts */
     int identity;         /* ... and this: sp_ctx_identity_changed (read with sp_flag_get) */
+    char *groups;   /* the key exchange groups sp_ctx_set_groups set (under the write lock),
+                     * or NULL: OpenSSL's default; an SNI switch to this context takes them */
+    int has_groups; /* groups != NULL, read without the lock (sp_flag_get) */
 } ctx_guard;
 
 static int guard_index = -1;
@@ -188,6 +191,7 @@ static void free_guard(void *parent, void *ptr, CRYPTO_EX_DATA *ad, int idx, lon
     if (g != NULL) {
         delist(g);
         sp_rwlock_destroy(&g->lock);
+        free(g->groups);
         free(g);
     }
 }
@@ -392,11 +396,68 @@ int sp_ctx_step_needed(SSL *ssl)
     return SSL_in_init(ssl) || SSL_version(ssl) < TLS1_3_VERSION;
 }
 
+/* OpenSSL's default groups, for a connection that took another list from the context it was
+ * made from: "DEFAULT" from OpenSSL 3.5 on (its key-share tuples included); before it, the
+ * default spelled out (3.0-3.4: ssl/t1_lib.c supported_groups_default, but for the GOST
+ * groups that only a GOST provider offers; 1.1.1: the first five). */
+static int set_default_groups(SSL *ssl)
+{
+    static const char *const lists[] = {
+        "DEFAULT",
+        "X25519:P-256:X448:P-521:P-384:ffdhe2048:ffdhe3072:ffdhe4096:ffdhe6144:ffdhe8192",
+        "X25519:P-256:X448:P-521:P-384",
+    };
+    size_t i;
+    for (i = 0; i < sizeof lists / sizeof lists[0]; i++) {
+        if (SSL_set1_groups_list(ssl, lists[i]) == 1) {
+            ERR_clear_error(); /* (the lists refused before it) */
+            return 1;
+        }
+    }
+    return 0;
+}
+
+/* SSL_set_SSL_CTX moves the certificate, not the groups the SSL copied from the context it
+ * was made from (SSL_new): take the new context's (`to`'s read lock held, or it is sealed),
+ * or OpenSSL's default where the new one set none and the old one did (`had`). */
+static int switch_groups(SSL *ssl, const ctx_guard *to, int had)
+{
+    if (to != NULL && to->groups != NULL)
+        return SSL_set1_groups_list(ssl, to->groups) == 1;
+    return had ? set_default_groups(ssl) : 1;
+}
+
+int sp_ctx_set_groups(SSL_CTX *ctx, const char *list)
+{
+    ctx_guard *g = guard_of(ctx);
+    char *copy = NULL;
+    if (g != NULL) {
+        copy = malloc(strlen(list) + 1);
+        if (copy == NULL)
+            return 0;
+        strcpy(copy, list);
+    }
+    if (SSL_CTX_set1_groups_list(ctx, list) != 1) {
+        free(copy);
+        return 0;
+    }
+    if (g != NULL) {
+        free(g->groups);
+        g->groups = copy;
+        sp_flag_set(&g->has_groups, 1);
+    }
+    return 1;
+}
+
 int sp_ctx_switch_ssl(SSL *ssl, SSL_CTX *to)
 {
     sp_step *st = current_step;
+    const ctx_guard *from = guard_of(SSL_get_SSL_CTX(ssl));
+    int had = from != NULL && sp_flag_get(&from->has_groups);
     ctx_guard *g;
     int ok;
+    if (SSL_get_SSL_CTX(ssl) == to)
+        return 1;
     /* Inside a step (the SNI callback): the rest of it reads `to`, not the old context. */
     if (st != NULL && st->locked == SSL_get_SSL_CTX(ssl) && st->locked != to) {
         unlock_read(guard_of(st->locked));
@@ -404,10 +465,10 @@ int sp_ctx_switch_ssl(SSL *ssl, SSL_CTX *to)
     }
     g = guard_to_read(to);
     if (g == NULL)
-        return SSL_set_SSL_CTX(ssl, to) != NULL;
+        return SSL_set_SSL_CTX(ssl, to) != NULL && switch_groups(ssl, guard_of(to), had);
     if (!read_lock(g))
         return 0;
-    ok = SSL_set_SSL_CTX(ssl, to) != NULL;
+    ok = SSL_set_SSL_CTX(ssl, to) != NULL && switch_groups(ssl, g, had);
     if (st != NULL && st->locked == NULL)
         st->locked = to; /* (released by sp_ctx_step_end) */
     else

@@ -29,6 +29,9 @@ EVP_PKEY *sp_load_private_key(const unsigned char *data, size_t len, int der, in
  * 1 if at least one was added. */
 int sp_ctx_add_pem_roots(SSL_CTX *ctx, const unsigned char *pem, size_t len);
 
+/* SSL_CTX_set1_groups_list, kept on the context too: an SNI switch to it takes the list
+ * (SSL_set_SSL_CTX does not). The caller holds the context's write lock. 1: set. */
+int sp_ctx_set_groups(SSL_CTX *ctx, const char *list);
 /* SSL_CTX_set_cipher_list that changes nothing when it rejects `spec` (1: set). */
 int sp_ctx_set_cipher_list(SSL_CTX *ctx, const char *spec);
 /* The loads of context.py, from bytes Python read (a PEM blob); each parses everything before

@@ -112,12 +112,24 @@ static void put_ip(name_list *l, const ASN1_OCTET_STRING *ip)
     put_name(l, (const unsigned char *)text, n);
 }
 
+int sp_sans_replace_cn(const GENERAL_NAMES *sans)
+{
+    int i;
+    for (i = 0; sans != NULL && i < sk_GENERAL_NAME_num(sans); i++) {
+        const GENERAL_NAME *gn = sk_GENERAL_NAME_value(sans, i);
+        if (gn->type == GEN_DNS || gn->type == GEN_URI
+            || (gn->type == GEN_OTHERNAME && OBJ_obj2nid(gn->d.otherName->type_id) == NID_SRVName))
+            return 1;
+    }
+    return 0;
+}
+
 /* The names of cert into l (sp_peer_hostnames' format). When the subjectAltName cannot be
  * decoded, no names at all, rather than the CN that RFC 6125 says they replace: err says
  * why, and so does *unreadable. */
 static void cert_hostnames(X509 *cert, name_list *l, int *unreadable, sp_err *err)
 {
-    int i, dns = 0, found = -1;
+    int i, found = -1;
     GENERAL_NAMES *sans = X509_get_ext_d2i(cert, NID_subject_alt_name, &found, NULL);
     *unreadable = sans == NULL && found != -1; /* (found: -1 none, -2 two of them) */
     if (*unreadable) {
@@ -130,14 +142,12 @@ static void cert_hostnames(X509 *cert, name_list *l, int *unreadable, sp_err *er
     }
     for (i = 0; sans != NULL && i < sk_GENERAL_NAME_num(sans); i++) {
         const GENERAL_NAME *gn = sk_GENERAL_NAME_value(sans, i);
-        if (gn->type == GEN_DNS) {
+        if (gn->type == GEN_DNS)
             put_name(l, ASN1_STRING_get0_data(gn->d.dNSName),
                      (size_t)ASN1_STRING_length(gn->d.dNSName));
-            dns++;
-        }
     }
-    if (dns == 0) {
-        /* No DNS names: the last CN of the subject, as UTF-8. */
+    if (!sp_sans_replace_cn(sans)) {
+        /* No DNS, SRV or URI names: the last CN of the subject, as UTF-8. */
         X509_NAME *subject = X509_get_subject_name(cert);
         int idx = -1, last = -1;
         while ((idx = X509_NAME_get_index_by_NID(subject, NID_commonName, idx)) >= 0)
@@ -233,14 +243,13 @@ int sp_peer_check_hostname(sp_conn *c, const char *name, size_t len, int is_ip)
     if (is_ip && cert != NULL) {
         ok = X509_check_ip_asc(cert, name, 0) == 1;
     } else if (cert != NULL) {
-        /* With DNS SANs the CN is never checked. OpenSSL checks it when it cannot decode them
-         * (out of memory), which would accept a name only the CN holds: decode them here
-         * first, and fail when that fails. */
-        int found = -1, i, dns = 0, readable;
+        /* With DNS, SRV or URI SANs the CN is never checked (sp_sans_replace_cn). OpenSSL
+         * checks it when it cannot decode them (out of memory), which would accept a name
+         * only the CN holds: decode them here first, and fail when that fails. */
+        int found = -1, dns, readable;
         GENERAL_NAMES *sans = X509_get_ext_d2i(cert, NID_subject_alt_name, &found, NULL);
         readable = sans != NULL || found == -1; /* (decoded, or there are none) */
-        for (i = 0; sans != NULL && i < sk_GENERAL_NAME_num(sans); i++)
-            dns |= sk_GENERAL_NAME_value(sans, i)->type == GEN_DNS;
+        dns = sp_sans_replace_cn(sans);
         GENERAL_NAMES_free(sans);
         if (readable)
             ok = X509_check_host(cert, name, len,

@@ -26,6 +26,11 @@ typedef struct sp_verify_failure {
 } sp_verify_failure;
 /* 1 and out filled when a verification step on c failed, else 0 (out zeroed). */
 int sp_conn_verify_failure(sp_conn *c, sp_verify_failure *out);
+/* Do these subjectAltNames (NULL: none) hold a DNS-ID, SRV-ID or URI-ID? Then the subject's CN
+ * names no host (RFC 6125 6.4.4): a certificate for a service or a workload (a SPIFFE URI)
+ * whose CN happens to say "victim.example" is no certificate for victim.example. OpenSSL's own
+ * check reads the CN unless there is a DNS name. */
+int sp_sans_replace_cn(const GENERAL_NAMES *sans);
 /* RFC 6125 check of the peer certificate (no partial wildcards); 0 without a certificate. */
 int sp_peer_check_hostname(sp_conn *c, const char *name, size_t len, int is_ip);
 /* X509_NAME_oneline of the peer's subject (issuer != 0: issuer), NUL-terminated, into out;

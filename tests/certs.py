@@ -128,11 +128,13 @@ def make_cert(
     permitted_dns: Sequence[str] = (),
     eku: Optional[Sequence[x509.ObjectIdentifier]] = None,
     cert_sign: bool = True,
+    other_sans: Sequence[x509.GeneralName] = (),
 ) -> Issued:
     """Issue a certificate (self-signed without `issuer`).
 
     `eku`: the extended key usages (default: none for a CA, serverAuth and clientAuth for a
-    leaf). `cert_sign`: a CA's key usage includes keyCertSign."""
+    leaf). `cert_sign`: a CA's key usage includes keyCertSign. `other_sans`: subjectAltNames
+    after the DNS and IP ones (URIs, otherNames)."""
     priv = make_key(key) if isinstance(key, str) else key
     signer = issuer.key if issuer is not None else priv
     subject = make_name(cns)
@@ -170,6 +172,7 @@ def make_cert(
         builder = builder.add_extension(x509.ExtendedKeyUsage(list(eku)), critical=False)
     names: list[x509.GeneralName] = [x509.DNSName(d) for d in dns]
     names += [x509.IPAddress(ipaddress.ip_address(i)) for i in ips]
+    names += list(other_sans)
     if names:
         builder = builder.add_extension(x509.SubjectAlternativeName(names), critical=False)
     if permitted_dns:

@@ -360,6 +360,39 @@ def test_platform_sources_unsupported_here() -> None:
             sslports.ssl_load_verify_source(ctx, ("macosx-keychain", "/x.keychain"))
 
 
+@pytest.mark.parametrize(
+    "trust, purpose, loaded",
+    [
+        (True, "client", True),
+        ({"1.3.6.1.5.5.7.3.1"}, "client", True),  # serverAuth
+        ({"1.3.6.1.5.5.7.3.4"}, "client", False),  # emailProtection only
+        ({"1.3.6.1.5.5.7.3.1"}, "server", False),  # a server's roots check clients
+        ({"1.3.6.1.5.5.7.3.2"}, "server", True),  # clientAuth
+    ],
+)
+def test_win32_store_roots_are_taken_for_their_purpose_only(
+    monkeypatch: pytest.MonkeyPatch, trust: Any, purpose: str, loaded: bool
+) -> None:
+    """("win32-store", name) took every certificate of the store as a TLS root, also one
+    Windows trusts only for e-mail (enum_certificates' third item), which Python's
+    load_default_certs leaves out. (Windows' call, faked here: the loading is the same.)"""
+    import ssl
+
+    from sslports import context as context_module
+
+    root = make_cert("Store Root", ca=True)
+    der = root.cert.public_bytes(serialization.Encoding.DER)
+    monkeypatch.setattr(
+        ssl, "enum_certificates", lambda name: [(der, "x509_asn", trust)], raising=False
+    )
+    ctx = (
+        sslports.ssl_make_client_context()
+        if purpose == "client"
+        else sslports.ssl_make_server_context()
+    )
+    assert context_module._load_win32_store(ctx, "ROOT") is loaded
+
+
 def test_load_default_verify_sources_ignores_failures(tmp_path: Path) -> None:
     def body() -> None:
         sslports.ssl_default_verify_sources(

@@ -2,9 +2,10 @@
 
 Fork: a process that forks (a prefork server, multiprocessing with the fork start method, a
 server that hands each connection to a child) shares every socket with the child. Closing a
-connection then closes this process's descriptor only, as Python's ``ssl`` does: no
-``shutdown()``, no queued bytes sent, none read away, so the other process's copy of the
-connection keeps working. The child can make new connections, accept on an inherited
+connection this process has not written on since then closes this process's descriptor only,
+as Python's ``ssl`` does: no ``shutdown()``, no queued bytes sent, none read away, so the other
+process's copy of the connection keeps working; the process that wrote took the connection
+over and closes it as usual. The child can make new connections, accept on an inherited
 listener, resume sessions it inherited and compute digests.
 
 Signals: a handler that raises ends a wait promptly (the pump waits in slices) and leaves the
@@ -276,6 +277,82 @@ def test_parent_handing_a_connection_to_a_child(version: str, flush: bool) -> No
         close_all(cin, cout)
 
 
+# A Python ssl client: one request line, then a late line the server never reads (a
+# pipelined request), then, a moment later, it reads the whole reply; prints how many bytes.
+_LATE_LINE_CLIENT = """
+import socket, ssl, sys, time
+ctx = ssl.create_default_context()
+ctx.check_hostname = False
+ctx.verify_mode = ssl.CERT_NONE
+sock = socket.create_connection(("127.0.0.1", int(sys.argv[1])))
+sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 65536)
+s = ctx.wrap_socket(sock)
+s.sendall(b"GET\\n")
+time.sleep(0.2)
+s.sendall(b"LATE\\n")
+time.sleep(0.5)
+n = 0
+try:
+    while True:
+        chunk = s.recv(65536)
+        if not chunk:
+            break
+        n += len(chunk)
+except OSError as exc:
+    print("error:", exc, file=sys.stderr)
+print(n)
+"""
+
+
+@threads_after_a_threaded_fork
+@pytest.mark.parametrize("who", ["the child", "the parent"])
+def test_the_process_that_wrote_since_a_fork_closes_without_losing_its_tail(who: str) -> None:
+    """After a fork, the process that writes on a connection has taken it over (one process
+    uses a connection), and its last close is the usual one: the peer's unread late bytes
+    read away, the rest delivered before the socket closes. It was a bare close of the
+    descriptor in every process that had forked, a child serving the connection or a parent
+    that had once forked for something else (multiprocessing, subprocess's preexec_fn): the
+    late line met a closed socket, whose reset dropped what the kernel still held (the client
+    read 4.6 of 8 MB)."""
+    size = 8_000_000
+    with listening("tls13") as (lst, port):
+        client = subprocess.Popen(
+            [sys.executable, "-c", _LATE_LINE_CLIENT, str(port)],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+        )
+        try:
+            sin, sout = sslports.ssl_accept(lst)
+
+            def serve() -> None:
+                assert sin.readline() == b"GET\n"
+                sout.write(b"x" * size)
+                close_all(sin, sout)
+
+            pid = os.fork()
+            if pid == 0:  # pragma: no cover - the child
+                code = 1
+                try:
+                    if who == "the child":
+                        lst.close()
+                        serve()
+                    code = 0
+                finally:
+                    os._exit(code)
+            if who == "the child":
+                close_all(sin, sout)  # the parent's copy, right away
+            _, status = os.waitpid(pid, 0)
+            assert os.waitstatus_to_exitcode(status) == 0
+            if who == "the parent":
+                serve()
+            out, err = client.communicate(timeout=60)
+        finally:
+            if client.poll() is None:
+                client.kill()
+                client.wait()
+        assert int(out) == size, err
+
+
 def test_child_closing_connection_another_thread_reads_does_not_hang() -> None:
     """A thread of the parent waits in a read when the process forks: in the child that
     thread does not exist, but the port's lock it held is held there forever. Closing the
@@ -375,6 +452,62 @@ def test_child_closing_listener_while_parent_accepts_leaves_it_listening() -> No
         sin, sout = got["s"]
         check_talks(cin, cout, sin, sout, b"x")
         close_all(cin, cout, sin, sout)
+
+
+@pytest.mark.parametrize("does", ["close", "accept"])
+def test_child_uses_a_listener_whose_lock_a_parent_thread_held_at_fork(does: str) -> None:
+    """An accepting thread takes the listener's lock for a moment in each 50 ms wait slice. A
+    fork in that moment left the child's copy of the lock held for good, by a thread the child
+    does not have: the child's close() or ssl_accept() waited for ever (the test above hung
+    about once in 20 runs). Here a parent thread holds the lock across the fork."""
+    with listening() as (lst, port):
+        taken, release = threading.Event(), threading.Event()
+
+        def hold() -> None:
+            with lst._lock:
+                taken.set()
+                release.wait(30)
+
+        holder = threading.Thread(target=hold)
+        holder.start()
+        try:
+            assert taken.wait(10)
+            forked = threading.Event()
+
+            def child() -> bytes:
+                if does == "close":
+                    lst.close()
+                    return b"closed"
+                sin, sout = sslports.ssl_accept(lst)
+                with sin, sout:
+                    sout.write(b"hi")
+                return b"accepted"
+
+            result: dict[str, Any] = {}
+
+            def connect() -> None:  # (the child's accept needs a client)
+                if not forked.wait(10):
+                    return
+                cin, cout = sslports.ssl_connect(LOCAL, port, timeout=10)
+                with cin, cout:
+                    result["read"] = read_exactly(cin, 2)
+
+            client = threading.Thread(target=connect)
+            if does == "accept":
+                client.start()
+            try:
+                assert in_child(child, bound=10, forked=forked) == (
+                    b"closed" if does == "close" else b"accepted"
+                )
+            finally:
+                forked.set()
+                if does == "accept":
+                    client.join(20)
+            if does == "accept":
+                assert result.get("read") == b"hi"
+        finally:
+            release.set()
+            holder.join(10)
 
 
 def test_a_worker_closing_its_listener_under_its_own_accept_leaves_the_others_listening() -> None:

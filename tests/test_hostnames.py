@@ -45,6 +45,7 @@ from certs import (
     server_context,
     wrap_client,
 )
+from cryptography import x509
 
 import sslports
 from sslports import SSLNetworkError
@@ -201,6 +202,10 @@ CASES: list[tuple[str, str, bool]] = [
     ("dns_ip", "::1.", F),
     ("dns_ip", "127.1", F),  # a DNS name (not an IP literal), and no DNS SAN spells it
     ("dns_ip", "dnsip.example.test", T),
+    # -- cn_uri, cn_srv: a CN beside SRV or URI names only (RFC 6125 6.4.4: the CN is no name)
+    ("cn_uri", "cnuri.example.test", F),
+    ("cn_srv", "cnsrv.example.test", F),
+    ("cn_srv", "_xmpp.cnsrv.example.test", F),
     # -- cn_wild: a wildcard CN -------------------------------------------------------------
     ("cn_wild", "a.cnwild.example.test", T),
     ("cn_wild", "cnwild.example.test", F),
@@ -244,6 +249,21 @@ def _certs() -> tuple[Path, dict[str, Issued]]:
         "two_cn": make_cert(["first.example.test", "second.example.test"], issuer=root),
         "cn_ip": make_cert("cnip.example.test", issuer=root, ips=["127.0.0.1"]),
         "cn_wild": make_cert("*.cnwild.example.test", issuer=root),
+        # (a SPIFFE workload's, a service's: the CN happens to look like a host name)
+        "cn_uri": make_cert(
+            "cnuri.example.test",
+            issuer=root,
+            other_sans=[x509.UniformResourceIdentifier("spiffe://example.test/workload")],
+        ),
+        "cn_srv": make_cert(
+            "cnsrv.example.test",
+            issuer=root,
+            other_sans=[  # (id-on-dnsSRV, an IA5String "_xmpp.cnsrv.example.test")
+                x509.OtherName(
+                    x509.ObjectIdentifier("1.3.6.1.5.5.7.8.7"), b"\x16\x18_xmpp.cnsrv.example.test"
+                )
+            ],
+        ),
         "dns_ip": make_cert("dns ip", issuer=root, dns=["127.0.0.1", "::1", "dnsip.example.test"]),
         "v6": make_cert(
             "v6",
@@ -375,6 +395,7 @@ def test_certificate_hostnames_of_each_cert(table: Table) -> None:
     assert names["two_cn"] == ["second.example.test"]  # the last CN
     assert names["cn_ip"] == ["cnip.example.test", "127.0.0.1"]
     assert names["cn_wild"] == ["*.cnwild.example.test"]
+    assert names["cn_uri"] == names["cn_srv"] == []  # (their CNs name no host)
     assert names["dns_ip"] == ["127.0.0.1", "::1", "dnsip.example.test"]
     # IPv6 in RFC 5952 form: the first longest run of zero groups (two or more) as "::".
     assert names["v6"] == [

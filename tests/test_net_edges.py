@@ -21,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import errno
+import io
 import ipaddress
 import os
 import resource
@@ -394,6 +395,42 @@ def test_ip_literals_send_no_sni(py_server: Callable[[str], _PyServer]) -> None:
         _close(inp, out)
     assert six.sni == [None, None, None]
     assert four.sni == [None, None]
+
+
+def test_a_bracketed_address_is_no_name(py_server: Callable[[str], _PyServer]) -> None:
+    """ "[::1]" (a URL's way of writing an address) was sent as the SNI name by the wrappers
+    (RFC 6066 allows no address there, and it is not a name either): it now names nothing,
+    as "*" does: no SNI, and a context that checks names refuses it, saying why."""
+    server = py_server(LOCAL)
+    sock = socket.create_connection((LOCAL, server.port), timeout=10)
+    inp, out = sslports.ssl_wrap_socket(
+        sock, context=sslports.ssl_make_client_context(), hostname="[::1]", timeout=10
+    )
+    assert inp.read(2) == b"hi"
+    _close(inp, out)
+    assert server.sni == [None]
+    secure = sslports.ssl_make_client_context("secure")
+    with (
+        socket.create_connection((LOCAL, server.port), timeout=10) as sock2,
+        pytest.raises(SSLNetworkError, match=r"'\[::1\]' .*without brackets"),
+    ):
+        sslports.ssl_wrap_socket(sock2, context=secure, hostname="[::1]")
+
+
+def test_an_over_long_hostname_is_value_error_everywhere() -> None:
+    """A name over 253 characters (no DNS name is longer; SNI takes at most 255 bytes) was a
+    ValueError from ssl_connect, but an SSLError from OpenSSL's refusal of the SNI name
+    ("hostname setup failed") from the wrappers."""
+    name = ".".join(["a" * 63] * 4) + ".example"
+    with pytest.raises(ValueError, match=r"^ssl_connect: hostname"):
+        sslports.ssl_connect(name, 443, timeout=5)
+    a, b = socket.socketpair()
+    with a, b, pytest.raises(ValueError, match=r"^ssl_wrap_socket: hostname is longer than"):
+        sslports.ssl_wrap_socket(a, hostname=name)
+    with pytest.raises(ValueError, match=r"^ports_to_ssl_ports: hostname is longer than"):
+        sslports.ports_to_ssl_ports(io.BytesIO(), io.BytesIO(), hostname=name)
+    with pytest.raises(ValueError, match=r"^open_ssl_connection: hostname is longer than"):
+        asyncio.run(sslports.aio.open_ssl_connection(name, 443, timeout=5))
 
 
 def test_dns_name_sni_drops_the_trailing_dot(

@@ -14,6 +14,7 @@ from __future__ import annotations
 import array
 import hashlib
 import io
+import subprocess
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -23,6 +24,7 @@ from typing import Any, Optional
 import pytest
 from certs import (
     LOCAL,
+    OPENSSL,
     VERSIONS,
     Issued,
     Server,
@@ -288,6 +290,7 @@ def test_sni_callback_runs_once_per_connection_across_a_hello_retry(
     main = server_context("tls13", sni.default)
     sslports.ssl_server_context_enable_ecdh(main, "secp384r1")  # (P-384, X25519, P-256)
     alt = server_context("tls13", sni.alt)
+    sslports.ssl_server_context_enable_ecdh(alt, "secp384r1")  # (a switch takes alt's groups)
     calls: list[str] = []
 
     def callback(name: str) -> Optional[sslports.SSLServerContext]:
@@ -311,6 +314,42 @@ def test_sni_callback_runs_once_per_connection_across_a_hello_retry(
     finally:
         server.close()
     assert calls == [hostname]
+
+
+def _server_temp_key(port: int, name: str) -> str:
+    """The key exchange group a TLS 1.2 server chose, as ``openssl s_client`` reports it, for a
+    client that offers P-256 first, then P-384."""
+    assert OPENSSL is not None
+    cmd = [OPENSSL, "s_client", "-connect", f"{LOCAL}:{port}", "-servername", name, "-tls1_2"]
+    out = subprocess.run(
+        [*cmd, "-groups", "P-256:P-384"], input=b"", capture_output=True, timeout=30, check=False
+    ).stdout.decode(errors="replace")
+    return next(line.split(",")[1].strip() for line in out.splitlines() if "Temp Key" in line)
+
+
+@pytest.mark.parametrize(
+    "listener_curve, switched_curve, expected",
+    [(None, "secp384r1", "secp384r1"), ("secp384r1", None, "prime256v1")],
+)
+def test_sni_switched_context_ecdh_group_applies(
+    sni: Sni, listener_curve: Optional[str], switched_curve: Optional[str], expected: str
+) -> None:
+    """The context switched to chooses the key exchange group with its own
+    ssl_server_context_enable_ecdh preference, or OpenSSL's default where it set none: the
+    listener's preference neither hides the one of a name nor leaks into another."""
+    main = server_context("tls12", sni.default)
+    alt = server_context("tls12", sni.alt)
+    for ctx, curve in ((main, listener_curve), (alt, switched_curve)):
+        if curve is not None:
+            sslports.ssl_server_context_enable_ecdh(ctx, curve)
+    sslports.ssl_set_server_name_identification_callback(main, lambda name: alt)
+    server = Server(main)
+    try:
+        join = server.accept(echo_line)
+        assert _server_temp_key(server.port, "alt.example.test") == expected
+        join(30)
+    finally:
+        server.close()
 
 
 def test_sni_switched_context_key_logger(sni_server: SniServer) -> None:

@@ -845,12 +845,20 @@ def _load_win32_store(ctx: _Context, name: str) -> bool:  # pragma: no cover - W
         certs = pyssl.enum_certificates(name)  # type: ignore[attr-defined]
     except OSError:
         return False
+    # Only what Windows trusts for the purpose this end verifies (a server's roots check
+    # clients), as Python's ssl.SSLContext.load_default_certs takes them: trust is True (any
+    # purpose) or a set of extended key usage OIDs.
+    purpose = _CLIENT_AUTH_OID if isinstance(ctx, SSLServerContext) else _SERVER_AUTH_OID
     pem = b"".join(
         b"-----BEGIN CERTIFICATE-----\n" + base64.encodebytes(der) + b"-----END CERTIFICATE-----\n"
-        for der, encoding, _trust in certs
-        if encoding == "x509_asn"
+        for der, encoding, trust in certs
+        if encoding == "x509_asn" and (trust is True or purpose in trust)
     )
     return _add_pem_roots(ctx, pem)
+
+
+_SERVER_AUTH_OID = "1.3.6.1.5.5.7.3.1"
+_CLIENT_AUTH_OID = "1.3.6.1.5.5.7.3.2"
 
 
 def ssl_load_default_verify_sources(context: AnyContext) -> None:
@@ -1182,7 +1190,7 @@ def ssl_server_context_enable_ecdh(
         ok = 0
         for groups in lists:
             lib.ERR_clear_error()
-            ok = lib.SSL_CTX_set1_groups_list(ptr, ":".join(groups).encode())
+            ok = lib.sp_ctx_set_groups(ptr, ":".join(groups).encode())
             if ok:
                 break
         lib.ERR_clear_error()

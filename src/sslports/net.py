@@ -150,8 +150,12 @@ def _uncheckable_name(
     what = _binding.handshake_step(is_server)
     if hostname is None:
         return cls(f"{func}: {what} failed (hostname not provided for verification)")
+    hint = ""
+    if hostname.startswith("[") and hostname.endswith("]"):
+        hint = "; an IPv6 address is written without brackets here"
     return cls(
-        f"{func}: {what} failed (hostname mismatch: {hostname!r} is not a valid reference name)",
+        f"{func}: {what} failed (hostname mismatch: {hostname!r} is not a valid reference "
+        f"name{hint})",
         verify_code=_X509_V_ERR_HOSTNAME_MISMATCH,
         verify_message="hostname mismatch",
     )
@@ -196,6 +200,8 @@ def _host_info(hostname: str) -> tuple[bool, Optional[bytes], bytes]:
         name = name[:-1]
     if not name or name.startswith(b".") or name.endswith(b".") or b".." in name or b"*" in name:
         return False, None, key
+    if b"[" in name or b"]" in name:  # ("[::1]": a URL's form of an address, never a name)
+        return False, None, key
     if literal_family(name.decode("ascii")):  # ("127.0.0.1.")
         return False, None, key
     return False, name, key
@@ -208,7 +214,15 @@ def _check_hostname_arg(func: str, hostname: object) -> Optional[str]:
         raise TypeError(f"{func}: hostname must be a str or None")
     if "\0" in hostname:
         raise ValueError(f"{func}: hostname contains a NUL character")
+    name = _host_info(hostname)[1]
+    if name is not None and len(name) > _DNS_NAME_MAX:
+        raise ValueError(
+            f"{func}: hostname is longer than a DNS name can be ({_DNS_NAME_MAX} characters)"
+        )
     return hostname
+
+
+_DNS_NAME_MAX = 253  # (RFC 1035: 255 octets on the wire, 253 characters written out)
 
 
 def _start_on_socket(
@@ -467,8 +481,8 @@ def _connect(
     # Argument checks, with the common cases inline (this runs once per connection, cold).
     if not isinstance(hostname, str):
         raise TypeError(f"{func}: hostname must be a str, got {type(hostname).__name__}")
-    if "\0" in hostname:
-        _check_hostname_arg(func, hostname)  # raises
+    if "\0" in hostname or len(hostname) > _DNS_NAME_MAX or not hostname.isascii():
+        _check_hostname_arg(func, hostname)  # (NUL, or a name too long once encoded: raises)
     if type(port_no) is not int or not 0 < port_no <= 65535:
         _check_port_number(func, port_no, 1)
     if isinstance(client_protocol, SSLClientContext):
@@ -529,6 +543,9 @@ def _forget_accepting_threads() -> None:
     for listener in list(_listeners):
         listener._accepting.clear()
         listener._wake = None  # (the parent's: its copies here close with the objects)
+        # (an accepting thread takes the lock for a moment in each wait slice: a fork then
+        # would leave it held for good, owned by a thread this process does not have)
+        listener._lock = threading.RLock()
 
 
 if hasattr(os, "register_at_fork"):

@@ -1159,9 +1159,10 @@ class Connection:
             sock.close()
 
     def close_shared(self, forked: int, timeout: Optional[float]) -> bool:
-        """The last close of a socket connection after a fork (`forked`: sp_conn_forked), when
-        another process may hold the socket and use its copy of the connection: a prefork
-        worker, a child it was handed to, the parent of this child. Close this process's
+        """The last close of a socket connection after a fork (`forked`: sp_conn_forked,
+        nonzero: this process has not written on it since), when another process may hold the
+        socket and use its copy of the connection: a prefork worker, a child it was handed
+        to, the parent of this child. Close this process's
         descriptor only, as Python's ssl does: shutdown() would end the connection for the
         other process too, and queued bytes sent or unread bytes read away here would corrupt
         its stream. False when a thread of this process is still in a call on it: the usual
@@ -1811,13 +1812,12 @@ def _write_ends_soon(lock: Any) -> bool:
     """The lock is free, or a write holding it in another thread ends within _CLOSE_WAIT
     (sp_fastport.c write_ends_soon, the same). Taken, not only looked at (`locked()`): a write
     that takes it afterwards then sees the close claimed (free-threaded builds too)."""
-    held_before = lock._is_owned()
-    if held_before:  # (a close from a signal handler inside this thread's own write)
+    if lock._is_owned():  # (a close from a signal handler inside this thread's own write)
         return False
     try:
         return bool(lock.acquire(timeout=_CLOSE_WAIT))
     finally:
-        lock.release_taken(held_before)
+        lock.release_taken(False)
 
 
 def _claim_close(port: Any) -> bool:
