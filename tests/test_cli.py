@@ -11,6 +11,7 @@ import contextlib
 import hashlib
 import os
 import re
+import select
 import shutil
 import signal
 import socket
@@ -25,6 +26,7 @@ from pathlib import Path
 from typing import Any, Optional
 
 import pytest
+from certs import chain_file, make_cert
 from conftest import random_bytes, read_exactly
 
 import sslports
@@ -651,6 +653,29 @@ def test_serve_logs_escape_what_clients_send(procs: Procs, tmp_path: Path) -> No
 
 
 @needs_tls
+def test_serve_names_a_client_that_reset_as_its_handshake_ended(procs: Procs) -> None:
+    """A client gone by the end of its handshake (a reset) was logged as "client": the
+    socket no longer tells its peer. The address accept() gave is used then."""
+    server, port, err = procs.sslports_server("--echo")
+    ctx = ssl.create_default_context(cafile=PEM)
+    ports = []
+    for _ in range(5):
+        raw = socket.create_connection((LOCAL, port), timeout=30)
+        ports.append(raw.getsockname()[1])
+        tls = ctx.wrap_socket(raw, server_hostname="localhost")
+        tls.sendall(b"x" * 1000)
+        tls.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        tls.close()
+    deadline = time.monotonic() + 20
+    while err.read_bytes().count(b"\n") < 10 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    procs.stop(server)
+    log = err.read_text("utf-8", "replace")
+    assert "serve: client:" not in log, log
+    assert any(f"127.0.0.1:{client_port}: connected" in log for client_port in ports), log
+
+
+@needs_tls
 @needs_curl
 def test_serve_www_with_curl(procs: Procs) -> None:
     _server, port, _err = procs.sslports_server("--www")
@@ -830,6 +855,20 @@ def test_serve_answers_bad_requests_with_their_status(procs: Procs, tmp_path: Pa
     for port, request, status in cases:
         answer = _raw_request(port, request)
         assert answer.startswith(b"HTTP/1.0 " + status + b" "), (request[:40], answer[:80])
+    # a symlink loop, a malformed absolute URL: answered (curl said "Empty reply from server")
+    (root / "loop1").symlink_to(root / "loop2")
+    (root / "loop2").symlink_to(root / "loop1")
+    for request, status in [
+        (b"GET /loop1 HTTP/1.0\r\n\r\n", b"404"),
+        (b"GET http://[/x HTTP/1.0\r\n\r\n", b"400"),
+    ]:
+        answer = _raw_request(dir_port, request)
+        assert answer.startswith(b"HTTP/1.0 " + status + b" "), (request, answer[:80])
+    # "//hello.txt" is a path, not a URL naming the host "hello.txt" (it listed the root)
+    answer = _raw_request(dir_port, b"GET //hello.txt HTTP/1.0\r\n\r\n")
+    assert answer.startswith(b"HTTP/1.0 200 ") and answer.endswith(b"\r\n\r\nhello\n"), answer
+    answer = _raw_request(dir_port, b"GET http://localhost/hello.txt?x=1 HTTP/1.0\r\n\r\n")
+    assert answer.endswith(b"\r\n\r\nhello\n"), answer
     # blank lines before the request line are tolerated (RFC 9112 2.2)
     answer = _raw_request(dir_port, b"\r\n\r\nGET /hello.txt HTTP/1.0\r\n\r\n")
     assert answer.startswith(b"HTTP/1.0 200 ") and answer.endswith(b"\r\n\r\nhello\n"), answer
@@ -1247,6 +1286,196 @@ def test_connect_ctrl_c_taken_by_another_thread_still_ends_the_command() -> None
     assert status == 130, err.decode()
     assert err == b"sslports: interrupted\n", err.decode()
     assert seen == [b""]
+
+
+def _non_blocking_pipe() -> tuple[int, int]:
+    """A pipe whose (shared) open file is non-blocking, as another program sharing a
+    terminal or pipe may leave it."""
+    r, w = os.pipe()
+    os.set_blocking(w, False)
+    os.set_blocking(r, False)
+    return r, w
+
+
+def _read_all_slowly(fd: int, proc: subprocess.Popen[bytes]) -> bytes:
+    """Everything from `fd` (non-blocking) until the writer is gone, read only after a pause
+    (the pipe fills meanwhile)."""
+    time.sleep(0.5)
+    got = bytearray()
+    deadline = time.monotonic() + TIMEOUT
+    while time.monotonic() < deadline:
+        select.select([fd], [], [], 0.2)
+        try:
+            chunk = os.read(fd, 1 << 16)
+        except BlockingIOError:
+            continue
+        if not chunk:
+            break
+        got += chunk
+    return bytes(got)
+
+
+@needs_tls
+@pytest.mark.parametrize("buffered", [False, True], ids=["unbuffered", "buffered"])
+def test_connect_writes_everything_to_a_non_blocking_stdout(buffered: bool) -> None:
+    """A terminal whose stdin another program made non-blocking has a non-blocking stdout
+    too (one open file). connect lost what such a stdout did not take at once: 17-42 KB of
+    5 MB reached it, and the command said 0 (Python's unbuffered stdout), or it failed with
+    "write could not complete without blocking" (buffered). It waits for room now."""
+    size = 4 * 1024 * 1024
+    data = os.urandom(size)
+
+    def serve(tls: ssl.SSLSocket) -> None:
+        tls.sendall(data)
+        tls.unwrap()
+
+    with python_tls_server(serve) as port:
+        r, w = _non_blocking_pipe()
+        env = dict(ENV)
+        if buffered:
+            del env["PYTHONUNBUFFERED"]
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "sslports", "connect", f"{LOCAL}:{port}", "--insecure", "-q"],
+            stdin=subprocess.DEVNULL,
+            stdout=w,
+            stderr=subprocess.PIPE,
+            env=env,
+        )
+        os.close(w)
+        try:
+            got = _read_all_slowly(r, proc)
+            _, err = proc.communicate(timeout=TIMEOUT)
+        finally:
+            os.close(r)
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+    assert proc.returncode == 0, err.decode()
+    assert len(got) == size and got == data
+
+
+def test_digest_writes_every_line_to_a_non_blocking_stdout(tmp_path: Path) -> None:
+    """sha1 of 1500 files into a non-blocking pipe read late: 65 of 93 KB arrived, and the
+    command said 0."""
+    names = []
+    for i in range(1500):
+        path = tmp_path / f"file-{i:04d}-{'x' * 40}"
+        path.write_bytes(str(i).encode())
+        names.append(str(path))
+    r, w = _non_blocking_pipe()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "sslports", "sha1", *names],
+        stdin=subprocess.DEVNULL,
+        stdout=w,
+        stderr=subprocess.PIPE,
+        env=ENV,
+    )
+    os.close(w)
+    try:
+        got = _read_all_slowly(r, proc)
+        _, err = proc.communicate(timeout=TIMEOUT)
+    finally:
+        os.close(r)
+    assert proc.returncode == 0, err.decode()
+    lines = got.decode().splitlines()
+    assert len(lines) == 1500
+    assert lines[-1] == f"{hashlib.sha1(b'1499').hexdigest()}  {names[-1]}"
+
+
+def test_digest_check_reads_a_non_blocking_list_to_its_end(tmp_path: Path) -> None:
+    """sha1 -c reading its list from a non-blocking stdin checked the lines already there
+    and said 0 (or, with none there yet, "unexpected AttributeError"). It reads to EOF."""
+    first, second = tmp_path / "first", tmp_path / "second"
+    first.write_bytes(b"one")
+    second.write_bytes(b"two")
+    r, w = _non_blocking_pipe()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "sslports", "sha1", "-c"],
+        stdin=r,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env=ENV,
+    )
+    os.close(r)
+    try:
+        time.sleep(0.3)
+        os.write(w, f"{hashlib.sha1(b'one').hexdigest()}  {first}\n".encode())
+        time.sleep(0.5)
+        os.write(w, f"{hashlib.sha1(b'TWO').hexdigest()}  {second}\n".encode())
+    finally:
+        os.close(w)
+    out, err = proc.communicate(timeout=TIMEOUT)
+    assert out.decode().splitlines() == [f"{first}: OK", f"{second}: FAILED"], err.decode()
+    assert proc.returncode == 1
+
+
+@needs_tls
+def test_connect_ctrl_c_taken_by_another_thread_while_stdout_is_stalled() -> None:
+    """Ctrl-C handed to a helper thread while the main thread was blocked writing to a
+    stdout nobody reads: the watcher's wake-up (shutting the socket's reading side) did not
+    free that write, and the command went on for ever. The watcher now sends the signal to
+    the main thread when its handler has not run."""
+
+    def serve(tls: ssl.SSLSocket) -> None:
+        with contextlib.suppress(OSError):
+            tls.sendall(b"ready\n")
+            for _ in range(200):
+                tls.sendall(b"y" * 65536)
+
+    with python_tls_server(serve) as port:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "sslports", "connect", f"{LOCAL}:{port}", "--insecure", "-q"],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            env=ENV,
+        )
+        assert proc.stdout is not None and proc.stderr is not None
+        try:
+            assert proc.stdout.readline() == b"ready\n"
+            time.sleep(1.0)  # (the pipe fills: the main thread waits in its write)
+            interrupt_a_helper_thread(proc.pid)
+            status = proc.wait(timeout=10)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+            err = proc.stderr.read()
+            for pipe in (proc.stdin, proc.stdout, proc.stderr):
+                with contextlib.suppress(OSError):
+                    pipe.close()  # type: ignore[union-attr]
+    assert status == 130, err.decode()
+
+
+@needs_tls
+@needs_openssl
+def test_connect_hint_follows_what_failed(procs: Procs, tmp_path: Path) -> None:
+    """The hint after a failed verification was picked by whether --cafile was given: an
+    untrusted chain with --cafile was told to check --servername, a name mismatch without
+    it to pass --cafile."""
+    port = procs.openssl_server("-cert", PEM, "-www")
+    other_root = chain_file(make_cert("Some Other Root", ca=True))
+    untrusted = connect_local(port, "--cafile", str(other_root))
+    assert "(--cafile FILE trusts a certificate" in assert_one_error_line(untrusted.stderr)
+    mismatch = subprocess.run(  # (trusted through the default store: no --cafile)
+        [sys.executable, "-m", "sslports", "connect", f"{LOCAL}:{port}", "--servername",
+         "wrong.example"],
+        input=b"",
+        capture_output=True,
+        timeout=TIMEOUT,
+        env={**ENV, "SSL_CERT_FILE": PEM},
+    )  # fmt: skip
+    assert "hostname mismatch" in assert_one_error_line(mismatch.stderr)
+    assert "(check --servername" in assert_one_error_line(mismatch.stderr)
+
+
+@pytest.mark.parametrize("option", ["--timeout", "--handshake-timeout"])
+def test_timeouts_beyond_a_clock_are_usage_errors(option: str) -> None:
+    """1e10 seconds passed the check, then failed as "unexpected OverflowError"."""
+    command = ["connect", f"{LOCAL}:1"] if option == "--timeout" else ["serve", "--port", "0"]
+    result = run_cli(*command, option, "1e10")
+    assert result.returncode == 2
+    assert "at most" in assert_one_error_line(result.stderr)
 
 
 class _StopServing(BaseException):

@@ -273,7 +273,12 @@ def _seconds(text: str) -> float:
         raise argparse.ArgumentTypeError(f"not a number of seconds: {text!r}") from None
     if not value > 0 or value != value or value == float("inf"):
         raise argparse.ArgumentTypeError(f"seconds must be a positive number, got {text!r}")
+    if value > _SECONDS_MAX:  # (a deadline must stay a clock reading: time_t, a C long)
+        raise argparse.ArgumentTypeError(f"seconds must be at most {_SECONDS_MAX:g}, got {text!r}")
     return value
+
+
+_SECONDS_MAX = 1e9  # (about 31 years)
 
 
 def _existing_file(text: str) -> str:
@@ -392,11 +397,14 @@ def _tcp_connect(host: str, port: int, timeout: Optional[float]) -> socket.socke
 def _handshake_error(exc: SSLError, label: str, args: argparse.Namespace) -> CLIError:
     message = f"TLS handshake with {label} failed: {_detail(exc)}"
     if exc.verify_code is not None and args.secure:
-        if args.cafile:
+        if exc.verify_code in _NAME_MISMATCHES:
             message += " (check --servername; --insecure goes on anyway)"
         else:
             message += " (--cafile FILE trusts a certificate; --insecure goes on anyway)"
     return CLIError(message)
+
+
+_NAME_MISMATCHES = (62, 64)  # X509_V_ERR_HOSTNAME_MISMATCH, X509_V_ERR_IP_ADDRESS_MISMATCH
 
 
 @contextlib.contextmanager
@@ -409,14 +417,20 @@ def _signals_also_call(wake: Callable[[], None], *signums: int) -> Iterator[None
     until that call returns: in an idle session, for ever. wake() makes the call return (it
     shuts the socket's reading side, or closes the listener); the handler then runs. The
     watcher learns of the signal through signal.set_wakeup_fd, which CPython's C-level
-    handler writes from whichever thread took it, after marking the handler pending."""
+    handler writes from whichever thread took it, after marking the handler pending. A main
+    thread blocked elsewhere (a write to a stalled terminal or pipe) is not woken by that:
+    when the handler has not run within _HANDLER_WAIT, the watcher sends the signal to the
+    main thread itself, once, which interrupts its system call."""
     if threading.current_thread() is not threading.main_thread():
         yield  # (set_wakeup_fd is the main thread's; only tests call main() elsewhere)
         return
     watch_end, signal_end = socket.socketpair()
     signal_end.setblocking(False)
+    handled = threading.Event()
+    main_thread = threading.main_thread().ident
 
     def watch() -> None:
+        resent = False
         with watch_end:
             while True:  # (to the end: a write to a closed pair is reported on stderr)
                 try:
@@ -425,12 +439,28 @@ def _signals_also_call(wake: Callable[[], None], *signums: int) -> Iterator[None
                     return
                 if not taken:
                     return
-                if any(signum in taken for signum in signums):
+                for signum in signums:
+                    if signum not in taken:
+                        continue
                     with contextlib.suppress(OSError):
                         wake()
+                    if not resent and signum in wrapped and not handled.wait(_HANDLER_WAIT):
+                        resent = True  # (its own signal comes back here: never again)
+                        with contextlib.suppress(OSError, ValueError):
+                            signal.pthread_kill(main_thread or 0, signum)
 
+    def note_handled(signum: int, frame: Any) -> Any:
+        handled.set()
+        return wrapped[signum](signum, frame)
+
+    wrapped: dict[int, Callable[[int, Any], Any]] = {}
     previous: Optional[int] = None
     try:
+        for signum in signums:  # (a Python handler only: SIG_DFL and SIG_IGN stay as they are)
+            handler = signal.getsignal(signum)
+            if callable(handler) and hasattr(signal, "pthread_kill"):
+                wrapped[signum] = handler
+                signal.signal(signum, note_handled)
         threading.Thread(target=watch, name="sslports-signals", daemon=True).start()
         previous = signal.set_wakeup_fd(signal_end.fileno(), warn_on_full_buffer=False)
     except (RuntimeError, ValueError, OSError):  # (no thread to spare): as before, unwatched
@@ -438,14 +468,17 @@ def _signals_also_call(wake: Callable[[], None], *signums: int) -> Iterator[None
     finally:
         if previous is None:
             signal_end.close()  # (the watcher, if it started, ends at EOF and closes its end)
-    if previous is None:
-        yield
-        return
     try:
         yield
     finally:
-        signal.set_wakeup_fd(previous)
-        signal_end.close()
+        if previous is not None:
+            signal.set_wakeup_fd(previous)
+            signal_end.close()
+        for signum, handler in wrapped.items():
+            signal.signal(signum, handler)
+
+
+_HANDLER_WAIT = 0.25  # seconds the watcher gives the main thread to run a signal's handler
 
 
 def _cmd_connect(args: argparse.Namespace) -> int:
@@ -600,7 +633,7 @@ def _pipe_stdio(
 
     aborted = True
     try:
-        stdout = _stdout_buffer()  # (before the thread: a closed stdout fails at once)
+        _stdout_buffer()  # (before the thread: a closed stdout fails at once)
         threading.Thread(target=stdin_to_connection, name="sslports-stdin", daemon=True).start()
         while True:
             try:
@@ -609,8 +642,7 @@ def _pipe_stdio(
                 raise CLIError(f"connection failed: {_reason(exc)}") from None
             if not chunk:
                 break
-            stdout.write(chunk)
-            stdout.flush()
+            _write_stdout(chunk)
         aborted = False
     finally:
         # The stdin thread may be stuck in a write the server never reads: don't wait forever.
@@ -805,6 +837,20 @@ def _www_respond(session: _Session, method: str, target: str) -> str:
     return "200 OK"
 
 
+def _target_path(target: str) -> str:
+    """The path of a request target: an absolute URL's ("http://host/x"), or the target up to
+    its query ("//x" is the path //x, not a URL naming the host x)."""
+    if _ABSOLUTE_URL.match(target):
+        try:
+            return urllib.parse.urlsplit(target).path or "/"
+        except ValueError:  # ("http://[/x": an unclosed IPv6 host)
+            raise _HTTPError(400, "Bad Request", "malformed URL") from None
+    return target.split("?", 1)[0].split("#", 1)[0] or "/"
+
+
+_ABSOLUTE_URL = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://")  # (RFC 3986 3.1: a scheme)
+
+
 def _resolve_in(root: Path, url_path: str) -> Path:
     """The file `url_path` names under `root`, or _HTTPError 403 when it escapes `root`."""
     path = os.fsdecode(urllib.parse.unquote_to_bytes(url_path))  # (a name's own bytes)
@@ -837,11 +883,13 @@ def _dir_respond(session: _Session, method: str, target: str) -> str:
     if method not in ("GET", "HEAD"):
         raise _HTTPError(405, "Method Not Allowed", method)
     root = Path(session.args.dir).resolve()
-    url_path = urllib.parse.urlsplit(target).path or "/"
+    url_path = _target_path(target)
     try:
         path = _resolve_in(root, url_path)
     except UnicodeDecodeError:
         raise _HTTPError(400, "Bad Request", "path is not UTF-8") from None
+    except (RuntimeError, OSError):  # (a symlink loop: RuntimeError from resolve() before 3.13)
+        raise _HTTPError(404, "Not Found", url_path) from None
     head_only = method == "HEAD"
     try:
         if path.is_dir():
@@ -899,12 +947,17 @@ def _serve_connection(session: _Session) -> None:
                 port.close()
 
 
-def _peer_label(inp: SSLInputPort) -> str:
+def _peer_label(inp: SSLInputPort, addr: Any) -> str:
+    """The client's host:port; the address accept() gave when the socket no longer tells (a
+    client that reset the connection as its handshake ended)."""
     try:
         _lh, _lp, host, port = ssl_addresses(inp, True)
         return _binding.endpoint(str(host), int(port))
     except (SSLError, OSError):
-        return "client"
+        try:
+            return _binding.endpoint(str(addr[0]), int(addr[1]))
+        except (TypeError, ValueError, IndexError):
+            return "client"
 
 
 @contextlib.contextmanager
@@ -964,7 +1017,7 @@ def _serve_client(
     except Exception as exc:  # (sock is closed; the message names the client)
         _say(f"{PROG}: serve: handshake failed: {_detail(exc)}")
         return
-    _serve_connection(_Session(inp, out, _peer_label(inp), args))
+    _serve_connection(_Session(inp, out, _peer_label(inp, addr), args))
 
 
 def _cmd_serve(args: argparse.Namespace) -> int:
@@ -1091,7 +1144,33 @@ def _stdout_buffer() -> Any:
 
 
 def _write_stdout(data: bytes) -> None:
-    _stdout_buffer().write(data)
+    """All of `data` to standard output. Another program may have made it non-blocking (a
+    terminal that is also a non-blocking stdin shares the flag): a write there takes part of
+    the data, or none (BlockingIOError); wait for room then, as _read_waiting waits for input.
+    (Python's unbuffered stdout dropped the rest without a word, its buffered one failed.)"""
+    stdout = _stdout_buffer()
+    try:
+        fd = stdout.fileno()
+    except (AttributeError, OSError, ValueError):  # (a stand-in without a descriptor)
+        stdout.write(data)
+        return
+    for stream in (sys.stdout, stdout):  # (what a layer still holds goes first)
+        _flush_waiting(stream, fd)
+    view = memoryview(data)
+    while view:
+        try:
+            view = view[os.write(fd, view) :]
+        except BlockingIOError:
+            select.select([], [fd], [])
+
+
+def _flush_waiting(stream: Any, fd: int) -> None:
+    while True:
+        try:
+            stream.flush()
+            return
+        except BlockingIOError:
+            select.select([], [fd], [])
 
 
 def _digest_tool(args: argparse.Namespace) -> tuple[str, int, Callable[[Any], str]]:
@@ -1163,11 +1242,16 @@ def _parse_check_line(line: bytes, tag: str, hexlen: int) -> Optional[tuple[str,
 
 
 def _checksum_lines(list_name: str) -> list[bytes]:
-    if list_name == "-":
-        stdin = getattr(sys.stdin, "buffer", None)
-        if stdin is None:
+    if list_name == "-":  # (to its end, also where it is non-blocking: _read_waiting)
+        read = _stdin_reader()
+        if read is None:
             raise CLIError("no standard input")
-        return list(stdin.read().splitlines())
+        chunks: list[bytes] = []
+        while True:
+            chunk = read(_CHUNK)
+            if not chunk:
+                return b"".join(chunks).splitlines()
+            chunks.append(chunk)
     with open(list_name, "rb") as f:
         return f.read().splitlines()
 
