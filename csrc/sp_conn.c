@@ -218,11 +218,12 @@ static void install_fork_handlers(void)
 int sp_conn_forked(const sp_conn *c)
 {
     unsigned children = sp_flag_get(&child_forks), seen = sp_flag_get(&forks_seen);
-    if (seen == c->forks_at_birth || c->wrote_at_forks == seen)
-        return 0; /* (no fork, or this process wrote since the last one: it is the user) */
+    int wrote_since = c->wrote_at_forks == seen; /* (since the last fork it took part in) */
+    if (seen == c->forks_at_birth)
+        return 0;
     if (children != c->child_forks_at_birth)
-        return c->wrote_at_child_forks == children ? 3 : 2;
-    return 1;
+        return wrote_since ? 4 : c->wrote_at_child_forks == children ? 3 : 2;
+    return wrote_since ? 0 : 1;
 }
 
 void sp_conn_note_write(sp_conn *c)
@@ -1834,11 +1835,14 @@ static int guarded_write(sp_conn *c, const void *buf, size_t len, size_t *n)
     sp_step step;
     int ok;
     sp_conn_note_write(c); /* (sp_conn_forked) */
-    if (!sp_ctx_step_needed(c->ssl))
-        return SSL_write_ex(c->ssl, buf, len, n);
-    sp_ctx_step_begin(c->ssl, &step);
-    ok = SSL_write_ex(c->ssl, buf, len, n);
-    sp_ctx_step_end(&step);
+    if (!sp_ctx_step_needed(c->ssl)) {
+        ok = SSL_write_ex(c->ssl, buf, len, n);
+    } else {
+        sp_ctx_step_begin(c->ssl, &step);
+        ok = SSL_write_ex(c->ssl, buf, len, n);
+        sp_ctx_step_end(&step);
+    }
+    sp_conn_note_write(c); /* (again: a fork in another thread during the write) */
     return ok;
 }
 

@@ -248,15 +248,17 @@ long sp_fd_unsent(int fd);
 long sp_conn_unsent(sp_conn *c);
 long sp_fd_linger_needed(int fd);
 /* Whether another process may hold this connection's socket and use it: 0 no fork since it
- * was made, or this process wrote on it since the last fork it took part in (as parent or
- * child: one process uses a connection, and this one took it over); else 1 this process
- * forked since (a child has a copy); 2 this process is a child of the one that made it and
- * has not written on it; 3 such a child that wrote before a fork of its own. Nonzero: the
+ * was made, or this process forked since and wrote on it after the fork (one process uses a
+ * connection: this one took it over); 1 this process forked since (a child has a copy); 2 this
+ * process is a child of the one that made it and has not written on it; 3 such a child that
+ * wrote before a fork of its own; 4 such a child that wrote since its last fork (it took the
+ * connection over). 0: the usual last close (close_notify where asked, unread bytes read
+ * away, the lingering close), without which a peer's late bytes meet a bare close and its
+ * reset drops what the kernel still held. 4: the same, unless a thread of the parent held a
+ * lock of the connection at the fork (ports.py: it stays taken here for good). Otherwise the
  * last close closes only this process's descriptor: no shutdown(), nothing sent or read away,
- * which would end or corrupt the other process's copy (ports.py); and in a child that never
- * wrote, an output port's close sends nothing the parent left buffered (2). Zero: the usual
- * close (close_notify where asked, unread bytes read away, the lingering close), which a
- * peer whose late bytes met a bare close would otherwise answer by dropping the rest. */
+ * which would end or corrupt the other process's copy; and in a child that never wrote, an
+ * output port's close sends nothing the parent left buffered (2). */
 int sp_conn_forked(const sp_conn *c);
 /* This process writes on the connection (an output port's write, whether it sends or only
  * buffers): after a fork, the process that does has taken the connection over

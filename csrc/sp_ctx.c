@@ -122,9 +122,9 @@ typedef struct ctx_guard {
                           * type (under the write lock: sp_ctx_use_private_key / _chain_pem) */
     unsigned char tag[8]; /* random, this context's part of its session id contexts */
     int identity;         /* ... and this: sp_ctx_identity_changed (read with sp_flag_get) */
-    char *groups;   /* the key exchange groups sp_ctx_set_groups set (under the write lock),
-                     * or NULL: OpenSSL's default; an SNI switch to this context takes them */
-    int has_groups; /* groups != NULL, read without the lock (sp_flag_get) */
+    char *groups; /* the key exchange groups sp_ctx_set_groups set (under the write lock), or
+                   * NULL: what SSL_new copies (OpenSSL's default, or the configuration's) */
+    int sni;      /* sp_ctx_enable_sni ran: its SNI callback is called (sp_flag_get) */
 } ctx_guard;
 
 static int guard_index = -1;
@@ -396,68 +396,64 @@ int sp_ctx_step_needed(SSL *ssl)
     return SSL_in_init(ssl) || SSL_version(ssl) < TLS1_3_VERSION;
 }
 
-/* OpenSSL's default groups, for a connection that took another list from the context it was
- * made from: "DEFAULT" from OpenSSL 3.5 on (its key-share tuples included); before it, the
- * default spelled out (3.0-3.4: ssl/t1_lib.c supported_groups_default, but for the GOST
- * groups that only a GOST provider offers; 1.1.1: the first five). */
-static int set_default_groups(SSL *ssl)
-{
-    static const char *const lists[] = {
-        "DEFAULT",
-        "X25519:P-256:X448:P-521:P-384:ffdhe2048:ffdhe3072:ffdhe4096:ffdhe6144:ffdhe8192",
-        "X25519:P-256:X448:P-521:P-384",
-    };
-    size_t i;
-    for (i = 0; i < sizeof lists / sizeof lists[0]; i++) {
-        if (SSL_set1_groups_list(ssl, lists[i]) == 1) {
-            ERR_clear_error(); /* (the lists refused before it) */
-            return 1;
-        }
-    }
-    return 0;
-}
-
-/* SSL_set_SSL_CTX moves the certificate, not the groups the SSL copied from the context it
- * was made from (SSL_new): take the new context's (`to`'s read lock held, or it is sealed),
- * or OpenSSL's default where the new one set none and the old one did (`had`). */
-static int switch_groups(SSL *ssl, const ctx_guard *to, int had)
-{
-    if (to != NULL && to->groups != NULL)
-        return SSL_set1_groups_list(ssl, to->groups) == 1;
-    return had ? set_default_groups(ssl) : 1;
-}
-
+/* The groups are kept on the context's guard, not set on the SSL_CTX: SSL_new copies a
+ * context's groups into each SSL, and SSL_set_SSL_CTX (the SNI switch) does not copy them
+ * again, nor can a connection's list be read back to restore the one the context switched to
+ * would have given (OpenSSL's default, or a system policy's Groups). So every server SSL keeps
+ * what SSL_new gave it until its ClientHello callback, after any switch, applies the final
+ * context's own list (sp_ctx_apply_groups): the same list in each case, and never another
+ * context's. The list is checked on a probe SSL first, so a list this OpenSSL refuses changes
+ * nothing (the caller holds the context's write lock). */
 int sp_ctx_set_groups(SSL_CTX *ctx, const char *list)
 {
     ctx_guard *g = guard_of(ctx);
-    char *copy = NULL;
-    if (g != NULL) {
-        copy = malloc(strlen(list) + 1);
-        if (copy == NULL)
-            return 0;
-        strcpy(copy, list);
-    }
-    if (SSL_CTX_set1_groups_list(ctx, list) != 1) {
-        free(copy);
+    SSL *probe;
+    char *copy;
+    int ok;
+    if (g == NULL)
         return 0;
-    }
-    if (g != NULL) {
-        free(g->groups);
-        g->groups = copy;
-        sp_flag_set(&g->has_groups, 1);
-    }
+    probe = SSL_new(ctx);
+    if (probe == NULL)
+        return 0;
+    ok = SSL_set1_groups_list(probe, list) == 1;
+    SSL_free(probe);
+    if (!ok)
+        return 0;
+    copy = malloc(strlen(list) + 1);
+    if (copy == NULL)
+        return 0;
+    strcpy(copy, list);
+    free(g->groups);
+    g->groups = copy;
     return 1;
+}
+
+int sp_ctx_apply_groups(SSL *ssl)
+{
+    const ctx_guard *g = guard_of(SSL_get_SSL_CTX(ssl));
+    /* (inside the handshake's step, which holds this context's read lock, or it is sealed:
+     * the list cannot change under us) */
+    return g == NULL || g->groups == NULL || SSL_set1_groups_list(ssl, g->groups) == 1;
+}
+
+void sp_ctx_note_sni(SSL_CTX *ctx)
+{
+    ctx_guard *g = guard_of(ctx);
+    if (g != NULL)
+        sp_flag_set(&g->sni, 1);
+}
+
+int sp_ctx_sni_wanted(const SSL_CTX *ctx)
+{
+    const ctx_guard *g = guard_of(ctx);
+    return g == NULL || sp_flag_get(&g->sni);
 }
 
 int sp_ctx_switch_ssl(SSL *ssl, SSL_CTX *to)
 {
     sp_step *st = current_step;
-    const ctx_guard *from = guard_of(SSL_get_SSL_CTX(ssl));
-    int had = from != NULL && sp_flag_get(&from->has_groups);
     ctx_guard *g;
     int ok;
-    if (SSL_get_SSL_CTX(ssl) == to)
-        return 1;
     /* Inside a step (the SNI callback): the rest of it reads `to`, not the old context. */
     if (st != NULL && st->locked == SSL_get_SSL_CTX(ssl) && st->locked != to) {
         unlock_read(guard_of(st->locked));
@@ -465,10 +461,10 @@ int sp_ctx_switch_ssl(SSL *ssl, SSL_CTX *to)
     }
     g = guard_to_read(to);
     if (g == NULL)
-        return SSL_set_SSL_CTX(ssl, to) != NULL && switch_groups(ssl, guard_of(to), had);
+        return SSL_set_SSL_CTX(ssl, to) != NULL;
     if (!read_lock(g))
         return 0;
-    ok = SSL_set_SSL_CTX(ssl, to) != NULL && switch_groups(ssl, g, had);
+    ok = SSL_set_SSL_CTX(ssl, to) != NULL;
     if (st != NULL && st->locked == NULL)
         st->locked = to; /* (released by sp_ctx_step_end) */
     else
@@ -576,8 +572,10 @@ SSL_CTX *sp_ctx_new(int is_server, sp_err *err)
      * reads stdin when there is none, with signals held off. */
     SSL_CTX_set_default_passwd_cb(ctx, no_prompt);
     SSL_CTX_set_default_passwd_cb_userdata(ctx, NULL);
-    if (is_server)
+    if (is_server) {
         sp_ctx_remember_end_point(ctx);
+        sp_ctx_watch_hello(ctx); /* (the groups: sp_ctx_apply_groups) */
+    }
     SSL_CTX_set_mode(ctx, SSL_MODE_RELEASE_BUFFERS | SSL_MODE_ACCEPT_MOVING_WRITE_BUFFER);
     if (!SSL_CTX_set_min_proto_version(ctx, TLS1_VERSION)) {
         sp_err_drain(err);

@@ -29,9 +29,17 @@ EVP_PKEY *sp_load_private_key(const unsigned char *data, size_t len, int der, in
  * 1 if at least one was added. */
 int sp_ctx_add_pem_roots(SSL_CTX *ctx, const unsigned char *pem, size_t len);
 
-/* SSL_CTX_set1_groups_list, kept on the context too: an SNI switch to it takes the list
- * (SSL_set_SSL_CTX does not). The caller holds the context's write lock. 1: set. */
+/* A server context's key exchange groups (ssl_server_context_enable_ecdh), kept on the
+ * context and applied to each connection once its ClientHello is in and any SNI switch done
+ * (sp_ctx_apply_groups), so that the context it ends up with decides (SSL_set_SSL_CTX does
+ * not move groups). The caller holds the context's write lock. 1: set; 0: this OpenSSL
+ * refuses the list (nothing changed) or no memory. */
 int sp_ctx_set_groups(SSL_CTX *ctx, const char *list);
+/* The groups of the SSL's (final) context, if it set any: 1, or 0 on failure. */
+int sp_ctx_apply_groups(SSL *ssl);
+/* sp_ctx_enable_sni ran on ctx (its SNI callback is to be called), and the query. */
+void sp_ctx_note_sni(SSL_CTX *ctx);
+int sp_ctx_sni_wanted(const SSL_CTX *ctx);
 /* SSL_CTX_set_cipher_list that changes nothing when it rejects `spec` (1: set). */
 int sp_ctx_set_cipher_list(SSL_CTX *ctx, const char *spec);
 /* The loads of context.py, from bytes Python read (a PEM blob); each parses everything before

@@ -82,28 +82,29 @@ struct sp_digest {
 /* These digests are checksums (Racket's sha1 and md5 of a file), not security: fetched with
  * "-fips", as hashlib's usedforsecurity=False, so that a configuration that asks for
  * FIPS-approved algorithms by default (default_properties = fips=yes, FIPS-mode systems)
- * still computes them. Fetched once, kept for the life of the process. */
+ * still computes them. Fetched once, kept for the life of the process; where no provider
+ * offers one so (NULL, also remembered: no fetch per call), the built-in one is used, whose
+ * use then fails with OpenSSL's own reason. */
 static EVP_MD *fetched_sha1, *fetched_md5;
 static int sha1_made, md5_made;
 
 static int fetch_sha1(void)
 {
-    return (fetched_sha1 = EVP_MD_fetch(NULL, "SHA1", "-fips")) != NULL;
+    fetched_sha1 = EVP_MD_fetch(NULL, "SHA1", "-fips");
+    ERR_clear_error(); /* (a failure's reasons: the built-in one will give its own) */
+    return 1;
 }
 
 static int fetch_md5(void)
 {
-    return (fetched_md5 = EVP_MD_fetch(NULL, "MD5", "-fips")) != NULL;
+    fetched_md5 = EVP_MD_fetch(NULL, "MD5", "-fips");
+    ERR_clear_error();
+    return 1;
 }
 
-/* The fetched digest, or the built-in one where no provider offers it so (its use then
- * fails with OpenSSL's own reason). */
 static const EVP_MD *fetched(int *made, int (*fetch)(void), EVP_MD **md, const EVP_MD *builtin)
 {
-    if (sp_once(made, fetch))
-        return *md;
-    ERR_clear_error();
-    return builtin;
+    return sp_once(made, fetch) && *md != NULL ? *md : builtin;
 }
 #endif
 

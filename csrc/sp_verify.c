@@ -597,6 +597,16 @@ static int hello_host_name(SSL *ssl, char *out, size_t cap)
     return 1;
 }
 
+/* The end of the first ClientHello's callback: the groups of the context the connection ends
+ * up with (sp_ctx_set_groups), before OpenSSL chooses a key exchange. */
+static int hello_groups(SSL *ssl, int *alert)
+{
+    if (sp_ctx_apply_groups(ssl))
+        return SSL_CLIENT_HELLO_SUCCESS;
+    *alert = SSL_AD_INTERNAL_ERROR;
+    return SSL_CLIENT_HELLO_ERROR;
+}
+
 /* The SNI callback runs from the ClientHello callback, before OpenSSL looks for a session to
  * resume: a switch to another context (and its session id context, sp_conn_apply_verify_locked)
  * then decides which sessions may be resumed, so that a session made where no client
@@ -614,8 +624,9 @@ static int client_hello_callback(SSL *ssl, int *alert, void *arg)
     if (c == NULL || c->sni_done) /* (a HelloRetryRequest's second hello, a renegotiation) */
         return SSL_CLIENT_HELLO_SUCCESS;
     c->sni_done = 1;
-    if (!hello_host_name(ssl, name, sizeof name))
-        return SSL_CLIENT_HELLO_SUCCESS; /* no SNI: the callback is not called */
+    /* no SNI callback, or no SNI: the callback is not called */
+    if (!sp_ctx_sni_wanted(SSL_get_SSL_CTX(ssl)) || !hello_host_name(ssl, name, sizeof name))
+        return hello_groups(ssl, alert);
     sp_conn_callback_begin(c, &frame);
     r = sp_py_sni(c, name, &switch_to, &flags);
     sp_conn_callback_end(&frame);
@@ -648,7 +659,7 @@ static int client_hello_callback(SSL *ssl, int *alert, void *arg)
         }
         sp_conn_apply_verify_locked(c);
     }
-    return SSL_CLIENT_HELLO_SUCCESS;
+    return hello_groups(ssl, alert);
 }
 
 /* Acknowledges the SNI extension (the switch itself happened in client_hello_callback). */
@@ -659,9 +670,15 @@ static int sni_callback(SSL *ssl, int *alert, void *arg)
                                                                        : SSL_TLSEXT_ERR_NOACK;
 }
 
-void sp_ctx_enable_sni(SSL_CTX *ctx)
+void sp_ctx_watch_hello(SSL_CTX *ctx)
 {
     SSL_CTX_set_client_hello_cb(ctx, client_hello_callback, NULL);
+}
+
+void sp_ctx_enable_sni(SSL_CTX *ctx)
+{
+    sp_ctx_watch_hello(ctx);
+    sp_ctx_note_sni(ctx);
     SSL_CTX_set_tlsext_servername_callback(ctx, sni_callback);
 }
 

@@ -84,6 +84,9 @@ void sp_ctx_remember_end_point(SSL_CTX *ctx);
 
 /* Callbacks into Python, enabled per context. */
 void sp_ctx_enable_sni(SSL_CTX *ctx);
+/* Every server context's ClientHello callback (sp_ctx_new): the SNI switch where enabled, then
+ * the key exchange groups of the context the connection ends up with. */
+void sp_ctx_watch_hello(SSL_CTX *ctx);
 void sp_ctx_enable_keylog(SSL_CTX *ctx, int on);
 
 #endif /* SP_VERIFY_H */

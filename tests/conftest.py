@@ -27,6 +27,7 @@ import signal
 import socket
 import ssl
 import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -582,6 +583,35 @@ def run_in_thread(fn: Callable[[], Any]) -> Callable[..., Any]:
 
 
 PY_ENV = {**os.environ, "PYTHONUNBUFFERED": "1"}
+
+
+def system_default_conf(*settings: str) -> str:
+    """An OpenSSL configuration whose system_default section (applied to every new SSL_CTX,
+    as distributions' crypto policies do) holds `settings` ("Groups = P-384")."""
+    return (
+        "openssl_conf = openssl_init\n[openssl_init]\nssl_conf = ssl_sect\n[ssl_sect]\n"
+        "system_default = system_default_sect\n[system_default_sect]\n"
+        + "".join(f"{line}\n" for line in settings)
+    )
+
+
+def python_under_openssl_conf(
+    conf_text: str, tmp_path: Path, code: str, *args: str
+) -> subprocess.CompletedProcess[str]:
+    """``python -c code ARGS`` in the tests directory (its modules importable), with
+    OPENSSL_CONF naming a file of `conf_text` (OpenSSL reads it once, at start-up: a child
+    process); its output as text. The caller checks the status."""
+    conf = tmp_path / "openssl.cnf"
+    conf.write_text(conf_text)
+    return subprocess.run(
+        [sys.executable, "-c", code, *args],
+        cwd=Path(__file__).parent,
+        env={**os.environ, "OPENSSL_CONF": str(conf)},
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
 
 
 # Where the ports' C fast path (sslports._fastport) must be built: CPython (free-threaded too),

@@ -38,6 +38,7 @@ from certs import (
     server_context,
     wrap_client,
 )
+from conftest import system_default_conf
 from cryptography.hazmat.primitives import hashes
 from cryptography.x509.oid import ExtendedKeyUsageOID
 
@@ -389,15 +390,7 @@ def test_secure_context_weak_leaves(matrix: Matrix, version: str) -> None:
 
 # An OpenSSL configuration that lowers every new SSL_CTX to security level 1, as upstream
 # OpenSSL's compiled-in default (and e.g. a LEGACY system crypto policy) does.
-LEVEL_1_CONF = """\
-openssl_conf = openssl_init
-[openssl_init]
-ssl_conf = ssl_sect
-[ssl_sect]
-system_default = system_default_sect
-[system_default_sect]
-CipherString = DEFAULT:@SECLEVEL=1
-"""
+LEVEL_1_CONF = system_default_conf("CipherString = DEFAULT:@SECLEVEL=1")
 
 LEVEL_1_SCRIPT = textwrap.dedent(
     """\

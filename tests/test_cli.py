@@ -1297,7 +1297,30 @@ def _non_blocking_pipe() -> tuple[int, int]:
     return r, w
 
 
-def _read_all_slowly(fd: int, proc: subprocess.Popen[bytes]) -> bytes:
+def _run_into_a_non_blocking_pipe(args: list[str], env: dict[str, str]) -> tuple[int, bytes, bytes]:
+    """``python -m sslports ARGS`` with its stdout a non-blocking pipe that is read only after
+    a pause (it fills meanwhile): the exit status, all it wrote, its stderr."""
+    r, w = _non_blocking_pipe()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "sslports", *args],
+        stdin=subprocess.DEVNULL,
+        stdout=w,
+        stderr=subprocess.PIPE,
+        env=env,
+    )
+    os.close(w)
+    try:
+        got = _read_all_slowly(r)
+        _, err = proc.communicate(timeout=TIMEOUT)
+    finally:
+        os.close(r)
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    return proc.returncode, got, err
+
+
+def _read_all_slowly(fd: int) -> bytes:
     """Everything from `fd` (non-blocking) until the writer is gone, read only after a pause
     (the pipe fills meanwhile)."""
     time.sleep(0.5)
@@ -1329,28 +1352,14 @@ def test_connect_writes_everything_to_a_non_blocking_stdout(buffered: bool) -> N
         tls.sendall(data)
         tls.unwrap()
 
+    env = dict(ENV)
+    if buffered:
+        del env["PYTHONUNBUFFERED"]
     with python_tls_server(serve) as port:
-        r, w = _non_blocking_pipe()
-        env = dict(ENV)
-        if buffered:
-            del env["PYTHONUNBUFFERED"]
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "sslports", "connect", f"{LOCAL}:{port}", "--insecure", "-q"],
-            stdin=subprocess.DEVNULL,
-            stdout=w,
-            stderr=subprocess.PIPE,
-            env=env,
+        status, got, err = _run_into_a_non_blocking_pipe(
+            ["connect", f"{LOCAL}:{port}", "--insecure", "-q"], env
         )
-        os.close(w)
-        try:
-            got = _read_all_slowly(r, proc)
-            _, err = proc.communicate(timeout=TIMEOUT)
-        finally:
-            os.close(r)
-            if proc.poll() is None:
-                proc.kill()
-                proc.wait()
-    assert proc.returncode == 0, err.decode()
+    assert status == 0, err.decode()
     assert len(got) == size and got == data
 
 
@@ -1362,21 +1371,8 @@ def test_digest_writes_every_line_to_a_non_blocking_stdout(tmp_path: Path) -> No
         path = tmp_path / f"file-{i:04d}-{'x' * 40}"
         path.write_bytes(str(i).encode())
         names.append(str(path))
-    r, w = _non_blocking_pipe()
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "sslports", "sha1", *names],
-        stdin=subprocess.DEVNULL,
-        stdout=w,
-        stderr=subprocess.PIPE,
-        env=ENV,
-    )
-    os.close(w)
-    try:
-        got = _read_all_slowly(r, proc)
-        _, err = proc.communicate(timeout=TIMEOUT)
-    finally:
-        os.close(r)
-    assert proc.returncode == 0, err.decode()
+    status, got, err = _run_into_a_non_blocking_pipe(["sha1", *names], ENV)
+    assert status == 0, err.decode()
     lines = got.decode().splitlines()
     assert len(lines) == 1500
     assert lines[-1] == f"{hashlib.sha1(b'1499').hexdigest()}  {names[-1]}"

@@ -11,7 +11,6 @@ import io
 import os
 import random
 import signal
-import subprocess
 import sys
 import threading
 import time
@@ -20,7 +19,7 @@ from pathlib import Path
 from typing import Any, Callable, Optional
 
 import pytest
-from conftest import AgreeingInt, Pki, connected_ports, wait_until
+from conftest import AgreeingInt, Pki, connected_ports, python_under_openssl_conf, wait_until
 
 from sslports import _binding, _digest
 from sslports.md5 import md5, md5_bytes
@@ -796,21 +795,12 @@ def test_digests_work_where_the_configuration_asks_for_fips_algorithms(tmp_path:
     These are checksums, fetched as not for security ("-fips") as hashlib's are."""
     if _binding.lib.sp_openssl_version_number() < 0x30000000:
         pytest.skip("OpenSSL 1.1.1 has no properties")
-    conf = tmp_path / "fips-default.cnf"
-    conf.write_text(_FIPS_DEFAULT_CONF)
     code = (
         "import io, sslports; from sslports.md5 import md5; from sslports.sha1 import sha1; "
         "assert sslports._binding.lib is not None; "
         "print(md5(b'abc'), md5(io.BytesIO(b'abc' * 100000)), sha1(b'abc'))"
     )
-    out = subprocess.run(
-        [sys.executable, "-c", code],
-        env={**os.environ, "OPENSSL_CONF": str(conf)},
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
+    out = python_under_openssl_conf(_FIPS_DEFAULT_CONF, tmp_path, code)
     assert out.returncode == 0, out.stderr
     assert out.stdout.split() == [
         hashlib.md5(b"abc").hexdigest(),

@@ -353,6 +353,36 @@ def test_the_process_that_wrote_since_a_fork_closes_without_losing_its_tail(who:
         assert int(out) == size, err
 
 
+@threads_after_a_threaded_fork
+def test_a_child_that_took_over_closes_though_a_parent_thread_was_reading() -> None:
+    """A thread of the parent waits in a read when the process forks; the child writes (it
+    takes the connection over) and closes. Its close must not wait for the read lock that
+    thread held: the thread does not exist in the child (the usual close, which the child
+    gets since the change above, waited for it for ever)."""
+    with listening("tls13") as (lst, port):
+        cin, cout, sin, sout = connected_pair(lst, port)
+        got: list[bytes] = []
+        reader = threading.Thread(target=lambda: got.append(sin.read(1)), daemon=True)
+        reader.start()
+        time.sleep(0.3)  # (the reader waits inside sin.read, holding the read lock)
+
+        def child() -> bool:
+            sout.write(b"from child")
+            sout.flush()
+            close_all(sin, sout)
+            return True
+
+        try:
+            assert in_child(child, bound=15)
+            assert read_exactly(cin, 10) == b"from child"
+        finally:
+            cout.write(b"z")
+            cout.flush()
+            reader.join(10)
+            close_all(cin, cout, sin, sout)
+        assert got == [b"z"]
+
+
 def test_child_closing_connection_another_thread_reads_does_not_hang() -> None:
     """A thread of the parent waits in a read when the process forks: in the child that
     thread does not exist, but the port's lock it held is held there forever. Closing the

@@ -14,6 +14,7 @@ from __future__ import annotations
 import array
 import hashlib
 import io
+import os
 import subprocess
 import threading
 from collections.abc import Iterator
@@ -37,6 +38,7 @@ from certs import (
     server_context,
     wrap_client,
 )
+from conftest import python_under_openssl_conf, system_default_conf
 
 import sslports
 from sslports import SSLNetworkError
@@ -316,13 +318,15 @@ def test_sni_callback_runs_once_per_connection_across_a_hello_retry(
     assert calls == [hostname]
 
 
-def _server_temp_key(port: int, name: str) -> str:
+def _server_temp_key(port: int, name: str, groups: str = "P-256:P-384") -> str:
     """The key exchange group a TLS 1.2 server chose, as ``openssl s_client`` reports it, for a
-    client that offers P-256 first, then P-384."""
+    client that offers `groups` (by default P-256 first, then P-384). (s_client runs without
+    the caller's OPENSSL_CONF: its offer is its own.)"""
     assert OPENSSL is not None
     cmd = [OPENSSL, "s_client", "-connect", f"{LOCAL}:{port}", "-servername", name, "-tls1_2"]
+    env = {k: v for k, v in os.environ.items() if k != "OPENSSL_CONF"}
     out = subprocess.run(
-        [*cmd, "-groups", "P-256:P-384"], input=b"", capture_output=True, timeout=30, check=False
+        [*cmd, "-groups", groups], input=b"", capture_output=True, timeout=30, env=env, check=False
     ).stdout.decode(errors="replace")
     return next(line.split(",")[1].strip() for line in out.splitlines() if "Temp Key" in line)
 
@@ -350,6 +354,36 @@ def test_sni_switched_context_ecdh_group_applies(
         join(30)
     finally:
         server.close()
+
+
+_GROUPS_POLICY = system_default_conf("Groups = P-384:P-256")
+
+_POLICY_CHILD = """
+import sys
+from certs import Server, echo_line, make_cert, server_context
+from test_sni_alpn import _server_temp_key
+import sslports
+root = make_cert("Root", ca=True)
+main = server_context("tls12", make_cert("m", issuer=root, dns=["main.example.test"]))
+alt = server_context("tls12", make_cert("a", issuer=root, dns=["alt.example.test"]))
+sslports.ssl_server_context_enable_ecdh(main, "secp521r1")
+sslports.ssl_set_server_name_identification_callback(main, lambda name: alt)
+server = Server(main)
+join = server.accept(echo_line)
+print(_server_temp_key(server.port, "alt.example.test", sys.argv[1]))
+join(30)
+server.close()
+"""
+
+
+def test_sni_switch_to_a_context_without_groups_keeps_the_system_policy(tmp_path: Path) -> None:
+    """A system-wide Groups policy (openssl.cnf's system_default, as crypto-policies writes
+    it) is what a context that set no groups uses; a switch to such a context from one that
+    did must give it that, not OpenSSL's compiled-in default (a first version of the switch
+    installed the default: X25519, which the policy leaves out)."""
+    out = python_under_openssl_conf(_GROUPS_POLICY, tmp_path, _POLICY_CHILD, "X25519:P-256:P-384")
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split() == ["secp384r1"]
 
 
 def test_sni_switched_context_key_logger(sni_server: SniServer) -> None:

@@ -1160,18 +1160,24 @@ class Connection:
 
     def close_shared(self, forked: int, timeout: Optional[float]) -> bool:
         """The last close of a socket connection after a fork (`forked`: sp_conn_forked,
-        nonzero: this process has not written on it since), when another process may hold the
-        socket and use its copy of the connection: a prefork worker, a child it was handed
-        to, the parent of this child. Close this process's
-        descriptor only, as Python's ssl does: shutdown() would end the connection for the
-        other process too, and queued bytes sent or unread bytes read away here would corrupt
-        its stream. False when a thread of this process is still in a call on it: the usual
-        close then wakes that thread with shutdown()."""
+        nonzero), when another process may hold the socket and use its copy of the connection:
+        a prefork worker, a child it was handed to, the parent of this child. A child that
+        wrote since its fork (4) took the connection over and closes it as usual (False),
+        unless a lock is taken: by a thread of the parent at the fork, which this process
+        does not have and which would never give it back (a bare close then, as before).
+        Close this process's descriptor only, as Python's ssl does: shutdown() would end the
+        connection for the other process too, and queued bytes sent or unread bytes read away
+        here would corrupt its stream. False when a thread of this process is still in a call
+        on it: the usual close then wakes that thread with shutdown()."""
         read_lock, write_lock = self.read_lock, self.write_lock
         idle = read_lock.acquire(False)
         if idle and not write_lock.acquire(False):
             read_lock.release()
             idle = False
+        if forked == 4 and idle:  # (a child that took the connection over: the usual close)
+            write_lock.release()
+            read_lock.release()
+            return False
         if not idle and forked == 1:
             return False
         # (in a child, a held lock's owner is a thread of the parent, which does not exist
