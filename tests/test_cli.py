@@ -869,6 +869,9 @@ def test_serve_answers_bad_requests_with_their_status(procs: Procs, tmp_path: Pa
     assert answer.startswith(b"HTTP/1.0 200 ") and answer.endswith(b"\r\n\r\nhello\n"), answer
     answer = _raw_request(dir_port, b"GET http://localhost/hello.txt?x=1 HTTP/1.0\r\n\r\n")
     assert answer.endswith(b"\r\n\r\nhello\n"), answer
+    # ... and a listing under "//" links with one slash ("//hello.txt" names the host hello.txt)
+    answer = _raw_request(dir_port, b"GET // HTTP/1.0\r\n\r\n")
+    assert b'href="/hello.txt"' in answer, answer
     # blank lines before the request line are tolerated (RFC 9112 2.2)
     answer = _raw_request(dir_port, b"\r\n\r\nGET /hello.txt HTTP/1.0\r\n\r\n")
     assert answer.startswith(b"HTTP/1.0 200 ") and answer.endswith(b"\r\n\r\nhello\n"), answer

@@ -383,6 +383,37 @@ def test_a_child_that_took_over_closes_though_a_parent_thread_was_reading() -> N
         assert got == [b"z"]
 
 
+@threads_after_a_threaded_fork
+@pytest.mark.parametrize("reading", [False, True], ids=["idle", "a thread of its own reads"])
+def test_a_child_that_took_over_closes_as_usual_under_its_own_reader(reading: bool) -> None:
+    """A child that wrote on an inherited connection closes it as its user: the peer reads
+    EOF. With a thread of the child inside a read, the close took that thread's lock for one
+    a parent thread held at the fork, and closed only its descriptor: the parent's copy kept
+    the socket open, and the peer read nothing more, EOF never (it timed out)."""
+    with listening() as (lst, port):
+        cin, cout, sin, sout = connected_pair(lst, port)
+
+        def child() -> bool:
+            cout.write(b"x")
+            cout.flush()
+            reader = threading.Thread(target=lambda: cin.read(1), daemon=True)
+            if reading:
+                reader.start()
+                time.sleep(0.3)  # (it waits inside cin.read)
+            close_all(cout, cin)
+            if reading:
+                reader.join(10)
+            return True
+
+        try:
+            assert in_child(child, bound=15)
+            sin.settimeout(10)
+            assert read_exactly(sin, 1) == b"x"
+            assert sin.read1(100) == b""  # (EOF: the child's close reached the peer)
+        finally:
+            close_all(cin, cout, sin, sout)
+
+
 def test_child_closing_connection_another_thread_reads_does_not_hang() -> None:
     """A thread of the parent waits in a read when the process forks: in the child that
     thread does not exist, but the port's lock it held is held there forever. Closing the

@@ -448,6 +448,16 @@ static PyObject *lock_is_owned(Lock *self, PyObject *unused)
     return PyBool_FromLong(lock_owned(self));
 }
 
+/* _owner() -> int: the holder's thread ident, or 0 while it is free (ports.py close_shared:
+ * a holder that is no thread of this process held it when the process forked). */
+static PyObject *lock_owner(Lock *self, PyObject *unused)
+{
+    (void)unused;
+    if (!LOAD_INT_ACQUIRE(&self->locked))
+        return PyLong_FromLong(0);
+    return PyLong_FromUnsignedLong(LOAD_ULONG(&self->owner));
+}
+
 /* release_taken(held_before): the `finally` of a `try` that takes the lock with a timeout
  * (ports.py _PortLock.release_taken): release it if this thread holds it and did not before
  * the `try`. One C call: a signal handler's exception cannot come between the look and the
@@ -468,6 +478,7 @@ static PyMethodDef lock_methods[] = {
     {"release", (PyCFunction)lock_release, METH_NOARGS, "Release the lock."},
     {"locked", (PyCFunction)lock_locked, METH_NOARGS, "Whether the lock is held."},
     {"_is_owned", (PyCFunction)lock_is_owned, METH_NOARGS, "Whether this thread holds it."},
+    {"_owner", (PyCFunction)lock_owner, METH_NOARGS, "The holder's thread ident, or 0."},
     {"release_taken", (PyCFunction)lock_release_taken, METH_O,
      "release_taken(held_before): release it if this thread took it (not held before)."},
     {"__enter__", (PyCFunction)lock_enter, METH_NOARGS, "acquire()"},

@@ -428,6 +428,11 @@ def _signals_also_call(wake: Callable[[], None], *signums: int) -> Iterator[None
     signal_end.setblocking(False)
     handled = threading.Event()
     main_thread = threading.main_thread().ident
+    # The watcher sends the signal again only while the handlers are ours and none ran:
+    # `active` and `handled` change, and are read for that, under `resend_lock` (a handler
+    # that ran just after the wait, or the context's end, must not get a second signal).
+    resend_lock = threading.Lock()
+    active = [True]
 
     def watch() -> None:
         resent = False
@@ -444,13 +449,17 @@ def _signals_also_call(wake: Callable[[], None], *signums: int) -> Iterator[None
                         continue
                     with contextlib.suppress(OSError):
                         wake()
-                    if not resent and signum in wrapped and not handled.wait(_HANDLER_WAIT):
-                        resent = True  # (its own signal comes back here: never again)
-                        with contextlib.suppress(OSError, ValueError):
-                            signal.pthread_kill(main_thread or 0, signum)
+                    if resent or signum not in wrapped or handled.wait(_HANDLER_WAIT):
+                        continue
+                    resent = True  # (its own signal comes back here: never again)
+                    with resend_lock:
+                        if active[0] and not handled.is_set():
+                            with contextlib.suppress(OSError, ValueError):
+                                signal.pthread_kill(main_thread or 0, signum)
 
     def note_handled(signum: int, frame: Any) -> Any:
-        handled.set()
+        with resend_lock:
+            handled.set()
         return wrapped[signum](signum, frame)
 
     wrapped: dict[int, Callable[[int, Any], Any]] = {}
@@ -471,6 +480,8 @@ def _signals_also_call(wake: Callable[[], None], *signums: int) -> Iterator[None
     try:
         yield
     finally:
+        with resend_lock:
+            active[0] = False
         if previous is not None:
             signal.set_wakeup_fd(previous)
             signal_end.close()
@@ -842,10 +853,14 @@ def _target_path(target: str) -> str:
     its query ("//x" is the path //x, not a URL naming the host x)."""
     if _ABSOLUTE_URL.match(target):
         try:
-            return urllib.parse.urlsplit(target).path or "/"
+            path = urllib.parse.urlsplit(target).path
         except ValueError:  # ("http://[/x": an unclosed IPv6 host)
             raise _HTTPError(400, "Bad Request", "malformed URL") from None
-    return target.split("?", 1)[0].split("#", 1)[0] or "/"
+    else:
+        path = target.split("?", 1)[0].split("#", 1)[0]
+    # (one leading slash: a listing's links under "//sub/" would read "//sub/a.txt", which a
+    # browser takes for the host "sub")
+    return "/" + path.lstrip("/")
 
 
 _ABSOLUTE_URL = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://")  # (RFC 3986 3.1: a scheme)

@@ -204,11 +204,12 @@ class _PortLock:
     signal handler's exception (Ctrl-C) that comes as that call returns finds it this
     thread's and gives it back, where a lock taken by nobody would stay held for ever."""
 
-    __slots__ = ("_conn", "_held", "_lock")
+    __slots__ = ("_conn", "_held", "_holder", "_lock")
 
     def __init__(self, conn_addr: int = 0) -> None:
         self._lock: Any = threading.RLock()
         self._held = False  # (locked(); set once taken, cleared before the release)
+        self._holder = 0  # (_owner(): the thread that took it)
         self._conn = _binding.ffi.cast("sp_conn *", conn_addr) if conn_addr else None
 
     def acquire(self, blocking: bool = True, timeout: float = -1) -> bool:
@@ -231,6 +232,7 @@ class _PortLock:
             if lock._is_owned():  # taken as the exception came: not taken after all
                 lock.release()
             raise
+        self._holder = threading.get_ident()
         self._held = True
         return True
 
@@ -248,6 +250,10 @@ class _PortLock:
 
     def _is_owned(self) -> bool:
         return bool(self._lock._is_owned())
+
+    def _owner(self) -> int:
+        """The holder's thread ident, or 0 while it is free."""
+        return self._holder if self._held else 0
 
     def release_taken(self, held_before: bool) -> None:
         """The `finally` of a `try` that takes the lock with a timeout: give it back if this
@@ -1174,9 +1180,10 @@ class Connection:
         if idle and not write_lock.acquire(False):
             read_lock.release()
             idle = False
-        if forked == 4 and idle:  # (a child that took the connection over: the usual close)
-            write_lock.release()
-            read_lock.release()
+        if forked == 4 and (idle or not _held_by_a_thread_gone(read_lock, write_lock)):
+            if idle:  # (a child that took the connection over: the usual close)
+                write_lock.release()
+                read_lock.release()
             return False
         if not idle and forked == 1:
             return False
@@ -1812,6 +1819,15 @@ def _keep_unsent(pending: bytearray, data: Any, sent: int) -> None:
 
 
 _CLOSE_WAIT = 1.0  # seconds close() waits for a write running in another thread
+
+
+def _held_by_a_thread_gone(*locks: Any) -> bool:
+    """Does a thread this process does not have hold one of `locks` (a thread of the parent,
+    inside a call when the process forked: it never gives the lock back)? A thread of this
+    process that holds one is alive (threading lists it; a thread started outside threading
+    that never asked for current_thread() counts as gone)."""
+    holders = {lock._owner() for lock in locks} - {0}
+    return bool(holders - {thread.ident for thread in threading.enumerate()})
 
 
 def _write_ends_soon(lock: Any) -> bool:
