@@ -29,6 +29,7 @@ import signal
 import socket
 import ssl
 import struct
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -1119,6 +1120,54 @@ def test_a_signal_handler_that_closes_the_listener_ends_ssl_accept() -> None:
     now, and each accept ends with 'listener is closed'."""
     said = _accept_signals("handler-closes")
     assert said == "{'ssl_accept: accept failed (listener is closed)': 600}", said
+
+
+def _accept_closed_at_line(k: int) -> tuple[str, int]:
+    """ssl_accept on a fresh listener that a 'signal handler' closes just before the k-th line
+    the accept path runs in net.py (a tracer stands in for the handler: CPython runs handlers
+    between the same bytecodes), or at its third wait if that comes first; what it ended with,
+    and how many lines ran before that third wait."""
+    lst = sslports.ssl_listen(0, 5, False, LOCAL)
+    seen = [0, 0]  # lines, waits
+
+    def tracer(frame: Any, event: str, arg: Any) -> Any:
+        if frame.f_code.co_filename != sslports.net.__file__:
+            return None
+        if event == "call" and frame.f_code.co_name == "_wait_fds":
+            seen[1] += 1
+            if seen[1] == 3:
+                lst.close()
+        elif event == "line" and seen[1] < 3:
+            seen[0] += 1
+            if seen[0] == k:
+                lst.close()
+        return tracer
+
+    before = sys.gettrace()
+    sys.settrace(tracer)
+    try:
+        sslports.ssl_accept(lst)
+        said = "accepted"
+    except SSLNetworkError as exc:
+        said = str(exc)
+    finally:
+        sys.settrace(before)
+        lst.close()
+    return said, seen[0]
+
+
+def test_a_close_at_any_line_of_the_accept_path_ends_ssl_accept() -> None:
+    """test_a_signal_handler_that_closes_the_listener_ends_ssl_accept's random moments, made
+    exhaustive: a close before each line ssl_accept runs, through its first two waits. A close
+    between _wait_fds' check and its fileno() call passed fd -1 to poll.register, and ssl_accept
+    raised ValueError ("file descriptor cannot be a negative integer") instead of
+    SSLNetworkError (once in the official CI)."""
+    said, lines = _accept_closed_at_line(0)
+    outcomes = {said: [0]}
+    assert lines > 20  # (the path's lines, through two waits)
+    for k in range(1, lines + 1):
+        outcomes.setdefault(_accept_closed_at_line(k)[0], []).append(k)
+    assert list(outcomes) == ["ssl_accept: accept failed (listener is closed)"], outcomes
 
 
 def _python_tls_server(count: int) -> tuple[socket.socket, threading.Thread]:

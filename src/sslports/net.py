@@ -620,13 +620,15 @@ class SSLListener(NotCopyable):
     def _wait_fds(self) -> tuple[int, int]:
         """The descriptors to poll: the listener's and the wake-up pair's reading end."""
         with self._lock:
-            if self._closing:
-                raise OSError(errno.EBADF, "closed")
-            if self._wake is None:
+            if self._wake is None and not self._closing:
                 self._wake = socket.socketpair()
-                if self._closing:  # (a signal handler closed it meanwhile: nothing woke it)
-                    raise OSError(errno.EBADF, "closed")
-            return self._sock.fileno(), self._wake[0].fileno()
+            fds = self._sock.fileno(), -1 if self._wake is None else self._wake[0].fileno()
+            # (checked after the fileno() calls: a signal handler may close the listener at any
+            # line here, and a close after the check leaves a stale descriptor, which poll()
+            # reports at once and the next accept() finds closed, never -1)
+            if self._closing or min(fds) < 0:
+                raise OSError(errno.EBADF, "closed")
+            return fds
 
     def _left(self, me: int) -> None:
         with self._lock:
