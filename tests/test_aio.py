@@ -315,6 +315,30 @@ def test_verify_failure_and_bad_arguments() -> None:
     run("asyncio", main)
 
 
+BAD_TIMEOUTS = [(-1, ValueError), (float("nan"), ValueError), (float("inf"), ValueError)]
+BAD_TIMEOUTS += [(10**400, ValueError), ("5", TypeError), (True, TypeError)]
+
+
+@pytest.mark.parametrize(("timeout", "error"), BAD_TIMEOUTS)
+def test_a_bad_timeout_is_refused_before_connecting(timeout: Any, error: type) -> None:
+    """open_ssl_connection and wrap_ssl_streams passed timeout= on unchecked: -1 timed out at
+    once (closing the caller's writer), nan timed out or raised uvloop's "cannot convert float
+    NaN to integer", inf and True were taken, "5" raised an unnamed TypeError. Now the
+    TypeError / ValueError that names the call, as ssl_connect's, before anything is opened."""
+
+    async def main() -> None:
+        with pytest.raises(error, match=r"^open_ssl_connection: timeout must"):
+            await aio.open_ssl_connection("localhost", 443, client_context(), timeout=timeout)
+        raw_r, raw_w = await asyncio.open_connection(*silent.getsockname())
+        with pytest.raises(error, match=r"^wrap_ssl_streams: timeout must"):
+            await aio.wrap_ssl_streams(raw_r, raw_w, context=client_context(), timeout=timeout)
+        assert not raw_w.is_closing()  # (an argument error leaves the caller's streams)
+        raw_w.close()
+
+    with socket.create_server(("127.0.0.1", 0)) as silent:
+        run("asyncio", main)
+
+
 def test_hostile_and_stalled_clients_do_not_stop_the_server() -> None:
     async def main() -> None:
         server = await aio.start_ssl_server(

@@ -755,6 +755,122 @@ def test_writes_after_a_reset_raise(loop_kind: str, how: str) -> None:
 
 @pytest.mark.parametrize("loop_kind", LOOPS)
 @pytest.mark.parametrize("how", ["open", "wrap"])
+def test_what_came_before_a_reset_is_read_first(loop_kind: str, how: str) -> None:
+    """asyncio.md: after a reset, what arrived before it is read first, then the error is
+    raised. Over wrap_ssl_streams the ciphertext the raw StreamReader held was lost: its read()
+    raises the reset before it returns what it buffered, and the reader got none of the
+    100 000 bytes the server sent (and the kernel delivered) before resetting."""
+    listener = socket.create_server((LOCAL, 0))
+    listener.settimeout(JOIN)
+    tls = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    tls.load_cert_chain(sslports.TEST_PEM)
+    payload = os.urandom(100_000)
+
+    def serve() -> None:
+        conn, _addr = listener.accept()
+        conn.settimeout(JOIN)
+        with tls.wrap_socket(conn, server_side=True) as s:
+            s.recv(100)
+            s.sendall(payload)
+            time.sleep(0.3)  # (delivered: the client's kernel acknowledged it by now)
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+
+    join = threading.Thread(target=serve)
+    join.start()
+
+    async def main() -> tuple[bytes, BaseException]:
+        reader, writer = await _connect(how, listener.getsockname()[1])
+        writer.write(b"hello\n")
+        await writer.drain()
+        await asyncio.to_thread(join.join, JOIN)
+        await asyncio.sleep(0.3)  # (the reset came in: the raw side holds its error)
+        got = b""
+        try:
+            while True:
+                chunk = await reader.read(4096)
+                if not chunk:
+                    return got, EOFError("EOF")
+                got += chunk
+        except SSLNetworkError as exc:
+            return got, exc
+        finally:
+            writer.close()
+
+    try:
+        got, end = run(loop_kind, main)
+    finally:
+        listener.close()
+    assert (len(got), got == payload) == (len(payload), True)
+    assert isinstance(end, SSLNetworkError) and end.errno == errno.ECONNRESET, end
+
+
+@pytest.mark.parametrize("loop_kind", LOOPS)
+@pytest.mark.parametrize("how", ["open", "wrap"])
+def test_drain_after_close_raises_and_lets_the_loop_run(loop_kind: str, how: str) -> None:
+    """A producer's write-and-drain loop to a peer that reads slowly, and another task that
+    closes the writer (a shutdown handler). After close() writes are dropped, and drain()
+    returned at once without a turn of the loop once writing resumed: the producer spun at
+    100 % for ever and no other task ran again. Now drain() after close() gives the loop a
+    turn and raises SSLNetworkError, as asyncio's drain() raises once the transport closes."""
+    listener = socket.create_server((LOCAL, 0))
+    listener.settimeout(JOIN)
+    tls = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    tls.load_cert_chain(sslports.TEST_PEM)
+
+    def serve() -> None:  # (reads slowly until the end)
+        conn, _addr = listener.accept()
+        conn.settimeout(JOIN)
+        with tls.wrap_socket(conn, server_side=True) as s, contextlib.suppress(OSError):
+            while s.recv(4096):
+                time.sleep(0.001)
+
+    join = threading.Thread(target=serve)
+    join.start()
+
+    async def main() -> tuple[int, int, Any]:
+        _reader, writer = await _connect(how, listener.getsockname()[1])
+        ticks = [0]
+
+        async def ticker() -> None:
+            while True:
+                ticks[0] += 1
+                await asyncio.sleep(0)
+
+        async def closer() -> None:
+            await asyncio.sleep(0.2)
+            writer.close()
+
+        tick_task = asyncio.create_task(ticker())
+        close_task = asyncio.create_task(closer())
+        rounds = ticks_then = 0
+        failure: Any = "drain() never raised"
+        try:
+            while rounds < 100_000:
+                if writer.is_closing():
+                    rounds += 1
+                    ticks_then = ticks_then or ticks[0]
+                writer.write(b"x" * 1024)
+                await writer.drain()
+        except SSLNetworkError as exc:
+            failure = exc
+        tick_task.cancel()
+        await close_task
+        with contextlib.suppress(SSLNetworkError):
+            await writer.wait_closed()  # (the lingering close: the peer reads the rest)
+        return rounds, ticks[0] - ticks_then, failure
+
+    try:
+        rounds, ticks_after, failure = run(loop_kind, main)
+    finally:
+        listener.close()
+        join.join(JOIN)
+    assert isinstance(failure, SSLNetworkError), (failure, rounds, ticks_after)
+    assert "closed" in str(failure), failure
+    assert rounds == 1 and ticks_after >= 1, (rounds, ticks_after)
+
+
+@pytest.mark.parametrize("loop_kind", LOOPS)
+@pytest.mark.parametrize("how", ["open", "wrap"])
 def test_wait_closed_reports_a_reset(loop_kind: str, how: str) -> None:
     """As asyncio's StreamWriter.wait_closed() re-raises what the transport lost the connection
     with, close() then wait_closed() after a reset raises SSLNetworkError (a ConnectionError,

@@ -406,12 +406,12 @@ def test_a_lingering_close_looks_less_often_as_it_waits(loop_kind: str) -> None:
     up to 0.32 s: in 1.5 s, 7 looks (20 ms: 75). What it waits for still arrives: the peer
     that reads at last gets every byte and the EOF."""
     looks: list[float] = []
-    real_linger = aio._SSLProtocol.linger
+    real_next_wait = aio._Lingering.next_wait
     size = 8 << 20
 
-    def counted(self: Any, fd: int, wait: float) -> None:
-        looks.append(wait)
-        real_linger(self, fd, wait)
+    def counted(self: Any) -> float:
+        looks.append(real_next_wait(self))
+        return looks[-1]
 
     async def handler(reader: aio.SSLStreamReader, writer: aio.SSLStreamWriter) -> None:
         await reader.readline()
@@ -430,11 +430,11 @@ def test_a_lingering_close_looks_less_often_as_it_waits(loop_kind: str) -> None:
             writer.close()
             return lingered if len(got) == size else -len(got)
 
-    aio._SSLProtocol.linger = counted  # type: ignore[method-assign]
+    aio._Lingering.next_wait = counted  # type: ignore[method-assign]
     try:
         lingered = run(loop_kind, main)
     finally:
-        aio._SSLProtocol.linger = real_linger  # type: ignore[method-assign]
+        aio._Lingering.next_wait = real_next_wait  # type: ignore[method-assign]
     assert 1 <= lingered <= 10, lingered
     assert max(looks) == aio._LINGER_POLL_MAX
 

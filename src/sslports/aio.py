@@ -67,7 +67,7 @@ from ._timing import (
 )
 from .context import SSLClientContext, SSLServerContext, _Context, encode_alpn, literal_family
 from .errors import SSLError, SSLNetworkError, SSLTimeoutError
-from .ports import _LINGER_POLL_MS, check_handshake_timeout
+from .ports import _LINGER_POLL_MS, _check_timeout, check_handshake_timeout
 from .verify import cipher_info, peer_certificate
 
 _BUF = 1 << 18  # per-thread receive and ciphertext buffers (asyncio's max_size)
@@ -564,6 +564,65 @@ class AioConnection:
             self.close_raw()
 
 
+class _Lingering:
+    """A lingering close's bookkeeping (close_raw, both kinds of connection): it waits while
+    the peer takes our last bytes, for at most _LINGER_SECONDS without progress and
+    _LINGER_MOST_SECONDS in all, looking again after _LINGER_POLL, then twice the time each
+    time up to _LINGER_POLL_MAX."""
+
+    def __init__(self, now: float) -> None:
+        self.until = now + _LINGER_SECONDS  # it gives up then, unless the peer takes some
+        self.most = now + _LINGER_MOST_SECONDS  # the latest `until` may move to
+        self.left = math.inf  # the bytes it still had at its last look
+        self.wait = _LINGER_POLL
+        self.abandoned: Optional[OSError] = None  # why it gave up with bytes undelivered
+
+    def next_wait(self) -> float:
+        wait, self.wait = self.wait, min(2 * self.wait, _LINGER_POLL_MAX)
+        return wait
+
+    def ends(self, fd: int, buffered: int, now: float) -> Optional[bool]:
+        """None while the close waits on (`buffered`: the bytes the transport still holds);
+        else True when the transport must be aborted (bytes arrived unread, or ours were
+        given up on: `abandoned` says why), False when it closes as usual."""
+        in_kernel = _lib.sp_fd_unsent(fd)
+        # (a small tail that has left is delivered: sp_fd_linger_needed asks the kernel again)
+        delivered = buffered == 0 and (in_kernel == 0 or not _lib.sp_fd_linger_needed(fd))
+        left = buffered + in_kernel
+        if left < self.left:  # the peer took some: it reads, slowly maybe; wait on
+            self.until = min(now + _LINGER_SECONDS, self.most)
+        self.left = left
+        if not delivered and now < self.until:
+            return None
+        # Bytes read away: a reset, the peer learns that they went nowhere (as ports.py's
+        # lingerer does); a peer that took nothing for _LINGER_SECONDS: given up on (as
+        # asyncio's TLS transport gives up its shutdown), not waited for without end, and
+        # what it did not take is wait_closed()'s error (the abort drops it).
+        if _lib.sp_fd_drop_unread(fd) > 0 or buffered:
+            if not delivered and left:
+                why = (
+                    f"the close lingered {_LINGER_MOST_SECONDS:g} s"
+                    if now >= self.most
+                    else f"the peer took none of them for {_LINGER_SECONDS:g} s"
+                )
+                self.abandoned = TimeoutError(
+                    errno.ETIMEDOUT, f"our last {left} bytes not delivered: {why}"
+                )
+            return True
+        return False
+
+
+def _take_buffered(reader: asyncio.StreamReader) -> bytes:
+    """What `reader` buffered and has not returned: once it holds an exception (the stream
+    was reset), its read() raises that first and the bytes before it are unreachable."""
+    buffered = getattr(reader, "_buffer", None)  # (asyncio's StreamReader, every version)
+    if not isinstance(buffered, bytearray) or not buffered:
+        return b""
+    data = bytes(buffered)
+    buffered.clear()
+    return data
+
+
 def _address(transport: asyncio.BaseTransport, name: str) -> Any:
     """The transport's "peername" or "sockname"; None where it has none (a peer gone)."""
     try:
@@ -593,9 +652,7 @@ class _SSLProtocol(AioConnection, asyncio.BufferedProtocol):
         self.paused_reading = False
         self.write_paused = False
         self.held_for_replies = False  # reading waits until our replies drained (replied)
-        self.linger_until = 0.0  # a lingering close gives up then (close_raw); 0: none
-        self.linger_left = math.inf  # the bytes it still had at its last look
-        self.linger_most = 0.0  # the latest linger_until may move to
+        self.lingering: Optional[_Lingering] = None  # a lingering close (close_raw)
         self.abandoned: Optional[OSError] = None  # why it gave up with bytes undelivered
         self.closed_future: asyncio.Future[None] = self.loop.create_future()
 
@@ -618,7 +675,7 @@ class _SSLProtocol(AioConnection, asyncio.BufferedProtocol):
         return self.recv_buf  # type: ignore[no-any-return]
 
     def buffer_updated(self, nbytes: int) -> None:
-        if self.eof or self.exc is not None or self.linger_until:
+        if self.eof or self.exc is not None or self.lingering is not None:
             return  # the connection ended, failed or closes (close_raw): what follows is not read
         if not _sp_feed(self.ptr, self.recv_c, nbytes):
             self.exc = MemoryError("sslports: cannot buffer incoming ciphertext")
@@ -760,48 +817,27 @@ class _SSLProtocol(AioConnection, asyncio.BufferedProtocol):
             return
         self.paused_reading = self.held_for_replies = False
         self.set_reading(True)
-        self.linger_until = self.loop.time() + _LINGER_SECONDS
-        self.linger_most = self.loop.time() + _LINGER_MOST_SECONDS
-        self.linger(fd, _LINGER_POLL)
+        self.lingering = _Lingering(self.loop.time())
+        self.linger(fd)
 
     def abort_raw(self) -> None:
         self.sending = False
         if self.transport_ is not None:
             self.transport_.abort()
 
-    def linger(self, fd: int, wait: float) -> None:
-        transport = self.transport_
-        if transport is None or self.is_lost or transport.is_closing():
+    def linger(self, fd: int) -> None:
+        transport, lingering = self.transport_, self.lingering
+        if transport is None or lingering is None or self.is_lost or transport.is_closing():
             return  # (the peer's EOF closed it: eof_received)
-        buffered = transport.get_write_buffer_size()
-        in_kernel = _lib.sp_fd_unsent(fd)
-        # (a small tail that has left is delivered: sp_fd_linger_needed asks the kernel again)
-        delivered = buffered == 0 and (in_kernel == 0 or not _lib.sp_fd_linger_needed(fd))
-        now = self.loop.time()
-        left = buffered + in_kernel
-        if left < self.linger_left:  # the peer took some: it reads, slowly maybe; wait on
-            self.linger_until = min(now + _LINGER_SECONDS, self.linger_most)
-        self.linger_left = left
-        if delivered or now >= self.linger_until:
-            # Bytes read away: a reset, the peer learns that they went nowhere (as ports.py's
-            # lingerer does); a peer that took nothing for _LINGER_SECONDS: given up on (as
-            # asyncio's TLS transport gives up its shutdown), not waited for without end, and
-            # what it did not take is wait_closed()'s error (the abort drops it).
-            if _lib.sp_fd_drop_unread(fd) > 0 or buffered:
-                if not delivered and left:
-                    why = (
-                        f"the close lingered {_LINGER_MOST_SECONDS:g} s"
-                        if now >= self.linger_most
-                        else f"the peer took none of them for {_LINGER_SECONDS:g} s"
-                    )
-                    self.abandoned = TimeoutError(
-                        errno.ETIMEDOUT, f"our last {left} bytes not delivered: {why}"
-                    )
-                transport.abort()
-            else:
-                transport.close()
+        abort = lingering.ends(fd, transport.get_write_buffer_size(), self.loop.time())
+        if abort is None:
+            self.loop.call_later(lingering.next_wait(), self.linger, fd)
             return
-        self.loop.call_later(wait, self.linger, fd, min(2 * wait, _LINGER_POLL_MAX))
+        self.abandoned = lingering.abandoned
+        if abort:
+            transport.abort()
+        else:
+            transport.close()
 
     async def wait_closed(self) -> None:
         # shielded: cancelling one wait (asyncio.wait_for(writer.wait_closed(), t)) must not
@@ -849,6 +885,8 @@ class _StreamConnection(AioConnection):
         self.generation = 0  # bumped by every feed: a waiter that sees it move skips reading
         self.replies_out = False  # reading queued replies: drain them before reading on
         self.reading = False  # a reader waits (wait_read)
+        self.linger_task: Optional[asyncio.Task[None]] = None  # a lingering close (close_raw)
+        self.abandoned: Optional[OSError] = None  # why it gave up with bytes undelivered
 
     def raw_write(self, data: bytes) -> None:
         if not self.raw_writer.is_closing():
@@ -881,12 +919,16 @@ class _StreamConnection(AioConnection):
                 try:
                     data = await self.raw_reader.read(_BUF)
                 except (ConnectionError, OSError) as exc:
-                    data = b""
-                    self.input_error = exc
-                    if self.established and self.exc is None:
-                        self.exc = SSLNetworkError(
-                            f"read: read failed ({exc})", errno=getattr(exc, "errno", None)
-                        )
+                    # (asyncio's StreamReader raises before it returns what it buffered: what
+                    # came before the failure is decrypted and read first, as over a socket)
+                    # (the next read raises again, with nothing buffered)
+                    data = _take_buffered(self.raw_reader)
+                    if not data:
+                        self.input_error = exc
+                        if self.established and self.exc is None:
+                            self.exc = SSLNetworkError(
+                                f"read: read failed ({exc})", errno=getattr(exc, "errno", None)
+                            )
             self.generation += 1
             lib = _binding.lib
             if not data:
@@ -911,8 +953,58 @@ class _StreamConnection(AioConnection):
             raise SSLNetworkError(f"write: write failed ({exc})", errno=_errno_of(exc)) from exc
 
     def close_raw(self) -> None:
+        """A TCP connection lingers as _SSLProtocol's close_raw says (bytes that arrive unread
+        at the close would make the kernel reset it, dropping the end of what we wrote): our
+        side shuts, what arrives is read from the raw reader and dropped, and the raw writer
+        closes once the peer took our bytes, at its EOF, or when the lingering gives up."""
         self.sending = False
-        self.raw_writer.close()
+        writer = self.raw_writer
+        fd = _tcp_fd(writer.transport)
+        if fd < 0 or not self.established or self.input_ended or writer.is_closing():
+            writer.close()
+            return
+        try:
+            if not writer.can_write_eof():  # (a transport over TLS, say)
+                raise NotImplementedError
+            writer.write_eof()
+        except (OSError, RuntimeError, NotImplementedError):
+            writer.close()
+            return
+        try:
+            self.linger_task = self.loop.create_task(self.linger(fd))
+        except RuntimeError:  # (the loop is closed: the collector closes a dropped writer)
+            writer.close()
+
+    async def linger(self, fd: int) -> None:
+        lingering = _Lingering(self.loop.time())
+        transport = self.raw_writer.transport
+        try:
+            while not transport.is_closing():
+                abort = lingering.ends(fd, transport.get_write_buffer_size(), self.loop.time())
+                if abort is not None:
+                    self.abandoned = lingering.abandoned
+                    if abort:
+                        transport.abort()
+                    return
+                if not await self.drop_input(lingering.next_wait()):
+                    return  # (the peer's EOF, or a failure: the raw writer closes below)
+        finally:
+            if not transport.is_closing():
+                self.raw_writer.close()
+
+    async def drop_input(self, wait: float) -> bool:
+        """Read and drop what arrives within `wait` seconds (a reader that waits meanwhile
+        reads it itself); False at the raw side's end."""
+        if self.lock.locked():
+            await asyncio.sleep(wait)
+            return True
+        async with self.lock:
+            try:
+                return bool(await asyncio.wait_for(self.raw_reader.read(_BUF), wait))
+            except asyncio.TimeoutError:
+                return True
+            except (ConnectionError, OSError):
+                return False
 
     def abort_raw(self) -> None:
         self.sending = False
@@ -920,9 +1012,13 @@ class _StreamConnection(AioConnection):
 
     async def wait_closed(self) -> None:
         try:  # (shielded, as _SSLProtocol's: the raw writer's awaits its protocol's future)
+            if self.linger_task is not None:
+                await asyncio.shield(self.linger_task)
             await asyncio.shield(self.raw_writer.wait_closed())
         except (ConnectionError, OSError) as exc:
             raise _lost("wait_closed", exc) from exc
+        if self.abandoned is not None:
+            raise _lost("wait_closed", self.abandoned) from self.abandoned
 
     def raw_closing(self) -> bool:
         return self.raw_writer.is_closing()
@@ -1141,6 +1237,12 @@ class SSLStreamWriter:
 
     async def drain(self) -> None:
         conn = self._sslports_conn
+        if conn.closed:
+            # (after close() writes are dropped: a write-and-drain loop that another task's
+            # close() ended must hear of it, and give the loop a turn, as asyncio's drain())
+            await asyncio.sleep(0)
+            await conn.drain()  # (once the connection is lost: what it was lost to)
+            raise SSLNetworkError("write: write failed (closed: what is written is dropped)")
         if conn.must_drain or conn.pending_write is not None or conn.write_exc is not None:
             await conn.drain()
 
@@ -1306,6 +1408,7 @@ async def wrap_ssl_streams(
     func = "wrap_ssl_streams"
     ctx, host, wire = wrap_arguments(func, mode, context, encrypt, hostname, alpn)
     _check_limit(func, limit)
+    timeout = _check_timeout(func, timeout)
     is_server = mode == "accept"
     try:
         ptr = _new_connection(func, ctx, is_server, -1, host, wire, SSLNetworkError)
@@ -1467,6 +1570,7 @@ async def open_ssl_connection(
     ctx = _client_context(func, context)
     wire = encode_alpn(func, alpn)
     _check_limit(func, limit)
+    timeout = _check_timeout(func, timeout)
     _binding.require_native(func)
     # (resumes from, and files new sessions into, the context's cache for (host, port))
     ptr = _new_connection(func, ctx, False, -1, host, wire, SSLNetworkError, port)
