@@ -521,34 +521,19 @@ def test_own_close_ends_a_waiting_read_with_eof(loop_kind: str, how: str) -> Non
         listener.close()
 
 
-async def _client(how: str, host: str, port: int, version: str = "auto") -> tuple[Any, Any]:
-    """A TLS 1.3 client connection by open_ssl_connection or by wrap_ssl_streams over
-    asyncio's own stream pair (`how`)."""
-    if how == "open":
-        return await aio.open_ssl_connection(host, port, client_context(version), timeout=20)
-    raw = await asyncio.open_connection(host, port)
-    return await aio.wrap_ssl_streams(
-        *raw, context=client_context(version), hostname=host, timeout=20
-    )
-
-
 # A client that writes, drains and closes at once (TLS 1.3): the server's session tickets,
 # arriving after close() had stopped the reading, made the kernel answer with a reset, which
 # dropped what it still had to deliver (the third API audit: 192 KiB of 1 MiB reached asyncio's
 # TLS server; with a 1-byte write, sslports' server read a reset where the EOF belongs). The
 # close now shuts our side first, reads away what arrives and closes once our bytes left.
 # (Python's ssl module as the server on uvloop is not among them: uvloop's TLS server itself
-# drops data that a FIN follows closely, whoever the client is.) Over wrap_ssl_streams ("wrap")
-# close() closed the stream writer at once: the server read ~0.3 of 1 MiB, then a reset.
-@pytest.mark.parametrize("how", ["open", "wrap"])
+# drops data that a FIN follows closely, whoever the client is.)
 @pytest.mark.parametrize("size", [1, 1 << 20])
 @pytest.mark.parametrize(
     ("loop_kind", "server"),
     [(kind, "sslports") for kind in LOOPS] + [("asyncio", "asyncio")],
 )
-def test_write_then_close_delivers_everything(
-    loop_kind: str, server: str, size: int, how: str
-) -> None:
+def test_write_then_close_delivers_everything(loop_kind: str, server: str, size: int) -> None:
 
     async def main() -> tuple[str, int]:
         got: asyncio.Future[tuple[str, int]] = asyncio.get_running_loop().create_future()
@@ -571,7 +556,9 @@ def test_write_then_close_delivers_everything(
             srv = await asyncio.start_server(count, LOCAL, 0, ssl=ctx)
         async with srv:
             port = srv.sockets[0].getsockname()[1]
-            _reader, writer = await _client(how, LOCAL, port, "tls13")
+            _reader, writer = await aio.open_ssl_connection(
+                LOCAL, port, client_context("tls13"), timeout=20
+            )
             writer.write(random_bytes(size))
             await writer.drain()
             writer.close()
@@ -581,10 +568,9 @@ def test_write_then_close_delivers_everything(
     assert run(loop_kind, main) == ("EOF", size)
 
 
-@pytest.mark.parametrize("how", ["open", "wrap"])
 @pytest.mark.parametrize("loop_kind", LOOPS)
 def test_close_gives_up_on_a_peer_that_never_reads(
-    loop_kind: str, how: str, monkeypatch: pytest.MonkeyPatch
+    loop_kind: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The lingering close waits at most _LINGER_SECONDS (here 0.3 s) for a peer that takes
     none of our bytes: a peer that never reads does not hold wait_closed() for ever; what the
@@ -607,7 +593,9 @@ def test_close_gives_up_on_a_peer_that_never_reads(
     async def main() -> None:
         server = asyncio.ensure_future(asyncio.to_thread(never_reads))
         try:
-            _reader, writer = await _client(how, "localhost", port, "tls13")
+            _reader, writer = await aio.open_ssl_connection(
+                "localhost", port, client_context("tls13"), timeout=20
+            )
             writer.write(random_bytes(8 << 20))  # (more than both kernels' buffers hold)
             writer.close()
             # (asyncio.TimeoutError, which fails the test, if it waits for ever)

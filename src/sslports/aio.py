@@ -885,8 +885,6 @@ class _StreamConnection(AioConnection):
         self.generation = 0  # bumped by every feed: a waiter that sees it move skips reading
         self.replies_out = False  # reading queued replies: drain them before reading on
         self.reading = False  # a reader waits (wait_read)
-        self.linger_task: Optional[asyncio.Task[None]] = None  # a lingering close (close_raw)
-        self.abandoned: Optional[OSError] = None  # why it gave up with bytes undelivered
 
     def raw_write(self, data: bytes) -> None:
         if not self.raw_writer.is_closing():
@@ -953,58 +951,10 @@ class _StreamConnection(AioConnection):
             raise SSLNetworkError(f"write: write failed ({exc})", errno=_errno_of(exc)) from exc
 
     def close_raw(self) -> None:
-        """A TCP connection lingers as _SSLProtocol's close_raw says (bytes that arrive unread
-        at the close would make the kernel reset it, dropping the end of what we wrote): our
-        side shuts, what arrives is read from the raw reader and dropped, and the raw writer
-        closes once the peer took our bytes, at its EOF, or when the lingering gives up."""
+        # (no lingering close, as asyncio's StreamWriter.close(): the stream pair is the
+        # caller's, whose reader takes what arrives; asyncio.md says how not to lose the end)
         self.sending = False
-        writer = self.raw_writer
-        fd = _tcp_fd(writer.transport)
-        if fd < 0 or not self.established or self.input_ended or writer.is_closing():
-            writer.close()
-            return
-        try:
-            if not writer.can_write_eof():  # (a transport over TLS, say)
-                raise NotImplementedError
-            writer.write_eof()
-        except (OSError, RuntimeError, NotImplementedError):
-            writer.close()
-            return
-        try:
-            self.linger_task = self.loop.create_task(self.linger(fd))
-        except RuntimeError:  # (the loop is closed: the collector closes a dropped writer)
-            writer.close()
-
-    async def linger(self, fd: int) -> None:
-        lingering = _Lingering(self.loop.time())
-        transport = self.raw_writer.transport
-        try:
-            while not transport.is_closing():
-                abort = lingering.ends(fd, transport.get_write_buffer_size(), self.loop.time())
-                if abort is not None:
-                    self.abandoned = lingering.abandoned
-                    if abort:
-                        transport.abort()
-                    return
-                if not await self.drop_input(lingering.next_wait()):
-                    return  # (the peer's EOF, or a failure: the raw writer closes below)
-        finally:
-            if not transport.is_closing():
-                self.raw_writer.close()
-
-    async def drop_input(self, wait: float) -> bool:
-        """Read and drop what arrives within `wait` seconds (a reader that waits meanwhile
-        reads it itself); False at the raw side's end."""
-        if self.lock.locked():
-            await asyncio.sleep(wait)
-            return True
-        async with self.lock:
-            try:
-                return bool(await asyncio.wait_for(self.raw_reader.read(_BUF), wait))
-            except asyncio.TimeoutError:
-                return True
-            except (ConnectionError, OSError):
-                return False
+        self.raw_writer.close()
 
     def abort_raw(self) -> None:
         self.sending = False
@@ -1012,13 +962,9 @@ class _StreamConnection(AioConnection):
 
     async def wait_closed(self) -> None:
         try:  # (shielded, as _SSLProtocol's: the raw writer's awaits its protocol's future)
-            if self.linger_task is not None:
-                await asyncio.shield(self.linger_task)
             await asyncio.shield(self.raw_writer.wait_closed())
         except (ConnectionError, OSError) as exc:
             raise _lost("wait_closed", exc) from exc
-        if self.abandoned is not None:
-            raise _lost("wait_closed", self.abandoned) from self.abandoned
 
     def raw_closing(self) -> bool:
         return self.raw_writer.is_closing()
@@ -1242,7 +1188,7 @@ class SSLStreamWriter:
             # close() ended must hear of it, and give the loop a turn, as asyncio's drain())
             await asyncio.sleep(0)
             await conn.drain()  # (once the connection is lost: what it was lost to)
-            raise SSLNetworkError("write: write failed (closed: what is written is dropped)")
+            raise SSLNetworkError("write: write failed (the writer is closed)")
         if conn.must_drain or conn.pending_write is not None or conn.write_exc is not None:
             await conn.drain()
 

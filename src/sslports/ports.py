@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import _socket
 import contextlib
+import errno
 import functools
 import io
 import itertools
@@ -43,7 +44,13 @@ from typing import Any, Callable, ClassVar, NoReturn, Optional, Union, cast
 
 from . import _binding
 from ._binding import build_error
-from ._streams import _ABANDON_DRAIN, _StreamTransport, _transport_error, _TransportError
+from ._streams import (
+    _ABANDON_DRAIN,
+    _CLOSED,
+    _StreamTransport,
+    _transport_error,
+    _TransportError,
+)
 from ._timing import (
     _LINGER_MOST_SECONDS,
     _LINGER_SECONDS,
@@ -107,14 +114,15 @@ _per_thread = _Scratch()
 _from_buffer: Any = getattr(_binding.ffi, "from_buffer", None)  # None without the native module
 
 
-def _read_all(reader: Any, conn: Connection) -> bytes:
+def _read_all(reader: Any, conn: Connection, out: Optional[list[bytes]] = None) -> bytes:
     """read() / read(-1) (the port's, or the C fast path's `reader`): everything up to EOF, in
     chunks of what arrives, all under one deadline of the port's timeout (a peer that sends a
     byte now and then must not make a whole read() outlast it). What arrived before a
     timeout, a failure or Ctrl-C is not lost: the port serves it first, next read. Each chunk
     goes from read1 into `chunks` inside one C call (list.extend of an islice of `more`): a
     signal handler's exception, which comes as a call returns to Python (the C read1's
-    return), never finds a chunk read and not kept."""
+    return), never finds a chunk read and not kept. The result also goes to `out[0]` when
+    given (SSLInputPort.read)."""
     chunks: list[bytes] = []
     if reader._timeout is None:
         read1 = functools.partial(reader.read1, _READ_CHUNK)
@@ -126,14 +134,20 @@ def _read_all(reader: Any, conn: Connection) -> bytes:
         while len(chunks) > had:
             had = len(chunks)
             chunks.extend(itertools.islice(more, 1))
-        return b"".join(chunks)
+        data = b"".join(chunks)
+        if out is not None:
+            out[0] = data  # (inline, no call from here on)
+        return data
     except BaseException as exc:
         if chunks and isinstance(exc, ValueError) and not conn.open_ports:
             # Both ports were closed during this read(), after a chunk (the next read1 found
             # its port closed): its EOF, after what it had, as the read1 under way at the
             # close ends (Connection.read).
-            return b"".join(chunks)
-        if chunks:
+            data = b"".join(chunks)
+            if out is not None:
+                out[0] = data
+            return data
+        if chunks and (out is None or not out[0]):  # (not when handed over: the caller keeps)
             with conn.read_lock:
                 conn.keep_read(b"".join(chunks))
         raise
@@ -220,6 +234,7 @@ class _PortLock:
             if blocking and timeout > 0:
                 time.sleep(timeout)  # (a timed wait for oneself times out)
             return False
+        me = threading.get_ident()  # (before: nothing may call between the take and the stores)
         try:
             if not lock.acquire(False):
                 conn = self._conn
@@ -232,7 +247,7 @@ class _PortLock:
             if lock._is_owned():  # taken as the exception came: not taken after all
                 lock.release()
             raise
-        self._holder = threading.get_ident()
+        self._holder = me
         self._held = True
         return True
 
@@ -748,10 +763,24 @@ class Connection:
         finally:
             del exc, sni_error
 
-    def read(self, func: str, view: Any, fill: bool, deadline: _Deadline, total: int = 0) -> int:
+    def read(
+        self,
+        func: str,
+        view: Any,
+        fill: bool,
+        deadline: _Deadline,
+        total: int = 0,
+        onto: Optional[bytearray] = None,
+        placed: Optional[list[int]] = None,
+    ) -> int:
         """Read into the writable buffer `view`: at least one byte (or all of it when `fill`),
         0 at EOF. `total`: bytes a caller's own pump call already put at the start of `view`
-        (they count, and are returned even if this call then fails)."""
+        (they count, and are returned even if this call then fails). `onto` (the kept bytes,
+        with `view` a bytearray of scratch): what was read goes to its end before this call
+        returns or raises, as a count handed back would be lost to a signal handler's
+        exception that comes as the call returns. `placed` (a port method's cell, see
+        SSLInputPort.readinto): on the way out, returning or raising, how many bytes `view`
+        holds, which the method keeps again if it does not hand them over."""
         if self.closed:
             if not self.open_ports:
                 # Both ports were closed while a call of the input port was under way (its
@@ -760,12 +789,10 @@ class Connection:
                 # readline, a read(n) that had part): its EOF, after what it had, as the read
                 # ends that the close finds waiting (threading.md).
                 return total
-            if total:  # (freed with its ports open: free())
+            if total and placed is None:  # (freed with its ports open: free())
                 self.keep_start(view, total)
             raise ValueError("I/O operation on closed SSL connection")
         err = _per_thread.pair[0]
-        buf = _from_buffer("unsigned char[]", view, require_writable=True)
-        size = len(buf)
         sp_read = _binding.lib.sp_read
         ptr = self.ptr
         transport = self.transport
@@ -777,11 +804,16 @@ class Connection:
         got = self.read_cell()
         base = None
         looked = False  # (a stream read past its deadline looked at what the stream brought)
+        appended = False  # (onto has them)
         try:
-            # `with buf` releases the buffer export on the way out, also on an exception: a
-            # traceback keeping this frame alive must not keep `view` exported, or the cyclic
-            # GC may clear the memoryview while exported and then crash when it is freed.
-            with buf:
+            # `with` releases the buffer export on the way out, also on an exception: a
+            # traceback keeping this frame alive must not keep `view` exported (the caller's
+            # memoryview of it would raise BufferError as it is released, in place of the
+            # exception, and the cyclic GC may clear the memoryview while exported and then
+            # crash when it is freed). So the export is made in the `with` statement itself:
+            # an exception as a call before it returns leaves none behind.
+            with _from_buffer("unsigned char[]", view, require_writable=True) as buf:
+                size = len(buf)
                 while total < size:
                     wait = _SLICE_MS if deadline.at is None else deadline.slice_ms()
                     want = size - total if fill else 1
@@ -841,12 +873,23 @@ class Connection:
                         # makes the kernel reset a shut-down socket).
                         break
                     raise self.fail(func, "read", err)
+            if onto is not None:  # (inline, no call: see `onto`)
+                onto += view[:total]
+                appended = True
+            elif placed is not None:
+                placed[0] = total
         except BaseException as exc:
             # Ctrl-C, a signal handler's exception, a failing stream: bytes this call (or
             # its caller) already put in `view` are not lost, the next read returns them.
             if base is not None and base + got[0] > total:
                 total = base + got[0]
-            if total:
+            # (no call before the bytes are safe: a second signal's exception can come at any)
+            if onto is not None:
+                if total and not appended:
+                    onto += view[:total]
+            elif placed is not None:
+                placed[0] = total
+            elif total:
                 self.keep_start(view, total)
             if isinstance(exc, _TransportError):
                 raise self.transport_failure(func, "read", exc) from exc
@@ -951,20 +994,27 @@ class Connection:
         how much of the two was accepted before a timeout. One pump call in the common case (it
         also sends what it encrypted)."""
         if self.closed:
+            if not self.open_ports:
+                # Both ports were closed since the port's call began (a signal handler's
+                # close, run inside it): the error of a write that the close ended
+                # (threading.md), not the ValueError of a call on a closed port.
+                closed = SSLError(f"{func}: write failed ({_CLOSED})", errno=errno.EPIPE)
+                raise self.make_error(closed)
             raise ValueError("I/O operation on closed SSL connection")
         lib = _binding.lib
         err, done = _per_thread.pair[0], self.write_cell()
-        hbuf = _from_buffer("unsigned char[]", head)
-        buf = _from_buffer("unsigned char[]", data)
-        hsize = len(hbuf)
-        size = hsize + len(buf)
         total = 0
         if not self.is_socket:  # until its ciphertext is queued (a timeout: flush() pushes it)
             cast(_StreamTransport, self.transport).write_left = True
-        # (`with`: see read; release the exports even on errors)
         ptr = self.ptr
         transport = self.transport
-        with hbuf, buf:
+        # (`with` from where the exports are made: see read)
+        with (
+            _from_buffer("unsigned char[]", head) as hbuf,
+            _from_buffer("unsigned char[]", data) as buf,
+        ):
+            hsize = len(hbuf)
+            size = hsize + len(buf)
             try:
                 while True:
                     wait = _SLICE_MS if deadline.at is None else deadline.slice_ms()
@@ -1281,9 +1331,13 @@ class SSLInputPort(_SSLPort):
             raise ValueError("I/O operation on closed SSL port")
         return self._sslports_conn
 
-    def _readinto(self, b: Any, fill: bool, deadline: Optional[_Deadline] = None) -> int:
+    def _readinto(
+        self, b: Any, fill: bool, deadline: Optional[_Deadline], placed: list[int]
+    ) -> int:
         """readinto / readinto1 (`fill`: all of b), under `deadline` (None: the port's timeout
-        from now)."""
+        from now). `placed[0]`: how many bytes `b` holds, set before they can be handed over
+        (a count returned through a call is lost to a signal handler's exception that comes
+        as the call returns): the caller keeps them again if it does not return them."""
         conn = self._check()
         # (b held for the call, as io's readinto holds it: another thread cannot resize it
         # while this waits)
@@ -1301,29 +1355,27 @@ class SSLInputPort(_SSLPort):
                 err = _per_thread.pair[0]  # per thread: an sp_err per port would cost 2 KB each
                 got = conn.read_cell()
                 got[0] = 0
-                n = 0
                 try:
                     with _from_buffer("unsigned char[]", b, require_writable=True) as buf:
                         size = len(buf)
                         status = _binding.lib.sp_read(
                             conn.ptr, buf, size, size if fill else 1, got, _SLICE_MS, err
                         )
-                    n = int(got[0])
+                    n = placed[0] = int(got[0])
                     if status == _SP_OK and (n == size or (n and not fill)):
                         return n
-                    return conn.read("read", b, fill, _NO_DEADLINE, n)  # waits, ends, errors
+                    return conn.read("read", b, fill, _NO_DEADLINE, n, None, placed)
                 except BaseException:
-                    # A signal handler's exception (Ctrl-C) that came as the pump call returned,
-                    # or before conn.read could keep the bytes (it keeps what it has, these
-                    # included, in front of the kept bytes): they are read first next time.
-                    if not kept and (n or got[0]):
-                        conn.keep_start(b, n or got[0])
+                    # A signal handler's exception (Ctrl-C) that came as the pump call
+                    # returned, before its count was placed (conn.read places its own).
+                    if not placed[0]:
+                        placed[0] = got[0]
                     raise
             if not kept:
                 if deadline is None:
                     deadline = _deadline(self._timeout)
                 if not _small_buffer(b):
-                    return conn.read("read", b, fill, deadline)
+                    return conn.read("read", b, fill, deadline, 0, None, placed)
                 # A small read: one read of what arrives (up to 64 KiB) into the kept bytes,
                 # served from there, as io.BufferedReader serves from its buffer: the next
                 # small reads make no pump call (sp_fastport.c read_start does the same).
@@ -1333,75 +1385,106 @@ class SSLInputPort(_SSLPort):
                 n = min(len(view), len(kept))
                 view[:n] = kept[:n]
                 del kept[:n]
+                placed[0] = n  # (inline, no call since the del)
                 if n == len(view) or not fill:
                     return n
-                # (the kept bytes count: on an exception, a timeout, Ctrl-C or a closed
-                # connection, conn.read keeps them again, and if the exception came before it
-                # could, this does)
-                try:
-                    if deadline is None:
-                        deadline = _deadline(self._timeout)
-                    return conn.read("read", view, fill, deadline, n)
-                except BaseException:
-                    if not kept:
-                        kept[:0] = view[:n]
-                    raise
+                # (the kept bytes count: conn.read places them with its own)
+                if deadline is None:
+                    deadline = _deadline(self._timeout)
+                return conn.read("read", view, fill, deadline, n, None, placed)
+
+    def _keep_placed(self, b: Any, placed: list[int]) -> None:
+        """After an exception in a read into `b`: keep the bytes it placed there (_readinto),
+        to be read first next time."""
+        if placed[0]:
+            with self._lock:
+                self._sslports_conn.keep_start(b, placed[0])
 
     def readinto(self, b: Any, /) -> int:
+        placed = [0]
         try:
-            return self._readinto(b, True)
-        except (BufferError, TypeError):
-            _check_writable("readinto", b)
+            return self._readinto(b, True, None, placed)
+        except BaseException as exc:
+            self._keep_placed(b, placed)
+            if isinstance(exc, (BufferError, TypeError)):
+                _check_writable("readinto", b)
             raise
 
     def readinto1(self, b: Any, /) -> int:
+        placed = [0]
         try:
-            return self._readinto(b, False)
-        except (BufferError, TypeError):
-            _check_writable("readinto1", b)
+            return self._readinto(b, False, None, placed)
+        except BaseException as exc:
+            self._keep_placed(b, placed)
+            if isinstance(exc, (BufferError, TypeError)):
+                _check_writable("readinto1", b)
             raise
 
     def read(self, size: Optional[int] = -1, /) -> bytes:
         size = _size_arg("read", size)
-        if size < 0:
-            if size != -1:  # (as io.BufferedReader; sp_fastport.c read_bytes, the same)
-                raise ValueError("read length must be non-negative or -1")
-            return _read_all(self, self._sslports_conn)
-        return self._read_new(size, True)
+        if size < -1:  # (as io.BufferedReader; sp_fastport.c read_bytes, the same)
+            raise ValueError("read length must be non-negative or -1")
+        # (the bytes come back in `out`, not as a call's result, which a signal handler's
+        # exception as the call returns would lose: they are kept again then)
+        out = [b""]
+        try:
+            if size < 0:
+                _read_all(self, self._sslports_conn, out)
+            else:
+                self._read_new(size, True, None, out)
+        except BaseException:
+            if out[0]:  # (inline, no call: a second signal's exception can come at any)
+                with self._lock:
+                    self._buf[:0] = out[0]
+            raise
+        return out[0]
 
     def read1(self, size: Optional[int] = -1, /) -> bytes:
         size = _size_arg("read1", size)
-        if size < 0:
-            size = _READ_CHUNK
-        return self._read_new(min(size, _READ1_MOST), False)
-
-    def _read_new(self, size: int, fill: bool, deadline: Optional[_Deadline] = None) -> bytes:
-        """read / read1: up to `size` bytes (all of them when `fill`) as a new bytes. If an
-        exception comes after _readinto returned `n` bytes (a signal handler's, Ctrl-C, as
-        bytes(buf) returns), they are read first next time. (An exception inside _readinto
-        kept its bytes there, and n is 0.)"""
-        buf = bytearray(size)
-        n = 0
+        out = [b""]  # (as read's)
         try:
-            n = self._readinto(buf, fill, deadline)
-            del buf[n:]
-            return bytes(buf)
+            self._read_new(min(size, _READ1_MOST) if size >= 0 else _READ_CHUNK, False, None, out)
         except BaseException:
-            if n:
+            if out[0]:  # (as read's)
                 with self._lock:
-                    self._sslports_conn.keep_start(buf, n)
+                    self._buf[:0] = out[0]
+            raise
+        return out[0]
+
+    def _read_new(
+        self,
+        size: int,
+        fill: bool,
+        deadline: Optional[_Deadline] = None,
+        out: Optional[list[bytes]] = None,
+    ) -> bytes:
+        """read / read1: up to `size` bytes (all of them when `fill`) as a new bytes, also
+        put in `out[0]` when given (see read). If an exception comes before they are handed
+        over (a signal handler's, Ctrl-C, as a call returns), they are read first next time."""
+        buf = bytearray(size)
+        placed = [0]
+        try:
+            n = self._readinto(buf, fill, deadline, placed)
+            del buf[n:]
+            data = bytes(buf)
+            if out is not None:
+                out[0] = data  # (inline, no call from here on)
+            return data
+        except BaseException:
+            # (inline, no call: a second signal's exception can come at any; not when they
+            # were handed over in `out`, which the caller keeps)
+            if placed[0] and (out is None or not out[0]):
+                with self._lock:
+                    self._buf[:0] = buf[: placed[0]]
             raise
 
     def _fill_locked(self, size: int, deadline: Optional[_Deadline] = None) -> int:
         """With the read lock held: one read of what arrives (up to `size`, at least one byte)
         onto the end of the kept bytes. Returns how many, 0 at EOF."""
-        buf = bytearray(size)
         if deadline is None:
             deadline = _deadline(self._timeout)
-        n = self._sslports_conn.read("read", buf, False, deadline)
-        del buf[n:]  # (no call from here on: a signal handler's exception could come there)
-        self._buf += buf
-        return n
+        # (onto: the read puts them there itself, also when an exception comes as it returns)
+        return self._sslports_conn.read("read", bytearray(size), False, deadline, 0, self._buf)
 
     def peek(self, size: int = 0, /) -> bytes:
         """The kept bytes, without taking them (at least one, unless at EOF; at most `size` or
@@ -1432,30 +1515,32 @@ class SSLInputPort(_SSLPort):
             return b""
         kept = self._buf
         deadline = None  # (one for the whole line, from its first read)
-        with self._lock:  # (a whole line for one reader; another thread waits)
-            scanned = 0
-            while True:
-                stop = len(kept) if limit < 0 else min(len(kept), limit)
-                end = kept.find(b"\n", scanned, stop) + 1 or (stop if stop == limit else 0)
-                if end:
-                    break
-                scanned = stop
-                # Read more onto the end of the line so far (it stays where it is: a line of
-                # many reads is not copied again for each). A failed read put what it had
-                # read in front of the kept bytes (Connection.keep_read): it goes after them.
-                have = len(kept)
-                if deadline is None:
-                    deadline = _deadline(self._timeout)
-                try:
-                    n = self._fill_locked(_READ_CHUNK, deadline)
-                except BaseException:
-                    _after_kept(kept, have)
-                    raise
-                if not n:  # EOF: the last line has no newline
-                    end = len(kept)
-                    break
-            line = bytes(kept[:end])
-            del kept[:end]
+        line, taken = b"", False
+        try:
+            with self._lock:  # (a whole line for one reader; another thread waits)
+                scanned = 0
+                while True:
+                    stop = len(kept) if limit < 0 else min(len(kept), limit)
+                    end = kept.find(b"\n", scanned, stop) + 1 or (stop if stop == limit else 0)
+                    if end:
+                        break
+                    scanned = stop
+                    # Read more onto the end of the line so far (it stays where it is: a line
+                    # of many reads is not copied again for each; a read that fails puts
+                    # what it had there too: Connection.read's `onto`).
+                    if deadline is None:
+                        deadline = _deadline(self._timeout)
+                    if not self._fill_locked(_READ_CHUNK, deadline):
+                        end = len(kept)  # EOF: the last line has no newline
+                        break
+                line = bytes(kept[:end])
+                del kept[:end]
+                taken = True  # (inline, no call since the del)
+        except BaseException:
+            if taken:  # (a signal handler's exception as the lock was given back: kept again)
+                with self._lock:
+                    kept[:0] = line
+            raise
         return line
 
     def readlines(self, hint: Optional[int] = -1, /) -> list[bytes]:
@@ -1769,16 +1854,6 @@ def _small_buffer(b: Any) -> bool:
     return (
         type(b) is memoryview and not b.readonly and b.c_contiguous and 0 < b.nbytes < _SMALL_READ
     )
-
-
-def _after_kept(kept: bytearray, have: int) -> None:
-    """readline's failed read (ports.py and sp_fastport.c fill_kept): `kept` held `have` bytes
-    (the line so far); Connection.keep_read put what the read had read in front of them. Move
-    those bytes after the line so far, where they belong."""
-    if len(kept) > have:
-        got = kept[: len(kept) - have]
-        del kept[: len(got)]
-        kept += got
 
 
 def _send_rest(
