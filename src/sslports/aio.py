@@ -565,7 +565,7 @@ class AioConnection:
 
 
 class _Lingering:
-    """A lingering close's bookkeeping (close_raw, both kinds of connection): it waits while
+    """A lingering close's bookkeeping (_SSLProtocol.close_raw and linger): it waits while
     the peer takes our last bytes, for at most _LINGER_SECONDS without progress and
     _LINGER_MOST_SECONDS in all, looking again after _LINGER_POLL, then twice the time each
     time up to _LINGER_POLL_MAX."""
