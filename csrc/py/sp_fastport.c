@@ -1025,7 +1025,7 @@ static PyObject *reader_read1(Port *self, PyObject *port, PyObject *args)
 }
 
 /* A failed read of readline's (fill_kept) put what it had read in front of the kept bytes
- * (ports.py Connection.keep_read), which held `have` bytes (the line so far): move those bytes
+ * (ports.py Connection.read_rest), which held `have` bytes (the line so far): move those bytes
  * after them, where they belong (ports.py's readline has its reads put them there:
  * Connection.read's `onto`). 0, or -1 with an exception (a MemoryError: then nothing moved). */
 static int after_kept(PyObject *kept, Py_ssize_t have)

@@ -864,6 +864,13 @@ class _SSLProtocol(AioConnection, asyncio.BufferedProtocol):
         return self.transport_
 
 
+def _retrieved(future: asyncio.Future[Any]) -> None:
+    """A done callback: the future's exception counts as retrieved (the awaiting calls raise
+    it, if any come)."""
+    if not future.cancelled():
+        future.exception()
+
+
 class _StreamConnection(AioConnection):
     """The connection over an asyncio StreamReader / StreamWriter pair (wrap_ssl_streams)."""
 
@@ -885,6 +892,7 @@ class _StreamConnection(AioConnection):
         self.generation = 0  # bumped by every feed: a waiter that sees it move skips reading
         self.replies_out = False  # reading queued replies: drain them before reading on
         self.reading = False  # a reader waits (wait_read)
+        self.raw_closed: Optional[asyncio.Future[None]] = None  # (wait_closed's, made once)
 
     def raw_write(self, data: bytes) -> None:
         if not self.raw_writer.is_closing():
@@ -961,8 +969,14 @@ class _StreamConnection(AioConnection):
         self.raw_writer.transport.abort()
 
     async def wait_closed(self) -> None:
-        try:  # (shielded, as _SSLProtocol's: the raw writer's awaits its protocol's future)
-            await asyncio.shield(self.raw_writer.wait_closed())
+        # Shielded, as _SSLProtocol's: the raw writer's wait_closed() awaits its protocol's
+        # future. One task for every call: a cancelled call (a deadline around it) must not
+        # leave a task of its own behind, whose end (a reset) nobody would retrieve.
+        if self.raw_closed is None:
+            self.raw_closed = asyncio.ensure_future(self.raw_writer.wait_closed())
+            self.raw_closed.add_done_callback(_retrieved)
+        try:
+            await asyncio.shield(self.raw_closed)
         except (ConnectionError, OSError) as exc:
             raise _lost("wait_closed", exc) from exc
 

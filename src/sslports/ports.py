@@ -148,8 +148,9 @@ def _read_all(reader: Any, conn: Connection, out: Optional[list[bytes]] = None) 
                 out[0] = data
             return data
         if chunks and (out is None or not out[0]):  # (not when handed over: the caller keeps)
+            # (inline: the join is the one call before they are safe)
             with conn.read_lock:
-                conn.keep_read(b"".join(chunks))
+                reader._buf[:0] = b"".join(chunks)
         raise
 
 
@@ -447,8 +448,8 @@ class Connection:
     closed = False
     sni_error: Optional[BaseException] = None
     # The input port's bytes read ahead (its _buf, shared), where the bytes a call other than
-    # its own reads go (keep_read; pump_once adds at the end): set when the ports are made
-    # (make_ports).
+    # its own reads go (a failed read's, in front; pump_once's, at the end): set when the
+    # ports are made (make_ports).
     kept: Optional[bytearray] = None
     caches_session = False  # a client whose context keeps sessions (in C) for the next connect
     free_at_last_close = False  # finalized with a port still open: its last close frees it
@@ -778,9 +779,10 @@ class Connection:
         (they count, and are returned even if this call then fails). `onto` (the kept bytes,
         with `view` a bytearray of scratch): what was read goes to its end before this call
         returns or raises, as a count handed back would be lost to a signal handler's
-        exception that comes as the call returns. `placed` (a port method's cell, see
-        SSLInputPort.readinto): on the way out, returning or raising, how many bytes `view`
-        holds, which the method keeps again if it does not hand them over."""
+        exception that comes as the call returns. `placed` (a cell, see
+        SSLInputPort.readinto; given when `onto` is not): on the way out, returning or
+        raising, how many bytes `view` holds, which the caller keeps again if it does not
+        hand them over."""
         if self.closed:
             if not self.open_ports:
                 # Both ports were closed while a call of the input port was under way (its
@@ -789,8 +791,8 @@ class Connection:
                 # readline, a read(n) that had part): its EOF, after what it had, as the read
                 # ends that the close finds waiting (threading.md).
                 return total
-            if total and placed is None:  # (freed with its ports open: free())
-                self.keep_start(view, total)
+            if placed is not None:  # (freed with its ports open: free())
+                placed[0] = total
             raise ValueError("I/O operation on closed SSL connection")
         err = _per_thread.pair[0]
         sp_read = _binding.lib.sp_read
@@ -889,23 +891,10 @@ class Connection:
                     onto += view[:total]
             elif placed is not None:
                 placed[0] = total
-            elif total:
-                self.keep_start(view, total)
             if isinstance(exc, _TransportError):
                 raise self.transport_failure(func, "read", exc) from exc
             raise
         return total
-
-    def keep_read(self, data: bytes) -> None:
-        """Give bytes a failed read had read back to the input port, to be read first (the
-        caller holds the read lock)."""
-        if self.kept is not None:
-            self.kept[:0] = data
-
-    def keep_start(self, view: Any, n: int) -> None:
-        """keep_read for the first `n` bytes of the buffer `view` (of any item format)."""
-        with memoryview(view) as whole, whole.cast("B") as data, data[:n] as part:
-            self.keep_read(part.tobytes())
 
     def read_rest(self, b: Any, fill: bool, total: int) -> int:
         """The C fast path's continuation (sp_fastport.c), called with the read lock held for
@@ -916,7 +905,20 @@ class Connection:
             return total
         if total and not fill:  # (a read that got bytes, handed over for a break: done)
             return total
-        return self.read("read", b, fill, _NO_DEADLINE, total)
+        # (as SSLInputPort.readinto: b's bytes viewed first, kept with no call; sp_fastport.c
+        # keep_read_bytes then sees them kept, and keeps the first `total` itself if this
+        # frame raised before its try)
+        placed = [total]
+        data: Any = None
+        try:
+            data = memoryview(b).cast("B")
+            return self.read("read", data, fill, _NO_DEADLINE, total, None, placed)
+        except BaseException:
+            if placed[0] and data is not None and self.kept is not None:
+                self.kept[:0] = data[: placed[0]]
+            if data is not None:
+                data.release()
+            raise
 
     def write_rest(self, pending: bytearray, data: Any, sent: int, func: str) -> None:
         """The C fast path's continuation for writes and flushes (`func`, the name errors
@@ -1393,29 +1395,41 @@ class SSLInputPort(_SSLPort):
                     deadline = _deadline(self._timeout)
                 return conn.read("read", view, fill, deadline, n, None, placed)
 
-    def _keep_placed(self, b: Any, placed: list[int]) -> None:
-        """After an exception in a read into `b`: keep the bytes it placed there (_readinto),
-        to be read first next time."""
-        if placed[0]:
-            with self._lock:
-                self._sslports_conn.keep_start(b, placed[0])
-
     def readinto(self, b: Any, /) -> int:
+        # `data`: b's bytes, viewed before anything is read, so that the recovery keeps what
+        # the read placed there with no call (a second signal's exception can come at any
+        # call, a Python function's entry too); released there, as a traceback that keeps
+        # this frame must not keep b exported. (readinto1: the same, not shared: a helper's
+        # return is one more place where an exception can come.)
+        self._check()  # (a closed port: ValueError, whatever b is, as the C method)
         placed = [0]
+        data: Any = None
         try:
-            return self._readinto(b, True, None, placed)
+            data = memoryview(b).cast("B")
+            return self._readinto(data, True, None, placed)
         except BaseException as exc:
-            self._keep_placed(b, placed)
+            if placed[0]:
+                with self._lock:
+                    self._buf[:0] = data[: placed[0]]
+            if data is not None:
+                data.release()
             if isinstance(exc, (BufferError, TypeError)):
                 _check_writable("readinto", b)
             raise
 
     def readinto1(self, b: Any, /) -> int:
+        self._check()  # (a closed port: ValueError, whatever b is, as the C method)
         placed = [0]
+        data: Any = None
         try:
-            return self._readinto(b, False, None, placed)
+            data = memoryview(b).cast("B")
+            return self._readinto(data, False, None, placed)
         except BaseException as exc:
-            self._keep_placed(b, placed)
+            if placed[0]:
+                with self._lock:
+                    self._buf[:0] = data[: placed[0]]
+            if data is not None:
+                data.release()
             if isinstance(exc, (BufferError, TypeError)):
                 _check_writable("readinto1", b)
             raise
@@ -1563,9 +1577,9 @@ class SSLInputPort(_SSLPort):
                 total += len(lines[-1]) if len(lines) > had else 0
             return lines
         except BaseException:
-            if lines:
+            if lines:  # (inline: the join is the one call before they are safe)
                 with self._lock:
-                    self._sslports_conn.keep_read(b"".join(lines))
+                    self._buf[:0] = b"".join(lines)
             raise
 
     def write(self, b: Any, /) -> int:
