@@ -4,6 +4,9 @@ renegotiation in the middle of a stream."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import errno
+import gc
 import hashlib
 import socket
 import ssl
@@ -17,7 +20,7 @@ from conftest import LOCAL, random_bytes, read_exactly, run_in_thread
 from test_aio import LOOPS, client_context, run, server_context
 
 import sslports
-from sslports import aio
+from sslports import SSLNetworkError, aio
 
 MIB = 1 << 20
 
@@ -404,6 +407,114 @@ def test_close_during_renegotiation_sends_what_was_written(pki: Any, loop_kind: 
     assert held  # (the test saw the case it is about)
     assert first == b"first\n"
     assert rest == b"".join(sent)
+
+
+async def _stalling_proxy(target: int, armed: asyncio.Event, ended: asyncio.Event) -> Any:
+    """A TCP proxy to `target` that, once `armed` is set, passes one more piece from the
+    server (a renegotiation's HelloRequest), then nothing more from it; once `ended` is set
+    too, it ends the client's side with a FIN, then closes both sides at the peer's end
+    (from Python 3.12 the server's wait_closed() waits for its connections)."""
+
+    async def handle(client_r: asyncio.StreamReader, client_w: asyncio.StreamWriter) -> None:
+        server_r, server_w = await asyncio.open_connection(LOCAL, target)
+
+        async def pump(r: asyncio.StreamReader, w: asyncio.StreamWriter, stalls: bool) -> None:
+            while data := await r.read(65536):
+                w.write(data)
+                await w.drain()
+                if stalls and armed.is_set():
+                    await ended.wait()
+                    w.write_eof()
+                    return
+
+        try:
+            await asyncio.gather(
+                pump(client_r, server_w, False),
+                pump(server_r, client_w, True),
+                return_exceptions=True,
+            )
+        finally:
+            client_w.close()
+            server_w.close()
+
+    return await asyncio.start_server(handle, LOCAL, 0)
+
+
+@pytest.mark.parametrize("loop_kind", LOOPS)
+@pytest.mark.parametrize("stall", ["freeze", "eof"])
+@pytest.mark.parametrize("how", ["open", "wrap"])
+def test_a_close_that_gives_up_on_held_back_bytes_says_so(
+    pki: Any, how: str, stall: str, loop_kind: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """TLS 1.2: a renegotiation that never ends (its peer's flights stop coming, or its
+    connection ends) holds 1 MiB of written bytes back, and close() gives up on them:
+    wait_closed() raises SSLNetworkError, as for any close that gave up on bytes ("not
+    delivered" after the close's bound). It returned as if all had gone. And the held bytes
+    are no longer exported: the failed retry's traceback, kept with its error, held the
+    buffer export of the write in its frame (a cycle through the connection), and the
+    collector clearing that memoryview crashed the interpreter."""
+    monkeypatch.setattr(aio, "_LINGER_SECONDS", 0.5)  # (the close's bound: 10 s)
+    listener = sslports.ssl_listen(0, 4, True, LOCAL, pki.server_context("tls12"))
+
+    def serve() -> None:
+        inp, out = sslports.ssl_accept(listener)
+        with inp, out:
+            inp.readline()
+            with contextlib.suppress(sslports.SSLError):  # (its client goes away)
+                sslports.ssl_try_verify(inp, True)  # the renegotiation
+                inp.read()
+
+    join = run_in_thread(serve)
+
+    async def main() -> tuple[bytearray, BaseException]:
+        armed, ended = asyncio.Event(), asyncio.Event()
+        proxy = await _stalling_proxy(sslports.ssl_addresses(listener, True)[1], armed, ended)
+        async with proxy:
+            port = proxy.sockets[0].getsockname()[1]
+            if how == "open":
+                reader, writer = await aio.open_ssl_connection(
+                    LOCAL, port, pki.client_context("tls12"), timeout=20
+                )
+            else:
+                reader, writer = await aio.wrap_ssl_streams(
+                    *await asyncio.open_connection(LOCAL, port),
+                    context=pki.client_context("tls12"),
+                    hostname=LOCAL,
+                    timeout=20,
+                )
+            reading = asyncio.create_task(reader.read(100))  # (takes the HelloRequest)
+            armed.set()
+            writer.write(b"first\n")
+            await writer.drain()
+            conn = writer._sslports_conn
+            for _ in range(500):  # (until the renegotiation holds writes back)
+                writer.write(b"x" * 1024)
+                if conn.pending_write is not None:
+                    break
+                await asyncio.sleep(0.01)
+            writer.write(b"y" * (1 << 20))
+            held = conn.pending_write
+            assert held is not None and len(held) >= 1 << 20
+            writer.close()
+            if stall == "eof":
+                ended.set()
+            with pytest.raises(SSLNetworkError) as info:
+                await asyncio.wait_for(writer.wait_closed(), 20)
+            reading.cancel()
+            ended.set()  # (freeze: the proxy lets go)
+            return held, info.value
+
+    try:
+        held, failure = run(loop_kind, main)
+    finally:
+        listener.close()
+    with contextlib.suppress(Exception):
+        join(20)
+    assert str(failure).startswith("wait_closed: "), failure
+    if stall == "freeze":
+        assert "not delivered" in str(failure) and failure.errno == errno.ETIMEDOUT, failure
+    held.extend(b"z")  # (BufferError while exported)
+    gc.collect()
 
 
 @pytest.mark.parametrize("loop_kind", LOOPS)

@@ -251,6 +251,9 @@ class AioConnection:
         self.pending_write: Optional[bytearray] = None
         self.write_exc: Optional[BaseException] = None
         self.drain_waiters: list[asyncio.Future[None]] = []
+        # Why a close gave up on the bytes a renegotiation held back (close_when_sent):
+        # wait_closed()'s error.
+        self.unsent: Optional[BaseException] = None
 
     # -- the raw side (subclasses) ------------------------------------------------------------
 
@@ -473,33 +476,46 @@ class AioConnection:
     def encrypt_some(self, data: Union[bytes, bytearray, memoryview]) -> int:
         """Encrypt `data` and queue the ciphertext: -1 once all of it went, else how much of it
         did before a renegotiation held the rest back."""
-        if type(data) is bytes:
-            n = len(data)
-            cdata: Any = data
-        else:
-            view = memoryview(data)
-            n = view.nbytes
-            cdata = _binding.ffi.from_buffer(view)
-        if not n:
-            return -1
-        status = _sp_write(self.ptr, cdata, n, self.count, 0, self.err)
-        self.push_out()
-        if status == _OK:
-            return -1
-        done: int = self.count[0]
-        if status == _WANT_WRITE:
-            # A large write: the pump hands its ciphertext over a part at a time (sp_conn.c
-            # MEMORY), so that it never holds all of it.
-            whole = _binding.ffi.from_buffer(data) if type(data) is bytes else cdata
-            while status == _WANT_WRITE:
-                status = _sp_write(self.ptr, whole + done, n - done, self.count, 0, self.err)
-                self.push_out()
-                done += self.count[0]
+        # The buffer exports are released on the way out, also on an exception: its traceback
+        # keeps this frame, and a write's error stored on the connection (write_exc) makes a
+        # cycle; the collector clearing a memoryview that is still exported, then freeing the
+        # export, crashed the interpreter.
+        view: Optional[memoryview] = None
+        cdata: Any = None
+        try:
+            if type(data) is bytes:
+                n = len(data)
+                cdata = data
+            else:
+                view = memoryview(data)
+                n = view.nbytes
+                cdata = _binding.ffi.from_buffer(view)
+            if not n:
+                return -1
+            status = _sp_write(self.ptr, cdata, n, self.count, 0, self.err)
+            self.push_out()
             if status == _OK:
                 return -1
-        if status == _WANT_READ:
-            return done
-        raise self.failure("write")
+            done: int = self.count[0]
+            if status == _WANT_WRITE:
+                # A large write: the pump hands its ciphertext over a part at a time (sp_conn.c
+                # MEMORY), so that it never holds all of it.
+                if type(data) is bytes:
+                    cdata = _binding.ffi.from_buffer(data)
+                while status == _WANT_WRITE:
+                    status = _sp_write(self.ptr, cdata + done, n - done, self.count, 0, self.err)
+                    self.push_out()
+                    done += self.count[0]
+                if status == _OK:
+                    return -1
+            if status == _WANT_READ:
+                return done
+            raise self.failure("write")
+        finally:
+            if view is not None:
+                if cdata is not None:
+                    _binding.ffi.release(cdata)
+                view.release()
 
     def failure(self, what: str) -> SSLError:
         """The exception for a read or write of the established connection that failed."""
@@ -552,14 +568,23 @@ class AioConnection:
             self.close_raw()
 
     async def close_when_sent(self) -> None:
+        held = len(self.pending_write or b"")
         try:
             # (what it raises means nothing more can go; a peer that moves the renegotiation
-            # on no further within the lingering close's bound is given up on, as that is)
+            # on no further within the lingering close's bound is given up on, as that is;
+            # either way wait_closed() says so)
             await asyncio.wait_for(self.drain(), _LINGER_SECONDS)
         except asyncio.TimeoutError:
+            left = len(self.pending_write or b"") or held
+            self.unsent = TimeoutError(
+                errno.ETIMEDOUT,
+                f"our last {left} bytes not delivered: the peer's renegotiation did not move"
+                f" on for {_LINGER_SECONDS:g} s",
+            )
             self.abort_raw()
-        except Exception:
-            pass
+        except Exception as exc:
+            # (without its traceback, whose frames name this connection: no cycle)
+            self.unsent = exc.with_traceback(None)
         finally:
             self.close_raw()
 
@@ -845,8 +870,9 @@ class _SSLProtocol(AioConnection, asyncio.BufferedProtocol):
         # as a CancelledError of its own caller's (asyncio's StreamWriter has that flaw)
         if not self.closed_future.done():
             await asyncio.shield(self.closed_future)
-        if self.lost is not None:
-            raise _lost("wait_closed", self.lost) from self.lost
+        failure = self.unsent or self.lost
+        if failure is not None:
+            raise _lost("wait_closed", failure) from failure
 
     def raw_closing(self) -> bool:
         return self.transport_ is None or self.transport_.is_closing()
@@ -978,7 +1004,9 @@ class _StreamConnection(AioConnection):
         try:
             await asyncio.shield(self.raw_closed)
         except (ConnectionError, OSError) as exc:
-            raise _lost("wait_closed", exc) from exc
+            raise _lost("wait_closed", self.unsent or exc) from exc
+        if self.unsent is not None:
+            raise _lost("wait_closed", self.unsent) from self.unsent
 
     def raw_closing(self) -> bool:
         return self.raw_writer.is_closing()

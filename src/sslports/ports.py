@@ -1337,13 +1337,14 @@ class SSLInputPort(_SSLPort):
         self, b: Any, fill: bool, deadline: Optional[_Deadline], placed: list[int]
     ) -> int:
         """readinto / readinto1 (`fill`: all of b), under `deadline` (None: the port's timeout
-        from now). `placed[0]`: how many bytes `b` holds, set before they can be handed over
-        (a count returned through a call is lost to a signal handler's exception that comes
-        as the call returns): the caller keeps them again if it does not return them."""
+        from now), into `b`, a bytearray or a memoryview of bytes (format "B") that the caller
+        holds for the call, as io's readinto holds its argument: another thread cannot resize
+        it while this waits. `placed[0]`: how many bytes `b` holds, set before they can be
+        handed over (a count returned through a call is lost to a signal handler's exception
+        that comes as the call returns): the caller keeps them again if it does not return
+        them."""
         conn = self._check()
-        # (b held for the call, as io's readinto holds it: another thread cannot resize it
-        # while this waits)
-        with memoryview(b) as whole, self._lock:
+        with self._lock:
             kept = self._buf
             if (
                 not kept
@@ -1383,17 +1384,16 @@ class SSLInputPort(_SSLPort):
                 # small reads make no pump call (sp_fastport.c read_start does the same).
                 if not self._fill_locked(_READ_CHUNK, deadline):
                     return 0  # EOF
-            with whole.cast("B") as view:
-                n = min(len(view), len(kept))
-                view[:n] = kept[:n]
-                del kept[:n]
-                placed[0] = n  # (inline, no call since the del)
-                if n == len(view) or not fill:
-                    return n
-                # (the kept bytes count: conn.read places them with its own)
-                if deadline is None:
-                    deadline = _deadline(self._timeout)
-                return conn.read("read", view, fill, deadline, n, None, placed)
+            n = min(len(b), len(kept))
+            b[:n] = kept[:n]
+            del kept[:n]
+            placed[0] = n  # (inline, no call since the del)
+            if n == len(b) or not fill:
+                return n
+            # (the kept bytes count: conn.read places them with its own)
+            if deadline is None:
+                deadline = _deadline(self._timeout)
+            return conn.read("read", b, fill, deadline, n, None, placed)
 
     def readinto(self, b: Any, /) -> int:
         # `data`: b's bytes, viewed before anything is read, so that the recovery keeps what
