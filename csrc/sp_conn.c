@@ -553,6 +553,7 @@ static void no_sigpipe(sp_socket fd)
 sp_conn *sp_conn_new(SSL_CTX *ctx, int is_server, int fd, sp_err *err)
 {
     sp_conn *c;
+    BIO *rbio, *wbio;
     ERR_clear_error();
     if (!sp_once(&conn_index_made, make_conn_index)) {
         sp_err_drain(err);
@@ -578,16 +579,16 @@ sp_conn *sp_conn_new(SSL_CTX *ctx, int is_server, int fd, sp_err *err)
     c->identity = sp_ctx_identity(ctx); /* (first: sp_ctx.h) */
     c->ssl = sp_ctx_new_ssl(ctx); /* (under the context's read lock: sp_ctx.c) */
     if (c->socket_mode) {
-        c->rbio = c->wbio = new_sock_bio(c);
+        rbio = wbio = new_sock_bio(c);
     } else {
-        c->rbio = BIO_new(BIO_s_mem());
-        c->wbio = BIO_new(BIO_s_mem());
+        rbio = BIO_new(BIO_s_mem());
+        wbio = BIO_new(BIO_s_mem());
     }
-    if (c->ssl == NULL || c->rbio == NULL || c->wbio == NULL) {
+    if (c->ssl == NULL || rbio == NULL || wbio == NULL) {
         sp_err_drain(err);
-        BIO_free(c->rbio);
-        if (c->wbio != c->rbio)
-            BIO_free(c->wbio);
+        BIO_free(rbio);
+        if (wbio != rbio)
+            BIO_free(wbio);
         SSL_free(c->ssl);
         free(c);
         return NULL;
@@ -596,7 +597,7 @@ sp_conn *sp_conn_new(SSL_CTX *ctx, int is_server, int fd, sp_err *err)
         c->recv_waits = make_recv_waits(c->fd);
         no_sigpipe(c->fd);
         c->handshake_waits = is_server; /* a server starts with the client's hello */
-        SSL_set_bio(c->ssl, c->rbio, c->rbio); /* one BIO, one reference, both directions */
+        SSL_set_bio(c->ssl, rbio, rbio); /* one BIO, one reference, both directions */
         /* Read-ahead into OpenSSL's default buffer (one full record and a little): OpenSSL 3.0
          * moves whatever it still holds to the front of that buffer before each record, so a
          * bigger buffer would cost a copy of everything buffered per record (measured: 25k more
@@ -605,9 +606,9 @@ sp_conn *sp_conn_new(SSL_CTX *ctx, int is_server, int fd, sp_err *err)
         SSL_set_read_ahead(c->ssl, 1);
     } else {
         /* An empty rbio means "no data yet" (retry), not EOF, until sp_feed_eof. */
-        BIO_set_mem_eof_return(c->rbio, -1);
-        BIO_set_mem_eof_return(c->wbio, -1);
-        SSL_set_bio(c->ssl, c->rbio, c->wbio);
+        BIO_set_mem_eof_return(rbio, -1);
+        BIO_set_mem_eof_return(wbio, -1);
+        SSL_set_bio(c->ssl, rbio, wbio);
     }
     SSL_set_mode(c->ssl, SSL_MODE_ACCEPT_MOVING_WRITE_BUFFER | SSL_MODE_RELEASE_BUFFERS);
     SSL_set_info_callback(c->ssl, note_alert);
@@ -773,13 +774,17 @@ static int security_callback(const SSL *ssl, const SSL_CTX *ctx, int op, int bit
                              void *other, void *ex)
 {
     sp_conn *c = ssl != NULL ? sp_conn_from_ssl(ssl) : NULL;
-    if (c == NULL || c->ctx_security == NULL)
-        return 0; /* (never: it is only installed on our SSLs, with the one it replaces) */
+    /* The callback ours replaced: the context's, which the SSL took at SSL_new (a client
+     * never changes its context, and no context of ours is given another callback). */
+    int (*replaced)(const SSL *, const SSL_CTX *, int, int, int, void *, void *) =
+        ssl != NULL ? SSL_CTX_get_security_callback(SSL_get_SSL_CTX(ssl)) : NULL;
+    if (c == NULL || replaced == NULL || replaced == security_callback)
+        return 0; /* (never: it is only installed on our SSLs, over the context's) */
     if (((unsigned)op & SSL_SECOP_OTHER_TYPE) == (unsigned)SSL_SECOP_OTHER_CIPHER && other != NULL
         && SSL_CIPHER_get_auth_nid(other) == NID_auth_null
         && (c->verify_flags & (SP_VERIFY_REQUIRE | SP_VERIFY_HOSTNAME)))
         return 0;
-    return c->ctx_security(ssl, ctx, op, bits, nid, other, ex);
+    return replaced(ssl, ctx, op, bits, nid, other, ex);
 }
 
 void sp_conn_apply_verify_locked(sp_conn *c)
@@ -812,11 +817,9 @@ void sp_conn_apply_verify_locked(sp_conn *c)
          * elsewhere no callback, which OpenSSL would ask a few hundred questions per
          * handshake (+21 k instructions per resumed connection). Once: a client never
          * changes its context. */
-        if (c->ctx_security == NULL && SSL_get_security_level(c->ssl) == 0) {
-            c->ctx_security = SSL_get_security_callback(c->ssl);
-            if (c->ctx_security != NULL)
-                SSL_set_security_callback(c->ssl, security_callback);
-        }
+        if (SSL_get_security_level(c->ssl) == 0 && SSL_get_security_callback(c->ssl) != NULL
+            && SSL_get_security_callback(c->ssl) != security_callback)
+            SSL_set_security_callback(c->ssl, security_callback);
     }
     SSL_set_verify(c->ssl, mode, verify_callback);
 }
@@ -886,7 +889,7 @@ int sp_conn_set_host(sp_conn *c, const char *host, int is_ip, int send_sni, int 
         size_t size = strlen(host) + 1;
         free(c->server_host);
         c->server_host = malloc(size);
-        c->server_host_is_ip = is_ip;
+        c->server_host_is_ip = is_ip != 0;
         if (c->server_host == NULL) {
             sp_mutex_unlock(&c->ssl_lock);
             err->sys_errno = ENOMEM;
@@ -1989,11 +1992,11 @@ int sp_read(sp_conn *c, unsigned char *buf, size_t len, size_t want, size_t *got
         }
         before_ssl_call(c);
         if (c->reader_sends)
-            wbio_before = BIO_ctrl_pending(c->wbio);
+            wbio_before = BIO_ctrl_pending(SSL_get_wbio(c->ssl));
         c->reading = 1;
         ok = guarded_read(c, buf + total, len - total, &n);
         c->reading = 0;
-        if (c->reader_sends && BIO_ctrl_pending(c->wbio) > wbio_before)
+        if (c->reader_sends && BIO_ctrl_pending(SSL_get_wbio(c->ssl)) > wbio_before)
             queued_out = 1;
         if (!ok) {
             e = SSL_get_error(c->ssl, 0);
@@ -2006,7 +2009,7 @@ int sp_read(sp_conn *c, unsigned char *buf, size_t len, size_t want, size_t *got
          * that filled the last recv() and so probably holds more: a read of what is
          * available takes all of it in one call, not one record per call. */
         more = SSL_has_pending(c->ssl)
-            || (c->socket_mode ? c->recv_full : BIO_ctrl_pending(c->rbio) > 0);
+            || (c->socket_mode ? c->recv_full : BIO_ctrl_pending(SSL_get_rbio(c->ssl)) > 0);
         out_pending = c->socket_mode && c->outq_len > out_before ? c->outq_len : 0;
         sp_mutex_unlock(&c->ssl_lock);
         /* Reading may have queued output (a KeyUpdate reply, a renegotiation flight, the
@@ -2098,7 +2101,7 @@ static int write_records(sp_conn *c, const unsigned char *head, size_t head_len,
             status = SP_ERROR;
             break;
         }
-        if (!c->socket_mode && BIO_ctrl_pending(c->wbio) >= SP_OUT_HIGH) {
+        if (!c->socket_mode && BIO_ctrl_pending(SSL_get_wbio(c->ssl)) >= SP_OUT_HIGH) {
             /* Stream mode: the caller takes these records (sp_take) before more are made, so
              * that a large write never holds all of its ciphertext here (see MEMORY). */
             sp_mutex_unlock(&c->ssl_lock);
@@ -2244,7 +2247,7 @@ int sp_feed(sp_conn *c, const unsigned char *data, size_t len)
     lock_ssl(c);
     while (ok && len > 0) {
         int part = len > (size_t)0x40000000 ? 0x40000000 : (int)len;
-        int n = BIO_write(c->rbio, data, part);
+        int n = BIO_write(SSL_get_rbio(c->ssl), data, part);
         ok = n == part;
         data += part;
         len -= (size_t)part;
@@ -2265,7 +2268,7 @@ int sp_feed(sp_conn *c, const unsigned char *data, size_t len)
 void sp_feed_eof(sp_conn *c)
 {
     lock_ssl(c);
-    BIO_set_mem_eof_return(c->rbio, 0);
+    BIO_set_mem_eof_return(SSL_get_rbio(c->ssl), 0);
     unlock_ssl(c);
 }
 
@@ -2273,7 +2276,7 @@ size_t sp_pending_out(sp_conn *c)
 {
     size_t n;
     lock_ssl(c);
-    n = BIO_ctrl_pending(c->wbio);
+    n = BIO_ctrl_pending(SSL_get_wbio(c->ssl));
     unlock_ssl(c);
     return n;
 }
@@ -2293,7 +2296,7 @@ size_t sp_take(sp_conn *c, unsigned char *out, size_t cap)
     if (cap > 0x40000000)
         cap = 0x40000000;
     lock_ssl(c);
-    n = BIO_read(c->wbio, out, (int)cap);
+    n = BIO_read(SSL_get_wbio(c->ssl), out, (int)cap);
     unlock_ssl(c);
     return n > 0 ? (size_t)n : 0;
 }

@@ -10,30 +10,17 @@ long long sp_mono_ms(void);
 
 #define SP_HOST_TAG_LEN 8 /* bytes of a checked name's digest in a session id context */
 
-/* Private to the C files: Python sees sp_conn as opaque. */
+/* Private to the C files: Python sees sp_conn as opaque.
+ *
+ * Every idle connection holds one, so it is laid out small (376 bytes on 64-bit Linux, one
+ * 384-byte malloc chunk; bench/README.md section 4): pointers and counts first, then ints,
+ * then the flags, one byte each. A byte is a memory location of its own (C11 3.14), so flags
+ * guarded by different locks may share a word. The BIOs are the SSL's (SSL_get_rbio /
+ * SSL_get_wbio): socket mode's one socket BIO, or stream mode's two memory BIOs. */
 struct sp_conn {
     SSL *ssl;
-    BIO *rbio; /* network -> SSL (owned by ssl); socket mode: the socket BIO */
-    BIO *wbio; /* SSL -> network (owned by ssl); socket mode: the same socket BIO */
-    sp_socket fd;
-    int socket_mode;
-    int verify_flags;
-    int checks_host; /* sp_conn_set_host set a name (or address) to check (ssl_lock) */
-    int checks_dns_name; /* ... a DNS name, for the handshake to check (ssl_lock) */
-    unsigned char host_tag[SP_HOST_TAG_LEN]; /* ... its digest (a server's session id context) */
     char *server_host; /* a server's name to check, given whatever its policy: an SNI switch to a
                           context that checks names checks it (sp_conn_server_name_check) */
-    int server_host_is_ip;
-    unsigned identity; /* its context's identity count when the SSL took its certificate
-                          (sp_ctx_identity; a server's session id context) */
-    int established; /* the first handshake completed (ssl_lock) */
-    int reader_sends; /* stream mode: sp_read says SP_OK_SEND (sp_conn_reader_sends) */
-    int in_callback; /* callbacks into Python on it in progress (set by the thread holding
-                        ssl_lock, read by any: sp_flag_get; see CALLBACKS in sp_conn.c) */
-    unsigned forks_at_birth;       /* the process's fork counts when it was made */
-    unsigned child_forks_at_birth; /* (sp_conn_forked) */
-    unsigned wrote_at_child_forks; /* the process's child fork count at its last write */
-    unsigned wrote_at_forks;       /* ... and its count of all forks then */
 
     sp_mutex ssl_lock;
     sp_mutex send_lock;
@@ -41,46 +28,20 @@ struct sp_conn {
     /* socket mode: records OpenSSL wrote, not yet taken by the sender (ssl_lock) */
     unsigned char *outq;
     size_t outq_len, outq_cap;
-    int bio_errno;   /* the socket error the BIO saw in the current OpenSSL call (ssl_lock) */
     unsigned long long written; /* plaintext OpenSSL has taken from writers so far (ssl_lock) */
-    int read_waited; /* the last sp_read had to wait for the peer: a hint (unlocked) */
     unsigned long ssl_calls;    /* OpenSSL calls made so far (ssl_lock) */
     unsigned long read_starved; /* 1 + ssl_calls when an sp_read returned because its waits
                                    ran out with only part of a record here (ssl_lock); 0 */
-    int peer_closed; /* recv() returned 0 (ssl_lock) */
-    int close_notify_seen; /* the peer's close_notify alert was read (ssl_lock: set by
-                              note_alert, inside OpenSSL calls) */
-    int draining;    /* sp_conn_drain_tickets: a transport EOF is not an event (ssl_lock) */
-    int direct_send; /* an sp_write's records the BIO may send itself (ssl_lock): SP_DIRECT_LAST,
-                        every one (the call's last record); SP_DIRECT_PAIRS, a full record
-                        with a full record queued ahead of it; 0, none */
-    int reading;     /* inside sp_read's SSL_read_ex (ssl_lock) */
     /* ciphertext reading made (KeyUpdate replies, refusals of renegotiation, alerts) still in
      * outq: 0 again whenever outq is taken for sending (ssl_lock). At SP_OUT_HIGH the socket
      * BIO takes no more input until the sender took it, which it can only do once the
      * previous batch is on the wire: a peer that never reads cannot make outq grow. */
     size_t read_out;
-    int handshake_waits; /* the handshake waits for the peer's next flight (a server's first
-                            call, or after a call that returned to wait for it): the next
-                            sp_handshake waits before it calls OpenSSL (the handshaking
-                            thread's) */
-    int recv_waits;  /* the socket blocks, with SO_RCVTIMEO = SP_WAIT_SLICE_MS: a read that
-                        must wait a whole slice waits in recv() (set at creation) */
-    /* Ciphertext such a recv() got, not yet taken by OpenSSL (ssl_lock): sp_read's stack
+    /* Ciphertext a waiting recv() got, not yet taken by OpenSSL (ssl_lock): sp_read's stack
      * buffer while it runs, a heap copy of the rest if OpenSSL left some (early_heap). */
     unsigned char *early;
     size_t early_len, early_off;
-    int early_heap;
-    int early_errno; /* the error that recv() reported instead of data (ssl_lock) */
-    int recv_full;   /* the last recv() filled its buffer: more may be waiting (ssl_lock) */
     size_t recv_in_call; /* what the socket BIO's recv()s got in this OpenSSL call (ssl_lock) */
-    int recv_short;  /* in this OpenSSL call, the last recv() (or the waiting one that got its
-                        early bytes) returned less than asked: the socket held no more, and
-                        the BIO waits instead of a second recv() (ssl_lock; 0 before each
-                        call) */
-    int recv_busy;   /* a reader waits in recv() without ssl_lock (recv_early): the socket BIO
-                        must not recv() meanwhile, or bytes would reach OpenSSL out of order
-                        (ssl_lock) */
 
     /* Application data that a writer's SSL_read_ex took while it drove a client's TLS <= 1.2
      * renegotiation (writer_reads), for the reader: served before anything else (ssl_lock). */
@@ -90,42 +51,88 @@ struct sp_conn {
     /* socket mode: ciphertext being sent, taken from outq whole (send_lock) */
     unsigned char *out;
     size_t out_len, out_off, out_cap;
-    /* an output port's bytes are still queued: a record sp_write_hold held, or what a write
-     * that ran out of time could not send; 0 again once the queue is empty (send_lock) */
-    int writer_queued;
 
-    /* re-verification of an established peer (ssl_lock): 1 while pending */
-    int reauth_pending;
-    /* server: the SNI callback ran for the first ClientHello (ssl_lock) */
-    int sni_done;
     /* the certificate the last failed verification step was about (a reference), its depth in
      * the chain and the verify code, for the error message (verify_callback; ssl_lock):
      * sp_conn_verify_failure */
     X509 *vfail_cert;
-    int vfail_depth;
-    long vfail_code;
-    /* client: the security callback sp_conn_apply_verify_locked replaced (its context's),
-     * to which ours leaves every decision but one (security_callback, in OpenSSL calls) */
-    int (*ctx_security)(const SSL *, const SSL_CTX *, int, int, int, void *, void *);
     /* the newest resumable session the server gave this client (ssl_lock) */
     SSL_SESSION *session;
     /* client: the peer key its context's session cache files that session under, or NULL */
     char *cache_key;
     unsigned long long cache_epoch; /* the verify policy's cache epoch it was set up under */
-    /* client: it offered a session from the cache (the cache forgets the peer's sessions if
-     * the server does not resume it); `session`, a TLS 1.2 one, waits for the handshake's
-     * end to be filed (ssl_lock) */
-    int offered;
-    int file_when_established;
 
-    /* sticky end states (ssl_lock) */
-    int eof_status;   /* 0, SP_EOF or SP_RAGGED_EOF */
+    /* sticky end states (ssl_lock; and eof_status, below) */
     sp_err *broken;   /* copy of the error that broke the connection */
     /* established, the socket could no longer be written (a send met a reset, a broken
      * pipe): writes fail with this from now on, but reads go on, since what the peer sent
      * before it closed (its answer, its close_notify) is still in the socket (SEND FAILURE).
      * Set holding both send_lock and ssl_lock, so either lock suffices to read it. */
     sp_err *send_broken;
+
+    sp_socket fd;
+    int verify_flags;
+    unsigned identity; /* its context's identity count when the SSL took its certificate
+                          (sp_ctx_identity; a server's session id context) */
+    int in_callback; /* callbacks into Python on it in progress (set by the thread holding
+                        ssl_lock, read by any: sp_flag_get; see CALLBACKS in sp_conn.c) */
+    unsigned forks_at_birth;       /* the process's fork counts when it was made */
+    unsigned child_forks_at_birth; /* (sp_conn_forked) */
+    unsigned wrote_at_child_forks; /* the process's child fork count at its last write */
+    unsigned wrote_at_forks;       /* ... and its count of all forks then */
+    int bio_errno;   /* the socket error the BIO saw in the current OpenSSL call (ssl_lock) */
+    int early_errno; /* the error a waiting recv() reported instead of data (ssl_lock) */
+    int vfail_depth, vfail_code; /* (vfail_cert's) */
+    unsigned char host_tag[SP_HOST_TAG_LEN]; /* a checked name's digest (a server's session id
+                                                context) */
+
+    /* flags, 0 or 1 unless said */
+    unsigned char socket_mode;
+    unsigned char read_waited; /* the last sp_read had to wait for the peer: a hint (unlocked) */
+    unsigned char checks_host; /* sp_conn_set_host set a name (or address) to check (ssl_lock) */
+    unsigned char checks_dns_name; /* ... a DNS name, for the handshake to check (ssl_lock) */
+    unsigned char server_host_is_ip;
+    unsigned char established; /* the first handshake completed (ssl_lock) */
+    unsigned char reader_sends; /* stream mode: sp_read says SP_OK_SEND (sp_conn_reader_sends) */
+    unsigned char peer_closed; /* recv() returned 0 (ssl_lock) */
+    unsigned char close_notify_seen; /* the peer's close_notify alert was read (ssl_lock: set by
+                                        note_alert, inside OpenSSL calls) */
+    unsigned char draining; /* sp_conn_drain_tickets: a transport EOF is not an event (ssl_lock) */
+    unsigned char direct_send; /* an sp_write's records the BIO may send itself (ssl_lock):
+                                  SP_DIRECT_LAST, every one (the call's last record);
+                                  SP_DIRECT_PAIRS, a full record with a full record queued
+                                  ahead of it; 0, none */
+    unsigned char reading; /* inside sp_read's SSL_read_ex (ssl_lock) */
+    unsigned char handshake_waits; /* the handshake waits for the peer's next flight (a
+                                      server's first call, or after a call that returned to
+                                      wait for it): the next sp_handshake waits before it calls
+                                      OpenSSL (the handshaking thread's) */
+    unsigned char recv_waits; /* the socket blocks, with SO_RCVTIMEO = SP_WAIT_SLICE_MS: a read
+                                 that must wait a whole slice waits in recv() (set at
+                                 creation) */
+    unsigned char early_heap; /* `early` is a heap copy */
+    unsigned char recv_full; /* the last recv() filled its buffer: more may be waiting
+                                (ssl_lock) */
+    unsigned char recv_short; /* in this OpenSSL call, the last recv() (or the waiting one that
+                                 got its early bytes) returned less than asked: the socket held
+                                 no more, and the BIO waits instead of a second recv()
+                                 (ssl_lock; 0 before each call) */
+    unsigned char recv_busy; /* a reader waits in recv() without ssl_lock (recv_early): the
+                                socket BIO must not recv() meanwhile, or bytes would reach
+                                OpenSSL out of order (ssl_lock) */
+    /* an output port's bytes are still queued: a record sp_write_hold held, or what a write
+     * that ran out of time could not send; 0 again once the queue is empty (send_lock) */
+    unsigned char writer_queued;
+    /* re-verification of an established peer (ssl_lock): 1 while pending */
+    unsigned char reauth_pending;
+    /* server: the SNI callback ran for the first ClientHello (ssl_lock) */
+    unsigned char sni_done;
+    /* client: it offered a session from the cache (the cache forgets the peer's sessions if
+     * the server does not resume it); `session`, a TLS 1.2 one, waits for the handshake's
+     * end to be filed (ssl_lock) */
+    unsigned char offered;
+    unsigned char file_when_established;
+    unsigned char eof_status; /* sticky (ssl_lock): 0, SP_EOF or SP_RAGGED_EOF */
 };
 
 
