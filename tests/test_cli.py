@@ -198,6 +198,14 @@ def feed_lots(stdin: Any) -> None:
             stdin.write(b"x" * 65536)
 
 
+def feed_a_line_then_lots(stdin: Any) -> None:
+    """A request line, then far more than anything buffers, until the reader goes away."""
+    with contextlib.suppress(OSError):
+        stdin.write(b"hello\n")
+        stdin.flush()
+        feed_lots(stdin)
+
+
 def wait_for_text(path: Path, needle: str, proc: subprocess.Popen[bytes], timeout: float) -> str:
     """Poll the file `path` (a subprocess's output) until it contains `needle`."""
     deadline = time.monotonic() + timeout
@@ -452,6 +460,60 @@ def test_connect_exits_cleanly_when_server_closes_while_stdin_stays_open() -> No
 
 
 @needs_tls
+def test_connect_fails_when_the_server_closes_while_stdin_still_has_bytes() -> None:
+    """A server that answers the first line and closes, while stdin keeps coming: status 1,
+    every run (cli.md), not 0 when the close happened to fall between two of the stdin
+    thread's writes (its next chunk then met the port closed under it, silently)."""
+    ctx = sslports.ssl_make_server_context("auto")
+    sslports.ssl_load_certificate_chain(ctx, str(PEM))
+    sslports.ssl_load_private_key(ctx, str(PEM))
+    listener = sslports.ssl_listen(0, 8, True, "127.0.0.1", ctx)
+    port = sslports.ssl_addresses(listener, True)[1]
+    runs = 5
+
+    def serve() -> None:
+        for _ in range(runs):
+            inp, out = sslports.ssl_accept(listener)
+            with inp, out:
+                inp.readline()
+                out.write(b"bye\n")
+
+    server = threading.Thread(target=serve, daemon=True)
+    server.start()
+    try:
+        for _ in range(runs):
+            proc = subprocess.Popen(
+                [sys.executable, "-m", "sslports", "connect", f"127.0.0.1:{port}", "--insecure"],
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                env=ENV,
+            )
+            assert proc.stdin is not None
+            feeder = threading.Thread(target=feed_a_line_then_lots, args=(proc.stdin,))
+            feeder.start()
+            try:
+                proc.wait(timeout=TIMEOUT)  # (its output is a few bytes: no pipe fills up)
+            finally:
+                if proc.poll() is None:
+                    proc.kill()
+                    proc.wait()
+                assert proc.stdout is not None and proc.stderr is not None
+                out, err = proc.stdout.read(), proc.stderr.read()
+                proc.stdout.close()
+                proc.stderr.close()
+                feeder.join(TIMEOUT)
+                with contextlib.suppress(OSError):
+                    proc.stdin.close()
+            assert proc.returncode == 1, err.decode()
+            assert out == b"bye\n"
+            assert "Traceback" not in err.decode(), err.decode()
+    finally:
+        sslports.ssl_close(listener)  # (first: a failed run leaves the server in accept)
+        server.join(TIMEOUT)
+
+
+@needs_tls
 @needs_openssl
 def test_connect_offers_alpn(procs: Procs) -> None:
     port = procs.openssl_server("-cert", PEM, "-www", "-alpn", "h2,http/1.1")
@@ -525,6 +587,61 @@ def test_connect_handshake_timeout_is_one_line() -> None:
 
 
 @needs_tls
+def test_a_key_log_file_that_cannot_be_written_is_one_line(tmp_path: Path) -> None:
+    """SSLKEYLOGFILE naming a file in a missing directory: the connection works, and stderr
+    says so once, in one line, not with a traceback per secret (five per TLS 1.3 connection,
+    which Python's last-resort logging handler printed whole)."""
+    missing = tmp_path / "no-such-dir" / "keys.log"
+
+    def serve(tls: ssl.SSLSocket) -> None:
+        tls.sendall(b"hello\n")
+        tls.unwrap()
+
+    with python_tls_server(serve) as port:
+        result = subprocess.run(
+            [sys.executable, "-m", "sslports", "connect", f"{LOCAL}:{port}", "--insecure", "-q"],
+            input=b"",
+            capture_output=True,
+            timeout=TIMEOUT,
+            env={**ENV, "SSLKEYLOGFILE": str(missing)},
+        )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == b"hello\n"
+    text = result.stderr.decode("utf-8", "replace")
+    assert "Traceback" not in text, text
+    assert text.splitlines() == [
+        f"sslports: cannot append to SSLKEYLOGFILE: {missing}: No such file or directory"
+    ], text
+
+
+@needs_tls
+@pytest.mark.skipif(
+    not hasattr(os, "geteuid") or os.geteuid() != 0 or shutil.which("unshare") is None,
+    reason="needs root and unshare: a network namespace",
+)
+def test_a_tcp_connect_the_system_gives_up_on_is_one_line() -> None:
+    """connect without --timeout to an address whose SYNs vanish: the kernel gives up
+    (ETIMEDOUT, after one SYN retry in a namespace of its own), and the command says so in one
+    line. The error is a TimeoutError from Python 3.10, which the command took for its own
+    --timeout and then failed formatting the missing value ("unexpected TypeError")."""
+    script = (
+        "ip link set lo up && ip route add 10.99.0.0/16 dev lo && "
+        "sysctl -q -w net.ipv4.tcp_syn_retries=1 && "
+        f'exec "{sys.executable}" -m sslports connect 10.99.0.1:443'
+    )
+    result = subprocess.run(
+        ["unshare", "-n", "sh", "-c", script],
+        input=b"",
+        capture_output=True,
+        timeout=TIMEOUT,
+        env=ENV,
+    )
+    assert result.returncode == 1, result.stderr
+    line = assert_one_error_line(result.stderr)
+    assert line == "sslports: error: cannot connect to 10.99.0.1:443: Connection timed out", line
+
+
+@needs_tls
 def test_connect_refused() -> None:
     port = free_port()  # nothing listens there
     result = run_cli("connect", f"{LOCAL}:{port}")
@@ -549,6 +666,13 @@ def test_connect_refused() -> None:
         ["connect", "localhost:443", "--key", PEM],
         ["serve", "--key", PEM],
         ["connect", "localhost:443", "--alpn", "a," + "x" * 300],
+        # (each name fits, the list does not: 65535 bytes on the wire)
+        ["connect", "localhost:443", "--alpn", ",".join(["x" * 250] * 300)],
+        ["serve", "--alpn", ",".join(["x" * 250] * 300)],
+        # (every label fits, the name does not: 253 characters)
+        ["connect", "localhost:443", "--servername", "a" * 9 + ".a" * 150],
+        ["connect", "a" * 9 + ".a" * 150 + ":443"],
+        ["serve", "--host", "a" * 9 + ".a" * 150],
         ["connect", "localhost:443", "--tls12", "--tls13"],
         ["connect", "localhost:443", "--cafile", "/nonexistent/ca.pem"],
         ["serve", "--echo", "--www"],
@@ -1162,9 +1286,10 @@ def test_connect_ctrl_c_while_the_server_stopped_reading_exits_at_once() -> None
 @needs_tls
 def test_connect_ends_when_the_server_says_goodbye_but_stopped_reading() -> None:
     """The server sends its reply and close_notify, and keeps the connection open without
-    reading, while stdin's bytes are stuck in a write to it: the command ends (exit 0, the
-    reply printed) while the server still holds the connection. It waited, ignoring
-    Ctrl-C, until the server closed (the stuck write held the socket's writer)."""
+    reading, while stdin's bytes are stuck in a write to it: the command ends (the reply
+    printed) while the server still holds the connection. It waited, ignoring Ctrl-C, until
+    the server closed (the stuck write held the socket's writer). Status 1, since stdin's
+    bytes were not all delivered (cli.md); it was 0 or 1 as the goodbye fell."""
     release = threading.Event()
     ctx = sslports.ssl_make_server_context()
     sslports.ssl_load_certificate_chain(ctx, PEM)
@@ -1191,7 +1316,8 @@ def test_connect_ends_when_the_server_says_goodbye_but_stopped_reading() -> None
         finally:
             release.set()
             server.join(TIMEOUT)
-    assert status == 0, err.decode()
+    assert status == 1, err.decode()
+    assert "bytes of standard input unsent" in assert_one_error_line(err)
     assert out == b"bye\n"
 
 

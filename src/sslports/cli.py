@@ -38,6 +38,7 @@ import errno
 import functools
 import html
 import io
+import logging
 import mimetypes
 import os
 import re
@@ -104,7 +105,8 @@ from . import (
     supported_server_protocols,
 )
 from ._version import __version__
-from .net import _accept_tcp, _accepted_handshake, _host_of
+from .context import encode_alpn
+from .net import _accept_tcp, _accepted_handshake, _check_hostname_arg, _host_of
 
 __all__ = ["main"]
 
@@ -194,6 +196,28 @@ def _os_error_text(exc: OSError) -> str:
     return what
 
 
+class _LogLines(logging.Handler):
+    """The library's log records (a key log file it cannot append to: sni.py) on stderr, one
+    line each and each text once per run (a key log line comes five times per connection),
+    with the exception's reason and no traceback (SSLPORTS_DEBUG=1 leaves Python's default,
+    which prints it)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.said: set[str] = set()
+
+    def emit(self, record: logging.LogRecord) -> None:
+        text = record.getMessage()
+        exc = record.exc_info[1] if record.exc_info else None
+        if isinstance(exc, OSError):
+            text += f": {_os_error_text(exc)}"
+        elif exc is not None:
+            text += f": {_reason(exc)}"
+        if text not in self.said:
+            self.said.add(text)
+            _say(text)
+
+
 def _hex(data: bytes) -> str:
     return data.hex()
 
@@ -238,6 +262,10 @@ def _host_name(text: str) -> str:
         text.encode("idna")
     except UnicodeError as exc:
         raise argparse.ArgumentTypeError(f"not a valid host name: {text!r} ({exc})") from None
+    try:  # (the library's own checks: a name longer than DNS allows, a NUL)
+        _check_hostname_arg("host", text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"{_reason(exc)} (got {len(text)})") from None
     return text
 
 
@@ -263,6 +291,10 @@ def _alpn_list(text: str) -> list[bytes]:
             raise argparse.ArgumentTypeError(
                 f"each ALPN name must be 1..255 bytes long (in {text!r})"
             )
+    try:  # (the list's own limit: 65535 bytes on the wire)
+        encode_alpn("alpn", names)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(_reason(exc)) from None
     return names
 
 
@@ -388,7 +420,9 @@ def _tcp_connect(host: str, port: int, timeout: Optional[float]) -> socket.socke
         return socket.create_connection((host, port), timeout=timeout)
     except socket.gaierror as exc:
         raise CLIError(f"cannot resolve {host!r}: {exc.strerror or exc}") from None
-    except socket.timeout:
+    except socket.timeout as exc:  # (also the system's own ETIMEDOUT, from Python 3.10)
+        if timeout is None:
+            raise CLIError(f"cannot connect to {label}: {exc.strerror or exc}") from None
         raise CLIError(f"connect to {label} timed out after {timeout:g} s") from None
     except OSError as exc:
         raise CLIError(f"cannot connect to {label}: {exc.strerror or exc}") from None
@@ -539,8 +573,12 @@ def _connect_session(
             shutdown_on_close=True,
             error=SSLNetworkError,
         )
-    except TimeoutError:
+    except TimeoutError as exc:
         close_transport()
+        if args.timeout is None:  # (the system's ETIMEDOUT: TCP gave up on the server)
+            if isinstance(exc, SSLError):
+                raise _handshake_error(exc, label, args) from None
+            raise CLIError(f"TLS handshake with {label} failed: {exc.strerror or exc}") from None
         raise CLIError(f"TLS handshake with {label} timed out after {args.timeout:g} s") from None
     except SSLError as exc:
         close_transport()
@@ -600,6 +638,9 @@ def _read_waiting(fd: int, n: int) -> bytes:
             select.select([fd], [], [])
 
 
+_UNSENT_WAIT = 0.1  # seconds: how long the end of a connection waits to see stdin's bytes unsent
+
+
 def _pipe_stdio(
     inp: SSLInputPort, out: SSLOutputPort, sock: socket.socket, *, ignore_eof: bool
 ) -> int:
@@ -614,6 +655,9 @@ def _pipe_stdio(
     # command must not end with status 0 as if everything had been sent.
     write_failures: list[OSError] = []
     read_failures: list[OSError] = []  # (stdin's: said once the connection ends)
+    # Bytes read from stdin and not yet written (set before the thread takes out_lock): what
+    # the reader's end of the connection leaves unsent, also when the thread has yet to try.
+    unsent = [0]
 
     def stdin_to_connection() -> None:
         read = _stdin_reader()
@@ -626,6 +670,7 @@ def _pipe_stdio(
                     chunk = b""
                 if not chunk:
                     break
+                unsent[0] = len(chunk)
                 with out_lock:
                     try:
                         out.write(chunk)
@@ -633,6 +678,7 @@ def _pipe_stdio(
                     except OSError as exc:
                         write_failures.append(exc)
                         raise
+                    unsent[0] = 0
         except (OSError, ValueError):
             return  # the connection is gone (or closed below); the reader reports it
         if ignore_eof:
@@ -643,9 +689,10 @@ def _pipe_stdio(
             sock.shutdown(socket.SHUT_WR)
 
     aborted = True
+    sender = threading.Thread(target=stdin_to_connection, name="sslports-stdin", daemon=True)
     try:
         _stdout_buffer()  # (before the thread: a closed stdout fails at once)
-        threading.Thread(target=stdin_to_connection, name="sslports-stdin", daemon=True).start()
+        sender.start()
         while True:
             try:
                 chunk = inp.read1(_CHUNK)
@@ -667,6 +714,15 @@ def _pipe_stdio(
                 out_lock.release()
     if write_failures:  # (the output port's own error: the input ended without one)
         raise CLIError(f"connection failed: {_reason(write_failures[0])}")
+    # Bytes of stdin the connection's end left unsent: in a write the server no longer reads,
+    # or in a chunk the thread held, or reads next, which meets the port closed here (a moment
+    # for it to say so; a thread waiting for a terminal's next line has nothing unsent).
+    if not aborted and sender.is_alive():
+        sender.join(_UNSENT_WAIT)
+    if not aborted and unsent[0]:
+        raise CLIError(
+            f"the server ended the connection with {unsent[0]} bytes of standard input unsent"
+        )
     if read_failures:
         raise CLIError(f"cannot read standard input: {_os_error_text(read_failures[0])}")
     return EXIT_OK
@@ -1884,6 +1940,19 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except SystemExit as exc:  # --help, --version, usage errors
         return int(exc.code) if isinstance(exc.code, int) else EXIT_USAGE
     _finish_serve_args(args)
+    library_log = logging.getLogger("sslports")
+    log_lines = None if os.environ.get("SSLPORTS_DEBUG") else _LogLines()
+    if log_lines is not None:
+        library_log.addHandler(log_lines)
+    try:
+        return _run(args)
+    finally:
+        if log_lines is not None:
+            library_log.removeHandler(log_lines)
+
+
+def _run(args: argparse.Namespace) -> int:
+    """main() after the parser: the command, and what its failure prints and returns."""
     handler: Callable[[argparse.Namespace], int] = args.handler
     try:
         return handler(args)
