@@ -914,6 +914,24 @@ def test_connect_started_with_stdout_or_stderr_closed(procs: Procs, closed: int)
         assert (r.returncode, r.stdout) == (0, b"hello\n")
 
 
+@pytest.mark.skipif(sys.platform == "win32", reason="closes fd 1 in the child (preexec_fn)")
+@pytest.mark.parametrize("command", ["info", "demo"])
+def test_a_report_started_with_stdout_closed_is_a_write_error(command: str) -> None:
+    """info and demo print a report and nothing else: started with stdout closed they
+    exited 0 having said nothing; now the write error the other commands give, status 1."""
+    r = subprocess.run(
+        [sys.executable, "-m", "sslports", command],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        timeout=TIMEOUT,
+        env=ENV,
+        preexec_fn=lambda: os.close(1),
+    )
+    assert r.returncode == 1, r.stderr
+    line = assert_one_error_line(r.stderr)
+    assert line == "sslports: error: write error: standard output is closed", line
+
+
 @needs_tls
 @pytest.mark.skipif(sys.platform == "win32", reason="closes fd 1 in the child (preexec_fn)")
 def test_connect_started_with_stdout_closed_still_ends_with_close_notify() -> None:
@@ -985,6 +1003,8 @@ def test_serve_answers_bad_requests_with_their_status(procs: Procs, tmp_path: Pa
     for request, status in [
         (b"GET /loop1 HTTP/1.0\r\n\r\n", b"404"),
         (b"GET http://[/x HTTP/1.0\r\n\r\n", b"400"),
+        (b"GET http://localhost:bad/hello.txt HTTP/1.0\r\n\r\n", b"400"),  # (it served it)
+        (b"GET /hello.txt/ HTTP/1.0\r\n\r\n", b"404"),  # (a file as a directory: it served it)
     ]:
         answer = _raw_request(dir_port, request)
         assert answer.startswith(b"HTTP/1.0 " + status + b" "), (request, answer[:80])
@@ -1317,7 +1337,7 @@ def test_connect_ends_when_the_server_says_goodbye_but_stopped_reading() -> None
             release.set()
             server.join(TIMEOUT)
     assert status == 1, err.decode()
-    assert "bytes of standard input unsent" in assert_one_error_line(err)
+    assert "before standard input was all sent" in assert_one_error_line(err)
     assert out == b"bye\n"
 
 

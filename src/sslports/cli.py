@@ -720,9 +720,7 @@ def _pipe_stdio(
     if not aborted and sender.is_alive():
         sender.join(_UNSENT_WAIT)
     if not aborted and unsent[0]:
-        raise CLIError(
-            f"the server ended the connection with {unsent[0]} bytes of standard input unsent"
-        )
+        raise CLIError("the server ended the connection before standard input was all sent")
     if read_failures:
         raise CLIError(f"cannot read standard input: {_os_error_text(read_failures[0])}")
     return EXIT_OK
@@ -909,9 +907,11 @@ def _target_path(target: str) -> str:
     its query ("//x" is the path //x, not a URL naming the host x)."""
     if _ABSOLUTE_URL.match(target):
         try:
-            path = urllib.parse.urlsplit(target).path
-        except ValueError:  # ("http://[/x": an unclosed IPv6 host)
+            parts = urllib.parse.urlsplit(target)
+            _ = parts.port  # (checked only when read: "http://h:bad/x")
+        except ValueError:  # ("http://[/x": an unclosed IPv6 host; a port that is no number)
             raise _HTTPError(400, "Bad Request", "malformed URL") from None
+        path = parts.path
     else:
         path = target.split("?", 1)[0].split("#", 1)[0]
     # (one leading slash: a listing's links under "//sub/" would read "//sub/a.txt", which a
@@ -967,6 +967,8 @@ def _dir_respond(session: _Session, method: str, target: str) -> str:
             page = _dir_listing(url_path, path)
             _send_page(session.out, 200, "OK", page, "text/html; charset=utf-8", head_only)
             return "200 OK (listing)"
+        if url_path.endswith("/"):  # a file used as a directory (resolve() drops the slash)
+            raise _HTTPError(404, "Not Found", url_path)
         # O_NONBLOCK: opening a FIFO (or a device) must not block the connection forever.
         nonblock = getattr(os, "O_NONBLOCK", 0)  # (POSIX)
         fd = os.open(path, os.O_RDONLY | nonblock)
@@ -1590,6 +1592,7 @@ def _demo_exchange(
 
 def _cmd_demo(args: argparse.Namespace) -> int:
     _require_ssl()
+    _stdout_buffer()  # (its report is all it gives: a closed stdout fails at once)
     report = _DemoReport()
     versions = _digest.openssl_versions()
     report.line(f"sslports {__version__} demo on {versions['loaded'] or 'OpenSSL'}")
@@ -1718,6 +1721,7 @@ def _keylog_row() -> str:
 def _cmd_info(args: argparse.Namespace) -> int:
     from . import libcrypto, libssl
 
+    _stdout_buffer()  # (a closed stdout: the write error sha1 and connect give)
     versions = _digest.openssl_versions()
     rows: list[tuple[str, str]] = [
         ("sslports", f"{__version__} ({Path(__file__).resolve().parent})"),
